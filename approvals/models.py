@@ -1,0 +1,147 @@
+"""Human tasks: what lands in people's inboxes, and the decisions they take."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django_fsm import FSMField, FSMModelMixin, transition
+
+from orchestrator.models import StepRun, WorkflowInstance
+
+
+class TaskState(models.TextChoices):
+    OPEN = "open", "Open"
+    CLAIMED = "claimed", "Claimed"
+    COMPLETED = "completed", "Completed"
+    ESCALATED = "escalated", "Escalated"
+    CANCELLED = "cancelled", "Cancelled"
+    EXPIRED = "expired", "Expired"
+
+
+ACTIONABLE_TASK_STATES = (TaskState.OPEN, TaskState.CLAIMED, TaskState.ESCALATED)
+
+
+class TaskKind(models.TextChoices):
+    APPROVAL = "approval", "Approval"
+    FORM = "form", "Manual resolution"
+    ESCALATION = "escalation", "Escalation"
+
+
+class Priority(models.IntegerChoices):
+    LOW = 0, "Low"
+    NORMAL = 1, "Normal"
+    HIGH = 2, "High"
+    URGENT = 3, "Urgent"
+
+
+class HumanTask(FSMModelMixin, models.Model):
+    """A piece of work for a person: approve, fill a form, or resolve an escalated failure."""
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="tasks")
+    step = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="tasks")
+    kind = models.CharField(max_length=20, choices=TaskKind.choices)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    state = FSMField(default=TaskState.OPEN, choices=TaskState.choices, protected=True)
+    priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    candidate_groups = models.ManyToManyField(Group, blank=True, related_name="candidate_tasks")
+    candidate_users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="candidate_tasks")
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="assigned_tasks",
+    )
+    quorum = models.PositiveSmallIntegerField(default=1)
+    approvals = models.PositiveSmallIntegerField(default=0)
+    due_at = models.DateTimeField(null=True, blank=True)
+    snoozed_until = models.DateTimeField(null=True, blank=True)
+    escalation_level = models.PositiveSmallIntegerField(default=0)
+    next_escalation_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    decision = models.CharField(max_length=20, blank=True)
+    comment = models.TextField(blank=True)
+    form_data = models.JSONField(default=dict, blank=True)
+    completed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["state", "assignee", "due_at"], name="task_state_assignee_due"),
+            models.Index(fields=["instance", "id"], name="task_instance"),
+            models.Index(
+                fields=["next_escalation_at"],
+                name="task_next_escalation",
+                condition=models.Q(state__in=["open", "claimed", "escalated"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def is_actionable(self) -> bool:
+        return self.state in ACTIONABLE_TASK_STATES
+
+    # --- transitions (pure) ---
+    @transition(field=state, source=[TaskState.OPEN, TaskState.ESCALATED], target=TaskState.CLAIMED)
+    def claim(self, user: models.Model, now: datetime) -> None:
+        self.assignee = user  # type: ignore[assignment]
+        self.claimed_at = now
+
+    @transition(field=state, source=TaskState.CLAIMED, target=TaskState.OPEN)
+    def release(self) -> None:
+        self.assignee = None
+        self.claimed_at = None
+
+    @transition(field=state, source=list(ACTIONABLE_TASK_STATES), target=TaskState.COMPLETED)
+    def complete(self, user: models.Model, decision: str, comment: str, data: dict, now: datetime) -> None:
+        self.completed_by = user  # type: ignore[assignment]
+        self.decision = decision
+        self.comment = comment
+        self.form_data = data
+        self.completed_at = now
+        self.next_escalation_at = None
+
+    @transition(field=state, source=list(ACTIONABLE_TASK_STATES), target=TaskState.ESCALATED)
+    def escalate(self, level: int, next_at: datetime | None) -> None:
+        self.escalation_level = level
+        self.next_escalation_at = next_at
+        self.assignee = None
+        self.claimed_at = None
+
+    @transition(field=state, source=list(ACTIONABLE_TASK_STATES), target=TaskState.CANCELLED)
+    def cancel(self, now: datetime) -> None:
+        self.completed_at = now
+        self.next_escalation_at = None
+
+    @transition(field=state, source=list(ACTIONABLE_TASK_STATES), target=TaskState.EXPIRED)
+    def expire(self, now: datetime) -> None:
+        self.completed_at = now
+        self.next_escalation_at = None
+
+
+class TaskDecision(models.Model):
+    """One person's decision on a task; a quorum task collects several before it completes."""
+
+    task = models.ForeignKey(HumanTask, on_delete=models.CASCADE, related_name="decisions")
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="decisions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=20)
+    comment = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "user"], name="decision_one_per_user")]
+        indexes = [models.Index(fields=["instance", "user"], name="decision_instance_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.decision} {self.task_id}"

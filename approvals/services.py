@@ -1,0 +1,536 @@
+"""Every write on human tasks: open, claim, release, decide, delegate, escalate, cancel.
+
+Each public service locks the instance row first (the engine's lock order), then the task, checks who may act,
+runs the transition, writes audit and advances the instance, all in one transaction; live events go out after
+commit. A lost race raises :class:`TaskConflict` (HTTP 409 / a message on the page), never a 500.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, Priority, TaskDecision, TaskKind, TaskState
+from orchestrator.audit import Actor
+from orchestrator.dsl import APPROVAL, Escalate, Human, Reassign, Remind
+from orchestrator.models import InstanceState, StepKind, StepRun, StepState
+from orchestrator.services import engine
+from orchestrator.services.engine import lock_instance
+from orchestrator.services.unit import Unit
+
+OPERATORS = "operators"
+MANAGERS = "managers"
+PRIORITY_BY_NAME = {
+    "low": Priority.LOW,
+    "normal": Priority.NORMAL,
+    "high": Priority.HIGH,
+    "urgent": Priority.URGENT,
+}
+
+APPROVE = "approve"
+REJECT = "reject"
+SUBMIT = "submit"
+# Escalation resolutions.
+RETRY = "retry"
+SKIP = "skip"
+FAIL = "fail"
+RESOLVED = "resolved"
+
+
+class TaskError(Exception):
+    """Base of the errors a person can cause; the message is shown to them as it is."""
+
+
+class TaskNotFound(TaskError):
+    """The task does not exist or the user may not see it (both answer 404)."""
+
+
+class TaskForbidden(TaskError):
+    """The user sees the task but may not take this action (four-eyes, not a candidate)."""
+
+
+class TaskConflict(TaskError):
+    """Someone else got there first, or the task is no longer open (HTTP 409)."""
+
+
+class TaskInvalid(TaskError):
+    """The decision's input is not valid (a reject without a comment, a form with errors)."""
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+# --- opening and closing, called by the engine inside its transaction ------------------------------------
+
+
+def _groups(names: list[str] | tuple[str, ...]) -> list[Group]:
+    existing = {g.name: g for g in Group.objects.filter(name__in=names)}
+    # A definition naming a group nobody created yet still gets a visible queue, not a lost task.
+    return [existing.get(name) or Group.objects.get_or_create(name=name)[0] for name in names]
+
+
+def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
+    """Create the task for a human step, with its SLA and first escalation deadline."""
+    instance = unit.instance
+    due_at = unit.now + node.sla if node.sla else None
+    task = HumanTask(
+        instance=instance,
+        step=step,
+        kind=TaskKind.APPROVAL if node.kind_of_task == APPROVAL else TaskKind.FORM,
+        title=node.render_title(instance.title)[:200],
+        priority=PRIORITY_BY_NAME[node.priority],
+        quorum=node.quorum,
+        due_at=due_at,
+        next_escalation_at=unit.now + node.escalation[0].after if node.escalation else None,
+    )
+    task.save()
+    groups = _groups(list(node.candidate_groups))
+    if groups:
+        task.candidate_groups.set(groups)
+    if node.candidate_users:
+        task.candidate_users.set(get_user_model().objects.filter(username__in=node.candidate_users))
+    unit.audit(
+        "task.opened",
+        "task",
+        task.pk,
+        "",
+        task.state,
+        payload={
+            "title": task.title,
+            "groups": list(node.candidate_groups),
+            "users": list(node.candidate_users),
+        },
+    )
+    _announce(unit, task, "task.opened", f"New task: {task.title}", groups=[g.pk for g in groups])
+    return task
+
+
+def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
+    """A failure nobody should leave silent: an escalation task for the operators."""
+    groups = _groups([OPERATORS])
+    task = HumanTask(
+        instance=unit.instance,
+        step=step,
+        kind=TaskKind.ESCALATION,
+        title=f"Resolve: {reason}"[:200],
+        description=step.error,
+        priority=Priority.URGENT,
+    )
+    task.save()
+    task.candidate_groups.set(groups)
+    unit.audit("task.opened", "task", task.pk, "", task.state, reason=reason, payload={"kind": "escalation"})
+    _announce(unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], level="danger")
+    return task
+
+
+def tasks_cancel_for_steps(unit: Unit, step_ids: list[int], reason: str) -> None:
+    """Cancel the open tasks of steps the engine skipped (cancel, compensation, rejection)."""
+    if not step_ids:
+        return
+    for task in HumanTask.objects.filter(step_id__in=step_ids, state__in=ACTIONABLE_TASK_STATES):
+        from_state = task.state
+        task.cancel(unit.now)
+        task.save(update_fields=["state", "completed_at", "next_escalation_at"])
+        unit.audit("task.cancelled", "task", task.pk, from_state, task.state, reason=reason)
+        _announce(unit, task, "task.cancelled", "")
+
+
+def _announce(
+    unit: Unit,
+    task: HumanTask,
+    kind: str,
+    message: str,
+    *,
+    groups: list[int] | None = None,
+    level: str = "info",
+) -> None:
+    if groups is None:
+        groups = list(task.candidate_groups.values_list("pk", flat=True))
+    targets = [f"group.{g}" for g in groups]
+    if task.assignee_id:
+        targets.append(f"user.{task.assignee_id}")
+    targets += [f"user.{u}" for u in task.candidate_users.values_list("pk", flat=True)]
+    event: dict[str, Any] = {"type": kind, "task": task.pk, "refresh": ["inbox", "counts", f"task-{task.pk}"]}
+    if message:
+        event.update(message=message, level=level)
+    unit.notify(targets, event)
+
+
+# --- who may do what ----------------------------------------------------------------------------------
+
+
+def is_candidate(user: AbstractBaseUser, task: HumanTask) -> bool:
+    """A candidate by name or by one of their groups."""
+    if task.candidate_users.filter(pk=user.pk).exists():
+        return True
+    return task.candidate_groups.filter(user=user).exists()
+
+
+def is_manager(user: AbstractBaseUser) -> bool:
+    return bool(getattr(user, "is_superuser", False)) or user.groups.filter(name=MANAGERS).exists()  # type: ignore[attr-defined]
+
+
+def can_see(user: AbstractBaseUser, task: HumanTask) -> bool:
+    """Candidates, the assignee and managers see a task; everyone else gets a 404."""
+    return task.assignee_id == user.pk or is_candidate(user, task) or is_manager(user)
+
+
+def _lock_task(task_id: int, user: AbstractBaseUser) -> tuple[HumanTask, Unit]:
+    instance_id = HumanTask.objects.filter(pk=task_id).values_list("instance_id", flat=True).first()
+    if instance_id is None:
+        raise TaskNotFound("No such task.")
+    instance = lock_instance(instance_id)
+    task = HumanTask.objects.select_related("step").get(pk=task_id)
+    if not can_see(user, task):
+        raise TaskNotFound("No such task.")
+    return task, Unit(instance, Actor.of(user))
+
+
+def _check_may_act(user: AbstractBaseUser, task: HumanTask, unit: Unit) -> None:
+    if task.kind != TaskKind.ESCALATION and unit.instance.initiator_id == user.pk:
+        # Four-eyes: whoever started the instance never decides it, whatever their role.
+        raise TaskForbidden("You started this workflow, so you cannot decide its tasks (four-eyes rule).")
+    if not (is_candidate(user, task) or task.assignee_id == user.pk):
+        raise TaskForbidden("You are not a candidate for this task.")
+
+
+# --- the people's actions -----------------------------------------------------------------------------
+
+
+def task_claim(task_id: int, user: AbstractBaseUser, *, request_meta: dict | None = None) -> HumanTask:
+    """Take an open task; it leaves everyone else's queue."""
+    with transaction.atomic():
+        task, unit = _lock_task(task_id, user)
+        if task.state == TaskState.CLAIMED and task.assignee_id == user.pk:
+            return task
+        if task.state not in (TaskState.OPEN, TaskState.ESCALATED):
+            who = f" by {task.assignee}" if task.assignee_id else ""
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}{who}.")
+        _check_may_act(user, task, unit)
+        from_state = task.state
+        task.claim(user, unit.now)
+        task.save(update_fields=["state", "assignee", "claimed_at"])
+        unit.audit("task.claimed", "task", task.pk, from_state, task.state)
+        _announce(unit, task, "task.claimed", f"{user.get_username()} claimed: {task.title}")
+        unit.finish()
+        return task
+
+
+def task_release(task_id: int, user: AbstractBaseUser, *, request_meta: dict | None = None) -> HumanTask:
+    """Give a claimed task back to the queue (the assignee or a manager)."""
+    with transaction.atomic():
+        task, unit = _lock_task(task_id, user)
+        if task.state != TaskState.CLAIMED:
+            raise TaskConflict("This task is not claimed.")
+        if task.assignee_id != user.pk and not is_manager(user):
+            raise TaskForbidden("Only the assignee or a manager can release this task.")
+        previous = task.assignee_id
+        task.release()
+        task.save(update_fields=["state", "assignee", "claimed_at"])
+        unit.audit("task.released", "task", task.pk, TaskState.CLAIMED, task.state, payload={"from_user": previous})
+        _announce(unit, task, "task.released", f"Back in the queue: {task.title}")
+        unit.finish()
+        return task
+
+
+def task_delegate(
+    task_id: int,
+    user: AbstractBaseUser,
+    to_user: AbstractBaseUser,
+    *,
+    note: str = "",
+    request_meta: dict | None = None,
+) -> HumanTask:
+    """Hand a task to another candidate (by its assignee or a manager), with a note."""
+    with transaction.atomic():
+        task, unit = _lock_task(task_id, user)
+        if not task.is_actionable:
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
+        if task.assignee_id != user.pk and not is_manager(user):
+            raise TaskForbidden("Only the assignee or a manager can delegate this task.")
+        if not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:
+            raise TaskInvalid(f"{to_user.get_username()} is not an eligible candidate for this task.")
+        from_state = task.state
+        if task.state == TaskState.CLAIMED:
+            task.release()
+        task.claim(to_user, unit.now)
+        task.save(update_fields=["state", "assignee", "claimed_at"])
+        unit.audit(
+            "task.delegated",
+            "task",
+            task.pk,
+            from_state,
+            task.state,
+            reason=note,
+            payload={"to": to_user.get_username()},
+        )
+        _announce(unit, task, "task.delegated", f"{user.get_username()} delegated to you: {task.title}")
+        unit.finish()
+        return task
+
+
+def task_decide(
+    task_id: int,
+    user: AbstractBaseUser,
+    decision: str,
+    *,
+    comment: str = "",
+    data: dict[str, Any] | None = None,
+    request_meta: dict | None = None,
+) -> HumanTask:
+    """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls."""
+    comment = (comment or "").strip()
+    with transaction.atomic():
+        task, unit = _lock_task(task_id, user)
+        unit.request_meta = request_meta or {}
+        if not task.is_actionable:
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
+        if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
+            raise TaskConflict(f"{task.assignee} has claimed this task.")
+        _check_may_act(user, task, unit)
+        if task.kind == TaskKind.ESCALATION:
+            _resolve_escalation(unit, task, user, decision, comment)
+            unit.finish()
+            return task
+        cleaned = _validate_decision(unit, task, decision, comment, data or {})
+        # One person, one approval slot per instance: no approving twice at two levels.
+        if (
+            task.kind == TaskKind.APPROVAL
+            and decision == APPROVE
+            and TaskDecision.objects.filter(instance=unit.instance, user=user, decision=APPROVE).exists()
+        ):
+            raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
+        TaskDecision.objects.create(
+            task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned
+        )
+        from_state = task.state
+        if decision == APPROVE and task.approvals + 1 < task.quorum:
+            task.approvals += 1
+            if task.state == TaskState.CLAIMED:
+                task.release()
+            task.save(update_fields=["approvals", "state", "assignee", "claimed_at"])
+            unit.audit(
+                "task.approved",
+                "task",
+                task.pk,
+                from_state,
+                task.state,
+                reason=comment,
+                payload={"approvals": task.approvals, "quorum": task.quorum},
+            )
+            _announce(unit, task, "task.approved", f"{task.approvals} of {task.quorum} approvals: {task.title}")
+            unit.finish()
+            return task
+        if decision == APPROVE:
+            task.approvals += 1
+        task.complete(user, decision, comment, cleaned, unit.now)
+        task.save()
+        unit.audit(
+            "task.completed",
+            "task",
+            task.pk,
+            from_state,
+            task.state,
+            reason=comment,
+            payload={"decision": decision, "data": cleaned},
+        )
+        result = {"decision": decision, "by": user.get_username(), "comment": comment, **cleaned}
+        engine.human_step_finish(unit, task.step, result, rejected=decision == REJECT)
+        _announce(unit, task, "task.completed", f"{user.get_username()} {_past(decision)}: {task.title}")
+        unit.finish()
+        return task
+
+
+def _past(decision: str) -> str:
+    return {APPROVE: "approved", REJECT: "rejected", SUBMIT: "submitted"}.get(decision, decision)
+
+
+def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str, data: dict) -> dict[str, Any]:
+    if task.kind == TaskKind.APPROVAL:
+        if decision not in (APPROVE, REJECT):
+            raise TaskInvalid("Choose Approve or Reject.")
+        if decision == REJECT and not comment:
+            raise TaskInvalid("Say why you reject: a comment is required.", {"comment": ["Required on reject."]})
+        return {}
+    if decision != SUBMIT:
+        raise TaskInvalid("Submit the form to complete this task.")
+    node = engine.definition_of(unit.instance).node(task.step.name)
+    form = node.form(data=data)  # type: ignore[attr-defined]
+    if not form.is_valid():
+        errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
+        raise TaskInvalid("The form has errors.", errors)
+    import json
+
+    return json.loads(json.dumps(form.cleaned_data, default=str))
+
+
+def _resolve_escalation(unit: Unit, task: HumanTask, user: AbstractBaseUser, decision: str, comment: str) -> None:
+    """An operator's answer to a failed step or compensation: retry it, skip it, mark it done, or fail."""
+    if decision not in (RETRY, SKIP, FAIL, RESOLVED):
+        raise TaskInvalid("Choose Retry, Skip, Mark resolved or Fail instance.")
+    if not comment:
+        raise TaskInvalid("Give a reason: it goes into the audit trail.", {"comment": ["Required."]})
+    step = task.step
+    instance = unit.instance
+    workflow = engine.definition_of(instance)
+    is_compensation = step.kind == StepKind.COMPENSATION
+    if decision == RESOLVED and not is_compensation:
+        raise TaskInvalid("Mark resolved applies to a failed compensation; use Skip for a failed step.")
+    if decision == SKIP and is_compensation:
+        raise TaskInvalid("Use Mark resolved once the compensation has been done by hand.")
+    from_state = task.state
+    task.complete(user, decision, comment, {}, unit.now)
+    task.save()
+    unit.audit(
+        "task.completed",
+        "task",
+        task.pk,
+        from_state,
+        task.state,
+        reason=comment,
+        payload={"decision": decision},
+    )
+    if step.state != StepState.DEAD:
+        return
+    if decision == RETRY:
+        step.max_attempts = step.attempt + 1
+        step.schedule(unit.now)
+        step.dispatched_at = unit.now
+        step.save(update_fields=["state", "due_at", "dispatched_at", "max_attempts"])
+        unit.audit("step.scheduled", "step", step.pk, StepState.DEAD, step.state, reason=comment)
+        unit.dispatch(step)
+    elif decision == RESOLVED:
+        step.skip(f"resolved by hand: {comment}", unit.now)
+        step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
+        unit.audit("step.skipped", "step", step.pk, StepState.DEAD, step.state, reason=comment)
+        original = StepRun.objects.get(pk=step.compensates_id)
+        engine.compensation_mark_done(unit, workflow, original, reason=comment)
+    elif decision == SKIP:
+        step.skip(f"skipped by operator: {comment}", unit.now)
+        step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
+        unit.audit("step.skipped", "step", step.pk, StepState.DEAD, step.state, reason=comment)
+        if instance.state in (InstanceState.RUNNING, InstanceState.WAITING):
+            engine._advance(unit, workflow, step)
+    elif decision == FAIL and instance.state in (
+        InstanceState.RUNNING,
+        InstanceState.WAITING,
+        InstanceState.COMPENSATING,
+    ):
+        previous = instance.state
+        instance.fail(f"failed by operator: {comment}")
+        unit.audit("instance.failed", "instance", instance.pk, previous, instance.state, reason=comment)
+    engine._settle(unit)
+
+
+# --- deadlines: the sweep calls this ------------------------------------------------------------------
+
+
+def tasks_sweep(now: datetime | None = None) -> dict[str, int]:
+    """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction."""
+    now = now or timezone.now()
+    due = list(
+        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, next_escalation_at__lte=now)
+        .order_by("next_escalation_at")
+        .values_list("pk", flat=True)[:200]
+    )
+    fired = 0
+    for task_id in due:
+        fired += _escalation_fire(task_id, now)
+    return {"escalations": fired}
+
+
+def _escalation_fire(task_id: int, now: datetime) -> int:
+    with transaction.atomic():
+        instance_id = HumanTask.objects.filter(pk=task_id).values_list("instance_id", flat=True).first()
+        if instance_id is None:
+            return 0
+        instance = engine.WorkflowInstance.objects.select_for_update(skip_locked=True).filter(pk=instance_id).first()
+        if instance is None:
+            return 0
+        task = HumanTask.objects.select_related("step").get(pk=task_id)
+        if not task.is_actionable or not task.next_escalation_at or task.next_escalation_at > now:
+            return 0
+        node = engine.definition_of(instance).node(task.step.name)
+        ladder = list(getattr(node, "escalation", ()))
+        if task.escalation_level >= len(ladder):
+            task.next_escalation_at = None
+            task.save(update_fields=["next_escalation_at"])
+            return 0
+        rung = ladder[task.escalation_level]
+        level = task.escalation_level + 1
+        following = ladder[level] if level < len(ladder) else None
+        # Rungs count from the task's creation, so the ladder keeps its shape whenever the sweep runs.
+        next_at = task.created_at + following.after if following else None
+        unit = Unit(instance, engine.SWEEPER, now=now)
+        from_state = task.state
+        if isinstance(rung, Remind):
+            task.escalation_level = level
+            task.next_escalation_at = next_at
+            task.save(update_fields=["escalation_level", "next_escalation_at"])
+            unit.audit("task.reminded", "task", task.pk, from_state, task.state, payload={"level": level})
+            _announce(unit, task, "task.reminded", f"Reminder: {task.title} is waiting")
+        elif isinstance(rung, Reassign):
+            group = _groups([rung.group])[0]
+            task.escalate(level, next_at)
+            task.save(update_fields=["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
+            task.candidate_groups.add(group)
+            unit.audit("task.reassigned", "task", task.pk, from_state, task.state, payload={"group": rung.group})
+            _announce(unit, task, "task.escalated", f"Reassigned to {rung.group}: {task.title}")
+        elif isinstance(rung, Escalate):
+            if rung.fail_instance:
+                task.expire(now)
+                task.save(update_fields=["state", "completed_at", "next_escalation_at"])
+                unit.audit("task.expired", "task", task.pk, from_state, task.state)
+                if instance.state in (InstanceState.RUNNING, InstanceState.WAITING):
+                    previous = instance.state
+                    instance.fail(f"{task.title}: no decision in time")
+                    unit.audit(
+                        "instance.failed",
+                        "instance",
+                        instance.pk,
+                        previous,
+                        instance.state,
+                        reason=instance.error,
+                    )
+            else:
+                group = _groups([rung.group])[0]
+                task.escalate(level, next_at)
+                task.save(
+                    update_fields=[
+                        "state",
+                        "escalation_level",
+                        "next_escalation_at",
+                        "assignee",
+                        "claimed_at",
+                    ]
+                )
+                task.candidate_groups.add(group)
+                unit.audit("task.escalated", "task", task.pk, from_state, task.state, payload={"group": rung.group})
+                _announce(unit, task, "task.escalated", f"Escalated to {rung.group}: {task.title}", level="warning")
+        unit.finish()
+        return 1
+
+
+def task_snooze(task_id: int, user: AbstractBaseUser, until: datetime) -> HumanTask:
+    """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines)."""
+    with transaction.atomic():
+        task, unit = _lock_task(task_id, user)
+        if task.assignee_id != user.pk:
+            raise TaskForbidden("Claim the task before you snooze it.")
+        if until <= unit.now or until > unit.now + timedelta(days=90):
+            raise TaskInvalid("Snooze until a time in the next 90 days.")
+        task.snoozed_until = until
+        task.save(update_fields=["snoozed_until"])
+        unit.audit("task.snoozed", "task", task.pk, task.state, task.state, payload={"until": until.isoformat()})
+        unit.finish()
+        return task
+
+
+def step_is_waiting(step: StepRun) -> bool:
+    return step.kind == StepKind.HUMAN and step.state == StepState.RUNNING

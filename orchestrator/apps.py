@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class OrchestratorConfig(AppConfig):
+    name = "orchestrator"
+    verbose_name = "Baton engine"
+
+    def ready(self) -> None:
+        from orchestrator import registry
+
+        registry.load_modules()

@@ -1,0 +1,320 @@
+"""Workflows as code: a small declarative DSL.
+
+A workflow is a named, versioned list of nodes. Nodes run in list order unless a node names its ``next``;
+a :class:`Decision` picks the next node from the instance data; a :class:`Parallel` runs linear branches side
+by side and continues once all of them have finished (fan-in)::
+
+    Workflow(
+        name="order_fulfilment", version=1, owner="Fulfilment", criticality="high",
+        steps=[
+            Task("reserve_inventory", reserve, compensate=release),
+            Decision("approval_needed", lambda data: "approve" if data["amount"] > 1000 else "ship"),
+            Human("approve", candidate_groups=["managers"]),
+            Task("ship", ship, on_failure=COMPENSATE),
+        ],
+    )
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+FAIL = "fail"
+COMPENSATE = "compensate"
+ESCALATE = "escalate"
+FailureAction = Literal["fail", "compensate", "escalate"]
+
+APPROVAL = "approval"
+FORM = "form"
+HumanKind = Literal["approval", "form"]
+
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+class DefinitionError(Exception):
+    """A workflow definition is malformed (raised when it is built, not when it runs)."""
+
+
+class PermanentError(Exception):
+    """Raised by a handler for a failure that retrying cannot fix (a declined card, invalid input)."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Retry policy: exponential back-off with jitter, capped at ``max_delay`` seconds."""
+
+    max_attempts: int = 3
+    backoff: float = 1.0
+    multiplier: float = 2.0
+    max_delay: float = 300.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise DefinitionError("Retry.max_attempts must be at least 1")
+        if self.backoff < 0 or self.max_delay < 0 or self.multiplier < 1 or not 0 <= self.jitter <= 1:
+            raise DefinitionError("Retry needs backoff >= 0, max_delay >= 0, multiplier >= 1, 0 <= jitter <= 1")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay, self.backoff * self.multiplier ** (attempt - 1))
+        spread = base * self.jitter
+        return max(0.0, base - spread + (rng or random).random() * 2 * spread)
+
+
+@dataclass
+class StepContext:
+    """What a handler sees: a copy of the instance data and a stable key for external side effects."""
+
+    instance_id: int
+    step: str
+    attempt: int
+    data: dict[str, Any]
+    idempotency_key: str
+    business_key: str = ""
+
+
+Handler = Callable[[StepContext], Mapping[str, Any] | None]
+
+
+@dataclass
+class Node:
+    """Base of every node; ``next`` overrides the list order."""
+
+    name: str
+    next: str | None = field(default=None, kw_only=True)
+    label: str = field(default="", kw_only=True)
+
+    kind = "node"
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+
+@dataclass
+class Task(Node):
+    """An automated step: ``handler(ctx)`` runs on a Celery worker."""
+
+    handler: Handler | None = None
+    compensate: Handler | None = None
+    retry: Retry = field(default_factory=Retry)
+    timeout: float = 60.0
+    on_failure: FailureAction = FAIL
+    queue: str | None = None
+
+    kind = "task"
+
+    def __post_init__(self) -> None:
+        if self.handler is None:
+            raise DefinitionError(f"Task {self.name!r} needs a handler")
+        if self.on_failure not in (FAIL, COMPENSATE, ESCALATE):
+            raise DefinitionError(f"Task {self.name!r}: on_failure must be fail, compensate or escalate")
+        if self.timeout <= 0:
+            raise DefinitionError(f"Task {self.name!r}: timeout must be positive")
+
+
+@dataclass(frozen=True)
+class Remind:
+    """Escalation rung: remind the assignee (or the candidates) after ``after``."""
+
+    after: timedelta
+
+
+@dataclass(frozen=True)
+class Reassign:
+    """Escalation rung: hand the task to ``group`` after ``after``."""
+
+    after: timedelta
+    group: str
+
+
+@dataclass(frozen=True)
+class Escalate:
+    """Escalation rung: mark the task escalated to ``group`` (managers) or fail the instance."""
+
+    after: timedelta
+    group: str = "managers"
+    fail_instance: bool = False
+
+
+Rung = Remind | Reassign | Escalate
+
+
+@dataclass
+class Human(Node):
+    """A human step: an approval or a form, for candidate groups and/or users."""
+
+    kind_of_task: HumanKind = APPROVAL
+    candidate_groups: Sequence[str] = ()
+    candidate_users: Sequence[str] = ()
+    task_title: str = ""
+    form: Any = None
+    quorum: int = 1
+    sla: timedelta | None = None
+    priority: str = "normal"
+    escalation: Sequence[Rung] = ()
+    # What a rejection does: "fail", "compensate", "end" (complete with outcome "rejected") or a node name.
+    on_reject: str = "end"
+
+    kind = "human"
+
+    def __post_init__(self) -> None:
+        if not self.candidate_groups and not self.candidate_users:
+            raise DefinitionError(f"Human step {self.name!r} needs candidate groups or users")
+        if self.kind_of_task == FORM and self.form is None:
+            raise DefinitionError(f"Human step {self.name!r} is a form step without a form class")
+        if self.quorum < 1:
+            raise DefinitionError(f"Human step {self.name!r}: quorum must be at least 1")
+        if self.priority not in PRIORITIES:
+            raise DefinitionError(f"Human step {self.name!r}: priority must be one of {PRIORITIES}")
+
+    def render_title(self, instance_title: str) -> str:
+        return (self.task_title or self.title).format(title=instance_title)
+
+
+@dataclass
+class Timer(Node):
+    """Wait for a duration, or until a datetime computed from the instance data."""
+
+    wait: timedelta | None = None
+    until: Callable[[dict[str, Any]], datetime] | None = None
+
+    kind = "timer"
+
+    def __post_init__(self) -> None:
+        if (self.wait is None) == (self.until is None):
+            raise DefinitionError(f"Timer {self.name!r} needs exactly one of wait= or until=")
+
+
+@dataclass
+class Decision(Node):
+    """Branch: ``choose(data)`` returns the name of the next node (or None to end the workflow)."""
+
+    choose: Callable[[dict[str, Any]], str | None] | None = None
+    choices: Sequence[str] = ()
+
+    kind = "decision"
+
+    def __post_init__(self) -> None:
+        if self.choose is None:
+            raise DefinitionError(f"Decision {self.name!r} needs choose=")
+
+
+@dataclass
+class Parallel(Node):
+    """Fan out into linear branches; continue at ``next`` once every branch has finished."""
+
+    branches: Sequence[Sequence[Node]] = ()
+
+    kind = "parallel"
+
+    def __post_init__(self) -> None:
+        if len(self.branches) < 2:
+            raise DefinitionError(f"Parallel {self.name!r} needs at least two branches")
+        for branch in self.branches:
+            if not branch:
+                raise DefinitionError(f"Parallel {self.name!r} has an empty branch")
+            for node in branch:
+                if isinstance(node, Parallel | Decision):
+                    raise DefinitionError(f"Parallel {self.name!r}: branches hold tasks, human steps and timers only")
+
+
+END = None
+
+
+@dataclass
+class Workflow:
+    """A versioned workflow definition. Build once at import time; it is immutable afterwards."""
+
+    name: str
+    version: int
+    steps: Sequence[Node]
+    title: str = ""
+    owner: str = ""
+    criticality: str = "medium"
+    description: str = ""
+    # Builds an instance title from the input, shown in inboxes ("Order #123 for ACME").
+    title_template: str = "{name} #{id}"
+    start_form: Any = None
+
+    nodes: dict[str, Node] = field(init=False, default_factory=dict)
+    # For each node, the node that follows it in list order (None: end of its sequence).
+    following: dict[str, str | None] = field(init=False, default_factory=dict)
+    # For each node inside a branch: (parallel name, branch index).
+    branch_of: dict[str, tuple[str, int]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise DefinitionError(f"Workflow name {self.name!r} must be an identifier")
+        if self.version < 1:
+            raise DefinitionError("Workflow version must be a positive integer")
+        if not self.steps:
+            raise DefinitionError(f"Workflow {self.name!r} has no steps")
+        if self.criticality not in ("low", "medium", "high", "critical"):
+            raise DefinitionError("criticality must be low, medium, high or critical")
+        self._index(self.steps, None)
+        for node in self.nodes.values():
+            targets: list[str | None] = [node.next]
+            if isinstance(node, Decision):
+                targets += list(node.choices)
+            if isinstance(node, Human) and node.on_reject not in ("fail", "compensate", "end"):
+                targets.append(node.on_reject)
+            for target in targets:
+                if target is not None and target not in self.nodes:
+                    raise DefinitionError(f"{self.name}: {node.name!r} points at unknown node {target!r}")
+                if target is not None and target in self.branch_of and node.name not in self.branch_of:
+                    raise DefinitionError(f"{self.name}: {node.name!r} jumps into a parallel branch")
+
+    def _index(self, nodes: Sequence[Node], branch: tuple[str, int] | None) -> None:
+        for position, node in enumerate(nodes):
+            if node.name in self.nodes:
+                raise DefinitionError(f"{self.name}: node name {node.name!r} is used twice")
+            self.nodes[node.name] = node
+            self.following[node.name] = nodes[position + 1].name if position + 1 < len(nodes) else None
+            if branch is not None:
+                self.branch_of[node.name] = branch
+            if isinstance(node, Parallel):
+                for index, sub in enumerate(node.branches):
+                    self._index(sub, (node.name, index))
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.name.replace("_", " ").capitalize()
+
+    @property
+    def first(self) -> Node:
+        return self.steps[0]
+
+    def node(self, name: str) -> Node:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise DefinitionError(f"{self.key} has no node {name!r}") from None
+
+    def next_after(self, name: str) -> str | None:
+        """The node after ``name`` when it finishes normally (explicit ``next`` wins over list order)."""
+        node = self.node(name)
+        return node.next if node.next is not None else self.following[name]
+
+    def fingerprint(self) -> str:
+        """A hash of the graph's shape, so a changed definition under an unchanged version is detectable."""
+        parts = []
+        for name, node in self.nodes.items():
+            parts.append(f"{name}:{node.kind}:{self.next_after(name)}:{self.branch_of.get(name)}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def to_dot(self, states: Mapping[str, str] | None = None) -> str:
+        """The graph as Graphviz DOT; ``states`` colours nodes by the state of their latest run."""
+        from orchestrator.diagram import workflow_dot
+
+        return workflow_dot(self, states or {})

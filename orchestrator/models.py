@@ -1,0 +1,324 @@
+"""Engine data: workflow instances, step runs and the append-only audit trail.
+
+Transition methods here only change fields in memory. The services in ``orchestrator/services`` lock, check,
+call them, save, write audit and dispatch after commit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django_fsm import RETURN_VALUE, FSMField, FSMModelMixin, transition
+
+
+class InstanceState(models.TextChoices):
+    RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting"
+    PAUSED = "paused", "Paused"
+    FAILED = "failed", "Failed"
+    COMPENSATING = "compensating", "Compensating"
+    COMPENSATED = "compensated", "Compensated"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_INSTANCE_STATES = (InstanceState.RUNNING, InstanceState.WAITING)
+OPEN_INSTANCE_STATES = (
+    *ACTIVE_INSTANCE_STATES,
+    InstanceState.PAUSED,
+    InstanceState.FAILED,
+    InstanceState.COMPENSATING,
+)
+FINAL_INSTANCE_STATES = (InstanceState.COMPLETED, InstanceState.COMPENSATED, InstanceState.CANCELLED)
+
+
+class WorkflowInstance(FSMModelMixin, models.Model):
+    """One run of a workflow definition, pinned to the definition's version."""
+
+    workflow_name = models.CharField(max_length=100)
+    workflow_version = models.PositiveIntegerField()
+    state = FSMField(default=InstanceState.RUNNING, choices=InstanceState.choices, protected=True)
+    title = models.CharField(max_length=200, blank=True)
+    business_key = models.CharField(max_length=100, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    initiator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # NULL, not "", when absent: the partial unique constraint must not treat every keyless start as a repeat.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    input_hash = models.CharField(max_length=64, blank=True)
+    outcome = models.CharField(max_length=40, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    # Head of this instance's audit hash chain; guarded by the instance row lock every writer takes.
+    audit_seq = models.PositiveIntegerField(default=0)
+    audit_head = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        permissions = [("operate_workflowinstance", "Can retry, pause, resume and cancel instances")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow_name", "idempotency_key"],
+                name="instance_idempotency_key_unique",
+                condition=models.Q(idempotency_key__isnull=False),
+            )
+        ]
+        indexes = [
+            models.Index(fields=["state", "-created_at"], name="instance_state_created"),
+            models.Index(fields=["workflow_name", "state"], name="instance_workflow_state"),
+            models.Index(fields=["-created_at"], name="instance_created"),
+            models.Index(fields=["business_key"], name="instance_business_key"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"{self.workflow_name} #{self.pk}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_INSTANCE_STATES
+
+    # --- transitions (pure) ---
+    @transition(
+        field=state,
+        source=[InstanceState.RUNNING, InstanceState.WAITING],
+        target=RETURN_VALUE(InstanceState.RUNNING, InstanceState.WAITING),
+    )
+    def settle(self, busy: bool) -> str:
+        """Running while automated work is queued or running; waiting while only people or timers are."""
+        return InstanceState.RUNNING if busy else InstanceState.WAITING
+
+    @transition(field=state, source=[InstanceState.RUNNING, InstanceState.WAITING], target=InstanceState.COMPLETED)
+    def complete(self, outcome: str, now: datetime) -> None:
+        self.outcome = outcome
+        self.finished_at = now
+
+    @transition(
+        field=state,
+        source=[InstanceState.RUNNING, InstanceState.WAITING, InstanceState.COMPENSATING],
+        target=InstanceState.FAILED,
+    )
+    def fail(self, error: str) -> None:
+        self.error = error
+
+    @transition(
+        field=state,
+        source=[InstanceState.RUNNING, InstanceState.WAITING, InstanceState.FAILED],
+        target=InstanceState.COMPENSATING,
+    )
+    def start_compensation(self, error: str) -> None:
+        self.error = error
+
+    @transition(field=state, source=InstanceState.COMPENSATING, target=InstanceState.COMPENSATED)
+    def finish_compensation(self, now: datetime) -> None:
+        self.outcome = "compensated"
+        self.finished_at = now
+
+    @transition(field=state, source=InstanceState.FAILED, target=InstanceState.RUNNING)
+    def retry(self) -> None:
+        self.error = ""
+
+    @transition(field=state, source=[InstanceState.RUNNING, InstanceState.WAITING], target=InstanceState.PAUSED)
+    def pause(self, until: datetime | None) -> None:
+        self.paused_until = until
+
+    @transition(field=state, source=InstanceState.PAUSED, target=InstanceState.RUNNING)
+    def resume(self) -> None:
+        self.paused_until = None
+
+    @transition(field=state, source=list(OPEN_INSTANCE_STATES), target=InstanceState.CANCELLED)
+    def cancel(self, now: datetime) -> None:
+        self.outcome = "cancelled"
+        self.finished_at = now
+
+
+class StepState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SCHEDULED = "scheduled", "Scheduled"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed (will retry)"
+    DEAD = "dead", "Dead"
+    SKIPPED = "skipped", "Skipped"
+    COMPENSATED = "compensated", "Compensated"
+
+
+class StepKind(models.TextChoices):
+    TASK = "task", "Automated task"
+    HUMAN = "human", "Human task"
+    TIMER = "timer", "Timer"
+    DECISION = "decision", "Decision"
+    PARALLEL = "parallel", "Parallel"
+    COMPENSATION = "compensation", "Compensation"
+
+
+# States whose step still needs a worker (the instance is "running" while any step is in one of them).
+BUSY_STEP_STATES = (StepState.SCHEDULED, StepState.RUNNING, StepState.FAILED)
+DISPATCHABLE_STEP_STATES = (StepState.SCHEDULED, StepState.FAILED)
+
+
+class StepRun(FSMModelMixin, models.Model):
+    """One execution of one node of an instance: claimed by a worker, retried, compensated."""
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=StepKind.choices)
+    state = FSMField(default=StepState.PENDING, choices=StepState.choices, protected=True)
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    # When the step may next run: first dispatch, retry back-off, or a timer's deadline.
+    due_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    error_type = models.CharField(max_length=200, blank=True)
+    # The step run this one compensates (kind == compensation).
+    compensates = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    # The parallel step run this one belongs to, and its branch.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    branch = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["instance", "id"], name="step_instance"),
+            # The sweep's two questions: what is due, and whose lease has run out.
+            models.Index(
+                fields=["due_at"],
+                name="step_due",
+                condition=models.Q(state__in=["scheduled", "failed"]),
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="step_lease",
+                condition=models.Q(state="running", lease_expires_at__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and redeliveries: an external service dedupes on it."""
+        return f"{self.instance_id}:{self.name}:{self.pk}"
+
+    # --- transitions (pure) ---
+    @transition(field=state, source=[StepState.PENDING, StepState.DEAD, StepState.FAILED], target=StepState.SCHEDULED)
+    def schedule(self, due_at: datetime) -> None:
+        self.due_at = due_at
+        self.dispatched_at = None
+
+    @transition(field=state, source=[StepState.SCHEDULED, StepState.FAILED], target=StepState.RUNNING)
+    def start(self, now: datetime, lease_expires_at: datetime | None) -> None:
+        self.attempt += 1
+        self.started_at = now
+        self.lease_expires_at = lease_expires_at
+
+    @transition(field=state, source=[StepState.RUNNING, StepState.SCHEDULED], target=StepState.SUCCEEDED)
+    def succeed(self, result: dict[str, Any], now: datetime) -> None:
+        self.result = result
+        self.finished_at = now
+        self.lease_expires_at = None
+        self.error = ""
+        self.error_type = ""
+
+    @transition(field=state, source=StepState.RUNNING, target=StepState.FAILED)
+    def fail_attempt(self, error_type: str, error: str, retry_at: datetime) -> None:
+        self.error_type = error_type
+        self.error = error
+        self.due_at = retry_at
+        self.dispatched_at = None
+        self.lease_expires_at = None
+
+    @transition(field=state, source=StepState.RUNNING, target=StepState.DEAD)
+    def die(self, error_type: str, error: str, now: datetime) -> None:
+        self.error_type = error_type
+        self.error = error
+        self.finished_at = now
+        self.lease_expires_at = None
+
+    @transition(
+        field=state,
+        source=[StepState.PENDING, StepState.SCHEDULED, StepState.RUNNING, StepState.FAILED, StepState.DEAD],
+        target=StepState.SKIPPED,
+    )
+    def skip(self, reason: str, now: datetime) -> None:
+        self.error = reason
+        self.finished_at = now
+        self.lease_expires_at = None
+
+    @transition(field=state, source=StepState.SUCCEEDED, target=StepState.COMPENSATED)
+    def mark_compensated(self) -> None:
+        pass
+
+
+class AuditEvent(models.Model):
+    """Append-only record of every transition. PostgreSQL/SQLite triggers refuse UPDATE and DELETE.
+
+    Events form one hash chain per instance (``chain``), so writers of different instances never contend;
+    ``hash`` covers the event's content and the previous event's hash (see ``orchestrator/audit.py``).
+    """
+
+    chain = models.CharField(max_length=40)
+    seq = models.PositiveIntegerField()
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64)
+    occurred_at = models.DateTimeField()
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    # "user:alice" or "system:worker", kept as text so the record survives a renamed or removed user.
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=60)
+    instance = models.ForeignKey(
+        WorkflowInstance, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_events"
+    )
+    subject_type = models.CharField(max_length=30)
+    subject_id = models.BigIntegerField(null=True, blank=True)
+    from_state = models.CharField(max_length=20, blank=True)
+    to_state = models.CharField(max_length=20, blank=True)
+    reason = models.TextField(blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    request_meta = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="audit_chain_seq_unique")]
+        indexes = [
+            models.Index(fields=["instance", "seq"], name="audit_instance_seq"),
+            models.Index(fields=["-occurred_at"], name="audit_occurred"),
+            models.Index(fields=["action", "-occurred_at"], name="audit_action_occurred"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain}#{self.seq} {self.action}"
+
+
+class DemoLedger(models.Model):
+    """The simulated external services of the demo workflows record their side effects here.
+
+    The unique idempotency key is what a real payment provider or warehouse API does for us: a repeated call
+    with the same key returns the first result instead of charging twice.
+    """
+
+    service = models.CharField(max_length=40)
+    operation = models.CharField(max_length=40)
+    idempotency_key = models.CharField(max_length=200)
+    amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    reference = models.CharField(max_length=64)
+    calls = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["service", "operation", "idempotency_key"], name="ledger_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}.{self.operation} {self.reference}"

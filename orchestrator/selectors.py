@@ -1,0 +1,64 @@
+"""Reads for the engine's pages: instance lists, an instance's steps and audit trail, the catalog."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Q, QuerySet
+
+from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
+
+
+def can_view_all_instances(user: AbstractBaseUser) -> bool:
+    return user.has_perm("orchestrator.view_workflowinstance")  # type: ignore[attr-defined]
+
+
+def can_operate(user: AbstractBaseUser) -> bool:
+    return user.has_perm("orchestrator.operate_workflowinstance")  # type: ignore[attr-defined]
+
+
+def instances_for_user(user: AbstractBaseUser) -> QuerySet[WorkflowInstance]:
+    """Operators and admins see every instance; anyone else the ones they started."""
+    qs = WorkflowInstance.objects.select_related("initiator").order_by("-created_at", "-id")
+    if not can_view_all_instances(user):
+        qs = qs.filter(initiator=user)
+    return qs
+
+
+def instance_for_user(user: AbstractBaseUser, instance_id: int) -> WorkflowInstance | None:
+    """The instance if the user may see it: operators, its initiator, or a person with one of its tasks."""
+    from approvals.selectors import visible_tasks
+
+    instance = WorkflowInstance.objects.select_related("initiator").filter(pk=instance_id).first()
+    if instance is None:
+        return None
+    if can_view_all_instances(user) or instance.initiator_id == user.pk:
+        return instance
+    if visible_tasks(user).filter(instance_id=instance_id).exists():
+        return instance
+    return None
+
+
+def steps_of(instance: WorkflowInstance) -> list[StepRun]:
+    return list(instance.steps.order_by("id"))
+
+
+def audit_of(instance: WorkflowInstance) -> QuerySet[AuditEvent]:
+    return instance.audit_events.select_related("actor").order_by("seq")
+
+
+def state_counts(qs: QuerySet[WorkflowInstance]) -> dict[str, int]:
+    return dict(qs.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+
+
+def workflow_stats() -> dict[str, dict[str, int]]:
+    """Per workflow name: total, open and failed instances (one grouped query)."""
+    rows = (
+        WorkflowInstance.objects.order_by()
+        .values("workflow_name")
+        .annotate(
+            total=Count("id"),
+            active=Count("id", filter=Q(state__in=["running", "waiting", "paused", "compensating"])),
+            failed=Count("id", filter=Q(state="failed")),
+        )
+    )
+    return {r["workflow_name"]: r for r in rows}

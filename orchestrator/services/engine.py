@@ -1,0 +1,579 @@
+"""The durable engine: claim, run and record steps, advance instances, compensate, sweep.
+
+Lock order, everywhere: the instance row first (``SELECT ... FOR UPDATE``), then its steps and tasks. Every
+write to a step or a human task happens under its instance's lock, so the instance row is the one mutex of
+an instance, and its audit chain head lives on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, Subquery
+from django.utils import timezone
+
+from orchestrator import registry
+from orchestrator.audit import Actor
+from orchestrator.dsl import (
+    COMPENSATE,
+    ESCALATE,
+    Decision,
+    Human,
+    Node,
+    Parallel,
+    PermanentError,
+    StepContext,
+    Task,
+    Timer,
+    Workflow,
+)
+from orchestrator.models import (
+    ACTIVE_INSTANCE_STATES,
+    BUSY_STEP_STATES,
+    DISPATCHABLE_STEP_STATES,
+    InstanceState,
+    StepKind,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
+from orchestrator.services.unit import Unit
+
+logger = logging.getLogger(__name__)
+
+WORKER = Actor.system("worker")
+SWEEPER = Actor.system("sweeper")
+# A decision loop that never waits would spin forever inside one transaction.
+MAX_INLINE_HOPS = 100
+
+
+class EngineError(Exception):
+    """A workflow cannot go on as defined (an unknown node, a decision that loops)."""
+
+
+def definition_of(instance: WorkflowInstance) -> Workflow:
+    """The definition the instance is pinned to."""
+    return registry.get(instance.workflow_name, instance.workflow_version)
+
+
+def lock_instance(instance_id: int) -> WorkflowInstance:
+    """Lock and return the instance row (the mutex for everything that instance owns)."""
+    return WorkflowInstance.objects.select_for_update().get(pk=instance_id)
+
+
+def lock_instance_of_step(step_id: int, *, skip_locked: bool = False) -> WorkflowInstance | None:
+    """Lock the instance owning ``step_id``; None if the step does not exist (or is locked, with skip_locked)."""
+    owner = StepRun.objects.filter(pk=step_id).values("instance_id")[:1]
+    return WorkflowInstance.objects.select_for_update(skip_locked=skip_locked).filter(pk=Subquery(owner)).first()
+
+
+# --- executing a step ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    step_id: int
+    attempt: int
+    kind: str
+    node: Node
+    context: StepContext
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error_type: str = ""
+    error: str = ""
+    permanent: bool = False
+
+
+def step_execute(step_id: int) -> str:
+    """Claim the step, run its handler outside any transaction, record the outcome. Safe to repeat."""
+    claim = step_claim(step_id)
+    if claim is None:
+        return "not runnable"
+    outcome = _run_handler(claim)
+    return step_record(claim.step_id, claim.attempt, outcome)
+
+
+def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
+    """Move a due step to running with attempt + 1 and a lease; None if it is not runnable now."""
+    with transaction.atomic():
+        instance = lock_instance_of_step(step_id)
+        if instance is None:
+            return None
+        step = StepRun.objects.get(pk=step_id)
+        now = now or timezone.now()
+        if step.state not in DISPATCHABLE_STEP_STATES or (step.due_at and step.due_at > now):
+            return None  # a redelivered, early or duplicate message: PostgreSQL says there is nothing to do
+        allowed = (InstanceState.COMPENSATING,) if step.kind == StepKind.COMPENSATION else ACTIVE_INSTANCE_STATES
+        if instance.state not in allowed:
+            return None  # paused, failed or cancelled: resume/retry re-dispatches
+        try:
+            workflow = definition_of(instance)
+            node = workflow.node(step.name)
+        except Exception as exc:  # the code of this version is gone or broken: fail loudly, not silently
+            unit = Unit(instance, WORKER, now=now)
+            from_state = step.state
+            step.start(now, None)
+            step.save()
+            unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
+            _record_failure(unit, step, None, type(exc).__name__, f"definition not available: {exc}", True)
+            _settle(unit)
+            unit.finish()
+            return None
+        timeout = node.timeout if isinstance(node, Task) else 60.0
+        lease = now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
+        from_state = step.state
+        step.start(now, lease)
+        step.save(update_fields=["state", "attempt", "started_at", "lease_expires_at"])
+        unit = Unit(instance, WORKER, now=now)
+        unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
+        unit.finish()
+        context = StepContext(
+            instance_id=instance.pk,
+            step=step.name,
+            attempt=step.attempt,
+            data=dict(instance.data),
+            idempotency_key=step.idempotency_key,
+            business_key=instance.business_key,
+        )
+        return Claim(step.pk, step.attempt, step.kind, node, context)
+
+
+def _run_handler(claim: Claim) -> Outcome:
+    node = claim.node
+    if claim.kind == StepKind.TIMER:
+        return Outcome(ok=True, result={"fired": True})
+    assert isinstance(node, Task)
+    handler = node.compensate if claim.kind == StepKind.COMPENSATION else node.handler
+    assert handler is not None
+    try:
+        result = handler(claim.context)
+    except PermanentError as exc:
+        return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc) or repr(exc), permanent=True)
+    except Exception as exc:
+        # Any other exception, SoftTimeLimitExceeded included, is worth another attempt.
+        detail = str(exc) or repr(exc)
+        tb = "".join(traceback.format_exception(exc, limit=-6))
+        return Outcome(ok=False, error_type=type(exc).__name__, error=f"{detail}\n\n{tb}")
+    if result is not None and not isinstance(result, dict):
+        return Outcome(
+            ok=False,
+            error_type="TypeError",
+            error=f"handler returned {type(result).__name__}; return a dict or None",
+            permanent=True,
+        )
+    return Outcome(ok=True, result=dict(result or {}))
+
+
+def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
+    """Record a handler's outcome, fenced by the attempt number; a worker whose lease was lost writes nothing."""
+    with transaction.atomic():
+        instance = lock_instance_of_step(step_id)
+        if instance is None:
+            return "gone"
+        step = StepRun.objects.get(pk=step_id)
+        if step.state != StepState.RUNNING or step.attempt != attempt:
+            logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
+            return "fenced"
+        unit = Unit(instance, WORKER)
+        workflow = definition_of(instance)
+        node = workflow.node(step.name)
+        if outcome.ok:
+            step.succeed(outcome.result, unit.now)
+            step.save(update_fields=["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            unit.audit(
+                "step.succeeded",
+                "step",
+                step.pk,
+                StepState.RUNNING,
+                step.state,
+                payload={"attempt": step.attempt, "result": outcome.result},
+            )
+            if step.kind == StepKind.COMPENSATION:
+                _compensation_step_succeeded(unit, workflow, step)
+            else:
+                instance.data.update(outcome.result)
+                _advance(unit, workflow, step)
+        else:
+            _record_failure(unit, step, node, outcome.error_type, outcome.error, outcome.permanent)
+        _settle(unit)
+        unit.finish()
+        return "succeeded" if outcome.ok else "failed"
+
+
+def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: str, error: str, permanent: bool) -> None:
+    """A failed attempt: retry at a back-off ``due_at`` while attempts remain, else the step is dead."""
+    retry = node.retry if isinstance(node, Task) else None
+    if not permanent and retry is not None and step.attempt < step.max_attempts:
+        delay = retry.delay(step.attempt)
+        step.fail_attempt(error_type, error, unit.now + timedelta(seconds=delay))
+        step.save(update_fields=["state", "error", "error_type", "due_at", "dispatched_at", "lease_expires_at"])
+        unit.audit(
+            "step.failed",
+            "step",
+            step.pk,
+            StepState.RUNNING,
+            step.state,
+            reason=_first_line(error),
+            payload={
+                "attempt": step.attempt,
+                "max_attempts": step.max_attempts,
+                "error_type": error_type,
+                "retry_in_seconds": round(delay, 3),
+            },
+        )
+        unit.scheduled_work = True
+        return
+    step.die(error_type, error, unit.now)
+    step.save(update_fields=["state", "error", "error_type", "finished_at", "lease_expires_at"])
+    unit.audit(
+        "step.dead",
+        "step",
+        step.pk,
+        StepState.RUNNING,
+        step.state,
+        reason=_first_line(error),
+        payload={"attempt": step.attempt, "error_type": error_type, "permanent": permanent},
+    )
+    _step_dead(unit, step, node)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:500] if text.strip() else ""
+
+
+def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
+    from approvals.services import escalation_open
+
+    instance = unit.instance
+    if step.kind == StepKind.COMPENSATION:
+        # A failed compensation is never left silent: a person must finish it.
+        escalation_open(unit, step, reason=f"Compensation of {step.name} failed: {_first_line(step.error)}")
+        return
+    if isinstance(node, Task) and node.on_failure == COMPENSATE and instance.state in ACTIVE_INSTANCE_STATES:
+        compensation_start(unit, f"{step.name} failed: {_first_line(step.error)}")
+        return
+    if isinstance(node, Task) and node.on_failure == ESCALATE and instance.state in ACTIVE_INSTANCE_STATES:
+        escalation_open(unit, step, reason=f"{step.name} failed: {_first_line(step.error)}")
+        return
+    if instance.state in ACTIVE_INSTANCE_STATES:
+        from_state = instance.state
+        instance.fail(f"{step.name} failed: {_first_line(step.error)}")
+        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+
+
+# --- advancing an instance ----------------------------------------------------------------------------
+
+
+def _advance(unit: Unit, workflow: Workflow, step: StepRun) -> None:
+    """Enter whatever follows ``step`` (its next node, its branch's join, or the end)."""
+    _enter(unit, workflow, workflow.next_after(step.name), step.parent_id, step.branch, hops=0)
+
+
+def _enter(
+    unit: Unit, workflow: Workflow, name: str | None, parent_id: int | None, branch: int | None, *, hops: int
+) -> None:
+    if hops > MAX_INLINE_HOPS:
+        raise EngineError(f"{workflow.key}: more than {MAX_INLINE_HOPS} decisions without a wait")
+    instance = unit.instance
+    if name is None:
+        if parent_id is not None:
+            _branch_finished(unit, workflow, parent_id, branch, hops=hops)
+        elif instance.state in ACTIVE_INSTANCE_STATES:
+            from_state = instance.state
+            instance.complete(str(instance.data.get("outcome", "completed")), unit.now)
+            unit.audit("instance.completed", "instance", instance.pk, from_state, instance.state)
+        return
+    node = workflow.node(name)
+    common = {"instance": instance, "name": node.name, "parent_id": parent_id, "branch": branch}
+    if isinstance(node, Task):
+        step = StepRun(
+            **common,
+            kind=StepKind.TASK,
+            state=StepState.SCHEDULED,
+            max_attempts=node.retry.max_attempts,
+            due_at=unit.now,
+            dispatched_at=unit.now,
+        )
+        step.save()
+        unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"node": node.name})
+        unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+    elif isinstance(node, Timer):
+        due = unit.now + node.wait if node.wait is not None else node.until(dict(instance.data))  # type: ignore[misc]
+        step = StepRun(**common, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at=due)
+        step.save()
+        unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"due_at": due.isoformat()})
+        if due <= unit.now:
+            step.dispatched_at = unit.now
+            step.save(update_fields=["dispatched_at"])
+            unit.dispatch(step)
+    elif isinstance(node, Human):
+        from approvals.services import task_open
+
+        step = StepRun(**common, kind=StepKind.HUMAN, state=StepState.RUNNING, started_at=unit.now)
+        step.save()
+        unit.audit("step.started", "step", step.pk, "", step.state, payload={"node": node.name})
+        task_open(unit, step, node)
+    elif isinstance(node, Decision):
+        assert node.choose is not None
+        target = node.choose(dict(instance.data))
+        step = StepRun(
+            **common,
+            kind=StepKind.DECISION,
+            state=StepState.SUCCEEDED,
+            started_at=unit.now,
+            finished_at=unit.now,
+            result={"next": target},
+        )
+        step.save()
+        unit.audit("step.decided", "step", step.pk, "", step.state, payload={"next": target})
+        if target is not None and target not in workflow.nodes:
+            raise EngineError(f"{workflow.key}: decision {node.name!r} chose unknown node {target!r}")
+        _enter(unit, workflow, target, parent_id, branch, hops=hops + 1)
+    elif isinstance(node, Parallel):
+        step = StepRun(
+            **common,
+            kind=StepKind.PARALLEL,
+            state=StepState.RUNNING,
+            started_at=unit.now,
+            result={"done": []},
+        )
+        step.save()
+        unit.audit("step.started", "step", step.pk, "", step.state, payload={"branches": len(node.branches)})
+        for index, sub in enumerate(node.branches):
+            _enter(unit, workflow, sub[0].name, step.pk, index, hops=hops + 1)
+    else:  # pragma: no cover - the DSL has no other node kinds
+        raise EngineError(f"unknown node kind {node!r}")
+
+
+def _branch_finished(unit: Unit, workflow: Workflow, parent_id: int, branch: int | None, *, hops: int) -> None:
+    """Fan-in: record the branch; when every branch is done, the parallel step succeeds and the flow goes on."""
+    parallel = StepRun.objects.get(pk=parent_id)
+    node = workflow.node(parallel.name)
+    assert isinstance(node, Parallel)
+    done = sorted(set(parallel.result.get("done", [])) | {branch})
+    if parallel.state != StepState.RUNNING:
+        return
+    if len(done) < len(node.branches):
+        parallel.result = {"done": done}
+        parallel.save(update_fields=["result"])
+        return
+    parallel.succeed({"done": done}, unit.now)
+    parallel.save(update_fields=["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+    unit.audit("step.succeeded", "step", parallel.pk, StepState.RUNNING, parallel.state, payload={"joined": done})
+    _enter(unit, workflow, workflow.next_after(parallel.name), parallel.parent_id, parallel.branch, hops=hops + 1)
+
+
+def _settle(unit: Unit) -> None:
+    """Running while automated work is pending, waiting while only people and timers are."""
+    instance = unit.instance
+    if instance.state not in ACTIVE_INSTANCE_STATES:
+        return
+    busy = unit.scheduled_work or (
+        instance.steps.filter(state__in=BUSY_STEP_STATES, kind__in=[StepKind.TASK, StepKind.COMPENSATION]).exists()
+    )
+    if (instance.state == InstanceState.RUNNING) != busy:
+        from_state = instance.state
+        instance.settle(busy)
+        unit.audit("instance." + instance.state, "instance", instance.pk, from_state, instance.state)
+
+
+def human_step_finish(unit: Unit, step: StepRun, result: dict[str, Any], *, rejected: bool) -> None:
+    """Called by approvals' services, inside their transaction, when a human step is decided."""
+    workflow = definition_of(unit.instance)
+    node = workflow.node(step.name)
+    assert isinstance(node, Human)
+    step.succeed(result, unit.now)
+    step.save(update_fields=["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+    unit.audit("step.succeeded", "step", step.pk, StepState.RUNNING, step.state, payload=result)
+    instance = unit.instance
+    instance.data[step.name] = result
+    if instance.state not in ACTIVE_INSTANCE_STATES:
+        return
+    if not rejected:
+        _advance(unit, workflow, step)
+    elif node.on_reject == "end":
+        _skip_open_steps(unit, reason=f"{step.name} rejected")
+        from_state = instance.state
+        instance.complete("rejected", unit.now)
+        unit.audit("instance.completed", "instance", instance.pk, from_state, instance.state, reason="rejected")
+    elif node.on_reject == "fail":
+        from_state = instance.state
+        instance.fail(f"{step.name} rejected")
+        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+    elif node.on_reject == COMPENSATE:
+        compensation_start(unit, f"{step.name} rejected")
+    else:
+        _enter(unit, workflow, node.on_reject, step.parent_id, step.branch, hops=0)
+    _settle(unit)
+
+
+# --- compensation (saga) ------------------------------------------------------------------------------
+
+
+def compensation_start(unit: Unit, reason: str) -> None:
+    """Stop forward work and undo the steps that took effect, latest first."""
+    instance = unit.instance
+    from_state = instance.state
+    instance.start_compensation(reason)
+    unit.audit("instance.compensating", "instance", instance.pk, from_state, instance.state, reason=reason)
+    _skip_open_steps(unit, reason=f"compensating: {reason}")
+    _compensation_next(unit, definition_of(instance))
+
+
+def _compensation_next(unit: Unit, workflow: Workflow) -> None:
+    instance = unit.instance
+    done_steps = instance.steps.filter(kind=StepKind.TASK, state=StepState.SUCCEEDED).order_by("-finished_at", "-id")
+    for original in done_steps:
+        node = workflow.node(original.name)
+        if isinstance(node, Task) and node.compensate is not None:
+            step = StepRun(
+                instance=instance,
+                name=original.name,
+                kind=StepKind.COMPENSATION,
+                state=StepState.SCHEDULED,
+                max_attempts=node.retry.max_attempts,
+                due_at=unit.now,
+                dispatched_at=unit.now,
+                compensates=original,
+            )
+            step.save()
+            unit.audit(
+                "compensation.scheduled",
+                "step",
+                step.pk,
+                "",
+                step.state,
+                payload={"compensates": original.pk},
+            )
+            unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+            return
+    from_state = instance.state
+    instance.finish_compensation(unit.now)
+    unit.audit("instance.compensated", "instance", instance.pk, from_state, instance.state)
+
+
+def _compensation_step_succeeded(unit: Unit, workflow: Workflow, step: StepRun) -> None:
+    original = StepRun.objects.get(pk=step.compensates_id)
+    compensation_mark_done(unit, workflow, original)
+
+
+def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, reason: str = "") -> None:
+    """The original step is undone (by its compensation, or by a person); go on to the next one."""
+    original.mark_compensated()
+    original.save(update_fields=["state"])
+    unit.audit("step.compensated", "step", original.pk, StepState.SUCCEEDED, original.state, reason=reason)
+    _compensation_next(unit, workflow)
+
+
+def _skip_open_steps(unit: Unit, reason: str) -> None:
+    from approvals.services import tasks_cancel_for_steps
+
+    open_steps = list(
+        unit.instance.steps.filter(
+            state__in=[StepState.PENDING, StepState.SCHEDULED, StepState.RUNNING, StepState.FAILED]
+        ).exclude(kind=StepKind.COMPENSATION)
+    )
+    for step in open_steps:
+        from_state = step.state
+        step.skip(reason, unit.now)
+        step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
+        unit.audit("step.skipped", "step", step.pk, from_state, step.state, reason=reason)
+    tasks_cancel_for_steps(unit, [s.pk for s in open_steps if s.kind == StepKind.HUMAN], reason)
+
+
+# --- the sweep ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    dispatched: int = 0
+    leases_expired: int = 0
+    resumed: int = 0
+    tasks: dict[str, int] = field(default_factory=dict)
+
+
+def sweep(now: datetime | None = None) -> SweepReport:
+    """The one periodic pass: dispatch due steps, recover lost leases, resume paused instances, run deadlines."""
+    from approvals.services import tasks_sweep
+    from orchestrator.services.instances import instance_resume
+
+    now = now or timezone.now()
+    report = SweepReport()
+    batch = settings.BATON_SWEEP_BATCH
+    stale = now - timedelta(seconds=settings.BATON_REDISPATCH_AFTER)
+    with transaction.atomic():
+        due = list(
+            StepRun.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                state__in=DISPATCHABLE_STEP_STATES,
+                due_at__lte=now,
+                instance__state__in=[*ACTIVE_INSTANCE_STATES, InstanceState.COMPENSATING],
+            )
+            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
+            .order_by("due_at")
+            .values_list("pk", flat=True)[:batch]
+        )
+        if due:
+            StepRun.objects.filter(pk__in=due).update(dispatched_at=now)
+            from orchestrator.services.unit import send_step
+
+            for step_id in due:
+                transaction.on_commit(lambda step_id=step_id: send_step(step_id, {}))
+        report.dispatched = len(due)
+
+    expired = list(
+        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=now)
+        .order_by("lease_expires_at")
+        .values_list("pk", flat=True)[:batch]
+    )
+    for step_id in expired:
+        report.leases_expired += _lease_expire(step_id, now)
+
+    paused = list(
+        WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lte=now).values_list("pk", flat=True)[
+            :batch
+        ]
+    )
+    for instance_id in paused:
+        instance_resume(instance_id, actor=SWEEPER, reason="pause ended", only_if_due=True)
+        report.resumed += 1
+    report.tasks = tasks_sweep(now)
+    return report
+
+
+def _lease_expire(step_id: int, now: datetime) -> int:
+    with transaction.atomic():
+        instance = lock_instance_of_step(step_id, skip_locked=True)
+        if instance is None:
+            return 0
+        step = StepRun.objects.get(pk=step_id)
+        if step.state != StepState.RUNNING or not step.lease_expires_at or step.lease_expires_at >= now:
+            return 0
+        unit = Unit(instance, SWEEPER, now=now)
+        node = definition_of(instance).node(step.name)
+        _record_failure(
+            unit,
+            step,
+            node,
+            "LeaseExpired",
+            f"no result by {step.lease_expires_at.isoformat()}: the worker died or the step timed out",
+            False,
+        )
+        # The retry is due now: dispatch it in this pass rather than waiting for the next one.
+        if step.state == StepState.FAILED and step.due_at and step.due_at <= now:
+            step.dispatched_at = now
+            step.save(update_fields=["dispatched_at"])
+            unit.dispatch(step)
+        _settle(unit)
+        unit.finish()
+        return 1

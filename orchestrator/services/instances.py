@@ -1,0 +1,243 @@
+"""Instance lifecycle services: start, and the operator's retry, pause, resume and cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from orchestrator import registry
+from orchestrator.audit import Actor
+from orchestrator.models import (
+    DISPATCHABLE_STEP_STATES,
+    InstanceState,
+    StepKind,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
+from orchestrator.services.engine import (
+    _enter,
+    _settle,
+    _skip_open_steps,
+    definition_of,
+    lock_instance,
+)
+from orchestrator.services.unit import Unit
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with a different input."""
+
+    def __init__(self, instance: WorkflowInstance) -> None:
+        super().__init__(f"idempotency key already used for instance {instance.pk} with a different input")
+        self.instance = instance
+
+
+class InvalidInput(Exception):
+    """The start input does not satisfy the workflow's start form."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class NotAllowed(Exception):
+    """The operation does not apply to the instance in its current state."""
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    # Decimals and dates from forms become strings; the instance data is plain JSON.
+    return json.loads(json.dumps(data, default=str))
+
+
+def _input_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def instance_start(
+    workflow_name: str,
+    data: dict[str, Any],
+    *,
+    initiator: Any = None,
+    idempotency_key: str | None = None,
+    business_key: str = "",
+    version: int | None = None,
+    request_meta: dict[str, Any] | None = None,
+) -> WorkflowInstance:
+    """Start an instance of the latest (or given) version; the same idempotency key returns the same instance."""
+    workflow = registry.get(workflow_name, version)
+    if workflow.start_form is not None:
+        form = workflow.start_form(data=data)
+        if not form.is_valid():
+            raise InvalidInput({k: [str(e) for e in v] for k, v in form.errors.items()})
+        data = {**data, **form.cleaned_data}
+    data = _jsonable(data)
+    input_hash = _input_hash(data)
+    if idempotency_key:
+        existing = _existing(workflow_name, idempotency_key, input_hash)
+        if existing is not None:
+            return existing
+    actor = Actor.of(initiator) if initiator is not None else Actor.system("api")
+    try:
+        with transaction.atomic():
+            instance = WorkflowInstance.objects.create(
+                workflow_name=workflow.name,
+                workflow_version=workflow.version,
+                data=data,
+                business_key=business_key or str(data.get("business_key", ""))[:100],
+                initiator=initiator if initiator is not None and initiator.is_authenticated else None,
+                idempotency_key=idempotency_key or None,
+                input_hash=input_hash,
+            )
+            instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
+            unit = Unit(instance, actor, request_meta=request_meta)
+            unit.audit(
+                "instance.started",
+                "instance",
+                instance.pk,
+                "",
+                instance.state,
+                payload={"workflow": workflow.key, "input": data},
+            )
+            _enter(unit, workflow, workflow.first.name, None, None, hops=0)
+            _settle(unit)
+            unit.finish()
+    except IntegrityError:
+        # Two starts with the same key raced; the loser returns the winner's instance.
+        if idempotency_key:
+            existing = _existing(workflow_name, idempotency_key, input_hash)
+            if existing is not None:
+                return existing
+        raise
+    return instance
+
+
+def _existing(workflow_name: str, key: str, input_hash: str) -> WorkflowInstance | None:
+    existing = WorkflowInstance.objects.filter(workflow_name=workflow_name, idempotency_key=key).first()
+    if existing is not None and existing.input_hash != input_hash:
+        raise IdempotencyConflict(existing)
+    return existing
+
+
+def _title(template: str, name: str, instance: WorkflowInstance, data: dict[str, Any]) -> str:
+    try:
+        return template.format(name=name, id=instance.pk, **data)[:200]
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return f"{name} #{instance.pk}"
+
+
+def _reason_required(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError("Give a reason: it goes into the audit trail.")
+    return reason
+
+
+def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
+    """Operator: put a failed instance's dead steps back in the queue and run it again from there."""
+    reason = _reason_required(reason)
+    with transaction.atomic():
+        instance = lock_instance(instance_id)
+        if instance.state != InstanceState.FAILED:
+            raise NotAllowed(f"Only failed instances can be retried; this one is {instance.state}.")
+        unit = Unit(instance, actor, request_meta=request_meta)
+        from_state = instance.state
+        instance.retry()
+        unit.audit("instance.retried", "instance", instance.pk, from_state, instance.state, reason=reason)
+        workflow = definition_of(instance)
+        for step in instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION):
+            step_from = step.state
+            step.max_attempts = step.attempt + workflow.node(step.name).retry.max_attempts  # type: ignore[attr-defined]
+            step.schedule(unit.now)
+            step.dispatched_at = unit.now
+            step.save(update_fields=["state", "due_at", "dispatched_at", "max_attempts"])
+            unit.audit("step.scheduled", "step", step.pk, step_from, step.state, reason=reason)
+            unit.dispatch(step)
+        _redispatch_due(unit)
+        _settle(unit)
+        unit.finish()
+
+
+def _redispatch_due(unit: Unit) -> None:
+    for step in unit.instance.steps.filter(state__in=DISPATCHABLE_STEP_STATES, due_at__lte=unit.now):
+        if step.pk not in {d[0] for d in unit.dispatches}:
+            unit.dispatch(step)
+
+
+def instance_pause(
+    instance_id: int,
+    *,
+    actor: Actor,
+    reason: str,
+    until: datetime | None = None,
+    request_meta: dict | None = None,
+) -> None:
+    """Operator: hold an instance (no new step starts) until resumed, or until ``until``."""
+    reason = _reason_required(reason)
+    with transaction.atomic():
+        instance = lock_instance(instance_id)
+        if instance.state not in (InstanceState.RUNNING, InstanceState.WAITING):
+            raise NotAllowed(f"Only running or waiting instances can be paused; this one is {instance.state}.")
+        unit = Unit(instance, actor, request_meta=request_meta)
+        from_state = instance.state
+        instance.pause(until)
+        unit.audit(
+            "instance.paused",
+            "instance",
+            instance.pk,
+            from_state,
+            instance.state,
+            reason=reason,
+            payload={"until": until.isoformat() if until else None},
+        )
+        unit.finish()
+
+
+def instance_resume(
+    instance_id: int,
+    *,
+    actor: Actor,
+    reason: str,
+    only_if_due: bool = False,
+    request_meta: dict | None = None,
+) -> None:
+    """Resume a paused instance and dispatch the steps that fell due while it was held."""
+    with transaction.atomic():
+        instance = lock_instance(instance_id)
+        if instance.state != InstanceState.PAUSED:
+            if only_if_due:
+                return
+            raise NotAllowed(f"Only paused instances can be resumed; this one is {instance.state}.")
+        unit = Unit(instance, actor, request_meta=request_meta)
+        if only_if_due and (instance.paused_until is None or instance.paused_until > unit.now):
+            return
+        instance.resume()
+        unit.audit("instance.resumed", "instance", instance.pk, InstanceState.PAUSED, instance.state, reason=reason)
+        _redispatch_due(unit)
+        _settle(unit)
+        unit.finish()
+
+
+def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
+    """Operator: stop an instance for good; open steps are skipped and open tasks cancelled."""
+    reason = _reason_required(reason)
+    with transaction.atomic():
+        instance = lock_instance(instance_id)
+        if instance.is_final:
+            raise NotAllowed(f"The instance is already {instance.state}.")
+        unit = Unit(instance, actor, request_meta=request_meta)
+        _skip_open_steps(unit, reason=f"cancelled: {reason}")
+        from_state = instance.state
+        instance.cancel(unit.now)
+        unit.audit("instance.cancelled", "instance", instance.pk, from_state, instance.state, reason=reason)
+        unit.finish()
+
+
+def step_ids_of(instance_id: int) -> list[int]:
+    """The ids of an instance's steps, oldest first (for tests and the console)."""
+    return list(StepRun.objects.filter(instance_id=instance_id).order_by("id").values_list("pk", flat=True))

@@ -1,0 +1,137 @@
+"""The unit of work every engine write goes through.
+
+A unit holds the locked instance row and collects, for one transaction, the audit events, the step
+dispatches and the live broadcasts. ``finish()`` writes the events and the instance in two statements and
+registers dispatch and broadcast to run only after commit (DESIGN.md, rules 1 and 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from orchestrator import audit
+from orchestrator.audit import Actor
+from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
+from orchestrator.realtime import send_now
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_FIELDS = [
+    "state",
+    "title",
+    "data",
+    "outcome",
+    "error",
+    "finished_at",
+    "paused_until",
+    "audit_seq",
+    "audit_head",
+    "updated_at",
+]
+
+
+class Unit:
+    """One transaction's work on one locked instance."""
+
+    def __init__(
+        self,
+        instance: WorkflowInstance,
+        actor: Actor,
+        *,
+        now: datetime | None = None,
+        request_meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.instance = instance
+        self.actor = actor
+        self.now = now or timezone.now()
+        self.request_meta = request_meta or {}
+        self.events: list[AuditEvent] = []
+        self.dispatches: list[tuple[int, dict[str, Any]]] = []
+        self.groups: set[str] = set()
+        self.notes: list[dict[str, Any]] = []
+        # Set when this unit scheduled automated work, so settling needs no query.
+        self.scheduled_work = False
+
+    def audit(
+        self,
+        action: str,
+        subject_type: str,
+        subject_id: int | None,
+        from_state: str = "",
+        to_state: str = "",
+        reason: str = "",
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an audit event to the instance's chain (written at ``finish``)."""
+        self.events.append(
+            audit.append(
+                self.instance,
+                now=self.now,
+                actor=self.actor,
+                action=action,
+                subject_type=subject_type,
+                subject_id=subject_id,
+                from_state=from_state,
+                to_state=to_state,
+                reason=reason,
+                payload=payload,
+                request_meta=self.request_meta,
+            )
+        )
+
+    def dispatch(self, step: StepRun, *, queue: str | None = None, timeout: float | None = None) -> None:
+        """Send "look at step X" after commit."""
+        options: dict[str, Any] = {}
+        if queue:
+            options["queue"] = queue
+        if timeout:
+            # The prefork pool enforces these; the lease (DESIGN.md rule 2) covers pools that cannot.
+            options["soft_time_limit"] = timeout
+            options["time_limit"] = timeout + 5
+        self.dispatches.append((step.pk, options))
+        self.scheduled_work = True
+
+    def notify(self, groups: list[str], event: dict[str, Any]) -> None:
+        """Queue a live event for ``groups`` (sent after commit)."""
+        self.notes.append({"groups": groups, "event": event})
+
+    def touch(self) -> None:
+        """Mark the instance as changed so pages showing it refresh."""
+        self.groups.add(f"instance.{self.instance.pk}")
+        self.groups.add("ops")
+
+    def finish(self) -> None:
+        """Write audit events and the instance row; register dispatch and broadcast for after commit."""
+        if self.events:
+            AuditEvent.objects.bulk_create(self.events)
+            self.touch()
+        self.instance.save(update_fields=INSTANCE_FIELDS)
+        for step_id, options in self.dispatches:
+            transaction.on_commit(lambda step_id=step_id, options=options: send_step(step_id, options))
+        if self.groups:
+            event = {
+                "type": "instance.changed",
+                "instance": self.instance.pk,
+                "state": self.instance.state,
+                "refresh": ["instances", f"instance-{self.instance.pk}"],
+            }
+            groups = sorted(self.groups)
+            transaction.on_commit(lambda: send_now(groups, event))
+        for note in self.notes:
+            transaction.on_commit(lambda note=note: send_now(note["groups"], note["event"]))
+
+
+def send_step(step_id: int, options: dict[str, Any]) -> None:
+    """Publish the Celery message for a step; a failure here is repaired by the sweep, never raised."""
+    from orchestrator.tasks import step_run
+
+    try:
+        step_run.apply_async(args=[step_id], **options)
+    except Exception:
+        # The state is committed; the sweep re-dispatches after BATON_REDISPATCH_AFTER seconds.
+        logger.exception("could not publish step %s; the sweep will re-dispatch it", step_id)

@@ -1,0 +1,216 @@
+"""Django settings for Baton.
+
+Two modes, same code (docs/architecture.md):
+- embedded (no DATABASE_URL / REDIS_URL): SQLite, Celery on ``memory://``, in-memory channel layer,
+  everything in one process started by ``manage.py baton_embedded``;
+- real: PostgreSQL from DATABASE_URL, Redis from REDIS_URL, separate web, worker and beat processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """Read a boolean from the environment ("1", "true", "yes" are true)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "")
+EMBEDDED = not REDIS_URL
+
+DEBUG = env_bool("BATON_DEBUG", default=EMBEDDED)
+# The embedded demo gets a fixed, clearly fake key; real deployments must set one.
+SECRET_KEY = os.environ.get("BATON_SECRET_KEY") or (
+    "baton-embedded-demo-key-not-for-production" if EMBEDDED or DEBUG else ""
+)
+if not SECRET_KEY:
+    raise RuntimeError("Set BATON_SECRET_KEY when running with REDIS_URL (production mode).")
+
+ALLOWED_HOSTS = [h for h in os.environ.get("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("BATON_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_celery_beat",
+    "channels",
+    "orchestrator",
+    "approvals",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator.urls"
+ASGI_APPLICATION = "orchestrator.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "approvals.context_processors.nav_counts",
+            ],
+        },
+    },
+]
+
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+    # An explicit test name: the Channels live server and worker subprocesses must find the same database.
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("BATON_TEST_DB_NAME", "test_baton")}
+else:
+    (BASE_DIR / ".baton").mkdir(exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("BATON_SQLITE_PATH", str(BASE_DIR / ".baton" / "baton.sqlite3")),
+            # WAL lets the web thread read while the worker thread writes; IMMEDIATE takes the write lock at
+            # BEGIN so two writers queue on the busy timeout instead of failing on lock upgrade.
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = os.environ.get("BATON_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / ".baton" / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+WHITENOISE_USE_FINDERS = DEBUG
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie; kept default for admin.
+SESSION_COOKIE_SECURE = env_bool("BATON_SECURE_COOKIES", default=not DEBUG and not EMBEDDED)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+EMAIL_BACKEND = os.environ.get("BATON_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = os.environ.get("BATON_FROM_EMAIL", "baton@localhost")
+
+# --- Channels -------------------------------------------------------------------------------------------
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)], "capacity": 1000},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
+
+# --- Celery ---------------------------------------------------------------------------------------------
+# PostgreSQL decides state; a message only says "look at step X". These settings make a message survive a
+# killed worker (acks late + reject on loss) and keep one message per worker process at a time.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    # Longer than any step timeout: on Redis an unacked message is redelivered after this many seconds.
+    {"visibility_timeout": int(os.environ.get("BATON_VISIBILITY_TIMEOUT", "3600"))}
+    if REDIS_URL
+    else {"polling_interval": 0.01}
+)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_DEFAULT_QUEUE = "baton"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Keep the worker's PostgreSQL session across tasks: a new session per task halves throughput.
+CELERY_DB_REUSE_MAX = 100_000
+
+BATON_SWEEP_INTERVAL = float(os.environ.get("BATON_SWEEP_INTERVAL", "1.0"))
+CELERY_BEAT_SCHEDULE = {
+    "baton-sweep": {"task": "orchestrator.tasks.sweep", "schedule": BATON_SWEEP_INTERVAL},
+}
+
+# --- Baton ----------------------------------------------------------------------------------------------
+BATON_WORKFLOW_MODULES = [
+    m
+    for m in os.environ.get(
+        "BATON_WORKFLOW_MODULES",
+        "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval,orchestrator.workflows.bench",
+    ).split(",")
+    if m
+]
+# A scheduled step whose message has not been picked up after this long is dispatched again by the sweep.
+BATON_REDISPATCH_AFTER = float(os.environ.get("BATON_REDISPATCH_AFTER", "30"))
+# Extra time on top of a step's timeout before its lease counts as lost.
+BATON_LEASE_GRACE = float(os.environ.get("BATON_LEASE_GRACE", "5"))
+BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
+# Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
+BATON_DEMO = env_bool("BATON_DEMO", default=EMBEDDED)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("BATON_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "celery": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

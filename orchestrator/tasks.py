@@ -1,0 +1,23 @@
+"""Celery entry points: they take ids and call services; the services decide whether there is work."""
+
+from celery import shared_task
+
+from orchestrator.services import engine
+
+
+@shared_task(name="orchestrator.tasks.step_run", acks_late=True, ignore_result=True)
+def step_run(step_id: int) -> str:
+    """Look at step ``step_id``: run it if PostgreSQL says it is due."""
+    return engine.step_execute(step_id)
+
+
+@shared_task(name="orchestrator.tasks.sweep", ignore_result=True, expires=30)
+def sweep() -> dict:
+    """The one periodic pass over due steps, lost leases, paused instances and task deadlines."""
+    report = engine.sweep()
+    return {
+        "dispatched": report.dispatched,
+        "leases_expired": report.leases_expired,
+        "resumed": report.resumed,
+        **report.tasks,
+    }

@@ -1,0 +1,1 @@
+"""Workflow definitions shipped with Baton: the two demo workflows and the benchmark flows."""
