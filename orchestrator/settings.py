@@ -158,7 +158,7 @@ else:
 # --- Celery ---------------------------------------------------------------------------------------------
 # PostgreSQL decides state; a message only says "look at step X". These settings make a message survive a
 # killed worker (acks late + reject on loss) and keep one message per worker process at a time.
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     # Longer than any step timeout: on Redis an unacked message is redelivered after this many seconds.
     {"visibility_timeout": int(os.environ.get("BATON_VISIBILITY_TIMEOUT", "3600"))}

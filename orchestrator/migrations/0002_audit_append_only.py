@@ -2,9 +2,13 @@
 
 from django.db import migrations
 
-PG_FORWARD = """
+PG_FORWARD = r"""
 CREATE OR REPLACE FUNCTION baton_audit_refuse() RETURNS trigger AS $$
 BEGIN
+    -- A throw-away test database (Django names them test_*) may be emptied between tests; nothing else may.
+    IF TG_OP = 'TRUNCATE' AND current_database() LIKE 'test\_%' THEN
+        RETURN NULL;
+    END IF;
     RAISE EXCEPTION 'orchestrator_auditevent is append-only: % refused', TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END;

@@ -67,7 +67,7 @@ expense_approval = register(
                 priority="high",
                 on_reject="end",
             ),
-            Task("payout", payout, retry=Retry(max_attempts=5, backoff=1, max_delay=60), timeout=20),
+            Task("payout", payout, retry=Retry(max_attempts=3, backoff=0.5, max_delay=60), timeout=20),
         ],
     )
 )

@@ -2,8 +2,8 @@
 
 Compensation releases the inventory and refunds the payment, latest first. Failure switches in the input:
 ``fail_payment`` (fail the first N attempts), ``fail_shipping`` (true: fail for good), ``fail_refund`` (true:
-the refund fails for good, which opens an escalation), ``slow_reserve`` (seconds the reservation takes after
-it has reserved, to let a test kill the worker mid-step).
+the refund fails for good, which opens an escalation), ``fail_notify`` (fail the first N mails),
+``slow_reserve`` (seconds the reservation takes after it has reserved, to let a test kill the worker mid-step).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def ship(ctx: StepContext) -> dict:
 
 
 def notify_customer(ctx: StepContext) -> dict:
+    maybe_fail(ctx, "fail_notify")
     call("mail", "send", ctx.idempotency_key)
     return {"notified": ctx.data.get("email", "")}
 
@@ -121,7 +122,13 @@ order_fulfilment = register(
                 timeout=10,
                 on_failure=COMPENSATE,
             ),
-            Task("notify_customer", notify_customer, retry=FAST_RETRY, timeout=10),
+            # Mail outages last: many attempts, spaced out up to ten minutes apart.
+            Task(
+                "notify_customer",
+                notify_customer,
+                retry=Retry(max_attempts=8, backoff=0.5, multiplier=3.0, max_delay=600),
+                timeout=10,
+            ),
         ],
     )
 )

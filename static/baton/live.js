@@ -247,6 +247,8 @@
       live.attempts = 0;
       live.openCount += 1;
       setStatus("live");
+      // Pages that follow one object (an instance) subscribe again on every (re)connect.
+      document.dispatchEvent(new CustomEvent("baton:socket-open"));
       if (live.openCount > 1) {
         // Anything could have changed while we were away.
         fire("baton:resync");

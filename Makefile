@@ -1,0 +1,53 @@
+# Baton: the two commands are `make demo` and `make test` (README).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings
+
+.PHONY: install demo web worker beat test lint typecheck migrations-check pytest bench screenshots clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Embedded demo: SQLite, in-memory broker and channel layer, one process with a worker and a beat thread.
+demo: install
+	$(PY) manage.py baton_demo
+
+## Production processes: need DATABASE_URL, REDIS_URL and BATON_SECRET_KEY (README, "Production").
+web: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $${BATON_PORT:-8000} orchestrator.asgi:application
+
+worker: install
+	$(VENV)/bin/celery -A orchestrator worker -Q baton --concurrency $${BATON_WORKER_CONCURRENCY:-2} --loglevel INFO
+
+beat: install
+	$(VENV)/bin/celery -A orchestrator beat --scheduler django_celery_beat.schedulers:DatabaseScheduler --loglevel INFO
+
+test: install lint migrations-check pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(TEST_ENV) $(VENV)/bin/mypy orchestrator approvals
+
+migrations-check: install
+	$(TEST_ENV) $(PY) manage.py makemigrations --check --dry-run
+
+pytest: install
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+screenshots: install
+	$(TEST_ENV) BATON_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/browser -k screenshot
+
+clean-demo:
+	rm -rf .baton

@@ -1,0 +1,78 @@
+"""Small presentation helpers shared by the templates."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from django import template
+from django.utils import timezone
+from django.utils.html import format_html
+
+register = template.Library()
+
+
+@register.simple_tag
+def state_badge(state: str, label: str = "") -> str:
+    """A coloured badge for an instance, step or task state."""
+    return format_html('<span class="badge state-{}">{}</span>', state, label or state.replace("_", " "))
+
+
+@register.filter
+def label(key: str) -> str:
+    """``order_id`` -> ``Order id``."""
+    return str(key).replace("_", " ").capitalize()
+
+
+@register.filter
+def show(value: Any) -> str:
+    """A readable rendering of a JSON value for the data tables."""
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+@register.simple_tag
+def duration(start: datetime | None, end: datetime | None = None) -> str:
+    """A short human duration between two instants (until now when ``end`` is missing)."""
+    if start is None:
+        return ""
+    seconds = ((end or timezone.now()) - start).total_seconds()
+    if seconds < 1:
+        return f"{int(seconds * 1000)} ms"
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+@register.filter
+def priority_badge(priority: int) -> str:
+    names = {
+        0: ("Low", "text-bg-light"),
+        1: ("Normal", "text-bg-secondary"),
+        2: ("High", "text-bg-warning"),
+        3: ("Urgent", "text-bg-danger"),
+    }
+    name, css = names.get(priority, ("Normal", "text-bg-secondary"))
+    return format_html('<span class="badge {}">{}</span>', css, name)
+
+
+@register.filter
+def first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+@register.filter
+def get_item(mapping: dict, key: str) -> Any:
+    return mapping.get(key) if isinstance(mapping, dict) else None

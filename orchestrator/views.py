@@ -1,0 +1,230 @@
+"""Pages of the engine: home, instances (list, detail, operator actions), the workflow catalog, start forms.
+
+Views stay thin: read through selectors, write through one service call, map domain errors to a message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from django.utils.timezone import make_aware
+from django.views.decorators.http import require_POST
+
+from approvals.selectors import tasks_of_instance
+from orchestrator import registry, selectors
+from orchestrator.audit import Actor
+from orchestrator.models import InstanceState, StepState
+from orchestrator.services import instances as instance_services
+
+
+def request_meta(request: HttpRequest) -> dict[str, Any]:
+    """What the audit trail keeps about the request behind an action."""
+    return {
+        "ip": request.META.get("REMOTE_ADDR", ""),
+        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
+        "path": request.path,
+    }
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        from django.conf import settings
+
+        from orchestrator.demo import DEMO_USERS
+
+        context = super().get_context_data(**kwargs)
+        context["demo_logins"] = DEMO_USERS if settings.BATON_DEMO else []
+        return context
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """People with tasks start in their inbox; operators on the instance list when they have nothing to do."""
+    from approvals.selectors import inbox_counts
+
+    counts = inbox_counts(request.user)
+    if selectors.can_operate(request.user) and not (counts["inbox"] or counts["queue"]):
+        return redirect("instance_list")
+    return redirect("inbox")
+
+
+STATE_FILTERS = [s.value for s in InstanceState]
+
+
+@login_required
+def instance_list(request: HttpRequest) -> HttpResponse:
+    """Instances the user may see, filterable by state and workflow, newest first."""
+    qs = selectors.instances_for_user(request.user)
+    counts = selectors.state_counts(qs)
+    state = request.GET.get("state", "")
+    workflow = request.GET.get("workflow", "")
+    query = request.GET.get("q", "").strip()
+    if state in STATE_FILTERS:
+        qs = qs.filter(state=state)
+    if workflow:
+        qs = qs.filter(workflow_name=workflow)
+    if query:
+        qs = qs.filter(title__icontains=query) | qs.filter(business_key=query)
+    page = Paginator(qs, 25).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "state": state,
+        "workflow": workflow,
+        "q": query,
+        "counts": counts,
+        "states": STATE_FILTERS,
+        "workflows": registry.latest_all(),
+        "active_nav": "instances",
+    }
+    template = "orchestrator/_instance_rows.html" if request.htmx and request.htmx.target == "instance-rows" else None
+    return render(request, template or "orchestrator/instance_list.html", context)
+
+
+def _instance_or_404(request: HttpRequest, instance_id: int) -> Any:
+    instance = selectors.instance_for_user(request.user, instance_id)
+    if instance is None:
+        raise Http404("No such instance.")
+    return instance
+
+
+@login_required
+def instance_detail(request: HttpRequest, instance_id: int) -> HttpResponse:
+    """One instance: diagram, step timeline, tasks, audit trail and the operator's actions."""
+    instance = _instance_or_404(request, instance_id)
+    steps = selectors.steps_of(instance)
+    latest: dict[str, str] = {}
+    for step in steps:
+        if step.kind != "compensation":
+            latest[step.name] = step.state
+    try:
+        workflow = registry.get(instance.workflow_name, instance.workflow_version)
+        dot = workflow.to_dot(latest)
+    except registry.UnknownWorkflow:
+        workflow, dot = None, ""
+    can_audit = request.user.has_perm("orchestrator.view_auditevent") or selectors.can_operate(request.user)
+    context = {
+        "instance": instance,
+        "workflow": workflow,
+        "steps": steps,
+        "tasks": list(tasks_of_instance(instance.pk)),
+        "events": list(selectors.audit_of(instance)) if can_audit else [],
+        "can_audit": can_audit,
+        "can_operate": selectors.can_operate(request.user),
+        "dot": dot,
+        "data_rows": sorted(instance.data.items()),
+        "active_nav": "instances",
+        "StepState": StepState,
+    }
+    if request.htmx and request.htmx.target == "instance-live":
+        return render(request, "orchestrator/_instance_live.html", context)
+    return render(request, "orchestrator/instance_detail.html", context)
+
+
+OPERATIONS = {
+    "retry": "Retried",
+    "pause": "Paused",
+    "resume": "Resumed",
+    "cancel": "Cancelled",
+}
+
+
+@require_POST
+@login_required
+def instance_operate(request: HttpRequest, instance_id: int, operation: str) -> HttpResponse:
+    """An operator's retry, pause, resume or cancel, with the reason that goes into the audit trail."""
+    if operation not in OPERATIONS:
+        raise Http404
+    instance = _instance_or_404(request, instance_id)
+    if not selectors.can_operate(request.user):
+        raise PermissionDenied
+    reason = request.POST.get("reason", "").strip()
+    actor = Actor.of(request.user)
+    meta = request_meta(request)
+    try:
+        if operation == "retry":
+            instance_services.instance_retry(instance.pk, actor=actor, reason=reason, request_meta=meta)
+        elif operation == "pause":
+            until_text = request.POST.get("until", "").strip()
+            until = parse_datetime(until_text) if until_text else None
+            if until_text and until is None:
+                raise ValidationError("Pause until: enter a date and time like 2026-12-01 09:00.")
+            if until is not None and until.tzinfo is None:
+                until = make_aware(until)
+            instance_services.instance_pause(instance.pk, actor=actor, reason=reason, until=until, request_meta=meta)
+        elif operation == "resume":
+            instance_services.instance_resume(instance.pk, actor=actor, reason=reason or "resumed", request_meta=meta)
+        else:
+            instance_services.instance_cancel(instance.pk, actor=actor, reason=reason, request_meta=meta)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    except instance_services.NotAllowed as exc:
+        messages.warning(request, str(exc))
+    else:
+        messages.success(request, f"{OPERATIONS[operation]}: {instance}.")
+    return redirect("instance_detail", instance_id=instance.pk)
+
+
+@login_required
+def workflow_list(request: HttpRequest) -> HttpResponse:
+    """The catalog: every workflow's latest version, its owner and criticality, and live counts."""
+    stats = selectors.workflow_stats()
+    rows = []
+    for workflow in registry.latest_all():
+        rows.append(
+            {
+                "workflow": workflow,
+                "versions": [w.version for w in registry.all_versions(workflow.name)],
+                "stats": stats.get(workflow.name, {"total": 0, "active": 0, "failed": 0}),
+                "dot": workflow.to_dot(),
+            }
+        )
+    return render(request, "orchestrator/workflow_list.html", {"rows": rows, "active_nav": "workflows"})
+
+
+@permission_required("orchestrator.add_workflowinstance", raise_exception=True)
+def workflow_start(request: HttpRequest, name: str) -> HttpResponse:
+    """Start an instance from the workflow's start form."""
+    try:
+        workflow = registry.get(name)
+    except registry.UnknownWorkflow:
+        raise Http404("No such workflow.") from None
+    if workflow.start_form is None:
+        raise Http404("This workflow is started by other systems, not from a form.")
+    form = workflow.start_form(data=request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            instance = instance_services.instance_start(
+                workflow.name,
+                dict(form.cleaned_data),
+                initiator=request.user,
+                idempotency_key=request.POST.get("idempotency_key") or None,
+                request_meta=request_meta(request),
+            )
+        except instance_services.IdempotencyConflict:
+            messages.error(request, "This form was already submitted with other values.")
+        else:
+            messages.success(request, f"Started {instance}.")
+            if selectors.instance_for_user(request.user, instance.pk) is not None:
+                return redirect("instance_detail", instance_id=instance.pk)
+            return redirect(reverse("inbox"))
+    import uuid
+
+    context = {
+        "workflow": workflow,
+        "form": form,
+        "idempotency_key": request.POST.get("idempotency_key") or uuid.uuid4().hex,
+        "active_nav": "workflows",
+    }
+    return render(request, "orchestrator/workflow_start.html", context, status=400 if form.errors else 200)

@@ -1,0 +1,225 @@
+"""The engine end to end on a REAL Celery worker (prefork, beat sweeping every 0.5 s), Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+
+from approvals.models import HumanTask, TaskKind, TaskState
+from approvals.services import APPROVE, RESOLVED, task_decide
+from orchestrator import registry
+from orchestrator.models import AuditEvent, DemoLedger, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.orchestrator import versioned_flows
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+ORDER = {"order_id": "W-1", "customer": "ACME", "email": "buyer@example.com", "amount": "50", "items": 2}
+
+
+def state_of(instance: WorkflowInstance) -> str:
+    return WorkflowInstance.objects.values_list("state", flat=True).get(pk=instance.pk)
+
+
+def ledger(instance: WorkflowInstance, service: str, operation: str) -> list[DemoLedger]:
+    return list(
+        DemoLedger.objects.filter(
+            service=service, operation=operation, idempotency_key__startswith=f"{instance.pk}:"
+        ).order_by("id")
+    )
+
+
+def step_events(step: StepRun, action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(subject_type="step", subject_id=step.pk, action=action).order_by("seq"))
+
+
+def open_task(instance: WorkflowInstance, kind: str) -> HumanTask | None:
+    return HumanTask.objects.filter(instance=instance, kind=kind, state=TaskState.OPEN).first()
+
+
+def test_order_above_the_limit_waits_for_the_manager_and_completes(celery_worker, users, wait_for):
+    """An order of 1500 runs to the manager's approval, waits there, and completes once the manager approves."""
+    # given
+    instance = instance_start("order_fulfilment", {**ORDER, "amount": "1500"}, initiator=users.staff)
+    task = wait_for(lambda: open_task(instance, TaskKind.APPROVAL), instance=instance, what="the approval task")
+    assert state_of(instance) == InstanceState.WAITING
+
+    # when
+    task_decide(task.pk, users.manager, APPROVE, comment="fine")
+
+    # then
+    wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="completion")
+    steps = list(instance.steps.order_by("id").values_list("name", "state"))
+    assert steps == [
+        ("reserve_inventory", StepState.SUCCEEDED),
+        ("charge_payment", StepState.SUCCEEDED),
+        ("approval_needed", StepState.SUCCEEDED),
+        ("manager_approval", StepState.SUCCEEDED),
+        ("ship", StepState.SUCCEEDED),
+        ("notify_customer", StepState.SUCCEEDED),
+    ]
+    assert len(ledger(instance, "payments", "charge")) == 1
+    assert len(ledger(instance, "shipping", "ship")) == 1
+
+
+def test_retry_with_back_off_through_the_worker(celery_worker, wait_for):
+    """A payment that fails twice succeeds on attempt 3; the audit shows each attempt and a growing back-off."""
+    # given
+    instance = instance_start("order_fulfilment", {**ORDER, "fail_payment": 2})
+
+    # when
+    wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="completion")
+
+    # then
+    charge = instance.steps.get(name="charge_payment")
+    assert charge.attempt == 3
+    assert [e.payload["attempt"] for e in step_events(charge, "step.started")] == [1, 2, 3]
+    delays = [e.payload["retry_in_seconds"] for e in step_events(charge, "step.failed")]
+    assert len(delays) == 2
+    assert delays[0] < delays[1]
+    assert len(ledger(instance, "payments", "charge")) == 1
+
+
+def test_compensation_runs_in_reverse_order_through_the_worker(celery_worker, wait_for):
+    """Shipping fails for good: the payment is refunded, then the stock released, and the instance is compensated."""
+    # given
+    instance = instance_start("order_fulfilment", {**ORDER, "fail_shipping": True})
+
+    # when
+    wait_for(lambda: state_of(instance) == InstanceState.COMPENSATED, instance=instance, what="compensation")
+
+    # then
+    compensations = instance.steps.filter(kind=StepKind.COMPENSATION).order_by("id")
+    assert list(compensations.values_list("name", "state")) == [
+        ("charge_payment", StepState.SUCCEEDED),
+        ("reserve_inventory", StepState.SUCCEEDED),
+    ]
+    refund, release = ledger(instance, "payments", "refund"), ledger(instance, "inventory", "release")
+    assert len(refund) == len(release) == 1
+    assert refund[0].pk < release[0].pk
+    assert instance.steps.get(name="ship").state == StepState.DEAD
+
+
+def test_failed_compensation_opens_an_escalation_that_an_operator_resolves(celery_worker, users, wait_for):
+    """A refund that keeps failing escalates to operators; marking it resolved lets the saga finish."""
+    # given
+    instance = instance_start("order_fulfilment", {**ORDER, "fail_shipping": True, "fail_refund": True})
+    escalation = wait_for(
+        lambda: open_task(instance, TaskKind.ESCALATION), timeout=30, instance=instance, what="the escalation"
+    )
+    assert state_of(instance) == InstanceState.COMPENSATING
+    assert list(escalation.candidate_groups.values_list("name", flat=True)) == ["operators"]
+    assert not ledger(instance, "inventory", "release")
+
+    # when
+    task_decide(escalation.pk, users.operator, RESOLVED, comment="refunded by hand in the PSP console")
+
+    # then
+    wait_for(lambda: state_of(instance) == InstanceState.COMPENSATED, instance=instance, what="compensation")
+    assert len(ledger(instance, "inventory", "release")) == 1
+    assert not ledger(instance, "payments", "refund")
+
+
+def test_concurrent_idempotent_starts_run_one_instance(celery_worker, wait_for):
+    """Two racing starts with the same key get the same instance, which runs once and charges once."""
+    # given
+    barrier = threading.Barrier(2)
+    results: list[int | BaseException] = []
+
+    def start() -> None:
+        try:
+            barrier.wait(timeout=5)
+            results.append(instance_start("order_fulfilment", dict(ORDER), idempotency_key="order-W-1").pk)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+
+    # when
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    # then
+    assert len(results) == 2
+    assert results[0] == results[1], results
+    instance = WorkflowInstance.objects.get(pk=results[0])
+    wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="completion")
+    assert WorkflowInstance.objects.filter(idempotency_key="order-W-1").count() == 1
+    assert instance.steps.filter(name="reserve_inventory").count() == 1
+    assert len(ledger(instance, "payments", "charge")) == 1
+    assert instance_start("order_fulfilment", dict(ORDER), idempotency_key="order-W-1").pk == instance.pk
+
+
+def test_killed_worker_mid_step_is_recovered_by_the_sweep(celery_worker, wait_for):
+    """SIGKILL during a step: once its lease runs out the sweep retries it; the side effect is applied once."""
+    # given: the reservation has recorded its side effect and is sleeping on attempt 1
+    instance = instance_start("order_fulfilment", {**ORDER, "slow_reserve": 6})
+    reserve = instance.steps.get(name="reserve_inventory")
+    wait_for(
+        lambda: StepRun.objects.filter(pk=reserve.pk, state=StepState.RUNNING, attempt=1).exists()
+        and ledger(instance, "inventory", "reserve"),
+        instance=instance,
+        what="reserve_inventory running on attempt 1",
+    )
+
+    # when
+    celery_worker.kill()
+    celery_worker.start(flush_broker=False)
+
+    # then
+    wait_for(
+        lambda: state_of(instance) == InstanceState.COMPLETED,
+        timeout=40,
+        instance=instance,
+        what="recovery and completion",
+    )
+    reserve.refresh_from_db()
+    assert reserve.attempt == 2
+    lost = step_events(reserve, "step.failed")
+    assert [(e.actor_label, e.payload["error_type"]) for e in lost] == [("system:sweeper", "LeaseExpired")]
+    reservations = DemoLedger.objects.filter(
+        service="inventory", operation="reserve", idempotency_key=reserve.idempotency_key
+    )
+    assert [r.calls for r in reservations] == [2]
+
+
+@pytest.fixture
+def v2_not_yet_registered():
+    """The test process starts without v2 of versioned_demo (the worker has both); v2 is back afterwards."""
+    registry.unregister(versioned_flows.NAME, 2)
+    yield
+    registry.register(versioned_flows.V2)
+
+
+def test_instances_finish_on_the_version_they_started_on(celery_worker, users, wait_for, v2_not_yet_registered):
+    """An instance started on v1 runs v1's steps after v2 is registered, while a new start runs v2."""
+    # given: a v1 instance waiting at its review
+    old = instance_start(versioned_flows.NAME, {"case": "old"})
+    old_review = wait_for(lambda: open_task(old, TaskKind.APPROVAL), instance=old, what="the v1 review")
+
+    # when: v2 is deployed, a new instance starts, and both reviews are approved
+    registry.register(versioned_flows.V2)
+    new = instance_start(versioned_flows.NAME, {"case": "new"})
+    new_review = wait_for(lambda: open_task(new, TaskKind.APPROVAL), instance=new, what="the v2 review")
+    task_decide(old_review.pk, users.staff, APPROVE)
+    task_decide(new_review.pk, users.staff2, APPROVE)
+
+    # then
+    for instance in (old, new):
+        wait_for(lambda instance=instance: state_of(instance) == InstanceState.COMPLETED, instance=instance)
+        instance.refresh_from_db()
+    assert (old.workflow_version, new.workflow_version) == (1, 2)
+    assert list(old.steps.order_by("id").values_list("name", flat=True)) == ["prepare", "review", "finish"]
+    assert list(new.steps.order_by("id").values_list("name", flat=True)) == [
+        "prepare",
+        "review",
+        "double_check",
+        "finish",
+    ]
+    assert (old.data["finished_by"], new.data["finished_by"]) == ("v1", "v2")
