@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 
@@ -165,23 +165,23 @@ def _announce(
 # --- who may do what ----------------------------------------------------------------------------------
 
 
-def is_candidate(user: AbstractBaseUser, task: HumanTask) -> bool:
+def is_candidate(user: User, task: HumanTask) -> bool:
     """A candidate by name or by one of their groups."""
     if task.candidate_users.filter(pk=user.pk).exists():
         return True
     return task.candidate_groups.filter(user=user).exists()
 
 
-def is_manager(user: AbstractBaseUser) -> bool:
-    return bool(getattr(user, "is_superuser", False)) or user.groups.filter(name=MANAGERS).exists()  # type: ignore[attr-defined]
+def is_manager(user: User) -> bool:
+    return bool(getattr(user, "is_superuser", False)) or user.groups.filter(name=MANAGERS).exists()
 
 
-def can_see(user: AbstractBaseUser, task: HumanTask) -> bool:
+def can_see(user: User, task: HumanTask) -> bool:
     """Candidates, the assignee and managers see a task; everyone else gets a 404."""
     return task.assignee_id == user.pk or is_candidate(user, task) or is_manager(user)
 
 
-def _lock_task(task_id: int, user: AbstractBaseUser) -> tuple[HumanTask, Unit]:
+def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
     instance_id = HumanTask.objects.filter(pk=task_id).values_list("instance_id", flat=True).first()
     if instance_id is None:
         raise TaskNotFound("No such task.")
@@ -192,7 +192,7 @@ def _lock_task(task_id: int, user: AbstractBaseUser) -> tuple[HumanTask, Unit]:
     return task, Unit(instance, Actor.of(user))
 
 
-def _check_may_act(user: AbstractBaseUser, task: HumanTask, unit: Unit) -> None:
+def _check_may_act(user: User, task: HumanTask, unit: Unit) -> None:
     if task.kind != TaskKind.ESCALATION and unit.instance.initiator_id == user.pk:
         # Four-eyes: whoever started the instance never decides it, whatever their role.
         raise TaskForbidden("You started this workflow, so you cannot decide its tasks (four-eyes rule).")
@@ -203,7 +203,7 @@ def _check_may_act(user: AbstractBaseUser, task: HumanTask, unit: Unit) -> None:
 # --- the people's actions -----------------------------------------------------------------------------
 
 
-def task_claim(task_id: int, user: AbstractBaseUser, *, request_meta: dict | None = None) -> HumanTask:
+def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
     """Take an open task; it leaves everyone else's queue."""
     with transaction.atomic():
         task, unit = _lock_task(task_id, user)
@@ -222,7 +222,7 @@ def task_claim(task_id: int, user: AbstractBaseUser, *, request_meta: dict | Non
         return task
 
 
-def task_release(task_id: int, user: AbstractBaseUser, *, request_meta: dict | None = None) -> HumanTask:
+def task_release(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
     """Give a claimed task back to the queue (the assignee or a manager)."""
     with transaction.atomic():
         task, unit = _lock_task(task_id, user)
@@ -241,8 +241,8 @@ def task_release(task_id: int, user: AbstractBaseUser, *, request_meta: dict | N
 
 def task_delegate(
     task_id: int,
-    user: AbstractBaseUser,
-    to_user: AbstractBaseUser,
+    user: User,
+    to_user: User,
     *,
     note: str = "",
     request_meta: dict | None = None,
@@ -277,7 +277,7 @@ def task_delegate(
 
 def task_decide(
     task_id: int,
-    user: AbstractBaseUser,
+    user: User,
     decision: str,
     *,
     comment: str = "",
@@ -361,7 +361,8 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
     if decision != SUBMIT:
         raise TaskInvalid("Submit the form to complete this task.")
     node = engine.definition_of(unit.instance).node(task.step.name)
-    form = node.form(data=data)  # type: ignore[attr-defined]
+    assert isinstance(node, Human)
+    form = node.form(data=data)
     if not form.is_valid():
         errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
         raise TaskInvalid("The form has errors.", errors)
@@ -370,7 +371,7 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
     return json.loads(json.dumps(form.cleaned_data, default=str))
 
 
-def _resolve_escalation(unit: Unit, task: HumanTask, user: AbstractBaseUser, decision: str, comment: str) -> None:
+def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, comment: str) -> None:
     """An operator's answer to a failed step or compensation: retry it, skip it, mark it done, or fail."""
     if decision not in (RETRY, SKIP, FAIL, RESOLVED):
         raise TaskInvalid("Choose Retry, Skip, Mark resolved or Fail instance.")
@@ -409,7 +410,8 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: AbstractBaseUser, dec
         step.skip(f"resolved by hand: {comment}", unit.now)
         step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
         unit.audit("step.skipped", "step", step.pk, StepState.DEAD, step.state, reason=comment)
-        original = StepRun.objects.get(pk=step.compensates_id)
+        original = step.compensates
+        assert original is not None
         engine.compensation_mark_done(unit, workflow, original, reason=comment)
     elif decision == SKIP:
         step.skip(f"skipped by operator: {comment}", unit.now)
@@ -517,7 +519,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
         return 1
 
 
-def task_snooze(task_id: int, user: AbstractBaseUser, until: datetime) -> HumanTask:
+def task_snooze(task_id: int, user: User, until: datetime) -> HumanTask:
     """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines)."""
     with transaction.atomic():
         task, unit = _lock_task(task_id, user)

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -17,7 +17,9 @@ from django.views.decorators.http import require_POST
 from approvals import selectors, services
 from approvals.models import HumanTask, TaskKind, TaskState
 from orchestrator import registry
+from orchestrator.dsl import Human
 from orchestrator.selectors import steps_of
+from orchestrator.typing import AuthedRequest
 from orchestrator.views import request_meta
 
 TABS = {
@@ -33,14 +35,14 @@ SORTS = {
 }
 
 
-def _tab_queryset(request: HttpRequest, tab: str) -> QuerySet[HumanTask]:
+def _tab_queryset(request: AuthedRequest, tab: str) -> QuerySet[HumanTask]:
     qs = TABS[tab][1](request.user)
     sort = request.GET.get("sort") or ("recent" if tab == "done" else "due")
     return qs.order_by(*SORTS.get(sort, SORTS["due"]))
 
 
 @login_required
-def inbox(request: HttpRequest) -> HttpResponse:
+def inbox(request: AuthedRequest) -> HttpResponse:
     """My tasks, the team queue, and what I have done; the list refreshes live."""
     tab = request.GET.get("tab", "mine")
     if tab not in TABS:
@@ -63,7 +65,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
     return render(request, "approvals/inbox.html", context)
 
 
-def _task_or_404(request: HttpRequest, task_id: int) -> HumanTask:
+def _task_or_404(request: AuthedRequest, task_id: int) -> HumanTask:
     task = selectors.visible_tasks(request.user).filter(pk=task_id).first()
     if task is None:
         raise Http404("No such task.")
@@ -71,23 +73,22 @@ def _task_or_404(request: HttpRequest, task_id: int) -> HumanTask:
 
 
 @login_required
-def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
+def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
     """A task with its instance's data, step timeline, earlier decisions and the decision form."""
     task = _task_or_404(request, task_id)
     instance = task.instance
     form = None
     if task.kind == TaskKind.FORM:
         node = registry.get(instance.workflow_name, instance.workflow_version).node(task.step.name)
-        form = node.form(data=request.POST or None)  # type: ignore[attr-defined]
+        assert isinstance(node, Human)
+        form = node.form(data=request.POST or None)
     user = request.user
     context = {
         "task": task,
         "instance": instance,
         "data_rows": sorted((k, v) for k, v in instance.data.items() if not isinstance(v, dict)),
         "steps": steps_of(instance),
-        "decisions": list(
-            instance.decisions.select_related("user", "task").order_by("created_at")  # type: ignore[attr-defined]
-        ),
+        "decisions": list(instance.decisions.select_related("user", "task").order_by("created_at")),
         "form": form,
         "is_initiator": instance.initiator_id == user.pk,
         "is_assignee": task.assignee_id == user.pk,
@@ -104,14 +105,14 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
 
 def _delegates(task: HumanTask) -> list[Any]:
     users = get_user_model().objects.filter(groups__in=task.candidate_groups.all()) | task.candidate_users.all()
-    return list(users.exclude(pk=task.instance.initiator_id).distinct().order_by("username")[:50])
+    return list(users.exclude(pk=task.instance.initiator_id or 0).distinct().order_by("username")[:50])
 
 
-def _after_action(request: HttpRequest, task: HumanTask) -> HttpResponse:
+def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:
     return redirect("task_detail", task_id=task.pk)
 
 
-def _fail(request: HttpRequest, task_id: int, exc: services.TaskError) -> HttpResponse:
+def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> HttpResponse:
     level = messages.WARNING if isinstance(exc, services.TaskConflict) else messages.ERROR
     messages.add_message(request, level, str(exc))
     if isinstance(exc, services.TaskNotFound):
@@ -124,7 +125,7 @@ def _fail(request: HttpRequest, task_id: int, exc: services.TaskError) -> HttpRe
 
 @require_POST
 @login_required
-def task_claim(request: HttpRequest, task_id: int) -> HttpResponse:
+def task_claim(request: AuthedRequest, task_id: int) -> HttpResponse:
     try:
         task = services.task_claim(task_id, request.user, request_meta=request_meta(request))
     except services.TaskError as exc:
@@ -135,7 +136,7 @@ def task_claim(request: HttpRequest, task_id: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def task_release(request: HttpRequest, task_id: int) -> HttpResponse:
+def task_release(request: AuthedRequest, task_id: int) -> HttpResponse:
     try:
         services.task_release(task_id, request.user, request_meta=request_meta(request))
     except services.TaskError as exc:
@@ -146,7 +147,7 @@ def task_release(request: HttpRequest, task_id: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def task_delegate(request: HttpRequest, task_id: int) -> HttpResponse:
+def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
     to = get_user_model().objects.filter(pk=request.POST.get("to_user") or 0).first()
     if to is None:
         messages.error(request, "Choose who to delegate to.")
@@ -163,7 +164,7 @@ def task_delegate(request: HttpRequest, task_id: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
+def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
     """Approve, reject, submit or resolve; then open the next task of the queue."""
     decision = request.POST.get("decision", "")
     data = {k: v for k, v in request.POST.items() if k not in ("csrfmiddlewaretoken", "decision", "comment")}
@@ -193,7 +194,7 @@ def task_decide(request: HttpRequest, task_id: int) -> HttpResponse:
     return redirect("inbox")
 
 
-def _next_task(request: HttpRequest, exclude: int) -> HumanTask | None:
+def _next_task(request: AuthedRequest, exclude: int) -> HumanTask | None:
     for tab in ("mine", "queue"):
         candidate = _tab_queryset(request, tab).exclude(pk=exclude).first()
         if candidate is not None:

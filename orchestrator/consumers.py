@@ -67,7 +67,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(content, dict) or content.get("subscribe") != "instance":
             return
         try:
-            instance_id = int(content.get("id"))
+            instance_id = int(str(content.get("id")))
         except (TypeError, ValueError):
             return
         group = await database_sync_to_async(instance_group_if_allowed)(self.scope["user"], instance_id)

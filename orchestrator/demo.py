@@ -38,8 +38,8 @@ MEMBERS = {"staff": ["approvers"], "staff2": ["approvers"], "manager": ["manager
 
 def ensure_roles() -> dict[str, User]:
     """Groups with their permissions and the five demo users (password ``demo``)."""
-    for name, codenames in GROUPS.items():
-        group, _ = Group.objects.get_or_create(name=name)
+    for group_name, codenames in GROUPS.items():
+        group, _ = Group.objects.get_or_create(name=group_name)
         group.permissions.set(Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames))
     users = {}
     for username, _role in DEMO_USERS:
@@ -52,8 +52,8 @@ def ensure_roles() -> dict[str, User]:
             if username == "admin":
                 user.is_staff = user.is_superuser = True
             user.save()
-        for group in MEMBERS.get(username, []):
-            user.groups.add(Group.objects.get(name=group))
+        for member_of in MEMBERS.get(username, []):
+            user.groups.add(Group.objects.get(name=member_of))
         users[username] = user
     return users
 

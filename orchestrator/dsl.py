@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-FAIL = "fail"
-COMPENSATE = "compensate"
-ESCALATE = "escalate"
 FailureAction = Literal["fail", "compensate", "escalate"]
+FAIL: FailureAction = "fail"
+COMPENSATE: FailureAction = "compensate"
+ESCALATE: FailureAction = "escalate"
 
-APPROVAL = "approval"
-FORM = "form"
 HumanKind = Literal["approval", "form"]
+APPROVAL: HumanKind = "approval"
+FORM: HumanKind = "form"
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 

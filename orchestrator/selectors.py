@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Count, Q, QuerySet
 
 from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
 
 
-def can_view_all_instances(user: AbstractBaseUser) -> bool:
-    return user.has_perm("orchestrator.view_workflowinstance")  # type: ignore[attr-defined]
+def can_view_all_instances(user: User) -> bool:
+    return user.has_perm("orchestrator.view_workflowinstance")
 
 
-def can_operate(user: AbstractBaseUser) -> bool:
-    return user.has_perm("orchestrator.operate_workflowinstance")  # type: ignore[attr-defined]
+def can_operate(user: User) -> bool:
+    return user.has_perm("orchestrator.operate_workflowinstance")
 
 
-def instances_for_user(user: AbstractBaseUser) -> QuerySet[WorkflowInstance]:
+def instances_for_user(user: User) -> QuerySet[WorkflowInstance]:
     """Operators and admins see every instance; anyone else the ones they started."""
     qs = WorkflowInstance.objects.select_related("initiator").order_by("-created_at", "-id")
     if not can_view_all_instances(user):
@@ -24,7 +24,7 @@ def instances_for_user(user: AbstractBaseUser) -> QuerySet[WorkflowInstance]:
     return qs
 
 
-def instance_for_user(user: AbstractBaseUser, instance_id: int) -> WorkflowInstance | None:
+def instance_for_user(user: User, instance_id: int) -> WorkflowInstance | None:
     """The instance if the user may see it: operators, its initiator, or a person with one of its tasks."""
     from approvals.selectors import visible_tasks
 

@@ -161,7 +161,7 @@ else:
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     # Longer than any step timeout: on Redis an unacked message is redelivered after this many seconds.
-    {"visibility_timeout": int(os.environ.get("BATON_VISIBILITY_TIMEOUT", "3600"))}
+    dict[str, float]({"visibility_timeout": int(os.environ.get("BATON_VISIBILITY_TIMEOUT", "3600"))})
     if REDIS_URL
     else {"polling_interval": 0.01}
 )

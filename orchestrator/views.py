@@ -24,6 +24,7 @@ from orchestrator import registry, selectors
 from orchestrator.audit import Actor
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
+from orchestrator.typing import AuthedRequest
 
 
 def request_meta(request: HttpRequest) -> dict[str, Any]:
@@ -50,7 +51,7 @@ class LoginView(auth_views.LoginView):
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthedRequest) -> HttpResponse:
     """People with tasks start in their inbox; operators on the instance list when they have nothing to do."""
     from approvals.selectors import inbox_counts
 
@@ -64,7 +65,7 @@ STATE_FILTERS = [s.value for s in InstanceState]
 
 
 @login_required
-def instance_list(request: HttpRequest) -> HttpResponse:
+def instance_list(request: AuthedRequest) -> HttpResponse:
     """Instances the user may see, filterable by state and workflow, newest first."""
     qs = selectors.instances_for_user(request.user)
     counts = selectors.state_counts(qs)
@@ -92,7 +93,7 @@ def instance_list(request: HttpRequest) -> HttpResponse:
     return render(request, template or "orchestrator/instance_list.html", context)
 
 
-def _instance_or_404(request: HttpRequest, instance_id: int) -> Any:
+def _instance_or_404(request: AuthedRequest, instance_id: int) -> Any:
     instance = selectors.instance_for_user(request.user, instance_id)
     if instance is None:
         raise Http404("No such instance.")
@@ -100,7 +101,7 @@ def _instance_or_404(request: HttpRequest, instance_id: int) -> Any:
 
 
 @login_required
-def instance_detail(request: HttpRequest, instance_id: int) -> HttpResponse:
+def instance_detail(request: AuthedRequest, instance_id: int) -> HttpResponse:
     """One instance: diagram, step timeline, tasks, audit trail and the operator's actions."""
     instance = _instance_or_404(request, instance_id)
     steps = selectors.steps_of(instance)
@@ -142,7 +143,7 @@ OPERATIONS = {
 
 @require_POST
 @login_required
-def instance_operate(request: HttpRequest, instance_id: int, operation: str) -> HttpResponse:
+def instance_operate(request: AuthedRequest, instance_id: int, operation: str) -> HttpResponse:
     """An operator's retry, pause, resume or cancel, with the reason that goes into the audit trail."""
     if operation not in OPERATIONS:
         raise Http404
@@ -177,7 +178,7 @@ def instance_operate(request: HttpRequest, instance_id: int, operation: str) -> 
 
 
 @login_required
-def workflow_list(request: HttpRequest) -> HttpResponse:
+def workflow_list(request: AuthedRequest) -> HttpResponse:
     """The catalog: every workflow's latest version, its owner and criticality, and live counts."""
     stats = selectors.workflow_stats()
     rows = []
@@ -194,7 +195,7 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
 
 
 @permission_required("orchestrator.add_workflowinstance", raise_exception=True)
-def workflow_start(request: HttpRequest, name: str) -> HttpResponse:
+def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
     """Start an instance from the workflow's start form."""
     try:
         workflow = registry.get(name)

@@ -11,6 +11,7 @@ import logging
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -360,7 +361,7 @@ def _branch_finished(unit: Unit, workflow: Workflow, parent_id: int, branch: int
     parallel = StepRun.objects.get(pk=parent_id)
     node = workflow.node(parallel.name)
     assert isinstance(node, Parallel)
-    done = sorted(set(parallel.result.get("done", [])) | {branch})
+    done = sorted(set(parallel.result.get("done", [])) | {branch or 0})
     if parallel.state != StepState.RUNNING:
         return
     if len(done) < len(node.branches):
@@ -463,7 +464,8 @@ def _compensation_next(unit: Unit, workflow: Workflow) -> None:
 
 
 def _compensation_step_succeeded(unit: Unit, workflow: Workflow, step: StepRun) -> None:
-    original = StepRun.objects.get(pk=step.compensates_id)
+    original = step.compensates
+    assert original is not None
     compensation_mark_done(unit, workflow, original)
 
 
@@ -528,7 +530,7 @@ def sweep(now: datetime | None = None) -> SweepReport:
             from orchestrator.services.unit import send_step
 
             for step_id in due:
-                transaction.on_commit(lambda step_id=step_id: send_step(step_id, {}))
+                transaction.on_commit(partial(send_step, step_id, {}))
         report.dispatched = len(due)
 
     expired = list(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -112,7 +113,7 @@ class Unit:
             self.touch()
         self.instance.save(update_fields=INSTANCE_FIELDS)
         for step_id, options in self.dispatches:
-            transaction.on_commit(lambda step_id=step_id, options=options: send_step(step_id, options))
+            transaction.on_commit(partial(send_step, step_id, options))
         if self.groups:
             event = {
                 "type": "instance.changed",
@@ -121,9 +122,9 @@ class Unit:
                 "refresh": ["instances", f"instance-{self.instance.pk}"],
             }
             groups = sorted(self.groups)
-            transaction.on_commit(lambda: send_now(groups, event))
+            transaction.on_commit(partial(send_now, groups, event))
         for note in self.notes:
-            transaction.on_commit(lambda note=note: send_now(note["groups"], note["event"]))
+            transaction.on_commit(partial(send_now, note["groups"], note["event"]))
 
 
 def send_step(step_id: int, options: dict[str, Any]) -> None:
@@ -131,7 +132,7 @@ def send_step(step_id: int, options: dict[str, Any]) -> None:
     from orchestrator.tasks import step_run
 
     try:
-        step_run.apply_async(args=[step_id], **options)
+        step_run.apply_async(args=(step_id,), **options)
     except Exception:
         # The state is committed; the sweep re-dispatches after BATON_REDISPATCH_AFTER seconds.
         logger.exception("could not publish step %s; the sweep will re-dispatch it", step_id)

@@ -67,5 +67,5 @@ def start_beat_thread() -> Any:
     from orchestrator.celery import app
 
     beat = EmbeddedService(app, thread=True, scheduler_cls=DatabaseScheduler)
-    beat.start()
+    beat.start()  # type: ignore[union-attr]
     return beat
