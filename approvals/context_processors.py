@@ -12,6 +12,6 @@ def nav_counts(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    from approvals.selectors import inbox_counts
+    from approvals.selectors import inbox_counts, is_manager
 
-    return {"nav_counts": inbox_counts(user)}
+    return {"nav_counts": inbox_counts(user), "nav_is_manager": is_manager(user)}

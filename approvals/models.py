@@ -74,7 +74,24 @@ class HumanTask(FSMModelMixin, models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["state", "assignee", "due_at"], name="task_state_assignee_due"),
+            models.Index(fields=["assignee", "state", "due_at", "id"], name="task_assignee_state_due"),
+            # The team queue is walked in one of these orders; partial indexes hold only claimable tasks.
+            models.Index(
+                fields=["due_at", "-priority", "id"],
+                name="task_queue_due",
+                condition=models.Q(state__in=["open", "escalated"], assignee__isnull=True),
+            ),
+            models.Index(
+                fields=["-priority", "due_at", "id"],
+                name="task_queue_priority",
+                condition=models.Q(state__in=["open", "escalated"], assignee__isnull=True),
+            ),
+            models.Index(
+                fields=["created_at", "id"],
+                name="task_queue_age",
+                condition=models.Q(state__in=["open", "escalated"], assignee__isnull=True),
+            ),
+            models.Index(fields=["completed_by", "-completed_at", "-id"], name="task_done_by"),
             models.Index(fields=["instance", "id"], name="task_instance"),
             models.Index(
                 fields=["next_escalation_at"],
@@ -145,3 +162,44 @@ class TaskDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.decision} {self.task_id}"
+
+
+class SavedView(models.Model):
+    """A named inbox filter, kept on the server; optionally shared with one group."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="saved_views")
+    name = models.CharField(max_length=60)
+    tab = models.CharField(max_length=10, default="mine")
+    # The inbox's own query string parameters (filters and sort), validated again when the view is used.
+    params = models.JSONField(default=dict, blank=True)
+    shared_with = models.ForeignKey(Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="saved_view_owner_name")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Notification(models.Model):
+    """An in-app notice for one person (the bell); also sent by e-mail when they have an address."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=40)
+    message = models.CharField(max_length=300)
+    url = models.CharField(max_length=200, blank=True)
+    task = models.ForeignKey(HumanTask, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    instance = models.ForeignKey(WorkflowInstance, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "-created_at"], name="notification_user_created"),
+            models.Index(fields=["user"], name="notification_unread", condition=models.Q(read_at__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return self.message

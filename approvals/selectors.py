@@ -1,35 +1,62 @@
-"""Reads for the inbox pages; each returns a queryset with what its template needs joined in."""
+"""Reads for the inbox pages. Each list is a constant number of queries whatever its size:
+the user's group ids (one query), the page (one query with its joins), and capped counts.
+"""
 
 from __future__ import annotations
 
-from django.contrib.auth.models import User
-from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.utils import timezone
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
-from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskState
+from django.contrib.auth.models import User
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, Notification, Priority, SavedView, TaskState
+
+# Counts above this show as "99+": counting 100,000 queued rows on every page would cost more than it tells.
+COUNT_CAP = 100
+MANAGERS = "managers"
+
+
+def group_ids(user: User) -> list[int]:
+    """The user's group ids, cached on the user object for the request."""
+    cached = getattr(user, "_baton_group_ids", None)
+    if cached is None:
+        cached = list(user.groups.values_list("pk", flat=True))
+        user._baton_group_ids = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def is_manager(user: User) -> bool:
+    return user.is_superuser or user.groups.filter(name=MANAGERS).exists()
 
 
 def _candidate_filter(user: User) -> Q:
-    groups = HumanTask.candidate_groups.through.objects.filter(humantask_id=OuterRef("pk"), group__user=user)
-    users = HumanTask.candidate_users.through.objects.filter(humantask_id=OuterRef("pk"), user=user)
-    return Q(Exists(groups)) | Q(Exists(users))
+    by_group = HumanTask.candidate_groups.through.objects.filter(
+        humantask_id=OuterRef("pk"), group_id__in=group_ids(user)
+    )
+    by_name = HumanTask.candidate_users.through.objects.filter(humantask_id=OuterRef("pk"), user_id=user.pk)
+    return Q(Exists(by_group)) | Q(Exists(by_name))
 
 
 def _with_related(qs: QuerySet[HumanTask]) -> QuerySet[HumanTask]:
-    return qs.select_related("instance", "assignee", "step")
+    return qs.select_related("instance", "assignee")
 
 
-def my_tasks(user: User) -> QuerySet[HumanTask]:
+def my_tasks(user: User, *, include_snoozed: bool = False) -> QuerySet[HumanTask]:
     """Tasks assigned to the user and still to do (snoozed ones hidden until they wake)."""
-    now = timezone.now()
-    qs = HumanTask.objects.filter(assignee=user, state__in=ACTIONABLE_TASK_STATES).filter(
-        Q(snoozed_until__isnull=True) | Q(snoozed_until__lte=now)
-    )
+    qs = HumanTask.objects.filter(assignee=user, state__in=ACTIONABLE_TASK_STATES)
+    if not include_snoozed:
+        qs = qs.filter(Q(snoozed_until__isnull=True) | Q(snoozed_until__lte=timezone.now()))
     return _with_related(qs)
 
 
 def team_queue(user: User) -> QuerySet[HumanTask]:
-    """Unclaimed tasks the user may claim through their groups or by name (not their own instances)."""
+    """Unclaimed tasks the user may claim through their groups or by name (never their own instances')."""
     qs = (
         HumanTask.objects.filter(state__in=[TaskState.OPEN, TaskState.ESCALATED], assignee__isnull=True)
         .filter(_candidate_filter(user))
@@ -39,23 +66,228 @@ def team_queue(user: User) -> QuerySet[HumanTask]:
 
 
 def done_by(user: User) -> QuerySet[HumanTask]:
-    """Tasks the user completed, newest first."""
+    """Tasks the user completed."""
     return _with_related(HumanTask.objects.filter(completed_by=user, state=TaskState.COMPLETED))
 
 
 def visible_tasks(user: User) -> QuerySet[HumanTask]:
-    """Every task the user may open: candidate, assignee, or manager."""
+    """Every task the user may open: candidate, assignee, the one who completed it, or a manager."""
     qs = HumanTask.objects.all()
-    if not (user.is_superuser or user.groups.filter(name="managers").exists()):
+    if not is_manager(user):
         qs = qs.filter(Q(assignee=user) | Q(completed_by=user) | _candidate_filter(user))
-    return _with_related(qs)
+    return _with_related(qs).select_related("step")
+
+
+def escalations(user: User) -> QuerySet[HumanTask]:
+    """For managers: open tasks that are overdue, escalated, or operator escalations, most urgent first."""
+    now = timezone.now()
+    qs = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES).filter(
+        Q(due_at__lt=now) | Q(state=TaskState.ESCALATED) | Q(kind="escalation")
+    )
+    return _with_related(qs).order_by(F("due_at").asc(nulls_last=True), "-priority", "id")
+
+
+def _capped(qs: QuerySet[HumanTask]) -> int:
+    return qs.order_by().values("pk")[:COUNT_CAP].count()
 
 
 def inbox_counts(user: User) -> dict[str, int]:
-    """Counts for the navigation badges."""
-    mine = my_tasks(user).count()
-    return {"inbox": mine, "queue": team_queue(user).count(), "unread": 0}
+    """Counts for the navigation badges and tabs (capped at COUNT_CAP)."""
+    return {
+        "inbox": _capped(my_tasks(user)),
+        "queue": _capped(team_queue(user)),
+        "unread": Notification.objects.filter(user=user, read_at__isnull=True)[:COUNT_CAP].count(),
+        "cap": COUNT_CAP,
+    }
 
 
 def tasks_of_instance(instance_id: int) -> QuerySet[HumanTask]:
     return HumanTask.objects.filter(instance_id=instance_id).select_related("assignee", "completed_by").order_by("id")
+
+
+# --- filters, sorting and keyset pagination ----------------------------------------------------------
+
+# (field, descending) in order; due_at is the one nullable key and sorts last when empty.
+SORTS: dict[str, list[tuple[str, bool]]] = {
+    "due": [("due_at", False), ("priority", True), ("id", False)],
+    "priority": [("priority", True), ("due_at", False), ("id", False)],
+    "age": [("created_at", False), ("id", False)],
+    "recent": [("completed_at", True), ("id", True)],
+}
+DUE_BUCKETS = ("overdue", "today", "later", "none")
+
+
+@dataclass
+class InboxQuery:
+    """The inbox's filters, sort and cursor, parsed from a query string (bad values are dropped, not fatal)."""
+
+    tab: str = "mine"
+    workflow: str = ""
+    priority: int | None = None
+    due: str = ""
+    state: str = ""
+    q: str = ""
+    sort: str = ""
+    after: str = ""
+    snoozed: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, params: Any, tab: str) -> InboxQuery:
+        query = cls(tab=tab)
+        query.workflow = str(params.get("workflow", ""))[:100]
+        raw_priority = params.get("priority", "")
+        if raw_priority not in ("", None):
+            try:
+                query.priority = int(raw_priority)
+                if query.priority not in Priority.values:
+                    raise ValueError
+            except (TypeError, ValueError):
+                query.priority = None
+                query.errors.append("Unknown priority; showing all priorities.")
+        due = params.get("due", "")
+        if due and due not in DUE_BUCKETS:
+            query.errors.append("Unknown due filter; showing all.")
+            due = ""
+        query.due = due
+        state = params.get("state", "")
+        if state and state not in TaskState.values:
+            query.errors.append("Unknown state; showing all.")
+            state = ""
+        query.state = state
+        query.q = str(params.get("q", "")).strip()[:100]
+        sort = params.get("sort", "")
+        query.sort = sort if sort in SORTS else ""
+        query.after = str(params.get("after", ""))[:300]
+        query.snoozed = params.get("snoozed") == "1"
+        return query
+
+    @property
+    def sort_key(self) -> str:
+        return self.sort or ("recent" if self.tab == "done" else "due")
+
+    def as_params(self, **override: Any) -> dict[str, str]:
+        """The non-empty filters as query parameters (for links, saved views and the cursor)."""
+        values = {
+            "tab": self.tab,
+            "workflow": self.workflow,
+            "priority": "" if self.priority is None else str(self.priority),
+            "due": self.due,
+            "state": self.state,
+            "q": self.q,
+            "sort": self.sort,
+            "snoozed": "1" if self.snoozed else "",
+        }
+        values.update({k: str(v) for k, v in override.items()})
+        return {k: v for k, v in values.items() if v}
+
+    @property
+    def is_filtered(self) -> bool:
+        return bool(self.workflow or self.priority is not None or self.due or self.state or self.q)
+
+
+def apply_filters(qs: QuerySet[HumanTask], query: InboxQuery, now: datetime | None = None) -> QuerySet[HumanTask]:
+    now = now or timezone.now()
+    if query.workflow:
+        qs = qs.filter(instance__workflow_name=query.workflow)
+    if query.priority is not None:
+        qs = qs.filter(priority=query.priority)
+    if query.state:
+        qs = qs.filter(state=query.state)
+    if query.due:
+        end_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        qs = {
+            "overdue": lambda: qs.filter(due_at__lt=now),
+            "today": lambda: qs.filter(due_at__gte=now, due_at__lt=end_of_day),
+            "later": lambda: qs.filter(due_at__gte=end_of_day),
+            "none": lambda: qs.filter(due_at__isnull=True),
+        }[query.due]()
+    if query.q:
+        qs = qs.filter(
+            Q(instance__title__icontains=query.q) | Q(instance__business_key=query.q) | Q(title__icontains=query.q)
+        )
+    return qs
+
+
+def _order_by(sort: list[tuple[str, bool]]) -> list[Any]:
+    return [F(name).desc(nulls_last=True) if desc else F(name).asc(nulls_last=True) for name, desc in sort]
+
+
+NULLABLE = {"due_at", "completed_at"}
+
+
+def _after(sort: list[tuple[str, bool]], values: list[Any]) -> Q:
+    """Rows strictly after ``values`` in the order ``sort`` (NULLs last), as one OR of prefix-equal terms."""
+    condition = Q(pk__in=[])
+    equal = Q()
+    for (name, desc), value in zip(sort, values, strict=True):
+        if value is None:
+            # Only NULLs remain at or after a NULL: nothing is "greater" here, move on to the next key.
+            equal &= Q(**{f"{name}__isnull": True})
+            continue
+        greater = Q(**{f"{name}__lt" if desc else f"{name}__gt": value})
+        if name in NULLABLE:
+            greater |= Q(**{f"{name}__isnull": True})
+        condition |= equal & greater
+        equal &= Q(**{name: value})
+    return condition
+
+
+def _encode(values: list[Any]) -> str:
+    raw = json.dumps([v.isoformat() if isinstance(v, datetime) else v for v in values])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str, sort: list[tuple[str, bool]]) -> list[Any] | None:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(raw, list) or len(raw) != len(sort):
+            return None
+        values: list[Any] = []
+        for (name, _desc), value in zip(sort, raw, strict=True):
+            if name.endswith("_at") and value is not None:
+                parsed = parse_datetime(str(value))
+                if parsed is None:
+                    return None
+                values.append(parsed)
+            elif value is None or isinstance(value, int):
+                values.append(value)
+            else:
+                return None
+        return values
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass
+class Page:
+    tasks: list[HumanTask]
+    next_cursor: str
+    has_previous: bool
+
+
+def page_of(qs: QuerySet[HumanTask], query: InboxQuery, size: int = 25) -> Page:
+    """One page in keyset order: the cost does not grow with how deep the user pages."""
+    sort = SORTS[query.sort_key]
+    qs = apply_filters(qs, query).order_by(*_order_by(sort))
+    values = _decode(query.after, sort) if query.after else None
+    if query.after and values is None:
+        query.errors.append("That page link is no longer valid; showing the first page.")
+    if values is not None:
+        qs = qs.filter(_after(sort, values))
+    rows = list(qs[: size + 1])
+    tasks = rows[:size]
+    next_cursor = ""
+    if len(rows) > size:
+        last = tasks[-1]
+        next_cursor = _encode([getattr(last, name) for name, _ in sort])
+    return Page(tasks=tasks, next_cursor=next_cursor, has_previous=values is not None)
+
+
+def saved_views_for(user: User) -> QuerySet[SavedView]:
+    """The user's own saved views and those shared with one of their groups."""
+    return SavedView.objects.filter(Q(owner=user) | Q(shared_with_id__in=group_ids(user))).select_related("owner")
+
+
+def notifications_for(user: User) -> QuerySet[Notification]:
+    return Notification.objects.filter(user=user).order_by("-created_at", "-id")

@@ -7,18 +7,32 @@ commit. A lost race raises :class:`TaskConflict` (HTTP 409 / a message on the pa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, Priority, TaskDecision, TaskKind, TaskState
+from approvals.models import (
+    ACTIONABLE_TASK_STATES,
+    HumanTask,
+    Notification,
+    Priority,
+    TaskDecision,
+    TaskKind,
+    TaskState,
+)
+from approvals.notifications import members_of, notify
+from approvals.selectors import is_manager
 from orchestrator.audit import Actor
 from orchestrator.dsl import APPROVAL, Escalate, Human, Reassign, Remind
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState
+from orchestrator.realtime import send_now
 from orchestrator.services import engine
 from orchestrator.services.engine import lock_instance
 from orchestrator.services.unit import Unit
@@ -126,6 +140,7 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     task.candidate_groups.set(groups)
     unit.audit("task.opened", "task", task.pk, "", task.state, reason=reason, payload={"kind": "escalation"})
     _announce(unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], level="danger")
+    notify(unit, members_of([OPERATORS]), "escalation", f"Needs an operator: {task.title}", url=_url(task), task=task)
     return task
 
 
@@ -170,10 +185,6 @@ def is_candidate(user: User, task: HumanTask) -> bool:
     if task.candidate_users.filter(pk=user.pk).exists():
         return True
     return task.candidate_groups.filter(user=user).exists()
-
-
-def is_manager(user: User) -> bool:
-    return bool(getattr(user, "is_superuser", False)) or user.groups.filter(name=MANAGERS).exists()
 
 
 def can_see(user: User, task: HumanTask) -> bool:
@@ -271,6 +282,14 @@ def task_delegate(
             payload={"to": to_user.get_username()},
         )
         _announce(unit, task, "task.delegated", f"{user.get_username()} delegated to you: {task.title}")
+        notify(
+            unit,
+            [to_user.pk],
+            "delegated",
+            f"{user.get_username()} delegated to you: {task.title}" + (f" ({note})" if note else ""),
+            url=_url(task),
+            task=task,
+        )
         unit.finish()
         return task
 
@@ -477,6 +496,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             task.save(update_fields=["escalation_level", "next_escalation_at"])
             unit.audit("task.reminded", "task", task.pk, from_state, task.state, payload={"level": level})
             _announce(unit, task, "task.reminded", f"Reminder: {task.title} is waiting")
+            notify(unit, _people_of(task), "reminder", f"Reminder: {task.title} is waiting", url=_url(task), task=task)
         elif isinstance(rung, Reassign):
             group = _groups([rung.group])[0]
             task.escalate(level, next_at)
@@ -484,6 +504,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             task.candidate_groups.add(group)
             unit.audit("task.reassigned", "task", task.pk, from_state, task.state, payload={"group": rung.group})
             _announce(unit, task, "task.escalated", f"Reassigned to {rung.group}: {task.title}")
+            notify(unit, members_of([rung.group]), "reassigned", f"Overdue, now yours: {task.title}", url=_url(task))
         elif isinstance(rung, Escalate):
             if rung.fail_instance:
                 task.expire(now)
@@ -515,8 +536,55 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
                 task.candidate_groups.add(group)
                 unit.audit("task.escalated", "task", task.pk, from_state, task.state, payload={"group": rung.group})
                 _announce(unit, task, "task.escalated", f"Escalated to {rung.group}: {task.title}", level="warning")
+                notify(
+                    unit, members_of([rung.group]), "escalated", f"Escalated: {task.title}", url=_url(task), task=task
+                )
         unit.finish()
         return 1
+
+
+def _url(task: HumanTask) -> str:
+    return reverse("task_detail", args=[task.pk])
+
+
+def _people_of(task: HumanTask) -> list[int]:
+    """Who a reminder goes to: the assignee, else every candidate."""
+    if task.assignee_id:
+        return [task.assignee_id]
+    named = list(task.candidate_users.values_list("pk", flat=True))
+    return named + members_of(task.candidate_groups.values_list("name", flat=True))
+
+
+@dataclass
+class BulkResult:
+    claimed: list[int]
+    refused: dict[int, str]
+
+
+def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | None = None) -> BulkResult:
+    """Claim several tasks, each in its own transaction: one lost race does not undo the others."""
+    result = BulkResult(claimed=[], refused={})
+    for task_id in dict.fromkeys(task_ids):
+        try:
+            task_claim(task_id, user, request_meta=request_meta)
+        except TaskError as exc:
+            result.refused[task_id] = str(exc)
+        else:
+            result.claimed.append(task_id)
+    return result
+
+
+def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
+    """Mark the user's notifications read (all of them, or the given ones); returns how many changed."""
+    qs = Notification.objects.filter(user=user, read_at__isnull=True)
+    if ids is not None:
+        qs = qs.filter(pk__in=ids)
+    changed = qs.update(read_at=timezone.now())
+    if changed:
+        transaction.on_commit(
+            partial(send_now, [f"user.{user.pk}"], {"type": "notification.read", "refresh": ["counts"]})
+        )
+    return changed
 
 
 def task_snooze(task_id: int, user: User, until: datetime) -> HumanTask:

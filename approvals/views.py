@@ -2,67 +2,169 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from approvals import selectors, services
-from approvals.models import HumanTask, TaskKind, TaskState
+from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState
 from orchestrator import registry
 from orchestrator.dsl import Human
 from orchestrator.selectors import steps_of
 from orchestrator.typing import AuthedRequest
 from orchestrator.views import request_meta
 
-TABS = {
+TABS: dict[str, tuple[str, Callable[[User], QuerySet[HumanTask]]]] = {
     "mine": ("My tasks", selectors.my_tasks),
     "queue": ("Team queue", selectors.team_queue),
     "done": ("Done by me", selectors.done_by),
 }
-SORTS = {
-    "due": ("due_at", "-priority", "id"),
-    "priority": ("-priority", "due_at", "id"),
-    "age": ("created_at", "id"),
-    "recent": ("-completed_at", "-id"),
-}
 
 
-def _tab_queryset(request: AuthedRequest, tab: str) -> QuerySet[HumanTask]:
-    qs = TABS[tab][1](request.user)
-    sort = request.GET.get("sort") or ("recent" if tab == "done" else "due")
-    return qs.order_by(*SORTS.get(sort, SORTS["due"]))
+def _base_queryset(user: User, query: selectors.InboxQuery) -> QuerySet[HumanTask]:
+    if query.tab == "mine":
+        return selectors.my_tasks(user, include_snoozed=query.snoozed)
+    return TABS[query.tab][1](user)
 
 
 @login_required
 def inbox(request: AuthedRequest) -> HttpResponse:
-    """My tasks, the team queue, and what I have done; the list refreshes live."""
-    tab = request.GET.get("tab", "mine")
-    if tab not in TABS:
-        tab = "mine"
+    """My tasks, the team queue, and what I have done: filtered, sorted, keyset-paged, live."""
+    tab = request.GET.get("tab", "")
     counts = selectors.inbox_counts(request.user)
-    if tab == "mine" and "tab" not in request.GET and not counts["inbox"] and counts["queue"]:
-        tab = "queue"  # nothing assigned yet: show what can be claimed
-    page = Paginator(_tab_queryset(request, tab), 25).get_page(request.GET.get("page"))
+    if tab not in TABS:
+        # Nothing assigned yet: open on what can be claimed.
+        tab = "queue" if not counts["inbox"] and counts["queue"] else "mine"
+    query = selectors.InboxQuery.parse(request.GET, tab)
+    page = selectors.page_of(_base_queryset(request.user, query), query)
+    for error in query.errors:
+        messages.warning(request, error)
     context = {
         "tab": tab,
         "tabs": [(key, label) for key, (label, _) in TABS.items()],
         "page": page,
+        "query": query,
+        "params": query.as_params(),
+        "next_params": query.as_params(after=page.next_cursor) if page.next_cursor else None,
+        "first_params": query.as_params(),
         "counts": counts,
-        "sort": request.GET.get("sort", ""),
         "now": timezone.now(),
+        "workflows": registry.latest_all(),
+        "priorities": Priority.choices,
+        "due_buckets": [
+            ("overdue", "Overdue"),
+            ("today", "Due today"),
+            ("later", "Due later"),
+            ("none", "No due date"),
+        ],
+        "states": TaskState.choices,
+        "sorts": [("due", "Due date"), ("priority", "Priority"), ("age", "Oldest first"), ("recent", "Recently done")],
+        "saved_views": list(selectors.saved_views_for(request.user)),
+        "share_groups": list(request.user.groups.order_by("name")),
         "active_nav": "inbox",
     }
     if request.htmx and request.htmx.target == "task-list":
         return render(request, "approvals/_task_list.html", context)
     return render(request, "approvals/inbox.html", context)
+
+
+@login_required
+def escalations(request: AuthedRequest) -> HttpResponse:
+    """For managers: overdue, escalated and operator-escalation tasks, most urgent first."""
+    if not selectors.is_manager(request.user):
+        raise Http404("No such page.")
+    tasks = list(selectors.escalations(request.user)[:200])
+    context = {"tasks": tasks, "now": timezone.now(), "active_nav": "escalations"}
+    return render(request, "approvals/escalations.html", context)
+
+
+@login_required
+def notifications(request: AuthedRequest) -> HttpResponse:
+    """The bell's list; opening it marks what it shows as read."""
+    items = list(selectors.notifications_for(request.user)[:100])
+    unread = [n.pk for n in items if n.read_at is None]
+    context = {"items": items, "unread": set(unread), "active_nav": "notifications"}
+    response = render(request, "approvals/notifications.html", context)
+    if unread:
+        services.notifications_mark_read(request.user, unread)
+    return response
+
+
+@require_POST
+@login_required
+def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
+    """Claim the selected rows of the team queue."""
+    ids = [int(v) for v in request.POST.getlist("task") if v.isdigit()]
+    if not ids:
+        messages.warning(request, "Select the tasks to claim first.")
+        return redirect(f"{reverse('inbox')}?tab=queue")
+    result = services.tasks_claim_bulk(ids, request.user, request_meta=request_meta(request))
+    if result.claimed:
+        messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
+    if result.refused:
+        messages.warning(request, f"{len(result.refused)} could not be claimed: " + "; ".join(result.refused.values()))
+    return redirect(f"{reverse('inbox')}?tab=mine")
+
+
+@require_POST
+@login_required
+def saved_view_create(request: AuthedRequest) -> HttpResponse:
+    """Save the current filters under a name, optionally shared with one of the user's groups."""
+    name = request.POST.get("name", "").strip()[:60]
+    tab = request.POST.get("tab", "mine")
+    query = selectors.InboxQuery.parse(request.POST, tab if tab in TABS else "mine")
+    group = request.user.groups.filter(pk=request.POST.get("shared_with") or 0).first()
+    if not name:
+        messages.error(request, "Give the view a name.")
+    else:
+        params = {k: v for k, v in query.as_params().items() if k != "tab"}
+        SavedView.objects.update_or_create(
+            owner=request.user, name=name, defaults={"tab": query.tab, "params": params, "shared_with": group}
+        )
+        messages.success(request, f"Saved view “{name}”" + (f", shared with {group.name}." if group else "."))
+    return redirect(f"{reverse('inbox')}?{urlencode(query.as_params())}")
+
+
+@require_POST
+@login_required
+def saved_view_delete(request: AuthedRequest, view_id: int) -> HttpResponse:
+    deleted, _ = SavedView.objects.filter(pk=view_id, owner=request.user).delete()
+    if deleted:
+        messages.info(request, "Saved view deleted.")
+    else:
+        messages.error(request, "Only the owner can delete a saved view.")
+    return redirect("inbox")
+
+
+@require_POST
+@login_required
+def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
+    """Hide a claimed task from My tasks until a time."""
+    raw = request.POST.get("until", "").strip()
+    until = parse_datetime(raw) if raw else None
+    if until is None:
+        messages.error(request, "Snooze until: pick a date and time.")
+        return redirect("task_detail", task_id=task_id)
+    if until.tzinfo is None:
+        until = timezone.make_aware(until)
+    try:
+        services.task_snooze(task_id, request.user, until)
+    except services.TaskError as exc:
+        return _fail(request, task_id, exc)
+    messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
+    return redirect("inbox")
 
 
 def _task_or_404(request: AuthedRequest, task_id: int) -> HumanTask:
@@ -196,7 +298,9 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
 
 def _next_task(request: AuthedRequest, exclude: int) -> HumanTask | None:
     for tab in ("mine", "queue"):
-        candidate = _tab_queryset(request, tab).exclude(pk=exclude).first()
-        if candidate is not None:
-            return candidate
+        query = selectors.InboxQuery(tab=tab)
+        qs = _base_queryset(request.user, query).exclude(pk=exclude)
+        following = selectors.page_of(qs, query, size=1).tasks
+        if following:
+            return following[0]
     return None

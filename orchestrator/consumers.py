@@ -81,7 +81,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def baton_event(self, message: dict[str, Any]) -> None:
         event = dict(message["event"])
-        if event.get("type", "").startswith("task."):
+        if "counts" in event.get("refresh", ()):
             # Counts are per user, so each socket asks for its own rather than trusting the sender.
             event["counts"] = await database_sync_to_async(counts_for)(self.scope["user"])
         await self.send_json(event)

@@ -201,6 +201,8 @@ BATON_LEASE_GRACE = float(os.environ.get("BATON_LEASE_GRACE", "5"))
 BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
 # Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
 BATON_DEMO = env_bool("BATON_DEMO", default=EMBEDDED)
+# Absolute address of the dashboard, for links in e-mails.
+BATON_BASE_URL = os.environ.get("BATON_BASE_URL", "http://127.0.0.1:8000")
 
 LOGGING = {
     "version": 1,

@@ -13,14 +13,18 @@ from functools import partial
 from typing import Any
 
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from orchestrator import audit
 from orchestrator.audit import Actor
-from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
+from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 
 logger = logging.getLogger(__name__)
+
+# States worth telling the initiator about.
+OUTCOME_STATES = (InstanceState.COMPLETED, InstanceState.FAILED, InstanceState.COMPENSATED, InstanceState.CANCELLED)
 
 INSTANCE_FIELDS = [
     "state",
@@ -57,6 +61,7 @@ class Unit:
         self.notes: list[dict[str, Any]] = []
         # Set when this unit scheduled automated work, so settling needs no query.
         self.scheduled_work = False
+        self.initial_state = instance.state
 
     def audit(
         self,
@@ -108,6 +113,8 @@ class Unit:
 
     def finish(self) -> None:
         """Write audit events and the instance row; register dispatch and broadcast for after commit."""
+        if self.instance.state != self.initial_state and self.instance.state in OUTCOME_STATES:
+            self._tell_initiator()
         if self.events:
             AuditEvent.objects.bulk_create(self.events)
             self.touch()
@@ -125,6 +132,22 @@ class Unit:
             transaction.on_commit(partial(send_now, groups, event))
         for note in self.notes:
             transaction.on_commit(partial(send_now, note["groups"], note["event"]))
+
+    def _tell_initiator(self) -> None:
+        # Whoever started the work hears how it ended, unless they ended it themselves.
+        from approvals.notifications import notify
+
+        instance = self.instance
+        if instance.initiator_id is None or self.actor.user_id == instance.initiator_id:
+            return
+        outcome = instance.outcome if instance.state == "completed" else instance.state
+        notify(
+            self,
+            [instance.initiator_id],
+            f"instance.{instance.state}",
+            f"{instance.title or instance}: {outcome}",
+            url=reverse("instance_detail", args=[instance.pk]),
+        )
 
 
 def send_step(step_id: int, options: dict[str, Any]) -> None:

@@ -76,3 +76,20 @@ def first_line(text: str) -> str:
 @register.filter
 def get_item(mapping: dict, key: str) -> Any:
     return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+@register.filter
+def count_label(value: int | None, cap: int | None = None) -> str:
+    """A badge count; at the server's cap it reads "99+"."""
+    value = value or 0
+    if cap and value >= cap:
+        return f"{cap - 1}+"
+    return str(value)
+
+
+@register.filter
+def urlencode_params(params: dict) -> str:
+    """A dict of query parameters as a query string (values escaped)."""
+    from urllib.parse import urlencode
+
+    return urlencode(params or {})

@@ -85,12 +85,17 @@
 
   function applyCounts(counts) {
     if (!counts || typeof counts !== "object") return;
+    // Counts are capped by the server (counts.cap): at the cap the badge says "99+".
+    var cap = Number(counts.cap) || 0;
     Object.keys(counts).forEach(function (key) {
+      if (key === "cap") return;
       var value = counts[key];
       var n = Number(value);
       var selector = '[data-count="' + cssEscape(key) + '"]';
+      var text = value === null || value === undefined ? "0" : String(value);
+      if (cap && n >= cap) text = String(cap - 1) + "+";
       document.querySelectorAll(selector).forEach(function (el) {
-        el.textContent = value === null || value === undefined ? "0" : String(value);
+        el.textContent = text;
         el.classList.toggle("d-none", !n);
       });
     });

@@ -1,0 +1,70 @@
+"""In-app notifications (the bell) and their e-mails, written in the caller's transaction, sent after commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from functools import partial
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.mail import send_mass_mail
+from django.db import transaction
+
+from approvals.models import HumanTask, Notification
+from orchestrator.services.unit import Unit
+
+logger = logging.getLogger(__name__)
+# A group-wide notice goes to at most this many people; beyond that a queue, not a bell, is the right tool.
+FAN_OUT_LIMIT = 200
+
+
+def members_of(group_names: Iterable[str]) -> list[int]:
+    return list(
+        User.objects.filter(groups__name__in=list(group_names), is_active=True)
+        .values_list("pk", flat=True)
+        .distinct()[:FAN_OUT_LIMIT]
+    )
+
+
+def notify(
+    unit: Unit,
+    user_ids: Iterable[int],
+    kind: str,
+    message: str,
+    *,
+    url: str = "",
+    task: HumanTask | None = None,
+) -> None:
+    """Create a notification for each user, then after commit e-mail them and ring their bell."""
+    recipients = sorted({uid for uid in user_ids if uid})
+    if not recipients:
+        return
+    Notification.objects.bulk_create(
+        [
+            Notification(
+                user_id=uid, kind=kind, message=message[:300], url=url, task=task, instance_id=unit.instance.pk
+            )
+            for uid in recipients
+        ]
+    )
+    unit.notify(
+        [f"user.{uid}" for uid in recipients],
+        {"type": "notification", "message": message, "level": "info", "refresh": ["counts", "notifications"]},
+    )
+    emails = list(User.objects.filter(pk__in=recipients).exclude(email="").values_list("email", flat=True))
+    if emails:
+        transaction.on_commit(partial(_send_mail, kind, message, url, emails))
+
+
+def _send_mail(kind: str, message: str, url: str, emails: list[str]) -> None:
+    link = f"\n\n{settings.BATON_BASE_URL.rstrip('/')}{url}" if url else ""
+    subject = f"[Baton] {message}"[:150]
+    try:
+        send_mass_mail(
+            [(subject, f"{message}{link}", settings.DEFAULT_FROM_EMAIL, [email]) for email in emails],
+            fail_silently=False,
+        )
+    except Exception:
+        # The notice is in the bell already; a mail server outage must not undo or repeat the work.
+        logger.exception("could not e-mail %s notification", kind)
