@@ -360,7 +360,9 @@ def task_decide(
             payload={"decision": decision, "data": cleaned},
         )
         result = {"decision": decision, "by": user.get_username(), "comment": comment, **cleaned}
-        engine.human_step_finish(unit, task.step, result, rejected=decision == REJECT)
+        engine.human_step_finish(
+            unit, task.step, result, rejected=decision == REJECT, merge=cleaned if task.kind == TaskKind.FORM else None
+        )
         _announce(unit, task, "task.completed", f"{user.get_username()} {_past(decision)}: {task.title}")
         unit.finish()
         return task

@@ -388,8 +388,14 @@ def _settle(unit: Unit) -> None:
         unit.audit("instance." + instance.state, "instance", instance.pk, from_state, instance.state)
 
 
-def human_step_finish(unit: Unit, step: StepRun, result: dict[str, Any], *, rejected: bool) -> None:
-    """Called by approvals' services, inside their transaction, when a human step is decided."""
+def human_step_finish(
+    unit: Unit, step: StepRun, result: dict[str, Any], *, rejected: bool, merge: dict[str, Any] | None = None
+) -> None:
+    """Called by approvals' services, inside their transaction, when a human step is decided.
+
+    ``result`` is kept under the step's name in the instance data; ``merge`` (a form's cleaned data) joins the
+    instance data itself, where later decisions and handlers read it.
+    """
     workflow = definition_of(unit.instance)
     node = workflow.node(step.name)
     assert isinstance(node, Human)
@@ -398,6 +404,8 @@ def human_step_finish(unit: Unit, step: StepRun, result: dict[str, Any], *, reje
     unit.audit("step.succeeded", "step", step.pk, StepState.RUNNING, step.state, payload=result)
     instance = unit.instance
     instance.data[step.name] = result
+    if merge:
+        instance.data.update(merge)
     if instance.state not in ACTIVE_INSTANCE_STATES:
         return
     if not rejected:

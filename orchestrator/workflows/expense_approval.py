@@ -2,6 +2,10 @@
 
 The submitter (the instance's initiator) never approves their own expense, and one person never approves at
 both levels: both rules live in ``approvals.services.task_decide``.
+
+Version 2 adds a manual step: an expense in the category "other" is classified by finance (a form whose
+cleaned data joins the instance data) before the manager decides. Version 1 stays registered, so instances
+started on it finish on it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from decimal import Decimal
 
 from django import forms
 
-from orchestrator.dsl import Decision, Human, Reassign, Remind, Retry, StepContext, Task, Workflow
+from orchestrator.dsl import FORM, Decision, Human, Reassign, Remind, Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
 from orchestrator.workflows.simulated import call, maybe_fail
 
@@ -26,6 +30,24 @@ class ExpenseForm(forms.Form):
         choices=[("travel", "Travel"), ("meals", "Meals"), ("equipment", "Equipment"), ("other", "Other")],
     )
     description = forms.CharField(label="What was it for?", max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class ClassificationForm(forms.Form):
+    cost_centre = forms.ChoiceField(
+        label="Cost centre",
+        choices=[
+            ("", "Choose…"),
+            ("CC-100", "CC-100 Operations"),
+            ("CC-200", "CC-200 Sales"),
+            ("CC-300", "CC-300 R&D"),
+        ],
+    )
+    tax_deductible = forms.BooleanField(label="Tax deductible", required=False)
+    note = forms.CharField(label="Note for payroll", max_length=200, required=False)
+
+
+def needs_classification(data: dict) -> str:
+    return "classify" if data.get("category") == "other" else "manager_needed"
 
 
 def needs_manager(data: dict) -> str:
@@ -68,6 +90,41 @@ expense_approval = register(
                 on_reject="end",
             ),
             Task("payout", payout, retry=Retry(max_attempts=3, backoff=0.5, max_delay=60), timeout=20),
+        ],
+    )
+)
+
+
+TEAM_APPROVAL = expense_approval.nodes["team_approval"]
+MANAGER_APPROVAL = expense_approval.nodes["manager_approval"]
+PAYOUT = expense_approval.nodes["payout"]
+
+expense_approval_v2 = register(
+    Workflow(
+        name="expense_approval",
+        version=2,
+        title="Expense approval",
+        owner="Finance",
+        criticality="medium",
+        description="The approvers' team signs off; finance classifies expenses marked 'other'; a manager signs "
+        "off above EUR 500; then payroll pays out.",
+        title_template="Expense: {description:.40} ({employee})",
+        start_form=ExpenseForm,
+        steps=[
+            TEAM_APPROVAL,
+            Decision("classification_needed", needs_classification, choices=["classify", "manager_needed"]),
+            Human(
+                "classify",
+                label="Classify expense",
+                kind_of_task=FORM,
+                form=ClassificationForm,
+                task_title="Classify {title}",
+                candidate_groups=["managers"],
+                sla=timedelta(days=1),
+            ),
+            Decision("manager_needed", needs_manager, choices=["manager_approval", "payout"]),
+            MANAGER_APPROVAL,
+            PAYOUT,
         ],
     )
 )
