@@ -317,6 +317,12 @@ def task_decide(
             _resolve_escalation(unit, task, user, decision, comment)
             unit.finish()
             return task
+        if unit.instance.state not in (InstanceState.RUNNING, InstanceState.WAITING):
+            # A paused or failed instance does not move; a decision now would be recorded but go nowhere.
+            raise TaskConflict(
+                f"The workflow is {unit.instance.get_state_display().lower()}: "
+                "an operator must resume or retry it before its tasks can be decided."
+            )
         cleaned = _validate_decision(unit, task, decision, comment, data or {})
         # One person, one approval slot per instance: no approving twice at two levels.
         if (
