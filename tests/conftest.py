@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CELERY = ROOT / ".venv" / "bin" / "celery"
 # Workflow modules the worker process imports besides the shipped ones (it cannot see test-registered flows).
 WORKER_EXTRA_WORKFLOW_MODULES = ["tests.orchestrator.versioned_flows"]
+RUN_STEPS_GUARD = 500
 WORKER_ENV = {
     "BATON_SWEEP_INTERVAL": "0.5",
     "BATON_REDISPATCH_AFTER": "3",
@@ -158,14 +160,18 @@ def _execute_at(step_id: int, now: Any) -> str:
 def run_steps(db: None) -> Callable[..., list[Ran]]:
     """Drain automated work without Celery.
 
-    ``run_steps(instance=None, *, advance=False, limit=200)`` repeatedly picks the earliest dispatchable step
-    (scheduled or failed) and runs it through ``engine.step_execute``, the same entry point as the Celery task,
-    until nothing due is left. With ``advance=True`` steps due in the future (retry back-off, timers) run too:
-    their claim is taken at ``due_at``, as if the clock had moved there, so back-off costs no sleeping. A step
-    the engine refuses (a paused or cancelled instance) is left alone. Returns what ran, in order.
+    ``run_steps(instance=None, *, advance=False, limit=None)`` repeatedly picks the earliest dispatchable step
+    (scheduled or failed) of ``instance`` (or of any instance) and runs it through ``engine.step_execute``, the
+    same entry point as the Celery task, until nothing due is left or ``limit`` steps ran. With
+    ``advance=True`` steps due in the future (retry back-off, timers) run too: their claim is taken at
+    ``due_at``, as if the clock had moved there, so back-off costs no sleeping. A step the engine refuses (a
+    paused or cancelled instance) is left alone. Returns what ran, in order; more than 500 steps without a
+    ``limit`` fails the test (a looping workflow).
     """
 
-    def run(instance: WorkflowInstance | int | None = None, *, advance: bool = False, limit: int = 200) -> list[Ran]:
+    def run(
+        instance: WorkflowInstance | int | None = None, *, advance: bool = False, limit: int | None = None
+    ) -> list[Ran]:
         ran: list[Ran] = []
         refused: set[int] = set()
         while True:
@@ -176,10 +182,10 @@ def run_steps(db: None) -> Callable[..., list[Ran]]:
             if not advance:
                 steps = steps.filter(due_at__lte=now)
             step = steps.order_by("due_at", "id").first()
-            if step is None:
+            if step is None or (limit is not None and len(ran) >= limit):
                 return ran
-            if len(ran) >= limit:
-                raise AssertionError(f"run_steps: more than {limit} steps ran; is a workflow looping?")
+            if len(ran) >= RUN_STEPS_GUARD:
+                raise AssertionError(f"run_steps: more than {RUN_STEPS_GUARD} steps ran; is a workflow looping?")
             if step.due_at is None or step.due_at <= now:
                 result = engine.step_execute(step.pk)
             else:
@@ -320,17 +326,11 @@ class WorkerProcess:
         """Warm shutdown (SIGTERM to the group), then SIGKILL whatever is left."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # beat or pool children that outlived the main process
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=10)
         self.process = None
 
@@ -411,4 +411,3 @@ def wait_for() -> Callable[..., Any]:
             time.sleep(interval)
 
     return wait
-

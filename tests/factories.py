@@ -46,3 +46,22 @@ class SuperUserFactory(UserFactory):
 
     is_staff = True
     is_superuser = True
+
+
+class OrderInputFactory(factory.DictFactory):
+    """Start input of ``order_fulfilment``; an amount above 1000 needs a manager's approval."""
+
+    order_id = factory.Sequence(lambda n: f"A-{n:04d}")
+    customer = "ACME Ltd"
+    email = "buyer@example.com"
+    amount = "50.00"
+    items = 2
+
+
+class ExpenseInputFactory(factory.DictFactory):
+    """Start input of ``expense_approval``; an amount above 500 needs a manager's sign-off too."""
+
+    employee = "Sam Staff"
+    amount = "120.00"
+    category = "travel"
+    description = factory.Sequence(lambda n: f"Train to the client, trip {n}")

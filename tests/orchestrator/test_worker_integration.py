@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import pytest
@@ -12,11 +13,9 @@ from approvals.services import APPROVE, RESOLVED, task_decide
 from orchestrator import registry
 from orchestrator.models import AuditEvent, DemoLedger, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
-from tests.orchestrator import versioned_flows
+from tests.factories import OrderInputFactory
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-ORDER = {"order_id": "W-1", "customer": "ACME", "email": "buyer@example.com", "amount": "50", "items": 2}
 
 
 def state_of(instance: WorkflowInstance) -> str:
@@ -42,7 +41,7 @@ def open_task(instance: WorkflowInstance, kind: str) -> HumanTask | None:
 def test_order_above_the_limit_waits_for_the_manager_and_completes(celery_worker, users, wait_for):
     """An order of 1500 runs to the manager's approval, waits there, and completes once the manager approves."""
     # given
-    instance = instance_start("order_fulfilment", {**ORDER, "amount": "1500"}, initiator=users.staff)
+    instance = instance_start("order_fulfilment", OrderInputFactory(amount="1500"), initiator=users.staff)
     task = wait_for(lambda: open_task(instance, TaskKind.APPROVAL), instance=instance, what="the approval task")
     assert state_of(instance) == InstanceState.WAITING
 
@@ -67,7 +66,7 @@ def test_order_above_the_limit_waits_for_the_manager_and_completes(celery_worker
 def test_retry_with_back_off_through_the_worker(celery_worker, wait_for):
     """A payment that fails twice succeeds on attempt 3; the audit shows each attempt and a growing back-off."""
     # given
-    instance = instance_start("order_fulfilment", {**ORDER, "fail_payment": 2})
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_payment=2))
 
     # when
     wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="completion")
@@ -85,7 +84,7 @@ def test_retry_with_back_off_through_the_worker(celery_worker, wait_for):
 def test_compensation_runs_in_reverse_order_through_the_worker(celery_worker, wait_for):
     """Shipping fails for good: the payment is refunded, then the stock released, and the instance is compensated."""
     # given
-    instance = instance_start("order_fulfilment", {**ORDER, "fail_shipping": True})
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True))
 
     # when
     wait_for(lambda: state_of(instance) == InstanceState.COMPENSATED, instance=instance, what="compensation")
@@ -105,7 +104,7 @@ def test_compensation_runs_in_reverse_order_through_the_worker(celery_worker, wa
 def test_failed_compensation_opens_an_escalation_that_an_operator_resolves(celery_worker, users, wait_for):
     """A refund that keeps failing escalates to operators; marking it resolved lets the saga finish."""
     # given
-    instance = instance_start("order_fulfilment", {**ORDER, "fail_shipping": True, "fail_refund": True})
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=True))
     escalation = wait_for(
         lambda: open_task(instance, TaskKind.ESCALATION), timeout=30, instance=instance, what="the escalation"
     )
@@ -125,14 +124,15 @@ def test_failed_compensation_opens_an_escalation_that_an_operator_resolves(celer
 def test_concurrent_idempotent_starts_run_one_instance(celery_worker, wait_for):
     """Two racing starts with the same key get the same instance, which runs once and charges once."""
     # given
+    order = OrderInputFactory()
     barrier = threading.Barrier(2)
     results: list[int | BaseException] = []
 
     def start() -> None:
         try:
             barrier.wait(timeout=5)
-            results.append(instance_start("order_fulfilment", dict(ORDER), idempotency_key="order-W-1").pk)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(instance_start("order_fulfilment", dict(order), idempotency_key="order-W-1").pk)
+        except BaseException as exc:
             results.append(exc)
         finally:
             connection.close()
@@ -153,17 +153,19 @@ def test_concurrent_idempotent_starts_run_one_instance(celery_worker, wait_for):
     assert WorkflowInstance.objects.filter(idempotency_key="order-W-1").count() == 1
     assert instance.steps.filter(name="reserve_inventory").count() == 1
     assert len(ledger(instance, "payments", "charge")) == 1
-    assert instance_start("order_fulfilment", dict(ORDER), idempotency_key="order-W-1").pk == instance.pk
+    assert instance_start("order_fulfilment", dict(order), idempotency_key="order-W-1").pk == instance.pk
 
 
 def test_killed_worker_mid_step_is_recovered_by_the_sweep(celery_worker, wait_for):
     """SIGKILL during a step: once its lease runs out the sweep retries it; the side effect is applied once."""
     # given: the reservation has recorded its side effect and is sleeping on attempt 1
-    instance = instance_start("order_fulfilment", {**ORDER, "slow_reserve": 6})
+    instance = instance_start("order_fulfilment", OrderInputFactory(slow_reserve=6))
     reserve = instance.steps.get(name="reserve_inventory")
     wait_for(
-        lambda: StepRun.objects.filter(pk=reserve.pk, state=StepState.RUNNING, attempt=1).exists()
-        and ledger(instance, "inventory", "reserve"),
+        lambda: (
+            StepRun.objects.filter(pk=reserve.pk, state=StepState.RUNNING, attempt=1).exists()
+            and ledger(instance, "inventory", "reserve")
+        ),
         instance=instance,
         what="reserve_inventory running on attempt 1",
     )
@@ -190,22 +192,29 @@ def test_killed_worker_mid_step_is_recovered_by_the_sweep(celery_worker, wait_fo
 
 
 @pytest.fixture
-def v2_not_yet_registered():
-    """The test process starts without v2 of versioned_demo (the worker has both); v2 is back afterwards."""
-    registry.unregister(versioned_flows.NAME, 2)
-    yield
-    registry.register(versioned_flows.V2)
+def versioned_demo():
+    """versioned_demo with only v1 registered in this process (the worker loads both); gone again afterwards.
+
+    Imported here rather than at module level so that collecting this file does not leave two extra workflows
+    in the registry of every other test.
+    """
+    flows = importlib.import_module("tests.orchestrator.versioned_flows")
+    registry.register(flows.V1)
+    registry.unregister(flows.NAME, 2)
+    yield flows
+    registry.unregister(flows.NAME, 1)
+    registry.unregister(flows.NAME, 2)
 
 
-def test_instances_finish_on_the_version_they_started_on(celery_worker, users, wait_for, v2_not_yet_registered):
+def test_instances_finish_on_the_version_they_started_on(celery_worker, users, wait_for, versioned_demo):
     """An instance started on v1 runs v1's steps after v2 is registered, while a new start runs v2."""
     # given: a v1 instance waiting at its review
-    old = instance_start(versioned_flows.NAME, {"case": "old"})
+    old = instance_start(versioned_demo.NAME, {"case": "old"})
     old_review = wait_for(lambda: open_task(old, TaskKind.APPROVAL), instance=old, what="the v1 review")
 
     # when: v2 is deployed, a new instance starts, and both reviews are approved
-    registry.register(versioned_flows.V2)
-    new = instance_start(versioned_flows.NAME, {"case": "new"})
+    registry.register(versioned_demo.V2)
+    new = instance_start(versioned_demo.NAME, {"case": "new"})
     new_review = wait_for(lambda: open_task(new, TaskKind.APPROVAL), instance=new, what="the v2 review")
     task_decide(old_review.pk, users.staff, APPROVE)
     task_decide(new_review.pk, users.staff2, APPROVE)

@@ -1,0 +1,507 @@
+"""Human task services: claim, release, decide, delegate, escalate, resolve; permissions and races."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
+from approvals.services import (
+    APPROVE,
+    REJECT,
+    RESOLVED,
+    RETRY,
+    SKIP,
+    TaskConflict,
+    TaskForbidden,
+    TaskInvalid,
+    TaskNotFound,
+    task_claim,
+    task_decide,
+    task_delegate,
+    task_release,
+    tasks_sweep,
+)
+from orchestrator.dsl import Human, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory, OrderInputFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def expense(initiator=None, **overrides) -> WorkflowInstance:
+    return instance_start("expense_approval", ExpenseInputFactory(**overrides), initiator=initiator)
+
+
+def task_of(instance: WorkflowInstance, step: str | None = None) -> HumanTask:
+    tasks = HumanTask.objects.filter(instance=instance).order_by("-id")
+    return (tasks.filter(step__name=step) if step else tasks).first()
+
+
+def task_events(task: HumanTask) -> list[tuple[str, str]]:
+    events = AuditEvent.objects.filter(subject_type="task", subject_id=task.pk).order_by("seq")
+    return list(events.values_list("action", "actor_label"))
+
+
+# --- claim and release ----------------------------------------------------------------------------------
+
+
+def test_claim_takes_an_open_task(users):
+    """A candidate claims an open task; claiming again is a no-op, anyone else gets a conflict naming the holder."""
+    # given
+    task = task_of(expense())
+
+    # when
+    claimed = task_claim(task.pk, users.staff)
+    again = task_claim(task.pk, users.staff)
+
+    # then
+    task.refresh_from_db()
+    assert (claimed.state, again.state, task.state, task.assignee) == (
+        TaskState.CLAIMED,
+        TaskState.CLAIMED,
+        TaskState.CLAIMED,
+        users.staff,
+    )
+    assert task_events(task) == [("task.opened", "system:api"), ("task.claimed", "user:staff")]
+    with pytest.raises(TaskConflict, match="already claimed by staff"):
+        task_claim(task.pk, users.staff2)
+
+
+def test_release_puts_the_task_back_in_the_queue(users):
+    """The assignee (or a manager) releases a claimed task; another candidate cannot release it for them."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+
+    # when
+    with pytest.raises(TaskForbidden):
+        task_release(task.pk, users.staff2)
+    released = task_release(task.pk, users.staff)
+
+    # then
+    assert (released.state, released.assignee_id, released.claimed_at) == (TaskState.OPEN, None, None)
+    task_claim(task.pk, users.staff2)
+    assert task_release(task.pk, users.manager).state == TaskState.OPEN
+    with pytest.raises(TaskConflict, match="not claimed"):
+        task_release(task.pk, users.manager)
+
+
+def test_only_candidates_act_and_others_do_not_even_see_the_task(users):
+    """A non-candidate without a manager role gets TaskNotFound; a manager who is no candidate gets TaskForbidden."""
+    # given
+    task = task_of(expense())
+
+    # when / then
+    with pytest.raises(TaskNotFound):
+        task_claim(task.pk, users.operator)
+    with pytest.raises(TaskForbidden, match="not a candidate"):
+        task_decide(task.pk, users.manager, APPROVE)
+    task.refresh_from_db()
+    assert (task.state, task.assignee_id) == (TaskState.OPEN, None)
+
+
+# --- deciding -------------------------------------------------------------------------------------------
+
+
+def test_approval_moves_the_instance_on(users, run_steps):
+    """Approving a small expense at team level pays it out and completes the instance."""
+    # given
+    instance = expense(amount="120")
+    task = task_of(instance)
+    task_claim(task.pk, users.staff)
+
+    # when
+    task_decide(task.pk, users.staff, APPROVE, comment="receipt attached")
+    run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    task.refresh_from_db()
+    assert (task.state, task.decision, task.completed_by) == (TaskState.COMPLETED, APPROVE, users.staff)
+    assert instance.state == InstanceState.COMPLETED
+    assert instance.data["team_approval"] == {"decision": APPROVE, "by": "staff", "comment": "receipt attached"}
+    work = instance.steps.filter(kind__in=[StepKind.HUMAN, StepKind.TASK]).order_by("id")
+    assert list(work.values_list("name", "state")) == [
+        ("team_approval", StepState.SUCCEEDED),
+        ("payout", StepState.SUCCEEDED),
+    ]
+
+
+def test_reject_requires_a_comment(users):
+    """A rejection without a reason is TaskInvalid (with a field error) and leaves the task open."""
+    # given
+    task = task_of(expense())
+
+    # when
+    with pytest.raises(TaskInvalid) as invalid:
+        task_decide(task.pk, users.staff, REJECT, comment="   ")
+
+    # then
+    assert invalid.value.errors == {"comment": ["Required on reject."]}
+    task.refresh_from_db()
+    assert task.state == TaskState.OPEN
+    assert not TaskDecision.objects.exists()
+
+
+def test_a_rejection_with_a_reason_ends_the_expense(users, run_steps):
+    """A rejected expense (on_reject="end") completes with outcome "rejected" and pays nothing."""
+    # given
+    instance = expense()
+    task = task_of(instance)
+
+    # when
+    task_decide(task.pk, users.staff, REJECT, comment="no receipt")
+    run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    assert (instance.state, instance.outcome) == (InstanceState.COMPLETED, "rejected")
+    assert not instance.steps.filter(name="payout").exists()
+
+
+def test_an_unknown_decision_is_invalid(users):
+    """An approval task takes approve or reject, nothing else."""
+    # given
+    task = task_of(expense())
+    # when / then
+    with pytest.raises(TaskInvalid, match="Approve or Reject"):
+        task_decide(task.pk, users.staff, "maybe")
+
+
+# --- four-eyes ------------------------------------------------------------------------------------------
+
+
+def test_the_initiator_cannot_decide_their_own_instance(users):
+    """A candidate who started the instance can neither claim nor decide its task."""
+    # given
+    task = task_of(expense(initiator=users.staff))
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_claim(task.pk, users.staff)
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_decide(task.pk, users.staff, APPROVE)
+    task.refresh_from_db()
+    assert task.state == TaskState.OPEN
+
+
+def test_not_even_a_superuser_approves_what_they_started(users):
+    """The four-eyes rule holds for an admin who is also a candidate."""
+    # given
+    users.admin.groups.add(users.approvers)
+    task = task_of(expense(initiator=users.admin))
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_decide(task.pk, users.admin, APPROVE)
+    assert task_decide(task.pk, users.staff, APPROVE).state == TaskState.COMPLETED
+
+
+def test_one_person_cannot_approve_two_levels(users, run_steps):
+    """Having approved at team level, a person who then joins managers still cannot sign the manager level."""
+    # given
+    instance = expense(initiator=users.operator, amount="800")
+    task_decide(task_of(instance, "team_approval").pk, users.staff, APPROVE)
+    manager_task = task_of(instance, "manager_approval")
+    users.staff.groups.add(users.managers)
+
+    # when
+    with pytest.raises(TaskForbidden, match="already approved another step"):
+        task_decide(manager_task.pk, users.staff, APPROVE)
+
+    # then
+    manager_task.refresh_from_db()
+    assert manager_task.state == TaskState.OPEN
+    task_decide(manager_task.pk, users.manager, APPROVE)
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+
+
+# --- quorum ---------------------------------------------------------------------------------------------
+
+
+def noop(ctx: StepContext) -> None:
+    return None
+
+
+@pytest.fixture
+def quorum_flow(register_workflow) -> Workflow:
+    return register_workflow(
+        Workflow(
+            "quorum_demo",
+            1,
+            [Human("sign_off", candidate_groups=["approvers"], quorum=2), Task("after", noop)],
+        )
+    )
+
+
+def test_quorum_needs_two_distinct_approvers(users, quorum_flow, run_steps):
+    """A quorum-2 task stays open after one approval, refuses the same person twice, and completes on the second."""
+    # given
+    instance = instance_start("quorum_demo", {})
+    task = task_of(instance)
+    task_claim(task.pk, users.staff)
+
+    # when
+    first = task_decide(task.pk, users.staff, APPROVE)
+    with pytest.raises(TaskForbidden):
+        task_decide(task.pk, users.staff, APPROVE)
+    instance.refresh_from_db()
+    state_after_one = (first.state, first.approvals, first.assignee_id, instance.state)
+    task_decide(task.pk, users.staff2, APPROVE)
+    run_steps(instance)
+
+    # then
+    assert state_after_one == (TaskState.OPEN, 1, None, InstanceState.WAITING)
+    task.refresh_from_db()
+    instance.refresh_from_db()
+    assert (task.state, task.approvals) == (TaskState.COMPLETED, 2)
+    assert set(TaskDecision.objects.filter(task=task).values_list("user__username", flat=True)) == {"staff", "staff2"}
+    assert instance.state == InstanceState.COMPLETED
+
+
+# --- delegation -----------------------------------------------------------------------------------------
+
+
+def test_delegation_goes_only_to_eligible_candidates(users):
+    """A task can be handed to another candidate, not to a non-candidate nor to the initiator."""
+    # given
+    users.staff2.groups.add(users.approvers)
+    initiator = users.operator
+    initiator.groups.add(users.approvers)
+    task = task_of(expense(initiator=initiator))
+    task_claim(task.pk, users.staff)
+
+    # when / then
+    with pytest.raises(TaskInvalid, match="manager is not an eligible candidate"):
+        task_delegate(task.pk, users.staff, users.manager)
+    with pytest.raises(TaskInvalid, match="operator is not an eligible candidate"):
+        task_delegate(task.pk, users.staff, initiator)
+    with pytest.raises(TaskForbidden):
+        task_delegate(task.pk, users.staff2, users.staff2)
+    delegated = task_delegate(task.pk, users.staff, users.staff2, note="I am off tomorrow")
+    assert (delegated.state, delegated.assignee) == (TaskState.CLAIMED, users.staff2)
+    assert task_decide(task.pk, users.staff2, APPROVE).state == TaskState.COMPLETED
+
+
+# --- escalation ladder ----------------------------------------------------------------------------------
+
+
+def test_escalation_ladder_reminds_then_reassigns(users):
+    """expense_approval's team task: nothing before 8 h, a reminder at 8 h, reassigned to managers at 1 day."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    task.refresh_from_db()
+    opened = task.created_at
+
+    # when
+    too_early = tasks_sweep(now=opened + timedelta(hours=7, minutes=59))
+    reminded = tasks_sweep(now=opened + timedelta(hours=8, minutes=1))
+    task.refresh_from_db()
+    after_reminder = (task.state, task.escalation_level, task.next_escalation_at, task.assignee)
+    repeated = tasks_sweep(now=opened + timedelta(hours=8, minutes=2))
+    reassigned = tasks_sweep(now=opened + timedelta(days=1, minutes=1))
+
+    # then
+    assert [too_early, reminded, repeated, reassigned] == [{"escalations": n} for n in (0, 1, 0, 1)]
+    assert after_reminder == (TaskState.CLAIMED, 1, opened + timedelta(days=1), users.staff)
+    task.refresh_from_db()
+    assert (task.state, task.escalation_level, task.next_escalation_at, task.assignee) == (
+        TaskState.ESCALATED,
+        2,
+        None,
+        None,
+    )
+    assert set(task.candidate_groups.values_list("name", flat=True)) == {"approvers", "managers"}
+    assert [action for action, _actor in task_events(task)][-2:] == ["task.reminded", "task.reassigned"]
+    assert task_claim(task.pk, users.manager).assignee == users.manager
+
+
+def test_an_unanswered_order_approval_escalates_to_operators(users, run_steps):
+    """order_fulfilment's manager approval: a reminder at 2 h, escalated to operators at 4 h."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory(amount="1500"))
+    run_steps(instance)
+    task = task_of(instance)
+
+    # when
+    tasks_sweep(now=task.created_at + timedelta(hours=2, seconds=1))
+    tasks_sweep(now=task.created_at + timedelta(hours=4, seconds=1))
+
+    # then
+    task.refresh_from_db()
+    assert (task.state, task.escalation_level) == (TaskState.ESCALATED, 2)
+    assert set(task.candidate_groups.values_list("name", flat=True)) == {"managers", "operators"}
+    assert task_decide(task.pk, users.operator, APPROVE).state == TaskState.COMPLETED
+
+
+# --- resolving escalations ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def failed_refund(run_steps):
+    """An order whose refund failed every attempt (fail_refund: 4), waiting on an operators' escalation."""
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4))
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPENSATING
+    return instance, HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+
+
+def test_resolved_by_hand_finishes_the_compensation(users, failed_refund, run_steps):
+    """Marking a failed refund as done by hand moves the saga on: the stock is released, the order compensated."""
+    # given
+    instance, escalation = failed_refund
+
+    # when
+    task_decide(escalation.pk, users.operator, RESOLVED, comment="refunded in the PSP console")
+    run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPENSATED
+    refund = instance.steps.get(kind=StepKind.COMPENSATION, name="charge_payment")
+    assert (refund.state, refund.error) == (StepState.SKIPPED, "resolved by hand: refunded in the PSP console")
+    assert instance.steps.get(kind=StepKind.TASK, name="charge_payment").state == StepState.COMPENSATED
+    assert instance.steps.get(kind=StepKind.COMPENSATION, name="reserve_inventory").state == StepState.SUCCEEDED
+
+
+def test_retry_runs_the_failed_compensation_again(users, failed_refund, run_steps):
+    """Retrying the escalated refund gives it one more attempt; it succeeds and the saga completes."""
+    # given
+    instance, escalation = failed_refund
+
+    # when
+    task_decide(escalation.pk, users.operator, RETRY, comment="PSP is back")
+    run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    refund = instance.steps.get(kind=StepKind.COMPENSATION, name="charge_payment")
+    assert (refund.state, refund.attempt) == (StepState.SUCCEEDED, 5)
+    assert instance.state == InstanceState.COMPENSATED
+
+
+@pytest.mark.parametrize(
+    ("decision", "comment", "message"),
+    [
+        (RESOLVED, "", "Give a reason"),
+        (SKIP, "skip it", "Mark resolved"),
+        (APPROVE, "ok", "Choose Retry"),
+    ],
+)
+def test_escalation_answers_are_checked(users, failed_refund, decision, comment, message):
+    """An escalation needs a reason and an answer that fits a failed compensation."""
+    # given
+    _instance, escalation = failed_refund
+    # when / then
+    with pytest.raises(TaskInvalid, match=message):
+        task_decide(escalation.pk, users.operator, decision, comment=comment)
+    escalation.refresh_from_db()
+    assert escalation.state == TaskState.OPEN
+
+
+def test_escalations_are_for_operators(users, failed_refund):
+    """Staff do not even see an operators' escalation."""
+    # given
+    _instance, escalation = failed_refund
+    # when / then
+    with pytest.raises(TaskNotFound):
+        task_decide(escalation.pk, users.staff, RESOLVED, comment="done")
+
+
+# --- cost -----------------------------------------------------------------------------------------------
+
+
+def test_deciding_costs_a_bounded_number_of_queries(users, run_steps, django_assert_max_num_queries):
+    """Approving bench_approval's task (which completes the instance) stays within 17 statements."""
+    # given
+    instance = instance_start("bench_approval", {})
+    run_steps(instance)
+    task = task_of(instance)
+
+    # when / then: 15 statements of work plus SAVEPOINT/RELEASE inside the test's transaction
+    with django_assert_max_num_queries(17):
+        task_decide(task.pk, users.staff, APPROVE)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+
+
+# --- races ----------------------------------------------------------------------------------------------
+
+
+def race(*actions: Callable[[], Any]) -> list[Any]:
+    """Run the actions at the same instant on their own threads (and DB connections); return results or errors."""
+    barrier = threading.Barrier(len(actions))
+    results: list[Any] = [None] * len(actions)
+
+    def run(index: int, action: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[index] = action()
+        except Exception as exc:  # the caller asserts on what came back
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_two_people_claiming_at_once_one_wins(users, round_):
+    """Two candidates claim the same task at the same instant: one gets it, the other a TaskConflict."""
+    # given
+    task = task_of(expense())
+
+    # when
+    results = race(lambda: task_claim(task.pk, users.staff), lambda: task_claim(task.pk, users.staff2))
+
+    # then
+    winners = [r for r in results if isinstance(r, HumanTask)]
+    losers = [r for r in results if isinstance(r, TaskConflict)]
+    assert (len(winners), len(losers)) == (1, 1), results
+    task.refresh_from_db()
+    assert (task.state, task.assignee_id) == (TaskState.CLAIMED, winners[0].assignee_id)
+    assert [action for action, _actor in task_events(task)].count("task.claimed") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_two_people_deciding_at_once_one_wins(users, round_):
+    """Two candidates approve the same task at the same instant: one decision counts, the other is a conflict."""
+    # given
+    instance = expense(amount="100")
+    task = task_of(instance)
+
+    # when
+    results = race(
+        lambda: task_decide(task.pk, users.staff, APPROVE),
+        lambda: task_decide(task.pk, users.staff2, REJECT, comment="duplicate claim"),
+    )
+
+    # then
+    winners = [r for r in results if isinstance(r, HumanTask)]
+    losers = [r for r in results if isinstance(r, TaskConflict)]
+    assert (len(winners), len(losers)) == (1, 1), results
+    assert TaskDecision.objects.filter(task=task).count() == 1
+    task.refresh_from_db()
+    assert (task.state, task.decision) == (TaskState.COMPLETED, winners[0].decision)
+    instance.refresh_from_db()
+    expected = InstanceState.RUNNING if task.decision == APPROVE else InstanceState.COMPLETED
+    assert instance.state == expected
+    assert instance.steps.filter(name="payout").count() == (1 if task.decision == APPROVE else 0)

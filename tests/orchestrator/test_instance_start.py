@@ -1,0 +1,192 @@
+"""Starting instances: idempotency keys, input validation, version pinning and after-commit dispatch."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import registry
+from orchestrator.dsl import StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, InstanceState, StepRun, StepState, WorkflowInstance
+from orchestrator.registry import UnknownWorkflow
+from orchestrator.services import engine
+from orchestrator.services.instances import IdempotencyConflict, InvalidInput, instance_start
+from tests.factories import OrderInputFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_same_key_returns_the_same_instance(run_steps):
+    """A repeated start with the same key and input returns the first instance and schedules nothing new."""
+    # given
+    order = OrderInputFactory()
+    first = instance_start("order_fulfilment", order, idempotency_key="order-1")
+    steps, events = StepRun.objects.count(), AuditEvent.objects.count()
+
+    # when
+    again = instance_start("order_fulfilment", dict(order), idempotency_key="order-1")
+
+    # then
+    assert again.pk == first.pk
+    assert (StepRun.objects.count(), AuditEvent.objects.count()) == (steps, events)
+
+
+def test_same_key_with_another_input_is_a_conflict():
+    """Reusing a key for a different input raises IdempotencyConflict naming the existing instance."""
+    # given
+    first = instance_start("order_fulfilment", OrderInputFactory(amount="50"), idempotency_key="order-2")
+
+    # when
+    with pytest.raises(IdempotencyConflict) as conflict:
+        instance_start("order_fulfilment", OrderInputFactory(amount="60"), idempotency_key="order-2")
+
+    # then
+    assert conflict.value.instance.pk == first.pk
+    assert WorkflowInstance.objects.filter(idempotency_key="order-2").count() == 1
+
+
+def test_keys_are_scoped_per_workflow_and_optional(users):
+    """The same key under another workflow starts another instance; starts without a key never collide."""
+    # given
+    order = instance_start("order_fulfilment", OrderInputFactory(), idempotency_key="shared")
+
+    # when
+    bench = instance_start("bench_approval", {}, idempotency_key="shared")
+    keyless = [instance_start("bench_approval", {}) for _ in range(2)]
+
+    # then
+    assert len({order.pk, bench.pk, *(i.pk for i in keyless)}) == 4
+    assert [i.idempotency_key for i in keyless] == [None, None]
+
+
+def test_invalid_input_is_refused_with_field_errors():
+    """Input failing the start form raises InvalidInput with the errors per field; nothing is created."""
+    # given
+    order = OrderInputFactory(email="not-an-address", amount="-5")
+    del order["customer"]
+
+    # when
+    with pytest.raises(InvalidInput) as invalid:
+        instance_start("order_fulfilment", order)
+
+    # then
+    assert set(invalid.value.errors) == {"email", "amount", "customer"}
+    assert invalid.value.errors["customer"] == ["This field is required."]
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_input_is_cleaned_and_stored_as_json():
+    """The stored data is the form's cleaned data (as JSON) plus any extra switches, and the title uses it."""
+    # given
+    order = OrderInputFactory(order_id="A-7", customer="Globex", amount="12.5", items="3", fail_payment=1)
+
+    # when
+    instance = instance_start("order_fulfilment", order)
+
+    # then
+    assert instance.data["amount"] == "12.5"  # a Decimal, stored as text so no precision is lost
+    assert instance.data["items"] == 3
+    assert instance.data["fail_payment"] == 1
+    assert instance.title == "Order A-7 for Globex"
+
+
+def test_start_publishes_its_first_step_only_after_commit(broker, django_capture_on_commit_callbacks):
+    """The first step's message is sent once the transaction commits, never before."""
+    # given: a test transaction that has not committed yet
+    with django_capture_on_commit_callbacks(execute=True):
+        # when
+        instance = instance_start("order_fulfilment", OrderInputFactory())
+        before_commit = broker.step_ids()
+
+    # then
+    first = instance.steps.get()
+    assert before_commit == []
+    assert broker.step_ids() == [first.pk]
+
+
+def test_start_costs_a_fixed_number_of_queries(django_assert_num_queries, users):
+    """instance_start of bench_approval: insert instance, first step and audit event, save the instance."""
+    # given: bench_approval has no start form
+    # when / then: 4 statements of work plus SAVEPOINT/RELEASE inside the test's transaction
+    with django_assert_num_queries(6):
+        instance = instance_start("bench_approval", {})
+    assert instance.steps.get().state == StepState.SCHEDULED
+
+
+# --- version pinning ------------------------------------------------------------------------------------
+
+ran: list[str] = []
+
+
+def v1_step(ctx: StepContext) -> dict:
+    ran.append(f"v1:{ctx.step}")
+    return {}
+
+
+def v2_step(ctx: StepContext) -> dict:
+    ran.append(f"v2:{ctx.step}")
+    return {}
+
+
+PINNED_V1 = Workflow("pinned_demo", 1, [Task("first", v1_step), Task("second", v1_step)])
+PINNED_V2 = Workflow("pinned_demo", 2, [Task("first", v2_step), Task("checked", v2_step), Task("second", v2_step)])
+
+
+@pytest.fixture
+def pinned_v1(register_workflow) -> Workflow:
+    ran.clear()
+    register_workflow(PINNED_V1)
+    yield PINNED_V1
+    registry.unregister("pinned_demo", 2)
+
+
+def test_a_started_instance_keeps_its_version_when_a_new_one_is_registered(pinned_v1, run_steps):
+    """An instance started on v1 runs v1's nodes and code after v2 is registered; a new start gets v2."""
+    # given
+    old = instance_start("pinned_demo", {})
+    run_steps(old, limit=1)
+
+    # when
+    registry.register(PINNED_V2)
+    new = instance_start("pinned_demo", {})
+    run_steps()
+
+    # then
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.workflow_version, new.workflow_version) == (1, 2)
+    assert (old.state, new.state) == (InstanceState.COMPLETED, InstanceState.COMPLETED)
+    assert list(old.steps.order_by("id").values_list("name", flat=True)) == ["first", "second"]
+    assert list(new.steps.order_by("id").values_list("name", flat=True)) == ["first", "checked", "second"]
+    assert sorted(ran) == ["v1:first", "v1:second", "v2:checked", "v2:first", "v2:second"]
+
+
+def test_an_explicit_version_can_be_started(pinned_v1):
+    """instance_start(version=1) pins v1 even when v2 is the latest; an unknown version is refused."""
+    # given
+    registry.register(PINNED_V2)
+
+    # when
+    instance = instance_start("pinned_demo", {}, version=1)
+
+    # then
+    assert instance.workflow_version == 1
+    with pytest.raises(UnknownWorkflow):
+        instance_start("pinned_demo", {}, version=3)
+
+
+def test_a_step_whose_version_is_gone_fails_loudly(pinned_v1, run_steps):
+    """If the pinned version's code is no longer deployed, the step dies naming the cause and the instance fails."""
+    # given
+    instance = instance_start("pinned_demo", {})
+    registry.unregister("pinned_demo", 1)
+
+    # when
+    result = engine.step_execute(instance.steps.get().pk)
+
+    # then
+    instance.refresh_from_db()
+    step = instance.steps.get()
+    assert result == "not runnable"
+    assert (step.state, step.error_type) == (StepState.DEAD, "UnknownWorkflow")
+    assert step.error.startswith("definition not available")
+    assert instance.state == InstanceState.FAILED

@@ -1,0 +1,324 @@
+"""Running steps in-process: the happy path, retries, decisions, fan-out/fan-in, the saga and fencing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from approvals.models import HumanTask, TaskKind, TaskState
+from orchestrator.dsl import Parallel, PermanentError, Retry, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, DemoLedger, InstanceState, StepKind, StepRun, StepState
+from orchestrator.services import engine
+from orchestrator.services.instances import instance_start
+from orchestrator.workflows.order_fulfilment import FAST_RETRY
+from tests.factories import OrderInputFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def ledger(instance, service: str, operation: str) -> list[DemoLedger]:
+    return list(
+        DemoLedger.objects.filter(
+            service=service, operation=operation, idempotency_key__startswith=f"{instance.pk}:"
+        ).order_by("id")
+    )
+
+
+def events_of(step: StepRun, action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(subject_type="step", subject_id=step.pk, action=action).order_by("seq"))
+
+
+def test_order_under_the_limit_runs_to_completion(run_steps):
+    """An order of 50 reserves, charges, ships and notifies, then completes; every side effect happens once."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory(amount="50"))
+
+    # when
+    ran = run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+    assert [r.name for r in ran] == ["reserve_inventory", "charge_payment", "ship", "notify_customer"]
+    assert set(instance.steps.values_list("state", flat=True)) == {StepState.SUCCEEDED}
+    charges = ledger(instance, "payments", "charge")
+    assert [(c.amount, c.calls) for c in charges] == [(50, 1)]
+    assert instance.data["payment_id"] == charges[0].reference
+    assert len(ledger(instance, "shipping", "ship")) == 1
+
+
+def test_failed_attempts_retry_with_exponential_back_off(run_steps):
+    """fail_payment=2: attempts 1 and 2 fail, attempt 3 succeeds; the failures carry a growing retry delay."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_payment=2))
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+    charge = instance.steps.get(name="charge_payment")
+    assert (charge.state, charge.attempt) == (StepState.SUCCEEDED, 3)
+    failures = events_of(charge, "step.failed")
+    assert [e.payload["attempt"] for e in failures] == [1, 2]
+    delays = [e.payload["retry_in_seconds"] for e in failures]
+    # FAST_RETRY: 0.5 s then 1 s, each +-20 % jitter: the bands do not overlap, so growth is certain.
+    assert 0.5 * (1 - FAST_RETRY.jitter) <= delays[0] <= 0.5 * (1 + FAST_RETRY.jitter)
+    assert 1.0 * (1 - FAST_RETRY.jitter) <= delays[1] <= 1.0 * (1 + FAST_RETRY.jitter)
+    assert len(ledger(instance, "payments", "charge")) == 1
+
+
+def test_a_failed_attempt_is_not_retried_before_its_due_time(run_steps):
+    """A step failed a moment ago waits for its back-off: a message arriving early finds nothing to do."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_payment=1))
+    run_steps(instance)
+    charge = instance.steps.get(name="charge_payment")
+    assert (charge.state, charge.attempt) == (StepState.FAILED, 1)
+
+    # when
+    result = engine.step_execute(charge.pk)
+
+    # then
+    charge.refresh_from_db()
+    assert result == "not runnable"
+    assert (charge.state, charge.attempt) == (StepState.FAILED, 1)
+
+
+@pytest.mark.parametrize(
+    ("amount", "task_opened", "state"),
+    [("1500", True, InstanceState.WAITING), ("50", False, InstanceState.COMPLETED)],
+)
+def test_decision_routes_on_the_amount(run_steps, amount, task_opened, state):
+    """Above 1000 the order waits for a manager's approval task; below, it skips straight to shipping."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory(amount=amount))
+
+    # when
+    run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    assert instance.state == state
+    decision = instance.steps.get(name="approval_needed")
+    assert decision.result == {"next": "manager_approval" if task_opened else "ship"}
+    tasks = HumanTask.objects.filter(instance=instance)
+    if task_opened:
+        task = tasks.get()
+        assert (task.kind, task.state, task.step.name) == (TaskKind.APPROVAL, TaskState.OPEN, "manager_approval")
+        assert list(task.candidate_groups.values_list("name", flat=True)) == ["managers"]
+        assert not instance.steps.filter(name="ship").exists()
+    else:
+        assert not tasks.exists()
+
+
+def test_permanent_error_kills_the_step_without_retrying(register_workflow, run_steps):
+    """A PermanentError spends no further attempts: the step dies at once and the instance fails."""
+
+    # given
+    def declined(ctx: StepContext) -> None:
+        raise PermanentError("card declined")
+
+    register_workflow(Workflow("permanent_demo", 1, [Task("charge", declined, retry=Retry(max_attempts=5))]))
+    instance = instance_start("permanent_demo", {})
+
+    # when
+    ran = run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    assert [(r.name, r.attempt, r.result) for r in ran] == [("charge", 1, "failed")]
+    step = instance.steps.get()
+    assert (step.state, step.error_type, step.error) == (StepState.DEAD, "PermanentError", "card declined")
+    assert instance.state == InstanceState.FAILED
+    assert instance.error == "charge failed: card declined"
+
+
+# --- fan-out / fan-in -----------------------------------------------------------------------------------
+
+calls: list[str] = []
+
+
+def record(ctx: StepContext) -> dict:
+    calls.append(ctx.step)
+    return {ctx.step: True}
+
+
+@pytest.fixture
+def fan_out(register_workflow) -> Workflow:
+    calls.clear()
+    return register_workflow(
+        Workflow(
+            "fan_out_demo",
+            1,
+            [
+                Task("prepare", record),
+                Parallel("both", branches=[[Task("left", record)], [Task("right_1", record), Task("right_2", record)]]),
+                Task("final", record),
+            ],
+        )
+    )
+
+
+def test_parallel_branches_join_before_the_final_step(fan_out, run_steps):
+    """Both branches run; the step after the join is scheduled once, only after the last branch finished."""
+    # given
+    instance = instance_start("fan_out_demo", {})
+    engine.step_execute(instance.steps.get(name="prepare").pk)
+    left, right_1 = (instance.steps.get(name=name) for name in ("left", "right_1"))
+
+    # when: one branch finishes, then the other
+    engine.step_execute(left.pk)
+    final_after_one_branch = instance.steps.filter(name="final").exists()
+    engine.step_execute(right_1.pk)
+    engine.step_execute(instance.steps.get(name="right_2").pk)
+    run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    assert final_after_one_branch is False
+    assert calls == ["prepare", "left", "right_1", "right_2", "final"]
+    assert instance.steps.filter(name="final").count() == 1
+    parallel = instance.steps.get(name="both")
+    assert (parallel.kind, parallel.state, parallel.result) == (
+        StepKind.PARALLEL,
+        StepState.SUCCEEDED,
+        {"done": [0, 1]},
+    )
+    assert set(instance.steps.filter(parent=parallel).values_list("branch", flat=True)) == {0, 1}
+    assert instance.state == InstanceState.COMPLETED
+    assert instance.data["final"] is True
+
+
+# --- compensation (saga) --------------------------------------------------------------------------------
+
+
+def test_failure_after_payment_compensates_latest_first(run_steps):
+    """Shipping fails for good: the payment is refunded first, then the stock released; the instance is compensated."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True))
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPENSATED
+    compensations = list(instance.steps.filter(kind=StepKind.COMPENSATION).order_by("id"))
+    assert [(c.name, c.state) for c in compensations] == [
+        ("charge_payment", StepState.SUCCEEDED),
+        ("reserve_inventory", StepState.SUCCEEDED),
+    ]
+    assert [c.compensates.name for c in compensations] == ["charge_payment", "reserve_inventory"]
+    refund, release = ledger(instance, "payments", "refund"), ledger(instance, "inventory", "release")
+    assert len(refund) == len(release) == 1
+    assert refund[0].pk < release[0].pk
+    originals = instance.steps.filter(kind=StepKind.TASK).order_by("id").values_list("name", "state")
+    assert list(originals) == [
+        ("reserve_inventory", StepState.COMPENSATED),
+        ("charge_payment", StepState.COMPENSATED),
+        ("ship", StepState.DEAD),
+    ]
+
+
+def test_failed_compensation_escalates_to_operators(run_steps):
+    """A refund that fails for good opens an urgent escalation for operators; the instance stays compensating."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=True))
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPENSATING
+    refund = instance.steps.get(kind=StepKind.COMPENSATION)
+    assert (refund.name, refund.state, refund.attempt) == ("charge_payment", StepState.DEAD, FAST_RETRY.max_attempts)
+    escalation = HumanTask.objects.get(instance=instance)
+    assert (escalation.kind, escalation.state, escalation.step_id) == (TaskKind.ESCALATION, TaskState.OPEN, refund.pk)
+    assert list(escalation.candidate_groups.values_list("name", flat=True)) == ["operators"]
+    assert escalation.title.startswith("Resolve: Compensation of charge_payment failed")
+    # the stock is not released behind the failed refund's back: compensation goes one step at a time
+    assert instance.steps.get(name="reserve_inventory", kind=StepKind.TASK).state == StepState.SUCCEEDED
+    assert not ledger(instance, "inventory", "release")
+
+
+# --- fencing --------------------------------------------------------------------------------------------
+
+
+def test_a_worker_that_lost_its_lease_cannot_record(run_steps, settings):
+    """After the sweep expires a lease, the stale attempt's outcome is fenced off and writes nothing."""
+    # given: attempt 1 is claimed, then its lease runs out and the sweep schedules a retry
+    instance = instance_start("order_fulfilment", OrderInputFactory())
+    step = instance.steps.get(name="reserve_inventory")
+    stale = engine.step_claim(step.pk)
+    assert stale is not None
+    assert stale.attempt == 1
+    later = timezone.now() + timedelta(seconds=step_timeout(instance) + settings.BATON_LEASE_GRACE + 1)
+    report = engine.sweep(now=later)
+    step.refresh_from_db()
+    assert report.leases_expired == 1
+    assert (step.state, step.attempt, step.error_type) == (StepState.FAILED, 1, "LeaseExpired")
+    seq_before = instance_audit_seq(instance)
+
+    # when
+    fenced = engine.step_record(step.pk, stale.attempt, engine.Outcome(ok=True, result={"reservation_id": "late"}))
+
+    # then
+    step.refresh_from_db()
+    assert fenced == "fenced"
+    assert (step.state, step.result) == (StepState.FAILED, {})
+    assert instance_audit_seq(instance) == seq_before
+    assert not instance.steps.filter(name="charge_payment").exists()
+
+
+def test_the_retry_of_a_lost_attempt_records_while_the_stale_one_stays_fenced(settings):
+    """Attempt 2 (re-claimed after the lease expired) records; a late result of attempt 1 is dropped."""
+    # given
+    instance = instance_start("order_fulfilment", OrderInputFactory())
+    step = instance.steps.get(name="reserve_inventory")
+    stale = engine.step_claim(step.pk)
+    later = timezone.now() + timedelta(seconds=step_timeout(instance) + settings.BATON_LEASE_GRACE + 1)
+    engine.sweep(now=later)
+    step.refresh_from_db()
+    fresh = engine.step_claim(step.pk, now=step.due_at)
+    assert fresh is not None
+    assert fresh.attempt == 2
+
+    # when
+    late = engine.step_record(step.pk, stale.attempt, engine.Outcome(ok=True, result={"reservation_id": "stale"}))
+    current = engine.step_record(step.pk, fresh.attempt, engine.Outcome(ok=True, result={"reservation_id": "fresh"}))
+
+    # then
+    step.refresh_from_db()
+    assert (late, current) == ("fenced", "succeeded")
+    assert (step.state, step.attempt, step.result) == (StepState.SUCCEEDED, 2, {"reservation_id": "fresh"})
+    assert len(events_of(step, "step.succeeded")) == 1
+
+
+def step_timeout(instance) -> float:
+    return engine.definition_of(instance).node("reserve_inventory").timeout
+
+
+def instance_audit_seq(instance) -> int:
+    return type(instance).objects.values_list("audit_seq", flat=True).get(pk=instance.pk)
+
+
+# --- cost -----------------------------------------------------------------------------------------------
+
+
+def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert_num_queries):
+    """step_execute of bench_approval's first step: claim (lock, read, update, audit, instance) and record
+    (lock, read, update, next step, task with its candidates, settle, audit, instance) in two transactions."""
+    # given
+    instance = instance_start("bench_approval", {})
+    step = instance.steps.get()
+
+    # when / then: 17 statements of work plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
+    with django_assert_num_queries(21):
+        assert engine.step_execute(step.pk) == "succeeded"
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.WAITING
