@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -47,8 +48,18 @@ class HumanTask(FSMModelMixin, models.Model):
     description = models.TextField(blank=True)
     state = FSMField(default=TaskState.OPEN, choices=TaskState.choices, protected=True)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
-    candidate_groups = models.ManyToManyField(Group, blank=True, related_name="candidate_tasks")
-    candidate_users = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="candidate_tasks")
+    # Both lists live in one table (TaskCandidate), so "may this user claim it?" is one EXISTS the planner
+    # can drive row by row down the queue's index; two tables meant an OR that hashed the whole table.
+    candidate_groups: models.ManyToManyField[Group, TaskCandidate] = models.ManyToManyField(
+        Group, through="TaskCandidate", through_fields=("task", "group"), blank=True, related_name="candidate_tasks"
+    )
+    candidate_users: models.ManyToManyField[Any, TaskCandidate] = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        through="TaskCandidate",
+        through_fields=("task", "user"),
+        blank=True,
+        related_name="candidate_tasks",
+    )
     assignee = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -74,7 +85,12 @@ class HumanTask(FSMModelMixin, models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["assignee", "state", "due_at", "id"], name="task_assignee_state_due"),
+            # "My tasks" in its default order, straight from the index (no sort of a person's whole list).
+            models.Index(
+                fields=["assignee", "due_at", "-priority", "id"],
+                name="task_mine_due",
+                condition=models.Q(state__in=["open", "claimed", "escalated"]),
+            ),
             # The team queue is walked in one of these orders; partial indexes hold only claimable tasks.
             models.Index(
                 fields=["due_at", "-priority", "id"],
@@ -143,6 +159,28 @@ class HumanTask(FSMModelMixin, models.Model):
     def expire(self, now: datetime) -> None:
         self.completed_at = now
         self.next_escalation_at = None
+
+
+class TaskCandidate(models.Model):
+    """One candidate of a task: a group or a user (exactly one of the two)."""
+
+    task = models.ForeignKey(HumanTask, on_delete=models.CASCADE, related_name="candidates")
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(group__isnull=True) ^ models.Q(user__isnull=True), name="candidate_group_xor_user"
+            ),
+            models.UniqueConstraint(fields=["task", "group"], name="candidate_task_group"),
+            models.UniqueConstraint(fields=["task", "user"], name="candidate_task_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id}: {self.group or self.user}"
 
 
 class TaskDecision(models.Model):

@@ -7,6 +7,7 @@ commit. A lost race raises :class:`TaskConflict` (HTTP 409 / a message on the pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -15,6 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -23,6 +25,7 @@ from approvals.models import (
     HumanTask,
     Notification,
     Priority,
+    TaskCandidate,
     TaskDecision,
     TaskKind,
     TaskState,
@@ -105,10 +108,8 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
     )
     task.save()
     groups = _groups(list(node.candidate_groups))
-    if groups:
-        task.candidate_groups.set(groups)
-    if node.candidate_users:
-        task.candidate_users.set(get_user_model().objects.filter(username__in=node.candidate_users))
+    users = list(get_user_model().objects.filter(username__in=node.candidate_users)) if node.candidate_users else []
+    _add_candidates(task, groups=groups, users=users)
     unit.audit(
         "task.opened",
         "task",
@@ -137,11 +138,18 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
         priority=Priority.URGENT,
     )
     task.save()
-    task.candidate_groups.set(groups)
+    _add_candidates(task, groups=groups)
     unit.audit("task.opened", "task", task.pk, "", task.state, reason=reason, payload={"kind": "escalation"})
     _announce(unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], level="danger")
     notify(unit, members_of([OPERATORS]), "escalation", f"Needs an operator: {task.title}", url=_url(task), task=task)
     return task
+
+
+def _add_candidates(task: HumanTask, *, groups: Sequence[Group] = (), users: Sequence[User] = ()) -> None:
+    TaskCandidate.objects.bulk_create(
+        [TaskCandidate(task=task, group=g) for g in groups] + [TaskCandidate(task=task, user=u) for u in users],
+        ignore_conflicts=True,
+    )
 
 
 def tasks_cancel_for_steps(unit: Unit, step_ids: list[int], reason: str) -> None:
@@ -182,9 +190,8 @@ def _announce(
 
 def is_candidate(user: User, task: HumanTask) -> bool:
     """A candidate by name or by one of their groups."""
-    if task.candidate_users.filter(pk=user.pk).exists():
-        return True
-    return task.candidate_groups.filter(user=user).exists()
+    # A permission check reads the user's groups afresh (not the per-request cache the lists use).
+    return TaskCandidate.objects.filter(task=task).filter(Q(user=user) | Q(group__user=user)).exists()
 
 
 def can_see(user: User, task: HumanTask) -> bool:
@@ -509,7 +516,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             group = _groups([rung.group])[0]
             task.escalate(level, next_at)
             task.save(update_fields=["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
-            task.candidate_groups.add(group)
+            _add_candidates(task, groups=[group])
             unit.audit("task.reassigned", "task", task.pk, from_state, task.state, payload={"group": rung.group})
             _announce(unit, task, "task.escalated", f"Reassigned to {rung.group}: {task.title}")
             notify(unit, members_of([rung.group]), "reassigned", f"Overdue, now yours: {task.title}", url=_url(task))
@@ -541,7 +548,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
                         "claimed_at",
                     ]
                 )
-                task.candidate_groups.add(group)
+                _add_candidates(task, groups=[group])
                 unit.audit("task.escalated", "task", task.pk, from_state, task.state, payload={"group": rung.group})
                 _announce(unit, task, "task.escalated", f"Escalated to {rung.group}: {task.title}", level="warning")
                 notify(

@@ -37,7 +37,7 @@ def instance_group_if_allowed(user: Any, instance_id: int) -> str | None:
 def counts_for(user: Any) -> dict[str, int]:
     from approvals.selectors import inbox_counts
 
-    return inbox_counts(user)
+    return inbox_counts(user, fresh=True)
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
