@@ -153,10 +153,18 @@ def _add_candidates(task: HumanTask, *, groups: Sequence[Group] = (), users: Seq
 
 
 def tasks_cancel_for_steps(unit: Unit, step_ids: list[int], reason: str) -> None:
-    """Cancel the open tasks of steps the engine skipped (cancel, compensation, rejection)."""
-    if not step_ids:
-        return
-    for task in HumanTask.objects.filter(step_id__in=step_ids, state__in=ACTIONABLE_TASK_STATES):
+    """Cancel the open tasks of steps the engine skipped (compensation, rejection)."""
+    if step_ids:
+        _cancel_tasks(unit, HumanTask.objects.filter(step_id__in=step_ids, state__in=ACTIONABLE_TASK_STATES), reason)
+
+
+def tasks_cancel_for_instance(unit: Unit, reason: str) -> None:
+    """Cancel every open task of the instance, escalations included (the instance is cancelled)."""
+    _cancel_tasks(unit, HumanTask.objects.filter(instance=unit.instance, state__in=ACTIONABLE_TASK_STATES), reason)
+
+
+def _cancel_tasks(unit: Unit, tasks: Any, reason: str) -> None:
+    for task in tasks:
         from_state = task.state
         task.cancel(unit.now)
         task.save(update_fields=["state", "completed_at", "next_escalation_at"])

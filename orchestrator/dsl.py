@@ -62,7 +62,10 @@ class Retry:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.backoff * self.multiplier ** (attempt - 1))
+        try:
+            base = min(self.max_delay, self.backoff * self.multiplier ** (attempt - 1))
+        except OverflowError:  # a step retrying for days reaches exponents no float holds; it is capped anyway
+            base = self.max_delay
         spread = base * self.jitter
         return max(0.0, base - spread + (rng or random).random() * 2 * spread)
 

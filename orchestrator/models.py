@@ -93,14 +93,15 @@ class WorkflowInstance(FSMModelMixin, models.Model):
         """Running while automated work is queued or running; waiting while only people or timers are."""
         return InstanceState.RUNNING if busy else InstanceState.WAITING
 
-    @transition(field=state, source=[InstanceState.RUNNING, InstanceState.WAITING], target=InstanceState.COMPLETED)
+    # A pause holds the start of new steps; work already running may still finish, fail or compensate the instance.
+    @transition(field=state, source=[*ACTIVE_INSTANCE_STATES, InstanceState.PAUSED], target=InstanceState.COMPLETED)
     def complete(self, outcome: str, now: datetime) -> None:
         self.outcome = outcome
         self.finished_at = now
 
     @transition(
         field=state,
-        source=[InstanceState.RUNNING, InstanceState.WAITING, InstanceState.COMPENSATING],
+        source=[*ACTIVE_INSTANCE_STATES, InstanceState.PAUSED, InstanceState.COMPENSATING],
         target=InstanceState.FAILED,
     )
     def fail(self, error: str) -> None:
@@ -108,7 +109,7 @@ class WorkflowInstance(FSMModelMixin, models.Model):
 
     @transition(
         field=state,
-        source=[InstanceState.RUNNING, InstanceState.WAITING, InstanceState.FAILED],
+        source=[*ACTIVE_INSTANCE_STATES, InstanceState.PAUSED, InstanceState.FAILED],
         target=InstanceState.COMPENSATING,
     )
     def start_compensation(self, error: str) -> None:

@@ -7,155 +7,331 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
-        ('orchestrator', '0003_instance_title_trigram'),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("orchestrator", "0003_instance_title_trigram"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='HumanTask',
+            name="HumanTask",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('approval', 'Approval'), ('form', 'Manual resolution'), ('escalation', 'Escalation')], max_length=20)),
-                ('title', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('state', django_fsm.FSMField(choices=[('open', 'Open'), ('claimed', 'Claimed'), ('completed', 'Completed'), ('escalated', 'Escalated'), ('cancelled', 'Cancelled'), ('expired', 'Expired')], default='open', max_length=50, protected=True)),
-                ('priority', models.SmallIntegerField(choices=[(0, 'Low'), (1, 'Normal'), (2, 'High'), (3, 'Urgent')], default=1)),
-                ('quorum', models.PositiveSmallIntegerField(default=1)),
-                ('approvals', models.PositiveSmallIntegerField(default=0)),
-                ('due_at', models.DateTimeField(blank=True, null=True)),
-                ('snoozed_until', models.DateTimeField(blank=True, null=True)),
-                ('escalation_level', models.PositiveSmallIntegerField(default=0)),
-                ('next_escalation_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('claimed_at', models.DateTimeField(blank=True, null=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('decision', models.CharField(blank=True, max_length=20)),
-                ('comment', models.TextField(blank=True)),
-                ('form_data', models.JSONField(blank=True, default=dict)),
-                ('assignee', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='assigned_tasks', to=settings.AUTH_USER_MODEL)),
-                ('completed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('instance', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='orchestrator.workflowinstance')),
-                ('step', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='orchestrator.steprun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("approval", "Approval"), ("form", "Manual resolution"), ("escalation", "Escalation")],
+                        max_length=20,
+                    ),
+                ),
+                ("title", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "state",
+                    django_fsm.FSMField(
+                        choices=[
+                            ("open", "Open"),
+                            ("claimed", "Claimed"),
+                            ("completed", "Completed"),
+                            ("escalated", "Escalated"),
+                            ("cancelled", "Cancelled"),
+                            ("expired", "Expired"),
+                        ],
+                        default="open",
+                        max_length=50,
+                        protected=True,
+                    ),
+                ),
+                (
+                    "priority",
+                    models.SmallIntegerField(
+                        choices=[(0, "Low"), (1, "Normal"), (2, "High"), (3, "Urgent")], default=1
+                    ),
+                ),
+                ("quorum", models.PositiveSmallIntegerField(default=1)),
+                ("approvals", models.PositiveSmallIntegerField(default=0)),
+                ("due_at", models.DateTimeField(blank=True, null=True)),
+                ("snoozed_until", models.DateTimeField(blank=True, null=True)),
+                ("escalation_level", models.PositiveSmallIntegerField(default=0)),
+                ("next_escalation_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("claimed_at", models.DateTimeField(blank=True, null=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("decision", models.CharField(blank=True, max_length=20)),
+                ("comment", models.TextField(blank=True)),
+                ("form_data", models.JSONField(blank=True, default=dict)),
+                (
+                    "assignee",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="assigned_tasks",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "completed_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "instance",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="tasks",
+                        to="orchestrator.workflowinstance",
+                    ),
+                ),
+                (
+                    "step",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to="orchestrator.steprun"
+                    ),
+                ),
             ],
             bases=(django_fsm.FSMModelMixin, models.Model),
         ),
         migrations.CreateModel(
-            name='TaskCandidate',
+            name="TaskCandidate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='auth.group')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='candidates', to='approvals.humantask')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="auth.group",
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="candidates", to="approvals.humantask"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='humantask',
-            name='candidate_groups',
-            field=models.ManyToManyField(blank=True, related_name='candidate_tasks', through='approvals.TaskCandidate', through_fields=('task', 'group'), to='auth.group'),
+            model_name="humantask",
+            name="candidate_groups",
+            field=models.ManyToManyField(
+                blank=True,
+                related_name="candidate_tasks",
+                through="approvals.TaskCandidate",
+                through_fields=("task", "group"),
+                to="auth.group",
+            ),
         ),
         migrations.AddField(
-            model_name='humantask',
-            name='candidate_users',
-            field=models.ManyToManyField(blank=True, related_name='candidate_tasks', through='approvals.TaskCandidate', through_fields=('task', 'user'), to=settings.AUTH_USER_MODEL),
+            model_name="humantask",
+            name="candidate_users",
+            field=models.ManyToManyField(
+                blank=True,
+                related_name="candidate_tasks",
+                through="approvals.TaskCandidate",
+                through_fields=("task", "user"),
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.CreateModel(
-            name='TaskDecision',
+            name="TaskDecision",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('decision', models.CharField(max_length=20)),
-                ('comment', models.TextField(blank=True)),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('instance', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='decisions', to='orchestrator.workflowinstance')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='decisions', to='approvals.humantask')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("decision", models.CharField(max_length=20)),
+                ("comment", models.TextField(blank=True)),
+                ("data", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "instance",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="decisions",
+                        to="orchestrator.workflowinstance",
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="decisions", to="approvals.humantask"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Notification',
+            name="Notification",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=40)),
-                ('message', models.CharField(max_length=300)),
-                ('url', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('read_at', models.DateTimeField(blank=True, null=True)),
-                ('instance', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orchestrator.workflowinstance')),
-                ('task', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='approvals.humantask')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='notifications', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("kind", models.CharField(max_length=40)),
+                ("message", models.CharField(max_length=300)),
+                ("url", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("read_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "instance",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orchestrator.workflowinstance",
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="approvals.humantask",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="notifications",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['user', '-created_at'], name='notification_user_created'), models.Index(condition=models.Q(('read_at__isnull', True)), fields=['user'], name='notification_unread')],
+                "indexes": [
+                    models.Index(fields=["user", "-created_at"], name="notification_user_created"),
+                    models.Index(
+                        condition=models.Q(("read_at__isnull", True)), fields=["user"], name="notification_unread"
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SavedView',
+            name="SavedView",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=60)),
-                ('tab', models.CharField(default='mine', max_length=10)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='saved_views', to=settings.AUTH_USER_MODEL)),
-                ('shared_with', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='auth.group')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=60)),
+                ("tab", models.CharField(default="mine", max_length=10)),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="saved_views",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "shared_with",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="auth.group",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
-                'constraints': [models.UniqueConstraint(fields=('owner', 'name'), name='saved_view_owner_name')],
+                "ordering": ["name"],
+                "constraints": [models.UniqueConstraint(fields=("owner", "name"), name="saved_view_owner_name")],
             },
         ),
         migrations.AddConstraint(
-            model_name='taskcandidate',
-            constraint=models.CheckConstraint(condition=models.Q(('group__isnull', True), ('user__isnull', True), _connector='XOR'), name='candidate_group_xor_user'),
+            model_name="taskcandidate",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("group__isnull", True), ("user__isnull", True), _connector="XOR"),
+                name="candidate_group_xor_user",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='taskcandidate',
-            constraint=models.UniqueConstraint(fields=('task', 'group'), name='candidate_task_group'),
+            model_name="taskcandidate",
+            constraint=models.UniqueConstraint(fields=("task", "group"), name="candidate_task_group"),
         ),
         migrations.AddConstraint(
-            model_name='taskcandidate',
-            constraint=models.UniqueConstraint(fields=('task', 'user'), name='candidate_task_user'),
+            model_name="taskcandidate",
+            constraint=models.UniqueConstraint(fields=("task", "user"), name="candidate_task_user"),
         ),
         migrations.AddIndex(
-            model_name='humantask',
-            index=models.Index(condition=models.Q(('state__in', ['open', 'claimed', 'escalated'])), fields=['assignee', 'due_at', '-priority', 'id'], name='task_mine_due'),
+            model_name="humantask",
+            index=models.Index(
+                condition=models.Q(("state__in", ["open", "claimed", "escalated"])),
+                fields=["assignee", "due_at", "-priority", "id"],
+                name="task_mine_due",
+            ),
         ),
         migrations.AddIndex(
-            model_name='humantask',
-            index=models.Index(condition=models.Q(('assignee__isnull', True), ('state__in', ['open', 'escalated'])), fields=['due_at', '-priority', 'id'], name='task_queue_due'),
+            model_name="humantask",
+            index=models.Index(
+                condition=models.Q(("assignee__isnull", True), ("state__in", ["open", "escalated"])),
+                fields=["due_at", "-priority", "id"],
+                name="task_queue_due",
+            ),
         ),
         migrations.AddIndex(
-            model_name='humantask',
-            index=models.Index(condition=models.Q(('assignee__isnull', True), ('state__in', ['open', 'escalated'])), fields=['-priority', 'due_at', 'id'], name='task_queue_priority'),
+            model_name="humantask",
+            index=models.Index(
+                condition=models.Q(("assignee__isnull", True), ("state__in", ["open", "escalated"])),
+                fields=["-priority", "due_at", "id"],
+                name="task_queue_priority",
+            ),
         ),
         migrations.AddIndex(
-            model_name='humantask',
-            index=models.Index(condition=models.Q(('assignee__isnull', True), ('state__in', ['open', 'escalated'])), fields=['created_at', 'id'], name='task_queue_age'),
+            model_name="humantask",
+            index=models.Index(
+                condition=models.Q(("assignee__isnull", True), ("state__in", ["open", "escalated"])),
+                fields=["created_at", "id"],
+                name="task_queue_age",
+            ),
         ),
         migrations.AddIndex(
-            model_name='humantask',
-            index=models.Index(fields=['completed_by', '-completed_at', '-id'], name='task_done_by'),
+            model_name="humantask",
+            index=models.Index(fields=["completed_by", "-completed_at", "-id"], name="task_done_by"),
         ),
         migrations.AddIndex(
-            model_name='humantask',
-            index=models.Index(fields=['instance', 'id'], name='task_instance'),
+            model_name="humantask",
+            index=models.Index(fields=["instance", "id"], name="task_instance"),
         ),
         migrations.AddIndex(
-            model_name='humantask',
-            index=models.Index(condition=models.Q(('state__in', ['open', 'claimed', 'escalated'])), fields=['next_escalation_at'], name='task_next_escalation'),
+            model_name="humantask",
+            index=models.Index(
+                condition=models.Q(("state__in", ["open", "claimed", "escalated"])),
+                fields=["next_escalation_at"],
+                name="task_next_escalation",
+            ),
         ),
         migrations.AddIndex(
-            model_name='taskdecision',
-            index=models.Index(fields=['instance', 'user'], name='decision_instance_user'),
+            model_name="taskdecision",
+            index=models.Index(fields=["instance", "user"], name="decision_instance_user"),
         ),
         migrations.AddConstraint(
-            model_name='taskdecision',
-            constraint=models.UniqueConstraint(fields=('task', 'user'), name='decision_one_per_user'),
+            model_name="taskdecision",
+            constraint=models.UniqueConstraint(fields=("task", "user"), name="decision_one_per_user"),
         ),
     ]

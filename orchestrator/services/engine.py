@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 WORKER = Actor.system("worker")
 SWEEPER = Actor.system("sweeper")
+# States in which a finishing step may still end, fail or compensate the instance (a pause only holds new work).
+LIVE_STATES = (*ACTIVE_INSTANCE_STATES, InstanceState.PAUSED)
 # A decision loop that never waits would spin forever inside one transaction.
 MAX_INLINE_HOPS = 100
 
@@ -260,13 +262,13 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
         # A failed compensation is never left silent: a person must finish it.
         escalation_open(unit, step, reason=f"Compensation of {step.name} failed: {_first_line(step.error)}")
         return
-    if isinstance(node, Task) and node.on_failure == COMPENSATE and instance.state in ACTIVE_INSTANCE_STATES:
+    if isinstance(node, Task) and node.on_failure == COMPENSATE and instance.state in LIVE_STATES:
         compensation_start(unit, f"{step.name} failed: {_first_line(step.error)}")
         return
-    if isinstance(node, Task) and node.on_failure == ESCALATE and instance.state in ACTIVE_INSTANCE_STATES:
+    if isinstance(node, Task) and node.on_failure == ESCALATE and instance.state in LIVE_STATES:
         escalation_open(unit, step, reason=f"{step.name} failed: {_first_line(step.error)}")
         return
-    if instance.state in ACTIVE_INSTANCE_STATES:
+    if instance.state in LIVE_STATES:
         from_state = instance.state
         instance.fail(f"{step.name} failed: {_first_line(step.error)}")
         unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
@@ -289,7 +291,7 @@ def _enter(
     if name is None:
         if parent_id is not None:
             _branch_finished(unit, workflow, parent_id, branch, hops=hops)
-        elif instance.state in ACTIVE_INSTANCE_STATES:
+        elif instance.state in LIVE_STATES:
             from_state = instance.state
             instance.complete(str(instance.data.get("outcome", "completed")), unit.now)
             unit.audit("instance.completed", "instance", instance.pk, from_state, instance.state)
@@ -485,20 +487,26 @@ def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, re
     _compensation_next(unit, workflow)
 
 
-def _skip_open_steps(unit: Unit, reason: str) -> None:
-    from approvals.services import tasks_cancel_for_steps
+def _skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> None:
+    """Skip the instance's open forward steps and cancel their tasks; ``everything`` (a cancel) also takes
+    compensation steps and every open task, escalations included."""
+    from approvals.services import tasks_cancel_for_instance, tasks_cancel_for_steps
 
-    open_steps = list(
-        unit.instance.steps.filter(
-            state__in=[StepState.PENDING, StepState.SCHEDULED, StepState.RUNNING, StepState.FAILED]
-        ).exclude(kind=StepKind.COMPENSATION)
+    open_steps = unit.instance.steps.filter(
+        state__in=[StepState.PENDING, StepState.SCHEDULED, StepState.RUNNING, StepState.FAILED]
     )
+    if not everything:
+        open_steps = open_steps.exclude(kind=StepKind.COMPENSATION)
+    open_steps = list(open_steps)
     for step in open_steps:
         from_state = step.state
         step.skip(reason, unit.now)
         step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
         unit.audit("step.skipped", "step", step.pk, from_state, step.state, reason=reason)
-    tasks_cancel_for_steps(unit, [s.pk for s in open_steps if s.kind == StepKind.HUMAN], reason)
+    if everything:
+        tasks_cancel_for_instance(unit, reason)
+    else:
+        tasks_cancel_for_steps(unit, [s.pk for s in open_steps if s.kind == StepKind.HUMAN], reason)
 
 
 # --- the sweep ----------------------------------------------------------------------------------------
@@ -555,8 +563,8 @@ def sweep(now: datetime | None = None) -> SweepReport:
         ]
     )
     for instance_id in paused:
-        instance_resume(instance_id, actor=SWEEPER, reason="pause ended", only_if_due=True)
-        report.resumed += 1
+        if instance_resume(instance_id, actor=SWEEPER, reason="pause ended", only_if_due=True, now=now):
+            report.resumed += 1
     report.tasks = tasks_sweep(now)
     return report
 

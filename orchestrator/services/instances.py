@@ -145,12 +145,19 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         instance = lock_instance(instance_id)
         if instance.state != InstanceState.FAILED:
             raise NotAllowed(f"Only failed instances can be retried; this one is {instance.state}.")
+        dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
+        if not dead:
+            # An honest retry: with no failed step to run again it would report success and do nothing.
+            raise NotAllowed(
+                "Nothing to retry: no step of this instance failed (it was failed by a person or a deadline). "
+                "Cancel it, or start a new instance."
+            )
         unit = Unit(instance, actor, request_meta=request_meta)
         from_state = instance.state
         instance.retry()
         unit.audit("instance.retried", "instance", instance.pk, from_state, instance.state, reason=reason)
         workflow = definition_of(instance)
-        for step in instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION):
+        for step in dead:
             step_from = step.state
             step.max_attempts = step.attempt + workflow.node(step.name).retry.max_attempts  # type: ignore[attr-defined]
             step.schedule(unit.now)
@@ -204,23 +211,25 @@ def instance_resume(
     actor: Actor,
     reason: str,
     only_if_due: bool = False,
+    now: datetime | None = None,
     request_meta: dict | None = None,
-) -> None:
-    """Resume a paused instance and dispatch the steps that fell due while it was held."""
+) -> bool:
+    """Resume a paused instance and dispatch the steps that fell due while it was held; True if it resumed."""
     with transaction.atomic():
         instance = lock_instance(instance_id)
         if instance.state != InstanceState.PAUSED:
             if only_if_due:
-                return
+                return False
             raise NotAllowed(f"Only paused instances can be resumed; this one is {instance.state}.")
-        unit = Unit(instance, actor, request_meta=request_meta)
+        unit = Unit(instance, actor, now=now, request_meta=request_meta)
         if only_if_due and (instance.paused_until is None or instance.paused_until > unit.now):
-            return
+            return False
         instance.resume()
         unit.audit("instance.resumed", "instance", instance.pk, InstanceState.PAUSED, instance.state, reason=reason)
         _redispatch_due(unit)
         _settle(unit)
         unit.finish()
+        return True
 
 
 def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
@@ -231,7 +240,7 @@ def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta
         if instance.is_final:
             raise NotAllowed(f"The instance is already {instance.state}.")
         unit = Unit(instance, actor, request_meta=request_meta)
-        _skip_open_steps(unit, reason=f"cancelled: {reason}")
+        _skip_open_steps(unit, reason=f"cancelled: {reason}", everything=True)
         from_state = instance.state
         instance.cancel(unit.now)
         unit.audit("instance.cancelled", "instance", instance.pk, from_state, instance.state, reason=reason)

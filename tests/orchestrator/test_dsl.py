@@ -177,12 +177,6 @@ def test_retry_jitter_stays_within_its_band_and_is_reproducible():
     assert len({round(delay, 6) for base, delay in many if base == 60}) > 1  # jitter spreads capped delays too
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: Retry.delay computes multiplier ** (attempt - 1) as a float before capping it, which raises "
-    "OverflowError from attempt 1026 on with the default multiplier 2.0 (orchestrator/dsl.py, Retry.delay)",
-)
 def test_retry_delay_stays_capped_for_a_long_retrying_step():
     """A policy meant to retry for a day or more keeps its capped delay at a high attempt number."""
     # given

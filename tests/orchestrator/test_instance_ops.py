@@ -79,13 +79,6 @@ def test_retry_reschedules_dead_steps_and_completes(failed_instance, run_steps):
     assert (retried.actor_label, retried.reason) == ("user:operator", "upstream is back")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: instance_retry only reschedules DEAD steps; an instance failed by an expired approval "
-    "(Escalate(fail_instance=True)) or a rejection with on_reject='fail' has none, so the retried instance settles "
-    "to 'waiting' with its task expired and nothing left to wait for (orchestrator/services/instances.py "
-    "instance_retry)",
-)
 def test_retry_of_an_instance_failed_by_an_expired_approval_leaves_something_to_do(users, register_workflow):
     """Retrying an instance failed by its approval deadline reopens the approval, or is refused outright."""
     # given
@@ -218,12 +211,6 @@ def test_a_cancelled_instance_ignores_its_pending_messages(run_steps):
         instance_cancel(instance.pk, actor=OPERATOR, reason="again")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: instance_cancel leaves escalation tasks open: _skip_open_steps only cancels tasks of HUMAN steps "
-    "in open states, and an escalation hangs off a DEAD task/compensation step (orchestrator/services/engine.py, "
-    "_skip_open_steps)",
-)
 def test_cancel_also_cancels_an_open_escalation(users, run_steps):
     """An escalation of a failed compensation leaves the operators' inbox when its instance is cancelled."""
     # given
@@ -261,31 +248,25 @@ def kill_last_step(instance, step):
     engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=False, error_type="Boom", error="boom"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an outcome recorded while the instance is paused is never acted on: _enter's end-of-workflow "
-    "branch and _step_dead only act on running/waiting instances, and instance_resume does not re-evaluate, so the "
-    "resumed instance settles to 'waiting' with nothing left to wait for (orchestrator/services/engine.py "
-    "_enter/_step_dead, orchestrator/services/instances.py instance_resume)",
-)
 @pytest.mark.parametrize(
     ("finish", "expected"),
     [(finish_last_step, InstanceState.COMPLETED), (kill_last_step, InstanceState.FAILED)],
     ids=["last-step-succeeded", "last-step-died"],
 )
-def test_a_step_that_finishes_during_a_pause_takes_effect_on_resume(single_step_flow, run_steps, finish, expected):
-    """The last step finishing (or dying) while paused completes (or fails) the instance once it is resumed."""
+def test_a_step_that_finishes_during_a_pause_takes_effect_at_once(single_step_flow, run_steps, finish, expected):
+    """A pause holds new steps, not running ones: the last step finishing (or dying) while paused completes (or
+    fails) the instance right away, and there is nothing left to resume."""
     # given
     instance = instance_start("single_demo", {})
-    finish(instance, instance.steps.get())
 
     # when
-    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
-    run_steps(instance)
+    finish(instance, instance.steps.get())
 
     # then
     instance.refresh_from_db()
     assert instance.state == expected
+    with pytest.raises(NotAllowed, match="Only paused instances"):
+        instance_resume(instance.pk, actor=OPERATOR, reason="go on")
 
 
 def test_a_decision_during_a_pause_is_refused_until_resumed(users, register_workflow, run_steps):

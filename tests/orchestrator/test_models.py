@@ -39,6 +39,10 @@ INSTANCE_CALLS = {
         (I.COMPENSATING, "fail", I.FAILED),
         (I.WAITING, "start_compensation", I.COMPENSATING),
         (I.FAILED, "start_compensation", I.COMPENSATING),
+        # a pause holds new steps; a step already running may still end, fail or compensate the instance
+        (I.PAUSED, "complete", I.COMPLETED),
+        (I.PAUSED, "fail", I.FAILED),
+        (I.PAUSED, "start_compensation", I.COMPENSATING),
         (I.COMPENSATING, "finish_compensation", I.COMPENSATED),
         (I.FAILED, "retry", I.RUNNING),
         (I.RUNNING, "pause", I.PAUSED),
@@ -66,12 +70,9 @@ def test_instance_transition_allowed(source, call, target):
     [
         (I.PAUSED, "settle_busy"),
         (I.FAILED, "settle_idle"),
-        (I.PAUSED, "complete"),
         (I.COMPENSATING, "complete"),
         (I.COMPLETED, "complete"),
-        (I.PAUSED, "fail"),
         (I.COMPLETED, "fail"),
-        (I.PAUSED, "start_compensation"),
         (I.COMPENSATED, "start_compensation"),
         (I.RUNNING, "finish_compensation"),
         (I.RUNNING, "retry"),

@@ -132,12 +132,6 @@ def test_sweep_keeps_a_pause_that_has_not_ended():
     assert (report.resumed, instance.state) == (0, InstanceState.PAUSED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sweep(now=...) finds pauses due at `now` but instance_resume(only_if_due=True) re-checks against "
-    "the wall clock (Unit(now=None)), so under a given clock nothing resumes while report.resumed still counts "
-    "it (orchestrator/services/engine.py sweep; orchestrator/services/instances.py instance_resume)",
-)
 def test_sweep_with_a_given_clock_resumes_a_pause_due_at_that_time():
     """sweep(now=T) lifts a pause that ends before T, like every other deadline the sweep handles."""
     # given
