@@ -492,12 +492,12 @@ def _skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> No
     compensation steps and every open task, escalations included."""
     from approvals.services import tasks_cancel_for_instance, tasks_cancel_for_steps
 
-    open_steps = unit.instance.steps.filter(
+    candidates = unit.instance.steps.filter(
         state__in=[StepState.PENDING, StepState.SCHEDULED, StepState.RUNNING, StepState.FAILED]
     )
     if not everything:
-        open_steps = open_steps.exclude(kind=StepKind.COMPENSATION)
-    open_steps = list(open_steps)
+        candidates = candidates.exclude(kind=StepKind.COMPENSATION)
+    open_steps = list(candidates)
     for step in open_steps:
         from_state = step.state
         step.skip(reason, unit.now)
