@@ -97,7 +97,8 @@ def escalations(user: User) -> QuerySet[HumanTask]:
 
 
 def _capped(qs: QuerySet[HumanTask]) -> int:
-    return qs.order_by().values("pk")[:COUNT_CAP].count()
+    # Walk the same index as the default list order, so the count stops after COUNT_CAP rows.
+    return qs.order_by(*_order_by(SORTS["due"])).values("pk")[:COUNT_CAP].count()
 
 
 def inbox_counts(user: User, *, fresh: bool = False) -> dict[str, int]:
