@@ -1,0 +1,262 @@
+"""The live websocket through the real ASGI stack (origin check, session auth, consumer) on PostgreSQL and Redis.
+
+Every test talks to ``orchestrator.asgi.application`` with ``WebsocketCommunicator`` and uses the channel layer
+from the settings: ``RedisChannelLayer`` on Redis db 14 (tests/settings.py), the same one the services broadcast
+into after commit. ORM work runs in the sync thread through ``sync_to_async`` (never on the event loop).
+Negative tests keep a second socket that does receive the event, so "nothing arrived" cannot come from a
+broadcast that never happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asgiref.sync import sync_to_async
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.db import connections, transaction
+from django.test import Client
+
+from approvals.models import HumanTask, TaskState
+from approvals.services import APPROVE, task_decide
+from orchestrator.asgi import application
+from orchestrator.audit import Actor
+from orchestrator.consumers import CLOSE_UNAUTHENTICATED
+from orchestrator.models import InstanceState, WorkflowInstance
+from orchestrator.services.instances import instance_cancel, instance_start
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+ORIGIN = (b"origin", b"http://127.0.0.1")
+EXPENSE = {"employee": "Sam Staff", "amount": "80.00", "category": "meals", "description": "Team lunch"}
+ORDER = {"order_id": "WS-1", "customer": "ACME", "email": "buyer@example.com", "amount": "50.00", "items": 1}
+EVENT_TIMEOUT = 3.0
+QUIET = 0.5
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _redis_channel_layer() -> None:
+    """A fresh layer object per test (from settings: Redis db 14), so no receive state crosses event loops."""
+    channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+    layer = channel_layers[DEFAULT_CHANNEL_LAYER]
+    assert type(layer).__name__ == "RedisChannelLayer"
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _close_sync_thread_connections() -> AsyncIterator[None]:
+    """The sync thread keeps its PostgreSQL session (CONN_MAX_AGE); close it so the test database can be dropped."""
+    yield
+    await sync_to_async(connections.close_all)()
+
+
+def _session_cookie(user: User) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def socket_for(user: User | None, *, origin: tuple[bytes, bytes] = ORIGIN) -> WebsocketCommunicator:
+    """A communicator to /ws/live/ carrying the user's session cookie (none for anonymous)."""
+    headers = [origin]
+    if user is not None:
+        headers.append((b"cookie", await sync_to_async(_session_cookie)(user)))
+    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
+
+
+async def connected(user: User) -> WebsocketCommunicator:
+    """A signed-in socket that has been accepted and has read its ``hello``."""
+    communicator = await socket_for(user)
+    accepted, _ = await communicator.connect()
+    assert accepted
+    hello = await communicator.receive_json_from(timeout=EVENT_TIMEOUT)
+    assert hello["type"] == "hello"
+    return communicator
+
+
+async def receive_until(
+    communicator: WebsocketCommunicator, predicate: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The first event matching ``predicate`` (others are skipped); fails after EVENT_TIMEOUT per event."""
+    seen = []
+    while True:
+        try:
+            event = await communicator.receive_json_from(timeout=EVENT_TIMEOUT)
+        except TimeoutError:
+            pytest.fail(f"no matching event; got {seen}")
+        if predicate(event):
+            return event
+        seen.append(event)
+
+
+def start_expense(initiator: User, **changes: Any) -> WorkflowInstance:
+    return instance_start("expense_approval", {**EXPENSE, **changes}, initiator=initiator)
+
+
+def open_task_of(instance: WorkflowInstance) -> HumanTask:
+    return HumanTask.objects.get(instance=instance, state=TaskState.OPEN)
+
+
+class OpenTransaction:
+    """Starts an expense inside ``transaction.atomic()`` and keeps the block open until ``commit()``.
+
+    Both calls must run in the same thread: ``sync_to_async`` (thread-sensitive) guarantees that. Not
+    ``database_sync_to_async``: it closes connections in an atomic block, which would roll the work back.
+    """
+
+    def __init__(self) -> None:
+        self.block = transaction.atomic()
+        self.instance: WorkflowInstance | None = None
+
+    def start_expense(self, initiator: User) -> None:
+        self.block.__enter__()
+        self.instance = start_expense(initiator)
+
+    def commit(self) -> HumanTask:
+        self.block.__exit__(None, None, None)
+        assert self.instance is not None
+        return open_task_of(self.instance)
+
+
+# --- connecting -----------------------------------------------------------------------------------------
+
+
+async def test_anonymous_connection_is_refused() -> None:
+    """A socket without a session is closed with 4401 before it is accepted."""
+    # given
+    communicator = await socket_for(None)
+
+    # when
+    accepted, code = await communicator.connect()
+
+    # then
+    assert accepted is False
+    assert code == CLOSE_UNAUTHENTICATED
+
+
+async def test_connection_from_a_foreign_origin_is_refused(users) -> None:
+    """A signed-in user's cookie sent from another site's page (bad Origin) does not open a socket."""
+    # given
+    communicator = await socket_for(users.staff, origin=(b"origin", b"http://evil.example"))
+
+    # when
+    accepted, _code = await communicator.connect()
+
+    # then
+    assert accepted is False
+    await communicator.wait()
+
+
+# --- task events ----------------------------------------------------------------------------------------
+
+
+async def test_task_opened_for_my_group_arrives_only_after_commit(users) -> None:
+    """staff gets hello, nothing while the start is uncommitted, then task.opened once it commits."""
+    # given
+    socket = await connected(users.staff)
+    pending = OpenTransaction()
+    await sync_to_async(pending.start_expense)(users.manager)
+
+    # when
+    quiet_before_commit = await socket.receive_nothing(timeout=QUIET)
+    task = await sync_to_async(pending.commit)()
+
+    # then
+    assert quiet_before_commit
+    event = await receive_until(socket, lambda e: e["type"] == "task.opened")
+    assert event["task"] == task.pk
+    assert "inbox" in event["refresh"]
+    assert event["counts"]["queue"] == 1
+    await socket.disconnect()
+
+
+async def test_rolled_back_start_sends_nothing(users) -> None:
+    """A start whose transaction rolls back never reaches the candidates' sockets."""
+    # given
+    socket = await connected(users.staff)
+
+    def start_and_roll_back() -> None:
+        with transaction.atomic():
+            start_expense(users.manager)
+            transaction.set_rollback(True)
+
+    # when
+    await sync_to_async(start_and_roll_back)()
+
+    # then
+    assert await socket.receive_nothing(timeout=QUIET)
+    assert await sync_to_async(HumanTask.objects.count)() == 0
+    await socket.disconnect()
+
+
+async def test_user_outside_the_candidate_groups_receives_nothing(users) -> None:
+    """manager (not an approver) cannot join the approvers' group and hears nothing of their task."""
+    # given
+    outsider = await connected(users.manager)
+    candidate = await connected(users.staff2)
+    await outsider.send_json_to({"subscribe": "group", "id": users.approvers.pk})
+
+    # when
+    instance = await sync_to_async(start_expense)(users.staff)
+    task = await sync_to_async(open_task_of)(instance)
+
+    # then
+    event = await receive_until(candidate, lambda e: e["type"] == "task.opened")
+    assert event["task"] == task.pk
+    assert await outsider.receive_nothing(timeout=QUIET)
+    await outsider.disconnect()
+    await candidate.disconnect()
+
+
+# --- following one instance -----------------------------------------------------------------------------
+
+
+async def test_subscribing_to_an_instance_i_may_not_see_is_refused(users) -> None:
+    """staff asking for operator's order gets an error, and its later changes never reach staff's socket."""
+    # given
+    instance = await sync_to_async(instance_start)("order_fulfilment", ORDER, initiator=users.operator)
+    staff = await connected(users.staff)
+    owner = await connected(users.operator)
+    await owner.send_json_to({"subscribe": "instance", "id": instance.pk})
+    assert await owner.receive_json_from(timeout=EVENT_TIMEOUT) == {"type": "subscribed", "instance": instance.pk}
+
+    # when
+    await staff.send_json_to({"subscribe": "instance", "id": instance.pk})
+    answer = await staff.receive_json_from(timeout=EVENT_TIMEOUT)
+    await sync_to_async(instance_cancel)(instance.pk, actor=Actor.of(users.operator), reason="customer called")
+
+    # then
+    assert answer["type"] == "error"
+    changed = await receive_until(owner, lambda e: e["type"] == "instance.changed")
+    assert changed["instance"] == instance.pk
+    assert changed["state"] == InstanceState.CANCELLED
+    assert await staff.receive_nothing(timeout=QUIET)
+    await staff.disconnect()
+    await owner.disconnect()
+
+
+async def test_subscribing_to_my_instance_forwards_its_changes(users) -> None:
+    """staff follows the expense they started and hears instance.changed when staff2 approves it."""
+    # given
+    instance = await sync_to_async(start_expense)(users.staff)
+    task = await sync_to_async(open_task_of)(instance)
+    socket = await connected(users.staff)
+    await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
+    subscribed = await socket.receive_json_from(timeout=EVENT_TIMEOUT)
+
+    # when
+    await sync_to_async(task_decide)(task.pk, users.staff2, APPROVE)
+
+    # then
+    assert subscribed == {"type": "subscribed", "instance": instance.pk}
+    changed = await receive_until(socket, lambda e: e["type"] == "instance.changed")
+    assert changed["instance"] == instance.pk
+    assert changed["state"] == InstanceState.RUNNING  # the payout step is scheduled
+    assert f"instance-{instance.pk}" in changed["refresh"]
+    await socket.disconnect()
