@@ -196,7 +196,7 @@ def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
         "is_assignee": task.assignee_id == user.pk,
         "is_candidate": services.is_candidate(user, task),
         "is_manager": services.is_manager(user),
-        "delegates": _delegates(task) if task.is_actionable else [],
+        "delegates": _delegates(task, exclude=user) if task.is_actionable else [],
         "active_nav": "inbox",
     }
     status = 200
@@ -205,9 +205,11 @@ def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
     return render(request, "approvals/task_detail.html", context, status=status)
 
 
-def _delegates(task: HumanTask) -> list[Any]:
+def _delegates(task: HumanTask, *, exclude: User) -> list[Any]:
+    """Candidates the task could be handed to: never the viewer, never the instance's initiator."""
     users = get_user_model().objects.filter(groups__in=task.candidate_groups.all()) | task.candidate_users.all()
-    return list(users.exclude(pk=task.instance.initiator_id or 0).distinct().order_by("username")[:50])
+    users = users.exclude(pk__in=[exclude.pk, task.instance.initiator_id or 0])
+    return list(users.distinct().order_by("username")[:50])
 
 
 def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:

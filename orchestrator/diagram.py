@@ -40,17 +40,17 @@ def workflow_dot(workflow: Workflow, states: Mapping[str, str]) -> str:
     ]
     for name, node in workflow.nodes.items():
         label = node.title
-        if isinstance(node, Human):
-            label = f"👤 {label}"
-        elif isinstance(node, Timer):
-            label = f"⏱ {label}"
         shape = SHAPE.get(node.kind, "box")
         style = "filled" if isinstance(node, Decision | Timer) else "rounded,filled"
+        # A person's step has a thick blue outline (the legend under each diagram says so); no emoji, which
+        # needs a font the server may not have.
+        extra = ', color="#0d6efd", penwidth=2' if isinstance(node, Human) else ""
         if isinstance(node, Parallel):
             style = "rounded,filled,bold"
         fill = FILL.get(states.get(name, ""), "#ffffff")
         lines.append(
-            f"  {_quote(name)} [label={_quote(label)}, shape={shape}, style={_quote(style)}, fillcolor={_quote(fill)}];"
+            f"  {_quote(name)} [label={_quote(label)}, shape={shape}, style={_quote(style)}, "
+            f"fillcolor={_quote(fill)}{extra}];"
         )
 
     def edge(src: str, dst: str | None, label: str = "") -> None:

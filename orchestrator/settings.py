@@ -194,7 +194,8 @@ BATON_WORKFLOW_MODULES = [
     m
     for m in os.environ.get(
         "BATON_WORKFLOW_MODULES",
-        "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval,orchestrator.workflows.bench",
+        # The benchmark flows (orchestrator.workflows.bench) are added by the tests and `make bench` only.
+        "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval",
     ).split(",")
     if m
 ]

@@ -2,6 +2,16 @@
 (function () {
   "use strict";
   var vizPromise = null;
+  // Shrink a wide diagram to the card, but never below 60 % (text stays readable); beyond that it scrolls.
+  function fit(el, svg) {
+    var w = parseFloat(svg.getAttribute("width")) * 4 / 3; // Graphviz sizes are points
+    var h = parseFloat(svg.getAttribute("height")) * 4 / 3;
+    if (!w || !h) return;
+    var scale = Math.max(0.6, Math.min(1, (el.clientWidth || w) / w));
+    svg.setAttribute("width", Math.round(w * scale) + "px");
+    svg.setAttribute("height", Math.round(h * scale) + "px");
+  }
+
   function render(root) {
     var nodes = (root || document).querySelectorAll(".diagram[data-dot]");
     if (!nodes.length || typeof Viz === "undefined") return;
@@ -12,9 +22,8 @@
         if (!dot || el.dataset.rendered === dot) return;
         try {
           var svg = viz.renderSVGElement(dot);
-          svg.setAttribute("width", "100%");
-          svg.removeAttribute("height");
           el.replaceChildren(svg);
+          fit(el, svg);
           el.dataset.rendered = dot;
         } catch (err) {
           el.textContent = "The diagram could not be drawn.";
