@@ -139,5 +139,5 @@ def _load_demo(log: Callable[[str], Any]) -> bool:
     run_until_quiet(ids)
     for name, instance in made.items():
         instance.refresh_from_db()
-        log(f"  {name:<18} {instance.title:<45} {instance.state}")
+        log(f"  {name:<20} {instance.title:<48} {instance.state}")
     return True
