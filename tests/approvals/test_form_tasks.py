@@ -1,0 +1,165 @@
+"""FORM tasks: expense_approval v2 asks managers to classify an expense of category "other"."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
+from approvals.selectors import team_queue
+from approvals.services import APPROVE, SUBMIT, TaskInvalid, task_decide
+from orchestrator.models import InstanceState, StepState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def task_of(instance: WorkflowInstance, step: str) -> HumanTask | None:
+    return HumanTask.objects.filter(instance=instance, step__name=step).order_by("-id").first()
+
+
+def other_expense(users, amount: str = "800") -> WorkflowInstance:
+    """An "other" expense the operator submitted, approved by staff at team level."""
+    instance = instance_start(
+        "expense_approval", ExpenseInputFactory(category="other", amount=amount), initiator=users.operator
+    )
+    task_decide(task_of(instance, "team_approval").pk, users.staff, APPROVE)
+    instance.refresh_from_db()
+    return instance
+
+
+def login(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_team_approval_of_an_other_expense_opens_a_classification_form(users):
+    """On v2, after the team approves an "other" expense, managers get a FORM task to classify it."""
+    # when
+    instance = other_expense(users)
+
+    # then
+    task = task_of(instance, "classify")
+    assert instance.workflow_version == 2
+    assert instance.state == InstanceState.WAITING
+    assert (task.kind, task.state, task.title) == (TaskKind.FORM, TaskState.OPEN, f"Classify {instance.title}")
+    assert list(task.candidate_groups.values_list("name", flat=True)) == ["managers"]
+    assert [t.pk for t in team_queue(users.manager)] == [task.pk]
+    assert task_of(instance, "manager_approval") is None
+
+
+def test_other_categories_skip_the_classification(users):
+    """A travel expense goes from team approval straight to the manager (above EUR 500), no form."""
+    # given
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="travel", amount="800"))
+
+    # when
+    task_decide(task_of(instance, "team_approval").pk, users.staff, APPROVE)
+
+    # then
+    assert task_of(instance, "classify") is None
+    assert task_of(instance, "manager_approval").state == TaskState.OPEN
+
+
+def test_an_invalid_form_is_refused_with_field_errors(users):
+    """No cost centre: TaskInvalid names the field; the task, the step and the instance are untouched."""
+    # given
+    instance = other_expense(users)
+    task = task_of(instance, "classify")
+
+    # when
+    with pytest.raises(TaskInvalid) as invalid:
+        task_decide(task.pk, users.manager, SUBMIT, data={"tax_deductible": "on", "note": "hm"})
+
+    # then
+    assert str(invalid.value) == "The form has errors."
+    assert invalid.value.errors == {"cost_centre": ["This field is required."]}
+    task.refresh_from_db()
+    instance.refresh_from_db()
+    assert task.state == TaskState.OPEN
+    assert task.step.state == StepState.RUNNING
+    assert not TaskDecision.objects.filter(task=task).exists()
+    assert "cost_centre" not in instance.data
+
+
+def test_a_form_task_takes_submit_only(users):
+    """Approving a form task is not a thing: the person is told to submit the form."""
+    # given
+    task = task_of(other_expense(users), "classify")
+
+    # when / then
+    with pytest.raises(TaskInvalid, match="Submit the form"):
+        task_decide(task.pk, users.manager, APPROVE, data={"cost_centre": "CC-100"})
+
+
+def test_an_invalid_form_through_the_page_shows_the_error_with_400(users):
+    """Submitting the page without a cost centre re-renders the task with 400 and the error beside the field."""
+    # given
+    task = task_of(other_expense(users), "classify")
+    client = login(users.manager)
+
+    # when
+    response = client.post(
+        reverse("task_decide", args=[task.pk]),
+        {"decision": "submit", "comment": "", "tax_deductible": "on", "note": "taxi"},
+    )
+
+    # then
+    assert response.status_code == 400
+    assert response.templates[0].name == "approvals/task_detail.html"
+    content = response.content.decode()
+    assert "The form has errors." in content
+    assert 'class="form-select is-invalid"' in content
+    assert '<div class="invalid-feedback d-block">This field is required.</div>' in content
+    assert 'value="taxi"' in content  # what the person typed is kept
+    task.refresh_from_db()
+    assert task.state == TaskState.OPEN
+
+
+@pytest.mark.parametrize(("amount", "following"), [("800", "manager_approval"), ("120", "payout")])
+def test_a_valid_form_joins_the_instance_data_and_the_flow_goes_on(users, run_steps, amount, following):
+    """Cleaned values (a real boolean) join the instance data; then the manager signs off above 500, else payout."""
+    # given
+    instance = other_expense(users, amount=amount)
+    task = task_of(instance, "classify")
+
+    # when
+    done = task_decide(task.pk, users.manager, SUBMIT, data={"cost_centre": "CC-300", "tax_deductible": "on"})
+    run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    assert (done.state, done.decision, done.completed_by) == (TaskState.COMPLETED, SUBMIT, users.manager)
+    assert done.form_data == {"cost_centre": "CC-300", "tax_deductible": True, "note": ""}
+    assert (instance.data["cost_centre"], instance.data["tax_deductible"]) == ("CC-300", True)
+    assert instance.data["tax_deductible"] is True
+    assert instance.steps.get(name="classify").state == StepState.SUCCEEDED
+    if following == "manager_approval":
+        assert task_of(instance, "manager_approval").state == TaskState.OPEN
+        assert instance.state == InstanceState.WAITING
+    else:
+        assert instance.steps.get(name="payout").state == StepState.SUCCEEDED
+        assert instance.state == InstanceState.COMPLETED
+
+
+def test_an_unticked_box_is_false_and_the_page_goes_on(users):
+    """Through the page, an unticked "Tax deductible" box is stored as False and the manager moves on."""
+    # given
+    instance = other_expense(users)
+    task = task_of(instance, "classify")
+
+    # when
+    response = login(users.manager).post(
+        reverse("task_decide", args=[task.pk]), {"decision": "submit", "cost_centre": "CC-100"}, follow=True
+    )
+
+    # then
+    assert response.status_code == 200
+    assert f"Submitted: {task.title}." in response.content.decode()
+    instance.refresh_from_db()
+    assert (instance.data["cost_centre"], instance.data["tax_deductible"]) == ("CC-100", False)
+    manager_task = task_of(instance, "manager_approval")
+    assert response.redirect_chain[-1][0] == reverse("task_detail", args=[manager_task.pk])
