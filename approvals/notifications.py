@@ -19,9 +19,11 @@ logger = logging.getLogger(__name__)
 FAN_OUT_LIMIT = 200
 
 
-def members_of(group_names: Iterable[str]) -> list[int]:
+def members_of(group_names: Iterable[str], *, exclude: Iterable[int | None] = ()) -> list[int]:
+    """Active members of the groups, less ``exclude`` (an instance's initiator, who may not act on it)."""
     return list(
         User.objects.filter(groups__name__in=list(group_names), is_active=True)
+        .exclude(pk__in=[uid for uid in exclude if uid])
         .values_list("pk", flat=True)
         .distinct()[:FAN_OUT_LIMIT]
     )

@@ -65,11 +65,15 @@ def my_tasks(user: User, *, include_snoozed: bool = False) -> QuerySet[HumanTask
 
 
 def team_queue(user: User) -> QuerySet[HumanTask]:
-    """Unclaimed tasks the user may claim through their groups or by name (never their own instances')."""
+    """Unclaimed tasks the user may claim through their groups or by name.
+
+    Tasks of instances the user started are left out (four-eyes), except operator escalations: fixing a failure
+    is not deciding the instance, and the services allow it.
+    """
     qs = (
         HumanTask.objects.filter(state__in=[TaskState.OPEN, TaskState.ESCALATED], assignee__isnull=True)
         .filter(_candidate_filter(user))
-        .exclude(instance__initiator=user)
+        .exclude(Q(instance__initiator=user) & ~Q(kind="escalation"))
     )
     return _with_related(qs)
 
@@ -180,6 +184,7 @@ class InboxQuery:
             query.size = min(100, max(5, int(params.get("size", 25))))
         except (TypeError, ValueError):
             query.size = 25
+            query.errors.append("Unknown page size; showing 25 tasks a page.")
         return query
 
     @property
@@ -310,7 +315,9 @@ def page_of(qs: QuerySet[HumanTask], query: InboxQuery, size: int | None = None)
 
 def saved_views_for(user: User) -> QuerySet[SavedView]:
     """The user's own saved views and those shared with one of their groups."""
-    return SavedView.objects.filter(Q(owner=user) | Q(shared_with_id__in=group_ids(user))).select_related("owner")
+    return SavedView.objects.filter(Q(owner=user) | Q(shared_with_id__in=group_ids(user))).select_related(
+        "owner", "shared_with"
+    )
 
 
 def notifications_for(user: User) -> QuerySet[Notification]:

@@ -527,7 +527,13 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             _add_candidates(task, groups=[group])
             unit.audit("task.reassigned", "task", task.pk, from_state, task.state, payload={"group": rung.group})
             _announce(unit, task, "task.escalated", f"Reassigned to {rung.group}: {task.title}")
-            notify(unit, members_of([rung.group]), "reassigned", f"Overdue, now yours: {task.title}", url=_url(task))
+            notify(
+                unit,
+                members_of([rung.group], exclude=[instance.initiator_id]),
+                "reassigned",
+                f"Overdue, now yours: {task.title}",
+                url=_url(task),
+            )
         elif isinstance(rung, Escalate):
             if rung.fail_instance:
                 task.expire(now)
@@ -560,7 +566,12 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
                 unit.audit("task.escalated", "task", task.pk, from_state, task.state, payload={"group": rung.group})
                 _announce(unit, task, "task.escalated", f"Escalated to {rung.group}: {task.title}", level="warning")
                 notify(
-                    unit, members_of([rung.group]), "escalated", f"Escalated: {task.title}", url=_url(task), task=task
+                    unit,
+                    members_of([rung.group], exclude=[instance.initiator_id]),
+                    "escalated",
+                    f"Escalated: {task.title}",
+                    url=_url(task),
+                    task=task,
                 )
         unit.finish()
         return 1
@@ -574,8 +585,9 @@ def _people_of(task: HumanTask) -> list[int]:
     """Who a reminder goes to: the assignee, else every candidate."""
     if task.assignee_id:
         return [task.assignee_id]
-    named = list(task.candidate_users.values_list("pk", flat=True))
-    return named + members_of(task.candidate_groups.values_list("name", flat=True))
+    initiator = task.instance.initiator_id
+    named = [uid for uid in task.candidate_users.values_list("pk", flat=True) if uid != initiator]
+    return named + members_of(task.candidate_groups.values_list("name", flat=True), exclude=[initiator])
 
 
 @dataclass

@@ -10,12 +10,12 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from approvals import selectors, services
@@ -23,6 +23,7 @@ from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState
 from orchestrator import registry
 from orchestrator.dsl import Human
 from orchestrator.selectors import steps_of
+from orchestrator.timeparse import parse_when
 from orchestrator.typing import AuthedRequest
 from orchestrator.views import request_meta
 
@@ -114,7 +115,9 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
     if result.claimed:
         messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
     if result.refused:
-        messages.warning(request, f"{len(result.refused)} could not be claimed: " + "; ".join(result.refused.values()))
+        titles = dict(HumanTask.objects.filter(pk__in=result.refused).values_list("pk", "title"))
+        details = "; ".join(f"“{titles.get(pk, f'task {pk}')}”: {why}" for pk, why in result.refused.items())
+        messages.warning(request, f"{len(result.refused)} could not be claimed. {details}")
     return redirect(f"{reverse('inbox')}?tab=mine")
 
 
@@ -125,7 +128,9 @@ def saved_view_create(request: AuthedRequest) -> HttpResponse:
     name = request.POST.get("name", "").strip()[:60]
     tab = request.POST.get("tab", "mine")
     query = selectors.InboxQuery.parse(request.POST, tab if tab in TABS else "mine")
-    group = request.user.groups.filter(pk=request.POST.get("shared_with") or 0).first()
+    shared_with = request.POST.get("shared_with", "")
+    # Only a group the user belongs to; anything else (empty, not a number) saves a private view.
+    group = request.user.groups.filter(pk=int(shared_with)).first() if shared_with.isdigit() else None
     if not name:
         messages.error(request, "Give the view a name.")
     else:
@@ -152,13 +157,13 @@ def saved_view_delete(request: AuthedRequest, view_id: int) -> HttpResponse:
 @login_required
 def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
     """Hide a claimed task from My tasks until a time."""
-    raw = request.POST.get("until", "").strip()
-    until = parse_datetime(raw) if raw else None
-    if until is None:
-        messages.error(request, "Snooze until: pick a date and time.")
+    try:
+        until = parse_when(request.POST.get("until", ""), "Snooze until")
+        if until is None:
+            raise ValidationError("Snooze until: pick a date and time.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
         return redirect("task_detail", task_id=task_id)
-    if until.tzinfo is None:
-        until = timezone.make_aware(until)
     try:
         services.task_snooze(task_id, request.user, until)
     except services.TaskError as exc:
@@ -217,10 +222,10 @@ def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:
 
 
 def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> HttpResponse:
+    if isinstance(exc, services.TaskNotFound):
+        raise Http404(str(exc))  # no message: it would surface on the person's next, unrelated page
     level = messages.WARNING if isinstance(exc, services.TaskConflict) else messages.ERROR
     messages.add_message(request, level, str(exc))
-    if isinstance(exc, services.TaskNotFound):
-        raise Http404(str(exc))
     response = redirect("task_detail", task_id=task_id)
     if isinstance(exc, services.TaskConflict):
         response.status_code = 303

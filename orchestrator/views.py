@@ -15,8 +15,6 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.dateparse import parse_datetime
-from django.utils.timezone import make_aware
 from django.views.decorators.http import require_POST
 
 from approvals.selectors import tasks_of_instance
@@ -24,6 +22,7 @@ from orchestrator import registry, selectors
 from orchestrator.audit import Actor
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
+from orchestrator.timeparse import parse_when
 from orchestrator.typing import AuthedRequest
 
 
@@ -157,15 +156,10 @@ def instance_operate(request: AuthedRequest, instance_id: int, operation: str) -
         if operation == "retry":
             instance_services.instance_retry(instance.pk, actor=actor, reason=reason, request_meta=meta)
         elif operation == "pause":
-            until_text = request.POST.get("until", "").strip()
-            until = parse_datetime(until_text) if until_text else None
-            if until_text and until is None:
-                raise ValidationError("Pause until: enter a date and time like 2026-12-01 09:00.")
-            if until is not None and until.tzinfo is None:
-                until = make_aware(until)
+            until = parse_when(request.POST.get("until", ""), "Resume at")
             instance_services.instance_pause(instance.pk, actor=actor, reason=reason, until=until, request_meta=meta)
         elif operation == "resume":
-            instance_services.instance_resume(instance.pk, actor=actor, reason=reason or "resumed", request_meta=meta)
+            instance_services.instance_resume(instance.pk, actor=actor, reason=reason, request_meta=meta)
         else:
             instance_services.instance_cancel(instance.pk, actor=actor, reason=reason, request_meta=meta)
     except ValidationError as exc:
@@ -194,6 +188,7 @@ def workflow_list(request: AuthedRequest) -> HttpResponse:
     return render(request, "orchestrator/workflow_list.html", {"rows": rows, "active_nav": "workflows"})
 
 
+@login_required
 @permission_required("orchestrator.add_workflowinstance", raise_exception=True)
 def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
     """Start an instance from the workflow's start form."""

@@ -215,6 +215,7 @@ def instance_resume(
     request_meta: dict | None = None,
 ) -> bool:
     """Resume a paused instance and dispatch the steps that fell due while it was held; True if it resumed."""
+    reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
         if instance.state != InstanceState.PAUSED:

@@ -136,11 +136,6 @@ def test_an_unclaimed_reminder_goes_to_every_candidate(users, django_capture_on_
     assert recipients() == ["named@example.com", "staff2@example.com", "staff@example.com"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _people_of reminds every member of the candidate groups, the instance's initiator included, "
-    "who may not decide it (approvals/services.py _people_of: exclude unit.instance.initiator_id)",
-)
 def test_a_reminder_skips_the_initiator_who_may_not_decide(users):
     """staff started the expense: the reminder goes to staff2, not to staff, who cannot act on it."""
     # given

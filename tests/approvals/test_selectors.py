@@ -123,12 +123,6 @@ def test_an_escalation_is_in_the_operators_queue(users, run_steps):
     assert ids(team_queue(users.staff)) == ids(team_queue(users.manager)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: team_queue excludes every task of the user's own instances, escalations included, although "
-    "task_decide exempts escalations from four-eyes (approvals/selectors.py team_queue: exclude only "
-    "non-escalation tasks of instances the user started)",
-)
 def test_an_operator_finds_the_escalation_of_an_order_they_started(users, run_steps):
     """Escalations are exempt from four-eyes, so the operator who started the order still finds its escalation."""
     # given
@@ -221,11 +215,6 @@ def test_parse_clamps_the_page_size(raw, size):
     assert InboxQuery.parse({"size": raw}, "mine").size == size
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: InboxQuery.parse falls back to size 25 on a non-numeric size without telling the user "
-    "(approvals/selectors.py, the size try/except adds no error)",
-)
 def test_parse_reports_a_size_that_is_not_a_number():
     """A size that is not a number falls back to 25, with a message like every other bad value."""
     # when
@@ -535,11 +524,6 @@ def test_inbox_page_queries_do_not_grow_with_tasks_or_page_size(users, client, d
     assert rows == [3, 10, 40]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: saved_views_for selects only the owner; inbox.html reads view.shared_with.name, one query per "
-    "shared view (approvals/selectors.py saved_views_for: select_related('owner', 'shared_with'))",
-)
 def test_inbox_page_queries_do_not_grow_with_saved_views(users, client, django_assert_num_queries):
     """Shared saved views, listed above the filters, cost no query each."""
     # given

@@ -180,15 +180,7 @@ def test_operator_actions_are_refused_to_staff(roles, instance_for, operation):
     [
         "retry",
         "pause",
-        pytest.param(
-            "resume",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: the resume action accepts an empty reason and audits the placeholder 'resumed' "
-                "(orchestrator/views.py instance_operate passes reason or 'resumed'; require a reason as the "
-                "other actions do)",
-            ),
-        ),
+        "resume",
         "cancel",
     ],
 )
@@ -268,17 +260,11 @@ def test_pause_with_a_bad_time_explains_itself(roles, instance_for):
 
     # then
     assert response.status_code == 200
-    assert shown(response) == [("danger", "Pause until: enter a date and time like 2026-12-01 09:00.")]
+    assert shown(response) == [("danger", "Resume at: enter a real date and time, like 2026-12-01 09:00.")]
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_datetime raises ValueError on a well-formed but impossible date (Feb 30); "
-    "instance_operate lets it escape: 500 (orchestrator/views.py instance_operate: catch ValueError "
-    "and raise the same ValidationError)",
-)
 def test_pause_with_an_impossible_date_is_an_error_not_a_500(roles, instance_for):
     """30 February looks like a date but is none: an error message, not a server error."""
     # given
@@ -420,15 +406,7 @@ def test_the_catalog_lists_the_product_workflows(roles, product_workflows):
     [
         "/instances/",
         "/workflows/",
-        pytest.param(
-            START,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: workflow_start uses permission_required(raise_exception=True) without "
-                "login_required, so an anonymous visitor gets 403 instead of the sign-in page "
-                "(orchestrator/views.py workflow_start: add @login_required above it)",
-            ),
-        ),
+        START,
     ],
 )
 def test_anonymous_visitors_are_sent_to_sign_in(client, path):
