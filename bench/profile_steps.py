@@ -1,0 +1,128 @@
+"""Profile the engine in-process (no worker): where does one start, one step and one decision spend their time?
+
+    .venv/bin/python bench/profile_steps.py --n 500            # cProfile of each service, top functions
+    .venv/bin/python bench/profile_steps.py --n 500 --no-profile   # plain wall time per call only
+
+Recreates the bench database (baton_bench) and uses Redis db 13. The worker must
+not be running: the steps are executed here, and their Celery messages stay in Redis (flushed at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+import sysinfo
+
+
+def timed(label: str, items: list[Any], fn: Callable[[Any], Any], profile: bool, top: int) -> float:
+    # CPU time, not wall time: other people's processes share this machine, and waiting is not work.
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    cpu_before = sysinfo.cpu_snapshot(None)
+    began = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for item in items:
+        fn(item)
+    if profiler:
+        profiler.disable()
+    elapsed = time.perf_counter() - began
+    cpu = sysinfo.cpu_delta(cpu_before, sysinfo.cpu_snapshot(None))
+    per = elapsed / len(items) * 1000
+    n = len(items)
+    print(
+        f"\n== {label}: {n} calls, wall {per:.2f} ms per call ({n / elapsed:.0f}/s, one thread); CPU ms per call:"
+        f" this process {cpu.get('bench', 0) / n * 1000:.2f}, postgres {cpu.get('postgres', 0) / n * 1000:.2f},"
+        f" redis {cpu.get('redis', 0) / n * 1000:.2f}; other processes used {cpu.get('other', 0):.1f} CPU s"
+        f" (machine busy {cpu['machine_busy']:.0%})"
+    )
+    if profiler:
+        for key in ("tottime", "cumulative"):
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats(key).print_stats(top)
+            lines = out.getvalue().splitlines()
+            start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+            print(f"-- top {top} by {key} (CPU seconds, cProfile's overhead included):")
+            print("\n".join(lines[start : start + top + 1]))
+    return per
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--no-broadcast",
+        action="store_true",
+        help="replace the live broadcast (channels_redis group_send) with a no-op, to see what it costs",
+    )
+    parser.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="replace the Celery publish (apply_async to Redis) with a no-op, to see what it costs",
+    )
+    args = parser.parse_args()
+    harness.configure_env()
+    harness.reset_database(keep=False)
+    harness.migrate()
+
+    import django
+
+    django.setup()
+    from approvals.models import HumanTask
+    from approvals.services import task_decide
+    from orchestrator.models import StepRun, StepState
+    from orchestrator.services import engine, unit
+    from orchestrator.services.instances import instance_start
+
+    if args.no_broadcast:
+        unit.send_now = lambda groups, event: None  # type: ignore[assignment]
+    if args.no_publish:
+        unit.send_step = lambda step_id, options: None  # type: ignore[assignment]
+
+    initiator, approvers = harness.ensure_users(4)
+    profile = not args.no_profile
+    # Warm up caches (content types, the group, the registry) outside the measurement.
+    warm = instance_start("bench_approval", {}, initiator=initiator)
+    engine.step_execute(StepRun.objects.get(instance=warm, state=StepState.SCHEDULED).pk)
+
+    started: list[Any] = []
+    timed(
+        "instance_start(bench_approval)",
+        list(range(args.n)),
+        lambda _: started.append(instance_start("bench_approval", {}, initiator=initiator)),
+        profile,
+        args.top,
+    )
+    steps = list(
+        StepRun.objects.filter(instance__in=started, state=StepState.SCHEDULED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    timed("engine.step_execute(prepare)", steps, engine.step_execute, profile, args.top)
+    tasks = list(HumanTask.objects.filter(instance__in=started).order_by("pk").values_list("pk", flat=True))
+    timed(
+        "task_decide(approve)",
+        tasks,
+        lambda t: task_decide(t, approvers[t % len(approvers)], "approve"),
+        profile,
+        args.top,
+    )
+    harness.flush_redis()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

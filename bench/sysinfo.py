@@ -1,0 +1,141 @@
+"""Machine facts and CPU accounting (from /proc) for the bench report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_info(concurrency: int) -> dict[str, str]:
+    """nproc, CPU model, memory, PostgreSQL, Redis, Python, Django, Celery versions and the worker's concurrency."""
+    import celery
+    import django
+    import psycopg
+    import redis
+    from django.db import connection
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    try:
+        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        nproc = str(os.cpu_count())
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg_version = cursor.fetchone()[0]
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        redis_version = str(client.info("server").get("redis_version", "?"))
+    finally:
+        client.close()
+    try:
+        # Read-only: which code was measured (other people edit the tree while benches run).
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.splitlines()
+        revision = f"{head}{f' + {len(dirty)} uncommitted paths' if dirty else ''}"
+    except OSError:
+        revision = "unknown"
+    return {
+        "revision": revision,
+        "date": subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True).stdout.strip(),
+        "nproc": nproc,
+        "cpu": cpu,
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "postgresql": pg_version,
+        "redis": redis_version,
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "celery": celery.__version__,
+        "psycopg": psycopg.__version__,
+        "celery_concurrency": f"{concurrency} (prefork, one worker process)",
+    }
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds used so far by each group of processes, and the machine's busy/total ticks."""
+
+    groups: dict[str, float] = field(default_factory=dict)
+    postgres: dict[int, float] = field(default_factory=dict)
+    busy: int = 0
+    total: int = 0
+
+
+def _stat(pid: str) -> tuple[str, int, float] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    rest = raw[raw.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    ppid = int(rest[1])
+    cpu = (int(rest[11]) + int(rest[12])) / TICKS
+    return comm, ppid, cpu
+
+
+def cpu_snapshot(worker_pid: int | None) -> CpuSnapshot:
+    snap = CpuSnapshot()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        info = _stat(entry)
+        if info is None:
+            continue
+        comm, ppid, cpu = info
+        pid = int(entry)
+        if pid == me:
+            group = "bench"
+        elif worker_pid is not None and (pid == worker_pid or ppid == worker_pid):
+            group = "worker"
+        elif comm.startswith("postgres"):
+            group = "postgres"
+            snap.postgres[pid] = cpu
+        elif comm.startswith("redis-server"):
+            group = "redis"
+        else:
+            group = "other"
+        snap.groups[group] = snap.groups.get(group, 0.0) + cpu
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    snap.total = sum(fields[:8])
+    snap.busy = snap.total - idle
+    return snap
+
+
+def cpu_delta(before: CpuSnapshot, after: CpuSnapshot, bench_backends: set[int] | None = None) -> dict[str, float]:
+    """CPU seconds per group between two snapshots, and the machine's busy share ("machine_busy", 0..1).
+
+    PostgreSQL is split into the bench database's own backends (``bench_backends``, pids from pg_stat_activity)
+    and everything else PostgreSQL did meanwhile (other databases on this shared machine, WAL writer, checkpointer).
+    A process that exited between the snapshots is missing from ``after``, so "other" can even come out negative.
+    """
+    out = {g: round(after.groups.get(g, 0.0) - before.groups.get(g, 0.0), 2) for g in sorted(after.groups)}
+    if bench_backends is not None:
+        mine = sum(cpu - before.postgres.get(pid, 0.0) for pid, cpu in after.postgres.items() if pid in bench_backends)
+        out["postgres_other"] = round(out.get("postgres", 0.0) - mine, 2)
+        out["postgres"] = round(mine, 2)
+    total = after.total - before.total
+    out["machine_busy"] = round((after.busy - before.busy) / total, 3) if total else 0.0
+    # What everyone else used: the machine's busy time less the bench's own processes. (Summing the other
+    # processes would miss those that exited meanwhile, such as other people's test runs.)
+    ours = sum(out.get(g, 0.0) for g in ("bench", "worker", "postgres", "redis"))
+    out["not_bench"] = round((after.busy - before.busy) / TICKS - ours, 2)
+    out.pop("other", None)
+    if bench_backends is not None:
+        out.pop("postgres_other", None)
+    return out
