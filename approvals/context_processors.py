@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject
 
 
 def nav_counts(request: HttpRequest) -> dict[str, Any]:
@@ -14,4 +15,8 @@ def nav_counts(request: HttpRequest) -> dict[str, Any]:
         return {}
     from approvals.selectors import inbox_counts, is_manager
 
-    return {"nav_counts": inbox_counts(user), "nav_is_manager": is_manager(user)}
+    # Lazy: an htmx fragment that never shows the navigation costs no query for it.
+    return {
+        "nav_counts": SimpleLazyObject(lambda: inbox_counts(user)),
+        "nav_is_manager": SimpleLazyObject(lambda: is_manager(user)),
+    }

@@ -122,7 +122,9 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
             "users": list(node.candidate_users),
         },
     )
-    _announce(unit, task, "task.opened", f"New task: {task.title}", groups=[g.pk for g in groups])
+    _announce(
+        unit, task, "task.opened", f"New task: {task.title}", groups=[g.pk for g in groups], users=[u.pk for u in users]
+    )
     return task
 
 
@@ -140,7 +142,9 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     task.save()
     _add_candidates(task, groups=groups)
     unit.audit("task.opened", "task", task.pk, "", task.state, reason=reason, payload={"kind": "escalation"})
-    _announce(unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], level="danger")
+    _announce(
+        unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], users=[], level="danger"
+    )
     notify(unit, members_of([OPERATORS]), "escalation", f"Needs an operator: {task.title}", url=_url(task), task=task)
     return task
 
@@ -179,14 +183,18 @@ def _announce(
     message: str,
     *,
     groups: list[int] | None = None,
+    users: list[int] | None = None,
     level: str = "info",
 ) -> None:
+    """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read)."""
     if groups is None:
         groups = list(task.candidate_groups.values_list("pk", flat=True))
+    if users is None:
+        users = list(task.candidate_users.values_list("pk", flat=True))
     targets = [f"group.{g}" for g in groups]
     if task.assignee_id:
         targets.append(f"user.{task.assignee_id}")
-    targets += [f"user.{u}" for u in task.candidate_users.values_list("pk", flat=True)]
+    targets += [f"user.{u}" for u in users]
     event: dict[str, Any] = {"type": kind, "task": task.pk, "refresh": ["inbox", "counts", f"task-{task.pk}"]}
     if message:
         event.update(message=message, level=level)
@@ -213,7 +221,9 @@ def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
         raise TaskNotFound("No such task.")
     instance = lock_instance(instance_id)
     task = HumanTask.objects.select_related("step").get(pk=task_id)
-    if not can_see(user, task):
+    # Asked once per action: both the visibility check and the permission check need it.
+    task._is_candidate = is_candidate(user, task)  # type: ignore[attr-defined]
+    if not (task.assignee_id == user.pk or task._is_candidate or is_manager(user)):  # type: ignore[attr-defined]
         raise TaskNotFound("No such task.")
     return task, Unit(instance, Actor.of(user))
 
@@ -222,7 +232,10 @@ def _check_may_act(user: User, task: HumanTask, unit: Unit) -> None:
     if task.kind != TaskKind.ESCALATION and unit.instance.initiator_id == user.pk:
         # Four-eyes: whoever started the instance never decides it, whatever their role.
         raise TaskForbidden("You started this workflow, so you cannot decide its tasks (four-eyes rule).")
-    if not (is_candidate(user, task) or task.assignee_id == user.pk):
+    candidate = getattr(task, "_is_candidate", None)
+    if candidate is None:
+        candidate = is_candidate(user, task)
+    if not (candidate or task.assignee_id == user.pk):
         raise TaskForbidden("You are not a candidate for this task.")
 
 

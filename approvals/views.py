@@ -16,6 +16,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
 from approvals import selectors, services
@@ -44,7 +45,7 @@ def _base_queryset(user: User, query: selectors.InboxQuery) -> QuerySet[HumanTas
 def inbox(request: AuthedRequest) -> HttpResponse:
     """My tasks, the team queue, and what I have done: filtered, sorted, keyset-paged, live."""
     tab = request.GET.get("tab", "")
-    counts = selectors.inbox_counts(request.user)
+    counts = SimpleLazyObject(lambda: selectors.inbox_counts(request.user))
     if tab not in TABS:
         # Nothing assigned yet: open on what can be claimed.
         tab = "queue" if not counts["inbox"] and counts["queue"] else "mine"
@@ -54,14 +55,19 @@ def inbox(request: AuthedRequest) -> HttpResponse:
         messages.warning(request, error)
     context = {
         "tab": tab,
-        "tabs": [(key, label) for key, (label, _) in TABS.items()],
         "page": page,
         "query": query,
         "params": query.as_params(),
         "next_params": query.as_params(after=page.next_cursor) if page.next_cursor else None,
         "first_params": query.as_params(),
-        "counts": counts,
         "now": timezone.now(),
+    }
+    if request.htmx and request.htmx.target == "task-list":
+        # The live re-fetch needs only the rows: no filters, saved views or counts to build.
+        return render(request, "approvals/_task_list.html", context)
+    context |= {
+        "tabs": [(key, label) for key, (label, _) in TABS.items()],
+        "counts": counts,
         "workflows": registry.latest_all(),
         "priorities": Priority.choices,
         "due_buckets": [
@@ -76,8 +82,6 @@ def inbox(request: AuthedRequest) -> HttpResponse:
         "share_groups": list(request.user.groups.order_by("name")),
         "active_nav": "inbox",
     }
-    if request.htmx and request.htmx.target == "task-list":
-        return render(request, "approvals/_task_list.html", context)
     return render(request, "approvals/inbox.html", context)
 
 

@@ -295,6 +295,10 @@ class Workflow:
         return self.title or self.name.replace("_", " ").capitalize()
 
     @property
+    def has_parallel(self) -> bool:
+        return any(isinstance(node, Parallel) for node in self.nodes.values())
+
+    @property
     def first(self) -> Node:
         return self.steps[0]
 

@@ -148,12 +148,24 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 EMAIL_BACKEND = os.environ.get("BATON_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("BATON_FROM_EMAIL", "baton@localhost")
 
+
 # --- Channels -------------------------------------------------------------------------------------------
+def _with_socket_timeout(url: str, seconds: int = 30) -> str:
+    # redis-py 8 defaults socket_timeout to 5 s, and channels-redis blocks 5 s waiting for messages, so every
+    # idle websocket died with TimeoutError and reconnected (channels_redis#422). Give the socket more room.
+    if "socket_timeout=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}socket_timeout={seconds}"
+
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)], "capacity": 1000},
+            "CONFIG": {
+                "hosts": [_with_socket_timeout(os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL))],
+                "capacity": 1000,
+            },
         }
     }
 else:

@@ -137,7 +137,8 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
         from_state = step.state
         step.start(now, lease)
         step.save(update_fields=["state", "attempt", "started_at", "lease_expires_at"])
-        unit = Unit(instance, WORKER, now=now)
+        # No live event for a claim: the outcome follows within the step's run time and is broadcast then.
+        unit = Unit(instance, WORKER, now=now, broadcast=False)
         unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
         unit.finish()
         context = StepContext(
@@ -381,9 +382,13 @@ def _settle(unit: Unit) -> None:
     instance = unit.instance
     if instance.state not in ACTIVE_INSTANCE_STATES:
         return
-    busy = unit.scheduled_work or (
-        instance.steps.filter(state__in=BUSY_STEP_STATES, kind__in=[StepKind.TASK, StepKind.COMPENSATION]).exists()
-    )
+    busy = unit.scheduled_work
+    if not busy and definition_of(instance).has_parallel:
+        # In a linear flow only the step this unit handled could have been busy, and the unit knows whether it
+        # scheduled more; with parallel branches another branch may be working, so ask.
+        busy = instance.steps.filter(
+            state__in=BUSY_STEP_STATES, kind__in=[StepKind.TASK, StepKind.COMPENSATION]
+        ).exists()
     if (instance.state == InstanceState.RUNNING) != busy:
         from_state = instance.state
         instance.settle(busy)

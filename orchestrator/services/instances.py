@@ -94,8 +94,8 @@ def instance_start(
                 idempotency_key=idempotency_key or None,
                 input_hash=input_hash,
             )
-            instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
             unit = Unit(instance, actor, request_meta=request_meta)
+            instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
             unit.audit(
                 "instance.started",
                 "instance",
@@ -171,8 +171,12 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
 
 
 def _redispatch_due(unit: Unit) -> None:
-    for step in unit.instance.steps.filter(state__in=DISPATCHABLE_STEP_STATES, due_at__lte=unit.now):
-        if step.pk not in {d[0] for d in unit.dispatches}:
+    """Dispatch the steps that fell due; automated steps still waiting on back-off keep the instance busy."""
+    sent = {d[0] for d in unit.dispatches}
+    for step in unit.instance.steps.filter(state__in=DISPATCHABLE_STEP_STATES):
+        if step.kind in (StepKind.TASK, StepKind.COMPENSATION):
+            unit.scheduled_work = True
+        if step.pk not in sent and step.due_at is not None and step.due_at <= unit.now:
             unit.dispatch(step)
 
 

@@ -7,6 +7,7 @@ registers dispatch and broadcast to run only after commit (DESIGN.md, rules 1 an
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from functools import partial
@@ -26,18 +27,8 @@ logger = logging.getLogger(__name__)
 # States worth telling the initiator about.
 OUTCOME_STATES = (InstanceState.COMPLETED, InstanceState.FAILED, InstanceState.COMPENSATED, InstanceState.CANCELLED)
 
-INSTANCE_FIELDS = [
-    "state",
-    "title",
-    "data",
-    "outcome",
-    "error",
-    "finished_at",
-    "paused_until",
-    "audit_seq",
-    "audit_head",
-    "updated_at",
-]
+# Fields a unit may change; finish() writes only those that did (the data JSON is the costly one).
+TRACKED_FIELDS = ("state", "title", "data", "outcome", "error", "finished_at", "paused_until")
 
 
 class Unit:
@@ -50,8 +41,11 @@ class Unit:
         *,
         now: datetime | None = None,
         request_meta: dict[str, Any] | None = None,
+        broadcast: bool = True,
     ) -> None:
         self.instance = instance
+        self.broadcast = broadcast
+        self._snapshot = self._values()
         self.actor = actor
         self.now = now or timezone.now()
         self.request_meta = request_meta or {}
@@ -106,19 +100,28 @@ class Unit:
         """Queue a live event for ``groups`` (sent after commit)."""
         self.notes.append({"groups": groups, "event": event})
 
-    def touch(self) -> None:
-        """Mark the instance as changed so pages showing it refresh."""
-        self.groups.add(f"instance.{self.instance.pk}")
-        self.groups.add("ops")
+    def _values(self) -> dict[str, Any]:
+        values = {name: getattr(self.instance, name) for name in TRACKED_FIELDS}
+        values["data"] = json.dumps(values["data"], sort_keys=True, default=str)
+        return values
 
     def finish(self) -> None:
-        """Write audit events and the instance row; register dispatch and broadcast for after commit."""
-        if self.instance.state != self.initial_state and self.instance.state in OUTCOME_STATES:
+        """Write audit events and the changed instance fields; register dispatch and broadcast for after commit."""
+        state_changed = self.instance.state != self.initial_state
+        if state_changed and self.instance.state in OUTCOME_STATES:
             self._tell_initiator()
+        current = self._values()
+        fields = [name for name in TRACKED_FIELDS if current[name] != self._snapshot[name]]
         if self.events:
             AuditEvent.objects.bulk_create(self.events)
-            self.touch()
-        self.instance.save(update_fields=INSTANCE_FIELDS)
+            fields += ["audit_seq", "audit_head"]
+            if self.broadcast:
+                self.groups.add(f"instance.{self.instance.pk}")
+                if state_changed:
+                    # The instance list follows states; step-level news goes only to pages showing the instance.
+                    self.groups.add("ops")
+        if fields:
+            self.instance.save(update_fields=[*fields, "updated_at"])
         for step_id, options in self.dispatches:
             transaction.on_commit(partial(send_step, step_id, options))
         if self.groups:

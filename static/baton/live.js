@@ -168,6 +168,8 @@
 
   // ---- messages ----------------------------------------------------------
 
+  var GONE_EVENTS = { "task.claimed": true, "task.completed": true, "task.cancelled": true, "task.delegated": true };
+
   function handleMessage(data) {
     var msg = data;
     if (typeof data === "string") {
@@ -180,6 +182,14 @@
     if (!msg || typeof msg !== "object" || Array.isArray(msg) || !msg.type) return;
 
     if (msg.counts) applyCounts(msg.counts);
+
+    // A task someone else has taken, decided or withdrawn leaves the list at once; the re-fetch below then
+    // brings the list up to date (new rows, order) without making the person wait for it.
+    if (GONE_EVENTS[msg.type] && msg.task !== undefined) {
+      document.querySelectorAll('#task-list [data-task="' + cssEscape(msg.task) + '"]').forEach(function (row) {
+        row.remove();
+      });
+    }
 
     if (Array.isArray(msg.refresh)) {
       var seen = {};

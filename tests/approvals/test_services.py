@@ -422,15 +422,16 @@ def test_escalations_are_for_operators(users, failed_refund):
 # --- cost -----------------------------------------------------------------------------------------------
 
 
-def test_deciding_costs_a_bounded_number_of_queries(users, run_steps, django_assert_max_num_queries):
-    """Approving bench_approval's task (which completes the instance) stays within 17 statements."""
+def test_deciding_costs_a_fixed_number_of_queries(users, run_steps, django_assert_num_queries):
+    """Approving bench_approval's task (which completes the instance) costs a fixed 14 statements."""
     # given
     instance = instance_start("bench_approval", {})
     run_steps(instance)
     task = task_of(instance)
 
-    # when / then: 15 statements of work plus SAVEPOINT/RELEASE inside the test's transaction
-    with django_assert_max_num_queries(17):
+    # when / then: 12 statements of work (the candidate check asked once) plus SAVEPOINT/RELEASE inside the
+    # test's transaction
+    with django_assert_num_queries(14):
         task_decide(task.pk, users.staff, APPROVE)
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPLETED

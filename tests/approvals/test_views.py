@@ -269,7 +269,7 @@ def test_bulk_claim_warning_names_the_refused_task(users, three_tasks):
     # then
     warnings = [text for level, text in shown(response) if level == "warning"]
     assert len(warnings) == 1
-    assert three_tasks[1].title in warnings[0]
+    assert " ".join(three_tasks[1].title.split()) in warnings[0]  # shown() folds white space as a reader sees it
 
 
 def test_bulk_claim_with_nothing_selected_asks_for_a_selection(users):

@@ -176,6 +176,21 @@ async def test_task_opened_for_my_group_arrives_only_after_commit(users) -> None
     await socket.disconnect()
 
 
+async def test_an_idle_socket_stays_connected_and_still_hears_events(users) -> None:
+    """After more than redis-py's 5 s default socket timeout of silence, the socket is open and events arrive."""
+    # given: a connected socket with nothing to say for 7 seconds
+    socket = await connected(users.staff)
+    assert await socket.receive_nothing(timeout=7)
+
+    # when
+    instance = await sync_to_async(start_expense)(users.manager)
+
+    # then
+    event = await receive_until(socket, lambda e: e["type"] == "task.opened")
+    assert event["task"] == (await sync_to_async(open_task_of)(instance)).pk
+    await socket.disconnect()
+
+
 async def test_rolled_back_start_sends_nothing(users) -> None:
     """A start whose transaction rolls back never reaches the candidates' sockets."""
     # given
