@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
+from django.utils import timezone
 from django_fsm import FSMField, FSMModelMixin, transition
 
 from orchestrator.models import StepRun, WorkflowInstance
@@ -122,6 +123,10 @@ class HumanTask(FSMModelMixin, models.Model):
     @property
     def is_actionable(self) -> bool:
         return self.state in ACTIONABLE_TASK_STATES
+
+    @property
+    def is_overdue(self) -> bool:
+        return self.due_at is not None and self.is_actionable and self.due_at < timezone.now()
 
     # --- transitions (pure) ---
     @transition(field=state, source=[TaskState.OPEN, TaskState.ESCALATED], target=TaskState.CLAIMED)
