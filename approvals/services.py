@@ -382,17 +382,7 @@ def task_decide(
             return task
         if decision == APPROVE:
             task.approvals += 1
-        task.complete(user, decision, comment, cleaned, unit.now)
-        task.save()
-        unit.audit(
-            "task.completed",
-            "task",
-            task.pk,
-            from_state,
-            task.state,
-            reason=comment,
-            payload={"decision": decision, "data": cleaned},
-        )
+        _complete(unit, task, user, decision, comment, cleaned)
         result = {"decision": decision, "by": user.get_username(), "comment": comment, **cleaned}
         engine.human_step_finish(
             unit, task.step, result, rejected=decision == REJECT, merge=cleaned if task.kind == TaskKind.FORM else None
@@ -400,6 +390,17 @@ def task_decide(
         _announce(unit, task, "task.completed", f"{user.get_username()} {_past(decision)}: {task.title}")
         unit.finish()
         return task
+
+
+def _complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: str, data: dict[str, Any]) -> None:
+    """The task's completing transition and its audit event (the caller advances the instance)."""
+    from_state = task.state
+    task.complete(user, decision, comment, data, unit.now)
+    task.save()
+    payload: dict[str, Any] = {"decision": decision}
+    if data:
+        payload["data"] = data
+    unit.audit("task.completed", "task", task.pk, from_state, task.state, reason=comment, payload=payload)
 
 
 def _past(decision: str) -> str:
@@ -440,18 +441,7 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
         raise TaskInvalid("Mark resolved applies to a failed compensation; use Skip for a failed step.")
     if decision == SKIP and is_compensation:
         raise TaskInvalid("Use Mark resolved once the compensation has been done by hand.")
-    from_state = task.state
-    task.complete(user, decision, comment, {}, unit.now)
-    task.save()
-    unit.audit(
-        "task.completed",
-        "task",
-        task.pk,
-        from_state,
-        task.state,
-        reason=comment,
-        payload={"decision": decision},
-    )
+    _complete(unit, task, user, decision, comment, {})
     if step.state != StepState.DEAD:
         return
     if decision == RETRY:
