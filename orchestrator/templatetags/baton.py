@@ -34,6 +34,10 @@ def show(value: Any) -> str:
         return "no"
     if value is None or value == "":
         return "—"
+    if isinstance(value, dict) and {"decision", "by"} <= value.keys():
+        # A human step's record: "approve by manager: OK" reads better than its JSON.
+        text = f"{value['decision']} by {value['by']}"
+        return f"{text}: {value['comment']}" if value.get("comment") else text
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
