@@ -7,6 +7,7 @@ commit. A lost race raises :class:`TaskConflict` (HTTP 409 / a message on the pa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -387,7 +388,7 @@ def task_decide(
         engine.human_step_finish(
             unit, task.step, result, rejected=decision == REJECT, merge=cleaned if task.kind == TaskKind.FORM else None
         )
-        _announce(unit, task, "task.completed", f"{user.get_username()} {_past(decision)}: {task.title}")
+        _announce(unit, task, "task.completed", f"{user.get_username()} {past_tense(decision)}: {task.title}")
         unit.finish()
         return task
 
@@ -403,7 +404,7 @@ def _complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: s
     unit.audit("task.completed", "task", task.pk, from_state, task.state, reason=comment, payload=payload)
 
 
-def _past(decision: str) -> str:
+def past_tense(decision: str) -> str:
     return {APPROVE: "approved", REJECT: "rejected", SUBMIT: "submitted"}.get(decision, decision)
 
 
@@ -422,8 +423,6 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
     if not form.is_valid():
         errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
         raise TaskInvalid("The form has errors.", errors)
-    import json
-
     return json.loads(json.dumps(form.cleaned_data, default=str))
 
 
@@ -463,7 +462,7 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
         step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
         unit.audit("step.skipped", "step", step.pk, StepState.DEAD, step.state, reason=comment)
         if instance.state in (InstanceState.RUNNING, InstanceState.WAITING):
-            engine._advance(unit, workflow, step)
+            engine.advance(unit, workflow, step)
     elif decision == FAIL and instance.state in (
         InstanceState.RUNNING,
         InstanceState.WAITING,
@@ -472,7 +471,7 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
         previous = instance.state
         instance.fail(f"failed by operator: {comment}")
         unit.audit("instance.failed", "instance", instance.pk, previous, instance.state, reason=comment)
-    engine._settle(unit)
+    engine.settle(unit)
 
 
 # --- deadlines: the sweep calls this ------------------------------------------------------------------

@@ -298,7 +298,7 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
     except services.TaskError as exc:
         return _fail(request, task_id, exc)
     if task.state == TaskState.COMPLETED:
-        messages.success(request, f"{services._past(decision).capitalize()}: {task.title}.")
+        messages.success(request, f"{services.past_tense(decision).capitalize()}: {task.title}.")
     else:
         messages.success(request, f"Your approval is recorded ({task.approvals} of {task.quorum}).")
     following = _next_task(request, exclude=task.pk)

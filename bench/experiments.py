@@ -11,7 +11,7 @@ hits all of them alike. CPU time, not wall time, because the machine is shared.
   lean-claim    the claim as ONE conditional UPDATE ... RETURNING (DESIGN.md rule 2) instead of a transaction that
                 locks the instance, reads instance and step through the ORM, saves both and writes an audit event;
                 the "step.started" audit event is then not written (it would move into the record transaction)
-  no-settle-q   _settle without its EXISTS query when the unit scheduled no work and the flow has no parallel
+  no-settle-q   settle without its EXISTS query when the unit scheduled no work and the flow has no parallel
   combined      lean-claim + no-settle-q + no-broadcast
 
 Recreates the bench database (baton_bench); the worker must NOT be running.
@@ -90,8 +90,8 @@ def variant(name: str) -> Iterator[None]:
     from orchestrator.dsl import Parallel
     from orchestrator.services import engine, unit
 
-    saved = (unit.send_now, engine.step_claim, engine._settle)
-    original_settle = engine._settle
+    saved = (unit.send_now, engine.step_claim, engine.settle)
+    original_settle = engine.settle
 
     def settle_without_query(u: Any) -> None:
         workflow = engine.definition_of(u.instance)
@@ -111,10 +111,10 @@ def variant(name: str) -> Iterator[None]:
         if name in ("lean-claim", "combined"):
             engine.step_claim = lambda step_id, now=None: lean_claim(step_id)
         if name in ("no-settle-q", "combined"):
-            engine._settle = settle_without_query
+            engine.settle = settle_without_query
         yield
     finally:
-        unit.send_now, engine.step_claim, engine._settle = saved
+        unit.send_now, engine.step_claim, engine.settle = saved
 
 
 VARIANTS = ["baseline", "no-broadcast", "lean-claim", "no-settle-q", "combined"]

@@ -5,6 +5,7 @@ Views stay thin: read through selectors, write through one service call, map dom
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib import messages
@@ -215,8 +216,6 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
             if selectors.instance_for_user(request.user, instance.pk) is not None:
                 return redirect("instance_detail", instance_id=instance.pk)
             return redirect(reverse("inbox"))
-    import uuid
-
     context = {
         "workflow": workflow,
         "form": form,

@@ -129,7 +129,7 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
             step.save()
             unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
             _record_failure(unit, step, None, type(exc).__name__, f"definition not available: {exc}", True)
-            _settle(unit)
+            settle(unit)
             unit.finish()
             return None
         timeout = node.timeout if isinstance(node, Task) else 60.0
@@ -206,10 +206,10 @@ def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
                 _compensation_step_succeeded(unit, workflow, step)
             else:
                 instance.data.update(outcome.result)
-                _advance(unit, workflow, step)
+                advance(unit, workflow, step)
         else:
             _record_failure(unit, step, node, outcome.error_type, outcome.error, outcome.permanent)
-        _settle(unit)
+        settle(unit)
         unit.finish()
         return "succeeded" if outcome.ok else "failed"
 
@@ -278,12 +278,12 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
 # --- advancing an instance ----------------------------------------------------------------------------
 
 
-def _advance(unit: Unit, workflow: Workflow, step: StepRun) -> None:
+def advance(unit: Unit, workflow: Workflow, step: StepRun) -> None:
     """Enter whatever follows ``step`` (its next node, its branch's join, or the end)."""
-    _enter(unit, workflow, workflow.next_after(step.name), step.parent_id, step.branch, hops=0)
+    enter_node(unit, workflow, workflow.next_after(step.name), step.parent_id, step.branch, hops=0)
 
 
-def _enter(
+def enter_node(
     unit: Unit, workflow: Workflow, name: str | None, parent_id: int | None, branch: int | None, *, hops: int
 ) -> None:
     if hops > MAX_INLINE_HOPS:
@@ -342,7 +342,7 @@ def _enter(
         unit.audit("step.decided", "step", step.pk, "", step.state, payload={"next": target})
         if target is not None and target not in workflow.nodes:
             raise EngineError(f"{workflow.key}: decision {node.name!r} chose unknown node {target!r}")
-        _enter(unit, workflow, target, parent_id, branch, hops=hops + 1)
+        enter_node(unit, workflow, target, parent_id, branch, hops=hops + 1)
     elif isinstance(node, Parallel):
         step = StepRun(
             **common,
@@ -354,7 +354,7 @@ def _enter(
         step.save()
         unit.audit("step.started", "step", step.pk, "", step.state, payload={"branches": len(node.branches)})
         for index, sub in enumerate(node.branches):
-            _enter(unit, workflow, sub[0].name, step.pk, index, hops=hops + 1)
+            enter_node(unit, workflow, sub[0].name, step.pk, index, hops=hops + 1)
     else:  # pragma: no cover - the DSL has no other node kinds
         raise EngineError(f"unknown node kind {node!r}")
 
@@ -374,10 +374,10 @@ def _branch_finished(unit: Unit, workflow: Workflow, parent_id: int, branch: int
     parallel.succeed({"done": done}, unit.now)
     parallel.save(update_fields=["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit("step.succeeded", "step", parallel.pk, StepState.RUNNING, parallel.state, payload={"joined": done})
-    _enter(unit, workflow, workflow.next_after(parallel.name), parallel.parent_id, parallel.branch, hops=hops + 1)
+    enter_node(unit, workflow, workflow.next_after(parallel.name), parallel.parent_id, parallel.branch, hops=hops + 1)
 
 
-def _settle(unit: Unit) -> None:
+def settle(unit: Unit) -> None:
     """Running while automated work is pending, waiting while only people and timers are."""
     instance = unit.instance
     if instance.state not in ACTIVE_INSTANCE_STATES:
@@ -416,9 +416,9 @@ def human_step_finish(
     if instance.state not in ACTIVE_INSTANCE_STATES:
         return
     if not rejected:
-        _advance(unit, workflow, step)
+        advance(unit, workflow, step)
     elif node.on_reject == "end":
-        _skip_open_steps(unit, reason=f"{step.name} rejected")
+        skip_open_steps(unit, reason=f"{step.name} rejected")
         from_state = instance.state
         instance.complete("rejected", unit.now)
         unit.audit("instance.completed", "instance", instance.pk, from_state, instance.state, reason="rejected")
@@ -429,8 +429,8 @@ def human_step_finish(
     elif node.on_reject == COMPENSATE:
         compensation_start(unit, f"{step.name} rejected")
     else:
-        _enter(unit, workflow, node.on_reject, step.parent_id, step.branch, hops=0)
-    _settle(unit)
+        enter_node(unit, workflow, node.on_reject, step.parent_id, step.branch, hops=0)
+    settle(unit)
 
 
 # --- compensation (saga) ------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def compensation_start(unit: Unit, reason: str) -> None:
     from_state = instance.state
     instance.start_compensation(reason)
     unit.audit("instance.compensating", "instance", instance.pk, from_state, instance.state, reason=reason)
-    _skip_open_steps(unit, reason=f"compensating: {reason}")
+    skip_open_steps(unit, reason=f"compensating: {reason}")
     _compensation_next(unit, definition_of(instance))
 
 
@@ -492,7 +492,7 @@ def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, re
     _compensation_next(unit, workflow)
 
 
-def _skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> None:
+def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> None:
     """Skip the instance's open forward steps and cancel their tasks; ``everything`` (a cancel) also takes
     compensation steps and every open task, escalations included."""
     from approvals.services import tasks_cancel_for_instance, tasks_cancel_for_steps
@@ -597,6 +597,6 @@ def _lease_expire(step_id: int, now: datetime) -> int:
             step.dispatched_at = now
             step.save(update_fields=["dispatched_at"])
             unit.dispatch(step)
-        _settle(unit)
+        settle(unit)
         unit.finish()
         return 1

@@ -21,11 +21,11 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.services.engine import (
-    _enter,
-    _settle,
-    _skip_open_steps,
     definition_of,
+    enter_node,
     lock_instance,
+    settle,
+    skip_open_steps,
 )
 from orchestrator.services.unit import Unit
 
@@ -104,8 +104,8 @@ def instance_start(
                 instance.state,
                 payload={"workflow": workflow.key, "input": data},
             )
-            _enter(unit, workflow, workflow.first.name, None, None, hops=0)
-            _settle(unit)
+            enter_node(unit, workflow, workflow.first.name, None, None, hops=0)
+            settle(unit)
             unit.finish()
     except IntegrityError:
         # Two starts with the same key raced; the loser returns the winner's instance.
@@ -166,7 +166,7 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             unit.audit("step.scheduled", "step", step.pk, step_from, step.state, reason=reason)
             unit.dispatch(step)
         _redispatch_due(unit)
-        _settle(unit)
+        settle(unit)
         unit.finish()
 
 
@@ -232,7 +232,7 @@ def instance_resume(
         instance.resume()
         unit.audit("instance.resumed", "instance", instance.pk, InstanceState.PAUSED, instance.state, reason=reason)
         _redispatch_due(unit)
-        _settle(unit)
+        settle(unit)
         unit.finish()
         return True
 
@@ -245,7 +245,7 @@ def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta
         if instance.is_final:
             raise NotAllowed(f"The instance is already {instance.state}.")
         unit = Unit(instance, actor, request_meta=request_meta)
-        _skip_open_steps(unit, reason=f"cancelled: {reason}", everything=True)
+        skip_open_steps(unit, reason=f"cancelled: {reason}", everything=True)
         from_state = instance.state
         instance.cancel(unit.now)
         unit.audit("instance.cancelled", "instance", instance.pk, from_state, instance.state, reason=reason)
