@@ -127,6 +127,12 @@ def _load_demo(log: Callable[[str], Any]) -> bool:
             ),
             "expense_rejected": expense("e5", "Staff Two", "300.00", "other", "Gym membership", "staff2"),
             "expense_to_classify": expense("e6", "Staff Two", "640.00", "other", "Conference booth deposit", "staff2"),
+            "expense_taxi": expense("e7", "Operator", "38.60", "travel", "Night taxi to the data centre", "operator"),
+            "expense_monitor": expense("e8", "Admin", "329.00", "equipment", "Second monitor for on-call", "admin"),
+            "expense_dinner": expense("e9", "Manager", "212.40", "meals", "Dinner with the Globex buyers", "manager"),
+            "expense_course": expense(
+                "e10", "Operator", "1450.00", "other", "PostgreSQL administration course", "operator"
+            ),
         }
     ids = [i.pk for i in made.values()]
     run_until_quiet(ids)
