@@ -9,6 +9,7 @@ broadcast that never happened.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -51,8 +52,18 @@ def _redis_channel_layer() -> None:
 
 @pytest_asyncio.fixture(autouse=True)
 async def _close_sync_thread_connections() -> AsyncIterator[None]:
-    """The sync thread keeps its PostgreSQL session (CONN_MAX_AGE); close it so the test database can be dropped."""
+    """The sync thread keeps its PostgreSQL session (CONN_MAX_AGE); close it so the test database can be dropped.
+
+    The Redis layer's pools belong to this test's event loop: close them in it, or a receive still blocked on
+    Redis (up to the 30 s socket timeout) keeps the loop from closing at teardown.
+    """
     yield
+    layer = channel_layers[DEFAULT_CHANNEL_LAYER]
+    await layer.wait_received()
+    # Only this loop's pool: the broadcast thread's loop owns its own (orchestrator/realtime.py).
+    loop_layer = layer._layers.pop(asyncio.get_running_loop(), None)
+    if loop_layer is not None:
+        await loop_layer.flush()
     await sync_to_async(connections.close_all)()
 
 
