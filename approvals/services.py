@@ -211,18 +211,14 @@ def is_candidate(user: User, task: HumanTask) -> bool:
     return TaskCandidate.objects.filter(task=task).filter(Q(user=user) | Q(group__user=user)).exists()
 
 
-def can_see(user: User, task: HumanTask) -> bool:
-    """Candidates, the assignee and managers see a task; everyone else gets a 404."""
-    return task.assignee_id == user.pk or is_candidate(user, task) or is_manager(user)
-
-
 def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
     instance_id = HumanTask.objects.filter(pk=task_id).values_list("instance_id", flat=True).first()
     if instance_id is None:
         raise TaskNotFound("No such task.")
     instance = lock_instance(instance_id)
     task = HumanTask.objects.select_related("step").get(pk=task_id)
-    # Asked once per action: both the visibility check and the permission check need it.
+    # Candidates, the assignee and managers see a task; anyone else gets a 404. Asked once per action: the
+    # permission check below needs the same answer.
     task._is_candidate = is_candidate(user, task)  # type: ignore[attr-defined]
     if not (task.assignee_id == user.pk or task._is_candidate or is_manager(user)):  # type: ignore[attr-defined]
         raise TaskNotFound("No such task.")
@@ -637,7 +633,3 @@ def task_snooze(task_id: int, user: User, until: datetime) -> HumanTask:
         unit.audit("task.snoozed", "task", task.pk, task.state, task.state, payload={"until": until.isoformat()})
         unit.finish()
         return task
-
-
-def step_is_waiting(step: StepRun) -> bool:
-    return step.kind == StepKind.HUMAN and step.state == StepState.RUNNING

@@ -16,7 +16,6 @@ from orchestrator.models import (
     DISPATCHABLE_STEP_STATES,
     InstanceState,
     StepKind,
-    StepRun,
     StepState,
     WorkflowInstance,
 )
@@ -250,8 +249,3 @@ def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta
         instance.cancel(unit.now)
         unit.audit("instance.cancelled", "instance", instance.pk, from_state, instance.state, reason=reason)
         unit.finish()
-
-
-def step_ids_of(instance_id: int) -> list[int]:
-    """The ids of an instance's steps, oldest first (for tests and the console)."""
-    return list(StepRun.objects.filter(instance_id=instance_id).order_by("id").values_list("pk", flat=True))
