@@ -9,9 +9,10 @@ from functools import partial
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.mail import send_mass_mail
-from django.db import transaction
+from django.db import connection, transaction
 
 from approvals.models import HumanTask, Notification
+from orchestrator import rows
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def notify(
     recipients = sorted({uid for uid in user_ids if uid})
     if not recipients:
         return
-    Notification.objects.bulk_create(
+    rows.insert_many(
         [
             Notification(
                 user_id=uid, kind=kind, message=message[:300], url=url, task=task, instance_id=unit.instance.pk
@@ -54,7 +55,13 @@ def notify(
         [f"user.{uid}" for uid in recipients],
         {"type": "notification", "message": message, "level": "info", "refresh": ["counts", "notifications"]},
     )
-    emails = list(User.objects.filter(pk__in=recipients).exclude(email="").values_list("email", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT email FROM {User._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(recipients))})"
+            " AND email <> ''",
+            recipients,
+        )
+        emails = [row[0] for row in cursor.fetchall()]
     if emails:
         transaction.on_commit(partial(_send_mail, kind, message, url, emails))
 

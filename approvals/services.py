@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
@@ -33,9 +33,10 @@ from approvals.models import (
 )
 from approvals.notifications import members_of, notify
 from approvals.selectors import is_manager
+from orchestrator import rows
 from orchestrator.audit import Actor
 from orchestrator.dsl import APPROVAL, Escalate, Human, Reassign, Remind
-from orchestrator.models import InstanceState, StepKind, StepRun, StepState
+from orchestrator.models import InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services import engine
 from orchestrator.services.engine import lock_instance
@@ -107,10 +108,8 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
         due_at=due_at,
         next_escalation_at=unit.now + node.escalation[0].after if node.escalation else None,
     )
-    task.save()
-    groups = _groups(list(node.candidate_groups))
-    users = list(get_user_model().objects.filter(username__in=node.candidate_users)) if node.candidate_users else []
-    _add_candidates(task, groups=groups, users=users)
+    rows.insert(task)
+    group_ids, user_ids = _candidates_insert(task, node.candidate_groups, node.candidate_users)
     unit.audit(
         "task.opened",
         "task",
@@ -123,9 +122,7 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
             "users": list(node.candidate_users),
         },
     )
-    _announce(
-        unit, task, "task.opened", f"New task: {task.title}", groups=[g.pk for g in groups], users=[u.pk for u in users]
-    )
+    _announce(unit, task, "task.opened", f"New task: {task.title}", groups=group_ids, users=user_ids)
     return task
 
 
@@ -150,6 +147,36 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     return task
 
 
+def _candidates_insert(task: HumanTask, groups: Sequence[str], users: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Add the named groups and users as candidates, each list looked up inside its INSERT; their ids."""
+    group_ids: list[int] = []
+    user_ids: list[int] = []
+    table = TaskCandidate._meta.db_table
+    with connection.cursor() as cursor:
+        if groups:
+            cursor.execute(
+                f"INSERT INTO {table} (task_id, group_id, user_id) SELECT %s, g.id, NULL FROM {Group._meta.db_table} g"
+                f" WHERE g.name IN ({', '.join(['%s'] * len(groups))}) RETURNING group_id",
+                [task.pk, *groups],
+            )
+            group_ids = [row[0] for row in cursor.fetchall()]
+        if users:
+            cursor.execute(
+                f"INSERT INTO {table} (task_id, group_id, user_id) SELECT %s, NULL, u.id"
+                f" FROM {get_user_model()._meta.db_table} u"
+                f" WHERE u.username IN ({', '.join(['%s'] * len(users))}) RETURNING user_id",
+                [task.pk, *users],
+            )
+            user_ids = [row[0] for row in cursor.fetchall()]
+    if len(group_ids) < len(set(groups)):
+        # A definition naming a group nobody created yet still gets a visible queue, not a lost task.
+        found = set(Group.objects.filter(pk__in=group_ids).values_list("name", flat=True))
+        created = _groups([name for name in dict.fromkeys(groups) if name not in found])
+        _add_candidates(task, groups=created)
+        group_ids += [g.pk for g in created]
+    return group_ids, user_ids
+
+
 def _add_candidates(task: HumanTask, *, groups: Sequence[Group] = (), users: Sequence[User] = ()) -> None:
     TaskCandidate.objects.bulk_create(
         [TaskCandidate(task=task, group=g) for g in groups] + [TaskCandidate(task=task, user=u) for u in users],
@@ -172,7 +199,7 @@ def _cancel_tasks(unit: Unit, tasks: Any, reason: str) -> None:
     for task in tasks:
         from_state = task.state
         task.cancel(unit.now)
-        task.save(update_fields=["state", "completed_at", "next_escalation_at"])
+        rows.update(task, ["state", "completed_at", "next_escalation_at"])
         unit.audit("task.cancelled", "task", task.pk, from_state, task.state, reason=reason)
         _announce(unit, task, "task.cancelled", "")
 
@@ -208,15 +235,32 @@ def _announce(
 def is_candidate(user: User, task: HumanTask) -> bool:
     """A candidate by name or by one of their groups."""
     # A permission check reads the user's groups afresh (not the per-request cache the lists use).
-    return TaskCandidate.objects.filter(task=task).filter(Q(user=user) | Q(group__user=user)).exists()
+    memberships = User.groups.through._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {TaskCandidate._meta.db_table} c WHERE c.task_id = %s AND (c.user_id = %s"
+            f" OR c.group_id IN (SELECT m.group_id FROM {memberships} m WHERE m.user_id = %s)) LIMIT 1",
+            [task.pk, user.pk, user.pk],
+        )
+        return cursor.fetchone() is not None
 
 
 def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
-    instance_id = HumanTask.objects.filter(pk=task_id).values_list("instance_id", flat=True).first()
-    if instance_id is None:
+    tasks, steps, instances = HumanTask._meta.db_table, StepRun._meta.db_table, WorkflowInstance._meta.db_table
+    locked = rows.select(
+        [(WorkflowInstance, "i")],
+        f"FROM {instances} i WHERE i.id = (SELECT t.instance_id FROM {tasks} t WHERE t.id = %s){rows.lock_clause()}",
+        [task_id],
+    )
+    if not locked:
         raise TaskNotFound("No such task.")
-    instance = lock_instance(instance_id)
-    task = HumanTask.objects.select_related("step").get(pk=task_id)
+    instance = locked[0][0]
+    # Read after the lock: every write to a task or its step happens under the instance's lock.
+    task, step = rows.select(
+        [(HumanTask, "t"), (StepRun, "s")], f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s", [task_id]
+    )[0]
+    assert isinstance(task, HumanTask) and isinstance(step, StepRun) and isinstance(instance, WorkflowInstance)
+    task.step = step
     # Candidates, the assignee and managers see a task; anyone else gets a 404. Asked once per action: the
     # permission check below needs the same answer.
     task._is_candidate = is_candidate(user, task)  # type: ignore[attr-defined]
@@ -251,7 +295,7 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
         _check_may_act(user, task, unit)
         from_state = task.state
         task.claim(user, unit.now)
-        task.save(update_fields=["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", "assignee", "claimed_at"])
         unit.audit("task.claimed", "task", task.pk, from_state, task.state)
         _announce(unit, task, "task.claimed", f"{user.get_username()} claimed: {task.title}")
         unit.finish()
@@ -268,7 +312,7 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
             raise TaskForbidden("Only the assignee or a manager can release this task.")
         previous = task.assignee_id
         task.release()
-        task.save(update_fields=["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", "assignee", "claimed_at"])
         unit.audit("task.released", "task", task.pk, TaskState.CLAIMED, task.state, payload={"from_user": previous})
         _announce(unit, task, "task.released", f"Back in the queue: {task.title}")
         unit.finish()
@@ -296,7 +340,7 @@ def task_delegate(
         if task.state == TaskState.CLAIMED:
             task.release()
         task.claim(to_user, unit.now)
-        task.save(update_fields=["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", "assignee", "claimed_at"])
         unit.audit(
             "task.delegated",
             "task",
@@ -353,18 +397,18 @@ def task_decide(
         if (
             task.kind == TaskKind.APPROVAL
             and decision == APPROVE
-            and TaskDecision.objects.filter(instance=unit.instance, user=user, decision=APPROVE).exists()
+            and _approved_before(unit, user)
         ):
             raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
-        TaskDecision.objects.create(
-            task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned
+        rows.insert(
+            TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
         )
         from_state = task.state
         if decision == APPROVE and task.approvals + 1 < task.quorum:
             task.approvals += 1
             if task.state == TaskState.CLAIMED:
                 task.release()
-            task.save(update_fields=["approvals", "state", "assignee", "claimed_at"])
+            rows.update(task, ["approvals", "state", "assignee", "claimed_at"])
             unit.audit(
                 "task.approved",
                 "task",
@@ -393,11 +437,24 @@ def _complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: s
     """The task's completing transition and its audit event (the caller advances the instance)."""
     from_state = task.state
     task.complete(user, decision, comment, data, unit.now)
-    task.save()
+    rows.update(
+        task,
+        ["state", "approvals", "completed_by", "decision", "comment", "form_data", "completed_at", "next_escalation_at"],
+    )
     payload: dict[str, Any] = {"decision": decision}
     if data:
         payload["data"] = data
     unit.audit("task.completed", "task", task.pk, from_state, task.state, reason=comment, payload=payload)
+
+
+def _approved_before(unit: Unit, user: User) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {TaskDecision._meta.db_table} WHERE instance_id = %s AND user_id = %s AND decision = %s"
+            " LIMIT 1",
+            [unit.instance.pk, user.pk, APPROVE],
+        )
+        return cursor.fetchone() is not None
 
 
 def past_tense(decision: str) -> str:
@@ -443,19 +500,19 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
         step.max_attempts = step.attempt + 1
         step.schedule(unit.now)
         step.dispatched_at = unit.now
-        step.save(update_fields=["state", "due_at", "dispatched_at", "max_attempts"])
+        rows.update(step, ["state", "due_at", "dispatched_at", "max_attempts"])
         unit.audit("step.scheduled", "step", step.pk, StepState.DEAD, step.state, reason=comment)
         unit.dispatch(step)
     elif decision == RESOLVED:
         step.skip(f"resolved by hand: {comment}", unit.now)
-        step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
+        rows.update(step, ["state", "error", "finished_at", "lease_expires_at"])
         unit.audit("step.skipped", "step", step.pk, StepState.DEAD, step.state, reason=comment)
         original = step.compensates
         assert original is not None
         engine.compensation_mark_done(unit, workflow, original, reason=comment)
     elif decision == SKIP:
         step.skip(f"skipped by operator: {comment}", unit.now)
-        step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
+        rows.update(step, ["state", "error", "finished_at", "lease_expires_at"])
         unit.audit("step.skipped", "step", step.pk, StepState.DEAD, step.state, reason=comment)
         if instance.state in (InstanceState.RUNNING, InstanceState.WAITING):
             engine.advance(unit, workflow, step)
@@ -502,7 +559,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
         ladder = list(getattr(node, "escalation", ()))
         if task.escalation_level >= len(ladder):
             task.next_escalation_at = None
-            task.save(update_fields=["next_escalation_at"])
+            rows.update(task, ["next_escalation_at"])
             return 0
         rung = ladder[task.escalation_level]
         level = task.escalation_level + 1
@@ -514,14 +571,14 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
         if isinstance(rung, Remind):
             task.escalation_level = level
             task.next_escalation_at = next_at
-            task.save(update_fields=["escalation_level", "next_escalation_at"])
+            rows.update(task, ["escalation_level", "next_escalation_at"])
             unit.audit("task.reminded", "task", task.pk, from_state, task.state, payload={"level": level})
             _announce(unit, task, "task.reminded", f"Reminder: {task.title} is waiting")
             notify(unit, _people_of(task), "reminder", f"Reminder: {task.title} is waiting", url=_url(task), task=task)
         elif isinstance(rung, Reassign):
             group = _groups([rung.group])[0]
             task.escalate(level, next_at)
-            task.save(update_fields=["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
+            rows.update(task, ["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
             _add_candidates(task, groups=[group])
             unit.audit("task.reassigned", "task", task.pk, from_state, task.state, payload={"group": rung.group})
             _announce(unit, task, "task.escalated", f"Reassigned to {rung.group}: {task.title}")
@@ -535,7 +592,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
         elif isinstance(rung, Escalate):
             if rung.fail_instance:
                 task.expire(now)
-                task.save(update_fields=["state", "completed_at", "next_escalation_at"])
+                rows.update(task, ["state", "completed_at", "next_escalation_at"])
                 unit.audit("task.expired", "task", task.pk, from_state, task.state)
                 if instance.state in (InstanceState.RUNNING, InstanceState.WAITING):
                     previous = instance.state
@@ -629,7 +686,7 @@ def task_snooze(task_id: int, user: User, until: datetime) -> HumanTask:
         if until <= unit.now or until > unit.now + timedelta(days=90):
             raise TaskInvalid("Snooze until a time in the next 90 days.")
         task.snoozed_until = until
-        task.save(update_fields=["snoozed_until"])
+        rows.update(task, ["snoozed_until"])
         unit.audit("task.snoozed", "task", task.pk, task.state, task.state, payload={"until": until.isoformat()})
         unit.finish()
         return task

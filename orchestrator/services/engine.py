@@ -16,10 +16,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, Subquery
+from django.db.models import Q
 from django.utils import timezone
 
-from orchestrator import registry
+from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.dsl import (
     COMPENSATE,
@@ -67,13 +67,24 @@ def definition_of(instance: WorkflowInstance) -> Workflow:
 
 def lock_instance(instance_id: int) -> WorkflowInstance:
     """Lock and return the instance row (the mutex for everything that instance owns)."""
-    return WorkflowInstance.objects.select_for_update().get(pk=instance_id)
+    instance = rows.get(WorkflowInstance, instance_id, lock=True)
+    if instance is None:
+        raise WorkflowInstance.DoesNotExist(f"no instance {instance_id}")
+    return instance
 
 
 def lock_instance_of_step(step_id: int, *, skip_locked: bool = False) -> WorkflowInstance | None:
     """Lock the instance owning ``step_id``; None if the step does not exist (or is locked, with skip_locked)."""
-    owner = StepRun.objects.filter(pk=step_id).values("instance_id")[:1]
-    return WorkflowInstance.objects.select_for_update(skip_locked=skip_locked).filter(pk=Subquery(owner)).first()
+    lock = rows.lock_clause()
+    if lock and skip_locked:
+        lock += " SKIP LOCKED"
+    found = rows.select(
+        [(WorkflowInstance, "i")],
+        f"FROM {WorkflowInstance._meta.db_table} i WHERE i.id = "
+        f"(SELECT s.instance_id FROM {StepRun._meta.db_table} s WHERE s.id = %s){lock}",
+        [step_id],
+    )
+    return found[0][0] if found else None  # type: ignore[return-value]
 
 
 # --- executing a step ---------------------------------------------------------------------------------
@@ -112,7 +123,8 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
         instance = lock_instance_of_step(step_id)
         if instance is None:
             return None
-        step = StepRun.objects.get(pk=step_id)
+        step = rows.get(StepRun, step_id)
+        assert step is not None  # the lock above found it, and steps are never deleted on their own
         now = now or timezone.now()
         if step.state not in DISPATCHABLE_STEP_STATES or (step.due_at and step.due_at > now):
             return None  # a redelivered, early or duplicate message: PostgreSQL says there is nothing to do
@@ -126,7 +138,7 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
             unit = Unit(instance, WORKER, now=now)
             from_state = step.state
             step.start(now, None)
-            step.save()
+            rows.update(step, ["state", "attempt", "started_at", "lease_expires_at"])
             unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
             _record_failure(unit, step, None, type(exc).__name__, f"definition not available: {exc}", True)
             settle(unit)
@@ -136,7 +148,7 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
         lease = now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
         from_state = step.state
         step.start(now, lease)
-        step.save(update_fields=["state", "attempt", "started_at", "lease_expires_at"])
+        rows.update(step, ["state", "attempt", "started_at", "lease_expires_at"])
         # No live event for a claim: the outcome follows within the step's run time and is broadcast then.
         unit = Unit(instance, WORKER, now=now, broadcast=False)
         unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
@@ -184,7 +196,8 @@ def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
         instance = lock_instance_of_step(step_id)
         if instance is None:
             return "gone"
-        step = StepRun.objects.get(pk=step_id)
+        step = rows.get(StepRun, step_id)
+        assert step is not None
         if step.state != StepState.RUNNING or step.attempt != attempt:
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return "fenced"
@@ -193,7 +206,7 @@ def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
         node = workflow.node(step.name)
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
-            step.save(update_fields=["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
             unit.audit(
                 "step.succeeded",
                 "step",
@@ -220,7 +233,7 @@ def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: st
     if not permanent and retry is not None and step.attempt < step.max_attempts:
         delay = retry.delay(step.attempt)
         step.fail_attempt(error_type, error, unit.now + timedelta(seconds=delay))
-        step.save(update_fields=["state", "error", "error_type", "due_at", "dispatched_at", "lease_expires_at"])
+        rows.update(step, ["state", "error", "error_type", "due_at", "dispatched_at", "lease_expires_at"])
         unit.audit(
             "step.failed",
             "step",
@@ -238,7 +251,7 @@ def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: st
         unit.scheduled_work = True
         return
     step.die(error_type, error, unit.now)
-    step.save(update_fields=["state", "error", "error_type", "finished_at", "lease_expires_at"])
+    rows.update(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
     unit.audit(
         "step.dead",
         "step",
@@ -308,23 +321,23 @@ def enter_node(
             due_at=unit.now,
             dispatched_at=unit.now,
         )
-        step.save()
+        rows.insert(step)
         unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"node": node.name})
         unit.dispatch(step, queue=node.queue, timeout=node.timeout)
     elif isinstance(node, Timer):
         due = unit.now + node.wait if node.wait is not None else node.until(dict(instance.data))  # type: ignore[misc]
         step = StepRun(**common, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at=due)
-        step.save()
+        rows.insert(step)
         unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"due_at": due.isoformat()})
         if due <= unit.now:
             step.dispatched_at = unit.now
-            step.save(update_fields=["dispatched_at"])
+            rows.update(step, ["dispatched_at"])
             unit.dispatch(step)
     elif isinstance(node, Human):
         from approvals.services import task_open
 
         step = StepRun(**common, kind=StepKind.HUMAN, state=StepState.RUNNING, started_at=unit.now)
-        step.save()
+        rows.insert(step)
         unit.audit("step.started", "step", step.pk, "", step.state, payload={"node": node.name})
         task_open(unit, step, node)
     elif isinstance(node, Decision):
@@ -338,7 +351,7 @@ def enter_node(
             finished_at=unit.now,
             result={"next": target},
         )
-        step.save()
+        rows.insert(step)
         unit.audit("step.decided", "step", step.pk, "", step.state, payload={"next": target})
         if target is not None and target not in workflow.nodes:
             raise EngineError(f"{workflow.key}: decision {node.name!r} chose unknown node {target!r}")
@@ -351,7 +364,7 @@ def enter_node(
             started_at=unit.now,
             result={"done": []},
         )
-        step.save()
+        rows.insert(step)
         unit.audit("step.started", "step", step.pk, "", step.state, payload={"branches": len(node.branches)})
         for index, sub in enumerate(node.branches):
             enter_node(unit, workflow, sub[0].name, step.pk, index, hops=hops + 1)
@@ -369,10 +382,10 @@ def _branch_finished(unit: Unit, workflow: Workflow, parent_id: int, branch: int
         return
     if len(done) < len(node.branches):
         parallel.result = {"done": done}
-        parallel.save(update_fields=["result"])
+        rows.update(parallel, ["result"])
         return
     parallel.succeed({"done": done}, unit.now)
-    parallel.save(update_fields=["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+    rows.update(parallel, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit("step.succeeded", "step", parallel.pk, StepState.RUNNING, parallel.state, payload={"joined": done})
     enter_node(unit, workflow, workflow.next_after(parallel.name), parallel.parent_id, parallel.branch, hops=hops + 1)
 
@@ -407,7 +420,7 @@ def human_step_finish(
     node = workflow.node(step.name)
     assert isinstance(node, Human)
     step.succeed(result, unit.now)
-    step.save(update_fields=["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+    rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit("step.succeeded", "step", step.pk, StepState.RUNNING, step.state, payload=result)
     instance = unit.instance
     instance.data[step.name] = result
@@ -462,7 +475,7 @@ def _compensation_next(unit: Unit, workflow: Workflow) -> None:
                 dispatched_at=unit.now,
                 compensates=original,
             )
-            step.save()
+            rows.insert(step)
             unit.audit(
                 "compensation.scheduled",
                 "step",
@@ -487,7 +500,7 @@ def _compensation_step_succeeded(unit: Unit, workflow: Workflow, step: StepRun) 
 def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, reason: str = "") -> None:
     """The original step is undone (by its compensation, or by a person); go on to the next one."""
     original.mark_compensated()
-    original.save(update_fields=["state"])
+    rows.update(original, ["state"])
     unit.audit("step.compensated", "step", original.pk, StepState.SUCCEEDED, original.state, reason=reason)
     _compensation_next(unit, workflow)
 
@@ -506,7 +519,7 @@ def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> Non
     for step in open_steps:
         from_state = step.state
         step.skip(reason, unit.now)
-        step.save(update_fields=["state", "error", "finished_at", "lease_expires_at"])
+        rows.update(step, ["state", "error", "finished_at", "lease_expires_at"])
         unit.audit("step.skipped", "step", step.pk, from_state, step.state, reason=reason)
     if everything:
         tasks_cancel_for_instance(unit, reason)
@@ -595,7 +608,7 @@ def _lease_expire(step_id: int, now: datetime) -> int:
         # The retry is due now: dispatch it in this pass rather than waiting for the next one.
         if step.state == StepState.FAILED and step.due_at and step.due_at <= now:
             step.dispatched_at = now
-            step.save(update_fields=["dispatched_at"])
+            rows.update(step, ["dispatched_at"])
             unit.dispatch(step)
         settle(unit)
         unit.finish()

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from orchestrator import registry
+from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.models import (
     DISPATCHABLE_STEP_STATES,
@@ -84,7 +84,7 @@ def instance_start(
     actor = Actor.of(initiator) if initiator is not None else Actor.system("api")
     try:
         with transaction.atomic():
-            instance = WorkflowInstance.objects.create(
+            instance = WorkflowInstance(
                 workflow_name=workflow.name,
                 workflow_version=workflow.version,
                 data=data,
@@ -93,6 +93,7 @@ def instance_start(
                 idempotency_key=idempotency_key or None,
                 input_hash=input_hash,
             )
+            rows.insert(instance)
             unit = Unit(instance, actor, request_meta=request_meta)
             instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
             unit.audit(

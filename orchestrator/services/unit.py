@@ -17,7 +17,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from orchestrator import audit
+from orchestrator import audit, rows
 from orchestrator.audit import Actor
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
@@ -113,7 +113,7 @@ class Unit:
         current = self._values()
         fields = [name for name in TRACKED_FIELDS if current[name] != self._snapshot[name]]
         if self.events:
-            AuditEvent.objects.bulk_create(self.events)
+            rows.insert_many(self.events)
             fields += ["audit_seq", "audit_head"]
             if self.broadcast:
                 self.groups.add(f"instance.{self.instance.pk}")
@@ -121,7 +121,7 @@ class Unit:
                     # The instance list follows states; step-level news goes only to pages showing the instance.
                     self.groups.add("ops")
         if fields:
-            self.instance.save(update_fields=[*fields, "updated_at"])
+            rows.update(self.instance, [*fields, "updated_at"])
         for step_id, options in self.dispatches:
             transaction.on_commit(partial(send_step, step_id, options))
         if self.groups:

@@ -1,0 +1,165 @@
+"""Lean row I/O for the engine's hot path: the ORM's own field conversions, without its query compiler.
+
+Every engine step does about twenty statements, and on this project's reference machine the ORM spends about
+0.6 ms of CPU building each one (``bench/README.md``), three to six times what PostgreSQL spends running it.
+These helpers write and read whole model instances with SQL built once per model and field list, converting
+values with each field's own ``get_db_prep_save`` / ``from_db_value``, so models, FSM transitions and
+``from_db`` behave exactly as with the ORM. They go through Django's connection (transactions,
+``on_commit``, query logging and ``CaptureQueriesContext`` all see them) and work on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from django.db import connection
+from django.db.models import Field, Model
+
+M = TypeVar("M", bound=Model)
+
+_sql: dict[tuple[Any, ...], str] = {}
+# Per (model, alias): select columns, per column (converters, expression) or None, attribute names.
+Reader = tuple[list[str], list[tuple[list[Callable[..., Any]], Any] | None], list[str]]
+_readers: dict[tuple[type[Model], str], Reader] = {}
+
+
+def _q(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _writable(model: type[Model]) -> list[Field]:
+    return [f for f in model._meta.concrete_fields if not f.primary_key]
+
+
+def insert(obj: Model) -> None:
+    """INSERT the new ``obj`` (every concrete field; ``auto_now_add`` applied) and set its primary key."""
+    model = type(obj)
+    fields = _writable(model)
+    key = ("insert", model, connection.vendor)
+    sql = _sql.get(key)
+    if sql is None:
+        meta = model._meta
+        sql = _sql[key] = (
+            f"INSERT INTO {_q(meta.db_table)} ({', '.join(_q(f.column) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {_q(meta.pk.column)}"  # type: ignore[union-attr]
+        )
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        obj.pk = cursor.fetchone()[0]
+    obj._state.adding = False
+    obj._state.db = connection.alias
+
+
+def insert_many(objs: Sequence[Model]) -> None:
+    """INSERT several new instances of one model in one statement (their primary keys are not read back)."""
+    if not objs:
+        return
+    model = type(objs[0])
+    fields = _writable(model)
+    row = f"({', '.join(['%s'] * len(fields))})"
+    key = ("insert_many", model, connection.vendor, len(objs))
+    sql = _sql.get(key)
+    if sql is None:
+        sql = _sql[key] = (
+            f"INSERT INTO {_q(model._meta.db_table)} ({', '.join(_q(f.column) for f in fields)}) "
+            f"VALUES {', '.join([row] * len(objs))}"
+        )
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = connection.alias
+
+
+def update(obj: Model, fields: Sequence[str], *, where: str = "", params: Sequence[Any] = ()) -> bool:
+    """UPDATE ``fields`` of ``obj`` (``auto_now`` fields among them get the time); True if the row matched.
+
+    ``where`` adds conditions to ``pk = %s`` (a fencing guard, say ``"state = %s AND attempt = %s"``) with
+    their ``params``; a guarded update that matches nothing changes nothing and returns False.
+    """
+    model = type(obj)
+    meta = model._meta
+    key = ("update", model, connection.vendor, tuple(fields), where)
+    sql = _sql.get(key)
+    concrete = [meta.get_field(name) for name in fields]
+    if sql is None:
+        assignments = ", ".join(f"{_q(f.column)} = %s" for f in concrete)  # type: ignore[union-attr]
+        guard = f" AND ({where})" if where else ""
+        sql = _sql[key] = (
+            f"UPDATE {_q(meta.db_table)} SET {assignments} WHERE {_q(meta.pk.column)} = %s{guard}"  # type: ignore[union-attr]
+        )
+    values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]  # type: ignore[union-attr]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, obj.pk, *params])
+        return cursor.rowcount > 0
+
+
+def _reader(model: type[Model], alias: str) -> Reader:
+    key = (model, alias)
+    reader = _readers.get(key)
+    if reader is None:
+        fields = list(model._meta.concrete_fields)
+        columns = [f"{alias}.{_q(f.column)}" for f in fields]
+        converters: list[tuple[list[Callable[..., Any]], Any] | None] = []
+        for f in fields:
+            col = f.get_col(alias)
+            found = connection.ops.get_db_converters(col) + f.get_db_converters(connection)
+            converters.append((found, col) if found else None)
+        reader = _readers[key] = (columns, converters, [f.attname for f in fields])
+    return reader
+
+
+def columns(model: type[Model], alias: str) -> str:
+    """The select list for ``model``'s concrete fields under table alias ``alias`` (for :func:`select`)."""
+    return ", ".join(_reader(model, alias)[0])
+
+
+def select(models: Sequence[tuple[type[Model], str]], tail: str, params: Sequence[Any]) -> list[tuple[Model, ...]]:
+    """Run ``SELECT <every field of each (model, alias)> <tail>`` and build the instances with ``from_db``.
+
+    ``tail`` is the rest of the statement after the select list (``FROM ... WHERE ... [FOR UPDATE]``).
+    """
+    readers = [_reader(model, alias) for model, alias in models]
+    key = ("select", tuple(models), tail)
+    sql = _sql.get(key)
+    if sql is None:
+        select_list = ", ".join(", ".join(reader[0]) for reader in readers)
+        sql = _sql[key] = f"SELECT {select_list} {tail}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    result = []
+    for row in rows:
+        built = []
+        offset = 0
+        for (model, _alias), (cols, converters, attnames) in zip(models, readers, strict=True):
+            values = list(row[offset : offset + len(cols)])
+            offset += len(cols)
+            for i, conversion in enumerate(converters):
+                if conversion is not None:
+                    convs, expression = conversion
+                    value = values[i]
+                    for convert in convs:
+                        value = convert(value, expression, connection)
+                    values[i] = value
+            built.append(model.from_db(connection.alias, attnames, values))
+        result.append(tuple(built))
+    return result
+
+
+def get(model: type[M], pk: int, *, lock: bool = False) -> M | None:
+    """The instance with primary key ``pk`` (row-locked with ``lock`` where the database can), or None."""
+    table = _q(model._meta.db_table)
+    tail = f"FROM {table} t WHERE t.{_q(model._meta.pk.column)} = %s"  # type: ignore[union-attr]
+    if lock and connection.features.has_select_for_update:
+        tail += " FOR UPDATE"
+    found = select([(model, "t")], tail, [pk])
+    return found[0][0] if found else None  # type: ignore[return-value]
+
+
+def lock_clause() -> str:
+    """`` FOR UPDATE`` where the database locks rows (SQLite serialises writers with IMMEDIATE transactions)."""
+    return " FOR UPDATE" if connection.features.has_select_for_update else ""
