@@ -215,10 +215,14 @@ def _announce(
     level: str = "info",
 ) -> None:
     """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read)."""
-    if groups is None:
-        groups = list(task.candidate_groups.values_list("pk", flat=True))
-    if users is None:
-        users = list(task.candidate_users.values_list("pk", flat=True))
+    if groups is None or users is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT group_id, user_id FROM {TaskCandidate._meta.db_table} WHERE task_id = %s", [task.pk]
+            )
+            pairs = cursor.fetchall()
+        groups = [g for g, _ in pairs if g is not None]
+        users = [u for _, u in pairs if u is not None]
     targets = [f"group.{g}" for g in groups]
     if task.assignee_id:
         targets.append(f"user.{task.assignee_id}")
@@ -232,17 +236,22 @@ def _announce(
 # --- who may do what ----------------------------------------------------------------------------------
 
 
+# "Is this user a candidate of task t?" as one EXISTS over the candidates table, for a task aliased ``t``.
+CANDIDATE_EXISTS = (
+    f"EXISTS (SELECT 1 FROM {TaskCandidate._meta.db_table} c WHERE c.task_id = t.id AND (c.user_id = %s"
+    f" OR c.group_id IN (SELECT m.group_id FROM {User.groups.through._meta.db_table} m WHERE m.user_id = %s)))"
+)
+
+
 def is_candidate(user: User, task: HumanTask) -> bool:
     """A candidate by name or by one of their groups."""
     # A permission check reads the user's groups afresh (not the per-request cache the lists use).
-    memberships = User.groups.through._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT 1 FROM {TaskCandidate._meta.db_table} c WHERE c.task_id = %s AND (c.user_id = %s"
-            f" OR c.group_id IN (SELECT m.group_id FROM {memberships} m WHERE m.user_id = %s)) LIMIT 1",
-            [task.pk, user.pk, user.pk],
+            f"SELECT {CANDIDATE_EXISTS} FROM {HumanTask._meta.db_table} t WHERE t.id = %s", [user.pk, user.pk, task.pk]
         )
-        return cursor.fetchone() is not None
+        row = cursor.fetchone()
+        return bool(row and row[0])
 
 
 def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
@@ -255,15 +264,23 @@ def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
     if not locked:
         raise TaskNotFound("No such task.")
     instance = locked[0][0]
-    # Read after the lock: every write to a task or its step happens under the instance's lock.
-    task, step = rows.select(
-        [(HumanTask, "t"), (StepRun, "s")], f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s", [task_id]
+    # Read after the lock: every write to a task, its step or its decisions happens under the instance's lock.
+    # The two permission questions ride along: is the user a candidate, and did they approve this instance before.
+    task, step, candidate, approved_before = rows.select(
+        [(HumanTask, "t"), (StepRun, "s")],
+        f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s",
+        [user.pk, user.pk, user.pk, APPROVE, task_id],
+        extra=[
+            CANDIDATE_EXISTS,
+            f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.instance_id = t.instance_id"
+            " AND d.user_id = %s AND d.decision = %s)",
+        ],
     )[0]
     assert isinstance(task, HumanTask) and isinstance(step, StepRun) and isinstance(instance, WorkflowInstance)
     task.step = step
-    # Candidates, the assignee and managers see a task; anyone else gets a 404. Asked once per action: the
-    # permission check below needs the same answer.
-    task._is_candidate = is_candidate(user, task)  # type: ignore[attr-defined]
+    task._is_candidate = bool(candidate)  # type: ignore[attr-defined]
+    task._approved_before = bool(approved_before)  # type: ignore[attr-defined]
+    # Candidates, the assignee and managers see a task; anyone else gets a 404.
     if not (task.assignee_id == user.pk or task._is_candidate or is_manager(user)):  # type: ignore[attr-defined]
         raise TaskNotFound("No such task.")
     return task, Unit(instance, Actor.of(user))
@@ -397,7 +414,7 @@ def task_decide(
         if (
             task.kind == TaskKind.APPROVAL
             and decision == APPROVE
-            and _approved_before(unit, user)
+            and task._approved_before  # type: ignore[attr-defined]
         ):
             raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
         rows.insert(
@@ -445,16 +462,6 @@ def _complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: s
     if data:
         payload["data"] = data
     unit.audit("task.completed", "task", task.pk, from_state, task.state, reason=comment, payload=payload)
-
-
-def _approved_before(unit: Unit, user: User) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT 1 FROM {TaskDecision._meta.db_table} WHERE instance_id = %s AND user_id = %s AND decision = %s"
-            " LIMIT 1",
-            [unit.instance.pk, user.pk, APPROVE],
-        )
-        return cursor.fetchone() is not None
 
 
 def past_tense(decision: str) -> str:

@@ -42,7 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--approvers", type=int, default=4, help="users in the approvers group")
     parser.add_argument("--concurrency", type=int, default=2, help="the worker's prefork concurrency")
     parser.add_argument("--start-threads", type=int, default=1, help="bench threads calling instance_start")
-    parser.add_argument("--decide-threads", type=int, default=2, help="bench threads calling task_decide")
+    parser.add_argument(
+        "--decide-procs",
+        type=int,
+        default=2,
+        help="bench processes calling task_decide (as web processes would; one process is bounded by its GIL)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep an existing baton_bench database")
     parser.add_argument("--skip-queries", action="store_true", help="skip the SQL-per-instance count")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on a phase after this many seconds")
@@ -248,6 +253,74 @@ class Workers:
             t.join()
 
 
+def _decide_process(task_ids: list[int], approver_pks: list[int], index: int, ready: Any, go: Any, out: Any) -> None:
+    """One decider process (spawned): set Django up, say ready, decide its share on the signal, report its CPU."""
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    from approvals.services import task_decide
+
+    people = list(get_user_model().objects.filter(pk__in=approver_pks).order_by("pk"))
+    ready.wait()
+    go.wait()
+    began = time.process_time()
+    error = ""
+    try:
+        for i, task_id in enumerate(task_ids):
+            task_decide(task_id, people[(i + index) % len(people)], "approve")
+    except Exception as exc:  # reported to the parent, which fails the phase
+        error = repr(exc)
+    out.put((index, time.process_time() - began, error))
+    ready.wait()  # keep the DB session open until the parent has read the backends' CPU
+    connections.close_all()
+
+
+class ProcWorkers:
+    """Like :class:`Workers`, with spawned processes: each has its own GIL, as web processes do.
+
+    The processes import Django before the clock starts; their CPU during the work is added to the phase's
+    ``bench`` figure (the parent only waits).
+    """
+
+    def __init__(self, work: list[Any], procs: int, approver_pks: list[int]) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.ready = ctx.Barrier(procs + 1)
+        self.go = ctx.Barrier(procs + 1)
+        self.out = ctx.Queue()
+        self.procs = [
+            ctx.Process(target=_decide_process, args=(work[i::procs], approver_pks, i, self.ready, self.go, self.out))
+            for i in range(procs)
+        ]
+        for proc in self.procs:
+            proc.start()
+        self.ready.wait(timeout=120)
+        self.cpu = 0.0
+
+    def run(self) -> None:
+        self.go.wait(timeout=60)
+        errors = []
+        for _ in self.procs:
+            _index, cpu, error = self.out.get(timeout=3600)
+            self.cpu += cpu
+            if error:
+                errors.append(error)
+        if errors:
+            self.release()
+            raise RuntimeError(f"a decider failed: {errors[0]}")
+
+    def release(self) -> None:
+        if self.procs:
+            self.ready.wait(timeout=60)
+            for proc in self.procs:
+                proc.join(timeout=60)
+            self.procs = []
+
+
 def run_phase(
     name: str,
     workflow: str,
@@ -259,6 +332,8 @@ def run_phase(
     worker: harness.Worker,
     timeout: float,
     min_pk: int,
+    *,
+    procs: ProcWorkers | None = None,
 ) -> Phase:
     from django.utils import timezone
 
@@ -268,7 +343,7 @@ def run_phase(
     began_wall = timezone.now().timestamp()
     began = time.perf_counter()
     poll.start()
-    workers = Workers(work, threads, fn)
+    workers: Workers | ProcWorkers = procs or Workers(work, threads, fn)
     try:
         workers.run()
         submitted = time.perf_counter()
@@ -276,8 +351,10 @@ def run_phase(
         cpu = sysinfo.cpu_delta(cpu_before, sysinfo.cpu_snapshot(worker.pid), {pid for pid, _ in poll.backends})
     finally:
         workers.release()
-    # The poller runs in the bench process: its CPU is measurement, not work.
-    cpu["bench"] = round(cpu.get("bench", 0.0) - poll.cpu, 2)
+    # The poller runs in the bench process: its CPU is measurement, not work. Spawned deciders report theirs.
+    cpu["bench"] = round(cpu.get("bench", 0.0) - poll.cpu + (procs.cpu if procs else 0.0), 2)
+    if procs and "not_bench" in cpu:
+        cpu["not_bench"] = round(cpu["not_bench"] - procs.cpu, 2)
     cpu["poller"] = round(poll.cpu, 2)
     db_seconds = last_transition(workflow, state, min_pk) - began_wall
     new_backends = sum(1 for _pid, start in poll.backends if start > began_wall)
@@ -310,13 +387,8 @@ def phase_a(n: int, threads: int, initiator_pk: int, worker: harness.Worker, tim
     return run_phase("A", "bench_approval", "waiting", n, list(range(n)), threads, start, worker, timeout, first)
 
 
-def phase_b(
-    n: int, threads: int, approver_pks: list[int], worker: harness.Worker, timeout: float, min_pk: int
-) -> Phase:
-    from django.contrib.auth import get_user_model
-
+def phase_b(n: int, procs: int, approver_pks: list[int], worker: harness.Worker, timeout: float, min_pk: int) -> Phase:
     from approvals.models import HumanTask, TaskState
-    from approvals.services import task_decide
 
     tasks = list(
         HumanTask.objects.filter(
@@ -327,13 +399,10 @@ def phase_b(
     )
     if len(tasks) != n:
         raise RuntimeError(f"expected {n} open approval tasks, found {len(tasks)}")
-
-    def decide(chunk: list[int], index: int) -> None:
-        people = list(get_user_model().objects.filter(pk__in=approver_pks).order_by("pk"))
-        for i, task_id in enumerate(chunk):
-            task_decide(task_id, people[(i + index) % len(people)], "approve")
-
-    return run_phase("B", "bench_approval", "completed", n, tasks, threads, decide, worker, timeout, min_pk)
+    deciders = ProcWorkers(tasks, procs, approver_pks)
+    return run_phase(
+        "B", "bench_approval", "completed", n, tasks, procs, None, worker, timeout, min_pk, procs=deciders
+    )
 
 
 def phase_c(m: int, threads: int, initiator_pk: int, worker: harness.Worker, timeout: float) -> Phase:
@@ -458,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             spy.stop()
         print_phase(a, "start -> waiting", "bench_approval instances", TARGETS["A"])
-        b = phase_b(args.n, args.decide_threads, [u.pk for u in approvers], worker, args.timeout, a.min_pk)
+        b = phase_b(args.n, args.decide_procs, [u.pk for u in approvers], worker, args.timeout, a.min_pk)
         print_phase(b, "decide -> completed", "approvals", TARGETS["B"])
         e2e = args.n / (a.seconds + b.seconds)
         print(f"End to end (N / (A + B)): {e2e:.1f}/s  target {TARGETS['E2E']:.0f}/s: {verdict(e2e, TARGETS['E2E'])}")

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
 M = TypeVar("M", bound=Model)
@@ -24,8 +25,14 @@ Reader = tuple[list[str], list[tuple[list[Callable[..., Any]], Any] | None], lis
 _readers: dict[tuple[type[Model], str], Reader] = {}
 
 
+def _db() -> BaseDatabaseWrapper:
+    # The real connection object, looked up once per call: every attribute read through
+    # ``django.db.connection`` is an asgiref Local lookup, and field conversions read it dozens of times.
+    return connections[DEFAULT_DB_ALIAS]
+
+
 def _q(name: str) -> str:
-    return connection.ops.quote_name(name)
+    return f'"{name}"'
 
 
 def _writable(model: type[Model]) -> list[Field]:
@@ -34,6 +41,7 @@ def _writable(model: type[Model]) -> list[Field]:
 
 def insert(obj: Model) -> None:
     """INSERT the new ``obj`` (every concrete field; ``auto_now_add`` applied) and set its primary key."""
+    connection = _db()
     model = type(obj)
     fields = _writable(model)
     key = ("insert", model, connection.vendor)
@@ -56,17 +64,27 @@ def insert_many(objs: Sequence[Model]) -> None:
     """INSERT several new instances of one model in one statement (their primary keys are not read back)."""
     if not objs:
         return
+    connection = _db()
     model = type(objs[0])
     fields = _writable(model)
-    row = f"({', '.join(['%s'] * len(fields))})"
-    key = ("insert_many", model, connection.vendor, len(objs))
-    sql = _sql.get(key)
-    if sql is None:
-        sql = _sql[key] = (
-            f"INSERT INTO {_q(model._meta.db_table)} ({', '.join(_q(f.column) for f in fields)}) "
-            f"VALUES {', '.join([row] * len(objs))}"
-        )
-    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+    names = ", ".join(_q(f.column) for f in fields)
+    table = _q(model._meta.db_table)
+    if connection.vendor == "postgresql":
+        # One array per column: the statement text and its parameter count stay the same whatever the number of
+        # rows, so psycopg's query cache (at most 50 parameters) keeps serving it.
+        key: tuple[Any, ...] = ("insert_many", model, "postgresql")
+        sql = _sql.get(key)
+        if sql is None:
+            arrays = ", ".join(f"%s::{f.cast_db_type(connection)}[]" for f in fields)
+            sql = _sql[key] = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+        values: list[Any] = [[f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs] for f in fields]
+    else:
+        key = ("insert_many", model, connection.vendor, len(objs))
+        sql = _sql.get(key)
+        if sql is None:
+            row = f"({', '.join(['%s'] * len(fields))})"
+            sql = _sql[key] = f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * len(objs))}"
+        values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
     for obj in objs:
@@ -80,6 +98,7 @@ def update(obj: Model, fields: Sequence[str], *, where: str = "", params: Sequen
     ``where`` adds conditions to ``pk = %s`` (a fencing guard, say ``"state = %s AND attempt = %s"``) with
     their ``params``; a guarded update that matches nothing changes nothing and returns False.
     """
+    connection = _db()
     model = type(obj)
     meta = model._meta
     key = ("update", model, connection.vendor, tuple(fields), where)
@@ -101,6 +120,7 @@ def _reader(model: type[Model], alias: str) -> Reader:
     key = (model, alias)
     reader = _readers.get(key)
     if reader is None:
+        connection = _db()
         fields = list(model._meta.concrete_fields)
         columns = [f"{alias}.{_q(f.column)}" for f in fields]
         converters: list[tuple[list[Callable[..., Any]], Any] | None] = []
@@ -117,16 +137,21 @@ def columns(model: type[Model], alias: str) -> str:
     return ", ".join(_reader(model, alias)[0])
 
 
-def select(models: Sequence[tuple[type[Model], str]], tail: str, params: Sequence[Any]) -> list[tuple[Model, ...]]:
-    """Run ``SELECT <every field of each (model, alias)> <tail>`` and build the instances with ``from_db``.
+def select(
+    models: Sequence[tuple[type[Model], str]], tail: str, params: Sequence[Any], *, extra: Sequence[str] = ()
+) -> list[tuple[Any, ...]]:
+    """Run ``SELECT <every field of each (model, alias)>[, <extra>] <tail>``; instances built with ``from_db``.
 
-    ``tail`` is the rest of the statement after the select list (``FROM ... WHERE ... [FOR UPDATE]``).
+    ``tail`` is the rest of the statement after the select list (``FROM ... WHERE ... [FOR UPDATE]``); each
+    row comes back as the model instances followed by the ``extra`` expressions' values. ``params`` fill the
+    placeholders in statement order (those of ``extra`` first).
     """
+    connection = _db()
     readers = [_reader(model, alias) for model, alias in models]
-    key = ("select", tuple(models), tail)
+    key = ("select", tuple(models), tail, tuple(extra))
     sql = _sql.get(key)
     if sql is None:
-        select_list = ", ".join(", ".join(reader[0]) for reader in readers)
+        select_list = ", ".join([*(", ".join(reader[0]) for reader in readers), *extra])
         sql = _sql[key] = f"SELECT {select_list} {tail}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -146,7 +171,7 @@ def select(models: Sequence[tuple[type[Model], str]], tail: str, params: Sequenc
                         value = convert(value, expression, connection)
                     values[i] = value
             built.append(model.from_db(connection.alias, attnames, values))
-        result.append(tuple(built))
+        result.append((*built, *row[offset:]))
     return result
 
 
@@ -154,7 +179,7 @@ def get(model: type[M], pk: int, *, lock: bool = False) -> M | None:
     """The instance with primary key ``pk`` (row-locked with ``lock`` where the database can), or None."""
     table = _q(model._meta.db_table)
     tail = f"FROM {table} t WHERE t.{_q(model._meta.pk.column)} = %s"  # type: ignore[union-attr]
-    if lock and connection.features.has_select_for_update:
+    if lock and _db().features.has_select_for_update:
         tail += " FOR UPDATE"
     found = select([(model, "t")], tail, [pk])
     return found[0][0] if found else None  # type: ignore[return-value]
@@ -162,4 +187,4 @@ def get(model: type[M], pk: int, *, lock: bool = False) -> M | None:
 
 def lock_clause() -> str:
     """`` FOR UPDATE`` where the database locks rows (SQLite serialises writers with IMMEDIATE transactions)."""
-    return " FOR UPDATE" if connection.features.has_select_for_update else ""
+    return " FOR UPDATE" if _db().features.has_select_for_update else ""

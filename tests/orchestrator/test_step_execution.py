@@ -312,14 +312,14 @@ def instance_audit_seq(instance) -> int:
 
 def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert_num_queries):
     """step_execute of bench_approval's first step: claim (lock, read, update, audit, instance) and record
-    (lock, read, update, next step, task with its candidates, settle, audit, instance) in two transactions."""
+    (lock, read, update, next step, task, its candidates, audit, instance) in two transactions."""
     # given
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
 
-    # when / then: 14 statements of work (candidates in one insert and not read back, no busy-steps query in a
-    # linear flow) plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
-    with django_assert_num_queries(18):
+    # when / then: 13 statements of work (candidate groups looked up inside their insert, no busy-steps query in
+    # a linear flow) plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
+    with django_assert_num_queries(17):
         assert engine.step_execute(step.pk) == "succeeded"
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
