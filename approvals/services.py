@@ -17,7 +17,6 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
-from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -39,7 +38,6 @@ from orchestrator.dsl import APPROVAL, Escalate, Human, Reassign, Remind
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services import engine
-from orchestrator.services.engine import lock_instance
 from orchestrator.services.unit import Unit
 
 OPERATORS = "operators"
@@ -276,7 +274,9 @@ def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
             " AND d.user_id = %s AND d.decision = %s)",
         ],
     )[0]
-    assert isinstance(task, HumanTask) and isinstance(step, StepRun) and isinstance(instance, WorkflowInstance)
+    assert isinstance(task, HumanTask)
+    assert isinstance(step, StepRun)
+    assert isinstance(instance, WorkflowInstance)
     task.step = step
     task._is_candidate = bool(candidate)  # type: ignore[attr-defined]
     task._approved_before = bool(approved_before)  # type: ignore[attr-defined]
@@ -412,9 +412,7 @@ def task_decide(
         cleaned = _validate_decision(unit, task, decision, comment, data or {})
         # One person, one approval slot per instance: no approving twice at two levels.
         if (
-            task.kind == TaskKind.APPROVAL
-            and decision == APPROVE
-            and task._approved_before  # type: ignore[attr-defined]
+            task.kind == TaskKind.APPROVAL and decision == APPROVE and task._approved_before  # type: ignore[attr-defined]
         ):
             raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
         rows.insert(
@@ -454,10 +452,8 @@ def _complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: s
     """The task's completing transition and its audit event (the caller advances the instance)."""
     from_state = task.state
     task.complete(user, decision, comment, data, unit.now)
-    rows.update(
-        task,
-        ["state", "approvals", "completed_by", "decision", "comment", "form_data", "completed_at", "next_escalation_at"],
-    )
+    completed = ["state", "approvals", "completed_by", "decision", "comment", "form_data", "completed_at"]
+    rows.update(task, [*completed, "next_escalation_at"])
     payload: dict[str, Any] = {"decision": decision}
     if data:
         payload["data"] = data

@@ -400,9 +400,7 @@ def phase_b(n: int, procs: int, approver_pks: list[int], worker: harness.Worker,
     if len(tasks) != n:
         raise RuntimeError(f"expected {n} open approval tasks, found {len(tasks)}")
     deciders = ProcWorkers(tasks, procs, approver_pks)
-    return run_phase(
-        "B", "bench_approval", "completed", n, tasks, procs, None, worker, timeout, min_pk, procs=deciders
-    )
+    return run_phase("B", "bench_approval", "completed", n, tasks, procs, None, worker, timeout, min_pk, procs=deciders)
 
 
 def phase_c(m: int, threads: int, initiator_pk: int, worker: harness.Worker, timeout: float) -> Phase:

@@ -188,6 +188,10 @@ class StepRun(FSMModelMixin, models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     branch = models.PositiveSmallIntegerField(null=True, blank=True)
 
+    # Not a column: the state and attempt the engine read the row with, which its fenced writes expect
+    # (``orchestrator.services.engine.lock_step`` / ``step_save``).
+    _read_as: tuple[str, int]
+
     class Meta:
         indexes = [
             models.Index(fields=["instance", "id"], name="step_instance"),

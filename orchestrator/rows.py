@@ -50,7 +50,7 @@ def insert(obj: Model) -> None:
         meta = model._meta
         sql = _sql[key] = (
             f"INSERT INTO {_q(meta.db_table)} ({', '.join(_q(f.column) for f in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {_q(meta.pk.column)}"  # type: ignore[union-attr]
+            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {_q(meta.pk.column)}"
         )
     values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
     with connection.cursor() as cursor:
@@ -75,7 +75,7 @@ def insert_many(objs: Sequence[Model]) -> None:
         key: tuple[Any, ...] = ("insert_many", model, "postgresql")
         sql = _sql.get(key)
         if sql is None:
-            arrays = ", ".join(f"%s::{f.cast_db_type(connection)}[]" for f in fields)
+            arrays = ", ".join(f"%s::{f.cast_db_type(connection)}[]" for f in fields)  # type: ignore[attr-defined]
             sql = _sql[key] = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
         values: list[Any] = [[f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs] for f in fields]
     else:
@@ -105,11 +105,9 @@ def update(obj: Model, fields: Sequence[str], *, where: str = "", params: Sequen
     sql = _sql.get(key)
     concrete = [meta.get_field(name) for name in fields]
     if sql is None:
-        assignments = ", ".join(f"{_q(f.column)} = %s" for f in concrete)  # type: ignore[union-attr]
+        assignments = ", ".join(f"{_q(f.column)} = %s" for f in concrete)  # type: ignore[arg-type, union-attr]
         guard = f" AND ({where})" if where else ""
-        sql = _sql[key] = (
-            f"UPDATE {_q(meta.db_table)} SET {assignments} WHERE {_q(meta.pk.column)} = %s{guard}"  # type: ignore[union-attr]
-        )
+        sql = _sql[key] = f"UPDATE {_q(meta.db_table)} SET {assignments} WHERE {_q(meta.pk.column)} = %s{guard}"
     values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]  # type: ignore[union-attr]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values, obj.pk, *params])
@@ -126,7 +124,7 @@ def _reader(model: type[Model], alias: str) -> Reader:
         converters: list[tuple[list[Callable[..., Any]], Any] | None] = []
         for f in fields:
             col = f.get_col(alias)
-            found = connection.ops.get_db_converters(col) + f.get_db_converters(connection)
+            found = connection.ops.get_db_converters(col) + f.get_db_converters(connection)  # type: ignore[attr-defined]
             converters.append((found, col) if found else None)
         reader = _readers[key] = (columns, converters, [f.attname for f in fields])
     return reader
@@ -178,13 +176,16 @@ def select(
 def get(model: type[M], pk: int, *, lock: bool = False) -> M | None:
     """The instance with primary key ``pk`` (row-locked with ``lock`` where the database can), or None."""
     table = _q(model._meta.db_table)
-    tail = f"FROM {table} t WHERE t.{_q(model._meta.pk.column)} = %s"  # type: ignore[union-attr]
+    tail = f"FROM {table} t WHERE t.{_q(model._meta.pk.column)} = %s"
     if lock and _db().features.has_select_for_update:
         tail += " FOR UPDATE"
     found = select([(model, "t")], tail, [pk])
-    return found[0][0] if found else None  # type: ignore[return-value]
+    return found[0][0] if found else None
 
 
-def lock_clause() -> str:
-    """`` FOR UPDATE`` where the database locks rows (SQLite serialises writers with IMMEDIATE transactions)."""
-    return " FOR UPDATE" if _db().features.has_select_for_update else ""
+def lock_clause(of: str = "") -> str:
+    """`` FOR UPDATE [OF of]`` where the database locks rows (SQLite serialises writers with IMMEDIATE
+    transactions, so it needs none)."""
+    if not _db().features.has_select_for_update:
+        return ""
+    return f" FOR UPDATE OF {of}" if of else " FOR UPDATE"

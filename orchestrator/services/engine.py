@@ -73,18 +73,39 @@ def lock_instance(instance_id: int) -> WorkflowInstance:
     return instance
 
 
-def lock_instance_of_step(step_id: int, *, skip_locked: bool = False) -> WorkflowInstance | None:
-    """Lock the instance owning ``step_id``; None if the step does not exist (or is locked, with skip_locked)."""
-    lock = rows.lock_clause()
+class Fenced(Exception):
+    """The step moved on while this transaction waited for its instance's lock; nothing may be written."""
+
+
+def lock_step(step_id: int, *, skip_locked: bool = False) -> tuple[WorkflowInstance, StepRun] | None:
+    """Lock the instance owning ``step_id`` and read both rows in one statement; None if there is no such step
+    (or, with ``skip_locked``, its instance is locked).
+
+    When the statement had to wait for the lock, PostgreSQL re-reads the locked instance row but not the joined
+    step row, which may then be stale: the step's next write therefore goes through :func:`step_save`, fenced on
+    the state and attempt read here, and a stale read ends in :class:`Fenced`, never in a lost update.
+    """
+    lock = rows.lock_clause(of="i")
     if lock and skip_locked:
         lock += " SKIP LOCKED"
     found = rows.select(
-        [(WorkflowInstance, "i")],
-        f"FROM {WorkflowInstance._meta.db_table} i WHERE i.id = "
-        f"(SELECT s.instance_id FROM {StepRun._meta.db_table} s WHERE s.id = %s){lock}",
+        [(WorkflowInstance, "i"), (StepRun, "s")],
+        f"FROM {WorkflowInstance._meta.db_table} i JOIN {StepRun._meta.db_table} s ON s.instance_id = i.id"
+        f" WHERE s.id = %s{lock}",
         [step_id],
     )
-    return found[0][0] if found else None  # type: ignore[return-value]
+    if not found:
+        return None
+    instance, step = found[0]
+    step._read_as = (step.state, step.attempt)
+    return instance, step
+
+
+def step_save(step: StepRun, fields: list[str]) -> None:
+    """Write ``fields`` of a step read by :func:`lock_step`, only if its state and attempt are still as read."""
+    if not rows.update(step, fields, where="state = %s AND attempt = %s", params=step._read_as):
+        raise Fenced(f"step {step.pk} is no longer {step._read_as[0]} at attempt {step._read_as[1]}")
+    step._read_as = (step.state, step.attempt)
 
 
 # --- executing a step ---------------------------------------------------------------------------------
@@ -119,13 +140,18 @@ def step_execute(step_id: int) -> str:
 
 def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
     """Move a due step to running with attempt + 1 and a lease; None if it is not runnable now."""
+    try:
+        return _claim(step_id, now or timezone.now())
+    except Fenced:
+        return None  # another claim or an operator moved the step first
+
+
+def _claim(step_id: int, now: datetime) -> Claim | None:
     with transaction.atomic():
-        instance = lock_instance_of_step(step_id)
-        if instance is None:
+        locked = lock_step(step_id)
+        if locked is None:
             return None
-        step = rows.get(StepRun, step_id)
-        assert step is not None  # the lock above found it, and steps are never deleted on their own
-        now = now or timezone.now()
+        instance, step = locked
         if step.state not in DISPATCHABLE_STEP_STATES or (step.due_at and step.due_at > now):
             return None  # a redelivered, early or duplicate message: PostgreSQL says there is nothing to do
         allowed = (InstanceState.COMPENSATING,) if step.kind == StepKind.COMPENSATION else ACTIVE_INSTANCE_STATES
@@ -138,7 +164,7 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
             unit = Unit(instance, WORKER, now=now)
             from_state = step.state
             step.start(now, None)
-            rows.update(step, ["state", "attempt", "started_at", "lease_expires_at"])
+            step_save(step, ["state", "attempt", "started_at", "lease_expires_at"])
             unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
             _record_failure(unit, step, None, type(exc).__name__, f"definition not available: {exc}", True)
             settle(unit)
@@ -148,7 +174,7 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
         lease = now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
         from_state = step.state
         step.start(now, lease)
-        rows.update(step, ["state", "attempt", "started_at", "lease_expires_at"])
+        step_save(step, ["state", "attempt", "started_at", "lease_expires_at"])
         # No live event for a claim: the outcome follows within the step's run time and is broadcast then.
         unit = Unit(instance, WORKER, now=now, broadcast=False)
         unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
@@ -192,12 +218,19 @@ def _run_handler(claim: Claim) -> Outcome:
 
 def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
     """Record a handler's outcome, fenced by the attempt number; a worker whose lease was lost writes nothing."""
+    try:
+        return _record(step_id, attempt, outcome)
+    except Fenced:
+        logger.warning("step %s attempt %s lost its lease while recording; its outcome is dropped", step_id, attempt)
+        return "fenced"
+
+
+def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
     with transaction.atomic():
-        instance = lock_instance_of_step(step_id)
-        if instance is None:
+        locked = lock_step(step_id)
+        if locked is None:
             return "gone"
-        step = rows.get(StepRun, step_id)
-        assert step is not None
+        instance, step = locked
         if step.state != StepState.RUNNING or step.attempt != attempt:
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return "fenced"
@@ -206,7 +239,7 @@ def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
         node = workflow.node(step.name)
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
-            rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
             unit.audit(
                 "step.succeeded",
                 "step",
@@ -233,7 +266,7 @@ def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: st
     if not permanent and retry is not None and step.attempt < step.max_attempts:
         delay = retry.delay(step.attempt)
         step.fail_attempt(error_type, error, unit.now + timedelta(seconds=delay))
-        rows.update(step, ["state", "error", "error_type", "due_at", "dispatched_at", "lease_expires_at"])
+        step_save(step, ["state", "error", "error_type", "due_at", "dispatched_at", "lease_expires_at"])
         unit.audit(
             "step.failed",
             "step",
@@ -251,7 +284,7 @@ def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: st
         unit.scheduled_work = True
         return
     step.die(error_type, error, unit.now)
-    rows.update(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
+    step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
     unit.audit(
         "step.dead",
         "step",
@@ -588,11 +621,18 @@ def sweep(now: datetime | None = None) -> SweepReport:
 
 
 def _lease_expire(step_id: int, now: datetime) -> int:
+    try:
+        return _expire(step_id, now)
+    except Fenced:
+        return 0  # the worker recorded its outcome while this pass waited
+
+
+def _expire(step_id: int, now: datetime) -> int:
     with transaction.atomic():
-        instance = lock_instance_of_step(step_id, skip_locked=True)
-        if instance is None:
+        locked = lock_step(step_id, skip_locked=True)
+        if locked is None:
             return 0
-        step = StepRun.objects.get(pk=step_id)
+        instance, step = locked
         if step.state != StepState.RUNNING or not step.lease_expires_at or step.lease_expires_at >= now:
             return 0
         unit = Unit(instance, SWEEPER, now=now)
@@ -608,7 +648,7 @@ def _lease_expire(step_id: int, now: datetime) -> int:
         # The retry is due now: dispatch it in this pass rather than waiting for the next one.
         if step.state == StepState.FAILED and step.due_at and step.due_at <= now:
             step.dispatched_at = now
-            rows.update(step, ["dispatched_at"])
+            step_save(step, ["dispatched_at"])
             unit.dispatch(step)
         settle(unit)
         unit.finish()

@@ -311,15 +311,61 @@ def instance_audit_seq(instance) -> int:
 
 
 def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert_num_queries):
-    """step_execute of bench_approval's first step: claim (lock, read, update, audit, instance) and record
-    (lock, read, update, next step, task, its candidates, audit, instance) in two transactions."""
+    """step_execute of bench_approval's first step: claim (lock and read, update, audit, instance) and record
+    (lock and read, update, next step, task, its candidates, audit, instance) in two transactions."""
     # given
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
 
-    # when / then: 13 statements of work (candidate groups looked up inside their insert, no busy-steps query in
-    # a linear flow) plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
-    with django_assert_num_queries(17):
+    # when / then: 11 statements of work (the instance locked and the step read in one, candidate groups looked
+    # up inside their insert, no busy-steps query in a linear flow) plus 4 SAVEPOINT/RELEASE of the two atomic
+    # blocks inside the test's transaction
+    with django_assert_num_queries(15):
         assert engine.step_execute(step.pk) == "succeeded"
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_that_waited_for_the_lock_sees_the_step_moved_and_is_fenced(users):
+    """A result arriving while the sweep holds the instance's lock and expires the lease is dropped, not applied.
+
+    The record reads the locked instance and the step in one statement; after waiting, PostgreSQL re-reads the
+    instance but not the step, so the record sees a stale "running" step: its fenced write must refuse it.
+    """
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    # given: attempt 1 is running, and another transaction holds the instance lock while it moves the step on
+    instance = instance_start("bench_approval", {})
+    step = instance.steps.get()
+    claim = engine.step_claim(step.pk)
+    assert claim is not None
+    locked = threading.Event()
+
+    def sweeper() -> None:
+        try:
+            with transaction.atomic():
+                engine.lock_instance(instance.pk)
+                locked.set()
+                time.sleep(0.5)  # the record below is now waiting for this lock
+                StepRun.objects.filter(pk=step.pk).update(state=StepState.FAILED, error_type="LeaseExpired")
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=sweeper)
+    holder.start()
+    assert locked.wait(5)
+
+    # when
+    result = engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=True, result={"late": True}))
+    holder.join()
+
+    # then
+    step.refresh_from_db()
+    assert result == "fenced"
+    assert (step.state, step.result) == (StepState.FAILED, {})
+    assert not events_of(step, "step.succeeded")
+    assert not HumanTask.objects.filter(instance=instance).exists()
