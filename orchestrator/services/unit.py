@@ -113,7 +113,6 @@ class Unit:
         current = self._values()
         fields = [name for name in TRACKED_FIELDS if current[name] != self._snapshot[name]]
         if self.events:
-            rows.insert_many(self.events)
             fields += ["audit_seq", "audit_head"]
             if self.broadcast:
                 self.groups.add(f"instance.{self.instance.pk}")
@@ -121,7 +120,8 @@ class Unit:
                     # The instance list follows states; step-level news goes only to pages showing the instance.
                     self.groups.add("ops")
         if fields:
-            rows.update(self.instance, [*fields, "updated_at"])
+            # The events and the instance's new chain head in one statement.
+            rows.update(self.instance, [*fields, "updated_at"], insert_first=self.events)
         for step_id, options in self.dispatches:
             transaction.on_commit(partial(send_step, step_id, options))
         if self.groups:

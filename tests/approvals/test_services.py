@@ -423,16 +423,16 @@ def test_escalations_are_for_operators(users, failed_refund):
 
 
 def test_deciding_costs_a_fixed_number_of_queries(users, run_steps, django_assert_num_queries):
-    """Approving bench_approval's task (which completes the instance) costs a fixed 10 statements."""
+    """Approving bench_approval's task (which completes the instance) costs a fixed 9 statements."""
     # given
     instance = instance_start("bench_approval", {})
     run_steps(instance)
     task = task_of(instance)
 
-    # when / then: 8 statements of work (lock; task, step and both permission questions in one read; decision;
-    # task; step; the audience of the live event; audit; instance) plus SAVEPOINT/RELEASE inside the test's
+    # when / then: 7 statements of work (lock; task, step and both permission questions in one read; decision;
+    # task; step; the audience of the live event; audit with instance) plus SAVEPOINT/RELEASE inside the test's
     # transaction
-    with django_assert_num_queries(10):
+    with django_assert_num_queries(9):
         task_decide(task.pk, users.staff, APPROVE)
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPLETED

@@ -104,10 +104,11 @@ def test_start_publishes_its_first_step_only_after_commit(broker, django_capture
 
 
 def test_start_costs_a_fixed_number_of_queries(django_assert_num_queries, users):
-    """instance_start of bench_approval: insert instance, first step and audit event, save the instance."""
+    """instance_start of bench_approval: insert instance, first step, then its audit events with the instance's
+    title and chain head in one statement."""
     # given: bench_approval has no start form
-    # when / then: 4 statements of work plus SAVEPOINT/RELEASE inside the test's transaction
-    with django_assert_num_queries(6):
+    # when / then: 3 statements of work plus SAVEPOINT/RELEASE inside the test's transaction
+    with django_assert_num_queries(5):
         instance = instance_start("bench_approval", {})
     assert instance.steps.get().state == StepState.SCHEDULED
 
