@@ -12,7 +12,6 @@ from django.core.mail import send_mass_mail
 from django.db import connection, transaction
 
 from approvals.models import HumanTask, Notification
-from orchestrator import rows
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -43,33 +42,35 @@ def notify(
     recipients = sorted({uid for uid in user_ids if uid})
     if not recipients:
         return
-    rows.insert_many(
-        [
-            Notification(
-                user_id=uid, kind=kind, message=message[:300], url=url, task=task, instance_id=unit.instance.pk
-            )
-            for uid in recipients
-        ]
-    )
+    unit.inserts += [
+        Notification(user_id=uid, kind=kind, message=message[:300], url=url, task=task, instance_id=unit.instance.pk)
+        for uid in recipients
+    ]
     unit.notify(
         [f"user.{uid}" for uid in recipients],
         {"type": "notification", "message": message, "level": "info", "refresh": ["counts", "notifications"]},
     )
+    # Addresses are read after commit, outside the instance's lock: a mail is news, not part of the decision.
+    transaction.on_commit(partial(_send_mail, kind, message, url, recipients))
+
+
+def _emails_of(user_ids: list[int]) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT email FROM {User._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(recipients))})"
+            f"SELECT email FROM {User._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(user_ids))})"
             " AND email <> ''",
-            recipients,
+            user_ids,
         )
-        emails = [row[0] for row in cursor.fetchall()]
-    if emails:
-        transaction.on_commit(partial(_send_mail, kind, message, url, emails))
+        return [row[0] for row in cursor.fetchall()]
 
 
-def _send_mail(kind: str, message: str, url: str, emails: list[str]) -> None:
+def _send_mail(kind: str, message: str, url: str, user_ids: list[int]) -> None:
     link = f"\n\n{settings.BATON_BASE_URL.rstrip('/')}{url}" if url else ""
     subject = f"[Baton] {message}"[:150]
     try:
+        emails = _emails_of(user_ids)
+        if not emails:
+            return
         send_mass_mail(
             [(subject, f"{message}{link}", settings.DEFAULT_FROM_EMAIL, [email]) for email in emails],
             fail_silently=False,

@@ -117,8 +117,8 @@ def update(
 
     ``where`` adds conditions to ``pk = %s`` (a fencing guard, say ``"state = %s AND attempt = %s"``) with
     their ``params``; a guarded update that matches nothing changes nothing and returns False.
-    ``insert_first`` are new rows of one model written before the update; on PostgreSQL in the same statement
-    (a data-modifying WITH), which saves a round trip: a worker waits on round trips more than it computes.
+    ``insert_first`` are new rows (of any models) written before the update; on PostgreSQL in the same statement
+    (data-modifying WITHs), which saves round trips: a worker waits on round trips more than it computes.
     """
     connection = _db()
     model = type(obj)
@@ -133,17 +133,29 @@ def update(
     values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]  # type: ignore[union-attr]
     values = [*values, obj.pk, *params]
     if insert_first and connection.vendor == "postgresql":
-        insert_sql, insert_values = _insert_statement(insert_first, returning=False)
-        sql = f"WITH inserted AS ({insert_sql}) {sql}"
-        values = [*insert_values, *values]
+        ctes, cte_values = [], []
+        for index, same_model in enumerate(_by_model(insert_first)):
+            insert_sql, insert_values = _insert_statement(same_model, returning=False)
+            ctes.append(f"inserted_{index} AS ({insert_sql})")
+            cte_values += insert_values
+        sql = f"WITH {', '.join(ctes)} {sql}"
+        values = [*cte_values, *values]
     elif insert_first:
-        insert_many(insert_first)
+        for same_model in _by_model(insert_first):
+            insert_many(same_model)
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         matched = cursor.rowcount > 0
     if insert_first:
         _inserted(insert_first)
     return matched
+
+
+def _by_model(objs: Sequence[Model]) -> list[list[Model]]:
+    groups: dict[type[Model], list[Model]] = {}
+    for obj in objs:
+        groups.setdefault(type(obj), []).append(obj)
+    return list(groups.values())
 
 
 def _reader(model: type[Model], alias: str) -> Reader:

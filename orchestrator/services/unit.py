@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Model
 from django.urls import reverse
 from django.utils import timezone
 
@@ -53,6 +54,8 @@ class Unit:
         self.dispatches: list[tuple[int, dict[str, Any]]] = []
         self.groups: set[str] = set()
         self.notes: list[dict[str, Any]] = []
+        # Rows whose ids nobody needs (notifications): written with the audit events at finish().
+        self.inserts: list[Model] = []
         # Set when this unit scheduled automated work, so settling needs no query.
         self.scheduled_work = False
         self.initial_state = instance.state
@@ -120,8 +123,10 @@ class Unit:
                     # The instance list follows states; step-level news goes only to pages showing the instance.
                     self.groups.add("ops")
         if fields:
-            # The events and the instance's new chain head in one statement.
-            rows.update(self.instance, [*fields, "updated_at"], insert_first=self.events)
+            # The events, the other new rows and the instance's new chain head in one statement.
+            rows.update(self.instance, [*fields, "updated_at"], insert_first=[*self.events, *self.inserts])
+        elif self.inserts:
+            rows.insert_many(self.inserts)
         for step_id, options in self.dispatches:
             transaction.on_commit(partial(send_step, step_id, options))
         if self.groups:
