@@ -53,7 +53,8 @@ def insert_many(objs: Sequence[Model]) -> None:
         _insert(objs, returning=False)
 
 
-def _insert_statement(objs: Sequence[Model], *, returning: bool) -> tuple[str, list[Any]]:
+def insert_statement(objs: Sequence[Model], *, returning: bool) -> tuple[str, list[Any]]:
+    """The INSERT of :func:`insert_many` and its parameters, for a caller composing a larger statement."""
     connection = _db()
     model = type(objs[0])
     fields = _writable(model)
@@ -81,7 +82,8 @@ def _insert_statement(objs: Sequence[Model], *, returning: bool) -> tuple[str, l
     return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
 
 
-def _inserted(objs: Sequence[Model]) -> None:
+def inserted(objs: Sequence[Model]) -> None:
+    """Mark ``objs`` as saved (what the ORM does after an INSERT)."""
     alias = _db().alias
     for obj in objs:
         obj._state.adding = False
@@ -89,11 +91,11 @@ def _inserted(objs: Sequence[Model]) -> None:
 
 
 def _insert(objs: Sequence[Model], *, returning: bool) -> list[Any]:
-    sql, values = _insert_statement(objs, returning=returning)
+    sql, values = insert_statement(objs, returning=returning)
     with _db().cursor() as cursor:
         cursor.execute(sql, values)
         keys = [row[0] for row in cursor.fetchall()] if returning else []
-    _inserted(objs)
+    inserted(objs)
     return keys
 
 
@@ -135,7 +137,7 @@ def update(
     if insert_first and connection.vendor == "postgresql":
         ctes, cte_values = [], []
         for index, same_model in enumerate(_by_model(insert_first)):
-            insert_sql, insert_values = _insert_statement(same_model, returning=False)
+            insert_sql, insert_values = insert_statement(same_model, returning=False)
             ctes.append(f"inserted_{index} AS ({insert_sql})")
             cte_values += insert_values
         sql = f"WITH {', '.join(ctes)} {sql}"
@@ -147,7 +149,7 @@ def update(
         cursor.execute(sql, values)
         matched = cursor.rowcount > 0
     if insert_first:
-        _inserted(insert_first)
+        inserted(insert_first)
     return matched
 
 

@@ -312,15 +312,15 @@ def instance_audit_seq(instance) -> int:
 
 def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert_num_queries):
     """step_execute of bench_approval's first step: claim (lock and read, update, audit with instance) and
-    record (lock and read, update, next step, task, its candidates, audit with instance) in two transactions."""
+    record (lock and read, update, next step, task with its candidates, audit with instance) in two transactions."""
     # given
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
 
-    # when / then: 9 statements of work (the instance locked and the step read in one, candidate groups looked
-    # up inside their insert, audit events written with the instance update, no busy-steps query in a linear
-    # flow) plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
-    with django_assert_num_queries(13):
+    # when / then: 8 statements of work (the instance locked and the step read in one, the task inserted with
+    # its candidates, audit events written with the instance update, no busy-steps query in a linear flow)
+    # plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
+    with django_assert_num_queries(12):
         assert engine.step_execute(step.pk) == "succeeded"
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
