@@ -1,11 +1,13 @@
-"""Lean row I/O for the engine's hot path: the ORM's own field conversions, without its query compiler.
+"""Lean row I/O for the engine's hot path: the ORM's models and field conversions, without its query compiler.
 
-Every engine step does about twenty statements, and on this project's reference machine the ORM spends about
-0.6 ms of CPU building each one (``bench/README.md``), three to six times what PostgreSQL spends running it.
-These helpers write and read whole model instances with SQL built once per model and field list, converting
-values with each field's own ``get_db_prep_save`` / ``from_db_value``, so models, FSM transitions and
-``from_db`` behave exactly as with the ORM. They go through Django's connection (transactions,
-``on_commit``, query logging and ``CaptureQueriesContext`` all see them) and work on SQLite and PostgreSQL.
+An engine step is a dozen statements, and on this project's reference machine the ORM spent about 0.6 ms of
+CPU building each one (``bench/README.md``), two to three times what PostgreSQL spent running it. These
+helpers read and write whole model instances with SQL built once per model and field list: reads convert with
+each field's own converters and build instances with ``from_db``; updates use ``get_db_prep_save``; inserts on
+PostgreSQL travel as one JSON document (``jsonb_to_recordset``), elsewhere as ``get_db_prep_save`` values. So
+models and FSM transitions behave as with the ORM, and everything goes through Django's connection:
+transactions, ``on_commit``, query logging and ``CaptureQueriesContext`` all see these statements. SQLite (the
+embedded demo) and PostgreSQL both work; PostgreSQL also gets the data-modifying WITHs that save round trips.
 """
 
 from __future__ import annotations
