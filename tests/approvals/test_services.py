@@ -225,6 +225,30 @@ def test_one_person_cannot_approve_two_levels(users, run_steps):
     assert instance.state == InstanceState.COMPLETED
 
 
+# --- opening: who the candidates are ---------------------------------------------------------------------
+
+
+def test_a_task_for_named_users_and_a_group_nobody_created_yet_reaches_all_of_them(users, register_workflow):
+    """Candidates named in the definition are resolved when the task opens: named users directly, and a group
+    that does not exist yet is created (an empty but visible queue) rather than leaving the task with no one."""
+    # given
+    register_workflow(
+        Workflow(
+            "named_candidates",
+            1,
+            [Human("check", candidate_groups=["approvers", "auditors-not-yet-created"], candidate_users=["manager"])],
+        )
+    )
+
+    # when
+    task = task_of(instance_start("named_candidates", {}))
+
+    # then
+    assert sorted(task.candidate_groups.values_list("name", flat=True)) == ["approvers", "auditors-not-yet-created"]
+    assert list(task.candidate_users.values_list("username", flat=True)) == ["manager"]
+    assert task_claim(task.pk, users.manager).assignee == users.manager
+
+
 # --- quorum ---------------------------------------------------------------------------------------------
 
 
