@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("BEGIN", "SELECT", "INSERT", "UPDATE", "DELETE", "SAVEPOINT", "RELEASE", "COMMIT", "ROLLBACK")
+KINDS = ("BEGIN", "SELECT", "INSERT", "UPDATE", "DELETE", "SAVEPOINT", "RELEASE", "COMMIT", "ROLLBACK", "WITH")
 
 
 @dataclass
