@@ -30,17 +30,31 @@ COUNT_CAP = 100
 MANAGERS = "managers"
 
 
+def user_groups(user: User) -> list[tuple[int, str]]:
+    """The user's groups as (id, name) by name, read once and cached on the user object for the request.
+
+    One query serves the candidate filter, the saved views, the "share with" choices and the navigation's
+    manager check.
+    """
+    cached = getattr(user, "_baton_groups", None)
+    if cached is None:
+        cached = list(user.groups.order_by("name").values_list("pk", "name"))
+        user._baton_groups = cached  # type: ignore[attr-defined]
+    return cached
+
+
 def group_ids(user: User) -> list[int]:
     """The user's group ids, cached on the user object for the request."""
-    cached = getattr(user, "_baton_group_ids", None)
-    if cached is None:
-        cached = list(user.groups.values_list("pk", flat=True))
-        user._baton_group_ids = cached  # type: ignore[attr-defined]
-    return cached
+    return [pk for pk, _name in user_groups(user)]
 
 
 def is_manager(user: User) -> bool:
     return user.is_superuser or user.groups.filter(name=MANAGERS).exists()
+
+
+def shows_manager_pages(user: User) -> bool:
+    """``is_manager`` for the navigation, from the groups already read for this request (no query of its own)."""
+    return user.is_superuser or any(name == MANAGERS for _pk, name in user_groups(user))
 
 
 def _candidate_filter(user: User) -> Q:
@@ -287,14 +301,37 @@ def _decode(cursor: str, sort: list[tuple[str, bool]]) -> list[Any] | None:
         return None
 
 
+# What an inbox row shows, read with ``.values()``: plain dicts, no model instances, and none of the instance's
+# columns (its JSON data) that the list does not show. The sort keys of every order in SORTS are among them.
+ROW_FIELDS = (
+    "id",
+    "title",
+    "kind",
+    "state",
+    "priority",
+    "quorum",
+    "approvals",
+    "due_at",
+    "snoozed_until",
+    "created_at",
+    "completed_at",
+    "decision",
+    "assignee__username",
+    "instance__workflow_name",
+    "instance__business_key",
+)
+
+
 @dataclass
 class Page:
-    tasks: list[HumanTask]
+    """A page of tasks: model instances, or dicts when the queryset was a ``.values()`` one."""
+
+    tasks: list[Any]
     next_cursor: str
     has_previous: bool
 
 
-def page_of(qs: QuerySet[HumanTask], query: InboxQuery, size: int | None = None) -> Page:
+def page_of(qs: QuerySet[HumanTask, Any], query: InboxQuery, size: int | None = None) -> Page:
     """One page in keyset order: the cost does not grow with how deep the user pages."""
     sort = SORTS[query.sort_key]
     qs = apply_filters(qs, query).order_by(*_order_by(sort))
@@ -309,7 +346,8 @@ def page_of(qs: QuerySet[HumanTask], query: InboxQuery, size: int | None = None)
     next_cursor = ""
     if len(rows) > size:
         last = tasks[-1]
-        next_cursor = _encode([getattr(last, name) for name, _ in sort])
+        key = last.__getitem__ if isinstance(last, dict) else lambda name: getattr(last, name)
+        next_cursor = _encode([key(name) for name, _ in sort])
     return Page(tasks=tasks, next_cursor=next_cursor, has_previous=values is not None)
 
 
