@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.db import connections
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -114,21 +115,35 @@ def escalations(user: User) -> QuerySet[HumanTask]:
     return _with_related(qs).order_by(F("due_at").asc(nulls_last=True), "-priority", "id")
 
 
-def _capped(qs: QuerySet[HumanTask]) -> int:
+def _capped(qs: QuerySet[Any]) -> QuerySet[Any]:
     # Walk the same index as the default list order, so the count stops after COUNT_CAP rows.
-    return qs.order_by(*_order_by(SORTS["due"])).values("pk")[:COUNT_CAP].count()
+    return qs.order_by(*_order_by(SORTS["due"])).values("pk")[:COUNT_CAP]
 
 
 def inbox_counts(user: User, *, fresh: bool = False) -> dict[str, int]:
-    """Counts for the navigation badges and tabs (capped at COUNT_CAP), computed once per request's user."""
+    """Counts for the navigation badges and tabs (capped at COUNT_CAP), computed once per request's user.
+
+    The three counts go to the database as one statement, ``SELECT (SELECT count(*) FROM (<capped>)), ...``,
+    built from the querysets' own SQL: one round trip instead of three, and none of ``count()``'s query
+    cloning. Each part still walks its own index and stops after COUNT_CAP rows.
+    """
     cached = getattr(user, "_baton_counts", None)
     if cached is None or fresh:
-        cached = {
-            "inbox": _capped(my_tasks(user)),
-            "queue": _capped(team_queue(user)),
-            "unread": Notification.objects.filter(user=user, read_at__isnull=True)[:COUNT_CAP].count(),
-            "cap": COUNT_CAP,
-        }
+        capped = [
+            _capped(my_tasks(user)),
+            _capped(team_queue(user)),
+            Notification.objects.filter(user=user, read_at__isnull=True).values("pk")[:COUNT_CAP],
+        ]
+        parts, params = [], []
+        for qs in capped:
+            # The ORM's own SQL with placeholders; every value travels in params.
+            sql, part_params = qs.query.get_compiler(using=qs.db).as_sql()
+            parts.append(f"(SELECT COUNT(*) FROM ({sql}) capped)")  # noqa: S608
+            params.extend(part_params)
+        with connections[capped[0].db].cursor() as cursor:
+            cursor.execute(f"SELECT {', '.join(parts)}", params)
+            inbox, queue, unread = cursor.fetchone()
+        cached = {"inbox": inbox, "queue": queue, "unread": unread, "cap": COUNT_CAP}
         user._baton_counts = cached  # type: ignore[attr-defined]
     return cached
 
