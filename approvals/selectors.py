@@ -318,6 +318,7 @@ def _decode(cursor: str, sort: list[tuple[str, bool]]) -> list[Any] | None:
 
 # What an inbox row shows, read with ``.values()``: plain dicts, no model instances, and none of the instance's
 # columns (its JSON data) that the list does not show. The sort keys of every order in SORTS are among them.
+# The assignee's name is added by ``row_fields`` for the one list that shows it.
 ROW_FIELDS = (
     "id",
     "title",
@@ -331,10 +332,15 @@ ROW_FIELDS = (
     "created_at",
     "completed_at",
     "decision",
-    "assignee__username",
     "instance__workflow_name",
     "instance__business_key",
 )
+
+
+def row_fields(tab: str) -> tuple[str, ...]:
+    """ROW_FIELDS for a tab: "Done by me" also shows who held each task. The team queue's tasks have no
+    assignee and My tasks are the viewer's own, so those two lists skip the join to the users table."""
+    return (*ROW_FIELDS, "assignee__username") if tab == "done" else ROW_FIELDS
 
 
 @dataclass
