@@ -13,10 +13,10 @@ def nav_counts(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    from approvals.selectors import inbox_counts, is_manager
+    from approvals.selectors import inbox_counts, shows_manager_pages
 
     # Lazy: an htmx fragment that never shows the navigation costs no query for it.
     return {
         "nav_counts": SimpleLazyObject(lambda: inbox_counts(user)),
-        "nav_is_manager": SimpleLazyObject(lambda: is_manager(user)),
+        "nav_is_manager": SimpleLazyObject(lambda: shows_manager_pages(user)),
     }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,14 +18,16 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dates import MONTHS_3
 from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
 from approvals import selectors, services
-from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState
+from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, Priority, SavedView, TaskKind, TaskState
 from orchestrator import registry
 from orchestrator.dsl import Human
 from orchestrator.selectors import steps_of
+from orchestrator.templatetags.baton import duration, label
 from orchestrator.timeparse import parse_when
 from orchestrator.typing import AuthedRequest
 from orchestrator.views import request_meta
@@ -41,6 +45,59 @@ def _base_queryset(user: User, query: selectors.InboxQuery) -> QuerySet[HumanTas
     return TABS[query.tab][1](user)
 
 
+def _url_maker(name: str) -> Callable[[int], str]:
+    """``reverse(name, args=[pk])`` for a whole page of pks at the cost of one reverse (about 16 us each)."""
+    marker = "918273645"
+    before, after = reverse(name, args=[int(marker)]).split(marker)
+    return lambda pk: f"{before}{pk}{after}"
+
+
+class _ShortDate:
+    """``{{ value|date:"M j, H:i" }}`` in the current time zone, without the filter's cost (about 28 us a call)."""
+
+    def __init__(self) -> None:
+        self.months: dict[int, str] = {}
+
+    def __call__(self, value: datetime) -> str:
+        local = timezone.localtime(value)
+        month = self.months.get(local.month)
+        if month is None:
+            month = self.months[local.month] = str(MONTHS_3[local.month]).title()
+        return f"{month} {local.day}, {local.hour:02d}:{local.minute:02d}"
+
+
+def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """The page's rows with what the row template shows worked out once, in Python: links, dates, durations.
+
+    The template then only reads dict keys: the first thing Django's variable lookup tries, so the cheapest.
+    The id is printed three times a row, so it is turned into text once (an int goes through number
+    localization each time).
+    """
+    detail_url, claim_url, short = _url_maker("task_detail"), _url_maker("task_claim"), _ShortDate()
+    state_labels = dict(TaskState.choices)
+    rows = []
+    for task in tasks:
+        due_at, snoozed_until, completed_at = task["due_at"], task["snoozed_until"], task["completed_at"]
+        rows.append(
+            {
+                **task,
+                "id": str(task["id"]),
+                "url": detail_url(task["id"]),
+                "claim_url": claim_url(task["id"]),
+                "state_label": state_labels.get(task["state"], task["state"]),
+                "assignee": task.get("assignee__username") or "",
+                "workflow": label(task["instance__workflow_name"]),
+                "business_key": task["instance__business_key"],
+                "due": short(due_at) if due_at is not None else "",
+                "overdue": due_at is not None and due_at < now and task["state"] in ACTIONABLE_TASK_STATES,
+                "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
+                "completed": short(completed_at) if completed_at is not None else "",
+                "waiting": duration(task["created_at"], now),
+            }
+        )
+    return rows
+
+
 @login_required
 def inbox(request: AuthedRequest) -> HttpResponse:
     """My tasks, the team queue, and what I have done: filtered, sorted, keyset-paged, live."""
@@ -50,7 +107,9 @@ def inbox(request: AuthedRequest) -> HttpResponse:
         # Nothing assigned yet: open on what can be claimed.
         tab = "queue" if not counts["inbox"] and counts["queue"] else "mine"
     query = selectors.InboxQuery.parse(request.GET, tab)
-    page = selectors.page_of(_base_queryset(request.user, query), query)
+    now = timezone.now()
+    page = selectors.page_of(_base_queryset(request.user, query).values(*selectors.row_fields(tab)), query)
+    page = replace(page, tasks=_task_rows(page.tasks, now))
     for error in query.errors:
         messages.warning(request, error)
     context = {
@@ -60,13 +119,13 @@ def inbox(request: AuthedRequest) -> HttpResponse:
         "params": query.as_params(),
         "next_params": query.as_params(after=page.next_cursor) if page.next_cursor else None,
         "first_params": query.as_params(),
-        "now": timezone.now(),
+        "now": now,
     }
     if request.htmx and request.htmx.target == "task-list":
         # The live re-fetch needs only the rows: no filters, saved views or counts to build.
         return render(request, "approvals/_task_list.html", context)
     context |= {
-        "tabs": [(key, label) for key, (label, _) in TABS.items()],
+        "tabs": [(key, name) for key, (name, _) in TABS.items()],
         "counts": counts,
         "workflows": registry.latest_all(),
         "priorities": Priority.choices,
@@ -79,7 +138,7 @@ def inbox(request: AuthedRequest) -> HttpResponse:
         "states": TaskState.choices,
         "sorts": [("due", "Due date"), ("priority", "Priority"), ("age", "Oldest first"), ("recent", "Recently done")],
         "saved_views": list(selectors.saved_views_for(request.user)),
-        "share_groups": list(request.user.groups.order_by("name")),
+        "share_groups": selectors.user_groups(request.user),
         "active_nav": "inbox",
     }
     return render(request, "approvals/inbox.html", context)

@@ -7,12 +7,13 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.template import Context, Template
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import HumanTask, Notification, SavedView, TaskState
-from approvals.services import task_claim
+from approvals.models import HumanTask, Notification, Priority, SavedView, TaskKind, TaskState
+from approvals.services import APPROVE, task_claim, task_decide, task_snooze
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
@@ -498,3 +499,97 @@ def test_inbox_with_garbage_parameters_renders_with_warnings(users, task):
         ("warning", "That page link is no longer valid; showing the first page."),
     ]
     assert f'data-task="{task.pk}"' in response.content.decode()
+
+
+# --- what a row shows -----------------------------------------------------------------------------------
+
+
+def short_date(value) -> str:
+    """A time as the inbox rows printed it with Django's date filter (current time zone): "Nov 27, 14:05"."""
+    return Template('{{ value|date:"M j, H:i" }}').render(Context({"value": value}))
+
+
+def row_of(response, task: HumanTask) -> str:
+    """The task's row in the inbox table, white space folded as a reader sees it."""
+    content = response.content.decode()
+    start = content.index(f'<tr data-task="{task.pk}">')
+    return " ".join(content[start : content.index("</tr>", start)].split())
+
+
+def test_a_queue_row_shows_the_task_at_a_glance(users, task):
+    """A queued row links to its task, claims through its own button, and shows priority, state, workflow,
+    business key, quorum, escalation, the overdue due time in the viewer's time zone and how long it waits."""
+    # given
+    now = timezone.now()
+    due = now - timedelta(hours=2)
+    WorkflowInstance.objects.filter(pk=task.instance_id).update(business_key="EXP-7")
+    HumanTask.objects.filter(pk=task.pk).update(  # setup: a late, urgent quorum escalation waiting for 3 hours
+        due_at=due,
+        priority=Priority.URGENT,
+        quorum=3,
+        approvals=1,
+        kind=TaskKind.ESCALATION,
+        created_at=now - timedelta(hours=3),
+    )
+
+    # when
+    with timezone.override("Asia/Tokyo"):
+        row = row_of(login(users.staff).get(f"{reverse('inbox')}?tab=queue"), task)
+        due_text = short_date(due)
+
+    # then
+    title = html.escape(task.title)
+    assert f'<a href="{reverse("task_detail", args=[task.pk])}" class="fw-semibold">{title}</a>' in row
+    assert f'formaction="{reverse("task_claim", args=[task.pk])}"' in row
+    assert f'id="pick-{task.pk}" aria-label="Select {title}"' in row
+    assert (
+        '<span class="badge text-bg-danger">Urgent</span> <span class="badge state-open">Open</span> · Expense'
+        ' approval · EXP-7 · <span class="text-danger">escalation</span> · 1/3 approvals'
+    ) in row
+    assert f'<span class="d-sm-none text-danger fw-semibold"> · due {due_text}</span>' in row
+    assert f'aria-hidden="true"></i> overdue · {due_text}</span>' in row
+    assert "3.0 h" in row
+
+
+def test_my_row_shows_its_snooze_and_a_done_row_its_decision(users, task):
+    """A snoozed task of mine says until when; a task I decided shows the decision, when, and who held it."""
+    # given
+    second = task_of(expense())
+    until = timezone.now() + timedelta(days=1)
+    task_claim(task.pk, users.staff)
+    task_snooze(task.pk, users.staff, until)
+    task_claim(second.pk, users.staff)
+    task_decide(second.pk, users.staff, APPROVE)
+    second.refresh_from_db()
+    client = login(users.staff)
+
+    # when
+    mine = row_of(client.get(f"{reverse('inbox')}?tab=mine&snoozed=1"), task)
+    done = row_of(client.get(f"{reverse('inbox')}?tab=done"), second)
+
+    # then
+    assert f"snoozed until {short_date(until)}" in mine
+    assert f'<a class="btn btn-sm btn-primary" href="{reverse("task_detail", args=[task.pk])}">Open</a>' in mine
+    assert "formaction" not in mine
+    assert '<span class="badge state-completed">Completed</span> staff · Expense approval' in done
+    assert f"approve · {short_date(second.completed_at)}" in done
+
+
+def test_next_page_links_walk_the_queue_once_in_order(users):
+    """Following "Next page" with pages of 5 shows each of 12 queued tasks exactly once, in the list order."""
+    # given
+    tasks = [task_of(expense()) for _ in range(12)]
+    client = login(users.staff)
+    url, seen, pages = f"{reverse('inbox')}?tab=queue&size=5", [], 0
+
+    # when
+    while url:
+        content = client.get(url).content.decode()
+        seen += [int(pk) for pk in re.findall(r'<tr data-task="(\d+)">', content)]
+        pages += 1
+        link = re.search(r'href="(\?[^"]*)">Next page</a>', content)
+        url = f"{reverse('inbox')}{html.unescape(link.group(1))}" if link else ""
+
+    # then
+    assert pages == 3
+    assert seen == [t.pk for t in tasks]  # same due time and priority: by id
