@@ -178,6 +178,17 @@ def measure(user_id: int, requests: int) -> list[dict[str, object]]:
     return rows
 
 
+def revision() -> str:
+    """The measured revision, "+dirty" when the work tree differs from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{rev}+dirty" if git("status", "--porcelain", "--untracked-files=no") else rev
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=100_000)
@@ -191,8 +202,15 @@ def main() -> None:
 
     django.setup()
     user_id, _ = seed(args.tasks, args.mine, args.audit)
+    load_before = os.getloadavg()
     rows = measure(user_id, args.requests)
+    load_after = os.getloadavg()
     print()
+    print(
+        f"revision {revision()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average (1/5/15 min) "
+        f"{'/'.join(f'{v:.2f}' for v in load_before)} before the requests, "
+        f"{'/'.join(f'{v:.2f}' for v in load_after)} after"
+    )
     print(f"| page | p50 ms | p95 ms | max ms | SQL queries at size 10 / 25 / 100 |  ({args.requests} requests each)")
     print("| --- | ---: | ---: | ---: | --- |")
     for row in rows:
