@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings
+# mypy's Django plugin loads orchestrator.settings itself: with REDIS_URL overridden (production mode) it needs a
+# secret key, so checks get the tests' throw-away one unless the caller gave their own.
+TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only}
 
 .PHONY: install demo web worker beat test lint typecheck migrations-check pytest bench screenshots clean-demo
 
