@@ -25,9 +25,19 @@ import harness
 import sysinfo
 
 
+def wal_position() -> int:
+    """PostgreSQL's WAL insert position in bytes: what a run wrote, whatever the machine's speed meanwhile."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+        return int(cursor.fetchone()[0])
+
+
 def timed(label: str, items: list[Any], fn: Callable[[Any], Any], profile: bool, top: int) -> float:
     # CPU time, not wall time: other people's processes share this machine, and waiting is not work.
     profiler = cProfile.Profile(time.process_time) if profile else None
+    wal_before = wal_position()
     cpu_before = sysinfo.cpu_snapshot(None)
     began = time.perf_counter()
     if profiler:
@@ -40,11 +50,12 @@ def timed(label: str, items: list[Any], fn: Callable[[Any], Any], profile: bool,
     cpu = sysinfo.cpu_delta(cpu_before, sysinfo.cpu_snapshot(None))
     per = elapsed / len(items) * 1000
     n = len(items)
+    wal = (wal_position() - wal_before) / n
     print(
         f"\n== {label}: {n} calls, wall {per:.2f} ms per call ({n / elapsed:.0f}/s, one thread); CPU ms per call:"
         f" this process {cpu.get('bench', 0) / n * 1000:.2f}, postgres {cpu.get('postgres', 0) / n * 1000:.2f},"
         f" redis {cpu.get('redis', 0) / n * 1000:.2f}; other processes used {cpu.get('other', 0):.1f} CPU s"
-        f" (machine busy {cpu['machine_busy']:.0%})"
+        f" (machine busy {cpu['machine_busy']:.0%}); WAL {wal:,.0f} bytes per call"
     )
     if profiler:
         for key in ("tottime", "cumulative"):

@@ -166,7 +166,8 @@ DISPATCHABLE_STEP_STATES = (StepState.SCHEDULED, StepState.FAILED)
 class StepRun(FSMModelMixin, models.Model):
     """One execution of one node of an instance: claimed by a worker, retried, compensated."""
 
-    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the composite "step_instance" (instance, id) serves every lookup by instance.
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="steps", db_index=False)
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=20, choices=StepKind.choices)
     state = FSMField(default=StepState.PENDING, choices=StepState.choices, protected=True)
@@ -282,8 +283,9 @@ class AuditEvent(models.Model):
     # "user:alice" or "system:worker", kept as text so the record survives a renamed or removed user.
     actor_label = models.CharField(max_length=150)
     action = models.CharField(max_length=60)
+    # No index of its own: "audit_instance_seq" (instance, seq) serves every lookup by instance.
     instance = models.ForeignKey(
-        WorkflowInstance, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_events"
+        WorkflowInstance, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_events", db_index=False
     )
     subject_type = models.CharField(max_length=30)
     subject_id = models.BigIntegerField(null=True, blank=True)
