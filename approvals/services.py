@@ -148,74 +148,52 @@ def _task_insert(task: HumanTask, groups: Sequence[str], users: Sequence[str]) -
     """INSERT the task and its candidates named in the definition; the ids of the groups and users found.
 
     On PostgreSQL one statement does it all (the candidates' inserts read the new task's id from a WITH): a
-    worker's step waits on each round trip.
+    worker's step waits on each round trip. Elsewhere the task, then each list of candidates.
     """
-    if connection.vendor != "postgresql" or len(set(groups)) != len(groups) or len(set(users)) != len(users):
-        rows.insert(task)
-        return _candidates_insert(task, groups, users)
-    table = TaskCandidate._meta.db_table
-    task_sql, params = rows.insert_statement([task], returning=True)
-    parts = [f"new_task AS ({task_sql})"]
-    if groups:
-        parts.append(
-            f"new_groups AS (INSERT INTO {table} (task_id, group_id, user_id) SELECT new_task.id, g.id, NULL"
-            f" FROM new_task, {Group._meta.db_table} g WHERE g.name IN ({', '.join(['%s'] * len(groups))})"
-            " RETURNING group_id)"
-        )
-        params += list(groups)
-    if users:
-        parts.append(
-            f"new_users AS (INSERT INTO {table} (task_id, group_id, user_id) SELECT new_task.id, NULL, u.id"
-            f" FROM new_task, {get_user_model()._meta.db_table} u"
-            f" WHERE u.username IN ({', '.join(['%s'] * len(users))}) RETURNING user_id)"
-        )
-        params += list(users)
-    found_groups = "ARRAY(SELECT group_id FROM new_groups)" if groups else "ARRAY[]::bigint[]"
-    found_users = "ARRAY(SELECT user_id FROM new_users)" if users else "ARRAY[]::bigint[]"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH {', '.join(parts)} SELECT (SELECT id FROM new_task), {found_groups}, {found_users}", params
-        )
-        task.pk, group_ids, user_ids = cursor.fetchone()
-    rows.inserted([task])
-    group_ids, user_ids = list(group_ids), list(user_ids)
-    if len(group_ids) < len(groups):
-        # A definition naming a group nobody created yet still gets a visible queue, not a lost task.
-        found = set(Group.objects.filter(pk__in=group_ids).values_list("name", flat=True))
-        created = _groups([name for name in groups if name not in found])
-        _add_candidates(task, groups=created)
-        group_ids += [g.pk for g in created]
-    return group_ids, user_ids
-
-
-def _candidates_insert(task: HumanTask, groups: Sequence[str], users: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Add the named groups and users as candidates, each list looked up inside its INSERT; their ids."""
     group_ids: list[int] = []
     user_ids: list[int] = []
-    table = TaskCandidate._meta.db_table
-    with connection.cursor() as cursor:
-        if groups:
-            cursor.execute(
-                f"INSERT INTO {table} (task_id, group_id, user_id) SELECT %s, g.id, NULL FROM {Group._meta.db_table} g"
-                f" WHERE g.name IN ({', '.join(['%s'] * len(groups))}) RETURNING group_id",
-                [task.pk, *groups],
-            )
-            group_ids = [row[0] for row in cursor.fetchall()]
-        if users:
-            cursor.execute(
-                f"INSERT INTO {table} (task_id, group_id, user_id) SELECT %s, NULL, u.id"
-                f" FROM {get_user_model()._meta.db_table} u"
-                f" WHERE u.username IN ({', '.join(['%s'] * len(users))}) RETURNING user_id",
-                [task.pk, *users],
-            )
-            user_ids = [row[0] for row in cursor.fetchall()]
+    if connection.vendor == "postgresql":
+        task_sql, params = rows.insert_statement([task], returning=True)
+        parts = [f"new_task AS ({task_sql})"]
+        found = []
+        for kind, names in (("group", groups), ("user", users)):
+            if names:
+                parts.append(f"new_{kind}s AS ({_candidates_sql(kind, names, 'new_task.id', 'new_task, ')})")
+                params += list(names)
+            found.append(f"ARRAY(SELECT {kind}_id FROM new_{kind}s)" if names else "ARRAY[]::bigint[]")
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH {', '.join(parts)} SELECT (SELECT id FROM new_task), {', '.join(found)}", params)
+            task.pk, found_groups, found_users = cursor.fetchone()
+        rows.inserted([task])
+        group_ids, user_ids = list(found_groups), list(found_users)
+    else:
+        rows.insert(task)
+        with connection.cursor() as cursor:
+            for kind, names, ids in (("group", groups, group_ids), ("user", users, user_ids)):
+                if names:
+                    cursor.execute(_candidates_sql(kind, names, "%s", ""), [task.pk, *names])
+                    ids += [row[0] for row in cursor.fetchall()]
     if len(group_ids) < len(set(groups)):
         # A definition naming a group nobody created yet still gets a visible queue, not a lost task.
-        found = set(Group.objects.filter(pk__in=group_ids).values_list("name", flat=True))
-        created = _groups([name for name in dict.fromkeys(groups) if name not in found])
+        known = set(Group.objects.filter(pk__in=group_ids).values_list("name", flat=True))
+        created = _groups([name for name in dict.fromkeys(groups) if name not in known])
         _add_candidates(task, groups=created)
         group_ids += [g.pk for g in created]
     return group_ids, user_ids
+
+
+def _candidates_sql(kind: str, names: Sequence[str], task_id: str, task_from: str) -> str:
+    """INSERT ... SELECT of the candidate groups (``kind`` "group", by name) or users (by username) found among
+    ``names``, for the task whose id is the SQL ``task_id`` (read from ``task_from``); returns their ids."""
+    if kind == "group":
+        table, key, group_id, user_id = Group._meta.db_table, "name", "x.id", "NULL"
+    else:
+        table, key, group_id, user_id = get_user_model()._meta.db_table, "username", "NULL", "x.id"
+    return (
+        f"INSERT INTO {TaskCandidate._meta.db_table} (task_id, group_id, user_id)"
+        f" SELECT {task_id}, {group_id}, {user_id} FROM {task_from}{table} x"
+        f" WHERE x.{key} IN ({', '.join(['%s'] * len(names))}) RETURNING {kind}_id"
+    )
 
 
 def _add_candidates(task: HumanTask, *, groups: Sequence[Group] = (), users: Sequence[User] = ()) -> None:
@@ -622,19 +600,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             _announce(unit, task, "task.reminded", f"Reminder: {task.title} is waiting")
             notify(unit, _people_of(task), "reminder", f"Reminder: {task.title} is waiting", url=_url(task), task=task)
         elif isinstance(rung, Reassign):
-            group = _groups([rung.group])[0]
-            task.escalate(level, next_at)
-            rows.update(task, ["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
-            _add_candidates(task, groups=[group])
-            unit.audit("task.reassigned", "task", task.pk, from_state, task.state, payload={"group": rung.group})
-            _announce(unit, task, "task.escalated", f"Reassigned to {rung.group}: {task.title}")
-            notify(
-                unit,
-                members_of([rung.group], exclude=[instance.initiator_id]),
-                "reassigned",
-                f"Overdue, now yours: {task.title}",
-                url=_url(task),
-            )
+            _hand_to_group(unit, task, rung.group, level, next_at, reassigned=True)
         elif isinstance(rung, Escalate):
             if rung.fail_instance:
                 task.expire(now)
@@ -652,30 +618,33 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
                         reason=instance.error,
                     )
             else:
-                group = _groups([rung.group])[0]
-                task.escalate(level, next_at)
-                task.save(
-                    update_fields=[
-                        "state",
-                        "escalation_level",
-                        "next_escalation_at",
-                        "assignee",
-                        "claimed_at",
-                    ]
-                )
-                _add_candidates(task, groups=[group])
-                unit.audit("task.escalated", "task", task.pk, from_state, task.state, payload={"group": rung.group})
-                _announce(unit, task, "task.escalated", f"Escalated to {rung.group}: {task.title}", level="warning")
-                notify(
-                    unit,
-                    members_of([rung.group], exclude=[instance.initiator_id]),
-                    "escalated",
-                    f"Escalated: {task.title}",
-                    url=_url(task),
-                    task=task,
-                )
+                _hand_to_group(unit, task, rung.group, level, next_at, reassigned=False)
         unit.finish()
         return 1
+
+
+def _hand_to_group(
+    unit: Unit, task: HumanTask, group_name: str, level: int, next_at: datetime | None, *, reassigned: bool
+) -> None:
+    """A ladder rung gives the task to ``group_name`` too: escalated state, the group a candidate, its members told.
+
+    ``reassigned`` is the quieter rung (an escalation group takes over); otherwise managers are being escalated to.
+    """
+    from_state = task.state
+    group = _groups([group_name])[0]
+    task.escalate(level, next_at)
+    rows.update(task, ["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
+    _add_candidates(task, groups=[group])
+    action, kind = ("task.reassigned", "reassigned") if reassigned else ("task.escalated", "escalated")
+    unit.audit(action, "task", task.pk, from_state, task.state, payload={"group": group_name})
+    if reassigned:
+        _announce(unit, task, "task.escalated", f"Reassigned to {group_name}: {task.title}")
+        message = f"Overdue, now yours: {task.title}"
+    else:
+        _announce(unit, task, "task.escalated", f"Escalated to {group_name}: {task.title}", level="warning")
+        message = f"Escalated: {task.title}"
+    members = members_of([group_name], exclude=[unit.instance.initiator_id])
+    notify(unit, members, kind, message, url=_url(task), task=task)
 
 
 def _url(task: HumanTask) -> str:

@@ -83,12 +83,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import PG_SERVER, PYTHON, ROOT, VENV_BIN
+
 sys.path.insert(0, str(ROOT))
-VENV_BIN = ROOT / ".venv" / "bin"
-PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 DAPHNE = str(VENV_BIN / "daphne")
-PG_SERVER = "postgres://root@127.0.0.1:5432"
 DB_NAME = "baton_live_bench"
 REDIS_URL = "redis://127.0.0.1:6379/10"
 DAPHNE_LOG = Path("/tmp/baton-live-bench-daphne.log")
