@@ -9,9 +9,10 @@ from functools import partial
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.mail import send_mass_mail
-from django.db import connection, transaction
+from django.db import transaction
 
 from approvals.models import HumanTask, Notification
+from orchestrator import rows
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def notify(
 
 
 def _emails_of(user_ids: list[int]) -> list[str]:
-    with connection.cursor() as cursor:
+    with rows.cursor() as cursor:
         cursor.execute(
             f"SELECT email FROM {User._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(user_ids))})"
             " AND email <> ''",

@@ -161,14 +161,14 @@ def _task_insert(task: HumanTask, groups: Sequence[str], users: Sequence[str]) -
                 parts.append(f"new_{kind}s AS ({_candidates_sql(kind, names, 'new_task.id', 'new_task, ')})")
                 params += list(names)
             found.append(f"ARRAY(SELECT {kind}_id FROM new_{kind}s)" if names else "ARRAY[]::bigint[]")
-        with connection.cursor() as cursor:
+        with rows.cursor() as cursor:
             cursor.execute(f"WITH {', '.join(parts)} SELECT (SELECT id FROM new_task), {', '.join(found)}", params)
             task.pk, found_groups, found_users = cursor.fetchone()
         rows.inserted([task])
         group_ids, user_ids = list(found_groups), list(found_users)
     else:
         rows.insert(task)
-        with connection.cursor() as cursor:
+        with rows.cursor() as cursor:
             for kind, names, ids in (("group", groups, group_ids), ("user", users, user_ids)):
                 if names:
                     cursor.execute(_candidates_sql(kind, names, "%s", ""), [task.pk, *names])
@@ -235,7 +235,7 @@ def _announce(
 ) -> None:
     """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read)."""
     if groups is None or users is None:
-        with connection.cursor() as cursor:
+        with rows.cursor() as cursor:
             cursor.execute(
                 f"SELECT group_id, user_id FROM {TaskCandidate._meta.db_table} WHERE task_id = %s", [task.pk]
             )
@@ -265,7 +265,7 @@ CANDIDATE_EXISTS = (
 def is_candidate(user: User, task: HumanTask) -> bool:
     """A candidate by name or by one of their groups."""
     # A permission check reads the user's groups afresh (not the per-request cache the lists use).
-    with connection.cursor() as cursor:
+    with rows.cursor() as cursor:
         cursor.execute(
             f"SELECT {CANDIDATE_EXISTS} FROM {HumanTask._meta.db_table} t WHERE t.id = %s", [user.pk, user.pk, task.pk]
         )

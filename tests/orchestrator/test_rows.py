@@ -96,3 +96,46 @@ def test_rows_inserted_first_land_with_the_update_in_one_statement(django_assert
     assert [(e.seq, e.payload, e.occurred_at) for e in stored] == [(e.seq, e.payload, e.occurred_at) for e in events]
     assert Notification.objects.filter(user=users.staff, kind="test").count() == 1
     assert WorkflowInstance.objects.get(pk=instance.pk).audit_seq == 3
+
+
+def _prepared_statements() -> list[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_hot_path_statements_are_prepared_once_per_session():
+    """PostgreSQL parses and plans a hot-path statement once per session, then only binds and runs it."""
+    # given
+    instance = WorkflowInstance.objects.create(workflow_name="bench_approval", workflow_version=1)
+
+    # when the same read runs twice
+    first = rows.select(
+        [(WorkflowInstance, "i")], "FROM orchestrator_workflowinstance i WHERE i.id = %s", [instance.pk]
+    )
+    again = rows.select(
+        [(WorkflowInstance, "i")], "FROM orchestrator_workflowinstance i WHERE i.id = %s", [instance.pk]
+    )
+
+    # then it was prepared, once, with its parameter bound on the server
+    assert first[0][0].pk == again[0][0].pk == instance.pk
+    prepared = [s for s in _prepared_statements() if "FROM orchestrator_workflowinstance i WHERE i.id = $1" in s]
+    assert len(prepared) == 1
+
+
+def test_prepared_statements_can_be_turned_off(settings):
+    """Behind a proxy that cannot carry prepared statements, BATON_PREPARED_STATEMENTS=0 binds on the client."""
+    # given
+    settings.BATON_PREPARED_STATEMENTS = False
+    instance = WorkflowInstance.objects.create(workflow_name="bench_approval", workflow_version=1)
+
+    # when
+    found = rows.select(
+        [(WorkflowInstance, "i")], "FROM orchestrator_workflowinstance i WHERE i.id = %s AND i.id > 0", [instance.pk]
+    )
+
+    # then
+    assert found[0][0].pk == instance.pk
+    assert not [s for s in _prepared_statements() if "i.id > 0" in s]
