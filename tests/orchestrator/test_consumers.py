@@ -1,7 +1,7 @@
 """The live websocket through the real ASGI stack (origin check, session auth, consumer) on PostgreSQL and Redis.
 
 Every test talks to ``orchestrator.asgi.application`` with ``WebsocketCommunicator`` and uses the channel layer
-from the settings: ``RedisChannelLayer`` on Redis db 14 (tests/settings.py), the same one the services broadcast
+from the settings: ``RedisPubSubChannelLayer`` on Redis db 14 (tests/settings.py), the one the services publish
 into after commit. ORM work runs in the sync thread through ``sync_to_async`` (never on the event loop).
 Negative tests keep a second socket that does receive the event, so "nothing arrived" cannot come from a
 broadcast that never happened.
@@ -47,20 +47,18 @@ def _redis_channel_layer() -> None:
     """A fresh layer object per test (from settings: Redis db 14), so no receive state crosses event loops."""
     channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
     layer = channel_layers[DEFAULT_CHANNEL_LAYER]
-    assert type(layer).__name__ == "RedisChannelLayer"
+    assert type(layer).__name__ == "RedisPubSubChannelLayer"
 
 
 @pytest_asyncio.fixture(autouse=True)
 async def _close_sync_thread_connections() -> AsyncIterator[None]:
     """The sync thread keeps its PostgreSQL session (CONN_MAX_AGE); close it so the test database can be dropped.
 
-    The Redis layer's pools belong to this test's event loop: close them in it, or a receive still blocked on
-    Redis (up to the 30 s socket timeout) keeps the loop from closing at teardown.
+    The Redis layer's connections and its receiving task belong to this test's event loop: close them in it, or
+    the task outlives the loop.
     """
     yield
     layer = channel_layers[DEFAULT_CHANNEL_LAYER]
-    await layer.wait_received()
-    # Only this loop's pool: the broadcast thread's loop owns its own (orchestrator/realtime.py).
     loop_layer = layer._layers.pop(asyncio.get_running_loop(), None)
     if loop_layer is not None:
         await loop_layer.flush()
