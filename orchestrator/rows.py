@@ -144,21 +144,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def update(
-    obj: Model,
-    fields: Sequence[str],
-    *,
-    where: str = "",
-    params: Sequence[Any] = (),
-    insert_first: Sequence[Model] = (),
-) -> bool:
-    """UPDATE ``fields`` of ``obj`` (``auto_now`` fields among them get the time); True if the row matched.
+Fence = tuple[Model, Sequence[str], str, Sequence[Any]]
 
-    ``where`` adds conditions to ``pk = %s`` (a fencing guard, say ``"state = %s AND attempt = %s"``) with
-    their ``params``; a guarded update that matches nothing changes nothing and returns False.
-    ``insert_first`` are new rows (of any models) written before the update; on PostgreSQL in the same statement
-    (data-modifying WITHs), which saves round trips: a worker waits on round trips more than it computes.
-    """
+
+def _update_statement(obj: Model, fields: Sequence[str], where: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
     connection = _db()
     model = type(obj)
     meta = model._meta
@@ -170,18 +159,50 @@ def update(
         guard = f" AND ({where})" if where else ""
         sql = _sql[key] = f"UPDATE {_q(meta.db_table)} SET {assignments} WHERE {_q(meta.pk.column)} = %s{guard}"
     values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]  # type: ignore[union-attr]
-    values = [*values, obj.pk, *params]
-    if insert_first and connection.vendor == "postgresql":
+    return sql, [*values, obj.pk, *params]
+
+
+def update(
+    obj: Model,
+    fields: Sequence[str],
+    *,
+    where: str = "",
+    params: Sequence[Any] = (),
+    insert_first: Sequence[Model] = (),
+    update_first: Sequence[Fence] = (),
+) -> bool:
+    """UPDATE ``fields`` of ``obj`` (``auto_now`` fields among them get the time); True if the row matched.
+
+    ``where`` adds conditions to ``pk = %s`` (a fencing guard, say ``"state = %s AND attempt = %s"``) with
+    their ``params``; a guarded update that matches nothing changes nothing and returns False.
+    ``insert_first`` are new rows (of any models) written before the update, and ``update_first`` guarded
+    updates of other rows, ``(obj, fields, where, params)``, that must all match for this one to count: on
+    PostgreSQL in the same statement (data-modifying WITHs), which saves round trips, since a worker waits on
+    round trips more than it computes. With ``update_first`` a False return means one of them, or this update,
+    matched nothing, and the caller must roll back: the other writes of the statement did happen.
+    """
+    connection = _db()
+    sql, values = _update_statement(obj, fields, where, params)
+    postgres = connection.vendor == "postgresql"
+    if postgres and (insert_first or update_first):
         ctes, cte_values = [], []
         for index, same_model in enumerate(_by_model(insert_first)):
             insert_sql, insert_values = insert_statement(same_model, returning=False)
             ctes.append(f"inserted_{index} AS ({insert_sql})")
             cte_values += insert_values
+        for index, (other, other_fields, other_where, other_params) in enumerate(update_first):
+            update_sql, update_values = _update_statement(other, other_fields, other_where, other_params)
+            ctes.append(f"updated_{index} AS ({update_sql} RETURNING 1)")
+            cte_values += update_values
+            sql += f" AND EXISTS (SELECT 1 FROM updated_{index})"
         sql = f"WITH {', '.join(ctes)} {sql}"
         values = [*cte_values, *values]
-    elif insert_first:
+    elif insert_first or update_first:
         for same_model in _by_model(insert_first):
             insert_many(same_model)
+        for other, other_fields, other_where, other_params in update_first:
+            if not update(other, other_fields, where=other_where, params=other_params):
+                return False
     with cursor() as cur:
         cur.execute(sql, values)
         matched = cur.rowcount > 0

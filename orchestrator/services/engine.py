@@ -44,7 +44,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services.unit import Unit
+from orchestrator.services.unit import Fenced, Unit
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,6 @@ def lock_instance(instance_id: int) -> WorkflowInstance:
     if instance is None:
         raise WorkflowInstance.DoesNotExist(f"no instance {instance_id}")
     return instance
-
-
-class Fenced(Exception):
-    """The step moved on while this transaction waited for its instance's lock; nothing may be written."""
 
 
 def lock_step(step_id: int, *, skip_locked: bool = False) -> tuple[WorkflowInstance, StepRun] | None:
@@ -174,9 +170,10 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
         lease = now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
         from_state = step.state
         step.start(now, lease)
-        step_save(step, ["state", "attempt", "started_at", "lease_expires_at"])
         # No live event for a claim: the outcome follows within the step's run time and is broadcast then.
         unit = Unit(instance, WORKER, now=now, broadcast=False)
+        # The step's write rides in the statement that writes the audit event and the instance (one round trip).
+        unit.fence(step, ["state", "attempt", "started_at", "lease_expires_at"])
         unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
         unit.finish()
         context = StepContext(

@@ -32,6 +32,10 @@ OUTCOME_STATES = (InstanceState.COMPLETED, InstanceState.FAILED, InstanceState.C
 TRACKED_FIELDS = ("state", "title", "data", "outcome", "error", "finished_at", "paused_until")
 
 
+class Fenced(Exception):
+    """The step moved on while this transaction waited for its instance's lock; nothing may be written."""
+
+
 class Unit:
     """One transaction's work on one locked instance."""
 
@@ -56,6 +60,8 @@ class Unit:
         self.notes: list[dict[str, Any]] = []
         # Rows whose ids nobody needs (notifications): written with the audit events at finish().
         self.inserts: list[Model] = []
+        # Step writes fenced on the state and attempt they were read with, done by finish() (see fence()).
+        self.fenced: list[tuple[StepRun, list[str]]] = []
         # Set when this unit scheduled automated work, so settling needs no query.
         self.scheduled_work = False
         self.initial_state = instance.state
@@ -99,6 +105,14 @@ class Unit:
         self.dispatches.append((step.pk, options))
         self.scheduled_work = True
 
+    def fence(self, step: StepRun, fields: list[str]) -> None:
+        """Write ``fields`` of a step read by ``engine.lock_step`` in ``finish``'s statement, only if the step is
+        still in the state and at the attempt it was read with; else ``finish`` raises :class:`Fenced`.
+
+        Only for a unit that reads nothing after this write (the claim): the row changes at ``finish``.
+        """
+        self.fenced.append((step, fields))
+
     def notify(self, groups: list[str], event: dict[str, Any]) -> None:
         """Queue a live event for ``groups`` (sent after commit)."""
         self.notes.append({"groups": groups, "event": event})
@@ -122,9 +136,22 @@ class Unit:
                 if state_changed:
                     # The instance list follows states; step-level news goes only to pages showing the instance.
                     self.groups.add("ops")
-        if fields:
-            # The events, the other new rows and the instance's new chain head in one statement.
-            rows.update(self.instance, [*fields, "updated_at"], insert_first=[*self.events, *self.inserts])
+        fences: list[rows.Fence] = [
+            (step, step_fields, "state = %s AND attempt = %s", step._read_as) for step, step_fields in self.fenced
+        ]
+        if fields or fences:
+            # The events, the other new rows, the fenced step writes and the instance's new chain head in one
+            # statement.
+            if not rows.update(
+                self.instance,
+                [*fields, "updated_at"],
+                insert_first=[*self.events, *self.inserts],
+                update_first=fences,
+            ):
+                step = self.fenced[0][0]
+                raise Fenced(f"step {step.pk} is no longer {step._read_as[0]} at attempt {step._read_as[1]}")
+            for step, _ in self.fenced:
+                step._read_as = (step.state, step.attempt)
         elif self.inserts:
             rows.insert_many(self.inserts)
         for step_id, options in self.dispatches:

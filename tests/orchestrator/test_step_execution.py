@@ -311,16 +311,17 @@ def instance_audit_seq(instance) -> int:
 
 
 def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert_num_queries):
-    """step_execute of bench_approval's first step: claim (lock and read, update, audit with instance) and
-    record (lock and read, update, next step, task with its candidates, audit with instance) in two transactions."""
+    """step_execute of bench_approval's first step: claim (lock and read; the step's fenced update, its audit
+    event and the instance in one statement) and record (lock and read, update, next step, task with its
+    candidates, audit with instance) in two transactions."""
     # given
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
 
-    # when / then: 8 statements of work (the instance locked and the step read in one, the task inserted with
+    # when / then: 7 statements of work (the instance locked and the step read in one, the task inserted with
     # its candidates, audit events written with the instance update, no busy-steps query in a linear flow)
     # plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
-    with django_assert_num_queries(12):
+    with django_assert_num_queries(11):
         assert engine.step_execute(step.pk) == "succeeded"
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
@@ -369,3 +370,43 @@ def test_a_record_that_waited_for_the_lock_sees_the_step_moved_and_is_fenced(use
     assert (step.state, step.result) == (StepState.FAILED, {})
     assert not events_of(step, "step.succeeded")
     assert not HumanTask.objects.filter(instance=instance).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_that_waited_for_the_lock_sees_the_step_claimed_and_writes_nothing(users):
+    """Two deliveries of one message: the claim that waited for the instance's lock read the step before the
+    other claim moved it, and its fenced write (in the statement with its audit event) must refuse it."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    # given: the step is scheduled, and another transaction holds the instance lock while it claims the step
+    instance = instance_start("bench_approval", {})
+    step = instance.steps.get()
+    locked = threading.Event()
+
+    def other_claim() -> None:
+        try:
+            with transaction.atomic():
+                engine.lock_instance(instance.pk)
+                locked.set()
+                time.sleep(0.5)  # the claim below is now waiting for this lock
+                StepRun.objects.filter(pk=step.pk).update(state=StepState.RUNNING, attempt=1)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=other_claim)
+    holder.start()
+    assert locked.wait(5)
+
+    # when
+    claim = engine.step_claim(step.pk)
+    holder.join()
+
+    # then
+    step.refresh_from_db()
+    assert claim is None
+    assert (step.state, step.attempt) == (StepState.RUNNING, 1)
+    assert not events_of(step, "step.started")
+    assert instance_audit_seq(instance) == AuditEvent.objects.filter(instance=instance).count()
