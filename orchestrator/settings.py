@@ -169,6 +169,9 @@ else:
 # PostgreSQL decides state; a message only says "look at step X". These settings make a message survive a
 # killed worker (acks late + reject on loss) and keep one message per worker process at a time.
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
+if REDIS_URL:
+    # kombu's Redis transport, keeping one Redis client per channel instead of one per call (orchestrator/broker.py).
+    CELERY_BROKER_TRANSPORT = "orchestrator.broker:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     # Longer than any step timeout: on Redis an unacked message is redelivered after this many seconds.
     dict[str, float]({"visibility_timeout": int(os.environ.get("BATON_VISIBILITY_TIMEOUT", "3600"))})
