@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,13 @@ def ensure_users(approvers: int) -> tuple[Any, list[Any]]:
 
 
 class Worker:
-    """One real prefork Celery worker process, in its own session so Ctrl+C reaches only the bench."""
+    """One real Celery worker process (prefork unless told), in its own session so Ctrl+C reaches only the bench."""
 
-    def __init__(self, concurrency: int = 2, log_path: Path = WORKER_LOG) -> None:
+    def __init__(
+        self, concurrency: int = 2, log_path: Path = WORKER_LOG, pool: str = "prefork", extra: Sequence[str] = ()
+    ) -> None:
         self.concurrency = concurrency
+        self.pool = pool
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.command = [
@@ -116,11 +120,14 @@ class Worker:
             "baton",
             "--concurrency",
             str(concurrency),
+            "--pool",
+            pool,
             "--loglevel",
             "WARNING",
             "--without-heartbeat",
             "--without-gossip",
             "--without-mingle",
+            *extra,
         ]
 
     @property

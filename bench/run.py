@@ -40,8 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=2000, help="bench_approval instances (phases A and B)")
     parser.add_argument("--chain-n", type=int, default=500, help="bench_chain instances (phase C)")
     parser.add_argument("--approvers", type=int, default=4, help="users in the approvers group")
-    parser.add_argument("--concurrency", type=int, default=2, help="the worker's prefork concurrency")
-    parser.add_argument("--start-threads", type=int, default=1, help="bench threads calling instance_start")
+    parser.add_argument("--concurrency", type=int, default=2, help="the worker's concurrency")
+    parser.add_argument("--pool", default="prefork", help="the worker's pool (investigation: threads, solo)")
+    parser.add_argument(
+        "--worker-args", default="", help='more celery worker options (investigation: "--prefetch-multiplier 1")'
+    )
+    parser.add_argument(
+        "--start-threads", type=int, default=1, help="bench threads calling instance_start (phase C; A with 0 procs)"
+    )
+    parser.add_argument(
+        "--start-procs",
+        type=int,
+        default=2,
+        help="bench processes calling instance_start in phase A (as web or API processes would; 0: threads)",
+    )
     parser.add_argument(
         "--decide-procs",
         type=int,
@@ -253,8 +265,12 @@ class Workers:
             t.join()
 
 
-def _decide_process(task_ids: list[int], approver_pks: list[int], index: int, ready: Any, go: Any, out: Any) -> None:
-    """One decider process (spawned): set Django up, say ready, decide its share on the signal, report its CPU."""
+def _bench_process(job: str, items: list[Any], user_pks: list[int], index: int, ready: Any, go: Any, out: Any) -> None:
+    """One bench process (spawned): set Django up, say ready, do its share on the signal, report its CPU.
+
+    ``job`` is "decide" (``items`` are task ids, decided by ``user_pks`` in turn) or "start" (``len(items)``
+    ``bench_approval`` instances started by ``user_pks[0]``).
+    """
     import django
 
     django.setup()
@@ -262,15 +278,19 @@ def _decide_process(task_ids: list[int], approver_pks: list[int], index: int, re
     from django.db import connections
 
     from approvals.services import task_decide
+    from orchestrator.services.instances import instance_start
 
-    people = list(get_user_model().objects.filter(pk__in=approver_pks).order_by("pk"))
+    people = list(get_user_model().objects.filter(pk__in=user_pks).order_by("pk"))
     ready.wait()
     go.wait()
     began = time.process_time()
     error = ""
     try:
-        for i, task_id in enumerate(task_ids):
-            task_decide(task_id, people[(i + index) % len(people)], "approve")
+        for i, item in enumerate(items):
+            if job == "decide":
+                task_decide(item, people[(i + index) % len(people)], "approve")
+            else:
+                instance_start("bench_approval", {}, initiator=people[0])
     except Exception as exc:  # reported to the parent, which fails the phase
         error = repr(exc)
     out.put((index, time.process_time() - began, error))
@@ -285,7 +305,7 @@ class ProcWorkers:
     ``bench`` figure (the parent only waits).
     """
 
-    def __init__(self, work: list[Any], procs: int, approver_pks: list[int]) -> None:
+    def __init__(self, job: str, work: list[Any], procs: int, user_pks: list[int]) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
@@ -293,7 +313,7 @@ class ProcWorkers:
         self.go = ctx.Barrier(procs + 1)
         self.out = ctx.Queue()
         self.procs = [
-            ctx.Process(target=_decide_process, args=(work[i::procs], approver_pks, i, self.ready, self.go, self.out))
+            ctx.Process(target=_bench_process, args=(job, work[i::procs], user_pks, i, self.ready, self.go, self.out))
             for i in range(procs)
         ]
         for proc in self.procs:
@@ -311,7 +331,7 @@ class ProcWorkers:
                 errors.append(error)
         if errors:
             self.release()
-            raise RuntimeError(f"a decider failed: {errors[0]}")
+            raise RuntimeError(f"a bench process failed: {errors[0]}")
 
     def release(self) -> None:
         if self.procs:
@@ -373,7 +393,7 @@ def run_phase(
     )
 
 
-def phase_a(n: int, threads: int, initiator_pk: int, worker: harness.Worker, timeout: float) -> Phase:
+def phase_a(n: int, threads: int, procs: int, initiator_pk: int, worker: harness.Worker, timeout: float) -> Phase:
     from django.contrib.auth import get_user_model
 
     from orchestrator.services.instances import instance_start
@@ -384,7 +404,9 @@ def phase_a(n: int, threads: int, initiator_pk: int, worker: harness.Worker, tim
             instance_start("bench_approval", {}, initiator=initiator)
 
     first = next_instance_pk()
-    return run_phase("A", "bench_approval", "waiting", n, list(range(n)), threads, start, worker, timeout, first)
+    work = list(range(n))
+    starters = ProcWorkers("start", work, procs, [initiator_pk]) if procs else None
+    return run_phase("A", "bench_approval", "waiting", n, work, threads, start, worker, timeout, first, procs=starters)
 
 
 def phase_b(n: int, procs: int, approver_pks: list[int], worker: harness.Worker, timeout: float, min_pk: int) -> Phase:
@@ -399,7 +421,7 @@ def phase_b(n: int, procs: int, approver_pks: list[int], worker: harness.Worker,
     )
     if len(tasks) != n:
         raise RuntimeError(f"expected {n} open approval tasks, found {len(tasks)}")
-    deciders = ProcWorkers(tasks, procs, approver_pks)
+    deciders = ProcWorkers("decide", tasks, procs, approver_pks)
     return run_phase("B", "bench_approval", "completed", n, tasks, procs, None, worker, timeout, min_pk, procs=deciders)
 
 
@@ -509,10 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connections
 
     initiator, approvers = harness.ensure_users(args.approvers)
-    machine = sysinfo.machine_info(args.concurrency)
+    machine = sysinfo.machine_info(args.concurrency, args.pool, args.worker_args)
     print("machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()))
 
-    worker = harness.Worker(args.concurrency)
+    worker = harness.Worker(args.concurrency, pool=args.pool, extra=args.worker_args.split())
     results: dict[str, Any] = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}}
     try:
         ready = worker.start()
@@ -521,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 
         spy = PySpy(args.py_spy, worker)
         try:
-            a = phase_a(args.n, args.start_threads, initiator.pk, worker, args.timeout)
+            a = phase_a(args.n, args.start_threads, args.start_procs, initiator.pk, worker, args.timeout)
         finally:
             spy.stop()
         print_phase(a, "start -> waiting", "bench_approval instances", TARGETS["A"])

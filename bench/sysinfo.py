@@ -11,7 +11,7 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def machine_info(concurrency: int) -> dict[str, str]:
+def machine_info(concurrency: int, pool: str = "prefork", worker_args: str = "") -> dict[str, str]:
     """nproc, CPU model, memory, PostgreSQL, Redis, Python, Django, Celery versions and the worker's concurrency."""
     import celery
     import django
@@ -60,7 +60,7 @@ def machine_info(concurrency: int) -> dict[str, str]:
         "django": django.get_version(),
         "celery": celery.__version__,
         "psycopg": psycopg.__version__,
-        "celery_concurrency": f"{concurrency} (prefork, one worker process)",
+        "celery_concurrency": f"{concurrency} ({pool}, one worker process{'; ' + worker_args if worker_args else ''})",
     }
 
 
