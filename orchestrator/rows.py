@@ -65,9 +65,28 @@ def _prepared_cursor_class() -> type:
         """Prepares on the first execute: Django's cursor wrapper passes no ``prepare`` argument."""
 
         def execute(self, query: Any, params: Any = None, *, prepare: Any = None, binary: Any = None) -> Any:
-            return super().execute(query, params, prepare=True, binary=binary)
+            result = super().execute(query, params, prepare=True, binary=binary)
+            # psycopg keeps no query text for a prepared execution, and Django's query log (DEBUG,
+            # CaptureQueriesContext) reads it from here: give it the statement, rendered only when read.
+            self._query = _LoggedQuery(self.connection, query, params)
+            return result
 
     return PreparedCursor
+
+
+class _LoggedQuery:
+    """What Django's ``last_executed_query`` reads (``.query``): the statement with its values in place."""
+
+    __slots__ = ("_connection", "_params", "_sql")
+
+    def __init__(self, connection: Any, sql: str, params: Any) -> None:
+        self._connection, self._sql, self._params = connection, sql, params
+
+    @property
+    def query(self) -> bytes:
+        from psycopg import ClientCursor
+
+        return ClientCursor(self._connection).mogrify(self._sql, self._params).encode()
 
 
 def _q(name: str) -> str:

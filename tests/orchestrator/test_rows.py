@@ -125,6 +125,23 @@ def test_hot_path_statements_are_prepared_once_per_session():
     assert len(prepared) == 1
 
 
+def test_a_prepared_statement_shows_in_django_s_query_log_with_its_values():
+    """DEBUG's query log and CaptureQueriesContext (the query-count pins) see prepared statements as text."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given
+    instance = WorkflowInstance.objects.create(workflow_name="bench_approval", workflow_version=1)
+
+    # when
+    with CaptureQueriesContext(connection) as captured:
+        rows.get(WorkflowInstance, instance.pk)
+
+    # then
+    assert len(captured.captured_queries) == 1
+    assert captured.captured_queries[0]["sql"].endswith(f'WHERE t."id" = {instance.pk}')
+
+
 def test_prepared_statements_can_be_turned_off(settings):
     """Behind a proxy that cannot carry prepared statements, BATON_PREPARED_STATEMENTS=0 binds on the client."""
     # given
