@@ -93,7 +93,8 @@ def _groups(names: list[str] | tuple[str, ...]) -> list[Group]:
 
 
 def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
-    """Create the task for a human step, with its SLA and first escalation deadline."""
+    """Start a human step: insert the new (unsaved) ``step`` with its task, the task's SLA and first escalation
+    deadline and its candidates; audit both."""
     instance = unit.instance
     due_at = unit.now + node.sla if node.sla else None
     task = HumanTask(
@@ -106,7 +107,8 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
         due_at=due_at,
         next_escalation_at=unit.now + node.escalation[0].after if node.escalation else None,
     )
-    group_ids, user_ids = _task_insert(task, node.candidate_groups, node.candidate_users)
+    group_ids, user_ids = _task_insert(task, node.candidate_groups, node.candidate_users, step=step)
+    unit.audit("step.started", "step", step.pk, "", step.state, payload={"node": node.name})
     unit.audit(
         "task.opened",
         "task",
@@ -144,17 +146,25 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     return task
 
 
-def _task_insert(task: HumanTask, groups: Sequence[str], users: Sequence[str]) -> tuple[list[int], list[int]]:
-    """INSERT the task and its candidates named in the definition; the ids of the groups and users found.
+def _task_insert(
+    task: HumanTask, groups: Sequence[str], users: Sequence[str], *, step: StepRun
+) -> tuple[list[int], list[int]]:
+    """INSERT the new ``step``, its task and the task's candidates named in the definition; the ids of the
+    groups and users found.
 
-    On PostgreSQL one statement does it all (the candidates' inserts read the new task's id from a WITH): a
-    worker's step waits on each round trip. Elsewhere the task, then each list of candidates.
+    On PostgreSQL one statement does it all (the task reads the new step's id, the candidates the new task's,
+    from WITHs): a worker's step waits on each round trip. Elsewhere the step, the task, then each list of
+    candidates.
     """
     group_ids: list[int] = []
     user_ids: list[int] = []
     if connection.vendor == "postgresql":
-        task_sql, params = rows.insert_statement([task], returning=True)
-        parts = [f"new_task AS ({task_sql})"]
+        step_sql, params = rows.insert_statement([step], returning=True)
+        task_sql, task_params = rows.insert_statement(
+            [task], returning=True, expressions={"step_id": "(SELECT id FROM new_step)"}
+        )
+        params += task_params
+        parts = [f"new_step AS ({step_sql})", f"new_task AS ({task_sql})"]
         found = []
         for kind, names in (("group", groups), ("user", users)):
             if names:
@@ -162,11 +172,18 @@ def _task_insert(task: HumanTask, groups: Sequence[str], users: Sequence[str]) -
                 params += list(names)
             found.append(f"ARRAY(SELECT {kind}_id FROM new_{kind}s)" if names else "ARRAY[]::bigint[]")
         with rows.cursor() as cursor:
-            cursor.execute(f"WITH {', '.join(parts)} SELECT (SELECT id FROM new_task), {', '.join(found)}", params)
-            task.pk, found_groups, found_users = cursor.fetchone()
-        rows.inserted([task])
+            cursor.execute(
+                f"WITH {', '.join(parts)} SELECT (SELECT id FROM new_step), (SELECT id FROM new_task),"
+                f" {', '.join(found)}",
+                params,
+            )
+            step.pk, task.pk, found_groups, found_users = cursor.fetchone()
+        task.step = step  # the task's step_id, read back
+        rows.inserted([step, task])
         group_ids, user_ids = list(found_groups), list(found_users)
     else:
+        rows.insert(step)
+        task.step = step
         rows.insert(task)
         with rows.cursor() as cursor:
             for kind, names, ids in (("group", groups, group_ids), ("user", users, user_ids)):

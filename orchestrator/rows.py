@@ -109,8 +109,14 @@ def insert_many(objs: Sequence[Model]) -> None:
         _insert(objs, returning=False)
 
 
-def insert_statement(objs: Sequence[Model], *, returning: bool) -> tuple[str, list[Any]]:
-    """The INSERT of :func:`insert_many` and its parameters, for a caller composing a larger statement."""
+def insert_statement(
+    objs: Sequence[Model], *, returning: bool, expressions: dict[str, str] | None = None
+) -> tuple[str, list[Any]]:
+    """The INSERT of :func:`insert_many` and its parameters, for a caller composing a larger statement.
+
+    ``expressions`` (PostgreSQL only) gives some columns an SQL expression instead of the objects' values, such as
+    the id of a row an earlier WITH of the same statement inserts: ``{"step_id": "(SELECT id FROM new_step)"}``.
+    """
     connection = _db()
     model = type(objs[0])
     fields = _writable(model)
@@ -121,12 +127,14 @@ def insert_statement(objs: Sequence[Model], *, returning: bool) -> tuple[str, li
         # The rows travel as one JSON document that PostgreSQL expands (jsonb_to_recordset): one parameter, so
         # the statement text stays the same whatever the number of rows and psycopg's query cache serves it,
         # and json.dumps (in C) replaces per-value literal quoting, which cost about twice the CPU here.
-        key: tuple[Any, ...] = ("insert", model, "postgresql", returning)
+        given = expressions or {}
+        key: tuple[Any, ...] = ("insert", model, "postgresql", returning, tuple(sorted(given.items())))
         sql = _sql.get(key)
         if sql is None:
             types = ", ".join(f"{_q(f.column)} {f.cast_db_type(connection)}" for f in fields)  # type: ignore[attr-defined]
+            values = ", ".join(given.get(f.column, _q(f.column)) for f in fields)
             sql = _sql[key] = (
-                f"INSERT INTO {table} ({names}) SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS x({types}){tail}"
+                f"INSERT INTO {table} ({names}) SELECT {values} FROM jsonb_to_recordset(%s::jsonb) AS x({types}){tail}"
             )
         document = [{f.column: _plain(f.pre_save(obj, True)) for f in fields} for obj in objs]
         return sql, [json.dumps(document, default=str)]

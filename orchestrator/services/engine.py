@@ -366,9 +366,8 @@ def enter_node(
     elif isinstance(node, Human):
         from approvals.services import task_open
 
+        # The step is inserted with its task (one statement on PostgreSQL).
         step = StepRun(**common, kind=StepKind.HUMAN, state=StepState.RUNNING, started_at=unit.now)
-        rows.insert(step)
-        unit.audit("step.started", "step", step.pk, "", step.state, payload={"node": node.name})
         task_open(unit, step, node)
     elif isinstance(node, Decision):
         assert node.choose is not None
