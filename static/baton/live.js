@@ -10,7 +10,10 @@
  *    "refresh": ["inbox", "counts", "instance-42"], "counts": {"inbox": 3, "unread": 2}}
  *
  * Events fired on document.body (through htmx.trigger, so hx-trigger can use them):
- *   baton:resync          after every reconnect except the first connect
+ *   baton:resync          after every reconnect except the first connect, and every 60 s while the socket is
+ *                         open and the tab visible: live events are hints carried by Redis pub/sub, which
+ *                         drops what it cannot deliver (a web process reconnecting to Redis), so a lost one
+ *                         is repaired within a minute
  *   baton:refresh-<name>  once per name in "refresh"
  *                         (e.g. hx-trigger="baton:refresh-inbox from:body")
  *   baton:message         for every message; event.detail is the parsed message
@@ -23,6 +26,7 @@
   var MIN_DELAY_MS = 500;
   var MAX_DELAY_MS = 15000;
   var TOAST_DELAY_MS = 5000;
+  var RESYNC_MS = 60000;
   var MAX_TOASTS = 5;
   var LEVELS = { info: true, success: true, warning: true, danger: true };
 
@@ -35,10 +39,13 @@
     handleMessage: handleMessage, // exposed so tests can feed messages directly
     connect: connect,
     nextDelay: nextDelay,
+    resyncMs: RESYNC_MS,
+    resyncEvery: resyncEvery, // exposed so a test (or a page) can change the safety net's period
   };
   window.batonLive = live;
 
   var reconnectTimer = null;
+  var resyncTimer = null;
   var stopped = false;
 
   // ---- events ------------------------------------------------------------
@@ -287,6 +294,22 @@
     socket.addEventListener("error", function () {});
   }
 
+  // ---- periodic resync (the safety net under the events) ----------------------
+
+  function scheduleResync() {
+    if (resyncTimer !== null) clearTimeout(resyncTimer);
+    resyncTimer = setTimeout(function () {
+      resyncTimer = null;
+      if (live.connected && !stopped && document.visibilityState === "visible") fire("baton:resync");
+      scheduleResync();
+    }, live.resyncMs);
+  }
+
+  function resyncEvery(seconds) {
+    live.resyncMs = seconds * 1000;
+    scheduleResync();
+  }
+
   function start() {
     if (!document.body || document.body.dataset.live !== "1") return;
     if (!("WebSocket" in window)) return;
@@ -315,6 +338,7 @@
     });
 
     connect();
+    scheduleResync();
   }
 
   if (document.readyState === "loading") {

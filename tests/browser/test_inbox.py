@@ -25,6 +25,25 @@ def start_expense(initiator, **changes) -> tuple[WorkflowInstance, HumanTask]:
     return instance, HumanTask.objects.get(instance=instance, state=TaskState.OPEN)
 
 
+def start_expense_with_live_events_lost(initiator) -> tuple[WorkflowInstance, HumanTask]:
+    """start_expense, with this process's live events sent to a Redis that is not there (they are logged, lost)."""
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+    from django.test import override_settings
+
+    nowhere = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+        }
+    }
+    channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+    try:
+        with override_settings(CHANNEL_LAYERS=nowhere):
+            return start_expense(initiator)
+    finally:
+        channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+
+
 class InboxTests(BrowserTestCase):
     @pytest.mark.worker
     def test_staff_signs_in_and_approves_an_expense_which_then_completes(self):
@@ -121,3 +140,25 @@ class InboxTests(BrowserTestCase):
                 expect(row.get_by_role("link", name=task.title)).to_be_visible()
                 expect(row.get_by_role("button", name="Claim")).to_be_visible()
                 assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+
+    def test_a_lost_live_event_is_repaired_by_the_periodic_resync(self):
+        """A new task whose live event never reached Redis still shows up in the open queue, at the next resync."""
+        # given: staff's team queue is open and live
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/inbox/?tab=queue")
+            expect(page.get_by_text("The team queue is empty.")).to_be_visible()
+            self.wait_until_live(page)
+            page.evaluate("window.__sameDocument = true")
+
+            # when: a task opens and its event is lost
+            _instance, task = orm(start_expense_with_live_events_lost, self.users.manager)
+            row = self.task_row(page, task.pk)
+            page.wait_for_timeout(NEW_TASK_MS)
+            shown_before_resync = row.count()
+            page.evaluate("window.batonLive.resyncEvery(1)")
+
+            # then: nothing came by event, and the resync brings the task in without a reload
+            assert shown_before_resync == 0
+            expect(row).to_have_count(1, timeout=5000)
+            assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
