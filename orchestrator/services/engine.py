@@ -236,7 +236,14 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
         node = workflow.node(step.name)
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
-            step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            fields = ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"]
+            if step.kind == StepKind.TASK and not workflow.has_parallel:
+                # Entering the next node of a linear flow reads no step row (only a fan-in or the busy-steps
+                # check of a parallel flow would, and a compensation's bookkeeping), so the step's fenced write
+                # can ride in finish()'s statement: one round trip less per step.
+                unit.fence(step, fields)
+            else:
+                step_save(step, fields)
             unit.audit(
                 "step.succeeded",
                 "step",

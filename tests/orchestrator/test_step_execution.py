@@ -312,16 +312,17 @@ def instance_audit_seq(instance) -> int:
 
 def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert_num_queries):
     """step_execute of bench_approval's first step: claim (lock and read; the step's fenced update, its audit
-    event and the instance in one statement) and record (lock and read, update, the human step with its task and
-    the task's candidates, audit with instance) in two transactions."""
+    event and the instance in one statement) and record (lock and read; the human step with its task and the
+    task's candidates; the step's fenced update, the audit events and the instance) in two transactions."""
     # given
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
 
-    # when / then: 6 statements of work (the instance locked and the step read in one, the next step inserted
-    # with its task and candidates, audit events written with the instance update, no busy-steps query in a
-    # linear flow) plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's transaction
-    with django_assert_num_queries(10):
+    # when / then: 5 statements of work (the instance locked and the step read in one, the next step inserted
+    # with its task and candidates, the step's update and the audit events written with the instance update, no
+    # busy-steps query in a linear flow) plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's
+    # transaction
+    with django_assert_num_queries(9):
         assert engine.step_execute(step.pk) == "succeeded"
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
