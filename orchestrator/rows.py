@@ -26,6 +26,8 @@ from django.db.models import Field, Model
 M = TypeVar("M", bound=Model)
 
 _sql: dict[tuple[Any, ...], str] = {}
+# Per (model, vendor, fields, guard): the UPDATE and the fields it sets.
+_updates: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
 # Per (model, alias): select columns, per column (converters, expression) or None, attribute names.
 Reader = tuple[list[str], list[tuple[list[Callable[..., Any]], Any] | None], list[str]]
 _readers: dict[tuple[type[Model], str], Reader] = {}
@@ -93,8 +95,28 @@ def _q(name: str) -> str:
     return f'"{name}"'
 
 
+_writables: dict[type[Model], list[Field]] = {}
+# Per model: (column, attribute, the field when its pre_save does more than read the attribute) for each column.
+Getter = tuple[str, str, Field | None]
+_getters: dict[type[Model], list[Getter]] = {}
+
+
 def _writable(model: type[Model]) -> list[Field]:
-    return [f for f in model._meta.concrete_fields if not f.primary_key]
+    fields = _writables.get(model)
+    if fields is None:
+        fields = _writables[model] = [f for f in model._meta.concrete_fields if not f.primary_key]
+    return fields
+
+
+def _document_getters(model: type[Model]) -> list[Getter]:
+    getters = _getters.get(model)
+    if getters is None:
+        getters = _getters[model] = [
+            # Most fields' pre_save only reads the attribute; those that override it (dates with auto_now) keep it.
+            (f.column, f.attname, f if type(f).pre_save is not Field.pre_save else None)
+            for f in _writable(model)
+        ]
+    return getters
 
 
 def insert(obj: Model) -> None:
@@ -120,30 +142,46 @@ def insert_statement(
     connection = _db()
     model = type(objs[0])
     fields = _writable(model)
-    names = ", ".join(_q(f.column) for f in fields)
-    table = _q(model._meta.db_table)
-    tail = f" RETURNING {_q(model._meta.pk.column)}" if returning else ""
     if connection.vendor == "postgresql":
         # The rows travel as one JSON document that PostgreSQL expands (jsonb_to_recordset): one parameter, so
         # the statement text stays the same whatever the number of rows and psycopg's query cache serves it,
         # and json.dumps (in C) replaces per-value literal quoting, which cost about twice the CPU here.
         given = expressions or {}
-        key: tuple[Any, ...] = ("insert", model, "postgresql", returning, tuple(sorted(given.items())))
+        key: tuple[Any, ...] = ("insert", model, "postgresql", returning, tuple(sorted(given.items())) if given else ())
         sql = _sql.get(key)
         if sql is None:
             types = ", ".join(f"{_q(f.column)} {f.cast_db_type(connection)}" for f in fields)  # type: ignore[attr-defined]
             values = ", ".join(given.get(f.column, _q(f.column)) for f in fields)
             sql = _sql[key] = (
-                f"INSERT INTO {table} ({names}) SELECT {values} FROM jsonb_to_recordset(%s::jsonb) AS x({types}){tail}"
+                f"INSERT INTO {_q(model._meta.db_table)} ({_names(fields)}) SELECT {values}"
+                f" FROM jsonb_to_recordset(%s::jsonb) AS x({types}){_returning(model, returning)}"
             )
-        document = [{f.column: _plain(f.pre_save(obj, True)) for f in fields} for obj in objs]
+        getters = _document_getters(model)
+        document = [
+            {
+                column: _plain(field.pre_save(obj, True) if field is not None else obj.__dict__[attname])
+                for column, attname, field in getters
+            }
+            for obj in objs
+        ]
         return sql, [json.dumps(document, default=str)]
     key = ("insert", model, connection.vendor, returning, len(objs))
     sql = _sql.get(key)
     if sql is None:
         row = f"({', '.join(['%s'] * len(fields))})"
-        sql = _sql[key] = f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * len(objs))}{tail}"
+        sql = _sql[key] = (
+            f"INSERT INTO {_q(model._meta.db_table)} ({_names(fields)}) VALUES {', '.join([row] * len(objs))}"
+            f"{_returning(model, returning)}"
+        )
     return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+
+
+def _names(fields: Sequence[Field]) -> str:
+    return ", ".join(_q(f.column) for f in fields)
+
+
+def _returning(model: type[Model], returning: bool) -> str:
+    return f" RETURNING {_q(model._meta.pk.column)}" if returning else ""
 
 
 def inserted(objs: Sequence[Model]) -> None:
@@ -177,15 +215,17 @@ Fence = tuple[Model, Sequence[str], str, Sequence[Any]]
 def _update_statement(obj: Model, fields: Sequence[str], where: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
     connection = _db()
     model = type(obj)
-    meta = model._meta
     key = ("update", model, connection.vendor, tuple(fields), where)
-    sql = _sql.get(key)
-    concrete = [meta.get_field(name) for name in fields]
-    if sql is None:
-        assignments = ", ".join(f"{_q(f.column)} = %s" for f in concrete)  # type: ignore[arg-type, union-attr]
+    cached = _updates.get(key)
+    if cached is None:
+        meta = model._meta
+        concrete: list[Any] = [meta.get_field(name) for name in fields]
+        assignments = ", ".join(f"{_q(f.column)} = %s" for f in concrete)
         guard = f" AND ({where})" if where else ""
-        sql = _sql[key] = f"UPDATE {_q(meta.db_table)} SET {assignments} WHERE {_q(meta.pk.column)} = %s{guard}"
-    values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]  # type: ignore[union-attr]
+        sql = f"UPDATE {_q(meta.db_table)} SET {assignments} WHERE {_q(meta.pk.column)} = %s{guard}"
+        cached = _updates[key] = (sql, concrete)
+    sql, concrete = cached
+    values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in concrete]
     return sql, [*values, obj.pk, *params]
 
 
