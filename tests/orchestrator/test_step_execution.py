@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind, TaskState
 from orchestrator.dsl import Parallel, PermanentError, Retry, StepContext, Task, Workflow
-from orchestrator.models import AuditEvent, DemoLedger, InstanceState, StepKind, StepRun, StepState
+from orchestrator.models import (
+    AuditEvent,
+    DemoLedger,
+    InstanceState,
+    StepKind,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
 from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
 from orchestrator.workflows.order_fulfilment import FAST_RETRY
@@ -24,6 +38,31 @@ def ledger(instance, service: str, operation: str) -> list[DemoLedger]:
             service=service, operation=operation, idempotency_key__startswith=f"{instance.pk}:"
         ).order_by("id")
     )
+
+
+@contextmanager
+def instance_locked_elsewhere(instance: WorkflowInstance, change: Callable[[], object]) -> Iterator[None]:
+    """While the body runs, another transaction holds the instance's lock, waits half a second (so the body's
+    statement queues behind it), makes ``change`` and commits."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                engine.lock_instance(instance.pk)
+                locked.set()
+                time.sleep(0.5)
+                change()
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(5)
+    try:
+        yield
+    finally:
+        holder.join()
 
 
 def events_of(step: StepRun, action: str) -> list[AuditEvent]:
@@ -335,35 +374,16 @@ def test_a_record_that_waited_for_the_lock_sees_the_step_moved_and_is_fenced(use
     The record reads the locked instance and the step in one statement; after waiting, PostgreSQL re-reads the
     instance but not the step, so the record sees a stale "running" step: its fenced write must refuse it.
     """
-    import threading
-    import time
-
-    from django.db import connection, transaction
-
-    # given: attempt 1 is running, and another transaction holds the instance lock while it moves the step on
+    # given: attempt 1 is running
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
     claim = engine.step_claim(step.pk)
     assert claim is not None
-    locked = threading.Event()
 
-    def sweeper() -> None:
-        try:
-            with transaction.atomic():
-                engine.lock_instance(instance.pk)
-                locked.set()
-                time.sleep(0.5)  # the record below is now waiting for this lock
-                StepRun.objects.filter(pk=step.pk).update(state=StepState.FAILED, error_type="LeaseExpired")
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=sweeper)
-    holder.start()
-    assert locked.wait(5)
-
-    # when
-    result = engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=True, result={"late": True}))
-    holder.join()
+    # when: the result arrives while the sweep holds the instance's lock and expires the lease
+    expire = partial(StepRun.objects.filter(pk=step.pk).update, state=StepState.FAILED, error_type="LeaseExpired")
+    with instance_locked_elsewhere(instance, expire):
+        result = engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=True, result={"late": True}))
 
     # then
     step.refresh_from_db()
@@ -377,33 +397,14 @@ def test_a_record_that_waited_for_the_lock_sees_the_step_moved_and_is_fenced(use
 def test_a_claim_that_waited_for_the_lock_sees_the_step_claimed_and_writes_nothing(users):
     """Two deliveries of one message: the claim that waited for the instance's lock read the step before the
     other claim moved it, and its fenced write (in the statement with its audit event) must refuse it."""
-    import threading
-    import time
-
-    from django.db import connection, transaction
-
-    # given: the step is scheduled, and another transaction holds the instance lock while it claims the step
+    # given: the step is scheduled
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
-    locked = threading.Event()
 
-    def other_claim() -> None:
-        try:
-            with transaction.atomic():
-                engine.lock_instance(instance.pk)
-                locked.set()
-                time.sleep(0.5)  # the claim below is now waiting for this lock
-                StepRun.objects.filter(pk=step.pk).update(state=StepState.RUNNING, attempt=1)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=other_claim)
-    holder.start()
-    assert locked.wait(5)
-
-    # when
-    claim = engine.step_claim(step.pk)
-    holder.join()
+    # when: this delivery's claim waits while the other delivery's claim holds the lock and claims the step
+    other_claim = partial(StepRun.objects.filter(pk=step.pk).update, state=StepState.RUNNING, attempt=1)
+    with instance_locked_elsewhere(instance, other_claim):
+        claim = engine.step_claim(step.pk)
 
     # then
     step.refresh_from_db()
