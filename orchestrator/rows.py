@@ -278,6 +278,52 @@ def update(
     return matched
 
 
+def supports_guarded_writes() -> bool:
+    """Whether :func:`guarded_write` can run here (PostgreSQL: a locking read inside a data-modifying WITH)."""
+    return _db().vendor == "postgresql"
+
+
+def guarded_write(
+    obj: Model,
+    fields: Sequence[str],
+    *,
+    guard: tuple[str, Sequence[Any]],
+    update: Fence,
+    insert: Sequence[Model],
+) -> bool:
+    """One statement, all or nothing: lock ``obj``'s row if ``guard`` still holds on it, then the guarded
+    ``update`` of another row, then ``insert``, then ``fields`` of ``obj``; True if all of it was written.
+
+    For a write prepared from a read taken without a lock: ``guard`` re-checks what the read saw on ``obj``
+    (``("audit_seq = %s", [seq])``), ``update`` is ``(other, fields, where, params)`` fenced the same way, and each
+    later part runs only if the one before matched, so a moved row leaves everything as it was. The lock is
+    taken on ``obj`` first, the order every writer follows.
+    """
+    model = type(obj)
+    meta = model._meta
+    guard_where, guard_params = guard
+    other, other_fields, other_where, other_params = update
+    update_sql, update_values = _update_statement(
+        other, other_fields, f"({other_where}) AND EXISTS (SELECT 1 FROM guard)", other_params
+    )
+    ctes = [
+        f"guard AS (SELECT 1 FROM {_q(meta.db_table)} WHERE {_q(meta.pk.column)} = %s AND ({guard_where}) FOR UPDATE)",
+        f"updated AS ({update_sql} RETURNING 1)",
+    ]
+    values: list[Any] = [obj.pk, *guard_params, *update_values]
+    for index, same_model in enumerate(_by_model(insert)):
+        insert_sql, insert_values = insert_statement(same_model, returning=False)
+        ctes.append(f"inserted_{index} AS ({insert_sql} WHERE EXISTS (SELECT 1 FROM updated))")
+        values += insert_values
+    main_sql, main_values = _update_statement(obj, fields, "EXISTS (SELECT 1 FROM updated)", ())
+    with cursor() as cur:
+        cur.execute(f"WITH {', '.join(ctes)} {main_sql}", [*values, *main_values])
+        written = cur.rowcount > 0
+    if written:
+        inserted(insert)
+    return written
+
+
 def _by_model(objs: Sequence[Model]) -> list[list[Model]]:
     groups: dict[type[Model], list[Model]] = {}
     for obj in objs:

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from orchestrator import registry, rows
+from orchestrator import audit, registry, rows
 from orchestrator.audit import Actor
 from orchestrator.dsl import (
     COMPENSATE,
@@ -97,6 +97,17 @@ def lock_step(step_id: int, *, skip_locked: bool = False) -> tuple[WorkflowInsta
     return instance, step
 
 
+def read_step(step_id: int) -> tuple[WorkflowInstance, StepRun] | None:
+    """The step and its instance as they are now, read in one statement without a lock."""
+    found = rows.select(
+        [(WorkflowInstance, "i"), (StepRun, "s")],
+        f"FROM {WorkflowInstance._meta.db_table} i JOIN {StepRun._meta.db_table} s ON s.instance_id = i.id"
+        " WHERE s.id = %s",
+        [step_id],
+    )
+    return (found[0][0], found[0][1]) if found else None
+
+
 def step_save(step: StepRun, fields: list[str]) -> None:
     """Write ``fields`` of a step read by :func:`lock_step`, only if its state and attempt are still as read."""
     if not rows.update(step, fields, where="state = %s AND attempt = %s", params=step._read_as):
@@ -134,12 +145,96 @@ def step_execute(step_id: int) -> str:
     return step_record(claim.step_id, claim.attempt, outcome)
 
 
+# How often a claim reads again after another writer moved the instance between its read and its write.
+CLAIM_READS = 3
+
+
 def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
-    """Move a due step to running with attempt + 1 and a lease; None if it is not runnable now."""
+    """Move a due step to running with attempt + 1 and a lease; None if it is not runnable now.
+
+    On PostgreSQL the claim reads without a lock and writes in one statement that locks the instance and changes
+    nothing unless the instance's chain head and the step's state and attempt are still as read (two round trips
+    and no transaction of its own, where locking first took four); when another writer got in between, it reads
+    again. Elsewhere, and for a step whose definition cannot be loaded, it locks first.
+    """
+    now = now or timezone.now()
     try:
-        return _claim(step_id, now or timezone.now())
+        if rows.supports_guarded_writes():
+            for _ in range(CLAIM_READS):
+                claim = _claim_guarded(step_id, now)
+                if claim is not _MOVED:
+                    return claim
+        return _claim(step_id, now)
     except Fenced:
         return None  # another claim or an operator moved the step first
+
+
+class _Moved:
+    """Another writer changed the instance or the step between a guarded claim's read and its write."""
+
+
+_MOVED: Any = _Moved()
+
+
+def _claimable(instance: WorkflowInstance, step: StepRun, now: datetime) -> bool:
+    if step.state not in DISPATCHABLE_STEP_STATES or (step.due_at and step.due_at > now):
+        return False  # a redelivered, early or duplicate message: PostgreSQL says there is nothing to do
+    allowed = (InstanceState.COMPENSATING,) if step.kind == StepKind.COMPENSATION else ACTIVE_INSTANCE_STATES
+    return instance.state in allowed  # paused, failed or cancelled: resume/retry re-dispatches
+
+
+def _claim_guarded(step_id: int, now: datetime) -> Claim | None:
+    found = read_step(step_id)
+    if found is None:
+        return None
+    instance, step = found
+    if not _claimable(instance, step, now):
+        return None
+    try:
+        node = definition_of(instance).node(step.name)
+    except Exception:
+        return _claim(step_id, now)  # the locked claim records why the step cannot run
+    read_seq, read_as = instance.audit_seq, (step.state, step.attempt)
+    from_state = step.state
+    step.start(now, _lease(node, now))
+    event = audit.append(
+        instance,
+        now=now,
+        actor=WORKER,
+        action="step.started",
+        subject_type="step",
+        subject_id=step.pk,
+        from_state=from_state,
+        to_state=step.state,
+        payload={"attempt": step.attempt},
+    )
+    # No live event for a claim: the outcome follows within the step's run time and is broadcast then.
+    if not rows.guarded_write(
+        instance,
+        ["audit_seq", "audit_head", "updated_at"],
+        guard=("audit_seq = %s", [read_seq]),
+        update=(step, ["state", "attempt", "started_at", "lease_expires_at"], "state = %s AND attempt = %s", read_as),
+        insert=[event],
+    ):
+        return _MOVED
+    return _claimed(instance, step, node)
+
+
+def _lease(node: Node, now: datetime) -> datetime:
+    timeout = node.timeout if isinstance(node, Task) else 60.0
+    return now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
+
+
+def _claimed(instance: WorkflowInstance, step: StepRun, node: Node) -> Claim:
+    context = StepContext(
+        instance_id=instance.pk,
+        step=step.name,
+        attempt=step.attempt,
+        data=dict(instance.data),
+        idempotency_key=step.idempotency_key,
+        business_key=instance.business_key,
+    )
+    return Claim(step.pk, step.attempt, step.kind, node, context)
 
 
 def _claim(step_id: int, now: datetime) -> Claim | None:
@@ -148,11 +243,8 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
         if locked is None:
             return None
         instance, step = locked
-        if step.state not in DISPATCHABLE_STEP_STATES or (step.due_at and step.due_at > now):
-            return None  # a redelivered, early or duplicate message: PostgreSQL says there is nothing to do
-        allowed = (InstanceState.COMPENSATING,) if step.kind == StepKind.COMPENSATION else ACTIVE_INSTANCE_STATES
-        if instance.state not in allowed:
-            return None  # paused, failed or cancelled: resume/retry re-dispatches
+        if not _claimable(instance, step, now):
+            return None
         try:
             workflow = definition_of(instance)
             node = workflow.node(step.name)
@@ -166,25 +258,14 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
             settle(unit)
             unit.finish()
             return None
-        timeout = node.timeout if isinstance(node, Task) else 60.0
-        lease = now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
         from_state = step.state
-        step.start(now, lease)
-        # No live event for a claim: the outcome follows within the step's run time and is broadcast then.
+        step.start(now, _lease(node, now))
         unit = Unit(instance, WORKER, now=now, broadcast=False)
         # The step's write rides in the statement that writes the audit event and the instance (one round trip).
         unit.fence(step, ["state", "attempt", "started_at", "lease_expires_at"])
         unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
         unit.finish()
-        context = StepContext(
-            instance_id=instance.pk,
-            step=step.name,
-            attempt=step.attempt,
-            data=dict(instance.data),
-            idempotency_key=step.idempotency_key,
-            business_key=instance.business_key,
-        )
-        return Claim(step.pk, step.attempt, step.kind, node, context)
+        return _claimed(instance, step, node)
 
 
 def _run_handler(claim: Claim) -> Outcome:

@@ -350,18 +350,19 @@ def instance_audit_seq(instance) -> int:
 
 
 def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert_num_queries):
-    """step_execute of bench_approval's first step: claim (lock and read; the step's fenced update, its audit
-    event and the instance in one statement) and record (lock and read; the human step with its task and the
-    task's candidates; the step's fenced update, the audit events and the instance) in two transactions."""
+    """step_execute of bench_approval's first step: claim (read; the step's guarded update, its audit event and the
+    instance in one statement) and record (lock and read; the human step with its task and the task's candidates;
+    the step's fenced update, the audit events and the instance) in one transaction."""
     # given
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
 
-    # when / then: 5 statements of work (the instance locked and the step read in one, the next step inserted
-    # with its task and candidates, the step's update and the audit events written with the instance update, no
-    # busy-steps query in a linear flow) plus 4 SAVEPOINT/RELEASE of the two atomic blocks inside the test's
-    # transaction
-    with django_assert_num_queries(9):
+    # when / then: 2 statements for the claim (the step and its instance read; the guarded write of the step, its
+    # audit event and the instance) and 3 for the record (the instance locked and the step read in one, the next
+    # step inserted with its task and candidates, the step's update and the audit events written with the
+    # instance update, no busy-steps query in a linear flow) plus 2 SAVEPOINT/RELEASE of the record's atomic
+    # block inside the test's transaction
+    with django_assert_num_queries(7):
         assert engine.step_execute(step.pk) == "succeeded"
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
@@ -412,3 +413,32 @@ def test_a_claim_that_waited_for_the_lock_sees_the_step_claimed_and_writes_nothi
     assert (step.state, step.attempt) == (StepState.RUNNING, 1)
     assert not events_of(step, "step.started")
     assert instance_audit_seq(instance) == AuditEvent.objects.filter(instance=instance).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_whose_instance_moved_after_its_read_reads_again_and_keeps_the_chain_whole(users):
+    """Between the claim's read and its write another writer appends to the instance's audit chain: the claim's
+    guarded write changes nothing, the claim reads again, and its event follows the other writer's."""
+    from orchestrator.audit import Actor, verify_chain
+    from orchestrator.services.unit import Unit
+
+    # given
+    instance = instance_start("bench_approval", {})
+    step = instance.steps.get()
+
+    def note() -> None:
+        unit = Unit(engine.lock_instance(instance.pk), Actor.system("test"))
+        unit.audit("instance.noted", "instance", instance.pk)
+        unit.finish()
+
+    # when: the claim's write queues behind a transaction that appends to the chain
+    with instance_locked_elsewhere(instance, note):
+        claim = engine.step_claim(step.pk)
+
+    # then
+    step.refresh_from_db()
+    events = list(AuditEvent.objects.filter(instance=instance).order_by("seq"))
+    assert claim is not None
+    assert (step.state, step.attempt) == (StepState.RUNNING, 1)
+    assert [e.action for e in events][-2:] == ["instance.noted", "step.started"]
+    assert verify_chain(events) is None
