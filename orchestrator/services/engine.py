@@ -162,18 +162,15 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
         if rows.supports_guarded_writes():
             for _ in range(CLAIM_READS):
                 claim = _claim_guarded(step_id, now)
-                if claim is not _MOVED:
+                if not isinstance(claim, Moved):
                     return claim
         return _claim(step_id, now)
     except Fenced:
         return None  # another claim or an operator moved the step first
 
 
-class _Moved:
+class Moved:
     """Another writer changed the instance or the step between a guarded claim's read and its write."""
-
-
-_MOVED: Any = _Moved()
 
 
 def _claimable(instance: WorkflowInstance, step: StepRun, now: datetime) -> bool:
@@ -183,7 +180,7 @@ def _claimable(instance: WorkflowInstance, step: StepRun, now: datetime) -> bool
     return instance.state in allowed  # paused, failed or cancelled: resume/retry re-dispatches
 
 
-def _claim_guarded(step_id: int, now: datetime) -> Claim | None:
+def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
     found = read_step(step_id)
     if found is None:
         return None
@@ -216,7 +213,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | None:
         update=(step, ["state", "attempt", "started_at", "lease_expires_at"], "state = %s AND attempt = %s", read_as),
         insert=[event],
     ):
-        return _MOVED
+        return Moved()
     return _claimed(instance, step, node)
 
 
