@@ -84,6 +84,15 @@ def lock_step(step_id: int, *, skip_locked: bool = False) -> tuple[WorkflowInsta
     lock = rows.lock_clause(of="i")
     if lock and skip_locked:
         lock += " SKIP LOCKED"
+    return _read_step(step_id, lock)
+
+
+def read_step(step_id: int) -> tuple[WorkflowInstance, StepRun] | None:
+    """The step and its instance as they are now, read in one statement without a lock."""
+    return _read_step(step_id, "")
+
+
+def _read_step(step_id: int, lock: str) -> tuple[WorkflowInstance, StepRun] | None:
     found = rows.select(
         [(WorkflowInstance, "i"), (StepRun, "s")],
         f"FROM {WorkflowInstance._meta.db_table} i JOIN {StepRun._meta.db_table} s ON s.instance_id = i.id"
@@ -95,17 +104,6 @@ def lock_step(step_id: int, *, skip_locked: bool = False) -> tuple[WorkflowInsta
     instance, step = found[0]
     step._read_as = (step.state, step.attempt)
     return instance, step
-
-
-def read_step(step_id: int) -> tuple[WorkflowInstance, StepRun] | None:
-    """The step and its instance as they are now, read in one statement without a lock."""
-    found = rows.select(
-        [(WorkflowInstance, "i"), (StepRun, "s")],
-        f"FROM {WorkflowInstance._meta.db_table} i JOIN {StepRun._meta.db_table} s ON s.instance_id = i.id"
-        " WHERE s.id = %s",
-        [step_id],
-    )
-    return (found[0][0], found[0][1]) if found else None
 
 
 def step_save(step: StepRun, fields: list[str]) -> None:
@@ -191,7 +189,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
         node = definition_of(instance).node(step.name)
     except Exception:
         return _claim(step_id, now)  # the locked claim records why the step cannot run
-    read_seq, read_as = instance.audit_seq, (step.state, step.attempt)
+    read_seq = instance.audit_seq
     from_state = step.state
     step.start(now, _lease(node, now))
     event = audit.append(
@@ -210,7 +208,12 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
         instance,
         ["audit_seq", "audit_head", "updated_at"],
         guard=("audit_seq = %s", [read_seq]),
-        update=(step, ["state", "attempt", "started_at", "lease_expires_at"], "state = %s AND attempt = %s", read_as),
+        update=(
+            step,
+            ["state", "attempt", "started_at", "lease_expires_at"],
+            "state = %s AND attempt = %s",
+            step._read_as,
+        ),
         insert=[event],
     ):
         return Moved()
