@@ -98,7 +98,7 @@ def _q(name: str) -> str:
 _writables: dict[type[Model], list[Field]] = {}
 # Per model: (column, attribute, the field when its pre_save does more than read the attribute) for each column.
 Getter = tuple[str, str, Field | None]
-_getters: dict[type[Model], list[Getter]] = {}
+_getters: dict[tuple[type[Model], bool], list[Getter]] = {}
 
 
 def _writable(model: type[Model]) -> list[Field]:
@@ -108,13 +108,18 @@ def _writable(model: type[Model]) -> list[Field]:
     return fields
 
 
-def _document_getters(model: type[Model]) -> list[Getter]:
-    getters = _getters.get(model)
+def _with_pk(model: type[Model]) -> list[Field]:
+    return [model._meta.pk, *_writable(model)]
+
+
+def _document_getters(model: type[Model], with_pk: bool = False) -> list[Getter]:
+    key = (model, with_pk)
+    getters = _getters.get(key)
     if getters is None:
-        getters = _getters[model] = [
+        getters = _getters[key] = [
             # Most fields' pre_save only reads the attribute; those that override it (dates with auto_now) keep it.
             (f.column, f.attname, f if type(f).pre_save is not Field.pre_save else None)
-            for f in _writable(model)
+            for f in (_with_pk(model) if with_pk else _writable(model))
         ]
     return getters
 
@@ -123,6 +128,20 @@ def insert(obj: Model) -> None:
     """INSERT the new ``obj`` (every concrete field; ``auto_now_add`` applied) and set its primary key."""
     pk = _insert([obj], returning=True)
     obj.pk = pk[0]
+
+
+def insert_reserving(obj: Model, other: type[Model]) -> int:
+    """:func:`insert` ``obj`` and, in the same statement, take the next id of ``other``'s sequence (PostgreSQL):
+    a row of ``other`` given that id can then be written later in another statement, with rows that must name
+    it (its audit event), instead of in a round trip of its own."""
+    sql, values = insert_statement([obj], returning=True)
+    meta = other._meta
+    sql += f", nextval(pg_get_serial_sequence('{_q(meta.db_table)}', '{meta.pk.column}'))"
+    with cursor() as cur:
+        cur.execute(sql, values)
+        obj.pk, reserved = cur.fetchone()
+    inserted([obj])
+    return int(reserved)
 
 
 def insert_many(objs: Sequence[Model]) -> None:
@@ -141,13 +160,22 @@ def insert_statement(
     """
     connection = _db()
     model = type(objs[0])
-    fields = _writable(model)
+    # Rows given their id ahead (insert_reserving) carry it; the rest take the sequence's next.
+    with_pk = objs[0].pk is not None
+    fields = _with_pk(model) if with_pk else _writable(model)
     if connection.vendor == "postgresql":
         # The rows travel as one JSON document that PostgreSQL expands (jsonb_to_recordset): one parameter, so
         # the statement text stays the same whatever the number of rows and psycopg's query cache serves it,
         # and json.dumps (in C) replaces per-value literal quoting, which cost about twice the CPU here.
         given = expressions or {}
-        key: tuple[Any, ...] = ("insert", model, "postgresql", returning, tuple(sorted(given.items())) if given else ())
+        key: tuple[Any, ...] = (
+            "insert",
+            model,
+            "postgresql",
+            returning,
+            with_pk,
+            tuple(sorted(given.items())) if given else (),
+        )
         sql = _sql.get(key)
         if sql is None:
             types = ", ".join(f"{_q(f.column)} {f.cast_db_type(connection)}" for f in fields)  # type: ignore[attr-defined]
@@ -156,7 +184,7 @@ def insert_statement(
                 f"INSERT INTO {_q(model._meta.db_table)} ({_names(fields)}) SELECT {values}"
                 f" FROM jsonb_to_recordset(%s::jsonb) AS x({types}){_returning(model, returning)}"
             )
-        getters = _document_getters(model)
+        getters = _document_getters(model, with_pk)
         document = [
             {
                 column: _plain(field.pre_save(obj, True) if field is not None else obj.__dict__[attname])
@@ -165,7 +193,7 @@ def insert_statement(
             for obj in objs
         ]
         return sql, [json.dumps(document, default=str)]
-    key = ("insert", model, connection.vendor, returning, len(objs))
+    key = ("insert", model, connection.vendor, returning, with_pk, len(objs))
     sql = _sql.get(key)
     if sql is None:
         row = f"({', '.join(['%s'] * len(fields))})"
@@ -278,8 +306,8 @@ def update(
     return matched
 
 
-def supports_guarded_writes() -> bool:
-    """Whether :func:`guarded_write` can run here (PostgreSQL: a locking read inside a data-modifying WITH)."""
+def on_postgresql() -> bool:
+    """Whether the PostgreSQL-only helpers (:func:`guarded_write`, :func:`insert_reserving`) can run here."""
     return _db().vendor == "postgresql"
 
 
@@ -325,9 +353,10 @@ def guarded_write(
 
 
 def _by_model(objs: Sequence[Model]) -> list[list[Model]]:
-    groups: dict[type[Model], list[Model]] = {}
+    # One INSERT per model, and apart for rows that carry an id given ahead (insert_reserving).
+    groups: dict[tuple[type[Model], bool], list[Model]] = {}
     for obj in objs:
-        groups.setdefault(type(obj), []).append(obj)
+        groups.setdefault((type(obj), obj.pk is None), []).append(obj)
     return list(groups.values())
 
 

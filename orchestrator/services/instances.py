@@ -12,10 +12,12 @@ from django.db import IntegrityError, transaction
 
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
+from orchestrator.dsl import Task
 from orchestrator.models import (
     DISPATCHABLE_STEP_STATES,
     InstanceState,
     StepKind,
+    StepRun,
     StepState,
     WorkflowInstance,
 )
@@ -93,8 +95,12 @@ def instance_start(
                 idempotency_key=idempotency_key or None,
                 input_hash=input_hash,
             )
-            rows.insert(instance)
+            first_is_task = isinstance(workflow.first, Task)
+            reserved = rows.insert_reserving(instance, StepRun) if first_is_task and rows.on_postgresql() else None
+            if reserved is None:
+                rows.insert(instance)
             unit = Unit(instance, actor, request_meta=request_meta)
+            unit.reserved_step_id = reserved
             instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
             unit.audit(
                 "instance.started",

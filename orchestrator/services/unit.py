@@ -58,8 +58,12 @@ class Unit:
         self.dispatches: list[tuple[int, dict[str, Any]]] = []
         self.groups: set[str] = set()
         self.notes: list[dict[str, Any]] = []
-        # Rows whose ids nobody needs (notifications): written with the audit events at finish().
+        # Rows nothing reads before commit (notifications, a step given its id ahead): written with the audit
+        # events at finish().
         self.inserts: list[Model] = []
+        # A step id taken ahead by the statement that inserted the instance (instance_start): the first automated
+        # step uses it and is written at finish().
+        self.reserved_step_id: int | None = None
         # Step writes fenced on the state and attempt they were read with, done by finish() (see fence()).
         self.fenced: list[tuple[StepRun, list[str]]] = []
         # Set when this unit scheduled automated work, so settling needs no query.

@@ -104,13 +104,30 @@ def test_start_publishes_its_first_step_only_after_commit(broker, django_capture
 
 
 def test_start_costs_a_fixed_number_of_queries(django_assert_num_queries, users):
-    """instance_start of bench_approval: insert instance, first step, then its audit events with the instance's
-    title and chain head in one statement."""
+    """instance_start of bench_approval: insert the instance (taking the first step's id ahead), then the first
+    step and the audit events with the instance's title and chain head in one statement."""
     # given: bench_approval has no start form
-    # when / then: 3 statements of work plus SAVEPOINT/RELEASE inside the test's transaction
-    with django_assert_num_queries(5):
+    # when / then: 2 statements of work plus SAVEPOINT/RELEASE inside the test's transaction
+    with django_assert_num_queries(4):
         instance = instance_start("bench_approval", {})
     assert instance.steps.get().state == StepState.SCHEDULED
+
+
+def test_a_first_step_given_its_id_ahead_is_the_step_its_audit_event_and_message_name(users):
+    """The id taken ahead is the step row's, its audit event's subject, and the next steps' ids come after it."""
+    # given
+    first = instance_start("bench_approval", {})
+    second = instance_start("bench_approval", {})
+
+    # when
+    steps = [instance.steps.get() for instance in (first, second)]
+    scheduled = [AuditEvent.objects.get(instance=instance, action="step.scheduled") for instance in (first, second)]
+
+    # then
+    assert [event.subject_id for event in scheduled] == [step.pk for step in steps]
+    assert steps[0].pk < steps[1].pk
+    other = StepRun.objects.create(instance=first, name="later", kind="task", state="scheduled")
+    assert other.pk > steps[1].pk
 
 
 # --- version pinning ------------------------------------------------------------------------------------
