@@ -29,7 +29,7 @@ the browser's resource timing of that request. A probe in this process joins the
 Redis layer and stamps each event it receives (the channel-layer leg alone, without the consumer). Each latency
 splits into:
 
-    commit -> redis probe        channels-redis group_send from this process until a receiver has it
+    commit -> redis probe        from the commit in this process until a channel-layer receiver here has it
     commit -> ws message         the above + LiveConsumer.baton_event (its counts query) + daphne + websocket
     ws message -> request        live.js dispatch + htmx's ``delay:100ms`` on #task-list
     request -> response          GET of the list fragment (TTFB = daphne + Django view + template)

@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument(
         "--no-broadcast",
         action="store_true",
-        help="replace the live broadcast (channels_redis group_send) with a no-op, to see what it costs",
+        help="replace the live broadcast (one pipelined Redis PUBLISH per commit) with a no-op, to see what it costs",
     )
     parser.add_argument(
         "--no-publish",
