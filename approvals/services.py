@@ -290,7 +290,18 @@ def is_candidate(user: User, task: HumanTask) -> bool:
         return bool(row and row[0])
 
 
-def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
+@dataclass
+class LockedTask:
+    """A task read under its instance's lock, with the unit that writes it and the acting user's two permission
+    answers, read in the same statement."""
+
+    task: HumanTask
+    unit: Unit
+    is_candidate: bool
+    approved_before: bool
+
+
+def _lock_task(task_id: int, user: User) -> LockedTask:
     tasks, steps, instances = HumanTask._meta.db_table, StepRun._meta.db_table, WorkflowInstance._meta.db_table
     locked = rows.select(
         [(WorkflowInstance, "i")],
@@ -316,22 +327,18 @@ def _lock_task(task_id: int, user: User) -> tuple[HumanTask, Unit]:
     assert isinstance(step, StepRun)
     assert isinstance(instance, WorkflowInstance)
     task.step = step
-    task._is_candidate = bool(candidate)  # type: ignore[attr-defined]
-    task._approved_before = bool(approved_before)  # type: ignore[attr-defined]
     # Candidates, the assignee and managers see a task; anyone else gets a 404.
-    if not (task.assignee_id == user.pk or task._is_candidate or is_manager(user)):  # type: ignore[attr-defined]
+    if not (task.assignee_id == user.pk or candidate or is_manager(user)):
         raise TaskNotFound("No such task.")
-    return task, Unit(instance, Actor.of(user))
+    return LockedTask(task, Unit(instance, Actor.of(user)), bool(candidate), bool(approved_before))
 
 
-def _check_may_act(user: User, task: HumanTask, unit: Unit) -> None:
-    if task.kind != TaskKind.ESCALATION and unit.instance.initiator_id == user.pk:
+def _check_may_act(user: User, locked: LockedTask) -> None:
+    task = locked.task
+    if task.kind != TaskKind.ESCALATION and locked.unit.instance.initiator_id == user.pk:
         # Four-eyes: whoever started the instance never decides it, whatever their role.
         raise TaskForbidden("You started this workflow, so you cannot decide its tasks (four-eyes rule).")
-    candidate = getattr(task, "_is_candidate", None)
-    if candidate is None:
-        candidate = is_candidate(user, task)
-    if not (candidate or task.assignee_id == user.pk):
+    if not (locked.is_candidate or task.assignee_id == user.pk):
         raise TaskForbidden("You are not a candidate for this task.")
 
 
@@ -341,13 +348,14 @@ def _check_may_act(user: User, task: HumanTask, unit: Unit) -> None:
 def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
     """Take an open task; it leaves everyone else's queue."""
     with transaction.atomic():
-        task, unit = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user)
+        task, unit = locked.task, locked.unit
         if task.state == TaskState.CLAIMED and task.assignee_id == user.pk:
             return task
         if task.state not in (TaskState.OPEN, TaskState.ESCALATED):
             who = f" by {task.assignee}" if task.assignee_id else ""
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}{who}.")
-        _check_may_act(user, task, unit)
+        _check_may_act(user, locked)
         from_state = task.state
         task.claim(user, unit.now)
         rows.update(task, ["state", "assignee", "claimed_at"])
@@ -360,7 +368,8 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
 def task_release(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
     """Give a claimed task back to the queue (the assignee or a manager)."""
     with transaction.atomic():
-        task, unit = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user)
+        task, unit = locked.task, locked.unit
         if task.state != TaskState.CLAIMED:
             raise TaskConflict("This task is not claimed.")
         if task.assignee_id != user.pk and not is_manager(user):
@@ -384,7 +393,8 @@ def task_delegate(
 ) -> HumanTask:
     """Hand a task to another candidate (by its assignee or a manager), with a note."""
     with transaction.atomic():
-        task, unit = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user)
+        task, unit = locked.task, locked.unit
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
         if task.assignee_id != user.pk and not is_manager(user):
@@ -430,13 +440,14 @@ def task_decide(
     """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls."""
     comment = (comment or "").strip()
     with transaction.atomic():
-        task, unit = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user)
+        task, unit = locked.task, locked.unit
         unit.request_meta = request_meta or {}
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
         if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
             raise TaskConflict(f"{task.assignee} has claimed this task.")
-        _check_may_act(user, task, unit)
+        _check_may_act(user, locked)
         if task.kind == TaskKind.ESCALATION:
             _resolve_escalation(unit, task, user, decision, comment)
             unit.finish()
@@ -449,9 +460,7 @@ def task_decide(
             )
         cleaned = _validate_decision(unit, task, decision, comment, data or {})
         # One person, one approval slot per instance: no approving twice at two levels.
-        if (
-            task.kind == TaskKind.APPROVAL and decision == APPROVE and task._approved_before  # type: ignore[attr-defined]
-        ):
+        if task.kind == TaskKind.APPROVAL and decision == APPROVE and locked.approved_before:
             raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
         rows.insert(
             TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
@@ -712,7 +721,8 @@ def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
 def task_snooze(task_id: int, user: User, until: datetime) -> HumanTask:
     """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines)."""
     with transaction.atomic():
-        task, unit = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user)
+        task, unit = locked.task, locked.unit
         if task.assignee_id != user.pk:
             raise TaskForbidden("Claim the task before you snooze it.")
         if until <= unit.now or until > unit.now + timedelta(days=90):
