@@ -26,6 +26,11 @@ class TaskState(models.TextChoices):
 ACTIONABLE_TASK_STATES = (TaskState.OPEN, TaskState.CLAIMED, TaskState.ESCALATED)
 
 
+def is_overdue(due_at: datetime | None, state: str, now: datetime) -> bool:
+    """Past its due time and still waiting for someone (for a task, or a task row read with ``.values()``)."""
+    return due_at is not None and state in ACTIONABLE_TASK_STATES and due_at < now
+
+
 class TaskKind(models.TextChoices):
     APPROVAL = "approval", "Approval"
     FORM = "form", "Manual resolution"
@@ -128,7 +133,7 @@ class HumanTask(FSMModelMixin, models.Model):
 
     @property
     def is_overdue(self) -> bool:
-        return self.due_at is not None and self.is_actionable and self.due_at < timezone.now()
+        return is_overdue(self.due_at, self.state, timezone.now())
 
     # --- transitions (pure) ---
     @transition(field=state, source=[TaskState.OPEN, TaskState.ESCALATED], target=TaskState.CLAIMED)

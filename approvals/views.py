@@ -23,7 +23,7 @@ from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
 from approvals import selectors, services
-from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, Priority, SavedView, TaskKind, TaskState
+from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState, is_overdue
 from orchestrator import registry
 from orchestrator.dsl import Human
 from orchestrator.selectors import steps_of
@@ -89,7 +89,7 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
                 "workflow": label(task["instance__workflow_name"]),
                 "business_key": task["instance__business_key"],
                 "due": short(due_at) if due_at is not None else "",
-                "overdue": due_at is not None and due_at < now and task["state"] in ACTIONABLE_TASK_STATES,
+                "overdue": is_overdue(due_at, task["state"], now),
                 "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
                 "completed": short(completed_at) if completed_at is not None else "",
                 "waiting": duration(task["created_at"], now),
