@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
-from django.db import connection, transaction
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -158,7 +158,7 @@ def _task_insert(
     """
     group_ids: list[int] = []
     user_ids: list[int] = []
-    if connection.vendor == "postgresql":
+    if rows.on_postgresql():
         step_sql, params = rows.insert_statement([step], returning=True)
         task_sql, task_params = rows.insert_statement(
             [task], returning=True, expressions={"step_id": "(SELECT id FROM new_step)"}

@@ -280,11 +280,7 @@ def update(
     sql, values = _update_statement(obj, fields, where, params)
     postgres = connection.vendor == "postgresql"
     if postgres and (insert_first or update_first):
-        ctes, cte_values = [], []
-        for index, same_model in enumerate(_by_model(insert_first)):
-            insert_sql, insert_values = insert_statement(same_model, returning=False)
-            ctes.append(f"inserted_{index} AS ({insert_sql})")
-            cte_values += insert_values
+        ctes, cte_values = _insert_ctes(insert_first)
         for index, (other, other_fields, other_where, other_params) in enumerate(update_first):
             update_sql, update_values = _update_statement(other, other_fields, other_where, other_params)
             ctes.append(f"updated_{index} AS ({update_sql} RETURNING 1)")
@@ -338,11 +334,9 @@ def guarded_write(
         f"guard AS (SELECT 1 FROM {_q(meta.db_table)} WHERE {_q(meta.pk.column)} = %s AND ({guard_where}) FOR UPDATE)",
         f"updated AS ({update_sql} RETURNING 1)",
     ]
-    values: list[Any] = [obj.pk, *guard_params, *update_values]
-    for index, same_model in enumerate(_by_model(insert)):
-        insert_sql, insert_values = insert_statement(same_model, returning=False)
-        ctes.append(f"inserted_{index} AS ({insert_sql} WHERE EXISTS (SELECT 1 FROM updated))")
-        values += insert_values
+    insert_ctes, insert_values = _insert_ctes(insert, " WHERE EXISTS (SELECT 1 FROM updated)")
+    ctes += insert_ctes
+    values: list[Any] = [obj.pk, *guard_params, *update_values, *insert_values]
     main_sql, main_values = _update_statement(obj, fields, "EXISTS (SELECT 1 FROM updated)", ())
     with cursor() as cur:
         cur.execute(f"WITH {', '.join(ctes)} {main_sql}", [*values, *main_values])
@@ -350,6 +344,18 @@ def guarded_write(
     if written:
         inserted(insert)
     return written
+
+
+def _insert_ctes(objs: Sequence[Model], condition: str = "") -> tuple[list[str], list[Any]]:
+    """``inserted_<n> AS (INSERT ...)`` for each model among ``objs`` (each row inserted only if ``condition``,
+    a ``WHERE`` clause, holds), and their parameters: for a data-modifying WITH."""
+    ctes: list[str] = []
+    values: list[Any] = []
+    for index, same_model in enumerate(_by_model(objs)):
+        insert_sql, insert_values = insert_statement(same_model, returning=False)
+        ctes.append(f"inserted_{index} AS ({insert_sql}{condition})")
+        values += insert_values
+    return ctes, values
 
 
 def _by_model(objs: Sequence[Model]) -> list[list[Model]]:

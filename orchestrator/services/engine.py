@@ -44,7 +44,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services.unit import Fenced, Unit
+from orchestrator.services.unit import FENCE, Fenced, Unit
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def _read_step(step_id: int, lock: str) -> tuple[WorkflowInstance, StepRun] | No
 
 def step_save(step: StepRun, fields: list[str]) -> None:
     """Write ``fields`` of a step read by :func:`lock_step`, only if its state and attempt are still as read."""
-    if not rows.update(step, fields, where="state = %s AND attempt = %s", params=step._read_as):
-        raise Fenced(f"step {step.pk} is no longer {step._read_as[0]} at attempt {step._read_as[1]}")
+    if not rows.update(step, fields, where=FENCE, params=step._read_as):
+        raise Fenced.of(step)
     step._read_as = (step.state, step.attempt)
 
 
@@ -211,7 +211,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
         update=(
             step,
             ["state", "attempt", "started_at", "lease_expires_at"],
-            "state = %s AND attempt = %s",
+            FENCE,
             step._read_as,
         ),
         insert=[event],

@@ -95,9 +95,11 @@ def instance_start(
                 idempotency_key=idempotency_key or None,
                 input_hash=input_hash,
             )
-            first_is_task = isinstance(workflow.first, Task)
-            reserved = rows.insert_reserving(instance, StepRun) if first_is_task and rows.on_postgresql() else None
-            if reserved is None:
+            reserved: int | None = None
+            if isinstance(workflow.first, Task) and rows.on_postgresql():
+                # The first step's id comes with the instance's: the step is written with the audit events.
+                reserved = rows.insert_reserving(instance, StepRun)
+            else:
                 rows.insert(instance)
             unit = Unit(instance, actor, request_meta=request_meta)
             unit.reserved_step_id = reserved

@@ -32,8 +32,16 @@ OUTCOME_STATES = (InstanceState.COMPLETED, InstanceState.FAILED, InstanceState.C
 TRACKED_FIELDS = ("state", "title", "data", "outcome", "error", "finished_at", "paused_until")
 
 
+# Every fenced step write: the row must still be in the state and at the attempt it was read with (step._read_as).
+FENCE = "state = %s AND attempt = %s"
+
+
 class Fenced(Exception):
     """The step moved on while this transaction waited for its instance's lock; nothing may be written."""
+
+    @classmethod
+    def of(cls, step: StepRun) -> Fenced:
+        return cls(f"step {step.pk} is no longer {step._read_as[0]} at attempt {step._read_as[1]}")
 
 
 class Unit:
@@ -113,7 +121,8 @@ class Unit:
         """Write ``fields`` of a step read by ``engine.lock_step`` in ``finish``'s statement, only if the step is
         still in the state and at the attempt it was read with; else ``finish`` raises :class:`Fenced`.
 
-        Only for a unit that reads nothing after this write (the claim): the row changes at ``finish``.
+        The row changes only at ``finish``: use it only where nothing reads the step's row before then (the locked
+        claim, the record of a task step in a linear flow).
         """
         self.fenced.append((step, fields))
 
@@ -140,20 +149,18 @@ class Unit:
                 if state_changed:
                     # The instance list follows states; step-level news goes only to pages showing the instance.
                     self.groups.add("ops")
-        fences: list[rows.Fence] = [
-            (step, step_fields, "state = %s AND attempt = %s", step._read_as) for step, step_fields in self.fenced
-        ]
+        fences: list[rows.Fence] = [(step, step_fields, FENCE, step._read_as) for step, step_fields in self.fenced]
         if fields or fences:
             # The events, the other new rows, the fenced step writes and the instance's new chain head in one
             # statement.
-            if not rows.update(
+            matched = rows.update(
                 self.instance,
                 [*fields, "updated_at"],
                 insert_first=[*self.events, *self.inserts],
                 update_first=fences,
-            ):
-                step = self.fenced[0][0]
-                raise Fenced(f"step {step.pk} is no longer {step._read_as[0]} at attempt {step._read_as[1]}")
+            )
+            if not matched and self.fenced:
+                raise Fenced.of(self.fenced[0][0])
             for step, _ in self.fenced:
                 step._read_as = (step.state, step.attempt)
         elif self.inserts:
