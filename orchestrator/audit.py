@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.utils import timezone
 
-from orchestrator.models import AuditEvent, WorkflowInstance
+from orchestrator.models import AuditChain, AuditEvent, WorkflowInstance
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,12 @@ class Actor:
         return cls(f"system:{component}")
 
 
+# The chain of events about people's accounts (users, groups, permissions), which belong to no instance.
+ACCOUNTS_CHAIN = "accounts"
+
+
 def chain_name(instance_id: int) -> str:
+    """The name of an instance's own chain."""
     return f"instance:{instance_id}"
 
 
@@ -71,16 +78,101 @@ def append(
     payload: dict[str, Any] | None = None,
     request_meta: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Build the next event of the instance's chain and advance the head held on the instance (unsaved)."""
+    """Build the next event of the instance's chain and advance the head held on the instance (unsaved).
+
+    The caller holds the instance's row lock and saves the event and the instance in its transaction.
+    """
+    event = _event(
+        chain_name(instance.pk),
+        instance.audit_seq + 1,
+        instance.audit_head,
+        instance.pk,
+        now=now,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        from_state=from_state,
+        to_state=to_state,
+        reason=reason,
+        payload=payload,
+        request_meta=request_meta,
+    )
+    instance.audit_seq = event.seq
+    instance.audit_head = event.hash
+    return event
+
+
+def append_standalone(
+    chain: str,
+    *,
+    actor: Actor,
+    action: str,
+    subject_type: str,
+    subject_id: int | None,
+    from_state: str = "",
+    to_state: str = "",
+    reason: str = "",
+    payload: dict[str, Any] | None = None,
+    request_meta: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> AuditEvent:
+    """Append and save an event to ``chain``, a chain that belongs to no instance (e.g. ``ACCOUNTS_CHAIN``).
+
+    Locks the chain's head row (created on first use) for the rest of the caller's transaction, or of its own
+    when called outside one, so concurrent appends queue and the chain stays linear. Returns the saved event.
+    """
+    with transaction.atomic():
+        AuditChain.objects.bulk_create([AuditChain(name=chain)], ignore_conflicts=True)
+        head = AuditChain.objects.select_for_update().get(name=chain)
+        event = _event(
+            chain,
+            head.seq + 1,
+            head.head,
+            None,
+            now=now or timezone.now(),
+            actor=actor,
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+            payload=payload,
+            request_meta=request_meta,
+        )
+        event.save(force_insert=True)
+        head.seq, head.head = event.seq, event.hash
+        head.save(update_fields=["seq", "head"])
+    return event
+
+
+def _event(
+    chain: str,
+    seq: int,
+    prev_hash: str,
+    instance_id: int | None,
+    *,
+    now: datetime,
+    actor: Actor,
+    action: str,
+    subject_type: str,
+    subject_id: int | None,
+    from_state: str,
+    to_state: str,
+    reason: str,
+    payload: dict[str, Any] | None,
+    request_meta: dict[str, Any] | None,
+) -> AuditEvent:
     event = AuditEvent(
-        chain=chain_name(instance.pk),
-        seq=instance.audit_seq + 1,
-        prev_hash=instance.audit_head,
+        chain=chain,
+        seq=seq,
+        prev_hash=prev_hash,
         occurred_at=now,
         actor_id=actor.user_id,
         actor_label=actor.label,
         action=action,
-        instance_id=instance.pk,
+        instance_id=instance_id,
         subject_type=subject_type,
         subject_id=subject_id,
         from_state=str(from_state or ""),
@@ -90,8 +182,6 @@ def append(
         request_meta=request_meta or {},
     )
     event.hash = event_hash(event)
-    instance.audit_seq = event.seq
-    instance.audit_head = event.hash
     return event
 
 

@@ -307,6 +307,21 @@ class AuditEvent(models.Model):
         return f"{self.chain}#{self.seq} {self.action}"
 
 
+class AuditChain(models.Model):
+    """The head of an audit chain that belongs to no instance ("accounts": user, group and permission changes).
+
+    An instance's chain keeps its head on the instance row; these chains keep theirs here, and every append locks
+    this row, so appends to one chain are serialised exactly like appends under an instance's lock.
+    """
+
+    name = models.CharField(max_length=40, primary_key=True)
+    seq = models.PositiveIntegerField(default=0)
+    head = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}#{self.seq}"
+
+
 class DemoLedger(models.Model):
     """The simulated external services of the demo workflows record their side effects here.
 

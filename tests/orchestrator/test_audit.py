@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from collections import defaultdict
 
 import pytest
@@ -12,8 +13,8 @@ from django.db.utils import ProgrammingError
 
 from approvals.models import HumanTask
 from approvals.services import APPROVE, task_decide
-from orchestrator.audit import Actor, event_hash, verify_chain
-from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
+from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone, event_hash, verify_chain
+from orchestrator.models import AuditChain, AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.services.instances import instance_pause, instance_resume, instance_start
 from tests.factories import OrderInputFactory
 
@@ -189,3 +190,52 @@ def test_a_rehashed_forgery_is_caught_by_the_next_link(audited_instance):
     # then
     assert broken is not None
     assert (broken.seq, broken.problem) == (3, "prev_hash does not match the previous event")
+
+
+def test_a_standalone_chain_keeps_its_head_and_verifies():
+    """Events that belong to no instance (account changes) form their own chain, its head kept on AuditChain."""
+    # given
+    actor = Actor.system("accounts")
+
+    # when
+    first = append_standalone(ACCOUNTS_CHAIN, actor=actor, action="user.created", subject_type="user", subject_id=1)
+    second = append_standalone(ACCOUNTS_CHAIN, actor=actor, action="user.changed", subject_type="user", subject_id=1)
+
+    # then
+    events = list(AuditEvent.objects.filter(chain=ACCOUNTS_CHAIN).order_by("seq"))
+    assert [e.pk for e in events] == [first.pk, second.pk]
+    assert events[1].prev_hash == events[0].hash
+    assert events[0].instance_id is None
+    assert verify_chain(events) is None
+    head = AuditChain.objects.get(name=ACCOUNTS_CHAIN)
+    assert (head.seq, head.head) == (2, second.hash)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_appends_to_a_standalone_chain_stay_linear():
+    """Writers in parallel threads queue on the chain's head row: no seq is taken twice, no link is broken."""
+    # given
+    actor = Actor.system("accounts")
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(5):
+                append_standalone("test-threads", actor=actor, action="t", subject_type="user", subject_id=n * 10 + i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then
+    assert errors == []
+    events = list(AuditEvent.objects.filter(chain="test-threads").order_by("seq"))
+    assert [e.seq for e in events] == list(range(1, 21))
+    assert verify_chain(events) is None
