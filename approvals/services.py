@@ -544,6 +544,18 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
         raise TaskInvalid("Mark resolved applies to a failed compensation; use Skip for a failed step.")
     if decision == SKIP and is_compensation:
         raise TaskInvalid("Use Mark resolved once the compensation has been done by hand.")
+    if is_compensation and instance.state != InstanceState.COMPENSATING:
+        then = (
+            "retry it to go on with its compensation"
+            if instance.state == InstanceState.FAILED
+            else "nothing to resolve"
+        )
+        raise TaskConflict(f"The workflow is {instance.get_state_display().lower()}: {then}.")
+    if not is_compensation and decision in (RETRY, SKIP) and engine.saga_begun(instance):
+        # The saga is undoing this instance's work: running or skipping ahead would redo what was undone.
+        raise TaskConflict(
+            "This workflow is being compensated: its steps cannot run again. Choose Fail instance to close this."
+        )
     _complete(unit, task, user, decision, comment, {})
     if step.state != StepState.DEAD:
         return

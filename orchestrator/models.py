@@ -126,6 +126,11 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     def retry(self) -> None:
         self.error = ""
 
+    # A saga that began undoing never runs forward again: retrying it goes on with the undoing.
+    @transition(field=state, source=InstanceState.FAILED, target=InstanceState.COMPENSATING)
+    def retry_compensation(self) -> None:
+        self.error = ""
+
     @transition(field=state, source=[InstanceState.RUNNING, InstanceState.WAITING], target=InstanceState.PAUSED)
     def pause(self, until: datetime | None, now: datetime | None = None) -> None:
         self.paused_until = until

@@ -24,9 +24,11 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.services.engine import (
+    compensation_retry,
     definition_of,
     enter_node,
     lock_instance,
+    saga_begun,
     settle,
     skip_open_steps,
 )
@@ -153,8 +155,23 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
+        if instance.state == InstanceState.COMPENSATING:
+            raise NotAllowed(
+                "The instance is compensating: its completed steps are being undone and none of them runs again. "
+                "If a compensation failed, resolve its escalation in the inbox (retry it, or mark it done by hand)."
+            )
+        if instance.state == InstanceState.COMPENSATED:
+            raise NotAllowed(
+                "The instance is compensated: its steps were undone, so none of them runs again. Start a new instance."
+            )
         if instance.state != InstanceState.FAILED:
             raise NotAllowed(f"Only failed instances can be retried; this one is {instance.state}.")
+        if saga_begun(instance):
+            # Failed mid-compensation (an operator chose "fail" on its escalation): retrying goes on undoing.
+            unit = Unit(instance, actor, request_meta=request_meta)
+            compensation_retry(unit, reason)
+            unit.finish()
+            return
         dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
         if not dead:
             # An honest retry: with no failed step to run again it would report success and do nothing.
