@@ -298,7 +298,7 @@ def instance_resume(
             reason=reason,
             payload={"paused_at": paused_at.isoformat() if paused_at else None},
         )
-        if paused_at is not None:
+        if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
             _shift_deadlines(unit, paused_at)
         _redispatch_due(unit)
         settle(unit)
