@@ -17,6 +17,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import transaction
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
@@ -543,6 +544,18 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
         raise TaskInvalid("Mark resolved applies to a failed compensation; use Skip for a failed step.")
     if decision == SKIP and is_compensation:
         raise TaskInvalid("Use Mark resolved once the compensation has been done by hand.")
+    if is_compensation and instance.state != InstanceState.COMPENSATING:
+        then = (
+            "retry it to go on with its compensation"
+            if instance.state == InstanceState.FAILED
+            else "nothing to resolve"
+        )
+        raise TaskConflict(f"The workflow is {instance.get_state_display().lower()}: {then}.")
+    if not is_compensation and decision in (RETRY, SKIP) and engine.saga_begun(instance):
+        # The saga is undoing this instance's work: running or skipping ahead would redo what was undone.
+        raise TaskConflict(
+            "This workflow is being compensated: its steps cannot run again. Choose Fail instance to close this."
+        )
     _complete(unit, task, user, decision, comment, {})
     if step.state != StepState.DEAD:
         return
@@ -580,11 +593,22 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
 # --- deadlines: the sweep calls this ------------------------------------------------------------------
 
 
+def tasks_shift_deadlines(unit: Unit, paused_at: datetime, held: Any) -> None:
+    """On resume: move the open tasks' SLA (``due_at``) and next escalation rung on by ``held``, an SQL
+    expression of the time each was held (``instance_resume``); deadlines due before ``paused_at`` stay due."""
+    open_tasks = HumanTask.objects.filter(instance=unit.instance, state__in=ACTIONABLE_TASK_STATES)
+    open_tasks.filter(due_at__gt=paused_at).update(due_at=F("due_at") + held)
+    open_tasks.filter(next_escalation_at__gt=paused_at).update(next_escalation_at=F("next_escalation_at") + held)
+
+
 def tasks_sweep(now: datetime | None = None) -> dict[str, int]:
-    """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction."""
+    """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction.
+
+    A paused instance's rungs wait: resuming moves them on by the time spent paused."""
     now = now or timezone.now()
     due = list(
         HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, next_escalation_at__lte=now)
+        .exclude(instance__state=InstanceState.PAUSED)
         .order_by("next_escalation_at")
         .values_list("pk", flat=True)[:200]
     )
@@ -605,6 +629,8 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
         task = HumanTask.objects.select_related("step").get(pk=task_id)
         if not task.is_actionable or not task.next_escalation_at or task.next_escalation_at > now:
             return 0
+        if instance.state == InstanceState.PAUSED:
+            return 0  # paused after the query: the rung waits for the resume
         node = engine.definition_of(instance).node(task.step.name)
         ladder = list(getattr(node, "escalation", ()))
         if task.escalation_level >= len(ladder):
@@ -614,8 +640,11 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
         rung = ladder[task.escalation_level]
         level = task.escalation_level + 1
         following = ladder[level] if level < len(ladder) else None
-        # Rungs count from the task's creation, so the ladder keeps its shape whenever the sweep runs.
-        next_at = task.created_at + following.after if following else None
+        # Rungs count from the task's creation, so the ladder keeps its shape whenever the sweep runs, plus the
+        # time pauses held this rung (never negative: the first rung counts from the opening unit's clock, a hair
+        # before created_at).
+        held = max(timedelta(0), task.next_escalation_at - (task.created_at + rung.after))
+        next_at = task.created_at + following.after + held if following else None
         unit = Unit(instance, engine.SWEEPER, now=now)
         from_state = task.state
         if isinstance(rung, Remind):

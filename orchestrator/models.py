@@ -56,6 +56,8 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     paused_until = models.DateTimeField(null=True, blank=True)
+    # When the current pause began: on resume every duration deadline is moved on by the time spent paused.
+    paused_at = models.DateTimeField(null=True, blank=True)
     # Head of this instance's audit hash chain; guarded by the instance row lock every writer takes.
     audit_seq = models.PositiveIntegerField(default=0)
     audit_head = models.CharField(max_length=64, blank=True)
@@ -124,13 +126,20 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     def retry(self) -> None:
         self.error = ""
 
+    # A saga that began undoing never runs forward again: retrying it goes on with the undoing.
+    @transition(field=state, source=InstanceState.FAILED, target=InstanceState.COMPENSATING)
+    def retry_compensation(self) -> None:
+        self.error = ""
+
     @transition(field=state, source=[InstanceState.RUNNING, InstanceState.WAITING], target=InstanceState.PAUSED)
-    def pause(self, until: datetime | None) -> None:
+    def pause(self, until: datetime | None, now: datetime | None = None) -> None:
         self.paused_until = until
+        self.paused_at = now
 
     @transition(field=state, source=InstanceState.PAUSED, target=InstanceState.RUNNING)
     def resume(self) -> None:
         self.paused_until = None
+        self.paused_at = None
 
     @transition(field=state, source=list(OPEN_INSTANCE_STATES), target=InstanceState.CANCELLED)
     def cancel(self, now: datetime) -> None:

@@ -577,8 +577,61 @@ def compensation_start(unit: Unit, reason: str) -> None:
     from_state = instance.state
     instance.start_compensation(reason)
     unit.audit("instance.compensating", "instance", instance.pk, from_state, instance.state, reason=reason)
-    skip_open_steps(unit, reason=f"compensating: {reason}")
+    # Every open task goes, a failed forward step's escalation too: retrying or skipping that step now would run
+    # forward work behind the compensation's back.
+    skip_open_steps(unit, reason=f"compensating: {reason}", everything=True)
     _compensation_next(unit, definition_of(instance))
+
+
+def saga_begun(instance: WorkflowInstance) -> bool:
+    """True once the instance has started compensating (a compensation step exists, or a step was marked
+    compensated by hand): from then on no forward step may run again (docs/architecture.md, "Operator actions
+    and the saga"). One query; not for the hot path."""
+    if instance.state in (InstanceState.COMPENSATING, InstanceState.COMPENSATED):
+        return True
+    return instance.steps.filter(Q(kind=StepKind.COMPENSATION) | Q(state=StepState.COMPENSATED)).exists()
+
+
+def compensation_retry(unit: Unit, reason: str) -> None:
+    """Go on with a failed instance's compensation: its dead compensation steps get fresh attempts (their open
+    escalations are cancelled), or, with none left to redrive, the next step to undo is scheduled (or the
+    instance is compensated). Forward steps are never scheduled; any left open are skipped."""
+    from approvals.services import tasks_cancel_for_steps
+
+    instance = unit.instance
+    workflow = definition_of(instance)
+    from_state = instance.state
+    instance.retry_compensation()
+    unit.audit(
+        "instance.retried",
+        "instance",
+        instance.pk,
+        from_state,
+        instance.state,
+        reason=reason,
+        payload={"continues": "compensation"},
+    )
+    skip_open_steps(unit, reason=f"compensating: {reason}")
+    compensations = list(
+        instance.steps.filter(kind=StepKind.COMPENSATION, state__in=[*BUSY_STEP_STATES, StepState.DEAD])
+    )
+    dead = [step for step in compensations if step.state == StepState.DEAD]
+    # A compensation still scheduled or failed-and-waiting (sent while the instance was failed) is sent again.
+    for step in compensations:
+        if step.state in DISPATCHABLE_STEP_STATES:
+            unit.dispatch(step)
+    for step in dead:
+        node = workflow.node(step.name)
+        assert isinstance(node, Task)
+        step.max_attempts = step.attempt + node.retry.max_attempts
+        step.schedule(unit.now)
+        step.dispatched_at = unit.now
+        rows.update(step, ["state", "due_at", "dispatched_at", "max_attempts"])
+        unit.audit("compensation.scheduled", "step", step.pk, StepState.DEAD, step.state, reason=reason)
+        unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+    tasks_cancel_for_steps(unit, [step.pk for step in dead], f"retried: {reason}")
+    if not compensations:
+        _compensation_next(unit, workflow)
 
 
 def _compensation_next(unit: Unit, workflow: Workflow) -> None:

@@ -9,12 +9,14 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Greatest
 
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
-from orchestrator.dsl import Task
+from orchestrator.dsl import Task, Timer
 from orchestrator.models import (
-    DISPATCHABLE_STEP_STATES,
+    BUSY_STEP_STATES,
     InstanceState,
     StepKind,
     StepRun,
@@ -22,9 +24,11 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.services.engine import (
+    compensation_retry,
     definition_of,
     enter_node,
     lock_instance,
+    saga_begun,
     settle,
     skip_open_steps,
 )
@@ -151,8 +155,23 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
+        if instance.state == InstanceState.COMPENSATING:
+            raise NotAllowed(
+                "The instance is compensating: its completed steps are being undone and none of them runs again. "
+                "If a compensation failed, resolve its escalation in the inbox (retry it, or mark it done by hand)."
+            )
+        if instance.state == InstanceState.COMPENSATED:
+            raise NotAllowed(
+                "The instance is compensated: its steps were undone, so none of them runs again. Start a new instance."
+            )
         if instance.state != InstanceState.FAILED:
             raise NotAllowed(f"Only failed instances can be retried; this one is {instance.state}.")
+        if saga_begun(instance):
+            # Failed mid-compensation (an operator chose "fail" on its escalation): retrying goes on undoing.
+            unit = Unit(instance, actor, request_meta=request_meta)
+            compensation_retry(unit, reason)
+            unit.finish()
+            return
         dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
         if not dead:
             # An honest retry: with no failed step to run again it would report success and do nothing.
@@ -179,13 +198,44 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
 
 
 def _redispatch_due(unit: Unit) -> None:
-    """Dispatch the steps that fell due; automated steps still waiting on back-off keep the instance busy."""
+    """Dispatch the steps that fell due; automated steps still waiting on back-off, or still running (a pause
+    holds new work, not work under way), keep the instance busy."""
     sent = {d[0] for d in unit.dispatches}
-    for step in unit.instance.steps.filter(state__in=DISPATCHABLE_STEP_STATES):
+    due: list[int] = []
+    for step in unit.instance.steps.filter(state__in=BUSY_STEP_STATES):
         if step.kind in (StepKind.TASK, StepKind.COMPENSATION):
             unit.scheduled_work = True
+        if step.state == StepState.RUNNING:
+            continue
         if step.pk not in sent and step.due_at is not None and step.due_at <= unit.now:
             unit.dispatch(step)
+            due.append(step.pk)
+    if due:
+        # Sent now: the sweep must not send them again before BATON_REDISPATCH_AFTER.
+        StepRun.objects.filter(pk__in=due).update(dispatched_at=unit.now)
+
+
+def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
+    """Move the paused instance's duration deadlines on by the time they were held (see docs/architecture.md,
+    "Deadlines and pauses"): a timer's wait, a task's SLA and its escalation rungs count unpaused time only.
+
+    A deadline whose clock started before the pause moves by ``unit.now - paused_at``; one started during it (a
+    timer or task opened by a step that finished while paused) by ``unit.now - created_at``, so its whole span
+    starts at the resume. Deadlines already due when the pause began stay due. A timer waiting ``until`` a date
+    and a retry's back-off are wall-clock times: they keep their time and, if it fell inside the pause, fire on
+    resume. Raises nothing; a definition that cannot be loaded raises as :func:`definition_of` does.
+    """
+    from approvals.services import tasks_shift_deadlines
+
+    workflow = definition_of(unit.instance)
+    dates = [node.name for node in workflow.nodes.values() if isinstance(node, Timer) and node.until is not None]
+    held = Value(unit.now, output_field=DateTimeField()) - Greatest(
+        Value(paused_at, output_field=DateTimeField()), F("created_at")
+    )
+    StepRun.objects.filter(
+        instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
+    ).exclude(name__in=dates).update(due_at=F("due_at") + held)
+    tasks_shift_deadlines(unit, paused_at, held)
 
 
 def instance_pause(
@@ -204,7 +254,7 @@ def instance_pause(
             raise NotAllowed(f"Only running or waiting instances can be paused; this one is {instance.state}.")
         unit = Unit(instance, actor, request_meta=request_meta)
         from_state = instance.state
-        instance.pause(until)
+        instance.pause(until, unit.now)
         unit.audit(
             "instance.paused",
             "instance",
@@ -237,8 +287,19 @@ def instance_resume(
         unit = Unit(instance, actor, now=now, request_meta=request_meta)
         if only_if_due and (instance.paused_until is None or instance.paused_until > unit.now):
             return False
+        paused_at = instance.paused_at
         instance.resume()
-        unit.audit("instance.resumed", "instance", instance.pk, InstanceState.PAUSED, instance.state, reason=reason)
+        unit.audit(
+            "instance.resumed",
+            "instance",
+            instance.pk,
+            InstanceState.PAUSED,
+            instance.state,
+            reason=reason,
+            payload={"paused_at": paused_at.isoformat() if paused_at else None},
+        )
+        if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
+            _shift_deadlines(unit, paused_at)
         _redispatch_due(unit)
         settle(unit)
         unit.finish()

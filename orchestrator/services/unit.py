@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 OUTCOME_STATES = (InstanceState.COMPLETED, InstanceState.FAILED, InstanceState.COMPENSATED, InstanceState.CANCELLED)
 
 # Fields a unit may change; finish() writes only those that did (the data JSON is the costly one).
-TRACKED_FIELDS = ("state", "title", "data", "outcome", "error", "finished_at", "paused_until")
+TRACKED_FIELDS = ("state", "title", "data", "outcome", "error", "finished_at", "paused_until", "paused_at")
 
 
 # Every fenced step write: the row must still be in the state and at the attempt it was read with (step._read_as).
