@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orchestrator", "0004_drop_indexes_duplicated_by_composites"),
+        ("orchestrator", "0005_audit_chain"),
     ]
 
     operations = [
