@@ -33,7 +33,6 @@ from channels.testing import WebsocketCommunicator
 from django.contrib import messages
 from django.contrib.auth.models import Permission, User
 from django.db import connections, transaction
-from django.http import HttpResponse
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
@@ -192,7 +191,8 @@ def test_every_route_has_a_row_and_every_row_a_route():
     }
 
     # then
-    assert routes["http"] and routes["websocket"], "no routes found: the walk above no longer fits the app"
+    assert routes["http"], "no URL routes found: the walk above no longer fits the resolver"
+    assert routes["websocket"], "no websocket routes found: the walk above no longer fits orchestrator/asgi.py"
     problems = []
     for kind in ("http", "websocket"):
         for route in sorted(routes[kind] - covered[kind]):
@@ -406,7 +406,7 @@ def request_cell(world: World, row: Row, role: str) -> Seen:
     try:
         before = _fingerprint()
         if row.method == "GET":
-            response: HttpResponse = client.get(path)
+            response = client.get(path)
         else:
             data = {key: world.fill(value, role) for key, value in row.data}
             data["csrfmiddlewaretoken"] = client.cookies["csrftoken"].value
