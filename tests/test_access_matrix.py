@@ -297,7 +297,8 @@ def build_world(*, with_escalation: bool) -> World:
     for role, username in USERNAMES.items():
         clients[role] = Client(enforce_csrf_checks=True)
         clients[role].force_login(people[username])
-    # Deactivated after signing in: the session it kept must count for nothing.
+    # Deactivated after signing in (the session worked until then): the session it kept must count for nothing.
+    assert clients["inactive"].get("/notifications/").status_code == 200
     User.objects.filter(pk=people["inactive"].pk).update(is_active=False)
 
     initiator = people["initiator"]
@@ -319,6 +320,7 @@ def build_world(*, with_escalation: bool) -> World:
         "staff": people["staff"].pk,
         "staff2": people["staff2"].pk,
         "inactive": people["inactive"].pk,
+        "initiator": initiator.pk,
         "soon": f"{timezone.localtime() + timedelta(days=1):%Y-%m-%dT%H:%M}",
     }
     if with_escalation:
