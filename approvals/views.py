@@ -178,8 +178,12 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
     if result.claimed:
         messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
     if result.refused:
-        titles = dict(HumanTask.objects.filter(pk__in=result.refused).values_list("pk", "title"))
-        details = "; ".join(f"“{titles.get(pk, f'task {pk}')}”: {why}" for pk, why in result.refused.items())
+        # Titles only of tasks the person may open: any id can be posted, and a title tells what a task is about.
+        visible = selectors.visible_tasks(request.user).filter(pk__in=result.refused)
+        titles = dict(visible.values_list("pk", "title"))
+        details = "; ".join(
+            f"“{titles[pk]}”: {why}" if pk in titles else f"task {pk}: {why}" for pk, why in result.refused.items()
+        )
         messages.warning(request, f"{len(result.refused)} could not be claimed. {details}")
     return redirect(f"{reverse('inbox')}?tab=mine")
 

@@ -273,6 +273,18 @@ def test_bulk_claim_warning_names_the_refused_task(users, three_tasks):
     assert " ".join(three_tasks[1].title.split()) in warnings[0]  # shown() folds white space as a reader sees it
 
 
+def test_bulk_claim_never_names_a_task_the_person_may_not_see(users, task):
+    """An operator posting the id of an approvers' task learns no more than "no such task": not its title."""
+    # when
+    response = login(users.operator).post(reverse("tasks_claim_bulk"), {"task": [str(task.pk)]}, follow=True)
+
+    # then
+    assert shown(response) == [("warning", f"1 could not be claimed. task {task.pk}: No such task.")]
+    assert task.instance.data["employee"] not in response.content.decode()
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
+
+
 def test_bulk_claim_with_nothing_selected_asks_for_a_selection(users):
     """Submitting the queue without ticking a task says what to do."""
     # when
