@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) manage.py baton_demo
 
-## Production processes: need DATABASE_URL, REDIS_URL and BATON_SECRET_KEY (README, "Production").
+## Production processes: need DATABASE_URL, REDIS_URL, BATON_SECRET_KEY and BATON_AUDIT_KEYS (README, "Production").
 web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
