@@ -451,7 +451,10 @@ def verify_trail(chain: str | None = None, sealed: Sealed | None = None) -> Trai
     settle(pending)
 
     for name, seq in _heads_without_events(chain):
-        report.breaks.append(ChainBreak(name, 1, None, f"cut off: no events, its stored head is at seq {seq}"))
+        if seq == 0:  # every instance commits with its instance.started event: none left means it was removed
+            report.breaks.append(ChainBreak(name, 1, None, "the instance has no events and no head: chain removed"))
+        else:
+            report.breaks.append(ChainBreak(name, 1, None, f"cut off: no events, its stored head is at seq {seq}"))
     for name, points in sealed.items():
         if chain is None or name == chain:
             last = max(points)
@@ -475,11 +478,10 @@ def _stored_heads(chains: list[str]) -> dict[str, tuple[int, str]]:
 
 
 def _heads_without_events(chain: str | None) -> list[tuple[str, int]]:
-    """Stored heads (seq > 0) whose chain has no event at all: a chain deleted whole."""
+    """Chains with a head but no event at all: a chain deleted whole. Every instance counts (its start writes its
+    first event in the same transaction), and standalone chains whose AuditChain row has seq > 0."""
     instance_chain = Concat(Value("instance:"), Cast(OuterRef("pk"), CharField()))
-    instances = WorkflowInstance.objects.filter(audit_seq__gt=0).exclude(
-        Exists(AuditEvent.objects.filter(chain=instance_chain))
-    )
+    instances = WorkflowInstance.objects.exclude(Exists(AuditEvent.objects.filter(chain=instance_chain)))
     standalone = AuditChain.objects.filter(seq__gt=0).exclude(Exists(AuditEvent.objects.filter(chain=OuterRef("name"))))
     if chain is not None:
         prefix, _, number = chain.partition(":")

@@ -124,21 +124,27 @@ def test_history_recomputed_with_a_stolen_key_after_the_seal_is_caught(instance,
     )
 
 
-def test_a_chain_deleted_whole_with_its_head_reset_is_caught_by_the_seal(instance, seal_path):
-    """Given a seal, then a chain's events deleted and its head reset to nothing, the seal still names it."""
+def test_a_standalone_chain_deleted_with_its_head_row_is_caught_by_the_seal(instance, seal_path):
+    """Given a seal, then the accounts chain's events and its AuditChain row deleted (nothing in the database
+    says it existed), verify alone passes but the seal still names it."""
     # given
+    for n in range(3):
+        append_standalone(
+            ACCOUNTS_CHAIN, actor=Actor.system("t"), action="user.changed", subject_type="user", subject_id=n
+        )
     seal(full=True, path=seal_path)
     with triggers_off():
-        sql("DELETE FROM orchestrator_auditevent WHERE chain = %s", [chain_name(instance.pk)])
-    WorkflowInstance.objects.filter(pk=instance.pk).update(audit_seq=0, audit_head="")
+        sql("DELETE FROM orchestrator_auditevent WHERE chain = %s", [ACCOUNTS_CHAIN])
+    AuditChain.objects.filter(name=ACCOUNTS_CHAIN).delete()
 
     # when
-    message = verify("--seals", seal_path)
+    without = verify()
+    with_seals = verify("--seals", seal_path)
 
     # then
-    assert verify() is None
-    assert message is not None
-    assert f"chain instance:{instance.pk} seq 1: cut off: sealed at seq {instance.audit_seq}" in message
+    assert without is None
+    assert with_seals is not None
+    assert "chain accounts seq 1: cut off: sealed at seq 3" in with_seals
 
 
 @pytest.mark.parametrize(

@@ -256,20 +256,25 @@ def test_a_cut_off_tail_is_named_against_the_stored_head(instance):
     ) in message
 
 
-def test_a_chain_deleted_whole_is_named(instance):
-    """Given every event of a chain deleted, its stored head still names it."""
+@pytest.mark.parametrize("reset_head", [False, True], ids=["head-kept", "head-reset"])
+def test_a_chain_deleted_whole_is_named(instance, reset_head):
+    """Given every event of an instance's chain deleted, its stored head names it; with the head reset to nothing
+    too, the instance itself does (every instance is started with an event)."""
     # given
     with triggers_off():
         sql("DELETE FROM orchestrator_auditevent WHERE chain = %s", [chain_name(instance.pk)])
+    if reset_head:
+        WorkflowInstance.objects.filter(pk=instance.pk).update(audit_seq=0, audit_head="")
 
     # when
     message = verify_fails()
 
     # then
-    assert (
-        f"chain instance:{instance.pk} seq 1: cut off: no events, its stored head is at seq {instance.audit_seq}"
-        in (message)
-    )
+    if reset_head:
+        expected = "the instance has no events and no head: chain removed"
+    else:
+        expected = f"cut off: no events, its stored head is at seq {instance.audit_seq}"
+    assert f"chain instance:{instance.pk} seq 1: {expected}" in message
 
 
 def test_an_event_past_the_stored_head_is_named(instance):
