@@ -43,6 +43,16 @@ def record_keying(apps, schema_editor):
     chain.save(update_fields=["seq", "head"])
 
 
+def refuse_to_strip_keys(apps, schema_editor):
+    # Unapplying drops key_id: every keyed event would then read as unkeyed and fail verification for good.
+    keyed = apps.get_model("orchestrator", "AuditEvent").objects.exclude(key_id="").count()
+    if keyed:
+        raise RuntimeError(
+            f"Refusing to unapply the audit keying: {keyed} keyed audit events would lose their key id and no "
+            "longer verify. The audit trail is append-only; move forward instead."
+        )
+
+
 class Migration(migrations.Migration):
     dependencies = [("orchestrator", "0005_audit_chain")]
 
@@ -52,5 +62,5 @@ class Migration(migrations.Migration):
             name="key_id",
             field=models.CharField(blank=True, default="", db_default="", max_length=16),
         ),
-        migrations.RunPython(record_keying, migrations.RunPython.noop),
+        migrations.RunPython(record_keying, refuse_to_strip_keys),
     ]
