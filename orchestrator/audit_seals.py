@@ -52,7 +52,10 @@ def seal(*, full: bool = False, now: datetime | None = None, path: str | None = 
     target = path if path is not None else settings.BATON_AUDIT_SEAL_PATH
     count = 0
     if target:
-        with open(target, "a", encoding="utf-8") as out:
+        # Appended, never rewritten; readable by the owner's group only (the heads are not secret, but the file is
+        # evidence). One fsync per seal: a seal that returned is on disk.
+        descriptor = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        with os.fdopen(descriptor, "a", encoding="utf-8") as out:
             for line, size in lines:
                 out.write(line + "\n")
                 count += size

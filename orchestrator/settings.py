@@ -280,5 +280,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "celery": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # Seals logged instead of written to BATON_AUDIT_SEAL_PATH must not vanish under a quieter log level.
+        "baton.audit.seal": {"level": "INFO"},
     },
 }

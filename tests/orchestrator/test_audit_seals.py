@@ -231,3 +231,38 @@ def test_seals_are_split_into_lines_and_each_line_verifies_alone(run_steps, seal
     chains = WorkflowInstance.objects.filter(audit_seq__gt=0).count() + AuditChain.objects.filter(seq__gt=0).count()
     assert count == chains >= 3
     assert read_seals(seal_path).problems == []
+
+
+def test_two_seals_that_disagree_about_a_head_are_reported(instance, seal_path):
+    """Given a seal, then history recomputed with the key and sealed again, the seal file itself shows that one
+    chain's seq was sealed with two hashes, and the events no longer reach the first seal's head."""
+    # given
+    seal(full=True, path=seal_path)
+    last = events_of(instance)[-1]
+    with triggers_off():
+        last.reason = "rewritten between seals"
+        last.hash = event_hash(last)
+        sql(
+            "UPDATE orchestrator_auditevent SET reason = %s, hash = %s WHERE id = %s", [last.reason, last.hash, last.pk]
+        )
+    set_head(instance, last)
+    seal(full=True, path=seal_path)
+
+    # when
+    message = verify("--seals", seal_path)
+
+    # then
+    assert message is not None
+    assert f"chain instance:{instance.pk} seq {last.seq} was sealed at" in message
+    assert f"chain instance:{instance.pk} seq {last.seq} (event id {last.pk}): differs from the head sealed" in message
+
+
+def test_the_seal_file_is_appended_with_restricted_permissions(instance, seal_path):
+    """The file is created readable by owner and group only, and a second seal appends to the first."""
+    # when
+    seal(full=True, path=seal_path)
+    seal(path=seal_path)
+
+    # then
+    assert Path(seal_path).stat().st_mode & 0o777 == 0o640
+    assert len(Path(seal_path).read_text().splitlines()) == 2
