@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # mypy's Django plugin loads orchestrator.settings itself: with REDIS_URL overridden (production mode) it needs a
-# secret key, so checks get the tests' throw-away one unless the caller gave their own.
-TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only}
+# secret key and an audit key, so checks get the tests' throw-away ones unless the caller gave their own.
+TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only} \
+	BATON_AUDIT_KEYS=$${BATON_AUDIT_KEYS:-tests:baton-tests-only-audit-key-not-for-production}
 
 .PHONY: install demo web worker beat test lint typecheck migrations-check pytest bench screenshots clean-demo
 
@@ -20,7 +21,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) manage.py baton_demo
 
-## Production processes: need DATABASE_URL, REDIS_URL and BATON_SECRET_KEY (README, "Production").
+## Production processes: need DATABASE_URL, REDIS_URL, BATON_SECRET_KEY and BATON_AUDIT_KEYS (README, "Production").
 web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0

@@ -37,6 +37,7 @@ def configure_env(*, pg_server: str = PG_SERVER, db_name: str = DB_NAME, redis_u
         "DATABASE_URL": f"{pg_server}/{db_name}",
         "REDIS_URL": redis_url,
         "BATON_SECRET_KEY": "bench",
+        "BATON_AUDIT_KEYS": "bench:bench-audit-key-not-for-production",
         "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
         "BATON_LOG_LEVEL": "WARNING",
         # The benchmark flows are not in the product catalog; the bench (and its worker) registers them.

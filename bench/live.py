@@ -107,6 +107,7 @@ ENV = {
     "DATABASE_URL": f"{PG_SERVER}/{DB_NAME}",
     "REDIS_URL": REDIS_URL,
     "BATON_SECRET_KEY": "bench",
+    "BATON_AUDIT_KEYS": "bench:bench-audit-key-not-for-production",
     "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
     "BATON_ALLOWED_HOSTS": "127.0.0.1,localhost",
     "BATON_LOG_LEVEL": "WARNING",

@@ -1,15 +1,24 @@
-"""The tamper-evident audit trail: one hash chain per instance, appended under the instance row lock."""
+"""The tamper-evident audit trail: one HMAC chain per instance (and a few standalone chains), appended under a lock.
+
+Each event's hash is an HMAC-SHA256 under a key from settings that the database never holds, so whoever can only
+rewrite the database cannot recompute a chain; ``baton_verify_audit`` checks every chain against its stored head,
+and ``orchestrator/audit_seals.py`` pins heads outside the database (docs/architecture.md, "Audit trail").
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
+from django.db.models import CharField, Exists, OuterRef, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from orchestrator.models import AuditChain, AuditEvent, WorkflowInstance
@@ -42,8 +51,40 @@ def chain_name(instance_id: int) -> str:
     return f"instance:{instance_id}"
 
 
-def event_hash(event: AuditEvent) -> str:
-    """SHA-256 over the event's content and its predecessor's hash (canonical JSON, UTC timestamps)."""
+# The chain that records facts about the trail itself (when keying began: ``legacy_boundary``).
+AUDIT_CHAIN = "audit"
+
+
+def signing_key() -> tuple[str, bytes]:
+    """The current key of BATON_AUDIT_KEYS as ``(key id, secret bytes)``: it signs new events and seals."""
+    return _keys()[0]
+
+
+def verifying_keys() -> dict[str, bytes]:
+    """Every configured key by id (the current one and those retired but kept to verify what they signed)."""
+    return dict(_keys())
+
+
+_parsed: tuple[object, list[tuple[str, bytes]]] | None = None
+
+
+def _keys() -> list[tuple[str, bytes]]:
+    # Encoded once per settings value: the hot path signs every event, and override_settings in tests swaps it.
+    global _parsed
+    configured = settings.BATON_AUDIT_KEYS
+    if _parsed is None or _parsed[0] is not configured:
+        _parsed = (configured, [(key_id, secret.encode()) for key_id, secret in configured])
+    return _parsed[1]
+
+
+def event_hash(event: AuditEvent, key: bytes | None = None) -> str:
+    """The event's hash: an HMAC-SHA256 under the key ``event.key_id`` names, over canonical JSON of its content,
+    its key id and its predecessor's hash (UTC timestamps). An event with no key id is a legacy event, written
+    before keying: plain SHA-256 over the same content without the key id.
+
+    ``key`` is that key's secret; by default it is looked up in BATON_AUDIT_KEYS. Raises ``KeyError`` for a key
+    id that is not configured.
+    """
     body = {
         "chain": event.chain,
         "seq": event.seq,
@@ -60,8 +101,13 @@ def event_hash(event: AuditEvent) -> str:
         "payload": event.payload,
         "meta": event.request_meta,
     }
+    if not event.key_id:
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+    body["key"] = event.key_id
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    secret = key if key is not None else verifying_keys()[event.key_id]
+    return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def append(
@@ -181,29 +227,265 @@ def _event(
         payload=payload or {},
         request_meta=request_meta or {},
     )
-    event.hash = event_hash(event)
+    event.key_id, secret = signing_key()
+    event.hash = event_hash(event, secret)
     return event
 
 
 @dataclass
 class ChainBreak:
+    """The first problem found in one chain: which chain, at which seq (the event's, or the first missing one)."""
+
     chain: str
     seq: int
-    event_id: int
+    event_id: int | None
     problem: str
 
+    def __str__(self) -> str:
+        where = f" (event id {self.event_id})" if self.event_id is not None else ""
+        return f"chain {self.chain} seq {self.seq}{where}: {self.problem}"
 
-def verify_chain(events: list[AuditEvent]) -> ChainBreak | None:
-    """Check one chain's events (ordered by seq); return the first broken link, or None."""
-    previous = ""
-    expected_seq = 1
+
+# Per chain, the heads that seals pinned: {chain: {seq: (hash, when sealed)}} (orchestrator/audit_seals.py).
+Sealed = dict[str, dict[int, tuple[str, str]]]
+
+
+class ChainWalk:
+    """Checks one chain's events as they stream past in seq order, keeping only the last link.
+
+    ``keys`` are the verifying keys by id; ``legacy_through`` is the highest event id that may be unkeyed (see
+    ``legacy_boundary``); ``sealed`` maps seqs of this chain to the (hash, time) a seal pinned them at.
+    """
+
+    def __init__(
+        self,
+        chain: str,
+        keys: dict[str, bytes],
+        legacy_through: int = 0,
+        sealed: dict[int, tuple[str, str]] | None = None,
+    ) -> None:
+        self.chain = chain
+        self.keys = keys
+        self.legacy_through = legacy_through
+        self.sealed = sealed or {}
+        self.seq = 0
+        self.head = ""
+        self.keyed = False
+        self.events = 0
+        self.legacy = 0
+        self.broken: ChainBreak | None = None
+        prefix, _, number = chain.partition(":")
+        self.instance_id = int(number) if prefix == "instance" and number.isdigit() else None
+
+    def add(self, event: AuditEvent) -> None:
+        """Check the next event; the first problem found is kept in ``broken`` and later events are ignored."""
+        if self.broken is not None:
+            return
+        self.events += 1
+        problem = self._problem(event)
+        if problem is not None:
+            seq = self.seq + 1 if problem.startswith("event #") else event.seq
+            self.broken = ChainBreak(self.chain, seq, event.pk, problem)
+            return
+        self.seq, self.head = event.seq, event.hash
+
+    def _problem(self, event: AuditEvent) -> str | None:
+        expected = self.seq + 1
+        if event.seq > expected:
+            return f"event #{expected} is missing"
+        if event.seq < expected:
+            return f"event #{event.seq} appears twice"
+        if event.instance_id != self.instance_id:
+            return f"the event names instance {event.instance_id}, not this chain's"
+        if event.prev_hash != self.head:
+            return "prev_hash does not match the previous event"
+        if not event.key_id:
+            if self.keyed:
+                return "unkeyed event after a keyed one (a downgrade to plain SHA-256)"
+            if event.pk is None or event.pk > self.legacy_through:
+                return f"unkeyed event written after keying began (legacy events end at id {self.legacy_through})"
+            self.legacy += 1
+        elif event.key_id not in self.keys:
+            return f"signed with key {event.key_id!r}, which BATON_AUDIT_KEYS does not hold"
+        else:
+            self.keyed = True
+        if not hmac.compare_digest(event_hash(event, self.keys.get(event.key_id)), event.hash):
+            return "content does not match its hash"
+        pinned = self.sealed.get(event.seq)
+        if pinned is not None and pinned[0] != event.hash:
+            return f"differs from the head sealed at {pinned[1]}: history was rewritten after the seal"
+        return None
+
+    def finish(self, stored: tuple[int, str] | None, *, has_head: bool = True) -> ChainBreak | None:
+        """The chain's verdict once all its events went past, compared with the head stored for it.
+
+        ``stored`` is ``(seq, hash)`` from the instance row or the AuditChain row; ``has_head=False`` skips the
+        comparison (a caller checking a list of events). Returns the first problem, or None.
+        """
+        if self.broken is not None:
+            return self.broken
+        if has_head:
+            if stored is None:
+                return ChainBreak(self.chain, self.seq, None, "no instance or AuditChain row holds this chain's head")
+            stored_seq, stored_head = stored
+            if self.seq < stored_seq:
+                return ChainBreak(
+                    self.chain,
+                    self.seq + 1,
+                    None,
+                    f"cut off: the chain ends at seq {self.seq}, its stored head is at seq {stored_seq}",
+                )
+            if self.seq > stored_seq:
+                return ChainBreak(
+                    self.chain, stored_seq + 1, None, f"events run past the stored head (seq {stored_seq})"
+                )
+            if stored_head != self.head:
+                return ChainBreak(self.chain, self.seq, None, "the stored head does not match the last event's hash")
+        if self.sealed:
+            last_sealed = max(self.sealed)
+            if last_sealed > self.seq:
+                return ChainBreak(
+                    self.chain,
+                    self.seq + 1,
+                    None,
+                    f"cut off: sealed at seq {last_sealed} at {self.sealed[last_sealed][1]}, "
+                    f"the chain now ends at seq {self.seq}",
+                )
+        return None
+
+
+def verify_chain(events: list[AuditEvent], legacy_through: int = 0) -> ChainBreak | None:
+    """Check one chain's events (ordered by seq) link by link; return the first broken link, or None.
+
+    Does not compare with the stored head (``verify_trail`` does). ``legacy_through``: see ``ChainWalk``.
+    """
+    if not events:
+        return None
+    walk = ChainWalk(events[0].chain, verifying_keys(), legacy_through)
     for event in events:
-        if event.seq != expected_seq:
-            return ChainBreak(event.chain, expected_seq, event.pk, f"event #{expected_seq} is missing")
-        if event.prev_hash != previous:
-            return ChainBreak(event.chain, event.seq, event.pk, "prev_hash does not match the previous event")
-        if event_hash(event) != event.hash:
-            return ChainBreak(event.chain, event.seq, event.pk, "content does not match its hash")
-        previous = event.hash
-        expected_seq += 1
-    return None
+        walk.add(event)
+    return walk.finish(None, has_head=False)
+
+
+def legacy_boundary() -> tuple[int, str]:
+    """The highest event id that may be unkeyed, from the keyed ``audit.keyed`` event of the ``audit`` chain
+    (migration 0006 wrote it when keying began), and a note. 0 when that chain is missing or broken: then no
+    unkeyed event is accepted, so deleting the record cannot turn new events into legacy ones.
+    """
+    walk = ChainWalk(AUDIT_CHAIN, verifying_keys())
+    through = 0
+    for event in AuditEvent.objects.filter(chain=AUDIT_CHAIN).order_by("seq").iterator():
+        walk.add(event)
+        if walk.broken is None and event.action == "audit.keyed":
+            through = max(through, int(event.payload.get("legacy_through", 0)))
+    if walk.broken is not None:
+        return 0, f"the {AUDIT_CHAIN} chain is broken, so no unkeyed event is accepted"
+    return through, f"events up to id {through} may be legacy (unkeyed)"
+
+
+def keying_record(legacy_through: int, now: datetime | None = None) -> AuditEvent:
+    """Append, to the ``audit`` chain, the keyed record that events up to id ``legacy_through`` are legacy."""
+    return append_standalone(
+        AUDIT_CHAIN,
+        actor=Actor.system("migrate"),
+        action="audit.keyed",
+        subject_type="audit",
+        subject_id=None,
+        payload={"legacy_through": legacy_through},
+        now=now,
+    )
+
+
+@dataclass
+class TrailReport:
+    """What ``verify_trail`` found: counts, and the first problem of each broken chain."""
+
+    chains: int = 0
+    events: int = 0
+    legacy: int = 0
+    legacy_note: str = ""
+    breaks: list[ChainBreak] = field(default_factory=list)
+
+
+VERIFY_CHUNK = 2000
+
+
+def verify_trail(chain: str | None = None, sealed: Sealed | None = None) -> TrailReport:
+    """Verify every chain (or only ``chain``) against its stored head and the heads ``sealed`` pinned.
+
+    Streams the events in (chain, seq) order in chunks of ``VERIFY_CHUNK`` and looks the stored heads up for a
+    batch of chains at a time, so memory holds one chain's last link and one batch of verdicts, never the trail.
+    Heads with no events at all and sealed chains with no events are found too. Returns a ``TrailReport``.
+    """
+    report = TrailReport()
+    legacy_through, report.legacy_note = legacy_boundary()
+    keys = verifying_keys()
+    sealed = dict(sealed or {})
+    pending: list[ChainWalk] = []
+
+    def settle(walks: list[ChainWalk]) -> None:
+        heads = _stored_heads([w.chain for w in walks])
+        for walk in walks:
+            broken = walk.finish(heads.get(walk.chain))
+            report.chains += 1
+            report.events += walk.events
+            report.legacy += walk.legacy
+            if broken is not None:
+                report.breaks.append(broken)
+
+    events = AuditEvent.objects.order_by("chain", "seq")
+    if chain is not None:
+        events = events.filter(chain=chain)
+    walk: ChainWalk | None = None
+    for event in events.iterator(chunk_size=VERIFY_CHUNK):
+        if walk is None or event.chain != walk.chain:
+            if walk is not None:
+                pending.append(walk)
+                if len(pending) >= VERIFY_CHUNK:
+                    settle(pending)
+                    pending = []
+            walk = ChainWalk(event.chain, keys, legacy_through, sealed.pop(event.chain, None))
+        walk.add(event)
+    if walk is not None:
+        pending.append(walk)
+    settle(pending)
+
+    for name, seq in _heads_without_events(chain):
+        if seq == 0:  # every instance commits with its instance.started event: none left means it was removed
+            report.breaks.append(ChainBreak(name, 1, None, "the instance has no events and no head: chain removed"))
+        else:
+            report.breaks.append(ChainBreak(name, 1, None, f"cut off: no events, its stored head is at seq {seq}"))
+    for name, points in sealed.items():
+        if chain is None or name == chain:
+            last = max(points)
+            report.breaks.append(
+                ChainBreak(name, 1, None, f"cut off: sealed at seq {last} at {points[last][1]}, no events now")
+            )
+    return report
+
+
+def _stored_heads(chains: list[str]) -> dict[str, tuple[int, str]]:
+    ids = [int(c.partition(":")[2]) for c in chains if c.startswith("instance:") and c.partition(":")[2].isdigit()]
+    heads = {
+        chain_name(pk): (seq, head)
+        for pk, seq, head in WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "audit_seq", "audit_head")
+    }
+    heads |= {
+        name: (seq, head)
+        for name, seq, head in AuditChain.objects.filter(name__in=chains).values_list("name", "seq", "head")
+    }
+    return heads
+
+
+def _heads_without_events(chain: str | None) -> list[tuple[str, int]]:
+    """Chains with a head but no event at all: a chain deleted whole. Every instance counts (its start writes its
+    first event in the same transaction), and standalone chains whose AuditChain row has seq > 0."""
+    instance_chain = Concat(Value("instance:"), Cast(OuterRef("pk"), CharField()))
+    instances = WorkflowInstance.objects.exclude(Exists(AuditEvent.objects.filter(chain=instance_chain)))
+    standalone = AuditChain.objects.filter(seq__gt=0).exclude(Exists(AuditEvent.objects.filter(chain=OuterRef("name"))))
+    if chain is not None:
+        prefix, _, number = chain.partition(":")
+        instances = instances.filter(pk=int(number)) if prefix == "instance" and number.isdigit() else instances.none()
+        standalone = standalone.filter(name=chain)
+    found = [(chain_name(pk), seq) for pk, seq in instances.values_list("pk", "audit_seq").iterator()]
+    return found + list(standalone.values_list("name", "seq"))

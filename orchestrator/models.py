@@ -280,13 +280,17 @@ class AuditEvent(models.Model):
     """Append-only record of every transition. PostgreSQL/SQLite triggers refuse UPDATE and DELETE.
 
     Events form one hash chain per instance (``chain``), so writers of different instances never contend;
-    ``hash`` covers the event's content and the previous event's hash (see ``orchestrator/audit.py``).
+    ``hash`` is an HMAC (key from settings, never in the database) over the event's content and the previous
+    event's hash (see ``orchestrator/audit.py``).
     """
 
     chain = models.CharField(max_length=40)
     seq = models.PositiveIntegerField()
     prev_hash = models.CharField(max_length=64, blank=True)
     hash = models.CharField(max_length=64)
+    # The id of the BATON_AUDIT_KEYS key whose HMAC ``hash`` is; "" for a legacy event (plain SHA-256, written
+    # before keying). The database default lets processes still on the old code insert during an upgrade.
+    key_id = models.CharField(max_length=16, blank=True, default="", db_default="")
     occurred_at = models.DateTimeField()
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     # "user:alice" or "system:worker", kept as text so the record survives a renamed or removed user.

@@ -9,12 +9,17 @@ Two modes, same code (docs/architecture.md):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _missing(name: str) -> str:
+    raise RuntimeError(f"Set {name} when running with REDIS_URL (production mode).")
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -221,6 +226,50 @@ BATON_DEMO = env_bool("BATON_DEMO", default=EMBEDDED)
 # Absolute address of the dashboard, for links in e-mails.
 BATON_BASE_URL = os.environ.get("BATON_BASE_URL", "http://127.0.0.1:8000")
 
+
+# --- Audit trail keys and seals (docs/architecture.md, "Audit trail") ------------------------------------------
+def parse_audit_keys(text: str) -> list[tuple[str, str]]:
+    """``"id:secret,id:secret"`` as ``[(id, secret), ...]``, current (signing) key first.
+
+    An id is 1 to 16 of ``A-Z a-z 0-9 _ . -`` (it is stored with every event); a secret has at least 32
+    characters. Raises ``RuntimeError`` naming the fault, so a bad value stops the start, not the first audit.
+    """
+    keys: list[tuple[str, str]] = []
+    for item in (part.strip() for part in text.split(",")):
+        key_id, _, secret = item.partition(":")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,16}", key_id) or len(secret) < 32:
+            raise RuntimeError(
+                "BATON_AUDIT_KEYS must be 'id:secret,...' with ids of 1-16 letters, digits, '_', '.', '-' and "
+                f"secrets of at least 32 characters; {key_id[:16]!r} is not"
+            )
+        if key_id in dict(keys):
+            raise RuntimeError(f"BATON_AUDIT_KEYS names key {key_id!r} twice")
+        keys.append((key_id, secret))
+    return keys
+
+
+# The demo and tests sign with a fixed, clearly fake key; production must bring its own (kept out of the database
+# and apart from BATON_SECRET_KEY, so whoever holds one does not hold the other; README, "Production").
+BATON_AUDIT_KEYS = parse_audit_keys(
+    os.environ.get("BATON_AUDIT_KEYS")
+    or ("demo:baton-demo-audit-key-not-for-production" if EMBEDDED or DEBUG else "")
+    or _missing("BATON_AUDIT_KEYS")
+)
+# Signed seals of the chain heads go to this file (JSON Lines, appended and fsynced), or to the log when empty.
+BATON_AUDIT_SEAL_PATH = os.environ.get("BATON_AUDIT_SEAL_PATH", "")
+# Minutes between seals of the chains that changed (beat); 0 turns the periodic seal off. A full seal runs daily.
+BATON_AUDIT_SEAL_INTERVAL = float(os.environ.get("BATON_AUDIT_SEAL_INTERVAL", "5"))
+if BATON_AUDIT_SEAL_INTERVAL > 0:
+    CELERY_BEAT_SCHEDULE["baton-audit-seal"] = {
+        "task": "orchestrator.tasks.audit_seal",
+        "schedule": BATON_AUDIT_SEAL_INTERVAL * 60,
+    }
+    CELERY_BEAT_SCHEDULE["baton-audit-seal-full"] = {
+        "task": "orchestrator.tasks.audit_seal",
+        "schedule": 24 * 3600.0,
+        "kwargs": {"full": True},
+    }
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -231,5 +280,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "celery": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # Seals logged instead of written to BATON_AUDIT_SEAL_PATH must not vanish under a quieter log level.
+        "baton.audit.seal": {"level": "INFO"},
     },
 }

@@ -21,3 +21,11 @@ def sweep() -> dict:
         "resumed": report.resumed,
         **report.tasks,
     }
+
+
+@shared_task(name="orchestrator.tasks.audit_seal", ignore_result=True, expires=120)
+def audit_seal(full: bool = False) -> int:
+    """Seal the audit chain heads outside the database (``orchestrator/audit_seals.py``); returns heads sealed."""
+    from orchestrator.audit_seals import seal
+
+    return seal(full=full)

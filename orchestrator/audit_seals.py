@@ -1,0 +1,149 @@
+"""Seals: the chain heads, signed with the audit key and written outside the database.
+
+A seal pins where each chain stood at a moment. Whoever later rewrites the database, even holding the key stolen
+after the seal, cannot make its stored events reach a sealed head again: ``baton_verify_audit --seals PATH``
+reports every chain that no longer does (cut-off tail, rewritten or recomputed history). Seals are JSON Lines, one
+line per up to ``SEAL_LINE_HEADS`` heads, each line signed on its own (docs/architecture.md, "Audit trail").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from orchestrator.audit import Sealed, chain_name, signing_key, verifying_keys
+from orchestrator.models import AuditChain, WorkflowInstance
+
+logger = logging.getLogger("baton.audit.seal")
+
+SEAL_LINE_HEADS = 1000
+
+
+def seal(*, full: bool = False, now: datetime | None = None, path: str | None = None) -> int:
+    """Write a seal of the chain heads and return how many heads it holds.
+
+    ``full`` seals every chain; otherwise the standalone chains and the instance chains whose instance changed in
+    the last two seal intervals (so one late beat tick loses nothing; the daily full seal covers longer gaps).
+    ``path`` (default BATON_AUDIT_SEAL_PATH) is appended to and fsynced; with none, each line goes to the
+    ``baton.audit.seal`` logger. Raises ``OSError`` when the file cannot be written.
+    """
+    now = now or timezone.now()
+    at = now.astimezone(UTC).isoformat()
+    instances = WorkflowInstance.objects.filter(audit_seq__gt=0)
+    if not full:
+        window = max(settings.BATON_AUDIT_SEAL_INTERVAL, 1.0) * 2
+        instances = instances.filter(updated_at__gte=now - timedelta(minutes=window))
+    heads = (
+        (chain_name(pk), seq, head)
+        for pk, seq, head in instances.order_by("pk").values_list("pk", "audit_seq", "audit_head").iterator()
+    )
+    standalone = AuditChain.objects.filter(seq__gt=0).order_by("name").values_list("name", "seq", "head")
+    lines = _lines(at, full, _chain(standalone, heads))
+    target = path if path is not None else settings.BATON_AUDIT_SEAL_PATH
+    count = 0
+    if target:
+        # Appended, never rewritten; readable by the owner's group only (the heads are not secret, but the file is
+        # evidence). One fsync per seal: a seal that returned is on disk.
+        descriptor = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        with os.fdopen(descriptor, "a", encoding="utf-8") as out:
+            for line, size in lines:
+                out.write(line + "\n")
+                count += size
+            out.flush()
+            os.fsync(out.fileno())
+    else:
+        for line, size in lines:
+            logger.info("%s", line)
+            count += size
+    return count
+
+
+def _chain(*parts: Iterable[tuple[str, int, str]]) -> Iterator[tuple[str, int, str]]:
+    for part in parts:
+        yield from part
+
+
+def _lines(at: str, full: bool, heads: Iterator[tuple[str, int, str]]) -> Iterator[tuple[str, int]]:
+    key_id, secret = signing_key()
+    batch: list[list[Any]] = []
+    part = 0
+
+    def line() -> tuple[str, int]:
+        record = {"v": 1, "at": at, "full": full, "part": part, "key": key_id, "heads": batch}
+        record["mac"] = _mac(record, secret)
+        return json.dumps(record, separators=(",", ":")), len(batch)
+
+    for chain, seq, head in heads:
+        batch.append([chain, seq, head])
+        if len(batch) >= SEAL_LINE_HEADS:
+            yield line()
+            part, batch = part + 1, []
+    if batch or part == 0:
+        yield line()  # an empty seal still says when it ran
+
+
+def _mac(record: dict[str, Any], secret: bytes) -> str:
+    body = {k: v for k, v in record.items() if k != "mac"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Seals:
+    """Heads read from a seal file: ``sealed`` for ``verify_trail``, and the problems of the file itself."""
+
+    sealed: Sealed = field(default_factory=dict)
+    lines: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def read_seals(path: str) -> Seals:
+    """Read and check a seal file (JSON Lines). Lines that are not JSON, name an unknown key or whose signature
+    does not verify are reported in ``problems`` and their heads ignored; two seals that pin one chain's seq to
+    different hashes are reported too. Raises ``OSError`` when the file cannot be read.
+    """
+    keys = verifying_keys()
+    seals = Seals()
+    with open(path, encoding="utf-8") as lines:
+        for number, text in enumerate(lines, start=1):
+            text = text.strip()
+            if not text:
+                continue
+            # A seal logged without a file is "<log prefix> {json}": accept a log stream copied to a file.
+            text = text[text.find("{") :] if "{" in text else text
+            try:
+                record = json.loads(text)
+                secret = keys.get(record.get("key", ""))
+                if secret is None:
+                    seals.problems.append(f"seal line {number}: key {record.get('key')!r} is not configured")
+                    continue
+                valid = hmac.compare_digest(_mac(record, secret), str(record.get("mac", "")))
+                heads = record["heads"] if valid else []
+                at = str(record["at"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                seals.problems.append(f"seal line {number}: not a seal record")
+                continue
+            if not valid:
+                seals.problems.append(f"seal line {number}: its signature does not verify")
+                continue
+            seals.lines += 1
+            for chain, seq, head in heads:
+                points = seals.sealed.setdefault(chain, {})
+                if seq in points and points[seq][0] != head:
+                    seals.problems.append(
+                        f"seal line {number}: chain {chain} seq {seq} was sealed at {points[seq][1]} "
+                        "with a different hash"
+                    )
+                    continue
+                points.setdefault(seq, (head, at))
+    return seals

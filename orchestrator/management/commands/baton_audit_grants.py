@@ -1,0 +1,68 @@
+"""Print (or apply) the GRANTs that make a PostgreSQL role Baton's least-privileged application role."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection, transaction
+
+from orchestrator.models import AuditEvent
+
+# Tables the application only reads: their rows are written by ``migrate``, which runs as the owner.
+READ_ONLY = {"django_migrations"}
+
+
+def grant_statements(role: str) -> list[str]:
+    """The SQL that gives ``role`` normal rights on every table of Baton's schema except the audit table, where it
+    may only INSERT and SELECT (README, "Production"). Run as the tables' owner after every ``migrate`` that adds
+    tables. Raises ``CommandError`` for a role name that is not a plain identifier.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", role):
+        raise CommandError(f"{role!r} is not a plain PostgreSQL role name (letters, digits, '_')")
+    quote = connection.ops.quote_name
+    audit = AuditEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database(), current_schema()")
+        database, schema = cursor.fetchone()
+        tables = connection.introspection.table_names(cursor)
+    statements = [
+        f"GRANT CONNECT ON DATABASE {quote(database)} TO {quote(role)}",
+        f"GRANT USAGE ON SCHEMA {quote(schema)} TO {quote(role)}",
+    ]
+    for table in sorted(tables):
+        if table == audit:
+            # Append-only by privilege, not only by trigger: no UPDATE, DELETE or TRUNCATE to bypass, and as a
+            # non-owner the role cannot ALTER the table, disable or drop its triggers.
+            statements.append(f"REVOKE ALL ON TABLE {quote(table)} FROM {quote(role)}")
+            statements.append(f"GRANT SELECT, INSERT ON TABLE {quote(table)} TO {quote(role)}")
+        elif table in READ_ONLY:
+            statements.append(f"GRANT SELECT ON TABLE {quote(table)} TO {quote(role)}")
+        else:
+            statements.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {quote(table)} TO {quote(role)}")
+    statements.append(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {quote(schema)} TO {quote(role)}")
+    return statements
+
+
+class Command(BaseCommand):
+    help = (
+        "Print the GRANTs for Baton's application role ROLE (INSERT and SELECT only on the audit table, normal "
+        "rights elsewhere); --apply runs them. Run as the owner of the tables, after migrate."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("role", help="the existing login role the web, worker and beat processes use")
+        parser.add_argument("--apply", action="store_true", help="run the statements instead of printing them")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if connection.vendor != "postgresql":
+            raise CommandError("roles and grants need PostgreSQL")
+        statements = grant_statements(options["role"])
+        if not options["apply"]:
+            self.stdout.write(";\n".join(statements) + ";")
+            return
+        with transaction.atomic(), connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+        self.stdout.write(self.style.SUCCESS(f"{len(statements)} statements applied for role {options['role']}"))
