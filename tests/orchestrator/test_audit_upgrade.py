@@ -12,7 +12,7 @@ from orchestrator.models import AuditEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BEFORE_KEYING = "0005_audit_chain"
+BEFORE_KEYING = "0006_instance_paused_at"
 COLUMNS = [
     "chain",
     "seq",

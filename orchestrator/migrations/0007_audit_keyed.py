@@ -54,7 +54,7 @@ def refuse_to_strip_keys(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("orchestrator", "0005_audit_chain")]
+    dependencies = [("orchestrator", "0006_instance_paused_at")]
 
     operations = [
         migrations.AddField(
