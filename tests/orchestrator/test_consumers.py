@@ -18,6 +18,7 @@ import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
 from django.db import connections, transaction
 from django.test import Client
@@ -345,4 +346,32 @@ async def test_a_frame_that_is_not_json_is_answered_with_an_error(users) -> None
     # then
     answer = await socket.receive_json_from(timeout=EVENT_TIMEOUT)
     assert answer["type"] == "error"
+    await socket.disconnect()
+
+
+# --- another deployment on the same Redis server ----------------------------------------------------------
+
+
+async def test_a_socket_hears_nothing_from_another_deployment_on_the_same_redis_server(users, settings) -> None:
+    """A deployment on the next Redis database number publishes to the same group name first: only ours arrives."""
+    # given
+    from orchestrator import realtime
+    from orchestrator.settings import derived_channel_prefix
+
+    socket = await connected(users.staff)
+    ours = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
+    base, _, db = ours.rpartition("/")
+    theirs = f"{base}/{(int(db or 0) + 1) % 16}"
+    other = RedisPubSubChannelLayer(
+        hosts=[theirs], prefix=derived_channel_prefix(settings.DATABASES["default"], theirs)
+    )
+    group = f"user.{users.staff.pk}"
+
+    # when
+    await sync_to_async(realtime._publish)(other, [group], {"type": "baton.event", "event": {"type": "theirs"}})
+    await sync_to_async(realtime.send_now)([group], {"type": "ours"})
+
+    # then
+    assert (await socket.receive_json_from(timeout=EVENT_TIMEOUT))["type"] == "ours"
+    assert await socket.receive_nothing(timeout=QUIET)
     await socket.disconnect()

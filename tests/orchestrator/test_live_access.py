@@ -262,11 +262,23 @@ def _grant_view_all(users) -> Permission:
     return permission
 
 
-@pytest.mark.parametrize("revoke", ["group.permissions.remove", "permission.group_set.clear", "leave operators"])
+@pytest.mark.parametrize(
+    "revoke",
+    [
+        "group.permissions.remove",
+        "permission.group_set.clear",
+        "leave operators",
+        "user.user_permissions.remove",
+        "permission.user_set.clear",
+    ],
+)
 async def test_a_role_change_that_removes_access_to_an_instance_stops_its_events(users, push_only, revoke) -> None:
-    """operator follows manager's expense through the view-all permission of operators; the role loses it."""
+    """operator follows manager's expense through the view-all permission (of operators, or their own); it goes."""
     # given
     permission = await sync_to_async(_grant_view_all)(users)
+    if revoke.startswith(("user.", "permission.user_set")):
+        await sync_to_async(users.operators.permissions.clear)()
+        await sync_to_async(users.operator.user_permissions.add)(permission)
     instance = await sync_to_async(start_expense)(users.manager)
     socket = await connected(users.operator)
     await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
@@ -278,8 +290,12 @@ async def test_a_role_change_that_removes_access_to_an_instance_stops_its_events
         await sync_to_async(users.operators.permissions.remove)(permission)
     elif revoke == "permission.group_set.clear":
         await sync_to_async(permission.group_set.clear)()
-    else:
+    elif revoke == "leave operators":
         await sync_to_async(users.operator.groups.remove)(users.operators)
+    elif revoke == "user.user_permissions.remove":
+        await sync_to_async(users.operator.user_permissions.remove)(permission)
+    else:
+        await sync_to_async(permission.user_set.clear)()
 
     # then
     await access_changed(socket)
