@@ -6,6 +6,6 @@ class OrchestratorConfig(AppConfig):
     verbose_name = "Baton engine"
 
     def ready(self) -> None:
-        from orchestrator import registry
+        from orchestrator import live_access, registry  # noqa: F401 (live_access connects its receivers)
 
         registry.load_modules()

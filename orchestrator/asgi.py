@@ -9,17 +9,16 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from orchestrator.consumers import LiveConsumer  # noqa: E402
+from orchestrator.origin import SameOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # The Origin must match ALLOWED_HOSTS: a page on another site cannot open a socket with our cookie.
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter([path("ws/live/", LiveConsumer.as_asgi())]))
-        ),
+        # The Origin must be our own (scheme, host and port, as Django's CSRF check): a page on another site
+        # cannot open a socket with our cookie.
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter([path("ws/live/", LiveConsumer.as_asgi())]))),
     }
 )

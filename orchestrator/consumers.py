@@ -2,20 +2,41 @@
 
 It never writes. Groups come from who the user is (``user.<id>``, ``group.<id>``, ``ops``), never from the
 URL; an instance page may subscribe to ``instance.<id>`` only after the same access check as the page.
+
+Authority is not decided once at connect: the socket re-checks its session and its user (still signed in,
+still active, which groups and instances now) when told to (``baton.recheck``, sent by orchestrator/live_access.py
+when a session ends or a user, group or permission changes) and every ``BATON_LIVE_RECHECK`` seconds, so a
+missed message is healed within that bound. It leaves the groups no longer allowed, and closes with 4401 when the
+session or the user is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import random
+from importlib import import_module
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.http import HttpRequest
 
-from orchestrator.realtime import remember_server_loop
+from orchestrator.realtime import remember_server_loop, session_digest
 
-# 4401/4403 mirror HTTP 401/403 in the websocket close-code range reserved for applications.
+logger = logging.getLogger(__name__)
+
+# 4401/4403 mirror HTTP 401/403 in the websocket close-code range reserved for applications. 4401 also ends a
+# socket whose session was signed out or whose user was deactivated or deleted.
 CLOSE_UNAUTHENTICATED = 4401
+# The only message a client sends is {"subscribe": "instance", "id": N}; anything longer is not one.
+MAX_FRAME_CHARS = 1024
+# Each followed instance is checked again on every re-check; a page follows one.
+MAX_INSTANCE_SUBSCRIPTIONS = 20
 
 
 def groups_for_user(user: Any) -> list[str]:
@@ -29,6 +50,7 @@ def groups_for_user(user: Any) -> list[str]:
 
 
 def instance_group_if_allowed(user: Any, instance_id: int) -> str | None:
+    """``instance.<id>`` if ``user`` may see that instance (the instance page's rule), else None."""
     from orchestrator.selectors import instance_for_user
 
     return f"instance.{instance_id}" if instance_for_user(user, instance_id) is not None else None
@@ -40,6 +62,29 @@ def counts_for(user: Any) -> dict[str, int]:
     return inbox_counts(user, fresh=True)
 
 
+def allowed_now(session_key: str | None, user_id: int, instance_ids: list[int]) -> tuple[Any, list[str]] | None:
+    """Who the socket's session belongs to now, and the groups that person may listen to now.
+
+    ``session_key`` is the key the socket was opened with, ``user_id`` the user it was opened for, and
+    ``instance_ids`` the instances it follows. Returns ``(user, groups)``, or None when the session has ended
+    (signed out, expired, password changed), now belongs to someone else, or the user is inactive or deleted:
+    the same answer ``django.contrib.auth.get_user`` gives an HTTP request carrying that session.
+    """
+    if not session_key:
+        return None
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = get_user(request)
+    if not user.is_authenticated or user.pk != user_id or not user.is_active:
+        return None
+    groups = groups_for_user(user)
+    for instance_id in instance_ids:
+        group = instance_group_if_allowed(user, instance_id)
+        if group is not None:
+            groups.append(group)
+    return user, groups
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """Pushes "something changed" events to the pages of one signed-in user."""
 
@@ -49,18 +94,52 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         remember_server_loop(asyncio.get_running_loop())
         user = self.scope.get("user")
         self.groups_joined = []
+        self.instance_ids: list[int] = []
+        self.gone = False
+        self.rechecker: asyncio.Task[None] | None = None
+        # Group membership changes only under this lock: re-checks and subscriptions run concurrently.
+        self.groups_lock = asyncio.Lock()
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        session = self.scope.get("session")
+        self.session_key: str | None = getattr(session, "session_key", None)
+        self.session_digest = session_digest(self.session_key) if self.session_key else None
+        self.user_id = user.pk
         self.groups_joined = await database_sync_to_async(groups_for_user)(user)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         await self.send_json({"type": "hello", "groups": len(self.groups_joined)})
+        self.rechecker = asyncio.create_task(self.recheck_periodically())
 
     async def disconnect(self, code: int) -> None:
+        self.gone = True
+        rechecker = getattr(self, "rechecker", None)
+        if rechecker is not None:
+            # Stopped before leaving the groups: a re-check cut off later could join one after we left.
+            rechecker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rechecker
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined = []
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        """A frame from the page: one bad frame (binary, not JSON, too long, too deep) is answered, never fatal."""
+        if text_data is None or len(text_data) > MAX_FRAME_CHARS:
+            await self.send_json({"type": "error", "message": "Send one short JSON object."})
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self.send_json({"type": "error", "message": "That frame is not JSON."})
+            return
+        try:
+            await self.receive_json(content)
+        except Exception:
+            logger.exception("live socket: a client frame failed")
+            await self.send_json({"type": "error", "message": "That request failed."})
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         """The only thing a client may ask: follow one instance it is allowed to see."""
@@ -70,18 +149,89 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             instance_id = int(str(content.get("id")))
         except (TypeError, ValueError):
             return
-        group = await database_sync_to_async(instance_group_if_allowed)(self.scope["user"], instance_id)
-        if group is None:
-            await self.send_json({"type": "error", "message": "Not found."})
-            return
-        if group not in self.groups_joined:
-            self.groups_joined.append(group)
-            await self.channel_layer.group_add(group, self.channel_name)
+        async with self.groups_lock:
+            if self.gone:
+                return
+            group = await database_sync_to_async(instance_group_if_allowed)(self.scope["user"], instance_id)
+            if group is None:
+                await self.send_json({"type": "error", "message": "Not found."})
+                return
+            if group not in self.groups_joined:
+                if len(self.instance_ids) >= MAX_INSTANCE_SUBSCRIPTIONS:
+                    await self.send_json({"type": "error", "message": "Too many instances followed."})
+                    return
+                self.groups_joined.append(group)
+                self.instance_ids.append(instance_id)
+                await self.channel_layer.group_add(group, self.channel_name)
         await self.send_json({"type": "subscribed", "instance": instance_id})
 
     async def baton_event(self, message: dict[str, Any]) -> None:
+        if self.gone:
+            return
         event = dict(message["event"])
         if "counts" in event.get("refresh", ()):
             # Counts are per user, so each socket asks for its own rather than trusting the sender.
             event["counts"] = await database_sync_to_async(counts_for)(self.scope["user"])
         await self.send_json(event)
+
+    async def baton_recheck(self, message: dict[str, Any]) -> None:
+        """Something about this user's authority changed (orchestrator/live_access.py): check it now."""
+        ended = message.get("ended_session")
+        if ended is not None and ended == self.session_digest:
+            await self.end()
+            return
+        await self.recheck()
+
+    async def recheck_periodically(self) -> None:
+        """Re-check every BATON_LIVE_RECHECK seconds, so a lost or never-sent recheck message is healed."""
+        period = float(settings.BATON_LIVE_RECHECK)
+        # A random first wait spreads the sockets of a restarted server over the period.
+        await asyncio.sleep(period * random.uniform(0.5, 1.0))
+        while not self.gone:
+            try:
+                await self.recheck()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database or Redis is away: the HTTP pages fail as well; try again next period.
+                logger.warning("live socket: re-check of user %s failed", self.user_id, exc_info=True)
+            await asyncio.sleep(period)
+
+    async def recheck(self) -> None:
+        """Leave the groups the user may no longer listen to and join new ones; close if the user is gone."""
+        async with self.groups_lock:
+            if self.gone:
+                return
+            now = await database_sync_to_async(allowed_now)(self.session_key, self.user_id, list(self.instance_ids))
+            if now is None:
+                await self.end(locked=True)
+                return
+            user, groups = now
+            self.scope["user"] = user
+            left = [g for g in self.groups_joined if g not in groups]
+            joined = [g for g in groups if g not in self.groups_joined]
+            for group in left:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            for group in joined:
+                await self.channel_layer.group_add(group, self.channel_name)
+            self.instance_ids = [i for i in self.instance_ids if f"instance.{i}" in groups]
+            self.groups_joined = groups
+        if left or joined:
+            # The page may show what is no longer the user's (or miss what now is): re-fetch the inbox and counts.
+            counts = await database_sync_to_async(counts_for)(user)
+            await self.send_json({"type": "access.changed", "refresh": ["inbox"], "counts": counts})
+
+    async def end(self, *, locked: bool = False) -> None:
+        """The session or the user is gone: forward nothing more, leave every group, close with 4401."""
+        self.gone = True
+        if not locked:
+            async with self.groups_lock:
+                await self._leave_all()
+        else:
+            await self._leave_all()
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def _leave_all(self) -> None:
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined = []

@@ -9,11 +9,15 @@ the calling thread, in the layer's own wire format, instead of going through the
 loop in another thread: that hand-over cost about 1 ms of CPU per commit, a quarter of a worker's step
 (bench/README.md). Live events are hints to re-fetch, never state: one lost while a web process reconnects to
 Redis is repaired by the page's next fetch.
+
+Every channel name starts with the deployment's ``BATON_CHANNEL_PREFIX`` (the layer's ``prefix``), because Redis
+pub/sub ignores the database number: two deployments on one Redis server would otherwise hear each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -24,7 +28,6 @@ import redis
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
@@ -45,10 +48,30 @@ def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 def send_now(groups: Iterable[str], event: dict[str, Any]) -> None:
     """Send ``event`` to each group now (use :func:`broadcast_on_commit` from services)."""
+    _send(groups, {"type": "baton.event", "event": event})
+
+
+def send_recheck(groups: Iterable[str], ended_session: str | None = None) -> None:
+    """Tell the sockets in ``groups`` to re-check their user's authority now (LiveConsumer.baton_recheck).
+
+    ``ended_session`` is :func:`session_digest` of a session that has just ended: sockets opened with it close
+    without asking the database (the logout signal fires before the session row is deleted).
+    """
+    message: dict[str, Any] = {"type": "baton.recheck"}
+    if ended_session:
+        message["ended_session"] = ended_session
+    _send(groups, message)
+
+
+def session_digest(session_key: str) -> str:
+    """A session key as it may travel through Redis: its SHA-256 in hex (the key itself is a credential)."""
+    return hashlib.sha256(session_key.encode()).hexdigest()
+
+
+def _send(groups: Iterable[str], message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": "baton.event", "event": event}
     groups = list(dict.fromkeys(groups))
     try:
         if isinstance(layer, RedisPubSubChannelLayer):
@@ -78,17 +101,30 @@ def _publisher(url: str) -> redis.Redis:
     return client
 
 
+def _routing(layer: RedisPubSubChannelLayer) -> tuple[list[str], str]:
+    """The layer's Redis URLs and group channel prefix, from the layer's own config (what its receivers use).
+
+    Kept on the layer object: worked out once, not per publish. ``layer.__dict__`` because the layer's
+    ``__getattr__`` wants a running event loop for any attribute it does not have.
+    """
+    routing = layer.__dict__.get("_baton_routing")
+    if routing is None:
+        config = layer._kwargs
+        hosts = config.get("hosts") or ["redis://127.0.0.1:6379"]
+        urls = [host if isinstance(host, str) else host["address"] for host in hosts]
+        # RedisPubSubLoopLayer._get_group_channel_name: "<prefix>__group__<group>".
+        routing = layer.__dict__["_baton_routing"] = (urls, f"{config.get('prefix', 'asgi')}__group__")
+    return routing
+
+
 def _publish(layer: RedisPubSubChannelLayer, groups: list[str], message: dict[str, Any]) -> None:
     """PUBLISH ``message`` to each group's channel as RedisPubSubChannelLayer.group_send would, pipelined."""
-    config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
-    hosts = config.get("hosts") or ["redis://127.0.0.1:6379"]
-    prefix = config.get("prefix", "asgi")
+    urls, group_prefix = _routing(layer)
     payload = layer.serialize(message)
     pipes: dict[str, Any] = {}
     for group in groups:
-        channel = f"{prefix}__group__{group}"
-        host = hosts[_consistent_hash(channel, len(hosts))] if len(hosts) > 1 else hosts[0]
-        url = host if isinstance(host, str) else host["address"]
+        channel = group_prefix + group
+        url = urls[_consistent_hash(channel, len(urls))] if len(urls) > 1 else urls[0]
         pipe = pipes.get(url)
         if pipe is None:
             pipe = pipes[url] = _publisher(url).pipeline(transaction=False)

@@ -8,10 +8,13 @@ Two modes, same code (docs/architecture.md):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import dj_database_url
 
@@ -157,6 +160,37 @@ DEFAULT_FROM_EMAIL = os.environ.get("BATON_FROM_EMAIL", "baton@localhost")
 
 
 # --- Channels -------------------------------------------------------------------------------------------
+def derived_channel_prefix(database: Mapping[str, Any], redis_url: str) -> str:
+    """A channel-name prefix unique to one deployment: ``baton.<12 hex>.`` from where its data lives.
+
+    ``database`` is a ``DATABASES`` entry (HOST, PORT, NAME are used; user and password are not: another role on
+    the same database is the same deployment) and ``redis_url`` the channel layer's Redis URL (host, port or
+    socket path, and database number; options such as ``socket_timeout`` are not). Redis pub/sub ignores the
+    database number, so two deployments on one Redis server would hear each other's live events without it.
+    """
+    url = urlsplit(redis_url)
+    db = url.path.strip("/") if url.scheme != "unix" else ""
+    db = db or parse_qs(url.query).get("db", ["0"])[0]
+    where = url.path if url.scheme == "unix" else f"{(url.hostname or '').lower()}:{url.port or 6379}"
+    identity = "|".join(
+        [
+            str(database.get("HOST") or "").lower(),
+            str(database.get("PORT") or (5432 if "postgresql" in str(database.get("ENGINE")) else "")),
+            str(database.get("NAME") or ""),
+            where,
+            db.lstrip("0") or "0",
+        ]
+    )
+    return f"baton.{hashlib.sha256(identity.encode()).hexdigest()[:12]}."
+
+
+# Every Redis channel name starts with this (the channel layer's and orchestrator/realtime.py's publisher's).
+# Set it when one deployment's processes reach the same database or Redis under different addresses.
+BATON_CHANNEL_PREFIX = os.environ.get("BATON_CHANNEL_PREFIX") or derived_channel_prefix(
+    DATABASES["default"], os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)
+)
+if not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", BATON_CHANNEL_PREFIX):
+    raise RuntimeError("BATON_CHANNEL_PREFIX: 1 to 60 letters, digits, dots, dashes or underscores.")
 if REDIS_URL:
     # Pub/sub: a web process subscribes to the groups its sockets are in, and a sender's whole commit goes out
     # in one pipelined PUBLISH round trip (orchestrator/realtime.py). The list-based RedisChannelLayer cost the
@@ -164,7 +198,10 @@ if REDIS_URL:
     CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)]},
+            "CONFIG": {
+                "hosts": [os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)],
+                "prefix": BATON_CHANNEL_PREFIX,
+            },
         }
     }
 else:
@@ -221,6 +258,11 @@ BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
 # The engine's hot-path statements are prepared once per PostgreSQL session (orchestrator/rows.py). Turn off behind
 # a proxy that cannot carry prepared statements (PgBouncer before 1.21 in transaction mode).
 BATON_PREPARED_STATEMENTS = env_bool("BATON_PREPARED_STATEMENTS", default=True)
+# Seconds between an open live socket's re-checks of its session and user (orchestrator/consumers.py): the bound
+# on how long a socket can outlive a sign-out or a lost access whose recheck message went missing.
+BATON_LIVE_RECHECK = float(os.environ.get("BATON_LIVE_RECHECK", "5"))
+if not BATON_LIVE_RECHECK > 0:
+    raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds above 0.")
 # Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
 BATON_DEMO = env_bool("BATON_DEMO", default=EMBEDDED)
 # Absolute address of the dashboard, for links in e-mails.

@@ -255,6 +255,8 @@ class WorkerProcess:
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DATABASE_URL": self.database_url,
             "REDIS_URL": settings.REDIS_URL,
+            # The prefix is derived from DATABASE_URL, which names the test database here: keep this process's.
+            "BATON_CHANNEL_PREFIX": settings.BATON_CHANNEL_PREFIX,
             "BATON_WORKFLOW_MODULES": ",".join(dict.fromkeys(modules)),
             "BATON_LOG_LEVEL": "INFO",
             "PYTHONPATH": str(ROOT),

@@ -18,6 +18,7 @@ import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
 from django.db import connections, transaction
 from django.test import Client
@@ -32,6 +33,7 @@ from orchestrator.services.instances import instance_cancel, instance_start
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
+HOST = (b"host", b"127.0.0.1")
 ORIGIN = (b"origin", b"http://127.0.0.1")
 EXPENSE = {"employee": "Sam Staff", "amount": "80.00", "category": "meals", "description": "Team lunch"}
 ORDER = {"order_id": "WS-1", "customer": "ACME", "email": "buyer@example.com", "amount": "50.00", "items": 1}
@@ -71,11 +73,16 @@ def _session_cookie(user: User) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def socket_for(user: User | None, *, origin: tuple[bytes, bytes] = ORIGIN) -> WebsocketCommunicator:
-    """A communicator to /ws/live/ carrying the user's session cookie (none for anonymous)."""
-    headers = [origin]
+async def socket_for(
+    user: User | None, *, origin: tuple[bytes, bytes] = ORIGIN, cookie: bytes | None = None
+) -> WebsocketCommunicator:
+    """A communicator to /ws/live/ from a page on http://127.0.0.1 carrying the user's session cookie.
+
+    A new session unless ``cookie`` is given; none for anonymous.
+    """
+    headers = [HOST, origin]
     if user is not None:
-        headers.append((b"cookie", await sync_to_async(_session_cookie)(user)))
+        headers.append((b"cookie", cookie or await sync_to_async(_session_cookie)(user)))
     return WebsocketCommunicator(application, "/ws/live/", headers=headers)
 
 
@@ -283,4 +290,88 @@ async def test_subscribing_to_my_instance_forwards_its_changes(users) -> None:
     assert changed["instance"] == instance.pk
     assert changed["state"] == InstanceState.RUNNING  # the payout step is scheduled
     assert f"instance-{instance.pk}" in changed["refresh"]
+    await socket.disconnect()
+
+
+# --- bad frames -----------------------------------------------------------------------------------------
+
+BAD_FRAMES = {
+    "binary": {"bytes": b"\x00\x01{}"},
+    "empty": {"text": ""},
+    "not JSON": {"text": "subscribe me"},
+    "cut-off JSON": {"text": '{"subscribe": "instance", "id": '},
+    "lone surrogate": {"text": '"\\ud800'},
+    "NaN": {"text": "NaN"},
+    "a list": {"text": "[1, 2, 3]"},
+    "a number": {"text": "42"},
+    "null": {"text": "null"},
+    "id an object": {"text": '{"subscribe": "instance", "id": {"$gt": 0}}'},
+    "id a float": {"text": '{"subscribe": "instance", "id": 1.5}'},
+    "id infinite": {"text": '{"subscribe": "instance", "id": 1e400}'},
+    "id beyond bigint": {"text": '{"subscribe": "instance", "id": 99999999999999999999999}'},
+    "id negative": {"text": '{"subscribe": "instance", "id": -1}'},
+    "unknown request": {"text": '{"subscribe": "group", "id": 1}'},
+    "deeply nested": {"text": "[" * 500 + "]" * 500},
+    "huge": {"text": '{"subscribe": "instance", "id": 1, "pad": "' + "x" * 1_000_000 + '"}'},
+}
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+async def test_a_bad_frame_is_answered_or_ignored_and_the_socket_keeps_working(users, frame) -> None:
+    """Whatever the page sends, the consumer lives on: it still subscribes, and events still arrive."""
+    # given
+    mine = await sync_to_async(start_expense)(users.staff)
+    socket = await connected(users.staff)
+
+    # when
+    await socket.send_input({"type": "websocket.receive", **frame})
+    await socket.send_json_to({"subscribe": "instance", "id": mine.pk})
+
+    # then
+    subscribed = await receive_until(socket, lambda e: e["type"] == "subscribed")
+    assert subscribed["instance"] == mine.pk
+    instance = await sync_to_async(start_expense)(users.manager)
+    event = await receive_until(socket, lambda e: e["type"] == "task.opened")
+    assert event["task"] == (await sync_to_async(open_task_of)(instance)).pk
+    await socket.disconnect()
+
+
+async def test_a_frame_that_is_not_json_is_answered_with_an_error(users) -> None:
+    # given
+    socket = await connected(users.staff)
+
+    # when
+    await socket.send_to(text_data="{oops")
+
+    # then
+    answer = await socket.receive_json_from(timeout=EVENT_TIMEOUT)
+    assert answer["type"] == "error"
+    await socket.disconnect()
+
+
+# --- another deployment on the same Redis server ----------------------------------------------------------
+
+
+async def test_a_socket_hears_nothing_from_another_deployment_on_the_same_redis_server(users, settings) -> None:
+    """A deployment on the next Redis database number publishes to the same group name first: only ours arrives."""
+    # given
+    from orchestrator import realtime
+    from orchestrator.settings import derived_channel_prefix
+
+    socket = await connected(users.staff)
+    ours = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
+    base, _, db = ours.rpartition("/")
+    theirs = f"{base}/{(int(db or 0) + 1) % 16}"
+    other = RedisPubSubChannelLayer(
+        hosts=[theirs], prefix=derived_channel_prefix(settings.DATABASES["default"], theirs)
+    )
+    group = f"user.{users.staff.pk}"
+
+    # when
+    await sync_to_async(realtime._publish)(other, [group], {"type": "baton.event", "event": {"type": "theirs"}})
+    await sync_to_async(realtime.send_now)([group], {"type": "ours"})
+
+    # then
+    assert (await socket.receive_json_from(timeout=EVENT_TIMEOUT))["type"] == "ours"
+    assert await socket.receive_nothing(timeout=QUIET)
     await socket.disconnect()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+from channels_redis.pubsub import RedisPubSubChannelLayer
 
+from orchestrator import realtime
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
+from orchestrator.settings import derived_channel_prefix
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,3 +47,98 @@ def test_a_live_event_that_cannot_reach_redis_is_logged_and_the_work_stays_commi
     # then
     assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.WAITING
     assert any("broadcast to" in record.getMessage() for record in caplog.records)
+
+
+# --- one Redis server, two deployments ----------------------------------------------------------------------
+
+DATABASE = {"ENGINE": "django.db.backends.postgresql", "HOST": "db", "PORT": "5432", "NAME": "baton"}
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((DATABASE, "redis://cache:6379/0"), (DATABASE, "redis://cache:6379/1")),
+        ((DATABASE, "redis://cache:6379/0"), ({**DATABASE, "NAME": "baton_staging"}, "redis://cache:6379/0")),
+        ((DATABASE, "redis://cache:6379/0"), ({**DATABASE, "HOST": "db2"}, "redis://cache:6379/0")),
+        ((DATABASE, "redis://cache:6379/0"), (DATABASE, "redis://cache:6380/0")),
+        ((DATABASE, "unix:///run/redis.sock?db=0"), (DATABASE, "unix:///run/redis.sock?db=2")),
+    ],
+    ids=["redis database", "database name", "database host", "redis port", "redis socket database"],
+)
+def test_deployments_that_differ_in_where_their_data_lives_get_different_prefixes(a, b) -> None:
+    assert derived_channel_prefix(*a) != derived_channel_prefix(*b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((DATABASE, "redis://cache:6379/3"), (DATABASE, "redis://cache:6379/3?socket_timeout=5")),
+        ((DATABASE, "redis://cache/0"), (DATABASE, "redis://cache:6379")),
+        ((DATABASE, "redis://:secret@CACHE:6379/3"), (DATABASE, "redis://cache:6379/03")),
+        ((DATABASE, "redis://cache:6379/3"), ({**DATABASE, "PORT": "", "USER": "other"}, "redis://cache:6379/3")),
+    ],
+    ids=["url options", "default port and database", "password, case, leading zero", "database port and user"],
+)
+def test_the_processes_of_one_deployment_agree_on_the_prefix(a, b) -> None:
+    """The web server and the worker may spell the same places differently; the prefix must still match."""
+    assert derived_channel_prefix(*a) == derived_channel_prefix(*b)
+
+
+def test_the_channel_layer_uses_the_deployments_prefix(settings) -> None:
+    assert settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] == settings.BATON_CHANNEL_PREFIX
+    assert settings.BATON_CHANNEL_PREFIX.startswith("baton.")
+
+
+def _other_database_number(url: str) -> str:
+    """The same Redis server as ``url``, the next database number."""
+    base, _, db = url.rpartition("/")
+    return f"{base}/{(int(db or 0) + 1) % 16}"
+
+
+class Deployment:
+    """One deployment's channel layer as settings build it, on the Redis server the tests use."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self.layer = RedisPubSubChannelLayer(hosts=[redis_url], prefix=prefix)
+        self.channel = ""
+
+    async def listen(self, *groups: str) -> None:
+        self.channel = await self.layer.new_channel()
+        for group in groups:
+            await self.layer.group_add(group, self.channel)
+
+    async def heard(self) -> list[dict]:
+        """Every message that reaches this deployment's listener within half a second of silence."""
+        messages = []
+        while True:
+            try:
+                messages.append(await asyncio.wait_for(self.layer.receive(self.channel), 0.5))
+            except TimeoutError:
+                return messages
+
+    async def close(self) -> None:
+        await self.layer.flush()
+
+
+@pytest.mark.asyncio
+async def test_two_deployments_on_one_redis_server_hear_only_their_own_events(settings) -> None:
+    """Same group names, same Redis server, database numbers 1 apart: each receives only what it sent."""
+    # given
+    url_a = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
+    url_b = _other_database_number(url_a)
+    a = Deployment(url_a, derived_channel_prefix(settings.DATABASES["default"], url_a))
+    b = Deployment(url_b, derived_channel_prefix(settings.DATABASES["default"], url_b))
+    await a.listen("user.1", "ops")
+    await b.listen("user.1", "ops")
+
+    # when: each publishes as the services do (one pipelined PUBLISH), and once through the layer itself
+    await sync_to_async(realtime._publish)(a.layer, ["user.1", "ops"], {"type": "baton.event", "event": {"from": "a"}})
+    await sync_to_async(realtime._publish)(b.layer, ["user.1", "ops"], {"type": "baton.event", "event": {"from": "b"}})
+    await b.layer.group_send("ops", {"type": "baton.event", "event": {"from": "b"}})
+
+    # then
+    heard_a, heard_b = await a.heard(), await b.heard()
+    assert [m["event"]["from"] for m in heard_a] == ["a", "a"]
+    assert [m["event"]["from"] for m in heard_b] == ["b", "b", "b"]
+    await a.close()
+    await b.close()

@@ -1,0 +1,65 @@
+"""Live pages follow authority in a real browser: a lost group empties the open queue, a sign-out ends the socket.
+
+The change is made in this process (the admin's side); the page is served by the live server's daphne process, so
+the recheck travels through Redis between processes, as it does between a web process and the admin's.
+"""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.browser.live import BrowserTestCase, orm
+from tests.browser.test_inbox import start_expense
+
+# Budgets (milliseconds) for a change to reach an open page: the push is immediate; a few seconds on a loaded box.
+GONE_MS = 4000
+NEW_TASK_MS = 2000
+QUIET_MS = 1500
+
+
+def _leave_approvers(users) -> None:
+    users.staff.groups.remove(users.approvers)
+
+
+class LiveAccessTests(BrowserTestCase):
+    def test_removal_from_the_team_empties_the_open_queue_and_its_new_tasks_stay_away(self):
+        """staff is removed from approvers while their team queue is open: the row leaves, the next task never comes."""
+        # given
+        _instance, task = orm(start_expense, self.users.manager)
+        with self.chromium() as browser:
+            staff = self.signed_in_page(browser, "staff")
+            staff2 = self.signed_in_page(browser, "staff2")
+            for page in (staff, staff2):
+                page.goto("/inbox/?tab=queue")
+                expect(self.task_row(page, task.pk)).to_have_count(1)
+                self.wait_until_live(page)
+            staff.evaluate("window.__sameDocument = true")
+
+            # when
+            orm(_leave_approvers, self.users)
+
+            # then: the row leaves staff's page without a reload, and a new team task reaches staff2 only
+            expect(self.task_row(staff, task.pk)).to_have_count(0, timeout=GONE_MS)
+            assert staff.evaluate("window.__sameDocument === true"), "staff's page was reloaded"
+            _instance, later = orm(start_expense, self.users.manager)
+            expect(self.task_row(staff2, later.pk)).to_have_count(1, timeout=NEW_TASK_MS)
+            staff.wait_for_timeout(QUIET_MS)
+            expect(self.task_row(staff, later.pk)).to_have_count(0)
+
+    def test_signing_out_in_another_tab_ends_the_pages_socket(self):
+        """staff signs out in a second tab of the same browser: the first tab's socket closes and is refused after."""
+        # given
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/inbox/?tab=queue")
+            self.wait_until_live(page)
+            other_tab = page.context.new_page()
+            other_tab.goto("/inbox/?tab=queue")
+
+            # when
+            other_tab.get_by_role("button", name="Sign out").click()
+
+            # then
+            page.wait_for_function("() => !window.batonLive.connected", timeout=GONE_MS)
+            page.wait_for_timeout(QUIET_MS)
+            assert page.evaluate("window.batonLive.connected") is False
