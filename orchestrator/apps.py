@@ -6,6 +6,7 @@ class OrchestratorConfig(AppConfig):
     verbose_name = "Baton engine"
 
     def ready(self) -> None:
-        from orchestrator import registry
+        from orchestrator import accounts, registry
 
         registry.load_modules()
+        accounts.connect()
