@@ -129,7 +129,7 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
     )
     if able < task.quorum:
         # Nobody (or too few for the quorum) can act on it: waiting would be forever, so it escalates now.
-        _escalate_nobody_can_act(unit, task)
+        _escalate_nobody_can_act(unit, task, able=able, named=node.candidate_users)
     else:
         _announce(unit, task, "task.opened", f"New task: {task.title}", groups=group_ids, users=user_ids)
     return task
@@ -267,12 +267,13 @@ def able_people(task: HumanTask, *, limit: int | None = None) -> list[int]:
     return list(ids[:limit] if limit is not None else ids)
 
 
-def _nobody_why(task: HumanTask, initiator_id: int | None, able: int) -> str:
-    """Why too few people can act on ``task``, in a manager's words (the candidate groups and users one by one)."""
-    reasons = []
+def _nobody_why(task: HumanTask, initiator_id: int | None, able: int, named: Sequence[str] = ()) -> str:
+    """Why too few people can act on ``task``, in a manager's words (the candidate groups and users one by one;
+    ``named``: the usernames the definition names, so that unknown ones are said too)."""
+    known = set(get_user_model().objects.filter(username__in=list(named)).values_list("username", flat=True))
+    reasons = [f"no user named {name}" for name in dict.fromkeys(named) if name not in known]
     for group in task.candidate_groups.order_by("name"):
-        members = group.user_set.filter(is_active=True).exclude(pk=initiator_id or 0)
-        if not members.exists():
+        if not group.user_set.filter(is_active=True).exists():
             reasons.append(f"no active member in group {group.name}")
         else:
             reasons.append(f"no one in group {group.name} may act (the initiator or earlier approvers only)")
@@ -291,12 +292,12 @@ def _nobody_why(task: HumanTask, initiator_id: int | None, able: int) -> str:
     return why
 
 
-def _escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0) -> None:
+def _escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named: Sequence[str] = ()) -> None:
     """Too few active people can act on ``task`` (unknown names, empty groups, everyone deactivated, only the
     initiator): it becomes a visible escalation for managers and operators at once, titled with the reason, instead
     of waiting forever. Managers and operators join the candidates (four-eyes still applies to them)."""
     verb = {TaskKind.APPROVAL: "approve", TaskKind.FORM: "complete"}.get(TaskKind(task.kind), "resolve")
-    why = _nobody_why(task, unit.instance.initiator_id, able)
+    why = _nobody_why(task, unit.instance.initiator_id, able, named)
     from_state = task.state
     task.title = f"Nobody can {verb}: {why} ({task.title})"[:200]
     task.priority = Priority.URGENT
