@@ -158,7 +158,7 @@ def test_the_initiators_task_page_offers_no_steering(users):
     content = login(users.manager).get(reverse("task_detail", args=[task.pk])).content.decode()
 
     # then
-    assert "someone else must act on its tasks" in content
+    assert "someone else must decide its tasks, and you cannot claim, delegate, release or resolve them" in content
     assert reverse("task_delegate", args=[task.pk]) not in content
     assert reverse("task_release", args=[task.pk]) not in content
 

@@ -131,8 +131,9 @@ def test_a_failed_attempt_is_not_retried_before_its_due_time(run_steps):
     ("amount", "task_opened", "state"),
     [("1500", True, InstanceState.WAITING), ("50", False, InstanceState.COMPLETED)],
 )
-def test_decision_routes_on_the_amount(run_steps, amount, task_opened, state):
-    """Above 1000 the order waits for a manager's approval task; below, it skips straight to shipping."""
+def test_decision_routes_on_the_amount(users, run_steps, amount, task_opened, state):
+    """Above 1000 the order waits for a manager's approval task; below, it skips straight to shipping (``users``:
+    a task with no manager to act on it would escalate at once)."""
     # given
     instance = instance_start("order_fulfilment", OrderInputFactory(amount=amount))
 
