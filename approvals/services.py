@@ -152,7 +152,11 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     _announce(
         unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], users=[], level="danger"
     )
-    notify(unit, members_of([OPERATORS]), "escalation", f"Needs an operator: {task.title}", url=_url(task), task=task)
+    operators = members_of([OPERATORS], exclude=[unit.instance.initiator_id])
+    notify(unit, operators, "escalation", f"Needs an operator: {task.title}", url=_url(task), task=task)
+    if not able_people(task, limit=1):
+        # No operator but the initiator (who may not resolve it), or none at all: managers take it too.
+        _escalate_nobody_can_act(unit, task)
     return task
 
 

@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
+from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
 from approvals.services import (
     APPROVE,
     REJECT,
@@ -114,12 +114,12 @@ def test_a_manager_who_did_not_start_it_still_delegates_and_releases(users):
 def test_the_initiator_cannot_resolve_their_instances_escalation(users, run_steps):
     """An operator who started the order cannot retry, skip or resolve its failed refund; another operator can."""
     # given
+    other = UserFactory(username="operator2", groups=[users.operators])
     instance = instance_start(
         "order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=users.operator
     )
     run_steps(instance, advance=True)
     escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
-    other = UserFactory(username="operator2", groups=[users.operators])
 
     # when / then
     with pytest.raises(TaskForbidden, match="four-eyes"):
@@ -262,3 +262,23 @@ def test_two_people_approving_a_quorum_task_at_once_both_count(users, quorum_tas
     assert task_decide(quorum_task.pk, staff3, APPROVE).state == TaskState.COMPLETED
     quorum_task.instance.refresh_from_db()
     assert quorum_task.instance.state == InstanceState.COMPLETED
+
+
+def test_an_escalation_only_its_initiator_could_resolve_goes_to_managers_too(users, run_steps):
+    """The only operator started the order: its failed refund's escalation says nobody can resolve it, reaches the
+    managers, and the initiator is not told to act on it."""
+    # given
+    instance = instance_start(
+        "order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=users.operator
+    )
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    assert escalation.state == TaskState.ESCALATED
+    assert escalation.title.startswith("Nobody can resolve: no one in group operators may act")
+    told = set(Notification.objects.filter(task=escalation).values_list("user__username", flat=True))
+    assert told == {"manager"}
+    assert task_decide(escalation.pk, users.manager, RESOLVED, comment="refunded by hand").state == TaskState.COMPLETED

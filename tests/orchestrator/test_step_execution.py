@@ -264,8 +264,9 @@ def test_failure_after_payment_compensates_latest_first(run_steps):
     ]
 
 
-def test_failed_compensation_escalates_to_operators(run_steps):
-    """A refund that fails for good opens an urgent escalation for operators; the instance stays compensating."""
+def test_failed_compensation_escalates_to_operators(users, run_steps):
+    """A refund that fails for good opens an urgent escalation for operators (``users``: with no operator at all it
+    would go to managers too); the instance stays compensating."""
     # given
     instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=True))
 
