@@ -854,8 +854,7 @@ def tasks_people_changed(
     ``reason`` goes into the audit events; ``actor`` defaults to the system. Each task is its own savepoint:
     one that fails is logged and the others go on. Returns {"released": n, "escalated": n}.
     """
-    open_states = [TaskState.OPEN, TaskState.CLAIMED]
-    affected = Q(state=TaskState.CLAIMED, assignee_id__in=list(user_ids))
+    claimed = HumanTask.objects.filter(state=TaskState.CLAIMED, assignee_id__in=list(user_ids))
     touched = TaskCandidate.objects.filter(Q(user_id__in=list(user_ids)) | Q(group_id__in=list(group_ids)))
     if not group_ids:
         # A deactivated person leaves every queue they were in through their groups.
@@ -863,11 +862,36 @@ def tasks_people_changed(
             Q(user_id__in=list(user_ids))
             | Q(group_id__in=User.groups.through.objects.filter(user_id__in=list(user_ids)).values("group_id"))
         )
-    affected |= Q(state__in=open_states, pk__in=touched.values("task_id"))
-    task_ids = list(
-        HumanTask.objects.filter(affected).order_by("pk").values_list("pk", flat=True).distinct()[:RECHECK_LIMIT]
-    )
+    queued = HumanTask.objects.filter(
+        state__in=[TaskState.OPEN, TaskState.ESCALATED], pk__in=touched.values("task_id")
+    ).order_by("pk")
+    task_ids = list(claimed.order_by("pk").values_list("pk", flat=True)[:RECHECK_LIMIT])
+    task_ids += _short_of_people(list(queued.values_list("pk", flat=True)[:RECHECK_LIMIT]))
     return tasks_recheck(task_ids, reason=reason, actor=actor, request_meta=request_meta, now=now)
+
+
+def _short_of_people(task_ids: list[int]) -> list[int]:
+    """Those of ``task_ids`` with fewer people able to act (:func:`able_people`) than their quorum still needs, in
+    one statement driven by each task's candidate rows, so a change touching a busy group's queue locks only the
+    tasks that need it. Elsewhere than PostgreSQL, all of them (the re-check decides)."""
+    if not task_ids or not rows.on_postgresql():
+        return task_ids
+    members = User.groups.through._meta.db_table
+    sql = (
+        f"SELECT t.id FROM {HumanTask._meta.db_table} t"
+        f" JOIN {WorkflowInstance._meta.db_table} i ON i.id = t.instance_id"
+        " WHERE t.id = ANY(%s) AND t.quorum - t.approvals > ("
+        f"SELECT count(DISTINCT u.id) FROM {TaskCandidate._meta.db_table} c"
+        f" LEFT JOIN {members} m ON m.group_id = c.group_id"
+        f" JOIN {get_user_model()._meta.db_table} u ON u.id = COALESCE(c.user_id, m.user_id)"
+        " WHERE c.task_id = t.id AND u.is_active AND u.id IS DISTINCT FROM i.initiator_id"
+        f" AND NOT EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.user_id = u.id AND (d.task_id = t.id"
+        " OR (t.kind = %s AND d.instance_id = t.instance_id AND d.decision = %s)))"
+        ") ORDER BY t.id"
+    )
+    with rows.cursor() as cursor:
+        cursor.execute(sql, [task_ids, TaskKind.APPROVAL.value, APPROVE])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def tasks_recheck(

@@ -332,3 +332,19 @@ def test_deciding_checks_the_deciders_authority_at_that_moment(users):
         task_decide(task.pk, users.staff, APPROVE)
     task.refresh_from_db()
     assert (task.state, task.assignee) == (TaskState.CLAIMED, users.staff)
+
+
+def test_deactivating_one_of_several_able_people_leaves_their_queue_alone(users):
+    """The re-check touches only what needs it: with another approver still able, the queued tasks of the group
+    keep their state and get no audit event (their instances are not even written)."""
+    # given
+    instances = [expense() for _ in range(3)]
+    seqs = [i.audit_seq for i in WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).order_by("pk")]
+
+    # when
+    deactivate(users.staff)
+
+    # then
+    after = WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).order_by("pk")
+    assert [i.audit_seq for i in after] == seqs
+    assert {task_of(i).state for i in instances} == {TaskState.OPEN}
