@@ -39,7 +39,10 @@ def notify(
     url: str = "",
     task: HumanTask | None = None,
 ) -> None:
-    """Create a notification for each user, then after commit e-mail them and ring their bell."""
+    """Create a notification for each user, then after commit e-mail them and ring their bell.
+
+    Callers pass active people (``members_of`` reads only those); the e-mail is sent to active accounts only in
+    any case, so a person deactivated meanwhile gets no mail."""
     recipients = sorted({uid for uid in user_ids if uid})
     if not recipients:
         return
@@ -59,7 +62,7 @@ def _emails_of(user_ids: list[int]) -> list[str]:
     with rows.cursor() as cursor:
         cursor.execute(
             f"SELECT email FROM {User._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(user_ids))})"
-            " AND email <> ''",
+            " AND email <> '' AND is_active",
             user_ids,
         )
         return [row[0] for row in cursor.fetchall()]

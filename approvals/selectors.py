@@ -82,13 +82,13 @@ def my_tasks(user: User, *, include_snoozed: bool = False) -> QuerySet[HumanTask
 def team_queue(user: User) -> QuerySet[HumanTask]:
     """Unclaimed tasks the user may claim through their groups or by name.
 
-    Tasks of instances the user started are left out (four-eyes), except operator escalations: fixing a failure
-    is not deciding the instance, and the services allow it.
+    Tasks of instances the user started are left out, escalations included (four-eyes: resolving a failure of
+    one's own instance steers it as much as deciding it does, and the services refuse it).
     """
     qs = (
         HumanTask.objects.filter(state__in=[TaskState.OPEN, TaskState.ESCALATED], assignee__isnull=True)
         .filter(_candidate_filter(user))
-        .exclude(Q(instance__initiator=user) & ~Q(kind="escalation"))
+        .exclude(instance__initiator=user)
     )
     return _with_related(qs)
 

@@ -8,6 +8,7 @@ commit. A lost race raises :class:`TaskConflict` (HTTP 409 / a message on the pa
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -40,6 +41,8 @@ from orchestrator.models import InstanceState, StepKind, StepRun, StepState, Wor
 from orchestrator.realtime import send_now
 from orchestrator.services import engine
 from orchestrator.services.unit import Unit
+
+logger = logging.getLogger(__name__)
 
 OPERATORS = "operators"
 MANAGERS = "managers"
@@ -108,7 +111,9 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
         due_at=due_at,
         next_escalation_at=unit.now + node.escalation[0].after if node.escalation else None,
     )
-    group_ids, user_ids = _task_insert(task, node.candidate_groups, node.candidate_users, step=step)
+    group_ids, user_ids, able = _task_insert(
+        task, node.candidate_groups, node.candidate_users, step=step, initiator_id=instance.initiator_id
+    )
     unit.audit("step.started", "step", step.pk, "", step.state, payload={"node": node.name})
     unit.audit(
         "task.opened",
@@ -122,7 +127,11 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
             "users": list(node.candidate_users),
         },
     )
-    _announce(unit, task, "task.opened", f"New task: {task.title}", groups=group_ids, users=user_ids)
+    if able < task.quorum:
+        # Nobody (or too few for the quorum) can act on it: waiting would be forever, so it escalates now.
+        _escalate_nobody_can_act(unit, task, able=able, named=node.candidate_users)
+    else:
+        _announce(unit, task, "task.opened", f"New task: {task.title}", groups=group_ids, users=user_ids)
     return task
 
 
@@ -143,15 +152,20 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     _announce(
         unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], users=[], level="danger"
     )
-    notify(unit, members_of([OPERATORS]), "escalation", f"Needs an operator: {task.title}", url=_url(task), task=task)
+    operators = members_of([OPERATORS], exclude=[unit.instance.initiator_id])
+    notify(unit, operators, "escalation", f"Needs an operator: {task.title}", url=_url(task), task=task)
+    if not able_people(task, limit=1):
+        # No operator but the initiator (who may not resolve it), or none at all: managers take it too.
+        _escalate_nobody_can_act(unit, task)
     return task
 
 
 def _task_insert(
-    task: HumanTask, groups: Sequence[str], users: Sequence[str], *, step: StepRun
-) -> tuple[list[int], list[int]]:
+    task: HumanTask, groups: Sequence[str], users: Sequence[str], *, step: StepRun, initiator_id: int | None = None
+) -> tuple[list[int], list[int], int]:
     """INSERT the new ``step``, its task and the task's candidates named in the definition; the ids of the
-    groups and users found.
+    groups and users found, and how many people are able to act on the task (see :func:`able_people`), counted up
+    to the task's quorum.
 
     On PostgreSQL one statement does it all (the task reads the new step's id, the candidates the new task's,
     from WITHs): a worker's step waits on each round trip. Elsewhere the step, the task, then each list of
@@ -172,13 +186,15 @@ def _task_insert(
                 parts.append(f"new_{kind}s AS ({_candidates_sql(kind, names, 'new_task.id', 'new_task, ')})")
                 params += list(names)
             found.append(f"ARRAY(SELECT {kind}_id FROM new_{kind}s)" if names else "ARRAY[]::bigint[]")
+        # Who can act, counted in the same statement (the new candidate rows are visible only through the WITHs).
+        able_sql, able_params = _able_at_open_sql(bool(groups), bool(users), task, initiator_id)
         with rows.cursor() as cursor:
             cursor.execute(
                 f"WITH {', '.join(parts)} SELECT (SELECT id FROM new_step), (SELECT id FROM new_task),"
-                f" {', '.join(found)}",
-                params,
+                f" {', '.join(found)}, {able_sql}",
+                params + able_params,
             )
-            step.pk, task.pk, found_groups, found_users = cursor.fetchone()
+            step.pk, task.pk, found_groups, found_users, able = cursor.fetchone()
         task.step = step  # the task's step_id, read back
         rows.inserted([step, task])
         group_ids, user_ids = list(found_groups), list(found_users)
@@ -191,13 +207,122 @@ def _task_insert(
                 if names:
                     cursor.execute(_candidates_sql(kind, names, "%s", ""), [task.pk, *names])
                     ids += [row[0] for row in cursor.fetchall()]
+        able = len(able_people(task, limit=task.quorum))
     if len(group_ids) < len(set(groups)):
         # A definition naming a group nobody created yet still gets a visible queue, not a lost task.
         known = set(Group.objects.filter(pk__in=group_ids).values_list("name", flat=True))
         created = _groups([name for name in dict.fromkeys(groups) if name not in known])
         _add_candidates(task, groups=created)
         group_ids += [g.pk for g in created]
-    return group_ids, user_ids
+    return group_ids, user_ids, able
+
+
+def _able_at_open_sql(groups: bool, users: bool, task: HumanTask, initiator_id: int | None) -> tuple[str, list[Any]]:
+    """The count, capped at the quorum, of :func:`able_people` for a task being inserted by ``_task_insert``'s
+    statement: candidates read from its ``new_groups``/``new_users`` WITHs (absent when the definition names
+    none)."""
+    if not (groups or users):
+        return "0", []
+    users_table, members = get_user_model()._meta.db_table, User.groups.through._meta.db_table
+    named = ["u.id IN (SELECT user_id FROM new_users)"] if users else []
+    if groups:
+        named.append(
+            f"u.id IN (SELECT m.user_id FROM {members} m WHERE m.group_id IN (SELECT group_id FROM new_groups))"
+        )
+    sql = (
+        f"(SELECT count(*) FROM (SELECT 1 FROM {users_table} u WHERE u.is_active AND u.id IS DISTINCT FROM %s"
+        f" AND ({' OR '.join(named)})"
+    )
+    params: list[Any] = [initiator_id]
+    if task.kind == TaskKind.APPROVAL:
+        # One approval per person per instance: an earlier approver of this instance cannot approve this task.
+        sql += (
+            f" AND NOT EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.user_id = u.id"
+            " AND d.instance_id = %s AND d.decision = %s)"
+        )
+        params += [task.instance_id, APPROVE]
+    return f"{sql} LIMIT %s) able)", [*params, task.quorum]
+
+
+def able_people(task: HumanTask, *, limit: int | None = None) -> list[int]:
+    """Ids of the people who could decide ``task`` now: active, a candidate (by name or by a group they belong
+    to), not the instance's initiator, not someone who already decided this task, and for an approval not
+    someone who approved another task of the instance (four-eyes). At most ``limit`` ids.
+
+    The rule is written down in docs/architecture.md ("Who may act on a task").
+    """
+    candidates = TaskCandidate.objects.filter(task_id=task.pk)
+    people = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(
+            Q(pk__in=candidates.filter(user__isnull=False).values("user_id"))
+            | Q(groups__in=candidates.filter(group__isnull=False).values("group_id"))
+        )
+        .exclude(pk__in=TaskDecision.objects.filter(task_id=task.pk).values("user_id"))
+    )
+    initiator_id = WorkflowInstance.objects.filter(pk=task.instance_id).values_list("initiator_id", flat=True).first()
+    if initiator_id:
+        people = people.exclude(pk=initiator_id)
+    if task.kind == TaskKind.APPROVAL:
+        earlier = TaskDecision.objects.filter(instance_id=task.instance_id, decision=APPROVE)
+        people = people.exclude(pk__in=earlier.values("user_id"))
+    ids = people.values_list("pk", flat=True).distinct().order_by("pk")
+    return list(ids[:limit] if limit is not None else ids)
+
+
+def _nobody_why(task: HumanTask, initiator_id: int | None, able: int, named: Sequence[str] = ()) -> str:
+    """Why too few people can act on ``task``, in a manager's words (the candidate groups and users one by one;
+    ``named``: the usernames the definition names, so that unknown ones are said too)."""
+    known = set(get_user_model().objects.filter(username__in=list(named)).values_list("username", flat=True))
+    reasons = [f"no user named {name}" for name in dict.fromkeys(named) if name not in known]
+    for group in task.candidate_groups.order_by("name"):
+        if not group.user_set.filter(is_active=True).exists():
+            reasons.append(f"no active member in group {group.name}")
+        else:
+            reasons.append(f"no one in group {group.name} may act (the initiator or earlier approvers only)")
+    for user in task.candidate_users.order_by("username"):
+        if not user.is_active:
+            reasons.append(f"user {user.get_username()} is deactivated")
+        elif user.pk == initiator_id:
+            reasons.append(f"user {user.get_username()} started this workflow")
+        else:
+            reasons.append(f"user {user.get_username()} may not act")
+    if not reasons:
+        reasons.append("no candidate group or user exists")
+    why = "; ".join(reasons)
+    if able and able < task.quorum - task.approvals:
+        why = f"only {able} of the {task.quorum - task.approvals} people needed can act: {why}"
+    return why
+
+
+def _escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named: Sequence[str] = ()) -> None:
+    """Too few active people can act on ``task`` (unknown names, empty groups, everyone deactivated, only the
+    initiator): it becomes a visible escalation for managers and operators at once, titled with the reason, instead
+    of waiting forever. Managers and operators join the candidates (four-eyes still applies to them)."""
+    verb = {TaskKind.APPROVAL: "approve", TaskKind.FORM: "complete"}.get(TaskKind(task.kind), "resolve")
+    why = _nobody_why(task, unit.instance.initiator_id, able, named)
+    from_state = task.state
+    task.title = f"Nobody can {verb}: {why} ({task.title})"[:200]
+    task.priority = Priority.URGENT
+    task.escalate(task.escalation_level, task.next_escalation_at)
+    rows.update(
+        task, ["title", "priority", "state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"]
+    )
+    groups = _groups([MANAGERS, OPERATORS])
+    _add_candidates(task, groups=groups)
+    unit.audit(
+        "task.escalated",
+        "task",
+        task.pk,
+        from_state,
+        task.state,
+        reason=f"Nobody can {verb}: {why}",
+        payload={"groups": [MANAGERS, OPERATORS], "nobody_can_act": True},
+    )
+    _announce(unit, task, "task.escalated", f"Escalation: {task.title}", level="danger")
+    members = members_of([MANAGERS, OPERATORS], exclude=[unit.instance.initiator_id])
+    notify(unit, members, "escalation", f"Needs a manager or an operator: {task.title}", url=_url(task), task=task)
 
 
 def _candidates_sql(kind: str, names: Sequence[str], task_id: str, task_from: str) -> str:
@@ -293,16 +418,18 @@ def is_candidate(user: User, task: HumanTask) -> bool:
 
 @dataclass
 class LockedTask:
-    """A task read under its instance's lock, with the unit that writes it and the acting user's two permission
-    answers, read in the same statement."""
+    """A task read under its instance's lock, with the unit that writes it and the acting user's permission
+    answers, read in the same statement: a candidate now, approved another task of this instance before, already
+    decided this task (a quorum task collects one decision per person)."""
 
     task: HumanTask
     unit: Unit
     is_candidate: bool
     approved_before: bool
+    decided_this: bool = False
 
 
-def _lock_task(task_id: int, user: User) -> LockedTask:
+def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> LockedTask:
     tasks, steps, instances = HumanTask._meta.db_table, StepRun._meta.db_table, WorkflowInstance._meta.db_table
     locked = rows.select(
         [(WorkflowInstance, "i")],
@@ -314,14 +441,15 @@ def _lock_task(task_id: int, user: User) -> LockedTask:
     instance = locked[0][0]
     # Read after the lock: every write to a task, its step or its decisions happens under the instance's lock.
     # The two permission questions ride along: is the user a candidate, and did they approve this instance before.
-    task, step, candidate, approved_before = rows.select(
+    task, step, candidate, approved_before, decided_this = rows.select(
         [(HumanTask, "t"), (StepRun, "s")],
         f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s",
-        [user.pk, user.pk, user.pk, APPROVE, task_id],
+        [user.pk, user.pk, user.pk, APPROVE, user.pk, task_id],
         extra=[
             CANDIDATE_EXISTS,
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.instance_id = t.instance_id"
             " AND d.user_id = %s AND d.decision = %s)",
+            f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.task_id = t.id AND d.user_id = %s)",
         ],
     )[0]
     assert isinstance(task, HumanTask)
@@ -331,15 +459,28 @@ def _lock_task(task_id: int, user: User) -> LockedTask:
     # Candidates, the assignee and managers see a task; anyone else gets a 404.
     if not (task.assignee_id == user.pk or candidate or is_manager(user)):
         raise TaskNotFound("No such task.")
-    return LockedTask(task, Unit(instance, Actor.of(user)), bool(candidate), bool(approved_before))
+    unit = Unit(instance, Actor.of(user), request_meta=request_meta)
+    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this))
+
+
+def _check_not_initiator(user: User, locked: LockedTask) -> None:
+    """Four-eyes: whoever started the instance never claims, decides, releases, delegates or resolves any of its
+    tasks (escalations included), whatever their role: steering who decides is deciding."""
+    if locked.unit.instance.initiator_id == user.pk:
+        raise TaskForbidden("You started this workflow, so you cannot act on its tasks (four-eyes rule).")
 
 
 def _check_may_act(user: User, locked: LockedTask) -> None:
+    """The acting user's authority at this moment: active, not the initiator, a candidate now (by name or by a
+    group they still belong to). Being the assignee is not enough: an assignee who left the candidate groups lost
+    the task with them (docs/architecture.md, "Who may act on a task")."""
     task = locked.task
-    if task.kind != TaskKind.ESCALATION and locked.unit.instance.initiator_id == user.pk:
-        # Four-eyes: whoever started the instance never decides it, whatever their role.
-        raise TaskForbidden("You started this workflow, so you cannot decide its tasks (four-eyes rule).")
-    if not (locked.is_candidate or task.assignee_id == user.pk):
+    if not user.is_active:
+        raise TaskForbidden("Your account is deactivated.")
+    _check_not_initiator(user, locked)
+    if not locked.is_candidate:
+        if task.assignee_id == user.pk:
+            raise TaskForbidden("You are no longer a candidate for this task, so it is no longer yours.")
         raise TaskForbidden("You are not a candidate for this task.")
 
 
@@ -347,9 +488,10 @@ def _check_may_act(user: User, locked: LockedTask) -> None:
 
 
 def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
-    """Take an open task; it leaves everyone else's queue."""
+    """Take an open task; it leaves everyone else's queue. ``request_meta`` (ip, user_agent, path) goes into the
+    audit event."""
     with transaction.atomic():
-        locked = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
         if task.state == TaskState.CLAIMED and task.assignee_id == user.pk:
             return task
@@ -367,10 +509,12 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
 
 
 def task_release(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
-    """Give a claimed task back to the queue (the assignee or a manager)."""
+    """Give a claimed task back to the queue (the assignee or a manager, never the instance's initiator);
+    ``request_meta`` goes into the audit event."""
     with transaction.atomic():
-        locked = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
+        _check_not_initiator(user, locked)
         if task.state != TaskState.CLAIMED:
             raise TaskConflict("This task is not claimed.")
         if task.assignee_id != user.pk and not is_manager(user):
@@ -392,14 +536,24 @@ def task_delegate(
     note: str = "",
     request_meta: dict | None = None,
 ) -> HumanTask:
-    """Hand a task to another candidate (by its assignee or a manager), with a note."""
+    """Hand a task to another candidate (by its assignee or a manager, never the instance's initiator), with a
+    note; ``request_meta`` goes into the audit event.
+
+    Raises TaskInvalid unless ``to_user`` is an active candidate who is neither the delegator nor the initiator
+    (a task parked with someone who cannot sign in, or handed to oneself, is no hand-over).
+    """
     with transaction.atomic():
-        locked = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
+        _check_not_initiator(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
+        if to_user.pk == user.pk:
+            raise TaskInvalid("Choose someone else: you cannot delegate a task to yourself.")
+        if not to_user.is_active:
+            raise TaskInvalid(f"{to_user.get_username()} is deactivated and cannot take this task.")
         if not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:
             raise TaskInvalid(f"{to_user.get_username()} is not an eligible candidate for this task.")
         from_state = task.state
@@ -441,9 +595,8 @@ def task_decide(
     """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls."""
     comment = (comment or "").strip()
     with transaction.atomic():
-        locked = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
-        unit.request_meta = request_meta or {}
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
         if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
@@ -460,6 +613,10 @@ def task_decide(
                 "an operator must resume or retry it before its tasks can be decided."
             )
         cleaned = _validate_decision(unit, task, decision, comment, data or {})
+        if locked.decided_this:
+            # A quorum task keeps one decision per person; a second one (or a change of mind) is refused here
+            # rather than by the unique constraint (a 500).
+            raise TaskConflict("You have already decided this task; a decision cannot be changed or repeated.")
         # One person, one approval slot per instance: no approving twice at two levels.
         if task.kind == TaskKind.APPROVAL and decision == APPROVE and locked.approved_before:
             raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
@@ -702,16 +859,175 @@ def _hand_to_group(
     notify(unit, members, kind, message, url=_url(task), task=task)
 
 
+# --- people change under a task -------------------------------------------------------------------------
+
+# How many tasks one change of a person re-checks at once; the sweep's safety net picks up claimed ones beyond it.
+RECHECK_LIMIT = 500
+
+
+def tasks_people_changed(
+    user_ids: Sequence[int],
+    *,
+    group_ids: Sequence[int] = (),
+    reason: str,
+    actor: Actor | None = None,
+    request_meta: dict | None = None,
+    now: datetime | None = None,
+) -> dict[str, int]:
+    """Re-check the tasks of people who were deactivated or left groups (``group_ids``: the groups they left,
+    empty for a deactivation): a claimed task whose assignee may no longer act goes back to the queue, and an
+    open task left with too few people able to act becomes a "nobody can act" escalation.
+
+    Called by the account signals (approvals.signals) in the transaction of the change, and by the sweep.
+    ``reason`` goes into the audit events; ``actor`` defaults to the system. Each task is its own savepoint:
+    one that fails is logged and the others go on. Returns {"released": n, "escalated": n}.
+    """
+    claimed = HumanTask.objects.filter(state=TaskState.CLAIMED, assignee_id__in=list(user_ids))
+    touched = TaskCandidate.objects.filter(Q(user_id__in=list(user_ids)) | Q(group_id__in=list(group_ids)))
+    if not group_ids:
+        # A deactivated person leaves every queue they were in through their groups.
+        touched = TaskCandidate.objects.filter(
+            Q(user_id__in=list(user_ids))
+            | Q(group_id__in=User.groups.through.objects.filter(user_id__in=list(user_ids)).values("group_id"))
+        )
+    queued = HumanTask.objects.filter(
+        state__in=[TaskState.OPEN, TaskState.ESCALATED], pk__in=touched.values("task_id")
+    ).order_by("pk")
+    task_ids = list(claimed.order_by("pk").values_list("pk", flat=True)[:RECHECK_LIMIT])
+    task_ids += _short_of_people(list(queued.values_list("pk", flat=True)[:RECHECK_LIMIT]))
+    return tasks_recheck(task_ids, reason=reason, actor=actor, request_meta=request_meta, now=now)
+
+
+def _short_of_people(task_ids: list[int]) -> list[int]:
+    """Those of ``task_ids`` with fewer people able to act (:func:`able_people`) than their quorum still needs, in
+    one statement driven by each task's candidate rows, so a change touching a busy group's queue locks only the
+    tasks that need it. Elsewhere than PostgreSQL, all of them (the re-check decides)."""
+    if not task_ids or not rows.on_postgresql():
+        return task_ids
+    members = User.groups.through._meta.db_table
+    sql = (
+        f"SELECT t.id FROM {HumanTask._meta.db_table} t"
+        f" JOIN {WorkflowInstance._meta.db_table} i ON i.id = t.instance_id"
+        " WHERE t.id = ANY(%s) AND t.quorum - t.approvals > ("
+        f"SELECT count(DISTINCT u.id) FROM {TaskCandidate._meta.db_table} c"
+        f" LEFT JOIN {members} m ON m.group_id = c.group_id"
+        f" JOIN {get_user_model()._meta.db_table} u ON u.id = COALESCE(c.user_id, m.user_id)"
+        " WHERE c.task_id = t.id AND u.is_active AND u.id IS DISTINCT FROM i.initiator_id"
+        f" AND NOT EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.user_id = u.id AND (d.task_id = t.id"
+        " OR (t.kind = %s AND d.instance_id = t.instance_id AND d.decision = %s)))"
+        ") ORDER BY t.id"
+    )
+    with rows.cursor() as cursor:
+        cursor.execute(sql, [task_ids, TaskKind.APPROVAL.value, APPROVE])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def tasks_recheck(
+    task_ids: Sequence[int],
+    *,
+    reason: str,
+    actor: Actor | None = None,
+    request_meta: dict | None = None,
+    now: datetime | None = None,
+) -> dict[str, int]:
+    """Re-check each task (its own savepoint; a failure is logged and the rest goes on): release a claim whose
+    assignee may no longer act, escalate a task too few people can act on. Returns {"released": n,
+    "escalated": n}."""
+    actor = actor or Actor.system("accounts")
+    counts = {"released": 0, "escalated": 0}
+    for task_id in task_ids:
+        try:
+            released, escalated = _task_recheck(task_id, reason, actor, request_meta or {}, now)
+        except Exception:
+            logger.exception("could not re-check task %s after a change of people", task_id)
+            continue
+        counts["released"] += released
+        counts["escalated"] += escalated
+    return counts
+
+
+def tasks_release_unfit(now: datetime | None = None) -> dict[str, int]:
+    """The sweep's safety net for :func:`tasks_people_changed`: claimed tasks whose assignee is deactivated or no
+    longer a candidate (a change the signals missed: a raw SQL update, a failed re-check) go back to the queue,
+    and escalate if nobody is left to act. Returns {"released": n, "escalated": n}."""
+    members = User.groups.through.objects.filter(user_id=OuterRef(OuterRef("assignee_id"))).values("group_id")
+    still = TaskCandidate.objects.filter(task_id=OuterRef("pk")).filter(
+        Q(user_id=OuterRef("assignee_id")) | Q(group_id__in=members)
+    )
+    unfit = (
+        HumanTask.objects.filter(state=TaskState.CLAIMED)
+        .filter(Q(assignee__is_active=False) | ~Exists(still))
+        .order_by("pk")
+        .values_list("pk", flat=True)[:RECHECK_LIMIT]
+    )
+    return tasks_recheck(list(unfit), reason="found by the sweep", actor=engine.SWEEPER, now=now)
+
+
+def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, now: datetime | None) -> tuple[int, int]:
+    """Under the instance's lock: release the task if its assignee may no longer act, then escalate it if too
+    few people can act. Returns (released, escalated) as 0/1."""
+    with transaction.atomic():
+        instance_id = HumanTask.objects.filter(pk=task_id).values_list("instance_id", flat=True).first()
+        if instance_id is None:
+            return 0, 0
+        instance = WorkflowInstance.objects.select_for_update().filter(pk=instance_id).first()
+        if instance is None:
+            return 0, 0
+        task = HumanTask.objects.select_related("assignee").get(pk=task_id)
+        if not task.is_actionable:
+            return 0, 0
+        unit = Unit(instance, actor, now=now, request_meta=request_meta)
+        released = escalated = 0
+        assignee = task.assignee
+        if (
+            task.state == TaskState.CLAIMED
+            and assignee is not None
+            and (not assignee.is_active or not is_candidate(assignee, task))
+        ):
+            task.release()
+            rows.update(task, ["state", "assignee", "claimed_at"])
+            why = "deactivated" if not assignee.is_active else "no longer a candidate"
+            unit.audit(
+                "task.released",
+                "task",
+                task.pk,
+                TaskState.CLAIMED,
+                task.state,
+                reason=f"{assignee.get_username()} is {why}: {reason}",
+                payload={"from_user": assignee.pk},
+            )
+            _announce(unit, task, "task.released", f"Back in the queue: {task.title}")
+            released = 1
+        need = task.quorum - task.approvals
+        if task.state == TaskState.OPEN or (task.state == TaskState.ESCALATED and not _has_nobody_groups(task)):
+            able = len(able_people(task, limit=need))
+            if able < need:
+                _escalate_nobody_can_act(unit, task, able=able)
+                escalated = 1
+        unit.finish()
+        return released, escalated
+
+
+def _has_nobody_groups(task: HumanTask) -> bool:
+    """Managers and operators are both candidates already: a further "nobody can act" escalation adds nothing."""
+    names = set(task.candidate_groups.filter(name__in=[MANAGERS, OPERATORS]).values_list("name", flat=True))
+    return names == {MANAGERS, OPERATORS}
+
+
 def _url(task: HumanTask) -> str:
     return reverse("task_detail", args=[task.pk])
 
 
 def _people_of(task: HumanTask) -> list[int]:
-    """Who a reminder goes to: the assignee, else every candidate."""
+    """Who a reminder goes to: the assignee, else every active candidate (never the initiator)."""
     if task.assignee_id:
-        return [task.assignee_id]
+        if task.assignee is not None and task.assignee.is_active:
+            return [task.assignee_id]
+        return []  # a deactivated assignee's claim is released by tasks_people_changed or the sweep
     initiator = task.instance.initiator_id
-    named = [uid for uid in task.candidate_users.values_list("pk", flat=True) if uid != initiator]
+    named = [
+        uid for uid in task.candidate_users.filter(is_active=True).values_list("pk", flat=True) if uid != initiator
+    ]
     return named + members_of(task.candidate_groups.values_list("name", flat=True), exclude=[initiator])
 
 
@@ -747,10 +1063,11 @@ def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
     return changed
 
 
-def task_snooze(task_id: int, user: User, until: datetime) -> HumanTask:
-    """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines)."""
+def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict | None = None) -> HumanTask:
+    """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines);
+    ``request_meta`` goes into the audit event."""
     with transaction.atomic():
-        locked = _lock_task(task_id, user)
+        locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
         if task.assignee_id != user.pk:
             raise TaskForbidden("Claim the task before you snooze it.")

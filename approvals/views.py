@@ -232,7 +232,7 @@ def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
         messages.error(request, " ".join(exc.messages))
         return redirect("task_detail", task_id=task_id)
     try:
-        services.task_snooze(task_id, request.user, until)
+        services.task_snooze(task_id, request.user, until, request_meta=request_meta(request))
     except services.TaskError as exc:
         return _fail(request, task_id, exc)
     messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
@@ -278,9 +278,9 @@ def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
 
 
 def _delegates(task: HumanTask, *, exclude: User) -> list[Any]:
-    """Candidates the task could be handed to: never the viewer, never the instance's initiator."""
+    """Active candidates the task could be handed to: never the viewer, never the instance's initiator."""
     users = get_user_model().objects.filter(groups__in=task.candidate_groups.all()) | task.candidate_users.all()
-    users = users.exclude(pk__in=[exclude.pk, task.instance.initiator_id or 0])
+    users = users.filter(is_active=True).exclude(pk__in=[exclude.pk, task.instance.initiator_id or 0])
     return list(users.distinct().order_by("username")[:50])
 
 
@@ -293,6 +293,11 @@ def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> Http
         raise Http404(str(exc))  # no message: it would surface on the person's next, unrelated page
     level = messages.WARNING if isinstance(exc, services.TaskConflict) else messages.ERROR
     messages.add_message(request, level, str(exc))
+    if isinstance(exc, services.TaskForbidden):
+        # Refused for who the person is (four-eyes, no longer a candidate): 403, with the reason on the task page.
+        response = task_detail(request, task_id)
+        response.status_code = 403
+        return response
     response = redirect("task_detail", task_id=task_id)
     if isinstance(exc, services.TaskConflict):
         response.status_code = 303

@@ -6,6 +6,7 @@ class OrchestratorConfig(AppConfig):
     verbose_name = "Baton engine"
 
     def ready(self) -> None:
-        from orchestrator import live_access, registry  # noqa: F401 (live_access connects its receivers)
+        from orchestrator import accounts, live_access, registry  # noqa: F401 (live_access connects its receivers)
 
         registry.load_modules()
+        accounts.connect()

@@ -59,26 +59,7 @@ ADMIN_ROUTE = "/admin/…"
 ORIGIN = "http://127.0.0.1"
 SOCKET_TIMEOUT = 5.0
 
-L3 = "section 6, lane l3"
-KNOWN_WRONG: dict[tuple[str, str], str] = {
-    ("POST /tasks/{escalation}/claim/", "initiator"): f"{L3}: the initiator may take their own instance's escalation",
-    ("POST /tasks/{claimed_task}/release/", "initiator"): f"{L3}: a manager may release tasks of their own instance",
-    ("POST /tasks/{claimed_task}/delegate/ to_user={staff2} note=matrix", "initiator"): (
-        f"{L3}: a manager may delegate tasks of their own instance, choosing who approves it"
-    ),
-    ("POST /tasks/{team_task}/delegate/ to_user={staff2} note=matrix", "initiator"): (
-        f"{L3}: a manager may delegate tasks of their own instance, choosing who approves it"
-    ),
-    **{
-        ("POST /tasks/{claimed_task}/delegate/ to_user={inactive} note=matrix", role): (
-            f"{L3} (and section 5): a task may be delegated to a deactivated user"
-        )
-        for role in ("staff", "initiator", "manager", "admin")
-    },
-    ("POST /tasks/{escalation}/decide/ decision=resolved comment=refunded", "initiator"): (
-        f"{L3}: the initiator may resolve their own instance's escalation"
-    ),
-}
+KNOWN_WRONG: dict[tuple[str, str], str] = {}
 
 
 # --- the table ------------------------------------------------------------------------------------------

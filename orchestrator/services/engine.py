@@ -759,7 +759,16 @@ def sweep(now: datetime | None = None) -> SweepReport:
         if instance_resume(instance_id, actor=SWEEPER, reason="pause ended", only_if_due=True, now=now):
             report.resumed += 1
     report.tasks = tasks_sweep(now)
+    report.tasks |= _tasks_release_unfit(now)
     return report
+
+
+def _tasks_release_unfit(now: datetime) -> dict[str, int]:
+    """The safety net for claims of people deactivated or gone from the candidate groups (approvals' rule)."""
+    from approvals.services import tasks_release_unfit
+
+    found = tasks_release_unfit(now)
+    return {"unfit_released": found["released"], "unfit_escalated": found["escalated"]}
 
 
 def _lease_expire(step_id: int, now: datetime) -> int:

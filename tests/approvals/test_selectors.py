@@ -26,11 +26,11 @@ from approvals.selectors import (
     saved_views_for,
     team_queue,
 )
-from approvals.services import APPROVE, task_claim, task_decide, task_snooze
+from approvals.services import APPROVE, TaskForbidden, task_claim, task_decide, task_snooze
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import StepKind, WorkflowInstance
 from orchestrator.services.instances import instance_start
-from tests.factories import ExpenseInputFactory, OrderInputFactory
+from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -123,17 +123,21 @@ def test_an_escalation_is_in_the_operators_queue(users, run_steps):
     assert ids(team_queue(users.staff)) == ids(team_queue(users.manager)) == []
 
 
-def test_an_operator_finds_the_escalation_of_an_order_they_started(users, run_steps):
-    """Escalations are exempt from four-eyes, so the operator who started the order still finds its escalation."""
+def test_an_operator_does_not_find_the_escalation_of_an_order_they_started(users, run_steps):
+    """Four-eyes covers escalations too: the operator who started the order neither finds nor takes its escalation;
+    another operator does."""
     # given
+    users.operator2 = UserFactory(username="operator2", groups=[users.operators])
     escalation = failed_refund(run_steps, initiator=users.operator)
 
     # when
     queue = ids(team_queue(users.operator))
 
     # then
-    assert task_claim(escalation.pk, users.operator).assignee == users.operator  # the service lets them act
-    assert queue == [escalation.pk]
+    assert queue == []
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_claim(escalation.pk, users.operator)
+    assert ids(team_queue(users.operator2)) == [escalation.pk]
 
 
 def test_a_claimed_task_leaves_the_queue_for_my_tasks_then_done(users):

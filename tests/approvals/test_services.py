@@ -276,7 +276,7 @@ def test_quorum_needs_two_distinct_approvers(users, quorum_flow, run_steps):
 
     # when
     first = task_decide(task.pk, users.staff, APPROVE)
-    with pytest.raises(TaskForbidden):
+    with pytest.raises(TaskConflict, match="already decided this task"):
         task_decide(task.pk, users.staff, APPROVE)
     instance.refresh_from_db()
     state_after_one = (first.state, first.approvals, first.assignee_id, instance.state)

@@ -131,8 +131,9 @@ def test_a_failed_attempt_is_not_retried_before_its_due_time(run_steps):
     ("amount", "task_opened", "state"),
     [("1500", True, InstanceState.WAITING), ("50", False, InstanceState.COMPLETED)],
 )
-def test_decision_routes_on_the_amount(run_steps, amount, task_opened, state):
-    """Above 1000 the order waits for a manager's approval task; below, it skips straight to shipping."""
+def test_decision_routes_on_the_amount(users, run_steps, amount, task_opened, state):
+    """Above 1000 the order waits for a manager's approval task; below, it skips straight to shipping (``users``:
+    a task with no manager to act on it would escalate at once)."""
     # given
     instance = instance_start("order_fulfilment", OrderInputFactory(amount=amount))
 
@@ -263,8 +264,9 @@ def test_failure_after_payment_compensates_latest_first(run_steps):
     ]
 
 
-def test_failed_compensation_escalates_to_operators(run_steps):
-    """A refund that fails for good opens an urgent escalation for operators; the instance stays compensating."""
+def test_failed_compensation_escalates_to_operators(users, run_steps):
+    """A refund that fails for good opens an urgent escalation for operators (``users``: with no operator at all it
+    would go to managers too); the instance stays compensating."""
     # given
     instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=True))
 

@@ -1,0 +1,84 @@
+"""People change under a task: a deactivation or a group left re-checks that person's tasks at once.
+
+The receivers call :func:`approvals.services.tasks_people_changed` inside the transaction of the change, so the
+claims are released (and tasks left with nobody escalated) together with it; the sweep's
+``tasks_release_unfit`` is the safety net for changes these signals never see (raw SQL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+
+from orchestrator.accounts import current_actor, current_request_meta
+
+
+def _recheck(user_ids: list[int], group_ids: list[int], reason: str) -> None:
+    from approvals.services import tasks_people_changed
+
+    tasks_people_changed(
+        user_ids, group_ids=group_ids, reason=reason, actor=current_actor(), request_meta=current_request_meta()
+    )
+
+
+def _user_saved(sender: Any, instance: Any, created: bool, raw: bool = False, **_: Any) -> None:
+    # The stored row was read by orchestrator.accounts' pre_save receiver.
+    stored = getattr(instance, "_baton_stored", None)
+    if raw or created or not stored:
+        return
+    if stored["is_active"] and not instance.is_active:
+        _recheck([instance.pk], [], "account deactivated")
+
+
+def _groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **_: Any) -> None:
+    if action == "pre_clear":
+        related = instance.user_set if reverse else instance.groups
+        instance._baton_left = set(related.values_list("pk", flat=True))
+        return
+    if action not in ("post_remove", "post_clear"):
+        return
+    left = set(pk_set or ()) if action == "post_remove" else getattr(instance, "_baton_left", set())
+    if not left:
+        return
+    if reverse:  # group.user_set.remove(...)
+        user_ids, group_ids = sorted(left), [instance.pk]
+    else:  # user.groups.remove(...) / .set(...) / .clear()
+        user_ids, group_ids = [instance.pk], sorted(left)
+    names = ", ".join(Group.objects.filter(pk__in=group_ids).order_by("name").values_list("name", flat=True))
+    _recheck(user_ids, group_ids, f"left group {names}")
+
+
+def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
+    from approvals.models import ACTIONABLE_TASK_STATES, HumanTask
+
+    # The group's candidate rows go with it (CASCADE): note its open tasks to re-check once it is gone.
+    instance._baton_tasks = list(  # type: ignore[attr-defined]
+        HumanTask.objects.filter(candidates__group=instance, state__in=ACTIONABLE_TASK_STATES).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+def _group_deleted(sender: Any, instance: Group, **_: Any) -> None:
+    from approvals.services import tasks_recheck
+
+    task_ids = getattr(instance, "_baton_tasks", [])
+    if task_ids:
+        tasks_recheck(
+            task_ids,
+            reason=f"group {instance.name} deleted",
+            actor=current_actor(),
+            request_meta=current_request_meta(),
+        )
+
+
+def connect() -> None:
+    """Connect the receivers (ApprovalsConfig.ready)."""
+    user_model = get_user_model()
+    post_save.connect(_user_saved, sender=user_model, dispatch_uid="baton_approvals_user_saved")
+    m2m_changed.connect(_groups_changed, sender=user_model.groups.through, dispatch_uid="baton_approvals_groups")
+    pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="baton_approvals_group_deleting")
+    post_delete.connect(_group_deleted, sender=Group, dispatch_uid="baton_approvals_group_deleted")

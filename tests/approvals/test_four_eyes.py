@@ -1,0 +1,284 @@
+"""Four-eyes has no side door: the initiator steers none of their instance's tasks, whatever their role, and a
+quorum task takes one decision per person with a clear conflict, never a 500."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+
+from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
+from approvals.services import (
+    APPROVE,
+    REJECT,
+    RESOLVED,
+    TaskConflict,
+    TaskForbidden,
+    task_claim,
+    task_decide,
+    task_delegate,
+    task_release,
+)
+from orchestrator.dsl import Human, Workflow
+from orchestrator.models import InstanceState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def expense(initiator=None, **overrides) -> WorkflowInstance:
+    return instance_start("expense_approval", ExpenseInputFactory(**overrides), initiator=initiator)
+
+
+def task_of(instance: WorkflowInstance) -> HumanTask:
+    return HumanTask.objects.filter(instance=instance).order_by("-id").first()
+
+
+def login(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def page_text(response) -> str:
+    return " ".join(response.content.decode().split())
+
+
+@pytest.fixture(params=["manager", "admin"])
+def steering_initiator(request, users):
+    """An initiator with the power to delegate and release anyone's task: a manager, or a superuser."""
+    return getattr(users, request.param)
+
+
+# --- the initiator steers nothing -----------------------------------------------------------------------
+
+
+def test_the_initiator_cannot_delegate_their_instances_task(users, steering_initiator):
+    """A manager (or admin) who started the expense cannot hand its claimed task to the approver they prefer."""
+    # given
+    task = task_of(expense(initiator=steering_initiator))
+    task_claim(task.pk, users.staff)
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_delegate(task.pk, steering_initiator, users.staff2)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, users.staff)
+
+
+def test_the_initiator_cannot_delegate_an_open_task_of_their_instance(users, steering_initiator):
+    """Nor assign an unclaimed one."""
+    # given
+    task = task_of(expense(initiator=steering_initiator))
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_delegate(task.pk, steering_initiator, users.staff2)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
+
+
+def test_the_initiator_cannot_release_their_instances_task(users, steering_initiator):
+    """Releasing the approver they dislike (to let another take it) is steering too."""
+    # given
+    task = task_of(expense(initiator=steering_initiator))
+    task_claim(task.pk, users.staff)
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_release(task.pk, steering_initiator)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, users.staff)
+
+
+def test_a_manager_who_did_not_start_it_still_delegates_and_releases(users):
+    """The rule removes the initiator's side door only: another manager keeps both powers."""
+    # given
+    task = task_of(expense(initiator=users.admin))
+    task_claim(task.pk, users.staff)
+
+    # when
+    task_delegate(task.pk, users.manager, users.staff2)
+    released = task_release(task.pk, users.manager)
+
+    # then
+    assert (released.state, released.assignee) == (TaskState.OPEN, None)
+
+
+def test_the_initiator_cannot_resolve_their_instances_escalation(users, run_steps):
+    """An operator who started the order cannot retry, skip or resolve its failed refund; another operator can."""
+    # given
+    other = UserFactory(username="operator2", groups=[users.operators])
+    instance = instance_start(
+        "order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=users.operator
+    )
+    run_steps(instance, advance=True)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_decide(escalation.pk, users.operator, RESOLVED, comment="refunded by hand")
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_claim(escalation.pk, users.operator)
+    escalation.refresh_from_db()
+    assert escalation.state == TaskState.OPEN
+    assert task_decide(escalation.pk, other, RESOLVED, comment="refunded by hand").state == TaskState.COMPLETED
+
+
+@pytest.mark.parametrize("action", ["task_delegate", "task_release"])
+def test_the_initiators_side_door_is_a_403_with_a_message_on_the_page(users, action):
+    """Through the pages: 403, the task page saying why, and the task unchanged."""
+    # given
+    task = task_of(expense(initiator=users.manager))
+    task_claim(task.pk, users.staff)
+
+    # when
+    response = login(users.manager).post(reverse(action, args=[task.pk]), {"to_user": users.staff2.pk})
+
+    # then
+    assert response.status_code == 403
+    assert "You started this workflow, so you cannot act on its tasks (four-eyes rule)." in page_text(response)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, users.staff)
+
+
+def test_the_initiators_task_page_offers_no_steering(users):
+    """The initiator-manager's task page shows the four-eyes notice and neither a delegate nor a release form."""
+    # given
+    task = task_of(expense(initiator=users.manager))
+    task_claim(task.pk, users.staff)
+
+    # when
+    content = login(users.manager).get(reverse("task_detail", args=[task.pk])).content.decode()
+
+    # then
+    assert "someone else must decide its tasks, and you cannot claim, delegate, release or resolve them" in content
+    assert reverse("task_delegate", args=[task.pk]) not in content
+    assert reverse("task_release", args=[task.pk]) not in content
+
+
+# --- quorum: one decision per person --------------------------------------------------------------------
+
+
+@pytest.fixture
+def quorum_task(register_workflow) -> HumanTask:
+    """A quorum-3 sign-off by the approvers (staff, staff2, staff3)."""
+    register_workflow(Workflow("quorum_three", 1, [Human("sign_off", candidate_groups=["approvers"], quorum=3)]))
+    UserFactory(username="staff3", groups=["approvers"])
+    return task_of(instance_start("quorum_three", {}))
+
+
+@pytest.mark.parametrize(("second", "comment"), [(APPROVE, ""), (REJECT, "changed my mind")])
+def test_a_second_decision_on_a_quorum_task_is_a_conflict(users, quorum_task, second, comment):
+    """Approving then rejecting (or approving twice) is refused with a clear conflict; the first decision stands."""
+    # given
+    task_decide(quorum_task.pk, users.staff, APPROVE)
+
+    # when / then
+    with pytest.raises(TaskConflict, match="already decided this task"):
+        task_decide(quorum_task.pk, users.staff, second, comment=comment)
+    quorum_task.refresh_from_db()
+    assert (quorum_task.state, quorum_task.approvals) == (TaskState.OPEN, 1)
+    assert list(TaskDecision.objects.filter(task=quorum_task).values_list("decision", flat=True)) == [APPROVE]
+
+
+def test_a_second_decision_through_the_page_is_a_message_not_a_500(users, quorum_task):
+    """The same through the task page: a warning on the page instead of HTTP 500."""
+    # given
+    client = login(users.staff)
+    client.post(reverse("task_decide", args=[quorum_task.pk]), {"decision": APPROVE})
+
+    # when
+    response = client.post(
+        reverse("task_decide", args=[quorum_task.pk]), {"decision": REJECT, "comment": "no"}, follow=True
+    )
+
+    # then
+    assert response.status_code == 200
+    assert "You have already decided this task" in page_text(response)
+    assert TaskDecision.objects.filter(task=quorum_task).count() == 1
+
+
+def race(*actions: Callable[[], Any]) -> list[Any]:
+    """Run the actions at the same instant on their own threads (and DB connections); return results or errors."""
+    barrier = threading.Barrier(len(actions))
+    results: list[Any] = [None] * len(actions)
+
+    def run(index: int, action: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[index] = action()
+        except Exception as exc:  # the caller asserts on what came back
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_the_same_person_deciding_twice_at_once_counts_once(users, quorum_task, round_):
+    """A double-click race: approve and reject from one person at the same instant; one counts, the other is a
+    conflict (never an IntegrityError)."""
+    # when
+    results = race(
+        lambda: task_decide(quorum_task.pk, users.staff, APPROVE),
+        lambda: task_decide(quorum_task.pk, users.staff, REJECT, comment="oops"),
+    )
+
+    # then
+    assert sorted(type(r).__name__ for r in results) == ["HumanTask", "TaskConflict"], results
+    assert TaskDecision.objects.filter(task=quorum_task).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_two_people_approving_a_quorum_task_at_once_both_count(users, quorum_task, round_):
+    """Two approvers at the same instant on a quorum-3 task: both approvals are recorded, the task waits for the
+    third, and the third completes it."""
+    # when
+    results = race(
+        lambda: task_decide(quorum_task.pk, users.staff, APPROVE),
+        lambda: task_decide(quorum_task.pk, users.staff2, APPROVE),
+    )
+
+    # then
+    assert all(isinstance(r, HumanTask) for r in results), results
+    quorum_task.refresh_from_db()
+    assert (quorum_task.state, quorum_task.approvals) == (TaskState.OPEN, 2)
+    staff3 = UserFactory(username="staff3")
+    assert task_decide(quorum_task.pk, staff3, APPROVE).state == TaskState.COMPLETED
+    quorum_task.instance.refresh_from_db()
+    assert quorum_task.instance.state == InstanceState.COMPLETED
+
+
+def test_an_escalation_only_its_initiator_could_resolve_goes_to_managers_too(users, run_steps):
+    """The only operator started the order: its failed refund's escalation says nobody can resolve it, reaches the
+    managers, and the initiator is not told to act on it."""
+    # given
+    instance = instance_start(
+        "order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=users.operator
+    )
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    assert escalation.state == TaskState.ESCALATED
+    assert escalation.title.startswith("Nobody can resolve: no one in group operators may act")
+    told = set(Notification.objects.filter(task=escalation).values_list("user__username", flat=True))
+    assert told == {"manager"}
+    assert task_decide(escalation.pk, users.manager, RESOLVED, comment="refunded by hand").state == TaskState.COMPLETED
