@@ -448,6 +448,12 @@ def task_decide(
         if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
             raise TaskConflict(f"{task.assignee} has claimed this task.")
         _check_may_act(user, locked)
+        if engine.definition_or_none(unit.instance) is None:
+            # Nothing could follow the decision; it waits until the definition is registered again.
+            raise TaskConflict(
+                f"This task cannot be decided now: the workflow's {engine.definition_unavailable(unit.instance)}. "
+                "An operator must deploy it again (or cancel the instance)."
+            )
         if task.kind == TaskKind.ESCALATION:
             _resolve_escalation(unit, task, user, decision, comment)
             unit.finish()
@@ -581,17 +587,28 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
 
 
 def tasks_sweep(now: datetime | None = None) -> dict[str, int]:
-    """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction."""
+    """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction.
+
+    Returns ``{"escalations": rungs fired, "errors": tasks whose handling raised}``; a task that raises is logged,
+    audited on its instance (``engine.sweep_item_failed``) and skipped.
+    """
     now = now or timezone.now()
     due = list(
         HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, next_escalation_at__lte=now)
+        # A failed instance's tasks cannot be decided: their deadlines wait for an operator's retry.
+        .exclude(instance__state=InstanceState.FAILED)
         .order_by("next_escalation_at")
-        .values_list("pk", flat=True)[:200]
+        .values_list("pk", "instance_id")[:200]
     )
-    fired = 0
-    for task_id in due:
-        fired += _escalation_fire(task_id, now)
-    return {"escalations": fired}
+    fired = errors = 0
+    for task_id, instance_id in due:
+        # One task per transaction; one that raises is logged, audited and counted, and the others go on.
+        try:
+            fired += _escalation_fire(task_id, now)
+        except Exception as exc:
+            errors += 1
+            engine.sweep_item_failed("task deadline", "task", task_id, instance_id, exc)
+    return {"escalations": fired, "errors": errors}
 
 
 def _escalation_fire(task_id: int, now: datetime) -> int:
@@ -605,7 +622,14 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
         task = HumanTask.objects.select_related("step").get(pk=task_id)
         if not task.is_actionable or not task.next_escalation_at or task.next_escalation_at > now:
             return 0
-        node = engine.definition_of(instance).node(task.step.name)
+        workflow = engine.definition_or_none(instance)
+        if workflow is None:
+            # Its ladder is in the missing definition: the instance fails with the reason, and the deadline waits.
+            unit = Unit(instance, engine.SWEEPER, now=now)
+            engine.fail_for_missing_definition(unit)
+            unit.finish()
+            return 0
+        node = workflow.node(task.step.name)
         ladder = list(getattr(node, "escalation", ()))
         if task.escalation_level >= len(ladder):
             task.next_escalation_at = None

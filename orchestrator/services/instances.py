@@ -23,6 +23,8 @@ from orchestrator.models import (
 )
 from orchestrator.services.engine import (
     definition_of,
+    definition_or_none,
+    definition_unavailable,
     enter_node,
     lock_instance,
     settle,
@@ -153,8 +155,14 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         instance = lock_instance(instance_id)
         if instance.state != InstanceState.FAILED:
             raise NotAllowed(f"Only failed instances can be retried; this one is {instance.state}.")
+        if definition_or_none(instance) is None:
+            raise NotAllowed(
+                f"Cannot retry: the {definition_unavailable(instance)}. Deploy it again (its module in "
+                "BATON_WORKFLOW_MODULES), or cancel the instance."
+            )
         dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
-        if not dead:
+        # An instance the sweep failed for its missing definition stopped at its open work: retry goes on from there.
+        if not dead and definition_unavailable(instance) not in instance.error:
             # An honest retry: with no failed step to run again it would report success and do nothing.
             raise NotAllowed(
                 "Nothing to retry: no step of this instance failed (it was failed by a person or a deadline). "
@@ -167,7 +175,9 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         workflow = definition_of(instance)
         for step in dead:
             step_from = step.state
-            step.max_attempts = step.attempt + workflow.node(step.name).retry.max_attempts  # type: ignore[attr-defined]
+            node = workflow.node(step.name)
+            # A timer (or any node without a retry policy) that died gets one more attempt.
+            step.max_attempts = step.attempt + (node.retry.max_attempts if isinstance(node, Task) else 1)
             step.schedule(unit.now)
             step.dispatched_at = unit.now
             step.save(update_fields=["state", "due_at", "dispatched_at", "max_attempts"])
