@@ -898,7 +898,8 @@ def fail_for_missing_definition(unit: Unit) -> None:
         unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
 
 
-# (work, subject type, subject id, error type, message) of the sweep failures this process has logged in full.
+# (work, error type, message) of the sweep failures this process has logged in full: one traceback per kind of
+# failure, however many items or passes meet it (a lost database session fails every item the same way).
 _logged_failures: dict[tuple[Any, ...], None] = {}
 LOGGED_FAILURES_KEPT = 1000
 
@@ -930,9 +931,13 @@ def isolated(
 def sweep_item_failed(
     work: str, subject_type: str, subject_id: int | None, instance_id: int | None, exc: Exception
 ) -> None:
-    """Log and audit one sweep item that raised; never raises itself."""
+    """Log and audit one sweep item that raised; never raises itself.
+
+    The first failure of its kind (work, error type, message) is logged with its traceback, later ones at DEBUG;
+    the audit event goes on ``instance_id``'s chain unless it is already that chain's latest event.
+    """
     message = clean_text(_first_line(str(exc)) or repr(exc), 500)
-    key = (work, subject_type, subject_id, type(exc).__name__, message)
+    key = (work, type(exc).__name__, message)
     if key not in _logged_failures:
         if len(_logged_failures) >= LOGGED_FAILURES_KEPT:
             _logged_failures.clear()
