@@ -835,13 +835,14 @@ def sweep(now: datetime | None = None) -> SweepReport:
         )
 
     paused = list(
-        WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lte=now).values_list("pk", flat=True)[
-            :batch
-        ]
+        WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lte=now).values_list(
+            "pk", "workflow_name", "workflow_version"
+        )[:batch]
     )
-    for instance_id in paused:
+    for instance_id, name, version in paused:
+        registered = registry.is_registered(name, version)
         report.resumed += isolated(
-            report, "pause end", "instance", instance_id, instance_id, partial(_pause_end, instance_id, now)
+            report, "pause end", "instance", instance_id, instance_id, partial(_pause_end, instance_id, now, registered)
         )
     report.tasks = tasks_sweep(now)
     report.errors += report.tasks.get("errors", 0)
@@ -871,18 +872,21 @@ def _dispatch_due(now: datetime, batch: int) -> int:
         return len(due)
 
 
-def _pause_end(instance_id: int, now: datetime) -> int:
+def _pause_end(instance_id: int, now: datetime, registered: bool) -> int:
     from orchestrator.services.instances import instance_resume
 
-    try:
+    if registered:
         return int(instance_resume(instance_id, actor=SWEEPER, reason="pause ended", only_if_due=True, now=now))
-    except registry.UnknownWorkflow:
-        # Resuming needs no definition today; should it ever, the instance still ends in a state the sweep leaves.
-        with transaction.atomic():
-            unit = Unit(lock_instance(instance_id), SWEEPER, now=now)
+    # Resuming needs the definition (its deadlines move on by the pause): the pause's end fails the instance with
+    # the reason instead, once, and an operator's retry takes it up when the definition is back.
+    with transaction.atomic():
+        unit = Unit(lock_instance(instance_id), SWEEPER, now=now)
+        instance = unit.instance
+        if instance.state == InstanceState.PAUSED and instance.paused_until and instance.paused_until <= now:
+            instance.paused_until = None
             fail_for_missing_definition(unit)
-            unit.finish()
-        return 0
+        unit.finish()
+    return 0
 
 
 def fail_for_missing_definition(unit: Unit) -> None:

@@ -244,6 +244,10 @@ def instance_resume(
             if only_if_due:
                 return False
             raise NotAllowed(f"Only paused instances can be resumed; this one is {instance.state}.")
+        if definition_or_none(instance) is None:
+            raise NotAllowed(
+                f"Cannot resume: the {definition_unavailable(instance)}. Deploy it again, or cancel the instance."
+            )
         unit = Unit(instance, actor, now=now, request_meta=request_meta)
         if only_if_due and (instance.paused_until is None or instance.paused_until > unit.now):
             return False

@@ -142,9 +142,9 @@ def test_the_next_sweep_does_not_trip_over_the_orphan_again(orphan_of):
     assert AuditEvent.objects.filter(instance=orphan).count() == events
 
 
-def test_an_orphans_pause_ends_and_its_step_dies_at_its_claim(orphan_of, run_steps):
-    """A pause end needs no definition: the orphan is resumed, and its due step, once claimed, dies naming the
-    reason and fails the instance (which an operator can then retry once the definition is back)."""
+def test_an_orphans_pause_end_fails_it_with_the_reason_and_a_retry_goes_on_later(orphan_of, run_steps):
+    """Resuming needs the definition: the pause's end fails the orphan with the reason (audited, once), its step
+    stays where it was; deployed again, a retry runs the instance on from there."""
 
     # given
     def pause(instance):
@@ -153,16 +153,28 @@ def test_an_orphans_pause_ends_and_its_step_dies_at_its_claim(orphan_of, run_ste
     orphan = orphan_of(ORPHAN_TASK, pause)
 
     # when
-    report = engine.sweep()
-    ran = run_steps(orphan)
+    first = engine.sweep()
+    again = engine.sweep()
 
     # then
     orphan.refresh_from_db()
-    assert (report.resumed, report.errors) == (1, 0)
-    assert [r.result for r in ran] == ["not runnable"]
-    step = orphan.steps.get()
-    assert (step.state, step.error) == (StepState.DEAD, REASON)
-    assert (orphan.state, orphan.error) == (InstanceState.FAILED, f"work failed: {REASON}")
+    assert (first.resumed, first.errors, again.resumed, again.errors) == (0, 0, 0, 0)
+    assert (orphan.state, orphan.error, orphan.paused_until) == (InstanceState.FAILED, REASON, None)
+    assert orphan.steps.get().state == StepState.SCHEDULED
+    failed = AuditEvent.objects.filter(instance=orphan, action="instance.failed")
+    assert [(e.from_state, e.reason) for e in failed] == [(InstanceState.PAUSED, REASON)]
+
+    # when: deployed again
+    registry.register(ORPHAN_TASK)
+    try:
+        instance_retry(orphan.pk, actor=OPERATOR, reason="module is back")
+        run_steps(orphan)
+    finally:
+        registry.unregister(ORPHAN_TASK.name, ORPHAN_TASK.version)
+
+    # then
+    orphan.refresh_from_db()
+    assert orphan.state == InstanceState.COMPLETED
 
 
 def test_an_orphans_task_deadline_fails_it_with_the_reason_and_waits(orphan_of, users):
@@ -268,7 +280,8 @@ def login(user) -> Client:
 
 
 def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of, users, run_steps):
-    """Instance page, task page, task decision and retry: each shows the missing definition, none answers 500."""
+    """Instance page, task page, task decision, retry and resume: each shows the missing definition, none
+    answers 500."""
     from django.contrib.auth.models import Group, Permission
 
     from orchestrator.demo import GROUPS
@@ -287,6 +300,8 @@ def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of
     decided = staff.post(reverse("task_decide", args=[task.pk]), {"decision": "approve"}, follow=True)
     engine.sweep(now=task.created_at + timedelta(minutes=2))  # the deadline fails it
     retried = operator.post(reverse("instance_operate", args=[waiting.pk, "retry"]), {"reason": "again"}, follow=True)
+    paused = orphan_of(ORPHAN_TASK, lambda i: instance_pause(i.pk, actor=OPERATOR, reason="hold"))
+    resumed = operator.post(reverse("instance_operate", args=[paused.pk, "resume"]), {"reason": "go"}, follow=True)
 
     # then
     assert instance_page.status_code == 200
@@ -298,6 +313,8 @@ def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of
     assert REASON in decided.content.decode()
     assert retried.status_code == 200
     assert f"Cannot retry: the {REASON}" in retried.content.decode()
+    assert resumed.status_code == 200
+    assert f"Cannot resume: the {REASON}" in resumed.content.decode()
     task.refresh_from_db()
     waiting.refresh_from_db()
     assert task.state == TaskState.OPEN
