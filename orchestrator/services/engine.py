@@ -312,10 +312,10 @@ def _run_handler(claim: Claim) -> Outcome:
             permanent=True,
             returned=True,
         )
-    result = dict(result or {})
     try:
-        # Checked here, in the worker, so that a result the database would refuse never aborts the record.
-        check_result(result)
+        # Checked here, in the worker, so that a result the database would refuse never aborts the record; what
+        # comes back is the result as it will be stored (tuples as lists).
+        result = check_result(dict(result or {}))
     except (TypeError, ValueError) as exc:
         # Returning the same value again cannot help: permanent, and the handler is not run again.
         return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc), permanent=True, returned=True)
