@@ -586,11 +586,11 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
 # --- deadlines: the sweep calls this ------------------------------------------------------------------
 
 
-def tasks_sweep(now: datetime | None = None) -> dict[str, int]:
+def tasks_sweep(now: datetime | None = None, *, report: engine.SweepReport | None = None) -> dict[str, int]:
     """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction.
 
-    Returns ``{"escalations": rungs fired, "errors": tasks whose handling raised}``; a task that raises is logged,
-    audited on its instance (``engine.sweep_item_failed``) and skipped.
+    Returns ``{"escalations": rungs fired}``. A task whose handling raises is logged, audited on its instance and
+    skipped (``engine.isolated``), and counted in ``report.errors`` when the sweep passes its report.
     """
     now = now or timezone.now()
     due = list(
@@ -600,15 +600,13 @@ def tasks_sweep(now: datetime | None = None) -> dict[str, int]:
         .order_by("next_escalation_at")
         .values_list("pk", "instance_id")[:200]
     )
-    fired = errors = 0
+    fired = 0
     for task_id, instance_id in due:
         # One task per transaction; one that raises is logged, audited and counted, and the others go on.
-        try:
-            fired += _escalation_fire(task_id, now)
-        except Exception as exc:
-            errors += 1
-            engine.sweep_item_failed("task deadline", "task", task_id, instance_id, exc)
-    return {"escalations": fired, "errors": errors}
+        fired += engine.isolated(
+            report, "task deadline", "task", task_id, instance_id, partial(_escalation_fire, task_id, now)
+        )
+    return {"escalations": fired}
 
 
 def _escalation_fire(task_id: int, now: datetime) -> int:

@@ -844,8 +844,7 @@ def sweep(now: datetime | None = None) -> SweepReport:
         report.resumed += isolated(
             report, "pause end", "instance", instance_id, instance_id, partial(_pause_end, instance_id, now, registered)
         )
-    report.tasks = tasks_sweep(now)
-    report.errors += report.tasks.get("errors", 0)
+    report.tasks = tasks_sweep(now, report=report)
     return report
 
 
@@ -918,10 +917,10 @@ def isolated(
 ) -> int:
     """Run ``handle()`` (one due item of a sweep, in its own transaction) and return its count; if it raises, the
     failure is logged (in full once per process), audited on ``instance_id`` (once while it repeats) and counted
-    in ``report.errors``, and 0 is returned so the pass goes on.
+    in ``report.errors`` (when there is a report), and 0 is returned so the pass goes on.
 
     ``work`` names the kind of due work ("lease expiry", "pause end", "task deadline"); ``subject_type`` and
-    ``subject_id`` the row it was about. ``report`` None: the caller counts (``tasks_sweep``).
+    ``subject_id`` the row it was about.
     """
     try:
         return int(handle())
