@@ -602,6 +602,12 @@ def task_decide(
         if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
             raise TaskConflict(f"{task.assignee} has claimed this task.")
         _check_may_act(user, locked)
+        if engine.definition_or_none(unit.instance) is None:
+            # Nothing could follow the decision; it waits until the definition is registered again.
+            raise TaskConflict(
+                f"This task cannot be decided now: the workflow's {engine.definition_unavailable(unit.instance)}. "
+                "An operator must deploy it again (or cancel the instance)."
+            )
         if task.kind == TaskKind.ESCALATION:
             _resolve_escalation(unit, task, user, decision, comment)
             unit.finish()
@@ -758,20 +764,27 @@ def tasks_shift_deadlines(unit: Unit, paused_at: datetime, held: Any) -> None:
     open_tasks.filter(next_escalation_at__gt=paused_at).update(next_escalation_at=F("next_escalation_at") + held)
 
 
-def tasks_sweep(now: datetime | None = None) -> dict[str, int]:
+def tasks_sweep(now: datetime | None = None, *, report: engine.SweepReport | None = None) -> dict[str, int]:
     """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction.
 
-    A paused instance's rungs wait: resuming moves them on by the time spent paused."""
+    Returns ``{"escalations": rungs fired}``. A task whose handling raises is logged, audited on its instance and
+    skipped (``engine.isolated``), and counted in ``report.errors`` when the sweep passes its report.
+    """
     now = now or timezone.now()
     due = list(
         HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, next_escalation_at__lte=now)
-        .exclude(instance__state=InstanceState.PAUSED)
+        # A paused instance's rungs wait for the resume, which moves them on by the pause; a failed instance's
+        # tasks cannot be decided, so their deadlines wait for an operator's retry.
+        .exclude(instance__state__in=[InstanceState.PAUSED, InstanceState.FAILED])
         .order_by("next_escalation_at")
-        .values_list("pk", flat=True)[:200]
+        .values_list("pk", "instance_id")[:200]
     )
     fired = 0
-    for task_id in due:
-        fired += _escalation_fire(task_id, now)
+    for task_id, instance_id in due:
+        # One task per transaction; one that raises is logged, audited and counted, and the others go on.
+        fired += engine.isolated(
+            report, "task deadline", "task", task_id, instance_id, partial(_escalation_fire, task_id, now)
+        )
     return {"escalations": fired}
 
 
@@ -788,7 +801,14 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             return 0
         if instance.state == InstanceState.PAUSED:
             return 0  # paused after the query: the rung waits for the resume
-        node = engine.definition_of(instance).node(task.step.name)
+        workflow = engine.definition_or_none(instance)
+        if workflow is None:
+            # Its ladder is in the missing definition: the instance fails with the reason, and the deadline waits.
+            unit = Unit(instance, engine.SWEEPER, now=now)
+            engine.fail_for_missing_definition(unit)
+            unit.finish()
+            return 0
+        node = workflow.node(task.step.name)
         ladder = list(getattr(node, "escalation", ()))
         if task.escalation_level >= len(ladder):
             task.next_escalation_at = None

@@ -27,6 +27,7 @@ from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState
 from orchestrator import registry
 from orchestrator.dsl import Human
 from orchestrator.selectors import steps_of
+from orchestrator.services import engine
 from orchestrator.templatetags.baton import duration, label
 from orchestrator.timeparse import parse_when
 from orchestrator.typing import AuthedRequest
@@ -252,8 +253,9 @@ def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
     task = _task_or_404(request, task_id)
     instance = task.instance
     form = None
-    if task.kind == TaskKind.FORM:
-        node = registry.get(instance.workflow_name, instance.workflow_version).node(task.step.name)
+    definition = engine.definition_or_none(instance)
+    if task.kind == TaskKind.FORM and definition is not None:
+        node = definition.node(task.step.name)
         assert isinstance(node, Human)
         form = node.form(data=request.POST or None)
     user = request.user
@@ -269,6 +271,8 @@ def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
         "is_candidate": services.is_candidate(user, task),
         "is_manager": services.is_manager(user),
         "delegates": _delegates(task, exclude=user) if task.is_actionable else [],
+        # The page says so itself; a decision is refused with the same reason (services.task_decide).
+        "definition_missing": engine.definition_unavailable(instance) if definition is None else "",
         "active_nav": "inbox",
     }
     status = 200

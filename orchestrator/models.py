@@ -271,7 +271,9 @@ class StepRun(FSMModelMixin, models.Model):
         self.finished_at = now
         self.lease_expires_at = None
 
-    @transition(field=state, source=StepState.SUCCEEDED, target=StepState.COMPENSATED)
+    # A dead step compensates only when its handler returned and its result could not be recorded (its effect
+    # happened; engine.RESULT_LOST).
+    @transition(field=state, source=[StepState.SUCCEEDED, StepState.DEAD], target=StepState.COMPENSATED)
     def mark_compensated(self) -> None:
         pass
 

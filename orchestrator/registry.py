@@ -44,6 +44,11 @@ def get(name: str, version: int | None = None) -> Workflow:
     return _definitions[(name, max(versions))]
 
 
+def is_registered(name: str, version: int) -> bool:
+    """Whether ``name`` at ``version`` is registered (no exception to catch on the sweep's path)."""
+    return (name, version) in _definitions
+
+
 def latest_all() -> list[Workflow]:
     """The latest version of every registered workflow, by name."""
     names = sorted({n for (n, _v) in _definitions})

@@ -257,6 +257,8 @@ BATON_REDISPATCH_AFTER = float(os.environ.get("BATON_REDISPATCH_AFTER", "30"))
 # Extra time on top of a step's timeout before its lease counts as lost.
 BATON_LEASE_GRACE = float(os.environ.get("BATON_LEASE_GRACE", "5"))
 BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
+# The largest step result (bytes of JSON) the engine records; a larger one is a permanent failure of the step.
+BATON_MAX_RESULT_BYTES = int(os.environ.get("BATON_MAX_RESULT_BYTES", "1048576"))
 # The engine's hot-path statements are prepared once per PostgreSQL session (orchestrator/rows.py). Turn off behind
 # a proxy that cannot carry prepared statements (PgBouncer before 1.21 in transaction mode).
 BATON_PREPARED_STATEMENTS = env_bool("BATON_PREPARED_STATEMENTS", default=True)

@@ -13,13 +13,15 @@ def step_run(step_id: int) -> str:
 
 @shared_task(name="orchestrator.tasks.sweep", ignore_result=True, expires=30)
 def sweep() -> dict:
-    """The one periodic pass over due steps, lost leases, paused instances and task deadlines."""
+    """The one periodic pass over due steps, lost leases, paused instances and task deadlines; its counts, with
+    ``errors``: the due items whose handling raised (logged, audited and skipped)."""
     report = engine.sweep()
     return {
         "dispatched": report.dispatched,
         "leases_expired": report.leases_expired,
         "resumed": report.resumed,
         **report.tasks,
+        "errors": report.errors,
     }
 
 

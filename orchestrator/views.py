@@ -23,6 +23,7 @@ from orchestrator import registry, selectors
 from orchestrator.audit import Actor
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
+from orchestrator.services.engine import definition_unavailable
 from orchestrator.timeparse import parse_when
 from orchestrator.typing import AuthedRequest
 
@@ -124,6 +125,8 @@ def instance_detail(request: AuthedRequest, instance_id: int) -> HttpResponse:
         "can_audit": can_audit,
         "can_operate": selectors.can_operate(request.user),
         "dot": dot,
+        # Said on the page itself (not a one-off flash), for as long as the code of this version is missing.
+        "definition_missing": definition_unavailable(instance) if workflow is None else "",
         "data_rows": sorted(instance.data.items()),
         "active_nav": "instances",
         "StepState": StepState,

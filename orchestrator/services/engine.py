@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -44,6 +44,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
+from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.unit import FENCE, Fenced, Unit
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,21 @@ class EngineError(Exception):
 
 
 def definition_of(instance: WorkflowInstance) -> Workflow:
-    """The definition the instance is pinned to."""
+    """The definition the instance is pinned to; raises ``registry.UnknownWorkflow`` if it is not registered."""
     return registry.get(instance.workflow_name, instance.workflow_version)
+
+
+def definition_or_none(instance: WorkflowInstance) -> Workflow | None:
+    """The definition the instance is pinned to, or None when that version is not registered (its module is gone)."""
+    try:
+        return definition_of(instance)
+    except registry.UnknownWorkflow:
+        return None
+
+
+def definition_unavailable(instance: WorkflowInstance) -> str:
+    """The reason recorded, audited and shown for an instance whose definition is not registered."""
+    return f"definition {instance.workflow_name} v{instance.workflow_version} is not available"
 
 
 def lock_instance(instance_id: int) -> WorkflowInstance:
@@ -132,6 +146,8 @@ class Outcome:
     error_type: str = ""
     error: str = ""
     permanent: bool = False
+    # The handler returned (its side effect happened) but its result cannot be recorded: see _record_failure.
+    returned: bool = False
 
 
 def step_execute(step_id: int) -> str:
@@ -254,7 +270,11 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
             step.start(now, None)
             step_save(step, ["state", "attempt", "started_at", "lease_expires_at"])
             unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
-            _record_failure(unit, step, None, type(exc).__name__, f"definition not available: {exc}", True)
+            if isinstance(exc, registry.UnknownWorkflow):
+                error = definition_unavailable(instance)
+            else:
+                error = f"definition not available: {exc}"
+            _record_failure(unit, step, None, type(exc).__name__, error, True)
             settle(unit)
             unit.finish()
             return None
@@ -290,17 +310,103 @@ def _run_handler(claim: Claim) -> Outcome:
             error_type="TypeError",
             error=f"handler returned {type(result).__name__}; return a dict or None",
             permanent=True,
+            returned=True,
         )
-    return Outcome(ok=True, result=dict(result or {}))
+    try:
+        # Checked here, in the worker, so that a result the database would refuse never aborts the record; what
+        # comes back is the result as it will be stored (tuples as lists).
+        result = check_result(dict(result or {}))
+    except (TypeError, ValueError) as exc:
+        # Returning the same value again cannot help: permanent, and the handler is not run again.
+        return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc), permanent=True, returned=True)
+    return Outcome(ok=True, result=result)
 
 
 def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
-    """Record a handler's outcome, fenced by the attempt number; a worker whose lease was lost writes nothing."""
+    """Record a handler's outcome, fenced by the attempt number; a worker whose lease was lost writes nothing.
+
+    Returns "succeeded", "failed", "fenced" or "gone". Whatever raises while the outcome is recorded (merging the
+    result, entering the next node, a value the database refuses) rolls that transaction back and is recorded
+    instead, in a fresh one, as a failed attempt naming the error (:func:`_record_unrecordable`): the step is
+    never left running for its lease to expire and its handler to run again.
+    """
     try:
         return _record(step_id, attempt, outcome)
     except Fenced:
         logger.warning("step %s attempt %s lost its lease while recording; its outcome is dropped", step_id, attempt)
         return "fenced"
+    except Exception as exc:
+        return _record_unrecordable(step_id, attempt, outcome, exc)
+
+
+def _retry_may_fix(exc: BaseException) -> bool:
+    # A lost connection, a deadlock or a serialisation failure can pass; everything else that raises after the
+    # handler returned is decided by the result and the definition, which another attempt would meet again.
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def _record_unrecordable(step_id: int, attempt: int, outcome: Outcome, exc: Exception) -> str:
+    """The outcome of ``attempt`` could not be recorded because of ``exc``: record one failed attempt instead."""
+    detail = str(exc).strip() or repr(exc)
+    tb = "".join(traceback.format_exception(exc, limit=-6))
+    returned = outcome.ok or outcome.returned
+    context = (
+        "raised while recording the result: the handler returned, so its side effect happened"
+        if returned
+        else "raised while recording the failed attempt"
+    )
+    failure = Outcome(
+        ok=False,
+        error_type=type(exc).__name__,
+        error=f"{detail}\n\n({context})\n\n{tb}",
+        permanent=not _retry_may_fix(exc),
+        returned=returned,
+    )
+    logger.error(
+        "step %s attempt %s: its outcome could not be recorded (%s: %s); recorded as a failed attempt",
+        step_id,
+        attempt,
+        failure.error_type,
+        _first_line(clean_text(detail)),
+    )
+    try:
+        return _record(step_id, attempt, failure)
+    except Fenced:
+        return "fenced"
+    except Exception as again:
+        # Following the step's on_failure raised too: the step dies and the instance fails, nothing more.
+        logger.exception("step %s attempt %s: recording its failure raised as well", step_id, attempt)
+        return _record_dead(step_id, attempt, failure, again)
+
+
+def _record_dead(step_id: int, attempt: int, failure: Outcome, exc: Exception) -> str:
+    """The last resort: the step dead and the instance failed, reading neither the definition nor on_failure."""
+    with transaction.atomic():
+        locked = lock_step(step_id)
+        if locked is None:
+            return "gone"
+        instance, step = locked
+        if step.state != StepState.RUNNING or step.attempt != attempt:
+            return "fenced"
+        unit = Unit(instance, WORKER)
+        error = clean_text(f"{failure.error}\n\nFollowing on_failure raised {type(exc).__name__}: {exc}")
+        step.die(clean_text(failure.error_type, 200), error, unit.now)
+        step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
+        unit.audit(
+            "step.dead",
+            "step",
+            step.pk,
+            StepState.RUNNING,
+            step.state,
+            reason=_first_line(error),
+            payload={"attempt": step.attempt, "error_type": step.error_type, "permanent": True},
+        )
+        if instance.state in (*LIVE_STATES, InstanceState.COMPENSATING):
+            from_state = instance.state
+            instance.fail(f"{step.name} failed: {_first_line(error)}")
+            unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+        unit.finish()
+        return "failed"
 
 
 def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
@@ -313,7 +419,12 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return "fenced"
         unit = Unit(instance, WORKER)
-        workflow = definition_of(instance)
+        workflow = definition_or_none(instance)
+        if workflow is None:
+            # The definition went away while the step ran: nothing can follow it.
+            _record_failure(unit, step, None, "UnknownWorkflow", definition_unavailable(instance), True)
+            unit.finish()
+            return "failed"
         node = workflow.node(step.name)
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
@@ -339,14 +450,35 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
                 instance.data.update(outcome.result)
                 advance(unit, workflow, step)
         else:
-            _record_failure(unit, step, node, outcome.error_type, outcome.error, outcome.permanent)
+            _record_failure(
+                unit, step, node, outcome.error_type, outcome.error, outcome.permanent, returned=outcome.returned
+            )
         settle(unit)
         unit.finish()
         return "succeeded" if outcome.ok else "failed"
 
 
-def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: str, error: str, permanent: bool) -> None:
-    """A failed attempt: retry at a back-off ``due_at`` while attempts remain, else the step is dead."""
+# In the result of a dead task step: its handler returned, so its side effect happened, but the result could not
+# be recorded. Compensation undoes such a step like a succeeded one (docs/architecture.md).
+RESULT_LOST = "result_lost"
+
+
+def _record_failure(
+    unit: Unit,
+    step: StepRun,
+    node: Node | None,
+    error_type: str,
+    error: str,
+    permanent: bool,
+    *,
+    returned: bool = False,
+) -> None:
+    """A failed attempt: retry at a back-off ``due_at`` while attempts remain, else the step is dead.
+
+    ``returned``: the handler returned (its result could not be recorded). A dead task step remembers it
+    (``RESULT_LOST`` in its result), so that a compensation of the instance undoes it too.
+    """
+    error_type, error = clean_text(error_type, 200), clean_text(error)
     retry = node.retry if isinstance(node, Task) else None
     if not permanent and retry is not None and step.attempt < step.max_attempts:
         delay = retry.delay(step.attempt)
@@ -369,7 +501,11 @@ def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: st
         unit.scheduled_work = True
         return
     step.die(error_type, error, unit.now)
-    step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
+    fields = ["state", "error", "error_type", "finished_at", "lease_expires_at"]
+    if returned and step.kind == StepKind.TASK:
+        step.result = {RESULT_LOST: True}
+        fields.append("result")
+    step_save(step, fields)
     unit.audit(
         "step.dead",
         "step",
@@ -377,7 +513,8 @@ def _record_failure(unit: Unit, step: StepRun, node: Node | None, error_type: st
         StepState.RUNNING,
         step.state,
         reason=_first_line(error),
-        payload={"attempt": step.attempt, "error_type": error_type, "permanent": permanent},
+        payload={"attempt": step.attempt, "error_type": error_type, "permanent": permanent}
+        | ({"returned": True} if returned else {}),
     )
     _step_dead(unit, step, node)
 
@@ -449,6 +586,9 @@ def enter_node(
         unit.dispatch(step, queue=node.queue, timeout=node.timeout)
     elif isinstance(node, Timer):
         due = unit.now + node.wait if node.wait is not None else node.until(dict(instance.data))  # type: ignore[misc]
+        if not isinstance(due, datetime) or timezone.is_naive(due):
+            # Compared with an aware clock a naive time raises later, in the sweep; say what is wrong here.
+            raise EngineError(f"timer {node.name!r}: until() returned {due!r}; it must return an aware datetime")
         step = StepRun(**common, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at=due)
         rows.insert(step)
         unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"due_at": due.isoformat()})
@@ -518,9 +658,11 @@ def settle(unit: Unit) -> None:
     if instance.state not in ACTIVE_INSTANCE_STATES:
         return
     busy = unit.scheduled_work
-    if not busy and definition_of(instance).has_parallel:
+    workflow = definition_or_none(instance) if not busy else None
+    if not busy and (workflow is None or workflow.has_parallel):
         # In a linear flow only the step this unit handled could have been busy, and the unit knows whether it
-        # scheduled more; with parallel branches another branch may be working, so ask.
+        # scheduled more; with parallel branches (or with no definition to tell) another branch may be working,
+        # so ask.
         busy = instance.steps.filter(
             state__in=BUSY_STEP_STATES, kind__in=[StepKind.TASK, StepKind.COMPENSATION]
         ).exists()
@@ -636,7 +778,10 @@ def compensation_retry(unit: Unit, reason: str) -> None:
 
 def _compensation_next(unit: Unit, workflow: Workflow) -> None:
     instance = unit.instance
-    done_steps = instance.steps.filter(kind=StepKind.TASK, state=StepState.SUCCEEDED).order_by("-finished_at", "-id")
+    # A step that died after its handler returned (RESULT_LOST) took effect as surely as a succeeded one.
+    done_steps = instance.steps.filter(
+        Q(state=StepState.SUCCEEDED) | Q(state=StepState.DEAD, result__has_key=RESULT_LOST), kind=StepKind.TASK
+    ).order_by("-finished_at", "-id")
     for original in done_steps:
         node = workflow.node(original.name)
         if isinstance(node, Task) and node.compensate is not None:
@@ -674,9 +819,10 @@ def _compensation_step_succeeded(unit: Unit, workflow: Workflow, step: StepRun) 
 
 def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, reason: str = "") -> None:
     """The original step is undone (by its compensation, or by a person); go on to the next one."""
+    from_state = original.state
     original.mark_compensated()
     rows.update(original, ["state"])
-    unit.audit("step.compensated", "step", original.pk, StepState.SUCCEEDED, original.state, reason=reason)
+    unit.audit("step.compensated", "step", original.pk, from_state, original.state, reason=reason)
     _compensation_next(unit, workflow)
 
 
@@ -707,20 +853,60 @@ def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> Non
 
 @dataclass
 class SweepReport:
+    """What one pass did: steps dispatched, leases expired, pauses ended, the task deadlines' counts
+    (``approvals.services.tasks_sweep``), and ``errors``: due items whose handling raised (each logged, audited
+    on its instance and skipped; the pass went on)."""
+
     dispatched: int = 0
     leases_expired: int = 0
     resumed: int = 0
     tasks: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
 
 
 def sweep(now: datetime | None = None) -> SweepReport:
-    """The one periodic pass: dispatch due steps, recover lost leases, resume paused instances, run deadlines."""
+    """The one periodic pass: dispatch due steps, recover lost leases, resume paused instances, run deadlines.
+
+    Each due item is handled in its own transaction, and one that raises is logged once, audited on its instance,
+    counted in ``errors`` and skipped: one broken instance never holds up the others' work.
+    """
     from approvals.services import tasks_sweep
-    from orchestrator.services.instances import instance_resume
 
     now = now or timezone.now()
     report = SweepReport()
     batch = settings.BATON_SWEEP_BATCH
+    report.dispatched = isolated(report, "dispatch", "sweep", None, None, partial(_dispatch_due, now, batch))
+
+    expired = list(
+        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=now)
+        .order_by("lease_expires_at")
+        .values_list("pk", "instance_id")[:batch]
+    )
+    for step_id, instance_id in expired:
+        report.leases_expired += isolated(
+            report, "lease expiry", "step", step_id, instance_id, partial(_lease_expire, step_id, now)
+        )
+
+    paused = list(
+        WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lte=now).values_list(
+            "pk", "workflow_name", "workflow_version"
+        )[:batch]
+    )
+    for instance_id, name, version in paused:
+        registered = registry.is_registered(name, version)
+        report.resumed += isolated(
+            report, "pause end", "instance", instance_id, instance_id, partial(_pause_end, instance_id, now, registered)
+        )
+    report.tasks = tasks_sweep(now, report=report)
+    try:
+        report.tasks |= _tasks_release_unfit(now)
+    except Exception as exc:
+        report.errors += 1
+        sweep_item_failed("claim check", "sweep", None, None, exc)
+    return report
+
+
+def _dispatch_due(now: datetime, batch: int) -> int:
     stale = now - timedelta(seconds=settings.BATON_REDISPATCH_AFTER)
     with transaction.atomic():
         due = list(
@@ -740,27 +926,111 @@ def sweep(now: datetime | None = None) -> SweepReport:
 
             for step_id in due:
                 transaction.on_commit(partial(send_step, step_id, {}))
-        report.dispatched = len(due)
+        return len(due)
 
-    expired = list(
-        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=now)
-        .order_by("lease_expires_at")
-        .values_list("pk", flat=True)[:batch]
-    )
-    for step_id in expired:
-        report.leases_expired += _lease_expire(step_id, now)
 
-    paused = list(
-        WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lte=now).values_list("pk", flat=True)[
-            :batch
-        ]
-    )
-    for instance_id in paused:
-        if instance_resume(instance_id, actor=SWEEPER, reason="pause ended", only_if_due=True, now=now):
-            report.resumed += 1
-    report.tasks = tasks_sweep(now)
-    report.tasks |= _tasks_release_unfit(now)
-    return report
+def _pause_end(instance_id: int, now: datetime, registered: bool) -> int:
+    from orchestrator.services.instances import instance_resume
+
+    if registered:
+        return int(instance_resume(instance_id, actor=SWEEPER, reason="pause ended", only_if_due=True, now=now))
+    # Resuming needs the definition (its deadlines move on by the pause): the pause's end fails the instance with
+    # the reason instead, once, and an operator's retry takes it up when the definition is back.
+    with transaction.atomic():
+        unit = Unit(lock_instance(instance_id), SWEEPER, now=now)
+        instance = unit.instance
+        if instance.state == InstanceState.PAUSED and instance.paused_until and instance.paused_until <= now:
+            instance.paused_until = None
+            fail_for_missing_definition(unit)
+        unit.finish()
+    return 0
+
+
+def fail_for_missing_definition(unit: Unit) -> None:
+    """Fail the unit's instance, if it is still open to failing, because its definition is not registered.
+
+    The reason (:func:`definition_unavailable`) is audited and shown on the instance page; ``instance_retry``
+    refuses with it until the definition is registered again, then takes the instance up where it stopped.
+    """
+    instance = unit.instance
+    if instance.state in (*LIVE_STATES, InstanceState.COMPENSATING):
+        from_state = instance.state
+        instance.fail(definition_unavailable(instance))
+        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+
+
+# (work, error type, message) of the sweep failures this process has logged in full: one traceback per kind of
+# failure, however many items or passes meet it (a lost database session fails every item the same way).
+_logged_failures: dict[tuple[Any, ...], None] = {}
+LOGGED_FAILURES_KEPT = 1000
+
+
+def isolated(
+    report: SweepReport | None,
+    work: str,
+    subject_type: str,
+    subject_id: int | None,
+    instance_id: int | None,
+    handle: Any,
+) -> int:
+    """Run ``handle()`` (one due item of a sweep, in its own transaction) and return its count; if it raises, the
+    failure is logged (in full once per process), audited on ``instance_id`` (once while it repeats) and counted
+    in ``report.errors`` (when there is a report), and 0 is returned so the pass goes on.
+
+    ``work`` names the kind of due work ("lease expiry", "pause end", "task deadline"); ``subject_type`` and
+    ``subject_id`` the row it was about.
+    """
+    try:
+        return int(handle())
+    except Exception as exc:
+        if report is not None:
+            report.errors += 1
+        sweep_item_failed(work, subject_type, subject_id, instance_id, exc)
+        return 0
+
+
+def sweep_item_failed(
+    work: str, subject_type: str, subject_id: int | None, instance_id: int | None, exc: Exception
+) -> None:
+    """Log and audit one sweep item that raised; never raises itself.
+
+    The first failure of its kind (work, error type, message) is logged with its traceback, later ones at DEBUG;
+    the audit event goes on ``instance_id``'s chain unless it is already that chain's latest event.
+    """
+    message = clean_text(_first_line(str(exc)) or repr(exc), 500)
+    key = (work, type(exc).__name__, message)
+    if key not in _logged_failures:
+        if len(_logged_failures) >= LOGGED_FAILURES_KEPT:
+            _logged_failures.clear()
+        _logged_failures[key] = None
+        logger.error("sweep: %s of %s %s failed; skipped", work, subject_type, subject_id, exc_info=exc)
+    else:
+        # Seen before in this process: one line, no traceback, so a failure that repeats every pass cannot flood.
+        logger.debug("sweep: %s of %s %s failed again: %s: %s", work, subject_type, subject_id, type(exc), message)
+    if instance_id is None:
+        return
+    try:
+        _audit_sweep_failure(work, subject_type, subject_id, instance_id, type(exc).__name__, message)
+    except Exception:
+        logger.warning("sweep: could not audit the failure on instance %s", instance_id, exc_info=True)
+
+
+def _audit_sweep_failure(
+    work: str, subject_type: str, subject_id: int | None, instance_id: int, error_type: str, message: str
+) -> None:
+    from orchestrator.models import AuditEvent
+
+    with transaction.atomic():
+        instance = WorkflowInstance.objects.select_for_update(skip_locked=True).filter(pk=instance_id).first()
+        if instance is None:
+            return  # gone, or busy: the next pass tries again
+        last = AuditEvent.objects.filter(instance_id=instance_id).order_by("-seq").values("action", "payload").first()
+        payload = {"work": work, "error_type": error_type, "error": message}
+        if last and last["action"] == "sweep.failed" and last["payload"] == payload:
+            return  # the same failure as the instance's latest event: once is enough
+        unit = Unit(instance, SWEEPER, broadcast=False)
+        unit.audit("sweep.failed", subject_type, subject_id, reason=f"{error_type}: {message}", payload=payload)
+        unit.finish()
 
 
 def _tasks_release_unfit(now: datetime) -> dict[str, int]:
@@ -787,15 +1057,19 @@ def _expire(step_id: int, now: datetime) -> int:
         if step.state != StepState.RUNNING or not step.lease_expires_at or step.lease_expires_at >= now:
             return 0
         unit = Unit(instance, SWEEPER, now=now)
-        node = definition_of(instance).node(step.name)
-        _record_failure(
-            unit,
-            step,
-            node,
-            "LeaseExpired",
-            f"no result by {step.lease_expires_at.isoformat()}: the worker died or the step timed out",
-            False,
-        )
+        workflow = definition_or_none(instance)
+        if workflow is None:
+            # No definition, no retry policy and nothing to run a retry with: the step dies, the instance fails.
+            _record_failure(unit, step, None, "UnknownWorkflow", definition_unavailable(instance), True)
+        else:
+            _record_failure(
+                unit,
+                step,
+                workflow.node(step.name),
+                "LeaseExpired",
+                f"no result by {step.lease_expires_at.isoformat()}: the worker died or the step timed out",
+                False,
+            )
         # The retry is due now: dispatch it in this pass rather than waiting for the next one.
         if step.state == StepState.FAILED and step.due_at and step.due_at <= now:
             step.dispatched_at = now

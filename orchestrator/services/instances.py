@@ -26,6 +26,8 @@ from orchestrator.models import (
 from orchestrator.services.engine import (
     compensation_retry,
     definition_of,
+    definition_or_none,
+    definition_unavailable,
     enter_node,
     lock_instance,
     saga_begun,
@@ -166,6 +168,11 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             )
         if instance.state != InstanceState.FAILED:
             raise NotAllowed(f"Only failed instances can be retried; this one is {instance.state}.")
+        if definition_or_none(instance) is None:
+            raise NotAllowed(
+                f"Cannot retry: the {definition_unavailable(instance)}. Deploy it again (its module in "
+                "BATON_WORKFLOW_MODULES), or cancel the instance."
+            )
         if saga_begun(instance):
             # Failed mid-compensation (an operator chose "fail" on its escalation): retrying goes on undoing.
             unit = Unit(instance, actor, request_meta=request_meta)
@@ -173,7 +180,8 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             unit.finish()
             return
         dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
-        if not dead:
+        # An instance the sweep failed for its missing definition stopped at its open work: retry goes on from there.
+        if not dead and definition_unavailable(instance) not in instance.error:
             # An honest retry: with no failed step to run again it would report success and do nothing.
             raise NotAllowed(
                 "Nothing to retry: no step of this instance failed (it was failed by a person or a deadline). "
@@ -186,7 +194,9 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         workflow = definition_of(instance)
         for step in dead:
             step_from = step.state
-            step.max_attempts = step.attempt + workflow.node(step.name).retry.max_attempts  # type: ignore[attr-defined]
+            node = workflow.node(step.name)
+            # A timer (or any node without a retry policy) that died gets one more attempt.
+            step.max_attempts = step.attempt + (node.retry.max_attempts if isinstance(node, Task) else 1)
             step.schedule(unit.now)
             step.dispatched_at = unit.now
             step.save(update_fields=["state", "due_at", "dispatched_at", "max_attempts"])
@@ -284,6 +294,10 @@ def instance_resume(
             if only_if_due:
                 return False
             raise NotAllowed(f"Only paused instances can be resumed; this one is {instance.state}.")
+        if definition_or_none(instance) is None:
+            raise NotAllowed(
+                f"Cannot resume: the {definition_unavailable(instance)}. Deploy it again, or cancel the instance."
+            )
         unit = Unit(instance, actor, now=now, request_meta=request_meta)
         if only_if_due and (instance.paused_until is None or instance.paused_until > unit.now):
             return False

@@ -206,5 +206,6 @@ def test_a_step_whose_version_is_gone_fails_loudly(pinned_v1, run_steps):
     step = instance.steps.get()
     assert result == "not runnable"
     assert (step.state, step.error_type) == (StepState.DEAD, "UnknownWorkflow")
-    assert step.error.startswith("definition not available")
+    assert step.error == "definition pinned_demo v1 is not available"
     assert instance.state == InstanceState.FAILED
+    assert instance.error == "first failed: definition pinned_demo v1 is not available"

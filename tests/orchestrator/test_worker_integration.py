@@ -232,3 +232,45 @@ def test_instances_finish_on_the_version_they_started_on(celery_worker, users, w
         "finish",
     ]
     assert (old.data["finished_by"], new.data["finished_by"]) == ("v1", "v2")
+
+
+@pytest.fixture
+def fault_flows():
+    """The fault workflows registered in this process too (the worker loads them itself); gone afterwards."""
+    flows = importlib.import_module("tests.orchestrator.fault_flows")
+    for flow in flows.FLOWS:
+        registry.register(flow)
+    yield flows
+    for flow in flows.FLOWS:
+        registry.unregister(flow.name, flow.version)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "error_type", "message"),
+    [
+        ("fault_unrecordable", "TypeError", "result['at'] is a datetime"),
+        ("fault_unroutable", "KeyError", "'region'"),
+    ],
+)
+def test_an_outcome_that_cannot_be_recorded_fails_once_on_the_worker(
+    celery_worker, wait_for, fault_flows, workflow, error_type, message
+):
+    """A result JSON cannot hold, or a decision after the step that raises: the worker runs the handler once and
+    records one failed attempt naming the real error; no lease is left to expire, so nothing runs it again."""
+    # given
+    instance = instance_start(workflow, {})
+    act = instance.steps.get(name="act")
+
+    # when
+    wait_for(lambda: state_of(instance) == InstanceState.FAILED, instance=instance, what="the recorded failure")
+
+    # then
+    act.refresh_from_db()
+    assert (act.state, act.attempt, act.error_type, act.lease_expires_at) == (StepState.DEAD, 1, error_type, None)
+    assert message in act.error.splitlines()[0]
+    assert [e.payload["attempt"] for e in step_events(act, "step.started")] == [1]
+    calls = DemoLedger.objects.filter(service="faults", idempotency_key=act.idempotency_key)
+    assert [c.calls for c in calls] == [1]
+    instance.refresh_from_db()
+    assert instance.error == f"act failed: {act.error.splitlines()[0]}"
+    assert list(instance.steps.values_list("name", flat=True)) == ["act"]

@@ -1,0 +1,47 @@
+"""Workflows whose step outcomes cannot be recorded, for the worker tests of ``test_worker_integration.py``.
+
+The worker process imports this module through ``BATON_WORKFLOW_MODULES`` (see ``tests/conftest.py``); the test
+process imports it in a fixture. Each handler records its call in ``DemoLedger`` (``calls`` counts repeats), so
+the test reads from the database how often the worker ran it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from orchestrator.dsl import Decision, Retry, StepContext, Task, Workflow
+from orchestrator.registry import register
+from orchestrator.workflows.simulated import call
+
+# Attempts left and a lease that runs out within seconds: a re-run, if there were one, would show quickly.
+RETRYING = Retry(max_attempts=3, backoff=0.1)
+
+
+def returns_a_datetime(ctx: StepContext) -> dict:
+    call("faults", "act", ctx.idempotency_key)
+    return {"at": datetime.now(UTC)}
+
+
+def returns_plain_data(ctx: StepContext) -> dict:
+    call("faults", "act", ctx.idempotency_key)
+    return {"acted": True}
+
+
+def route(data: dict) -> str:
+    return "eu" if data["region"] == "eu" else "us"  # the instance has no region: KeyError
+
+
+UNRECORDABLE = register(Workflow("fault_unrecordable", 1, [Task("act", returns_a_datetime, retry=RETRYING, timeout=2)]))
+UNROUTABLE = register(
+    Workflow(
+        "fault_unroutable",
+        1,
+        [
+            Task("act", returns_plain_data, retry=RETRYING, timeout=2),
+            Decision("route", route, choices=["eu", "us"]),
+            Task("eu", returns_plain_data),
+            Task("us", returns_plain_data),
+        ],
+    )
+)
+FLOWS = (UNRECORDABLE, UNROUTABLE)
