@@ -21,6 +21,7 @@ def sweep() -> dict:
         "leases_expired": report.leases_expired,
         "resumed": report.resumed,
         **report.tasks,
+        **report.unfit,
         "errors": report.errors,
     }
 

@@ -854,13 +854,15 @@ def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> Non
 @dataclass
 class SweepReport:
     """What one pass did: steps dispatched, leases expired, pauses ended, the task deadlines' counts
-    (``approvals.services.tasks_sweep``), and ``errors``: due items whose handling raised (each logged, audited
-    on its instance and skipped; the pass went on)."""
+    (``approvals.services.tasks_sweep``), the claims it took back from people no longer able to act
+    (``approvals.services.tasks_release_unfit``), and ``errors``: due items whose handling raised (each logged,
+    audited on its instance and skipped; the pass went on)."""
 
     dispatched: int = 0
     leases_expired: int = 0
     resumed: int = 0
     tasks: dict[str, int] = field(default_factory=dict)
+    unfit: dict[str, int] = field(default_factory=dict)
     errors: int = 0
 
 
@@ -899,7 +901,7 @@ def sweep(now: datetime | None = None) -> SweepReport:
         )
     report.tasks = tasks_sweep(now, report=report)
     try:
-        report.tasks |= _tasks_release_unfit(now)
+        report.unfit = _tasks_release_unfit(now)
     except Exception as exc:
         report.errors += 1
         sweep_item_failed("claim check", "sweep", None, None, exc)

@@ -315,7 +315,7 @@ def test_the_sweep_releases_a_claim_the_signals_never_saw(users):
     # then
     task.refresh_from_db()
     assert (task.state, task.assignee) == (TaskState.OPEN, None)
-    assert report.tasks["unfit_released"] == 1
+    assert report.unfit["unfit_released"] == 1
     assert last_event(task, "task.released").actor_label == "system:sweeper"
 
 

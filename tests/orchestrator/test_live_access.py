@@ -194,7 +194,10 @@ def _clear_forward(users) -> None:
 
 
 def _clear_reverse(users) -> None:
+    # Clearing empties the team; staff2 rejoins so the next task still opens for someone (a task nobody can act on
+    # escalates at once, approvals' rule) and the probe has a task.opened to hear.
     users.approvers.user_set.clear()
+    users.approvers.user_set.add(users.staff2)
 
 
 def _delete_group(users) -> None:
