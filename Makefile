@@ -20,17 +20,19 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) manage.py baton_demo
 
-## Production processes: need DATABASE_URL, REDIS_URL and BATON_SECRET_KEY (README, "Production").
+## Production processes: need DATABASE_URL, REDIS_URL and BATON_SECRET_KEY (README, "Production"). Behind a TLS
+## proxy (BATON_BEHIND_PROXY=1) daphne takes the client's address from X-Forwarded-For.
 web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $${BATON_PORT:-8000} orchestrator.asgi:application
+	$(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $${BATON_PORT:-8000} \
+	  $$(case "$${BATON_BEHIND_PROXY,,}" in 1|true|yes|on) echo --proxy-headers;; esac) orchestrator.asgi:application
 
 worker: install
 	$(VENV)/bin/celery -A orchestrator worker -Q baton --concurrency $${BATON_WORKER_CONCURRENCY:-2} --loglevel INFO
 
 beat: install
-	$(VENV)/bin/celery -A orchestrator beat --scheduler django_celery_beat.schedulers:DatabaseScheduler --loglevel INFO
+	$(VENV)/bin/celery -A orchestrator beat --scheduler orchestrator.beat:DatabaseScheduler --loglevel INFO
 
 test: install lint migrations-check pytest
 
