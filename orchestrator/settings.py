@@ -48,7 +48,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
 # Explicit, or by the one rule: no DATABASE_URL and no REDIS_URL is the demo, anything else is production.
 BATON_MODE = os.environ.get("BATON_MODE", "").strip().lower() or ("production" if DATABASE_URL or REDIS_URL else "demo")
-DEMO_SECRET_KEY = "baton-embedded-demo-key-not-for-production"
+DEMO_SECRET_KEY = "baton-embedded-demo-key-not-for-production"  # noqa: S105 (public on purpose, demo only)
 _missing = []
 if BATON_MODE not in {"demo", "production"}:
     _missing.append(f"BATON_MODE={BATON_MODE!r} (give demo or production)")

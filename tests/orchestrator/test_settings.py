@@ -34,8 +34,11 @@ def start(env: dict[str, str], *names: str, command: str = "") -> subprocess.Com
     if command:
         args = [sys.executable, str(ROOT / "manage.py"), *command.split()]
     else:
-        code = "from django.conf import settings; import json; print(json.dumps({n: getattr(settings, n, None) for n in %r}, default=str))"
-        args = [sys.executable, "-c", code % (list(names),)]
+        code = (
+            "from django.conf import settings; import json; "
+            f"print(json.dumps({{n: getattr(settings, n, None) for n in {list(names)!r}}}, default=str))"
+        )
+        args = [sys.executable, "-c", code]
     return subprocess.run(args, env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
