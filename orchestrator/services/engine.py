@@ -44,7 +44,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services.unit import FENCE, Fenced, Unit
+from orchestrator.services.unit import FENCE, Fenced, Unit, step_limits
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +221,8 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
 
 
 def _lease(node: Node, now: datetime) -> datetime:
-    timeout = node.timeout if isinstance(node, Task) else 60.0
-    return now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
+    # Past the hard time limit, so a late worker is fenced, never raced (unit.step_limits).
+    return now + timedelta(seconds=step_limits(node)[2])
 
 
 def _claimed(instance: WorkflowInstance, step: StepRun, node: Node) -> Claim:
@@ -446,7 +446,7 @@ def enter_node(
         else:
             rows.insert(step)
         unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"node": node.name})
-        unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+        unit.dispatch(step)
     elif isinstance(node, Timer):
         due = unit.now + node.wait if node.wait is not None else node.until(dict(instance.data))  # type: ignore[misc]
         step = StepRun(**common, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at=due)
@@ -606,7 +606,7 @@ def _compensation_next(unit: Unit, workflow: Workflow) -> None:
                 step.state,
                 payload={"compensates": original.pk},
             )
-            unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+            unit.dispatch(step)
             return
     from_state = instance.state
     instance.finish_compensation(unit.now)
@@ -683,10 +683,11 @@ def sweep(now: datetime | None = None) -> SweepReport:
         )
         if due:
             StepRun.objects.filter(pk__in=due).update(dispatched_at=now)
-            from orchestrator.services.unit import send_step
+            from orchestrator.services.unit import send_step, step_dispatch_options
 
+            options = step_dispatch_options(due)  # a re-send carries the step's queue and time limits too
             for step_id in due:
-                transaction.on_commit(partial(send_step, step_id, {}))
+                transaction.on_commit(partial(send_step, step_id, options.get(step_id, {})))
         report.dispatched = len(due)
 
     expired = list(
