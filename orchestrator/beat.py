@@ -23,7 +23,7 @@ class ModelEntry(schedulers.ModelEntry):
         the PeriodicTask field that points to it. Raises ``ValueError`` for a schedule type beat cannot store."""
         schedule = schedules.maybe_schedule(schedule)
         if type(schedule) is schedules.schedule:
-            seconds = schedule.run_every.total_seconds()
+            seconds = schedule.run_every.total_seconds()  # type: ignore[attr-defined]  # set in schedule.__init__
             if seconds != int(seconds):
                 every, period = round(seconds * 1_000_000), IntervalSchedule.MICROSECONDS
             else:

@@ -70,7 +70,7 @@ def database_session_checked(task: object, **_kwargs: object) -> None:
     for conn in connections.all(initialized_only=True):
         conn.close_if_unusable_or_obsolete()
         if conn.connection is not None and now - _session["used"] < CHECK_AFTER_IDLE:
-            conn.health_check_done = True  # checked by use a moment ago
+            conn.health_check_done = True  # type: ignore[attr-defined]  # checked by use a moment ago
 
 
 @task_postrun.connect

@@ -14,7 +14,7 @@ from orchestrator.services import engine
     acks_late=True,
     ignore_result=True,
     autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=0.5,
+    retry_backoff=1,
     retry_backoff_max=10,
     retry_jitter=False,
     max_retries=12,
