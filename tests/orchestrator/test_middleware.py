@@ -98,3 +98,39 @@ def test_a_session_the_database_dropped_costs_at_most_one_503(signed_in):
 
     # then
     assert statuses in ([200, 200, 200], [503, 200, 200])
+
+
+def test_an_error_raised_in_another_middleware_is_answered_503_too():
+    """Django turns an exception in an inner middleware (a session being saved) into a 500 before the outer
+    middleware sees it; the 500 made of an unreachable database becomes the 503 page."""
+    # given: an inner layer that fails on the database, wrapped by Django as it wraps every middleware
+    from django.core.handlers.exception import convert_exception_to_response
+    from django.db import OperationalError
+    from django.test import RequestFactory
+
+    from orchestrator.middleware import DatabaseUnavailableMiddleware
+
+    def session_save(_request):
+        raise OperationalError("connection failed: Connection refused")
+
+    outer = DatabaseUnavailableMiddleware(convert_exception_to_response(session_save))
+
+    # when
+    response = outer(RequestFactory().get("/instances/"))
+
+    # then
+    assert_unavailable(response)
+
+
+def test_other_errors_stay_errors():
+    from django.core.handlers.exception import convert_exception_to_response
+    from django.test import RequestFactory
+
+    from orchestrator.middleware import DatabaseUnavailableMiddleware
+
+    def broken(_request):
+        raise ValueError("a bug, not an outage")
+
+    response = DatabaseUnavailableMiddleware(convert_exception_to_response(broken))(RequestFactory().get("/"))
+
+    assert response.status_code == 500
