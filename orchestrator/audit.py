@@ -369,7 +369,7 @@ def verify_chain(events: list[AuditEvent], legacy_through: int = 0) -> ChainBrea
 
 def legacy_boundary() -> tuple[int, str]:
     """The highest event id that may be unkeyed, from the keyed ``audit.keyed`` event of the ``audit`` chain
-    (migration 0006 wrote it when keying began), and a note. 0 when that chain is missing or broken: then no
+    (migration 0007 wrote it when keying began), and a note. 0 when that chain is missing or broken: then no
     unkeyed event is accepted, so deleting the record cannot turn new events into legacy ones.
     """
     walk = ChainWalk(AUDIT_CHAIN, verifying_keys())

@@ -1,14 +1,16 @@
 """Django settings for Baton.
 
-Two modes, same code (docs/architecture.md):
-- embedded (no DATABASE_URL / REDIS_URL): SQLite, Celery on ``memory://``, in-memory channel layer,
-  everything in one process started by ``manage.py baton_embedded``;
-- real: PostgreSQL from DATABASE_URL, Redis from REDIS_URL, separate web, worker and beat processes.
+Two modes, same code (docs/architecture.md), chosen by ``BATON_MODE`` (README, "Production"):
+- demo: SQLite unless DATABASE_URL is set, Celery on ``memory://`` and an in-memory channel layer unless REDIS_URL is
+  set, everything in one process started by ``manage.py baton_demo``, the public demo key, DEBUG on;
+- production: PostgreSQL from DATABASE_URL, Redis from REDIS_URL, a secret key of its own, separate web, worker and
+  beat processes. A production start that lacks any of them is refused, naming everything missing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -17,12 +19,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def _missing(name: str) -> str:
-    raise RuntimeError(f"Set {name} when running with REDIS_URL (production mode).")
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -33,17 +32,52 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+# --- Mode and start-up checks ---------------------------------------------------------------------------
+def env_seconds(name: str, default: float, *, minimum: float, maximum: float = 86_400 * 365) -> float:
+    """A duration in seconds from the environment, as a float; junk, NaN, infinities and values outside
+    [``minimum``, ``maximum``] stop the start with a message naming the variable (never a silent truncation)."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number of seconds.") from None
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ImproperlyConfigured(f"{name}={raw!r}: give a number of seconds from {minimum:g} to {maximum:g}.")
+    return value
+
+
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Explicit, or by the one rule: no DATABASE_URL and no REDIS_URL is the demo, anything else is production.
+BATON_MODE = os.environ.get("BATON_MODE", "").strip().lower() or ("production" if DATABASE_URL or REDIS_URL else "demo")
+DEMO_SECRET_KEY = "baton-embedded-demo-key-not-for-production"  # noqa: S105 (public on purpose, demo only)
+_missing = []
+if BATON_MODE not in {"demo", "production"}:
+    _missing.append(f"BATON_MODE={BATON_MODE!r} (give demo or production)")
+if BATON_MODE == "production":
+    if not DATABASE_URL:
+        _missing.append("DATABASE_URL (the PostgreSQL database)")
+    if not REDIS_URL:
+        _missing.append("REDIS_URL (without it the broker is in-memory: no separate worker would see any work)")
+    if not os.environ.get("BATON_SECRET_KEY"):
+        _missing.append("BATON_SECRET_KEY (BATON_DEBUG does not replace it)")
+    elif os.environ["BATON_SECRET_KEY"] == DEMO_SECRET_KEY:
+        _missing.append("BATON_SECRET_KEY of your own (the demo key is public)")
+    if not os.environ.get("BATON_AUDIT_KEYS"):
+        _missing.append("BATON_AUDIT_KEYS (the audit trail's HMAC keys, id:secret; never the demo key)")
+if _missing:
+    raise ImproperlyConfigured(
+        f"Baton will not start in {BATON_MODE} mode; missing or wrong: "
+        + "; ".join(_missing)
+        + ". Set them (README, Production), or BATON_MODE=demo for the single-process demo."
+    )
+# One process with an in-memory broker and channel layer: only the demo may run without Redis.
 EMBEDDED = not REDIS_URL
-
-DEBUG = env_bool("BATON_DEBUG", default=EMBEDDED)
-# The embedded demo gets a fixed, clearly fake key; real deployments must set one.
-SECRET_KEY = os.environ.get("BATON_SECRET_KEY") or (
-    "baton-embedded-demo-key-not-for-production" if EMBEDDED or DEBUG else ""
-)
-if not SECRET_KEY:
-    raise RuntimeError("Set BATON_SECRET_KEY when running with REDIS_URL (production mode).")
+DEBUG = env_bool("BATON_DEBUG", default=BATON_MODE == "demo")
+SECRET_KEY = os.environ.get("BATON_SECRET_KEY") or DEMO_SECRET_KEY
+# --- end of mode and start-up checks -------------------------------------------------------------------
 
 ALLOWED_HOSTS = [h for h in os.environ.get("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("BATON_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
@@ -64,6 +98,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a page that failed on an unreachable database answers 503 with Retry-After (orchestrator/middleware.py).
+    "orchestrator.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -156,6 +192,18 @@ SESSION_COOKIE_SECURE = env_bool("BATON_SECURE_COOKIES", default=not DEBUG and n
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# --- TLS and a proxy in front (README, "Production") ------------------------------------------------------
+# Only behind a proxy that terminates TLS and sets these headers itself may they be believed: then the request
+# counts as https when the proxy says so, and the audit keeps the address the proxy saw (orchestrator/views.py).
+BATON_BEHIND_PROXY = env_bool("BATON_BEHIND_PROXY")
+if BATON_BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("BATON_SSL_REDIRECT", default=BATON_BEHIND_PROXY and SESSION_COOKIE_SECURE)
+# Off by default: a browser remembers HSTS for this long, so turn it on once https works (README).
+SECURE_HSTS_SECONDS = int(env_seconds("BATON_HSTS_SECONDS", 0, minimum=0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("BATON_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = env_bool("BATON_HSTS_PRELOAD")
+# --- end of TLS and proxy --------------------------------------------------------------------------------
 
 EMAIL_BACKEND = os.environ.get("BATON_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("BATON_FROM_EMAIL", "baton@localhost")
@@ -233,11 +281,20 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "baton"
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Keep the worker's PostgreSQL session across tasks: a new session per task halves throughput.
+CELERY_BEAT_SCHEDULER = "orchestrator.beat:DatabaseScheduler"
+# Keep the worker's PostgreSQL session across tasks: a new session per task halves throughput. This keeps
+# Celery's own Django fix-up from closing it after every task; orchestrator/celery.py checks and closes a broken
+# or stale session instead (README, "Production").
 CELERY_DB_REUSE_MAX = 100_000
 
-BATON_SWEEP_INTERVAL = float(os.environ.get("BATON_SWEEP_INTERVAL", "1.0"))
+# Kept as given (0.5 stays 0.5): orchestrator/beat.py stores a fractional interval in microseconds, which
+# django-celery-beat's integer column can hold up to 2147 s; whole seconds have no such bound.
+BATON_SWEEP_INTERVAL = env_seconds("BATON_SWEEP_INTERVAL", 1.0, minimum=0.1)
+if int(BATON_SWEEP_INTERVAL) != BATON_SWEEP_INTERVAL and BATON_SWEEP_INTERVAL > 2147:
+    raise ImproperlyConfigured(
+        f"BATON_SWEEP_INTERVAL={BATON_SWEEP_INTERVAL:g}: above 2147 s give whole seconds (the schedule table stores "
+        "a fractional interval in microseconds, in a 32-bit column)."
+    )
 CELERY_BEAT_SCHEDULE = {
     "baton-sweep": {"task": "orchestrator.tasks.sweep", "schedule": BATON_SWEEP_INTERVAL},
 }
@@ -253,9 +310,9 @@ BATON_WORKFLOW_MODULES = [
     if m
 ]
 # A scheduled step whose message has not been picked up after this long is dispatched again by the sweep.
-BATON_REDISPATCH_AFTER = float(os.environ.get("BATON_REDISPATCH_AFTER", "30"))
+BATON_REDISPATCH_AFTER = env_seconds("BATON_REDISPATCH_AFTER", 30.0, minimum=0.1)
 # Extra time on top of a step's timeout before its lease counts as lost.
-BATON_LEASE_GRACE = float(os.environ.get("BATON_LEASE_GRACE", "5"))
+BATON_LEASE_GRACE = env_seconds("BATON_LEASE_GRACE", 5.0, minimum=0.1)
 BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
 # The largest step result (bytes of JSON) the engine records; a larger one is a permanent failure of the step.
 BATON_MAX_RESULT_BYTES = int(os.environ.get("BATON_MAX_RESULT_BYTES", "1048576"))
@@ -268,7 +325,7 @@ BATON_LIVE_RECHECK = float(os.environ.get("BATON_LIVE_RECHECK", "5"))
 if not BATON_LIVE_RECHECK > 0:
     raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds above 0.")
 # Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
-BATON_DEMO = env_bool("BATON_DEMO", default=EMBEDDED)
+BATON_DEMO = env_bool("BATON_DEMO", default=BATON_MODE == "demo")
 # Absolute address of the dashboard, for links in e-mails.
 BATON_BASE_URL = os.environ.get("BATON_BASE_URL", "http://127.0.0.1:8000")
 
@@ -296,10 +353,9 @@ def parse_audit_keys(text: str) -> list[tuple[str, str]]:
 
 # The demo and tests sign with a fixed, clearly fake key; production must bring its own (kept out of the database
 # and apart from BATON_SECRET_KEY, so whoever holds one does not hold the other; README, "Production").
+# The start-up checks above refuse production without BATON_AUDIT_KEYS, so only the demo signs with this one.
 BATON_AUDIT_KEYS = parse_audit_keys(
-    os.environ.get("BATON_AUDIT_KEYS")
-    or ("demo:baton-demo-audit-key-not-for-production" if EMBEDDED or DEBUG else "")
-    or _missing("BATON_AUDIT_KEYS")
+    os.environ.get("BATON_AUDIT_KEYS") or "demo:baton-demo-audit-key-not-for-production"
 )
 # Signed seals of the chain heads go to this file (JSON Lines, appended and fsynced), or to the log when empty.
 BATON_AUDIT_SEAL_PATH = os.environ.get("BATON_AUDIT_SEAL_PATH", "")
@@ -319,7 +375,13 @@ if BATON_AUDIT_SEAL_INTERVAL > 0:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        # Tracebacks bounded in chain and frames: errors during an outage must not repeat the ones before them.
+        "plain": {
+            "()": "orchestrator.logformat.BoundedFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("BATON_LOG_LEVEL", "INFO")},
     "loggers": {

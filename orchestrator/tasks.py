@@ -1,11 +1,24 @@
 """Celery entry points: they take ids and call services; the services decide whether there is work."""
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from orchestrator.services import engine
 
 
-@shared_task(name="orchestrator.tasks.step_run", acks_late=True, ignore_result=True)
+# A database that cannot be reached (restarting, failing over) is worth waiting for: the message goes back to the
+# broker with the same options (queue and time limits) and a growing delay, instead of being consumed and lost
+# until the sweep re-sends it. The session it broke is closed after the task (orchestrator/celery.py).
+@shared_task(
+    name="orchestrator.tasks.step_run",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=1,
+    retry_backoff_max=10,
+    retry_jitter=False,
+    max_retries=12,
+)
 def step_run(step_id: int) -> str:
     """Look at step ``step_id``: run it if PostgreSQL says it is due."""
     return engine.step_execute(step_id)

@@ -84,6 +84,16 @@ class Broker:
             ids.append(int(args[0]))
         return ids
 
+    def time_limits(self, queue: str | None = None) -> dict[int, tuple[float | None, float | None]]:
+        """``{step id: (soft, hard)}`` time limits of the ``step_run`` messages waiting in ``queue``."""
+        limits = {}
+        for raw in self.client.lrange(queue or self.queue, 0, -1):
+            message = json.loads(raw)
+            if message["headers"].get("task") == "orchestrator.tasks.step_run":
+                hard, soft = message["headers"].get("timelimit") or (None, None)
+                limits[int(json.loads(base64.b64decode(message["body"]))[0][0])] = (soft, hard)
+        return limits
+
 
 @pytest.fixture
 def broker() -> Broker:

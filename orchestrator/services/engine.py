@@ -45,7 +45,7 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.services.results import check_result, clean_text
-from orchestrator.services.unit import FENCE, Fenced, Unit
+from orchestrator.services.unit import FENCE, Fenced, Unit, step_limits
 
 logger = logging.getLogger(__name__)
 
@@ -237,8 +237,8 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
 
 
 def _lease(node: Node, now: datetime) -> datetime:
-    timeout = node.timeout if isinstance(node, Task) else 60.0
-    return now + timedelta(seconds=timeout + settings.BATON_LEASE_GRACE)
+    # Past the hard time limit, so a late worker is fenced, never raced (unit.step_limits).
+    return now + timedelta(seconds=step_limits(node)[2])
 
 
 def _claimed(instance: WorkflowInstance, step: StepRun, node: Node) -> Claim:
@@ -583,7 +583,7 @@ def enter_node(
         else:
             rows.insert(step)
         unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"node": node.name})
-        unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+        unit.dispatch(step)
     elif isinstance(node, Timer):
         due = unit.now + node.wait if node.wait is not None else node.until(dict(instance.data))  # type: ignore[misc]
         if not isinstance(due, datetime) or timezone.is_naive(due):
@@ -804,7 +804,7 @@ def _compensation_next(unit: Unit, workflow: Workflow) -> None:
                 step.state,
                 payload={"compensates": original.pk},
             )
-            unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+            unit.dispatch(step)
             return
     from_state = instance.state
     instance.finish_compensation(unit.now)
@@ -924,10 +924,11 @@ def _dispatch_due(now: datetime, batch: int) -> int:
         )
         if due:
             StepRun.objects.filter(pk__in=due).update(dispatched_at=now)
-            from orchestrator.services.unit import send_step
+            from orchestrator.services.unit import send_step, step_dispatch_options
 
+            options = step_dispatch_options(due)  # a re-send carries the step's queue and time limits too
             for step_id in due:
-                transaction.on_commit(partial(send_step, step_id, {}))
+                transaction.on_commit(partial(send_step, step_id, options.get(step_id, {})))
         return len(due)
 
 

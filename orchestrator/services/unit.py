@@ -105,16 +105,15 @@ class Unit:
             )
         )
 
-    def dispatch(self, step: StepRun, *, queue: str | None = None, timeout: float | None = None) -> None:
-        """Send "look at step X" after commit."""
-        options: dict[str, Any] = {}
-        if queue:
-            options["queue"] = queue
-        if timeout:
-            # The prefork pool enforces these; the lease (DESIGN.md rule 2) covers pools that cannot.
-            options["soft_time_limit"] = timeout
-            options["time_limit"] = timeout + 5
-        self.dispatches.append((step.pk, options))
+    def dispatch(self, step: StepRun) -> None:
+        """Send "look at step X" after commit, with its node's queue and time limits (:func:`dispatch_options`)."""
+        from orchestrator import registry
+
+        try:
+            node = registry.get(self.instance.workflow_name, self.instance.workflow_version).node(step.name)
+        except Exception:
+            node = None  # the definition is gone: the claim records why the step cannot run
+        self.dispatches.append((step.pk, dispatch_options(node)))
         self.scheduled_work = True
 
     def fence(self, step: StepRun, fields: list[str]) -> None:
@@ -194,6 +193,62 @@ class Unit:
             f"{instance.title or instance}: {outcome}",
             url=reverse("instance_detail", args=[instance.pk]),
         )
+
+
+# --- time limits and leases (docs/architecture.md, "Time limits and leases") ---------------------------------
+
+# Seconds from a step's soft time limit (its node's timeout: the handler gets SoftTimeLimitExceeded and its failure
+# is recorded) to its hard one (the pool kills the process).
+HARD_LIMIT_MARGIN = 5.0
+# Timers and decisions run no handler: the claim and the record only.
+NO_HANDLER_TIMEOUT = 60.0
+
+
+def step_limits(node: Any) -> tuple[float, float, float]:
+    """``(soft, hard, lease)`` in seconds for a step of ``node`` (a dsl node, or None when its definition is gone).
+
+    soft < hard < lease: a late handler is stopped by its soft limit and records a failure, a stuck one is killed at
+    the hard limit, and only after that, ``BATON_LEASE_GRACE`` seconds later, does the sweep count the lease as lost
+    and schedule the next attempt. The clocks start at message receipt (limits) and at the claim (lease), which comes
+    after it, so a worker that comes back after its lease expired can only be fenced by the attempt number, never find
+    a second attempt running beside a process the pool has not yet killed.
+    """
+    from django.conf import settings
+
+    from orchestrator.dsl import Task
+
+    soft = node.timeout if isinstance(node, Task) else NO_HANDLER_TIMEOUT
+    hard = soft + HARD_LIMIT_MARGIN
+    return soft, hard, hard + settings.BATON_LEASE_GRACE
+
+
+def dispatch_options(node: Any) -> dict[str, Any]:
+    """Celery ``apply_async`` options for a step of ``node``: its queue and time limits. Every send of a step, first,
+    retry or the sweep's re-send, uses these."""
+    if node is None:
+        return {}
+    soft, hard, _ = step_limits(node)
+    options: dict[str, Any] = {"soft_time_limit": soft, "time_limit": hard}
+    if getattr(node, "queue", None):
+        options["queue"] = node.queue
+    return options
+
+
+def step_dispatch_options(step_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """:func:`dispatch_options` for each of ``step_ids`` (one query), for senders that hold only ids (the sweep)."""
+    from orchestrator import registry
+
+    found = StepRun.objects.filter(pk__in=step_ids).values_list(
+        "pk", "name", "instance__workflow_name", "instance__workflow_version"
+    )
+    options: dict[int, dict[str, Any]] = {}
+    for step_id, name, workflow_name, version in found:
+        try:
+            node = registry.get(workflow_name, version).node(name)
+        except Exception:
+            node = None
+        options[step_id] = dispatch_options(node)
+    return options
 
 
 def send_step(step_id: int, options: dict[str, Any]) -> None:

@@ -290,7 +290,7 @@ def test_failed_compensation_escalates_to_operators(users, run_steps):
 # --- fencing --------------------------------------------------------------------------------------------
 
 
-def test_a_worker_that_lost_its_lease_cannot_record(run_steps, settings):
+def test_a_worker_that_lost_its_lease_cannot_record(run_steps):
     """After the sweep expires a lease, the stale attempt's outcome is fenced off and writes nothing."""
     # given: attempt 1 is claimed, then its lease runs out and the sweep schedules a retry
     instance = instance_start("order_fulfilment", OrderInputFactory())
@@ -298,7 +298,7 @@ def test_a_worker_that_lost_its_lease_cannot_record(run_steps, settings):
     stale = engine.step_claim(step.pk)
     assert stale is not None
     assert stale.attempt == 1
-    later = timezone.now() + timedelta(seconds=step_timeout(instance) + settings.BATON_LEASE_GRACE + 1)
+    later = timezone.now() + timedelta(seconds=step_lease(instance) + 1)
     report = engine.sweep(now=later)
     step.refresh_from_db()
     assert report.leases_expired == 1
@@ -316,13 +316,13 @@ def test_a_worker_that_lost_its_lease_cannot_record(run_steps, settings):
     assert not instance.steps.filter(name="charge_payment").exists()
 
 
-def test_the_retry_of_a_lost_attempt_records_while_the_stale_one_stays_fenced(settings):
+def test_the_retry_of_a_lost_attempt_records_while_the_stale_one_stays_fenced():
     """Attempt 2 (re-claimed after the lease expired) records; a late result of attempt 1 is dropped."""
     # given
     instance = instance_start("order_fulfilment", OrderInputFactory())
     step = instance.steps.get(name="reserve_inventory")
     stale = engine.step_claim(step.pk)
-    later = timezone.now() + timedelta(seconds=step_timeout(instance) + settings.BATON_LEASE_GRACE + 1)
+    later = timezone.now() + timedelta(seconds=step_lease(instance) + 1)
     engine.sweep(now=later)
     step.refresh_from_db()
     fresh = engine.step_claim(step.pk, now=step.due_at)
@@ -340,8 +340,11 @@ def test_the_retry_of_a_lost_attempt_records_while_the_stale_one_stays_fenced(se
     assert len(events_of(step, "step.succeeded")) == 1
 
 
-def step_timeout(instance) -> float:
-    return engine.definition_of(instance).node("reserve_inventory").timeout
+def step_lease(instance) -> float:
+    """Seconds from a claim of reserve_inventory to the end of its lease (past its hard time limit)."""
+    from orchestrator.services.unit import step_limits
+
+    return step_limits(engine.definition_of(instance).node("reserve_inventory"))[2]
 
 
 def instance_audit_seq(instance) -> int:

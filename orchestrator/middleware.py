@@ -1,0 +1,63 @@
+"""Pages during a database outage: 503 with Retry-After, and back by themselves once the database is.
+
+A request whose database work fails because the database cannot be reached (refused, restarting, a session it
+dropped) gets a short "try again in a moment" page with status 503 and ``Retry-After``, instead of a 500 that tells
+monitors and people that Baton itself is broken. Django closes the failed session when the request ends
+(``close_old_connections``, the session saw an error) and checks a kept one before the next request uses it
+(``CONN_HEALTH_CHECKS``), so the next request after the database is back works without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from django.core.signals import got_request_exception
+from django.db import InterfaceError, OperationalError
+from django.dispatch import receiver
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client is asked to wait: about what a PostgreSQL restart or failover takes.
+RETRY_AFTER = 10
+UNREACHABLE = (OperationalError, InterfaceError)
+
+
+def unavailable() -> HttpResponse:
+    """The 503 page: rendered without a request, so without context processors that would query the database."""
+    response = HttpResponse(render_to_string("503.html", {"retry_after": RETRY_AFTER}), status=503)
+    response["Retry-After"] = str(RETRY_AFTER)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@receiver(got_request_exception, dispatch_uid="baton-database-unreachable")
+def _note_unreachable(sender: object, request: HttpRequest | None = None, **_kwargs: Any) -> None:
+    # Sent while Django handles an exception raised in any middleware or view; the exception is the current one.
+    if request is not None and isinstance(sys.exc_info()[1], UNREACHABLE):
+        request._baton_database_unreachable = True  # type: ignore[attr-defined]
+
+
+class DatabaseUnavailableMiddleware:
+    """Turns a request that failed on an unreachable database into :func:`unavailable`. First in MIDDLEWARE, so it
+    also sees the 500 Django made of an error raised in another middleware (a session being read or saved)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code == 500 and getattr(request, "_baton_database_unreachable", False):
+            return unavailable()
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A view's error: answered here, before Django's debug page or handler500 sees it."""
+        if isinstance(exception, UNREACHABLE):
+            logger.warning("database unreachable for %s %s: %s", request.method, request.path, exception)
+            return unavailable()
+        return None

@@ -1,0 +1,308 @@
+"""Configuration says what it does: the mode, start-up refusals, the sweep interval, TLS behind a proxy, and the
+README's table of variables (README, "Production")."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import RequestFactory, override_settings
+from django.utils.crypto import get_random_string
+
+from orchestrator.views import request_meta
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION = {
+    "DATABASE_URL": "postgres://baton@db.invalid/baton",
+    "REDIS_URL": "redis://redis.invalid:6379/0",
+    "BATON_SECRET_KEY": "a-key-of-our-own-" + "x" * 40,
+    "BATON_AUDIT_KEYS": "k1:" + "y" * 40,
+}
+
+
+def start(env: dict[str, str], *names: str, command: str = "") -> subprocess.CompletedProcess[str]:
+    """Load orchestrator.settings in a fresh interpreter with only ``env`` (no variable leaks in from the tests)
+    and print the settings ``names`` as JSON, or run ``manage.py command``."""
+    clean = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "orchestrator.settings"}
+    if command:
+        args = [sys.executable, str(ROOT / "manage.py"), *command.split()]
+    else:
+        code = (
+            "from django.conf import settings; import json; "
+            f"print(json.dumps({{n: getattr(settings, n, None) for n in {list(names)!r}}}, default=str))"
+        )
+        args = [sys.executable, "-c", code]
+    return subprocess.run(args, env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def settings_in(env: dict[str, str], *names: str) -> dict:
+    done = start(env, *names)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def refusal(env: dict[str, str]) -> str:
+    done = start(env, "DEBUG")
+    assert done.returncode != 0, f"started with {env}: {done.stdout}"
+    assert "ImproperlyConfigured" in done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+# --- the mode -------------------------------------------------------------------------------------------
+
+
+def test_nothing_set_is_the_demo_with_debug_and_the_public_key():
+    # when
+    found = settings_in({}, "BATON_MODE", "DEBUG", "SECRET_KEY", "EMBEDDED", "CELERY_BROKER_URL")
+
+    # then
+    assert found["BATON_MODE"] == "demo"
+    assert found["DEBUG"] is True
+    assert found["SECRET_KEY"] == "baton-embedded-demo-key-not-for-production"
+    assert found["CELERY_BROKER_URL"].startswith("memory://")
+
+
+@pytest.mark.parametrize(
+    ("env", "named", "not_named"),
+    [
+        # DATABASE_URL alone used to give DEBUG, the public key and an in-memory broker no worker sees.
+        ({"DATABASE_URL": PRODUCTION["DATABASE_URL"]}, ["REDIS_URL", "BATON_SECRET_KEY"], ["DATABASE_URL"]),
+        ({"REDIS_URL": PRODUCTION["REDIS_URL"]}, ["DATABASE_URL", "BATON_SECRET_KEY"], ["REDIS_URL"]),
+        # BATON_DEBUG=1 used to start on the public key.
+        (
+            {"DATABASE_URL": PRODUCTION["DATABASE_URL"], "REDIS_URL": PRODUCTION["REDIS_URL"], "BATON_DEBUG": "1"},
+            ["BATON_SECRET_KEY"],
+            ["DATABASE_URL", "REDIS_URL"],
+        ),
+        ({"BATON_MODE": "production"}, ["DATABASE_URL", "REDIS_URL", "BATON_SECRET_KEY"], []),
+        (
+            {**PRODUCTION, "BATON_SECRET_KEY": "baton-embedded-demo-key-not-for-production"},
+            ["BATON_SECRET_KEY of your own"],
+            ["DATABASE_URL", "REDIS_URL"],
+        ),
+        ({"BATON_MODE": "prod"}, ["BATON_MODE='prod'"], []),
+    ],
+)
+def test_a_half_configured_production_start_is_refused_naming_everything_missing(env, named, not_named):
+    # when
+    message = refusal(env)
+
+    # then
+    for name in named:
+        assert name in message
+    for name in not_named:
+        assert f"{name} (" not in message
+
+
+def test_a_complete_production_start_has_no_debug_and_its_own_key():
+    found = settings_in(PRODUCTION, "BATON_MODE", "DEBUG", "SECRET_KEY", "SESSION_COOKIE_SECURE", "BATON_DEMO")
+
+    assert found == {
+        "BATON_MODE": "production",
+        "DEBUG": False,
+        "SECRET_KEY": PRODUCTION["BATON_SECRET_KEY"],
+        "SESSION_COOKIE_SECURE": True,
+        "BATON_DEMO": False,
+    }
+
+
+def test_the_demo_may_be_chosen_explicitly_on_postgresql_without_redis():
+    found = settings_in({"BATON_MODE": "demo", "DATABASE_URL": PRODUCTION["DATABASE_URL"]}, "DEBUG", "EMBEDDED")
+
+    assert found == {"DEBUG": True, "EMBEDDED": True}
+
+
+# --- durations ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0.5", "1.5", "0.25", "2", "7.125"])
+def test_the_sweep_interval_is_kept_as_given(value):
+    found = settings_in({"BATON_SWEEP_INTERVAL": value}, "BATON_SWEEP_INTERVAL", "CELERY_BEAT_SCHEDULE")
+
+    assert found["BATON_SWEEP_INTERVAL"] == float(value)
+    assert found["CELERY_BEAT_SCHEDULE"]["baton-sweep"]["schedule"] == float(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BATON_SWEEP_INTERVAL", "0"),
+        ("BATON_SWEEP_INTERVAL", "-1"),
+        ("BATON_SWEEP_INTERVAL", "0.01"),
+        ("BATON_SWEEP_INTERVAL", "nan"),
+        ("BATON_SWEEP_INTERVAL", "inf"),
+        ("BATON_SWEEP_INTERVAL", "1s"),
+        ("BATON_SWEEP_INTERVAL", "3000.5"),
+        ("BATON_REDISPATCH_AFTER", "soon"),
+        ("BATON_LEASE_GRACE", "-5"),
+        ("BATON_HSTS_SECONDS", "a year"),
+    ],
+)
+def test_a_duration_that_cannot_be_honoured_is_refused_at_start(name, value):
+    message = refusal({name: value})
+
+    assert f"{name}=" in message
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("seconds", "every", "period"),
+    [(0.5, 500_000, "microseconds"), (1.5, 1_500_000, "microseconds"), (2.0, 2, "seconds")],
+)
+def test_beat_stores_the_sweep_interval_exactly(seconds, every, period):
+    """django-celery-beat's own entry stored 0.5 s as 0 s and 1.5 s as 1 s."""
+    from orchestrator.beat import ModelEntry
+    from orchestrator.celery import app
+
+    # when
+    entry = ModelEntry.from_entry("baton-sweep", app=app, task="orchestrator.tasks.sweep", schedule=seconds)
+
+    # then
+    assert (entry.model.interval.every, entry.model.interval.period) == (every, period)
+    assert entry.schedule.run_every == timedelta(seconds=seconds)
+
+
+def test_beat_runs_with_the_exact_scheduler():
+    from django.conf import settings
+
+    assert settings.CELERY_BEAT_SCHEDULER == "orchestrator.beat:DatabaseScheduler"
+    assert "beat --scheduler orchestrator.beat:DatabaseScheduler" in (ROOT / "Makefile").read_text()
+
+
+# --- demo accounts --------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_demo_data_is_refused_in_production_unless_forced(django_user_model):
+    # given: the tests run in production mode (DATABASE_URL and REDIS_URL set)
+    from django.conf import settings
+
+    assert settings.BATON_MODE == "production"
+
+    # when / then
+    with pytest.raises(CommandError, match="--force"):
+        call_command("baton_demo_data")
+    assert not django_user_model.objects.filter(username="manager").exists()
+
+    # when forced
+    call_command("baton_demo_data", "--force")
+
+    # then
+    assert django_user_model.objects.filter(username="manager").exists()
+
+
+# --- TLS and a proxy ------------------------------------------------------------------------------------
+
+
+def test_behind_a_proxy_https_is_believed_only_when_configured():
+    direct = settings_in(PRODUCTION, "SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT")
+    proxied = settings_in({**PRODUCTION, "BATON_BEHIND_PROXY": "1"}, "SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT")
+
+    assert direct == {"SECURE_PROXY_SSL_HEADER": None, "SECURE_SSL_REDIRECT": False}
+    assert proxied == {"SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"], "SECURE_SSL_REDIRECT": True}
+
+
+def test_make_web_passes_proxy_headers_to_daphne_only_behind_a_proxy():
+    def web_command(value: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "web"],
+            cwd=ROOT,
+            env={**os.environ, "BATON_BEHIND_PROXY": value},
+            capture_output=True,
+            text=True,
+        )
+        line = done.stdout.split("daphne", 1)[1]
+        return subprocess.run(
+            ["bash", "-c", f"echo {line}"],
+            env={**os.environ, "BATON_BEHIND_PROXY": value},
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    assert "--proxy-headers" in web_command("1")
+    assert "--proxy-headers" in web_command("Yes")
+    assert "--proxy-headers" not in web_command("0")
+
+
+@pytest.mark.parametrize(("behind_proxy", "expected"), [(False, "10.0.0.9"), (True, "203.0.113.7")])
+def test_the_audit_records_the_forwarded_address_only_behind_a_proxy(behind_proxy, expected):
+    # given: a client that claims to be 198.51.100.1, behind a proxy at 10.0.0.9 that saw 203.0.113.7
+    request = RequestFactory().post(
+        "/tasks/1/claim/", REMOTE_ADDR="10.0.0.9", HTTP_X_FORWARDED_FOR="198.51.100.1, 203.0.113.7"
+    )
+
+    # when
+    with override_settings(BATON_BEHIND_PROXY=behind_proxy):
+        meta = request_meta(request)
+
+    # then
+    assert meta["ip"] == expected
+
+
+def documented_production_env() -> dict[str, str]:
+    """The ``export`` lines of README's production block, with a real random key for ``...``."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- production-env", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    env = {}
+    for line in block.splitlines():
+        if line.startswith("export "):
+            for pair in shlex.split(line.removeprefix("export ")):
+                name, value = pair.split("=", 1)
+                env[name] = value
+    env["BATON_SECRET_KEY"] = get_random_string(60)
+    env["BATON_AUDIT_KEYS"] = "k1:" + get_random_string(40)  # the README's line makes one with openssl
+    return env
+
+
+def test_check_deploy_passes_with_the_documented_production_settings():
+    # given
+    env = documented_production_env()
+    assert env["BATON_BEHIND_PROXY"] == "1"
+
+    # when
+    done = start(env, command="check --deploy --fail-level WARNING")
+
+    # then
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+
+
+def test_check_deploy_warns_without_them():
+    done = start(PRODUCTION, command="check --deploy --fail-level WARNING")
+
+    assert done.returncode != 0
+    assert "SECURE_HSTS_SECONDS" in done.stderr + done.stdout
+
+
+# --- the README's table ---------------------------------------------------------------------------------
+
+ENV_READ = re.compile(
+    r"""(?:environ\.get|environ\.setdefault|environ\[|getenv|env_bool|env_seconds)\(?\s*["'](BATON_[A-Z0-9_]+)"""
+)
+MAKE_READ = re.compile(r"\$\$\{(BATON_[A-Z0-9_]+)|\$\((BATON_[A-Z0-9_]+)\)")
+
+
+def test_every_variable_the_code_reads_is_in_the_readme_table():
+    # given
+    files = subprocess.run(["git", "ls-files", "*.py", "Makefile", ".ci/run"], cwd=ROOT, capture_output=True, text=True)
+    read: dict[str, str] = {}
+    for name in files.stdout.split():
+        text = (ROOT / name).read_text()
+        for match in [*ENV_READ.finditer(text), *(MAKE_READ.finditer(text) if not name.endswith(".py") else [])]:
+            read.setdefault(next(g for g in match.groups() if g), name)
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `BATON_")]
+    documented = set(re.findall(r"`(BATON_[A-Z0-9_]+)`", "\n".join(row.split("|")[1] for row in rows)))
+
+    # then
+    assert len(read) > 20  # the scan finds the reads at all
+    missing = {name: where for name, where in read.items() if name not in documented}
+    assert not missing, f"read but not in README's table: {missing}"
