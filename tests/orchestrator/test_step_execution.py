@@ -279,7 +279,11 @@ def test_failed_compensation_escalates_to_operators(run_steps):
     escalation = HumanTask.objects.get(instance=instance)
     assert (escalation.kind, escalation.state, escalation.step_id) == (TaskKind.ESCALATION, TaskState.OPEN, refund.pk)
     assert list(escalation.candidate_groups.values_list("name", flat=True)) == ["operators"]
-    assert escalation.title.startswith("Resolve: Compensation of charge_payment failed")
+    # a title a manager understands: the order it is about and what to do, not the engine's error text
+    assert escalation.title == f"{instance.title}: refund payment failed and must be finished by hand"
+    assert instance.title.startswith(f"Order {instance.data['order_id']} for ")
+    assert "Compensation of" not in escalation.title
+    assert escalation.description == refund.error  # the engine text stays, where an operator reads it
     # the stock is not released behind the failed refund's back: compensation goes one step at a time
     assert instance.steps.get(name="reserve_inventory", kind=StepKind.TASK).state == StepState.SUCCEEDED
     assert not ledger(instance, "inventory", "release")
