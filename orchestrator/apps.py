@@ -6,6 +6,10 @@ class OrchestratorConfig(AppConfig):
     verbose_name = "Baton engine"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+
         from orchestrator import registry
+        from orchestrator.dbtypes import tolerate_out_of_range_timestamps
 
         registry.load_modules()
+        connection_created.connect(tolerate_out_of_range_timestamps, dispatch_uid="baton-tolerant-timestamps")
