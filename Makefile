@@ -17,8 +17,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 ## Embedded demo: SQLite, in-memory broker and channel layer, one process with a worker and a beat thread.
+# `make demo PORT=8001 HOST=0.0.0.0`: another port or address (the defaults serve http://127.0.0.1:8000).
+PORT ?= 8000
+HOST ?= 127.0.0.1
 demo: install
-	$(PY) manage.py baton_demo
+	$(PY) manage.py baton_demo --host $(HOST) --port $(PORT)
 
 ## Production processes: need DATABASE_URL, REDIS_URL and BATON_SECRET_KEY (README, "Production").
 web: install
