@@ -109,8 +109,10 @@ def inbox(request: AuthedRequest) -> HttpResponse:
     now = timezone.now()
     page = selectors.page_of(_base_queryset(request.user, query).values(*selectors.row_fields(tab)), query)
     page = replace(page, tasks=_task_rows(page.tasks, now))
-    for error in query.errors:
-        messages.warning(request, error)
+    if not (request.htmx and request.htmx.target == "task-list"):
+        # A live re-fetch of the rows shows no messages: they would pile up for the person's next page.
+        for error in query.errors:
+            messages.warning(request, error)
     context = {
         "tab": tab,
         "page": page,

@@ -77,8 +77,10 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
     filters_form.is_valid()
     filters = filters_form.filters()
     state, workflow, query = filters["state"], filters["workflow"], filters["q"].strip()
-    for problem in filters_form.messages():
-        messages.warning(request, problem)
+    partial = bool(request.htmx and request.htmx.target == "instance-rows")
+    if not partial:  # a live re-fetch of the rows shows no messages: they would pile up for the next page
+        for problem in filters_form.messages():
+            messages.warning(request, problem)
     if state:
         qs = qs.filter(state=state)
     if workflow:
@@ -97,8 +99,9 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
         "workflows": registry.latest_all(),
         "active_nav": "instances",
     }
-    template = "orchestrator/_instance_rows.html" if request.htmx and request.htmx.target == "instance-rows" else None
-    return render(request, template or "orchestrator/instance_list.html", context)
+    return render(
+        request, "orchestrator/_instance_rows.html" if partial else "orchestrator/instance_list.html", context
+    )
 
 
 def _instance_or_404(request: AuthedRequest, instance_id: int) -> Any:

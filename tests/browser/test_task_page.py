@@ -174,3 +174,42 @@ class TaskPageTests(BrowserTestCase):
             for name, viewport in (("404.png", DESKTOP), ("404-phone.png", PHONE)):
                 page.set_viewport_size(viewport)
                 screenshot(page, self.tmp_path, name)
+
+
+class OperatorPageTests(BrowserTestCase):
+    def test_a_pause_until_year_10000_is_refused_on_the_page_with_the_reason_kept(self):
+        """The operator's pause form comes back with the range and the reason as typed; the list with a NUL
+        search answers with a message."""
+        # given
+        orm(grant_demo_permissions)
+        instance, _task = start_expense(self.users.manager)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator")
+            page.goto(f"/instances/{instance.pk}/")
+            page.get_by_label("Reason to pause").fill("Waiting for the supplier's credit note")
+            # A datetime-local input cannot hold an offset: set the raw value as a tampered post would.
+            page.locator("#pause-until").evaluate(
+                "(el) => { el.type = 'text'; el.value = '9999-12-31T23:59:59-23:59'; }"
+            )
+
+            # when
+            page.get_by_role("button", name="Pause").click()
+
+            # then
+            expect(page.locator("#messages")).to_contain_text("Resume at: enter a date between 2000-01-01")
+            expect(page.get_by_label("Reason to pause")).to_have_value("Waiting for the supplier's credit note")
+            for name, viewport in (("pause-refused.png", DESKTOP), ("pause-refused-phone.png", PHONE)):
+                page.set_viewport_size(viewport)
+                page.locator("#ops-title").scroll_into_view_if_needed()
+                screenshot(page, self.tmp_path, name)
+
+            page.set_viewport_size(DESKTOP)
+            response = page.goto("/instances/?q=%00&state=sideways")
+            assert response is not None
+            assert response.status == 200
+            expect(page.locator("#messages")).to_contain_text("Search:")
+            screenshot(page, self.tmp_path, "instances-junk.png")
+
+        instance.refresh_from_db()
+        assert instance.paused_until is None
