@@ -174,7 +174,7 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
     form = forms.BulkClaimForm(request.POST)
     ids = form.cleaned_data["task"] if form.is_valid() else []
     if form.errors:
-        messages.error(request, " ".join(form.errors["task"]))
+        messages.error(request, " ".join(map(str, form.errors["task"])))
         return redirect(f"{reverse('inbox')}?tab=queue")
     if not ids:
         messages.warning(request, "Select the tasks to claim first.")
@@ -207,7 +207,7 @@ def saved_view_create(request: AuthedRequest) -> HttpResponse:
         )
         messages.success(request, f"Saved view “{name}”" + (f", shared with {group.name}." if group else "."))
     else:
-        problems = [" ".join(errors) for errors in form.errors.values()] + query.errors
+        problems = [" ".join(map(str, errors)) for errors in form.errors.values()] + query.errors
         messages.error(request, " ".join(problems))
     return redirect(f"{reverse('inbox')}?{urlencode(query.as_params())}")
 
@@ -286,8 +286,8 @@ def _render_task(
                         form.add_error(name, errors)
     for posted_form in (decide_form, delegate_form, snooze_form):
         # The card sits beside the page's content: the message at the top says what to fix, the form where.
-        for errors in posted_form.errors.values() if posted_form is not None else ():
-            messages.error(request, " ".join(errors))
+        for posted_errors in posted_form.errors.values() if posted_form is not None else ():
+            messages.error(request, " ".join(map(str, posted_errors)))
     decide_form = decide_form or forms.DecideForm()
     for name, errors in (field_errors or {}).items():
         if name == "comment" and not decide_form.has_error("comment"):

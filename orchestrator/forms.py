@@ -72,7 +72,7 @@ class InstanceFilterForm(forms.Form):
     def messages(self) -> list[str]:
         """One line per invalid parameter, naming it and saying what was done instead."""
         return [
-            f"{self.fields[name].label}: {' '.join(errors)} Showing results without it."
+            f"{self.fields[name].label}: {' '.join(map(str, errors))} Showing results without it."
             for name, errors in self.errors.items()
         ]
 

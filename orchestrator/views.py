@@ -181,7 +181,7 @@ def instance_operate(request: AuthedRequest, instance_id: int, operation: str) -
     if not form.is_valid():
         # The forms sit low on the page: the message at the top says what to fix, the form shows where.
         for errors in form.errors.values():
-            messages.error(request, " ".join(errors))
+            messages.error(request, " ".join(map(str, errors)))
         return _render_detail(request, instance, operation=operation, operate_form=form, status=400)
     reason, until = form.cleaned_data["reason"], form.cleaned_data["until"]
     actor = Actor.of(request.user)
@@ -258,7 +258,7 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
             if selectors.instance_for_user(request.user, instance.pk) is not None:
                 return redirect("instance_detail", instance_id=instance.pk)
             return redirect(reverse("inbox"))
-    key_errors = options.errors.get("idempotency_key", [])
+    key_errors: list[str] = [str(e) for e in options.errors.get("idempotency_key", [])]
     for error in key_errors:
         form.add_error(None, error)
     context = {
