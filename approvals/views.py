@@ -139,6 +139,8 @@ def inbox(request: AuthedRequest) -> HttpResponse:
         "states": TaskState.choices,
         "sorts": [("due", "Due date"), ("priority", "Priority"), ("age", "Oldest first"), ("recent", "Recently done")],
         "saved_views": list(selectors.saved_views_for(request.user)),
+        # A refused "save view" comes back here with the name typed (saved_view_create).
+        "view_name": str(request.GET.get("view_name", "")).replace("\x00", "")[:200],
         "share_groups": selectors.user_groups(request.user),
         "active_nav": "inbox",
     }
@@ -209,6 +211,9 @@ def saved_view_create(request: AuthedRequest) -> HttpResponse:
     else:
         problems = [" ".join(map(str, errors)) for errors in form.errors.values()] + query.errors
         messages.error(request, " ".join(problems))
+        # The inbox opens the save form again with the name as typed (less a NUL nobody can see).
+        typed = str(request.POST.get("name", "")).replace("\x00", "")[:200]
+        return redirect(f"{reverse('inbox')}?{urlencode({**query.as_params(), 'view_name': typed})}")
     return redirect(f"{reverse('inbox')}?{urlencode(query.as_params())}")
 
 

@@ -267,6 +267,7 @@ def test_a_nul_in_a_view_name_is_a_message(roles):
     )
     assert response.status_code == 200
     assert shown(response) == [("danger", "Null characters are not allowed.")]
+    assert 'value="Mine"' in response.content.decode()  # the save form is open again with the name typed
     assert not SavedView.objects.exists()
 
 
