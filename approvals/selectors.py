@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -322,13 +322,14 @@ def _decode(cursor: str, sort: list[tuple[str, bool]]) -> list[Any] | None:
                 parsed = parse_datetime(str(value))
                 if parsed is None:
                     return None
-                values.append(parsed)
+                # In UTC: an offset PostgreSQL refuses (a tampered "-23:59") fails here, as a bad link, not there.
+                values.append(timezone.make_aware(parsed, UTC) if timezone.is_naive(parsed) else parsed.astimezone(UTC))
             elif value is None or isinstance(value, int):
                 values.append(value)
             else:
                 return None
         return values
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return None
 
 

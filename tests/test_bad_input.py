@@ -3,7 +3,9 @@ was typed; nothing reaches the database that it (or Python) cannot hold; stored 
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -324,3 +326,27 @@ def test_far_future_is_ten_years(roles):
     assert check_when(now + timedelta(days=365 * 9), "When", now=now)
     with pytest.raises(ValidationError):
         check_when(now + timedelta(days=365 * 11), "When", now=now)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["9999-12-31T23:59:59-23:59", 1, 1],  # an offset PostgreSQL refuses
+        ["0001-01-01T00:00:00+14:00", 1, 1],  # before year 1 in UTC
+        [None, 2**70, 2**70],  # past bigint
+    ],
+)
+def test_a_forged_page_link_is_a_message(roles, values):
+    """The inbox's keyset cursor is base64 JSON in the URL: a forged one shows the first page with a message."""
+    # given
+    task_of(expense(initiator=roles.manager))
+    cursor = base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+    # when
+    responses = [client_of(roles.staff).get("/inbox/", {"tab": tab, "after": cursor}) for tab in ("mine", "queue")]
+
+    # then
+    assert [r.status_code for r in responses] == [200, 200]
+    if values[0] is not None:  # past bigint is only a link beyond the last row: an empty page, no error
+        for response in responses:
+            assert ("warning", "That page link is no longer valid; showing the first page.") in shown(response)

@@ -7,6 +7,8 @@ characters, huge strings, unicode, negative and huge numbers, odd and out-of-ran
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from typing import Any
 
@@ -34,6 +36,21 @@ KNOWN_PARAMS = [
 FIELD_NAME = re.compile(r'<(?:input|select|textarea)[^>]*\sname="([^"]+)"')
 SKIPPED_PREFIXES = ("admin/",)  # Django's own admin: not Baton's pages
 
+ODD_DATES = [
+    "9999-12-31T23:59:59-23:59",
+    "9999-12-31T23:59:59+23:59",
+    "0001-01-01T00:00",
+    "1999-12-31T23:59",
+    "2030-02-30T09:00",
+    "2030-12-01T25:61",
+    "2030-12-01 09:00",
+    "2031-01-01T00:00Z",
+    "10000-01-01",
+    "2026-13-01",
+    "today",
+    "T",
+    "2030-12-01T09:00+99:99",
+]
 junk_text = st.one_of(
     st.text(max_size=40),
     st.text(max_size=10).map(lambda s: f"{s}\x00{s}"),
@@ -42,24 +59,12 @@ junk_text = st.one_of(
     ),
     st.integers().map(str),
     st.sampled_from(["-1", "0", "1", str(2**31), str(2**63), str(2**64), "9" * 30, "1e9", "NaN", "-0", "1.5"]),
-    st.sampled_from(
-        [
-            "9999-12-31T23:59:59-23:59",
-            "9999-12-31T23:59:59+23:59",
-            "0001-01-01T00:00",
-            "1999-12-31T23:59",
-            "2030-02-30T09:00",
-            "2030-12-01T25:61",
-            "2030-12-01 09:00",
-            "2031-01-01T00:00Z",
-            "10000-01-01",
-            "2026-13-01",
-            "today",
-            "T",
-            "2030-12-01T09:00+99:99",
-        ]
-    ),
+    st.sampled_from(ODD_DATES),
     st.integers(min_value=1000, max_value=20000).map(lambda n: "x" * n),
+    # Forged keyset cursors (the inbox's ``after``): base64 of JSON lists of odd values.
+    st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5), st.sampled_from(ODD_DATES)), max_size=4).map(
+        lambda values: base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+    ),
 )
 
 
