@@ -13,8 +13,9 @@ from playwright.sync_api import Page, expect
 from approvals.models import HumanTask, TaskState
 from approvals.services import task_claim, task_delegate
 from orchestrator.demo import GROUPS
+from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, orm
-from tests.browser.test_inbox import start_expense
+from tests.browser.test_inbox import EXPENSE, start_expense
 
 # Live budget for the card to show someone else's claim (the inbox promises a second for its rows; the card's
 # re-fetch is one more request).
@@ -172,6 +173,37 @@ class TaskPageTests(BrowserTestCase):
             assert response.status == 404
             expect(page.get_by_role("heading", name="This page does not exist")).to_be_visible()
             for name, viewport in (("404.png", DESKTOP), ("404-phone.png", PHONE)):
+                page.set_viewport_size(viewport)
+                screenshot(page, self.tmp_path, name)
+
+    def test_a_form_task_shows_its_errors_in_place_with_what_was_typed(self):
+        """The finance classification form: Bootstrap controls with labels above; submitting without a cost
+        centre marks that field, keeps the note and the comment."""
+        # given
+        from approvals.services import APPROVE, task_decide
+
+        instance = instance_start(
+            "expense_approval", {**EXPENSE, "category": "other", "amount": "800"}, initiator=self.users.operator
+        )
+        task_decide(HumanTask.objects.get(instance=instance, state=TaskState.OPEN).pk, self.users.staff, APPROVE)
+        classify = HumanTask.objects.get(instance=instance, state=TaskState.OPEN)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "manager")
+            page.goto(f"/tasks/{classify.pk}/")
+            expect(page.get_by_label("Cost centre")).to_have_class(re.compile(r"\bform-select\b"))
+            page.get_by_label("Note for payroll").fill("taxi to the airport")
+            page.get_by_label(re.compile("^Comment")).fill("Classified by hand")
+
+            # when
+            page.get_by_role("button", name="Submit").click()
+
+            # then
+            expect(page.get_by_label("Cost centre")).to_have_class(re.compile(r"\bis-invalid\b"))
+            expect(page.locator(".invalid-feedback").first).to_be_visible()
+            expect(page.get_by_label("Note for payroll")).to_have_value("taxi to the airport")
+            expect(page.get_by_label(re.compile("^Comment"))).to_have_value("Classified by hand")
+            for name, viewport in (("form-task-error.png", DESKTOP), ("form-task-error-phone.png", PHONE)):
                 page.set_viewport_size(viewport)
                 screenshot(page, self.tmp_path, name)
 
