@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 ## Embedded demo: SQLite, in-memory broker and channel layer, one process with a worker and a beat thread.
+# `make demo PORT=8001 HOST=0.0.0.0`: another port or address (the defaults serve http://127.0.0.1:8000).
+PORT ?= 8000
+HOST ?= 127.0.0.1
 demo: install
-	$(PY) manage.py baton_demo
+	$(PY) manage.py baton_demo --host $(HOST) --port $(PORT)
 
 ## Production processes: need DATABASE_URL, REDIS_URL, BATON_SECRET_KEY and BATON_AUDIT_KEYS (README, "Production").
 ## Behind a TLS proxy (BATON_BEHIND_PROXY=1) daphne takes the client's address from X-Forwarded-For.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -25,6 +25,7 @@ from approvals.models import (
     TaskCandidate,
     TaskState,
 )
+from orchestrator.inputs import SEARCH_MAX
 
 # Counts above this show as "99+": counting 100,000 queued rows on every page would cost more than it tells.
 COUNT_CAP = 100
@@ -184,7 +185,7 @@ class InboxQuery:
     @classmethod
     def parse(cls, params: Any, tab: str) -> InboxQuery:
         query = cls(tab=tab)
-        query.workflow = str(params.get("workflow", ""))[:100]
+        query.workflow = query._text(params, "workflow", "Workflow")
         raw_priority = params.get("priority", "")
         if raw_priority not in ("", None):
             try:
@@ -204,10 +205,13 @@ class InboxQuery:
             query.errors.append("Unknown state; showing all.")
             state = ""
         query.state = state
-        query.q = str(params.get("q", "")).strip()[:100]
+        query.q = query._text(params, "q", "Search")
         sort = params.get("sort", "")
+        if sort and sort not in SORTS:
+            query.errors.append("Unknown sort order; showing the default order.")
         query.sort = sort if sort in SORTS else ""
-        query.after = str(params.get("after", ""))[:300]
+        # A cursor is base64 of a short JSON list; anything else is reported when it fails to decode.
+        query.after = str(params.get("after", ""))[:300].replace("\x00", "")
         query.snoozed = params.get("snoozed") == "1"
         try:
             query.size = min(100, max(5, int(params.get("size", 25))))
@@ -215,6 +219,18 @@ class InboxQuery:
             query.size = 25
             query.errors.append("Unknown page size; showing 25 tasks a page.")
         return query
+
+    def _text(self, params: Any, name: str, label: str) -> str:
+        """A free-text parameter, stripped; a NUL character (PostgreSQL cannot compare text holding one) is
+        removed and text past SEARCH_MAX cut, each with a message, so the filter still applies as typed."""
+        value = str(params.get(name, "")).strip()
+        if "\x00" in value:
+            value = value.replace("\x00", "").strip()
+            self.errors.append(f"{label}: the invisible NUL character was removed.")
+        if len(value) > SEARCH_MAX:
+            value = value[:SEARCH_MAX]
+            self.errors.append(f"{label}: only the first {SEARCH_MAX} characters are used.")
+        return value
 
     @property
     def sort_key(self) -> str:
@@ -306,13 +322,14 @@ def _decode(cursor: str, sort: list[tuple[str, bool]]) -> list[Any] | None:
                 parsed = parse_datetime(str(value))
                 if parsed is None:
                     return None
-                values.append(parsed)
+                # In UTC: an offset PostgreSQL refuses (a tampered "-23:59") fails here, as a bad link, not there.
+                values.append(timezone.make_aware(parsed, UTC) if timezone.is_naive(parsed) else parsed.astimezone(UTC))
             elif value is None or isinstance(value, int):
                 values.append(value)
             else:
                 return None
         return values
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return None
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.urls import reverse
@@ -37,6 +38,7 @@ from approvals.selectors import is_manager
 from orchestrator import rows
 from orchestrator.audit import Actor
 from orchestrator.dsl import APPROVAL, Escalate, Human, Reassign, Remind
+from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, check_text, check_when
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services import engine
@@ -87,6 +89,14 @@ class TaskInvalid(TaskError):
         self.errors = errors or {}
 
 
+def _checked_text(value: str, what: str, max_length: int, field: str) -> str:
+    """``inputs.check_text`` with its refusal as a TaskInvalid naming ``field``."""
+    try:
+        return check_text(value, what, max_length)
+    except ValidationError as exc:
+        raise TaskInvalid(" ".join(exc.messages), {field: exc.messages}) from None
+
+
 # --- opening and closing, called by the engine inside its transaction ------------------------------------
 
 
@@ -135,6 +145,26 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
     return task
 
 
+def _escalation_title(unit: Unit, step: StepRun) -> str:
+    """A title a manager understands: the business reference (the instance's title, e.g. "Order 1042 for
+    ACME") and what went wrong in plain words; the engine's error text stays in the description and the audit.
+    """
+    node: Any = None
+    try:
+        node = engine.definition_of(unit.instance).node(step.name)
+    except Exception:
+        node = None
+    what = (getattr(node, "label", "") or step.name.replace("_", " ")).strip()
+    subject = unit.instance.title or f"Instance #{unit.instance.pk}"
+    if step.kind == StepKind.COMPENSATION:
+        undo = getattr(getattr(node, "compensate", None), "__name__", "")
+        undo = undo.replace("_", " ") if undo else f"undoing {what.lower()}"
+        text = f"{subject}: {undo} failed and must be finished by hand"
+    else:
+        text = f"{subject}: {what.lower()} failed and needs an operator's decision"
+    return text[:200]
+
+
 def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     """A failure nobody should leave silent: an escalation task for the operators."""
     groups = _groups([OPERATORS])
@@ -142,7 +172,7 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
         instance=unit.instance,
         step=step,
         kind=TaskKind.ESCALATION,
-        title=f"Resolve: {reason}"[:200],
+        title=_escalation_title(unit, step),
         description=step.error,
         priority=Priority.URGENT,
     )
@@ -366,6 +396,11 @@ def _cancel_tasks(unit: Unit, tasks: Any, reason: str) -> None:
         _announce(unit, task, "task.cancelled", "")
 
 
+# Events whose news reaches the one person it concerns as a notification (bell and toast): the candidates' and
+# the assignee's pages only refresh, so nobody sees a second toast, and nobody else reads "delegated to you".
+QUIET_ANNOUNCEMENTS = frozenset({"task.delegated"})
+
+
 def _announce(
     unit: Unit,
     task: HumanTask,
@@ -390,7 +425,7 @@ def _announce(
         targets.append(f"user.{task.assignee_id}")
     targets += [f"user.{u}" for u in users]
     event: dict[str, Any] = {"type": kind, "task": task.pk, "refresh": ["inbox", "counts", f"task-{task.pk}"]}
-    if message:
+    if message and kind not in QUIET_ANNOUNCEMENTS:
         event.update(message=message, level=level)
     unit.notify(targets, event)
 
@@ -539,9 +574,11 @@ def task_delegate(
     """Hand a task to another candidate (by its assignee or a manager, never the instance's initiator), with a
     note; ``request_meta`` goes into the audit event.
 
-    Raises TaskInvalid unless ``to_user`` is an active candidate who is neither the delegator nor the initiator
-    (a task parked with someone who cannot sign in, or handed to oneself, is no hand-over).
+    Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
+    candidate who is neither the delegator nor the initiator (a task parked with someone who cannot sign in, or
+    handed to oneself, is no hand-over); TaskForbidden, TaskConflict, TaskNotFound as the other actions.
     """
+    note = _checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
@@ -592,8 +629,12 @@ def task_decide(
     data: dict[str, Any] | None = None,
     request_meta: dict | None = None,
 ) -> HumanTask:
-    """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls."""
-    comment = (comment or "").strip()
+    """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls.
+
+    Raises TaskInvalid for a comment with a NUL or longer than ``inputs.COMMENT_MAX`` (whoever calls: the limit
+    is the service's, the page only shows it), a missing reject comment or form errors.
+    """
+    comment = _checked_text(comment, "Comment", COMMENT_MAX, "comment")
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
@@ -1086,6 +1127,10 @@ def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
 def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict | None = None) -> HumanTask:
     """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines);
     ``request_meta`` goes into the audit event."""
+    try:
+        until = check_when(until, "Snooze until")
+    except ValidationError as exc:
+        raise TaskInvalid(" ".join(exc.messages), {"until": exc.messages}) from None
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit

@@ -12,7 +12,6 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -22,14 +21,14 @@ from django.utils.dates import MONTHS_3
 from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
-from approvals import selectors, services
+from approvals import forms, selectors, services
 from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState, is_overdue
 from orchestrator import registry
 from orchestrator.dsl import Human
+from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 from orchestrator.selectors import steps_of
 from orchestrator.services import engine
 from orchestrator.templatetags.baton import duration, label
-from orchestrator.timeparse import parse_when
 from orchestrator.typing import AuthedRequest
 from orchestrator.views import request_meta
 
@@ -111,8 +110,10 @@ def inbox(request: AuthedRequest) -> HttpResponse:
     now = timezone.now()
     page = selectors.page_of(_base_queryset(request.user, query).values(*selectors.row_fields(tab)), query)
     page = replace(page, tasks=_task_rows(page.tasks, now))
-    for error in query.errors:
-        messages.warning(request, error)
+    if not (request.htmx and request.htmx.target == "task-list"):
+        # A live re-fetch of the rows shows no messages: they would pile up for the person's next page.
+        for error in query.errors:
+            messages.warning(request, error)
     context = {
         "tab": tab,
         "page": page,
@@ -139,6 +140,8 @@ def inbox(request: AuthedRequest) -> HttpResponse:
         "states": TaskState.choices,
         "sorts": [("due", "Due date"), ("priority", "Priority"), ("age", "Oldest first"), ("recent", "Recently done")],
         "saved_views": list(selectors.saved_views_for(request.user)),
+        # A refused "save view" comes back here with the name typed (saved_view_create).
+        "view_name": str(request.GET.get("view_name", "")).replace("\x00", "")[:200],
         "share_groups": selectors.user_groups(request.user),
         "active_nav": "inbox",
     }
@@ -171,7 +174,11 @@ def notifications(request: AuthedRequest) -> HttpResponse:
 @login_required
 def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
     """Claim the selected rows of the team queue."""
-    ids = [int(v) for v in request.POST.getlist("task") if v.isdigit()]
+    form = forms.BulkClaimForm(request.POST)
+    ids = form.cleaned_data["task"] if form.is_valid() else []
+    if form.errors:
+        messages.error(request, " ".join(map(str, form.errors["task"])))
+        return redirect(f"{reverse('inbox')}?tab=queue")
     if not ids:
         messages.warning(request, "Select the tasks to claim first.")
         return redirect(f"{reverse('inbox')}?tab=queue")
@@ -193,20 +200,25 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
 @login_required
 def saved_view_create(request: AuthedRequest) -> HttpResponse:
     """Save the current filters under a name, optionally shared with one of the user's groups."""
-    name = request.POST.get("name", "").strip()[:60]
+    form = forms.SavedViewForm(request.POST)
     tab = request.POST.get("tab", "mine")
     query = selectors.InboxQuery.parse(request.POST, tab if tab in TABS else "mine")
-    shared_with = request.POST.get("shared_with", "")
-    # Only a group the user belongs to; anything else (empty, not a number) saves a private view.
-    group = request.user.groups.filter(pk=int(shared_with)).first() if shared_with.isdigit() else None
-    if not name:
-        messages.error(request, "Give the view a name.")
-    else:
+    if form.is_valid() and not query.errors:
+        name = form.cleaned_data["name"]
+        shared_with = form.cleaned_data["shared_with"]
+        # Only a group the user belongs to; anything else saves a private view.
+        group = request.user.groups.filter(pk=shared_with).first() if shared_with else None
         params = {k: v for k, v in query.as_params().items() if k != "tab"}
         SavedView.objects.update_or_create(
             owner=request.user, name=name, defaults={"tab": query.tab, "params": params, "shared_with": group}
         )
         messages.success(request, f"Saved view “{name}”" + (f", shared with {group.name}." if group else "."))
+    else:
+        problems = [" ".join(map(str, errors)) for errors in form.errors.values()] + query.errors
+        messages.error(request, " ".join(problems))
+        # The inbox opens the save form again with the name as typed (less a NUL nobody can see).
+        typed = str(request.POST.get("name", "")).replace("\x00", "")[:200]
+        return redirect(f"{reverse('inbox')}?{urlencode({**query.as_params(), 'view_name': typed})}")
     return redirect(f"{reverse('inbox')}?{urlencode(query.as_params())}")
 
 
@@ -225,17 +237,14 @@ def saved_view_delete(request: AuthedRequest, view_id: int) -> HttpResponse:
 @login_required
 def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
     """Hide a claimed task from My tasks until a time."""
-    try:
-        until = parse_when(request.POST.get("until", ""), "Snooze until")
-        if until is None:
-            raise ValidationError("Snooze until: pick a date and time.")
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-        return redirect("task_detail", task_id=task_id)
+    form = forms.SnoozeForm(request.POST)
+    if not form.is_valid():
+        return _render_task(request, _task_or_404(request, task_id), status=400, snooze_form=form)
+    until = form.cleaned_data["until"]
     try:
         services.task_snooze(task_id, request.user, until, request_meta=request_meta(request))
     except services.TaskError as exc:
-        return _fail(request, task_id, exc)
+        return _refused(request, task_id, exc, snooze_form=form)
     messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
     return redirect("inbox")
 
@@ -249,16 +258,48 @@ def _task_or_404(request: AuthedRequest, task_id: int) -> HumanTask:
 
 @login_required
 def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
-    """A task with its instance's data, step timeline, earlier decisions and the decision form."""
-    task = _task_or_404(request, task_id)
+    """A task with its instance's data, step timeline, earlier decisions and the decision form.
+
+    An htmx request aimed at ``task-decision`` (the live refresh after someone else claims or decides) gets that
+    card alone.
+    """
+    return _render_task(request, _task_or_404(request, task_id))
+
+
+def _render_task(
+    request: AuthedRequest,
+    task: HumanTask,
+    *,
+    status: int = 200,
+    decide_form: forms.DecideForm | None = None,
+    delegate_form: forms.DelegateForm | None = None,
+    snooze_form: forms.SnoozeForm | None = None,
+    field_errors: dict[str, list[str]] | None = None,
+) -> HttpResponse:
+    """The task page; after a refused action, its forms as they were posted, with the errors (``field_errors``:
+    a service's per-field refusals), so nothing typed is lost."""
     instance = task.instance
+    user = request.user
+    posted = request.POST if request.method == "POST" else None
     form = None
     definition = engine.definition_or_none(instance)
     if task.kind == TaskKind.FORM and definition is not None:
         node = definition.node(task.step.name)
-        assert isinstance(node, Human)
-        form = node.form(data=request.POST or None)
-    user = request.user
+        if isinstance(node, Human):
+            form = node.form(data=posted if decide_form is not None else None)
+            if posted is not None and decide_form is not None:
+                form.is_valid()
+                for name, errors in (field_errors or {}).items():
+                    if name in form.fields and name not in form.errors:
+                        form.add_error(name, errors)
+    for posted_form in (decide_form, delegate_form, snooze_form):
+        # The card sits beside the page's content: the message at the top says what to fix, the form where.
+        for posted_errors in posted_form.errors.values() if posted_form is not None else ():
+            messages.error(request, " ".join(map(str, posted_errors)))
+    decide_form = decide_form or forms.DecideForm()
+    for name, errors in (field_errors or {}).items():
+        if name == "comment" and not decide_form.has_error("comment"):
+            decide_form.add_error("comment", errors)
     context = {
         "task": task,
         "instance": instance,
@@ -266,6 +307,11 @@ def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
         "steps": steps_of(instance),
         "decisions": list(instance.decisions.select_related("user", "task").order_by("created_at")),
         "form": form,
+        "decide_form": decide_form,
+        "delegate_form": delegate_form or forms.DelegateForm(),
+        "snooze_form": snooze_form or forms.SnoozeForm(),
+        "comment_max": COMMENT_MAX,
+        "note_max": NOTE_MAX,
         "is_initiator": instance.initiator_id == user.pk,
         "is_assignee": task.assignee_id == user.pk,
         "is_candidate": services.is_candidate(user, task),
@@ -275,9 +321,8 @@ def task_detail(request: AuthedRequest, task_id: int) -> HttpResponse:
         "definition_missing": engine.definition_unavailable(instance) if definition is None else "",
         "active_nav": "inbox",
     }
-    status = 200
-    if request.method == "POST" and task.kind == TaskKind.FORM:
-        status = 400
+    if request.htmx and request.htmx.target == "task-decision":
+        return render(request, "approvals/_task_decision.html", context, status=status)
     return render(request, "approvals/task_detail.html", context, status=status)
 
 
@@ -293,6 +338,7 @@ def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:
 
 
 def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> HttpResponse:
+    """A refused claim or release (nothing typed to keep): a message on the task page."""
     if isinstance(exc, services.TaskNotFound):
         raise Http404(str(exc))  # no message: it would surface on the person's next, unrelated page
     level = messages.WARNING if isinstance(exc, services.TaskConflict) else messages.ERROR
@@ -306,6 +352,21 @@ def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> Http
     if isinstance(exc, services.TaskConflict):
         response.status_code = 303
     return response
+
+
+REFUSAL_STATUS = [(services.TaskConflict, 409), (services.TaskForbidden, 403), (services.TaskInvalid, 400)]
+
+
+def _refused(request: AuthedRequest, task_id: int, exc: services.TaskError, **forms_as_posted: Any) -> HttpResponse:
+    """A refused action that carried typed input: the task page as it is now, with the refusal's message and
+    the posted forms (``forms_as_posted``), so the person can act on what changed without typing again."""
+    if isinstance(exc, services.TaskNotFound):
+        raise Http404(str(exc))
+    status = next((code for kind, code in REFUSAL_STATUS if isinstance(exc, kind)), 400)
+    level = messages.WARNING if isinstance(exc, services.TaskConflict) else messages.ERROR
+    messages.add_message(request, level, str(exc))
+    errors = exc.errors if isinstance(exc, services.TaskInvalid) else {}
+    return _render_task(request, _task_or_404(request, task_id), status=status, field_errors=errors, **forms_as_posted)
 
 
 @require_POST
@@ -333,16 +394,14 @@ def task_release(request: AuthedRequest, task_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
-    to = get_user_model().objects.filter(pk=request.POST.get("to_user") or 0).first()
-    if to is None:
-        messages.error(request, "Choose who to delegate to.")
-        return redirect("task_detail", task_id=task_id)
+    form = forms.DelegateForm(request.POST)
+    if not form.is_valid():
+        return _render_task(request, _task_or_404(request, task_id), status=400, delegate_form=form)
+    to, note = form.cleaned_data["to_user"], form.cleaned_data["note"]
     try:
-        services.task_delegate(
-            task_id, request.user, to, note=request.POST.get("note", ""), request_meta=request_meta(request)
-        )
+        services.task_delegate(task_id, request.user, to, note=note, request_meta=request_meta(request))
     except services.TaskError as exc:
-        return _fail(request, task_id, exc)
+        return _refused(request, task_id, exc, delegate_form=form)
     messages.success(request, f"Delegated to {to.get_username()}.")
     return redirect("inbox")
 
@@ -350,25 +409,28 @@ def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
 @require_POST
 @login_required
 def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
-    """Approve, reject, submit or resolve; then open the next task of the queue."""
-    decision = request.POST.get("decision", "")
-    data = {k: v for k, v in request.POST.items() if k not in ("csrfmiddlewaretoken", "decision", "comment")}
+    """Approve, reject, submit or resolve; then open the next task of the queue.
+
+    Any refusal (someone else claimed or decided first, four-eyes, a missing comment, form errors) shows the
+    task page again with the comment and the form's fields as typed.
+    """
+    form = forms.DecideForm(request.POST)
+    if not form.is_valid():
+        return _render_task(request, _task_or_404(request, task_id), status=400, decide_form=form)
+    decision = form.cleaned_data["decision"]
+    skip = ("csrfmiddlewaretoken", "decision", "comment")
+    data = {k: v for k, v in request.POST.items() if k not in skip}
     try:
         task = services.task_decide(
             task_id,
             request.user,
             decision,
-            comment=request.POST.get("comment", ""),
+            comment=form.cleaned_data["comment"],
             data=data,
             request_meta=request_meta(request),
         )
-    except services.TaskInvalid as exc:
-        if exc.errors and decision == services.SUBMIT:
-            messages.error(request, str(exc))
-            return task_detail(request, task_id)
-        return _fail(request, task_id, exc)
     except services.TaskError as exc:
-        return _fail(request, task_id, exc)
+        return _refused(request, task_id, exc, decide_form=form)
     if task.state == TaskState.COMPLETED:
         messages.success(request, f"{services.past_tense(decision).capitalize()}: {task.title}.")
     else:

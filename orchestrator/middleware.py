@@ -1,10 +1,16 @@
-"""Pages during a database outage: 503 with Retry-After, and back by themselves once the database is.
+"""Error pages: a database outage answers 503 and heals by itself, and every mode shows friendly pages.
 
-A request whose database work fails because the database cannot be reached (refused, restarting, a session it
-dropped) gets a short "try again in a moment" page with status 503 and ``Retry-After``, instead of a 500 that tells
-monitors and people that Baton itself is broken. Django closes the failed session when the request ends
-(``close_old_connections``, the session saw an error) and checks a kept one before the next request uses it
-(``CONN_HEALTH_CHECKS``), so the next request after the database is back works without a restart.
+- ``DatabaseUnavailableMiddleware``: a request whose database work fails because the database cannot be reached
+  (refused, restarting, a session it dropped) gets a short "try again in a moment" page with status 503 and
+  ``Retry-After``, instead of a 500 that tells monitors and people that Baton itself is broken. Django closes the
+  failed session when the request ends (``close_old_connections``, the session saw an error) and checks a kept one
+  before the next request uses it (``CONN_HEALTH_CHECKS``), so the next request after the database is back works
+  without a restart.
+- ``FriendlyErrorPagesMiddleware``: with DEBUG off, Django's own handlers render templates/404.html, 403.html,
+  400.html and 500.html. With DEBUG on (the embedded demo, a developer's machine) Django shows its technical pages
+  instead: a 404 lists the whole URL conf and a 500 the settings and source, which is no page for a person trying
+  the demo. This middleware puts the friendly pages in their place under DEBUG too; the traceback of a 500 still
+  goes to the log.
 """
 
 from __future__ import annotations
@@ -14,13 +20,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.core.signals import got_request_exception
 from django.db import InterfaceError, OperationalError
 from django.dispatch import receiver
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template import loader
 from django.template.loader import render_to_string
 
 logger = logging.getLogger(__name__)
+request_logger = logging.getLogger("django.request")
 
 # Seconds a client is asked to wait: about what a PostgreSQL restart or failover takes.
 RETRY_AFTER = 10
@@ -61,3 +71,36 @@ class DatabaseUnavailableMiddleware:
             logger.warning("database unreachable for %s %s: %s", request.method, request.path, exception)
             return unavailable()
         return None
+
+
+def friendly_page(request: HttpRequest, status: int) -> HttpResponse:
+    """templates/<status>.html as the response (500.html without the request: it must not fail again)."""
+    template = loader.get_template(f"{status}.html")
+    content = template.render({}) if status == 500 else template.render({}, request)
+    return HttpResponse(content, status=status)
+
+
+class FriendlyErrorPagesMiddleware:
+    """Under DEBUG, replace Django's technical 404 and 500 pages with the friendly ones (no-op otherwise)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        # Under DEBUG every 404 (a URL no route matches, an Http404 raised by a view) is the technical page.
+        if settings.DEBUG and response.status_code == 404 and "text/html" in response.get("Content-Type", ""):
+            return friendly_page(request, 404)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """Under DEBUG, a view's error answered with the friendly page; an unreachable database is left to
+        :class:`DatabaseUnavailableMiddleware` (outermost, 503), 404 and 403 to Django (already friendly)."""
+        if not settings.DEBUG or isinstance(exception, Http404 | PermissionDenied | OperationalError | InterfaceError):
+            return None
+        if isinstance(exception, SuspiciousOperation):
+            return friendly_page(request, 400)
+        request_logger.exception(
+            "Internal Server Error: %s", request.path, extra={"status_code": 500, "request": request}
+        )
+        return friendly_page(request, 500)

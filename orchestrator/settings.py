@@ -111,6 +111,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "orchestrator.middleware.FriendlyErrorPagesMiddleware",  # friendly 404/500 under DEBUG too (the demo)
 ]
 
 ROOT_URLCONF = "orchestrator.urls"

@@ -8,9 +8,12 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from orchestrator.inputs import check_when
+
 
 def parse_when(text: str, what: str) -> datetime | None:
-    """An aware datetime from ``text`` (None when empty); a clear ValidationError when it is not a real time."""
+    """An aware datetime from ``text`` (None when empty); a clear ValidationError when it is not a real time or
+    lies outside the range people may enter (``orchestrator.inputs.check_when``)."""
     text = (text or "").strip()
     if not text:
         return None
@@ -20,4 +23,4 @@ def parse_when(text: str, what: str) -> datetime | None:
         value = None
     if value is None:
         raise ValidationError(f"{what}: enter a real date and time, like 2026-12-01 09:00.")
-    return timezone.make_aware(value) if timezone.is_naive(value) else value
+    return check_when(timezone.make_aware(value) if timezone.is_naive(value) else value, what)

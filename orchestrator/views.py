@@ -19,12 +19,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from approvals.selectors import tasks_of_instance
-from orchestrator import registry, selectors
+from orchestrator import forms, registry, selectors
 from orchestrator.audit import Actor
+from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
 from orchestrator.services.engine import definition_unavailable
-from orchestrator.timeparse import parse_when
 from orchestrator.typing import AuthedRequest
 
 
@@ -78,31 +78,42 @@ STATE_FILTERS = [s.value for s in InstanceState]
 
 @login_required
 def instance_list(request: AuthedRequest) -> HttpResponse:
-    """Instances the user may see, filterable by state and workflow, newest first."""
+    """Instances the user may see, filterable by state and workflow, newest first.
+
+    The query string goes through InstanceFilterForm: a bad value (a NUL character, an over-long search, an
+    unknown state, a page that is not a number) is named in a message and left out; the rest still applies.
+    """
     qs = selectors.instances_for_user(request.user)
     counts = selectors.state_counts(qs)
-    state = request.GET.get("state", "")
-    workflow = request.GET.get("workflow", "")
-    query = request.GET.get("q", "").strip()
-    if state in STATE_FILTERS:
+    filters_form = forms.InstanceFilterForm(request.GET)
+    filters_form.is_valid()
+    filters = filters_form.filters()
+    state, workflow, query = filters["state"], filters["workflow"], filters["q"].strip()
+    partial = bool(request.htmx and request.htmx.target == "instance-rows")
+    if not partial:  # a live re-fetch of the rows shows no messages: they would pile up for the next page
+        for problem in filters_form.messages():
+            messages.warning(request, problem)
+    if state:
         qs = qs.filter(state=state)
     if workflow:
         qs = qs.filter(workflow_name=workflow)
     if query:
         qs = qs.filter(title__icontains=query) | qs.filter(business_key=query)
-    page = Paginator(qs, 25).get_page(request.GET.get("page"))
+    page = Paginator(qs, 25).get_page(filters["page"])
     context = {
         "page": page,
         "state": state,
         "workflow": workflow,
-        "q": query,
+        # What was typed stays in the box, even when it could not be used (less the NUL nobody can see).
+        "q": query if query else str(request.GET.get("q", "")).replace("\x00", "")[: forms.SEARCH_MAX * 2],
         "counts": counts,
         "states": STATE_FILTERS,
         "workflows": registry.latest_all(),
         "active_nav": "instances",
     }
-    template = "orchestrator/_instance_rows.html" if request.htmx and request.htmx.target == "instance-rows" else None
-    return render(request, template or "orchestrator/instance_list.html", context)
+    return render(
+        request, "orchestrator/_instance_rows.html" if partial else "orchestrator/instance_list.html", context
+    )
 
 
 def _instance_or_404(request: AuthedRequest, instance_id: int) -> Any:
@@ -116,6 +127,19 @@ def _instance_or_404(request: AuthedRequest, instance_id: int) -> Any:
 def instance_detail(request: AuthedRequest, instance_id: int) -> HttpResponse:
     """One instance: diagram, step timeline, tasks, audit trail and the operator's actions."""
     instance = _instance_or_404(request, instance_id)
+    return _render_detail(request, instance)
+
+
+def _render_detail(
+    request: AuthedRequest,
+    instance: Any,
+    *,
+    operation: str = "",
+    operate_form: forms.OperateForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The instance page; after a refused operator action, with that action's form as it was typed and its
+    errors (``operation`` names the form)."""
     steps = selectors.steps_of(instance)
     latest: dict[str, str] = {}
     for step in steps:
@@ -141,10 +165,13 @@ def instance_detail(request: AuthedRequest, instance_id: int) -> HttpResponse:
         "data_rows": sorted(instance.data.items()),
         "active_nav": "instances",
         "StepState": StepState,
+        "operation": operation,
+        "op_form": operate_form,
+        "reason_max": REASON_MAX,
     }
     if request.htmx and request.htmx.target == "instance-live":
         return render(request, "orchestrator/_instance_live.html", context)
-    return render(request, "orchestrator/instance_detail.html", context)
+    return render(request, "orchestrator/instance_detail.html", context, status=status)
 
 
 OPERATIONS = {
@@ -164,25 +191,36 @@ def instance_operate(request: AuthedRequest, instance_id: int, operation: str) -
     instance = _instance_or_404(request, instance_id)
     if not selectors.can_operate(request.user):
         raise PermissionDenied
-    reason = request.POST.get("reason", "").strip()
+    form = forms.OperateForm(request.POST)
+    if not form.is_valid():
+        # The forms sit low on the page: the message at the top says what to fix, the form shows where.
+        for errors in form.errors.values():
+            messages.error(request, " ".join(map(str, errors)))
+        return _render_detail(request, instance, operation=operation, operate_form=form, status=400)
+    reason, until = form.cleaned_data["reason"], form.cleaned_data["until"]
     actor = Actor.of(request.user)
     meta = request_meta(request)
     try:
         if operation == "retry":
             instance_services.instance_retry(instance.pk, actor=actor, reason=reason, request_meta=meta)
         elif operation == "pause":
-            until = parse_when(request.POST.get("until", ""), "Resume at")
             instance_services.instance_pause(instance.pk, actor=actor, reason=reason, until=until, request_meta=meta)
         elif operation == "resume":
             instance_services.instance_resume(instance.pk, actor=actor, reason=reason, request_meta=meta)
         else:
             instance_services.instance_cancel(instance.pk, actor=actor, reason=reason, request_meta=meta)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    except instance_services.NotAllowed as exc:
-        messages.warning(request, str(exc))
-    else:
-        messages.success(request, f"{OPERATIONS[operation]}: {instance}.")
+    except (ValidationError, instance_services.NotAllowed) as exc:
+        # Refused: the page again, with the reason as typed, so nothing has to be typed twice.
+        if isinstance(exc, ValidationError):
+            problem = " ".join(exc.messages)
+            messages.error(request, problem)
+        else:
+            problem = str(exc)
+            messages.warning(request, problem)
+        form.add_error(None, problem)
+        instance = _instance_or_404(request, instance.pk)
+        return _render_detail(request, instance, operation=operation, operate_form=form, status=409)
+    messages.success(request, f"{OPERATIONS[operation]}: {instance}.")
     return redirect("instance_detail", instance_id=instance.pk)
 
 
@@ -214,26 +252,34 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
     if workflow.start_form is None:
         raise Http404("This workflow is started by other systems, not from a form.")
     form = workflow.start_form(data=request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    options = forms.StartOptionsForm(request.POST or None)
+    if request.method == "POST" and form.is_valid() and options.is_valid():
         try:
             instance = instance_services.instance_start(
                 workflow.name,
                 dict(form.cleaned_data),
                 initiator=request.user,
-                idempotency_key=request.POST.get("idempotency_key") or None,
+                idempotency_key=options.cleaned_data["idempotency_key"] or None,
                 request_meta=request_meta(request),
             )
         except instance_services.IdempotencyConflict:
             messages.error(request, "This form was already submitted with other values.")
+        except instance_services.InvalidInput as exc:
+            for field, errors in exc.errors.items():
+                form.add_error(field if field in form.fields else None, errors)
         else:
             messages.success(request, f"Started {instance}.")
             if selectors.instance_for_user(request.user, instance.pk) is not None:
                 return redirect("instance_detail", instance_id=instance.pk)
             return redirect(reverse("inbox"))
+    key_errors: list[str] = [str(e) for e in options.errors.get("idempotency_key", [])]
+    for error in key_errors:
+        form.add_error(None, error)
     context = {
         "workflow": workflow,
         "form": form,
-        "idempotency_key": request.POST.get("idempotency_key") or uuid.uuid4().hex,
+        # A key that was refused is replaced: the next submission starts afresh with a good one.
+        "idempotency_key": (not key_errors and request.POST.get("idempotency_key")) or uuid.uuid4().hex,
         "active_nav": "workflows",
     }
     return render(request, "orchestrator/workflow_start.html", context, status=400 if form.errors else 200)

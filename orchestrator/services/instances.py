@@ -15,6 +15,7 @@ from django.db.models.functions import Greatest
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.dsl import Task, Timer
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, check_text, check_when
 from orchestrator.models import (
     BUSY_STEP_STATES,
     InstanceState,
@@ -76,7 +77,14 @@ def instance_start(
     version: int | None = None,
     request_meta: dict[str, Any] | None = None,
 ) -> WorkflowInstance:
-    """Start an instance of the latest (or given) version; the same idempotency key returns the same instance."""
+    """Start an instance of the latest (or given) version; the same idempotency key returns the same instance.
+
+    Raises InvalidInput when the data fails the start form or the key is longer than ``IDEMPOTENCY_KEY_MAX`` or
+    holds a NUL; IdempotencyConflict when the key was used with other data; UnknownWorkflow.
+    """
+    if idempotency_key and (len(idempotency_key) > IDEMPOTENCY_KEY_MAX or "\x00" in idempotency_key):
+        problem = f"An idempotency key has at most {IDEMPOTENCY_KEY_MAX} characters and no NUL."
+        raise InvalidInput({"idempotency_key": [problem]})
     workflow = registry.get(workflow_name, version)
     if workflow.start_form is not None:
         form = workflow.start_form(data=data)
@@ -146,7 +154,8 @@ def _title(template: str, name: str, instance: WorkflowInstance, data: dict[str,
 
 
 def _reason_required(reason: str) -> str:
-    reason = (reason or "").strip()
+    """The reason stripped; ValidationError when it is empty, holds a NUL or exceeds ``inputs.REASON_MAX``."""
+    reason = check_text(reason, "Reason", REASON_MAX)
     if not reason:
         raise ValidationError("Give a reason: it goes into the audit trail.")
     return reason
@@ -256,8 +265,14 @@ def instance_pause(
     until: datetime | None = None,
     request_meta: dict | None = None,
 ) -> None:
-    """Operator: hold an instance (no new step starts) until resumed, or until ``until``."""
+    """Operator: hold an instance (no new step starts) until resumed, or until ``until``.
+
+    Raises ValidationError for a missing or too long reason, or an ``until`` outside ``inputs.check_when``'s
+    range (a year-10000 end, once stored, could not be read back); NotAllowed when the state forbids it.
+    """
     reason = _reason_required(reason)
+    if until is not None:
+        until = check_when(until, "Resume at")
     with transaction.atomic():
         instance = lock_instance(instance_id)
         if instance.state not in (InstanceState.RUNNING, InstanceState.WAITING):

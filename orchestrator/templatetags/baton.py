@@ -97,3 +97,24 @@ def urlencode_params(params: dict) -> str:
     from urllib.parse import urlencode
 
     return urlencode(params or {})
+
+
+@register.filter
+def bootstrap(field: Any) -> str:
+    """A bound form field's widget with Bootstrap's classes (form-control, form-select or form-check-input),
+    ``is-invalid`` when it has errors, and ``aria-describedby`` pointing at its help and error texts."""
+    from django import forms
+
+    widget = field.field.widget
+    if isinstance(widget, forms.CheckboxInput):
+        css = "form-check-input"
+    elif isinstance(widget, forms.Select | forms.SelectMultiple):
+        css = "form-select"
+    else:
+        css = "form-control"
+    if field.errors:
+        css += " is-invalid"
+    attrs = {"class": f"{widget.attrs.get('class', '')} {css}".strip(), "aria-describedby": f"{field.auto_id}-help"}
+    if field.errors:
+        attrs["aria-invalid"] = "true"
+    return field.as_widget(attrs=attrs)

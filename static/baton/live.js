@@ -116,10 +116,27 @@
 
   // ---- toasts ------------------------------------------------------------
 
+  // One event reaches a socket once per group it was sent to (a person's own channel and each of their groups),
+  // so the same toast can arrive twice within milliseconds: it is shown once. Refreshes still run each time.
+  var TOAST_REPEAT_MS = 3000;
+  var recentToasts = {};
+
+  function isRepeat(message, level) {
+    var key = level + "|" + message;
+    var now = Date.now();
+    Object.keys(recentToasts).forEach(function (k) {
+      if (now - recentToasts[k] > TOAST_REPEAT_MS) delete recentToasts[k];
+    });
+    if (recentToasts[key] !== undefined) return true;
+    recentToasts[key] = now;
+    return false;
+  }
+
   function showToast(message, level) {
     var container = document.getElementById("toasts");
     if (!container) return;
     if (!LEVELS[level]) level = "info";
+    if (isRepeat(String(message), level)) return;
 
     // Don't let a burst of messages fill the screen.
     while (container.children.length >= MAX_TOASTS) {

@@ -113,7 +113,7 @@ def test_an_invalid_form_through_the_page_shows_the_error_with_400(users):
     content = response.content.decode()
     assert "The form has errors." in content
     assert 'class="form-select is-invalid"' in content
-    assert '<div class="invalid-feedback d-block">This field is required.</div>' in content
+    assert '<div class="invalid-feedback">This field is required.</div>' in content
     assert 'value="taxi"' in content  # what the person typed is kept
     task.refresh_from_db()
     assert task.state == TaskState.OPEN

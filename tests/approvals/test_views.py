@@ -225,7 +225,7 @@ def test_reject_without_a_comment_is_refused_with_a_reason(users, task):
     )
 
     # then
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert shown(response) == [("danger", "Say why you reject: a comment is required.")]
     task.refresh_from_db()
     assert task.state == TaskState.OPEN
@@ -288,7 +288,7 @@ def test_bulk_claim_never_names_a_task_the_person_may_not_see(users, task):
 def test_bulk_claim_with_nothing_selected_asks_for_a_selection(users):
     """Submitting the queue without ticking a task says what to do."""
     # when
-    response = login(users.staff).post(reverse("tasks_claim_bulk"), {"task": ["x"]}, follow=True)
+    response = login(users.staff).post(reverse("tasks_claim_bulk"), {}, follow=True)
 
     # then
     assert shown(response) == [("warning", "Select the tasks to claim first.")]
@@ -335,9 +335,10 @@ def test_snooze_with_a_bad_time_explains_itself(users, claimed, until, message):
     # when
     response = login(users.staff).post(reverse("task_snooze", args=[claimed.pk]), {"until": until}, follow=True)
 
-    # then
-    assert response.redirect_chain[-1][0] == reverse("task_detail", args=[claimed.pk])
+    # then: the task page again (not a redirect), with the message and the time as typed
+    assert (response.redirect_chain, response.status_code) == ([], 400)
     assert shown(response) == [("danger", message)]
+    assert f'value="{until}"' in response.content.decode()
     claimed.refresh_from_db()
     assert claimed.snoozed_until is None
 
@@ -352,7 +353,7 @@ def test_snooze_with_an_impossible_date_is_an_error_not_a_500(users, claimed):
     response = client.post(reverse("task_snooze", args=[claimed.pk]), {"until": "2030-02-30T09:00"})
 
     # then
-    assert response.status_code == 302
+    assert response.status_code == 400
     claimed.refresh_from_db()
     assert claimed.snoozed_until is None
 

@@ -69,7 +69,7 @@ class AccessTests(BrowserTestCase):
                 # then
                 assert response is not None
                 assert response.status == 404, path
-                expect(page.get_by_role("heading", name="Not Found")).to_be_visible()
+                expect(page.get_by_role("heading", name="This page does not exist")).to_be_visible()
                 expect(page.get_by_text(secret)).to_have_count(0)
 
     def test_the_instance_list_shows_staff_only_their_own_instances(self):

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind, TaskState
-from orchestrator.dsl import Parallel, PermanentError, Retry, StepContext, Task, Workflow
+from orchestrator.dsl import ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
 from orchestrator.models import (
     AuditEvent,
     DemoLedger,
@@ -281,10 +281,41 @@ def test_failed_compensation_escalates_to_operators(users, run_steps):
     escalation = HumanTask.objects.get(instance=instance)
     assert (escalation.kind, escalation.state, escalation.step_id) == (TaskKind.ESCALATION, TaskState.OPEN, refund.pk)
     assert list(escalation.candidate_groups.values_list("name", flat=True)) == ["operators"]
-    assert escalation.title.startswith("Resolve: Compensation of charge_payment failed")
+    # a title a manager understands: the order it is about and what to do, not the engine's error text
+    assert escalation.title == f"{instance.title}: refund payment failed and must be finished by hand"
+    assert instance.title.startswith(f"Order {instance.data['order_id']} for ")
+    assert "Compensation of" not in escalation.title
+    assert escalation.description == refund.error  # the engine text stays, where an operator reads it
     # the stock is not released behind the failed refund's back: compensation goes one step at a time
     assert instance.steps.get(name="reserve_inventory", kind=StepKind.TASK).state == StepState.SUCCEEDED
     assert not ledger(instance, "inventory", "release")
+
+
+def test_an_escalated_step_is_titled_for_a_manager(register_workflow, run_steps):
+    """A step that fails into an escalation names the business object and says what is needed, in words; the
+    engine's error text stays in the description."""
+
+    # given
+    def post_invoice(ctx: StepContext) -> None:
+        raise PermanentError("HTTP 502 from ledger-gw: upstream connect error")
+
+    register_workflow(
+        Workflow(
+            "invoice_demo",
+            1,
+            [Task("post_invoice", post_invoice, label="Post the invoice", on_failure=ESCALATE)],
+            title_template="Invoice {number} for {customer}",
+        )
+    )
+    instance = instance_start("invoice_demo", {"number": "1042", "customer": "ACME"})
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then
+    escalation = HumanTask.objects.get(instance=instance)
+    assert escalation.title == "Invoice 1042 for ACME: post the invoice failed and needs an operator's decision"
+    assert "upstream connect error" in escalation.description
 
 
 # --- fencing --------------------------------------------------------------------------------------------

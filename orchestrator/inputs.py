@@ -1,0 +1,53 @@
+"""What people may type: the limits of free text and dates, shared by the forms (which show them) and the
+services (which enforce them whoever calls: a page, the admin, another service or a script)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+# A comment on a decision may explain; a reason for an operator action is a line or a short paragraph.
+COMMENT_MAX = 4000
+REASON_MAX = 1000
+# A note handed over with a delegation, like a reason.
+NOTE_MAX = REASON_MAX
+# Search boxes and filter values: longer is never a real search (and would only cost the database).
+SEARCH_MAX = 100
+# The width of WorkflowInstance.idempotency_key: a longer key would fail at the database, after the work.
+IDEMPOTENCY_KEY_MAX = 200
+
+# Dates a person may enter: nothing before 2000 (a typo, not a plan) and nothing more than about ten years ahead
+# (beyond, a date is a mistake; far beyond, its UTC value no longer fits Python's datetime, see check_when).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+HORIZON = timedelta(days=3653)
+
+
+def check_text(value: str, what: str, max_length: int) -> str:
+    """``value`` stripped, or ValidationError naming ``what`` when it holds a NUL character (PostgreSQL cannot
+    store one in text) or is longer than ``max_length`` characters."""
+    value = (value or "").strip()
+    if "\x00" in value:
+        raise ValidationError(f"{what}: remove the invisible NUL character (it cannot be stored).")
+    if len(value) > max_length:
+        raise ValidationError(f"{what}: at most {max_length} characters (you typed {len(value)}).")
+    return value
+
+
+def check_when(value: datetime, what: str, *, now: datetime | None = None) -> datetime:
+    """``value`` in UTC, or ValidationError naming ``what`` when it is before 2000, more than about ten years
+    ahead, or has no UTC value in Python's range (``9999-12-31T23:59:59-23:59`` is year 10000 in UTC:
+    stored, it made every page that reads it fail)."""
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    now = now or timezone.now()
+    if utc is None or utc < EARLIEST or utc > now + HORIZON:
+        raise ValidationError(
+            f"{what}: enter a date between {EARLIEST:%Y-%m-%d} and {(now + HORIZON):%Y-%m-%d}.", code="out_of_range"
+        )
+    return utc

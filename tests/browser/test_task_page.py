@@ -1,0 +1,247 @@
+"""What a newcomer meets first, in a real browser: the task page follows a claim live and never loses a typed
+comment; one toast per event; the start form looks like the other pages and shows its errors in place."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from django.contrib.auth.models import Group, Permission
+from playwright.sync_api import Page, expect
+
+from approvals.models import HumanTask, TaskState
+from approvals.services import task_claim, task_delegate
+from orchestrator.demo import GROUPS
+from orchestrator.services.instances import instance_start
+from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, orm
+from tests.browser.test_inbox import EXPENSE, start_expense
+
+# Live budget for the card to show someone else's claim (the inbox promises a second for its rows; the card's
+# re-fetch is one more request).
+CLAIM_SHOWN_MS = 3000
+COMMENT = "Receipts checked, the amount matches the invoice."
+
+
+def claim_with_live_events_lost(task_id: int, user) -> None:
+    """task_claim with this process's live events sent to a Redis that is not there: the page is not told."""
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+    from django.test import override_settings
+
+    nowhere = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+        }
+    }
+    channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+    try:
+        with override_settings(CHANNEL_LAYERS=nowhere):
+            task_claim(task_id, user)
+    finally:
+        channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+
+
+def grant_demo_permissions() -> None:
+    for name, codenames in GROUPS.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames))
+
+
+def screenshot(page: Page, test_dir: Path, name: str) -> None:
+    """Full-page PNG in $BATON_SCREENSHOTS (if set) or the test's temporary directory."""
+    target = Path(os.environ.get("BATON_SCREENSHOTS") or test_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / name), full_page=True)
+
+
+class TaskPageTests(BrowserTestCase):
+    def test_someone_elses_claim_shows_live_and_the_typed_comment_stays(self):
+        """staff types a comment; staff2 claims the task meanwhile: staff's card says so within seconds, and
+        the comment is still there, in a read-only box, to copy."""
+        # given
+        _instance, task = start_expense(self.users.manager)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto(f"/tasks/{task.pk}/")
+            self.wait_until_live(page)
+            page.get_by_label(re.compile("^Comment")).fill(COMMENT)
+            expect(page.locator("[data-counter-for=comment]")).to_contain_text(f"{len(COMMENT)} of 4000 used")
+
+            # when
+            orm(task_claim, task.pk, self.users.staff2)
+
+            # then
+            card = page.locator("#task-decision")
+            expect(card).to_contain_text("staff2 is working on this task.", timeout=CLAIM_SHOWN_MS)
+            expect(card.get_by_role("button", name="Approve")).to_have_count(0)
+            expect(page.get_by_label("Your comment (not sent)")).to_have_value(COMMENT)
+            for name, viewport in (("task-claimed-live.png", DESKTOP), ("task-claimed-live-phone.png", PHONE)):
+                page.set_viewport_size(viewport)
+                screenshot(page, self.tmp_path, name)
+
+        task.refresh_from_db()
+        assert task.assignee == self.users.staff2
+
+    def test_approve_refused_after_a_claim_keeps_the_comment(self):
+        """The live news lost (a Redis hiccup): staff clicks Approve on a task staff2 took; the refusal says who
+        has it and the page still holds the comment."""
+        # given
+        _instance, task = start_expense(self.users.manager)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto(f"/tasks/{task.pk}/")
+            page.get_by_label(re.compile("^Comment")).fill(COMMENT)
+            orm(claim_with_live_events_lost, task.pk, self.users.staff2)
+
+            # when
+            page.get_by_role("button", name="Approve").click()
+
+            # then
+            expect(page.locator("#messages")).to_contain_text("staff2 has claimed this task.")
+            expect(page.get_by_label("Your comment (not sent)")).to_have_value(COMMENT)
+
+        task.refresh_from_db()
+        assert (task.state, task.assignee) == (TaskState.CLAIMED, self.users.staff2)
+
+    def test_one_delegation_shows_one_toast(self):
+        """staff delegates a task to staff2, whose inbox is open: staff2 sees one toast, not three."""
+        # given
+        _instance, task = start_expense(self.users.manager)
+        task_claim(task.pk, self.users.staff)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff2")
+            page.goto("/inbox/?tab=mine")
+            self.wait_until_live(page)
+
+            # when
+            orm(task_delegate, task.pk, self.users.staff, self.users.staff2, note="over to you")
+
+            # then: the toast arrives; the inbox row shows that its events have all been handled
+            toasts = page.locator("#toasts .toast")
+            expect(toasts.first).to_contain_text("staff delegated to you", timeout=CLAIM_SHOWN_MS)
+            expect(self.task_row(page, task.pk)).to_be_visible(timeout=CLAIM_SHOWN_MS)
+            # Absence needs a wait: every copy of one event arrives within milliseconds of the first.
+            page.wait_for_timeout(1000)
+            assert toasts.count() == 1, toasts.all_inner_texts()  # main showed three
+
+    def test_the_start_form_is_styled_and_shows_an_error_in_place(self):
+        """Labels above Bootstrap controls; a bad amount comes back with its message under the field and
+        everything typed kept."""
+        # given
+        orm(grant_demo_permissions)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/workflows/expense_approval/start/")
+            employee = page.get_by_label("Employee")
+            expect(employee).to_have_class(re.compile(r"\bform-control\b"))
+            expect(page.get_by_label("Category")).to_have_class(re.compile(r"\bform-select\b"))
+            label_box = page.locator("label[for=id_employee]").bounding_box()
+            input_box = employee.bounding_box()
+            assert label_box is not None
+            assert input_box is not None
+            assert label_box["y"] + label_box["height"] <= input_box["y"] + 1  # above, not beside
+            employee.fill("Kim Typed")
+            page.get_by_label("Amount (EUR)").fill("-5")
+            page.get_by_label("What was it for?").fill("Train to the customer")
+
+            # when
+            page.get_by_role("button", name="Start workflow").click()
+
+            # then
+            amount = page.get_by_label("Amount (EUR)")
+            expect(amount).to_have_class(re.compile(r"\bis-invalid\b"))
+            expect(page.locator(".invalid-feedback").first).to_be_visible()
+            expect(page.locator(".invalid-feedback").first).to_contain_text("greater than or equal to 0.01")
+            expect(page.get_by_label("Employee")).to_have_value("Kim Typed")
+            expect(page.get_by_label("What was it for?")).to_have_value("Train to the customer")
+            for name, viewport in (("start-error.png", DESKTOP), ("start-error-phone.png", PHONE)):
+                page.set_viewport_size(viewport)
+                screenshot(page, self.tmp_path, name)
+
+        assert not orm(lambda: HumanTask.objects.exists())
+
+    def test_the_friendly_404(self):
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            response = page.goto("/no/such/page/")
+            assert response is not None
+            assert response.status == 404
+            expect(page.get_by_role("heading", name="This page does not exist")).to_be_visible()
+            for name, viewport in (("404.png", DESKTOP), ("404-phone.png", PHONE)):
+                page.set_viewport_size(viewport)
+                screenshot(page, self.tmp_path, name)
+
+    def test_a_form_task_shows_its_errors_in_place_with_what_was_typed(self):
+        """The finance classification form: Bootstrap controls with labels above; submitting without a cost
+        centre marks that field, keeps the note and the comment."""
+        # given
+        from approvals.services import APPROVE, task_decide
+
+        instance = instance_start(
+            "expense_approval", {**EXPENSE, "category": "other", "amount": "800"}, initiator=self.users.operator
+        )
+        task_decide(HumanTask.objects.get(instance=instance, state=TaskState.OPEN).pk, self.users.staff, APPROVE)
+        classify = HumanTask.objects.get(instance=instance, state=TaskState.OPEN)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "manager")
+            page.goto(f"/tasks/{classify.pk}/")
+            expect(page.get_by_label("Cost centre")).to_have_class(re.compile(r"\bform-select\b"))
+            page.get_by_label("Note for payroll").fill("taxi to the airport")
+            page.get_by_label(re.compile("^Comment")).fill("Classified by hand")
+
+            # when
+            page.get_by_role("button", name="Submit").click()
+
+            # then
+            expect(page.get_by_label("Cost centre")).to_have_class(re.compile(r"\bis-invalid\b"))
+            expect(page.locator(".invalid-feedback").first).to_be_visible()
+            expect(page.get_by_label("Note for payroll")).to_have_value("taxi to the airport")
+            expect(page.get_by_label(re.compile("^Comment"))).to_have_value("Classified by hand")
+            for name, viewport in (("form-task-error.png", DESKTOP), ("form-task-error-phone.png", PHONE)):
+                page.set_viewport_size(viewport)
+                screenshot(page, self.tmp_path, name)
+
+
+class OperatorPageTests(BrowserTestCase):
+    def test_a_pause_until_year_10000_is_refused_on_the_page_with_the_reason_kept(self):
+        """The operator's pause form comes back with the range and the reason as typed; the list with a NUL
+        search answers with a message."""
+        # given
+        orm(grant_demo_permissions)
+        instance, _task = start_expense(self.users.manager)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator")
+            page.goto(f"/instances/{instance.pk}/")
+            page.get_by_label("Reason to pause").fill("Waiting for the supplier's credit note")
+            # A datetime-local input cannot hold an offset: set the raw value as a tampered post would.
+            page.locator("#pause-until").evaluate(
+                "(el) => { el.type = 'text'; el.value = '9999-12-31T23:59:59-23:59'; }"
+            )
+
+            # when
+            page.get_by_role("button", name="Pause").click()
+
+            # then
+            expect(page.locator("#messages")).to_contain_text("Resume at: enter a date between 2000-01-01")
+            expect(page.get_by_label("Reason to pause")).to_have_value("Waiting for the supplier's credit note")
+            for name, viewport in (("pause-refused.png", DESKTOP), ("pause-refused-phone.png", PHONE)):
+                page.set_viewport_size(viewport)
+                page.locator("#ops-title").scroll_into_view_if_needed()
+                screenshot(page, self.tmp_path, name)
+
+            page.set_viewport_size(DESKTOP)
+            response = page.goto("/instances/?q=%00&state=sideways")
+            assert response is not None
+            assert response.status == 200
+            expect(page.locator("#messages")).to_contain_text("Search:")
+            screenshot(page, self.tmp_path, "instances-junk.png")
+
+        instance.refresh_from_db()
+        assert instance.paused_until is None

@@ -1,0 +1,71 @@
+"""Friendly 404, 403 and 500 pages in every mode: with DEBUG off (production) and on (the embedded demo), a
+person never sees Django's debug page with the URL list, the settings or a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client, override_settings
+
+from orchestrator import selectors
+
+pytestmark = pytest.mark.django_db
+
+DEBUG_PAGE_MARKS = ("URLconf", "urlpatterns", "Traceback", "DEBUG = True", "technical_500")
+
+
+def signed_in(user) -> Client:
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "demo-debug"])
+@pytest.mark.parametrize("path", ["/no/such/page/", "/instances/999999/", "/tasks/999999/"])
+def test_a_missing_page_is_the_friendly_404(users, debug, path):
+    # when
+    with override_settings(DEBUG=debug):
+        response = signed_in(users.staff).get(path)
+
+    # then
+    content = response.content.decode()
+    assert response.status_code == 404
+    assert "This page does not exist" in content
+    assert 'href="/inbox/"' in content  # a way on, in the usual navigation
+    assert not [mark for mark in DEBUG_PAGE_MARKS if mark in content]
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "demo-debug"])
+def test_a_missing_page_is_friendly_for_anonymous_visitors_too(debug):
+    with override_settings(DEBUG=debug):
+        response = Client().get("/nothing-here/")
+    assert response.status_code == 404
+    assert "This page does not exist" in response.content.decode()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "demo-debug"])
+def test_an_error_is_the_friendly_500(users, debug, monkeypatch):
+    # given: the catalog's read fails
+    def broken() -> dict:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(selectors, "workflow_stats", broken)
+
+    # when
+    with override_settings(DEBUG=debug):
+        response = signed_in(users.staff).get("/workflows/")
+
+    # then
+    content = response.content.decode()
+    assert response.status_code == 500
+    assert "Something went wrong on our side" in content
+    assert "database on fire" not in content
+    assert not [mark for mark in DEBUG_PAGE_MARKS if mark in content]
+
+
+def test_a_forbidden_page_is_the_friendly_403(users):
+    # when: staff without the start permission opens a start form
+    response = signed_in(users.staff).get("/workflows/expense_approval/start/")
+
+    # then
+    assert response.status_code == 403
+    assert "You may not open this page" in response.content.decode()
