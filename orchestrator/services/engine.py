@@ -770,7 +770,7 @@ def compensation_retry(unit: Unit, reason: str) -> None:
         step.dispatched_at = unit.now
         rows.update(step, ["state", "due_at", "dispatched_at", "max_attempts"])
         unit.audit("compensation.scheduled", "step", step.pk, StepState.DEAD, step.state, reason=reason)
-        unit.dispatch(step, queue=node.queue, timeout=node.timeout)
+        unit.dispatch(step)
     tasks_cancel_for_steps(unit, [step.pk for step in dead], f"retried: {reason}")
     if not compensations:
         _compensation_next(unit, workflow)

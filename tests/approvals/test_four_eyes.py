@@ -189,7 +189,7 @@ def test_a_second_decision_on_a_quorum_task_is_a_conflict(users, quorum_task, se
 
 
 def test_a_second_decision_through_the_page_is_a_message_not_a_500(users, quorum_task):
-    """The same through the task page: a warning on the page instead of HTTP 500."""
+    """The same through the task page: a conflict (409) re-showing the page with the reason, instead of HTTP 500."""
     # given
     client = login(users.staff)
     client.post(reverse("task_decide", args=[quorum_task.pk]), {"decision": APPROVE})
@@ -200,7 +200,7 @@ def test_a_second_decision_through_the_page_is_a_message_not_a_500(users, quorum
     )
 
     # then
-    assert response.status_code == 200
+    assert response.status_code == 409
     assert "You have already decided this task" in page_text(response)
     assert TaskDecision.objects.filter(task=quorum_task).count() == 1
 

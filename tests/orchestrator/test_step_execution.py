@@ -291,7 +291,7 @@ def test_failed_compensation_escalates_to_operators(users, run_steps):
     assert not ledger(instance, "inventory", "release")
 
 
-def test_an_escalated_step_is_titled_for_a_manager(register_workflow, run_steps):
+def test_an_escalated_step_is_titled_for_a_manager(users, register_workflow, run_steps):
     """A step that fails into an escalation names the business object and says what is needed, in words; the
     engine's error text stays in the description."""
 

@@ -226,7 +226,8 @@ def test_an_unrecordable_result_escalates_when_the_step_says_so(register_workflo
     escalation = HumanTask.objects.get(instance=instance)
     assert calls == {"act": 1}
     assert (escalation.kind, escalation.state) == (TaskKind.ESCALATION, TaskState.OPEN)
-    assert escalation.title.startswith("Resolve: act failed: result['at'] is a datetime")
+    assert escalation.title.endswith("act failed and needs an operator's decision")
+    assert "result['at'] is a datetime" in escalation.description
     assert instance.state == InstanceState.WAITING
 
 
