@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from django.db.models import F
 from django.utils import timezone
 
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskState
@@ -389,3 +390,57 @@ def test_steps_of_other_instances_are_not_moved_by_a_resume(wait_flow):
 
     # then
     assert StepRun.objects.get(instance=other).due_at == other_due
+
+
+# --- edges: the pause instant, a stale sweep clock, a pause that ends before it began ---------------------
+
+
+def test_a_rung_already_due_when_the_pause_began_fires_on_resume_and_the_next_rung_keeps_the_pause(users, ladder_flow):
+    """The first rung fell due just before the pause and the sweep had not fired it yet: it fires on resume (it
+    was due), and the second rung still counts unpaused time, one hour later, not at once."""
+    # given: a task opened an hour ago whose first rung (1 h) is due now, not yet fired by the sweep
+    instance = instance_start("pause_ladder_demo", {})
+    HumanTask.objects.filter(instance=instance).update(
+        created_at=F("created_at") - timedelta(hours=1),
+        due_at=F("due_at") - timedelta(hours=1),
+        next_escalation_at=F("next_escalation_at") - timedelta(hours=1),
+    )
+    task = HumanTask.objects.get(instance=instance)
+    paused_at = pause(instance)
+    assert task.next_escalation_at <= paused_at
+
+    # when: paused for ten hours, then resumed; the sweep runs at the resume and just before the second rung
+    resumed_at = paused_at + timedelta(hours=10)
+    instance_resume(instance.pk, actor=OPERATOR, reason="audit done", now=resumed_at)
+    at_resume = engine.sweep(now=resumed_at).tasks
+    second_rung = task.created_at + timedelta(hours=2) + (resumed_at - paused_at)
+    early = engine.sweep(now=second_rung - timedelta(minutes=1)).tasks
+    on_time = engine.sweep(now=second_rung + timedelta(seconds=1)).tasks
+
+    # then
+    assert at_resume == {"escalations": 1}
+    assert early == {"escalations": 0}, "the second rung fired without counting the ten hours paused"
+    assert on_time == {"escalations": 1}
+    assert [events(instance, a) for a in ("task.reminded", "task.reassigned")] == [1, 1]
+
+
+def test_a_sweep_whose_clock_was_read_before_the_pause_never_moves_deadlines_back(wait_flow):
+    """The sweep read its clock, then an operator paused with an end already passed: the sweep's resume happens at
+    a time before the pause began. Deadlines may only move on, never back."""
+    # given
+    instance = instance_start("pause_wait_demo", {})
+    timer = instance.steps.get()
+    due = timer.due_at
+    sweep_clock = timezone.now()
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=sweep_clock - timedelta(seconds=1))
+
+    # when
+    instance_resume(instance.pk, actor=engine.SWEEPER, reason="pause ended", only_if_due=True, now=sweep_clock)
+
+    # then
+    timer.refresh_from_db()
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.WAITING
+    assert timer.due_at >= due, f"moved back by {due - timer.due_at}"
+    paused, resumed = AuditEvent.objects.filter(instance=instance, action__in=["instance.paused", "instance.resumed"])
+    assert resumed.occurred_at >= paused.occurred_at
