@@ -266,3 +266,34 @@ def test_the_seal_file_is_appended_with_restricted_permissions(instance, seal_pa
     # then
     assert Path(seal_path).stat().st_mode & 0o777 == 0o640
     assert len(Path(seal_path).read_text().splitlines()) == 2
+
+
+def test_junk_in_a_seal_file_is_named_by_line_and_the_good_seals_still_count(instance, seal_path):
+    """A seal file that picked up bytes that are not text (a disk error, a binary log rotated into it), JSON that
+    is not a record, and a line cut off mid-write: each bad line is named by its number, nothing crashes, and the
+    good seals around them still pin the heads (a tail cut off afterwards is caught)."""
+    # given
+    seal(full=True, path=seal_path)
+    with open(seal_path, "ab") as out:
+        out.write(b'\xff\xfe\x00\x9c not text\n[1, 2, 3]\nnull\n"heads"\n')
+    seal(full=True, path=seal_path)
+    with open(seal_path, "ab") as out:
+        out.write(b'{"v":1,"at":"2026-11-29T21:00:00+00:00","heads":[["instance:1",')
+    events = events_of(instance)
+
+    # when
+    clean = verify("--seals", seal_path)
+    with triggers_off():
+        sql("DELETE FROM orchestrator_auditevent WHERE id = %s", [events[-1].pk])
+    set_head(instance, events[-2])
+    cut = verify("--seals", seal_path)
+
+    # then
+    for message in (clean, cut):
+        assert message is not None
+        for number in (2, 3, 4, 5, 7):
+            assert f"seal line {number}:" in message, message
+        assert "seal line 1:" not in message
+        assert "seal line 6:" not in message
+    assert "cut off" not in clean
+    assert f"chain {chain_name(instance.pk)} seq {len(events)}: cut off: sealed at seq {len(events)}" in cut
