@@ -8,9 +8,11 @@ the pause.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 
 import pytest
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -19,7 +21,7 @@ from orchestrator.audit import Actor
 from orchestrator.dsl import Escalate, Human, Reassign, Remind, Retry, StepContext, Task, Timer, Workflow
 from orchestrator.models import BUSY_STEP_STATES, AuditEvent, InstanceState, StepKind, StepRun, StepState
 from orchestrator.services import engine
-from orchestrator.services.instances import instance_pause, instance_resume, instance_start
+from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_start
 
 pytestmark = pytest.mark.django_db
 
@@ -444,3 +446,54 @@ def test_a_sweep_whose_clock_was_read_before_the_pause_never_moves_deadlines_bac
     assert timer.due_at >= due, f"moved back by {due - timer.due_at}"
     paused, resumed = AuditEvent.objects.filter(instance=instance, action__in=["instance.paused", "instance.resumed"])
     assert resumed.occurred_at >= paused.occurred_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_and_a_person_resuming_at_once_resume_once_and_shift_once(register_workflow):
+    """A pause whose end has passed is lifted by the sweep while an operator presses Resume: one of them resumes,
+    the other is told or does nothing; the timer moves on once, and the chain has one resume."""
+    # given
+    register_workflow(Workflow("pause_race_demo", 1, [Timer("cool_off", wait=timedelta(hours=1)), Task("after", noop)]))
+    instance = instance_start("pause_race_demo", {})
+    due = instance.steps.get().due_at
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=timezone.now() + timedelta(milliseconds=50))
+    instance.refresh_from_db()
+    paused_at = instance.paused_at
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def by_sweep() -> None:
+        try:
+            start.wait()
+            outcomes.append(("sweep", engine.sweep(now=paused_at + timedelta(seconds=30)).resumed))
+        except BaseException as exc:  # pragma: no cover - reported below
+            outcomes.append(exc)
+        finally:
+            connection.close()
+
+    def by_person() -> None:
+        try:
+            start.wait()
+            instance_resume(instance.pk, actor=OPERATOR, reason="done", now=paused_at + timedelta(seconds=30))
+            outcomes.append(("person", 1))
+        except NotAllowed:
+            outcomes.append(("person", 0))
+        except BaseException as exc:  # pragma: no cover - reported below
+            outcomes.append(exc)
+        finally:
+            connection.close()
+
+    # when
+    threads = [threading.Thread(target=by_sweep), threading.Thread(target=by_person)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # then
+    assert all(isinstance(o, tuple) for o in outcomes), outcomes
+    assert sum(o[1] for o in outcomes) == 1, outcomes
+    assert events(instance, "instance.resumed") == 1
+    assert instance.steps.get(name="cool_off").due_at == due + timedelta(seconds=30)
+    instance.refresh_from_db()
+    assert (instance.state, instance.paused_at, instance.paused_until) == (InstanceState.WAITING, None, None)
