@@ -19,7 +19,15 @@ from django.utils import timezone
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskState
 from orchestrator.audit import Actor
 from orchestrator.dsl import Escalate, Human, Reassign, Remind, Retry, StepContext, Task, Timer, Workflow
-from orchestrator.models import BUSY_STEP_STATES, AuditEvent, InstanceState, StepKind, StepRun, StepState
+from orchestrator.models import (
+    BUSY_STEP_STATES,
+    AuditEvent,
+    InstanceState,
+    StepKind,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
 from orchestrator.services import engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_start
 
@@ -497,3 +505,35 @@ def test_the_sweep_and_a_person_resuming_at_once_resume_once_and_shift_once(regi
     assert instance.steps.get(name="cool_off").due_at == due + timedelta(seconds=30)
     instance.refresh_from_db()
     assert (instance.state, instance.paused_at, instance.paused_until) == (InstanceState.WAITING, None, None)
+
+
+def test_a_ladder_across_two_pauses_counts_both(users, ladder_flow):
+    """Paused two hours before the first rung, resumed, the reminder fires; paused three hours more before the
+    second rung: the reassign fires after 2 h of unpaused time plus both pauses, the escalate one hour later."""
+    # given
+    instance = instance_start("pause_ladder_demo", {})
+    task = HumanTask.objects.get(instance=instance)
+    opened = task.next_escalation_at - timedelta(hours=1)
+    first_pause = pause(instance)
+    first_resume = first_pause + timedelta(hours=2)
+    instance_resume(instance.pk, actor=OPERATOR, reason="one", now=first_resume)
+    reminded = engine.sweep(now=opened + timedelta(hours=3)).tasks
+
+    # when: the second pause began at (opened + 3.5 h), as stored by a pause then (the clock cannot be set back),
+    # held for three hours
+    second_pause = opened + timedelta(hours=3, minutes=30)
+    WorkflowInstance.objects.filter(pk=instance.pk).update(state=InstanceState.PAUSED, paused_at=second_pause)
+    instance_resume(instance.pk, actor=OPERATOR, reason="two", now=second_pause + timedelta(hours=3))
+    held = (first_resume - first_pause) + timedelta(hours=3)
+    times = [opened + timedelta(hours=h) + held for h in (2, 3)]
+    fired = []
+    for at in times:
+        fired += [engine.sweep(now=at - timedelta(seconds=1)).tasks["escalations"]]
+        fired += [engine.sweep(now=at).tasks["escalations"]]
+
+    # then
+    assert reminded == {"escalations": 1}
+    assert fired == [0, 1, 0, 1]
+    task.refresh_from_db()
+    assert abs(task.due_at - (opened + timedelta(hours=4) + held)) < timedelta(seconds=1)
+    assert [events(instance, a) for a in ("task.reminded", "task.reassigned", "task.escalated")] == [1, 1, 1]
