@@ -297,3 +297,17 @@ def test_junk_in_a_seal_file_is_named_by_line_and_the_good_seals_still_count(ins
         assert "seal line 6:" not in message
     assert "cut off" not in clean
     assert f"chain {chain_name(instance.pk)} seq {len(events)}: cut off: sealed at seq {len(events)}" in cut
+
+
+@pytest.mark.parametrize("where", ["missing-directory", "a-directory"])
+def test_a_seal_that_cannot_be_written_is_a_clear_command_error(instance, tmp_path, where):
+    """``baton_audit_seal --path`` to a place it cannot write says so, naming the path, instead of a traceback."""
+    # given
+    target = tmp_path / "gone" / "seals.jsonl" if where == "missing-directory" else tmp_path
+
+    # when
+    with pytest.raises(CommandError) as failure:
+        call_command("baton_audit_seal", "--full", "--path", str(target))
+
+    # then
+    assert f"cannot write seals to {target}" in str(failure.value)
