@@ -311,3 +311,21 @@ def test_a_seal_that_cannot_be_written_is_a_clear_command_error(instance, tmp_pa
 
     # then
     assert f"cannot write seals to {target}" in str(failure.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "not a seal\n"], ids=["empty", "blank-lines", "junk-only"])
+def test_a_seal_file_with_no_seal_in_it_does_not_pass(instance, seal_path, content):
+    """A seal file truncated to nothing (or holding no valid seal) checks nothing: verify --seals fails and says
+    so, rather than reporting a trail verified against seals. A file that is missing is named too."""
+    # given
+    Path(seal_path).write_text(content)
+
+    # when
+    message = verify("--seals", seal_path)
+    missing = verify("--seals", seal_path + ".gone")
+
+    # then
+    assert message is not None
+    assert f"no valid seal in {seal_path}" in message
+    assert missing is not None
+    assert f"cannot read seals from {seal_path}.gone" in missing
