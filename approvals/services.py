@@ -799,10 +799,13 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
 
 def tasks_shift_deadlines(unit: Unit, paused_at: datetime, held: Any) -> None:
     """On resume: move the open tasks' SLA (``due_at``) and next escalation rung on by ``held``, an SQL
-    expression of the time each was held (``instance_resume``); deadlines due before ``paused_at`` stay due."""
+    expression of the time each was held (``instance_resume``). An SLA already due when the pause began stays
+    where it was (it is overdue either way). Every next rung moves, one already due too: ``held`` is at most the
+    time since the pause began, so a due rung stays due and fires on resume, and the time it was held is counted
+    by the rungs after it (``_escalation_fire`` reads it off ``next_escalation_at``)."""
     open_tasks = HumanTask.objects.filter(instance=unit.instance, state__in=ACTIONABLE_TASK_STATES)
     open_tasks.filter(due_at__gt=paused_at).update(due_at=F("due_at") + held)
-    open_tasks.filter(next_escalation_at__gt=paused_at).update(next_escalation_at=F("next_escalation_at") + held)
+    open_tasks.filter(next_escalation_at__isnull=False).update(next_escalation_at=F("next_escalation_at") + held)
 
 
 def tasks_sweep(now: datetime | None = None, *, report: engine.SweepReport | None = None) -> dict[str, int]:

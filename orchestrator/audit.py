@@ -274,14 +274,19 @@ class ChainWalk:
         self.events = 0
         self.legacy = 0
         self.broken: ChainBreak | None = None
+        # Events signed with a key that is no longer configured: their links are still checked and the walk goes
+        # on, so the events after them (signed with a current key) are verified, not hidden behind the first one.
+        self.unverifiable: list[int] = []
+        self.unverifiable_keys: set[str] = set()
+        self.unverifiable_first_id: int | None = None
         prefix, _, number = chain.partition(":")
         self.instance_id = int(number) if prefix == "instance" and number.isdigit() else None
 
     def add(self, event: AuditEvent) -> None:
         """Check the next event; the first problem found is kept in ``broken`` and later events are ignored."""
+        self.events += 1
         if self.broken is not None:
             return
-        self.events += 1
         problem = self._problem(event)
         if problem is not None:
             seq = self.seq + 1 if problem.startswith("event #") else event.seq
@@ -306,22 +311,58 @@ class ChainWalk:
                 return f"unkeyed event written after keying began (legacy events end at id {self.legacy_through})"
             self.legacy += 1
         elif event.key_id not in self.keys:
-            return f"signed with key {event.key_id!r}, which BATON_AUDIT_KEYS does not hold"
+            self.keyed = True
+            self.unverifiable.append(event.seq)
+            self.unverifiable_keys.add(event.key_id)
+            if self.unverifiable_first_id is None:
+                self.unverifiable_first_id = event.pk
         else:
             self.keyed = True
-        if not hmac.compare_digest(event_hash(event, self.keys.get(event.key_id)), event.hash):
+        checkable = event.key_id in self.keys or not event.key_id
+        if checkable and not hmac.compare_digest(event_hash(event, self.keys.get(event.key_id)), event.hash):
             return "content does not match its hash"
         pinned = self.sealed.get(event.seq)
         if pinned is not None and pinned[0] != event.hash:
             return f"differs from the head sealed at {pinned[1]}: history was rewritten after the seal"
         return None
 
+    def unverified(self) -> ChainBreak | None:
+        """The events whose key is no longer configured, named by seq range and key ids, or None. They count as a
+        problem (an event nobody can check is not evidence), reported beside any other break of the chain."""
+        if not self.unverifiable:
+            return None
+        seqs, keys = self.unverifiable, ", ".join(repr(k) for k in sorted(self.unverifiable_keys))
+        if len(seqs) == 1:
+            which = f"event #{seqs[0]} cannot"
+        else:
+            span = "to" if seqs[-1] - seqs[0] + 1 == len(seqs) else "in"
+            which = f"{len(seqs)} events, #{seqs[0]} {span} #{seqs[-1]}, cannot"
+        plural = "s" if len(self.unverifiable_keys) > 1 else ""
+        return ChainBreak(
+            self.chain,
+            seqs[0],
+            self.unverifiable_first_id,
+            f"signed with key{plural} {keys}, which BATON_AUDIT_KEYS does not hold: {which} be verified (keep a "
+            "retired key listed for as long as its events must verify)",
+        )
+
     def finish(self, stored: tuple[int, str] | None, *, has_head: bool = True) -> ChainBreak | None:
         """The chain's verdict once all its events went past, compared with the head stored for it.
 
         ``stored`` is ``(seq, hash)`` from the instance row or the AuditChain row; ``has_head=False`` skips the
-        comparison (a caller checking a list of events). Returns the first problem, or None.
+        comparison (a caller checking a list of events). Returns the first problem, or None; events signed with a
+        key no longer configured come last (see ``unverified``), after any other problem.
         """
+        verdicts = self.verdicts(stored, has_head=has_head)
+        return verdicts[0] if verdicts else None
+
+    def verdicts(self, stored: tuple[int, str] | None, *, has_head: bool = True) -> list[ChainBreak]:
+        """Every problem of the chain, at most two: its first break (as ``finish``), and its events that cannot
+        be verified because their key is no longer configured."""
+        found = [self._finish(stored, has_head=has_head), self.unverified()]
+        return [problem for problem in found if problem is not None]
+
+    def _finish(self, stored: tuple[int, str] | None, *, has_head: bool) -> ChainBreak | None:
         if self.broken is not None:
             return self.broken
         if has_head:
@@ -380,6 +421,11 @@ def legacy_boundary() -> tuple[int, str]:
             through = max(through, int(event.payload.get("legacy_through", 0)))
     if walk.broken is not None:
         return 0, f"the {AUDIT_CHAIN} chain is broken, so no unkeyed event is accepted"
+    if walk.unverifiable:
+        return 0, (
+            f"the {AUDIT_CHAIN} chain is signed with a key BATON_AUDIT_KEYS no longer holds, so no unkeyed event is "
+            "accepted"
+        )
     return through, f"events up to id {through} may be legacy (unkeyed)"
 
 
@@ -426,12 +472,10 @@ def verify_trail(chain: str | None = None, sealed: Sealed | None = None) -> Trai
     def settle(walks: list[ChainWalk]) -> None:
         heads = _stored_heads([w.chain for w in walks])
         for walk in walks:
-            broken = walk.finish(heads.get(walk.chain))
             report.chains += 1
             report.events += walk.events
             report.legacy += walk.legacy
-            if broken is not None:
-                report.breaks.append(broken)
+            report.breaks += walk.verdicts(heads.get(walk.chain))
 
     events = AuditEvent.objects.order_by("chain", "seq")
     if chain is not None:

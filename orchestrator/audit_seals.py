@@ -108,15 +108,21 @@ class Seals:
 
 
 def read_seals(path: str) -> Seals:
-    """Read and check a seal file (JSON Lines). Lines that are not JSON, name an unknown key or whose signature
-    does not verify are reported in ``problems`` and their heads ignored; two seals that pin one chain's seq to
-    different hashes are reported too. Raises ``OSError`` when the file cannot be read.
+    """Read and check a seal file (JSON Lines). Lines that are not UTF-8 or not JSON, name an unknown key or whose
+    signature does not verify are reported in ``problems`` and their heads ignored; two seals that pin one chain's
+    seq to different hashes are reported too. Raises ``OSError`` when the file cannot be read.
     """
     keys = verifying_keys()
     seals = Seals()
-    with open(path, encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            text = text.strip()
+    # Read as bytes and decoded line by line: one line that is not text (a disk fault, a binary file rotated into
+    # the stream) is one reported line, not a crash that hides every good seal after it.
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                seals.problems.append(f"seal line {number}: not UTF-8 text")
+                continue
             if not text:
                 continue
             # A seal logged without a file is "<log prefix> {json}": accept a log stream copied to a file.

@@ -122,6 +122,12 @@ class WorkflowInstance(FSMModelMixin, models.Model):
         self.outcome = "compensated"
         self.finished_at = now
 
+    # A step that took effect after the compensation ended (its worker reported late) must be undone as well.
+    @transition(field=state, source=InstanceState.COMPENSATED, target=InstanceState.COMPENSATING)
+    def reopen_compensation(self) -> None:
+        self.outcome = ""
+        self.finished_at = None
+
     @transition(field=state, source=InstanceState.FAILED, target=InstanceState.RUNNING)
     def retry(self) -> None:
         self.error = ""
@@ -276,6 +282,16 @@ class StepRun(FSMModelMixin, models.Model):
     @transition(field=state, source=[StepState.SUCCEEDED, StepState.DEAD], target=StepState.COMPENSATED)
     def mark_compensated(self) -> None:
         pass
+
+    # Skipped while a worker ran it (a compensation began meanwhile) and the worker then reported success: its
+    # effect happened, so it is recorded as done and the compensation undoes it too.
+    @transition(field=state, source=StepState.SKIPPED, target=StepState.SUCCEEDED)
+    def succeed_late(self, result: dict[str, Any], now: datetime) -> None:
+        self.result = result
+        self.finished_at = now
+        self.lease_expires_at = None
+        self.error = ""
+        self.error_type = ""
 
 
 class AuditEvent(models.Model):

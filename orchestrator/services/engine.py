@@ -416,6 +416,8 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
             return "gone"
         instance, step = locked
         if step.state != StepState.RUNNING or step.attempt != attempt:
+            if outcome.ok and step.state == StepState.SKIPPED and step.attempt == attempt and saga_begun(instance):
+                return _late_success(instance, step, outcome)
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return "fenced"
         unit = Unit(instance, WORKER)
@@ -461,6 +463,42 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
 # In the result of a dead task step: its handler returned, so its side effect happened, but the result could not
 # be recorded. Compensation undoes such a step like a succeeded one (docs/architecture.md).
 RESULT_LOST = "result_lost"
+
+
+def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -> str:
+    """A forward step skipped while its worker ran it, because a compensation began, reports success: its effect
+    happened, so it is recorded as succeeded (its result joins the data its compensation reads) and undone like
+    the others (docs/architecture.md, "Operator actions and the saga"). A compensating instance undoes it in
+    turn (latest finished first); a compensated one compensates again for it; a failed one does when retried; a
+    cancelled one only records it. The flow never moves on from it. Called inside ``_record``'s transaction."""
+    unit = Unit(instance, WORKER)
+    workflow = definition_of(instance)
+    step.succeed_late(outcome.result, unit.now)
+    step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+    unit.audit(
+        "step.succeeded",
+        "step",
+        step.pk,
+        StepState.SKIPPED,
+        step.state,
+        reason="reported after the compensation began: it is undone too",
+        payload={"attempt": step.attempt, "result": outcome.result, "late": True},
+    )
+    instance.data.update(outcome.result)
+    node = workflow.node(step.name)
+    if instance.state == InstanceState.COMPENSATED and isinstance(node, Task) and node.compensate is not None:
+        instance.reopen_compensation()
+        unit.audit(
+            "instance.compensating",
+            "instance",
+            instance.pk,
+            InstanceState.COMPENSATED,
+            instance.state,
+            reason=f"{step.name} took effect after the compensation ended",
+        )
+        _compensation_next(unit, workflow)
+    unit.finish()
+    return "succeeded late"
 
 
 def _record_failure(

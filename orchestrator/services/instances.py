@@ -317,6 +317,10 @@ def instance_resume(
         if only_if_due and (instance.paused_until is None or instance.paused_until > unit.now):
             return False
         paused_at = instance.paused_at
+        if paused_at is not None and unit.now < paused_at:
+            # A clock read before the pause began (the sweep's, taken at the start of its pass, or another host's
+            # that runs behind): the resume is at the pause, never before it, so no deadline moves back.
+            unit.now = paused_at
         instance.resume()
         unit.audit(
             "instance.resumed",

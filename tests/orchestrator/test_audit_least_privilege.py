@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 
 from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone, verify_trail
@@ -147,3 +148,66 @@ def test_a_role_name_that_is_not_an_identifier_is_refused():
     """The role name is put into SQL: anything but a plain identifier is refused before any statement runs."""
     with pytest.raises(Exception, match="not a plain PostgreSQL role name"):
         call_command("baton_audit_grants", 'x"; DROP TABLE orchestrator_auditevent; --')
+
+
+@pytest.fixture
+def bare_role() -> Iterator[str]:
+    """A fresh LOGIN role with no grants yet; dropped afterwards."""
+    role = f"baton_app_{uuid.uuid4().hex[:12]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        yield role
+    finally:
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP OWNED BY "{role}"')
+            cursor.execute(f'DROP ROLE "{role}"')
+
+
+def test_the_grants_run_twice_give_the_same_rights(bare_role):
+    """Applying the grants again (after every migrate) changes nothing and still passes its own check."""
+    # when
+    call_command("baton_audit_grants", bare_role, "--apply")
+    call_command("baton_audit_grants", bare_role, "--apply")
+
+    # then
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT has_table_privilege(%s, 'orchestrator_auditevent', 'INSERT'), "
+            "has_table_privilege(%s, 'orchestrator_auditevent', 'UPDATE')",
+            [bare_role, bare_role],
+        )
+        assert cursor.fetchone() == (True, False)
+
+
+@pytest.mark.parametrize("how", ["member-of-the-owner", "member-of-a-group-with-update"])
+def test_a_role_that_inherits_rights_on_the_audit_table_is_not_reported_as_least_privileged(bare_role, how):
+    """The REVOKE only takes back what was granted to the role itself: a role that is a member of the tables'
+    owner, or of a group allowed to UPDATE the audit table, keeps those rights. --apply says so and fails, naming
+    what the role can still do, instead of reporting success."""
+    # given
+    group = f"{bare_role}_grp"
+    with connection.cursor() as cursor:
+        if how == "member-of-the-owner":
+            cursor.execute(f'GRANT "{connection.settings_dict["USER"]}" TO "{bare_role}"')
+        else:
+            cursor.execute(f'CREATE ROLE "{group}" NOLOGIN')
+            cursor.execute(f'GRANT UPDATE, DELETE ON orchestrator_auditevent TO "{group}"')
+            cursor.execute(f'GRANT "{group}" TO "{bare_role}"')
+    try:
+        # when
+        with pytest.raises(CommandError) as failure:
+            call_command("baton_audit_grants", bare_role, "--apply")
+
+        # then
+        message = str(failure.value)
+        assert f"{bare_role} can still UPDATE, DELETE" in message
+        if how == "member-of-the-owner":
+            assert "owner" in message
+    finally:
+        if how != "member-of-the-owner":
+            connection.close()
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP OWNED BY "{group}"')
+                cursor.execute(f'DROP ROLE "{group}"')

@@ -266,3 +266,66 @@ def test_the_seal_file_is_appended_with_restricted_permissions(instance, seal_pa
     # then
     assert Path(seal_path).stat().st_mode & 0o777 == 0o640
     assert len(Path(seal_path).read_text().splitlines()) == 2
+
+
+def test_junk_in_a_seal_file_is_named_by_line_and_the_good_seals_still_count(instance, seal_path):
+    """A seal file that picked up bytes that are not text (a disk error, a binary log rotated into it), JSON that
+    is not a record, and a line cut off mid-write: each bad line is named by its number, nothing crashes, and the
+    good seals around them still pin the heads (a tail cut off afterwards is caught)."""
+    # given
+    seal(full=True, path=seal_path)
+    with open(seal_path, "ab") as out:
+        out.write(b'\xff\xfe\x00\x9c not text\n[1, 2, 3]\nnull\n"heads"\n')
+    seal(full=True, path=seal_path)
+    with open(seal_path, "ab") as out:
+        out.write(b'{"v":1,"at":"2026-11-29T21:00:00+00:00","heads":[["instance:1",')
+    events = events_of(instance)
+
+    # when
+    clean = verify("--seals", seal_path)
+    with triggers_off():
+        sql("DELETE FROM orchestrator_auditevent WHERE id = %s", [events[-1].pk])
+    set_head(instance, events[-2])
+    cut = verify("--seals", seal_path)
+
+    # then
+    for message in (clean, cut):
+        assert message is not None
+        for number in (2, 3, 4, 5, 7):
+            assert f"seal line {number}:" in message, message
+        assert "seal line 1:" not in message
+        assert "seal line 6:" not in message
+    assert "cut off" not in clean
+    assert f"chain {chain_name(instance.pk)} seq {len(events)}: cut off: sealed at seq {len(events)}" in cut
+
+
+@pytest.mark.parametrize("where", ["missing-directory", "a-directory"])
+def test_a_seal_that_cannot_be_written_is_a_clear_command_error(instance, tmp_path, where):
+    """``baton_audit_seal --path`` to a place it cannot write says so, naming the path, instead of a traceback."""
+    # given
+    target = tmp_path / "gone" / "seals.jsonl" if where == "missing-directory" else tmp_path
+
+    # when
+    with pytest.raises(CommandError) as failure:
+        call_command("baton_audit_seal", "--full", "--path", str(target))
+
+    # then
+    assert f"cannot write seals to {target}" in str(failure.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "not a seal\n"], ids=["empty", "blank-lines", "junk-only"])
+def test_a_seal_file_with_no_seal_in_it_does_not_pass(instance, seal_path, content):
+    """A seal file truncated to nothing (or holding no valid seal) checks nothing: verify --seals fails and says
+    so, rather than reporting a trail verified against seals. A file that is missing is named too."""
+    # given
+    Path(seal_path).write_text(content)
+
+    # when
+    message = verify("--seals", seal_path)
+    missing = verify("--seals", seal_path + ".gone")
+
+    # then
+    assert message is not None
+    assert f"no valid seal in {seal_path}" in message
+    assert missing is not None
+    assert f"cannot read seals from {seal_path}.gone" in missing

@@ -481,3 +481,35 @@ def test_the_hash_is_a_keyed_mac_not_a_digest_anyone_can_recompute(instance):
     assert event.key_id == signing_key()[0]
     assert event_hash(event) == event.hash
     assert with_other_key != event.hash
+
+
+def test_with_a_retired_key_removed_verify_names_what_it_cannot_check_and_still_checks_the_rest(run_steps):
+    """Rotated from "old" to "new", then "old" dropped from the settings: verify names the events it cannot check
+    (how many, which seqs, which key) without crashing, and still verifies the events signed with "new", so an
+    edit made to them after the rotation is not hidden behind the first unverifiable event."""
+    # given
+    actor = Actor.system("accounts")
+    with override_settings(BATON_AUDIT_KEYS=[KEY_A]):
+        keying_record(legacy_through=0)
+        for n in range(3):
+            append_standalone("rotation", actor=actor, action="a", subject_type="user", subject_id=n)
+    with override_settings(BATON_AUDIT_KEYS=[KEY_B, KEY_A]):
+        for n in range(3):
+            append_standalone("rotation", actor=actor, action="b", subject_type="user", subject_id=n)
+        verify_passes("--chain", "rotation")
+    chain = list(AuditEvent.objects.filter(chain="rotation").order_by("seq"))
+    with triggers_off():
+        sql("UPDATE orchestrator_auditevent SET reason = 'nothing happened' WHERE id = %s", [chain[4].pk])
+
+    # when
+    with override_settings(BATON_AUDIT_KEYS=[KEY_B]):
+        message = verify_fails()
+
+    # then
+    assert f"chain rotation seq 5 (event id {chain[4].pk}): content does not match its hash" in message
+    assert (
+        f"chain rotation seq 1 (event id {chain[0].pk}): signed with key 'old', which BATON_AUDIT_KEYS does not "
+        "hold: 3 events, #1 to #3, cannot be verified"
+    ) in message
+    assert "chain audit seq 1" in message
+    assert f"{AuditEvent.objects.count()} events" in message

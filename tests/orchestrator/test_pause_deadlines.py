@@ -8,17 +8,28 @@ the pause.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskState
 from orchestrator.audit import Actor
 from orchestrator.dsl import Escalate, Human, Reassign, Remind, Retry, StepContext, Task, Timer, Workflow
-from orchestrator.models import BUSY_STEP_STATES, AuditEvent, InstanceState, StepKind, StepRun, StepState
+from orchestrator.models import (
+    BUSY_STEP_STATES,
+    AuditEvent,
+    InstanceState,
+    StepKind,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
 from orchestrator.services import engine
-from orchestrator.services.instances import instance_pause, instance_resume, instance_start
+from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_start
 
 pytestmark = pytest.mark.django_db
 
@@ -389,3 +400,140 @@ def test_steps_of_other_instances_are_not_moved_by_a_resume(wait_flow):
 
     # then
     assert StepRun.objects.get(instance=other).due_at == other_due
+
+
+# --- edges: the pause instant, a stale sweep clock, a pause that ends before it began ---------------------
+
+
+def test_a_rung_already_due_when_the_pause_began_fires_on_resume_and_the_next_rung_keeps_the_pause(users, ladder_flow):
+    """The first rung fell due just before the pause and the sweep had not fired it yet: it fires on resume (it
+    was due), and the second rung still counts unpaused time, one hour later, not at once."""
+    # given: a task opened an hour ago whose first rung (1 h) is due now, not yet fired by the sweep
+    instance = instance_start("pause_ladder_demo", {})
+    HumanTask.objects.filter(instance=instance).update(
+        created_at=F("created_at") - timedelta(hours=1),
+        due_at=F("due_at") - timedelta(hours=1),
+        next_escalation_at=F("next_escalation_at") - timedelta(hours=1),
+    )
+    task = HumanTask.objects.get(instance=instance)
+    paused_at = pause(instance)
+    assert task.next_escalation_at <= paused_at
+
+    # when: paused for ten hours, then resumed; the sweep runs at the resume and just before the second rung
+    resumed_at = paused_at + timedelta(hours=10)
+    instance_resume(instance.pk, actor=OPERATOR, reason="audit done", now=resumed_at)
+    at_resume = engine.sweep(now=resumed_at).tasks
+    second_rung = task.created_at + timedelta(hours=2) + (resumed_at - paused_at)
+    early = engine.sweep(now=second_rung - timedelta(minutes=1)).tasks
+    on_time = engine.sweep(now=second_rung + timedelta(seconds=1)).tasks
+
+    # then
+    assert at_resume == {"escalations": 1}
+    assert early == {"escalations": 0}, "the second rung fired without counting the ten hours paused"
+    assert on_time == {"escalations": 1}
+    assert [events(instance, a) for a in ("task.reminded", "task.reassigned")] == [1, 1]
+
+
+def test_a_sweep_whose_clock_was_read_before_the_pause_never_moves_deadlines_back(wait_flow):
+    """The sweep read its clock, then an operator paused with an end already passed: the sweep's resume happens at
+    a time before the pause began. Deadlines may only move on, never back."""
+    # given
+    instance = instance_start("pause_wait_demo", {})
+    timer = instance.steps.get()
+    due = timer.due_at
+    sweep_clock = timezone.now()
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=sweep_clock - timedelta(seconds=1))
+
+    # when
+    instance_resume(instance.pk, actor=engine.SWEEPER, reason="pause ended", only_if_due=True, now=sweep_clock)
+
+    # then
+    timer.refresh_from_db()
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.WAITING
+    assert timer.due_at >= due, f"moved back by {due - timer.due_at}"
+    paused, resumed = AuditEvent.objects.filter(instance=instance, action__in=["instance.paused", "instance.resumed"])
+    assert resumed.occurred_at >= paused.occurred_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_and_a_person_resuming_at_once_resume_once_and_shift_once(register_workflow):
+    """A pause whose end has passed is lifted by the sweep while an operator presses Resume: one of them resumes,
+    the other is told or does nothing; the timer moves on once, and the chain has one resume."""
+    # given
+    register_workflow(Workflow("pause_race_demo", 1, [Timer("cool_off", wait=timedelta(hours=1)), Task("after", noop)]))
+    instance = instance_start("pause_race_demo", {})
+    due = instance.steps.get().due_at
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=timezone.now() + timedelta(milliseconds=50))
+    instance.refresh_from_db()
+    paused_at = instance.paused_at
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def by_sweep() -> None:
+        try:
+            start.wait()
+            outcomes.append(("sweep", engine.sweep(now=paused_at + timedelta(seconds=30)).resumed))
+        except BaseException as exc:  # pragma: no cover - reported below
+            outcomes.append(exc)
+        finally:
+            connection.close()
+
+    def by_person() -> None:
+        try:
+            start.wait()
+            instance_resume(instance.pk, actor=OPERATOR, reason="done", now=paused_at + timedelta(seconds=30))
+            outcomes.append(("person", 1))
+        except NotAllowed:
+            outcomes.append(("person", 0))
+        except BaseException as exc:  # pragma: no cover - reported below
+            outcomes.append(exc)
+        finally:
+            connection.close()
+
+    # when
+    threads = [threading.Thread(target=by_sweep), threading.Thread(target=by_person)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # then
+    assert all(isinstance(o, tuple) for o in outcomes), outcomes
+    assert sum(o[1] for o in outcomes) == 1, outcomes
+    assert events(instance, "instance.resumed") == 1
+    assert instance.steps.get(name="cool_off").due_at == due + timedelta(seconds=30)
+    instance.refresh_from_db()
+    assert (instance.state, instance.paused_at, instance.paused_until) == (InstanceState.WAITING, None, None)
+
+
+def test_a_ladder_across_two_pauses_counts_both(users, ladder_flow):
+    """Paused two hours before the first rung, resumed, the reminder fires; paused three hours more before the
+    second rung: the reassign fires after 2 h of unpaused time plus both pauses, the escalate one hour later."""
+    # given
+    instance = instance_start("pause_ladder_demo", {})
+    task = HumanTask.objects.get(instance=instance)
+    opened = task.next_escalation_at - timedelta(hours=1)
+    first_pause = pause(instance)
+    first_resume = first_pause + timedelta(hours=2)
+    instance_resume(instance.pk, actor=OPERATOR, reason="one", now=first_resume)
+    reminded = engine.sweep(now=opened + timedelta(hours=3)).tasks
+
+    # when: the second pause began at (opened + 3.5 h), as stored by a pause then (the clock cannot be set back),
+    # held for three hours
+    second_pause = opened + timedelta(hours=3, minutes=30)
+    WorkflowInstance.objects.filter(pk=instance.pk).update(state=InstanceState.PAUSED, paused_at=second_pause)
+    instance_resume(instance.pk, actor=OPERATOR, reason="two", now=second_pause + timedelta(hours=3))
+    held = (first_resume - first_pause) + timedelta(hours=3)
+    times = [opened + timedelta(hours=h) + held for h in (2, 3)]
+    fired = []
+    for at in times:
+        fired += [engine.sweep(now=at - timedelta(seconds=1)).tasks["escalations"]]
+        fired += [engine.sweep(now=at).tasks["escalations"]]
+
+    # then
+    assert reminded == {"escalations": 1}
+    assert fired == [0, 1, 0, 1]
+    task.refresh_from_db()
+    assert abs(task.due_at - (opened + timedelta(hours=4) + held)) < timedelta(seconds=1)
+    assert [events(instance, a) for a in ("task.reminded", "task.reassigned", "task.escalated")] == [1, 1, 1]

@@ -16,10 +16,11 @@ from django.urls import reverse
 
 from approvals.models import HumanTask, TaskKind, TaskState
 from approvals.services import FAIL, RESOLVED, RETRY, SKIP, TaskError, task_decide
-from orchestrator.audit import Actor
+from orchestrator.audit import Actor, verify_chain
 from orchestrator.demo import GROUPS
 from orchestrator.dsl import COMPENSATE, ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
-from orchestrator.models import BUSY_STEP_STATES, InstanceState, StepKind, StepState
+from orchestrator.models import BUSY_STEP_STATES, AuditEvent, InstanceState, StepKind, StepState
+from orchestrator.services import engine
 from orchestrator.services.instances import (
     NotAllowed,
     instance_cancel,
@@ -315,3 +316,58 @@ def test_a_failed_forward_steps_escalation_closes_when_the_compensation_starts(u
     assert instance.state == InstanceState.COMPENSATED
     assert instance.steps.get(name="label").state == StepState.DEAD
     assert ("notify", "do") not in calls
+
+
+@pytest.mark.parametrize("reported", ["while-compensating", "after-compensated"])
+def test_a_step_that_succeeds_in_another_branch_after_the_compensation_began_is_undone_too(
+    users, register_workflow, run_steps, reported
+):
+    """One branch charges the card while the other branch fails and starts the compensation: the charge had
+    already taken effect when its worker reported it (while the stock was being released, or after), so the
+    compensation must refund it as well, with the charge's result at hand; nothing runs forward."""
+    # given
+    calls.clear()
+    register_workflow(
+        Workflow(
+            "saga_inflight_demo",
+            1,
+            [
+                Task("reserve", doing("reserve"), compensate=undoing("reserve"), retry=ONCE),
+                Parallel(
+                    "fan",
+                    branches=[
+                        [Task("charge", doing("charge"), compensate=undoing("charge"), retry=ONCE)],
+                        [Task("dispatch", ship, retry=ONCE, on_failure=COMPENSATE)],
+                    ],
+                ),
+            ],
+        )
+    )
+    instance = instance_start("saga_inflight_demo", {})
+    run_steps(instance, limit=1)
+    charge = instance.steps.get(name="charge")
+    claim = engine.step_claim(charge.pk)
+    engine.step_execute(instance.steps.get(name="dispatch").pk)
+
+    if reported == "after-compensated":
+        run_steps(instance, advance=True)
+        instance.refresh_from_db()
+        assert instance.state == InstanceState.COMPENSATED
+
+    # when: the charge's worker reports its success after the compensation began
+    calls.append(("charge", "do"))
+    recorded = engine.step_record(charge.pk, claim.attempt, engine.Outcome(ok=True, result={"charge_id": "ch_1"}))
+    run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    charge.refresh_from_db()
+    assert recorded == "succeeded late"
+    assert sorted(calls) == sorted([("reserve", "do"), ("ship", "do"), ("charge", "do"), *UNDONE]), calls
+    assert (instance.state, charge.state) == (InstanceState.COMPENSATED, StepState.COMPENSATED)
+    assert instance.data["charge_id"] == "ch_1"
+    assert not instance.steps.filter(kind=StepKind.TASK, state__in=BUSY_STEP_STATES).exists()
+    assert verify_chain(list(AuditEvent.objects.filter(instance=instance).order_by("seq"))) is None
+
+
+UNDONE = [("charge", "undo"), ("reserve", "undo")]

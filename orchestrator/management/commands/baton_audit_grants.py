@@ -45,10 +45,46 @@ def grant_statements(role: str) -> list[str]:
     return statements
 
 
+# What the application role must not be able to do to the audit table (in role_problems' query, in this order).
+FORBIDDEN = ("UPDATE", "DELETE", "TRUNCATE", "TRIGGER")
+
+
+def role_problems(role: str) -> list[str]:
+    """What ``role`` can still do to the audit table after the GRANTs: privileges it inherits (a REVOKE takes back
+    only what was granted to the role itself, not what a group it belongs to holds), membership of the table's
+    owner (which may ALTER the table and disable its triggers) and superuser. Empty when it is least-privileged.
+    ``role`` must already be checked by :func:`grant_statements`.
+    """
+    audit = AuditEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT has_table_privilege(%(role)s, c.oid, 'UPDATE'), has_table_privilege(%(role)s, c.oid, 'DELETE'), "
+            "has_table_privilege(%(role)s, c.oid, 'TRUNCATE'), has_table_privilege(%(role)s, c.oid, 'TRIGGER'), "
+            "c.relowner::regrole::text, pg_has_role(%(role)s, c.relowner, 'MEMBER'), r.rolsuper "
+            "FROM pg_class c, pg_roles r WHERE c.oid = %(table)s::regclass AND r.rolname = %(role)s",
+            {"role": role, "table": audit},
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return [f"role {role} does not exist"]
+    *allowed, owner, owns, superuser = row
+    problems = []
+    if superuser:
+        problems.append(f"{role} is a superuser")
+    if owns:
+        problems.append(f"{role} is, or is a member of, the table's owner {owner}")
+    can = [privilege for privilege, held in zip(FORBIDDEN, allowed, strict=True) if held]
+    if can:
+        problems.append(f"{role} can still {', '.join(can)} on {audit}")
+    return problems
+
+
 class Command(BaseCommand):
     help = (
         "Print the GRANTs for Baton's application role ROLE (INSERT and SELECT only on the audit table, normal "
-        "rights elsewhere); --apply runs them. Run as the owner of the tables, after migrate."
+        "rights elsewhere); --apply runs them and then checks that the role cannot rewrite the audit table by any "
+        "other path (inherited rights, the owner's membership, superuser). Run as the owner of the tables, after "
+        "migrate."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -65,4 +101,11 @@ class Command(BaseCommand):
         with transaction.atomic(), connection.cursor() as cursor:
             for statement in statements:
                 cursor.execute(statement)
+        problems = role_problems(options["role"])
+        if problems:
+            raise CommandError(
+                f"{len(statements)} statements applied, but the role is not least-privileged: "
+                + "; ".join(problems)
+                + ". Remove its membership of those roles (or its superuser flag) and run this again."
+            )
         self.stdout.write(self.style.SUCCESS(f"{len(statements)} statements applied for role {options['role']}"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orchestrator.audit_seals import seal
 
@@ -17,5 +18,9 @@ class Command(BaseCommand):
         parser.add_argument("--path", help="append to this file instead of BATON_AUDIT_SEAL_PATH")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        count = seal(full=options["full"], path=options["path"])
+        target = options["path"] if options["path"] is not None else settings.BATON_AUDIT_SEAL_PATH
+        try:
+            count = seal(full=options["full"], path=options["path"])
+        except OSError as exc:  # a missing directory, a directory, no permission, a full disk
+            raise CommandError(f"cannot write seals to {target}: {exc.strerror or exc}") from exc
         self.stdout.write(self.style.SUCCESS(f"sealed {count} chain heads"))

@@ -34,6 +34,10 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot read seals from {options['seals']}: {exc}") from exc
             sealed, problems = seals.sealed, list(seals.problems)
             self.stdout.write(f"{seals.lines} seal lines read from {options['seals']}.")
+            if seals.lines == 0:
+                # Asked to check against seals and given none (a file truncated to nothing, or only junk): passing
+                # would claim a check that did not happen.
+                problems.append(f"no valid seal in {options['seals']}: nothing to check the chains against")
         report = verify_trail(chain, sealed)
         problems += [str(broken) for broken in report.breaks]
         summary = f"{report.chains} chains, {report.events} events ({report.legacy} legacy, unkeyed)"
