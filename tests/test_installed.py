@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -61,8 +60,14 @@ def _run(command: list[str], *, env: dict[str, str] | None = None, cwd: Path, ti
     return done.stdout
 
 
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0, log: Path | None = None) -> Any:
-    """Poll ``predicate`` until it returns something true; fail naming ``what`` (and a log's tail) at the deadline."""
+def _wait(
+    predicate: Callable[[], Any],
+    what: str,
+    timeout: float = 60.0,
+    log: Path | None = None,
+    describe: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``predicate`` until it returns something true; fail naming ``what``, ``describe()`` and a log's tail."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -70,7 +75,8 @@ def _wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0, log: P
             return value
         if time.monotonic() >= deadline:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log and log.exists() else ""
-            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{tail}", pytrace=False)
+            state = describe() if describe else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{state}\n{tail}", pytrace=False)
         time.sleep(0.2)
 
 
@@ -238,9 +244,72 @@ class Browser:
         assert path != "/login/", f"signing in as {username} was refused:\n{body[:2000]}"
 
 
+ACME_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=69"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "acme-flows"
+version = "1.0.0"
+dependencies = ["baton-hitl"]
+
+[project.entry-points."baton.workflows"]
+acme = "acme_flows.workflows"
+
+[tool.setuptools]
+packages = ["acme_flows"]
+"""
+
+ACME_WORKFLOWS = '''\
+"""Acme's workflows: registered when Baton imports this module through the baton.workflows entry point."""
+
+from orchestrator.dsl import Human, Task, Workflow
+from orchestrator.registry import register
+
+
+def greet(ctx):
+    return {"greeting": f"Hello {ctx.data['person']}"}
+
+
+def file_it(ctx):
+    return {"filed_as": f"{ctx.data['greeting']} / {ctx.idempotency_key}"}
+
+
+register(
+    Workflow(
+        name="acme_greeting",
+        version=1,
+        owner="Acme",
+        title_template="Greeting for {person}",
+        steps=[
+            Task("greet", greet),
+            Human("approve_greeting", candidate_groups=["acme-approvers"], task_title="Approve: {title}"),
+            Task("file_it", file_it),
+        ],
+    )
+)
+'''
+
+
 @pytest.fixture(scope="module")
-def server(installed: Installed) -> str:
-    """The installed copy migrated, its static files collected, served by its own daphne; yields the base URL."""
+def acme_package(installed: Installed) -> Path:
+    """Acme's own workflow package, written in a temporary folder and pip-installed (not editable) beside Baton.
+
+    Installed before any Baton process starts: like a deployment, each process loads its workflows at start-up.
+    """
+    package = installed.run_dir.parent / "acme"
+    (package / "acme_flows").mkdir(parents=True)
+    (package / "pyproject.toml").write_text(ACME_PYPROJECT)
+    (package / "acme_flows" / "__init__.py").write_text("")
+    (package / "acme_flows" / "workflows.py").write_text(ACME_WORKFLOWS)
+    _run([installed.bin("pip"), "install", "--quiet", "--no-deps", str(package)], cwd=installed.run_dir)
+    return package
+
+
+@pytest.fixture(scope="module")
+def server(installed: Installed, acme_package: Path) -> str:
+    """The installed copy migrated, its static files collected, served by its own daphne; returns the base URL."""
     installed.admin("migrate", "--noinput")
     installed.admin("collectstatic", "--noinput", "--verbosity", "0")
     port = _free_port()
@@ -318,62 +387,8 @@ def test_installed_copy_serves_pages_static_files_and_admin(installed: Installed
         assert body, f"{asset} is empty"
 
 
-ACME_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=69"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "acme-flows"
-version = "1.0.0"
-dependencies = ["baton-hitl"]
-
-[project.entry-points."baton.workflows"]
-acme = "acme_flows.workflows"
-
-[tool.setuptools]
-packages = ["acme_flows"]
-"""
-
-ACME_WORKFLOWS = '''\
-"""Acme's workflows: registered when Baton imports this module through the baton.workflows entry point."""
-
-from orchestrator.dsl import Human, Task, Workflow
-from orchestrator.registry import register
-
-
-def greet(ctx):
-    return {"greeting": f"Hello {ctx.data['person']}"}
-
-
-def file_it(ctx):
-    return {"filed_as": f"{ctx.data['greeting']} / {ctx.idempotency_key}"}
-
-
-register(
-    Workflow(
-        name="acme_greeting",
-        version=1,
-        owner="Acme",
-        title_template="Greeting for {person}",
-        steps=[
-            Task("greet", greet),
-            Human("approve_greeting", candidate_groups=["acme-approvers"]),
-            Task("file_it", file_it),
-        ],
-    )
-)
-'''
-
-
 def test_users_workflow_package_runs_to_the_end(installed: Installed, server: str) -> None:
     """Given Acme's own package installed beside Baton, its workflow starts, waits for a person and completes."""
-    package = installed.run_dir.parent / "acme"
-    (package / "acme_flows").mkdir(parents=True)
-    (package / "pyproject.toml").write_text(ACME_PYPROJECT)
-    (package / "acme_flows" / "__init__.py").write_text("")
-    (package / "acme_flows" / "workflows.py").write_text(textwrap.dedent(ACME_WORKFLOWS))
-    _run([installed.bin("pip"), "install", "--quiet", "--no-deps", str(package)], cwd=installed.run_dir)
     installed.admin(
         "shell",
         "--no-imports",
@@ -414,12 +429,20 @@ def test_users_workflow_package_runs_to_the_end(installed: Installed, server: st
     # Then the worker runs the first step and the approval reaches Ada's inbox.
     def task_in_inbox() -> str | None:
         body = browser.get("/inbox/?tab=queue")[2]
-        if "Greeting for Ada" not in body:
+        if "Approve: Greeting for Ada" not in body:
             return None
         found = re.search(r'href="/tasks/(\d+)/"', body)
         return found.group(1) if found else None
 
-    task_id = _wait(task_in_inbox, "the approval in Ada's inbox", timeout=90, log=worker_log)
+    def describe() -> str:
+        instance = installed.query("SELECT state, error FROM orchestrator_workflowinstance WHERE id = %s", instance_id)
+        steps = installed.query(
+            "SELECT name, state, attempt, error FROM orchestrator_steprun WHERE instance_id = %s ORDER BY id",
+            instance_id,
+        )
+        return f"instance {instance_id}: {instance}\nsteps: {steps}"
+
+    task_id = _wait(task_in_inbox, "the approval in Ada's inbox", timeout=90, log=worker_log, describe=describe)
     status, _path, task_page = browser.get(f"/tasks/{task_id}/")
     assert status == 200
     assert "Hello Ada" in task_page  # the business data the worker's step wrote
@@ -434,7 +457,7 @@ def test_users_workflow_package_runs_to_the_end(installed: Installed, server: st
         )
         return rows[0] if rows else None
 
-    _state, data = _wait(finished, f"instance {instance_id} to complete", timeout=90, log=worker_log)
+    _state, data = _wait(finished, f"instance {instance_id} to complete", timeout=90, log=worker_log, describe=describe)
     assert data["greeting"] == "Hello Ada"
     assert data["filed_as"].startswith("Hello Ada / ")
     steps = installed.query(
