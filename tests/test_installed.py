@@ -9,7 +9,8 @@ private Redis:
   ``baton.workflows`` entry point alone (``BATON_WORKFLOW_MODULES`` is empty), started with ``baton_start``, its
   human task shows in the approver's inbox, and after the approval a real Celery worker runs it to the end.
 
-Slow (a wheel build and a virtualenv install from pip's cache, about a minute): marked ``installed``.
+Slow (a wheel build from a copy of the checkout and a virtualenv install from pip's cache, about a minute): marked
+``installed``.
 """
 
 from __future__ import annotations
@@ -164,8 +165,16 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def installed(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> Iterator[Installed]:
     """Baton built as a wheel, installed with constraints.txt into a new virtualenv, migrated on its own database."""
     base = tmp_path_factory.mktemp("installed")
+    # Built from a copy: an in-tree build reuses the checkout's build/ folder, whose stale files would go into
+    # the wheel and hide a file that packaging no longer takes.
+    source = base / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", ".baton", "build", "*.egg-info", "__pycache__", "test-results"),
+    )
     wheels = base / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)], cwd=base)
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(source)], cwd=base)
     (wheel,) = wheels.glob("baton_hitl-*.whl")
     venv = base / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=base)
