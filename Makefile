@@ -9,14 +9,22 @@ PY := $(VENV)/bin/python
 TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only} \
 	BATON_AUDIT_KEYS=$${BATON_AUDIT_KEYS:-tests:baton-tests-only-audit-key-not-for-production}
 
-.PHONY: install demo web worker beat test lint typecheck migrations-check pytest bench screenshots clean-demo
+.PHONY: install constraints demo web worker beat test lint typecheck migrations-check pytest bench screenshots clean-demo
 
-$(VENV)/.installed: pyproject.toml
+# pyproject.toml holds the supported ranges, constraints.txt the exact versions tests and benchmarks run.
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
+
+## Re-resolve pyproject.toml's ranges in a throw-away venv and write the result to constraints.txt.
+constraints:
+	rm -rf .baton/lock-venv && $(PYTHON) -m venv .baton/lock-venv
+	.baton/lock-venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; .baton/lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .baton/lock-venv
 
 ## Embedded demo: SQLite, in-memory broker and channel layer, one process with a worker and a beat thread.
 # `make demo PORT=8001 HOST=0.0.0.0`: another port or address (the defaults serve http://127.0.0.1:8000).

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from orchestrator.dsl import DefinitionError, Workflow
 
 _definitions: dict[tuple[str, int], Workflow] = {}
+
+# Installed packages declare their workflow modules under this entry point group (pyproject.toml:
+# ``[project.entry-points."baton.workflows"] my_flows = "my_flows.workflows"``); README, "Your first workflow".
+ENTRY_POINT_GROUP = "baton.workflows"
 
 
 class UnknownWorkflow(LookupError):
@@ -61,6 +68,35 @@ def all_versions(name: str) -> list[Workflow]:
 
 
 def load_modules() -> None:
-    """Import the modules named in ``BATON_WORKFLOW_MODULES``; each registers its workflows."""
+    """Import the modules named in ``BATON_WORKFLOW_MODULES``, then every ``baton.workflows`` entry point.
+
+    Each module registers its workflows when imported; an entry point may also name a ``Workflow`` object
+    (``"my_flows.workflows:onboarding"``), which is registered. Called once per process at start-up
+    (``OrchestratorConfig.ready``), so web, worker and beat processes know the same definitions. Raises
+    ``ImportError`` for a module in the setting that cannot be imported, and ``ImproperlyConfigured`` naming the
+    entry point and its distribution when an installed package's entry point fails to load: a process that
+    quietly lacked a workflow would leave its instances' steps unrun.
+    """
     for module in settings.BATON_WORKFLOW_MODULES:
         importlib.import_module(module)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        _load_entry_point(entry_point)
+
+
+def _load_entry_point(entry_point: EntryPoint) -> None:
+    """Import one ``baton.workflows`` entry point and register the ``Workflow`` it names, if it names one."""
+    distribution = entry_point.dist.name if entry_point.dist is not None else "an unknown distribution"
+    try:
+        loaded = entry_point.load()
+    except Exception as error:
+        raise ImproperlyConfigured(
+            f"The {ENTRY_POINT_GROUP} entry point {entry_point.name!r} = {entry_point.value!r} of {distribution} "
+            f"failed to load: {error!r}"
+        ) from error
+    if isinstance(loaded, Workflow):
+        register(loaded)
+    elif not isinstance(loaded, ModuleType):
+        raise ImproperlyConfigured(
+            f"The {ENTRY_POINT_GROUP} entry point {entry_point.name!r} of {distribution} names "
+            f"{type(loaded).__name__} {entry_point.value!r}: name a module that registers workflows, or a Workflow"
+        )

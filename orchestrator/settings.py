@@ -21,7 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+import baton_assets
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Local state of the embedded mode (SQLite, collected static files): the checkout's .baton/, or, for an installed
+# copy (whose BASE_DIR is site-packages), .baton/ in the directory it is started from.
+DATA_DIR = BASE_DIR / ".baton" if (BASE_DIR / "manage.py").is_file() else Path.cwd() / ".baton"
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -121,7 +126,7 @@ WSGI_APPLICATION = None
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [baton_assets.TEMPLATES_DIR],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -143,11 +148,11 @@ if DATABASE_URL:
     # An explicit test name: the Channels live server and worker subprocesses must find the same database.
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("BATON_TEST_DB_NAME", "test_baton")}
 else:
-    (BASE_DIR / ".baton").mkdir(exist_ok=True)
+    DATA_DIR.mkdir(exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("BATON_SQLITE_PATH", str(BASE_DIR / ".baton" / "baton.sqlite3")),
+            "NAME": os.environ.get("BATON_SQLITE_PATH", str(DATA_DIR / "baton.sqlite3")),
             # WAL lets the web thread read while the worker thread writes; IMMEDIATE takes the write lock at
             # BEGIN so two writers queue on the busy timeout instead of failing on lock upgrade.
             "OPTIONS": {
@@ -174,9 +179,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = Path(os.environ.get("BATON_STATIC_ROOT", BASE_DIR / ".baton" / "staticfiles"))
+STATIC_ROOT = Path(os.environ.get("BATON_STATIC_ROOT", DATA_DIR / "staticfiles"))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start when it is missing
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [baton_assets.STATIC_DIR]
 WHITENOISE_USE_FINDERS = DEBUG
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -147,9 +147,11 @@ def _existing(workflow_name: str, key: str, input_hash: str) -> WorkflowInstance
 
 
 def _title(template: str, name: str, instance: WorkflowInstance, data: dict[str, Any]) -> str:
+    # ``{name}`` and ``{id}`` are the workflow's and the instance's (the default template uses both): an input
+    # field with either name must neither replace them nor collide with them (a TypeError before).
     try:
-        return template.format(name=name, id=instance.pk, **data)[:200]
-    except (KeyError, IndexError, ValueError, AttributeError):
+        return template.format(**{**data, "name": name, "id": instance.pk})[:200]
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
         return f"{name} #{instance.pk}"
 
 

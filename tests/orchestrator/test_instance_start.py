@@ -209,3 +209,21 @@ def test_a_step_whose_version_is_gone_fails_loudly(pinned_v1, run_steps):
     assert step.error == "definition pinned_demo v1 is not available"
     assert instance.state == InstanceState.FAILED
     assert instance.error == "first failed: definition pinned_demo v1 is not available"
+
+
+def _noop(ctx: StepContext) -> None:
+    return None
+
+
+@pytest.mark.parametrize("fields", [{"name": "Ada"}, {"id": "x-1"}, {"name": "Ada", "id": 7}])
+def test_input_fields_named_like_the_titles_own_placeholders_start(register_workflow, fields):
+    """An input field called ``name`` or ``id`` starts the instance; the title's ``{name}``/``{id}`` stay its own."""
+    # given
+    register_workflow(Workflow(name="titled", version=1, title_template="{name} #{id}", steps=[Task("a", _noop)]))
+
+    # when
+    instance = instance_start("titled", dict(fields))
+
+    # then
+    assert instance.title == f"Titled #{instance.pk}"
+    assert instance.data == fields
