@@ -35,10 +35,11 @@ def check_text(value: str, what: str, max_length: int) -> str:
     return value
 
 
-def check_when(value: datetime, what: str, *, now: datetime | None = None) -> datetime:
+def check_when(value: datetime, what: str, *, now: datetime | None = None, future: bool = False) -> datetime:
     """``value`` in UTC, or ValidationError naming ``what`` when it is before 2000, more than about ten years
     ahead, or has no UTC value in Python's range (``9999-12-31T23:59:59-23:59`` is year 10000 in UTC:
-    stored, it made every page that reads it fail)."""
+    stored, it made every page that reads it fail). With ``future``, a time not after ``now`` is refused too
+    (a pause that "ends" in the past would be lifted by the next sweep, which is not what anyone asked for)."""
     if timezone.is_naive(value):
         value = timezone.make_aware(value)
     try:
@@ -50,4 +51,6 @@ def check_when(value: datetime, what: str, *, now: datetime | None = None) -> da
         raise ValidationError(
             f"{what}: enter a date between {EARLIEST:%Y-%m-%d} and {(now + HORIZON):%Y-%m-%d}.", code="out_of_range"
         )
+    if future and utc <= now:
+        raise ValidationError(f"{what}: enter a time in the future.", code="in_the_past")
     return utc

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.models import HumanTask, SavedView, TaskState
 from approvals.services import TaskInvalid, task_claim, task_decide, task_delegate, task_snooze
@@ -350,3 +351,18 @@ def test_a_forged_page_link_is_a_message(roles, values):
     if values[0] is not None:  # past bigint is only a link beyond the last row: an empty page, no error
         for response in responses:
             assert ("warning", "That page link is no longer valid; showing the first page.") in shown(response)
+
+
+@pytest.mark.parametrize("ago", [timedelta(0), timedelta(minutes=5), timedelta(days=400)])
+def test_a_pause_or_snooze_ending_in_the_past_is_refused(roles, ago):
+    """A pause that "ends" now or earlier would be lifted by the next sweep, and a snooze would hide nothing:
+    both are refused, naming the field, and nothing is stored."""
+    # given
+    instance = expense(initiator=roles.staff)
+    when = timezone.now() - ago
+
+    # when / then
+    with pytest.raises(ValidationError, match="Resume at: enter a time in the future"):
+        instance_pause(instance.pk, actor=Actor.system("test"), reason="r", until=when)
+    instance.refresh_from_db()
+    assert instance.state != InstanceState.PAUSED

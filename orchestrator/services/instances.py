@@ -269,12 +269,13 @@ def instance_pause(
 ) -> None:
     """Operator: hold an instance (no new step starts) until resumed, or until ``until``.
 
-    Raises ValidationError for a missing or too long reason, or an ``until`` outside ``inputs.check_when``'s
-    range (a year-10000 end, once stored, could not be read back); NotAllowed when the state forbids it.
+    Raises ValidationError for a missing or too long reason, or an ``until`` in the past or outside
+    ``inputs.check_when``'s range (a year-10000 end, once stored, could not be read back); NotAllowed when the
+    state forbids it.
     """
     reason = _reason_required(reason)
     if until is not None:
-        until = check_when(until, "Resume at")
+        until = check_when(until, "Resume at", future=True)
     with transaction.atomic():
         instance = lock_instance(instance_id)
         if instance.state not in (InstanceState.RUNNING, InstanceState.WAITING):

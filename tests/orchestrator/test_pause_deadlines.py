@@ -435,14 +435,17 @@ def test_a_rung_already_due_when_the_pause_began_fires_on_resume_and_the_next_ru
 
 
 def test_a_sweep_whose_clock_was_read_before_the_pause_never_moves_deadlines_back(wait_flow):
-    """The sweep read its clock, then an operator paused with an end already passed: the sweep's resume happens at
-    a time before the pause began. Deadlines may only move on, never back."""
+    """The sweep read its clock, then an operator paused with an end that is already past on the sweep's clock (the
+    web host's clock runs ahead of the worker's): the sweep's resume happens at a time before the pause began.
+    Deadlines may only move on, never back."""
     # given
     instance = instance_start("pause_wait_demo", {})
     timer = instance.steps.get()
     due = timer.due_at
     sweep_clock = timezone.now()
-    instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=sweep_clock - timedelta(seconds=1))
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=timezone.now() + timedelta(minutes=1))
+    # The pause's end as the skewed host stored it: a pause service refuses an end in the past on its own clock.
+    WorkflowInstance.objects.filter(pk=instance.pk).update(paused_until=sweep_clock - timedelta(seconds=1))
 
     # when
     instance_resume(instance.pk, actor=engine.SWEEPER, reason="pause ended", only_if_due=True, now=sweep_clock)
