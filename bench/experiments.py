@@ -8,7 +8,7 @@ hits all of them alike. CPU time, not wall time, because the machine is shared.
 
   baseline      engine.step_execute as it is
   no-broadcast  the live broadcast (a Redis PUBLISH per commit, after commit) replaced by a no-op
-  lean-claim    the claim as ONE conditional UPDATE ... RETURNING (DESIGN.md rule 2) instead of a transaction that
+  lean-claim    the claim as ONE conditional UPDATE ... RETURNING (rule 2) instead of a transaction that
                 locks the instance, reads instance and step through the ORM, saves both and writes an audit event;
                 the "step.started" audit event is then not written (it would move into the record transaction)
   no-settle-q   settle without its EXISTS query when the unit scheduled no work and the flow has no parallel

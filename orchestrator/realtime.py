@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 # The ASGI server's event loop, recorded by the first websocket that connects (orchestrator/consumers.py).
 # InMemoryChannelLayer queues are bound to that loop: a worker thread must hand sends to it, because
-# async_to_sync from another thread silently drops messages once a queue fills (DESIGN.md).
+# async_to_sync from another thread silently drops messages once a queue fills (a probe lost a third of 300).
 _server_loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 

@@ -2,7 +2,7 @@
 
 A unit holds the locked instance row and collects, for one transaction, the audit events, the step
 dispatches and the live broadcasts. ``finish()`` writes the events and the instance in two statements and
-registers dispatch and broadcast to run only after commit (DESIGN.md, rules 1 and 6).
+registers dispatch and broadcast to run only after commit (docs/architecture.md, rules 1 and 6).
 """
 
 from __future__ import annotations

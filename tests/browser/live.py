@@ -60,7 +60,8 @@ def _prepare_server(setup: Callable[[], None] | None) -> None:
 
 
 class SpawnDaphneProcess(DaphneProcess):
-    """``DaphneProcess`` started with ``spawn`` instead of ``fork`` (DESIGN.md, "Verified pitfalls")."""
+    """``DaphneProcess`` started with ``spawn`` instead of ``fork``: a forked server would inherit the
+    test process's database connections and event loop (channels#2176)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Serve Baton from one process: the ASGI server, a Celery worker thread and a beat thread (embedded mode).
 
 With REDIS_URL unset the broker is ``memory://`` and the channel layer is in-process, so the worker and beat
-must live in this process to see its messages (DESIGN.md, "Two modes, same code").
+must live in this process to see its messages (docs/architecture.md, "Two modes, same code").
 """
 
 from __future__ import annotations
