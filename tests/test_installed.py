@@ -201,6 +201,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> I
         "DATABASE_URL": f"postgres://{credentials}@{database['host']}:{database['port']}/{database['dbname']}",
         "REDIS_URL": private_redis,
         "BATON_SECRET_KEY": "installed-baton-tests-only",
+        "BATON_AUDIT_KEYS": "installed:installed-baton-tests-only-audit-key",
         "BATON_DEBUG": "0",
         "BATON_SECURE_COOKIES": "0",  # the test speaks plain HTTP to daphne
         "BATON_STATIC_ROOT": str(base / "staticfiles"),

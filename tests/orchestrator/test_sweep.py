@@ -105,11 +105,12 @@ def test_sweep_resumes_an_instance_whose_pause_has_ended(broker, django_capture_
     """A pause with an end time is lifted by the sweep once that time has passed, and the due work is re-sent."""
     # given
     instance = instance_start("bench_chain", {})
-    instance_pause(instance.pk, actor=OPERATOR, reason="short hold", until=timezone.now())
+    ends = timezone.now() + timedelta(minutes=5)
+    instance_pause(instance.pk, actor=OPERATOR, reason="short hold", until=ends)
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        report = engine.sweep()
+        report = engine.sweep(now=ends)
 
     # then
     instance.refresh_from_db()

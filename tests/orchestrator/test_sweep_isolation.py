@@ -146,15 +146,17 @@ def test_an_orphans_pause_end_fails_it_with_the_reason_and_a_retry_goes_on_later
     """Resuming needs the definition: the pause's end fails the orphan with the reason (audited, once), its step
     stays where it was; deployed again, a retry runs the instance on from there."""
 
-    # given
+    # given: a pause that ends a little ahead (a pause must end in the future); the sweeps run at that time
+    ends = timezone.now() + timedelta(minutes=5)
+
     def pause(instance):
-        instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=timezone.now())
+        instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=ends)
 
     orphan = orphan_of(ORPHAN_TASK, pause)
 
     # when
-    first = engine.sweep()
-    again = engine.sweep()
+    first = engine.sweep(now=ends)
+    again = engine.sweep(now=ends)
 
     # then
     orphan.refresh_from_db()
