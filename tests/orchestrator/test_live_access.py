@@ -368,3 +368,39 @@ async def test_a_membership_row_deleted_directly_stops_the_groups_events_at_the_
     await access_changed(socket)
     await task_opened_reaches_probe_not_socket(users, socket, probe)
     await socket.disconnect()
+
+
+def _rename_managers(users) -> None:
+    users.managers.name = "former managers"
+    users.managers.save()
+
+
+def _demote_admin(users) -> None:
+    users.admin.is_superuser = False
+    users.admin.save()
+
+
+@pytest.mark.parametrize(
+    ("who", "change"),
+    [("manager", _rename_managers), ("admin", _demote_admin)],
+    ids=["the managers group renamed", "a superuser demoted"],
+)
+async def test_a_lost_manager_role_ends_an_instance_subscription_at_once(users, push_only, who, change) -> None:
+    """The manager role comes from the group's name or the superuser flag: changing either reaches the socket
+    at once (a group's name is authority here, so renaming one is a change of its members' access)."""
+    # given: staff's expense, followed by someone who sees it only through the manager role
+    instance = await sync_to_async(start_expense)(users.staff)
+    socket = await connected(getattr(users, who))
+    await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
+    assert await socket.receive_json_from(timeout=EVENT_TIMEOUT) == {"type": "subscribed", "instance": instance.pk}
+    probe = await Probe().join(f"instance.{instance.pk}")
+
+    # when
+    await sync_to_async(change)(users)
+
+    # then
+    await access_changed(socket)
+    await sync_to_async(instance_cancel)(instance.pk, actor=Actor.of(users.staff), reason="wrong amount")
+    assert (await probe.receive(lambda e: e["type"] == "instance.changed"))["instance"] == instance.pk
+    assert await socket.receive_nothing(timeout=QUIET)
+    await socket.disconnect()
