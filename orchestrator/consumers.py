@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from importlib import import_module
 from typing import Any
 
@@ -37,6 +38,30 @@ CLOSE_UNAUTHENTICATED = 4401
 MAX_FRAME_CHARS = 1024
 # Each followed instance is checked again on every re-check; a page follows one.
 MAX_INSTANCE_SUBSCRIPTIONS = 20
+# The largest id a row can have (PostgreSQL bigint): anything above names nothing.
+MAX_ROW_ID = 2**63 - 1
+# A page asks once per connection; these bound the access checks one socket can cause.
+SUBSCRIBE_BURST = 10
+SUBSCRIBE_REFILL_SECONDS = 2.0
+
+
+class Allowance:
+    """A token bucket: ``burst`` actions at once, then one more every ``refill_seconds`` (monotonic clock)."""
+
+    def __init__(self, burst: int, refill_seconds: float) -> None:
+        self.burst, self.refill_seconds = burst, refill_seconds
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        """Spend one token if there is one; False (and nothing spent) when the bucket is empty."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) / self.refill_seconds)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def groups_for_user(user: Any) -> list[str]:
@@ -99,6 +124,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.rechecker: asyncio.Task[None] | None = None
         # Group membership changes only under this lock: re-checks and subscriptions run concurrently.
         self.groups_lock = asyncio.Lock()
+        self.subscribe_allowance = Allowance(SUBSCRIBE_BURST, SUBSCRIBE_REFILL_SECONDS)
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -142,21 +168,31 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "message": "That request failed."})
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """The only thing a client may ask: follow one instance it is allowed to see."""
+        """The only thing a client may ask: follow one instance it is allowed to see. Every request is answered.
+
+        The id must be a JSON integer that can be a row's id (not a string, a float, a boolean or a list): what
+        the page sends. An instance already followed is confirmed without asking the database (the re-check keeps
+        it honest); asking about others is limited to SUBSCRIBE_BURST requests, then one per
+        SUBSCRIBE_REFILL_SECONDS, so a flood of frames cannot turn into a flood of queries.
+        """
         if not isinstance(content, dict) or content.get("subscribe") != "instance":
+            await self.send_json({"type": "error", "message": "Unknown request."})
             return
-        try:
-            instance_id = int(str(content.get("id")))
-        except (TypeError, ValueError):
+        instance_id = content.get("id")
+        if type(instance_id) is not int or not 0 < instance_id <= MAX_ROW_ID:
+            await self.send_json({"type": "error", "message": "Not found."})
             return
         async with self.groups_lock:
             if self.gone:
                 return
-            group = await database_sync_to_async(instance_group_if_allowed)(self.scope["user"], instance_id)
-            if group is None:
-                await self.send_json({"type": "error", "message": "Not found."})
-                return
+            group = f"instance.{instance_id}"
             if group not in self.groups_joined:
+                if not self.subscribe_allowance.take():
+                    await self.send_json({"type": "error", "message": "Too many requests: try again later."})
+                    return
+                if await database_sync_to_async(instance_group_if_allowed)(self.scope["user"], instance_id) is None:
+                    await self.send_json({"type": "error", "message": "Not found."})
+                    return
                 if len(self.instance_ids) >= MAX_INSTANCE_SUBSCRIPTIONS:
                     await self.send_json({"type": "error", "message": "Too many instances followed."})
                     return

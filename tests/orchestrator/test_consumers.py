@@ -25,6 +25,7 @@ from django.test import Client
 
 from approvals.models import HumanTask, TaskState
 from approvals.services import APPROVE, task_decide
+from orchestrator import consumers
 from orchestrator.asgi import application
 from orchestrator.audit import Actor
 from orchestrator.consumers import CLOSE_UNAUTHENTICATED
@@ -232,6 +233,7 @@ async def test_user_outside_the_candidate_groups_receives_nothing(users) -> None
     outsider = await connected(users.manager)
     candidate = await connected(users.staff2)
     await outsider.send_json_to({"subscribe": "group", "id": users.approvers.pk})
+    assert (await outsider.receive_json_from(timeout=EVENT_TIMEOUT))["type"] == "error"
 
     # when
     instance = await sync_to_async(start_expense)(users.staff)
@@ -346,6 +348,75 @@ async def test_a_frame_that_is_not_json_is_answered_with_an_error(users) -> None
     # then
     answer = await socket.receive_json_from(timeout=EVENT_TIMEOUT)
     assert answer["type"] == "error"
+    await socket.disconnect()
+
+
+# Requests the page could mean, but not one the server grants: each must get an answer, never silence (a page
+# waiting for "subscribed" must learn it will not come).
+UNANSWERED_REQUESTS = {
+    "id a word": {"subscribe": "instance", "id": "abc"},
+    "id a list": {"subscribe": "instance", "id": [1]},
+    "id true": {"subscribe": "instance", "id": True},
+    "id a float": {"subscribe": "instance", "id": 1.5},
+    "id missing": {"subscribe": "instance"},
+    "id null": {"subscribe": "instance", "id": None},
+    "id zero": {"subscribe": "instance", "id": 0},
+    "id negative": {"subscribe": "instance", "id": -1},
+    "id beyond bigint": {"subscribe": "instance", "id": 2**63},
+    "id in Arabic-Indic digits": {"subscribe": "instance", "id": "\u0661"},
+    "unknown request": {"subscribe": "group", "id": 1},
+    "no request": {"hello": "server"},
+}
+
+
+@pytest.mark.parametrize("request_", UNANSWERED_REQUESTS.values(), ids=UNANSWERED_REQUESTS.keys())
+async def test_a_request_the_server_does_not_grant_is_answered_with_an_error(users, request_) -> None:
+    # given
+    await sync_to_async(start_expense)(users.staff)  # an instance with id 1 may exist: the answer is still no
+    socket = await connected(users.staff)
+
+    # when
+    await socket.send_json_to(request_)
+
+    # then
+    answer = await socket.receive_json_from(timeout=EVENT_TIMEOUT)
+    assert answer["type"] == "error", answer
+    await socket.disconnect()
+
+
+FLOOD = 200
+
+
+@pytest.mark.parametrize("whose", ["my own, already followed", "another person's"])
+async def test_a_flood_of_subscribe_frames_is_answered_without_a_query_each(users, monkeypatch, whose) -> None:
+    """A page subscribes once per connection: a client sending hundreds of requests gets each answered, and the
+    access check (a few statements each) runs a bounded number of times, not once per frame."""
+    # given
+    owner = users.staff if whose.startswith("my") else users.operator
+    instance = await sync_to_async(start_expense)(owner)
+    socket = await connected(users.staff)
+    await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
+    await socket.receive_json_from(timeout=EVENT_TIMEOUT)
+
+    checks = []
+    real_check = consumers.instance_group_if_allowed
+
+    def counted_check(user: User, instance_id: int) -> str | None:
+        checks.append(instance_id)
+        return real_check(user, instance_id)
+
+    monkeypatch.setattr(consumers, "instance_group_if_allowed", counted_check)
+
+    # when
+    for _ in range(FLOOD):
+        await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
+    answers = [await socket.receive_json_from(timeout=EVENT_TIMEOUT) for _ in range(FLOOD)]
+
+    # then
+    assert all(a["type"] in ("subscribed", "error") for a in answers), answers[:3]
+    if whose.startswith("my"):
+        assert {a["type"] for a in answers} == {"subscribed"}
+    assert len(checks) < FLOOD // 4, f"{len(checks)} access checks for {FLOOD} frames"
     await socket.disconnect()
 
 
