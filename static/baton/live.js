@@ -282,10 +282,17 @@
       handleMessage(event.data);
     });
 
-    socket.addEventListener("close", function () {
+    socket.addEventListener("close", function (event) {
       if (live.socket !== socket) return;
       live.connected = false;
       if (stopped) return;
+      if (event.code === 4401) {
+        // The server ended the session (signed out, deactivated, deleted, password changed): reconnecting
+        // would be refused forever, so go and sign in, coming back to this page afterwards.
+        stopped = true;
+        window.location.assign("/login/?next=" + encodeURIComponent(location.pathname + location.search));
+        return;
+      }
       setStatus("reconnecting");
       scheduleReconnect();
     });

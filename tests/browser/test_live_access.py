@@ -63,3 +63,24 @@ class LiveAccessTests(BrowserTestCase):
             page.wait_for_function("() => !window.batonLive.connected", timeout=GONE_MS)
             page.wait_for_timeout(QUIET_MS)
             assert page.evaluate("window.batonLive.connected") is False
+
+    def test_a_page_whose_session_ended_goes_to_sign_in_instead_of_reconnecting_forever(self):
+        """staff is deactivated while their queue is open: the socket closes with 4401 and the page goes to sign in,
+        coming back to the queue afterwards, instead of showing "Reconnecting…" for ever."""
+        # given
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/inbox/?tab=queue")
+            self.wait_until_live(page)
+
+            # when
+            orm(_deactivate_staff, self.users)
+
+            # then
+            page.wait_for_url("**/login/?next=%2Finbox%2F%3Ftab%3Dqueue", timeout=GONE_MS)
+            expect(page.get_by_label("Username")).to_be_visible()
+
+
+def _deactivate_staff(users) -> None:
+    users.staff.is_active = False
+    users.staff.save(update_fields=["is_active"])
