@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -160,21 +161,29 @@ DEFAULT_FROM_EMAIL = os.environ.get("BATON_FROM_EMAIL", "baton@localhost")
 
 
 # --- Channels -------------------------------------------------------------------------------------------
-def derived_channel_prefix(database: Mapping[str, Any], redis_url: str) -> str:
+LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def derived_channel_prefix(database: Mapping[str, Any], redis_url: str, *, machine: str | None = None) -> str:
     """A channel-name prefix unique to one deployment: ``baton.<12 hex>.`` from where its data lives.
 
     ``database`` is a ``DATABASES`` entry (HOST, PORT, NAME are used; user and password are not: another role on
     the same database is the same deployment) and ``redis_url`` the channel layer's Redis URL (host, port or
     socket path, and database number; options such as ``socket_timeout`` are not). Redis pub/sub ignores the
     database number, so two deployments on one Redis server would hear each other's live events without it.
+    A database on this machine (no host, loopback, a socket directory) is a different database on every machine,
+    so then ``machine`` (default: this host's name) is part of the identity too.
     """
     url = urlsplit(redis_url)
     db = url.path.strip("/") if url.scheme != "unix" else ""
     db = db or parse_qs(url.query).get("db", ["0"])[0]
     where = url.path if url.scheme == "unix" else f"{(url.hostname or '').lower()}:{url.port or 6379}"
+    db_host = str(database.get("HOST") or "").lower()
+    if db_host in LOCAL_HOSTS or db_host.startswith("127.") or db_host.startswith("/"):
+        db_host = f"{db_host}@{machine if machine is not None else socket.gethostname()}"
     identity = "|".join(
         [
-            str(database.get("HOST") or "").lower(),
+            db_host,
             str(database.get("PORT") or (5432 if "postgresql" in str(database.get("ENGINE")) else "")),
             str(database.get("NAME") or ""),
             where,
