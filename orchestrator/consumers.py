@@ -18,6 +18,8 @@ import json
 import logging
 import random
 import time
+import weakref
+from collections import defaultdict
 from importlib import import_module
 from typing import Any
 
@@ -34,10 +36,18 @@ logger = logging.getLogger(__name__)
 # 4401/4403 mirror HTTP 401/403 in the websocket close-code range reserved for applications. 4401 also ends a
 # socket whose session was signed out or whose user was deactivated or deleted.
 CLOSE_UNAUTHENTICATED = 4401
+# Too many sockets of one person on this process (HTTP 429's counterpart).
+CLOSE_TOO_MANY = 4429
 # The only message a client sends is {"subscribe": "instance", "id": N}; anything longer is not one.
 MAX_FRAME_CHARS = 1024
 # Each followed instance is checked again on every re-check; a page follows one.
 MAX_INSTANCE_SUBSCRIPTIONS = 20
+# Sockets one person may hold open on one web process (tabs of every browser they use): each re-checks on the
+# process's one database thread, so sockets without end would delay everyone's re-checks.
+MAX_SOCKETS_PER_USER = 30
+# Open sockets per user id in this process (all consumers of a process share its one event loop: no lock). Weak,
+# so a consumer that dies without its disconnect (an exception) does not hold a place for ever.
+_open_sockets: defaultdict[int, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
 # The largest id a row can have (PostgreSQL bigint): anything above names nothing.
 MAX_ROW_ID = 2**63 - 1
 # A page asks once per connection; these bound the access checks one socket can cause.
@@ -132,6 +142,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.session_key: str | None = getattr(session, "session_key", None)
         self.session_digest = session_digest(self.session_key) if self.session_key else None
         self.user_id = user.pk
+        if len(_open_sockets[user.pk]) >= MAX_SOCKETS_PER_USER:
+            logger.warning("live socket: user %s already has %s sockets open here", user.pk, MAX_SOCKETS_PER_USER)
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        _open_sockets[user.pk].add(self)
         self.groups_joined = await database_sync_to_async(groups_for_user)(user)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -141,6 +156,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.gone = True
+        mine = _open_sockets.get(getattr(self, "user_id", None))  # type: ignore[call-overload]
+        if mine is not None:
+            mine.discard(self)
+            if not mine:
+                _open_sockets.pop(self.user_id, None)
         rechecker = getattr(self, "rechecker", None)
         if rechecker is not None:
             # Stopped before leaving the groups: a re-check cut off later could join one after we left.

@@ -420,6 +420,38 @@ async def test_a_flood_of_subscribe_frames_is_answered_without_a_query_each(user
     await socket.disconnect()
 
 
+async def test_one_person_cannot_open_sockets_without_end(users, settings) -> None:
+    """Each socket re-checks its session every BATON_LIVE_RECHECK seconds on the process's one database thread:
+    a person opening sockets without end would delay every other socket's re-checks. Past the cap per person
+    and process the handshake is refused; others still connect, and closing a socket frees its place."""
+    # given
+    from orchestrator.consumers import MAX_SOCKETS_PER_USER
+
+    cookie = await sync_to_async(_session_cookie)(users.staff)
+    sockets = []
+    for _ in range(MAX_SOCKETS_PER_USER):
+        socket = await socket_for(users.staff, cookie=cookie)
+        accepted, _ = await socket.connect()
+        assert accepted
+        sockets.append(socket)
+
+    # when
+    one_more = await socket_for(users.staff, cookie=cookie)
+    refused, _ = await one_more.connect()
+    someone_else = await socket_for(users.staff2)
+    other_accepted, _ = await someone_else.connect()
+    await sockets.pop().disconnect()
+    again = await socket_for(users.staff, cookie=cookie)
+    accepted_again, _ = await again.connect()
+
+    # then
+    assert refused is False
+    assert other_accepted is True
+    assert accepted_again is True
+    for socket in [*sockets, someone_else, again]:
+        await socket.disconnect()
+
+
 # --- another deployment on the same Redis server ----------------------------------------------------------
 
 
