@@ -269,9 +269,14 @@ BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
 BATON_PREPARED_STATEMENTS = env_bool("BATON_PREPARED_STATEMENTS", default=True)
 # Seconds between an open live socket's re-checks of its session and user (orchestrator/consumers.py): the bound
 # on how long a socket can outlive a sign-out or a lost access whose recheck message went missing.
-BATON_LIVE_RECHECK = float(os.environ.get("BATON_LIVE_RECHECK", "5"))
-if not BATON_LIVE_RECHECK > 0:
-    raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds above 0.")
+# Below half a second every socket would query the database many times a second; above an hour (or inf) a missed
+# sign-out would keep a socket open that long.
+try:
+    BATON_LIVE_RECHECK = float(os.environ.get("BATON_LIVE_RECHECK", "5"))
+except ValueError:
+    BATON_LIVE_RECHECK = float("nan")
+if not 0.5 <= BATON_LIVE_RECHECK <= 3600:
+    raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds from 0.5 to 3600.")
 # Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
 BATON_DEMO = env_bool("BATON_DEMO", default=EMBEDDED)
 # Absolute address of the dashboard, for links in e-mails.
