@@ -222,13 +222,26 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "subscribed", "instance": instance_id})
 
     async def baton_event(self, message: dict[str, Any]) -> None:
-        if self.gone:
+        """Forward one event, if this socket is still in a group it was sent to (realtime.send_now names them).
+
+        A socket that has just left a group (a re-check) can still find that group's event in its queue: read from
+        Redis before the unsubscribe, or dispatched while the re-check was leaving.
+        """
+        if self.gone or not self._addressed(message):
             return
         event = dict(message["event"])
         if "counts" in event.get("refresh", ()):
             # Counts are per user, so each socket asks for its own rather than trusting the sender.
             event["counts"] = await database_sync_to_async(counts_for)(self.scope["user"])
+            if self.gone or not self._addressed(message):
+                return  # a re-check ended the socket or left the group while the counts were read
         await self.send_json(event)
+
+    def _addressed(self, message: dict[str, Any]) -> bool:
+        groups = message.get("groups")
+        if groups is None:
+            return True  # sent by a process of the previous release, which did not name its groups
+        return any(group in self.groups_joined for group in groups)
 
     async def baton_recheck(self, message: dict[str, Any]) -> None:
         """Something about this user's authority changed (orchestrator/live_access.py): check it now."""

@@ -404,3 +404,26 @@ async def test_a_lost_manager_role_ends_an_instance_subscription_at_once(users, 
     assert (await probe.receive(lambda e: e["type"] == "instance.changed"))["instance"] == instance.pk
     assert await socket.receive_nothing(timeout=QUIET)
     await socket.disconnect()
+
+
+async def test_an_event_still_in_flight_for_a_group_the_socket_has_left_is_not_forwarded(users, push_only) -> None:
+    """An event read from Redis just before the socket left its group (or while a re-check was leaving it) is
+    still delivered to the socket's channel: each event names the groups it was sent to, and a socket forwards it
+    only while it is in one of them."""
+    # given: staff has left the approvers; an event to the approvers is on its way to staff's channel
+    socket = await connected(users.staff)
+    approvers = f"group.{users.approvers.pk}"
+    probe = await Probe().join(approvers)
+    await sync_to_async(_remove_forward)(users)
+    await access_changed(socket)
+    layer = channel_layers[DEFAULT_CHANNEL_LAYER]
+
+    # when
+    await sync_to_async(send_now)([approvers], {"type": "task.opened", "task": 1, "title": "Approve: secret"})
+    sent = await asyncio.wait_for(layer.receive(probe.channel), EVENT_TIMEOUT)
+    await layer.group_send(f"user.{users.staff.pk}", sent)  # as if it had reached staff's channel in flight
+
+    # then
+    assert sent["groups"] == [approvers]
+    assert await socket.receive_nothing(timeout=QUIET)
+    await socket.disconnect()
