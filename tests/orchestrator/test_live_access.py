@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.models import Session
 from django.db import transaction
 from django.test import Client
+from django.utils import timezone
 
 from orchestrator.audit import Actor
 from orchestrator.consumers import CLOSE_UNAUTHENTICATED
@@ -337,8 +339,16 @@ def _delete_session_row(users, client: Client) -> None:
     Session.objects.filter(session_key=client.session.session_key).delete()
 
 
+def _expire_session(users, client: Client) -> None:
+    Session.objects.filter(session_key=client.session.session_key).update(
+        expire_date=timezone.now() - timedelta(seconds=1)
+    )
+
+
 @pytest.mark.parametrize(
-    "change", [_deactivate_by_update, _delete_session_row], ids=["QuerySet.update", "session row deleted"]
+    "change",
+    [_deactivate_by_update, _delete_session_row, _expire_session],
+    ids=["QuerySet.update", "session row deleted", "session expired"],
 )
 async def test_a_change_that_sends_no_signal_closes_the_socket_at_the_next_recheck(users, fast_recheck, change) -> None:
     """No push is sent; the socket's own re-check (every 0.5 s here) closes it with 4401 within seconds."""
