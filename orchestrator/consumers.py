@@ -136,6 +136,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.groups_lock = asyncio.Lock()
         self.subscribe_allowance = Allowance(SUBSCRIBE_BURST, SUBSCRIBE_REFILL_SECONDS)
         if user is None or not user.is_authenticated:
+            # Accepted only to be closed with the reason: a refused handshake reaches the page as 1006, which it
+            # cannot tell from a network fault, so a page whose session ended while its socket was down would retry
+            # for ever. The Origin was checked before this (another site's page still gets a refused handshake).
+            await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         session = self.scope.get("session")

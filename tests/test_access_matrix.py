@@ -608,6 +608,10 @@ async def socket_cell(world: World, row: Row, role: str) -> str:
     if not connected:
         return "refuse"
     try:
+        # A socket without a valid session is accepted only to be closed with 4401 before its hello.
+        first = await socket.receive_output(timeout=SOCKET_TIMEOUT)
+        if first["type"] == "websocket.close":
+            return "refuse"
         if row.method == "CONNECT":
             return "accept"
         target = dict(row.data)["instance"]

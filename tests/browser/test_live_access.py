@@ -84,3 +84,27 @@ class LiveAccessTests(BrowserTestCase):
 def _deactivate_staff(users) -> None:
     users.staff.is_active = False
     users.staff.save(update_fields=["is_active"])
+
+
+def _end_every_session() -> None:
+    from django.contrib.sessions.models import Session
+
+    Session.objects.all().delete()
+
+
+class SessionEndedWhileAwayTests(BrowserTestCase):
+    def test_a_page_that_reconnects_after_its_session_ended_goes_to_sign_in(self):
+        """The socket dropped (a laptop asleep, a restart) and the session ended meanwhile (signed out on another
+        device): the reconnect is answered with 4401, so the page goes to sign in instead of retrying for ever."""
+        # given
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/inbox/?tab=queue")
+            self.wait_until_live(page)
+
+            # when: the session ends with no signal, and the socket drops before any re-check sees it
+            orm(_end_every_session)
+            page.evaluate("window.batonLive.socket.close()")
+
+            # then
+            page.wait_for_url("**/login/?next=%2Finbox%2F%3Ftab%3Dqueue", timeout=GONE_MS)
