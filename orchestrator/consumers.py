@@ -160,11 +160,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.gone = True
-        mine = _open_sockets.get(getattr(self, "user_id", None))  # type: ignore[call-overload]
-        if mine is not None:
-            mine.discard(self)
-            if not mine:
-                _open_sockets.pop(self.user_id, None)
+        user_id: int | None = getattr(self, "user_id", None)  # None: closed before it was counted
+        if user_id is not None and user_id in _open_sockets:
+            _open_sockets[user_id].discard(self)
+            if not _open_sockets[user_id]:
+                del _open_sockets[user_id]
         rechecker = getattr(self, "rechecker", None)
         if rechecker is not None:
             # Stopped before leaving the groups: a re-check cut off later could join one after we left.
