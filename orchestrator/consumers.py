@@ -17,6 +17,9 @@ import contextlib
 import json
 import logging
 import random
+import time
+import weakref
+from collections import defaultdict
 from importlib import import_module
 from typing import Any
 
@@ -33,10 +36,42 @@ logger = logging.getLogger(__name__)
 # 4401/4403 mirror HTTP 401/403 in the websocket close-code range reserved for applications. 4401 also ends a
 # socket whose session was signed out or whose user was deactivated or deleted.
 CLOSE_UNAUTHENTICATED = 4401
+# Too many sockets of one person on this process (HTTP 429's counterpart).
+CLOSE_TOO_MANY = 4429
 # The only message a client sends is {"subscribe": "instance", "id": N}; anything longer is not one.
 MAX_FRAME_CHARS = 1024
 # Each followed instance is checked again on every re-check; a page follows one.
 MAX_INSTANCE_SUBSCRIPTIONS = 20
+# Sockets one person may hold open on one web process (tabs of every browser they use): each re-checks on the
+# process's one database thread, so sockets without end would delay everyone's re-checks.
+MAX_SOCKETS_PER_USER = 30
+# Open sockets per user id in this process (all consumers of a process share its one event loop: no lock). Weak,
+# so a consumer that dies without its disconnect (an exception) does not hold a place for ever.
+_open_sockets: defaultdict[int, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+# The largest id a row can have (PostgreSQL bigint): anything above names nothing.
+MAX_ROW_ID = 2**63 - 1
+# A page asks once per connection; these bound the access checks one socket can cause.
+SUBSCRIBE_BURST = 10
+SUBSCRIBE_REFILL_SECONDS = 2.0
+
+
+class Allowance:
+    """A token bucket: ``burst`` actions at once, then one more every ``refill_seconds`` (monotonic clock)."""
+
+    def __init__(self, burst: int, refill_seconds: float) -> None:
+        self.burst, self.refill_seconds = burst, refill_seconds
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        """Spend one token if there is one; False (and nothing spent) when the bucket is empty."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) / self.refill_seconds)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def groups_for_user(user: Any) -> list[str]:
@@ -99,13 +134,23 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.rechecker: asyncio.Task[None] | None = None
         # Group membership changes only under this lock: re-checks and subscriptions run concurrently.
         self.groups_lock = asyncio.Lock()
+        self.subscribe_allowance = Allowance(SUBSCRIBE_BURST, SUBSCRIBE_REFILL_SECONDS)
         if user is None or not user.is_authenticated:
+            # Accepted only to be closed with the reason: a refused handshake reaches the page as 1006, which it
+            # cannot tell from a network fault, so a page whose session ended while its socket was down would retry
+            # for ever. The Origin was checked before this (another site's page still gets a refused handshake).
+            await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         session = self.scope.get("session")
         self.session_key: str | None = getattr(session, "session_key", None)
         self.session_digest = session_digest(self.session_key) if self.session_key else None
         self.user_id = user.pk
+        if len(_open_sockets[user.pk]) >= MAX_SOCKETS_PER_USER:
+            logger.warning("live socket: user %s already has %s sockets open here", user.pk, MAX_SOCKETS_PER_USER)
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        _open_sockets[user.pk].add(self)
         self.groups_joined = await database_sync_to_async(groups_for_user)(user)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -115,6 +160,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.gone = True
+        user_id: int | None = getattr(self, "user_id", None)  # None: closed before it was counted
+        if user_id is not None and user_id in _open_sockets:
+            _open_sockets[user_id].discard(self)
+            if not _open_sockets[user_id]:
+                del _open_sockets[user_id]
         rechecker = getattr(self, "rechecker", None)
         if rechecker is not None:
             # Stopped before leaving the groups: a re-check cut off later could join one after we left.
@@ -142,21 +192,31 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "message": "That request failed."})
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """The only thing a client may ask: follow one instance it is allowed to see."""
+        """The only thing a client may ask: follow one instance it is allowed to see. Every request is answered.
+
+        The id must be a JSON integer that can be a row's id (not a string, a float, a boolean or a list): what
+        the page sends. An instance already followed is confirmed without asking the database (the re-check keeps
+        it honest); asking about others is limited to SUBSCRIBE_BURST requests, then one per
+        SUBSCRIBE_REFILL_SECONDS, so a flood of frames cannot turn into a flood of queries.
+        """
         if not isinstance(content, dict) or content.get("subscribe") != "instance":
+            await self.send_json({"type": "error", "message": "Unknown request."})
             return
-        try:
-            instance_id = int(str(content.get("id")))
-        except (TypeError, ValueError):
+        instance_id = content.get("id")
+        if type(instance_id) is not int or not 0 < instance_id <= MAX_ROW_ID:
+            await self.send_json({"type": "error", "message": "Not found."})
             return
         async with self.groups_lock:
             if self.gone:
                 return
-            group = await database_sync_to_async(instance_group_if_allowed)(self.scope["user"], instance_id)
-            if group is None:
-                await self.send_json({"type": "error", "message": "Not found."})
-                return
+            group = f"instance.{instance_id}"
             if group not in self.groups_joined:
+                if not self.subscribe_allowance.take():
+                    await self.send_json({"type": "error", "message": "Too many requests: try again later."})
+                    return
+                if await database_sync_to_async(instance_group_if_allowed)(self.scope["user"], instance_id) is None:
+                    await self.send_json({"type": "error", "message": "Not found."})
+                    return
                 if len(self.instance_ids) >= MAX_INSTANCE_SUBSCRIPTIONS:
                     await self.send_json({"type": "error", "message": "Too many instances followed."})
                     return
@@ -166,13 +226,26 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "subscribed", "instance": instance_id})
 
     async def baton_event(self, message: dict[str, Any]) -> None:
-        if self.gone:
+        """Forward one event, if this socket is still in a group it was sent to (realtime.send_now names them).
+
+        A socket that has just left a group (a re-check) can still find that group's event in its queue: read from
+        Redis before the unsubscribe, or dispatched while the re-check was leaving.
+        """
+        if self.gone or not self._addressed(message):
             return
         event = dict(message["event"])
         if "counts" in event.get("refresh", ()):
             # Counts are per user, so each socket asks for its own rather than trusting the sender.
             event["counts"] = await database_sync_to_async(counts_for)(self.scope["user"])
+            if self.gone or not self._addressed(message):
+                return  # a re-check ended the socket or left the group while the counts were read
         await self.send_json(event)
+
+    def _addressed(self, message: dict[str, Any]) -> bool:
+        groups = message.get("groups")
+        if groups is None:
+            return True  # sent by a process of the previous release, which did not name its groups
+        return any(group in self.groups_joined for group in groups)
 
     async def baton_recheck(self, message: dict[str, Any]) -> None:
         """Something about this user's authority changed (orchestrator/live_access.py): check it now."""

@@ -1,8 +1,8 @@
 """Open live sockets hear at once when their user's authority changes (orchestrator/consumers.py re-checks).
 
 A sign-out, and any change to a user (active flag, staff flags, password), to a user's groups or permissions, or
-to a group's permissions, from the admin or anywhere through the ORM, sends ``baton.recheck`` to the sockets
-concerned after the change commits: ``user.<id>`` for one person, ``group.<id>`` for every member of a group
+to a group (its name, its permissions), from the admin or anywhere through the ORM, sends ``baton.recheck`` to the
+sockets concerned after the change commits: ``user.<id>`` for one person, ``group.<id>`` for every member of a group
 (members still listen there until their socket has re-checked). Changes that bypass signals (``QuerySet.update``,
 raw SQL, a session row deleted) are caught by each socket's periodic re-check (``BATON_LIVE_RECHECK``).
 Connected from ``OrchestratorConfig.ready``.
@@ -51,6 +51,14 @@ def _user_saved(sender: Any, instance: Any, created: bool, update_fields: Any, *
 @receiver(post_delete, sender=User, dispatch_uid="baton-live-user-deleted")
 def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     recheck_on_commit([f"user.{instance.pk}"])
+
+
+@receiver(post_save, sender=Group, dispatch_uid="baton-live-group-saved")
+def _group_saved(sender: Any, instance: Group, created: bool, **kwargs: Any) -> None:
+    # A group's name is authority too (approvals.selectors.is_manager reads "managers"): a rename changes what
+    # its members may see. A new group has no members yet.
+    if not created:
+        recheck_on_commit([f"group.{instance.pk}"])
 
 
 @receiver(pre_delete, sender=Group, dispatch_uid="baton-live-group-deleted")

@@ -48,7 +48,9 @@ def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 def send_now(groups: Iterable[str], event: dict[str, Any]) -> None:
     """Send ``event`` to each group now (use :func:`broadcast_on_commit` from services)."""
-    _send(groups, {"type": "baton.event", "event": event})
+    groups = list(dict.fromkeys(groups))
+    # The groups travel with the event: a socket that has just left them may still find it in its queue.
+    _send(groups, {"type": "baton.event", "event": event, "groups": groups})
 
 
 def send_recheck(groups: Iterable[str], ended_session: str | None = None) -> None:

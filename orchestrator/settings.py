@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -216,21 +217,29 @@ DEFAULT_FROM_EMAIL = os.environ.get("BATON_FROM_EMAIL", "baton@localhost")
 
 
 # --- Channels -------------------------------------------------------------------------------------------
-def derived_channel_prefix(database: Mapping[str, Any], redis_url: str) -> str:
+LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def derived_channel_prefix(database: Mapping[str, Any], redis_url: str, *, machine: str | None = None) -> str:
     """A channel-name prefix unique to one deployment: ``baton.<12 hex>.`` from where its data lives.
 
     ``database`` is a ``DATABASES`` entry (HOST, PORT, NAME are used; user and password are not: another role on
     the same database is the same deployment) and ``redis_url`` the channel layer's Redis URL (host, port or
     socket path, and database number; options such as ``socket_timeout`` are not). Redis pub/sub ignores the
     database number, so two deployments on one Redis server would hear each other's live events without it.
+    A database on this machine (no host, loopback, a socket directory) is a different database on every machine,
+    so then ``machine`` (default: this host's name) is part of the identity too.
     """
     url = urlsplit(redis_url)
     db = url.path.strip("/") if url.scheme != "unix" else ""
     db = db or parse_qs(url.query).get("db", ["0"])[0]
     where = url.path if url.scheme == "unix" else f"{(url.hostname or '').lower()}:{url.port or 6379}"
+    db_host = str(database.get("HOST") or "").lower()
+    if db_host in LOCAL_HOSTS or db_host.startswith("127.") or db_host.startswith("/"):
+        db_host = f"{db_host}@{machine if machine is not None else socket.gethostname()}"
     identity = "|".join(
         [
-            str(database.get("HOST") or "").lower(),
+            db_host,
             str(database.get("PORT") or (5432 if "postgresql" in str(database.get("ENGINE")) else "")),
             str(database.get("NAME") or ""),
             where,
@@ -327,9 +336,14 @@ BATON_MAX_RESULT_BYTES = int(os.environ.get("BATON_MAX_RESULT_BYTES", "1048576")
 BATON_PREPARED_STATEMENTS = env_bool("BATON_PREPARED_STATEMENTS", default=True)
 # Seconds between an open live socket's re-checks of its session and user (orchestrator/consumers.py): the bound
 # on how long a socket can outlive a sign-out or a lost access whose recheck message went missing.
-BATON_LIVE_RECHECK = float(os.environ.get("BATON_LIVE_RECHECK", "5"))
-if not BATON_LIVE_RECHECK > 0:
-    raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds above 0.")
+# Below half a second every socket would query the database many times a second; above an hour (or inf) a missed
+# sign-out would keep a socket open that long.
+try:
+    BATON_LIVE_RECHECK = float(os.environ.get("BATON_LIVE_RECHECK", "5"))
+except ValueError:
+    BATON_LIVE_RECHECK = float("nan")
+if not 0.5 <= BATON_LIVE_RECHECK <= 3600:
+    raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds from 0.5 to 3600.")
 # Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
 BATON_DEMO = env_bool("BATON_DEMO", default=BATON_MODE == "demo")
 # Absolute address of the dashboard, for links in e-mails.

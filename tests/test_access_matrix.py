@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 import pytest_asyncio
@@ -52,7 +53,9 @@ MATRIX = Path(__file__).resolve().parent.parent / "docs" / "access-matrix.md"
 ROLES = ("anonymous", "staff", "other team", "initiator", "manager", "operator", "admin", "inactive")
 HTTP_ANSWERS = {"200", "302", "login", "403", "404", "405", "done", "refused"}
 SOCKET_ANSWERS = {"accept", "refuse"}
-HTTP_METHODS = {"GET", "POST"}
+HTTP_METHODS = {"GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"}
+# Every other method, tried on every route by test_no_other_method_on_any_route_fails_or_changes_anything.
+OTHER_METHODS = ("HEAD", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 SOCKET_METHODS = {"CONNECT", "SUBSCRIBE"}
 # Every page of the Django admin is one route of the matrix: the admin applies its own rule to all of them.
 ADMIN_ROUTE = "/admin/…"
@@ -393,12 +396,8 @@ def request_cell(world: World, row: Row, role: str) -> Seen:
     path = world.fill(row.path, role)
     try:
         before = _fingerprint()
-        if row.method == "GET":
-            response = client.get(path)
-        else:
-            data = {key: world.fill(value, role) for key, value in row.data}
-            data["csrfmiddlewaretoken"] = client.cookies["csrftoken"].value
-            response = client.post(path, data)
+        data = {key: world.fill(value, role) for key, value in row.data}
+        response = _request(client, row.method, path, data)
         changed = _fingerprint() != before
     finally:
         client.cookies = cookies
@@ -406,6 +405,21 @@ def request_cell(world: World, row: Row, role: str) -> Seen:
     said = [] if request is None else list(messages.get_messages(request))
     warnings = tuple(str(m) for m in said if m.level >= messages.WARNING)
     return Seen(response.status_code, response.get("Location", ""), changed, warnings)
+
+
+def _request(client: Client, method: str, path: str, data: dict[str, str]) -> Any:
+    """``method`` on ``path`` with ``data`` as a form, carrying the client's CSRF token as a browser's page would
+    (a field for POST, the X-CSRFToken header for the others), so an answer is never about the token."""
+    token = client.cookies["csrftoken"].value if "csrftoken" in client.cookies else ""
+    if method == "GET":
+        return client.get(path)
+    if method == "HEAD":
+        return client.head(path)
+    if method == "POST":
+        return client.post(path, {**data, "csrfmiddlewaretoken": token})
+    return client.generic(
+        method, path, urlencode(data), content_type="application/x-www-form-urlencoded", headers={"X-CSRFToken": token}
+    )
 
 
 def _http_cells() -> list[Any]:
@@ -434,6 +448,95 @@ class TestHttpCells:
             f"{row.request} as {role}: the matrix says {expected}, the app answered "
             f"{seen.answer(row.method)} ({seen.describe()})"
         )
+
+    def test_no_other_method_on_any_route_fails_or_changes_anything(self, world: World) -> None:
+        """HEAD, PUT, PATCH, DELETE, OPTIONS and TRACE on every path of the table, as every role, with a valid CSRF
+        token: never a 500, never a change; an action route (POST only) answers 405 to every one of them."""
+        # given
+        post_only = {row.path for row in ROWS if row.method == "GET" and set(row.cells.values()) == {"405"}}
+        paths = sorted({row.path for row in ROWS if not row.is_socket})
+
+        # when
+        wrong = []
+        for role in ROLES:
+            for path in paths:
+                for method in OTHER_METHODS:
+                    client = world.clients[role]
+                    cookies = copy.deepcopy(client.cookies)
+                    before = _fingerprint()
+                    try:
+                        response = _request(client, method, world.fill(path, role), {"reason": "matrix"})
+                        status, allow = response.status_code, response.get("Allow", "")
+                    finally:
+                        client.cookies = cookies
+                    changed = _fingerprint() != before
+                    # A class-based view answers OPTIONS itself: 200 with the methods it takes in Allow.
+                    refused = status == 405 or (method == "OPTIONS" and "GET" not in allow)
+                    if status >= 500 or changed or (path in post_only and not refused):
+                        wrong.append(f"{method} {path} as {role}: HTTP {status}{', changed' if changed else ''}")
+
+        # then
+        assert not wrong, "\n".join(wrong)
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/tasks/{team_task}/decide/extra/",
+            "/tasks/{team_task}/claim/x",
+            "/instances/{instance}/pause/extra/",
+            "/inbox/views/{saved_view}/delete/again/",
+            "/tasks/{team_task}//claim/",
+            "/tasks/9223372036854775808/",
+            "/instances/99999999999999999999999/",
+            "/tasks/{team_task}/claim/%2e%2e/",
+        ],
+    )
+    def test_a_route_with_extra_segments_or_an_impossible_id_is_404_for_everyone(self, world: World, path) -> None:
+        """No route matches with a segment added, doubled or an id beyond any row's: 404 or sign-in, never a 500."""
+        # when
+        seen = {
+            role: request_cell(world, Row("", "", method, path, (), {}), role) for role in ROLES for method in ("GET",)
+        }
+        posted = {role: request_cell(world, Row("", "", "POST", path, (), {}), role) for role in ROLES}
+
+        # then
+        for role in ROLES:
+            for got in (seen[role], posted[role]):
+                assert got.status == 404 or got.answer("GET") == "login", f"{path} as {role}: {got.describe()}"
+                assert not got.changed
+
+    @pytest.mark.parametrize(
+        "target",
+        [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "http:/evil.example",
+            "///evil.example",
+            "https:evil.example",
+            " //evil.example",
+            "%2F%2Fevil.example",
+            "javascript:alert(1)",
+        ],
+    )
+    def test_signing_in_never_sends_the_person_to_another_site(self, world: World, target) -> None:
+        """The login form's ``next`` is followed only within this site (Django's url_has_allowed_host_and_scheme)."""
+        # given
+        client = Client(enforce_csrf_checks=True)
+        client.get("/login/")
+
+        # when
+        response = client.post(
+            f"/login/?{urlencode({'next': target})}",
+            {"username": "staff", "password": PASSWORD, "csrfmiddlewaretoken": client.cookies["csrftoken"].value},
+        )
+
+        # then
+        assert response.status_code == 302
+        location = urlsplit(response["Location"].replace("\\", "/"))  # browsers read a backslash as a slash
+        assert not location.scheme, response["Location"]
+        assert not location.netloc, response["Location"]
 
     def test_a_decision_without_the_csrf_token_is_refused(self, world: World) -> None:
         """The same approval that is done with the token is refused without it, and changes nothing."""
@@ -486,6 +589,10 @@ async def socket_cell(world: World, row: Row, role: str) -> str:
     if not connected:
         return "refuse"
     try:
+        # A socket without a valid session is accepted only to be closed with 4401 before its hello.
+        first = await socket.receive_output(timeout=SOCKET_TIMEOUT)
+        if first["type"] == "websocket.close":
+            return "refuse"
         if row.method == "CONNECT":
             return "accept"
         target = dict(row.data)["instance"]

@@ -299,10 +299,27 @@
       handleMessage(event.data);
     });
 
-    socket.addEventListener("close", function () {
+    socket.addEventListener("close", function (event) {
       if (live.socket !== socket) return;
       live.connected = false;
       if (stopped) return;
+      if (event.code === 4401) {
+        // The server ended the session (signed out, deactivated, deleted, password changed): reconnecting
+        // would be refused forever, so go and sign in, coming back to this page afterwards. Once a minute at
+        // most: if the page itself is still signed in (a proxy dropping the socket's cookie), sign-in sends it
+        // straight back, and going round again would reload it for ever.
+        stopped = true;
+        var now = Date.now();
+        var last = 0;
+        try {
+          last = Number(window.sessionStorage.getItem("batonLive.signIn")) || 0;
+          window.sessionStorage.setItem("batonLive.signIn", String(now));
+        } catch (e) {}
+        if (now - last > 60000) {
+          window.location.assign("/login/?next=" + encodeURIComponent(location.pathname + location.search));
+        }
+        return;
+      }
       setStatus("reconnecting");
       scheduleReconnect();
     });

@@ -63,3 +63,68 @@ class LiveAccessTests(BrowserTestCase):
             page.wait_for_function("() => !window.batonLive.connected", timeout=GONE_MS)
             page.wait_for_timeout(QUIET_MS)
             assert page.evaluate("window.batonLive.connected") is False
+
+    def test_a_page_whose_session_ended_goes_to_sign_in_instead_of_reconnecting_forever(self):
+        """staff is deactivated while their queue is open: the socket closes with 4401 and the page goes to sign in,
+        coming back to the queue afterwards, instead of showing "Reconnecting…" for ever."""
+        # given
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/inbox/?tab=queue")
+            self.wait_until_live(page)
+
+            # when
+            orm(_deactivate_staff, self.users)
+
+            # then
+            page.wait_for_url("**/login/?next=%2Finbox%2F%3Ftab%3Dqueue", timeout=GONE_MS)
+            expect(page.get_by_label("Username")).to_be_visible()
+
+    def test_a_page_sent_to_sign_in_a_moment_ago_does_not_go_round_again(self):
+        """If sign-in sent the page straight back (the page is signed in, its socket is not: a proxy dropping the
+        socket's cookie), a second 4401 within a minute stops the socket instead of reloading the page for ever."""
+        # given: the page went to sign in a moment ago
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/inbox/?tab=queue")
+            self.wait_until_live(page)
+            page.evaluate("window.sessionStorage.setItem('batonLive.signIn', String(Date.now()))")
+            page.evaluate("window.__sameDocument = true")
+
+            # when
+            orm(_deactivate_staff, self.users)
+
+            # then: the socket closes and stays closed, on the same document
+            page.wait_for_function("() => !window.batonLive.connected", timeout=GONE_MS)
+            page.wait_for_timeout(QUIET_MS)
+            assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+            assert page.evaluate("window.batonLive.socket.readyState") == 3  # CLOSED, no new attempt
+
+
+def _deactivate_staff(users) -> None:
+    users.staff.is_active = False
+    users.staff.save(update_fields=["is_active"])
+
+
+def _end_every_session() -> None:
+    from django.contrib.sessions.models import Session
+
+    Session.objects.all().delete()
+
+
+class SessionEndedWhileAwayTests(BrowserTestCase):
+    def test_a_page_that_reconnects_after_its_session_ended_goes_to_sign_in(self):
+        """The socket dropped (a laptop asleep, a restart) and the session ended meanwhile (signed out on another
+        device): the reconnect is answered with 4401, so the page goes to sign in instead of retrying for ever."""
+        # given
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/inbox/?tab=queue")
+            self.wait_until_live(page)
+
+            # when: the session ends with no signal, and the socket drops before any re-check sees it
+            orm(_end_every_session)
+            page.evaluate("window.batonLive.socket.close()")
+
+            # then
+            page.wait_for_url("**/login/?next=%2Finbox%2F%3Ftab%3Dqueue", timeout=GONE_MS)

@@ -25,6 +25,7 @@ from django.test import Client
 
 from approvals.models import HumanTask, TaskState
 from approvals.services import APPROVE, task_decide
+from orchestrator import consumers
 from orchestrator.asgi import application
 from orchestrator.audit import Actor
 from orchestrator.consumers import CLOSE_UNAUTHENTICATED
@@ -144,16 +145,19 @@ class OpenTransaction:
 
 
 async def test_anonymous_connection_is_refused() -> None:
-    """A socket without a session is closed with 4401 before it is accepted."""
+    """A socket without a session hears nothing: it is closed with 4401 at once, the one reason a page can read (a
+    refused handshake reaches it as 1006, the same as a network fault, so it would retry for ever)."""
     # given
     communicator = await socket_for(None)
 
     # when
-    accepted, code = await communicator.connect()
+    accepted, _ = await communicator.connect()
+    first = await communicator.receive_output(timeout=EVENT_TIMEOUT)
 
     # then
-    assert accepted is False
-    assert code == CLOSE_UNAUTHENTICATED
+    assert accepted is True
+    assert first["type"] == "websocket.close"
+    assert first["code"] == CLOSE_UNAUTHENTICATED
 
 
 async def test_connection_from_a_foreign_origin_is_refused(users) -> None:
@@ -232,6 +236,7 @@ async def test_user_outside_the_candidate_groups_receives_nothing(users) -> None
     outsider = await connected(users.manager)
     candidate = await connected(users.staff2)
     await outsider.send_json_to({"subscribe": "group", "id": users.approvers.pk})
+    assert (await outsider.receive_json_from(timeout=EVENT_TIMEOUT))["type"] == "error"
 
     # when
     instance = await sync_to_async(start_expense)(users.staff)
@@ -347,6 +352,107 @@ async def test_a_frame_that_is_not_json_is_answered_with_an_error(users) -> None
     answer = await socket.receive_json_from(timeout=EVENT_TIMEOUT)
     assert answer["type"] == "error"
     await socket.disconnect()
+
+
+# Requests the page could mean, but not one the server grants: each must get an answer, never silence (a page
+# waiting for "subscribed" must learn it will not come).
+UNANSWERED_REQUESTS = {
+    "id a word": {"subscribe": "instance", "id": "abc"},
+    "id a list": {"subscribe": "instance", "id": [1]},
+    "id true": {"subscribe": "instance", "id": True},
+    "id a float": {"subscribe": "instance", "id": 1.5},
+    "id missing": {"subscribe": "instance"},
+    "id null": {"subscribe": "instance", "id": None},
+    "id zero": {"subscribe": "instance", "id": 0},
+    "id negative": {"subscribe": "instance", "id": -1},
+    "id beyond bigint": {"subscribe": "instance", "id": 2**63},
+    "id in Arabic-Indic digits": {"subscribe": "instance", "id": "\u0661"},
+    "unknown request": {"subscribe": "group", "id": 1},
+    "no request": {"hello": "server"},
+}
+
+
+@pytest.mark.parametrize("request_", UNANSWERED_REQUESTS.values(), ids=UNANSWERED_REQUESTS.keys())
+async def test_a_request_the_server_does_not_grant_is_answered_with_an_error(users, request_) -> None:
+    # given
+    await sync_to_async(start_expense)(users.staff)  # an instance with id 1 may exist: the answer is still no
+    socket = await connected(users.staff)
+
+    # when
+    await socket.send_json_to(request_)
+
+    # then
+    answer = await socket.receive_json_from(timeout=EVENT_TIMEOUT)
+    assert answer["type"] == "error", answer
+    await socket.disconnect()
+
+
+FLOOD = 200
+
+
+@pytest.mark.parametrize("whose", ["my own, already followed", "another person's"])
+async def test_a_flood_of_subscribe_frames_is_answered_without_a_query_each(users, monkeypatch, whose) -> None:
+    """A page subscribes once per connection: a client sending hundreds of requests gets each answered, and the
+    access check (a few statements each) runs a bounded number of times, not once per frame."""
+    # given
+    owner = users.staff if whose.startswith("my") else users.operator
+    instance = await sync_to_async(start_expense)(owner)
+    socket = await connected(users.staff)
+    await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
+    await socket.receive_json_from(timeout=EVENT_TIMEOUT)
+
+    checks = []
+    real_check = consumers.instance_group_if_allowed
+
+    def counted_check(user: User, instance_id: int) -> str | None:
+        checks.append(instance_id)
+        return real_check(user, instance_id)
+
+    monkeypatch.setattr(consumers, "instance_group_if_allowed", counted_check)
+
+    # when
+    for _ in range(FLOOD):
+        await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
+    answers = [await socket.receive_json_from(timeout=EVENT_TIMEOUT) for _ in range(FLOOD)]
+
+    # then
+    assert all(a["type"] in ("subscribed", "error") for a in answers), answers[:3]
+    if whose.startswith("my"):
+        assert {a["type"] for a in answers} == {"subscribed"}
+    assert len(checks) < FLOOD // 4, f"{len(checks)} access checks for {FLOOD} frames"
+    await socket.disconnect()
+
+
+async def test_one_person_cannot_open_sockets_without_end(users, settings) -> None:
+    """Each socket re-checks its session every BATON_LIVE_RECHECK seconds on the process's one database thread:
+    a person opening sockets without end would delay every other socket's re-checks. Past the cap per person
+    and process the handshake is refused; others still connect, and closing a socket frees its place."""
+    # given
+    from orchestrator.consumers import MAX_SOCKETS_PER_USER
+
+    cookie = await sync_to_async(_session_cookie)(users.staff)
+    sockets = []
+    for _ in range(MAX_SOCKETS_PER_USER):
+        socket = await socket_for(users.staff, cookie=cookie)
+        accepted, _ = await socket.connect()
+        assert accepted
+        sockets.append(socket)
+
+    # when
+    one_more = await socket_for(users.staff, cookie=cookie)
+    refused, _ = await one_more.connect()
+    someone_else = await socket_for(users.staff2)
+    other_accepted, _ = await someone_else.connect()
+    await sockets.pop().disconnect()
+    again = await socket_for(users.staff, cookie=cookie)
+    accepted_again, _ = await again.connect()
+
+    # then
+    assert refused is False
+    assert other_accepted is True
+    assert accepted_again is True
+    for socket in [*sockets, someone_else, again]:
+        await socket.disconnect()
 
 
 # --- another deployment on the same Redis server ----------------------------------------------------------

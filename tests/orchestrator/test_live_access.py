@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.models import Session
 from django.db import transaction
 from django.test import Client
+from django.utils import timezone
 
 from orchestrator.audit import Actor
 from orchestrator.consumers import CLOSE_UNAUTHENTICATED
@@ -340,8 +342,16 @@ def _delete_session_row(users, client: Client) -> None:
     Session.objects.filter(session_key=client.session.session_key).delete()
 
 
+def _expire_session(users, client: Client) -> None:
+    Session.objects.filter(session_key=client.session.session_key).update(
+        expire_date=timezone.now() - timedelta(seconds=1)
+    )
+
+
 @pytest.mark.parametrize(
-    "change", [_deactivate_by_update, _delete_session_row], ids=["QuerySet.update", "session row deleted"]
+    "change",
+    [_deactivate_by_update, _delete_session_row, _expire_session],
+    ids=["QuerySet.update", "session row deleted", "session expired"],
 )
 async def test_a_change_that_sends_no_signal_closes_the_socket_at_the_next_recheck(users, fast_recheck, change) -> None:
     """No push is sent; the socket's own re-check (every 0.5 s here) closes it with 4401 within seconds."""
@@ -370,4 +380,63 @@ async def test_a_membership_row_deleted_directly_stops_the_groups_events_at_the_
     # then
     await access_changed(socket)
     await task_opened_reaches_probe_not_socket(users, socket, probe)
+    await socket.disconnect()
+
+
+def _rename_managers(users) -> None:
+    users.managers.name = "former managers"
+    users.managers.save()
+
+
+def _demote_admin(users) -> None:
+    users.admin.is_superuser = False
+    users.admin.save()
+
+
+@pytest.mark.parametrize(
+    ("who", "change"),
+    [("manager", _rename_managers), ("admin", _demote_admin)],
+    ids=["the managers group renamed", "a superuser demoted"],
+)
+async def test_a_lost_manager_role_ends_an_instance_subscription_at_once(users, push_only, who, change) -> None:
+    """The manager role comes from the group's name or the superuser flag: changing either reaches the socket
+    at once (a group's name is authority here, so renaming one is a change of its members' access)."""
+    # given: staff's expense, followed by someone who sees it only through the manager role
+    instance = await sync_to_async(start_expense)(users.staff)
+    socket = await connected(getattr(users, who))
+    await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
+    assert await socket.receive_json_from(timeout=EVENT_TIMEOUT) == {"type": "subscribed", "instance": instance.pk}
+    probe = await Probe().join(f"instance.{instance.pk}")
+
+    # when
+    await sync_to_async(change)(users)
+
+    # then
+    await access_changed(socket)
+    await sync_to_async(instance_cancel)(instance.pk, actor=Actor.of(users.staff), reason="wrong amount")
+    assert (await probe.receive(lambda e: e["type"] == "instance.changed"))["instance"] == instance.pk
+    assert await socket.receive_nothing(timeout=QUIET)
+    await socket.disconnect()
+
+
+async def test_an_event_still_in_flight_for_a_group_the_socket_has_left_is_not_forwarded(users, push_only) -> None:
+    """An event read from Redis just before the socket left its group (or while a re-check was leaving it) is
+    still delivered to the socket's channel: each event names the groups it was sent to, and a socket forwards it
+    only while it is in one of them."""
+    # given: staff has left the approvers; an event to the approvers is on its way to staff's channel
+    socket = await connected(users.staff)
+    approvers = f"group.{users.approvers.pk}"
+    probe = await Probe().join(approvers)
+    await sync_to_async(_remove_forward)(users)
+    await access_changed(socket)
+    layer = channel_layers[DEFAULT_CHANNEL_LAYER]
+
+    # when
+    await sync_to_async(send_now)([approvers], {"type": "task.opened", "task": 1, "title": "Approve: secret"})
+    sent = await asyncio.wait_for(layer.receive(probe.channel), EVENT_TIMEOUT)
+    await layer.group_send(f"user.{users.staff.pk}", sent)  # as if it had reached staff's channel in flight
+
+    # then
+    assert sent["groups"] == [approvers]
+    assert await socket.receive_nothing(timeout=QUIET)
     await socket.disconnect()

@@ -84,6 +84,28 @@ def test_the_processes_of_one_deployment_agree_on_the_prefix(a, b) -> None:
     assert derived_channel_prefix(*a) == derived_channel_prefix(*b)
 
 
+@pytest.mark.parametrize("local", ["localhost", "127.0.0.1", "::1", "", "/var/run/postgresql"])
+def test_deployments_on_two_machines_each_with_its_own_local_database_get_different_prefixes(local) -> None:
+    """Two machines, each with a database named baton reached on its own loopback or socket, share one Redis:
+    the database address is the same text on both, yet they are two deployments."""
+    # given
+    database = {**DATABASE, "HOST": local}
+
+    # when
+    first = derived_channel_prefix(database, "redis://cache:6379/0", machine="web-a")
+    second = derived_channel_prefix(database, "redis://cache:6379/0", machine="web-b")
+
+    # then
+    assert first != second
+
+
+def test_a_database_on_another_host_does_not_depend_on_the_machine() -> None:
+    """The web server and its worker on two machines reach the same database host: one deployment, one prefix."""
+    assert derived_channel_prefix(DATABASE, "redis://cache:6379/0", machine="web-a") == derived_channel_prefix(
+        DATABASE, "redis://cache:6379/0", machine="worker-b"
+    )
+
+
 def test_the_channel_layer_uses_the_deployments_prefix(settings) -> None:
     assert settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] == settings.BATON_CHANNEL_PREFIX
     assert settings.BATON_CHANNEL_PREFIX.startswith("baton.")
