@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
@@ -298,12 +299,15 @@ def _run_handler(claim: Claim) -> Outcome:
     try:
         result = handler(claim.context)
     except PermanentError as exc:
+        _session_after_handler(exc)
         return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc) or repr(exc), permanent=True)
     except Exception as exc:
+        _session_after_handler(exc)
         # Any other exception, SoftTimeLimitExceeded included, is worth another attempt.
         detail = str(exc) or repr(exc)
         tb = "".join(traceback.format_exception(exc, limit=-6))
         return Outcome(ok=False, error_type=type(exc).__name__, error=f"{detail}\n\n{tb}")
+    _session_after_handler(None)
     if result is not None and not isinstance(result, dict):
         return Outcome(
             ok=False,
@@ -320,6 +324,36 @@ def _run_handler(claim: Claim) -> Outcome:
         # Returning the same value again cannot help: permanent, and the handler is not run again.
         return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc), permanent=True, returned=True)
     return Outcome(ok=True, result=result)
+
+
+def _session_after_handler(exc: BaseException | None) -> None:
+    """Close a database session the handler left broken, so that :func:`step_record` opens a fresh one.
+
+    ``exc`` is what the handler raised, or None when it returned. A time limit or a database error raised inside
+    the handler may have landed in the middle of a statement (psycopg still waiting for its answer, or the
+    session aborted): recording on that session would fail too, and the step would wait for its lease to expire
+    (docs/architecture.md, "Recovering from database and broker restarts"). Such a session's statement is
+    cancelled and the session closed. After a clean return nothing is asked of the database: only a session that
+    Django saw fail (``errors_occurred``, ``needs_rollback``) is checked, so the hot path keeps its round trips.
+    """
+    from django.db import connections
+
+    interrupted = isinstance(exc, OperationalError | InterfaceError | SoftTimeLimitExceeded)
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or conn.in_atomic_block:
+            continue  # nothing open, or a caller's transaction (in-process tests) that is not ours to close
+        broken = interrupted or conn.needs_rollback
+        if not broken and conn.errors_occurred:
+            broken = not conn.is_usable()  # the handler met a database error and went on: one round trip
+        if broken:
+            logger.warning("step: closing the database session the handler left broken (%s)", type(exc).__name__)
+            try:
+                conn.connection.cancel()  # the statement the time limit interrupted stops on the server too
+            except Exception:
+                logger.debug("step: cancelling the interrupted statement failed", exc_info=True)
+            conn.close()
+        else:
+            conn.errors_occurred = False
 
 
 def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:

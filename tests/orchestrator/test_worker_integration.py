@@ -274,3 +274,23 @@ def test_an_outcome_that_cannot_be_recorded_fails_once_on_the_worker(
     instance.refresh_from_db()
     assert instance.error == f"act failed: {act.error.splitlines()[0]}"
     assert list(instance.steps.values_list("name", flat=True)) == ["act"]
+
+
+def test_a_soft_time_limit_in_the_middle_of_a_query_is_recorded_at_once(celery_worker, wait_for, fault_flows):
+    """The soft time limit fires while the handler waits on ``pg_sleep``: the worker's session is left mid-query,
+    so it is closed and the failure is recorded on a fresh one at once, not by the sweep when the lease expires
+    (lease = 1 s soft + 5 s to the hard limit + 1 s grace here)."""
+    # given
+    instance = instance_start("fault_sleeps_in_a_query", {})
+    act = instance.steps.get(name="act")
+
+    # when
+    wait_for(lambda: state_of(instance) == InstanceState.FAILED, instance=instance, what="the recorded failure")
+
+    # then
+    act.refresh_from_db()
+    assert (act.state, act.attempt, act.error_type) == (StepState.DEAD, 1, "SoftTimeLimitExceeded")
+    [started] = step_events(act, "step.started")
+    [dead] = step_events(act, "step.dead")
+    took = (dead.occurred_at - started.occurred_at).total_seconds()
+    assert took < 5, f"recorded {took:.1f} s after the claim: the lease expired first"
