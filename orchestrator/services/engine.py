@@ -726,6 +726,11 @@ def human_step_finish(
         instance.data.update(merge)
     if instance.state not in ACTIVE_INSTANCE_STATES:
         return
+    _human_step_follow(unit, workflow, step, node, rejected=rejected)
+
+
+def _human_step_follow(unit: Unit, workflow: Workflow, step: StepRun, node: Human, *, rejected: bool) -> None:
+    instance = unit.instance
     if not rejected:
         advance(unit, workflow, step)
     elif node.on_reject == "end":
@@ -742,6 +747,64 @@ def human_step_finish(
     else:
         enter_node(unit, workflow, node.on_reject, step.parent_id, step.branch, hops=0)
     settle(unit)
+
+
+# In the result of a dead human step: the person's decision was recorded, but what follows it could not be entered.
+DECISION_KEPT = "decision_kept"
+
+
+def human_step_stopped(
+    unit: Unit, step: StepRun, result: dict[str, Any], exc: Exception, *, merge: dict[str, Any] | None = None
+) -> None:
+    """A human step was decided but entering what follows the decision raised ``exc`` (a Decision or a Timer's
+    ``until`` raising, a next task that cannot open, a value too large): called by approvals' services in a
+    fresh transaction, after the one that raised was rolled back.
+
+    The decision is kept: the step ends ``dead`` with ``result`` (and ``DECISION_KEPT``) as its result, naming the
+    real error type and message; ``result`` and ``merge`` join the instance data as a decision's would; the
+    instance fails (a human step has no ``on_failure``: the rule of an automated step whose next node cannot be
+    entered, docs/architecture.md "A step whose outcome cannot be recorded"). An operator's retry, once the
+    definition is fixed, enters what follows the decision without asking the person again
+    (:func:`human_step_retry`). Returns nothing; raises only what the database raises.
+    """
+    instance = unit.instance
+    detail = str(exc).strip() or repr(exc)
+    tb = "".join(traceback.format_exception(exc, limit=-6))
+    error_type = clean_text(type(exc).__name__, 200)
+    error = clean_text(f"{detail}\n\n(raised while entering what follows the decision: the decision is kept)\n\n{tb}")
+    step.result = {**result, DECISION_KEPT: True}
+    step.die(error_type, error, unit.now)
+    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at"])
+    unit.audit(
+        "step.dead",
+        "step",
+        step.pk,
+        StepState.RUNNING,
+        step.state,
+        reason=_first_line(error),
+        payload={"error_type": error_type, "permanent": True, "decision": result.get("decision", "")},
+    )
+    instance.data[step.name] = result
+    if merge:
+        instance.data.update(merge)
+    if instance.state in LIVE_STATES:
+        from_state = instance.state
+        instance.fail(f"{step.name} failed: {_first_line(error)}")
+        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+
+
+def human_step_retry(unit: Unit, workflow: Workflow, step: StepRun) -> None:
+    """An operator's retry of a human step that died after its decision (:func:`human_step_stopped`): the kept
+    decision succeeds the step again and what follows it is entered now, in the retry's transaction; the person
+    is not asked again. Raises whatever entering it raises (the definition is not fixed yet)."""
+    node = workflow.node(step.name)
+    assert isinstance(node, Human)
+    result = {k: v for k, v in step.result.items() if k != DECISION_KEPT}
+    step.schedule(unit.now)  # dead -> scheduled -> succeeded: the step's two existing transitions
+    step.succeed(result, unit.now)
+    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at", "due_at"])
+    unit.audit("step.succeeded", "step", step.pk, StepState.DEAD, step.state, payload=result)
+    _human_step_follow(unit, workflow, step, node, rejected=result.get("decision") == "reject")
 
 
 # --- compensation (saga) ------------------------------------------------------------------------------
