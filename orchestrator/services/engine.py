@@ -463,7 +463,8 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
             fields = ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"]
-            if step.kind == StepKind.TASK and not workflow.has_parallel:
+            undoing = instance.state == InstanceState.COMPENSATING
+            if step.kind == StepKind.TASK and not workflow.has_parallel and not undoing:
                 # Entering the next node of a linear flow reads no step row (only a fan-in or the busy-steps
                 # check of a parallel flow would, and a compensation's bookkeeping), so the step's fenced write
                 # can ride in finish()'s statement: one round trip less per step.
@@ -480,6 +481,10 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
             )
             if step.kind == StepKind.COMPENSATION:
                 _compensation_step_succeeded(unit, workflow, step)
+            elif undoing or (instance.state == InstanceState.FAILED and saga_begun(instance)):
+                # It was running when the compensation began: its effect is kept to be undone, nothing follows it.
+                instance.data.update(outcome.result)
+                _compensation_resume(unit, workflow)
             else:
                 instance.data.update(outcome.result)
                 advance(unit, workflow, step)
@@ -514,6 +519,8 @@ def _record_failure(
     """
     error_type, error = clean_text(error_type, 200), clean_text(error)
     retry = node.retry if isinstance(node, Task) else None
+    if step.kind == StepKind.TASK and unit.instance.state == InstanceState.COMPENSATING:
+        retry = None  # a forward step that was running when the compensation began never runs again
     if not permanent and retry is not None and step.attempt < step.max_attempts:
         delay = retry.delay(step.attempt)
         step.fail_attempt(error_type, error, unit.now + timedelta(seconds=delay))
@@ -561,6 +568,12 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
     from approvals.services import escalation_open
 
     instance = unit.instance
+    if step.kind == StepKind.TASK and instance.state == InstanceState.COMPENSATING:
+        # It was running when the compensation began, which waited for it (undone only if its handler returned).
+        workflow = definition_or_none(instance)
+        if workflow is not None:
+            _compensation_resume(unit, workflow)
+        return
     if step.kind == StepKind.COMPENSATION:
         # A failed compensation is never left silent: a person must finish it.
         escalation_open(unit, step, reason=f"Compensation of {step.name} failed: {_first_line(step.error)}")
@@ -818,7 +831,7 @@ def compensation_start(unit: Unit, reason: str) -> None:
     unit.audit("instance.compensating", "instance", instance.pk, from_state, instance.state, reason=reason)
     # Every open task goes, a failed forward step's escalation too: retrying or skipping that step now would run
     # forward work behind the compensation's back.
-    skip_open_steps(unit, reason=f"compensating: {reason}", everything=True)
+    skip_open_steps(unit, reason=f"compensating: {reason}", everything=True, keep_running=True)
     _compensation_next(unit, definition_of(instance))
 
 
@@ -850,7 +863,7 @@ def compensation_retry(unit: Unit, reason: str) -> None:
         reason=reason,
         payload={"continues": "compensation"},
     )
-    skip_open_steps(unit, reason=f"compensating: {reason}")
+    skip_open_steps(unit, reason=f"compensating: {reason}", keep_running=True)
     compensations = list(
         instance.steps.filter(kind=StepKind.COMPENSATION, state__in=[*BUSY_STEP_STATES, StepState.DEAD])
     )
@@ -873,8 +886,28 @@ def compensation_retry(unit: Unit, reason: str) -> None:
         _compensation_next(unit, workflow)
 
 
+def _compensation_resume(unit: Unit, workflow: Workflow) -> None:
+    """A forward step that was running when the compensation began has ended: if the compensation was waiting for
+    it (no compensation step under way or awaiting an operator), go on undoing."""
+    instance = unit.instance
+    if instance.state != InstanceState.COMPENSATING:
+        return  # failed mid-compensation: compensation_retry takes the step up with the rest
+    if instance.steps.filter(kind=StepKind.COMPENSATION, state__in=[*BUSY_STEP_STATES, StepState.DEAD]).exists():
+        return  # the chain is moving (or waits for an operator); its next pick includes this step
+    _compensation_next(unit, workflow)
+
+
 def _compensation_next(unit: Unit, workflow: Workflow) -> None:
     instance = unit.instance
+    running = list(
+        instance.steps.filter(kind=StepKind.TASK, state=StepState.RUNNING).order_by("id").values_list("pk", flat=True)
+    )
+    if running:
+        # Forward steps still running when the compensation began: their side effects may yet happen. Undo nothing
+        # until each has recorded its outcome or lost its lease, so the undoing keeps the saga's order (latest
+        # first) and a step whose handler returns meanwhile is undone too. A lease bounds the wait.
+        unit.audit("compensation.waiting", "instance", instance.pk, payload={"running": running})
+        return
     # A step that died after its handler returned (RESULT_LOST) took effect as surely as a succeeded one.
     done_steps = instance.steps.filter(
         Q(state=StepState.SUCCEEDED) | Q(state=StepState.DEAD, result__has_key=RESULT_LOST), kind=StepKind.TASK
@@ -923,9 +956,10 @@ def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, re
     _compensation_next(unit, workflow)
 
 
-def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> None:
+def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False, keep_running: bool = False) -> None:
     """Skip the instance's open forward steps and cancel their tasks; ``everything`` (a cancel) also takes
-    compensation steps and every open task, escalations included."""
+    compensation steps and every open task, escalations included. ``keep_running`` (a compensation's start)
+    leaves task steps whose handler is running: their outcome is recorded, and undone if they took effect."""
     from approvals.services import tasks_cancel_for_instance, tasks_cancel_for_steps
 
     candidates = unit.instance.steps.filter(
@@ -933,6 +967,8 @@ def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> Non
     )
     if not everything:
         candidates = candidates.exclude(kind=StepKind.COMPENSATION)
+    if keep_running:
+        candidates = candidates.exclude(kind=StepKind.TASK, state=StepState.RUNNING)
     open_steps = list(candidates)
     for step in open_steps:
         from_state = step.state
