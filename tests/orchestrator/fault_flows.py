@@ -58,4 +58,16 @@ def sleeps_in_a_query(ctx: StepContext) -> dict:
 SLEEPS_IN_A_QUERY = register(
     Workflow("fault_sleeps_in_a_query", 1, [Task("act", sleeps_in_a_query, retry=Retry(max_attempts=1), timeout=1)])
 )
-FLOWS = (UNRECORDABLE, UNROUTABLE, SLEEPS_IN_A_QUERY)
+
+
+def loses_its_session(ctx: StepContext) -> dict:
+    # PostgreSQL ends this process's session in the middle of the handler (a restart or a failover would).
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return {"done": True}
+
+
+LOSES_ITS_SESSION = register(
+    Workflow("fault_loses_its_session", 1, [Task("act", loses_its_session, retry=Retry(max_attempts=1), timeout=1)])
+)
+FLOWS = (UNRECORDABLE, UNROUTABLE, SLEEPS_IN_A_QUERY, LOSES_ITS_SESSION)
