@@ -42,6 +42,7 @@ from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, check_text, check_when
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services import engine
+from orchestrator.services.results import clean_text
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -690,8 +691,19 @@ def _decide(
                 "An operator must deploy it again (or cancel the instance)."
             )
         if task.kind == TaskKind.ESCALATION:
-            _resolve_escalation(unit, task, user, decision, comment)
-            unit.finish()
+            try:
+                _resolve_escalation(unit, task, user, decision, comment)
+                unit.finish()
+            except (TaskError, OperationalError, InterfaceError):
+                raise
+            except Exception as exc:
+                # Skipping the step enters what follows it, which raised: refused with the reason (the operator
+                # can fix the definition and answer again, or choose Fail instance), never a 500.
+                raise TaskConflict(
+                    f"This answer cannot be carried out: what follows {task.step.name} raises "
+                    f"{type(exc).__name__}: {clean_text(str(exc) or repr(exc), 300)}. Fix the workflow definition "
+                    "and answer again, or choose Fail instance."
+                ) from exc
             return task
         if unit.instance.state not in (InstanceState.RUNNING, InstanceState.WAITING):
             # A paused or failed instance does not move; a decision now would be recorded but go nowhere.

@@ -15,11 +15,12 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from approvals.models import HumanTask, Notification, TaskDecision, TaskState
-from approvals.services import APPROVE, task_decide
+from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
+from approvals.services import APPROVE, SKIP, TaskConflict, task_decide
 from orchestrator.audit import Actor
-from orchestrator.dsl import Decision, Human, StepContext, Task, Timer, Workflow
+from orchestrator.dsl import ESCALATE, Decision, Human, Retry, StepContext, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
+from orchestrator.services import engine
 from orchestrator.services.instances import NotAllowed, instance_retry, instance_start
 from tests.approvals.test_views import shown
 
@@ -200,3 +201,32 @@ def test_a_decision_that_follows_cleanly_is_unchanged(register_workflow, users):
     # then
     assert decided.step.state == StepState.SUCCEEDED
     assert not Notification.objects.filter(instance=instance, user=users.operator).exists()
+
+
+def fails(ctx: StepContext) -> dict:
+    raise RuntimeError("payroll API down")
+
+
+def test_an_operators_skip_into_a_raising_decision_is_refused_with_the_reason(register_workflow, users):
+    # given: a failed step escalated to the operators, followed by a decision that raises
+    workflow = register_workflow(
+        Workflow(
+            "follow_fails_skip",
+            1,
+            [
+                Task("pay", fails, on_failure=ESCALATE, retry=Retry(max_attempts=1)),
+                Decision("route", route, choices=["done"]),
+                Task("done", noop),
+            ],
+        )
+    )
+    instance = instance_start(workflow.name, {})
+    engine.step_execute(instance.steps.get(name="pay").pk)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+
+    # when / then: skipping would enter the raising decision: refused with the reason, nothing changed
+    with pytest.raises(TaskConflict, match="raises KeyError: 'region'"):
+        task_decide(escalation.pk, users.operator, SKIP, comment="paid by hand")
+    escalation.refresh_from_db()
+    assert escalation.state == TaskState.OPEN
+    assert instance.steps.get(name="pay").state == StepState.DEAD
