@@ -18,7 +18,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -42,6 +42,7 @@ from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, check_text, check_when
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services import engine
+from orchestrator.services.results import clean_text
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -620,6 +621,14 @@ def task_delegate(
         return task
 
 
+class _FollowFailed(Exception):
+    """Entering what follows a decision raised: carries the error out of the transaction it spoilt."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def task_decide(
     task_id: int,
     user: User,
@@ -633,8 +642,40 @@ def task_decide(
 
     Raises TaskInvalid for a comment with a NUL or longer than ``inputs.COMMENT_MAX`` (whoever calls: the limit
     is the service's, the page only shows it), a missing reject comment or form errors.
+
+    When entering what follows the decision raises (a Decision or a Timer's ``until`` raising, a next task that
+    cannot open, a value too large), that transaction is rolled back and a fresh one keeps the decision (task
+    completed, decision recorded, audited) and stops the instance with the real error
+    (``engine.human_step_stopped``), telling the operators; the task returned then has ``task.step.state ==
+    dead`` and the error in ``task.step.error_type`` / ``task.step.error`` (docs/architecture.md, "A step whose
+    outcome cannot be recorded").
     """
     comment = _checked_text(comment, "Comment", COMMENT_MAX, "comment")
+    try:
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=None)
+    except _FollowFailed as failed:
+        logger.error(
+            "task %s: entering what follows the decision raised %s; the decision is kept and the instance stopped",
+            task_id,
+            type(failed.error).__name__,
+            exc_info=failed.error,
+        )
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=failed.error)
+
+
+def _decide(
+    task_id: int,
+    user: User,
+    decision: str,
+    comment: str,
+    data: dict[str, Any],
+    request_meta: dict | None,
+    *,
+    stopped_by: Exception | None,
+) -> HumanTask:
+    """One attempt of :func:`task_decide` in its own transaction; with ``stopped_by`` (the error a first attempt
+    met entering what follows) the decision is recorded and the instance stopped instead of followed. Every check
+    is made again: the first attempt's transaction was rolled back, and someone may have acted in between."""
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
@@ -650,8 +691,19 @@ def task_decide(
                 "An operator must deploy it again (or cancel the instance)."
             )
         if task.kind == TaskKind.ESCALATION:
-            _resolve_escalation(unit, task, user, decision, comment)
-            unit.finish()
+            try:
+                _resolve_escalation(unit, task, user, decision, comment)
+                unit.finish()
+            except (TaskError, OperationalError, InterfaceError):
+                raise
+            except Exception as exc:
+                # Skipping the step enters what follows it, which raised: refused with the reason (the operator
+                # can fix the definition and answer again, or choose Fail instance), never a 500.
+                raise TaskConflict(
+                    f"This answer cannot be carried out: what follows {task.step.name} raises "
+                    f"{type(exc).__name__}: {clean_text(str(exc) or repr(exc), 300)}. Fix the workflow definition "
+                    "and answer again, or choose Fail instance."
+                ) from exc
             return task
         if unit.instance.state not in (InstanceState.RUNNING, InstanceState.WAITING):
             # A paused or failed instance does not move; a decision now would be recorded but go nowhere.
@@ -659,7 +711,7 @@ def task_decide(
                 f"The workflow is {unit.instance.get_state_display().lower()}: "
                 "an operator must resume or retry it before its tasks can be decided."
             )
-        cleaned = _validate_decision(unit, task, decision, comment, data or {})
+        cleaned = _validate_decision(unit, task, decision, comment, data)
         if locked.decided_this:
             # A quorum task keeps one decision per person; a second one (or a change of mind) is refused here
             # rather than by the unique constraint (a 500).
@@ -692,12 +744,34 @@ def task_decide(
             task.approvals += 1
         _complete(unit, task, user, decision, comment, cleaned)
         result = {"decision": decision, "by": user.get_username(), "comment": comment, **cleaned}
-        engine.human_step_finish(
-            unit, task.step, result, rejected=decision == REJECT, merge=cleaned if task.kind == TaskKind.FORM else None
-        )
-        _announce(unit, task, "task.completed", f"{user.get_username()} {past_tense(decision)}: {task.title}")
-        unit.finish()
+        merge = cleaned if task.kind == TaskKind.FORM else None
+        announcement = f"{user.get_username()} {past_tense(decision)}: {task.title}"
+        if stopped_by is not None:
+            engine.human_step_stopped(unit, task.step, result, stopped_by, merge=merge)
+            _tell_operators_stopped(unit, task)
+            _announce(unit, task, "task.completed", announcement)
+            unit.finish()
+            return task
+        try:
+            # What follows the decision, up to the write of the instance row (an outcome too long for its column
+            # is refused there), is the definition's and the data's doing, not the person's.
+            engine.human_step_finish(unit, task.step, result, rejected=decision == REJECT, merge=merge)
+            _announce(unit, task, "task.completed", announcement)
+            unit.finish()
+        except (OperationalError, InterfaceError):
+            raise  # the database, not the definition: nothing is recorded and the person may try again
+        except Exception as exc:
+            raise _FollowFailed(exc) from exc
         return task
+
+
+def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
+    """Notify the operators (never the initiator) that the instance stopped after ``task``'s decision."""
+    instance = unit.instance
+    operators = members_of([OPERATORS], exclude=[instance.initiator_id])
+    url = reverse("instance_detail", args=[instance.pk])
+    name = instance.title or f"{instance.workflow_name} #{instance.pk}"
+    notify(unit, operators, "escalation", f"Stopped after a decision, needs an operator: {name}", url=url)
 
 
 def _complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: str, data: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState
 from orchestrator import registry
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
+from orchestrator.models import StepState
 from orchestrator.selectors import steps_of
 from orchestrator.services import engine
 from orchestrator.templatetags.baton import duration, label
@@ -431,7 +432,16 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
         )
     except services.TaskError as exc:
         return _refused(request, task_id, exc, decide_form=form)
-    if task.state == TaskState.COMPLETED:
+    stopped = task.kind != TaskKind.ESCALATION and task.step.state == StepState.DEAD
+    if task.state == TaskState.COMPLETED and stopped:
+        # The decision is kept, but what follows it raised: the workflow stopped (services.task_decide).
+        messages.success(request, f"{services.past_tense(decision).capitalize()}: {task.title}. Your decision is kept.")
+        messages.warning(
+            request,
+            f"The workflow stopped after your decision: {task.step.error_type} while starting its next step. "
+            "The operators have been told; nothing more is needed from you.",
+        )
+    elif task.state == TaskState.COMPLETED:
         messages.success(request, f"{services.past_tense(decision).capitalize()}: {task.title}.")
     else:
         messages.success(request, f"Your approval is recorded ({task.approvals} of {task.quorum}).")

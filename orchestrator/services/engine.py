@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
@@ -298,12 +299,15 @@ def _run_handler(claim: Claim) -> Outcome:
     try:
         result = handler(claim.context)
     except PermanentError as exc:
+        _session_after_handler(exc)
         return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc) or repr(exc), permanent=True)
     except Exception as exc:
+        _session_after_handler(exc)
         # Any other exception, SoftTimeLimitExceeded included, is worth another attempt.
         detail = str(exc) or repr(exc)
         tb = "".join(traceback.format_exception(exc, limit=-6))
         return Outcome(ok=False, error_type=type(exc).__name__, error=f"{detail}\n\n{tb}")
+    _session_after_handler(None)
     if result is not None and not isinstance(result, dict):
         return Outcome(
             ok=False,
@@ -320,6 +324,36 @@ def _run_handler(claim: Claim) -> Outcome:
         # Returning the same value again cannot help: permanent, and the handler is not run again.
         return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc), permanent=True, returned=True)
     return Outcome(ok=True, result=result)
+
+
+def _session_after_handler(exc: BaseException | None) -> None:
+    """Close a database session the handler left broken, so that :func:`step_record` opens a fresh one.
+
+    ``exc`` is what the handler raised, or None when it returned. A time limit or a database error raised inside
+    the handler may have landed in the middle of a statement (psycopg still waiting for its answer, or the
+    session aborted): recording on that session would fail too, and the step would wait for its lease to expire
+    (docs/architecture.md, "Recovering from database and broker restarts"). Such a session's statement is
+    cancelled and the session closed. After a clean return nothing is asked of the database: only a session that
+    Django saw fail (``errors_occurred``, ``needs_rollback``) is checked, so the hot path keeps its round trips.
+    """
+    from django.db import connections
+
+    interrupted = isinstance(exc, OperationalError | InterfaceError | SoftTimeLimitExceeded)
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or conn.in_atomic_block:
+            continue  # nothing open, or a caller's transaction (in-process tests) that is not ours to close
+        broken = interrupted or conn.needs_rollback
+        if not broken and conn.errors_occurred:
+            broken = not conn.is_usable()  # the handler met a database error and went on: one round trip
+        if broken:
+            logger.warning("step: closing the database session the handler left broken (%s)", type(exc).__name__)
+            try:
+                conn.connection.cancel()  # the statement the time limit interrupted stops on the server too
+            except Exception:
+                logger.debug("step: cancelling the interrupted statement failed", exc_info=True)
+            conn.close()
+        else:
+            conn.errors_occurred = False
 
 
 def step_record(step_id: int, attempt: int, outcome: Outcome) -> str:
@@ -431,7 +465,8 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
             fields = ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"]
-            if step.kind == StepKind.TASK and not workflow.has_parallel:
+            undoing = instance.state == InstanceState.COMPENSATING
+            if step.kind == StepKind.TASK and not workflow.has_parallel and not undoing:
                 # Entering the next node of a linear flow reads no step row (only a fan-in or the busy-steps
                 # check of a parallel flow would, and a compensation's bookkeeping), so the step's fenced write
                 # can ride in finish()'s statement: one round trip less per step.
@@ -448,6 +483,10 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> str:
             )
             if step.kind == StepKind.COMPENSATION:
                 _compensation_step_succeeded(unit, workflow, step)
+            elif undoing or (instance.state == InstanceState.FAILED and saga_begun(instance)):
+                # It was running when the compensation began: its effect is kept to be undone, nothing follows it.
+                instance.data.update(outcome.result)
+                _compensation_resume(unit, workflow)
             else:
                 instance.data.update(outcome.result)
                 advance(unit, workflow, step)
@@ -518,6 +557,8 @@ def _record_failure(
     """
     error_type, error = clean_text(error_type, 200), clean_text(error)
     retry = node.retry if isinstance(node, Task) else None
+    if step.kind == StepKind.TASK and unit.instance.state == InstanceState.COMPENSATING:
+        retry = None  # a forward step that was running when the compensation began never runs again
     if not permanent and retry is not None and step.attempt < step.max_attempts:
         delay = retry.delay(step.attempt)
         step.fail_attempt(error_type, error, unit.now + timedelta(seconds=delay))
@@ -565,6 +606,12 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
     from approvals.services import escalation_open
 
     instance = unit.instance
+    if step.kind == StepKind.TASK and instance.state == InstanceState.COMPENSATING:
+        # It was running when the compensation began, which waited for it (undone only if its handler returned).
+        workflow = definition_or_none(instance)
+        if workflow is not None:
+            _compensation_resume(unit, workflow)
+        return
     if step.kind == StepKind.COMPENSATION:
         # A failed compensation is never left silent: a person must finish it.
         escalation_open(unit, step, reason=f"Compensation of {step.name} failed: {_first_line(step.error)}")
@@ -730,6 +777,11 @@ def human_step_finish(
         instance.data.update(merge)
     if instance.state not in ACTIVE_INSTANCE_STATES:
         return
+    _human_step_follow(unit, workflow, step, node, rejected=rejected)
+
+
+def _human_step_follow(unit: Unit, workflow: Workflow, step: StepRun, node: Human, *, rejected: bool) -> None:
+    instance = unit.instance
     if not rejected:
         advance(unit, workflow, step)
     elif node.on_reject == "end":
@@ -748,6 +800,64 @@ def human_step_finish(
     settle(unit)
 
 
+# In the result of a dead human step: the person's decision was recorded, but what follows it could not be entered.
+DECISION_KEPT = "decision_kept"
+
+
+def human_step_stopped(
+    unit: Unit, step: StepRun, result: dict[str, Any], exc: Exception, *, merge: dict[str, Any] | None = None
+) -> None:
+    """A human step was decided but entering what follows the decision raised ``exc`` (a Decision or a Timer's
+    ``until`` raising, a next task that cannot open, a value too large): called by approvals' services in a
+    fresh transaction, after the one that raised was rolled back.
+
+    The decision is kept: the step ends ``dead`` with ``result`` (and ``DECISION_KEPT``) as its result, naming the
+    real error type and message; ``result`` and ``merge`` join the instance data as a decision's would; the
+    instance fails (a human step has no ``on_failure``: the rule of an automated step whose next node cannot be
+    entered, docs/architecture.md "A step whose outcome cannot be recorded"). An operator's retry, once the
+    definition is fixed, enters what follows the decision without asking the person again
+    (:func:`human_step_retry`). Returns nothing; raises only what the database raises.
+    """
+    instance = unit.instance
+    detail = str(exc).strip() or repr(exc)
+    tb = "".join(traceback.format_exception(exc, limit=-6))
+    error_type = clean_text(type(exc).__name__, 200)
+    error = clean_text(f"{detail}\n\n(raised while entering what follows the decision: the decision is kept)\n\n{tb}")
+    step.result = {**result, DECISION_KEPT: True}
+    step.die(error_type, error, unit.now)
+    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at"])
+    unit.audit(
+        "step.dead",
+        "step",
+        step.pk,
+        StepState.RUNNING,
+        step.state,
+        reason=_first_line(error),
+        payload={"error_type": error_type, "permanent": True, "decision": result.get("decision", "")},
+    )
+    instance.data[step.name] = result
+    if merge:
+        instance.data.update(merge)
+    if instance.state in LIVE_STATES:
+        from_state = instance.state
+        instance.fail(f"{step.name} failed: {_first_line(error)}")
+        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+
+
+def human_step_retry(unit: Unit, workflow: Workflow, step: StepRun) -> None:
+    """An operator's retry of a human step that died after its decision (:func:`human_step_stopped`): the kept
+    decision succeeds the step again and what follows it is entered now, in the retry's transaction; the person
+    is not asked again. Raises whatever entering it raises (the definition is not fixed yet)."""
+    node = workflow.node(step.name)
+    assert isinstance(node, Human)
+    result = {k: v for k, v in step.result.items() if k != DECISION_KEPT}
+    step.schedule(unit.now)  # dead -> scheduled -> succeeded: the step's two existing transitions
+    step.succeed(result, unit.now)
+    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at", "due_at"])
+    unit.audit("step.succeeded", "step", step.pk, StepState.DEAD, step.state, payload=result)
+    _human_step_follow(unit, workflow, step, node, rejected=result.get("decision") == "reject")
+
+
 # --- compensation (saga) ------------------------------------------------------------------------------
 
 
@@ -759,7 +869,7 @@ def compensation_start(unit: Unit, reason: str) -> None:
     unit.audit("instance.compensating", "instance", instance.pk, from_state, instance.state, reason=reason)
     # Every open task goes, a failed forward step's escalation too: retrying or skipping that step now would run
     # forward work behind the compensation's back.
-    skip_open_steps(unit, reason=f"compensating: {reason}", everything=True)
+    skip_open_steps(unit, reason=f"compensating: {reason}", everything=True, keep_running=True)
     _compensation_next(unit, definition_of(instance))
 
 
@@ -791,7 +901,7 @@ def compensation_retry(unit: Unit, reason: str) -> None:
         reason=reason,
         payload={"continues": "compensation"},
     )
-    skip_open_steps(unit, reason=f"compensating: {reason}")
+    skip_open_steps(unit, reason=f"compensating: {reason}", keep_running=True)
     compensations = list(
         instance.steps.filter(kind=StepKind.COMPENSATION, state__in=[*BUSY_STEP_STATES, StepState.DEAD])
     )
@@ -814,8 +924,28 @@ def compensation_retry(unit: Unit, reason: str) -> None:
         _compensation_next(unit, workflow)
 
 
+def _compensation_resume(unit: Unit, workflow: Workflow) -> None:
+    """A forward step that was running when the compensation began has ended: if the compensation was waiting for
+    it (no compensation step under way or awaiting an operator), go on undoing."""
+    instance = unit.instance
+    if instance.state != InstanceState.COMPENSATING:
+        return  # failed mid-compensation: compensation_retry takes the step up with the rest
+    if instance.steps.filter(kind=StepKind.COMPENSATION, state__in=[*BUSY_STEP_STATES, StepState.DEAD]).exists():
+        return  # the chain is moving (or waits for an operator); its next pick includes this step
+    _compensation_next(unit, workflow)
+
+
 def _compensation_next(unit: Unit, workflow: Workflow) -> None:
     instance = unit.instance
+    running = list(
+        instance.steps.filter(kind=StepKind.TASK, state=StepState.RUNNING).order_by("id").values_list("pk", flat=True)
+    )
+    if running:
+        # Forward steps still running when the compensation began: their side effects may yet happen. Undo nothing
+        # until each has recorded its outcome or lost its lease, so the undoing keeps the saga's order (latest
+        # first) and a step whose handler returns meanwhile is undone too. A lease bounds the wait.
+        unit.audit("compensation.waiting", "instance", instance.pk, payload={"running": running})
+        return
     # A step that died after its handler returned (RESULT_LOST) took effect as surely as a succeeded one.
     done_steps = instance.steps.filter(
         Q(state=StepState.SUCCEEDED) | Q(state=StepState.DEAD, result__has_key=RESULT_LOST), kind=StepKind.TASK
@@ -864,9 +994,10 @@ def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, re
     _compensation_next(unit, workflow)
 
 
-def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> None:
+def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False, keep_running: bool = False) -> None:
     """Skip the instance's open forward steps and cancel their tasks; ``everything`` (a cancel) also takes
-    compensation steps and every open task, escalations included."""
+    compensation steps and every open task, escalations included. ``keep_running`` (a compensation's start)
+    leaves task steps whose handler is running: their outcome is recorded, and undone if they took effect."""
     from approvals.services import tasks_cancel_for_instance, tasks_cancel_for_steps
 
     candidates = unit.instance.steps.filter(
@@ -874,6 +1005,8 @@ def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False) -> Non
     )
     if not everything:
         candidates = candidates.exclude(kind=StepKind.COMPENSATION)
+    if keep_running:
+        candidates = candidates.exclude(kind=StepKind.TASK, state=StepState.RUNNING)
     open_steps = list(candidates)
     for step in open_steps:
         from_state = step.state

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Greatest
 
@@ -25,16 +25,19 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.services.engine import (
+    DECISION_KEPT,
     compensation_retry,
     definition_of,
     definition_or_none,
     definition_unavailable,
     enter_node,
+    human_step_retry,
     lock_instance,
     saga_begun,
     settle,
     skip_open_steps,
 )
+from orchestrator.services.results import clean_text
 from orchestrator.services.unit import Unit
 
 
@@ -204,6 +207,9 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         unit.audit("instance.retried", "instance", instance.pk, from_state, instance.state, reason=reason)
         workflow = definition_of(instance)
         for step in dead:
+            if step.kind == StepKind.HUMAN and step.result.get(DECISION_KEPT):
+                _retry_after_decision(unit, workflow, step)
+                continue
             step_from = step.state
             node = workflow.node(step.name)
             # A timer (or any node without a retry policy) that died gets one more attempt.
@@ -216,6 +222,22 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         _redispatch_due(unit)
         settle(unit)
         unit.finish()
+
+
+def _retry_after_decision(unit: Unit, workflow: Any, step: StepRun) -> None:
+    """Enter what follows a kept decision again (``engine.human_step_retry``); refused with the error when the
+    definition still raises there, so the operator's page says why instead of answering 500."""
+    try:
+        with transaction.atomic():
+            human_step_retry(unit, workflow, step)
+    except (OperationalError, InterfaceError):
+        raise  # the database, not the definition: the page's own outage handling applies
+    except Exception as exc:
+        raise NotAllowed(
+            f"Cannot retry: entering what follows {step.name} still raises {type(exc).__name__}: "
+            f"{clean_text(str(exc) or repr(exc), 300)}. Fix the workflow definition and deploy it, then retry "
+            "(the decision is kept), or cancel the instance."
+        ) from exc
 
 
 def _redispatch_due(unit: Unit) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from django.db import connection
+
 from orchestrator.dsl import Decision, Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
 from orchestrator.workflows.simulated import call
@@ -44,4 +46,28 @@ UNROUTABLE = register(
         ],
     )
 )
-FLOWS = (UNRECORDABLE, UNROUTABLE)
+
+
+def sleeps_in_a_query(ctx: StepContext) -> dict:
+    # Past the step's 1 s timeout: the soft time limit fires while psycopg waits for PostgreSQL's answer.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(20)")
+    return {"slept": True}
+
+
+SLEEPS_IN_A_QUERY = register(
+    Workflow("fault_sleeps_in_a_query", 1, [Task("act", sleeps_in_a_query, retry=Retry(max_attempts=1), timeout=1)])
+)
+
+
+def loses_its_session(ctx: StepContext) -> dict:
+    # PostgreSQL ends this process's session in the middle of the handler (a restart or a failover would).
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return {"done": True}
+
+
+LOSES_ITS_SESSION = register(
+    Workflow("fault_loses_its_session", 1, [Task("act", loses_its_session, retry=Retry(max_attempts=1), timeout=1)])
+)
+FLOWS = (UNRECORDABLE, UNROUTABLE, SLEEPS_IN_A_QUERY, LOSES_ITS_SESSION)

@@ -274,3 +274,29 @@ def test_an_outcome_that_cannot_be_recorded_fails_once_on_the_worker(
     instance.refresh_from_db()
     assert instance.error == f"act failed: {act.error.splitlines()[0]}"
     assert list(instance.steps.values_list("name", flat=True)) == ["act"]
+
+
+@pytest.mark.parametrize(
+    ("workflow", "error_type"),
+    [("fault_sleeps_in_a_query", "SoftTimeLimitExceeded"), ("fault_loses_its_session", "OperationalError")],
+)
+def test_a_session_broken_inside_the_handler_is_replaced_and_the_failure_recorded_at_once(
+    celery_worker, wait_for, fault_flows, workflow, error_type
+):
+    """The soft time limit fires while the handler waits on ``pg_sleep``, or PostgreSQL ends the session under the
+    handler: the worker's session is closed and the failure is recorded on a fresh one at once, not by the sweep
+    when the lease expires (lease = 1 s soft + 5 s to the hard limit + 1 s grace here)."""
+    # given
+    instance = instance_start(workflow, {})
+    act = instance.steps.get(name="act")
+
+    # when
+    wait_for(lambda: state_of(instance) == InstanceState.FAILED, instance=instance, what="the recorded failure")
+
+    # then
+    act.refresh_from_db()
+    assert (act.state, act.attempt, act.error_type) == (StepState.DEAD, 1, error_type)
+    [started] = step_events(act, "step.started")
+    [dead] = step_events(act, "step.dead")
+    took = (dead.occurred_at - started.occurred_at).total_seconds()
+    assert took < 5, f"recorded {took:.1f} s after the claim: the lease expired first"
