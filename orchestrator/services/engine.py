@@ -320,9 +320,13 @@ def _run_handler(claim: Claim) -> Outcome:
         # Checked here, in the worker, so that a result the database would refuse never aborts the record; what
         # comes back is the result as it will be stored (tuples as lists).
         result = check_result(dict(result or {}))
-    except (TypeError, ValueError) as exc:
-        # Returning the same value again cannot help: permanent, and the handler is not run again.
-        return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc), permanent=True, returned=True)
+    except Exception as exc:
+        # Returning the same value again cannot help: permanent, and the handler is not run again. Not only what
+        # JSON refuses: a dict subclass whose items() raises (a lazy mapping whose source went away) fails here
+        # too, and escaping step_execute it left the step running for its lease to expire and run again.
+        return Outcome(
+            ok=False, error_type=type(exc).__name__, error=str(exc) or repr(exc), permanent=True, returned=True
+        )
     return Outcome(ok=True, result=result)
 
 
