@@ -8,13 +8,13 @@ Each handler counts its calls, so "the handler ran once" is a fact read back, no
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from approvals.models import HumanTask, TaskKind, TaskState
-from orchestrator.dsl import COMPENSATE, ESCALATE, Decision, Human, Retry, StepContext, Task, Timer, Workflow
+from orchestrator.dsl import COMPENSATE, ESCALATE, Decision, Human, Parallel, Retry, StepContext, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState
 from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
@@ -131,7 +131,61 @@ def until_naive(data: dict) -> datetime:
     return datetime(2030, 1, 1)  # no tzinfo: a naive time
 
 
+def route_to(target: object):
+    """A Decision's choose that returns ``target``, whatever it is."""
+
+    def choose(data: dict) -> object:
+        return target
+
+    return choose
+
+
+def until_value(value: object):
+    """A Timer's until that returns ``value``, whatever it is."""
+
+    def until(data: dict) -> object:
+        return value
+
+    return until
+
+
+def decision_to(target: object) -> list:
+    return [Decision("route", route_to(target), choices=["eu"]), Task("eu", counted("eu"))]
+
+
 FOLLOWERS = [
+    pytest.param(decision_to("nowhere"), "EngineError", "decision 'route' chose 'nowhere'", id="decision-unknown"),
+    pytest.param(decision_to(5), "EngineError", "decision 'route' chose 5", id="decision-int"),
+    pytest.param(decision_to(["eu"]), "EngineError", "decision 'route' chose ['eu']", id="decision-list"),
+    pytest.param(
+        decision_to(datetime(2030, 1, 1, tzinfo=UTC)),
+        "EngineError",
+        "decision 'route' chose datetime.datetime(2030",
+        id="decision-dt",
+    ),
+    pytest.param(decision_to("eu\x00"), "EngineError", "decision 'route' chose 'eu\\x00'", id="decision-nul"),
+    pytest.param(
+        [
+            Decision("route", route_to("left"), choices=["eu"]),
+            Task("eu", counted("eu")),
+            Parallel("both", branches=[[Task("left", counted("left"))], [Task("right", counted("right"))]]),
+        ],
+        "EngineError",
+        "decision 'route' chose 'left', a step inside parallel 'both'",
+        id="decision-into-a-branch",
+    ),
+    pytest.param(
+        [Timer("wait", until=until_value(date(2030, 1, 1)))],
+        "EngineError",
+        "until() returned datetime.date",
+        id="timer-date",
+    ),
+    pytest.param(
+        [Timer("wait", until=until_value("2030-01-01T00:00:00+00:00"))],
+        "EngineError",
+        "until() returned '2030",
+        id="timer-text",
+    ),
     pytest.param(
         [Decision("route", needs_region, choices=["eu", "us"]), Task("eu", counted("eu")), Task("us", counted("us"))],
         "KeyError",
