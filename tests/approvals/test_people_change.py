@@ -348,3 +348,30 @@ def test_deactivating_one_of_several_able_people_leaves_their_queue_alone(users)
     after = WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).order_by("pk")
     assert [i.audit_seq for i in after] == seqs
     assert {task_of(i).state for i in instances} == {TaskState.OPEN}
+
+
+@pytest.mark.parametrize("action", ["decide", "claim", "delegate"])
+def test_a_person_deactivated_after_their_request_was_read_cannot_act(users, action):
+    """Given the deciding request read its user (active) and, before it took the task's lock, an administrator's
+    deactivation committed; when the request acts; then it is refused: whether the account is active is read
+    under the lock, like candidacy, not from the object the request loaded (two threads, made deterministic)."""
+    # given
+    task = task_of(expense())
+    actor = users.manager if action == "delegate" else users.staff  # a manager may delegate an open task
+    if action == "decide":
+        task_claim(task.pk, users.staff)
+    stale = User.objects.get(pk=actor.pk)  # what the request's authentication loaded
+    deactivate(User.objects.get(pk=actor.pk))  # the admin's save, another object, committed first
+
+    act = {
+        "decide": lambda: task_decide(task.pk, stale, APPROVE),
+        "claim": lambda: task_claim(task.pk, stale),
+        "delegate": lambda: task_delegate(task.pk, stale, users.staff2),
+    }[action]
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="deactivated"):
+        act()
+    task.refresh_from_db()
+    assert task.state in (TaskState.OPEN, TaskState.ESCALATED)
+    assert not task.decisions.exists()
