@@ -375,3 +375,22 @@ def test_a_person_deactivated_after_their_request_was_read_cannot_act(users, act
     task.refresh_from_db()
     assert task.state in (TaskState.OPEN, TaskState.ESCALATED)
     assert not task.decisions.exists()
+
+
+def test_deleting_the_only_named_candidate_escalates_the_task(users, register_workflow):
+    """Given a task whose one candidate is a user named in the definition (who never acted, so deleting them is
+    allowed); when an administrator deletes that user (their candidate row goes with them); then the task becomes
+    a "nobody can act" escalation at once, instead of waiting forever with no candidate at all."""
+    # given
+    clerk = UserFactory(username="clerk")
+    register_workflow(Workflow("named_flow", 1, [Human("check", candidate_users=["clerk"])]))
+    task = task_of(instance_start("named_flow", {"title": "Invoice 18"}))
+    assert task.state == TaskState.OPEN
+
+    # when
+    clerk.delete()
+
+    # then
+    task.refresh_from_db()
+    assert task.state == TaskState.ESCALATED
+    assert "Nobody can" in last_event(task, "task.escalated").reason
