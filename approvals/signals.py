@@ -55,18 +55,23 @@ def _groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_s
 def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
     from approvals.models import ACTIONABLE_TASK_STATES, HumanTask
 
-    # The group's candidate rows go with it (CASCADE): note its open tasks to re-check once it is gone.
-    instance._baton_tasks = list(  # type: ignore[attr-defined]
-        HumanTask.objects.filter(candidates__group=instance, state__in=ACTIONABLE_TASK_STATES).values_list(
-            "pk", flat=True
-        )
-    )
+    # The group's candidate rows go with it (CASCADE): note its open tasks to re-check once it is gone, the claimed
+    # ones apart (their assignee may have been a candidate through this group only).
+    from approvals.services import RECHECK_LIMIT
+
+    found = HumanTask.objects.filter(candidates__group=instance, state__in=ACTIONABLE_TASK_STATES).order_by("pk")
+    instance._baton_tasks = list(found.values_list("pk", "state")[:RECHECK_LIMIT])  # type: ignore[attr-defined]
 
 
 def _group_deleted(sender: Any, instance: Group, **_: Any) -> None:
-    from approvals.services import tasks_recheck
+    from approvals.models import TaskState
+    from approvals.services import _short_of_people, tasks_recheck
 
-    task_ids = getattr(instance, "_baton_tasks", [])
+    found = getattr(instance, "_baton_tasks", [])
+    # Only claims and the tasks now short of people are locked and re-checked: a busy group's deletion, with its
+    # tasks' other candidates still able, cost a lock and a count per task (seven statements each).
+    claimed = [pk for pk, state in found if state == TaskState.CLAIMED]
+    task_ids = claimed + _short_of_people([pk for pk, state in found if state != TaskState.CLAIMED])
     if task_ids:
         tasks_recheck(
             task_ids,

@@ -394,3 +394,52 @@ def test_deleting_the_only_named_candidate_escalates_the_task(users, register_wo
     task.refresh_from_db()
     assert task.state == TaskState.ESCALATED
     assert "Nobody can" in last_event(task, "task.escalated").reason
+
+
+def test_deleting_a_group_rechecks_only_the_tasks_that_need_it(users, register_workflow):
+    """Given open tasks whose candidates are two groups, each with an able member; when one group is deleted;
+    then none of them is locked, written or audited (someone is still able), and the statements it takes do not
+    grow with the number of tasks: a busy group's deletion is one request, not one lock and count per task."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given
+    def delete_with(count: int) -> int:
+        group = Group.objects.create(name=f"temp-{count}")
+        flow = Workflow(f"temp_{count}", 1, [Human("check", candidate_groups=["approvers", group.name])])
+        register_workflow(flow)
+        group.user_set.add(UserFactory())
+        instances = [instance_start(flow.name, {}) for _ in range(count)]
+        seqs = sorted(WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).values_list("audit_seq"))
+        with CaptureQueriesContext(connection) as queries:
+            group.delete()
+        assert sorted(WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).values_list("audit_seq")) == (
+            seqs
+        )
+        assert {task_of(i).state for i in instances} == {TaskState.OPEN}
+        return len(queries)
+
+    # when
+    few, many = delete_with(2), delete_with(12)
+
+    # then
+    assert many == few
+
+
+@pytest.mark.parametrize("claimed", [False, True])
+def test_deleting_the_candidate_group_after_the_task_opened_escalates_it(users, claimed):
+    """Given an expense approval open (or claimed by an approver) for the approvers group; when the group is
+    deleted; then the claim goes back and the task, with nobody left able, escalates in the same transaction."""
+    # given
+    task = task_of(expense())
+    if claimed:
+        task_claim(task.pk, users.staff)
+
+    # when
+    users.approvers.delete()
+
+    # then
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.ESCALATED, None)
+    if claimed:
+        assert "deleted" in last_event(task, "task.released").reason
