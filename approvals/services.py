@@ -477,15 +477,18 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
     instance = locked[0][0]
     # Read after the lock: every write to a task, its step or its decisions happens under the instance's lock.
     # The two permission questions ride along: is the user a candidate, and did they approve this instance before.
-    task, step, candidate, approved_before, decided_this = rows.select(
+    # Whether the account is still active rides along too: the user object the request loaded may predate a
+    # deactivation that committed while the request waited for this lock.
+    task, step, candidate, approved_before, decided_this, active = rows.select(
         [(HumanTask, "t"), (StepRun, "s")],
         f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s",
-        [user.pk, user.pk, user.pk, APPROVE, user.pk, task_id],
+        [user.pk, user.pk, user.pk, APPROVE, user.pk, user.pk, task_id],
         extra=[
             CANDIDATE_EXISTS,
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.instance_id = t.instance_id"
             " AND d.user_id = %s AND d.decision = %s)",
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.task_id = t.id AND d.user_id = %s)",
+            f"EXISTS (SELECT 1 FROM {User._meta.db_table} u WHERE u.id = %s AND u.is_active)",
         ],
     )[0]
     assert isinstance(task, HumanTask)
@@ -495,6 +498,10 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
     # Candidates, the assignee and managers see a task; anyone else gets a 404.
     if not (task.assignee_id == user.pk or candidate or is_manager(user)):
         raise TaskNotFound("No such task.")
+    if not active:
+        # Every action on a task goes through here: a deactivated account does none of them (a manager's
+        # delegation or release included), whatever the object the caller holds says.
+        raise TaskForbidden("Your account is deactivated.")
     unit = Unit(instance, Actor.of(user), request_meta=request_meta)
     return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this))
 

@@ -1,4 +1,4 @@
-"""People change under a task: a deactivation or a group left re-checks that person's tasks at once.
+"""People change under a task: a deactivation, a group left or a user deleted re-checks their tasks at once.
 
 The receivers call :func:`approvals.services.tasks_people_changed` inside the transaction of the change, so the
 claims are released (and tasks left with nobody escalated) together with it; the sweep's
@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 
 from orchestrator.accounts import current_actor, current_request_meta
@@ -54,22 +55,56 @@ def _groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_s
 def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
     from approvals.models import ACTIONABLE_TASK_STATES, HumanTask
 
-    # The group's candidate rows go with it (CASCADE): note its open tasks to re-check once it is gone.
-    instance._baton_tasks = list(  # type: ignore[attr-defined]
-        HumanTask.objects.filter(candidates__group=instance, state__in=ACTIONABLE_TASK_STATES).values_list(
-            "pk", flat=True
-        )
-    )
+    # The group's candidate rows go with it (CASCADE): note its open tasks to re-check once it is gone, the claimed
+    # ones apart (their assignee may have been a candidate through this group only).
+    from approvals.services import RECHECK_LIMIT
+
+    found = HumanTask.objects.filter(candidates__group=instance, state__in=ACTIONABLE_TASK_STATES).order_by("pk")
+    instance._baton_tasks = list(found.values_list("pk", "state")[:RECHECK_LIMIT])  # type: ignore[attr-defined]
 
 
 def _group_deleted(sender: Any, instance: Group, **_: Any) -> None:
-    from approvals.services import tasks_recheck
+    from approvals.models import TaskState
+    from approvals.services import _short_of_people, tasks_recheck
 
-    task_ids = getattr(instance, "_baton_tasks", [])
+    found = getattr(instance, "_baton_tasks", [])
+    # Only claims and the tasks now short of people are locked and re-checked: a busy group's deletion, with its
+    # tasks' other candidates still able, cost a lock and a count per task (seven statements each).
+    claimed = [pk for pk, state in found if state == TaskState.CLAIMED]
+    task_ids = claimed + _short_of_people([pk for pk, state in found if state != TaskState.CLAIMED])
     if task_ids:
         tasks_recheck(
             task_ids,
             reason=f"group {instance.name} deleted",
+            actor=current_actor(),
+            request_meta=current_request_meta(),
+        )
+
+
+def _user_deleting(sender: Any, instance: Any, **_: Any) -> None:
+    from approvals.models import ACTIONABLE_TASK_STATES, HumanTask
+    from approvals.services import RECHECK_LIMIT
+
+    # Their candidate rows and memberships go with them (CASCADE, no m2m signal): note the open tasks they could
+    # act on, named or through a group, to re-check once they are gone. A claim they hold protects them (PROTECT).
+    groups = get_user_model().groups.through.objects.filter(user_id=instance.pk).values("group_id")
+    instance._baton_tasks = list(
+        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES)
+        .filter(Q(candidates__user_id=instance.pk) | Q(candidates__group_id__in=groups))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .distinct()[:RECHECK_LIMIT]
+    )
+
+
+def _user_deleted(sender: Any, instance: Any, **_: Any) -> None:
+    from approvals.services import _short_of_people, tasks_recheck
+
+    task_ids = getattr(instance, "_baton_tasks", [])
+    if task_ids:
+        tasks_recheck(
+            _short_of_people(task_ids),
+            reason=f"user {instance.get_username()} deleted",
             actor=current_actor(),
             request_meta=current_request_meta(),
         )
@@ -82,3 +117,5 @@ def connect() -> None:
     m2m_changed.connect(_groups_changed, sender=user_model.groups.through, dispatch_uid="baton_approvals_groups")
     pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="baton_approvals_group_deleting")
     post_delete.connect(_group_deleted, sender=Group, dispatch_uid="baton_approvals_group_deleted")
+    pre_delete.connect(_user_deleting, sender=user_model, dispatch_uid="baton_approvals_user_deleting")
+    post_delete.connect(_user_deleted, sender=user_model, dispatch_uid="baton_approvals_user_deleted")

@@ -320,9 +320,13 @@ def _run_handler(claim: Claim) -> Outcome:
         # Checked here, in the worker, so that a result the database would refuse never aborts the record; what
         # comes back is the result as it will be stored (tuples as lists).
         result = check_result(dict(result or {}))
-    except (TypeError, ValueError) as exc:
-        # Returning the same value again cannot help: permanent, and the handler is not run again.
-        return Outcome(ok=False, error_type=type(exc).__name__, error=str(exc), permanent=True, returned=True)
+    except Exception as exc:
+        # Returning the same value again cannot help: permanent, and the handler is not run again. Not only what
+        # JSON refuses: a dict subclass whose items() raises (a lazy mapping whose source went away) fails here
+        # too, and escaping step_execute it left the step running for its lease to expire and run again.
+        return Outcome(
+            ok=False, error_type=type(exc).__name__, error=str(exc) or repr(exc), permanent=True, returned=True
+        )
     return Outcome(ok=True, result=result)
 
 
@@ -690,6 +694,19 @@ def enter_node(
     elif isinstance(node, Decision):
         assert node.choose is not None
         target = node.choose(dict(instance.data))
+        # Checked before anything is written: a value that is not a node name (a number, a list, a datetime, text
+        # PostgreSQL cannot hold) failed later with an error that did not name the decision, and a step inside a
+        # parallel branch (which the definition refuses as a static target) was entered outside its parallel.
+        if target is not None and (not isinstance(target, str) or target not in workflow.nodes):
+            raise EngineError(
+                f"{workflow.key}: decision {node.name!r} chose {target!r}, which is not a node of the workflow;"
+                " choose() must return a node name or None"
+            )
+        if target in workflow.branch_of:
+            raise EngineError(
+                f"{workflow.key}: decision {node.name!r} chose {target!r}, a step inside parallel"
+                f" {workflow.branch_of[target][0]!r}; a decision can only go to a node outside parallel branches"
+            )
         step = StepRun(
             **common,
             kind=StepKind.DECISION,
@@ -700,8 +717,6 @@ def enter_node(
         )
         rows.insert(step)
         unit.audit("step.decided", "step", step.pk, "", step.state, payload={"next": target})
-        if target is not None and target not in workflow.nodes:
-            raise EngineError(f"{workflow.key}: decision {node.name!r} chose unknown node {target!r}")
         enter_node(unit, workflow, target, parent_id, branch, hops=hops + 1)
     elif isinstance(node, Parallel):
         step = StepRun(

@@ -194,6 +194,7 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             unit.finish()
             return
         dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
+        _check_steps_defined(instance, dead)
         # An instance the sweep failed for its missing definition stopped at its open work: retry goes on from there.
         if not dead and definition_unavailable(instance) not in instance.error:
             # An honest retry: with no failed step to run again it would report success and do nothing.
@@ -222,6 +223,22 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         _redispatch_due(unit)
         settle(unit)
         unit.finish()
+
+
+def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> None:
+    """Refuse a retry (NotAllowed naming them) when the deployed definition has no node for a step the retry would
+    run again or dispatch: the same name and version deployed again with another shape (edited instead of
+    bumped; nothing outside one process can tell) answered the retry with a 500 (``Workflow.node`` raising)."""
+    workflow = definition_of(instance)
+    open_names = instance.steps.filter(state__in=BUSY_STEP_STATES).values_list("name", flat=True)
+    missing = sorted(({step.name for step in dead} | set(open_names)) - set(workflow.nodes))
+    if missing:
+        raise NotAllowed(
+            f"Cannot retry: the deployed {workflow.key} has no node "
+            + ", ".join(repr(name) for name in missing)
+            + ": it was deployed again with another shape under the same version. Deploy the version this "
+            "instance ran (a changed definition needs a new version), or cancel the instance."
+        )
 
 
 def _retry_after_decision(unit: Unit, workflow: Any, step: StepRun) -> None:

@@ -6,7 +6,7 @@ transaction after the handler's side effect happened, so the result is checked f
 database round trip (``engine._run_handler``). The rule (docs/architecture.md, "A step whose outcome cannot be
 recorded") is: dicts with string keys, lists (tuples count as lists), strings, integers, finite floats, booleans
 and None; no NUL character and no lone surrogate in any string or key (PostgreSQL text cannot hold them); at most
-``BATON_MAX_RESULT_BYTES`` bytes of JSON, nested no deeper than the JSON encoder can follow (``MAX_DEPTH``).
+``BATON_MAX_RESULT_BYTES`` bytes of JSON, nested no deeper than ``MAX_DEPTH`` levels.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from typing import Any
 
 from django.conf import settings
 
-# Deeper nesting than Python's JSON encoder can follow (its recursion limit) is refused; a cycle is too.
-MAX_DEPTH = 1000
+# A fixed bound, far below what Python's JSON encoder can follow (its recursion limit, about 1000 levels less the
+# caller's stack): the result is encoded again by every later step, by the audit trail and by a page rendering it
+# from a deep template stack, and a value the worker could just encode made the instance page fail. A cycle is
+# refused too.
+MAX_DEPTH = 200
 
 # What a handler should return instead of a value JSON cannot hold, by type name.
 HINTS = {
@@ -51,8 +54,9 @@ def check_result(value: dict[str, Any]) -> dict[str, Any]:
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
         stored = json.loads(encoded)
-        # The encoder escapes NUL as \u0000 and turns int keys into strings without a word: look closer then.
-        if "\\u0000" in encoded or stored != value:
+        # The encoder escapes NUL as \u0000 and turns int keys into strings without a word; nesting deeper than
+        # MAX_DEPTH needs more brackets than that (a cheap bound in C; strings' brackets only make it look closer).
+        if "\\u0000" in encoded or stored != value or encoded.count("[") + encoded.count("{") > MAX_DEPTH:
             _walk(value)
         size = len(encoded.encode())  # a lone surrogate raises here (UnicodeEncodeError is a ValueError)
     except (TypeError, ValueError, RecursionError) as exc:

@@ -348,3 +348,98 @@ def test_deactivating_one_of_several_able_people_leaves_their_queue_alone(users)
     after = WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).order_by("pk")
     assert [i.audit_seq for i in after] == seqs
     assert {task_of(i).state for i in instances} == {TaskState.OPEN}
+
+
+@pytest.mark.parametrize("action", ["decide", "claim", "delegate"])
+def test_a_person_deactivated_after_their_request_was_read_cannot_act(users, action):
+    """Given the deciding request read its user (active) and, before it took the task's lock, an administrator's
+    deactivation committed; when the request acts; then it is refused: whether the account is active is read
+    under the lock, like candidacy, not from the object the request loaded (two threads, made deterministic)."""
+    # given
+    task = task_of(expense())
+    actor = users.manager if action == "delegate" else users.staff  # a manager may delegate an open task
+    if action == "decide":
+        task_claim(task.pk, users.staff)
+    stale = User.objects.get(pk=actor.pk)  # what the request's authentication loaded
+    deactivate(User.objects.get(pk=actor.pk))  # the admin's save, another object, committed first
+
+    act = {
+        "decide": lambda: task_decide(task.pk, stale, APPROVE),
+        "claim": lambda: task_claim(task.pk, stale),
+        "delegate": lambda: task_delegate(task.pk, stale, users.staff2),
+    }[action]
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="deactivated"):
+        act()
+    task.refresh_from_db()
+    assert task.state in (TaskState.OPEN, TaskState.ESCALATED)
+    assert not task.decisions.exists()
+
+
+def test_deleting_the_only_named_candidate_escalates_the_task(users, register_workflow):
+    """Given a task whose one candidate is a user named in the definition (who never acted, so deleting them is
+    allowed); when an administrator deletes that user (their candidate row goes with them); then the task becomes
+    a "nobody can act" escalation at once, instead of waiting forever with no candidate at all."""
+    # given
+    clerk = UserFactory(username="clerk")
+    register_workflow(Workflow("named_flow", 1, [Human("check", candidate_users=["clerk"])]))
+    task = task_of(instance_start("named_flow", {"title": "Invoice 18"}))
+    assert task.state == TaskState.OPEN
+
+    # when
+    clerk.delete()
+
+    # then
+    task.refresh_from_db()
+    assert task.state == TaskState.ESCALATED
+    assert "Nobody can" in last_event(task, "task.escalated").reason
+
+
+def test_deleting_a_group_rechecks_only_the_tasks_that_need_it(users, register_workflow):
+    """Given open tasks whose candidates are two groups, each with an able member; when one group is deleted;
+    then none of them is locked, written or audited (someone is still able), and the statements it takes do not
+    grow with the number of tasks: a busy group's deletion is one request, not one lock and count per task."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given
+    def delete_with(count: int) -> int:
+        group = Group.objects.create(name=f"temp-{count}")
+        flow = Workflow(f"temp_{count}", 1, [Human("check", candidate_groups=["approvers", group.name])])
+        register_workflow(flow)
+        group.user_set.add(UserFactory())
+        instances = [instance_start(flow.name, {}) for _ in range(count)]
+        seqs = sorted(WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).values_list("audit_seq"))
+        with CaptureQueriesContext(connection) as queries:
+            group.delete()
+        assert sorted(WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).values_list("audit_seq")) == (
+            seqs
+        )
+        assert {task_of(i).state for i in instances} == {TaskState.OPEN}
+        return len(queries)
+
+    # when
+    few, many = delete_with(2), delete_with(12)
+
+    # then
+    assert many == few
+
+
+@pytest.mark.parametrize("claimed", [False, True])
+def test_deleting_the_candidate_group_after_the_task_opened_escalates_it(users, claimed):
+    """Given an expense approval open (or claimed by an approver) for the approvers group; when the group is
+    deleted; then the claim goes back and the task, with nobody left able, escalates in the same transaction."""
+    # given
+    task = task_of(expense())
+    if claimed:
+        task_claim(task.pk, users.staff)
+
+    # when
+    users.approvers.delete()
+
+    # then
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.ESCALATED, None)
+    if claimed:
+        assert "deleted" in last_event(task, "task.released").reason

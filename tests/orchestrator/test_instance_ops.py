@@ -292,3 +292,40 @@ def test_a_decision_during_a_pause_is_refused_until_resumed(users, register_work
     instance.refresh_from_db()
     assert refused == (TaskState.OPEN, 0)
     assert instance.state == InstanceState.COMPLETED
+
+
+def test_retry_after_the_definition_came_back_with_another_shape_is_refused_with_the_reason(
+    users, register_workflow, run_steps
+):
+    """Given a failed instance with a dead step; when the same name and version is deployed again without that
+    step (edited instead of bumped) and an operator retries from the page; then the retry is refused with a
+    message naming the missing step (409, the reason kept), never a 500, and the instance stays failed; its page
+    still renders."""
+    from django.test import Client
+
+    from orchestrator import registry
+
+    # given
+    outage["on"] = True
+    register_workflow(Workflow("reshaped", 1, [Task("sync", flaky, retry=Retry(max_attempts=1, backoff=0))]))
+    instance = instance_start("reshaped", {})
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    registry.unregister("reshaped", 1)
+    register_workflow(Workflow("reshaped", 1, [Task("renamed", noop)]))
+    outage["on"] = False
+    client = Client()
+    client.force_login(users.admin)
+
+    # when
+    response = client.post(f"/instances/{instance.pk}/retry/", {"reason": "deployed again"})
+
+    # then
+    instance.refresh_from_db()
+    assert response.status_code == 409
+    page = response.content.decode().replace("&#x27;", "'")
+    assert "has no node 'sync'" in page
+    assert "deployed again" in page
+    assert instance.state == InstanceState.FAILED
+    assert client.get(f"/instances/{instance.pk}/").status_code == 200

@@ -8,13 +8,13 @@ Each handler counts its calls, so "the handler ran once" is a fact read back, no
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from approvals.models import HumanTask, TaskKind, TaskState
-from orchestrator.dsl import COMPENSATE, ESCALATE, Decision, Human, Retry, StepContext, Task, Timer, Workflow
+from orchestrator.dsl import COMPENSATE, ESCALATE, Decision, Human, Parallel, Retry, StepContext, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState
 from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
@@ -52,6 +52,13 @@ def deep(levels: int) -> dict:
     return value
 
 
+class Unreadable(dict):
+    """A mapping that looks like a dict but cannot be read (a lazy proxy whose source went away)."""
+
+    def items(self):
+        raise RuntimeError("the source of this mapping is gone")
+
+
 def looped() -> dict:
     value: dict = {}
     value["self"] = value
@@ -73,8 +80,10 @@ BAD_RESULTS = [
     pytest.param(
         {"rows": [1, {"when": [datetime(2026, 1, 1)]}]}, "TypeError", "result['rows'][1]['when'][0]", id="nested"
     ),
-    pytest.param(deep(5000), "ValueError", "nested deeper than 1000 levels", id="too-deep"),
+    pytest.param(deep(5000), "ValueError", "nested deeper than 200 levels", id="too-deep"),
     pytest.param(looped(), "ValueError", "refers to itself", id="cycle"),
+    pytest.param(deep(990), "ValueError", "nested deeper than", id="deep-yet-under-the-encoder-limit"),
+    pytest.param({"lazy": Unreadable(a=1)}, "RuntimeError", "source of this mapping is gone", id="unreadable-mapping"),
     pytest.param({"blob": "x" * 2_000_000}, "ValueError", "more than BATON_MAX_RESULT_BYTES", id="too-big"),
     pytest.param(["not", "a", "dict"], "TypeError", "handler returned list", id="not-a-dict"),
 ]
@@ -122,7 +131,61 @@ def until_naive(data: dict) -> datetime:
     return datetime(2030, 1, 1)  # no tzinfo: a naive time
 
 
+def route_to(target: object):
+    """A Decision's choose that returns ``target``, whatever it is."""
+
+    def choose(data: dict) -> object:
+        return target
+
+    return choose
+
+
+def until_value(value: object):
+    """A Timer's until that returns ``value``, whatever it is."""
+
+    def until(data: dict) -> object:
+        return value
+
+    return until
+
+
+def decision_to(target: object) -> list:
+    return [Decision("route", route_to(target), choices=["eu"]), Task("eu", counted("eu"))]
+
+
 FOLLOWERS = [
+    pytest.param(decision_to("nowhere"), "EngineError", "decision 'route' chose 'nowhere'", id="decision-unknown"),
+    pytest.param(decision_to(5), "EngineError", "decision 'route' chose 5", id="decision-int"),
+    pytest.param(decision_to(["eu"]), "EngineError", "decision 'route' chose ['eu']", id="decision-list"),
+    pytest.param(
+        decision_to(datetime(2030, 1, 1, tzinfo=UTC)),
+        "EngineError",
+        "decision 'route' chose datetime.datetime(2030",
+        id="decision-dt",
+    ),
+    pytest.param(decision_to("eu\x00"), "EngineError", "decision 'route' chose 'eu\\x00'", id="decision-nul"),
+    pytest.param(
+        [
+            Decision("route", route_to("left"), choices=["eu"]),
+            Task("eu", counted("eu")),
+            Parallel("both", branches=[[Task("left", counted("left"))], [Task("right", counted("right"))]]),
+        ],
+        "EngineError",
+        "decision 'route' chose 'left', a step inside parallel 'both'",
+        id="decision-into-a-branch",
+    ),
+    pytest.param(
+        [Timer("wait", until=until_value(date(2030, 1, 1)))],
+        "EngineError",
+        "until() returned datetime.date",
+        id="timer-date",
+    ),
+    pytest.param(
+        [Timer("wait", until=until_value("2030-01-01T00:00:00+00:00"))],
+        "EngineError",
+        "until() returned '2030",
+        id="timer-text",
+    ),
     pytest.param(
         [Decision("route", needs_region, choices=["eu", "us"]), Task("eu", counted("eu")), Task("us", counted("us"))],
         "KeyError",
@@ -376,3 +439,47 @@ def test_every_kind_of_json_value_is_still_recorded_as_it_is(register_workflow, 
     assert instance.steps.get(name="act").result == {**result, "pair": [1, 2]}
     assert instance.data["name"] == result["name"]
     assert instance.data["big"] == 10**30
+
+
+def test_a_result_nested_deeper_than_the_rule_is_refused_wherever_the_check_runs(
+    register_workflow, run_steps, client, users
+):
+    """The depth rule is a fixed bound (``MAX_DEPTH``), not whatever the JSON encoder managed from the worker's
+    stack at that moment: a result the worker stored must also be readable by the instance page, whose template
+    stack is far deeper; before, 900 levels passed the worker's check and the page answered 500."""
+    # given a result nested deeper than the rule, yet shallow enough for the encoder from the worker's stack
+    from orchestrator.services.results import MAX_DEPTH
+
+    levels = 900  # the encoder follows it from the worker's stack (before: stored, and the page failed)
+    register_workflow(Workflow("deep_result", 1, [Task("act", counted("act", deep(levels)))]))
+    instance = instance_start("deep_result", {})
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then it is one permanent failure naming the depth, and the page still renders
+    step = instance.steps.get(name="act")
+    assert (step.state, step.error_type, calls) == (StepState.DEAD, "ValueError", {"act": 1})
+    assert f"nested deeper than {MAX_DEPTH} levels" in step.error
+    client.force_login(users.admin)
+    assert client.get(f"/instances/{instance.pk}/").status_code == 200
+
+
+def test_a_result_as_deep_as_the_rule_allows_is_stored_and_shown(register_workflow, run_steps, client, users):
+    """The deepest result the rule accepts is recorded and its instance page renders (the bound leaves the
+    encoder room on any stack a page or a later step reads it from)."""
+    # given
+    from orchestrator.services.results import MAX_DEPTH
+
+    register_workflow(Workflow("deep_ok", 1, [Task("act", counted("act", deep(MAX_DEPTH - 2)))]))
+    instance = instance_start("deep_ok", {})
+
+    # when
+    run_steps(instance, advance=True)
+
+    # then
+    instance.refresh_from_db()
+    assert instance.steps.get(name="act").state == StepState.SUCCEEDED
+    assert instance.state == InstanceState.COMPLETED
+    client.force_login(users.admin)
+    assert client.get(f"/instances/{instance.pk}/").status_code == 200
