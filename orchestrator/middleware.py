@@ -73,6 +73,14 @@ class DatabaseUnavailableMiddleware:
         return None
 
 
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """``CSRF_FAILURE_VIEW``: a form whose token no longer matches (signed out or in again in another tab, a page
+    left open for days) gets templates/403_csrf.html saying to reload, instead of Django's bare technical page.
+    ``reason`` is Django's wording for the log; the person gets words and a way on. Status 403, as Django's."""
+    logger.info("form refused (CSRF) for %s %s: %s", request.method, request.path, reason)
+    return HttpResponse(loader.get_template("403_csrf.html").render({}, request), status=403)
+
+
 def friendly_page(request: HttpRequest, status: int) -> HttpResponse:
     """templates/<status>.html as the response (500.html without the request: it must not fail again)."""
     template = loader.get_template(f"{status}.html")

@@ -206,6 +206,8 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie; kept default for admin.
 SESSION_COOKIE_SECURE = env_bool("BATON_SECURE_COOKIES", default=not DEBUG and not EMBEDDED)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# A stale form (signed out in another tab) gets a friendly page saying to reload, not Django's bare one.
+CSRF_FAILURE_VIEW = "orchestrator.middleware.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # --- TLS and a proxy in front (README, "Production") ------------------------------------------------------
