@@ -103,6 +103,32 @@ def test_junk_in_the_instance_list_is_named_and_the_good_filters_kept(roles):
     assert response.context["q"] == "x" * 150
 
 
+@pytest.mark.parametrize(
+    ("path", "repeated", "label"),
+    [
+        ("/instances/", "state=running&state=failed", "State:"),
+        ("/instances/", "workflow=a&workflow=expense_approval", "Workflow:"),
+        ("/inbox/", "state=open&state=claimed", "State:"),
+        ("/inbox/", "sort=due&sort=-priority", "Sort:"),
+    ],
+)
+def test_a_filter_given_twice_is_named_not_silently_narrowed_to_the_last(roles, path, repeated, label):
+    """``?state=running&state=failed`` asks for two states; a one-value filter used to take the last and show
+    only failed instances with no word, so the person believed nothing was running."""
+    # given
+    expense(initiator=roles.staff)
+
+    # when
+    response = client_of(roles.operator).get(f"{path}?{repeated}&q=keep")
+
+    # then: a message names the parameter and says it was left out; the other filters still apply
+    assert response.status_code == 200
+    texts = [text for _level, text in shown(response)]
+    assert any(text.startswith(label) and "given 2 times" in text for text in texts), texts
+    query = response.context.get("query")
+    assert (query.q if query is not None else response.context["q"]) == "keep"
+
+
 # --- posted forms -------------------------------------------------------------------------------------------
 
 
