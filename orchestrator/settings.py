@@ -119,6 +119,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Posted line breaks as LF, so a textarea's limit counts them as the page did (orchestrator/middleware.py).
+    "orchestrator.middleware.TypedLineBreaksMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Who is acting, for the audit of account changes made through any page (orchestrator/accounts.py).

@@ -247,6 +247,32 @@ def test_a_nul_or_an_over_long_comment_is_refused_with_the_comment_kept(roles):
     assert task.state == TaskState.OPEN
 
 
+def test_text_of_exactly_the_limit_with_line_breaks_is_accepted_as_the_browser_counted_it(roles):
+    """A textarea's maxlength and the page's counter count a line break as one character, but the browser sends
+    it as CR LF (HTML's form submission rule): a comment the counter showed at exactly the limit was refused."""
+    # given: lines as typed, at exactly the limit counting each break once, and one over
+    task = task_of(expense(initiator=roles.manager))
+    lines = ("ok 🙂 مرحبا\n" * COMMENT_MAX)[: COMMENT_MAX - 1] + "z"
+    assert len(lines) == COMMENT_MAX
+    assert lines.count("\n") > 100
+    staff = client_of(roles.staff)
+
+    # when: sent as a browser sends a textarea
+    over = staff.post(
+        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": (lines + "!").replace("\n", "\r\n")}
+    )
+    exact = staff.post(
+        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": lines.replace("\n", "\r\n")}
+    )
+
+    # then: one over is refused naming the count the person saw; the exact one is kept with its breaks as typed
+    assert over.status_code == 400
+    refusal = " ".join(text for _level, text in shown(over))
+    assert f"{COMMENT_MAX + 1}" in refusal, refusal
+    assert exact.status_code == 302
+    assert task.decisions.get().comment == lines
+
+
 def test_the_services_enforce_the_limits_for_every_caller(roles):
     """The limits hold when the services are called by code, not only through the pages."""
     # given
