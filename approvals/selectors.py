@@ -25,7 +25,7 @@ from approvals.models import (
     TaskCandidate,
     TaskState,
 )
-from orchestrator.inputs import SEARCH_MAX
+from orchestrator.inputs import SEARCH_MAX, drop_repeated
 
 # Counts above this show as "99+": counting 100,000 queued rows on every page would cost more than it tells.
 COUNT_CAP = 100
@@ -163,6 +163,17 @@ SORTS: dict[str, list[tuple[str, bool]]] = {
     "recent": [("completed_at", True), ("id", True)],
 }
 DUE_BUCKETS = ("overdue", "today", "later", "none")
+# The inbox's one-value parameters, as the page names them: each given twice is left out with a message.
+ONE_VALUE_PARAMETERS = {
+    "workflow": "Workflow",
+    "priority": "Priority",
+    "due": "Due",
+    "state": "State",
+    "q": "Search",
+    "sort": "Sort",
+    "after": "Page",
+    "size": "Page size",
+}
 NULLABLE = {"due_at", "completed_at"}
 
 
@@ -185,6 +196,8 @@ class InboxQuery:
     @classmethod
     def parse(cls, params: Any, tab: str) -> InboxQuery:
         query = cls(tab=tab)
+        params, repeated = drop_repeated(params, ONE_VALUE_PARAMETERS)
+        query.errors.extend(repeated)
         query.workflow = query._text(params, "workflow", "Workflow")
         raw_priority = params.get("priority", "")
         if raw_priority not in ("", None):

@@ -9,7 +9,7 @@ from typing import Any
 
 from django import forms
 
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, SEARCH_MAX, check_when
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, SEARCH_MAX, check_when, drop_repeated
 from orchestrator.models import InstanceState
 
 # Page numbers past this are typos: no list is that long.
@@ -64,6 +64,11 @@ class InstanceFilterForm(forms.Form):
     workflow = forms.CharField(required=False, max_length=SEARCH_MAX, label="Workflow")
     page = forms.IntegerField(required=False, min_value=1, max_value=PAGE_MAX, label="Page")
 
+    def __init__(self, data: Any = None, **kwargs: Any) -> None:
+        labels = {name: str(field.label) for name, field in self.base_fields.items()}
+        data, self.repeated = drop_repeated(data, labels) if data is not None else (data, [])
+        super().__init__(data, **kwargs)
+
     def filters(self) -> dict[str, Any]:
         """The valid filters (cleaned), each invalid one as empty; call after ``is_valid()``."""
         cleaned = getattr(self, "cleaned_data", {})
@@ -71,7 +76,7 @@ class InstanceFilterForm(forms.Form):
 
     def messages(self) -> list[str]:
         """One line per invalid parameter, naming it and saying what was done instead."""
-        return [
+        return self.repeated + [
             f"{self.fields[name].label}: {' '.join(map(str, errors))} Showing results without it."
             for name, errors in self.errors.items()
         ]

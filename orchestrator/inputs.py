@@ -3,7 +3,9 @@ services (which enforce them whoever calls: a page, the admin, another service o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -22,6 +24,24 @@ IDEMPOTENCY_KEY_MAX = 200
 # (beyond, a date is a mistake; far beyond, its UTC value no longer fits Python's datetime, see check_when).
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 HORIZON = timedelta(days=3653)
+
+
+def drop_repeated(params: Any, labels: Mapping[str, str]) -> tuple[Any, list[str]]:
+    """A query string's one-value filters given more than once (``?state=running&state=failed``), left out.
+
+    ``params`` is a QueryDict (anything without ``getlist``, such as a plain dict, cannot repeat and comes back
+    as it is); ``labels`` maps each one-value parameter to the word the page uses for it. Returns the parameters
+    without the repeated ones and one message per repeated parameter. Taking the last value, as ``get`` does,
+    would quietly show one state of the two asked for; leaving it out shows all, and the message says why."""
+    if not hasattr(params, "getlist"):
+        return params, []
+    kept, problems = params.copy(), []
+    for name, label in labels.items():
+        count = len(params.getlist(name))
+        if count > 1:
+            del kept[name]
+            problems.append(f"{label}: given {count} times; pick one. Showing results without it.")
+    return kept, problems
 
 
 def check_text(value: str, what: str, max_length: int) -> str:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,7 @@ request_logger = logging.getLogger("django.request")
 # Seconds a client is asked to wait: about what a PostgreSQL restart or failover takes.
 RETRY_AFTER = 10
 UNREACHABLE = (OperationalError, InterfaceError)
+FORM_CONTENT_TYPES = {"application/x-www-form-urlencoded", "multipart/form-data"}
 
 
 def unavailable() -> HttpResponse:
@@ -71,6 +73,40 @@ class DatabaseUnavailableMiddleware:
             logger.warning("database unreachable for %s %s: %s", request.method, request.path, exception)
             return unavailable()
         return None
+
+
+LINE_BREAK = re.compile(r"\r\n?")
+
+
+class TypedLineBreaksMiddleware:
+    """Posted text with its line breaks as typed: CR LF and a lone CR become LF in every posted form value.
+
+    Browsers send a textarea's line breaks as CR LF (HTML's form submission rule), while its ``maxlength``,
+    the page's counter (static/baton/forms.js) and the person count each break once; a form's ``max_length``
+    counted two, so text the page showed at exactly the limit was refused, and stored text mixed both kinds.
+    One place for every form, a team's workflow start forms included."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "POST" and request.content_type in FORM_CONTENT_TYPES:
+            posted = request.POST
+            if any("\r" in value for _key, values in posted.lists() for value in values):
+                typed = posted.copy()
+                for key, values in posted.lists():
+                    typed.setlist(key, [LINE_BREAK.sub("\n", value) for value in values])
+                typed._mutable = False
+                request.POST = typed  # type: ignore[assignment]  # made immutable above
+        return self.get_response(request)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """``CSRF_FAILURE_VIEW``: a form whose token no longer matches (signed out or in again in another tab, a page
+    left open for days) gets templates/403_csrf.html saying to reload, instead of Django's bare technical page.
+    ``reason`` is Django's wording for the log; the person gets words and a way on. Status 403, as Django's."""
+    logger.info("form refused (CSRF) for %s %s: %s", request.method, request.path, reason)
+    return HttpResponse(loader.get_template("403_csrf.html").render({}, request), status=403)
 
 
 def friendly_page(request: HttpRequest, status: int) -> HttpResponse:

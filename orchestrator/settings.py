@@ -38,6 +38,12 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_list(name: str, default: str) -> list[str]:
+    """A comma-separated list from the environment, each entry stripped and empty ones dropped: "a, b" is how
+    people write lists, and Django compares " b" with the Host header character by character."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
 # --- Mode and start-up checks ---------------------------------------------------------------------------
 def env_seconds(name: str, default: float, *, minimum: float, maximum: float = 86_400 * 365) -> float:
     """A duration in seconds from the environment, as a float; junk, NaN, infinities and values outside
@@ -73,6 +79,9 @@ if BATON_MODE == "production":
         _missing.append("BATON_SECRET_KEY of your own (the demo key is public)")
     if not os.environ.get("BATON_AUDIT_KEYS"):
         _missing.append("BATON_AUDIT_KEYS (the audit trail's HMAC keys, id:secret; never the demo key)")
+    if not env_list("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost"):
+        # Set but empty: with DEBUG off Django would answer every request 400 without saying why.
+        _missing.append("BATON_ALLOWED_HOSTS (set but empty: give the host names the site answers to)")
 if _missing:
     raise ImproperlyConfigured(
         f"Baton will not start in {BATON_MODE} mode; missing or wrong: "
@@ -85,8 +94,8 @@ DEBUG = env_bool("BATON_DEBUG", default=BATON_MODE == "demo")
 SECRET_KEY = os.environ.get("BATON_SECRET_KEY") or DEMO_SECRET_KEY
 # --- end of mode and start-up checks -------------------------------------------------------------------
 
-ALLOWED_HOSTS = [h for h in os.environ.get("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("BATON_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+ALLOWED_HOSTS = env_list("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = env_list("BATON_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
     "daphne",
@@ -110,6 +119,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Posted line breaks as LF, so a textarea's limit counts them as the page did (orchestrator/middleware.py).
+    "orchestrator.middleware.TypedLineBreaksMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Who is acting, for the audit of account changes made through any page (orchestrator/accounts.py).
@@ -197,6 +208,8 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie; kept default for admin.
 SESSION_COOKIE_SECURE = env_bool("BATON_SECURE_COOKIES", default=not DEBUG and not EMBEDDED)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# A stale form (signed out in another tab) gets a friendly page saying to reload, not Django's bare one.
+CSRF_FAILURE_VIEW = "orchestrator.middleware.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # --- TLS and a proxy in front (README, "Production") ------------------------------------------------------

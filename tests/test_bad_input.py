@@ -103,6 +103,32 @@ def test_junk_in_the_instance_list_is_named_and_the_good_filters_kept(roles):
     assert response.context["q"] == "x" * 150
 
 
+@pytest.mark.parametrize(
+    ("path", "repeated", "label"),
+    [
+        ("/instances/", "state=running&state=failed", "State:"),
+        ("/instances/", "workflow=a&workflow=expense_approval", "Workflow:"),
+        ("/inbox/", "state=open&state=claimed", "State:"),
+        ("/inbox/", "sort=due&sort=-priority", "Sort:"),
+    ],
+)
+def test_a_filter_given_twice_is_named_not_silently_narrowed_to_the_last(roles, path, repeated, label):
+    """``?state=running&state=failed`` asks for two states; a one-value filter used to take the last and show
+    only failed instances with no word, so the person believed nothing was running."""
+    # given
+    expense(initiator=roles.staff)
+
+    # when
+    response = client_of(roles.operator).get(f"{path}?{repeated}&q=keep")
+
+    # then: a message names the parameter and says it was left out; the other filters still apply
+    assert response.status_code == 200
+    texts = [text for _level, text in shown(response)]
+    assert any(text.startswith(label) and "given 2 times" in text for text in texts), texts
+    query = response.context.get("query")
+    assert (query.q if query is not None else response.context["q"]) == "keep"
+
+
 # --- posted forms -------------------------------------------------------------------------------------------
 
 
@@ -219,6 +245,32 @@ def test_a_nul_or_an_over_long_comment_is_refused_with_the_comment_kept(roles):
     assert f"Up to {COMMENT_MAX} characters" in page.content.decode()
     task.refresh_from_db()
     assert task.state == TaskState.OPEN
+
+
+def test_text_of_exactly_the_limit_with_line_breaks_is_accepted_as_the_browser_counted_it(roles):
+    """A textarea's maxlength and the page's counter count a line break as one character, but the browser sends
+    it as CR LF (HTML's form submission rule): a comment the counter showed at exactly the limit was refused."""
+    # given: lines as typed, at exactly the limit counting each break once, and one over
+    task = task_of(expense(initiator=roles.manager))
+    lines = ("ok 🙂 مرحبا\n" * COMMENT_MAX)[: COMMENT_MAX - 1] + "z"
+    assert len(lines) == COMMENT_MAX
+    assert lines.count("\n") > 100
+    staff = client_of(roles.staff)
+
+    # when: sent as a browser sends a textarea
+    over = staff.post(
+        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": (lines + "!").replace("\n", "\r\n")}
+    )
+    exact = staff.post(
+        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": lines.replace("\n", "\r\n")}
+    )
+
+    # then: one over is refused naming the count the person saw; the exact one is kept with its breaks as typed
+    assert over.status_code == 400
+    refusal = " ".join(text for _level, text in shown(over))
+    assert f"{COMMENT_MAX + 1}" in refusal, refusal
+    assert exact.status_code == 302
+    assert task.decisions.get().comment == lines
 
 
 def test_the_services_enforce_the_limits_for_every_caller(roles):

@@ -606,3 +606,29 @@ def test_next_page_links_walk_the_queue_once_in_order(users):
     # then
     assert pages == 3
     assert seen == [t.pk for t in tasks]  # same due time and priority: by id
+
+
+# --- dates say which clock they are on ------------------------------------------------------------------
+
+
+def test_every_date_and_time_input_names_its_time_zone(users, task, settings):
+    """A person in another zone reads "due 22:25" and types "18:00" in a datetime-local field: both are in the
+    site's zone (BATON_TIME_ZONE), so the page must say which, or the reader is hours off."""
+    # given: a site on Kolkata time, a task with a due time and a note on the instance's timeline
+    settings.TIME_ZONE = "Asia/Kolkata"
+    HumanTask.objects.filter(pk=task.pk).update(due_at=timezone.now() + timedelta(hours=3))
+    task_claim(task.pk, users.staff)  # the snooze field is the assignee's
+
+    # when
+    task_page = login(users.staff).get(reverse("task_detail", args=[task.pk])).content.decode()
+    instance_page = login(users.admin).get(reverse("instance_detail", args=[task.instance_id])).content.decode()
+    rows = login(users.admin).get(reverse("instance_list")).content.decode()
+
+    # then: every shown time carries the zone, and both time inputs say which zone they are read in
+    stamp = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}(?::\d{2})?(?![:\d])(?! IST)")
+    for page in (task_page, instance_page, rows):
+        assert not stamp.findall(page), stamp.findall(page)
+    assert re.search(r"due \d{4}-\d{2}-\d{2} \d{2}:\d{2} IST", task_page)
+    assert re.search(r'for="snooze-until">[^<]*Asia/Kolkata', task_page)
+    assert re.search(r'for="pause-until">[^<]*Asia/Kolkata', instance_page)
+    assert re.search(r'scope="col">When \(IST\)', instance_page)

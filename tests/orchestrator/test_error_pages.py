@@ -69,3 +69,28 @@ def test_a_forbidden_page_is_the_friendly_403(users):
     # then
     assert response.status_code == 403
     assert "You may not open this page" in response.content.decode()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "demo-debug"])
+def test_a_stale_form_after_signing_out_elsewhere_is_the_friendly_csrf_page(users, debug):
+    # given: a task page's form was loaded while signed in, then the person signed out in another tab (the
+    # session and its CSRF token are gone) and signed in again, so the old page's token no longer matches
+    client = Client(enforce_csrf_checks=True, raise_request_exception=False)
+    client.force_login(users.staff)
+    page = client.get("/inbox/")
+    stale = page.context["csrf_token"] if page.context else "stale-token-" + "x" * 20
+    client.logout()
+    client.force_login(users.staff)
+
+    # when: the old form is posted
+    with override_settings(DEBUG=debug):
+        response = client.post("/tasks/1/claim/", {"csrfmiddlewaretoken": str(stale) + "x"})
+
+    # then: Baton's own page, in words, with a way on, and no Django default page text
+    content = response.content.decode()
+    assert response.status_code == 403
+    assert 'data-error-page="403"' in content
+    assert "This form has expired" in content
+    assert "Reload the page" in content
+    assert "CSRF verification failed" not in content
+    assert not [mark for mark in DEBUG_PAGE_MARKS if mark in content]

@@ -306,3 +306,27 @@ def test_every_variable_the_code_reads_is_in_the_readme_table():
     assert len(read) > 20  # the scan finds the reads at all
     missing = {name: where for name, where in read.items() if name not in documented}
     assert not missing, f"read but not in README's table: {missing}"
+
+
+def test_host_lists_with_spaces_after_the_commas_are_understood():
+    # given: the way people write lists ("a, b")
+    env = {
+        "BATON_ALLOWED_HOSTS": " baton.example.com , www.example.com ,",
+        "BATON_CSRF_TRUSTED_ORIGINS": "https://baton.example.com, https://www.example.com",
+    }
+
+    # when
+    found = settings_in(env, "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS")
+
+    # then: no entry keeps a space (Django would compare " www.example.com" with the Host header and refuse it)
+    assert found["ALLOWED_HOSTS"] == ["baton.example.com", "www.example.com"]
+    assert found["CSRF_TRUSTED_ORIGINS"] == ["https://baton.example.com", "https://www.example.com"]
+
+
+@pytest.mark.parametrize("value", ["", " ", ",", " , "])
+def test_production_with_no_allowed_host_is_refused_at_start(value):
+    # when: every request would be answered 400 (DEBUG is off), so the start is refused naming the variable
+    message = refusal({**PRODUCTION, "BATON_ALLOWED_HOSTS": value})
+
+    # then
+    assert "BATON_ALLOWED_HOSTS" in message

@@ -1,0 +1,72 @@
+"""Pages on a phone (390 px): what a list is for stays on screen without scrolling sideways."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from approvals.models import HumanTask
+from orchestrator.services.instances import instance_start
+from tests.browser.live import PHONE, BrowserTestCase
+
+LONG_TITLE = "Conference booth deposit for the autumn trade fair in Lyon, with shipping of the stand"
+
+
+def sideways(page) -> int:
+    """How many scroll boxes of the page scroll sideways (their content wider than they are)."""
+    return page.evaluate(
+        "[...document.querySelectorAll('.table-responsive')].filter(e => e.scrollWidth > e.clientWidth + 1).length"
+    )
+
+
+class NarrowPageTests(BrowserTestCase):
+    def test_the_instance_list_on_a_phone_shows_each_state_without_scrolling_sideways(self):
+        """At 390 px the six-column table scrolled sideways and each row's state sat off screen."""
+        # given
+        instance_start(
+            "expense_approval",
+            {"employee": "Sam Staff", "amount": "80.00", "category": "travel", "description": LONG_TITLE},
+            initiator=self.users.staff,
+        )
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "admin", PHONE)
+
+            # when
+            page.goto("/instances/")
+
+            # then: the row's link and its state badge are inside the viewport, and nothing scrolls sideways
+            row = page.locator("tbody tr").first
+            expect(row.get_by_role("link")).to_be_visible()
+            badge = row.locator(".badge:visible").first
+            expect(badge).to_be_visible()
+            box = badge.bounding_box()
+            assert box is not None
+            assert box["x"] + box["width"] <= PHONE["width"], box
+            assert sideways(page) == 0
+
+    def test_escalations_on_a_phone_keep_the_title_readable_and_the_why_on_screen(self):
+        """At 390 px six columns squeezed a long task title to a word a line and pushed Level and State off."""
+        # given: an overdue task with a long title
+        instance = instance_start(
+            "expense_approval",
+            {"employee": "Sam Staff", "amount": "80.00", "category": "travel", "description": LONG_TITLE},
+            initiator=self.users.staff,
+        )
+        HumanTask.objects.filter(instance=instance).update(due_at=timezone.now() - timedelta(hours=3))
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "manager", PHONE)
+
+            # when
+            page.goto("/escalations/")
+
+            # then: the title gets most of the width, the state shows under it, nothing scrolls sideways
+            row = page.locator("tbody tr").first
+            link = row.get_by_role("link").bounding_box()
+            assert link is not None
+            assert link["width"] >= PHONE["width"] / 2, link
+            expect(row.locator(".badge:visible").first).to_be_visible()
+            assert sideways(page) == 0
