@@ -102,7 +102,9 @@ def _load_demo(log: Callable[[str], Any]) -> bool:
     def start(key: str, workflow: str, data: dict[str, Any], by: str) -> WorkflowInstance:
         return instance_start(workflow, data, initiator=users[by], idempotency_key=f"demo-{key}")
 
-    def order(key: str, number: str, customer: str, amount: str, by: str = "operator", **switches: Any):
+    # Orders come in from the shop's side (staff2 places them), so the operators who must finish a failed
+    # refund, and the managers who approve large orders, are never the instance's initiator (four-eyes).
+    def order(key: str, number: str, customer: str, amount: str, by: str = "staff2", **switches: Any):
         data = {"order_id": number, "customer": customer, "email": "buyer@example.com", "amount": amount, "items": 2}
         return start(key, "order_fulfilment", {**data, **switches}, by)
 
