@@ -3,12 +3,7 @@ quorum task takes one decision per person with a clear conflict, never a 500."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from typing import Any
-
 import pytest
-from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -27,6 +22,7 @@ from approvals.services import (
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
+from tests.concurrency import race
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -203,28 +199,6 @@ def test_a_second_decision_through_the_page_is_a_message_not_a_500(users, quorum
     assert response.status_code == 409
     assert "You have already decided this task" in page_text(response)
     assert TaskDecision.objects.filter(task=quorum_task).count() == 1
-
-
-def race(*actions: Callable[[], Any]) -> list[Any]:
-    """Run the actions at the same instant on their own threads (and DB connections); return results or errors."""
-    barrier = threading.Barrier(len(actions))
-    results: list[Any] = [None] * len(actions)
-
-    def run(index: int, action: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[index] = action()
-        except Exception as exc:  # the caller asserts on what came back
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return results
 
 
 @pytest.mark.django_db(transaction=True)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from django.db import connection
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
 from approvals.services import (
@@ -30,6 +26,7 @@ from approvals.services import (
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
+from tests.concurrency import race
 from tests.factories import ExpenseInputFactory, OrderInputFactory
 
 pytestmark = pytest.mark.django_db
@@ -463,28 +460,6 @@ def test_deciding_costs_a_fixed_number_of_queries(users, run_steps, django_asser
 
 
 # --- races ----------------------------------------------------------------------------------------------
-
-
-def race(*actions: Callable[[], Any]) -> list[Any]:
-    """Run the actions at the same instant on their own threads (and DB connections); return results or errors."""
-    barrier = threading.Barrier(len(actions))
-    results: list[Any] = [None] * len(actions)
-
-    def run(index: int, action: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[index] = action()
-        except Exception as exc:  # the caller asserts on what came back
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return results
 
 
 @pytest.mark.django_db(transaction=True)
