@@ -864,14 +864,13 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
         unit.audit("step.skipped", "step", step.pk, StepState.DEAD, step.state, reason=comment)
         if instance.state in (InstanceState.RUNNING, InstanceState.WAITING):
             engine.advance(unit, workflow, step)
-    elif decision == FAIL and instance.state in (
-        InstanceState.RUNNING,
-        InstanceState.WAITING,
-        InstanceState.COMPENSATING,
-    ):
-        previous = instance.state
-        instance.fail(f"failed by operator: {comment}")
-        unit.audit("instance.failed", "instance", instance.pk, previous, instance.state, reason=comment)
+    elif decision == FAIL:
+        engine.fail_instance(
+            unit,
+            f"failed by operator: {comment}",
+            allowed=(InstanceState.RUNNING, InstanceState.WAITING, InstanceState.COMPENSATING),
+            audit_reason=comment,
+        )
     engine.settle(unit)
 
 
@@ -963,17 +962,11 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
                 task.expire(now)
                 rows.update(task, ["state", "completed_at", "next_escalation_at"])
                 unit.audit("task.expired", "task", task.pk, from_state, task.state)
-                if instance.state in (InstanceState.RUNNING, InstanceState.WAITING):
-                    previous = instance.state
-                    instance.fail(f"{task.title}: no decision in time")
-                    unit.audit(
-                        "instance.failed",
-                        "instance",
-                        instance.pk,
-                        previous,
-                        instance.state,
-                        reason=instance.error,
-                    )
+                engine.fail_instance(
+                    unit,
+                    f"{task.title}: no decision in time",
+                    allowed=(InstanceState.RUNNING, InstanceState.WAITING),
+                )
             else:
                 _hand_to_group(unit, task, rung.group, level, next_at, reassigned=False)
         unit.finish()

@@ -428,21 +428,10 @@ def _record_dead(step_id: int, attempt: int, failure: Outcome, exc: Exception) -
             return "fenced"
         unit = Unit(instance, WORKER)
         error = clean_text(f"{failure.error}\n\nFollowing on_failure raised {type(exc).__name__}: {exc}")
-        step.die(clean_text(failure.error_type, 200), error, unit.now)
-        step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
-        unit.audit(
-            "step.dead",
-            "step",
-            step.pk,
-            StepState.RUNNING,
-            step.state,
-            reason=_first_line(error),
-            payload={"attempt": step.attempt, "error_type": step.error_type, "permanent": True},
+        _step_die(unit, step, clean_text(failure.error_type, 200), error, permanent=True)
+        fail_instance(
+            unit, f"{step.name} failed: {_first_line(error)}", allowed=(*LIVE_STATES, InstanceState.COMPENSATING)
         )
-        if instance.state in (*LIVE_STATES, InstanceState.COMPENSATING):
-            from_state = instance.state
-            instance.fail(f"{step.name} failed: {_first_line(error)}")
-            unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
         unit.finish()
         return "failed"
 
@@ -583,6 +572,42 @@ def _record_failure(
         )
         unit.scheduled_work = True
         return
+    _step_die(unit, step, error_type, error, permanent=permanent, returned=returned)
+    _step_dead(unit, step, node)
+
+
+def fail_instance(
+    unit: Unit, error: str, *, allowed: tuple[str, ...] = LIVE_STATES, audit_reason: str | None = None
+) -> bool:
+    """Fail the unit's instance with ``error`` (shown on its page) and audit it, if its state is in ``allowed``.
+
+    ``audit_reason`` is the event's reason when it should differ from ``error`` (an operator's own words).
+    Returns True if the instance failed. Raises nothing of its own.
+    """
+    instance = unit.instance
+    if instance.state not in allowed:
+        return False
+    from_state = instance.state
+    instance.fail(error)
+    unit.audit(
+        "instance.failed",
+        "instance",
+        instance.pk,
+        from_state,
+        instance.state,
+        reason=instance.error if audit_reason is None else audit_reason,
+    )
+    return True
+
+
+def _step_die(
+    unit: Unit, step: StepRun, error_type: str, error: str, *, permanent: bool, returned: bool = False
+) -> None:
+    """Mark a running step dead (retries spent, or an error retrying cannot fix) and audit it.
+
+    ``returned``: its handler returned but the result could not be recorded; a task step keeps ``RESULT_LOST`` in
+    its result so that a compensation of the instance undoes it too.
+    """
     step.die(error_type, error, unit.now)
     fields = ["state", "error", "error_type", "finished_at", "lease_expires_at"]
     if returned and step.kind == StepKind.TASK:
@@ -599,7 +624,6 @@ def _record_failure(
         payload={"attempt": step.attempt, "error_type": error_type, "permanent": permanent}
         | ({"returned": True} if returned else {}),
     )
-    _step_dead(unit, step, node)
 
 
 def _first_line(text: str) -> str:
@@ -626,10 +650,7 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
     if isinstance(node, Task) and node.on_failure == ESCALATE and instance.state in LIVE_STATES:
         escalation_open(unit, step, reason=f"{step.name} failed: {_first_line(step.error)}")
         return
-    if instance.state in LIVE_STATES:
-        from_state = instance.state
-        instance.fail(f"{step.name} failed: {_first_line(step.error)}")
-        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+    fail_instance(unit, f"{step.name} failed: {_first_line(step.error)}")
 
 
 # --- advancing an instance ----------------------------------------------------------------------------
@@ -805,9 +826,7 @@ def _human_step_follow(unit: Unit, workflow: Workflow, step: StepRun, node: Huma
         instance.complete("rejected", unit.now)
         unit.audit("instance.completed", "instance", instance.pk, from_state, instance.state, reason="rejected")
     elif node.on_reject == "fail":
-        from_state = instance.state
-        instance.fail(f"{step.name} rejected")
-        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+        fail_instance(unit, f"{step.name} rejected")
     elif node.on_reject == COMPENSATE:
         compensation_start(unit, f"{step.name} rejected")
     else:
@@ -853,10 +872,7 @@ def human_step_stopped(
     instance.data[step.name] = result
     if merge:
         instance.data.update(merge)
-    if instance.state in LIVE_STATES:
-        from_state = instance.state
-        instance.fail(f"{step.name} failed: {_first_line(error)}")
-        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+    fail_instance(unit, f"{step.name} failed: {_first_line(error)}")
 
 
 def human_step_retry(unit: Unit, workflow: Workflow, step: StepRun) -> None:
@@ -1141,11 +1157,7 @@ def fail_for_missing_definition(unit: Unit) -> None:
     The reason (:func:`definition_unavailable`) is audited and shown on the instance page; ``instance_retry``
     refuses with it until the definition is registered again, then takes the instance up where it stopped.
     """
-    instance = unit.instance
-    if instance.state in (*LIVE_STATES, InstanceState.COMPENSATING):
-        from_state = instance.state
-        instance.fail(definition_unavailable(instance))
-        unit.audit("instance.failed", "instance", instance.pk, from_state, instance.state, reason=instance.error)
+    fail_instance(unit, definition_unavailable(unit.instance), allowed=(*LIVE_STATES, InstanceState.COMPENSATING))
 
 
 # (work, error type, message) of the sweep failures this process has logged in full: one traceback per kind of
