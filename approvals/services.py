@@ -844,7 +844,11 @@ def _resolve_escalation(unit: Unit, task: HumanTask, user: User, decision: str, 
     _complete(unit, task, user, decision, comment, {})
     if step.state != StepState.DEAD:
         return
-    if decision == RETRY:
+    if decision == RETRY and step.kind == StepKind.SIGNAL:
+        from orchestrator.services.signals import signal_rearm
+
+        signal_rearm(unit, workflow, step, comment)  # a timed-out wait for a signal waits again
+    elif decision == RETRY:
         step.max_attempts = step.attempt + 1
         step.schedule(unit.now)
         step.dispatched_at = unit.now

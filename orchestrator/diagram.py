@@ -19,7 +19,7 @@ FILL = {
     "compensated": "#e2d9f3",
     "pending": "#ffffff",
 }
-SHAPE = {"task": "box", "human": "box", "timer": "circle", "decision": "diamond", "parallel": "box"}
+SHAPE = {"task": "box", "human": "box", "timer": "circle", "decision": "diamond", "parallel": "box", "signal": "cds"}
 
 
 def _quote(text: str) -> str:

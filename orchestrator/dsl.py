@@ -195,6 +195,43 @@ class Timer(Node):
             raise DefinitionError(f"Timer {self.name!r} needs exactly one of wait= or until=")
 
 
+TimeoutAction = Literal["fail", "compensate", "escalate", "continue"]
+CONTINUE: TimeoutAction = "continue"
+
+
+@dataclass
+class Signal(Node):
+    """Wait for a named event from outside (``signal_deliver``): "payment confirmed", "documents received".
+
+    ``event`` is the name senders use (the node's name unless given). ``timeout`` (a timedelta) bounds the wait;
+    what a timeout does is ``on_timeout``: ``fail`` the instance, ``compensate`` it, ``escalate`` to operators or
+    ``continue`` with the next node (the data then holds ``{<node name>: {"timed_out": true}}``). The payload is
+    validated by ``form`` (a Django form class: its cleaned data is merged) or ``schema`` (a callable taking the
+    payload dict, returning the dict to merge and raising ``django.core.exceptions.ValidationError``); without
+    either the payload, a JSON object, is merged as it came. A signal that arrives before the instance reaches
+    the node is kept and consumed when it does (docs/architecture.md, "Signals").
+    """
+
+    event: str = ""
+    timeout: timedelta | None = None
+    on_timeout: TimeoutAction = FAIL
+    form: Any = None
+    schema: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    kind = "signal"
+
+    def __post_init__(self) -> None:
+        self.event = self.event or self.name
+        if not self.event.isidentifier() and not all(part.isidentifier() for part in self.event.split(".")):
+            raise DefinitionError(f"Signal {self.name!r}: event {self.event!r} must be dotted identifiers")
+        if self.on_timeout not in (FAIL, COMPENSATE, ESCALATE, CONTINUE):
+            raise DefinitionError(f"Signal {self.name!r}: on_timeout must be fail, compensate, escalate or continue")
+        if self.timeout is not None and (not isinstance(self.timeout, timedelta) or self.timeout <= timedelta(0)):
+            raise DefinitionError(f"Signal {self.name!r}: timeout must be a positive timedelta")
+        if self.form is not None and self.schema is not None:
+            raise DefinitionError(f"Signal {self.name!r}: give form= or schema=, not both")
+
+
 @dataclass
 class Decision(Node):
     """Branch: ``choose(data)`` returns the name of the next node (or None to end the workflow)."""

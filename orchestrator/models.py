@@ -171,6 +171,7 @@ class StepKind(models.TextChoices):
     DECISION = "decision", "Decision"
     PARALLEL = "parallel", "Parallel"
     COMPENSATION = "compensation", "Compensation"
+    SIGNAL = "signal", "Signal"
 
 
 # States whose step still needs a worker (the instance is "running" while any step is in one of them).
@@ -222,6 +223,8 @@ class StepRun(FSMModelMixin, models.Model):
                 name="step_lease",
                 condition=models.Q(state="running", lease_expires_at__isnull=False),
             ),
+            # The sweep's third: which signal waits have timed out (orchestrator/services/signals.py).
+            models.Index(fields=["due_at"], name="step_signal_due", condition=models.Q(kind="signal", state="running")),
         ]
 
     def __str__(self) -> str:
@@ -292,6 +295,43 @@ class StepRun(FSMModelMixin, models.Model):
         self.lease_expires_at = None
         self.error = ""
         self.error_type = ""
+
+
+class ReceivedSignal(models.Model):
+    """An event delivered from outside to an instance (``orchestrator.services.signals.signal_deliver``).
+
+    ``signal_id`` is the sender's id of the event: unique per instance, so a repeated delivery finds its row and
+    changes nothing. ``step`` is the Signal step that consumed it; NULL while it is kept, because it arrived before
+    the instance reached a node waiting for ``event`` (docs/architecture.md, "Signals").
+    """
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="signals", db_index=False)
+    event = models.CharField(max_length=100)
+    signal_id = models.CharField(max_length=200)
+    payload = models.JSONField(default=dict, blank=True)
+    # SHA-256 of the payload as sent: the same id with another payload is a conflict, not a repeat.
+    payload_hash = models.CharField(max_length=64)
+    received_at = models.DateTimeField()
+    sender = models.CharField(max_length=150)
+    step = models.ForeignKey(StepRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    consumed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        permissions = [("deliver_signal", "Can deliver signals to instances")]
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "signal_id"], name="signal_instance_id_unique"),
+        ]
+        indexes = [
+            # Kept signals waiting for their node: the engine's and the sweep's lookup.
+            models.Index(
+                fields=["instance", "event", "received_at"],
+                name="signal_kept",
+                condition=models.Q(consumed_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.signal_id} -> #{self.instance_id}"
 
 
 class AuditEvent(models.Model):

@@ -35,6 +35,7 @@ def sweep() -> dict:
         "resumed": report.resumed,
         **report.tasks,
         **report.unfit,
+        **report.signals,
         "errors": report.errors,
     }
 

@@ -30,6 +30,7 @@ from orchestrator.dsl import (
     Node,
     Parallel,
     PermanentError,
+    Signal,
     StepContext,
     Task,
     Timer,
@@ -751,6 +752,10 @@ def enter_node(
         unit.audit("step.started", "step", step.pk, "", step.state, payload={"branches": len(node.branches)})
         for index, sub in enumerate(node.branches):
             enter_node(unit, workflow, sub[0].name, step.pk, index, hops=hops + 1)
+    elif isinstance(node, Signal):
+        from orchestrator.services.signals import signal_wait
+
+        signal_wait(unit, workflow, node, common)
     else:  # pragma: no cover - the DSL has no other node kinds
         raise EngineError(f"unknown node kind {node!r}")
 
@@ -1056,7 +1061,8 @@ def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False, keep_r
 @dataclass
 class SweepReport:
     """What one pass did: steps dispatched, leases expired, pauses ended, the task deadlines' counts
-    (``approvals.services.tasks_sweep``), the claims it took back from people no longer able to act
+    (``approvals.services.tasks_sweep``), the signal waits timed out and kept signals handed on
+    (``orchestrator.services.signals.signals_sweep``), the claims it took back from people no longer able to act
     (``approvals.services.tasks_release_unfit``), and ``errors``: due items whose handling raised (each logged,
     audited on its instance and skipped; the pass went on)."""
 
@@ -1065,6 +1071,7 @@ class SweepReport:
     resumed: int = 0
     tasks: dict[str, int] = field(default_factory=dict)
     unfit: dict[str, int] = field(default_factory=dict)
+    signals: dict[str, int] = field(default_factory=dict)
     errors: int = 0
 
 
@@ -1075,6 +1082,7 @@ def sweep(now: datetime | None = None) -> SweepReport:
     counted in ``errors`` and skipped: one broken instance never holds up the others' work.
     """
     from approvals.services import tasks_sweep
+    from orchestrator.services.signals import signals_sweep
 
     now = now or timezone.now()
     report = SweepReport()
@@ -1102,6 +1110,11 @@ def sweep(now: datetime | None = None) -> SweepReport:
             report, "pause end", "instance", instance_id, instance_id, partial(_pause_end, instance_id, now, registered)
         )
     report.tasks = tasks_sweep(now, report=report)
+    try:
+        report.signals = signals_sweep(now, report)
+    except Exception as exc:
+        report.errors += 1
+        sweep_item_failed("signal check", "sweep", None, None, exc)
     try:
         report.unfit = _tasks_release_unfit(now)
     except Exception as exc:

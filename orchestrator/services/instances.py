@@ -211,6 +211,11 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             if step.kind == StepKind.HUMAN and step.result.get(DECISION_KEPT):
                 _retry_after_decision(unit, workflow, step)
                 continue
+            if step.kind == StepKind.SIGNAL:
+                from orchestrator.services.signals import signal_rearm
+
+                signal_rearm(unit, workflow, step, reason)  # a timed-out wait waits again
+                continue
             step_from = step.state
             node = workflow.node(step.name)
             # A timer (or any node without a retry policy) that died gets one more attempt.

@@ -1,0 +1,450 @@
+"""Signals: an instance waits at a ``Signal`` node for an event from outside, delivered by ``signal_deliver``.
+
+The engine calls :func:`signal_wait` from the one place it enters nodes (``engine.enter_node``) and
+:func:`signals_sweep` from the one periodic pass; an operator's retry of a timed-out wait calls
+:func:`signal_rearm`. Rules (docs/architecture.md, "Signals"):
+
+- a delivery is keyed by the sender's ``signal_id``, unique per instance: a repeat with the same event and payload
+  finds its row and changes nothing; the same id with another event or payload is a conflict;
+- the payload is validated at delivery (the node's form or schema) and merged into the instance data when a
+  waiting step consumes it;
+- a signal that arrives before the instance reaches a node waiting for its event (or while it is paused or failed)
+  is kept, and consumed, oldest first, by the next step that waits for that event;
+- a wait's timeout is wall-clock time, like a retry's back-off: one that passes while the instance is paused or
+  failed acts when it is running again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.db.models.fields.json import KT
+from django.utils import timezone
+
+from orchestrator import registry, rows
+from orchestrator.audit import Actor
+from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Signal, Workflow
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX
+from orchestrator.models import (
+    ACTIVE_INSTANCE_STATES,
+    InstanceState,
+    ReceivedSignal,
+    StepKind,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
+from orchestrator.services import engine
+from orchestrator.services.results import check_result
+from orchestrator.services.unit import Unit
+
+EVENT_MAX = 100
+TIMED_OUT = "timed_out"
+# In a waiting step's result: the event it waits for, so the sweep can match kept signals in SQL.
+WAITING_FOR = "waiting_for"
+
+
+class SignalError(Exception):
+    """A delivery refused; ``errors`` names the fields at fault (``{field: [message, ...]}``)."""
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+class SignalNotFound(SignalError):
+    """No instance with that id, or no open instance with that business key."""
+
+
+class SignalConflict(SignalError):
+    """The instance has ended, the business key names several open instances, or the signal id was used with
+    another event or payload."""
+
+
+class SignalInvalid(SignalError):
+    """The event, signal id or payload is not acceptable (the workflow does not wait for the event, the payload
+    fails the node's form or schema, text holds a NUL...)."""
+
+
+@dataclass
+class Delivery:
+    """What a delivery did: ``outcome`` is "consumed" (a waiting step took it), "kept" (no step waits for it yet)
+    or "repeat" (this signal id was delivered before; nothing changed)."""
+
+    instance_id: int
+    signal: ReceivedSignal
+    outcome: str
+
+
+# --- delivering ------------------------------------------------------------------------------------------
+
+
+def signal_deliver(
+    *,
+    event: str,
+    signal_id: str,
+    payload: Any,
+    actor: Actor,
+    instance_id: int | None = None,
+    business_key: str | None = None,
+    workflow: str | None = None,
+    request_meta: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Delivery:
+    """Deliver the event ``event`` with ``payload`` (a JSON object) to one instance, named by ``instance_id`` or by
+    ``business_key`` (an open instance's; ``workflow`` narrows it to one workflow's instances).
+
+    ``signal_id`` (1-200 characters) is the sender's id of this event: delivering it again is harmless. Returns a
+    :class:`Delivery`. Raises :class:`SignalNotFound`, :class:`SignalConflict` or :class:`SignalInvalid`, each
+    with a message for the sender.
+    """
+    event = _checked_text(event, "event", EVENT_MAX)
+    signal_id = _checked_text(signal_id, "signal_id", IDEMPOTENCY_KEY_MAX)
+    if not isinstance(payload, dict):
+        raise SignalInvalid("The payload must be a JSON object.", {"payload": ["Must be a JSON object."]})
+    try:
+        payload = check_result(dict(payload))
+    except (TypeError, ValueError) as exc:
+        raise SignalInvalid(f"The payload cannot be stored: {exc}", {"payload": [str(exc)]}) from None
+    payload_hash = hashlib.sha256(json.dumps([event, payload], sort_keys=True).encode()).hexdigest()
+    target = _resolve(instance_id, business_key, workflow)
+    with transaction.atomic():
+        instance = engine.lock_instance(target)
+        unit = Unit(instance, actor, now=now, request_meta=request_meta)
+        existing = ReceivedSignal.objects.filter(instance=instance, signal_id=signal_id).first()
+        if existing is not None:
+            if existing.payload_hash != payload_hash:
+                raise SignalConflict(
+                    f"Signal id {signal_id!r} was delivered to instance {instance.pk} before with another event or "
+                    "payload; use a new id for a new event.",
+                    {"signal_id": ["Already used with another event or payload."]},
+                )
+            return Delivery(instance.pk, existing, "repeat")
+        if instance.is_final:
+            raise SignalConflict(f"Instance {instance.pk} has ended ({instance.state}); it takes no more signals.")
+        workflow_def = engine.definition_or_none(instance)
+        if workflow_def is None:
+            raise SignalConflict(f"Cannot deliver: the {engine.definition_unavailable(instance)}.")
+        nodes = [n for n in workflow_def.nodes.values() if isinstance(n, Signal) and n.event == event]
+        if not nodes:
+            raise SignalInvalid(
+                f"{workflow_def.key} never waits for the event {event!r}.",
+                {"event": [f"Not an event of {workflow_def.key}."]},
+            )
+        waiting = _waiting_step(instance, [n.name for n in nodes])
+        node = workflow_def.node(waiting.name) if waiting is not None else nodes[0]
+        assert isinstance(node, Signal)
+        cleaned = _validated(node, payload)
+        received = ReceivedSignal(
+            instance=instance,
+            event=event,
+            signal_id=signal_id,
+            payload=cleaned,
+            payload_hash=payload_hash,
+            received_at=unit.now,
+            sender=actor.label,
+        )
+        rows.insert(received)
+        consume = waiting is not None and instance.state in ACTIVE_INSTANCE_STATES
+        unit.audit(
+            "signal.received",
+            "signal",
+            received.pk,
+            payload={"event": event, "signal_id": signal_id, "payload": cleaned, "kept": not consume},
+        )
+        if consume:
+            assert waiting is not None
+            _consume(unit, workflow_def, waiting, node, received)
+            engine.settle(unit)
+        unit.finish()
+        return Delivery(instance.pk, received, "consumed" if consume else "kept")
+
+
+def _checked_text(value: Any, field: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SignalInvalid(f"Give the {field}.", {field: ["Required: a non-empty string."]})
+    value = value.strip()
+    if len(value) > limit or "\x00" in value:
+        raise SignalInvalid(
+            f"The {field} has at most {limit} characters and no NUL.", {field: [f"At most {limit} characters."]}
+        )
+    return value
+
+
+def _resolve(instance_id: int | None, business_key: str | None, workflow: str | None) -> int:
+    if (instance_id is None) == (business_key is None):
+        raise SignalInvalid(
+            "Name the instance by its id or by its business key (one of them).",
+            {"instance": ["Give an instance id or a business key."]},
+        )
+    if instance_id is not None:
+        if not isinstance(instance_id, int) or isinstance(instance_id, bool) or not 0 < instance_id < 2**63:
+            raise SignalNotFound(f"No instance {instance_id!r}.")
+        if not WorkflowInstance.objects.filter(pk=instance_id).exists():
+            raise SignalNotFound(f"No instance {instance_id}.")
+        return instance_id
+    key = _checked_text(business_key, "business_key", 100)
+    found = WorkflowInstance.objects.filter(business_key=key).exclude(
+        state__in=[InstanceState.COMPLETED, InstanceState.COMPENSATED, InstanceState.CANCELLED]
+    )
+    if workflow:
+        found = found.filter(workflow_name=workflow)
+    ids = list(found.order_by("id").values_list("pk", flat=True)[:2])
+    if not ids:
+        raise SignalNotFound(f"No open instance with business key {key!r}.")
+    if len(ids) > 1:
+        raise SignalConflict(
+            f"Several open instances have business key {key!r}; name the instance by its id (or the workflow).",
+            {"business_key": ["Names more than one open instance."]},
+        )
+    return ids[0]
+
+
+def _validated(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as it joins the instance data: the form's cleaned data, the schema's answer, or as sent."""
+    if node.form is not None:
+        form = node.form(data=payload)
+        if not form.is_valid():
+            errors = {f"payload.{k}": [str(e) for e in v] for k, v in form.errors.items()}
+            raise SignalInvalid("The payload does not fit the signal's form: " + _summary(errors), errors)
+        cleaned: Any = form.cleaned_data
+    elif node.schema is not None:
+        try:
+            cleaned = node.schema(dict(payload))
+        except ValidationError as exc:
+            messages = exc.message_dict if hasattr(exc, "error_dict") else {"payload": exc.messages}
+            errors = {(k if k.startswith("payload") else f"payload.{k}"): list(v) for k, v in messages.items()}
+            raise SignalInvalid("The payload does not fit the signal's schema: " + _summary(errors), errors) from None
+        if not isinstance(cleaned, dict):
+            raise SignalInvalid(f"The schema of {node.name!r} returned {type(cleaned).__name__}, not a dict.")
+    else:
+        cleaned = payload
+    # Decimals and dates from a form become strings: the instance data is plain JSON.
+    return json.loads(json.dumps(cleaned, default=str))
+
+
+def _summary(errors: dict[str, list[str]]) -> str:
+    return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+
+
+def _waiting_step(instance: WorkflowInstance, names: list[str]) -> StepRun | None:
+    return instance.steps.filter(kind=StepKind.SIGNAL, state=StepState.RUNNING, name__in=names).order_by("id").first()
+
+
+def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, received: ReceivedSignal) -> None:
+    """The waiting ``step`` takes ``received``: it succeeds, the payload joins the data, the flow goes on."""
+    received.step = step
+    received.consumed_at = unit.now
+    rows.update(received, ["step", "consumed_at"])
+    step.succeed({"event": received.event, "signal_id": received.signal_id, "payload": received.payload}, unit.now)
+    rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+    unit.audit(
+        "step.succeeded",
+        "step",
+        step.pk,
+        StepState.RUNNING,
+        step.state,
+        payload={"signal": received.pk, "signal_id": received.signal_id},
+    )
+    unit.instance.data.update(received.payload)
+    engine.advance(unit, workflow, step)
+
+
+# --- waiting (the engine enters a Signal node) -----------------------------------------------------------
+
+
+def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, Any]) -> StepRun:
+    """Enter ``node``: a running signal step waits (until its timeout, if any); a kept signal for its event is
+    consumed at once. ``common`` holds the step's instance, name, parent and branch. Returns the step."""
+    due = unit.now + node.timeout if node.timeout is not None else None
+    step = StepRun(
+        **common,
+        kind=StepKind.SIGNAL,
+        state=StepState.RUNNING,
+        attempt=1,
+        started_at=unit.now,
+        due_at=due,
+        result={WAITING_FOR: node.event},
+    )
+    rows.insert(step)
+    unit.audit(
+        "step.started",
+        "step",
+        step.pk,
+        "",
+        step.state,
+        payload={"node": node.name, "event": node.event, "timeout_at": due.isoformat() if due else None},
+    )
+    _consume_kept(unit, workflow, step, node)
+    return step
+
+
+def _consume_kept(unit: Unit, workflow: Workflow, step: StepRun, node: Signal) -> bool:
+    kept = (
+        ReceivedSignal.objects.filter(instance=unit.instance, event=node.event, consumed_at__isnull=True)
+        .order_by("received_at", "id")
+        .first()
+    )
+    if kept is None:
+        return False
+    _consume(unit, workflow, step, node, kept)
+    return True
+
+
+def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:
+    """An operator's retry of a signal step that timed out: it waits again, for a whole new timeout (and takes a
+    signal kept meanwhile at once). Called inside the retry's transaction with the instance running."""
+    node = workflow.node(step.name)
+    assert isinstance(node, Signal)
+    from_state = step.state
+    step.max_attempts = step.attempt + 1
+    step.schedule(unit.now)  # dead -> scheduled -> running: the step's existing transitions
+    step.start(unit.now, None)
+    step.due_at = unit.now + node.timeout if node.timeout is not None else None
+    step.result = {WAITING_FOR: node.event}
+    step.error = step.error_type = ""
+    fields = ["state", "attempt", "max_attempts", "started_at", "due_at", "dispatched_at", "result", "error"]
+    rows.update(step, [*fields, "error_type", "lease_expires_at"])
+    unit.audit(
+        "step.started",
+        "step",
+        step.pk,
+        from_state,
+        step.state,
+        reason=reason,
+        payload={"attempt": step.attempt, "timeout_at": step.due_at.isoformat() if step.due_at else None},
+    )
+    _consume_kept(unit, workflow, step, node)
+
+
+# --- the sweep: timeouts, and kept signals for steps that wait ----------------------------------------------
+
+
+def signals_sweep(now: datetime, report: engine.SweepReport | None = None) -> dict[str, int]:
+    """Time out the waits whose timeout passed, and hand kept signals to steps now waiting for them (an instance
+    paused or failed when its signal came). One instance per transaction, isolated like the rest of the sweep.
+    Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
+    batch = settings.BATON_SWEEP_BATCH
+    due = list(
+        StepRun.objects.filter(
+            kind=StepKind.SIGNAL, state=StepState.RUNNING, due_at__lte=now, instance__state__in=ACTIVE_INSTANCE_STATES
+        )
+        .order_by("due_at")
+        .values_list("pk", "instance_id")[:batch]
+    )
+    timed_out = 0
+    for step_id, instance_id in due:
+        timed_out += engine.isolated(
+            report, "signal timeout", "step", step_id, instance_id, partial(_time_out, step_id, now)
+        )
+    waiting = (
+        StepRun.objects.filter(instance_id=OuterRef("instance_id"), kind=StepKind.SIGNAL, state=StepState.RUNNING)
+        .annotate(waits_for=KT(f"result__{WAITING_FOR}"))
+        .filter(waits_for=OuterRef("event"))
+    )
+    kept = list(
+        ReceivedSignal.objects.filter(consumed_at__isnull=True, instance__state__in=ACTIVE_INSTANCE_STATES)
+        .filter(Exists(waiting))
+        .values_list("instance_id", flat=True)
+        .distinct()[:batch]
+    )
+    consumed = 0
+    for instance_id in kept:
+        consumed += engine.isolated(
+            report, "kept signal", "instance", instance_id, instance_id, partial(_hand_kept, instance_id, now)
+        )
+    return {"signals_timed_out": timed_out, "signals_consumed": consumed}
+
+
+def _time_out(step_id: int, now: datetime) -> int:
+    with transaction.atomic():
+        locked = engine.lock_step(step_id, skip_locked=True)
+        if locked is None:
+            return 0
+        instance, step = locked
+        if step.kind != StepKind.SIGNAL or step.state != StepState.RUNNING or not step.due_at or step.due_at > now:
+            return 0
+        if instance.state not in ACTIVE_INSTANCE_STATES:
+            return 0
+        unit = Unit(instance, engine.SWEEPER, now=now)
+        workflow = engine.definition_or_none(instance)
+        if workflow is None:
+            engine.fail_for_missing_definition(unit)
+            unit.finish()
+            return 1
+        node = workflow.node(step.name)
+        assert isinstance(node, Signal)
+        due = timezone.localtime(step.due_at).isoformat(timespec="seconds")
+        if node.on_timeout == CONTINUE:
+            step.succeed({TIMED_OUT: True}, now)
+            engine.step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            unit.audit(
+                "step.succeeded",
+                "step",
+                step.pk,
+                StepState.RUNNING,
+                step.state,
+                reason=f"no signal {node.event!r} by {due}: continues",
+                payload={TIMED_OUT: True},
+            )
+            instance.data[node.name] = {TIMED_OUT: True}
+            engine.advance(unit, workflow, step)
+        else:
+            error = f"no signal {node.event!r} by {due}"
+            step.die("SignalTimeout", error, now)
+            engine.step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
+            unit.audit(
+                "step.dead",
+                "step",
+                step.pk,
+                StepState.RUNNING,
+                step.state,
+                reason=error,
+                payload={TIMED_OUT: True, "on_timeout": node.on_timeout},
+            )
+            reason = f"{step.name} timed out: {error}"
+            if node.on_timeout == COMPENSATE:
+                engine.compensation_start(unit, reason)
+            elif node.on_timeout == ESCALATE:
+                from approvals.services import escalation_open
+
+                escalation_open(unit, step, reason=reason)
+            else:
+                engine.fail_instance(unit, reason)
+        engine.settle(unit)
+        unit.finish()
+        return 1
+
+
+def _hand_kept(instance_id: int, now: datetime) -> int:
+    with transaction.atomic():
+        instance = rows.get(WorkflowInstance, instance_id, lock=True)
+        if instance is None or instance.state not in ACTIVE_INSTANCE_STATES:
+            return 0
+        workflow = engine.definition_or_none(instance)
+        if workflow is None:
+            return 0
+        unit = Unit(instance, engine.SWEEPER, now=now)
+        consumed = 0
+        for step in instance.steps.filter(kind=StepKind.SIGNAL, state=StepState.RUNNING).order_by("id"):
+            node = workflow.nodes.get(step.name)
+            if isinstance(node, Signal) and _consume_kept(unit, workflow, step, node):
+                consumed += 1
+        engine.settle(unit)
+        unit.finish()
+        return consumed
+
+
+def registered_events(name: str) -> list[str]:
+    """The events the latest version of workflow ``name`` waits for (for pages and the API's description)."""
+    workflow = registry.get(name)
+    return sorted({n.event for n in workflow.nodes.values() if isinstance(n, Signal)})

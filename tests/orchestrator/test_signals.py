@@ -1,0 +1,382 @@
+"""Signals: an instance waits for an event from outside; delivery by id or business key, repeats harmless,
+early signals kept and consumed, payload validated, timeouts that fail, compensate, escalate or continue."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django import forms
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from approvals.models import HumanTask, TaskKind
+from approvals.services import task_decide
+from orchestrator.audit import Actor
+from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, DefinitionError, Signal, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepRun, StepState
+from orchestrator.services import engine
+from orchestrator.services.instances import (
+    instance_cancel,
+    instance_pause,
+    instance_resume,
+    instance_retry,
+    instance_start,
+)
+from orchestrator.services.signals import (
+    SignalConflict,
+    SignalInvalid,
+    SignalNotFound,
+    signal_deliver,
+)
+from tests.concurrency import race
+
+pytestmark = pytest.mark.django_db
+
+PAYMENTS = Actor.system("payments")
+OPERATOR = Actor("user:operator")
+
+
+class PaymentForm(forms.Form):
+    paid_amount = forms.DecimalField(max_digits=10, decimal_places=2)
+    reference = forms.CharField(max_length=40)
+
+
+def reserve(ctx: StepContext) -> dict:
+    return {"reserved": True}
+
+
+def release(ctx: StepContext) -> dict:
+    return {"released": True}
+
+
+def ship(ctx: StepContext) -> dict:
+    return {"shipped_for": ctx.data.get("reference", "")}
+
+
+def flow(name: str, **signal: object) -> Workflow:
+    """reserve -> wait for "payment.confirmed" (with ``signal`` options) -> ship."""
+    options = {"event": "payment.confirmed", "form": PaymentForm, **signal}
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Order {order}",
+        steps=[
+            Task("reserve", reserve, compensate=release),
+            Signal("wait_payment", **options),  # type: ignore[arg-type]
+            Task("ship", ship),
+        ],
+    )
+
+
+@pytest.fixture
+def payment_flow(register_workflow):
+    return register_workflow(flow("signal_payment"))
+
+
+def waiting_instance(run_steps, name: str = "signal_payment", **data: object):
+    instance = instance_start(name, {"order": "A-1", "business_key": "A-1", **data})
+    run_steps(instance)
+    instance.refresh_from_db()
+    return instance
+
+
+def deliver(instance_id=None, signal_id="sig-1", payload=None, **kwargs):
+    payload = {"paid_amount": "12.50", "reference": "PAY-9"} if payload is None else payload
+    return signal_deliver(
+        instance_id=instance_id,
+        event=kwargs.pop("event", "payment.confirmed"),
+        signal_id=signal_id,
+        payload=payload,
+        actor=PAYMENTS,
+        **kwargs,
+    )
+
+
+def test_a_signal_resumes_a_waiting_instance_and_merges_its_payload(payment_flow, run_steps):
+    # given an instance waiting at the signal node
+    instance = waiting_instance(run_steps)
+    wait = instance.steps.get(name="wait_payment")
+    assert (instance.state, wait.kind, wait.state) == (InstanceState.WAITING, StepKind.SIGNAL, StepState.RUNNING)
+
+    # when the payment service signals it
+    delivery = deliver(instance.pk)
+    run_steps(instance)
+
+    # then the wait succeeded with the validated payload, the data holds it, and the flow went on to the end
+    instance.refresh_from_db()
+    wait.refresh_from_db()
+    assert delivery.outcome == "consumed"
+    assert wait.state == StepState.SUCCEEDED
+    assert wait.result["payload"] == {"paid_amount": "12.50", "reference": "PAY-9"}
+    assert instance.data["paid_amount"] == "12.50"
+    assert instance.data["shipped_for"] == "PAY-9"
+    assert instance.state == InstanceState.COMPLETED
+    actions = list(AuditEvent.objects.filter(instance=instance).order_by("seq").values_list("action", flat=True))
+    assert "signal.received" in actions
+
+
+def test_a_repeated_signal_changes_nothing(payment_flow, run_steps):
+    # given a delivered signal
+    instance = waiting_instance(run_steps)
+    first = deliver(instance.pk)
+    seq = AuditEvent.objects.filter(instance=instance).count()
+    data = dict(type(instance).objects.get(pk=instance.pk).data)
+
+    # when the sender repeats it (a retry after a lost answer)
+    again = deliver(instance.pk)
+
+    # then it is the same delivery, nothing new is written, and the data is as it was
+    assert again.outcome == "repeat"
+    assert again.signal.pk == first.signal.pk
+    assert ReceivedSignal.objects.filter(instance=instance).count() == 1
+    assert AuditEvent.objects.filter(instance=instance).count() == seq
+    assert type(instance).objects.get(pk=instance.pk).data == data
+
+
+def test_the_same_signal_id_with_another_payload_is_a_conflict(payment_flow, run_steps):
+    instance = waiting_instance(run_steps)
+    deliver(instance.pk)
+
+    with pytest.raises(SignalConflict) as refused:
+        deliver(instance.pk, payload={"paid_amount": "99.00", "reference": "PAY-9"})
+
+    assert "signal_id" in refused.value.errors
+
+
+def test_an_early_signal_is_kept_and_consumed_when_the_instance_reaches_the_node(payment_flow, run_steps):
+    # given an instance still at its first step
+    instance = instance_start("signal_payment", {"order": "A-2"})
+    assert not instance.steps.filter(kind=StepKind.SIGNAL).exists()
+
+    # when the signal arrives before the node is reached
+    early = deliver(instance.pk, signal_id="early")
+
+    # then it is kept, unconsumed
+    assert early.outcome == "kept"
+    assert ReceivedSignal.objects.get(pk=early.signal.pk).consumed_at is None
+
+    # when the instance reaches the node
+    run_steps(instance)
+
+    # then the kept signal is consumed at once and the instance finishes without waiting
+    instance.refresh_from_db()
+    kept = ReceivedSignal.objects.get(pk=early.signal.pk)
+    wait = instance.steps.get(name="wait_payment")
+    assert kept.consumed_at is not None
+    assert kept.step_id == wait.pk
+    assert wait.state == StepState.SUCCEEDED
+    assert instance.state == InstanceState.COMPLETED
+    assert instance.data["reference"] == "PAY-9"
+
+
+def test_a_signal_by_business_key_reaches_the_one_open_instance(payment_flow, run_steps):
+    instance = waiting_instance(run_steps)
+
+    delivery = deliver(business_key="A-1", workflow="signal_payment")
+
+    assert delivery.instance_id == instance.pk
+    assert delivery.outcome == "consumed"
+
+
+def test_a_business_key_of_two_open_instances_is_refused_naming_the_choice(payment_flow, run_steps):
+    waiting_instance(run_steps)
+    waiting_instance(run_steps)
+
+    with pytest.raises(SignalConflict, match="Several open instances"):
+        deliver(business_key="A-1")
+    assert not ReceivedSignal.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "field"),
+    [
+        ({"payload": {"paid_amount": "lots", "reference": "X"}}, SignalInvalid, "payload.paid_amount"),
+        ({"payload": ["not", "an", "object"]}, SignalInvalid, "payload"),
+        ({"payload": {"paid_amount": "1", "reference": "a\x00b"}}, SignalInvalid, "payload"),
+        ({"event": "parcel.lost"}, SignalInvalid, "event"),
+        ({"signal_id": ""}, SignalInvalid, "signal_id"),
+        ({"signal_id": "x" * 201}, SignalInvalid, "signal_id"),
+        ({"event": "payment\x00confirmed"}, SignalInvalid, "event"),
+    ],
+)
+def test_bad_signals_are_refused_naming_the_field_and_change_nothing(payment_flow, run_steps, kwargs, error, field):
+    instance = waiting_instance(run_steps)
+    seq = AuditEvent.objects.filter(instance=instance).count()
+
+    with pytest.raises(error) as refused:
+        deliver(instance.pk, **kwargs)
+
+    assert field in refused.value.errors, refused.value.errors
+    assert AuditEvent.objects.filter(instance=instance).count() == seq
+    assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
+
+
+def test_an_unknown_instance_or_business_key_is_not_found(payment_flow):
+    with pytest.raises(SignalNotFound):
+        deliver(10**12)
+    with pytest.raises(SignalNotFound):
+        deliver(business_key="nobody")
+
+
+def test_an_ended_instance_refuses_signals(payment_flow, run_steps):
+    instance = waiting_instance(run_steps)
+    instance_cancel(instance.pk, actor=OPERATOR, reason="customer withdrew")
+
+    with pytest.raises(SignalConflict, match="has ended"):
+        deliver(instance.pk)
+
+
+def test_a_schema_validates_and_shapes_the_payload(register_workflow, run_steps):
+    def schema(payload: dict) -> dict:
+        if not isinstance(payload.get("tracking"), str):
+            raise ValidationError({"tracking": ["A tracking number is required."]})
+        return {"tracking": payload["tracking"].upper()}
+
+    register_workflow(flow("signal_schema", event="parcel.sent", form=None, schema=schema))
+    instance = waiting_instance(run_steps, "signal_schema")
+
+    with pytest.raises(SignalInvalid) as refused:
+        deliver(instance.pk, event="parcel.sent", payload={"tracking": 7})
+    deliver(instance.pk, event="parcel.sent", signal_id="ok", payload={"tracking": "ab12", "ignored": True})
+
+    instance.refresh_from_db()
+    assert "payload.tracking" in refused.value.errors
+    assert instance.data["tracking"] == "AB12"
+    assert "ignored" not in instance.data
+
+
+def test_a_signal_while_paused_is_kept_and_taken_by_the_sweep_after_resume(payment_flow, run_steps):
+    # given a waiting instance, paused
+    instance = waiting_instance(run_steps)
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+
+    # when the signal comes during the pause
+    delivery = deliver(instance.pk)
+
+    # then it is kept; after the resume the next sweep hands it to the waiting step
+    assert delivery.outcome == "kept"
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+    report = engine.sweep()
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert report.signals["signals_consumed"] == 1
+    assert instance.state == InstanceState.COMPLETED
+
+
+# --- timeouts -------------------------------------------------------------------------------------------
+
+
+def time_out(instance) -> engine.SweepReport:
+    """Run the sweep at a time past the wait's timeout."""
+    wait = instance.steps.get(kind=StepKind.SIGNAL, state=StepState.RUNNING)
+    return engine.sweep(now=wait.due_at + timedelta(seconds=1))
+
+
+def test_a_timeout_fails_the_instance_and_a_retry_waits_again(register_workflow, run_steps):
+    # given a wait of one hour that fails on timeout
+    register_workflow(flow("signal_fail", timeout=timedelta(hours=1)))
+    instance = waiting_instance(run_steps, "signal_fail")
+    wait = instance.steps.get(name="wait_payment")
+    assert timedelta(minutes=59) < wait.due_at - timezone.now() <= timedelta(hours=1)
+
+    # when the hour passes without a signal
+    report = time_out(instance)
+
+    # then the step is dead and the instance failed, saying why
+    instance.refresh_from_db()
+    wait.refresh_from_db()
+    assert report.signals["signals_timed_out"] == 1
+    assert (wait.state, wait.error_type) == (StepState.DEAD, "SignalTimeout")
+    assert instance.state == InstanceState.FAILED
+    assert "no signal 'payment.confirmed'" in instance.error
+
+    # when an operator retries, the step waits again for a whole new hour, and a signal then finishes it
+    instance_retry(instance.pk, actor=OPERATOR, reason="payment provider was down")
+    wait.refresh_from_db()
+    assert wait.state == StepState.RUNNING
+    assert wait.due_at > timezone.now() + timedelta(minutes=59)
+    deliver(instance.pk)
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+
+
+def test_a_timeout_that_continues_records_it_in_the_data(register_workflow, run_steps):
+    register_workflow(flow("signal_continue", timeout=timedelta(minutes=5), on_timeout=CONTINUE))
+    instance = waiting_instance(run_steps, "signal_continue")
+
+    time_out(instance)
+    run_steps(instance, advance=True)  # the sweep ran at the timeout, ahead of this clock
+
+    instance.refresh_from_db()
+    assert instance.data["wait_payment"] == {"timed_out": True}
+    assert instance.state == InstanceState.COMPLETED
+
+
+def test_a_timeout_that_compensates_undoes_the_earlier_steps(register_workflow, run_steps):
+    register_workflow(flow("signal_compensate", timeout=timedelta(minutes=5), on_timeout=COMPENSATE))
+    instance = waiting_instance(run_steps, "signal_compensate")
+
+    time_out(instance)
+    run_steps(instance, advance=True)  # the sweep ran at the timeout, ahead of this clock
+
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPENSATED
+    assert instance.steps.get(name="reserve", kind=StepKind.TASK).state == StepState.COMPENSATED
+    assert instance.steps.get(name="reserve", kind=StepKind.COMPENSATION).state == StepState.SUCCEEDED
+
+
+def test_a_timeout_that_escalates_asks_an_operator_whose_retry_waits_again(register_workflow, run_steps, users):
+    register_workflow(flow("signal_escalate", timeout=timedelta(minutes=5), on_timeout=ESCALATE))
+    instance = waiting_instance(run_steps, "signal_escalate")
+
+    time_out(instance)
+
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    task_decide(escalation.pk, users.operator, "retry", comment="asked the bank")
+    wait = StepRun.objects.get(instance=instance, name="wait_payment")
+    assert wait.state == StepState.RUNNING
+    deliver(instance.pk)
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+
+
+def test_a_signal_after_the_timeout_cannot_revive_the_failed_wait_but_is_kept_for_a_retry(register_workflow, run_steps):
+    register_workflow(flow("signal_late", timeout=timedelta(minutes=5)))
+    instance = waiting_instance(run_steps, "signal_late")
+    time_out(instance)
+
+    late = deliver(instance.pk)
+    instance_retry(instance.pk, actor=OPERATOR, reason="the payment came after all")
+    run_steps(instance)
+
+    instance.refresh_from_db()
+    assert late.outcome == "kept"
+    assert instance.state == InstanceState.COMPLETED
+
+
+def test_a_signal_definition_is_checked_when_built():
+    with pytest.raises(DefinitionError, match="on_timeout"):
+        Signal("wait", on_timeout="retry")  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="positive"):
+        Signal("wait", timeout=timedelta(0))
+    with pytest.raises(DefinitionError, match="not both"):
+        Signal("wait", form=PaymentForm, schema=dict)
+    assert Signal("payment_received").event == "payment_received"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_of_one_signal_at_once_resume_the_instance_once(payment_flow, run_steps):
+    # given a waiting instance (committed: each delivery runs on its own connection)
+    instance = waiting_instance(run_steps)
+
+    # when the sender's two retries land at the same instant
+    results = race(lambda: deliver(instance.pk), lambda: deliver(instance.pk))
+
+    # then one consumed it, the other found it delivered; one signal row, one succeeded wait, one ship step
+    assert sorted(r.outcome for r in results) == ["consumed", "repeat"], results
+    assert ReceivedSignal.objects.filter(instance=instance).count() == 1
+    assert instance.steps.filter(name="wait_payment", state=StepState.SUCCEEDED).count() == 1
+    assert instance.steps.filter(name="ship").count() == 1
