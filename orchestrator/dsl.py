@@ -265,6 +265,41 @@ class Parallel(Node):
                     raise DefinitionError(f"Parallel {self.name!r}: branches hold tasks, human steps and timers only")
 
 
+MissedRuns = Literal["catch_up_once", "skip"]
+CATCH_UP_ONCE: MissedRuns = "catch_up_once"
+SKIP_MISSED: MissedRuns = "skip"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Start the workflow on a schedule, declared beside it: ``Workflow(..., schedules=[Schedule(...)])``.
+
+    Exactly one of ``cron`` (five fields, read in ``timezone``, an IANA name) and ``every`` (a timedelta of at least
+    a minute). ``input`` is the start input of every run. ``missed`` says what happens to runs missed while Baton
+    was down: ``catch_up_once`` starts one run for them (the latest missed time), ``skip`` starts none. The
+    ``automation`` app keeps these in its schedule table, synced on ``migrate`` and by the first sweep of a
+    process (docs/architecture.md, "Scheduled starts").
+    """
+
+    name: str
+    cron: str = ""
+    every: timedelta | None = None
+    timezone: str = "UTC"
+    input: Mapping[str, Any] = field(default_factory=dict)
+    missed: MissedRuns = CATCH_UP_ONCE
+
+    def __post_init__(self) -> None:
+        from orchestrator.recurrence import check_recurrence
+
+        if not self.name or len(self.name) > 100:
+            raise DefinitionError("Schedule needs a name of at most 100 characters")
+        if self.missed not in (CATCH_UP_ONCE, SKIP_MISSED):
+            raise DefinitionError(f"Schedule {self.name!r}: missed must be catch_up_once or skip")
+        problem = check_recurrence(self.cron, self.every, self.timezone)
+        if problem:
+            raise DefinitionError(f"Schedule {self.name!r}: {problem}")
+
+
 END = None
 
 
@@ -282,6 +317,8 @@ class Workflow:
     # Builds an instance title from the input, shown in inboxes ("Order #123 for ACME").
     title_template: str = "{name} #{id}"
     start_form: Any = None
+    # Scheduled starts of this workflow (automation app): see :class:`Schedule`.
+    schedules: Sequence[Schedule] = ()
 
     nodes: dict[str, Node] = field(init=False, default_factory=dict)
     # For each node, the node that follows it in list order (None: end of its sequence).

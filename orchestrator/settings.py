@@ -110,6 +110,7 @@ INSTALLED_APPS = [
     "channels",
     "orchestrator",
     "approvals",
+    "automation",
 ]
 
 MIDDLEWARE = [
@@ -342,6 +343,10 @@ BATON_REDISPATCH_AFTER = env_seconds("BATON_REDISPATCH_AFTER", 30.0, minimum=0.1
 # Extra time on top of a step's timeout before its lease counts as lost.
 BATON_LEASE_GRACE = env_seconds("BATON_LEASE_GRACE", 5.0, minimum=0.1)
 BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
+# Webhooks (automation/webhooks.py): a subscription to an address in a private, loopback, link-local or reserved
+# range is refused unless this is on (a receiver on the same network, tests); each delivery waits this long.
+BATON_WEBHOOK_ALLOW_PRIVATE = env_bool("BATON_WEBHOOK_ALLOW_PRIVATE", default=False)
+BATON_WEBHOOK_TIMEOUT = env_seconds("BATON_WEBHOOK_TIMEOUT", 10.0, minimum=0.5, maximum=60.0)
 # The largest step result (bytes of JSON) the engine records; a larger one is a permanent failure of the step.
 BATON_MAX_RESULT_BYTES = int(os.environ.get("BATON_MAX_RESULT_BYTES", "1048576"))
 # The engine's hot-path statements are prepared once per PostgreSQL session (orchestrator/rows.py). Turn off behind

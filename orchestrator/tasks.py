@@ -36,6 +36,7 @@ def sweep() -> dict:
         **report.tasks,
         **report.unfit,
         **report.signals,
+        **{f"{name}.{key}": count for name, counts in report.extensions.items() for key, count in counts.items()},
         "errors": report.errors,
     }
 

@@ -1072,6 +1072,7 @@ class SweepReport:
     tasks: dict[str, int] = field(default_factory=dict)
     unfit: dict[str, int] = field(default_factory=dict)
     signals: dict[str, int] = field(default_factory=dict)
+    extensions: dict[str, dict[str, int]] = field(default_factory=dict)
     errors: int = 0
 
 
@@ -1082,6 +1083,7 @@ def sweep(now: datetime | None = None) -> SweepReport:
     counted in ``errors`` and skipped: one broken instance never holds up the others' work.
     """
     from approvals.services import tasks_sweep
+    from orchestrator.events import sweep_extensions
     from orchestrator.services.signals import signals_sweep
 
     now = now or timezone.now()
@@ -1115,6 +1117,12 @@ def sweep(now: datetime | None = None) -> SweepReport:
     except Exception as exc:
         report.errors += 1
         sweep_item_failed("signal check", "sweep", None, None, exc)
+    for name, work in sweep_extensions().items():  # scheduled starts, webhook deliveries (orchestrator/events.py)
+        try:
+            report.extensions[name] = work(now, report)
+        except Exception as exc:
+            report.errors += 1
+            sweep_item_failed(name, "sweep", None, None, exc)
     try:
         report.unfit = _tasks_release_unfit(now)
     except Exception as exc:

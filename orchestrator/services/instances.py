@@ -79,8 +79,11 @@ def instance_start(
     business_key: str = "",
     version: int | None = None,
     request_meta: dict[str, Any] | None = None,
+    actor: Actor | None = None,
 ) -> WorkflowInstance:
     """Start an instance of the latest (or given) version; the same idempotency key returns the same instance.
+
+    ``actor`` is who the audit names when no person starts it (``system:scheduler``); default ``system:api``.
 
     Raises InvalidInput when the data fails the start form or the key is longer than ``IDEMPOTENCY_KEY_MAX`` or
     holds a NUL; IdempotencyConflict when the key was used with other data; UnknownWorkflow.
@@ -100,7 +103,7 @@ def instance_start(
         existing = _existing(workflow_name, idempotency_key, input_hash)
         if existing is not None:
             return existing
-    actor = Actor.of(initiator) if initiator is not None else Actor.system("api")
+    actor = Actor.of(initiator) if initiator is not None else (actor or Actor.system("api"))
     try:
         with transaction.atomic():
             instance = WorkflowInstance(

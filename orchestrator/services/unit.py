@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from orchestrator import audit, rows
 from orchestrator.audit import Actor
+from orchestrator.events import unit_finishing
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 
@@ -136,6 +137,8 @@ class Unit:
 
     def finish(self) -> None:
         """Write audit events and the changed instance fields; register dispatch and broadcast for after commit."""
+        if self.events and unit_finishing.receivers:
+            unit_finishing.send(sender=Unit, unit=self)  # apps above the engine add their outbox rows
         state_changed = self.instance.state != self.initial_state
         if state_changed and self.instance.state in OUTCOME_STATES:
             self._tell_initiator()

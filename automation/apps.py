@@ -1,0 +1,27 @@
+from django.apps import AppConfig
+
+
+class AutomationConfig(AppConfig):
+    """Scheduled starts and signed webhooks, above the engine: connected through orchestrator/events.py."""
+
+    name = "automation"
+    label = "automation"
+    verbose_name = "Baton automation"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from automation import schedules, webhooks
+        from orchestrator.events import sweep_extension, unit_finishing
+
+        unit_finishing.connect(webhooks.outbox_rows, dispatch_uid="automation-webhook-outbox")
+        sweep_extension("schedules", schedules.schedules_sweep)
+        sweep_extension("webhooks", webhooks.webhooks_sweep)
+        post_migrate.connect(_sync_schedules, sender=self, dispatch_uid="automation-sync-schedules")
+
+
+def _sync_schedules(sender: AppConfig, using: str = "default", **_kwargs: object) -> None:
+    """Schedules declared beside workflows reach the table at every migrate (and at each process's first sweep)."""
+    from automation.schedules import sync_declared
+
+    sync_declared()

@@ -1,0 +1,203 @@
+"""Automation above the engine: scheduled starts and signed webhooks.
+
+The engine knows nothing of these tables: schedules start instances through ``instance_start``, and webhooks read
+the engine's audit events through the ``unit_finishing`` seam (orchestrator/events.py) into an outbox.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+
+
+class MissedPolicy(models.TextChoices):
+    CATCH_UP_ONCE = "catch_up_once", "Catch up once"
+    SKIP = "skip", "Skip"
+
+
+class ScheduleSource(models.TextChoices):
+    CODE = "code", "Declared in code"
+    ADMIN = "admin", "Created on the page"
+
+
+class Schedule(models.Model):
+    """Start ``workflow_name`` with ``input`` at every fire time of a cron expression or an interval."""
+
+    name = models.CharField(max_length=100, unique=True)
+    workflow_name = models.CharField(max_length=100)
+    input = models.JSONField(default=dict, blank=True)
+    cron = models.CharField(max_length=100, blank=True)
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    missed = models.CharField(max_length=20, choices=MissedPolicy.choices, default=MissedPolicy.CATCH_UP_ONCE)
+    source = models.CharField(max_length=10, choices=ScheduleSource.choices, default=ScheduleSource.ADMIN)
+    enabled = models.BooleanField(default=True)
+    # Set for a schedule declared in code that no longer is (it stays, disabled, with its history).
+    retired = models.BooleanField(default=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # The next fire time the sweep waits for; NULL while disabled.
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_fire_at = models.DateTimeField(null=True, blank=True)
+    # Interval schedules count their times from here, so they do not drift with the sweep.
+    anchor = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        permissions = [("manage_automation", "Can manage schedules and webhooks")]
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(cron="") & models.Q(interval_seconds__isnull=False))
+                | (~models.Q(cron="") & models.Q(interval_seconds__isnull=True)),
+                name="schedule_cron_xor_interval",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["next_fire_at"], name="schedule_due", condition=models.Q(enabled=True)),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def every(self) -> timedelta | None:
+        return timedelta(seconds=self.interval_seconds) if self.interval_seconds else None
+
+    @property
+    def recurrence(self) -> str:
+        """The recurrence in words, for pages ("cron 0 9 * * 1-5" or "every 15 minutes")."""
+        if self.cron:
+            return self.cron
+        seconds = self.interval_seconds or 0
+        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+            if seconds % size == 0:
+                count = seconds // size
+                return f"every {count} {unit}{'s' if count != 1 else ''}"
+        return f"every {seconds} seconds"
+
+
+class FireOutcome(models.TextChoices):
+    STARTED = "started", "Started"
+    SKIPPED = "skipped", "Skipped (missed)"
+    FAILED = "failed", "Could not start"
+
+
+class ScheduleFire(models.Model):
+    """One fire time of a schedule, written once: the unique (schedule, fire_time) makes a second sweep's attempt
+    at the same time fail instead of starting the workflow twice."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="fires")
+    fire_time = models.DateTimeField()
+    fired_at = models.DateTimeField()
+    outcome = models.CharField(max_length=10, choices=FireOutcome.choices)
+    instance = models.ForeignKey(
+        "orchestrator.WorkflowInstance", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # How many fire times this row stands for (runs missed while Baton was down, caught up once or skipped).
+    covers = models.PositiveIntegerField(default=1)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["schedule", "fire_time"], name="schedule_fire_once")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id}@{self.fire_time.isoformat()}"
+
+
+WEBHOOK_EVENTS = {
+    "instance.started": "Instance started",
+    "instance.completed": "Instance completed",
+    "instance.failed": "Instance failed",
+    "instance.compensated": "Instance compensated",
+    "instance.escalated": "Instance escalated to people",
+    "task.created": "Task created",
+    "task.decided": "Task decided",
+}
+
+
+class WebhookSubscription(models.Model):
+    """An address that receives the chosen events, signed with ``secret`` (HMAC-SHA256)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=100)
+    url = models.URLField(max_length=500)
+    events = models.JSONField(default=list)
+    # The shared secret of the signature: the receiver needs it as it is, so it is stored as it is.
+    secret = models.CharField(max_length=64)
+    active = models.BooleanField(default=True)
+    paused_reason = models.CharField(max_length=300, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    # Deliveries that ran out of attempts in a row; at PAUSE_AFTER the subscription pauses and its owner is told.
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    RETRYING = "retrying", "Will retry"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Not sent (paused)"
+
+
+class WebhookOutbox(models.Model):
+    """An engine event worth telling subscribers, written in the engine's own statement (orchestrator/events.py);
+    the sweep turns each into one delivery per matching subscription and deletes it."""
+
+    event = models.CharField(max_length=40)
+    # The audit event it comes from: (chain, seq) is unique, so a delivery is never made twice for one event.
+    chain = models.CharField(max_length=40)
+    seq = models.PositiveIntegerField()
+    occurred_at = models.DateTimeField()
+    body = models.JSONField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="outbox_event_once")]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.chain}#{self.seq}"
+
+
+class WebhookDelivery(models.Model):
+    """One event to one subscription: a durable row, retried with exponential back-off until delivered or out of
+    attempts; its attempts' status codes and errors are what the admins' page shows."""
+
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=40)
+    event_key = models.CharField(max_length=60)
+    # The JSON document sent, exactly as signed (text, not JSON: the signature covers these bytes).
+    body = models.TextField()
+    state = models.CharField(max_length=10, choices=DeliveryState.choices, default=DeliveryState.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    # Every attempt: [{"at": iso, "status": 500 | null, "error": "...", "ms": 12}], the latest last.
+    log = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscription", "event_key"], name="delivery_once_per_event"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="delivery_due",
+                condition=models.Q(state__in=["pending", "retrying"]),
+            ),
+            models.Index(fields=["subscription", "-created_at"], name="delivery_subscription"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} -> {self.subscription_id} ({self.state})"

@@ -1,0 +1,326 @@
+"""Scheduled starts: schedules fired by the one sweep, once per fire time, every fire audited.
+
+Why a start happens once per fire time, whatever runs at once: each fire locks its schedule row (SKIP LOCKED: a
+second sweep leaves a schedule another is firing), reads the due time afresh under the lock, writes the
+``ScheduleFire`` row whose unique (schedule, fire_time) a duplicate cannot pass, and starts the instance with the
+idempotency key ``schedule:<id>:<fire time>``, all in one transaction (docs/architecture.md, "Scheduled starts").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
+from orchestrator import audit, recurrence, registry
+from orchestrator.audit import Actor
+from orchestrator.services import engine
+from orchestrator.services.results import clean_text
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER = Actor.system("scheduler")
+# The audit chain of schedule and webhook changes and of every fire (chains of instances hold their starts).
+CHAIN = "automation"
+# A fire time the sweep reaches within this long is on time; later, it was missed (Baton was down or stopped).
+MISFIRE_GRACE = timedelta(seconds=60)
+
+
+class ScheduleInvalid(Exception):
+    """A schedule cannot be saved as given; ``errors`` names the fields (``{field: [message]}``)."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def upcoming(schedule: Schedule, count: int = 5, *, now: datetime | None = None) -> list[datetime]:
+    """The next ``count`` fire times after ``now`` (aware, UTC), from the schedule's next due time on."""
+    now = now or timezone.now()
+    start = min(now, schedule.next_fire_at - timedelta(microseconds=1)) if schedule.next_fire_at else now
+    times = recurrence.fire_times(schedule.cron, schedule.every, schedule.timezone, start, schedule.anchor)
+    return [next(times) for _ in range(count)]
+
+
+def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str, data: Any) -> dict[str, list[str]]:
+    """What is wrong with a schedule's fields, by field name; {} when it can be saved."""
+    errors: dict[str, list[str]] = {}
+    try:
+        workflow = registry.get(workflow_name)
+    except registry.UnknownWorkflow:
+        errors["workflow_name"] = [f"No workflow named {workflow_name!r} is registered."]
+        workflow = None
+    every = timedelta(seconds=interval_seconds) if interval_seconds else None
+    problem = recurrence.check_recurrence(cron, every, zone)
+    if problem:
+        field = "timezone" if "time zone" in problem else ("cron" if cron else "interval_seconds")
+        errors[field] = [problem[0].upper() + problem[1:] + "."]
+    if not isinstance(data, dict):
+        errors["input"] = ["The input is a JSON object."]
+    elif workflow is not None and workflow.start_form is not None:
+        form = workflow.start_form(data=data)
+        if not form.is_valid():
+            errors["input"] = [f"{field}: {' '.join(str(e) for e in msgs)}" for field, msgs in form.errors.items()]
+    return errors
+
+
+def schedule_save(
+    schedule: Schedule, *, actor: Actor, request_meta: dict[str, Any] | None = None, now: datetime | None = None
+) -> Schedule:
+    """Create or change an admin's schedule (checked with :func:`check`; ScheduleInvalid if it fails) and audit
+    it; its next fire time is computed from now."""
+    errors = check(schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input)
+    if errors:
+        raise ScheduleInvalid(errors)
+    now = now or timezone.now()
+    created = schedule.pk is None
+    with transaction.atomic():
+        if created:
+            schedule.anchor = now
+        schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+        try:
+            with transaction.atomic():
+                schedule.save()
+        except IntegrityError:
+            raise ScheduleInvalid({"name": ["Another schedule has this name."]}) from None
+        _audit(
+            actor,
+            "schedule.created" if created else "schedule.changed",
+            schedule,
+            payload=_describe(schedule),
+            request_meta=request_meta,
+        )
+    return schedule
+
+
+def schedule_toggle(
+    schedule_id: int, *, enabled: bool, actor: Actor, request_meta: dict[str, Any] | None = None
+) -> Schedule:
+    """Pause (``enabled=False``) or resume a schedule; resuming fires from the next time after now (runs that
+    fell while it was paused are not missed runs: nothing catches them up)."""
+    now = timezone.now()
+    with transaction.atomic():
+        schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
+        if schedule.enabled == enabled:
+            return schedule
+        if enabled and schedule.retired:
+            raise ScheduleInvalid({"enabled": ["This schedule is no longer declared in code."]})
+        schedule.enabled = enabled
+        schedule.next_fire_at = _next_after(schedule, now) if enabled else None
+        schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
+        _audit(actor, "schedule.resumed" if enabled else "schedule.paused", schedule, request_meta=request_meta)
+    return schedule
+
+
+def _next_after(schedule: Schedule, when: datetime) -> datetime:
+    return recurrence.next_fire(schedule.cron, schedule.every, schedule.timezone, when, schedule.anchor)
+
+
+def _describe(schedule: Schedule) -> dict[str, Any]:
+    return {
+        "name": schedule.name,
+        "workflow": schedule.workflow_name,
+        "recurrence": schedule.recurrence,
+        "timezone": schedule.timezone,
+        "missed": schedule.missed,
+        "input": schedule.input,
+        "enabled": schedule.enabled,
+    }
+
+
+def _audit(
+    actor: Actor,
+    action: str,
+    schedule: Schedule,
+    *,
+    payload: dict[str, Any] | None = None,
+    reason: str = "",
+    request_meta: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    audit.append_standalone(
+        CHAIN,
+        actor=actor,
+        action=action,
+        subject_type="schedule",
+        subject_id=schedule.pk,
+        reason=reason,
+        payload={"schedule": schedule.name, **(payload or {})},
+        request_meta=request_meta,
+        now=now,
+    )
+
+
+# --- the sweep ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fired:
+    started: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def schedules_sweep(now: datetime, report: Any = None) -> dict[str, int]:
+    """Fire every enabled schedule whose next time has come (one transaction each, isolated like all sweep
+    work). Returns ``{"started": n, "skipped": m, "failed": k}``."""
+    _sync_once()
+    due = list(
+        Schedule.objects.filter(enabled=True, next_fire_at__lte=now)
+        .order_by("next_fire_at")
+        .values_list("pk", flat=True)[: settings.BATON_SWEEP_BATCH]
+    )
+    fired = Fired()
+    for schedule_id in due:
+        engine.isolated(
+            report, "scheduled start", "schedule", schedule_id, None, partial(fire, schedule_id, now, fired)
+        )
+    return {"started": fired.started, "skipped": fired.skipped, "failed": fired.failed}
+
+
+def fire(schedule_id: int, now: datetime, fired: Fired | None = None) -> int:
+    """Fire one schedule if it is due at ``now``: start its workflow once for its due time (or, for runs missed
+    while Baton was down, once for the latest of them with ``catch_up_once``, none with ``skip``), record the fire,
+    audit it and move on to the next time after ``now``. Returns 1 if it fired, 0 if it was not due or another
+    sweep holds it."""
+    fired = fired if fired is not None else Fired()
+    try:
+        return _fire(schedule_id, now, fired)
+    except _AlreadyFired:
+        return 0  # another sweep recorded this fire time first; this one's start was rolled back
+
+
+def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
+    from orchestrator.services.instances import instance_start
+
+    with transaction.atomic():
+        schedule = Schedule.objects.select_for_update(skip_locked=True).filter(pk=schedule_id).first()
+        if schedule is None or not schedule.enabled or not schedule.next_fire_at or schedule.next_fire_at > now:
+            return 0
+        due = schedule.next_fire_at
+        missed = now - due > MISFIRE_GRACE
+        covers = 1
+        fire_time = due
+        if missed:
+            latest, count = recurrence.latest_fire(
+                schedule.cron, schedule.every, schedule.timezone, due, now, schedule.anchor
+            )
+            covers = count + 1
+            fire_time = latest or due
+        record = ScheduleFire(schedule=schedule, fire_time=fire_time, fired_at=now, covers=covers)
+        if missed and schedule.missed == MissedPolicy.SKIP:
+            record.outcome = FireOutcome.SKIPPED
+        else:
+            key = f"schedule:{schedule.pk}:{fire_time.isoformat()}"
+            try:
+                with transaction.atomic():
+                    instance = instance_start(
+                        schedule.workflow_name,
+                        dict(schedule.input),
+                        idempotency_key=key,
+                        request_meta={"schedule": schedule.name, "fire_time": fire_time.isoformat()},
+                        actor=SCHEDULER,
+                    )
+                record.outcome, record.instance = FireOutcome.STARTED, instance
+            except Exception as exc:  # the workflow is gone, its input no longer fits its form...
+                record.outcome = FireOutcome.FAILED
+                record.error = clean_text(f"{type(exc).__name__}: {exc}", 1000)
+        try:
+            with transaction.atomic():
+                record.save(force_insert=True)
+        except IntegrityError:
+            # This fire time was recorded already (a sweep that read the schedule before its time moved on):
+            # roll everything back, the start included.
+            raise _AlreadyFired() from None
+        schedule.last_fire_at = fire_time
+        schedule.next_fire_at = _next_after(schedule, now)
+        schedule.save(update_fields=["last_fire_at", "next_fire_at", "updated_at"])
+        _audit(
+            SCHEDULER,
+            f"schedule.{record.outcome}" if record.outcome != FireOutcome.STARTED else "schedule.fired",
+            schedule,
+            reason=record.error or ("missed while Baton was down" if missed else ""),
+            payload={
+                "fire_time": fire_time.isoformat(),
+                "instance": record.instance_id,
+                "covers": covers,
+                "outcome": record.outcome,
+            },
+            now=now,
+        )
+        setattr(fired, str(record.outcome), getattr(fired, str(record.outcome)) + 1)
+        return 1
+
+
+class _AlreadyFired(Exception):
+    pass
+
+
+# --- schedules declared in code ---------------------------------------------------------------------------
+
+_synced = {"done": False}
+
+
+def _sync_once() -> None:
+    if not _synced["done"]:
+        sync_declared()
+
+
+def sync_declared(now: datetime | None = None) -> dict[str, int]:
+    """Make the schedule table hold the schedules declared beside the registered workflows (``Workflow(schedules=
+    ...)``, latest version of each): new ones are created, changed ones updated (their next time recomputed), and
+    ones no longer declared retired (disabled, history kept). An admin's pause of a declared schedule stands.
+    Returns counts. Called on ``migrate`` and by the first sweep of each process."""
+    now = now or timezone.now()
+    declared: dict[str, tuple[str, Any]] = {}
+    for workflow in registry.latest_all():
+        for item in workflow.schedules:
+            declared[item.name] = (workflow.name, item)
+    counts = {"created": 0, "changed": 0, "retired": 0}
+    with transaction.atomic():
+        existing = {s.name: s for s in Schedule.objects.select_for_update().filter(source=ScheduleSource.CODE)}
+        for name, (workflow_name, item) in declared.items():
+            fields = {
+                "workflow_name": workflow_name,
+                "input": dict(item.input),
+                "cron": item.cron,
+                "interval_seconds": int(item.every.total_seconds()) if item.every else None,
+                "timezone": item.timezone,
+                "missed": item.missed,
+            }
+            schedule = existing.get(name)
+            if schedule is None:
+                if Schedule.objects.filter(name=name).exists():
+                    logger.error("schedule %r is declared in code but an admin's schedule has that name", name)
+                    continue
+                schedule = Schedule(name=name, source=ScheduleSource.CODE, anchor=now, **fields)
+                schedule.next_fire_at = _next_after(schedule, now)
+                schedule.save()
+                _audit(SCHEDULER, "schedule.created", schedule, payload=_describe(schedule), now=now)
+                counts["created"] += 1
+                continue
+            changed = {k: v for k, v in fields.items() if getattr(schedule, k) != v}
+            if changed or schedule.retired:
+                for key, value in fields.items():
+                    setattr(schedule, key, value)
+                if schedule.retired:
+                    schedule.retired, schedule.enabled = False, True
+                schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+                schedule.save()
+                _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)
+                counts["changed"] += 1
+        for name, schedule in existing.items():
+            if name not in declared and not schedule.retired:
+                schedule.retired, schedule.enabled, schedule.next_fire_at = True, False, None
+                schedule.save(update_fields=["retired", "enabled", "next_fire_at", "updated_at"])
+                _audit(SCHEDULER, "schedule.retired", schedule, reason="no longer declared in code", now=now)
+                counts["retired"] += 1
+    _synced["done"] = True
+    return counts

@@ -1,0 +1,521 @@
+"""Signed webhooks: subscriptions, the outbox fed by the engine's audit events, durable deliveries with back-off.
+
+The path of an event (docs/architecture.md, "Webhooks"):
+
+1. ``outbox_rows`` (a receiver of ``orchestrator.events.unit_finishing``) adds a ``WebhookOutbox`` row for each
+   audit event subscribers may hear of, written in the engine's own statement: it exists exactly when the event does;
+2. the sweep (``webhooks_sweep``) turns outbox rows into one ``WebhookDelivery`` per matching active subscription
+   (unique per subscription and audit event) and sends a Celery message per due delivery;
+3. ``delivery_send`` (the Celery task) claims the delivery with a lease, POSTs it signed, outside any transaction,
+   and records the status: delivered, or another attempt after an exponential back-off, or failed for good after
+   ``MAX_ATTEMPTS``. A subscription whose deliveries keep failing is paused and its owner told.
+
+The signature header: ``Baton-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import ssl
+import time
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from automation.models import (
+    WEBHOOK_EVENTS,
+    DeliveryState,
+    WebhookDelivery,
+    WebhookOutbox,
+    WebhookSubscription,
+)
+from orchestrator import audit
+from orchestrator.audit import Actor
+from orchestrator.models import AuditEvent
+
+logger = logging.getLogger(__name__)
+
+CHAIN = "automation"
+SENDER = Actor.system("webhooks")
+MAX_ATTEMPTS = 8
+# Back-off after failed attempt n: BACKOFF_BASE * 2 ** (n - 1) seconds, up to 10 % more (spreading a recovering
+# receiver's load), capped at BACKOFF_MAX: 10 s, 20 s, 40 s ... about 21 minutes over the eight attempts.
+BACKOFF_BASE = 10.0
+BACKOFF_MAX = 3600.0
+# Paused when this many attempts in a row failed and the first of them is at least PAUSE_AFTER old (a burst
+# against a receiver restarting for a minute does not pause it).
+PAUSE_AFTER_FAILURES = 10
+PAUSE_AFTER = timedelta(minutes=30)
+# A sent message not picked up by a worker after this long is sent again by the sweep.
+REDISPATCH_AFTER = timedelta(seconds=30)
+RESPONSE_KEPT = 300
+SIGNATURE_HEADER = "Baton-Signature"
+TOLERANCE = 300  # seconds a receiver should accept between the signed timestamp and its clock
+
+
+class WebhookInvalid(Exception):
+    """A subscription cannot be saved as given; ``errors`` names the fields."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+# --- signing ----------------------------------------------------------------------------------------------
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Baton-Signature`` header value for ``body`` sent at ``timestamp`` (unix seconds)."""
+    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: str, header: str, body: bytes, *, now: float | None = None, tolerance: int = TOLERANCE) -> bool:
+    """What a receiver does: True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance:
+        return False
+    expected = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+# --- addresses ----------------------------------------------------------------------------------------------
+
+
+def _forbidden(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def resolve(url: str) -> tuple[str, int, list[str]]:
+    """The host, port and addresses ``url`` reaches; ValueError saying why it may not be used: not http(s), with
+    credentials, unresolvable, or (unless BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private, loopback, link-local,
+    reserved or multicast address."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("Give an http:// or https:// address.")
+    if parts.username or parts.password:
+        raise ValueError("Put no user name or password in the address; the signature authenticates Baton.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError("The port is not a number between 1 and 65535.") from None
+    try:
+        found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise ValueError(f"{parts.hostname} cannot be resolved.") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    if not settings.BATON_WEBHOOK_ALLOW_PRIVATE:
+        private = [a for a in addresses if _forbidden(a)]
+        if private:
+            raise ValueError(
+                f"{parts.hostname} resolves to {', '.join(private)}, a private, loopback or reserved address; "
+                "webhooks go to public addresses only (BATON_WEBHOOK_ALLOW_PRIVATE allows others)."
+            )
+    return parts.hostname, port, addresses
+
+
+# --- subscriptions ---------------------------------------------------------------------------------------------
+
+
+def webhook_subscribe(
+    *, owner: Any, name: str, url: str, events: list[str], request_meta: dict[str, Any] | None = None
+) -> WebhookSubscription:
+    """Subscribe ``url`` to ``events`` (names of ``WEBHOOK_EVENTS``) for ``owner`` (who is told if it pauses).
+    Returns the subscription with its new secret; raises WebhookInvalid naming the fields."""
+    errors: dict[str, list[str]] = {}
+    name = (name or "").strip()
+    if not name or len(name) > 100 or "\x00" in name:
+        errors["name"] = ["Give a name of at most 100 characters."]
+    url = (url or "").strip()
+    if len(url) > 500 or "\x00" in url:
+        errors["url"] = ["An address has at most 500 characters."]
+    else:
+        try:
+            resolve(url)
+        except ValueError as exc:
+            errors["url"] = [str(exc)]
+    unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+    if not events or unknown:
+        errors["events"] = ["Choose one or more events."] if not events else [f"Unknown events: {unknown}."]
+    if errors:
+        raise WebhookInvalid(errors)
+    with transaction.atomic():
+        subscription = WebhookSubscription.objects.create(
+            owner=owner, name=name, url=url, events=sorted(set(events)), secret=secrets.token_hex(32)
+        )
+        _audit(Actor.of(owner), "webhook.subscribed", subscription, request_meta=request_meta)
+    return subscription
+
+
+def webhook_toggle(
+    subscription_id: int, *, active: bool, actor: Actor, request_meta: dict[str, Any] | None = None
+) -> WebhookSubscription:
+    """Pause or resume a subscription; resuming sends the deliveries that waited, from now."""
+    now = timezone.now()
+    with transaction.atomic():
+        subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        if subscription.active == active:
+            return subscription
+        subscription.active = active
+        subscription.paused_at = None if active else now
+        subscription.paused_reason = "" if active else f"paused by {actor.label}"
+        subscription.consecutive_failures = 0
+        subscription.failing_since = None
+        subscription.save(
+            update_fields=["active", "paused_at", "paused_reason", "consecutive_failures", "failing_since"]
+        )
+        if active:
+            subscription.deliveries.filter(state__in=[DeliveryState.PENDING, DeliveryState.RETRYING]).update(
+                next_attempt_at=now, dispatched_at=None
+            )
+        _audit(actor, "webhook.resumed" if active else "webhook.paused", subscription, request_meta=request_meta)
+    return subscription
+
+
+def _audit(
+    actor: Actor,
+    action: str,
+    subscription: WebhookSubscription,
+    *,
+    reason: str = "",
+    request_meta: dict[str, Any] | None = None,
+) -> None:
+    audit.append_standalone(
+        CHAIN,
+        actor=actor,
+        action=action,
+        subject_type="webhook",
+        subject_id=subscription.pk,
+        reason=reason,
+        payload={"name": subscription.name, "url": subscription.url, "events": subscription.events},
+        request_meta=request_meta,
+    )
+
+
+# --- the outbox: engine events worth telling ------------------------------------------------------------------
+
+
+def event_name(event: AuditEvent) -> str:
+    """The webhook event an audit event stands for, or "" when subscribers never hear of it."""
+    action = event.action
+    if action in ("instance.started", "instance.completed", "instance.failed", "instance.compensated"):
+        return action
+    if action == "task.opened":
+        return "instance.escalated" if event.payload.get("kind") == "escalation" else "task.created"
+    if action == "task.escalated":
+        return "instance.escalated"
+    if action == "task.completed":
+        return "task.decided"
+    return ""
+
+
+def outbox_rows(sender: Any, unit: Any, **_kwargs: Any) -> None:
+    """Receiver of ``unit_finishing``: an outbox row per event subscribers may hear of, written with the events."""
+    instance = unit.instance
+    for event in unit.events:
+        name = event_name(event)
+        if not name:
+            continue
+        data: dict[str, Any] = {
+            "instance": {
+                "id": instance.pk,
+                "workflow": instance.workflow_name,
+                "version": instance.workflow_version,
+                "title": instance.title,
+                "business_key": instance.business_key,
+                "state": instance.state,
+            }
+        }
+        if name in ("instance.completed", "instance.compensated"):
+            data["instance"]["outcome"] = instance.outcome
+        if name == "instance.failed":
+            data["instance"]["error"] = event.reason[:500]
+        if event.subject_type == "task":
+            data["task"] = {"id": event.subject_id, "state": event.to_state}
+            if name == "task.decided":
+                data["task"]["decision"] = event.payload.get("decision", "")
+                data["task"]["by"] = event.actor_label
+            elif "title" in event.payload:
+                data["task"]["title"] = event.payload["title"]
+            if name == "instance.escalated":
+                data["reason"] = event.reason[:500]
+        unit.inserts.append(
+            WebhookOutbox(event=name, chain=event.chain, seq=event.seq, occurred_at=event.occurred_at, body=data)
+        )
+
+
+# --- the sweep ------------------------------------------------------------------------------------------------
+
+
+def webhooks_sweep(now: datetime, report: Any = None) -> dict[str, int]:
+    """Turn outbox rows into deliveries, take back deliveries whose sender died, and send the due ones.
+    Returns ``{"queued": n, "sent": m, "recovered": k}``."""
+    from orchestrator.services import engine
+
+    counts = {"queued": 0, "sent": 0, "recovered": 0}
+    counts["queued"] = engine.isolated(report, "webhook outbox", "sweep", None, None, partial(_fan_out, now))
+    counts["recovered"] = engine.isolated(report, "webhook lease", "sweep", None, None, partial(_recover, now))
+    counts["sent"] = engine.isolated(report, "webhook dispatch", "sweep", None, None, partial(_dispatch_due, now))
+    return counts
+
+
+def _fan_out(now: datetime) -> int:
+    batch = settings.BATON_SWEEP_BATCH
+    with transaction.atomic():
+        pending = list(WebhookOutbox.objects.select_for_update(skip_locked=True).order_by("id")[:batch])
+        if not pending:
+            return 0
+        subscriptions = list(WebhookSubscription.objects.filter(active=True))
+        deliveries = []
+        for row in pending:
+            envelope = {
+                "id": f"{row.chain}:{row.seq}",
+                "type": row.event,
+                "occurred_at": row.occurred_at.isoformat(),
+                "data": row.body,
+            }
+            body = json.dumps(envelope, sort_keys=True, separators=(",", ":"))
+            for subscription in subscriptions:
+                if row.event in subscription.events:
+                    deliveries.append(
+                        WebhookDelivery(
+                            subscription=subscription,
+                            event=row.event,
+                            event_key=envelope["id"],
+                            body=body,
+                            next_attempt_at=now,
+                        )
+                    )
+        WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+        WebhookOutbox.objects.filter(pk__in=[row.pk for row in pending]).delete()
+        return len(deliveries)
+
+
+def _recover(now: datetime) -> int:
+    """A delivery whose sender died mid-attempt (its lease ran out) is tried again now (receivers dedupe on the
+    ``Baton-Delivery`` header: it may have arrived)."""
+    return WebhookDelivery.objects.filter(state=DeliveryState.SENDING, lease_expires_at__lt=now).update(
+        state=DeliveryState.RETRYING, next_attempt_at=now, dispatched_at=None, lease_expires_at=None
+    )
+
+
+def _dispatch_due(now: datetime) -> int:
+    from automation.tasks import delivery_send
+
+    with transaction.atomic():
+        due = list(
+            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
+                next_attempt_at__lte=now,
+                subscription__active=True,
+            )
+            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - REDISPATCH_AFTER))
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[: settings.BATON_SWEEP_BATCH]
+        )
+        if due:
+            WebhookDelivery.objects.filter(pk__in=due).update(dispatched_at=now)
+            for delivery_id in due:
+                transaction.on_commit(partial(_send_task, delivery_send, delivery_id))
+        return len(due)
+
+
+def _send_task(task: Any, delivery_id: int) -> None:
+    try:
+        task.delay(delivery_id)
+    except Exception:
+        logger.exception("could not publish webhook delivery %s; the sweep will send it again", delivery_id)
+
+
+# --- one attempt ------------------------------------------------------------------------------------------------
+
+
+def backoff(attempt: int, spread: float | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+    base = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
+    return base * (1 + 0.1 * (secrets.randbelow(1000) / 1000 if spread is None else spread))
+
+
+def delivery_send(delivery_id: int, *, now: datetime | None = None) -> str:
+    """Make one attempt of a due delivery: claim it, POST it signed, record the answer. Returns "delivered",
+    "retrying", "failed", "not due" (not pending, not yet due, or its subscription paused) or "fenced"."""
+    claimed = _claim(delivery_id, now or timezone.now())
+    if claimed is None:
+        return "not due"
+    delivery, subscription = claimed
+    started = time.monotonic()
+    status, error = _post(subscription.url, subscription.secret, delivery)
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    return _record(delivery.pk, delivery.attempts, status, error, elapsed_ms)
+
+
+def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookSubscription] | None:
+    with transaction.atomic():
+        delivery = (
+            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("subscription")
+            .filter(pk=delivery_id, state__in=[DeliveryState.PENDING, DeliveryState.RETRYING])
+            .first()
+        )
+        if delivery is None or not delivery.subscription.active:
+            return None
+        if delivery.next_attempt_at and delivery.next_attempt_at > now:
+            return None
+        delivery.state = DeliveryState.SENDING
+        delivery.attempts += 1
+        delivery.lease_expires_at = now + timedelta(seconds=settings.BATON_WEBHOOK_TIMEOUT * 3 + 30)
+        delivery.save(update_fields=["state", "attempts", "lease_expires_at"])
+        return delivery, delivery.subscription
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address checked, not to whatever the name resolves to a moment later (DNS rebinding)."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None, str]:
+    """POST the delivery; (status, "") for an answer, (None, why) when there was none. Never raises."""
+    body = delivery.body.encode()
+    try:
+        host, port, addresses = resolve(url)
+        parts = urlsplit(url)
+        connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+        connection = connection_class(host, port, addresses[0], settings.BATON_WEBHOOK_TIMEOUT)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Baton-Webhooks/1",
+            "Baton-Event": delivery.event,
+            "Baton-Delivery": str(delivery.pk),
+            SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+        }
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read(64 * 1024)  # the answer is not kept; read a little so the connection closes cleanly
+            return response.status, ""
+        finally:
+            connection.close()
+    except ValueError as exc:
+        return None, f"refused: {exc}"
+    except (OSError, http.client.HTTPException) as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:RESPONSE_KEPT]
+
+
+def _record(delivery_id: int, attempt: int, status: int | None, error: str, elapsed_ms: int) -> str:
+    now = timezone.now()
+    ok = status is not None and 200 <= status < 300
+    if not ok and not error:
+        error = f"HTTP {status}" + (" (redirects are not followed)" if status and 300 <= status < 400 else "")
+    with transaction.atomic():
+        delivery = (
+            WebhookDelivery.objects.select_for_update(of=("self",))
+            .select_related("subscription")
+            .filter(pk=delivery_id)
+            .first()
+        )
+        if delivery is None or delivery.state != DeliveryState.SENDING or delivery.attempts != attempt:
+            return "fenced"
+        delivery.log = [
+            *delivery.log[-(MAX_ATTEMPTS * 2) :],
+            {"at": now.isoformat(), "status": status, "error": error[:RESPONSE_KEPT], "ms": elapsed_ms},
+        ]
+        delivery.last_status, delivery.last_error = status, error[:RESPONSE_KEPT]
+        delivery.lease_expires_at = None
+        subscription = WebhookSubscription.objects.select_for_update().get(pk=delivery.subscription_id)
+        if ok:
+            delivery.state, delivery.delivered_at, outcome = DeliveryState.DELIVERED, now, "delivered"
+            if subscription.consecutive_failures:
+                subscription.consecutive_failures = 0
+                subscription.failing_since = None
+                subscription.save(update_fields=["consecutive_failures", "failing_since"])
+        else:
+            if delivery.attempts < MAX_ATTEMPTS:
+                delivery.state, outcome = DeliveryState.RETRYING, "retrying"
+                delivery.next_attempt_at = now + timedelta(seconds=backoff(delivery.attempts))
+                delivery.dispatched_at = None
+            else:
+                delivery.state, outcome = DeliveryState.FAILED, "failed"
+            _count_failure(subscription, now, error)
+        delivery.save()
+        return outcome
+
+
+def _count_failure(subscription: WebhookSubscription, now: datetime, error: str) -> None:
+    """One more failed attempt in a row; past the limits the subscription pauses and its owner is told."""
+    if subscription.consecutive_failures == 0 or subscription.failing_since is None:
+        subscription.failing_since = now
+    subscription.consecutive_failures = F("consecutive_failures") + 1
+    subscription.save(update_fields=["consecutive_failures", "failing_since"])
+    subscription.refresh_from_db(fields=["consecutive_failures"])
+    failing_since = subscription.failing_since
+    if (
+        subscription.active
+        and subscription.consecutive_failures >= PAUSE_AFTER_FAILURES
+        and now - failing_since >= PAUSE_AFTER
+    ):
+        subscription.active = False
+        subscription.paused_at = now
+        subscription.paused_reason = (
+            f"paused after {subscription.consecutive_failures} failed attempts in a row since "
+            f"{timezone.localtime(failing_since):%Y-%m-%d %H:%M %Z}; last: {error}"
+        )[:300]
+        subscription.save(update_fields=["active", "paused_at", "paused_reason"])
+        _audit(SENDER, "webhook.paused", subscription, reason=subscription.paused_reason)
+        _tell_owner(subscription)
+
+
+def _tell_owner(subscription: WebhookSubscription) -> None:
+    from django.urls import reverse
+
+    from approvals.models import Notification
+    from orchestrator.realtime import send_now
+
+    if subscription.owner_id is None:
+        return
+    message = f"Webhook {subscription.name} paused: its deliveries keep failing"
+    Notification.objects.create(
+        user_id=subscription.owner_id,
+        kind="webhook.paused",
+        message=message[:300],
+        url=reverse("automation:webhook_detail", args=[subscription.pk]),
+    )
+    event = {"type": "notification", "message": message, "level": "danger", "refresh": ["counts", "notifications"]}
+    transaction.on_commit(partial(send_now, [f"user.{subscription.owner_id}"], event))

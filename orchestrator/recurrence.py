@@ -1,0 +1,99 @@
+"""Recurrences of scheduled starts: a cron expression (croniter) or a fixed interval, in a stated time zone.
+
+Pure functions, no database: the DSL checks a declared ``Schedule`` with them, the ``automation`` app computes
+fire times with them. Cron fields are read in the schedule's zone (``0 9 * * 1-5`` is 09:00 in Paris, winter and
+summer); the times returned are aware and compare as instants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from croniter import croniter
+
+MIN_INTERVAL = timedelta(minutes=1)
+MAX_INTERVAL = timedelta(days=366)
+CRON_MAX = 100
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name``; ValueError naming it when there is none."""
+    if not isinstance(name, str) or not name or "\x00" in name or len(name) > 64 or name not in _zones():
+        raise ValueError(f"unknown time zone {name!r}: give an IANA name such as Europe/Paris or UTC")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}: give an IANA name such as Europe/Paris or UTC") from None
+
+
+_ZONES: set[str] = set()
+
+
+def _zones() -> set[str]:
+    if not _ZONES:
+        _ZONES.update(available_timezones() | {"UTC"})
+    return _ZONES
+
+
+def check_recurrence(cron: str, every: timedelta | None, timezone: str) -> str:
+    """ "" when the recurrence is usable, else what is wrong with it (for a form or a DefinitionError)."""
+    if bool(cron) == (every is not None):
+        return "give exactly one of a cron expression and an interval"
+    try:
+        zone(timezone)
+    except ValueError as exc:
+        return str(exc)
+    if cron:
+        if not isinstance(cron, str) or len(cron) > CRON_MAX or "\x00" in cron:
+            return f"a cron expression has at most {CRON_MAX} characters"
+        fields = cron.split()
+        if not (len(fields) == 5 or (len(fields) == 1 and cron.startswith("@") and cron != "@reboot")):
+            return (
+                "a cron expression has five fields: minute hour day-of-month month day-of-week (or @daily, @hourly...)"
+            )
+        if not croniter.is_valid(cron):
+            return f"{cron!r} is not a valid cron expression"
+        return ""
+    assert every is not None
+    if not MIN_INTERVAL <= every <= MAX_INTERVAL:
+        return "an interval is between one minute and 366 days"
+    return ""
+
+
+def fire_times(
+    cron: str, every: timedelta | None, timezone: str, after: datetime, anchor: datetime
+) -> Iterator[datetime]:
+    """The fire times strictly after ``after``, in order, as aware UTC datetimes (an endless iterator).
+
+    An interval counts from ``anchor`` (the schedule's creation), so its times do not drift with the sweep.
+    """
+    if every is not None:
+        step = every.total_seconds()
+        elapsed = (after - anchor).total_seconds()
+        n = max(0, int(elapsed // step) + 1)
+        while True:
+            yield (anchor + timedelta(seconds=n * step)).astimezone(UTC)
+            n += 1
+    local = after.astimezone(zone(timezone))
+    times = croniter(cron, local)
+    while True:
+        yield times.get_next(datetime).astimezone(UTC)
+
+
+def next_fire(cron: str, every: timedelta | None, timezone: str, after: datetime, anchor: datetime) -> datetime:
+    """The first fire time strictly after ``after``."""
+    return next(fire_times(cron, every, timezone, after, anchor))
+
+
+def latest_fire(
+    cron: str, every: timedelta | None, timezone: str, since: datetime, until: datetime, anchor: datetime
+) -> tuple[datetime | None, int]:
+    """The latest fire time in (since, until] and how many there were (counted up to 10,000)."""
+    latest, count = None, 0
+    for when in fire_times(cron, every, timezone, since, anchor):
+        if when > until or count >= 10_000:
+            break
+        latest, count = when, count + 1
+    return latest, count
