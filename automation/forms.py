@@ -1,0 +1,88 @@
+"""The admins' forms for schedules and webhooks: what was typed comes back with the errors (400), never a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from automation.models import WEBHOOK_EVENTS, MissedPolicy
+from orchestrator import registry
+from orchestrator.inputs import check_text
+
+INPUT_MAX = 20_000
+
+
+class ScheduleForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Shown in the audit trail; unique.")
+    workflow_name = forms.ChoiceField(label="Workflow")
+    cron = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Cron expression",
+        help_text="Five fields: minute hour day-of-month month day-of-week, e.g. 0 9 * * 1-5. Or give an interval.",
+    )
+    interval_minutes = forms.IntegerField(
+        required=False, min_value=1, max_value=527_040, label="Or every (minutes)", help_text="From one minute."
+    )
+    timezone = forms.CharField(
+        max_length=64, initial="UTC", label="Time zone", help_text="IANA name the cron fields are read in."
+    )
+    missed = forms.ChoiceField(
+        choices=MissedPolicy.choices,
+        initial=MissedPolicy.CATCH_UP_ONCE,
+        label="Runs missed while Baton was down",
+        help_text="Catch up once: one start for all of them. Skip: none.",
+    )
+    input = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "class": "font-monospace"}),
+        max_length=INPUT_MAX,
+        initial="{}",
+        label="Start input (JSON object)",
+        help_text="Checked against the workflow's start form.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["workflow_name"].choices = [(w.name, w.display_title) for w in registry.latest_all()]
+
+    def clean_name(self) -> str:
+        return check_text(self.cleaned_data["name"], "Name", 100)
+
+    def clean_cron(self) -> str:
+        return " ".join(check_text(self.cleaned_data["cron"], "Cron expression", 100).split())
+
+    def clean_timezone(self) -> str:
+        return check_text(self.cleaned_data["timezone"], "Time zone", 64)
+
+    def clean_input(self) -> dict[str, Any]:
+        text = self.cleaned_data["input"]
+        try:
+            value = json.loads(text or "{}")
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}.") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Give a JSON object, like {\"region\": \"eu\"}.")
+        if "\x00" in text or "\\u0000" in text:
+            raise forms.ValidationError("The input holds a NUL character, which cannot be stored.")
+        return value
+
+
+class WebhookForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    url = forms.CharField(
+        max_length=500,
+        label="Address",
+        help_text="An https:// address on the internet; private and loopback addresses are refused.",
+        widget=forms.URLInput,
+    )
+    events = forms.MultipleChoiceField(
+        choices=list(WEBHOOK_EVENTS.items()), widget=forms.CheckboxSelectMultiple, label="Events"
+    )
+
+    def clean_name(self) -> str:
+        return check_text(self.cleaned_data["name"], "Name", 100)
+
+    def clean_url(self) -> str:
+        return check_text(self.cleaned_data["url"], "Address", 500)

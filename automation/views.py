@@ -1,0 +1,165 @@
+"""Pages for admins: schedules (next runs, fires) and webhooks (secret, deliveries with their status)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from automation import schedules, selectors, webhooks
+from automation.forms import ScheduleForm, WebhookForm
+from automation.models import WEBHOOK_EVENTS, Schedule, ScheduleSource, WebhookSubscription
+from orchestrator.audit import Actor
+from orchestrator.views import request_meta
+
+
+def managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Signed in, then admins only: anyone else is told the page does not exist (404)."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not selectors.may_manage(request.user):
+            raise Http404("No such page.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+@managers_only
+def schedule_list(request: HttpRequest) -> HttpResponse:
+    """Every schedule with its next run."""
+    return render(
+        request, "automation/schedule_list.html", {"schedules": selectors.schedule_list(), "active_nav": "automation"}
+    )
+
+
+@managers_only
+def schedule_new(request: HttpRequest) -> HttpResponse:
+    """The form; a POST creates the schedule (400 with what was typed and the reasons when it cannot)."""
+    form = ScheduleForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            minutes = data.get("interval_minutes")
+            schedule = Schedule(
+                name=data["name"],
+                workflow_name=data["workflow_name"],
+                cron="" if minutes and not data["cron"] else data["cron"],
+                interval_seconds=minutes * 60 if minutes else None,
+                timezone=data["timezone"],
+                missed=data["missed"],
+                input=data["input"],
+                owner=request.user,  # type: ignore[misc]
+                source=ScheduleSource.ADMIN,
+            )
+            try:
+                schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
+            except schedules.ScheduleInvalid as exc:
+                for field, problems in exc.errors.items():
+                    form.add_error(field if field in form.fields else None, problems)
+            else:
+                messages.success(request, f"Schedule {schedule.name} created; it first fires at the time below.")
+                return redirect("automation:schedule_detail", schedule.pk)
+        status = 400
+    return render(
+        request, "automation/schedule_form.html", {"form": form, "active_nav": "automation"}, status=status
+    )
+
+
+@managers_only
+def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
+    """A schedule: its recurrence, its next five runs and its recent fires."""
+    schedule = get_object_or_404(Schedule.objects.select_related("owner"), pk=schedule_id)
+    upcoming = schedules.upcoming(schedule, 5) if schedule.enabled else []
+    context = {
+        "schedule": schedule,
+        "upcoming": upcoming,
+        "fires": selectors.recent_fires(schedule),
+        "active_nav": "automation",
+    }
+    return render(request, "automation/schedule_detail.html", context)
+
+
+@require_POST
+@managers_only
+def schedule_toggle(request: HttpRequest, schedule_id: int) -> HttpResponse:
+    """Pause or resume (``enabled=0|1``)."""
+    schedule = get_object_or_404(Schedule, pk=schedule_id)
+    enabled = request.POST.get("enabled") == "1"
+    try:
+        schedules.schedule_toggle(
+            schedule.pk, enabled=enabled, actor=Actor.of(request.user), request_meta=request_meta(request)
+        )
+    except schedules.ScheduleInvalid as exc:
+        messages.warning(request, " ".join(" ".join(v) for v in exc.errors.values()))
+    else:
+        messages.success(request, f"Schedule {schedule.name} {'resumed' if enabled else 'paused'}.")
+    return redirect("automation:schedule_detail", schedule.pk)
+
+
+@managers_only
+def webhook_list(request: HttpRequest) -> HttpResponse:
+    """Every subscription with its delivery counts."""
+    context = {"subscriptions": selectors.webhook_list(), "events": WEBHOOK_EVENTS, "active_nav": "automation"}
+    return render(request, "automation/webhook_list.html", context)
+
+
+@managers_only
+def webhook_new(request: HttpRequest) -> HttpResponse:
+    """The form; a POST subscribes (400 with what was typed and the reasons when it cannot)."""
+    form = WebhookForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                subscription = webhooks.webhook_subscribe(
+                    owner=request.user,
+                    name=data["name"],
+                    url=data["url"],
+                    events=data["events"],
+                    request_meta=request_meta(request),
+                )
+            except webhooks.WebhookInvalid as exc:
+                for field, problems in exc.errors.items():
+                    form.add_error(field if field in form.fields else None, problems)
+            else:
+                messages.success(request, f"Subscribed {subscription.name}. Give its receiver the secret below.")
+                return redirect("automation:webhook_detail", subscription.pk)
+        status = 400
+    return render(request, "automation/webhook_form.html", {"form": form, "active_nav": "automation"}, status=status)
+
+
+@managers_only
+def webhook_detail(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    """A subscription: its secret and signature format, and its latest deliveries with each attempt's status."""
+    subscription = get_object_or_404(WebhookSubscription.objects.select_related("owner"), pk=webhook_id)
+    context = {
+        "subscription": subscription,
+        "deliveries": selectors.recent_deliveries(subscription),
+        "events": WEBHOOK_EVENTS,
+        "tolerance_minutes": webhooks.TOLERANCE // 60,
+        "active_nav": "automation",
+    }
+    return render(request, "automation/webhook_detail.html", context)
+
+
+@require_POST
+@managers_only
+def webhook_toggle(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    """Pause or resume (``active=0|1``); resuming sends what waited."""
+    subscription = get_object_or_404(WebhookSubscription, pk=webhook_id)
+    active = request.POST.get("active") == "1"
+    webhooks.webhook_toggle(
+        subscription.pk, active=active, actor=Actor.of(request.user), request_meta=request_meta(request)
+    )
+    messages.success(request, f"Webhook {subscription.name} {'resumed' if active else 'paused'}.")
+    return redirect("automation:webhook_detail", subscription.pk)

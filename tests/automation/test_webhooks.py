@@ -1,0 +1,253 @@
+"""Signed webhooks: engine events reach a real local receiver with a signature it verifies, a failing receiver
+gets retries with growing delays, a subscription that keeps failing pauses and tells its owner, and private
+addresses are refused unless allowed."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from approvals.models import Notification
+from automation import webhooks
+from automation.models import DeliveryState, WebhookDelivery, WebhookOutbox, WebhookSubscription
+from automation.webhooks import WebhookInvalid, delivery_send, verify, webhook_subscribe
+from orchestrator.dsl import Human, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent
+from orchestrator.services import engine
+from orchestrator.services.instances import instance_start
+from tests.automation.receiver import receiver
+
+pytestmark = pytest.mark.django_db
+
+
+def ship(ctx: StepContext) -> dict:
+    return {"shipped": True}
+
+
+FLOW = Workflow(name="webhook_flow", version=1, title_template="Parcel {parcel}", steps=[Task("ship", ship)])
+REVIEWED = Workflow(
+    name="webhook_reviewed", version=1, steps=[Human("review", candidate_groups=["approvers"]), Task("ship", ship)]
+)
+
+
+@pytest.fixture
+def flows(register_workflow):
+    register_workflow(FLOW)
+    register_workflow(REVIEWED)
+
+
+@pytest.fixture
+def allow_private(settings):
+    settings.BATON_WEBHOOK_ALLOW_PRIVATE = True
+
+
+def send_due() -> list[str]:
+    """What the worker does with the sweep's messages: one attempt of every due delivery."""
+    engine.sweep()
+    due = WebhookDelivery.objects.filter(
+        state__in=[DeliveryState.PENDING, DeliveryState.RETRYING], next_attempt_at__lte=timezone.now()
+    )
+    return [delivery_send(pk) for pk in due.order_by("pk").values_list("pk", flat=True)]
+
+
+def test_engine_events_reach_a_local_receiver_signed(flows, allow_private, users, run_steps):
+    with receiver(200) as hook:
+        # given a subscription to starts and completions
+        subscription = webhook_subscribe(
+            owner=users.admin, name="Shop", url=hook.url, events=["instance.started", "instance.completed"]
+        )
+
+        # when an instance starts and completes, and the sweep and worker do their part
+        instance = instance_start("webhook_flow", {"parcel": "P-7"}, business_key="P-7")
+        run_steps(instance)
+        outcomes = send_due()
+
+        # then the receiver got both events, in order, each signed with the subscription's secret
+        assert outcomes == ["delivered", "delivered"]
+        assert [r.headers["Baton-Event"] for r in hook.requests] == ["instance.started", "instance.completed"]
+        for request in hook.requests:
+            assert request.path == "/hooks/baton?from=test"
+            assert request.headers["Content-Type"] == "application/json"
+            assert verify(subscription.secret, request.headers["Baton-Signature"], request.body)
+            assert not verify("another-secret", request.headers["Baton-Signature"], request.body)
+            assert not verify(subscription.secret, request.headers["Baton-Signature"], request.body + b" ")
+        completed = json.loads(hook.requests[1].body)
+        assert completed["type"] == "instance.completed"
+        assert completed["data"]["instance"] == {
+            "id": instance.pk,
+            "workflow": "webhook_flow",
+            "version": 1,
+            "title": "Parcel P-7",
+            "business_key": "P-7",
+            "state": "completed",
+            "outcome": "completed",
+        }
+        assert completed["id"] == f"instance:{instance.pk}:{completed['id'].rsplit(':', 1)[1]}"
+    delivered = WebhookDelivery.objects.filter(subscription=subscription)
+    assert {d.state for d in delivered} == {DeliveryState.DELIVERED}
+    assert all(d.log[-1]["status"] == 200 for d in delivered)
+
+
+def test_a_signature_is_refused_outside_its_time_window():
+    body = b'{"type":"instance.started"}'
+    header = webhooks.sign("s3cret", 1_700_000_000, body)
+
+    assert verify("s3cret", header, body, now=1_700_000_000 + 299)
+    assert not verify("s3cret", header, body, now=1_700_000_000 + 301)  # a replay, five minutes on
+    assert not verify("s3cret", "t=abc,v1=00", body)
+    assert not verify("s3cret", "", body)
+
+
+def test_task_events_and_only_subscribed_ones_are_delivered(flows, allow_private, users):
+    with receiver(200) as hook:
+        webhook_subscribe(owner=users.admin, name="Tasks", url=hook.url, events=["task.created"])
+
+        instance_start("webhook_reviewed", {})
+        send_due()
+
+        assert [r.headers["Baton-Event"] for r in hook.requests] == ["task.created"]
+        body = json.loads(hook.requests[0].body)
+        assert body["data"]["task"]["title"] == "Review"
+
+
+def test_outbox_rows_become_one_delivery_per_subscription_however_often_the_sweep_runs(flows, allow_private, users):
+    with receiver(200) as hook:
+        first = webhook_subscribe(owner=users.admin, name="A", url=hook.url, events=["instance.started"])
+        second = webhook_subscribe(owner=users.admin, name="B", url=hook.url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-1"})
+        assert WebhookOutbox.objects.count() == 1
+
+        engine.sweep()
+        engine.sweep()
+
+        assert not WebhookOutbox.objects.exists()
+        assert sorted(WebhookDelivery.objects.values_list("subscription_id", flat=True)) == [first.pk, second.pk]
+
+
+def test_events_nobody_subscribed_to_leave_nothing_behind(flows):
+    instance_start("webhook_flow", {"parcel": "P-2"})
+
+    engine.sweep()
+
+    assert not WebhookOutbox.objects.exists()
+    assert not WebhookDelivery.objects.exists()
+
+
+def test_a_failing_receiver_gets_retries_with_growing_delays_then_the_delivery_fails(flows, allow_private, users):
+    with receiver(500) as hook:
+        webhook_subscribe(owner=users.admin, name="Down", url=hook.url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-3"})
+        engine.sweep()
+        delivery = WebhookDelivery.objects.get()
+
+        # when every attempt is made at its due time
+        delays = []
+        for attempt in range(1, webhooks.MAX_ATTEMPTS + 1):
+            delivery.refresh_from_db()
+            outcome = delivery_send(delivery.pk, now=delivery.next_attempt_at)
+            delivery.refresh_from_db()
+            if delivery.state == DeliveryState.RETRYING:
+                attempted_at = timezone.datetime.fromisoformat(delivery.log[-1]["at"])
+                delays.append((delivery.next_attempt_at - attempted_at).total_seconds())
+            assert delivery.attempts == attempt
+
+        # then each wait is longer than the one before (exponential back-off), and after the last it failed
+        assert outcome == "failed"
+        assert delivery.state == DeliveryState.FAILED
+        assert len(delays) == webhooks.MAX_ATTEMPTS - 1
+        assert all(later > earlier * 1.8 for earlier, later in zip(delays, delays[1:], strict=False)), delays
+        assert 10 <= delays[0] <= 11
+        assert [entry["status"] for entry in delivery.log] == [500] * webhooks.MAX_ATTEMPTS
+        # the receiver saw one delivery id on every attempt, so it can drop repeats
+        assert {r.headers["Baton-Delivery"] for r in hook.requests} == {str(delivery.pk)}
+        assert len(hook.requests) == webhooks.MAX_ATTEMPTS
+
+
+def test_an_attempt_before_its_time_does_nothing(flows, allow_private, users):
+    with receiver(500) as hook:
+        webhook_subscribe(owner=users.admin, name="Down", url=hook.url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-4"})
+        send_due()
+        delivery = WebhookDelivery.objects.get()
+
+        assert delivery_send(delivery.pk) == "not due"  # the back-off has not passed
+        assert len(hook.requests) == 1
+
+
+def test_a_subscription_that_keeps_failing_is_paused_and_its_owner_told(flows, allow_private, users, monkeypatch):
+    monkeypatch.setattr(webhooks, "PAUSE_AFTER_FAILURES", 3)
+    monkeypatch.setattr(webhooks, "PAUSE_AFTER", timedelta(0))
+    with receiver(503) as hook:
+        subscription = webhook_subscribe(owner=users.admin, name="Flaky", url=hook.url, events=["instance.started"])
+        for parcel in ("P-5", "P-6", "P-7"):
+            instance_start("webhook_flow", {"parcel": parcel})
+
+        send_due()
+        more = send_due()
+
+    subscription.refresh_from_db()
+    assert subscription.active is False
+    assert "3 failed attempts in a row" in subscription.paused_reason
+    assert more == []  # a paused subscription's deliveries wait
+    notice = Notification.objects.get(user=users.admin, kind="webhook.paused")
+    assert "Flaky" in notice.message
+    assert AuditEvent.objects.filter(chain="automation", action="webhook.paused").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+    ],
+)
+def test_private_addresses_are_refused(users, url):
+    with pytest.raises(WebhookInvalid) as refused:
+        webhook_subscribe(owner=users.admin, name="Inside", url=url, events=["instance.started"])
+
+    assert "private, loopback or reserved" in refused.value.errors["url"][0]
+    assert not WebhookSubscription.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://example.com/hook", "http:// or https://"),
+        ("https://user:pw@example.com/hook", "no user name or password"),
+        ("https://example.com:99999/hook", "port"),
+        ("https://no-such-host.invalid/hook", "cannot be resolved"),
+        ("https://exa\x00mple.com/", "500 characters"),
+    ],
+)
+def test_bad_addresses_are_refused_saying_why(users, url, message):
+    with pytest.raises(WebhookInvalid) as refused:
+        webhook_subscribe(owner=users.admin, name="Bad", url=url, events=["instance.started"])
+
+    assert message in refused.value.errors["url"][0]
+
+
+def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(flows, users, settings):
+    # given a subscription made while private addresses were allowed
+    settings.BATON_WEBHOOK_ALLOW_PRIVATE = True
+    with receiver(200) as hook:
+        webhook_subscribe(owner=users.admin, name="Was allowed", url=hook.url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-8"})
+
+        # when the setting is off again and the delivery is tried
+        settings.BATON_WEBHOOK_ALLOW_PRIVATE = False
+        send_due()
+
+        # then nothing was sent, and the attempt says why
+        delivery = WebhookDelivery.objects.get()
+        assert hook.requests == []
+        assert delivery.state == DeliveryState.RETRYING
+        assert delivery.last_error.startswith("refused: 127.0.0.1 resolves to")
