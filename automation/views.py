@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from automation import schedules, selectors, webhooks
 from automation.forms import ScheduleForm, WebhookForm
@@ -40,6 +40,7 @@ def schedule_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+@require_http_methods(["GET", "HEAD", "POST"])
 @managers_only
 def schedule_new(request: HttpRequest) -> HttpResponse:
     """The form; a POST creates the schedule (400 with what was typed and the reasons when it cannot)."""
@@ -112,6 +113,7 @@ def webhook_list(request: HttpRequest) -> HttpResponse:
     return render(request, "automation/webhook_list.html", context)
 
 
+@require_http_methods(["GET", "HEAD", "POST"])
 @managers_only
 def webhook_new(request: HttpRequest) -> HttpResponse:
     """The form; a POST subscribes (400 with what was typed and the reasons when it cannot)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from django.utils import timezone
 
 from approvals.models import HumanTask, SavedView, TaskKind, TaskState
 from approvals.services import task_claim
+from automation.models import Schedule, WebhookSubscription
 from orchestrator import registry
 from orchestrator.demo import GROUPS
 from orchestrator.dsl import Human, Workflow
@@ -293,6 +295,21 @@ def build_world(*, with_escalation: bool) -> World:
     claimed_task = task_claim(HumanTask.objects.get(instance=claimed_instance).pk, people["staff"])
     other_task = HumanTask.objects.get(instance=other_instance, state=TaskState.OPEN)
     saved_view = SavedView.objects.create(owner=people["staff"], name="Staff's queue", tab="queue", params={})
+    schedule = Schedule.objects.create(
+        name="Matrix schedule",
+        workflow_name="expense_approval",
+        input=ExpenseInputFactory(amount="10.00"),
+        interval_seconds=3600,
+        anchor=timezone.now(),
+        next_fire_at=timezone.now() + timedelta(hours=1),
+    )
+    webhook = WebhookSubscription.objects.create(
+        owner=people["admin"],
+        name="Matrix hook",
+        url="https://hooks.example.com/baton",
+        events=["instance.started"],
+        secret="s" * 64,
+    )
     values = {
         "instance": instance.pk,
         "claimed_instance": claimed_instance.pk,
@@ -301,6 +318,9 @@ def build_world(*, with_escalation: bool) -> World:
         "other_instance": other_instance.pk,
         "other_task": other_task.pk,
         "saved_view": saved_view.pk,
+        "schedule": schedule.pk,
+        "webhook": webhook.pk,
+        "expense_input": json.dumps(ExpenseInputFactory(amount="42.00"), separators=(",", ":")),
         "staff": people["staff"].pk,
         "staff2": people["staff2"].pk,
         "inactive": people["inactive"].pk,
