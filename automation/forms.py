@@ -45,7 +45,8 @@ class ScheduleForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["workflow_name"].choices = [(w.name, w.display_title) for w in registry.latest_all()]
+        workflows = [(w.name, w.display_title) for w in registry.latest_all()]
+        self.fields["workflow_name"].choices = workflows  # type: ignore[attr-defined]
 
     def clean_name(self) -> str:
         return check_text(self.cleaned_data["name"], "Name", 100)
@@ -63,7 +64,7 @@ class ScheduleForm(forms.Form):
         except ValueError as exc:
             raise forms.ValidationError(f"Not JSON: {exc}.") from None
         if not isinstance(value, dict):
-            raise forms.ValidationError("Give a JSON object, like {\"region\": \"eu\"}.")
+            raise forms.ValidationError('Give a JSON object, like {"region": "eu"}.')
         if "\x00" in text or "\\u0000" in text:
             raise forms.ValidationError("The input holds a NUL character, which cannot be stored.")
         return value

@@ -43,6 +43,8 @@ def recent_deliveries(subscription: WebhookSubscription, limit: int = 50) -> lis
     deliveries = list(subscription.deliveries.order_by("-created_at", "-id")[:limit])
     for delivery in deliveries:
         delivery.attempt_log = [  # type: ignore[attr-defined]
-            {**entry, "at": parse_datetime(str(entry.get("at", "")))} for entry in delivery.log if isinstance(entry, dict)
+            {**entry, "at": parse_datetime(str(entry.get("at", "")))}
+            for entry in delivery.log
+            if isinstance(entry, dict)
         ]
     return deliveries

@@ -70,9 +70,7 @@ def schedule_new(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Schedule {schedule.name} created; it first fires at the time below.")
                 return redirect("automation:schedule_detail", schedule.pk)
         status = 400
-    return render(
-        request, "automation/schedule_form.html", {"form": form, "active_nav": "automation"}, status=status
-    )
+    return render(request, "automation/schedule_form.html", {"form": form, "active_nav": "automation"}, status=status)
 
 
 @managers_only
