@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]  # ships no type information
 
 MIN_INTERVAL = timedelta(minutes=1)
 MAX_INTERVAL = timedelta(days=366)
