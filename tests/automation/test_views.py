@@ -1,0 +1,241 @@
+"""The automation pages: admins only, bad input answered 400 with what was typed kept, pinned queries on lists."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
+from orchestrator.models import AuditEvent
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+EXPENSE = '{"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"}'
+
+
+@pytest.fixture
+def admin_client(client, users):
+    client.force_login(users.admin)
+    return client
+
+
+def make_schedule(name: str = "Weekday expenses", **fields: object) -> Schedule:
+    now = timezone.now()
+    values = {
+        "workflow_name": "expense_approval",
+        "input": {"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"},
+        "cron": "0 9 * * 1-5",
+        "timezone": "Europe/Paris",
+        "anchor": now,
+        "next_fire_at": now + timedelta(hours=1),
+        **fields,
+    }
+    return Schedule.objects.create(name=name, **values)  # type: ignore[arg-type]
+
+
+def test_an_admin_creates_a_schedule_and_sees_its_next_runs(admin_client):
+    # when
+    response = admin_client.post(
+        "/automation/schedules/new/",
+        {
+            "name": "Weekday expenses",
+            "workflow_name": "expense_approval",
+            "cron": "0 9 * * 1-5",
+            "timezone": "Europe/Paris",
+            "missed": "skip",
+            "input": EXPENSE,
+        },
+    )
+
+    # then: created, audited, and its page lists five runs, each at 09:00 Paris time
+    schedule = Schedule.objects.get(name="Weekday expenses")
+    assert response.status_code == 302
+    assert response["Location"] == f"/automation/schedules/{schedule.pk}/"
+    assert AuditEvent.objects.filter(chain="automation", action="schedule.created", subject_id=schedule.pk).exists()
+    page = admin_client.get(response["Location"]).content.decode()
+    assert page.count("09:00 CE") == 5  # CET or CEST, by the date
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"cron": "0 25 * * *"}, "not a valid cron expression"),
+        ({"cron": "", "interval_minutes": ""}, "exactly one of a cron expression and an interval"),
+        ({"timezone": "Mars/Olympus"}, "Unknown time zone"),
+        ({"input": "{not json"}, "Not JSON"),
+        ({"input": "[1, 2]"}, "Give a JSON object"),
+        ({"input": '{"employee": "Sam"}'}, "amount"),
+        ({"name": "bad\x00name"}, "Null characters are not allowed"),
+        ({"input": '{"employee": "S\\u0000m"}'}, "NUL"),
+        ({"workflow_name": "no_such_flow"}, "Select a valid choice"),
+    ],
+)
+def test_a_bad_schedule_is_answered_400_with_the_reason_and_what_was_typed(admin_client, fields, says):
+    typed = {
+        "name": "Weekday expenses",
+        "workflow_name": "expense_approval",
+        "cron": "0 9 * * 1-5",
+        "timezone": "Europe/Paris",
+        "missed": "skip",
+        "input": EXPENSE,
+        **fields,
+    }
+
+    response = admin_client.post("/automation/schedules/new/", typed)
+
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert says in page
+    assert 'value="Europe/Paris"' in page or "Mars/Olympus" in page
+    assert not Schedule.objects.exists()
+
+
+def test_a_schedule_name_used_twice_is_refused_on_the_field(admin_client):
+    make_schedule("Weekday expenses")
+    response = admin_client.post(
+        "/automation/schedules/new/",
+        {"name": "Weekday expenses", "workflow_name": "expense_approval", "interval_minutes": "30",
+         "timezone": "UTC", "missed": "skip", "input": EXPENSE},
+    )  # fmt: skip
+
+    assert response.status_code == 400
+    assert "Another schedule has this name" in response.content.decode()
+
+
+def test_pausing_a_schedule_clears_its_next_run_and_resuming_sets_it(admin_client):
+    schedule = make_schedule()
+
+    admin_client.post(f"/automation/schedules/{schedule.pk}/toggle/", {"enabled": "0"})
+    schedule.refresh_from_db()
+    assert (schedule.enabled, schedule.next_fire_at) == (False, None)
+
+    admin_client.post(f"/automation/schedules/{schedule.pk}/toggle/", {"enabled": "1"})
+    schedule.refresh_from_db()
+    assert schedule.enabled
+    assert schedule.next_fire_at > timezone.now()
+
+
+def test_a_manager_with_the_automation_permission_may_manage(client, users):
+    manager = UserFactory(username="automator")
+    manager.user_permissions.add(Permission.objects.get(codename="manage_automation"))
+    client.force_login(manager)
+
+    assert client.get("/automation/").status_code == 200
+    client.force_login(users.operator)
+    assert client.get("/automation/").status_code == 404
+
+
+def test_the_schedule_list_costs_the_same_queries_however_many_schedules(admin_client, django_assert_num_queries):
+    for index in range(3):
+        make_schedule(f"Schedule {index}")
+    with django_assert_num_queries(5) as few:
+        admin_client.get("/automation/")
+    for index in range(3, 30):
+        make_schedule(f"Schedule {index}")
+
+    with django_assert_num_queries(len(few.captured_queries)):
+        response = admin_client.get("/automation/")
+
+    assert response.content.decode().count("/automation/schedules/") >= 30
+
+
+def test_the_schedule_page_shows_its_fires(admin_client):
+    schedule = make_schedule()
+    ScheduleFire.objects.create(
+        schedule=schedule, fire_time=timezone.now(), fired_at=timezone.now(), outcome="skipped", covers=3
+    )
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "for 3 missed runs" in page
+
+
+def test_an_admin_subscribes_a_webhook_and_sees_its_secret(admin_client):
+    response = admin_client.post(
+        "/automation/webhooks/new/",
+        {"name": "Shop", "url": "https://93.184.215.14/hooks", "events": ["instance.completed", "task.decided"]},
+    )
+
+    subscription = WebhookSubscription.objects.get()
+    assert response.status_code == 302
+    assert subscription.events == ["instance.completed", "task.decided"]
+    assert subscription.owner.username == "admin"
+    page = admin_client.get(response["Location"]).content.decode()
+    assert subscription.secret in page
+    assert "Baton-Signature" in page
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"url": "http://10.0.0.5/hook"}, "private, loopback or reserved"),
+        ({"url": "gopher://93.184.215.14/"}, "http:// or https://"),
+        ({"events": []}, "This field is required"),
+        ({"events": ["instance.exploded"]}, "Select a valid choice"),
+        ({"url": "https://93.184.215.14/\x00"}, "Null characters are not allowed"),
+    ],
+)
+def test_a_bad_webhook_is_answered_400_with_the_reason_and_what_was_typed(admin_client, fields, says):
+    typed = {"name": "Shop hook", "url": "https://93.184.215.14/hooks", "events": ["instance.started"], **fields}
+
+    response = admin_client.post("/automation/webhooks/new/", typed)
+
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert says in page
+    assert 'value="Shop hook"' in page
+    assert not WebhookSubscription.objects.exists()
+
+
+def test_the_webhook_list_costs_the_same_queries_however_many_subscriptions(
+    admin_client, users, django_assert_num_queries
+):
+    def subscribe(index: int) -> None:
+        subscription = WebhookSubscription.objects.create(
+            owner=users.admin, name=f"Hook {index}", url="https://93.184.215.14/", events=["task.created"], secret="s"
+        )
+        WebhookDelivery.objects.create(
+            subscription=subscription, event="task.created", event_key=f"k{index}", body="{}", state="failed"
+        )
+
+    subscribe(0)
+    with django_assert_num_queries(5) as few:
+        admin_client.get("/automation/webhooks/")
+    for index in range(1, 20):
+        subscribe(index)
+
+    with django_assert_num_queries(len(few.captured_queries)):
+        response = admin_client.get("/automation/webhooks/")
+
+    assert response.content.decode().count("1 failed") == 2 * 20  # the phone line and the wide column
+
+
+def test_the_webhook_page_shows_each_attempts_status(admin_client, users):
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Shop", url="https://93.184.215.14/", events=["task.created"], secret="s"
+    )
+    WebhookDelivery.objects.create(
+        subscription=subscription,
+        event="task.created",
+        event_key="k",
+        body="{}",
+        state=DeliveryState.RETRYING,
+        attempts=2,
+        last_status=503,
+        last_error="HTTP 503",
+        next_attempt_at=timezone.now() + timedelta(seconds=20),
+        log=[
+            {"at": timezone.now().isoformat(), "status": 500, "error": "HTTP 500", "ms": 12},
+            {"at": timezone.now().isoformat(), "status": 503, "error": "HTTP 503", "ms": 9},
+        ],
+    )
+
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
+
+    assert "will retry" in page
+    assert "HTTP 500" in page
+    assert "HTTP 503" in page
