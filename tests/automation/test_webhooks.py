@@ -252,3 +252,19 @@ def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(fl
         assert hook.requests == []
         assert delivery.state == DeliveryState.RETRYING
         assert delivery.last_error.startswith("refused: 127.0.0.1 resolves to")
+
+
+def test_a_rolled_back_transaction_leaves_no_outbox_row(flows):
+    """The outbox row rides in the engine's own statement: no event, no row."""
+    from django.db import transaction
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), transaction.atomic():
+        instance_start("webhook_flow", {"parcel": "P-9"})
+        assert WebhookOutbox.objects.count() == 1
+        raise Abort
+
+    assert not WebhookOutbox.objects.exists()
+    assert not AuditEvent.objects.filter(action="instance.started").exists()

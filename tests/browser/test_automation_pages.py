@@ -1,0 +1,116 @@
+"""The automation pages in a real browser at 1280 px and on a 375 px phone: nothing scrolls sideways, the next runs
+and each delivery's status are on screen. Screenshots go to $BATON_SCREENSHOTS (or the test's tmp folder)."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
+from orchestrator.services.instances import instance_start
+from tests.browser.live import DESKTOP, BrowserTestCase, orm
+from tests.browser.test_narrow_pages import sideways
+
+SMALL_PHONE = {"width": 375, "height": 812}
+
+
+def build() -> dict[str, int]:
+    now = timezone.now()
+    schedule = Schedule.objects.create(
+        name="Weekday expense run",
+        workflow_name="expense_approval",
+        input={"employee": "Sam Staff", "amount": "42.00", "category": "meals", "description": "Team lunch"},
+        cron="0 9 * * 1-5",
+        timezone="Europe/Paris",
+        anchor=now - timedelta(days=3),
+        next_fire_at=now + timedelta(hours=5),
+        last_fire_at=now - timedelta(hours=19),
+    )
+    Schedule.objects.create(
+        name="Quarter-hourly stock check",
+        workflow_name="order_fulfilment",
+        interval_seconds=900,
+        anchor=now,
+        next_fire_at=now + timedelta(minutes=15),
+        source="code",
+    )
+    instance = instance_start("expense_approval", dict(schedule.input))
+    ScheduleFire.objects.create(
+        schedule=schedule, fire_time=now - timedelta(hours=19), fired_at=now, outcome="started", instance=instance
+    )
+    ScheduleFire.objects.create(
+        schedule=schedule, fire_time=now - timedelta(days=2), fired_at=now, outcome="started", covers=3
+    )
+    ScheduleFire.objects.create(
+        schedule=schedule,
+        fire_time=now - timedelta(days=3),
+        fired_at=now,
+        outcome="failed",
+        error="InvalidInput: amount: Ensure that there are no more than 10 digits in total.",
+    )
+    hook = WebhookSubscription.objects.create(
+        name="Fulfilment warehouse",
+        url="https://warehouse.example.com/hooks/baton/instance-events?tenant=acme-europe-west",
+        events=["instance.completed", "instance.failed", "task.decided"],
+        secret="9f2c" * 16,
+    )
+    WebhookSubscription.objects.create(
+        name="Finance ledger",
+        url="https://ledger.example.org/baton",
+        events=["instance.compensated"],
+        secret="a1" * 32,
+        active=False,
+        paused_at=now,
+        paused_reason="paused after 10 failed attempts in a row; last: HTTP 503",
+    )
+    log = [
+        {"at": (now - timedelta(seconds=70)).isoformat(), "status": 500, "error": "HTTP 500", "ms": 41},
+        {"at": (now - timedelta(seconds=60)).isoformat(), "status": 502, "error": "HTTP 502", "ms": 38},
+    ]
+    WebhookDelivery.objects.create(
+        subscription=hook, event="instance.completed", event_key="a", body="{}", state=DeliveryState.DELIVERED,
+        attempts=1, last_status=200, log=[{**log[0], "status": 200, "error": ""}],
+    )  # fmt: skip
+    WebhookDelivery.objects.create(
+        subscription=hook, event="task.decided", event_key="b", body="{}", state=DeliveryState.RETRYING,
+        attempts=2, last_status=502, last_error="HTTP 502", next_attempt_at=now + timedelta(seconds=20), log=log,
+    )  # fmt: skip
+    WebhookDelivery.objects.create(
+        subscription=hook, event="instance.failed", event_key="c", body="{}", state=DeliveryState.FAILED,
+        attempts=8, last_error="ConnectionRefusedError: [Errno 111] Connection refused", log=log,
+    )  # fmt: skip
+    return {"schedule": schedule.pk, "hook": hook.pk}
+
+
+class AutomationPageTests(BrowserTestCase):
+    def test_the_automation_pages_at_1280_and_375_px(self):
+        ids = orm(build)
+        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
+        target.mkdir(parents=True, exist_ok=True)
+        pages = {
+            "automation-schedules": "/automation/",
+            "automation-schedule": f"/automation/schedules/{ids['schedule']}/",
+            "automation-schedule-new": "/automation/schedules/new/",
+            "automation-webhooks": "/automation/webhooks/",
+            "automation-webhook": f"/automation/webhooks/{ids['hook']}/",
+        }
+        with self.chromium() as browser:
+            for size, viewport in (("1280", DESKTOP), ("375", SMALL_PHONE)):
+                page = self.signed_in_page(browser, "admin", viewport)
+                for name, path in pages.items():
+                    page.goto(path)
+                    expect(page.locator("h1")).to_be_visible()
+                    assert sideways(page) == 0, f"{path} scrolls sideways at {size} px"
+                    width = page.evaluate("document.documentElement.scrollWidth")
+                    assert width <= viewport["width"], f"{path} is {width} px wide at {size} px"
+                    page.screenshot(path=str(target / f"{name}-{size}.png"), full_page=True)
+                page.goto(pages["automation-schedule"])
+                expect(page.get_by_role("heading", name="Next runs")).to_be_visible()
+                expect(page.locator("text=(Europe/Paris)").first).to_be_visible()
+                page.goto(pages["automation-webhook"])
+                expect(page.get_by_text("will retry")).to_be_visible()
+                page.context.close()
