@@ -261,10 +261,14 @@ def test_a_rolled_back_transaction_leaves_no_outbox_row(flows):
     class Abort(Exception):
         pass
 
-    with pytest.raises(Abort), transaction.atomic():
-        instance_start("webhook_flow", {"parcel": "P-9"})
-        assert WebhookOutbox.objects.count() == 1
-        raise Abort
+    def start_then_abort() -> None:
+        with transaction.atomic():
+            instance_start("webhook_flow", {"parcel": "P-9"})
+            assert WebhookOutbox.objects.count() == 1
+            raise Abort
+
+    with pytest.raises(Abort):
+        start_then_abort()
 
     assert not WebhookOutbox.objects.exists()
     assert not AuditEvent.objects.filter(action="instance.started").exists()
