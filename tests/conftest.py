@@ -46,6 +46,8 @@ WORKER_ENV = {
     "BATON_SWEEP_INTERVAL": "0.5",
     "BATON_REDISPATCH_AFTER": "3",
     "BATON_LEASE_GRACE": "1",
+    # The webhook tests' receivers listen on 127.0.0.1.
+    "BATON_WEBHOOK_ALLOW_PRIVATE": "1",
 }
 
 
