@@ -15,8 +15,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from automation import schedules, selectors, webhooks
 from automation.forms import ScheduleForm, WebhookForm
 from automation.models import WEBHOOK_EVENTS, Schedule, ScheduleSource, WebhookSubscription
+from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
-from orchestrator.views import request_meta
 
 
 def managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
