@@ -380,3 +380,39 @@ def test_two_deliveries_of_one_signal_at_once_resume_the_instance_once(payment_f
     assert ReceivedSignal.objects.filter(instance=instance).count() == 1
     assert instance.steps.filter(name="wait_payment", state=StepState.SUCCEEDED).count() == 1
     assert instance.steps.filter(name="ship").count() == 1
+
+
+def test_the_command_delivers_a_signal_and_refuses_junk_clearly(payment_flow, run_steps):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    instance = waiting_instance(run_steps)
+    out = StringIO()
+
+    call_command(
+        "baton_signal",
+        "payment.confirmed",
+        "--id=cli-1",
+        "--business-key=A-1",
+        '--payload={"paid_amount": "3.00", "reference": "CLI"}',
+        stdout=out,
+        stderr=StringIO(),
+    )
+    with pytest.raises(CommandError, match="not JSON"):
+        call_command("baton_signal", "payment.confirmed", "--id=cli-2", f"--instance={instance.pk}", "--payload={")
+    with pytest.raises(CommandError, match="never waits for the event"):
+        call_command("baton_signal", "parcel.lost", "--id=cli-3", f"--instance={instance.pk}")
+
+    assert out.getvalue().strip() == "consumed"
+
+
+def test_the_instance_page_shows_the_wait_and_its_deadline(register_workflow, run_steps, client, users):
+    register_workflow(flow("signal_page", timeout=timedelta(hours=2)))
+    instance = waiting_instance(run_steps, "signal_page")
+    client.force_login(users.operator)
+
+    page = client.get(f"/instances/{instance.pk}/").content.decode()
+
+    assert "waiting for a signal until" in page
+    assert "Signal" in page
