@@ -410,9 +410,11 @@ def test_the_command_delivers_a_signal_and_refuses_junk_clearly(payment_flow, ru
 def test_the_instance_page_shows_the_wait_and_its_deadline(register_workflow, run_steps, client, users):
     register_workflow(flow("signal_page", timeout=timedelta(hours=2)))
     instance = waiting_instance(run_steps, "signal_page")
-    client.force_login(users.operator)
+    client.force_login(users.admin)
 
-    page = client.get(f"/instances/{instance.pk}/").content.decode()
+    response = client.get(f"/instances/{instance.pk}/")
+    page = response.content.decode()
 
+    assert response.status_code == 200
     assert "waiting for a signal until" in page
     assert "Signal" in page
