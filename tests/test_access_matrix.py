@@ -42,8 +42,8 @@ from django.utils import timezone
 from approvals.models import HumanTask, SavedView, TaskKind, TaskState
 from approvals.services import task_claim
 from automation.models import Schedule, WebhookSubscription
+from demo.data import GROUPS
 from orchestrator import registry
-from orchestrator.demo import GROUPS
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.services import engine

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ("orchestrator", "0008_signals"),
+        ("orchestrator", "0009_signals"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
