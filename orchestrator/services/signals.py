@@ -70,6 +70,10 @@ class SignalConflict(SignalError):
     another event or payload."""
 
 
+class SignalForbidden(SignalError):
+    """The sender is the person who started the instance: whoever starts an instance never steers it."""
+
+
 class SignalInvalid(SignalError):
     """The event, signal id or payload is not acceptable (the workflow does not wait for the event, the payload
     fails the node's form or schema, text holds a NUL...)."""
@@ -104,8 +108,9 @@ def signal_deliver(
     ``business_key`` (an open instance's; ``workflow`` narrows it to one workflow's instances).
 
     ``signal_id`` (1-200 characters) is the sender's id of this event: delivering it again is harmless. Returns a
-    :class:`Delivery`. Raises :class:`SignalNotFound`, :class:`SignalConflict` or :class:`SignalInvalid`, each
-    with a message for the sender.
+    :class:`Delivery`. Raises :class:`SignalNotFound`, :class:`SignalConflict`, :class:`SignalInvalid` or
+    :class:`SignalForbidden` (``actor`` is the person who started the instance), each with a message for the
+    sender.
     """
     event = _checked_text(event, "event", EVENT_MAX)
     signal_id = _checked_text(signal_id, "signal_id", IDEMPOTENCY_KEY_MAX)
@@ -129,6 +134,11 @@ def signal_deliver(
                     {"signal_id": ["Already used with another event or payload."]},
                 )
             return Delivery(instance.pk, existing, "repeat")
+        if actor.user_id is not None and actor.user_id == instance.initiator_id:
+            # Four-eyes, as for its tasks: an event such as "payment confirmed" must come from someone else.
+            raise SignalForbidden(
+                f"You started instance {instance.pk}; a signal to it must come from someone else or a system."
+            )
         if instance.is_final:
             raise SignalConflict(f"Instance {instance.pk} has ended ({instance.state}); it takes no more signals.")
         workflow_def = engine.definition_or_none(instance)

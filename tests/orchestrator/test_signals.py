@@ -418,3 +418,28 @@ def test_the_instance_page_shows_the_wait_and_its_deadline(register_workflow, ru
     assert response.status_code == 200
     assert "waiting for a signal until" in page
     assert "Signal" in page
+
+
+def test_whoever_started_the_instance_may_not_signal_it(payment_flow, run_steps, users):
+    from orchestrator.services.signals import SignalForbidden
+
+    instance = instance_start("signal_payment", {"order": "A-3"}, initiator=users.staff)
+    run_steps(instance)
+
+    with pytest.raises(SignalForbidden, match="someone else"):
+        signal_deliver(
+            instance_id=instance.pk,
+            event="payment.confirmed",
+            signal_id="self",
+            payload={"paid_amount": "1.00", "reference": "ME"},
+            actor=Actor.of(users.staff),
+        )
+    delivered = signal_deliver(
+        instance_id=instance.pk,
+        event="payment.confirmed",
+        signal_id="other",
+        payload={"paid_amount": "1.00", "reference": "BANK"},
+        actor=Actor.of(users.operator),
+    )
+
+    assert delivered.outcome == "consumed"
