@@ -121,7 +121,7 @@ def signal_deliver(
     except (TypeError, ValueError) as exc:
         raise SignalInvalid(f"The payload cannot be stored: {exc}", {"payload": [str(exc)]}) from None
     payload_hash = hashlib.sha256(json.dumps([event, payload], sort_keys=True).encode()).hexdigest()
-    target = _resolve(instance_id, business_key, workflow)
+    target = signal_target(instance_id, business_key, workflow)
     with transaction.atomic():
         instance = engine.lock_instance(target)
         unit = Unit(instance, actor, now=now, request_meta=request_meta)
@@ -190,7 +190,11 @@ def _checked_text(value: Any, field: str, limit: int) -> str:
     return value
 
 
-def _resolve(instance_id: int | None, business_key: str | None, workflow: str | None) -> int:
+def signal_target(instance_id: int | None, business_key: str | None, workflow: str | None = None) -> int:
+    """The id of the instance a signal is for: ``instance_id`` itself, or the one open instance with
+    ``business_key`` (of ``workflow`` when given). Raises SignalNotFound, SignalConflict (several open
+    instances have the key) or SignalInvalid (neither or both named). For an endpoint that must check the
+    caller may see the instance before it delivers."""
     if (instance_id is None) == (business_key is None):
         raise SignalInvalid(
             "Name the instance by its id or by its business key (one of them).",
