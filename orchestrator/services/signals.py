@@ -166,9 +166,9 @@ def signal_deliver(
         rows.insert(received)
         consume = waiting is not None and instance.state in ACTIVE_INSTANCE_STATES
         unit.audit(
-            "signal.received",
-            "signal",
-            received.pk,
+            action="signal.received",
+            subject_type="signal",
+            subject_id=received.pk,
             payload={"event": event, "signal_id": signal_id, "payload": cleaned, "kept": not consume},
         )
         if consume:
@@ -262,11 +262,11 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, receiv
     step.succeed({"event": received.event, "signal_id": received.signal_id, "payload": received.payload}, unit.now)
     rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit(
-        "step.succeeded",
-        "step",
-        step.pk,
-        StepState.RUNNING,
-        step.state,
+        action="step.succeeded",
+        subject_type="step",
+        subject_id=step.pk,
+        from_state=StepState.RUNNING,
+        to_state=step.state,
         payload={"signal": received.pk, "signal_id": received.signal_id},
     )
     unit.instance.data.update(received.payload)
@@ -291,11 +291,11 @@ def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, 
     )
     rows.insert(step)
     unit.audit(
-        "step.started",
-        "step",
-        step.pk,
-        "",
-        step.state,
+        action="step.started",
+        subject_type="step",
+        subject_id=step.pk,
+        from_state="",
+        to_state=step.state,
         payload={"node": node.name, "event": node.event, "timeout_at": due.isoformat() if due else None},
     )
     _consume_kept(unit, workflow, step, node)
@@ -329,11 +329,11 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
     fields = ["state", "attempt", "max_attempts", "started_at", "due_at", "dispatched_at", "result", "error"]
     rows.update(step, [*fields, "error_type", "lease_expires_at"])
     unit.audit(
-        "step.started",
-        "step",
-        step.pk,
-        from_state,
-        step.state,
+        action="step.started",
+        subject_type="step",
+        subject_id=step.pk,
+        from_state=from_state,
+        to_state=step.state,
         reason=reason,
         payload={"attempt": step.attempt, "timeout_at": step.due_at.isoformat() if step.due_at else None},
     )
@@ -402,11 +402,11 @@ def _time_out(step_id: int, now: datetime) -> int:
             step.succeed({TIMED_OUT: True}, now)
             engine.step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
             unit.audit(
-                "step.succeeded",
-                "step",
-                step.pk,
-                StepState.RUNNING,
-                step.state,
+                action="step.succeeded",
+                subject_type="step",
+                subject_id=step.pk,
+                from_state=StepState.RUNNING,
+                to_state=step.state,
                 reason=f"no signal {node.event!r} by {due}: continues",
                 payload={TIMED_OUT: True},
             )
@@ -417,11 +417,11 @@ def _time_out(step_id: int, now: datetime) -> int:
             step.die("SignalTimeout", error, now)
             engine.step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
             unit.audit(
-                "step.dead",
-                "step",
-                step.pk,
-                StepState.RUNNING,
-                step.state,
+                action="step.dead",
+                subject_type="step",
+                subject_id=step.pk,
+                from_state=StepState.RUNNING,
+                to_state=step.state,
                 reason=error,
                 payload={TIMED_OUT: True, "on_timeout": node.on_timeout},
             )
