@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.mail import send_mass_mail
 from django.db import transaction
+from django.urls import reverse
 
 from approvals.models import HumanTask, Notification
 from orchestrator import rows
+from orchestrator.models import WorkflowInstance
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -82,3 +85,19 @@ def _send_mail(kind: str, message: str, url: str, user_ids: list[int]) -> None:
     except Exception:
         # The notice is in the bell already; a mail server outage must not undo or repeat the work.
         logger.exception("could not e-mail %s notification", kind)
+
+
+def tell_initiator(sender: Any, *, unit: Unit, instance: WorkflowInstance, **kwargs: Any) -> None:
+    """Receiver of ``orchestrator.signals.instance_finished``: whoever started the work hears how it ended (a
+    notification written with the outcome, in the unit's statement), unless they ended it themselves. Raises
+    nothing of its own."""
+    if instance.initiator_id is None or unit.actor.user_id == instance.initiator_id:
+        return
+    outcome = instance.outcome if instance.state == "completed" else instance.state
+    notify(
+        unit,
+        [instance.initiator_id],
+        f"instance.{instance.state}",
+        f"{instance.title or instance}: {outcome}",
+        url=reverse("instance_detail", args=[instance.pk]),
+    )

@@ -29,7 +29,9 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.http import HttpRequest
 
+from orchestrator.ports import human_tasks_or_none
 from orchestrator.realtime import remember_server_loop, session_digest
+from orchestrator.selectors import can_view_all_instances, instance_for_user
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,6 @@ class Allowance:
 
 def groups_for_user(user: Any) -> list[str]:
     """The groups a signed-in user listens to."""
-    from orchestrator.selectors import can_view_all_instances
-
     groups = [f"user.{user.pk}"] + [f"group.{gid}" for gid in user.groups.values_list("pk", flat=True)]
     if can_view_all_instances(user):
         groups.append("ops")
@@ -86,15 +86,14 @@ def groups_for_user(user: Any) -> list[str]:
 
 def instance_group_if_allowed(user: Any, instance_id: int) -> str | None:
     """``instance.<id>`` if ``user`` may see that instance (the instance page's rule), else None."""
-    from orchestrator.selectors import instance_for_user
-
     return f"instance.{instance_id}" if instance_for_user(user, instance_id) is not None else None
 
 
 def counts_for(user: Any) -> dict[str, int]:
-    from approvals.selectors import inbox_counts
-
-    return inbox_counts(user, fresh=True)
+    """The navigation counts pushed to ``user``'s pages (the human side's, through the engine's port); empty
+    when no app registered one."""
+    people = human_tasks_or_none()
+    return people.live_counts(user) if people is not None else {}
 
 
 def allowed_now(session_key: str | None, user_id: int, instance_ids: list[int]) -> tuple[Any, list[str]] | None:

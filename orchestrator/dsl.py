@@ -319,9 +319,3 @@ class Workflow:
         for name, node in self.nodes.items():
             parts.append(f"{name}:{node.kind}:{self.next_after(name)}:{self.branch_of.get(name)}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-    def to_dot(self, states: Mapping[str, str] | None = None) -> str:
-        """The graph as Graphviz DOT; ``states`` colours nodes by the state of their latest run."""
-        from orchestrator.diagram import workflow_dot
-
-        return workflow_dot(self, states or {})

@@ -24,20 +24,13 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services.engine import (
-    DECISION_KEPT,
-    compensation_retry,
-    definition_of,
-    definition_or_none,
-    definition_unavailable,
-    enter_node,
-    human_step_retry,
-    lock_instance,
-    saga_begun,
-    settle,
-    skip_open_steps,
-)
+from orchestrator.ports import human_tasks_or_none
+from orchestrator.services.compensation import compensation_retry, saga_begun
+from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_retry
+from orchestrator.services.lifecycle import settle, skip_open_steps
+from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import clean_text
+from orchestrator.services.steps import step_retry
 from orchestrator.services.unit import Unit
 
 
@@ -211,15 +204,7 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             if step.kind == StepKind.HUMAN and step.result.get(DECISION_KEPT):
                 _retry_after_decision(unit, workflow, step)
                 continue
-            step_from = step.state
-            node = workflow.node(step.name)
-            # A timer (or any node without a retry policy) that died gets one more attempt.
-            step.max_attempts = step.attempt + (node.retry.max_attempts if isinstance(node, Task) else 1)
-            step.schedule(unit.now)
-            step.dispatched_at = unit.now
-            step.save(update_fields=["state", "due_at", "dispatched_at", "max_attempts"])
-            unit.audit("step.scheduled", "step", step.pk, step_from, step.state, reason=reason)
-            unit.dispatch(step)
+            step_retry(unit, workflow, step, reason)
         _redispatch_due(unit)
         settle(unit)
         unit.finish()
@@ -285,8 +270,6 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     and a retry's back-off are wall-clock times: they keep their time and, if it fell inside the pause, fire on
     resume. Raises nothing; a definition that cannot be loaded raises as :func:`definition_of` does.
     """
-    from approvals.services import tasks_shift_deadlines
-
     workflow = definition_of(unit.instance)
     dates = [node.name for node in workflow.nodes.values() if isinstance(node, Timer) and node.until is not None]
     held = Value(unit.now, output_field=DateTimeField()) - Greatest(
@@ -295,7 +278,9 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     StepRun.objects.filter(
         instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
     ).exclude(name__in=dates).update(due_at=F("due_at") + held)
-    tasks_shift_deadlines(unit, paused_at, held)
+    people = human_tasks_or_none()
+    if people is not None:
+        people.tasks_shift_deadlines(unit, paused_at, held)
 
 
 def instance_pause(

@@ -13,15 +13,18 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from celery import current_app
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Model
-from django.urls import reverse
 from django.utils import timezone
 
-from orchestrator import audit, rows
+from orchestrator import audit, registry, rows
 from orchestrator.audit import Actor
+from orchestrator.dsl import Task
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
+from orchestrator.signals import instance_finished
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +110,6 @@ class Unit:
 
     def dispatch(self, step: StepRun) -> None:
         """Send "look at step X" after commit, with its node's queue and time limits (:func:`dispatch_options`)."""
-        from orchestrator import registry
-
         try:
             node = registry.get(self.instance.workflow_name, self.instance.workflow_version).node(step.name)
         except Exception:
@@ -138,7 +139,8 @@ class Unit:
         """Write audit events and the changed instance fields; register dispatch and broadcast for after commit."""
         state_changed = self.instance.state != self.initial_state
         if state_changed and self.instance.state in OUTCOME_STATES:
-            self._tell_initiator()
+            # Listeners (approvals tells the initiator) add their rows to this unit: they commit with the outcome.
+            instance_finished.send(sender=Unit, unit=self, instance=self.instance)
         current = self._values()
         fields = [name for name in TRACKED_FIELDS if current[name] != self._snapshot[name]]
         if self.events:
@@ -178,22 +180,6 @@ class Unit:
         for note in self.notes:
             transaction.on_commit(partial(send_now, note["groups"], note["event"]))
 
-    def _tell_initiator(self) -> None:
-        # Whoever started the work hears how it ended, unless they ended it themselves.
-        from approvals.notifications import notify
-
-        instance = self.instance
-        if instance.initiator_id is None or self.actor.user_id == instance.initiator_id:
-            return
-        outcome = instance.outcome if instance.state == "completed" else instance.state
-        notify(
-            self,
-            [instance.initiator_id],
-            f"instance.{instance.state}",
-            f"{instance.title or instance}: {outcome}",
-            url=reverse("instance_detail", args=[instance.pk]),
-        )
-
 
 # --- time limits and leases (docs/architecture.md, "Time limits and leases") ---------------------------------
 
@@ -213,10 +199,6 @@ def step_limits(node: Any) -> tuple[float, float, float]:
     after it, so a worker that comes back after its lease expired can only be fenced by the attempt number, never find
     a second attempt running beside a process the pool has not yet killed.
     """
-    from django.conf import settings
-
-    from orchestrator.dsl import Task
-
     soft = node.timeout if isinstance(node, Task) else NO_HANDLER_TIMEOUT
     hard = soft + HARD_LIMIT_MARGIN
     return soft, hard, hard + settings.BATON_LEASE_GRACE
@@ -236,8 +218,6 @@ def dispatch_options(node: Any) -> dict[str, Any]:
 
 def step_dispatch_options(step_ids: list[int]) -> dict[int, dict[str, Any]]:
     """:func:`dispatch_options` for each of ``step_ids`` (one query), for senders that hold only ids (the sweep)."""
-    from orchestrator import registry
-
     found = StepRun.objects.filter(pk__in=step_ids).values_list(
         "pk", "name", "instance__workflow_name", "instance__workflow_version"
     )
@@ -251,12 +231,17 @@ def step_dispatch_options(step_ids: list[int]) -> dict[int, dict[str, Any]]:
     return options
 
 
-def send_step(step_id: int, options: dict[str, Any]) -> None:
-    """Publish the Celery message for a step; a failure here is repaired by the sweep, never raised."""
-    from orchestrator.tasks import step_run
+# The Celery task that runs a step (orchestrator/tasks.py), published by name: the services never import the
+# module of Celery entry points that calls them.
+STEP_RUN_TASK = "orchestrator.tasks.step_run"
 
+
+def send_step(step_id: int, options: dict[str, Any]) -> None:
+    """Publish the Celery message for step ``step_id`` with ``options`` (:func:`dispatch_options`); a failure here
+    is logged and repaired by the sweep, never raised."""
     try:
-        step_run.apply_async(args=(step_id,), **options)
+        # ignore_result as the task declares it (apply_async would have added it from the task object).
+        current_app.send_task(STEP_RUN_TASK, args=(step_id,), ignore_result=True, **options)
     except Exception:
         # The state is committed; the sweep re-dispatches after BATON_REDISPATCH_AFTER seconds.
         logger.exception("could not publish step %s; the sweep will re-dispatch it", step_id)

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
-from approvals.services import (
+from approvals.services.base import (
     APPROVE,
     REJECT,
     RESOLVED,
@@ -17,12 +17,9 @@ from approvals.services import (
     TaskForbidden,
     TaskInvalid,
     TaskNotFound,
-    task_claim,
-    task_decide,
-    task_delegate,
-    task_release,
-    tasks_sweep,
 )
+from approvals.services.deadlines import tasks_sweep
+from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
