@@ -97,12 +97,19 @@ def variant(name: str) -> Iterator[None]:
     def settle_without_query(u: Any) -> None:
         workflow = locks.definition_of(u.instance)
         if not u.scheduled_work and not any(isinstance(n, Parallel) for n in workflow.nodes.values()):
+            from orchestrator.audit_actions import AuditAction
             from orchestrator.models import ACTIVE_INSTANCE_STATES, InstanceState
 
             instance = u.instance
             if instance.state in ACTIVE_INSTANCE_STATES and instance.state == InstanceState.RUNNING:
                 instance.settle(False)
-                u.audit("instance." + instance.state, "instance", instance.pk, InstanceState.RUNNING, instance.state)
+                u.audit(
+                    "instance",
+                    instance.pk,
+                    InstanceState.RUNNING,
+                    instance.state,
+                    action=AuditAction.INSTANCE_WAITING,
+                )
             return
         original_settle(u)
 

@@ -21,6 +21,7 @@ from approvals.models import (
 )
 from approvals.notifications import members_of, notify
 from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
 from orchestrator.inputs import check_text
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.unit import Unit
@@ -175,13 +176,13 @@ def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named
     groups = groups_named([MANAGERS, OPERATORS])
     add_candidates(task, groups=groups)
     unit.audit(
-        "task.escalated",
         "task",
         task.pk,
         from_state,
         task.state,
         reason=f"Nobody can {verb}: {why}",
         payload={"groups": [MANAGERS, OPERATORS], "nobody_can_act": True},
+        action=AuditAction.TASK_ESCALATED,
     )
     announce(unit, task, "task.escalated", f"Escalation: {task.title}", level="danger")
     members = members_of([MANAGERS, OPERATORS], exclude=[unit.instance.initiator_id])
@@ -249,7 +250,9 @@ def task_complete(unit: Unit, task: HumanTask, user: User, decision: str, commen
     payload: dict[str, Any] = {"decision": decision}
     if data:
         payload["data"] = data
-    unit.audit("task.completed", "task", task.pk, from_state, task.state, reason=comment, payload=payload)
+    unit.audit(
+        "task", task.pk, from_state, task.state, reason=comment, payload=payload, action=AuditAction.TASK_COMPLETED
+    )
 
 
 def past_tense(decision: str) -> str:

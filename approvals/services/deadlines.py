@@ -24,6 +24,7 @@ from approvals.services.base import (
     task_url,
 )
 from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Escalate, Reassign, Remind
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail
@@ -110,7 +111,9 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             task.escalation_level = level
             task.next_escalation_at = next_at
             rows.update(task, ["escalation_level", "next_escalation_at"])
-            unit.audit("task.reminded", "task", task.pk, from_state, task.state, payload={"level": level})
+            unit.audit(
+                "task", task.pk, from_state, task.state, payload={"level": level}, action=AuditAction.TASK_REMINDED
+            )
             announce(unit, task, "task.reminded", f"Reminder: {task.title} is waiting")
             notify(
                 unit, people_of(task), "reminder", f"Reminder: {task.title} is waiting", url=task_url(task), task=task
@@ -121,7 +124,7 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             if rung.fail_instance:
                 task.expire(now)
                 rows.update(task, ["state", "completed_at", "next_escalation_at"])
-                unit.audit("task.expired", "task", task.pk, from_state, task.state)
+                unit.audit("task", task.pk, from_state, task.state, action=AuditAction.TASK_EXPIRED)
                 instance_fail(
                     unit,
                     f"{task.title}: no decision in time",
@@ -145,8 +148,10 @@ def _hand_to_group(
     task.escalate(level, next_at)
     rows.update(task, ["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
     add_candidates(task, groups=[group])
-    action, kind = ("task.reassigned", "reassigned") if reassigned else ("task.escalated", "escalated")
-    unit.audit(action, "task", task.pk, from_state, task.state, payload={"group": group_name})
+    action, kind = (
+        (AuditAction.TASK_REASSIGNED, "reassigned") if reassigned else (AuditAction.TASK_ESCALATED, "escalated")
+    )
+    unit.audit("task", task.pk, from_state, task.state, payload={"group": group_name}, action=action)
     if reassigned:
         announce(unit, task, "task.escalated", f"Reassigned to {group_name}: {task.title}")
         message = f"Overdue, now yours: {task.title}"

@@ -29,6 +29,7 @@ from approvals.services.base import (
 )
 from orchestrator import rows
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.locks import SWEEPER
 from orchestrator.services.unit import Unit
@@ -163,13 +164,13 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
             rows.update(task, ["state", "assignee", "claimed_at"])
             why = "deactivated" if not assignee.is_active else "no longer a candidate"
             unit.audit(
-                "task.released",
                 "task",
                 task.pk,
                 TaskState.CLAIMED,
                 task.state,
                 reason=f"{assignee.get_username()} is {why}: {reason}",
                 payload={"from_user": assignee.pk},
+                action=AuditAction.TASK_RELEASED,
             )
             announce(unit, task, "task.released", f"Back in the queue: {task.title}")
             released = 1

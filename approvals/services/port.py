@@ -35,6 +35,7 @@ from approvals.services.base import (
 from approvals.services.deadlines import tasks_shift_deadlines, tasks_sweep
 from approvals.services.people import tasks_release_unfit
 from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import APPROVAL, Human
 from orchestrator.models import StepKind, StepRun
 from orchestrator.services.locks import definition_of
@@ -62,9 +63,8 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
     group_ids, user_ids, able = _task_insert(
         task, node.candidate_groups, node.candidate_users, step=step, initiator_id=instance.initiator_id
     )
-    unit.audit("step.started", "step", step.pk, "", step.state, payload={"node": node.name})
+    unit.audit("step", step.pk, "", step.state, payload={"node": node.name}, action=AuditAction.STEP_STARTED)
     unit.audit(
-        "task.opened",
         "task",
         task.pk,
         "",
@@ -74,6 +74,7 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
             "groups": list(node.candidate_groups),
             "users": list(node.candidate_users),
         },
+        action=AuditAction.TASK_OPENED,
     )
     if able < task.quorum:
         # Nobody (or too few for the quorum) can act on it: waiting would be forever, so it escalates now.
@@ -116,7 +117,9 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     )
     task.save()
     add_candidates(task, groups=groups)
-    unit.audit("task.opened", "task", task.pk, "", task.state, reason=reason, payload={"kind": "escalation"})
+    unit.audit(
+        "task", task.pk, "", task.state, reason=reason, payload={"kind": "escalation"}, action=AuditAction.TASK_OPENED
+    )
     announce(
         unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], users=[], level="danger"
     )
@@ -228,7 +231,7 @@ def _cancel_tasks(unit: Unit, tasks: Any, reason: str) -> None:
         from_state = task.state
         task.cancel(unit.now)
         rows.update(task, ["state", "completed_at", "next_escalation_at"])
-        unit.audit("task.cancelled", "task", task.pk, from_state, task.state, reason=reason)
+        unit.audit("task", task.pk, from_state, task.state, reason=reason, action=AuditAction.TASK_CANCELLED)
         announce(unit, task, "task.cancelled", "")
 
 

@@ -50,6 +50,7 @@ from approvals.services.base import (
 from approvals.services.escalations import escalation_resolve
 from orchestrator import rows
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, check_when
 from orchestrator.models import InstanceState, StepRun, WorkflowInstance
@@ -152,7 +153,7 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
         from_state = task.state
         task.claim(user, unit.now)
         rows.update(task, ["state", "assignee", "claimed_at"])
-        unit.audit("task.claimed", "task", task.pk, from_state, task.state)
+        unit.audit("task", task.pk, from_state, task.state, action=AuditAction.TASK_CLAIMED)
         announce(unit, task, "task.claimed", f"{user.get_username()} claimed: {task.title}")
         unit.finish()
         return task
@@ -172,7 +173,14 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
         previous = task.assignee_id
         task.release()
         rows.update(task, ["state", "assignee", "claimed_at"])
-        unit.audit("task.released", "task", task.pk, TaskState.CLAIMED, task.state, payload={"from_user": previous})
+        unit.audit(
+            "task",
+            task.pk,
+            TaskState.CLAIMED,
+            task.state,
+            payload={"from_user": previous},
+            action=AuditAction.TASK_RELEASED,
+        )
         announce(unit, task, "task.released", f"Back in the queue: {task.title}")
         unit.finish()
         return task
@@ -214,13 +222,13 @@ def task_delegate(
         task.claim(to_user, unit.now)
         rows.update(task, ["state", "assignee", "claimed_at"])
         unit.audit(
-            "task.delegated",
             "task",
             task.pk,
             from_state,
             task.state,
             reason=note,
             payload={"to": to_user.get_username()},
+            action=AuditAction.TASK_DELEGATED,
         )
         announce(unit, task, "task.delegated", f"{user.get_username()} delegated to you: {task.title}")
         notify(
@@ -344,13 +352,13 @@ def _decide(
                 task.release()
             rows.update(task, ["approvals", "state", "assignee", "claimed_at"])
             unit.audit(
-                "task.approved",
                 "task",
                 task.pk,
                 from_state,
                 task.state,
                 reason=comment,
                 payload={"approvals": task.approvals, "quorum": task.quorum},
+                action=AuditAction.TASK_APPROVED,
             )
             announce(unit, task, "task.approved", f"{task.approvals} of {task.quorum} approvals: {task.title}")
             unit.finish()
@@ -455,6 +463,13 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
             raise TaskInvalid("Snooze until a time in the next 90 days.")
         task.snoozed_until = until
         rows.update(task, ["snoozed_until"])
-        unit.audit("task.snoozed", "task", task.pk, task.state, task.state, payload={"until": until.isoformat()})
+        unit.audit(
+            "task",
+            task.pk,
+            task.state,
+            task.state,
+            payload={"until": until.isoformat()},
+            action=AuditAction.TASK_SNOOZED,
+        )
         unit.finish()
         return task

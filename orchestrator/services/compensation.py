@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import Q
 
 from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Workflow
 from orchestrator.models import (
     BUSY_STEP_STATES,
@@ -31,7 +32,9 @@ def compensation_start(unit: Unit, reason: str) -> None:
     instance = unit.instance
     from_state = instance.state
     instance.start_compensation(reason)
-    unit.audit("instance.compensating", "instance", instance.pk, from_state, instance.state, reason=reason)
+    unit.audit(
+        "instance", instance.pk, from_state, instance.state, reason=reason, action=AuditAction.INSTANCE_COMPENSATING
+    )
     # Every open task goes, a failed forward step's escalation too: retrying or skipping that step now would run
     # forward work behind the compensation's back.
     skip_open_steps(unit, reason=f"compensating: {reason}", everything=True, keep_running=True)
@@ -58,13 +61,13 @@ def compensation_retry(unit: Unit, reason: str) -> None:
     from_state = instance.state
     instance.retry_compensation()
     unit.audit(
-        "instance.retried",
         "instance",
         instance.pk,
         from_state,
         instance.state,
         reason=reason,
         payload={"continues": "compensation"},
+        action=AuditAction.INSTANCE_RETRIED,
     )
     skip_open_steps(unit, reason=f"compensating: {reason}", keep_running=True)
     compensations = list(
@@ -81,7 +84,9 @@ def compensation_retry(unit: Unit, reason: str) -> None:
         step.schedule(unit.now)
         step.dispatched_at = unit.now
         rows.update(step, ["state", "due_at", "dispatched_at", "max_attempts"])
-        unit.audit("compensation.scheduled", "step", step.pk, StepState.DEAD, step.state, reason=reason)
+        unit.audit(
+            "step", step.pk, StepState.DEAD, step.state, reason=reason, action=AuditAction.COMPENSATION_SCHEDULED
+        )
         unit.dispatch(step)
     people = human_tasks_or_none()
     if people is not None:
@@ -113,7 +118,7 @@ def compensation_next(unit: Unit, workflow: Workflow) -> None:
         # Forward steps still running when the compensation began: their side effects may yet happen. Undo nothing
         # until each has recorded its outcome or lost its lease, so the undoing keeps the saga's order (latest
         # first) and a step whose handler returns meanwhile is undone too. A lease bounds the wait.
-        unit.audit("compensation.waiting", "instance", instance.pk, payload={"running": running})
+        unit.audit("instance", instance.pk, payload={"running": running}, action=AuditAction.COMPENSATION_WAITING)
         return
     # A step that died after its handler returned (RESULT_LOST) took effect as surely as a succeeded one.
     done_steps = instance.steps.filter(
@@ -134,18 +139,18 @@ def compensation_next(unit: Unit, workflow: Workflow) -> None:
             )
             rows.insert(step)
             unit.audit(
-                "compensation.scheduled",
                 "step",
                 step.pk,
                 "",
                 step.state,
                 payload={"compensates": original.pk},
+                action=AuditAction.COMPENSATION_SCHEDULED,
             )
             unit.dispatch(step)
             return
     from_state = instance.state
     instance.finish_compensation(unit.now)
-    unit.audit("instance.compensated", "instance", instance.pk, from_state, instance.state)
+    unit.audit("instance", instance.pk, from_state, instance.state, action=AuditAction.INSTANCE_COMPENSATED)
 
 
 def compensation_step_succeeded(unit: Unit, workflow: Workflow, step: StepRun) -> None:
@@ -161,7 +166,7 @@ def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, re
     from_state = original.state
     original.mark_compensated()
     rows.update(original, ["state"])
-    unit.audit("step.compensated", "step", original.pk, from_state, original.state, reason=reason)
+    unit.audit("step", original.pk, from_state, original.state, reason=reason, action=AuditAction.STEP_COMPENSATED)
     compensation_next(unit, workflow)
 
 
@@ -177,5 +182,5 @@ def compensation_resolve(unit: Unit, workflow: Workflow, step: StepRun, reason: 
     from_state = step.state
     step.skip(f"resolved by hand: {reason}", unit.now)
     rows.update(step, ["state", "error", "finished_at", "lease_expires_at"])
-    unit.audit("step.skipped", "step", step.pk, from_state, step.state, reason=reason)
+    unit.audit("step", step.pk, from_state, step.state, reason=reason, action=AuditAction.STEP_SKIPPED)
     compensation_mark_done(unit, workflow, original, reason=reason)

@@ -11,6 +11,7 @@ from typing import Any
 from django.utils import timezone
 
 from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import COMPENSATE, Decision, Human, Node, Parallel, Task, Timer, Workflow
 from orchestrator.models import ACTIVE_INSTANCE_STATES, StepKind, StepRun, StepState
 from orchestrator.ports import human_tasks
@@ -50,7 +51,7 @@ def enter_node(
         elif instance.state in LIVE_STATES:
             from_state = instance.state
             instance.complete(str(instance.data.get("outcome", "completed")), unit.now)
-            unit.audit("instance.completed", "instance", instance.pk, from_state, instance.state)
+            unit.audit("instance", instance.pk, from_state, instance.state, action=AuditAction.INSTANCE_COMPLETED)
         return
     node = workflow.node(name)
     at = Place(workflow, parent_id, branch, hops)
@@ -92,7 +93,7 @@ def _enter_task(unit: Unit, at: Place, node: Task) -> None:
         unit.inserts.append(step)
     else:
         rows.insert(step)
-    unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"node": node.name})
+    unit.audit("step", step.pk, "", step.state, payload={"node": node.name}, action=AuditAction.STEP_SCHEDULED)
     unit.dispatch(step)
 
 
@@ -103,7 +104,7 @@ def _enter_timer(unit: Unit, at: Place, node: Timer) -> None:
         raise EngineError(f"timer {node.name!r}: until() returned {due!r}; it must return an aware datetime")
     step = at.new_step(unit, node, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at=due)
     rows.insert(step)
-    unit.audit("step.scheduled", "step", step.pk, "", step.state, payload={"due_at": due.isoformat()})
+    unit.audit("step", step.pk, "", step.state, payload={"due_at": due.isoformat()}, action=AuditAction.STEP_SCHEDULED)
     if due <= unit.now:
         step.dispatched_at = unit.now
         rows.update(step, ["dispatched_at"])
@@ -143,7 +144,7 @@ def _enter_decision(unit: Unit, at: Place, node: Decision) -> None:
         result={"next": target},
     )
     rows.insert(step)
-    unit.audit("step.decided", "step", step.pk, "", step.state, payload={"next": target})
+    unit.audit("step", step.pk, "", step.state, payload={"next": target}, action=AuditAction.STEP_DECIDED)
     enter_node(unit, workflow, target, at.parent_id, at.branch, hops=at.hops + 1)
 
 
@@ -152,7 +153,9 @@ def _enter_parallel(unit: Unit, at: Place, node: Parallel) -> None:
         unit, node, kind=StepKind.PARALLEL, state=StepState.RUNNING, started_at=unit.now, result={"done": []}
     )
     rows.insert(step)
-    unit.audit("step.started", "step", step.pk, "", step.state, payload={"branches": len(node.branches)})
+    unit.audit(
+        "step", step.pk, "", step.state, payload={"branches": len(node.branches)}, action=AuditAction.STEP_STARTED
+    )
     for index, sub in enumerate(node.branches):
         enter_node(unit, at.workflow, sub[0].name, step.pk, index, hops=at.hops + 1)
 
@@ -181,7 +184,14 @@ def _branch_finished(unit: Unit, workflow: Workflow, parent_id: int, branch: int
         return
     parallel.succeed({"done": done}, unit.now)
     rows.update(parallel, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
-    unit.audit("step.succeeded", "step", parallel.pk, StepState.RUNNING, parallel.state, payload={"joined": done})
+    unit.audit(
+        "step",
+        parallel.pk,
+        StepState.RUNNING,
+        parallel.state,
+        payload={"joined": done},
+        action=AuditAction.STEP_SUCCEEDED,
+    )
     enter_node(unit, workflow, workflow.next_after(parallel.name), parallel.parent_id, parallel.branch, hops=hops + 1)
 
 
@@ -198,7 +208,7 @@ def human_step_finish(
     assert isinstance(node, Human)
     step.succeed(result, unit.now)
     rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
-    unit.audit("step.succeeded", "step", step.pk, StepState.RUNNING, step.state, payload=result)
+    unit.audit("step", step.pk, StepState.RUNNING, step.state, payload=result, action=AuditAction.STEP_SUCCEEDED)
     instance = unit.instance
     instance.data[step.name] = result
     if merge:
@@ -216,7 +226,14 @@ def _human_step_follow(unit: Unit, workflow: Workflow, step: StepRun, node: Huma
         skip_open_steps(unit, reason=f"{step.name} rejected")
         from_state = instance.state
         instance.complete("rejected", unit.now)
-        unit.audit("instance.completed", "instance", instance.pk, from_state, instance.state, reason="rejected")
+        unit.audit(
+            "instance",
+            instance.pk,
+            from_state,
+            instance.state,
+            reason="rejected",
+            action=AuditAction.INSTANCE_COMPLETED,
+        )
     elif node.on_reject == "fail":
         instance_fail(unit, f"{step.name} rejected")
     elif node.on_reject == COMPENSATE:
@@ -253,13 +270,13 @@ def human_step_stopped(
     step.die(error_type, error, unit.now)
     rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at"])
     unit.audit(
-        "step.dead",
         "step",
         step.pk,
         StepState.RUNNING,
         step.state,
         reason=first_line(error),
         payload={"error_type": error_type, "permanent": True, "decision": result.get("decision", "")},
+        action=AuditAction.STEP_DEAD,
     )
     instance.data[step.name] = result
     if merge:
@@ -277,5 +294,5 @@ def human_step_retry(unit: Unit, workflow: Workflow, step: StepRun) -> None:
     step.schedule(unit.now)  # dead -> scheduled -> succeeded: the step's two existing transitions
     step.succeed(result, unit.now)
     rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at", "due_at"])
-    unit.audit("step.succeeded", "step", step.pk, StepState.DEAD, step.state, payload=result)
+    unit.audit("step", step.pk, StepState.DEAD, step.state, payload=result, action=AuditAction.STEP_SUCCEEDED)
     _human_step_follow(unit, workflow, step, node, rejected=result.get("decision") == "reject")

@@ -14,6 +14,7 @@ from django.db.models.functions import Greatest
 
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
 from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, check_text, check_when
 from orchestrator.models import (
@@ -115,12 +116,12 @@ def instance_start(
             unit.reserved_step_id = reserved
             instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
             unit.audit(
-                "instance.started",
                 "instance",
                 instance.pk,
                 "",
                 instance.state,
                 payload={"workflow": workflow.key, "input": data},
+                action=AuditAction.INSTANCE_STARTED,
             )
             enter_node(unit, workflow, workflow.first.name, None, None, hops=0)
             settle(unit)
@@ -198,7 +199,9 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         unit = Unit(instance, actor, request_meta=request_meta)
         from_state = instance.state
         instance.retry()
-        unit.audit("instance.retried", "instance", instance.pk, from_state, instance.state, reason=reason)
+        unit.audit(
+            "instance", instance.pk, from_state, instance.state, reason=reason, action=AuditAction.INSTANCE_RETRIED
+        )
         workflow = definition_of(instance)
         for step in dead:
             if step.kind == StepKind.HUMAN and step.result.get(DECISION_KEPT):
@@ -308,13 +311,13 @@ def instance_pause(
         from_state = instance.state
         instance.pause(until, unit.now)
         unit.audit(
-            "instance.paused",
             "instance",
             instance.pk,
             from_state,
             instance.state,
             reason=reason,
             payload={"until": until.isoformat() if until else None},
+            action=AuditAction.INSTANCE_PAUSED,
         )
         unit.finish()
 
@@ -350,13 +353,13 @@ def instance_resume(
             unit.now = paused_at
         instance.resume()
         unit.audit(
-            "instance.resumed",
             "instance",
             instance.pk,
             InstanceState.PAUSED,
             instance.state,
             reason=reason,
             payload={"paused_at": paused_at.isoformat() if paused_at else None},
+            action=AuditAction.INSTANCE_RESUMED,
         )
         if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
             _shift_deadlines(unit, paused_at)
@@ -377,5 +380,7 @@ def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta
         skip_open_steps(unit, reason=f"cancelled: {reason}", everything=True)
         from_state = instance.state
         instance.cancel(unit.now)
-        unit.audit("instance.cancelled", "instance", instance.pk, from_state, instance.state, reason=reason)
+        unit.audit(
+            "instance", instance.pk, from_state, instance.state, reason=reason, action=AuditAction.INSTANCE_CANCELLED
+        )
         unit.finish()

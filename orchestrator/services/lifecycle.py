@@ -4,6 +4,7 @@ one rule for a retried step's attempt budget."""
 from __future__ import annotations
 
 from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Node, Task
 from orchestrator.models import ACTIVE_INSTANCE_STATES, BUSY_STEP_STATES, InstanceState, StepKind, StepRun, StepState
 from orchestrator.ports import human_tasks_or_none
@@ -27,12 +28,12 @@ def instance_fail(
     from_state = instance.state
     instance.fail(error)
     unit.audit(
-        "instance.failed",
         "instance",
         instance.pk,
         from_state,
         instance.state,
         reason=instance.error if audit_reason is None else audit_reason,
+        action=AuditAction.INSTANCE_FAILED,
     )
     return True
 
@@ -60,7 +61,8 @@ def settle(unit: Unit) -> None:
     if (instance.state == InstanceState.RUNNING) != busy:
         from_state = instance.state
         instance.settle(busy)
-        unit.audit("instance." + instance.state, "instance", instance.pk, from_state, instance.state)
+        action = AuditAction.INSTANCE_RUNNING if busy else AuditAction.INSTANCE_WAITING
+        unit.audit("instance", instance.pk, from_state, instance.state, action=action)
 
 
 def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False, keep_running: bool = False) -> None:
@@ -80,7 +82,7 @@ def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False, keep_r
         from_state = step.state
         step.skip(reason, unit.now)
         rows.update(step, ["state", "error", "finished_at", "lease_expires_at"])
-        unit.audit("step.skipped", "step", step.pk, from_state, step.state, reason=reason)
+        unit.audit("step", step.pk, from_state, step.state, reason=reason, action=AuditAction.STEP_SKIPPED)
     people = human_tasks_or_none()
     if people is None:
         return  # no human side registered: no task can exist to cancel

@@ -15,6 +15,7 @@ from django.db import InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 
 from orchestrator import audit, registry, rows
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import COMPENSATE, ESCALATE, Node, PermanentError, StepContext, Task, Workflow
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
@@ -153,7 +154,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
         instance,
         now=now,
         actor=WORKER,
-        action="step.started",
+        action=AuditAction.STEP_STARTED,
         subject_type="step",
         subject_id=step.pk,
         from_state=from_state,
@@ -210,7 +211,14 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
             from_state = step.state
             step.start(now, None)
             step_save(step, ["state", "attempt", "started_at", "lease_expires_at"])
-            unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
+            unit.audit(
+                "step",
+                step.pk,
+                from_state,
+                step.state,
+                payload={"attempt": step.attempt},
+                action=AuditAction.STEP_STARTED,
+            )
             if isinstance(exc, registry.UnknownWorkflow):
                 error = definition_unavailable(instance)
             else:
@@ -224,7 +232,9 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
         unit = Unit(instance, WORKER, now=now, broadcast=False)
         # The step's write rides in the statement that writes the audit event and the instance (one round trip).
         unit.fence(step, ["state", "attempt", "started_at", "lease_expires_at"])
-        unit.audit("step.started", "step", step.pk, from_state, step.state, payload={"attempt": step.attempt})
+        unit.audit(
+            "step", step.pk, from_state, step.state, payload={"attempt": step.attempt}, action=AuditAction.STEP_STARTED
+        )
         unit.finish()
         return _claimed(instance, step, node)
 
@@ -406,12 +416,12 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
             else:
                 step_save(step, fields)
             unit.audit(
-                "step.succeeded",
                 "step",
                 step.pk,
                 StepState.RUNNING,
                 step.state,
                 payload={"attempt": step.attempt, "result": outcome.result},
+                action=AuditAction.STEP_SUCCEEDED,
             )
             if step.kind == StepKind.COMPENSATION:
                 compensation_step_succeeded(unit, workflow, step)
@@ -442,25 +452,25 @@ def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -
     step.succeed_late(outcome.result, unit.now)
     step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit(
-        "step.succeeded",
         "step",
         step.pk,
         StepState.SKIPPED,
         step.state,
         reason="reported after the compensation began: it is undone too",
         payload={"attempt": step.attempt, "result": outcome.result, "late": True},
+        action=AuditAction.STEP_SUCCEEDED,
     )
     instance.data.update(outcome.result)
     node = workflow.node(step.name)
     if instance.state == InstanceState.COMPENSATED and isinstance(node, Task) and node.compensate is not None:
         instance.reopen_compensation()
         unit.audit(
-            "instance.compensating",
             "instance",
             instance.pk,
             InstanceState.COMPENSATED,
             instance.state,
             reason=f"{step.name} took effect after the compensation ended",
+            action=AuditAction.INSTANCE_COMPENSATING,
         )
         compensation_next(unit, workflow)
     unit.finish()
@@ -491,7 +501,6 @@ def record_failure(
         step.fail_attempt(error_type, error, unit.now + timedelta(seconds=delay))
         step_save(step, ["state", "error", "error_type", "due_at", "dispatched_at", "lease_expires_at"])
         unit.audit(
-            "step.failed",
             "step",
             step.pk,
             StepState.RUNNING,
@@ -503,6 +512,7 @@ def record_failure(
                 "error_type": error_type,
                 "retry_in_seconds": round(delay, 3),
             },
+            action=AuditAction.STEP_FAILED,
         )
         unit.scheduled_work = True
         return
@@ -525,7 +535,6 @@ def _step_die(
         fields.append("result")
     step_save(step, fields)
     unit.audit(
-        "step.dead",
         "step",
         step.pk,
         StepState.RUNNING,
@@ -533,6 +542,7 @@ def _step_die(
         reason=first_line(error),
         payload={"attempt": step.attempt, "error_type": error_type, "permanent": permanent}
         | ({"returned": True} if returned else {}),
+        action=AuditAction.STEP_DEAD,
     )
 
 
@@ -575,7 +585,7 @@ def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> No
     step.schedule(unit.now)
     step.dispatched_at = unit.now
     rows.update(step, ["state", "due_at", "dispatched_at", "max_attempts"])
-    unit.audit("step.scheduled", "step", step.pk, from_state, step.state, reason=reason)
+    unit.audit("step", step.pk, from_state, step.state, reason=reason, action=AuditAction.STEP_SCHEDULED)
     unit.dispatch(step)
 
 
@@ -600,6 +610,6 @@ def step_skip(
         payload = {"result": output}
         unit.instance.data.update(output)
     rows.update(step, fields)
-    unit.audit("step.skipped", "step", step.pk, from_state, step.state, reason=reason, payload=payload)
+    unit.audit("step", step.pk, from_state, step.state, reason=reason, payload=payload, action=AuditAction.STEP_SKIPPED)
     if unit.instance.state in ACTIVE_INSTANCE_STATES:
         advance(unit, workflow, step)

@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from orchestrator import registry
+from orchestrator.audit_actions import AuditAction
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     DISPATCHABLE_STEP_STATES,
@@ -205,10 +206,16 @@ def _audit_sweep_failure(
             return  # gone, or busy: the next pass tries again
         last = AuditEvent.objects.filter(instance_id=instance_id).order_by("-seq").values("action", "payload").first()
         payload = {"work": work, "error_type": error_type, "error": message}
-        if last and last["action"] == "sweep.failed" and last["payload"] == payload:
+        if last and last["action"] == AuditAction.SWEEP_FAILED and last["payload"] == payload:
             return  # the same failure as the instance's latest event: once is enough
         unit = Unit(instance, SWEEPER, broadcast=False)
-        unit.audit("sweep.failed", subject_type, subject_id, reason=f"{error_type}: {message}", payload=payload)
+        unit.audit(
+            subject_type,
+            subject_id,
+            reason=f"{error_type}: {message}",
+            payload=payload,
+            action=AuditAction.SWEEP_FAILED,
+        )
         unit.finish()
 
 

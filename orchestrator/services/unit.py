@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from orchestrator import audit, registry, rows
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
@@ -83,15 +84,17 @@ class Unit:
 
     def audit(
         self,
-        action: str,
         subject_type: str,
         subject_id: int | None,
         from_state: str = "",
         to_state: str = "",
         reason: str = "",
         payload: dict[str, Any] | None = None,
+        *,
+        action: AuditAction,
     ) -> None:
-        """Append an audit event to the instance's chain (written at ``finish``)."""
+        """Append an ``action`` event about ``subject_type`` ``subject_id`` to the instance's chain (written at
+        ``finish``). Raises nothing of its own."""
         self.events.append(
             audit.append(
                 self.instance,

@@ -458,6 +458,7 @@ def test_a_claim_whose_instance_moved_after_its_read_reads_again_and_keeps_the_c
     """Between the claim's read and its write another writer appends to the instance's audit chain: the claim's
     guarded write changes nothing, the claim reads again, and its event follows the other writer's."""
     from orchestrator.audit import Actor, verify_chain
+    from orchestrator.audit_actions import AuditAction
     from orchestrator.services.unit import Unit
 
     # given
@@ -466,7 +467,7 @@ def test_a_claim_whose_instance_moved_after_its_read_reads_again_and_keeps_the_c
 
     def note() -> None:
         unit = Unit(lock_instance(instance.pk), Actor.system("test"))
-        unit.audit("instance.noted", "instance", instance.pk)
+        unit.audit("instance", instance.pk, reason="another writer", action=AuditAction.SWEEP_FAILED)
         unit.finish()
 
     # when: the claim's write queues behind a transaction that appends to the chain
@@ -478,5 +479,5 @@ def test_a_claim_whose_instance_moved_after_its_read_reads_again_and_keeps_the_c
     events = list(AuditEvent.objects.filter(instance=instance).order_by("seq"))
     assert claim is not None
     assert (step.state, step.attempt) == (StepState.RUNNING, 1)
-    assert [e.action for e in events][-2:] == ["instance.noted", "step.started"]
+    assert [e.action for e in events][-2:] == [AuditAction.SWEEP_FAILED, AuditAction.STEP_STARTED]
     assert verify_chain(events) is None
