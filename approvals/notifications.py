@@ -14,7 +14,7 @@ from django.db import transaction
 from django.urls import reverse
 
 from approvals.models import HumanTask, Notification
-from orchestrator import rows
+from orchestrator import live_names, rows
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.unit import Unit
 
@@ -54,8 +54,13 @@ def notify(
         for uid in recipients
     ]
     unit.notify(
-        [f"user.{uid}" for uid in recipients],
-        {"type": "notification", "message": message, "level": "info", "refresh": ["counts", "notifications"]},
+        [live_names.user_group(uid) for uid in recipients],
+        {
+            "type": live_names.NOTIFICATION,
+            "message": message,
+            "level": "info",
+            "refresh": [live_names.COUNTS, live_names.NOTIFICATIONS],
+        },
     )
     # Addresses are read after commit, outside the instance's lock: a mail is news, not part of the decision.
     transaction.on_commit(partial(_send_mail, kind, message, url, recipients))

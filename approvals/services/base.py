@@ -20,7 +20,7 @@ from approvals.models import (
     TaskKind,
 )
 from approvals.notifications import members_of, notify
-from orchestrator import rows
+from orchestrator import live_names, rows
 from orchestrator.audit_actions import AuditAction
 from orchestrator.inputs import check_text
 from orchestrator.models import WorkflowInstance
@@ -213,11 +213,15 @@ def announce(
             pairs = cursor.fetchall()
         groups = [g for g, _ in pairs if g is not None]
         users = [u for _, u in pairs if u is not None]
-    targets = [f"group.{g}" for g in groups]
+    targets = [live_names.people_group(g) for g in groups]
     if task.assignee_id:
-        targets.append(f"user.{task.assignee_id}")
-    targets += [f"user.{u}" for u in users]
-    event: dict[str, Any] = {"type": kind, "task": task.pk, "refresh": ["inbox", "counts", f"task-{task.pk}"]}
+        targets.append(live_names.user_group(task.assignee_id))
+    targets += [live_names.user_group(u) for u in users]
+    event: dict[str, Any] = {
+        "type": kind,
+        "task": task.pk,
+        "refresh": [live_names.INBOX, live_names.COUNTS, live_names.task_refresh(task.pk)],
+    }
     if message and kind not in QUIET_ANNOUNCEMENTS:
         event.update(message=message, level=level)
     unit.notify(targets, event)

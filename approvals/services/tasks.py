@@ -48,7 +48,7 @@ from approvals.services.base import (
     task_url,
 )
 from approvals.services.escalations import escalation_resolve
-from orchestrator import rows
+from orchestrator import live_names, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human
@@ -442,7 +442,11 @@ def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
     changed = qs.update(read_at=timezone.now())
     if changed:
         transaction.on_commit(
-            partial(send_now, [f"user.{user.pk}"], {"type": "notification.read", "refresh": ["counts"]})
+            partial(
+                send_now,
+                [live_names.user_group(user.pk)],
+                {"type": live_names.NOTIFICATION_READ, "refresh": [live_names.COUNTS]},
+            )
         )
     return changed
 

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from orchestrator import audit, registry, rows
+from orchestrator import audit, live_names, registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task
@@ -149,10 +149,10 @@ class Unit:
         if self.events:
             fields += ["audit_seq", "audit_head"]
             if self.broadcast:
-                self.groups.add(f"instance.{self.instance.pk}")
+                self.groups.add(live_names.instance_group(self.instance.pk))
                 if state_changed:
                     # The instance list follows states; step-level news goes only to pages showing the instance.
-                    self.groups.add("ops")
+                    self.groups.add(live_names.OPS_GROUP)
         fences: list[rows.Fence] = [(step, step_fields, FENCE, step._read_as) for step, step_fields in self.fenced]
         if fields or fences:
             # The events, the other new rows, the fenced step writes and the instance's new chain head in one
@@ -173,10 +173,10 @@ class Unit:
             transaction.on_commit(partial(send_step, step_id, options))
         if self.groups:
             event = {
-                "type": "instance.changed",
+                "type": live_names.INSTANCE_CHANGED,
                 "instance": self.instance.pk,
                 "state": self.instance.state,
-                "refresh": ["instances", f"instance-{self.instance.pk}"],
+                "refresh": [live_names.INSTANCES, live_names.instance_refresh(self.instance.pk)],
             }
             groups = sorted(self.groups)
             transaction.on_commit(partial(send_now, groups, event))
