@@ -60,7 +60,6 @@ def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
 
 
 def _group_deleted(sender: Any, instance: Group, **_: Any) -> None:
-    from approvals.services.people import tasks_recheck
 
     found = getattr(instance, "_baton_tasks", [])
     # Only claims and the tasks now short of people are locked and re-checked: a busy group's deletion, with its
@@ -77,7 +76,6 @@ def _group_deleted(sender: Any, instance: Group, **_: Any) -> None:
 
 
 def _user_deleting(sender: Any, instance: Any, **_: Any) -> None:
-    from approvals.services.people import RECHECK_LIMIT
 
     # Their candidate rows and memberships go with them (CASCADE, no m2m signal): note the open tasks they could
     # act on, named or through a group, to re-check once they are gone. A claim they hold protects them (PROTECT).

@@ -26,6 +26,7 @@ from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import registry
+from orchestrator.audit import request_meta
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 from orchestrator.models import StepState
@@ -33,7 +34,6 @@ from orchestrator.selectors import steps_of
 from orchestrator.services import locks
 from orchestrator.templatetags.baton import duration, label
 from orchestrator.typing import AuthedRequest
-from orchestrator.views import request_meta
 
 TABS: dict[str, tuple[str, Callable[[User], QuerySet[HumanTask]]]] = {
     "mine": ("My tasks", selectors.my_tasks),

@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group, Permission
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.http import HttpRequest, HttpResponse
 
-from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone
+from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone, request_meta
 from orchestrator.audit_actions import AuditAction
 
 _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("baton_request", default=None)
@@ -61,8 +61,6 @@ def current_request_meta() -> dict[str, Any]:
     request = _request.get()
     if request is None:
         return {}
-    from orchestrator.views import request_meta
-
     return request_meta(request)
 
 

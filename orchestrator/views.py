@@ -13,40 +13,20 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from approvals.selectors import tasks_of_instance
 from orchestrator import forms, registry, selectors
-from orchestrator.audit import Actor
+from orchestrator.audit import Actor, request_meta
 from orchestrator.diagram import workflow_dot
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
 from orchestrator.services.locks import definition_unavailable
 from orchestrator.typing import AuthedRequest
-
-
-def request_meta(request: HttpRequest) -> dict[str, Any]:
-    """What the audit trail keeps about the request behind an action.
-
-    The address is the peer's, or behind a proxy (``BATON_BEHIND_PROXY``) the last one in X-Forwarded-For, the one
-    the proxy itself appended: entries before it come from the client and prove nothing. Without that setting the
-    header is ignored, since anyone can send it.
-    """
-    from django.conf import settings
-
-    ip = request.META.get("REMOTE_ADDR", "")
-    if settings.BATON_BEHIND_PROXY:
-        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-        ip = next((part for part in reversed(forwarded) if part), ip)
-    return {
-        "ip": ip,
-        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
-        "path": request.path,
-    }
 
 
 class LoginView(auth_views.LoginView):

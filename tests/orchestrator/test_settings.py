@@ -18,7 +18,7 @@ from django.core.management.base import CommandError
 from django.test import RequestFactory, override_settings
 from django.utils.crypto import get_random_string
 
-from orchestrator.views import request_meta
+from orchestrator.audit import request_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {
