@@ -36,7 +36,7 @@ from approvals.services.deadlines import tasks_shift_deadlines, tasks_sweep
 from approvals.services.people import tasks_release_unfit
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import APPROVAL, Human
+from orchestrator.dsl import APPROVAL, Human, as_timedelta
 from orchestrator.models import StepKind, StepRun
 from orchestrator.services.locks import definition_of
 from orchestrator.services.sweep import SweepReport
@@ -49,7 +49,7 @@ def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
     """Start a human step: insert the new (unsaved) ``step`` with its task, the task's SLA and first escalation
     deadline and its candidates; audit both."""
     instance = unit.instance
-    due_at = unit.now + node.sla if node.sla else None
+    due_at = unit.now + as_timedelta(node.sla) if node.sla else None
     task = HumanTask(
         instance=instance,
         step=step,

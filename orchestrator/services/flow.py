@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import COMPENSATE, Decision, Human, Node, Parallel, Task, Timer, Workflow
+from orchestrator.dsl import COMPENSATE, Decision, Human, Node, Parallel, Task, Timer, Workflow, as_timedelta
 from orchestrator.models import ACTIVE_INSTANCE_STATES, StepKind, StepRun, StepState
 from orchestrator.ports import human_tasks
 from orchestrator.services.compensation import compensation_start
@@ -98,7 +98,7 @@ def _enter_task(unit: Unit, at: Place, node: Task) -> None:
 
 
 def _enter_timer(unit: Unit, at: Place, node: Timer) -> None:
-    due = unit.now + node.wait if node.wait is not None else node.until(dict(unit.instance.data))  # type: ignore[misc]
+    due = unit.now + as_timedelta(node.wait) if node.wait is not None else node.until(dict(unit.instance.data))  # type: ignore[misc]
     if not isinstance(due, datetime) or timezone.is_naive(due):
         # Compared with an aware clock a naive time raises later, in the sweep; say what is wrong here.
         raise EngineError(f"timer {node.name!r}: until() returned {due!r}; it must return an aware datetime")

@@ -22,7 +22,7 @@ from django.utils import timezone
 from orchestrator import audit, live_names, registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Task
+from orchestrator.dsl import Task, seconds
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.signals import instance_finished
@@ -202,7 +202,7 @@ def step_limits(node: Any) -> tuple[float, float, float]:
     after it, so a worker that comes back after its lease expired can only be fenced by the attempt number, never find
     a second attempt running beside a process the pool has not yet killed.
     """
-    soft = node.timeout if isinstance(node, Task) else NO_HANDLER_TIMEOUT
+    soft = seconds(node.timeout, "timeout") if isinstance(node, Task) else NO_HANDLER_TIMEOUT
     hard = soft + HARD_LIMIT_MARGIN
     return soft, hard, hard + settings.BATON_LEASE_GRACE
 
