@@ -24,7 +24,10 @@ FAN_OUT_LIMIT = 200
 
 
 def members_of(group_names: Iterable[str], *, exclude: Iterable[int | None] = ()) -> list[int]:
-    """Active members of the groups, less ``exclude`` (an instance's initiator, who may not act on it)."""
+    """Active members of the groups, less ``exclude`` (an instance's initiator, who may not act on it).
+
+    Raises nothing of its own.
+    """
     return list(
         User.objects.filter(groups__name__in=list(group_names), is_active=True)
         .exclude(pk__in=[uid for uid in exclude if uid])
@@ -45,7 +48,10 @@ def notify(
     """Create a notification for each user, then after commit e-mail them and ring their bell.
 
     Callers pass active people (``members_of`` reads only those); the e-mail is sent to active accounts only in
-    any case, so a person deactivated meanwhile gets no mail."""
+    any case, so a person deactivated meanwhile gets no mail.
+
+    Raises nothing of its own (a mail failure after commit is logged).
+    """
     recipients = sorted({uid for uid in user_ids if uid})
     if not recipients:
         return

@@ -35,34 +35,58 @@ class HumanTasks(Protocol):
     """The human-task side of the engine. ``unit`` is the engine's unit of work on the locked instance."""
 
     def task_open(self, unit: Unit, step: StepRun, node: Human) -> None:
-        """Start a human step: insert the new (unsaved) ``step`` with its task and candidates; audit both."""
+        """Start a human step: insert the new (unsaved) ``step`` with its task and candidates; audit both.
+
+        Raises what the database raises for a value it refuses; the engine records it as the step's failure.
+        """
 
     def escalation_open(self, unit: Unit, step: StepRun, *, reason: str) -> None:
         """Open an escalation for the operators about ``step`` (a dead step or compensation); ``reason`` is
-        audited."""
+        audited.
+
+        Raises nothing of its own.
+        """
 
     def tasks_cancel_for_steps(self, unit: Unit, step_ids: list[int], reason: str) -> None:
-        """Cancel the open tasks of ``step_ids`` (steps the engine skipped or put back in the queue)."""
+        """Cancel the open tasks of ``step_ids`` (steps the engine skipped or put back in the queue).
+
+        Raises nothing of its own.
+        """
 
     def tasks_cancel_for_instance(self, unit: Unit, reason: str) -> None:
-        """Cancel every open task of the unit's instance, escalations included."""
+        """Cancel every open task of the unit's instance, escalations included. Raises nothing of its own."""
 
     def tasks_shift_deadlines(self, unit: Unit, paused_at: datetime, held: Any) -> None:
         """On resume: move the open tasks' deadlines on by ``held``, an SQL expression of the time each was held
-        since ``paused_at``."""
+        since ``paused_at``.
+
+        Raises nothing of its own.
+        """
 
     def tasks_sweep(self, now: datetime, *, report: SweepReport) -> dict[str, int]:
         """Fire the task deadlines due at ``now``, each item in its own transaction (``sweep.isolated``); the
-        counts join the sweep's report."""
+        counts join the sweep's report.
+
+        Raises only what the database raises outside an item's own transaction.
+        """
 
     def tasks_release_unfit(self, now: datetime) -> dict[str, int]:
-        """Take back claims of people who may no longer act; ``{"released": n, "escalated": n}``."""
+        """Take back claims of people who may no longer act; ``{"released": n, "escalated": n}``.
+
+        Raises nothing of its own.
+        """
 
     def sees_instance(self, user: User, instance_id: int) -> bool:
-        """True if ``user`` sees the instance through one of its tasks (the instance page's third rule)."""
+        """True if ``user`` sees the instance through one of its tasks (the instance page's third rule).
+
+        Raises nothing of its own.
+        """
 
     def live_counts(self, user: User) -> dict[str, int]:
-        """The counts a page's navigation shows (``{"inbox": n, "unread": n, ...}``), read fresh."""
+        """The counts a page's navigation shows (``{"inbox": n, "unread": n, ...}``), read fresh.
+
+        Raises nothing of its own.
+        """
 
 
 _human_tasks: HumanTasks | None = None

@@ -74,7 +74,10 @@ class TaskInvalid(TaskError):
 
 
 def checked_text(value: str, what: str, max_length: int, field: str) -> str:
-    """``inputs.check_text`` with its refusal as a TaskInvalid naming ``field``."""
+    """``inputs.check_text`` with its refusal as a TaskInvalid naming ``field``.
+
+    Raises TaskInvalid naming ``field`` for a NUL or a text longer than ``max_length``.
+    """
     try:
         return check_text(value, what, max_length)
     except ValidationError as exc:
@@ -82,12 +85,15 @@ def checked_text(value: str, what: str, max_length: int, field: str) -> str:
 
 
 def groups_named(names: list[str] | tuple[str, ...]) -> list[Group]:
+    """The groups named ``names``, created when missing. Raises nothing of its own."""
     existing = {g.name: g for g in Group.objects.filter(name__in=names)}
     # A definition naming a group nobody created yet still gets a visible queue, not a lost task.
     return [existing.get(name) or Group.objects.get_or_create(name=name)[0] for name in names]
 
 
 def add_candidates(task: HumanTask, *, groups: Sequence[Group] = (), users: Sequence[User] = ()) -> None:
+    """Add ``groups`` and ``users`` as candidates of ``task`` (existing ones are kept). Raises nothing of its
+    own."""
     TaskCandidate.objects.bulk_create(
         [TaskCandidate(task=task, group=g) for g in groups] + [TaskCandidate(task=task, user=u) for u in users],
         ignore_conflicts=True,
@@ -96,7 +102,10 @@ def add_candidates(task: HumanTask, *, groups: Sequence[Group] = (), users: Sequ
 
 def candidates_sql(kind: str, names: Sequence[str], task_id: str, task_from: str) -> str:
     """INSERT ... SELECT of the candidate groups (``kind`` "group", by name) or users (by username) found among
-    ``names``, for the task whose id is the SQL ``task_id`` (read from ``task_from``); returns their ids."""
+    ``names``, for the task whose id is the SQL ``task_id`` (read from ``task_from``); returns their ids.
+
+    Raises nothing.
+    """
     if kind == "group":
         table, key, group_id, user_id = Group._meta.db_table, "name", "x.id", "NULL"
     else:
@@ -114,6 +123,8 @@ def able_people(task: HumanTask, *, limit: int | None = None) -> list[int]:
     someone who approved another task of the instance (four-eyes). At most ``limit`` ids.
 
     The rule is written down in docs/architecture.md ("Who may act on a task").
+
+    Raises nothing of its own.
     """
     candidates = TaskCandidate.objects.filter(task_id=task.pk)
     people = (
@@ -163,7 +174,10 @@ def _nobody_why(task: HumanTask, initiator_id: int | None, able: int, named: Seq
 def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named: Sequence[str] = ()) -> None:
     """Too few active people can act on ``task`` (unknown names, empty groups, everyone deactivated, only the
     initiator): it becomes a visible escalation for managers and operators at once, titled with the reason, instead
-    of waiting forever. Managers and operators join the candidates (four-eyes still applies to them)."""
+    of waiting forever. Managers and operators join the candidates (four-eyes still applies to them).
+
+    Raises ``django_fsm.TransitionNotAllowed`` when the task is no longer open.
+    """
     verb = {TaskKind.APPROVAL: "approve", TaskKind.FORM: "complete"}.get(TaskKind(task.kind), "resolve")
     why = _nobody_why(task, unit.instance.initiator_id, able, named)
     from_state = task.state
@@ -204,7 +218,10 @@ def announce(
     users: list[int] | None = None,
     level: str = "info",
 ) -> None:
-    """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read)."""
+    """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read).
+
+    Raises nothing of its own (the events go out after commit).
+    """
     if groups is None or users is None:
         with rows.cursor() as cursor:
             cursor.execute(
@@ -235,7 +252,7 @@ CANDIDATE_EXISTS = (
 
 
 def is_candidate(user: User, task: HumanTask) -> bool:
-    """A candidate by name or by one of their groups."""
+    """A candidate by name or by one of their groups. Raises nothing of its own."""
     # A permission check reads the user's groups afresh (not the per-request cache the lists use).
     with rows.cursor() as cursor:
         cursor.execute(
@@ -246,7 +263,10 @@ def is_candidate(user: User, task: HumanTask) -> bool:
 
 
 def task_complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: str, data: dict[str, Any]) -> None:
-    """The task's completing transition and its audit event (the caller advances the instance)."""
+    """The task's completing transition and its audit event (the caller advances the instance).
+
+    Raises ``django_fsm.TransitionNotAllowed`` when the task is not actionable.
+    """
     from_state = task.state
     task.complete(user, decision, comment, data, unit.now)
     completed = ["state", "approvals", "completed_by", "decision", "comment", "form_data", "completed_at"]
@@ -260,15 +280,20 @@ def task_complete(unit: Unit, task: HumanTask, user: User, decision: str, commen
 
 
 def past_tense(decision: str) -> str:
+    """``decision`` in the past tense for messages ("approved"); an unknown one as it is. Raises nothing."""
     return {APPROVE: "approved", REJECT: "rejected", SUBMIT: "submitted"}.get(decision, decision)
 
 
 def task_url(task: HumanTask) -> str:
+    """The task page's path. Raises ``NoReverseMatch`` only when the URL is not configured."""
     return reverse("task_detail", args=[task.pk])
 
 
 def people_of(task: HumanTask) -> list[int]:
-    """Who a reminder goes to: the assignee, else every active candidate (never the initiator)."""
+    """Who a reminder goes to: the assignee, else every active candidate (never the initiator).
+
+    Raises nothing of its own.
+    """
     if task.assignee_id:
         if task.assignee is not None and task.assignee.is_active:
             return [task.assignee_id]

@@ -40,7 +40,10 @@ def tasks_shift_deadlines(unit: Unit, paused_at: datetime, held: Any) -> None:
     expression of the time each was held (``instance_resume``). An SLA already due when the pause began stays
     where it was (it is overdue either way). Every next rung moves, one already due too: ``held`` is at most the
     time since the pause began, so a due rung stays due and fires on resume, and the time it was held is counted
-    by the rungs after it (``_escalation_fire`` reads it off ``next_escalation_at``)."""
+    by the rungs after it (``_escalation_fire`` reads it off ``next_escalation_at``).
+
+    Raises nothing of its own.
+    """
     open_tasks = HumanTask.objects.filter(instance=unit.instance, state__in=ACTIONABLE_TASK_STATES)
     open_tasks.filter(due_at__gt=paused_at).update(due_at=F("due_at") + held)
     open_tasks.filter(next_escalation_at__isnull=False).update(next_escalation_at=F("next_escalation_at") + held)

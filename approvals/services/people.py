@@ -57,6 +57,8 @@ def tasks_people_changed(
     Called by the account signals (approvals.signals) in the transaction of the change, and by the sweep.
     ``reason`` goes into the audit events; ``actor`` defaults to the system. Each task is its own savepoint:
     one that fails is logged and the others go on. Returns {"released": n, "escalated": n}.
+
+    Raises nothing of its own: a task whose re-check fails is logged and skipped.
     """
     claimed = HumanTask.objects.filter(state=TaskState.CLAIMED, assignee_id__in=list(user_ids))
     touched = TaskCandidate.objects.filter(Q(user_id__in=list(user_ids)) | Q(group_id__in=list(group_ids)))
@@ -77,7 +79,10 @@ def tasks_people_changed(
 def short_of_people(task_ids: list[int]) -> list[int]:
     """Those of ``task_ids`` with fewer people able to act (:func:`able_people`) than their quorum still needs, in
     one statement driven by each task's candidate rows, so a change touching a busy group's queue locks only the
-    tasks that need it. Elsewhere than PostgreSQL, all of them (the re-check decides)."""
+    tasks that need it. Elsewhere than PostgreSQL, all of them (the re-check decides).
+
+    Raises nothing of its own.
+    """
     if not task_ids or not rows.on_postgresql():
         return task_ids
     members = User.groups.through._meta.db_table
@@ -108,7 +113,10 @@ def tasks_recheck(
 ) -> dict[str, int]:
     """Re-check each task (its own savepoint; a failure is logged and the rest goes on): release a claim whose
     assignee may no longer act, escalate a task too few people can act on. Returns {"released": n,
-    "escalated": n}."""
+    "escalated": n}.
+
+    Raises nothing of its own: a failing task is logged and skipped.
+    """
     actor = actor or Actor.system("accounts")
     counts = {"released": 0, "escalated": 0}
     for task_id in task_ids:
@@ -125,7 +133,10 @@ def tasks_recheck(
 def tasks_release_unfit(now: datetime | None = None) -> dict[str, int]:
     """The sweep's safety net for :func:`tasks_people_changed`: claimed tasks whose assignee is deactivated or no
     longer a candidate (a change the signals missed: a raw SQL update, a failed re-check) go back to the queue,
-    and escalate if nobody is left to act. Returns {"released": n, "escalated": n}."""
+    and escalate if nobody is left to act. Returns {"released": n, "escalated": n}.
+
+    Raises nothing of its own (as :func:`tasks_recheck`).
+    """
     members = User.groups.through.objects.filter(user_id=OuterRef(OuterRef("assignee_id"))).values("group_id")
     still = TaskCandidate.objects.filter(task_id=OuterRef("pk")).filter(
         Q(user_id=OuterRef("assignee_id")) | Q(group_id__in=members)
@@ -185,6 +196,9 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
 
 
 def has_nobody_groups(task: HumanTask) -> bool:
-    """Managers and operators are both candidates already: a further "nobody can act" escalation adds nothing."""
+    """Managers and operators are both candidates already: a further "nobody can act" escalation adds nothing.
+
+    Raises nothing.
+    """
     names = set(task.candidate_groups.filter(name__in=[MANAGERS, OPERATORS]).values_list("name", flat=True))
     return names == {MANAGERS, OPERATORS}

@@ -47,7 +47,11 @@ logger = logging.getLogger(__name__)
 
 def task_open(unit: Unit, step: StepRun, node: Human) -> HumanTask:
     """Start a human step: insert the new (unsaved) ``step`` with its task, the task's SLA and first escalation
-    deadline and its candidates; audit both."""
+    deadline and its candidates; audit both.
+
+    Raises ``IntegrityError``/``DataError`` for a value the database refuses (a title too long after rendering),
+    which the caller records as the step's failure.
+    """
     instance = unit.instance
     due_at = unit.now + as_timedelta(node.sla) if node.sla else None
     task = HumanTask(
@@ -105,7 +109,7 @@ def _escalation_title(unit: Unit, step: StepRun) -> str:
 
 
 def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
-    """A failure nobody should leave silent: an escalation task for the operators."""
+    """A failure nobody should leave silent: an escalation task for the operators. Raises nothing of its own."""
     groups = groups_named([OPERATORS])
     task = HumanTask(
         instance=unit.instance,
@@ -216,13 +220,16 @@ def _able_at_open_sql(groups: bool, users: bool, task: HumanTask, initiator_id: 
 
 
 def tasks_cancel_for_steps(unit: Unit, step_ids: list[int], reason: str) -> None:
-    """Cancel the open tasks of steps the engine skipped (compensation, rejection)."""
+    """Cancel the open tasks of steps the engine skipped (compensation, rejection). Raises nothing of its own."""
     if step_ids:
         _cancel_tasks(unit, HumanTask.objects.filter(step_id__in=step_ids, state__in=ACTIONABLE_TASK_STATES), reason)
 
 
 def tasks_cancel_for_instance(unit: Unit, reason: str) -> None:
-    """Cancel every open task of the instance, escalations included (the instance is cancelled)."""
+    """Cancel every open task of the instance, escalations included (the instance is cancelled).
+
+    Raises nothing of its own.
+    """
     _cancel_tasks(unit, HumanTask.objects.filter(instance=unit.instance, state__in=ACTIONABLE_TASK_STATES), reason)
 
 
@@ -240,28 +247,39 @@ class ApprovalsHumanTasks:
     method hands over to the service that does the work; see the protocol for what each one is asked."""
 
     def task_open(self, unit: Unit, step: StepRun, node: Human) -> None:
+        """See :func:`task_open` (what it raises too)."""
         task_open(unit, step, node)
 
     def escalation_open(self, unit: Unit, step: StepRun, *, reason: str) -> None:
+        """See :func:`escalation_open`; raises nothing of its own."""
         escalation_open(unit, step, reason=reason)
 
     def tasks_cancel_for_steps(self, unit: Unit, step_ids: list[int], reason: str) -> None:
+        """See :func:`tasks_cancel_for_steps`; raises nothing of its own."""
         tasks_cancel_for_steps(unit, step_ids, reason)
 
     def tasks_cancel_for_instance(self, unit: Unit, reason: str) -> None:
+        """See :func:`tasks_cancel_for_instance`; raises nothing of its own."""
         tasks_cancel_for_instance(unit, reason)
 
     def tasks_shift_deadlines(self, unit: Unit, paused_at: datetime, held: Any) -> None:
+        """See ``deadlines.tasks_shift_deadlines``; raises nothing of its own."""
         tasks_shift_deadlines(unit, paused_at, held)
 
     def tasks_sweep(self, now: datetime, *, report: SweepReport) -> dict[str, int]:
+        """See ``deadlines.tasks_sweep``; raises only what the database raises outside a task's own
+        transaction."""
         return tasks_sweep(now, report=report)
 
     def tasks_release_unfit(self, now: datetime) -> dict[str, int]:
+        """See ``people.tasks_release_unfit``; raises nothing of its own."""
         return tasks_release_unfit(now)
 
     def sees_instance(self, user: User, instance_id: int) -> bool:
+        """True if ``user`` sees one of the instance's tasks (``selectors.visible_tasks``). Raises nothing
+        of its own."""
         return visible_tasks(user).filter(instance_id=instance_id).exists()
 
     def live_counts(self, user: User) -> dict[str, int]:
+        """The inbox counts read fresh (``selectors.inbox_counts``). Raises nothing of its own."""
         return inbox_counts(user, fresh=True)

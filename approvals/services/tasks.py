@@ -140,7 +140,11 @@ def _check_may_act(user: User, locked: LockedTask) -> None:
 
 def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
     """Take an open task; it leaves everyone else's queue. ``request_meta`` (ip, user_agent, path) goes into the
-    audit event."""
+    audit event.
+
+    Raises TaskNotFound (no such task, or not visible to ``user``), TaskForbidden (deactivated, the initiator,
+    not a candidate), TaskConflict (claimed by someone else or no longer open).
+    """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
@@ -161,7 +165,11 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
 
 def task_release(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
     """Give a claimed task back to the queue (the assignee or a manager, never the instance's initiator);
-    ``request_meta`` goes into the audit event."""
+    ``request_meta`` goes into the audit event.
+
+    Raises TaskNotFound, TaskForbidden (the initiator, or neither the assignee nor a manager), TaskConflict (not
+    claimed).
+    """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
@@ -422,7 +430,10 @@ class BulkResult:
 
 
 def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | None = None) -> BulkResult:
-    """Claim several tasks, each in its own transaction: one lost race does not undo the others."""
+    """Claim several tasks, each in its own transaction: one lost race does not undo the others.
+
+    Raises nothing of its own: each refusal (a TaskError) is kept in ``refused`` with its message.
+    """
     result = BulkResult(claimed=[], refused={})
     for task_id in dict.fromkeys(task_ids):
         try:
@@ -435,7 +446,10 @@ def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | No
 
 
 def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
-    """Mark the user's notifications read (all of them, or the given ones); returns how many changed."""
+    """Mark the user's notifications read (all of them, or the given ones); returns how many changed.
+
+    Raises nothing of its own.
+    """
     qs = Notification.objects.filter(user=user, read_at__isnull=True)
     if ids is not None:
         qs = qs.filter(pk__in=ids)
@@ -453,7 +467,11 @@ def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
 
 def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict | None = None) -> HumanTask:
     """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines);
-    ``request_meta`` goes into the audit event."""
+    ``request_meta`` goes into the audit event.
+
+    Raises TaskInvalid for an ``until`` that is naive, out of range or not within the next 90 days;
+    TaskForbidden unless ``user`` holds the task; TaskNotFound.
+    """
     try:
         until = check_when(until, "Snooze until")
     except ValidationError as exc:

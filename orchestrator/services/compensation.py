@@ -44,7 +44,10 @@ def compensation_start(unit: Unit, reason: str) -> None:
 def saga_begun(instance: WorkflowInstance) -> bool:
     """True once the instance has started compensating (a compensation step exists, or a step was marked
     compensated by hand): from then on no forward step may run again (docs/architecture.md, "Operator actions
-    and the saga"). One query; not for the hot path."""
+    and the saga"). One query; not for the hot path.
+
+    Raises nothing of its own.
+    """
     if instance.state in (InstanceState.COMPENSATING, InstanceState.COMPENSATED):
         return True
     return instance.steps.filter(Q(kind=StepKind.COMPENSATION) | Q(state=StepState.COMPENSATED)).exists()
@@ -97,7 +100,10 @@ def compensation_retry(unit: Unit, reason: str) -> None:
 
 def compensation_resume(unit: Unit, workflow: Workflow) -> None:
     """A forward step that was running when the compensation began has ended: if the compensation was waiting for
-    it (no compensation step under way or awaiting an operator), go on undoing."""
+    it (no compensation step under way or awaiting an operator), go on undoing.
+
+    Raises as :func:`compensation_next`.
+    """
     instance = unit.instance
     if instance.state != InstanceState.COMPENSATING:
         return  # failed mid-compensation: compensation_retry takes the step up with the rest
@@ -154,7 +160,10 @@ def compensation_next(unit: Unit, workflow: Workflow) -> None:
 
 
 def compensation_step_succeeded(unit: Unit, workflow: Workflow, step: StepRun) -> None:
-    """A compensation step succeeded: its original step is undone, go on to the next one."""
+    """A compensation step succeeded: its original step is undone, go on to the next one.
+
+    Raises as :func:`compensation_mark_done`.
+    """
     original = step.compensates
     assert original is not None
     compensation_mark_done(unit, workflow, original)
@@ -175,7 +184,8 @@ def compensation_resolve(unit: Unit, workflow: Workflow, step: StepRun, reason: 
     kept as its error text "resolved by hand: ..."), its original step is marked compensated and the chain goes on
     (the next compensation is scheduled, or the instance is compensated).
 
-    Raises ``django_fsm.TransitionNotAllowed`` when ``step`` is not dead or not a compensation step's."""
+    Raises ValueError when ``step`` is not a compensation step; ``django_fsm.TransitionNotAllowed`` when it cannot
+    be skipped or its original cannot be marked compensated."""
     original = step.compensates
     if step.kind != StepKind.COMPENSATION or original is None:
         raise ValueError(f"step {step.pk} is not a compensation step")

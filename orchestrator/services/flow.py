@@ -26,7 +26,10 @@ MAX_INLINE_HOPS = 100
 
 
 def advance(unit: Unit, workflow: Workflow, step: StepRun) -> None:
-    """Enter whatever follows ``step`` (its next node, its branch's join, or the end)."""
+    """Enter whatever follows ``step`` (its next node, its branch's join, or the end).
+
+    Raises as :func:`enter_node`.
+    """
     enter_node(unit, workflow, workflow.next_after(step.name), step.parent_id, step.branch, hops=0)
 
 
@@ -73,7 +76,7 @@ class Place:
     hops: int
 
     def new_step(self, unit: Unit, node: Node, **fields: Any) -> StepRun:
-        """An unsaved step run of ``node`` at this place."""
+        """An unsaved step run of ``node`` at this place. Raises nothing."""
         return StepRun(instance=unit.instance, name=node.name, parent_id=self.parent_id, branch=self.branch, **fields)
 
 
@@ -202,6 +205,9 @@ def human_step_finish(
 
     ``result`` is kept under the step's name in the instance data; ``merge`` (a form's cleaned data) joins the
     instance data itself, where later decisions and handlers read it.
+
+    Raises ``registry.UnknownWorkflow`` when the definition is gone, and what entering the next node raises
+    (:func:`enter_node`): the caller rolls back and keeps the decision (:func:`human_step_stopped`).
     """
     workflow = definition_of(unit.instance)
     node = workflow.node(step.name)

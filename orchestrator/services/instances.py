@@ -161,7 +161,12 @@ def _reason_required(reason: str) -> str:
 
 
 def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
-    """Operator: put a failed instance's dead steps back in the queue and run it again from there."""
+    """Operator: put a failed instance's dead steps back in the queue and run it again from there.
+
+    Raises ValidationError for a missing or too long reason; NotAllowed when the instance is not failed, is
+    compensating or compensated, has nothing to retry, its definition is not registered or lacks a node the
+    retry needs, or what follows a kept decision still raises; ``WorkflowInstance.DoesNotExist``.
+    """
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
@@ -331,7 +336,11 @@ def instance_resume(
     now: datetime | None = None,
     request_meta: dict | None = None,
 ) -> bool:
-    """Resume a paused instance and dispatch the steps that fell due while it was held; True if it resumed."""
+    """Resume a paused instance and dispatch the steps that fell due while it was held; True if it resumed.
+
+    Raises ValidationError for a missing or too long reason; NotAllowed when the instance is not paused (unless
+    ``only_if_due``: then False) or its definition is not registered; ``WorkflowInstance.DoesNotExist``.
+    """
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
@@ -370,7 +379,11 @@ def instance_resume(
 
 
 def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
-    """Operator: stop an instance for good; open steps are skipped and open tasks cancelled."""
+    """Operator: stop an instance for good; open steps are skipped and open tasks cancelled.
+
+    Raises ValidationError for a missing or too long reason; NotAllowed when the instance is already final;
+    ``WorkflowInstance.DoesNotExist``.
+    """
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)

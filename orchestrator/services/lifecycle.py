@@ -39,7 +39,7 @@ def instance_fail(
 
 
 def first_line(text: str) -> str:
-    """The first line of ``text``, at most 500 characters (an error's summary for audit reasons)."""
+    """The first line of ``text``, at most 500 characters (an error's summary for audit reasons). Raises nothing."""
     return text.strip().splitlines()[0][:500] if text.strip() else ""
 
 
@@ -97,6 +97,8 @@ def fail_for_missing_definition(unit: Unit) -> None:
 
     The reason (:func:`definition_unavailable`) is audited and shown on the instance page; ``instance_retry``
     refuses with it until the definition is registered again, then takes the instance up where it stopped.
+
+    Raises nothing of its own.
     """
     instance_fail(unit, definition_unavailable(unit.instance), allowed=(*LIVE_STATES, InstanceState.COMPENSATING))
 
@@ -104,5 +106,8 @@ def fail_for_missing_definition(unit: Unit) -> None:
 def retry_attempts(step: StepRun, node: Node | None) -> int:
     """The one rule for extra attempts: a step retried by a person (an operator's instance retry, an escalation's
     Retry, a compensation retried) gets its node's whole retry budget again on top of the attempts it used (one
-    attempt for a node without a retry policy: a timer, a definition gone). Returns the new ``max_attempts``."""
+    attempt for a node without a retry policy: a timer, a definition gone). Returns the new ``max_attempts``.
+
+    Raises nothing.
+    """
     return step.attempt + (node.retry.max_attempts if isinstance(node, Task) else 1)

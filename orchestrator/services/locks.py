@@ -31,7 +31,10 @@ def definition_of(instance: WorkflowInstance) -> Workflow:
 
 
 def definition_or_none(instance: WorkflowInstance) -> Workflow | None:
-    """The definition the instance is pinned to, or None when that version is not registered (its module is gone)."""
+    """The definition the instance is pinned to, or None when that version is not registered (its module is gone).
+
+    Raises nothing of its own.
+    """
     try:
         return definition_of(instance)
     except registry.UnknownWorkflow:
@@ -39,12 +42,15 @@ def definition_or_none(instance: WorkflowInstance) -> Workflow | None:
 
 
 def definition_unavailable(instance: WorkflowInstance) -> str:
-    """The reason recorded, audited and shown for an instance whose definition is not registered."""
+    """The reason recorded, audited and shown for an instance whose definition is not registered. Raises nothing."""
     return f"definition {instance.workflow_name} v{instance.workflow_version} is not available"
 
 
 def lock_instance(instance_id: int) -> WorkflowInstance:
-    """Lock and return the instance row (the mutex for everything that instance owns)."""
+    """Lock and return the instance row (the mutex for everything that instance owns).
+
+    Raises ``WorkflowInstance.DoesNotExist`` when there is no such instance.
+    """
     instance = rows.get(WorkflowInstance, instance_id, lock=True)
     if instance is None:
         raise WorkflowInstance.DoesNotExist(f"no instance {instance_id}")
@@ -58,6 +64,8 @@ def lock_step(step_id: int, *, skip_locked: bool = False) -> tuple[WorkflowInsta
     When the statement had to wait for the lock, PostgreSQL re-reads the locked instance row but not the joined
     step row, which may then be stale: the step's next write therefore goes through :func:`step_save`, fenced on
     the state and attempt read here, and a stale read ends in :class:`Fenced`, never in a lost update.
+
+    Raises nothing of its own.
     """
     lock = rows.lock_clause(of="i")
     if lock and skip_locked:
@@ -66,7 +74,10 @@ def lock_step(step_id: int, *, skip_locked: bool = False) -> tuple[WorkflowInsta
 
 
 def read_step(step_id: int) -> tuple[WorkflowInstance, StepRun] | None:
-    """The step and its instance as they are now, read in one statement without a lock."""
+    """The step and its instance as they are now, read in one statement without a lock.
+
+    Raises nothing of its own.
+    """
     return _read_step(step_id, "")
 
 
@@ -85,7 +96,10 @@ def _read_step(step_id: int, lock: str) -> tuple[WorkflowInstance, StepRun] | No
 
 
 def step_save(step: StepRun, fields: list[str]) -> None:
-    """Write ``fields`` of a step read by :func:`lock_step`, only if its state and attempt are still as read."""
+    """Write ``fields`` of a step read by :func:`lock_step`, only if its state and attempt are still as read.
+
+    Raises :class:`~orchestrator.services.unit.Fenced` when the step moved on.
+    """
     if not rows.update(step, fields, where=FENCE, params=step._read_as):
         raise Fenced.of(step)
     step._read_as = (step.state, step.attempt)

@@ -125,6 +125,8 @@ def clean_text(text: str, limit: int | None = None) -> str:
 
     For error messages and reasons the engine writes itself (an exception's text may carry whatever the handler
     held), so that recording a failure can never fail on its own text.
+
+    Raises nothing.
     """
     if not text.isascii():
         text = text.encode("utf-8", "replace").decode("utf-8")

@@ -112,6 +112,8 @@ def step_claim(step_id: int, *, now: datetime | None = None) -> Claim | None:
     nothing unless the instance's chain head and the step's state and attempt are still as read (two round trips
     and no transaction of its own, where locking first took four); when another writer got in between, it reads
     again. Elsewhere, and for a step whose definition cannot be loaded, it locks first.
+
+    Raises only what the database raises (a moved step is None, not an error).
     """
     now = now or timezone.now()
     try:
@@ -491,6 +493,9 @@ def record_failure(
 
     ``returned``: the handler returned (its result could not be recorded). A dead task step remembers it
     (``RESULT_LOST`` in its result), so that a compensation of the instance undoes it too.
+
+    Raises :class:`~orchestrator.services.unit.Fenced` when the step moved on, and what following ``on_failure``
+    raises (opening an escalation, starting the compensation).
     """
     error_type, error = clean_text(error_type, 200), clean_text(error)
     retry = node.retry if isinstance(node, Task) else None

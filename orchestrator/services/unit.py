@@ -45,6 +45,7 @@ class Fenced(Exception):
 
     @classmethod
     def of(cls, step: StepRun) -> Fenced:
+        """The exception for ``step``, naming the state and attempt it was read with. Raises nothing."""
         return cls(f"step {step.pk} is no longer {step._read_as[0]} at attempt {step._read_as[1]}")
 
 
@@ -112,7 +113,10 @@ class Unit:
         )
 
     def dispatch(self, step: StepRun) -> None:
-        """Send "look at step X" after commit, with its node's queue and time limits (:func:`dispatch_options`)."""
+        """Send "look at step X" after commit, with its node's queue and time limits (:func:`dispatch_options`).
+
+        Raises nothing of its own (a definition that cannot be loaded sends without options).
+        """
         try:
             node = registry.get(self.instance.workflow_name, self.instance.workflow_version).node(step.name)
         except Exception:
@@ -130,7 +134,7 @@ class Unit:
         self.fenced.append((step, fields))
 
     def notify(self, groups: list[str], event: dict[str, Any]) -> None:
-        """Queue a live event for ``groups`` (sent after commit)."""
+        """Queue a live event for ``groups`` (sent after commit). Raises nothing."""
         self.notes.append({"groups": groups, "event": event})
 
     def _values(self) -> dict[str, Any]:
@@ -139,7 +143,11 @@ class Unit:
         return values
 
     def finish(self) -> None:
-        """Write audit events and the changed instance fields; register dispatch and broadcast for after commit."""
+        """Write audit events and the changed instance fields; register dispatch and broadcast for after commit.
+
+        Raises :class:`Fenced` when a fenced step write found the step moved on; what a listener of
+        ``instance_finished`` raises.
+        """
         state_changed = self.instance.state != self.initial_state
         if state_changed and self.instance.state in OUTCOME_STATES:
             # Listeners (approvals tells the initiator) add their rows to this unit: they commit with the outcome.
@@ -201,6 +209,8 @@ def step_limits(node: Any) -> tuple[float, float, float]:
     and schedule the next attempt. The clocks start at message receipt (limits) and at the claim (lease), which comes
     after it, so a worker that comes back after its lease expired can only be fenced by the attempt number, never find
     a second attempt running beside a process the pool has not yet killed.
+
+    Raises nothing.
     """
     soft = seconds(node.timeout, "timeout") if isinstance(node, Task) else NO_HANDLER_TIMEOUT
     hard = soft + HARD_LIMIT_MARGIN
@@ -209,7 +219,10 @@ def step_limits(node: Any) -> tuple[float, float, float]:
 
 def dispatch_options(node: Any) -> dict[str, Any]:
     """Celery ``apply_async`` options for a step of ``node``: its queue and time limits. Every send of a step, first,
-    retry or the sweep's re-send, uses these."""
+    retry or the sweep's re-send, uses these.
+
+    Raises nothing.
+    """
     if node is None:
         return {}
     soft, hard, _ = step_limits(node)
@@ -220,7 +233,10 @@ def dispatch_options(node: Any) -> dict[str, Any]:
 
 
 def step_dispatch_options(step_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """:func:`dispatch_options` for each of ``step_ids`` (one query), for senders that hold only ids (the sweep)."""
+    """:func:`dispatch_options` for each of ``step_ids`` (one query), for senders that hold only ids (the sweep).
+
+    Raises nothing of its own.
+    """
     found = StepRun.objects.filter(pk__in=step_ids).values_list(
         "pk", "name", "instance__workflow_name", "instance__workflow_version"
     )
