@@ -1,6 +1,6 @@
 """People change under a task: a deactivation, a group left or a user deleted re-checks their tasks at once.
 
-The receivers call :func:`approvals.services.tasks_people_changed` inside the transaction of the change, so the
+The receivers call :func:`approvals.services.people.tasks_people_changed` inside the transaction of the change, so the
 claims are released (and tasks left with nobody escalated) together with it; the sweep's
 ``tasks_release_unfit`` is the safety net for changes these signals never see (raw SQL).
 """

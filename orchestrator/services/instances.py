@@ -235,7 +235,7 @@ def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> Non
 
 
 def _retry_after_decision(unit: Unit, workflow: Any, step: StepRun) -> None:
-    """Enter what follows a kept decision again (``engine.human_step_retry``); refused with the error when the
+    """Enter what follows a kept decision again (``flow.human_step_retry``); refused with the error when the
     definition still raises there, so the operator's page says why instead of answering 500."""
     try:
         with transaction.atomic():

@@ -125,7 +125,7 @@ class Unit:
         self.scheduled_work = True
 
     def fence(self, step: StepRun, fields: list[str]) -> None:
-        """Write ``fields`` of a step read by ``engine.lock_step`` in ``finish``'s statement, only if the step is
+        """Write ``fields`` of a step read by ``locks.lock_step`` in ``finish``'s statement, only if the step is
         still in the state and at the attempt it was read with; else ``finish`` raises :class:`Fenced`.
 
         The row changes only at ``finish``: use it only where nothing reads the step's row before then (the locked

@@ -347,7 +347,7 @@ def test_a_task_deadline_that_raises_is_logged_audited_and_counted_and_the_other
     broken = instance_start("bad_rung", {})
     reminded = instance_start("reminded", {})
     later = timezone.now() + timedelta(minutes=2)
-    caplog.set_level(logging.DEBUG, logger="orchestrator.services.engine")
+    caplog.set_level(logging.DEBUG, logger="orchestrator.services.sweep")
     _logged_failures.clear()  # what this process logged in full before is not this test's business
 
     # when
