@@ -110,5 +110,5 @@ def tell_initiator(sender: Any, *, unit: Unit, instance: WorkflowInstance, **kwa
         [instance.initiator_id],
         f"instance.{instance.state}",
         f"{instance.title or instance}: {outcome}",
-        url=reverse("instance_detail", args=[instance.pk]),
+        url=reverse("console:instance_detail", args=[instance.pk]),
     )

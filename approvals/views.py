@@ -26,7 +26,7 @@ from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import registry
-from orchestrator.audit import request_meta
+from orchestrator.accounts import request_meta
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 from orchestrator.models import StepState
@@ -76,7 +76,7 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
     The id is printed three times a row, so it is turned into text once (an int goes through number
     localization each time).
     """
-    detail_url, claim_url, short = _url_maker("task_detail"), _url_maker("task_claim"), _ShortDate()
+    detail_url, claim_url, short = _url_maker("approvals:task_detail"), _url_maker("approvals:task_claim"), _ShortDate()
     state_labels = dict(TaskState.choices)
     rows = []
     for task in tasks:
@@ -181,10 +181,10 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
     ids = form.cleaned_data["task"] if form.is_valid() else []
     if form.errors:
         messages.error(request, " ".join(map(str, form.errors["task"])))
-        return redirect(f"{reverse('inbox')}?tab=queue")
+        return redirect(f"{reverse('approvals:inbox')}?tab=queue")
     if not ids:
         messages.warning(request, "Select the tasks to claim first.")
-        return redirect(f"{reverse('inbox')}?tab=queue")
+        return redirect(f"{reverse('approvals:inbox')}?tab=queue")
     result = task_actions.tasks_claim_bulk(ids, request.user, request_meta=request_meta(request))
     if result.claimed:
         messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
@@ -196,7 +196,7 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
             f"“{titles[pk]}”: {why}" if pk in titles else f"task {pk}: {why}" for pk, why in result.refused.items()
         )
         messages.warning(request, f"{len(result.refused)} could not be claimed. {details}")
-    return redirect(f"{reverse('inbox')}?tab=mine")
+    return redirect(f"{reverse('approvals:inbox')}?tab=mine")
 
 
 @require_POST
@@ -221,8 +221,8 @@ def saved_view_create(request: AuthedRequest) -> HttpResponse:
         messages.error(request, " ".join(problems))
         # The inbox opens the save form again with the name as typed (less a NUL nobody can see).
         typed = str(request.POST.get("name", "")).replace("\x00", "")[:200]
-        return redirect(f"{reverse('inbox')}?{urlencode({**query.as_params(), 'view_name': typed})}")
-    return redirect(f"{reverse('inbox')}?{urlencode(query.as_params())}")
+        return redirect(f"{reverse('approvals:inbox')}?{urlencode({**query.as_params(), 'view_name': typed})}")
+    return redirect(f"{reverse('approvals:inbox')}?{urlencode(query.as_params())}")
 
 
 @require_POST
@@ -233,7 +233,7 @@ def saved_view_delete(request: AuthedRequest, view_id: int) -> HttpResponse:
         messages.info(request, "Saved view deleted.")
     else:
         messages.error(request, "Only the owner can delete a saved view.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 @require_POST
@@ -249,7 +249,7 @@ def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
     except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, snooze_form=form)
     messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 def _task_or_404(request: AuthedRequest, task_id: int) -> HumanTask:
@@ -337,7 +337,7 @@ def _delegates(task: HumanTask, *, exclude: User) -> list[Any]:
 
 
 def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:
-    return redirect("task_detail", task_id=task.pk)
+    return redirect("approvals:task_detail", task_id=task.pk)
 
 
 def _fail(request: AuthedRequest, task_id: int, exc: task_rules.TaskError) -> HttpResponse:
@@ -351,7 +351,7 @@ def _fail(request: AuthedRequest, task_id: int, exc: task_rules.TaskError) -> Ht
         response = task_detail(request, task_id)
         response.status_code = 403
         return response
-    response = redirect("task_detail", task_id=task_id)
+    response = redirect("approvals:task_detail", task_id=task_id)
     if isinstance(exc, task_rules.TaskConflict):
         response.status_code = 303
     return response
@@ -391,7 +391,7 @@ def task_release(request: AuthedRequest, task_id: int) -> HttpResponse:
     except task_rules.TaskError as exc:
         return _fail(request, task_id, exc)
     messages.info(request, "Released back to the team queue.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 @require_POST
@@ -406,7 +406,7 @@ def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
     except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, delegate_form=form)
     messages.success(request, f"Delegated to {to.get_username()}.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 @require_POST
@@ -451,8 +451,8 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
         messages.success(request, f"Your approval is recorded ({task.approvals} of {task.quorum}).")
     following = _next_task(request, exclude=task.pk)
     if following is not None:
-        return redirect("task_detail", task_id=following.pk)
-    return redirect("inbox")
+        return redirect("approvals:task_detail", task_id=following.pk)
+    return redirect("approvals:inbox")
 
 
 def _next_task(request: AuthedRequest, exclude: int) -> HumanTask | None:

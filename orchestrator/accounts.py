@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group, Permission
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.http import HttpRequest, HttpResponse
 
-from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone, request_meta
+from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone
 from orchestrator.audit_actions import AuditAction
 
 _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("baton_request", default=None)
@@ -54,6 +54,26 @@ def current_actor() -> Actor:
     if user is not None and user.is_authenticated:
         return Actor.of(user)
     return Actor("system")
+
+
+def request_meta(request: HttpRequest) -> dict[str, Any]:
+    """What the audit trail keeps about the request behind an action.
+
+    The address is the peer's, or behind a proxy (``BATON_BEHIND_PROXY``) the last one in X-Forwarded-For, the one
+    the proxy itself appended: entries before it come from the client and prove nothing. Without that setting the
+    header is ignored, since anyone can send it.
+    """
+    from django.conf import settings
+
+    ip = request.META.get("REMOTE_ADDR", "")
+    if settings.BATON_BEHIND_PROXY:
+        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        ip = next((part for part in reversed(forwarded) if part), ip)
+    return {
+        "ip": ip,
+        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
+        "path": request.path,
+    }
 
 
 def current_request_meta() -> dict[str, Any]:

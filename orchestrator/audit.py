@@ -19,7 +19,6 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import CharField, Exists, OuterRef, Value
 from django.db.models.functions import Cast, Concat
-from django.http import HttpRequest
 from django.utils import timezone
 
 from orchestrator.audit_actions import AuditAction
@@ -535,21 +534,3 @@ def _heads_without_events(chain: str | None) -> list[tuple[str, int]]:
         standalone = standalone.filter(name=chain)
     found = [(chain_name(pk), seq) for pk, seq in instances.values_list("pk", "audit_seq").iterator()]
     return found + list(standalone.values_list("name", "seq"))
-
-
-def request_meta(request: HttpRequest) -> dict[str, Any]:
-    """What the audit trail keeps about the request behind an action.
-
-    The address is the peer's, or behind a proxy (``BATON_BEHIND_PROXY``) the last one in X-Forwarded-For, the one
-    the proxy itself appended: entries before it come from the client and prove nothing. Without that setting the
-    header is ignored, since anyone can send it. Returns ``{"ip", "user_agent", "path"}``; raises nothing.
-    """
-    ip = request.META.get("REMOTE_ADDR", "")
-    if settings.BATON_BEHIND_PROXY:
-        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-        ip = next((part for part in reversed(forwarded) if part), ip)
-    return {
-        "ip": ip,
-        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
-        "path": request.path,
-    }

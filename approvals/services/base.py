@@ -286,7 +286,7 @@ def past_tense(decision: str) -> str:
 
 def task_url(task: HumanTask) -> str:
     """The task page's path. Raises ``NoReverseMatch`` only when the URL is not configured."""
-    return reverse("task_detail", args=[task.pk])
+    return reverse("approvals:task_detail", args=[task.pk])
 
 
 def people_of(task: HumanTask) -> list[int]:

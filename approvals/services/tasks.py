@@ -400,7 +400,7 @@ def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
     """Notify the operators (never the initiator) that the instance stopped after ``task``'s decision."""
     instance = unit.instance
     operators = members_of([OPERATORS], exclude=[instance.initiator_id])
-    url = reverse("instance_detail", args=[instance.pk])
+    url = reverse("console:instance_detail", args=[instance.pk])
     name = instance.title or f"{instance.workflow_name} #{instance.pk}"
     notify(unit, operators, "escalation", f"Stopped after a decision, needs an operator: {name}", url=url)
 

@@ -1,4 +1,8 @@
-"""Pages of the engine: home, instances (list, detail, operator actions), the workflow catalog, start forms.
+"""The operator's pages: home, instances (list, detail, operator actions), the workflow catalog, start forms,
+and the sign-in page (routed by baton_site/urls.py).
+
+They show the engine and the human tasks side by side, so they live here, above both apps: nothing in
+``orchestrator`` imports ``approvals``.
 
 Views stay thin: read through selectors, write through one service call, map domain errors to a message.
 """
@@ -19,8 +23,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from approvals.selectors import tasks_of_instance
-from orchestrator import forms, registry, selectors
-from orchestrator.audit import Actor, request_meta
+from console import forms
+from orchestrator import registry, selectors
+from orchestrator.accounts import request_meta
+from orchestrator.audit import Actor
 from orchestrator.diagram import workflow_dot
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepState
@@ -50,8 +56,8 @@ def home(request: AuthedRequest) -> HttpResponse:
 
     counts = inbox_counts(request.user)
     if selectors.can_operate(request.user) and not (counts["inbox"] or counts["queue"]):
-        return redirect("instance_list")
-    return redirect("inbox")
+        return redirect("console:instance_list")
+    return redirect("approvals:inbox")
 
 
 STATE_FILTERS = [s.value for s in InstanceState]
@@ -202,7 +208,7 @@ def instance_operate(request: AuthedRequest, instance_id: int, operation: str) -
         instance = _instance_or_404(request, instance.pk)
         return _render_detail(request, instance, operation=operation, operate_form=form, status=409)
     messages.success(request, f"{OPERATIONS[operation]}: {instance}.")
-    return redirect("instance_detail", instance_id=instance.pk)
+    return redirect("console:instance_detail", instance_id=instance.pk)
 
 
 @login_required
@@ -251,8 +257,8 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
         else:
             messages.success(request, f"Started {instance}.")
             if selectors.instance_for_user(request.user, instance.pk) is not None:
-                return redirect("instance_detail", instance_id=instance.pk)
-            return redirect(reverse("inbox"))
+                return redirect("console:instance_detail", instance_id=instance.pk)
+            return redirect(reverse("approvals:inbox"))
     key_errors: list[str] = [str(e) for e in options.errors.get("idempotency_key", [])]
     for error in key_errors:
         form.add_error(None, error)
