@@ -21,8 +21,9 @@ from django.utils import timezone
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
 from orchestrator import audit, recurrence, registry
 from orchestrator.audit import Actor
-from orchestrator.services import engine
+from orchestrator.audit_actions import AuditAction
 from orchestrator.services.results import clean_text
+from orchestrator.services.sweep import isolated
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def _audit(
     audit.append_standalone(
         CHAIN,
         actor=actor,
-        action=action,
+        action=AuditAction(action),
         subject_type="schedule",
         subject_id=schedule.pk,
         reason=reason,
@@ -179,9 +180,7 @@ def schedules_sweep(now: datetime, report: Any = None) -> dict[str, int]:
     )
     fired = Fired()
     for schedule_id in due:
-        engine.isolated(
-            report, "scheduled start", "schedule", schedule_id, None, partial(fire, schedule_id, now, fired)
-        )
+        isolated(report, "scheduled start", "schedule", schedule_id, None, partial(fire, schedule_id, now, fired))
     return {"started": fired.started, "skipped": fired.skipped, "failed": fired.failed}
 
 

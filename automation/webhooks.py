@@ -44,6 +44,7 @@ from automation.models import (
 )
 from orchestrator import audit
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditEvent
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def _audit(
     audit.append_standalone(
         CHAIN,
         actor=actor,
-        action=action,
+        action=AuditAction(action),
         subject_type="webhook",
         subject_id=subscription.pk,
         reason=reason,
@@ -270,12 +271,12 @@ def outbox_rows(sender: Any, unit: Any, **_kwargs: Any) -> None:
 def webhooks_sweep(now: datetime, report: Any = None) -> dict[str, int]:
     """Turn outbox rows into deliveries, take back deliveries whose sender died, and send the due ones.
     Returns ``{"queued": n, "sent": m, "recovered": k}``."""
-    from orchestrator.services import engine
+    from orchestrator.services.sweep import isolated
 
     counts = {"queued": 0, "sent": 0, "recovered": 0}
-    counts["queued"] = engine.isolated(report, "webhook outbox", "sweep", None, None, partial(_fan_out, now))
-    counts["recovered"] = engine.isolated(report, "webhook lease", "sweep", None, None, partial(_recover, now))
-    counts["sent"] = engine.isolated(report, "webhook dispatch", "sweep", None, None, partial(_dispatch_due, now))
+    counts["queued"] = isolated(report, "webhook outbox", "sweep", None, None, partial(_fan_out, now))
+    counts["recovered"] = isolated(report, "webhook lease", "sweep", None, None, partial(_recover, now))
+    counts["sent"] = isolated(report, "webhook dispatch", "sweep", None, None, partial(_dispatch_due, now))
     return counts
 
 

@@ -1,6 +1,6 @@
 """Signals: an instance waits at a ``Signal`` node for an event from outside, delivered by ``signal_deliver``.
 
-The engine calls :func:`signal_wait` from the one place it enters nodes (``engine.enter_node``) and
+The engine calls :func:`signal_wait` from the one place it enters nodes (``flow.enter_node``) and
 :func:`signals_sweep` from the one periodic pass; an operator's retry of a timed-out wait calls
 :func:`signal_rearm`. Rules (docs/architecture.md, "Signals"):
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -32,6 +33,7 @@ from django.utils import timezone
 
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Signal, Workflow
 from orchestrator.inputs import IDEMPOTENCY_KEY_MAX
 from orchestrator.models import (
@@ -43,7 +45,18 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services import engine
+from orchestrator.ports import human_tasks
+from orchestrator.services.compensation import compensation_start
+from orchestrator.services.flow import advance
+from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail, settle
+from orchestrator.services.locks import (
+    SWEEPER,
+    definition_or_none,
+    definition_unavailable,
+    lock_instance,
+    lock_step,
+    step_save,
+)
 from orchestrator.services.results import check_result
 from orchestrator.services.unit import Unit
 
@@ -123,7 +136,7 @@ def signal_deliver(
     payload_hash = hashlib.sha256(json.dumps([event, payload], sort_keys=True).encode()).hexdigest()
     target = signal_target(instance_id, business_key, workflow)
     with transaction.atomic():
-        instance = engine.lock_instance(target)
+        instance = lock_instance(target)
         unit = Unit(instance, actor, now=now, request_meta=request_meta)
         existing = ReceivedSignal.objects.filter(instance=instance, signal_id=signal_id).first()
         if existing is not None:
@@ -141,9 +154,9 @@ def signal_deliver(
             )
         if instance.is_final:
             raise SignalConflict(f"Instance {instance.pk} has ended ({instance.state}); it takes no more signals.")
-        workflow_def = engine.definition_or_none(instance)
+        workflow_def = definition_or_none(instance)
         if workflow_def is None:
-            raise SignalConflict(f"Cannot deliver: the {engine.definition_unavailable(instance)}.")
+            raise SignalConflict(f"Cannot deliver: the {definition_unavailable(instance)}.")
         nodes = [n for n in workflow_def.nodes.values() if isinstance(n, Signal) and n.event == event]
         if not nodes:
             raise SignalInvalid(
@@ -166,7 +179,7 @@ def signal_deliver(
         rows.insert(received)
         consume = waiting is not None and instance.state in ACTIVE_INSTANCE_STATES
         unit.audit(
-            action="signal.received",
+            action=AuditAction.SIGNAL_RECEIVED,
             subject_type="signal",
             subject_id=received.pk,
             payload={"event": event, "signal_id": signal_id, "payload": cleaned, "kept": not consume},
@@ -174,7 +187,7 @@ def signal_deliver(
         if consume:
             assert waiting is not None
             _consume(unit, workflow_def, waiting, node, received)
-            engine.settle(unit)
+            settle(unit)
         unit.finish()
         return Delivery(instance.pk, received, "consumed" if consume else "kept")
 
@@ -262,7 +275,7 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, receiv
     step.succeed({"event": received.event, "signal_id": received.signal_id, "payload": received.payload}, unit.now)
     rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit(
-        action="step.succeeded",
+        action=AuditAction.STEP_SUCCEEDED,
         subject_type="step",
         subject_id=step.pk,
         from_state=StepState.RUNNING,
@@ -270,7 +283,7 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, receiv
         payload={"signal": received.pk, "signal_id": received.signal_id},
     )
     unit.instance.data.update(received.payload)
-    engine.advance(unit, workflow, step)
+    advance(unit, workflow, step)
 
 
 # --- waiting (the engine enters a Signal node) -----------------------------------------------------------
@@ -291,7 +304,7 @@ def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, 
     )
     rows.insert(step)
     unit.audit(
-        action="step.started",
+        action=AuditAction.STEP_STARTED,
         subject_type="step",
         subject_id=step.pk,
         from_state="",
@@ -329,7 +342,7 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
     fields = ["state", "attempt", "max_attempts", "started_at", "due_at", "dispatched_at", "result", "error"]
     rows.update(step, [*fields, "error_type", "lease_expires_at"])
     unit.audit(
-        action="step.started",
+        action=AuditAction.STEP_STARTED,
         subject_type="step",
         subject_id=step.pk,
         from_state=from_state,
@@ -343,10 +356,11 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
 # --- the sweep: timeouts, and kept signals for steps that wait ----------------------------------------------
 
 
-def signals_sweep(now: datetime, report: engine.SweepReport | None = None) -> dict[str, int]:
+def signals_sweep(now: datetime, report: Any, isolated: Callable[..., int]) -> dict[str, int]:
     """Time out the waits whose timeout passed, and hand kept signals to steps now waiting for them (an instance
     paused or failed when its signal came). One instance per transaction, isolated like the rest of the sweep.
-    Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
+    ``isolated`` is the sweep's runner of one due item (``sweep.isolated``: passed in, so this module stays below
+    the sweep). Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
     batch = settings.BATON_SWEEP_BATCH
     due = list(
         StepRun.objects.filter(
@@ -357,9 +371,7 @@ def signals_sweep(now: datetime, report: engine.SweepReport | None = None) -> di
     )
     timed_out = 0
     for step_id, instance_id in due:
-        timed_out += engine.isolated(
-            report, "signal timeout", "step", step_id, instance_id, partial(_time_out, step_id, now)
-        )
+        timed_out += isolated(report, "signal timeout", "step", step_id, instance_id, partial(_time_out, step_id, now))
     waiting = (
         StepRun.objects.filter(instance_id=OuterRef("instance_id"), kind=StepKind.SIGNAL, state=StepState.RUNNING)
         .annotate(waits_for=KT(f"result__{WAITING_FOR}"))
@@ -373,7 +385,7 @@ def signals_sweep(now: datetime, report: engine.SweepReport | None = None) -> di
     )
     consumed = 0
     for instance_id in kept:
-        consumed += engine.isolated(
+        consumed += isolated(
             report, "kept signal", "instance", instance_id, instance_id, partial(_hand_kept, instance_id, now)
         )
     return {"signals_timed_out": timed_out, "signals_consumed": consumed}
@@ -381,7 +393,7 @@ def signals_sweep(now: datetime, report: engine.SweepReport | None = None) -> di
 
 def _time_out(step_id: int, now: datetime) -> int:
     with transaction.atomic():
-        locked = engine.lock_step(step_id, skip_locked=True)
+        locked = lock_step(step_id, skip_locked=True)
         if locked is None:
             return 0
         instance, step = locked
@@ -389,10 +401,10 @@ def _time_out(step_id: int, now: datetime) -> int:
             return 0
         if instance.state not in ACTIVE_INSTANCE_STATES:
             return 0
-        unit = Unit(instance, engine.SWEEPER, now=now)
-        workflow = engine.definition_or_none(instance)
+        unit = Unit(instance, SWEEPER, now=now)
+        workflow = definition_or_none(instance)
         if workflow is None:
-            engine.fail_for_missing_definition(unit)
+            fail_for_missing_definition(unit)
             unit.finish()
             return 1
         node = workflow.node(step.name)
@@ -400,9 +412,9 @@ def _time_out(step_id: int, now: datetime) -> int:
         due = timezone.localtime(step.due_at).isoformat(timespec="seconds")
         if node.on_timeout == CONTINUE:
             step.succeed({TIMED_OUT: True}, now)
-            engine.step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
             unit.audit(
-                action="step.succeeded",
+                action=AuditAction.STEP_SUCCEEDED,
                 subject_type="step",
                 subject_id=step.pk,
                 from_state=StepState.RUNNING,
@@ -411,13 +423,13 @@ def _time_out(step_id: int, now: datetime) -> int:
                 payload={TIMED_OUT: True},
             )
             instance.data[node.name] = {TIMED_OUT: True}
-            engine.advance(unit, workflow, step)
+            advance(unit, workflow, step)
         else:
             error = f"no signal {node.event!r} by {due}"
             step.die("SignalTimeout", error, now)
-            engine.step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
+            step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
             unit.audit(
-                action="step.dead",
+                action=AuditAction.STEP_DEAD,
                 subject_type="step",
                 subject_id=step.pk,
                 from_state=StepState.RUNNING,
@@ -427,14 +439,12 @@ def _time_out(step_id: int, now: datetime) -> int:
             )
             reason = f"{step.name} timed out: {error}"
             if node.on_timeout == COMPENSATE:
-                engine.compensation_start(unit, reason)
+                compensation_start(unit, reason)
             elif node.on_timeout == ESCALATE:
-                from approvals.services import escalation_open
-
-                escalation_open(unit, step, reason=reason)
+                human_tasks().escalation_open(unit, step, reason=reason)
             else:
-                engine.fail_instance(unit, reason)
-        engine.settle(unit)
+                instance_fail(unit, reason)
+        settle(unit)
         unit.finish()
         return 1
 
@@ -444,16 +454,16 @@ def _hand_kept(instance_id: int, now: datetime) -> int:
         instance = rows.get(WorkflowInstance, instance_id, lock=True)
         if instance is None or instance.state not in ACTIVE_INSTANCE_STATES:
             return 0
-        workflow = engine.definition_or_none(instance)
+        workflow = definition_or_none(instance)
         if workflow is None:
             return 0
-        unit = Unit(instance, engine.SWEEPER, now=now)
+        unit = Unit(instance, SWEEPER, now=now)
         consumed = 0
         for step in instance.steps.filter(kind=StepKind.SIGNAL, state=StepState.RUNNING).order_by("id"):
             node = workflow.nodes.get(step.name)
             if isinstance(node, Signal) and _consume_kept(unit, workflow, step, node):
                 consumed += 1
-        engine.settle(unit)
+        settle(unit)
         unit.finish()
         return consumed
 

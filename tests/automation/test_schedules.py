@@ -15,7 +15,7 @@ from orchestrator.audit import Actor
 from orchestrator.dsl import DefinitionError, StepContext, Task, Workflow
 from orchestrator.dsl import Schedule as Declared
 from orchestrator.models import AuditEvent, WorkflowInstance
-from orchestrator.services import engine
+from orchestrator.services import sweep as engine
 from tests.concurrency import race
 
 pytestmark = pytest.mark.django_db

@@ -17,7 +17,7 @@ from automation.models import DeliveryState, WebhookDelivery, WebhookOutbox, Web
 from automation.webhooks import WebhookInvalid, delivery_send, verify, webhook_subscribe
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent
-from orchestrator.services import engine
+from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
 from tests.automation.receiver import receiver
 

@@ -11,11 +11,11 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind
-from approvals.services import task_decide
+from approvals.services.tasks import task_decide
 from orchestrator.audit import Actor
 from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, DefinitionError, Signal, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepRun, StepState
-from orchestrator.services import engine
+from orchestrator.services import sweep as engine
 from orchestrator.services.instances import (
     instance_cancel,
     instance_pause,
