@@ -36,14 +36,6 @@ INSERT = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _schema_restored():
-    """Migrating back unapplies every later migration before the keying's reversal refuses or the test migrates
-    forward again (signals' 0009 among them): the tests after these need the whole schema."""
-    yield
-    call_command("migrate", verbosity=0)
-
-
 def wipe_trail() -> None:
     """As the owner, triggers off: a database that never had keyed events (the state before the upgrade)."""
     with connection.cursor() as cursor:
