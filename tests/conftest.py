@@ -40,7 +40,11 @@ from tests.factories import GroupFactory, SuperUserFactory, UserFactory
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = ROOT / ".venv" / "bin" / "celery"
 # Workflow modules the worker process imports besides the shipped ones (it cannot see test-registered flows).
-WORKER_EXTRA_WORKFLOW_MODULES = ["tests.orchestrator.versioned_flows", "tests.orchestrator.fault_flows"]
+WORKER_EXTRA_WORKFLOW_MODULES = [
+    "tests.orchestrator.versioned_flows",
+    "tests.orchestrator.fault_flows",
+    "tests.orchestrator.ops_flows",
+]
 RUN_STEPS_GUARD = 500
 WORKER_ENV = {
     "BATON_SWEEP_INTERVAL": "0.5",
