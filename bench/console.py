@@ -89,7 +89,8 @@ SELECT g,
             WHEN g %% 100 = 1 THEN 'ship failed: carrier timeout after 30 s' ELSE '' END,
        now() - ((%(top)s - g) * %(spacing)s || ' seconds')::interval,
        now() - ((%(top)s - g) * %(spacing)s - 60 || ' seconds')::interval,
-       CASE WHEN g %% 100 IN (2, 3) OR g %% 100 >= 16 THEN now() - ((%(top)s - g) * %(spacing)s - 60 || ' seconds')::interval END,
+       CASE WHEN g %% 100 IN (2, 3) OR g %% 100 >= 16
+            THEN now() - ((%(top)s - g) * %(spacing)s - 60 || ' seconds')::interval END,
        CASE WHEN g %% 100 = 15 THEN now() + ((g %% 3) - 1 || ' hours')::interval END,
        20, md5(g::text)
 FROM generate_series(%(lo)s + 1, %(hi)s) AS g;
@@ -113,7 +114,8 @@ SELECT (g - 1) * 5 + k, g,
        CASE WHEN k = 5 AND g %% 100 IN (5, 6, 15) THEN now() + interval '1 minute' END,
        CASE WHEN k = 5 AND g %% 100 = 4 THEN now() + interval '1 hour' END,
        now() - ((%(top)s - g) * %(spacing)s - k || ' seconds')::interval,
-       CASE WHEN k < 5 OR g %% 100 < 4 OR g %% 100 >= 16 THEN now() - ((%(top)s - g) * %(spacing)s - k - 1 || ' seconds')::interval END,
+       CASE WHEN k < 5 OR g %% 100 < 4 OR g %% 100 >= 16
+            THEN now() - ((%(top)s - g) * %(spacing)s - k - 1 || ' seconds')::interval END,
        now() - ((%(top)s - g) * %(spacing)s - k || ' seconds')::interval,
        '{}',
        CASE WHEN k = 5 AND g %% 100 = 0 THEN 'card declined (code ' || (g %% 7) || ')'
