@@ -91,13 +91,14 @@ def bulk_dry_run(user: User, action: str, flt: InstanceFilter) -> BulkJob:
                 f"More than {BULK_LIMIT:,} instances match: narrow the filter (by workflow, state, date or error)."
             )
         if total == 0:
-            raise ValidationError(f"No instance that can be {_past(action)} matches this filter.")
+            raise ValidationError(f"No instance that can be {past_tense(action)} matches this filter.")
         job.total = total
         job.save(update_fields=["total"])
     return job
 
 
-def _past(action: str) -> str:
+def past_tense(action: str) -> str:
+    """``retry`` -> ``retried``: what a page says was done to an instance."""
     return {"retry": "retried", "cancel": "cancelled", "pause": "paused", "resume": "resumed"}[action]
 
 
