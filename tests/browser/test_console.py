@@ -17,7 +17,6 @@ from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, BrowserTestCase, orm
 from tests.factories import OrderInputFactory
 
-
 # The narrowest phone in common use: the console must work there, not only at the suite's 390 px.
 NARROW = {"width": 375, "height": 812}
 
