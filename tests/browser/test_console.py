@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from orchestrator.demo import load_demo
+from orchestrator.demo import ensure_roles, load_demo
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, BrowserTestCase, orm
@@ -54,7 +54,9 @@ class ConsoleTests(BrowserTestCase):
             # then
             expect(page.locator("#instance-state")).to_contain_text("Completed", timeout=60_000)
             assert page.evaluate("window.__sameDocument") is True
-            expect(page.locator("[data-step] .attempt-succeeded")).to_have_count(1)
+            payout = page.locator("[data-step]").filter(has_text="Payout")
+            expect(payout.locator("tr.attempt-dead")).to_have_count(1)  # the third attempt, before the retry
+            expect(payout.locator("tr.attempt-succeeded")).to_have_count(1)  # the fourth, after it
 
         assert state_of(failed.pk) == InstanceState.COMPLETED
 
@@ -65,6 +67,7 @@ class ConsoleTests(BrowserTestCase):
         # given
         self.fixture("celery_worker")
         wait_for = self.fixture("wait_for")
+        ensure_roles()  # the demo's group permissions: operators operate
         orders = [instance_start("order_fulfilment", OrderInputFactory(fail_reserve=4)) for _ in range(4)]
         for order in orders:
             wait_for(lambda o=order: state_of(o.pk) == InstanceState.FAILED, timeout=60, instance=order)
