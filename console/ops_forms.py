@@ -20,6 +20,7 @@ STATE_CHOICES = [("", "All states")] + [(s.value, s.label) for s in InstanceStat
 class InstanceListForm(forms.Form):
     """The instance list's query string. An invalid value is named in a message and left out; the rest applies."""
 
+    q = forms.CharField(required=False, max_length=SEARCH_MAX, label="Search")
     workflow = forms.CharField(required=False, max_length=SEARCH_MAX, label="Workflow")
     version = forms.IntegerField(required=False, min_value=1, max_value=100_000, label="Version")
     state = forms.ChoiceField(required=False, choices=STATE_CHOICES, label="State")
@@ -72,6 +73,7 @@ class InstanceListForm(forms.Form):
             business_key=(c.get("business_key") or "").strip(),
             data_path=c.get("data_path") or "",
             data_value=c.get("data_value") or "",
+            q=(c.get("q") or "").strip(),
         )
 
     def messages(self) -> list[str]:

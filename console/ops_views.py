@@ -33,6 +33,7 @@ from console import services as bulk_services
 from console.models import BulkJob
 from orchestrator import registry
 from orchestrator import selectors as engine_selectors
+from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepKind, StepState
@@ -42,12 +43,6 @@ from orchestrator.services.engine import definition_unavailable
 from orchestrator.typing import AuthedRequest
 
 logger = logging.getLogger(__name__)
-
-
-def request_meta(request: AuthedRequest) -> dict[str, Any]:
-    from console.views import request_meta as meta
-
-    return meta(request)
 
 
 def _can_watch(user: User) -> bool:
@@ -140,6 +135,9 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
         "flt": flt,
         "form": form,
         "params": flt.as_params(),
+        # What was typed stays in the boxes, even when it could not be used (less the NUL nobody can see).
+        "q": str(request.GET.get("q", "")).replace("\x00", "")[: 2 * 100],
+        "workflow": flt.workflow,
         "counts": selectors.capped_counts(selectors.filtered(request.user, _all_states(flt))),
         "cap": selectors.COUNT_CAP,
         "states": [s for s in InstanceState],
@@ -315,7 +313,7 @@ def instance_action(request: AuthedRequest, instance_id: int, operation: str) ->
         return _render_detail(
             request, instance, operation=operation, form=form, status=400 if isinstance(exc, ValidationError) else 409
         )
-    messages.success(request, f"{done}: {instance}. The page follows what happens next.")
+    messages.success(request, f"{done}: {instance}.")
     return redirect("console:instance_detail", instance_id=instance.pk)
 
 

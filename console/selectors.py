@@ -53,6 +53,8 @@ class InstanceFilter:
     business_key: str = ""
     data_path: str = ""
     data_value: str = ""
+    # Free text: the title contains it, or it is the business key.
+    q: str = ""
 
     def as_params(self) -> dict[str, str]:
         """The filter as query-string values (empty ones left out), for links and a bulk job's record."""
@@ -66,6 +68,7 @@ class InstanceFilter:
             "business_key": self.business_key,
             "data_path": self.data_path,
             "data_value": self.data_value,
+            "q": self.q,
         }
         return {k: v for k, v in values.items() if v}
 
@@ -118,6 +121,8 @@ def filtered(user: User, flt: InstanceFilter) -> QuerySet[WorkflowInstance]:
         qs = qs.filter(business_key=flt.business_key)
     if flt.data_path and flt.data_value:
         qs = qs.filter(_data_match(flt.data_path, flt.data_value))
+    if flt.q:
+        qs = qs.filter(Q(title__icontains=flt.q) | Q(business_key=flt.q))
     return qs
 
 
