@@ -94,7 +94,7 @@ class PauseForm(ReasonForm):
 
 
 class SkipForm(ReasonForm):
-    step = forms.IntegerField(min_value=1, label="Step")
+    step = forms.IntegerField(min_value=1, max_value=2**63 - 1, label="Step")
     output = forms.CharField(
         required=False,
         max_length=TYPED_JSON_MAX,
@@ -105,7 +105,7 @@ class SkipForm(ReasonForm):
 
 class DataEditForm(ReasonForm):
     data = forms.CharField(max_length=TYPED_JSON_MAX, label="Data (JSON object)", widget=forms.Textarea)
-    seq = forms.IntegerField(min_value=0, label="Version read")
+    seq = forms.IntegerField(min_value=0, max_value=2**31 - 1, label="Version read")
 
 
 class BulkDryRunForm(InstanceListForm):
@@ -131,7 +131,7 @@ class EscalationForm(forms.Form):
 
     op = forms.ChoiceField(choices=[("resolve", "Resolve"), ("reassign", "Reassign")])
     decision = forms.ChoiceField(required=False, choices=ESCALATION_DECISIONS)
-    to_user = forms.IntegerField(required=False, min_value=1)
+    to_user = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
     comment = reason_field("Reason", required=False)
 
     def clean(self) -> dict[str, Any]:

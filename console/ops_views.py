@@ -87,7 +87,7 @@ def incidents(request: AuthedRequest) -> HttpResponse:
 def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
     """Resolve (retry, skip, mark resolved, fail) or reassign an escalation from the Incidents page, through the
     same task services as the task page: candidates and four-eyes are checked there."""
-    if not _can_watch(request.user):
+    if not _can_watch(request.user) or task_id > ID_MAX:
         raise Http404("No such page.")
     form = forms.EscalationForm(request.POST)
     if not form.is_valid():
@@ -344,11 +344,19 @@ def _query(flt: selectors.InstanceFilter) -> str:
     return urlencode(flt.as_params())
 
 
+# The largest id PostgreSQL's bigint holds: a larger one in a URL is no job, not a database error.
+ID_MAX = 2**63 - 1
+
+
 def _job_or_404(request: AuthedRequest, job_id: int) -> BulkJob:
+    if not _can_watch(request.user):
+        raise Http404("No such page.")
+    job = BulkJob.objects.select_related("created_by").filter(pk=job_id).first() if job_id <= ID_MAX else None
+    if job is None:
+        raise Http404("No such bulk job.")
     _require_operator(request)
-    job = BulkJob.objects.select_related("created_by").filter(pk=job_id).first()
     # A dry run is its author's draft; a started job is every operator's to follow.
-    if job is None or (job.state == "dry_run" and job.created_by_id != request.user.pk):
+    if job.state == "dry_run" and job.created_by_id != request.user.pk:
         raise Http404("No such bulk job.")
     return job
 

@@ -123,11 +123,13 @@ def bulk_confirm(
         raise ValidationError("Give a reason: it goes into the audit trail with the list of instances.")
     now = now or timezone.now()
     with transaction.atomic():
-        job = BulkJob.objects.select_for_update().filter(pk=job_id, created_by=user).first()
+        job = BulkJob.objects.select_for_update().filter(pk=job_id).first()
         if job is None:
-            raise BulkNotFound("No such dry run (a dry run is confirmed by whoever ran it).")
+            raise BulkNotFound("No such dry run.")
         if job.state != BulkJobState.DRY_RUN:
             raise BulkError(f"This bulk {job.action} was already started ({job.get_state_display().lower()}).")
+        if job.created_by_id != user.pk:
+            raise BulkNotFound("No such dry run (a dry run is confirmed by whoever ran it).")
         if now - job.created_at > DRY_RUN_TTL:
             minutes = int((now - job.created_at).total_seconds() // 60)
             raise BulkError(f"This dry run is {minutes} minutes old: run it again so that its count is current.")
