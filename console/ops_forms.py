@@ -104,7 +104,8 @@ class SkipForm(ReasonForm):
 
 
 class DataEditForm(ReasonForm):
-    data = forms.CharField(max_length=TYPED_JSON_MAX, label="Data (JSON object)", widget=forms.Textarea)
+    # Not "data": a form's own attribute of that name holds what was posted.
+    new_data = forms.CharField(max_length=TYPED_JSON_MAX, label="Data (JSON object)", widget=forms.Textarea)
     seq = forms.IntegerField(min_value=0, max_value=2**31 - 1, label="Version read")
 
 

@@ -301,7 +301,7 @@ def instance_action(request: AuthedRequest, instance_id: int, operation: str) ->
                 instance.pk, data["step"], output, actor=actor, reason=reason, request_meta=meta
             )
         else:
-            new_data = operations.parse_json_object(data["data"], "Data")
+            new_data = operations.parse_json_object(data["new_data"], "Data")
             operations.instance_data_edit(
                 instance.pk, new_data, actor=actor, reason=reason, expected_seq=data["seq"], request_meta=meta
             )

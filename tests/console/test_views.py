@@ -220,3 +220,22 @@ def test_a_dry_run_is_not_shown_to_another_operator(client, users, failed):
 
 LIST_QUERIES = 8  # session, user, permissions (2), the rows, the counts by state, the nav (2)
 DETAIL_QUERIES = 10  # session, user, instance, permissions (2), steps, audit events, tasks, the nav (2)
+
+
+def test_a_data_edit_read_before_another_change_is_refused_with_the_text_kept(client, users, failed):
+    # given: the editor read the instance at this sequence; then another operator changed it
+    read_at = failed.audit_seq
+    login(client, users.operator).post(
+        action(failed, "edit-data"), {"new_data": '{"customer": "ACME", "amount": 41}', "seq": read_at, "reason": "a"}
+    )
+
+    # when
+    response = client.post(
+        action(failed, "edit-data"), {"new_data": '{"customer": "Globex"}', "seq": read_at, "reason": "b"}
+    )
+
+    # then
+    assert response.status_code == 409
+    assert "changed while you were editing" in response.content.decode()
+    assert "Globex" in response.content.decode()
+    assert WorkflowInstance.objects.get(pk=failed.pk).data == {"customer": "ACME", "amount": 41}
