@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from orchestrator.demo import ensure_roles, load_demo
+from demo.data import ensure_roles, load_demo
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, BrowserTestCase, orm

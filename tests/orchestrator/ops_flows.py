@@ -7,9 +7,9 @@ worker ran each step; ``fail_pay: N`` in the data fails the first N attempts of 
 
 from __future__ import annotations
 
+from demo.workflows.simulated import call, maybe_fail
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
-from orchestrator.workflows.simulated import call, maybe_fail
 
 
 def book(ctx: StepContext) -> dict:

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from demo.models import DemoLedger
 from orchestrator import registry
 from orchestrator.audit import Actor
-from orchestrator.models import DemoLedger, InstanceState, StepKind, StepState, WorkflowInstance
+from orchestrator.models import InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_pause, instance_resume, instance_retry, instance_start
 from orchestrator.services.operations import instance_compensate, instance_step_skip
 
