@@ -4,7 +4,7 @@ need them; the console is what reads this way). PostgreSQL only: the demo's SQLi
 - keyset pages, newest first, of every instance, of one state, of one workflow (and version);
 - the business data by containment (``data @> '{"customer": "ACME"}'``): GIN with ``jsonb_path_ops``;
 - instances with an error, for the error-text filter (the ILIKE then reads only those rows);
-- failed instances, for the Incidents page's grouping.
+- failed instances, for the Incidents page's grouping; steps waiting to retry, for its retry storms.
 
 No index names ``updated_at``: the engine updates it on every step, and an indexed column changed by an update
 makes PostgreSQL write a new index entry instead of a heap-only tuple.
@@ -22,6 +22,8 @@ INDEXES = {
     "console_instance_data": f"ON {INSTANCES} USING gin (data jsonb_path_ops)",
     "console_instance_with_error": f"ON {INSTANCES} (created_at DESC, id DESC) WHERE error <> ''",
     "console_instance_failed": f"ON {INSTANCES} (workflow_name, id) WHERE state = 'failed'",
+    # Steps waiting to retry, for the retry-storm question (without it: a scan of every step run).
+    "console_step_retrying": "ON orchestrator_steprun (instance_id) WHERE state = 'failed'",
 }
 
 
