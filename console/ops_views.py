@@ -25,8 +25,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from approvals import services as task_services
 from approvals.selectors import tasks_of_instance
+from approvals.services import base as task_errors
+from approvals.services import tasks as task_services
 from console import ops_forms as forms
 from console import selectors
 from console import services as bulk_services
@@ -35,11 +36,12 @@ from orchestrator import registry
 from orchestrator import selectors as engine_selectors
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
+from orchestrator.diagram import workflow_dot
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepKind, StepState
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
-from orchestrator.services.engine import definition_unavailable
+from orchestrator.services.locks import definition_unavailable
 from orchestrator.typing import AuthedRequest
 
 logger = logging.getLogger(__name__)
@@ -104,12 +106,12 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
         else:
             to_user = User.objects.filter(pk=data["to_user"]).first()
             if to_user is None:
-                raise task_services.TaskInvalid("No such person.")
+                raise task_errors.TaskInvalid("No such person.")
             task = task_services.task_delegate(task_id, request.user, to_user, note=data["comment"], request_meta=meta)
             messages.success(request, f"Reassigned to {to_user.get_username()}: {task.title}.")
-    except task_services.TaskNotFound:
+    except task_errors.TaskNotFound:
         raise Http404("No such task.") from None
-    except task_services.TaskError as exc:
+    except task_errors.TaskError as exc:
         messages.warning(request, str(exc))
     return redirect("console:incidents")
 
@@ -184,7 +186,7 @@ def _render_detail(
         if step.kind != StepKind.COMPENSATION:
             latest[step.name] = step.state
     workflow = _definition(instance)
-    dot = workflow.to_dot(latest) if workflow is not None else ""
+    dot = workflow_dot(workflow, latest) if workflow is not None else ""
     step_rows = [
         {"step": s, "attempts": attempts.get(s.pk, []), "by_hand": selectors.resolved_by_hand(s)}
         for s in steps

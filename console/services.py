@@ -32,6 +32,7 @@ from console.models import BulkAction, BulkItemState, BulkJob, BulkJobItem, Bulk
 from console.selectors import InstanceFilter, filtered
 from orchestrator import audit
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.inputs import REASON_MAX, check_text, check_when
 from orchestrator.models import OPEN_INSTANCE_STATES, InstanceState, WorkflowInstance
 from orchestrator.realtime import send_now
@@ -143,7 +144,7 @@ def bulk_confirm(
         audit.append_standalone(
             OPERATIONS_CHAIN,
             actor=Actor.of(user),
-            action="bulk.started",
+            action=AuditAction.BULK_STARTED,
             subject_type="bulk_job",
             subject_id=job.pk,
             from_state=BulkJobState.DRY_RUN,
@@ -259,7 +260,7 @@ def _finish_if_done(job_id: int) -> None:
         audit.append_standalone(
             OPERATIONS_CHAIN,
             actor=Actor.system("bulk"),
-            action="bulk.finished",
+            action=AuditAction.BULK_FINISHED,
             subject_type="bulk_job",
             subject_id=job.pk,
             from_state=BulkJobState.RUNNING,
@@ -289,7 +290,7 @@ def bulk_stop(job_id: int, user: User, *, reason: str, request_meta: dict[str, A
         audit.append_standalone(
             OPERATIONS_CHAIN,
             actor=Actor.of(user),
-            action="bulk.stopped",
+            action=AuditAction.BULK_STOPPED,
             subject_type="bulk_job",
             subject_id=job.pk,
             from_state=BulkJobState.RUNNING,

@@ -23,6 +23,7 @@ from django.urls import reverse
 from console import forms
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
+from orchestrator.diagram import workflow_dot
 from orchestrator.services import instances as instance_services
 from orchestrator.typing import AuthedRequest
 
@@ -68,7 +69,7 @@ def workflow_list(request: AuthedRequest) -> HttpResponse:
                 "workflow": workflow,
                 "versions": [w.version for w in registry.all_versions(workflow.name)],
                 "stats": stats.get(workflow.name, {"total": 0, "active": 0, "failed": 0}),
-                "dot": workflow.to_dot(),
+                "dot": workflow_dot(workflow),
             }
         )
     return render(request, "orchestrator/workflow_list.html", {"rows": rows, "active_nav": "workflows"})

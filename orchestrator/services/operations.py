@@ -22,18 +22,14 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState
-from orchestrator.services.engine import (
-    advance,
-    compensation_start,
-    definition_or_none,
-    definition_unavailable,
-    lock_instance,
-    saga_begun,
-    settle,
-)
+from orchestrator.services.compensation import compensation_start, saga_begun
+from orchestrator.services.flow import advance
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
+from orchestrator.services.lifecycle import settle
+from orchestrator.services.locks import definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import check_result
 from orchestrator.services.unit import Unit
 
@@ -144,13 +140,13 @@ def instance_data_edit(
         unit = Unit(instance, actor, request_meta=request_meta)
         instance.data = data
         unit.audit(
-            "instance.data_edited",
             "instance",
             instance.pk,
             instance.state,
             instance.state,
             reason=reason,
             payload={"diff": diff},
+            action=AuditAction.INSTANCE_DATA_EDITED,
         )
         unit.finish()
         return diff
@@ -207,13 +203,13 @@ def instance_step_skip(
         from_state = instance.state
         instance.retry()
         unit.audit(
-            "instance.retried",
             "instance",
             instance.pk,
             from_state,
             instance.state,
             reason=reason,
             payload={"skipped_step": step.pk},
+            action=AuditAction.INSTANCE_RETRIED,
         )
         step.skip(f"skipped by {actor.label}: {reason}", unit.now)
         step.result = output
@@ -221,13 +217,13 @@ def instance_step_skip(
             state=step.state, error=step.error, finished_at=step.finished_at, lease_expires_at=None, result=output
         )
         unit.audit(
-            "step.skipped",
             "step",
             step.pk,
             StepState.DEAD,
             step.state,
             reason=reason,
             payload={"output": output, "by_hand": True},
+            action=AuditAction.STEP_SKIPPED,
         )
         instance.data.update(output)
         advance(unit, workflow, step)
@@ -315,13 +311,13 @@ def instance_compensate(
             )
         unit = Unit(instance, actor, request_meta=request_meta)
         unit.audit(
-            "instance.compensation_requested",
             "instance",
             instance.pk,
             instance.state,
             instance.state,
             reason=reason,
             payload={"cancel": cancel},
+            action=AuditAction.INSTANCE_COMPENSATION_REQUESTED,
         )
         if instance.state == InstanceState.PAUSED:
             # The undoing is not held by the pause: it ends here (the compensation is what was asked for).
