@@ -33,7 +33,7 @@ def resolve_config_once(sender: Celery, **_kwargs: object) -> None:
     conf.update(resolved)
 
 
-app.autodiscover_tasks(["orchestrator", "automation"])
+app.autodiscover_tasks(["orchestrator", "automation", "console"])
 
 
 @worker_ready.connect

@@ -345,9 +345,19 @@ if int(BATON_SWEEP_INTERVAL) != BATON_SWEEP_INTERVAL and BATON_SWEEP_INTERVAL > 
         f"BATON_SWEEP_INTERVAL={BATON_SWEEP_INTERVAL:g}: above 2147 s give whole seconds (the schedule table stores "
         "a fractional interval in microseconds, in a 32-bit column)."
     )
+# The console's periodic work: bulk jobs no worker is working are sent again; operators are told what failed.
+BATON_ALERT_INTERVAL = env_seconds("BATON_ALERT_INTERVAL", 60.0, minimum=1.0)
 CELERY_BEAT_SCHEDULE = {
     "baton-sweep": {"task": "orchestrator.tasks.sweep", "schedule": BATON_SWEEP_INTERVAL},
+    "console-bulk-jobs-resume": {"task": "console.tasks.bulk_jobs_resume", "schedule": 30.0},
+    "console-operator-alerts": {"task": "console.tasks.operator_alerts", "schedule": BATON_ALERT_INTERVAL},
 }
+# Operator alerts: at most one message of a kind per this many seconds (a storm of failures is one message).
+BATON_ALERT_THROTTLE = env_seconds("BATON_ALERT_THROTTLE", 300.0, minimum=0.0)
+# A failed instance nobody acted on for this long is called out on the Incidents page.
+BATON_INCIDENT_IDLE_SECONDS = env_seconds("BATON_INCIDENT_IDLE_SECONDS", 3600.0, minimum=1.0)
+# How far ahead a pause may end (a typo'd year is refused; longer holds should be cancellations).
+BATON_PAUSE_MAX_DAYS = int(os.environ.get("BATON_PAUSE_MAX_DAYS", "90"))
 
 # --- Baton ----------------------------------------------------------------------------------------------
 BATON_WORKFLOW_MODULES = [

@@ -20,6 +20,9 @@ class AuditAction(StrEnum):
     INSTANCE_CANCELLED = "instance.cancelled"
     INSTANCE_COMPENSATING = "instance.compensating"
     INSTANCE_COMPENSATED = "instance.compensated"
+    # The console's actions on one instance (orchestrator/services/operations.py).
+    INSTANCE_DATA_EDITED = "instance.data_edited"
+    INSTANCE_COMPENSATION_REQUESTED = "instance.compensation_requested"
     # Its steps.
     STEP_SCHEDULED = "step.scheduled"
     STEP_STARTED = "step.started"
@@ -79,5 +82,9 @@ class AuditAction(StrEnum):
     GROUP_DELETED = "group.deleted"
     GROUP_PERMISSIONS_ADDED = "group.permissions_added"
     GROUP_PERMISSIONS_REMOVED = "group.permissions_removed"
+    # Bulk actions, one event each on the "operations" chain (console/services.py).
+    BULK_STARTED = "bulk.started"
+    BULK_FINISHED = "bulk.finished"
+    BULK_STOPPED = "bulk.stopped"
     # The audit chain itself: where unkeyed (legacy) events end (migration 0007).
     AUDIT_KEYED = "audit.keyed"

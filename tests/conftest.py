@@ -40,7 +40,11 @@ from tests.factories import GroupFactory, SuperUserFactory, UserFactory
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = ROOT / ".venv" / "bin" / "celery"
 # Workflow modules the worker process imports besides the shipped ones (it cannot see test-registered flows).
-WORKER_EXTRA_WORKFLOW_MODULES = ["tests.orchestrator.versioned_flows", "tests.orchestrator.fault_flows"]
+WORKER_EXTRA_WORKFLOW_MODULES = [
+    "tests.orchestrator.versioned_flows",
+    "tests.orchestrator.fault_flows",
+    "tests.orchestrator.ops_flows",
+]
 RUN_STEPS_GUARD = 500
 WORKER_ENV = {
     "BATON_SWEEP_INTERVAL": "0.5",
@@ -48,6 +52,9 @@ WORKER_ENV = {
     "BATON_LEASE_GRACE": "1",
     # The webhook tests' receivers listen on 127.0.0.1.
     "BATON_WEBHOOK_ALLOW_PRIVATE": "1",
+    # Operator alerts are tested by calling them (tests/console/test_alerts.py); beat's pass would add notifications
+    # to other tests' counts.
+    "BATON_ALERT_INTERVAL": "3600",
 }
 
 

@@ -259,6 +259,16 @@ def _drain(instance: WorkflowInstance) -> None:
     raise AssertionError(f"instance {instance.pk} kept running steps")
 
 
+def _bulk_job(operator: User, *, confirm: bool) -> int:
+    from console.selectors import InstanceFilter
+    from console.services import bulk_confirm, bulk_dry_run
+
+    job = bulk_dry_run(operator, "pause", InstanceFilter(workflow="expense_approval"))
+    if confirm:
+        bulk_confirm(job.pk, operator, reason="matrix world")
+    return job.pk
+
+
 def build_world(*, with_escalation: bool) -> World:
     """The cast with the demo's group permissions, their sessions, and the objects of docs/access-matrix.md."""
     groups = {name: GroupFactory(name=name) for name in ROLE_GROUPS}
@@ -325,6 +335,12 @@ def build_world(*, with_escalation: bool) -> World:
         "staff2": people["staff2"].pk,
         "inactive": people["inactive"].pk,
         "initiator": initiator.pk,
+        "operator": people["operator"].pk,
+        "instance_seq": WorkflowInstance.objects.get(pk=instance.pk).audit_seq,
+        # A bulk pause the operator confirmed (every operator may follow and stop it) and a dry run of theirs (only
+        # they may see and confirm it).
+        "bulk_job": _bulk_job(people["operator"], confirm=True),
+        "dry_run": _bulk_job(people["operator"], confirm=False),
         "soon": f"{timezone.localtime() + timedelta(days=1):%Y-%m-%dT%H:%M}",
     }
     if with_escalation:

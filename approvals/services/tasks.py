@@ -132,6 +132,8 @@ def _check_may_act(user: User, locked: LockedTask) -> None:
     if not user.is_active:
         raise TaskForbidden("Your account is deactivated.")
     _check_not_initiator(user, locked)
+    if not locked.is_candidate and task.kind == TaskKind.ESCALATION and is_manager(user):
+        return  # managers answer for escalations as operators do (issue 10: resolve them from Incidents)
     if not locked.is_candidate:
         if task.assignee_id == user.pk:
             raise TaskForbidden("You are no longer a candidate for this task, so it is no longer yours.")

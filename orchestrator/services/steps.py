@@ -4,6 +4,8 @@ number); and the operations on one step, retry and skip."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -162,6 +164,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
         from_state=from_state,
         to_state=step.state,
         payload={"attempt": step.attempt},
+        request_meta=worker_meta(),
     )
     # No live event for a claim: the outcome follows within the step's run time and is broadcast then.
     if not rows.guarded_write(
@@ -178,6 +181,15 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
     ):
         return Moved()
     return _claimed(instance, step, node)
+
+
+_HOST = socket.gethostname()
+
+
+def worker_meta() -> dict[str, str]:
+    """Which process claimed a step (``host/pid``), kept in the claim's audit event so the instance page can say
+    which worker ran each attempt."""
+    return {"worker": f"{_HOST}/{os.getpid()}"}  # the pid is read per call: a prefork child has its own
 
 
 def _lease(node: Node, now: datetime) -> datetime:
@@ -231,7 +243,7 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
             return None
         from_state = step.state
         step.start(now, _lease(node, now))
-        unit = Unit(instance, WORKER, now=now, broadcast=False)
+        unit = Unit(instance, WORKER, now=now, broadcast=False, request_meta=worker_meta())
         # The step's write rides in the statement that writes the audit event and the instance (one round trip).
         unit.fence(step, ["state", "attempt", "started_at", "lease_expires_at"])
         unit.audit(
@@ -516,6 +528,8 @@ def record_failure(
                 "max_attempts": step.max_attempts,
                 "error_type": error_type,
                 "retry_in_seconds": round(delay, 3),
+                # The whole message and traceback of this attempt: the step's own error keeps only the latest.
+                "error": error,
             },
             action=AuditAction.STEP_FAILED,
         )

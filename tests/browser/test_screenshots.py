@@ -30,10 +30,11 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def diagrams_drawn(page: Page) -> None:
-    """Every ``.diagram`` on the page has its SVG (viz.js renders them after load)."""
-    diagrams = page.locator(".diagram")
+    """Every diagram on the page (``.diagram``, or the instance page's ``.diagram-zoom``, which scrolls instead of
+    shrinking) has its SVG (viz.js renders them after load)."""
+    diagrams = page.locator(".diagram, .diagram-zoom")
     expect(diagrams.first).to_be_visible()
-    expect(page.locator(".diagram svg")).to_have_count(diagrams.count())
+    expect(page.locator(".diagram svg, .diagram-zoom svg")).to_have_count(diagrams.count())
 
 
 class ScreenshotTests(BrowserTestCase):

@@ -1,0 +1,144 @@
+"""Forms of the operator console's pages: the instance list's filters, the instance actions, bulk actions and
+escalation answers. Every query parameter and posted field goes through one of these: bad input becomes a
+message on the page with what was typed kept, never a database error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from console.selectors import DATA_PATH, InstanceFilter, decode_cursor
+from orchestrator.forms import WhenField, reason_field
+from orchestrator.inputs import SEARCH_MAX, drop_repeated
+from orchestrator.models import InstanceState
+from orchestrator.services.operations import TYPED_JSON_MAX
+
+STATE_CHOICES = [("", "All states")] + [(s.value, s.label) for s in InstanceState]
+
+
+class InstanceListForm(forms.Form):
+    """The instance list's query string. An invalid value is named in a message and left out; the rest applies."""
+
+    q = forms.CharField(required=False, max_length=SEARCH_MAX, label="Search")
+    workflow = forms.CharField(required=False, max_length=SEARCH_MAX, label="Workflow")
+    version = forms.IntegerField(required=False, min_value=1, max_value=100_000, label="Version")
+    state = forms.ChoiceField(required=False, choices=STATE_CHOICES, label="State")
+    started_from = WhenField(required=False, label="Started from")
+    started_to = WhenField(required=False, label="Started before")
+    error = forms.CharField(required=False, max_length=SEARCH_MAX, label="Error text")
+    business_key = forms.CharField(required=False, max_length=100, label="Business key")
+    data_path = forms.RegexField(
+        required=False,
+        regex=DATA_PATH,
+        max_length=200,
+        label="Data field",
+        error_messages={"invalid": "Data field: give a key of the business data, like customer or address.city."},
+    )
+    data_value = forms.CharField(required=False, max_length=SEARCH_MAX, label="Data value")
+    after = forms.CharField(required=False, max_length=200, label="Page")
+
+    def __init__(self, data: Any = None, **kwargs: Any) -> None:
+        labels = {name: str(field.label) for name, field in self.base_fields.items()}
+        data, self.repeated = drop_repeated(data, labels) if data is not None else (data, [])
+        super().__init__(data, **kwargs)
+
+    def clean_after(self) -> tuple | None:
+        value = self.cleaned_data.get("after") or ""
+        if not value:
+            return None
+        cursor = decode_cursor(value)
+        if cursor is None:
+            raise forms.ValidationError("this page link is not valid; showing the first page.")
+        return cursor
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if bool(cleaned.get("data_path")) != bool(cleaned.get("data_value")):
+            self.add_error("data_value", "give both the data field and its value, or neither.")
+            cleaned.pop("data_path", None)
+            cleaned.pop("data_value", None)
+        return cleaned
+
+    def to_filter(self) -> InstanceFilter:
+        """The valid filters (call after ``is_valid()``); invalid ones are left out."""
+        c = getattr(self, "cleaned_data", {})
+        return InstanceFilter(
+            workflow=c.get("workflow") or "",
+            version=c.get("version") if c.get("workflow") else None,
+            state=c.get("state") or "",
+            started_from=c.get("started_from"),
+            started_to=c.get("started_to"),
+            error=(c.get("error") or "").strip(),
+            business_key=(c.get("business_key") or "").strip(),
+            data_path=c.get("data_path") or "",
+            data_value=c.get("data_value") or "",
+            q=(c.get("q") or "").strip(),
+        )
+
+    def messages(self) -> list[str]:
+        """One line per invalid parameter, naming it and saying what was done instead."""
+        return self.repeated + [
+            f"{self.fields[name].label if name in self.fields else 'Filter'}: {' '.join(map(str, errors))}"
+            + ("" if name == "after" else " Showing results without it.")
+            for name, errors in self.errors.items()
+        ]
+
+
+class ReasonForm(forms.Form):
+    reason = reason_field("Reason")
+
+
+class PauseForm(ReasonForm):
+    until = WhenField(required=False, label="Resume at")
+
+
+class SkipForm(ReasonForm):
+    step = forms.IntegerField(min_value=1, max_value=2**63 - 1, label="Step")
+    output = forms.CharField(
+        required=False,
+        max_length=TYPED_JSON_MAX,
+        label="Output (JSON object)",
+        widget=forms.Textarea(attrs={"rows": 3}),
+    )
+
+
+class DataEditForm(ReasonForm):
+    # Not "data": a form's own attribute of that name holds what was posted.
+    new_data = forms.CharField(max_length=TYPED_JSON_MAX, label="Data (JSON object)", widget=forms.Textarea)
+    seq = forms.IntegerField(min_value=0, max_value=2**31 - 1, label="Version read")
+
+
+class BulkDryRunForm(InstanceListForm):
+    action = forms.ChoiceField(
+        choices=[("retry", "Retry"), ("cancel", "Cancel"), ("pause", "Pause"), ("resume", "Resume")], label="Action"
+    )
+
+
+class BulkConfirmForm(ReasonForm):
+    until = WhenField(required=False, label="Resume at")
+
+
+ESCALATION_DECISIONS = [
+    ("retry", "Retry the step"),
+    ("skip", "Skip the step"),
+    ("resolved", "Mark resolved (done by hand)"),
+    ("fail", "Fail the instance"),
+]
+
+
+class EscalationForm(forms.Form):
+    """An answer to an escalation from the Incidents page: resolve it (one of the decisions) or reassign it."""
+
+    op = forms.ChoiceField(choices=[("resolve", "Resolve"), ("reassign", "Reassign")])
+    decision = forms.ChoiceField(required=False, choices=ESCALATION_DECISIONS)
+    to_user = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    comment = reason_field("Reason", required=False)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("op") == "resolve" and not cleaned.get("decision"):
+            self.add_error("decision", "Choose how to resolve it.")
+        if cleaned.get("op") == "reassign" and not cleaned.get("to_user"):
+            self.add_error("to_user", "Choose whom to give it to.")
+        return cleaned

@@ -1,0 +1,431 @@
+"""The operator console's pages: Incidents, the instance list, the instance page, its actions, and bulk actions.
+
+Views stay thin: a form cleans what was typed, a selector reads, one service call writes, and a refusal comes back
+as the page again with the message and what was typed (400 for input, 409 for a state that does not allow it).
+
+Who sees what: Incidents is for the people who answer for running work (operators, managers, admins: the
+``view_workflowinstance`` permission); anyone else gets a 404. Every action and bulk action needs
+``operate_workflowinstance``: someone who can see the instance gets 403, anyone else 404.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from approvals.selectors import tasks_of_instance
+from approvals.services import base as task_errors
+from approvals.services import tasks as task_services
+from console import ops_forms as forms
+from console import selectors
+from console import services as bulk_services
+from console.models import BulkJob
+from orchestrator import registry
+from orchestrator import selectors as engine_selectors
+from orchestrator.accounts import request_meta
+from orchestrator.audit import Actor
+from orchestrator.diagram import workflow_dot
+from orchestrator.inputs import REASON_MAX
+from orchestrator.models import InstanceState, StepKind, StepState
+from orchestrator.services import instances as instance_services
+from orchestrator.services import operations
+from orchestrator.services.locks import definition_unavailable
+from orchestrator.typing import AuthedRequest
+
+logger = logging.getLogger(__name__)
+
+
+def _can_watch(user: User) -> bool:
+    return engine_selectors.can_view_all_instances(user)
+
+
+def _require_operator(request: AuthedRequest) -> None:
+    """404 for someone who may not know the page exists, 403 for a viewer who may not act."""
+    if not engine_selectors.can_operate(request.user):
+        if _can_watch(request.user):
+            raise PermissionDenied
+        raise Http404("No such page.")
+
+
+# --- Incidents ------------------------------------------------------------------------------------------
+
+
+@login_required
+def incidents(request: AuthedRequest) -> HttpResponse:
+    """What needs a person now, across workflows; live (re-fetched when an instance changes state)."""
+    if not _can_watch(request.user):
+        raise Http404("No such page.")
+    found = selectors.incidents()
+    operators = list(
+        User.objects.filter(groups__name="operators", is_active=True).order_by("username").only("id", "username")
+    )
+    context = {
+        "found": found,
+        "operators": operators,
+        "can_operate": engine_selectors.can_operate(request.user),
+        "reason_max": REASON_MAX,
+        "decisions": forms.ESCALATION_DECISIONS,
+        "active_nav": "incidents",
+    }
+    if request.htmx and request.htmx.target == "incidents-live":
+        return render(request, "console/_incidents_live.html", context)
+    return render(request, "console/incidents.html", context)
+
+
+@require_POST
+@login_required
+def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
+    """Resolve (retry, skip, mark resolved, fail) or reassign an escalation from the Incidents page, through the
+    same task services as the task page: candidates and four-eyes are checked there."""
+    if not _can_watch(request.user) or task_id > ID_MAX:
+        raise Http404("No such page.")
+    form = forms.EscalationForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, " ".join(map(str, errors)))
+        return redirect("console:incidents")
+    data, meta = form.cleaned_data, request_meta(request)
+    try:
+        if data["op"] == "resolve":
+            task = task_services.task_decide(
+                task_id, request.user, data["decision"], comment=data["comment"], request_meta=meta
+            )
+            messages.success(request, f"Resolved ({data['decision']}): {task.title}.")
+        else:
+            to_user = User.objects.filter(pk=data["to_user"]).first()
+            if to_user is None:
+                raise task_errors.TaskInvalid("No such person.")
+            task = task_services.task_delegate(task_id, request.user, to_user, note=data["comment"], request_meta=meta)
+            messages.success(request, f"Reassigned to {to_user.get_username()}: {task.title}.")
+    except task_errors.TaskNotFound:
+        raise Http404("No such task.") from None
+    except task_errors.TaskError as exc:
+        messages.warning(request, str(exc))
+    return redirect("console:incidents")
+
+
+# --- the instance list ----------------------------------------------------------------------------------
+
+
+@login_required
+def instance_list(request: AuthedRequest) -> HttpResponse:
+    """Instances the user may see, filtered (workflow, version, state, started between, error text, business
+    key, a field of the business data), newest first in keyset pages, with counts by state; live."""
+    form = forms.InstanceListForm(request.GET)
+    form.is_valid()
+    flt = form.to_filter()
+    partial = bool(request.htmx and request.htmx.target == "instance-rows")
+    if not partial:
+        for problem in form.messages():
+            messages.warning(request, problem)
+    qs = selectors.filtered(request.user, flt)
+    page = selectors.page_of(qs, form.cleaned_data.get("after") if hasattr(form, "cleaned_data") else None)
+    context = {
+        "page": page,
+        "flt": flt,
+        "form": form,
+        "params": flt.as_params(),
+        # What was typed stays in the boxes, even when it could not be used (less the NUL nobody can see).
+        "q": str(request.GET.get("q", "")).replace("\x00", "")[: 2 * 100],
+        "workflow": flt.workflow,
+        "counts": selectors.capped_counts(selectors.filtered(request.user, _all_states(flt))),
+        "cap": selectors.COUNT_CAP,
+        "states": [s for s in InstanceState],
+        "workflows": registry.latest_all(),
+        "can_operate": engine_selectors.can_operate(request.user),
+        "now": timezone.now(),
+        "active_nav": "instances",
+    }
+    template = "console/_instance_rows.html" if partial else "console/instance_list.html"
+    return render(request, template, context)
+
+
+def _all_states(flt: selectors.InstanceFilter) -> selectors.InstanceFilter:
+    """The same filter across every state: the state tabs count each state under the other filters."""
+    return replace(flt, state="")
+
+
+# --- the instance page ----------------------------------------------------------------------------------
+
+
+def _instance_or_404(request: AuthedRequest, instance_id: int) -> Any:
+    instance = engine_selectors.instance_for_user(request.user, instance_id)
+    if instance is None:
+        raise Http404("No such instance.")
+    return instance
+
+
+@login_required
+def instance_detail(request: AuthedRequest, instance_id: int) -> HttpResponse:
+    """One instance: actions at the top, every attempt of every step, data, compensation plan, tasks, history."""
+    return _render_detail(request, _instance_or_404(request, instance_id))
+
+
+def _render_detail(
+    request: AuthedRequest, instance: Any, *, operation: str = "", form: Any = None, status: int = 200
+) -> HttpResponse:
+    steps = engine_selectors.steps_of(instance)
+    can_operate = engine_selectors.can_operate(request.user)
+    can_audit = request.user.has_perm("orchestrator.view_auditevent") or can_operate
+    events = list(engine_selectors.audit_of(instance))
+    attempts = selectors.attempts_by_step(steps, events, show_paths=can_operate)
+    latest: dict[str, str] = {}
+    for step in steps:
+        if step.kind != StepKind.COMPENSATION:
+            latest[step.name] = step.state
+    workflow = _definition(instance)
+    dot = workflow_dot(workflow, latest) if workflow is not None else ""
+    step_rows = [
+        {"step": s, "attempts": attempts.get(s.pk, []), "by_hand": selectors.resolved_by_hand(s)}
+        for s in steps
+        if s.kind != StepKind.COMPENSATION
+    ]
+    dead = [s for s in steps if s.state == StepState.DEAD and s.kind != StepKind.COMPENSATION]
+    context = {
+        "instance": instance,
+        "workflow": workflow,
+        "step_rows": step_rows,
+        "plan": _compensation_plan(steps, workflow),
+        "tasks": list(tasks_of_instance(instance.pk)),
+        "events": events if can_audit else [],
+        "can_audit": can_audit,
+        "can_operate": can_operate,
+        "dot": dot,
+        "definition_missing": definition_unavailable(instance) if workflow is None else "",
+        "data_rows": sorted(instance.data.items()),
+        "data_json": json.dumps(instance.data, indent=2, sort_keys=True, ensure_ascii=False),
+        "skippable": dead[0] if len(dead) == 1 and instance.state == InstanceState.FAILED else None,
+        "operation": operation,
+        "op_form": form,
+        "reason_max": REASON_MAX,
+        "pause_days": operations.pause_horizon().days,
+        "active_nav": "instances",
+    }
+    target = request.htmx.target if request.htmx else None
+    if target == "instance-live":
+        return render(request, "console/_instance_live.html", context)
+    if target == "instance-head":
+        return render(request, "console/_instance_head.html", context)
+    return render(request, "console/instance_detail.html", context, status=status)
+
+
+def _definition(instance: Any) -> Any:
+    try:
+        return registry.get(instance.workflow_name, instance.workflow_version)
+    except registry.UnknownWorkflow:
+        return None
+
+
+def _compensation_plan(steps: list[Any], workflow: Any) -> list[dict[str, Any]]:
+    """The instance's undo plan, latest first: each step that took effect and has a compensation, with whether it
+    was undone (by its compensation or by hand), is being undone, or is still to undo. Empty when nothing would."""
+    if workflow is None:
+        return []
+    undoing = {s.compensates_id: s for s in steps if s.kind == StepKind.COMPENSATION}
+    plan = []
+    for step in sorted(steps, key=lambda s: (s.finished_at or s.created_at, s.pk), reverse=True):
+        if step.kind != StepKind.TASK or step.state not in (StepState.SUCCEEDED, StepState.COMPENSATED):
+            continue
+        node = workflow.nodes.get(step.name)
+        if getattr(node, "compensate", None) is None:
+            continue
+        comp = undoing.get(step.pk)
+        if step.state == StepState.COMPENSATED:
+            status = "undone by hand" if comp is not None and comp.state == StepState.SKIPPED else "undone"
+        elif comp is not None:
+            status = {"dead": "undo failed: needs a person"}.get(comp.state, "being undone")
+        else:
+            status = "to undo"
+        plan.append({"step": step, "status": status, "compensation": comp})
+    return plan
+
+
+# Each action: the form it reads, and the words of its success message.
+ACTIONS: dict[str, tuple[type, str]] = {
+    "retry": (forms.ReasonForm, "Retried"),
+    "pause": (forms.PauseForm, "Paused"),
+    "resume": (forms.ReasonForm, "Resumed"),
+    "cancel": (forms.ReasonForm, "Cancelled"),
+    "cancel-compensate": (forms.ReasonForm, "Cancelling with compensation"),
+    "compensate": (forms.ReasonForm, "Compensating"),
+    "skip": (forms.SkipForm, "Skipped the step of"),
+    "edit-data": (forms.DataEditForm, "Data saved for"),
+}
+
+
+@require_POST
+@login_required
+def instance_action(request: AuthedRequest, instance_id: int, operation: str) -> HttpResponse:
+    """An operator's action on one instance, always with a reason that is audited with their name."""
+    if operation not in ACTIONS:
+        raise Http404("No such action.")
+    instance = _instance_or_404(request, instance_id)
+    if not engine_selectors.can_operate(request.user):
+        raise PermissionDenied
+    form_class, done = ACTIONS[operation]
+    form = form_class(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, " ".join(map(str, errors)))
+        return _render_detail(request, instance, operation=operation, form=form, status=400)
+    data, actor, meta = form.cleaned_data, Actor.of(request.user), request_meta(request)
+    reason = data["reason"]
+    try:
+        if operation == "retry":
+            instance_services.instance_retry(instance.pk, actor=actor, reason=reason, request_meta=meta)
+        elif operation == "pause":
+            operations.instance_pause_until(
+                instance.pk, actor=actor, reason=reason, until=data["until"], request_meta=meta
+            )
+        elif operation == "resume":
+            instance_services.instance_resume(instance.pk, actor=actor, reason=reason, request_meta=meta)
+        elif operation == "cancel":
+            instance_services.instance_cancel(instance.pk, actor=actor, reason=reason, request_meta=meta)
+        elif operation in ("compensate", "cancel-compensate"):
+            operations.instance_compensate(
+                instance.pk, actor=actor, reason=reason, cancel=operation == "cancel-compensate", request_meta=meta
+            )
+        elif operation == "skip":
+            output = operations.parse_json_object(data["output"] or "{}", "Output")
+            operations.instance_step_skip(
+                instance.pk, data["step"], output, actor=actor, reason=reason, request_meta=meta
+            )
+        else:
+            new_data = operations.parse_json_object(data["new_data"], "Data")
+            operations.instance_data_edit(
+                instance.pk, new_data, actor=actor, reason=reason, expected_seq=data["seq"], request_meta=meta
+            )
+    except (ValidationError, instance_services.NotAllowed) as exc:
+        problem = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        (messages.error if isinstance(exc, ValidationError) else messages.warning)(request, problem)
+        form.add_error(None, problem)
+        instance = _instance_or_404(request, instance.pk)
+        return _render_detail(
+            request, instance, operation=operation, form=form, status=400 if isinstance(exc, ValidationError) else 409
+        )
+    messages.success(request, f"{done}: {instance}.")
+    return redirect("console:instance_detail", instance_id=instance.pk)
+
+
+# --- bulk actions ---------------------------------------------------------------------------------------
+
+
+@require_POST
+@login_required
+def bulk_dry_run(request: AuthedRequest) -> HttpResponse:
+    """Count and list the instances the filter matches that the action applies to; nothing happens to them."""
+    _require_operator(request)
+    form = forms.BulkDryRunForm(request.POST)
+    if not form.is_valid():
+        for problem in form.messages():
+            messages.error(request, problem)
+        return redirect(reverse("console:instance_list") + "?" + _query(form.to_filter()))
+    try:
+        job = bulk_services.bulk_dry_run(request.user, form.cleaned_data["action"], form.to_filter())
+    except ValidationError as exc:
+        messages.warning(request, " ".join(exc.messages))
+        return redirect(reverse("console:instance_list") + "?" + _query(form.to_filter()))
+    return redirect("console:bulk_detail", job_id=job.pk)
+
+
+def _query(flt: selectors.InstanceFilter) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(flt.as_params())
+
+
+# The largest id PostgreSQL's bigint holds: a larger one in a URL is no job, not a database error.
+ID_MAX = 2**63 - 1
+
+
+def _job_or_404(request: AuthedRequest, job_id: int) -> BulkJob:
+    if not _can_watch(request.user):
+        raise Http404("No such page.")
+    job = BulkJob.objects.select_related("created_by").filter(pk=job_id).first() if job_id <= ID_MAX else None
+    if job is None:
+        raise Http404("No such bulk job.")
+    _require_operator(request)
+    # A dry run is its author's draft; a started job is every operator's to follow.
+    if job.state == "dry_run" and job.created_by_id != request.user.pk:
+        raise Http404("No such bulk job.")
+    return job
+
+
+@login_required
+def bulk_detail(request: AuthedRequest, job_id: int, *, form: Any = None, status: int = 200) -> HttpResponse:
+    """A dry run (its exact count, a sample, the confirmation) or a job's live progress and honest outcome."""
+    job = _job_or_404(request, job_id)
+    context = {
+        "job": job,
+        "progress": selectors.bulk_progress(job),
+        "sample": selectors.bulk_sample(job),
+        "form": form or forms.BulkConfirmForm(),
+        "action_past": bulk_services.past_tense(job.action),
+        "ttl_minutes": int(bulk_services.DRY_RUN_TTL.total_seconds() // 60),
+        "reason_max": REASON_MAX,
+        "active_nav": "instances",
+    }
+    if request.htmx and request.htmx.target == "bulk-live":
+        return render(request, "console/_bulk_progress.html", context)
+    return render(request, "console/bulk_detail.html", context, status=status)
+
+
+@require_POST
+@login_required
+def bulk_confirm(request: AuthedRequest, job_id: int) -> HttpResponse:
+    """Start the job on exactly the dry run's instances, with a reason."""
+    job = _job_or_404(request, job_id)
+    form = forms.BulkConfirmForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, " ".join(map(str, errors)))
+        return bulk_detail(request, job.pk, form=form, status=400)
+    try:
+        bulk_services.bulk_confirm(
+            job.pk,
+            request.user,
+            reason=form.cleaned_data["reason"],
+            until=form.cleaned_data["until"],
+            request_meta=request_meta(request),
+        )
+    except bulk_services.BulkNotFound:
+        raise Http404("No such bulk job.") from None
+    except (ValidationError, bulk_services.BulkError) as exc:
+        problem = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        messages.warning(request, problem)
+        form.add_error(None, problem)
+        return bulk_detail(request, job.pk, form=form, status=400 if isinstance(exc, ValidationError) else 409)
+    messages.success(request, f"Started: {job.get_action_display().lower()} of {job.total:,} instances.")
+    return redirect("console:bulk_detail", job_id=job.pk)
+
+
+@require_POST
+@login_required
+def bulk_stop(request: AuthedRequest, job_id: int) -> HttpResponse:
+    """Stop a running job: what is left is skipped, what was done stays done."""
+    job = _job_or_404(request, job_id)
+    form = forms.ReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a reason: it goes into the audit trail.")
+        return redirect("console:bulk_detail", job_id=job.pk)
+    try:
+        left = bulk_services.bulk_stop(
+            job.pk, request.user, reason=form.cleaned_data["reason"], request_meta=request_meta(request)
+        )
+    except bulk_services.BulkError as exc:
+        messages.warning(request, str(exc))
+    else:
+        messages.success(request, f"Stopped: {left:,} instances left as they were.")
+    return redirect("console:bulk_detail", job_id=job.pk)

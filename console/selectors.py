@@ -1,0 +1,512 @@
+"""Reads for the operator console: the instance list (filters, keyset pages, capped counts by state), what needs
+attention (incidents), an instance's attempts, and a bulk job's progress.
+
+Every read here is built to stay cheap at a million instances (bench/console.py measures it): lists walk an index
+in (created_at, id) order from a cursor instead of counting and skipping rows, counts stop at
+``COUNT_CAP`` per state, and incident reads touch only the few rows in trouble (failed instances, steps past
+their lease, overdue tasks) through partial indexes (``console/migrations``).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection
+from django.db.models import Count, Max, Min, Q, QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind
+from console.models import BulkItemState, BulkJob, BulkJobItem
+from orchestrator import selectors as engine_selectors
+from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
+from orchestrator.services.unit import HARD_LIMIT_MARGIN
+
+# Counts by state are exact up to this many, then shown as "1000+": an exact count of a million rows costs a
+# scan, and nobody acts on the difference between 412,000 and 413,000 (at 10,000 the eight capped counts
+# still read up to 80,000 index entries: 750 ms of SQL at a million on the shared bench machine).
+COUNT_CAP = 1_000
+PAGE_SIZE = 50
+# A JSON path into the business data: dotted keys (``customer``, ``address.city``), each a plain name.
+DATA_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}(\.[A-Za-z_][A-Za-z0-9_-]{0,62}){0,4}$")
+
+
+# --- the instance list --------------------------------------------------------------------------------
+
+
+@dataclass
+class InstanceFilter:
+    """What the list is narrowed to; every field optional. ``data_path``/``data_value`` match one field of the
+    business data (``address.city`` = ``Lyon``: the value as text, or as the number or true/false it spells)."""
+
+    workflow: str = ""
+    version: int | None = None
+    state: str = ""
+    started_from: datetime | None = None
+    started_to: datetime | None = None
+    error: str = ""
+    business_key: str = ""
+    data_path: str = ""
+    data_value: str = ""
+    # Free text: the title contains it, or it is the business key.
+    q: str = ""
+
+    def as_params(self) -> dict[str, str]:
+        """The filter as query-string values (empty ones left out), for links and a bulk job's record."""
+        values = {
+            "workflow": self.workflow,
+            "version": str(self.version or ""),
+            "state": self.state,
+            "started_from": self.started_from.isoformat() if self.started_from else "",
+            "started_to": self.started_to.isoformat() if self.started_to else "",
+            "error": self.error,
+            "business_key": self.business_key,
+            "data_path": self.data_path,
+            "data_value": self.data_value,
+            "q": self.q,
+        }
+        return {k: v for k, v in values.items() if v}
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.as_params()
+
+
+def _data_match(path: str, value: str) -> Q:
+    """Containment (``data @> {...}``), which the GIN index on the data answers; the value as text, and also as
+    the JSON number or boolean it spells, so ``amount = 40`` finds ``40`` and ``"40"``."""
+    import json
+
+    keys = path.split(".")
+
+    def nest(leaf: Any) -> dict[str, Any]:
+        nested: Any = leaf
+        for key in reversed(keys):
+            nested = {key: nested}
+        return nested
+
+    match = Q(data__contains=nest(value))
+    try:
+        typed = json.loads(value)
+    except ValueError:
+        typed = None
+    if isinstance(typed, bool | int | float) and not isinstance(typed, str):
+        match |= Q(data__contains=nest(typed))
+    return match
+
+
+def filtered(user: User, flt: InstanceFilter) -> QuerySet[WorkflowInstance]:
+    """Instances ``user`` may see (``orchestrator.selectors.instances_for_user``) that match ``flt``; unordered."""
+    qs = engine_selectors.instances_for_user(user).order_by()
+    if flt.workflow:
+        qs = qs.filter(workflow_name=flt.workflow)
+        if flt.version:
+            qs = qs.filter(workflow_version=flt.version)
+    if flt.state:
+        qs = qs.filter(state=flt.state)
+    if flt.started_from:
+        qs = qs.filter(created_at__gte=flt.started_from)
+    if flt.started_to:
+        qs = qs.filter(created_at__lt=flt.started_to)
+    if flt.error:
+        # "error <> ''" lets PostgreSQL use the partial index of instances with an error: the text search then
+        # reads those rows only, not every instance.
+        qs = qs.exclude(error="").filter(error__icontains=flt.error)
+    if flt.business_key:
+        qs = qs.filter(business_key=flt.business_key)
+    if flt.data_path and flt.data_value:
+        qs = qs.filter(_data_match(flt.data_path, flt.data_value))
+    if flt.q:
+        qs = qs.filter(Q(title__icontains=flt.q) | Q(business_key=flt.q))
+    return qs
+
+
+@dataclass
+class Page:
+    """One page of the list: its rows, and the cursor of the next page ('' on the last)."""
+
+    rows: list[WorkflowInstance]
+    next_cursor: str
+    first: bool
+
+
+def encode_cursor(instance: WorkflowInstance) -> str:
+    raw = f"{instance.created_at.isoformat()}|{instance.pk}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int] | None:
+    """The (created_at, id) a cursor points after, or None for one that is not ours (typed, cut, stale format)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, pk = raw.split("|")
+        created = parse_datetime(when)
+        if created is None or timezone.is_naive(created):
+            return None
+        return created, int(pk)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def page_of(qs: QuerySet[WorkflowInstance], cursor: tuple[datetime, int] | None, size: int = PAGE_SIZE) -> Page:
+    """Newest first, ``size`` rows after ``cursor`` (keyset: ``(created_at, id) < cursor``, never OFFSET), with the
+    initiator joined. One query."""
+    if cursor is not None:
+        created, pk = cursor
+        qs = qs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
+    rows = list(
+        qs.select_related("initiator")
+        .only(
+            "id",
+            "workflow_name",
+            "workflow_version",
+            "state",
+            "title",
+            "business_key",
+            "error",
+            "created_at",
+            "updated_at",
+            "finished_at",
+            "paused_until",
+            "initiator__username",
+        )
+        .order_by("-created_at", "-id")[: size + 1]
+    )
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, encode_cursor(rows[-1]) if more and rows else "", cursor is None)
+
+
+def capped_counts(qs: QuerySet[WorkflowInstance], cap: int = COUNT_CAP) -> dict[str, int]:
+    """Per instance state, how many of ``qs`` are in it, counting no further than ``cap + 1`` (shown as "cap+").
+    One statement: per state, a count over an index walk that stops at the cap."""
+    parts: list[str] = []
+    params: list[Any] = []
+    states = [s.value for s in InstanceState]
+    for state in states:
+        sql, sub_params = qs.filter(state=state).values("id")[: cap + 1].query.sql_with_params()
+        # The subquery is Django's own SQL with its parameters kept apart: nothing typed is pasted in.
+        parts.append(f"(SELECT count(*) FROM ({sql}) s{len(parts)})")  # noqa: S608
+        params.extend(sub_params)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        row = cursor.fetchone()
+    return {state: n for state, n in zip(states, row, strict=True) if n}
+
+
+# --- what needs attention -----------------------------------------------------------------------------
+
+
+def _seconds(name: str, default: float) -> timedelta:
+    return timedelta(seconds=float(getattr(settings, name, default)))
+
+
+def failed_idle_after() -> timedelta:
+    """A failed instance nobody acted on for this long is called out (``BATON_INCIDENT_IDLE_SECONDS``, 1 h)."""
+    return _seconds("BATON_INCIDENT_IDLE_SECONDS", 3600)
+
+
+# A retry storm: this many instances retrying the same step at once, or one step at this many attempts.
+STORM_INSTANCES = 10
+STORM_ATTEMPTS = 5
+INCIDENT_ROWS = 50
+
+
+@dataclass
+class Incidents:
+    """Everything the Incidents page lists, each part capped at ``INCIDENT_ROWS`` rows (its total alongside)."""
+
+    now: datetime
+    failed_groups: list[dict[str, Any]] = field(default_factory=list)
+    failed_total: int = 0
+    escalations: list[HumanTask] = field(default_factory=list)
+    escalations_total: int = 0
+    past_timeout: list[StepRun] = field(default_factory=list)
+    overdue_tasks: list[HumanTask] = field(default_factory=list)
+    overdue_total: int = 0
+    storms: list[dict[str, Any]] = field(default_factory=list)
+    paused_past: list[WorkflowInstance] = field(default_factory=list)
+    sweep_lag: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return (
+            self.failed_total
+            + self.escalations_total
+            + len(self.past_timeout)
+            + self.overdue_total
+            + len(self.storms)
+            + len(self.paused_past)
+            + (1 if self.sweep_lag.get("behind") else 0)
+        )
+
+
+def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
+    """Failed instances grouped by workflow and the first line of their error: count, oldest and newest failure,
+    how many nobody acted on for ``failed_idle_after()``, and up to five instance ids. One statement over the
+    partial index of failed instances."""
+    table = WorkflowInstance._meta.db_table
+    idle_before = now - failed_idle_after()
+    with connection.cursor() as cursor:
+        cursor.execute(  # the table name is the model's; the values are parameters
+            f"""
+            SELECT workflow_name, reason, n, oldest, newest, idle, ids, sum(n) OVER ()
+            FROM (
+                SELECT workflow_name, left(split_part(error, E'\\n', 1), 200) AS reason, count(*) AS n,
+                       min(updated_at) AS oldest, max(updated_at) AS newest,
+                       count(*) FILTER (WHERE updated_at < %s) AS idle,
+                       (array_agg(id ORDER BY id DESC))[1:5] AS ids
+                FROM {table} WHERE state = 'failed'
+                GROUP BY 1, 2
+            ) g
+            ORDER BY n DESC, newest DESC
+            LIMIT %s
+            """,  # noqa: S608
+            [idle_before, INCIDENT_ROWS],
+        )
+        rows = cursor.fetchall()
+    groups = [
+        {
+            "workflow": r[0],
+            "reason": r[1] or "(no error recorded)",
+            "count": r[2],
+            "oldest": r[3],
+            "newest": r[4],
+            "idle": r[5],
+            "ids": r[6],
+        }
+        for r in rows
+    ]
+    return groups, int(rows[0][7]) if rows else 0
+
+
+def _sweep_lag(now: datetime) -> dict[str, Any]:
+    """How far behind the sweep is: the oldest step that fell due and was never sent, and the oldest lease past
+    its end by more than two sweeps (the sweep should have taken both up within a pass)."""
+    interval = float(settings.BATON_SWEEP_INTERVAL)
+    slack = timedelta(seconds=max(4 * interval, 30))
+    oldest_due = (
+        StepRun.objects.filter(state__in=[StepState.SCHEDULED, StepState.FAILED], due_at__lt=now - slack)
+        .filter(dispatched_at__isnull=True, instance__state__in=[InstanceState.RUNNING, InstanceState.WAITING])
+        .order_by("due_at")
+        .values_list("due_at", flat=True)
+        .first()
+    )
+    oldest_lease = (
+        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=now - slack)
+        .order_by("lease_expires_at")
+        .values_list("lease_expires_at", flat=True)
+        .first()
+    )
+    behind = [t for t in (oldest_due, oldest_lease) if t is not None]
+    return {"behind": bool(behind), "since": min(behind) if behind else None, "due": oldest_due, "lease": oldest_lease}
+
+
+def incidents(now: datetime | None = None) -> Incidents:
+    """What needs a person now, across workflows (see :class:`Incidents`). A fixed number of statements (nine),
+    each over a partial index of the rows in trouble."""
+    now = now or timezone.now()
+    found = Incidents(now=now)
+    found.failed_groups, found.failed_total = _failed_groups(now)
+
+    escalations = HumanTask.objects.filter(kind=TaskKind.ESCALATION, state__in=ACTIONABLE_TASK_STATES)
+    found.escalations_total = escalations.count()
+    found.escalations = list(
+        escalations.select_related("instance", "step", "assignee").order_by("created_at", "id")[:INCIDENT_ROWS]
+    )
+
+    # A step's lease ends HARD_LIMIT_MARGIN + BATON_LEASE_GRACE seconds after its timeout: a lease ending sooner
+    # than that from now means the timeout has passed.
+    past = now + timedelta(seconds=HARD_LIMIT_MARGIN + float(settings.BATON_LEASE_GRACE))
+    found.past_timeout = list(
+        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=past)
+        .exclude(kind=StepKind.HUMAN)
+        .select_related("instance")
+        .order_by("lease_expires_at")[:INCIDENT_ROWS]
+    )
+
+    overdue = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, due_at__lt=now).exclude(
+        kind=TaskKind.ESCALATION
+    )
+    found.overdue_total = overdue.count()
+    found.overdue_tasks = list(overdue.select_related("instance", "assignee").order_by("due_at")[:INCIDENT_ROWS])
+
+    storms = (
+        StepRun.objects.filter(state=StepState.FAILED)
+        .values("instance__workflow_name", "name")
+        .annotate(instances=Count("instance_id", distinct=True), attempts=Max("attempt"), since=Min("started_at"))
+        .filter(Q(instances__gte=STORM_INSTANCES) | Q(attempts__gte=STORM_ATTEMPTS))
+        .order_by("-instances")[:INCIDENT_ROWS]
+    )
+    found.storms = [
+        {"workflow": s["instance__workflow_name"], "step": s["name"], **{k: s[k] for k in ("instances", "attempts")}}
+        | {"since": s["since"]}
+        for s in storms
+    ]
+
+    found.paused_past = list(
+        WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lt=now - timedelta(minutes=1))
+        .only("id", "title", "workflow_name", "workflow_version", "state", "paused_until", "created_at")
+        .order_by("paused_until")[:INCIDENT_ROWS]
+    )
+    found.sweep_lag = _sweep_lag(now)
+    return found
+
+
+# --- one instance ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    """One attempt of one step, read from the audit trail (the step row keeps only its latest)."""
+
+    number: int
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    worker: str = ""
+    outcome: str = ""  # succeeded, failed, dead, running, fenced
+    error_type: str = ""
+    error: str = ""
+    actor: str = ""
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at and self.ended_at:
+            return self.ended_at - self.started_at
+        return None
+
+
+# A traceback line naming a file on the server: operators see it whole, everyone else only the file's name.
+SERVER_PATH = re.compile(r'File "(?:[^"]*/)?([^"/]+)"')
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every traceback file path cut to its file name (``File "/srv/app/x.py"`` -> ``File "x.py"``)."""
+    return SERVER_PATH.sub(r'File "\1"', text)
+
+
+def attempts_by_step(steps: list[StepRun], events: list[AuditEvent], *, show_paths: bool) -> dict[int, list[Attempt]]:
+    """Per step id, its attempts in order, from the instance's audit ``events`` (read once for the page). The last
+    attempt's error is the step's own (the audit event keeps the first line of a dead step's error); paths in
+    errors are cut to file names unless ``show_paths``."""
+    by_step: dict[int, list[Attempt]] = {}
+    for event in events:
+        if event.subject_type != "step" or event.subject_id is None:
+            continue
+        attempts = by_step.setdefault(event.subject_id, [])
+        payload = event.payload or {}
+        if event.action == "step.started":
+            attempts.append(
+                Attempt(
+                    number=int(payload.get("attempt", len(attempts) + 1)),
+                    started_at=event.occurred_at,
+                    worker=str((event.request_meta or {}).get("worker", "")),
+                    outcome="running",
+                    actor=event.actor_label,
+                )
+            )
+        elif attempts and attempts[-1].outcome == "running":
+            current = attempts[-1]
+            if event.action == "step.succeeded":
+                current.outcome, current.ended_at = "succeeded", event.occurred_at
+            elif event.action == "step.failed":
+                current.outcome, current.ended_at = "failed", event.occurred_at
+                current.error_type = str(payload.get("error_type", ""))
+                current.error = str(payload.get("error") or event.reason)
+            elif event.action == "step.dead":
+                current.outcome, current.ended_at = "dead", event.occurred_at
+                current.error_type = str(payload.get("error_type", ""))
+                current.error = event.reason
+            elif event.action == "step.skipped":
+                current.outcome, current.ended_at = "skipped", event.occurred_at
+    for step in steps:
+        attempts = by_step.get(step.pk, [])
+        if attempts and attempts[-1].outcome == "dead" and step.error:
+            attempts[-1].error = step.error  # the whole message and traceback, not the audit's first line
+        if not show_paths:
+            for attempt in attempts:
+                attempt.error = hide_paths(attempt.error)
+    return by_step
+
+
+def resolved_by_hand(step: StepRun) -> bool:
+    """A step a person resolved (skipped by an operator, or a compensation marked done by hand): the page shows it
+    as resolved, not as an error."""
+    return step.state == StepState.SKIPPED and (
+        step.error.startswith("skipped by") or step.error.startswith("resolved by hand")
+    )
+
+
+# --- bulk jobs ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """A bulk job's counts: items by state, and for a retry what became of the retried instances since."""
+
+    total: int
+    done: int = 0
+    skipped: int = 0
+    error: int = 0
+    pending: int = 0
+    # Retried instances by their state now: completed, failed again, still going.
+    completed: int = 0
+    failed_again: int = 0
+    still_going: int = 0
+    skipped_why: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def acted(self) -> int:
+        return self.done + self.skipped + self.error
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else int(100 * self.acted / self.total)
+
+
+def bulk_progress(job: BulkJob) -> Progress:
+    """The counts of :class:`Progress`, in three grouped statements over the job's items."""
+    progress = Progress(total=job.total)
+    for state, n in job.items.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"):
+        setattr(progress, state, n)
+    if job.action == "retry" and progress.done:
+        now_states = (
+            job.items.filter(state=BulkItemState.DONE)
+            .order_by()
+            .values_list("instance__state")
+            .annotate(n=Count("id"))
+            .values_list("instance__state", "n")
+        )
+        for state, n in now_states:
+            if state == InstanceState.COMPLETED:
+                progress.completed += n
+            elif state == InstanceState.FAILED:
+                progress.failed_again += n
+            else:
+                progress.still_going += n
+    if progress.skipped:
+        progress.skipped_why = list(
+            job.items.filter(state=BulkItemState.SKIPPED)
+            .order_by()
+            .values_list("detail")
+            .annotate(n=Count("id"))
+            .order_by("-n")
+            .values_list("detail", "n")[:10]
+        )
+    return progress
+
+
+def bulk_sample(job: BulkJob, size: int = 10) -> list[BulkJobItem]:
+    """The first ``size`` instances of the job, in its order, with their instance."""
+    return list(job.items.select_related("instance").order_by("id")[:size])
+
+
+def recent_jobs(limit: int = 10) -> list[BulkJob]:
+    """The latest confirmed bulk jobs (dry runs left out), newest first."""
+    return list(BulkJob.objects.exclude(state="dry_run").select_related("created_by").order_by("-created_at")[:limit])

@@ -1,0 +1,327 @@
+"""The operator's console actions beyond retry, pause, resume and cancel (``instances.py``): skip a failed step
+giving its output, edit an instance's data, pause until a time within a sane horizon, run the compensation of a
+failed instance, and cancel with compensation.
+
+Each one follows the services' pattern: a reason is required, the instance row is locked, the state is checked,
+the transition is made and audited with the actor and the reason, and dispatch and broadcast happen after commit
+(``Unit.finish``). A refusal raises ``instances.NotAllowed`` (the state does not allow it, with what to do
+instead) or ``ValidationError`` (what was typed cannot be used); nothing is written then.
+
+Retry itself is a redrive already (``instances.instance_retry``): only the dead steps are scheduled again, with
+their idempotency keys, and succeeded steps never run again.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
+from orchestrator.dsl import Task, Timer
+from orchestrator.models import InstanceState, StepKind, StepRun, StepState
+from orchestrator.services.compensation import compensation_start, saga_begun
+from orchestrator.services.flow import advance
+from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
+from orchestrator.services.lifecycle import settle
+from orchestrator.services.locks import definition_or_none, definition_unavailable, lock_instance
+from orchestrator.services.results import check_result
+from orchestrator.services.unit import Unit
+
+# A person's pause is for a night, a weekend, a month end: beyond this it is a typo (a year instead of a month), and
+# an instance held that long should be cancelled instead. ``BATON_PAUSE_MAX_DAYS`` overrides it.
+PAUSE_MAX_DAYS = 90
+# The largest JSON an operator may type for a step's output or the instance's data (the engine's own cap on a
+# result is BATON_MAX_RESULT_BYTES; a form is smaller).
+TYPED_JSON_MAX = 256 * 1024
+# A key of the instance data: what a handler or a template would address it by.
+KEY_MAX = 100
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` (typed JSON) as a dict that the engine can store, or ValidationError naming ``what`` and the problem.
+
+    Refused: not JSON (with the line and column), JSON that is not an object, more than ``TYPED_JSON_MAX``
+    characters, an empty or over-long key, or anything ``results.check_result`` refuses (a NUL, NaN, nesting)."""
+    if len(text) > TYPED_JSON_MAX:
+        raise ValidationError(f"{what}: at most {TYPED_JSON_MAX:,} characters of JSON (you typed {len(text):,}).")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line}, column {exc.colno})" if line is not None and hasattr(exc, "colno") else ""
+        raise ValidationError(f"{what}: not valid JSON{where}: {getattr(exc, 'msg', exc)}.") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f'{what}: give a JSON object, like {{"payout_id": "P-1"}}, not a {_kind(value)}.')
+    return check_object(value, what)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "true/false"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def check_object(value: dict[str, Any], what: str) -> dict[str, Any]:
+    """``value`` as it will be stored; ValidationError naming the key or place that cannot be."""
+    for key in value:
+        if not isinstance(key, str) or not key.strip():
+            raise ValidationError(f"{what}: every key needs a name.")
+        if len(key) > KEY_MAX:
+            raise ValidationError(f"{what}: the key {key[:20]!r}… is longer than {KEY_MAX} characters.")
+    try:
+        return check_result(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what}: {str(exc).replace('result', 'value', 1)}") from None
+
+
+def data_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The top-level keys added, removed and changed between two data dicts, with their values:
+    ``{"added": {k: new}, "removed": {k: old}, "changed": {k: {"from": old, "to": new}}}`` (empty parts left out)."""
+    diff: dict[str, Any] = {}
+    added = {k: after[k] for k in after if k not in before}
+    removed = {k: before[k] for k in before if k not in after}
+    changed = {k: {"from": before[k], "to": after[k]} for k in after if k in before and before[k] != after[k]}
+    for name, part in (("added", added), ("removed", removed), ("changed", changed)):
+        if part:
+            diff[name] = part
+    return diff
+
+
+# States whose data an operator may edit: no handler holds a copy that is about to be merged back (running), and
+# the instance can still use it (not final, not being undone).
+EDITABLE_STATES = (InstanceState.FAILED, InstanceState.PAUSED, InstanceState.WAITING)
+
+
+def instance_data_edit(
+    instance_id: int,
+    data: dict[str, Any],
+    *,
+    actor: Actor,
+    reason: str,
+    expected_seq: int | None = None,
+    request_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Operator: replace a failed, paused or waiting instance's business data with ``data``.
+
+    ``expected_seq`` is the instance's ``audit_seq`` when the editor read it: if anything happened to the instance
+    since (another operator's edit, a step, a decision), the edit is refused rather than silently overwriting it.
+    Returns the diff (:func:`data_diff`), which is audited as ``instance.data_edited`` with the reason.
+
+    Raises ValidationError for a missing reason, data that cannot be stored (:func:`check_object`) or no change;
+    NotAllowed for a state that does not allow it, or a stale ``expected_seq``; WorkflowInstance.DoesNotExist.
+    """
+    reason = _reason_required(reason)
+    data = check_object(data, "Data")
+    with transaction.atomic():
+        instance = lock_instance(instance_id)
+        if instance.state not in EDITABLE_STATES:
+            raise NotAllowed(
+                f"The data of a {instance.get_state_display().lower()} instance cannot be edited: only failed, "
+                "paused or waiting ones (pause a running instance first)."
+            )
+        if expected_seq is not None and instance.audit_seq != expected_seq:
+            raise NotAllowed(
+                "The instance changed while you were editing (its history has new entries): your edit was not "
+                "saved. Look at the data as it is now and edit again."
+            )
+        diff = data_diff(instance.data, data)
+        if not diff:
+            raise ValidationError("Data: nothing changed.")
+        unit = Unit(instance, actor, request_meta=request_meta)
+        instance.data = data
+        unit.audit(
+            "instance",
+            instance.pk,
+            instance.state,
+            instance.state,
+            reason=reason,
+            payload={"diff": diff},
+            action=AuditAction.INSTANCE_DATA_EDITED,
+        )
+        unit.finish()
+        return diff
+
+
+def instance_step_skip(
+    instance_id: int,
+    step_id: int,
+    output: dict[str, Any],
+    *,
+    actor: Actor,
+    reason: str,
+    request_meta: dict[str, Any] | None = None,
+) -> StepRun:
+    """Operator: a failed instance's dead task or timer step is skipped as if it had returned ``output``; the output
+    joins the instance data, the instance runs again and goes on from the node after the step.
+
+    For an instance with exactly one dead forward step (with two, skipping one would leave the instance running
+    behind the other's death: retry, or skip after retrying). The step keeps ``output`` as its result and its
+    error text says it was skipped by hand, so the page shows it resolved, not failed. Audited as
+    ``step.skipped`` (with the output) and ``instance.retried``. Returns the step.
+
+    Raises ValidationError for a missing reason or an output that cannot be stored; NotAllowed when the instance is
+    not failed, its saga began, its definition is missing, or the step is not its one dead task or timer step.
+    """
+    reason = _reason_required(reason)
+    output = check_object(output, "Output")
+    with transaction.atomic():
+        instance = lock_instance(instance_id)
+        if instance.state != InstanceState.FAILED:
+            raise NotAllowed(f"Only a failed instance's step can be skipped here; this one is {instance.state}.")
+        if saga_begun(instance):
+            raise NotAllowed(
+                "The instance's compensation began: its steps never run forward again, so none can be skipped. "
+                "Retry it to go on with the compensation, or cancel it."
+            )
+        workflow = definition_or_none(instance)
+        if workflow is None:
+            raise NotAllowed(f"Cannot skip: the {definition_unavailable(instance)}. Deploy it again, or cancel.")
+        dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
+        step = next((s for s in dead if s.pk == step_id), None)
+        if step is None:
+            raise NotAllowed("That step has not failed (or is not this instance's): only a dead step can be skipped.")
+        if len(dead) > 1:
+            others = ", ".join(s.name for s in dead if s.pk != step_id)
+            raise NotAllowed(f"Other steps failed too ({others}): retry the instance, or skip after retrying.")
+        node = workflow.nodes.get(step.name)
+        if not isinstance(node, Task | Timer):
+            raise NotAllowed(
+                f"{step.name} is a {step.get_kind_display().lower()}: only an automated task or a timer can be "
+                "skipped with an output. Retry the instance instead."
+            )
+        unit = Unit(instance, actor, request_meta=request_meta)
+        from_state = instance.state
+        instance.retry()
+        unit.audit(
+            "instance",
+            instance.pk,
+            from_state,
+            instance.state,
+            reason=reason,
+            payload={"skipped_step": step.pk},
+            action=AuditAction.INSTANCE_RETRIED,
+        )
+        step.skip(f"skipped by {actor.label}: {reason}", unit.now)
+        step.result = output
+        StepRun.objects.filter(pk=step.pk).update(
+            state=step.state, error=step.error, finished_at=step.finished_at, lease_expires_at=None, result=output
+        )
+        unit.audit(
+            "step",
+            step.pk,
+            StepState.DEAD,
+            step.state,
+            reason=reason,
+            payload={"output": output, "by_hand": True},
+            action=AuditAction.STEP_SKIPPED,
+        )
+        instance.data.update(output)
+        advance(unit, workflow, step)
+        settle(unit)
+        unit.finish()
+        return step
+
+
+def pause_horizon() -> timedelta:
+    """How far ahead a pause may end (``BATON_PAUSE_MAX_DAYS``, default :data:`PAUSE_MAX_DAYS`)."""
+    return timedelta(days=int(getattr(settings, "BATON_PAUSE_MAX_DAYS", PAUSE_MAX_DAYS)))
+
+
+def instance_pause_until(
+    instance_id: int,
+    *,
+    actor: Actor,
+    reason: str,
+    until: datetime | None,
+    now: datetime | None = None,
+    request_meta: dict[str, Any] | None = None,
+) -> None:
+    """Operator: pause (``instances.instance_pause``) with an end no further than :func:`pause_horizon` ahead.
+
+    Raises ValidationError for a time in the past (refused by ``instance_pause``) or beyond the horizon, naming
+    the latest allowed date; NotAllowed as ``instance_pause`` does.
+    """
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    if until is not None and until - now > pause_horizon():
+        latest = now + pause_horizon()
+        raise ValidationError(
+            f"Resume at: a pause ends by {latest:%Y-%m-%d} ({pause_horizon().days} days ahead); for longer, "
+            "cancel the instance.",
+            code="too_far",
+        )
+    instance_pause(instance_id, actor=actor, reason=reason, until=until, request_meta=request_meta)
+
+
+# Where "run the compensation" applies (a failed instance) and where "cancel with compensation" does (any open one
+# that has not begun undoing).
+COMPENSATE_STATES = (InstanceState.FAILED,)
+CANCEL_COMPENSATE_STATES = (
+    InstanceState.RUNNING,
+    InstanceState.WAITING,
+    InstanceState.PAUSED,
+    InstanceState.FAILED,
+)
+
+
+def instance_compensate(
+    instance_id: int,
+    *,
+    actor: Actor,
+    reason: str,
+    cancel: bool = False,
+    request_meta: dict[str, Any] | None = None,
+) -> None:
+    """Operator: undo what the instance did (its succeeded steps' compensations, latest first) and end it as
+    compensated. ``cancel=False`` is "run compensation" on a failed instance; ``cancel=True`` is "cancel with
+    compensation" on any open instance that has not begun undoing (running, waiting, paused or failed): open
+    steps are skipped and open tasks cancelled, running handlers are waited for (docs/architecture.md).
+
+    Audited as ``instance.compensation_requested`` (``{"cancel": bool}``) and then as the engine's
+    ``instance.compensating``. Raises ValidationError for a missing reason; NotAllowed for a state it does not
+    apply to, a saga already begun (retry goes on with it) or a missing definition.
+    """
+    reason = _reason_required(reason)
+    with transaction.atomic():
+        instance = lock_instance(instance_id)
+        allowed = CANCEL_COMPENSATE_STATES if cancel else COMPENSATE_STATES
+        if instance.state not in allowed or saga_begun(instance):
+            if instance.state in (InstanceState.COMPENSATING, InstanceState.COMPENSATED) or saga_begun(instance):
+                raise NotAllowed(
+                    "Its compensation has already begun: retry the instance to go on with it, or answer the "
+                    "compensation's escalation."
+                )
+            what = "open (running, waiting, paused or failed)" if cancel else "failed"
+            raise NotAllowed(f"Only {what} instances can be compensated this way; this one is {instance.state}.")
+        if definition_or_none(instance) is None:
+            raise NotAllowed(
+                f"Cannot compensate: the {definition_unavailable(instance)}, and its compensations are in it. "
+                "Deploy it again, or cancel without compensation."
+            )
+        unit = Unit(instance, actor, request_meta=request_meta)
+        unit.audit(
+            "instance",
+            instance.pk,
+            instance.state,
+            instance.state,
+            reason=reason,
+            payload={"cancel": cancel},
+            action=AuditAction.INSTANCE_COMPENSATION_REQUESTED,
+        )
+        if instance.state == InstanceState.PAUSED:
+            # The undoing is not held by the pause: it ends here (the compensation is what was asked for).
+            instance.paused_until = None
+            instance.paused_at = None
+        compensation_start(unit, f"{'cancelled' if cancel else 'compensated'} by operator: {reason}")
+        unit.finish()

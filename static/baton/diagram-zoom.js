@@ -1,0 +1,65 @@
+// Renders every .diagram-zoom[data-dot] with viz.js at a readable size and never shrinks it to fit: Graphviz sizes
+// are points, drawn here at 1.25 px per point (edge labels of 9 pt come out at about 15 px, node labels at 18 px,
+// both above the page's small text). The box scrolls; drag pans it; the zoom buttons go from 100 % to 300 %.
+(function () {
+  "use strict";
+  var vizPromise = null;
+  var BASE = 1.25;
+  var zoom = 1;
+
+  function size(el) {
+    var svg = el.querySelector("svg");
+    if (!svg) return;
+    var w = parseFloat(svg.dataset.w || svg.getAttribute("width"));
+    var h = parseFloat(svg.dataset.h || svg.getAttribute("height"));
+    if (!w || !h) return;
+    svg.dataset.w = w;
+    svg.dataset.h = h;
+    svg.setAttribute("width", Math.round(w * BASE * zoom) + "px");
+    svg.setAttribute("height", Math.round(h * BASE * zoom) + "px");
+  }
+
+  function render(root) {
+    var nodes = (root || document).querySelectorAll(".diagram-zoom[data-dot]");
+    if (!nodes.length || typeof Viz === "undefined") return;
+    vizPromise = vizPromise || Viz.instance();
+    vizPromise.then(function (viz) {
+      nodes.forEach(function (el) {
+        var dot = el.getAttribute("data-dot");
+        if (!dot || el.dataset.rendered === dot) return;
+        try {
+          el.replaceChildren(viz.renderSVGElement(dot));
+          el.dataset.rendered = dot;
+          size(el);
+        } catch (err) {
+          el.textContent = "The diagram could not be drawn.";
+        }
+      });
+    });
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-zoom]");
+    if (!button) return;
+    var how = button.getAttribute("data-zoom");
+    zoom = how === "in" ? Math.min(3, zoom + 0.25) : how === "out" ? Math.max(1, zoom - 0.25) : 1;
+    document.querySelectorAll(".diagram-zoom").forEach(size);
+    document.querySelectorAll('[data-zoom="reset"]').forEach(function (b) { b.textContent = Math.round(zoom * 100) + " %"; });
+  });
+
+  // Drag to pan (a mouse; touch screens scroll the box natively).
+  document.addEventListener("mousedown", function (event) {
+    var pan = event.target.closest(".diagram-pan");
+    if (!pan || event.button !== 0) return;
+    var x = event.clientX, y = event.clientY, left = pan.scrollLeft, top = pan.scrollTop;
+    pan.classList.add("is-dragging");
+    function move(e) { pan.scrollLeft = left - (e.clientX - x); pan.scrollTop = top - (e.clientY - y); }
+    function up() { pan.classList.remove("is-dragging"); document.removeEventListener("mousemove", move); document.removeEventListener("mouseup", up); }
+    document.addEventListener("mousemove", move);
+    document.addEventListener("mouseup", up);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () { render(document); });
+  document.body && document.body.addEventListener("htmx:afterSwap", function (evt) { render(evt.target); });
+  window.batonRenderZoomDiagrams = render;
+})();

@@ -1,0 +1,139 @@
+"""The operator console in Chromium, with a real worker: Incidents -> retry a failed demo instance and watch it
+complete without a reload; a bulk retry after a dry run, its progress bar filling live; screenshots at 1280 and
+375 px (written to $BATON_SCREENSHOTS when set, else to a temporary directory, and looked at by a person)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from demo.data import ensure_roles, load_demo
+from orchestrator.models import InstanceState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.browser.live import DESKTOP, BrowserTestCase, orm
+from tests.factories import OrderInputFactory
+
+# The narrowest phone in common use: the console must work there, not only at the suite's 390 px.
+NARROW = {"width": 375, "height": 812}
+
+
+def state_of(instance_id: int) -> str:
+    return WorkflowInstance.objects.values_list("state", flat=True).get(pk=instance_id)
+
+
+class ConsoleTests(BrowserTestCase):
+    @pytest.mark.worker
+    def test_operator_retries_a_failed_demo_instance_from_incidents_and_sees_it_complete(self):
+        """operator opens Incidents, follows the failed payout to its instance, retries it with a reason, and the
+        page turns to Completed when the worker is done, without a reload."""
+        # given
+        self.fixture("celery_worker")
+        load_demo(log=lambda _line: None)
+        failed = WorkflowInstance.objects.get(workflow_name="expense_approval", state=InstanceState.FAILED)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator")
+            page.goto("/incidents/")
+            group = page.locator('[data-incident="failed"]').filter(has_text="expense_approval")
+            expect(group).to_contain_text("payout failed")
+
+            # when
+            group.get_by_role("link", name=f"#{failed.pk}").click()
+            expect(page).to_have_url(re.compile(rf"/instances/{failed.pk}/$"))
+            page.get_by_role("toolbar", name="Operator actions").get_by_role("button", name="Retry").click()
+            page.get_by_label("Reason").first.fill("payroll confirmed the outage is over")
+            page.get_by_role("button", name="Retry now").click()
+            expect(page.get_by_role("status").filter(has_text="Retried")).to_be_visible()
+            self.wait_until_live(page)
+            page.evaluate("window.__sameDocument = true")
+
+            # then
+            expect(page.locator("#instance-state")).to_contain_text("Completed", timeout=60_000)
+            assert page.evaluate("window.__sameDocument") is True
+            payout = page.locator("[data-step]").filter(has_text="Payout")
+            expect(payout.locator("tr.attempt-dead")).to_have_count(1)  # the third attempt, before the retry
+            expect(payout.locator("tr.attempt-succeeded")).to_have_count(1)  # the fourth, after it
+
+        assert state_of(failed.pk) == InstanceState.COMPLETED
+
+    @pytest.mark.worker
+    def test_a_bulk_retry_after_a_dry_run_fills_its_progress_bar_live(self):
+        """Four orders failed at the stock reservation; the operator filters them, runs a dry run (exactly four),
+        confirms with a reason, and watches the bar reach 100 % and the outcome say four completed."""
+        # given
+        self.fixture("celery_worker")
+        wait_for = self.fixture("wait_for")
+        ensure_roles()  # the demo's group permissions: operators operate
+        orders = [instance_start("order_fulfilment", OrderInputFactory(fail_reserve=4)) for _ in range(4)]
+        for order in orders:
+            wait_for(lambda o=order: state_of(o.pk) == InstanceState.FAILED, timeout=60, instance=order)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator")
+            page.goto("/instances/?workflow=order_fulfilment&state=failed")
+            expect(page.locator("tr[data-instance]")).to_have_count(4)
+
+            # when
+            page.get_by_label("Bulk action on every match").select_option("retry")
+            page.get_by_role("button", name="Dry run…").click()
+            expect(page.locator("#dry-count")).to_have_text("4")
+            page.get_by_label("Reason").fill("the warehouse API is back")
+            page.get_by_role("button", name=re.compile("Confirm: retry 4")).click()
+            self.wait_until_live(page)
+            page.evaluate("window.__sameDocument = true")
+
+            # then
+            bar = page.get_by_role("progressbar", name="Bulk progress")
+            expect(bar).to_have_attribute("aria-valuenow", "100", timeout=60_000)
+            expect(page.locator('[data-outcome="completed"]')).to_have_text("4", timeout=90_000)
+            expect(page.locator('[data-outcome="failed-again"]')).to_have_text("0")
+            assert page.evaluate("window.__sameDocument") is True
+
+        assert {orm(state_of, o.pk) for o in orders} == {InstanceState.COMPLETED}
+
+    def test_screenshots_of_the_console_at_1280_and_375(self):
+        """Incidents, the instance list and a failed instance's page render at desktop and phone widths, no wider."""
+        # given
+        load_demo(log=lambda _line: None)
+        failed = WorkflowInstance.objects.get(workflow_name="expense_approval", state=InstanceState.FAILED)
+        escalated = WorkflowInstance.objects.get(data__order_id="SO-1005")
+        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
+        target.mkdir(parents=True, exist_ok=True)
+        shots = [
+            ("incidents", "/incidents/"),
+            ("instances", "/instances/"),
+            ("instance-failed", f"/instances/{failed.pk}/"),
+            ("instance-escalated", f"/instances/{escalated.pk}/"),
+        ]
+
+        # when
+        with self.chromium() as browser:
+            for viewport, suffix in ((DESKTOP, ""), (NARROW, "-phone")):
+                page = self.signed_in_page(browser, "operator", viewport)
+                for name, path in shots:
+                    response = page.goto(path)
+                    assert response is not None
+                    assert response.status == 200, path
+                    if "instance-" in name:
+                        expect(page.locator(".diagram-zoom svg")).to_have_count(1)
+                        # The diagram keeps its size: its labels are never drawn smaller than the small text.
+                        smallest = page.evaluate(
+                            "() => Math.min(...[...document.querySelectorAll('.diagram-zoom svg text')]"
+                            ".map(t => t.getBoundingClientRect().height))"
+                        )
+                        assert smallest >= 12, f"{name}: a diagram label is {smallest:.1f} px high"
+                        toolbar = page.get_by_role("toolbar", name="Operator actions")
+                        assert toolbar.bounding_box()["y"] < viewport["height"], f"{name}: actions below the fold"
+                    page.wait_for_load_state("networkidle")
+                    width = page.evaluate("document.documentElement.scrollWidth")
+                    assert width <= viewport["width"], f"{name}{suffix}: {width}px wide"
+                    page.screenshot(path=str(target / f"console-{name}{suffix}.png"), full_page=True)
+
+        # then
+        for name, _path in shots:
+            for suffix in ("", "-phone"):
+                assert (target / f"console-{name}{suffix}.png").stat().st_size > 10_000

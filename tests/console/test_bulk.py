@@ -1,0 +1,165 @@
+"""Bulk actions (console/services.py): the dry run lists, the confirmation acts on exactly that list, the outcome
+is told honestly, and the whole is one audited operation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from console.models import BulkItemState, BulkJob, BulkJobState
+from console.selectors import InstanceFilter, bulk_progress, bulk_sample
+from console.services import BulkError, BulkNotFound, bulk_confirm, bulk_dry_run, bulk_jobs_stale, bulk_stop, bulk_work
+from orchestrator.audit import Actor
+from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
+from orchestrator.services.instances import instance_retry, instance_start
+
+pytestmark = pytest.mark.django_db
+
+DOWN = {"on": True}
+
+
+def sync(ctx: StepContext) -> dict:
+    if DOWN["on"] or ctx.data.get("always_fail"):
+        raise ConnectionError("ledger is down")
+    return {"synced": True}
+
+
+@pytest.fixture
+def flow(register_workflow):
+    DOWN["on"] = True
+    yield register_workflow(Workflow("bulk_flow", 1, [Task("sync", sync, retry=Retry(max_attempts=1))]))
+    DOWN["on"] = False
+
+
+def failed_instances(run_steps, n: int, **data) -> list[WorkflowInstance]:
+    made = [instance_start("bulk_flow", {"n": i, **data}) for i in range(n)]
+    run_steps()
+    return made
+
+
+def test_confirm_acts_on_exactly_the_dry_runs_instances_not_on_later_matches(flow, users, run_steps):
+    """Three instances failed at the dry run; two more fail before the confirmation: only the three are retried,
+    and the outcome counts say what became of them."""
+    # given
+    counted = failed_instances(run_steps, 3)
+    job = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="bulk_flow", state="failed"))
+    later = failed_instances(run_steps, 2)
+    DOWN["on"] = False
+
+    # when
+    bulk_confirm(job.pk, users.operator, reason="ledger is back")
+    while bulk_work(job.pk):
+        pass
+    run_steps()
+
+    # then
+    job.refresh_from_db()
+    assert job.total == 3
+    assert job.state == BulkJobState.DONE
+    states = dict(WorkflowInstance.objects.filter(workflow_name="bulk_flow").values_list("pk", "state"))
+    assert {states[i.pk] for i in counted} == {InstanceState.COMPLETED}
+    assert {states[i.pk] for i in later} == {InstanceState.FAILED}
+    progress = bulk_progress(job)
+    assert (progress.done, progress.completed, progress.failed_again, progress.percent) == (3, 3, 0, 100)
+    started = AuditEvent.objects.get(chain="operations", action="bulk.started", subject_id=job.pk)
+    assert started.reason == "ledger is back"
+    assert started.payload["instances"] == [i.pk for i in counted]
+    assert started.actor_label == "user:operator"
+    retried = AuditEvent.objects.filter(action="instance.retried", instance__in=counted)
+    assert {e.reason for e in retried} == {f"ledger is back (bulk retry #{job.pk})"}
+
+
+def test_the_outcome_tells_failed_again_and_skipped_with_why(flow, users, run_steps):
+    # given
+    good, bad, taken = failed_instances(run_steps, 1) + failed_instances(run_steps, 2, always_fail=True)
+    job = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="bulk_flow"))
+    DOWN["on"] = False
+    instance_retry(taken.pk, actor=Actor("user:someone"), reason="by hand first")
+
+    # when
+    bulk_confirm(job.pk, users.operator, reason="retry all")
+    bulk_work(job.pk)
+    run_steps()
+
+    # then
+    progress = bulk_progress(job)
+    assert (progress.done, progress.skipped, progress.completed, progress.failed_again) == (2, 1, 1, 1)
+    assert progress.skipped_why == [("Only failed instances can be retried; this one is running.", 1)]
+    assert [item.instance_id for item in bulk_sample(job)] == [good.pk, bad.pk, taken.pk]
+
+
+def test_a_dry_run_is_confirmed_once_by_whoever_ran_it_with_a_reason(flow, users, run_steps):
+    # given
+    failed_instances(run_steps, 1)
+    job = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="bulk_flow"))
+
+    # when / then
+    with pytest.raises(BulkNotFound):
+        bulk_confirm(job.pk, users.admin, reason="not mine")
+    with pytest.raises(ValidationError, match="reason"):
+        bulk_confirm(job.pk, users.operator, reason=" ")
+    bulk_confirm(job.pk, users.operator, reason="obsolete")
+    with pytest.raises(BulkError, match="already started"):
+        bulk_confirm(job.pk, users.operator, reason="again")
+
+
+def test_an_old_dry_run_must_be_run_again(flow, users, run_steps):
+    failed_instances(run_steps, 1)
+    job = bulk_dry_run(users.operator, "retry", InstanceFilter())
+    with pytest.raises(BulkError, match="run it again"):
+        bulk_confirm(job.pk, users.operator, reason="late", now=timezone.now() + timedelta(hours=1))
+
+
+def test_a_dry_run_with_no_match_or_an_unknown_action_is_refused(flow, users):
+    with pytest.raises(ValidationError, match="No instance that can be retried"):
+        bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="bulk_flow"))
+    with pytest.raises(ValidationError, match="Choose one of"):
+        bulk_dry_run(users.operator, "explode", InstanceFilter())
+    assert not BulkJob.objects.exists()
+
+
+def test_stop_skips_what_is_left_and_keeps_what_was_done(flow, users, run_steps):
+    # given
+    failed_instances(run_steps, 4)
+    job = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="bulk_flow"))
+    bulk_confirm(job.pk, users.operator, reason="cleanup")
+    bulk_work(job.pk, batch=1)
+
+    # when
+    left = bulk_stop(job.pk, users.operator, reason="wrong filter")
+
+    # then
+    job.refresh_from_db()
+    assert (left, job.state) == (3, BulkJobState.STOPPED)
+    assert job.items.filter(state=BulkItemState.DONE).count() == 1
+    assert bulk_work(job.pk) == 0
+
+
+def test_a_job_nobody_works_is_found_stale(flow, users, run_steps):
+    # given
+    failed_instances(run_steps, 1)
+    job = bulk_dry_run(users.operator, "cancel", InstanceFilter())
+    bulk_confirm(job.pk, users.operator, reason="x")
+
+    # then
+    assert bulk_jobs_stale() == []
+    assert bulk_jobs_stale(timezone.now() + timedelta(minutes=5)) == [job.pk]
+
+
+def test_a_bulk_pause_until_a_time_pauses_each_with_that_end(flow, users):
+    # given
+    instances = [instance_start("bulk_flow", {}) for _ in range(2)]
+    until = timezone.now() + timedelta(hours=2)
+    job = bulk_dry_run(users.operator, "pause", InstanceFilter(workflow="bulk_flow"))
+
+    # when
+    bulk_confirm(job.pk, users.operator, reason="maintenance", until=until)
+    bulk_work(job.pk)
+
+    # then
+    paused = WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances])
+    assert {(i.state, i.paused_until) for i in paused} == {(InstanceState.PAUSED, until)}

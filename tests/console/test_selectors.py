@@ -1,0 +1,172 @@
+"""The console's reads: filters, keyset pages, capped counts, incidents and attempts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from approvals.models import HumanTask, TaskKind
+from console.selectors import (
+    InstanceFilter,
+    attempts_by_step,
+    capped_counts,
+    decode_cursor,
+    filtered,
+    hide_paths,
+    incidents,
+    page_of,
+)
+from orchestrator.audit import Actor
+from orchestrator.dsl import ESCALATE, Retry, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, InstanceState, StepRun, StepState, WorkflowInstance
+from orchestrator.services.instances import instance_pause, instance_start
+
+pytestmark = pytest.mark.django_db
+
+
+def boom(ctx: StepContext) -> dict:
+    if ctx.data.get("fail"):
+        raise ValueError(f"card declined for {ctx.data.get('customer')}")
+    return {"ok": True}
+
+
+@pytest.fixture
+def flow(register_workflow):
+    return register_workflow(Workflow("sel_flow", 1, [Task("charge", boom, retry=Retry(max_attempts=2, backoff=0))]))
+
+
+@pytest.fixture
+def escalating(register_workflow):
+    return register_workflow(
+        Workflow("sel_escalate", 1, [Task("charge", boom, retry=Retry(max_attempts=1), on_failure=ESCALATE)])
+    )
+
+
+def test_filters_on_business_data_error_and_key(flow, users, run_steps):
+    # given
+    lyon = instance_start("sel_flow", {"address": {"city": "Lyon"}, "amount": 40}, business_key="ORD-1")
+    failed = instance_start("sel_flow", {"fail": True, "customer": "ACME"})
+    instance_start("sel_flow", {"address": {"city": "Paris"}, "amount": "40"})
+    run_steps(advance=True)
+
+    def ids(**kwargs):
+        return sorted(filtered(users.admin, InstanceFilter(**kwargs)).values_list("pk", flat=True))
+
+    # then
+    assert ids(data_path="address.city", data_value="Lyon") == [lyon.pk]
+    assert len(ids(data_path="amount", data_value="40")) == 2  # the number 40 and the text "40"
+    assert ids(error="DECLINED for acme") == [failed.pk]
+    assert ids(business_key="ORD-1") == [lyon.pk]
+    assert ids(workflow="sel_flow", version=2) == []
+    assert ids(started_from=timezone.now() + timedelta(minutes=1)) == []
+
+
+def test_keyset_pages_walk_every_instance_once_newest_first(flow, users):
+    # given
+    made = [instance_start("sel_flow", {}) for _ in range(7)]
+    qs = filtered(users.admin, InstanceFilter(workflow="sel_flow"))
+
+    # when
+    seen, cursor = [], None
+    while True:
+        page = page_of(qs, cursor, size=3)
+        seen += [i.pk for i in page.rows]
+        if not page.next_cursor:
+            break
+        cursor = decode_cursor(page.next_cursor)
+
+    # then
+    assert seen == [i.pk for i in reversed(made)]
+
+
+@pytest.mark.parametrize("junk", ["", "abc", "!!!", "MjAyNi0xMS0yOVQxMjowMDowMHwx", "bm90fGFufGlk"])
+def test_a_cursor_that_is_not_ours_is_none(junk):
+    assert decode_cursor(junk) is None
+
+
+def test_counts_by_state_stop_at_the_cap(flow, users, run_steps):
+    # given
+    for _ in range(3):
+        instance_start("sel_flow", {"fail": True})
+    instance_start("sel_flow", {})
+    run_steps(advance=True)
+
+    # when
+    counts = capped_counts(filtered(users.admin, InstanceFilter()), cap=2)
+
+    # then
+    assert counts == {"failed": 3, "completed": 1}  # 3 is "more than 2": the page shows "2+"
+
+
+def test_incidents_group_failures_by_workflow_and_error_and_list_escalations(flow, escalating, users, run_steps):
+    # given
+    for customer in ("A", "A", "B"):
+        instance_start("sel_flow", {"fail": True, "customer": customer})
+    instance_start("sel_escalate", {"fail": True, "customer": "C"})
+    paused = instance_start("sel_flow", {})
+    instance_pause(paused.pk, actor=Actor("user:op"), reason="x", until=timezone.now() + timedelta(minutes=5))
+    run_steps(advance=True)
+
+    # when
+    found = incidents(now=timezone.now() + timedelta(minutes=10))
+
+    # then
+    assert [(g["workflow"], g["reason"], g["count"]) for g in found.failed_groups] == [
+        ("sel_flow", "charge failed: card declined for A", 2),
+        ("sel_flow", "charge failed: card declined for B", 1),
+    ]
+    assert found.failed_total == 3
+    assert [t.instance.workflow_name for t in found.escalations] == ["sel_escalate"]
+    assert found.escalations[0].kind == TaskKind.ESCALATION
+    assert [i.pk for i in found.paused_past] == [paused.pk]
+    assert found.count == 3 + 1 + 1
+
+
+def test_a_step_running_past_its_timeout_is_an_incident(flow, users):
+    # given
+    instance = instance_start("sel_flow", {})
+    step = instance.steps.get()
+    StepRun.objects.filter(pk=step.pk).update(
+        state=StepState.RUNNING, lease_expires_at=timezone.now() + timedelta(seconds=1)
+    )
+
+    # then
+    assert [s.pk for s in incidents().past_timeout] == [step.pk]
+
+
+def test_attempts_come_from_the_audit_trail_with_paths_only_for_operators(flow, run_steps):
+    # given
+    instance = instance_start("sel_flow", {"fail": True, "customer": "Z"})
+    run_steps(advance=True)
+    steps = list(instance.steps.all())
+    events = list(AuditEvent.objects.filter(instance=instance).order_by("seq"))
+
+    # when
+    operator_view = attempts_by_step(steps, events, show_paths=True)[steps[0].pk]
+    public_view = attempts_by_step(steps, events, show_paths=False)[steps[0].pk]
+
+    # then
+    assert [(a.number, a.outcome) for a in operator_view] == [(1, "failed"), (2, "dead")]
+    assert all(a.duration is not None and a.worker for a in operator_view)
+    assert "card declined for Z" in operator_view[0].error
+    assert "\n" in operator_view[0].error  # the traceback keeps its lines
+    assert "/" in operator_view[0].error.split('File "')[1].split('"')[0]
+    assert 'File "test_selectors.py"' in public_view[0].error
+
+
+def test_hide_paths_keeps_the_file_name():
+    assert hide_paths('File "/srv/baton/orchestrator/x.py", line 3') == 'File "x.py", line 3'
+
+
+def test_overdue_human_tasks_are_incidents(users, run_steps):
+    # given
+    instance = instance_start("expense_approval", {"employee": "Sam", "amount": "20", "category": "meals",
+                                                   "description": "Lunch"})  # fmt: skip
+    HumanTask.objects.filter(instance=instance).update(due_at=timezone.now() - timedelta(hours=1))
+
+    # then
+    found = incidents()
+    assert [t.instance_id for t in found.overdue_tasks] == [instance.pk]
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.WAITING

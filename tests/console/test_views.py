@@ -1,0 +1,241 @@
+"""The console's pages through the whole request stack: what each role sees, bad input kept on the page, the
+actions' outcomes and refusals, bulk dry run and confirmation, and constant query counts."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+from django.urls import reverse
+
+from console.models import BulkJob, BulkJobState
+from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+
+pytestmark = pytest.mark.django_db
+
+STATE = {"down": True}
+
+
+def pay(ctx: StepContext) -> dict:
+    if STATE["down"]:
+        raise ConnectionError("payroll is down")
+    return {"paid": True}
+
+
+def after(ctx: StepContext) -> dict:
+    return {"told": True}
+
+
+@pytest.fixture
+def flow(register_workflow):
+    STATE["down"] = True
+    yield register_workflow(
+        Workflow("view_flow", 1, [Task("pay", pay, retry=Retry(max_attempts=2, backoff=0)), Task("tell", after)])
+    )
+    STATE["down"] = False
+
+
+@pytest.fixture
+def failed(flow, users, run_steps) -> WorkflowInstance:
+    instance = instance_start("view_flow", {"customer": "ACME", "amount": 40}, initiator=users.staff)
+    run_steps(advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    return instance
+
+
+def login(client, user):
+    client.force_login(user)
+    return client
+
+
+def detail(instance) -> str:
+    return reverse("console:instance_detail", args=[instance.pk])
+
+
+def action(instance, name) -> str:
+    return reverse("console:instance_operate", args=[instance.pk, name])
+
+
+def test_the_instance_page_shows_actions_first_and_every_attempt(client, users, failed):
+    # when
+    page = login(client, users.operator).get(detail(failed)).content.decode()
+
+    # then
+    assert page.index('aria-label="Operator actions"') < page.index("Steps and every attempt")
+    assert "payroll is down" in page
+    assert page.count('class="attempt-failed"') + page.count('class="attempt-dead"') == 2
+    assert "Skip pay" in page
+
+
+def test_the_initiator_sees_the_attempts_without_server_paths(client, users, failed):
+    page = html.unescape(login(client, users.staff).get(detail(failed)).content.decode())
+    assert 'File "test_views.py"' in page
+    assert "/tests/console/test_views.py" not in page
+    assert 'aria-label="Operator actions"' not in page
+
+
+def test_retry_from_the_page_is_audited_with_the_reason(client, users, failed, run_steps):
+    # given
+    STATE["down"] = False
+
+    # when
+    response = login(client, users.operator).post(action(failed, "retry"), {"reason": "payroll is back"})
+    run_steps(advance=True)
+
+    # then
+    assert response.status_code == 302
+    failed.refresh_from_db()
+    assert failed.state == InstanceState.COMPLETED
+    event = AuditEvent.objects.get(instance=failed, action="instance.retried")
+    assert (event.actor_label, event.reason) == ("user:operator", "payroll is back")
+
+
+def test_a_skip_with_bad_json_comes_back_with_what_was_typed(client, users, failed):
+    # given
+    step = failed.steps.get(name="pay")
+
+    # when
+    response = login(client, users.operator).post(
+        action(failed, "skip"), {"step": step.pk, "output": '{"paid": tru', "reason": "paid by hand"}
+    )
+
+    # then
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "not valid JSON (line 1" in page
+    assert "{&quot;paid&quot;: tru</textarea>" in page
+    assert 'value="paid by hand"' in page
+    assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
+
+
+def test_a_skip_shows_the_step_as_resolved_by_hand(client, users, failed, run_steps):
+    # given
+    step = failed.steps.get(name="pay")
+    login(client, users.operator).post(
+        action(failed, "skip"), {"step": step.pk, "output": '{"paid": "by wire"}', "reason": "wired it"}
+    )
+    run_steps(advance=True)
+
+    # when
+    page = client.get(detail(failed)).content.decode()
+
+    # then
+    assert 'data-resolved="by-hand"' in page
+    assert "by wire" in page
+
+
+def test_a_pause_in_the_past_is_refused_with_the_time_kept(client, users, flow):
+    instance = instance_start("view_flow", {})
+    response = login(client, users.operator).post(
+        action(instance, "pause"), {"reason": "hold", "until": "2001-01-01T10:00"}
+    )
+    assert response.status_code == 400
+    assert 'value="2001-01-01T10:00"' in response.content.decode()
+
+
+def test_a_refused_action_is_a_409_with_the_reason(client, users, flow):
+    instance = instance_start("view_flow", {})
+    response = login(client, users.operator).post(action(instance, "retry"), {"reason": "why not"})
+    assert response.status_code == 409
+    assert "Only failed instances can be retried" in response.content.decode()
+
+
+@pytest.mark.parametrize(("who", "status"), [("staff", 403), ("staff2", 404), ("manager", 403)])
+def test_only_operators_act(client, users, failed, who, status):
+    response = login(client, getattr(users, who)).post(action(failed, "compensate"), {"reason": "x"})
+    assert response.status_code == status
+
+
+def test_the_list_filters_on_business_data_and_keeps_bad_input_as_a_message(client, users, failed, flow):
+    # given
+    instance_start("view_flow", {"customer": "Other"})
+
+    # when
+    page = login(client, users.operator).get(
+        reverse("console:instance_list"), {"data_path": "customer", "data_value": "ACME", "version": "x\x00"}
+    )
+
+    # then
+    assert page.status_code == 200
+    assert [i.pk for i in page.context["page"].rows] == [failed.pk]
+    assert "Version:" in page.content.decode()
+
+
+def test_the_list_and_the_instance_page_take_a_fixed_number_of_queries(
+    client, users, flow, run_steps, django_assert_num_queries
+):
+    # given: one instance, then twenty more
+    login(client, users.operator)
+    instance_start("view_flow", {})
+    client.get(reverse("console:instance_list"))
+    with django_assert_num_queries(LIST_QUERIES):
+        client.get(reverse("console:instance_list"))
+    for _ in range(20):
+        instance_start("view_flow", {})
+    run_steps(advance=True)
+
+    # then
+    with django_assert_num_queries(LIST_QUERIES):
+        client.get(reverse("console:instance_list"))
+    one = WorkflowInstance.objects.first()
+    with django_assert_num_queries(DETAIL_QUERIES):
+        client.get(detail(one))
+
+
+def test_incidents_is_for_those_who_watch_running_work(client, users, failed):
+    assert login(client, users.manager).get(reverse("console:incidents")).status_code == 200
+    page = login(client, users.operator).get(reverse("console:incidents")).content.decode()
+    assert "view_flow" in page
+    assert "pay failed: payroll is down" in page
+    assert login(client, users.staff).get(reverse("console:incidents")).status_code == 404
+
+
+def test_bulk_dry_run_then_confirm(client, users, failed, flow, run_steps):
+    # given
+    login(client, users.operator)
+
+    # when
+    dry = client.post(reverse("console:bulk_dry_run"), {"action": "retry", "workflow": "view_flow"})
+    job = BulkJob.objects.get()
+    shown = client.get(dry["Location"]).content.decode()
+    confirmed = client.post(reverse("console:bulk_confirm", args=[job.pk]), {"reason": "payroll is back"})
+
+    # then
+    assert dry.status_code == 302
+    assert 'id="dry-count">1</strong>' in shown
+    assert confirmed.status_code == 302
+    job.refresh_from_db()
+    assert job.state == BulkJobState.QUEUED
+
+
+def test_a_dry_run_is_not_shown_to_another_operator(client, users, failed):
+    login(client, users.operator).post(reverse("console:bulk_dry_run"), {"action": "cancel"})
+    job = BulkJob.objects.get()
+    other = users.admin
+    assert login(client, other).get(reverse("console:bulk_detail", args=[job.pk])).status_code == 404
+
+
+LIST_QUERIES = 8  # session, user, permissions (2), the rows, the counts by state, the nav (2)
+DETAIL_QUERIES = 10  # session, user, instance, permissions (2), steps, audit events, tasks, the nav (2)
+
+
+def test_a_data_edit_read_before_another_change_is_refused_with_the_text_kept(client, users, failed):
+    # given: the editor read the instance at this sequence; then another operator changed it
+    read_at = failed.audit_seq
+    login(client, users.operator).post(
+        action(failed, "edit-data"), {"new_data": '{"customer": "ACME", "amount": 41}', "seq": read_at, "reason": "a"}
+    )
+
+    # when
+    response = client.post(
+        action(failed, "edit-data"), {"new_data": '{"customer": "Globex"}', "seq": read_at, "reason": "b"}
+    )
+
+    # then
+    assert response.status_code == 409
+    assert "changed while you were editing" in response.content.decode()
+    assert "Globex" in response.content.decode()
+    assert WorkflowInstance.objects.get(pk=failed.pk).data == {"customer": "ACME", "amount": 41}

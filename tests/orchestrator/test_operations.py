@@ -1,0 +1,258 @@
+"""The console's instance actions (orchestrator/services/operations.py): skip a failed step with its output, edit
+the data with a diff in the audit trail, pause within a horizon, run compensation, cancel with compensation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from orchestrator.audit import Actor
+from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
+from orchestrator.services.instances import NotAllowed, instance_pause, instance_retry, instance_start
+from orchestrator.services.operations import (
+    data_diff,
+    instance_compensate,
+    instance_data_edit,
+    instance_pause_until,
+    instance_step_skip,
+    parse_json_object,
+)
+
+pytestmark = pytest.mark.django_db
+
+OPERATOR = Actor("user:operator")
+CALLS: list[str] = []
+
+
+def charge(ctx: StepContext) -> dict:
+    CALLS.append("charge")
+    return {"charged": ctx.data.get("amount", 0)}
+
+
+def refund(ctx: StepContext) -> dict:
+    CALLS.append("refund")
+    return {"refunded": True}
+
+
+def payout(ctx: StepContext) -> dict:
+    CALLS.append("payout")
+    if ctx.data.get("payroll_down"):
+        raise ConnectionError("payroll is down\n  (it said 503)")
+    return {"payout_id": "P-1"}
+
+
+def notify(ctx: StepContext) -> dict:
+    CALLS.append("notify")
+    return {"told": ctx.data.get("payout_id")}
+
+
+@pytest.fixture
+def flow(register_workflow) -> Workflow:
+    CALLS.clear()
+    return register_workflow(
+        Workflow(
+            "ops_flow",
+            1,
+            [
+                Task("charge", charge, compensate=refund),
+                Task("payout", payout, retry=Retry(max_attempts=2, backoff=0)),
+                Task("notify", notify),
+            ],
+        )
+    )
+
+
+@pytest.fixture
+def failed(flow, run_steps) -> WorkflowInstance:
+    instance = instance_start("ops_flow", {"amount": 40, "payroll_down": True})
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED, instance.error
+    return instance
+
+
+def test_skip_records_the_given_output_and_goes_on_from_the_next_step(failed, run_steps):
+    """Payroll paid by hand: the operator skips the dead payout giving its id; notify runs with it, charge never
+    runs again."""
+    # given
+    payout_step = failed.steps.get(name="payout")
+    CALLS.clear()
+
+    # when
+    instance_step_skip(failed.pk, payout_step.pk, {"payout_id": "MANUAL-7"}, actor=OPERATOR, reason="paid by hand")
+    run_steps(failed)
+
+    # then
+    failed.refresh_from_db()
+    payout_step.refresh_from_db()
+    assert failed.state == InstanceState.COMPLETED
+    assert (payout_step.state, payout_step.result) == (StepState.SKIPPED, {"payout_id": "MANUAL-7"})
+    assert failed.data["told"] == "MANUAL-7"
+    assert CALLS == ["notify"]
+    skipped = AuditEvent.objects.get(instance=failed, action="step.skipped")
+    assert (skipped.actor_label, skipped.reason, skipped.payload["output"]) == (
+        "user:operator",
+        "paid by hand",
+        {"payout_id": "MANUAL-7"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("typed", "problem"),
+    [
+        ("{", "not valid JSON (line 1, column 2)"),
+        ("[1, 2]", "not a list"),
+        ('{"a": NaN}', "not valid JSON"),
+        ('{"": 1}', "every key needs a name"),
+        ('{"a": "x\\u0000y"}', "NUL"),
+    ],
+)
+def test_a_typed_output_that_cannot_be_stored_is_refused_with_the_reason(typed, problem):
+    with pytest.raises(ValidationError) as refused:
+        parse_json_object(typed, "Output")
+    assert problem in " ".join(refused.value.messages)
+
+
+def test_skip_is_refused_for_a_step_that_did_not_fail_and_for_an_instance_that_is_not_failed(failed, flow):
+    # given
+    charge_step = failed.steps.get(name="charge")
+    running = instance_start("ops_flow", {"amount": 1})
+
+    # when / then
+    with pytest.raises(NotAllowed, match="only a dead step"):
+        instance_step_skip(failed.pk, charge_step.pk, {}, actor=OPERATOR, reason="x")
+    with pytest.raises(NotAllowed, match="Only a failed instance"):
+        instance_step_skip(running.pk, running.steps.get().pk, {}, actor=OPERATOR, reason="x")
+    with pytest.raises(ValidationError, match="reason"):
+        instance_step_skip(failed.pk, failed.steps.get(name="payout").pk, {}, actor=OPERATOR, reason="  ")
+    assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
+
+
+def test_data_edit_audits_the_diff_and_a_retry_uses_the_new_data(failed, run_steps):
+    """The operator switches payroll's flag off in the data: the diff is audited and the retried payout succeeds."""
+    # given
+    before = dict(failed.data)
+
+    # when
+    diff = instance_data_edit(
+        failed.pk,
+        {**before, "payroll_down": False, "note": "fixed"},
+        actor=OPERATOR,
+        reason="flag set by mistake",
+        expected_seq=failed.audit_seq,
+    )
+    instance_retry(failed.pk, actor=OPERATOR, reason="data fixed")
+    run_steps(failed)
+
+    # then
+    assert diff == {"added": {"note": "fixed"}, "changed": {"payroll_down": {"from": True, "to": False}}}
+    edited = AuditEvent.objects.get(instance=failed, action="instance.data_edited")
+    assert (edited.reason, edited.payload) == ("flag set by mistake", {"diff": diff})
+    assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.COMPLETED
+
+
+def test_two_operators_editing_at_once_the_second_is_refused_not_lost(failed):
+    # given
+    read_at = failed.audit_seq
+    instance_data_edit(failed.pk, {**failed.data, "a": 1}, actor=OPERATOR, reason="first", expected_seq=read_at)
+
+    # when / then
+    with pytest.raises(NotAllowed, match="changed while you were editing"):
+        instance_data_edit(
+            failed.pk, {**failed.data, "b": 2}, actor=Actor("user:other"), reason="second", expected_seq=read_at
+        )
+    assert WorkflowInstance.objects.get(pk=failed.pk).data == {**failed.data, "a": 1}
+
+
+def test_data_edit_refuses_no_change_and_a_running_instance(failed, flow):
+    running = instance_start("ops_flow", {})
+    with pytest.raises(ValidationError, match="nothing changed"):
+        instance_data_edit(failed.pk, dict(failed.data), actor=OPERATOR, reason="x")
+    with pytest.raises(NotAllowed, match="running"):
+        instance_data_edit(running.pk, {"x": 1}, actor=OPERATOR, reason="x")
+
+
+def test_data_diff_names_added_removed_and_changed_keys():
+    assert data_diff({"a": 1, "b": 2, "c": [1]}, {"a": 1, "c": [2], "d": None}) == {
+        "added": {"d": None},
+        "removed": {"b": 2},
+        "changed": {"c": {"from": [1], "to": [2]}},
+    }
+
+
+def test_a_pause_past_the_horizon_or_in_the_past_is_refused(flow):
+    # given
+    instance = instance_start("ops_flow", {})
+    now = timezone.now()
+
+    # when / then
+    with pytest.raises(ValidationError, match="a pause ends by"):
+        instance_pause_until(instance.pk, actor=OPERATOR, reason="x", until=now + timedelta(days=400), now=now)
+    with pytest.raises(ValidationError, match="in the future"):
+        instance_pause_until(instance.pk, actor=OPERATOR, reason="x", until=now - timedelta(minutes=1))
+    instance_pause_until(instance.pk, actor=OPERATOR, reason="month end", until=now + timedelta(days=3))
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.PAUSED
+
+
+def test_run_compensation_of_a_failed_instance_undoes_the_charge(failed, run_steps):
+    # given
+    CALLS.clear()
+
+    # when
+    instance_compensate(failed.pk, actor=OPERATOR, reason="customer withdrew")
+    run_steps(failed)
+
+    # then
+    failed.refresh_from_db()
+    assert failed.state == InstanceState.COMPENSATED
+    assert CALLS == ["refund"]
+    assert failed.steps.get(name="charge", kind=StepKind.TASK).state == StepState.COMPENSATED
+    asked = AuditEvent.objects.get(instance=failed, action="instance.compensation_requested")
+    assert (asked.reason, asked.payload) == ("customer withdrew", {"cancel": False})
+    with pytest.raises(NotAllowed, match="already begun"):
+        instance_compensate(failed.pk, actor=OPERATOR, reason="again")
+
+
+def test_cancel_with_compensation_of_a_paused_instance_undoes_what_it_did(flow, run_steps):
+    """Paused after its charge: cancelling with compensation refunds and never pays out."""
+    # given
+    instance = instance_start("ops_flow", {"amount": 5})
+    run_steps(instance, limit=1)
+    instance_pause(instance.pk, actor=OPERATOR, reason="suspicious")
+    CALLS.clear()
+
+    # when
+    instance_compensate(instance.pk, actor=OPERATOR, reason="fraud", cancel=True)
+    run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    assert (instance.state, instance.paused_until) == (InstanceState.COMPENSATED, None)
+    assert CALLS == ["refund"]
+    assert instance.steps.get(name="payout").state == StepState.SKIPPED
+
+
+def test_run_compensation_refuses_a_running_instance(flow):
+    instance = instance_start("ops_flow", {})
+    with pytest.raises(NotAllowed, match="Only failed instances"):
+        instance_compensate(instance.pk, actor=OPERATOR, reason="x")
+
+
+def test_every_attempt_keeps_its_error_and_worker(failed):
+    """The failed attempt's audit event keeps its whole message (line breaks included), the claim its worker."""
+    # given
+    payout_step = failed.steps.get(name="payout")
+
+    # when
+    events = AuditEvent.objects.filter(instance=failed, subject_id=payout_step.pk).order_by("seq")
+
+    # then
+    failed_attempt = next(e for e in events if e.action == "step.failed")
+    assert "payroll is down\n  (it said 503)" in failed_attempt.payload["error"]
+    started = [e for e in events if e.action == "step.started"]
+    assert len(started) == 2
+    assert all("/" in e.request_meta["worker"] for e in started)
