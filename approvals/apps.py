@@ -6,6 +6,7 @@ class ApprovalsConfig(AppConfig):
     verbose_name = "Human tasks"
 
     def ready(self) -> None:
-        from approvals import signals
+        from approvals import signals, timezones
 
         signals.connect()
+        timezones.connect()

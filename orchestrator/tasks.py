@@ -36,6 +36,7 @@ def sweep() -> dict:
         **report.tasks,
         **report.unfit,
         "errors": report.errors,
+        "rolled_up": report.rolled_up,
     }
 
 

@@ -7,6 +7,7 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("BATON_SECRET_KEY", "baton-tests-only")
 os.environ.setdefault("BATON_AUDIT_KEYS", "tests:baton-tests-only-audit-key-not-for-production")
 os.environ.setdefault("BATON_DEBUG", "1")
+os.environ.setdefault("BATON_METRICS_TOKEN", "tests-metrics-token")
 os.environ.setdefault(
     "BATON_WORKFLOW_MODULES",
     "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval,orchestrator.workflows.bench",

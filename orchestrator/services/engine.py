@@ -20,7 +20,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from orchestrator import audit, registry, rows
+from orchestrator import audit, registry, rollups, rows
 from orchestrator.audit import Actor
 from orchestrator.dsl import (
     COMPENSATE,
@@ -1066,6 +1066,7 @@ class SweepReport:
     tasks: dict[str, int] = field(default_factory=dict)
     unfit: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    rolled_up: int = 0
 
 
 def sweep(now: datetime | None = None) -> SweepReport:
@@ -1107,6 +1108,12 @@ def sweep(now: datetime | None = None) -> SweepReport:
     except Exception as exc:
         report.errors += 1
         sweep_item_failed("claim check", "sweep", None, None, exc)
+    # The dashboard's and /metrics' counts: the audit events since the last pass, folded (orchestrator/rollups.py).
+    try:
+        report.rolled_up = rollups.rollup_pass(now)
+    except Exception as exc:
+        report.errors += 1
+        sweep_item_failed("roll-up", "sweep", None, None, exc)
     return report
 
 

@@ -1,0 +1,380 @@
+"""Roll-ups: the audit trail folded into small tables by the sweep, for the dashboard, the catalog and /metrics.
+
+Every instance state change (``instance.*`` events with ``from_state`` and ``to_state``) and every step outcome
+(``step.succeeded``, ``step.failed``, ``step.dead``) is already an audit event, written in the transaction that made
+the change. So the engine's hot path writes nothing more (its pinned statement counts stay as they are): the
+sweep reads the events past a high-water mark, in id order along the primary key, and adds them to
+:class:`~orchestrator.models.InstanceStateCount` (instances per workflow version and state, now) and
+:class:`~orchestrator.models.WorkflowHourStats` (per workflow and hour: starts, completions, failures,
+compensations, cancellations, retries and duration histograms). Pages then read a few hundred rows whatever the
+number of instances.
+
+**Never stepping over a late commit.** Ids are handed out when an event is inserted, not when its transaction
+commits, so event 101 may become visible after event 102 has been folded in. On PostgreSQL a pass therefore only
+folds ids up to the highest id that had been handed out when an earlier pass looked (``pending_position``), and
+only once every transaction running at that look has ended (the current snapshot's ``xmin`` has passed that
+look's ``xmax``). Every transaction that appends an audit event already holds a transaction id before it asks
+for the event's id (it locked the instance row, inserted the instance, or locked the ``AuditChain`` row first), so
+"ended" covers it. Events are folded about two sweep intervals after they commit. On SQLite (the demo) writers
+take turns, so every committed id is final.
+
+One pass at a time: the pass locks the cursor row with SKIP LOCKED, and a second sweep (a worker's start-up
+sweep beside beat's) skips the roll-up. The cursor row also records when the sweep last ran (``swept_at``), which
+readiness and ``baton_sweep_lag_seconds`` report.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from orchestrator.models import (
+    AuditEvent,
+    InstanceStateCount,
+    RollupCursor,
+    StepKind,
+    StepRun,
+    WorkflowHourStats,
+    WorkflowVersionSeen,
+)
+
+CURSOR = "audit"
+
+# Upper bounds (seconds) of the duration histogram buckets, from a fast step to a week-long approval; one more
+# bucket counts anything longer. The same bounds serve instances and steps, and /metrics exposes them as they are.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    900,
+    3600,
+    4 * 3600,
+    86400,
+    7 * 86400,
+)
+
+# Instance events that count in the hour's totals, by the field they add to.
+COUNTED_ACTIONS = {
+    "instance.started": "started",
+    "instance.completed": "completed",
+    "instance.failed": "failed",
+    "instance.compensated": "compensated",
+    "instance.cancelled": "cancelled",
+    "instance.retried": "operator_retries",
+}
+STEP_ACTIONS = ("step.succeeded", "step.failed", "step.dead")
+TIMED_STEP_KINDS = (StepKind.TASK, StepKind.COMPENSATION)
+
+
+def bucket_index(seconds: float) -> int:
+    """The index in a histogram list (``len(DURATION_BUCKETS) + 1`` entries) of the bucket ``seconds`` falls in."""
+    return bisect.bisect_left(DURATION_BUCKETS, seconds)
+
+
+def empty_histogram() -> list[int]:
+    return [0] * (len(DURATION_BUCKETS) + 1)
+
+
+def add_histograms(into: list[int], other: Sequence[int]) -> list[int]:
+    """``into`` plus ``other`` element-wise (a stored list shorter than the current bounds is padded)."""
+    result = list(into) + [0] * max(0, len(other) - len(into))
+    for index, value in enumerate(other):
+        result[index] += int(value)
+    return result
+
+
+def quantile(histogram: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a bucketed histogram, interpolated linearly inside its bucket as Prometheus'
+    ``histogram_quantile`` does; None without observations. Past the last bound it answers that bound."""
+    total = sum(histogram)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(histogram):
+        if count and seen + count >= rank:
+            if index >= len(DURATION_BUCKETS):
+                return float(DURATION_BUCKETS[-1])
+            lower = 0.0 if index == 0 else float(DURATION_BUCKETS[index - 1])
+            upper = float(DURATION_BUCKETS[index])
+            return lower + (upper - lower) * ((rank - seen) / count)
+        seen += count
+    return float(DURATION_BUCKETS[-1])
+
+
+def hour_of(moment: datetime) -> datetime:
+    """The UTC hour ``moment`` falls in."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass
+class Fold:
+    """What one batch of events adds: state deltas and hour rows (in memory until written)."""
+
+    states: dict[tuple[str, int, str], int] = field(default_factory=lambda: defaultdict(int))
+    hours: dict[tuple[str, datetime], dict[str, Any]] = field(default_factory=dict)
+
+    def hour(self, workflow: str, moment: datetime) -> dict[str, Any]:
+        key = (workflow, hour_of(moment))
+        row = self.hours.get(key)
+        if row is None:
+            row = self.hours[key] = {
+                **dict.fromkeys(COUNTED_ACTIONS.values(), 0),
+                "step_retries": 0,
+                "durations": empty_histogram(),
+                "duration_sum": 0.0,
+                "step_durations": {},
+            }
+        return row
+
+
+def fold(events: Iterable[dict[str, Any]], steps: dict[int, dict[str, Any]]) -> Fold:
+    """Add up ``events`` (AuditEvent values with the instance's ``workflow_name``, ``workflow_version`` and
+    ``created_at``) into a :class:`Fold`. ``steps``: step id -> its ``name``, ``kind`` and ``started_at``, for the
+    step events. Pure: no database access."""
+    result = Fold()
+    for event in events:
+        workflow = event["instance__workflow_name"]
+        if workflow is None:
+            continue  # an event of no instance (accounts, audit chains)
+        action = event["action"]
+        if event["subject_type"] == "instance" and event["to_state"] and event["to_state"] != event["from_state"]:
+            version = event["instance__workflow_version"]
+            if event["from_state"]:
+                result.states[(workflow, version, event["from_state"])] -= 1
+            result.states[(workflow, version, event["to_state"])] += 1
+        counted = COUNTED_ACTIONS.get(action)
+        if counted is not None:
+            row = result.hour(workflow, event["occurred_at"])
+            row[counted] += 1
+            if action == "instance.completed":
+                seconds = max(0.0, (event["occurred_at"] - event["instance__created_at"]).total_seconds())
+                row["durations"][bucket_index(seconds)] += 1
+                row["duration_sum"] += seconds
+        elif action in STEP_ACTIONS and event["subject_id"] is not None:
+            row = result.hour(workflow, event["occurred_at"])
+            if action == "step.failed":
+                row["step_retries"] += 1
+            step = steps.get(event["subject_id"])
+            # Only a running attempt's end is timed (a step reported after the compensation began, or skipped
+            # from dead, has no attempt of its own to time); a later attempt has moved started_at past the event.
+            if (
+                action != "step.failed"
+                and step is not None
+                and step["kind"] in TIMED_STEP_KINDS
+                and event["from_state"] == "running"
+                and step["started_at"] is not None
+                and step["started_at"] <= event["occurred_at"]
+            ):
+                seconds = (event["occurred_at"] - step["started_at"]).total_seconds()
+                timing = row["step_durations"].setdefault(step["name"], {"buckets": empty_histogram(), "sum": 0.0})
+                timing["buckets"][bucket_index(seconds)] += 1
+                timing["sum"] += seconds
+    return result
+
+
+def _safe_limit(cursor: RollupCursor) -> tuple[int, bool]:
+    """The highest event id this pass may fold, and whether the pass should look again afterwards."""
+    if connection.vendor != "postgresql":
+        last = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        return last, False
+    with connection.cursor() as db:
+        db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        xmin = db.fetchone()[0]
+    if cursor.pending_position > cursor.position and xmin >= cursor.pending_xmax:
+        return cursor.pending_position, True
+    return cursor.position, cursor.pending_position <= cursor.position
+
+
+def _look(cursor: RollupCursor) -> None:
+    """Remember the highest event id handed out so far, then the snapshot's xmax (in that order: a transaction
+    that took an id before the first read already had its transaction id, which is below the xmax read after)."""
+    with connection.cursor() as db:
+        db.execute(
+            "SELECT pg_sequence_last_value(pg_get_serial_sequence(%s, 'id')::regclass)",
+            [AuditEvent._meta.db_table],
+        )
+        last = db.fetchone()[0] or 0
+    with connection.cursor() as db:
+        db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        xmax = db.fetchone()[0]
+    cursor.pending_position, cursor.pending_xmax = last, xmax
+
+
+def _lock_cursor() -> RollupCursor | None:
+    cursor = RollupCursor.objects.select_for_update(skip_locked=True).filter(name=CURSOR).first()
+    if cursor is None and not RollupCursor.objects.filter(name=CURSOR).exists():
+        RollupCursor.objects.bulk_create([RollupCursor(name=CURSOR)], ignore_conflicts=True)
+        cursor = RollupCursor.objects.select_for_update(skip_locked=True).filter(name=CURSOR).first()
+    return cursor
+
+
+def rollup_pass(now: datetime | None = None, batch: int | None = None) -> int:
+    """Fold the audit events past the cursor into the roll-up tables and note that the sweep ran.
+
+    ``batch``: most events one pass folds (``BATON_ROLLUP_BATCH``); a backlog is caught up over the next passes.
+    Returns the number of events read, 0 when another pass holds the cursor. Raises what the database raises
+    (the sweep counts it as one failed item and goes on).
+    """
+    now = now or timezone.now()
+    batch = batch or settings.BATON_ROLLUP_BATCH
+    record_versions(now)
+    with transaction.atomic():
+        cursor = _lock_cursor()
+        if cursor is None:
+            return 0
+        limit, look = _safe_limit(cursor)
+        events: list[Any] = []
+        if limit > cursor.position:
+            events = list(
+                AuditEvent.objects.filter(id__gt=cursor.position, id__lte=limit)
+                .order_by("id")
+                .values(
+                    "id",
+                    "action",
+                    "subject_type",
+                    "subject_id",
+                    "from_state",
+                    "to_state",
+                    "occurred_at",
+                    "instance__workflow_name",
+                    "instance__workflow_version",
+                    "instance__created_at",
+                )[:batch]
+            )
+        if events:
+            step_ids = {e["subject_id"] for e in events if e["action"] in STEP_ACTIONS and e["subject_id"]}
+            steps: dict[int, dict[str, Any]] = {
+                row["id"]: dict(row)
+                for row in StepRun.objects.filter(pk__in=step_ids).values("id", "name", "kind", "started_at")
+            }
+            _write(fold(events, steps))
+            cursor.position = events[-1]["id"] if len(events) == batch else limit
+            cursor.rolled_at = now
+        else:
+            cursor.position = max(cursor.position, limit)
+        if connection.vendor == "postgresql" and cursor.position >= cursor.pending_position and look:
+            _look(cursor)
+        cursor.swept_at = now
+        cursor.save()
+        return len(events)
+
+
+def _write(result: Fold) -> None:
+    """Add a fold to the stored rows (read, add, upsert; the cursor lock keeps other passes out)."""
+    if result.states:
+        names = {name for name, _v, _s in result.states}
+        stored = {
+            (row.workflow_name, row.workflow_version, row.state): row
+            for row in InstanceStateCount.objects.filter(workflow_name__in=names)
+        }
+        rows = []
+        for key, delta in result.states.items():
+            row = stored.get(key) or InstanceStateCount(workflow_name=key[0], workflow_version=key[1], state=key[2])
+            row.count += delta
+            rows.append(row)
+        InstanceStateCount.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["workflow_name", "workflow_version", "state"],
+            update_fields=["count"],
+        )
+    if result.hours:
+        keys = list(result.hours)
+        stored_hours = {
+            (row.workflow_name, row.hour): row
+            for row in WorkflowHourStats.objects.filter(
+                workflow_name__in={k[0] for k in keys}, hour__in={k[1] for k in keys}
+            )
+        }
+        hour_rows = []
+        for hour_key, added in result.hours.items():
+            stat = stored_hours.get(hour_key) or WorkflowHourStats(workflow_name=hour_key[0], hour=hour_key[1])
+            for name in (*COUNTED_ACTIONS.values(), "step_retries"):
+                setattr(stat, name, getattr(stat, name) + added[name])
+            stat.durations = add_histograms(stat.durations or empty_histogram(), added["durations"])
+            stat.duration_sum += added["duration_sum"]
+            merged = dict(stat.step_durations or {})
+            for step, timing in added["step_durations"].items():
+                before = merged.get(step, {"buckets": empty_histogram(), "sum": 0.0})
+                merged[step] = {
+                    "buckets": add_histograms(before["buckets"], timing["buckets"]),
+                    "sum": before["sum"] + timing["sum"],
+                }
+            stat.step_durations = merged
+            hour_rows.append(stat)
+        WorkflowHourStats.objects.bulk_create(
+            hour_rows,
+            update_conflicts=True,
+            unique_fields=["workflow_name", "hour"],
+            update_fields=[
+                *COUNTED_ACTIONS.values(),
+                "step_retries",
+                "durations",
+                "duration_sum",
+                "step_durations",
+            ],
+        )
+
+
+# Versions this process has already recorded: the sweep runs every second, the table changes at deployments.
+_recorded: set[tuple[str, int]] = set()
+
+
+def record_versions(now: datetime | None = None) -> int:
+    """Record every registered workflow version not yet in :class:`WorkflowVersionSeen`, with ``now`` as when it
+    was first seen (and its definition's fingerprint). Returns how many rows were added. Cheap after the first call
+    in a process: versions already recorded by it are not asked about again."""
+    from orchestrator import registry
+
+    registered = {(w.name, w.version): w for w in registry.all_definitions()}
+    missing = set(registered) - _recorded
+    if not missing:
+        return 0
+    known = set(
+        WorkflowVersionSeen.objects.filter(workflow_name__in={n for n, _v in missing}).values_list(
+            "workflow_name", "workflow_version"
+        )
+    )
+    new = [
+        WorkflowVersionSeen(
+            workflow_name=name,
+            workflow_version=version,
+            first_seen_at=now or timezone.now(),
+            fingerprint=registered[(name, version)].fingerprint(),
+        )
+        for name, version in sorted(missing - known)
+    ]
+    if new:
+        WorkflowVersionSeen.objects.bulk_create(new, ignore_conflicts=True)
+    _recorded.update(missing)
+    return len(new)
+
+
+def sweep_age(now: datetime | None = None) -> float | None:
+    """Seconds since the sweep last ran (None: it never has)."""
+    swept_at = RollupCursor.objects.filter(name=CURSOR).values_list("swept_at", flat=True).first()
+    if swept_at is None:
+        return None
+    return max(0.0, ((now or timezone.now()) - swept_at).total_seconds())
+
+
+def window_start(hours: int, now: datetime | None = None) -> datetime:
+    """The first hour of a window of ``hours`` hours ending with the current one."""
+    return hour_of(now or timezone.now()) - timedelta(hours=hours - 1)
