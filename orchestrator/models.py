@@ -387,16 +387,16 @@ class DemoLedger(models.Model):
 class RollupCursor(models.Model):
     """Where the roll-up pass has got to in the audit trail, and when the sweep last ran.
 
-    ``position``: the last ``AuditEvent.id`` folded in. ``pending_position``/``pending_xmax``: the highest id
-    handed out when the previous pass looked, and that pass's snapshot ``xmax`` (PostgreSQL): ids up to
-    ``pending_position`` are folded in only once every transaction that was running then has ended, so an event
-    whose transaction commits late is never stepped over. One row, ``name="audit"``, locked by the pass.
+    ``position``: the last ``AuditEvent.id`` folded in. ``pending_position``/``pending_xids``: the highest id
+    handed out when the previous pass looked, and the transactions of this database running then (PostgreSQL):
+    ids up to ``pending_position`` are folded in only once all of those have ended, so an event whose transaction
+    commits late is never stepped over. One row, ``name="audit"``, locked by the pass.
     """
 
     name = models.CharField(max_length=20, primary_key=True)
     position = models.BigIntegerField(default=0)
     pending_position = models.BigIntegerField(default=0)
-    pending_xmax = models.BigIntegerField(default=0)
+    pending_xids = models.JSONField(default=list)
     swept_at = models.DateTimeField(null=True, blank=True)
     rolled_at = models.DateTimeField(null=True, blank=True)
 

@@ -12,11 +12,12 @@ number of instances.
 **Never stepping over a late commit.** Ids are handed out when an event is inserted, not when its transaction
 commits, so event 101 may become visible after event 102 has been folded in. On PostgreSQL a pass therefore only
 folds ids up to the highest id that had been handed out when an earlier pass looked (``pending_position``), and
-only once every transaction running at that look has ended (the current snapshot's ``xmin`` has passed that
-look's ``xmax``). Every transaction that appends an audit event already holds a transaction id before it asks
+only once every transaction of this database that was running at that look has ended (``pending_xids``, read from
+``pg_stat_activity``). Every transaction that appends an audit event already holds a transaction id before it asks
 for the event's id (it locked the instance row, inserted the instance, or locked the ``AuditChain`` row first), so
-"ended" covers it. Events are folded about two sweep intervals after they commit. On SQLite (the demo) writers
-take turns, so every committed id is final.
+such a transaction is in that list. Events are folded about two sweep intervals after they commit; a transaction
+of this database that stays open holds the roll-ups back (never their correctness) until it ends. On SQLite (the
+demo) writers take turns, so every committed id is final.
 
 One pass at a time: the pass locks the cursor row with SKIP LOCKED, and a second sweep (a worker's start-up
 sweep beside beat's) skips the roll-up. The cursor row also records when the sweep last ran (``swept_at``), which
@@ -194,17 +195,27 @@ def _safe_limit(cursor: RollupCursor) -> tuple[int, bool]:
     if connection.vendor != "postgresql":
         last = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
         return last, False
-    with connection.cursor() as db:
-        db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        xmin = db.fetchone()[0]
-    if cursor.pending_position > cursor.position and xmin >= cursor.pending_xmax:
+    if cursor.pending_position > cursor.position:
+        if cursor.pending_xids and _still_running(cursor.pending_xids):
+            return cursor.position, False
         return cursor.pending_position, True
-    return cursor.position, cursor.pending_position <= cursor.position
+    return cursor.position, True
+
+
+def _still_running(xids: list[str]) -> bool:
+    with connection.cursor() as db:
+        db.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_xid::text = ANY(%s))",
+            [xids],
+        )
+        return bool(db.fetchone()[0])
 
 
 def _look(cursor: RollupCursor) -> None:
-    """Remember the highest event id handed out so far, then the snapshot's xmax (in that order: a transaction
-    that took an id before the first read already had its transaction id, which is below the xmax read after)."""
+    """Remember the highest event id handed out so far, then the transactions of this database running now (in
+    that order: a transaction that took an id before the first read already had its transaction id, so it is in
+    the list if it has not ended). Its own transaction is left out."""
     with connection.cursor() as db:
         db.execute(
             "SELECT pg_sequence_last_value(pg_get_serial_sequence(%s, 'id')::regclass)",
@@ -212,9 +223,13 @@ def _look(cursor: RollupCursor) -> None:
         )
         last = db.fetchone()[0] or 0
     with connection.cursor() as db:
-        db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-        xmax = db.fetchone()[0]
-    cursor.pending_position, cursor.pending_xmax = last, xmax
+        # pg_stat_activity is read once per transaction (a snapshot of the statistics): this is that read.
+        db.execute(
+            "SELECT backend_xid::text FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+        )
+        xids = [row[0] for row in db.fetchall()]
+    cursor.pending_position, cursor.pending_xids = last, xids
 
 
 def _lock_cursor() -> RollupCursor | None:
@@ -269,7 +284,7 @@ def rollup_pass(now: datetime | None = None, batch: int | None = None) -> int:
             cursor.rolled_at = now
         else:
             cursor.position = max(cursor.position, limit)
-        if connection.vendor == "postgresql" and cursor.position >= cursor.pending_position and look:
+        if connection.vendor == "postgresql" and look and cursor.position >= cursor.pending_position:
             _look(cursor)
         cursor.swept_at = now
         cursor.save()
@@ -337,14 +352,15 @@ def _write(result: Fold) -> None:
 _recorded: set[tuple[str, int]] = set()
 
 
-def record_versions(now: datetime | None = None) -> int:
+def record_versions(now: datetime | None = None, *, again: bool = False) -> int:
     """Record every registered workflow version not yet in :class:`WorkflowVersionSeen`, with ``now`` as when it
     was first seen (and its definition's fingerprint). Returns how many rows were added. Cheap after the first call
-    in a process: versions already recorded by it are not asked about again."""
+    in a process: versions already recorded by it are not asked about again (``again``: ask anyway, for a reader
+    that found one missing)."""
     from orchestrator import registry
 
     registered = {(w.name, w.version): w for w in registry.all_definitions()}
-    missing = set(registered) - _recorded
+    missing = set(registered) - (set() if again else _recorded)
     if not missing:
         return 0
     known = set(
