@@ -148,6 +148,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "approvals.context_processors.nav_counts",
+                "approvals.context_processors.time_zone",
             ],
         },
     },

@@ -4,69 +4,74 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('orchestrator', '0007_audit_keyed'),
+        ("orchestrator", "0007_audit_keyed"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RollupCursor',
+            name="RollupCursor",
             fields=[
-                ('name', models.CharField(max_length=20, primary_key=True, serialize=False)),
-                ('position', models.BigIntegerField(default=0)),
-                ('pending_position', models.BigIntegerField(default=0)),
-                ('pending_xids', models.JSONField(default=list)),
-                ('swept_at', models.DateTimeField(blank=True, null=True)),
-                ('rolled_at', models.DateTimeField(blank=True, null=True)),
+                ("name", models.CharField(max_length=20, primary_key=True, serialize=False)),
+                ("position", models.BigIntegerField(default=0)),
+                ("pending_position", models.BigIntegerField(default=0)),
+                ("pending_xids", models.JSONField(default=list)),
+                ("swept_at", models.DateTimeField(blank=True, null=True)),
+                ("rolled_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='InstanceStateCount',
+            name="InstanceStateCount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_name', models.CharField(max_length=100)),
-                ('workflow_version', models.PositiveIntegerField()),
-                ('state', models.CharField(max_length=20)),
-                ('count', models.BigIntegerField(default=0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("workflow_name", models.CharField(max_length=100)),
+                ("workflow_version", models.PositiveIntegerField()),
+                ("state", models.CharField(max_length=20)),
+                ("count", models.BigIntegerField(default=0)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('workflow_name', 'workflow_version', 'state'), name='state_count_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("workflow_name", "workflow_version", "state"), name="state_count_unique"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='WorkflowHourStats',
+            name="WorkflowHourStats",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_name', models.CharField(max_length=100)),
-                ('hour', models.DateTimeField()),
-                ('started', models.BigIntegerField(default=0)),
-                ('completed', models.BigIntegerField(default=0)),
-                ('failed', models.BigIntegerField(default=0)),
-                ('compensated', models.BigIntegerField(default=0)),
-                ('cancelled', models.BigIntegerField(default=0)),
-                ('step_retries', models.BigIntegerField(default=0)),
-                ('operator_retries', models.BigIntegerField(default=0)),
-                ('durations', models.JSONField(default=list)),
-                ('duration_sum', models.FloatField(default=0.0)),
-                ('step_durations', models.JSONField(default=dict)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("workflow_name", models.CharField(max_length=100)),
+                ("hour", models.DateTimeField()),
+                ("started", models.BigIntegerField(default=0)),
+                ("completed", models.BigIntegerField(default=0)),
+                ("failed", models.BigIntegerField(default=0)),
+                ("compensated", models.BigIntegerField(default=0)),
+                ("cancelled", models.BigIntegerField(default=0)),
+                ("step_retries", models.BigIntegerField(default=0)),
+                ("operator_retries", models.BigIntegerField(default=0)),
+                ("durations", models.JSONField(default=list)),
+                ("duration_sum", models.FloatField(default=0.0)),
+                ("step_durations", models.JSONField(default=dict)),
             ],
             options={
-                'indexes': [models.Index(fields=['hour'], name='hour_stats_hour')],
-                'constraints': [models.UniqueConstraint(fields=('workflow_name', 'hour'), name='hour_stats_unique')],
+                "indexes": [models.Index(fields=["hour"], name="hour_stats_hour")],
+                "constraints": [models.UniqueConstraint(fields=("workflow_name", "hour"), name="hour_stats_unique")],
             },
         ),
         migrations.CreateModel(
-            name='WorkflowVersionSeen',
+            name="WorkflowVersionSeen",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_name', models.CharField(max_length=100)),
-                ('workflow_version', models.PositiveIntegerField()),
-                ('first_seen_at', models.DateTimeField()),
-                ('fingerprint', models.CharField(blank=True, max_length=64)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("workflow_name", models.CharField(max_length=100)),
+                ("workflow_version", models.PositiveIntegerField()),
+                ("first_seen_at", models.DateTimeField()),
+                ("fingerprint", models.CharField(blank=True, max_length=64)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('workflow_name', 'workflow_version'), name='version_seen_unique')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("workflow_name", "workflow_version"), name="version_seen_unique")
+                ],
             },
         ),
     ]

@@ -167,7 +167,8 @@ def test_the_sweep_runs_the_pass_and_records_when_it_ran(run_steps):
     # then
     assert report.errors == 0
     assert report.rolled_up > 0
-    assert rollups.sweep_age() is not None and rollups.sweep_age() < 60
+    assert rollups.sweep_age() is not None
+    assert rollups.sweep_age() < 60
     seen = WorkflowVersionSeen.objects.filter(workflow_name="order_fulfilment", workflow_version=1)
     assert seen.count() == 1
     first = seen.get().first_seen_at
@@ -256,7 +257,8 @@ class TestFold:
         hour = result.hours[("flow", datetime(2026, 11, 29, 10, tzinfo=UTC))]
         assert hour["step_retries"] == 1
         timing = hour["step_durations"]["charge"]
-        assert sum(timing["buckets"]) == 1 and timing["sum"] == pytest.approx(2.0)
+        assert sum(timing["buckets"]) == 1
+        assert timing["sum"] == pytest.approx(2.0)
 
     def test_a_step_restarted_after_its_event_or_not_run_by_a_worker_is_not_timed(self):
         # given
