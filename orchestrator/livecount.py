@@ -51,7 +51,7 @@ def publish(*, force: bool = False) -> None:
     if not force and now - _last_published < period / 2:
         return
     _last_published = now
-    _client().setex(_key(), max(1, int(period * 3)), open_here())
+    _client().set(_key(), open_here(), ex=max(1, int(period * 3)))
 
 
 def total() -> int:

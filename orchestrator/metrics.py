@@ -8,8 +8,7 @@ deployment, and a restart loses nothing. What is not in the database is read whe
 broker's queue lengths and the live sockets' count (Redis). The figures lag the work by about two sweep
 intervals (the roll-up's settling); a scrape costs a handful of small queries whatever the number of instances.
 
-The counters are the sums of the hourly roll-ups, so they only grow (Prometheus' ``rate()`` needs that). Prune
-old hours only together with a reset you expect to see.
+The counters are each workflow's all-time roll-up row, so they only grow (Prometheus' ``rate()`` needs that).
 """
 
 from __future__ import annotations

@@ -441,7 +441,8 @@ class InstanceStateCount(models.Model):
 
 
 class WorkflowHourStats(models.Model):
-    """One workflow's activity in one hour (UTC), folded from the audit trail by the roll-up pass.
+    """One workflow's activity in one hour, one day (UTC) or all time (``span`` 1, 24 or 0; ``hour`` is the
+    start, 1970-01-01 for all time), folded from the audit trail by the roll-up pass.
 
     ``durations``: how many instances completed in that hour with a duration (start to completion) in each bucket
     of ``orchestrator.rollups.DURATION_BUCKETS`` (not cumulative; one more entry for "longer"). ``step_durations``:
@@ -449,6 +450,7 @@ class WorkflowHourStats(models.Model):
     """
 
     workflow_name = models.CharField(max_length=100)
+    span = models.PositiveSmallIntegerField(default=1)
     hour = models.DateTimeField()
     started = models.BigIntegerField(default=0)
     completed = models.BigIntegerField(default=0)
@@ -463,8 +465,8 @@ class WorkflowHourStats(models.Model):
     step_durations = models.JSONField(default=dict)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["workflow_name", "hour"], name="hour_stats_unique")]
-        indexes = [models.Index(fields=["hour"], name="hour_stats_hour")]
+        constraints = [models.UniqueConstraint(fields=["workflow_name", "span", "hour"], name="hour_stats_unique")]
+        indexes = [models.Index(fields=["span", "hour"], name="hour_stats_span_hour")]
 
     def __str__(self) -> str:
-        return f"{self.workflow_name} {self.hour:%Y-%m-%d %H}:00"
+        return f"{self.workflow_name} {self.span}h from {self.hour:%Y-%m-%d %H}:00"

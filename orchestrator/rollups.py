@@ -70,6 +70,10 @@ DURATION_BUCKETS: tuple[float, ...] = (
     7 * 86400,
 )
 
+# The rows of WorkflowHourStats: an hour, a day (UTC), and all time (one row per workflow, at ALL_TIME).
+SPAN_HOUR, SPAN_DAY, SPAN_ALL = 1, 24, 0
+ALL_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
 # Instance events that count in the hour's totals, by the field they add to.
 COUNTED_ACTIONS = {
     "instance.started": "started",
@@ -311,33 +315,28 @@ def _write(result: Fold) -> None:
             update_fields=["count"],
         )
     if result.hours:
-        keys = list(result.hours)
-        stored_hours = {
-            (row.workflow_name, row.hour): row
+        spans = _by_span(result.hours)
+        stored_rows = {
+            (row.workflow_name, row.span, row.hour): row
             for row in WorkflowHourStats.objects.filter(
-                workflow_name__in={k[0] for k in keys}, hour__in={k[1] for k in keys}
+                workflow_name__in={k[0] for k in spans}, hour__in={k[2] for k in spans}
             )
         }
-        hour_rows = []
-        for hour_key, added in result.hours.items():
-            stat = stored_hours.get(hour_key) or WorkflowHourStats(workflow_name=hour_key[0], hour=hour_key[1])
+        rows_out = []
+        for span_key, added in spans.items():
+            stat = stored_rows.get(span_key) or WorkflowHourStats(
+                workflow_name=span_key[0], span=span_key[1], hour=span_key[2]
+            )
             for name in (*COUNTED_ACTIONS.values(), "step_retries"):
                 setattr(stat, name, getattr(stat, name) + added[name])
             stat.durations = add_histograms(stat.durations or empty_histogram(), added["durations"])
             stat.duration_sum += added["duration_sum"]
-            merged = dict(stat.step_durations or {})
-            for step, timing in added["step_durations"].items():
-                before = merged.get(step, {"buckets": empty_histogram(), "sum": 0.0})
-                merged[step] = {
-                    "buckets": add_histograms(before["buckets"], timing["buckets"]),
-                    "sum": before["sum"] + timing["sum"],
-                }
-            stat.step_durations = merged
-            hour_rows.append(stat)
+            stat.step_durations = _merge_steps(stat.step_durations or {}, added["step_durations"])
+            rows_out.append(stat)
         WorkflowHourStats.objects.bulk_create(
-            hour_rows,
+            rows_out,
             update_conflicts=True,
-            unique_fields=["workflow_name", "hour"],
+            unique_fields=["workflow_name", "span", "hour"],
             update_fields=[
                 *COUNTED_ACTIONS.values(),
                 "step_retries",
@@ -346,6 +345,40 @@ def _write(result: Fold) -> None:
                 "step_durations",
             ],
         )
+
+
+def _merge_steps(into: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(into)
+    for step, timing in added.items():
+        before = merged.get(step, {"buckets": empty_histogram(), "sum": 0.0})
+        merged[step] = {
+            "buckets": add_histograms(before["buckets"], timing["buckets"]),
+            "sum": before["sum"] + timing["sum"],
+        }
+    return merged
+
+
+def _by_span(hours: dict[tuple[str, datetime], dict[str, Any]]) -> dict[tuple[str, int, datetime], dict[str, Any]]:
+    """Each hour's additions also added to its day's row and to the workflow's all-time row (``SPAN_*``), so a
+    month is 30 rows to read and /metrics' totals one row per workflow."""
+    result: dict[tuple[str, int, datetime], dict[str, Any]] = {}
+    for (workflow, hour), added in hours.items():
+        day = hour.replace(hour=0)
+        for key in ((workflow, SPAN_HOUR, hour), (workflow, SPAN_DAY, day), (workflow, SPAN_ALL, ALL_TIME)):
+            row = result.get(key)
+            if row is None:
+                result[key] = {
+                    **added,
+                    "durations": list(added["durations"]),
+                    "step_durations": _merge_steps({}, added["step_durations"]),
+                }
+                continue
+            for name in (*COUNTED_ACTIONS.values(), "step_retries"):
+                row[name] += added[name]
+            row["durations"] = add_histograms(row["durations"], added["durations"])
+            row["duration_sum"] += added["duration_sum"]
+            row["step_durations"] = _merge_steps(row["step_durations"], added["step_durations"])
+    return result
 
 
 # Versions this process has already recorded: the sweep runs every second, the table changes at deployments.
@@ -394,3 +427,12 @@ def sweep_age(now: datetime | None = None) -> float | None:
 def window_start(hours: int, now: datetime | None = None) -> datetime:
     """The first hour of a window of ``hours`` hours ending with the current one."""
     return hour_of(now or timezone.now()) - timedelta(hours=hours - 1)
+
+
+def window(hours: int, now: datetime | None = None) -> tuple[int, datetime]:
+    """The span of rows to read for a window of ``hours`` hours and the first row's start: hours up to three days,
+    else whole UTC days (the window then starts at the first day's midnight)."""
+    if hours <= 72:
+        return SPAN_HOUR, window_start(hours, now)
+    today = hour_of(now or timezone.now()).replace(hour=0)
+    return SPAN_DAY, today - timedelta(days=hours // 24 - 1)

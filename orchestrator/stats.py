@@ -24,7 +24,7 @@ from orchestrator.models import (
     WorkflowHourStats,
     WorkflowVersionSeen,
 )
-from orchestrator.rollups import add_histograms, empty_histogram, quantile, window_start
+from orchestrator.rollups import SPAN_ALL, add_histograms, empty_histogram, quantile, window, window_start
 
 # States counted as still going somewhere (the catalog's "running" per version).
 LIVE_STATES = (InstanceState.RUNNING, InstanceState.WAITING, InstanceState.PAUSED, InstanceState.COMPENSATING)
@@ -76,7 +76,8 @@ class Health:
 def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Health]:
     """Workflow name -> :class:`Health` over the last ``hours`` hours (one query over workflows x hours rows)."""
     result: dict[str, Health] = defaultdict(Health)
-    rows = WorkflowHourStats.objects.filter(hour__gte=window_start(hours, now)).values(
+    span, start = window(hours, now)
+    rows = WorkflowHourStats.objects.filter(span=span, hour__gte=start).values(
         "workflow_name",
         "started",
         "completed",
@@ -98,41 +99,34 @@ def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Hea
 
 
 def timeline(hours: int, now: datetime | None = None) -> dict[str, Any]:
-    """Starts, completions and failures per hour (every workflow) over the last ``hours`` hours, for a chart:
-    ``{"labels": [aware datetimes], "started": [...], "completed": [...], "failed": [...]}``; hours with nothing
-    are zeros. Windows longer than three days are summed per day."""
-    first = window_start(hours, now)
-    step = timedelta(hours=1 if hours <= 72 else 24)
+    """Starts, completions and failures (every workflow) per hour over the last ``hours`` hours, or per UTC day
+    beyond three days, for a chart: ``{"labels": [aware datetimes], "step": timedelta, "started": [...],
+    "completed": [...], "failed": [...]}`` (failed counts compensations too); empty slots are zeros."""
+    from django.db.models import Sum
+
+    span, first = window(hours, now)
+    step = timedelta(hours=span)
     slots = []
-    moment = first
-    end = window_start(1, now)
+    moment, end = first, window_start(1, now)
     while moment <= end:
         slots.append(moment)
         moment += step
     index = {slot: i for i, slot in enumerate(slots)}
     series = {"started": [0] * len(slots), "completed": [0] * len(slots), "failed": [0] * len(slots)}
-    rows = _hour_sums(first)
-    for hour, started, completed, failed in rows:
-        slot = first + ((hour - first) // step) * step
-        position = index.get(slot)
-        if position is None:
-            continue
-        series["started"][position] += started
-        series["completed"][position] += completed
-        series["failed"][position] += failed
-    return {"labels": slots, "step": step, **series}
-
-
-def _hour_sums(first: datetime) -> list[tuple[datetime, int, int, int]]:
-    from django.db.models import Sum
-
-    return [
-        (row["hour"], row["s"] or 0, row["c"] or 0, (row["f"] or 0) + (row["x"] or 0))
-        for row in WorkflowHourStats.objects.filter(hour__gte=first)
+    rows = (
+        WorkflowHourStats.objects.filter(span=span, hour__gte=first)
         .values("hour")
         .order_by("hour")
         .annotate(s=Sum("started"), c=Sum("completed"), f=Sum("failed"), x=Sum("compensated"))
-    ]
+    )
+    for row in rows:
+        position = index.get(row["hour"])
+        if position is None:
+            continue
+        series["started"][position] += row["s"] or 0
+        series["completed"][position] += row["c"] or 0
+        series["failed"][position] += (row["f"] or 0) + (row["x"] or 0)
+    return {"labels": slots, "step": step, **series}
 
 
 def stuck_steps_by_workflow(now: datetime | None = None) -> dict[str, int]:
@@ -172,10 +166,10 @@ def human_tasks_open() -> dict[str, int]:
 
 
 def totals_by_workflow() -> dict[str, dict[str, Any]]:
-    """Workflow name -> every hour summed (for /metrics' counters): the counts, the instance duration histogram and
-    its sum, and per step name its histogram and sum. One query; rows are workflows x hours."""
+    """Workflow name -> its all-time row (for /metrics' counters): the counts, the instance duration histogram and
+    its sum, and per step name its histogram and sum. One query over one row per workflow."""
     result: dict[str, dict[str, Any]] = {}
-    for row in WorkflowHourStats.objects.values(
+    for row in WorkflowHourStats.objects.filter(span=SPAN_ALL).values(
         "workflow_name",
         "started",
         "completed",

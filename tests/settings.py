@@ -8,6 +8,9 @@ os.environ.setdefault("BATON_SECRET_KEY", "baton-tests-only")
 os.environ.setdefault("BATON_AUDIT_KEYS", "tests:baton-tests-only-audit-key-not-for-production")
 os.environ.setdefault("BATON_DEBUG", "1")
 os.environ.setdefault("BATON_METRICS_TOKEN", "tests-metrics-token")
+# A test session has no beat: the sweep runs when a test calls it, so /health/ready allows an hour since the last
+# one (tests/orchestrator/test_metrics.py sets its own bound to test lateness).
+os.environ.setdefault("BATON_READY_SWEEP_AGE", "3600")
 os.environ.setdefault(
     "BATON_WORKFLOW_MODULES",
     "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval,orchestrator.workflows.bench",

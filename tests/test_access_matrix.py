@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from approvals.models import HumanTask, SavedView, TaskKind, TaskState
 from approvals.services import task_claim
-from orchestrator import registry
+from orchestrator import registry, rollups
 from orchestrator.demo import GROUPS
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, InstanceState, StepRun, WorkflowInstance
@@ -51,7 +51,7 @@ from tests.factories import PASSWORD, ExpenseInputFactory, GroupFactory, OrderIn
 
 MATRIX = Path(__file__).resolve().parent.parent / "docs" / "access-matrix.md"
 ROLES = ("anonymous", "staff", "other team", "initiator", "manager", "operator", "admin", "inactive")
-HTTP_ANSWERS = {"200", "302", "login", "403", "404", "405", "done", "refused"}
+HTTP_ANSWERS = {"200", "302", "401", "login", "403", "404", "405", "done", "refused"}
 SOCKET_ANSWERS = {"accept", "refuse"}
 HTTP_METHODS = {"GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # Every other method, tried on every route by test_no_other_method_on_any_route_fails_or_changes_anything.
@@ -316,6 +316,8 @@ def build_world(*, with_escalation: bool) -> World:
         assert order.state == InstanceState.COMPENSATING, order.state
         values["order"] = order.pk
         values["escalation"] = HumanTask.objects.get(instance=order, kind=TaskKind.ESCALATION, state="open").pk
+    # The sweep has run (readiness asks when it last did); it also records the versions the catalog shows.
+    rollups.rollup_pass()
     return World(clients, {key: str(value) for key, value in values.items()})
 
 
