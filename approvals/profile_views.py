@@ -29,7 +29,7 @@ def profile(request: AuthedRequest) -> HttpResponse:
             target = request.POST.get("next", "")
             if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
                 return redirect(target)
-            return redirect("profile")
+            return redirect("approvals:profile")
         status = 400
     else:
         form = TimeZoneForm(initial={"time_zone": current})
