@@ -72,7 +72,7 @@ FROM orchestrator_workflowinstance i WHERE i.id BETWEEN %(first)s AND %(last)s
 UNION ALL
 SELECT 'instance:' || s.instance_id, 1 + (s.id - 1) %% 5 + 1, '', 'bench', 'bench', s.finished_at, 'system:worker',
        'step.succeeded', s.instance_id, 'step', s.id, 'running', 'succeeded', '', '{}'::jsonb, '{}'::jsonb
-FROM orchestrator_steprun s WHERE s.instance_id BETWEEN %(first)s AND %(last)s
+FROM orchestrator_steprun s WHERE s.instance_id BETWEEN %(first)s AND %(last)s AND s.instance_id <= %(step_events)s
 UNION ALL
 SELECT 'instance:' || i.id, 8, '', 'bench', 'bench', COALESCE(i.finished_at, i.updated_at), 'system:worker',
        'instance.' || i.state, i.id, 'instance', i.id, 'running', i.state, '', '{}'::jsonb, '{}'::jsonb
@@ -80,8 +80,9 @@ FROM orchestrator_workflowinstance i WHERE i.id BETWEEN %(first)s AND %(last)s A
 """
 
 
-def load(first: int, last: int, chunk: int = 100_000) -> float:
-    """Bulk-insert instances ``first..last`` with their steps and events; returns seconds."""
+def load(first: int, last: int, step_events: int, chunk: int = 100_000) -> float:
+    """Bulk-insert instances ``first..last`` with their steps and events (step events only for instances up to
+    ``step_events``); returns seconds."""
     from django.db import connection, transaction
 
     started = time.perf_counter()
@@ -89,7 +90,7 @@ def load(first: int, last: int, chunk: int = 100_000) -> float:
         high = min(last, low + chunk - 1)
         with transaction.atomic(), connection.cursor() as cursor:
             for statement in (INSTANCES_SQL, STEPS_SQL, EVENTS_SQL):
-                cursor.execute(statement, {"first": low, "last": high})
+                cursor.execute(statement, {"first": low, "last": high, "step_events": step_events})
         print(f"  loaded instances {low:,}..{high:,}", flush=True)
     with connection.cursor() as cursor:
         for table in ("orchestrator_workflowinstance", "orchestrator_steprun"):
@@ -147,7 +148,7 @@ def pass_cost(batch: int, repeats: int = 20) -> dict[str, float]:
 def time_pages(requests: int) -> dict[str, dict[str, float]]:
     """p50/p95 server time (ms) and SQL statements of each page, as an operator."""
     from django.contrib.auth.models import Group, Permission, User
-    from django.db import connection
+    from django.db import connection, reset_queries
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
@@ -174,6 +175,7 @@ def time_pages(requests: int) -> dict[str, dict[str, float]]:
     for name, (path, headers) in pages.items():
         client.get(path, **headers)  # warm
         times = []
+        reset_queries()  # the request clears the log when it starts: counted from an empty log
         with CaptureQueriesContext(connection) as queries:
             response = client.get(path, **headers)
         assert response.status_code == 200, (path, response.status_code)
@@ -201,6 +203,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--catch-up-batch", type=int, default=50_000)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--step-events-upto",
+        type=int,
+        default=100_000,
+        help="write step.succeeded audit events only for instances up to this id (the 1M stage's 5M step events "
+        "would take the roll-up's catch-up, not the pages, half an hour on a shared machine)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -238,13 +247,18 @@ def main() -> int:
         loaded = 0
         for target in sorted(args.stages):
             print(f"stage {target:,} instances", flush=True)
-            load_s = load(loaded + 1, target)
+            load_s = load(loaded + 1, target, args.step_events_upto)
             loaded = target
             folded = catch_up(args.catch_up_batch)
             print(f"  loaded in {load_s:.0f} s; roll-up caught up: {folded}", flush=True)
             cost = pass_cost(5000)
             print(f"  sweep's roll-up pass: {cost}", flush=True)
+            from bench.harness import machine_busy
+
+            busy = machine_busy(2.0)
             pages = time_pages(args.requests)
+            busy_after = machine_busy(2.0)
+            print(f"  machine busy before/after the page timings: {busy:.0%} / {busy_after:.0%}", flush=True)
             report["stages"].append(
                 {
                     "instances": target,
