@@ -5,7 +5,6 @@ small queries whatever the number of instances.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.contrib import messages
@@ -118,7 +117,7 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
         "data": data,
         "window": window,
         "windows": list(stats.WINDOWS),
-        "chart_json": json.dumps(chart),
+        "chart": chart,
         "zone": timezone.get_current_timezone_name(),
         "per": "hour" if step.total_seconds() < 86400 else "day",
         "active_nav": "dashboard",
