@@ -43,14 +43,9 @@ def _zone(name: str) -> zoneinfo.ZoneInfo | None:
 
 
 def remember(request: HttpRequest, name: str) -> None:
-    """Keep ``name`` (a zone name or "" for the site's zone) in the session and activate it now."""
+    """Keep ``name`` (a zone name or "" for the site's zone) in the session; the next request uses it."""
     request.session[SESSION_KEY] = name
     request.session[SESSION_CHOSEN] = bool(name)
-    zone = _zone(name) if name else None
-    if zone is not None:
-        timezone.activate(zone)
-    else:
-        timezone.deactivate()
 
 
 def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
@@ -78,12 +73,15 @@ class UserTimeZoneMiddleware:
         session = getattr(request, "session", None)
         name = session.get(SESSION_KEY, "") if session is not None else ""
         zone = _zone(name) if name else None
-        if zone is not None:
-            timezone.activate(zone)
-        try:
+        if zone is None and not name:
+            # No zone chosen: the zone already active (the site's, or a caller's) serves, and whatever the request
+            # activates is undone after it, so it never reaches the thread's next request.
+            with timezone.override(timezone.get_current_timezone()):
+                return self.get_response(request)
+        # An override, so the zone active before the request is back afterwards. A name that is no zone any more
+        # (None) means the site's.
+        with timezone.override(zone):
             return self.get_response(request)
-        finally:
-            timezone.deactivate()
 
 
 class TimeZoneForm(forms.Form):
