@@ -221,9 +221,9 @@ def main() -> int:
 
     import os
 
-    os.environ.setdefault(
-        "BATON_WORKFLOW_MODULES", "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval"
-    )
+    # The demo's two workflows give the catalog and the dashboard real definitions (and need the demo app).
+    os.environ.setdefault("BATON_DEMO_APP", "1")
+    os.environ.setdefault("BATON_WORKFLOW_MODULES", "demo.workflows.order_fulfilment,demo.workflows.expense_approval")
     harness.configure_env(db_name=DB_NAME, redis_url=REDIS_URL)
 
     os.environ["BATON_METRICS_TOKEN"] = "bench-metrics"

@@ -35,16 +35,21 @@ from orchestrator.typing import AuthedRequest
 
 
 class LoginView(auth_views.LoginView):
+    """Django's sign-in page; it lists the demo's logins when ``BATON_DEMO`` is on and the demo app installed."""
+
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        from django.apps import apps
         from django.conf import settings
 
-        from orchestrator.demo import DEMO_USERS
-
         context = super().get_context_data(**kwargs)
-        context["demo_logins"] = DEMO_USERS if settings.BATON_DEMO else []
+        context["demo_logins"] = []
+        if settings.BATON_DEMO and apps.is_installed("demo"):
+            from demo.data import DEMO_USERS
+
+            context["demo_logins"] = DEMO_USERS
         return context
 
 

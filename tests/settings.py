@@ -11,10 +11,10 @@ os.environ.setdefault("BATON_METRICS_TOKEN", "tests-metrics-token")
 # A test session has no beat: the sweep runs when a test calls it, so /health/ready allows an hour since the last
 # one (tests/orchestrator/test_metrics.py sets its own bound to test lateness).
 os.environ.setdefault("BATON_READY_SWEEP_AGE", "3600")
-os.environ.setdefault(
-    "BATON_WORKFLOW_MODULES",
-    "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval,orchestrator.workflows.bench",
-)
+# The tests run in production mode (DATABASE_URL is set) with the demo app, whose workflows and ledger they use,
+# and the benchmark flows.
+os.environ.setdefault("BATON_DEMO_APP", "1")
+os.environ.setdefault("BATON_WORKFLOW_MODULES", "demo.workflows.bench")
 
 from baton_site.settings import *  # noqa: F403
 

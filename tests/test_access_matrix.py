@@ -40,8 +40,8 @@ from django.utils import timezone
 
 from approvals.models import HumanTask, SavedView, TaskKind, TaskState
 from approvals.services import task_claim
+from demo.data import GROUPS
 from orchestrator import registry, rollups
-from orchestrator.demo import GROUPS
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.services import engine

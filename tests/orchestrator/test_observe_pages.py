@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import Group, Permission
 
 from orchestrator import rollups, stats
-from orchestrator.demo import GROUPS
+from demo.data import GROUPS
 from orchestrator.dsl import Human, Task, Workflow
 from orchestrator.models import InstanceStateCount, WorkflowHourStats
 from orchestrator.services.instances import instance_start

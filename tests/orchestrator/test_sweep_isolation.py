@@ -286,7 +286,7 @@ def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of
     answers 500."""
     from django.contrib.auth.models import Group, Permission
 
-    from orchestrator.demo import GROUPS
+    from demo.data import GROUPS
 
     for name, codenames in GROUPS.items():
         Group.objects.get(name=name).permissions.set(

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orchestrator", "0007_audit_keyed"),
+        ("orchestrator", "0008_demoledger_moved_to_demo"),
     ]
 
     operations = [
