@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group, Permission
 
-from orchestrator import rollups, stats
 from demo.data import GROUPS
+from orchestrator import rollups, stats
 from orchestrator.dsl import Human, Task, Workflow
 from orchestrator.models import InstanceStateCount, WorkflowHourStats
 from orchestrator.services.instances import instance_start
