@@ -60,6 +60,7 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
 
 
 def connect() -> None:
+    """Read the zone into the session at every sign-in (``ApprovalsConfig.ready``)."""
     user_logged_in.connect(on_login, dispatch_uid="baton-time-zone-login")
 
 
@@ -105,6 +106,7 @@ class TimeZoneForm(forms.Form):
 
 
 def site_zone() -> str:
+    """The site's zone (``BATON_TIME_ZONE``), used by whoever chose none."""
     return settings.TIME_ZONE
 
 

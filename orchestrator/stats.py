@@ -16,7 +16,6 @@ from django.utils import timezone
 
 from orchestrator.dsl import Node, Workflow
 from orchestrator.models import (
-    FINAL_INSTANCE_STATES,
     InstanceState,
     InstanceStateCount,
     StepRun,
@@ -285,9 +284,6 @@ def version_diff(old: Workflow, new: Workflow) -> VersionDiff:
             changed[name] = differences
     return VersionDiff(old=old, new=new, added=added, removed=removed, changed=changed)
 
-
-def final_states() -> tuple[str, ...]:
-    return tuple(str(s) for s in FINAL_INSTANCE_STATES)
 
 
 # --- the catalog and the dashboard --------------------------------------------------------------------------
