@@ -285,7 +285,6 @@ def version_diff(old: Workflow, new: Workflow) -> VersionDiff:
     return VersionDiff(old=old, new=new, added=added, removed=removed, changed=changed)
 
 
-
 # --- the catalog and the dashboard --------------------------------------------------------------------------
 
 
