@@ -393,8 +393,15 @@ def test_the_catalog_lists_the_product_workflows(roles, product_workflows):
     # then
     content = response.content.decode()
     assert response.status_code == 200
-    assert 'id="wf-order_fulfilment">Order fulfilment</h2>' in content
-    assert 'id="wf-expense_approval">Expense approval</h2>' in content
+    # Each title links to the workflow's own page (versions, diagrams, what changed).
+    assert (
+        'id="wf-order_fulfilment"><a href="/workflows/order_fulfilment/" class="link-body-emphasis">Order fulfilment</a></h2>'
+        in content
+    )
+    assert (
+        'id="wf-expense_approval"><a href="/workflows/expense_approval/" class="link-body-emphasis">Expense approval</a></h2>'
+        in content
+    )
     assert f'href="{START}"' in content
     assert "bench_" not in content
     assert "Benchmark" not in content
