@@ -394,14 +394,9 @@ def test_the_catalog_lists_the_product_workflows(roles, product_workflows):
     content = response.content.decode()
     assert response.status_code == 200
     # Each title links to the workflow's own page (versions, diagrams, what changed).
-    assert (
-        'id="wf-order_fulfilment"><a href="/workflows/order_fulfilment/" class="link-body-emphasis">Order fulfilment</a></h2>'
-        in content
-    )
-    assert (
-        'id="wf-expense_approval"><a href="/workflows/expense_approval/" class="link-body-emphasis">Expense approval</a></h2>'
-        in content
-    )
+    for name, title in [("order_fulfilment", "Order fulfilment"), ("expense_approval", "Expense approval")]:
+        link = f'<a href="/workflows/{name}/" class="link-body-emphasis">{title}</a>'
+        assert f'id="wf-{name}">{link}</h2>' in content
     assert f'href="{START}"' in content
     assert "bench_" not in content
     assert "Benchmark" not in content
