@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 
 from orchestrator import registry, stats
+from orchestrator.diagram import workflow_dot
 from orchestrator.dsl import Workflow
 from orchestrator.typing import AuthedRequest
 
@@ -85,7 +86,7 @@ def workflow_detail(request: AuthedRequest, name: str) -> HttpResponse:
         "diff": diff,
         "problems": problems,
         "asked": {"from": request.GET.get("from", "")[:20], "to": request.GET.get("to", "")[:20]},
-        "dots": {v.version: v.workflow.to_dot() for v in entry.versions if v.workflow is not None},
+        "dots": {v.version: workflow_dot(v.workflow) for v in entry.versions if v.workflow is not None},
         "window": request.GET.get("window", "24h") if request.GET.get("window") in stats.WINDOWS else "24h",
         "active_nav": "workflows",
     }

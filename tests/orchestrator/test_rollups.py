@@ -23,8 +23,8 @@ from orchestrator.models import (
     WorkflowInstance,
     WorkflowVersionSeen,
 )
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_cancel, instance_pause, instance_start
+from orchestrator.services.sweep import sweep
 from tests.factories import ExpenseInputFactory, OrderInputFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -153,7 +153,7 @@ def test_an_event_whose_transaction_commits_late_is_folded_not_stepped_over(user
 
 
 def test_the_sweep_runs_the_pass_and_records_when_it_ran(run_steps):
-    """engine.sweep() folds the trail and notes its time; a registered version is recorded as seen once."""
+    """The sweep folds the trail and notes its time; a registered version is recorded as seen once."""
     # given
     instance_start("order_fulfilment", OrderInputFactory())
     run_steps()
@@ -161,8 +161,8 @@ def test_the_sweep_runs_the_pass_and_records_when_it_ran(run_steps):
     rollups._recorded.clear()  # a process that has not recorded its registry yet
 
     # when
-    engine.sweep()
-    report = engine.sweep()
+    sweep()
+    report = sweep()
 
     # then
     assert report.errors == 0
