@@ -136,7 +136,8 @@ class TestVersionDiff:
         # then
         assert diff.added == ["c"]
         assert diff.removed == ["b"]
-        assert ("timeout", "10", "30") in diff.changed["a"]
+        timeouts = [(float(before), float(after)) for what, before, after in diff.changed["a"] if what == "timeout"]
+        assert timeouts == [(10.0, 30.0)]
         assert ("goes to", "b", "ok") in diff.changed["a"]
         assert ("candidate_groups", "['x']", "['x', 'y']") in diff.changed["ok"]
 
