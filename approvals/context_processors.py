@@ -20,3 +20,11 @@ def nav_counts(request: HttpRequest) -> dict[str, Any]:
         "nav_counts": SimpleLazyObject(lambda: inbox_counts(user)),
         "nav_is_manager": SimpleLazyObject(lambda: shows_manager_pages(user)),
     }
+
+
+def time_zone(request: HttpRequest) -> dict[str, Any]:
+    """Whether the signed-in person chose a time zone (else base.html proposes the browser's); from the session."""
+    from approvals.timezones import SESSION_CHOSEN
+
+    session = getattr(request, "session", None)
+    return {"tz_chosen": bool(session.get(SESSION_CHOSEN)) if session is not None else True}

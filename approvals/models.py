@@ -254,3 +254,18 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return self.message
+
+
+class UserProfile(models.Model):
+    """A person's own settings: for now the time zone their pages show times in and their date inputs are read in.
+
+    ``time_zone`` is an IANA name (``Europe/Paris``); empty means the site's ``BATON_TIME_ZONE``. The zone is kept in
+    the session at sign-in and when changed (``approvals/timezones.py``), so no page pays a query for it.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="baton_profile")
+    time_zone = models.CharField(max_length=64, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.time_zone or 'site zone'})"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from approvals import views
+from approvals import profile_views, views
 
 app_name = "approvals"
 
@@ -11,6 +11,7 @@ urlpatterns = [
     path("inbox/views/<int:view_id>/delete/", views.saved_view_delete, name="saved_view_delete"),
     path("escalations/", views.escalations, name="escalations"),
     path("notifications/", views.notifications, name="notifications"),
+    path("settings/", profile_views.profile, name="profile"),
     path("tasks/<int:task_id>/", views.task_detail, name="task_detail"),
     path("tasks/<int:task_id>/claim/", views.task_claim, name="task_claim"),
     path("tasks/<int:task_id>/release/", views.task_release, name="task_release"),

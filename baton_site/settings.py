@@ -132,6 +132,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Who is acting, for the audit of account changes made through any page (orchestrator/accounts.py).
     "orchestrator.accounts.CurrentRequestMiddleware",
+    # The signed-in person's time zone, from the session, for every date shown and typed (approvals/timezones.py).
+    "approvals.timezones.UserTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -153,6 +155,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "approvals.context_processors.nav_counts",
+                "approvals.context_processors.time_zone",
             ],
         },
     },
@@ -462,3 +465,12 @@ LOGGING = {
         "baton.audit.seal": {"level": "INFO"},
     },
 }
+
+# --- observation: roll-ups, /metrics, health ------------------------------------------------------------
+# Most audit events one sweep folds into the dashboard's roll-ups (orchestrator/rollups.py); a backlog is caught up
+# over the following sweeps.
+BATON_ROLLUP_BATCH = int(os.environ.get("BATON_ROLLUP_BATCH", "5000"))
+# Bearer token that /metrics requires (`Authorization: Bearer <token>`); empty: /metrics answers 404.
+BATON_METRICS_TOKEN = os.environ.get("BATON_METRICS_TOKEN", "")
+# /health/ready answers 503 when the sweep has not run for this many seconds (and it is not the first minute).
+BATON_READY_SWEEP_AGE = env_seconds("BATON_READY_SWEEP_AGE", 60.0, minimum=1.0)

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.contrib.auth.views import LogoutView
 from django.urls import include, path
 
+from baton_site import endpoints
 from console.views import LoginView
 
 urlpatterns = [
@@ -12,6 +13,10 @@ urlpatterns = [
     path("automation/", include("automation.urls")),
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", LogoutView.as_view(), name="logout"),
+    # For machines: Prometheus and load balancers (baton_site/endpoints.py).
+    path("metrics", endpoints.metrics_view, name="metrics"),
+    path("health/live", endpoints.health_live, name="health_live"),
+    path("health/ready", endpoints.health_ready, name="health_ready"),
     path("", include("approvals.urls")),
     path("", include("console.urls")),
 ]

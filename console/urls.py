@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from console import ops_views, views
+from console import ops_views, views, views_observe
 
 app_name = "console"
 
@@ -17,6 +17,8 @@ urlpatterns = [
     path("instances/bulk/<int:job_id>/stop/", ops_views.bulk_stop, name="bulk_stop"),
     path("instances/<int:instance_id>/", ops_views.instance_detail, name="instance_detail"),
     path("instances/<int:instance_id>/<str:operation>/", ops_views.instance_action, name="instance_operate"),
-    path("workflows/", views.workflow_list, name="workflow_list"),
+    path("workflows/", views_observe.catalog, name="workflow_list"),
+    path("workflows/<str:name>/", views_observe.workflow_detail, name="workflow_detail"),
     path("workflows/<str:name>/start/", views.workflow_start, name="workflow_start"),
+    path("dashboard/", views_observe.dashboard, name="dashboard"),
 ]

@@ -59,23 +59,6 @@ def home(request: AuthedRequest) -> HttpResponse:
 
 
 @login_required
-def workflow_list(request: AuthedRequest) -> HttpResponse:
-    """The catalog: every workflow's latest version, its owner and criticality, and live counts."""
-    stats = selectors.workflow_stats()
-    rows = []
-    for workflow in registry.latest_all():
-        rows.append(
-            {
-                "workflow": workflow,
-                "versions": [w.version for w in registry.all_versions(workflow.name)],
-                "stats": stats.get(workflow.name, {"total": 0, "active": 0, "failed": 0}),
-                "dot": workflow_dot(workflow),
-            }
-        )
-    return render(request, "orchestrator/workflow_list.html", {"rows": rows, "active_nav": "workflows"})
-
-
-@login_required
 @permission_required("orchestrator.add_workflowinstance", raise_exception=True)
 def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
     """Start an instance from the workflow's start form."""

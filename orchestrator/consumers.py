@@ -122,6 +122,17 @@ def allowed_now(session_key: str | None, user_id: int, instance_ids: list[int]) 
     return user, groups
 
 
+async def _publish_count(*, force: bool = False) -> None:
+    """This process's open sockets for /metrics (orchestrator/livecount.py); a Redis fault is logged, never raised
+    into the socket's life."""
+    from orchestrator import livecount
+
+    try:
+        await asyncio.to_thread(livecount.publish, force=force)
+    except Exception:
+        logger.warning("live socket: could not publish the open sockets' count", exc_info=True)
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """Pushes "something changed" events to the pages of one signed-in user."""
 
@@ -159,6 +170,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         await self.send_json({"type": "hello", "groups": len(self.groups_joined)})
         self.rechecker = asyncio.create_task(self.recheck_periodically())
+        await _publish_count(force=True)
 
     async def disconnect(self, code: int) -> None:
         self.gone = True
@@ -167,6 +179,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             _open_sockets[user_id].discard(self)
             if not _open_sockets[user_id]:
                 del _open_sockets[user_id]
+            await _publish_count(force=True)
         rechecker = getattr(self, "rechecker", None)
         if rechecker is not None:
             # Stopped before leaving the groups: a re-check cut off later could join one after we left.
@@ -270,6 +283,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             except Exception:
                 # The database or Redis is away: the HTTP pages fail as well; try again next period.
                 logger.warning("live socket: re-check of user %s failed", self.user_id, exc_info=True)
+            await _publish_count()
             await asyncio.sleep(period)
 
     async def recheck(self) -> None:

@@ -391,3 +391,98 @@ class AuditChain(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}#{self.seq}"
+
+
+# --- roll-ups: what the dashboard, the catalog and /metrics read instead of scanning instances --------------
+#
+# The sweep folds the audit trail into these tables (``orchestrator/rollups.py``), walking ``AuditEvent.id`` from a
+# high-water mark: every instance state change and every step outcome is an audit event, so the trail already
+# says everything the counts need, and the engine's hot path writes nothing more.
+
+
+class RollupCursor(models.Model):
+    """Where the roll-up pass has got to in the audit trail, and when the sweep last ran.
+
+    ``position``: the last ``AuditEvent.id`` folded in. ``pending_position``/``pending_xids``: the highest id
+    handed out when the previous pass looked, and the transactions of this database running then (PostgreSQL):
+    ids up to ``pending_position`` are folded in only once all of those have ended, so an event whose transaction
+    commits late is never stepped over. One row, ``name="audit"``, locked by the pass.
+    """
+
+    name = models.CharField(max_length=20, primary_key=True)
+    position = models.BigIntegerField(default=0)
+    pending_position = models.BigIntegerField(default=0)
+    pending_xids = models.JSONField(default=list)
+    swept_at = models.DateTimeField(null=True, blank=True)
+    rolled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.position}"
+
+
+class WorkflowVersionSeen(models.Model):
+    """When each registered workflow version was first seen by a Baton process (recorded by the sweep and the
+    catalog, from the registry), so the catalog can say since when a version exists."""
+
+    workflow_name = models.CharField(max_length=100)
+    workflow_version = models.PositiveIntegerField()
+    first_seen_at = models.DateTimeField()
+    fingerprint = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow_name", "workflow_version"], name="version_seen_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_name}@v{self.workflow_version}"
+
+
+class InstanceStateCount(models.Model):
+    """How many instances of a workflow version are in each state now, kept by the roll-up pass from the
+    instance state changes in the audit trail (lagging the truth by one sweep interval)."""
+
+    workflow_name = models.CharField(max_length=100)
+    workflow_version = models.PositiveIntegerField()
+    state = models.CharField(max_length=20)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow_name", "workflow_version", "state"], name="state_count_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_name}@v{self.workflow_version} {self.state}: {self.count}"
+
+
+class WorkflowHourStats(models.Model):
+    """One workflow's activity in one hour, one day (UTC) or all time (``span`` 1, 24 or 0; ``hour`` is the
+    start, 1970-01-01 for all time), folded from the audit trail by the roll-up pass.
+
+    ``durations``: how many instances completed in that hour with a duration (start to completion) in each bucket
+    of ``orchestrator.rollups.DURATION_BUCKETS`` (not cumulative; one more entry for "longer"). ``step_durations``:
+    the same for automated step attempts that ended (succeeded or died), by step name.
+    """
+
+    workflow_name = models.CharField(max_length=100)
+    span = models.PositiveSmallIntegerField(default=1)
+    hour = models.DateTimeField()
+    started = models.BigIntegerField(default=0)
+    completed = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+    compensated = models.BigIntegerField(default=0)
+    cancelled = models.BigIntegerField(default=0)
+    # Attempts that failed and were scheduled again by their retry policy, and operator retries of instances.
+    step_retries = models.BigIntegerField(default=0)
+    operator_retries = models.BigIntegerField(default=0)
+    durations = models.JSONField(default=list)
+    duration_sum = models.FloatField(default=0.0)
+    step_durations = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workflow_name", "span", "hour"], name="hour_stats_unique")]
+        indexes = [models.Index(fields=["span", "hour"], name="hour_stats_span_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_name} {self.span}h from {self.hour:%Y-%m-%d %H}:00"

@@ -62,6 +62,11 @@ def latest_all() -> list[Workflow]:
     return [get(n) for n in names]
 
 
+def all_definitions() -> list[Workflow]:
+    """Every registered definition, every version, by name then version."""
+    return [_definitions[key] for key in sorted(_definitions)]
+
+
 def all_versions(name: str) -> list[Workflow]:
     """Every registered version of ``name``, newest first."""
     return sorted((w for (n, _v), w in _definitions.items() if n == name), key=lambda w: -w.version)

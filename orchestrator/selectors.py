@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import User
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, QuerySet
 
 from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
 from orchestrator.ports import human_tasks_or_none
@@ -49,17 +49,3 @@ def audit_of(instance: WorkflowInstance) -> QuerySet[AuditEvent]:
 
 def state_counts(qs: QuerySet[WorkflowInstance]) -> dict[str, int]:
     return dict(qs.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
-
-
-def workflow_stats() -> dict[str, dict[str, int]]:
-    """Per workflow name: total, open and failed instances (one grouped query)."""
-    rows = (
-        WorkflowInstance.objects.order_by()
-        .values("workflow_name")
-        .annotate(
-            total=Count("id"),
-            active=Count("id", filter=Q(state__in=["running", "waiting", "paused", "compensating"])),
-            failed=Count("id", filter=Q(state="failed")),
-        )
-    )
-    return {r["workflow_name"]: r for r in rows}

@@ -40,6 +40,7 @@ def sweep() -> dict:
         **report.signals,
         **{f"{name}.{key}": count for name, counts in report.extensions.items() for key, count in counts.items()},
         "errors": report.errors,
+        "rolled_up": report.rolled_up,
     }
 
 

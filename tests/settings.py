@@ -7,6 +7,10 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("BATON_SECRET_KEY", "baton-tests-only")
 os.environ.setdefault("BATON_AUDIT_KEYS", "tests:baton-tests-only-audit-key-not-for-production")
 os.environ.setdefault("BATON_DEBUG", "1")
+os.environ.setdefault("BATON_METRICS_TOKEN", "tests-metrics-token")
+# A test session has no beat: the sweep runs when a test calls it, so /health/ready allows an hour since the last
+# one (tests/orchestrator/test_metrics.py sets its own bound to test lateness).
+os.environ.setdefault("BATON_READY_SWEEP_AGE", "3600")
 # The tests run in production mode (DATABASE_URL is set) with the demo app, whose workflows and ledger they use,
 # and the benchmark flows.
 os.environ.setdefault("BATON_DEMO_APP", "1")

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from orchestrator import registry
+from orchestrator import registry, rollups
 from orchestrator.audit_actions import AuditAction
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
@@ -60,6 +60,7 @@ class SweepReport:
     signals: dict[str, int] = field(default_factory=dict)
     extensions: dict[str, dict[str, int]] = field(default_factory=dict)
     errors: int = 0
+    rolled_up: int = 0
 
 
 def sweep(now: datetime | None = None) -> SweepReport:
@@ -110,15 +111,20 @@ def sweep(now: datetime | None = None) -> SweepReport:
             report.errors += 1
             sweep_item_failed(name, "sweep", None, None, exc)
     people = human_tasks_or_none()
-    if people is None:
-        return report  # no human side registered: no task deadlines, no claims
-    report.tasks = people.tasks_sweep(now, report=report)
+    if people is not None:  # else no human side registered: no task deadlines, no claims
+        report.tasks = people.tasks_sweep(now, report=report)
+        try:
+            found = people.tasks_release_unfit(now)
+            report.unfit = {"unfit_released": found["released"], "unfit_escalated": found["escalated"]}
+        except Exception as exc:
+            report.errors += 1
+            sweep_item_failed("claim check", "sweep", None, None, exc)
+    # The dashboard's and /metrics' counts: the audit events since the last pass, folded (orchestrator/rollups.py).
     try:
-        found = people.tasks_release_unfit(now)
-        report.unfit = {"unfit_released": found["released"], "unfit_escalated": found["escalated"]}
+        report.rolled_up = rollups.rollup_pass(now)
     except Exception as exc:
         report.errors += 1
-        sweep_item_failed("claim check", "sweep", None, None, exc)
+        sweep_item_failed("roll-up", "sweep", None, None, exc)
     return report
 
 

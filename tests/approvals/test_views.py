@@ -522,8 +522,8 @@ def test_inbox_with_garbage_parameters_renders_with_warnings(users, task):
 
 
 def short_date(value) -> str:
-    """A time as the inbox rows printed it with Django's date filter (current time zone): "Nov 27, 14:05"."""
-    return Template('{{ value|date:"M j, H:i" }}').render(Context({"value": value}))
+    """A time as the inbox rows print it with Django's date filter (current time zone): "Nov 27, 14:05 CET"."""
+    return Template('{{ value|date:"M j, H:i T" }}').render(Context({"value": value}))
 
 
 def row_of(response, task: HumanTask) -> str:

@@ -14,6 +14,7 @@ from playwright.sync_api import Page, expect
 
 from approvals.models import HumanTask, TaskState
 from demo.data import load_demo
+from orchestrator import rollups
 from orchestrator.models import WorkflowInstance
 from tests.browser.live import DESKTOP, PHONE, BrowserTestCase
 
@@ -44,6 +45,8 @@ class ScreenshotTests(BrowserTestCase):
         load_demo(log=lambda _line: None)
         order_task = HumanTask.objects.get(instance__data__order_id="SO-1002", state=TaskState.OPEN)
         escalated = WorkflowInstance.objects.get(data__order_id="SO-1005")
+        rollups.rollup_pass()  # the sweep's roll-up: one pass looks, the next folds (the dashboard's figures)
+        rollups.rollup_pass()
         target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
         target.mkdir(parents=True, exist_ok=True)
         shots = [
@@ -52,7 +55,10 @@ class ScreenshotTests(BrowserTestCase):
             ("task.png", "manager", f"/tasks/{order_task.pk}/", DESKTOP, False),
             ("instance.png", "operator", f"/instances/{escalated.pk}/", DESKTOP, True),
             ("instances.png", "operator", "/instances/", DESKTOP, False),
-            ("workflows.png", "operator", "/workflows/", DESKTOP, True),
+            ("workflows.png", "operator", "/workflows/", DESKTOP, False),
+            ("workflow.png", "operator", "/workflows/expense_approval/", DESKTOP, True),
+            ("dashboard.png", "operator", "/dashboard/", DESKTOP, False),
+            ("dashboard-phone.png", "operator", "/dashboard/", PHONE, False),
             ("inbox-phone.png", "staff", "/inbox/?tab=queue", PHONE, False),
         ]
 

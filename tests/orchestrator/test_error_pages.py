@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client, override_settings
 
-from orchestrator import selectors
+from orchestrator import stats
 
 pytestmark = pytest.mark.django_db
 
@@ -45,10 +45,10 @@ def test_a_missing_page_is_friendly_for_anonymous_visitors_too(debug):
 @pytest.mark.parametrize("debug", [False, True], ids=["production", "demo-debug"])
 def test_an_error_is_the_friendly_500(users, debug, monkeypatch):
     # given: the catalog's read fails
-    def broken() -> dict:
+    def broken(*args: object, **kwargs: object) -> list:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(selectors, "workflow_stats", broken)
+    monkeypatch.setattr(stats, "catalog", broken)
 
     # when
     with override_settings(DEBUG=debug):

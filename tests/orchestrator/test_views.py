@@ -400,8 +400,10 @@ def test_the_catalog_lists_the_product_workflows(roles, product_workflows):
     # then
     content = response.content.decode()
     assert response.status_code == 200
-    assert 'id="wf-order_fulfilment">Order fulfilment</h2>' in content
-    assert 'id="wf-expense_approval">Expense approval</h2>' in content
+    # Each title links to the workflow's own page (versions, diagrams, what changed).
+    for name, title in [("order_fulfilment", "Order fulfilment"), ("expense_approval", "Expense approval")]:
+        link = f'<a href="/workflows/{name}/" class="link-body-emphasis">{title}</a>'
+        assert f'id="wf-{name}">{link}</h2>' in content
     assert f'href="{START}"' in content
     assert "bench_" not in content
     assert "Benchmark" not in content

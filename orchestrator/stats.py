@@ -1,0 +1,421 @@
+"""Reads over the roll-ups (``orchestrator/rollups.py``) for the dashboard, the catalog and /metrics, and the
+comparison of two versions of a workflow. Every function here reads a bounded number of small rows, whatever the
+number of instances: the roll-ups are per workflow version and state, and per workflow and hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from orchestrator.dsl import Node, Workflow
+from orchestrator.models import (
+    InstanceState,
+    InstanceStateCount,
+    StepRun,
+    StepState,
+    WorkflowHourStats,
+    WorkflowVersionSeen,
+)
+from orchestrator.rollups import SPAN_ALL, add_histograms, empty_histogram, quantile, window, window_start
+
+# States counted as still going somewhere (the catalog's "running" per version).
+LIVE_STATES = (InstanceState.RUNNING, InstanceState.WAITING, InstanceState.PAUSED, InstanceState.COMPENSATING)
+WINDOWS = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30}
+
+
+def state_counts() -> dict[tuple[str, int], dict[str, int]]:
+    """(workflow, version) -> state -> instances now (roll-up; one query over a few rows per version)."""
+    result: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
+    for row in InstanceStateCount.objects.filter(count__gt=0).values_list(
+        "workflow_name", "workflow_version", "state", "count"
+    ):
+        result[(row[0], row[1])][row[2]] = row[3]
+    return result
+
+
+@dataclass
+class Health:
+    """One workflow's figures over a window: counts, rates and duration quantiles (seconds)."""
+
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    compensated: int = 0
+    cancelled: int = 0
+    step_retries: int = 0
+    operator_retries: int = 0
+    durations: list[int] = field(default_factory=empty_histogram)
+    duration_sum: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.compensated + self.cancelled
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failed or compensated over everything that ended in the window (None when nothing ended)."""
+        return (self.failed + self.compensated) / self.finished if self.finished else None
+
+    @property
+    def p50(self) -> float | None:
+        return quantile(self.durations, 0.5)
+
+    @property
+    def p95(self) -> float | None:
+        return quantile(self.durations, 0.95)
+
+
+def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Health]:
+    """Workflow name -> :class:`Health` over the last ``hours`` hours (one query over workflows x hours rows)."""
+    result: dict[str, Health] = defaultdict(Health)
+    span, start = window(hours, now)
+    rows = WorkflowHourStats.objects.filter(span=span, hour__gte=start).values(
+        "workflow_name",
+        "started",
+        "completed",
+        "failed",
+        "compensated",
+        "cancelled",
+        "step_retries",
+        "operator_retries",
+        "durations",
+        "duration_sum",
+    )
+    for row in rows:
+        health = result[row["workflow_name"]]
+        for name in ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries"):
+            setattr(health, name, getattr(health, name) + row[name])
+        health.durations = add_histograms(health.durations, row["durations"] or [])
+        health.duration_sum += row["duration_sum"]
+    return dict(result)
+
+
+def timeline(hours: int, now: datetime | None = None) -> dict[str, Any]:
+    """Starts, completions and failures (every workflow) per hour over the last ``hours`` hours, or per UTC day
+    beyond three days, for a chart: ``{"labels": [aware datetimes], "step": timedelta, "started": [...],
+    "completed": [...], "failed": [...]}`` (failed counts compensations too); empty slots are zeros."""
+    from django.db.models import Sum
+
+    span, first = window(hours, now)
+    step = timedelta(hours=span)
+    slots = []
+    moment, end = first, window_start(1, now)
+    while moment <= end:
+        slots.append(moment)
+        moment += step
+    index = {slot: i for i, slot in enumerate(slots)}
+    series = {"started": [0] * len(slots), "completed": [0] * len(slots), "failed": [0] * len(slots)}
+    rows = (
+        WorkflowHourStats.objects.filter(span=span, hour__gte=first)
+        .values("hour")
+        .order_by("hour")
+        .annotate(s=Sum("started"), c=Sum("completed"), f=Sum("failed"), x=Sum("compensated"))
+    )
+    for row in rows:
+        position = index.get(row["hour"])
+        if position is None:
+            continue
+        series["started"][position] += row["s"] or 0
+        series["completed"][position] += row["c"] or 0
+        series["failed"][position] += (row["f"] or 0) + (row["x"] or 0)
+    return {"labels": slots, "step": step, **series}
+
+
+def stuck_steps_by_workflow(now: datetime | None = None) -> dict[str, int]:
+    """Workflow name -> steps running past their lease (their worker is gone; the sweep will fail the attempt).
+    Reads the partial index of running steps with a lease, so it costs what is stuck, not what exists."""
+    now = now or timezone.now()
+    rows = (
+        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=now)
+        .values("instance__workflow_name")
+        .order_by()
+        .annotate(n=Count("id"))
+    )
+    return {row["instance__workflow_name"]: row["n"] for row in rows}
+
+
+def versions_seen() -> dict[tuple[str, int], datetime]:
+    """(workflow, version) -> when a Baton process first saw it registered."""
+    return {
+        (row[0], row[1]): row[2]
+        for row in WorkflowVersionSeen.objects.values_list("workflow_name", "workflow_version", "first_seen_at")
+    }
+
+
+def human_tasks_open() -> dict[str, int]:
+    """Open human tasks now, and how many of them are past their due time: ``{"open": n, "overdue": m}``.
+
+    Counts what is open (the partial index of open, claimed and escalated tasks), not every task ever made."""
+    from django.apps import apps
+
+    # By name: the engine does not import approvals.
+    HumanTask = apps.get_model("approvals", "HumanTask")
+    now = timezone.now()
+    counts = HumanTask.objects.filter(state__in=["open", "claimed", "escalated"]).aggregate(
+        open=Count("id"), overdue=Count("id", filter=Q(due_at__lt=now))
+    )
+    return {"open": counts["open"] or 0, "overdue": counts["overdue"] or 0}
+
+
+def totals_by_workflow() -> dict[str, dict[str, Any]]:
+    """Workflow name -> its all-time row (for /metrics' counters): the counts, the instance duration histogram and
+    its sum, and per step name its histogram and sum. One query over one row per workflow."""
+    result: dict[str, dict[str, Any]] = {}
+    for row in WorkflowHourStats.objects.filter(span=SPAN_ALL).values(
+        "workflow_name",
+        "started",
+        "completed",
+        "failed",
+        "compensated",
+        "cancelled",
+        "step_retries",
+        "operator_retries",
+        "durations",
+        "duration_sum",
+        "step_durations",
+    ):
+        total = result.setdefault(
+            row["workflow_name"],
+            {
+                "started": 0,
+                "completed": 0,
+                "failed": 0,
+                "compensated": 0,
+                "cancelled": 0,
+                "step_retries": 0,
+                "operator_retries": 0,
+                "durations": empty_histogram(),
+                "duration_sum": 0.0,
+                "steps": {},
+            },
+        )
+        for name in ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries"):
+            total[name] += row[name]
+        total["durations"] = add_histograms(total["durations"], row["durations"] or [])
+        total["duration_sum"] += row["duration_sum"]
+        for step, timing in (row["step_durations"] or {}).items():
+            before = total["steps"].get(step, {"buckets": empty_histogram(), "sum": 0.0})
+            total["steps"][step] = {
+                "buckets": add_histograms(before["buckets"], timing.get("buckets", [])),
+                "sum": before["sum"] + float(timing.get("sum", 0.0)),
+            }
+    return result
+
+
+# --- comparing two versions -------------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    """A short, stable text for one attribute of a node (callables by their qualified name)."""
+    if callable(value) and not isinstance(value, type):
+        module = getattr(value, "__module__", "")
+        return f"{module}.{getattr(value, '__qualname__', repr(value))}"
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, timedelta):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        inner = ", ".join(f"{f.name}={_describe(getattr(value, f.name))}" for f in dataclasses.fields(value))
+        return f"{type(value).__name__}({inner})"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return repr(value)
+
+
+def node_signature(workflow: Workflow, node: Node) -> dict[str, str]:
+    """What a node is, attribute by attribute, as text: its kind, where it goes next, its branch, and every field
+    of its definition (handlers by name; a parallel's branches by the names of their nodes)."""
+    from orchestrator.dsl import Parallel
+
+    signature = {
+        "kind": node.kind,
+        "goes to": workflow.next_after(node.name) or "end",
+        "branch": str(workflow.branch_of.get(node.name) or "—"),
+    }
+    for item in dataclasses.fields(node):
+        if item.name in ("name", "next"):
+            continue
+        value = getattr(node, item.name)
+        if isinstance(node, Parallel) and item.name == "branches":
+            signature["branches"] = " | ".join(" → ".join(n.name for n in branch) for branch in value)
+        else:
+            signature[item.name] = _describe(value)
+    return signature
+
+
+@dataclass
+class VersionDiff:
+    """What changed from ``old`` to ``new``: node names added and removed, and for each changed node the
+    attributes that differ as (attribute, before, after)."""
+
+    old: Workflow
+    new: Workflow
+    added: list[str]
+    removed: list[str]
+    changed: dict[str, list[tuple[str, str, str]]]
+
+    @property
+    def same(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def version_diff(old: Workflow, new: Workflow) -> VersionDiff:
+    """Compare two definitions node by node (by node name). Pure; no database access."""
+    added = [name for name in new.nodes if name not in old.nodes]
+    removed = [name for name in old.nodes if name not in new.nodes]
+    changed: dict[str, list[tuple[str, str, str]]] = {}
+    for name in new.nodes:
+        if name not in old.nodes:
+            continue
+        before, after = node_signature(old, old.nodes[name]), node_signature(new, new.nodes[name])
+        differences = [
+            (key, before.get(key, "—"), after.get(key, "—"))
+            for key in dict.fromkeys([*before, *after])
+            if before.get(key) != after.get(key)
+        ]
+        if differences:
+            changed[name] = differences
+    return VersionDiff(old=old, new=new, added=added, removed=removed, changed=changed)
+
+
+# --- the catalog and the dashboard --------------------------------------------------------------------------
+
+
+@dataclass
+class VersionRow:
+    """One version of a workflow in the catalog: its definition (None when no process here registers it any more),
+    when it was first seen, and its instances by state now."""
+
+    name: str
+    version: int
+    workflow: Workflow | None
+    first_seen: datetime | None
+    states: dict[str, int]
+
+    @property
+    def running(self) -> int:
+        return sum(self.states.get(state, 0) for state in LIVE_STATES)
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+
+@dataclass
+class CatalogEntry:
+    """One workflow in the catalog: its latest definition, every version, and its health over the window."""
+
+    workflow: Workflow
+    versions: list[VersionRow]
+    health: Health
+    failed_now: int
+    stuck_steps: int
+
+    @property
+    def running(self) -> int:
+        return sum(v.running for v in self.versions)
+
+    @property
+    def stuck(self) -> int:
+        """Instances failed and waiting for an operator, plus steps running past their lease."""
+        return self.failed_now + self.stuck_steps
+
+
+def catalog(hours: int = 24, now: datetime | None = None) -> list[CatalogEntry]:
+    """Every registered workflow with its versions (registered, or still holding instances), their first-seen
+    times and instances by state, and its health over the last ``hours`` hours. Five small queries whatever the
+    number of instances; a registered version missing from the first-seen table is recorded on the way."""
+    from orchestrator import registry
+    from orchestrator.rollups import record_versions
+
+    counts = state_counts()
+    seen = versions_seen()
+    if any((w.name, w.version) not in seen for w in registry.all_definitions()):
+        record_versions(now, again=True)
+        seen = versions_seen()
+    health = health_by_workflow(hours, now)
+    stuck = stuck_steps_by_workflow(now)
+    entries = []
+    for latest in registry.latest_all():
+        numbers = {w.version for w in registry.all_versions(latest.name)}
+        numbers |= {version for (name, version) in counts if name == latest.name}
+        versions = []
+        for number in sorted(numbers, reverse=True):
+            definition = registry.get(latest.name, number) if registry.is_registered(latest.name, number) else None
+            versions.append(
+                VersionRow(
+                    name=latest.name,
+                    version=number,
+                    workflow=definition,
+                    first_seen=seen.get((latest.name, number)),
+                    states=counts.get((latest.name, number), {}),
+                )
+            )
+        entries.append(
+            CatalogEntry(
+                workflow=latest,
+                versions=versions,
+                health=health.get(latest.name, Health()),
+                failed_now=sum(v.states.get(InstanceState.FAILED, 0) for v in versions),
+                stuck_steps=stuck.get(latest.name, 0),
+            )
+        )
+    return entries
+
+
+@dataclass
+class Dashboard:
+    """What the dashboard shows, for one window: instances by state now, the timeline, per-workflow health, open
+    and overdue human tasks, and how fresh the figures are."""
+
+    hours: int
+    by_state: dict[str, int]
+    timeline: dict[str, Any]
+    workflows: list[tuple[str, Health]]
+    tasks: dict[str, int]
+    rolled_at: datetime | None
+    swept_at: datetime | None
+    backlog: int
+    totals: Health = field(default_factory=Health)
+
+
+def dashboard(hours: int = 24, now: datetime | None = None) -> Dashboard:
+    """The dashboard's figures over the last ``hours`` hours (``WINDOWS``): six small queries over the roll-ups and
+    the open tasks, whatever the number of instances."""
+    from django.db.models import Max
+
+    from orchestrator.models import AuditEvent, RollupCursor
+    from orchestrator.rollups import CURSOR
+
+    by_state: dict[str, int] = defaultdict(int)
+    for states in state_counts().values():
+        for state, count in states.items():
+            by_state[state] += count
+    health = health_by_workflow(hours, now)
+    totals = Health()
+    for item in health.values():
+        for name in ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries"):
+            setattr(totals, name, getattr(totals, name) + getattr(item, name))
+        totals.durations = add_histograms(totals.durations, item.durations)
+    cursor: dict[str, Any] = dict(
+        RollupCursor.objects.filter(name=CURSOR).values("position", "rolled_at", "swept_at").first() or {}
+    )
+    newest = AuditEvent.objects.aggregate(newest=Max("id"))["newest"] or 0
+    return Dashboard(
+        hours=hours,
+        by_state={state: by_state.get(state, 0) for state in InstanceState.values},
+        timeline=timeline(hours, now),
+        workflows=sorted(health.items()),
+        tasks=human_tasks_open(),
+        rolled_at=cursor.get("rolled_at"),
+        swept_at=cursor.get("swept_at"),
+        backlog=max(0, newest - cursor.get("position", 0)),
+        totals=totals,
+    )

@@ -1,0 +1,229 @@
+"""The catalog, a workflow's page (versions, diagrams, what changed) and the dashboard: who sees them, what they
+say, junk in their parameters, and a constant number of queries whatever the number of instances."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+
+from demo.data import GROUPS
+from orchestrator import rollups, stats
+from orchestrator.dsl import Human, Task, Workflow
+from orchestrator.models import InstanceStateCount, WorkflowHourStats
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory, OrderInputFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def users(users):
+    """The demo's permissions on the roles' groups (operators operate, managers view)."""
+    for name, codenames in GROUPS.items():
+        Group.objects.get(name=name).permissions.set(
+            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
+        )
+    return users
+
+
+def noop(ctx):
+    return {}
+
+
+class TestCatalog:
+    def test_every_workflow_with_owner_criticality_versions_and_health_links(self, client, users):
+        # given
+        client.force_login(users.staff)
+
+        # when
+        page = client.get("/workflows/").content.decode()
+
+        # then
+        assert "Order fulfilment" in page
+        assert "Fulfilment team" in page
+        assert "v2" in page
+        assert "v1" in page
+        assert "/instances/?workflow=order_fulfilment&amp;state=failed" in page
+        assert "/instances/?workflow=expense_approval&amp;version=1" in page
+
+    def test_counts_come_from_the_roll_ups_in_constant_queries(self, client, users, django_assert_num_queries):
+        """Ten versions' worth of state rows or one: the same handful of queries (no scan of the instances)."""
+        # given
+        client.force_login(users.staff)
+        client.get("/workflows/")  # records the versions seen
+        InstanceStateCount.objects.create(
+            workflow_name="order_fulfilment", workflow_version=1, state="running", count=123_456
+        )
+        InstanceStateCount.objects.create(workflow_name="order_fulfilment", workflow_version=1, state="failed", count=7)
+
+        # when
+        with django_assert_num_queries(10) as captured:
+            page = client.get("/workflows/").content.decode()
+
+        # then
+        assert "123456" in page or "123,456" in page
+        assert not [q for q in captured.captured_queries if 'FROM "orchestrator_workflowinstance"' in q["sql"]]
+
+    def test_a_version_still_holding_instances_but_no_longer_deployed_is_shown(self, client, users):
+        # given
+        InstanceStateCount.objects.create(
+            workflow_name="order_fulfilment", workflow_version=9, state="running", count=2
+        )
+        client.force_login(users.operator)
+
+        # when
+        page = client.get("/workflows/order_fulfilment/").content.decode()
+
+        # then
+        assert "v9" in page
+        assert "not deployed" in page
+
+    def test_anonymous_is_sent_to_sign_in(self, client):
+        assert client.get("/workflows/")["Location"].startswith("/login/")
+
+
+class TestWorkflowPage:
+    def test_by_default_it_shows_what_the_latest_version_changed(self, client, users):
+        # given
+        client.force_login(users.operator)
+
+        # when
+        response = client.get("/workflows/expense_approval/")
+
+        # then
+        assert response.status_code == 200
+        diff = response.context["diff"]
+        assert (diff.old.version, diff.new.version) == (1, 2)
+        assert not diff.same
+        page = response.content.decode()
+        assert page.count('class="diagram"') == 2
+
+    def test_a_version_that_is_junk_or_not_deployed_is_named_with_400(self, client, users):
+        # given
+        client.force_login(users.operator)
+
+        # when
+        junk = client.get("/workflows/expense_approval/", {"from": "1\x00; drop", "to": "2"})
+        missing = client.get("/workflows/expense_approval/", {"from": "1", "to": "99"})
+
+        # then
+        assert junk.status_code == 400
+        assert "is not a version of this workflow" in junk.content.decode()
+        assert missing.status_code == 400
+
+    def test_an_unknown_workflow_is_404(self, client, users):
+        client.force_login(users.operator)
+        assert client.get("/workflows/no_such_flow/").status_code == 404
+
+
+class TestVersionDiff:
+    def test_added_removed_and_changed_nodes_attribute_by_attribute(self):
+        # given
+        old = Workflow(
+            name="diffed",
+            version=1,
+            steps=[Task("a", noop, timeout=10), Task("b", noop), Human("ok", candidate_groups=["x"])],
+        )
+        new = Workflow(
+            name="diffed",
+            version=2,
+            steps=[Task("a", noop, timeout=30), Human("ok", candidate_groups=["x", "y"]), Task("c", noop)],
+        )
+
+        # when
+        diff = stats.version_diff(old, new)
+
+        # then
+        assert diff.added == ["c"]
+        assert diff.removed == ["b"]
+        timeouts = [(float(before), float(after)) for what, before, after in diff.changed["a"] if what == "timeout"]
+        assert timeouts == [(10.0, 30.0)]
+        assert ("goes to", "b", "ok") in diff.changed["a"]
+        assert ("candidate_groups", "['x']", "['x', 'y']") in diff.changed["ok"]
+
+    def test_a_version_compared_with_itself_is_the_same(self):
+        flow = Workflow(name="same", version=1, steps=[Task("a", noop)])
+        assert stats.version_diff(flow, flow).same
+
+
+class TestDashboard:
+    @pytest.mark.parametrize(("role", "status"), [("staff", 404), ("manager", 404), ("operator", 200), ("admin", 200)])
+    def test_only_operators_and_admins(self, client, users, role, status):
+        # given
+        client.force_login(getattr(users, role))
+
+        # then
+        assert client.get("/dashboard/").status_code == status
+
+    def test_it_shows_the_rolled_up_figures_with_their_zone(self, client, users, run_steps):
+        # given
+        instance_start("order_fulfilment", OrderInputFactory(fail_payment=1))
+        instance_start("expense_approval", ExpenseInputFactory(amount="20.00"))
+        run_steps(advance=True)
+        WorkflowHourStats.objects.all().delete()
+        # The pass settles on running transactions; inside this test's transaction it folds with a direct fold.
+        from orchestrator.models import AuditEvent
+
+        events = (
+            AuditEvent.objects.filter(instance__isnull=False)
+            .order_by("id")
+            .values(
+                "id",
+                "action",
+                "subject_type",
+                "subject_id",
+                "from_state",
+                "to_state",
+                "occurred_at",
+                "instance__workflow_name",
+                "instance__workflow_version",
+                "instance__created_at",
+            )
+        )
+        rollups._write(rollups.fold(list(events), {}))
+        client.force_login(users.operator)
+
+        # when
+        response = client.get("/dashboard/")
+
+        # then
+        page = response.content.decode()
+        data = response.context["data"]
+        assert data.totals.started == 2
+        assert data.totals.completed == 1
+        assert data.tasks["open"] == 1
+        assert data.by_state["waiting"] == 1
+        assert 'id="dashboard-data"' in page
+        assert "chart.umd.min.js" in page
+
+    @pytest.mark.parametrize("window", ["24h", "7d", "30d"])
+    def test_each_window_in_constant_queries(self, client, users, window, django_assert_num_queries):
+        # given
+        client.force_login(users.operator)
+
+        # when
+        # session, user, two permission reads, the navigation's counts (3), and the six roll-up reads
+        with django_assert_num_queries(12) as captured:
+            response = client.get("/dashboard/", {"window": window})
+
+        # then
+        assert response.status_code == 200
+        assert not [q for q in captured.captured_queries if 'FROM "orchestrator_workflowinstance"' in q["sql"]]
+
+    def test_a_junk_window_is_named_and_the_last_24_hours_shown(self, client, users):
+        # given
+        client.force_login(users.operator)
+
+        # when
+        response = client.get("/dashboard/", {"window": "1y<script>"})
+
+        # then
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "is not a window" in page
+        assert "<script>\u201d" not in page
+        assert response.context["window"] == "24h"
+
+
+def test_a_pass_over_an_empty_trail_changes_nothing():
+    assert rollups.rollup_pass() == 0
