@@ -11,15 +11,26 @@ commands alike; a raw SQL update bypasses them (the database role should not be 
 from __future__ import annotations
 
 import contextvars
+import logging
+import re
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db import DatabaseError
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.http import HttpRequest, HttpResponse
 
-from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone
+from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, Actor, append_standalone
+
+logger = logging.getLogger(__name__)
+
+# A request id a client or proxy sends is kept only when it looks like one (no spaces, quotes or control
+# characters that would spoil a log line or a CSV cell); otherwise the request gets a fresh one.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("baton_request", default=None)
 
@@ -33,17 +44,25 @@ FLAGS = {
 
 
 class CurrentRequestMiddleware:
-    """Keeps the current request in a context variable, so account signals can name who made a change."""
+    """Keeps the current request in a context variable, so account signals can name who made a change; gives it a
+    request id (the caller's ``X-Request-ID`` when well formed, else a new UUID) that every audit event it causes
+    carries and the response returns; and writes a refused request (any 403 answer) into the ``access`` chain."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        given = request.META.get("HTTP_X_REQUEST_ID", "")
+        request.baton_request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex  # type: ignore[attr-defined]
         token = _request.set(request)
         try:
-            return self.get_response(request)
+            response = self.get_response(request)
+            if response.status_code == 403:
+                access_refused(request, response)
         finally:
             _request.reset(token)
+        response["X-Request-ID"] = request.baton_request_id  # type: ignore[attr-defined]
+        return response
 
 
 def current_actor() -> Actor:
@@ -73,6 +92,113 @@ def _write(action: str, subject_type: str, subject_id: int | None, payload: dict
         subject_type=subject_type,
         subject_id=subject_id,
         payload=payload,
+        request_meta=current_request_meta(),
+    )
+
+
+# --- Access: sign-in, sign-out, failed sign-in, refused requests (the "access" chain) ---------------------------
+
+
+def _access(
+    request: HttpRequest | None,
+    actor: Actor,
+    action: str,
+    subject_type: str,
+    subject_id: int | None,
+    payload: dict[str, Any],
+    reason: str = "",
+) -> None:
+    from orchestrator.views import request_meta
+
+    append_standalone(
+        ACCESS_CHAIN,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        reason=reason,
+        payload=payload,
+        request_meta=request_meta(request) if request is not None else current_request_meta(),
+    )
+
+
+def _signed_in(sender: Any, request: HttpRequest | None, user: AbstractBaseUser, **_: Any) -> None:
+    _access(request, Actor.of(user), "access.signed_in", "user", user.pk, {"user": user.get_username()})
+
+
+def _signed_out(sender: Any, request: HttpRequest | None, user: AbstractBaseUser | None, **_: Any) -> None:
+    if user is None:  # signing out without being signed in changes nothing
+        return
+    _access(request, Actor.of(user), "access.signed_out", "user", user.pk, {"user": user.get_username()})
+
+
+def _sign_in_failed(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any) -> None:
+    # Django has already masked the password in ``credentials``; only the name typed is kept, bounded and without
+    # NUL bytes (PostgreSQL refuses them in text).
+    typed = str(credentials.get("username", ""))[:150].replace("\x00", "")
+    known = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: typed}).values_list("pk", flat=True)
+    user_id = next(iter(known), None)
+    _access(request, Actor("anonymous"), "access.sign_in_failed", "user", user_id, {"username": typed})
+
+
+def access_refused(request: HttpRequest, response: HttpResponse) -> None:
+    """Record that ``request`` was answered 403: who asked (or anonymous), the method and path, and the object the
+    route names (the first integer in its URL arguments). A failure to record is logged, never turned into a 500:
+    the refusal itself has already been decided."""
+    user: AbstractBaseUser | AnonymousUser | None = getattr(request, "user", None)
+    actor = Actor.of(user) if user is not None else Actor("anonymous")
+    match = getattr(request, "resolver_match", None)
+    kwargs = dict(match.kwargs) if match is not None else {}
+    subject_id = next((v for v in kwargs.values() if isinstance(v, int)), None)
+    route = match.view_name if match is not None else ""
+    subject_type = _ROUTE_SUBJECTS.get(next(iter(kwargs), ""), "route")
+    try:
+        _access(
+            request,
+            actor,
+            "access.refused",
+            subject_type,
+            subject_id,
+            {"method": request.method, "route": route, "status": response.status_code},
+            reason=str(getattr(response, "reason_phrase", "")),
+        )
+    except DatabaseError:
+        logger.exception("could not record the refused request %s %s", request.method, request.path)
+
+
+# The URL argument that names the object a refused request was about.
+_ROUTE_SUBJECTS = {"instance_id": "instance", "task_id": "task", "view_id": "saved_view", "object_id": "object"}
+
+
+def api_token_created(token_id: int, owner: AbstractBaseUser, name: str, actor: Actor | None = None) -> None:
+    """Record that API token ``token_id`` (called ``name``) was created for ``owner``; never the secret itself.
+
+    For the API's token service: call it inside the transaction that saves the token. ``actor`` defaults to the
+    signed-in user of the current request (or the system outside one); the request's data comes along.
+    """
+    append_standalone(
+        ACCOUNTS_CHAIN,
+        actor=actor or current_actor(),
+        action="token.created",
+        subject_type="token",
+        subject_id=token_id,
+        payload={"user": owner.get_username(), "user_id": owner.pk, "name": name},
+        request_meta=current_request_meta(),
+    )
+
+
+def api_token_revoked(
+    token_id: int, owner: AbstractBaseUser, name: str, reason: str = "", actor: Actor | None = None
+) -> None:
+    """Record that API token ``token_id`` of ``owner`` was revoked, with the reason given (see api_token_created)."""
+    append_standalone(
+        ACCOUNTS_CHAIN,
+        actor=actor or current_actor(),
+        action="token.revoked",
+        subject_type="token",
+        subject_id=token_id,
+        reason=reason,
+        payload={"user": owner.get_username(), "user_id": owner.pk, "name": name},
         request_meta=current_request_meta(),
     )
 
@@ -179,6 +305,9 @@ def _related_manager(instance: Any, owner: str, what: str, reverse: bool) -> Any
 def connect() -> None:
     """Connect the receivers (OrchestratorConfig.ready)."""
     user_model = get_user_model()
+    user_logged_in.connect(_signed_in, dispatch_uid="baton_access_signed_in")
+    user_logged_out.connect(_signed_out, dispatch_uid="baton_access_signed_out")
+    user_login_failed.connect(_sign_in_failed, dispatch_uid="baton_access_sign_in_failed")
     pre_save.connect(_user_stored, sender=user_model, dispatch_uid="baton_accounts_user_stored")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="baton_accounts_user_saved")
     post_delete.connect(_user_deleted, sender=user_model, dispatch_uid="baton_accounts_user_deleted")

@@ -41,11 +41,16 @@ def request_meta(request: HttpRequest) -> dict[str, Any]:
     if settings.BATON_BEHIND_PROXY:
         forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
         ip = next((part for part in reversed(forwarded) if part), ip)
-    return {
+    meta = {
         "ip": ip,
         "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
         "path": request.path,
     }
+    # Set by CurrentRequestMiddleware; orchestrator/audit.py moves it to the event's request_id column.
+    request_id = getattr(request, "baton_request_id", "")
+    if request_id:
+        meta["request_id"] = request_id
+    return meta
 
 
 class LoginView(auth_views.LoginView):

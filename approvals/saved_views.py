@@ -1,0 +1,85 @@
+"""Saved inbox views: created, re-shared and deleted with an audit event each (the ``saved_views`` chain).
+
+A view shared with a group shows that group what its owner chose to filter, so who shared what with whom, and
+when it stopped, is part of the record like any other change of what people see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.db import transaction
+
+from approvals.models import SavedView
+from orchestrator.accounts import current_request_meta
+from orchestrator.audit import SAVED_VIEWS_CHAIN, Actor, append_standalone
+
+
+def _state(view: SavedView | None) -> dict[str, Any]:
+    if view is None:
+        return {}
+    return {
+        "name": view.name,
+        "tab": view.tab,
+        "params": view.params,
+        "shared_with": view.shared_with.name if view.shared_with_id and view.shared_with else None,
+    }
+
+
+def saved_view_save(
+    user: AbstractBaseUser, name: str, tab: str, params: dict[str, Any], group: Group | None
+) -> tuple[SavedView, bool]:
+    """Create ``user``'s view ``name`` or replace its filters and sharing; returns ``(view, created)``.
+
+    Writes ``saved_view.created``, or ``saved_view.shared`` / ``saved_view.unshared`` / ``saved_view.changed``
+    with the before and after in the payload; saving the same thing again writes nothing.
+    """
+    with transaction.atomic():
+        before = SavedView.objects.select_for_update().select_related("shared_with").filter(owner=user, name=name)
+        old = _state(before.first())
+        view, created = SavedView.objects.update_or_create(
+            owner=user, name=name, defaults={"tab": tab, "params": params, "shared_with": group}
+        )
+        new = _state(view)
+        if created:
+            action = "saved_view.created"
+        elif old == new:
+            return view, created
+        elif old["shared_with"] != new["shared_with"]:
+            action = "saved_view.shared" if new["shared_with"] else "saved_view.unshared"
+        else:
+            action = "saved_view.changed"
+        diff = {k: [old.get(k), new[k]] for k in new if old.get(k) != new[k]}
+        append_standalone(
+            SAVED_VIEWS_CHAIN,
+            actor=Actor.of(user),
+            action=action,
+            subject_type="saved_view",
+            subject_id=view.pk,
+            payload={"owner": user.get_username(), "name": name, "before": old, "after": new, "changed": diff},
+            request_meta=current_request_meta(),
+        )
+    return view, created
+
+
+def saved_view_delete(user: AbstractBaseUser, view_id: int) -> bool:
+    """Delete ``user``'s own view ``view_id`` and write ``saved_view.deleted``; False (nothing written) when it is
+    not theirs or already gone."""
+    with transaction.atomic():
+        view = SavedView.objects.select_for_update().select_related("shared_with").filter(pk=view_id, owner=user)
+        found = view.first()
+        if found is None:
+            return False
+        old = _state(found)
+        found.delete()
+        append_standalone(
+            SAVED_VIEWS_CHAIN,
+            actor=Actor.of(user),
+            action="saved_view.deleted",
+            subject_type="saved_view",
+            subject_id=view_id,
+            payload={"owner": user.get_username(), "name": old["name"], "before": old, "after": {}},
+            request_meta=current_request_meta(),
+        )
+    return True

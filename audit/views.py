@@ -1,0 +1,193 @@
+"""The admins' audit pages: the timeline, its exports, and the chain status with its verification job.
+
+Only holders of ``orchestrator.view_trail`` (superusers) see them; everyone else signed in gets 403 (and the
+refusal is itself recorded, orchestrator/accounts.py). Views stay thin: selectors read, services write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from functools import wraps
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST, require_safe
+
+from audit import selectors, services
+from audit.exports import ExportHeader, export_lines, stream
+from audit.forms import AuditFilterForm
+from orchestrator.accounts import current_request_meta
+from orchestrator.audit import ACCESS_CHAIN, AUDIT_CHAIN, Actor, append_standalone
+from orchestrator.models import AuditEvent
+
+EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
+
+
+def trail_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Signed in (else the sign-in page), and allowed to see the whole trail (else 403)."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not selectors.can_view_trail(request.user):
+            raise PermissionDenied("The audit trail is for auditors and administrators.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _url(names: tuple[str, ...], *args: Any) -> str:
+    # The page names of other apps, whichever namespace this deployment's URLconf gives them.
+    for name in names:
+        try:
+            return reverse(name, args=args)
+        except NoReverseMatch:
+            continue
+    return ""
+
+
+@dataclass
+class EventRow:
+    """An event with the links a reader follows from it."""
+
+    event: AuditEvent
+    subject_url: str = ""
+    instance_url: str = ""
+    actor_url: str = ""
+
+
+def _rows(events: list[AuditEvent]) -> list[EventRow]:
+    rows = []
+    for event in events:
+        row = EventRow(event)
+        if event.instance_id:
+            row.instance_url = _url(("console:instance_detail", "instance_detail"), event.instance_id)
+        if event.subject_id is not None:
+            if event.subject_type == "task":
+                row.subject_url = _url(("approvals:task_detail", "task_detail"), event.subject_id)
+            elif event.subject_type == "user":
+                row.subject_url = _url(("admin:auth_user_change",), event.subject_id)
+            elif event.subject_type == "group":
+                row.subject_url = _url(("admin:auth_group_change",), event.subject_id)
+            elif event.subject_type == "instance":
+                row.subject_url = row.instance_url
+        if event.actor_id is not None:
+            row.actor_url = "?" + urlencode({"actor": event.actor_label})
+        rows.append(row)
+    return rows
+
+
+def _status() -> dict[str, Any]:
+    return {"latest": selectors.verification_latest(), "finished": selectors.verification_last_finished()}
+
+
+@require_safe
+@trail_required
+def timeline(request: HttpRequest) -> HttpResponse:
+    """Every event, newest first, filtered; keyset pages (``after`` / ``before`` cursors), 50 a page."""
+    form = AuditFilterForm(request.GET)
+    valid = form.is_valid()
+    page = selectors.AuditPage([])
+    filters = selectors.AuditFilters()
+    if valid:
+        filters = form.filters()
+        events = selectors.audit_events_filtered(filters).select_related("instance")
+        page = selectors.keyset_page(
+            events, after=str(request.GET.get("after", ""))[:300], before=str(request.GET.get("before", ""))[:300]
+        )
+        for error in page.errors:
+            messages.warning(request, error)
+    query = urlencode(filters.as_params())
+    context = {
+        "form": form,
+        "rows": _rows(page.events),
+        "page": page,
+        "query": query,
+        "filtered": not filters.is_empty(),
+        "zone": timezone.get_current_timezone_name(),
+        "active_nav": "audit",
+        **_status(),
+    }
+    return render(request, "audit/timeline.html", context, status=200 if valid else 400)
+
+
+@require_GET
+@trail_required
+def export(request: HttpRequest, kind: str) -> HttpResponse:
+    """The filtered events as CSV or JSON Lines (``kind``), oldest first, streamed; the export is recorded."""
+    if kind not in EXPORT_TYPES:
+        raise Http404("Exports are csv or jsonl.")
+    form = AuditFilterForm(request.GET)
+    if not form.is_valid():
+        return render(
+            request,
+            "audit/timeline.html",
+            {"form": form, "rows": [], "page": selectors.AuditPage([]), "active_nav": "audit", **_status()},
+            status=400,
+        )
+    filters = form.filters()
+    header = ExportHeader(filters=filters.as_params(), generated_by=request.user.get_username())
+    append_standalone(
+        ACCESS_CHAIN,
+        actor=Actor.of(request.user),
+        action="audit.exported",
+        subject_type="export",
+        subject_id=None,
+        payload={"format": kind, "export_id": header.export_id, "filters": header.filters},
+        request_meta=current_request_meta(),
+    )
+    stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    response = StreamingHttpResponse(
+        stream(export_lines(kind, selectors.audit_events_filtered(filters), header)), content_type=EXPORT_TYPES[kind]
+    )
+    response["Content-Disposition"] = f'attachment; filename="baton-audit-{stamp}.{kind}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_safe
+@trail_required
+def chains(request: HttpRequest) -> HttpResponse:
+    """Chain status: the last verification's verdict and first broken link, the run under way, "Verify now"."""
+    services.settle_stale()
+    context = {"counts": selectors.chain_counts(), "active_nav": "audit", **_status()}
+    return render(request, "audit/chains.html", context)
+
+
+@require_safe
+@trail_required
+def verification_progress(request: HttpRequest) -> HttpResponse:
+    """The progress card alone, re-fetched by the page when the live socket says the run moved."""
+    return render(request, "audit/_verification.html", _status())
+
+
+@require_POST
+@trail_required
+def verification_start(request: HttpRequest) -> HttpResponse:
+    """Queue a verification of every chain ("Verify now"); one already under way is the one shown."""
+    try:
+        verification = services.verification_request(request.user)
+    except services.VerificationBusy as busy:
+        messages.info(
+            request, f"A verification is already {busy.running.get_state_display().lower()}; it is shown below."
+        )
+        return redirect("audit:chains")
+    append_standalone(
+        AUDIT_CHAIN,
+        actor=Actor.of(request.user),
+        action="audit.verification_requested",
+        subject_type="verification",
+        subject_id=verification.pk,
+        request_meta=current_request_meta(),
+    )
+    messages.success(request, "Verification queued: the bar below follows it.")
+    return redirect("audit:chains")

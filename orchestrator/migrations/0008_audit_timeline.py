@@ -1,0 +1,73 @@
+"""The admins' audit timeline (audit/selectors.py): a request id per event, and indexes that serve each filter in the
+timeline's keyset order at millions of events; reasons and comments searched through a trigram index (PostgreSQL
+only, like the instance titles of 0003; SQLite, the demo's database, scans)."""
+
+from django.conf import settings
+from django.db import migrations, models
+
+
+def trigram(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    schema_editor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm", params=None)
+    schema_editor.execute(
+        "CREATE INDEX IF NOT EXISTS audit_reason_trgm ON orchestrator_auditevent USING gin (UPPER(reason) gin_trgm_ops)",
+        params=None,
+    )
+
+
+def drop_trigram(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("DROP INDEX IF EXISTS audit_reason_trgm", params=None)
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("orchestrator", "0007_audit_keyed"),
+        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
+    ]
+
+    operations = [
+        migrations.AlterModelOptions(
+            name="auditevent",
+            options={
+                "permissions": [("view_trail", "Can see the whole audit trail, export it and run its verification")]
+            },
+        ),
+        migrations.RemoveIndex(
+            model_name="auditevent",
+            name="audit_occurred",
+        ),
+        migrations.RemoveIndex(
+            model_name="auditevent",
+            name="audit_action_occurred",
+        ),
+        migrations.AddField(
+            model_name="auditevent",
+            name="request_id",
+            field=models.CharField(blank=True, db_default="", default="", max_length=64),
+        ),
+        migrations.AddIndex(
+            model_name="auditevent",
+            index=models.Index(fields=["-occurred_at", "-id"], name="audit_occurred_id"),
+        ),
+        migrations.AddIndex(
+            model_name="auditevent",
+            index=models.Index(fields=["action", "-occurred_at", "-id"], name="audit_action_occurred_id"),
+        ),
+        migrations.AddIndex(
+            model_name="auditevent",
+            index=models.Index(fields=["actor_label", "-occurred_at", "-id"], name="audit_actor_occurred_id"),
+        ),
+        migrations.AddIndex(
+            model_name="auditevent",
+            index=models.Index(fields=["subject_type", "subject_id", "-occurred_at"], name="audit_subject_occurred"),
+        ),
+        migrations.AddIndex(
+            model_name="auditevent",
+            index=models.Index(
+                condition=models.Q(("request_id", ""), _negated=True), fields=["request_id"], name="audit_request"
+            ),
+        ),
+        migrations.RunPython(trigram, drop_trigram),
+    ]
