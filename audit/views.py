@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.core.handlers.asgi import ASGIRequest
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
@@ -146,9 +147,11 @@ def export(request: HttpRequest, kind: str) -> HttpResponse:
         request_meta=current_request_meta(),
     )
     stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    response = StreamingHttpResponse(
-        stream(export_lines(kind, selectors.audit_events_filtered(filters), header)), content_type=EXPORT_TYPES[kind]
-    )
+    lines = export_lines(kind, selectors.audit_events_filtered(filters), header)
+    # Under ASGI (daphne) a sync iterator would be read whole into memory before the first byte is sent: an async
+    # one streams. Under WSGI (the test client, another server) the sync iterator streams as it is.
+    content = stream(lines) if isinstance(request, ASGIRequest) else (line.encode() for line in lines)
+    response = StreamingHttpResponse(content, content_type=EXPORT_TYPES[kind])
     response["Content-Disposition"] = f'attachment; filename="baton-audit-{stamp}.{kind}"'
     response["Cache-Control"] = "no-store"
     return response
