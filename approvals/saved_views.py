@@ -36,7 +36,7 @@ def saved_view_save(
     with the before and after in the payload; saving the same thing again writes nothing.
     """
     with transaction.atomic():
-        before = SavedView.objects.select_for_update().select_related("shared_with").filter(owner=user, name=name)
+        before = SavedView.objects.select_for_update(of=("self",)).select_related("shared_with").filter(owner=user, name=name)
         old = _state(before.first())
         view, created = SavedView.objects.update_or_create(
             owner=user, name=name, defaults={"tab": tab, "params": params, "shared_with": group}
@@ -67,7 +67,7 @@ def saved_view_delete(user: AbstractBaseUser, view_id: int) -> bool:
     """Delete ``user``'s own view ``view_id`` and write ``saved_view.deleted``; False (nothing written) when it is
     not theirs or already gone."""
     with transaction.atomic():
-        view = SavedView.objects.select_for_update().select_related("shared_with").filter(pk=view_id, owner=user)
+        view = SavedView.objects.select_for_update(of=("self",)).select_related("shared_with").filter(pk=view_id, owner=user)
         found = view.first()
         if found is None:
             return False

@@ -340,7 +340,7 @@ class AuditEvent(models.Model):
             models.Index(fields=["-occurred_at", "-id"], name="audit_occurred_id"),
             models.Index(fields=["action", "-occurred_at", "-id"], name="audit_action_occurred_id"),
             models.Index(fields=["actor_label", "-occurred_at", "-id"], name="audit_actor_occurred_id"),
-            models.Index(fields=["subject_type", "subject_id", "-occurred_at"], name="audit_subject_occurred"),
+            models.Index(fields=["subject_type", "subject_id", "-occurred_at", "-id"], name="audit_subject_occurred"),
             models.Index(fields=["request_id"], name="audit_request", condition=~models.Q(request_id="")),
         ]
         permissions = [("view_trail", "Can see the whole audit trail, export it and run its verification")]

@@ -6,6 +6,16 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def add_request_id(apps, schema_editor):
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        columns = [c.name for c in connection.introspection.get_table_description(cursor, "orchestrator_auditevent")]
+    if "request_id" not in columns:
+        schema_editor.execute(
+            "ALTER TABLE orchestrator_auditevent ADD COLUMN request_id varchar(64) DEFAULT '' NOT NULL", params=None
+        )
+
+
 def trigram(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
@@ -42,10 +52,17 @@ class Migration(migrations.Migration):
             model_name="auditevent",
             name="audit_action_occurred",
         ),
-        migrations.AddField(
-            model_name="auditevent",
-            name="request_id",
-            field=models.CharField(blank=True, db_default="", default="", max_length=64),
+        # The column is added but never dropped: request_id is hashed when set, so dropping it on the way back
+        # would leave those events unverifiable. Unapplying changes only Django's state; applying again finds it.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AddField(
+                    model_name="auditevent",
+                    name="request_id",
+                    field=models.CharField(blank=True, db_default="", default="", max_length=64),
+                ),
+            ],
+            database_operations=[migrations.RunPython(add_request_id, migrations.RunPython.noop)],
         ),
         migrations.AddIndex(
             model_name="auditevent",
@@ -61,7 +78,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="auditevent",
-            index=models.Index(fields=["subject_type", "subject_id", "-occurred_at"], name="audit_subject_occurred"),
+            index=models.Index(fields=["subject_type", "subject_id", "-occurred_at", "-id"], name="audit_subject_occurred"),
         ),
         migrations.AddIndex(
             model_name="auditevent",
