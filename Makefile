@@ -52,7 +52,7 @@ test: install lint migrations-check pytest
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy orchestrator approvals
+	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy orchestrator approvals audit
 
 # Compares the models with the migration files only: an empty in-memory database keeps a developer's own
 # database (and whatever history it has) out of the answer.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 
 from approvals.models import SavedView
@@ -28,7 +28,7 @@ def _state(view: SavedView | None) -> dict[str, Any]:
 
 
 def saved_view_save(
-    user: AbstractBaseUser, name: str, tab: str, params: dict[str, Any], group: Group | None
+    user: User, name: str, tab: str, params: dict[str, Any], group: Group | None
 ) -> tuple[SavedView, bool]:
     """Create ``user``'s view ``name`` or replace its filters and sharing; returns ``(view, created)``.
 
@@ -36,7 +36,9 @@ def saved_view_save(
     with the before and after in the payload; saving the same thing again writes nothing.
     """
     with transaction.atomic():
-        before = SavedView.objects.select_for_update(of=("self",)).select_related("shared_with").filter(owner=user, name=name)
+        # of=("self",): the shared group is read along, but only the view's row is locked.
+        locked = SavedView.objects.select_for_update(of=("self",)).select_related("shared_with")
+        before = locked.filter(owner=user, name=name)
         old = _state(before.first())
         view, created = SavedView.objects.update_or_create(
             owner=user, name=name, defaults={"tab": tab, "params": params, "shared_with": group}
@@ -63,11 +65,12 @@ def saved_view_save(
     return view, created
 
 
-def saved_view_delete(user: AbstractBaseUser, view_id: int) -> bool:
+def saved_view_delete(user: User, view_id: int) -> bool:
     """Delete ``user``'s own view ``view_id`` and write ``saved_view.deleted``; False (nothing written) when it is
     not theirs or already gone."""
     with transaction.atomic():
-        view = SavedView.objects.select_for_update(of=("self",)).select_related("shared_with").filter(pk=view_id, owner=user)
+        locked = SavedView.objects.select_for_update(of=("self",)).select_related("shared_with")
+        view = locked.filter(pk=view_id, owner=user)
         found = view.first()
         if found is None:
             return False

@@ -294,7 +294,7 @@ def read_jsonl(stream: TextIO) -> Iterator[tuple[int, dict[str, Any] | str]]:
             continue
         try:
             record = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             yield number, f"not JSON ({exc.msg})"
             continue
         yield number, record if isinstance(record, dict) else "not a JSON object"

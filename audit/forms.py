@@ -67,7 +67,7 @@ class AuditFilterForm(forms.Form):
         return _no_nul(self.cleaned_data.get("q") or "")
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since >= until:
             self.add_error("until", "Until must be after From.")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_datetime
 
@@ -25,7 +25,7 @@ PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 
-def can_view_trail(user: AbstractBaseUser | AnonymousUser) -> bool:
+def can_view_trail(user: User | AnonymousUser) -> bool:
     """Whether ``user`` may see the whole trail, export it and verify it: an active user holding
     ``orchestrator.view_trail`` (superusers hold every permission; no demo group has it)."""
     return bool(user.is_authenticated and user.is_active and user.has_perm("orchestrator.view_trail"))

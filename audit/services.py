@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Permission
+from django.contrib.auth.models import Permission, User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -62,7 +62,7 @@ def _tell(verification: Verification, *, now: bool = False) -> None:
         broadcast_on_commit(groups, event)
 
 
-def settle_stale(now: timezone.datetime | None = None) -> int:
+def settle_stale(now: datetime | None = None) -> int:
     """Mark runs whose worker stopped answering (no heartbeat for STALE_AFTER) as errors; returns how many."""
     now = now or timezone.now()
     stale = Verification.objects.filter(active=True).filter(
@@ -76,7 +76,7 @@ def settle_stale(now: timezone.datetime | None = None) -> int:
     )
 
 
-def verification_request(user: AbstractBaseUser | None, *, scheduled: bool = False) -> Verification:
+def verification_request(user: User | None, *, scheduled: bool = False) -> Verification:
     """Queue a verification of every chain and send it to a worker after commit; returns the queued row.
 
     ``user`` is who asked (None for the schedule). Raises ``VerificationBusy`` when one is already queued or

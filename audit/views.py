@@ -14,10 +14,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.handlers.asgi import ASGIRequest
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -33,12 +34,12 @@ from orchestrator.models import AuditEvent
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 
 
-def trail_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def trail_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Signed in (else the sign-in page), and allowed to see the whole trail (else 403)."""
 
     @login_required
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not selectors.can_view_trail(request.user):
             raise PermissionDenied("The audit trail is for auditors and administrators.")
         return view(request, *args, **kwargs)
@@ -123,7 +124,7 @@ def timeline(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @trail_required
-def export(request: HttpRequest, kind: str) -> HttpResponse:
+def export(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpResponse:
     """The filtered events as CSV or JSON Lines (``kind``), oldest first, streamed; the export is recorded."""
     if kind not in EXPORT_TYPES:
         raise Http404("Exports are csv or jsonl.")
@@ -178,7 +179,7 @@ def verification_progress(request: HttpRequest) -> HttpResponse:
 def verification_start(request: HttpRequest) -> HttpResponse:
     """Queue a verification of every chain ("Verify now"); one already under way is the one shown."""
     try:
-        verification = services.verification_request(request.user)
+        verification = services.verification_request(request.user)  # type: ignore[arg-type]  # trail_required: signed in
     except services.VerificationBusy as busy:
         messages.info(
             request, f"A verification is already {busy.running.get_state_display().lower()}; it is shown below."

@@ -133,9 +133,14 @@ def _signed_out(sender: Any, request: HttpRequest | None, user: AbstractBaseUser
 
 
 def _sign_in_failed(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any) -> None:
-    # Django has already masked the password in ``credentials``; only the name typed is kept, bounded and without
-    # NUL bytes (PostgreSQL refuses them in text).
-    typed = str(credentials.get("username", ""))[:150].replace("\x00", "")
+    # Django has already masked the password in ``credentials``; only the name typed is kept.
+    sign_in_refused(request, str(credentials.get("username", "")))
+
+
+def sign_in_refused(request: HttpRequest | None, username: str) -> None:
+    """Record a failed sign-in as ``username`` (the name typed, without NUL bytes, which PostgreSQL refuses in
+    text, and cut to 150 characters; never the password), naming the account when one has that name."""
+    typed = username.replace("\x00", "")[:150]
     known = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: typed}).values_list("pk", flat=True)
     user_id = next(iter(known), None)
     _access(request, Actor("anonymous"), "access.sign_in_failed", "user", user_id, {"username": typed})

@@ -78,7 +78,9 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="auditevent",
-            index=models.Index(fields=["subject_type", "subject_id", "-occurred_at", "-id"], name="audit_subject_occurred"),
+            index=models.Index(
+                fields=["subject_type", "subject_id", "-occurred_at", "-id"], name="audit_subject_occurred"
+            ),
         ),
         migrations.AddIndex(
             model_name="auditevent",

@@ -78,7 +78,8 @@ def test_an_export_carries_hash_and_chain_position_and_the_records_it_came_from(
     lines = [json.loads(line) for line in export(users, "jsonl", instance=str(order.pk)).splitlines()]
 
     # then
-    assert lines[0]["record"] == "export" and lines[0]["filters"] == {"instance": str(order.pk)}
+    assert lines[0]["record"] == "export"
+    assert lines[0]["filters"] == {"instance": str(order.pk)}
     assert lines[0]["generated_by"] == "admin"
     events = lines[1:-1]
     stored = list(AuditEvent.objects.filter(instance=order).order_by("occurred_at", "id"))
@@ -95,7 +96,8 @@ def test_the_export_itself_is_recorded_with_who_and_which_filters(users, order):
     # then
     event = AuditEvent.objects.filter(action="audit.exported").latest("id")
     assert event.actor_label == "user:admin"
-    assert event.payload["format"] == "csv" and event.payload["filters"] == {"instance": str(order.pk)}
+    assert event.payload["format"] == "csv"
+    assert event.payload["filters"] == {"instance": str(order.pk)}
 
 
 def _jsonl(users, order, tmp_path) -> tuple[Path, list[str]]:
@@ -234,7 +236,8 @@ def test_odd_data_survives_the_round_trip(users, tmp_path):
         out = verify(path)
 
         # then
-        assert "1 events" in out and "every line verifies" in out
+        assert "1 events" in out
+        assert "every line verifies" in out
 
 
 def test_junk_files_are_refused_with_a_message_not_a_traceback(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 from django.test import Client
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.models import HumanTask
@@ -57,7 +56,8 @@ def test_staff_operators_and_managers_are_refused_and_the_refusal_is_recorded(us
     assert response.status_code == 403
     event = AuditEvent.objects.filter(chain=ACCESS_CHAIN, action="access.refused").latest("id")
     assert (event.actor_label, event.actor_id) == (f"user:{role}", user.pk)
-    assert event.request_meta["ip"] == "192.0.2.44" and event.request_meta["user_agent"] == AGENT
+    assert event.request_meta["ip"] == "192.0.2.44"
+    assert event.request_meta["user_agent"] == AGENT
     assert event.request_meta["path"] == path
     assert event.request_id == response["X-Request-ID"]
     assert event.payload["method"] == "GET"
@@ -74,13 +74,14 @@ def test_verify_now_is_refused_to_an_operator_and_nothing_is_queued(users):
 
 def test_anonymous_visitors_are_sent_to_sign_in(db):
     response = Client().get("/audit/")
-    assert response.status_code == 302 and "/login/?next=/audit/" in response["Location"]
+    assert response.status_code == 302
+    assert "/login/?next=/audit/" in response["Location"]
 
 
 def test_the_timeline_filters_to_one_instance_with_full_dates_and_links(users, two_orders):
     """Filtering by instance shows only its events, each with a date, time and zone, linking to the instance."""
     # given
-    first, second = two_orders
+    first, _second = two_orders
 
     # when
     response = client_for(users.admin).get("/audit/", {"instance": first.pk})
@@ -126,7 +127,8 @@ def test_each_filter_keeps_exactly_the_matching_events(users, two_orders, run_st
 
     # then
     shown = [row.event for row in response.context["rows"]]
-    assert shown and all(expected(e) for e in shown)
+    assert shown
+    assert all(expected(e) for e in shown)
     matching = [e for e in AuditEvent.objects.select_related("instance") if expected(e)]
     assert len(shown) == min(50, len(matching))
 
@@ -203,7 +205,8 @@ def test_keyset_pages_walk_every_event_once_even_when_times_tie(users):
 
     # then
     seen = [e.pk for page in pages for e in page.events]
-    assert len(seen) == 120 and len(set(seen)) == 120
+    assert len(seen) == 120
+    assert len(set(seen)) == 120
     assert seen == list(events.values_list("pk", flat=True))
     assert [e.pk for e in back.events] == [e.pk for e in pages[-2].events]
 
@@ -259,7 +262,8 @@ def test_each_filter_reads_an_index_in_page_order_without_sorting(users, filters
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
     # then
-    assert "Index" in plan and "Sort" not in plan, plan
+    assert "Index" in plan, plan
+    assert "Sort" not in plan, plan
 
 
 def test_the_chain_status_page_shows_the_last_verification_and_its_first_broken_link(users):
@@ -284,7 +288,8 @@ def test_the_chain_status_page_shows_the_last_verification_and_its_first_broken_
     html = response.content.decode()
     assert response.status_code == 200
     assert "1 broken chain" in html
-    assert "instance:7 #4" in html and "content does not match its hash" in html
+    assert "instance:7 #4" in html
+    assert "content does not match its hash" in html
     assert timezone.localtime(now).strftime("%Y-%m-%d %H:%M:%S") in html
 
 
@@ -307,7 +312,8 @@ def test_verify_now_queues_one_job_records_who_asked_and_a_second_click_joins_it
     assert (asked.actor_label, asked.subject_id) == ("user:admin", job.pk)
     assert len([c for c in sent if "verification_run" in repr(c.__code__.co_names)]) <= 1
     page = client.get("/audit/chains/").content.decode()
-    assert "queued" in page and "disabled" in page
+    assert "queued" in page
+    assert "disabled" in page
 
 
 def test_the_job_verifies_every_chain_with_progress_and_passes(users, two_orders):
@@ -319,8 +325,10 @@ def test_the_job_verifies_every_chain_with_progress_and_passes(users, two_orders
 
     # then
     job.refresh_from_db()
-    assert job.state == VerificationState.PASSED and job.active is None
-    assert job.events_done == AuditEvent.objects.count() and job.percent == 100
+    assert job.state == VerificationState.PASSED
+    assert job.active is None
+    assert job.events_done == AuditEvent.objects.count()
+    assert job.percent == 100
     assert job.chains_done >= 3
 
 
@@ -362,7 +370,8 @@ def test_a_job_whose_worker_died_is_settled_and_a_new_one_can_start(users):
 
     # then
     stale = Verification.objects.exclude(pk=job.pk).get()
-    assert stale.state == VerificationState.ERROR and "stopped reporting" in stale.error
+    assert stale.state == VerificationState.ERROR
+    assert "stopped reporting" in stale.error
     assert job.state == VerificationState.QUEUED
 
 
