@@ -7,7 +7,6 @@ refusal is itself recorded, orchestrator/accounts.py). Views stay thin: selector
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC
 from functools import wraps
 from typing import Any
@@ -27,6 +26,7 @@ from django.views.decorators.http import require_GET, require_POST, require_safe
 from audit import selectors, services
 from audit.exports import ExportHeader, export_lines, stream
 from audit.forms import AuditFilterForm
+from audit.templatetags.audit_tags import pretty_json
 from orchestrator.accounts import current_request_meta
 from orchestrator.audit import ACCESS_CHAIN, AUDIT_CHAIN, Actor, append_standalone
 from orchestrator.models import AuditEvent
@@ -57,34 +57,55 @@ def _url(names: tuple[str, ...], *args: Any) -> str:
     return ""
 
 
-@dataclass
-class EventRow:
-    """An event with the links a reader follows from it."""
-
-    event: AuditEvent
-    subject_url: str = ""
-    instance_url: str = ""
-    actor_url: str = ""
-
-
-def _rows(events: list[AuditEvent]) -> list[EventRow]:
+def _rows(events: list[AuditEvent]) -> list[dict[str, Any]]:
+    """What the timeline shows of each event, as plain strings: a page of 50 events renders in a few milliseconds
+    this way, where template lookups and date filters on the models cost several times more (bench/audit.py)."""
+    zone = timezone.get_current_timezone()
+    instance_url = _url(("console:instance_detail", "instance_detail"), 0)
+    task_url = _url(("approvals:task_detail", "task_detail"), 0)
+    user_url = _url(("admin:auth_user_change",), 0)
+    group_url = _url(("admin:auth_group_change",), 0)
+    links = {"task": task_url, "user": user_url, "group": group_url, "instance": instance_url}
     rows = []
     for event in events:
-        row = EventRow(event)
-        if event.instance_id:
-            row.instance_url = _url(("console:instance_detail", "instance_detail"), event.instance_id)
-        if event.subject_id is not None:
-            if event.subject_type == "task":
-                row.subject_url = _url(("approvals:task_detail", "task_detail"), event.subject_id)
-            elif event.subject_type == "user":
-                row.subject_url = _url(("admin:auth_user_change",), event.subject_id)
-            elif event.subject_type == "group":
-                row.subject_url = _url(("admin:auth_group_change",), event.subject_id)
-            elif event.subject_type == "instance":
-                row.subject_url = row.instance_url
-        if event.actor_id is not None:
-            row.actor_url = "?" + urlencode({"actor": event.actor_label})
-        rows.append(row)
+        local = event.occurred_at.astimezone(zone)
+        meta = event.request_meta if isinstance(event.request_meta, dict) else {}
+        subject_url = ""
+        pattern = links.get(event.subject_type, "")
+        if pattern and event.subject_id is not None:
+            subject_url = pattern.replace("/0/", f"/{event.subject_id}/", 1)
+        transition = ""
+        if event.from_state or event.to_state:
+            transition = f"{event.from_state or '·'} → {event.to_state or '·'}"
+        rows.append(
+            {
+                "pk": event.pk,
+                "when": local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "iso": local.isoformat(),
+                "utc": event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC"),
+                "action": event.action,
+                "transition": transition,
+                "actor": event.actor_label,
+                "actor_query": urlencode({"actor": event.actor_label}),
+                "subject": event.subject_type + (f" #{event.subject_id}" if event.subject_id is not None else ""),
+                "subject_url": subject_url,
+                "instance_id": event.instance_id or "",
+                "instance_url": instance_url.replace("/0/", f"/{event.instance_id}/", 1) if event.instance_id else "",
+                "workflow": event.instance.workflow_name if event.instance_id and event.instance else "",
+                "reason": event.reason,
+                "chain": event.chain,
+                "seq": event.seq,
+                "hash": event.hash,
+                "key_id": event.key_id,
+                "prev_hash": event.prev_hash,
+                "request_id": event.request_id,
+                "request_query": urlencode({"request_id": event.request_id}) if event.request_id else "",
+                "ip": str(meta.get("ip", "")),
+                "user_agent": str(meta.get("user_agent", "")),
+                "path": str(meta.get("path", "")),
+                "payload": pretty_json(event.payload) if event.payload else "",
+            }
+        )
     return rows
 
 
