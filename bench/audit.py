@@ -70,7 +70,7 @@ def environment(db: str) -> dict[str, str]:
         "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3"),
         "BATON_SECRET_KEY": "bench-audit",
         "BATON_AUDIT_KEYS": AUDIT_KEY,
-        "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
+        "DJANGO_SETTINGS_MODULE": "baton_site.settings",
         "BATON_LOG_LEVEL": "WARNING",
         "BATON_AUDIT_SEAL_INTERVAL": "0",
         "BATON_ALLOWED_HOSTS": "127.0.0.1,localhost",

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 from approvals.models import HumanTask, TaskState
 from approvals.services import task_claim, task_delegate
-from orchestrator.demo import GROUPS
+from demo.data import GROUPS
 from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, orm
 from tests.browser.test_inbox import EXPENSE, start_expense

@@ -16,8 +16,8 @@ from django.urls import reverse
 
 from approvals.models import HumanTask, TaskKind, TaskState
 from approvals.services import FAIL, RESOLVED, RETRY, SKIP, TaskError, task_decide
+from demo.data import GROUPS
 from orchestrator.audit import Actor, verify_chain
-from orchestrator.demo import GROUPS
 from orchestrator.dsl import COMPENSATE, ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
 from orchestrator.models import BUSY_STEP_STATES, AuditEvent, InstanceState, StepKind, StepState
 from orchestrator.services import engine
@@ -265,7 +265,7 @@ def test_retry_mid_compensation_is_refused_with_a_reason_the_page_shows(
     client.force_login(users.operator)
 
     # when
-    url = reverse("instance_operate", args=[instance.pk, "retry"])
+    url = reverse("console:instance_operate", args=[instance.pk, "retry"])
     response = client.post(url, {"reason": "try again"}, follow=True)
 
     # then

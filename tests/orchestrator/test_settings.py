@@ -18,7 +18,7 @@ from django.core.management.base import CommandError
 from django.test import RequestFactory, override_settings
 from django.utils.crypto import get_random_string
 
-from orchestrator.views import request_meta
+from orchestrator.accounts import request_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {
@@ -30,9 +30,9 @@ PRODUCTION = {
 
 
 def start(env: dict[str, str], *names: str, command: str = "") -> subprocess.CompletedProcess[str]:
-    """Load orchestrator.settings in a fresh interpreter with only ``env`` (no variable leaks in from the tests)
+    """Load baton_site.settings in a fresh interpreter with only ``env`` (no variable leaks in from the tests)
     and print the settings ``names`` as JSON, or run ``manage.py command``."""
-    clean = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "orchestrator.settings"}
+    clean = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "baton_site.settings"}
     if command:
         args = [sys.executable, str(ROOT / "manage.py"), *command.split()]
     else:
@@ -121,6 +121,46 @@ def test_the_demo_may_be_chosen_explicitly_on_postgresql_without_redis():
     assert found == {"DEBUG": True, "EMBEDDED": True}
 
 
+# --- the demo app and the channel layer -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "installed"),
+    [({}, True), (PRODUCTION, False), ({**PRODUCTION, "BATON_DEMO_APP": "1"}, True), ({"BATON_DEMO_APP": "0"}, False)],
+    ids=["demo mode", "production", "production with BATON_DEMO_APP=1", "demo mode with BATON_DEMO_APP=0"],
+)
+def test_the_demo_app_is_installed_in_demo_mode_and_in_production_only_when_asked(env, installed):
+    found = settings_in(env, "INSTALLED_APPS", "BATON_WORKFLOW_MODULES")
+
+    assert ("demo" in found["INSTALLED_APPS"]) is installed
+    assert found["BATON_WORKFLOW_MODULES"] == []  # the demo workflows come with the app, not by name
+
+
+@pytest.mark.parametrize(
+    ("value", "backend"),
+    [
+        (None, "channels_redis.pubsub.RedisPubSubChannelLayer"),
+        ("pubsub", "channels_redis.pubsub.RedisPubSubChannelLayer"),
+        (" Redis ", "channels_redis.core.RedisChannelLayer"),
+    ],
+)
+def test_the_channel_layer_is_chosen_by_baton_channel_layer(value, backend):
+    env = PRODUCTION if value is None else {**PRODUCTION, "BATON_CHANNEL_LAYER": value}
+
+    layer = settings_in(env, "CHANNEL_LAYERS")["CHANNEL_LAYERS"]["default"]
+
+    assert layer["BACKEND"] == backend
+    assert layer["CONFIG"]["hosts"] == [PRODUCTION["REDIS_URL"]]
+
+
+def test_an_unknown_channel_layer_is_refused_naming_the_choices():
+    message = refusal({**PRODUCTION, "BATON_CHANNEL_LAYER": "rabbitmq"})
+
+    assert "BATON_CHANNEL_LAYER='rabbitmq'" in message
+    assert "pubsub" in message
+    assert "redis" in message
+
+
 # --- durations ------------------------------------------------------------------------------------------
 
 
@@ -160,8 +200,8 @@ def test_a_duration_that_cannot_be_honoured_is_refused_at_start(name, value):
 )
 def test_beat_stores_the_sweep_interval_exactly(seconds, every, period):
     """django-celery-beat's own entry stored 0.5 s as 0 s and 1.5 s as 1 s."""
+    from baton_site.celery import app
     from orchestrator.beat import ModelEntry
-    from orchestrator.celery import app
 
     # when
     entry = ModelEntry.from_entry("baton-sweep", app=app, task="orchestrator.tasks.sweep", schedule=seconds)

@@ -14,10 +14,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind, TaskState
+from demo.models import DemoLedger
+from demo.workflows.order_fulfilment import FAST_RETRY
 from orchestrator.dsl import ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
 from orchestrator.models import (
     AuditEvent,
-    DemoLedger,
     InstanceState,
     StepKind,
     StepRun,
@@ -26,7 +27,6 @@ from orchestrator.models import (
 )
 from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
-from orchestrator.workflows.order_fulfilment import FAST_RETRY
 from tests.factories import OrderInputFactory
 
 pytestmark = pytest.mark.django_db

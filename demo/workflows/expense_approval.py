@@ -15,9 +15,9 @@ from decimal import Decimal
 
 from django import forms
 
+from demo.workflows.simulated import call, maybe_fail
 from orchestrator.dsl import FORM, Decision, Human, Reassign, Remind, Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
-from orchestrator.workflows.simulated import call, maybe_fail
 
 MANAGER_LIMIT = Decimal("500")
 

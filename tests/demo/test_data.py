@@ -6,7 +6,7 @@ import pytest
 
 from approvals.models import HumanTask, TaskKind
 from approvals.services import is_candidate
-from orchestrator.demo import ensure_roles, load_demo
+from demo.data import ensure_roles, load_demo
 from orchestrator.models import WorkflowInstance
 
 pytestmark = pytest.mark.django_db

@@ -113,7 +113,13 @@ INSTALLED_APPS = [
     "audit",
     "orchestrator",
     "approvals",
+    "console",
 ]
+# The demo (its ledger table, workflows, users and commands: demo/) is part of demo mode only. A production
+# database that never installs it has no demo table; BATON_DEMO_APP=1 adds it to a production deployment.
+BATON_DEMO_APP = env_bool("BATON_DEMO_APP", default=BATON_MODE == "demo")
+if BATON_DEMO_APP:
+    INSTALLED_APPS.append("demo")
 
 MIDDLEWARE = [
     # First: a page that failed on an unreachable database answers 503 with Retry-After (orchestrator/middleware.py).
@@ -134,8 +140,8 @@ MIDDLEWARE = [
     "orchestrator.middleware.FriendlyErrorPagesMiddleware",  # friendly 404/500 under DEBUG too (the demo)
 ]
 
-ROOT_URLCONF = "orchestrator.urls"
-ASGI_APPLICATION = "orchestrator.asgi.application"
+ROOT_URLCONF = "baton_site.urls"
+ASGI_APPLICATION = "baton_site.asgi.application"
 WSGI_APPLICATION = None
 
 TEMPLATES = [
@@ -185,7 +191,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "home"
+LOGIN_REDIRECT_URL = "console:home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en"
@@ -217,7 +223,8 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # --- TLS and a proxy in front (README, "Production") ------------------------------------------------------
 # Only behind a proxy that terminates TLS and sets these headers itself may they be believed: then the request
-# counts as https when the proxy says so, and the audit keeps the address the proxy saw (orchestrator/views.py).
+# counts as https when the proxy says so, and the audit keeps the address the proxy saw
+# (orchestrator/accounts.py, request_meta).
 BATON_BEHIND_PROXY = env_bool("BATON_BEHIND_PROXY")
 if BATON_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -272,13 +279,27 @@ BATON_CHANNEL_PREFIX = os.environ.get("BATON_CHANNEL_PREFIX") or derived_channel
 )
 if not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", BATON_CHANNEL_PREFIX):
     raise RuntimeError("BATON_CHANNEL_PREFIX: 1 to 60 letters, digits, dots, dashes or underscores.")
+# Which Redis channel layer carries live events (README, "Production"): "pubsub", channels_redis's pub/sub layer
+# with Baton's pipelined publisher, or "redis", channels_redis's standard list-based RedisChannelLayer, which
+# senders reach through its own group_send (for a Redis that must not carry pub/sub, or a site's other Channels
+# code that wants that layer).
+CHANNEL_LAYER_BACKENDS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "redis": "channels_redis.core.RedisChannelLayer",
+}
+BATON_CHANNEL_LAYER = os.environ.get("BATON_CHANNEL_LAYER", "pubsub").strip().lower() or "pubsub"
+if BATON_CHANNEL_LAYER not in CHANNEL_LAYER_BACKENDS:
+    raise ImproperlyConfigured(
+        f"BATON_CHANNEL_LAYER={BATON_CHANNEL_LAYER!r}: give pubsub (the default, channels_redis's pub/sub layer) or "
+        "redis (channels_redis's standard RedisChannelLayer)."
+    )
 if REDIS_URL:
     # Pub/sub: a web process subscribes to the groups its sockets are in, and a sender's whole commit goes out
     # in one pipelined PUBLISH round trip (orchestrator/realtime.py). The list-based RedisChannelLayer cost the
     # sender two Redis commands and a thread hand-over per group, a quarter of a worker's step.
     CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": CHANNEL_LAYER_BACKENDS[BATON_CHANNEL_LAYER],
             "CONFIG": {
                 "hosts": [os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)],
                 "prefix": BATON_CHANNEL_PREFIX,
@@ -314,7 +335,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "baton"
 CELERY_BEAT_SCHEDULER = "orchestrator.beat:DatabaseScheduler"
 # Keep the worker's PostgreSQL session across tasks: a new session per task halves throughput. This keeps
-# Celery's own Django fix-up from closing it after every task; orchestrator/celery.py checks and closes a broken
+# Celery's own Django fix-up from closing it after every task; baton_site/celery.py checks and closes a broken
 # or stale session instead (README, "Production").
 CELERY_DB_REUSE_MAX = 100_000
 
@@ -335,8 +356,9 @@ BATON_WORKFLOW_MODULES = [
     m
     for m in os.environ.get(
         "BATON_WORKFLOW_MODULES",
-        # The benchmark flows (orchestrator.workflows.bench) are added by the tests and `make bench` only.
-        "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval",
+        # None: the demo workflows come with the demo app (demo/apps.py); the benchmark flows (demo.workflows.bench)
+        # are added by the tests and `make bench` only.
+        "",
     ).split(",")
     if m
 ]
@@ -360,7 +382,7 @@ except ValueError:
     BATON_LIVE_RECHECK = float("nan")
 if not 0.5 <= BATON_LIVE_RECHECK <= 3600:
     raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds from 0.5 to 3600.")
-# Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
+# Websocket origins allowed besides ALLOWED_HOSTS (see baton_site/asgi.py).
 BATON_DEMO = env_bool("BATON_DEMO", default=BATON_MODE == "demo")
 # Absolute address of the dashboard, for links in e-mails.
 BATON_BASE_URL = os.environ.get("BATON_BASE_URL", "http://127.0.0.1:8000")

@@ -33,7 +33,7 @@ def drop_trigram(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("orchestrator", "0007_audit_keyed"),
+        ("orchestrator", "0008_demoledger_moved_to_demo"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
