@@ -14,6 +14,7 @@ from django.db import transaction
 from approvals.models import SavedView
 from orchestrator.accounts import current_request_meta
 from orchestrator.audit import SAVED_VIEWS_CHAIN, Actor, append_standalone
+from orchestrator.audit_actions import AuditAction
 
 
 def _state(view: SavedView | None) -> dict[str, Any]:
@@ -45,13 +46,13 @@ def saved_view_save(
         )
         new = _state(view)
         if created:
-            action = "saved_view.created"
+            action = AuditAction.SAVED_VIEW_CREATED
         elif old == new:
             return view, created
         elif old["shared_with"] != new["shared_with"]:
-            action = "saved_view.shared" if new["shared_with"] else "saved_view.unshared"
+            action = AuditAction.SAVED_VIEW_SHARED if new["shared_with"] else AuditAction.SAVED_VIEW_UNSHARED
         else:
-            action = "saved_view.changed"
+            action = AuditAction.SAVED_VIEW_CHANGED
         diff = {k: [old.get(k), new[k]] for k in new if old.get(k) != new[k]}
         append_standalone(
             SAVED_VIEWS_CHAIN,
@@ -79,7 +80,7 @@ def saved_view_delete(user: User, view_id: int) -> bool:
         append_standalone(
             SAVED_VIEWS_CHAIN,
             actor=Actor.of(user),
-            action="saved_view.deleted",
+            action=AuditAction.SAVED_VIEW_DELETED,
             subject_type="saved_view",
             subject_id=view_id,
             payload={"owner": user.get_username(), "name": old["name"], "before": old, "after": {}},

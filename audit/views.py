@@ -31,6 +31,7 @@ from audit.forms import AuditFilterForm
 from audit.templatetags.audit_tags import pretty_json
 from orchestrator.accounts import current_request_meta
 from orchestrator.audit import ACCESS_CHAIN, AUDIT_CHAIN, Actor, append_standalone
+from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditEvent
 
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
@@ -251,7 +252,7 @@ def export(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpRespo
     append_standalone(
         ACCESS_CHAIN,
         actor=Actor.of(request.user),
-        action="audit.exported",
+        action=AuditAction.AUDIT_EXPORTED,
         subject_type="export",
         subject_id=None,
         payload={"format": kind, "export_id": header.export_id, "filters": header.filters},
@@ -298,7 +299,7 @@ def verification_start(request: HttpRequest) -> HttpResponse:
     append_standalone(
         AUDIT_CHAIN,
         actor=Actor.of(request.user),
-        action="audit.verification_requested",
+        action=AuditAction.AUDIT_VERIFICATION_REQUESTED,
         subject_type="verification",
         subject_id=verification.pk,
         request_meta=current_request_meta(),

@@ -406,7 +406,7 @@ def start_instance(i: int) -> tuple[int, float, float]:
 
 
 def decide(task_id: int) -> tuple[float, float]:
-    from approvals.services import task_decide
+    from approvals.services.tasks import task_decide
 
     started = time.perf_counter()
     task_decide(task_id, _users["approver-a"], "approve")

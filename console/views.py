@@ -27,10 +27,11 @@ from console import forms
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
+from orchestrator.diagram import workflow_dot
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
-from orchestrator.services.engine import definition_unavailable
+from orchestrator.services.locks import definition_unavailable
 from orchestrator.typing import AuthedRequest
 
 
@@ -147,7 +148,7 @@ def _render_detail(
             latest[step.name] = step.state
     try:
         workflow = registry.get(instance.workflow_name, instance.workflow_version)
-        dot = workflow.to_dot(latest)
+        dot = workflow_dot(workflow, latest)
     except registry.UnknownWorkflow:
         workflow, dot = None, ""
     can_audit = request.user.has_perm("orchestrator.view_auditevent") or selectors.can_operate(request.user)
@@ -235,7 +236,7 @@ def workflow_list(request: AuthedRequest) -> HttpResponse:
                 "workflow": workflow,
                 "versions": [w.version for w in registry.all_versions(workflow.name)],
                 "stats": stats.get(workflow.name, {"total": 0, "active": 0, "failed": 0}),
-                "dot": workflow.to_dot(),
+                "dot": workflow_dot(workflow),
             }
         )
     return render(request, "orchestrator/workflow_list.html", {"rows": rows, "active_nav": "workflows"})

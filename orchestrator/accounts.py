@@ -25,6 +25,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_de
 from django.http import HttpRequest, HttpResponse
 
 from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, Actor, append_standalone
+from orchestrator.audit_actions import AuditAction
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("b
 # The user fields whose changes are audited; a save touching none of them (a login's last_login) costs nothing.
 TRACKED = ("username", "password", "is_active", "is_staff", "is_superuser")
 FLAGS = {
-    "is_active": ("user.activated", "user.deactivated"),
-    "is_staff": ("user.staff_granted", "user.staff_revoked"),
-    "is_superuser": ("user.superuser_granted", "user.superuser_revoked"),
+    "is_active": (AuditAction.USER_ACTIVATED, AuditAction.USER_DEACTIVATED),
+    "is_staff": (AuditAction.USER_STAFF_GRANTED, AuditAction.USER_STAFF_REVOKED),
+    "is_superuser": (AuditAction.USER_SUPERUSER_GRANTED, AuditAction.USER_SUPERUSER_REVOKED),
 }
 
 
@@ -107,7 +108,7 @@ def current_request_meta() -> dict[str, Any]:
     return request_meta(request)
 
 
-def _write(action: str, subject_type: str, subject_id: int | None, payload: dict[str, Any]) -> None:
+def _write(action: AuditAction, subject_type: str, subject_id: int | None, payload: dict[str, Any]) -> None:
     append_standalone(
         ACCOUNTS_CHAIN,
         actor=current_actor(),
@@ -125,7 +126,7 @@ def _write(action: str, subject_type: str, subject_id: int | None, payload: dict
 def _access(
     request: HttpRequest | None,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     subject_type: str,
     subject_id: int | None,
     payload: dict[str, Any],
@@ -144,13 +145,13 @@ def _access(
 
 
 def _signed_in(sender: Any, request: HttpRequest | None, user: AbstractBaseUser, **_: Any) -> None:
-    _access(request, Actor.of(user), "access.signed_in", "user", user.pk, {"user": user.get_username()})
+    _access(request, Actor.of(user), AuditAction.ACCESS_SIGNED_IN, "user", user.pk, {"user": user.get_username()})
 
 
 def _signed_out(sender: Any, request: HttpRequest | None, user: AbstractBaseUser | None, **_: Any) -> None:
     if user is None:  # signing out without being signed in changes nothing
         return
-    _access(request, Actor.of(user), "access.signed_out", "user", user.pk, {"user": user.get_username()})
+    _access(request, Actor.of(user), AuditAction.ACCESS_SIGNED_OUT, "user", user.pk, {"user": user.get_username()})
 
 
 def _sign_in_failed(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any) -> None:
@@ -164,7 +165,7 @@ def sign_in_refused(request: HttpRequest | None, username: str) -> None:
     typed = username.replace("\x00", "")[:150]
     known = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: typed}).values_list("pk", flat=True)
     user_id = next(iter(known), None)
-    _access(request, Actor("anonymous"), "access.sign_in_failed", "user", user_id, {"username": typed})
+    _access(request, Actor("anonymous"), AuditAction.ACCESS_SIGN_IN_FAILED, "user", user_id, {"username": typed})
 
 
 def access_refused(request: HttpRequest, response: HttpResponse) -> None:
@@ -182,7 +183,7 @@ def access_refused(request: HttpRequest, response: HttpResponse) -> None:
         _access(
             request,
             actor,
-            "access.refused",
+            AuditAction.ACCESS_REFUSED,
             subject_type,
             subject_id,
             {"method": request.method, "route": route, "status": response.status_code},
@@ -205,7 +206,7 @@ def api_token_created(token_id: int, owner: AbstractBaseUser, name: str, actor: 
     append_standalone(
         ACCOUNTS_CHAIN,
         actor=actor or current_actor(),
-        action="token.created",
+        action=AuditAction.TOKEN_CREATED,
         subject_type="token",
         subject_id=token_id,
         payload={"user": owner.get_username(), "user_id": owner.pk, "name": name},
@@ -220,7 +221,7 @@ def api_token_revoked(
     append_standalone(
         ACCOUNTS_CHAIN,
         actor=actor or current_actor(),
-        action="token.revoked",
+        action=AuditAction.TOKEN_REVOKED,
         subject_type="token",
         subject_id=token_id,
         reason=reason,
@@ -246,33 +247,38 @@ def _user_saved(sender: Any, instance: Any, created: bool, raw: bool = False, **
     name = instance.get_username()
     if created:
         flags = {field: getattr(instance, field) for field in FLAGS}
-        _write("user.created", "user", instance.pk, {"user": name, **flags})
+        _write(AuditAction.USER_CREATED, "user", instance.pk, {"user": name, **flags})
         return
     stored = getattr(instance, "_baton_stored", None)
     if not stored:
         return
     if stored["username"] != name:
-        _write("user.renamed", "user", instance.pk, {"from": stored["username"], "to": name})
+        _write(AuditAction.USER_RENAMED, "user", instance.pk, {"from": stored["username"], "to": name})
     if stored["password"] != instance.password:
-        _write("user.password_changed", "user", instance.pk, {"user": name, "usable": instance.has_usable_password()})
+        _write(
+            AuditAction.USER_PASSWORD_CHANGED,
+            "user",
+            instance.pk,
+            {"user": name, "usable": instance.has_usable_password()},
+        )
     for field, (granted, revoked) in FLAGS.items():
         if stored[field] != getattr(instance, field):
             _write(granted if getattr(instance, field) else revoked, "user", instance.pk, {"user": name})
 
 
 def _user_deleted(sender: Any, instance: Any, **_: Any) -> None:
-    _write("user.deleted", "user", instance.pk, {"user": instance.get_username()})
+    _write(AuditAction.USER_DELETED, "user", instance.pk, {"user": instance.get_username()})
 
 
 def _group_saved(sender: Any, instance: Group, created: bool, raw: bool = False, **_: Any) -> None:
     if created and not raw:
-        _write("group.created", "group", instance.pk, {"group": instance.name})
+        _write(AuditAction.GROUP_CREATED, "group", instance.pk, {"group": instance.name})
 
 
 def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
     # Memberships go with the group without an m2m signal: name who lost it.
     members = sorted(instance.user_set.values_list("username", flat=True))
-    _write("group.deleted", "group", instance.pk, {"group": instance.name, "members": members})
+    _write(AuditAction.GROUP_DELETED, "group", instance.pk, {"group": instance.name, "members": members})
 
 
 def _names(model: Any, pks: Iterable[int]) -> list[str]:
@@ -313,7 +319,7 @@ def _m2m(owner: str, what: str) -> Callable[..., None]:
         for subject, targets in pairs:
             label = subject.name if owner_model is Group else subject.get_username()
             _write(
-                f"{owner}.{what}_{verb}",
+                AuditAction(f"{owner}.{what}_{verb}"),  # user/group . groups/permissions _ added/removed
                 owner,
                 subject.pk,
                 {owner: label, what: _names(target_model, targets)},

@@ -22,6 +22,7 @@ from django.db.models import CharField, Exists, OuterRef, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
+from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditChain, AuditEvent, WorkflowInstance
 
 
@@ -129,7 +130,7 @@ def append(
     *,
     now: datetime,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     subject_type: str,
     subject_id: int | None,
     from_state: str = "",
@@ -167,7 +168,7 @@ def append_standalone(
     chain: str,
     *,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     subject_type: str,
     subject_id: int | None,
     from_state: str = "",
@@ -215,7 +216,7 @@ def _event(
     *,
     now: datetime,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     subject_type: str,
     subject_id: int | None,
     from_state: str,
@@ -435,7 +436,7 @@ def legacy_boundary() -> tuple[int, str]:
     through = 0
     for event in AuditEvent.objects.filter(chain=AUDIT_CHAIN).order_by("seq").iterator():
         walk.add(event)
-        if walk.broken is None and event.action == "audit.keyed":
+        if walk.broken is None and event.action == AuditAction.AUDIT_KEYED:
             through = max(through, int(event.payload.get("legacy_through", 0)))
     if walk.broken is not None:
         return 0, f"the {AUDIT_CHAIN} chain is broken, so no unkeyed event is accepted"
@@ -452,7 +453,7 @@ def keying_record(legacy_through: int, now: datetime | None = None) -> AuditEven
     return append_standalone(
         AUDIT_CHAIN,
         actor=Actor.system("migrate"),
-        action="audit.keyed",
+        action=AuditAction.AUDIT_KEYED,
         subject_type="audit",
         subject_id=None,
         payload={"legacy_through": legacy_through},
@@ -581,9 +582,9 @@ def workflow_versions_record(workflows: list[Any], actor: Actor | None = None) -
         AuditChain.objects.select_for_update().get(name=WORKFLOWS_CHAIN)
         seen = {
             (str(p.get("name")), p.get("version"))
-            for p in AuditEvent.objects.filter(chain=WORKFLOWS_CHAIN, action="workflow.version_seen").values_list(
-                "payload", flat=True
-            )
+            for p in AuditEvent.objects.filter(
+                chain=WORKFLOWS_CHAIN, action=AuditAction.WORKFLOW_VERSION_SEEN
+            ).values_list("payload", flat=True)
             if isinstance(p, dict)
         }
         for workflow in sorted(workflows, key=lambda w: (w.name, w.version)):
@@ -593,7 +594,7 @@ def workflow_versions_record(workflows: list[Any], actor: Actor | None = None) -
                 append_standalone(
                     WORKFLOWS_CHAIN,
                     actor=actor or Actor.system("deploy"),
-                    action="workflow.version_seen",
+                    action=AuditAction.WORKFLOW_VERSION_SEEN,
                     subject_type="workflow",
                     subject_id=None,
                     payload={

@@ -205,7 +205,7 @@ class StepRun(FSMModelMixin, models.Model):
     branch = models.PositiveSmallIntegerField(null=True, blank=True)
 
     # Not a column: the state and attempt the engine read the row with, which its fenced writes expect
-    # (``orchestrator.services.engine.lock_step`` / ``step_save``).
+    # (``orchestrator.services.locks.lock_step`` / ``step_save``).
     _read_as: tuple[str, int]
 
     class Meta:
@@ -278,7 +278,7 @@ class StepRun(FSMModelMixin, models.Model):
         self.lease_expires_at = None
 
     # A dead step compensates only when its handler returned and its result could not be recorded (its effect
-    # happened; engine.RESULT_LOST).
+    # happened; compensation.RESULT_LOST).
     @transition(field=state, source=[StepState.SUCCEEDED, StepState.DEAD], target=StepState.COMPENSATED)
     def mark_compensated(self) -> None:
         pass

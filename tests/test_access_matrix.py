@@ -39,14 +39,14 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
 
 from approvals.models import HumanTask, SavedView, TaskKind, TaskState
-from approvals.services import task_claim
+from approvals.services.tasks import task_claim
 from demo.data import GROUPS
 from orchestrator import registry
 from orchestrator.audit import ACCESS_CHAIN
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, InstanceState, StepRun, WorkflowInstance
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
+from orchestrator.services.steps import step_execute
 from tests.conftest import _execute_at
 from tests.factories import PASSWORD, ExpenseInputFactory, GroupFactory, OrderInputFactory, UserFactory
 
@@ -253,7 +253,7 @@ def _drain(instance: WorkflowInstance) -> None:
             return
         now = timezone.now()
         due = step.due_at is None or step.due_at <= now
-        if (engine.step_execute(step.pk) if due else _execute_at(step.pk, step.due_at)) == "not runnable":
+        if (step_execute(step.pk) if due else _execute_at(step.pk, step.due_at)) == "not runnable":
             refused.add(step.pk)
     raise AssertionError(f"instance {instance.pk} kept running steps")
 

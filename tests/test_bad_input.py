@@ -18,7 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import HumanTask, SavedView, TaskState
-from approvals.services import TaskInvalid, task_claim, task_decide, task_delegate, task_snooze
+from approvals.services.base import TaskInvalid
+from approvals.services.tasks import task_claim, task_decide, task_delegate, task_snooze
 from demo.data import GROUPS
 from orchestrator.audit import Actor
 from orchestrator.inputs import COMMENT_MAX, REASON_MAX

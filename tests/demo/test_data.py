@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from approvals.models import HumanTask, TaskKind
-from approvals.services import is_candidate
+from approvals.services.base import is_candidate
 from demo.data import ensure_roles, load_demo
 from orchestrator.models import WorkflowInstance
 

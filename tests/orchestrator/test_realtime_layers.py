@@ -19,7 +19,8 @@ from channels_redis.core import RedisChannelLayer
 from django.db import connections
 
 from approvals.models import HumanTask, TaskState
-from approvals.services import APPROVE, task_decide
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_decide
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.orchestrator.test_consumers import EVENT_TIMEOUT, EXPENSE, QUIET, connected, receive_until
