@@ -13,7 +13,8 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from approvals.models import HumanTask
-from approvals.services import APPROVE, task_decide
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_decide
 from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone
 from orchestrator.models import AuditEvent
 from orchestrator.services.instances import instance_start

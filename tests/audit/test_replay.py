@@ -10,7 +10,8 @@ import pytest
 from django_fsm import RETURN_VALUE
 
 from approvals.models import HumanTask, TaskState
-from approvals.services import APPROVE, REJECT, task_decide
+from approvals.services.base import APPROVE, REJECT
+from approvals.services.tasks import task_decide
 from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory

@@ -9,7 +9,8 @@ from django.test import Client
 from django.utils import timezone
 
 from approvals.models import HumanTask
-from approvals.services import APPROVE, task_decide
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_decide
 from audit import services
 from audit.models import Verification, VerificationState
 from audit.selectors import AuditFilters, audit_events_filtered, keyset_page
