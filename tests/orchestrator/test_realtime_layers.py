@@ -119,33 +119,40 @@ def test_a_layer_that_cannot_be_reached_is_logged_and_the_work_stays_committed(u
     assert any("broadcast to" in record.getMessage() for record in caplog.records)
 
 
+@pytest.fixture
+def worker_on_the_standard_layer(celery_worker, monkeypatch) -> Iterator[None]:
+    """The real worker restarted with ``BATON_CHANNEL_LAYER=redis``; stopped afterwards, so the next worker test
+    starts one on the settings' own layer. In this (the main) thread: the worker's ping goes through this
+    process's Celery app, whose broker connections are not to be shared with the async test's sync thread."""
+    monkeypatch.setenv("BATON_CHANNEL_LAYER", "redis")
+    celery_worker.stop()
+    celery_worker.start()
+    yield
+    celery_worker.stop()
+
+
 @pytest.mark.worker
 @pytest.mark.asyncio
-async def test_a_worker_process_on_the_standard_layer_reaches_a_socket(users, celery_worker, monkeypatch, closed_after):
-    """A real worker started with BATON_CHANNEL_LAYER=redis runs the approved expense's payout, and the socket
-    following the instance hears the changes that worker committed, up to completion."""
-    # given: the worker restarted with the standard layer
-    monkeypatch.setenv("BATON_CHANNEL_LAYER", "redis")
-    await sync_to_async(celery_worker.stop)()
-    await sync_to_async(celery_worker.start)()
+async def test_a_worker_process_on_the_standard_layer_reaches_a_socket(
+    users, worker_on_the_standard_layer, closed_after
+) -> None:
+    """A real worker on the standard layer runs the approved expense's payout, and the socket following the
+    instance hears the changes that worker committed, up to completion."""
+    # given
     instance = await sync_to_async(start_expense)(users.staff)
     task = await sync_to_async(HumanTask.objects.get)(instance=instance, state=TaskState.OPEN)
     socket = await connected(users.staff)
     await socket.send_json_to({"subscribe": "instance", "id": instance.pk})
     assert await socket.receive_json_from(timeout=EVENT_TIMEOUT) == {"type": "subscribed", "instance": instance.pk}
 
-    try:
-        # when: the decision schedules the payout, which only the worker runs
-        await sync_to_async(task_decide)(task.pk, users.staff2, APPROVE)
+    # when: the decision schedules the payout, which only the worker runs
+    await sync_to_async(task_decide)(task.pk, users.staff2, APPROVE)
 
-        # then
-        states = []
-        while InstanceState.COMPLETED not in states:
-            event = await socket.receive_json_from(timeout=WORKER_TIMEOUT)
-            if event["type"] == "instance.changed" and event["instance"] == instance.pk:
-                states.append(event["state"])
-        assert states[-1] == InstanceState.COMPLETED
-        await socket.disconnect()
-    finally:
-        # the next worker test gets a worker on the settings' own layer
-        await sync_to_async(celery_worker.stop)()
+    # then
+    states = []
+    while InstanceState.COMPLETED not in states:
+        event = await socket.receive_json_from(timeout=WORKER_TIMEOUT)
+        if event["type"] == "instance.changed" and event["instance"] == instance.pk:
+            states.append(event["state"])
+    assert states[-1] == InstanceState.COMPLETED
+    await socket.disconnect()
