@@ -52,7 +52,7 @@ test: install lint migrations-check pytest
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy baton_site orchestrator approvals console demo automation
+	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy baton_site orchestrator approvals console demo automation audit
 	# The direction of imports between the engine and the apps above it (pyproject.toml, [tool.importlinter]).
 	$(VENV)/bin/lint-imports
 

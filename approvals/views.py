@@ -21,8 +21,8 @@ from django.utils.dates import MONTHS_3
 from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
-from approvals import forms, selectors
-from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState, is_overdue
+from approvals import forms, saved_views, selectors
+from approvals.models import HumanTask, Priority, TaskKind, TaskState, is_overdue
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import registry
@@ -213,9 +213,7 @@ def saved_view_create(request: AuthedRequest) -> HttpResponse:
         # Only a group the user belongs to; anything else saves a private view.
         group = request.user.groups.filter(pk=shared_with).first() if shared_with else None
         params = {k: v for k, v in query.as_params().items() if k != "tab"}
-        SavedView.objects.update_or_create(
-            owner=request.user, name=name, defaults={"tab": query.tab, "params": params, "shared_with": group}
-        )
+        saved_views.saved_view_save(request.user, name, query.tab, params, group)
         messages.success(request, f"Saved view “{name}”" + (f", shared with {group.name}." if group else "."))
     else:
         problems = [" ".join(map(str, errors)) for errors in form.errors.values()] + query.errors
@@ -229,8 +227,7 @@ def saved_view_create(request: AuthedRequest) -> HttpResponse:
 @require_POST
 @login_required
 def saved_view_delete(request: AuthedRequest, view_id: int) -> HttpResponse:
-    deleted, _ = SavedView.objects.filter(pk=view_id, owner=request.user).delete()
-    if deleted:
+    if saved_views.saved_view_delete(request.user, view_id):
         messages.info(request, "Saved view deleted.")
     else:
         messages.error(request, "Only the owner can delete a saved view.")

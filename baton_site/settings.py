@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 import baton_assets
@@ -108,6 +109,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_celery_beat",
     "channels",
+    # Before the engine: its baton_verify_audit extends the engine's with --file (audit/management/commands).
+    "audit",
     "orchestrator",
     "approvals",
     "console",
@@ -443,6 +446,19 @@ if BATON_AUDIT_SEAL_INTERVAL > 0:
         "task": "orchestrator.tasks.audit_seal",
         "schedule": 24 * 3600.0,
         "kwargs": {"full": True},
+    }
+
+# Every chain verified once a day, by default at 02:30 in TIME_ZONE (audit/tasks.py); "off" turns it off, "HH:MM"
+# moves it. The result is on the chain status page (/audit/chains/), and a failure is logged as an error.
+CELERY_TIMEZONE = TIME_ZONE  # crontab entries read in the site's zone, as people read the schedule
+BATON_AUDIT_VERIFY_AT = os.environ.get("BATON_AUDIT_VERIFY_AT", "02:30").strip().lower()
+if BATON_AUDIT_VERIFY_AT != "off":
+    _verify_at = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", BATON_AUDIT_VERIFY_AT)
+    if _verify_at is None:
+        raise ImproperlyConfigured(f"BATON_AUDIT_VERIFY_AT={BATON_AUDIT_VERIFY_AT!r}: give HH:MM (24-hour) or off.")
+    CELERY_BEAT_SCHEDULE["baton-audit-verify"] = {
+        "task": "audit.tasks.verification_scheduled",
+        "schedule": crontab(hour=int(_verify_at[1]), minute=int(_verify_at[2])),
     }
 
 LOGGING = {

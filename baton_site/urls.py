@@ -11,6 +11,7 @@ from console.views import LoginView
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("automation/", include("automation.urls")),
+    path("audit/", include("audit.urls")),
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", LogoutView.as_view(), name="logout"),
     # For machines: Prometheus and load balancers (baton_site/endpoints.py).

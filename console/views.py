@@ -46,6 +46,15 @@ class LoginView(auth_views.LoginView):
             context["demo_logins"] = DEMO_USERS
         return context
 
+    def form_invalid(self, form: Any) -> HttpResponse:
+        # A sign-in refused by the form's own checks (a name too long, a NUL byte, a field left out) never reaches
+        # authenticate(), so Django sends no user_login_failed: it is recorded here, as a failed sign-in too.
+        if {"username", "password"} & set(form.errors):
+            from orchestrator.accounts import sign_in_refused
+
+            sign_in_refused(self.request, str(self.request.POST.get("username", "")))
+        return super().form_invalid(form)
+
 
 @login_required
 def home(request: AuthedRequest) -> HttpResponse:

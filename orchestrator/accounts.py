@@ -11,16 +11,27 @@ commands alike; a raw SQL update bypasses them (the database role should not be 
 from __future__ import annotations
 
 import contextvars
+import logging
+import re
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db import DatabaseError
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.http import HttpRequest, HttpResponse
 
-from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone
+from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, Actor, append_standalone
 from orchestrator.audit_actions import AuditAction
+
+logger = logging.getLogger(__name__)
+
+# A request id a client or proxy sends is kept only when it looks like one (no spaces, quotes or control
+# characters that would spoil a log line or a CSV cell); otherwise the request gets a fresh one.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("baton_request", default=None)
 
@@ -34,17 +45,25 @@ FLAGS = {
 
 
 class CurrentRequestMiddleware:
-    """Keeps the current request in a context variable, so account signals can name who made a change."""
+    """Keeps the current request in a context variable, so account signals can name who made a change; gives it a
+    request id (the caller's ``X-Request-ID`` when well formed, else a new UUID) that every audit event it causes
+    carries and the response returns; and writes a refused request (any 403 answer) into the ``access`` chain."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        given = request.META.get("HTTP_X_REQUEST_ID", "")
+        request.baton_request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex  # type: ignore[attr-defined]
         token = _request.set(request)
         try:
-            return self.get_response(request)
+            response = self.get_response(request)
+            if response.status_code == 403:
+                access_refused(request, response)
         finally:
             _request.reset(token)
+        response["X-Request-ID"] = request.baton_request_id  # type: ignore[attr-defined]
+        return response
 
 
 def current_actor() -> Actor:
@@ -69,11 +88,16 @@ def request_meta(request: HttpRequest) -> dict[str, Any]:
     if settings.BATON_BEHIND_PROXY:
         forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
         ip = next((part for part in reversed(forwarded) if part), ip)
-    return {
+    meta = {
         "ip": ip,
         "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
         "path": request.path,
     }
+    # Set by CurrentRequestMiddleware; orchestrator/audit.py moves it to the event's request_id column.
+    request_id = getattr(request, "baton_request_id", "")
+    if request_id:
+        meta["request_id"] = request_id
+    return meta
 
 
 def current_request_meta() -> dict[str, Any]:
@@ -92,6 +116,116 @@ def _write(action: AuditAction, subject_type: str, subject_id: int | None, paylo
         subject_type=subject_type,
         subject_id=subject_id,
         payload=payload,
+        request_meta=current_request_meta(),
+    )
+
+
+# --- Access: sign-in, sign-out, failed sign-in, refused requests (the "access" chain) ---------------------------
+
+
+def _access(
+    request: HttpRequest | None,
+    actor: Actor,
+    action: AuditAction,
+    subject_type: str,
+    subject_id: int | None,
+    payload: dict[str, Any],
+    reason: str = "",
+) -> None:
+    append_standalone(
+        ACCESS_CHAIN,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        reason=reason,
+        payload=payload,
+        request_meta=request_meta(request) if request is not None else current_request_meta(),
+    )
+
+
+def _signed_in(sender: Any, request: HttpRequest | None, user: AbstractBaseUser, **_: Any) -> None:
+    _access(request, Actor.of(user), AuditAction.ACCESS_SIGNED_IN, "user", user.pk, {"user": user.get_username()})
+
+
+def _signed_out(sender: Any, request: HttpRequest | None, user: AbstractBaseUser | None, **_: Any) -> None:
+    if user is None:  # signing out without being signed in changes nothing
+        return
+    _access(request, Actor.of(user), AuditAction.ACCESS_SIGNED_OUT, "user", user.pk, {"user": user.get_username()})
+
+
+def _sign_in_failed(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any) -> None:
+    # Django has already masked the password in ``credentials``; only the name typed is kept.
+    sign_in_refused(request, str(credentials.get("username", "")))
+
+
+def sign_in_refused(request: HttpRequest | None, username: str) -> None:
+    """Record a failed sign-in as ``username`` (the name typed, without NUL bytes, which PostgreSQL refuses in
+    text, and cut to 150 characters; never the password), naming the account when one has that name."""
+    typed = username.replace("\x00", "")[:150]
+    known = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: typed}).values_list("pk", flat=True)
+    user_id = next(iter(known), None)
+    _access(request, Actor("anonymous"), AuditAction.ACCESS_SIGN_IN_FAILED, "user", user_id, {"username": typed})
+
+
+def access_refused(request: HttpRequest, response: HttpResponse) -> None:
+    """Record that ``request`` was answered 403: who asked (or anonymous), the method and path, and the object the
+    route names (the first integer in its URL arguments). A failure to record is logged, never turned into a 500:
+    the refusal itself has already been decided."""
+    user: AbstractBaseUser | AnonymousUser | None = getattr(request, "user", None)
+    actor = Actor.of(user) if user is not None else Actor("anonymous")
+    match = getattr(request, "resolver_match", None)
+    kwargs = dict(match.kwargs) if match is not None else {}
+    subject_id = next((v for v in kwargs.values() if isinstance(v, int)), None)
+    route = match.view_name if match is not None else ""
+    subject_type = _ROUTE_SUBJECTS.get(next(iter(kwargs), ""), "route")
+    try:
+        _access(
+            request,
+            actor,
+            AuditAction.ACCESS_REFUSED,
+            subject_type,
+            subject_id,
+            {"method": request.method, "route": route, "status": response.status_code},
+            reason=str(getattr(response, "reason_phrase", "")),
+        )
+    except DatabaseError:
+        logger.exception("could not record the refused request %s %s", request.method, request.path)
+
+
+# The URL argument that names the object a refused request was about.
+_ROUTE_SUBJECTS = {"instance_id": "instance", "task_id": "task", "view_id": "saved_view", "object_id": "object"}
+
+
+def api_token_created(token_id: int, owner: AbstractBaseUser, name: str, actor: Actor | None = None) -> None:
+    """Record that API token ``token_id`` (called ``name``) was created for ``owner``; never the secret itself.
+
+    For the API's token service: call it inside the transaction that saves the token. ``actor`` defaults to the
+    signed-in user of the current request (or the system outside one); the request's data comes along.
+    """
+    append_standalone(
+        ACCOUNTS_CHAIN,
+        actor=actor or current_actor(),
+        action=AuditAction.TOKEN_CREATED,
+        subject_type="token",
+        subject_id=token_id,
+        payload={"user": owner.get_username(), "user_id": owner.pk, "name": name},
+        request_meta=current_request_meta(),
+    )
+
+
+def api_token_revoked(
+    token_id: int, owner: AbstractBaseUser, name: str, reason: str = "", actor: Actor | None = None
+) -> None:
+    """Record that API token ``token_id`` of ``owner`` was revoked, with the reason given (see api_token_created)."""
+    append_standalone(
+        ACCOUNTS_CHAIN,
+        actor=actor or current_actor(),
+        action=AuditAction.TOKEN_REVOKED,
+        subject_type="token",
+        subject_id=token_id,
+        reason=reason,
+        payload={"user": owner.get_username(), "user_id": owner.pk, "name": name},
         request_meta=current_request_meta(),
     )
 
@@ -203,6 +337,9 @@ def _related_manager(instance: Any, owner: str, what: str, reverse: bool) -> Any
 def connect() -> None:
     """Connect the receivers (OrchestratorConfig.ready)."""
     user_model = get_user_model()
+    user_logged_in.connect(_signed_in, dispatch_uid="baton_access_signed_in")
+    user_logged_out.connect(_signed_out, dispatch_uid="baton_access_signed_out")
+    user_login_failed.connect(_sign_in_failed, dispatch_uid="baton_access_sign_in_failed")
     pre_save.connect(_user_stored, sender=user_model, dispatch_uid="baton_accounts_user_stored")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="baton_accounts_user_saved")
     post_delete.connect(_user_deleted, sender=user_model, dispatch_uid="baton_accounts_user_deleted")

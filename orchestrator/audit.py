@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,15 @@ def chain_name(instance_id: int) -> str:
     """The name of an instance's own chain."""
     return f"instance:{instance_id}"
 
+
+# The chain of sign-ins, sign-outs, failed sign-ins and refused requests (orchestrator/accounts.py).
+ACCESS_CHAIN = "access"
+
+# The chain of saved inbox views created, shared or deleted.
+SAVED_VIEWS_CHAIN = "saved_views"
+
+# The chain of workflow versions first seen by a deployment (``workflow_versions_record``).
+WORKFLOWS_CHAIN = "workflows"
 
 # The chain that records facts about the trail itself (when keying began: ``legacy_boundary``).
 AUDIT_CHAIN = "audit"
@@ -102,6 +112,10 @@ def event_hash(event: AuditEvent, key: bytes | None = None) -> str:
         "payload": event.payload,
         "meta": event.request_meta,
     }
+    # Added after keying began: part of the hash only when set, so every event written before it verifies as it did.
+    request_id = getattr(event, "request_id", "")
+    if request_id:
+        body["request_id"] = request_id
     if not event.key_id:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
@@ -211,6 +225,9 @@ def _event(
     payload: dict[str, Any] | None,
     request_meta: dict[str, Any] | None,
 ) -> AuditEvent:
+    meta = dict(request_meta or {})
+    # The request id has a column of its own (searchable: everything one request did); the rest stays in request_meta.
+    request_id = str(meta.pop("request_id", "") or "")[:64]
     event = AuditEvent(
         chain=chain,
         seq=seq,
@@ -226,7 +243,8 @@ def _event(
         to_state=str(to_state or ""),
         reason=reason,
         payload=payload or {},
-        request_meta=request_meta or {},
+        request_meta=meta,
+        request_id=request_id,
     )
     event.key_id, secret = signing_key()
     event.hash = event_hash(event, secret)
@@ -457,12 +475,18 @@ class TrailReport:
 VERIFY_CHUNK = 2000
 
 
-def verify_trail(chain: str | None = None, sealed: Sealed | None = None) -> TrailReport:
+def verify_trail(
+    chain: str | None = None,
+    sealed: Sealed | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrailReport:
     """Verify every chain (or only ``chain``) against its stored head and the heads ``sealed`` pinned.
 
     Streams the events in (chain, seq) order in chunks of ``VERIFY_CHUNK`` and looks the stored heads up for a
     batch of chains at a time, so memory holds one chain's last link and one batch of verdicts, never the trail.
     Heads with no events at all and sealed chains with no events are found too. Returns a ``TrailReport``.
+    ``progress(chains, events)``, when given, is called with the counts so far every ``VERIFY_CHUNK`` events and
+    once at the end (a background job shows it as a progress bar).
     """
     report = TrailReport()
     legacy_through, report.legacy_note = legacy_boundary()
@@ -482,8 +506,13 @@ def verify_trail(chain: str | None = None, sealed: Sealed | None = None) -> Trai
     if chain is not None:
         events = events.filter(chain=chain)
     walk: ChainWalk | None = None
+    seen = chains_seen = 0
     for event in events.iterator(chunk_size=VERIFY_CHUNK):
+        seen += 1
+        if progress is not None and seen % VERIFY_CHUNK == 0:
+            progress(chains_seen, seen)
         if walk is None or event.chain != walk.chain:
+            chains_seen += 1
             if walk is not None:
                 pending.append(walk)
                 if len(pending) >= VERIFY_CHUNK:
@@ -494,6 +523,8 @@ def verify_trail(chain: str | None = None, sealed: Sealed | None = None) -> Trai
     if walk is not None:
         pending.append(walk)
     settle(pending)
+    if progress is not None:
+        progress(chains_seen, seen)
 
     for name, seq in _heads_without_events(chain):
         if seq == 0:  # every instance commits with its instance.started event: none left means it was removed
@@ -534,3 +565,44 @@ def _heads_without_events(chain: str | None) -> list[tuple[str, int]]:
         standalone = standalone.filter(name=chain)
     found = [(chain_name(pk), seq) for pk, seq in instances.values_list("pk", "audit_seq").iterator()]
     return found + list(standalone.values_list("name", "seq"))
+
+
+def workflow_versions_record(workflows: list[Any], actor: Actor | None = None) -> list[AuditEvent]:
+    """Write ``workflow.version_seen`` to the ``workflows`` chain for each of ``workflows`` (registry definitions:
+    name, version, owner, fingerprint) that this deployment's trail has not seen yet; returns the events written.
+
+    Called after ``migrate`` and when a worker starts, so the first deployment that runs a version is on record,
+    with the fingerprint of its shape. Under the chain's lock, so two processes starting at once write it once.
+    """
+    written: list[AuditEvent] = []
+    if not workflows:
+        return written
+    with transaction.atomic():
+        AuditChain.objects.bulk_create([AuditChain(name=WORKFLOWS_CHAIN)], ignore_conflicts=True)
+        AuditChain.objects.select_for_update().get(name=WORKFLOWS_CHAIN)
+        seen = {
+            (str(p.get("name")), p.get("version"))
+            for p in AuditEvent.objects.filter(
+                chain=WORKFLOWS_CHAIN, action=AuditAction.WORKFLOW_VERSION_SEEN
+            ).values_list("payload", flat=True)
+            if isinstance(p, dict)
+        }
+        for workflow in sorted(workflows, key=lambda w: (w.name, w.version)):
+            if (workflow.name, workflow.version) in seen:
+                continue
+            written.append(
+                append_standalone(
+                    WORKFLOWS_CHAIN,
+                    actor=actor or Actor.system("deploy"),
+                    action=AuditAction.WORKFLOW_VERSION_SEEN,
+                    subject_type="workflow",
+                    subject_id=None,
+                    payload={
+                        "name": workflow.name,
+                        "version": workflow.version,
+                        "owner": getattr(workflow, "owner", ""),
+                        "fingerprint": workflow.fingerprint(),
+                    },
+                )
+            )
+    return written

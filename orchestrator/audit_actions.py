@@ -86,5 +86,23 @@ class AuditAction(StrEnum):
     BULK_STARTED = "bulk.started"
     BULK_FINISHED = "bulk.finished"
     BULK_STOPPED = "bulk.stopped"
-    # The audit chain itself: where unkeyed (legacy) events end (migration 0007).
+    # The audit chain itself: where unkeyed (legacy) events end (migration 0007); a verification asked for.
     AUDIT_KEYED = "audit.keyed"
+    AUDIT_VERIFICATION_REQUESTED = "audit.verification_requested"
+    # The access chain: signing in and out, refusals, exports of the trail.
+    ACCESS_SIGNED_IN = "access.signed_in"
+    ACCESS_SIGNED_OUT = "access.signed_out"
+    ACCESS_SIGN_IN_FAILED = "access.sign_in_failed"
+    ACCESS_REFUSED = "access.refused"
+    AUDIT_EXPORTED = "audit.exported"
+    # API tokens (the accounts chain; written by the API's token service through orchestrator/accounts.py).
+    TOKEN_CREATED = "token.created"  # noqa: S105 (an action name, not a token)
+    TOKEN_REVOKED = "token.revoked"  # noqa: S105 (an action name, not a token)
+    # Saved inbox views (the saved_views chain).
+    SAVED_VIEW_CREATED = "saved_view.created"
+    SAVED_VIEW_CHANGED = "saved_view.changed"
+    SAVED_VIEW_SHARED = "saved_view.shared"
+    SAVED_VIEW_UNSHARED = "saved_view.unshared"
+    SAVED_VIEW_DELETED = "saved_view.deleted"
+    # Workflow versions a deployment runs for the first time (the workflows chain).
+    WORKFLOW_VERSION_SEEN = "workflow.version_seen"

@@ -1,0 +1,199 @@
+"""Writes of the audit app: starting, running and settling a verification of the whole trail.
+
+A run is a durable ``Verification`` row: written (queued) before its Celery message is sent, so a lost message
+leaves a visible queued row, not nothing; advanced by the worker with its progress (and a heartbeat); finished
+with its verdict. Progress goes to the auditors' open pages over the live socket (orchestrator/realtime.py) as a
+hint to re-fetch the progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission, User
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from audit.models import Verification, VerificationState
+from orchestrator.audit import verify_trail
+from orchestrator.models import AuditEvent
+from orchestrator.realtime import broadcast_on_commit, send_now
+
+logger = logging.getLogger("baton.audit.verify")
+
+# The first problems kept on the row (the command line lists every one).
+BREAKS_KEPT = 100
+# A run whose heartbeat is older than this lost its worker (killed, restarted): it is marked as an error.
+STALE_AFTER = timedelta(minutes=10)
+# Progress is written and broadcast at most this often (seconds): the bar moves, the database is not flooded.
+PROGRESS_EVERY = 0.5
+
+
+class VerificationBusy(Exception):
+    """A verification is already queued or running: it is the one to watch."""
+
+    def __init__(self, running: Verification) -> None:
+        super().__init__(f"verification {running.pk} is already {running.state}")
+        self.running = running
+
+
+def auditor_ids() -> list[int]:
+    """Active users who may see the trail: superusers and holders of orchestrator.view_trail (directly or by a
+    group). Their pages hear a run's progress."""
+    perm = Permission.objects.filter(codename="view_trail", content_type__app_label="orchestrator")
+    users = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(Q(is_superuser=True) | Q(user_permissions__in=perm) | Q(groups__permissions__in=perm))
+    )
+    return sorted(set(users.values_list("pk", flat=True)))
+
+
+def _tell(verification: Verification, *, now: bool = False) -> None:
+    event = {"type": "audit.verification", "refresh": ["audit-verification"], "verification": verification.pk}
+    groups = [f"user.{uid}" for uid in auditor_ids()]
+    if now:
+        send_now(groups, event)
+    else:
+        broadcast_on_commit(groups, event)
+
+
+def settle_stale(now: datetime | None = None) -> int:
+    """Mark runs whose worker stopped answering (no heartbeat for STALE_AFTER) as errors; returns how many."""
+    now = now or timezone.now()
+    stale = Verification.objects.filter(active=True).filter(
+        Q(heartbeat_at__lt=now - STALE_AFTER) | Q(heartbeat_at__isnull=True, requested_at__lt=now - STALE_AFTER)
+    )
+    return stale.update(
+        state=VerificationState.ERROR,
+        active=None,
+        finished_at=now,
+        error="The worker stopped reporting (restarted or killed); run the verification again.",
+    )
+
+
+def verification_request(user: User | None, *, scheduled: bool = False) -> Verification:
+    """Queue a verification of every chain and send it to a worker after commit; returns the queued row.
+
+    ``user`` is who asked (None for the schedule). Raises ``VerificationBusy`` when one is already queued or
+    running (two admins clicking at once get the same run), after settling runs whose worker died.
+    """
+    from audit.tasks import verification_run
+
+    settle_stale()
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            verification = Verification.objects.create(
+                requested_by=user,
+                requested_by_label=user.get_username() if user is not None else "",
+                scheduled=scheduled,
+                requested_at=now,
+                heartbeat_at=now,
+            )
+    except IntegrityError:
+        running = Verification.objects.filter(active=True).first()
+        if running is None:  # finished between the insert and this read: try once more
+            return verification_request(user, scheduled=scheduled)
+        raise VerificationBusy(running) from None
+    transaction.on_commit(lambda: verification_run.delay(verification.pk))
+    _tell(verification)
+    return verification
+
+
+def verification_execute(verification_id: int) -> Verification | None:
+    """Run the queued verification ``verification_id`` (the Celery task's body): verify every chain, writing
+    progress as it goes and the verdict at the end. Returns the row, or None when it is not queued any more (a
+    repeated message, or settled as stale)."""
+    started = timezone.now()
+    claimed = Verification.objects.filter(pk=verification_id, state=VerificationState.QUEUED).update(
+        state=VerificationState.RUNNING,
+        started_at=started,
+        heartbeat_at=started,
+        events_total=AuditEvent.objects.count(),
+    )
+    if not claimed:
+        return None
+    verification = Verification.objects.get(pk=verification_id)
+    _tell(verification, now=True)
+    last = [time.monotonic()]
+
+    def progress(chains: int, events: int) -> None:
+        if time.monotonic() - last[0] < PROGRESS_EVERY:
+            return
+        last[0] = time.monotonic()
+        Verification.objects.filter(pk=verification_id).update(
+            chains_done=chains, events_done=events, heartbeat_at=timezone.now()
+        )
+        verification.chains_done, verification.events_done = chains, events
+        _tell(verification, now=True)
+
+    try:
+        report = verify_trail(progress=progress)
+    except Exception as exc:
+        logger.exception("audit verification %s could not finish", verification_id)
+        Verification.objects.filter(pk=verification_id).update(
+            state=VerificationState.ERROR,
+            active=None,
+            finished_at=timezone.now(),
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+        )
+        verification.refresh_from_db()
+        _tell(verification, now=True)
+        return verification
+    breaks = [
+        {"chain": b.chain, "seq": b.seq, "event_id": b.event_id, "problem": b.problem}
+        for b in report.breaks[:BREAKS_KEPT]
+    ]
+    state = VerificationState.FAILED if report.breaks else VerificationState.PASSED
+    Verification.objects.filter(pk=verification_id).update(
+        state=state,
+        active=None,
+        finished_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+        chains_done=report.chains,
+        events_done=report.events,
+        events_total=max(report.events, verification.events_total),
+        legacy_events=report.legacy,
+        breaks_count=len(report.breaks),
+        breaks=breaks,
+    )
+    verification.refresh_from_db()
+    if report.breaks:
+        # An auditor must hear of a broken trail without opening the page: the log (alerting) and the bell.
+        logger.error(
+            "audit verification %s: %s broken chain(s); first: %s",
+            verification_id,
+            len(report.breaks),
+            report.breaks[0],
+        )
+        _notify_broken(verification)
+    _tell(verification, now=True)
+    return verification
+
+
+def _notify_broken(verification: Verification) -> None:
+    from django.urls import reverse
+
+    from approvals.models import Notification
+
+    first = verification.first_break or {}
+    message = (
+        f"Audit verification found {verification.breaks_count} broken chain(s); first: {first.get('chain')} "
+        f"#{first.get('seq')}."
+    )
+    ids = auditor_ids()
+    Notification.objects.bulk_create(
+        [
+            Notification(user_id=uid, kind="audit_broken", message=message[:300], url=reverse("audit:chains"))
+            for uid in ids
+        ]
+    )
+    send_now(
+        [f"user.{uid}" for uid in ids],
+        {"type": "notification", "message": message, "level": "danger", "refresh": ["counts", "notifications"]},
+    )
