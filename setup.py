@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 ASSETS = {"baton_assets.templates": "templates", "baton_assets.static": "static"}
 
 setup(
-    packages=[*find_packages(include=["orchestrator*", "approvals*", "baton_assets"]), *ASSETS],
+    packages=[*find_packages(include=["orchestrator*", "approvals*", "api*", "baton_assets"]), *ASSETS],
     package_dir=ASSETS,
     package_data={name: ["**/*"] for name in ASSETS},
 )

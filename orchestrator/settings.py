@@ -108,8 +108,12 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_celery_beat",
     "channels",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "orchestrator",
     "approvals",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -176,6 +180,9 @@ else:
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The JSON API (api/): its DRF and drf-spectacular settings live beside it.
+from api.conf import REST_FRAMEWORK, SPECTACULAR_SETTINGS  # noqa: E402
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
