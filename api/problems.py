@@ -79,8 +79,14 @@ def _summary(errors: dict[str, list[str]]) -> str:
 
 def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     """The API error for ``exc``; None for an exception nobody expected (left to Django: logged, 500)."""
+    from api.services import IdempotencyKeyBusy, IdempotencyKeyReused
+
     if isinstance(exc, Problem):
         return exc
+    if isinstance(exc, IdempotencyKeyReused):
+        return Problem(422, str(exc), code="idempotency_key_reused", title="Idempotency-Key reused")
+    if isinstance(exc, IdempotencyKeyBusy):
+        return Problem(409, str(exc), code="idempotency_key_busy", title="Request in flight", headers={"Retry-After": "1"})
     if isinstance(exc, exceptions.ValidationError):
         errors = flatten(exc.detail)
         return Problem(400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors)

@@ -9,6 +9,7 @@ from typing import Any
 from django import forms as django_forms
 from django.contrib.auth import get_user_model
 from django.urls import reverse
+from django.utils import timezone as django_timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -226,6 +227,11 @@ class ReasonSerializer(serializers.Serializer):
 
 class PauseSerializer(ReasonSerializer):
     until = AwareDateTimeField(required=False, allow_null=True, help_text="Resume by itself at this time.")
+
+    def validate_until(self, value: datetime | None) -> datetime | None:
+        if value is not None and value <= django_timezone.now():
+            raise serializers.ValidationError("Enter a time in the future.")
+        return value
 
 
 class SkipSerializer(ReasonSerializer):

@@ -49,10 +49,12 @@ class Cursor(CursorPagination):
 
     def decode_cursor(self, request: Request) -> Any:
         cursor = super().decode_cursor(request)
-        # DRF takes the position as given; one that is not an id would fail in the database (a 500).
-        if cursor is not None and cursor.position is not None:
-            if not re.fullmatch(r"\d{1,18}", str(cursor.position)):
-                raise Problem(400, self.invalid_cursor_message, code="invalid_cursor", errors={"cursor": ["Invalid."]})
+        if cursor is None:
+            return None
+        # Every cursor this API hands out holds an id position. DRF takes any position as given (one that is not
+        # an id would fail in the database: a 500) and reads garbage as "the first page".
+        if not re.fullmatch(r"\d{1,18}", str(cursor.position)):
+            raise Problem(400, self.invalid_cursor_message, code="invalid_cursor", errors={"cursor": ["Invalid."]})
         return cursor
 
     def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> Any:
