@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from api.models import IdempotencyKey
@@ -343,17 +342,25 @@ def test_a_role_without_operate_gets_403_on_what_it_sees_and_404_on_what_it_does
     assert (own.status_code, foreign.status_code, manager.status_code) == (403, 404, 403)
 
 
-def test_a_failed_instance_is_retried(api_as, roles, run_steps):
-    # given: the payout fails three times (the demo's failing payroll)
-    instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=roles.staff)
+def test_a_failed_instance_is_retried_and_completes(api_as, roles, run_steps):
+    # given: approved through the API, then payroll refuses the payout three times (every attempt it has)
+    instance = instance_start(
+        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.staff
+    )
+    task = instance.tasks.get()
+    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
     run_steps(instance, advance=True)
     instance.refresh_from_db()
-    Permission.objects.get(codename="operate_workflowinstance")
+    assert instance.state == InstanceState.FAILED
 
     # when
-    response = api_as(roles.operator).post(f"/api/instances/{instance.pk}/retry/", {"reason": "refund fixed"})
+    response = api_as(roles.operator).post(f"/api/instances/{instance.pk}/retry/", {"reason": "payroll is back"})
+    run_steps(instance, advance=True)
 
-    # then: compensating instances are not retried (the escalation is the way): a 409 with the service's words
-    assert instance.state == InstanceState.COMPENSATING
-    assert response.status_code == 409
-    assert "compensating" in response.json()["detail"]
+    # then
+    assert response.status_code == 200
+    assert response.json()["state"] == "running"
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+    retried = AuditEvent.objects.get(instance=instance, action="instance.retried")
+    assert (retried.reason, retried.actor_label) == ("payroll is back", "user:operator")
