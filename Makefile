@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only} \
 	BATON_AUDIT_KEYS=$${BATON_AUDIT_KEYS:-tests:baton-tests-only-audit-key-not-for-production}
 
-.PHONY: install constraints demo web worker beat test lint typecheck migrations-check pytest bench screenshots clean-demo
+.PHONY: install constraints demo web worker beat test lint typecheck migrations-check pytest bench bench-api schemathesis screenshots clean-demo
 
 # pyproject.toml holds the supported ranges, constraints.txt the exact versions tests and benchmarks run.
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt
@@ -64,6 +64,14 @@ pytest: install
 
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## The API's schemathesis run, long: every operation as every role with many more generated requests than the
+## short pass `make test` runs (tests/api/test_schemathesis.py). SCHEMATHESIS_EXAMPLES per operation, new random
+## cases each run (the short pass is derandomized, so `make test` is repeatable).
+SCHEMATHESIS_EXAMPLES ?= 150
+schemathesis: install
+	$(TEST_ENV) BATON_SCHEMATHESIS_EXAMPLES=$(SCHEMATHESIS_EXAMPLES) BATON_SCHEMATHESIS_RANDOM=1 \
+	  $(PY) -m pytest tests/api/test_schemathesis.py -p no:randomly -o timeout=3600 $(PYTEST_ARGS)
 
 screenshots: install
 	$(TEST_ENV) BATON_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/browser -k screenshot

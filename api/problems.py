@@ -15,7 +15,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
@@ -154,6 +155,22 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in headers:
         headers["WWW-Authenticate"] = 'Bearer realm="api"'
     return Response(body, status=status_code, headers=headers, content_type=PROBLEM_JSON)
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """Any path under /api/ that no endpoint matches (an id that is not a number, a typo, a missing slash):
+    a problem+json 404 for every method, instead of a page of HTML (or, for a POST without its slash, the
+    error Django raises under DEBUG). Nothing is read or written, so it needs no authentication."""
+    body = {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "No API endpoint at this path: see /api/docs/ for the endpoints.",
+        "code": "not_found",
+        "instance": request.path,
+    }
+    return JsonResponse(body, status=404, content_type=PROBLEM_JSON)
 
 
 class LenientNegotiation(DefaultContentNegotiation):

@@ -5,11 +5,11 @@ e.g. from their AppConfig.ready) or by adding their own paths next to these in t
 authentication, permissions, problem handler and schema come from the project's REST_FRAMEWORK settings.
 """
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from api import pages, views
+from api import pages, problems, views
 
 app_name = "api"
 
@@ -24,4 +24,6 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("tokens/", pages.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", pages.token_revoke_view, name="token_revoke"),
+    # Last: whatever else is asked under /api/ is a problem+json 404 (keep new paths above this line).
+    re_path(r"^.*$", problems.not_found, name="not_found"),
 ]
