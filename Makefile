@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# mypy's Django plugin loads orchestrator.settings itself: with REDIS_URL overridden (production mode) it needs a
+# mypy's Django plugin loads baton_site.settings itself: with REDIS_URL overridden (production mode) it needs a
 # secret key and an audit key, so checks get the tests' throw-away ones unless the caller gave their own, and mypy
 # runs in demo mode (production would also want DATABASE_URL, which the plugin never uses).
 TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only} \
@@ -39,20 +39,20 @@ web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $${BATON_PORT:-8000} \
-	  $$(case "$${BATON_BEHIND_PROXY,,}" in 1|true|yes|on) echo --proxy-headers;; esac) orchestrator.asgi:application
+	  $$(case "$${BATON_BEHIND_PROXY,,}" in 1|true|yes|on) echo --proxy-headers;; esac) baton_site.asgi:application
 
 worker: install
-	$(VENV)/bin/celery -A orchestrator worker -Q baton --concurrency $${BATON_WORKER_CONCURRENCY:-2} --loglevel INFO
+	$(VENV)/bin/celery -A baton_site worker -Q baton --concurrency $${BATON_WORKER_CONCURRENCY:-2} --loglevel INFO
 
 beat: install
-	$(VENV)/bin/celery -A orchestrator beat --scheduler orchestrator.beat:DatabaseScheduler --loglevel INFO
+	$(VENV)/bin/celery -A baton_site beat --scheduler orchestrator.beat:DatabaseScheduler --loglevel INFO
 
 test: install lint migrations-check pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy orchestrator approvals
+	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy baton_site orchestrator approvals console api
 
 # Compares the models with the migration files only: an empty in-memory database keeps a developer's own
 # database (and whatever history it has) out of the answer.

@@ -11,7 +11,12 @@ from setuptools import find_packages, setup
 ASSETS = {"baton_assets.templates": "templates", "baton_assets.static": "static"}
 
 setup(
-    packages=[*find_packages(include=["orchestrator*", "approvals*", "api*", "baton_assets"]), *ASSETS],
+    packages=[
+        *find_packages(
+            include=["baton_site*", "orchestrator*", "approvals*", "console*", "api*", "demo*", "baton_assets"]
+        ),
+        *ASSETS,
+    ],
     package_dir=ASSETS,
     package_data={name: ["**/*"] for name in ASSETS},
 )

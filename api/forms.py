@@ -11,7 +11,13 @@ from django.utils import timezone
 from api.tokens import NAME_MAX
 from orchestrator.forms import WhenField
 
-EXPIRY_CHOICES = [("30", "In 30 days"), ("90", "In 90 days"), ("365", "In a year"), ("never", "Never"), ("date", "On a date…")]
+EXPIRY_CHOICES = [
+    ("30", "In 30 days"),
+    ("90", "In 90 days"),
+    ("365", "In a year"),
+    ("never", "Never"),
+    ("date", "On a date…"),
+]
 
 
 class TokenCreateForm(forms.Form):

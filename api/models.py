@@ -39,7 +39,7 @@ class ApiToken(models.Model):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
     def status(self, now: datetime) -> str:
-        """"active", "expired" or "revoked" at ``now`` (for the page and the command)."""
+        """ "active", "expired" or "revoked" at ``now`` (for the page and the command)."""
         if self.revoked_at is not None:
             return "revoked"
         if self.expires_at is not None and self.expires_at <= now:

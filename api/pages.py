@@ -13,12 +13,12 @@ from django.views.decorators.http import require_http_methods, require_POST
 from api.forms import TokenCreateForm
 from api.models import ApiToken
 from api.tokens import token_create, token_revoke, tokens_of
+from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
 from orchestrator.typing import AuthedRequest
-from orchestrator.views import request_meta
 
 # The session key holding a just-created secret until the page after the redirect shows it (once).
-NEW_SECRET = "api_token_new_secret"
+NEW_SECRET = "api_token_new_secret"  # noqa: S105 (a session key, not a secret)
 
 
 @login_required
@@ -31,7 +31,10 @@ def tokens(request: AuthedRequest) -> HttpResponse:
         if form.is_valid():
             try:
                 new = token_create(
-                    request.user, form.cleaned_data["name"], expires_at=form.expiry(), request_meta=request_meta(request)
+                    request.user,
+                    form.cleaned_data["name"],
+                    expires_at=form.expiry(),
+                    request_meta=request_meta(request),
                 )
             except ValidationError as exc:
                 form.add_error(None, " ".join(exc.messages))
@@ -54,11 +57,10 @@ def tokens(request: AuthedRequest) -> HttpResponse:
 def token_revoke_view(request: AuthedRequest, token_id: int) -> HttpResponse:
     """Revoke one of the person's own tokens (anyone else's is 404)."""
     try:
-        token = token_revoke(token_id, owner=request.user, actor=Actor.of(request.user), request_meta=request_meta(request))
+        token = token_revoke(
+            token_id, owner=request.user, actor=Actor.of(request.user), request_meta=request_meta(request)
+        )
     except ApiToken.DoesNotExist:
         raise Http404("No such token.") from None
     messages.success(request, f"Revoked “{token.name}”: it no longer works.")
     return redirect("api:tokens")
-
-
-

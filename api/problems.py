@@ -87,10 +87,14 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     if isinstance(exc, IdempotencyKeyReused):
         return Problem(422, str(exc), code="idempotency_key_reused", title="Idempotency-Key reused")
     if isinstance(exc, IdempotencyKeyBusy):
-        return Problem(409, str(exc), code="idempotency_key_busy", title="Request in flight", headers={"Retry-After": "1"})
+        return Problem(
+            409, str(exc), code="idempotency_key_busy", title="Request in flight", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, exceptions.ValidationError):
         errors = flatten(exc.detail)
-        return Problem(400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors)
+        return Problem(
+            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
     if isinstance(exc, exceptions.APIException):
         return exc
     if isinstance(exc, Http404 | task_services.TaskNotFound | registry.UnknownWorkflow):
@@ -109,7 +113,9 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         return conflict(str(exc), "not_allowed")
     if isinstance(exc, instance_services.InvalidInput):
         errors = {f"input.{k}" if k != "__all__" else "input": v for k, v in exc.errors.items()}
-        return Problem(400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors)
+        return Problem(
+            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
             errors = {k if k != "__all__" else "body": v for k, v in exc.message_dict.items()}
@@ -135,11 +141,15 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         codes = problem.get_codes()
         code = codes if isinstance(codes, str) else "error"
         errors = {}
-        detail = str(problem.detail) if not isinstance(problem.detail, dict | list) else _summary(flatten(problem.detail))
-        if getattr(problem, "auth_header", None):
-            headers["WWW-Authenticate"] = problem.auth_header  # type: ignore[attr-defined]
-        if getattr(problem, "wait", None):
-            headers["Retry-After"] = str(int(problem.wait))  # type: ignore[attr-defined]
+        detail = (
+            str(problem.detail) if not isinstance(problem.detail, dict | list) else _summary(flatten(problem.detail))
+        )
+        auth_header = getattr(problem, "auth_header", None)
+        if auth_header:
+            headers["WWW-Authenticate"] = auth_header
+        wait = getattr(problem, "wait", None)
+        if wait:
+            headers["Retry-After"] = str(int(wait))
     request = context.get("request")
     body: dict[str, Any] = {
         "type": "about:blank",

@@ -50,12 +50,14 @@ class ProblemAutoSchema(AutoSchema):
     """drf-spectacular's AutoSchema, adding the problem responses every endpoint can give (each in
     ``application/problem+json``)."""
 
-    def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         bodies = super()._get_response_bodies(direction)
         statuses = {**COMMON, **(WRITES if self.method not in ("GET", "HEAD") else {})}
         for code, text in statuses.items():
             if str(code) in bodies:
-                bodies[str(code)]["content"] = {PROBLEM_JSON: {"schema": self.resolve_serializer(ProblemSerializer, "response").ref}}
+                bodies[str(code)]["content"] = {
+                    PROBLEM_JSON: {"schema": self.resolve_serializer(ProblemSerializer, "response").ref}
+                }
                 continue
             bodies[str(code)] = {
                 "content": {PROBLEM_JSON: {"schema": self.resolve_serializer(ProblemSerializer, "response").ref}},

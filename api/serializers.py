@@ -62,7 +62,7 @@ def _field_schema(field: django_forms.Field) -> dict[str, Any]:
         schema["type"] = ["string", "number"]
         schema["format"] = "decimal"
     elif isinstance(field, django_forms.ChoiceField):
-        schema["enum"] = [value for value, _label in field.choices if value != ""]
+        schema["enum"] = [value for value, _label in list(field.choices) if value != ""]  # type: ignore[arg-type]
     elif isinstance(field, django_forms.DateTimeField):
         schema.update(type="string", format="date-time")
     elif isinstance(field, django_forms.DateField):
@@ -276,7 +276,10 @@ class TaskSerializer(serializers.ModelSerializer):
         return reverse("api:task-detail", args=[task.pk])
 
     @extend_schema_field(
-        {"type": "object", "properties": {"id": {"type": "integer"}, "title": {"type": "string"}, "url": {"type": "string"}}}
+        {
+            "type": "object",
+            "properties": {"id": {"type": "integer"}, "title": {"type": "string"}, "url": {"type": "string"}},
+        }
     )
     def get_instance(self, task: HumanTask) -> dict[str, Any]:
         return {

@@ -24,7 +24,7 @@ from orchestrator.inputs import HORIZON, check_text
 
 TOKENS_CHAIN = "api_tokens"
 # "baton_" marks the string as a Baton token (secret scanners can match it); the rest is 256 random bits.
-TOKEN_PREFIX = "baton_"
+TOKEN_PREFIX = "baton_"  # noqa: S105 (the public prefix of every token)
 PREFIX_SHOWN = len(TOKEN_PREFIX) + 6
 NAME_MAX = 100
 # A person may hold this many usable tokens at once: more is a script leaking them, not a person.

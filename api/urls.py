@@ -5,7 +5,7 @@ e.g. from their AppConfig.ready) or by adding their own paths next to these in t
 authentication, permissions, problem handler and schema come from the project's REST_FRAMEWORK settings.
 """
 
-from django.urls import include, path, re_path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
@@ -25,5 +25,6 @@ urlpatterns = [
     path("tokens/", pages.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", pages.token_revoke_view, name="token_revoke"),
     # Last: whatever else is asked under /api/ is a problem+json 404 (keep new paths above this line).
-    re_path(r"^.*$", problems.not_found, name="not_found"),
+    path("", problems.not_found),
+    path("<path:rest>", problems.not_found, name="not_found"),
 ]

@@ -27,10 +27,10 @@ from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
 from approvals import services as task_services
 from orchestrator import registry, selectors
+from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
 from orchestrator.models import StepRun, WorkflowInstance
 from orchestrator.services import instances as instance_services
-from orchestrator.views import request_meta
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Visible ASCII without spaces at either end: what an HTTP header can carry unchanged.
@@ -206,12 +206,16 @@ class InstanceViewSet(viewsets.GenericViewSet):
             )
         body = request.data if isinstance(request.data, dict) else None
         if body is None:
-            raise Problem(400, "Send a JSON object.", code="invalid", title="Invalid input", errors={"body": ["Not an object."]})
+            raise Problem(
+                400, "Send a JSON object.", code="invalid", title="Invalid input", errors={"body": ["Not an object."]}
+            )
         start = _valid(s.StartSerializer, body)
         try:
             registry.get(start["workflow"], start.get("version"))
         except registry.UnknownWorkflow:
-            errors = {"workflow": [f"No workflow {start['workflow'][:100]!r} (version {start.get('version', 'latest')})."]}
+            errors = {
+                "workflow": [f"No workflow {start['workflow'][:100]!r} (version {start.get('version', 'latest')})."]
+            }
             raise Problem(400, errors["workflow"][0], code="invalid", title="Invalid input", errors=errors) from None
         started = api_instance_start(
             request.user,
@@ -238,17 +242,27 @@ class InstanceViewSet(viewsets.GenericViewSet):
         call(instance.pk, Actor.of(request.user), body, request_meta(request._request))
         return Response(s.InstanceDetailSerializer(self._detail(instance.pk)).data)
 
-    @extend_schema(summary="Retry a failed instance", request=s.ReasonSerializer, responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS})
+    @extend_schema(
+        summary="Retry a failed instance",
+        request=s.ReasonSerializer,
+        responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS},
+    )
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: int) -> Response:
         return self._operate(
             request,
             pk,
             s.ReasonSerializer,
-            lambda i, actor, b, meta: instance_services.instance_retry(i, actor=actor, reason=b["reason"], request_meta=meta),
+            lambda i, actor, b, meta: instance_services.instance_retry(
+                i, actor=actor, reason=b["reason"], request_meta=meta
+            ),
         )
 
-    @extend_schema(summary="Pause an instance (optionally until a time)", request=s.PauseSerializer, responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS})
+    @extend_schema(
+        summary="Pause an instance (optionally until a time)",
+        request=s.PauseSerializer,
+        responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS},
+    )
     @action(detail=True, methods=["post"])
     def pause(self, request: Request, pk: int) -> Response:
         return self._operate(
@@ -260,24 +274,36 @@ class InstanceViewSet(viewsets.GenericViewSet):
             ),
         )
 
-    @extend_schema(summary="Resume a paused instance", request=s.ReasonSerializer, responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS})
+    @extend_schema(
+        summary="Resume a paused instance",
+        request=s.ReasonSerializer,
+        responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS},
+    )
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: int) -> Response:
         return self._operate(
             request,
             pk,
             s.ReasonSerializer,
-            lambda i, actor, b, meta: instance_services.instance_resume(i, actor=actor, reason=b["reason"], request_meta=meta),
+            lambda i, actor, b, meta: instance_services.instance_resume(
+                i, actor=actor, reason=b["reason"], request_meta=meta
+            ),
         )
 
-    @extend_schema(summary="Cancel an instance for good", request=s.ReasonSerializer, responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS})
+    @extend_schema(
+        summary="Cancel an instance for good",
+        request=s.ReasonSerializer,
+        responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS},
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: int) -> Response:
         return self._operate(
             request,
             pk,
             s.ReasonSerializer,
-            lambda i, actor, b, meta: instance_services.instance_cancel(i, actor=actor, reason=b["reason"], request_meta=meta),
+            lambda i, actor, b, meta: instance_services.instance_cancel(
+                i, actor=actor, reason=b["reason"], request_meta=meta
+            ),
         )
 
 
@@ -335,13 +361,19 @@ class TaskViewSet(viewsets.GenericViewSet):
         task_services.task_claim(pk, request.user, request_meta=request_meta(request._request))
         return self._answer(pk)
 
-    @extend_schema(summary="Give a claimed task back to the queue", request=None, responses={200: s.TaskSerializer, **TASK_ERRORS})
+    @extend_schema(
+        summary="Give a claimed task back to the queue", request=None, responses={200: s.TaskSerializer, **TASK_ERRORS}
+    )
     @action(detail=True, methods=["post"])
     def release(self, request: Request, pk: int) -> Response:
         task_services.task_release(pk, request.user, request_meta=request_meta(request._request))
         return self._answer(pk)
 
-    @extend_schema(summary="Decide a task, with a comment", request=s.DecideSerializer, responses={200: s.TaskSerializer, **TASK_ERRORS})
+    @extend_schema(
+        summary="Decide a task, with a comment",
+        request=s.DecideSerializer,
+        responses={200: s.TaskSerializer, **TASK_ERRORS},
+    )
     @action(detail=True, methods=["post"])
     def decide(self, request: Request, pk: int) -> Response:
         self._task(pk)  # 404 before any check of the body: an unseen task is not there
@@ -356,7 +388,11 @@ class TaskViewSet(viewsets.GenericViewSet):
         )
         return self._answer(pk)
 
-    @extend_schema(summary="Hand a task to another candidate", request=s.DelegateSerializer, responses={200: s.TaskSerializer, **TASK_ERRORS})
+    @extend_schema(
+        summary="Hand a task to another candidate",
+        request=s.DelegateSerializer,
+        responses={200: s.TaskSerializer, **TASK_ERRORS},
+    )
     @action(detail=True, methods=["post"])
     def delegate(self, request: Request, pk: int) -> Response:
         self._task(pk)

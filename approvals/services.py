@@ -776,7 +776,7 @@ def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
     """Notify the operators (never the initiator) that the instance stopped after ``task``'s decision."""
     instance = unit.instance
     operators = members_of([OPERATORS], exclude=[instance.initiator_id])
-    url = reverse("instance_detail", args=[instance.pk])
+    url = reverse("console:instance_detail", args=[instance.pk])
     name = instance.title or f"{instance.workflow_name} #{instance.pk}"
     notify(unit, operators, "escalation", f"Stopped after a decision, needs an operator: {name}", url=url)
 
@@ -1153,7 +1153,7 @@ def _has_nobody_groups(task: HumanTask) -> bool:
 
 
 def _url(task: HumanTask) -> str:
-    return reverse("task_detail", args=[task.pk])
+    return reverse("approvals:task_detail", args=[task.pk])
 
 
 def _people_of(task: HumanTask) -> list[int]:

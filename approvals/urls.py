@@ -2,6 +2,8 @@ from django.urls import path
 
 from approvals import views
 
+app_name = "approvals"
+
 urlpatterns = [
     path("inbox/", views.inbox, name="inbox"),
     path("inbox/claim/", views.tasks_claim_bulk, name="tasks_claim_bulk"),

@@ -24,6 +24,7 @@ from django.views.decorators.http import require_POST
 from approvals import forms, selectors, services
 from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState, is_overdue
 from orchestrator import registry
+from orchestrator.accounts import request_meta
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 from orchestrator.models import StepState
@@ -31,7 +32,6 @@ from orchestrator.selectors import steps_of
 from orchestrator.services import engine
 from orchestrator.templatetags.baton import duration, label
 from orchestrator.typing import AuthedRequest
-from orchestrator.views import request_meta
 
 TABS: dict[str, tuple[str, Callable[[User], QuerySet[HumanTask]]]] = {
     "mine": ("My tasks", selectors.my_tasks),
@@ -74,7 +74,7 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
     The id is printed three times a row, so it is turned into text once (an int goes through number
     localization each time).
     """
-    detail_url, claim_url, short = _url_maker("task_detail"), _url_maker("task_claim"), _ShortDate()
+    detail_url, claim_url, short = _url_maker("approvals:task_detail"), _url_maker("approvals:task_claim"), _ShortDate()
     state_labels = dict(TaskState.choices)
     rows = []
     for task in tasks:
@@ -179,10 +179,10 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
     ids = form.cleaned_data["task"] if form.is_valid() else []
     if form.errors:
         messages.error(request, " ".join(map(str, form.errors["task"])))
-        return redirect(f"{reverse('inbox')}?tab=queue")
+        return redirect(f"{reverse('approvals:inbox')}?tab=queue")
     if not ids:
         messages.warning(request, "Select the tasks to claim first.")
-        return redirect(f"{reverse('inbox')}?tab=queue")
+        return redirect(f"{reverse('approvals:inbox')}?tab=queue")
     result = services.tasks_claim_bulk(ids, request.user, request_meta=request_meta(request))
     if result.claimed:
         messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
@@ -194,7 +194,7 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
             f"“{titles[pk]}”: {why}" if pk in titles else f"task {pk}: {why}" for pk, why in result.refused.items()
         )
         messages.warning(request, f"{len(result.refused)} could not be claimed. {details}")
-    return redirect(f"{reverse('inbox')}?tab=mine")
+    return redirect(f"{reverse('approvals:inbox')}?tab=mine")
 
 
 @require_POST
@@ -219,8 +219,8 @@ def saved_view_create(request: AuthedRequest) -> HttpResponse:
         messages.error(request, " ".join(problems))
         # The inbox opens the save form again with the name as typed (less a NUL nobody can see).
         typed = str(request.POST.get("name", "")).replace("\x00", "")[:200]
-        return redirect(f"{reverse('inbox')}?{urlencode({**query.as_params(), 'view_name': typed})}")
-    return redirect(f"{reverse('inbox')}?{urlencode(query.as_params())}")
+        return redirect(f"{reverse('approvals:inbox')}?{urlencode({**query.as_params(), 'view_name': typed})}")
+    return redirect(f"{reverse('approvals:inbox')}?{urlencode(query.as_params())}")
 
 
 @require_POST
@@ -231,7 +231,7 @@ def saved_view_delete(request: AuthedRequest, view_id: int) -> HttpResponse:
         messages.info(request, "Saved view deleted.")
     else:
         messages.error(request, "Only the owner can delete a saved view.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 @require_POST
@@ -247,7 +247,7 @@ def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
     except services.TaskError as exc:
         return _refused(request, task_id, exc, snooze_form=form)
     messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 def _task_or_404(request: AuthedRequest, task_id: int) -> HumanTask:
@@ -335,7 +335,7 @@ def _delegates(task: HumanTask, *, exclude: User) -> list[Any]:
 
 
 def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:
-    return redirect("task_detail", task_id=task.pk)
+    return redirect("approvals:task_detail", task_id=task.pk)
 
 
 def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> HttpResponse:
@@ -349,7 +349,7 @@ def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> Http
         response = task_detail(request, task_id)
         response.status_code = 403
         return response
-    response = redirect("task_detail", task_id=task_id)
+    response = redirect("approvals:task_detail", task_id=task_id)
     if isinstance(exc, services.TaskConflict):
         response.status_code = 303
     return response
@@ -389,7 +389,7 @@ def task_release(request: AuthedRequest, task_id: int) -> HttpResponse:
     except services.TaskError as exc:
         return _fail(request, task_id, exc)
     messages.info(request, "Released back to the team queue.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 @require_POST
@@ -404,7 +404,7 @@ def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
     except services.TaskError as exc:
         return _refused(request, task_id, exc, delegate_form=form)
     messages.success(request, f"Delegated to {to.get_username()}.")
-    return redirect("inbox")
+    return redirect("approvals:inbox")
 
 
 @require_POST
@@ -447,8 +447,8 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
         messages.success(request, f"Your approval is recorded ({task.approvals} of {task.quorum}).")
     following = _next_task(request, exclude=task.pk)
     if following is not None:
-        return redirect("task_detail", task_id=following.pk)
-    return redirect("inbox")
+        return redirect("approvals:task_detail", task_id=following.pk)
+    return redirect("approvals:inbox")
 
 
 def _next_task(request: AuthedRequest, exclude: int) -> HumanTask | None:

@@ -38,7 +38,7 @@ def configure_env(*, pg_server: str = PG_SERVER, db_name: str = DB_NAME, redis_u
         "REDIS_URL": redis_url,
         "BATON_SECRET_KEY": "bench",
         "BATON_AUDIT_KEYS": "bench:bench-audit-key-not-for-production",
-        "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
+        "DJANGO_SETTINGS_MODULE": "baton_site.settings",
         "BATON_LOG_LEVEL": "WARNING",
         # The benchmark flows are not in the product catalog; the bench (and its worker) registers them.
         "BATON_WORKFLOW_MODULES": ",".join(
@@ -115,7 +115,7 @@ class Worker:
         self.command = [
             CELERY,
             "-A",
-            "orchestrator",
+            "baton_site",
             "worker",
             "-Q",
             "baton",
@@ -137,7 +137,7 @@ class Worker:
 
     def start(self, timeout: float = 60.0) -> float:
         """Start the worker and wait until it answers a ping; return the seconds it took."""
-        from orchestrator.celery import app
+        from baton_site.celery import app
 
         began = time.monotonic()
         log = self.log_path.open("wb")

@@ -29,7 +29,7 @@ def setup_env(keep: bool) -> None:
         REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"),
         BATON_SECRET_KEY="bench",
         BATON_AUDIT_KEYS="bench:bench-audit-key-not-for-production",
-        DJANGO_SETTINGS_MODULE="orchestrator.settings",
+        DJANGO_SETTINGS_MODULE="baton_site.settings",
         BATON_LOG_LEVEL="WARNING",
         BATON_ALLOWED_HOSTS="testserver,127.0.0.1",
     )

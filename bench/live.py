@@ -8,7 +8,7 @@ The whole production-mode stack runs on this machine:
 
 - a dedicated PostgreSQL database ``baton_live_bench`` (dropped and created at start unless ``--keep``) and Redis
   db 10 (FLUSHDB at start), migrated and with static files collected as ``make web`` does;
-- the web server as in production: ``.venv/bin/daphne orchestrator.asgi:application`` (a subprocess on a free
+- the web server as in production: ``.venv/bin/daphne baton_site.asgi:application`` (a subprocess on a free
   loopback port, Redis channel layer, DEBUG off, log in /tmp/baton-live-bench-daphne.log). No Celery worker:
   the expense approval's first step is a human task opened inside ``instance_start``, and the decision only
   schedules the payout step (its message waits in Redis db 10, unread; nothing measured depends on it);
@@ -108,7 +108,7 @@ ENV = {
     "REDIS_URL": REDIS_URL,
     "BATON_SECRET_KEY": "bench",
     "BATON_AUDIT_KEYS": "bench:bench-audit-key-not-for-production",
-    "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
+    "DJANGO_SETTINGS_MODULE": "baton_site.settings",
     "BATON_ALLOWED_HOSTS": "127.0.0.1,localhost",
     "BATON_LOG_LEVEL": "WARNING",
     "BATON_SECURE_COOKIES": "0",
@@ -286,7 +286,7 @@ def free_port() -> int:
 def start_daphne(port: int) -> subprocess.Popen[bytes]:
     log = DAPHNE_LOG.open("wb")
     proc = subprocess.Popen(
-        [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "orchestrator.asgi:application"],
+        [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "baton_site.asgi:application"],
         cwd=ROOT,
         env=os.environ.copy(),
         stdout=log,

@@ -55,13 +55,31 @@ def current_actor() -> Actor:
     return Actor("system")
 
 
+def request_meta(request: HttpRequest) -> dict[str, Any]:
+    """What the audit trail keeps about the request behind an action.
+
+    The address is the peer's, or behind a proxy (``BATON_BEHIND_PROXY``) the last one in X-Forwarded-For, the one
+    the proxy itself appended: entries before it come from the client and prove nothing. Without that setting the
+    header is ignored, since anyone can send it.
+    """
+    from django.conf import settings
+
+    ip = request.META.get("REMOTE_ADDR", "")
+    if settings.BATON_BEHIND_PROXY:
+        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        ip = next((part for part in reversed(forwarded) if part), ip)
+    return {
+        "ip": ip,
+        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
+        "path": request.path,
+    }
+
+
 def current_request_meta() -> dict[str, Any]:
     """The current request's ip, user agent and path for the audit trail ({} outside a request)."""
     request = _request.get()
     if request is None:
         return {}
-    from orchestrator.views import request_meta
-
     return request_meta(request)
 
 

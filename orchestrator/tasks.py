@@ -8,7 +8,7 @@ from orchestrator.services import engine
 
 # A database that cannot be reached (restarting, failing over) is worth waiting for: the message goes back to the
 # broker with the same options (queue and time limits) and a growing delay, instead of being consumed and lost
-# until the sweep re-sends it. The session it broke is closed after the task (orchestrator/celery.py).
+# until the sweep re-sends it. The session it broke is closed after the task (baton_site/celery.py).
 @shared_task(
     name="orchestrator.tasks.step_run",
     acks_late=True,

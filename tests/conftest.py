@@ -282,7 +282,7 @@ class WorkerProcess:
         command = [
             str(CELERY),
             "-A",
-            "orchestrator",
+            "baton_site",
             "worker",
             "-Q",
             "baton",
@@ -316,7 +316,7 @@ class WorkerProcess:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        from orchestrator.celery import app
+        from baton_site.celery import app
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -39,8 +39,8 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
 
-from approvals.models import HumanTask, SavedView, TaskKind, TaskState
 from api.tokens import token_create
+from approvals.models import HumanTask, SavedView, TaskKind, TaskState
 from approvals.services import task_claim
 from orchestrator import registry
 from orchestrator.demo import GROUPS
@@ -137,7 +137,7 @@ def http_routes() -> set[str]:
 
 def socket_routes() -> set[str]:
     """Every websocket route of the ASGI application, through whatever middleware wraps its URL router."""
-    from orchestrator.asgi import application
+    from baton_site.asgi import application
 
     found: set[str] = set()
     seen: set[int] = set()
@@ -178,7 +178,7 @@ def test_every_route_has_a_row_and_every_row_a_route():
 
     # then
     assert routes["http"], "no URL routes found: the walk above no longer fits the resolver"
-    assert routes["websocket"], "no websocket routes found: the walk above no longer fits orchestrator/asgi.py"
+    assert routes["websocket"], "no websocket routes found: the walk above no longer fits baton_site/asgi.py"
     problems = []
     for kind in ("http", "websocket"):
         for route in sorted(routes[kind] - covered[kind]):
@@ -604,7 +604,7 @@ async def _close_after() -> AsyncIterator[None]:
 
 async def socket_cell(world: World, row: Row, role: str) -> str:
     """``accept`` or ``refuse``: the connection for CONNECT, the subscription's answer for SUBSCRIBE."""
-    from orchestrator.asgi import application
+    from baton_site.asgi import application
 
     headers = [(b"origin", ORIGIN.encode()), (b"host", b"127.0.0.1")]
     session = world.clients[role].cookies.get("sessionid")

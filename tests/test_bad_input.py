@@ -233,9 +233,13 @@ def test_a_nul_or_an_over_long_comment_is_refused_with_the_comment_kept(roles):
     long_comment = "y" * (COMMENT_MAX + 1)
 
     # when
-    nul = staff.post(reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": "fine\x00 by me"})
-    long = staff.post(reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": long_comment})
-    page = staff.get(reverse("task_detail", args=[task.pk]))
+    nul = staff.post(
+        reverse("approvals:task_decide", args=[task.pk]), {"decision": "approve", "comment": "fine\x00 by me"}
+    )
+    long = staff.post(
+        reverse("approvals:task_decide", args=[task.pk]), {"decision": "approve", "comment": long_comment}
+    )
+    page = staff.get(reverse("approvals:task_detail", args=[task.pk]))
 
     # then
     assert (nul.status_code, long.status_code) == (400, 400)
@@ -259,10 +263,12 @@ def test_text_of_exactly_the_limit_with_line_breaks_is_accepted_as_the_browser_c
 
     # when: sent as a browser sends a textarea
     over = staff.post(
-        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": (lines + "!").replace("\n", "\r\n")}
+        reverse("approvals:task_decide", args=[task.pk]),
+        {"decision": "approve", "comment": (lines + "!").replace("\n", "\r\n")},
     )
     exact = staff.post(
-        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": lines.replace("\n", "\r\n")}
+        reverse("approvals:task_decide", args=[task.pk]),
+        {"decision": "approve", "comment": lines.replace("\n", "\r\n")},
     )
 
     # then: one over is refused naming the count the person saw; the exact one is kept with its breaks as typed
@@ -301,7 +307,7 @@ def test_delegate_to_something_that_is_not_a_user_keeps_the_note(roles, to_user)
 
     # when
     response = client_of(roles.staff).post(
-        reverse("task_delegate", args=[task.pk]), {"to_user": to_user, "note": "please check the VAT"}
+        reverse("approvals:task_delegate", args=[task.pk]), {"to_user": to_user, "note": "please check the VAT"}
     )
 
     # then
@@ -318,7 +324,7 @@ def test_delegate_to_something_that_is_not_a_user_keeps_the_note(roles, to_user)
 
 def test_a_nul_in_a_view_name_is_a_message(roles):
     response = client_of(roles.staff).post(
-        reverse("saved_view_create"), {"name": "Mine\x00", "tab": "mine"}, follow=True
+        reverse("approvals:saved_view_create"), {"name": "Mine\x00", "tab": "mine"}, follow=True
     )
     assert response.status_code == 200
     assert shown(response) == [("danger", "Null characters are not allowed.")]
@@ -332,12 +338,12 @@ def test_approve_after_someone_else_claimed_keeps_the_comment(roles):
     # given
     task = task_of(expense(initiator=roles.manager))
     staff = client_of(roles.staff)
-    staff.get(reverse("task_detail", args=[task.pk]))
+    staff.get(reverse("approvals:task_detail", args=[task.pk]))
     task_claim(task.pk, roles.staff2)
 
     # when
     response = staff.post(
-        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": "Checked the receipts, OK"}
+        reverse("approvals:task_decide", args=[task.pk]), {"decision": "approve", "comment": "Checked the receipts, OK"}
     )
 
     # then
@@ -353,7 +359,7 @@ def test_approve_after_someone_else_claimed_keeps_the_comment(roles):
 def test_snooze_far_ahead_is_refused_with_the_time_kept(roles):
     task = task_of(expense(initiator=roles.manager))
     task_claim(task.pk, roles.staff)
-    response = client_of(roles.staff).post(reverse("task_snooze", args=[task.pk]), {"until": YEAR_10000})
+    response = client_of(roles.staff).post(reverse("approvals:task_snooze", args=[task.pk]), {"until": YEAR_10000})
     assert response.status_code == 400
     assert f'value="{YEAR_10000}"' in response.content.decode()
     task.refresh_from_db()
@@ -363,7 +369,7 @@ def test_snooze_far_ahead_is_refused_with_the_time_kept(roles):
 def test_a_bulk_claim_with_junk_ids_is_a_message(roles):
     task = task_of(expense(initiator=roles.manager))
     response = client_of(roles.staff).post(
-        reverse("tasks_claim_bulk"), {"task": [str(task.pk), "99999999999999999999999"]}, follow=True
+        reverse("approvals:tasks_claim_bulk"), {"task": [str(task.pk), "99999999999999999999999"]}, follow=True
     )
     assert response.status_code == 200
     assert shown(response) == [("danger", "The selection holds something that is not a task.")]

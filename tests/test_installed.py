@@ -324,7 +324,7 @@ def server(installed: Installed, acme_package: Path) -> str:
     installed.admin("collectstatic", "--noinput", "--verbosity", "0")
     port = _free_port()
     log = installed.start(
-        "daphne", [installed.bin("daphne"), "-b", "127.0.0.1", "-p", str(port), "orchestrator.asgi:application"]
+        "daphne", [installed.bin("daphne"), "-b", "127.0.0.1", "-p", str(port), "baton_site.asgi:application"]
     )
 
     def listening() -> bool:
@@ -412,7 +412,7 @@ def test_users_workflow_package_runs_to_the_end(installed: Installed, server: st
         [
             installed.bin("celery"),
             "-A",
-            "orchestrator",
+            "baton_site",
             "worker",
             "-Q",
             "baton",

@@ -191,7 +191,7 @@ class Unit:
             [instance.initiator_id],
             f"instance.{instance.state}",
             f"{instance.title or instance}: {outcome}",
-            url=reverse("instance_detail", args=[instance.pk]),
+            url=reverse("console:instance_detail", args=[instance.pk]),
         )
 
 

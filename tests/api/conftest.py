@@ -23,7 +23,15 @@ class ApiClient:
     def get(self, path: str, params: dict[str, Any] | None = None, **headers: str) -> Any:
         return self.client.get(path, params or {}, headers={**self.headers, **headers})
 
-    def post(self, path: str, body: Any = None, *, raw: bytes | str | None = None, content_type: str = "application/json", **headers: str) -> Any:
+    def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | str | None = None,
+        content_type: str = "application/json",
+        **headers: str,
+    ) -> Any:
         import json
 
         data = raw if raw is not None else json.dumps(body if body is not None else {})

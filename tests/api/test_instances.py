@@ -33,7 +33,8 @@ def test_a_start_returns_201_with_the_instance_its_steps_and_tasks(api_as, roles
     assert response.status_code == 201
     body = response.json()
     instance = WorkflowInstance.objects.get(pk=body["id"])
-    assert instance.initiator == roles.staff and instance.state == InstanceState.WAITING
+    assert instance.initiator == roles.staff
+    assert instance.state == InstanceState.WAITING
     assert response["Location"] == f"/api/instances/{instance.pk}/"
     assert body["data"]["amount"] == "80.00"
     assert [step["name"] for step in body["steps"]] == ["team_approval"]
@@ -96,7 +97,8 @@ def test_an_explicit_version_and_a_business_key_are_kept(api_as, roles):
 
     # then
     assert response.status_code == 201, response.json()
-    assert response.json()["version"] == 1 and response.json()["business_key"] == "ORDER-7"
+    assert response.json()["version"] == 1
+    assert response.json()["business_key"] == "ORDER-7"
 
 
 # --- idempotency ----------------------------------------------------------------------------------------
@@ -175,9 +177,7 @@ def test_a_malformed_key_is_400(api_as, roles, key):
 def started(roles):
     """Three expenses by staff (one with a business key), one order by staff2."""
     made = [instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff) for _ in range(2)]
-    made.append(
-        instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff, business_key="EXP-1")
-    )
+    made.append(instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff, business_key="EXP-1"))
     made.append(instance_start("order_fulfilment", OrderInputFactory(), initiator=roles.staff2))
     return made
 
@@ -272,8 +272,10 @@ def test_a_foreign_instance_is_404_and_a_visible_one_has_steps(api_as, roles, st
     missing = api_as(roles.operator).get("/api/instances/99999999999999999999/")
 
     # then
-    assert foreign.status_code == 404 and foreign["Content-Type"] == "application/problem+json"
-    assert own.status_code == 200 and own.json()["steps"][0]["attempt"] == 0
+    assert foreign.status_code == 404
+    assert foreign["Content-Type"] == "application/problem+json"
+    assert own.status_code == 200
+    assert own.json()["steps"][0]["attempt"] == 0
     assert missing.status_code == 404
 
 
@@ -299,15 +301,25 @@ def test_an_operator_pauses_until_a_time_resumes_and_cancels_with_reasons(api_as
     cancelled = client.post(f"/api/instances/{instance.pk}/cancel/", {"reason": "duplicate"})
 
     # then
-    assert paused.status_code == 200 and paused.json()["state"] == "paused" and paused.json()["paused_until"]
-    assert resumed.status_code == 200 and resumed.json()["state"] in ("running", "waiting")
-    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert paused.status_code == 200
+    assert paused.json()["state"] == "paused"
+    assert paused.json()["paused_until"]
+    assert resumed.status_code == 200
+    assert resumed.json()["state"] in ("running", "waiting")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
     reasons = list(
-        AuditEvent.objects.filter(instance=instance, action__in=["instance.paused", "instance.resumed", "instance.cancelled"])
+        AuditEvent.objects.filter(
+            instance=instance, action__in=["instance.paused", "instance.resumed", "instance.cancelled"]
+        )
         .order_by("seq")
         .values_list("reason", "actor_label")
     )
-    assert reasons == [("supplier audit", "user:operator"), ("audit done", "user:operator"), ("duplicate", "user:operator")]
+    assert reasons == [
+        ("supplier audit", "user:operator"),
+        ("audit done", "user:operator"),
+        ("duplicate", "user:operator"),
+    ]
 
 
 def test_an_action_the_state_forbids_is_409_and_a_missing_reason_400(api_as, roles, started):
@@ -325,10 +337,13 @@ def test_an_action_the_state_forbids_is_409_and_a_missing_reason_400(api_as, rol
     # then
     assert (retry.status_code, resume.status_code) == (409, 409)
     assert "Only failed instances" in retry.json()["detail"]
-    assert no_reason.status_code == 400 and "reason" in no_reason.json()["errors"]
+    assert no_reason.status_code == 400
+    assert "reason" in no_reason.json()["errors"]
     assert blank.status_code == 400
-    assert naive.status_code == 400 and "time zone" in naive.json()["errors"]["until"][0]
-    assert past.status_code == 400 and "until" in past.json()["errors"]
+    assert naive.status_code == 400
+    assert "time zone" in naive.json()["errors"]["until"][0]
+    assert past.status_code == 400
+    assert "until" in past.json()["errors"]
     assert WorkflowInstance.objects.get(pk=started[0].pk).state == InstanceState.WAITING
 
 

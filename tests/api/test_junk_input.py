@@ -52,7 +52,9 @@ def test_junk_bodies_get_a_problem_and_start_nothing(api_as, roles, raw, content
     assert response.status_code == status, response.content[:300]
     assert response["Content-Type"] == "application/problem+json"
     problem = response.json()
-    assert problem["status"] == status and problem["title"] and problem["detail"]
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem["detail"]
     assert not WorkflowInstance.objects.exists()
 
 
@@ -122,5 +124,6 @@ def test_a_session_without_its_csrf_token_is_refused(roles):
 
     # then
     assert read.status_code == 200
-    assert write.status_code == 403 and "CSRF" in write.json()["detail"]
+    assert write.status_code == 403
+    assert "CSRF" in write.json()["detail"]
     assert WorkflowInstance.objects.count() == 1

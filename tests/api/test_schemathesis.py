@@ -49,7 +49,13 @@ def keep_connection():
 def world(roles, keep_connection):
     """A token per role (``outsider``: signed in, no group) and instances and tasks to find."""
     outsider = UserFactory(username="outsider")
-    people = {"outsider": outsider, "staff": roles.staff, "manager": roles.manager, "operator": roles.operator, "admin": roles.admin}
+    people = {
+        "outsider": outsider,
+        "staff": roles.staff,
+        "manager": roles.manager,
+        "operator": roles.operator,
+        "admin": roles.admin,
+    }
     headers = {"anonymous": {}}
     for role, user in people.items():
         headers[role] = {"Authorization": f"Bearer {token_create(user, 'schemathesis').secret}"}

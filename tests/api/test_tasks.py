@@ -32,7 +32,8 @@ def test_the_queue_holds_what_i_may_claim_and_mine_what_i_claimed(api_as, roles,
 
     # then
     assert [t["id"] for t in queue_before] == [task.pk]
-    assert claimed.status_code == 200 and claimed.json()["assignee"] == "staff2"
+    assert claimed.status_code == 200
+    assert claimed.json()["assignee"] == "staff2"
     assert [t["id"] for t in mine] == [task.pk]
     assert queue_after == []
 
@@ -58,7 +59,8 @@ def test_a_decision_with_a_comment_completes_the_task_and_is_audited(api_as, rol
 
     # then
     assert response.status_code == 200
-    assert response.json()["state"] == "completed" and response.json()["decision"] == "reject"
+    assert response.json()["state"] == "completed"
+    assert response.json()["decision"] == "reject"
     event = AuditEvent.objects.get(instance=task.instance, action="task.completed")
     assert event.actor_label == "user:staff2"
 
@@ -99,10 +101,13 @@ def test_release_and_delegate(api_as, roles, task, users):
     to_nobody = client.post(f"/api/tasks/{task.pk}/delegate/", {"to_user": "nobody"})
 
     # then
-    assert released.status_code == 200 and released.json()["state"] == "open"
-    assert delegated.status_code == 200 and delegated.json()["assignee"] == "staff3"
+    assert released.status_code == 200
+    assert released.json()["state"] == "open"
+    assert delegated.status_code == 200
+    assert delegated.json()["assignee"] == "staff3"
     assert to_initiator.status_code == 400
-    assert to_nobody.status_code in (400, 403) and to_nobody.json()["status"] == to_nobody.status_code
+    assert to_nobody.status_code in (400, 403)
+    assert to_nobody.json()["status"] == to_nobody.status_code
 
 
 def test_a_task_of_another_team_is_404(api_as, roles, task):

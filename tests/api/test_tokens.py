@@ -26,12 +26,14 @@ def test_a_token_is_stored_only_as_its_hash_and_its_creation_is_audited(roles):
 
     # then
     stored = ApiToken.objects.get(pk=new.token.pk)
-    assert new.secret.startswith("baton_") and len(new.secret) > 40
+    assert new.secret.startswith("baton_")
+    assert len(new.secret) > 40
     assert stored.key_hash == hash_secret(new.secret)
     assert new.secret not in str(ApiToken.objects.filter(pk=stored.pk).values().first())
     event = AuditEvent.objects.get(chain=TOKENS_CHAIN, action="token.created")
     assert event.actor_label == "user:staff"
-    assert event.payload["prefix"] == stored.prefix and new.secret not in str(event.payload)
+    assert event.payload["prefix"] == stored.prefix
+    assert new.secret not in str(event.payload)
     assert not verify_trail(TOKENS_CHAIN).breaks
 
 
@@ -129,9 +131,11 @@ def test_the_page_shows_a_new_secret_once_and_revokes(roles):
     assert created.status_code == 302
     secret = first.context["new_secret"]["secret"]
     assert hash_secret(secret) == token.key_hash
-    assert secret.encode() in first.content and first["Cache-Control"] == "no-store"
+    assert secret.encode() in first.content
+    assert first["Cache-Control"] == "no-store"
     assert secret.encode() not in second.content
-    assert token.expires_at is not None and timedelta(days=29) < token.expires_at - timezone.now() <= timedelta(days=30)
+    assert token.expires_at is not None
+    assert timedelta(days=29) < token.expires_at - timezone.now() <= timedelta(days=30)
 
     # when
     revoked = client.post(f"/api/tokens/{token.pk}/revoke/")
@@ -171,6 +175,7 @@ def test_the_command_creates_lists_and_revokes(roles):
     assert AuditEvent.objects.get(chain=TOKENS_CHAIN, action="token.created").actor_label == "system:command"
     listing = io.StringIO()
     call_command("baton_api_token", "list", "staff", stdout=listing)
-    assert token.prefix in listing.getvalue() and secret not in listing.getvalue()
+    assert token.prefix in listing.getvalue()
+    assert secret not in listing.getvalue()
     call_command("baton_api_token", "revoke", str(token.pk), stdout=io.StringIO())
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None

@@ -124,7 +124,7 @@ def test_the_decision_is_kept_and_the_instance_stops_naming_the_error(register_w
     assert dead.payload["error_type"] == error_type
     # the operators are told, with a link to the instance
     told = Notification.objects.filter(user=users.operator, instance=instance)
-    assert [n.url for n in told] == [reverse("instance_detail", args=[instance.pk])]
+    assert [n.url for n in told] == [reverse("console:instance_detail", args=[instance.pk])]
 
 
 @pytest.mark.parametrize("name", ["decision", "naive timer", "raising timer"])
@@ -167,7 +167,9 @@ def test_the_page_keeps_the_decision_and_says_the_workflow_stopped(register_work
     client.force_login(users.staff)
 
     # when
-    response = client.post(reverse("task_decide", args=[task.pk]), {"decision": APPROVE, "comment": "ok"}, follow=True)
+    response = client.post(
+        reverse("approvals:task_decide", args=[task.pk]), {"decision": APPROVE, "comment": "ok"}, follow=True
+    )
 
     # then: no 500, the decision is kept, and the person reads that the workflow stopped and operators know
     assert response.status_code == 200
@@ -182,7 +184,7 @@ def test_the_page_keeps_the_decision_and_says_the_workflow_stopped(register_work
     # and the instance page shows the operators why
     page = Client()
     page.force_login(users.admin)
-    detail = page.get(reverse("instance_detail", args=[instance.pk]))
+    detail = page.get(reverse("console:instance_detail", args=[instance.pk]))
     assert detail.status_code == 200
     instance.refresh_from_db()
     assert instance.error.split(":")[0] == "check failed"

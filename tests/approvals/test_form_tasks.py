@@ -103,7 +103,7 @@ def test_an_invalid_form_through_the_page_shows_the_error_with_400(users):
 
     # when
     response = client.post(
-        reverse("task_decide", args=[task.pk]),
+        reverse("approvals:task_decide", args=[task.pk]),
         {"decision": "submit", "comment": "", "tax_deductible": "on", "note": "taxi"},
     )
 
@@ -153,7 +153,7 @@ def test_an_unticked_box_is_false_and_the_page_goes_on(users):
 
     # when
     response = login(users.manager).post(
-        reverse("task_decide", args=[task.pk]), {"decision": "submit", "cost_centre": "CC-100"}, follow=True
+        reverse("approvals:task_decide", args=[task.pk]), {"decision": "submit", "cost_centre": "CC-100"}, follow=True
     )
 
     # then
@@ -162,4 +162,4 @@ def test_an_unticked_box_is_false_and_the_page_goes_on(users):
     instance.refresh_from_db()
     assert (instance.data["cost_centre"], instance.data["tax_deductible"]) == ("CC-100", False)
     manager_task = task_of(instance, "manager_approval")
-    assert response.redirect_chain[-1][0] == reverse("task_detail", args=[manager_task.pk])
+    assert response.redirect_chain[-1][0] == reverse("approvals:task_detail", args=[manager_task.pk])

@@ -135,7 +135,7 @@ def test_the_initiators_side_door_is_a_403_with_a_message_on_the_page(users, act
     task_claim(task.pk, users.staff)
 
     # when
-    response = login(users.manager).post(reverse(action, args=[task.pk]), {"to_user": users.staff2.pk})
+    response = login(users.manager).post(reverse(f"approvals:{action}", args=[task.pk]), {"to_user": users.staff2.pk})
 
     # then
     assert response.status_code == 403
@@ -151,12 +151,12 @@ def test_the_initiators_task_page_offers_no_steering(users):
     task_claim(task.pk, users.staff)
 
     # when
-    content = login(users.manager).get(reverse("task_detail", args=[task.pk])).content.decode()
+    content = login(users.manager).get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
 
     # then
     assert "someone else must decide its tasks, and you cannot claim, delegate, release or resolve them" in content
-    assert reverse("task_delegate", args=[task.pk]) not in content
-    assert reverse("task_release", args=[task.pk]) not in content
+    assert reverse("approvals:task_delegate", args=[task.pk]) not in content
+    assert reverse("approvals:task_release", args=[task.pk]) not in content
 
 
 # --- quorum: one decision per person --------------------------------------------------------------------
@@ -188,11 +188,11 @@ def test_a_second_decision_through_the_page_is_a_message_not_a_500(users, quorum
     """The same through the task page: a conflict (409) re-showing the page with the reason, instead of HTTP 500."""
     # given
     client = login(users.staff)
-    client.post(reverse("task_decide", args=[quorum_task.pk]), {"decision": APPROVE})
+    client.post(reverse("approvals:task_decide", args=[quorum_task.pk]), {"decision": APPROVE})
 
     # when
     response = client.post(
-        reverse("task_decide", args=[quorum_task.pk]), {"decision": REJECT, "comment": "no"}, follow=True
+        reverse("approvals:task_decide", args=[quorum_task.pk]), {"decision": REJECT, "comment": "no"}, follow=True
     )
 
     # then

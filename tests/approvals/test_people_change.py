@@ -95,7 +95,7 @@ def test_the_delegate_list_offers_active_candidates_only(users):
     client.force_login(users.staff)
 
     # when
-    response = client.get(reverse("task_detail", args=[task.pk]))
+    response = client.get(reverse("approvals:task_detail", args=[task.pk]))
 
     # then
     assert [u.username for u in response.context["delegates"]] == ["staff3"]
@@ -132,7 +132,7 @@ def test_a_task_nobody_can_act_on_is_an_escalation_from_the_start(users, registe
     assert told == {"manager", "operator"}
     page = Client()
     page.force_login(users.manager)
-    assert task.title in page.get(reverse("escalations")).content.decode()
+    assert task.title in page.get(reverse("approvals:escalations")).content.decode()
     assert task_decide(task.pk, users.manager, APPROVE).state == TaskState.COMPLETED
 
 

@@ -45,7 +45,7 @@ def expected(path: str) -> dict:
 def test_claim_keeps_the_request(users):
     # given
     task = task_of(expense())
-    url = reverse("task_claim", args=[task.pk])
+    url = reverse("approvals:task_claim", args=[task.pk])
     # when
     browser(users.staff).post(url)
     # then
@@ -56,7 +56,7 @@ def test_release_keeps_the_request(users):
     # given
     task = task_of(expense())
     task_claim(task.pk, users.staff)
-    url = reverse("task_release", args=[task.pk])
+    url = reverse("approvals:task_release", args=[task.pk])
     # when
     browser(users.staff).post(url)
     # then
@@ -67,7 +67,7 @@ def test_delegate_keeps_the_request(users):
     # given
     task = task_of(expense())
     task_claim(task.pk, users.staff)
-    url = reverse("task_delegate", args=[task.pk])
+    url = reverse("approvals:task_delegate", args=[task.pk])
     # when
     browser(users.staff).post(url, {"to_user": users.staff2.pk, "note": "on leave"})
     # then
@@ -77,7 +77,7 @@ def test_delegate_keeps_the_request(users):
 def test_bulk_claim_keeps_the_request_on_every_task(users):
     # given
     tasks = [task_of(expense()) for _ in range(2)]
-    url = reverse("tasks_claim_bulk")
+    url = reverse("approvals:tasks_claim_bulk")
     # when
     browser(users.staff).post(url, {"task": [t.pk for t in tasks]})
     # then
@@ -88,7 +88,7 @@ def test_snooze_keeps_the_request(users):
     # given
     task = task_of(expense())
     task_claim(task.pk, users.staff)
-    url = reverse("task_snooze", args=[task.pk])
+    url = reverse("approvals:task_snooze", args=[task.pk])
     until = timezone.localtime(timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
     # when
     browser(users.staff).post(url, {"until": until})
@@ -99,7 +99,7 @@ def test_snooze_keeps_the_request(users):
 def test_a_decision_keeps_the_request(users):
     # given
     task = task_of(expense())
-    url = reverse("task_decide", args=[task.pk])
+    url = reverse("approvals:task_decide", args=[task.pk])
     # when
     browser(users.staff).post(url, {"decision": "approve", "comment": "fine"})
     # then
@@ -112,7 +112,7 @@ def test_resolving_an_escalation_keeps_the_request_on_every_event(users, run_ste
     instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4))
     run_steps(instance, advance=True)
     escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
-    url = reverse("task_decide", args=[escalation.pk])
+    url = reverse("approvals:task_decide", args=[escalation.pk])
     # when
     browser(users.operator).post(url, {"decision": "resolved", "comment": "refunded by hand"})
     # then

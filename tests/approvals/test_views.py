@@ -68,7 +68,8 @@ ACTIONS = ["task_claim", "task_release", "task_delegate", "task_snooze", "task_d
 
 
 def url_of(name: str, task: HumanTask) -> str:
-    return reverse(name, args=[task.pk]) if name.startswith("task_") else reverse(name)
+    name = f"approvals:{name}"
+    return reverse(name, args=[task.pk]) if name.startswith("approvals:task_") else reverse(name)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def url_of(name: str, task: HumanTask) -> str:
 def test_anonymous_people_are_sent_to_sign_in(client, task, method, name):
     """Every inbox page and action asks an anonymous visitor to sign in first, and changes nothing."""
     # given
-    url = reverse(name, args=[1]) if name == "saved_view_delete" else url_of(name, task)
+    url = reverse("approvals:saved_view_delete", args=[1]) if name == "saved_view_delete" else url_of(name, task)
 
     # when
     response = getattr(client, method)(url)
@@ -111,12 +112,12 @@ def test_csrf_is_enforced_on_actions(users, task):
     client.force_login(users.staff)
 
     # when
-    refused = client.post(reverse("task_claim", args=[task.pk]))
+    refused = client.post(reverse("approvals:task_claim", args=[task.pk]))
     task.refresh_from_db()
     after_refusal = (task.state, task.assignee)
-    client.get(reverse("task_detail", args=[task.pk]))  # the page sets the CSRF cookie its forms carry
+    client.get(reverse("approvals:task_detail", args=[task.pk]))  # the page sets the CSRF cookie its forms carry
     accepted = client.post(
-        reverse("task_claim", args=[task.pk]), {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+        reverse("approvals:task_claim", args=[task.pk]), {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}
     )
 
     # then
@@ -138,7 +139,7 @@ def test_csrf_is_enforced_on_actions(users, task):
 def test_a_non_candidate_gets_404(users, task, method, name, data):
     """The operator is no candidate of a team approval: the task does not exist for them."""
     # when
-    response = getattr(login(users.operator), method)(reverse(name, args=[task.pk]), data)
+    response = getattr(login(users.operator), method)(reverse(f"approvals:{name}", args=[task.pk]), data)
 
     # then
     assert response.status_code == 404
@@ -150,10 +151,10 @@ def test_a_404_leaves_no_stale_message_behind(users, task):
     """After a refused claim (404), the next page carries no leftover error."""
     # given
     client = login(users.operator)
-    assert client.post(reverse("task_claim", args=[task.pk])).status_code == 404
+    assert client.post(reverse("approvals:task_claim", args=[task.pk])).status_code == 404
 
     # when
-    response = client.get(reverse("inbox"))
+    response = client.get(reverse("approvals:inbox"))
 
     # then
     assert shown(response) == []
@@ -166,20 +167,20 @@ def test_claim_then_approve_through_the_pages(users, task):
     """staff opens the task, claims it, approves it: the task is done and each step says so."""
     # given
     client = login(users.staff)
-    page = client.get(reverse("task_detail", args=[task.pk]))
+    page = client.get(reverse("approvals:task_detail", args=[task.pk]))
 
     # when
-    claimed = client.post(reverse("task_claim", args=[task.pk]), follow=True)
+    claimed = client.post(reverse("approvals:task_claim", args=[task.pk]), follow=True)
     approved = client.post(
-        reverse("task_decide", args=[task.pk]), {"decision": "approve", "comment": "fine"}, follow=True
+        reverse("approvals:task_decide", args=[task.pk]), {"decision": "approve", "comment": "fine"}, follow=True
     )
 
     # then
     assert page.status_code == 200
     assert 'value="approve"' in page.content.decode()
-    assert claimed.redirect_chain == [(reverse("task_detail", args=[task.pk]), 302)]
+    assert claimed.redirect_chain == [(reverse("approvals:task_detail", args=[task.pk]), 302)]
     assert shown(claimed) == [("success", "Claimed. The task is yours.")]
-    assert approved.redirect_chain == [(reverse("inbox"), 302)]
+    assert approved.redirect_chain == [(reverse("approvals:inbox"), 302)]
     assert shown(approved) == [("success", f"Approved: {task.title}.")]
     task.refresh_from_db()
     assert (task.state, task.decision, task.completed_by) == (TaskState.COMPLETED, "approve", users.staff)
@@ -192,12 +193,12 @@ def test_after_a_decision_the_next_task_of_the_queue_opens(users):
     client = login(users.staff)
 
     # when
-    to_next = client.post(reverse("task_decide", args=[first.pk]), {"decision": "approve"})
-    to_inbox = client.post(reverse("task_decide", args=[second.pk]), {"decision": "approve"})
+    to_next = client.post(reverse("approvals:task_decide", args=[first.pk]), {"decision": "approve"})
+    to_inbox = client.post(reverse("approvals:task_decide", args=[second.pk]), {"decision": "approve"})
 
     # then
-    assert (to_next.status_code, to_next["Location"]) == (302, reverse("task_detail", args=[second.pk]))
-    assert (to_inbox.status_code, to_inbox["Location"]) == (302, reverse("inbox"))
+    assert (to_next.status_code, to_next["Location"]) == (302, reverse("approvals:task_detail", args=[second.pk]))
+    assert (to_inbox.status_code, to_inbox["Location"]) == (302, reverse("approvals:inbox"))
 
 
 def test_a_lost_claim_race_explains_who_won(users, task):
@@ -206,10 +207,10 @@ def test_a_lost_claim_race_explains_who_won(users, task):
     task_claim(task.pk, users.staff)
 
     # when
-    response = login(users.staff2).post(reverse("task_claim", args=[task.pk]), follow=True)
+    response = login(users.staff2).post(reverse("approvals:task_claim", args=[task.pk]), follow=True)
 
     # then
-    assert response.redirect_chain == [(reverse("task_detail", args=[task.pk]), 303)]
+    assert response.redirect_chain == [(reverse("approvals:task_detail", args=[task.pk]), 303)]
     assert response.status_code == 200
     assert shown(response) == [("warning", "This task is already claimed by staff.")]
     assert "staff is working on this task." in response.content.decode()
@@ -221,7 +222,7 @@ def test_reject_without_a_comment_is_refused_with_a_reason(users, task):
     """A rejection needs a comment: the page says so and the task stays open."""
     # when
     response = login(users.staff).post(
-        reverse("task_decide", args=[task.pk]), {"decision": "reject", "comment": "  "}, follow=True
+        reverse("approvals:task_decide", args=[task.pk]), {"decision": "reject", "comment": "  "}, follow=True
     )
 
     # then
@@ -246,11 +247,11 @@ def test_bulk_claim_takes_what_it_can_and_warns_about_the_rest(users, three_task
     """Claiming three where one is taken: two are claimed, a warning tells who holds the third."""
     # when
     response = login(users.staff).post(
-        reverse("tasks_claim_bulk"), {"task": [str(t.pk) for t in three_tasks]}, follow=True
+        reverse("approvals:tasks_claim_bulk"), {"task": [str(t.pk) for t in three_tasks]}, follow=True
     )
 
     # then
-    assert response.redirect_chain == [(f"{reverse('inbox')}?tab=mine", 302)]
+    assert response.redirect_chain == [(f"{reverse('approvals:inbox')}?tab=mine", 302)]
     (success, warning) = shown(response)
     assert success == ("success", "Claimed 2 tasks.")
     assert warning[0] == "warning"
@@ -264,7 +265,7 @@ def test_bulk_claim_warning_names_the_refused_task(users, three_tasks):
     """The warning names the task that could not be claimed, so the person knows which one it was."""
     # when
     response = login(users.staff).post(
-        reverse("tasks_claim_bulk"), {"task": [str(t.pk) for t in three_tasks]}, follow=True
+        reverse("approvals:tasks_claim_bulk"), {"task": [str(t.pk) for t in three_tasks]}, follow=True
     )
 
     # then
@@ -276,7 +277,7 @@ def test_bulk_claim_warning_names_the_refused_task(users, three_tasks):
 def test_bulk_claim_never_names_a_task_the_person_may_not_see(users, task):
     """An operator posting the id of an approvers' task learns no more than "no such task": not its title."""
     # when
-    response = login(users.operator).post(reverse("tasks_claim_bulk"), {"task": [str(task.pk)]}, follow=True)
+    response = login(users.operator).post(reverse("approvals:tasks_claim_bulk"), {"task": [str(task.pk)]}, follow=True)
 
     # then
     assert shown(response) == [("warning", f"1 could not be claimed. task {task.pk}: No such task.")]
@@ -288,7 +289,7 @@ def test_bulk_claim_never_names_a_task_the_person_may_not_see(users, task):
 def test_bulk_claim_with_nothing_selected_asks_for_a_selection(users):
     """Submitting the queue without ticking a task says what to do."""
     # when
-    response = login(users.staff).post(reverse("tasks_claim_bulk"), {}, follow=True)
+    response = login(users.staff).post(reverse("approvals:tasks_claim_bulk"), {}, follow=True)
 
     # then
     assert shown(response) == [("warning", "Select the tasks to claim first.")]
@@ -310,13 +311,13 @@ def test_snooze_hides_the_task_until_the_time(users, claimed):
 
     # when
     response = login(users.staff).post(
-        reverse("task_snooze", args=[claimed.pk]), {"until": until.strftime("%Y-%m-%dT%H:%M")}, follow=True
+        reverse("approvals:task_snooze", args=[claimed.pk]), {"until": until.strftime("%Y-%m-%dT%H:%M")}, follow=True
     )
 
     # then
-    assert response.redirect_chain[-1][0] == reverse("inbox")
+    assert response.redirect_chain[-1][0] == reverse("approvals:inbox")
     assert shown(response) == [("success", f"Snoozed until {until:%Y-%m-%d %H:%M}.")]
-    mine = login(users.staff).get(f"{reverse('inbox')}?tab=mine")
+    mine = login(users.staff).get(f"{reverse('approvals:inbox')}?tab=mine")
     assert f'data-task="{claimed.pk}"' not in mine.content.decode()
     claimed.refresh_from_db()
     assert claimed.snoozed_until is not None
@@ -333,7 +334,9 @@ def test_snooze_hides_the_task_until_the_time(users, claimed):
 def test_snooze_with_a_bad_time_explains_itself(users, claimed, until, message):
     """No date, a date that is not one, or a time in the past: an error on the task page, nothing snoozed."""
     # when
-    response = login(users.staff).post(reverse("task_snooze", args=[claimed.pk]), {"until": until}, follow=True)
+    response = login(users.staff).post(
+        reverse("approvals:task_snooze", args=[claimed.pk]), {"until": until}, follow=True
+    )
 
     # then: the task page again (not a redirect), with the message and the time as typed
     assert (response.redirect_chain, response.status_code) == ([], 400)
@@ -350,7 +353,7 @@ def test_snooze_with_an_impossible_date_is_an_error_not_a_500(users, claimed):
     client.force_login(users.staff)
 
     # when
-    response = client.post(reverse("task_snooze", args=[claimed.pk]), {"until": "2030-02-30T09:00"})
+    response = client.post(reverse("approvals:task_snooze", args=[claimed.pk]), {"until": "2030-02-30T09:00"})
 
     # then
     assert response.status_code == 400
@@ -365,7 +368,7 @@ def test_save_a_private_view(users):
     """A named view keeps the inbox's filters (not the tab parameter) and is shared with nobody."""
     # when
     response = login(users.staff).post(
-        reverse("saved_view_create"),
+        reverse("approvals:saved_view_create"),
         {"name": "Urgent", "tab": "queue", "priority": "3", "sort": "age", "shared_with": ""},
         follow=True,
     )
@@ -379,14 +382,14 @@ def test_save_a_private_view(users):
         None,
     )
     assert shown(response) == [("success", "Saved view “Urgent”.")]
-    assert response.redirect_chain == [(f"{reverse('inbox')}?tab=queue&priority=3&sort=age", 302)]
+    assert response.redirect_chain == [(f"{reverse('approvals:inbox')}?tab=queue&priority=3&sort=age", 302)]
 
 
 def test_save_a_view_shared_with_my_team(users):
     """Shared with approvers, the view shows up in staff2's inbox too."""
     # when
     response = login(users.staff).post(
-        reverse("saved_view_create"),
+        reverse("approvals:saved_view_create"),
         {"name": "Late ones", "tab": "queue", "due": "overdue", "shared_with": str(users.approvers.pk)},
         follow=True,
     )
@@ -394,15 +397,15 @@ def test_save_a_view_shared_with_my_team(users):
     # then
     assert shown(response) == [("success", "Saved view “Late ones”, shared with approvers.")]
     assert SavedView.objects.get(name="Late ones").shared_with == users.approvers
-    assert "Late ones" in login(users.staff2).get(reverse("inbox")).content.decode()
-    assert "Late ones" not in login(users.manager).get(reverse("inbox")).content.decode()
+    assert "Late ones" in login(users.staff2).get(reverse("approvals:inbox")).content.decode()
+    assert "Late ones" not in login(users.manager).get(reverse("approvals:inbox")).content.decode()
 
 
 def test_a_view_cannot_be_shared_with_a_group_i_am_not_in(users):
     """Sharing with a group the owner does not belong to keeps the view private."""
     # when
     login(users.staff).post(
-        reverse("saved_view_create"), {"name": "Sneaky", "shared_with": str(users.managers.pk)}, follow=True
+        reverse("approvals:saved_view_create"), {"name": "Sneaky", "shared_with": str(users.managers.pk)}, follow=True
     )
 
     # then
@@ -412,7 +415,7 @@ def test_a_view_cannot_be_shared_with_a_group_i_am_not_in(users):
 def test_a_view_needs_a_name(users):
     """Without a name nothing is saved and the page says why."""
     # when
-    response = login(users.staff).post(reverse("saved_view_create"), {"name": " "}, follow=True)
+    response = login(users.staff).post(reverse("approvals:saved_view_create"), {"name": " "}, follow=True)
 
     # then
     assert shown(response) == [("danger", "Give the view a name.")]
@@ -426,7 +429,7 @@ def test_a_garbage_group_id_is_not_a_500(users):
     client.force_login(users.staff)
 
     # when
-    response = client.post(reverse("saved_view_create"), {"name": "Odd", "shared_with": "abc"})
+    response = client.post(reverse("approvals:saved_view_create"), {"name": "Odd", "shared_with": "abc"})
 
     # then
     assert response.status_code == 302
@@ -439,9 +442,9 @@ def test_only_the_owner_deletes_a_view(users):
     view = SavedView.objects.create(owner=users.staff, name="Team", shared_with=users.approvers)
 
     # when
-    refused = login(users.staff2).post(reverse("saved_view_delete", args=[view.pk]), follow=True)
+    refused = login(users.staff2).post(reverse("approvals:saved_view_delete", args=[view.pk]), follow=True)
     kept = SavedView.objects.filter(pk=view.pk).exists()
-    deleted = login(users.staff).post(reverse("saved_view_delete", args=[view.pk]), follow=True)
+    deleted = login(users.staff).post(reverse("approvals:saved_view_delete", args=[view.pk]), follow=True)
 
     # then
     assert kept
@@ -459,8 +462,8 @@ def test_escalations_page_is_for_managers(users, task):
     HumanTask.objects.filter(pk=task.pk).update(due_at=timezone.now() - timedelta(hours=3))  # setup: an hour past
 
     # when
-    staff = login(users.staff).get(reverse("escalations"))
-    manager = login(users.manager).get(reverse("escalations"))
+    staff = login(users.staff).get(reverse("approvals:escalations"))
+    manager = login(users.manager).get(reverse("approvals:escalations"))
 
     # then
     assert staff.status_code == 404
@@ -476,11 +479,11 @@ def test_notifications_page_lists_and_marks_read(users, task):
     Notification.objects.create(user=users.staff, kind="delegated", message="staff2 delegated to you")
     Notification.objects.create(user=users.staff2, kind="reminder", message="Not for staff")
     client = login(users.staff)
-    before = client.get(reverse("inbox"))
+    before = client.get(reverse("approvals:inbox"))
 
     # when
-    page = client.get(reverse("notifications"))
-    after = client.get(reverse("inbox"))
+    page = client.get(reverse("approvals:notifications"))
+    after = client.get(reverse("approvals:inbox"))
 
     # then
     assert badge(before, "unread") == "2"
@@ -501,7 +504,7 @@ def test_inbox_with_garbage_parameters_renders_with_warnings(users, task):
     """Unknown filters and a broken page link render the first page with a warning each, not an error."""
     # when
     response = login(users.staff).get(
-        reverse("inbox"), {"tab": "queue", "priority": "abc", "due": "never", "after": "!!!", "size": "-5"}
+        reverse("approvals:inbox"), {"tab": "queue", "priority": "abc", "due": "never", "after": "!!!", "size": "-5"}
     )
 
     # then
@@ -547,13 +550,13 @@ def test_a_queue_row_shows_the_task_at_a_glance(users, task):
 
     # when
     with timezone.override("Asia/Tokyo"):
-        row = row_of(login(users.staff).get(f"{reverse('inbox')}?tab=queue"), task)
+        row = row_of(login(users.staff).get(f"{reverse('approvals:inbox')}?tab=queue"), task)
         due_text = short_date(due)
 
     # then
     title = html.escape(task.title)
-    assert f'<a href="{reverse("task_detail", args=[task.pk])}" class="fw-semibold">{title}</a>' in row
-    assert f'formaction="{reverse("task_claim", args=[task.pk])}"' in row
+    assert f'<a href="{reverse("approvals:task_detail", args=[task.pk])}" class="fw-semibold">{title}</a>' in row
+    assert f'formaction="{reverse("approvals:task_claim", args=[task.pk])}"' in row
     assert f'id="pick-{task.pk}" aria-label="Select {title}"' in row
     assert (
         '<span class="badge text-bg-danger">Urgent</span> <span class="badge state-open">Open</span> · Expense'
@@ -577,12 +580,14 @@ def test_my_row_shows_its_snooze_and_a_done_row_its_decision(users, task):
     client = login(users.staff)
 
     # when
-    mine = row_of(client.get(f"{reverse('inbox')}?tab=mine&snoozed=1"), task)
-    done = row_of(client.get(f"{reverse('inbox')}?tab=done"), second)
+    mine = row_of(client.get(f"{reverse('approvals:inbox')}?tab=mine&snoozed=1"), task)
+    done = row_of(client.get(f"{reverse('approvals:inbox')}?tab=done"), second)
 
     # then
     assert f"snoozed until {short_date(until)}" in mine
-    assert f'<a class="btn btn-sm btn-primary" href="{reverse("task_detail", args=[task.pk])}">Open</a>' in mine
+    assert (
+        f'<a class="btn btn-sm btn-primary" href="{reverse("approvals:task_detail", args=[task.pk])}">Open</a>' in mine
+    )
     assert "formaction" not in mine
     assert '<span class="badge state-completed">Completed</span> staff · Expense approval' in done
     assert f"approve · {short_date(second.completed_at)}" in done
@@ -593,7 +598,7 @@ def test_next_page_links_walk_the_queue_once_in_order(users):
     # given
     tasks = [task_of(expense()) for _ in range(12)]
     client = login(users.staff)
-    url, seen, pages = f"{reverse('inbox')}?tab=queue&size=5", [], 0
+    url, seen, pages = f"{reverse('approvals:inbox')}?tab=queue&size=5", [], 0
 
     # when
     while url:
@@ -601,7 +606,7 @@ def test_next_page_links_walk_the_queue_once_in_order(users):
         seen += [int(pk) for pk in re.findall(r'<tr data-task="(\d+)">', content)]
         pages += 1
         link = re.search(r'href="(\?[^"]*)">Next page</a>', content)
-        url = f"{reverse('inbox')}{html.unescape(link.group(1))}" if link else ""
+        url = f"{reverse('approvals:inbox')}{html.unescape(link.group(1))}" if link else ""
 
     # then
     assert pages == 3
@@ -620,9 +625,9 @@ def test_every_date_and_time_input_names_its_time_zone(users, task, settings):
     task_claim(task.pk, users.staff)  # the snooze field is the assignee's
 
     # when
-    task_page = login(users.staff).get(reverse("task_detail", args=[task.pk])).content.decode()
-    instance_page = login(users.admin).get(reverse("instance_detail", args=[task.instance_id])).content.decode()
-    rows = login(users.admin).get(reverse("instance_list")).content.decode()
+    task_page = login(users.staff).get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    instance_page = login(users.admin).get(reverse("console:instance_detail", args=[task.instance_id])).content.decode()
+    rows = login(users.admin).get(reverse("console:instance_list")).content.decode()
 
     # then: every shown time carries the zone, and both time inputs say which zone they are read in
     stamp = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}(?::\d{2})?(?![:\d])(?! IST)")

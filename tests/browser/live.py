@@ -3,7 +3,7 @@
 How it fits together (see tests/browser/README.md):
 
 - :class:`BrowserTestCase` is ``channels.testing.ChannelsLiveServerTestCase`` (a ``TransactionTestCase``): one
-  daphne process per test class serves ``orchestrator.asgi.application`` on the test database; every test's
+  daphne process per test class serves ``baton_site.asgi.application`` on the test database; every test's
   rows are committed (the server process must see them) and flushed after the test.
 - The server process is started with ``spawn`` (:class:`SpawnDaphneProcess`): a fresh interpreter that
   inherits no database connection, thread or event loop from pytest. It reads the same settings, so it uses

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.celery import app
+from baton_site.celery import app
 
 
 def test_the_broker_is_baton_s_transport_and_keeps_one_client_per_channel():

@@ -1,6 +1,6 @@
 """The live websocket through the real ASGI stack (origin check, session auth, consumer) on PostgreSQL and Redis.
 
-Every test talks to ``orchestrator.asgi.application`` with ``WebsocketCommunicator`` and uses the channel layer
+Every test talks to ``baton_site.asgi.application`` with ``WebsocketCommunicator`` and uses the channel layer
 from the settings: ``RedisPubSubChannelLayer`` on Redis db 14 (tests/settings.py), the one the services publish
 into after commit. ORM work runs in the sync thread through ``sync_to_async`` (never on the event loop).
 Negative tests keep a second socket that does receive the event, so "nothing arrived" cannot come from a
@@ -25,8 +25,8 @@ from django.test import Client
 
 from approvals.models import HumanTask, TaskState
 from approvals.services import APPROVE, task_decide
+from baton_site.asgi import application
 from orchestrator import consumers
-from orchestrator.asgi import application
 from orchestrator.audit import Actor
 from orchestrator.consumers import CLOSE_UNAUTHENTICATED
 from orchestrator.models import InstanceState, WorkflowInstance
@@ -461,8 +461,8 @@ async def test_one_person_cannot_open_sockets_without_end(users, settings) -> No
 async def test_a_socket_hears_nothing_from_another_deployment_on_the_same_redis_server(users, settings) -> None:
     """A deployment on the next Redis database number publishes to the same group name first: only ours arrives."""
     # given
+    from baton_site.settings import derived_channel_prefix
     from orchestrator import realtime
-    from orchestrator.settings import derived_channel_prefix
 
     socket = await connected(users.staff)
     ours = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from baton_site.settings import LOGGING
 from orchestrator.logformat import MAX_CHAIN, MAX_FRAMES, BoundedFormatter
-from orchestrator.settings import LOGGING
 
 
 def record_for(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from orchestrator.asgi import application
+from baton_site.asgi import application
 from tests.orchestrator.test_consumers import (  # noqa: F401 (the two autouse fixtures apply here too)
     _close_sync_thread_connections,
     _redis_channel_layer,

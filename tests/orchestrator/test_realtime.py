@@ -11,10 +11,10 @@ from asgiref.sync import sync_to_async
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
+from baton_site.settings import derived_channel_prefix
 from orchestrator import realtime
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
-from orchestrator.settings import derived_channel_prefix
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -114,7 +114,7 @@ class PrivateDeployment:
     # the worker
     def worker_start(self) -> None:
         command = [
-            str(CELERY), "-A", "orchestrator", "worker", "-Q", "baton", "-c", "2", "-n", self.hostname,
+            str(CELERY), "-A", "baton_site", "worker", "-Q", "baton", "-c", "2", "-n", self.hostname,
             "--without-mingle", "--without-gossip", "-B", "-s", str(self.workdir / "beat-schedule"),
             "--scheduler", "celery.beat:PersistentScheduler", "--loglevel", "INFO",
         ]  # fmt: skip

@@ -265,7 +265,7 @@ def test_retry_mid_compensation_is_refused_with_a_reason_the_page_shows(
     client.force_login(users.operator)
 
     # when
-    url = reverse("instance_operate", args=[instance.pk, "retry"])
+    url = reverse("console:instance_operate", args=[instance.pk, "retry"])
     response = client.post(url, {"reason": "try again"}, follow=True)
 
     # then

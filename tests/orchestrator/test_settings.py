@@ -18,7 +18,7 @@ from django.core.management.base import CommandError
 from django.test import RequestFactory, override_settings
 from django.utils.crypto import get_random_string
 
-from orchestrator.views import request_meta
+from orchestrator.accounts import request_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = {
@@ -30,9 +30,9 @@ PRODUCTION = {
 
 
 def start(env: dict[str, str], *names: str, command: str = "") -> subprocess.CompletedProcess[str]:
-    """Load orchestrator.settings in a fresh interpreter with only ``env`` (no variable leaks in from the tests)
+    """Load baton_site.settings in a fresh interpreter with only ``env`` (no variable leaks in from the tests)
     and print the settings ``names`` as JSON, or run ``manage.py command``."""
-    clean = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "orchestrator.settings"}
+    clean = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "baton_site.settings"}
     if command:
         args = [sys.executable, str(ROOT / "manage.py"), *command.split()]
     else:
@@ -160,8 +160,8 @@ def test_a_duration_that_cannot_be_honoured_is_refused_at_start(name, value):
 )
 def test_beat_stores_the_sweep_interval_exactly(seconds, every, period):
     """django-celery-beat's own entry stored 0.5 s as 0 s and 1.5 s as 1 s."""
+    from baton_site.celery import app
     from orchestrator.beat import ModelEntry
-    from orchestrator.celery import app
 
     # when
     entry = ModelEntry.from_entry("baton-sweep", app=app, task="orchestrator.tasks.sweep", schedule=seconds)

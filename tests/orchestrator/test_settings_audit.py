@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from orchestrator.settings import parse_audit_keys
+from baton_site.settings import parse_audit_keys
 
 PRODUCTION = {
     "DATABASE_URL": "postgres://baton@127.0.0.1/baton",
@@ -22,7 +22,7 @@ def start(**env: str) -> subprocess.CompletedProcess[str]:
     """Import the settings in a fresh interpreter, as a web, worker or beat process does at start."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BATON_") and k not in PRODUCTION}
     return subprocess.run(
-        [sys.executable, "-c", "import orchestrator.settings as s; print(s.BATON_AUDIT_KEYS[0][0])"],
+        [sys.executable, "-c", "import baton_site.settings as s; print(s.BATON_AUDIT_KEYS[0][0])"],
         env={**clean, **PRODUCTION, **env},
         capture_output=True,
         text=True,

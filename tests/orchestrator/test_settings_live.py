@@ -18,7 +18,7 @@ def start(**env: str) -> subprocess.CompletedProcess[str]:
     """Import the settings in a fresh interpreter, as a web process does at start; print the re-check period."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BATON_") and k not in PRODUCTION}
     return subprocess.run(
-        [sys.executable, "-c", "import orchestrator.settings as s; print(s.BATON_LIVE_RECHECK)"],
+        [sys.executable, "-c", "import baton_site.settings as s; print(s.BATON_LIVE_RECHECK)"],
         env={**clean, **PRODUCTION, "BATON_AUDIT_KEYS": KEYS, **env},
         capture_output=True,
         text=True,

@@ -297,13 +297,17 @@ def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of
     staff, operator = login(users.staff), login(users.operator)
 
     # when
-    instance_page = operator.get(reverse("instance_detail", args=[waiting.pk]))
-    task_page = staff.get(reverse("task_detail", args=[task.pk]))
-    decided = staff.post(reverse("task_decide", args=[task.pk]), {"decision": "approve"}, follow=True)
+    instance_page = operator.get(reverse("console:instance_detail", args=[waiting.pk]))
+    task_page = staff.get(reverse("approvals:task_detail", args=[task.pk]))
+    decided = staff.post(reverse("approvals:task_decide", args=[task.pk]), {"decision": "approve"}, follow=True)
     engine.sweep(now=task.created_at + timedelta(minutes=2))  # the deadline fails it
-    retried = operator.post(reverse("instance_operate", args=[waiting.pk, "retry"]), {"reason": "again"}, follow=True)
+    retried = operator.post(
+        reverse("console:instance_operate", args=[waiting.pk, "retry"]), {"reason": "again"}, follow=True
+    )
     paused = orphan_of(ORPHAN_TASK, lambda i: instance_pause(i.pk, actor=OPERATOR, reason="hold"))
-    resumed = operator.post(reverse("instance_operate", args=[paused.pk, "resume"]), {"reason": "go"}, follow=True)
+    resumed = operator.post(
+        reverse("console:instance_operate", args=[paused.pk, "resume"]), {"reason": "go"}, follow=True
+    )
 
     # then
     assert instance_page.status_code == 200

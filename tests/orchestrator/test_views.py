@@ -54,11 +54,11 @@ def expense(initiator=None, **overrides) -> WorkflowInstance:
 
 
 def detail_url(instance: WorkflowInstance) -> str:
-    return reverse("instance_detail", args=[instance.pk])
+    return reverse("console:instance_detail", args=[instance.pk])
 
 
 def operate_url(instance: WorkflowInstance, operation: str) -> str:
-    return reverse("instance_operate", args=[instance.pk, operation])
+    return reverse("console:instance_operate", args=[instance.pk, operation])
 
 
 # --- who sees which instance ----------------------------------------------------------------------------
@@ -72,8 +72,8 @@ def test_the_list_shows_everything_to_operators_and_their_own_to_staff(roles, cl
     system = instance_start("order_fulfilment", OrderInputFactory())
 
     # when
-    operator_page = login(roles.operator).get(reverse("instance_list")).content.decode()
-    staff_page = login(roles.staff).get(reverse("instance_list")).content.decode()
+    operator_page = login(roles.operator).get(reverse("console:instance_list")).content.decode()
+    staff_page = login(roles.staff).get(reverse("console:instance_list")).content.decode()
 
     # then
     for instance in (own, other, system):
@@ -388,7 +388,7 @@ def product_workflows() -> Iterator[None]:
 def test_the_catalog_lists_the_product_workflows(roles, product_workflows):
     """Order fulfilment and expense approval are listed with a Start button; no benchmark flow is."""
     # when
-    response = login(roles.staff).get(reverse("workflow_list"))
+    response = login(roles.staff).get(reverse("console:workflow_list"))
 
     # then
     content = response.content.decode()

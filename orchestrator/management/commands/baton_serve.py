@@ -27,7 +27,7 @@ class Command(BaseCommand):
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
 
-        from orchestrator.asgi import application
+        from baton_site.asgi import application
 
         if not options["no_worker"]:
             start_worker_thread(options["concurrency"])
@@ -43,7 +43,7 @@ class Command(BaseCommand):
 
 def start_worker_thread(concurrency: int) -> threading.Thread:
     """A real Celery worker (thread pool) consuming this process's memory:// broker."""
-    from orchestrator.celery import app
+    from baton_site.celery import app
 
     worker = app.WorkController(
         pool_cls="threads",
@@ -64,7 +64,7 @@ def start_beat_thread() -> Any:
     from celery.beat import EmbeddedService
     from django_celery_beat.schedulers import DatabaseScheduler
 
-    from orchestrator.celery import app
+    from baton_site.celery import app
 
     beat = EmbeddedService(app, thread=True, scheduler_cls=DatabaseScheduler)
     beat.start()  # type: ignore[union-attr]

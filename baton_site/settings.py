@@ -113,6 +113,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "orchestrator",
     "approvals",
+    "console",
     "api",
 ]
 
@@ -135,8 +136,8 @@ MIDDLEWARE = [
     "orchestrator.middleware.FriendlyErrorPagesMiddleware",  # friendly 404/500 under DEBUG too (the demo)
 ]
 
-ROOT_URLCONF = "orchestrator.urls"
-ASGI_APPLICATION = "orchestrator.asgi.application"
+ROOT_URLCONF = "baton_site.urls"
+ASGI_APPLICATION = "baton_site.asgi.application"
 WSGI_APPLICATION = None
 
 TEMPLATES = [
@@ -182,14 +183,13 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The JSON API (api/): its DRF and drf-spectacular settings live beside it.
-from api.conf import REST_FRAMEWORK, SPECTACULAR_SETTINGS  # noqa: E402
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "home"
+LOGIN_REDIRECT_URL = "console:home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en"
@@ -221,7 +221,8 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # --- TLS and a proxy in front (README, "Production") ------------------------------------------------------
 # Only behind a proxy that terminates TLS and sets these headers itself may they be believed: then the request
-# counts as https when the proxy says so, and the audit keeps the address the proxy saw (orchestrator/views.py).
+# counts as https when the proxy says so, and the audit keeps the address the proxy saw
+# (orchestrator/accounts.py, request_meta).
 BATON_BEHIND_PROXY = env_bool("BATON_BEHIND_PROXY")
 if BATON_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -318,7 +319,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "baton"
 CELERY_BEAT_SCHEDULER = "orchestrator.beat:DatabaseScheduler"
 # Keep the worker's PostgreSQL session across tasks: a new session per task halves throughput. This keeps
-# Celery's own Django fix-up from closing it after every task; orchestrator/celery.py checks and closes a broken
+# Celery's own Django fix-up from closing it after every task; baton_site/celery.py checks and closes a broken
 # or stale session instead (README, "Production").
 CELERY_DB_REUSE_MAX = 100_000
 
@@ -364,7 +365,7 @@ except ValueError:
     BATON_LIVE_RECHECK = float("nan")
 if not 0.5 <= BATON_LIVE_RECHECK <= 3600:
     raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds from 0.5 to 3600.")
-# Websocket origins allowed besides ALLOWED_HOSTS (see orchestrator/asgi.py).
+# Websocket origins allowed besides ALLOWED_HOSTS (see baton_site/asgi.py).
 BATON_DEMO = env_bool("BATON_DEMO", default=BATON_MODE == "demo")
 # Absolute address of the dashboard, for links in e-mails.
 BATON_BASE_URL = os.environ.get("BATON_BASE_URL", "http://127.0.0.1:8000")

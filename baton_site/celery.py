@@ -6,7 +6,7 @@ import time
 from celery import Celery
 from celery.signals import task_postrun, task_prerun, worker_ready
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "baton_site.settings")
 
 app = Celery("baton", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")

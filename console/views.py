@@ -1,4 +1,8 @@
-"""Pages of the engine: home, instances (list, detail, operator actions), the workflow catalog, start forms.
+"""The operator's pages: home, instances (list, detail, operator actions), the workflow catalog, start forms,
+and the sign-in page (routed by baton_site/urls.py).
+
+They show the engine and the human tasks side by side, so they live here, above both apps: nothing in
+``orchestrator`` imports ``approvals``.
 
 Views stay thin: read through selectors, write through one service call, map domain errors to a message.
 """
@@ -13,39 +17,21 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from approvals.selectors import tasks_of_instance
-from orchestrator import forms, registry, selectors
+from console import forms
+from orchestrator import registry, selectors
+from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
 from orchestrator.services.engine import definition_unavailable
 from orchestrator.typing import AuthedRequest
-
-
-def request_meta(request: HttpRequest) -> dict[str, Any]:
-    """What the audit trail keeps about the request behind an action.
-
-    The address is the peer's, or behind a proxy (``BATON_BEHIND_PROXY``) the last one in X-Forwarded-For, the one
-    the proxy itself appended: entries before it come from the client and prove nothing. Without that setting the
-    header is ignored, since anyone can send it.
-    """
-    from django.conf import settings
-
-    ip = request.META.get("REMOTE_ADDR", "")
-    if settings.BATON_BEHIND_PROXY:
-        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-        ip = next((part for part in reversed(forwarded) if part), ip)
-    return {
-        "ip": ip,
-        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
-        "path": request.path,
-    }
 
 
 class LoginView(auth_views.LoginView):
@@ -69,8 +55,8 @@ def home(request: AuthedRequest) -> HttpResponse:
 
     counts = inbox_counts(request.user)
     if selectors.can_operate(request.user) and not (counts["inbox"] or counts["queue"]):
-        return redirect("instance_list")
-    return redirect("inbox")
+        return redirect("console:instance_list")
+    return redirect("approvals:inbox")
 
 
 STATE_FILTERS = [s.value for s in InstanceState]
@@ -221,7 +207,7 @@ def instance_operate(request: AuthedRequest, instance_id: int, operation: str) -
         instance = _instance_or_404(request, instance.pk)
         return _render_detail(request, instance, operation=operation, operate_form=form, status=409)
     messages.success(request, f"{OPERATIONS[operation]}: {instance}.")
-    return redirect("instance_detail", instance_id=instance.pk)
+    return redirect("console:instance_detail", instance_id=instance.pk)
 
 
 @login_required
@@ -270,8 +256,8 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
         else:
             messages.success(request, f"Started {instance}.")
             if selectors.instance_for_user(request.user, instance.pk) is not None:
-                return redirect("instance_detail", instance_id=instance.pk)
-            return redirect(reverse("inbox"))
+                return redirect("console:instance_detail", instance_id=instance.pk)
+            return redirect(reverse("approvals:inbox"))
     key_errors: list[str] = [str(e) for e in options.errors.get("idempotency_key", [])]
     for error in key_errors:
         form.add_error(None, error)

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class ConsoleConfig(AppConfig):
+    """The operator's pages (instances, workflows, start forms): above both the engine and the human tasks, which
+    they show side by side."""
+
+    name = "console"
+    verbose_name = "Baton console"
