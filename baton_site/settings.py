@@ -182,7 +182,11 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# The JSON API (api/): its DRF and drf-spectacular settings live beside it.
+# The JSON API (api/): its DRF and drf-spectacular settings live beside it (api/conf.py).
+from api import conf as api_conf  # noqa: E402
+
+REST_FRAMEWORK = api_conf.REST_FRAMEWORK
+SPECTACULAR_SETTINGS = api_conf.SPECTACULAR_SETTINGS
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
