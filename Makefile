@@ -65,6 +65,10 @@ pytest: install
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+## Starts through the API: daphne + a worker + 8 concurrent clients (bench/api.py, bench/README.md "API starts").
+bench-api: install
+	$(PY) bench/api.py $(BENCH_ARGS)
+
 ## The API's schemathesis run, long: every operation as every role with many more generated requests than the
 ## short pass `make test` runs (tests/api/test_schemathesis.py). SCHEMATHESIS_EXAMPLES per operation, new random
 ## cases each run (the short pass is derandomized, so `make test` is repeatable).

@@ -190,7 +190,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
                 description=f"1-{KEY_MAX} visible ASCII characters, unique per start (a UUID is a good key).",
             )
         ],
-        responses={201: s.InstanceDetailSerializer, 200: s.InstanceDetailSerializer},
+        responses={201: s.InstanceSerializer, 200: s.InstanceSerializer},
     )
     def create(self, request: Request) -> Response:
         if not request.user.has_perm("orchestrator.add_workflowinstance"):
@@ -227,7 +227,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
             request_hash=body_hash(body),
             request_meta=request_meta(request._request),
         )
-        data = s.InstanceDetailSerializer(self._detail(started.instance.pk)).data
+        # The instance as the start left it (no second read: a client follows ``url`` for steps and tasks).
+        data = s.InstanceSerializer(started.instance).data
         response = Response(data, status=status.HTTP_201_CREATED if started.created else status.HTTP_200_OK)
         response["Location"] = data["url"]
         if not started.created:

@@ -25,20 +25,25 @@ def expense(**overrides):
 # --- start ----------------------------------------------------------------------------------------------
 
 
-def test_a_start_returns_201_with_the_instance_its_steps_and_tasks(api_as, roles):
+def test_a_start_returns_201_with_the_instance_and_its_url_shows_steps_and_tasks(api_as, roles):
+    # given
+    client = api_as(roles.staff)
+
     # when
-    response = api_as(roles.staff).post(START, expense(amount="80.00"))
+    response = client.post(START, expense(amount="80.00"))
+    detail = client.get(response["Location"])
 
     # then
     assert response.status_code == 201
     body = response.json()
     instance = WorkflowInstance.objects.get(pk=body["id"])
     assert instance.initiator == roles.staff
-    assert instance.state == InstanceState.WAITING
-    assert response["Location"] == f"/api/instances/{instance.pk}/"
-    assert body["data"]["amount"] == "80.00"
-    assert [step["name"] for step in body["steps"]] == ["team_approval"]
-    assert body["tasks"][0]["state"] == "open"
+    assert body["initiator"] == "staff"
+    assert response["Location"] == f"/api/instances/{instance.pk}/" == body["url"]
+    assert detail.json()["state"] == InstanceState.WAITING
+    assert detail.json()["data"]["amount"] == "80.00"
+    assert [step["name"] for step in detail.json()["steps"]] == ["team_approval"]
+    assert detail.json()["tasks"][0]["state"] == "open"
     assert AuditEvent.objects.filter(instance=instance, action="instance.started").count() == 1
 
 
