@@ -1,8 +1,8 @@
 """The API under /api/: the router's resources, the schema and its docs, and the API tokens page.
 
-Other apps extend the API by registering a viewset on ``router`` (before this module's ``urlpatterns`` is read,
-e.g. from their AppConfig.ready) or by adding their own paths next to these in their own urls module; the shared
-authentication, permissions, problem handler and schema come from the project's REST_FRAMEWORK settings.
+Another app extends the API with one line here: ``router.register(...)`` for its viewset, or a ``path(...)``
+including its own urls module above the catch-all. The shared authentication, permissions, parser, problem
+handler and schema come from the project's REST_FRAMEWORK settings (api/conf.py).
 """
 
 from django.urls import include, path
