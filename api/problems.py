@@ -15,6 +15,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
@@ -115,6 +116,15 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         errors = {f"input.{k}" if k != "__all__" else "input": v for k, v in exc.errors.items()}
         return Problem(
             400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is unreachable (restarting, out of connections): the client may retry shortly.
+        logger.warning("API request failed on the database: %s", str(exc)[:300])
+        return Problem(
+            503,
+            "The database is unreachable for a moment; nothing was changed. Retry shortly.",
+            code="unavailable",
+            headers={"Retry-After": "5"},
         )
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):

@@ -37,6 +37,7 @@ COMMON = {
     403: "Your role may not do this (or a session request without its CSRF token).",
     404: "Not found, or not yours to see.",
     405: "Method not allowed.",
+    503: "The database is unreachable for a moment: retry after Retry-After seconds.",
 }
 WRITES = {
     409: "Not possible in the object's current state, or someone else acted first.",

@@ -54,6 +54,8 @@ def setup(args: argparse.Namespace) -> str:
     harness.reset_database(db_name=args.db)
     harness.flush_redis(args.redis_url)
     harness.migrate()
+    # As `make web` does: production pages (an error page included) need the collected static files.
+    subprocess.run([harness.PYTHON, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=harness.ROOT, check=True)
     import django
 
     django.setup()
@@ -149,6 +151,12 @@ def run_clients(port: int, secret: str, n: int, clients: int, with_key: bool) ->
     return time.perf_counter() - began, latencies, statuses
 
 
+def _started() -> int:
+    from orchestrator.models import WorkflowInstance
+
+    return WorkflowInstance.objects.count()
+
+
 def waiting_count() -> int:
     from orchestrator.models import WorkflowInstance
 
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         busy_before = harness.machine_busy(1.0)
         wall, latencies, statuses = run_clients(args.port, secret, args.n, args.clients, not args.no_key)
         # The worker runs each started step (``prepare``); done when every instance waits for its approval.
-        total = args.warmup + args.n
+        total = _started()  # what was started (a refused start, a 503, starts nothing)
         drain_began = time.perf_counter()
         while waiting_count() < total and time.perf_counter() - drain_began < 300:
             time.sleep(0.1)

@@ -127,3 +127,22 @@ def test_a_session_without_its_csrf_token_is_refused(roles):
     assert write.status_code == 403
     assert "CSRF" in write.json()["detail"]
     assert WorkflowInstance.objects.count() == 1
+
+
+def test_a_database_outage_is_a_503_problem_with_retry_after(api_as, roles, monkeypatch):
+    # given: PostgreSQL refuses the start's connection (the edge: "too many clients", a restart)
+    from django.db import OperationalError
+
+    def refused(*args, **kwargs):
+        raise OperationalError("connection failed: FATAL: sorry, too many clients already")
+
+    monkeypatch.setattr("api.views.api_instance_start", refused)
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", {"workflow": "expense_approval", "input": {}})
+
+    # then
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["Retry-After"] == "5"
+    assert response.json()["code"] == "unavailable"
