@@ -234,10 +234,6 @@ class PauseSerializer(ReasonSerializer):
         return value
 
 
-class SkipSerializer(ReasonSerializer):
-    step = serializers.CharField(max_length=100, help_text="The name of the step to skip.")
-
-
 # --- tasks ----------------------------------------------------------------------------------------------
 
 
