@@ -238,7 +238,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
     def _operate(self, request: Request, pk: int, serializer_class: type, call: Any) -> Response:
         instance = self._instance(pk)
         if not selectors.can_operate(request.user):
-            raise Problem(403, "Only operators may retry, skip, pause, resume or cancel instances.", code="forbidden")
+            raise Problem(403, "Only operators may retry, pause, resume or cancel instances.", code="forbidden")
         body = _valid(serializer_class, request.data)
         call(instance.pk, Actor.of(request.user), body, request_meta(request._request))
         return Response(s.InstanceDetailSerializer(self._detail(instance.pk)).data)
