@@ -103,7 +103,9 @@ def test_json_sent_with_odd_but_valid_shapes_still_starts(api_as, roles):
 
     # then
     assert response.status_code == 201, response.json()
-    assert response.json()["data"]["amount"] == "12.5"
+    detail = api_as(roles.operator).get(response["Location"]).json()
+    assert detail["data"]["amount"] == "12.5"
+    assert detail["data"]["description"] == "Zug nach Zürich 🚆"
 
 
 def test_a_session_without_its_csrf_token_is_refused(roles):
