@@ -52,7 +52,9 @@ test: install lint migrations-check pytest
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy baton_site orchestrator approvals console api
+	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy baton_site orchestrator approvals console demo api
+	# The direction of imports between the engine and the apps above it (pyproject.toml, [tool.importlinter]).
+	$(VENV)/bin/lint-imports
 
 # Compares the models with the migration files only: an empty in-memory database keeps a developer's own
 # database (and whatever history it has) out of the answer.

@@ -6,6 +6,13 @@ class ApprovalsConfig(AppConfig):
     verbose_name = "Human tasks"
 
     def ready(self) -> None:
-        from approvals import signals
+        # Imported here, not at the top: an AppConfig module is imported before the models are ready.
+        from approvals import notifications, signals
+        from approvals.services.port import ApprovalsHumanTasks
+        from orchestrator.ports import register_human_tasks
+        from orchestrator.signals import instance_finished
 
         signals.connect()
+        # The engine reaches people only through its port, and tells the initiator through its signal.
+        register_human_tasks(ApprovalsHumanTasks())
+        instance_finished.connect(notifications.tell_initiator, dispatch_uid="baton-tell-initiator")

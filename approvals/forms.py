@@ -9,8 +9,8 @@ from typing import Any
 from django import forms
 from django.contrib.auth import get_user_model
 
-from approvals import services
 from approvals.models import SavedView
+from approvals.services import base as task_rules
 from orchestrator.forms import WhenField
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 
@@ -19,13 +19,13 @@ BULK_MAX = 500
 # PostgreSQL's bigint: a larger id cannot name a row (and would fail as a query parameter).
 ID_MAX = 2**63 - 1
 DECISIONS = [
-    (services.APPROVE, "Approve"),
-    (services.REJECT, "Reject"),
-    (services.SUBMIT, "Submit"),
-    (services.RETRY, "Retry the step"),
-    (services.SKIP, "Skip the step"),
-    (services.RESOLVED, "Mark resolved"),
-    (services.FAIL, "Fail the instance"),
+    (task_rules.APPROVE, "Approve"),
+    (task_rules.REJECT, "Reject"),
+    (task_rules.SUBMIT, "Submit"),
+    (task_rules.RETRY, "Retry the step"),
+    (task_rules.SKIP, "Skip the step"),
+    (task_rules.RESOLVED, "Mark resolved"),
+    (task_rules.FAIL, "Fail the instance"),
 ]
 
 

@@ -1,6 +1,6 @@
 """People change under a task: a deactivation, a group left or a user deleted re-checks their tasks at once.
 
-The receivers call :func:`approvals.services.tasks_people_changed` inside the transaction of the change, so the
+The receivers call :func:`approvals.services.people.tasks_people_changed` inside the transaction of the change, so the
 claims are released (and tasks left with nobody escalated) together with it; the sweep's
 ``tasks_release_unfit`` is the safety net for changes these signals never see (raw SQL).
 """
@@ -14,12 +14,12 @@ from django.contrib.auth.models import Group
 from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 
+from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskState
+from approvals.services.people import RECHECK_LIMIT, short_of_people, tasks_people_changed, tasks_recheck
 from orchestrator.accounts import current_actor, current_request_meta
 
 
 def _recheck(user_ids: list[int], group_ids: list[int], reason: str) -> None:
-    from approvals.services import tasks_people_changed
-
     tasks_people_changed(
         user_ids, group_ids=group_ids, reason=reason, actor=current_actor(), request_meta=current_request_meta()
     )
@@ -53,25 +53,19 @@ def _groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_s
 
 
 def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
-    from approvals.models import ACTIONABLE_TASK_STATES, HumanTask
-
     # The group's candidate rows go with it (CASCADE): note its open tasks to re-check once it is gone, the claimed
     # ones apart (their assignee may have been a candidate through this group only).
-    from approvals.services import RECHECK_LIMIT
-
     found = HumanTask.objects.filter(candidates__group=instance, state__in=ACTIONABLE_TASK_STATES).order_by("pk")
     instance._baton_tasks = list(found.values_list("pk", "state")[:RECHECK_LIMIT])  # type: ignore[attr-defined]
 
 
 def _group_deleted(sender: Any, instance: Group, **_: Any) -> None:
-    from approvals.models import TaskState
-    from approvals.services import _short_of_people, tasks_recheck
 
     found = getattr(instance, "_baton_tasks", [])
     # Only claims and the tasks now short of people are locked and re-checked: a busy group's deletion, with its
     # tasks' other candidates still able, cost a lock and a count per task (seven statements each).
     claimed = [pk for pk, state in found if state == TaskState.CLAIMED]
-    task_ids = claimed + _short_of_people([pk for pk, state in found if state != TaskState.CLAIMED])
+    task_ids = claimed + short_of_people([pk for pk, state in found if state != TaskState.CLAIMED])
     if task_ids:
         tasks_recheck(
             task_ids,
@@ -82,8 +76,6 @@ def _group_deleted(sender: Any, instance: Group, **_: Any) -> None:
 
 
 def _user_deleting(sender: Any, instance: Any, **_: Any) -> None:
-    from approvals.models import ACTIONABLE_TASK_STATES, HumanTask
-    from approvals.services import RECHECK_LIMIT
 
     # Their candidate rows and memberships go with them (CASCADE, no m2m signal): note the open tasks they could
     # act on, named or through a group, to re-check once they are gone. A claim they hold protects them (PROTECT).
@@ -98,12 +90,10 @@ def _user_deleting(sender: Any, instance: Any, **_: Any) -> None:
 
 
 def _user_deleted(sender: Any, instance: Any, **_: Any) -> None:
-    from approvals.services import _short_of_people, tasks_recheck
-
     task_ids = getattr(instance, "_baton_tasks", [])
     if task_ids:
         tasks_recheck(
-            _short_of_people(task_ids),
+            short_of_people(task_ids),
             reason=f"user {instance.get_username()} deleted",
             actor=current_actor(),
             request_meta=current_request_meta(),

@@ -21,15 +21,17 @@ from django.utils.dates import MONTHS_3
 from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
-from approvals import forms, selectors, services
+from approvals import forms, selectors
 from approvals.models import HumanTask, Priority, SavedView, TaskKind, TaskState, is_overdue
+from approvals.services import base as task_rules
+from approvals.services import tasks as task_actions
 from orchestrator import registry
 from orchestrator.accounts import request_meta
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 from orchestrator.models import StepState
 from orchestrator.selectors import steps_of
-from orchestrator.services import engine
+from orchestrator.services import locks
 from orchestrator.templatetags.baton import duration, label
 from orchestrator.typing import AuthedRequest
 
@@ -167,7 +169,7 @@ def notifications(request: AuthedRequest) -> HttpResponse:
     context = {"items": items, "unread": set(unread), "active_nav": "notifications"}
     response = render(request, "approvals/notifications.html", context)
     if unread:
-        services.notifications_mark_read(request.user, unread)
+        task_actions.notifications_mark_read(request.user, unread)
     return response
 
 
@@ -183,7 +185,7 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
     if not ids:
         messages.warning(request, "Select the tasks to claim first.")
         return redirect(f"{reverse('approvals:inbox')}?tab=queue")
-    result = services.tasks_claim_bulk(ids, request.user, request_meta=request_meta(request))
+    result = task_actions.tasks_claim_bulk(ids, request.user, request_meta=request_meta(request))
     if result.claimed:
         messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
     if result.refused:
@@ -243,8 +245,8 @@ def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
         return _render_task(request, _task_or_404(request, task_id), status=400, snooze_form=form)
     until = form.cleaned_data["until"]
     try:
-        services.task_snooze(task_id, request.user, until, request_meta=request_meta(request))
-    except services.TaskError as exc:
+        task_actions.task_snooze(task_id, request.user, until, request_meta=request_meta(request))
+    except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, snooze_form=form)
     messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
     return redirect("approvals:inbox")
@@ -283,7 +285,7 @@ def _render_task(
     user = request.user
     posted = request.POST if request.method == "POST" else None
     form = None
-    definition = engine.definition_or_none(instance)
+    definition = locks.definition_or_none(instance)
     if task.kind == TaskKind.FORM and definition is not None:
         node = definition.node(task.step.name)
         if isinstance(node, Human):
@@ -315,11 +317,11 @@ def _render_task(
         "note_max": NOTE_MAX,
         "is_initiator": instance.initiator_id == user.pk,
         "is_assignee": task.assignee_id == user.pk,
-        "is_candidate": services.is_candidate(user, task),
-        "is_manager": services.is_manager(user),
+        "is_candidate": task_rules.is_candidate(user, task),
+        "is_manager": selectors.is_manager(user),
         "delegates": _delegates(task, exclude=user) if task.is_actionable else [],
-        # The page says so itself; a decision is refused with the same reason (services.task_decide).
-        "definition_missing": engine.definition_unavailable(instance) if definition is None else "",
+        # The page says so itself; a decision is refused with the same reason (task_actions.task_decide).
+        "definition_missing": locks.definition_unavailable(instance) if definition is None else "",
         "active_nav": "inbox",
     }
     if request.htmx and request.htmx.target == "task-decision":
@@ -338,35 +340,35 @@ def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:
     return redirect("approvals:task_detail", task_id=task.pk)
 
 
-def _fail(request: AuthedRequest, task_id: int, exc: services.TaskError) -> HttpResponse:
+def _fail(request: AuthedRequest, task_id: int, exc: task_rules.TaskError) -> HttpResponse:
     """A refused claim or release (nothing typed to keep): a message on the task page."""
-    if isinstance(exc, services.TaskNotFound):
+    if isinstance(exc, task_rules.TaskNotFound):
         raise Http404(str(exc))  # no message: it would surface on the person's next, unrelated page
-    level = messages.WARNING if isinstance(exc, services.TaskConflict) else messages.ERROR
+    level = messages.WARNING if isinstance(exc, task_rules.TaskConflict) else messages.ERROR
     messages.add_message(request, level, str(exc))
-    if isinstance(exc, services.TaskForbidden):
+    if isinstance(exc, task_rules.TaskForbidden):
         # Refused for who the person is (four-eyes, no longer a candidate): 403, with the reason on the task page.
         response = task_detail(request, task_id)
         response.status_code = 403
         return response
     response = redirect("approvals:task_detail", task_id=task_id)
-    if isinstance(exc, services.TaskConflict):
+    if isinstance(exc, task_rules.TaskConflict):
         response.status_code = 303
     return response
 
 
-REFUSAL_STATUS = [(services.TaskConflict, 409), (services.TaskForbidden, 403), (services.TaskInvalid, 400)]
+REFUSAL_STATUS = [(task_rules.TaskConflict, 409), (task_rules.TaskForbidden, 403), (task_rules.TaskInvalid, 400)]
 
 
-def _refused(request: AuthedRequest, task_id: int, exc: services.TaskError, **forms_as_posted: Any) -> HttpResponse:
+def _refused(request: AuthedRequest, task_id: int, exc: task_rules.TaskError, **forms_as_posted: Any) -> HttpResponse:
     """A refused action that carried typed input: the task page as it is now, with the refusal's message and
     the posted forms (``forms_as_posted``), so the person can act on what changed without typing again."""
-    if isinstance(exc, services.TaskNotFound):
+    if isinstance(exc, task_rules.TaskNotFound):
         raise Http404(str(exc))
     status = next((code for kind, code in REFUSAL_STATUS if isinstance(exc, kind)), 400)
-    level = messages.WARNING if isinstance(exc, services.TaskConflict) else messages.ERROR
+    level = messages.WARNING if isinstance(exc, task_rules.TaskConflict) else messages.ERROR
     messages.add_message(request, level, str(exc))
-    errors = exc.errors if isinstance(exc, services.TaskInvalid) else {}
+    errors = exc.errors if isinstance(exc, task_rules.TaskInvalid) else {}
     return _render_task(request, _task_or_404(request, task_id), status=status, field_errors=errors, **forms_as_posted)
 
 
@@ -374,8 +376,8 @@ def _refused(request: AuthedRequest, task_id: int, exc: services.TaskError, **fo
 @login_required
 def task_claim(request: AuthedRequest, task_id: int) -> HttpResponse:
     try:
-        task = services.task_claim(task_id, request.user, request_meta=request_meta(request))
-    except services.TaskError as exc:
+        task = task_actions.task_claim(task_id, request.user, request_meta=request_meta(request))
+    except task_rules.TaskError as exc:
         return _fail(request, task_id, exc)
     messages.success(request, "Claimed. The task is yours.")
     return _after_action(request, task)
@@ -385,8 +387,8 @@ def task_claim(request: AuthedRequest, task_id: int) -> HttpResponse:
 @login_required
 def task_release(request: AuthedRequest, task_id: int) -> HttpResponse:
     try:
-        services.task_release(task_id, request.user, request_meta=request_meta(request))
-    except services.TaskError as exc:
+        task_actions.task_release(task_id, request.user, request_meta=request_meta(request))
+    except task_rules.TaskError as exc:
         return _fail(request, task_id, exc)
     messages.info(request, "Released back to the team queue.")
     return redirect("approvals:inbox")
@@ -400,8 +402,8 @@ def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
         return _render_task(request, _task_or_404(request, task_id), status=400, delegate_form=form)
     to, note = form.cleaned_data["to_user"], form.cleaned_data["note"]
     try:
-        services.task_delegate(task_id, request.user, to, note=note, request_meta=request_meta(request))
-    except services.TaskError as exc:
+        task_actions.task_delegate(task_id, request.user, to, note=note, request_meta=request_meta(request))
+    except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, delegate_form=form)
     messages.success(request, f"Delegated to {to.get_username()}.")
     return redirect("approvals:inbox")
@@ -422,7 +424,7 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
     skip = ("csrfmiddlewaretoken", "decision", "comment")
     data = {k: v for k, v in request.POST.items() if k not in skip}
     try:
-        task = services.task_decide(
+        task = task_actions.task_decide(
             task_id,
             request.user,
             decision,
@@ -430,19 +432,21 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
             data=data,
             request_meta=request_meta(request),
         )
-    except services.TaskError as exc:
+    except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, decide_form=form)
     stopped = task.kind != TaskKind.ESCALATION and task.step.state == StepState.DEAD
     if task.state == TaskState.COMPLETED and stopped:
-        # The decision is kept, but what follows it raised: the workflow stopped (services.task_decide).
-        messages.success(request, f"{services.past_tense(decision).capitalize()}: {task.title}. Your decision is kept.")
+        # The decision is kept, but what follows it raised: the workflow stopped (task_actions.task_decide).
+        messages.success(
+            request, f"{task_rules.past_tense(decision).capitalize()}: {task.title}. Your decision is kept."
+        )
         messages.warning(
             request,
             f"The workflow stopped after your decision: {task.step.error_type} while starting its next step. "
             "The operators have been told; nothing more is needed from you.",
         )
     elif task.state == TaskState.COMPLETED:
-        messages.success(request, f"{services.past_tense(decision).capitalize()}: {task.title}.")
+        messages.success(request, f"{task_rules.past_tense(decision).capitalize()}: {task.title}.")
     else:
         messages.success(request, f"Your approval is recorded ({task.approvals} of {task.quorum}).")
     following = _next_task(request, exclude=task.pk)

@@ -116,6 +116,11 @@ INSTALLED_APPS = [
     "console",
     "api",
 ]
+# The demo (its ledger table, workflows, users and commands: demo/) is part of demo mode only. A production
+# database that never installs it has no demo table; BATON_DEMO_APP=1 adds it to a production deployment.
+BATON_DEMO_APP = env_bool("BATON_DEMO_APP", default=BATON_MODE == "demo")
+if BATON_DEMO_APP:
+    INSTALLED_APPS.append("demo")
 
 MIDDLEWARE = [
     # First: a page that failed on an unreachable database answers 503 with Retry-After (orchestrator/middleware.py).
@@ -281,13 +286,27 @@ BATON_CHANNEL_PREFIX = os.environ.get("BATON_CHANNEL_PREFIX") or derived_channel
 )
 if not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", BATON_CHANNEL_PREFIX):
     raise RuntimeError("BATON_CHANNEL_PREFIX: 1 to 60 letters, digits, dots, dashes or underscores.")
+# Which Redis channel layer carries live events (README, "Production"): "pubsub", channels_redis's pub/sub layer
+# with Baton's pipelined publisher, or "redis", channels_redis's standard list-based RedisChannelLayer, which
+# senders reach through its own group_send (for a Redis that must not carry pub/sub, or a site's other Channels
+# code that wants that layer).
+CHANNEL_LAYER_BACKENDS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "redis": "channels_redis.core.RedisChannelLayer",
+}
+BATON_CHANNEL_LAYER = os.environ.get("BATON_CHANNEL_LAYER", "pubsub").strip().lower() or "pubsub"
+if BATON_CHANNEL_LAYER not in CHANNEL_LAYER_BACKENDS:
+    raise ImproperlyConfigured(
+        f"BATON_CHANNEL_LAYER={BATON_CHANNEL_LAYER!r}: give pubsub (the default, channels_redis's pub/sub layer) or "
+        "redis (channels_redis's standard RedisChannelLayer)."
+    )
 if REDIS_URL:
     # Pub/sub: a web process subscribes to the groups its sockets are in, and a sender's whole commit goes out
     # in one pipelined PUBLISH round trip (orchestrator/realtime.py). The list-based RedisChannelLayer cost the
     # sender two Redis commands and a thread hand-over per group, a quarter of a worker's step.
     CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": CHANNEL_LAYER_BACKENDS[BATON_CHANNEL_LAYER],
             "CONFIG": {
                 "hosts": [os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)],
                 "prefix": BATON_CHANNEL_PREFIX,
@@ -344,8 +363,9 @@ BATON_WORKFLOW_MODULES = [
     m
     for m in os.environ.get(
         "BATON_WORKFLOW_MODULES",
-        # The benchmark flows (orchestrator.workflows.bench) are added by the tests and `make bench` only.
-        "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval",
+        # None: the demo workflows come with the demo app (demo/apps.py); the benchmark flows (demo.workflows.bench)
+        # are added by the tests and `make bench` only.
+        "",
     ).split(",")
     if m
 ]

@@ -6,7 +6,7 @@ Nothing in the engine is changed: each variant swaps a function for the duration
 in interleaved rounds over fresh ``prepare`` steps of ``bench_approval``, so other load on this shared machine
 hits all of them alike. CPU time, not wall time, because the machine is shared.
 
-  baseline      engine.step_execute as it is
+  baseline      steps.step_execute as it is
   no-broadcast  the live broadcast (a Redis PUBLISH per commit, after commit) replaced by a no-op
   lean-claim    the claim as ONE conditional UPDATE ... RETURNING (rule 2) instead of a transaction that
                 locks the instance, reads instance and step through the ORM, saves both and writes an audit event;
@@ -49,7 +49,7 @@ def lean_claim(step_id: int) -> Any:
 
     from orchestrator import registry
     from orchestrator.dsl import StepContext, Task
-    from orchestrator.services.engine import Claim
+    from orchestrator.services.steps import Claim
 
     now = timezone.now()
     node_timeout = 30.0  # the bench flows' Task timeout; the engine would take it from the node
@@ -88,20 +88,28 @@ def lean_claim(step_id: int) -> Any:
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     from orchestrator.dsl import Parallel
-    from orchestrator.services import engine, unit
+    from orchestrator.services import locks, steps, unit
 
-    saved = (unit.send_now, engine.step_claim, engine.settle)
-    original_settle = engine.settle
+    # Patched where they are looked up: step_execute calls step_claim, and _record calls settle, in steps.
+    saved = (unit.send_now, steps.step_claim, steps.settle)
+    original_settle = steps.settle
 
     def settle_without_query(u: Any) -> None:
-        workflow = engine.definition_of(u.instance)
+        workflow = locks.definition_of(u.instance)
         if not u.scheduled_work and not any(isinstance(n, Parallel) for n in workflow.nodes.values()):
+            from orchestrator.audit_actions import AuditAction
             from orchestrator.models import ACTIVE_INSTANCE_STATES, InstanceState
 
             instance = u.instance
             if instance.state in ACTIVE_INSTANCE_STATES and instance.state == InstanceState.RUNNING:
                 instance.settle(False)
-                u.audit("instance." + instance.state, "instance", instance.pk, InstanceState.RUNNING, instance.state)
+                u.audit(
+                    "instance",
+                    instance.pk,
+                    InstanceState.RUNNING,
+                    instance.state,
+                    action=AuditAction.INSTANCE_WAITING,
+                )
             return
         original_settle(u)
 
@@ -109,12 +117,12 @@ def variant(name: str) -> Iterator[None]:
         if name in ("no-broadcast", "combined"):
             unit.send_now = lambda groups, event: None
         if name in ("lean-claim", "combined"):
-            engine.step_claim = lambda step_id, now=None: lean_claim(step_id)
+            steps.step_claim = lambda step_id, now=None: lean_claim(step_id)
         if name in ("no-settle-q", "combined"):
-            engine.settle = settle_without_query
+            steps.settle = settle_without_query
         yield
     finally:
-        unit.send_now, engine.step_claim, engine.settle = saved
+        unit.send_now, steps.step_claim, steps.settle = saved
 
 
 VARIANTS = ["baseline", "no-broadcast", "lean-claim", "no-settle-q", "combined"]
@@ -150,7 +158,7 @@ def main() -> int:
 
     from approvals.models import HumanTask
     from orchestrator.models import StepRun, StepState, WorkflowInstance
-    from orchestrator.services import engine
+    from orchestrator.services import steps
     from orchestrator.services.instances import instance_start
 
     initiator, _ = harness.ensure_users(4)
@@ -161,14 +169,14 @@ def main() -> int:
     total = args.steps * len(variants)
     print(f"creating {total} bench_approval instances (their prepare steps are the work)...", flush=True)
     ids = [instance_start("bench_approval", {}, initiator=initiator).pk for _ in range(total + 20)]
-    steps = list(
+    step_ids = list(
         StepRun.objects.filter(instance_id__in=ids, state=StepState.SCHEDULED)
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    for step_id in steps[:20]:  # warm-up
-        engine.step_execute(step_id)
-    steps = steps[20:]
+    for step_id in step_ids[:20]:  # warm-up
+        steps.step_execute(step_id)
+    step_ids = step_ids[20:]
 
     samples: dict[str, list[float]] = {v: [] for v in variants}
     wall: dict[str, list[float]] = {v: [] for v in variants}
@@ -178,12 +186,12 @@ def main() -> int:
     for r in range(rounds):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for name in order:
-            batch = steps[position : position + args.round]
+            batch = step_ids[position : position + args.round]
             position += args.round
             with variant(name):
                 c0, p0, w0 = time.process_time(), backend_cpu(pg_pid), time.perf_counter()
                 for step_id in batch:
-                    outcome = engine.step_execute(step_id)
+                    outcome = steps.step_execute(step_id)
                     assert outcome == "succeeded", (name, outcome)
                 c1, p1, w1 = time.process_time(), backend_cpu(pg_pid), time.perf_counter()
             samples[name].append(((c1 - c0) + (p1 - p0)) / len(batch) * 1000)

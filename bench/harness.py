@@ -25,7 +25,7 @@ DB_NAME = "baton_bench"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 WORKER_LOG = Path("/tmp/baton-bench-worker.log")
 
-BENCH_FLOWS = "orchestrator.workflows.bench"
+BENCH_FLOWS = "demo.workflows.bench"
 
 INITIATOR = "bench-initiator"
 APPROVER_GROUP = "approvers"

@@ -93,9 +93,10 @@ def main() -> int:
 
     django.setup()
     from approvals.models import HumanTask
-    from approvals.services import task_decide
+    from approvals.services.tasks import task_decide
     from orchestrator.models import StepRun, StepState
-    from orchestrator.services import engine, unit
+    from orchestrator.services import steps as step_services
+    from orchestrator.services import unit
     from orchestrator.services.instances import instance_start
 
     if args.no_broadcast:
@@ -107,7 +108,7 @@ def main() -> int:
     profile = not args.no_profile
     # Warm up caches (content types, the group, the registry) outside the measurement.
     warm = instance_start("bench_approval", {}, initiator=initiator)
-    engine.step_execute(StepRun.objects.get(instance=warm, state=StepState.SCHEDULED).pk)
+    step_services.step_execute(StepRun.objects.get(instance=warm, state=StepState.SCHEDULED).pk)
 
     started: list[Any] = []
     timed(
@@ -122,7 +123,7 @@ def main() -> int:
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    timed("engine.step_execute(prepare)", steps, engine.step_execute, profile, args.top)
+    timed("step_services.step_execute(prepare)", steps, step_services.step_execute, profile, args.top)
     tasks = list(HumanTask.objects.filter(instance__in=started).order_by("pk").values_list("pk", flat=True))
     timed(
         "task_decide(approve)",

@@ -277,7 +277,7 @@ def _bench_process(job: str, items: list[Any], user_pks: list[int], index: int, 
     from django.contrib.auth import get_user_model
     from django.db import connections
 
-    from approvals.services import task_decide
+    from approvals.services.tasks import task_decide
     from orchestrator.services.instances import instance_start
 
     people = list(get_user_model().objects.filter(pk__in=user_pks).order_by("pk"))

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 IDLE_LEAVES = ("select (", "poll (", "epoll", "_recv (", "recv_into", "wait (threading", "_wait_for_tstate_lock")
+# Paths are shown from the repository's root (wherever the checkout is), site-packages or the standard library.
+ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -22,7 +24,7 @@ def short(frame: str) -> str:
     if not m:
         return frame.strip()
     file = m.group("file")
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", ROOT, "lib/python3.11/"):
         if marker in file:
             file = file.split(marker, 1)[1]
             break

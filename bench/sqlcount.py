@@ -96,9 +96,9 @@ def measure(initiator: Any, approver: Any, *, warmups: int = 1) -> QueryReport:
     A warm-up instance first, so one-off lookups (content types, the approvers group) do not count.
     """
     from approvals.models import HumanTask
-    from approvals.services import task_decide
+    from approvals.services.tasks import task_decide
     from orchestrator.models import WorkflowInstance
-    from orchestrator.services import engine
+    from orchestrator.services import steps
     from orchestrator.services.instances import instance_start
 
     approval: list[Count] = []
@@ -107,7 +107,7 @@ def measure(initiator: Any, approver: Any, *, warmups: int = 1) -> QueryReport:
             "instance_start(bench_approval)", lambda: instance_start("bench_approval", {}, initiator=initiator)
         )
         step_id = _scheduled_step(instance.pk)
-        outcome, c_step = count("step_execute(prepare)", lambda step_id=step_id: engine.step_execute(step_id))
+        outcome, c_step = count("step_execute(prepare)", lambda step_id=step_id: steps.step_execute(step_id))
         assert outcome == "succeeded", outcome
         task_id = HumanTask.objects.filter(instance=instance).values_list("pk", flat=True)[0]
         _, c_decide = count("task_decide(approve)", lambda task_id=task_id: task_decide(task_id, approver, "approve"))
@@ -124,7 +124,7 @@ def measure(initiator: Any, approver: Any, *, warmups: int = 1) -> QueryReport:
         chain_steps = []
         for i in range(1, 11):
             step_id = _scheduled_step(instance.pk)
-            outcome, c = count(f"step_execute(step_{i})", lambda step_id=step_id: engine.step_execute(step_id))
+            outcome, c = count(f"step_execute(step_{i})", lambda step_id=step_id: steps.step_execute(step_id))
             assert outcome == "succeeded", outcome
             chain_steps.append(c)
         state = WorkflowInstance.objects.values_list("state", flat=True).get(pk=instance.pk)

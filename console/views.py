@@ -27,24 +27,30 @@ from console import forms
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
+from orchestrator.diagram import workflow_dot
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepState
 from orchestrator.services import instances as instance_services
-from orchestrator.services.engine import definition_unavailable
+from orchestrator.services.locks import definition_unavailable
 from orchestrator.typing import AuthedRequest
 
 
 class LoginView(auth_views.LoginView):
+    """Django's sign-in page; it lists the demo's logins when ``BATON_DEMO`` is on and the demo app installed."""
+
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        from django.apps import apps
         from django.conf import settings
 
-        from orchestrator.demo import DEMO_USERS
-
         context = super().get_context_data(**kwargs)
-        context["demo_logins"] = DEMO_USERS if settings.BATON_DEMO else []
+        context["demo_logins"] = []
+        if settings.BATON_DEMO and apps.is_installed("demo"):
+            from demo.data import DEMO_USERS
+
+            context["demo_logins"] = DEMO_USERS
         return context
 
 
@@ -133,7 +139,7 @@ def _render_detail(
             latest[step.name] = step.state
     try:
         workflow = registry.get(instance.workflow_name, instance.workflow_version)
-        dot = workflow.to_dot(latest)
+        dot = workflow_dot(workflow, latest)
     except registry.UnknownWorkflow:
         workflow, dot = None, ""
     can_audit = request.user.has_perm("orchestrator.view_auditevent") or selectors.can_operate(request.user)
@@ -221,7 +227,7 @@ def workflow_list(request: AuthedRequest) -> HttpResponse:
                 "workflow": workflow,
                 "versions": [w.version for w in registry.all_versions(workflow.name)],
                 "stats": stats.get(workflow.name, {"total": 0, "active": 0, "failed": 0}),
-                "dot": workflow.to_dot(),
+                "dot": workflow_dot(workflow),
             }
         )
     return render(request, "orchestrator/workflow_list.html", {"rows": rows, "active_nav": "workflows"})

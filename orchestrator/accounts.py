@@ -20,15 +20,16 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_de
 from django.http import HttpRequest, HttpResponse
 
 from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone
+from orchestrator.audit_actions import AuditAction
 
 _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("baton_request", default=None)
 
 # The user fields whose changes are audited; a save touching none of them (a login's last_login) costs nothing.
 TRACKED = ("username", "password", "is_active", "is_staff", "is_superuser")
 FLAGS = {
-    "is_active": ("user.activated", "user.deactivated"),
-    "is_staff": ("user.staff_granted", "user.staff_revoked"),
-    "is_superuser": ("user.superuser_granted", "user.superuser_revoked"),
+    "is_active": (AuditAction.USER_ACTIVATED, AuditAction.USER_DEACTIVATED),
+    "is_staff": (AuditAction.USER_STAFF_GRANTED, AuditAction.USER_STAFF_REVOKED),
+    "is_superuser": (AuditAction.USER_SUPERUSER_GRANTED, AuditAction.USER_SUPERUSER_REVOKED),
 }
 
 
@@ -83,7 +84,7 @@ def current_request_meta() -> dict[str, Any]:
     return request_meta(request)
 
 
-def _write(action: str, subject_type: str, subject_id: int | None, payload: dict[str, Any]) -> None:
+def _write(action: AuditAction, subject_type: str, subject_id: int | None, payload: dict[str, Any]) -> None:
     append_standalone(
         ACCOUNTS_CHAIN,
         actor=current_actor(),
@@ -112,33 +113,38 @@ def _user_saved(sender: Any, instance: Any, created: bool, raw: bool = False, **
     name = instance.get_username()
     if created:
         flags = {field: getattr(instance, field) for field in FLAGS}
-        _write("user.created", "user", instance.pk, {"user": name, **flags})
+        _write(AuditAction.USER_CREATED, "user", instance.pk, {"user": name, **flags})
         return
     stored = getattr(instance, "_baton_stored", None)
     if not stored:
         return
     if stored["username"] != name:
-        _write("user.renamed", "user", instance.pk, {"from": stored["username"], "to": name})
+        _write(AuditAction.USER_RENAMED, "user", instance.pk, {"from": stored["username"], "to": name})
     if stored["password"] != instance.password:
-        _write("user.password_changed", "user", instance.pk, {"user": name, "usable": instance.has_usable_password()})
+        _write(
+            AuditAction.USER_PASSWORD_CHANGED,
+            "user",
+            instance.pk,
+            {"user": name, "usable": instance.has_usable_password()},
+        )
     for field, (granted, revoked) in FLAGS.items():
         if stored[field] != getattr(instance, field):
             _write(granted if getattr(instance, field) else revoked, "user", instance.pk, {"user": name})
 
 
 def _user_deleted(sender: Any, instance: Any, **_: Any) -> None:
-    _write("user.deleted", "user", instance.pk, {"user": instance.get_username()})
+    _write(AuditAction.USER_DELETED, "user", instance.pk, {"user": instance.get_username()})
 
 
 def _group_saved(sender: Any, instance: Group, created: bool, raw: bool = False, **_: Any) -> None:
     if created and not raw:
-        _write("group.created", "group", instance.pk, {"group": instance.name})
+        _write(AuditAction.GROUP_CREATED, "group", instance.pk, {"group": instance.name})
 
 
 def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
     # Memberships go with the group without an m2m signal: name who lost it.
     members = sorted(instance.user_set.values_list("username", flat=True))
-    _write("group.deleted", "group", instance.pk, {"group": instance.name, "members": members})
+    _write(AuditAction.GROUP_DELETED, "group", instance.pk, {"group": instance.name, "members": members})
 
 
 def _names(model: Any, pks: Iterable[int]) -> list[str]:
@@ -179,7 +185,7 @@ def _m2m(owner: str, what: str) -> Callable[..., None]:
         for subject, targets in pairs:
             label = subject.name if owner_model is Group else subject.get_username()
             _write(
-                f"{owner}.{what}_{verb}",
+                AuditAction(f"{owner}.{what}_{verb}"),  # user/group . groups/permissions _ added/removed
                 owner,
                 subject.pk,
                 {owner: label, what: _names(target_model, targets)},

@@ -21,6 +21,7 @@ from django.db.models import CharField, Exists, OuterRef, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
+from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditChain, AuditEvent, WorkflowInstance
 
 
@@ -115,7 +116,7 @@ def append(
     *,
     now: datetime,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     subject_type: str,
     subject_id: int | None,
     from_state: str = "",
@@ -153,7 +154,7 @@ def append_standalone(
     chain: str,
     *,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     subject_type: str,
     subject_id: int | None,
     from_state: str = "",
@@ -201,7 +202,7 @@ def _event(
     *,
     now: datetime,
     actor: Actor,
-    action: str,
+    action: AuditAction,
     subject_type: str,
     subject_id: int | None,
     from_state: str,
@@ -417,7 +418,7 @@ def legacy_boundary() -> tuple[int, str]:
     through = 0
     for event in AuditEvent.objects.filter(chain=AUDIT_CHAIN).order_by("seq").iterator():
         walk.add(event)
-        if walk.broken is None and event.action == "audit.keyed":
+        if walk.broken is None and event.action == AuditAction.AUDIT_KEYED:
             through = max(through, int(event.payload.get("legacy_through", 0)))
     if walk.broken is not None:
         return 0, f"the {AUDIT_CHAIN} chain is broken, so no unkeyed event is accepted"
@@ -434,7 +435,7 @@ def keying_record(legacy_through: int, now: datetime | None = None) -> AuditEven
     return append_standalone(
         AUDIT_CHAIN,
         actor=Actor.system("migrate"),
-        action="audit.keyed",
+        action=AuditAction.AUDIT_KEYED,
         subject_type="audit",
         subject_id=None,
         payload={"legacy_through": legacy_through},

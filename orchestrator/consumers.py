@@ -29,7 +29,10 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.http import HttpRequest
 
+from orchestrator import live_names
+from orchestrator.ports import human_tasks_or_none
 from orchestrator.realtime import remember_server_loop, session_digest
+from orchestrator.selectors import can_view_all_instances, instance_for_user
 
 logger = logging.getLogger(__name__)
 
@@ -76,25 +79,24 @@ class Allowance:
 
 def groups_for_user(user: Any) -> list[str]:
     """The groups a signed-in user listens to."""
-    from orchestrator.selectors import can_view_all_instances
-
-    groups = [f"user.{user.pk}"] + [f"group.{gid}" for gid in user.groups.values_list("pk", flat=True)]
+    groups = [live_names.user_group(user.pk)] + [
+        live_names.people_group(gid) for gid in user.groups.values_list("pk", flat=True)
+    ]
     if can_view_all_instances(user):
-        groups.append("ops")
+        groups.append(live_names.OPS_GROUP)
     return groups
 
 
 def instance_group_if_allowed(user: Any, instance_id: int) -> str | None:
     """``instance.<id>`` if ``user`` may see that instance (the instance page's rule), else None."""
-    from orchestrator.selectors import instance_for_user
-
-    return f"instance.{instance_id}" if instance_for_user(user, instance_id) is not None else None
+    return live_names.instance_group(instance_id) if instance_for_user(user, instance_id) is not None else None
 
 
 def counts_for(user: Any) -> dict[str, int]:
-    from approvals.selectors import inbox_counts
-
-    return inbox_counts(user, fresh=True)
+    """The navigation counts pushed to ``user``'s pages (the human side's, through the engine's port); empty
+    when no app registered one."""
+    people = human_tasks_or_none()
+    return people.live_counts(user) if people is not None else {}
 
 
 def allowed_now(session_key: str | None, user_id: int, instance_ids: list[int]) -> tuple[Any, list[str]] | None:
@@ -209,7 +211,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         async with self.groups_lock:
             if self.gone:
                 return
-            group = f"instance.{instance_id}"
+            group = live_names.instance_group(instance_id)
             if group not in self.groups_joined:
                 if not self.subscribe_allowance.take():
                     await self.send_json({"type": "error", "message": "Too many requests: try again later."})
@@ -234,7 +236,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if self.gone or not self._addressed(message):
             return
         event = dict(message["event"])
-        if "counts" in event.get("refresh", ()):
+        if live_names.COUNTS in event.get("refresh", ()):
             # Counts are per user, so each socket asks for its own rather than trusting the sender.
             event["counts"] = await database_sync_to_async(counts_for)(self.scope["user"])
             if self.gone or not self._addressed(message):
@@ -287,12 +289,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 await self.channel_layer.group_discard(group, self.channel_name)
             for group in joined:
                 await self.channel_layer.group_add(group, self.channel_name)
-            self.instance_ids = [i for i in self.instance_ids if f"instance.{i}" in groups]
+            self.instance_ids = [i for i in self.instance_ids if live_names.instance_group(i) in groups]
             self.groups_joined = groups
         if left or joined:
             # The page may show what is no longer the user's (or miss what now is): re-fetch the inbox and counts.
             counts = await database_sync_to_async(counts_for)(user)
-            await self.send_json({"type": "access.changed", "refresh": ["inbox"], "counts": counts})
+            await self.send_json({"type": live_names.ACCESS_CHANGED, "refresh": [live_names.INBOX], "counts": counts})
 
     async def end(self, *, locked: bool = False) -> None:
         """The session or the user is gone: forward nothing more, leave every group, close with 4401."""

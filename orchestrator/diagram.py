@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from orchestrator.dsl import Workflow
+from orchestrator.dsl import Decision, Human, Parallel, Timer, Workflow
 
 # Fill colours per step state (the same palette as the state badges in baton.css).
 FILL = {
@@ -26,10 +24,10 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def workflow_dot(workflow: Workflow, states: Mapping[str, str]) -> str:
-    """DOT for the definition; nodes take the colour of their latest run's state when ``states`` says."""
-    from orchestrator.dsl import Decision, Human, Parallel, Timer
-
+def workflow_dot(workflow: Workflow, states: Mapping[str, str] | None = None) -> str:
+    """DOT for the definition; nodes take the colour of their latest run's state when ``states`` (node name ->
+    step state) says. Raises nothing."""
+    states = states or {}
     lines = [
         "digraph workflow {",
         '  graph [rankdir=LR, fontname="Helvetica", bgcolor="transparent", nodesep=0.35, ranksep=0.45];',

@@ -44,28 +44,63 @@ class PermanentError(Exception):
     """Raised by a handler for a failure that retrying cannot fix (a declined card, invalid input)."""
 
 
+Duration = float | timedelta
+
+
+def seconds(value: Duration, what: str) -> float:
+    """``value`` in seconds: a ``timedelta``, or a number of seconds. Raises DefinitionError naming ``what`` for
+    anything else (a string, None, a bool) or a value that is not finite."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value in (_INF, -_INF):
+        raise DefinitionError(f"{what} must be a timedelta or a finite number of seconds, not {value!r}")
+    return float(value)
+
+
+_INF = float("inf")
+
+
+def as_timedelta(value: Duration) -> timedelta:
+    """``value`` as a ``timedelta`` (a number counts seconds). Raises DefinitionError as :func:`seconds` does."""
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds(value, "a duration"))
+
+
 @dataclass(frozen=True)
 class Retry:
-    """Retry policy: exponential back-off with jitter, capped at ``max_delay`` seconds."""
+    """Retry policy: exponential back-off with jitter.
+
+    ``backoff`` (the first wait) and ``max_delay`` (the cap) are durations: a ``timedelta``, or a number of
+    seconds; they are kept as seconds. ``multiplier`` grows the wait per attempt, ``jitter`` spreads it by that
+    fraction either way. Raises DefinitionError for values out of range.
+    """
 
     max_attempts: int = 3
-    backoff: float = 1.0
+    backoff: Duration = 1.0
     multiplier: float = 2.0
-    max_delay: float = 300.0
+    max_delay: Duration = 300.0
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
+        # Frozen: the durations are normalised to seconds once, here.
+        object.__setattr__(self, "backoff", seconds(self.backoff, "Retry.backoff"))
+        object.__setattr__(self, "max_delay", seconds(self.max_delay, "Retry.max_delay"))
         if self.max_attempts < 1:
             raise DefinitionError("Retry.max_attempts must be at least 1")
-        if self.backoff < 0 or self.max_delay < 0 or self.multiplier < 1 or not 0 <= self.jitter <= 1:
+        if (
+            seconds(self.backoff, "backoff") < 0
+            or seconds(self.max_delay, "max_delay") < 0
+            or self.multiplier < 1
+            or not 0 <= self.jitter <= 1
+        ):
             raise DefinitionError("Retry needs backoff >= 0, max_delay >= 0, multiplier >= 1, 0 <= jitter <= 1")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        """Seconds to wait after failed attempt number ``attempt`` (1-based); ``rng`` for a repeatable jitter."""
+        backoff, max_delay = seconds(self.backoff, "backoff"), seconds(self.max_delay, "max_delay")
         try:
-            base = min(self.max_delay, self.backoff * self.multiplier ** (attempt - 1))
+            base = min(max_delay, backoff * self.multiplier ** (attempt - 1))
         except OverflowError:  # a step retrying for days reaches exponents no float holds; it is capped anyway
-            base = self.max_delay
+            base = max_delay
         spread = base * self.jitter
         return max(0.0, base - spread + (rng or random).random() * 2 * spread)
 
@@ -102,12 +137,16 @@ class Node:
 
 @dataclass
 class Task(Node):
-    """An automated step: ``handler(ctx)`` runs on a Celery worker."""
+    """An automated step: ``handler(ctx)`` runs on a Celery worker.
+
+    ``timeout`` is a duration (a ``timedelta``, or a number of seconds; kept as seconds): the handler's soft time
+    limit, after which it gets ``SoftTimeLimitExceeded`` and the attempt fails.
+    """
 
     handler: Handler | None = None
     compensate: Handler | None = None
     retry: Retry = field(default_factory=Retry)
-    timeout: float = 60.0
+    timeout: Duration = 60.0
     on_failure: FailureAction = FAIL
     queue: str | None = None
 
@@ -116,6 +155,7 @@ class Task(Node):
     def __post_init__(self) -> None:
         if self.handler is None:
             raise DefinitionError(f"Task {self.name!r} needs a handler")
+        self.timeout = seconds(self.timeout, f"Task {self.name!r}: timeout")
         if self.on_failure not in (FAIL, COMPENSATE, ESCALATE):
             raise DefinitionError(f"Task {self.name!r}: on_failure must be fail, compensate or escalate")
         if self.timeout <= 0:
@@ -124,26 +164,44 @@ class Task(Node):
 
 @dataclass(frozen=True)
 class Remind:
-    """Escalation rung: remind the assignee (or the candidates) after ``after``."""
+    """Escalation rung: remind the assignee (or the candidates) ``after`` the task opened (a ``timedelta``, or a
+    number of seconds)."""
 
     after: timedelta
+
+    def __post_init__(self) -> None:
+        _rung_after(self)
 
 
 @dataclass(frozen=True)
 class Reassign:
-    """Escalation rung: hand the task to ``group`` after ``after``."""
+    """Escalation rung: hand the task to ``group`` ``after`` the task opened (a ``timedelta``, or a number of
+    seconds)."""
 
     after: timedelta
     group: str
 
+    def __post_init__(self) -> None:
+        _rung_after(self)
+
 
 @dataclass(frozen=True)
 class Escalate:
-    """Escalation rung: mark the task escalated to ``group`` (managers) or fail the instance."""
+    """Escalation rung: ``after`` the task opened (a ``timedelta``, or a number of seconds), mark the task escalated
+    to ``group`` (managers) or fail the instance."""
 
     after: timedelta
     group: str = "managers"
     fail_instance: bool = False
+
+    def __post_init__(self) -> None:
+        _rung_after(self)
+
+
+def _rung_after(rung: Any) -> None:
+    """A rung's ``after`` as a ``timedelta`` (a number counts seconds); raises DefinitionError for anything else."""
+    if not isinstance(rung.after, timedelta):
+        object.__setattr__(rung, "after", timedelta(seconds=seconds(rung.after, f"{type(rung).__name__}.after")))
 
 
 Rung = Remind | Reassign | Escalate
@@ -159,7 +217,8 @@ class Human(Node):
     task_title: str = ""
     form: Any = None
     quorum: int = 1
-    sla: timedelta | None = None
+    # How long the task may stay open before it is overdue: a ``timedelta``, or a number of seconds.
+    sla: Duration | None = None
     priority: str = "normal"
     escalation: Sequence[Rung] = ()
     # What a rejection does: "fail", "compensate", "end" (complete with outcome "rejected") or a node name.
@@ -176,6 +235,8 @@ class Human(Node):
             raise DefinitionError(f"Human step {self.name!r}: quorum must be at least 1")
         if self.priority not in PRIORITIES:
             raise DefinitionError(f"Human step {self.name!r}: priority must be one of {PRIORITIES}")
+        if self.sla is not None and not isinstance(self.sla, timedelta):
+            self.sla = timedelta(seconds=seconds(self.sla, f"Human step {self.name!r}: sla"))
 
     def render_title(self, instance_title: str) -> str:
         return (self.task_title or self.title).format(title=instance_title)
@@ -183,9 +244,10 @@ class Human(Node):
 
 @dataclass
 class Timer(Node):
-    """Wait for a duration, or until a datetime computed from the instance data."""
+    """Wait for a duration (``wait``: a ``timedelta``, or a number of seconds), or until an aware datetime that
+    ``until(data)`` computes from the instance data."""
 
-    wait: timedelta | None = None
+    wait: Duration | None = None
     until: Callable[[dict[str, Any]], datetime] | None = None
 
     kind = "timer"
@@ -193,6 +255,8 @@ class Timer(Node):
     def __post_init__(self) -> None:
         if (self.wait is None) == (self.until is None):
             raise DefinitionError(f"Timer {self.name!r} needs exactly one of wait= or until=")
+        if self.wait is not None and not isinstance(self.wait, timedelta):
+            self.wait = timedelta(seconds=seconds(self.wait, f"Timer {self.name!r}: wait"))
 
 
 @dataclass
@@ -319,9 +383,3 @@ class Workflow:
         for name, node in self.nodes.items():
             parts.append(f"{name}:{node.kind}:{self.next_after(name)}:{self.branch_of.get(name)}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-    def to_dot(self, states: Mapping[str, str] | None = None) -> str:
-        """The graph as Graphviz DOT; ``states`` colours nodes by the state of their latest run."""
-        from orchestrator.diagram import workflow_dot
-
-        return workflow_dot(self, states or {})

@@ -21,6 +21,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
+from orchestrator import live_names
 from orchestrator.realtime import send_recheck, session_digest
 
 User = get_user_model()
@@ -38,19 +39,19 @@ def _signed_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
         return
     # Sent before logout() deletes the session row: the digest lets that session's sockets close without a lookup.
     key = getattr(getattr(request, "session", None), "session_key", None)
-    recheck_on_commit([f"user.{user.pk}"], session_digest(key) if key else None)
+    recheck_on_commit([live_names.user_group(user.pk)], session_digest(key) if key else None)
 
 
 @receiver(post_save, sender=User, dispatch_uid="baton-live-user-saved")
 def _user_saved(sender: Any, instance: Any, created: bool, update_fields: Any, **kwargs: Any) -> None:
     if created or (update_fields is not None and set(update_fields) <= {"last_login"}):
         return  # a new user has no socket; signing in changes nothing a socket relies on
-    recheck_on_commit([f"user.{instance.pk}"])
+    recheck_on_commit([live_names.user_group(instance.pk)])
 
 
 @receiver(post_delete, sender=User, dispatch_uid="baton-live-user-deleted")
 def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
-    recheck_on_commit([f"user.{instance.pk}"])
+    recheck_on_commit([live_names.user_group(instance.pk)])
 
 
 @receiver(post_save, sender=Group, dispatch_uid="baton-live-group-saved")
@@ -58,12 +59,12 @@ def _group_saved(sender: Any, instance: Group, created: bool, **kwargs: Any) -> 
     # A group's name is authority too (approvals.selectors.is_manager reads "managers"): a rename changes what
     # its members may see. A new group has no members yet.
     if not created:
-        recheck_on_commit([f"group.{instance.pk}"])
+        recheck_on_commit([live_names.people_group(instance.pk)])
 
 
 @receiver(pre_delete, sender=Group, dispatch_uid="baton-live-group-deleted")
 def _group_deleted(sender: Any, instance: Group, **kwargs: Any) -> None:
-    recheck_on_commit([f"group.{instance.pk}"])
+    recheck_on_commit([live_names.people_group(instance.pk)])
 
 
 def _m2m_targets(instance: Any, action: str, reverse: bool, pk_set: set[int] | None, kind: str) -> list[str]:

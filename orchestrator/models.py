@@ -205,7 +205,7 @@ class StepRun(FSMModelMixin, models.Model):
     branch = models.PositiveSmallIntegerField(null=True, blank=True)
 
     # Not a column: the state and attempt the engine read the row with, which its fenced writes expect
-    # (``orchestrator.services.engine.lock_step`` / ``step_save``).
+    # (``orchestrator.services.locks.lock_step`` / ``step_save``).
     _read_as: tuple[str, int]
 
     class Meta:
@@ -278,7 +278,7 @@ class StepRun(FSMModelMixin, models.Model):
         self.lease_expires_at = None
 
     # A dead step compensates only when its handler returned and its result could not be recorded (its effect
-    # happened; engine.RESULT_LOST).
+    # happened; compensation.RESULT_LOST).
     @transition(field=state, source=[StepState.SUCCEEDED, StepState.DEAD], target=StepState.COMPENSATED)
     def mark_compensated(self) -> None:
         pass
@@ -351,27 +351,3 @@ class AuditChain(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}#{self.seq}"
-
-
-class DemoLedger(models.Model):
-    """The simulated external services of the demo workflows record their side effects here.
-
-    The unique idempotency key is what a real payment provider or warehouse API does for us: a repeated call
-    with the same key returns the first result instead of charging twice.
-    """
-
-    service = models.CharField(max_length=40)
-    operation = models.CharField(max_length=40)
-    idempotency_key = models.CharField(max_length=200)
-    amount = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
-    reference = models.CharField(max_length=64)
-    calls = models.PositiveIntegerField(default=1)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["service", "operation", "idempotency_key"], name="ledger_key_unique")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.service}.{self.operation} {self.reference}"

@@ -10,6 +10,10 @@ loop in another thread: that hand-over cost about 1 ms of CPU per commit, a quar
 (bench/README.md). Live events are hints to re-fetch, never state: one lost while a web process reconnects to
 Redis is repaired by the page's next fetch.
 
+Any other layer (``BATON_CHANNEL_LAYER=redis``: channels_redis's standard ``RedisChannelLayer``, or a layer a
+deployment's own settings name) gets each group's message through the layer's own ``group_send``, awaited on one
+event loop thread per process that this module keeps for it: the layer's wire format stays the layer's business.
+
 Every channel name starts with the deployment's ``BATON_CHANNEL_PREFIX`` (the layer's ``prefix``), because Redis
 pub/sub ignores the database number: two deployments on one Redis server would otherwise hear each other.
 """
@@ -28,7 +32,6 @@ import redis
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash
-from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 logger = logging.getLogger(__name__)
@@ -85,10 +88,44 @@ def _send(groups: Iterable[str], message: dict[str, Any]) -> None:
             for group in groups:
                 asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
         else:
-            raise ImproperlyConfigured(f"Baton broadcasts through the in-memory or Redis pub/sub layer, not {layer!r}")
+            _group_send(layer, groups, message)
     except Exception:
         # A lost live update is repaired by the page's resync; it must never undo committed work.
         logger.exception("broadcast to %s failed", groups)
+
+
+# How long a sender waits for another layer's group_send of one commit before it logs the failure and moves on
+# (the sends go on in the background; the page's next fetch repairs whatever they miss).
+GROUP_SEND_TIMEOUT = 5.0
+_sender_loops: dict[int, asyncio.AbstractEventLoop] = {}
+_sender_lock = threading.Lock()
+
+
+def _sender_loop() -> asyncio.AbstractEventLoop:
+    """This process's event loop for other layers' ``group_send``, running in a daemon thread.
+
+    One loop for the process's life, not ``async_to_sync`` per commit: that makes a new loop each time, and a
+    layer such as channels_redis's keeps its Redis connections per loop, so every commit would connect afresh.
+    Keyed by process id: a Celery prefork child does not inherit its parent's thread.
+    """
+    pid = os.getpid()
+    with _sender_lock:
+        loop = _sender_loops.get(pid)
+        if loop is None or loop.is_closed():
+            loop = _sender_loops[pid] = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="baton-live-sender", daemon=True).start()
+    return loop
+
+
+def _group_send(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
+    """``layer.group_send(group, message)`` for each group in order, on the sender loop; waits for them (at most
+    GROUP_SEND_TIMEOUT seconds) so that a failure is logged by the caller. Raises what the layer raised."""
+
+    async def send_all() -> None:
+        for group in groups:
+            await layer.group_send(group, message)
+
+    asyncio.run_coroutine_threadsafe(send_all(), _sender_loop()).result(timeout=GROUP_SEND_TIMEOUT)
 
 
 _publishers: dict[tuple[int, str], redis.Redis] = {}

@@ -3,7 +3,9 @@
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from orchestrator.services import engine
+from orchestrator.audit_seals import seal
+from orchestrator.services.steps import step_execute
+from orchestrator.services.sweep import sweep as sweep_pass
 
 
 # A database that cannot be reached (restarting, failing over) is worth waiting for: the message goes back to the
@@ -21,14 +23,14 @@ from orchestrator.services import engine
 )
 def step_run(step_id: int) -> str:
     """Look at step ``step_id``: run it if PostgreSQL says it is due."""
-    return engine.step_execute(step_id)
+    return step_execute(step_id)
 
 
 @shared_task(name="orchestrator.tasks.sweep", ignore_result=True, expires=30)
 def sweep() -> dict:
     """The one periodic pass over due steps, lost leases, paused instances and task deadlines; its counts, with
     ``errors``: the due items whose handling raised (logged, audited and skipped)."""
-    report = engine.sweep()
+    report = sweep_pass()
     return {
         "dispatched": report.dispatched,
         "leases_expired": report.leases_expired,
@@ -42,6 +44,4 @@ def sweep() -> dict:
 @shared_task(name="orchestrator.tasks.audit_seal", ignore_result=True, expires=120)
 def audit_seal(full: bool = False) -> int:
     """Seal the audit chain heads outside the database (``orchestrator/audit_seals.py``); returns heads sealed."""
-    from orchestrator.audit_seals import seal
-
     return seal(full=full)

@@ -34,7 +34,7 @@ from django.utils import timezone
 from orchestrator import registry
 from orchestrator.dsl import Workflow
 from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, StepRun, WorkflowInstance
-from orchestrator.services import engine
+from orchestrator.services.steps import _run_handler, step_claim, step_execute, step_record
 from tests.factories import GroupFactory, SuperUserFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,13 +157,13 @@ class Ran:
 
 
 def _execute_at(step_id: int, now: Any) -> str:
-    """``engine.step_execute`` with the claim taken at ``now`` (a clock moved forward to a back-off's due time)."""
-    claim = engine.step_claim(step_id, now=now)
+    """``step_execute`` with the claim taken at ``now`` (a clock moved forward to a back-off's due time)."""
+    claim = step_claim(step_id, now=now)
     if claim is None:
         return "not runnable"
     # The handler runs exactly as on a worker: outside any engine transaction, then fenced by its attempt.
-    outcome = engine._run_handler(claim)
-    return engine.step_record(claim.step_id, claim.attempt, outcome)
+    outcome = _run_handler(claim)
+    return step_record(claim.step_id, claim.attempt, outcome)
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def run_steps(db: None) -> Callable[..., list[Ran]]:
     """Drain automated work without Celery.
 
     ``run_steps(instance=None, *, advance=False, limit=None)`` repeatedly picks the earliest dispatchable step
-    (scheduled or failed) of ``instance`` (or of any instance) and runs it through ``engine.step_execute``, the
+    (scheduled or failed) of ``instance`` (or of any instance) and runs it through ``step_execute``, the
     same entry point as the Celery task, until nothing due is left or ``limit`` steps ran. With
     ``advance=True`` steps due in the future (retry back-off, timers) run too: their claim is taken at
     ``due_at``, as if the clock had moved there, so back-off costs no sleeping. A step the engine refuses (a
@@ -197,7 +197,7 @@ def run_steps(db: None) -> Callable[..., list[Ran]]:
             if len(ran) >= RUN_STEPS_GUARD:
                 raise AssertionError(f"run_steps: more than {RUN_STEPS_GUARD} steps ran; is a workflow looping?")
             if step.due_at is None or step.due_at <= now:
-                result = engine.step_execute(step.pk)
+                result = step_execute(step.pk)
             else:
                 result = _execute_at(step.pk, step.due_at)
             if result == "not runnable":

@@ -7,10 +7,10 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("BATON_SECRET_KEY", "baton-tests-only")
 os.environ.setdefault("BATON_AUDIT_KEYS", "tests:baton-tests-only-audit-key-not-for-production")
 os.environ.setdefault("BATON_DEBUG", "1")
-os.environ.setdefault(
-    "BATON_WORKFLOW_MODULES",
-    "orchestrator.workflows.order_fulfilment,orchestrator.workflows.expense_approval,orchestrator.workflows.bench",
-)
+# The tests run in production mode (DATABASE_URL is set) with the demo app, whose workflows and ledger they use,
+# and the benchmark flows.
+os.environ.setdefault("BATON_DEMO_APP", "1")
+os.environ.setdefault("BATON_WORKFLOW_MODULES", "demo.workflows.bench")
 
 from baton_site.settings import *  # noqa: F403
 

@@ -41,13 +41,13 @@ from django.utils import timezone
 
 from api.tokens import token_create
 from approvals.models import HumanTask, SavedView, TaskKind, TaskState
-from approvals.services import task_claim
+from approvals.services.tasks import task_claim
+from demo.data import GROUPS
 from orchestrator import registry
-from orchestrator.demo import GROUPS
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, InstanceState, StepRun, WorkflowInstance
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
+from orchestrator.services.steps import step_execute
 from tests.conftest import _execute_at
 from tests.factories import PASSWORD, ExpenseInputFactory, GroupFactory, OrderInputFactory, UserFactory
 
@@ -254,7 +254,7 @@ def _drain(instance: WorkflowInstance) -> None:
             return
         now = timezone.now()
         due = step.due_at is None or step.due_at <= now
-        if (engine.step_execute(step.pk) if due else _execute_at(step.pk, step.due_at)) == "not runnable":
+        if (step_execute(step.pk) if due else _execute_at(step.pk, step.due_at)) == "not runnable":
             refused.add(step.pk)
     raise AssertionError(f"instance {instance.pk} kept running steps")
 

@@ -18,9 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import HumanTask, SavedView, TaskState
-from approvals.services import TaskInvalid, task_claim, task_decide, task_delegate, task_snooze
+from approvals.services.base import TaskInvalid
+from approvals.services.tasks import task_claim, task_decide, task_delegate, task_snooze
+from demo.data import GROUPS
 from orchestrator.audit import Actor
-from orchestrator.demo import GROUPS
 from orchestrator.inputs import COMMENT_MAX, REASON_MAX
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import InvalidInput, instance_pause, instance_start

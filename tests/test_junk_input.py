@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from approvals.models import HumanTask, SavedView
-from approvals.services import task_claim
+from approvals.services.tasks import task_claim
+from demo.data import GROUPS
 from orchestrator.audit import Actor
-from orchestrator.demo import GROUPS
 from orchestrator.services.instances import instance_pause, instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 

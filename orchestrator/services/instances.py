@@ -14,6 +14,7 @@ from django.db.models.functions import Greatest
 
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
 from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, check_text, check_when
 from orchestrator.models import (
@@ -24,20 +25,13 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services.engine import (
-    DECISION_KEPT,
-    compensation_retry,
-    definition_of,
-    definition_or_none,
-    definition_unavailable,
-    enter_node,
-    human_step_retry,
-    lock_instance,
-    saga_begun,
-    settle,
-    skip_open_steps,
-)
+from orchestrator.ports import human_tasks_or_none
+from orchestrator.services.compensation import compensation_retry, saga_begun
+from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_retry
+from orchestrator.services.lifecycle import settle, skip_open_steps
+from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import clean_text
+from orchestrator.services.steps import step_retry
 from orchestrator.services.unit import Unit
 
 
@@ -122,12 +116,12 @@ def instance_start(
             unit.reserved_step_id = reserved
             instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
             unit.audit(
-                "instance.started",
                 "instance",
                 instance.pk,
                 "",
                 instance.state,
                 payload={"workflow": workflow.key, "input": data},
+                action=AuditAction.INSTANCE_STARTED,
             )
             enter_node(unit, workflow, workflow.first.name, None, None, hops=0)
             settle(unit)
@@ -167,7 +161,12 @@ def _reason_required(reason: str) -> str:
 
 
 def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
-    """Operator: put a failed instance's dead steps back in the queue and run it again from there."""
+    """Operator: put a failed instance's dead steps back in the queue and run it again from there.
+
+    Raises ValidationError for a missing or too long reason; NotAllowed when the instance is not failed, is
+    compensating or compensated, has nothing to retry, its definition is not registered or lacks a node the
+    retry needs, or what follows a kept decision still raises; ``WorkflowInstance.DoesNotExist``.
+    """
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
@@ -205,21 +204,15 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
         unit = Unit(instance, actor, request_meta=request_meta)
         from_state = instance.state
         instance.retry()
-        unit.audit("instance.retried", "instance", instance.pk, from_state, instance.state, reason=reason)
+        unit.audit(
+            "instance", instance.pk, from_state, instance.state, reason=reason, action=AuditAction.INSTANCE_RETRIED
+        )
         workflow = definition_of(instance)
         for step in dead:
             if step.kind == StepKind.HUMAN and step.result.get(DECISION_KEPT):
                 _retry_after_decision(unit, workflow, step)
                 continue
-            step_from = step.state
-            node = workflow.node(step.name)
-            # A timer (or any node without a retry policy) that died gets one more attempt.
-            step.max_attempts = step.attempt + (node.retry.max_attempts if isinstance(node, Task) else 1)
-            step.schedule(unit.now)
-            step.dispatched_at = unit.now
-            step.save(update_fields=["state", "due_at", "dispatched_at", "max_attempts"])
-            unit.audit("step.scheduled", "step", step.pk, step_from, step.state, reason=reason)
-            unit.dispatch(step)
+            step_retry(unit, workflow, step, reason)
         _redispatch_due(unit)
         settle(unit)
         unit.finish()
@@ -242,7 +235,7 @@ def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> Non
 
 
 def _retry_after_decision(unit: Unit, workflow: Any, step: StepRun) -> None:
-    """Enter what follows a kept decision again (``engine.human_step_retry``); refused with the error when the
+    """Enter what follows a kept decision again (``flow.human_step_retry``); refused with the error when the
     definition still raises there, so the operator's page says why instead of answering 500."""
     try:
         with transaction.atomic():
@@ -285,8 +278,6 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     and a retry's back-off are wall-clock times: they keep their time and, if it fell inside the pause, fire on
     resume. Raises nothing; a definition that cannot be loaded raises as :func:`definition_of` does.
     """
-    from approvals.services import tasks_shift_deadlines
-
     workflow = definition_of(unit.instance)
     dates = [node.name for node in workflow.nodes.values() if isinstance(node, Timer) and node.until is not None]
     held = Value(unit.now, output_field=DateTimeField()) - Greatest(
@@ -295,7 +286,9 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     StepRun.objects.filter(
         instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
     ).exclude(name__in=dates).update(due_at=F("due_at") + held)
-    tasks_shift_deadlines(unit, paused_at, held)
+    people = human_tasks_or_none()
+    if people is not None:
+        people.tasks_shift_deadlines(unit, paused_at, held)
 
 
 def instance_pause(
@@ -323,13 +316,13 @@ def instance_pause(
         from_state = instance.state
         instance.pause(until, unit.now)
         unit.audit(
-            "instance.paused",
             "instance",
             instance.pk,
             from_state,
             instance.state,
             reason=reason,
             payload={"until": until.isoformat() if until else None},
+            action=AuditAction.INSTANCE_PAUSED,
         )
         unit.finish()
 
@@ -343,7 +336,11 @@ def instance_resume(
     now: datetime | None = None,
     request_meta: dict | None = None,
 ) -> bool:
-    """Resume a paused instance and dispatch the steps that fell due while it was held; True if it resumed."""
+    """Resume a paused instance and dispatch the steps that fell due while it was held; True if it resumed.
+
+    Raises ValidationError for a missing or too long reason; NotAllowed when the instance is not paused (unless
+    ``only_if_due``: then False) or its definition is not registered; ``WorkflowInstance.DoesNotExist``.
+    """
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
@@ -365,13 +362,13 @@ def instance_resume(
             unit.now = paused_at
         instance.resume()
         unit.audit(
-            "instance.resumed",
             "instance",
             instance.pk,
             InstanceState.PAUSED,
             instance.state,
             reason=reason,
             payload={"paused_at": paused_at.isoformat() if paused_at else None},
+            action=AuditAction.INSTANCE_RESUMED,
         )
         if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
             _shift_deadlines(unit, paused_at)
@@ -382,7 +379,11 @@ def instance_resume(
 
 
 def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
-    """Operator: stop an instance for good; open steps are skipped and open tasks cancelled."""
+    """Operator: stop an instance for good; open steps are skipped and open tasks cancelled.
+
+    Raises ValidationError for a missing or too long reason; NotAllowed when the instance is already final;
+    ``WorkflowInstance.DoesNotExist``.
+    """
     reason = _reason_required(reason)
     with transaction.atomic():
         instance = lock_instance(instance_id)
@@ -392,5 +393,7 @@ def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta
         skip_open_steps(unit, reason=f"cancelled: {reason}", everything=True)
         from_state = instance.state
         instance.cancel(unit.now)
-        unit.audit("instance.cancelled", "instance", instance.pk, from_state, instance.state, reason=reason)
+        unit.audit(
+            "instance", instance.pk, from_state, instance.state, reason=reason, action=AuditAction.INSTANCE_CANCELLED
+        )
         unit.finish()

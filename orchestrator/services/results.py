@@ -3,7 +3,7 @@
 A handler's result goes into three JSON columns (the step's result, the instance data, the audit payload) in the
 transaction that records the step. A value PostgreSQL or Python's JSON encoder refuses there would abort that
 transaction after the handler's side effect happened, so the result is checked first, in the worker, with no
-database round trip (``engine._run_handler``). The rule (docs/architecture.md, "A step whose outcome cannot be
+database round trip (``steps._run_handler``). The rule (docs/architecture.md, "A step whose outcome cannot be
 recorded") is: dicts with string keys, lists (tuples count as lists), strings, integers, finite floats, booleans
 and None; no NUL character and no lone surrogate in any string or key (PostgreSQL text cannot hold them); at most
 ``BATON_MAX_RESULT_BYTES`` bytes of JSON, nested no deeper than ``MAX_DEPTH`` levels.
@@ -125,6 +125,8 @@ def clean_text(text: str, limit: int | None = None) -> str:
 
     For error messages and reasons the engine writes itself (an exception's text may carry whatever the handler
     held), so that recording a failure can never fail on its own text.
+
+    Raises nothing.
     """
     if not text.isascii():
         text = text.encode("utf-8", "replace").decode("utf-8")

@@ -13,15 +13,19 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from celery import current_app
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Model
-from django.urls import reverse
 from django.utils import timezone
 
-from orchestrator import audit, rows
+from orchestrator import audit, live_names, registry, rows
 from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
+from orchestrator.dsl import Task, seconds
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
+from orchestrator.signals import instance_finished
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class Fenced(Exception):
 
     @classmethod
     def of(cls, step: StepRun) -> Fenced:
+        """The exception for ``step``, naming the state and attempt it was read with. Raises nothing."""
         return cls(f"step {step.pk} is no longer {step._read_as[0]} at attempt {step._read_as[1]}")
 
 
@@ -80,15 +85,17 @@ class Unit:
 
     def audit(
         self,
-        action: str,
         subject_type: str,
         subject_id: int | None,
         from_state: str = "",
         to_state: str = "",
         reason: str = "",
         payload: dict[str, Any] | None = None,
+        *,
+        action: AuditAction,
     ) -> None:
-        """Append an audit event to the instance's chain (written at ``finish``)."""
+        """Append an ``action`` event about ``subject_type`` ``subject_id`` to the instance's chain (written at
+        ``finish``). Raises nothing of its own."""
         self.events.append(
             audit.append(
                 self.instance,
@@ -106,9 +113,10 @@ class Unit:
         )
 
     def dispatch(self, step: StepRun) -> None:
-        """Send "look at step X" after commit, with its node's queue and time limits (:func:`dispatch_options`)."""
-        from orchestrator import registry
+        """Send "look at step X" after commit, with its node's queue and time limits (:func:`dispatch_options`).
 
+        Raises nothing of its own (a definition that cannot be loaded sends without options).
+        """
         try:
             node = registry.get(self.instance.workflow_name, self.instance.workflow_version).node(step.name)
         except Exception:
@@ -117,7 +125,7 @@ class Unit:
         self.scheduled_work = True
 
     def fence(self, step: StepRun, fields: list[str]) -> None:
-        """Write ``fields`` of a step read by ``engine.lock_step`` in ``finish``'s statement, only if the step is
+        """Write ``fields`` of a step read by ``locks.lock_step`` in ``finish``'s statement, only if the step is
         still in the state and at the attempt it was read with; else ``finish`` raises :class:`Fenced`.
 
         The row changes only at ``finish``: use it only where nothing reads the step's row before then (the locked
@@ -126,7 +134,7 @@ class Unit:
         self.fenced.append((step, fields))
 
     def notify(self, groups: list[str], event: dict[str, Any]) -> None:
-        """Queue a live event for ``groups`` (sent after commit)."""
+        """Queue a live event for ``groups`` (sent after commit). Raises nothing."""
         self.notes.append({"groups": groups, "event": event})
 
     def _values(self) -> dict[str, Any]:
@@ -135,19 +143,24 @@ class Unit:
         return values
 
     def finish(self) -> None:
-        """Write audit events and the changed instance fields; register dispatch and broadcast for after commit."""
+        """Write audit events and the changed instance fields; register dispatch and broadcast for after commit.
+
+        Raises :class:`Fenced` when a fenced step write found the step moved on; what a listener of
+        ``instance_finished`` raises.
+        """
         state_changed = self.instance.state != self.initial_state
         if state_changed and self.instance.state in OUTCOME_STATES:
-            self._tell_initiator()
+            # Listeners (approvals tells the initiator) add their rows to this unit: they commit with the outcome.
+            instance_finished.send(sender=Unit, unit=self, instance=self.instance)
         current = self._values()
         fields = [name for name in TRACKED_FIELDS if current[name] != self._snapshot[name]]
         if self.events:
             fields += ["audit_seq", "audit_head"]
             if self.broadcast:
-                self.groups.add(f"instance.{self.instance.pk}")
+                self.groups.add(live_names.instance_group(self.instance.pk))
                 if state_changed:
                     # The instance list follows states; step-level news goes only to pages showing the instance.
-                    self.groups.add("ops")
+                    self.groups.add(live_names.OPS_GROUP)
         fences: list[rows.Fence] = [(step, step_fields, FENCE, step._read_as) for step, step_fields in self.fenced]
         if fields or fences:
             # The events, the other new rows, the fenced step writes and the instance's new chain head in one
@@ -168,31 +181,15 @@ class Unit:
             transaction.on_commit(partial(send_step, step_id, options))
         if self.groups:
             event = {
-                "type": "instance.changed",
+                "type": live_names.INSTANCE_CHANGED,
                 "instance": self.instance.pk,
                 "state": self.instance.state,
-                "refresh": ["instances", f"instance-{self.instance.pk}"],
+                "refresh": [live_names.INSTANCES, live_names.instance_refresh(self.instance.pk)],
             }
             groups = sorted(self.groups)
             transaction.on_commit(partial(send_now, groups, event))
         for note in self.notes:
             transaction.on_commit(partial(send_now, note["groups"], note["event"]))
-
-    def _tell_initiator(self) -> None:
-        # Whoever started the work hears how it ended, unless they ended it themselves.
-        from approvals.notifications import notify
-
-        instance = self.instance
-        if instance.initiator_id is None or self.actor.user_id == instance.initiator_id:
-            return
-        outcome = instance.outcome if instance.state == "completed" else instance.state
-        notify(
-            self,
-            [instance.initiator_id],
-            f"instance.{instance.state}",
-            f"{instance.title or instance}: {outcome}",
-            url=reverse("console:instance_detail", args=[instance.pk]),
-        )
 
 
 # --- time limits and leases (docs/architecture.md, "Time limits and leases") ---------------------------------
@@ -212,19 +209,20 @@ def step_limits(node: Any) -> tuple[float, float, float]:
     and schedule the next attempt. The clocks start at message receipt (limits) and at the claim (lease), which comes
     after it, so a worker that comes back after its lease expired can only be fenced by the attempt number, never find
     a second attempt running beside a process the pool has not yet killed.
+
+    Raises nothing.
     """
-    from django.conf import settings
-
-    from orchestrator.dsl import Task
-
-    soft = node.timeout if isinstance(node, Task) else NO_HANDLER_TIMEOUT
+    soft = seconds(node.timeout, "timeout") if isinstance(node, Task) else NO_HANDLER_TIMEOUT
     hard = soft + HARD_LIMIT_MARGIN
     return soft, hard, hard + settings.BATON_LEASE_GRACE
 
 
 def dispatch_options(node: Any) -> dict[str, Any]:
     """Celery ``apply_async`` options for a step of ``node``: its queue and time limits. Every send of a step, first,
-    retry or the sweep's re-send, uses these."""
+    retry or the sweep's re-send, uses these.
+
+    Raises nothing.
+    """
     if node is None:
         return {}
     soft, hard, _ = step_limits(node)
@@ -235,9 +233,10 @@ def dispatch_options(node: Any) -> dict[str, Any]:
 
 
 def step_dispatch_options(step_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """:func:`dispatch_options` for each of ``step_ids`` (one query), for senders that hold only ids (the sweep)."""
-    from orchestrator import registry
+    """:func:`dispatch_options` for each of ``step_ids`` (one query), for senders that hold only ids (the sweep).
 
+    Raises nothing of its own.
+    """
     found = StepRun.objects.filter(pk__in=step_ids).values_list(
         "pk", "name", "instance__workflow_name", "instance__workflow_version"
     )
@@ -251,12 +250,17 @@ def step_dispatch_options(step_ids: list[int]) -> dict[int, dict[str, Any]]:
     return options
 
 
-def send_step(step_id: int, options: dict[str, Any]) -> None:
-    """Publish the Celery message for a step; a failure here is repaired by the sweep, never raised."""
-    from orchestrator.tasks import step_run
+# The Celery task that runs a step (orchestrator/tasks.py), published by name: the services never import the
+# module of Celery entry points that calls them.
+STEP_RUN_TASK = "orchestrator.tasks.step_run"
 
+
+def send_step(step_id: int, options: dict[str, Any]) -> None:
+    """Publish the Celery message for step ``step_id`` with ``options`` (:func:`dispatch_options`); a failure here
+    is logged and repaired by the sweep, never raised."""
     try:
-        step_run.apply_async(args=(step_id,), **options)
+        # ignore_result as the task declares it (apply_async would have added it from the task object).
+        current_app.send_task(STEP_RUN_TASK, args=(step_id,), ignore_result=True, **options)
     except Exception:
         # The state is committed; the sweep re-dispatches after BATON_REDISPATCH_AFTER seconds.
         logger.exception("could not publish step %s; the sweep will re-dispatch it", step_id)

@@ -192,7 +192,18 @@
 
   // ---- messages ----------------------------------------------------------
 
-  var GONE_EVENTS = { "task.claimed": true, "task.completed": true, "task.cancelled": true, "task.delegated": true };
+  // live-names:begin (mirrors orchestrator/live_names.py BROWSER; tests/orchestrator/test_live_names.py compares)
+  var LIVE_NAMES = {
+    "refreshPrefix": "baton:refresh-",
+    "refresh": ["instances", "inbox", "counts", "notifications"],
+    "refreshPrefixes": ["instance-", "task-"],
+    "taskGoneEvents": ["task.claimed", "task.completed", "task.cancelled", "task.delegated"]
+  };
+  // live-names:end
+  var GONE_EVENTS = {};
+  LIVE_NAMES.taskGoneEvents.forEach(function (type) {
+    GONE_EVENTS[type] = true;
+  });
 
   function handleMessage(data) {
     var msg = data;
@@ -222,7 +233,7 @@
         name = String(name);
         if (!name || seen[name]) return;
         seen[name] = true;
-        fire("baton:refresh-" + name);
+        fire(LIVE_NAMES.refreshPrefix + name);
       });
     }
 

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from api.tokens import token_create
-from orchestrator.demo import GROUPS
+from demo.data import GROUPS
 
 
 class ApiClient:

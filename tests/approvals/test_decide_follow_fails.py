@@ -16,12 +16,13 @@ from django.test import Client
 from django.urls import reverse
 
 from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
-from approvals.services import APPROVE, SKIP, TaskConflict, task_decide
+from approvals.services.base import APPROVE, SKIP, TaskConflict
+from approvals.services.tasks import task_decide
 from orchestrator.audit import Actor
 from orchestrator.dsl import ESCALATE, Decision, Human, Retry, StepContext, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
-from orchestrator.services import engine
 from orchestrator.services.instances import NotAllowed, instance_retry, instance_start
+from orchestrator.services.steps import step_execute
 from tests.approvals.test_views import shown
 
 pytestmark = pytest.mark.django_db
@@ -223,7 +224,7 @@ def test_an_operators_skip_into_a_raising_decision_is_refused_with_the_reason(re
         )
     )
     instance = instance_start(workflow.name, {})
-    engine.step_execute(instance.steps.get(name="pay").pk)
+    step_execute(instance.steps.get(name="pay").pk)
     escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
 
     # when / then: skipping would enter the raising decision: refused with the reason, nothing changed

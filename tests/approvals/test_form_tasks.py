@@ -8,7 +8,8 @@ from django.urls import reverse
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
 from approvals.selectors import team_queue
-from approvals.services import APPROVE, SUBMIT, TaskInvalid, task_decide
+from approvals.services.base import APPROVE, SUBMIT, TaskInvalid
+from approvals.services.tasks import task_decide
 from orchestrator.models import InstanceState, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory

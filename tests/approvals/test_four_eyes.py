@@ -8,17 +8,8 @@ from django.test import Client
 from django.urls import reverse
 
 from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
-from approvals.services import (
-    APPROVE,
-    REJECT,
-    RESOLVED,
-    TaskConflict,
-    TaskForbidden,
-    task_claim,
-    task_decide,
-    task_delegate,
-    task_release,
-)
+from approvals.services.base import APPROVE, REJECT, RESOLVED, TaskConflict, TaskForbidden
+from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start

@@ -9,7 +9,9 @@ from django.conf import settings
 from django.core import mail
 
 from approvals.models import HumanTask, Notification, TaskKind
-from approvals.services import APPROVE, notifications_mark_read, task_claim, task_decide, task_delegate, tasks_sweep
+from approvals.services.base import APPROVE
+from approvals.services.deadlines import tasks_sweep
+from approvals.services.tasks import notifications_mark_read, task_claim, task_decide, task_delegate
 from orchestrator.audit import Actor
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_cancel, instance_start

@@ -11,19 +11,13 @@ from django.test import Client
 from django.urls import reverse
 
 from approvals.models import HumanTask, Notification, TaskState
-from approvals.services import (
-    APPROVE,
-    TaskForbidden,
-    TaskInvalid,
-    task_claim,
-    task_decide,
-    task_delegate,
-    tasks_sweep,
-)
+from approvals.services.base import APPROVE, TaskForbidden, TaskInvalid
+from approvals.services.deadlines import tasks_sweep
+from approvals.services.tasks import task_claim, task_decide, task_delegate
 from orchestrator.dsl import Human, Remind, Workflow
 from orchestrator.models import AuditEvent, WorkflowInstance
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
+from orchestrator.services.sweep import sweep
 from tests.admin_forms import post_user_change
 from tests.factories import ExpenseInputFactory, UserFactory
 
@@ -310,7 +304,7 @@ def test_the_sweep_releases_a_claim_the_signals_never_saw(users):
     User.objects.filter(pk=users.staff.pk).update(is_active=False)
 
     # when
-    report = engine.sweep()
+    report = sweep()
 
     # then
     task.refresh_from_db()

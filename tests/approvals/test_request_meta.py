@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind
-from approvals.services import task_claim
+from approvals.services.tasks import task_claim
 from orchestrator.models import AuditEvent, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory

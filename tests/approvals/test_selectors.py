@@ -26,7 +26,8 @@ from approvals.selectors import (
     saved_views_for,
     team_queue,
 )
-from approvals.services import APPROVE, TaskForbidden, task_claim, task_decide, task_snooze
+from approvals.services.base import APPROVE, TaskForbidden
+from approvals.services.tasks import task_claim, task_decide, task_snooze
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import StepKind, WorkflowInstance
 from orchestrator.services.instances import instance_start

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
-from approvals.services import (
+from approvals.services.base import (
     APPROVE,
     REJECT,
     RESOLVED,
@@ -17,12 +17,10 @@ from approvals.services import (
     TaskForbidden,
     TaskInvalid,
     TaskNotFound,
-    task_claim,
-    task_decide,
-    task_delegate,
-    task_release,
-    tasks_sweep,
 )
+from approvals.services.deadlines import tasks_sweep
+from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
+from orchestrator import registry
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -397,7 +395,8 @@ def test_resolved_by_hand_finishes_the_compensation(users, failed_refund, run_st
 
 
 def test_retry_runs_the_failed_compensation_again(users, failed_refund, run_steps):
-    """Retrying the escalated refund gives it one more attempt; it succeeds and the saga completes."""
+    """Retrying the escalated refund gives it a fresh attempt budget (the one rule for a step retried by a person:
+    its node's max_attempts again, as an instance retry gives); it succeeds and the saga completes."""
     # given
     instance, escalation = failed_refund
 
@@ -408,7 +407,8 @@ def test_retry_runs_the_failed_compensation_again(users, failed_refund, run_step
     # then
     instance.refresh_from_db()
     refund = instance.steps.get(kind=StepKind.COMPENSATION, name="charge_payment")
-    assert (refund.state, refund.attempt) == (StepState.SUCCEEDED, 5)
+    budget = registry.get("order_fulfilment").node("charge_payment").retry.max_attempts
+    assert (refund.state, refund.attempt, refund.max_attempts) == (StepState.SUCCEEDED, 5, 4 + budget)
     assert instance.state == InstanceState.COMPENSATED
 
 

@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import HumanTask, Notification, Priority, SavedView, TaskKind, TaskState
-from approvals.services import APPROVE, task_claim, task_decide, task_snooze
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_claim, task_decide, task_snooze
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory

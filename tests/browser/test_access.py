@@ -5,7 +5,8 @@ from __future__ import annotations
 from playwright.sync_api import expect
 
 from approvals.models import HumanTask, TaskState
-from approvals.services import APPROVE, task_decide
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_decide
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import BrowserTestCase

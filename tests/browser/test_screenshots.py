@@ -13,7 +13,7 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 from approvals.models import HumanTask, TaskState
-from orchestrator.demo import load_demo
+from demo.data import load_demo
 from orchestrator.models import WorkflowInstance
 from tests.browser.live import DESKTOP, PHONE, BrowserTestCase
 

@@ -11,8 +11,8 @@ from django.contrib.auth.models import Group, Permission
 from playwright.sync_api import Page, expect
 
 from approvals.models import HumanTask, TaskState
-from approvals.services import task_claim, task_delegate
-from orchestrator.demo import GROUPS
+from approvals.services.tasks import task_claim, task_delegate
+from demo.data import GROUPS
 from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, orm
 from tests.browser.test_inbox import EXPENSE, start_expense
@@ -180,7 +180,8 @@ class TaskPageTests(BrowserTestCase):
         """The finance classification form: Bootstrap controls with labels above; submitting without a cost
         centre marks that field, keeps the note and the comment."""
         # given
-        from approvals.services import APPROVE, task_decide
+        from approvals.services.base import APPROVE
+        from approvals.services.tasks import task_decide
 
         instance = instance_start(
             "expense_approval", {**EXPENSE, "category": "other", "amount": "800"}, initiator=self.users.operator

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 from django.db import connection
 
+from demo.workflows.simulated import call
 from orchestrator.dsl import Decision, Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
-from orchestrator.workflows.simulated import call
 
 # Attempts left and a lease that runs out within seconds: a re-run, if there were one, would show quickly.
 RETRYING = Retry(max_attempts=3, backoff=0.1)

@@ -12,7 +12,8 @@ from django.db import connection, transaction
 from django.db.utils import ProgrammingError
 
 from approvals.models import HumanTask
-from approvals.services import APPROVE, task_decide
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_decide
 from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone, event_hash, verify_chain
 from orchestrator.models import AuditChain, AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.services.instances import instance_pause, instance_resume, instance_start

@@ -24,7 +24,8 @@ from django.db import connections, transaction
 from django.test import Client
 
 from approvals.models import HumanTask, TaskState
-from approvals.services import APPROVE, task_decide
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_decide
 from baton_site.asgi import application
 from orchestrator import consumers
 from orchestrator.audit import Actor

@@ -14,6 +14,8 @@ from orchestrator.dsl import (
     DefinitionError,
     Human,
     Parallel,
+    Reassign,
+    Remind,
     Retry,
     StepContext,
     Task,
@@ -145,6 +147,43 @@ def test_retry_bounds_are_checked(kwargs):
 
 
 # --- retry delays ---------------------------------------------------------------------------------------
+
+
+def test_durations_take_a_timedelta_or_seconds_and_keep_one_unit():
+    """Given every duration of the DSL as a timedelta and as a number of seconds, when the nodes are built, then
+    each keeps one unit (seconds for retry and timeout, a timedelta for waits, SLAs and rungs), equal both ways."""
+    # given / when
+    as_delta = Retry(backoff=timedelta(seconds=2), max_delay=timedelta(minutes=1))
+    as_number = Retry(backoff=2, max_delay=60)
+    timed = task("t", timeout=timedelta(seconds=90))
+    waiting = Timer("w", wait=30)
+    owned = human("h", sla=3600, escalation=[Remind(after=600), Reassign(after=timedelta(hours=2), group="leads")])
+
+    # then
+    assert (as_delta.backoff, as_delta.max_delay) == (as_number.backoff, as_number.max_delay) == (2.0, 60.0)
+    assert as_delta.delay(3, random.Random(1)) == as_number.delay(3, random.Random(1))
+    assert timed.timeout == 90.0
+    assert waiting.wait == timedelta(seconds=30)
+    assert owned.sla == timedelta(hours=1)
+    assert [rung.after for rung in owned.escalation] == [timedelta(minutes=10), timedelta(hours=2)]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Retry(backoff="2"),
+        lambda: task("t", timeout=float("nan")),
+        lambda: Timer("w", wait=True),
+        lambda: human("h", sla="1h"),
+        lambda: Remind(after=None),
+    ],
+)
+def test_a_duration_that_is_neither_a_timedelta_nor_seconds_is_refused(build):
+    """Given a duration as text, NaN, a bool or None, when the node is built, then DefinitionError says what a
+    duration must be."""
+    # given / when / then
+    with pytest.raises(DefinitionError, match="timedelta or a finite number of seconds"):
+        build()
 
 
 def test_retry_delay_grows_exponentially_up_to_the_cap():

@@ -8,11 +8,12 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from approvals.models import HumanTask, TaskKind, TaskState
-from approvals.services import APPROVE, RESOLVED, TaskConflict, task_decide, tasks_sweep
+from approvals.services.base import APPROVE, RESOLVED, TaskConflict
+from approvals.services.deadlines import tasks_sweep
+from approvals.services.tasks import task_decide
 from orchestrator.audit import Actor
 from orchestrator.dsl import Escalate, Human, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepState
-from orchestrator.services import engine
 from orchestrator.services.instances import (
     NotAllowed,
     instance_cancel,
@@ -21,6 +22,7 @@ from orchestrator.services.instances import (
     instance_retry,
     instance_start,
 )
+from orchestrator.services.steps import Outcome, step_claim, step_execute, step_record
 from tests.factories import OrderInputFactory
 
 pytestmark = pytest.mark.django_db
@@ -144,7 +146,7 @@ def test_pause_blocks_claims_and_resume_dispatches(run_steps, broker, django_cap
     instance_pause(instance.pk, actor=OPERATOR, reason="maintenance window")
 
     # when
-    claim_while_paused = engine.step_claim(step.pk)
+    claim_while_paused = step_claim(step.pk)
     with django_capture_on_commit_callbacks(execute=True):
         instance_resume(instance.pk, actor=OPERATOR, reason="window over")
 
@@ -201,7 +203,7 @@ def test_a_cancelled_instance_ignores_its_pending_messages(run_steps):
 
     # when
     instance_cancel(instance.pk, actor=OPERATOR, reason="duplicate order")
-    result = engine.step_execute(step.pk)
+    result = step_execute(step.pk)
 
     # then
     step.refresh_from_db()
@@ -237,15 +239,15 @@ def single_step_flow(register_workflow) -> Workflow:
 
 
 def finish_last_step(instance, step):
-    claim = engine.step_claim(step.pk)
+    claim = step_claim(step.pk)
     instance_pause(instance.pk, actor=OPERATOR, reason="hold")
-    engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=True))
+    step_record(step.pk, claim.attempt, Outcome(ok=True))
 
 
 def kill_last_step(instance, step):
-    claim = engine.step_claim(step.pk)
+    claim = step_claim(step.pk)
     instance_pause(instance.pk, actor=OPERATOR, reason="hold")
-    engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=False, error_type="Boom", error="boom"))
+    step_record(step.pk, claim.attempt, Outcome(ok=False, error_type="Boom", error="boom"))
 
 
 @pytest.mark.parametrize(

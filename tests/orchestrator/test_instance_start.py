@@ -8,8 +8,8 @@ from orchestrator import registry
 from orchestrator.dsl import StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepRun, StepState, WorkflowInstance
 from orchestrator.registry import UnknownWorkflow
-from orchestrator.services import engine
 from orchestrator.services.instances import IdempotencyConflict, InvalidInput, instance_start
+from orchestrator.services.steps import step_execute
 from tests.factories import OrderInputFactory
 
 pytestmark = pytest.mark.django_db
@@ -199,7 +199,7 @@ def test_a_step_whose_version_is_gone_fails_loudly(pinned_v1, run_steps):
     registry.unregister("pinned_demo", 1)
 
     # when
-    result = engine.step_execute(instance.steps.get().pk)
+    result = step_execute(instance.steps.get().pk)
 
     # then
     instance.refresh_from_db()

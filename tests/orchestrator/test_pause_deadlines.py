@@ -28,8 +28,10 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services import engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_start
+from orchestrator.services.locks import SWEEPER
+from orchestrator.services.steps import Outcome, step_claim, step_record
+from orchestrator.services.sweep import sweep
 
 pytestmark = pytest.mark.django_db
 
@@ -91,13 +93,13 @@ def test_a_timer_wait_counts_unpaused_time_only(wait_flow, run_steps, broker, dj
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        during = engine.sweep(now=due + timedelta(minutes=30))
+        during = sweep(now=due + timedelta(minutes=30))
         resumed_at = paused_at + timedelta(hours=3)
         instance_resume(instance.pk, actor=OPERATOR, reason="audit done", now=resumed_at)
         timer.refresh_from_db()
-        early = engine.sweep(now=timer.due_at - timedelta(seconds=1))
-        on_time = engine.sweep(now=timer.due_at)
-        again = engine.sweep(now=timer.due_at + timedelta(seconds=1))
+        early = sweep(now=timer.due_at - timedelta(seconds=1))
+        on_time = sweep(now=timer.due_at)
+        again = sweep(now=timer.due_at + timedelta(seconds=1))
 
     # then
     assert during.dispatched == 0
@@ -130,9 +132,9 @@ def test_a_timer_until_a_date_that_passed_during_the_pause_fires_once_on_resume(
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        during = engine.sweep(now=at + timedelta(minutes=1))
+        during = sweep(now=at + timedelta(minutes=1))
         instance_resume(instance.pk, actor=OPERATOR, reason="audit done", now=at + timedelta(hours=2))
-        after = engine.sweep(now=at + timedelta(hours=2, seconds=1))
+        after = sweep(now=at + timedelta(hours=2, seconds=1))
 
     # then
     timer.refresh_from_db()
@@ -183,7 +185,7 @@ def test_an_sla_and_each_escalation_rung_wait_out_a_pause_and_fire_once_after(us
     paused_at = pause(instance)
 
     # when: the sweep runs through the whole ladder while paused
-    during = [engine.sweep(now=first_rung + timedelta(hours=h)).tasks for h in (0, 1, 2, 3)]
+    during = [sweep(now=first_rung + timedelta(hours=h)).tasks for h in (0, 1, 2, 3)]
     task.refresh_from_db()
     while_paused = (task.state, task.escalation_level, task.due_at, task.next_escalation_at)
     resumed_at = paused_at + timedelta(hours=6)
@@ -193,8 +195,8 @@ def test_an_sla_and_each_escalation_rung_wait_out_a_pause_and_fire_once_after(us
     shifted = (task.due_at, task.next_escalation_at)
     fired = []
     for rung in (first_rung + held, first_rung + held + timedelta(hours=1), first_rung + held + timedelta(hours=2)):
-        fired += [engine.sweep(now=rung - timedelta(seconds=1)).tasks["escalations"]]
-        fired += [engine.sweep(now=rung).tasks["escalations"], engine.sweep(now=rung).tasks["escalations"]]
+        fired += [sweep(now=rung - timedelta(seconds=1)).tasks["escalations"]]
+        fired += [sweep(now=rung).tasks["escalations"], sweep(now=rung).tasks["escalations"]]
 
     # then
     assert during == [{"escalations": 0}] * 4
@@ -230,7 +232,7 @@ def test_a_deadline_that_fails_the_instance_waits_for_the_resume(users, register
     paused_at = pause(instance)
 
     # when
-    engine.sweep(now=deadline + timedelta(hours=1))
+    sweep(now=deadline + timedelta(hours=1))
     task.refresh_from_db()
     while_paused = task.state
     resumed_at = paused_at + timedelta(hours=2)
@@ -238,9 +240,9 @@ def test_a_deadline_that_fails_the_instance_waits_for_the_resume(users, register
     assert_not_stranded(instance)
     after_resume = instance.state
     shifted = deadline + (resumed_at - paused_at)
-    early = engine.sweep(now=shifted - timedelta(seconds=1)).tasks
-    on_time = engine.sweep(now=shifted).tasks
-    again = engine.sweep(now=shifted + timedelta(minutes=1)).tasks
+    early = sweep(now=shifted - timedelta(seconds=1)).tasks
+    on_time = sweep(now=shifted).tasks
+    again = sweep(now=shifted + timedelta(minutes=1)).tasks
 
     # then
     assert while_paused == TaskState.OPEN
@@ -265,11 +267,11 @@ def test_a_pause_that_ends_by_the_sweep_moves_the_ladder_on(users, ladder_flow):
     lifted_at = first_rung + timedelta(hours=1, seconds=1)
 
     # when
-    during = engine.sweep(now=first_rung + timedelta(minutes=30))
-    lifted = engine.sweep(now=lifted_at)
+    during = sweep(now=first_rung + timedelta(minutes=30))
+    lifted = sweep(now=lifted_at)
     shifted = first_rung + (lifted_at - paused_at)
-    early = engine.sweep(now=shifted - timedelta(seconds=1))
-    on_time = engine.sweep(now=shifted)
+    early = sweep(now=shifted - timedelta(seconds=1))
+    on_time = sweep(now=shifted)
 
     # then
     assert (during.resumed, during.tasks) == (0, {"escalations": 0})
@@ -310,10 +312,10 @@ def test_a_retry_that_fell_due_during_a_pause_is_sent_once_on_resume(
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        during = engine.sweep(now=step.due_at + timedelta(seconds=1))
+        during = sweep(now=step.due_at + timedelta(seconds=1))
         sent_while_paused = broker.step_ids()
         instance_resume(instance.pk, actor=OPERATOR, reason="upstream is back", now=step.due_at + timedelta(seconds=10))
-        after = engine.sweep(now=step.due_at + timedelta(seconds=11))
+        after = sweep(now=step.due_at + timedelta(seconds=11))
 
     # then
     assert (during.dispatched, sent_while_paused) == (0, [])
@@ -335,7 +337,7 @@ def test_a_step_running_across_a_pause_keeps_the_resumed_instance_running(regist
     register_workflow(Workflow("pause_busy_demo", 1, [Task("work", noop), Task("after", noop)]))
     instance = instance_start("pause_busy_demo", {})
     step = instance.steps.get()
-    claim = engine.step_claim(step.pk)
+    claim = step_claim(step.pk)
     pause(instance)
 
     # when
@@ -344,7 +346,7 @@ def test_a_step_running_across_a_pause_keeps_the_resumed_instance_running(regist
     # then
     instance.refresh_from_db()
     assert instance.state == InstanceState.RUNNING
-    engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=True))
+    step_record(step.pk, claim.attempt, Outcome(ok=True))
     assert instance.steps.get(name="after").state == StepState.SCHEDULED
 
 
@@ -368,11 +370,11 @@ def test_a_task_opened_during_a_pause_gets_its_whole_sla_after_the_resume(users,
     )
     instance = instance_start("pause_opened_demo", {})
     step = instance.steps.get()
-    claim = engine.step_claim(step.pk)
+    claim = step_claim(step.pk)
     pause(instance)
-    engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=True))
+    step_record(step.pk, claim.attempt, Outcome(ok=True))
     task = HumanTask.objects.get(instance=instance)
-    opened_while_paused = engine.sweep(now=task.next_escalation_at + timedelta(hours=5)).tasks
+    opened_while_paused = sweep(now=task.next_escalation_at + timedelta(hours=5)).tasks
 
     # when
     resumed_at = timezone.now() + timedelta(hours=8)
@@ -422,10 +424,10 @@ def test_a_rung_already_due_when_the_pause_began_fires_on_resume_and_the_next_ru
     # when: paused for ten hours, then resumed; the sweep runs at the resume and just before the second rung
     resumed_at = paused_at + timedelta(hours=10)
     instance_resume(instance.pk, actor=OPERATOR, reason="audit done", now=resumed_at)
-    at_resume = engine.sweep(now=resumed_at).tasks
+    at_resume = sweep(now=resumed_at).tasks
     second_rung = task.created_at + timedelta(hours=2) + (resumed_at - paused_at)
-    early = engine.sweep(now=second_rung - timedelta(minutes=1)).tasks
-    on_time = engine.sweep(now=second_rung + timedelta(seconds=1)).tasks
+    early = sweep(now=second_rung - timedelta(minutes=1)).tasks
+    on_time = sweep(now=second_rung + timedelta(seconds=1)).tasks
 
     # then
     assert at_resume == {"escalations": 1}
@@ -448,7 +450,7 @@ def test_a_sweep_whose_clock_was_read_before_the_pause_never_moves_deadlines_bac
     WorkflowInstance.objects.filter(pk=instance.pk).update(paused_until=sweep_clock - timedelta(seconds=1))
 
     # when
-    instance_resume(instance.pk, actor=engine.SWEEPER, reason="pause ended", only_if_due=True, now=sweep_clock)
+    instance_resume(instance.pk, actor=SWEEPER, reason="pause ended", only_if_due=True, now=sweep_clock)
 
     # then
     timer.refresh_from_db()
@@ -476,7 +478,7 @@ def test_the_sweep_and_a_person_resuming_at_once_resume_once_and_shift_once(regi
     def by_sweep() -> None:
         try:
             start.wait()
-            outcomes.append(("sweep", engine.sweep(now=paused_at + timedelta(seconds=30)).resumed))
+            outcomes.append(("sweep", sweep(now=paused_at + timedelta(seconds=30)).resumed))
         except BaseException as exc:  # pragma: no cover - reported below
             outcomes.append(exc)
         finally:
@@ -520,7 +522,7 @@ def test_a_ladder_across_two_pauses_counts_both(users, ladder_flow):
     first_pause = pause(instance)
     first_resume = first_pause + timedelta(hours=2)
     instance_resume(instance.pk, actor=OPERATOR, reason="one", now=first_resume)
-    reminded = engine.sweep(now=opened + timedelta(hours=3)).tasks
+    reminded = sweep(now=opened + timedelta(hours=3)).tasks
 
     # when: the second pause began at (opened + 3.5 h), as stored by a pause then (the clock cannot be set back),
     # held for three hours
@@ -531,8 +533,8 @@ def test_a_ladder_across_two_pauses_counts_both(users, ladder_flow):
     times = [opened + timedelta(hours=h) + held for h in (2, 3)]
     fired = []
     for at in times:
-        fired += [engine.sweep(now=at - timedelta(seconds=1)).tasks["escalations"]]
-        fired += [engine.sweep(now=at).tasks["escalations"]]
+        fired += [sweep(now=at - timedelta(seconds=1)).tasks["escalations"]]
+        fired += [sweep(now=at).tasks["escalations"]]
 
     # then
     assert reminded == {"escalations": 1}

@@ -15,12 +15,12 @@ from django.contrib.auth.models import Group, Permission
 from django.urls import reverse
 
 from approvals.models import HumanTask, TaskKind, TaskState
-from approvals.services import FAIL, RESOLVED, RETRY, SKIP, TaskError, task_decide
+from approvals.services.base import FAIL, RESOLVED, RETRY, SKIP, TaskError
+from approvals.services.tasks import task_decide
+from demo.data import GROUPS
 from orchestrator.audit import Actor, verify_chain
-from orchestrator.demo import GROUPS
 from orchestrator.dsl import COMPENSATE, ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
 from orchestrator.models import BUSY_STEP_STATES, AuditEvent, InstanceState, StepKind, StepState
-from orchestrator.services import engine
 from orchestrator.services.instances import (
     NotAllowed,
     instance_cancel,
@@ -29,6 +29,7 @@ from orchestrator.services.instances import (
     instance_retry,
     instance_start,
 )
+from orchestrator.services.steps import Outcome, step_claim, step_execute, step_record
 
 pytestmark = pytest.mark.django_db
 
@@ -346,8 +347,8 @@ def test_a_step_that_succeeds_in_another_branch_after_the_compensation_began_is_
     instance = instance_start("saga_inflight_demo", {})
     run_steps(instance, limit=1)
     charge = instance.steps.get(name="charge")
-    claim = engine.step_claim(charge.pk)
-    engine.step_execute(instance.steps.get(name="dispatch").pk)
+    claim = step_claim(charge.pk)
+    step_execute(instance.steps.get(name="dispatch").pk)
 
     if reported == "after-the-rest-was-run":
         run_steps(instance, advance=True)
@@ -356,7 +357,7 @@ def test_a_step_that_succeeds_in_another_branch_after_the_compensation_began_is_
 
     # when: the charge's worker reports its success after the compensation began
     calls.append(("charge", "do"))
-    recorded = engine.step_record(charge.pk, claim.attempt, engine.Outcome(ok=True, result={"charge_id": "ch_1"}))
+    recorded = step_record(charge.pk, claim.attempt, Outcome(ok=True, result={"charge_id": "ch_1"}))
     run_steps(instance, advance=True)
 
     # then

@@ -14,8 +14,9 @@ import pytest
 
 from orchestrator.dsl import COMPENSATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
+from orchestrator.services.steps import Outcome, _run_handler, step_claim, step_execute, step_record
+from orchestrator.services.sweep import sweep
 
 pytestmark = pytest.mark.django_db
 
@@ -74,9 +75,9 @@ def ship_running(register_workflow, run_steps):
     register_workflow(FLOW)
     instance = instance_start(FLOW.name, {})
     run_steps(instance, limit=1)  # reserve, then the fan-out schedules charge and ship
-    claim = engine.step_claim(step(instance, "ship").pk)
+    claim = step_claim(step(instance, "ship").pk)
     assert claim is not None
-    assert engine.step_execute(step(instance, "charge").pk) == "failed"
+    assert step_execute(step(instance, "charge").pk) == "failed"
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPENSATING
     return instance, claim
@@ -89,8 +90,8 @@ def test_the_compensation_waits_for_a_running_step_then_undoes_it_first(ship_run
     assert not instance.steps.filter(kind=StepKind.COMPENSATION).exists()
 
     # when: ship's handler returns and the worker records it
-    outcome = engine._run_handler(claim)
-    recorded = engine.step_record(claim.step_id, claim.attempt, outcome)
+    outcome = _run_handler(claim)
+    recorded = step_record(claim.step_id, claim.attempt, outcome)
     run_steps(instance)
 
     # then: its outcome is kept, and it is undone first (it finished last), then reserve; nothing runs forward
@@ -112,8 +113,8 @@ def test_a_running_step_that_fails_meanwhile_is_not_retried_nor_undone(ship_runn
     ship_fails["on"] = True
 
     # when: ship's handler raises (attempts remain) while the instance compensates
-    outcome = engine._run_handler(claim)
-    engine.step_record(claim.step_id, claim.attempt, outcome)
+    outcome = _run_handler(claim)
+    step_record(claim.step_id, claim.attempt, outcome)
     run_steps(instance, advance=True)
 
     # then: it is not run again (never a forward step once the saga began) and nothing says its effect happened
@@ -129,13 +130,13 @@ def test_a_running_step_whose_lease_expires_ends_the_wait(ship_running, run_step
     ship = step(instance, "ship")
 
     # when: its worker is lost; the sweep counts the lease out
-    engine.sweep(now=ship.lease_expires_at + timedelta(seconds=1))
+    sweep(now=ship.lease_expires_at + timedelta(seconds=1))
     run_steps(instance, advance=True)  # what the sweep scheduled is due at its (future) clock
 
     # then: ship dies (no retry), the compensation goes on without it, and a late result is fenced
     ship.refresh_from_db()
     assert (ship.state, ship.error_type) == (StepState.DEAD, "LeaseExpired")
     assert calls == ["reserve", "charge", "unreserve"]
-    assert engine.step_record(claim.step_id, claim.attempt, engine.Outcome(ok=True)) == "fenced"
+    assert step_record(claim.step_id, claim.attempt, Outcome(ok=True)) == "fenced"
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPENSATED

@@ -121,6 +121,46 @@ def test_the_demo_may_be_chosen_explicitly_on_postgresql_without_redis():
     assert found == {"DEBUG": True, "EMBEDDED": True}
 
 
+# --- the demo app and the channel layer -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "installed"),
+    [({}, True), (PRODUCTION, False), ({**PRODUCTION, "BATON_DEMO_APP": "1"}, True), ({"BATON_DEMO_APP": "0"}, False)],
+    ids=["demo mode", "production", "production with BATON_DEMO_APP=1", "demo mode with BATON_DEMO_APP=0"],
+)
+def test_the_demo_app_is_installed_in_demo_mode_and_in_production_only_when_asked(env, installed):
+    found = settings_in(env, "INSTALLED_APPS", "BATON_WORKFLOW_MODULES")
+
+    assert ("demo" in found["INSTALLED_APPS"]) is installed
+    assert found["BATON_WORKFLOW_MODULES"] == []  # the demo workflows come with the app, not by name
+
+
+@pytest.mark.parametrize(
+    ("value", "backend"),
+    [
+        (None, "channels_redis.pubsub.RedisPubSubChannelLayer"),
+        ("pubsub", "channels_redis.pubsub.RedisPubSubChannelLayer"),
+        (" Redis ", "channels_redis.core.RedisChannelLayer"),
+    ],
+)
+def test_the_channel_layer_is_chosen_by_baton_channel_layer(value, backend):
+    env = PRODUCTION if value is None else {**PRODUCTION, "BATON_CHANNEL_LAYER": value}
+
+    layer = settings_in(env, "CHANNEL_LAYERS")["CHANNEL_LAYERS"]["default"]
+
+    assert layer["BACKEND"] == backend
+    assert layer["CONFIG"]["hosts"] == [PRODUCTION["REDIS_URL"]]
+
+
+def test_an_unknown_channel_layer_is_refused_naming_the_choices():
+    message = refusal({**PRODUCTION, "BATON_CHANNEL_LAYER": "rabbitmq"})
+
+    assert "BATON_CHANNEL_LAYER='rabbitmq'" in message
+    assert "pubsub" in message
+    assert "redis" in message
+
+
 # --- durations ------------------------------------------------------------------------------------------
 
 

@@ -14,19 +14,21 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind, TaskState
+from demo.models import DemoLedger
+from demo.workflows.order_fulfilment import FAST_RETRY
 from orchestrator.dsl import ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
 from orchestrator.models import (
     AuditEvent,
-    DemoLedger,
     InstanceState,
     StepKind,
     StepRun,
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_start
-from orchestrator.workflows.order_fulfilment import FAST_RETRY
+from orchestrator.services.locks import definition_of, lock_instance
+from orchestrator.services.steps import Outcome, step_claim, step_execute, step_record
+from orchestrator.services.sweep import sweep
 from tests.factories import OrderInputFactory
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +51,7 @@ def instance_locked_elsewhere(instance: WorkflowInstance, change: Callable[[], o
     def hold() -> None:
         try:
             with transaction.atomic():
-                engine.lock_instance(instance.pk)
+                lock_instance(instance.pk)
                 locked.set()
                 time.sleep(0.5)
                 change()
@@ -119,7 +121,7 @@ def test_a_failed_attempt_is_not_retried_before_its_due_time(run_steps):
     assert (charge.state, charge.attempt) == (StepState.FAILED, 1)
 
     # when
-    result = engine.step_execute(charge.pk)
+    result = step_execute(charge.pk)
 
     # then
     charge.refresh_from_db()
@@ -207,14 +209,14 @@ def test_parallel_branches_join_before_the_final_step(fan_out, run_steps):
     """Both branches run; the step after the join is scheduled once, only after the last branch finished."""
     # given
     instance = instance_start("fan_out_demo", {})
-    engine.step_execute(instance.steps.get(name="prepare").pk)
+    step_execute(instance.steps.get(name="prepare").pk)
     left, right_1 = (instance.steps.get(name=name) for name in ("left", "right_1"))
 
     # when: one branch finishes, then the other
-    engine.step_execute(left.pk)
+    step_execute(left.pk)
     final_after_one_branch = instance.steps.filter(name="final").exists()
-    engine.step_execute(right_1.pk)
-    engine.step_execute(instance.steps.get(name="right_2").pk)
+    step_execute(right_1.pk)
+    step_execute(instance.steps.get(name="right_2").pk)
     run_steps(instance)
 
     # then
@@ -326,18 +328,18 @@ def test_a_worker_that_lost_its_lease_cannot_record(run_steps):
     # given: attempt 1 is claimed, then its lease runs out and the sweep schedules a retry
     instance = instance_start("order_fulfilment", OrderInputFactory())
     step = instance.steps.get(name="reserve_inventory")
-    stale = engine.step_claim(step.pk)
+    stale = step_claim(step.pk)
     assert stale is not None
     assert stale.attempt == 1
     later = timezone.now() + timedelta(seconds=step_lease(instance) + 1)
-    report = engine.sweep(now=later)
+    report = sweep(now=later)
     step.refresh_from_db()
     assert report.leases_expired == 1
     assert (step.state, step.attempt, step.error_type) == (StepState.FAILED, 1, "LeaseExpired")
     seq_before = instance_audit_seq(instance)
 
     # when
-    fenced = engine.step_record(step.pk, stale.attempt, engine.Outcome(ok=True, result={"reservation_id": "late"}))
+    fenced = step_record(step.pk, stale.attempt, Outcome(ok=True, result={"reservation_id": "late"}))
 
     # then
     step.refresh_from_db()
@@ -352,17 +354,17 @@ def test_the_retry_of_a_lost_attempt_records_while_the_stale_one_stays_fenced():
     # given
     instance = instance_start("order_fulfilment", OrderInputFactory())
     step = instance.steps.get(name="reserve_inventory")
-    stale = engine.step_claim(step.pk)
+    stale = step_claim(step.pk)
     later = timezone.now() + timedelta(seconds=step_lease(instance) + 1)
-    engine.sweep(now=later)
+    sweep(now=later)
     step.refresh_from_db()
-    fresh = engine.step_claim(step.pk, now=step.due_at)
+    fresh = step_claim(step.pk, now=step.due_at)
     assert fresh is not None
     assert fresh.attempt == 2
 
     # when
-    late = engine.step_record(step.pk, stale.attempt, engine.Outcome(ok=True, result={"reservation_id": "stale"}))
-    current = engine.step_record(step.pk, fresh.attempt, engine.Outcome(ok=True, result={"reservation_id": "fresh"}))
+    late = step_record(step.pk, stale.attempt, Outcome(ok=True, result={"reservation_id": "stale"}))
+    current = step_record(step.pk, fresh.attempt, Outcome(ok=True, result={"reservation_id": "fresh"}))
 
     # then
     step.refresh_from_db()
@@ -375,7 +377,7 @@ def step_lease(instance) -> float:
     """Seconds from a claim of reserve_inventory to the end of its lease (past its hard time limit)."""
     from orchestrator.services.unit import step_limits
 
-    return step_limits(engine.definition_of(instance).node("reserve_inventory"))[2]
+    return step_limits(definition_of(instance).node("reserve_inventory"))[2]
 
 
 def instance_audit_seq(instance) -> int:
@@ -399,7 +401,7 @@ def test_one_automated_step_costs_a_fixed_number_of_queries(users, django_assert
     # instance update, no busy-steps query in a linear flow) plus 2 SAVEPOINT/RELEASE of the record's atomic
     # block inside the test's transaction
     with django_assert_num_queries(7):
-        assert engine.step_execute(step.pk) == "succeeded"
+        assert step_execute(step.pk) == "succeeded"
     instance.refresh_from_db()
     assert instance.state == InstanceState.WAITING
 
@@ -414,13 +416,13 @@ def test_a_record_that_waited_for_the_lock_sees_the_step_moved_and_is_fenced(use
     # given: attempt 1 is running
     instance = instance_start("bench_approval", {})
     step = instance.steps.get()
-    claim = engine.step_claim(step.pk)
+    claim = step_claim(step.pk)
     assert claim is not None
 
     # when: the result arrives while the sweep holds the instance's lock and expires the lease
     expire = partial(StepRun.objects.filter(pk=step.pk).update, state=StepState.FAILED, error_type="LeaseExpired")
     with instance_locked_elsewhere(instance, expire):
-        result = engine.step_record(step.pk, claim.attempt, engine.Outcome(ok=True, result={"late": True}))
+        result = step_record(step.pk, claim.attempt, Outcome(ok=True, result={"late": True}))
 
     # then
     step.refresh_from_db()
@@ -441,7 +443,7 @@ def test_a_claim_that_waited_for_the_lock_sees_the_step_claimed_and_writes_nothi
     # when: this delivery's claim waits while the other delivery's claim holds the lock and claims the step
     other_claim = partial(StepRun.objects.filter(pk=step.pk).update, state=StepState.RUNNING, attempt=1)
     with instance_locked_elsewhere(instance, other_claim):
-        claim = engine.step_claim(step.pk)
+        claim = step_claim(step.pk)
 
     # then
     step.refresh_from_db()
@@ -456,6 +458,7 @@ def test_a_claim_whose_instance_moved_after_its_read_reads_again_and_keeps_the_c
     """Between the claim's read and its write another writer appends to the instance's audit chain: the claim's
     guarded write changes nothing, the claim reads again, and its event follows the other writer's."""
     from orchestrator.audit import Actor, verify_chain
+    from orchestrator.audit_actions import AuditAction
     from orchestrator.services.unit import Unit
 
     # given
@@ -463,18 +466,18 @@ def test_a_claim_whose_instance_moved_after_its_read_reads_again_and_keeps_the_c
     step = instance.steps.get()
 
     def note() -> None:
-        unit = Unit(engine.lock_instance(instance.pk), Actor.system("test"))
-        unit.audit("instance.noted", "instance", instance.pk)
+        unit = Unit(lock_instance(instance.pk), Actor.system("test"))
+        unit.audit("instance", instance.pk, reason="another writer", action=AuditAction.SWEEP_FAILED)
         unit.finish()
 
     # when: the claim's write queues behind a transaction that appends to the chain
     with instance_locked_elsewhere(instance, note):
-        claim = engine.step_claim(step.pk)
+        claim = step_claim(step.pk)
 
     # then
     step.refresh_from_db()
     events = list(AuditEvent.objects.filter(instance=instance).order_by("seq"))
     assert claim is not None
     assert (step.state, step.attempt) == (StepState.RUNNING, 1)
-    assert [e.action for e in events][-2:] == ["instance.noted", "step.started"]
+    assert [e.action for e in events][-2:] == [AuditAction.SWEEP_FAILED, AuditAction.STEP_STARTED]
     assert verify_chain(events) is None

@@ -16,7 +16,7 @@ import pytest
 from approvals.models import HumanTask, TaskKind, TaskState
 from orchestrator.dsl import COMPENSATE, ESCALATE, Decision, Human, Parallel, Retry, StepContext, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState
-from orchestrator.services import engine
+from orchestrator.services.compensation import RESULT_LOST
 from orchestrator.services.instances import instance_start
 
 pytestmark = pytest.mark.django_db
@@ -111,7 +111,7 @@ def test_a_result_that_cannot_be_stored_is_one_permanent_failure(
     assert [(r.name, r.attempt, r.result) for r in ran] == [("act", 1, "failed")]
     assert (step.state, step.attempt, step.error_type) == (StepState.DEAD, 1, error_type)
     assert message in step.error
-    assert step.result == {engine.RESULT_LOST: True}
+    assert step.result == {RESULT_LOST: True}
     assert instance.state == InstanceState.FAILED
     assert instance.error.startswith("act failed: ")
     assert not instance.steps.filter(name="next").exists()

@@ -10,8 +10,9 @@ from django.utils import timezone
 from orchestrator.audit import Actor
 from orchestrator.dsl import StepContext, Task, Timer, Workflow
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_pause, instance_start
+from orchestrator.services.steps import step_claim, step_execute
+from orchestrator.services.sweep import sweep
 from tests.factories import OrderInputFactory
 
 pytestmark = pytest.mark.django_db
@@ -34,7 +35,7 @@ def test_sweep_redispatches_a_lost_message_but_not_a_fresh_one(settings, broker,
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        report = engine.sweep()
+        report = sweep()
 
     # then
     lost.refresh_from_db()
@@ -55,7 +56,7 @@ def test_sweep_leaves_a_paused_instances_steps_alone(settings, broker, django_ca
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        report = engine.sweep()
+        report = sweep()
 
     # then
     assert report.dispatched == 0
@@ -72,8 +73,8 @@ def test_sweep_dispatches_a_retry_once_its_back_off_is_over(run_steps, broker, d
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        early = engine.sweep(now=step.due_at - timedelta(milliseconds=1))
-        due = engine.sweep(now=step.due_at)
+        early = sweep(now=step.due_at - timedelta(milliseconds=1))
+        due = sweep(now=step.due_at)
 
     # then
     assert (early.dispatched, due.dispatched) == (0, 1)
@@ -85,12 +86,12 @@ def test_sweep_expires_a_lost_lease_into_a_retry(settings):
     # given
     instance = instance_start("bench_chain", {})
     step = instance.steps.get()
-    claim = engine.step_claim(step.pk)
+    claim = step_claim(step.pk)
     step.refresh_from_db()
 
     # when
-    before = engine.sweep(now=step.lease_expires_at)
-    after = engine.sweep(now=step.lease_expires_at + timedelta(seconds=1))
+    before = sweep(now=step.lease_expires_at)
+    after = sweep(now=step.lease_expires_at + timedelta(seconds=1))
 
     # then
     step.refresh_from_db()
@@ -110,7 +111,7 @@ def test_sweep_resumes_an_instance_whose_pause_has_ended(broker, django_capture_
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        report = engine.sweep(now=ends)
+        report = sweep(now=ends)
 
     # then
     instance.refresh_from_db()
@@ -126,7 +127,7 @@ def test_sweep_keeps_a_pause_that_has_not_ended():
     instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=timezone.now() + timedelta(hours=1))
 
     # when
-    report = engine.sweep()
+    report = sweep()
 
     # then
     instance.refresh_from_db()
@@ -141,7 +142,7 @@ def test_sweep_with_a_given_clock_resumes_a_pause_due_at_that_time():
     instance_pause(instance.pk, actor=OPERATOR, reason="hold", until=until)
 
     # when
-    report = engine.sweep(now=until + timedelta(minutes=1))
+    report = sweep(now=until + timedelta(minutes=1))
 
     # then
     instance.refresh_from_db()
@@ -173,8 +174,8 @@ def test_a_timer_fires_when_due_and_not_before(timer_flow, run_steps, broker, dj
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        early = engine.sweep(now=timer.due_at - timedelta(seconds=1))
-        on_time = engine.sweep(now=timer.due_at)
+        early = sweep(now=timer.due_at - timedelta(seconds=1))
+        on_time = sweep(now=timer.due_at)
     run_steps(instance, advance=True)
 
     # then
@@ -194,7 +195,7 @@ def test_a_timer_message_that_arrives_early_does_nothing(timer_flow):
     timer = instance.steps.get()
 
     # when
-    result = engine.step_execute(timer.pk)
+    result = step_execute(timer.pk)
 
     # then
     timer.refresh_from_db()

@@ -16,14 +16,17 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskState
-from approvals.services import APPROVE, TaskConflict, task_decide, tasks_sweep
+from approvals.services.base import APPROVE, TaskConflict
+from approvals.services.deadlines import tasks_sweep
+from approvals.services.tasks import task_decide
 from orchestrator import registry
 from orchestrator import tasks as celery_tasks
 from orchestrator.audit import Actor
 from orchestrator.dsl import Human, Reassign, Remind, StepContext, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepRun, StepState, WorkflowInstance
-from orchestrator.services import engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_retry, instance_start
+from orchestrator.services.steps import step_claim
+from orchestrator.services.sweep import _logged_failures, sweep
 from tests.factories import OrderInputFactory
 
 pytestmark = pytest.mark.django_db
@@ -60,7 +63,7 @@ def orphan_of(register_workflow):
 
 
 def claim_first_step(instance: WorkflowInstance) -> None:
-    assert engine.step_claim(instance.steps.get().pk) is not None
+    assert step_claim(instance.steps.get().pk) is not None
 
 
 def reminder_flow() -> Workflow:
@@ -84,7 +87,7 @@ def test_every_kind_of_due_work_happens_beside_an_orphan(
     assert retry_step.state == StepState.FAILED
     leased = instance_start("bench_chain", {})
     leased_step = leased.steps.get()
-    assert engine.step_claim(leased_step.pk) is not None
+    assert step_claim(leased_step.pk) is not None
     paused = instance_start("bench_chain", {})
     instance_pause(paused.pk, actor=OPERATOR, reason="hold", until=timezone.now() + timedelta(minutes=1))
     register_workflow(reminder_flow())
@@ -96,7 +99,7 @@ def test_every_kind_of_due_work_happens_beside_an_orphan(
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        report = engine.sweep(now=later)
+        report = sweep(now=later)
 
     # then: the others' work happened
     assert report.errors == 0
@@ -130,11 +133,11 @@ def test_the_next_sweep_does_not_trip_over_the_orphan_again(orphan_of):
     # given
     orphan = orphan_of(ORPHAN_TASK, claim_first_step)
     later = timezone.now() + timedelta(minutes=5)
-    first = engine.sweep(now=later)
+    first = sweep(now=later)
     events = AuditEvent.objects.filter(instance=orphan).count()
 
     # when
-    again = engine.sweep(now=later + timedelta(minutes=5))
+    again = sweep(now=later + timedelta(minutes=5))
 
     # then
     assert (first.errors, first.leases_expired) == (0, 1)
@@ -155,8 +158,8 @@ def test_an_orphans_pause_end_fails_it_with_the_reason_and_a_retry_goes_on_later
     orphan = orphan_of(ORPHAN_TASK, pause)
 
     # when
-    first = engine.sweep(now=ends)
-    again = engine.sweep(now=ends)
+    first = sweep(now=ends)
+    again = sweep(now=ends)
 
     # then
     orphan.refresh_from_db()
@@ -189,8 +192,8 @@ def test_an_orphans_task_deadline_fails_it_with_the_reason_and_waits(orphan_of, 
     later = task.created_at + timedelta(minutes=2)
 
     # when
-    first = engine.sweep(now=later)
-    again = engine.sweep(now=later + timedelta(minutes=1))
+    first = sweep(now=later)
+    again = sweep(now=later + timedelta(minutes=1))
 
     # then
     orphan.refresh_from_db()
@@ -254,7 +257,7 @@ def test_an_orphan_failed_at_its_task_deadline_is_retried_from_its_open_task(orp
     # given
     orphan = orphan_of(ORPHAN_HUMAN)
     task = HumanTask.objects.get(instance=orphan)
-    engine.sweep(now=task.created_at + timedelta(minutes=2))
+    sweep(now=task.created_at + timedelta(minutes=2))
 
     # when
     registry.register(ORPHAN_HUMAN)
@@ -286,7 +289,7 @@ def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of
     answers 500."""
     from django.contrib.auth.models import Group, Permission
 
-    from orchestrator.demo import GROUPS
+    from demo.data import GROUPS
 
     for name, codenames in GROUPS.items():
         Group.objects.get(name=name).permissions.set(
@@ -300,7 +303,7 @@ def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of
     instance_page = operator.get(reverse("console:instance_detail", args=[waiting.pk]))
     task_page = staff.get(reverse("approvals:task_detail", args=[task.pk]))
     decided = staff.post(reverse("approvals:task_decide", args=[task.pk]), {"decision": "approve"}, follow=True)
-    engine.sweep(now=task.created_at + timedelta(minutes=2))  # the deadline fails it
+    sweep(now=task.created_at + timedelta(minutes=2))  # the deadline fails it
     retried = operator.post(
         reverse("console:instance_operate", args=[waiting.pk, "retry"]), {"reason": "again"}, follow=True
     )
@@ -348,12 +351,12 @@ def test_a_task_deadline_that_raises_is_logged_audited_and_counted_and_the_other
     broken = instance_start("bad_rung", {})
     reminded = instance_start("reminded", {})
     later = timezone.now() + timedelta(minutes=2)
-    caplog.set_level(logging.DEBUG, logger="orchestrator.services.engine")
-    engine._logged_failures.clear()  # what this process logged in full before is not this test's business
+    caplog.set_level(logging.DEBUG, logger="orchestrator.services.sweep")
+    _logged_failures.clear()  # what this process logged in full before is not this test's business
 
     # when
-    first = engine.sweep(now=later)
-    second = engine.sweep(now=later + timedelta(seconds=1))
+    first = sweep(now=later)
+    second = sweep(now=later + timedelta(seconds=1))
     from_celery = celery_tasks.sweep()
 
     # then

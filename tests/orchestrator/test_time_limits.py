@@ -10,8 +10,9 @@ from django.utils import timezone
 from orchestrator.audit import Actor
 from orchestrator.dsl import PermanentError, StepContext, Task, Workflow
 from orchestrator.models import InstanceState, StepRun, StepState
-from orchestrator.services import engine
 from orchestrator.services.instances import instance_retry, instance_start
+from orchestrator.services.steps import _run_handler, step_claim, step_record
+from orchestrator.services.sweep import sweep
 from orchestrator.services.unit import HARD_LIMIT_MARGIN
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +46,7 @@ def test_the_sweeps_re_send_of_a_lost_message_carries_the_limits(settings, broke
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        report = engine.sweep()
+        report = sweep()
 
     # then
     assert report.dispatched == 1
@@ -55,15 +56,15 @@ def test_the_sweeps_re_send_of_a_lost_message_carries_the_limits(settings, broke
 def test_the_retry_after_a_lost_lease_carries_the_limits(broker, django_capture_on_commit_callbacks):
     # given: a claimed attempt whose worker vanished
     step = instance_start("bench_chain", {}).steps.get()
-    engine.step_claim(step.pk)
+    step_claim(step.pk)
     step.refresh_from_db()
     broker.clear()
 
     # when: one pass expires the lease, a later one sends the retry once its back-off is over
     expired_at = step.lease_expires_at + timedelta(seconds=1)
     with django_capture_on_commit_callbacks(execute=True):
-        report = engine.sweep(now=expired_at)
-        engine.sweep(now=expired_at + timedelta(hours=1))
+        report = sweep(now=expired_at)
+        sweep(now=expired_at + timedelta(hours=1))
 
     # then
     assert report.leases_expired == 1
@@ -76,8 +77,8 @@ def test_an_operators_retry_carries_the_limits(register_workflow, broker, django
     register_workflow(Workflow(name="limits_fail", version=1, steps=[Task("only", fails_for_good, timeout=12)]))
     instance = instance_start("limits_fail", {})
     step = instance.steps.get()
-    claim = engine.step_claim(step.pk)
-    engine.step_record(step.pk, claim.attempt, engine._run_handler(claim))
+    claim = step_claim(step.pk)
+    step_record(step.pk, claim.attempt, _run_handler(claim))
     instance.refresh_from_db()
     assert instance.state == InstanceState.FAILED
     broker.clear()
@@ -105,7 +106,7 @@ def test_a_steps_own_queue_is_kept_on_every_send(
 
     # when
     with django_capture_on_commit_callbacks(execute=True):
-        engine.sweep()
+        sweep()
 
     # then
     assert broker.time_limits("slow") == {step.pk: (7.0, 7.0 + HARD_LIMIT_MARGIN)}
@@ -119,7 +120,7 @@ def test_the_lease_outlasts_the_hard_time_limit(settings):
     step = instance_start("bench_chain", {}).steps.get()
 
     # when
-    engine.step_claim(step.pk)
+    step_claim(step.pk)
 
     # then
     step.refresh_from_db()

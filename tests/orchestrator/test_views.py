@@ -11,12 +11,12 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import reverse
 
+from demo.data import GROUPS
+from demo.workflows import bench
 from orchestrator import registry
 from orchestrator.audit import Actor
-from orchestrator.demo import GROUPS
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_pause, instance_start
-from orchestrator.workflows import bench
 from tests.factories import ExpenseInputFactory, OrderInputFactory
 
 pytestmark = pytest.mark.django_db

@@ -9,9 +9,11 @@ import pytest
 from django.db import connection
 
 from approvals.models import HumanTask, TaskKind, TaskState
-from approvals.services import APPROVE, RESOLVED, task_decide
+from approvals.services.base import APPROVE, RESOLVED
+from approvals.services.tasks import task_decide
+from demo.models import DemoLedger
 from orchestrator import registry
-from orchestrator.models import AuditEvent, DemoLedger, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
+from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import OrderInputFactory
 

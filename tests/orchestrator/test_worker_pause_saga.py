@@ -8,9 +8,11 @@ import pytest
 from django.utils import timezone
 
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind, TaskState
-from approvals.services import FAIL, task_decide
+from approvals.services.base import FAIL
+from approvals.services.tasks import task_decide
+from demo.models import DemoLedger
 from orchestrator.audit import Actor
-from orchestrator.models import AuditEvent, DemoLedger, InstanceState, StepKind, WorkflowInstance
+from orchestrator.models import AuditEvent, InstanceState, StepKind, WorkflowInstance
 from orchestrator.services.instances import instance_pause, instance_retry, instance_start
 from tests.factories import OrderInputFactory
 

@@ -6,9 +6,9 @@ test process imports it directly: a worker only knows the workflows of the modul
 
 from __future__ import annotations
 
+from demo.workflows.simulated import call
 from orchestrator.dsl import Human, Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
-from orchestrator.workflows.simulated import call
 
 NAME = "versioned_demo"
 

@@ -1,7 +1,7 @@
 """Expense approval: the team approves, a manager approves above a limit, then payroll pays out.
 
 The submitter (the instance's initiator) never approves their own expense, and one person never approves at
-both levels: both rules live in ``approvals.services.task_decide``.
+both levels: both rules live in ``approvals.services.tasks.task_decide``.
 
 Version 2 adds a manual step: an expense in the category "other" is classified by finance (a form whose
 cleaned data joins the instance data) before the manager decides. Version 1 stays registered, so instances
@@ -15,9 +15,9 @@ from decimal import Decimal
 
 from django import forms
 
+from demo.workflows.simulated import call, maybe_fail
 from orchestrator.dsl import FORM, Decision, Human, Reassign, Remind, Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
-from orchestrator.workflows.simulated import call, maybe_fail
 
 MANAGER_LIMIT = Decimal("500")
 

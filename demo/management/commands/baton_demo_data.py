@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orchestrator.demo import load_demo
+from demo.data import load_demo
 
 
 class Command(BaseCommand):

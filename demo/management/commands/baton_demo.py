@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from orchestrator.demo import DEMO_USERS
+from demo.data import DEMO_USERS
 
 
 class Command(BaseCommand):

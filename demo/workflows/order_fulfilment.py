@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from django import forms
 
+from demo.workflows.simulated import call, maybe_fail, maybe_sleep
 from orchestrator.dsl import (
     COMPENSATE,
     Decision,
@@ -25,7 +26,6 @@ from orchestrator.dsl import (
     Workflow,
 )
 from orchestrator.registry import register
-from orchestrator.workflows.simulated import call, maybe_fail, maybe_sleep
 
 APPROVAL_LIMIT = Decimal("1000")
 

@@ -16,10 +16,10 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from approvals.models import HumanTask
-from approvals.services import task_decide
+from approvals.services.tasks import task_decide
 from orchestrator.models import DISPATCHABLE_STEP_STATES, StepRun, WorkflowInstance
-from orchestrator.services.engine import step_execute
 from orchestrator.services.instances import instance_start
+from orchestrator.services.steps import step_execute
 
 DEMO_PASSWORD = "demo"  # noqa: S105 - demo only, printed by `make demo`
 DEMO_USERS = [

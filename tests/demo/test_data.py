@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from approvals.models import HumanTask, TaskKind
-from approvals.services import is_candidate
-from orchestrator.demo import ensure_roles, load_demo
+from approvals.services.base import is_candidate
+from demo.data import ensure_roles, load_demo
 from orchestrator.models import WorkflowInstance
 
 pytestmark = pytest.mark.django_db

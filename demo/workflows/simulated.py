@@ -15,8 +15,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from demo.models import DemoLedger
 from orchestrator.dsl import StepContext
-from orchestrator.models import DemoLedger
 
 
 class ServiceUnavailable(Exception):

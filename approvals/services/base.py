@@ -1,0 +1,305 @@
+"""What the human side's services share: their errors and answers, who may act on a task, how people are told."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, User
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+from django.urls import reverse
+
+from approvals.models import (
+    HumanTask,
+    Priority,
+    TaskCandidate,
+    TaskDecision,
+    TaskKind,
+)
+from approvals.notifications import members_of, notify
+from orchestrator import live_names, rows
+from orchestrator.audit_actions import AuditAction
+from orchestrator.inputs import check_text
+from orchestrator.models import WorkflowInstance
+from orchestrator.services.unit import Unit
+
+logger = logging.getLogger(__name__)
+
+
+OPERATORS = "operators"
+MANAGERS = "managers"
+PRIORITY_BY_NAME = {
+    "low": Priority.LOW,
+    "normal": Priority.NORMAL,
+    "high": Priority.HIGH,
+    "urgent": Priority.URGENT,
+}
+APPROVE = "approve"
+REJECT = "reject"
+SUBMIT = "submit"
+
+
+# Escalation resolutions.
+RETRY = "retry"
+SKIP = "skip"
+FAIL = "fail"
+RESOLVED = "resolved"
+
+
+class TaskError(Exception):
+    """Base of the errors a person can cause; the message is shown to them as it is."""
+
+
+class TaskNotFound(TaskError):
+    """The task does not exist or the user may not see it (both answer 404)."""
+
+
+class TaskForbidden(TaskError):
+    """The user sees the task but may not take this action (four-eyes, not a candidate)."""
+
+
+class TaskConflict(TaskError):
+    """Someone else got there first, or the task is no longer open (HTTP 409)."""
+
+
+class TaskInvalid(TaskError):
+    """The decision's input is not valid (a reject without a comment, a form with errors)."""
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+def checked_text(value: str, what: str, max_length: int, field: str) -> str:
+    """``inputs.check_text`` with its refusal as a TaskInvalid naming ``field``.
+
+    Raises TaskInvalid naming ``field`` for a NUL or a text longer than ``max_length``.
+    """
+    try:
+        return check_text(value, what, max_length)
+    except ValidationError as exc:
+        raise TaskInvalid(" ".join(exc.messages), {field: exc.messages}) from None
+
+
+def groups_named(names: list[str] | tuple[str, ...]) -> list[Group]:
+    """The groups named ``names``, created when missing. Raises nothing of its own."""
+    existing = {g.name: g for g in Group.objects.filter(name__in=names)}
+    # A definition naming a group nobody created yet still gets a visible queue, not a lost task.
+    return [existing.get(name) or Group.objects.get_or_create(name=name)[0] for name in names]
+
+
+def add_candidates(task: HumanTask, *, groups: Sequence[Group] = (), users: Sequence[User] = ()) -> None:
+    """Add ``groups`` and ``users`` as candidates of ``task`` (existing ones are kept). Raises nothing of its
+    own."""
+    TaskCandidate.objects.bulk_create(
+        [TaskCandidate(task=task, group=g) for g in groups] + [TaskCandidate(task=task, user=u) for u in users],
+        ignore_conflicts=True,
+    )
+
+
+def candidates_sql(kind: str, names: Sequence[str], task_id: str, task_from: str) -> str:
+    """INSERT ... SELECT of the candidate groups (``kind`` "group", by name) or users (by username) found among
+    ``names``, for the task whose id is the SQL ``task_id`` (read from ``task_from``); returns their ids.
+
+    Raises nothing.
+    """
+    if kind == "group":
+        table, key, group_id, user_id = Group._meta.db_table, "name", "x.id", "NULL"
+    else:
+        table, key, group_id, user_id = get_user_model()._meta.db_table, "username", "NULL", "x.id"
+    return (
+        f"INSERT INTO {TaskCandidate._meta.db_table} (task_id, group_id, user_id)"
+        f" SELECT {task_id}, {group_id}, {user_id} FROM {task_from}{table} x"
+        f" WHERE x.{key} IN ({', '.join(['%s'] * len(names))}) RETURNING {kind}_id"
+    )
+
+
+def able_people(task: HumanTask, *, limit: int | None = None) -> list[int]:
+    """Ids of the people who could decide ``task`` now: active, a candidate (by name or by a group they belong
+    to), not the instance's initiator, not someone who already decided this task, and for an approval not
+    someone who approved another task of the instance (four-eyes). At most ``limit`` ids.
+
+    The rule is written down in docs/architecture.md ("Who may act on a task").
+
+    Raises nothing of its own.
+    """
+    candidates = TaskCandidate.objects.filter(task_id=task.pk)
+    people = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(
+            Q(pk__in=candidates.filter(user__isnull=False).values("user_id"))
+            | Q(groups__in=candidates.filter(group__isnull=False).values("group_id"))
+        )
+        .exclude(pk__in=TaskDecision.objects.filter(task_id=task.pk).values("user_id"))
+    )
+    initiator_id = WorkflowInstance.objects.filter(pk=task.instance_id).values_list("initiator_id", flat=True).first()
+    if initiator_id:
+        people = people.exclude(pk=initiator_id)
+    if task.kind == TaskKind.APPROVAL:
+        earlier = TaskDecision.objects.filter(instance_id=task.instance_id, decision=APPROVE)
+        people = people.exclude(pk__in=earlier.values("user_id"))
+    ids = people.values_list("pk", flat=True).distinct().order_by("pk")
+    return list(ids[:limit] if limit is not None else ids)
+
+
+def _nobody_why(task: HumanTask, initiator_id: int | None, able: int, named: Sequence[str] = ()) -> str:
+    """Why too few people can act on ``task``, in a manager's words (the candidate groups and users one by one;
+    ``named``: the usernames the definition names, so that unknown ones are said too)."""
+    known = set(get_user_model().objects.filter(username__in=list(named)).values_list("username", flat=True))
+    reasons = [f"no user named {name}" for name in dict.fromkeys(named) if name not in known]
+    for group in task.candidate_groups.order_by("name"):
+        if not group.user_set.filter(is_active=True).exists():
+            reasons.append(f"no active member in group {group.name}")
+        else:
+            reasons.append(f"no one in group {group.name} may act (the initiator or earlier approvers only)")
+    for user in task.candidate_users.order_by("username"):
+        if not user.is_active:
+            reasons.append(f"user {user.get_username()} is deactivated")
+        elif user.pk == initiator_id:
+            reasons.append(f"user {user.get_username()} started this workflow")
+        else:
+            reasons.append(f"user {user.get_username()} may not act")
+    if not reasons:
+        reasons.append("no candidate group or user exists")
+    why = "; ".join(reasons)
+    if able and able < task.quorum - task.approvals:
+        why = f"only {able} of the {task.quorum - task.approvals} people needed can act: {why}"
+    return why
+
+
+def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named: Sequence[str] = ()) -> None:
+    """Too few active people can act on ``task`` (unknown names, empty groups, everyone deactivated, only the
+    initiator): it becomes a visible escalation for managers and operators at once, titled with the reason, instead
+    of waiting forever. Managers and operators join the candidates (four-eyes still applies to them).
+
+    Raises ``django_fsm.TransitionNotAllowed`` when the task is no longer open.
+    """
+    verb = {TaskKind.APPROVAL: "approve", TaskKind.FORM: "complete"}.get(TaskKind(task.kind), "resolve")
+    why = _nobody_why(task, unit.instance.initiator_id, able, named)
+    from_state = task.state
+    task.title = f"Nobody can {verb}: {why} ({task.title})"[:200]
+    task.priority = Priority.URGENT
+    task.escalate(task.escalation_level, task.next_escalation_at)
+    rows.update(
+        task, ["title", "priority", "state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"]
+    )
+    groups = groups_named([MANAGERS, OPERATORS])
+    add_candidates(task, groups=groups)
+    unit.audit(
+        "task",
+        task.pk,
+        from_state,
+        task.state,
+        reason=f"Nobody can {verb}: {why}",
+        payload={"groups": [MANAGERS, OPERATORS], "nobody_can_act": True},
+        action=AuditAction.TASK_ESCALATED,
+    )
+    announce(unit, task, "task.escalated", f"Escalation: {task.title}", level="danger")
+    members = members_of([MANAGERS, OPERATORS], exclude=[unit.instance.initiator_id])
+    notify(unit, members, "escalation", f"Needs a manager or an operator: {task.title}", url=task_url(task), task=task)
+
+
+# Events whose news reaches the one person it concerns as a notification (bell and toast): the candidates' and
+# the assignee's pages only refresh, so nobody sees a second toast, and nobody else reads "delegated to you".
+QUIET_ANNOUNCEMENTS = frozenset({"task.delegated"})
+
+
+def announce(
+    unit: Unit,
+    task: HumanTask,
+    kind: str,
+    message: str,
+    *,
+    groups: list[int] | None = None,
+    users: list[int] | None = None,
+    level: str = "info",
+) -> None:
+    """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read).
+
+    Raises nothing of its own (the events go out after commit).
+    """
+    if groups is None or users is None:
+        with rows.cursor() as cursor:
+            cursor.execute(
+                f"SELECT group_id, user_id FROM {TaskCandidate._meta.db_table} WHERE task_id = %s", [task.pk]
+            )
+            pairs = cursor.fetchall()
+        groups = [g for g, _ in pairs if g is not None]
+        users = [u for _, u in pairs if u is not None]
+    targets = [live_names.people_group(g) for g in groups]
+    if task.assignee_id:
+        targets.append(live_names.user_group(task.assignee_id))
+    targets += [live_names.user_group(u) for u in users]
+    event: dict[str, Any] = {
+        "type": kind,
+        "task": task.pk,
+        "refresh": [live_names.INBOX, live_names.COUNTS, live_names.task_refresh(task.pk)],
+    }
+    if message and kind not in QUIET_ANNOUNCEMENTS:
+        event.update(message=message, level=level)
+    unit.notify(targets, event)
+
+
+# "Is this user a candidate of task t?" as one EXISTS over the candidates table, for a task aliased ``t``.
+CANDIDATE_EXISTS = (
+    f"EXISTS (SELECT 1 FROM {TaskCandidate._meta.db_table} c WHERE c.task_id = t.id AND (c.user_id = %s"
+    f" OR c.group_id IN (SELECT m.group_id FROM {User.groups.through._meta.db_table} m WHERE m.user_id = %s)))"
+)
+
+
+def is_candidate(user: User, task: HumanTask) -> bool:
+    """A candidate by name or by one of their groups. Raises nothing of its own."""
+    # A permission check reads the user's groups afresh (not the per-request cache the lists use).
+    with rows.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {CANDIDATE_EXISTS} FROM {HumanTask._meta.db_table} t WHERE t.id = %s", [user.pk, user.pk, task.pk]
+        )
+        row = cursor.fetchone()
+        return bool(row and row[0])
+
+
+def task_complete(unit: Unit, task: HumanTask, user: User, decision: str, comment: str, data: dict[str, Any]) -> None:
+    """The task's completing transition and its audit event (the caller advances the instance).
+
+    Raises ``django_fsm.TransitionNotAllowed`` when the task is not actionable.
+    """
+    from_state = task.state
+    task.complete(user, decision, comment, data, unit.now)
+    completed = ["state", "approvals", "completed_by", "decision", "comment", "form_data", "completed_at"]
+    rows.update(task, [*completed, "next_escalation_at"])
+    payload: dict[str, Any] = {"decision": decision}
+    if data:
+        payload["data"] = data
+    unit.audit(
+        "task", task.pk, from_state, task.state, reason=comment, payload=payload, action=AuditAction.TASK_COMPLETED
+    )
+
+
+def past_tense(decision: str) -> str:
+    """``decision`` in the past tense for messages ("approved"); an unknown one as it is. Raises nothing."""
+    return {APPROVE: "approved", REJECT: "rejected", SUBMIT: "submitted"}.get(decision, decision)
+
+
+def task_url(task: HumanTask) -> str:
+    """The task page's path. Raises ``NoReverseMatch`` only when the URL is not configured."""
+    return reverse("approvals:task_detail", args=[task.pk])
+
+
+def people_of(task: HumanTask) -> list[int]:
+    """Who a reminder goes to: the assignee, else every active candidate (never the initiator).
+
+    Raises nothing of its own.
+    """
+    if task.assignee_id:
+        if task.assignee is not None and task.assignee.is_active:
+            return [task.assignee_id]
+        return []  # a deactivated assignee's claim is released by tasks_people_changed or the sweep
+    initiator = task.instance.initiator_id
+    named = [
+        uid for uid in task.candidate_users.filter(is_active=True).values_list("pk", flat=True) if uid != initiator
+    ]
+    return named + members_of(task.candidate_groups.values_list("name", flat=True), exclude=[initiator])

@@ -1,0 +1,165 @@
+"""Task deadlines: the escalation ladder's rungs fired by the sweep, and deadlines moved on by a pause."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from approvals.models import (
+    ACTIONABLE_TASK_STATES,
+    HumanTask,
+)
+from approvals.notifications import members_of, notify
+from approvals.services.base import (
+    add_candidates,
+    announce,
+    groups_named,
+    people_of,
+    task_url,
+)
+from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
+from orchestrator.dsl import Escalate, Reassign, Remind
+from orchestrator.models import InstanceState, WorkflowInstance
+from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail
+from orchestrator.services.locks import SWEEPER, definition_or_none
+from orchestrator.services.sweep import SweepReport, isolated
+from orchestrator.services.unit import Unit
+
+logger = logging.getLogger(__name__)
+
+
+def tasks_shift_deadlines(unit: Unit, paused_at: datetime, held: Any) -> None:
+    """On resume: move the open tasks' SLA (``due_at``) and next escalation rung on by ``held``, an SQL
+    expression of the time each was held (``instance_resume``). An SLA already due when the pause began stays
+    where it was (it is overdue either way). Every next rung moves, one already due too: ``held`` is at most the
+    time since the pause began, so a due rung stays due and fires on resume, and the time it was held is counted
+    by the rungs after it (``_escalation_fire`` reads it off ``next_escalation_at``).
+
+    Raises nothing of its own.
+    """
+    open_tasks = HumanTask.objects.filter(instance=unit.instance, state__in=ACTIONABLE_TASK_STATES)
+    open_tasks.filter(due_at__gt=paused_at).update(due_at=F("due_at") + held)
+    open_tasks.filter(next_escalation_at__isnull=False).update(next_escalation_at=F("next_escalation_at") + held)
+
+
+def tasks_sweep(now: datetime | None = None, *, report: SweepReport | None = None) -> dict[str, int]:
+    """Fire due escalation rungs (remind, reassign, escalate) with SKIP LOCKED, one task per transaction.
+
+    Returns ``{"escalations": rungs fired}``. A task whose handling raises is logged, audited on its instance and
+    skipped (``orchestrator.services.sweep.isolated``), and counted in ``report.errors`` when the sweep passes its
+    report. Raises only what the database raises outside a task's own transaction.
+    """
+    now = now or timezone.now()
+    due = list(
+        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, next_escalation_at__lte=now)
+        # A paused instance's rungs wait for the resume, which moves them on by the pause; a failed instance's
+        # tasks cannot be decided, so their deadlines wait for an operator's retry.
+        .exclude(instance__state__in=[InstanceState.PAUSED, InstanceState.FAILED])
+        .order_by("next_escalation_at")
+        .values_list("pk", "instance_id")[:200]
+    )
+    fired = 0
+    for task_id, instance_id in due:
+        # One task per transaction; one that raises is logged, audited and counted, and the others go on.
+        fired += isolated(
+            report, "task deadline", "task", task_id, instance_id, partial(_escalation_fire, task_id, now)
+        )
+    return {"escalations": fired}
+
+
+def _escalation_fire(task_id: int, now: datetime) -> int:
+    with transaction.atomic():
+        instance_id = HumanTask.objects.filter(pk=task_id).values_list("instance_id", flat=True).first()
+        if instance_id is None:
+            return 0
+        instance = WorkflowInstance.objects.select_for_update(skip_locked=True).filter(pk=instance_id).first()
+        if instance is None:
+            return 0
+        task = HumanTask.objects.select_related("step").get(pk=task_id)
+        if not task.is_actionable or not task.next_escalation_at or task.next_escalation_at > now:
+            return 0
+        if instance.state == InstanceState.PAUSED:
+            return 0  # paused after the query: the rung waits for the resume
+        workflow = definition_or_none(instance)
+        if workflow is None:
+            # Its ladder is in the missing definition: the instance fails with the reason, and the deadline waits.
+            unit = Unit(instance, SWEEPER, now=now)
+            fail_for_missing_definition(unit)
+            unit.finish()
+            return 0
+        node = workflow.node(task.step.name)
+        ladder = list(getattr(node, "escalation", ()))
+        if task.escalation_level >= len(ladder):
+            task.next_escalation_at = None
+            rows.update(task, ["next_escalation_at"])
+            return 0
+        rung = ladder[task.escalation_level]
+        level = task.escalation_level + 1
+        following = ladder[level] if level < len(ladder) else None
+        # Rungs count from the task's creation, so the ladder keeps its shape whenever the sweep runs, plus the
+        # time pauses held this rung (never negative: the first rung counts from the opening unit's clock, a hair
+        # before created_at).
+        held = max(timedelta(0), task.next_escalation_at - (task.created_at + rung.after))
+        next_at = task.created_at + following.after + held if following else None
+        unit = Unit(instance, SWEEPER, now=now)
+        from_state = task.state
+        if isinstance(rung, Remind):
+            task.escalation_level = level
+            task.next_escalation_at = next_at
+            rows.update(task, ["escalation_level", "next_escalation_at"])
+            unit.audit(
+                "task", task.pk, from_state, task.state, payload={"level": level}, action=AuditAction.TASK_REMINDED
+            )
+            announce(unit, task, "task.reminded", f"Reminder: {task.title} is waiting")
+            notify(
+                unit, people_of(task), "reminder", f"Reminder: {task.title} is waiting", url=task_url(task), task=task
+            )
+        elif isinstance(rung, Reassign):
+            _hand_to_group(unit, task, rung.group, level, next_at, reassigned=True)
+        elif isinstance(rung, Escalate):
+            if rung.fail_instance:
+                task.expire(now)
+                rows.update(task, ["state", "completed_at", "next_escalation_at"])
+                unit.audit("task", task.pk, from_state, task.state, action=AuditAction.TASK_EXPIRED)
+                instance_fail(
+                    unit,
+                    f"{task.title}: no decision in time",
+                    allowed=(InstanceState.RUNNING, InstanceState.WAITING),
+                )
+            else:
+                _hand_to_group(unit, task, rung.group, level, next_at, reassigned=False)
+        unit.finish()
+        return 1
+
+
+def _hand_to_group(
+    unit: Unit, task: HumanTask, group_name: str, level: int, next_at: datetime | None, *, reassigned: bool
+) -> None:
+    """A ladder rung gives the task to ``group_name`` too: escalated state, the group a candidate, its members told.
+
+    ``reassigned`` is the quieter rung (an escalation group takes over); otherwise managers are being escalated to.
+    """
+    from_state = task.state
+    group = groups_named([group_name])[0]
+    task.escalate(level, next_at)
+    rows.update(task, ["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
+    add_candidates(task, groups=[group])
+    action, kind = (
+        (AuditAction.TASK_REASSIGNED, "reassigned") if reassigned else (AuditAction.TASK_ESCALATED, "escalated")
+    )
+    unit.audit("task", task.pk, from_state, task.state, payload={"group": group_name}, action=action)
+    if reassigned:
+        announce(unit, task, "task.escalated", f"Reassigned to {group_name}: {task.title}")
+        message = f"Overdue, now yours: {task.title}"
+    else:
+        announce(unit, task, "task.escalated", f"Escalated to {group_name}: {task.title}", level="warning")
+        message = f"Escalated: {task.title}"
+    members = members_of([group_name], exclude=[unit.instance.initiator_id])
+    notify(unit, members, kind, message, url=task_url(task), task=task)

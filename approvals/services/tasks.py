@@ -1,0 +1,497 @@
+"""The people's actions on tasks: claim, release, delegate, decide, snooze, mark notifications read.
+
+Each locks the instance row first (the engine's lock order), then the task, checks who may act, runs the
+transition, writes audit and advances the instance, all in one transaction; live events go out after commit. A
+lost race raises :class:`~approvals.services.base.TaskConflict` (HTTP 409 / a message on the page), never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.db import InterfaceError, OperationalError, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from approvals.models import (
+    HumanTask,
+    Notification,
+    TaskDecision,
+    TaskKind,
+    TaskState,
+)
+from approvals.notifications import members_of, notify
+from approvals.selectors import is_manager
+from approvals.services.base import (
+    APPROVE,
+    CANDIDATE_EXISTS,
+    OPERATORS,
+    REJECT,
+    SUBMIT,
+    TaskConflict,
+    TaskError,
+    TaskForbidden,
+    TaskInvalid,
+    TaskNotFound,
+    announce,
+    checked_text,
+    is_candidate,
+    past_tense,
+    task_complete,
+    task_url,
+)
+from approvals.services.escalations import escalation_resolve
+from orchestrator import live_names, rows
+from orchestrator.audit import Actor
+from orchestrator.audit_actions import AuditAction
+from orchestrator.dsl import Human
+from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, check_when
+from orchestrator.models import InstanceState, StepRun, WorkflowInstance
+from orchestrator.realtime import send_now
+from orchestrator.services.flow import human_step_finish, human_step_stopped
+from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable
+from orchestrator.services.results import clean_text
+from orchestrator.services.unit import Unit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LockedTask:
+    """A task read under its instance's lock, with the unit that writes it and the acting user's permission
+    answers, read in the same statement: a candidate now, approved another task of this instance before, already
+    decided this task (a quorum task collects one decision per person)."""
+
+    task: HumanTask
+    unit: Unit
+    is_candidate: bool
+    approved_before: bool
+    decided_this: bool = False
+
+
+def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> LockedTask:
+    tasks, steps, instances = HumanTask._meta.db_table, StepRun._meta.db_table, WorkflowInstance._meta.db_table
+    locked = rows.select(
+        [(WorkflowInstance, "i")],
+        f"FROM {instances} i WHERE i.id = (SELECT t.instance_id FROM {tasks} t WHERE t.id = %s){rows.lock_clause()}",
+        [task_id],
+    )
+    if not locked:
+        raise TaskNotFound("No such task.")
+    instance = locked[0][0]
+    # Read after the lock: every write to a task, its step or its decisions happens under the instance's lock.
+    # The two permission questions ride along: is the user a candidate, and did they approve this instance before.
+    # Whether the account is still active rides along too: the user object the request loaded may predate a
+    # deactivation that committed while the request waited for this lock.
+    task, step, candidate, approved_before, decided_this, active = rows.select(
+        [(HumanTask, "t"), (StepRun, "s")],
+        f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s",
+        [user.pk, user.pk, user.pk, APPROVE, user.pk, user.pk, task_id],
+        extra=[
+            CANDIDATE_EXISTS,
+            f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.instance_id = t.instance_id"
+            " AND d.user_id = %s AND d.decision = %s)",
+            f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.task_id = t.id AND d.user_id = %s)",
+            f"EXISTS (SELECT 1 FROM {User._meta.db_table} u WHERE u.id = %s AND u.is_active)",
+        ],
+    )[0]
+    assert isinstance(task, HumanTask)
+    assert isinstance(step, StepRun)
+    assert isinstance(instance, WorkflowInstance)
+    task.step = step
+    # Candidates, the assignee and managers see a task; anyone else gets a 404.
+    if not (task.assignee_id == user.pk or candidate or is_manager(user)):
+        raise TaskNotFound("No such task.")
+    if not active:
+        # Every action on a task goes through here: a deactivated account does none of them (a manager's
+        # delegation or release included), whatever the object the caller holds says.
+        raise TaskForbidden("Your account is deactivated.")
+    unit = Unit(instance, Actor.of(user), request_meta=request_meta)
+    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this))
+
+
+def _check_not_initiator(user: User, locked: LockedTask) -> None:
+    """Four-eyes: whoever started the instance never claims, decides, releases, delegates or resolves any of its
+    tasks (escalations included), whatever their role: steering who decides is deciding."""
+    if locked.unit.instance.initiator_id == user.pk:
+        raise TaskForbidden("You started this workflow, so you cannot act on its tasks (four-eyes rule).")
+
+
+def _check_may_act(user: User, locked: LockedTask) -> None:
+    """The acting user's authority at this moment: active, not the initiator, a candidate now (by name or by a
+    group they still belong to). Being the assignee is not enough: an assignee who left the candidate groups lost
+    the task with them (docs/architecture.md, "Who may act on a task")."""
+    task = locked.task
+    if not user.is_active:
+        raise TaskForbidden("Your account is deactivated.")
+    _check_not_initiator(user, locked)
+    if not locked.is_candidate:
+        if task.assignee_id == user.pk:
+            raise TaskForbidden("You are no longer a candidate for this task, so it is no longer yours.")
+        raise TaskForbidden("You are not a candidate for this task.")
+
+
+def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
+    """Take an open task; it leaves everyone else's queue. ``request_meta`` (ip, user_agent, path) goes into the
+    audit event.
+
+    Raises TaskNotFound (no such task, or not visible to ``user``), TaskForbidden (deactivated, the initiator,
+    not a candidate), TaskConflict (claimed by someone else or no longer open).
+    """
+    with transaction.atomic():
+        locked = _lock_task(task_id, user, request_meta)
+        task, unit = locked.task, locked.unit
+        if task.state == TaskState.CLAIMED and task.assignee_id == user.pk:
+            return task
+        if task.state not in (TaskState.OPEN, TaskState.ESCALATED):
+            who = f" by {task.assignee}" if task.assignee_id else ""
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}{who}.")
+        _check_may_act(user, locked)
+        from_state = task.state
+        task.claim(user, unit.now)
+        rows.update(task, ["state", "assignee", "claimed_at"])
+        unit.audit("task", task.pk, from_state, task.state, action=AuditAction.TASK_CLAIMED)
+        announce(unit, task, "task.claimed", f"{user.get_username()} claimed: {task.title}")
+        unit.finish()
+        return task
+
+
+def task_release(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
+    """Give a claimed task back to the queue (the assignee or a manager, never the instance's initiator);
+    ``request_meta`` goes into the audit event.
+
+    Raises TaskNotFound, TaskForbidden (the initiator, or neither the assignee nor a manager), TaskConflict (not
+    claimed).
+    """
+    with transaction.atomic():
+        locked = _lock_task(task_id, user, request_meta)
+        task, unit = locked.task, locked.unit
+        _check_not_initiator(user, locked)
+        if task.state != TaskState.CLAIMED:
+            raise TaskConflict("This task is not claimed.")
+        if task.assignee_id != user.pk and not is_manager(user):
+            raise TaskForbidden("Only the assignee or a manager can release this task.")
+        previous = task.assignee_id
+        task.release()
+        rows.update(task, ["state", "assignee", "claimed_at"])
+        unit.audit(
+            "task",
+            task.pk,
+            TaskState.CLAIMED,
+            task.state,
+            payload={"from_user": previous},
+            action=AuditAction.TASK_RELEASED,
+        )
+        announce(unit, task, "task.released", f"Back in the queue: {task.title}")
+        unit.finish()
+        return task
+
+
+def task_delegate(
+    task_id: int,
+    user: User,
+    to_user: User,
+    *,
+    note: str = "",
+    request_meta: dict | None = None,
+) -> HumanTask:
+    """Hand a task to another candidate (by its assignee or a manager, never the instance's initiator), with a
+    note; ``request_meta`` goes into the audit event.
+
+    Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
+    candidate who is neither the delegator nor the initiator (a task parked with someone who cannot sign in, or
+    handed to oneself, is no hand-over); TaskForbidden, TaskConflict, TaskNotFound as the other actions.
+    """
+    note = checked_text(note, "Note", NOTE_MAX, "note")
+    with transaction.atomic():
+        locked = _lock_task(task_id, user, request_meta)
+        task, unit = locked.task, locked.unit
+        if not task.is_actionable:
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
+        _check_not_initiator(user, locked)
+        if task.assignee_id != user.pk and not is_manager(user):
+            raise TaskForbidden("Only the assignee or a manager can delegate this task.")
+        if to_user.pk == user.pk:
+            raise TaskInvalid("Choose someone else: you cannot delegate a task to yourself.")
+        if not to_user.is_active:
+            raise TaskInvalid(f"{to_user.get_username()} is deactivated and cannot take this task.")
+        if not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:
+            raise TaskInvalid(f"{to_user.get_username()} is not an eligible candidate for this task.")
+        from_state = task.state
+        if task.state == TaskState.CLAIMED:
+            task.release()
+        task.claim(to_user, unit.now)
+        rows.update(task, ["state", "assignee", "claimed_at"])
+        unit.audit(
+            "task",
+            task.pk,
+            from_state,
+            task.state,
+            reason=note,
+            payload={"to": to_user.get_username()},
+            action=AuditAction.TASK_DELEGATED,
+        )
+        announce(unit, task, "task.delegated", f"{user.get_username()} delegated to you: {task.title}")
+        notify(
+            unit,
+            [to_user.pk],
+            "delegated",
+            f"{user.get_username()} delegated to you: {task.title}" + (f" ({note})" if note else ""),
+            url=task_url(task),
+            task=task,
+        )
+        unit.finish()
+        return task
+
+
+class _FollowFailed(Exception):
+    """Entering what follows a decision raised: carries the error out of the transaction it spoilt."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def task_decide(
+    task_id: int,
+    user: User,
+    decision: str,
+    *,
+    comment: str = "",
+    data: dict[str, Any] | None = None,
+    request_meta: dict | None = None,
+) -> HumanTask:
+    """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls.
+
+    Raises TaskInvalid for a comment with a NUL or longer than ``inputs.COMMENT_MAX`` (whoever calls: the limit
+    is the service's, the page only shows it), a missing reject comment or form errors.
+
+    When entering what follows the decision raises (a Decision or a Timer's ``until`` raising, a next task that
+    cannot open, a value too large), that transaction is rolled back and a fresh one keeps the decision (task
+    completed, decision recorded, audited) and stops the instance with the real error
+    (``orchestrator.services.flow.human_step_stopped``), telling the operators; the task returned then has
+    ``task.step.state == dead`` and the error in ``task.step.error_type`` / ``task.step.error``
+    (docs/architecture.md, "A step whose outcome cannot be recorded"). TaskNotFound, TaskForbidden and
+    TaskConflict as the other actions.
+    """
+    comment = checked_text(comment, "Comment", COMMENT_MAX, "comment")
+    try:
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=None)
+    except _FollowFailed as failed:
+        logger.error(
+            "task %s: entering what follows the decision raised %s; the decision is kept and the instance stopped",
+            task_id,
+            type(failed.error).__name__,
+            exc_info=failed.error,
+        )
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=failed.error)
+
+
+def _decide(
+    task_id: int,
+    user: User,
+    decision: str,
+    comment: str,
+    data: dict[str, Any],
+    request_meta: dict | None,
+    *,
+    stopped_by: Exception | None,
+) -> HumanTask:
+    """One attempt of :func:`task_decide` in its own transaction; with ``stopped_by`` (the error a first attempt
+    met entering what follows) the decision is recorded and the instance stopped instead of followed. Every check
+    is made again: the first attempt's transaction was rolled back, and someone may have acted in between."""
+    with transaction.atomic():
+        locked = _lock_task(task_id, user, request_meta)
+        task, unit = locked.task, locked.unit
+        if not task.is_actionable:
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
+        if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
+            raise TaskConflict(f"{task.assignee} has claimed this task.")
+        _check_may_act(user, locked)
+        if definition_or_none(unit.instance) is None:
+            # Nothing could follow the decision; it waits until the definition is registered again.
+            raise TaskConflict(
+                f"This task cannot be decided now: the workflow's {definition_unavailable(unit.instance)}. "
+                "An operator must deploy it again (or cancel the instance)."
+            )
+        if task.kind == TaskKind.ESCALATION:
+            try:
+                escalation_resolve(unit, task, user, decision, comment)
+                unit.finish()
+            except (TaskError, OperationalError, InterfaceError):
+                raise
+            except Exception as exc:
+                # Skipping the step enters what follows it, which raised: refused with the reason (the operator
+                # can fix the definition and answer again, or choose Fail instance), never a 500.
+                raise TaskConflict(
+                    f"This answer cannot be carried out: what follows {task.step.name} raises "
+                    f"{type(exc).__name__}: {clean_text(str(exc) or repr(exc), 300)}. Fix the workflow definition "
+                    "and answer again, or choose Fail instance."
+                ) from exc
+            return task
+        if unit.instance.state not in (InstanceState.RUNNING, InstanceState.WAITING):
+            # A paused or failed instance does not move; a decision now would be recorded but go nowhere.
+            raise TaskConflict(
+                f"The workflow is {unit.instance.get_state_display().lower()}: "
+                "an operator must resume or retry it before its tasks can be decided."
+            )
+        cleaned = _validate_decision(unit, task, decision, comment, data)
+        if locked.decided_this:
+            # A quorum task keeps one decision per person; a second one (or a change of mind) is refused here
+            # rather than by the unique constraint (a 500).
+            raise TaskConflict("You have already decided this task; a decision cannot be changed or repeated.")
+        # One person, one approval slot per instance: no approving twice at two levels.
+        if task.kind == TaskKind.APPROVAL and decision == APPROVE and locked.approved_before:
+            raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
+        rows.insert(
+            TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
+        )
+        from_state = task.state
+        if decision == APPROVE and task.approvals + 1 < task.quorum:
+            task.approvals += 1
+            if task.state == TaskState.CLAIMED:
+                task.release()
+            rows.update(task, ["approvals", "state", "assignee", "claimed_at"])
+            unit.audit(
+                "task",
+                task.pk,
+                from_state,
+                task.state,
+                reason=comment,
+                payload={"approvals": task.approvals, "quorum": task.quorum},
+                action=AuditAction.TASK_APPROVED,
+            )
+            announce(unit, task, "task.approved", f"{task.approvals} of {task.quorum} approvals: {task.title}")
+            unit.finish()
+            return task
+        if decision == APPROVE:
+            task.approvals += 1
+        task_complete(unit, task, user, decision, comment, cleaned)
+        result = {"decision": decision, "by": user.get_username(), "comment": comment, **cleaned}
+        merge = cleaned if task.kind == TaskKind.FORM else None
+        announcement = f"{user.get_username()} {past_tense(decision)}: {task.title}"
+        if stopped_by is not None:
+            human_step_stopped(unit, task.step, result, stopped_by, merge=merge)
+            _tell_operators_stopped(unit, task)
+            announce(unit, task, "task.completed", announcement)
+            unit.finish()
+            return task
+        try:
+            # What follows the decision, up to the write of the instance row (an outcome too long for its column
+            # is refused there), is the definition's and the data's doing, not the person's.
+            human_step_finish(unit, task.step, result, rejected=decision == REJECT, merge=merge)
+            announce(unit, task, "task.completed", announcement)
+            unit.finish()
+        except (OperationalError, InterfaceError):
+            raise  # the database, not the definition: nothing is recorded and the person may try again
+        except Exception as exc:
+            raise _FollowFailed(exc) from exc
+        return task
+
+
+def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
+    """Notify the operators (never the initiator) that the instance stopped after ``task``'s decision."""
+    instance = unit.instance
+    operators = members_of([OPERATORS], exclude=[instance.initiator_id])
+    url = reverse("console:instance_detail", args=[instance.pk])
+    name = instance.title or f"{instance.workflow_name} #{instance.pk}"
+    notify(unit, operators, "escalation", f"Stopped after a decision, needs an operator: {name}", url=url)
+
+
+def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str, data: dict) -> dict[str, Any]:
+    if task.kind == TaskKind.APPROVAL:
+        if decision not in (APPROVE, REJECT):
+            raise TaskInvalid("Choose Approve or Reject.")
+        if decision == REJECT and not comment:
+            raise TaskInvalid("Say why you reject: a comment is required.", {"comment": ["Required on reject."]})
+        return {}
+    if decision != SUBMIT:
+        raise TaskInvalid("Submit the form to complete this task.")
+    node = definition_of(unit.instance).node(task.step.name)
+    assert isinstance(node, Human)
+    form = node.form(data=data)
+    if not form.is_valid():
+        errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
+        raise TaskInvalid("The form has errors.", errors)
+    return json.loads(json.dumps(form.cleaned_data, default=str))
+
+
+@dataclass
+class BulkResult:
+    claimed: list[int]
+    refused: dict[int, str]
+
+
+def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | None = None) -> BulkResult:
+    """Claim several tasks, each in its own transaction: one lost race does not undo the others.
+
+    Raises nothing of its own: each refusal (a TaskError) is kept in ``refused`` with its message.
+    """
+    result = BulkResult(claimed=[], refused={})
+    for task_id in dict.fromkeys(task_ids):
+        try:
+            task_claim(task_id, user, request_meta=request_meta)
+        except TaskError as exc:
+            result.refused[task_id] = str(exc)
+        else:
+            result.claimed.append(task_id)
+    return result
+
+
+def notifications_mark_read(user: User, ids: list[int] | None = None) -> int:
+    """Mark the user's notifications read (all of them, or the given ones); returns how many changed.
+
+    Raises nothing of its own.
+    """
+    qs = Notification.objects.filter(user=user, read_at__isnull=True)
+    if ids is not None:
+        qs = qs.filter(pk__in=ids)
+    changed = qs.update(read_at=timezone.now())
+    if changed:
+        transaction.on_commit(
+            partial(
+                send_now,
+                [live_names.user_group(user.pk)],
+                {"type": live_names.NOTIFICATION_READ, "refresh": [live_names.COUNTS]},
+            )
+        )
+    return changed
+
+
+def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict | None = None) -> HumanTask:
+    """Hide a task from the assignee's list until ``until`` (it stays claimed and keeps its deadlines);
+    ``request_meta`` goes into the audit event.
+
+    Raises TaskInvalid for an ``until`` that is naive, out of range or not within the next 90 days;
+    TaskForbidden unless ``user`` holds the task; TaskNotFound.
+    """
+    try:
+        until = check_when(until, "Snooze until")
+    except ValidationError as exc:
+        raise TaskInvalid(" ".join(exc.messages), {"until": exc.messages}) from None
+    with transaction.atomic():
+        locked = _lock_task(task_id, user, request_meta)
+        task, unit = locked.task, locked.unit
+        if task.assignee_id != user.pk:
+            raise TaskForbidden("Claim the task before you snooze it.")
+        if until <= unit.now or until > unit.now + timedelta(days=90):
+            raise TaskInvalid("Snooze until a time in the next 90 days.")
+        task.snoozed_until = until
+        rows.update(task, ["snoozed_until"])
+        unit.audit(
+            "task",
+            task.pk,
+            task.state,
+            task.state,
+            payload={"until": until.isoformat()},
+            action=AuditAction.TASK_SNOOZED,
+        )
+        unit.finish()
+        return task

@@ -1,0 +1,113 @@
+"""The instance's own transitions the other engine modules share: settle, fail, skip its open steps; and the
+one rule for a retried step's attempt budget."""
+
+from __future__ import annotations
+
+from orchestrator import rows
+from orchestrator.audit_actions import AuditAction
+from orchestrator.dsl import Node, Task
+from orchestrator.models import ACTIVE_INSTANCE_STATES, BUSY_STEP_STATES, InstanceState, StepKind, StepRun, StepState
+from orchestrator.ports import human_tasks_or_none
+from orchestrator.services.locks import LIVE_STATES, definition_or_none, definition_unavailable
+from orchestrator.services.unit import Unit
+
+
+def instance_fail(
+    unit: Unit, error: str, *, allowed: tuple[str, ...] = LIVE_STATES, audit_reason: str | None = None
+) -> bool:
+    """Fail the unit's instance with ``error`` (shown on its page) and audit it, if its state is in ``allowed``.
+
+    ``audit_reason`` is the event's reason when it should differ from ``error`` (an operator's own words).
+    Operator actions (an escalation's "Fail instance") and the engine (a dead step, a deadline, a missing
+    definition) both fail an instance through here. Returns True if the instance failed. Raises nothing of its
+    own.
+    """
+    instance = unit.instance
+    if instance.state not in allowed:
+        return False
+    from_state = instance.state
+    instance.fail(error)
+    unit.audit(
+        "instance",
+        instance.pk,
+        from_state,
+        instance.state,
+        reason=instance.error if audit_reason is None else audit_reason,
+        action=AuditAction.INSTANCE_FAILED,
+    )
+    return True
+
+
+def first_line(text: str) -> str:
+    """The first line of ``text``, at most 500 characters (an error's summary for audit reasons). Raises nothing."""
+    return text.strip().splitlines()[0][:500] if text.strip() else ""
+
+
+def settle(unit: Unit) -> None:
+    """Running while automated work is pending, waiting while only people and timers are. Raises nothing of its
+    own."""
+    instance = unit.instance
+    if instance.state not in ACTIVE_INSTANCE_STATES:
+        return
+    busy = unit.scheduled_work
+    workflow = definition_or_none(instance) if not busy else None
+    if not busy and (workflow is None or workflow.has_parallel):
+        # In a linear flow only the step this unit handled could have been busy, and the unit knows whether it
+        # scheduled more; with parallel branches (or with no definition to tell) another branch may be working,
+        # so ask.
+        busy = instance.steps.filter(
+            state__in=BUSY_STEP_STATES, kind__in=[StepKind.TASK, StepKind.COMPENSATION]
+        ).exists()
+    if (instance.state == InstanceState.RUNNING) != busy:
+        from_state = instance.state
+        instance.settle(busy)
+        action = AuditAction.INSTANCE_RUNNING if busy else AuditAction.INSTANCE_WAITING
+        unit.audit("instance", instance.pk, from_state, instance.state, action=action)
+
+
+def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False, keep_running: bool = False) -> None:
+    """Skip the instance's open forward steps and cancel their tasks; ``everything`` (a cancel) also takes
+    compensation steps and every open task, escalations included. ``keep_running`` (a compensation's start)
+    leaves task steps whose handler is running: their outcome is recorded, and undone if they took effect.
+    Raises nothing of its own (the human side's cancels write through the unit)."""
+    candidates = unit.instance.steps.filter(
+        state__in=[StepState.PENDING, StepState.SCHEDULED, StepState.RUNNING, StepState.FAILED]
+    )
+    if not everything:
+        candidates = candidates.exclude(kind=StepKind.COMPENSATION)
+    if keep_running:
+        candidates = candidates.exclude(kind=StepKind.TASK, state=StepState.RUNNING)
+    open_steps = list(candidates)
+    for step in open_steps:
+        from_state = step.state
+        step.skip(reason, unit.now)
+        rows.update(step, ["state", "error", "finished_at", "lease_expires_at"])
+        unit.audit("step", step.pk, from_state, step.state, reason=reason, action=AuditAction.STEP_SKIPPED)
+    people = human_tasks_or_none()
+    if people is None:
+        return  # no human side registered: no task can exist to cancel
+    if everything:
+        people.tasks_cancel_for_instance(unit, reason)
+    else:
+        people.tasks_cancel_for_steps(unit, [s.pk for s in open_steps if s.kind == StepKind.HUMAN], reason)
+
+
+def fail_for_missing_definition(unit: Unit) -> None:
+    """Fail the unit's instance, if it is still open to failing, because its definition is not registered.
+
+    The reason (:func:`definition_unavailable`) is audited and shown on the instance page; ``instance_retry``
+    refuses with it until the definition is registered again, then takes the instance up where it stopped.
+
+    Raises nothing of its own.
+    """
+    instance_fail(unit, definition_unavailable(unit.instance), allowed=(*LIVE_STATES, InstanceState.COMPENSATING))
+
+
+def retry_attempts(step: StepRun, node: Node | None) -> int:
+    """The one rule for extra attempts: a step retried by a person (an operator's instance retry, an escalation's
+    Retry, a compensation retried) gets its node's whole retry budget again on top of the attempts it used (one
+    attempt for a node without a retry policy: a timer, a definition gone). Returns the new ``max_attempts``.
+
+    Raises nothing.
+    """
+    return step.attempt + (node.retry.max_attempts if isinstance(node, Task) else 1)

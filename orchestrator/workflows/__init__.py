@@ -1,1 +1,0 @@
-"""Workflow definitions shipped with Baton: the two demo workflows and the benchmark flows."""
