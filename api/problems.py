@@ -22,7 +22,7 @@ from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 
-from approvals import services as task_services
+from approvals.services import base as task_rules
 from orchestrator import registry
 from orchestrator.services import instances as instance_services
 
@@ -98,16 +98,16 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         )
     if isinstance(exc, exceptions.APIException):
         return exc
-    if isinstance(exc, Http404 | task_services.TaskNotFound | registry.UnknownWorkflow):
-        text = str(exc) if isinstance(exc, task_services.TaskNotFound) else "Not found, or not yours to see."
+    if isinstance(exc, Http404 | task_rules.TaskNotFound | registry.UnknownWorkflow):
+        text = str(exc) if isinstance(exc, task_rules.TaskNotFound) else "Not found, or not yours to see."
         return Problem(404, text, code="not_found")
     if isinstance(exc, DjangoPermissionDenied):
         return Problem(403, str(exc) or "Your role may not do this.", code="forbidden")
-    if isinstance(exc, task_services.TaskForbidden):
+    if isinstance(exc, task_rules.TaskForbidden):
         return Problem(403, str(exc), code="forbidden")
-    if isinstance(exc, task_services.TaskConflict):
+    if isinstance(exc, task_rules.TaskConflict):
         return conflict(str(exc))
-    if isinstance(exc, task_services.TaskInvalid):
+    if isinstance(exc, task_rules.TaskInvalid):
         errors = {key: list(map(str, value)) for key, value in (exc.errors or {}).items()}
         return Problem(400, str(exc), code="invalid", title="Invalid input", errors=errors)
     if isinstance(exc, instance_services.NotAllowed):

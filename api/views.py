@@ -25,7 +25,7 @@ from api import serializers as s
 from api.problems import Problem
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
-from approvals import services as task_services
+from approvals.services import tasks as task_services
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
