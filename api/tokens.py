@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from api.models import ApiToken
 from orchestrator.audit import Actor, append_standalone
+from orchestrator.audit_actions import AuditAction
 from orchestrator.inputs import HORIZON, check_text
 
 TOKENS_CHAIN = "api_tokens"
@@ -86,7 +87,7 @@ def token_create(
         append_standalone(
             TOKENS_CHAIN,
             actor=actor or Actor.of(user),
-            action="token.created",
+            action=AuditAction.TOKEN_CREATED,
             subject_type="api_token",
             subject_id=token.pk,
             payload={
@@ -121,7 +122,7 @@ def token_revoke(
         append_standalone(
             TOKENS_CHAIN,
             actor=actor,
-            action="token.revoked",
+            action=AuditAction.TOKEN_REVOKED,
             subject_type="api_token",
             subject_id=token.pk,
             payload={"user": token.user.get_username(), "name": token.name, "prefix": token.prefix},

@@ -65,5 +65,8 @@ class AuditAction(StrEnum):
     GROUP_DELETED = "group.deleted"
     GROUP_PERMISSIONS_ADDED = "group.permissions_added"
     GROUP_PERMISSIONS_REMOVED = "group.permissions_removed"
+    # The api_tokens chain: personal API tokens created and revoked (api/tokens.py).
+    TOKEN_CREATED = "token.created"  # noqa: S105 (an action name, not a secret)
+    TOKEN_REVOKED = "token.revoked"  # noqa: S105
     # The audit chain itself: where unkeyed (legacy) events end (migration 0007).
     AUDIT_KEYED = "audit.keyed"
