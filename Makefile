@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only} \
 	BATON_AUDIT_KEYS=$${BATON_AUDIT_KEYS:-tests:baton-tests-only-audit-key-not-for-production}
 
-.PHONY: install constraints demo web worker beat test lint typecheck migrations-check pytest bench screenshots clean-demo
+.PHONY: install constraints demo web worker beat test lint typecheck migrations-check pytest bench bench-api schemathesis screenshots clean-demo
 
 # pyproject.toml holds the supported ranges, constraints.txt the exact versions tests and benchmarks run.
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt
@@ -52,7 +52,7 @@ test: install lint migrations-check pytest
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy baton_site orchestrator approvals console demo automation audit
+	$(TEST_ENV) BATON_MODE=demo $(VENV)/bin/mypy baton_site orchestrator approvals console demo automation audit api
 	# The direction of imports between the engine and the apps above it (pyproject.toml, [tool.importlinter]).
 	$(VENV)/bin/lint-imports
 
@@ -66,6 +66,18 @@ pytest: install
 
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## Starts through the API: daphne + a worker + 8 concurrent clients (bench/api.py, bench/README.md "API starts").
+bench-api: install
+	$(PY) bench/api.py $(BENCH_ARGS)
+
+## The API's schemathesis run, long: every operation as every role with many more generated requests than the
+## short pass `make test` runs (tests/api/test_schemathesis.py). SCHEMATHESIS_EXAMPLES per operation, new random
+## cases each run (the short pass is derandomized, so `make test` is repeatable).
+SCHEMATHESIS_EXAMPLES ?= 150
+schemathesis: install
+	$(TEST_ENV) BATON_SCHEMATHESIS_EXAMPLES=$(SCHEMATHESIS_EXAMPLES) BATON_SCHEMATHESIS_RANDOM=1 \
+	  $(PY) -m pytest tests/api/test_schemathesis.py -p no:randomly -o timeout=3600 $(PYTEST_ARGS)
 
 screenshots: install
 	$(TEST_ENV) BATON_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/browser -k screenshot

@@ -109,12 +109,16 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_celery_beat",
     "channels",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     # Before the engine: its baton_verify_audit extends the engine's with --file (audit/management/commands).
     "audit",
     "orchestrator",
     "approvals",
     "console",
     "automation",
+    "api",
 ]
 # The demo (its ledger table, workflows, users and commands: demo/) is part of demo mode only. A production
 # database that never installs it has no demo table; BATON_DEMO_APP=1 adds it to a production deployment.
@@ -189,6 +193,12 @@ else:
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The JSON API (api/): its DRF and drf-spectacular settings live beside it (api/conf.py).
+from api import conf as api_conf  # noqa: E402
+
+REST_FRAMEWORK = api_conf.REST_FRAMEWORK
+SPECTACULAR_SETTINGS = api_conf.SPECTACULAR_SETTINGS
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

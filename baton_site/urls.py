@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("automation/", include("automation.urls")),
     path("audit/", include("audit.urls")),
+    path("api/", include("api.urls")),
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", LogoutView.as_view(), name="logout"),
     # For machines: Prometheus and load balancers (baton_site/endpoints.py).

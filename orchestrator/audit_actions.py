@@ -86,6 +86,9 @@ class AuditAction(StrEnum):
     BULK_STARTED = "bulk.started"
     BULK_FINISHED = "bulk.finished"
     BULK_STOPPED = "bulk.stopped"
+    # The api_tokens chain: personal API tokens created and revoked (api/tokens.py).
+    TOKEN_CREATED = "token.created"  # noqa: S105 (an action name, not a secret)
+    TOKEN_REVOKED = "token.revoked"  # noqa: S105
     # The audit chain itself: where unkeyed (legacy) events end (migration 0007); a verification asked for.
     AUDIT_KEYED = "audit.keyed"
     AUDIT_VERIFICATION_REQUESTED = "audit.verification_requested"

@@ -39,6 +39,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
 
+from api.tokens import token_create
 from approvals.models import HumanTask, SavedView, TaskKind, TaskState
 from approvals.services.tasks import task_claim
 from automation.models import Schedule, WebhookSubscription
@@ -332,6 +333,7 @@ def build_world(*, with_escalation: bool) -> World:
         "schedule": schedule.pk,
         "webhook": webhook.pk,
         "expense_input": json.dumps(ExpenseInputFactory(amount="42.00"), separators=(",", ":")),
+        "token": token_create(people["staff"], "Staff's script").token.pk,
         "staff": people["staff"].pk,
         "staff2": people["staff2"].pk,
         "inactive": people["inactive"].pk,
@@ -408,13 +410,14 @@ class Seen:
         if redirect and "login/" in self.location.split("?")[0] and "next=" in self.location:
             return "login"
         if method == "POST":
-            if self.changed and redirect:
+            # A page redirects after a change; the API answers it with its 200 or 201.
+            if self.changed and (redirect or 200 <= self.status < 300):
                 return "done"
             if self.changed and self.status >= 400:
                 return f"{self.status} with a change"
             if redirect and self.warnings:
                 return "refused"
-            if self.status in (400, 409):
+            if self.status in (400, 409, 422):
                 return "refused"
         return "302" if redirect else str(self.status)
 
@@ -448,10 +451,32 @@ def request_cell(world: World, row: Row, role: str) -> Seen:
     return Seen(response.status_code, response.get("Location", ""), changed, warnings)
 
 
+def is_api(path: str) -> bool:
+    """A path of the JSON API (its token pages are pages)."""
+    return path.startswith("/api/") and not path.startswith("/api/tokens/")
+
+
+def _json_body(data: dict[str, str]) -> str:
+    """The row's pairs as a JSON object; a dotted name (``input.amount``) becomes a nested object."""
+    body: dict[str, Any] = {}
+    for key, value in data.items():
+        *parents, last = key.split(".")
+        target = body
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = value
+    return json.dumps(body)
+
+
 def _request(client: Client, method: str, path: str, data: dict[str, str]) -> Any:
-    """``method`` on ``path`` with ``data`` as a form, carrying the client's CSRF token as a browser's page would
-    (a field for POST, the X-CSRFToken header for the others), so an answer is never about the token."""
+    """``method`` on ``path`` with ``data`` as a form (the API: as JSON), carrying the client's CSRF token as a
+    browser's page would (a field for POST, the X-CSRFToken header for the others and for the API), so an answer
+    is never about the token."""
     token = client.cookies["csrftoken"].value if "csrftoken" in client.cookies else ""
+    if is_api(path) and method not in ("GET", "HEAD"):
+        return client.generic(
+            method, path, _json_body(data), content_type="application/json", headers={"X-CSRFToken": token}
+        )
     if method == "GET":
         return client.get(path)
     if method == "HEAD":

@@ -1,0 +1,79 @@
+"""The one request body the API reads: JSON, checked before any of it reaches a service or the database.
+
+DRF's own JSONParser reads the whole stream (no size limit), turns ``1e999`` into an infinity that PostgreSQL's
+jsonb then refuses (a 500), lets a NUL character through to a text column (another 500) and lets the
+RecursionError of very deep nesting escape as a 500. This one refuses each of them with a 400 (413 for size).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from django.conf import settings
+from rest_framework import status
+from rest_framework.exceptions import APIException, ParseError
+from rest_framework.parsers import BaseParser
+
+# Bodies past this are not a start or a decision; the instance data itself is bounded by it too.
+BODY_MAX = 256 * 1024
+# Nesting deeper than this is not business data (and deep enough nesting exhausts the parser's stack).
+DEPTH_MAX = 32
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = f"The request body is larger than {BODY_MAX // 1024} KiB."
+    default_code = "payload_too_large"
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large to store")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_value(value: Any, depth: int = 0, where: str = "body") -> None:
+    """Raise ParseError naming where a NUL character or nesting deeper than ``DEPTH_MAX`` is in ``value``."""
+    if depth > DEPTH_MAX:
+        raise ParseError(f"{where}: nested deeper than {DEPTH_MAX} levels.")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ParseError(f"{where}: remove the NUL character (\\u0000); it cannot be stored.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise ParseError(f"{where}: a key holds a NUL character (\\u0000); it cannot be stored.")
+            check_value(item, depth + 1, f"{where}.{key[:40]}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_value(item, depth + 1, f"{where}[{index}]")
+
+
+class SafeJSONParser(BaseParser):
+    """``application/json`` (UTF-8), at most ``BODY_MAX`` bytes, finite numbers, no NUL, bounded nesting."""
+
+    media_type = "application/json"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        limit = min(BODY_MAX, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or BODY_MAX)
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KiB.")
+        if not raw.strip():
+            raise ParseError("The body is empty: send a JSON object.")
+        try:
+            text = raw.decode("utf-8")
+            data = json.loads(text, parse_float=_finite, parse_constant=_constant)
+        except RecursionError:
+            raise ParseError(f"The body is nested deeper than {DEPTH_MAX} levels.") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the number checks above
+            raise ParseError(f"The body is not valid JSON: {str(exc)[:200]}") from None
+        check_value(data)
+        return data

@@ -1,0 +1,206 @@
+"""Every error of the API as ``application/problem+json`` (RFC 9457): ``type``, ``title``, ``status``, ``detail``,
+and for validation errors ``errors``, a map from the field (dotted for nested input, ``input.amount``) to its
+messages. Domain errors of the services map to the status the pages use: a foreign object 404, a forbidden action
+403, an action the state does not allow 409, bad input 400, an idempotency key reused with another body 422.
+
+Views raise; ``problem_handler`` (DRF's ``EXCEPTION_HANDLER``) answers. A new endpoint (another app's, on top of
+this one) gets the same answers by raising the same exceptions, or an ``APIException`` of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions, status
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.response import Response
+
+from approvals.services import base as task_rules
+from orchestrator import registry
+from orchestrator.services import instances as instance_services
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(exceptions.APIException):
+    """An API error with its own status, title, machine-readable ``code`` and optional per-field ``errors``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        *,
+        code: str,
+        title: str = "",
+        errors: dict[str, list[str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail, code)
+        self.status_code = status_code
+        self.title = title or HTTPStatus(status_code).phrase
+        self.problem_code = code
+        self.errors = errors or {}
+        self.headers = headers or {}
+
+
+def conflict(detail: str, code: str = "conflict") -> Problem:
+    return Problem(409, detail, code=code, title="Not possible in the current state")
+
+
+def flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested validation detail as ``{"field.sub": ["message", ...]}``; messages for the whole body
+    (``non_field_errors``) under the prefix itself, or ``body`` at the top."""
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = prefix if key in ("non_field_errors", "__all__") else f"{prefix}.{key}" if prefix else str(key)
+            for field, messages in flatten(value, name).items():
+                out.setdefault(field, []).extend(messages)
+    elif isinstance(detail, list):
+        for index, value in enumerate(detail):
+            inner = prefix if not isinstance(value, dict | list) else f"{prefix}[{index}]"
+            for field, messages in flatten(value, inner).items():
+                out.setdefault(field, []).extend(messages)
+    else:
+        out.setdefault(prefix or "body", []).append(str(detail))
+    return out
+
+
+def _summary(errors: dict[str, list[str]]) -> str:
+    return " ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())[:1000]
+
+
+def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
+    """The API error for ``exc``; None for an exception nobody expected (left to Django: logged, 500)."""
+    from api.services import IdempotencyKeyBusy, IdempotencyKeyReused
+
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, IdempotencyKeyReused):
+        return Problem(422, str(exc), code="idempotency_key_reused", title="Idempotency-Key reused")
+    if isinstance(exc, IdempotencyKeyBusy):
+        return Problem(
+            409, str(exc), code="idempotency_key_busy", title="Request in flight", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, exceptions.ValidationError):
+        errors = flatten(exc.detail)
+        return Problem(
+            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
+    if isinstance(exc, exceptions.APIException):
+        return exc
+    if isinstance(exc, Http404 | task_rules.TaskNotFound | registry.UnknownWorkflow):
+        text = str(exc) if isinstance(exc, task_rules.TaskNotFound) else "Not found, or not yours to see."
+        return Problem(404, text, code="not_found")
+    if isinstance(exc, DjangoPermissionDenied):
+        return Problem(403, str(exc) or "Your role may not do this.", code="forbidden")
+    if isinstance(exc, task_rules.TaskForbidden):
+        return Problem(403, str(exc), code="forbidden")
+    if isinstance(exc, task_rules.TaskConflict):
+        return conflict(str(exc))
+    if isinstance(exc, task_rules.TaskInvalid):
+        errors = {key: list(map(str, value)) for key, value in (exc.errors or {}).items()}
+        return Problem(400, str(exc), code="invalid", title="Invalid input", errors=errors)
+    if isinstance(exc, instance_services.NotAllowed):
+        return conflict(str(exc), "not_allowed")
+    if isinstance(exc, instance_services.InvalidInput):
+        errors = {f"input.{k}" if k != "__all__" else "input": v for k, v in exc.errors.items()}
+        return Problem(
+            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is unreachable (restarting, out of connections): the client may retry shortly.
+        logger.warning("API request failed on the database: %s", str(exc)[:300])
+        return Problem(
+            503,
+            "The database is unreachable for a moment; nothing was changed. Retry shortly.",
+            code="unavailable",
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(exc, DjangoValidationError):
+        if hasattr(exc, "error_dict"):
+            errors = {k if k != "__all__" else "body": v for k, v in exc.message_dict.items()}
+        else:
+            errors = {"body": list(exc.messages)}
+        return Problem(400, " ".join(exc.messages), code="invalid", title="Invalid input", errors=errors)
+    return None
+
+
+def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: the problem+json response for ``exc``, or None to let Django answer (500)."""
+    problem = to_problem(exc)
+    if problem is None:
+        return None
+    status_code = problem.status_code
+    headers: dict[str, str] = {}
+    if isinstance(problem, Problem):
+        title, code, errors = problem.title, problem.problem_code, problem.errors
+        headers.update(problem.headers)
+        detail = str(problem.detail)
+    else:
+        title = HTTPStatus(status_code).phrase
+        codes = problem.get_codes()
+        code = codes if isinstance(codes, str) else "error"
+        errors = {}
+        detail = (
+            str(problem.detail) if not isinstance(problem.detail, dict | list) else _summary(flatten(problem.detail))
+        )
+        auth_header = getattr(problem, "auth_header", None)
+        if auth_header:
+            headers["WWW-Authenticate"] = auth_header
+        wait = getattr(problem, "wait", None)
+        if wait:
+            headers["Retry-After"] = str(int(wait))
+    request = context.get("request")
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status_code,
+        "detail": detail,
+        "code": code,
+    }
+    if request is not None:
+        body["instance"] = request.path
+    if errors:
+        body["errors"] = errors
+    if status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in headers:
+        headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    return Response(body, status=status_code, headers=headers, content_type=PROBLEM_JSON)
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """Any path under /api/ that no endpoint matches (an id that is not a number, a typo, a missing slash):
+    a problem+json 404 for every method, instead of a page of HTML (or, for a POST without its slash, the
+    error Django raises under DEBUG). Nothing is read or written, so it needs no authentication."""
+    body = {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "No API endpoint at this path: see /api/docs/ for the endpoints.",
+        "code": "not_found",
+        "instance": request.path,
+    }
+    return JsonResponse(body, status=404, content_type=PROBLEM_JSON)
+
+
+class LenientNegotiation(DefaultContentNegotiation):
+    """Answer in JSON whatever the Accept header says (a 406 helps no script); ``?format=`` still picks the
+    schema's YAML or JSON."""
+
+    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except exceptions.NotAcceptable:
+            return renderers[0], renderers[0].media_type
+        except exceptions.NotFound:  # an unknown ?format=
+            return renderers[0], renderers[0].media_type

@@ -1,0 +1,80 @@
+"""The OpenAPI schema's shared parts: every operation documents its problem+json errors, so a client (and
+schemathesis) knows each status it may get and the body that comes with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+from api.problems import PROBLEM_JSON
+
+
+class ProblemSerializer(serializers.Serializer):
+    """RFC 9457 problem details, with ``code`` (machine-readable) and ``errors`` (per field)."""
+
+    type = serializers.CharField(help_text="Always about:blank: ``code`` and ``status`` say what happened.")
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    instance = serializers.CharField(required=False, help_text="The path that was requested.")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Per field (dotted for nested input: input.amount), its messages.",
+    )
+
+
+# What any operation may answer besides its own: bad input, no or a bad token, a role or object refused, a
+# state conflict, a body too large or not JSON, an idempotency key reused.
+COMMON = {
+    400: "Invalid input: ``errors`` names each field.",
+    401: "Not signed in: send ``Authorization: Bearer <token>`` or a session cookie.",
+    403: "Your role may not do this (or a session request without its CSRF token).",
+    404: "Not found, or not yours to see.",
+    405: "Method not allowed.",
+    503: "The database is unreachable for a moment: retry after Retry-After seconds.",
+}
+WRITES = {
+    409: "Not possible in the object's current state, or someone else acted first.",
+    413: "The body is too large.",
+    415: "Send ``Content-Type: application/json``.",
+    422: "The Idempotency-Key was used before with another body.",
+}
+
+
+class ProblemAutoSchema(AutoSchema):
+    """drf-spectacular's AutoSchema, adding the problem responses every endpoint can give (each in
+    ``application/problem+json``)."""
+
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        bodies = super()._get_response_bodies(direction)
+        statuses = {**COMMON, **(WRITES if self.method not in ("GET", "HEAD") else {})}
+        for code, text in statuses.items():
+            if str(code) in bodies:
+                bodies[str(code)]["content"] = {
+                    PROBLEM_JSON: {"schema": self.resolve_serializer(ProblemSerializer, "response").ref}
+                }
+                continue
+            bodies[str(code)] = {
+                "content": {PROBLEM_JSON: {"schema": self.resolve_serializer(ProblemSerializer, "response").ref}},
+                "description": text,
+            }
+        return bodies
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """Documents ``api.authentication.BearerTokenAuthentication`` as HTTP bearer authentication."""
+
+    target_class = "api.authentication.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {"type": "http", "scheme": "bearer", "description": "A personal API token (baton_…)."}
+
+
+__all__ = ["BearerTokenScheme", "OpenApiResponse", "ProblemAutoSchema", "ProblemSerializer"]

@@ -1,0 +1,317 @@
+"""What the API reads and writes. Request serializers check shapes and limits (the services check them again,
+whoever calls); response serializers say what a client gets, and are what the OpenAPI schema describes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django import forms as django_forms
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+from django.utils import timezone as django_timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from approvals.forms import DECISIONS
+from approvals.models import HumanTask
+from orchestrator.dsl import Workflow
+from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, REASON_MAX, SEARCH_MAX, check_when
+from orchestrator.models import InstanceState, StepRun, WorkflowInstance
+
+ID_MAX = 2**63 - 1
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 date and time WITH its offset (``2026-12-01T09:00:00+01:00`` or ``…Z``), within the range
+    ``orchestrator.inputs.check_when`` allows. A naive time is refused: a script's local clock is not Baton's."""
+
+    def to_internal_value(self, value: Any) -> datetime:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise serializers.ValidationError("Remove the NUL character (\\u0000).")
+            try:
+                typed = parse_datetime(value.strip())
+            except ValueError:
+                typed = None
+            if typed is not None and typed.tzinfo is None:
+                raise serializers.ValidationError("Give the time zone: an offset like +01:00, or Z for UTC.")
+        parsed = super().to_internal_value(value)
+        try:
+            return check_when(parsed, str(self.label or self.field_name or "Date"))
+        except django_forms.ValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+
+
+# --- workflows ------------------------------------------------------------------------------------------
+
+
+def _field_schema(field: django_forms.Field) -> dict[str, Any]:
+    """A Django form field as a JSON Schema property (what a client must send for it)."""
+    schema: dict[str, Any] = {"title": str(field.label or "")}
+    if field.help_text:
+        schema["description"] = str(field.help_text)
+    if isinstance(field, django_forms.BooleanField):
+        schema["type"] = "boolean"
+    elif isinstance(field, django_forms.IntegerField):
+        schema["type"] = "integer"
+    elif isinstance(field, django_forms.DecimalField | django_forms.FloatField):
+        # A decimal is best sent as a string ("120.00"): a JSON number may lose digits on the way.
+        schema["type"] = ["string", "number"]
+        schema["format"] = "decimal"
+    elif isinstance(field, django_forms.ChoiceField):
+        schema["enum"] = [value for value, _label in list(field.choices) if value != ""]  # type: ignore[arg-type]
+    elif isinstance(field, django_forms.DateTimeField):
+        schema.update(type="string", format="date-time")
+    elif isinstance(field, django_forms.DateField):
+        schema.update(type="string", format="date")
+    elif isinstance(field, django_forms.EmailField):
+        schema.update(type="string", format="email")
+    else:
+        schema["type"] = "string"
+    for attr, key in (("max_length", "maxLength"), ("min_length", "minLength")):
+        if getattr(field, attr, None) is not None:
+            schema[key] = getattr(field, attr)
+    for attr, key in (("min_value", "minimum"), ("max_value", "maximum")):
+        value = getattr(field, attr, None)
+        if value is not None:
+            schema[key] = float(value) if not isinstance(value, int) else value
+    return schema
+
+
+def start_input_schema(workflow: Workflow) -> dict[str, Any]:
+    """The JSON Schema of ``input`` for starting ``workflow``: its start form's fields, or any object when it has
+    no start form (started by other systems with data of their own)."""
+    if workflow.start_form is None:
+        return {"type": "object", "additionalProperties": True, "description": "Any JSON object: no start form."}
+    fields = workflow.start_form.base_fields
+    return {
+        "type": "object",
+        "properties": {name: _field_schema(field) for name, field in fields.items()},
+        "required": [name for name, field in fields.items() if field.required],
+    }
+
+
+class WorkflowSerializer(serializers.Serializer):
+    """One workflow of the catalog (its latest version unless a version was asked for)."""
+
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    title = serializers.CharField(source="display_title")
+    description = serializers.CharField()
+    owner = serializers.CharField()
+    criticality = serializers.CharField()
+    versions = serializers.SerializerMethodField()
+    start_input = serializers.SerializerMethodField()
+    steps = serializers.SerializerMethodField()
+
+    def get_versions(self, workflow: Workflow) -> list[int]:
+        from orchestrator import registry
+
+        return [w.version for w in registry.all_versions(workflow.name)]
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_start_input(self, workflow: Workflow) -> dict[str, Any]:
+        return start_input_schema(workflow)
+
+    def get_steps(self, workflow: Workflow) -> list[str]:
+        return list(workflow.nodes)
+
+
+# --- instances ------------------------------------------------------------------------------------------
+
+
+class StartSerializer(serializers.Serializer):
+    """``POST /api/instances/``: which workflow (latest version unless ``version``), its input, a business key."""
+
+    workflow = serializers.CharField(max_length=100)
+    version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    input = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
+    business_key = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+
+class InstanceSerializer(serializers.ModelSerializer):
+    """An instance as lists show it."""
+
+    workflow = serializers.CharField(source="workflow_name")
+    version = serializers.IntegerField(source="workflow_version")
+    initiator = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WorkflowInstance
+        fields = [
+            "id",
+            "url",
+            "workflow",
+            "version",
+            "title",
+            "state",
+            "business_key",
+            "initiator",
+            "outcome",
+            "error",
+            "created_at",
+            "updated_at",
+            "finished_at",
+            "paused_until",
+        ]
+
+    def get_initiator(self, instance: WorkflowInstance) -> str | None:
+        return instance.initiator.get_username() if instance.initiator_id and instance.initiator else None
+
+    def get_url(self, instance: WorkflowInstance) -> str:
+        return reverse("api:instance-detail", args=[instance.pk])
+
+
+class StepSerializer(serializers.ModelSerializer):
+    """One step run: its state, its attempts so far and the last error."""
+
+    class Meta:
+        model = StepRun
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "state",
+            "attempt",
+            "max_attempts",
+            "due_at",
+            "started_at",
+            "finished_at",
+            "error_type",
+            "error",
+            "result",
+        ]
+
+
+class TaskSummarySerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = HumanTask
+        fields = ["id", "url", "kind", "title", "state"]
+
+    def get_url(self, task: HumanTask) -> str:
+        return reverse("api:task-detail", args=[task.pk])
+
+
+class InstanceDetailSerializer(InstanceSerializer):
+    """An instance with its data, every step (with attempts and errors) and its tasks."""
+
+    steps = StepSerializer(many=True, read_only=True)
+    tasks = TaskSummarySerializer(many=True, read_only=True)
+
+    class Meta(InstanceSerializer.Meta):
+        fields = [*InstanceSerializer.Meta.fields, "data", "steps", "tasks"]
+
+
+class InstanceFilterSerializer(serializers.Serializer):
+    """The instance list's query parameters, checked strictly: a bad value is a 400 naming it."""
+
+    workflow = serializers.CharField(required=False, max_length=SEARCH_MAX)
+    version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    state = serializers.ChoiceField(required=False, choices=InstanceState.choices)
+    started_after = AwareDateTimeField(required=False, help_text="Started at or after this time (with offset).")
+    started_before = AwareDateTimeField(required=False, help_text="Started before this time (with offset).")
+    business_key = serializers.CharField(required=False, max_length=100)
+
+
+class ReasonSerializer(serializers.Serializer):
+    """An operator's action: the reason goes into the audit trail with the actor's name."""
+
+    reason = serializers.CharField(max_length=REASON_MAX, help_text="Why; written to the audit trail.")
+
+
+class PauseSerializer(ReasonSerializer):
+    until = AwareDateTimeField(required=False, allow_null=True, help_text="Resume by itself at this time.")
+
+    def validate_until(self, value: datetime | None) -> datetime | None:
+        if value is not None and value <= django_timezone.now():
+            raise serializers.ValidationError("Enter a time in the future.")
+        return value
+
+
+# --- tasks ----------------------------------------------------------------------------------------------
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    """A human task as the inbox shows it."""
+
+    url = serializers.SerializerMethodField()
+    instance = serializers.SerializerMethodField()
+    assignee = serializers.SerializerMethodField()
+    priority = serializers.CharField(source="get_priority_display")
+
+    class Meta:
+        model = HumanTask
+        fields = [
+            "id",
+            "url",
+            "instance",
+            "kind",
+            "title",
+            "description",
+            "state",
+            "priority",
+            "assignee",
+            "quorum",
+            "approvals",
+            "due_at",
+            "snoozed_until",
+            "created_at",
+            "claimed_at",
+            "completed_at",
+            "decision",
+            "comment",
+        ]
+
+    def get_url(self, task: HumanTask) -> str:
+        return reverse("api:task-detail", args=[task.pk])
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "properties": {"id": {"type": "integer"}, "title": {"type": "string"}, "url": {"type": "string"}},
+        }
+    )
+    def get_instance(self, task: HumanTask) -> dict[str, Any]:
+        return {
+            "id": task.instance_id,
+            "title": str(task.instance),
+            "url": reverse("api:instance-detail", args=[task.instance_id]),
+        }
+
+    def get_assignee(self, task: HumanTask) -> str | None:
+        return task.assignee.get_username() if task.assignee_id and task.assignee else None
+
+
+class TaskFilterSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(
+        choices=[("mine", "Assigned to me"), ("queue", "My team's queue: open tasks I may claim")],
+        required=False,
+        default="mine",
+    )
+
+
+class DecideSerializer(serializers.Serializer):
+    """A decision: approve or reject (approvals), submit (form tasks, with ``data``), or an escalation's answer."""
+
+    decision = serializers.ChoiceField(choices=DECISIONS)
+    comment = serializers.CharField(max_length=COMMENT_MAX, required=False, allow_blank=True, default="")
+    data = serializers.DictField(
+        child=serializers.JSONField(), required=False, default=dict, help_text="A form task's fields."
+    )
+
+
+class DelegateSerializer(serializers.Serializer):
+    to_user = serializers.CharField(max_length=150, help_text="The username of the person to hand the task to.")
+    note = serializers.CharField(max_length=NOTE_MAX, required=False, allow_blank=True, default="")
+
+    def validate_to_user(self, value: str) -> Any:
+        user = get_user_model().objects.filter(username=value, is_active=True).first()
+        if user is None:
+            raise serializers.ValidationError(f"No active user named {value[:150]!r}.")
+        return user

@@ -1,0 +1,30 @@
+"""The API under /api/: the router's resources, the schema and its docs, and the API tokens page.
+
+Another app extends the API with one line here: ``router.register(...)`` for its viewset, or a ``path(...)``
+including its own urls module above the catch-all. The shared authentication, permissions, parser, problem
+handler and schema come from the project's REST_FRAMEWORK settings (api/conf.py).
+"""
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from api import pages, problems, views
+
+app_name = "api"
+
+router = SimpleRouter(use_regex_path=False)
+router.register("workflows", views.WorkflowViewSet, basename="workflow")
+router.register("instances", views.InstanceViewSet, basename="instance")
+router.register("tasks", views.TaskViewSet, basename="task")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("tokens/", pages.tokens, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", pages.token_revoke_view, name="token_revoke"),
+    # Last: whatever else is asked under /api/ is a problem+json 404 (keep new paths above this line).
+    path("", problems.not_found),
+    path("<path:rest>", problems.not_found, name="not_found"),
+]

@@ -1,0 +1,220 @@
+"""Starts through the API (``make bench-api``; ``make bench-api BENCH_ARGS="--n 1000 --clients 8"``). See
+bench/README.md, "API starts".
+
+A fresh PostgreSQL database ``baton_bench_api`` and Redis db 4 (``--redis-url``), the production web server
+(daphne, one process, ``baton_site.asgi:application``, production mode: DEBUG off, Redis channel layer and
+broker), one real prefork Celery worker (concurrency 2) running the started steps, and ``--clients`` client
+threads, each with its own keep-alive HTTP connection, posting ``bench_approval`` starts with an API token and
+an Idempotency-Key. Reports starts/s (N / wall time), latency percentiles, and how long until the worker had
+run every started step (all instances ``waiting``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+import sysinfo
+
+TARGET_RATE = 150.0
+TARGET_P95_MS = 50.0
+DAPHNE = str(harness.VENV_BIN / "daphne")
+DAPHNE_LOG = Path("/tmp/baton-bench-api-daphne.log")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="starts timed")
+    parser.add_argument("--warmup", type=int, default=100, help="starts before the clock starts")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (threads, one connection each)")
+    parser.add_argument("--port", type=int, default=18412)
+    parser.add_argument("--db", default="baton_bench_api")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
+    parser.add_argument("--no-key", action="store_true", help="starts without an Idempotency-Key")
+    parser.add_argument("--json", help="write the results here too")
+    return parser.parse_args(argv)
+
+
+def setup(args: argparse.Namespace) -> str:
+    """Fresh database and Redis db, migrations, a user allowed to start, and its API token (returned)."""
+    harness.configure_env(db_name=args.db, redis_url=args.redis_url)
+    harness.reset_database(db_name=args.db)
+    harness.flush_redis(args.redis_url)
+    harness.migrate()
+    # As `make web` does: production pages (an error page included) need the collected static files.
+    subprocess.run([harness.PYTHON, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=harness.ROOT, check=True)
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import Permission
+
+    from api.tokens import token_create
+
+    initiator, _ = harness.ensure_users(approvers=1)
+    initiator.user_permissions.add(Permission.objects.get(codename="add_workflowinstance"))
+    secret = token_create(initiator, "bench").secret
+    from django.db import connections
+
+    connections.close_all()
+    return secret
+
+
+def start_daphne(port: int) -> subprocess.Popen[bytes]:
+    log = DAPHNE_LOG.open("wb")
+    proc = subprocess.Popen(
+        [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "baton_site.asgi:application"],
+        cwd=harness.ROOT,
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"daphne exited with {proc.returncode}; see {DAPHNE_LOG}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/api/schema/")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("daphne did not answer within 30 s")
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def run_clients(port: int, secret: str, n: int, clients: int, with_key: bool) -> tuple[float, list[float], dict]:
+    """``n`` starts over ``clients`` threads; returns (wall seconds, latencies in ms, status counts)."""
+    counter = iter(range(n))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    barrier = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[float] = []
+        seen: dict[int, int] = {}
+        barrier.wait()
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                break
+            body = json.dumps({"workflow": "bench_approval", "input": {"n": index}})
+            headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+            if with_key:
+                headers["Idempotency-Key"] = uuid.uuid4().hex
+            began = time.perf_counter()
+            conn.request("POST", "/api/instances/", body, headers)
+            response = conn.getresponse()
+            response.read()
+            mine.append((time.perf_counter() - began) * 1000)
+            seen[response.status] = seen.get(response.status, 0) + 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            for status, count in seen.items():
+                statuses[status] = statuses.get(status, 0) + count
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began, latencies, statuses
+
+
+def _started() -> int:
+    from orchestrator.models import WorkflowInstance
+
+    return WorkflowInstance.objects.count()
+
+
+def waiting_count() -> int:
+    from orchestrator.models import WorkflowInstance
+
+    return WorkflowInstance.objects.filter(state="waiting").count()
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    secret = setup(args)
+    worker = harness.Worker(concurrency=2)
+    daphne = None
+    try:
+        worker.start()
+        daphne = start_daphne(args.port)
+        run_clients(args.port, secret, args.warmup, args.clients, not args.no_key)
+        busy_before = harness.machine_busy(1.0)
+        wall, latencies, statuses = run_clients(args.port, secret, args.n, args.clients, not args.no_key)
+        # The worker runs each started step (``prepare``); done when every instance waits for its approval.
+        total = _started()  # what was started (a refused start, a 503, starts nothing)
+        drain_began = time.perf_counter()
+        while waiting_count() < total and time.perf_counter() - drain_began < 300:
+            time.sleep(0.1)
+        drained = time.perf_counter() - drain_began
+        waiting = waiting_count()
+    finally:
+        stop(daphne)
+        worker.stop()
+    rate = args.n / wall
+    result = {
+        "starts": args.n,
+        "clients": args.clients,
+        "idempotency_key": not args.no_key,
+        "wall_s": round(wall, 2),
+        "starts_per_s": round(rate, 1),
+        "p50_ms": round(percentile(latencies, 0.50), 1),
+        "p95_ms": round(percentile(latencies, 0.95), 1),
+        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "mean_ms": round(statistics.fmean(latencies), 1),
+        "statuses": statuses,
+        "worker_done_after_s": round(drained, 1),
+        "waiting": f"{waiting}/{total}",
+        "machine_busy_before": f"{busy_before:.0%}",
+        "machine": sysinfo.machine_info(2),
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        f"\nstarts/s {rate:.1f} (target >= {TARGET_RATE:.0f}), p95 {result['p95_ms']} ms "
+        f"(target <= {TARGET_P95_MS:.0f} ms); worker done {drained:.1f} s after the last start"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

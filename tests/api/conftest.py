@@ -1,0 +1,58 @@
+"""Fixtures of the API tests: a client per person, signed in with a real API token (Authorization: Bearer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+
+from api.tokens import token_create
+from demo.data import GROUPS
+
+
+class ApiClient:
+    """Django's test client speaking JSON with a Bearer token; every call returns the response."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.client = Client()
+        self.headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+
+    def get(self, path: str, params: dict[str, Any] | None = None, **headers: str) -> Any:
+        return self.client.get(path, params or {}, headers={**self.headers, **headers})
+
+    def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | str | None = None,
+        content_type: str = "application/json",
+        **headers: str,
+    ) -> Any:
+        import json
+
+        data = raw if raw is not None else json.dumps(body if body is not None else {})
+        return self.client.post(path, data, content_type=content_type, headers={**self.headers, **headers})
+
+
+@pytest.fixture
+def roles(users: Any) -> Any:
+    """The demo's groups get the demo's permissions (the ``users`` fixture makes bare groups)."""
+    for group in (users.approvers, users.managers, users.operators):
+        group.permissions.set(
+            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=GROUPS[group.name])
+        )
+    return users
+
+
+@pytest.fixture
+def api_as(roles: Any) -> Callable[[User | None], ApiClient]:
+    """``api_as(user)``: a client authenticated with a fresh token of ``user``; ``api_as(None)``: anonymous."""
+
+    def make(user: User | None) -> ApiClient:
+        return ApiClient(token_create(user, "tests").secret if user is not None else None)
+
+    return make

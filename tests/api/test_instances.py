@@ -1,0 +1,386 @@
+"""Instances through the API: start (validated, idempotent per client), list (filters, cursor), detail, and the
+operator's actions, each with the pages' role and object checks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from api.models import IdempotencyKey
+from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+START = "/api/instances/"
+
+
+def expense(**overrides):
+    return {"workflow": "expense_approval", "input": ExpenseInputFactory(**overrides)}
+
+
+# --- start ----------------------------------------------------------------------------------------------
+
+
+def test_a_start_returns_201_with_the_instance_and_its_url_shows_steps_and_tasks(api_as, roles):
+    # given
+    client = api_as(roles.staff)
+
+    # when
+    response = client.post(START, expense(amount="80.00"))
+    detail = client.get(response["Location"])
+
+    # then
+    assert response.status_code == 201
+    body = response.json()
+    instance = WorkflowInstance.objects.get(pk=body["id"])
+    assert instance.initiator == roles.staff
+    assert body["initiator"] == "staff"
+    assert response["Location"] == f"/api/instances/{instance.pk}/" == body["url"]
+    assert detail.json()["state"] == InstanceState.WAITING
+    assert detail.json()["data"]["amount"] == "80.00"
+    assert [step["name"] for step in detail.json()["steps"]] == ["team_approval"]
+    assert detail.json()["tasks"][0]["state"] == "open"
+    assert AuditEvent.objects.filter(instance=instance, action="instance.started").count() == 1
+
+
+def test_the_start_form_names_each_bad_field(api_as, roles):
+    # when
+    response = api_as(roles.staff).post(START, {"workflow": "expense_approval", "input": {"amount": "-3"}})
+
+    # then
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    errors = response.json()["errors"]
+    assert set(errors) >= {"input.employee", "input.amount", "input.category", "input.description"}
+    assert not WorkflowInstance.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"workflow": "no_such_flow"}, "workflow"),
+        ({"workflow": "expense_approval", "version": 99}, "workflow"),
+        ({"workflow": "expense_approval", "version": 0}, "version"),
+        ({"workflow": "expense_approval", "input": [1, 2]}, "input"),
+        ({"workflow": "expense_approval", "input": "text"}, "input"),
+        ({"input": {}}, "workflow"),
+        ({"workflow": "x" * 101}, "workflow"),
+        ({"workflow": "expense_approval", "business_key": "k" * 101}, "business_key"),
+    ],
+)
+def test_a_bad_start_body_names_its_field(api_as, roles, body, field):
+    # when
+    response = api_as(roles.staff).post(START, body)
+
+    # then
+    assert response.status_code == 400, response.json()
+    assert field in response.json()["errors"]
+
+
+def test_a_person_without_the_start_permission_gets_403(api_as, roles):
+    # given: no group at all
+    outsider = UserFactory(username="outsider")
+
+    # when
+    response = api_as(outsider).post(START, expense())
+
+    # then
+    assert response.status_code == 403
+    assert response.json()["code"] == "forbidden"
+
+
+def test_an_explicit_version_and_a_business_key_are_kept(api_as, roles):
+    # when
+    response = api_as(roles.staff).post(
+        START,
+        {"workflow": "order_fulfilment", "version": 1, "input": OrderInputFactory(), "business_key": "ORDER-7"},
+    )
+
+    # then
+    assert response.status_code == 201, response.json()
+    assert response.json()["version"] == 1
+    assert response.json()["business_key"] == "ORDER-7"
+
+
+# --- idempotency ----------------------------------------------------------------------------------------
+
+
+def test_the_same_key_and_body_give_the_same_instance_201_then_200(api_as, roles):
+    # given
+    client, body = api_as(roles.staff), expense()
+
+    # when
+    first = client.post(START, body, **{"Idempotency-Key": "order-42"})
+    again = client.post(START, body, **{"Idempotency-Key": "order-42"})
+
+    # then
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert again["Idempotent-Replayed"] == "true"
+    assert WorkflowInstance.objects.count() == 1
+
+
+def test_the_same_key_with_another_body_is_422_and_starts_nothing(api_as, roles):
+    # given
+    client = api_as(roles.staff)
+    first = client.post(START, expense(amount="10.00"), **{"Idempotency-Key": "k1"})
+
+    # when
+    other = client.post(START, expense(amount="11.00"), **{"Idempotency-Key": "k1"})
+
+    # then
+    assert other.status_code == 422
+    assert str(first.json()["id"]) in other.json()["detail"]
+    assert WorkflowInstance.objects.count() == 1
+
+
+def test_keys_are_scoped_per_client(api_as, roles):
+    # given: two people send the same key with different bodies
+    body = expense()
+
+    # when
+    mine = api_as(roles.staff).post(START, body, **{"Idempotency-Key": "shared"})
+    theirs = api_as(roles.staff2).post(START, expense(amount="99.00"), **{"Idempotency-Key": "shared"})
+
+    # then
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert IdempotencyKey.objects.count() == 2
+
+
+def test_a_refused_start_does_not_use_up_its_key(api_as, roles):
+    # given
+    client = api_as(roles.staff)
+    refused = client.post(START, {"workflow": "expense_approval", "input": {}}, **{"Idempotency-Key": "retry-me"})
+
+    # when
+    fixed = client.post(START, expense(), **{"Idempotency-Key": "retry-me"})
+
+    # then
+    assert (refused.status_code, fixed.status_code) == (400, 201)
+
+
+@pytest.mark.parametrize("key", ["", " padded ", "tab\there", "ünï", "x" * 201])
+def test_a_malformed_key_is_400(api_as, roles, key):
+    # when
+    response = api_as(roles.staff).post(START, expense(), **{"Idempotency-Key": key})
+
+    # then
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["errors"]
+    assert not WorkflowInstance.objects.exists()
+
+
+# --- list and detail ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def started(roles):
+    """Three expenses by staff (one with a business key), one order by staff2."""
+    made = [instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff) for _ in range(2)]
+    made.append(instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff, business_key="EXP-1"))
+    made.append(instance_start("order_fulfilment", OrderInputFactory(), initiator=roles.staff2))
+    return made
+
+
+def test_people_list_what_they_started_and_operators_everything(api_as, roles, started):
+    # when
+    mine = api_as(roles.staff).get(START).json()["results"]
+    everything = api_as(roles.operator).get(START).json()["results"]
+
+    # then
+    assert [row["id"] for row in mine] == [i.pk for i in reversed(started[:3])]
+    assert [row["id"] for row in everything] == [i.pk for i in reversed(started)]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"workflow": "order_fulfilment"}, [3]),
+        ({"business_key": "EXP-1"}, [2]),
+        ({"state": "waiting", "workflow": "expense_approval"}, [2, 1, 0]),
+        ({"version": 1, "workflow": "expense_approval"}, []),
+        ({"started_after": "2000-01-01T00:00:00Z"}, [3, 2, 1, 0]),
+        ({"started_before": "2000-01-02T00:00:00+02:00"}, []),
+    ],
+)
+def test_the_list_filters(api_as, roles, started, params, expected):
+    # when
+    response = api_as(roles.operator).get(START, params)
+
+    # then
+    assert response.status_code == 200, response.json()
+    assert [row["id"] for row in response.json()["results"]] == [started[i].pk for i in expected]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"state": "exploded"}, "state"),
+        ({"version": "one"}, "version"),
+        ({"started_after": "yesterday"}, "started_after"),
+        ({"started_after": "2026-01-01T10:00:00"}, "started_after"),
+        ({"started_before": "9999-12-31T23:59:59-23:59"}, "started_before"),
+        ({"business_key": "x\x00"}, "business_key"),
+        ({"cursor": "bm9wZQ=="}, "cursor"),
+        ({"cursor": "cD1hYmM="}, "cursor"),
+    ],
+)
+def test_a_bad_filter_is_a_400_naming_it(api_as, roles, started, params, field):
+    # when
+    response = api_as(roles.operator).get(START, params)
+
+    # then
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"]
+
+
+def test_the_cursor_walks_every_instance_once_even_while_new_ones_start(api_as, roles, started):
+    # given
+    client = api_as(roles.operator)
+
+    # when
+    first = client.get(START, {"limit": 2}).json()
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)  # newer: not on later pages
+    second = client.get(first["next"]).json()
+
+    # then
+    seen = [row["id"] for row in first["results"] + second["results"]]
+    assert seen == [i.pk for i in reversed(started)]
+    assert second["next"] is None
+
+
+def test_the_list_costs_the_same_queries_for_one_or_many_instances(api_as, roles, django_assert_num_queries):
+    # given
+    client = api_as(roles.operator)
+    client.get(START)  # the token's last use is written once a minute: not in the count below
+    for _ in range(3):
+        instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # then: token + user's permissions (2) + the page
+    with django_assert_num_queries(4):
+        assert len(client.get(START).json()["results"]) == 3
+    for _ in range(10):
+        instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff2)
+    with django_assert_num_queries(4):
+        assert len(client.get(START).json()["results"]) == 13
+
+
+def test_a_foreign_instance_is_404_and_a_visible_one_has_steps(api_as, roles, started):
+    # when
+    foreign = api_as(roles.staff).get(f"/api/instances/{started[3].pk}/")
+    own = api_as(roles.staff).get(f"/api/instances/{started[0].pk}/")
+    missing = api_as(roles.operator).get("/api/instances/99999999999999999999/")
+
+    # then
+    assert foreign.status_code == 404
+    assert foreign["Content-Type"] == "application/problem+json"
+    assert own.status_code == 200
+    assert own.json()["steps"][0]["attempt"] == 0
+    assert missing.status_code == 404
+
+
+def test_a_candidate_sees_the_instance_of_their_task(api_as, roles, started):
+    # when: staff2 is an approver, a candidate of staff's expense
+    response = api_as(roles.staff2).get(f"/api/instances/{started[0].pk}/")
+
+    # then
+    assert response.status_code == 200
+
+
+# --- operator actions -----------------------------------------------------------------------------------
+
+
+def test_an_operator_pauses_until_a_time_resumes_and_cancels_with_reasons(api_as, roles, started):
+    # given
+    client, instance = api_as(roles.operator), started[0]
+    until = (timezone.now() + timedelta(hours=2)).isoformat()
+
+    # when
+    paused = client.post(f"/api/instances/{instance.pk}/pause/", {"reason": "supplier audit", "until": until})
+    resumed = client.post(f"/api/instances/{instance.pk}/resume/", {"reason": "audit done"})
+    cancelled = client.post(f"/api/instances/{instance.pk}/cancel/", {"reason": "duplicate"})
+
+    # then
+    assert paused.status_code == 200
+    assert paused.json()["state"] == "paused"
+    assert paused.json()["paused_until"]
+    assert resumed.status_code == 200
+    assert resumed.json()["state"] in ("running", "waiting")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
+    reasons = list(
+        AuditEvent.objects.filter(
+            instance=instance, action__in=["instance.paused", "instance.resumed", "instance.cancelled"]
+        )
+        .order_by("seq")
+        .values_list("reason", "actor_label")
+    )
+    assert reasons == [
+        ("supplier audit", "user:operator"),
+        ("audit done", "user:operator"),
+        ("duplicate", "user:operator"),
+    ]
+
+
+def test_an_action_the_state_forbids_is_409_and_a_missing_reason_400(api_as, roles, started):
+    # given
+    client = api_as(roles.operator)
+
+    # when
+    retry = client.post(f"/api/instances/{started[0].pk}/retry/", {"reason": "try"})
+    resume = client.post(f"/api/instances/{started[0].pk}/resume/", {"reason": "go"})
+    no_reason = client.post(f"/api/instances/{started[0].pk}/cancel/", {})
+    blank = client.post(f"/api/instances/{started[0].pk}/cancel/", {"reason": "   "})
+    naive = client.post(f"/api/instances/{started[0].pk}/pause/", {"reason": "x", "until": "2030-01-01T10:00:00"})
+    past = client.post(f"/api/instances/{started[0].pk}/pause/", {"reason": "x", "until": "2001-01-01T10:00:00Z"})
+
+    # then
+    assert (retry.status_code, resume.status_code) == (409, 409)
+    assert "Only failed instances" in retry.json()["detail"]
+    assert no_reason.status_code == 400
+    assert "reason" in no_reason.json()["errors"]
+    assert blank.status_code == 400
+    assert naive.status_code == 400
+    assert "time zone" in naive.json()["errors"]["until"][0]
+    assert past.status_code == 400
+    assert "until" in past.json()["errors"]
+    assert WorkflowInstance.objects.get(pk=started[0].pk).state == InstanceState.WAITING
+
+
+def test_a_role_without_operate_gets_403_on_what_it_sees_and_404_on_what_it_does_not(api_as, roles, started):
+    # when
+    own = api_as(roles.staff).post(f"/api/instances/{started[0].pk}/pause/", {"reason": "mine"})
+    foreign = api_as(roles.staff).post(f"/api/instances/{started[3].pk}/pause/", {"reason": "theirs"})
+    manager = api_as(roles.manager).post(f"/api/instances/{started[3].pk}/cancel/", {"reason": "no"})
+
+    # then
+    assert (own.status_code, foreign.status_code, manager.status_code) == (403, 404, 403)
+
+
+def test_a_failed_instance_is_retried_and_completes(api_as, roles, run_steps):
+    # given: approved through the API, then payroll refuses the payout three times (every attempt it has)
+    instance = instance_start(
+        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.staff
+    )
+    task = instance.tasks.get()
+    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+
+    # when
+    response = api_as(roles.operator).post(f"/api/instances/{instance.pk}/retry/", {"reason": "payroll is back"})
+    run_steps(instance, advance=True)
+
+    # then
+    assert response.status_code == 200
+    assert response.json()["state"] == "running"
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+    retried = AuditEvent.objects.get(instance=instance, action="instance.retried")
+    assert (retried.reason, retried.actor_label) == ("payroll is back", "user:operator")

@@ -1,0 +1,150 @@
+"""Junk the API may be sent: every answer is a 4xx problem+json naming what was wrong, never a 5xx, and nothing
+is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.models import WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def nested(depth: int) -> str:
+    return '{"workflow": "expense_approval", "input": {"x": ' + "[" * depth + "]" * depth + "}}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status"),
+    [
+        ('{"workflow": "expense_approval\\u0000"}', "application/json", 400),
+        ('{"workflow": "expense_approval", "input": {"employee": "Sam\\u0000"}}', "application/json", 400),
+        ('{"workflow": "expense_approval", "input": {"k\\u0000": 1}}', "application/json", 400),
+        ('{"workflow": "expense_approval", "input": {"extra": 1e999}}', "application/json", 400),
+        ('{"workflow": "expense_approval", "input": {"extra": NaN}}', "application/json", 400),
+        ('{"workflow": "expense_approval", "input": {"n": ' + "9" * 5000 + "}}", "application/json", 400),
+        (nested(40), "application/json", 400),
+        (nested(100_000), "application/json", 400),
+        ("not json at all", "application/json", 400),
+        ("", "application/json", 400),
+        ("   ", "application/json", 400),
+        ("[1, 2, 3]", "application/json", 400),
+        ('"a string"', "application/json", 400),
+        ("null", "application/json", 400),
+        (b"\xff\xfe\x00\x00", "application/json", 400),
+        ('{"workflow": "expense_approval"}', "text/plain", 415),
+        ("workflow=expense_approval", "application/x-www-form-urlencoded", 415),
+        ('{"workflow": "expense_approval"}', "application/xml", 415),
+        ('{"workflow": "expense_approval"}', "application/json; charset=latin-1", 400),
+        ('{"workflow": "expense_approval", "input": {"big": "' + "x" * 300_000 + '"}}', "application/json", 413),
+    ],
+    ids=lambda value: value if isinstance(value, int) else None,
+)
+def test_junk_bodies_get_a_problem_and_start_nothing(api_as, roles, raw, content_type, status):
+    # when
+    response = api_as(roles.staff).post("/api/instances/", raw=raw, content_type=content_type)
+
+    # then
+    assert response.status_code == status, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem["detail"]
+    assert not WorkflowInstance.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/instances/?state=%00",
+        "/api/instances/?workflow=" + "w" * 500,
+        "/api/instances/?started_after=2026-13-45T99:99:99Z",
+        "/api/instances/?started_after=99999-01-01T00:00:00Z",
+        "/api/instances/?limit=-5&cursor=%FF%FE",
+        "/api/instances/?cursor=" + "A" * 5000,
+        "/api/instances/?version=99999999999999999999",
+        "/api/tasks/?scope=everything",
+        "/api/workflows/expense_approval/?version=abc",
+        "/api/workflows/expense_approval/?version=99999999999999999999",
+        "/api/workflows/%00/",
+    ],
+)
+def test_junk_query_strings_are_4xx(api_as, roles, path):
+    # when
+    response = api_as(roles.operator).get(path)
+
+    # then
+    assert 400 <= response.status_code < 500, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+
+
+def test_a_decision_on_an_impossible_task_id_is_404(api_as, roles):
+    # when
+    response = api_as(roles.manager).post("/api/tasks/99999999999999999999/decide/", {"decision": "approve"})
+
+    # then
+    assert response.status_code == 404
+
+
+def test_json_sent_with_odd_but_valid_shapes_still_starts(api_as, roles):
+    # given: numbers where the form takes text, unicode, a key order nobody expects
+    body = {
+        "input": {"description": "Zug nach Zürich 🚆", "category": "travel", "amount": 12.5, "employee": "Søren"},
+        "workflow": "expense_approval",
+    }
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", raw=json.dumps(body, ensure_ascii=False).encode())
+
+    # then
+    assert response.status_code == 201, response.json()
+    detail = api_as(roles.operator).get(response["Location"]).json()
+    assert detail["data"]["amount"] == "12.5"
+    assert detail["data"]["description"] == "Zug nach Zürich 🚆"
+
+
+def test_a_session_without_its_csrf_token_is_refused(roles):
+    # given
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(roles.staff)
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    read = client.get(f"/api/instances/{instance.pk}/")
+    write = client.post(
+        "/api/instances/",
+        json.dumps({"workflow": "expense_approval", "input": ExpenseInputFactory()}),
+        content_type="application/json",
+    )
+
+    # then
+    assert read.status_code == 200
+    assert write.status_code == 403
+    assert "CSRF" in write.json()["detail"]
+    assert WorkflowInstance.objects.count() == 1
+
+
+def test_a_database_outage_is_a_503_problem_with_retry_after(api_as, roles, monkeypatch):
+    # given: PostgreSQL refuses the start's connection (the edge: "too many clients", a restart)
+    from django.db import OperationalError
+
+    def refused(*args, **kwargs):
+        raise OperationalError("connection failed: FATAL: sorry, too many clients already")
+
+    monkeypatch.setattr("api.views.api_instance_start", refused)
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", {"workflow": "expense_approval", "input": {}})
+
+    # then
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["Retry-After"] == "5"
+    assert response.json()["code"] == "unavailable"

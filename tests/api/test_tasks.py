@@ -1,0 +1,154 @@
+"""Tasks through the API: my tasks and my queue, claim, release, decide with a comment, delegate; the inbox's
+rules (four-eyes, candidates, managers) hold whoever calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from approvals.models import HumanTask, TaskState
+from orchestrator.models import AuditEvent
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def task(roles) -> HumanTask:
+    """The open team-approval task of an expense staff started (candidates: the approvers)."""
+    instance = instance_start("expense_approval", ExpenseInputFactory(amount="70.00"), initiator=roles.staff)
+    return instance.tasks.get()
+
+
+def test_the_queue_holds_what_i_may_claim_and_mine_what_i_claimed(api_as, roles, task):
+    # given
+    client = api_as(roles.staff2)
+
+    # when
+    queue_before = client.get("/api/tasks/", {"scope": "queue"}).json()["results"]
+    claimed = client.post(f"/api/tasks/{task.pk}/claim/")
+    mine = client.get("/api/tasks/").json()["results"]
+    queue_after = client.get("/api/tasks/", {"scope": "queue"}).json()["results"]
+
+    # then
+    assert [t["id"] for t in queue_before] == [task.pk]
+    assert claimed.status_code == 200
+    assert claimed.json()["assignee"] == "staff2"
+    assert [t["id"] for t in mine] == [task.pk]
+    assert queue_after == []
+
+
+def test_the_initiator_never_acts_on_their_own_task(api_as, roles, task):
+    # when: staff started it and is an approver
+    queue = api_as(roles.staff).get("/api/tasks/", {"scope": "queue"}).json()["results"]
+    claim = api_as(roles.staff).post(f"/api/tasks/{task.pk}/claim/")
+    decide = api_as(roles.staff).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"})
+
+    # then
+    assert queue == []
+    assert (claim.status_code, decide.status_code) == (403, 403)
+    assert "four-eyes" in decide.json()["detail"]
+    assert HumanTask.objects.get(pk=task.pk).state == TaskState.OPEN
+
+
+def test_a_decision_with_a_comment_completes_the_task_and_is_audited(api_as, roles, task):
+    # when
+    response = api_as(roles.staff2).post(
+        f"/api/tasks/{task.pk}/decide/", {"decision": "reject", "comment": "no receipt attached"}
+    )
+
+    # then
+    assert response.status_code == 200
+    assert response.json()["state"] == "completed"
+    assert response.json()["decision"] == "reject"
+    event = AuditEvent.objects.get(instance=task.instance, action="task.completed")
+    assert event.actor_label == "user:staff2"
+
+
+def test_a_rejection_without_a_comment_names_the_comment(api_as, roles, task):
+    # when
+    response = api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "reject"})
+
+    # then
+    assert response.status_code == 400
+    assert "comment" in response.json()["errors"] or "comment" in response.json()["detail"].lower()
+
+
+def test_a_second_claim_is_409(api_as, roles, task):
+    # given
+    api_as(roles.staff2).post(f"/api/tasks/{task.pk}/claim/")
+
+    # when
+    response = api_as(roles.manager).post(f"/api/tasks/{task.pk}/claim/")
+
+    # then
+    assert response.status_code == 409
+    assert "claimed" in response.json()["detail"]
+
+
+def test_release_and_delegate(api_as, roles, task, users):
+    # given
+    extra = type(roles.staff).objects.create_user("staff3")
+    extra.groups.add(roles.approvers)
+    client = api_as(roles.staff2)
+    client.post(f"/api/tasks/{task.pk}/claim/")
+
+    # when
+    released = client.post(f"/api/tasks/{task.pk}/release/")
+    client.post(f"/api/tasks/{task.pk}/claim/")
+    delegated = client.post(f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff3", "note": "you know the client"})
+    to_initiator = api_as(roles.manager).post(f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff"})
+    to_nobody = client.post(f"/api/tasks/{task.pk}/delegate/", {"to_user": "nobody"})
+
+    # then
+    assert released.status_code == 200
+    assert released.json()["state"] == "open"
+    assert delegated.status_code == 200
+    assert delegated.json()["assignee"] == "staff3"
+    assert to_initiator.status_code == 400
+    assert to_nobody.status_code in (400, 403)
+    assert to_nobody.json()["status"] == to_nobody.status_code
+
+
+def test_a_task_of_another_team_is_404(api_as, roles, task):
+    # when: the operator is no approver and no manager
+    seen = api_as(roles.operator).get(f"/api/tasks/{task.pk}/")
+    claim = api_as(roles.operator).post(f"/api/tasks/{task.pk}/claim/")
+    decide = api_as(roles.operator).post(f"/api/tasks/{task.pk}/decide/", {"decision": "nonsense"})
+
+    # then
+    assert (seen.status_code, claim.status_code, decide.status_code) == (404, 404, 404)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"decision": "maybe"}, "decision"),
+        ({"decision": "approve", "comment": "x" * 4001}, "comment"),
+        ({"decision": "approve", "data": []}, "data"),
+        ({}, "decision"),
+    ],
+)
+def test_a_bad_decision_body_names_its_field(api_as, roles, task, body, field):
+    # when
+    response = api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", body)
+
+    # then
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+def test_the_task_lists_cost_the_same_queries_for_one_or_many(api_as, roles, django_assert_num_queries):
+    # given
+    client = api_as(roles.staff2)
+    client.get("/api/tasks/", {"scope": "queue"})  # the token's last use, written once a minute
+    for _ in range(2):
+        instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # then
+    with django_assert_num_queries(3):
+        assert len(client.get("/api/tasks/", {"scope": "queue"}).json()["results"]) == 2
+    for _ in range(8):
+        instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    with django_assert_num_queries(3):
+        assert len(client.get("/api/tasks/", {"scope": "queue"}).json()["results"]) == 10

@@ -1,0 +1,181 @@
+"""API tokens: stored hashed, shown once, expiring, revocable on the page and by the command, audited."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from api.models import ApiToken
+from api.tokens import TOKENS_CHAIN, hash_secret, token_create, token_revoke
+from orchestrator.audit import Actor, verify_trail
+from orchestrator.models import AuditEvent
+from tests.api.conftest import ApiClient
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_token_is_stored_only_as_its_hash_and_its_creation_is_audited(roles):
+    # when
+    new = token_create(roles.staff, "billing sync")
+
+    # then
+    stored = ApiToken.objects.get(pk=new.token.pk)
+    assert new.secret.startswith("baton_")
+    assert len(new.secret) > 40
+    assert stored.key_hash == hash_secret(new.secret)
+    assert new.secret not in str(ApiToken.objects.filter(pk=stored.pk).values().first())
+    event = AuditEvent.objects.get(chain=TOKENS_CHAIN, action="token.created")
+    assert event.actor_label == "user:staff"
+    assert event.payload["prefix"] == stored.prefix
+    assert new.secret not in str(event.payload)
+    assert not verify_trail(TOKENS_CHAIN).breaks
+
+
+def test_a_token_authenticates_as_its_user_and_records_its_last_use(roles):
+    # given
+    new = token_create(roles.staff, "script")
+
+    # when
+    response = ApiClient(new.secret).get("/api/tasks/")
+
+    # then
+    assert response.status_code == 200
+    assert ApiToken.objects.get(pk=new.token.pk).last_used_at is not None
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda t: ApiToken.objects.filter(pk=t.pk).update(revoked_at=timezone.now()), id="revoked"),
+        pytest.param(
+            lambda t: ApiToken.objects.filter(pk=t.pk).update(expires_at=timezone.now() - timedelta(seconds=1)),
+            id="expired",
+        ),
+        pytest.param(lambda t: type(t.user).objects.filter(pk=t.user_id).update(is_active=False), id="user left"),
+    ],
+)
+def test_a_revoked_or_expired_token_or_one_of_a_deactivated_user_is_401(roles, spoil):
+    # given
+    new = token_create(roles.staff, "script")
+    spoil(new.token)
+
+    # when
+    response = ApiClient(new.secret).get("/api/tasks/")
+
+    # then
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer baton_not-a-real-token", "Bearer", "Bearer a b", "Bearer ünïcode", "Bearer " + "x" * 5000],
+)
+def test_a_bad_bearer_header_is_401_with_a_problem(roles, header):
+    # when
+    response = Client().get("/api/tasks/", headers={"Authorization": header})
+
+    # then
+    assert response.status_code == 401
+    assert response.json()["status"] == 401
+
+
+@pytest.mark.parametrize(
+    ("name", "expires", "message"),
+    [
+        ("", None, "Name"),
+        ("x" * 101, None, "at most 100"),
+        ("nul\x00", None, "NUL"),
+        ("ok", timezone.now() - timedelta(minutes=1), "future"),
+        ("ok", timezone.now() + timedelta(days=5000), "days from now"),
+    ],
+)
+def test_bad_names_and_expiries_are_refused(roles, name, expires, message):
+    # when / then
+    with pytest.raises(ValidationError, match=message):
+        token_create(roles.staff, name, expires_at=expires)
+    assert not ApiToken.objects.exists()
+
+
+def test_revoking_someone_elses_token_is_not_found_and_revoking_twice_writes_once(roles):
+    # given
+    token = token_create(roles.staff, "script").token
+
+    # when / then
+    with pytest.raises(ApiToken.DoesNotExist):
+        token_revoke(token.pk, owner=roles.staff2, actor=Actor.of(roles.staff2))
+    token_revoke(token.pk, owner=roles.staff, actor=Actor.of(roles.staff))
+    token_revoke(token.pk, owner=roles.staff, actor=Actor.of(roles.staff))
+    assert AuditEvent.objects.filter(chain=TOKENS_CHAIN, action="token.revoked").count() == 1
+
+
+def test_the_page_shows_a_new_secret_once_and_revokes(roles):
+    # given
+    client = Client()
+    client.force_login(roles.staff)
+
+    # when
+    created = client.post("/api/tokens/", {"name": "nightly report", "expires": "30"})
+    first = client.get("/api/tokens/")
+    second = client.get("/api/tokens/")
+
+    # then
+    token = ApiToken.objects.get(user=roles.staff)
+    assert created.status_code == 302
+    secret = first.context["new_secret"]["secret"]
+    assert hash_secret(secret) == token.key_hash
+    assert secret.encode() in first.content
+    assert first["Cache-Control"] == "no-store"
+    assert secret.encode() not in second.content
+    assert token.expires_at is not None
+    assert timedelta(days=29) < token.expires_at - timezone.now() <= timedelta(days=30)
+
+    # when
+    revoked = client.post(f"/api/tokens/{token.pk}/revoke/")
+
+    # then
+    assert revoked.status_code == 302
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
+    assert ApiClient(secret).get("/api/tasks/").status_code == 401
+
+
+def test_the_page_keeps_what_was_typed_when_the_date_is_missing(roles):
+    # given
+    client = Client()
+    client.force_login(roles.staff)
+
+    # when
+    response = client.post("/api/tokens/", {"name": "report", "expires": "date", "expires_at": ""})
+
+    # then
+    assert response.status_code == 400
+    assert b'value="report"' in response.content
+    assert b"pick the date and time" in response.content
+    assert not ApiToken.objects.exists()
+
+
+def test_the_command_creates_lists_and_revokes(roles):
+    # given
+    out, err = io.StringIO(), io.StringIO()
+
+    # when
+    call_command("baton_api_token", "create", "staff", "--name", "ci", "--expires-in-days", "7", stdout=out, stderr=err)
+    secret = out.getvalue().strip().splitlines()[-1]
+
+    # then
+    token = ApiToken.objects.get(user=roles.staff)
+    assert token.key_hash == hash_secret(secret)
+    assert AuditEvent.objects.get(chain=TOKENS_CHAIN, action="token.created").actor_label == "system:command"
+    listing = io.StringIO()
+    call_command("baton_api_token", "list", "staff", stdout=listing)
+    assert token.prefix in listing.getvalue()
+    assert secret not in listing.getvalue()
+    call_command("baton_api_token", "revoke", str(token.pk), stdout=io.StringIO())
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
