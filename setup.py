@@ -13,7 +13,17 @@ ASSETS = {"baton_assets.templates": "templates", "baton_assets.static": "static"
 setup(
     packages=[
         *find_packages(
-            include=["baton_site*", "orchestrator*", "approvals*", "console*", "automation*", "audit*", "api*", "demo*", "baton_assets"]
+            include=[
+                "baton_site*",
+                "orchestrator*",
+                "approvals*",
+                "console*",
+                "automation*",
+                "audit*",
+                "api*",
+                "demo*",
+                "baton_assets",
+            ]
         ),
         *ASSETS,
     ],

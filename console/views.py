@@ -23,7 +23,6 @@ from django.urls import reverse
 from console import forms
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
-from orchestrator.diagram import workflow_dot
 from orchestrator.services import instances as instance_services
 from orchestrator.typing import AuthedRequest
 

@@ -98,9 +98,6 @@ class AuditAction(StrEnum):
     ACCESS_SIGN_IN_FAILED = "access.sign_in_failed"
     ACCESS_REFUSED = "access.refused"
     AUDIT_EXPORTED = "audit.exported"
-    # API tokens (the accounts chain; written by the API's token service through orchestrator/accounts.py).
-    TOKEN_CREATED = "token.created"  # noqa: S105 (an action name, not a token)
-    TOKEN_REVOKED = "token.revoked"  # noqa: S105 (an action name, not a token)
     # Saved inbox views (the saved_views chain).
     SAVED_VIEW_CREATED = "saved_view.created"
     SAVED_VIEW_CHANGED = "saved_view.changed"

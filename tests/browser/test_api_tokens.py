@@ -4,7 +4,6 @@ API's docs page, whose Swagger UI comes from this site alone."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
