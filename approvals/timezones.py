@@ -15,6 +15,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
@@ -72,7 +73,12 @@ class UserTimeZoneMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         session = getattr(request, "session", None)
-        name = session.get(SESSION_KEY, "") if session is not None else ""
+        try:
+            name = session.get(SESSION_KEY, "") if session is not None else ""
+        except DatabaseError:
+            # The session's database is unreachable: the site's zone serves, and the view, meeting the same outage,
+            # answers 503 through DatabaseUnavailableMiddleware (an error raised here would be a bare 500).
+            name = ""
         zone = _zone(name) if name else None
         if zone is None and not name:
             # No zone chosen: the zone already active (the site's, or a caller's) serves, and whatever the request

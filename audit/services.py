@@ -19,6 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from audit.models import Verification, VerificationState
+from orchestrator import live_names
 from orchestrator.audit import verify_trail
 from orchestrator.models import AuditEvent
 from orchestrator.realtime import broadcast_on_commit, send_now
@@ -54,7 +55,7 @@ def auditor_ids() -> list[int]:
 
 
 def _tell(verification: Verification, *, now: bool = False) -> None:
-    event = {"type": "audit.verification", "refresh": ["audit-verification"], "verification": verification.pk}
+    event = {"type": "audit.verification", "refresh": [live_names.AUDIT_VERIFICATION], "verification": verification.pk}
     groups = [f"user.{uid}" for uid in auditor_ids()]
     if now:
         send_now(groups, event)

@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 
 
@@ -22,6 +24,13 @@ class AutomationConfig(AppConfig):
 
 def _sync_schedules(sender: AppConfig, using: str = "default", **_kwargs: object) -> None:
     """Schedules declared beside workflows reach the table at every migrate (and at each process's first sweep)."""
+    from django.db import DatabaseError
+
     from automation.schedules import sync_declared
 
-    sync_declared()
+    try:
+        sync_declared()
+    except DatabaseError:
+        # post_migrate is sent for every app, also after migrating only another app (its tables may not exist
+        # yet): the next full migrate, or the first sweep, syncs them.
+        logging.getLogger(__name__).warning("declared schedules not synced yet", exc_info=True)

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from console.models import BulkAction, BulkItemState, BulkJob, BulkJobItem, BulkJobState
 from console.selectors import InstanceFilter, filtered
-from orchestrator import audit
+from orchestrator import audit, live_names
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.inputs import REASON_MAX, check_text, check_when
@@ -178,7 +178,7 @@ def send_work(job_id: int) -> None:
 
 def _tell_progress(job_id: int) -> None:
     # Operators' pages re-fetch the job's progress bar (a hint, never state: the bar reads the rows).
-    send_now(["ops"], {"type": "bulk.progress", "job": job_id, "refresh": [f"bulk-{job_id}"]})
+    send_now(["ops"], {"type": "bulk.progress", "job": job_id, "refresh": [live_names.bulk_refresh(job_id)]})
 
 
 def bulk_work(job_id: int, *, batch: int = BATCH, now: datetime | None = None) -> int:

@@ -36,8 +36,11 @@ INSTANCES = "instances"
 INBOX = "inbox"
 COUNTS = "counts"
 NOTIFICATIONS = "notifications"
+# The audit chains page: a verification job moved on.
+AUDIT_VERIFICATION = "audit-verification"
 INSTANCE_PREFIX = "instance-"
 TASK_PREFIX = "task-"
+BULK_PREFIX = "bulk-"
 
 
 def instance_refresh(instance_id: int) -> str:
@@ -48,6 +51,11 @@ def instance_refresh(instance_id: int) -> str:
 def task_refresh(task_id: int) -> str:
     """The refresh name of one task's page."""
     return f"{TASK_PREFIX}{task_id}"
+
+
+def bulk_refresh(job_id: int) -> str:
+    """The refresh name of one bulk job's page (its progress bar)."""
+    return f"{BULK_PREFIX}{job_id}"
 
 
 # --- event types -------------------------------------------------------------------------------------------
@@ -62,7 +70,7 @@ TASK_GONE_EVENTS = ("task.claimed", "task.completed", "task.cancelled", "task.de
 # What live.js holds (its LIVE_NAMES object, between the markers): kept equal by a test.
 BROWSER = {
     "refreshPrefix": REFRESH_PREFIX,
-    "refresh": [INSTANCES, INBOX, COUNTS, NOTIFICATIONS],
-    "refreshPrefixes": [INSTANCE_PREFIX, TASK_PREFIX],
+    "refresh": [INSTANCES, INBOX, COUNTS, NOTIFICATIONS, AUDIT_VERIFICATION],
+    "refreshPrefixes": [INSTANCE_PREFIX, TASK_PREFIX, BULK_PREFIX],
     "taskGoneEvents": list(TASK_GONE_EVENTS),
 }

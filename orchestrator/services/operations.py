@@ -26,11 +26,11 @@ from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState
 from orchestrator.services.compensation import compensation_start, saga_begun
-from orchestrator.services.flow import advance
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
 from orchestrator.services.lifecycle import settle
 from orchestrator.services.locks import definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import check_result
+from orchestrator.services.steps import step_skip
 from orchestrator.services.unit import Unit
 
 # A person's pause is for a night, a weekend, a month end: beyond this it is a typo (a year instead of a month), and
@@ -211,22 +211,9 @@ def instance_step_skip(
             payload={"skipped_step": step.pk},
             action=AuditAction.INSTANCE_RETRIED,
         )
-        step.skip(f"skipped by {actor.label}: {reason}", unit.now)
-        step.result = output
-        StepRun.objects.filter(pk=step.pk).update(
-            state=step.state, error=step.error, finished_at=step.finished_at, lease_expires_at=None, result=output
-        )
-        unit.audit(
-            "step",
-            step.pk,
-            StepState.DEAD,
-            step.state,
-            reason=reason,
-            payload={"output": output, "by_hand": True},
-            action=AuditAction.STEP_SKIPPED,
-        )
-        instance.data.update(output)
-        advance(unit, workflow, step)
+        # The engine's one skip: the step ends skipped with ``output`` as its result, joined to the data, audited,
+        # and the flow goes on from the node after it.
+        step_skip(unit, workflow, step, reason, output=output)
         settle(unit)
         unit.finish()
         return step

@@ -195,8 +195,8 @@
   // live-names:begin (mirrors orchestrator/live_names.py BROWSER; tests/orchestrator/test_live_names.py compares)
   var LIVE_NAMES = {
     "refreshPrefix": "baton:refresh-",
-    "refresh": ["instances", "inbox", "counts", "notifications"],
-    "refreshPrefixes": ["instance-", "task-"],
+    "refresh": ["instances", "inbox", "counts", "notifications", "audit-verification"],
+    "refreshPrefixes": ["instance-", "task-", "bulk-"],
     "taskGoneEvents": ["task.claimed", "task.completed", "task.cancelled", "task.delegated"]
   };
   // live-names:end

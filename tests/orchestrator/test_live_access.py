@@ -24,6 +24,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.models import Session
 from django.db import transaction
+from django.db.models import ProtectedError
 from django.test import Client
 from django.utils import timezone
 
@@ -163,11 +164,9 @@ def _change_password(user: User) -> None:
     user.save()
 
 
-@pytest.mark.parametrize(
-    "change", [_deactivate, _change_password, User.delete], ids=["deactivated", "password-changed", "deleted"]
-)
+@pytest.mark.parametrize("change", [_deactivate, _change_password], ids=["deactivated", "password-changed"])
 async def test_a_user_who_can_no_longer_sign_in_has_their_socket_closed(users, push_only, change) -> None:
-    """Deactivation, a new password (every session ends) or deletion, saved anywhere: the socket closes with 4401."""
+    """Deactivation or a new password (every session ends), saved anywhere: the socket closes with 4401."""
     # given
     socket = await connected(users.staff)
 
@@ -176,6 +175,19 @@ async def test_a_user_who_can_no_longer_sign_in_has_their_socket_closed(users, p
 
     # then
     assert await close_code(socket) == CLOSE_UNAUTHENTICATED
+    await socket.disconnect()
+
+
+async def test_a_person_who_signed_in_cannot_be_deleted_so_deactivation_is_the_way_out(users, push_only) -> None:
+    """Signing in writes to the access chain, whose events keep their actor (PROTECT): deleting that person is
+    refused and their socket stays as it was; deactivation (above) is how someone leaves."""
+    # given
+    socket = await connected(users.staff)
+
+    # when / then
+    with pytest.raises(ProtectedError):
+        await sync_to_async(users.staff.delete)()
+    assert await sync_to_async(User.objects.filter(pk=users.staff.pk).exists)()
     await socket.disconnect()
 
 

@@ -94,7 +94,7 @@ def test_skip_records_the_given_output_and_goes_on_from_the_next_step(failed, ru
     assert failed.data["told"] == "MANUAL-7"
     assert CALLS == ["notify"]
     skipped = AuditEvent.objects.get(instance=failed, action="step.skipped")
-    assert (skipped.actor_label, skipped.reason, skipped.payload["output"]) == (
+    assert (skipped.actor_label, skipped.reason, skipped.payload["result"]) == (
         "user:operator",
         "paid by hand",
         {"payout_id": "MANUAL-7"},
