@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from approvals.services import base as task_rules
 from orchestrator import registry
 from orchestrator.services import instances as instance_services
+from orchestrator.services import signals as signal_services
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         return Problem(
             400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )
+    if isinstance(exc, signal_services.SignalError):
+        return _signal_problem(exc)
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is unreachable (restarting, out of connections): the client may retry shortly.
         logger.warning("API request failed on the database: %s", str(exc)[:300])
@@ -133,6 +136,20 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
             errors = {"body": list(exc.messages)}
         return Problem(400, " ".join(exc.messages), code="invalid", title="Invalid input", errors=errors)
     return None
+
+
+def _signal_problem(exc: signal_services.SignalError) -> Problem:
+    """A refused delivery: unknown instance 404, the initiator 403, an ended instance or a reused signal id 409,
+    an event the workflow never waits for or a payload its node refuses 422 (the body was well formed; its
+    content does not fit the workflow), each naming its field."""
+    errors = {key: [str(m) for m in messages] for key, messages in exc.errors.items()}
+    if isinstance(exc, signal_services.SignalNotFound):
+        return Problem(404, str(exc), code="not_found")
+    if isinstance(exc, signal_services.SignalForbidden):
+        return Problem(403, str(exc), code="forbidden")
+    if isinstance(exc, signal_services.SignalConflict):
+        return Problem(409, str(exc), code="conflict", title="Not possible in the current state", errors=errors)
+    return Problem(422, str(exc), code="invalid_signal", title="Signal not accepted", errors=errors)
 
 
 def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

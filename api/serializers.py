@@ -18,8 +18,8 @@ from rest_framework import serializers
 from approvals.forms import DECISIONS
 from approvals.models import HumanTask
 from orchestrator.dsl import Workflow
-from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, REASON_MAX, SEARCH_MAX, check_when
-from orchestrator.models import InstanceState, StepRun, WorkflowInstance
+from orchestrator.inputs import COMMENT_MAX, IDEMPOTENCY_KEY_MAX, NOTE_MAX, REASON_MAX, SEARCH_MAX, check_when
+from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 
 ID_MAX = 2**63 - 1
 
@@ -315,3 +315,151 @@ class DelegateSerializer(serializers.Serializer):
         if user is None:
             raise serializers.ValidationError(f"No active user named {value[:150]!r}.")
         return user
+
+
+# --- signals --------------------------------------------------------------------------------------------
+
+
+class SignalSerializer(serializers.Serializer):
+    """``POST /api/instances/{id}/signals/``: the event, the sender's id of it, and its payload."""
+
+    event = serializers.CharField(max_length=100, help_text="The event's name, as the workflow's Signal node has it.")
+    signal_id = serializers.CharField(
+        max_length=IDEMPOTENCY_KEY_MAX,
+        help_text="The sender's id of this event, unique per instance: sending it again changes nothing.",
+    )
+    payload = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        default=dict,
+        help_text="Validated by the Signal node's form or schema, then merged into the instance data.",
+    )
+
+
+class SignalByKeySerializer(SignalSerializer):
+    """``POST /api/signals/``: the same, to the one open instance with ``business_key``."""
+
+    business_key = serializers.CharField(max_length=100, help_text="The business key of exactly one open instance.")
+    workflow = serializers.CharField(
+        max_length=100, required=False, help_text="Only this workflow's instances (when a key is shared)."
+    )
+
+
+class ReceivedSignalSerializer(serializers.ModelSerializer):
+    """A delivered signal: ``state`` is ``consumed`` (a waiting step took it; its payload joined the data) or
+    ``kept`` (the instance has not reached a step waiting for its event yet; the first such step takes it)."""
+
+    instance = serializers.IntegerField(source="instance_id")
+    instance_url = serializers.SerializerMethodField()
+    state = serializers.SerializerMethodField()
+    step = serializers.IntegerField(source="step_id", allow_null=True, help_text="The step that consumed it.")
+
+    class Meta:
+        model = ReceivedSignal
+        fields = [
+            "id",
+            "instance",
+            "instance_url",
+            "event",
+            "signal_id",
+            "payload",
+            "state",
+            "sender",
+            "received_at",
+            "consumed_at",
+            "step",
+        ]
+
+    def get_instance_url(self, signal: ReceivedSignal) -> str:
+        return reverse("api:instance-detail", args=[signal.instance_id])
+
+    @extend_schema_field({"type": "string", "enum": ["consumed", "kept"]})
+    def get_state(self, signal: ReceivedSignal) -> str:
+        return "consumed" if signal.consumed_at is not None else "kept"
+
+
+# --- skip -----------------------------------------------------------------------------------------------
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1}]})
+class StepRefField(serializers.Field):
+    """A step of the instance: its id (a number) or its name (a string, the node's name)."""
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, bool) or not isinstance(data, int | str):
+            raise serializers.ValidationError("Give the step's id (a number) or its name (a string).")
+        if isinstance(data, int):
+            if not 0 < data <= ID_MAX:
+                raise serializers.ValidationError("Not a step id.")
+            return data
+        name = data.strip()
+        if not name or len(name) > 100:
+            raise serializers.ValidationError("A step name has 1-100 characters.")
+        return name
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class SkipSerializer(ReasonSerializer):
+    """``POST /api/instances/{id}/skip/``: the failed step to skip, what it would have returned, and why."""
+
+    step = StepRefField(help_text="The failed step: its id, or its name.")
+    output = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        default=dict,
+        help_text="What the step would have returned: joins the instance data, where later steps read it.",
+    )
+
+
+# --- audit ----------------------------------------------------------------------------------------------
+
+
+class AuditFilterSerializer(serializers.Serializer):
+    """The audit timeline's filters (``audit.forms.AuditFilterForm`` checks them: this class only describes them
+    in the schema), the cursor and the page size."""
+
+    actor = serializers.CharField(required=False, help_text="A username, or a label such as system:worker.")
+    action = serializers.CharField(required=False, help_text="Exact (task.completed), or a prefix (task.).")
+    workflow = serializers.CharField(required=False)
+    instance = serializers.IntegerField(required=False, min_value=1)
+    subject_type = serializers.CharField(required=False)
+    subject_id = serializers.IntegerField(required=False, min_value=0)
+    since = serializers.DateTimeField(required=False, help_text="At or after (no offset: the site's time zone).")
+    until = serializers.DateTimeField(required=False, help_text="Before (no offset: the site's time zone).")
+    q = serializers.CharField(required=False, help_text="Text in reasons and comments.")
+    request_id = serializers.CharField(required=False, help_text="Every event one request caused.")
+    cursor = serializers.CharField(required=False, help_text="The `next` link's cursor: older events.")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="1-200, default 50.")
+
+
+class AuditEventSerializer(serializers.Serializer):
+    """One event of the trail, as the export writes it (its hashed content, times in UTC)."""
+
+    id = serializers.IntegerField()
+    chain = serializers.CharField()
+    seq = serializers.IntegerField()
+    prev_hash = serializers.CharField()
+    hash = serializers.CharField()
+    key_id = serializers.CharField()
+    occurred_at = serializers.DateTimeField()
+    actor_label = serializers.CharField()
+    actor_id = serializers.IntegerField(allow_null=True)
+    action = serializers.CharField()
+    instance_id = serializers.IntegerField(allow_null=True)
+    subject_type = serializers.CharField()
+    subject_id = serializers.IntegerField(allow_null=True)
+    from_state = serializers.CharField()
+    to_state = serializers.CharField()
+    reason = serializers.CharField()
+    payload = serializers.JSONField()
+    request_meta = serializers.JSONField()
+    request_id = serializers.CharField()
+
+
+class AuditPageSerializer(serializers.Serializer):
+    """A page of events, newest first; ``next`` is the link to older ones (null on the last page)."""
+
+    next = serializers.CharField(allow_null=True)
+    results = AuditEventSerializer(many=True)

@@ -17,9 +17,13 @@ router = SimpleRouter(use_regex_path=False)
 router.register("workflows", views.WorkflowViewSet, basename="workflow")
 router.register("instances", views.InstanceViewSet, basename="instance")
 router.register("tasks", views.TaskViewSet, basename="task")
+router.register("signals", views.SignalViewSet, basename="signal")
 
 urlpatterns = [
     path("", include(router.urls)),
+    path("audit/events/", views.AuditEventsView.as_view(), name="audit-events"),
+    path("audit/export.jsonl", views.AuditExportJsonlView.as_view(), name="audit-export-jsonl"),
+    path("audit/export.csv", views.AuditExportCsvView.as_view(), name="audit-export-csv"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("tokens/", pages.tokens, name="tokens"),

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
+from django.core.exceptions import ValidationError
 from django.db.models import Prefetch, QuerySet
-from django.http import Http404
+from django.http import Http404, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -20,19 +22,27 @@ from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from api import serializers as s
 from api.problems import Problem
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
 from approvals.services import tasks as task_services
+from audit import selectors as audit_selectors
+from audit.exports import event_record
+from audit.forms import AuditFilterForm
+from audit.views import export_response
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
-from orchestrator.models import StepRun, WorkflowInstance
+from orchestrator.models import ReceivedSignal, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
+from orchestrator.services import operations
+from orchestrator.services import signals as signal_services
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+DELIVER_SIGNAL = "orchestrator.deliver_signal"
 # Visible ASCII without spaces at either end: what an HTTP header can carry unchanged.
 KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")
 
@@ -307,6 +317,144 @@ class InstanceViewSet(viewsets.GenericViewSet):
             ),
         )
 
+    @extend_schema(
+        summary="Skip a failed instance's dead step with the output it would have returned",
+        description=(
+            "The console's Skip: the instance must be failed with exactly one dead automated task or timer step "
+            "(its id or its name in `step`). The step ends skipped with `output` as its result, `output` joins the "
+            "instance data, and the instance runs on from the node after the step. Audited with the reason."
+        ),
+        request=s.SkipSerializer,
+        responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def skip(self, request: Request, pk: int) -> Response:
+        instance = self._instance(pk)
+        if not selectors.can_operate(request.user):
+            raise Problem(403, "Only operators may skip a step.", code="forbidden")
+        body = _valid(s.SkipSerializer, request.data)
+        step_id = _step_id(instance, body["step"])
+        try:
+            operations.instance_step_skip(
+                instance.pk,
+                step_id,
+                body["output"],
+                actor=Actor.of(request.user),
+                reason=body["reason"],
+                request_meta=request_meta(request._request),
+            )
+        except ValidationError as exc:  # the reason passed the serializer: what is left is the output
+            messages = list(exc.messages)
+            raise Problem(
+                400, " ".join(messages), code="invalid", title="Invalid input", errors={"output": messages}
+            ) from None
+        return Response(s.InstanceDetailSerializer(self._detail(instance.pk)).data)
+
+    @extend_schema(
+        summary="Deliver a signal (an outside event) to the instance",
+        description=(
+            "The event joins the instance at its Signal node: the payload is validated by the node's form or "
+            "schema and merged into the instance data, and the instance goes on. A signal that arrives before the "
+            "instance reaches a node waiting for its event is kept (`state: kept`) and consumed when it gets there. "
+            "`signal_id` makes a repeat harmless: the same id with the same event and payload answers 200 with the "
+            "signal as it is now (header `Idempotent-Replayed: true`) and changes nothing; with another event or "
+            "payload it is 409. Needs the `orchestrator.deliver_signal` permission and to see the instance; the "
+            "person who started the instance may not signal it (four-eyes)."
+        ),
+        request=s.SignalSerializer,
+        responses={
+            201: s.ReceivedSignalSerializer,
+            200: s.ReceivedSignalSerializer,
+            403: OpenApiResponse(description="No deliver_signal permission, or you started this instance."),
+            404: OpenApiResponse(description="No such instance, or not yours to see."),
+            409: OpenApiResponse(description="The instance has ended, or the signal id was used with another body."),
+            422: OpenApiResponse(description="The workflow never waits for the event, or the payload does not fit."),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="signals")
+    def signals(self, request: Request, pk: int) -> Response:
+        instance = self._instance(pk)
+        if not request.user.has_perm(DELIVER_SIGNAL):
+            raise Problem(403, "Your role may not deliver signals.", code="forbidden")
+        body = _valid(s.SignalSerializer, request.data)
+        return _deliver(request, instance.pk, body)
+
+
+def _step_id(instance: WorkflowInstance, ref: int | str) -> int:
+    """The id of the step ``ref`` names in ``instance``: an id as given (the service checks it is this instance's
+    dead step), a name as its dead forward step (else its latest step of that name, which the service refuses
+    with the reason). A name no step has is a 400 naming ``step``."""
+    if isinstance(ref, int):
+        return ref
+    steps = list(
+        instance.steps.filter(name=ref).exclude(kind=StepKind.COMPENSATION).order_by("-id").values_list("pk", "state")
+    )
+    if not steps:
+        raise Problem(
+            400,
+            f"step: instance {instance.pk} has no step named {ref[:100]!r}.",
+            code="invalid",
+            title="Invalid input",
+            errors={"step": [f"No step named {ref[:100]!r} in this instance."]},
+        )
+    return next((pk for pk, state in steps if state == StepState.DEAD), steps[0][0])
+
+
+def _deliver(request: Request, instance_id: int, body: dict[str, Any]) -> Response:
+    """Deliver ``body``'s signal to ``instance_id`` through the service (which audits it); 201 for a new signal,
+    200 for a repeat of its id."""
+    delivery = signal_services.signal_deliver(
+        event=body["event"],
+        signal_id=body["signal_id"],
+        payload=body["payload"],
+        actor=Actor.of(request.user),
+        instance_id=instance_id,
+        request_meta=request_meta(request._request),
+    )
+    repeat = delivery.outcome == "repeat"
+    signal = ReceivedSignal.objects.get(pk=delivery.signal.pk) if repeat else delivery.signal
+    response = Response(
+        s.ReceivedSignalSerializer(signal).data, status=status.HTTP_200_OK if repeat else status.HTTP_201_CREATED
+    )
+    if repeat:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+@extend_schema_view(
+    create=extend_schema(
+        summary="Deliver a signal to the open instance with a business key",
+        description=(
+            "As `POST /api/instances/{id}/signals/`, addressed by `business_key` (and `workflow` when several "
+            "workflows share keys): it must name exactly one open instance (several: 409, name the instance by "
+            "its id)."
+        ),
+        request=s.SignalByKeySerializer,
+        responses={
+            201: s.ReceivedSignalSerializer,
+            200: s.ReceivedSignalSerializer,
+            403: OpenApiResponse(description="No deliver_signal permission, or you started this instance."),
+            404: OpenApiResponse(description="No open instance with this key that you may see."),
+            409: OpenApiResponse(
+                description="Several open instances have the key, the instance ended, or the id "
+                "was used with another body."
+            ),
+            422: OpenApiResponse(description="The workflow never waits for the event, or the payload does not fit."),
+        },
+    )
+)
+class SignalViewSet(viewsets.ViewSet):
+    """Signals addressed by business key (by id: ``POST /api/instances/{id}/signals/``)."""
+
+    def create(self, request: Request) -> Response:
+        body = _valid(s.SignalByKeySerializer, request.data)
+        instance_id = signal_services.signal_target(None, body["business_key"], body.get("workflow"))
+        if selectors.instance_for_user(request.user, instance_id) is None:
+            raise Http404
+        if not request.user.has_perm(DELIVER_SIGNAL):
+            raise Problem(403, "Your role may not deliver signals.", code="forbidden")
+        return _deliver(request, instance_id, body)
+
 
 # --- tasks ----------------------------------------------------------------------------------------------
 
@@ -402,3 +550,106 @@ class TaskViewSet(viewsets.GenericViewSet):
             pk, request.user, body["to_user"], note=body["note"], request_meta=request_meta(request._request)
         )
         return self._answer(pk)
+
+
+# --- audit ----------------------------------------------------------------------------------------------
+
+AUDIT_PAGE_DEFAULT = 50
+AUDIT_PAGE_MAX = 200
+
+
+def _trail_filters(request: Request) -> audit_selectors.AuditFilters:
+    """The admins' trail: 403 for anyone else (as the /audit/ pages); the query's filters through the timeline's
+    own form, a bad one a 400 naming it."""
+    if not audit_selectors.can_view_trail(request.user):
+        raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
+    form = AuditFilterForm(request.query_params)
+    if not form.is_valid():
+        errors = {("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()}
+        detail = " ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())[:1000]
+        raise Problem(400, f"Check the filters: {detail}", code="invalid", title="Invalid input", errors=errors)
+    return form.filters()
+
+
+class AuditEventsView(APIView):
+    """The audit trail with the admin timeline's filters, newest first, in keyset pages."""
+
+    @extend_schema(
+        operation_id="audit_events_list",
+        summary="Audit events, newest first, with the timeline's filters",
+        description=(
+            "The filters of the admins' timeline (`/audit/`), checked by its form; `since`/`until` without an "
+            "offset are in the site's time zone. Follow `next` for older events (the cursor is opaque; a damaged "
+            "one is 400). Admins only (`orchestrator.view_trail`)."
+        ),
+        parameters=[s.AuditFilterSerializer],
+        responses={200: s.AuditPageSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        filters = _trail_filters(request)
+        limit_text = request.query_params.get("limit", str(AUDIT_PAGE_DEFAULT))
+        if not re.fullmatch(r"\d{1,3}", limit_text) or not 1 <= int(limit_text) <= AUDIT_PAGE_MAX:
+            raise Problem(
+                400,
+                f"limit: a whole number from 1 to {AUDIT_PAGE_MAX}.",
+                code="invalid",
+                title="Invalid input",
+                errors={"limit": [f"1-{AUDIT_PAGE_MAX}."]},
+            )
+        cursor = request.query_params.get("cursor", "")[:300]
+        events = audit_selectors.audit_events_filtered(filters)
+        page = audit_selectors.keyset_page(events, after=cursor, size=int(limit_text))
+        if page.errors:
+            raise Problem(
+                400,
+                "The cursor is not one this API gave out: start again without it.",
+                code="invalid_cursor",
+                errors={"cursor": ["Invalid."]},
+            )
+        next_url = None
+        if page.older:
+            params = {**filters.as_params(), "cursor": page.older, "limit": limit_text}
+            next_url = request.build_absolute_uri(request.path) + "?" + urlencode(params)
+        results = [{"id": event.pk, **event_record(event)} for event in page.events]
+        return Response({"next": next_url, "results": results})
+
+
+class _AuditExportView(APIView):
+    kind = ""
+
+    def get(self, request: Request) -> HttpResponseBase:
+        return export_response(request._request, self.kind, _trail_filters(request))
+
+
+def _export_schema(kind: str, media_type: str) -> Any:
+    return extend_schema(
+        operation_id=f"audit_export_{kind}",
+        summary=f"Export the audit events as {kind.upper()}, streamed and signed",
+        description=(
+            "The timeline's filters; the events oldest first, each line MAC-chained from the export record to the "
+            "end record, exactly as the audit page's export (check a file with "
+            "`manage.py baton_verify_audit --file`). The export is itself recorded. Admins only."
+        ),
+        parameters=[s.AuditFilterSerializer],
+        responses={(200, media_type): OpenApiResponse(response=OpenApiTypes.STR, description="The export file.")},
+    )
+
+
+class AuditExportJsonlView(_AuditExportView):
+    """``/api/audit/export.jsonl``."""
+
+    kind = "jsonl"
+
+    @_export_schema("jsonl", "application/x-ndjson")
+    def get(self, request: Request) -> HttpResponseBase:
+        return super().get(request)
+
+
+class AuditExportCsvView(_AuditExportView):
+    """``/api/audit/export.csv``."""
+
+    kind = "csv"
+
+    @_export_schema("csv", "text/csv")
+    def get(self, request: Request) -> HttpResponseBase:
+        return super().get(request)

@@ -247,7 +247,14 @@ def export(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpRespo
             {"form": form, "rows": [], "page": selectors.AuditPage([]), "active_nav": "audit", **_status()},
             status=400,
         )
-    filters = form.filters()
+    return export_response(request, kind, form.filters())
+
+
+def export_response(request: HttpRequest, kind: str, filters: selectors.AuditFilters) -> StreamingHttpResponse:
+    """The streamed export of the events ``filters`` select, as ``kind`` ("csv" or "jsonl"), oldest first, signed
+    line by line (``audit.exports``; ``manage.py baton_verify_audit --file`` checks it). The export itself is
+    recorded on the access chain with who asked and the filters. The one path of the export page and the API's
+    ``/api/audit/export.<kind>``: the caller has checked ``can_view_trail`` and validated the filters."""
     header = ExportHeader(filters=filters.as_params(), generated_by=request.user.get_username())
     append_standalone(
         ACCESS_CHAIN,

@@ -32,7 +32,7 @@ DEMO_USERS = [
 GROUPS = {
     "approvers": ["add_workflowinstance"],
     "managers": ["add_workflowinstance", "view_workflowinstance"],
-    "operators": ["add_workflowinstance", "view_workflowinstance", "operate_workflowinstance"],
+    "operators": ["add_workflowinstance", "view_workflowinstance", "operate_workflowinstance", "deliver_signal"],
 }
 MEMBERS = {"staff": ["approvers"], "staff2": ["approvers"], "manager": ["managers"], "operator": ["operators"]}
 

@@ -44,6 +44,7 @@ WORKER_EXTRA_WORKFLOW_MODULES = [
     "tests.orchestrator.versioned_flows",
     "tests.orchestrator.fault_flows",
     "tests.orchestrator.ops_flows",
+    "tests.api.signal_flows",
 ]
 RUN_STEPS_GUARD = 500
 WORKER_ENV = {

@@ -1,0 +1,278 @@
+"""Signals through the API: by instance id or business key, a repeat of a signal id harmless, an early signal kept
+and consumed, the node's validation naming the field, and the pages' role and object checks. The deliveries that
+are about execution run on a real Celery worker."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from orchestrator import registry
+from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepRun, WorkflowInstance
+from orchestrator.services.instances import instance_cancel, instance_start
+from tests.factories import UserFactory
+
+PAID = {"paid_amount": "12.50", "reference": "PAY-9"}
+
+
+@pytest.fixture
+def payment_flow():
+    """``tests/api/signal_flows.py``'s workflow registered in this process too (the test worker loads it)."""
+    flows = importlib.import_module("tests.api.signal_flows")
+    if not registry.is_registered(flows.API_PAYMENT.name, flows.API_PAYMENT.version):
+        registry.register(flows.API_PAYMENT)
+    yield flows.API_PAYMENT
+    registry.unregister(flows.API_PAYMENT.name, flows.API_PAYMENT.version)
+
+
+def signal_path(instance: WorkflowInstance | int) -> str:
+    return f"/api/instances/{getattr(instance, 'pk', instance)}/signals/"
+
+
+def signal(signal_id: str = "sig-1", payload: dict | None = None, **extra: object) -> dict:
+    return {
+        "event": "payment.confirmed",
+        "signal_id": signal_id,
+        "payload": PAID if payload is None else payload,
+        **extra,
+    }
+
+
+def state_of(instance: WorkflowInstance) -> str:
+    return WorkflowInstance.objects.values_list("state", flat=True).get(pk=instance.pk)
+
+
+def what_changes(instance: WorkflowInstance) -> tuple:
+    """Everything a delivery may write: the instance's trail, signals, steps, state and data (a token or a user the
+    test makes goes into other chains)."""
+    return (
+        AuditEvent.objects.filter(instance=instance).count(),
+        tuple(ReceivedSignal.objects.filter(instance=instance).order_by("pk").values_list("pk", "consumed_at")),
+        tuple(StepRun.objects.filter(instance=instance).order_by("pk").values_list("pk", "state")),
+        WorkflowInstance.objects.values_list("state", "data").get(pk=instance.pk),
+    )
+
+
+# --- on a real worker -----------------------------------------------------------------------------------
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_signal_resumes_a_waiting_instance_on_the_worker_and_its_repeat_changes_nothing(
+    celery_worker, payment_flow, api_as, roles, wait_for
+):
+    # given: started through the API by staff; the worker runs ``reserve`` and the instance waits for the payment
+    started = api_as(roles.staff).post("/api/instances/", {"workflow": "api_payment", "input": {"order": "A-1"}})
+    instance = WorkflowInstance.objects.get(pk=started.json()["id"])
+    wait_for(lambda: state_of(instance) == InstanceState.WAITING, instance=instance, what="waiting for the payment")
+    operator = api_as(roles.operator)
+
+    # when the payment service (an operator's token) signals it
+    first = operator.post(signal_path(instance), signal())
+    wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="completed")
+
+    # then the wait took the payload, the worker ran ``ship`` with it, and the delivery is audited once
+    assert first.status_code == 201, first.content
+    body = first.json()
+    assert (body["state"], body["event"], body["signal_id"], body["instance"]) == (
+        "consumed",
+        "payment.confirmed",
+        "sig-1",
+        instance.pk,
+    )
+    assert body["sender"] == "user:operator"
+    instance.refresh_from_db()
+    assert instance.data["paid_amount"] == "12.50"
+    assert instance.data["shipped_for"] == "PAY-9"
+    received = AuditEvent.objects.filter(instance=instance, action="signal.received")
+    assert [(e.actor_label, e.payload["signal_id"]) for e in received] == [("user:operator", "sig-1")]
+
+    # when the same signal id comes again (the sender retried after a timeout)
+    before = what_changes(instance)
+    again = operator.post(signal_path(instance), signal())
+
+    # then the same signal is answered with 200, and nothing changed, though the instance has completed since
+    assert again.status_code == 200, again.content
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == body
+    assert what_changes(instance) == before
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_signal_by_business_key_resumes_the_one_open_instance_on_the_worker(
+    celery_worker, payment_flow, api_as, roles, wait_for
+):
+    # given two orders; the first one's business key is shared with a completed instance of another workflow
+    client = api_as(roles.staff)
+    ids = [
+        client.post(
+            "/api/instances/", {"workflow": "api_payment", "input": {"order": key}, "business_key": key}
+        ).json()["id"]
+        for key in ("ORDER-1", "ORDER-2")
+    ]
+    first, second = WorkflowInstance.objects.get(pk=ids[0]), WorkflowInstance.objects.get(pk=ids[1])
+    for instance in (first, second):
+        wait_for(lambda i=instance: state_of(i) == InstanceState.WAITING, instance=instance, what="waiting")
+
+    # when the payment service names the order by its key
+    response = api_as(roles.operator).post(
+        "/api/signals/", {**signal("pay-ORDER-2"), "business_key": "ORDER-2", "workflow": "api_payment"}
+    )
+    wait_for(lambda: state_of(second) == InstanceState.COMPLETED, instance=second, what="completed")
+
+    # then only that order went on
+    assert response.status_code == 201, response.content
+    assert response.json()["instance"] == second.pk
+    assert state_of(first) == InstanceState.WAITING
+    assert not ReceivedSignal.objects.filter(instance=first).exists()
+
+
+# --- in process ------------------------------------------------------------------------------------------
+
+in_process = pytest.mark.django_db
+
+
+@pytest.fixture
+def waiting(payment_flow, roles, run_steps):
+    """An order started by staff, waiting at its Signal node."""
+    instance = instance_start("api_payment", {"order": "B-1"}, initiator=roles.staff, business_key="B-1")
+    run_steps(instance)
+    assert state_of(instance) == InstanceState.WAITING
+    return instance
+
+
+@in_process
+def test_an_early_signal_is_kept_and_consumed_when_the_instance_reaches_its_node(
+    payment_flow, api_as, roles, run_steps
+):
+    # given an instance whose first step has not run yet
+    instance = instance_start("api_payment", {"order": "C-1"}, initiator=roles.staff)
+
+    # when the payment arrives first
+    response = api_as(roles.operator).post(signal_path(instance), signal("early"))
+
+    # then it is kept; when the instance reaches the wait it takes it at once and goes on to the end
+    assert response.status_code == 201, response.content
+    assert (response.json()["state"], response.json()["step"], response.json()["consumed_at"]) == ("kept", None, None)
+    run_steps(instance)
+    assert state_of(instance) == InstanceState.COMPLETED
+    kept = ReceivedSignal.objects.get(instance=instance)
+    assert kept.consumed_at is not None and kept.step.name == "wait_payment"
+    replay = api_as(roles.operator).post(signal_path(instance), signal("early"))
+    assert (replay.status_code, replay.json()["state"]) == (200, "consumed")
+
+
+@in_process
+def test_a_payload_the_node_refuses_is_422_naming_the_field_and_changes_nothing(waiting, api_as, roles):
+    before = what_changes(waiting)
+    client = api_as(roles.operator)
+
+    bad_amount = client.post(signal_path(waiting), signal(payload={"paid_amount": "lots", "reference": "X"}))
+    no_reference = client.post(signal_path(waiting), signal(payload={"paid_amount": "1.00"}))
+    other_event = client.post(signal_path(waiting), {**signal(), "event": "parcel.lost"})
+
+    for response, field in (
+        (bad_amount, "payload.paid_amount"),
+        (no_reference, "payload.reference"),
+        (other_event, "event"),
+    ):
+        assert response.status_code == 422, response.content
+        assert response["Content-Type"] == "application/problem+json"
+        assert field in response.json()["errors"], response.json()
+    assert what_changes(waiting) == before
+
+
+@in_process
+def test_the_same_signal_id_with_another_payload_is_409(waiting, api_as, roles):
+    client = api_as(roles.operator)
+    assert client.post(signal_path(waiting), signal("s")).status_code == 201
+    before = what_changes(waiting)
+
+    response = client.post(signal_path(waiting), signal("s", {"paid_amount": "99.00", "reference": "OTHER"}))
+
+    assert response.status_code == 409
+    assert "signal_id" in response.json()["errors"]
+    assert what_changes(waiting) == before
+
+
+@in_process
+def test_an_ended_instance_takes_no_signal(waiting, api_as, roles):
+    from orchestrator.audit import Actor
+
+    instance_cancel(waiting.pk, actor=Actor.of(roles.operator), reason="customer cancelled")
+    before = what_changes(waiting)
+
+    response = api_as(roles.operator).post(signal_path(waiting), signal())
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "conflict"
+    assert what_changes(waiting) == before
+
+
+@in_process
+def test_who_may_signal(waiting, api_as, roles):
+    """Operators hold deliver_signal and see every instance; a manager sees it without the permission (403); an
+    approver does not see it (404); its initiator may not steer it even with the permission (four-eyes)."""
+    roles.staff.groups.add(roles.operators)  # the initiator now holds every permission an operator has
+    before = what_changes(waiting)
+    stranger = UserFactory(username="stranger", groups=[roles.approvers])
+
+    answers = {
+        "anonymous": api_as(None).post(signal_path(waiting), signal()).status_code,
+        "stranger": api_as(stranger).post(signal_path(waiting), signal()).status_code,
+        "manager": api_as(roles.manager).post(signal_path(waiting), signal()).status_code,
+        "initiator": api_as(roles.staff).post(signal_path(waiting), signal()).status_code,
+        "unknown id": api_as(roles.operator).post(signal_path(2**62), signal()).status_code,
+    }
+
+    assert answers == {"anonymous": 401, "stranger": 404, "manager": 403, "initiator": 403, "unknown id": 404}
+    assert what_changes(waiting) == before
+
+
+@in_process
+def test_by_business_key_unknown_shared_and_foreign(waiting, payment_flow, api_as, roles, run_steps):
+    twin = instance_start("api_payment", {"order": "B-1 again"}, initiator=roles.staff, business_key="B-1")
+    run_steps(twin)
+    operator = api_as(roles.operator)
+
+    unknown = operator.post("/api/signals/", {**signal(), "business_key": "NOPE"})
+    shared = operator.post("/api/signals/", {**signal(), "business_key": "B-1"})
+    stranger = api_as(UserFactory(username="stranger", groups=[roles.approvers]))
+    foreign = stranger.post("/api/signals/", {**signal(), "business_key": "B-1", "workflow": "api_payment"})
+    no_key = operator.post("/api/signals/", signal())
+
+    assert unknown.status_code == 404
+    assert (shared.status_code, list(shared.json()["errors"])) == (409, ["business_key"])
+    assert foreign.status_code in (404, 409)  # the key is shared: it never reaches an instance
+    assert (no_key.status_code, list(no_key.json()["errors"])) == (400, ["business_key"])
+    assert not ReceivedSignal.objects.exists()
+
+
+@in_process
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ("not json", "body"),
+        ('{"event": "payment.confirmed", "signal_id": "a\\u0000b", "payload": {}}', "body"),
+        ('{"event": 7, "signal_id": "x", "payload": {}}', "event"),
+        ('{"event": "payment.confirmed", "signal_id": ["x"], "payload": {}}', "signal_id"),
+        ('{"event": "payment.confirmed", "signal_id": "x", "payload": [1, 2]}', "payload"),
+        ('{"event": "payment.confirmed", "signal_id": "x", "payload": "paid"}', "payload"),
+        ('{"event": "payment.confirmed", "signal_id": "' + "x" * 201 + '"}', "signal_id"),
+        ('{"event": "payment.confirmed", "signal_id": "   "}', "signal_id"),
+        ("[]", "body"),
+        ('{"event": "payment.confirmed", "signal_id": "x", "payload": {"big": "' + "x" * 300_000 + '"}}', None),
+    ],
+)
+def test_junk_signals_are_4xx_problems(waiting, api_as, roles, raw, field):
+    before = what_changes(waiting)
+
+    response = api_as(roles.operator).post(signal_path(waiting), raw=raw)
+
+    assert 400 <= response.status_code < 500, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    if field is not None and field != "body":
+        assert field in response.json().get("errors", {}), response.json()
+    assert what_changes(waiting) == before
