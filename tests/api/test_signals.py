@@ -159,7 +159,8 @@ def test_an_early_signal_is_kept_and_consumed_when_the_instance_reaches_its_node
     run_steps(instance)
     assert state_of(instance) == InstanceState.COMPLETED
     kept = ReceivedSignal.objects.get(instance=instance)
-    assert kept.consumed_at is not None and kept.step.name == "wait_payment"
+    assert kept.consumed_at is not None
+    assert kept.step.name == "wait_payment"
     replay = api_as(roles.operator).post(signal_path(instance), signal("early"))
     assert (replay.status_code, replay.json()["state"]) == (200, "consumed")
 

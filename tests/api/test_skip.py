@@ -1,0 +1,125 @@
+"""Skipping a failed instance's dead step through the API: the console's own service and checks (a failed
+instance, its one dead task or timer step, a reason, an output that can be stored), operators only."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.models import AuditEvent, InstanceState, StepRun, StepState, WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def failed(api_as, roles, run_steps):
+    """An expense by staff, approved by staff2, whose payout then failed every attempt."""
+    instance = instance_start(
+        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.staff
+    )
+    task = instance.tasks.get()
+    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    return instance
+
+
+def skip_path(instance: WorkflowInstance) -> str:
+    return f"/api/instances/{instance.pk}/skip/"
+
+
+def what_changes(instance: WorkflowInstance) -> tuple:
+    return (
+        AuditEvent.objects.filter(instance=instance).count(),
+        tuple(StepRun.objects.filter(instance=instance).order_by("pk").values_list("pk", "state")),
+        WorkflowInstance.objects.values_list("state", "data").get(pk=instance.pk),
+    )
+
+
+@pytest.mark.parametrize("by", ["name", "id"])
+def test_an_operator_skips_the_dead_step_with_its_output_and_the_instance_goes_on(failed, api_as, roles, run_steps, by):
+    # given
+    dead = failed.steps.get(name="payout", state=StepState.DEAD)
+    step = dead.name if by == "name" else dead.pk
+
+    # when
+    response = api_as(roles.operator).post(
+        skip_path(failed), {"step": step, "output": {"payout_id": "P-77"}, "reason": "paid by hand"}
+    )
+    run_steps(failed, advance=True)
+
+    # then: the step is skipped with the output, the data holds it, the flow went on, one audit event of each kind
+    assert response.status_code == 200, response.content
+    dead.refresh_from_db()
+    failed.refresh_from_db()
+    assert dead.state == StepState.SKIPPED
+    assert dead.result == {"payout_id": "P-77"}
+    assert failed.data["payout_id"] == "P-77"
+    assert failed.state == InstanceState.COMPLETED
+    skipped = AuditEvent.objects.get(instance=failed, action="step.skipped")
+    assert (skipped.actor_label, skipped.reason, skipped.payload) == (
+        "user:operator",
+        "paid by hand",
+        {"result": {"payout_id": "P-77"}},
+    )
+    assert AuditEvent.objects.filter(instance=failed, action="instance.retried").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"step": "payout", "output": {}}, 400, "reason"),
+        ({"step": "payout", "output": {}, "reason": ""}, 400, "reason"),
+        ({"step": "payout", "output": {}, "reason": "x" * 2001}, 400, "reason"),
+        ({"output": {}, "reason": "r"}, 400, "step"),
+        ({"step": True, "reason": "r"}, 400, "step"),
+        ({"step": 0, "reason": "r"}, 400, "step"),
+        ({"step": [1], "reason": "r"}, 400, "step"),
+        ({"step": "no_such_step", "reason": "r"}, 400, "step"),
+        ({"step": "payout", "output": [1], "reason": "r"}, 400, "output"),
+        ({"step": "payout", "output": "{}", "reason": "r"}, 400, "output"),
+        ({"step": "payout", "output": {"k" * 201: 1}, "reason": "r"}, 400, "output"),
+        ({"step": "payout", "output": {" ": 1}, "reason": "r"}, 400, "output"),
+        ({"step": "team_approval", "output": {}, "reason": "r"}, 409, None),
+        ({"step": 2**62, "output": {}, "reason": "r"}, 409, None),
+    ],
+)
+def test_bad_skips_name_the_field_and_change_nothing(failed, api_as, roles, body, status, field):
+    client = api_as(roles.operator)
+    before = what_changes(failed)
+
+    response = client.post(skip_path(failed), body)
+
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    if field:
+        assert field in response.json()["errors"], response.json()
+    assert what_changes(failed) == before
+
+
+def test_only_operators_skip_and_only_what_they_see(failed, api_as, roles):
+    stranger = UserFactory(username="stranger")  # no group: not a candidate of its approval either
+    clients = {
+        "anonymous": api_as(None),
+        "initiator (approver)": api_as(roles.staff),
+        "manager": api_as(roles.manager),
+        "stranger": api_as(stranger),
+    }
+    before = what_changes(failed)
+    body = {"step": "payout", "output": {}, "reason": "r"}
+
+    answers = {who: client.post(skip_path(failed), body).status_code for who, client in clients.items()}
+
+    assert answers == {"anonymous": 401, "initiator (approver)": 403, "manager": 403, "stranger": 404}
+    assert what_changes(failed) == before
+
+
+def test_a_running_instance_has_nothing_to_skip(api_as, roles):
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    response = api_as(roles.operator).post(skip_path(instance), {"step": "team_approval", "reason": "r"})
+
+    assert response.status_code == 409
+    assert "failed" in response.json()["detail"]
