@@ -1,7 +1,8 @@
 """API tokens: create (the secret is returned once), revoke, list, and look one up by the secret a client sends.
 
-Every creation and revocation is an event of the audit trail's standalone ``api_tokens`` chain, with who did it
-(the owner on their page, or "system:command" from ``manage.py api_token``) and the request it came from.
+Every creation and revocation is one event of the audit trail's standalone ``api_tokens`` chain, with who did it
+(the owner on their page, or "system:command" from ``manage.py baton_api_token``) and the request it came from.
+This module is the only writer of those events: nothing else records a token's creation or revocation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from api.models import ApiToken
+from orchestrator.accounts import current_request_meta
 from orchestrator.audit import Actor, append_standalone
 from orchestrator.audit_actions import AuditAction
 from orchestrator.inputs import HORIZON, check_text
@@ -92,11 +94,12 @@ def token_create(
             subject_id=token.pk,
             payload={
                 "user": user.get_username(),
+                "user_id": user.pk,
                 "name": name,
                 "prefix": token.prefix,
                 "expires_at": expires_at.isoformat() if expires_at else None,
             },
-            request_meta=request_meta,
+            request_meta=request_meta if request_meta is not None else current_request_meta(),
         )
     return NewToken(token, secret)
 
@@ -125,8 +128,13 @@ def token_revoke(
             action=AuditAction.TOKEN_REVOKED,
             subject_type="api_token",
             subject_id=token.pk,
-            payload={"user": token.user.get_username(), "name": token.name, "prefix": token.prefix},
-            request_meta=request_meta,
+            payload={
+                "user": token.user.get_username(),
+                "user_id": token.user_id,
+                "name": token.name,
+                "prefix": token.prefix,
+            },
+            request_meta=request_meta if request_meta is not None else current_request_meta(),
         )
     return token
 

@@ -197,39 +197,6 @@ def access_refused(request: HttpRequest, response: HttpResponse) -> None:
 _ROUTE_SUBJECTS = {"instance_id": "instance", "task_id": "task", "view_id": "saved_view", "object_id": "object"}
 
 
-def api_token_created(token_id: int, owner: AbstractBaseUser, name: str, actor: Actor | None = None) -> None:
-    """Record that API token ``token_id`` (called ``name``) was created for ``owner``; never the secret itself.
-
-    For the API's token service: call it inside the transaction that saves the token. ``actor`` defaults to the
-    signed-in user of the current request (or the system outside one); the request's data comes along.
-    """
-    append_standalone(
-        ACCOUNTS_CHAIN,
-        actor=actor or current_actor(),
-        action=AuditAction.TOKEN_CREATED,
-        subject_type="token",
-        subject_id=token_id,
-        payload={"user": owner.get_username(), "user_id": owner.pk, "name": name},
-        request_meta=current_request_meta(),
-    )
-
-
-def api_token_revoked(
-    token_id: int, owner: AbstractBaseUser, name: str, reason: str = "", actor: Actor | None = None
-) -> None:
-    """Record that API token ``token_id`` of ``owner`` was revoked, with the reason given (see api_token_created)."""
-    append_standalone(
-        ACCOUNTS_CHAIN,
-        actor=actor or current_actor(),
-        action=AuditAction.TOKEN_REVOKED,
-        subject_type="token",
-        subject_id=token_id,
-        reason=reason,
-        payload={"user": owner.get_username(), "user_id": owner.pk, "name": name},
-        request_meta=current_request_meta(),
-    )
-
-
 def _user_stored(sender: Any, instance: Any, raw: bool = False, update_fields: Any = None, **_: Any) -> None:
     """pre_save: remember the stored row's tracked fields, to compare after the save."""
     instance._baton_stored = None

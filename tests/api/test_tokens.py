@@ -179,3 +179,48 @@ def test_the_command_creates_lists_and_revokes(roles):
     assert secret not in listing.getvalue()
     call_command("baton_api_token", "revoke", str(token.pk), stdout=io.StringIO())
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
+
+
+def test_a_creation_and_a_revocation_on_the_page_are_each_exactly_one_event_with_actor_and_request(roles):
+    """One path records tokens (api/tokens.py): the whole trail, every chain, holds one event per change."""
+    # given
+    client = Client(HTTP_USER_AGENT="token-test/1.0")
+    client.force_login(roles.staff)
+
+    # when
+    client.post("/api/tokens/", {"name": "nightly report", "expires": "never"})
+    token = ApiToken.objects.get(user=roles.staff)
+    client.post(f"/api/tokens/{token.pk}/revoke/")
+    client.post(f"/api/tokens/{token.pk}/revoke/")  # a second click: already revoked, nothing more to record
+
+    # then
+    created = AuditEvent.objects.filter(action="token.created")
+    revoked = AuditEvent.objects.filter(action="token.revoked")
+    assert created.count() == 1
+    assert revoked.count() == 1
+    for event, path in ((created.get(), "/api/tokens/"), (revoked.get(), f"/api/tokens/{token.pk}/revoke/")):
+        assert (event.chain, event.subject_type, event.subject_id) == (TOKENS_CHAIN, "api_token", token.pk)
+        assert (event.actor_label, event.actor_id) == ("user:staff", roles.staff.pk)
+        assert (event.payload["user"], event.payload["user_id"], event.payload["name"]) == (
+            "staff",
+            roles.staff.pk,
+            "nightly report",
+        )
+        assert event.request_meta["path"] == path
+        assert event.request_meta["user_agent"] == "token-test/1.0"
+        assert event.request_id
+    assert not verify_trail(TOKENS_CHAIN).breaks
+
+
+def test_the_command_records_one_event_per_change_as_the_system(roles):
+    # when
+    call_command("baton_api_token", "create", "staff", "--name", "ci", stdout=io.StringIO(), stderr=io.StringIO())
+    token = ApiToken.objects.get(user=roles.staff)
+    call_command("baton_api_token", "revoke", str(token.pk), stdout=io.StringIO(), stderr=io.StringIO())
+
+    # then
+    events = AuditEvent.objects.filter(action__in=["token.created", "token.revoked"]).order_by("seq")
+    assert [(e.action, e.actor_label, e.subject_id) for e in events] == [
+        ("token.created", "system:command", token.pk),
+        ("token.revoked", "system:command", token.pk),
+    ]

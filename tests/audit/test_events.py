@@ -8,11 +8,11 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
+from api.tokens import token_create
 from approvals.models import SavedView
 from orchestrator import registry
-from orchestrator.accounts import api_token_created, api_token_revoked
 from orchestrator.apps import _record_workflow_versions
-from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, SAVED_VIEWS_CHAIN, WORKFLOWS_CHAIN, Actor, verify_trail
+from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, SAVED_VIEWS_CHAIN, WORKFLOWS_CHAIN, verify_trail
 from orchestrator.dsl import StepContext, Task, Workflow
 from orchestrator.models import AuditEvent
 from tests.admin_forms import post_user_change
@@ -149,19 +149,6 @@ def test_someone_elses_saved_view_is_not_deleted_and_nothing_is_recorded(users):
     assert not AuditEvent.objects.filter(chain=SAVED_VIEWS_CHAIN).exists()
 
 
-def test_api_tokens_created_and_revoked_are_recorded_without_the_secret(users):
-    """The hooks the API's token service calls: who, for whom, which token, why revoked."""
-    # when
-    api_token_created(41, users.staff, "CI pipeline", actor=Actor.of(users.admin))
-    api_token_revoked(41, users.staff, "CI pipeline", reason="left the team", actor=Actor.of(users.admin))
-
-    # then
-    created, revoked = last("token.created"), last("token.revoked")
-    assert (created.chain, created.subject_type, created.subject_id) == (ACCOUNTS_CHAIN, "token", 41)
-    assert created.payload == {"user": "staff", "user_id": users.staff.pk, "name": "CI pipeline"}
-    assert (revoked.actor_label, revoked.reason) == ("user:admin", "left the team")
-
-
 def test_workflow_versions_are_recorded_once_when_first_seen(register_workflow):
     """After migrate and at a worker's start: each registered version once, with its shape's fingerprint."""
     # given
@@ -196,5 +183,5 @@ def test_every_new_kind_of_event_keeps_the_chains_verifiable(users):
     client.post("/login/", {"username": "staff", "password": PASSWORD})
     client.get("/audit/")
     client.post("/inbox/views/", {"name": "V", "tab": "mine"})
-    api_token_created(1, users.staff, "t")
+    token_create(users.staff, "t")
     assert verify_trail().breaks == []
