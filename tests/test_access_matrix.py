@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -242,6 +243,23 @@ class World:
         return text.format_map({**self.values, "username": USERNAMES.get(role, "nobody"), "password": PASSWORD})
 
 
+def _signal_flow() -> Workflow:
+    return importlib.import_module("tests.api.signal_flows").API_PAYMENT
+
+
+def _register_flows() -> None:
+    """The review workflow of the other team, and the tests' signal workflow (``{waiting}``)."""
+    registry.register(REVIEW)
+    payment = _signal_flow()
+    if not registry.is_registered(payment.name, payment.version):
+        registry.register(payment)
+
+
+def _unregister_flows() -> None:
+    registry.unregister(REVIEW.name, REVIEW.version)
+    registry.unregister(_signal_flow().name, _signal_flow().version)
+
+
 def _drain(instance: WorkflowInstance) -> None:
     """Run the instance's automated steps in-process until none is left, back-offs included (no sleeping)."""
     refused: set[int] = set()
@@ -346,6 +364,13 @@ def build_world(*, with_escalation: bool) -> World:
         "dry_run": _bulk_job(people["operator"], confirm=False),
         "soon": f"{timezone.localtime() + timedelta(days=1):%Y-%m-%dT%H:%M}",
     }
+    # An order of the tests' signal workflow, started by requester, waiting for its payment at the Signal node.
+    waiting = instance_start(
+        "api_payment", {"order": "M-1"}, initiator=people["requester"], business_key="matrix-order"
+    )
+    _drain(waiting)
+    assert WorkflowInstance.objects.get(pk=waiting.pk).state == InstanceState.WAITING
+    values["waiting"] = waiting.pk
     if with_escalation:
         order = instance_start(
             "order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=initiator
@@ -363,7 +388,7 @@ def build_world(*, with_escalation: bool) -> World:
 @pytest.fixture(scope="class")
 def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
     """The world of the HTTP cells, built once inside a transaction that is rolled back after the class."""
-    registry.register(REVIEW)
+    _register_flows()
     with django_db_blocker.unblock():
         outer = transaction.atomic()
         outer.__enter__()
@@ -376,13 +401,13 @@ def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
         except BaseException:
             transaction.set_rollback(True)
             outer.__exit__(None, None, None)
-            registry.unregister(REVIEW.name, REVIEW.version)
+            _unregister_flows()
             raise
     yield built
     with django_db_blocker.unblock():
         transaction.set_rollback(True)
         outer.__exit__(None, None, None)
-    registry.unregister(REVIEW.name, REVIEW.version)
+    _unregister_flows()
 
 
 # --- HTTP cells -----------------------------------------------------------------------------------------
@@ -683,7 +708,7 @@ async def socket_cell(world: World, row: Row, role: str) -> str:
 async def test_websocket_cells() -> None:
     """Each websocket cell: connecting, and asking to follow an instance, answer what the matrix says."""
     # given
-    registry.register(REVIEW)
+    _register_flows()
     try:
         world = await sync_to_async(build_world)(with_escalation=False)
         rows = [row for row in ROWS if row.is_socket]
@@ -697,7 +722,7 @@ async def test_websocket_cells() -> None:
                 if seen != row.cells[role]:
                     wrong.append(f"{row.request} as {role}: the matrix says {row.cells[role]}, the socket did {seen}")
     finally:
-        registry.unregister(REVIEW.name, REVIEW.version)
+        _unregister_flows()
 
     # then
     assert not wrong, "\n".join(wrong)
