@@ -36,7 +36,7 @@ from audit.views import export_response
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
-from orchestrator.models import ReceivedSignal, StepKind, StepRun, StepState, WorkflowInstance
+from orchestrator.models import StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
 from orchestrator.services import signals as signal_services
@@ -412,9 +412,9 @@ def _deliver(request: Request, instance_id: int, body: dict[str, Any]) -> Respon
         request_meta=request_meta(request._request),
     )
     repeat = delivery.outcome == "repeat"
-    signal = ReceivedSignal.objects.get(pk=delivery.signal.pk) if repeat else delivery.signal
     response = Response(
-        s.ReceivedSignalSerializer(signal).data, status=status.HTTP_200_OK if repeat else status.HTTP_201_CREATED
+        s.ReceivedSignalSerializer(delivery.signal).data,
+        status=status.HTTP_200_OK if repeat else status.HTTP_201_CREATED,
     )
     if repeat:
         response["Idempotent-Replayed"] = "true"
@@ -433,7 +433,7 @@ def _deliver(request: Request, instance_id: int, body: dict[str, Any]) -> Respon
         responses={
             201: s.ReceivedSignalSerializer,
             200: s.ReceivedSignalSerializer,
-            403: OpenApiResponse(description="No deliver_signal permission, or you started this instance."),
+            403: OpenApiResponse(description="No deliver_signal permission, or you started the instance."),
             404: OpenApiResponse(description="No open instance with this key that you may see."),
             409: OpenApiResponse(
                 description="Several open instances have the key, the instance ended, or the id "
@@ -447,12 +447,14 @@ class SignalViewSet(viewsets.ViewSet):
     """Signals addressed by business key (by id: ``POST /api/instances/{id}/signals/``)."""
 
     def create(self, request: Request) -> Response:
+        # The role first: a business key names no object the caller has shown they may see, so whoever may not
+        # deliver learns nothing (no "several open instances" 409, no 404) about which keys are open.
+        if not request.user.has_perm(DELIVER_SIGNAL):
+            raise Problem(403, "Your role may not deliver signals.", code="forbidden")
         body = _valid(s.SignalByKeySerializer, request.data)
         instance_id = signal_services.signal_target(None, body["business_key"], body.get("workflow"))
         if selectors.instance_for_user(request.user, instance_id) is None:
             raise Http404
-        if not request.user.has_perm(DELIVER_SIGNAL):
-            raise Problem(403, "Your role may not deliver signals.", code="forbidden")
         return _deliver(request, instance_id, body)
 
 

@@ -246,7 +246,7 @@ def test_by_business_key_unknown_shared_and_foreign(waiting, payment_flow, api_a
 
     assert unknown.status_code == 404
     assert (shared.status_code, list(shared.json()["errors"])) == (409, ["business_key"])
-    assert foreign.status_code in (404, 409)  # the key is shared: it never reaches an instance
+    assert foreign.status_code == 403  # the role first: a person who may not deliver learns nothing of the keys
     assert (no_key.status_code, list(no_key.json()["errors"])) == (400, ["business_key"])
     assert not ReceivedSignal.objects.exists()
 
@@ -277,3 +277,24 @@ def test_junk_signals_are_4xx_problems(waiting, api_as, roles, raw, field):
     if field is not None and field != "body":
         assert field in response.json().get("errors", {}), response.json()
     assert what_changes(waiting) == before
+
+
+@in_process
+def test_an_integration_account_needs_deliver_signal_and_to_see_the_instance(waiting, api_as, roles):
+    """README: a service account holds ``deliver_signal`` and ``view_workflowinstance``; with the first alone every
+    instance it did not start is 404, by id and by business key alike."""
+    from django.contrib.auth.models import Permission
+
+    account = UserFactory(username="payments-gateway")
+    account.user_permissions.add(Permission.objects.get(codename="deliver_signal"))
+    client = api_as(account)
+    by_key = {**signal("k-1"), "business_key": "B-1"}
+
+    blind = (client.post(signal_path(waiting), signal()).status_code, client.post("/api/signals/", by_key).status_code)
+    account.user_permissions.add(Permission.objects.get(codename="view_workflowinstance"))
+    delivered = client.post("/api/signals/", by_key)  # each request loads the token's user, permissions afresh
+
+    assert blind == (404, 404)
+    assert delivered.status_code == 201, delivered.content
+    assert delivered.json()["instance"] == waiting.pk
+    assert state_of(waiting) == InstanceState.RUNNING
