@@ -418,7 +418,7 @@ class SkipSerializer(ReasonSerializer):
 
 class AuditFilterSerializer(serializers.Serializer):
     """The audit timeline's filters (``audit.forms.AuditFilterForm`` checks them: this class only describes them
-    in the schema), the cursor and the page size."""
+    in the schema)."""
 
     actor = serializers.CharField(required=False, help_text="A username, or a label such as system:worker.")
     action = serializers.CharField(required=False, help_text="Exact (task.completed), or a prefix (task.).")
@@ -430,6 +430,11 @@ class AuditFilterSerializer(serializers.Serializer):
     until = serializers.DateTimeField(required=False, help_text="Before (no offset: the site's time zone).")
     q = serializers.CharField(required=False, help_text="Text in reasons and comments.")
     request_id = serializers.CharField(required=False, help_text="Every event one request caused.")
+
+
+class AuditPageQuerySerializer(AuditFilterSerializer):
+    """The filters, and where the page starts and how long it is."""
+
     cursor = serializers.CharField(required=False, help_text="The `next` link's cursor: older events.")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="1-200, default 50.")
 

@@ -329,6 +329,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def skip(self, request: Request, pk: int) -> Response:
+        """404 unseen, 403 not an operator, 400 naming ``step``/``output``/``reason``, 409 what the service refuses
+        (``instance_step_skip``: not failed, saga begun, not its one dead task or timer step); else the instance."""
         instance = self._instance(pk)
         if not selectors.can_operate(request.user):
             raise Problem(403, "Only operators may skip a step.", code="forbidden")
@@ -373,6 +375,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"], url_path="signals")
     def signals(self, request: Request, pk: int) -> Response:
+        """404 unseen, 403 without ``deliver_signal``, 400 a malformed body; then what ``_deliver`` answers."""
         instance = self._instance(pk)
         if not request.user.has_perm(DELIVER_SIGNAL):
             raise Problem(403, "Your role may not deliver signals.", code="forbidden")
@@ -447,6 +450,8 @@ class SignalViewSet(viewsets.ViewSet):
     """Signals addressed by business key (by id: ``POST /api/instances/{id}/signals/``)."""
 
     def create(self, request: Request) -> Response:
+        """403 without ``deliver_signal``, 400 a malformed body, 404/409 a key of no or several open instances (or
+        none the caller sees: 404); then what ``_deliver`` answers."""
         # The role first: a business key names no object the caller has shown they may see, so whoever may not
         # deliver learns nothing (no "several open instances" 409, no 404) about which keys are open.
         if not request.user.has_perm(DELIVER_SIGNAL):
@@ -584,10 +589,12 @@ class AuditEventsView(APIView):
             "offset are in the site's time zone. Follow `next` for older events (the cursor is opaque; a damaged "
             "one is 400). Admins only (`orchestrator.view_trail`)."
         ),
-        parameters=[s.AuditFilterSerializer],
+        parameters=[s.AuditPageQuerySerializer],
         responses={200: s.AuditPageSerializer},
     )
     def get(self, request: Request) -> Response:
+        """A page of ``limit`` events (1-200, default 50) older than ``cursor``; 400 naming a bad filter, limit or
+        cursor; 403 for anyone but admins."""
         filters = _trail_filters(request)
         limit_text = request.query_params.get("limit", str(AUDIT_PAGE_DEFAULT))
         if not re.fullmatch(r"\d{1,3}", limit_text) or not 1 <= int(limit_text) <= AUDIT_PAGE_MAX:
@@ -620,6 +627,7 @@ class _AuditExportView(APIView):
     kind = ""
 
     def get(self, request: Request) -> HttpResponseBase:
+        """The page's streamed export as ``kind``; 400 naming a bad filter, 403 for anyone but admins."""
         return export_response(request._request, self.kind, _trail_filters(request))
 
 
