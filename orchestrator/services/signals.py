@@ -377,8 +377,8 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
 def signals_sweep(now: datetime, report: Any, isolated: Callable[..., int]) -> dict[str, int]:
     """Time out the waits whose timeout passed, and hand kept signals to steps now waiting for them (an instance
     paused or failed when its signal came). One instance per transaction, isolated like the rest of the sweep.
-    ``isolated`` is the sweep's runner of one due item (``sweep.isolated``: passed in, so this module stays below
-    the sweep). Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
+    ``isolated`` is the sweep's runner of one due item (``sweep.isolated``, passed in by the sweep, which calls
+    this through ``sweep.register_signals_pass``). Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
     batch = settings.BATON_SWEEP_BATCH
     due = list(
         StepRun.objects.filter(
