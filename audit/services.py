@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
+from functools import partial
 
+from celery import current_app
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission, User
 from django.db import IntegrityError, transaction
@@ -32,6 +34,9 @@ BREAKS_KEPT = 100
 STALE_AFTER = timedelta(minutes=10)
 # Progress is written and broadcast at most this often (seconds): the bar moves, the database is not flooded.
 PROGRESS_EVERY = 0.5
+# The Celery task that runs a queued verification (audit/tasks.py), published by name: the services never import the
+# module of Celery entry points that calls them (one way: tasks -> services).
+VERIFICATION_RUN_TASK = "audit.tasks.verification_run"
 
 
 class VerificationBusy(Exception):
@@ -83,8 +88,6 @@ def verification_request(user: User | None, *, scheduled: bool = False) -> Verif
     ``user`` is who asked (None for the schedule). Raises ``VerificationBusy`` when one is already queued or
     running (two admins clicking at once get the same run), after settling runs whose worker died.
     """
-    from audit.tasks import verification_run
-
     settle_stale()
     now = timezone.now()
     try:
@@ -101,9 +104,18 @@ def verification_request(user: User | None, *, scheduled: bool = False) -> Verif
         if running is None:  # finished between the insert and this read: try once more
             return verification_request(user, scheduled=scheduled)
         raise VerificationBusy(running) from None
-    transaction.on_commit(lambda: verification_run.delay(verification.pk))
+    transaction.on_commit(partial(send_verification, verification.pk))
     _tell(verification)
     return verification
+
+
+def send_verification(verification_id: int) -> None:
+    """Publish the Celery message that runs queued verification ``verification_id`` (after the row's commit).
+
+    Raises what the broker raises, as the task's own ``delay`` did; a row whose message never left is settled as
+    an error by :func:`settle_stale` after ``STALE_AFTER``."""
+    # ignore_result as the task declares it (only a task object's own publish would have added it).
+    current_app.send_task(VERIFICATION_RUN_TASK, args=(verification_id,), ignore_result=True)
 
 
 def verification_execute(verification_id: int) -> Verification | None:

@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
@@ -56,6 +57,9 @@ MAX_ATTEMPTS = 8
 # receiver's load), capped at BACKOFF_MAX: 10 s, 20 s, 40 s ... about 21 minutes over the eight attempts.
 BACKOFF_BASE = 10.0
 BACKOFF_MAX = 3600.0
+# The Celery task that makes one attempt (automation/tasks.py), published by name: the services never import the
+# module of Celery entry points that calls them (one way: tasks -> services).
+DELIVERY_SEND_TASK = "automation.tasks.delivery_send"
 # Paused when this many attempts in a row failed and the first of them is at least PAUSE_AFTER old (a burst
 # against a receiver restarting for a minute does not pause it).
 PAUSE_AFTER_FAILURES = 10
@@ -321,8 +325,6 @@ def _recover(now: datetime) -> int:
 
 
 def _dispatch_due(now: datetime) -> int:
-    from automation.tasks import delivery_send
-
     with transaction.atomic():
         due = list(
             WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
@@ -338,13 +340,14 @@ def _dispatch_due(now: datetime) -> int:
         if due:
             WebhookDelivery.objects.filter(pk__in=due).update(dispatched_at=now)
             for delivery_id in due:
-                transaction.on_commit(partial(_send_task, delivery_send, delivery_id))
+                transaction.on_commit(partial(_send_delivery, delivery_id))
         return len(due)
 
 
-def _send_task(task: Any, delivery_id: int) -> None:
+def _send_delivery(delivery_id: int) -> None:
     try:
-        task.delay(delivery_id)
+        # ignore_result as the task declares it (only a task object's own publish would have added it).
+        current_app.send_task(DELIVERY_SEND_TASK, args=(delivery_id,), ignore_result=True)
     except Exception:
         logger.exception("could not publish webhook delivery %s; the sweep will send it again", delivery_id)
 

@@ -21,9 +21,11 @@ PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.exe
 CELERY = str(VENV_BIN / "celery")
 
 PG_SERVER = "postgres://root@127.0.0.1:5432"
-DB_NAME = "baton_bench"
-REDIS_URL = "redis://127.0.0.1:6379/13"
-WORKER_LOG = Path("/tmp/baton-bench-worker.log")
+# A lane or person sharing the machine gives the bench a database, Redis db and worker log of its own (like the
+# other bench scripts' BENCH_REDIS_URL); the defaults are the bench's own.
+DB_NAME = os.environ.get("BENCH_DB_NAME", "baton_bench")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+WORKER_LOG = Path(os.environ.get("BENCH_WORKER_LOG", "/tmp/baton-bench-worker.log"))
 
 BENCH_FLOWS = "demo.workflows.bench"
 

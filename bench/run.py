@@ -521,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl+C must stop the worker too, even when started from a shell that ignores SIGINT in the background.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    print(f"baton bench: database {harness.DB_NAME} {harness.reset_database(keep=args.keep)}, Redis db 13 flushed")
+    print(
+        f"baton bench: database {harness.DB_NAME} {harness.reset_database(keep=args.keep)}, {harness.REDIS_URL} flushed"
+    )
     harness.flush_redis()
     harness.migrate()
 

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery import current_app
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -51,6 +52,9 @@ DRY_RUN_TTL = timedelta(minutes=30)
 BATCH = 50
 # A queued or running job no worker touched for this long is sent again.
 STALE_AFTER = timedelta(seconds=60)
+# The Celery task that works a bulk job (console/tasks.py), published by name: the services never import the module
+# of Celery entry points that calls them (one way: tasks -> services).
+BULK_JOB_WORK_TASK = "console.tasks.bulk_job_work"
 
 # The instance states each action applies to (the dry run lists only these).
 APPLIES_TO: dict[str, tuple[str, ...]] = {
@@ -168,10 +172,9 @@ def bulk_confirm(
 def send_work(job_id: int) -> None:
     """Publish the Celery message that works ``job_id``; a broker outage is logged, and the periodic resume sends
     it again (the job's rows say what is left)."""
-    from console.tasks import bulk_job_work
-
     try:
-        bulk_job_work.delay(job_id)
+        # ignore_result as the task declares it (only a task object's own publish would have added it).
+        current_app.send_task(BULK_JOB_WORK_TASK, args=(job_id,), ignore_result=True)
     except Exception:
         logger.exception("could not publish bulk job %s; bulk_jobs_resume will send it again", job_id)
 

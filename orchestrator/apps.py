@@ -31,6 +31,10 @@ class OrchestratorConfig(AppConfig):
         from orchestrator.dbtypes import tolerate_out_of_range_timestamps
 
         registry.load_modules()
+        # The engine's lower services never import signals (no import cycle): signals hooks itself in here.
+        from orchestrator.services import signals
+
+        signals.register()
         accounts.connect()
         # Workflow versions first seen by this deployment go into the audit trail after migrate and at a worker's
         # start (orchestrator/audit.py, workflow_versions_record).

@@ -18,8 +18,6 @@ import json
 import logging
 import random
 import time
-import weakref
-from collections import defaultdict
 from importlib import import_module
 from typing import Any
 
@@ -29,7 +27,7 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.http import HttpRequest
 
-from orchestrator import live_names
+from orchestrator import live_names, livecount
 from orchestrator.ports import human_tasks_or_none
 from orchestrator.realtime import remember_server_loop, session_digest
 from orchestrator.selectors import can_view_all_instances, instance_for_user
@@ -48,9 +46,7 @@ MAX_INSTANCE_SUBSCRIPTIONS = 20
 # Sockets one person may hold open on one web process (tabs of every browser they use): each re-checks on the
 # process's one database thread, so sockets without end would delay everyone's re-checks.
 MAX_SOCKETS_PER_USER = 30
-# Open sockets per user id in this process (all consumers of a process share its one event loop: no lock). Weak,
-# so a consumer that dies without its disconnect (an exception) does not hold a place for ever.
-_open_sockets: defaultdict[int, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
+# Open sockets per user id in this process: ``livecount.open_sockets`` (it counts them for /metrics).
 # The largest id a row can have (PostgreSQL bigint): anything above names nothing.
 MAX_ROW_ID = 2**63 - 1
 # A page asks once per connection; these bound the access checks one socket can cause.
@@ -125,8 +121,6 @@ def allowed_now(session_key: str | None, user_id: int, instance_ids: list[int]) 
 async def _publish_count(*, force: bool = False) -> None:
     """This process's open sockets for /metrics (orchestrator/livecount.py); a Redis fault is logged, never raised
     into the socket's life."""
-    from orchestrator import livecount
-
     try:
         await asyncio.to_thread(livecount.publish, force=force)
     except Exception:
@@ -159,11 +153,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.session_key: str | None = getattr(session, "session_key", None)
         self.session_digest = session_digest(self.session_key) if self.session_key else None
         self.user_id = user.pk
-        if len(_open_sockets[user.pk]) >= MAX_SOCKETS_PER_USER:
+        if len(livecount.open_sockets[user.pk]) >= MAX_SOCKETS_PER_USER:
             logger.warning("live socket: user %s already has %s sockets open here", user.pk, MAX_SOCKETS_PER_USER)
             await self.close(code=CLOSE_TOO_MANY)
             return
-        _open_sockets[user.pk].add(self)
+        livecount.open_sockets[user.pk].add(self)
         self.groups_joined = await database_sync_to_async(groups_for_user)(user)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -175,10 +169,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         self.gone = True
         user_id: int | None = getattr(self, "user_id", None)  # None: closed before it was counted
-        if user_id is not None and user_id in _open_sockets:
-            _open_sockets[user_id].discard(self)
-            if not _open_sockets[user_id]:
-                del _open_sockets[user_id]
+        if user_id is not None and user_id in livecount.open_sockets:
+            livecount.open_sockets[user_id].discard(self)
+            if not livecount.open_sockets[user_id]:
+                del livecount.open_sockets[user_id]
             await _publish_count(force=True)
         rechecker = getattr(self, "rechecker", None)
         if rechecker is not None:

@@ -1,8 +1,10 @@
 """How many live sockets are open, across every web process, for ``baton_live_connections`` in /metrics.
 
-Each web process keeps its sockets in ``consumers._open_sockets``. With Redis, a process writes its count under
-its own key (``<BATON_CHANNEL_PREFIX>live:<host>:<pid>``) with a time to live of three re-check periods, whenever
-a socket opens or closes and at most once a period from the sockets' re-check loop; the scrape adds the keys up.
+Each web process keeps its sockets in :data:`open_sockets` (the consumers add and remove themselves; the count
+lives here, below them, so neither module imports the other both ways). With Redis, a process writes its count
+under its own key (``<BATON_CHANNEL_PREFIX>live:<host>:<pid>``) with a time to live of three re-check periods,
+whenever a socket opens or closes and at most once a period from the sockets' re-check loop; the scrape adds the
+keys up.
 A process that dies stops refreshing its key, which expires: the total never counts its sockets for ever.
 Without Redis (the demo: one process) the count is read in the process.
 """
@@ -12,18 +14,23 @@ from __future__ import annotations
 import os
 import socket
 import time
+import weakref
+from collections import defaultdict
+from typing import Any
 
 import redis
 from django.conf import settings
 
 _last_published = 0.0
+# Open sockets per user id in this process (``orchestrator.consumers.LiveConsumer`` adds itself on connect and
+# leaves on disconnect; all consumers of a process share its one event loop: no lock). Weak, so a consumer that
+# dies without its disconnect (an exception) does not hold a place for ever.
+open_sockets: defaultdict[int, weakref.WeakSet[Any]] = defaultdict(weakref.WeakSet)
 
 
 def open_here() -> int:
     """Sockets open in this process."""
-    from orchestrator.consumers import _open_sockets
-
-    return sum(len(sockets) for sockets in _open_sockets.values())
+    return sum(len(sockets) for sockets in open_sockets.values())
 
 
 def _url() -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # types only: the port is below the services that implement a
 
     from orchestrator.dsl import Human
     from orchestrator.models import StepRun
-    from orchestrator.services.sweep import SweepReport
+    from orchestrator.services.sweep_report import SweepReport
     from orchestrator.services.unit import Unit
 
 

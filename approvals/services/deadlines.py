@@ -29,7 +29,8 @@ from orchestrator.dsl import Escalate, Reassign, Remind
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail
 from orchestrator.services.locks import SWEEPER, definition_or_none
-from orchestrator.services.sweep import SweepReport, isolated
+from orchestrator.services.sweep import isolated
+from orchestrator.services.sweep_report import SweepReport
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)

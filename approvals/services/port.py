@@ -39,7 +39,7 @@ from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import APPROVAL, Human, as_timedelta
 from orchestrator.models import StepKind, StepRun
 from orchestrator.services.locks import definition_of
-from orchestrator.services.sweep import SweepReport
+from orchestrator.services.sweep_report import SweepReport
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import COMPENSATE, Decision, Human, Node, Parallel, Signal, Task, Timer, Workflow, as_timedelta
+from orchestrator.dsl import COMPENSATE, Decision, Human, Node, Parallel, Task, Timer, Workflow, as_timedelta
 from orchestrator.models import ACTIVE_INSTANCE_STATES, StepKind, StepRun, StepState
 from orchestrator.ports import human_tasks
 from orchestrator.services.compensation import compensation_start
@@ -163,22 +163,15 @@ def _enter_parallel(unit: Unit, at: Place, node: Parallel) -> None:
         enter_node(unit, at.workflow, sub[0].name, step.pk, index, hops=at.hops + 1)
 
 
-# One handler per node kind (looked up along the node class's MRO, so a subclass of a kind is entered as it).
-def _enter_signal(unit: Unit, at: Place, node: Signal) -> None:
-    """Wait for the node's event from outside (orchestrator/services/signals.py); a kept one is taken at once."""
-    from orchestrator.services.signals import signal_wait
-
-    common = {"instance": unit.instance, "name": node.name, "parent_id": at.parent_id, "branch": at.branch}
-    signal_wait(unit, at.workflow, node, common)
-
-
+# One handler per node kind (looked up along the node class's MRO, so a subclass of a kind is entered as it). The
+# modules above this one add theirs at start-up instead of being imported from here: signals
+# (orchestrator/services/signals.py, ``register``) adds ``Signal``'s, from ``OrchestratorConfig.ready()``.
 ENTER: dict[type[Node], Callable[[Unit, Place, Any], None]] = {
     Task: _enter_task,
     Timer: _enter_timer,
     Human: _enter_human,
     Decision: _enter_decision,
     Parallel: _enter_parallel,
-    Signal: _enter_signal,
 }
 
 

@@ -1,8 +1,9 @@
 """Signals: an instance waits at a ``Signal`` node for an event from outside, delivered by ``signal_deliver``.
 
-The engine calls :func:`signal_wait` from the one place it enters nodes (``flow.enter_node``) and
-:func:`signals_sweep` from the one periodic pass; an operator's retry of a timed-out wait calls
-:func:`signal_rearm`. Rules (docs/architecture.md, "Signals"):
+The engine never imports this module: :func:`register` (called from ``OrchestratorConfig.ready()``) hooks it in,
+so the one place that enters nodes (``flow.enter_node``) calls :func:`signal_wait` through ``flow.ENTER``, the one
+periodic pass calls :func:`signals_sweep` (``sweep.register_signals_pass``) and an operator's retry of a
+timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/architecture.md, "Signals"):
 
 - a delivery is keyed by the sender's ``signal_id``, unique per instance: a repeat with the same event and payload
   finds its row and changes nothing; the same id with another event or payload is a conflict;
@@ -46,8 +47,9 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.ports import human_tasks
+from orchestrator.services import steps, sweep
 from orchestrator.services.compensation import compensation_start
-from orchestrator.services.flow import advance
+from orchestrator.services.flow import ENTER, Place, advance
 from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail, settle
 from orchestrator.services.locks import (
     SWEEPER,
@@ -289,6 +291,22 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, receiv
 # --- waiting (the engine enters a Signal node) -----------------------------------------------------------
 
 
+def register() -> None:
+    """Hook signals into the engine, which never imports this module: entering a ``Signal`` node
+    (``flow.ENTER``), an operator's retry of a signal step (``steps.REARM``) and the sweep's signal pass
+    (``sweep.register_signals_pass``). Called from ``OrchestratorConfig.ready()``; calling it again changes
+    nothing. Raises nothing."""
+    ENTER[Signal] = _enter_signal
+    steps.REARM[StepKind.SIGNAL] = signal_rearm
+    sweep.register_signals_pass(signals_sweep)
+
+
+def _enter_signal(unit: Unit, at: Place, node: Signal) -> None:
+    """``flow.ENTER``'s handler for a ``Signal`` node: wait for the node's event; a kept one is taken at once."""
+    common = {"instance": unit.instance, "name": node.name, "parent_id": at.parent_id, "branch": at.branch}
+    signal_wait(unit, at.workflow, node, common)
+
+
 def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, Any]) -> StepRun:
     """Enter ``node``: a running signal step waits (until its timeout, if any); a kept signal for its event is
     consumed at once. ``common`` holds the step's instance, name, parent and branch. Returns the step."""
@@ -359,8 +377,8 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
 def signals_sweep(now: datetime, report: Any, isolated: Callable[..., int]) -> dict[str, int]:
     """Time out the waits whose timeout passed, and hand kept signals to steps now waiting for them (an instance
     paused or failed when its signal came). One instance per transaction, isolated like the rest of the sweep.
-    ``isolated`` is the sweep's runner of one due item (``sweep.isolated``: passed in, so this module stays below
-    the sweep). Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
+    ``isolated`` is the sweep's runner of one due item (``sweep.isolated``, passed in by the sweep, which calls
+    this through ``sweep.register_signals_pass``). Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
     batch = settings.BATON_SWEEP_BATCH
     due = list(
         StepRun.objects.filter(

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -591,6 +592,13 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
 # --- operations on one step (operators' retry and escalation answers) ----------------------------------------
 
 
+# A step kind that is not run by a worker is retried by its own module, which registers here at start-up (so this
+# module never imports it): ``StepKind.SIGNAL`` by orchestrator/services/signals.py (``register``, called from
+# ``OrchestratorConfig.ready()``). The hook runs inside the retry's transaction with ``(unit, workflow, step,
+# reason)``.
+REARM: dict[str, Callable[[Unit, Workflow, StepRun, str], None]] = {}
+
+
 def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:
     """Put a dead ``step`` back in the queue now with a fresh attempt budget (the one rule,
     :func:`~orchestrator.services.lifecycle.retry_attempts`), audited with ``reason``, and dispatch it after
@@ -599,10 +607,9 @@ def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> No
 
     Raises ``django_fsm.TransitionNotAllowed`` when the step is not dead; ``DefinitionError`` when the definition
     has no node of the step's name."""
-    if step.kind == StepKind.SIGNAL:
-        from orchestrator.services.signals import signal_rearm
-
-        signal_rearm(unit, workflow, step, reason)  # a timed-out wait for a signal waits again, nothing runs
+    rearm = REARM.get(step.kind)
+    if rearm is not None:
+        rearm(unit, workflow, step, reason)  # e.g. a timed-out wait for a signal waits again, nothing runs
         return
     from_state = step.state
     step.max_attempts = retry_attempts(step, workflow.node(step.name))

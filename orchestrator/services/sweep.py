@@ -4,7 +4,7 @@ in its own transaction, so one broken instance never stops the others (docs/arch
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from orchestrator import registry, rollups
 from orchestrator.audit_actions import AuditAction
+from orchestrator.events import sweep_extensions
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     DISPATCHABLE_STEP_STATES,
@@ -38,29 +39,24 @@ from orchestrator.services.locks import (
 )
 from orchestrator.services.results import clean_text
 from orchestrator.services.steps import record_failure
+from orchestrator.services.sweep_report import SweepReport as SweepReport  # its home until it moved below the port
 from orchestrator.services.unit import Fenced, Unit, send_step, step_dispatch_options
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class SweepReport:
-    """What one pass did: steps dispatched, leases expired, pauses ended, the task deadlines' counts
-    (the human side's ``tasks_sweep``, ``orchestrator.ports``), the claims it took back from people no longer able
-    to act (its ``tasks_release_unfit``), and ``errors``: due items whose handling raised (each logged,
-    audited on its instance and skipped; the pass went on)."""
+# The signal waits' pass: ``(now, report, isolated)`` -> its counts, put in ``report.signals``. The signals module
+# (orchestrator/services/signals.py) sits above this one and registers it from ``OrchestratorConfig.ready()``
+# (``signals.register``), so the sweep never imports it.
+SignalsPass = Callable[[datetime, SweepReport, Callable[..., int]], dict[str, int]]
+_signals_pass: SignalsPass | None = None
 
-    dispatched: int = 0
-    leases_expired: int = 0
-    resumed: int = 0
-    tasks: dict[str, int] = field(default_factory=dict)
-    unfit: dict[str, int] = field(default_factory=dict)
-    # The signal waits timed out and kept signals handed on (orchestrator/services/signals.py), and the counts of
-    # the apps' sweep work by name (orchestrator/events.py).
-    signals: dict[str, int] = field(default_factory=dict)
-    extensions: dict[str, dict[str, int]] = field(default_factory=dict)
-    errors: int = 0
-    rolled_up: int = 0
+
+def register_signals_pass(work: SignalsPass) -> None:
+    """Make ``work`` the sweep's signal pass (called once at start-up; registering again replaces it). Raises
+    nothing."""
+    global _signals_pass
+    _signals_pass = work
 
 
 def sweep(now: datetime | None = None) -> SweepReport:
@@ -96,14 +92,12 @@ def sweep(now: datetime | None = None) -> SweepReport:
         report.resumed += isolated(
             report, "pause end", "instance", instance_id, instance_id, partial(_pause_end, instance_id, now, registered)
         )
-    from orchestrator.events import sweep_extensions
-    from orchestrator.services.signals import signals_sweep
-
-    try:
-        report.signals = signals_sweep(now, report, isolated)
-    except Exception as exc:
-        report.errors += 1
-        sweep_item_failed("signal check", "sweep", None, None, exc)
+    if _signals_pass is not None:  # registered by orchestrator/services/signals.py at start-up
+        try:
+            report.signals = _signals_pass(now, report, isolated)
+        except Exception as exc:
+            report.errors += 1
+            sweep_item_failed("signal check", "sweep", None, None, exc)
     for name, work in sweep_extensions().items():  # scheduled starts, webhook deliveries (orchestrator/events.py)
         try:
             report.extensions[name] = work(now, report)
