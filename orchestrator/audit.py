@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,7 +89,42 @@ def _keys() -> list[tuple[str, bytes]]:
     return _parsed[1]
 
 
-def event_hash(event: AuditEvent, key: bytes | None = None) -> str:
+# What verification reads of an event: every hashed field, its id and its hash. Read as tuples, not models: building
+# a million model instances was about as costly as hashing them (bench/README.md, "Audit trail at a million events").
+_VERIFIED_FIELDS = (
+    "id",
+    "chain",
+    "seq",
+    "prev_hash",
+    "hash",
+    "key_id",
+    "occurred_at",
+    "actor_id",
+    "actor_label",
+    "action",
+    "instance_id",
+    "subject_type",
+    "subject_id",
+    "from_state",
+    "to_state",
+    "reason",
+    "payload",
+    "request_meta",
+    "request_id",
+)
+
+
+class _EventRow(namedtuple("_EventRow", _VERIFIED_FIELDS)):
+    """One event as verification reads it: the attributes ``event_hash`` and ``ChainWalk`` use, ``pk`` included."""
+
+    __slots__ = ()
+
+    @property
+    def pk(self) -> int:
+        return int(self.id)
+
+
+def event_hash(event: AuditEvent | _EventRow, key: bytes | None = None) -> str:
     """The event's hash: an HMAC-SHA256 under the key ``event.key_id`` names, over canonical JSON of its content,
     its key id and its predecessor's hash (UTC timestamps). An event with no key id is a legacy event, written
     before keying: plain SHA-256 over the same content without the key id.
@@ -301,7 +337,7 @@ class ChainWalk:
         prefix, _, number = chain.partition(":")
         self.instance_id = int(number) if prefix == "instance" and number.isdigit() else None
 
-    def add(self, event: AuditEvent) -> None:
+    def add(self, event: AuditEvent | _EventRow) -> None:
         """Check the next event; the first problem found is kept in ``broken`` and later events are ignored."""
         self.events += 1
         if self.broken is not None:
@@ -313,7 +349,7 @@ class ChainWalk:
             return
         self.seq, self.head = event.seq, event.hash
 
-    def _problem(self, event: AuditEvent) -> str | None:
+    def _problem(self, event: AuditEvent | _EventRow) -> str | None:
         expected = self.seq + 1
         if event.seq > expected:
             return f"event #{expected} is missing"
@@ -507,7 +543,8 @@ def verify_trail(
         events = events.filter(chain=chain)
     walk: ChainWalk | None = None
     seen = chains_seen = 0
-    for event in events.iterator(chunk_size=VERIFY_CHUNK):
+    rows = events.values_list(*_VERIFIED_FIELDS).iterator(chunk_size=VERIFY_CHUNK)
+    for event in map(_EventRow._make, rows):
         seen += 1
         if progress is not None and seen % VERIFY_CHUNK == 0:
             progress(chains_seen, seen)
