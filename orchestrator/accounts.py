@@ -199,7 +199,7 @@ def access_refused(request: HttpRequest, response: HttpResponse) -> None:
         logger.exception("could not record the refused request %s %s", request.method, request.path)
 
 
-# A 404 that hid one object from one person is recorded once in this window (docs/audit.md, "Refusals hidden as
+# A 404 that hid one object from one person is recorded once in this window (docs/architecture.md, "Refusals hidden as
 # 404"): someone reloading the page or scanning ids in a loop adds one event per hidden object, not one per request.
 HIDDEN_REFUSAL_WINDOW = timedelta(minutes=10)
 

@@ -1,6 +1,7 @@
 """Objects the API hides as 404 (an instance, a task that is not the caller's to see) are recorded as
 ``access.refused`` with status 404 for a caller with a token, while the problem answered is the same as for an id
-that does not exist (docs/audit.md, "Refusals hidden as 404"; the pages' side: tests/audit/test_hidden_refusals.py)."""
+that does not exist (docs/architecture.md, "Refusals hidden as 404"; the pages' side:
+tests/audit/test_hidden_refusals.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Refusals answered 404 to hide an object (an instance, a task, a bulk job, an API token that is not the person's
 to see) are recorded as ``access.refused`` with status 404, once per person and object per window, while the
-caller gets the same 404 as for an id that does not exist (docs/audit.md, "Refusals hidden as 404")."""
+caller gets the same 404 as for an id that does not exist (docs/architecture.md, "Refusals hidden as 404")."""
 
 from __future__ import annotations
 
