@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -91,37 +90,35 @@ def _keys() -> list[tuple[str, bytes]]:
 
 # What verification reads of an event: every hashed field, its id and its hash. Read as tuples, not models: building
 # a million model instances was about as costly as hashing them (bench/README.md, "Audit trail at a million events").
-_VERIFIED_FIELDS = (
-    "id",
-    "chain",
-    "seq",
-    "prev_hash",
-    "hash",
-    "key_id",
-    "occurred_at",
-    "actor_id",
-    "actor_label",
-    "action",
-    "instance_id",
-    "subject_type",
-    "subject_id",
-    "from_state",
-    "to_state",
-    "reason",
-    "payload",
-    "request_meta",
-    "request_id",
-)
-
-
-class _EventRow(namedtuple("_EventRow", _VERIFIED_FIELDS)):
+class _EventRow(NamedTuple):
     """One event as verification reads it: the attributes ``event_hash`` and ``ChainWalk`` use, ``pk`` included."""
 
-    __slots__ = ()
+    id: int
+    chain: str
+    seq: int
+    prev_hash: str
+    hash: str
+    key_id: str
+    occurred_at: datetime
+    actor_id: int | None
+    actor_label: str
+    action: str
+    instance_id: int | None
+    subject_type: str
+    subject_id: int | None
+    from_state: str
+    to_state: str
+    reason: str
+    payload: Any
+    request_meta: Any
+    request_id: str
 
     @property
     def pk(self) -> int:
-        return int(self.id)
+        return self.id
+
+
+_VERIFIED_FIELDS = _EventRow._fields
 
 
 def event_hash(event: AuditEvent | _EventRow, key: bytes | None = None) -> str:
