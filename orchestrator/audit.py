@@ -131,7 +131,7 @@ def _verified_rows(events: QuerySet[AuditEvent]) -> Iterator[_EventRow]:
     for row in rows.iterator(chunk_size=VERIFY_CHUNK):
         at = datetime.fromisoformat(row[_AT])
         # PostgreSQL's text carries the offset; SQLite stores naive UTC.
-        yield _EventRow(*row[:_AT], at if at.tzinfo is not None else at.replace(tzinfo=UTC), *row[_AT + 1 :])
+        yield _EventRow._make((*row[:_AT], at if at.tzinfo is not None else at.replace(tzinfo=UTC), *row[_AT + 1 :]))
 
 
 # The canonical JSON of an event: one encoder made once (json.dumps with these options builds a new one per call,
