@@ -165,3 +165,20 @@ def test_revoking_someone_elses_token_is_recorded_and_leaves_it_alone(users):
     assert token.revoked_at is None
     [event] = refusals()
     assert_recorded(event, users.staff2, "api_token", token.pk, path, response, method="POST")
+
+
+def test_scanning_ids_records_each_existing_hidden_object_once_and_no_missing_one(users, foreign_order):
+    # given: a second order staff2 may not see, and ids past the last one
+    other = instance_start("order_fulfilment", OrderInputFactory(amount="901.00"), initiator=users.staff)
+    client = browser(users.staff2)
+    ids = [foreign_order.pk, other.pk, other.pk + 1, other.pk + 2, foreign_order.pk, other.pk]
+
+    # when
+    statuses = {client.get(reverse("console:instance_detail", args=[pk])).status_code for pk in ids}
+
+    # then
+    assert statuses == {404}
+    assert [(e.subject_type, e.subject_id) for e in refusals()] == [
+        ("instance", foreign_order.pk),
+        ("instance", other.pk),
+    ]
