@@ -211,7 +211,7 @@ def hidden_404(request: Any, kind: str, model: type[models.Model], object_id: in
     that does not exist (docs/access-matrix.md). The request (a Django request, or DRF's wrapper of one) is marked
     with ``(kind, model, object_id)`` and nothing else happens here: ``CurrentRequestMiddleware`` records the
     refusal once the 404 is answered, outside the view's transaction (``hidden_refused``). ``kind`` names the
-    object in the trail ("instance", "task", "bulk_job", "token"); ``message`` is the 404's text, the same as for
+    object in the trail ("instance", "task", "bulk_job", "api_token"); ``message`` is the 404's text, the same as for
     an id that does not exist.
     """
     django_request = getattr(request, "_request", request)
