@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
@@ -13,7 +13,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from api.forms import TokenCreateForm
 from api.models import ApiToken
 from api.tokens import token_create, token_revoke, tokens_of
-from orchestrator.accounts import request_meta
+from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.typing import AuthedRequest
 
@@ -61,6 +61,6 @@ def token_revoke_view(request: AuthedRequest, token_id: int) -> HttpResponse:
             token_id, owner=request.user, actor=Actor.of(request.user), request_meta=request_meta(request)
         )
     except ApiToken.DoesNotExist:
-        raise Http404("No such token.") from None
+        raise hidden_404(request, "api_token", ApiToken, token_id, "No such token.") from None
     messages.success(request, f"Revoked “{token.name}”: it no longer works.")
     return redirect("api:tokens")

@@ -22,8 +22,10 @@ from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 
+from approvals.models import HumanTask
 from approvals.services import base as task_rules
 from orchestrator import registry
+from orchestrator.accounts import hidden_404
 from orchestrator.services import instances as instance_services
 from orchestrator.services import signals as signal_services
 
@@ -157,6 +159,11 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     problem = to_problem(exc)
     if problem is None:
         return None
+    pk = context.get("kwargs", {}).get("pk")
+    if isinstance(exc, task_rules.TaskNotFound) and isinstance(pk, int) and context.get("request") is not None:
+        # A task action the service refused as "not found": the same 404, recorded when the task exists but is
+        # not the caller's to see (orchestrator.accounts.hidden_refused).
+        hidden_404(context["request"], "task", HumanTask, pk, str(exc))
     status_code = problem.status_code
     headers: dict[str, str] = {}
     if isinstance(problem, Problem):

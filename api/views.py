@@ -28,13 +28,14 @@ from api import serializers as s
 from api.problems import Problem
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
+from approvals.models import HumanTask
 from approvals.services import tasks as task_services
 from audit import selectors as audit_selectors
 from audit.exports import event_record
 from audit.forms import AuditFilterForm
 from audit.views import export_response
 from orchestrator import registry, selectors
-from orchestrator.accounts import request_meta
+from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.models import StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
@@ -145,7 +146,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
     def _instance(self, pk: int) -> WorkflowInstance:
         instance = selectors.instance_for_user(self.request.user, pk)
         if instance is None:
-            raise Http404
+            raise hidden_404(self.request, "instance", WorkflowInstance, pk, "No such instance.")
         return instance
 
     def list(self, request: Request) -> Response:
@@ -171,7 +172,6 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return Response(s.InstanceDetailSerializer(instance).data)
 
     def _detail(self, pk: int) -> WorkflowInstance:
-        from approvals.models import HumanTask
 
         return (
             WorkflowInstance.objects.select_related("initiator")
@@ -498,7 +498,7 @@ class TaskViewSet(viewsets.GenericViewSet):
     def _task(self, pk: int) -> Any:
         task = self.get_queryset().select_related("instance", "assignee").filter(pk=pk).first()
         if task is None:
-            raise Http404
+            raise hidden_404(self.request, "task", HumanTask, pk, "No such task.")
         return task
 
     def retrieve(self, request: Request, pk: int) -> Response:
@@ -507,7 +507,6 @@ class TaskViewSet(viewsets.GenericViewSet):
     def _answer(self, pk: int) -> Response:
         # Read without the visibility filter: the service just let this user act on it (a delegation may have
         # handed it beyond what they see).
-        from approvals.models import HumanTask
 
         return Response(s.TaskSerializer(HumanTask.objects.select_related("instance", "assignee").get(pk=pk)).data)
 

@@ -26,7 +26,7 @@ from approvals.models import HumanTask, Priority, TaskKind, TaskState, is_overdu
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import registry
-from orchestrator.accounts import request_meta
+from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 from orchestrator.models import StepState
@@ -253,7 +253,7 @@ def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
 def _task_or_404(request: AuthedRequest, task_id: int) -> HumanTask:
     task = selectors.visible_tasks(request.user).filter(pk=task_id).first()
     if task is None:
-        raise Http404("No such task.")
+        raise hidden_404(request, "task", HumanTask, task_id, "No such task.")
     return task
 
 
@@ -341,7 +341,8 @@ def _after_action(request: AuthedRequest, task: HumanTask) -> HttpResponse:
 def _fail(request: AuthedRequest, task_id: int, exc: task_rules.TaskError) -> HttpResponse:
     """A refused claim or release (nothing typed to keep): a message on the task page."""
     if isinstance(exc, task_rules.TaskNotFound):
-        raise Http404(str(exc))  # no message: it would surface on the person's next, unrelated page
+        # No message: it would surface on the person's next, unrelated page.
+        raise hidden_404(request, "task", HumanTask, task_id, str(exc))
     level = messages.WARNING if isinstance(exc, task_rules.TaskConflict) else messages.ERROR
     messages.add_message(request, level, str(exc))
     if isinstance(exc, task_rules.TaskForbidden):
@@ -362,7 +363,7 @@ def _refused(request: AuthedRequest, task_id: int, exc: task_rules.TaskError, **
     """A refused action that carried typed input: the task page as it is now, with the refusal's message and
     the posted forms (``forms_as_posted``), so the person can act on what changed without typing again."""
     if isinstance(exc, task_rules.TaskNotFound):
-        raise Http404(str(exc))
+        raise hidden_404(request, "task", HumanTask, task_id, str(exc))
     status = next((code for kind, code in REFUSAL_STATUS if isinstance(exc, kind)), 400)
     level = messages.WARNING if isinstance(exc, task_rules.TaskConflict) else messages.ERROR
     messages.add_message(request, level, str(exc))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Q, QuerySet
+from django.db.models import IntegerField, Q, QuerySet, Value
 from django.utils.dateparse import parse_datetime
 
 from audit.models import Verification, VerificationState
@@ -187,18 +187,35 @@ def keyset_page(events: QuerySet[AuditEvent], *, after: str = "", before: str = 
     return AuditPage(page, encode_cursor(page[-1]) if page else "", newer, errors)
 
 
+def verification_status() -> tuple[Verification | None, Verification | None]:
+    """``(verification_latest(), verification_last_finished())`` in one statement (a UNION ALL of the two one-row
+    queries): every audit page shows both, and a round trip is a visible part of a one-row timeline page."""
+    latest = verification_latest_query().annotate(which=Value(0, output_field=IntegerField()))[:1]
+    finished = verification_finished_query().annotate(which=Value(1, output_field=IntegerField()))[:1]
+    found: list[Verification | None] = [None, None]
+    for run in latest.union(finished, all=True):
+        found[run.which] = run
+    return found[0], found[1]
+
+
+def verification_latest_query() -> QuerySet[Verification]:
+    return Verification.objects.order_by("-requested_at", "-pk")
+
+
+def verification_finished_query() -> QuerySet[Verification]:
+    return Verification.objects.filter(state__in=(VerificationState.PASSED, VerificationState.FAILED)).order_by(
+        "-finished_at", "-pk"
+    )
+
+
 def verification_latest() -> Verification | None:
     """The most recent verification run, whatever its state (None before the first)."""
-    return Verification.objects.order_by("-requested_at", "-pk").first()
+    return verification_latest_query().first()
 
 
 def verification_last_finished() -> Verification | None:
     """The most recent run that reached a verdict (passed or failed)."""
-    return (
-        Verification.objects.filter(state__in=(VerificationState.PASSED, VerificationState.FAILED))
-        .order_by("-finished_at", "-pk")
-        .first()
-    )
+    return verification_finished_query().first()
 
 
 def chain_counts() -> dict[str, Any]:

@@ -200,7 +200,8 @@ def _row_html(row: dict[str, Any]) -> str:
 
 
 def _status() -> dict[str, Any]:
-    return {"latest": selectors.verification_latest(), "finished": selectors.verification_last_finished()}
+    latest, finished = selectors.verification_status()
+    return {"latest": latest, "finished": finished}
 
 
 @require_safe

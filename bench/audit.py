@@ -3,6 +3,9 @@
     .venv/bin/python bench/audit.py                    # 1,000,000 events in a fresh database baton_bench_audit
     .venv/bin/python bench/audit.py --events 100000    # smaller
     .venv/bin/python bench/audit.py --keep             # leave the database for a look afterwards
+    .venv/bin/python bench/audit.py --seed-only        # only write (and keep) the database; measure with --reuse
+    .venv/bin/python bench/audit.py --reuse --keep --only-verify       # verify_trail() on the kept database
+    .venv/bin/python bench/audit.py --reuse --keep --skip-timeline --exports csv   # the CSV export, then verify
 
 It drops and recreates its own PostgreSQL database (``--db``, default ``baton_bench_audit``), migrates it, writes
 users, instances and a valid trail (every event HMAC-signed and chained exactly as the engine writes it, heads
@@ -499,6 +502,9 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--only-timeline", action="store_true", help="measure the timeline only (with --reuse)")
     parser.add_argument("--skip-timeline", action="store_true", help="measure export and verification only")
+    parser.add_argument("--only-verify", action="store_true", help="measure the verification only (with --reuse)")
+    parser.add_argument("--exports", default="jsonl,csv", help="which exports to measure: jsonl,csv (or none)")
+    parser.add_argument("--seed-only", action="store_true", help="write the database and stop (implies --keep)")
     parser.add_argument("--export-child", help=argparse.SUPPRESS)
     parser.add_argument("--admin", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--verify-child", action="store_true", help=argparse.SUPPRESS)
@@ -528,6 +534,9 @@ def main() -> None:
             sample = populate(args.events)
             Path(f"/tmp/{args.db}.sample.json").write_text(json.dumps(sample))
             print(f"  {sample['written']:,} events in {sample['seconds']:.0f} s", flush=True)
+            if args.seed_only:
+                args.keep = True
+                return
         else:
             sample = json.loads(Path(f"/tmp/{args.db}.sample.json").read_text())
         results["events"] = AuditEvent.objects.count()
@@ -535,10 +544,12 @@ def main() -> None:
 
         results["machine"] = machine_info(0)
         results["load_average_before"] = os.getloadavg()
-        print(f"timeline ({args.requests} requests per filter, {results['events']:,} events):", flush=True)
-        if not args.skip_timeline:
+        if not args.only_verify and not args.skip_timeline:
+            print(f"timeline ({args.requests} requests per filter, {results['events']:,} events):", flush=True)
+        if not args.skip_timeline and not args.only_verify:
             results["timeline"] = timeline(sample, args.requests)
-        for kind in () if args.only_timeline else ("jsonl", "csv"):
+        exports = [kind for kind in args.exports.split(",") if kind in ("jsonl", "csv")]
+        for kind in () if args.only_timeline or args.only_verify else exports:
             print(f"export {kind} ...", flush=True)
             results[f"export_{kind}"] = child(["--export-child", kind, "--admin", str(sample["admin"])], env)
             print(f"  {results[f'export_{kind}']}", flush=True)

@@ -25,6 +25,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from approvals.models import HumanTask
 from approvals.selectors import tasks_of_instance
 from approvals.services import base as task_errors
 from approvals.services import tasks as task_services
@@ -34,11 +35,11 @@ from console import services as bulk_services
 from console.models import BulkJob
 from orchestrator import registry
 from orchestrator import selectors as engine_selectors
-from orchestrator.accounts import request_meta
+from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.diagram import workflow_dot
 from orchestrator.inputs import REASON_MAX
-from orchestrator.models import InstanceState, StepKind, StepState
+from orchestrator.models import InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
 from orchestrator.services.locks import definition_unavailable
@@ -110,7 +111,7 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
             task = task_services.task_delegate(task_id, request.user, to_user, note=data["comment"], request_meta=meta)
             messages.success(request, f"Reassigned to {to_user.get_username()}: {task.title}.")
     except task_errors.TaskNotFound:
-        raise Http404("No such task.") from None
+        raise hidden_404(request, "task", HumanTask, task_id, "No such task.") from None
     except task_errors.TaskError as exc:
         messages.warning(request, str(exc))
     return redirect("console:incidents")
@@ -163,7 +164,7 @@ def _all_states(flt: selectors.InstanceFilter) -> selectors.InstanceFilter:
 def _instance_or_404(request: AuthedRequest, instance_id: int) -> Any:
     instance = engine_selectors.instance_for_user(request.user, instance_id)
     if instance is None:
-        raise Http404("No such instance.")
+        raise hidden_404(request, "instance", WorkflowInstance, instance_id, "No such instance.")
     return instance
 
 
@@ -359,7 +360,7 @@ def _job_or_404(request: AuthedRequest, job_id: int) -> BulkJob:
     _require_operator(request)
     # A dry run is its author's draft; a started job is every operator's to follow.
     if job.state == "dry_run" and job.created_by_id != request.user.pk:
-        raise Http404("No such bulk job.")
+        raise hidden_404(request, "bulk_job", BulkJob, job_id, "No such bulk job.")
     return job
 
 

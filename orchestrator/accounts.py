@@ -15,17 +15,20 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
-from django.db import DatabaseError
+from django.db import DatabaseError, models
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.utils import timezone
 
 from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, Actor, append_standalone
 from orchestrator.audit_actions import AuditAction
+from orchestrator.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,8 @@ FLAGS = {
 class CurrentRequestMiddleware:
     """Keeps the current request in a context variable, so account signals can name who made a change; gives it a
     request id (the caller's ``X-Request-ID`` when well formed, else a new UUID) that every audit event it causes
-    carries and the response returns; and writes a refused request (any 403 answer) into the ``access`` chain."""
+    carries and the response returns; and writes a refused request into the ``access`` chain: any 403 answer, and a
+    404 that hid an object the person may not see (``hidden_404``; see ``hidden_refused`` for which are kept)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -60,6 +64,8 @@ class CurrentRequestMiddleware:
             response = self.get_response(request)
             if response.status_code == 403:
                 access_refused(request, response)
+            elif response.status_code == 404 and hasattr(request, "baton_hidden"):
+                hidden_refused(request, response)
         finally:
             _request.reset(token)
         response["X-Request-ID"] = request.baton_request_id  # type: ignore[attr-defined]
@@ -191,6 +197,70 @@ def access_refused(request: HttpRequest, response: HttpResponse) -> None:
         )
     except DatabaseError:
         logger.exception("could not record the refused request %s %s", request.method, request.path)
+
+
+# A 404 that hid one object from one person is recorded once in this window (docs/architecture.md, "Refusals hidden as
+# 404"): someone reloading the page or scanning ids in a loop adds one event per hidden object, not one per request.
+HIDDEN_REFUSAL_WINDOW = timedelta(minutes=10)
+
+
+def hidden_404(request: Any, kind: str, model: type[models.Model], object_id: int, message: str) -> Http404:
+    """The ``Http404`` for a view to raise when ``request``'s user may not see ``model`` #``object_id``.
+
+    Views answer 404, not 403, for an object that is not the person's to see, so a caller cannot tell it from one
+    that does not exist (docs/access-matrix.md). The request (a Django request, or DRF's wrapper of one) is marked
+    with ``(kind, model, object_id)`` and nothing else happens here: ``CurrentRequestMiddleware`` records the
+    refusal once the 404 is answered, outside the view's transaction (``hidden_refused``). ``kind`` names the
+    object in the trail ("instance", "task", "bulk_job", "api_token"); ``message`` is the 404's text, the same as for
+    an id that does not exist.
+    """
+    django_request = getattr(request, "_request", request)
+    django_request.baton_hidden = (kind, model, object_id)
+    return Http404(message)
+
+
+def hidden_refused(request: HttpRequest, response: HttpResponse) -> None:
+    """Record a 404 that hid an object (marked by ``hidden_404``) as an ``access.refused`` event with status 404.
+
+    Kept only when it says something about a person and does not let a flood grow the trail: the user is signed
+    in (an anonymous request never reaches an object), the object exists (a 404 for an id that is truly missing
+    is no refusal), and no refusal of the same object to the same person was recorded in the last
+    ``HIDDEN_REFUSAL_WINDOW``. The 404 the caller gets is the same either way. A failure to record is logged, never
+    turned into a 500."""
+    kind, model, object_id = request.baton_hidden  # type: ignore[attr-defined]
+    user: Any = getattr(request, "user", None)
+    if user is None or not user.is_authenticated or not 0 < object_id < 2**63:  # past bigint: no such row
+        return
+    try:
+        if not model._default_manager.filter(pk=object_id).exists():
+            return
+        recent = AuditEvent.objects.filter(
+            subject_type=kind,
+            subject_id=object_id,
+            occurred_at__gte=timezone.now() - HIDDEN_REFUSAL_WINDOW,
+            chain=ACCESS_CHAIN,
+            action=AuditAction.ACCESS_REFUSED,
+            actor_id=user.pk,
+        )
+        if recent.exists():
+            return
+        match = getattr(request, "resolver_match", None)
+        _access(
+            request,
+            Actor.of(user),
+            AuditAction.ACCESS_REFUSED,
+            kind,
+            object_id,
+            {
+                "method": request.method,
+                "route": match.view_name if match is not None else "",
+                "status": response.status_code,
+                "hidden": True,
+            },
+            reason="Not Found (hidden: not theirs to see)",
+        )
+    except DatabaseError:
+        logger.exception("could not record the hidden refusal %s %s", request.method, request.path)
 
 
 # The URL argument that names the object a refused request was about.

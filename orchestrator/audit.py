@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
-from django.db.models import CharField, Exists, OuterRef, Value
+from django.db.models import CharField, Exists, OuterRef, QuerySet, TextField, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
@@ -88,7 +88,59 @@ def _keys() -> list[tuple[str, bytes]]:
     return _parsed[1]
 
 
-def event_hash(event: AuditEvent, key: bytes | None = None) -> str:
+# What verification reads of an event: every hashed field, its id and its hash. Read as tuples, not models: building
+# a million model instances was about as costly as hashing them (bench/README.md, "Audit trail at a million events").
+class _EventRow(NamedTuple):
+    """One event as verification reads it: the attributes ``event_hash`` and ``ChainWalk`` use, ``pk`` included."""
+
+    id: int
+    chain: str
+    seq: int
+    prev_hash: str
+    hash: str
+    key_id: str
+    occurred_at: datetime
+    actor_id: int | None
+    actor_label: str
+    action: str
+    instance_id: int | None
+    subject_type: str
+    subject_id: int | None
+    from_state: str
+    to_state: str
+    reason: str
+    payload: Any
+    request_meta: Any
+    request_id: str
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
+_VERIFIED_FIELDS = _EventRow._fields
+_AT = _VERIFIED_FIELDS.index("occurred_at")
+# The time is read as the database's text and parsed by datetime.fromisoformat (C): Django's time-zone-aware loader
+# for psycopg parses in Python, a fifth of a million-event verification's CPU (bench/README.md).
+_READ_FIELDS = (*_VERIFIED_FIELDS[:_AT], "occurred_at_text", *_VERIFIED_FIELDS[_AT + 1 :])
+
+
+def _verified_rows(events: QuerySet[AuditEvent]) -> Iterator[_EventRow]:
+    """``events`` as ``_EventRow`` tuples, streamed in chunks of ``VERIFY_CHUNK`` (a server-side cursor)."""
+    rows = events.annotate(occurred_at_text=Cast("occurred_at", TextField())).values_list(*_READ_FIELDS)
+    for row in rows.iterator(chunk_size=VERIFY_CHUNK):
+        at = datetime.fromisoformat(row[_AT])
+        # PostgreSQL's text carries the offset; SQLite stores naive UTC.
+        yield _EventRow._make((*row[:_AT], at if at.tzinfo is not None else at.replace(tzinfo=UTC), *row[_AT + 1 :]))
+
+
+# The canonical JSON of an event: one encoder made once (json.dumps with these options builds a new one per call,
+# a measurable part of verifying a million events); the same output as
+# json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def event_hash(event: AuditEvent | _EventRow, key: bytes | None = None) -> str:
     """The event's hash: an HMAC-SHA256 under the key ``event.key_id`` names, over canonical JSON of its content,
     its key id and its predecessor's hash (UTC timestamps). An event with no key id is a legacy event, written
     before keying: plain SHA-256 over the same content without the key id.
@@ -117,12 +169,10 @@ def event_hash(event: AuditEvent, key: bytes | None = None) -> str:
     if request_id:
         body["request_id"] = request_id
     if not event.key_id:
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(_canonical(body).encode()).hexdigest()
     body["key"] = event.key_id
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     secret = key if key is not None else verifying_keys()[event.key_id]
-    return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, _canonical(body).encode(), "sha256").hex()
 
 
 def append(
@@ -301,7 +351,7 @@ class ChainWalk:
         prefix, _, number = chain.partition(":")
         self.instance_id = int(number) if prefix == "instance" and number.isdigit() else None
 
-    def add(self, event: AuditEvent) -> None:
+    def add(self, event: AuditEvent | _EventRow) -> None:
         """Check the next event; the first problem found is kept in ``broken`` and later events are ignored."""
         self.events += 1
         if self.broken is not None:
@@ -313,7 +363,7 @@ class ChainWalk:
             return
         self.seq, self.head = event.seq, event.hash
 
-    def _problem(self, event: AuditEvent) -> str | None:
+    def _problem(self, event: AuditEvent | _EventRow) -> str | None:
         expected = self.seq + 1
         if event.seq > expected:
             return f"event #{expected} is missing"
@@ -497,6 +547,13 @@ def verify_trail(
     def settle(walks: list[ChainWalk]) -> None:
         heads = _stored_heads([w.chain for w in walks])
         for walk in walks:
+            stored = heads.get(walk.chain)
+            if stored is not None and stored[0] > walk.seq and walk.broken is None:
+                # The stream reads a snapshot taken when it began; a head read now may have moved past it (a
+                # sign-in during the daily run). Events and head commit together, so the events up to the head
+                # are there to read and check now; a chain whose tail was really deleted still ends short.
+                for event in events_after(walk.chain, walk.seq, stored[0]):
+                    walk.add(event)
             report.chains += 1
             report.events += walk.events
             report.legacy += walk.legacy
@@ -507,7 +564,7 @@ def verify_trail(
         events = events.filter(chain=chain)
     walk: ChainWalk | None = None
     seen = chains_seen = 0
-    for event in events.iterator(chunk_size=VERIFY_CHUNK):
+    for event in _verified_rows(events):
         seen += 1
         if progress is not None and seen % VERIFY_CHUNK == 0:
             progress(chains_seen, seen)
@@ -538,6 +595,11 @@ def verify_trail(
                 ChainBreak(name, 1, None, f"cut off: sealed at seq {last} at {points[last][1]}, no events now")
             )
     return report
+
+
+def events_after(chain: str, after: int, through: int) -> Iterator[_EventRow]:
+    """``chain``'s events with ``after < seq <= through``, in seq order, as verification reads them."""
+    return _verified_rows(AuditEvent.objects.filter(chain=chain, seq__gt=after, seq__lte=through).order_by("seq"))
 
 
 def _stored_heads(chains: list[str]) -> dict[str, tuple[int, str]]:

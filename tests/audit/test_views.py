@@ -3,6 +3,7 @@ everyone else (recorded), pinned query counts, and the chain status with its ver
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import partial
 
 import pytest
@@ -13,7 +14,7 @@ from django.utils import timezone
 from approvals.models import HumanTask
 from approvals.services.base import APPROVE
 from approvals.services.tasks import task_decide
-from audit import services
+from audit import selectors, services
 from audit.models import Verification, VerificationState
 from audit.selectors import AuditFilters, audit_events_filtered, keyset_page
 from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, Actor, append_standalone
@@ -223,15 +224,16 @@ def test_a_damaged_cursor_shows_the_newest_page_with_a_message(users, two_orders
 
 def test_the_timeline_page_costs_the_same_few_queries_for_any_page(users, two_orders, django_assert_num_queries):
     """Session, user, the page of events (with their instances and the workflow filter in one statement), the
-    last and the last finished verification, and the navigation's two (groups, counts): seven, on any page."""
+    last and the last finished verification (one statement), and the navigation's two (groups, counts): six, on any
+    page (seven before the two verifications were read together)."""
     # given
     client = client_for(users.admin)
     client.get("/audit/")  # the first request of a session may write it
 
     # when / then
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(6):
         first = client.get("/audit/", {"workflow": "order_fulfilment"})
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(6):
         client.get("/audit/", {"workflow": "order_fulfilment", "after": first.context["page"].older or ""})
 
 
@@ -391,3 +393,36 @@ def test_the_daily_verification_is_scheduled_by_default():
     entry = settings.CELERY_BEAT_SCHEDULE["baton-audit-verify"]
     assert entry["task"] == "audit.tasks.verification_scheduled"
     assert (entry["schedule"].hour, entry["schedule"].minute) == ({2}, {30})
+
+
+def test_the_status_strip_reads_the_latest_and_the_last_finished_run_in_one_statement(users, django_assert_num_queries):
+    # given: a passed run, then a failed one, then one still running
+    now = timezone.now()
+    runs = [
+        Verification.objects.create(
+            state=state,
+            active=True if finished is None else None,
+            requested_by=users.admin,
+            requested_at=now + timedelta(minutes=n),
+            finished_at=finished,
+        )
+        for n, (state, finished) in enumerate(
+            [
+                (VerificationState.PASSED, now + timedelta(minutes=1)),
+                (VerificationState.FAILED, now + timedelta(minutes=2)),
+                (VerificationState.RUNNING, None),
+            ]
+        )
+    ]
+
+    # when
+    with django_assert_num_queries(1):
+        latest, finished = selectors.verification_status()
+
+    # then
+    assert (latest, finished) == (runs[2], runs[1])
+    assert (latest, finished) == (selectors.verification_latest(), selectors.verification_last_finished())
+
+
+def test_before_any_run_the_status_is_empty(db):
+    assert selectors.verification_status() == (None, None)

@@ -27,6 +27,7 @@ from orchestrator.audit import (
     signing_key,
     verify_trail,
 )
+from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditChain, AuditEvent, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import OrderInputFactory
@@ -513,3 +514,54 @@ def test_with_a_retired_key_removed_verify_names_what_it_cannot_check_and_still_
     ) in message
     assert "chain audit seq 1" in message
     assert f"{AuditEvent.objects.count()} events" in message
+
+
+def test_events_appended_while_verifying_are_verified_not_taken_for_a_cut_off_tail(instance, run_steps, monkeypatch):
+    """Given a live trail, events appended after the stream's snapshot but before the heads are read (a sign-in
+    during a daily verification) move a head past what the stream saw: they are read and checked, not reported as
+    a cut-off chain. Found by bench/audit.py on a million events, where a sign-in landed mid-run."""
+
+    # given: the accounts chain (streamed first) gets an event after its first event streamed
+    def account_event() -> AuditEvent:
+        return append_standalone(
+            ACCOUNTS_CHAIN,
+            actor=Actor.system("test"),
+            action=AuditAction.USER_RENAMED,
+            subject_type="user",
+            subject_id=None,
+        )
+
+    account_event()
+    assert AuditEvent.objects.order_by("chain", "seq").first().chain == ACCOUNTS_CHAIN
+    monkeypatch.setattr("orchestrator.audit.VERIFY_CHUNK", 1)
+    appended: list[int] = []
+
+    def append_once(chains: int, events: int) -> None:
+        if not appended:
+            appended.append(account_event().seq)
+
+    # when
+    report = verify_trail(progress=append_once)
+
+    # then
+    assert appended
+    assert report.breaks == []
+    assert AuditEvent.objects.filter(chain=ACCOUNTS_CHAIN, seq=appended[0]).exists()
+
+
+def test_a_real_cut_off_is_still_named_when_events_were_appended_meanwhile(instance, monkeypatch):
+    """The same re-read finds nothing for a chain whose tail was deleted: it stays a cut-off chain."""
+    # given
+    events = events_of(instance)
+    with triggers_off():
+        sql("DELETE FROM orchestrator_auditevent WHERE id = %s", [events[-1].pk])
+    monkeypatch.setattr("orchestrator.audit.VERIFY_CHUNK", 1)
+
+    # when
+    report = verify_trail(progress=lambda chains, seen: None)
+
+    # then
+    assert [str(b) for b in report.breaks] == [
+        f"chain instance:{instance.pk} seq {len(events)}: cut off: the chain ends at seq {len(events) - 1}, "
+        f"its stored head is at seq {len(events)}"
+    ]
