@@ -36,14 +36,16 @@ demo: install
 ## Production processes: need DATABASE_URL, REDIS_URL, BATON_SECRET_KEY and BATON_AUDIT_KEYS (README, "Production").
 # HTTP (pages, API, static files): gunicorn, BATON_WEB_WORKERS sync processes (default 2 per core + 1), each with
 # its own thread and database session, so requests run in parallel on every core (bench/README.md, "API starts":
-# one daphne runs a process's sync views one at a time). Websockets (/ws/): daphne, `make web-live`.
+# one daphne runs a process's sync views one at a time; gthread measured slower). No time limit per request
+# (--timeout 0), as daphne had none: an audit export of a large trail streams for minutes, and a sync worker
+# that outlives the limit is killed mid-stream. Websockets (/ws/): daphne, `make web-live`.
 # Behind a TLS proxy (BATON_BEHIND_PROXY=1) daphne takes the client's address from X-Forwarded-For; Django reads
 # X-Forwarded-Proto and the audit the proxy's X-Forwarded-For entry itself (orchestrator/accounts.py).
 web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	exec $(VENV)/bin/gunicorn --bind $${BATON_BIND:-127.0.0.1}:$${BATON_PORT:-8000} \
-	  --workers $${BATON_WEB_WORKERS:-$$(( 2 * $$(nproc) + 1 ))} --worker-class sync --timeout 60 \
+	  --workers $${BATON_WEB_WORKERS:-$$(( 2 * $$(nproc) + 1 ))} --worker-class sync --timeout 0 \
 	  --access-logfile - baton_site.wsgi:application
 
 web-live: install
