@@ -1,12 +1,13 @@
 """Starts through the API (``make bench-api``; ``make bench-api BENCH_ARGS="--n 1000 --clients 8"``). See
 bench/README.md, "API starts".
 
-A fresh PostgreSQL database ``baton_bench_api`` and Redis db 4 (``--redis-url``), the production web server
-(daphne, one process, ``baton_site.asgi:application``, production mode: DEBUG off, Redis channel layer and
-broker), one real prefork Celery worker (concurrency 2) running the started steps, and ``--clients`` client
-threads, each with its own keep-alive HTTP connection, posting ``bench_approval`` starts with an API token and
-an Idempotency-Key. Reports starts/s (N / wall time), latency percentiles, and how long until the worker had
-run every started step (all instances ``waiting``).
+A fresh PostgreSQL database ``baton_bench_api`` and Redis db 4 (``--redis-url``), the production web server as
+``make web`` runs it (that target itself: gunicorn, ``BATON_WEB_WORKERS`` processes, ``--workers``; or another
+server with ``--command``), in production mode (DEBUG off, Redis channel layer and broker), one real prefork
+Celery worker (concurrency 2) running the started steps, and ``--clients`` client threads, each with its own
+HTTP connection, posting ``bench_approval`` starts with an API token and an Idempotency-Key. Reports starts/s
+(N / wall time), latency percentiles, how long until the worker had run every started step (all instances
+``waiting``), and the CPU each part (web, worker, PostgreSQL backends) used per start.
 """
 
 from __future__ import annotations
