@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := DJANGO_SETTINGS_MODULE=tests.settings BATON_SECRET_KEY=$${BATON_SECRET_KEY:-baton-tests-only} \
 	BATON_AUDIT_KEYS=$${BATON_AUDIT_KEYS:-tests:baton-tests-only-audit-key-not-for-production}
 
-.PHONY: install constraints demo web worker beat test lint typecheck migrations-check pytest bench bench-api schemathesis screenshots clean-demo
+.PHONY: install constraints demo web web-live worker beat test lint typecheck migrations-check pytest bench bench-api schemathesis screenshots clean-demo
 
 # pyproject.toml holds the supported ranges, constraints.txt the exact versions tests and benchmarks run.
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt
@@ -34,11 +34,22 @@ demo: install
 	$(PY) manage.py baton_demo --host $(HOST) --port $(PORT)
 
 ## Production processes: need DATABASE_URL, REDIS_URL, BATON_SECRET_KEY and BATON_AUDIT_KEYS (README, "Production").
-## Behind a TLS proxy (BATON_BEHIND_PROXY=1) daphne takes the client's address from X-Forwarded-For.
+# HTTP (pages, API, static files): gunicorn, BATON_WEB_WORKERS sync processes (default 2 per core + 1), each with
+# its own thread and database session, so requests run in parallel on every core (bench/README.md, "API starts":
+# one daphne runs a process's sync views one at a time; gthread measured slower). No time limit per request
+# (--timeout 0), as daphne had none: an audit export of a large trail streams for minutes, and a sync worker
+# that outlives the limit is killed mid-stream. Websockets (/ws/): daphne, `make web-live`.
+# Behind a TLS proxy (BATON_BEHIND_PROXY=1) daphne takes the client's address from X-Forwarded-For; Django reads
+# X-Forwarded-Proto and the audit the proxy's X-Forwarded-For entry itself (orchestrator/accounts.py).
 web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $${BATON_PORT:-8000} \
+	exec $(VENV)/bin/gunicorn --bind $${BATON_BIND:-127.0.0.1}:$${BATON_PORT:-8000} \
+	  --workers $${BATON_WEB_WORKERS:-$$(( 2 * $$(nproc) + 1 ))} --worker-class sync --timeout 0 \
+	  --access-logfile - baton_site.wsgi:application
+
+web-live: install
+	exec $(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $${BATON_LIVE_PORT:-8001} \
 	  $$(case "$${BATON_BEHIND_PROXY,,}" in 1|true|yes|on) echo --proxy-headers;; esac) baton_site.asgi:application
 
 worker: install
@@ -67,7 +78,7 @@ pytest: install
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-## Starts through the API: daphne + a worker + 8 concurrent clients (bench/api.py, bench/README.md "API starts").
+## Starts through the API: `make web` (gunicorn) + a worker + 8 concurrent clients (bench/api.py, bench/README.md "API starts").
 bench-api: install
 	$(PY) bench/api.py $(BENCH_ARGS)
 

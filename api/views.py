@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import serializers as s
+from api.permissions import has_model_perm
 from api.problems import Problem
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
@@ -203,7 +204,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
         responses={201: s.InstanceSerializer, 200: s.InstanceSerializer},
     )
     def create(self, request: Request) -> Response:
-        if not request.user.has_perm("orchestrator.add_workflowinstance"):
+        if not has_model_perm(request.user, "orchestrator.add_workflowinstance"):
             raise Problem(403, "Your role may not start workflows.", code="forbidden")
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is not None and (len(key) > KEY_MAX or not KEY_PATTERN.match(key)):

@@ -1,12 +1,13 @@
 """Starts through the API (``make bench-api``; ``make bench-api BENCH_ARGS="--n 1000 --clients 8"``). See
 bench/README.md, "API starts".
 
-A fresh PostgreSQL database ``baton_bench_api`` and Redis db 4 (``--redis-url``), the production web server
-(daphne, one process, ``baton_site.asgi:application``, production mode: DEBUG off, Redis channel layer and
-broker), one real prefork Celery worker (concurrency 2) running the started steps, and ``--clients`` client
-threads, each with its own keep-alive HTTP connection, posting ``bench_approval`` starts with an API token and
-an Idempotency-Key. Reports starts/s (N / wall time), latency percentiles, and how long until the worker had
-run every started step (all instances ``waiting``).
+A fresh PostgreSQL database ``baton_bench_api`` and Redis db 4 (``--redis-url``), the production web server as
+``make web`` runs it (that target itself: gunicorn, ``BATON_WEB_WORKERS`` processes, ``--workers``; or another
+server with ``--command``), in production mode (DEBUG off, Redis channel layer and broker), one real prefork
+Celery worker (concurrency 2) running the started steps, and ``--clients`` client threads, each with its own
+HTTP connection, posting ``bench_approval`` starts with an API token and an Idempotency-Key. Reports starts/s
+(N / wall time), latency percentiles, how long until the worker had run every started step (all instances
+``waiting``), and the CPU each part (web, worker, PostgreSQL backends) used per start.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ import sysinfo
 
 TARGET_RATE = 150.0
 TARGET_P95_MS = 50.0
-DAPHNE = str(harness.VENV_BIN / "daphne")
-DAPHNE_LOG = Path("/tmp/baton-bench-api-daphne.log")
+WEB_LOG = Path("/tmp/baton-bench-api-web.log")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db", default="baton_bench_api")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
     parser.add_argument("--no-key", action="store_true", help="starts without an Idempotency-Key")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="BATON_WEB_WORKERS for `make web` (its default if unset)"
+    )
+    parser.add_argument(
+        "--command",
+        help="serve with this shell command instead of `make web` (to compare servers; {port} and {workers} "
+        "are filled in), e.g. 'daphne -p {port} baton_site.asgi:application'",
+    )
     parser.add_argument("--json", help="write the results here too")
     return parser.parse_args(argv)
 
@@ -72,20 +80,29 @@ def setup(args: argparse.Namespace) -> str:
     return secret
 
 
-def start_daphne(port: int) -> subprocess.Popen[bytes]:
-    log = DAPHNE_LOG.open("wb")
+def start_web(port: int, workers: int | None, command: str | None) -> subprocess.Popen[bytes]:
+    """The web server, as ``make web`` starts it (or ``command``), answering on ``port``."""
+    log = WEB_LOG.open("wb")
+    env = {**os.environ, "BATON_BIND": "127.0.0.1", "BATON_PORT": str(port)}
+    if workers is not None:
+        env["BATON_WEB_WORKERS"] = str(workers)
+    if command:
+        argv = ["bash", "-c", "exec " + command.format(port=port, workers=workers or 2)]
+        env["PATH"] = f"{harness.VENV_BIN}:{env['PATH']}"
+    else:
+        argv = ["make", "--no-print-directory", "web"]
     proc = subprocess.Popen(
-        [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "baton_site.asgi:application"],
+        argv,
         cwd=harness.ROOT,
-        env=os.environ.copy(),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     log.close()
-    for _ in range(300):
+    for _ in range(600):
         if proc.poll() is not None:
-            raise RuntimeError(f"daphne exited with {proc.returncode}; see {DAPHNE_LOG}")
+            raise RuntimeError(f"the web server exited with {proc.returncode}; see {WEB_LOG}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/api/schema/")
@@ -93,13 +110,14 @@ def start_daphne(port: int) -> subprocess.Popen[bytes]:
                 return proc
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError("daphne did not answer within 30 s")
+    raise RuntimeError(f"the web server did not answer within 60 s; see {WEB_LOG}")
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    # The whole session: `make` and the server it started (and that server's worker processes).
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
@@ -163,6 +181,61 @@ def waiting_count() -> int:
     return WorkflowInstance.objects.filter(state="waiting").count()
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) each of ``pids`` has used so far; a process gone meanwhile is left out."""
+    used = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+    return used
+
+
+def _session_pids(session: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _backend_pids(db: str) -> list[int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [db])
+        pids = [row[0] for row in cursor.fetchall()]
+    connection.close()
+    return pids
+
+
+def cpu_snapshot(web_session: int, worker_session: int, db: str) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of the web server's processes, the worker's, and this database's PostgreSQL backends
+    (each kept open across requests: ``conn_max_age``), per process id."""
+    return {
+        "web": _cpu_of(_session_pids(web_session)),
+        "worker": _cpu_of(_session_pids(worker_session)),
+        "postgres": _cpu_of(_backend_pids(db)),
+    }
+
+
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each part used between two snapshots (processes alive at both)."""
+    return {
+        part: sum(after[part][pid] - before[part].get(pid, 0.0) for pid in after[part] if pid in before[part])
+        for part in after
+    }
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -172,12 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     secret = setup(args)
     worker = harness.Worker(concurrency=2)
-    daphne = None
+    web = None
     try:
         worker.start()
-        daphne = start_daphne(args.port)
+        web = start_web(args.port, args.workers, args.command)
         run_clients(args.port, secret, args.warmup, args.clients, not args.no_key)
         busy_before = harness.machine_busy(1.0)
+        load_before = os.getloadavg()
+        assert worker.pid is not None
+        cpu_before = cpu_snapshot(web.pid, worker.pid, args.db)
         wall, latencies, statuses = run_clients(args.port, secret, args.n, args.clients, not args.no_key)
         # The worker runs each started step (``prepare``); done when every instance waits for its approval.
         total = _started()  # what was started (a refused start, a 503, starts nothing)
@@ -186,13 +262,18 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         drained = time.perf_counter() - drain_began
         waiting = waiting_count()
+        cpu = cpu_used(cpu_before, cpu_snapshot(web.pid, worker.pid, args.db))
     finally:
-        stop(daphne)
+        stop(web)
         worker.stop()
     rate = args.n / wall
     result = {
         "starts": args.n,
         "clients": args.clients,
+        "server": args.command or "make web",
+        "web_workers": args.workers,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "idempotency_key": not args.no_key,
         "wall_s": round(wall, 2),
         "starts_per_s": round(rate, 1),
@@ -202,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_ms": round(statistics.fmean(latencies), 1),
         "statuses": statuses,
         "worker_done_after_s": round(drained, 1),
+        # CPU per timed start, from the start of the clock until the worker had run every step.
+        "cpu_ms_per_start": {part: round(seconds * 1000 / args.n, 2) for part, seconds in cpu.items()},
         "waiting": f"{waiting}/{total}",
         "machine_busy_before": f"{busy_before:.0%}",
         "machine": sysinfo.machine_info(2),

@@ -106,6 +106,35 @@ def test_an_explicit_version_and_a_business_key_are_kept(api_as, roles):
     assert response.json()["business_key"] == "ORDER-7"
 
 
+def test_a_start_costs_ten_statements_with_a_key_and_seven_without(api_as, roles, django_assert_num_queries):
+    # given: a token client allowed to start; the token's last use already recorded (written once a minute)
+    client = api_as(roles.staff)
+    assert client.post(START, expense(), **{"Idempotency-Key": "warm"}).status_code == 201
+
+    # when / then: the token with its user (1), the start permission (1); BEGIN, SAVEPOINT, the engine's start
+    # of expense_approval (3: the instance, its first step, the audit events), RELEASE, the key's INSERT (1),
+    # COMMIT. No look-up of the key first. Under the test's own transaction BEGIN/COMMIT are a SAVEPOINT/RELEASE
+    # pair: the same count. Without a key: no key, no outer transaction. bench/README.md, "API starts".
+    with django_assert_num_queries(10):
+        assert client.post(START, expense(), **{"Idempotency-Key": "counted"}).status_code == 201
+    with django_assert_num_queries(7):
+        assert client.post(START, expense()).status_code == 201
+
+
+def test_a_permission_removed_refuses_the_next_start(api_as, roles):
+    # given: staff may start through their group, with a token already in use
+    client = api_as(roles.staff)
+    assert client.post(START, expense()).status_code == 201
+
+    # when: the group loses the permission
+    roles.approvers.permissions.remove(
+        roles.approvers.permissions.get(content_type__app_label="orchestrator", codename="add_workflowinstance")
+    )
+
+    # then: the very next start with the same token is refused
+    assert client.post(START, expense()).status_code == 403
+
+
 # --- idempotency ----------------------------------------------------------------------------------------
 
 
@@ -133,6 +162,20 @@ def test_the_same_key_with_another_body_is_422_and_starts_nothing(api_as, roles)
     other = client.post(START, expense(amount="11.00"), **{"Idempotency-Key": "k1"})
 
     # then
+    assert other.status_code == 422
+    assert str(first.json()["id"]) in other.json()["detail"]
+    assert WorkflowInstance.objects.count() == 1
+
+
+def test_a_used_key_with_an_invalid_body_is_still_422(api_as, roles):
+    # given
+    client = api_as(roles.staff)
+    first = client.post(START, expense(), **{"Idempotency-Key": "k2"})
+
+    # when: the same key with a body the start form refuses
+    other = client.post(START, {"workflow": "expense_approval", "input": {}}, **{"Idempotency-Key": "k2"})
+
+    # then: the key answers (it was used for another body), not the form
     assert other.status_code == 422
     assert str(first.json()["id"]) in other.json()["detail"]
     assert WorkflowInstance.objects.count() == 1

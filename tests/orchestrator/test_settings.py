@@ -251,26 +251,31 @@ def test_behind_a_proxy_https_is_believed_only_when_configured():
     assert proxied == {"SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"], "SECURE_SSL_REDIRECT": True}
 
 
-def test_make_web_passes_proxy_headers_to_daphne_only_behind_a_proxy():
-    def web_command(value: str) -> str:
-        done = subprocess.run(
-            ["make", "-n", "web"],
-            cwd=ROOT,
-            env={**os.environ, "BATON_BEHIND_PROXY": value},
-            capture_output=True,
-            text=True,
-        )
-        line = done.stdout.split("daphne", 1)[1]
-        return subprocess.run(
-            ["bash", "-c", f"echo {line}"],
-            env={**os.environ, "BATON_BEHIND_PROXY": value},
-            capture_output=True,
-            text=True,
-        ).stdout
+def _make_line(target: str, program: str, env: dict[str, str]) -> str:
+    """The command ``make <target>`` would run for ``program``, with the shell's expansions done under ``env``."""
+    done = subprocess.run(["make", "-n", target], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+    line = done.stdout.split(program, 1)[1].replace("\\\n", " ")
+    return subprocess.run(
+        ["bash", "-c", f"echo {line}"], env={**os.environ, **env}, capture_output=True, text=True
+    ).stdout
 
-    assert "--proxy-headers" in web_command("1")
-    assert "--proxy-headers" in web_command("Yes")
-    assert "--proxy-headers" not in web_command("0")
+
+def test_make_web_live_passes_proxy_headers_to_daphne_only_behind_a_proxy():
+    assert "--proxy-headers" in _make_line("web-live", "bin/daphne", {"BATON_BEHIND_PROXY": "1"})
+    assert "--proxy-headers" in _make_line("web-live", "bin/daphne", {"BATON_BEHIND_PROXY": "Yes"})
+    assert "--proxy-headers" not in _make_line("web-live", "bin/daphne", {"BATON_BEHIND_PROXY": "0"})
+
+
+def test_make_web_serves_http_with_gunicorn_workers_per_core_unless_told():
+    # given: no BATON_WEB_WORKERS, then 3
+    default = _make_line("web", "bin/gunicorn", {"BATON_WEB_WORKERS": ""}).split()
+    told = _make_line("web", "bin/gunicorn", {"BATON_WEB_WORKERS": "3", "BATON_PORT": "9001"}).split()
+
+    # then: 2 per core + 1 by default, the WSGI application, where told
+    assert default[default.index("--workers") + 1] == str(2 * os.cpu_count() + 1)
+    assert told[told.index("--workers") + 1] == "3"
+    assert "127.0.0.1:9001" in told
+    assert told[-1] == "baton_site.wsgi:application"
 
 
 @pytest.mark.parametrize(("behind_proxy", "expected"), [(False, "10.0.0.9"), (True, "203.0.113.7")])
