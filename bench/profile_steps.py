@@ -179,7 +179,8 @@ def table_writes() -> None:
             )
             updates, hot, index_bytes = cursor.fetchone()
             print(
-                f"== {table}: {updates} updates, {hot} heap-only ({hot / max(updates, 1):.0%}); indexes {index_bytes:,} bytes"
+                f"== {table}: {updates} updates, {hot} heap-only ({hot / max(updates, 1):.0%});"
+                f" indexes {index_bytes:,} bytes"
             )
 
 
