@@ -12,7 +12,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connections
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -147,6 +147,15 @@ def inbox_counts(user: User, *, fresh: bool = False) -> dict[str, int]:
         cached = {"inbox": inbox, "queue": queue, "unread": unread, "cap": COUNT_CAP}
         user._baton_counts = cached  # type: ignore[attr-defined]
     return cached
+
+
+def tasks_open_counts(now: datetime) -> dict[str, int]:
+    """Tasks waiting for a person (open, claimed or escalated) and those of them due before ``now`` (aware):
+    ``{"open": n, "overdue": m}``. One statement over the partial index of actionable tasks."""
+    counts = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES).aggregate(
+        open=Count("id"), overdue=Count("id", filter=Q(due_at__lt=now))
+    )
+    return {"open": counts["open"] or 0, "overdue": counts["overdue"] or 0}
 
 
 def tasks_of_instance(instance_id: int) -> QuerySet[HumanTask]:

@@ -2,6 +2,7 @@
 page, from 10,000 to 1,000,000 instances (5 step runs each: 5,000,000 at the top).
 
     .venv/bin/python bench/console.py [--sizes 10000,100000,1000000] [--requests 60] [--keep] [--json FILE]
+    .venv/bin/python bench/console.py --explain /incidents/      # each statement's plan, on the kept database
 
 Seeds a dedicated PostgreSQL database (``baton_bench_ops``; dropped at the end unless ``--keep``) with SQL
 ``generate_series``, in stages: at each size it adds the instances up to that size, runs ANALYZE, and times the
@@ -262,13 +263,50 @@ def measure(operator: Any, size: int, top: int, requests: int) -> list[dict[str,
     return rows
 
 
+def explain(operator: Any, url: str, slower_than_ms: float = 0.0) -> None:
+    """Print every SQL statement one request of ``url`` runs, each with its ``EXPLAIN (ANALYZE, BUFFERS)`` plan
+    (the statements are run again for the plan; the page's own run warmed the cache). Statements faster than
+    ``slower_than_ms`` in the page's run are listed by time only."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext, setup_test_environment
+
+    setup_test_environment()
+    client = Client()
+    client.force_login(operator)
+    client.get(url)  # warm-up
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200, (url, response.status_code)
+    print(f"{url}: {len(ctx.captured_queries)} statements")
+    for number, query in enumerate(ctx.captured_queries, 1):
+        took = float(query["time"]) * 1000
+        print(f"\n--- {number}: {took:.1f} ms\n{query['sql']}")
+        if took < slower_than_ms or not query["sql"].lstrip().upper().startswith(("SELECT", "WITH")):
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query['sql']}")
+            print("\n".join(row[0] for row in cursor.fetchall()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards (and reuse one)")
     parser.add_argument("--json", help="write every row to this file")
+    parser.add_argument(
+        "--explain",
+        metavar="URL",
+        help="on the kept database (implies --keep, seeds nothing): print each statement of one request of URL "
+        "with its EXPLAIN (ANALYZE, BUFFERS), e.g. --explain /incidents/",
+    )
+    parser.add_argument("--explain-over", type=float, default=0.0, help="plan only statements slower than this (ms)")
     args = parser.parse_args()
+    if args.explain:
+        setup_env(keep=True)
+        explain(prepare(), args.explain, args.explain_over)
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
     setup_env(args.keep)
     results: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/profile_steps.py --n 500            # cProfile of each service, top functions
     .venv/bin/python bench/profile_steps.py --n 500 --no-profile   # plain wall time per call only
+    .venv/bin/python bench/profile_steps.py --no-profile --drop-index console_instance_data   # an index's write cost
 
 Recreates the bench database (baton_bench) and uses Redis db 13. The worker must
 not be running: the steps are executed here, and their Celery messages stay in Redis (flushed at the end).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
 import sys
 import time
@@ -84,10 +86,25 @@ def main() -> int:
         action="store_true",
         help="replace the Celery publish (apply_async to Redis) with a no-op, to see what it costs",
     )
+    parser.add_argument("--db", default=harness.DB_NAME, help="the database to recreate (default: %(default)s)")
+    parser.add_argument("--redis", default=harness.REDIS_URL, help="the Redis URL (default: %(default)s)")
+    parser.add_argument(
+        "--drop-index",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="drop this index after migrating, to measure what it costs the engine's writes (repeatable)",
+    )
+    parser.add_argument(
+        "--data",
+        default="{}",
+        help="each instance's start data, as JSON (business data: what a GIN index on the data has to index)",
+    )
     args = parser.parse_args()
-    harness.configure_env()
-    harness.reset_database(keep=False)
+    harness.configure_env(db_name=args.db, redis_url=args.redis)
+    harness.reset_database(db_name=args.db, keep=False)
     harness.migrate()
+    start_data = json.loads(args.data)
 
     import django
 
@@ -104,6 +121,13 @@ def main() -> int:
     if args.no_publish:
         unit.send_step = lambda step_id, options: None  # type: ignore[assignment]
 
+    if args.drop_index:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            for name in args.drop_index:
+                cursor.execute(f'DROP INDEX "{name}"')
+                print(f"dropped index {name}")
     initiator, approvers = harness.ensure_users(4)
     profile = not args.no_profile
     # Warm up caches (content types, the group, the registry) outside the measurement.
@@ -114,7 +138,7 @@ def main() -> int:
     timed(
         "instance_start(bench_approval)",
         list(range(args.n)),
-        lambda _: started.append(instance_start("bench_approval", {}, initiator=initiator)),
+        lambda _: started.append(instance_start("bench_approval", dict(start_data), initiator=initiator)),
         profile,
         args.top,
     )
@@ -132,8 +156,32 @@ def main() -> int:
         profile,
         args.top,
     )
-    harness.flush_redis()
+    table_writes()
+    harness.flush_redis(args.redis)
     return 0
+
+
+def table_writes() -> None:
+    """What the run wrote to the instance and step tables, from this database's own statistics (unlike the WAL,
+    which is the whole cluster's and counts other databases' writes on a shared server): updates, how many were
+    heap-only (no index touched), and the size of the tables' indexes."""
+    import time as _time
+
+    from django.db import connection
+
+    _time.sleep(1)  # the statistics collector reports at most every 500 ms
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        for table in ("orchestrator_workflowinstance", "orchestrator_steprun"):
+            cursor.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd, pg_indexes_size(relid) FROM pg_stat_user_tables WHERE relname = %s",
+                [table],
+            )
+            updates, hot, index_bytes = cursor.fetchone()
+            print(
+                f"== {table}: {updates} updates, {hot} heap-only ({hot / max(updates, 1):.0%});"
+                f" indexes {index_bytes:,} bytes"
+            )
 
 
 if __name__ == "__main__":

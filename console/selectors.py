@@ -286,6 +286,28 @@ def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
     return groups, int(rows[0][7]) if rows else 0
 
 
+def stuck_steps(now: datetime | None = None) -> QuerySet[StepRun]:
+    """The one definition of **stuck** (Incidents lists these, the catalog counts them per workflow): a step the
+    engine runs (not a person's) still running after its timeout. Its worker died or hangs; nothing will move the
+    instance until the sweep fails the attempt when the lease ends, ``HARD_LIMIT_MARGIN`` +
+    ``BATON_LEASE_GRACE`` seconds after the timeout (``orchestrator.services.unit.lease_for``).
+
+    ``now``: an aware datetime (default: the current time). Returns the steps, unordered and unsliced, read
+    through the partial index of running steps with a lease: it costs what is stuck, not what exists. Failed
+    instances are not stuck (they failed, and are listed as failures); a task past its SLA is late, not stuck.
+    """
+    now = now or timezone.now()
+    # A lease ending sooner than the margin from now means the timeout, margin before it, has passed.
+    past = now + timedelta(seconds=HARD_LIMIT_MARGIN + float(settings.BATON_LEASE_GRACE))
+    return StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=past).exclude(kind=StepKind.HUMAN)
+
+
+def stuck_by_workflow(now: datetime | None = None) -> dict[str, int]:
+    """Workflow name -> its :func:`stuck_steps` at ``now``; workflows with none are absent. One statement."""
+    rows = stuck_steps(now).values("instance__workflow_name").order_by().annotate(n=Count("id"))
+    return {row["instance__workflow_name"]: row["n"] for row in rows}
+
+
 def _sweep_lag(now: datetime) -> dict[str, Any]:
     """How far behind the sweep is: the oldest step that fell due and was never sent, and the oldest lease past
     its end by more than two sweeps (the sweep should have taken both up within a pass)."""
@@ -321,15 +343,7 @@ def incidents(now: datetime | None = None) -> Incidents:
         escalations.select_related("instance", "step", "assignee").order_by("created_at", "id")[:INCIDENT_ROWS]
     )
 
-    # A step's lease ends HARD_LIMIT_MARGIN + BATON_LEASE_GRACE seconds after its timeout: a lease ending sooner
-    # than that from now means the timeout has passed.
-    past = now + timedelta(seconds=HARD_LIMIT_MARGIN + float(settings.BATON_LEASE_GRACE))
-    found.past_timeout = list(
-        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=past)
-        .exclude(kind=StepKind.HUMAN)
-        .select_related("instance")
-        .order_by("lease_expires_at")[:INCIDENT_ROWS]
-    )
+    found.past_timeout = list(stuck_steps(now).select_related("instance").order_by("lease_expires_at")[:INCIDENT_ROWS])
 
     overdue = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, due_at__lt=now).exclude(
         kind=TaskKind.ESCALATION

@@ -14,6 +14,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 
+from console import selectors
 from orchestrator import registry, stats
 from orchestrator.diagram import workflow_dot
 from orchestrator.dsl import Workflow
@@ -39,7 +40,7 @@ def catalog(request: AuthedRequest) -> HttpResponse:
     """Every workflow: description, owner, criticality, versions with their running instances, and health over the
     window (failure rate, p95 duration, stuck), each figure linking to the instance list filtered to it."""
     window = _window(request)
-    entries = stats.catalog(stats.WINDOWS[window])
+    entries = stats.catalog(stats.WINDOWS[window], stuck=selectors.stuck_by_workflow())
     context = {
         "entries": entries,
         "window": window,
@@ -68,7 +69,8 @@ def workflow_detail(request: AuthedRequest, name: str) -> HttpResponse:
     """One workflow: every version (first seen, instances by state, its diagram) and, with ``?from=N&to=M``, what
     changed between two versions (nodes added, removed, and changed attribute by attribute). A version that is no
     number or not deployed is named on the page, which answers 400 keeping what was asked."""
-    entry = next((e for e in stats.catalog(stats.WINDOWS[_window(request)]) if e.workflow.name == name), None)
+    entries = stats.catalog(stats.WINDOWS[_window(request)], stuck=selectors.stuck_by_workflow())
+    entry = next((e for e in entries if e.workflow.name == name), None)
     if entry is None:
         raise Http404("No such workflow.")
     problems: list[str] = []

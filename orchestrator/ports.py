@@ -82,6 +82,13 @@ class HumanTasks(Protocol):
         Raises nothing of its own.
         """
 
+    def tasks_open_counts(self, now: datetime) -> dict[str, int]:
+        """Tasks waiting for a person (open, claimed or escalated) and those of them due before ``now`` (aware):
+        ``{"open": n, "overdue": m}``, for the dashboard and /metrics. Costs what is open, not every task ever made.
+
+        Raises nothing of its own.
+        """
+
     def live_counts(self, user: User) -> dict[str, int]:
         """The counts a page's navigation shows (``{"inbox": n, "unread": n, ...}``), read fresh.
 

@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q
 from django.utils import timezone
 
 from orchestrator.dsl import Node, Workflow
 from orchestrator.models import (
     InstanceState,
     InstanceStateCount,
-    StepRun,
-    StepState,
     WorkflowHourStats,
     WorkflowVersionSeen,
 )
@@ -128,19 +125,6 @@ def timeline(hours: int, now: datetime | None = None) -> dict[str, Any]:
     return {"labels": slots, "step": step, **series}
 
 
-def stuck_steps_by_workflow(now: datetime | None = None) -> dict[str, int]:
-    """Workflow name -> steps running past their lease (their worker is gone; the sweep will fail the attempt).
-    Reads the partial index of running steps with a lease, so it costs what is stuck, not what exists."""
-    now = now or timezone.now()
-    rows = (
-        StepRun.objects.filter(state=StepState.RUNNING, lease_expires_at__lt=now)
-        .values("instance__workflow_name")
-        .order_by()
-        .annotate(n=Count("id"))
-    )
-    return {row["instance__workflow_name"]: row["n"] for row in rows}
-
-
 def versions_seen() -> dict[tuple[str, int], datetime]:
     """(workflow, version) -> when a Baton process first saw it registered."""
     return {
@@ -152,16 +136,12 @@ def versions_seen() -> dict[tuple[str, int], datetime]:
 def human_tasks_open() -> dict[str, int]:
     """Open human tasks now, and how many of them are past their due time: ``{"open": n, "overdue": m}``.
 
-    Counts what is open (the partial index of open, claimed and escalated tasks), not every task ever made."""
-    from django.apps import apps
+    Asked of the human side through its port (``orchestrator.ports.HumanTasks.tasks_open_counts``): the engine
+    knows no task model. Zeros when no human side is registered."""
+    from orchestrator.ports import human_tasks_or_none
 
-    # By name: the engine does not import approvals.
-    HumanTask = apps.get_model("approvals", "HumanTask")
-    now = timezone.now()
-    counts = HumanTask.objects.filter(state__in=["open", "claimed", "escalated"]).aggregate(
-        open=Count("id"), overdue=Count("id", filter=Q(due_at__lt=now))
-    )
-    return {"open": counts["open"] or 0, "overdue": counts["overdue"] or 0}
+    side = human_tasks_or_none()
+    return side.tasks_open_counts(timezone.now()) if side is not None else {"open": 0, "overdue": 0}
 
 
 def totals_by_workflow() -> dict[str, dict[str, Any]]:
@@ -316,7 +296,8 @@ class CatalogEntry:
     versions: list[VersionRow]
     health: Health
     failed_now: int
-    stuck_steps: int
+    # Steps stuck per console.selectors.stuck_steps (the one definition); the console passes them to catalog().
+    stuck_steps: int = 0
 
     @property
     def running(self) -> int:
@@ -324,14 +305,17 @@ class CatalogEntry:
 
     @property
     def stuck(self) -> int:
-        """Instances failed and waiting for an operator, plus steps running past their lease."""
+        """Instances failed and waiting for an operator, plus steps stuck (running past their timeout)."""
         return self.failed_now + self.stuck_steps
 
 
-def catalog(hours: int = 24, now: datetime | None = None) -> list[CatalogEntry]:
+def catalog(hours: int = 24, now: datetime | None = None, stuck: dict[str, int] | None = None) -> list[CatalogEntry]:
     """Every registered workflow with its versions (registered, or still holding instances), their first-seen
     times and instances by state, and its health over the last ``hours`` hours. Five small queries whatever the
-    number of instances; a registered version missing from the first-seen table is recorded on the way."""
+    number of instances; a registered version missing from the first-seen table is recorded on the way.
+
+    ``stuck``: workflow name -> its stuck steps, as the caller defines stuck (the console:
+    ``console.selectors.stuck_by_workflow``); the engine does not define it twice."""
     from orchestrator import registry
     from orchestrator.rollups import record_versions
 
@@ -341,7 +325,7 @@ def catalog(hours: int = 24, now: datetime | None = None) -> list[CatalogEntry]:
         record_versions(now, again=True)
         seen = versions_seen()
     health = health_by_workflow(hours, now)
-    stuck = stuck_steps_by_workflow(now)
+    stuck = stuck or {}
     entries = []
     for latest in registry.latest_all():
         numbers = {w.version for w in registry.all_versions(latest.name)}

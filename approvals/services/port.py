@@ -19,7 +19,7 @@ from approvals.models import (
     TaskKind,
 )
 from approvals.notifications import members_of, notify
-from approvals.selectors import inbox_counts, visible_tasks
+from approvals.selectors import inbox_counts, tasks_open_counts, visible_tasks
 from approvals.services.base import (
     APPROVE,
     OPERATORS,
@@ -279,6 +279,10 @@ class ApprovalsHumanTasks:
         """True if ``user`` sees one of the instance's tasks (``selectors.visible_tasks``). Raises nothing
         of its own."""
         return visible_tasks(user).filter(instance_id=instance_id).exists()
+
+    def tasks_open_counts(self, now: datetime) -> dict[str, int]:
+        """See ``selectors.tasks_open_counts``; raises nothing of its own."""
+        return tasks_open_counts(now)
 
     def live_counts(self, user: User) -> dict[str, int]:
         """The inbox counts read fresh (``selectors.inbox_counts``). Raises nothing of its own."""

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from approvals.services.tasks import task_decide
 from demo.data import ensure_roles, load_demo
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, BrowserTestCase, orm
-from tests.factories import OrderInputFactory
+from tests.factories import ExpenseInputFactory, OrderInputFactory
 
 # The narrowest phone in common use: the console must work there, not only at the suite's 390 px.
 NARROW = {"width": 375, "height": 812}
@@ -26,17 +27,23 @@ def state_of(instance_id: int) -> str:
 
 
 class ConsoleTests(BrowserTestCase):
-    # Quarantined: both pass when run alone (tests/browser/test_console.py) but each failed once in a full
-    # `make test` after the lanes were merged (issue 10's note); skipped by name so the defect stays visible.
-    @pytest.mark.skip(reason="quarantined: fails in the full suite, passes alone; see issue 10's note")
     @pytest.mark.worker
     def test_operator_retries_a_failed_demo_instance_from_incidents_and_sees_it_complete(self):
         """operator opens Incidents, follows the failed payout to its instance, retries it with a reason, and the
         page turns to Completed when the worker is done, without a reload."""
-        # given
+        # given: the demo's failed expense, built here through the engine and the real worker (not by load_demo,
+        # whose in-process run races a worker left running by an earlier test): the team approves, then payroll
+        # refuses the payout on all three attempts it has.
         self.fixture("celery_worker")
-        load_demo(log=lambda _line: None)
-        failed = WorkflowInstance.objects.get(workflow_name="expense_approval", state=InstanceState.FAILED)
+        wait_for = self.fixture("wait_for")
+        ensure_roles()  # the demo's group permissions: operators operate
+        failed = instance_start(
+            "expense_approval",
+            {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3},
+            initiator=self.users.staff,
+        )
+        task_decide(failed.tasks.get().pk, self.users.staff2, "approve", comment="Budgeted in Q3")
+        wait_for(lambda: state_of(failed.pk) == InstanceState.FAILED, timeout=60, instance=failed)
 
         with self.chromium() as browser:
             page = self.signed_in_page(browser, "operator")
@@ -63,9 +70,6 @@ class ConsoleTests(BrowserTestCase):
 
         assert state_of(failed.pk) == InstanceState.COMPLETED
 
-    # Quarantined: both pass when run alone (tests/browser/test_console.py) but each failed once in a full
-    # `make test` after the lanes were merged (issue 10's note); skipped by name so the defect stays visible.
-    @pytest.mark.skip(reason="quarantined: fails in the full suite, passes alone; see issue 10's note")
     @pytest.mark.worker
     def test_a_bulk_retry_after_a_dry_run_fills_its_progress_bar_live(self):
         """Four orders failed at the stock reservation; the operator filters them, runs a dry run (exactly four),

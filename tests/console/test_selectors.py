@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind
@@ -17,7 +19,10 @@ from console.selectors import (
     hide_paths,
     incidents,
     page_of,
+    stuck_by_workflow,
+    stuck_steps,
 )
+from orchestrator import stats
 from orchestrator.audit import Actor
 from orchestrator.dsl import ESCALATE, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepRun, StepState, WorkflowInstance
@@ -170,3 +175,130 @@ def test_overdue_human_tasks_are_incidents(users, run_steps):
     found = incidents()
     assert [t.instance_id for t in found.overdue_tasks] == [instance.pk]
     assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.WAITING
+
+
+def test_stuck_is_one_definition_listed_by_incidents_and_counted_by_the_catalog(flow, users):
+    """A step running after its timeout is stuck; one whose lease is far off, a person's step, or one that failed
+    is not. Incidents lists exactly stuck_steps(), and the catalog's per-workflow count is the same set."""
+    # given: three instances of sel_flow, their one step each put in a different state
+    late, running, human = (instance_start("sel_flow", {}) for _ in range(3))
+    now = timezone.now()
+    StepRun.objects.filter(instance=late).update(state=StepState.RUNNING, lease_expires_at=now + timedelta(seconds=1))
+    StepRun.objects.filter(instance=running).update(state=StepState.RUNNING, lease_expires_at=now + timedelta(hours=1))
+    StepRun.objects.filter(instance=human).update(
+        state=StepState.RUNNING, kind="human", lease_expires_at=now - timedelta(hours=1)
+    )
+
+    # when
+    stuck = [s.instance_id for s in stuck_steps(now)]
+    listed = [s.instance_id for s in incidents(now=now).past_timeout]
+    counted = stuck_by_workflow(now)
+    entry = next(e for e in stats.catalog(24, now=now, stuck=counted) if e.workflow.name == "sel_flow")
+
+    # then
+    assert stuck == listed == [late.pk]
+    assert counted == {"sel_flow": 1}
+    assert (entry.stuck_steps, entry.stuck) == (1, 1)  # no failed instance, one stuck step
+
+
+# The Incidents reads that scanned far more than the rows in trouble at a million (bench/README.md, Run 3), each
+# with the partial index it must read now (console/migrations/0003_incident_indexes.py).
+INCIDENT_INDEXES = {
+    "escalations": "console_task_escalations",
+    "overdue tasks": "console_task_overdue",
+    "paused past resume": "console_instance_paused_until",
+}
+
+
+def _incident_statement(sql: str) -> str | None:
+    if 'FROM "approvals_humantask"' in sql and "\"kind\" = 'escalation' AND" in sql:
+        return "escalations"
+    if 'FROM "approvals_humantask"' in sql and 'NOT ("approvals_humantask"."kind" = \'escalation\')' in sql:
+        return "overdue tasks"
+    if 'FROM "orchestrator_workflowinstance"' in sql and '"paused_until" <' in sql:
+        return "paused past resume"
+    return None
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN plans are PostgreSQL's")
+def test_each_incidents_read_of_tasks_and_pauses_walks_its_partial_index(users):
+    """Escalations, tasks past their SLA and pauses past their resume are read through partial indexes of those
+    rows only: the plan names the index and scans no table (bench/console.py --explain /incidents/ at a million)."""
+    # given: the statements incidents() runs
+    with CaptureQueriesContext(connection) as ctx:
+        incidents()
+    found: dict[str, list[str]] = {}
+
+    # when
+    with connection.cursor() as cursor:
+        # With a handful of rows the planner rightly prefers a scan; turned off, the plan shows whether the
+        # partial index can serve the read at all.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for query in ctx.captured_queries:
+            kind = _incident_statement(query["sql"])
+            if kind is not None:
+                cursor.execute(f"EXPLAIN {query['sql']}")
+                found.setdefault(kind, []).append("\n".join(row[0] for row in cursor.fetchall()))
+
+    # then: two statements each for escalations and overdue tasks (count, then the first rows), one for pauses
+    assert {kind: len(plans) for kind, plans in found.items()} == {
+        "escalations": 2,
+        "overdue tasks": 2,
+        "paused past resume": 1,
+    }
+    for kind, plans in found.items():
+        for plan in plans:
+            assert INCIDENT_INDEXES[kind] in plan, plan
+            assert "Seq Scan on approvals_humantask" not in plan, plan
+            assert "Seq Scan on orchestrator_workflowinstance" not in plan, plan
+
+
+def test_the_incidents_page_takes_a_fixed_number_of_statements(
+    client, users, flow, run_steps, django_assert_num_queries
+):
+    """Session, user, permissions (2), the nine reads of incidents(), the navigation's (3)... 17 whatever is in
+    trouble: a failure more, an escalation more or a stuck step more adds no statement."""
+    # given
+    client.force_login(users.operator)
+    instance_start("sel_flow", {"fail": True, "customer": "A"})
+    run_steps(advance=True)
+    client.get("/incidents/")  # the first request of a session may write it
+    with CaptureQueriesContext(connection) as first:
+        client.get("/incidents/")
+
+    # when: more of everything in trouble
+    for customer in ("B", "C", "D"):
+        instance_start("sel_flow", {"fail": True, "customer": customer})
+    late = instance_start("sel_flow", {})
+    run_steps(advance=True)
+    StepRun.objects.filter(instance=late).update(
+        state=StepState.RUNNING, lease_expires_at=timezone.now() + timedelta(seconds=1)
+    )
+
+    # then
+    assert len(first.captured_queries) == INCIDENTS_QUERIES
+    with django_assert_num_queries(INCIDENTS_QUERIES):
+        response = client.get("/incidents/")
+    assert response.status_code == 200
+
+
+INCIDENTS_QUERIES = 17  # bench/README.md: the page's statements at 10,000 and at 1,000,000 instances alike
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN plans are PostgreSQL's")
+def test_the_error_filters_count_of_each_state_walks_the_instances_with_an_error_in_that_state(users):
+    """Each state's capped count under the error-text filter reads console_instance_error_state (the instances
+    with an error, by state), not every instance of the state intersected with those that have an error."""
+    # given: the count of one state under the filter, as capped_counts builds it
+    query = filtered(users.admin, InstanceFilter(error="carrier")).filter(state="completed").values("id")[:1001]
+
+    # when
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        sql, params = query.query.sql_with_params()
+        cursor.execute(f"EXPLAIN SELECT count(*) FROM ({sql}) s", params)  # noqa: S608 (Django's own SQL)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    # then
+    assert "console_instance_error_state" in plan, plan

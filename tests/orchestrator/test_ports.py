@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.db import transaction
 
 from approvals.services.port import ApprovalsHumanTasks
-from orchestrator import ports
+from orchestrator import ports, stats
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import ESCALATE, Human, PermanentError, Retry, StepContext, Task, Workflow
@@ -51,6 +52,21 @@ def test_approvals_registers_the_human_side_when_it_is_ready():
 
     # then
     assert isinstance(people, ApprovalsHumanTasks)
+
+
+@pytest.mark.django_db
+def test_the_dashboards_task_counts_come_through_the_port_and_are_zero_without_a_human_side(no_human_side, users):
+    """The engine counts open tasks by asking the human side (HumanTasks.tasks_open_counts), never by naming its
+    model: with nothing registered there is nothing to count."""
+    # given: no human side (the fixture)
+
+    # when
+    counts = stats.human_tasks_open()
+
+    # then
+    assert counts == {"open": 0, "overdue": 0}
+    engine = Path(stats.__file__).parent
+    assert not [f.name for f in engine.rglob("*.py") if 'get_model("approvals"' in f.read_text()]
 
 
 @pytest.mark.django_db
