@@ -5,11 +5,14 @@ the selectors the views read through."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db.models import Q
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
@@ -40,8 +43,28 @@ def has_model_perm(user: Any, perm: str) -> bool:
     if user.is_superuser:
         return True
     app_label, _, codename = perm.partition(".")
+    with connection.cursor() as cursor:
+        cursor.execute(_perm_sql(), [app_label, codename, user.pk, user.pk])
+        return cursor.fetchone() is not None
+
+
+@functools.cache
+def _perm_sql() -> str:
+    # The ORM's own statement for
+    #   Permission.objects.filter(content_type__app_label=..., codename=...)
+    #       .filter(Q(user=user) | Q(group__user=user)).exists()
+    # written once: building that query (joins, lookups, compiling) cost about a sixth of a start's CPU in the
+    # web process, on every request. The tables are the models' own; the values are parameters, read fresh.
+    quote = connection.ops.quote_name
+    permissions, content_types = quote(Permission._meta.db_table), quote(ContentType._meta.db_table)
+    user_perms = quote(Permission.user_set.through._meta.db_table)
+    group_perms = quote(Permission.group_set.through._meta.db_table)
+    user_groups = quote(get_user_model().groups.through._meta.db_table)
+    # Only the models' table names are formatted in (no input): the values are the statement's parameters.
     return (
-        Permission.objects.filter(content_type__app_label=app_label, codename=codename)
-        .filter(Q(user=user) | Q(group__user=user))
-        .exists()
+        f"SELECT 1 FROM {permissions} p JOIN {content_types} ct ON ct.id = p.content_type_id "  # noqa: S608
+        "WHERE ct.app_label = %s AND p.codename = %s AND ("
+        f"EXISTS (SELECT 1 FROM {user_perms} up WHERE up.permission_id = p.id AND up.user_id = %s) "
+        f"OR EXISTS (SELECT 1 FROM {group_perms} gp JOIN {user_groups} ug ON ug.group_id = gp.group_id "
+        "WHERE gp.permission_id = p.id AND ug.user_id = %s)) LIMIT 1"
     )

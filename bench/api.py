@@ -7,7 +7,7 @@ server with ``--command``), in production mode (DEBUG off, Redis channel layer a
 Celery worker (concurrency 2) running the started steps, and ``--clients`` client threads, each with its own
 HTTP connection, posting ``bench_approval`` starts with an API token and an Idempotency-Key. Reports starts/s
 (N / wall time), latency percentiles, how long until the worker had run every started step (all instances
-``waiting``), and the CPU each part (web, worker, PostgreSQL backends) used per start.
+``waiting``), and the CPU each part (web, worker, PostgreSQL backends, the client threads) used per start.
 """
 
 from __future__ import annotations
@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()
         assert worker.pid is not None
         cpu_before = cpu_snapshot(web.pid, worker.pid, args.db)
+        # This process's CPU while the clients run is the clients' (their threads; nothing else runs here).
+        client_cpu0 = time.process_time()
         wall, latencies, statuses = run_clients(args.port, secret, args.n, args.clients, not args.no_key)
+        client_cpu = time.process_time() - client_cpu0
         # The worker runs each started step (``prepare``); done when every instance waits for its approval.
         total = _started()  # what was started (a refused start, a 503, starts nothing)
         drain_began = time.perf_counter()
@@ -263,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         drained = time.perf_counter() - drain_began
         waiting = waiting_count()
         cpu = cpu_used(cpu_before, cpu_snapshot(web.pid, worker.pid, args.db))
+        cpu["client"] = client_cpu
     finally:
         stop(web)
         worker.stop()

@@ -99,7 +99,10 @@ def instance_start(
             return existing
     actor = Actor.of(initiator) if initiator is not None else (actor or Actor.system("api"))
     try:
-        with transaction.atomic():
+        # Inside a caller's transaction (the API's, which adds its key's row) a savepoint is two round trips for
+        # nothing unless a key's race must be recovered here (the except below reads after the failed INSERT):
+        # without one, a failure marks the caller's transaction for rollback and the error reaches the caller.
+        with transaction.atomic(savepoint=bool(idempotency_key)):
             instance = WorkflowInstance(
                 workflow_name=workflow.name,
                 workflow_version=workflow.version,
