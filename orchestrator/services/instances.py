@@ -79,6 +79,9 @@ def instance_start(
 
     ``actor`` is who the audit names when no person starts it (``system:scheduler``); default ``system:api``.
 
+    Inside a caller's transaction the start takes no savepoint unless ``idempotency_key`` is given (its race is
+    recovered in there): an error from the start then leaves that transaction to be rolled back by the caller.
+
     Raises InvalidInput when the data fails the start form or the key is longer than ``IDEMPOTENCY_KEY_MAX`` or
     holds a NUL; IdempotencyConflict when the key was used with other data; UnknownWorkflow.
     """
