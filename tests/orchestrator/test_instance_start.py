@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Group
+from django.db import DatabaseError, connection, transaction
 
 from orchestrator import registry
 from orchestrator.dsl import StepContext, Task, Workflow
@@ -112,6 +114,35 @@ def test_start_costs_a_fixed_number_of_queries(django_assert_num_queries, users)
     with django_assert_num_queries(2):
         instance = instance_start("bench_approval", {})
     assert instance.steps.get().state == StepState.SCHEDULED
+
+
+def test_a_start_failing_inside_a_callers_transaction_rolls_the_callers_work_back(users):
+    # given: a caller's transaction that wrote a row first (as the API writes its key's row after the start)
+    # when: the start fails in the database (PostgreSQL's JSONB refuses a NUL) with no idempotency key, so the
+    # engine took no savepoint of its own
+    with pytest.raises(DatabaseError):
+        with transaction.atomic():
+            Group.objects.create(name="written-before-the-start")
+            instance_start("bench_approval", {"note": "a\x00b"})
+
+    # then: the error reached the caller and its whole transaction was rolled back, nothing half-written
+    assert not Group.objects.filter(name="written-before-the-start").exists()
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_a_keyed_start_failing_inside_a_callers_transaction_leaves_that_transaction_usable(users):
+    # given: a caller's transaction; when: a start with an idempotency key (which keeps its savepoint: its race
+    # is recovered inside it) fails in the database
+    with transaction.atomic():
+        Group.objects.create(name="written-before-the-start")
+        with pytest.raises(DatabaseError):
+            instance_start("bench_approval", {"note": "a\x00b"}, idempotency_key="nul-1")
+
+        # then: only the start was rolled back; the caller carries on and keeps its row
+        assert not connection.needs_rollback
+        Group.objects.create(name="written-after-the-start")
+    assert Group.objects.filter(name__startswith="written-").count() == 2
+    assert not WorkflowInstance.objects.exists()
 
 
 def test_a_first_step_given_its_id_ahead_is_the_step_its_audit_event_and_message_name(users):
