@@ -120,10 +120,13 @@ def test_a_start_failing_inside_a_callers_transaction_rolls_the_callers_work_bac
     # given: a caller's transaction that wrote a row first (as the API writes its key's row after the start)
     # when: the start fails in the database (PostgreSQL's JSONB refuses a NUL) with no idempotency key, so the
     # engine took no savepoint of its own
-    with pytest.raises(DatabaseError):
+    def callers_transaction() -> None:
         with transaction.atomic():
             Group.objects.create(name="written-before-the-start")
             instance_start("bench_approval", {"note": "a\x00b"})
+
+    with pytest.raises(DatabaseError):
+        callers_transaction()
 
     # then: the error reached the caller and its whole transaction was rolled back, nothing half-written
     assert not Group.objects.filter(name="written-before-the-start").exists()
