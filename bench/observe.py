@@ -4,6 +4,7 @@ pass that feeds them.
     .venv/bin/python bench/observe.py                         # 10k, 100k, 1M; several minutes of bulk loading
     .venv/bin/python bench/observe.py --stages 10000 100000   # a shorter curve
     .venv/bin/python bench/observe.py --keep                  # leave the database for inspection
+    .venv/bin/python bench/observe.py --reuse                 # time the pages again on the kept database
 
 It makes its own PostgreSQL database (``baton_bench_observe``), dropped at the end unless ``--keep``, and uses
 Redis db 7 only for the health and metrics reads (nothing is written there). Instances, step runs and their audit
@@ -279,6 +280,11 @@ def main() -> int:
     parser.add_argument("--catch-up-batch", type=int, default=50_000)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the pages again on the database an earlier --keep run left (loads nothing, drops nothing)",
+    )
+    parser.add_argument(
         "--fold-upto",
         type=int,
         default=100_000,
@@ -304,7 +310,8 @@ def main() -> int:
     os.environ["BATON_METRICS_TOKEN"] = "bench-metrics"
     os.environ["BATON_ALLOWED_HOSTS"] = "testserver,127.0.0.1"
     os.environ["BATON_SECURE_COOKIES"] = "0"
-    print(f"database {DB_NAME}: {harness.reset_database(db_name=DB_NAME)}", flush=True)
+    if not args.reuse:
+        print(f"database {DB_NAME}: {harness.reset_database(db_name=DB_NAME)}", flush=True)
     report: dict = {"stages": []}
     try:
         harness.migrate()
@@ -326,7 +333,17 @@ def main() -> int:
         report["machine"] = machine_info(concurrency=0)
         rollups.rollup_pass()
         loaded = 0
-        for target in sorted(args.stages):
+        if args.reuse:
+            from bench.harness import machine_busy
+            from orchestrator.models import WorkflowInstance
+
+            instances = WorkflowInstance.objects.count()
+            print(f"reusing {instances:,} instances", flush=True)
+            busy = machine_busy(2.0)
+            pages = time_pages(args.requests)
+            print(f"  machine busy before/after: {busy:.0%} / {machine_busy(2.0):.0%}", flush=True)
+            report["stages"].append({"instances": instances, "reused": True, "pages": pages})
+        for target in [] if args.reuse else sorted(args.stages):
             print(f"stage {target:,} instances", flush=True)
             load_s = load(loaded + 1, target, args.step_events_upto)
             loaded = target
@@ -353,7 +370,7 @@ def main() -> int:
     finally:
         if args.json:
             args.json.write_text(json.dumps(report, indent=2, default=str))
-        if not args.keep:
+        if not (args.keep or args.reuse):
             from django.db import connections
 
             connections.close_all()
