@@ -4,6 +4,7 @@ pass that feeds them.
     .venv/bin/python bench/observe.py                         # 10k, 100k, 1M; several minutes of bulk loading
     .venv/bin/python bench/observe.py --stages 10000 100000   # a shorter curve
     .venv/bin/python bench/observe.py --keep                  # leave the database for inspection
+    .venv/bin/python bench/observe.py --reuse                 # time the pages again on the kept database
 
 It makes its own PostgreSQL database (``baton_bench_observe``), dropped at the end unless ``--keep``, and uses
 Redis db 7 only for the health and metrics reads (nothing is written there). Instances, step runs and their audit
@@ -217,9 +218,8 @@ def pass_cost(batch: int, repeats: int = 20) -> dict[str, float]:
 def time_pages(requests: int) -> dict[str, dict[str, float]]:
     """p50/p95 server time (ms) and SQL statements of each page, as an operator."""
     from django.contrib.auth.models import Group, Permission, User
-    from django.db import connection, reset_queries
+    from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
 
     operators, _ = Group.objects.get_or_create(name="operators")
     operators.permissions.set(
@@ -244,8 +244,14 @@ def time_pages(requests: int) -> dict[str, dict[str, float]]:
     for name, (path, headers) in pages.items():
         client.get(path, **headers)  # warm
         times = []
-        reset_queries()  # the request clears the log when it starts: counted from an empty log
-        with CaptureQueriesContext(connection) as queries:
+        statements: list[str] = []
+
+        def count(execute, sql, params, many, context, statements=statements):  # type: ignore[no-untyped-def]
+            statements.append(sql)
+            return execute(sql, params, many, context)
+
+        # Counted at the connection's execute wrapper: every statement the request sends, whatever logs it.
+        with connection.execute_wrapper(count):
             response = client.get(path, **headers)
         assert response.status_code == 200, (path, response.status_code)
         cpu = []
@@ -259,7 +265,7 @@ def time_pages(requests: int) -> dict[str, dict[str, float]]:
         results[name] = {
             "p50_ms": round(statistics.median(times), 1),
             "p95_ms": round(times[max(0, int(len(times) * 0.95) - 1)], 1),
-            "queries": len(queries.captured_queries),
+            "queries": len(statements),
             # This process's CPU per request: less sensitive than the wall clock to other people's work.
             "cpu_p50_ms": round(statistics.median(cpu), 1),
             "cpu_p95_ms": round(cpu[max(0, int(len(cpu) * 0.95) - 1)], 1),
@@ -278,6 +284,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--catch-up-batch", type=int, default=50_000)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the pages again on the database an earlier --keep run left (loads nothing, drops nothing)",
+    )
     parser.add_argument(
         "--fold-upto",
         type=int,
@@ -304,7 +315,8 @@ def main() -> int:
     os.environ["BATON_METRICS_TOKEN"] = "bench-metrics"
     os.environ["BATON_ALLOWED_HOSTS"] = "testserver,127.0.0.1"
     os.environ["BATON_SECURE_COOKIES"] = "0"
-    print(f"database {DB_NAME}: {harness.reset_database(db_name=DB_NAME)}", flush=True)
+    if not args.reuse:
+        print(f"database {DB_NAME}: {harness.reset_database(db_name=DB_NAME)}", flush=True)
     report: dict = {"stages": []}
     try:
         harness.migrate()
@@ -326,7 +338,17 @@ def main() -> int:
         report["machine"] = machine_info(concurrency=0)
         rollups.rollup_pass()
         loaded = 0
-        for target in sorted(args.stages):
+        if args.reuse:
+            from bench.harness import machine_busy
+            from orchestrator.models import WorkflowInstance
+
+            instances = WorkflowInstance.objects.count()
+            print(f"reusing {instances:,} instances", flush=True)
+            busy = machine_busy(2.0)
+            pages = time_pages(args.requests)
+            print(f"  machine busy before/after: {busy:.0%} / {machine_busy(2.0):.0%}", flush=True)
+            report["stages"].append({"instances": instances, "reused": True, "pages": pages})
+        for target in [] if args.reuse else sorted(args.stages):
             print(f"stage {target:,} instances", flush=True)
             load_s = load(loaded + 1, target, args.step_events_upto)
             loaded = target
@@ -353,7 +375,7 @@ def main() -> int:
     finally:
         if args.json:
             args.json.write_text(json.dumps(report, indent=2, default=str))
-        if not args.keep:
+        if not (args.keep or args.reuse):
             from django.db import connections
 
             connections.close_all()
