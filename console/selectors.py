@@ -414,7 +414,7 @@ def incidents(now: datetime | None = None) -> Incidents:
     """What needs a person now, across workflows (see :class:`Incidents`). A fixed number of statements (nine),
     each over a partial index of the rows in trouble, and none reading more than ``INCIDENT_SAMPLE`` of them."""
     now = now or timezone.now()
-    found = Incidents(now=now)
+    found = Incidents(now=now, sample=INCIDENT_SAMPLE)
     found.failed_groups, found.failed_total = _failed_groups(now)
 
     escalations = HumanTask.objects.filter(kind=TaskKind.ESCALATION, state__in=ACTIONABLE_TASK_STATES)

@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind
+from console import selectors
 from console.selectors import (
     InstanceFilter,
     attempts_by_step,
@@ -199,6 +200,128 @@ def test_stuck_is_one_definition_listed_by_incidents_and_counted_by_the_catalog(
     assert stuck == listed == [late.pk]
     assert counted == {"sel_flow": 1}
     assert (entry.stuck_steps, entry.stuck) == (1, 1)  # no failed instance, one stuck step
+
+
+def test_past_the_sample_failures_are_grouped_from_the_newest_and_the_total_says_more(
+    flow, users, run_steps, monkeypatch
+):
+    """More failed instances than ``INCIDENT_SAMPLE``: the groups are the newest ones' (by start), the total stops
+    one past the sample (the page shows "2+"), and the page's count says it is a lower bound."""
+    # given: three failures, a sample of two
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", 2)
+    started = [instance_start("sel_flow", {"fail": True, "customer": c}) for c in ("A", "A", "B")]
+    run_steps(advance=True)
+
+    # when
+    found = incidents(now=timezone.now() + timedelta(minutes=10))
+
+    # then
+    assert found.failed_total == 3
+    assert found.failed_sampled
+    assert sorted((g["reason"], g["count"], g["ids"]) for g in found.failed_groups) == [
+        ("charge failed: card declined for A", 1, [started[1].pk]),
+        ("charge failed: card declined for B", 1, [started[2].pk]),
+    ]
+    assert (found.count, found.count_more) == (2, True)
+
+
+def test_within_the_sample_failures_are_all_grouped_and_counted_exactly(flow, users, run_steps, monkeypatch):
+    # given: three failures, a sample of three
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", 3)
+    for customer in ("A", "A", "B"):
+        instance_start("sel_flow", {"fail": True, "customer": customer})
+    run_steps(advance=True)
+
+    # when
+    found = incidents(now=timezone.now() + timedelta(minutes=10))
+
+    # then
+    assert (found.failed_total, found.failed_sampled, found.count_more) == (3, False, False)
+    assert [g["count"] for g in found.failed_groups] == [2, 1]
+
+
+@pytest.mark.parametrize(("sample", "instances", "sampled"), [(2, 2, True), (3, 3, False)])
+def test_retry_storms_are_read_from_the_newest_retrying_steps(flow, users, monkeypatch, sample, instances, sampled):
+    """A retry storm is STORM_INSTANCES instances retrying one step; past ``INCIDENT_SAMPLE`` retrying steps the
+    storm is counted among the newest instances' steps, and the page says the read was sampled."""
+    # given: three instances whose step waits to retry (attempt 1 failed), an older one retrying at attempt 4
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", sample)
+    monkeypatch.setattr(selectors, "STORM_INSTANCES", 2)
+    retrying = [instance_start("sel_flow", {"customer": c}) for c in ("A", "B", "C")]
+    since = timezone.now() - timedelta(minutes=5)
+    StepRun.objects.filter(instance__in=retrying).update(state=StepState.FAILED, attempt=1, started_at=since)
+    StepRun.objects.filter(instance=retrying[0]).update(attempt=4)
+
+    # when
+    found = incidents()
+
+    # then
+    assert (found.retrying_total, found.storms_sampled) == (min(3, sample + 1), sampled)
+    assert found.storms == [
+        {"workflow": "sel_flow", "step": "charge", "instances": instances, "attempts": 4 if not sampled else 1}
+        | {"since": since}
+    ]
+
+
+def test_no_storm_below_the_thresholds(flow, users):
+    # given: one instance retrying at attempt 1
+    one = instance_start("sel_flow", {})
+    StepRun.objects.filter(instance=one).update(state=StepState.FAILED, attempt=1)
+
+    # when
+    found = incidents()
+
+    # then
+    assert (found.storms, found.retrying_total, found.storms_sampled) == ([], 1, False)
+
+
+def test_the_incidents_page_says_when_it_shows_the_newest_failures_only(
+    client, users, flow, run_steps, monkeypatch
+):
+    # given: three failures and a sample of two
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", 2)
+    for customer in ("A", "B", "C"):
+        instance_start("sel_flow", {"fail": True, "customer": customer})
+    run_steps(advance=True)
+    client.force_login(users.operator)
+
+    # when
+    page = client.get("/incidents/").content.decode()
+
+    # then
+    assert 'id="failed-total">2+</span>' in page
+    assert 'id="failed-sampled"' in page
+    assert "the newest 2 by start" in page
+    assert "All 1 · bulk retry" not in page  # a group's count is of the sample, not all of its failures
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN plans are PostgreSQL's")
+def test_the_grouped_incident_reads_walk_an_index_newest_first_and_stop_at_the_sample(users):
+    """Failed groups and retry storms read the newest INCIDENT_SAMPLE rows in index order (a Limit over an index
+    scan, no sort of every failed row), and the storms' steps index-only (bench/README.md "Run 4")."""
+    # given: the statements incidents() runs
+    with CaptureQueriesContext(connection) as ctx:
+        incidents()
+    plans: dict[str, str] = {}
+
+    # when
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        for query in ctx.captured_queries:
+            for kind, marker in (("failed groups", "AS reason"), ("retry storms", "AS instances")):
+                if marker in query["sql"]:
+                    cursor.execute(f"EXPLAIN {query['sql']}")
+                    plans[kind] = "\n".join(row[0] for row in cursor.fetchall())
+
+    # then
+    assert set(plans) == {"failed groups", "retry storms"}
+    assert "Index Scan using console_instance_state_keyset" in plans["failed groups"], plans["failed groups"]
+    assert "Index Only Scan using console_instance_failed" in plans["failed groups"], plans["failed groups"]
+    assert "Index Only Scan using console_step_retrying_recent" in plans["retry storms"], plans["retry storms"]
+    for plan in plans.values():
+        assert "Seq Scan" not in plan, plan
+        assert "Sort Key: orchestrator_steprun.instance_id" not in plan, plan  # walked in order, not sorted
 
 
 # The Incidents reads that scanned far more than the rows in trouble at a million (bench/README.md, Run 3), each
