@@ -15,6 +15,8 @@ from console.selectors import (
     InstanceFilter,
     attempts_by_step,
     capped_counts,
+    counts_by_state,
+    match_counts,
     decode_cursor,
     filtered,
     hide_paths,
@@ -104,6 +106,65 @@ def test_counts_by_state_stop_at_the_cap(flow, users, run_steps):
 
     # then
     assert counts == {"failed": 3, "completed": 1}  # 3 is "more than 2": the page shows "2+"
+
+
+@pytest.mark.parametrize(("cap", "expected", "more"), [(4, {"failed": 2, "completed": 1}, False), (2, None, True)])
+def test_a_business_data_filter_counts_its_match_once_exact_up_to_the_cap(flow, users, run_steps, cap, expected, more):
+    """match_counts: one read of at most cap + 1 matches; within the cap every state is exact, past it each
+    count is a lower bound (the page shows "n+") and together they are the cap + 1 rows read."""
+    # given: three instances in Lyon (two fail), one in Paris
+    for fail in (True, True, False):
+        instance_start("sel_flow", {"fail": fail, "address": {"city": "Lyon"}})
+    instance_start("sel_flow", {"fail": True, "address": {"city": "Paris"}})
+    run_steps(advance=True)
+    lyon = filtered(users.admin, InstanceFilter(data_path="address.city", data_value="Lyon"))
+
+    # when
+    counts, counted_more = match_counts(lyon, cap=cap)
+
+    # then
+    assert counted_more is more
+    if expected is not None:
+        assert counts == expected
+    else:
+        assert sum(counts.values()) == cap + 1
+        assert set(counts) <= {"failed", "completed"}
+        assert counts["failed"] <= 2 and counts.get("completed", 0) <= 1
+
+
+def test_only_a_business_data_filter_counts_its_match_once(flow, users, run_steps, django_assert_num_queries):
+    # given
+    instance_start("sel_flow", {"fail": True, "address": {"city": "Lyon"}})
+    run_steps(advance=True)
+    by_data = InstanceFilter(data_path="address.city", data_value="Lyon")
+
+    # when
+    with django_assert_num_queries(1):
+        data_counts = counts_by_state(filtered(users.admin, by_data), by_data)
+    with django_assert_num_queries(1):
+        other_counts = counts_by_state(filtered(users.admin, InstanceFilter()), InstanceFilter())
+
+    # then
+    assert data_counts == ({"failed": 1}, False)
+    assert other_counts == ({"failed": 1}, False)
+
+
+def test_the_list_says_its_counts_are_lower_bounds_past_the_cap(client, users, flow, run_steps, monkeypatch):
+    # given: three instances in Lyon, counts capped at two
+    monkeypatch.setattr(selectors, "COUNT_CAP", 2)
+    for _ in range(3):
+        instance_start("sel_flow", {"fail": True, "address": {"city": "Lyon"}})
+    run_steps(advance=True)
+    client.force_login(users.operator)
+
+    # when
+    page = client.get("/instances/", {"data_path": "address.city", "data_value": "Lyon"}).content.decode()
+    plain = client.get("/instances/").content.decode()
+
+    # then
+    assert 'id="counts-more"' in page
+    assert "2+</span>" in page  # the three failed instances, read no further than the cap + 1
+    assert 'id="counts-more"' not in plain
 
 
 def test_incidents_group_failures_by_workflow_and_error_and_list_escalations(flow, escalating, users, run_steps):
