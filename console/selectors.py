@@ -318,7 +318,7 @@ def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
                    g.workflow_name, g.reason, g.n, g.oldest, g.newest, g.idle, g.ids
             FROM (SELECT 1) one
             LEFT JOIN LATERAL (
-                SELECT workflow_name, left(split_part(error, E'\n', 1), 200) AS reason, count(*) AS n,
+                SELECT workflow_name, left(rtrim(split_part(error, E'\\n', 1), E'\\r'), 200) AS reason, count(*) AS n,
                        min(updated_at) AS oldest, max(updated_at) AS newest,
                        count(*) FILTER (WHERE updated_at < %s) AS idle,
                        (array_agg(id ORDER BY id DESC))[1:5] AS ids

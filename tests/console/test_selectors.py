@@ -302,6 +302,25 @@ def test_within_the_sample_failures_are_all_grouped_and_counted_exactly(flow, us
     assert [g["count"] for g in found.failed_groups] == [2, 1]
 
 
+def test_failures_group_by_the_first_line_of_their_error(flow, users, run_steps):
+    # given: two failures whose errors differ after their first line (a traceback; one with Windows line ends),
+    # one with no error text
+    failed = [instance_start("sel_flow", {"fail": True, "customer": c}) for c in ("A", "B", "C")]
+    run_steps(advance=True)
+    WorkflowInstance.objects.filter(pk=failed[0].pk).update(error="carrier down\nTraceback: line 1")
+    WorkflowInstance.objects.filter(pk=failed[1].pk).update(error="carrier down\r\nTraceback: line 9")
+    WorkflowInstance.objects.filter(pk=failed[2].pk).update(error="")
+
+    # when
+    found = incidents()
+
+    # then
+    assert sorted((g["reason"], g["count"]) for g in found.failed_groups) == [
+        ("(no error recorded)", 1),
+        ("carrier down", 2),
+    ]
+
+
 @pytest.mark.parametrize(("sample", "instances", "sampled"), [(2, 2, True), (3, 3, False)])
 def test_retry_storms_are_read_from_the_newest_retrying_steps(flow, users, monkeypatch, sample, instances, sampled):
     """A retry storm is STORM_INSTANCES instances retrying one step; past ``INCIDENT_SAMPLE`` retrying steps the
