@@ -3,6 +3,7 @@
     .venv/bin/python bench/profile_steps.py --n 500            # cProfile of each service, top functions
     .venv/bin/python bench/profile_steps.py --n 500 --no-profile   # plain wall time per call only
     .venv/bin/python bench/profile_steps.py --no-profile --drop-index console_instance_data   # an index's write cost
+    .venv/bin/python bench/profile_steps.py --no-profile --add-index "x ON orchestrator_steprun (name)"  # a new one
 
 Recreates the bench database (baton_bench) and uses Redis db 13. The worker must
 not be running: the steps are executed here, and their Celery messages stay in Redis (flushed at the end).
@@ -96,6 +97,14 @@ def main() -> int:
         help="drop this index after migrating, to measure what it costs the engine's writes (repeatable)",
     )
     parser.add_argument(
+        "--add-index",
+        action="append",
+        default=[],
+        metavar="DEFINITION",
+        help='create this index after migrating (what follows CREATE INDEX, e.g. "x ON t (c) WHERE ..."), to'
+        " measure what a proposed index would cost the engine's writes (repeatable; this bench database only)",
+    )
+    parser.add_argument(
         "--data",
         default="{}",
         help="each instance's start data, as JSON (business data: what a GIN index on the data has to index)",
@@ -128,6 +137,13 @@ def main() -> int:
             for name in args.drop_index:
                 cursor.execute(f'DROP INDEX "{name}"')
                 print(f"dropped index {name}")
+    if args.add_index:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            for definition in args.add_index:
+                cursor.execute(f"CREATE INDEX {definition}")  # typed by whoever runs the bench, on its own database
+                print(f"created index {definition}")
     initiator, approvers = harness.ensure_users(4)
     profile = not args.no_profile
     # Warm up caches (content types, the group, the registry) outside the measurement.

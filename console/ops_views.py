@@ -132,6 +132,7 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
         for problem in form.messages():
             messages.warning(request, problem)
     qs = selectors.filtered(request.user, flt)
+    counts, counts_more = selectors.counts_by_state(selectors.filtered(request.user, _all_states(flt)), flt)
     page = selectors.page_of(qs, form.cleaned_data.get("after") if hasattr(form, "cleaned_data") else None)
     context = {
         "page": page,
@@ -141,7 +142,9 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
         # What was typed stays in the boxes, even when it could not be used (less the NUL nobody can see).
         "q": str(request.GET.get("q", "")).replace("\x00", "")[: 2 * 100],
         "workflow": flt.workflow,
-        "counts": selectors.capped_counts(selectors.filtered(request.user, _all_states(flt))),
+        "counts": counts,
+        # The counts are of the first COUNT_CAP matches (a business-data filter matching more): each is "n+".
+        "counts_more": counts_more,
         "cap": selectors.COUNT_CAP,
         "states": [s for s in InstanceState],
         "workflows": registry.latest_all(),

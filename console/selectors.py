@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -200,6 +200,34 @@ def capped_counts(qs: QuerySet[WorkflowInstance], cap: int = COUNT_CAP) -> dict[
     return {state: n for state, n in zip(states, row, strict=True) if n}
 
 
+def match_counts(qs: QuerySet[WorkflowInstance], cap: int = COUNT_CAP) -> tuple[dict[str, int], bool]:
+    """Per instance state, how many of the first ``cap + 1`` rows of ``qs`` are in it, and whether ``qs`` has more
+    than ``cap`` rows (then each count is a lower bound, shown "n+"). One statement reading at most ``cap + 1``
+    rows once, counting every state with ``FILTER``.
+
+    For a filter whose match is a bitmap rebuilt by each of :func:`capped_counts`' eight per-state counts (the
+    business-data containment over ``console_instance_data``: 50,000 entries for a value on 1 instance in 20 at a
+    million, 5-9 ms per rebuild, bench/README.md "Run 4"). Exact up to ``cap`` matches in all, where
+    :func:`capped_counts` is exact up to ``cap`` per state."""
+    states = [s.value for s in InstanceState]
+    sql, params = qs.values("state")[: cap + 1].query.sql_with_params()
+    columns = ", ".join(["count(*)"] + ["count(*) FILTER (WHERE m.state = %s)"] * len(states))
+    with connection.cursor() as cursor:
+        # Django's own SQL as the subquery, its parameters and the state names kept apart: nothing typed is pasted.
+        cursor.execute(f"SELECT {columns} FROM ({sql}) m", [*states, *params])  # noqa: S608
+        total, *row = cursor.fetchone()
+    return {state: n for state, n in zip(states, row, strict=True) if n}, total > cap
+
+
+def counts_by_state(qs: QuerySet[WorkflowInstance], flt: InstanceFilter) -> tuple[dict[str, int], bool]:
+    """The list's counts by state of ``qs`` (``flt`` with the state left out): state -> count, and whether the
+    counts are lower bounds. A business-data filter counts its match once (:func:`match_counts`); every other
+    filter walks each state's index to ``COUNT_CAP`` (:func:`capped_counts`, exact below the cap). One statement."""
+    if flt.data_path and flt.data_value:
+        return match_counts(qs, COUNT_CAP)
+    return capped_counts(qs, COUNT_CAP), False
+
+
 # --- what needs attention -----------------------------------------------------------------------------
 
 
@@ -216,11 +244,21 @@ def failed_idle_after() -> timedelta:
 STORM_INSTANCES = 10
 STORM_ATTEMPTS = 5
 INCIDENT_ROWS = 50
+# Failures and retrying steps are grouped from the newest this many of them: grouping every one of them reads each
+# row (20,000 failed instances at a million: 10,000 heap pages, 50-110 ms; 10,000 retrying steps and their
+# instances: 50,000 buffers, 115-170 ms; bench/README.md "Run 4"), and no index can answer the grouping by itself
+# (the reason is an expression of the unbounded error text, which an index cannot carry). Beyond it the page says
+# so, and the totals read "1000+" like the list's counts by state.
+INCIDENT_SAMPLE = COUNT_CAP
 
 
 @dataclass
 class Incidents:
-    """Everything the Incidents page lists, each part capped at ``INCIDENT_ROWS`` rows (its total alongside)."""
+    """Everything the Incidents page lists, each part capped at ``INCIDENT_ROWS`` rows (its total alongside).
+
+    ``failed_total`` and ``retrying_total`` count no further than ``INCIDENT_SAMPLE + 1`` (shown as "1000+"); when
+    they pass it, ``failed_groups`` and ``storms`` are the groups of the newest ``INCIDENT_SAMPLE`` failed
+    instances (by start) and retrying steps (by instance), and ``failed_sampled``/``storms_sampled`` say so."""
 
     now: datetime
     failed_groups: list[dict[str, Any]] = field(default_factory=list)
@@ -231,13 +269,24 @@ class Incidents:
     overdue_tasks: list[HumanTask] = field(default_factory=list)
     overdue_total: int = 0
     storms: list[dict[str, Any]] = field(default_factory=list)
+    retrying_total: int = 0
     paused_past: list[WorkflowInstance] = field(default_factory=list)
     sweep_lag: dict[str, Any] = field(default_factory=dict)
+    sample: int = INCIDENT_SAMPLE
+
+    @property
+    def failed_sampled(self) -> bool:
+        return self.failed_total > self.sample
+
+    @property
+    def storms_sampled(self) -> bool:
+        return self.retrying_total > self.sample
 
     @property
     def count(self) -> int:
+        """Things needing attention, a failed total past the sample counted as the sample (see ``count_more``)."""
         return (
-            self.failed_total
+            min(self.failed_total, self.sample)
             + self.escalations_total
             + len(self.past_timeout)
             + self.overdue_total
@@ -246,44 +295,103 @@ class Incidents:
             + (1 if self.sweep_lag.get("behind") else 0)
         )
 
+    @property
+    def count_more(self) -> bool:
+        """Whether ``count`` is a lower bound ("n+"): more instances failed than were counted."""
+        return self.failed_sampled
+
 
 def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
-    """Failed instances grouped by workflow and the first line of their error: count, oldest and newest failure,
-    how many nobody acted on for ``failed_idle_after()``, and up to five instance ids. One statement over the
-    partial index of failed instances."""
+    """The newest ``INCIDENT_SAMPLE`` failed instances (by start), grouped by workflow and the first line of their
+    error: count, oldest and newest failure, how many nobody acted on for ``failed_idle_after()``, and up to five
+    instance ids; with the number of failed instances, counted up to ``INCIDENT_SAMPLE + 1``.
+
+    One statement, always one row back (groups or not): the sample walks ``console_instance_state_keyset``
+    (state, created_at, id) newest first, the total ``console_instance_failed``; both stop at the sample.
+    Returns (groups ordered by size then recency, at most ``INCIDENT_ROWS``; the capped total)."""
     table = WorkflowInstance._meta.db_table
     idle_before = now - failed_idle_after()
     with connection.cursor() as cursor:
         cursor.execute(  # the table name is the model's; the values are parameters
             f"""
-            SELECT workflow_name, reason, n, oldest, newest, idle, ids, sum(n) OVER ()
-            FROM (
-                SELECT workflow_name, left(split_part(error, E'\\n', 1), 200) AS reason, count(*) AS n,
+            SELECT (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE state = 'failed' LIMIT %s) t),
+                   g.workflow_name, g.reason, g.n, g.oldest, g.newest, g.idle, g.ids
+            FROM (SELECT 1) one
+            LEFT JOIN LATERAL (
+                SELECT workflow_name, left(rtrim(split_part(error, E'\\n', 1), E'\\r'), 200) AS reason, count(*) AS n,
                        min(updated_at) AS oldest, max(updated_at) AS newest,
                        count(*) FILTER (WHERE updated_at < %s) AS idle,
                        (array_agg(id ORDER BY id DESC))[1:5] AS ids
-                FROM {table} WHERE state = 'failed'
+                FROM (
+                    SELECT workflow_name, error, updated_at, id FROM {table} WHERE state = 'failed'
+                    ORDER BY created_at DESC, id DESC LIMIT %s
+                ) recent
                 GROUP BY 1, 2
-            ) g
-            ORDER BY n DESC, newest DESC
-            LIMIT %s
+                ORDER BY n DESC, newest DESC
+                LIMIT %s
+            ) g ON true
+            ORDER BY g.n DESC, g.newest DESC
             """,  # noqa: S608
-            [idle_before, INCIDENT_ROWS],
+            [INCIDENT_SAMPLE + 1, idle_before, INCIDENT_SAMPLE, INCIDENT_ROWS],
         )
         rows = cursor.fetchall()
     groups = [
         {
-            "workflow": r[0],
-            "reason": r[1] or "(no error recorded)",
-            "count": r[2],
-            "oldest": r[3],
-            "newest": r[4],
-            "idle": r[5],
-            "ids": r[6],
+            "workflow": r[1],
+            "reason": r[2] or "(no error recorded)",
+            "count": r[3],
+            "oldest": r[4],
+            "newest": r[5],
+            "idle": r[6],
+            "ids": r[7],
         }
         for r in rows
+        if r[1] is not None
     ]
-    return groups, int(rows[0][7]) if rows else 0
+    return groups, int(rows[0][0])
+
+
+def _storms() -> tuple[list[dict[str, Any]], int]:
+    """Retry storms among the steps waiting to retry (state ``failed``) of the newest ``INCIDENT_SAMPLE``
+    instances that have one: per workflow and step, at least ``STORM_INSTANCES`` instances or an attempt at
+    ``STORM_ATTEMPTS``, with the instances, the highest attempt and the earliest start; and the number of steps
+    waiting to retry, counted up to ``INCIDENT_SAMPLE + 1``.
+
+    One statement, always one row back: both walk ``console_step_retrying_recent`` (the retrying steps only, by
+    instance, carrying name, attempt and start: index-only) and stop at the sample; only the sample's instances are
+    read, for their workflow. Returns (storms, the biggest first, at most ``INCIDENT_ROWS``; the capped total)."""
+    steps = StepRun._meta.db_table
+    instances = WorkflowInstance._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(  # the table names are the models'; the values are parameters
+            f"""
+            SELECT (SELECT count(*) FROM (SELECT 1 FROM {steps} WHERE state = 'failed' LIMIT %s) t),
+                   g.workflow_name, g.name, g.instances, g.attempts, g.since
+            FROM (SELECT 1) one
+            LEFT JOIN LATERAL (
+                SELECT i.workflow_name, s.name, count(DISTINCT s.instance_id) AS instances,
+                       max(s.attempt) AS attempts, min(s.started_at) AS since
+                FROM (
+                    SELECT instance_id, name, attempt, started_at FROM {steps} WHERE state = 'failed'
+                    ORDER BY instance_id DESC LIMIT %s
+                ) s
+                JOIN {instances} i ON i.id = s.instance_id
+                GROUP BY 1, 2
+                HAVING count(DISTINCT s.instance_id) >= %s OR max(s.attempt) >= %s
+                ORDER BY 3 DESC, 1, 2
+                LIMIT %s
+            ) g ON true
+            ORDER BY g.instances DESC, g.workflow_name, g.name
+            """,  # noqa: S608
+            [INCIDENT_SAMPLE + 1, INCIDENT_SAMPLE, STORM_INSTANCES, STORM_ATTEMPTS, INCIDENT_ROWS],
+        )
+        rows = cursor.fetchall()
+    storms = [
+        {"workflow": r[1], "step": r[2], "instances": r[3], "attempts": r[4], "since": r[5]}
+        for r in rows
+        if r[1] is not None
+    ]
+    return storms, int(rows[0][0])
 
 
 def stuck_steps(now: datetime | None = None) -> QuerySet[StepRun]:
@@ -332,9 +440,9 @@ def _sweep_lag(now: datetime) -> dict[str, Any]:
 
 def incidents(now: datetime | None = None) -> Incidents:
     """What needs a person now, across workflows (see :class:`Incidents`). A fixed number of statements (nine),
-    each over a partial index of the rows in trouble."""
+    each over a partial index of the rows in trouble, and none reading more than ``INCIDENT_SAMPLE`` of them."""
     now = now or timezone.now()
-    found = Incidents(now=now)
+    found = Incidents(now=now, sample=INCIDENT_SAMPLE)
     found.failed_groups, found.failed_total = _failed_groups(now)
 
     escalations = HumanTask.objects.filter(kind=TaskKind.ESCALATION, state__in=ACTIONABLE_TASK_STATES)
@@ -351,18 +459,7 @@ def incidents(now: datetime | None = None) -> Incidents:
     found.overdue_total = overdue.count()
     found.overdue_tasks = list(overdue.select_related("instance", "assignee").order_by("due_at")[:INCIDENT_ROWS])
 
-    storms = (
-        StepRun.objects.filter(state=StepState.FAILED)
-        .values("instance__workflow_name", "name")
-        .annotate(instances=Count("instance_id", distinct=True), attempts=Max("attempt"), since=Min("started_at"))
-        .filter(Q(instances__gte=STORM_INSTANCES) | Q(attempts__gte=STORM_ATTEMPTS))
-        .order_by("-instances")[:INCIDENT_ROWS]
-    )
-    found.storms = [
-        {"workflow": s["instance__workflow_name"], "step": s["name"], **{k: s[k] for k in ("instances", "attempts")}}
-        | {"since": s["since"]}
-        for s in storms
-    ]
+    found.storms, found.retrying_total = _storms()
 
     found.paused_past = list(
         WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lt=now - timedelta(minutes=1))

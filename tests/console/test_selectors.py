@@ -10,14 +10,17 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind
+from console import selectors
 from console.selectors import (
     InstanceFilter,
     attempts_by_step,
     capped_counts,
+    counts_by_state,
     decode_cursor,
     filtered,
     hide_paths,
     incidents,
+    match_counts,
     page_of,
     stuck_by_workflow,
     stuck_steps,
@@ -103,6 +106,66 @@ def test_counts_by_state_stop_at_the_cap(flow, users, run_steps):
 
     # then
     assert counts == {"failed": 3, "completed": 1}  # 3 is "more than 2": the page shows "2+"
+
+
+@pytest.mark.parametrize(("cap", "expected", "more"), [(4, {"failed": 2, "completed": 1}, False), (2, None, True)])
+def test_a_business_data_filter_counts_its_match_once_exact_up_to_the_cap(flow, users, run_steps, cap, expected, more):
+    """match_counts: one read of at most cap + 1 matches; within the cap every state is exact, past it each
+    count is a lower bound (the page shows "n+") and together they are the cap + 1 rows read."""
+    # given: three instances in Lyon (two fail), one in Paris
+    for fail in (True, True, False):
+        instance_start("sel_flow", {"fail": fail, "address": {"city": "Lyon"}})
+    instance_start("sel_flow", {"fail": True, "address": {"city": "Paris"}})
+    run_steps(advance=True)
+    lyon = filtered(users.admin, InstanceFilter(data_path="address.city", data_value="Lyon"))
+
+    # when
+    counts, counted_more = match_counts(lyon, cap=cap)
+
+    # then
+    assert counted_more is more
+    if expected is not None:
+        assert counts == expected
+    else:
+        assert sum(counts.values()) == cap + 1
+        assert set(counts) <= {"failed", "completed"}
+        assert counts["failed"] <= 2
+        assert counts.get("completed", 0) <= 1
+
+
+def test_only_a_business_data_filter_counts_its_match_once(flow, users, run_steps, django_assert_num_queries):
+    # given
+    instance_start("sel_flow", {"fail": True, "address": {"city": "Lyon"}})
+    run_steps(advance=True)
+    by_data = InstanceFilter(data_path="address.city", data_value="Lyon")
+
+    # when
+    with django_assert_num_queries(1):
+        data_counts = counts_by_state(filtered(users.admin, by_data), by_data)
+    with django_assert_num_queries(1):
+        other_counts = counts_by_state(filtered(users.admin, InstanceFilter()), InstanceFilter())
+
+    # then
+    assert data_counts == ({"failed": 1}, False)
+    assert other_counts == ({"failed": 1}, False)
+
+
+def test_the_list_says_its_counts_are_lower_bounds_past_the_cap(client, users, flow, run_steps, monkeypatch):
+    # given: three instances in Lyon, counts capped at two
+    monkeypatch.setattr(selectors, "COUNT_CAP", 2)
+    for _ in range(3):
+        instance_start("sel_flow", {"fail": True, "address": {"city": "Lyon"}})
+    run_steps(advance=True)
+    client.force_login(users.operator)
+
+    # when
+    page = client.get("/instances/", {"data_path": "address.city", "data_value": "Lyon"}).content.decode()
+    plain = client.get("/instances/").content.decode()
+
+    # then
+    assert 'id="counts-more"' in page
+    assert "2+</span>" in page  # the three failed instances, read no further than the cap + 1
+    assert 'id="counts-more"' not in plain
 
 
 def test_incidents_group_failures_by_workflow_and_error_and_list_escalations(flow, escalating, users, run_steps):
@@ -199,6 +262,145 @@ def test_stuck_is_one_definition_listed_by_incidents_and_counted_by_the_catalog(
     assert stuck == listed == [late.pk]
     assert counted == {"sel_flow": 1}
     assert (entry.stuck_steps, entry.stuck) == (1, 1)  # no failed instance, one stuck step
+
+
+def test_past_the_sample_failures_are_grouped_from_the_newest_and_the_total_says_more(
+    flow, users, run_steps, monkeypatch
+):
+    """More failed instances than ``INCIDENT_SAMPLE``: the groups are the newest ones' (by start), the total stops
+    one past the sample (the page shows "2+"), and the page's count says it is a lower bound."""
+    # given: three failures, a sample of two
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", 2)
+    started = [instance_start("sel_flow", {"fail": True, "customer": c}) for c in ("A", "A", "B")]
+    run_steps(advance=True)
+
+    # when
+    found = incidents(now=timezone.now() + timedelta(minutes=10))
+
+    # then
+    assert found.failed_total == 3
+    assert found.failed_sampled
+    assert sorted((g["reason"], g["count"], g["ids"]) for g in found.failed_groups) == [
+        ("charge failed: card declined for A", 1, [started[1].pk]),
+        ("charge failed: card declined for B", 1, [started[2].pk]),
+    ]
+    assert (found.count, found.count_more) == (2, True)
+
+
+def test_within_the_sample_failures_are_all_grouped_and_counted_exactly(flow, users, run_steps, monkeypatch):
+    # given: three failures, a sample of three
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", 3)
+    for customer in ("A", "A", "B"):
+        instance_start("sel_flow", {"fail": True, "customer": customer})
+    run_steps(advance=True)
+
+    # when
+    found = incidents(now=timezone.now() + timedelta(minutes=10))
+
+    # then
+    assert (found.failed_total, found.failed_sampled, found.count_more) == (3, False, False)
+    assert [g["count"] for g in found.failed_groups] == [2, 1]
+
+
+def test_failures_group_by_the_first_line_of_their_error(flow, users, run_steps):
+    # given: two failures whose errors differ after their first line (a traceback; one with Windows line ends),
+    # one with no error text
+    failed = [instance_start("sel_flow", {"fail": True, "customer": c}) for c in ("A", "B", "C")]
+    run_steps(advance=True)
+    WorkflowInstance.objects.filter(pk=failed[0].pk).update(error="carrier down\nTraceback: line 1")
+    WorkflowInstance.objects.filter(pk=failed[1].pk).update(error="carrier down\r\nTraceback: line 9")
+    WorkflowInstance.objects.filter(pk=failed[2].pk).update(error="")
+
+    # when
+    found = incidents()
+
+    # then
+    assert sorted((g["reason"], g["count"]) for g in found.failed_groups) == [
+        ("(no error recorded)", 1),
+        ("carrier down", 2),
+    ]
+
+
+@pytest.mark.parametrize(("sample", "instances", "sampled"), [(2, 2, True), (3, 3, False)])
+def test_retry_storms_are_read_from_the_newest_retrying_steps(flow, users, monkeypatch, sample, instances, sampled):
+    """A retry storm is STORM_INSTANCES instances retrying one step; past ``INCIDENT_SAMPLE`` retrying steps the
+    storm is counted among the newest instances' steps, and the page says the read was sampled."""
+    # given: three instances whose step waits to retry (attempt 1 failed), an older one retrying at attempt 4
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", sample)
+    monkeypatch.setattr(selectors, "STORM_INSTANCES", 2)
+    retrying = [instance_start("sel_flow", {"customer": c}) for c in ("A", "B", "C")]
+    since = timezone.now() - timedelta(minutes=5)
+    StepRun.objects.filter(instance__in=retrying).update(state=StepState.FAILED, attempt=1, started_at=since)
+    StepRun.objects.filter(instance=retrying[0]).update(attempt=4)
+
+    # when
+    found = incidents()
+
+    # then
+    assert (found.retrying_total, found.storms_sampled) == (min(3, sample + 1), sampled)
+    assert found.storms == [
+        {"workflow": "sel_flow", "step": "charge", "instances": instances, "attempts": 4 if not sampled else 1}
+        | {"since": since}
+    ]
+
+
+def test_no_storm_below_the_thresholds(flow, users):
+    # given: one instance retrying at attempt 1
+    one = instance_start("sel_flow", {})
+    StepRun.objects.filter(instance=one).update(state=StepState.FAILED, attempt=1)
+
+    # when
+    found = incidents()
+
+    # then
+    assert (found.storms, found.retrying_total, found.storms_sampled) == ([], 1, False)
+
+
+def test_the_incidents_page_says_when_it_shows_the_newest_failures_only(client, users, flow, run_steps, monkeypatch):
+    # given: three failures and a sample of two
+    monkeypatch.setattr(selectors, "INCIDENT_SAMPLE", 2)
+    for customer in ("A", "B", "C"):
+        instance_start("sel_flow", {"fail": True, "customer": customer})
+    run_steps(advance=True)
+    client.force_login(users.operator)
+
+    # when
+    page = client.get("/incidents/").content.decode()
+
+    # then
+    assert 'id="failed-total">2+</span>' in page
+    assert 'id="failed-sampled"' in page
+    assert "the newest 2 by start" in page
+    assert "All 1 · bulk retry" not in page  # a group's count is of the sample, not all of its failures
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN plans are PostgreSQL's")
+def test_the_grouped_incident_reads_walk_an_index_newest_first_and_stop_at_the_sample(users):
+    """Failed groups and retry storms read the newest INCIDENT_SAMPLE rows in index order (a Limit over an index
+    scan, no sort of every failed row), and the storms' steps index-only (bench/README.md "Run 4")."""
+    # given: the statements incidents() runs
+    with CaptureQueriesContext(connection) as ctx:
+        incidents()
+    plans: dict[str, str] = {}
+
+    # when
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        for query in ctx.captured_queries:
+            for kind, marker in (("failed groups", "AS reason"), ("retry storms", "AS instances")):
+                if marker in query["sql"]:
+                    cursor.execute(f"EXPLAIN {query['sql']}")
+                    plans[kind] = "\n".join(row[0] for row in cursor.fetchall())
+
+    # then
+    assert set(plans) == {"failed groups", "retry storms"}
+    assert "Index Scan using console_instance_state_keyset" in plans["failed groups"], plans["failed groups"]
+    assert "Index Only Scan using console_instance_failed" in plans["failed groups"], plans["failed groups"]
+    assert "Index Only Scan using console_step_retrying_recent" in plans["retry storms"], plans["retry storms"]
+    for plan in plans.values():
+        assert "Seq Scan" not in plan, plan
+        assert "Sort Key: orchestrator_steprun.instance_id" not in plan, plan  # walked in order, not sorted
 
 
 # The Incidents reads that scanned far more than the rows in trouble at a million (bench/README.md, Run 3), each
