@@ -87,8 +87,15 @@ def api_instance_start(
     # INSERT on the unique index, which rolls this start back (nothing of it was dispatched) and replays.
     try:
         with transaction.atomic():
+            # No savepoint of the start's own: any error rolls this whole transaction back, the key's row with it.
             instance = instance_start(
-                workflow, data, initiator=user, business_key=business_key, version=version, request_meta=request_meta
+                workflow,
+                data,
+                initiator=user,
+                business_key=business_key,
+                version=version,
+                request_meta=request_meta,
+                savepoint=False,
             )
             IdempotencyKey.objects.create(user=user, key=key, request_hash=request_hash, instance=instance)
     except IntegrityError:

@@ -74,13 +74,16 @@ def instance_start(
     version: int | None = None,
     request_meta: dict[str, Any] | None = None,
     actor: Actor | None = None,
+    savepoint: bool = True,
 ) -> WorkflowInstance:
     """Start an instance of the latest (or given) version; the same idempotency key returns the same instance.
 
     ``actor`` is who the audit names when no person starts it (``system:scheduler``); default ``system:api``.
 
-    Inside a caller's transaction the start takes no savepoint unless ``idempotency_key`` is given (its race is
-    recovered in there): an error from the start then leaves that transaction to be rolled back by the caller.
+    Inside a caller's transaction the start takes a savepoint, so a failed start leaves that transaction usable.
+    A caller that rolls its whole transaction back on any error anyway (the API's keyed start, which writes its
+    key's row beside the start) passes ``savepoint=False`` and saves the SAVEPOINT/RELEASE round trips; a start
+    with an ``idempotency_key`` keeps its savepoint regardless (its race is recovered inside it).
 
     Raises InvalidInput when the data fails the start form or the key is longer than ``IDEMPOTENCY_KEY_MAX`` or
     holds a NUL; IdempotencyConflict when the key was used with other data; UnknownWorkflow.
@@ -102,10 +105,9 @@ def instance_start(
             return existing
     actor = Actor.of(initiator) if initiator is not None else (actor or Actor.system("api"))
     try:
-        # Inside a caller's transaction (the API's, which adds its key's row) a savepoint is two round trips for
-        # nothing unless a key's race must be recovered here (the except below reads after the failed INSERT):
-        # without one, a failure marks the caller's transaction for rollback and the error reaches the caller.
-        with transaction.atomic(savepoint=bool(idempotency_key)):
+        # Without a savepoint (the caller asked, and no key's race must be recovered here: the except below reads
+        # after a failed INSERT) a failure marks the caller's transaction for rollback and reaches the caller.
+        with transaction.atomic(savepoint=savepoint or bool(idempotency_key)):
             instance = WorkflowInstance(
                 workflow_name=workflow.name,
                 workflow_version=workflow.version,

@@ -109,21 +109,23 @@ def test_start_costs_a_fixed_number_of_queries(django_assert_num_queries, users)
     """instance_start of bench_approval: insert the instance (taking the first step's id ahead), then the first
     step and the audit events with the instance's title and chain head in one statement."""
     # given: bench_approval has no start form
-    # when / then: 2 statements of work; inside the test's transaction (as inside the API's) without a savepoint,
-    # which only a start with an idempotency key takes (its race is recovered inside that transaction)
+    # when / then: 2 statements of work, inside the test's transaction without a savepoint (as the API's keyed
+    # start calls it); by default a savepoint adds SAVEPOINT and RELEASE
     with django_assert_num_queries(2):
-        instance = instance_start("bench_approval", {})
+        instance = instance_start("bench_approval", {}, savepoint=False)
+    with django_assert_num_queries(4):
+        instance_start("bench_approval", {})
     assert instance.steps.get().state == StepState.SCHEDULED
 
 
 def test_a_start_failing_inside_a_callers_transaction_rolls_the_callers_work_back(users):
     # given: a caller's transaction that wrote a row first (as the API writes its key's row after the start)
-    # when: the start fails in the database (PostgreSQL's JSONB refuses a NUL) with no idempotency key, so the
-    # engine took no savepoint of its own
+    # when: the start fails in the database (PostgreSQL's JSONB refuses a NUL), asked to take no savepoint of its
+    # own and with no idempotency key
     def callers_transaction() -> None:
         with transaction.atomic():
             Group.objects.create(name="written-before-the-start")
-            instance_start("bench_approval", {"note": "a\x00b"})
+            instance_start("bench_approval", {"note": "a\x00b"}, savepoint=False)
 
     with pytest.raises(DatabaseError):
         callers_transaction()
@@ -133,13 +135,16 @@ def test_a_start_failing_inside_a_callers_transaction_rolls_the_callers_work_bac
     assert not WorkflowInstance.objects.exists()
 
 
-def test_a_keyed_start_failing_inside_a_callers_transaction_leaves_that_transaction_usable(users):
-    # given: a caller's transaction; when: a start with an idempotency key (which keeps its savepoint: its race
-    # is recovered inside it) fails in the database
+@pytest.mark.parametrize(
+    "options", [{}, {"idempotency_key": "nul-1"}, {"idempotency_key": "nul-2", "savepoint": False}], ids=str
+)
+def test_a_start_failing_inside_a_callers_transaction_by_default_leaves_that_transaction_usable(users, options):
+    # given: a caller's transaction; when: a start with its savepoint (the default, and always with an idempotency
+    # key, whose race is recovered inside it) fails in the database
     with transaction.atomic():
         Group.objects.create(name="written-before-the-start")
         with pytest.raises(DatabaseError):
-            instance_start("bench_approval", {"note": "a\x00b"}, idempotency_key="nul-1")
+            instance_start("bench_approval", {"note": "a\x00b"}, **options)
 
         # then: only the start was rolled back; the caller carries on and keeps its row
         assert not connection.needs_rollback
