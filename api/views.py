@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from django.core.exceptions import ValidationError
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpResponseBase
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -437,8 +438,11 @@ def _deliver(request: Request, instance_id: int, body: dict[str, Any]) -> Respon
         responses={
             201: s.ReceivedSignalSerializer,
             200: s.ReceivedSignalSerializer,
-            403: OpenApiResponse(description="No deliver_signal permission, or you started the instance."),
-            404: OpenApiResponse(description="No open instance with this key that you may see."),
+            403: OpenApiResponse(
+                description="No deliver_signal permission, a role that does not see every instance, or you started "
+                "the instance."
+            ),
+            404: OpenApiResponse(description="No open instance with this key (and no earlier signal with this id)."),
             409: OpenApiResponse(
                 description="Several open instances have the key, the instance ended, or the id "
                 "was used with another body."
@@ -453,14 +457,22 @@ class SignalViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         """403 without ``deliver_signal``, 400 a malformed body, 404/409 a key of no or several open instances (or
         none the caller sees: 404); then what ``_deliver`` answers."""
-        # The role first: a business key names no object the caller has shown they may see, so whoever may not
-        # deliver learns nothing (no "several open instances" 409, no 404) about which keys are open.
+        # The role first, and by key only for a caller who sees every instance: a business key names no object the
+        # caller has shown they may see, so anyone else would learn from a 404 or a "several open instances" 409
+        # which keys (order numbers) exist. Whoever may see only some instances names one by its id.
         if not request.user.has_perm(DELIVER_SIGNAL):
             raise Problem(403, "Your role may not deliver signals.", code="forbidden")
+        if not selectors.can_view_all_instances(request.user):
+            raise Problem(
+                403,
+                "Signals by business key need a role that sees every instance (view_workflowinstance); "
+                "name the instance by its id instead.",
+                code="forbidden",
+            )
         body = _valid(s.SignalByKeySerializer, request.data)
-        instance_id = signal_services.signal_target(None, body["business_key"], body.get("workflow"))
-        if selectors.instance_for_user(request.user, instance_id) is None:
-            raise Http404
+        instance_id = signal_services.signal_target(
+            None, body["business_key"], body.get("workflow"), signal_id=body["signal_id"]
+        )
         return _deliver(request, instance_id, body)
 
 
@@ -565,14 +577,30 @@ AUDIT_PAGE_DEFAULT = 50
 AUDIT_PAGE_MAX = 200
 
 
+def _is_naive_time(text: str) -> bool:
+    """True if ``text`` is an ISO date and time without an offset (a date alone is a day, not a time)."""
+    try:
+        typed = parse_datetime(text.strip()) if "\x00" not in text else None
+    except ValueError:
+        return False
+    return typed is not None and typed.tzinfo is None
+
+
 def _trail_filters(request: Request) -> audit_selectors.AuditFilters:
     """The admins' trail: 403 for anyone else (as the /audit/ pages); the query's filters through the timeline's
     own form, a bad one a 400 naming it."""
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
     form = AuditFilterForm(request.query_params)
-    if not form.is_valid():
-        errors = {("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()}
+    # The page reads a time without an offset in the person's zone; the API, like its other times, wants the
+    # offset (a script's local clock is not Baton's): the form's own errors come after.
+    naive = {
+        name: ["Give the time zone: an offset like +01:00, or Z for UTC."]
+        for name in ("since", "until")
+        if _is_naive_time(request.query_params.get(name, ""))
+    }
+    if naive or not form.is_valid():
+        errors = naive or {("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()}
         detail = " ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())[:1000]
         raise Problem(400, f"Check the filters: {detail}", code="invalid", title="Invalid input", errors=errors)
     return form.filters()

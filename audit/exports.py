@@ -300,8 +300,15 @@ def read_jsonl(stream: TextIO) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield number, record if isinstance(record, dict) else "not a JSON object"
 
 
+# The largest field a CSV export may hold when read back: a request body is capped far below this (the API's 256 KiB).
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
+
+
 def read_csv(stream: TextIO) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """``(line number where the row starts, record)`` for each CSV row after the column names, as JSON records."""
+    # An event's payload has no size limit of its own (a skipped step's output, a diff): the csv module's default
+    # field limit (128 KiB) would call a genuine export "not CSV". The limit is per process; raise it, never lower it.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.reader(stream)
     start = 1
     try:

@@ -205,11 +205,15 @@ def _checked_text(value: Any, field: str, limit: int) -> str:
     return value
 
 
-def signal_target(instance_id: int | None, business_key: str | None, workflow: str | None = None) -> int:
-    """The id of the instance a signal is for: ``instance_id`` itself, or the one open instance with
-    ``business_key`` (of ``workflow`` when given). Raises SignalNotFound, SignalConflict (several open
-    instances have the key) or SignalInvalid (neither or both named). For an endpoint that must check the
-    caller may see the instance before it delivers."""
+def signal_target(
+    instance_id: int | None, business_key: str | None, workflow: str | None = None, *, signal_id: str | None = None
+) -> int:
+    """The id of the instance a signal is for: ``instance_id`` itself, or by ``business_key`` (of ``workflow`` when
+    given) the instance that already received ``signal_id``, open or ended, else the one open instance with the key.
+    The earlier receiver first, so that a sender's retry after a lost answer is a repeat there (200, or 409 with
+    another body) and never a second delivery to a newer instance with the same key. Raises SignalNotFound,
+    SignalConflict (several open instances have the key) or SignalInvalid (neither or both named). For an endpoint
+    that must check the caller may see the instance before it delivers."""
     if (instance_id is None) == (business_key is None):
         raise SignalInvalid(
             "Name the instance by its id or by its business key (one of them).",
@@ -222,6 +226,18 @@ def signal_target(instance_id: int | None, business_key: str | None, workflow: s
             raise SignalNotFound(f"No instance {instance_id}.")
         return instance_id
     key = _checked_text(business_key, "business_key", 100)
+    if signal_id is not None:
+        keyed = WorkflowInstance.objects.filter(business_key=key)
+        if workflow:
+            keyed = keyed.filter(workflow_name=workflow)
+        earlier = (
+            ReceivedSignal.objects.filter(signal_id=_checked_text(signal_id, "signal_id", 200), instance__in=keyed)
+            .order_by("-id")
+            .values_list("instance_id", flat=True)
+            .first()
+        )
+        if earlier is not None:
+            return earlier
     found = WorkflowInstance.objects.filter(business_key=key).exclude(
         state__in=[InstanceState.COMPLETED, InstanceState.COMPENSATED, InstanceState.CANCELLED]
     )

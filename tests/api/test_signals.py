@@ -282,7 +282,7 @@ def test_junk_signals_are_4xx_problems(waiting, api_as, roles, raw, field):
 @in_process
 def test_an_integration_account_needs_deliver_signal_and_to_see_the_instance(waiting, api_as, roles):
     """README: a service account holds ``deliver_signal`` and ``view_workflowinstance``; with the first alone every
-    instance it did not start is 404, by id and by business key alike."""
+    instance it did not start is 404 by id, and signals by business key are refused outright (403)."""
     from django.contrib.auth.models import Permission
 
     account = UserFactory(username="payments-gateway")
@@ -294,7 +294,57 @@ def test_an_integration_account_needs_deliver_signal_and_to_see_the_instance(wai
     account.user_permissions.add(Permission.objects.get(codename="view_workflowinstance"))
     delivered = client.post("/api/signals/", by_key)  # each request loads the token's user, permissions afresh
 
-    assert blind == (404, 404)
+    assert blind == (404, 403)
     assert delivered.status_code == 201, delivered.content
     assert delivered.json()["instance"] == waiting.pk
     assert state_of(waiting) == InstanceState.RUNNING
+
+
+@in_process
+def test_by_business_key_a_caller_who_sees_only_some_instances_learns_nothing_of_the_keys(
+    waiting, payment_flow, api_as, roles
+):
+    """A key names an object the caller never showed they may see: without the role that sees every instance, a
+    hidden key, a key nobody has and a key of several hidden instances get the same 403, and nothing changes."""
+    from django.contrib.auth.models import Permission
+
+    instance_start("api_payment", {"order": "S-1"}, initiator=roles.staff, business_key="S-1")
+    instance_start("api_payment", {"order": "S-1 again"}, initiator=roles.staff, business_key="S-1")
+    account = UserFactory(username="curious")
+    account.user_permissions.add(Permission.objects.get(codename="deliver_signal"))
+    client = api_as(account)
+    before = what_changes(waiting)
+
+    answers = [client.post("/api/signals/", {**signal(), "business_key": key}) for key in ("B-1", "NOPE", "S-1")]
+
+    assert {(r.status_code, r.json()["detail"]) for r in answers} == {(403, answers[0].json()["detail"])}
+    assert what_changes(waiting) == before
+    assert not ReceivedSignal.objects.exists()
+
+
+@in_process
+def test_by_business_key_a_retry_after_the_instance_ended_is_a_repeat_not_a_second_delivery(
+    waiting, payment_flow, api_as, roles, run_steps
+):
+    """A sender whose answer was lost retries with the same signal id: after the instance has ended, and after a
+    newer instance took the same key, the retry answers 200 with the first delivery, and the newer instance gets
+    nothing."""
+    operator = api_as(roles.operator)
+    first = operator.post("/api/signals/", {**signal("pay-77"), "business_key": "B-1"})
+    run_steps(waiting)
+    assert (first.status_code, state_of(waiting)) == (201, InstanceState.COMPLETED)
+    newer = instance_start("api_payment", {"order": "B-1 reorder"}, initiator=roles.staff, business_key="B-1")
+    run_steps(newer)
+    before = (what_changes(waiting), what_changes(newer))
+
+    retry = operator.post("/api/signals/", {**signal("pay-77"), "business_key": "B-1"})
+    other_body = operator.post(
+        "/api/signals/", {**signal("pay-77", {"paid_amount": "1", "reference": "X"}), "business_key": "B-1"}
+    )
+
+    assert (retry.status_code, retry["Idempotent-Replayed"]) == (200, "true")
+    assert retry.json() == first.json() | {"state": retry.json()["state"]}
+    assert retry.json()["instance"] == waiting.pk
+    assert other_body.status_code == 409
+    assert (what_changes(waiting), what_changes(newer)) == before
+    assert state_of(newer) == InstanceState.WAITING

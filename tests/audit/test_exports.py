@@ -241,6 +241,30 @@ def test_odd_data_survives_the_round_trip(users, tmp_path):
         assert "every line verifies" in out
 
 
+def test_an_event_with_a_field_larger_than_the_csv_modules_default_limit_still_verifies(users, tmp_path):
+    """A skipped step's output or a diff has no size limit of its own: a 200 KB payload (the csv module refuses
+    fields over 128 KiB by default) exports and verifies in both formats."""
+    # given
+    append_standalone(
+        ACCOUNTS_CHAIN,
+        actor=Actor("system"),
+        action="user.large",
+        subject_type="user",
+        subject_id=None,
+        payload={"output": {"k": "x" * 200_000}},
+    )
+    for kind in ("csv", "jsonl"):
+        path = tmp_path / f"large.{kind}"
+        path.write_text(export(users, kind, action="user.large"))
+
+        # when
+        out = verify(path)
+
+        # then
+        assert "1 events" in out
+        assert "every line verifies" in out
+
+
 def test_junk_files_are_refused_with_a_message_not_a_traceback(tmp_path):
     """A file that is not an export, binary junk, an empty file, a missing file: a clear message each."""
     cases = {
