@@ -3,7 +3,11 @@ early signals kept and consumed, payload validated, timeouts that fail, compensa
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django import forms
@@ -13,8 +17,27 @@ from django.utils import timezone
 from approvals.models import HumanTask, TaskKind
 from approvals.services.tasks import task_decide
 from orchestrator.audit import Actor
-from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, DefinitionError, Signal, StepContext, Task, Workflow
-from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepRun, StepState
+from orchestrator.dsl import (
+    COMPENSATE,
+    CONTINUE,
+    ESCALATE,
+    Decision,
+    DefinitionError,
+    Signal,
+    StepContext,
+    Task,
+    Workflow,
+)
+from orchestrator.models import (
+    AuditEvent,
+    InstanceState,
+    ReceivedSignal,
+    StepKind,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
+from orchestrator.services import signals
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import (
     instance_cancel,
@@ -24,12 +47,14 @@ from orchestrator.services.instances import (
     instance_start,
 )
 from orchestrator.services.signals import (
+    Delivery,
     SignalConflict,
     SignalInvalid,
     SignalNotFound,
     signal_deliver,
 )
 from tests.concurrency import race
+from tests.conftest import describe_instance
 
 pytestmark = pytest.mark.django_db
 
@@ -443,3 +468,167 @@ def test_whoever_started_the_instance_may_not_signal_it(payment_flow, run_steps,
     )
 
     assert delivered.outcome == "consumed"
+
+
+# --- deliveries racing each other and the instance's moves (real threads, each on its own connection) ------------
+
+ROUNDS = 6
+
+
+def tally(ctx: StepContext) -> dict:
+    return {"tally": ctx.data.get("tally", 0) + 1}
+
+
+def looping_flow(name: str, rounds: int) -> Workflow:
+    """reserve -> wait for "payment.confirmed" -> tally -> back to the wait until it has waited ``rounds`` times."""
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Order {order}",
+        steps=[
+            Task("reserve", reserve),
+            Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+            Task("tally", tally),
+            Decision("again", lambda data: "wait_payment" if data["tally"] < rounds else None),
+        ],
+    )
+
+
+def sequence_flow(name: str) -> Workflow:
+    """reserve -> three waits in a row for "payment.confirmed" -> ship."""
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Order {order}",
+        steps=[
+            Task("reserve", reserve),
+            Signal("first_payment", event="payment.confirmed", form=PaymentForm),
+            Signal("second_payment", event="payment.confirmed", form=PaymentForm),
+            Signal("third_payment", event="payment.confirmed", form=PaymentForm),
+            Task("ship", ship),
+        ],
+    )
+
+
+def worker_until_ended(run_steps, instance, seconds: float = 25.0) -> Callable[[], list]:
+    """A worker on its own thread: runs the instance's automated steps until it ends (or ``seconds`` pass)."""
+
+    def work() -> list:
+        ran: list = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ran += run_steps(instance)
+            if WorkflowInstance.objects.get(pk=instance.pk).is_final:
+                break
+            time.sleep(0.005)
+        return ran
+
+    return work
+
+
+def assert_each_wait_took_one_signal_oldest_first(instance, waits: int) -> None:
+    """Every signal consumed, by exactly one wait each, in the order they were received; no wait left running."""
+    signals = list(ReceivedSignal.objects.filter(instance=instance).order_by("received_at", "id"))
+    steps = list(instance.steps.filter(kind=StepKind.SIGNAL).order_by("id"))
+    assert [s.consumed_at is not None for s in signals] == [True] * len(signals), describe_instance(instance)
+    assert len(steps) == waits, describe_instance(instance)
+    assert all(step.state == StepState.SUCCEEDED for step in steps), describe_instance(instance)
+    # oldest first: the n-th signal received went to the n-th wait entered
+    assert [s.step_id for s in signals] == [step.pk for step in steps], describe_instance(instance)
+    assert [step.result["signal_id"] for step in steps] == [s.signal_id for s in signals]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliveries_racing_a_loop_of_waits_are_each_consumed_once_oldest_first(register_workflow, run_steps):
+    # given an instance waiting at a signal node that it re-enters, through a task run by a worker, ROUNDS times
+    register_workflow(looping_flow("signal_loop", ROUNDS))
+    instance = waiting_instance(run_steps, "signal_loop")
+
+    # when ROUNDS deliveries with different ids land at once, while a worker moves the instance on
+    payload = {"paid_amount": "1.00", "reference": "R"}
+    results = race(
+        worker_until_ended(run_steps, instance),
+        *[partial(deliver, instance.pk, signal_id=f"pay-{n}", payload=payload) for n in range(ROUNDS)],
+    )
+
+    # then every delivery was taken (at once or kept and then taken), one per wait, oldest first, none stranded
+    deliveries = results[1:]
+    assert all(isinstance(d, Delivery) for d in deliveries), results
+    assert {d.outcome for d in deliveries} <= {"consumed", "kept"}
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert instance.data["tally"] == ROUNDS
+    assert_each_wait_took_one_signal_oldest_first(instance, ROUNDS)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliveries_racing_waits_in_a_row_fill_them_in_order_and_keep_only_the_surplus(register_workflow, run_steps):
+    # given an instance waiting at the first of three signal nodes in a row for the same event
+    register_workflow(sequence_flow("signal_row"))
+    instance = waiting_instance(run_steps, "signal_row")
+
+    # when five deliveries with different ids land at once
+    payload = {"paid_amount": "1.00", "reference": "R"}
+    results = race(*[partial(deliver, instance.pk, signal_id=f"pay-{n}", payload=payload) for n in range(5)])
+
+    # then three were consumed, each by one wait, oldest first; the two received last are kept (nothing waits)
+    assert sorted(r.outcome for r in results) == ["consumed"] * 3 + ["kept"] * 2, results
+    signals = list(ReceivedSignal.objects.filter(instance=instance).order_by("received_at", "id"))
+    waits = list(instance.steps.filter(kind=StepKind.SIGNAL).order_by("id"))
+    assert [s.step_id for s in signals] == [w.pk for w in waits] + [None, None], describe_instance(instance)
+    assert [w.name for w in waits] == ["first_payment", "second_payment", "third_payment"]
+    assert all(w.state == StepState.SUCCEEDED for w in waits)
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_while_the_worker_enters_the_wait_is_consumed_by_it(register_workflow, run_steps, monkeypatch):
+    # given a worker that has just entered the signal node, its transaction still open
+    register_workflow(looping_flow("signal_entry", 2))
+    instance = waiting_instance(run_steps, "signal_entry")
+    deliver(instance.pk, signal_id="pay-0", payload={"paid_amount": "1.00", "reference": "R"})  # -> tally runs next
+    entered, go_on = threading.Event(), threading.Event()
+    real_wait = signals.signal_wait
+
+    def slow_wait(*args, **kwargs):
+        step = real_wait(*args, **kwargs)
+        entered.set()
+        go_on.wait(timeout=10)  # hold the worker's transaction open inside the node entry
+        return step
+
+    monkeypatch.setattr(signals, "signal_wait", slow_wait)
+
+    def deliver_once_entered():
+        assert entered.wait(timeout=10)
+        threading.Timer(0.3, go_on.set).start()  # the delivery is under way before the worker commits
+        return deliver(instance.pk, signal_id="pay-1", payload={"paid_amount": "2.00", "reference": "S"})
+
+    # when a delivery comes while the worker is entering the wait
+    results = race(lambda: run_steps(instance), deliver_once_entered)
+
+    # then the delivery waited for the worker's move and the wait took it: nothing is left kept
+    assert isinstance(results[1], Delivery), results
+    assert results[1].outcome == "consumed", describe_instance(instance)
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert_each_wait_took_one_signal_oldest_first(instance, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_signal_id_sent_many_times_at_once_is_one_delivery(register_workflow, run_steps):
+    # given an instance waiting at the first of three signal nodes for the same event
+    register_workflow(sequence_flow("signal_retries"))
+    instance = waiting_instance(run_steps, "signal_retries")
+
+    # when the sender's retries of one signal id land at once
+    results = race(*[partial(deliver, instance.pk, signal_id="pay-once") for _ in range(6)])
+
+    # then one delivery consumed it and the rest are repeats of it: one row, one wait succeeded, the next waits
+    assert sorted(r.outcome for r in results) == ["consumed"] + ["repeat"] * 5, results
+    assert len({r.signal.pk for r in results}) == 1
+    assert ReceivedSignal.objects.filter(instance=instance).count() == 1
+    states = dict(instance.steps.filter(kind=StepKind.SIGNAL).values_list("name", "state"))
+    assert states == {"first_payment": StepState.SUCCEEDED, "second_payment": StepState.RUNNING}
