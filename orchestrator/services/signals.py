@@ -10,7 +10,11 @@ timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/archite
 - the payload is validated at delivery (the node's form or schema) and merged into the instance data when a
   waiting step consumes it;
 - a signal that arrives before the instance reaches a node waiting for its event (or while it is paused or failed)
-  is kept, and consumed, oldest first, by the next step that waits for that event;
+  is kept, and consumed, oldest first, by the next step that waits for that event; a new delivery never overtakes
+  one kept earlier (it first hands the kept ones to the waiting steps, as the sweep would);
+- every decision to consume or keep, every entry into a Signal node and every hand-off of kept signals happens
+  under the instance's row lock (``locks.lock_instance``, the instance row before its steps, as everywhere), so a
+  delivery sees either no wait (and is kept, for the next wait's entry to take) or the wait (and is consumed);
 - a wait's timeout is wall-clock time, like a retry's back-off: one that passes while the instance is paused or
   failed acts when it is running again.
 """
@@ -126,6 +130,11 @@ def signal_deliver(
     :class:`Delivery`. Raises :class:`SignalNotFound`, :class:`SignalConflict`, :class:`SignalInvalid` or
     :class:`SignalForbidden` (``actor`` is the person who started the instance), each with a message for the
     sender.
+
+    All under the instance's row lock, taken first (the lock order of ``orchestrator/services/locks.py``): the
+    consume-or-keep decision is serialised with every entry into a Signal node, which takes kept signals itself.
+    Signals kept earlier for ``event`` are handed to the waiting steps before this one is considered, so the
+    oldest is consumed first (the module's rules; docs/architecture.md, "Signals").
     """
     event = _checked_text(event, "event", EVENT_MAX)
     signal_id = _checked_text(signal_id, "signal_id", IDEMPOTENCY_KEY_MAX)
@@ -165,7 +174,12 @@ def signal_deliver(
                 f"{workflow_def.key} never waits for the event {event!r}.",
                 {"event": [f"Not an event of {workflow_def.key}."]},
             )
-        waiting = _waiting_step(instance, [n.name for n in nodes])
+        names = [n.name for n in nodes]
+        # Oldest first: signals kept earlier for this event (during a pause, not yet handed on by the sweep) go to
+        # the waiting steps before this one may, or a wait would take this newer signal and strand an older one.
+        # Under the instance's lock, like every entry into a Signal node, so no step starts waiting unseen.
+        handed = _hand_on(unit, workflow_def, names)
+        waiting = _waiting_step(instance, names)
         node = workflow_def.node(waiting.name) if waiting is not None else nodes[0]
         assert isinstance(node, Signal)
         cleaned = _validated(node, payload)
@@ -189,6 +203,7 @@ def signal_deliver(
         if consume:
             assert waiting is not None
             _consume(unit, workflow_def, waiting, node, received)
+        if consume or handed:
             settle(unit)
         unit.finish()
         return Delivery(instance.pk, received, "consumed" if consume else "kept")
@@ -283,6 +298,24 @@ def _summary(errors: dict[str, list[str]]) -> str:
 
 def _waiting_step(instance: WorkflowInstance, names: list[str]) -> StepRun | None:
     return instance.steps.filter(kind=StepKind.SIGNAL, state=StepState.RUNNING, name__in=names).order_by("id").first()
+
+
+def _hand_on(unit: Unit, workflow: Workflow, names: list[str]) -> int:
+    """Hand kept signals to the steps waiting at nodes ``names`` (all of one event), the oldest signal to the
+    earliest wait, while the instance runs; each consumption may enter a further wait, which takes the next kept
+    signal itself (:func:`signal_wait`). The waits are read afresh each round: a consumption moves the flow on.
+    Returns how many were handed on. Called with the instance locked."""
+    handed = 0
+    while unit.instance.state in ACTIVE_INSTANCE_STATES:
+        step = _waiting_step(unit.instance, names)
+        if step is None:
+            break
+        node = workflow.node(step.name)
+        assert isinstance(node, Signal)
+        if not _consume_kept(unit, workflow, step, node):
+            break
+        handed += 1
+    return handed
 
 
 def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, received: ReceivedSignal) -> None:
@@ -492,14 +525,17 @@ def _hand_kept(instance_id: int, now: datetime) -> int:
         if workflow is None:
             return 0
         unit = Unit(instance, SWEEPER, now=now)
-        consumed = 0
-        for step in instance.steps.filter(kind=StepKind.SIGNAL, state=StepState.RUNNING).order_by("id"):
-            node = workflow.nodes.get(step.name)
-            if isinstance(node, Signal) and _consume_kept(unit, workflow, step, node):
-                consumed += 1
+        kept = ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=True)
+        events = sorted(set(kept.values_list("event", flat=True)))
+        before = kept.count()
+        for event in events:
+            names = [n.name for n in workflow.nodes.values() if isinstance(n, Signal) and n.event == event]
+            if names:
+                _hand_on(unit, workflow, names)
         settle(unit)
         unit.finish()
-        return consumed
+        # Counted from the rows: a handed-on signal's wait may enter the next wait, which takes another itself.
+        return before - kept.count()
 
 
 def registered_events(name: str) -> list[str]:

@@ -632,3 +632,89 @@ def test_one_signal_id_sent_many_times_at_once_is_one_delivery(register_workflow
     assert ReceivedSignal.objects.filter(instance=instance).count() == 1
     states = dict(instance.steps.filter(kind=StepKind.SIGNAL).values_list("name", "state"))
     assert states == {"first_payment": StepState.SUCCEEDED, "second_payment": StepState.RUNNING}
+
+
+def test_a_delivery_after_a_resume_does_not_overtake_a_signal_kept_during_the_pause(register_workflow, run_steps):
+    # given an instance waiting at the first of three waits in a row, paused, with a signal kept during the pause
+    register_workflow(sequence_flow("signal_overtake"))
+    instance = waiting_instance(run_steps, "signal_overtake")
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    early = deliver(instance.pk, signal_id="early", payload={"paid_amount": "1.00", "reference": "EARLY"})
+    assert early.outcome == "kept"
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+
+    # when a new signal comes after the resume, before any sweep has handed the kept one on
+    late = deliver(instance.pk, signal_id="late", payload={"paid_amount": "2.00", "reference": "LATE"})
+
+    # then the kept one went first (to the first wait) and the new one to the next wait: oldest first, none stranded
+    assert late.outcome == "consumed"
+    assert late.signal.consumed_at is not None
+    waits = {w.name: w.result.get("signal_id") for w in instance.steps.filter(kind=StepKind.SIGNAL)}
+    assert waits == {"first_payment": "early", "second_payment": "late", "third_payment": None}
+    assert instance.steps.get(name="third_payment").state == StepState.RUNNING
+    assert not ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=True).exists()
+
+
+def test_a_delivery_after_a_resume_takes_the_last_wait_only_if_no_older_signal_is_kept(payment_flow, run_steps):
+    # given an instance at its one wait, paused, with a signal kept during the pause, then resumed
+    instance = waiting_instance(run_steps)
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    deliver(instance.pk, signal_id="early", payload={"paid_amount": "1.00", "reference": "EARLY"})
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+
+    # when a second signal comes before the sweep
+    late = deliver(instance.pk, signal_id="late", payload={"paid_amount": "2.00", "reference": "LATE"})
+
+    # then the wait took the kept (older) one; the new one is kept, since nothing waits any more
+    assert late.outcome == "kept"
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.data["reference"] == "EARLY"
+    assert instance.state == InstanceState.COMPLETED
+    assert list(
+        ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=True).values_list("signal_id", flat=True)
+    ) == ["late"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliveries_racing_the_sweep_after_a_resume_are_consumed_oldest_first(register_workflow, run_steps):
+    # given a looping instance, paused at its wait, holding two signals kept during the pause, then resumed
+    register_workflow(looping_flow("signal_resume_race", ROUNDS))
+    instance = waiting_instance(run_steps, "signal_resume_race")
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    payload = {"paid_amount": "1.00", "reference": "R"}
+    for n in range(2):
+        assert deliver(instance.pk, signal_id=f"kept-{n}", payload=payload).outcome == "kept"
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+
+    # when the rest of the deliveries, the sweep's hand-off and a worker all run at once
+    results = race(
+        worker_until_ended(run_steps, instance),
+        engine.sweep,
+        *[partial(deliver, instance.pk, signal_id=f"pay-{n}", payload=payload) for n in range(ROUNDS - 2)],
+    )
+
+    # then each wait took one signal, oldest first (the kept ones before the new), and the instance completed
+    assert all(isinstance(d, Delivery) for d in results[2:]), results
+    assert not isinstance(results[1], Exception), results
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert_each_wait_took_one_signal_oldest_first(instance, ROUNDS)
+
+
+def test_the_sweep_hands_every_kept_signal_on_oldest_first_and_counts_them(register_workflow, run_steps):
+    # given an instance paused at the first of three waits in a row, two signals kept during the pause, resumed
+    register_workflow(sequence_flow("signal_sweep_row"))
+    instance = waiting_instance(run_steps, "signal_sweep_row")
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    for n in range(2):
+        deliver(instance.pk, signal_id=f"kept-{n}", payload={"paid_amount": "1.00", "reference": f"K{n}"})
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+
+    # when the sweep runs
+    report = engine.sweep()
+
+    # then both went on, the older to the first wait, and the report counts both; the third wait still waits
+    assert report.signals["signals_consumed"] == 2
+    waits = {w.name: w.result.get("signal_id") for w in instance.steps.filter(kind=StepKind.SIGNAL)}
+    assert waits == {"first_payment": "kept-0", "second_payment": "kept-1", "third_payment": None}
