@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.db.models.functions import Greatest
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Task, Timer
+from orchestrator.dsl import Task, Timer, Workflow
 from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, check_text, check_when
 from orchestrator.models import (
     BUSY_STEP_STATES,
@@ -171,8 +172,22 @@ def _reason_required(reason: str) -> str:
     return reason
 
 
+# Called, in the same transaction and under the instance's lock, when a paused instance resumes or a failed one is
+# retried, with the unit and the instance's definition: work held while the instance stood still that a module above
+# the engine hands on itself (signals: kept signals to the steps waiting for them, oldest first). Filled at start-up
+# by modules this one never imports (orchestrator/services/signals.py ``register``), keyed by module so that
+# registering again replaces.
+RUNNING_AGAIN: dict[str, Callable[[Unit, Workflow], object]] = {}
+
+
+def _running_again(unit: Unit, workflow: Workflow) -> None:
+    for hand_on in RUNNING_AGAIN.values():
+        hand_on(unit, workflow)
+
+
 def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta: dict | None = None) -> None:
-    """Operator: put a failed instance's dead steps back in the queue and run it again from there.
+    """Operator: put a failed instance's dead steps back in the queue and run it again from there (and hand on
+    what was held while it stood failed: :data:`RUNNING_AGAIN`).
 
     Raises ValidationError for a missing or too long reason; NotAllowed when the instance is not failed, is
     compensating or compensated, has nothing to retry, its definition is not registered or lacks a node the
@@ -225,6 +240,7 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
                 continue
             step_retry(unit, workflow, step, reason)
         _redispatch_due(unit)
+        _running_again(unit, workflow)
         settle(unit)
         unit.finish()
 
@@ -347,7 +363,9 @@ def instance_resume(
     now: datetime | None = None,
     request_meta: dict | None = None,
 ) -> bool:
-    """Resume a paused instance and dispatch the steps that fell due while it was held; True if it resumed.
+    """Resume a paused instance, dispatch the steps that fell due while it was held and hand on what was held for
+    it (:data:`RUNNING_AGAIN`: signals kept during the pause go to the steps waiting for them, oldest first); True
+    if it resumed.
 
     Raises ValidationError for a missing or too long reason; NotAllowed when the instance is not paused (unless
     ``only_if_due``: then False) or its definition is not registered; ``WorkflowInstance.DoesNotExist``.
@@ -359,7 +377,8 @@ def instance_resume(
             if only_if_due:
                 return False
             raise NotAllowed(f"Only paused instances can be resumed; this one is {instance.state}.")
-        if definition_or_none(instance) is None:
+        workflow = definition_or_none(instance)
+        if workflow is None:
             raise NotAllowed(
                 f"Cannot resume: the {definition_unavailable(instance)}. Deploy it again, or cancel the instance."
             )
@@ -384,6 +403,7 @@ def instance_resume(
         if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
             _shift_deadlines(unit, paused_at)
         _redispatch_due(unit)
+        _running_again(unit, workflow)
         settle(unit)
         unit.finish()
         return True

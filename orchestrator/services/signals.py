@@ -51,7 +51,7 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.ports import human_tasks
-from orchestrator.services import steps, sweep
+from orchestrator.services import instances, steps, sweep
 from orchestrator.services.compensation import compensation_start
 from orchestrator.services.flow import ENTER, Place, advance
 from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail, settle
@@ -342,12 +342,13 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, receiv
 
 def register() -> None:
     """Hook signals into the engine, which never imports this module: entering a ``Signal`` node
-    (``flow.ENTER``), an operator's retry of a signal step (``steps.REARM``) and the sweep's signal pass
-    (``sweep.register_signals_pass``). Called from ``OrchestratorConfig.ready()``; calling it again changes
-    nothing. Raises nothing."""
+    (``flow.ENTER``), an operator's retry of a signal step (``steps.REARM``), the sweep's signal pass
+    (``sweep.register_signals_pass``) and a resume or retry (``instances.RUNNING_AGAIN``: kept signals handed
+    on). Called from ``OrchestratorConfig.ready()``; calling it again changes nothing. Raises nothing."""
     ENTER[Signal] = _enter_signal
     steps.REARM[StepKind.SIGNAL] = signal_rearm
     sweep.register_signals_pass(signals_sweep)
+    instances.RUNNING_AGAIN["signals"] = hand_on_kept
 
 
 def _enter_signal(unit: Unit, at: Place, node: Signal) -> None:
@@ -358,7 +359,13 @@ def _enter_signal(unit: Unit, at: Place, node: Signal) -> None:
 
 def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, Any]) -> StepRun:
     """Enter ``node``: a running signal step waits (until its timeout, if any); a kept signal for its event is
-    consumed at once. ``common`` holds the step's instance, name, parent and branch. Returns the step."""
+    consumed at once while the instance runs. ``common`` holds the step's instance, name, parent and branch.
+    Returns the step.
+
+    On a paused (or failed) instance (a worker's step that was running when the pause came finishes, and the flow
+    enters this node) the wait is written but takes nothing: a delivery to a paused instance is kept, so a kept
+    signal must not be consumed either until the instance runs again; the resume (or retry) hands it on
+    (:func:`hand_on_kept`, docs/architecture.md "Signals")."""
     due = unit.now + node.timeout if node.timeout is not None else None
     step = StepRun(
         **common,
@@ -378,7 +385,8 @@ def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, 
         to_state=step.state,
         payload={"node": node.name, "event": node.event, "timeout_at": due.isoformat() if due else None},
     )
-    _consume_kept(unit, workflow, step, node)
+    if unit.instance.state in ACTIVE_INSTANCE_STATES:
+        _consume_kept(unit, workflow, step, node)
     return step
 
 
@@ -395,8 +403,10 @@ def _consume_kept(unit: Unit, workflow: Workflow, step: StepRun, node: Signal) -
 
 
 def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:
-    """An operator's retry of a signal step that timed out: it waits again, for a whole new timeout (and takes a
-    signal kept meanwhile at once). Called inside the retry's transaction with the instance running."""
+    """An operator's retry of a signal step that timed out: it waits again, for a whole new timeout, and takes a
+    signal kept meanwhile at once if the instance runs. Called inside the retry's transaction: an instance retry
+    (running by then) or the Retry answer to the wait's escalation, which an operator may give while the instance
+    is paused: then the wait takes nothing until the resume hands kept signals on (as :func:`signal_wait`)."""
     node = workflow.node(step.name)
     assert isinstance(node, Signal)
     from_state = step.state
@@ -417,7 +427,8 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
         reason=reason,
         payload={"attempt": step.attempt, "timeout_at": step.due_at.isoformat() if step.due_at else None},
     )
-    _consume_kept(unit, workflow, step, node)
+    if unit.instance.state in ACTIVE_INSTANCE_STATES:
+        _consume_kept(unit, workflow, step, node)
 
 
 # --- the sweep: timeouts, and kept signals for steps that wait ----------------------------------------------
@@ -525,17 +536,30 @@ def _hand_kept(instance_id: int, now: datetime) -> int:
         if workflow is None:
             return 0
         unit = Unit(instance, SWEEPER, now=now)
-        kept = ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=True)
-        events = sorted(set(kept.values_list("event", flat=True)))
-        before = kept.count()
-        for event in events:
-            names = [n.name for n in workflow.nodes.values() if isinstance(n, Signal) and n.event == event]
-            if names:
-                _hand_on(unit, workflow, names)
+        handed = hand_on_kept(unit, workflow)
         settle(unit)
         unit.finish()
-        # Counted from the rows: a handed-on signal's wait may enter the next wait, which takes another itself.
-        return before - kept.count()
+        return handed
+
+
+def hand_on_kept(unit: Unit, workflow: Workflow) -> int:
+    """Hand every kept signal of ``unit``'s instance to the steps waiting for its event, oldest first per event,
+    while the instance runs (nothing on a paused or failed one). Called with the instance locked: by the sweep, and
+    by a resume or retry (``instances.RUNNING_AGAIN``) so that signals kept while the instance stood still go on
+    at once. Returns how many were handed on, counted from the rows (a handed-on signal's wait may enter the next
+    wait, which takes another itself). Raises what entering the nodes that follow raises."""
+    if unit.instance.state not in ACTIVE_INSTANCE_STATES or not any(
+        isinstance(n, Signal) for n in workflow.nodes.values()
+    ):
+        return 0
+    kept = ReceivedSignal.objects.filter(instance=unit.instance, consumed_at__isnull=True)
+    events = sorted(set(kept.values_list("event", flat=True)))
+    before = kept.count()
+    for event in events:
+        names = [n.name for n in workflow.nodes.values() if isinstance(n, Signal) and n.event == event]
+        if names:
+            _hand_on(unit, workflow, names)
+    return before - kept.count()
 
 
 def registered_events(name: str) -> list[str]:

@@ -37,7 +37,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services import signals
+from orchestrator.services import instances, signals
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import (
     instance_cancel,
@@ -53,6 +53,7 @@ from orchestrator.services.signals import (
     SignalNotFound,
     signal_deliver,
 )
+from orchestrator.services.steps import _run_handler, step_claim, step_record
 from tests.concurrency import race
 from tests.conftest import describe_instance
 
@@ -271,7 +272,7 @@ def test_a_schema_validates_and_shapes_the_payload(register_workflow, run_steps)
     assert "ignored" not in instance.data
 
 
-def test_a_signal_while_paused_is_kept_and_taken_by_the_sweep_after_resume(payment_flow, run_steps):
+def test_a_signal_while_paused_is_kept_and_handed_on_by_the_resume(payment_flow, run_steps):
     # given a waiting instance, paused
     instance = waiting_instance(run_steps)
     instance_pause(instance.pk, actor=OPERATOR, reason="hold")
@@ -279,14 +280,21 @@ def test_a_signal_while_paused_is_kept_and_taken_by_the_sweep_after_resume(payme
     # when the signal comes during the pause
     delivery = deliver(instance.pk)
 
-    # then it is kept; after the resume the next sweep hands it to the waiting step
+    # then it is kept; the resume hands it to the waiting step, leaving the sweep nothing to do
     assert delivery.outcome == "kept"
     instance_resume(instance.pk, actor=OPERATOR, reason="go on")
     report = engine.sweep()
     run_steps(instance)
     instance.refresh_from_db()
-    assert report.signals["signals_consumed"] == 1
+    assert report.signals["signals_consumed"] == 0
     assert instance.state == InstanceState.COMPLETED
+
+
+def resume_without_hand_on(instance_id: int, monkeypatch) -> None:
+    """Resume as a Baton from before resumes handed kept signals on did (rows it left are the sweep's to hand on)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(instances, "RUNNING_AGAIN", {})
+        instance_resume(instance_id, actor=OPERATOR, reason="go on")
 
 
 # --- timeouts -------------------------------------------------------------------------------------------
@@ -702,19 +710,100 @@ def test_deliveries_racing_the_sweep_after_a_resume_are_consumed_oldest_first(re
     assert_each_wait_took_one_signal_oldest_first(instance, ROUNDS)
 
 
-def test_the_sweep_hands_every_kept_signal_on_oldest_first_and_counts_them(register_workflow, run_steps):
+def test_the_sweep_hands_every_kept_signal_on_oldest_first_and_counts_them(register_workflow, run_steps, monkeypatch):
     # given an instance paused at the first of three waits in a row, two signals kept during the pause, resumed
+    # without handing them on
     register_workflow(sequence_flow("signal_sweep_row"))
     instance = waiting_instance(run_steps, "signal_sweep_row")
     instance_pause(instance.pk, actor=OPERATOR, reason="hold")
     for n in range(2):
         deliver(instance.pk, signal_id=f"kept-{n}", payload={"paid_amount": "1.00", "reference": f"K{n}"})
-    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+    resume_without_hand_on(instance.pk, monkeypatch)
 
     # when the sweep runs
     report = engine.sweep()
 
     # then both went on, the older to the first wait, and the report counts both; the third wait still waits
     assert report.signals["signals_consumed"] == 2
+    waits = {w.name: w.result.get("signal_id") for w in instance.steps.filter(kind=StepKind.SIGNAL)}
+    assert waits == {"first_payment": "kept-0", "second_payment": "kept-1", "third_payment": None}
+
+
+# --- a paused instance consumes nothing; the resume hands kept signals on -----------------------------------
+
+
+def test_a_wait_entered_while_paused_takes_no_kept_signal_and_the_resume_hands_it_on(payment_flow, run_steps):
+    # given a signal kept before the instance reached its wait, and a worker running "reserve" when a pause comes
+    instance = instance_start("signal_payment", {"order": "A-1"})
+    assert deliver(instance.pk, signal_id="early").outcome == "kept"
+    reserve_step = instance.steps.get(name="reserve")
+    claim = step_claim(reserve_step.pk)
+    assert claim is not None
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+
+    # when the worker's step finishes on the paused instance, which enters the wait
+    step_record(claim.step_id, claim.attempt, _run_handler(claim))
+
+    # then the wait is entered but takes nothing: a paused instance consumes no signal, kept or delivered
+    instance.refresh_from_db()
+    wait = instance.steps.get(name="wait_payment")
+    assert (instance.state, wait.state) == (InstanceState.PAUSED, StepState.RUNNING), describe_instance(instance)
+    assert ReceivedSignal.objects.get(instance=instance, signal_id="early").consumed_at is None
+
+    # when the operator resumes it (no sweep runs)
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+
+    # then the resume handed the kept signal to the wait, and the flow goes on
+    wait.refresh_from_db()
+    assert (wait.state, wait.result["signal_id"]) == (StepState.SUCCEEDED, "early")
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert instance.data["reference"] == "PAY-9"
+
+
+def test_an_escalation_retry_on_a_paused_instance_takes_no_kept_signal_until_the_resume(
+    register_workflow, run_steps, users
+):
+    # given a wait that timed out and escalated, the instance then paused, and a signal kept during the pause
+    register_workflow(flow("signal_paused_escalation", timeout=timedelta(minutes=5), on_timeout=ESCALATE))
+    instance = waiting_instance(run_steps, "signal_paused_escalation")
+    time_out(instance)
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    assert deliver(instance.pk, signal_id="during-pause").outcome == "kept"
+
+    # when an operator answers Retry on the escalation while the instance is paused
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    task_decide(escalation.pk, users.operator, "retry", comment="asked the bank")
+
+    # then the wait waits again but the kept signal stays kept: as for a delivery, nothing is consumed while paused
+    wait = StepRun.objects.get(instance=instance, name="wait_payment")
+    assert wait.state == StepState.RUNNING
+    assert ReceivedSignal.objects.get(instance=instance, signal_id="during-pause").consumed_at is None
+
+    # when the instance is resumed, the resume hands the kept signal to the wait and the flow goes on
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+    wait.refresh_from_db()
+    assert (wait.state, wait.result["signal_id"]) == (StepState.SUCCEEDED, "during-pause")
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+
+
+def test_a_resume_hands_signals_kept_during_the_pause_on_oldest_first(register_workflow, run_steps):
+    # given an instance paused at the first of three waits in a row, with two signals kept during the pause
+    register_workflow(sequence_flow("signal_resume_row"))
+    instance = waiting_instance(run_steps, "signal_resume_row")
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    for n in range(2):
+        assert (
+            deliver(instance.pk, signal_id=f"kept-{n}", payload={"paid_amount": "1", "reference": f"K{n}"}).outcome
+            == "kept"
+        )
+
+    # when it is resumed (no sweep)
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+
+    # then the older went to the first wait, the newer to the second; the third waits
     waits = {w.name: w.result.get("signal_id") for w in instance.steps.filter(kind=StepKind.SIGNAL)}
     assert waits == {"first_payment": "kept-0", "second_payment": "kept-1", "third_payment": None}
