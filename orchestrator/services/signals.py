@@ -25,14 +25,14 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
@@ -435,8 +435,9 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
 
 
 def signals_sweep(now: datetime, report: Any, isolated: Callable[..., int]) -> dict[str, int]:
-    """Time out the waits whose timeout passed, and hand kept signals to steps now waiting for them (an instance
-    paused or failed when its signal came). One instance per transaction, isolated like the rest of the sweep.
+    """Time out the waits whose timeout passed, and hand kept signals to steps now waiting for them (a safety net:
+    deliveries, entries into a wait and resumes hand them on themselves). One instance per transaction, isolated
+    like the rest of the sweep; only instances whose hand-off can progress take a slot (:func:`_kept_candidates`).
     ``isolated`` is the sweep's runner of one due item (``sweep.isolated``, passed in by the sweep, which calls
     this through ``sweep.register_signals_pass``). Returns ``{"signals_timed_out": n, "signals_consumed": m}``."""
     batch = settings.BATON_SWEEP_BATCH
@@ -450,23 +451,67 @@ def signals_sweep(now: datetime, report: Any, isolated: Callable[..., int]) -> d
     timed_out = 0
     for step_id, instance_id in due:
         timed_out += isolated(report, "signal timeout", "step", step_id, instance_id, partial(_time_out, step_id, now))
+    consumed = 0
+    for instance_id in _kept_candidates(now, batch):
+        handed = isolated(
+            report, "kept signal", "instance", instance_id, instance_id, partial(_hand_kept, instance_id, now)
+        )
+        if handed:
+            _no_progress.pop(instance_id, None)
+        else:
+            _remember_no_progress(instance_id, now)
+        consumed += handed
+    return {"signals_timed_out": timed_out, "signals_consumed": consumed}
+
+
+# Instances whose hand-off of kept signals moved nothing (it raised: what follows the wait fails on the instance's
+# data; or a delivery, resume or entry took the signals first), by id, with the time until which the pass skips
+# them: without this, more such instances than a batch would take every pass's slots and the rest would never be
+# reached (one bad item never stops the others). Per process and bounded; a later delivery or entry into the wait
+# hands kept signals on itself, so a skipped instance loses nothing but the sweep's safety net for a while.
+_no_progress: dict[int, datetime] = {}
+NO_PROGRESS_SKIP = timedelta(minutes=10)
+NO_PROGRESS_KEPT = 10_000
+
+
+def _remember_no_progress(instance_id: int, now: datetime) -> None:
+    if len(_no_progress) >= NO_PROGRESS_KEPT:
+        _no_progress.clear()  # all of them get one more try: the bound is on memory, not on fairness
+    _no_progress[instance_id] = now + NO_PROGRESS_SKIP
+
+
+def _kept_candidates(now: datetime, batch: int) -> list[int]:
+    """Up to ``batch`` instance ids, lowest first, whose hand-off of kept signals can progress: the instance runs,
+    its definition is registered, and one of its running Signal steps is a node of that definition waiting for the
+    event of one of its kept signals (exactly what :func:`hand_on_kept` matches, so the selection holds nothing it
+    would skip; docs/architecture.md, "Signals"). Instances whose hand-off moved nothing in the last
+    ``NO_PROGRESS_SKIP`` are left out. Raises nothing of its own."""
+    for instance_id, until in list(_no_progress.items()):
+        if until <= now:
+            del _no_progress[instance_id]
+    fit = Q(pk__in=[])
+    for workflow in registry.all_definitions():
+        for node in workflow.nodes.values():
+            if isinstance(node, Signal):
+                fit |= Q(
+                    instance__workflow_name=workflow.name,
+                    instance__workflow_version=workflow.version,
+                    name=node.name,
+                    waits_for=node.event,
+                )
     waiting = (
         StepRun.objects.filter(instance_id=OuterRef("instance_id"), kind=StepKind.SIGNAL, state=StepState.RUNNING)
         .annotate(waits_for=KT(f"result__{WAITING_FOR}"))
-        .filter(waits_for=OuterRef("event"))
+        .filter(fit, waits_for=OuterRef("event"))
     )
-    kept = list(
+    return list(
         ReceivedSignal.objects.filter(consumed_at__isnull=True, instance__state__in=ACTIVE_INSTANCE_STATES)
+        .exclude(instance_id__in=list(_no_progress))
         .filter(Exists(waiting))
+        .order_by("instance_id")
         .values_list("instance_id", flat=True)
         .distinct()[:batch]
     )
-    consumed = 0
-    for instance_id in kept:
-        consumed += isolated(
-            report, "kept signal", "instance", instance_id, instance_id, partial(_hand_kept, instance_id, now)
-        )
-    return {"signals_timed_out": timed_out, "signals_consumed": consumed}
 
 
 def _time_out(step_id: int, now: datetime) -> int:

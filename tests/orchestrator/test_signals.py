@@ -807,3 +807,79 @@ def test_a_resume_hands_signals_kept_during_the_pause_on_oldest_first(register_w
     # then the older went to the first wait, the newer to the second; the third waits
     waits = {w.name: w.result.get("signal_id") for w in instance.steps.filter(kind=StepKind.SIGNAL)}
     assert waits == {"first_payment": "kept-0", "second_payment": "kept-1", "third_payment": None}
+
+
+# --- the sweep's hand-off: instances it cannot hand on to never starve the others ---------------------------
+
+
+def kept_at_a_wait(run_steps, monkeypatch, name: str, **data: object) -> WorkflowInstance:
+    """An instance of ``name`` waiting at its signal node with a signal kept during a pause, resumed without handing
+    it on (so only the sweep would)."""
+    instance = waiting_instance(run_steps, name, **data)
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    assert deliver(instance.pk, signal_id="kept").outcome == "kept"
+    resume_without_hand_on(instance.pk, monkeypatch)
+    return instance
+
+
+def routed_flow(name: str) -> Workflow:
+    """reserve -> wait for "payment.confirmed" -> a decision that reads data["route"] (KeyError without it)."""
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Order {order}",
+        steps=[
+            Task("reserve", reserve),
+            Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+            Decision("route", lambda data: data["route"] and None),
+        ],
+    )
+
+
+def test_instances_the_sweep_cannot_hand_on_to_never_take_the_good_ones_slots(
+    payment_flow, run_steps, monkeypatch, settings
+):
+    # given a batch of 2, and more instances than that whose kept signal the sweep can never hand on: two whose
+    # definition is no longer registered, two whose waiting step is no node of their definition (odd data)
+    settings.BATON_SWEEP_BATCH = 2
+    unfit = [kept_at_a_wait(run_steps, monkeypatch, "signal_payment") for _ in range(4)]
+    WorkflowInstance.objects.filter(pk__in=[i.pk for i in unfit[:2]]).update(workflow_version=99)
+    StepRun.objects.filter(instance__in=unfit[2:], name="wait_payment").update(name="renamed_since")
+    # and, created last, one instance it can hand on to
+    good = kept_at_a_wait(run_steps, monkeypatch, "signal_payment")
+
+    # when one pass of the sweep runs
+    report = engine.sweep()
+
+    # then the good one was handed its signal in that pass; the unfit ones are untouched, and no error was counted
+    assert report.signals["signals_consumed"] == 1, describe_instance(good)
+    assert good.steps.get(name="wait_payment").state == StepState.SUCCEEDED
+    assert ReceivedSignal.objects.filter(instance__in=unfit, consumed_at__isnull=True).count() == 4
+    assert report.errors == 0
+
+
+def test_instances_whose_hand_off_fails_are_skipped_so_every_pass_advances(
+    register_workflow, run_steps, monkeypatch, settings
+):
+    # given a batch of 2, three instances whose hand-off fails (the decision after the wait needs data they lack)
+    # and, created last, one that can go on
+    settings.BATON_SWEEP_BATCH = 2
+    register_workflow(routed_flow("signal_routed"))
+    failing = [kept_at_a_wait(run_steps, monkeypatch, "signal_routed") for _ in range(3)]
+    good = kept_at_a_wait(run_steps, monkeypatch, "signal_routed", route="north")
+
+    # when the sweep runs twice
+    first, second = engine.sweep(), engine.sweep()
+
+    # then each failing one was tried once (not every pass: they do not hold the batch) and the good one went on
+    assert (first.errors, second.errors) == (2, 1)
+    assert second.signals["signals_consumed"] == 1
+    good.refresh_from_db()
+    assert good.state == InstanceState.COMPLETED, describe_instance(good)
+    assert ReceivedSignal.objects.filter(instance__in=failing, consumed_at__isnull=True).count() == 3
+
+    # and once the skip has passed, a failing one whose data an operator fixed is handed on
+    WorkflowInstance.objects.filter(pk=failing[0].pk).update(data={"order": "A-1", "route": "south"})
+    later = engine.sweep(now=timezone.now() + signals.NO_PROGRESS_SKIP + timedelta(seconds=1))
+    assert later.signals["signals_consumed"] == 1
+    assert WorkflowInstance.objects.get(pk=failing[0].pk).state == InstanceState.COMPLETED
