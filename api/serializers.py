@@ -365,8 +365,10 @@ class SignalByKeySerializer(SignalSerializer):
 
 
 class ReceivedSignalSerializer(serializers.ModelSerializer):
-    """A delivered signal: ``state`` is ``consumed`` (a waiting step took it; its payload joined the data) or
-    ``kept`` (the instance has not reached a step waiting for its event yet; the first such step takes it)."""
+    """A delivered signal: ``state`` is ``consumed`` (a waiting step took it; its payload joined the data),
+    ``kept`` (the instance has not reached a step waiting for its event yet; the first such step takes it, if its
+    node accepts the payload) or ``rejected`` (the node that came to consume it refused its payload: ``rejection``
+    holds the node, the step and the errors; the wait goes on waiting)."""
 
     instance = serializers.IntegerField(source="instance_id")
     instance_url = serializers.SerializerMethodField()
@@ -387,14 +389,19 @@ class ReceivedSignalSerializer(serializers.ModelSerializer):
             "received_at",
             "consumed_at",
             "step",
+            "rejected_at",
+            "rejection",
         ]
 
     def get_instance_url(self, signal: ReceivedSignal) -> str:
         return reverse("api:instance-detail", args=[signal.instance_id])
 
-    @extend_schema_field({"type": "string", "enum": ["consumed", "kept"]})
+    @extend_schema_field({"type": "string", "enum": ["consumed", "kept", "rejected"]})
     def get_state(self, signal: ReceivedSignal) -> str:
-        return "consumed" if signal.consumed_at is not None else "kept"
+        # rejected: kept, then refused by the node that came to consume it (``rejection`` says which and why).
+        if signal.consumed_at is not None:
+            return "consumed"
+        return "rejected" if signal.rejected_at is not None else "kept"
 
 
 # --- skip -----------------------------------------------------------------------------------------------

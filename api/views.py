@@ -357,9 +357,13 @@ class InstanceViewSet(viewsets.GenericViewSet):
     @extend_schema(
         summary="Deliver a signal (an outside event) to the instance",
         description=(
-            "The event joins the instance at its Signal node: the payload is validated by the node's form or "
-            "schema and merged into the instance data, and the instance goes on. A signal that arrives before the "
-            "instance reaches a node waiting for its event is kept (`state: kept`) and consumed when it gets there. "
+            "The event joins the instance at its Signal node: the payload is validated by the waiting node's form "
+            "or schema and merged into the instance data, and the instance goes on. A signal that arrives before "
+            "the instance reaches a node waiting for its event (or while it is paused) is kept (`state: kept`) if "
+            "at least one node for the event accepts its payload (else 422), and consumed when the instance gets "
+            "there: the node that consumes it checks it again, and if that node refuses it the signal becomes "
+            "`state: rejected` (with `rejection`: the node, the step and the errors) and the wait goes on waiting "
+            "for a new signal. "
             "`signal_id` makes a repeat harmless: the same id with the same event and payload answers 200 with the "
             "signal as it is now (header `Idempotent-Replayed: true`) and changes nothing; with another event or "
             "payload it is 409. Needs the `orchestrator.deliver_signal` permission and to see the instance; the "

@@ -36,6 +36,8 @@ class AuditAction(StrEnum):
     COMPENSATION_WAITING = "compensation.waiting"
     # A signal delivered to an instance (orchestrator/services/signals.py).
     SIGNAL_RECEIVED = "signal.received"
+    # A kept signal whose payload the node that came to consume it refused.
+    SIGNAL_REJECTED = "signal.rejected"
     # The automation chain: schedules and their fires, webhook subscriptions (automation/).
     SCHEDULE_CREATED = "schedule.created"
     SCHEDULE_CHANGED = "schedule.changed"

@@ -302,7 +302,9 @@ class ReceivedSignal(models.Model):
 
     ``signal_id`` is the sender's id of the event: unique per instance, so a repeated delivery finds its row and
     changes nothing. ``step`` is the Signal step that consumed it; NULL while it is kept, because it arrived before
-    the instance reached a node waiting for ``event`` (docs/architecture.md, "Signals").
+    the instance reached a node waiting for ``event``, or once rejected, because the node that came to consume it
+    refused its payload (docs/architecture.md, "Signals"). ``payload`` is as sent while kept (or rejected), and as
+    the consuming node's form or schema cleaned it once consumed.
     """
 
     instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="signals", db_index=False)
@@ -315,6 +317,10 @@ class ReceivedSignal(models.Model):
     sender = models.CharField(max_length=150)
     step = models.ForeignKey(StepRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     consumed_at = models.DateTimeField(null=True, blank=True)
+    # A kept signal whose payload the node that came to consume it refused (its form or schema differs from the
+    # one the delivery checked): set when refused, with {"node", "step", "errors"}; it is then kept no more.
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    rejection = models.JSONField(default=dict, blank=True)
 
     class Meta:
         permissions = [("deliver_signal", "Can deliver signals to instances")]
@@ -326,7 +332,7 @@ class ReceivedSignal(models.Model):
             models.Index(
                 fields=["instance", "event", "received_at"],
                 name="signal_kept",
-                condition=models.Q(consumed_at__isnull=True),
+                condition=models.Q(consumed_at__isnull=True, rejected_at__isnull=True),
             ),
         ]
 

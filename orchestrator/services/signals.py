@@ -7,11 +7,18 @@ timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/archite
 
 - a delivery is keyed by the sender's ``signal_id``, unique per instance: a repeat with the same event and payload
   finds its row and changes nothing; the same id with another event or payload is a conflict;
-- the payload is validated at delivery (the node's form or schema) and merged into the instance data when a
-  waiting step consumes it;
+- the payload is validated by the node that consumes it (its form or schema), and merged into the instance data
+  as that node cleaned it: at delivery when a step waits for it; a signal kept for later is checked at delivery
+  against every node waiting for its event (refused if none accepts it), kept as sent, and checked again by the
+  node that comes to consume it: if that node refuses it, it is recorded as rejected (with the errors, audited
+  ``signal.rejected``), kept no more, and the wait goes on waiting for a valid one;
 - a signal that arrives before the instance reaches a node waiting for its event (or while it is paused or failed)
   is kept, and consumed, oldest first, by the next step that waits for that event; a new delivery never overtakes
   one kept earlier (it first hands the kept ones to the waiting steps, as the sweep would);
+- a paused (or failed) instance consumes nothing: a delivery is kept, and a wait entered or re-armed meanwhile
+  takes no kept signal; the resume (or retry) hands them on at once, oldest first (``instances.RUNNING_AGAIN``);
+- the sweep hands on only where a hand-off can progress (:func:`_kept_candidates`), so instances it cannot hand on
+  to never take the batch from the others;
 - every decision to consume or keep, every entry into a Signal node and every hand-off of kept signals happens
   under the instance's row lock (``locks.lock_instance``, the instance row before its steps, as everywhere), so a
   delivery sees either no wait (and is kept, for the next wait's entry to take) or the wait (and is consumed);
@@ -31,7 +38,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.fields.json import KT
 from django.utils import timezone
@@ -54,7 +61,7 @@ from orchestrator.ports import human_tasks
 from orchestrator.services import instances, steps, sweep
 from orchestrator.services.compensation import compensation_start
 from orchestrator.services.flow import ENTER, Place, advance
-from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail, settle
+from orchestrator.services.lifecycle import fail_for_missing_definition, first_line, instance_fail, settle
 from orchestrator.services.locks import (
     SWEEPER,
     definition_or_none,
@@ -63,7 +70,7 @@ from orchestrator.services.locks import (
     lock_step,
     step_save,
 )
-from orchestrator.services.results import check_result
+from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.unit import Unit
 
 EVENT_MAX = 100
@@ -180,9 +187,17 @@ def signal_deliver(
         # Under the instance's lock, like every entry into a Signal node, so no step starts waiting unseen.
         handed = _hand_on(unit, workflow_def, names)
         waiting = _waiting_step(instance, names)
-        node = workflow_def.node(waiting.name) if waiting is not None else nodes[0]
-        assert isinstance(node, Signal)
-        cleaned = _validated(node, payload)
+        consume = waiting is not None and instance.state in ACTIVE_INSTANCE_STATES
+        if consume:
+            assert waiting is not None
+            node = workflow_def.node(waiting.name)
+            assert isinstance(node, Signal)
+            cleaned = _validated(node, payload)  # the node that consumes it checks it
+        else:
+            # Kept as sent, for whichever node comes to consume it to check (forms and schemas may differ between
+            # the nodes of one event); refused now if none of them could ever accept it.
+            _accepted_by_one(nodes, payload)
+            cleaned = payload
         received = ReceivedSignal(
             instance=instance,
             event=event,
@@ -193,7 +208,6 @@ def signal_deliver(
             sender=actor.label,
         )
         rows.insert(received)
-        consume = waiting is not None and instance.state in ACTIVE_INSTANCE_STATES
         unit.audit(
             action=AuditAction.SIGNAL_RECEIVED,
             subject_type="signal",
@@ -202,7 +216,7 @@ def signal_deliver(
         )
         if consume:
             assert waiting is not None
-            _consume(unit, workflow_def, waiting, node, received)
+            _consume(unit, workflow_def, waiting, received)
         if consume or handed:
             settle(unit)
         unit.finish()
@@ -269,8 +283,44 @@ def signal_target(
     return ids[0]
 
 
+def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any]) -> None:
+    """Raise the first node's :class:`SignalInvalid` unless one of ``nodes`` (all of one event) accepts
+    ``payload``: a signal kept for later must fit at least one node that may consume it."""
+    first: SignalInvalid | None = None
+    for node in nodes:
+        try:
+            _validated(node, payload)
+            return
+        except SignalInvalid as exc:
+            first = first or exc
+    assert first is not None
+    if len(nodes) > 1:
+        raise SignalInvalid(
+            f"The payload fits none of the {len(nodes)} nodes that wait for this event: {first}", first.errors
+        )
+    raise first
+
+
 def _validated(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as it joins the instance data: the form's cleaned data, the schema's answer, or as sent."""
+    """The payload as it joins the instance data: the form's cleaned data, the schema's answer, or as sent.
+
+    Raises :class:`SignalInvalid` naming the fields when the form or schema refuses it, and also when they raise
+    anything else on it (a schema that indexes a missing key): that is still this payload refused, and a refusal
+    at delivery is a 422 and at consumption a rejection, never a crash. Database errors are not caught."""
+    try:
+        return _cleaned(node, payload)
+    except (SignalInvalid, DatabaseError):
+        raise
+    except Exception as exc:
+        message = clean_text(first_line(str(exc)) or repr(exc), 300)
+        raise SignalInvalid(
+            f"The signal's {'form' if node.form is not None else 'schema'} of {node.name!r} failed on the payload: "
+            f"{type(exc).__name__}: {message}",
+            {"payload": [f"{type(exc).__name__}: {message}"]},
+        ) from None
+
+
+def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
     if node.form is not None:
         form = node.form(data=payload)
         if not form.is_valid():
@@ -318,11 +368,12 @@ def _hand_on(unit: Unit, workflow: Workflow, names: list[str]) -> int:
     return handed
 
 
-def _consume(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, received: ReceivedSignal) -> None:
-    """The waiting ``step`` takes ``received``: it succeeds, the payload joins the data, the flow goes on."""
+def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal) -> None:
+    """The waiting ``step`` takes ``received`` (its payload already cleaned by the step's node): it succeeds, the
+    payload joins the data, the flow goes on."""
     received.step = step
     received.consumed_at = unit.now
-    rows.update(received, ["step", "consumed_at"])
+    rows.update(received, ["step", "consumed_at", "payload"])
     step.succeed({"event": received.event, "signal_id": received.signal_id, "payload": received.payload}, unit.now)
     rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit(
@@ -390,16 +441,47 @@ def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, 
     return step
 
 
+def _kept(instance: WorkflowInstance) -> Any:
+    """The instance's kept signals: neither consumed nor rejected (the partial index ``signal_kept``)."""
+    return ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=True, rejected_at__isnull=True)
+
+
 def _consume_kept(unit: Unit, workflow: Workflow, step: StepRun, node: Signal) -> bool:
-    kept = (
-        ReceivedSignal.objects.filter(instance=unit.instance, event=node.event, consumed_at__isnull=True)
-        .order_by("received_at", "id")
-        .first()
+    """The waiting ``step`` (at ``node``) takes the oldest kept signal for its event that ``node`` accepts; each
+    older one it refuses is rejected on the way (:func:`_reject`). Returns whether it took one."""
+    while True:
+        kept = _kept(unit.instance).filter(event=node.event).order_by("received_at", "id").first()
+        if kept is None:
+            return False
+        try:
+            kept.payload = _validated(node, kept.payload)
+        except SignalInvalid as exc:
+            _reject(unit, step, node, kept, exc)
+            continue
+        _consume(unit, workflow, step, kept)
+        return True
+
+
+def _reject(unit: Unit, step: StepRun, node: Signal, kept: ReceivedSignal, exc: SignalInvalid) -> None:
+    """``node`` refuses the kept signal ``kept`` it came to consume: recorded on the row with the errors and
+    audited; the signal is kept no more (an older signal never blocks the newer ones) and ``step`` waits on."""
+    errors = exc.errors or {"payload": [str(exc)]}
+    kept.rejected_at = unit.now
+    kept.rejection = {"node": node.name, "step": step.pk, "errors": errors}
+    rows.update(kept, ["rejected_at", "rejection"])
+    unit.audit(
+        action=AuditAction.SIGNAL_REJECTED,
+        subject_type="signal",
+        subject_id=kept.pk,
+        reason=clean_text(str(exc), 500),
+        payload={
+            "event": kept.event,
+            "signal_id": kept.signal_id,
+            "node": node.name,
+            "step": step.pk,
+            "errors": errors,
+        },
     )
-    if kept is None:
-        return False
-    _consume(unit, workflow, step, node, kept)
-    return True
 
 
 def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:
@@ -505,7 +587,9 @@ def _kept_candidates(now: datetime, batch: int) -> list[int]:
         .filter(fit, waits_for=OuterRef("event"))
     )
     return list(
-        ReceivedSignal.objects.filter(consumed_at__isnull=True, instance__state__in=ACTIVE_INSTANCE_STATES)
+        ReceivedSignal.objects.filter(
+            consumed_at__isnull=True, rejected_at__isnull=True, instance__state__in=ACTIVE_INSTANCE_STATES
+        )
         .exclude(instance_id__in=list(_no_progress))
         .filter(Exists(waiting))
         .order_by("instance_id")
@@ -597,14 +681,13 @@ def hand_on_kept(unit: Unit, workflow: Workflow) -> int:
         isinstance(n, Signal) for n in workflow.nodes.values()
     ):
         return 0
-    kept = ReceivedSignal.objects.filter(instance=unit.instance, consumed_at__isnull=True)
-    events = sorted(set(kept.values_list("event", flat=True)))
-    before = kept.count()
-    for event in events:
+    consumed = ReceivedSignal.objects.filter(instance=unit.instance, consumed_at__isnull=False)
+    before = consumed.count()
+    for event in sorted(set(_kept(unit.instance).values_list("event", flat=True))):
         names = [n.name for n in workflow.nodes.values() if isinstance(n, Signal) and n.event == event]
         if names:
             _hand_on(unit, workflow, names)
-    return before - kept.count()
+    return consumed.count() - before
 
 
 def registered_events(name: str) -> list[str]:

@@ -9,8 +9,10 @@ import importlib
 import pytest
 
 from orchestrator import registry
+from orchestrator.audit import Actor
+from orchestrator.dsl import Signal, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepRun, WorkflowInstance
-from orchestrator.services.instances import instance_cancel, instance_start
+from orchestrator.services.instances import instance_cancel, instance_pause, instance_resume, instance_start
 from tests.factories import UserFactory
 
 PAID = {"paid_amount": "12.50", "reference": "PAY-9"}
@@ -348,3 +350,43 @@ def test_by_business_key_a_retry_after_the_instance_ended_is_a_repeat_not_a_seco
     assert other_body.status_code == 409
     assert (what_changes(waiting), what_changes(newer)) == before
     assert state_of(newer) == InstanceState.WAITING
+
+
+def _balance_schema(payload: dict) -> dict:
+    return {"balance_ref": payload["balance_ref"]}
+
+
+@in_process
+def test_a_kept_signal_the_consuming_node_refuses_reads_as_rejected_with_its_errors(
+    payment_flow, register_workflow, api_as, roles
+):
+    # given an instance at its second wait for the event (a schema) after a first (the payment form), paused
+    register_workflow(
+        Workflow(
+            name="api_two_payments",
+            version=1,
+            steps=[
+                Signal("deposit", event="payment.confirmed", form=payment_flow.node("wait_payment").form),
+                Signal("balance", event="payment.confirmed", schema=_balance_schema),
+            ],
+        )
+    )
+    instance = instance_start("api_two_payments", {"order": "R-1"}, initiator=roles.staff)
+    client = api_as(roles.operator)
+    assert client.post(signal_path(instance), signal("deposit")).json()["state"] == "consumed"
+    instance_pause(instance.pk, actor=Actor("user:operator"), reason="hold")
+
+    # when a signal that fits only the first node's form is kept during the pause, and the instance resumes
+    kept = client.post(signal_path(instance), signal("second"))
+    assert (kept.status_code, kept.json()["state"]) == (201, "kept")
+    instance_resume(instance.pk, actor=Actor("user:operator"), reason="go on")
+
+    # then the second wait refused it: its repeat reads "rejected" with the node and the errors; the wait waits on
+    replay = client.post(signal_path(instance), signal("second"))
+    assert (replay.status_code, replay.json()["state"]) == (200, "rejected"), replay.content
+    assert replay.json()["rejection"]["node"] == "balance"
+    assert "KeyError" in replay.json()["rejection"]["errors"]["payload"][0]
+    assert state_of(instance) == InstanceState.WAITING
+    valid = client.post(signal_path(instance), signal("third", {"balance_ref": "B-9"}))
+    assert (valid.status_code, valid.json()["state"]) == (201, "consumed")
+    assert state_of(instance) == InstanceState.COMPLETED

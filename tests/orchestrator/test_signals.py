@@ -883,3 +883,98 @@ def test_instances_whose_hand_off_fails_are_skipped_so_every_pass_advances(
     later = engine.sweep(now=timezone.now() + signals.NO_PROGRESS_SKIP + timedelta(seconds=1))
     assert later.signals["signals_consumed"] == 1
     assert WorkflowInstance.objects.get(pk=failing[0].pk).state == InstanceState.COMPLETED
+
+
+# --- a kept signal is checked by the node that consumes it ---------------------------------------------------
+
+
+def balance_schema(payload: dict) -> dict:
+    """The second node's schema: a balance reference, upper-cased (a KeyError without one: a schema's own bug)."""
+    return {"balance_ref": payload["balance_ref"].upper()}
+
+
+def two_payments_flow(name: str) -> Workflow:
+    """reserve -> wait for "payment.confirmed" (PaymentForm) -> ship -> wait for it again (balance_schema)."""
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Order {order}",
+        steps=[
+            Task("reserve", reserve),
+            Signal("deposit", event="payment.confirmed", form=PaymentForm),
+            Task("ship", ship),
+            Signal("balance", event="payment.confirmed", schema=balance_schema),
+        ],
+    )
+
+
+@pytest.fixture
+def between_two_waits(register_workflow, run_steps):
+    """An instance past its first wait for "payment.confirmed", its "ship" not run yet: the next signal for the
+    event is kept, for the second wait, whose schema differs from the first's form."""
+    register_workflow(two_payments_flow("signal_two_payments"))
+    instance = waiting_instance(run_steps, "signal_two_payments")
+    assert deliver(instance.pk, signal_id="deposit").outcome == "consumed"
+    return instance
+
+
+def test_a_kept_signal_that_only_a_later_node_accepts_is_kept_and_consumed_there(between_two_waits, run_steps):
+    # given an instance whose next wait for the event is "balance" (a schema), not "deposit" (a form)
+    instance = between_two_waits
+
+    # when a signal that fits only "balance" comes before the instance reaches it
+    delivery = deliver(instance.pk, signal_id="balance", payload={"balance_ref": "b-7"})
+
+    # then it is kept (one node of the event accepts it), and "balance" consumes it, shaped by its own schema
+    assert delivery.outcome == "kept"
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert instance.data["balance_ref"] == "B-7"
+    assert ReceivedSignal.objects.get(instance=instance, signal_id="balance").payload == {"balance_ref": "B-7"}
+
+
+def test_a_kept_signal_the_consuming_node_refuses_is_rejected_and_the_wait_waits_for_a_valid_one(
+    between_two_waits, run_steps
+):
+    # given a signal kept for the next wait that fits the first node's form but not the second node's schema
+    instance = between_two_waits
+    kept = deliver(instance.pk, signal_id="wrong-shape", payload={"paid_amount": "5.00", "reference": "R2"})
+    assert kept.outcome == "kept"
+
+    # when the instance reaches "balance", whose schema cannot take it
+    run_steps(instance)
+
+    # then the signal is recorded as rejected, with the node and the errors, and audited; "balance" still waits
+    instance.refresh_from_db()
+    wait = instance.steps.get(name="balance")
+    signal = ReceivedSignal.objects.get(pk=kept.signal.pk)
+    assert (instance.state, wait.state) == (InstanceState.WAITING, StepState.RUNNING), describe_instance(instance)
+    assert (signal.consumed_at, signal.rejected_at is not None) == (None, True)
+    assert (signal.rejection["node"], signal.rejection["step"]) == ("balance", wait.pk)
+    assert "KeyError" in signal.rejection["errors"]["payload"][0]
+    rejected = AuditEvent.objects.get(instance=instance, action="signal.rejected")
+    assert rejected.payload["signal_id"] == "wrong-shape"
+    assert "balance_ref" not in instance.data
+    # and the sweep neither hands it on again nor fails on it
+    report = engine.sweep()
+    assert (report.signals["signals_consumed"], report.errors) == (0, 0)
+
+    # when a valid signal comes, the wait takes it and the instance completes
+    assert deliver(instance.pk, signal_id="right", payload={"balance_ref": "b-8"}).outcome == "consumed"
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert instance.data["balance_ref"] == "B-8"
+
+
+def test_a_kept_signal_no_node_of_its_event_accepts_is_refused_at_delivery(between_two_waits):
+    # given an instance between its two waits for the event
+    instance = between_two_waits
+
+    # when a signal that fits neither the form nor the schema comes, then it is refused naming the form's field
+    with pytest.raises(SignalInvalid) as refused:
+        deliver(instance.pk, signal_id="junk", payload={"paid_amount": "lots"})
+    assert "fits none of the 2 nodes" in str(refused.value)
+    assert "payload.paid_amount" in refused.value.errors
+    assert not ReceivedSignal.objects.filter(instance=instance, signal_id="junk").exists()
