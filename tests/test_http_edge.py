@@ -5,8 +5,9 @@
   length, never taken cut short or empty.
 - A query string past Baton's limit answers 414, problem+json under /api/ (orchestrator/middleware.py); past
   gunicorn's own maximum, gunicorn answers (README, "Production", "Request limits").
-- A worker stuck in a request is killed after ``BATON_WEB_TIMEOUT`` and replaced; `make web`'s argv holds every
-  setting README lists.
+- A worker stuck in a request is killed after ``BATON_WEB_TIMEOUT`` and replaced, while an audit export that
+  streams for longer reports itself alive and ends whole (orchestrator/heartbeat.py); `make web`'s argv holds
+  every setting README lists.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.db import connection, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from api.models import ApiToken
 from api.tokens import token_create
 from baton_site.wsgi import read_chunked_body
 from orchestrator.heartbeat import keep_alive
 from orchestrator.middleware import QUERY_STRING_MAX
-from orchestrator.models import WorkflowInstance
+from orchestrator.models import AuditEvent, WorkflowInstance
 from tests.conftest import WebServer, serve_make_web
 from tests.factories import UserFactory
 
@@ -327,3 +329,51 @@ def test_keep_alive_reports_while_chunks_flow_and_passes_them_unchanged(monkeypa
     # then: every chunk, and a report after each (each came more than REPORT_EVERY after the last)
     assert out == [b"a", b"b", b"c"]
     assert len(reports) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_audit_export_streaming_for_longer_than_the_worker_timeout_is_not_cut_off(tmp_path):
+    # given: a trail of 20,000 events (some 12 MB of export, read at a pace that makes it last over 4 s), a person who
+    # may export it, and make web with a 2 s worker timeout
+    now = timezone.now()
+    AuditEvent.objects.bulk_create(
+        (
+            AuditEvent(
+                chain="heartbeat-test",
+                seq=seq,
+                prev_hash="",
+                hash=f"{seq:064x}",
+                occurred_at=now,
+                actor_label="system",
+                action="test.filler",
+                subject_type="test",
+                reason="x" * 200,
+            )
+            for seq in range(1, 20_001)
+        ),
+        batch_size=5000,
+    )
+    person = UserFactory(username="trail-keeper")
+    person.user_permissions.add(Permission.objects.get(codename="view_trail"))
+    secret = token_create(person, "export").secret
+
+    with serve_make_web(tmp_path, BATON_WEB_TIMEOUT="2", BATON_WEB_WORKERS="1") as server:
+        # when: the whole trail is exported
+        began = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        conn.request("GET", "/api/audit/export.jsonl", headers={"Authorization": f"Bearer {secret}"})
+        response = conn.getresponse()
+        body = b""
+        with _any_answer():  # read at a steady pace (a client on a real network), never stalling the server long
+            while piece := response.read(256 * 1024):
+                body += piece
+                time.sleep(0.1)
+        took = time.monotonic() - began
+
+        # then: it outlasted the timeout, was not killed, and ends with its end record (not cut off)
+        assert response.status == 200
+        assert "WORKER TIMEOUT" not in server.log(), f"killed after {took:.1f} s"
+        lines = body.splitlines()
+        assert len(lines) >= 20_002
+        assert json.loads(lines[-1])["record"] == "end"
+        assert took > 4, f"the export took only {took:.1f} s: too short to show anything"
