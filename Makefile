@@ -36,16 +36,24 @@ demo: install
 ## Production processes: need DATABASE_URL, REDIS_URL, BATON_SECRET_KEY and BATON_AUDIT_KEYS (README, "Production").
 # HTTP (pages, API, static files): gunicorn, BATON_WEB_WORKERS sync processes (default 2 per core + 1), each with
 # its own thread and database session, so requests run in parallel on every core (bench/README.md, "API starts":
-# one daphne runs a process's sync views one at a time; gthread measured slower). No time limit per request
-# (--timeout 0), as daphne had none: an audit export of a large trail streams for minutes, and a sync worker
-# that outlives the limit is killed mid-stream. Websockets (/ws/): daphne, `make web-live`.
+# one daphne runs a process's sync views one at a time; gthread measured slower). Websockets (/ws/): daphne,
+# `make web-live`.
+# A worker silent for BATON_WEB_TIMEOUT seconds (default 60: a request stuck on a lock, a loop) is killed and
+# replaced; a stop or reload gives requests in flight BATON_WEB_GRACEFUL_TIMEOUT seconds (30). An audit export
+# streams for minutes: each chunk it writes tells gunicorn the worker is alive (baton_site/gunicorn_hooks.py), so
+# only an export that stops making progress meets the limit.
+# Request lines up to gunicorn's most, 8190 bytes, so that Baton answers a query string past its own limit
+# (4 KiB, orchestrator/middleware.py) itself, as problem+json under /api/; header fields up to 8190 bytes
+# (gunicorn's default, stated). README, "Production", lists what gunicorn itself still refuses.
 # Behind a TLS proxy (BATON_BEHIND_PROXY=1) daphne takes the client's address from X-Forwarded-For; Django reads
 # X-Forwarded-Proto and the audit the proxy's X-Forwarded-For entry itself (orchestrator/accounts.py).
 web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	exec $(VENV)/bin/gunicorn --bind $${BATON_BIND:-127.0.0.1}:$${BATON_PORT:-8000} \
-	  --workers $${BATON_WEB_WORKERS:-$$(( 2 * $$(nproc) + 1 ))} --worker-class sync --timeout 0 \
+	  --workers $${BATON_WEB_WORKERS:-$$(( 2 * $$(nproc) + 1 ))} --worker-class sync \
+	  --timeout $${BATON_WEB_TIMEOUT:-60} --graceful-timeout $${BATON_WEB_GRACEFUL_TIMEOUT:-30} \
+	  --limit-request-line 8190 --limit-request-field_size 8190 --config python:baton_site.gunicorn_hooks \
 	  --access-logfile - baton_site.wsgi:application
 
 web-live: install

@@ -32,6 +32,7 @@ from audit.templatetags.audit_tags import pretty_json
 from orchestrator.accounts import current_request_meta
 from orchestrator.audit import ACCESS_CHAIN, AUDIT_CHAIN, Actor, append_standalone
 from orchestrator.audit_actions import AuditAction
+from orchestrator.heartbeat import keep_alive
 from orchestrator.models import AuditEvent
 
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
@@ -269,8 +270,9 @@ def export_response(request: HttpRequest, kind: str, filters: selectors.AuditFil
     stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     lines = export_lines(kind, selectors.audit_events_filtered(filters), header)
     # Under ASGI (daphne) a sync iterator would be read whole into memory before the first byte is sent: an async
-    # one streams. Under WSGI (the test client, another server) the sync iterator streams as it is.
-    content = stream(lines) if isinstance(request, ASGIRequest) else (line.encode() for line in lines)
+    # one streams. Under WSGI (gunicorn, the test client) the sync iterator streams as it is, reporting the worker
+    # alive while lines flow: an export outlasts `make web`'s worker timeout (orchestrator/heartbeat.py).
+    content = stream(lines) if isinstance(request, ASGIRequest) else keep_alive(line.encode() for line in lines)
     response = StreamingHttpResponse(content, content_type=EXPORT_TYPES[kind])
     response["Content-Disposition"] = f'attachment; filename="baton-audit-{stamp}.{kind}"'
     response["Cache-Control"] = "no-store"

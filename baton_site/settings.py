@@ -130,6 +130,8 @@ MIDDLEWARE = [
     # First: a page that failed on an unreachable database answers 503 with Retry-After (orchestrator/middleware.py).
     "orchestrator.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A query string past Baton's limit: 414, problem+json under /api/ (orchestrator/middleware.py).
+    "orchestrator.middleware.QueryLengthMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -7,6 +7,7 @@
 - ``celery_worker``: a REAL ``celery worker -B`` process on the test database and Redis db 14; only for tests
   marked ``@pytest.mark.worker`` and ``@pytest.mark.django_db(transaction=True)``.
 - ``wait_for``: polls a predicate and, on timeout, fails with the instance's steps, audit trail and worker log.
+- ``serve_make_web``: ``make web`` itself (gunicorn, as production runs it) on the test database and a free port.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -369,6 +371,67 @@ def _database_url() -> str:
     db = connection.settings_dict
     credentials = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WebServer:
+    """A running ``make web``: its port and the log of gunicorn (access log and errors)."""
+
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serve_make_web(log_dir: Path, **env: str) -> Iterator[WebServer]:
+    """``make web`` with two gunicorn processes on a free port, the test database and Redis, and ``env`` on top;
+    yields once it listens, stops the whole process group after. The caller needs the test database set up (a
+    ``django_db(transaction=True)`` test, or ``django_db_setup`` for a longer-lived server)."""
+    port = _free_port()
+    environ = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "BATON_CHANNEL_PREFIX": settings.BATON_CHANNEL_PREFIX,
+        "BATON_PORT": str(port),
+        "BATON_WEB_WORKERS": "2",
+        **env,
+    }
+    log = log_dir / f"web-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "web"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"make web did not listen within 90 s:\n{log.read_text()[-3000:]}")
+        yield WebServer(port, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")

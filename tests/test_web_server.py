@@ -8,72 +8,26 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Permission
 
 from api.tokens import token_create, token_revoke
 from orchestrator.audit import Actor
 from orchestrator.models import WorkflowInstance
-from tests.conftest import _database_url
+from tests.conftest import serve_make_web
 from tests.factories import UserFactory
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[int]:
-    """``make web`` with two gunicorn processes on a free port; yields the port, stops the whole group after."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "BATON_CHANNEL_PREFIX": settings.BATON_CHANNEL_PREFIX,
-        "BATON_PORT": str(port),
-        "BATON_WEB_WORKERS": "2",
-    }
-    log = tmp_path / "web.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["make", "--no-print-directory", "web"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"make web did not listen within 90 s:\n{log.read_text()[-3000:]}")
-        yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+    """``make web`` with two gunicorn processes on a free port (tests/conftest.py); yields the port."""
+    with serve_make_web(tmp_path) as server:
+        yield server.port
 
 
 def start(port: int, secret: str) -> tuple[int, dict]:
