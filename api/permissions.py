@@ -33,7 +33,8 @@ def has_model_perm(user: Any, perm: str) -> bool:
     The same answer as Django's ``ModelBackend``, read fresh on every call (a permission removed a moment ago
     counts at once): False for an inactive or anonymous user, True for an active superuser, otherwise whether the
     permission is the user's own or one of their groups'. ``has_perm`` loads every permission of the user and of
-    their groups (two queries) to answer one; this asks for the one. With another authentication backend
+    their groups (two queries) to answer one; this asks for the one, or none when the request's token look-up
+    has already read them (``api.tokens.token_for_secret``). With another authentication backend
     configured (``AUTHENTICATION_BACKENDS``) it defers to ``has_perm``, which asks every backend.
     """
     if list(settings.AUTHENTICATION_BACKENDS) != MODEL_BACKEND_ONLY:
@@ -42,6 +43,10 @@ def has_model_perm(user: Any, perm: str) -> bool:
         return False
     if user.is_superuser:
         return True
+    loaded = getattr(user, "_perm_cache", None)
+    if loaded is not None:
+        # Read in this request (with the token: api/tokens.py), as ModelBackend.has_perm would use it.
+        return perm in loaded
     app_label, _, codename = perm.partition(".")
     with connection.cursor() as cursor:
         cursor.execute(_perm_sql(), [app_label, codename, user.pk, user.pk])

@@ -7,19 +7,23 @@ This module is the only writer of those events: nothing else records a token's c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib.auth.models import User
+from django.conf import settings
+from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from api.models import ApiToken
+from api.permissions import MODEL_BACKEND_ONLY
 from orchestrator.accounts import current_request_meta
 from orchestrator.audit import Actor, append_standalone
 from orchestrator.audit_actions import AuditAction
@@ -155,15 +159,72 @@ def usable_tokens(user: User, now: datetime) -> QuerySet[ApiToken]:
 
 def token_for_secret(secret: str, now: datetime | None = None) -> ApiToken | None:
     """The usable token whose secret is ``secret``, with its user loaded, or None (unknown, revoked, expired, or
-    a deactivated owner). Marks it used (at most once per ``LAST_USED_EVERY``)."""
+    a deactivated owner). Marks it used (at most once per ``LAST_USED_EVERY``).
+
+    On PostgreSQL with Django's own permission backend the same statement reads the user's permissions (their
+    own and their groups'), kept on the user as ``ModelBackend`` keeps them (``_perm_cache``), so the request's
+    role checks (``has_perm``) ask no second statement: read fresh on every request, as before.
+    """
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
         return None
     now = now or timezone.now()
-    # ``key_hash`` is unique: ``[:1]`` without ``first()``'s ORDER BY, a quarter less CPU for the ORM to build.
-    token = next(iter(ApiToken.objects.select_related("user").filter(key_hash=hash_secret(secret))[:1]), None)
+    if connection.vendor == "postgresql" and list(settings.AUTHENTICATION_BACKENDS) == MODEL_BACKEND_ONLY:
+        token = _token_with_permissions(hash_secret(secret))
+    else:
+        # ``key_hash`` is unique: ``[:1]`` without ``first()``'s ORDER BY, a quarter less CPU for the ORM to build.
+        token = next(iter(ApiToken.objects.select_related("user").filter(key_hash=hash_secret(secret))[:1]), None)
     if token is None or not token.is_usable(now) or not token.user.is_active:
         return None
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_EVERY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+def _token_with_permissions(key_hash: str) -> ApiToken | None:
+    """The token with ``key_hash``, its user, and (unless a superuser, who has every permission) the user's
+    permissions as ``ModelBackend`` caches them: one statement, models built from its row."""
+    token_fields, user_fields, sql = _token_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [key_hash])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    split = len(token_fields)
+    token = ApiToken.from_db(connection.alias, token_fields, row[:split])
+    user = User.from_db(connection.alias, user_fields, row[split : split + len(user_fields)])
+    if not user.is_superuser:
+        # What ModelBackend.get_all_permissions would load: "app_label.codename" of the user's and groups' own.
+        user._perm_cache = set(row[-1])  # type: ignore[attr-defined]
+    token.user = user
+    return token
+
+
+@functools.cache
+def _token_sql() -> tuple[list[str], list[str], str]:
+    """(token field names, user field names, the statement), worked out once from the models: building the
+    ORM's select_related query cost about a fifth of a start's CPU in the web process, on every request."""
+    quote = connection.ops.quote_name
+    token_fields = [field.attname for field in ApiToken._meta.concrete_fields]
+    user_fields = [field.attname for field in User._meta.concrete_fields]
+    columns = [f"t.{quote(field.column)}" for field in ApiToken._meta.concrete_fields]
+    columns += [f"u.{quote(field.column)}" for field in User._meta.concrete_fields]
+    permissions, content_types = quote(Permission._meta.db_table), quote(ContentType._meta.db_table)
+    user_perms = quote(Permission.user_set.through._meta.db_table)
+    group_perms = quote(Permission.group_set.through._meta.db_table)
+    user_groups = quote(User.groups.through._meta.db_table)
+    user_fk = quote(ApiToken._meta.get_field("user").column)
+    # Only the models' table and column names are formatted in: the secret's hash is the one parameter.
+    perms = (
+        f"ARRAY(SELECT ct.app_label || '.' || p.codename FROM {permissions} p "  # noqa: S608
+        f"JOIN {content_types} ct ON ct.id = p.content_type_id WHERE p.id IN ("
+        f"SELECT up.permission_id FROM {user_perms} up WHERE up.user_id = u.id UNION "
+        f"SELECT gp.permission_id FROM {group_perms} gp JOIN {user_groups} ug ON ug.group_id = gp.group_id "
+        "WHERE ug.user_id = u.id))"
+    )
+    sql = (
+        f"SELECT {', '.join(columns)}, {perms} FROM {quote(ApiToken._meta.db_table)} t "  # noqa: S608
+        f"JOIN {quote(User._meta.db_table)} u ON u.id = t.{user_fk} "
+        f"WHERE t.{quote(ApiToken._meta.get_field('key_hash').column)} = %s LIMIT 1"
+    )
+    return token_fields, user_fields, sql

@@ -52,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve with this shell command instead of `make web` (to compare servers; {port} and {workers} "
         "are filled in), e.g. 'daphne -p {port} baton_site.asgi:application'",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offer this many starts/s (open loop: start i is due at i / rate; latency counts from when it was due, "
+        "so a server that falls behind shows it) instead of each client posting again as soon as it is answered",
+    )
     parser.add_argument("--json", help="write the results here too")
     return parser.parse_args(argv)
 
@@ -125,13 +132,23 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=5)
 
 
-def run_clients(port: int, secret: str, n: int, clients: int, with_key: bool) -> tuple[float, list[float], dict]:
-    """``n`` starts over ``clients`` threads; returns (wall seconds, latencies in ms, status counts)."""
+def run_clients(
+    port: int, secret: str, n: int, clients: int, with_key: bool, rate: float | None = None
+) -> tuple[float, list[float], dict]:
+    """``n`` starts over ``clients`` threads; returns (wall seconds, latencies in ms, status counts).
+
+    Closed loop (``rate`` None): each client posts again as soon as it has its answer, so the clients saturate the
+    server and the mean latency is ``clients`` / throughput (Little's law). Open loop (``rate`` starts/s): start
+    ``i`` is due ``i / rate`` seconds after the clock starts, a free client sends it then (at once if it is late),
+    and its latency counts from when it was due, not from when a client got round to it: a server that cannot
+    keep up shows it as growing latency instead of hiding it by slowing the clients (coordinated omission).
+    """
     counter = iter(range(n))
     lock = threading.Lock()
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     barrier = threading.Barrier(clients + 1)
+    clock: dict[str, float] = {}
 
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -148,6 +165,11 @@ def run_clients(port: int, secret: str, n: int, clients: int, with_key: bool) ->
             if with_key:
                 headers["Idempotency-Key"] = uuid.uuid4().hex
             began = time.perf_counter()
+            if rate is not None:
+                due = clock["t0"] + index / rate
+                if due > began:
+                    time.sleep(due - began)
+                began = due
             conn.request("POST", "/api/instances/", body, headers)
             response = conn.getresponse()
             response.read()
@@ -162,8 +184,9 @@ def run_clients(port: int, secret: str, n: int, clients: int, with_key: bool) ->
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
+    clock["t0"] = time.perf_counter()
     barrier.wait()
-    began = time.perf_counter()
+    began = clock["t0"]
     for thread in threads:
         thread.join()
     return time.perf_counter() - began, latencies, statuses
@@ -256,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before = cpu_snapshot(web.pid, worker.pid, args.db)
         # This process's CPU while the clients run is the clients' (their threads; nothing else runs here).
         client_cpu0 = time.process_time()
-        wall, latencies, statuses = run_clients(args.port, secret, args.n, args.clients, not args.no_key)
+        wall, latencies, statuses = run_clients(
+            args.port, secret, args.n, args.clients, not args.no_key, rate=args.rate
+        )
         client_cpu = time.process_time() - client_cpu0
         # The worker runs each started step (``prepare``); done when every instance waits for its approval.
         total = _started()  # what was started (a refused start, a 503, starts nothing)
@@ -274,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "starts": args.n,
         "clients": args.clients,
+        "mode": f"open loop, {args.rate:g} starts/s offered" if args.rate else "closed loop",
         "server": args.command or "make web",
         "web_workers": args.workers,
         "load_average_before": load_before,
@@ -294,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": sysinfo.machine_info(2),
     }
     print(json.dumps(result, indent=2))
+    offered = f" ({args.rate:g}/s offered)" if args.rate else ""
     print(
-        f"\nstarts/s {rate:.1f} (target >= {TARGET_RATE:.0f}), p95 {result['p95_ms']} ms "
+        f"\nstarts/s {rate:.1f}{offered} (target >= {TARGET_RATE:.0f}), p95 {result['p95_ms']} ms "
         f"(target <= {TARGET_P95_MS:.0f} ms); worker done {drained:.1f} s after the last start"
     )
     if args.json:

@@ -263,7 +263,15 @@ def send_step(step_id: int, options: dict[str, Any]) -> None:
     is logged and repaired by the sweep, never raised."""
     try:
         # ignore_result as the task declares it (apply_async would have added it from the task object).
-        current_app.send_task(STEP_RUN_TASK, args=(step_id,), ignore_result=True, **options)
+        # argsrepr and kwargsrepr given: Celery would otherwise build them with saferepr on every publish.
+        current_app.send_task(
+            STEP_RUN_TASK,
+            args=(step_id,),
+            ignore_result=True,
+            argsrepr=f"({step_id},)",
+            kwargsrepr="{}",
+            **options,
+        )
     except Exception:
         # The state is committed; the sweep re-dispatches after BATON_REDISPATCH_AFTER seconds.
         logger.exception("could not publish step %s; the sweep will re-dispatch it", step_id)

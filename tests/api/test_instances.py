@@ -106,21 +106,61 @@ def test_an_explicit_version_and_a_business_key_are_kept(api_as, roles):
     assert response.json()["business_key"] == "ORDER-7"
 
 
-def test_a_start_costs_eight_statements_with_a_key_and_seven_without(api_as, roles, django_assert_num_queries):
+def test_a_start_costs_seven_statements_with_a_key_and_six_without(api_as, roles, django_assert_num_queries):
     # given: a token client allowed to start; the token's last use already recorded (written once a minute)
     client = api_as(roles.staff)
     assert client.post(START, expense(), **{"Idempotency-Key": "warm"}).status_code == 201
 
-    # when / then: the token with its user (1), the start permission (1); BEGIN, the engine's start of
-    # expense_approval (3: the instance, its first step, the audit events) inside the API's transaction without a
-    # savepoint of its own, the key's INSERT (1), COMMIT. No look-up of the key first. Under the test's own
-    # transaction the API's BEGIN/COMMIT are a SAVEPOINT/RELEASE pair: the same count. Without a key the engine's
-    # transaction is the outer one in production (BEGIN/COMMIT: 7); here it is nested in the test's, and its
-    # savepoint's SAVEPOINT/RELEASE make the same 7. bench/README.md, "API starts".
-    with django_assert_num_queries(8):
-        assert client.post(START, expense(), **{"Idempotency-Key": "counted"}).status_code == 201
+    # when / then: the token with its user and the user's permissions (1: the start permission needs no statement
+    # of its own); BEGIN, the engine's start of expense_approval (3: the instance, its first step, the audit
+    # events) inside the API's transaction without a savepoint of its own, the key's INSERT (1), COMMIT. No
+    # look-up of the key first. Under the test's own transaction the API's BEGIN/COMMIT are a SAVEPOINT/RELEASE
+    # pair: the same count. Without a key the engine's transaction is the outer one in production (BEGIN/COMMIT:
+    # 6); here it is nested in the test's, and its savepoint's SAVEPOINT/RELEASE make the same 6.
+    # bench/README.md, "API starts".
     with django_assert_num_queries(7):
+        assert client.post(START, expense(), **{"Idempotency-Key": "counted"}).status_code == 201
+    with django_assert_num_queries(6):
         assert client.post(START, expense()).status_code == 201
+
+
+def test_a_start_permission_held_directly_through_a_group_or_as_superuser_is_honoured(api_as, roles, db):
+    # given: one user with the start permission only as their own, one only through a group, one with neither
+    from django.contrib.auth.models import Group, Permission, User
+
+    start = Permission.objects.get(content_type__app_label="orchestrator", codename="add_workflowinstance")
+    own = User.objects.create_user("starter-own", password="x")
+    own.user_permissions.add(start)
+    grouped = User.objects.create_user("starter-group", password="x")
+    starters = Group.objects.create(name="starters-only")
+    starters.permissions.add(start)
+    grouped.groups.add(starters)
+    neither = User.objects.create_user("starter-none", password="x")
+    boss = User.objects.create_superuser("starter-boss", password="x")  # every permission, none assigned
+
+    # when
+    users = (own, grouped, neither, boss)
+    statuses = {user.username: api_as(user).post(START, expense()).status_code for user in users}
+
+    # then
+    assert statuses == {"starter-own": 201, "starter-group": 201, "starter-none": 403, "starter-boss": 201}
+
+
+def test_a_permission_granted_counts_at_the_next_request_with_the_same_token(api_as, db):
+    # given: a token client whose user may not start
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("late-starter", password="x")
+    client = api_as(user)
+    assert client.post(START, expense()).status_code == 403
+
+    # when: the permission is granted
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="orchestrator", codename="add_workflowinstance")
+    )
+
+    # then: the very next request with the same token may start
+    assert client.post(START, expense()).status_code == 201
 
 
 def test_a_permission_removed_refuses_the_next_start(api_as, roles):
@@ -306,12 +346,12 @@ def test_the_list_costs_the_same_queries_for_one_or_many_instances(api_as, roles
     for _ in range(3):
         instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
 
-    # then: token + user's permissions (2) + the page
-    with django_assert_num_queries(4):
+    # then: the token with its user and the user's permissions (1) + the page (1)
+    with django_assert_num_queries(2):
         assert len(client.get(START).json()["results"]) == 3
     for _ in range(10):
         instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff2)
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(2):
         assert len(client.get(START).json()["results"]) == 13
 
 
