@@ -13,7 +13,9 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -131,6 +133,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
             code="unavailable",
             headers={"Retry-After": "5"},
         )
+    if isinstance(exc, SuspiciousOperation):
+        return _suspicious_problem(exc)
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
             errors = {k if k != "__all__" else "body": v for k, v in exc.message_dict.items()}
@@ -138,6 +142,23 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
             errors = {"body": list(exc.messages)}
         return Problem(400, " ".join(exc.messages), code="invalid", title="Invalid input", errors=errors)
     return None
+
+
+def _suspicious_problem(exc: SuspiciousOperation) -> Problem:
+    """A request Django itself refuses while DRF reads it (its ``SuspiciousOperation`` kinds): more query or form
+    fields than ``DATA_UPLOAD_MAX_NUMBER_FIELDS`` (a query string well under the 414 limit holds 2000 of them), a
+    body past ``DATA_UPLOAD_MAX_MEMORY_SIZE``, anything else of the kind. Django would answer each with its HTML
+    400 page; the API answers problem+json like every other refusal. Logged as Django logs it (``django.security``),
+    at warning: the client's fault, not Baton's."""
+    logging.getLogger(f"django.security.{type(exc).__name__}").warning("%s", exc)
+    if isinstance(exc, RequestDataTooBig):
+        return Problem(413, "The request body is too large.", code="payload_too_large")
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return Problem(
+            400, f"The request has more than {limit} query or form fields: send fewer.", code="too_many_fields"
+        )
+    return Problem(400, "The request could not be understood.", code="bad_request")
 
 
 def _signal_problem(exc: signal_services.SignalError) -> Problem:

@@ -5,10 +5,11 @@
   ``Retry-After``, instead of a 500 that tells monitors and people that Baton itself is broken. Django closes the
   failed session when the request ends (``close_old_connections``, the session saw an error) and checks a kept one
   before the next request uses it (``CONN_HEALTH_CHECKS``) when it sat idle for :data:`CHECK_AFTER_IDLE` seconds
-  or more, so the next request after the database is back works without a restart. A session used less than that
-  ago is trusted without the check's ``SELECT 1`` (one of a start's eight round trips through the API, and the one
-  that does no work), as the Celery worker trusts its own (baton_site/celery.py): a busy process pays no check,
-  and a session PostgreSQL dropped in between (a restart, a failover) fails that one request with this 503, which
+  or more, so the next request after the database is back works without a restart. A session a statement
+  succeeded on less than that ago (a request that ran none proves nothing) is trusted without the check's
+  ``SELECT 1`` (one of a start's eight round trips through the API, and the one that does no work), as the
+  Celery worker trusts its own (baton_site/celery.py): a busy process pays no check, and a session PostgreSQL
+  dropped in between (a restart, a failover) fails that one request with this 503, which
   closes it, so the next request opens a fresh one.
 - ``FriendlyErrorPagesMiddleware``: with DEBUG off, Django's own handlers render templates/404.html, 403.html,
   400.html and 500.html. With DEBUG on (the embedded demo, a developer's machine) Django shows its technical pages
@@ -67,16 +68,31 @@ def _note_unreachable(sender: object, request: HttpRequest | None = None, **_kwa
         request._baton_database_unreachable = True  # type: ignore[attr-defined]
 
 
-# A database session a request used less than this many seconds ago is not health-checked before the next one.
+# A database session a statement succeeded on less than this many seconds ago is not health-checked before the next
+# request uses it.
 CHECK_AFTER_IDLE = 1.0
 _session_used: dict[str, float] = {}
 
 
+def _stamp_use(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+    """An execute wrapper (Django's ``execute_wrappers``): run the statement, then note when it succeeded on its
+    session. Only a statement that succeeded proves the session alive: a request that ran none (a login page, a
+    static file, a refused query string) must not renew the trust, or a session PostgreSQL dropped while idle would
+    be used unchecked after it and fail a request."""
+    result = execute(sql, params, many, context)
+    _session_used[context["connection"].alias] = time.monotonic()
+    return result
+
+
 def trust_recent_sessions(now: float) -> None:
-    """Mark each open session a request used less than ``CHECK_AFTER_IDLE`` seconds before ``now`` (monotonic
-    seconds) as checked. Runs after ``request_started`` (Django's ``close_old_connections``, which resets the mark
-    and has already checked or closed a session that saw errors)."""
+    """Mark each open session a statement succeeded on less than ``CHECK_AFTER_IDLE`` seconds before ``now``
+    (monotonic seconds) as checked, and have every initialised session note its statements' success from now on
+    (:func:`_stamp_use`, placed first so that a ``connection.execute_wrapper`` block around a request still removes
+    its own wrapper). Runs after ``request_started`` (Django's ``close_old_connections``, which resets the mark and
+    has already checked or closed a session that saw errors)."""
     for conn in connections.all(initialized_only=True):
+        if _stamp_use not in conn.execute_wrappers:
+            conn.execute_wrappers.insert(0, _stamp_use)
         if (
             conn.connection is not None
             and not conn.errors_occurred
@@ -85,17 +101,10 @@ def trust_recent_sessions(now: float) -> None:
             conn.health_check_done = True  # type: ignore[attr-defined]  # Django sets it; the stubs lack it
 
 
-def remember_session_use(now: float) -> None:
-    """Note ``now`` (monotonic seconds) as the last use of each open session."""
-    for conn in connections.all(initialized_only=True):
-        if conn.connection is not None:
-            _session_used[conn.alias] = now
-
-
 class DatabaseUnavailableMiddleware:
     """Turns a request that failed on an unreachable database into :func:`unavailable`. First in MIDDLEWARE, so it
     also sees the 500 Django made of an error raised in another middleware (a session being read or saved); and
-    skips the health check of a session used a moment ago (:func:`trust_recent_sessions`)."""
+    skips the health check of a session a statement succeeded on a moment ago (:func:`trust_recent_sessions`)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -103,8 +112,6 @@ class DatabaseUnavailableMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         trust_recent_sessions(time.monotonic())
         response = self.get_response(request)
-        # Before a streamed body's own statements: an older mark only means one more check, never one less.
-        remember_session_use(time.monotonic())
         if response.status_code == 500 and getattr(request, "_baton_database_unreachable", False):
             return unavailable()
         return response

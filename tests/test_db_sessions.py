@@ -131,3 +131,20 @@ def test_an_api_start_on_a_session_dropped_right_after_use_is_a_problem_503_and_
     assert refused["Retry-After"]
     assert retried.status_code == 201
     assert WorkflowInstance.objects.count() == 2
+
+
+def test_a_request_that_runs_no_statement_does_not_make_an_idle_session_trusted(receivers, signed_in):
+    # given: the session sat idle past the limit, then PostgreSQL dropped it (a restart overnight)
+    assert signed_in.get("/instances/").status_code == 200
+    middleware._session_used[connection.alias] -= middleware.CHECK_AFTER_IDLE + 0.5
+    drop_session_from_outside()
+
+    # when: a request that touches no database (a refused long query string; a login page, a static file) comes
+    # first, and a request that does comes less than a second after it
+    close_old_connections()
+    assert Client().get("/api/instances/?q=" + "a" * 5000).status_code == 414
+    close_old_connections()
+    status = signed_in.get("/instances/").status_code
+
+    # then: the session was still checked before use (nothing proved it alive a moment ago): no request failed
+    assert status == 200

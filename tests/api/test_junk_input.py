@@ -72,6 +72,10 @@ def test_junk_bodies_get_a_problem_and_start_nothing(api_as, roles, raw, content
         "/api/workflows/expense_approval/?version=abc",
         "/api/workflows/expense_approval/?version=99999999999999999999",
         "/api/workflows/%00/",
+        # More fields than DATA_UPLOAD_MAX_NUMBER_FIELDS in a query string under QUERY_STRING_MAX bytes: Django's
+        # TooManyFieldsSent, raised when DRF first reads the query (content negotiation).
+        "/api/instances/?" + "&".join(["a"] * 1500),
+        "/api/tasks/?" + "&".join(["a"] * 1500),
     ],
 )
 def test_junk_query_strings_are_4xx(api_as, roles, path):
@@ -81,6 +85,20 @@ def test_junk_query_strings_are_4xx(api_as, roles, path):
     # then
     assert 400 <= response.status_code < 500, response.content[:300]
     assert response["Content-Type"] == "application/problem+json"
+
+
+def test_too_many_query_fields_on_a_write_is_a_problem_and_changes_nothing(api_as, roles):
+    # given: a start whose query string carries more fields than Django parses (well under 4096 bytes)
+    path = "/api/instances/?" + "&".join(["a"] * 1500)
+
+    # when
+    response = api_as(roles.staff).post(path, {"workflow": "expense_approval", "input": ExpenseInputFactory()})
+
+    # then: the API's 400 problem naming the limit, not Django's HTML page; nothing started
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "too_many_fields"
+    assert not WorkflowInstance.objects.exists()
 
 
 def test_a_decision_on_an_impossible_task_id_is_404(api_as, roles):

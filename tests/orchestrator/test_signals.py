@@ -978,3 +978,52 @@ def test_a_kept_signal_no_node_of_its_event_accepts_is_refused_at_delivery(betwe
     assert "fits none of the 2 nodes" in str(refused.value)
     assert "payload.paid_amount" in refused.value.errors
     assert not ReceivedSignal.objects.filter(instance=instance, signal_id="junk").exists()
+
+
+# --- a kept or delivered signal whose consumption cannot go on (breaker lane) ----------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="open defect (breaker lane): consuming a signal runs the flow on in the caller's transaction, and what "
+    "follows the wait raising takes the delivery or resume down with it",
+)
+def test_a_resume_is_not_blocked_by_a_kept_signal_whose_flow_cannot_go_on(register_workflow, run_steps):
+    # given a waiting instance of a flow whose decision after the wait needs data["route"] (it has none), paused,
+    # and a signal its node accepts kept during the pause
+    register_workflow(routed_flow("signal_routed"))
+    instance = waiting_instance(run_steps, "signal_routed")
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    assert deliver(instance.pk, signal_id="kept").outcome == "kept"
+
+    # when an operator resumes it
+    resumed = instance_resume(instance.pk, actor=OPERATOR, reason="go on")
+
+    # then the resume happens (it used to raise the decision's KeyError: a 500, the instance paused for good, as
+    # long as the signal was kept); the signal is not lost: consumed, kept for the sweep, or recorded rejected
+    instance.refresh_from_db()
+    assert resumed is True
+    assert instance.state != InstanceState.PAUSED, describe_instance(instance)
+    assert ReceivedSignal.objects.filter(instance=instance, signal_id="kept").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="open defect (breaker lane): consuming a signal runs the flow on in the caller's transaction, and what "
+    "follows the wait raising takes the delivery or resume down with it",
+)
+def test_a_delivery_whose_flow_cannot_go_on_is_refused_and_changes_nothing(register_workflow, run_steps):
+    # given a waiting instance of a flow whose decision after the wait needs data["route"] (it has none)
+    register_workflow(routed_flow("signal_routed"))
+    instance = waiting_instance(run_steps, "signal_routed")
+
+    # when a signal the node accepts is delivered: consuming it enters the decision, which raises
+    with pytest.raises(signals.SignalError) as refused:
+        deliver(instance.pk, signal_id="late")
+
+    # then the sender gets a refusal it can act on (the API's 4xx problem, not a 500), and nothing changed
+    assert "route" in str(refused.value)
+    assert not ReceivedSignal.objects.filter(instance=instance).exists()
+    assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
