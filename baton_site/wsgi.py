@@ -11,12 +11,14 @@ it first, bounded, and hands it to Django with its length (README, "Production",
 from __future__ import annotations
 
 import io
+import json
 import os
 from typing import Any
 
 import django
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
+from django.template.loader import render_to_string
 
 # The bound when DATA_UPLOAD_MAX_MEMORY_SIZE is None (no limit): Django's default. A chunked body is held in memory,
 # and Baton takes no file uploads (the one kind of body Django would spool to disk instead).
@@ -50,10 +52,52 @@ class BodyRequest(WSGIRequest):
         super().__init__(environ)
 
 
+def unsupported_transfer_coding(environ: dict[str, Any]) -> str | None:
+    """The request's ``Transfer-Encoding`` when it holds any coding but ``chunked`` (``gzip, chunked``, ...), else
+    None. gunicorn removes the chunk framing and passes any other coding on untouched, so such a body would reach
+    Django still compressed: refused instead, as RFC 9112 (section 6.1) has a server do with a coding it does not
+    implement. A compressed body is sent with ``Content-Encoding``, which Baton does not take either."""
+    header = environ.get("HTTP_TRANSFER_ENCODING")
+    if header is None:
+        return None
+    codings = [coding.strip().lower() for coding in header.split(",") if coding.strip()]
+    return None if codings == ["chunked"] else header
+
+
+def not_implemented(environ: dict[str, Any], coding: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The 501 answer to a body with transfer coding ``coding``, before anything reads it: problem+json under
+    ``/api/`` (the API's error format, api/problems.py), templates/501.html elsewhere. Returns (status line,
+    headers, body)."""
+    detail = f"Transfer-Encoding {coding[:100]!r} is not supported: send the body with Content-Length, or chunked only."
+    if environ.get("PATH_INFO", "").startswith("/api/"):
+        problem = {
+            "type": "about:blank",
+            "title": "Not Implemented",
+            "status": 501,
+            "detail": detail,
+            "code": "transfer_coding",
+            "instance": environ.get("PATH_INFO", ""),
+        }
+        body, content_type = json.dumps(problem).encode(), "application/problem+json"
+    else:
+        body, content_type = render_to_string("501.html").encode(), "text/html; charset=utf-8"
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
+    return "501 Not Implemented", headers, body
+
+
 class BatonWSGIHandler(WSGIHandler):
-    """Django's WSGI handler with :class:`BodyRequest`."""
+    """Django's WSGI handler with :class:`BodyRequest`, refusing a transfer coding it cannot read
+    (:func:`unsupported_transfer_coding`)."""
 
     request_class = BodyRequest
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        coding = unsupported_transfer_coding(environ)
+        if coding is not None:
+            status, headers, body = not_implemented(environ, coding)
+            start_response(status, headers)
+            return [body]
+        return super().__call__(environ, start_response)
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "baton_site.settings")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import io
 import json
@@ -135,6 +136,43 @@ def test_a_chunked_api_body_past_the_limit_is_413_problem_json_and_starts_nothin
     assert headers["content-type"] == [PROBLEM_JSON]
     assert json.loads(answer)["code"] == "payload_too_large"
     assert not WorkflowInstance.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked", "GZIP , chunked", "compress, chunked"])
+def test_an_api_body_with_another_transfer_coding_is_501_problem_json_and_starts_nothing(web, coding):
+    # given: a start body declared as compressed before the chunking (gunicorn removes only the chunk framing)
+    secret = starter_token()
+    body = gzip.compress(json.dumps({"workflow": "bench_approval", "input": {"n": 1}}).encode())
+
+    # when
+    status, headers, answer = raw(
+        web.port,
+        "POST /api/instances/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {secret}\r\nTransfer-Encoding: {coding}\r\nConnection: close",
+        [body],
+    )
+
+    # then: refused before anything reads it, in the API's format, nothing started
+    assert status == 501, answer[:500]
+    assert headers["content-type"] == [PROBLEM_JSON]
+    assert json.loads(answer)["code"] == "transfer_coding"
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_a_page_post_with_another_transfer_coding_is_a_501_page(web):
+    # when: a form post compressed before the chunking
+    status, headers, answer = raw(
+        web.port,
+        "POST /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        "Transfer-Encoding: gzip, chunked\r\nConnection: close",
+        [gzip.compress(b"username=a&password=b")],
+    )
+
+    # then: Baton's page, saying what to do
+    assert status == 501
+    assert headers["content-type"][0].startswith("text/html")
+    assert b"encoding is not supported" in answer
 
 
 @pytest.mark.django_db(transaction=True)
