@@ -25,7 +25,7 @@ from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, seconds
 from orchestrator.events import unit_finishing
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
-from orchestrator.realtime import send_now
+from orchestrator.realtime import send_all_now
 from orchestrator.signals import instance_finished
 
 logger = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ class Unit:
             rows.insert_many(self.inserts)
         for step_id, options in self.dispatches:
             transaction.on_commit(partial(send_step, step_id, options))
+        news: list[tuple[list[str], dict[str, Any]]] = []
         if self.groups:
             event = {
                 "type": live_names.INSTANCE_CHANGED,
@@ -189,10 +190,11 @@ class Unit:
                 "state": self.instance.state,
                 "refresh": [live_names.INSTANCES, live_names.instance_refresh(self.instance.pk)],
             }
-            groups = sorted(self.groups)
-            transaction.on_commit(partial(send_now, groups, event))
-        for note in self.notes:
-            transaction.on_commit(partial(send_now, note["groups"], note["event"]))
+            news.append((sorted(self.groups), event))
+        news += [(note["groups"], note["event"]) for note in self.notes]
+        if news:
+            # One hook, so one round trip to Redis for the instance's news and the inbox's (a new task) together.
+            transaction.on_commit(partial(send_all_now, news))
 
 
 # --- time limits and leases (docs/architecture.md, "Time limits and leases") ---------------------------------
