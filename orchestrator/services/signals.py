@@ -17,6 +17,9 @@ timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/archite
   one kept earlier (it first hands the kept ones to the waiting steps, as the sweep would);
 - a paused (or failed) instance consumes nothing: a delivery is kept, and a wait entered or re-armed meanwhile
   takes no kept signal; the resume (or retry) hands them on at once, oldest first (``instances.RUNNING_AGAIN``);
+- consuming a signal runs the flow on in a savepoint: when the workflow's own code raises there, the signal is
+  kept as consumed, the wait dies naming the error and the instance fails (:func:`_consume_stopped`); whatever
+  handed the signal on (a delivery, an entry into the wait, a resume or retry, the sweep) is not blamed;
 - the sweep hands on only where a hand-off can progress (:func:`_kept_candidates`), so instances it cannot hand on
   to never take the batch from the others;
 - every decision to consume or keep, every entry into a Signal node and every hand-off of kept signals happens
@@ -652,11 +655,12 @@ def signals_sweep(now: datetime, report: Any, isolated: Callable[..., int]) -> d
     return {"signals_timed_out": timed_out, "signals_consumed": consumed}
 
 
-# Instances whose hand-off of kept signals moved nothing (it raised: what follows the wait fails on the instance's
-# data; or a delivery, resume or entry took the signals first), by id, with the time until which the pass skips
-# them: without this, more such instances than a batch would take every pass's slots and the rest would never be
-# reached (one bad item never stops the others). Per process and bounded; a later delivery or entry into the wait
-# hands kept signals on itself, so a skipped instance loses nothing but the sweep's safety net for a while.
+# Instances whose hand-off of kept signals moved nothing (it raised: the database; what follows the wait raising
+# fails the instance instead, ``_consume_stopped``; or a delivery, resume or entry took the signals first), by id,
+# with the time until which the pass skips them: without this, more such instances than a batch would take every
+# pass's slots and the rest would never be reached (one bad item never stops the others). Per process and bounded;
+# a later delivery or entry into the wait hands kept signals on itself, so a skipped instance loses nothing but the
+# sweep's safety net for a while.
 _no_progress: dict[int, datetime] = {}
 NO_PROGRESS_SKIP = timedelta(minutes=10)
 NO_PROGRESS_KEPT = 10_000
@@ -782,7 +786,8 @@ def hand_on_kept(unit: Unit, workflow: Workflow) -> int:
     while the instance runs (nothing on a paused or failed one). Called with the instance locked: by the sweep, and
     by a resume or retry (``instances.RUNNING_AGAIN``) so that signals kept while the instance stood still go on
     at once. Returns how many were handed on, counted from the rows (a handed-on signal's wait may enter the next
-    wait, which takes another itself). Raises what entering the nodes that follow raises."""
+    wait, which takes another itself; one whose flow onward raised counts: it failed the instance). Raises only what
+    the database raises (``_consume``)."""
     if unit.instance.state not in ACTIVE_INSTANCE_STATES or not any(
         isinstance(n, Signal) for n in workflow.nodes.values()
     ):

@@ -24,9 +24,11 @@ from orchestrator.dsl import (
     ESCALATE,
     Decision,
     DefinitionError,
+    Parallel,
     Signal,
     StepContext,
     Task,
+    Timer,
     Workflow,
 )
 from orchestrator.models import (
@@ -55,6 +57,7 @@ from orchestrator.services.signals import (
     signal_deliver,
 )
 from orchestrator.services.steps import _run_handler, step_claim, step_record
+from orchestrator.services.unit import send_step
 from tests.concurrency import race
 from tests.conftest import describe_instance
 
@@ -1105,3 +1108,32 @@ def test_the_sweep_hands_on_a_kept_signal_whose_flow_cannot_go_on_and_fails_only
     good.refresh_from_db()
     assert good.state == InstanceState.COMPLETED, describe_instance(good)
     fix_route_and_retry(broken, run_steps)
+
+
+def test_what_the_flow_wrote_before_it_raised_goes_back_with_the_savepoint(
+    register_workflow, run_steps, django_capture_on_commit_callbacks
+):
+    # given an instance waiting before a parallel whose first branch schedules a task and whose second branch's
+    # timer computes its time from data["route"] (a KeyError: it has none)
+    register_workflow(
+        Workflow(
+            name="signal_fan_out",
+            version=1,
+            steps=[
+                Task("reserve", reserve),
+                Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+                Parallel("fan", branches=[[Task("ship", ship)], [Timer("later", until=lambda data: data["route"])]]),
+            ],
+        )
+    )
+    instance = waiting_instance(run_steps, "signal_fan_out")
+
+    # when a signal is delivered: the parallel step and "ship" are written and "ship" queued for dispatch before
+    # the timer raises
+    with django_capture_on_commit_callbacks(execute=False) as after_commit:
+        assert deliver(instance.pk, signal_id="late").outcome == "consumed"
+
+    # then none of it is left: no parallel or "ship" step, no dispatch sent after commit; the wait died instead
+    assert_stopped_after_the_wait(instance, "late")
+    assert not instance.steps.filter(name__in=["fan", "ship"]).exists()
+    assert not [c for c in after_commit if getattr(c, "func", None) is send_step]
