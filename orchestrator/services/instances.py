@@ -191,7 +191,7 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
 
     Raises ValidationError for a missing or too long reason; NotAllowed when the instance is not failed, is
     compensating or compensated, has nothing to retry, its definition is not registered or lacks a node the
-    retry needs, or what follows a kept decision still raises; ``WorkflowInstance.DoesNotExist``.
+    retry needs, or what follows a kept decision or a kept signal still raises; ``WorkflowInstance.DoesNotExist``.
     """
     reason = _reason_required(reason)
     with transaction.atomic():

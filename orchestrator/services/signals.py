@@ -17,6 +17,9 @@ timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/archite
   one kept earlier (it first hands the kept ones to the waiting steps, as the sweep would);
 - a paused (or failed) instance consumes nothing: a delivery is kept, and a wait entered or re-armed meanwhile
   takes no kept signal; the resume (or retry) hands them on at once, oldest first (``instances.RUNNING_AGAIN``);
+- consuming a signal runs the flow on in a savepoint: when the workflow's own code raises there, the signal is
+  kept as consumed, the wait dies naming the error and the instance fails (:func:`_consume_stopped`); whatever
+  handed the signal on (a delivery, an entry into the wait, a resume or retry, the sweep) is not blamed;
 - the sweep hands on only where a hand-off can progress (:func:`_kept_candidates`), so instances it cannot hand on
   to never take the batch from the others;
 - every decision to consume or keep, every entry into a Signal node and every hand-off of kept signals happens
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,7 +42,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.fields.json import KT
 from django.utils import timezone
@@ -370,7 +374,28 @@ def _hand_on(unit: Unit, workflow: Workflow, names: list[str]) -> int:
 
 def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal) -> None:
     """The waiting ``step`` takes ``received`` (its payload already cleaned by the step's node): it succeeds, the
-    payload joins the data, the flow goes on."""
+    payload joins the data, the flow goes on.
+
+    The flow goes on inside a savepoint. When the workflow's own code raises there (a ``Decision`` reading data
+    the instance lacks, a ``Timer``'s ``until`` raising, a next task that cannot open, a value the database
+    refuses), the savepoint and the unit's collected work go back and the failure is recorded the engine's way
+    (:func:`_consume_stopped`: the signal is kept as consumed, the wait dies naming the error, the instance fails),
+    as when what follows a step or a human decision raises (docs/architecture.md, "A step whose outcome cannot be
+    recorded"). So the operation that handed the signal on (a delivery, the entry into the wait after the
+    preceding step, a resume or retry, the sweep) is not blamed and carries on. Raises ``OperationalError`` and
+    ``InterfaceError`` (the database, not the definition: the caller's transaction is what failed)."""
+    mark = unit.mark()
+    try:
+        with transaction.atomic():
+            _take(unit, workflow, step, received)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        unit.rewind(mark)
+        _consume_stopped(unit, step, received, exc)
+
+
+def _take(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal) -> None:
     received.step = step
     received.consumed_at = unit.now
     rows.update(received, ["step", "consumed_at", "payload"])
@@ -386,6 +411,57 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSi
     )
     unit.instance.data.update(received.payload)
     advance(unit, workflow, step)
+
+
+# In the result of a dead signal step: it consumed its signal, but what follows the wait could not be entered.
+SIGNAL_KEPT = "signal_kept"
+
+
+def _consume_stopped(unit: Unit, step: StepRun, received: ReceivedSignal, exc: Exception) -> None:
+    """``step`` consumed ``received`` but entering what follows the wait raised ``exc`` (rolled back to the
+    savepoint before the consumption, in the database and in ``unit``). The signal is kept as consumed by the step
+    (the sender's event happened; it is not asked again); the step ends ``dead`` with the signal as its result
+    (and ``SIGNAL_KEPT``), naming the real error type and message; the payload joins the instance data as a
+    consumption's would; the instance fails (a wait has no ``on_failure``): the rule of a human step whose
+    decision cannot go on (``flow.human_step_stopped``). An operator's retry, once the definition or data is
+    fixed, enters what follows the wait without waiting again (:func:`signal_rearm`). Raises only what the
+    database raises."""
+    fresh = StepRun.objects.get(pk=step.pk)  # as the savepoint left it: running, waiting
+    step.__dict__.update({f.attname: getattr(fresh, f.attname) for f in StepRun._meta.concrete_fields})
+    detail = str(exc).strip() or repr(exc)
+    tb = "".join(traceback.format_exception(exc, limit=-6))
+    error_type = clean_text(type(exc).__name__, 200)
+    error = clean_text(
+        f"{detail}\n\n(raised while entering what follows the wait: the signal {received.signal_id!r} is kept "
+        f"as consumed)\n\n{tb}"
+    )
+    received.step = step
+    received.consumed_at = unit.now
+    rows.update(received, ["step", "consumed_at", "payload"])
+    step.result = {
+        "event": received.event,
+        "signal_id": received.signal_id,
+        "payload": received.payload,
+        SIGNAL_KEPT: True,
+    }
+    step.die(error_type, error, unit.now)
+    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at"])
+    unit.audit(
+        action=AuditAction.STEP_DEAD,
+        subject_type="step",
+        subject_id=step.pk,
+        from_state=StepState.RUNNING,
+        to_state=step.state,
+        reason=first_line(error),
+        payload={
+            "error_type": error_type,
+            "permanent": True,
+            "signal": received.pk,
+            "signal_id": received.signal_id,
+        },
+    )
+    unit.instance.data.update(received.payload)
+    instance_fail(unit, f"{step.name} failed: {first_line(error)}")
 
 
 # --- waiting (the engine enters a Signal node) -----------------------------------------------------------
@@ -491,6 +567,9 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
     is paused: then the wait takes nothing until the resume hands kept signals on (as :func:`signal_wait`)."""
     node = workflow.node(step.name)
     assert isinstance(node, Signal)
+    if step.result.get(SIGNAL_KEPT):
+        _retry_after_signal(unit, workflow, step, reason)
+        return
     from_state = step.state
     step.max_attempts = step.attempt + 1
     step.schedule(unit.now)  # dead -> scheduled -> running: the step's existing transitions
@@ -511,6 +590,36 @@ def signal_rearm(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> 
     )
     if unit.instance.state in ACTIVE_INSTANCE_STATES:
         _consume_kept(unit, workflow, step, node)
+
+
+def _retry_after_signal(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:
+    """An operator's retry of a wait that died after consuming its signal (:func:`_consume_stopped`): the kept
+    signal succeeds the step again and what follows the wait is entered now, in the retry's transaction; nothing
+    waits again (the signal was consumed). While it still raises, the retry is refused with the error
+    (``instances.NotAllowed``, rolled back with the retry), as a retry after a kept human decision is."""
+    result = {k: v for k, v in step.result.items() if k != SIGNAL_KEPT}
+    step.schedule(unit.now)  # dead -> scheduled -> succeeded: the step's two existing transitions
+    step.succeed(result, unit.now)
+    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at", "due_at"])
+    unit.audit(
+        action=AuditAction.STEP_SUCCEEDED,
+        subject_type="step",
+        subject_id=step.pk,
+        from_state=StepState.DEAD,
+        to_state=step.state,
+        reason=reason,
+        payload={"signal_id": result.get("signal_id"), "retried": True},
+    )
+    try:
+        advance(unit, workflow, step)
+    except (OperationalError, InterfaceError):
+        raise  # the database, not the definition
+    except Exception as exc:
+        raise instances.NotAllowed(
+            f"Cannot retry: entering what follows {step.name} still raises {type(exc).__name__}: "
+            f"{clean_text(str(exc) or repr(exc), 300)}. Fix the workflow definition (or the instance data) and "
+            "deploy it, then retry (the signal is kept), or cancel the instance."
+        ) from exc
 
 
 # --- the sweep: timeouts, and kept signals for steps that wait ----------------------------------------------
@@ -546,11 +655,12 @@ def signals_sweep(now: datetime, report: Any, isolated: Callable[..., int]) -> d
     return {"signals_timed_out": timed_out, "signals_consumed": consumed}
 
 
-# Instances whose hand-off of kept signals moved nothing (it raised: what follows the wait fails on the instance's
-# data; or a delivery, resume or entry took the signals first), by id, with the time until which the pass skips
-# them: without this, more such instances than a batch would take every pass's slots and the rest would never be
-# reached (one bad item never stops the others). Per process and bounded; a later delivery or entry into the wait
-# hands kept signals on itself, so a skipped instance loses nothing but the sweep's safety net for a while.
+# Instances whose hand-off of kept signals moved nothing (it raised: the database; what follows the wait raising
+# fails the instance instead, ``_consume_stopped``; or a delivery, resume or entry took the signals first), by id,
+# with the time until which the pass skips them: without this, more such instances than a batch would take every
+# pass's slots and the rest would never be reached (one bad item never stops the others). Per process and bounded;
+# a later delivery or entry into the wait hands kept signals on itself, so a skipped instance loses nothing but the
+# sweep's safety net for a while.
 _no_progress: dict[int, datetime] = {}
 NO_PROGRESS_SKIP = timedelta(minutes=10)
 NO_PROGRESS_KEPT = 10_000
@@ -676,7 +786,8 @@ def hand_on_kept(unit: Unit, workflow: Workflow) -> int:
     while the instance runs (nothing on a paused or failed one). Called with the instance locked: by the sweep, and
     by a resume or retry (``instances.RUNNING_AGAIN``) so that signals kept while the instance stood still go on
     at once. Returns how many were handed on, counted from the rows (a handed-on signal's wait may enter the next
-    wait, which takes another itself). Raises what entering the nodes that follow raises."""
+    wait, which takes another itself; one whose flow onward raised counts: it failed the instance). Raises only what
+    the database raises (``_consume``)."""
     if unit.instance.state not in ACTIVE_INSTANCE_STATES or not any(
         isinstance(n, Signal) for n in workflow.nodes.values()
     ):

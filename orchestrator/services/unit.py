@@ -7,6 +7,7 @@ registers dispatch and broadcast to run only after commit (docs/architecture.md,
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from datetime import datetime
@@ -137,6 +138,31 @@ class Unit:
     def notify(self, groups: list[str], event: dict[str, Any]) -> None:
         """Queue a live event for ``groups`` (sent after commit). Raises nothing."""
         self.notes.append({"groups": groups, "event": event})
+
+    def mark(self) -> dict[str, Any]:
+        """What this unit and its instance hold now, for :meth:`rewind` after a savepoint rolled back: the rows
+        went back, and the events, rows, dispatches and instance fields collected in memory must go back with them
+        (signals: a consumption whose flow raises, docs/architecture.md "Signals"). Raises nothing."""
+        fields = WorkflowInstance._meta.concrete_fields
+        instance = {f.attname: copy.deepcopy(getattr(self.instance, f.attname)) for f in fields}
+        lists = {name: list(getattr(self, name)) for name in ("events", "dispatches", "notes", "inserts", "fenced")}
+        return {
+            "instance": instance,
+            "lists": lists,
+            "groups": set(self.groups),
+            "reserved_step_id": self.reserved_step_id,
+            "scheduled_work": self.scheduled_work,
+        }
+
+    def rewind(self, mark: dict[str, Any]) -> None:
+        """Put this unit and its instance back as :meth:`mark` found them. Raises nothing."""
+        # Into the instance's __dict__: the state field is a protected FSM field, which refuses setattr.
+        vars(self.instance).update(copy.deepcopy(mark["instance"]))
+        for name, value in mark["lists"].items():
+            setattr(self, name, list(value))
+        self.groups = mark["groups"]
+        self.reserved_step_id = mark["reserved_step_id"]
+        self.scheduled_work = mark["scheduled_work"]
 
     def _values(self) -> dict[str, Any]:
         values = {name: getattr(self.instance, name) for name in TRACKED_FIELDS}

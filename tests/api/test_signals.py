@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import registry
 from orchestrator.audit import Actor
-from orchestrator.dsl import Signal, Workflow
+from orchestrator.dsl import Decision, Signal, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.services.instances import instance_cancel, instance_pause, instance_resume, instance_start
 from tests.factories import UserFactory
@@ -390,3 +390,47 @@ def test_a_kept_signal_the_consuming_node_refuses_reads_as_rejected_with_its_err
     valid = client.post(signal_path(instance), signal("third", {"balance_ref": "B-9"}))
     assert (valid.status_code, valid.json()["state"]) == (201, "consumed")
     assert state_of(instance) == InstanceState.COMPLETED
+
+
+def _needs_route(data: dict) -> None:
+    return data["route"] and None  # a KeyError without data["route"]: the workflow's own bug
+
+
+@in_process
+def test_a_signal_whose_flow_cannot_go_on_is_accepted_and_the_instance_fails_visibly(
+    payment_flow, register_workflow, api_as, roles, run_steps
+):
+    # given two instances waiting at a node whose next decision reads data["route"], which they lack; one paused
+    register_workflow(
+        Workflow(
+            name="api_routed",
+            version=1,
+            steps=[
+                Signal("wait_payment", event="payment.confirmed", form=payment_flow.node("wait_payment").form),
+                Decision("route", _needs_route),
+            ],
+        )
+    )
+    delivered = instance_start("api_routed", {"order": "R-2"}, initiator=roles.staff)
+    paused = instance_start("api_routed", {"order": "R-3"}, initiator=roles.staff)
+    operator = api_as(roles.operator)
+    assert operator.post(f"/api/instances/{paused.pk}/pause/", {"reason": "hold"}).status_code == 200
+    assert operator.post(signal_path(paused), signal("kept")).json()["state"] == "kept"
+
+    # when a signal is delivered to the waiting one, and the paused one (holding a kept signal) is resumed
+    delivery = operator.post(signal_path(delivered), signal("late"))
+    resume = operator.post(f"/api/instances/{paused.pk}/resume/", {"reason": "go on"})
+
+    # then neither is a 500: the delivery is accepted and consumed, the resume succeeds; each instance failed at
+    # its wait with the decision's error on the instance, for an operator to retry once the definition is fixed
+    assert (delivery.status_code, delivery.json()["state"]) == (201, "consumed"), delivery.content
+    assert resume.status_code == 200, resume.content
+    for instance in (delivered, paused):
+        detail = operator.get(f"/api/instances/{instance.pk}/").json()
+        assert detail["state"] == InstanceState.FAILED, detail
+        assert detail["error"].startswith("wait_payment failed: 'route'"), detail
+    # and a retry while the decision still raises is a 4xx problem naming the error, never a 500
+    retry = operator.post(f"/api/instances/{delivered.pk}/retry/", {"reason": "again"})
+    assert 400 <= retry.status_code < 500, retry.content
+    assert retry["Content-Type"].startswith("application/problem+json")
+    assert "still raises KeyError" in retry.json()["detail"]

@@ -12,20 +12,23 @@ from functools import partial
 import pytest
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db import OperationalError
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind
 from approvals.services.tasks import task_decide
-from orchestrator.audit import Actor
+from orchestrator.audit import Actor, verify_chain
 from orchestrator.dsl import (
     COMPENSATE,
     CONTINUE,
     ESCALATE,
     Decision,
     DefinitionError,
+    Parallel,
     Signal,
     StepContext,
     Task,
+    Timer,
     Workflow,
 )
 from orchestrator.models import (
@@ -54,6 +57,7 @@ from orchestrator.services.signals import (
     signal_deliver,
 )
 from orchestrator.services.steps import _run_handler, step_claim, step_record
+from orchestrator.services.unit import send_step
 from tests.concurrency import race
 from tests.conftest import describe_instance
 
@@ -859,14 +863,23 @@ def test_instances_the_sweep_cannot_hand_on_to_never_take_the_good_ones_slots(
 
 
 def test_instances_whose_hand_off_fails_are_skipped_so_every_pass_advances(
-    register_workflow, run_steps, monkeypatch, settings
+    payment_flow, run_steps, monkeypatch, settings
 ):
-    # given a batch of 2, three instances whose hand-off fails (the decision after the wait needs data they lack)
-    # and, created last, one that can go on
+    # given a batch of 2, three instances whose hand-off raises (the database, not the definition: a workflow
+    # whose flow raises after the wait fails its instance instead, the tests below) and, created last, one that
+    # can go on
     settings.BATON_SWEEP_BATCH = 2
-    register_workflow(routed_flow("signal_routed"))
-    failing = [kept_at_a_wait(run_steps, monkeypatch, "signal_routed") for _ in range(3)]
-    good = kept_at_a_wait(run_steps, monkeypatch, "signal_routed", route="north")
+    failing = [kept_at_a_wait(run_steps, monkeypatch, "signal_payment") for _ in range(3)]
+    good = kept_at_a_wait(run_steps, monkeypatch, "signal_payment")
+    broken = {i.pk for i in failing}
+    real_hand_on = signals.hand_on_kept
+
+    def hand_on(unit, workflow):
+        if unit.instance.pk in broken:
+            raise OperationalError("deadlock detected")
+        return real_hand_on(unit, workflow)
+
+    monkeypatch.setattr(signals, "hand_on_kept", hand_on)
 
     # when the sweep runs twice
     first, second = engine.sweep(), engine.sweep()
@@ -874,15 +887,14 @@ def test_instances_whose_hand_off_fails_are_skipped_so_every_pass_advances(
     # then each failing one was tried once (not every pass: they do not hold the batch) and the good one went on
     assert (first.errors, second.errors) == (2, 1)
     assert second.signals["signals_consumed"] == 1
-    good.refresh_from_db()
-    assert good.state == InstanceState.COMPLETED, describe_instance(good)
+    assert good.steps.get(name="wait_payment").state == StepState.SUCCEEDED, describe_instance(good)
     assert ReceivedSignal.objects.filter(instance__in=failing, consumed_at__isnull=True).count() == 3
 
-    # and once the skip has passed, a failing one whose data an operator fixed is handed on
-    WorkflowInstance.objects.filter(pk=failing[0].pk).update(data={"order": "A-1", "route": "south"})
+    # and once the skip has passed, a failing one whose hand-off works again is handed on
+    broken.discard(failing[0].pk)
     later = engine.sweep(now=timezone.now() + signals.NO_PROGRESS_SKIP + timedelta(seconds=1))
     assert later.signals["signals_consumed"] == 1
-    assert WorkflowInstance.objects.get(pk=failing[0].pk).state == InstanceState.COMPLETED
+    assert failing[0].steps.get(name="wait_payment").state == StepState.SUCCEEDED
 
 
 # --- a kept signal is checked by the node that consumes it ---------------------------------------------------
@@ -980,15 +992,47 @@ def test_a_kept_signal_no_node_of_its_event_accepts_is_refused_at_delivery(betwe
     assert not ReceivedSignal.objects.filter(instance=instance, signal_id="junk").exists()
 
 
-# --- a kept or delivered signal whose consumption cannot go on (breaker lane) ----------------------------------
+# --- a kept or delivered signal whose consumption cannot go on ------------------------------------------------
+# The engine's rule when the workflow's own code raises as the flow moves on (docs/architecture.md, "A step whose
+# outcome cannot be recorded"): the input is kept, the step it reached dies naming the error, the instance fails
+# for an operator to retry; the operation that handed the signal on is not blamed.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="open defect (breaker lane): consuming a signal runs the flow on in the caller's transaction, and what "
-    "follows the wait raising takes the delivery or resume down with it",
-)
+def assert_stopped_after_the_wait(instance: WorkflowInstance, signal_id: str) -> StepRun:
+    """The instance failed at its wait, which consumed ``signal_id`` and died naming the decision's KeyError."""
+    instance.refresh_from_db()
+    wait = instance.steps.get(name="wait_payment")
+    signal = ReceivedSignal.objects.get(instance=instance, signal_id=signal_id)
+    assert instance.state == InstanceState.FAILED, describe_instance(instance)
+    assert instance.error.startswith("wait_payment failed: 'route'")
+    assert (wait.state, wait.error_type) == (StepState.DEAD, "KeyError")
+    assert (wait.result["signal_id"], wait.result[signals.SIGNAL_KEPT]) == (signal_id, True)
+    assert (signal.step_id, signal.consumed_at is not None, signal.rejected_at) == (wait.pk, True, None)
+    assert instance.data["reference"] == "PAY-9"  # the payload joined the data, as a consumption's does
+    assert not instance.steps.filter(name="route").exists()  # nothing the savepoint rolled back is left
+    assert AuditEvent.objects.filter(instance=instance, action="step.dead", subject_id=wait.pk).exists()
+    assert AuditEvent.objects.filter(instance=instance, action="instance.failed").exists()
+    # the events the savepoint's work had collected went back with it: no success of the wait, and the chain has
+    # no gap and no fork
+    assert not AuditEvent.objects.filter(instance=instance, action="step.succeeded", subject_id=wait.pk).exists()
+    assert verify_chain(list(AuditEvent.objects.filter(instance=instance).order_by("seq"))) is None
+    return wait
+
+
+def fix_route_and_retry(instance: WorkflowInstance, run_steps) -> None:
+    """An operator's retry is refused while the decision still raises (nothing changes); once the data the
+    decision reads is fixed, it enters what follows the wait without waiting again and the instance completes."""
+    with pytest.raises(instances.NotAllowed, match="still raises KeyError"):
+        instance_retry(instance.pk, actor=OPERATOR, reason="try again")
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.FAILED
+    WorkflowInstance.objects.filter(pk=instance.pk).update(data={**instance.data, "route": "north"})
+    instance_retry(instance.pk, actor=OPERATOR, reason="route fixed")
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert instance.steps.get(name="wait_payment").state == StepState.SUCCEEDED
+
+
 def test_a_resume_is_not_blocked_by_a_kept_signal_whose_flow_cannot_go_on(register_workflow, run_steps):
     # given a waiting instance of a flow whose decision after the wait needs data["route"] (it has none), paused,
     # and a signal its node accepts kept during the pause
@@ -1001,29 +1045,95 @@ def test_a_resume_is_not_blocked_by_a_kept_signal_whose_flow_cannot_go_on(regist
     resumed = instance_resume(instance.pk, actor=OPERATOR, reason="go on")
 
     # then the resume happens (it used to raise the decision's KeyError: a 500, the instance paused for good, as
-    # long as the signal was kept); the signal is not lost: consumed, kept for the sweep, or recorded rejected
-    instance.refresh_from_db()
+    # long as the signal was kept); the signal is consumed by the wait, which died, and the instance failed
     assert resumed is True
-    assert instance.state != InstanceState.PAUSED, describe_instance(instance)
-    assert ReceivedSignal.objects.filter(instance=instance, signal_id="kept").exists()
+    assert_stopped_after_the_wait(instance, "kept")
+    assert AuditEvent.objects.filter(instance=instance, action="instance.resumed").exists()
+    # and an operator can retry it once the data is fixed
+    fix_route_and_retry(instance, run_steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="open defect (breaker lane): consuming a signal runs the flow on in the caller's transaction, and what "
-    "follows the wait raising takes the delivery or resume down with it",
-)
-def test_a_delivery_whose_flow_cannot_go_on_is_refused_and_changes_nothing(register_workflow, run_steps):
+def test_a_delivery_whose_flow_cannot_go_on_is_accepted_and_fails_the_instance(register_workflow, run_steps):
     # given a waiting instance of a flow whose decision after the wait needs data["route"] (it has none)
     register_workflow(routed_flow("signal_routed"))
     instance = waiting_instance(run_steps, "signal_routed")
 
     # when a signal the node accepts is delivered: consuming it enters the decision, which raises
-    with pytest.raises(signals.SignalError) as refused:
-        deliver(instance.pk, signal_id="late")
+    delivery = deliver(instance.pk, signal_id="late")
 
-    # then the sender gets a refusal it can act on (the API's 4xx problem, not a 500), and nothing changed
-    assert "route" in str(refused.value)
-    assert not ReceivedSignal.objects.filter(instance=instance).exists()
-    assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
+    # then the delivery is accepted (the sender's event happened; the fault is the workflow's, not the sender's, so
+    # a refusal would only make it send again), the wait consumed it and died, and the instance failed with the
+    # error for an operator
+    assert delivery.outcome == "consumed"
+    assert_stopped_after_the_wait(instance, "late")
+    # and a repeat of the delivery is a harmless repeat
+    assert deliver(instance.pk, signal_id="late").outcome == "repeat"
+    fix_route_and_retry(instance, run_steps)
+
+
+def test_a_signal_kept_before_the_wait_does_not_fail_the_preceding_step(register_workflow, run_steps):
+    # given an instance whose first task has not run yet, and a signal for its wait delivered early (kept)
+    register_workflow(routed_flow("signal_routed"))
+    instance = instance_start("signal_routed", {"order": "A-1"})
+    assert deliver(instance.pk, signal_id="early").outcome == "kept"
+
+    # when the worker runs the first task: recording it enters the wait, which takes the kept signal, and what
+    # follows the wait raises
+    run_steps(instance)
+
+    # then the task succeeded (it used to be recorded as failed with the decision's KeyError, and its retry failed
+    # the same way): the wait is the step that died, and the instance failed there
+    reserve_step = instance.steps.get(name="reserve")
+    assert (reserve_step.state, reserve_step.attempt) == (StepState.SUCCEEDED, 1), describe_instance(instance)
+    assert_stopped_after_the_wait(instance, "early")
+    fix_route_and_retry(instance, run_steps)
+
+
+def test_the_sweep_hands_on_a_kept_signal_whose_flow_cannot_go_on_and_fails_only_that_instance(
+    register_workflow, run_steps, monkeypatch
+):
+    # given two instances waiting with a signal kept during a pause, resumed without handing it on: one whose
+    # decision after the wait lacks its data, one whose data has it
+    register_workflow(routed_flow("signal_routed"))
+    broken = kept_at_a_wait(run_steps, monkeypatch, "signal_routed")
+    good = kept_at_a_wait(run_steps, monkeypatch, "signal_routed", route="north")
+
+    # when the sweep runs
+    report = engine.sweep()
+
+    # then both signals were handed on, no sweep error was counted: the broken one failed at its wait with the
+    # error recorded, the good one went on and completed
+    assert (report.signals["signals_consumed"], report.errors) == (2, 0)
+    assert_stopped_after_the_wait(broken, "kept")
+    good.refresh_from_db()
+    assert good.state == InstanceState.COMPLETED, describe_instance(good)
+    fix_route_and_retry(broken, run_steps)
+
+
+def test_what_the_flow_wrote_before_it_raised_goes_back_with_the_savepoint(
+    register_workflow, run_steps, django_capture_on_commit_callbacks
+):
+    # given an instance waiting before a parallel whose first branch schedules a task and whose second branch's
+    # timer computes its time from data["route"] (a KeyError: it has none)
+    register_workflow(
+        Workflow(
+            name="signal_fan_out",
+            version=1,
+            steps=[
+                Task("reserve", reserve),
+                Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+                Parallel("fan", branches=[[Task("ship", ship)], [Timer("later", until=lambda data: data["route"])]]),
+            ],
+        )
+    )
+    instance = waiting_instance(run_steps, "signal_fan_out")
+
+    # when a signal is delivered: the parallel step and "ship" are written and "ship" queued for dispatch before
+    # the timer raises
+    with django_capture_on_commit_callbacks(execute=False) as after_commit:
+        assert deliver(instance.pk, signal_id="late").outcome == "consumed"
+
+    # then none of it is left: no parallel or "ship" step, no dispatch sent after commit; the wait died instead
+    assert_stopped_after_the_wait(instance, "late")
+    assert not instance.steps.filter(name__in=["fan", "ship"]).exists()
+    assert not [c for c in after_commit if getattr(c, "func", None) is send_step]
