@@ -395,10 +395,15 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSi
         _consume_stopped(unit, step, received, exc)
 
 
-def _take(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal) -> None:
+def _mark_consumed(unit: Unit, step: StepRun, received: ReceivedSignal) -> None:
+    """Record ``received`` as consumed by ``step`` now (its row; the caller records the step)."""
     received.step = step
     received.consumed_at = unit.now
     rows.update(received, ["step", "consumed_at", "payload"])
+
+
+def _take(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal) -> None:
+    _mark_consumed(unit, step, received)
     step.succeed({"event": received.event, "signal_id": received.signal_id, "payload": received.payload}, unit.now)
     rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit(
@@ -435,9 +440,7 @@ def _consume_stopped(unit: Unit, step: StepRun, received: ReceivedSignal, exc: E
         f"{detail}\n\n(raised while entering what follows the wait: the signal {received.signal_id!r} is kept "
         f"as consumed)\n\n{tb}"
     )
-    received.step = step
-    received.consumed_at = unit.now
-    rows.update(received, ["step", "consumed_at", "payload"])
+    _mark_consumed(unit, step, received)
     step.result = {
         "event": received.event,
         "signal_id": received.signal_id,
