@@ -131,11 +131,12 @@ def copied_fields(fields: dict[str, serializers.Field]) -> dict[str, serializers
     deep copies of its arguments: for a start's request and answer, about a twelfth of the web process's CPU. A
     simple field only needs its own object (``bind`` sets its name, parent and source on it; its arguments,
     choices and validators are only read), so it is copied shallowly; a field holding other fields (a nested
-    serializer, a list or dict field's ``child``) binds those to itself, so it is deep-copied as DRF does.
+    serializer, a list or dict field's ``child``, a many-relation's ``child_relation``) binds those to itself, so
+    it is deep-copied as DRF does.
     """
     copies = {}
     for name, field in fields.items():
-        if isinstance(field, serializers.BaseSerializer) or hasattr(field, "child"):
+        if isinstance(field, serializers.BaseSerializer) or hasattr(field, "child") or hasattr(field, "child_relation"):
             copies[name] = copy.deepcopy(field)
         else:
             # copy.copy's own way (an empty object of the class, the attributes copied), minus its dispatch.
