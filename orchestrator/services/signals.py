@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -372,6 +373,14 @@ def _hand_on(unit: Unit, workflow: Workflow, names: list[str]) -> int:
     return handed
 
 
+# Waits entered while a consumption runs the flow on (a wait right after a wait, a decision looping back to the
+# wait), per unit of work: each takes its kept signal after the consumption that entered it, one after another, in
+# the order they were entered. Taken inside that consumption, each kept signal cost one more level of Python calls
+# and one more nested PostgreSQL savepoint than the one before: a loop holding about a hundred kept signals ran out
+# of stack, and the RecursionError failed the instance as if the workflow had raised.
+_entered_meanwhile: weakref.WeakKeyDictionary[Unit, list[tuple[StepRun, Signal]]] = weakref.WeakKeyDictionary()
+
+
 def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal) -> None:
     """The waiting ``step`` takes ``received`` (its payload already cleaned by the step's node): it succeeds, the
     payload joins the data, the flow goes on.
@@ -382,9 +391,30 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSi
     (:func:`_consume_stopped`: the signal is kept as consumed, the wait dies naming the error, the instance fails),
     as when what follows a step or a human decision raises (docs/architecture.md, "A step whose outcome cannot be
     recorded"). So the operation that handed the signal on (a delivery, the entry into the wait after the
-    preceding step, a resume or retry, the sweep) is not blamed and carries on. Raises ``OperationalError`` and
-    ``InterfaceError`` (the database, not the definition: the caller's transaction is what failed)."""
-    mark = unit.mark()
+    preceding step, a resume or retry, the sweep) is not blamed and carries on.
+
+    Waits the flow enters meanwhile take their kept signals after this consumption, each in a savepoint of its
+    own, while the instance runs (:data:`_entered_meanwhile`): the stack and the savepoints stay one level deep
+    however many kept signals a loop of waits holds. Raises ``OperationalError`` and ``InterfaceError`` (the
+    database, not the definition: the caller's transaction is what failed)."""
+    entered = _entered_meanwhile.get(unit)
+    if entered is not None:  # inside another consumption's flow: that one's caller takes the waits in turn
+        _consume_one(unit, workflow, step, received, entered)
+        return
+    entered = _entered_meanwhile[unit] = []
+    try:
+        _consume_one(unit, workflow, step, received, entered)
+        while entered and unit.instance.state in ACTIVE_INSTANCE_STATES:
+            wait, node = entered.pop(0)
+            _consume_kept(unit, workflow, wait, node)
+    finally:
+        del _entered_meanwhile[unit]
+
+
+def _consume_one(
+    unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal, entered: list[tuple[StepRun, Signal]]
+) -> None:
+    mark, waits_before = unit.mark(), len(entered)
     try:
         with transaction.atomic():
             _take(unit, workflow, step, received)
@@ -392,6 +422,7 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSi
         raise
     except Exception as exc:
         unit.rewind(mark)
+        del entered[waits_before:]  # their wait steps went back with the savepoint
         _consume_stopped(unit, step, received, exc)
 
 
@@ -489,8 +520,9 @@ def _enter_signal(unit: Unit, at: Place, node: Signal) -> None:
 
 def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, Any]) -> StepRun:
     """Enter ``node``: a running signal step waits (until its timeout, if any); a kept signal for its event is
-    consumed at once while the instance runs. ``common`` holds the step's instance, name, parent and branch.
-    Returns the step.
+    consumed at once while the instance runs, or, when a consumption's flow entered ``node``, right after that
+    consumption (:func:`_consume`). ``common`` holds the step's instance, name, parent and branch. Returns the
+    step.
 
     On a paused (or failed) instance (a worker's step that was running when the pause came finishes, and the flow
     enters this node) the wait is written but takes nothing: a delivery to a paused instance is kept, so a kept
@@ -516,7 +548,11 @@ def signal_wait(unit: Unit, workflow: Workflow, node: Signal, common: dict[str, 
         payload={"node": node.name, "event": node.event, "timeout_at": due.isoformat() if due else None},
     )
     if unit.instance.state in ACTIVE_INSTANCE_STATES:
-        _consume_kept(unit, workflow, step, node)
+        entered = _entered_meanwhile.get(unit)
+        if entered is not None:
+            entered.append((step, node))  # a consumption's flow entered it: it takes its signal after that one
+        else:
+            _consume_kept(unit, workflow, step, node)
     return step
 
 
