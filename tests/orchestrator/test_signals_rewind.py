@@ -10,11 +10,14 @@ import pytest
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
+from approvals.models import HumanTask, Notification, TaskKind
+from approvals.services.tasks import task_decide
 from orchestrator import audit
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Decision, Parallel, Signal, Task, Timer, Workflow
+from orchestrator.dsl import ESCALATE, Decision, Human, Parallel, Signal, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepState, WorkflowInstance
-from orchestrator.services import instances, signals
+from orchestrator.realtime import send_all_now
+from orchestrator.services import instances, signals, sweep
 from orchestrator.services.instances import instance_pause, instance_resume, instance_retry
 from orchestrator.services.locks import lock_instance, lock_step
 from orchestrator.services.unit import Unit
@@ -352,4 +355,83 @@ def test_waits_a_consumption_enters_in_parallel_take_kept_signals_oldest_first_i
     assert instance.steps.get(name="first").result["signal_id"] == "e1"
     assert instance.steps.get(name="second").result["signal_id"] == "e2"
     assert (instance.data["one"], instance.data["two"]) == (1, 2)
+    assert_trail_verifies(instance)
+
+
+def test_a_task_opened_before_the_flow_raised_leaves_no_task_inbox_note_or_notification(
+    register_workflow, run_steps, users, django_capture_on_commit_callbacks
+):
+    # given an instance waiting before a parallel whose first branch opens a task for the approvers and whose
+    # second branch's timer raises without data["route"]
+    register_workflow(
+        Workflow(
+            name="rewind_task_opened",
+            version=1,
+            steps=[
+                Task("reserve", reserve),
+                Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+                Parallel(
+                    "fan",
+                    branches=[
+                        [Human("approve", candidate_groups=["approvers"])],
+                        [Timer("later", until=lambda data: timezone.now() - timedelta(seconds=data["route"]))],
+                    ],
+                ),
+            ],
+        )
+    )
+    instance = waiting_instance(run_steps, "rewind_task_opened")
+    notifications_before = Notification.objects.count()
+
+    # when the signal is delivered
+    with django_capture_on_commit_callbacks(execute=False) as after_commit:
+        assert deliver(instance.pk, signal_id="late").outcome == "consumed"
+
+    # then the instance failed at the wait and the task, its notification and its inbox news all went back
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    assert not HumanTask.objects.filter(instance=instance).exists()
+    assert Notification.objects.count() == notifications_before
+    sent = [event for c in after_commit if getattr(c, "func", None) is send_all_now for _, event in c.args[0]]
+    assert sent, "the instance's own news is still sent"
+    assert not [e for e in sent if e.get("type") == "task.opened"], sent
+    assert_trail_verifies(instance)
+
+
+def test_an_escalation_retry_taking_a_kept_signal_whose_flow_raises_fails_the_instance_cleanly(
+    register_workflow, run_steps, users
+):
+    # given a wait that timed out and escalated, whose decision afterwards raises, and a signal kept meanwhile
+    register_workflow(
+        Workflow(
+            name="rewind_escalated",
+            version=1,
+            steps=[
+                Task("reserve", reserve),
+                Signal(
+                    "wait_payment",
+                    event="payment.confirmed",
+                    form=PaymentForm,
+                    timeout=timedelta(minutes=5),
+                    on_timeout=ESCALATE,
+                ),
+                Decision("route", lambda data: data["route"] and None),
+            ],
+        )
+    )
+    instance = waiting_instance(run_steps, "rewind_escalated")
+    wait = instance.steps.get(name="wait_payment")
+    sweep.sweep(now=wait.due_at + timedelta(seconds=1))
+    assert deliver(instance.pk, signal_id="meanwhile").outcome == "kept"
+
+    # when an operator answers Retry: the wait waits again and takes the kept signal, and the decision raises
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    task_decide(escalation.pk, users.operator, "retry", comment="asked the bank")
+
+    # then the answer is recorded, the wait died keeping the signal, the instance failed, the trail verifies
+    instance.refresh_from_db()
+    wait.refresh_from_db()
+    assert instance.state == InstanceState.FAILED, describe_instance(instance)
+    assert (wait.state, wait.result.get(signals.SIGNAL_KEPT)) == (StepState.DEAD, True)
+    assert HumanTask.objects.get(pk=escalation.pk).state != "open"
     assert_trail_verifies(instance)
