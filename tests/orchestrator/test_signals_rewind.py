@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from approvals.models import HumanTask, Notification, TaskKind
 from approvals.services.tasks import task_decide
-from orchestrator import audit
+from orchestrator import audit, registry
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import ESCALATE, Decision, Human, Parallel, Signal, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepState, WorkflowInstance
@@ -434,4 +434,35 @@ def test_an_escalation_retry_taking_a_kept_signal_whose_flow_raises_fails_the_in
     assert instance.state == InstanceState.FAILED, describe_instance(instance)
     assert (wait.state, wait.result.get(signals.SIGNAL_KEPT)) == (StepState.DEAD, True)
     assert HumanTask.objects.get(pk=escalation.pk).state != "open"
+    assert_trail_verifies(instance)
+
+
+def test_a_retry_after_the_definition_is_fixed_and_deployed_again_goes_on(register_workflow, run_steps):
+    # given an instance that failed at its wait because the decision after it raised
+    register_workflow(routed_flow("rewind_redeployed"))
+    instance = waiting_instance(run_steps, "rewind_redeployed")
+    assert deliver(instance.pk, signal_id="late").outcome == "consumed"
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.FAILED
+
+    # when the definition is fixed (the decision no longer reads data["route"]) and deployed under its version
+    registry.unregister("rewind_redeployed", 1)
+    register_workflow(
+        Workflow(
+            name="rewind_redeployed",
+            version=1,
+            title_template="Order {order}",
+            steps=[
+                Task("reserve", reserve),
+                Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+                Decision("route", lambda data: data.get("route") and None),
+            ],
+        )
+    )
+    instance_retry(instance.pk, actor=OPERATOR, reason="decision fixed")
+
+    # then the retry enters what follows the wait without waiting again and the instance completes
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED, describe_instance(instance)
+    assert instance.steps.filter(name="wait_payment").count() == 1
+    assert instance.steps.get(name="wait_payment").state == StepState.SUCCEEDED
     assert_trail_verifies(instance)
