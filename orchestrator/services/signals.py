@@ -41,6 +41,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
@@ -411,6 +412,12 @@ def _consume(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSi
         del _entered_meanwhile[unit]
 
 
+# Errors that are not the workflow's code failing: the database (unreachable, restarting) and a worker step's soft
+# time limit landing while it consumes (steps.py counts that as an interruption and tries again). They reach the
+# caller, never fail the instance at the wait.
+NOT_THE_WORKFLOWS = (OperationalError, InterfaceError, SoftTimeLimitExceeded)
+
+
 def _consume_one(
     unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal, entered: list[tuple[StepRun, Signal]]
 ) -> None:
@@ -418,7 +425,7 @@ def _consume_one(
     try:
         with transaction.atomic():
             _take(unit, workflow, step, received)
-    except (OperationalError, InterfaceError):
+    except NOT_THE_WORKFLOWS:
         raise
     except Exception as exc:
         unit.rewind(mark)
@@ -651,8 +658,8 @@ def _retry_after_signal(unit: Unit, workflow: Workflow, step: StepRun, reason: s
     )
     try:
         advance(unit, workflow, step)
-    except (OperationalError, InterfaceError):
-        raise  # the database, not the definition
+    except NOT_THE_WORKFLOWS:
+        raise  # the database or the worker's time limit, not the definition
     except Exception as exc:
         raise instances.NotAllowed(
             f"Cannot retry: entering what follows {step.name} still raises {type(exc).__name__}: "
