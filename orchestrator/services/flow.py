@@ -269,12 +269,38 @@ def human_step_stopped(
     definition is fixed, enters what follows the decision without asking the person again
     (:func:`human_step_retry`). Returns nothing; raises only what the database raises.
     """
-    instance = unit.instance
+    step_stopped(
+        unit,
+        step,
+        exc,
+        result={**result, DECISION_KEPT: True},
+        cause="raised while entering what follows the decision: the decision is kept",
+        audit_payload={"decision": result.get("decision", "")},
+        data={step.name: result, **(merge or {})},
+    )
+
+
+def step_stopped(
+    unit: Unit,
+    step: StepRun,
+    exc: Exception,
+    *,
+    result: dict[str, Any],
+    cause: str,
+    audit_payload: dict[str, Any],
+    data: dict[str, Any],
+) -> None:
+    """The one rule for a step whose outcome is kept but whose next node could not be entered (``exc`` raised
+    there, its transaction or savepoint already rolled back): the step ends ``dead`` with ``result``, its error
+    naming the real type, message, ``cause`` (one line saying what is kept) and the traceback's end; the audit
+    event carries ``audit_payload`` besides the error type; ``data`` joins the instance data; the instance fails
+    (docs/architecture.md, "A step whose outcome cannot be recorded"). Used by human steps
+    (:func:`human_step_stopped`) and signal waits (signals.py). Raises only what the database raises."""
     detail = str(exc).strip() or repr(exc)
     tb = "".join(traceback.format_exception(exc, limit=-6))
     error_type = clean_text(type(exc).__name__, 200)
-    error = clean_text(f"{detail}\n\n(raised while entering what follows the decision: the decision is kept)\n\n{tb}")
-    step.result = {**result, DECISION_KEPT: True}
+    error = clean_text(f"{detail}\n\n({cause})\n\n{tb}")
+    step.result = result
     step.die(error_type, error, unit.now)
     rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at"])
     unit.audit(
@@ -283,12 +309,10 @@ def human_step_stopped(
         StepState.RUNNING,
         step.state,
         reason=first_line(error),
-        payload={"error_type": error_type, "permanent": True, "decision": result.get("decision", "")},
+        payload={"error_type": error_type, "permanent": True, **audit_payload},
         action=AuditAction.STEP_DEAD,
     )
-    instance.data[step.name] = result
-    if merge:
-        instance.data.update(merge)
+    unit.instance.data.update(data)
     instance_fail(unit, f"{step.name} failed: {first_line(error)}")
 
 

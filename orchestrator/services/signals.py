@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ from orchestrator.models import (
 from orchestrator.ports import human_tasks
 from orchestrator.services import instances, steps, sweep
 from orchestrator.services.compensation import compensation_start
-from orchestrator.services.flow import ENTER, Place, advance
+from orchestrator.services.flow import ENTER, Place, advance, step_stopped
 from orchestrator.services.lifecycle import fail_for_missing_definition, first_line, instance_fail, settle
 from orchestrator.services.locks import (
     SWEEPER,
@@ -440,9 +439,14 @@ def _mark_consumed(unit: Unit, step: StepRun, received: ReceivedSignal) -> None:
     rows.update(received, ["step", "consumed_at", "payload"])
 
 
+def _signal_result(received: ReceivedSignal) -> dict[str, Any]:
+    """What a wait's step records as its result when it consumes ``received``."""
+    return {"event": received.event, "signal_id": received.signal_id, "payload": received.payload}
+
+
 def _take(unit: Unit, workflow: Workflow, step: StepRun, received: ReceivedSignal) -> None:
     _mark_consumed(unit, step, received)
-    step.succeed({"event": received.event, "signal_id": received.signal_id, "payload": received.payload}, unit.now)
+    step.succeed(_signal_result(received), unit.now)
     rows.update(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
     unit.audit(
         action=AuditAction.STEP_SUCCEEDED,
@@ -471,38 +475,16 @@ def _consume_stopped(unit: Unit, step: StepRun, received: ReceivedSignal, exc: E
     database raises."""
     fresh = StepRun.objects.get(pk=step.pk)  # as the savepoint left it: running, waiting
     step.__dict__.update({f.attname: getattr(fresh, f.attname) for f in StepRun._meta.concrete_fields})
-    detail = str(exc).strip() or repr(exc)
-    tb = "".join(traceback.format_exception(exc, limit=-6))
-    error_type = clean_text(type(exc).__name__, 200)
-    error = clean_text(
-        f"{detail}\n\n(raised while entering what follows the wait: the signal {received.signal_id!r} is kept "
-        f"as consumed)\n\n{tb}"
-    )
     _mark_consumed(unit, step, received)
-    step.result = {
-        "event": received.event,
-        "signal_id": received.signal_id,
-        "payload": received.payload,
-        SIGNAL_KEPT: True,
-    }
-    step.die(error_type, error, unit.now)
-    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at"])
-    unit.audit(
-        action=AuditAction.STEP_DEAD,
-        subject_type="step",
-        subject_id=step.pk,
-        from_state=StepState.RUNNING,
-        to_state=step.state,
-        reason=first_line(error),
-        payload={
-            "error_type": error_type,
-            "permanent": True,
-            "signal": received.pk,
-            "signal_id": received.signal_id,
-        },
+    step_stopped(
+        unit,
+        step,
+        exc,
+        result={**_signal_result(received), SIGNAL_KEPT: True},
+        cause=f"raised while entering what follows the wait: the signal {received.signal_id!r} is kept as consumed",
+        audit_payload={"signal": received.pk, "signal_id": received.signal_id},
+        data=received.payload,
     )
-    unit.instance.data.update(received.payload)
-    instance_fail(unit, f"{step.name} failed: {first_line(error)}")
 
 
 # --- waiting (the engine enters a Signal node) -----------------------------------------------------------
