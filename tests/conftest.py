@@ -61,6 +61,51 @@ WORKER_ENV = {
 }
 
 
+# --- flushing between transactional tests ----------------------------------------------------------------
+
+FLUSH_ATTEMPTS = 5
+
+
+def _is_lock_conflict(error: BaseException | None) -> bool:
+    """True for PostgreSQL's deadlock (40P01) or lock-not-available (55P03), however deeply it is chained."""
+    while error is not None:
+        if getattr(error, "sqlstate", None) in {"40P01", "55P03"}:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def flush_retrying(flush: Callable[[], None], attempts: int = FLUSH_ATTEMPTS, pause: float = 0.2) -> None:
+    """Run ``flush`` (one teardown's TRUNCATE of every table), again after a lock conflict, up to ``attempts`` times.
+
+    A worker test leaves the real worker (and its 0.5 s beat sweep) running while the tables are flushed: TRUNCATE
+    takes each table's exclusive lock in turn, and a sweep holding a row lock on one table while it waits for
+    another can deadlock with it. PostgreSQL then cancels one of the two, and when that is the flush the next test
+    would start on the last one's rows. Any other error is raised at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            flush()
+            return
+        except Exception as error:
+            if attempt == attempts or not _is_lock_conflict(error):
+                raise
+            time.sleep(pause * attempt)
+
+
+def _install_flush_retry() -> None:
+    from django.test import TransactionTestCase
+
+    teardown = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]  # private in the stubs
+
+    def _fixture_teardown(self: TransactionTestCase) -> None:
+        flush_retrying(lambda: teardown(self))
+
+    setattr(TransactionTestCase, "_fixture_teardown", _fixture_teardown)  # noqa: B010
+
+
+_install_flush_retry()
+
+
 # --- broker ---------------------------------------------------------------------------------------------
 
 
