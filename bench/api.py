@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     secret = setup(args)
     worker = harness.Worker(concurrency=2)
     web = None
+    speed_before = sysinfo.speed_probe()
     try:
         worker.start()
         web = start_web(args.port, args.workers, args.command)
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(web)
         worker.stop()
+    speed_after = sysinfo.speed_probe()
     rate = args.n / wall
     result = {
         "starts": args.n,
@@ -317,13 +319,16 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ms_per_start": {part: round(seconds * 1000 / args.n, 2) for part, seconds in cpu.items()},
         "waiting": f"{waiting}/{total}",
         "machine_busy_before": f"{busy_before:.0%}",
+        # The same fixed work timed before and after the run (sysinfo.speed_probe): the machine's speed then.
+        "speed_probe_ms": [speed_before, speed_after],
         "machine": sysinfo.machine_info(2),
     }
     print(json.dumps(result, indent=2))
     offered = f" ({args.rate:g}/s offered)" if args.rate else ""
     print(
         f"\nstarts/s {rate:.1f}{offered} (target >= {TARGET_RATE:.0f}), p95 {result['p95_ms']} ms "
-        f"(target <= {TARGET_P95_MS:.0f} ms); worker done {drained:.1f} s after the last start"
+        f"(target <= {TARGET_P95_MS:.0f} ms); worker done {drained:.1f} s after the last start; "
+        f"speed probe {speed_before} / {speed_after} ms"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

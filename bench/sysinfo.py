@@ -64,6 +64,36 @@ def machine_info(concurrency: int, pool: str = "prefork", worker_args: str = "")
     }
 
 
+# The machine's speed drifts by up to 70 % within an hour (bench/README.md, "API starts"): each run reports how long
+# this fixed piece of pure-Python work took (CPU time of this process, median of five), so runs are read against the
+# speed they ran at, not only against the clock. Its mix (dicts, attributes, str formatting, json) is the kind of
+# work a request does (25.5 ms at 2026-11-30 08:50 UTC).
+PROBE_ROUNDS = 5
+
+
+def speed_probe() -> float:
+    """Milliseconds of CPU one fixed round of pure-Python work took now (median of ``PROBE_ROUNDS``); lower is
+    faster. Comparable between runs on the same Python, not between machines."""
+    import json
+    import statistics
+    import time
+
+    class Row:
+        def __init__(self, i: int) -> None:
+            self.id, self.state, self.data = i, "queued", {"n": i, "name": f"step-{i}"}
+
+    timings = []
+    for _ in range(PROBE_ROUNDS):
+        began = time.process_time()
+        out = []
+        for i in range(6000):
+            row = Row(i)
+            row.data["label"] = f"{row.state}/{row.id}"
+            out.append(json.dumps(row.data, sort_keys=True))
+        timings.append((time.process_time() - began) * 1000)
+    return round(statistics.median(timings), 1)
+
+
 @dataclass
 class CpuSnapshot:
     """CPU seconds used so far by each group of processes, and the machine's busy/total ticks."""
