@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import croniter  # type: ignore[import-untyped]  # ships no type information
+from croniter import CroniterError, croniter  # type: ignore[import-untyped]  # ships no type information
 
 MIN_INTERVAL = timedelta(minutes=1)
 MAX_INTERVAL = timedelta(days=366)
@@ -55,6 +55,12 @@ def check_recurrence(cron: str, every: timedelta | None, timezone: str) -> str:
             )
         if not croniter.is_valid(cron):
             return f"{cron!r} is not a valid cron expression"
+        # croniter parses expressions no date matches (30 February, 31 April) and fails only when asked for a
+        # time: saved, such a schedule failed its page and, declared in code, the sync before every sweep's fires.
+        try:
+            croniter(cron, datetime.now(UTC)).get_next(datetime)
+        except CroniterError:
+            return f"{cron!r} never fires: no date matches it"
         return ""
     assert every is not None
     if not MIN_INTERVAL <= every <= MAX_INTERVAL:

@@ -254,5 +254,7 @@ def test_a_declared_schedule_is_checked_when_built():
         Declared("both", cron="0 * * * *", every=timedelta(hours=1))
     with pytest.raises(DefinitionError, match="time zone"):
         Declared("zone", cron="0 * * * *", timezone="Nowhere/Land")
+    with pytest.raises(DefinitionError, match="never fires"):
+        Declared("leap", cron="0 0 30 2 *")  # no 30 February: the first sweep's sync failed, and every schedule with it
     with pytest.raises(DefinitionError, match="missed"):
         Declared("policy", cron="0 * * * *", missed="always")  # type: ignore[arg-type]

@@ -72,6 +72,9 @@ def test_an_admin_creates_a_schedule_and_sees_its_next_runs(admin_client):
         ({"name": "bad\x00name"}, "Null characters are not allowed"),
         ({"input": '{"employee": "S\\u0000m"}'}, "NUL"),
         ({"workflow_name": "no_such_flow"}, "Select a valid choice"),
+        # a cron expression croniter parses but that no date matches (30 February, 31 April): it never fires
+        ({"cron": "0 0 30 2 *"}, "never fires"),
+        ({"cron": "0 0 31 4 *"}, "never fires"),
     ],
 )
 def test_a_bad_schedule_is_answered_400_with_the_reason_and_what_was_typed(admin_client, fields, says):
