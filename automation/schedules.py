@@ -22,7 +22,7 @@ from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire,
 from orchestrator import audit, recurrence, registry
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.services.results import clean_text
+from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.sweep import isolated
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,24 @@ def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str
         errors[field] = [problem[0].upper() + problem[1:] + "."]
     if not isinstance(data, dict):
         errors["input"] = ["The input is a JSON object."]
+    elif problem := input_problem(data):
+        errors["input"] = [problem]
     elif workflow is not None and workflow.start_form is not None:
         form = workflow.start_form(data=data)
         if not form.is_valid():
             errors["input"] = [f"{field}: {' '.join(str(e) for e in msgs)}" for field, msgs in form.errors.items()]
     return errors
+
+
+def input_problem(data: dict[str, Any]) -> str:
+    """What keeps ``data`` (a schedule's input) from being stored and started as it is, or "": the engine's rule
+    for stored JSON (no NaN or Infinity, no NUL or lone surrogate, nesting within ``MAX_DEPTH``). PostgreSQL
+    refused such an input as the schedule was saved: a 500 instead of the reason."""
+    try:
+        check_result(data)
+    except (TypeError, ValueError) as exc:
+        return "The input cannot be stored: " + str(exc).replace("result", "input", 1) + "."
+    return ""
 
 
 def schedule_save(

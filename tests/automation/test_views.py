@@ -75,6 +75,12 @@ def test_an_admin_creates_a_schedule_and_sees_its_next_runs(admin_client):
         # a cron expression croniter parses but that no date matches (30 February, 31 April): it never fires
         ({"cron": "0 0 30 2 *"}, "never fires"),
         ({"cron": "0 0 31 4 *"}, "never fires"),
+        # JSON that parses but that PostgreSQL or the encoder cannot hold, and nesting the parser cannot follow
+        ({"input": EXPENSE[:-1] + ', "note": "S\\ud800m"}'}, "lone surrogate"),
+        ({"input": EXPENSE[:-1] + ', "rate": 1e400}'}, "Infinity"),
+        ({"input": EXPENSE[:-1] + ', "rate": NaN}'}, "NaN"),
+        ({"input": '{"a": ' + "[" * 5000 + "]" * 5000 + "}"}, "nested"),
+        ({"input": '{"a": ' + "[" * 300 + "]" * 300 + "}"}, "nested"),
     ],
 )
 def test_a_bad_schedule_is_answered_400_with_the_reason_and_what_was_typed(admin_client, fields, says):
