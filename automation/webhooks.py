@@ -104,10 +104,30 @@ def verify(secret: str, header: str, body: bytes, *, now: float | None = None, t
 # --- addresses ----------------------------------------------------------------------------------------------
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that a kernel or a gateway reaches: IPv4-compatible (::/96),
+# IPv4-translated (::ffff:0:0:0/96, SIIT) and NAT64's well-known prefix (64:ff9b::/96, RFC 6052). A NAT64 gateway
+# forwards 64:ff9b::a00:1 to 10.0.0.1 on its own network, so the IPv4 address is what must be public.
+_IPV4_CARRIERS = tuple(ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+# Never public whatever Python's tables say (they gained these in later patch releases): NAT64's local-use prefix
+# (RFC 8215, translated to any IPv4 address, private ones included) and the 6to4 relay anycast.
+_NEVER_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv4Network("192.88.99.0/24"))
+
+
 def _forbidden(address: str) -> bool:
+    """True when ``address`` is not a public unicast address, or is an IPv6 one carrying an IPv4 address that is
+    not (IPv4-mapped, -compatible, -translated, NAT64, 6to4, Teredo's client)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if any(ip in network for network in _NEVER_PUBLIC if network.version == ip.version):
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:
+            carried = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+            if carried is None and any(ip in network for network in _IPV4_CARRIERS):
+                carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            if carried is not None and _forbidden(str(carried)):
+                return True
     return not ip.is_global or ip.is_multicast
 
 

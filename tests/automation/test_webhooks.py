@@ -209,6 +209,17 @@ def test_a_subscription_that_keeps_failing_is_paused_and_its_owner_told(flows, a
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
+        # IPv6 forms that carry an IPv4 address some kernel or gateway reaches: IPv4-compatible, IPv4-translated,
+        # NAT64 (well-known and local-use prefixes: a NAT64 gateway forwards into its own private network), 6to4
+        "http://[::127.0.0.1]/hook",
+        "http://[::ffff:0:7f00:1]/hook",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "http://[64:ff9b::a00:1]/hook",
+        "http://[64:ff9b:1::808:808]/hook",
+        "http://[2002:a00:1::1]/hook",
+        # IPv4 spelled as one number or in octal: resolved, they are loopback
+        "http://2130706433/hook",
+        "http://0177.0.0.1/hook",
     ],
 )
 def test_private_addresses_are_refused(users, url):
