@@ -15,6 +15,7 @@ The signature header: ``Baton-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -24,6 +25,7 @@ import logging
 import secrets
 import socket
 import ssl
+import threading
 import time
 from datetime import datetime, timedelta
 from functools import partial
@@ -413,35 +415,75 @@ def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookSub
         return delivery, delivery.subscription
 
 
+class _Deadline:
+    """Ends an attempt that takes more than ``seconds`` in all. The socket timeout bounds each read only: a receiver
+    sending a byte now and then kept the worker for as long as it liked, past the delivery's lease, when the sweep
+    sent the event again beside it. At the deadline the socket is shut (a read blocked on it returns)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.passed = False
+        self._timer: threading.Timer | None = None
+
+    def left(self) -> float:
+        return max(0.001, self.ends - time.monotonic())
+
+    def watch(self, sock: socket.socket) -> None:
+        self._timer = threading.Timer(self.left(), self._cut, args=(sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.passed = True
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address checked, not to whatever the name resolves to a moment later (DNS rebinding)."""
+    """Connects to the address checked, not to whatever the name resolves to a moment later (DNS rebinding), within
+    the attempt's deadline."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+        super().__init__(host, port, timeout=deadline.seconds)
         self._address = address
+        self._deadline = deadline
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection((self._address, self.port), self._deadline.left())
+        self._deadline.watch(sock)
+        return sock
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._open()
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+        http.client.HTTPSConnection.__init__(
+            self, host, port, timeout=deadline.seconds, context=ssl.create_default_context()
+        )
         self._address = address
+        self._deadline = deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        self.sock = self._context.wrap_socket(self._open(), server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None, str]:
-    """POST the delivery; (status, "") for an answer, (None, why) when there was none. Never raises."""
+    """POST the delivery; (status, "") for an answer, (None, why) when there was none within
+    ``BATON_WEBHOOK_TIMEOUT`` seconds in all. Never raises."""
     body = delivery.body.encode()
+    deadline = _Deadline(settings.BATON_WEBHOOK_TIMEOUT)
     try:
         host, port, addresses = resolve(url)
         parts = urlsplit(url)
         connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        connection = connection_class(host, port, addresses[0], settings.BATON_WEBHOOK_TIMEOUT)
+        connection = connection_class(host, port, addresses[0], deadline)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {
             "Content-Type": "application/json",
@@ -453,13 +495,22 @@ def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None,
         try:
             connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
-            response.read(64 * 1024)  # the answer is not kept; read a little so the connection closes cleanly
+            if deadline.passed:
+                # Cut mid-headers, http.client takes the end of the stream for their end: not an answer.
+                raise TimeoutError()
+            # The answer is not kept; read a little so the connection closes cleanly. The status is the answer: a
+            # body cut short (or never ending, cut at the deadline) changes nothing.
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                response.read(64 * 1024)
             return response.status, ""
         finally:
+            deadline.stop()
             connection.close()
     except ValueError as exc:
         return None, f"refused: {exc}"
     except (OSError, http.client.HTTPException) as exc:
+        if deadline.passed:
+            return None, f"no complete answer within {deadline.seconds:g} s"
         return None, f"{type(exc).__name__}: {exc}"[:RESPONSE_KEPT]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -19,7 +20,7 @@ from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
-from tests.automation.receiver import receiver
+from tests.automation.receiver import receiver, trickler
 
 pytestmark = pytest.mark.django_db
 
@@ -196,6 +197,43 @@ def test_a_subscription_that_keeps_failing_is_paused_and_its_owner_told(flows, a
     notice = Notification.objects.get(user=users.admin, kind="webhook.paused")
     assert "Flaky" in notice.message
     assert AuditEvent.objects.filter(chain="automation", action="webhook.paused").exists()
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off_at_the_timeout(flows, allow_private, users, settings):
+    """The socket timeout bounds each read: a receiver sending a header byte every half second kept the worker
+    for as long as it liked, past the delivery's lease, when the sweep sent the event again alongside."""
+    settings.BATON_WEBHOOK_TIMEOUT = 1.0
+    with trickler(head=b"HTTP/1.1 200 OK\r\n", tail=b"X-Slow: " + b"z" * 60 + b"\r\n\r\n", every=0.5) as url:
+        webhook_subscribe(owner=users.admin, name="Slow", url=url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-9"})
+        engine.sweep()
+        delivery = WebhookDelivery.objects.get()
+
+        started = time.monotonic()
+        outcome = delivery_send(delivery.pk)
+        took = time.monotonic() - started
+
+    delivery.refresh_from_db()
+    assert outcome == "retrying"
+    assert took < 3, took
+    assert delivery.last_error == "no complete answer within 1 s"
+
+
+def test_an_answer_whose_body_never_ends_is_taken_at_its_status(flows, allow_private, users, settings):
+    settings.BATON_WEBHOOK_TIMEOUT = 1.0
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+    with trickler(head=head, tail=b"z" * 1000, every=0.2) as url:
+        webhook_subscribe(owner=users.admin, name="Chatty", url=url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-10"})
+        engine.sweep()
+        delivery = WebhookDelivery.objects.get()
+
+        started = time.monotonic()
+        outcome = delivery_send(delivery.pk)
+        took = time.monotonic() - started
+
+    assert outcome == "delivered"
+    assert took < 3, took
 
 
 @pytest.mark.parametrize(
