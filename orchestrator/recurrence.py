@@ -82,10 +82,39 @@ def fire_times(
         while True:
             yield (anchor + timedelta(seconds=n * step)).astimezone(UTC)
             n += 1
-    local = after.astimezone(zone(timezone))
-    times = croniter(cron, local)
+    tz = zone(timezone)
+    once = _wall_clock(cron)
+    times = croniter(cron, after.astimezone(tz))
     while True:
-        yield times.get_next(datetime).astimezone(UTC)
+        when = times.get_next(datetime).astimezone(UTC)
+        if once and _repeated(when.astimezone(tz)):
+            continue
+        yield when
+
+
+# What the @-forms stand for, for telling a wall-clock time from a wildcard one.
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def _wall_clock(cron: str) -> bool:
+    """True for a cron expression that names times of day (no ``*`` in its minute or hour field): it runs once at a
+    time the clocks going back make happen twice, as cron does. One with a wildcard there runs by the clock, the
+    repeated hour included (``*/15 * * * *`` is every quarter of an hour of elapsed time)."""
+    fields = _ALIASES.get(cron, cron).split()
+    return len(fields) >= 2 and "*" not in fields[0] and "*" not in fields[1]
+
+
+def _repeated(local: datetime) -> bool:
+    """True for the second occurrence of a wall-clock time the clocks going back repeat (01:30 GMT after 01:30 BST)."""
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
 def next_fire(cron: str, every: timedelta | None, timezone: str, after: datetime, anchor: datetime) -> datetime:

@@ -178,6 +178,49 @@ def test_cron_is_read_in_the_schedules_time_zone_across_daylight_saving(report):
     ]
 
 
+@pytest.mark.parametrize(
+    ("cron", "zone", "after", "expected"),
+    [
+        # 01:30 happens twice when the clocks go back (BST then GMT; EDT then EST): a daily run runs once, at the first
+        ("30 1 * * *", "Europe/London", datetime(2026, 10, 24, 12, 0, tzinfo=UTC),
+         [datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]),
+        ("30 1 * * *", "America/New_York", datetime(2026, 10, 31, 12, 0, tzinfo=UTC),
+         [datetime(2026, 11, 1, 5, 30, tzinfo=UTC), datetime(2026, 11, 2, 6, 30, tzinfo=UTC)]),
+        # read from inside the repeated hour (the first 01:59 fired): the second is not another run
+        ("59 1 * * *", "Europe/London", datetime(2026, 10, 25, 0, 59, tzinfo=UTC),
+         [datetime(2026, 10, 26, 1, 59, tzinfo=UTC), datetime(2026, 10, 27, 1, 59, tzinfo=UTC)]),
+        # 02:30 does not exist when the clocks go forward: it runs once, as the gap ends
+        ("30 2 * * *", "America/New_York", datetime(2026, 3, 7, 12, 0, tzinfo=UTC),
+         [datetime(2026, 3, 8, 7, 0, tzinfo=UTC), datetime(2026, 3, 9, 6, 30, tzinfo=UTC)]),
+        # a wildcard hour runs by the clock: every half hour, the repeated hour's included
+        ("0,30 * * * *", "Europe/London", datetime(2026, 10, 24, 23, 50, tzinfo=UTC),
+         [datetime(2026, 10, 25, 0, 0, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)]),
+        ("0,30 * * * *", "Europe/London", datetime(2026, 10, 25, 0, 50, tzinfo=UTC),
+         [datetime(2026, 10, 25, 1, 0, tzinfo=UTC), datetime(2026, 10, 25, 1, 30, tzinfo=UTC)]),
+    ],
+)  # fmt: skip
+def test_a_wall_clock_time_that_happens_twice_fires_once(report, cron, zone, after, expected):
+    schedule = hourly("at night", cron=cron, timezone=zone)
+
+    assert upcoming(schedule, 2, now=after) == expected
+
+
+def test_a_sweep_inside_the_repeated_hour_does_not_fire_a_daily_schedule_again(report):
+    # given a daily 01:30 London schedule that fired at the first 01:30 (BST) on the night the clocks go back
+    schedule = hourly("nightly", cron="30 1 * * *", timezone="Europe/London")
+    first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    due_now(schedule, first)
+    fire(schedule.pk, first + timedelta(seconds=2))
+
+    # when the sweep runs at the second 01:30 (GMT)
+    fire(schedule.pk, datetime(2026, 10, 25, 1, 30, 2, tzinfo=UTC))
+
+    # then it started once, and next fires the following night
+    schedule.refresh_from_db()
+    assert WorkflowInstance.objects.count() == 1
+    assert schedule.next_fire_at == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
+
+
 def test_an_interval_counts_from_its_anchor_not_from_the_sweep(report):
     schedule = hourly("every quarter", cron="", interval_seconds=900)
     anchor = schedule.anchor
