@@ -578,19 +578,23 @@ def _count_failure(subscription: WebhookSubscription, now: datetime, error: str)
 
 
 def _tell_owner(subscription: WebhookSubscription) -> None:
+    """Tell the owner that ``subscription`` paused, or, when the owner has left (deactivated, or no longer allowed
+    on the automation pages), everyone who may resume it: a paused subscription waits for a person."""
     from django.urls import reverse
 
     from approvals.models import Notification
+    from automation.selectors import manager_ids
     from orchestrator.realtime import send_now
 
-    if subscription.owner_id is None:
+    managers = manager_ids()
+    recipients = [subscription.owner_id] if subscription.owner_id in managers else managers
+    if not recipients:
+        logger.warning("webhook %s paused and nobody may manage automation to be told", subscription.pk)
         return
     message = f"Webhook {subscription.name} paused: its deliveries keep failing"
-    Notification.objects.create(
-        user_id=subscription.owner_id,
-        kind="webhook.paused",
-        message=message[:300],
-        url=reverse("automation:webhook_detail", args=[subscription.pk]),
+    url = reverse("automation:webhook_detail", args=[subscription.pk])
+    Notification.objects.bulk_create(
+        Notification(user_id=user_id, kind="webhook.paused", message=message[:300], url=url) for user_id in recipients
     )
     event = {"type": "notification", "message": message, "level": "danger", "refresh": ["counts", "notifications"]}
-    transaction.on_commit(partial(send_now, [f"user.{subscription.owner_id}"], event))
+    transaction.on_commit(partial(send_now, [f"user.{user_id}" for user_id in recipients], event))

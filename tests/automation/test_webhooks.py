@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from approvals.models import Notification
@@ -21,6 +22,7 @@ from orchestrator.models import AuditEvent
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
 from tests.automation.receiver import receiver, trickler
+from tests.factories import SuperUserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -234,6 +236,33 @@ def test_an_answer_whose_body_never_ends_is_taken_at_its_status(flows, allow_pri
 
     assert outcome == "delivered"
     assert took < 3, took
+
+
+@pytest.mark.parametrize("left", ["deactivated", "no longer an admin"])
+def test_when_the_owner_has_left_the_pause_is_told_to_the_other_admins(flows, allow_private, users, monkeypatch, left):
+    """A paused subscription waits for someone to resume it: with its owner gone (a user who acted is deactivated,
+    never deleted: the trail holds them), the notice went to nobody who could."""
+    monkeypatch.setattr(webhooks, "PAUSE_AFTER_FAILURES", 1)
+    monkeypatch.setattr(webhooks, "PAUSE_AFTER", timedelta(0))
+    owner = SuperUserFactory(username="leaver")
+    permission = Permission.objects.get(codename="manage_automation")
+    users.manager.user_permissions.add(permission)
+    with receiver(503) as hook:
+        subscription = webhook_subscribe(owner=owner, name="Orphan", url=hook.url, events=["instance.started"])
+        if left == "deactivated":
+            owner.is_active = False
+        else:  # still signs in, but may no longer open the webhook's page
+            owner.is_superuser = False
+        owner.save()
+        instance_start("webhook_flow", {"parcel": "P-11"})
+
+        send_due()
+
+    subscription.refresh_from_db()
+    assert subscription.active is False
+    told = Notification.objects.filter(kind="webhook.paused")
+    assert sorted(told.values_list("user__username", flat=True)) == ["admin", "manager"]
+    assert all("Orphan" in notice.message for notice in told)
 
 
 @pytest.mark.parametrize(
