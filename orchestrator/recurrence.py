@@ -122,13 +122,41 @@ def next_fire(cron: str, every: timedelta | None, timezone: str, after: datetime
     return next(fire_times(cron, every, timezone, after, anchor))
 
 
+# Missed cron times are counted one by one up to this many (an interval's are computed); beyond it the count is a
+# lower bound (each step costs croniter about 40 us, and a month of minutes would hold a schedule's lock seconds).
+COUNT_MAX = 10_000
+
+
 def latest_fire(
     cron: str, every: timedelta | None, timezone: str, since: datetime, until: datetime, anchor: datetime
 ) -> tuple[datetime | None, int]:
-    """The latest fire time in (since, until] and how many there were (counted up to 10,000)."""
-    latest, count = None, 0
+    """The latest fire time in (since, until] and how many there were: exact for an interval, for a cron expression
+    counted up to ``COUNT_MAX`` (a count of ``COUNT_MAX`` means at least that many). The latest is exact either way:
+    stamped with the 10,000th, a month of missed minutes was caught up as if Baton came back three weeks ago."""
+    first = next_fire(cron, every, timezone, since, anchor)
+    if first > until:
+        return None, 0
+    if every is not None:
+        step = every.total_seconds()
+        n_first = round((first - anchor).total_seconds() / step)
+        n_last = int((until - anchor).total_seconds() // step)
+        return (anchor + timedelta(seconds=n_last * step)).astimezone(UTC), n_last - n_first + 1
+    latest, count = first, 0
     for when in fire_times(cron, every, timezone, since, anchor):
-        if when > until or count >= 10_000:
+        if when > until:
+            return latest, count
+        if count >= COUNT_MAX:
             break
         latest, count = when, count + 1
-    return latest, count
+    return _latest_until(cron, timezone, until), count
+
+
+def _latest_until(cron: str, timezone: str, until: datetime) -> datetime:
+    """The latest fire time at or before ``until`` (some exists: the caller found one after ``since``)."""
+    tz = zone(timezone)
+    once = _wall_clock(cron)
+    times = croniter(cron, (until + timedelta(seconds=1)).astimezone(tz))
+    while True:
+        when = times.get_prev(datetime).astimezone(UTC)
+        if when <= until and not (once and _repeated(when.astimezone(tz))):
+            return when

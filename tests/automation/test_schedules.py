@@ -152,6 +152,25 @@ def test_runs_missed_while_down_are_caught_up_once(report):
     assert schedule.next_fire_at == datetime(2026, 11, 30, 11, 0, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    ("recurrence", "covers"),
+    [({"cron": "* * * * *"}, 10_001), ({"cron": "", "interval_seconds": 60}, 43_200)],  # a cron's count is bounded
+)
+def test_a_month_of_missed_minutes_is_caught_up_once_stamped_with_the_latest(report, recurrence, covers):
+    # given an every-minute schedule whose last 30 days passed while Baton was down (43,200 fire times)
+    schedule = hourly("each minute", **recurrence)
+    now = datetime(2026, 11, 30, 10, 30, 20, tzinfo=UTC)
+    due_now(schedule, datetime(2026, 10, 31, 10, 31, tzinfo=UTC))
+
+    # when the sweep runs again
+    fire(schedule.pk, now)
+
+    # then the one start is stamped with the latest missed minute, not the 10,000th, and counts them all
+    fire_row = ScheduleFire.objects.get(schedule=schedule)
+    assert fire_row.fire_time == datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+    assert fire_row.covers == covers
+
+
 def test_runs_missed_while_down_are_skipped_with_skip(report):
     schedule = hourly(missed=MissedPolicy.SKIP)
     now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
