@@ -205,8 +205,21 @@ def fire(schedule_id: int, now: datetime, fired: Fired | None = None) -> int:
     fired = fired if fired is not None else Fired()
     try:
         return _fire(schedule_id, now, fired)
-    except _AlreadyFired:
-        return 0  # another sweep recorded this fire time first; this one's start was rolled back
+    except _AlreadyFired as already:
+        # This fire time was recorded already; this start was rolled back. The schedule still points at it (its
+        # row is re-read under the lock, so no sweep's stale read gets here: a clock behind the worker's at a
+        # resume or a sync set it): left there, every sweep would be refused again and it would never fire.
+        _move_on(schedule_id, already.due, now)
+        return 0
+
+
+def _move_on(schedule_id: int, due: datetime, now: datetime) -> None:
+    with transaction.atomic():
+        schedule = Schedule.objects.select_for_update(skip_locked=True).filter(pk=schedule_id, next_fire_at=due).first()
+        if schedule is not None:
+            logger.warning("schedule %s was due at %s, which had fired already; moved on", schedule_id, due)
+            schedule.next_fire_at = _next_after(schedule, now)
+            schedule.save(update_fields=["next_fire_at", "updated_at"])
 
 
 def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
@@ -250,7 +263,7 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
         except IntegrityError:
             # This fire time was recorded already (a sweep that read the schedule before its time moved on):
             # roll everything back, the start included.
-            raise _AlreadyFired() from None
+            raise _AlreadyFired(due) from None
         schedule.last_fire_at = fire_time
         schedule.next_fire_at = _next_after(schedule, now)
         schedule.save(update_fields=["last_fire_at", "next_fire_at", "updated_at"])
@@ -272,7 +285,9 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
 
 
 class _AlreadyFired(Exception):
-    pass
+    def __init__(self, due: datetime) -> None:
+        super().__init__(due.isoformat())
+        self.due = due
 
 
 # --- schedules declared in code ---------------------------------------------------------------------------

@@ -171,6 +171,23 @@ def test_a_month_of_missed_minutes_is_caught_up_once_stamped_with_the_latest(rep
     assert fire_row.covers == covers
 
 
+def test_a_schedule_left_on_a_time_already_fired_moves_on(report):
+    """A schedule whose next time is one already recorded (a clock behind the worker's at a resume or a sync):
+    the unique fire row refused every sweep's attempt, silently, and it never fired again."""
+    schedule = hourly()
+    now = timezone.now()
+    due = now - timedelta(seconds=5)
+    due_now(schedule, due)
+    fire(schedule.pk, now)
+    due_now(schedule, due)
+
+    fire(schedule.pk, now + timedelta(seconds=1))
+
+    schedule.refresh_from_db()
+    assert schedule.next_fire_at > now
+    assert WorkflowInstance.objects.filter(workflow_name="nightly_report").count() == 1
+
+
 def test_runs_missed_while_down_are_skipped_with_skip(report):
     schedule = hourly(missed=MissedPolicy.SKIP)
     now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
