@@ -49,6 +49,7 @@ from orchestrator import audit
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditEvent
+from orchestrator.services.results import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -519,6 +520,9 @@ def _record(delivery_id: int, attempt: int, status: int | None, error: str, elap
     ok = status is not None and 200 <= status < 300
     if not ok and not error:
         error = f"HTTP {status}" + (" (redirects are not followed)" if status and 300 <= status < 400 else "")
+    # The error may quote the receiver's bytes (a garbled status line): a NUL among them failed this write, and the
+    # delivery went round its lease forever without an attempt recorded.
+    error = clean_text(error, RESPONSE_KEPT)
     with transaction.atomic():
         delivery = (
             WebhookDelivery.objects.select_for_update(of=("self",))

@@ -238,6 +238,27 @@ def test_an_answer_whose_body_never_ends_is_taken_at_its_status(flows, allow_pri
     assert took < 3, took
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 2\x0000 OK\r\n\r\n", b"\xff\xfe\x00garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nX\x00: y\r\n\r\n"],
+)
+def test_a_garbled_answer_is_recorded_as_a_failed_attempt(flows, allow_private, users, answer):
+    """The error text quotes the receiver's bytes: a NUL among them made PostgreSQL refuse the record, and the
+    delivery went round its lease forever without counting an attempt."""
+    with trickler(head=answer, tail=b"", every=0) as url:
+        webhook_subscribe(owner=users.admin, name="Garbled", url=url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-12"})
+        engine.sweep()
+        delivery = WebhookDelivery.objects.get()
+
+        outcome = delivery_send(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert outcome in ("retrying", "delivered")
+    assert delivery.state in (DeliveryState.RETRYING, DeliveryState.DELIVERED)
+    assert "\x00" not in delivery.last_error
+
+
 @pytest.mark.parametrize("left", ["deactivated", "no longer an admin"])
 def test_when_the_owner_has_left_the_pause_is_told_to_the_other_admins(flows, allow_private, users, monkeypatch, left):
     """A paused subscription waits for someone to resume it: with its owner gone (a user who acted is deactivated,
