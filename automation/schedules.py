@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
@@ -297,7 +297,11 @@ _synced = {"done": False}
 
 def _sync_once() -> None:
     if not _synced["done"]:
-        sync_declared()
+        try:
+            sync_declared()
+        except Exception:
+            # The sync is tried again by the next pass; the schedules in the table fire meanwhile.
+            logger.exception("declared schedules not synced; schedules already in the table fire meanwhile")
 
 
 def sync_declared(now: datetime | None = None) -> dict[str, int]:
@@ -310,39 +314,21 @@ def sync_declared(now: datetime | None = None) -> dict[str, int]:
     for workflow in registry.latest_all():
         for item in workflow.schedules:
             declared[item.name] = (workflow.name, item)
-    counts = {"created": 0, "changed": 0, "retired": 0}
+    counts = {"created": 0, "changed": 0, "retired": 0, "failed": 0}
     with transaction.atomic():
         existing = {s.name: s for s in Schedule.objects.select_for_update().filter(source=ScheduleSource.CODE)}
         for name, (workflow_name, item) in declared.items():
-            fields = {
-                "workflow_name": workflow_name,
-                "input": dict(item.input),
-                "cron": item.cron,
-                "interval_seconds": int(item.every.total_seconds()) if item.every else None,
-                "timezone": item.timezone,
-                "missed": item.missed,
-            }
-            schedule = existing.get(name)
-            if schedule is None:
-                if Schedule.objects.filter(name=name).exists():
-                    logger.error("schedule %r is declared in code but an admin's schedule has that name", name)
-                    continue
-                schedule = Schedule(name=name, source=ScheduleSource.CODE, anchor=now, **fields)
-                schedule.next_fire_at = _next_after(schedule, now)
-                schedule.save()
-                _audit(SCHEDULER, "schedule.created", schedule, payload=_describe(schedule), now=now)
-                counts["created"] += 1
+            try:
+                # One declared schedule the table refuses (an input changed after its check) is left out, logged;
+                # it must not keep the others, or the fires after the sync, from happening.
+                with transaction.atomic():
+                    outcome = _sync_one(name, workflow_name, item, existing.get(name), now)
+            except (DatabaseError, TypeError, ValueError):
+                logger.exception("declared schedule %r could not be synced; left out", name)
+                counts["failed"] += 1
                 continue
-            changed = {k: v for k, v in fields.items() if getattr(schedule, k) != v}
-            if changed or schedule.retired:
-                for key, value in fields.items():
-                    setattr(schedule, key, value)
-                if schedule.retired:
-                    schedule.retired, schedule.enabled = False, True
-                schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
-                schedule.save()
-                _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)
-                counts["changed"] += 1
+            if outcome:
+                counts[outcome] += 1
         for name, schedule in existing.items():
             if name not in declared and not schedule.retired:
                 schedule.retired, schedule.enabled, schedule.next_fire_at = True, False, None
@@ -351,3 +337,35 @@ def sync_declared(now: datetime | None = None) -> dict[str, int]:
                 counts["retired"] += 1
     _synced["done"] = True
     return counts
+
+
+def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | None, now: datetime) -> str:
+    """Create or update the table's row of one declared schedule; returns "created", "changed" or ""."""
+    fields = {
+        "workflow_name": workflow_name,
+        "input": dict(item.input),
+        "cron": item.cron,
+        "interval_seconds": int(item.every.total_seconds()) if item.every else None,
+        "timezone": item.timezone,
+        "missed": item.missed,
+    }
+    if schedule is None:
+        if Schedule.objects.filter(name=name).exists():
+            logger.error("schedule %r is declared in code but an admin's schedule has that name", name)
+            return ""
+        schedule = Schedule(name=name, source=ScheduleSource.CODE, anchor=now, **fields)
+        schedule.next_fire_at = _next_after(schedule, now)
+        schedule.save()
+        _audit(SCHEDULER, "schedule.created", schedule, payload=_describe(schedule), now=now)
+        return "created"
+    changed = {k: v for k, v in fields.items() if getattr(schedule, k) != v}
+    if not (changed or schedule.retired):
+        return ""
+    for key, value in fields.items():
+        setattr(schedule, key, value)
+    if schedule.retired:
+        schedule.retired, schedule.enabled = False, True
+    schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+    schedule.save()
+    _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)
+    return "changed"

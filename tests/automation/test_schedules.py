@@ -4,11 +4,13 @@ skipped, cron read in the schedule's zone, declared schedules synced, every fire
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django import forms
 from django.utils import timezone
 
+from automation import schedules
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
 from automation.schedules import ScheduleInvalid, fire, schedule_save, sync_declared, upcoming
 from orchestrator.audit import Actor
@@ -335,5 +337,33 @@ def test_a_declared_schedule_is_checked_when_built():
         Declared("zone", cron="0 * * * *", timezone="Nowhere/Land")
     with pytest.raises(DefinitionError, match="never fires"):
         Declared("leap", cron="0 0 30 2 *")  # no 30 February: the first sweep's sync failed, and every schedule with it
+    with pytest.raises(DefinitionError, match="JSON"):
+        Declared("money", cron="0 * * * *", input={"amount": Decimal("42.00")})  # not JSON: the sync failed on it
+    with pytest.raises(DefinitionError, match="JSON"):
+        Declared("nul", cron="0 * * * *", input={"region": "e\x00u"})
     with pytest.raises(DefinitionError, match="missed"):
         Declared("policy", cron="0 * * * *", missed="always")  # type: ignore[arg-type]
+
+
+def test_a_declared_schedule_that_cannot_be_stored_stops_no_other_schedule(register_workflow, monkeypatch):
+    """The sync runs before every sweep's fires until it succeeds: one declared schedule it could not save (an input
+    changed after the check, a Decimal in it) made it raise each time, and no schedule, declared or an admin's,
+    fired at all."""
+    # given an admin's schedule due now, and a workflow declaring a good schedule and one whose input went bad
+    register_workflow(report_flow())
+    admins = hourly("admins hourly")
+    now = timezone.now()
+    due_now(admins, now - timedelta(seconds=5))
+    spoiled: dict = {"region": "eu"}
+    bad = Declared("spoiled", cron="0 2 * * *", input=spoiled)
+    spoiled["amount"] = Decimal("42.00")
+    register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"}), bad, version=2))
+    monkeypatch.setitem(schedules._synced, "done", False)
+
+    # when the sweep runs (its first in this process: it syncs first)
+    engine.sweep(now=now)
+
+    # then the admin's schedule fired and the good declared one is in the table; the bad one is not
+    assert ScheduleFire.objects.filter(schedule=admins, outcome=FireOutcome.STARTED).count() == 1
+    assert Schedule.objects.filter(name="eu nightly", source=ScheduleSource.CODE).exists()
+    assert not Schedule.objects.filter(name="spoiled").exists()
