@@ -91,8 +91,13 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def verify(secret: str, header: str, body: bytes, *, now: float | None = None, tolerance: int = TOLERANCE) -> bool:
-    """What a receiver does: True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds."""
+def verify(
+    secret: str, header: str | None, body: bytes, *, now: float | None = None, tolerance: int = TOLERANCE
+) -> bool:
+    """What a receiver does: True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds; False
+    for anything else, a missing (None) or malformed header included (never raises on what a sender wrote)."""
+    if not isinstance(header, str):
+        return False
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
         timestamp = int(parts["t"])
@@ -101,7 +106,9 @@ def verify(secret: str, header: str, body: bytes, *, now: float | None = None, t
     if abs((now if now is not None else time.time()) - timestamp) > tolerance:
         return False
     expected = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    # Compared as bytes: compare_digest raises on a str with a non-ASCII character (a forged header's).
+    given = parts.get("v1", "").encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(expected.encode(), given)
 
 
 # --- addresses ----------------------------------------------------------------------------------------------
