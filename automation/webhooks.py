@@ -143,11 +143,16 @@ def _forbidden(address: str) -> bool:
 
 def resolve(url: str) -> tuple[str, int, list[str]]:
     """The host, port and addresses ``url`` reaches; ValueError saying why it may not be used: not http(s), with
-    credentials, unresolvable, or (unless BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private, loopback, link-local,
-    reserved or multicast address."""
+    spaces or control characters (or letters beyond ASCII in its path), with credentials, unresolvable, or (unless
+    BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private, loopback, link-local, reserved or multicast address."""
+    # http.client refuses these in a request line at every attempt: subscribed, such an address was sent nothing.
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        raise ValueError("Put no spaces or control characters in the address (write a space as %20).")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("Give an http:// or https:// address.")
+    if not (parts.path + parts.query).isascii():
+        raise ValueError("Percent-encode the letters beyond ASCII in the path and query (é is %C3%A9).")
     if parts.username or parts.password:
         raise ValueError("Put no user name or password in the address; the signature authenticates Baton.")
     try:

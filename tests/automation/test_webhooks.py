@@ -347,6 +347,10 @@ def test_private_addresses_are_refused(users, url):
         ("https://example.com:99999/hook", "port"),
         ("https://no-such-host.invalid/hook", "cannot be resolved"),
         ("https://exa\x00mple.com/", "500 characters"),
+        # accepted, then refused by http.client at every attempt: sent nowhere, ever
+        ("https://93.184.215.14/hooks/a b", "spaces"),
+        ("https://93.184.215.14/hooks/\x7f", "control characters"),
+        ("https://93.184.215.14/caf\u00e9?q=\u00e9", "Percent-encode"),
     ],
 )
 def test_bad_addresses_are_refused_saying_why(users, url, message):
