@@ -42,8 +42,17 @@ class ScheduleInvalid(Exception):
         self.errors = errors
 
 
+def recurrence_problem(schedule: Schedule) -> str:
+    """Why the schedule's times can no longer be computed ("" when they can): its recurrence was checked when
+    saved, but a tzdata upgrade can remove its zone."""
+    return recurrence.check_recurrence(schedule.cron, schedule.every, schedule.timezone)
+
+
 def upcoming(schedule: Schedule, count: int = 5, *, now: datetime | None = None) -> list[datetime]:
-    """The next ``count`` fire times after ``now`` (aware, UTC), from the schedule's next due time on."""
+    """The next ``count`` fire times after ``now`` (aware, UTC), from the schedule's next due time on; [] when they
+    cannot be computed (:func:`recurrence_problem` says why)."""
+    if recurrence_problem(schedule):
+        return []
     now = now or timezone.now()
     start = min(now, schedule.next_fire_at - timedelta(microseconds=1)) if schedule.next_fire_at else now
     times = recurrence.fire_times(schedule.cron, schedule.every, schedule.timezone, start, schedule.anchor)
@@ -126,6 +135,9 @@ def schedule_toggle(
             return schedule
         if enabled and schedule.retired:
             raise ScheduleInvalid({"enabled": ["This schedule is no longer declared in code."]})
+        problem = recurrence_problem(schedule) if enabled else ""
+        if problem:
+            raise ScheduleInvalid({"enabled": [f"It cannot be resumed: {problem}."]})
         schedule.enabled = enabled
         schedule.next_fire_at = _next_after(schedule, now) if enabled else None
         schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
@@ -230,6 +242,11 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
         if schedule is None or not schedule.enabled or not schedule.next_fire_at or schedule.next_fire_at > now:
             return 0
         due = schedule.next_fire_at
+        problem = recurrence_problem(schedule)
+        if problem:
+            _pause_broken(schedule, due, now, problem)
+            fired.failed += 1
+            return 1
         missed = now - due > MISFIRE_GRACE
         covers = 1
         fire_time = due
@@ -282,6 +299,24 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
         )
         setattr(fired, str(record.outcome), getattr(fired, str(record.outcome)) + 1)
         return 1
+
+
+def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str) -> None:
+    """Record a failed fire saying ``problem`` and pause the schedule: its times cannot be computed, so it would
+    raise in every sweep (due at the head of the queue, ahead of the others) with nothing on its page."""
+    error = clean_text(f"Its times cannot be computed: {problem}", 1000)
+    with transaction.atomic():
+        created = ScheduleFire.objects.bulk_create(
+            [ScheduleFire(schedule=schedule, fire_time=due, fired_at=now, outcome=FireOutcome.FAILED, error=error)],
+            ignore_conflicts=True,
+        )
+    schedule.enabled, schedule.next_fire_at = False, None
+    schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
+    payload = {"fire_time": due.isoformat(), "instance": None, "covers": 1, "outcome": FireOutcome.FAILED}
+    if created:
+        _audit(SCHEDULER, "schedule.failed", schedule, reason=error, payload=payload, now=now)
+    _audit(SCHEDULER, "schedule.paused", schedule, reason=error, now=now)
+    logger.error("schedule %s paused: %s", schedule.pk, error)
 
 
 class _AlreadyFired(Exception):

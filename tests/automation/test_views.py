@@ -152,6 +152,16 @@ def test_the_schedule_list_costs_the_same_queries_however_many_schedules(admin_c
     assert response.content.decode().count("/automation/schedules/") >= 30
 
 
+def test_the_page_of_a_schedule_whose_times_cannot_be_computed_says_so(admin_client):
+    # given an enabled schedule in a time zone this tzdata no longer has (not yet paused by a sweep)
+    schedule = make_schedule(timezone="US/Pacific-New")
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/")
+
+    assert page.status_code == 200
+    assert "US/Pacific-New" in page.content.decode()
+
+
 def test_the_schedule_page_shows_its_fires(admin_client):
     schedule = make_schedule()
     ScheduleFire.objects.create(
