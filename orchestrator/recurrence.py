@@ -7,6 +7,7 @@ summer); the times returned are aware and compare as instants.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -14,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import CroniterError, croniter  # type: ignore[import-untyped]  # ships no type information
 
 MIN_INTERVAL = timedelta(minutes=1)
+# croniter's random field value: "R" or "R(0-30)", alone in a field part (not the R of MAR, APR or FRI).
+_RANDOM = re.compile(r"(?<![A-Za-z])R(?![A-Za-z])", re.IGNORECASE)
 MAX_INTERVAL = timedelta(days=366)
 CRON_MAX = 100
 
@@ -55,6 +58,10 @@ def check_recurrence(cron: str, every: timedelta | None, timezone: str) -> str:
             )
         if not croniter.is_valid(cron):
             return f"{cron!r} is not a valid cron expression"
+        if _RANDOM.search(cron):
+            # croniter draws R anew each time a next time is computed, and a schedule computes one after every
+            # fire: "R 9 * * *" fired again whenever the new draw fell later in the same hour.
+            return f"{cron!r} has R (a random value drawn anew each time): give the minute and hour"
         # croniter parses expressions no date matches (30 February, 31 April) and fails only when asked for a
         # time: saved, such a schedule failed its page and, declared in code, the sync before every sweep's fires.
         try:

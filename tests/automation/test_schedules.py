@@ -291,6 +291,10 @@ def test_a_start_that_fails_is_recorded_and_audited_and_the_schedule_goes_on(rep
     [
         ({"cron": "61 * * * *"}, "cron"),
         ({"cron": "0 9 * *"}, "cron"),
+        # croniter's R is a random value drawn anew at each computation: "R 9 * * *" fired again each time the next
+        # time drawn fell later in the same hour
+        ({"cron": "R 9 * * *"}, "cron"),
+        ({"cron": "r(0-30) 9 * * *"}, "cron"),
         ({"cron": "", "interval_seconds": 5}, "interval_seconds"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"workflow_name": "no_such_flow"}, "workflow_name"),

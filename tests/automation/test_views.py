@@ -75,6 +75,7 @@ def test_an_admin_creates_a_schedule_and_sees_its_next_runs(admin_client):
         # a cron expression croniter parses but that no date matches (30 February, 31 April): it never fires
         ({"cron": "0 0 30 2 *"}, "never fires"),
         ({"cron": "0 0 31 4 *"}, "never fires"),
+        ({"cron": "R 9 * * *"}, "random"),
         # JSON that parses but that PostgreSQL or the encoder cannot hold, and nesting the parser cannot follow
         ({"input": EXPENSE[:-1] + ', "note": "S\\ud800m"}'}, "lone surrogate"),
         ({"input": EXPENSE[:-1] + ', "rate": 1e400}'}, "Infinity"),
