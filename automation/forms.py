@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 
+from automation import schedules
 from automation.models import WEBHOOK_EVENTS, MissedPolicy
 from orchestrator import registry
 from orchestrator.inputs import check_text
@@ -60,14 +61,24 @@ class ScheduleForm(forms.Form):
     def clean_input(self) -> dict[str, Any]:
         text = self.cleaned_data["input"]
         try:
-            value = json.loads(text or "{}")
+            value = json.loads(text or "{}", parse_constant=_no_constant)
+        except RecursionError:
+            # 20,000 characters of brackets are far more than the parser's stack: a 500 before this
+            raise forms.ValidationError("Not JSON Baton can read: it is nested too deeply.") from None
         except ValueError as exc:
             raise forms.ValidationError(f"Not JSON: {exc}.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Give a JSON object, like {"region": "eu"}.')
         if "\x00" in text or "\\u0000" in text:
             raise forms.ValidationError("The input holds a NUL character, which cannot be stored.")
+        problem = schedules.input_problem(value)
+        if problem:
+            raise forms.ValidationError(problem)
         return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
 
 
 class WebhookForm(forms.Form):

@@ -15,14 +15,14 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
 from orchestrator import audit, recurrence, registry
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.services.results import clean_text
+from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.sweep import isolated
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,17 @@ class ScheduleInvalid(Exception):
         self.errors = errors
 
 
+def recurrence_problem(schedule: Schedule) -> str:
+    """Why the schedule's times can no longer be computed ("" when they can): its recurrence was checked when
+    saved, but a tzdata upgrade can remove its zone."""
+    return recurrence.check_recurrence(schedule.cron, schedule.every, schedule.timezone)
+
+
 def upcoming(schedule: Schedule, count: int = 5, *, now: datetime | None = None) -> list[datetime]:
-    """The next ``count`` fire times after ``now`` (aware, UTC), from the schedule's next due time on."""
+    """The next ``count`` fire times after ``now`` (aware, UTC), from the schedule's next due time on; [] when they
+    cannot be computed (:func:`recurrence_problem` says why)."""
+    if recurrence_problem(schedule):
+        return []
     now = now or timezone.now()
     start = min(now, schedule.next_fire_at - timedelta(microseconds=1)) if schedule.next_fire_at else now
     times = recurrence.fire_times(schedule.cron, schedule.every, schedule.timezone, start, schedule.anchor)
@@ -65,11 +74,24 @@ def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str
         errors[field] = [problem[0].upper() + problem[1:] + "."]
     if not isinstance(data, dict):
         errors["input"] = ["The input is a JSON object."]
+    elif problem := input_problem(data):
+        errors["input"] = [problem]
     elif workflow is not None and workflow.start_form is not None:
         form = workflow.start_form(data=data)
         if not form.is_valid():
             errors["input"] = [f"{field}: {' '.join(str(e) for e in msgs)}" for field, msgs in form.errors.items()]
     return errors
+
+
+def input_problem(data: dict[str, Any]) -> str:
+    """What keeps ``data`` (a schedule's input) from being stored and started as it is, or "": the engine's rule
+    for stored JSON (no NaN or Infinity, no NUL or lone surrogate, nesting within ``MAX_DEPTH``). PostgreSQL
+    refused such an input as the schedule was saved: a 500 instead of the reason."""
+    try:
+        check_result(data)
+    except (TypeError, ValueError) as exc:
+        return "The input cannot be stored: " + str(exc).replace("result", "input", 1) + "."
+    return ""
 
 
 def schedule_save(
@@ -113,6 +135,9 @@ def schedule_toggle(
             return schedule
         if enabled and schedule.retired:
             raise ScheduleInvalid({"enabled": ["This schedule is no longer declared in code."]})
+        problem = recurrence_problem(schedule) if enabled else ""
+        if problem:
+            raise ScheduleInvalid({"enabled": [f"It cannot be resumed: {problem}."]})
         schedule.enabled = enabled
         schedule.next_fire_at = _next_after(schedule, now) if enabled else None
         schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
@@ -192,8 +217,21 @@ def fire(schedule_id: int, now: datetime, fired: Fired | None = None) -> int:
     fired = fired if fired is not None else Fired()
     try:
         return _fire(schedule_id, now, fired)
-    except _AlreadyFired:
-        return 0  # another sweep recorded this fire time first; this one's start was rolled back
+    except _AlreadyFired as already:
+        # This fire time was recorded already; this start was rolled back. The schedule still points at it (its
+        # row is re-read under the lock, so no sweep's stale read gets here: a clock behind the worker's at a
+        # resume or a sync set it): left there, every sweep would be refused again and it would never fire.
+        _move_on(schedule_id, already.due, now)
+        return 0
+
+
+def _move_on(schedule_id: int, due: datetime, now: datetime) -> None:
+    with transaction.atomic():
+        schedule = Schedule.objects.select_for_update(skip_locked=True).filter(pk=schedule_id, next_fire_at=due).first()
+        if schedule is not None:
+            logger.warning("schedule %s was due at %s, which had fired already; moved on", schedule_id, due)
+            schedule.next_fire_at = _next_after(schedule, now)
+            schedule.save(update_fields=["next_fire_at", "updated_at"])
 
 
 def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
@@ -204,6 +242,11 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
         if schedule is None or not schedule.enabled or not schedule.next_fire_at or schedule.next_fire_at > now:
             return 0
         due = schedule.next_fire_at
+        problem = recurrence_problem(schedule)
+        if problem:
+            _pause_broken(schedule, due, now, problem)
+            fired.failed += 1
+            return 1
         missed = now - due > MISFIRE_GRACE
         covers = 1
         fire_time = due
@@ -237,7 +280,7 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
         except IntegrityError:
             # This fire time was recorded already (a sweep that read the schedule before its time moved on):
             # roll everything back, the start included.
-            raise _AlreadyFired() from None
+            raise _AlreadyFired(due) from None
         schedule.last_fire_at = fire_time
         schedule.next_fire_at = _next_after(schedule, now)
         schedule.save(update_fields=["last_fire_at", "next_fire_at", "updated_at"])
@@ -258,8 +301,28 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
         return 1
 
 
+def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str) -> None:
+    """Record a failed fire saying ``problem`` and pause the schedule: its times cannot be computed, so it would
+    raise in every sweep (due at the head of the queue, ahead of the others) with nothing on its page."""
+    error = clean_text(f"Its times cannot be computed: {problem}", 1000)
+    with transaction.atomic():
+        created = ScheduleFire.objects.bulk_create(
+            [ScheduleFire(schedule=schedule, fire_time=due, fired_at=now, outcome=FireOutcome.FAILED, error=error)],
+            ignore_conflicts=True,
+        )
+    schedule.enabled, schedule.next_fire_at = False, None
+    schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
+    payload = {"fire_time": due.isoformat(), "instance": None, "covers": 1, "outcome": FireOutcome.FAILED}
+    if created:
+        _audit(SCHEDULER, "schedule.failed", schedule, reason=error, payload=payload, now=now)
+    _audit(SCHEDULER, "schedule.paused", schedule, reason=error, now=now)
+    logger.error("schedule %s paused: %s", schedule.pk, error)
+
+
 class _AlreadyFired(Exception):
-    pass
+    def __init__(self, due: datetime) -> None:
+        super().__init__(due.isoformat())
+        self.due = due
 
 
 # --- schedules declared in code ---------------------------------------------------------------------------
@@ -269,7 +332,11 @@ _synced = {"done": False}
 
 def _sync_once() -> None:
     if not _synced["done"]:
-        sync_declared()
+        try:
+            sync_declared()
+        except Exception:
+            # The sync is tried again by the next pass; the schedules in the table fire meanwhile.
+            logger.exception("declared schedules not synced; schedules already in the table fire meanwhile")
 
 
 def sync_declared(now: datetime | None = None) -> dict[str, int]:
@@ -282,39 +349,21 @@ def sync_declared(now: datetime | None = None) -> dict[str, int]:
     for workflow in registry.latest_all():
         for item in workflow.schedules:
             declared[item.name] = (workflow.name, item)
-    counts = {"created": 0, "changed": 0, "retired": 0}
+    counts = {"created": 0, "changed": 0, "retired": 0, "failed": 0}
     with transaction.atomic():
         existing = {s.name: s for s in Schedule.objects.select_for_update().filter(source=ScheduleSource.CODE)}
         for name, (workflow_name, item) in declared.items():
-            fields = {
-                "workflow_name": workflow_name,
-                "input": dict(item.input),
-                "cron": item.cron,
-                "interval_seconds": int(item.every.total_seconds()) if item.every else None,
-                "timezone": item.timezone,
-                "missed": item.missed,
-            }
-            schedule = existing.get(name)
-            if schedule is None:
-                if Schedule.objects.filter(name=name).exists():
-                    logger.error("schedule %r is declared in code but an admin's schedule has that name", name)
-                    continue
-                schedule = Schedule(name=name, source=ScheduleSource.CODE, anchor=now, **fields)
-                schedule.next_fire_at = _next_after(schedule, now)
-                schedule.save()
-                _audit(SCHEDULER, "schedule.created", schedule, payload=_describe(schedule), now=now)
-                counts["created"] += 1
+            try:
+                # One declared schedule the table refuses (an input changed after its check) is left out, logged;
+                # it must not keep the others, or the fires after the sync, from happening.
+                with transaction.atomic():
+                    outcome = _sync_one(name, workflow_name, item, existing.get(name), now)
+            except (DatabaseError, TypeError, ValueError):
+                logger.exception("declared schedule %r could not be synced; left out", name)
+                counts["failed"] += 1
                 continue
-            changed = {k: v for k, v in fields.items() if getattr(schedule, k) != v}
-            if changed or schedule.retired:
-                for key, value in fields.items():
-                    setattr(schedule, key, value)
-                if schedule.retired:
-                    schedule.retired, schedule.enabled = False, True
-                schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
-                schedule.save()
-                _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)
-                counts["changed"] += 1
+            if outcome:
+                counts[outcome] += 1
         for name, schedule in existing.items():
             if name not in declared and not schedule.retired:
                 schedule.retired, schedule.enabled, schedule.next_fire_at = True, False, None
@@ -323,3 +372,35 @@ def sync_declared(now: datetime | None = None) -> dict[str, int]:
                 counts["retired"] += 1
     _synced["done"] = True
     return counts
+
+
+def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | None, now: datetime) -> str:
+    """Create or update the table's row of one declared schedule; returns "created", "changed" or ""."""
+    fields = {
+        "workflow_name": workflow_name,
+        "input": dict(item.input),
+        "cron": item.cron,
+        "interval_seconds": int(item.every.total_seconds()) if item.every else None,
+        "timezone": item.timezone,
+        "missed": item.missed,
+    }
+    if schedule is None:
+        if Schedule.objects.filter(name=name).exists():
+            logger.error("schedule %r is declared in code but an admin's schedule has that name", name)
+            return ""
+        schedule = Schedule(name=name, source=ScheduleSource.CODE, anchor=now, **fields)
+        schedule.next_fire_at = _next_after(schedule, now)
+        schedule.save()
+        _audit(SCHEDULER, "schedule.created", schedule, payload=_describe(schedule), now=now)
+        return "created"
+    changed = {k: v for k, v in fields.items() if getattr(schedule, k) != v}
+    if not (changed or schedule.retired):
+        return ""
+    for key, value in fields.items():
+        setattr(schedule, key, value)
+    if schedule.retired:
+        schedule.retired, schedule.enabled = False, True
+    schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+    schedule.save()
+    _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)
+    return "changed"

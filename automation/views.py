@@ -81,6 +81,7 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
     context = {
         "schedule": schedule,
         "upcoming": upcoming,
+        "problem": schedules.recurrence_problem(schedule),
         "fires": selectors.recent_fires(schedule),
         "active_nav": "automation",
     }

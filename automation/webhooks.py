@@ -15,6 +15,7 @@ The signature header: ``Baton-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -24,6 +25,7 @@ import logging
 import secrets
 import socket
 import ssl
+import threading
 import time
 from datetime import datetime, timedelta
 from functools import partial
@@ -47,6 +49,7 @@ from orchestrator import audit
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditEvent
+from orchestrator.services.results import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,13 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def verify(secret: str, header: str, body: bytes, *, now: float | None = None, tolerance: int = TOLERANCE) -> bool:
-    """What a receiver does: True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds."""
+def verify(
+    secret: str, header: str | None, body: bytes, *, now: float | None = None, tolerance: int = TOLERANCE
+) -> bool:
+    """What a receiver does: True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds; False
+    for anything else, a missing (None) or malformed header included (never raises on what a sender wrote)."""
+    if not isinstance(header, str):
+        return False
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
         timestamp = int(parts["t"])
@@ -98,26 +106,53 @@ def verify(secret: str, header: str, body: bytes, *, now: float | None = None, t
     if abs((now if now is not None else time.time()) - timestamp) > tolerance:
         return False
     expected = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    # Compared as bytes: compare_digest raises on a str with a non-ASCII character (a forged header's).
+    given = parts.get("v1", "").encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(expected.encode(), given)
 
 
 # --- addresses ----------------------------------------------------------------------------------------------
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that a kernel or a gateway reaches: IPv4-compatible (::/96),
+# IPv4-translated (::ffff:0:0:0/96, SIIT) and NAT64's well-known prefix (64:ff9b::/96, RFC 6052). A NAT64 gateway
+# forwards 64:ff9b::a00:1 to 10.0.0.1 on its own network, so the IPv4 address is what must be public.
+_IPV4_CARRIERS = tuple(ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+# Never public whatever Python's tables say (they gained these in later patch releases): NAT64's local-use prefix
+# (RFC 8215, translated to any IPv4 address, private ones included) and the 6to4 relay anycast.
+_NEVER_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv4Network("192.88.99.0/24"))
+
+
 def _forbidden(address: str) -> bool:
+    """True when ``address`` is not a public unicast address, or is an IPv6 one carrying an IPv4 address that is
+    not (IPv4-mapped, -compatible, -translated, NAT64, 6to4, Teredo's client)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if any(ip in network for network in _NEVER_PUBLIC if network.version == ip.version):
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:
+            carried = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+            if carried is None and any(ip in network for network in _IPV4_CARRIERS):
+                carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+            if carried is not None and _forbidden(str(carried)):
+                return True
     return not ip.is_global or ip.is_multicast
 
 
 def resolve(url: str) -> tuple[str, int, list[str]]:
     """The host, port and addresses ``url`` reaches; ValueError saying why it may not be used: not http(s), with
-    credentials, unresolvable, or (unless BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private, loopback, link-local,
-    reserved or multicast address."""
+    spaces or control characters (or letters beyond ASCII in its path), with credentials, unresolvable, or (unless
+    BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private, loopback, link-local, reserved or multicast address."""
+    # http.client refuses these in a request line at every attempt: subscribed, such an address was sent nothing.
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        raise ValueError("Put no spaces or control characters in the address (write a space as %20).")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("Give an http:// or https:// address.")
+    if not (parts.path + parts.query).isascii():
+        raise ValueError("Percent-encode the letters beyond ASCII in the path and query (é is %C3%A9).")
     if parts.username or parts.password:
         raise ValueError("Put no user name or password in the address; the signature authenticates Baton.")
     try:
@@ -393,35 +428,75 @@ def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookSub
         return delivery, delivery.subscription
 
 
+class _Deadline:
+    """Ends an attempt that takes more than ``seconds`` in all. The socket timeout bounds each read only: a receiver
+    sending a byte now and then kept the worker for as long as it liked, past the delivery's lease, when the sweep
+    sent the event again beside it. At the deadline the socket is shut (a read blocked on it returns)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.passed = False
+        self._timer: threading.Timer | None = None
+
+    def left(self) -> float:
+        return max(0.001, self.ends - time.monotonic())
+
+    def watch(self, sock: socket.socket) -> None:
+        self._timer = threading.Timer(self.left(), self._cut, args=(sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.passed = True
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address checked, not to whatever the name resolves to a moment later (DNS rebinding)."""
+    """Connects to the address checked, not to whatever the name resolves to a moment later (DNS rebinding), within
+    the attempt's deadline."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+        super().__init__(host, port, timeout=deadline.seconds)
         self._address = address
+        self._deadline = deadline
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection((self._address, self.port), self._deadline.left())
+        self._deadline.watch(sock)
+        return sock
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._open()
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+        http.client.HTTPSConnection.__init__(
+            self, host, port, timeout=deadline.seconds, context=ssl.create_default_context()
+        )
         self._address = address
+        self._deadline = deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        self.sock = self._context.wrap_socket(self._open(), server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None, str]:
-    """POST the delivery; (status, "") for an answer, (None, why) when there was none. Never raises."""
+    """POST the delivery; (status, "") for an answer, (None, why) when there was none within
+    ``BATON_WEBHOOK_TIMEOUT`` seconds in all. Never raises."""
     body = delivery.body.encode()
+    deadline = _Deadline(settings.BATON_WEBHOOK_TIMEOUT)
     try:
         host, port, addresses = resolve(url)
         parts = urlsplit(url)
         connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        connection = connection_class(host, port, addresses[0], settings.BATON_WEBHOOK_TIMEOUT)
+        connection = connection_class(host, port, addresses[0], deadline)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {
             "Content-Type": "application/json",
@@ -433,13 +508,22 @@ def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None,
         try:
             connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
-            response.read(64 * 1024)  # the answer is not kept; read a little so the connection closes cleanly
+            if deadline.passed:
+                # Cut mid-headers, http.client takes the end of the stream for their end: not an answer.
+                raise TimeoutError()
+            # The answer is not kept; read a little so the connection closes cleanly. The status is the answer: a
+            # body cut short (or never ending, cut at the deadline) changes nothing.
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                response.read(64 * 1024)
             return response.status, ""
         finally:
+            deadline.stop()
             connection.close()
     except ValueError as exc:
         return None, f"refused: {exc}"
     except (OSError, http.client.HTTPException) as exc:
+        if deadline.passed:
+            return None, f"no complete answer within {deadline.seconds:g} s"
         return None, f"{type(exc).__name__}: {exc}"[:RESPONSE_KEPT]
 
 
@@ -448,6 +532,9 @@ def _record(delivery_id: int, attempt: int, status: int | None, error: str, elap
     ok = status is not None and 200 <= status < 300
     if not ok and not error:
         error = f"HTTP {status}" + (" (redirects are not followed)" if status and 300 <= status < 400 else "")
+    # The error may quote the receiver's bytes (a garbled status line): a NUL among them failed this write, and the
+    # delivery went round its lease forever without an attempt recorded.
+    error = clean_text(error, RESPONSE_KEPT)
     with transaction.atomic():
         delivery = (
             WebhookDelivery.objects.select_for_update(of=("self",))
@@ -507,19 +594,23 @@ def _count_failure(subscription: WebhookSubscription, now: datetime, error: str)
 
 
 def _tell_owner(subscription: WebhookSubscription) -> None:
+    """Tell the owner that ``subscription`` paused, or, when the owner has left (deactivated, or no longer allowed
+    on the automation pages), everyone who may resume it: a paused subscription waits for a person."""
     from django.urls import reverse
 
     from approvals.models import Notification
+    from automation.selectors import manager_ids
     from orchestrator.realtime import send_now
 
-    if subscription.owner_id is None:
+    managers = manager_ids()
+    recipients = [subscription.owner_id] if subscription.owner_id in managers else managers
+    if not recipients:
+        logger.warning("webhook %s paused and nobody may manage automation to be told", subscription.pk)
         return
     message = f"Webhook {subscription.name} paused: its deliveries keep failing"
-    Notification.objects.create(
-        user_id=subscription.owner_id,
-        kind="webhook.paused",
-        message=message[:300],
-        url=reverse("automation:webhook_detail", args=[subscription.pk]),
+    url = reverse("automation:webhook_detail", args=[subscription.pk])
+    Notification.objects.bulk_create(
+        Notification(user_id=user_id, kind="webhook.paused", message=message[:300], url=url) for user_id in recipients
     )
     event = {"type": "notification", "message": message, "level": "danger", "refresh": ["counts", "notifications"]}
-    transaction.on_commit(partial(send_now, [f"user.{subscription.owner_id}"], event))
+    transaction.on_commit(partial(send_now, [f"user.{user_id}" for user_id in recipients], event))

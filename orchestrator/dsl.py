@@ -18,6 +18,7 @@ by side and continues once all of them have finished (fan-in)::
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -355,13 +356,22 @@ class Schedule:
     def __post_init__(self) -> None:
         from orchestrator.recurrence import check_recurrence
 
-        if not self.name or len(self.name) > 100:
-            raise DefinitionError("Schedule needs a name of at most 100 characters")
+        if not self.name or len(self.name) > 100 or "\x00" in self.name:
+            raise DefinitionError("Schedule needs a name of at most 100 characters, with no NUL character")
         if self.missed not in (CATCH_UP_ONCE, SKIP_MISSED):
             raise DefinitionError(f"Schedule {self.name!r}: missed must be catch_up_once or skip")
         problem = check_recurrence(self.cron, self.every, self.timezone)
         if problem:
             raise DefinitionError(f"Schedule {self.name!r}: {problem}")
+        try:
+            # What the schedule table's JSON column holds: a Decimal, a date or NaN failed the sync before every
+            # sweep's fires, and PostgreSQL refuses a NUL or a lone surrogate.
+            text = json.dumps(dict(self.input), allow_nan=False, ensure_ascii=False)
+            text.encode()  # a lone surrogate raises here
+        except (TypeError, ValueError) as exc:
+            raise DefinitionError(f"Schedule {self.name!r}: input is not JSON the database can hold: {exc}") from None
+        if "\\u0000" in text:
+            raise DefinitionError(f"Schedule {self.name!r}: input is not JSON the database can hold: a NUL character")
 
 
 END = None

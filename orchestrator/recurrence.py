@@ -7,13 +7,16 @@ summer); the times returned are aware and compare as instants.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import croniter  # type: ignore[import-untyped]  # ships no type information
+from croniter import CroniterError, croniter  # type: ignore[import-untyped]  # ships no type information
 
 MIN_INTERVAL = timedelta(minutes=1)
+# croniter's random field value: "R" or "R(0-30)", alone in a field part (not the R of MAR, APR or FRI).
+_RANDOM = re.compile(r"(?<![A-Za-z])R(?![A-Za-z])", re.IGNORECASE)
 MAX_INTERVAL = timedelta(days=366)
 CRON_MAX = 100
 
@@ -55,6 +58,16 @@ def check_recurrence(cron: str, every: timedelta | None, timezone: str) -> str:
             )
         if not croniter.is_valid(cron):
             return f"{cron!r} is not a valid cron expression"
+        if _RANDOM.search(cron):
+            # croniter draws R anew each time a next time is computed, and a schedule computes one after every
+            # fire: "R 9 * * *" fired again whenever the new draw fell later in the same hour.
+            return f"{cron!r} has R (a random value drawn anew each time): give the minute and hour"
+        # croniter parses expressions no date matches (30 February, 31 April) and fails only when asked for a
+        # time: saved, such a schedule failed its page and, declared in code, the sync before every sweep's fires.
+        try:
+            croniter(cron, datetime.now(UTC)).get_next(datetime)
+        except CroniterError:
+            return f"{cron!r} never fires: no date matches it"
         return ""
     assert every is not None
     if not MIN_INTERVAL <= every <= MAX_INTERVAL:
@@ -76,10 +89,39 @@ def fire_times(
         while True:
             yield (anchor + timedelta(seconds=n * step)).astimezone(UTC)
             n += 1
-    local = after.astimezone(zone(timezone))
-    times = croniter(cron, local)
+    tz = zone(timezone)
+    once = _wall_clock(cron)
+    times = croniter(cron, after.astimezone(tz))
     while True:
-        yield times.get_next(datetime).astimezone(UTC)
+        when = times.get_next(datetime).astimezone(UTC)
+        if once and _repeated(when.astimezone(tz)):
+            continue
+        yield when
+
+
+# What the @-forms stand for, for telling a wall-clock time from a wildcard one.
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def _wall_clock(cron: str) -> bool:
+    """True for a cron expression that names times of day (no ``*`` in its minute or hour field): it runs once at a
+    time the clocks going back make happen twice, as cron does. One with a wildcard there runs by the clock, the
+    repeated hour included (``*/15 * * * *`` is every quarter of an hour of elapsed time)."""
+    fields = _ALIASES.get(cron, cron).split()
+    return len(fields) >= 2 and "*" not in fields[0] and "*" not in fields[1]
+
+
+def _repeated(local: datetime) -> bool:
+    """True for the second occurrence of a wall-clock time the clocks going back repeat (01:30 GMT after 01:30 BST)."""
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
 def next_fire(cron: str, every: timedelta | None, timezone: str, after: datetime, anchor: datetime) -> datetime:
@@ -87,13 +129,41 @@ def next_fire(cron: str, every: timedelta | None, timezone: str, after: datetime
     return next(fire_times(cron, every, timezone, after, anchor))
 
 
+# Missed cron times are counted one by one up to this many (an interval's are computed); beyond it the count is a
+# lower bound (each step costs croniter about 40 us, and a month of minutes would hold a schedule's lock seconds).
+COUNT_MAX = 10_000
+
+
 def latest_fire(
     cron: str, every: timedelta | None, timezone: str, since: datetime, until: datetime, anchor: datetime
 ) -> tuple[datetime | None, int]:
-    """The latest fire time in (since, until] and how many there were (counted up to 10,000)."""
-    latest, count = None, 0
+    """The latest fire time in (since, until] and how many there were: exact for an interval, for a cron expression
+    counted up to ``COUNT_MAX`` (a count of ``COUNT_MAX`` means at least that many). The latest is exact either way:
+    stamped with the 10,000th, a month of missed minutes was caught up as if Baton came back three weeks ago."""
+    first = next_fire(cron, every, timezone, since, anchor)
+    if first > until:
+        return None, 0
+    if every is not None:
+        step = every.total_seconds()
+        n_first = round((first - anchor).total_seconds() / step)
+        n_last = int((until - anchor).total_seconds() // step)
+        return (anchor + timedelta(seconds=n_last * step)).astimezone(UTC), n_last - n_first + 1
+    latest, count = first, 0
     for when in fire_times(cron, every, timezone, since, anchor):
-        if when > until or count >= 10_000:
+        if when > until:
+            return latest, count
+        if count >= COUNT_MAX:
             break
         latest, count = when, count + 1
-    return latest, count
+    return _latest_until(cron, timezone, until), count
+
+
+def _latest_until(cron: str, timezone: str, until: datetime) -> datetime:
+    """The latest fire time at or before ``until`` (some exists: the caller found one after ``since``)."""
+    tz = zone(timezone)
+    once = _wall_clock(cron)
+    times = croniter(cron, (until + timedelta(seconds=1)).astimezone(tz))
+    while True:
+        when = times.get_prev(datetime).astimezone(UTC)
+        if when <= until and not (once and _repeated(when.astimezone(tz))):
+            return when

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,3 +53,36 @@ def receiver(*answers: int) -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def trickler(*, head: bytes, tail: bytes, every: float) -> Iterator[str]:
+    """A receiver that sends ``head`` at once, then ``tail`` one byte each ``every`` seconds (a slow or hostile
+    answer: each byte well within a socket timeout, the whole far past it); yields its URL on 127.0.0.1."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(65536)
+                    conn.sendall(head)
+                    for byte in tail:
+                        if stop.wait(every):
+                            break
+                        conn.sendall(bytes([byte]))
+                except OSError:
+                    pass  # the sender gave up and closed: what the test wants
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    finally:
+        stop.set()
+        listener.close()

@@ -4,11 +4,13 @@ skipped, cron read in the schedule's zone, declared schedules synced, every fire
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django import forms
 from django.utils import timezone
 
+from automation import schedules
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
 from automation.schedules import ScheduleInvalid, fire, schedule_save, sync_declared, upcoming
 from orchestrator.audit import Actor
@@ -152,6 +154,42 @@ def test_runs_missed_while_down_are_caught_up_once(report):
     assert schedule.next_fire_at == datetime(2026, 11, 30, 11, 0, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    ("recurrence", "covers"),
+    [({"cron": "* * * * *"}, 10_001), ({"cron": "", "interval_seconds": 60}, 43_200)],  # a cron's count is bounded
+)
+def test_a_month_of_missed_minutes_is_caught_up_once_stamped_with_the_latest(report, recurrence, covers):
+    # given an every-minute schedule whose last 30 days passed while Baton was down (43,200 fire times)
+    schedule = hourly("each minute", **recurrence)
+    now = datetime(2026, 11, 30, 10, 30, 20, tzinfo=UTC)
+    due_now(schedule, datetime(2026, 10, 31, 10, 31, tzinfo=UTC))
+
+    # when the sweep runs again
+    fire(schedule.pk, now)
+
+    # then the one start is stamped with the latest missed minute, not the 10,000th, and counts them all
+    fire_row = ScheduleFire.objects.get(schedule=schedule)
+    assert fire_row.fire_time == datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+    assert fire_row.covers == covers
+
+
+def test_a_schedule_left_on_a_time_already_fired_moves_on(report):
+    """A schedule whose next time is one already recorded (a clock behind the worker's at a resume or a sync):
+    the unique fire row refused every sweep's attempt, silently, and it never fired again."""
+    schedule = hourly()
+    now = timezone.now()
+    due = now - timedelta(seconds=5)
+    due_now(schedule, due)
+    fire(schedule.pk, now)
+    due_now(schedule, due)
+
+    fire(schedule.pk, now + timedelta(seconds=1))
+
+    schedule.refresh_from_db()
+    assert schedule.next_fire_at > now
+    assert WorkflowInstance.objects.filter(workflow_name="nightly_report").count() == 1
+
+
 def test_runs_missed_while_down_are_skipped_with_skip(report):
     schedule = hourly(missed=MissedPolicy.SKIP)
     now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
@@ -176,6 +214,49 @@ def test_cron_is_read_in_the_schedules_time_zone_across_daylight_saving(report):
         datetime(2026, 3, 29, 7, 0, tzinfo=UTC),
         datetime(2026, 3, 30, 7, 0, tzinfo=UTC),
     ]
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "after", "expected"),
+    [
+        # 01:30 happens twice when the clocks go back (BST then GMT; EDT then EST): a daily run runs once, at the first
+        ("30 1 * * *", "Europe/London", datetime(2026, 10, 24, 12, 0, tzinfo=UTC),
+         [datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]),
+        ("30 1 * * *", "America/New_York", datetime(2026, 10, 31, 12, 0, tzinfo=UTC),
+         [datetime(2026, 11, 1, 5, 30, tzinfo=UTC), datetime(2026, 11, 2, 6, 30, tzinfo=UTC)]),
+        # read from inside the repeated hour (the first 01:59 fired): the second is not another run
+        ("59 1 * * *", "Europe/London", datetime(2026, 10, 25, 0, 59, tzinfo=UTC),
+         [datetime(2026, 10, 26, 1, 59, tzinfo=UTC), datetime(2026, 10, 27, 1, 59, tzinfo=UTC)]),
+        # 02:30 does not exist when the clocks go forward: it runs once, as the gap ends
+        ("30 2 * * *", "America/New_York", datetime(2026, 3, 7, 12, 0, tzinfo=UTC),
+         [datetime(2026, 3, 8, 7, 0, tzinfo=UTC), datetime(2026, 3, 9, 6, 30, tzinfo=UTC)]),
+        # a wildcard hour runs by the clock: every half hour, the repeated hour's included
+        ("0,30 * * * *", "Europe/London", datetime(2026, 10, 24, 23, 50, tzinfo=UTC),
+         [datetime(2026, 10, 25, 0, 0, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)]),
+        ("0,30 * * * *", "Europe/London", datetime(2026, 10, 25, 0, 50, tzinfo=UTC),
+         [datetime(2026, 10, 25, 1, 0, tzinfo=UTC), datetime(2026, 10, 25, 1, 30, tzinfo=UTC)]),
+    ],
+)  # fmt: skip
+def test_a_wall_clock_time_that_happens_twice_fires_once(report, cron, zone, after, expected):
+    schedule = hourly("at night", cron=cron, timezone=zone)
+
+    assert upcoming(schedule, 2, now=after) == expected
+
+
+def test_a_sweep_inside_the_repeated_hour_does_not_fire_a_daily_schedule_again(report):
+    # given a daily 01:30 London schedule that fired at the first 01:30 (BST) on the night the clocks go back
+    schedule = hourly("nightly", cron="30 1 * * *", timezone="Europe/London")
+    first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    due_now(schedule, first)
+    fire(schedule.pk, first + timedelta(seconds=2))
+
+    # when the sweep runs at the second 01:30 (GMT)
+    fire(schedule.pk, datetime(2026, 10, 25, 1, 30, 2, tzinfo=UTC))
+
+    # then it started once, and next fires the following night
+    schedule.refresh_from_db()
+    assert WorkflowInstance.objects.count() == 1
+    assert schedule.next_fire_at == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
 
 
 def test_an_interval_counts_from_its_anchor_not_from_the_sweep(report):
@@ -210,6 +291,10 @@ def test_a_start_that_fails_is_recorded_and_audited_and_the_schedule_goes_on(rep
     [
         ({"cron": "61 * * * *"}, "cron"),
         ({"cron": "0 9 * *"}, "cron"),
+        # croniter's R is a random value drawn anew at each computation: "R 9 * * *" fired again each time the next
+        # time drawn fell later in the same hour
+        ({"cron": "R 9 * * *"}, "cron"),
+        ({"cron": "r(0-30) 9 * * *"}, "cron"),
         ({"cron": "", "interval_seconds": 5}, "interval_seconds"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"workflow_name": "no_such_flow"}, "workflow_name"),
@@ -254,5 +339,64 @@ def test_a_declared_schedule_is_checked_when_built():
         Declared("both", cron="0 * * * *", every=timedelta(hours=1))
     with pytest.raises(DefinitionError, match="time zone"):
         Declared("zone", cron="0 * * * *", timezone="Nowhere/Land")
+    with pytest.raises(DefinitionError, match="never fires"):
+        Declared("leap", cron="0 0 30 2 *")  # no 30 February: the first sweep's sync failed, and every schedule with it
+    with pytest.raises(DefinitionError, match="JSON"):
+        Declared("money", cron="0 * * * *", input={"amount": Decimal("42.00")})  # not JSON: the sync failed on it
+    with pytest.raises(DefinitionError, match="JSON"):
+        Declared("nul", cron="0 * * * *", input={"region": "e\x00u"})
     with pytest.raises(DefinitionError, match="missed"):
         Declared("policy", cron="0 * * * *", missed="always")  # type: ignore[arg-type]
+
+
+def test_a_declared_schedule_that_cannot_be_stored_stops_no_other_schedule(register_workflow, monkeypatch):
+    """The sync runs before every sweep's fires until it succeeds: one declared schedule it could not save (an input
+    changed after the check, a Decimal in it) made it raise each time, and no schedule, declared or an admin's,
+    fired at all."""
+    # given an admin's schedule due now, and a workflow declaring a good schedule and one whose input went bad
+    register_workflow(report_flow())
+    admins = hourly("admins hourly")
+    now = timezone.now()
+    due_now(admins, now - timedelta(seconds=5))
+    spoiled: dict = {"region": "eu"}
+    bad = Declared("spoiled", cron="0 2 * * *", input=spoiled)
+    spoiled["amount"] = Decimal("42.00")
+    register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"}), bad, version=2))
+    monkeypatch.setitem(schedules._synced, "done", False)
+
+    # when the sweep runs (its first in this process: it syncs first)
+    engine.sweep(now=now)
+
+    # then the admin's schedule fired and the good declared one is in the table; the bad one is not
+    assert ScheduleFire.objects.filter(schedule=admins, outcome=FireOutcome.STARTED).count() == 1
+    assert Schedule.objects.filter(name="eu nightly", source=ScheduleSource.CODE).exists()
+    assert not Schedule.objects.filter(name="spoiled").exists()
+
+
+def test_a_schedule_whose_time_zone_is_gone_is_paused_with_the_reason_and_the_others_fire(report):
+    """A tzdata upgrade removes a zone (US/Pacific-New went in 2020b): the schedule's times can no longer be
+    computed. It raised in every sweep without a trace on its page, stayed due at the head of the queue, and its
+    page answered 500."""
+    # given a schedule in a zone this tzdata no longer has, and another one, both due
+    gone = hourly("pacific new")
+    other = hourly("other")
+    now = timezone.now()
+    due_now(gone, now - timedelta(seconds=5))
+    due_now(other, now - timedelta(seconds=4))
+    Schedule.objects.filter(pk=gone.pk).update(timezone="US/Pacific-New")
+
+    # when the sweep runs
+    engine.sweep(now=now)
+
+    # then the other fired; the broken one has a failed fire saying why, and is paused (not due every pass)
+    assert ScheduleFire.objects.get(schedule=other).outcome == FireOutcome.STARTED
+    fire_row = ScheduleFire.objects.get(schedule=gone)
+    gone.refresh_from_db()
+    assert fire_row.outcome == FireOutcome.FAILED
+    assert "US/Pacific-New" in fire_row.error
+    assert (gone.enabled, gone.next_fire_at) == (False, None)
+    assert AuditEvent.objects.filter(chain="automation", action="schedule.paused", subject_id=gone.pk).exists()
+
+    # and resuming it says why it cannot be
+    with pytest.raises(ScheduleInvalid, match="time zone"):
+        schedules.schedule_toggle(gone.pk, enabled=True, actor=ADMIN)

@@ -72,6 +72,16 @@ def test_an_admin_creates_a_schedule_and_sees_its_next_runs(admin_client):
         ({"name": "bad\x00name"}, "Null characters are not allowed"),
         ({"input": '{"employee": "S\\u0000m"}'}, "NUL"),
         ({"workflow_name": "no_such_flow"}, "Select a valid choice"),
+        # a cron expression croniter parses but that no date matches (30 February, 31 April): it never fires
+        ({"cron": "0 0 30 2 *"}, "never fires"),
+        ({"cron": "0 0 31 4 *"}, "never fires"),
+        ({"cron": "R 9 * * *"}, "random"),
+        # JSON that parses but that PostgreSQL or the encoder cannot hold, and nesting the parser cannot follow
+        ({"input": EXPENSE[:-1] + ', "note": "S\\ud800m"}'}, "lone surrogate"),
+        ({"input": EXPENSE[:-1] + ', "rate": 1e400}'}, "Infinity"),
+        ({"input": EXPENSE[:-1] + ', "rate": NaN}'}, "NaN"),
+        ({"input": '{"a": ' + "[" * 5000 + "]" * 5000 + "}"}, "nested"),
+        ({"input": '{"a": ' + "[" * 300 + "]" * 300 + "}"}, "nested"),
     ],
 )
 def test_a_bad_schedule_is_answered_400_with_the_reason_and_what_was_typed(admin_client, fields, says):
@@ -141,6 +151,16 @@ def test_the_schedule_list_costs_the_same_queries_however_many_schedules(admin_c
         response = admin_client.get("/automation/")
 
     assert response.content.decode().count("/automation/schedules/") >= 30
+
+
+def test_the_page_of_a_schedule_whose_times_cannot_be_computed_says_so(admin_client):
+    # given an enabled schedule in a time zone this tzdata no longer has (not yet paused by a sweep)
+    schedule = make_schedule(timezone="US/Pacific-New")
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/")
+
+    assert page.status_code == 200
+    assert "US/Pacific-New" in page.content.decode()
 
 
 def test_the_schedule_page_shows_its_fires(admin_client):

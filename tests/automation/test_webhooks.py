@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from approvals.models import Notification
@@ -19,7 +21,8 @@ from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
-from tests.automation.receiver import receiver
+from tests.automation.receiver import receiver, trickler
+from tests.factories import SuperUserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -100,6 +103,27 @@ def test_a_signature_is_refused_outside_its_time_window():
     assert not verify("s3cret", header, body, now=1_700_000_000 + 301)  # a replay, five minutes on
     assert not verify("s3cret", "t=abc,v1=00", body)
     assert not verify("s3cret", "", body)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "t={now},v1=\u00e9",
+        "t={now},v1=\u00ff" + "0" * 63,
+        "t={now},v1",
+        "t={now}",
+        "v1=00",
+        "t=\u0661\u0662,v1=00",
+        None,
+    ],
+)
+def test_a_forged_or_missing_signature_is_refused_not_raised(header):
+    """What a receiver calls with the header it got: a non-ASCII signature made compare_digest raise (a 500 at the
+    receiver instead of a 401), and a missing header (None) raised too."""
+    body = b'{"type":"instance.started"}'
+    now = int(time.time())
+
+    assert verify("s3cret", header.format(now=now) if header else header, body) is False  # type: ignore[arg-type]
 
 
 def test_task_events_and_only_subscribed_ones_are_delivered(flows, allow_private, users):
@@ -198,6 +222,91 @@ def test_a_subscription_that_keeps_failing_is_paused_and_its_owner_told(flows, a
     assert AuditEvent.objects.filter(chain="automation", action="webhook.paused").exists()
 
 
+def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off_at_the_timeout(flows, allow_private, users, settings):
+    """The socket timeout bounds each read: a receiver sending a header byte every half second kept the worker
+    for as long as it liked, past the delivery's lease, when the sweep sent the event again alongside."""
+    settings.BATON_WEBHOOK_TIMEOUT = 1.0
+    with trickler(head=b"HTTP/1.1 200 OK\r\n", tail=b"X-Slow: " + b"z" * 60 + b"\r\n\r\n", every=0.5) as url:
+        webhook_subscribe(owner=users.admin, name="Slow", url=url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-9"})
+        engine.sweep()
+        delivery = WebhookDelivery.objects.get()
+
+        started = time.monotonic()
+        outcome = delivery_send(delivery.pk)
+        took = time.monotonic() - started
+
+    delivery.refresh_from_db()
+    assert outcome == "retrying"
+    assert took < 3, took
+    assert delivery.last_error == "no complete answer within 1 s"
+
+
+def test_an_answer_whose_body_never_ends_is_taken_at_its_status(flows, allow_private, users, settings):
+    settings.BATON_WEBHOOK_TIMEOUT = 1.0
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+    with trickler(head=head, tail=b"z" * 1000, every=0.2) as url:
+        webhook_subscribe(owner=users.admin, name="Chatty", url=url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-10"})
+        engine.sweep()
+        delivery = WebhookDelivery.objects.get()
+
+        started = time.monotonic()
+        outcome = delivery_send(delivery.pk)
+        took = time.monotonic() - started
+
+    assert outcome == "delivered"
+    assert took < 3, took
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 2\x0000 OK\r\n\r\n", b"\xff\xfe\x00garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nX\x00: y\r\n\r\n"],
+)
+def test_a_garbled_answer_is_recorded_as_a_failed_attempt(flows, allow_private, users, answer):
+    """The error text quotes the receiver's bytes: a NUL among them made PostgreSQL refuse the record, and the
+    delivery went round its lease forever without counting an attempt."""
+    with trickler(head=answer, tail=b"", every=0) as url:
+        webhook_subscribe(owner=users.admin, name="Garbled", url=url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "P-12"})
+        engine.sweep()
+        delivery = WebhookDelivery.objects.get()
+
+        outcome = delivery_send(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert outcome in ("retrying", "delivered")
+    assert delivery.state in (DeliveryState.RETRYING, DeliveryState.DELIVERED)
+    assert "\x00" not in delivery.last_error
+
+
+@pytest.mark.parametrize("left", ["deactivated", "no longer an admin"])
+def test_when_the_owner_has_left_the_pause_is_told_to_the_other_admins(flows, allow_private, users, monkeypatch, left):
+    """A paused subscription waits for someone to resume it: with its owner gone (a user who acted is deactivated,
+    never deleted: the trail holds them), the notice went to nobody who could."""
+    monkeypatch.setattr(webhooks, "PAUSE_AFTER_FAILURES", 1)
+    monkeypatch.setattr(webhooks, "PAUSE_AFTER", timedelta(0))
+    owner = SuperUserFactory(username="leaver")
+    permission = Permission.objects.get(codename="manage_automation")
+    users.manager.user_permissions.add(permission)
+    with receiver(503) as hook:
+        subscription = webhook_subscribe(owner=owner, name="Orphan", url=hook.url, events=["instance.started"])
+        if left == "deactivated":
+            owner.is_active = False
+        else:  # still signs in, but may no longer open the webhook's page
+            owner.is_superuser = False
+        owner.save()
+        instance_start("webhook_flow", {"parcel": "P-11"})
+
+        send_due()
+
+    subscription.refresh_from_db()
+    assert subscription.active is False
+    told = Notification.objects.filter(kind="webhook.paused")
+    assert sorted(told.values_list("user__username", flat=True)) == ["admin", "manager"]
+    assert all("Orphan" in notice.message for notice in told)
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -209,6 +318,17 @@ def test_a_subscription_that_keeps_failing_is_paused_and_its_owner_told(flows, a
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
+        # IPv6 forms that carry an IPv4 address some kernel or gateway reaches: IPv4-compatible, IPv4-translated,
+        # NAT64 (well-known and local-use prefixes: a NAT64 gateway forwards into its own private network), 6to4
+        "http://[::127.0.0.1]/hook",
+        "http://[::ffff:0:7f00:1]/hook",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "http://[64:ff9b::a00:1]/hook",
+        "http://[64:ff9b:1::808:808]/hook",
+        "http://[2002:a00:1::1]/hook",
+        # IPv4 spelled as one number or in octal: resolved, they are loopback
+        "http://2130706433/hook",
+        "http://0177.0.0.1/hook",
     ],
 )
 def test_private_addresses_are_refused(users, url):
@@ -227,6 +347,10 @@ def test_private_addresses_are_refused(users, url):
         ("https://example.com:99999/hook", "port"),
         ("https://no-such-host.invalid/hook", "cannot be resolved"),
         ("https://exa\x00mple.com/", "500 characters"),
+        # accepted, then refused by http.client at every attempt: sent nowhere, ever
+        ("https://93.184.215.14/hooks/a b", "spaces"),
+        ("https://93.184.215.14/hooks/\x7f", "control characters"),
+        ("https://93.184.215.14/caf\u00e9?q=\u00e9", "Percent-encode"),
     ],
 )
 def test_bad_addresses_are_refused_saying_why(users, url, message):
