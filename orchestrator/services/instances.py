@@ -31,7 +31,7 @@ from orchestrator.services.compensation import compensation_retry, saga_begun
 from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_retry
 from orchestrator.services.lifecycle import settle, skip_open_steps
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
-from orchestrator.services.results import clean_text
+from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.steps import step_retry
 from orchestrator.services.unit import Unit
 
@@ -57,8 +57,15 @@ class NotAllowed(Exception):
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    # Decimals and dates from forms become strings; the instance data is plain JSON.
-    return json.loads(json.dumps(data, default=str))
+    """``data`` as plain JSON the instance row can hold: Decimals and dates (a start form's cleaned values) become
+    strings. Raises InvalidInput naming the place of what PostgreSQL's jsonb cannot store (a NUL, a lone
+    surrogate, NaN or Infinity, nesting past the parser's stack, more than ``BATON_MAX_RESULT_BYTES``): callers
+    other than the API (the ``baton_start`` command, schedules, Python code) reach here unchecked."""
+    try:
+        return check_result(json.loads(json.dumps(data, default=str)))
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = "nested too deeply to be stored" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidInput({"input": [message.replace("result", "input", 1)]}) from None
 
 
 def _input_hash(data: dict[str, Any]) -> str:
@@ -86,8 +93,9 @@ def instance_start(
     key's row beside the start) passes ``savepoint=False`` and saves the SAVEPOINT/RELEASE round trips; a start
     with an ``idempotency_key`` keeps its savepoint regardless (its race is recovered inside it).
 
-    Raises InvalidInput when the data fails the start form or the key is longer than ``IDEMPOTENCY_KEY_MAX`` or
-    holds a NUL; IdempotencyConflict when the key was used with other data; UnknownWorkflow.
+    Raises InvalidInput when the data fails the start form or cannot be stored as JSON (:func:`_jsonable`), or the
+    key is longer than ``IDEMPOTENCY_KEY_MAX`` or holds a NUL; IdempotencyConflict when the key was used with other
+    data; UnknownWorkflow.
     """
     if idempotency_key and (len(idempotency_key) > IDEMPOTENCY_KEY_MAX or "\x00" in idempotency_key):
         problem = f"An idempotency key has at most {IDEMPOTENCY_KEY_MAX} characters and no NUL."

@@ -47,11 +47,15 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
     """``text`` (typed JSON) as a dict that the engine can store, or ValidationError naming ``what`` and the problem.
 
     Refused: not JSON (with the line and column), JSON that is not an object, more than ``TYPED_JSON_MAX``
-    characters, an empty or over-long key, or anything ``results.check_result`` refuses (a NUL, NaN, nesting)."""
+    characters, nesting deeper than the parser's stack, an empty or over-long key, or anything
+    ``results.check_result`` refuses (a NUL, NaN, nesting)."""
     if len(text) > TYPED_JSON_MAX:
         raise ValidationError(f"{what}: at most {TYPED_JSON_MAX:,} characters of JSON (you typed {len(text):,}).")
     try:
         value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        # A few thousand brackets, well inside the size limit, are deeper than the parser's stack.
+        raise ValidationError(f"{what}: nested too deeply to be read.") from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line}, column {exc.colno})" if line is not None and hasattr(exc, "colno") else ""

@@ -33,10 +33,12 @@ def test_starts_the_latest_version_and_prints_the_instance_id(users):
     ("args", "says"),
     [
         (["bench_approval", "--data", "{not json"], "--data is not JSON"),
+        (["bench_approval", "--data", '{"a": ' + "[" * 5000 + "]" * 5000 + "}"], "--data is not JSON"),
+        (["bench_approval", "--data", '{"a": "x\\u0000y"}'], "the input was refused: input: input['a'] contains a NUL"),
         (["bench_approval", "--data", "[1, 2]"], "--data must be a JSON object, not list"),
         (["no_such_flow"], "no workflow named 'no_such_flow' is registered (registered: "),
         (["bench_approval", "--user", "nobody"], "no user named 'nobody'"),
-        (["order_fulfilment", "--data", "{}"], "the input does not fit the workflow's start form: "),
+        (["order_fulfilment", "--data", "{}"], "the input was refused: "),
     ],
 )
 def test_refusals_name_what_was_wrong_and_start_nothing(args, says):

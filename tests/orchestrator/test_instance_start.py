@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.auth.models import Group
 from django.db import DatabaseError, connection, transaction
@@ -118,14 +120,23 @@ def test_start_costs_a_fixed_number_of_queries(django_assert_num_queries, users)
     assert instance.steps.get().state == StepState.SCHEDULED
 
 
-def test_a_start_failing_inside_a_callers_transaction_rolls_the_callers_work_back(users):
+@pytest.fixture
+def database_refusing_instances():
+    """The database itself refuses an instance whose data holds ``refuse_me`` (a check constraint added for the test
+    and rolled back with it): a failure the service cannot see coming, as a full disk or a lost session is."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE orchestrator_workflowinstance ADD CONSTRAINT test_refuse_me CHECK (NOT data ? 'refuse_me')"
+        )
+
+
+def test_a_start_failing_inside_a_callers_transaction_rolls_the_callers_work_back(users, database_refusing_instances):
     # given: a caller's transaction that wrote a row first (as the API writes its key's row after the start)
-    # when: the start fails in the database (PostgreSQL's JSONB refuses a NUL), asked to take no savepoint of its
-    # own and with no idempotency key
+    # when: the start fails in the database, asked to take no savepoint of its own and with no idempotency key
     def callers_transaction() -> None:
         with transaction.atomic():
             Group.objects.create(name="written-before-the-start")
-            instance_start("bench_approval", {"note": "a\x00b"}, savepoint=False)
+            instance_start("bench_approval", {"refuse_me": 1}, savepoint=False)
 
     with pytest.raises(DatabaseError):
         callers_transaction()
@@ -138,13 +149,15 @@ def test_a_start_failing_inside_a_callers_transaction_rolls_the_callers_work_bac
 @pytest.mark.parametrize(
     "options", [{}, {"idempotency_key": "nul-1"}, {"idempotency_key": "nul-2", "savepoint": False}], ids=str
 )
-def test_a_start_failing_inside_a_callers_transaction_by_default_leaves_that_transaction_usable(users, options):
+def test_a_start_failing_inside_a_callers_transaction_by_default_leaves_that_transaction_usable(
+    users, options, database_refusing_instances
+):
     # given: a caller's transaction; when: a start with its savepoint (the default, and always with an idempotency
     # key, whose race is recovered inside it) fails in the database
     with transaction.atomic():
         Group.objects.create(name="written-before-the-start")
         with pytest.raises(DatabaseError):
-            instance_start("bench_approval", {"note": "a\x00b"}, **options)
+            instance_start("bench_approval", {"refuse_me": 1}, **options)
 
         # then: only the start was rolled back; the caller carries on and keeps its row
         assert not connection.needs_rollback
@@ -267,3 +280,23 @@ def test_input_fields_named_like_the_titles_own_placeholders_start(register_work
     # then
     assert instance.title == f"Titled #{instance.pk}"
     assert instance.data == fields
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ({"note": "a\x00b"}, "input['note'] contains a NUL"),
+        ({"note": "\ud800"}, "lone surrogate"),
+        ({"amount": float("nan")}, "NaN or Infinity"),
+        ({"deep": json.loads("[" * 500 + "]" * 500)}, "nested deeper"),
+    ],
+    ids=["nul", "surrogate", "nan", "deep"],
+)
+def test_data_the_database_cannot_store_is_refused_before_anything_is_written(users, data, says):
+    """Not only the API checks a start's input: the command, schedules and Python callers reach the service with
+    whatever they hold, and a DataError from PostgreSQL would be a traceback or a 500 there."""
+    with pytest.raises(InvalidInput) as refused:
+        instance_start("bench_approval", data)
+
+    assert says in str(refused.value)
+    assert not WorkflowInstance.objects.exists()

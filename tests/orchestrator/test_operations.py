@@ -109,6 +109,7 @@ def test_skip_records_the_given_output_and_goes_on_from_the_next_step(failed, ru
         ('{"a": NaN}', "not valid JSON"),
         ('{"": 1}', "every key needs a name"),
         ('{"a": "x\\u0000y"}', "NUL"),
+        ('{"a": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply to be read"),
     ],
 )
 def test_a_typed_output_that_cannot_be_stored_is_refused_with_the_reason(typed, problem):

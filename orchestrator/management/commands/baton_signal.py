@@ -30,7 +30,7 @@ class Command(BaseCommand):
         """Deliver it; every refusal is a ``CommandError`` (exit status 1) saying what was wrong."""
         try:
             payload = json.loads(options["payload"])
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deeply
             raise CommandError(f"--payload is not JSON: {error}") from None
         try:
             delivery = signal_deliver(

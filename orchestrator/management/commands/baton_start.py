@@ -28,7 +28,7 @@ class Command(BaseCommand):
         """Start the instance; every refusal is a ``CommandError`` (exit status 1) saying what was wrong."""
         try:
             data = json.loads(options["data"])
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deeply
             raise CommandError(f"--data is not JSON: {error}") from None
         if not isinstance(data, dict):
             raise CommandError(f"--data must be a JSON object, not {type(data).__name__}")
@@ -47,7 +47,7 @@ class Command(BaseCommand):
                 f"no workflow named {options['workflow']!r} is registered (registered: {known})"
             ) from None
         except instances.InvalidInput as error:
-            raise CommandError(f"the input does not fit the workflow's start form: {error}") from None
+            raise CommandError(f"the input was refused: {error}") from None
         except instances.IdempotencyConflict as error:
             raise CommandError(str(error)) from None
         self.stdout.write(f"{instance.pk}")
