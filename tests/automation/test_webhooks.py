@@ -16,7 +16,8 @@ from django.utils import timezone
 from approvals.models import Notification
 from automation import webhooks
 from automation.models import DeliveryState, WebhookDelivery, WebhookOutbox, WebhookSubscription
-from automation.webhooks import WebhookInvalid, delivery_send, verify, webhook_subscribe
+from automation.webhooks import WebhookInvalid, delivery_send, verify, webhook_subscribe, webhook_toggle
+from orchestrator.audit import Actor
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent
 from orchestrator.services import sweep as engine
@@ -396,3 +397,31 @@ def test_a_rolled_back_transaction_leaves_no_outbox_row(flows):
 
     assert not WebhookOutbox.objects.exists()
     assert not AuditEvent.objects.filter(action="instance.started").exists()
+
+
+def test_a_paused_subscription_gets_what_was_queued_before_the_pause_and_misses_what_happened_during_it(
+    flows, allow_private, users
+):
+    """The rule docs/architecture.md states ("Pausing"): a pause holds the queued deliveries until it ends; events
+    while paused are not queued for it (subscriptions are never deleted: holding them could grow without end)."""
+    with receiver(500) as failing:
+        subscription = webhook_subscribe(owner=users.admin, name="A", url=failing.url, events=["instance.started"])
+        instance_start("webhook_flow", {"parcel": "before"})
+        engine.sweep()  # queued for it, not yet sent
+        assert WebhookDelivery.objects.filter(subscription=subscription).count() == 1
+
+    # given: an admin pauses it, and an instance starts meanwhile
+    admin = Actor.of(users.admin)
+    webhook_toggle(subscription.pk, active=False, actor=admin)
+    instance_start("webhook_flow", {"parcel": "during"})
+    assert send_due() == ["not due"]  # the queued delivery is held: nothing is sent to a paused subscription
+
+    # when: it resumes at a receiver that answers
+    with receiver(200) as hook:
+        WebhookSubscription.objects.filter(pk=subscription.pk).update(url=hook.url)
+        webhook_toggle(subscription.pk, active=True, actor=admin)
+        send_due()
+
+        # then: the event from before the pause arrives; the one during it was never queued for it
+        assert [json.loads(r.body)["data"]["instance"]["title"] for r in hook.requests] == ["Parcel before"]
+    assert WebhookDelivery.objects.filter(subscription=subscription).count() == 1
