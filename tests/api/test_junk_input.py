@@ -166,3 +166,38 @@ def test_a_database_outage_is_a_503_problem_with_retry_after(api_as, roles, monk
     assert response["Content-Type"] == "application/problem+json"
     assert response["Retry-After"] == "5"
     assert response.json()["code"] == "unavailable"
+
+
+SAM = "Sam \ud800"
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "body"),
+    [
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"employee": SAM}}),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"note": "\udfff"}}),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"\ud800": 1}}),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"deep": [{"x": ["\ud83d"]}]}}),
+        ("operator", "/api/instances/{pk}/skip/", {"reason": "stuck", "step": "\ud800"}),
+        ("admin", "/api/instances/{pk}/signals/", {"event": "e", "signal_id": "s1", "payload": {"\ud800": "x"}}),
+        ("staff2", "/api/tasks/{task}/decide/", {"decision": "approve", "data": {"x": "\ud800"}}),
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_400_problem_naming_where(api_as, roles, who, path, body):
+    # given: valid JSON ("\ud800" is a legal escape) holding half a UTF-16 pair, which no UTF-8 text, so no
+    # PostgreSQL text or jsonb column, can hold; a start's input otherwise valid
+    instance = instance_start("expense_approval", ExpenseInputFactory(amount="70.00"), initiator=roles.staff)
+    path = path.format(pk=instance.pk, task=instance.tasks.get().pk)
+    if "input" in body:
+        body = {**body, "input": {**ExpenseInputFactory(), **body["input"]}}
+    before = WorkflowInstance.objects.count()
+
+    # when
+    response = api_as(getattr(roles, who)).post(path, raw=json.dumps(body))
+
+    # then: refused as the body's fault, naming where, never a 500; nothing started
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert "surrogate" in response.json()["detail"]
+    assert "body." in response.json()["detail"]
+    assert WorkflowInstance.objects.count() == before
