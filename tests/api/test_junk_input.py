@@ -235,3 +235,46 @@ def test_a_bad_or_repeated_query_parameter_is_a_400_naming_it(api_as, roles, pat
     assert response.status_code == 400, response.content[:300]
     assert response["Content-Type"] == "application/problem+json"
     assert field in response.json()["errors"], response.json()
+
+
+@pytest.mark.parametrize("fmt", ["xml", "yaml", "api", "json", ""])
+def test_an_unknown_format_parameter_is_ignored_not_a_404(api_as, roles, fmt):
+    # given: ?format=, which DRF reads as "render as" and answers with a 404 when no renderer has that name
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.staff)
+
+    # when
+    listed = client.get(f"/api/instances/?format={fmt}")
+    started = client.post(
+        f"/api/instances/?format={fmt}", {"workflow": "expense_approval", "input": ExpenseInputFactory()}
+    )
+
+    # then: the API answers in JSON whatever is asked, as it does for the Accept header
+    assert listed.status_code == 200, listed.content[:300]
+    assert listed["Content-Type"] == "application/json"
+    assert [row["id"] for row in listed.json()["results"]] == [instance.pk]
+    assert started.status_code == 201, started.content[:300]
+    assert WorkflowInstance.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/api/schema/"),
+        ("post", "/api/schema/?format=json"),
+        ("post", "/api/docs/"),
+    ],
+)
+def test_a_problem_is_json_whatever_the_endpoint_renders(api_as, roles, method, path):
+    # given: the schema renders YAML by default and the docs HTML
+
+    # when
+    response = getattr(api_as(roles.staff).client, method)(path)
+
+    # then: the problem is the API's, in JSON, as its Content-Type says
+    assert 400 <= response.status_code < 500
+    assert response["Content-Type"] == "application/problem+json"
+    problem = json.loads(response.content)
+    assert problem["status"] == response.status_code
+    assert problem["title"]
+    assert problem["detail"]
