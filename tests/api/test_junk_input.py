@@ -278,3 +278,51 @@ def test_a_problem_is_json_whatever_the_endpoint_renders(api_as, roles, method, 
     assert problem["status"] == response.status_code
     assert problem["title"]
     assert problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("employee", {"name": "Sam"}),
+        ("employee", ["Sam", "Alex"]),
+        ("employee", True),
+        ("description", {}),
+        ("category", []),
+    ],
+)
+def test_an_object_list_or_boolean_where_the_start_form_takes_one_value_is_a_400_naming_it(api_as, roles, field, value):
+    # given: the start form's text field, which Django's forms would fill with str(value): "{'name': 'Sam'}"
+    body = {"workflow": "expense_approval", "input": {**ExpenseInputFactory(), field: value}}
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", body)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert f"input.{field}" in response.json()["errors"], response.json()
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_a_form_task_decision_with_an_object_for_a_text_field_is_a_400_naming_it(api_as, roles):
+    # given: an "other" expense, team-approved: the managers' classification form is open
+    from approvals.models import HumanTask, TaskState
+    from approvals.services.base import APPROVE
+    from approvals.services.tasks import task_decide
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="other"), initiator=roles.operator)
+    task_decide(instance.tasks.get().pk, roles.staff, APPROVE)
+    classify = HumanTask.objects.get(instance=instance, step__name="classify")
+    from demo.workflows.expense_approval import ClassificationForm
+
+    cost_centre = next(value for value, _ in ClassificationForm.base_fields["cost_centre"].choices if value)
+
+    # when
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{classify.pk}/decide/",
+        {"decision": "submit", "data": {"cost_centre": cost_centre, "note": {"text": "see receipt"}}},
+    )
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert "note" in response.json()["errors"], response.json()
+    assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN

@@ -256,3 +256,17 @@ def test_a_declared_schedule_is_checked_when_built():
         Declared("zone", cron="0 * * * *", timezone="Nowhere/Land")
     with pytest.raises(DefinitionError, match="missed"):
         Declared("policy", cron="0 * * * *", missed="always")  # type: ignore[arg-type]
+
+
+def test_a_schedule_input_with_an_object_for_a_text_field_is_refused_at_save():
+    # given: the start form's "employee" is one text; Django's field would store str({...}) at every fire
+    from automation.schedules import check
+    from tests.factories import ExpenseInputFactory
+
+    data = {**ExpenseInputFactory(), "employee": {"name": "Sam"}}
+
+    # when
+    errors = check("expense_approval", "", 3600, "UTC", data)
+
+    # then
+    assert any(message.startswith("employee:") for message in errors["input"]), errors
