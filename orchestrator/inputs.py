@@ -77,8 +77,15 @@ def check_when(value: datetime, what: str, *, now: datetime | None = None, futur
     return utc
 
 
-# Fields that take a list or an object as their value; every other field takes one value (text, a number).
-MANY_VALUED_FIELDS = (forms.MultipleChoiceField, forms.MultiValueField, forms.JSONField, forms.FileField)
+# Fields that take a list or an object as their value (as does any field with a several-values widget); every
+# other field takes one value (text, a number).
+MANY_VALUED_FIELDS = (
+    forms.MultipleChoiceField,
+    forms.ModelMultipleChoiceField,
+    forms.MultiValueField,
+    forms.JSONField,
+    forms.FileField,
+)
 
 
 def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
@@ -96,6 +103,8 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
     for name, field in form.fields.items():
         value = data.get(name)
         if name in form.errors or isinstance(field, MANY_VALUED_FIELDS):
+            continue
+        if getattr(field.widget, "allow_multiple_selected", False):
             continue
         if isinstance(value, dict | list | tuple):
             form.add_error(name, "Give one value (text or a number), not a list or an object.")
