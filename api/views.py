@@ -206,7 +206,11 @@ class InstanceViewSet(viewsets.GenericViewSet):
 
     def retrieve(self, request: Request, pk: int) -> Response:
         instance = self._detail(self._instance(pk).pk)
-        return Response(s.InstanceDetailSerializer(instance).data)
+        return Response(s.InstanceDetailSerializer(instance, context=self._shown()).data)
+
+    def _shown(self) -> dict[str, Any]:
+        """The detail's serializer context: server paths in step errors for operators only, as on the page."""
+        return {"show_paths": selectors.can_operate(self.request.user)}
 
     def _detail(self, pk: int) -> WorkflowInstance:
 
@@ -288,7 +292,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(403, "Only operators may retry, pause, resume or cancel instances.", code="forbidden")
         body = _valid(serializer_class, request.data)
         call(instance.pk, Actor.of(request.user), body, request_meta(request._request))
-        return Response(s.InstanceDetailSerializer(self._detail(instance.pk)).data)
+        return Response(s.InstanceDetailSerializer(self._detail(instance.pk), context=self._shown()).data)
 
     @extend_schema(
         summary="Retry a failed instance",
@@ -387,7 +391,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(
                 400, " ".join(messages), code="invalid", title="Invalid input", errors={"output": messages}
             ) from None
-        return Response(s.InstanceDetailSerializer(self._detail(instance.pk)).data)
+        return Response(s.InstanceDetailSerializer(self._detail(instance.pk), context=self._shown()).data)
 
     @extend_schema(
         summary="Deliver a signal (an outside event) to the instance",
