@@ -145,7 +145,7 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
     audit event.
 
     Raises TaskNotFound (no such task, or not visible to ``user``), TaskForbidden (deactivated, the initiator,
-    not a candidate), TaskConflict (claimed by someone else or no longer open).
+    not a candidate), TaskConflict (claimed by someone else, no longer open, or a quorum task ``user`` decided).
     """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
@@ -156,6 +156,10 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
             who = f" by {task.assignee}" if task.assignee_id else ""
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}{who}.")
         _check_may_act(user, locked)
+        if locked.decided_this:
+            # A quorum task waiting for others' decisions: held by someone who cannot decide it again, it would
+            # wait for nobody until they let go.
+            raise TaskConflict("You have already decided this task; it waits for the others' decisions.")
         from_state = task.state
         task.claim(user, unit.now)
         rows.update(task, ["state", "assignee", "claimed_at"])
@@ -208,8 +212,9 @@ def task_delegate(
     note; ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
-    candidate who is neither the delegator nor the initiator (a task parked with someone who cannot sign in, or
-    handed to oneself, is no hand-over); TaskForbidden, TaskConflict, TaskNotFound as the other actions.
+    candidate who is neither the delegator nor the initiator and has not decided this (quorum) task already (a task
+    parked with someone who cannot sign in or cannot decide it, or handed to oneself, is no hand-over), naming
+    ``to_user``; TaskForbidden, TaskConflict, TaskNotFound as the other actions.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -220,12 +225,18 @@ def task_delegate(
         _check_not_initiator(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
+        name = to_user.get_username()
+        refusal = ""
         if to_user.pk == user.pk:
-            raise TaskInvalid("Choose someone else: you cannot delegate a task to yourself.")
-        if not to_user.is_active:
-            raise TaskInvalid(f"{to_user.get_username()} is deactivated and cannot take this task.")
-        if not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:
-            raise TaskInvalid(f"{to_user.get_username()} is not an eligible candidate for this task.")
+            refusal = "Choose someone else: you cannot delegate a task to yourself."
+        elif not to_user.is_active:
+            refusal = f"{name} is deactivated and cannot take this task."
+        elif not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:
+            refusal = f"{name} is not an eligible candidate for this task."
+        elif TaskDecision.objects.filter(task=task, user=to_user).exists():
+            refusal = f"{name} has already decided this task; it waits for someone else's decision."
+        if refusal:
+            raise TaskInvalid(refusal, {"to_user": [refusal]})
         from_state = task.state
         if task.state == TaskState.CLAIMED:
             task.release()
