@@ -421,12 +421,12 @@ def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
 def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str, data: dict) -> dict[str, Any]:
     if task.kind == TaskKind.APPROVAL:
         if decision not in (APPROVE, REJECT):
-            raise TaskInvalid("Choose Approve or Reject.")
+            raise TaskInvalid("Choose Approve or Reject.", {"decision": ["Approve or reject."]})
         if decision == REJECT and not comment:
             raise TaskInvalid("Say why you reject: a comment is required.", {"comment": ["Required on reject."]})
         return {}
     if decision != SUBMIT:
-        raise TaskInvalid("Submit the form to complete this task.")
+        raise TaskInvalid("Submit the form to complete this task.", {"decision": ["Submit."]})
     node = definition_of(unit.instance).node(task.step.name)
     assert isinstance(node, Human)
     form = bound_form(node.form, data)
@@ -495,7 +495,7 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
         if task.assignee_id != user.pk:
             raise TaskForbidden("Claim the task before you snooze it.")
         if until <= unit.now or until > unit.now + timedelta(days=90):
-            raise TaskInvalid("Snooze until a time in the next 90 days.")
+            raise TaskInvalid("Snooze until a time in the next 90 days.", {"until": ["Within 90 days."]})
         task.snoozed_until = until
         rows.update(task, ["snoozed_until"])
         unit.audit(

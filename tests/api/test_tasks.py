@@ -198,3 +198,20 @@ def test_who_approved_a_quorum_task_can_neither_claim_it_nor_be_handed_it_nor_fi
     assert "to_user" in handed.json()["errors"]
     assert HumanTask.objects.get(pk=quorum_task.pk).assignee == roles.staff2
     assert api_as(roles.staff2).post(f"/api/tasks/{quorum_task.pk}/delegate/", {"to_user": "staff3"}).status_code == 200
+
+
+def test_a_decision_the_task_kind_does_not_take_names_decision(api_as, roles):
+    # given: a classification form task (managers), which takes "submit", not "approve"
+    from approvals.services.base import APPROVE
+    from approvals.services.tasks import task_decide
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="other"), initiator=roles.operator)
+    task_decide(instance.tasks.get().pk, roles.staff, APPROVE)
+    classify = HumanTask.objects.get(instance=instance, step__name="classify")
+
+    # when
+    response = api_as(roles.manager).post(f"/api/tasks/{classify.pk}/decide/", {"decision": "approve"})
+
+    # then
+    assert response.status_code == 400, response.content
+    assert "decision" in response.json()["errors"], response.json()
