@@ -321,9 +321,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             request,
             pk,
             s.PauseSerializer,
-            lambda i, actor, b, meta: instance_services.instance_pause(
-                i, actor=actor, reason=b["reason"], until=b.get("until"), request_meta=meta
-            ),
+            _pause,
         )
 
     @extend_schema(
@@ -428,6 +426,21 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(403, "Your role may not deliver signals.", code="forbidden")
         body = _valid(s.SignalSerializer, request.data)
         return _deliver(request, instance.pk, body)
+
+
+def _pause(instance_id: int, actor: Actor, body: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The console's pause: an end no further than ``operations.pause_horizon()`` ahead (the service's
+    ValidationError, a 400 naming ``until``, or ``reason`` for the service's own check of it)."""
+    try:
+        operations.instance_pause_until(
+            instance_id, actor=actor, reason=body["reason"], until=body.get("until"), request_meta=meta
+        )
+    except ValidationError as exc:
+        messages = list(exc.messages)
+        field = "until" if all(m.startswith("Resume at") for m in messages) else "reason"
+        raise Problem(
+            400, " ".join(messages), code="invalid", title="Invalid input", errors={field: messages}
+        ) from None
 
 
 def _step_id(instance: WorkflowInstance, ref: int | str) -> int:
