@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core import signing
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -17,8 +22,27 @@ from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.typing import AuthedRequest
 
-# The session key holding a just-created secret until the page after the redirect shows it (once).
-NEW_SECRET = "api_token_new_secret"  # noqa: S105 (a session key, not a secret)
+# The cookie carrying a just-created secret to the page after the redirect, which shows it once and deletes it.
+# The browser holds it for those two requests, signed and tied to its owner: the server keeps only the hash (a
+# session would put the secret in the session table, readable by anyone who reads the database, for as long as
+# the page after the redirect is not loaded).
+NEW_SECRET = "baton_new_api_token"  # noqa: S105 (a cookie name, not a secret)
+NEW_SECRET_SALT = "api.pages.new_secret"  # noqa: S105
+NEW_SECRET_MAX_AGE = 300  # seconds: the redirect follows at once; a page opened later shows nothing
+
+
+def _waiting_secret(request: AuthedRequest) -> dict[str, Any] | None:
+    """The secret the redirect carried, if it is this user's and fresh; else None."""
+    signed = request.COOKIES.get(NEW_SECRET)
+    if not signed:
+        return None
+    try:
+        waiting = signing.loads(signed, salt=NEW_SECRET_SALT, max_age=NEW_SECRET_MAX_AGE)
+    except signing.BadSignature:
+        return None
+    if not isinstance(waiting, dict) or waiting.get("user") != request.user.pk:
+        return None
+    return {"id": waiting.get("id"), "secret": waiting.get("secret")}
 
 
 @login_required
@@ -39,16 +63,29 @@ def tokens(request: AuthedRequest) -> HttpResponse:
             except ValidationError as exc:
                 form.add_error(None, " ".join(exc.messages))
             else:
-                request.session[NEW_SECRET] = {"id": new.token.pk, "secret": new.secret}
-                return redirect("api:tokens")
+                answer = redirect("api:tokens")
+                answer.set_cookie(
+                    NEW_SECRET,
+                    signing.dumps(
+                        {"user": request.user.pk, "id": new.token.pk, "secret": new.secret}, salt=NEW_SECRET_SALT
+                    ),
+                    max_age=NEW_SECRET_MAX_AGE,
+                    path=reverse("api:tokens"),
+                    secure=settings.SESSION_COOKIE_SECURE,
+                    httponly=True,
+                    samesite="Strict",
+                )
+                return answer
         status = 400
-    new_secret = request.session.pop(NEW_SECRET, None) if request.method == "GET" else None
+    new_secret = _waiting_secret(request) if request.method == "GET" else None
     now = timezone.now()
     rows = [(token, token.status(now)) for token in tokens_of(request.user)[:200]]
     context = {"form": form, "rows": rows, "new_secret": new_secret, "active_nav": "tokens"}
     response = render(request, "api/tokens.html", context, status=status)
-    # The secret is on this page once: never keep it in a cache.
+    # The secret is on this page once: never keep it in a cache, nor the cookie that brought it.
     response["Cache-Control"] = "no-store"
+    if NEW_SECRET in request.COOKIES and request.method == "GET":
+        response.delete_cookie(NEW_SECRET, path=reverse("api:tokens"), samesite="Strict")
     return response
 
 

@@ -1,7 +1,8 @@
 """The one request body the API reads: JSON, checked before any of it reaches a service or the database.
 
 DRF's own JSONParser reads the whole stream (no size limit), turns ``1e999`` into an infinity that PostgreSQL's
-jsonb then refuses (a 500), lets a NUL character through to a text column (another 500) and lets the
+jsonb then refuses (a 500), lets a NUL character or a lone surrogate (``"\\ud800"``: legal JSON, but half a
+UTF-16 pair that no UTF-8 text holds) through to a text or jsonb column (another 500) and lets the
 RecursionError of very deep nesting escape as a 500. This one refuses each of them with a 400 (413 for size).
 """
 
@@ -39,17 +40,33 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _unstorable(text: str) -> str | None:
+    """What in ``text`` PostgreSQL cannot store (a NUL character, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "the NUL character (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"the lone surrogate \\u{ord(text[exc.start]):04x} (half of a UTF-16 pair)"
+    return None
+
+
 def check_value(value: Any, depth: int = 0, where: str = "body") -> None:
-    """Raise ParseError naming where a NUL character or nesting deeper than ``DEPTH_MAX`` is in ``value``."""
+    """Raise ParseError naming where a NUL character, a lone surrogate or nesting deeper than ``DEPTH_MAX`` is
+    in ``value``."""
     if depth > DEPTH_MAX:
         raise ParseError(f"{where}: nested deeper than {DEPTH_MAX} levels.")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ParseError(f"{where}: remove the NUL character (\\u0000); it cannot be stored.")
+        bad = _unstorable(value)
+        if bad:
+            raise ParseError(f"{where}: remove {bad}; it cannot be stored.")
     elif isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                raise ParseError(f"{where}: a key holds a NUL character (\\u0000); it cannot be stored.")
+            bad = _unstorable(key)
+            if bad:
+                # The key itself is not shown: it is what cannot be printed.
+                raise ParseError(f"{where}: a key holds {bad}; it cannot be stored.")
             check_value(item, depth + 1, f"{where}.{key[:40]}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -57,7 +74,8 @@ def check_value(value: Any, depth: int = 0, where: str = "body") -> None:
 
 
 class SafeJSONParser(BaseParser):
-    """``application/json`` (UTF-8), at most ``BODY_MAX`` bytes, finite numbers, no NUL, bounded nesting."""
+    """``application/json`` (UTF-8), at most ``BODY_MAX`` bytes, finite numbers, no NUL or lone surrogate, bounded
+    nesting."""
 
     media_type = "application/json"
 

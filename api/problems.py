@@ -22,6 +22,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from approvals.models import HumanTask
@@ -219,6 +220,11 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         body["errors"] = errors
     if status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in headers:
         headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    if request is not None:
+        # Rendered as JSON whatever the view renders (the schema YAML, the docs HTML): DRF renders an error with
+        # the renderer it negotiated for the answer, which under a problem+json Content-Type would be YAML or text.
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = PROBLEM_JSON
     return Response(body, status=status_code, headers=headers, content_type=PROBLEM_JSON)
 
 
@@ -247,5 +253,5 @@ class LenientNegotiation(DefaultContentNegotiation):
             return super().select_renderer(request, renderers, format_suffix)
         except exceptions.NotAcceptable:
             return renderers[0], renderers[0].media_type
-        except exceptions.NotFound:  # an unknown ?format=
+        except (exceptions.NotFound, Http404):  # an unknown ?format= (DRF raises Django's Http404 for it)
             return renderers[0], renderers[0].media_type

@@ -21,6 +21,7 @@ from approvals.models import HumanTask
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import COMMENT_MAX, IDEMPOTENCY_KEY_MAX, NOTE_MAX, REASON_MAX, SEARCH_MAX, check_when
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
+from orchestrator.selectors import hide_paths
 
 ID_MAX = 2**63 - 1
 
@@ -211,7 +212,13 @@ class InstanceSerializer(BuiltOnceModelSerializer):
 
 
 class StepSerializer(serializers.ModelSerializer):
-    """One step run: its state, its attempts so far and the last error."""
+    """One step run: its state, its attempts so far and the last error (its traceback's file paths cut to file
+    names unless the context's ``show_paths``, as the instance page shows them to whoever may not operate)."""
+
+    error = serializers.SerializerMethodField()
+
+    def get_error(self, step: StepRun) -> str:
+        return step.error if self.context.get("show_paths") else hide_paths(step.error)
 
     class Meta:
         model = StepRun

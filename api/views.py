@@ -9,6 +9,7 @@ parsers, errors and schema come with it) and registering it on ``api.urls.router
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,6 +35,7 @@ from approvals.models import HumanTask
 from approvals.services import tasks as task_services
 from audit import selectors as audit_selectors
 from audit.exports import event_record
+from audit.forms import ONE_VALUE as AUDIT_ONE_VALUE
 from audit.forms import AuditFilterForm
 from audit.views import export_response
 from orchestrator import registry, selectors
@@ -52,13 +54,32 @@ KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")
 
 class Cursor(CursorPagination):
     """Keyset pagination, newest first (``id`` is unique and grows with time, so a page never repeats or skips a
-    row while others are added). ``cursor`` is opaque; ``limit`` is 1-100 (default 25)."""
+    row while others are added). ``cursor`` is opaque; ``limit`` is 1-100 (default 25), anything else a 400
+    naming it."""
 
     ordering = "-id"
     page_size = 25
     page_size_query_param = "limit"
     max_page_size = 100
     invalid_cursor_message = "The cursor is not one this API gave out: start again without it."
+
+    def get_page_size(self, request: Request) -> int:
+        """``limit`` as given, 1-``max_page_size``; absent, ``page_size``. DRF reads junk, zero or a negative as
+        "the default" and a larger number as the maximum: a script asking for something else than it gets is
+        told, as the audit trail's ``limit`` tells it."""
+        text = request.query_params.get(self.page_size_query_param)
+        if text is None:
+            return self.page_size
+        if not re.fullmatch(r"\d{1,3}", text) or not 1 <= int(text) <= self.max_page_size:
+            message = f"A whole number from 1 to {self.max_page_size}."
+            raise Problem(
+                400,
+                f"{self.page_size_query_param}: {message.lower()}",
+                code="invalid",
+                title="Invalid input",
+                errors={self.page_size_query_param: [message]},
+            )
+        return int(text)
 
     def decode_cursor(self, request: Request) -> Any:
         cursor = super().decode_cursor(request)
@@ -79,6 +100,20 @@ class Cursor(CursorPagination):
             raise Problem(
                 400, self.invalid_cursor_message, code="invalid_cursor", errors={"cursor": ["Invalid."]}
             ) from None
+
+
+def single_valued(request: Request, checked: Collection[str] = ()) -> Any:
+    """The request's query parameters, each given at most once: every parameter of this API takes one value, and
+    of ``?state=running&state=failed`` which one the client meant is a guess (the last, as ``get`` takes it,
+    would quietly answer a question it did not ask). Raises Problem 400 naming each repeated parameter, except
+    those in ``checked`` (a form that refuses their repeats itself, with its own message)."""
+    params = request.query_params
+    repeated = {name[:100]: len(values) for name, values in params.lists() if len(values) > 1 and name not in checked}
+    if repeated:
+        errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
+        detail = " ".join(f"{name}: given {count} times; give it once." for name, count in repeated.items())
+        raise Problem(400, detail[:1000], code="invalid", title="Invalid input", errors=errors)
+    return params
 
 
 def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
@@ -108,7 +143,7 @@ class WorkflowViewSet(viewsets.ViewSet):
         return Response(s.WorkflowSerializer(registry.latest_all(), many=True).data)
 
     def retrieve(self, request: Request, name: str) -> Response:
-        version = request.query_params.get("version")
+        version = single_valued(request).get("version")
         if version is not None and not re.fullmatch(r"[1-9]\d{0,8}", version):
             raise Problem(400, "version: a positive whole number.", code="invalid", errors={"version": ["Invalid."]})
         try:
@@ -152,7 +187,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return instance
 
     def list(self, request: Request) -> Response:
-        filters = _valid(s.InstanceFilterSerializer, request.query_params)
+        filters = _valid(s.InstanceFilterSerializer, single_valued(request))
         qs = self.get_queryset()
         if "workflow" in filters:
             qs = qs.filter(workflow_name=filters["workflow"])
@@ -171,7 +206,11 @@ class InstanceViewSet(viewsets.GenericViewSet):
 
     def retrieve(self, request: Request, pk: int) -> Response:
         instance = self._detail(self._instance(pk).pk)
-        return Response(s.InstanceDetailSerializer(instance).data)
+        return Response(s.InstanceDetailSerializer(instance, context=self._shown()).data)
+
+    def _shown(self) -> dict[str, Any]:
+        """The detail's serializer context: server paths in step errors for operators only, as on the page."""
+        return {"show_paths": selectors.can_operate(self.request.user)}
 
     def _detail(self, pk: int) -> WorkflowInstance:
 
@@ -253,7 +292,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(403, "Only operators may retry, pause, resume or cancel instances.", code="forbidden")
         body = _valid(serializer_class, request.data)
         call(instance.pk, Actor.of(request.user), body, request_meta(request._request))
-        return Response(s.InstanceDetailSerializer(self._detail(instance.pk)).data)
+        return Response(s.InstanceDetailSerializer(self._detail(instance.pk), context=self._shown()).data)
 
     @extend_schema(
         summary="Retry a failed instance",
@@ -282,9 +321,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             request,
             pk,
             s.PauseSerializer,
-            lambda i, actor, b, meta: instance_services.instance_pause(
-                i, actor=actor, reason=b["reason"], until=b.get("until"), request_meta=meta
-            ),
+            _pause,
         )
 
     @extend_schema(
@@ -352,7 +389,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(
                 400, " ".join(messages), code="invalid", title="Invalid input", errors={"output": messages}
             ) from None
-        return Response(s.InstanceDetailSerializer(self._detail(instance.pk)).data)
+        return Response(s.InstanceDetailSerializer(self._detail(instance.pk), context=self._shown()).data)
 
     @extend_schema(
         summary="Deliver a signal (an outside event) to the instance",
@@ -389,6 +426,21 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(403, "Your role may not deliver signals.", code="forbidden")
         body = _valid(s.SignalSerializer, request.data)
         return _deliver(request, instance.pk, body)
+
+
+def _pause(instance_id: int, actor: Actor, body: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The console's pause: an end no further than ``operations.pause_horizon()`` ahead (the service's
+    ValidationError, a 400 naming ``until``, or ``reason`` for the service's own check of it)."""
+    try:
+        operations.instance_pause_until(
+            instance_id, actor=actor, reason=body["reason"], until=body.get("until"), request_meta=meta
+        )
+    except ValidationError as exc:
+        messages = list(exc.messages)
+        field = "until" if all(m.startswith("Resume at") for m in messages) else "reason"
+        raise Problem(
+            400, " ".join(messages), code="invalid", title="Invalid input", errors={field: messages}
+        ) from None
 
 
 def _step_id(instance: WorkflowInstance, ref: int | str) -> int:
@@ -508,7 +560,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         return task_selectors.visible_tasks(self.request.user)
 
     def list(self, request: Request) -> Response:
-        scope = _valid(s.TaskFilterSerializer, request.query_params)["scope"]
+        scope = _valid(s.TaskFilterSerializer, single_valued(request))["scope"]
         user = request.user
         qs = task_selectors.my_tasks(user) if scope == "mine" else task_selectors.team_queue(user)
         page = self.paginate_queryset(qs.select_related("instance", "assignee").order_by("-id"))
@@ -597,7 +649,8 @@ def _trail_filters(request: Request) -> audit_selectors.AuditFilters:
     own form, a bad one a 400 naming it."""
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
-    form = AuditFilterForm(request.query_params)
+    # The form refuses its own filters' repeats (naming ``query``, as on the page); the rest (limit, cursor) here.
+    form = AuditFilterForm(single_valued(request, checked=AUDIT_ONE_VALUE))
     # The page reads a time without an offset in the person's zone; the API, like its other times, wants the
     # offset (a script's local clock is not Baton's): the form's own errors come after.
     naive = {

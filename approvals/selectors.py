@@ -84,12 +84,14 @@ def team_queue(user: User) -> QuerySet[HumanTask]:
     """Unclaimed tasks the user may claim through their groups or by name.
 
     Tasks of instances the user started are left out, escalations included (four-eyes: resolving a failure of
-    one's own instance steers it as much as deciding it does, and the services refuse it).
+    one's own instance steers it as much as deciding it does, and the services refuse it); so are quorum tasks the
+    user already decided (waiting for the others: the services refuse a second decision and its claim).
     """
     qs = (
         HumanTask.objects.filter(state__in=[TaskState.OPEN, TaskState.ESCALATED], assignee__isnull=True)
         .filter(_candidate_filter(user))
         .exclude(instance__initiator=user)
+        .exclude(decisions__user=user)
     )
     return _with_related(qs)
 

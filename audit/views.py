@@ -252,11 +252,22 @@ def export(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpRespo
     return export_response(request, kind, form.filters())
 
 
-def export_response(request: HttpRequest, kind: str, filters: selectors.AuditFilters) -> StreamingHttpResponse:
+def export_response(
+    request: HttpRequest, kind: str, filters: selectors.AuditFilters
+) -> StreamingHttpResponse | HttpResponse:
     """The streamed export of the events ``filters`` select, as ``kind`` ("csv" or "jsonl"), oldest first, signed
     line by line (``audit.exports``; ``manage.py baton_verify_audit --file`` checks it). The export itself is
     recorded on the access chain with who asked and the filters. The one path of the export page and the API's
-    ``/api/audit/export.<kind>``: the caller has checked ``can_view_trail`` and validated the filters."""
+    ``/api/audit/export.<kind>``: the caller has checked ``can_view_trail`` and validated the filters.
+
+    A HEAD request gets the headers alone and records nothing: no file leaves, so there is no export to record
+    (the trail would otherwise show exports nobody received)."""
+    stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if request.method == "HEAD":
+        head = HttpResponse(content_type=EXPORT_TYPES[kind])
+        head["Content-Disposition"] = f'attachment; filename="baton-audit-{stamp}.{kind}"'
+        head["Cache-Control"] = "no-store"
+        return head
     header = ExportHeader(filters=filters.as_params(), generated_by=request.user.get_username())
     append_standalone(
         ACCESS_CHAIN,
@@ -267,7 +278,6 @@ def export_response(request: HttpRequest, kind: str, filters: selectors.AuditFil
         payload={"format": kind, "export_id": header.export_id, "filters": header.filters},
         request_meta=current_request_meta(),
     )
-    stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     lines = export_lines(kind, selectors.audit_events_filtered(filters), header)
     # Under ASGI (daphne) a sync iterator would be read whole into memory before the first byte is sent: an async
     # one streams. Under WSGI (gunicorn, the test client) the sync iterator streams as it is, reporting the worker

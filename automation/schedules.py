@@ -22,6 +22,7 @@ from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire,
 from orchestrator import audit, recurrence, registry
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
+from orchestrator.inputs import bound_form
 from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.sweep import isolated
 
@@ -77,7 +78,7 @@ def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str
     elif problem := input_problem(data):
         errors["input"] = [problem]
     elif workflow is not None and workflow.start_form is not None:
-        form = workflow.start_form(data=data)
+        form = bound_form(workflow.start_form, data)
         if not form.is_valid():
             errors["input"] = [f"{field}: {' '.join(str(e) for e in msgs)}" for field, msgs in form.errors.items()]
     return errors

@@ -26,6 +26,7 @@ from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind
 from console.models import BulkItemState, BulkJob, BulkJobItem
 from orchestrator import selectors as engine_selectors
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
+from orchestrator.selectors import hide_paths
 from orchestrator.services.unit import HARD_LIMIT_MARGIN
 
 # Counts by state are exact up to this many, then shown as "1000+": an exact count of a million rows costs a
@@ -491,15 +492,6 @@ class Attempt:
         if self.started_at and self.ended_at:
             return self.ended_at - self.started_at
         return None
-
-
-# A traceback line naming a file on the server: operators see it whole, everyone else only the file's name.
-SERVER_PATH = re.compile(r'File "(?:[^"]*/)?([^"/]+)"')
-
-
-def hide_paths(text: str) -> str:
-    """``text`` with every traceback file path cut to its file name (``File "/srv/app/x.py"`` -> ``File "x.py"``)."""
-    return SERVER_PATH.sub(r'File "\1"', text)
 
 
 def attempts_by_step(steps: list[StepRun], events: list[AuditEvent], *, show_paths: bool) -> dict[int, list[Attempt]]:

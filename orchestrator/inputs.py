@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django import forms
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
@@ -74,3 +75,39 @@ def check_when(value: datetime, what: str, *, now: datetime | None = None, futur
     if future and utc <= now:
         raise ValidationError(f"{what}: enter a time in the future.", code="in_the_past")
     return utc
+
+
+# Fields that take a list or an object as their value (as does any field with a several-values widget); every
+# other field takes one value (text, a number).
+MANY_VALUED_FIELDS = (
+    forms.MultipleChoiceField,
+    forms.ModelMultipleChoiceField,
+    forms.MultiValueField,
+    forms.JSONField,
+    forms.FileField,
+)
+
+
+def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
+    """``form_class`` bound to ``data`` and validated, with an error on each field given a JSON object, list or
+    true/false where it takes one value (text or a number; true/false only for a checkbox).
+
+    A workflow's form meets JSON from the API, a schedule or another service, and Django's fields read anything
+    through ``str()``: ``{"name": "Sam"}`` would become the text "{'name': 'Sam'}" and ``true`` the text "True",
+    stored as if the client had typed them. A page's QueryDict holds only text and passes unchanged. Call
+    ``is_valid()`` on the result as on any form."""
+    form = form_class(data=data)
+    form.is_valid()
+    if not isinstance(data, Mapping) or hasattr(data, "getlist"):
+        return form
+    for name, field in form.fields.items():
+        value = data.get(name)
+        if name in form.errors or isinstance(field, MANY_VALUED_FIELDS):
+            continue
+        if getattr(field.widget, "allow_multiple_selected", False):
+            continue
+        if isinstance(value, dict | list | tuple):
+            form.add_error(name, "Give one value (text or a number), not a list or an object.")
+        elif isinstance(value, bool) and not isinstance(field, forms.BooleanField):
+            form.add_error(name, "Give text or a number, not true or false.")
+    return form

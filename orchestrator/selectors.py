@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 
@@ -49,3 +51,13 @@ def audit_of(instance: WorkflowInstance) -> QuerySet[AuditEvent]:
 
 def state_counts(qs: QuerySet[WorkflowInstance]) -> dict[str, int]:
     return dict(qs.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+
+
+# A traceback line naming a file on the server: operators see it whole, everyone else only the file's name.
+SERVER_PATH = re.compile(r'File "(?:[^"]*/)?([^"/]+)"')
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every traceback file path cut to its file name (``File "/srv/app/x.py"`` -> ``File "x.py"``):
+    what a step's error shows anyone who may see the instance but not operate it (the page and the API alike)."""
+    return SERVER_PATH.sub(r'File "\1"', text)

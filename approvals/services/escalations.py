@@ -27,7 +27,9 @@ def escalation_resolve(unit: Unit, task: HumanTask, user: User, decision: str, c
     compensation's escalation while the instance is not compensating, running or skipping a forward step once the
     saga began); whatever entering the next node raises (Skip), for the caller to roll back and refuse."""
     if decision not in (RETRY, SKIP, FAIL, RESOLVED):
-        raise TaskInvalid("Choose Retry, Skip, Mark resolved or Fail instance.")
+        raise TaskInvalid(
+            "Choose Retry, Skip, Mark resolved or Fail instance.", {"decision": ["Retry, skip, resolved or fail."]}
+        )
     if not comment:
         raise TaskInvalid("Give a reason: it goes into the audit trail.", {"comment": ["Required."]})
     step = task.step
@@ -35,9 +37,11 @@ def escalation_resolve(unit: Unit, task: HumanTask, user: User, decision: str, c
     workflow = definition_of(instance)
     is_compensation = step.kind == StepKind.COMPENSATION
     if decision == RESOLVED and not is_compensation:
-        raise TaskInvalid("Mark resolved applies to a failed compensation; use Skip for a failed step.")
+        message = "Mark resolved applies to a failed compensation; use Skip for a failed step."
+        raise TaskInvalid(message, {"decision": [message]})
     if decision == SKIP and is_compensation:
-        raise TaskInvalid("Use Mark resolved once the compensation has been done by hand.")
+        message = "Use Mark resolved once the compensation has been done by hand."
+        raise TaskInvalid(message, {"decision": [message]})
     if is_compensation and instance.state != InstanceState.COMPENSATING:
         then = (
             "retry it to go on with its compensation"

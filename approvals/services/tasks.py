@@ -52,7 +52,7 @@ from orchestrator import live_names, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human
-from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, check_when
+from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when
 from orchestrator.models import InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services.flow import human_step_finish, human_step_stopped
@@ -145,7 +145,7 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
     audit event.
 
     Raises TaskNotFound (no such task, or not visible to ``user``), TaskForbidden (deactivated, the initiator,
-    not a candidate), TaskConflict (claimed by someone else or no longer open).
+    not a candidate), TaskConflict (claimed by someone else, no longer open, or a quorum task ``user`` decided).
     """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
@@ -156,6 +156,10 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
             who = f" by {task.assignee}" if task.assignee_id else ""
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}{who}.")
         _check_may_act(user, locked)
+        if locked.decided_this:
+            # A quorum task waiting for others' decisions: held by someone who cannot decide it again, it would
+            # wait for nobody until they let go.
+            raise TaskConflict("You have already decided this task; it waits for the others' decisions.")
         from_state = task.state
         task.claim(user, unit.now)
         rows.update(task, ["state", "assignee", "claimed_at"])
@@ -208,8 +212,9 @@ def task_delegate(
     note; ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
-    candidate who is neither the delegator nor the initiator (a task parked with someone who cannot sign in, or
-    handed to oneself, is no hand-over); TaskForbidden, TaskConflict, TaskNotFound as the other actions.
+    candidate who is neither the delegator nor the initiator and has not decided this (quorum) task already (a task
+    parked with someone who cannot sign in or cannot decide it, or handed to oneself, is no hand-over), naming
+    ``to_user``; TaskForbidden, TaskConflict, TaskNotFound as the other actions.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -220,12 +225,18 @@ def task_delegate(
         _check_not_initiator(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
+        name = to_user.get_username()
+        refusal = ""
         if to_user.pk == user.pk:
-            raise TaskInvalid("Choose someone else: you cannot delegate a task to yourself.")
-        if not to_user.is_active:
-            raise TaskInvalid(f"{to_user.get_username()} is deactivated and cannot take this task.")
-        if not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:
-            raise TaskInvalid(f"{to_user.get_username()} is not an eligible candidate for this task.")
+            refusal = "Choose someone else: you cannot delegate a task to yourself."
+        elif not to_user.is_active:
+            refusal = f"{name} is deactivated and cannot take this task."
+        elif not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:
+            refusal = f"{name} is not an eligible candidate for this task."
+        elif TaskDecision.objects.filter(task=task, user=to_user).exists():
+            refusal = f"{name} has already decided this task; it waits for someone else's decision."
+        if refusal:
+            raise TaskInvalid(refusal, {"to_user": [refusal]})
         from_state = task.state
         if task.state == TaskState.CLAIMED:
             task.release()
@@ -410,15 +421,15 @@ def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
 def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str, data: dict) -> dict[str, Any]:
     if task.kind == TaskKind.APPROVAL:
         if decision not in (APPROVE, REJECT):
-            raise TaskInvalid("Choose Approve or Reject.")
+            raise TaskInvalid("Choose Approve or Reject.", {"decision": ["Approve or reject."]})
         if decision == REJECT and not comment:
             raise TaskInvalid("Say why you reject: a comment is required.", {"comment": ["Required on reject."]})
         return {}
     if decision != SUBMIT:
-        raise TaskInvalid("Submit the form to complete this task.")
+        raise TaskInvalid("Submit the form to complete this task.", {"decision": ["Submit."]})
     node = definition_of(unit.instance).node(task.step.name)
     assert isinstance(node, Human)
-    form = node.form(data=data)
+    form = bound_form(node.form, data)
     if not form.is_valid():
         errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
         raise TaskInvalid("The form has errors.", errors)
@@ -484,7 +495,7 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
         if task.assignee_id != user.pk:
             raise TaskForbidden("Claim the task before you snooze it.")
         if until <= unit.now or until > unit.now + timedelta(days=90):
-            raise TaskInvalid("Snooze until a time in the next 90 days.")
+            raise TaskInvalid("Snooze until a time in the next 90 days.", {"until": ["Within 90 days."]})
         task.snoozed_until = until
         rows.update(task, ["snoozed_until"])
         unit.audit(

@@ -17,7 +17,7 @@ from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, check_text, check_when
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, bound_form, check_text, check_when
 from orchestrator.models import (
     BUSY_STEP_STATES,
     InstanceState,
@@ -102,7 +102,7 @@ def instance_start(
         raise InvalidInput({"idempotency_key": [problem]})
     workflow = registry.get(workflow_name, version)
     if workflow.start_form is not None:
-        form = workflow.start_form(data=data)
+        form = bound_form(workflow.start_form, data)
         if not form.is_valid():
             raise InvalidInput({k: [str(e) for e in v] for k, v in form.errors.items()})
         data = {**data, **form.cleaned_data}

@@ -52,7 +52,7 @@ from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Signal, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     InstanceState,
@@ -327,7 +327,7 @@ def _validated(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
 
 def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
     if node.form is not None:
-        form = node.form(data=payload)
+        form = bound_form(node.form, payload)
         if not form.is_valid():
             errors = {f"payload.{k}": [str(e) for e in v] for k, v in form.errors.items()}
             raise SignalInvalid("The payload does not fit the signal's form: " + _summary(errors), errors)

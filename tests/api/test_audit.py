@@ -162,3 +162,17 @@ def test_a_bad_export_filter_is_a_problem_and_exports_nothing(api_as, roles, sta
     assert response["Content-Type"] == "application/problem+json"
     assert "since" in response.json()["errors"]
     assert not AuditEvent.objects.filter(action="audit.exported").exists()
+
+
+@pytest.mark.parametrize("path", ["/api/audit/export.jsonl", "/api/audit/export.csv"])
+def test_a_head_request_for_an_export_records_no_export(api_as, roles, started, path):
+    # given: an export is recorded on the access chain as it is handed out; a HEAD hands nothing out
+    client = api_as(roles.admin)
+    before = AuditEvent.objects.filter(action="audit.exported").count()
+
+    # when
+    head = client.client.head(path, headers=client.headers)
+
+    # then
+    assert head.status_code == 200
+    assert AuditEvent.objects.filter(action="audit.exported").count() == before

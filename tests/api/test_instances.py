@@ -469,3 +469,23 @@ def test_a_failed_instance_is_retried_and_completes(api_as, roles, run_steps):
     assert instance.state == InstanceState.COMPLETED
     retried = AuditEvent.objects.get(instance=instance, action="instance.retried")
     assert (retried.reason, retried.actor_label) == ("payroll is back", "user:operator")
+
+
+def test_a_pause_ends_within_the_pages_horizon(api_as, roles, started, settings):
+    # given: the console lets a pause end at most BATON_PAUSE_MAX_DAYS ahead (for longer: cancel)
+    settings.BATON_PAUSE_MAX_DAYS = 30
+    client, instance = api_as(roles.operator), started[0]
+    too_far = (timezone.now() + timedelta(days=31)).isoformat()
+    in_range = (timezone.now() + timedelta(days=29)).isoformat()
+
+    # when
+    refused = client.post(f"/api/instances/{instance.pk}/pause/", {"reason": "audit", "until": too_far})
+    state_after_refusal = WorkflowInstance.objects.get(pk=instance.pk).state
+    paused = client.post(f"/api/instances/{instance.pk}/pause/", {"reason": "audit", "until": in_range})
+
+    # then
+    assert refused.status_code == 400, refused.content
+    assert "until" in refused.json()["errors"], refused.json()
+    assert "30 days" in refused.json()["detail"]
+    assert state_after_refusal != "paused"
+    assert paused.status_code == 200, paused.content

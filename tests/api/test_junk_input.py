@@ -166,3 +166,163 @@ def test_a_database_outage_is_a_503_problem_with_retry_after(api_as, roles, monk
     assert response["Content-Type"] == "application/problem+json"
     assert response["Retry-After"] == "5"
     assert response.json()["code"] == "unavailable"
+
+
+SAM = "Sam \ud800"
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "body"),
+    [
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"employee": SAM}}),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"note": "\udfff"}}),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"\ud800": 1}}),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"deep": [{"x": ["\ud83d"]}]}}),
+        ("operator", "/api/instances/{pk}/skip/", {"reason": "stuck", "step": "\ud800"}),
+        ("admin", "/api/instances/{pk}/signals/", {"event": "e", "signal_id": "s1", "payload": {"\ud800": "x"}}),
+        ("staff2", "/api/tasks/{task}/decide/", {"decision": "approve", "data": {"x": "\ud800"}}),
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_400_problem_naming_where(api_as, roles, who, path, body):
+    # given: valid JSON ("\ud800" is a legal escape) holding half a UTF-16 pair, which no UTF-8 text, so no
+    # PostgreSQL text or jsonb column, can hold; a start's input otherwise valid
+    instance = instance_start("expense_approval", ExpenseInputFactory(amount="70.00"), initiator=roles.staff)
+    path = path.format(pk=instance.pk, task=instance.tasks.get().pk)
+    if "input" in body:
+        body = {**body, "input": {**ExpenseInputFactory(), **body["input"]}}
+    before = WorkflowInstance.objects.count()
+
+    # when
+    response = api_as(getattr(roles, who)).post(path, raw=json.dumps(body))
+
+    # then: refused as the body's fault, naming where, never a 500; nothing started
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert "surrogate" in response.json()["detail"]
+    assert "body." in response.json()["detail"]
+    assert WorkflowInstance.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/instances/?limit=0", "limit"),
+        ("/api/instances/?limit=-1", "limit"),
+        ("/api/instances/?limit=ten", "limit"),
+        ("/api/instances/?limit=1e309", "limit"),
+        ("/api/instances/?limit=101", "limit"),
+        ("/api/instances/?limit=99999999999999999999999", "limit"),
+        ("/api/instances/?limit=", "limit"),
+        ("/api/tasks/?limit=%00", "limit"),
+        ("/api/tasks/?scope=queue&limit=0", "limit"),
+        ("/api/instances/?state=running&state=failed", "state"),
+        ("/api/instances/?limit=5&limit=50", "limit"),
+        ("/api/tasks/?scope=mine&scope=queue", "scope"),
+        ("/api/audit/events/?limit=50&limit=60", "limit"),
+        ("/api/audit/events/?cursor=a&cursor=b", "cursor"),
+        ("/api/audit/export.jsonl?instance=1&instance=2", "query"),  # the timeline form's own refusal
+        ("/api/workflows/expense_approval/?version=1&version=2", "version"),
+    ],
+)
+def test_a_bad_or_repeated_query_parameter_is_a_400_naming_it(api_as, roles, path, field):
+    # given: a page size that is not 1-100, or a one-value parameter given twice (which of the two the client
+    # meant is a guess: the last would quietly answer a question it did not ask)
+
+    # when
+    response = api_as(roles.admin).get(path)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert field in response.json()["errors"], response.json()
+
+
+@pytest.mark.parametrize("fmt", ["xml", "yaml", "api", "json", ""])
+def test_an_unknown_format_parameter_is_ignored_not_a_404(api_as, roles, fmt):
+    # given: ?format=, which DRF reads as "render as" and answers with a 404 when no renderer has that name
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.staff)
+
+    # when
+    listed = client.get(f"/api/instances/?format={fmt}")
+    started = client.post(
+        f"/api/instances/?format={fmt}", {"workflow": "expense_approval", "input": ExpenseInputFactory()}
+    )
+
+    # then: the API answers in JSON whatever is asked, as it does for the Accept header
+    assert listed.status_code == 200, listed.content[:300]
+    assert listed["Content-Type"] == "application/json"
+    assert [row["id"] for row in listed.json()["results"]] == [instance.pk]
+    assert started.status_code == 201, started.content[:300]
+    assert WorkflowInstance.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/api/schema/"),
+        ("post", "/api/schema/?format=json"),
+        ("post", "/api/docs/"),
+    ],
+)
+def test_a_problem_is_json_whatever_the_endpoint_renders(api_as, roles, method, path):
+    # given: the schema renders YAML by default and the docs HTML
+
+    # when
+    response = getattr(api_as(roles.staff).client, method)(path)
+
+    # then: the problem is the API's, in JSON, as its Content-Type says
+    assert 400 <= response.status_code < 500
+    assert response["Content-Type"] == "application/problem+json"
+    problem = json.loads(response.content)
+    assert problem["status"] == response.status_code
+    assert problem["title"]
+    assert problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("employee", {"name": "Sam"}),
+        ("employee", ["Sam", "Alex"]),
+        ("employee", True),
+        ("description", {}),
+        ("category", []),
+    ],
+)
+def test_an_object_list_or_boolean_where_the_start_form_takes_one_value_is_a_400_naming_it(api_as, roles, field, value):
+    # given: the start form's text field, which Django's forms would fill with str(value): "{'name': 'Sam'}"
+    body = {"workflow": "expense_approval", "input": {**ExpenseInputFactory(), field: value}}
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", body)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert f"input.{field}" in response.json()["errors"], response.json()
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_a_form_task_decision_with_an_object_for_a_text_field_is_a_400_naming_it(api_as, roles):
+    # given: an "other" expense, team-approved: the managers' classification form is open
+    from approvals.models import HumanTask, TaskState
+    from approvals.services.base import APPROVE
+    from approvals.services.tasks import task_decide
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="other"), initiator=roles.operator)
+    task_decide(instance.tasks.get().pk, roles.staff, APPROVE)
+    classify = HumanTask.objects.get(instance=instance, step__name="classify")
+    from demo.workflows.expense_approval import ClassificationForm
+
+    cost_centre = next(value for value, _ in ClassificationForm.base_fields["cost_centre"].choices if value)
+
+    # when
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{classify.pk}/decide/",
+        {"decision": "submit", "data": {"cost_centre": cost_centre, "note": {"text": "see receipt"}}},
+    )
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert "note" in response.json()["errors"], response.json()
+    assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN

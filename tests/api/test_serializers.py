@@ -55,3 +55,24 @@ def test_fields_holding_other_fields_are_deep_copied_with_their_children_bound_t
     assert copies["people"].child_relation is not template["people"].child_relation
     assert copies["people"].child_relation.parent is copies["people"]
     assert copies["inner"] is not template["inner"]
+
+
+def test_bound_form_leaves_fields_that_take_several_values_alone():
+    # given: a form with a multiple choice, a JSON field and a text field
+    from django import forms
+
+    from orchestrator.inputs import bound_form
+
+    class Several(forms.Form):
+        tags = forms.MultipleChoiceField(choices=[("a", "A"), ("b", "B")])
+        extra = forms.JSONField()
+        picked = forms.CharField(widget=forms.SelectMultiple, required=False)
+        name = forms.CharField()
+
+    # when
+    ok = bound_form(Several, {"tags": ["a", "b"], "extra": {"k": [1]}, "name": "Sam"})
+    bad = bound_form(Several, {"tags": ["a"], "extra": [1], "name": ["Sam"]})
+
+    # then
+    assert ok.is_valid(), ok.errors
+    assert list(bad.errors) == ["name"]

@@ -434,3 +434,19 @@ def test_a_signal_whose_flow_cannot_go_on_is_accepted_and_the_instance_fails_vis
     assert 400 <= retry.status_code < 500, retry.content
     assert retry["Content-Type"].startswith("application/problem+json")
     assert "still raises KeyError" in retry.json()["detail"]
+
+
+@in_process
+def test_a_payload_with_an_object_for_a_text_field_is_422_naming_it(waiting, api_as, roles):
+    # given: the node's form takes one text for "reference"; Django would store str(the object)
+    before = what_changes(waiting)
+
+    # when
+    response = api_as(roles.operator).post(
+        signal_path(waiting), signal(payload={"paid_amount": "12.50", "reference": {"id": "PAY-9"}})
+    )
+
+    # then
+    assert response.status_code == 422, response.content
+    assert "payload.reference" in response.json()["errors"], response.json()
+    assert what_changes(waiting) == before

@@ -123,3 +123,24 @@ def test_a_running_instance_has_nothing_to_skip(api_as, roles):
 
     assert response.status_code == 409
     assert "failed" in response.json()["detail"]
+
+
+def test_a_step_error_shows_server_paths_to_operators_only_as_on_the_page(failed, api_as, roles):
+    # given: the dead payout step's error holds its traceback, with the server's file paths
+    step = failed.steps.get(state=StepState.DEAD)
+    assert 'File "/' in step.error
+
+    # when
+    seen_by = {
+        who: api_as(getattr(roles, who)).get(f"/api/instances/{failed.pk}/").json()
+        for who in ("staff", "manager", "operator")
+    }
+
+    # then: the initiator and a manager see the file names (as the page shows them), the operator the paths
+    def error_of(detail: dict) -> str:
+        return next(s["error"] for s in detail["steps"] if s["id"] == step.pk)
+
+    assert 'File "/' not in error_of(seen_by["staff"])
+    assert 'File "/' not in error_of(seen_by["manager"])
+    assert error_of(seen_by["staff"]).splitlines()[0] == step.error.splitlines()[0]
+    assert error_of(seen_by["operator"]) == step.error

@@ -152,3 +152,66 @@ def test_the_task_lists_cost_the_same_queries_for_one_or_many(api_as, roles, dja
         instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
     with django_assert_num_queries(3):
         assert len(client.get("/api/tasks/", {"scope": "queue"}).json()["results"]) == 10
+
+
+@pytest.mark.parametrize("to", ["staff", "manager", "ghost"])
+def test_a_refused_delegation_names_to_user(api_as, roles, task, to):
+    # given: staff started it (the initiator), the manager delegates to themself, ghost is deactivated
+    ghost = type(roles.staff).objects.create_user("ghost", is_active=False)
+    ghost.groups.add(roles.approvers)
+
+    # when
+    response = api_as(roles.manager).post(f"/api/tasks/{task.pk}/delegate/", {"to_user": to})
+
+    # then
+    assert response.status_code == 400, response.content
+    assert "to_user" in response.json()["errors"], response.json()
+
+
+@pytest.fixture
+def quorum_task(roles, register_workflow) -> HumanTask:
+    """A sign-off by two approvers, started by the manager."""
+    from orchestrator.dsl import Human, Workflow
+
+    register_workflow(Workflow("api_quorum_two", 1, [Human("sign_off", candidate_groups=["approvers"], quorum=2)]))
+    return instance_start("api_quorum_two", {}, initiator=roles.manager).tasks.get()
+
+
+def test_who_approved_a_quorum_task_can_neither_claim_it_nor_be_handed_it_nor_find_it_in_their_queue(
+    api_as, roles, quorum_task
+):
+    # given: staff approved; one approval is still missing
+    assert api_as(roles.staff).post(f"/api/tasks/{quorum_task.pk}/decide/", {"decision": "approve"}).status_code == 200
+    extra = type(roles.staff).objects.create_user("staff3")
+    extra.groups.add(roles.approvers)
+
+    # when
+    queue = api_as(roles.staff).get("/api/tasks/", {"scope": "queue"}).json()["results"]
+    claim = api_as(roles.staff).post(f"/api/tasks/{quorum_task.pk}/claim/")
+    api_as(roles.staff2).post(f"/api/tasks/{quorum_task.pk}/claim/")
+    handed = api_as(roles.staff2).post(f"/api/tasks/{quorum_task.pk}/delegate/", {"to_user": "staff"})
+
+    # then: the task is never parked with someone who cannot decide it; others still can
+    assert queue == []
+    assert claim.status_code == 409, claim.content
+    assert handed.status_code == 400, handed.content
+    assert "to_user" in handed.json()["errors"]
+    assert HumanTask.objects.get(pk=quorum_task.pk).assignee == roles.staff2
+    assert api_as(roles.staff2).post(f"/api/tasks/{quorum_task.pk}/delegate/", {"to_user": "staff3"}).status_code == 200
+
+
+def test_a_decision_the_task_kind_does_not_take_names_decision(api_as, roles):
+    # given: a classification form task (managers), which takes "submit", not "approve"
+    from approvals.services.base import APPROVE
+    from approvals.services.tasks import task_decide
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="other"), initiator=roles.operator)
+    task_decide(instance.tasks.get().pk, roles.staff, APPROVE)
+    classify = HumanTask.objects.get(instance=instance, step__name="classify")
+
+    # when
+    response = api_as(roles.manager).post(f"/api/tasks/{classify.pk}/decide/", {"decision": "approve"})
+
+    # then
+    assert response.status_code == 400, response.content
+    assert "decision" in response.json()["errors"], response.json()

@@ -6,6 +6,7 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.test import Client
@@ -224,3 +225,38 @@ def test_the_command_records_one_event_per_change_as_the_system(roles):
         ("token.created", "system:command", token.pk),
         ("token.revoked", "system:command", token.pk),
     ]
+
+
+def test_a_new_secret_is_never_stored_on_the_server_while_it_waits_to_be_shown(roles):
+    # given
+    from django.contrib.sessions.models import Session
+
+    client = Client()
+    client.force_login(roles.staff)
+
+    # when: created; what the server holds before the page that shows it
+    client.post("/api/tokens/", {"name": "billing sync", "expires": "never"})
+    held = [str(session.get_decoded()) + session.session_data for session in Session.objects.all()]
+    shown = client.get("/api/tokens/")
+
+    # then: only the hash is on the server (the session store is a table anyone with the database can read)
+    secret = shown.context["new_secret"]["secret"]
+    assert hash_secret(secret) == ApiToken.objects.get(user=roles.staff).key_hash
+    assert not [text for text in held if secret in text]
+
+
+def test_a_new_secret_is_shown_only_to_its_owner(roles):
+    # given: staff created a token; the waiting secret travels to the staff2 browser (a copied cookie)
+    staff, other = Client(), Client()
+    staff.force_login(roles.staff)
+    other.force_login(roles.staff2)
+    staff.post("/api/tokens/", {"name": "billing sync", "expires": "never"})
+    for name, morsel in staff.cookies.items():
+        if name != settings.SESSION_COOKIE_NAME:
+            other.cookies[name] = morsel.value
+
+    # when
+    page = other.get("/api/tokens/")
+
+    # then
+    assert page.context["new_secret"] is None

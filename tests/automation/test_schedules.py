@@ -400,3 +400,17 @@ def test_a_schedule_whose_time_zone_is_gone_is_paused_with_the_reason_and_the_ot
     # and resuming it says why it cannot be
     with pytest.raises(ScheduleInvalid, match="time zone"):
         schedules.schedule_toggle(gone.pk, enabled=True, actor=ADMIN)
+
+
+def test_a_schedule_input_with_an_object_for_a_text_field_is_refused_at_save():
+    # given: the start form's "employee" is one text; Django's field would store str({...}) at every fire
+    from automation.schedules import check
+    from tests.factories import ExpenseInputFactory
+
+    data = {**ExpenseInputFactory(), "employee": {"name": "Sam"}}
+
+    # when
+    errors = check("expense_approval", "", 3600, "UTC", data)
+
+    # then
+    assert any(message.startswith("employee:") for message in errors["input"]), errors
