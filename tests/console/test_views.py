@@ -239,3 +239,19 @@ def test_a_data_edit_read_before_another_change_is_refused_with_the_text_kept(cl
     assert "changed while you were editing" in response.content.decode()
     assert "Globex" in response.content.decode()
     assert WorkflowInstance.objects.get(pk=failed.pk).data == {"customer": "ACME", "amount": 41}
+
+
+@pytest.mark.parametrize(
+    "offset_time", ["2026-01-01T00:00:00+23:59", "2026-01-01T00:00:00-23:59", "9999-12-31T23:59:59-23:59"]
+)
+def test_a_page_link_edited_to_an_offset_postgresql_refuses_is_a_message_not_a_500(client, users, failed, offset_time):
+    # given: the list's cursor with a time whose offset PostgreSQL refuses, or whose UTC value is past year 9999
+    import base64
+
+    cursor = base64.urlsafe_b64encode(f"{offset_time}|{failed.pk}".encode()).decode()
+
+    # when
+    response = login(client, users.operator).get(reverse("console:instance_list"), {"after": cursor})
+
+    # then
+    assert response.status_code == 200
