@@ -61,6 +61,8 @@ class ScheduleForm(forms.Form):
         text = self.cleaned_data["input"]
         try:
             value = json.loads(text or "{}")
+        except RecursionError:  # deeper than Python's stack: a message, not a 500
+            raise forms.ValidationError("Not JSON this page can read: nested too deep.") from None
         except ValueError as exc:
             raise forms.ValidationError(f"Not JSON: {exc}.") from None
         if not isinstance(value, dict):

@@ -29,7 +29,7 @@ from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
 from orchestrator.services.lifecycle import settle
 from orchestrator.services.locks import definition_or_none, definition_unavailable, lock_instance
-from orchestrator.services.results import check_result
+from orchestrator.services.results import MAX_DEPTH, check_result
 from orchestrator.services.steps import step_skip
 from orchestrator.services.unit import Unit
 
@@ -52,6 +52,8 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
         raise ValidationError(f"{what}: at most {TYPED_JSON_MAX:,} characters of JSON (you typed {len(text):,}).")
     try:
         value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:  # deeper than Python's stack: json.loads gives up before check_object could say so
+        raise ValidationError(f"{what}: nested deeper than {MAX_DEPTH} levels.") from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line}, column {exc.colno})" if line is not None and hasattr(exc, "colno") else ""

@@ -111,6 +111,24 @@ def test_a_skip_with_bad_json_comes_back_with_what_was_typed(client, users, fail
     assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
 
 
+@pytest.mark.parametrize("operation", ["skip", "edit-data"])
+def test_json_nested_too_deep_to_read_is_a_message_with_the_text_kept(client, users, failed, operation):
+    # given: JSON nested past Python's recursion limit (json.loads raised RecursionError: a 500)
+    typed = '{"a":' * 3000 + "1" + "}" * 3000
+    step = failed.steps.get(name="pay")
+    fields = {"step": step.pk, "output": typed} if operation == "skip" else {"new_data": typed, "seq": failed.audit_seq}
+
+    # when
+    response = login(client, users.operator).post(action(failed, operation), {**fields, "reason": "by hand"})
+
+    # then
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "nested deeper than" in page
+    assert "{&quot;a&quot;:{&quot;a&quot;:" in page
+    assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
+
+
 def test_a_skip_shows_the_step_as_resolved_by_hand(client, users, failed, run_steps):
     # given
     step = failed.steps.get(name="pay")

@@ -109,6 +109,9 @@ def test_skip_records_the_given_output_and_goes_on_from_the_next_step(failed, ru
         ('{"a": NaN}', "not valid JSON"),
         ('{"": 1}', "every key needs a name"),
         ('{"a": "x\\u0000y"}', "NUL"),
+        # Deeper than Python's recursion limit: json.loads raised RecursionError, a 500 on the console's page.
+        ('{"a":' * 5000 + "1" + "}" * 5000, "nested deeper than"),
+        ("[" * 100_000, "nested deeper than"),
     ],
 )
 def test_a_typed_output_that_cannot_be_stored_is_refused_with_the_reason(typed, problem):
