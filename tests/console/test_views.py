@@ -182,6 +182,34 @@ def test_the_list_filters_on_business_data_and_keeps_bad_input_as_a_message(clie
     assert "Version:" in page.content.decode()
 
 
+def test_a_started_range_given_backwards_is_named_not_an_empty_list_without_a_word(client, users, failed):
+    # given: "from" after "before" (typed the wrong way round): nothing can match, and the list said nothing
+    typed = {"started_from": "2026-05-02T10:00", "started_to": "2026-05-01T10:00"}
+
+    # when
+    page = login(client, users.operator).get(reverse("console:instance_list"), typed)
+
+    # then: the message names it, the list shows the instances without the bad bound, the typed values stay
+    assert page.status_code == 200
+    body = html.unescape(page.content.decode())
+    assert "Started before: must be after Started from" in body
+    assert [i.pk for i in page.context["page"].rows] == [failed.pk]
+    assert 'value="2026-05-01' in body
+
+
+def test_a_bulk_dry_run_over_a_backwards_range_is_refused_with_the_reason(client, users, failed):
+    # when
+    response = login(client, users.operator).post(
+        reverse("console:bulk_dry_run"),
+        {"action": "retry", "started_from": "2026-05-02T10:00", "started_to": "2026-05-01T10:00"},
+        follow=True,
+    )
+
+    # then
+    assert "Started before: must be after Started from" in html.unescape(response.content.decode())
+    assert not BulkJob.objects.exists()
+
+
 def test_the_list_and_the_instance_page_take_a_fixed_number_of_queries(
     client, users, flow, run_steps, django_assert_num_queries
 ):
