@@ -120,7 +120,8 @@ def instance_data_edit(
     Returns the diff (:func:`data_diff`), which is audited as ``instance.data_edited`` with the reason.
 
     Raises ValidationError for a missing reason, data that cannot be stored (:func:`check_object`) or no change;
-    NotAllowed for a state that does not allow it, or a stale ``expected_seq``; WorkflowInstance.DoesNotExist.
+    NotAllowed for a state that does not allow it, a step still running (its result would overwrite the edit), or a
+    stale ``expected_seq``; WorkflowInstance.DoesNotExist.
     """
     reason = _reason_required(reason)
     data = check_object(data, "Data")
@@ -130,6 +131,14 @@ def instance_data_edit(
             raise NotAllowed(
                 f"The data of a {instance.get_state_display().lower()} instance cannot be edited: only failed, "
                 "paused or waiting ones (pause a running instance first)."
+            )
+        # Pausing stops nothing in flight: a step a worker already runs finishes after the pause, and its result
+        # joins the data, overwriting an edit made meanwhile (and the step ran on the data before it).
+        running = sorted(set(instance.steps.filter(state=StepState.RUNNING).values_list("name", flat=True)))
+        if running:
+            raise NotAllowed(
+                f"A step is still running ({', '.join(running)}): its result joins the data when it finishes and "
+                "would overwrite your edit. Wait for it to finish (this page follows it), then edit."
             )
         if expected_seq is not None and instance.audit_seq != expected_seq:
             raise NotAllowed(
