@@ -118,6 +118,11 @@ class BulkDryRunForm(InstanceListForm):
         choices=[("retry", "Retry"), ("cancel", "Cancel"), ("pause", "Pause"), ("resume", "Resume")], label="Action"
     )
 
+    def is_valid(self) -> bool:
+        # The list shows its rows without a filter given twice; a bulk action left without it would act on more
+        # instances than were asked for: it is refused, and the list is shown without it, saying so.
+        return super().is_valid() and not self.repeated
+
 
 class BulkConfirmForm(ReasonForm):
     until = WhenField(required=False, label="Resume at")

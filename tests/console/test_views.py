@@ -210,6 +210,19 @@ def test_a_bulk_dry_run_over_a_backwards_range_is_refused_with_the_reason(client
     assert not BulkJob.objects.exists()
 
 
+def test_a_bulk_dry_run_with_a_filter_given_twice_is_refused_not_widened(client, users, failed):
+    # given: a dry run posted with the workflow filter twice. The list leaves a repeated filter out and says so; the
+    # bulk action left it out without a word and counted every workflow's instances.
+    typed = {"action": "retry", "workflow": ["view_flow", "another_flow"]}
+
+    # when
+    response = login(client, users.operator).post(reverse("console:bulk_dry_run"), typed, follow=True)
+
+    # then
+    assert "Workflow: given 2 times" in html.unescape(response.content.decode())
+    assert not BulkJob.objects.exists()
+
+
 def test_the_list_and_the_instance_page_take_a_fixed_number_of_queries(
     client, users, flow, run_steps, django_assert_num_queries
 ):
