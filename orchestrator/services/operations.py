@@ -132,9 +132,11 @@ def instance_data_edit(
                 f"The data of a {instance.get_state_display().lower()} instance cannot be edited: only failed, "
                 "paused or waiting ones (pause a running instance first)."
             )
-        # Pausing stops nothing in flight: a step a worker already runs finishes after the pause, and its result
-        # joins the data, overwriting an edit made meanwhile (and the step ran on the data before it).
-        running = sorted(set(instance.steps.filter(state=StepState.RUNNING).values_list("name", flat=True)))
+        # Pausing stops nothing in flight: a task a worker already runs finishes after the pause, and its result
+        # joins the data, overwriting an edit made meanwhile (and the task ran on the data before it). A person's
+        # step or a wait for a signal is "running" too while the instance waits: editing then is what waiting allows.
+        in_flight = instance.steps.filter(state=StepState.RUNNING, kind__in=(StepKind.TASK, StepKind.COMPENSATION))
+        running = sorted(set(in_flight.values_list("name", flat=True)))
         if running:
             raise NotAllowed(
                 f"A step is still running ({', '.join(running)}): its result joins the data when it finishes and "
