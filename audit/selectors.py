@@ -130,9 +130,12 @@ def decode_cursor(text: str) -> tuple[datetime, int]:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         at, pk = json.loads(raw)
         when = parse_datetime(at) if isinstance(at, str) else None
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        # In UTC: an edited offset PostgreSQL refuses (beyond +/-15:59) or one that puts the time past year 9999
+        # is a damaged link here, not a database error there.
+        when = when.astimezone(UTC) if when is not None and when.tzinfo is not None else None
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise BadCursor("That page link is damaged; showing the newest events.") from None
-    if when is None or when.tzinfo is None or not isinstance(pk, int) or isinstance(pk, bool) or pk < 1:
+    if when is None or not isinstance(pk, int) or isinstance(pk, bool) or not 1 <= pk <= 2**63 - 1:
         raise BadCursor("That page link is damaged; showing the newest events.")
     return when, pk
 

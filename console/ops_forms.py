@@ -54,6 +54,10 @@ class InstanceListForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        started_from, started_to = cleaned.get("started_from"), cleaned.get("started_to")
+        if started_from and started_to and started_from >= started_to:
+            # Typed the wrong way round: nothing could match, and an empty list would not say why.
+            self.add_error("started_to", "must be after Started from.")
         if bool(cleaned.get("data_path")) != bool(cleaned.get("data_value")):
             self.add_error("data_value", "give both the data field and its value, or neither.")
             cleaned.pop("data_path", None)
@@ -113,6 +117,11 @@ class BulkDryRunForm(InstanceListForm):
     action = forms.ChoiceField(
         choices=[("retry", "Retry"), ("cancel", "Cancel"), ("pause", "Pause"), ("resume", "Resume")], label="Action"
     )
+
+    def is_valid(self) -> bool:
+        # The list shows its rows without a filter given twice; a bulk action left without it would act on more
+        # instances than were asked for: it is refused, and the list is shown without it, saying so.
+        return super().is_valid() and not self.repeated
 
 
 class BulkConfirmForm(ReasonForm):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -34,6 +34,8 @@ from orchestrator.services.unit import HARD_LIMIT_MARGIN
 # still read up to 80,000 index entries: 750 ms of SQL at a million on the shared bench machine).
 COUNT_CAP = 1_000
 PAGE_SIZE = 50
+# The largest id PostgreSQL's bigint holds: a cursor naming a larger one is not ours.
+ID_MAX = 2**63 - 1
 # A JSON path into the business data: dotted keys (``customer``, ``address.city``), each a plain name.
 DATA_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}(\.[A-Za-z_][A-Za-z0-9_-]{0,62}){0,4}$")
 
@@ -150,8 +152,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, int] | None:
         created = parse_datetime(when)
         if created is None or timezone.is_naive(created):
             return None
-        return created, int(pk)
-    except (ValueError, UnicodeDecodeError):
+        position = int(pk)
+        if not 1 <= position <= ID_MAX:
+            return None
+        # In UTC: an edited offset PostgreSQL refuses (beyond +/-15:59) or one that puts the time past year 9999
+        # is a bad link here, not a database error there.
+        return created.astimezone(UTC), position
+    except (ValueError, UnicodeDecodeError, OverflowError):
         return None
 
 

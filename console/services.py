@@ -208,7 +208,7 @@ def bulk_work(job_id: int, *, batch: int = BATCH, now: datetime | None = None) -
 def _work_item(job: BulkJob, item_id: int) -> int:
     """Act on one item; 1 if this call worked it, 0 if another worker had it or it was no longer pending."""
     actor = Actor.of(job.created_by)
-    reason = f"{job.reason} (bulk {job.action} #{job.pk})"
+    reason = item_reason(job)
     meta = {"bulk_job": job.pk}
     with transaction.atomic():
         item = BulkJobItem.objects.select_for_update(skip_locked=True).filter(pk=item_id).first()
@@ -227,6 +227,19 @@ def _work_item(job: BulkJob, item_id: int) -> int:
         item.acted_at = timezone.now()
         item.save(update_fields=["state", "detail", "acted_at"])
     return 1
+
+
+def item_reason(job: BulkJob) -> str:
+    """The reason each instance's own event records: the job's, labelled with the job, within ``REASON_MAX``.
+
+    The reason typed may already be the longest allowed, and the label would take it past the limit the instance
+    services enforce (every item then refused): the typed part is shortened to fit, marked with an ellipsis; the
+    whole is on the job's ``bulk.started`` event, which the label and the event's ``bulk_job`` meta point to."""
+    label = f" (bulk {job.action} #{job.pk})"
+    typed = job.reason
+    if len(typed) + len(label) > REASON_MAX:
+        typed = typed[: REASON_MAX - len(label) - 1].rstrip() + "…"
+    return typed + label
 
 
 def _why(exc: Exception) -> str:

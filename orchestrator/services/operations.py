@@ -29,7 +29,7 @@ from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
 from orchestrator.services.lifecycle import settle
 from orchestrator.services.locks import definition_or_none, definition_unavailable, lock_instance
-from orchestrator.services.results import check_result
+from orchestrator.services.results import MAX_DEPTH, check_result
 from orchestrator.services.steps import step_skip
 from orchestrator.services.unit import Unit
 
@@ -53,9 +53,8 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
         raise ValidationError(f"{what}: at most {TYPED_JSON_MAX:,} characters of JSON (you typed {len(text):,}).")
     try:
         value = json.loads(text, parse_constant=_no_constant)
-    except RecursionError:
-        # A few thousand brackets, well inside the size limit, are deeper than the parser's stack.
-        raise ValidationError(f"{what}: nested too deeply to be read.") from None
+    except RecursionError:  # deeper than Python's stack: json.loads gives up before check_object could say so
+        raise ValidationError(f"{what}: nested deeper than {MAX_DEPTH} levels.") from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line}, column {exc.colno})" if line is not None and hasattr(exc, "colno") else ""
@@ -122,7 +121,8 @@ def instance_data_edit(
     Returns the diff (:func:`data_diff`), which is audited as ``instance.data_edited`` with the reason.
 
     Raises ValidationError for a missing reason, data that cannot be stored (:func:`check_object`) or no change;
-    NotAllowed for a state that does not allow it, or a stale ``expected_seq``; WorkflowInstance.DoesNotExist.
+    NotAllowed for a state that does not allow it, a step still running (its result would overwrite the edit), or a
+    stale ``expected_seq``; WorkflowInstance.DoesNotExist.
     """
     reason = _reason_required(reason)
     data = check_object(data, "Data")
@@ -132,6 +132,16 @@ def instance_data_edit(
             raise NotAllowed(
                 f"The data of a {instance.get_state_display().lower()} instance cannot be edited: only failed, "
                 "paused or waiting ones (pause a running instance first)."
+            )
+        # Pausing stops nothing in flight: a task a worker already runs finishes after the pause, and its result
+        # joins the data, overwriting an edit made meanwhile (and the task ran on the data before it). A person's
+        # step or a wait for a signal is "running" too while the instance waits: editing then is what waiting allows.
+        in_flight = instance.steps.filter(state=StepState.RUNNING, kind__in=(StepKind.TASK, StepKind.COMPENSATION))
+        running = sorted(set(in_flight.values_list("name", flat=True)))
+        if running:
+            raise NotAllowed(
+                f"A step is still running ({', '.join(running)}): its result joins the data when it finishes and "
+                "would overwrite your edit. Wait for it to finish (this page follows it), then edit."
             )
         if expected_seq is not None and instance.audit_seq != expected_seq:
             raise NotAllowed(

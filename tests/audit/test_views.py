@@ -426,3 +426,24 @@ def test_the_status_strip_reads_the_latest_and_the_last_finished_run_in_one_stat
 
 def test_before_any_run_the_status_is_empty(db):
     assert selectors.verification_status() == (None, None)
+
+
+@pytest.mark.parametrize(
+    "offset_time", ["2026-01-01T00:00:00+23:59", "2026-01-01T00:00:00-23:59", "9999-12-31T23:59:59-23:59"]
+)
+@pytest.mark.parametrize("direction", ["after", "before"])
+def test_a_cursor_edited_to_an_offset_postgresql_refuses_is_a_damaged_link_not_a_500(
+    users, two_orders, offset_time, direction
+):
+    # given: a cursor whose time carries an offset Python reads but PostgreSQL refuses (beyond +/-15:59), or
+    # whose UTC value is past year 9999
+    import base64
+    import json
+
+    cursor = base64.urlsafe_b64encode(json.dumps([offset_time, 1]).encode()).decode()
+
+    # when
+    response = client_for(users.admin).get("/audit/", {direction: cursor})
+
+    # then: a page of events (or the newest with the message), never a database error
+    assert response.status_code == 200

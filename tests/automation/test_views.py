@@ -68,6 +68,7 @@ def test_an_admin_creates_a_schedule_and_sees_its_next_runs(admin_client):
         ({"timezone": "Mars/Olympus"}, "Unknown time zone"),
         ({"input": "{not json"}, "Not JSON"),
         ({"input": "[1, 2]"}, "Give a JSON object"),
+        ({"input": '{"a":' * 3000 + "1" + "}" * 3000}, "nested too deep"),
         ({"input": '{"employee": "Sam"}'}, "amount"),
         ({"name": "bad\x00name"}, "Null characters are not allowed"),
         ({"input": '{"employee": "S\\u0000m"}'}, "NUL"),

@@ -14,6 +14,7 @@ from console.selectors import InstanceFilter, bulk_progress, bulk_sample
 from console.services import BulkError, BulkNotFound, bulk_confirm, bulk_dry_run, bulk_jobs_stale, bulk_stop, bulk_work
 from orchestrator.audit import Actor
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.inputs import REASON_MAX
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_retry, instance_start
 
@@ -163,3 +164,55 @@ def test_a_bulk_pause_until_a_time_pauses_each_with_that_end(flow, users):
     # then
     paused = WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances])
     assert {(i.state, i.paused_until) for i in paused} == {(InstanceState.PAUSED, until)}
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+def test_a_reason_of_the_full_length_allowed_still_acts_on_every_instance(flow, users, run_steps, action):
+    """The job's reason plus its "(bulk retry #n)" label went past the reason limit: every item was skipped."""
+    # given: the longest reason the confirmation accepts
+    failed_instances(run_steps, 2)
+    job = bulk_dry_run(users.operator, action, InstanceFilter(workflow="bulk_flow"))
+    reason = "x" * REASON_MAX
+    bulk_confirm(job.pk, users.operator, reason=reason)
+
+    # when
+    bulk_work(job.pk)
+
+    # then: both acted on; each instance's event names the job within the limit; the whole reason is on the job's
+    assert job.items.filter(state=BulkItemState.DONE).count() == 2, list(job.items.values_list("detail", flat=True))
+    events = AuditEvent.objects.filter(
+        instance__workflow_name="bulk_flow", request_meta__bulk_job=job.pk, action__startswith="instance."
+    )
+    assert events.count() == 2
+    assert all(len(e.reason) <= REASON_MAX and e.reason.endswith(f"(bulk {action} #{job.pk})") for e in events)
+    assert AuditEvent.objects.get(action="bulk.started", subject_id=job.pk).reason == reason
+
+
+def test_a_bulk_resume_skips_an_instance_whose_definition_is_gone_and_resumes_the_rest(
+    register_workflow, users, run_steps
+):
+    # given: two paused instances of two workflows; one workflow's code is then removed
+    from orchestrator import registry
+    from orchestrator.services.instances import instance_pause
+
+    register_workflow(Workflow("bulk_keep", 1, [Task("sync", sync)]))
+    gone = register_workflow(Workflow("bulk_gone", 1, [Task("sync", sync)]))
+    kept = instance_start("bulk_keep", {})
+    lost = instance_start("bulk_gone", {})
+    for instance in (kept, lost):
+        instance_pause(instance.pk, actor=Actor("user:operator"), reason="hold")
+    job = bulk_dry_run(users.operator, "resume", InstanceFilter(state="paused"))
+    bulk_confirm(job.pk, users.operator, reason="go on")
+    registry.unregister(gone.name, gone.version)
+
+    # when
+    bulk_work(job.pk)
+
+    # then: the job finished; the one without its definition was skipped with why, the other resumed
+    job.refresh_from_db()
+    assert job.state == BulkJobState.DONE
+    items = {i.instance_id: i for i in job.items.all()}
+    assert items[kept.pk].state == BulkItemState.DONE
+    assert items[lost.pk].state == BulkItemState.SKIPPED, items[lost.pk].detail
+    assert "not available" in items[lost.pk].detail
+    assert WorkflowInstance.objects.get(pk=lost.pk).state == InstanceState.PAUSED

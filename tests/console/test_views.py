@@ -111,6 +111,24 @@ def test_a_skip_with_bad_json_comes_back_with_what_was_typed(client, users, fail
     assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
 
 
+@pytest.mark.parametrize("operation", ["skip", "edit-data"])
+def test_json_nested_too_deep_to_read_is_a_message_with_the_text_kept(client, users, failed, operation):
+    # given: JSON nested past Python's recursion limit (json.loads raised RecursionError: a 500)
+    typed = '{"a":' * 3000 + "1" + "}" * 3000
+    step = failed.steps.get(name="pay")
+    fields = {"step": step.pk, "output": typed} if operation == "skip" else {"new_data": typed, "seq": failed.audit_seq}
+
+    # when
+    response = login(client, users.operator).post(action(failed, operation), {**fields, "reason": "by hand"})
+
+    # then
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "nested deeper than" in page
+    assert "{&quot;a&quot;:{&quot;a&quot;:" in page
+    assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
+
+
 def test_a_skip_shows_the_step_as_resolved_by_hand(client, users, failed, run_steps):
     # given
     step = failed.steps.get(name="pay")
@@ -162,6 +180,47 @@ def test_the_list_filters_on_business_data_and_keeps_bad_input_as_a_message(clie
     assert page.status_code == 200
     assert [i.pk for i in page.context["page"].rows] == [failed.pk]
     assert "Version:" in page.content.decode()
+
+
+def test_a_started_range_given_backwards_is_named_not_an_empty_list_without_a_word(client, users, failed):
+    # given: "from" after "before" (typed the wrong way round): nothing can match, and the list said nothing
+    typed = {"started_from": "2026-05-02T10:00", "started_to": "2026-05-01T10:00"}
+
+    # when
+    page = login(client, users.operator).get(reverse("console:instance_list"), typed)
+
+    # then: the message names it, the list shows the instances without the bad bound, the typed values stay
+    assert page.status_code == 200
+    body = html.unescape(page.content.decode())
+    assert "Started before: must be after Started from" in body
+    assert [i.pk for i in page.context["page"].rows] == [failed.pk]
+    assert 'value="2026-05-01' in body
+
+
+def test_a_bulk_dry_run_over_a_backwards_range_is_refused_with_the_reason(client, users, failed):
+    # when
+    response = login(client, users.operator).post(
+        reverse("console:bulk_dry_run"),
+        {"action": "retry", "started_from": "2026-05-02T10:00", "started_to": "2026-05-01T10:00"},
+        follow=True,
+    )
+
+    # then
+    assert "Started before: must be after Started from" in html.unescape(response.content.decode())
+    assert not BulkJob.objects.exists()
+
+
+def test_a_bulk_dry_run_with_a_filter_given_twice_is_refused_not_widened(client, users, failed):
+    # given: a dry run posted with the workflow filter twice. The list leaves a repeated filter out and says so; the
+    # bulk action left it out without a word and counted every workflow's instances.
+    typed = {"action": "retry", "workflow": ["view_flow", "another_flow"]}
+
+    # when
+    response = login(client, users.operator).post(reverse("console:bulk_dry_run"), typed, follow=True)
+
+    # then
+    assert "Workflow: given 2 times" in html.unescape(response.content.decode())
+    assert not BulkJob.objects.exists()
 
 
 def test_the_list_and_the_instance_page_take_a_fixed_number_of_queries(
@@ -239,3 +298,19 @@ def test_a_data_edit_read_before_another_change_is_refused_with_the_text_kept(cl
     assert "changed while you were editing" in response.content.decode()
     assert "Globex" in response.content.decode()
     assert WorkflowInstance.objects.get(pk=failed.pk).data == {"customer": "ACME", "amount": 41}
+
+
+@pytest.mark.parametrize(
+    "offset_time", ["2026-01-01T00:00:00+23:59", "2026-01-01T00:00:00-23:59", "9999-12-31T23:59:59-23:59"]
+)
+def test_a_page_link_edited_to_an_offset_postgresql_refuses_is_a_message_not_a_500(client, users, failed, offset_time):
+    # given: the list's cursor with a time whose offset PostgreSQL refuses, or whose UTC value is past year 9999
+    import base64
+
+    cursor = base64.urlsafe_b64encode(f"{offset_time}|{failed.pk}".encode()).decode()
+
+    # when
+    response = login(client, users.operator).get(reverse("console:instance_list"), {"after": cursor})
+
+    # then
+    assert response.status_code == 200

@@ -109,7 +109,9 @@ def test_skip_records_the_given_output_and_goes_on_from_the_next_step(failed, ru
         ('{"a": NaN}', "not valid JSON"),
         ('{"": 1}', "every key needs a name"),
         ('{"a": "x\\u0000y"}', "NUL"),
-        ('{"a": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply to be read"),
+        # Deeper than Python's recursion limit: json.loads raised RecursionError, a 500 on the console's page.
+        ('{"a":' * 5000 + "1" + "}" * 5000, "nested deeper than"),
+        ("[" * 100_000, "nested deeper than"),
     ],
 )
 def test_a_typed_output_that_cannot_be_stored_is_refused_with_the_reason(typed, problem):
@@ -257,3 +259,33 @@ def test_every_attempt_keeps_its_error_and_worker(failed):
     started = [e for e in events if e.action == "step.started"]
     assert len(started) == 2
     assert all("/" in e.request_meta["worker"] for e in started)
+
+
+def test_data_edit_is_refused_while_a_step_of_the_paused_instance_is_still_running(flow):
+    """Pausing stops nothing in flight: a step claimed before the pause finishes after it, and its result joins the
+    data. An edit in between was silently overwritten by that result (and the step ran on the old data)."""
+    from orchestrator.services.steps import Outcome, step_claim, step_record
+
+    # given: the first step claimed by a worker (running), then the instance paused, as the edit form advises
+    instance = instance_start("ops_flow", {"amount": 40})
+    step = instance.steps.get(name="charge")
+    claim = step_claim(step.pk)
+    assert claim is not None
+    instance_pause(instance.pk, actor=OPERATOR, reason="fix the amount")
+    seq = WorkflowInstance.objects.get(pk=instance.pk).audit_seq
+
+    # when: an operator edits the field the running step is about to return
+    with pytest.raises(NotAllowed, match=r"still running \(charge\)") as refused:
+        instance_data_edit(
+            instance.pk, {"amount": 50, "charged": 50}, actor=OPERATOR, reason="wrong amount", expected_seq=seq
+        )
+
+    # then: refused with the step named; once the step has finished, the edit goes through and stays
+    assert "wait" in str(refused.value).lower()
+    step.refresh_from_db()
+    step_record(step.pk, step.attempt, Outcome(ok=True, result={"charged": 40}))
+    seq = WorkflowInstance.objects.get(pk=instance.pk).audit_seq
+    instance_data_edit(
+        instance.pk, {"amount": 50, "charged": 50}, actor=OPERATOR, reason="wrong amount", expected_seq=seq
+    )
+    assert WorkflowInstance.objects.get(pk=instance.pk).data == {"amount": 50, "charged": 50}
