@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     secret = setup(args)
     worker = harness.Worker(concurrency=2)
     web = None
-    speed_before = sysinfo.speed_probe()
+    speed_before, wakeup_before = sysinfo.speed_probe(), sysinfo.wakeup_probe()
     try:
         worker.start()
         web = start_web(args.port, args.workers, args.command)
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(web)
         worker.stop()
-    speed_after = sysinfo.speed_probe()
+    speed_after, wakeup_after = sysinfo.speed_probe(), sysinfo.wakeup_probe()
     rate = args.n / wall
     result = {
         "starts": args.n,
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine_busy_before": f"{busy_before:.0%}",
         # The same fixed work timed before and after the run (sysinfo.speed_probe): the machine's speed then.
         "speed_probe_ms": [speed_before, speed_after],
+        "wakeup_probe_us": [wakeup_before, wakeup_after],
         "machine": sysinfo.machine_info(2),
     }
     print(json.dumps(result, indent=2))
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nstarts/s {rate:.1f}{offered} (target >= {TARGET_RATE:.0f}), p95 {result['p95_ms']} ms "
         f"(target <= {TARGET_P95_MS:.0f} ms); worker done {drained:.1f} s after the last start; "
-        f"speed probe {speed_before} / {speed_after} ms"
+        f"speed probe {speed_before} / {speed_after} ms, wake-up {wakeup_before} / {wakeup_after} us"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

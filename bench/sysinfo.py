@@ -94,6 +94,34 @@ def speed_probe() -> float:
     return round(statistics.median(timings), 1)
 
 
+def wakeup_probe(rounds: int = 20000) -> float:
+    """Microseconds one wake-up round trip between two processes takes now (a byte over a pipe and back, median of
+    three runs of ``rounds``). A start is mostly such hand-offs (client, web, PostgreSQL, Redis, worker): on this
+    virtual machine their cost drifts while the pure-Python probe above stays put."""
+    import statistics
+    import time
+
+    runs = []
+    for _ in range(3):
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the echoing side: nothing but reads and writes, then gone without cleanup
+            for _ in range(rounds):
+                os.read(to_child, 1)
+                os.write(from_child, b"x")
+            os._exit(0)
+        began = time.perf_counter()
+        for _ in range(rounds):
+            os.write(from_parent, b"x")
+            os.read(to_parent, 1)
+        runs.append((time.perf_counter() - began) / rounds * 1e6)
+        os.waitpid(pid, 0)
+        for fd in (to_child, from_parent, to_parent, from_child):
+            os.close(fd)
+    return round(statistics.median(runs), 1)
+
+
 @dataclass
 class CpuSnapshot:
     """CPU seconds used so far by each group of processes, and the machine's busy/total ticks."""
