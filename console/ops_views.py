@@ -68,21 +68,42 @@ def incidents(request: AuthedRequest) -> HttpResponse:
     """What needs a person now, across workflows; live (re-fetched when an instance changes state)."""
     if not _can_watch(request.user):
         raise Http404("No such page.")
-    found = selectors.incidents()
+    context = _incidents_context(request)
+    if request.htmx and request.htmx.target == "incidents-live":
+        return render(request, "console/_incidents_live.html", context)
+    return render(request, "console/incidents.html", context)
+
+
+def _incidents_context(request: AuthedRequest, draft: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Incidents page's context; ``draft`` is an escalation answer that was refused, shown again as typed
+    (``{"task": id, "decision": str, "comment": str, "to_user": int | None}``)."""
     operators = list(
         User.objects.filter(groups__name="operators", is_active=True).order_by("username").only("id", "username")
     )
-    context = {
-        "found": found,
+    return {
+        "found": selectors.incidents(),
         "operators": operators,
         "can_operate": engine_selectors.can_operate(request.user),
         "reason_max": REASON_MAX,
         "decisions": forms.ESCALATION_DECISIONS,
+        "draft": draft or {},
         "active_nav": "incidents",
     }
-    if request.htmx and request.htmx.target == "incidents-live":
-        return render(request, "console/_incidents_live.html", context)
-    return render(request, "console/incidents.html", context)
+
+
+def _answer_refused(request: AuthedRequest, task_id: int, problem: str, status: int) -> HttpResponse:
+    """The Incidents page again with ``problem`` said and the refused answer as it was typed (a redirect lost the
+    reason someone wrote), answered ``status`` (400 for a bad form, 403 for an action this person may not take on
+    it, 409 for an answer the task refuses)."""
+    messages.warning(request, problem)
+    to_user = str(request.POST.get("to_user", ""))
+    draft = {
+        "task": task_id,
+        "decision": str(request.POST.get("decision", ""))[:40],
+        "comment": str(request.POST.get("comment", ""))[: REASON_MAX * 2],
+        "to_user": int(to_user) if to_user.isdigit() and len(to_user) < 12 else None,
+    }
+    return render(request, "console/incidents.html", _incidents_context(request, draft), status=status)
 
 
 @require_POST
@@ -94,9 +115,7 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
         raise Http404("No such page.")
     form = forms.EscalationForm(request.POST)
     if not form.is_valid():
-        for errors in form.errors.values():
-            messages.error(request, " ".join(map(str, errors)))
-        return redirect("console:incidents")
+        return _answer_refused(request, task_id, " ".join(" ".join(map(str, e)) for e in form.errors.values()), 400)
     data, meta = form.cleaned_data, request_meta(request)
     try:
         if data["op"] == "resolve":
@@ -113,7 +132,7 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
     except task_errors.TaskNotFound:
         raise hidden_404(request, "task", HumanTask, task_id, "No such task.") from None
     except task_errors.TaskError as exc:
-        messages.warning(request, str(exc))
+        return _answer_refused(request, task_id, str(exc), 403 if isinstance(exc, task_errors.TaskForbidden) else 409)
     return redirect("console:incidents")
 
 

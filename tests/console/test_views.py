@@ -314,3 +314,45 @@ def test_a_page_link_edited_to_an_offset_postgresql_refuses_is_a_message_not_a_5
 
     # then
     assert response.status_code == 200
+
+
+@pytest.fixture
+def refund_escalation(run_steps, users):
+    """An order whose refund failed every attempt: an escalation for the operators (a failed compensation)."""
+    from approvals.models import HumanTask, TaskKind
+    from tests.factories import OrderInputFactory
+
+    instance = instance_start(
+        "order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=users.staff
+    )
+    run_steps(instance, advance=True)
+    return HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+
+
+@pytest.mark.parametrize(
+    ("posted", "status", "says"),
+    [
+        # handing on a task one does not hold: the service refuses it
+        ({"op": "reassign", "decision": "fail", "comment": "over to me, ticket 4411"}, 403, "Only the assignee"),
+        # a reason longer than the form takes (a browser's maxlength bypassed)
+        ({"op": "resolve", "decision": "resolved", "comment": "x" * 1001}, 400, "at most 1000"),
+    ],
+    ids=["refused by the task", "refused by the form"],
+)
+def test_a_refused_escalation_answer_comes_back_as_typed(client, users, refund_escalation, posted, status, says):
+    """A refusal used to redirect to Incidents with a message, and what the operator had written was gone."""
+    # when
+    posted = {**posted, "to_user": users.operator.pk}
+    response = login(client, users.operator).post(
+        reverse("console:escalation_answer", args=[refund_escalation.pk]), posted
+    )
+
+    # then: the page says why, with the answer's choice and reason as typed, and nothing was decided
+    assert response.status_code == status
+    page = response.content.decode()
+    assert says in html.unescape(page)
+    assert f'value="{posted["comment"]}" autofocus' in page
+    assert f'<option value="{posted["decision"]}" selected>' in page
+    assert f'<option value="{users.operator.pk}" selected>' in page
+    refund_escalation.refresh_from_db()
+    assert refund_escalation.state == "open"
