@@ -32,6 +32,7 @@ from django.utils import timezone
 from console.models import BulkAction, BulkItemState, BulkJob, BulkJobItem, BulkJobState
 from console.selectors import InstanceFilter, filtered
 from orchestrator import audit, live_names
+from orchestrator import selectors as engine_selectors
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.inputs import REASON_MAX, check_text, check_when
@@ -190,6 +191,17 @@ def bulk_work(job_id: int, *, batch: int = BATCH, now: datetime | None = None) -
     job = BulkJob.objects.select_related("created_by").filter(pk=job_id).first()
     if job is None or not job.is_open:
         return 0
+    if not engine_selectors.can_operate(job.created_by):
+        # A job acts with its creator's authority at every batch, not only at the confirmation: who lost the operator
+        # role since (or left: an inactive user holds no permission) no longer retries or cancels through it.
+        name = job.created_by.get_username()
+        _stop(
+            job.pk,
+            Actor.system("bulk"),
+            reason=f"{name} may no longer operate instances",
+            detail=f"stopped: {name} may no longer operate instances",
+        )
+        return 0
     if job.state == BulkJobState.QUEUED:
         BulkJob.objects.filter(pk=job.pk, state=BulkJobState.QUEUED).update(state=BulkJobState.RUNNING)
     pending = list(
@@ -292,20 +304,30 @@ def bulk_stop(job_id: int, user: User, *, reason: str, request_meta: dict[str, A
     reason = check_text(reason, "Reason", REASON_MAX)
     if not reason:
         raise ValidationError("Give a reason: it goes into the audit trail.")
+    return _stop(
+        job_id,
+        Actor.of(user),
+        reason=reason,
+        detail=f"stopped by {user.get_username()}: {reason}",
+        request_meta=request_meta,
+    )
+
+
+def _stop(job_id: int, actor: Actor, *, reason: str, detail: str, request_meta: dict[str, Any] | None = None) -> int:
+    """Skip an open job's pending items with ``detail``, mark it stopped and audit it as ``actor`` did it; returns
+    how many items were left. Raises BulkNotFound, BulkError (not open)."""
     with transaction.atomic():
         job = BulkJob.objects.select_for_update().filter(pk=job_id).first()
         if job is None:
             raise BulkNotFound("No such bulk job.")
         if not job.is_open:
             raise BulkError(f"This bulk {job.action} is {job.get_state_display().lower()}: nothing to stop.")
-        left = job.items.filter(state=BulkItemState.PENDING).update(
-            state=BulkItemState.SKIPPED, detail=f"stopped by {user.get_username()}: {reason}"[:300]
-        )
+        left = job.items.filter(state=BulkItemState.PENDING).update(state=BulkItemState.SKIPPED, detail=detail[:300])
         job.state, job.finished_at = BulkJobState.STOPPED, timezone.now()
         job.save(update_fields=["state", "finished_at"])
         audit.append_standalone(
             OPERATIONS_CHAIN,
-            actor=Actor.of(user),
+            actor=actor,
             action=AuditAction.BULK_STOPPED,
             subject_type="bulk_job",
             subject_id=job.pk,

@@ -216,3 +216,33 @@ def test_a_bulk_resume_skips_an_instance_whose_definition_is_gone_and_resumes_th
     assert items[lost.pk].state == BulkItemState.SKIPPED, items[lost.pk].detail
     assert "not available" in items[lost.pk].detail
     assert WorkflowInstance.objects.get(pk=lost.pk).state == InstanceState.PAUSED
+
+
+@pytest.mark.parametrize("loses", ["the operators group", "the account"])
+def test_a_job_whose_creator_may_no_longer_operate_stops_before_its_next_batch(flow, users, run_steps, loses):
+    """A job acted with its creator's authority however long it ran: an operator moved out of the operators group,
+    or deactivated, mid-job, still retried or cancelled the rest through it."""
+    # given: a job under way, one item done
+    failed_instances(run_steps, 4)
+    job = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="bulk_flow"))
+    bulk_confirm(job.pk, users.operator, reason="cleanup")
+    bulk_work(job.pk, batch=1)
+
+    # when: the creator loses the role (or leaves), and a worker takes the next batch
+    if loses == "the account":
+        users.operator.is_active = False
+        users.operator.save(update_fields=["is_active"])
+    else:
+        users.operator.groups.remove(users.operators)
+    worked = bulk_work(job.pk)
+
+    # then: nothing more is done; the rest is skipped saying why, and the stop is audited
+    job.refresh_from_db()
+    assert (worked, job.state) == (0, BulkJobState.STOPPED)
+    assert job.items.filter(state=BulkItemState.DONE).count() == 1
+    skipped = job.items.filter(state=BulkItemState.SKIPPED)
+    assert skipped.count() == 3
+    assert all("operator may no longer operate instances" in item.detail for item in skipped)
+    assert WorkflowInstance.objects.filter(workflow_name="bulk_flow", state=InstanceState.CANCELLED).count() == 1
+    stopped = AuditEvent.objects.get(action="bulk.stopped", subject_id=job.pk)
+    assert stopped.actor_label == "system:bulk"
