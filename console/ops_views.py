@@ -75,8 +75,8 @@ def incidents(request: AuthedRequest) -> HttpResponse:
 
 
 def _incidents_context(request: AuthedRequest, draft: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The Incidents page's context; ``draft`` is an escalation answer that was refused, shown again as typed
-    (``{"task": id, "decision": str, "comment": str, "to_user": int | None}``)."""
+    """The Incidents page's context; ``draft`` is an escalation answer that was refused, shown again as typed with
+    why (``{"task": id, "problem": str, "decision": str, "comment": str, "to_user": int | None}``)."""
     operators = list(
         User.objects.filter(groups__name="operators", is_active=True).order_by("username").only("id", "username")
     )
@@ -95,10 +95,11 @@ def _answer_refused(request: AuthedRequest, task_id: int, problem: str, status: 
     """The Incidents page again with ``problem`` said and the refused answer as it was typed (a redirect lost the
     reason someone wrote), answered ``status`` (400 for a bad form, 403 for an action this person may not take on
     it, 409 for an answer the task refuses)."""
-    messages.warning(request, problem)
     to_user = str(request.POST.get("to_user", ""))
+    # Said beside the answer, not at the top of the page: on a phone the form is scrolled into view, far below.
     draft = {
         "task": task_id,
+        "problem": problem,
         "decision": str(request.POST.get("decision", ""))[:40],
         "comment": str(request.POST.get("comment", ""))[: REASON_MAX * 2],
         "to_user": int(to_user) if to_user.isdigit() and len(to_user) < 12 else None,

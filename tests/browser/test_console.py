@@ -147,3 +147,45 @@ class ConsoleTests(BrowserTestCase):
         for name, _path in shots:
             for suffix in ("", "-phone"):
                 assert (target / f"console-{name}{suffix}.png").stat().st_size > 10_000
+
+
+class EscalationAnswerTests(BrowserTestCase):
+    def test_a_refused_escalation_answer_comes_back_as_typed_on_incidents(self):
+        """operator answers an escalation by handing it on, which only its assignee may do: the page says so and
+        keeps the choice, the reason and the person typed, at 1280 px and on a phone."""
+        # given: an order whose refund failed every attempt, escalated to the operators
+        run_steps = self.fixture("run_steps")
+        orm(ensure_roles)
+        instance = orm(
+            instance_start,
+            "order_fulfilment",
+            OrderInputFactory(fail_shipping=True, fail_refund=4),
+            initiator=self.users.staff,
+        )
+        orm(run_steps, instance, advance=True)
+        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
+        target.mkdir(parents=True, exist_ok=True)
+
+        with self.chromium() as browser:
+            for viewport, suffix in ((DESKTOP, ""), (NARROW, "-phone")):
+                page = self.signed_in_page(browser, "operator", viewport)
+                page.goto("/incidents/")
+                escalation = page.locator('[data-incident="escalation"]').first
+                escalation.get_by_label("Resolve by").select_option("fail")
+                escalation.get_by_label("Reason").fill("taking it over: the customer called, ticket 4411")
+                escalation.get_by_label("Reassign to").select_option(label="operator")
+
+                # when
+                escalation.get_by_role("button", name="Reassign").click()
+
+                # then
+                expect(page.get_by_text("Only the assignee or a manager can delegate this task.")).to_be_visible()
+                answered = page.locator('[data-incident="escalation"]').first
+                expect(answered.get_by_label("Reason")).to_have_value(
+                    "taking it over: the customer called, ticket 4411"
+                )
+                expect(answered.get_by_label("Resolve by")).to_have_value("fail")
+                expect(answered.get_by_label("Reassign to")).to_have_value(str(self.users.operator.pk))
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= viewport["width"], f"refused answer{suffix}: {width}px wide"
+                page.screenshot(path=str(target / f"console-escalation-refused{suffix}.png"), full_page=False)
