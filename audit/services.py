@@ -14,14 +14,14 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from celery import current_app
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from audit.models import Verification, VerificationState
 from orchestrator import live_names
+from orchestrator.accounts import holder_ids
 from orchestrator.audit import verify_trail
 from orchestrator.models import AuditEvent
 from orchestrator.realtime import broadcast_on_commit, send_now
@@ -50,13 +50,7 @@ class VerificationBusy(Exception):
 def auditor_ids() -> list[int]:
     """Active users who may see the trail: superusers and holders of orchestrator.view_trail (directly or by a
     group). Their pages hear a run's progress."""
-    perm = Permission.objects.filter(codename="view_trail", content_type__app_label="orchestrator")
-    users = (
-        get_user_model()
-        .objects.filter(is_active=True)
-        .filter(Q(is_superuser=True) | Q(user_permissions__in=perm) | Q(groups__permissions__in=perm))
-    )
-    return sorted(set(users.values_list("pk", flat=True)))
+    return holder_ids("orchestrator", "view_trail")
 
 
 def _tell(verification: Verification, *, now: bool = False) -> None:

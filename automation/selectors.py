@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.db.models import Count, Q, QuerySet
 from django.utils.dateparse import parse_datetime
 
 from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
+from orchestrator.accounts import holder_ids
 
 
 def may_manage(user: Any) -> bool:
@@ -19,13 +18,7 @@ def may_manage(user: Any) -> bool:
 
 def manager_ids() -> list[int]:
     """The active users :func:`may_manage` allows: superusers and holders of the permission, directly or by group."""
-    perm = Permission.objects.filter(codename="manage_automation", content_type__app_label="automation")
-    users = (
-        get_user_model()
-        .objects.filter(is_active=True)
-        .filter(Q(is_superuser=True) | Q(user_permissions__in=perm) | Q(groups__permissions__in=perm))
-    )
-    return sorted(set(users.values_list("pk", flat=True)))
+    return holder_ids("automation", "manage_automation")
 
 
 def schedule_list() -> QuerySet[Schedule]:
