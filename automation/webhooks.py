@@ -27,6 +27,8 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -141,10 +143,29 @@ def _forbidden(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-def resolve(url: str) -> tuple[str, int, list[str]]:
+# Name look-ups run here so that one can be given up on: getaddrinfo cannot be interrupted, and a resolver that does
+# not answer keeps it for its own timeouts times its attempts (30 s and more). Four at once at most: a look-up given up
+# on still holds its thread until the resolver lets go, and waiting ones are dropped when their caller gives up.
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="baton-webhook-dns")
+
+
+def _addresses(host: str, port: int, seconds: float) -> list[str]:
+    lookup = _LOOKUPS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        found = lookup.result(timeout=seconds)
+    except FutureTimeout:
+        lookup.cancel()
+        raise ValueError(f"{host} could not be resolved within {seconds:.2g} s.") from None
+    except (socket.gaierror, UnicodeError):
+        raise ValueError(f"{host} cannot be resolved.") from None
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
+
+
+def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]]:
     """The host, port and addresses ``url`` reaches; ValueError saying why it may not be used: not http(s), with
-    spaces or control characters (or letters beyond ASCII in its path), with credentials, unresolvable, or (unless
-    BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private, loopback, link-local, reserved or multicast address."""
+    spaces or control characters (or letters beyond ASCII in its path), with credentials, unresolvable within
+    ``seconds`` (default ``BATON_WEBHOOK_TIMEOUT``), or (unless BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private,
+    loopback, link-local, reserved or multicast address."""
     # http.client refuses these in a request line at every attempt: subscribed, such an address was sent nothing.
     if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
         raise ValueError("Put no spaces or control characters in the address (write a space as %20).")
@@ -159,11 +180,7 @@ def resolve(url: str) -> tuple[str, int, list[str]]:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValueError("The port is not a number between 1 and 65535.") from None
-    try:
-        found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise ValueError(f"{parts.hostname} cannot be resolved.") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    addresses = _addresses(parts.hostname, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
     if not settings.BATON_WEBHOOK_ALLOW_PRIVATE:
         private = [a for a in addresses if _forbidden(a)]
         if private:
@@ -493,7 +510,7 @@ def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None,
     body = delivery.body.encode()
     deadline = _Deadline(settings.BATON_WEBHOOK_TIMEOUT)
     try:
-        host, port, addresses = resolve(url)
+        host, port, addresses = resolve(url, deadline.left())  # the look-up spends the attempt's time too
         parts = urlsplit(url)
         connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
         connection = connection_class(host, port, addresses[0], deadline)

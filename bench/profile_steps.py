@@ -24,6 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+DUMP_DIR: str | None = None  # --dump: where each profile is written
+
 import harness
 import sysinfo
 
@@ -61,6 +63,8 @@ def timed(label: str, items: list[Any], fn: Callable[[Any], Any], profile: bool,
         f" (machine busy {cpu['machine_busy']:.0%}); WAL {wal:,.0f} bytes per call"
     )
     if profiler:
+        if DUMP_DIR:
+            profiler.dump_stats(str(Path(DUMP_DIR) / (label.split("(")[0].replace(".", "_") + ".prof")))
         for key in ("tottime", "cumulative"):
             out = io.StringIO()
             stats = pstats.Stats(profiler, stream=out)
@@ -77,6 +81,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--dump", metavar="DIR", help="also write each profile to DIR/<service>.prof (pstats)")
     parser.add_argument(
         "--no-broadcast",
         action="store_true",
@@ -110,6 +115,8 @@ def main() -> int:
         help="each instance's start data, as JSON (business data: what a GIN index on the data has to index)",
     )
     args = parser.parse_args()
+    global DUMP_DIR
+    DUMP_DIR = args.dump
     harness.configure_env(db_name=args.db, redis_url=args.redis)
     harness.reset_database(db_name=args.db, keep=False)
     harness.migrate()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
+import threading
 import time
 from datetime import timedelta
 
@@ -359,6 +361,57 @@ def test_bad_addresses_are_refused_saying_why(users, url, message):
         webhook_subscribe(owner=users.admin, name="Bad", url=url, events=["instance.started"])
 
     assert message in refused.value.errors["url"][0]
+
+
+@pytest.fixture
+def silent_resolver(monkeypatch):
+    """A name server that does not answer (the true edge: the system resolver), until the test ends."""
+    released = threading.Event()
+
+    def getaddrinfo(*_args, **_kwargs):
+        released.wait(30)
+        raise socket.gaierror("no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    released.set()
+
+
+def test_a_name_server_that_does_not_answer_costs_an_attempt_its_timeout_not_the_resolvers(
+    flows, allow_private, users, settings, silent_resolver
+):
+    # given a subscription whose host's name server has stopped answering
+    settings.BATON_WEBHOOK_TIMEOUT = 1.0
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Slow DNS", url="https://hooks.example.com/in", events=["instance.started"], secret="s"
+    )
+    instance_start("webhook_flow", {"parcel": "P-7"})
+    engine.sweep()
+    delivery = WebhookDelivery.objects.get(subscription=subscription)
+
+    # when an attempt is made
+    started = time.monotonic()
+    outcome = delivery_send(delivery.pk)
+    took = time.monotonic() - started
+
+    # then it ends at the attempt's timeout, says why, and is tried again later (the lease was never outlived)
+    delivery.refresh_from_db()
+    assert outcome == "retrying"
+    assert took < 2.5, took
+    assert delivery.last_error == "refused: hooks.example.com could not be resolved within 1 s."
+
+
+def test_subscribing_while_the_name_server_does_not_answer_is_refused_within_the_timeout(
+    users, settings, silent_resolver
+):
+    settings.BATON_WEBHOOK_TIMEOUT = 1.0
+    started = time.monotonic()
+    with pytest.raises(WebhookInvalid) as refused:
+        webhook_subscribe(owner=users.admin, name="Slow", url="https://hooks.example.com/in", events=["task.created"])
+
+    assert time.monotonic() - started < 2.5
+    assert refused.value.errors["url"] == ["hooks.example.com could not be resolved within 1 s."]
+    assert not WebhookSubscription.objects.exists()
 
 
 def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(flows, users, settings):
