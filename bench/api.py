@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = harness.Worker(concurrency=2)
     web = None
     speed_before, wakeup_before = sysinfo.speed_probe(), sysinfo.wakeup_probe()
+    cross_before = sysinfo.wakeup_probe(5000, cpus=(0, 1)) if (os.cpu_count() or 1) > 1 else None
     try:
         worker.start()
         web = start_web(args.port, args.workers, args.command)
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()
         assert worker.pid is not None
         cpu_before = cpu_snapshot(web.pid, worker.pid, args.db)
+        steal_before = sysinfo.steal_ticks()
         # This process's CPU while the clients run is the clients' (their threads; nothing else runs here).
         client_cpu0 = time.process_time()
         wall, latencies, statuses = run_clients(
@@ -292,11 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         drained = time.perf_counter() - drain_began
         waiting = waiting_count()
         cpu = cpu_used(cpu_before, cpu_snapshot(web.pid, worker.pid, args.db))
+        steal_after = sysinfo.steal_ticks()
         cpu["client"] = client_cpu
     finally:
         stop(web)
         worker.stop()
     speed_after, wakeup_after = sysinfo.speed_probe(), sysinfo.wakeup_probe()
+    cross_after = sysinfo.wakeup_probe(5000, cpus=(0, 1)) if cross_before is not None else None
+    ticks = steal_after[1] - steal_before[1]
     rate = args.n / wall
     result = {
         "starts": args.n,
@@ -322,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         # The same fixed work timed before and after the run (sysinfo.speed_probe): the machine's speed then.
         "speed_probe_ms": [speed_before, speed_after],
         "wakeup_probe_us": [wakeup_before, wakeup_after],
+        # The same round trip always to the other CPU: what a hand-off costs when the scheduler cannot keep both
+        # sides on one CPU (sysinfo.cpuidle in "machine" says whether idle CPUs halt).
+        "wakeup_cross_cpu_us": [cross_before, cross_after],
+        # The share of the machine's time the hypervisor gave to others while the clock ran.
+        "steal_share": round((steal_after[0] - steal_before[0]) / ticks, 3) if ticks else 0.0,
         "machine": sysinfo.machine_info(2),
     }
     print(json.dumps(result, indent=2))
@@ -329,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nstarts/s {rate:.1f}{offered} (target >= {TARGET_RATE:.0f}), p95 {result['p95_ms']} ms "
         f"(target <= {TARGET_P95_MS:.0f} ms); worker done {drained:.1f} s after the last start; "
-        f"speed probe {speed_before} / {speed_after} ms, wake-up {wakeup_before} / {wakeup_after} us"
+        f"speed probe {speed_before} / {speed_after} ms, wake-up {wakeup_before} / {wakeup_after} us "
+        f"(other CPU {cross_before} / {cross_after} us), steal {result['steal_share']:.1%}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -27,6 +27,7 @@ import sqlcount
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dump", metavar="FILE", help="also write the profile to FILE (pstats), to read callers")
     parser.add_argument("--n", type=int, default=300, help="starts measured (after 30 warm-up)")
     parser.add_argument("--db", default="baton_bench_api")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.n):
             start(index)
         profiler.disable()
+        if args.dump:
+            profiler.dump_stats(args.dump)
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
         print(out.getvalue())

@@ -24,10 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DUMP_DIR: str | None = None  # --dump: where each profile is written
-
 import harness
 import sysinfo
+
+DUMP_DIR: str | None = None  # --dump: where each profile is written
 
 
 def wal_position() -> int:

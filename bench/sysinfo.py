@@ -11,6 +11,28 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def cpuidle() -> str:
+    """How this machine's idle CPUs wait: the cpuidle driver and, under KVM's ``haltpoll`` driver, how long an idle
+    CPU polls before it halts (``guest_halt_poll_ns``; 0: it halts at once, and waking it costs a trip through the
+    hypervisor). Read-only: the bench reports the machine as it is."""
+    base = Path("/sys/devices/system/cpu/cpuidle")
+    try:
+        driver = (base / "current_driver").read_text().strip()
+    except OSError:
+        return "unknown"
+    poll = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if poll.exists():
+        return f"{driver}, guest_halt_poll_ns={poll.read_text().strip()}"
+    return driver
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(ticks the hypervisor gave this machine's CPUs to others, all ticks) since boot, from /proc/stat: the
+    difference of two readings says what share of a run's time the host took away."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
 def machine_info(concurrency: int, pool: str = "prefork", worker_args: str = "") -> dict[str, str]:
     """nproc, CPU model, memory, PostgreSQL, Redis, Python, Django, Celery versions and the worker's concurrency."""
     import celery
@@ -49,6 +71,7 @@ def machine_info(concurrency: int, pool: str = "prefork", worker_args: str = "")
         revision = "unknown"
     return {
         "revision": revision,
+        "cpuidle": cpuidle(),
         "date": subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True).stdout.strip(),
         "nproc": nproc,
         "cpu": cpu,
@@ -94,23 +117,30 @@ def speed_probe() -> float:
     return round(statistics.median(timings), 1)
 
 
-def wakeup_probe(rounds: int = 20000) -> float:
+def wakeup_probe(rounds: int = 20000, cpus: tuple[int, int] | None = None) -> float:
     """Microseconds one wake-up round trip between two processes takes now (a byte over a pipe and back, median of
     three runs of ``rounds``). A start is mostly such hand-offs (client, web, PostgreSQL, Redis, worker): on this
-    virtual machine their cost drifts while the pure-Python probe above stays put."""
+    virtual machine their cost drifts while the pure-Python probe above stays put. ``cpus``: pin this process to the
+    first CPU and the echoing one to the second (``(0, 1)``: always a wake-up of the other CPU, which on a virtual
+    machine whose idle CPUs halt, see ``machine_info``'s ``cpuidle``, costs a trip through the hypervisor)."""
     import statistics
     import time
 
     runs = []
+    mine = os.sched_getaffinity(0)
     for _ in range(3):
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
         pid = os.fork()
         if pid == 0:  # the echoing side: nothing but reads and writes, then gone without cleanup
+            if cpus:
+                os.sched_setaffinity(0, {cpus[1]})
             for _ in range(rounds):
                 os.read(to_child, 1)
                 os.write(from_child, b"x")
             os._exit(0)
+        if cpus:
+            os.sched_setaffinity(0, {cpus[0]})
         began = time.perf_counter()
         for _ in range(rounds):
             os.write(from_parent, b"x")
@@ -119,6 +149,8 @@ def wakeup_probe(rounds: int = 20000) -> float:
         os.waitpid(pid, 0)
         for fd in (to_child, from_parent, to_parent, from_child):
             os.close(fd)
+    if cpus:
+        os.sched_setaffinity(0, mine)
     return round(statistics.median(runs), 1)
 
 
