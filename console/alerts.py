@@ -1,12 +1,15 @@
 """Operator alerts: in the bell and by e-mail, when instances fail, when a compensation needs a person and when
 the sweep falls behind; throttled, so that a storm is one message.
 
-A periodic pass (``console.tasks.operator_alerts``, every ``BATON_ALERT_INTERVAL`` seconds) reads what happened
-since the watermark of each kind (``console.models.AlertWatermark``). If there is news and the last message of
-that kind is at least ``BATON_ALERT_THROTTLE`` seconds old, it sends ONE message summing it all up (how many,
-in which workflows, the commonest error) to every active operator, and moves the watermark; otherwise the news
-waits for the next message. Nothing here runs inside the engine's transactions: an alert that fails to send is
-logged and tried again on the next pass, and a failing instance never waits for a mail server.
+The engine's failures and compensations needing a person reach an outbox (``console.models.AlertOutbox``) in the
+engine's own statement (``alert_rows``, a receiver of ``orchestrator.events.unit_finishing``). A periodic pass
+(``console.tasks.operator_alerts``, every ``BATON_ALERT_INTERVAL`` seconds) takes each kind's rows; if there are
+some and the last message of that kind (``console.models.AlertWatermark``) is at least ``BATON_ALERT_THROTTLE``
+seconds old, it sends ONE message summing them all up (how many, in which workflows, the commonest error) to every
+active operator and deletes them; otherwise they wait for the next message. The sweep falling behind is read live.
+Nothing is sent inside the engine's transactions, so a failing instance never waits for a mail server: the bell's
+notices are written with the delete (if they fail, the rows come back and the next pass tells them), the e-mail
+goes after commit (a mail server that is down costs that e-mail, logged; the bell has the news).
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, Notification, TaskKind
+from approvals.models import Notification
 from approvals.notifications import _send_mail, members_of
-from console.models import AlertWatermark
+from console.models import AlertOutbox, AlertWatermark
 from console.selectors import _sweep_lag
-from orchestrator.models import AuditEvent, StepKind
+from orchestrator.models import StepKind
 from orchestrator.realtime import send_now
 
 logger = logging.getLogger(__name__)
@@ -46,49 +49,74 @@ def _incidents_url() -> str:
         return ""
 
 
-def _failures_since(since: datetime | None, until: datetime) -> tuple[int, str]:
-    """How many instances failed in (since, until], and a sentence naming the workflows and commonest error."""
-    events = AuditEvent.objects.filter(action="instance.failed", occurred_at__lte=until)
-    if since is not None:
-        events = events.filter(occurred_at__gt=since)
-    rows = list(events.values_list("instance__workflow_name", "reason")[:1000])
-    if not rows:
-        return 0, ""
-    workflows = Counter(name for name, _ in rows)
-    reasons = Counter((reason or "").splitlines()[0][:80] if reason else "" for _, reason in rows)
+def alert_rows(sender: Any, unit: Any, **_kwargs: Any) -> None:
+    """Receiver of ``unit_finishing`` (orchestrator/events.py): an :class:`AlertOutbox` row for each event of the
+    unit operators are told of (an instance failed; a compensation's escalation opened), written with the events."""
+    for event in unit.events:
+        if event.action == "instance.failed":
+            kind = FAILED
+        elif (
+            event.action == "task.opened"
+            and event.payload.get("kind") == "escalation"
+            and event.payload.get("step_kind") == StepKind.COMPENSATION
+        ):
+            kind = COMPENSATION
+        else:
+            continue
+        reason = (event.reason or "").strip()
+        unit.inserts.append(
+            AlertOutbox(
+                kind=kind,
+                workflow_name=unit.instance.workflow_name,
+                title=unit.instance.title,
+                reason=reason.splitlines()[0][:200] if reason else "",
+                occurred_at=event.occurred_at,
+            )
+        )
+
+
+def _take(kind: str) -> list[tuple[str, str, str]]:
+    """Delete the outbox rows of ``kind`` and return them as (workflow, title, reason), oldest first. One statement:
+    what it returns is exactly what it deleted, so a row committed meanwhile stays for the next pass."""
+    table = AlertOutbox._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE kind = %s RETURNING id, workflow_name, title, reason",  # noqa: S608 - our table
+            [kind],
+        )
+        rows = sorted(cursor.fetchall())
+    return [(workflow, title, reason) for _, workflow, title, reason in rows]
+
+
+def _failures(rows: list[tuple[str, str, str]]) -> str:
+    """A sentence naming how many instances failed, the workflows and the commonest error."""
+    workflows = Counter(name for name, _, _ in rows)
+    reasons = Counter(reason[:80] for _, _, reason in rows)
     top, top_n = reasons.most_common(1)[0]
     where = ", ".join(f"{name} ({n})" for name, n in workflows.most_common(3))
-    more = "" if len(rows) < 1000 else " or more"
     noun = "instance" if len(rows) == 1 else "instances"
-    return len(rows), f"{len(rows)}{more} {noun} failed: {where}. Commonest error ({top_n}): {top or 'none recorded'}"
+    return f"{len(rows)} {noun} failed: {where}. Commonest error ({top_n}): {top or 'none recorded'}"
 
 
-def _compensations_since(since: datetime | None, until: datetime) -> tuple[int, str]:
-    tasks = HumanTask.objects.filter(
-        kind=TaskKind.ESCALATION,
-        step__kind=StepKind.COMPENSATION,
-        created_at__lte=until,
-        state__in=ACTIONABLE_TASK_STATES,
-    )
-    if since is not None:
-        tasks = tasks.filter(created_at__gt=since)
-    n = tasks.count()
-    if not n:
-        return 0, ""
-    first = tasks.select_related("instance").order_by("created_at").first()
-    title = first.instance.title if first is not None else ""
-    noun = "compensation needs" if n == 1 else "compensations need"
-    return n, f"{n} {noun} a person (failed to undo on its own), e.g. {title}"
+def _compensations(rows: list[tuple[str, str, str]]) -> str:
+    noun = "compensation needs" if len(rows) == 1 else "compensations need"
+    workflow, title, _ = rows[0]
+    return f"{len(rows)} {noun} a person (failed to undo on its own), e.g. {title or f'a {workflow} instance'}"
 
 
 def alert_pass(now: datetime | None = None) -> dict[str, int]:
     """One pass over the three kinds; returns how many events each message told (0: no message this pass)."""
     now = now or timezone.now()
     told: dict[str, int] = {}
-    for kind, read in ((FAILED, _failures_since), (COMPENSATION, _compensations_since)):
-        told[kind] = _maybe_send(kind, now, lambda since, r=read: r(since, now))
+    for kind, say in ((FAILED, _failures), (COMPENSATION, _compensations)):
+        told[kind] = _maybe_send(kind, now, lambda _since, k=kind, s=say: _outbox_news(k, s))
     told[SWEEP] = _maybe_send(kind=SWEEP, now=now, read=lambda since: _sweep_news(since, now))
     return told
+
+
+def _outbox_news(kind: str, say: Any) -> tuple[int, str]:
+    rows = _take(kind)
+    return (len(rows), say(rows)) if rows else (0, "")
 
 
 def _sweep_news(since: datetime | None, now: datetime) -> tuple[int, str]:
@@ -103,8 +131,7 @@ def _maybe_send(kind: str, now: datetime, read: Any) -> int:
     with transaction.atomic():
         mark, _ = AlertWatermark.objects.select_for_update().get_or_create(kind=kind)
         if mark.sent_at is not None and now - mark.sent_at < throttle():
-            return 0  # the news waits: the next message after the throttle covers it too
-        # A first pass tells only what happened within the throttle before it, not the whole history.
+            return 0  # the news waits in the outbox: the next message after the throttle covers it too
         count, message = read(mark.seen_until or now - throttle())
         if not count:
             return 0

@@ -7,3 +7,9 @@ class ConsoleConfig(AppConfig):
 
     name = "console"
     verbose_name = "Baton console"
+
+    def ready(self) -> None:
+        from console import alerts
+        from orchestrator.events import unit_finishing
+
+        unit_finishing.connect(alerts.alert_rows, dispatch_uid="console-alert-outbox")

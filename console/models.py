@@ -91,8 +91,9 @@ class BulkJobItem(models.Model):
 
 
 class AlertWatermark(models.Model):
-    """What the last operator alert of a kind covered: ``seen_until`` (events up to then are told) and when a
-    message was last sent (the throttle). One row per kind, locked while an alert pass runs."""
+    """When the last operator alert of a kind was sent (the throttle) and what it covered (``seen_until``: the
+    pass's time; news of failures and compensations comes from :class:`AlertOutbox`, the sweep's lag is read live).
+    One row per kind, locked while an alert pass runs."""
 
     kind = models.CharField(max_length=40, primary_key=True)
     seen_until = models.DateTimeField(null=True, blank=True)
@@ -102,3 +103,22 @@ class AlertWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} until {self.seen_until}"
+
+
+class AlertOutbox(models.Model):
+    """An event operators are to be told of (an instance failed, a compensation needs a person), written in the
+    engine's own statement (orchestrator/events.py, ``unit_finishing``): it exists exactly when the event does,
+    however late its transaction commits. The alert pass deletes the rows it tells, so nothing is told twice and
+    nothing committed after a pass's read is missed (reading audit events by time did miss those)."""
+
+    kind = models.CharField(max_length=40)
+    workflow_name = models.CharField(max_length=100)
+    title = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=200, blank=True)  # the first line of the event's reason
+    occurred_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["kind", "id"], name="alert_outbox_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.workflow_name} at {self.occurred_at}"

@@ -122,7 +122,14 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
     task.save()
     add_candidates(task, groups=groups)
     unit.audit(
-        "task", task.pk, "", task.state, reason=reason, payload={"kind": "escalation"}, action=AuditAction.TASK_OPENED
+        "task",
+        task.pk,
+        "",
+        task.state,
+        reason=reason,
+        # step_kind: an undo that failed is told to operators apart from other failures (console/alerts.py).
+        payload={"kind": "escalation", "step_kind": str(step.kind)},
+        action=AuditAction.TASK_OPENED,
     )
     announce(
         unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], users=[], level="danger"

@@ -3,17 +3,22 @@ operator; the news that arrives within the throttle waits for the next message; 
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import connection, transaction
 from django.utils import timezone
 
 from approvals.models import Notification
-from console.alerts import FAILED, SWEEP, alert_pass
+from console.alerts import COMPENSATION, FAILED, SWEEP, alert_pass
+from console.models import AlertOutbox
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
 from orchestrator.models import StepRun
 from orchestrator.services.instances import instance_start
+from orchestrator.services.steps import step_execute
+from tests.factories import OrderInputFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,3 +78,73 @@ def test_a_sweep_that_fell_behind_is_told(flow, users):
     # then
     assert told[SWEEP] == 1
     assert Notification.objects.get(kind=SWEEP).message.startswith("The sweep is behind: due work has waited")
+
+
+def test_a_failure_committed_after_a_pass_read_is_told_by_the_next_pass(flow, users):
+    """Read by time, a failure stamped before a pass but committed after its read was never told: the next pass
+    read only what happened after the first one's time."""
+    # given: a step that fails inside a transaction which stays open while an alert pass runs
+    instance = instance_start("alert_flow", {})
+    step_id = StepRun.objects.get(instance=instance).pk
+    recorded, release = threading.Event(), threading.Event()
+
+    def fail_and_commit_late() -> None:
+        try:
+            with transaction.atomic():
+                step_execute(step_id)
+                recorded.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=fail_and_commit_late)
+    worker.start()
+    assert recorded.wait(10)
+
+    # when a pass runs before the failure commits, and another one after the throttle
+    first = alert_pass()
+    release.set()
+    worker.join(10)
+    second = alert_pass(now=timezone.now() + timedelta(minutes=6))
+
+    # then the second one tells it, once
+    instance.refresh_from_db()
+    assert instance.state == "failed"
+    assert (first[FAILED], second[FAILED]) == (0, 1)
+    assert Notification.objects.get(kind=FAILED).message.startswith("1 instance failed: alert_flow (1).")
+    assert alert_pass(now=timezone.now() + timedelta(minutes=12))[FAILED] == 0
+
+
+def test_a_compensation_that_needs_a_person_is_told_once(users, run_steps):
+    # given an order whose refund failed every attempt: an operators' escalation of the compensation
+    instance = instance_start("order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4))
+    run_steps(instance, advance=True)
+
+    # when
+    told = alert_pass()
+    again = alert_pass(now=timezone.now() + timedelta(minutes=6))
+
+    # then: the failed shipping step that started the saga is no instance failure; the undo that failed is told
+    assert (told[COMPENSATION], again[COMPENSATION]) == (1, 0)
+    assert told[FAILED] == 0
+    note = Notification.objects.get(kind=COMPENSATION, user=users.operator)
+    assert note.message.startswith("1 compensation needs a person (failed to undo on its own), e.g. ")
+    assert not AlertOutbox.objects.exists()
+
+
+def test_a_rolled_back_failure_is_never_told(flow, users):
+    # given a failure recorded in a transaction that is then rolled back
+    instance = instance_start("alert_flow", {})
+    step_id = StepRun.objects.get(instance=instance).pk
+
+    def fail_then_roll_back() -> None:
+        with transaction.atomic():
+            step_execute(step_id)
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        fail_then_roll_back()
+
+    # when / then
+    assert alert_pass()[FAILED] == 0
+    assert not Notification.objects.filter(kind=FAILED).exists()
