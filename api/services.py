@@ -70,7 +70,7 @@ def api_instance_start(
     """Start ``workflow`` (``version``, default latest) with ``data`` for ``user``; with ``key`` at most once per
     (user, key): a repeat with the same ``request_hash`` returns the first instance (``created`` False).
 
-    The key's row is inserted in the start's own transaction, after the start, with no look-up before: a repeat
+    The key's row is inserted in the start's own statement, with its audit events, with no look-up before: a repeat
     (or a concurrent duplicate, once the first commits) fails that INSERT on the unique index, rolls its own
     start back (nothing of it was dispatched: dispatches run after commit) and returns the first instance. A
     repeat thus costs a start that is rolled back; a new key, the common case, one statement less.
@@ -88,6 +88,7 @@ def api_instance_start(
     try:
         with transaction.atomic():
             # No savepoint of the start's own: any error rolls this whole transaction back, the key's row with it.
+            # The key's row rides in the start's statement with its audit events (no round trip of its own).
             instance = instance_start(
                 workflow,
                 data,
@@ -96,8 +97,10 @@ def api_instance_start(
                 version=version,
                 request_meta=request_meta,
                 savepoint=False,
+                with_rows=lambda started: [
+                    IdempotencyKey(user=user, key=key, request_hash=request_hash, instance=started)
+                ],
             )
-            IdempotencyKey.objects.create(user=user, key=key, request_hash=request_hash, instance=instance)
     except IntegrityError:
         replayed = _replay(user, key, request_hash)
         if replayed is None:

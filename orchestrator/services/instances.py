@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import DateTimeField, F, Value
+from django.db.models import DateTimeField, F, Model, Value
 from django.db.models.functions import Greatest
 
 from orchestrator import registry, rows
@@ -83,10 +83,14 @@ def instance_start(
     request_meta: dict[str, Any] | None = None,
     actor: Actor | None = None,
     savepoint: bool = True,
+    with_rows: Callable[[WorkflowInstance], list[Model]] | None = None,
 ) -> WorkflowInstance:
     """Start an instance of the latest (or given) version; the same idempotency key returns the same instance.
 
     ``actor`` is who the audit names when no person starts it (``system:scheduler``); default ``system:api``.
+    ``with_rows(instance)`` gives rows of a caller above the engine to write in the start's own statement, with its
+    audit events (the API's idempotency key: no round trip of its own); an IntegrityError they cause reaches the
+    caller.
 
     Inside a caller's transaction the start takes a savepoint, so a failed start leaves that transaction usable.
     A caller that rolls its whole transaction back on any error anyway (the API's keyed start, which writes its
@@ -134,6 +138,8 @@ def instance_start(
                 rows.insert(instance)
             unit = Unit(instance, actor, request_meta=request_meta)
             unit.reserved_step_id = reserved
+            if with_rows is not None:
+                unit.inserts.extend(with_rows(instance))
             instance.title = _title(workflow.title_template, workflow.display_title, instance, data)
             unit.audit(
                 "instance",
