@@ -331,7 +331,7 @@ def test_check_deploy_warns_without_them():
 # --- the README's table ---------------------------------------------------------------------------------
 
 ENV_READ = re.compile(
-    r"""(?:environ\.get|environ\.setdefault|environ\[|getenv|env_bool|env_seconds)\(?\s*["'](BATON_[A-Z0-9_]+)"""
+    r"""(?:environ\.get|environ\.setdefault|environ\[|getenv|env_bool|env_seconds|env_int|env_text|env_list)\(?\s*["'](BATON_[A-Z0-9_]+)"""
 )
 MAKE_READ = re.compile(r"\$\$\{(BATON_[A-Z0-9_]+)|\$\((BATON_[A-Z0-9_]+)\)")
 
