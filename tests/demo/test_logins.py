@@ -61,10 +61,12 @@ def test_the_roles_are_the_ones_the_readme_gives(demo_loaded, django_user_model)
     assert users["manager"].has_perm("orchestrator.view_workflowinstance")
     # operator: see every instance; retry, pause, resume, cancel; deliver signals
     operator = users["operator"]
-    assert {"orchestrator.view_workflowinstance", "orchestrator.operate_workflowinstance"} <= operator.get_all_permissions()
+    operator_may = operator.get_all_permissions()
+    assert {"orchestrator.view_workflowinstance", "orchestrator.operate_workflowinstance"} <= operator_may
     assert operator.has_perm("orchestrator.deliver_signal")
     assert not operator.is_superuser
     # admin: superuser
-    assert users["admin"].is_superuser and users["admin"].is_staff
+    assert users["admin"].is_superuser
+    assert users["admin"].is_staff
     # nobody but admin reaches the audit trail
     assert not any(users[n].has_perm("orchestrator.view_trail") for n in ("staff", "staff2", "manager", "operator"))
