@@ -57,12 +57,13 @@ def _field_schema(field: django_forms.Field) -> dict[str, Any]:
         schema["description"] = str(field.help_text)
     if isinstance(field, django_forms.BooleanField):
         schema["type"] = "boolean"
-    elif isinstance(field, django_forms.IntegerField):
-        schema["type"] = "integer"
     elif isinstance(field, django_forms.DecimalField | django_forms.FloatField):
-        # A decimal is best sent as a string ("120.00"): a JSON number may lose digits on the way.
+        # Before IntegerField: Django's DecimalField and FloatField are subclasses of it, and were described as
+        # integers. A decimal is best sent as a string ("120.00"): a JSON number may lose digits on the way.
         schema["type"] = ["string", "number"]
         schema["format"] = "decimal"
+    elif isinstance(field, django_forms.IntegerField):
+        schema["type"] = "integer"
     elif isinstance(field, django_forms.ChoiceField):
         schema["enum"] = [value for value, _label in list(field.choices) if value != ""]  # type: ignore[arg-type]
     elif isinstance(field, django_forms.DateTimeField):
