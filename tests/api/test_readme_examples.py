@@ -102,3 +102,20 @@ def test_a_decimal_start_field_is_described_as_a_decimal_not_an_integer(api_as, 
     # then
     assert schema["properties"]["amount"]["type"] == ["string", "number"]
     jsonschema.validate({**ExpenseInputFactory(), "amount": amount}, schema)
+
+
+@pytest.mark.parametrize("offset", ["+01:00", "+0100", "+01"])
+def test_an_offset_whose_plus_arrived_as_a_space_says_to_write_it_as_2b(api_as, roles, offset):
+    """README: times carry their offset (`+01:00`). Typed into a URL unencoded, the `+` is a space; the answer said
+    only "wrong format"."""
+    # given
+    client = api_as(roles.operator)
+
+    # when
+    typed = client.client.get(f"/api/instances/?started_after=2026-11-01T00:00:00{offset}", headers=client.headers)
+    encoded = client.get("/api/instances/", {"started_after": f"2026-11-01T00:00:00{offset}"})
+
+    # then
+    assert typed.status_code == 400
+    assert "%2B" in typed.json()["errors"]["started_after"][0]
+    assert encoded.status_code == 200
