@@ -4,9 +4,12 @@ never a silently different value, never a fault that waits for the first request
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
-from tests.orchestrator.test_settings import PRODUCTION, refusal, settings_in, start
+from tests.orchestrator.test_settings import PRODUCTION, ROOT, refusal, settings_in, start
 
 # Variables that only matter with Redis (production mode) are tried with the production settings.
 NEEDS_REDIS = {"BATON_VISIBILITY_TIMEOUT", "BATON_CHANNELS_REDIS_URL", "REDIS_URL", "DATABASE_URL"}
@@ -147,3 +150,25 @@ def test_a_workflow_module_that_cannot_be_imported_stops_the_start_naming_the_va
     last = done.stderr.strip().splitlines()[-1]
     assert "BATON_WORKFLOW_MODULES" in last
     assert "acme_flows.workflowz" in last
+
+
+def test_the_first_workflow_exports_of_the_readme_start_baton():
+    """README, "Your first workflow", step 3: its `export` lines are all a newcomer sets before `baton-admin migrate`.
+    They lacked BATON_AUDIT_KEYS, so the first command was refused (tests/test_installed.py sets it itself)."""
+    # given: the export lines, evaluated by the shell as a reader's would
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Your first workflow\n", 1)[1].split("\n## ", 1)[0]
+    exports = [line.strip() for line in section.splitlines() if line.strip().startswith("export ")]
+    assert exports
+    shell = subprocess.run(
+        ["bash", "-c", "\n".join([*exports, "env -0"])], env={"PATH": os.environ["PATH"]}, capture_output=True
+    )
+    env = dict(item.split("=", 1) for item in shell.stdout.decode().split("\0") if item and "=" in item)
+
+    # when
+    done = start(
+        {name: value for name, value in env.items() if name.startswith(("BATON_", "DATABASE_", "REDIS_"))}, "DEBUG"
+    )
+
+    # then
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
