@@ -581,6 +581,18 @@ LOGGING = {
     },
 }
 
+# --- the Makefile's process settings (README, "Production") ------------------------------------------------
+# Read by `make web`, `make web-live` and `make worker` in the shell, checked here as well: `make web` runs migrate
+# (these settings) before gunicorn, and the other processes load them at start, so a junk value stops there naming
+# the variable, not as gunicorn's "Value must be positive" or as a gunicorn with no worker process at all.
+# An empty value is the default, as the Makefile's ${VAR:-default} reads it.
+BATON_WEB_WORKERS = env_int("BATON_WEB_WORKERS", 2 * (os.cpu_count() or 1) + 1, minimum=1, maximum=1024)
+BATON_WEB_TIMEOUT = env_int("BATON_WEB_TIMEOUT", 60, minimum=1, maximum=86_400)
+BATON_WEB_GRACEFUL_TIMEOUT = env_int("BATON_WEB_GRACEFUL_TIMEOUT", 30, minimum=1, maximum=86_400)
+BATON_PORT = env_int("BATON_PORT", 8000, minimum=1, maximum=65535)
+BATON_LIVE_PORT = env_int("BATON_LIVE_PORT", 8001, minimum=1, maximum=65535)
+BATON_WORKER_CONCURRENCY = env_int("BATON_WORKER_CONCURRENCY", 2, minimum=1, maximum=1024)
+
 # --- observation: roll-ups, /metrics, health ------------------------------------------------------------
 # Most audit events one sweep folds into the dashboard's roll-ups (orchestrator/rollups.py); a backlog is caught up
 # over the following sweeps.

@@ -68,6 +68,15 @@ def env_for(name: str, value: str) -> dict[str, str]:
         ("BATON_CHANNELS_REDIS_URL", "redis-host:6379"),
         ("REDIS_URL", "localhost:6379"),
         ("DATABASE_URL", "db.example.com/baton"),
+        # The Makefile's: gunicorn said "Value must be positive: -3" naming no variable, and started with 0 workers.
+        ("BATON_WEB_WORKERS", "0"),
+        ("BATON_WEB_WORKERS", "-3"),
+        ("BATON_WEB_WORKERS", "many"),
+        ("BATON_WEB_TIMEOUT", "-5"),
+        ("BATON_WEB_GRACEFUL_TIMEOUT", "soon"),
+        ("BATON_PORT", "99999"),
+        ("BATON_LIVE_PORT", "http"),
+        ("BATON_WORKER_CONCURRENCY", "0"),
     ],
 )
 def test_a_junk_value_stops_the_start_naming_the_variable(name, value):
