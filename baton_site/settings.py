@@ -123,11 +123,11 @@ if BATON_MODE == "production":
         _missing.append("DATABASE_URL (the PostgreSQL database)")
     if not REDIS_URL:
         _missing.append("REDIS_URL (without it the broker is in-memory: no separate worker would see any work)")
-    if not os.environ.get("BATON_SECRET_KEY"):
+    if not os.environ.get("BATON_SECRET_KEY", "").strip():  # blanks only are no key (a template's empty line)
         _missing.append("BATON_SECRET_KEY (BATON_DEBUG does not replace it)")
     elif os.environ["BATON_SECRET_KEY"] == DEMO_SECRET_KEY:
         _missing.append("BATON_SECRET_KEY of your own (the demo key is public)")
-    if not os.environ.get("BATON_AUDIT_KEYS"):
+    if not os.environ.get("BATON_AUDIT_KEYS", "").strip():
         _missing.append("BATON_AUDIT_KEYS (the audit trail's HMAC keys, id:secret; never the demo key)")
     if not env_list("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost"):
         # Set but empty: with DEBUG off Django would answer every request 400 without saying why.
@@ -141,7 +141,9 @@ if _missing:
 # One process with an in-memory broker and channel layer: only the demo may run without Redis.
 EMBEDDED = not REDIS_URL
 DEBUG = env_bool("BATON_DEBUG", default=BATON_MODE == "demo")
-SECRET_KEY = os.environ.get("BATON_SECRET_KEY") or DEMO_SECRET_KEY
+# Kept as given (stripping would change a deployment's key and sign everyone out); blanks only are no key.
+_secret_key = os.environ.get("BATON_SECRET_KEY", "")
+SECRET_KEY = _secret_key if _secret_key.strip() else DEMO_SECRET_KEY
 # --- end of mode and start-up checks -------------------------------------------------------------------
 
 ALLOWED_HOSTS = env_list("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost")
@@ -598,6 +600,8 @@ BATON_WORKER_CONCURRENCY = env_int("BATON_WORKER_CONCURRENCY", 2, minimum=1, max
 # over the following sweeps.
 BATON_ROLLUP_BATCH = env_int("BATON_ROLLUP_BATCH", 5000, minimum=1, maximum=1_000_000)
 # Bearer token that /metrics requires (`Authorization: Bearer <token>`); empty: /metrics answers 404.
-BATON_METRICS_TOKEN = os.environ.get("BATON_METRICS_TOKEN", "")
+# Stripped as the Authorization header's token is (orchestrator/metrics.py): a token read from a file with its line
+# break used to answer every scrape 401; blanks only are no token (404).
+BATON_METRICS_TOKEN = env_text("BATON_METRICS_TOKEN", "")
 # /health/ready answers 503 when the sweep has not run for this many seconds (and it is not the first minute).
 BATON_READY_SWEEP_AGE = env_seconds("BATON_READY_SWEEP_AGE", 60.0, minimum=1.0)

@@ -114,6 +114,24 @@ def test_an_empty_value_is_the_documented_default(name, setting, default):
     assert found[setting] == default
 
 
+@pytest.mark.parametrize("name", ["BATON_SECRET_KEY", "BATON_AUDIT_KEYS"])
+def test_a_production_secret_of_blanks_only_is_missing(name):
+    # when: "   " used to pass the check and become the site's secret key
+    message = refusal({**PRODUCTION, name: "   "})
+
+    # then
+    assert name in message
+
+
+@pytest.mark.parametrize(("value", "token"), [("s3cret\n", "s3cret"), ("  ", "")])
+def test_the_metrics_token_is_read_as_the_header_token_is(value, token):
+    # when: a token read from a file kept its line break, and no scrape could ever match it (401 for ever)
+    found = settings_in({"BATON_METRICS_TOKEN": value}, "BATON_METRICS_TOKEN")
+
+    # then
+    assert found["BATON_METRICS_TOKEN"] == token
+
+
 def test_empty_paths_are_the_default_places_not_the_current_directory():
     # when: BATON_STATIC_ROOT= used to collect the static files into the directory the process started in
     found = settings_in({"BATON_STATIC_ROOT": "", "BATON_SQLITE_PATH": ""}, "STATIC_ROOT", "DATABASES")
