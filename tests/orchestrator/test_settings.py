@@ -216,6 +216,10 @@ def test_beat_runs_with_the_exact_scheduler():
 
     assert settings.CELERY_BEAT_SCHEDULER == "orchestrator.beat:DatabaseScheduler"
     assert "beat --scheduler orchestrator.beat:DatabaseScheduler" in (ROOT / "Makefile").read_text()
+    # and every command README gives (its "Install it in your own project" named django-celery-beat's own, which
+    # stores 0.5 s as 0 s)
+    readme = (ROOT / "README.md").read_text()
+    assert set(re.findall(r"--scheduler\s+(\S+?)`?\s", readme)) == {"orchestrator.beat:DatabaseScheduler"}
 
 
 # --- demo accounts --------------------------------------------------------------------------------------
