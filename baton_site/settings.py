@@ -321,12 +321,16 @@ SECURE_HSTS_PRELOAD = env_bool("BATON_HSTS_PRELOAD")
 # --- end of TLS and proxy --------------------------------------------------------------------------------
 
 EMAIL_BACKEND = env_text("BATON_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-# Checked at start, not at the first notification (which a worker would only log): the module must exist. Its class
-# is not imported here, as a backend of the site's own may import the settings.
+# Checked at start, not at the first notification (which a worker would only log): Django's own backends by their
+# module, another by its top-level package, which find_spec finds without running it (a site's own package may
+# read the settings when imported, and these are still loading). The class itself is imported at the first mail.
 _email_module, _, _email_class = EMAIL_BACKEND.rpartition(".")
 try:
-    _email_found = bool(_email_module) and importlib.util.find_spec(_email_module) is not None
-except ImportError:
+    _email_found = bool(_email_module) and (
+        importlib.util.find_spec(_email_module if _email_module.startswith("django.") else _email_module.split(".")[0])
+        is not None
+    )
+except (ImportError, ValueError):
     _email_found = False
 if not _email_found or not _email_class:
     raise ImproperlyConfigured(

@@ -60,6 +60,7 @@ def env_for(name: str, value: str) -> dict[str, str]:
         ("BATON_LOG_LEVEL", "LOUD"),
         ("BATON_EMAIL_BACKEND", "nope.Backend"),
         ("BATON_EMAIL_BACKEND", "smtp"),
+        ("BATON_EMAIL_BACKEND", "django.core.mail.backends.smpt.EmailBackend"),
         ("BATON_FROM_EMAIL", "not an address"),
         ("BATON_BASE_URL", "baton.example.com"),
         ("BATON_BASE_URL", "ftp://baton.example.com"),
