@@ -357,6 +357,21 @@ def test_every_variable_the_code_reads_is_in_the_readme_table():
     assert not missing, f"read but not in README's table: {missing}"
 
 
+def test_every_variable_in_the_readme_table_is_read_by_the_code():
+    # given: the table's names, and every read of the code (settings, apps, tests, Makefile, CI)
+    files = subprocess.run(["git", "ls-files", "*.py", "Makefile", ".ci/run"], cwd=ROOT, capture_output=True, text=True)
+    read = set()
+    for name in files.stdout.split():
+        text = (ROOT / name).read_text()
+        for match in [*ENV_READ.finditer(text), *(MAKE_READ.finditer(text) if not name.endswith(".py") else [])]:
+            read.add(next(g for g in match.groups() if g))
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `BATON_")]
+    documented = set(re.findall(r"`(BATON_[A-Z0-9_]+)`", "\n".join(row.split("|")[1] for row in rows)))
+
+    # then: a row of the table whose variable nothing reads would promise a setting that does nothing
+    assert documented - read == set()
+
+
 def test_host_lists_with_spaces_after_the_commas_are_understood():
     # given: the way people write lists ("a, b")
     env = {
