@@ -98,7 +98,8 @@ def env_seconds(
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number of {unit}.") from None
     if not math.isfinite(value) or not minimum <= value <= maximum:
-        raise ImproperlyConfigured(f"{name}={raw!r}: give a number of {unit} from {minimum:g} to {maximum:g}.")
+        # .15g: 31536000, not 3.1536e+07, for the person reading the message
+        raise ImproperlyConfigured(f"{name}={raw!r}: give a number of {unit} from {minimum:.15g} to {maximum:.15g}.")
     return value
 
 
@@ -315,7 +316,8 @@ if BATON_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("BATON_SSL_REDIRECT", default=BATON_BEHIND_PROXY and SESSION_COOKIE_SECURE)
 # Off by default: a browser remembers HSTS for this long, so turn it on once https works (README).
-SECURE_HSTS_SECONDS = int(env_seconds("BATON_HSTS_SECONDS", 0, minimum=0))
+# Whole seconds, up to ten years: hstspreload.org asks for two (63072000), which a one-year bound refused.
+SECURE_HSTS_SECONDS = env_int("BATON_HSTS_SECONDS", 0, minimum=0, maximum=86_400 * 365 * 10)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("BATON_HSTS_INCLUDE_SUBDOMAINS")
 SECURE_HSTS_PRELOAD = env_bool("BATON_HSTS_PRELOAD")
 # --- end of TLS and proxy --------------------------------------------------------------------------------

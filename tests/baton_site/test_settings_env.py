@@ -45,6 +45,8 @@ def env_for(name: str, value: str) -> dict[str, str]:
         ("BATON_AUDIT_SEAL_INTERVAL", "nan"),
         ("BATON_AUDIT_SEAL_INTERVAL", "inf"),
         ("BATON_LIVE_RECHECK", "soon"),
+        ("BATON_HSTS_SECONDS", "0.5"),
+        ("BATON_HSTS_SECONDS", "-1"),
         # Booleans: anything but a yes or a no word used to be read as "no", silently.
         ("BATON_DEBUG", "ture"),
         ("BATON_SECURE_COOKIES", "2"),
@@ -161,12 +163,22 @@ def test_an_empty_channels_redis_url_is_the_redis_url():
         ("BATON_AUDIT_SEAL_INTERVAL", "0", "BATON_AUDIT_SEAL_INTERVAL", 0.0),
         ("BATON_FROM_EMAIL", "Baton <baton@example.com>", "DEFAULT_FROM_EMAIL", "Baton <baton@example.com>"),
         ("BATON_TIME_ZONE", "Europe/Berlin", "TIME_ZONE", "Europe/Berlin"),
+        # hstspreload.org's two years: refused by a one-year bound
+        ("BATON_HSTS_SECONDS", "63072000", "SECURE_HSTS_SECONDS", 63072000),
         # "a, b" is how people write lists: " b" used to be imported as a module named " b"
         ("BATON_WORKFLOW_MODULES", "demo.workflows.bench, ", "BATON_WORKFLOW_MODULES", ["demo.workflows.bench"]),
     ],
 )
 def test_a_reasonable_value_is_read_as_meant(name, value, setting, expected):
     assert settings_in({name: value}, setting)[setting] == expected
+
+
+def test_a_range_is_given_in_plain_numbers():
+    # when: the bound of a year read "3.1536e+07"
+    message = refusal({"BATON_SWEEP_INTERVAL": "99999999999"})
+
+    # then
+    assert "from 0.1 to 31536000" in message
 
 
 def test_a_workflow_module_that_cannot_be_imported_stops_the_start_naming_the_variable():
