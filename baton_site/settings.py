@@ -244,10 +244,16 @@ if DATABASE_URL:
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("BATON_TEST_DB_NAME", "test_baton")}
 else:
     DATA_DIR.mkdir(exist_ok=True)
+    _sqlite_path = env_text("BATON_SQLITE_PATH", str(DATA_DIR / "baton.sqlite3"))
+    if _sqlite_path != ":memory:" and not Path(_sqlite_path).parent.is_dir():
+        # SQLite said only "unable to open database file", at the first query.
+        raise ImproperlyConfigured(
+            f"BATON_SQLITE_PATH={_sqlite_path!r}: the folder {str(Path(_sqlite_path).parent)!r} does not exist."
+        )
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": env_text("BATON_SQLITE_PATH", str(DATA_DIR / "baton.sqlite3")),
+            "NAME": _sqlite_path,
             # WAL lets the web thread read while the worker thread writes; IMMEDIATE takes the write lock at
             # BEGIN so two writers queue on the busy timeout instead of failing on lock upgrade.
             "OPTIONS": {
@@ -287,7 +293,12 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env_text("BATON_STATIC_ROOT", str(DATA_DIR / "staticfiles")))
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start when it is missing
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start when it is missing
+except OSError as _error:
+    raise ImproperlyConfigured(
+        f"BATON_STATIC_ROOT={str(STATIC_ROOT)!r}: the folder cannot be created ({_error.strerror or _error})."
+    ) from None
 STATICFILES_DIRS = [baton_assets.STATIC_DIR]
 WHITENOISE_USE_FINDERS = DEBUG
 STORAGES = {

@@ -71,6 +71,9 @@ def env_for(name: str, value: str) -> dict[str, str]:
         ("BATON_CHANNELS_REDIS_URL", "redis-host:6379"),
         ("REDIS_URL", "localhost:6379"),
         ("DATABASE_URL", "db.example.com/baton"),
+        # Paths: SQLite said "unable to open database file" at the first query; the static root a FileNotFoundError.
+        ("BATON_SQLITE_PATH", "/nonexistent/folder/baton.sqlite3"),
+        ("BATON_STATIC_ROOT", "/proc/no-such-folder"),
         # The Makefile's: gunicorn said "Value must be positive: -3" naming no variable, and started with 0 workers.
         ("BATON_WEB_WORKERS", "0"),
         ("BATON_WEB_WORKERS", "-3"),
