@@ -111,7 +111,7 @@ def redis_url(name: str, value: str) -> str:
     return value
 
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
 REDIS_URL = redis_url("REDIS_URL", os.environ.get("REDIS_URL", "").strip())
 # Explicit, or by the one rule: no DATABASE_URL and no REDIS_URL is the demo, anything else is production.
 BATON_MODE = os.environ.get("BATON_MODE", "").strip().lower() or ("production" if DATABASE_URL or REDIS_URL else "demo")

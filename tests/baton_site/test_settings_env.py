@@ -215,3 +215,11 @@ def test_the_first_workflow_exports_of_the_readme_start_baton():
 
     # then
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
+
+
+def test_a_database_url_with_blanks_around_it_is_read_as_meant():
+    # when: pasted with a space (it used to be refused as the unknown scheme " postgres")
+    found = settings_in({**PRODUCTION, "DATABASE_URL": " postgres://baton@db.invalid/baton\n"}, "DATABASES")
+
+    # then
+    assert found["DATABASES"]["default"]["HOST"] == "db.invalid"
