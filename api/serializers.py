@@ -4,6 +4,7 @@ whoever calls); response serializers say what a client gets, and are what the Op
 from __future__ import annotations
 
 import copy
+import re
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,8 @@ from orchestrator.models import InstanceState, ReceivedSignal, StepRun, Workflow
 from orchestrator.selectors import hide_paths
 
 ID_MAX = 2**63 - 1
+# A date and time whose offset's "+" was decoded as a space (an unencoded "+" in a query string).
+PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)? \d{2}(:?\d{2})?")
 
 
 class AwareDateTimeField(serializers.DateTimeField):
@@ -40,6 +43,12 @@ class AwareDateTimeField(serializers.DateTimeField):
                 typed = None
             if typed is not None and typed.tzinfo is None:
                 raise serializers.ValidationError("Give the time zone: an offset like +01:00, or Z for UTC.")
+            if typed is None and PLUS_AS_SPACE.fullmatch(value.strip()):
+                # `?started_after=2026-11-01T00:00:00+01:00` typed into a URL: the query string's "+" is a space.
+                raise serializers.ValidationError(
+                    "The offset's '+' arrived as a space: in a URL write it as %2B (2026-11-01T00:00:00%2B01:00), "
+                    "or give the time in UTC with Z."
+                )
         parsed = super().to_internal_value(value)
         try:
             return check_when(parsed, str(self.label or self.field_name or "Date"))
@@ -57,12 +66,13 @@ def _field_schema(field: django_forms.Field) -> dict[str, Any]:
         schema["description"] = str(field.help_text)
     if isinstance(field, django_forms.BooleanField):
         schema["type"] = "boolean"
-    elif isinstance(field, django_forms.IntegerField):
-        schema["type"] = "integer"
     elif isinstance(field, django_forms.DecimalField | django_forms.FloatField):
-        # A decimal is best sent as a string ("120.00"): a JSON number may lose digits on the way.
+        # Before IntegerField: Django's DecimalField and FloatField are subclasses of it, and were described as
+        # integers. A decimal is best sent as a string ("120.00"): a JSON number may lose digits on the way.
         schema["type"] = ["string", "number"]
         schema["format"] = "decimal"
+    elif isinstance(field, django_forms.IntegerField):
+        schema["type"] = "integer"
     elif isinstance(field, django_forms.ChoiceField):
         schema["enum"] = [value for value, _label in list(field.choices) if value != ""]  # type: ignore[arg-type]
     elif isinstance(field, django_forms.DateTimeField):

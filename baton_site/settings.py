@@ -10,11 +10,14 @@ Two modes, same code (docs/architecture.md), chosen by ``BATON_MODE`` (README, "
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import re
 import socket
+import zoneinfo
 from collections.abc import Mapping
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,12 +34,29 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / ".baton" if (BASE_DIR / "manage.py").is_file() else Path.cwd() / ".baton"
 
 
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def env_text(name: str, default: str) -> str:
+    """A text setting from the environment, stripped; unset or empty is ``default`` (README, "Production": an empty
+    value means "not set", so ``BATON_STATIC_ROOT=`` is the default folder, never the current directory)."""
+    return os.environ.get(name, "").strip() or default
+
+
 def env_bool(name: str, default: bool = False) -> bool:
-    """Read a boolean from the environment ("1", "true", "yes" are true)."""
-    value = os.environ.get(name)
-    if value is None:
+    """A boolean from the environment: 1/true/yes/on or 0/false/no/off (any case); unset or empty is ``default``.
+
+    Anything else (``ture``, ``2``) stops the start with ``ImproperlyConfigured`` naming the variable: read as
+    false, a typo in ``BATON_SECURE_COOKIES`` or ``BATON_BEHIND_PROXY`` would silently change security."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(f"{name}={os.environ[name]!r}: give 1, true, yes, on or 0, false, no, off.")
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -45,24 +65,54 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """A whole number from the environment; unset or empty is ``default``. Junk, fractions and values outside
+    [``minimum``, ``maximum``] stop the start with ``ImproperlyConfigured`` naming the variable, never a
+    ``ValueError`` from ``int()`` or a value that fails at the first request that uses it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a whole number: give one from {minimum} to {maximum}."
+        ) from None
+    if not minimum <= value <= maximum:
+        raise ImproperlyConfigured(f"{name}={raw!r}: give a whole number from {minimum} to {maximum}.")
+    return value
+
+
 # --- Mode and start-up checks ---------------------------------------------------------------------------
-def env_seconds(name: str, default: float, *, minimum: float, maximum: float = 86_400 * 365) -> float:
-    """A duration in seconds from the environment, as a float; junk, NaN, infinities and values outside
-    [``minimum``, ``maximum``] stop the start with a message naming the variable (never a silent truncation)."""
+def env_seconds(
+    name: str, default: float, *, minimum: float, maximum: float = 86_400 * 365, unit: str = "seconds"
+) -> float:
+    """A duration (in ``unit``) from the environment, as a float; unset or empty is ``default``. Junk, NaN,
+    infinities and values outside [``minimum``, ``maximum``] stop the start with a message naming the variable
+    (never a silent truncation)."""
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a number of seconds.") from None
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number of {unit}.") from None
     if not math.isfinite(value) or not minimum <= value <= maximum:
-        raise ImproperlyConfigured(f"{name}={raw!r}: give a number of seconds from {minimum:g} to {maximum:g}.")
+        # .15g: 31536000, not 3.1536e+07, for the person reading the message
+        raise ImproperlyConfigured(f"{name}={raw!r}: give a number of {unit} from {minimum:.15g} to {maximum:.15g}.")
     return value
 
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
-REDIS_URL = os.environ.get("REDIS_URL", "")
+def redis_url(name: str, value: str) -> str:
+    """``value`` if it is a Redis URL (``redis://``, ``rediss://`` or ``unix://``), else ``ImproperlyConfigured``
+    naming ``name``: a wrong URL would otherwise surface only when the first task or live event is sent."""
+    if value and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(f"{name}={value!r}: give a Redis URL, redis://host:6379/0 (or rediss://, unix://).")
+    return value
+
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
+REDIS_URL = redis_url("REDIS_URL", os.environ.get("REDIS_URL", "").strip())
 # Explicit, or by the one rule: no DATABASE_URL and no REDIS_URL is the demo, anything else is production.
 BATON_MODE = os.environ.get("BATON_MODE", "").strip().lower() or ("production" if DATABASE_URL or REDIS_URL else "demo")
 DEMO_SECRET_KEY = "baton-embedded-demo-key-not-for-production"  # noqa: S105 (public on purpose, demo only)
@@ -74,11 +124,11 @@ if BATON_MODE == "production":
         _missing.append("DATABASE_URL (the PostgreSQL database)")
     if not REDIS_URL:
         _missing.append("REDIS_URL (without it the broker is in-memory: no separate worker would see any work)")
-    if not os.environ.get("BATON_SECRET_KEY"):
+    if not os.environ.get("BATON_SECRET_KEY", "").strip():  # blanks only are no key (a template's empty line)
         _missing.append("BATON_SECRET_KEY (BATON_DEBUG does not replace it)")
     elif os.environ["BATON_SECRET_KEY"] == DEMO_SECRET_KEY:
         _missing.append("BATON_SECRET_KEY of your own (the demo key is public)")
-    if not os.environ.get("BATON_AUDIT_KEYS"):
+    if not os.environ.get("BATON_AUDIT_KEYS", "").strip():
         _missing.append("BATON_AUDIT_KEYS (the audit trail's HMAC keys, id:secret; never the demo key)")
     if not env_list("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost"):
         # Set but empty: with DEBUG off Django would answer every request 400 without saying why.
@@ -92,11 +142,20 @@ if _missing:
 # One process with an in-memory broker and channel layer: only the demo may run without Redis.
 EMBEDDED = not REDIS_URL
 DEBUG = env_bool("BATON_DEBUG", default=BATON_MODE == "demo")
-SECRET_KEY = os.environ.get("BATON_SECRET_KEY") or DEMO_SECRET_KEY
+# Kept as given (stripping would change a deployment's key and sign everyone out); blanks only are no key.
+_secret_key = os.environ.get("BATON_SECRET_KEY", "")
+SECRET_KEY = _secret_key if _secret_key.strip() else DEMO_SECRET_KEY
 # --- end of mode and start-up checks -------------------------------------------------------------------
 
 ALLOWED_HOSTS = env_list("BATON_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("BATON_CSRF_TRUSTED_ORIGINS", "")
+for _origin in CSRF_TRUSTED_ORIGINS:
+    # Django checks this only in `manage.py check`, which gunicorn never runs: an origin without its scheme would
+    # then silently match nothing, and every form post from that host would fail with a CSRF error.
+    if urlsplit(_origin).scheme not in {"http", "https"} or not urlsplit(_origin).netloc:
+        raise ImproperlyConfigured(
+            f"BATON_CSRF_TRUSTED_ORIGINS: {_origin!r} is not an origin; give scheme and host, https://{_origin}."
+        )
 
 INSTALLED_APPS = [
     "daphne",
@@ -171,7 +230,12 @@ TEMPLATES = [
 ]
 
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+    except ValueError as _error:  # dj_database_url's UnknownSchemeError and malformed URLs
+        raise ImproperlyConfigured(
+            f"DATABASE_URL is not a database URL ({_error}); give postgres://user@host:5432/name."
+        ) from None
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # JIT compiles plans whose estimated cost is high, even when LIMIT makes them cheap: on the team queue
         # at 100,000 tasks it added about 100 ms to a 3 ms query. Short OLTP queries never win from it.
@@ -180,10 +244,16 @@ if DATABASE_URL:
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("BATON_TEST_DB_NAME", "test_baton")}
 else:
     DATA_DIR.mkdir(exist_ok=True)
+    _sqlite_path = env_text("BATON_SQLITE_PATH", str(DATA_DIR / "baton.sqlite3"))
+    if _sqlite_path != ":memory:" and not Path(_sqlite_path).parent.is_dir():
+        # SQLite said only "unable to open database file", at the first query.
+        raise ImproperlyConfigured(
+            f"BATON_SQLITE_PATH={_sqlite_path!r}: the folder {str(Path(_sqlite_path).parent)!r} does not exist."
+        )
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("BATON_SQLITE_PATH", str(DATA_DIR / "baton.sqlite3")),
+            "NAME": _sqlite_path,
             # WAL lets the web thread read while the worker thread writes; IMMEDIATE takes the write lock at
             # BEGIN so two writers queue on the busy timeout instead of failing on lock upgrade.
             "OPTIONS": {
@@ -211,13 +281,24 @@ LOGIN_REDIRECT_URL = "console:home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en"
-TIME_ZONE = os.environ.get("BATON_TIME_ZONE", "UTC")
+TIME_ZONE = env_text("BATON_TIME_ZONE", "UTC")
+try:
+    zoneinfo.ZoneInfo(TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"BATON_TIME_ZONE={TIME_ZONE!r} is not a time zone: give an IANA name such as UTC or Europe/Berlin."
+    ) from None
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = Path(os.environ.get("BATON_STATIC_ROOT", DATA_DIR / "staticfiles"))
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start when it is missing
+STATIC_ROOT = Path(env_text("BATON_STATIC_ROOT", str(DATA_DIR / "staticfiles")))
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start when it is missing
+except OSError as _error:
+    raise ImproperlyConfigured(
+        f"BATON_STATIC_ROOT={str(STATIC_ROOT)!r}: the folder cannot be created ({_error.strerror or _error})."
+    ) from None
 STATICFILES_DIRS = [baton_assets.STATIC_DIR]
 WHITENOISE_USE_FINDERS = DEBUG
 STORAGES = {
@@ -246,13 +327,35 @@ if BATON_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("BATON_SSL_REDIRECT", default=BATON_BEHIND_PROXY and SESSION_COOKIE_SECURE)
 # Off by default: a browser remembers HSTS for this long, so turn it on once https works (README).
-SECURE_HSTS_SECONDS = int(env_seconds("BATON_HSTS_SECONDS", 0, minimum=0))
+# Whole seconds, up to ten years: hstspreload.org asks for two (63072000), which a one-year bound refused.
+SECURE_HSTS_SECONDS = env_int("BATON_HSTS_SECONDS", 0, minimum=0, maximum=86_400 * 365 * 10)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("BATON_HSTS_INCLUDE_SUBDOMAINS")
 SECURE_HSTS_PRELOAD = env_bool("BATON_HSTS_PRELOAD")
 # --- end of TLS and proxy --------------------------------------------------------------------------------
 
-EMAIL_BACKEND = os.environ.get("BATON_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-DEFAULT_FROM_EMAIL = os.environ.get("BATON_FROM_EMAIL", "baton@localhost")
+EMAIL_BACKEND = env_text("BATON_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# Checked at start, not at the first notification (which a worker would only log): Django's own backends by their
+# module, another by its top-level package, which find_spec finds without running it (a site's own package may
+# read the settings when imported, and these are still loading). The class itself is imported at the first mail.
+_email_module, _, _email_class = EMAIL_BACKEND.rpartition(".")
+try:
+    _email_found = bool(_email_module) and (
+        importlib.util.find_spec(_email_module if _email_module.startswith("django.") else _email_module.split(".")[0])
+        is not None
+    )
+except (ImportError, ValueError):
+    _email_found = False
+if not _email_found or not _email_class:
+    raise ImproperlyConfigured(
+        f"BATON_EMAIL_BACKEND={EMAIL_BACKEND!r}: give the dotted path of a mail backend class, such as "
+        "django.core.mail.backends.smtp.EmailBackend."
+    )
+DEFAULT_FROM_EMAIL = env_text("BATON_FROM_EMAIL", "baton@localhost")
+if "@" not in parseaddr(DEFAULT_FROM_EMAIL)[1]:
+    raise ImproperlyConfigured(
+        f"BATON_FROM_EMAIL={DEFAULT_FROM_EMAIL!r}: give an e-mail address, baton@example.com "
+        "or Baton <baton@example.com>."
+    )
 
 
 # --- Channels -------------------------------------------------------------------------------------------
@@ -290,11 +393,13 @@ def derived_channel_prefix(database: Mapping[str, Any], redis_url: str, *, machi
 
 # Every Redis channel name starts with this (the channel layer's and orchestrator/realtime.py's publisher's).
 # Set it when one deployment's processes reach the same database or Redis under different addresses.
-BATON_CHANNEL_PREFIX = os.environ.get("BATON_CHANNEL_PREFIX") or derived_channel_prefix(
-    DATABASES["default"], os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)
+# The live channel layer's Redis: REDIS_URL unless set (an empty value too, not an empty host list).
+BATON_CHANNELS_REDIS_URL = redis_url("BATON_CHANNELS_REDIS_URL", env_text("BATON_CHANNELS_REDIS_URL", REDIS_URL))
+BATON_CHANNEL_PREFIX = env_text("BATON_CHANNEL_PREFIX", "") or derived_channel_prefix(
+    DATABASES["default"], BATON_CHANNELS_REDIS_URL
 )
 if not re.fullmatch(r"[A-Za-z0-9._-]{1,60}", BATON_CHANNEL_PREFIX):
-    raise RuntimeError("BATON_CHANNEL_PREFIX: 1 to 60 letters, digits, dots, dashes or underscores.")
+    raise ImproperlyConfigured("BATON_CHANNEL_PREFIX: 1 to 60 letters, digits, dots, dashes or underscores.")
 # Which Redis channel layer carries live events (README, "Production"): "pubsub", channels_redis's pub/sub layer
 # with Baton's pipelined publisher, or "redis", channels_redis's standard list-based RedisChannelLayer, which
 # senders reach through its own group_send (for a Redis that must not carry pub/sub, or a site's other Channels
@@ -317,7 +422,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": CHANNEL_LAYER_BACKENDS[BATON_CHANNEL_LAYER],
             "CONFIG": {
-                "hosts": [os.environ.get("BATON_CHANNELS_REDIS_URL", REDIS_URL)],
+                "hosts": [BATON_CHANNELS_REDIS_URL],
                 "prefix": BATON_CHANNEL_PREFIX,
             },
         }
@@ -334,7 +439,7 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT = "orchestrator.broker:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     # Longer than any step timeout: on Redis an unacked message is redelivered after this many seconds.
-    dict[str, float]({"visibility_timeout": int(os.environ.get("BATON_VISIBILITY_TIMEOUT", "3600"))})
+    dict[str, float]({"visibility_timeout": env_int("BATON_VISIBILITY_TIMEOUT", 3600, minimum=1, maximum=86_400 * 365)})
     if REDIS_URL
     else {"polling_interval": 0.01}
 )
@@ -375,30 +480,26 @@ BATON_ALERT_THROTTLE = env_seconds("BATON_ALERT_THROTTLE", 300.0, minimum=0.0)
 # A failed instance nobody acted on for this long is called out on the Incidents page.
 BATON_INCIDENT_IDLE_SECONDS = env_seconds("BATON_INCIDENT_IDLE_SECONDS", 3600.0, minimum=1.0)
 # How far ahead a pause may end (a typo'd year is refused; longer holds should be cancellations).
-BATON_PAUSE_MAX_DAYS = int(os.environ.get("BATON_PAUSE_MAX_DAYS", "90"))
+# Ten years at most: a larger number overflowed the date arithmetic of the first pause (a 500, not a message).
+BATON_PAUSE_MAX_DAYS = env_int("BATON_PAUSE_MAX_DAYS", 90, minimum=1, maximum=3650)
 
 # --- Baton ----------------------------------------------------------------------------------------------
-BATON_WORKFLOW_MODULES = [
-    m
-    for m in os.environ.get(
-        "BATON_WORKFLOW_MODULES",
-        # None: the demo workflows come with the demo app (demo/apps.py); the benchmark flows (demo.workflows.bench)
-        # are added by the tests and `make bench` only.
-        "",
-    ).split(",")
-    if m
-]
+# None by default: the demo workflows come with the demo app (demo/apps.py); the benchmark flows
+# (demo.workflows.bench) are added by the tests and `make bench` only. "a, b" is read as two modules.
+BATON_WORKFLOW_MODULES = env_list("BATON_WORKFLOW_MODULES", "")
 # A scheduled step whose message has not been picked up after this long is dispatched again by the sweep.
 BATON_REDISPATCH_AFTER = env_seconds("BATON_REDISPATCH_AFTER", 30.0, minimum=0.1)
 # Extra time on top of a step's timeout before its lease counts as lost.
 BATON_LEASE_GRACE = env_seconds("BATON_LEASE_GRACE", 5.0, minimum=0.1)
-BATON_SWEEP_BATCH = int(os.environ.get("BATON_SWEEP_BATCH", "500"))
+BATON_SWEEP_BATCH = env_int("BATON_SWEEP_BATCH", 500, minimum=1, maximum=100_000)
 # Webhooks (automation/webhooks.py): a subscription to an address in a private, loopback, link-local or reserved
 # range is refused unless this is on (a receiver on the same network, tests); each delivery waits this long.
 BATON_WEBHOOK_ALLOW_PRIVATE = env_bool("BATON_WEBHOOK_ALLOW_PRIVATE", default=False)
 BATON_WEBHOOK_TIMEOUT = env_seconds("BATON_WEBHOOK_TIMEOUT", 10.0, minimum=0.5, maximum=60.0)
 # The largest step result (bytes of JSON) the engine records; a larger one is a permanent failure of the step.
-BATON_MAX_RESULT_BYTES = int(os.environ.get("BATON_MAX_RESULT_BYTES", "1048576"))
+# At least 1 KiB (below that nearly every step would fail for good); at most 100 MiB (PostgreSQL's jsonb holds
+# 255 MB, and every result is read and written whole by the worker).
+BATON_MAX_RESULT_BYTES = env_int("BATON_MAX_RESULT_BYTES", 1_048_576, minimum=1024, maximum=100 * 1024 * 1024)
 # The engine's hot-path statements are prepared once per PostgreSQL session (orchestrator/rows.py). Turn off behind
 # a proxy that cannot carry prepared statements (PgBouncer before 1.21 in transaction mode).
 BATON_PREPARED_STATEMENTS = env_bool("BATON_PREPARED_STATEMENTS", default=True)
@@ -406,16 +507,16 @@ BATON_PREPARED_STATEMENTS = env_bool("BATON_PREPARED_STATEMENTS", default=True)
 # on how long a socket can outlive a sign-out or a lost access whose recheck message went missing.
 # Below half a second every socket would query the database many times a second; above an hour (or inf) a missed
 # sign-out would keep a socket open that long.
-try:
-    BATON_LIVE_RECHECK = float(os.environ.get("BATON_LIVE_RECHECK", "5"))
-except ValueError:
-    BATON_LIVE_RECHECK = float("nan")
-if not 0.5 <= BATON_LIVE_RECHECK <= 3600:
-    raise RuntimeError("BATON_LIVE_RECHECK must be a number of seconds from 0.5 to 3600.")
+BATON_LIVE_RECHECK = env_seconds("BATON_LIVE_RECHECK", 5.0, minimum=0.5, maximum=3600)
 # Websocket origins allowed besides ALLOWED_HOSTS (see baton_site/asgi.py).
 BATON_DEMO = env_bool("BATON_DEMO", default=BATON_MODE == "demo")
 # Absolute address of the dashboard, for links in e-mails.
-BATON_BASE_URL = os.environ.get("BATON_BASE_URL", "http://127.0.0.1:8000")
+BATON_BASE_URL = env_text("BATON_BASE_URL", "http://127.0.0.1:8000")
+if urlsplit(BATON_BASE_URL).scheme not in {"http", "https"} or not urlsplit(BATON_BASE_URL).netloc:
+    # Links in e-mails are this plus a path: without the scheme and host no mail client would open them.
+    raise ImproperlyConfigured(
+        f"BATON_BASE_URL={BATON_BASE_URL!r}: give the site's absolute address, such as https://baton.example.com."
+    )
 
 
 # --- Audit trail keys and seals (docs/architecture.md, "Audit trail") ------------------------------------------
@@ -448,7 +549,7 @@ BATON_AUDIT_KEYS = parse_audit_keys(
 # Signed seals of the chain heads go to this file (JSON Lines, appended and fsynced), or to the log when empty.
 BATON_AUDIT_SEAL_PATH = os.environ.get("BATON_AUDIT_SEAL_PATH", "")
 # Minutes between seals of the chains that changed (beat); 0 turns the periodic seal off. A full seal runs daily.
-BATON_AUDIT_SEAL_INTERVAL = float(os.environ.get("BATON_AUDIT_SEAL_INTERVAL", "5"))
+BATON_AUDIT_SEAL_INTERVAL = env_seconds("BATON_AUDIT_SEAL_INTERVAL", 5.0, minimum=0, maximum=1440, unit="minutes")
 if BATON_AUDIT_SEAL_INTERVAL > 0:
     CELERY_BEAT_SCHEDULE["baton-audit-seal"] = {
         "task": "orchestrator.tasks.audit_seal",
@@ -463,7 +564,7 @@ if BATON_AUDIT_SEAL_INTERVAL > 0:
 # Every chain verified once a day, by default at 02:30 in TIME_ZONE (audit/tasks.py); "off" turns it off, "HH:MM"
 # moves it. The result is on the chain status page (/audit/chains/), and a failure is logged as an error.
 CELERY_TIMEZONE = TIME_ZONE  # crontab entries read in the site's zone, as people read the schedule
-BATON_AUDIT_VERIFY_AT = os.environ.get("BATON_AUDIT_VERIFY_AT", "02:30").strip().lower()
+BATON_AUDIT_VERIFY_AT = env_text("BATON_AUDIT_VERIFY_AT", "02:30").lower()
 if BATON_AUDIT_VERIFY_AT != "off":
     _verify_at = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", BATON_AUDIT_VERIFY_AT)
     if _verify_at is None:
@@ -473,6 +574,11 @@ if BATON_AUDIT_VERIFY_AT != "off":
         "schedule": crontab(hour=int(_verify_at[1]), minute=int(_verify_at[2])),
     }
 
+# Any case (people write "debug"); Python's logging knows only the upper-case names and refused the start with
+# "Unable to configure root logger", naming neither the variable nor the level.
+BATON_LOG_LEVEL = env_text("BATON_LOG_LEVEL", "INFO").upper()
+if BATON_LOG_LEVEL not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+    raise ImproperlyConfigured(f"BATON_LOG_LEVEL={BATON_LOG_LEVEL!r}: give DEBUG, INFO, WARNING, ERROR or CRITICAL.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -484,7 +590,7 @@ LOGGING = {
         }
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("BATON_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": BATON_LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "celery": {"level": "WARNING"},
@@ -494,11 +600,25 @@ LOGGING = {
     },
 }
 
+# --- the Makefile's process settings (README, "Production") ------------------------------------------------
+# Read by `make web`, `make web-live` and `make worker` in the shell, checked here as well: `make web` runs migrate
+# (these settings) before gunicorn, and the other processes load them at start, so a junk value stops there naming
+# the variable, not as gunicorn's "Value must be positive" or as a gunicorn with no worker process at all.
+# An empty value is the default, as the Makefile's ${VAR:-default} reads it.
+BATON_WEB_WORKERS = env_int("BATON_WEB_WORKERS", 2 * (os.cpu_count() or 1) + 1, minimum=1, maximum=1024)
+BATON_WEB_TIMEOUT = env_int("BATON_WEB_TIMEOUT", 60, minimum=1, maximum=86_400)
+BATON_WEB_GRACEFUL_TIMEOUT = env_int("BATON_WEB_GRACEFUL_TIMEOUT", 30, minimum=1, maximum=86_400)
+BATON_PORT = env_int("BATON_PORT", 8000, minimum=1, maximum=65535)
+BATON_LIVE_PORT = env_int("BATON_LIVE_PORT", 8001, minimum=1, maximum=65535)
+BATON_WORKER_CONCURRENCY = env_int("BATON_WORKER_CONCURRENCY", 2, minimum=1, maximum=1024)
+
 # --- observation: roll-ups, /metrics, health ------------------------------------------------------------
 # Most audit events one sweep folds into the dashboard's roll-ups (orchestrator/rollups.py); a backlog is caught up
 # over the following sweeps.
-BATON_ROLLUP_BATCH = int(os.environ.get("BATON_ROLLUP_BATCH", "5000"))
+BATON_ROLLUP_BATCH = env_int("BATON_ROLLUP_BATCH", 5000, minimum=1, maximum=1_000_000)
 # Bearer token that /metrics requires (`Authorization: Bearer <token>`); empty: /metrics answers 404.
-BATON_METRICS_TOKEN = os.environ.get("BATON_METRICS_TOKEN", "")
+# Stripped as the Authorization header's token is (orchestrator/metrics.py): a token read from a file with its line
+# break used to answer every scrape 401; blanks only are no token (404).
+BATON_METRICS_TOKEN = env_text("BATON_METRICS_TOKEN", "")
 # /health/ready answers 503 when the sweep has not run for this many seconds (and it is not the first minute).
 BATON_READY_SWEEP_AGE = env_seconds("BATON_READY_SWEEP_AGE", 60.0, minimum=1.0)

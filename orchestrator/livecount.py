@@ -34,7 +34,8 @@ def open_here() -> int:
 
 
 def _url() -> str:
-    return os.environ.get("BATON_CHANNELS_REDIS_URL", "") or getattr(settings, "REDIS_URL", "") or ""
+    # The settings' reading of BATON_CHANNELS_REDIS_URL (REDIS_URL when unset or empty), checked at start.
+    return getattr(settings, "BATON_CHANNELS_REDIS_URL", "") or getattr(settings, "REDIS_URL", "") or ""
 
 
 def _client() -> redis.Redis:

@@ -78,12 +78,21 @@ def load_modules() -> None:
     Each module registers its workflows when imported; an entry point may also name a ``Workflow`` object
     (``"my_flows.workflows:onboarding"``), which is registered. Called once per process at start-up
     (``OrchestratorConfig.ready``), so web, worker and beat processes know the same definitions. Raises
-    ``ImportError`` for a module in the setting that cannot be imported, and ``ImproperlyConfigured`` naming the
-    entry point and its distribution when an installed package's entry point fails to load: a process that
-    quietly lacked a workflow would leave its instances' steps unrun.
+    ``ImproperlyConfigured`` naming the variable and the module when a module of the setting (or a package on its
+    path) is not installed, and naming the entry point and its distribution when an installed package's entry
+    point fails to load: a process that quietly lacked a workflow would leave its instances' steps unrun. An
+    ``ImportError`` raised inside a module that was found is the module's own fault and propagates as it is.
     """
     for module in settings.BATON_WORKFLOW_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name is None or not (module == error.name or module.startswith(f"{error.name}.")):
+                raise  # the module exists; something it imports does not: its own traceback says what
+            raise ImproperlyConfigured(
+                f"BATON_WORKFLOW_MODULES names {module!r}, which is not installed ({error}): install its package "
+                "in this environment or put it on PYTHONPATH."
+            ) from None
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         _load_entry_point(entry_point)
 

@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from demo.data import DEMO_USERS
+from demo.management.commands.baton_serve import check_address_free, listen_port
 
 
 class Command(BaseCommand):
@@ -16,9 +17,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--port", type=listen_port, default=8000)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        """Migrate, load the demo data and serve; ``CommandError`` first when the address cannot be listened on."""
+        check_address_free(options["host"], options["port"])
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write(f"Database: {settings.DATABASES['default']['NAME']}")
         call_command("baton_demo_data")

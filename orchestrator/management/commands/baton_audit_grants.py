@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from orchestrator.models import AuditEvent
 
@@ -98,9 +98,25 @@ class Command(BaseCommand):
         if not options["apply"]:
             self.stdout.write(";\n".join(statements) + ";")
             return
-        with transaction.atomic(), connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [options["role"]])
+            exists = cursor.fetchone() is not None
+        if not exists:
+            raise CommandError(
+                f"role {options['role']} does not exist: create it first, as a superuser "
+                f"(CREATE ROLE {options['role']} LOGIN PASSWORD '...'; README, \"Audit trail\"), then run this again."
+            )
+        current = ""
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                for statement in statements:
+                    current = statement
+                    cursor.execute(statement)
+        except DatabaseError as error:
+            # Typically run as a role that does not own the tables: nothing was applied (one transaction).
+            raise CommandError(
+                f"nothing applied: {current} failed: {str(error).strip()}. Run this as the owner of the tables."
+            ) from None
         problems = role_problems(options["role"])
         if problems:
             raise CommandError(

@@ -1,0 +1,121 @@
+"""README, "The API": its token command and curl examples, replayed as written (only the host and the example task
+id are this test's own) against the API, with the token the documented command printed. An example that does not
+work as written is a defect of the README or the API."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from approvals.models import HumanTask
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory
+
+pytestmark = pytest.mark.django_db
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def api_block() -> str:
+    """The first ```bash block of README's "The API" section."""
+    section = README.read_text().split("\n## The API\n", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def curl_commands(block: str) -> list[list[str]]:
+    """Each ``curl`` command of ``block`` as its arguments (continuation lines joined, comments dropped)."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.startswith("curl ")]
+
+
+def replay(client: Client, args: list[str], token: str, task_id: int) -> Any:
+    """Send what ``curl args`` would send, with ``$TOKEN`` the token and the README's task 17 our ``task_id``."""
+    headers: dict[str, str] = {}
+    data = None
+    url = ""
+    rest = iter(args[1:])
+    for arg in rest:
+        if arg == "-H":
+            name, _, value = next(rest).partition(": ")
+            headers[name] = value.replace("$TOKEN", token)
+        elif arg == "-d":
+            data = next(rest)
+        elif arg.startswith("http"):
+            url = arg
+        else:
+            assert arg == "-s", f"an option this replay does not know: {arg}"
+    path = url.removeprefix("http://127.0.0.1:8000").replace("/api/tasks/17/", f"/api/tasks/{task_id}/")
+    content_type = headers.pop("Content-Type", "application/x-www-form-urlencoded")
+    if data is None:
+        return client.get(path, headers=headers)
+    return client.post(path, data, content_type=content_type, headers=headers)
+
+
+def test_the_readme_api_examples_work_as_written(roles):
+    # given: the token, made by the documented command for a member of the approvers' team ("alice" in README)
+    block = api_block()
+    command = next(line for line in block.splitlines() if "baton_api_token create" in line)
+    args = shlex.split(command.split("manage.py ", 1)[1])
+    args[args.index("alice")] = roles.staff.username
+    printed = io.StringIO()
+    call_command(*args, stdout=printed, stderr=io.StringIO())
+    token = printed.getvalue().strip().splitlines()[-1]
+    assert token.startswith("baton_")
+    # a task for the decide example: someone else's expense, which the token's owner may decide (four-eyes)
+    other = instance_start("expense_approval", ExpenseInputFactory(amount="80.00"), initiator=roles.staff2)
+    task_id = HumanTask.objects.get(instance=other, state="open").pk
+    client = Client()
+
+    curls = curl_commands(block)
+
+    # when: each in README's order, the start twice ("the same key and body again")
+    answers = [replay(client, curl, token, task_id) for curl in [curls[0], curls[1], curls[1], *curls[2:]]]
+
+    # then: with the statuses its comments promise
+    catalog, started, again, failed, queue, decided = answers
+    assert [a.status_code for a in answers] == [200, 201, 200, 200, 200, 200], [a.content[:300] for a in answers]
+    assert again.json()["id"] == started.json()["id"]
+    assert failed.json()["results"] == []
+    assert task_id in [task["id"] for task in queue.json()["results"]]
+    assert decided.json()["decision"] == "approve"
+    # and the start input README sends is valid by the schema the catalog gives for it ("its start input")
+    sent = json.loads(re.search(r"-d '(\{\"workflow\".*?)'", block)[1])["input"]  # type: ignore[index]
+    jsonschema.validate(sent, catalog.json()["start_input"])
+
+
+@pytest.mark.parametrize("amount", ["42.00", 42.5, 42])
+def test_a_decimal_start_field_is_described_as_a_decimal_not_an_integer(api_as, roles, amount):
+    """Django's forms.DecimalField subclasses IntegerField: the schema called the expense's amount an integer, so a
+    client that trusts the schema could not send 42.50 (or "42.00", as README does)."""
+    # when
+    schema = api_as(roles.staff).get("/api/workflows/expense_approval/").json()["start_input"]
+
+    # then
+    assert schema["properties"]["amount"]["type"] == ["string", "number"]
+    jsonschema.validate({**ExpenseInputFactory(), "amount": amount}, schema)
+
+
+@pytest.mark.parametrize("offset", ["+01:00", "+0100", "+01"])
+def test_an_offset_whose_plus_arrived_as_a_space_says_to_write_it_as_2b(api_as, roles, offset):
+    """README: times carry their offset (`+01:00`). Typed into a URL unencoded, the `+` is a space; the answer said
+    only "wrong format"."""
+    # given
+    client = api_as(roles.operator)
+
+    # when
+    typed = client.client.get(f"/api/instances/?started_after=2026-11-01T00:00:00{offset}", headers=client.headers)
+    encoded = client.get("/api/instances/", {"started_after": f"2026-11-01T00:00:00{offset}"})
+
+    # then
+    assert typed.status_code == 400
+    assert "%2B" in typed.json()["errors"]["started_after"][0]
+    assert encoded.status_code == 200
