@@ -52,7 +52,7 @@ from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Signal, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form, unstorable
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     InstanceState,
@@ -232,10 +232,13 @@ def _checked_text(value: Any, field: str, limit: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SignalInvalid(f"Give the {field}.", {field: ["Required: a non-empty string."]})
     value = value.strip()
-    if len(value) > limit or "\x00" in value:
-        raise SignalInvalid(
-            f"The {field} has at most {limit} characters and no NUL.", {field: [f"At most {limit} characters."]}
-        )
+    if len(value) > limit:
+        raise SignalInvalid(f"The {field} has at most {limit} characters.", {field: [f"At most {limit} characters."]})
+    # The API's parser refuses these before; the command line (argv bytes that are not UTF-8) and other callers do
+    # not, and the driver would raise UnicodeEncodeError at the first query: a crash, not a refusal.
+    bad = unstorable(value)
+    if bad:
+        raise SignalInvalid(f"The {field} holds {bad}, which cannot be stored.", {field: [f"Remove {bad}."]})
     return value
 
 
@@ -343,8 +346,19 @@ def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
             raise SignalInvalid(f"The schema of {node.name!r} returned {type(cleaned).__name__}, not a dict.")
     else:
         cleaned = payload
-    # Decimals and dates from a form become strings: the instance data is plain JSON.
-    return json.loads(json.dumps(cleaned, default=str))
+    # Decimals and dates from a form become strings: the instance data is plain JSON. A schema's answer is the
+    # workflow's code working on the sender's payload (``float("NaN")``, text decoded to a NUL, a list grown too
+    # big): what the database cannot hold is this payload refused, not a DataError at the insert (a 500 at
+    # delivery, a crash of the worker's step or the sweep at consumption).
+    try:
+        return check_result(json.loads(json.dumps(cleaned, default=str)))
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = clean_text(str(exc).replace("result", "the cleaned payload", 1), 300)
+        raise SignalInvalid(
+            f"The {'form' if node.form is not None else 'schema'} of {node.name!r} turned the payload into what "
+            f"cannot be stored: {message}",
+            {"payload": [message]},
+        ) from None
 
 
 def _summary(errors: dict[str, list[str]]) -> str:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
@@ -260,3 +260,15 @@ def test_a_new_secret_is_shown_only_to_its_owner(roles):
 
     # then
     assert page.context["new_secret"] is None
+
+
+@pytest.mark.parametrize("where", ["name", "username"])
+def test_the_command_refuses_bytes_that_are_not_utf8_with_a_message(roles, where):
+    # given a command line holding a byte that is not UTF-8 (Python reads it as a lone surrogate)
+    junk = b"ops\xff".decode("utf-8", "surrogateescape")
+    username, name = (roles.staff.username, junk) if where == "name" else (junk, "billing sync")
+
+    # when / then: a message and exit status 1, not a UnicodeEncodeError from the database driver
+    with pytest.raises(CommandError):
+        call_command("baton_api_token", "create", username, "--name", name)
+    assert not ApiToken.objects.exists()

@@ -1,0 +1,123 @@
+"""Signals at their edges: what a sender, a schema or the command line can put in a delivery, and what it may
+overwrite in the instance data. Each refusal is a ``SignalError`` (a 4xx in the API, a ``CommandError`` on the
+command line), never a database error."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
+
+from orchestrator.models import AuditEvent, ReceivedSignal, StepState
+from orchestrator.services.instances import instance_start
+from orchestrator.services.signals import SignalInvalid
+from tests.orchestrator.test_signals import deliver, flow, waiting_instance
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def payment_flow(register_workflow):
+    return register_workflow(flow("signal_payment"))
+
+
+def float_schema(payload: dict) -> dict:
+    """A schema as a workflow author writes one: the amount as a float (``float("NaN")`` is a float too)."""
+    try:
+        return {"amount": float(payload["amount"])}
+    except (KeyError, TypeError, ValueError):
+        raise ValidationError({"amount": ["A number."]}) from None
+
+
+# --- text the database cannot hold ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"signal_id": "sig-\ud800"},
+        {"event": "payment.\udcff"},
+        {"instance_id": None, "business_key": "A-\ud800"},
+    ],
+    ids=["signal id", "event", "business key"],
+)
+def test_a_lone_surrogate_in_the_delivery_is_refused_naming_the_field(payment_flow, run_steps, kwargs):
+    # given a waiting instance
+    instance = waiting_instance(run_steps)
+    events = AuditEvent.objects.count()
+
+    # when a caller (not the API, whose parser refuses it first) names it with half a UTF-16 pair
+    with pytest.raises(SignalInvalid) as refused:
+        deliver(**{"instance_id": instance.pk, **kwargs})
+
+    # then it is refused naming that field (it was a UnicodeEncodeError from the driver), and nothing is written
+    field = next(iter(kwargs.keys() - {"instance_id"}))
+    assert field in refused.value.errors
+    assert not ReceivedSignal.objects.exists()
+    assert AuditEvent.objects.count() == events
+
+
+def test_the_command_refuses_a_signal_id_whose_bytes_are_not_utf8(payment_flow, run_steps):
+    # given a waiting instance
+    instance = waiting_instance(run_steps)
+
+    # when the command line passes an id holding a byte that is not UTF-8 (Python reads it as a lone surrogate)
+    # then the command says what is wrong (exit 1) rather than dying with a traceback
+    with pytest.raises(CommandError, match="signal_id"):
+        call_command(
+            "baton_signal",
+            "payment.confirmed",
+            "--id",
+            b"sig-\xff".decode("utf-8", "surrogateescape"),
+            "--instance",
+            str(instance.pk),
+            "--payload",
+            '{"paid_amount": "1", "reference": "r"}',
+        )
+    assert not ReceivedSignal.objects.exists()
+
+
+# --- what a schema makes of the payload ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["NaN", "inf", "-Infinity"])
+def test_a_schema_answer_the_database_cannot_hold_is_a_refusal_at_delivery(register_workflow, run_steps, bad):
+    # given a wait whose schema turns the amount into a float
+    register_workflow(flow("signal_float", event="parcel.sent", form=None, schema=float_schema))
+    instance = waiting_instance(run_steps, "signal_float")
+
+    # when the sender's amount is a float JSON has no form for
+    with pytest.raises(SignalInvalid) as refused:
+        deliver(instance.pk, event="parcel.sent", payload={"amount": bad})
+
+    # then it is refused naming the payload (it was a DataError at the insert: a 500), and the wait goes on
+    assert "payload" in refused.value.errors
+    assert "NaN or Infinity" in refused.value.errors["payload"][0]
+    assert not ReceivedSignal.objects.exists()
+    assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
+
+
+def test_a_kept_signal_whose_schema_answer_cannot_be_stored_is_rejected_and_the_wait_goes_on(
+    register_workflow, run_steps
+):
+    # given a signal kept before the wait (kept as sent: it is checked again by the node that consumes it)
+    calls = {"n": 0}
+
+    def flaky(payload: dict) -> dict:
+        calls["n"] += 1  # accepts at delivery; what it returns at consumption cannot be stored
+        return {"amount": 1.0 if calls["n"] == 1 else float("nan")}
+
+    register_workflow(flow("signal_flaky", event="parcel.sent", form=None, schema=flaky))
+    instance = instance_start("signal_flaky", {"order": "A-1"})
+    assert deliver(instance.pk, event="parcel.sent", payload={"amount": "1"}).outcome == "kept"
+
+    # when the instance reaches the wait (the worker's step enters it and takes the kept signal)
+    run_steps(instance)
+
+    # then the signal is rejected, the wait waits, and the instance is not failed by a database error
+    kept = ReceivedSignal.objects.get()
+    instance.refresh_from_db()
+    assert kept.rejected_at is not None
+    assert "NaN" in str(kept.rejection["errors"])
+    assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
+    assert instance.state == "waiting"
