@@ -271,10 +271,11 @@ class Signal(Node):
     ``event`` is the name senders use (the node's name unless given). ``timeout`` (a timedelta) bounds the wait;
     what a timeout does is ``on_timeout``: ``fail`` the instance, ``compensate`` it, ``escalate`` to operators or
     ``continue`` with the next node (the data then holds ``{<node name>: {"timed_out": true}}``). The payload is
-    validated by ``form`` (a Django form class: its cleaned data is merged) or ``schema`` (a callable taking the
-    payload dict, returning the dict to merge and raising ``django.core.exceptions.ValidationError``); without
-    either the payload, a JSON object, is merged as it came. A signal that arrives before the instance reaches
-    the node is kept and consumed when it does (docs/architecture.md, "Signals").
+    validated by ``form`` (a Django form class: its cleaned data is merged, less the empty values of fields the
+    payload left out) or ``schema`` (a callable taking the payload dict, returning the dict to merge and raising
+    ``django.core.exceptions.ValidationError``); without either the payload, a JSON object, is merged as it came.
+    A signal that arrives before the instance reaches the node is kept and consumed when it does
+    (docs/architecture.md, "Signals").
     """
 
     event: str = ""

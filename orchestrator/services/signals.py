@@ -334,7 +334,14 @@ def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
         if not form.is_valid():
             errors = {f"payload.{k}": [str(e) for e in v] for k, v in form.errors.items()}
             raise SignalInvalid("The payload does not fit the signal's form: " + _summary(errors), errors)
-        cleaned: Any = form.cleaned_data
+        # A field the sender left out comes back as its empty value ("", False, None): merged, it would wipe what
+        # the instance holds under that name (the customer's note) though the sender said nothing about it. JSON
+        # can say "empty" (send "" or false), so only a value sent, or one the form's own clean() made, is merged.
+        cleaned: Any = {
+            name: value
+            for name, value in form.cleaned_data.items()
+            if name in payload or name not in form.fields or not _empty(value)
+        }
     elif node.schema is not None:
         try:
             cleaned = node.schema(dict(payload))
@@ -359,6 +366,11 @@ def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
             f"cannot be stored: {message}",
             {"payload": [message]},
         ) from None
+
+
+def _empty(value: Any) -> bool:
+    """Whether ``value`` is what a form field gives for no input (its empty value; False for a checkbox)."""
+    return value is None or value is False or (isinstance(value, str | list | tuple | dict) and not value)
 
 
 def _summary(errors: dict[str, list[str]]) -> str:

@@ -5,6 +5,7 @@ command line), never a database error."""
 from __future__ import annotations
 
 import pytest
+from django import forms
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
@@ -121,3 +122,44 @@ def test_a_kept_signal_whose_schema_answer_cannot_be_stored_is_rejected_and_the_
     assert "NaN" in str(kept.rejection["errors"])
     assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
     assert instance.state == "waiting"
+
+
+# --- what the payload does to the instance data ---------------------------------------------------------------
+
+
+class NotedPaymentForm(forms.Form):
+    """A signal's form with optional fields, as a sender may leave them out."""
+
+    paid_amount = forms.DecimalField(max_digits=10, decimal_places=2)
+    note = forms.CharField(required=False, max_length=200)
+    gift = forms.BooleanField(required=False)
+    items = forms.IntegerField(required=False)
+
+
+def test_an_optional_field_the_sender_left_out_keeps_the_value_the_instance_holds(register_workflow, run_steps):
+    # given an instance whose data already holds a note, a gift flag and an item count (from its start form)
+    register_workflow(flow("signal_noted", form=NotedPaymentForm))
+    instance = waiting_instance(run_steps, "signal_noted", note="gift wrap, please", gift=True, items=3)
+
+    # when the payment service confirms with the amount only (the optional fields are not its business)
+    deliver(instance.pk, payload={"paid_amount": "12.50"})
+
+    # then the amount joins the data and what the sender did not say is left as it was (the form's empty values
+    # for fields absent from the JSON, "", False and None, wiped the customer's note, flag and count)
+    instance.refresh_from_db()
+    assert instance.data["paid_amount"] == "12.50"
+    assert (instance.data["note"], instance.data["gift"], instance.data["items"]) == ("gift wrap, please", True, 3)
+    assert ReceivedSignal.objects.get().payload == {"paid_amount": "12.50"}
+
+
+def test_an_optional_field_the_sender_gave_empty_does_replace_the_value(register_workflow, run_steps):
+    # given the same instance
+    register_workflow(flow("signal_noted", form=NotedPaymentForm))
+    instance = waiting_instance(run_steps, "signal_noted", note="gift wrap, please", gift=True)
+
+    # when the sender says, explicitly, that there is no note and no gift
+    deliver(instance.pk, payload={"paid_amount": "12.50", "note": "", "gift": False})
+
+    # then that is what the data holds: a value sent is a value meant
+    instance.refresh_from_db()
+    assert (instance.data["note"], instance.data["gift"]) == ("", False)
