@@ -4,14 +4,19 @@ command line), never a database error."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from functools import partial
+
 import pytest
 from django import forms
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from orchestrator.models import AuditEvent, ReceivedSignal, StepState
+from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
+from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
 from orchestrator.services.signals import SignalInvalid
+from tests.concurrency import race
 from tests.orchestrator.test_signals import deliver, flow, waiting_instance
 
 pytestmark = pytest.mark.django_db
@@ -163,3 +168,39 @@ def test_an_optional_field_the_sender_gave_empty_does_replace_the_value(register
     # then that is what the data holds: a value sent is a value meant
     instance.refresh_from_db()
     assert (instance.data["note"], instance.data["gift"]) == ("", False)
+
+
+# --- a timeout and a signal at the same moment ----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_timeout_and_a_signal_at_the_same_instant_one_wins_and_is_audited_once(register_workflow, run_steps):
+    # given instances whose wait's hour has just passed (committed: each side runs on its own connection)
+    register_workflow(flow("signal_race", timeout=timedelta(hours=1)))
+    for round_ in range(4):
+        instance = waiting_instance(run_steps, "signal_race", order=f"R-{round_}")
+        wait = instance.steps.get(name="wait_payment")
+
+        # when the sweep's timeout and the payment land at the same instant
+        report, delivery = race(
+            partial(engine.sweep, now=wait.due_at + timedelta(seconds=1)), partial(deliver, instance.pk)
+        )
+
+        # then exactly one of them decided the wait: consumed (the sweep found it taken or locked) or timed out
+        # (the signal is then kept, for an operator's retry), and the wait's end is audited once
+        assert not isinstance(delivery, Exception), delivery
+        assert not isinstance(report, Exception), report
+        wait.refresh_from_db()
+        instance.refresh_from_db()
+        ends = AuditEvent.objects.filter(
+            subject_type="step", subject_id=wait.pk, action__in=["step.succeeded", "step.dead"]
+        )
+        if delivery.outcome == "consumed":
+            assert report.signals["signals_timed_out"] == 0
+            assert wait.state == StepState.SUCCEEDED
+            assert instance.state == InstanceState.COMPLETED or instance.steps.filter(name="ship").exists()
+        else:
+            assert delivery.outcome == "kept"
+            assert report.signals["signals_timed_out"] == 1
+            assert (wait.state, instance.state) == (StepState.DEAD, InstanceState.FAILED)
+        assert ends.count() == 1
