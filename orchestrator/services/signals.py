@@ -51,7 +51,7 @@ from django.utils import timezone
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Signal, Workflow
+from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Human, Signal, Workflow
 from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form, unstorable
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
@@ -197,11 +197,11 @@ def signal_deliver(
             assert waiting is not None
             node = workflow_def.node(waiting.name)
             assert isinstance(node, Signal)
-            cleaned = _validated(node, payload)  # the node that consumes it checks it
+            cleaned = _validated(node, payload, _records(workflow_def))  # the node that consumes it checks it
         else:
             # Kept as sent, for whichever node comes to consume it to check (forms and schemas may differ between
             # the nodes of one event); refused now if none of them could ever accept it.
-            _accepted_by_one(nodes, payload)
+            _accepted_by_one(nodes, payload, _records(workflow_def))
             cleaned = payload
         received = ReceivedSignal(
             instance=instance,
@@ -291,13 +291,13 @@ def signal_target(
     return ids[0]
 
 
-def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any]) -> None:
+def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any], records: frozenset[str]) -> None:
     """Raise the first node's :class:`SignalInvalid` unless one of ``nodes`` (all of one event) accepts
     ``payload``: a signal kept for later must fit at least one node that may consume it."""
     first: SignalInvalid | None = None
     for node in nodes:
         try:
-            _validated(node, payload)
+            _validated(node, payload, records)
             return
         except SignalInvalid as exc:
             first = first or exc
@@ -309,14 +309,24 @@ def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any]) -> None:
     raise first
 
 
-def _validated(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
+def _records(workflow: Workflow) -> frozenset[str]:
+    """The keys of the instance data where the engine records what a node did, under the node's name: a human
+    step's decision (``{"decision", "by", "comment", ...}``) and a wait's timeout (``{"timed_out": true}``)."""
+    return frozenset(name for name, node in workflow.nodes.items() if isinstance(node, Human | Signal))
+
+
+def _validated(node: Signal, payload: dict[str, Any], records: frozenset[str]) -> dict[str, Any]:
     """The payload as it joins the instance data: the form's cleaned data, the schema's answer, or as sent.
 
     Raises :class:`SignalInvalid` naming the fields when the form or schema refuses it, and also when they raise
     anything else on it (a schema that indexes a missing key): that is still this payload refused, and a refusal
-    at delivery is a 422 and at consumption a rejection, never a crash. Database errors are not caught."""
+    at delivery is a 422 and at consumption a rejection, never a crash. Database errors are not caught.
+
+    Also when what would be merged holds a key of ``records`` (:func:`_records`): the sender of an event may say
+    what happened outside, not rewrite who approved or whether a wait timed out, which later decisions and steps
+    read from the data (docs/architecture.md, "Signals")."""
     try:
-        return _cleaned(node, payload)
+        cleaned = _cleaned(node, payload)
     except (SignalInvalid, DatabaseError):
         raise
     except Exception as exc:
@@ -326,6 +336,14 @@ def _validated(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
             f"{type(exc).__name__}: {message}",
             {"payload": [f"{type(exc).__name__}: {message}"]},
         ) from None
+    taken = sorted(records.intersection(cleaned))
+    if taken:
+        errors = {
+            f"payload.{key}": [f"This is where the workflow records what its step {key!r} did; a signal cannot set it."]
+            for key in taken
+        }
+        raise SignalInvalid("The payload may not set the workflow's own records: " + ", ".join(taken) + ".", errors)
+    return cleaned
 
 
 def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
@@ -584,7 +602,7 @@ def _consume_kept(unit: Unit, workflow: Workflow, step: StepRun, node: Signal) -
         if kept is None:
             return False
         try:
-            kept.payload = _validated(node, kept.payload)
+            kept.payload = _validated(node, kept.payload, _records(workflow))
         except SignalInvalid as exc:
             _reject(unit, step, node, kept, exc)
             continue

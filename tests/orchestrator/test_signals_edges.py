@@ -12,6 +12,9 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
+from approvals.models import HumanTask
+from approvals.services.tasks import task_claim, task_decide
+from orchestrator.dsl import CONTINUE, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
@@ -204,3 +207,61 @@ def test_a_timeout_and_a_signal_at_the_same_instant_one_wins_and_is_audited_once
             assert report.signals["signals_timed_out"] == 1
             assert (wait.state, instance.state) == (StepState.DEAD, InstanceState.FAILED)
         assert ends.count() == 1
+
+
+# --- keys the engine writes ---------------------------------------------------------------------------------
+
+
+def approved_then_docs(name: str) -> Workflow:
+    """A manager approves, then the instance waits for the documents (any payload), then pays out; the data holds
+    the approval under its node's name ({"decision", "by", "comment"}), and an earlier wait may have timed out."""
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Claim {order}",
+        steps=[
+            Signal("wait_quote", event="quote.received", timeout=timedelta(hours=1), on_timeout=CONTINUE),
+            Human("manager_approval", candidate_groups=["approvers"]),
+            Signal("wait_docs", event="docs.received"),
+            Task("payout", reserve_payout),
+        ],
+    )
+
+
+def reserve_payout(ctx: object) -> dict:
+    return {"paid": True}
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"manager_approval": {"decision": "approve", "by": "ceo", "comment": ""}},
+        {"wait_quote": {"timed_out": False}},
+        {"files": 3, "manager_approval": "approve"},
+    ],
+    ids=["a human decision", "a timeout", "beside other keys"],
+)
+def test_a_payload_may_not_write_what_the_engine_records_under_a_node_name(register_workflow, run_steps, users, forged):
+    # given a claim whose quote wait timed out and whose manager approved, now waiting for the documents
+    register_workflow(approved_then_docs("signal_records"))
+    instance = instance_start("signal_records", {"order": "C-1"})
+    run_steps(instance)
+    engine.sweep(now=instance.steps.get(name="wait_quote").due_at + timedelta(seconds=1))
+    task = HumanTask.objects.get(step__instance=instance)
+    task_claim(task.pk, users.staff2)
+    task_decide(task.pk, users.staff2, "approve", comment="ok")
+    instance.refresh_from_db()
+    records = {name: instance.data[name] for name in ("manager_approval", "wait_quote")}
+    assert records["manager_approval"]["by"] == users.staff2.username
+
+    # when the documents' sender puts a node's name among its keys
+    with pytest.raises(SignalInvalid) as refused:
+        deliver(instance.pk, event="docs.received", payload=forged)
+
+    # then it is refused naming the key (it overwrote who approved, or hid the timeout, for every later step and
+    # decision that reads the data), and the records stand
+    name = next(key for key in forged if key in records)
+    assert f"payload.{name}" in refused.value.errors
+    instance.refresh_from_db()
+    assert {name: instance.data[name] for name in records} == records
+    assert not ReceivedSignal.objects.exists()
