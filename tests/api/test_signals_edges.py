@@ -4,17 +4,19 @@ documented 2xx or an ``application/problem+json`` 4xx, never a 500."""
 
 from __future__ import annotations
 
+import importlib
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from orchestrator import registry
 from orchestrator.dsl import Signal, Task, Workflow
-from orchestrator.models import InstanceState, StepKind
+from orchestrator.models import InstanceState, ReceivedSignal, StepKind, StepRun, StepState
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
-from tests.api.test_signals import signal_path, what_changes
+from tests.api.test_signals import signal_path, state_of, what_changes
 
 pytestmark = pytest.mark.django_db
 
@@ -88,3 +90,59 @@ def test_a_definition_gone_while_the_instance_waits_is_409_and_its_timeout_fails
     assert report.signals["signals_timed_out"] == 1
     assert instance.state == InstanceState.FAILED
     assert "api_parcel_gone" in instance.error
+
+
+@pytest.fixture
+def amounts_flow():
+    """``tests/api/signal_flows.py``'s two waits for one event, registered in this process too (the worker loads
+    the module)."""
+    flows = importlib.import_module("tests.api.signal_flows")
+    if not registry.is_registered(flows.API_AMOUNTS.name, flows.API_AMOUNTS.version):
+        registry.register(flows.API_AMOUNTS)
+    yield flows.API_AMOUNTS
+    registry.unregister(flows.API_AMOUNTS.name, flows.API_AMOUNTS.version)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_kept_signal_whose_schema_answer_cannot_be_stored_is_rejected_on_the_worker(
+    celery_worker, amounts_flow, api_as, roles, wait_for
+):
+    # given an instance that has not reached its waits, and an amount kept for them ("NaN" passes the second
+    # wait, which takes any payload; the first turns it into float("NaN"))
+    operator = api_as(roles.operator)
+    with transaction.atomic():  # the worker gets the first step only once the signal is kept
+        instance = instance_start("api_amounts", {"order": "N-1"}, initiator=roles.staff)
+        kept = operator.post(
+            signal_path(instance), {"event": "amount.sent", "signal_id": "nan", "payload": {"amount": "NaN"}}
+        )
+    assert (kept.status_code, kept.json()["state"]) == (201, "kept"), kept.content
+
+    # when the worker runs the first step and enters the first wait, which takes the kept signal
+    wait_for(
+        lambda: (
+            ReceivedSignal.objects.filter(instance=instance, rejected_at__isnull=False).exists()
+            or StepRun.objects.filter(instance=instance, name="reserve", attempt__gt=1).exists()
+        ),
+        instance=instance,
+        what="the kept signal checked by the first wait",
+    )
+
+    # then the signal is rejected naming why, the step that entered the wait succeeded once (it was a DataError
+    # recorded as a failed attempt of ``reserve``, again and again), and the wait waits for a valid amount
+    signal_row = ReceivedSignal.objects.get(instance=instance)
+    assert signal_row.rejected_at is not None
+    assert "NaN" in str(signal_row.rejection["errors"])
+    reserve = StepRun.objects.get(instance=instance, name="reserve")
+    assert (reserve.state, reserve.attempt) == (StepState.SUCCEEDED, 1)
+    assert StepRun.objects.get(instance=instance, name="wait_amount").state == StepState.RUNNING
+    assert state_of(instance) == InstanceState.WAITING
+
+    # when a valid amount comes, then the first wait takes it and the second waits
+    good = operator.post(
+        signal_path(instance), {"event": "amount.sent", "signal_id": "ok", "payload": {"amount": "2.5"}}
+    )
+    assert (good.status_code, good.json()["state"]) == (201, "consumed"), good.content
+    instance.refresh_from_db()
+    assert instance.data["amount"] == 2.5
+    assert StepRun.objects.get(instance=instance, name="wait_any_amount").state == StepState.RUNNING
