@@ -79,6 +79,10 @@ from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.unit import Unit
 
 EVENT_MAX = 100
+# Signals one instance keeps for waits it has not reached: an instance on a path without its waits never takes
+# them, and a sender that loops (new ids each time) would add rows, audit events and hand-off work without end.
+# Far above a real burst (a loop of waits fed ahead of time); a delivery past it is a conflict, nothing written.
+KEPT_MAX = 1000
 TIMED_OUT = "timed_out"
 # In a waiting step's result: the event it waits for, so the sweep can match kept signals in SQL.
 WAITING_FOR = "waiting_for"
@@ -202,6 +206,12 @@ def signal_deliver(
             # Kept as sent, for whichever node comes to consume it to check (forms and schemas may differ between
             # the nodes of one event); refused now if none of them could ever accept it.
             _accepted_by_one(nodes, payload, _records(workflow_def))
+            if _kept(instance)[:KEPT_MAX].count() >= KEPT_MAX:
+                raise SignalConflict(
+                    f"Instance {instance.pk} already keeps {KEPT_MAX} signals that no step has taken; it keeps no "
+                    "more until its waits take some (a sender that loops, or an instance on a path without them).",
+                    {"signal_id": [f"The instance keeps at most {KEPT_MAX} signals not yet taken."]},
+                )
             cleaned = payload
         received = ReceivedSignal(
             instance=instance,

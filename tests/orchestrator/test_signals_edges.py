@@ -16,9 +16,10 @@ from approvals.models import HumanTask
 from approvals.services.tasks import task_claim, task_decide
 from orchestrator.dsl import CONTINUE, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
+from orchestrator.services import signals
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
-from orchestrator.services.signals import SignalInvalid
+from orchestrator.services.signals import SignalConflict, SignalInvalid
 from tests.concurrency import race
 from tests.orchestrator.test_signals import deliver, flow, waiting_instance
 
@@ -265,3 +266,57 @@ def test_a_payload_may_not_write_what_the_engine_records_under_a_node_name(regis
     instance.refresh_from_db()
     assert {name: instance.data[name] for name in records} == records
     assert not ReceivedSignal.objects.exists()
+
+
+# --- how many signals an instance keeps -----------------------------------------------------------------------
+
+
+def test_an_instance_keeps_a_bounded_number_of_signals_and_still_takes_one_it_waits_for(
+    payment_flow, run_steps, monkeypatch
+):
+    # given an instance that has not reached its wait, already keeping as many signals as an instance may
+    monkeypatch.setattr(signals, "KEPT_MAX", 3)
+    instance = instance_start("signal_payment", {"order": "K-1"})
+    for n in range(3):
+        assert deliver(instance.pk, signal_id=f"early-{n}").outcome == "kept"
+    events = AuditEvent.objects.filter(instance=instance).count()
+
+    # when one more comes (a sender looping with new ids)
+    with pytest.raises(SignalConflict) as refused:
+        deliver(instance.pk, signal_id="early-3")
+
+    # then it is refused saying why, nothing is written, and a repeat of a kept one is still a harmless repeat
+    assert "keeps 3 signals" in str(refused.value)
+    assert ReceivedSignal.objects.filter(instance=instance).count() == 3
+    assert AuditEvent.objects.filter(instance=instance).count() == events
+    assert deliver(instance.pk, signal_id="early-0").outcome == "repeat"
+
+    # when the instance reaches its wait, it takes the oldest and goes on to its end; the other two stay kept
+    # (visible on their rows, harmless: docs/architecture.md), and they are all an instance can ever keep
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+    assert ReceivedSignal.objects.get(signal_id="early-0").consumed_at is not None
+    assert ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=True).count() == 2
+
+
+def test_the_bound_never_refuses_a_signal_a_step_waits_for(register_workflow, run_steps, monkeypatch):
+    # given an instance waiting for "a.done", keeping as many signals as it may (one "b.done", for its next wait)
+    monkeypatch.setattr(signals, "KEPT_MAX", 1)
+    register_workflow(
+        Workflow(
+            name="signal_two_waits",
+            version=1,
+            title_template="Two {order}",
+            steps=[Signal("wait_a", event="a.done"), Signal("wait_b", event="b.done"), Task("done", reserve_payout)],
+        )
+    )
+    instance = instance_start("signal_two_waits", {"order": "T-1"})
+    assert deliver(instance.pk, event="b.done", signal_id="b", payload={}).outcome == "kept"
+
+    # when the signal its wait waits for comes, then it is consumed (the bound is on signals kept, not taken),
+    # and the next wait takes the kept one at once
+    assert deliver(instance.pk, event="a.done", signal_id="a", payload={}).outcome == "consumed"
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
