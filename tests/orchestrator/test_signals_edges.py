@@ -14,11 +14,12 @@ from django.core.management import CommandError, call_command
 
 from approvals.models import HumanTask
 from approvals.services.tasks import task_claim, task_decide
+from orchestrator.audit import Actor
 from orchestrator.dsl import CONTINUE, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
 from orchestrator.services import signals
 from orchestrator.services import sweep as engine
-from orchestrator.services.instances import instance_start
+from orchestrator.services.instances import instance_pause, instance_resume, instance_start
 from orchestrator.services.signals import SignalConflict, SignalInvalid
 from tests.concurrency import race
 from tests.orchestrator.test_signals import deliver, flow, waiting_instance
@@ -320,3 +321,40 @@ def test_the_bound_never_refuses_a_signal_a_step_waits_for(register_workflow, ru
     run_steps(instance)
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPLETED
+
+
+# --- a timeout while the instance is paused -------------------------------------------------------------------
+
+
+def test_a_timeout_that_falls_while_paused_acts_only_once_the_instance_runs_and_a_kept_signal_wins(
+    register_workflow, run_steps
+):
+    # given two waits of an hour that fail on timeout, both instances paused before the hour is up
+    register_workflow(flow("signal_paused_timeout", timeout=timedelta(hours=1)))
+    quiet = waiting_instance(run_steps, "signal_paused_timeout", order="Q-1")
+    paid = waiting_instance(run_steps, "signal_paused_timeout", order="P-1")
+    operator = Actor("user:operator")
+    for instance in (quiet, paid):
+        instance_pause(instance.pk, actor=operator, reason="hold")
+    late = quiet.steps.get(name="wait_payment").due_at + timedelta(minutes=5)
+
+    # when the hour passes during the pause (and the payment of the second came during it)
+    assert deliver(paid.pk).outcome == "kept"
+    report = engine.sweep(now=late)
+
+    # then nothing timed out while paused
+    assert report.signals["signals_timed_out"] == 0
+    assert {i.steps.get(name="wait_payment").state for i in (quiet, paid)} == {StepState.RUNNING}
+
+    # when both run again: the kept payment is taken by the resume, before any sweep can time its wait out
+    for instance in (quiet, paid):
+        instance_resume(instance.pk, actor=operator, reason="go on")
+    report = engine.sweep(now=late + timedelta(seconds=1))
+
+    # then only the wait without a signal timed out, once; the other consumed its payment
+    quiet.refresh_from_db()
+    paid.refresh_from_db()
+    assert report.signals["signals_timed_out"] == 1
+    assert quiet.state == InstanceState.FAILED
+    assert paid.steps.get(name="wait_payment").state == StepState.SUCCEEDED
+    assert ReceivedSignal.objects.get(instance=paid).consumed_at is not None
