@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django import forms
 from django.core.exceptions import ValidationError
 
-from orchestrator.dsl import Signal, StepContext, Task, Workflow
+from orchestrator.dsl import CONTINUE, Signal, StepContext, Task, Workflow
 from orchestrator.registry import register
 
 
@@ -58,6 +60,21 @@ API_AMOUNTS = register(
             Task("reserve", reserve),
             Signal("wait_amount", event="amount.sent", schema=amount_as_float),
             Signal("wait_any_amount", event="amount.sent"),
+            Task("ship", ship),
+        ],
+    )
+)
+
+
+# A brief wait that goes on when nobody signals within two seconds: for a worker (and its beat) killed meanwhile.
+API_BRIEF = register(
+    Workflow(
+        name="api_brief",
+        version=1,
+        title_template="Brief {order}",
+        steps=[
+            Task("reserve", reserve),
+            Signal("wait_brief", event="brief.sent", timeout=timedelta(seconds=2), on_timeout=CONTINUE),
             Task("ship", ship),
         ],
     )

@@ -5,15 +5,17 @@ documented 2xx or an ``application/problem+json`` 4xx, never a 500."""
 from __future__ import annotations
 
 import importlib
+import time
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from orchestrator import registry
 from orchestrator.dsl import Signal, Task, Workflow
-from orchestrator.models import InstanceState, ReceivedSignal, StepKind, StepRun, StepState
+from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepRun, StepState
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_start
 from tests.api.test_signals import signal_path, state_of, what_changes
@@ -146,3 +148,36 @@ def test_a_kept_signal_whose_schema_answer_cannot_be_stored_is_rejected_on_the_w
     instance.refresh_from_db()
     assert instance.data["amount"] == 2.5
     assert StepRun.objects.get(instance=instance, name="wait_any_amount").state == StepState.RUNNING
+
+
+@pytest.fixture
+def brief_flow():
+    flows = importlib.import_module("tests.api.signal_flows")
+    if not registry.is_registered(flows.API_BRIEF.name, flows.API_BRIEF.version):
+        registry.register(flows.API_BRIEF)
+    yield flows.API_BRIEF
+    registry.unregister(flows.API_BRIEF.name, flows.API_BRIEF.version)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_timeout_that_falls_while_the_worker_and_beat_are_down_acts_once_they_are_back(
+    celery_worker, brief_flow, roles, wait_for
+):
+    # given an instance waiting two seconds for a signal that will not come
+    instance = instance_start("api_brief", {"order": "W-1"}, initiator=roles.staff)
+    wait_for(lambda: state_of(instance) == InstanceState.WAITING, instance=instance, what="waiting")
+
+    # when the worker and its beat die (no shutdown) and the timeout passes while they are down
+    celery_worker.kill()
+    wait = StepRun.objects.get(instance=instance, name="wait_brief")
+    time.sleep(max(0.0, (wait.due_at - timezone.now()).total_seconds()) + 0.5)
+    assert StepRun.objects.get(pk=wait.pk).state == StepState.RUNNING  # nobody acted on it meanwhile
+    celery_worker.start()
+
+    # then the beat's sweep times the wait out once it is back, and the instance goes on to its end
+    wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="completed")
+    instance.refresh_from_db()
+    assert instance.data["wait_brief"] == {"timed_out": True}
+    ends = AuditEvent.objects.filter(subject_type="step", subject_id=wait.pk, action="step.succeeded")
+    assert [e.payload for e in ends] == [{"timed_out": True}]
