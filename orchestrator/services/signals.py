@@ -42,6 +42,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import Exists, OuterRef, Q
@@ -106,7 +107,8 @@ class SignalConflict(SignalError):
 
 
 class SignalForbidden(SignalError):
-    """The sender is the person who started the instance: whoever starts an instance never steers it."""
+    """The sender is the person who started the instance (whoever starts an instance never steers it), or their
+    account is deactivated (read under the instance's lock, when the delivery acts)."""
 
 
 class SignalInvalid(SignalError):
@@ -179,6 +181,10 @@ def signal_deliver(
             raise SignalForbidden(
                 f"You started instance {instance.pk}; a signal to it must come from someone else or a system."
             )
+        if actor.user_id is not None and not get_user_model().objects.filter(pk=actor.user_id, is_active=True).exists():
+            # Read now, under the lock, as a task's action reads it (docs "Who may act on a task"): the request's
+            # user predates a deactivation committed while this delivery waited for the instance.
+            raise SignalForbidden("Your account is deactivated; it delivers no signals.")
         if instance.is_final:
             raise SignalConflict(f"Instance {instance.pk} has ended ({instance.state}); it takes no more signals.")
         workflow_def = definition_or_none(instance)

@@ -4,6 +4,8 @@ command line), never a database error."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from functools import partial
 
@@ -11,6 +13,7 @@ import pytest
 from django import forms
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
+from django.db import transaction
 
 from approvals.models import HumanTask
 from approvals.services.tasks import task_claim, task_decide
@@ -20,7 +23,8 @@ from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepS
 from orchestrator.services import signals
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import instance_pause, instance_resume, instance_start
-from orchestrator.services.signals import SignalConflict, SignalInvalid
+from orchestrator.services.locks import lock_instance
+from orchestrator.services.signals import SignalConflict, SignalForbidden, SignalInvalid, signal_deliver
 from tests.concurrency import race
 from tests.orchestrator.test_signals import deliver, flow, waiting_instance
 
@@ -358,3 +362,45 @@ def test_a_timeout_that_falls_while_paused_acts_only_once_the_instance_runs_and_
     assert quiet.state == InstanceState.FAILED
     assert paid.steps.get(name="wait_payment").state == StepState.SUCCEEDED
     assert ReceivedSignal.objects.get(instance=paid).consumed_at is not None
+
+
+# --- who delivers: read when the delivery acts, not when the request began ----------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_account_deactivated_while_its_delivery_waited_for_the_lock_delivers_nothing(payment_flow, run_steps, users):
+    # given a waiting instance whose row another transaction holds (a sweep, a worker's step)
+    instance = waiting_instance(run_steps)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with transaction.atomic():
+            lock_instance(instance.pk)
+            holding.set()
+            release.wait(10)
+
+    def deliver_as_operator() -> object:
+        holding.wait(10)
+        return signal_deliver(
+            instance_id=instance.pk,
+            event="payment.confirmed",
+            signal_id="sig-1",
+            payload={"paid_amount": "12.50", "reference": "PAY-9"},
+            actor=Actor.of(users.operator),
+        )
+
+    def deactivate_then_release() -> None:
+        holding.wait(10)
+        time.sleep(0.5)  # the delivery is queued on the lock by now
+        type(users.operator).objects.filter(pk=users.operator.pk).update(is_active=False)
+        release.set()
+
+    # when the operator's account is deactivated while the delivery waits for the instance's lock
+    _, delivery, _ = race(hold_the_lock, deliver_as_operator, deactivate_then_release)
+
+    # then the delivery is refused as the account's (a task's action is, docs "Who may act on a task"), nothing
+    # is written, and the instance still waits
+    assert isinstance(delivery, SignalForbidden), delivery
+    assert "deactivated" in str(delivery)
+    assert not ReceivedSignal.objects.exists()
+    assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
