@@ -484,12 +484,31 @@ def _consume_one(
     try:
         with transaction.atomic():
             _take(unit, workflow, step, received)
+            _check_row_fits(unit.instance)
     except NOT_THE_WORKFLOWS:
         raise
     except Exception as exc:
         unit.rewind(mark)
         del entered[waits_before:]  # their wait steps went back with the savepoint
         _consume_stopped(unit, step, received, exc)
+
+
+def _check_row_fits(instance: WorkflowInstance) -> None:
+    """Raise ValueError naming the instance's text field that no longer fits its column (its ``outcome``, which a
+    completion reads from the data, where a payload may have put any text).
+
+    The instance row is written once, when the unit finishes, after the consumption's savepoint: without this
+    check a value too long for its column raised there, outside the savepoint, as a DataError of whatever handed
+    the signal on (a 500 at delivery; at a worker's entry into the wait, a failure of the step before it). Here it
+    is what follows the wait raising, recorded at the wait (:func:`_consume_stopped`)."""
+    for field in WorkflowInstance._meta.concrete_fields:
+        value = getattr(instance, field.attname)
+        limit = getattr(field, "max_length", None)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            raise ValueError(
+                f"the instance's {field.name} {clean_text(value, 40)!r}... is {len(value)} characters, more than its "
+                f"column holds ({limit}): the data's {field.name!r} is too long"
+            )
 
 
 def _mark_consumed(unit: Unit, step: StepRun, received: ReceivedSignal) -> None:
@@ -700,6 +719,7 @@ def _retry_after_signal(unit: Unit, workflow: Workflow, step: StepRun, reason: s
     )
     try:
         advance(unit, workflow, step)
+        _check_row_fits(unit.instance)
     except NOT_THE_WORKFLOWS:
         raise  # the database or the worker's time limit, not the definition
     except Exception as exc:

@@ -22,7 +22,7 @@ from orchestrator.dsl import CONTINUE, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
 from orchestrator.services import signals
 from orchestrator.services import sweep as engine
-from orchestrator.services.instances import instance_pause, instance_resume, instance_start
+from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_retry, instance_start
 from orchestrator.services.locks import lock_instance
 from orchestrator.services.signals import SignalConflict, SignalForbidden, SignalInvalid, signal_deliver
 from tests.concurrency import race
@@ -404,3 +404,61 @@ def test_an_account_deactivated_while_its_delivery_waited_for_the_lock_delivers_
     assert "deactivated" in str(delivery)
     assert not ReceivedSignal.objects.exists()
     assert instance.steps.get(name="wait_payment").state == StepState.RUNNING
+
+
+# --- a payload that completes the instance with what its row cannot hold ------------------------------------
+
+
+def ends_at_the_wait(name: str) -> Workflow:
+    """reserve -> wait for "done.sent" -> end: the consumption completes the instance, whose outcome is the
+    data's "outcome" (at most 40 characters in its column)."""
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Ends {order}",
+        steps=[Task("reserve", reserve_payout), Signal("wait_last", event="done.sent")],
+    )
+
+
+def test_an_outcome_too_long_for_its_column_fails_the_instance_at_the_wait_not_the_delivery(
+    register_workflow, run_steps
+):
+    # given an instance whose wait is its last node
+    register_workflow(ends_at_the_wait("signal_outcome"))
+    instance = waiting_instance(run_steps, "signal_outcome")
+
+    # when the sender's payload sets an outcome longer than the instance's column holds
+    delivery = deliver(instance.pk, event="done.sent", payload={"outcome": "settled " * 10})
+
+    # then the delivery is accepted (the sender's event happened) and the instance fails at the wait naming the
+    # outcome, as when what follows a wait raises (it was a DataError at the instance's write: a 500)
+    instance.refresh_from_db()
+    wait = instance.steps.get(name="wait_last")
+    assert delivery.outcome == "consumed"
+    assert instance.state == InstanceState.FAILED
+    assert "outcome" in instance.error
+    assert wait.state == StepState.DEAD
+    assert wait.result["signal_kept"] is True
+
+    # when an operator retries before the data is fixed, then the retry is refused naming it (not a 500)
+    with pytest.raises(NotAllowed, match="outcome"):
+        instance_retry(instance.pk, actor=Actor("user:operator"), reason="try again")
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+
+
+def test_a_kept_outcome_too_long_fails_the_instance_at_the_wait_not_the_step_before_it(register_workflow, run_steps):
+    # given the payload kept before the instance reaches its last node
+    register_workflow(ends_at_the_wait("signal_outcome_kept"))
+    instance = instance_start("signal_outcome_kept", {"order": "O-1"})
+    assert deliver(instance.pk, event="done.sent", payload={"outcome": "x" * 41}).outcome == "kept"
+
+    # when the worker's step enters the wait, which takes it
+    run_steps(instance)
+
+    # then the step before the wait succeeded once, and the wait is what failed
+    instance.refresh_from_db()
+    reserve = instance.steps.get(name="reserve")
+    assert (reserve.state, reserve.attempt) == (StepState.SUCCEEDED, 1)
+    assert instance.steps.get(name="wait_last").state == StepState.DEAD
+    assert instance.state == InstanceState.FAILED
