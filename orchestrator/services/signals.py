@@ -77,7 +77,7 @@ from orchestrator.services.locks import (
     step_save,
 )
 from orchestrator.services.results import check_result, clean_text
-from orchestrator.services.unit import Unit
+from orchestrator.services.unit import Fenced, Unit
 
 EVENT_MAX = 100
 # Signals one instance keeps for waits it has not reached: an instance on a path without its waits never takes
@@ -836,19 +836,7 @@ def _time_out(step_id: int, now: datetime) -> int:
         assert isinstance(node, Signal)
         due = timezone.localtime(step.due_at).isoformat(timespec="seconds")
         if node.on_timeout == CONTINUE:
-            step.succeed({TIMED_OUT: True}, now)
-            step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
-            unit.audit(
-                action=AuditAction.STEP_SUCCEEDED,
-                subject_type="step",
-                subject_id=step.pk,
-                from_state=StepState.RUNNING,
-                to_state=step.state,
-                reason=f"no signal {node.event!r} by {due}: continues",
-                payload={TIMED_OUT: True},
-            )
-            instance.data[node.name] = {TIMED_OUT: True}
-            advance(unit, workflow, step)
+            _continue_after_timeout(unit, workflow, step, node, due)
         else:
             error = f"no signal {node.event!r} by {due}"
             step.die("SignalTimeout", error, now)
@@ -872,6 +860,52 @@ def _time_out(step_id: int, now: datetime) -> int:
         settle(unit)
         unit.finish()
         return 1
+
+
+def _continue_after_timeout(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, due: str) -> None:
+    """The wait at ``node`` timed out and goes on: it succeeds with ``{"timed_out": true}`` (also in the data under
+    the node's name) and the flow goes on, inside a savepoint.
+
+    When what follows raises (the workflow's own code: a ``Decision`` reading a key only a signal brings), the
+    savepoint and the unit's collected work go back and the engine's rule for a step whose next node cannot be
+    entered applies (``flow.step_stopped``, as :func:`_consume_stopped`): the wait ends dead naming the real error,
+    the timeout stays in the data, and the instance fails for an operator, whose retry waits again. Without it the
+    sweep's transaction rolled back every pass, counted an error each time, and the instance waited forever, its
+    due wait taking a slot of the sweep's batch. Raises what the database raises, and ``Fenced``."""
+    reason = f"no signal {node.event!r} by {due}: continues"
+    record = {TIMED_OUT: True}
+    mark = unit.mark()
+    try:
+        with transaction.atomic():
+            step.succeed(dict(record), unit.now)
+            step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            unit.audit(
+                action=AuditAction.STEP_SUCCEEDED,
+                subject_type="step",
+                subject_id=step.pk,
+                from_state=StepState.RUNNING,
+                to_state=step.state,
+                reason=reason,
+                payload=dict(record),
+            )
+            unit.instance.data[node.name] = dict(record)
+            advance(unit, workflow, step)
+            _check_row_fits(unit.instance)
+    except (*NOT_THE_WORKFLOWS, Fenced):
+        raise
+    except Exception as exc:
+        unit.rewind(mark)
+        fresh = StepRun.objects.get(pk=step.pk)  # as the savepoint left it: running, waiting
+        step.__dict__.update({f.attname: getattr(fresh, f.attname) for f in StepRun._meta.concrete_fields})
+        step_stopped(
+            unit,
+            step,
+            exc,
+            result=dict(record),
+            cause=f"raised while entering what follows the wait after its timeout ({reason})",
+            audit_payload=dict(record),
+            data={node.name: dict(record)},
+        )
 
 
 def _hand_kept(instance_id: int, now: datetime) -> int:

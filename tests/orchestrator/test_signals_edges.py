@@ -18,7 +18,7 @@ from django.db import transaction
 from approvals.models import HumanTask
 from approvals.services.tasks import task_claim, task_decide
 from orchestrator.audit import Actor
-from orchestrator.dsl import CONTINUE, Human, Signal, Task, Workflow
+from orchestrator.dsl import CONTINUE, Decision, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
 from orchestrator.services import signals
 from orchestrator.services import sweep as engine
@@ -462,3 +462,54 @@ def test_a_kept_outcome_too_long_fails_the_instance_at_the_wait_not_the_step_bef
     assert (reserve.state, reserve.attempt) == (StepState.SUCCEEDED, 1)
     assert instance.steps.get(name="wait_last").state == StepState.DEAD
     assert instance.state == InstanceState.FAILED
+
+
+# --- a timeout whose flow onward raises ------------------------------------------------------------------------
+
+
+def timeout_then_decide(name: str, on_timeout: str = CONTINUE) -> Workflow:
+    """reserve -> wait 5 minutes (``on_timeout``) -> a decision reading a key only a payment brings -> payout."""
+    return Workflow(
+        name=name,
+        version=1,
+        title_template="Decide {order}",
+        steps=[
+            Task("reserve", reserve_payout),
+            Signal("wait_pay", event="pay.sent", timeout=timedelta(minutes=5), on_timeout=on_timeout),
+            Decision("big", choose=lambda data: "payout" if data["amount"] > 10 else None),
+            Task("payout", reserve_payout),
+        ],
+    )
+
+
+def test_a_timeout_whose_flow_onward_raises_fails_the_instance_once_rather_than_every_sweep(
+    register_workflow, run_steps
+):
+    # given a wait that continues on timeout into a decision that needs the payment's amount
+    register_workflow(timeout_then_decide("signal_timeout_raises"))
+    instance = waiting_instance(run_steps, "signal_timeout_raises")
+    late = instance.steps.get(name="wait_pay").due_at + timedelta(seconds=1)
+
+    # when the timeout passes (twice: two sweeps)
+    first = engine.sweep(now=late)
+    second = engine.sweep(now=late + timedelta(seconds=1))
+
+    # then the first sweep records it (the wait timed out; what follows raised: the instance fails naming the
+    # error, for an operator), and the next sweep has nothing left to do: not an error every pass, forever, with
+    # the instance still "waiting"
+    instance.refresh_from_db()
+    assert (first.errors, second.errors) == (0, 0)
+    wait = instance.steps.get(name="wait_pay")
+    assert instance.state == InstanceState.FAILED
+    assert "amount" in instance.error
+    assert (wait.state, wait.error_type, wait.result) == (StepState.DEAD, "KeyError", {"timed_out": True})
+    assert instance.data["wait_pay"] == {"timed_out": True}
+
+    # when an operator retries, then the wait waits again, and a payment with its amount goes on
+    instance_retry(instance.pk, actor=Actor("user:operator"), reason="ask the payer again")
+    wait.refresh_from_db()
+    assert wait.state == StepState.RUNNING
+    deliver(instance.pk, event="pay.sent", payload={"amount": 12})
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
