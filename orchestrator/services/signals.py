@@ -832,8 +832,14 @@ def _time_out(step_id: int, now: datetime) -> int:
             fail_for_missing_definition(unit)
             unit.finish()
             return 1
-        node = workflow.node(step.name)
-        assert isinstance(node, Signal)
+        node = workflow.nodes.get(step.name)
+        if not isinstance(node, Signal):
+            # The same version deployed again without this wait: raising here rolled back every pass (an error
+            # each time, the instance waiting forever); the wait cannot time out as its node said, so it fails.
+            _wait_without_node(unit, workflow, step, now)
+            settle(unit)
+            unit.finish()
+            return 1
         due = timezone.localtime(step.due_at).isoformat(timespec="seconds")
         if node.on_timeout == CONTINUE:
             _continue_after_timeout(unit, workflow, step, node, due)
@@ -860,6 +866,25 @@ def _time_out(step_id: int, now: datetime) -> int:
         settle(unit)
         unit.finish()
         return 1
+
+
+def _wait_without_node(unit: Unit, workflow: Workflow, step: StepRun, now: datetime) -> None:
+    """The due wait ``step`` is no Signal node of ``workflow`` (its definition was deployed again, under the same
+    version, without it): the step dies with a ``DefinitionError`` naming it and the instance fails, for an
+    operator to fix the definition (a retry is then refused until a node of that name exists) or cancel."""
+    error = f"{workflow.key} has no Signal node {step.name!r} any more, so its wait cannot time out"
+    step.die("DefinitionError", error, now)
+    step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
+    unit.audit(
+        action=AuditAction.STEP_DEAD,
+        subject_type="step",
+        subject_id=step.pk,
+        from_state=StepState.RUNNING,
+        to_state=step.state,
+        reason=error,
+        payload={TIMED_OUT: True},
+    )
+    instance_fail(unit, f"{step.name} failed: {error}")
 
 
 def _continue_after_timeout(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, due: str) -> None:

@@ -17,6 +17,7 @@ from django.db import transaction
 
 from approvals.models import HumanTask
 from approvals.services.tasks import task_claim, task_decide
+from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.dsl import CONTINUE, Decision, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
@@ -513,3 +514,29 @@ def test_a_timeout_whose_flow_onward_raises_fails_the_instance_once_rather_than_
     run_steps(instance)
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPLETED
+
+
+def test_a_wait_whose_node_a_redeployed_definition_renamed_fails_at_its_timeout_once(register_workflow, run_steps):
+    # given a wait with a timeout, and the same version deployed again with that node renamed (an operator's slip)
+    register_workflow(flow("signal_renamed", timeout=timedelta(hours=1)))
+    instance = waiting_instance(run_steps, "signal_renamed")
+    late = instance.steps.get(name="wait_payment").due_at + timedelta(seconds=1)
+    registry.unregister("signal_renamed", 1)
+    renamed = flow("signal_renamed", timeout=timedelta(hours=1))
+    renamed.steps[1].name = "wait_money"
+    register_workflow(Workflow(name="signal_renamed", version=1, title_template="Order {order}", steps=renamed.steps))
+
+    # when its timeout passes (two sweeps)
+    first = engine.sweep(now=late)
+    second = engine.sweep(now=late + timedelta(seconds=1))
+
+    # then the first fails the instance naming the missing node, once (it raised DefinitionError every pass)
+    instance.refresh_from_db()
+    assert (first.errors, second.errors) == (0, 0)
+    assert instance.state == InstanceState.FAILED
+    assert "wait_payment" in instance.error
+    assert instance.steps.get(name="wait_payment").state == StepState.DEAD
+
+    # and an operator's retry is refused saying what to deploy
+    with pytest.raises(NotAllowed, match="has no node 'wait_payment'"):
+        instance_retry(instance.pk, actor=Actor("user:operator"), reason="again")
