@@ -264,6 +264,10 @@ TimeoutAction = Literal["fail", "compensate", "escalate", "continue"]
 CONTINUE: TimeoutAction = "continue"
 
 
+# A wait longer than about ten years is a typo (the bound of dates a person may enter, inputs.HORIZON).
+SIGNAL_TIMEOUT_MAX = timedelta(days=3653)
+
+
 @dataclass
 class Signal(Node):
     """Wait for a named event from outside (``signal_deliver``): "payment confirmed", "documents received".
@@ -294,6 +298,10 @@ class Signal(Node):
             raise DefinitionError(f"Signal {self.name!r}: on_timeout must be fail, compensate, escalate or continue")
         if self.timeout is not None and (not isinstance(self.timeout, timedelta) or self.timeout <= timedelta(0)):
             raise DefinitionError(f"Signal {self.name!r}: timeout must be a positive timedelta")
+        if self.timeout is not None and self.timeout > SIGNAL_TIMEOUT_MAX:
+            # Beyond, the deadline is a typo; far beyond (timedelta(days=10**7)), now + timeout overflows datetime
+            # when an instance enters the node, failing the step before it rather than the definition at import.
+            raise DefinitionError(f"Signal {self.name!r}: timeout must be at most {SIGNAL_TIMEOUT_MAX.days} days")
         if self.form is not None and self.schema is not None:
             raise DefinitionError(f"Signal {self.name!r}: give form= or schema=, not both")
 

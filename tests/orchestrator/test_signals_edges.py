@@ -19,7 +19,7 @@ from approvals.models import HumanTask
 from approvals.services.tasks import task_claim, task_decide
 from orchestrator import registry
 from orchestrator.audit import Actor
-from orchestrator.dsl import CONTINUE, Decision, Human, Signal, Task, Workflow
+from orchestrator.dsl import CONTINUE, Decision, DefinitionError, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
 from orchestrator.services import signals
 from orchestrator.services import sweep as engine
@@ -540,3 +540,10 @@ def test_a_wait_whose_node_a_redeployed_definition_renamed_fails_at_its_timeout_
     # and an operator's retry is refused saying what to deploy
     with pytest.raises(NotAllowed, match="has no node 'wait_payment'"):
         instance_retry(instance.pk, actor=Actor("user:operator"), reason="again")
+
+
+def test_a_timeout_past_what_a_date_can_hold_is_refused_when_the_definition_is_built():
+    # a typo of days for seconds: now + timeout overflowed datetime when an instance entered the wait
+    with pytest.raises(DefinitionError, match="at most 3653 days"):
+        Signal("wait", timeout=timedelta(days=10**7))
+    assert Signal("wait", timeout=timedelta(days=3653)).timeout == timedelta(days=3653)
