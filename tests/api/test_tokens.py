@@ -272,3 +272,26 @@ def test_the_command_refuses_bytes_that_are_not_utf8_with_a_message(roles, where
     with pytest.raises(CommandError):
         call_command("baton_api_token", "create", username, "--name", name)
     assert not ApiToken.objects.exists()
+
+
+def test_a_naive_expiry_is_read_in_the_sites_time_zone_and_a_past_one_is_refused(roles):
+    # given a naive time (a script's datetime.now() + ...), an hour ahead and an hour back in the site's zone
+    ahead = timezone.localtime().replace(tzinfo=None) + timedelta(hours=1)
+    back = ahead - timedelta(hours=2)
+
+    # when / then: the first is stored as that wall-clock time in the site's zone; the second is refused
+    token = token_create(roles.staff, "naive", expires_at=ahead).token
+    assert timezone.localtime(token.expires_at).replace(tzinfo=None) == ahead
+    with pytest.raises(ValidationError, match="future"):
+        token_create(roles.staff, "naive past", expires_at=back)
+
+
+@pytest.mark.parametrize("form", ["Bearer  {secret}", "bearer {secret}", "Bearer\t{secret}", "Bearer {secret} "])
+def test_a_valid_token_is_read_whatever_the_spacing_and_case_of_the_scheme(roles, form):
+    # given a valid token sent with two spaces, a tab, a trailing space or the scheme in lower case (RFC 7235:
+    # the scheme is case-insensitive; clients differ in spacing)
+    secret = token_create(roles.staff, "script").secret
+
+    # when / then: it authenticates, as with one space
+    response = Client().get("/api/tasks/", headers={"Authorization": form.format(secret=secret)})
+    assert response.status_code == 200
