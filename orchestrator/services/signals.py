@@ -279,6 +279,7 @@ def signal_target(
             raise SignalNotFound(f"No instance {instance_id}.")
         return instance_id
     key = _checked_text(business_key, "business_key", 100)
+    workflow = _checked_text(workflow, "workflow", 100) if workflow else None
     if signal_id is not None:
         keyed = WorkflowInstance.objects.filter(business_key=key)
         if workflow:
