@@ -84,6 +84,8 @@ EVENT_MAX = 100
 # them, and a sender that loops (new ids each time) would add rows, audit events and hand-off work without end.
 # Far above a real burst (a loop of waits fed ahead of time); a delivery past it is a conflict, nothing written.
 KEPT_MAX = 1000
+# Open instances a business key names that a refusal lists (a key shared by many is named by the first few).
+AMBIGUOUS_SHOWN = 5
 TIMED_OUT = "timed_out"
 # In a waiting step's result: the event it waits for, so the sweep can match kept signals in SQL.
 WAITING_FOR = "waiting_for"
@@ -297,13 +299,17 @@ def signal_target(
     )
     if workflow:
         found = found.filter(workflow_name=workflow)
-    ids = list(found.order_by("id").values_list("pk", flat=True)[:2])
+    ids = list(found.order_by("id").values_list("pk", flat=True)[: AMBIGUOUS_SHOWN + 1])
     if not ids:
         raise SignalNotFound(f"No open instance with business key {key!r}.")
     if len(ids) > 1:
+        # Their ids, so the sender can name one: only a caller who sees every instance may signal by key (the
+        # endpoint's rule), and the command is an operator's.
+        shown = ", ".join(str(pk) for pk in ids[:AMBIGUOUS_SHOWN]) + (", ..." if len(ids) > AMBIGUOUS_SHOWN else "")
         raise SignalConflict(
-            f"Several open instances have business key {key!r}; name the instance by its id (or the workflow).",
-            {"business_key": ["Names more than one open instance."]},
+            f"Several open instances have business key {key!r} ({shown}); name the instance by its id (or give the "
+            "workflow, when they are of different workflows).",
+            {"business_key": [f"Names more than one open instance: {shown}."]},
         )
     return ids[0]
 

@@ -181,3 +181,26 @@ def test_a_timeout_that_falls_while_the_worker_and_beat_are_down_acts_once_they_
     assert instance.data["wait_brief"] == {"timed_out": True}
     ends = AuditEvent.objects.filter(subject_type="step", subject_id=wait.pk, action="step.succeeded")
     assert [e.payload for e in ends] == [{"timed_out": True}]
+
+
+def test_a_business_key_of_several_open_instances_is_a_409_naming_them(register_workflow, run_steps, api_as, roles):
+    # given two open instances with one business key (keys are not unique)
+    register_workflow(parcel_flow("api_parcel_shared"))
+    twins = [
+        instance_start("api_parcel_shared", {"order": f"S-{n}"}, initiator=roles.staff, business_key="SHARED-1")
+        for n in (1, 2)
+    ]
+    for twin in twins:
+        run_steps(twin)
+
+    # when a signal names the key
+    response = api_as(roles.operator).post("/api/signals/", {**parcel(x=1), "business_key": "SHARED-1"})
+
+    # then a 409 problem says the key is ambiguous and names the instances, so the sender can pick one by its id
+    assert response.status_code == 409, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "conflict"
+    for twin in twins:
+        assert str(twin.pk) in body["detail"]
+        assert str(twin.pk) in body["errors"]["business_key"][0]
