@@ -95,20 +95,22 @@ def test_a_definition_gone_while_the_instance_waits_is_409_and_its_timeout_fails
 
 
 @pytest.fixture
-def amounts_flow():
-    """``tests/api/signal_flows.py``'s two waits for one event, registered in this process too (the worker loads
-    the module)."""
-    flows = importlib.import_module("tests.api.signal_flows")
-    if not registry.is_registered(flows.API_AMOUNTS.name, flows.API_AMOUNTS.version):
-        registry.register(flows.API_AMOUNTS)
-    yield flows.API_AMOUNTS
-    registry.unregister(flows.API_AMOUNTS.name, flows.API_AMOUNTS.version)
+def edge_flows():
+    """``tests/api/signal_edge_flows.py``'s workflows, registered in this process too (the worker loads the
+    module, whose import registers them), and unregistered after, so no other test sees them."""
+    flows = importlib.import_module("tests.api.signal_edge_flows")
+    for workflow in flows.EDGE_FLOWS:
+        if not registry.is_registered(workflow.name, workflow.version):
+            registry.register(workflow)
+    yield flows
+    for workflow in flows.EDGE_FLOWS:
+        registry.unregister(workflow.name, workflow.version)
 
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_kept_signal_whose_schema_answer_cannot_be_stored_is_rejected_on_the_worker(
-    celery_worker, amounts_flow, api_as, roles, wait_for
+    celery_worker, edge_flows, api_as, roles, wait_for
 ):
     # given an instance that has not reached its waits, and an amount kept for them ("NaN" passes the second
     # wait, which takes any payload; the first turns it into float("NaN"))
@@ -150,19 +152,10 @@ def test_a_kept_signal_whose_schema_answer_cannot_be_stored_is_rejected_on_the_w
     assert StepRun.objects.get(instance=instance, name="wait_any_amount").state == StepState.RUNNING
 
 
-@pytest.fixture
-def brief_flow():
-    flows = importlib.import_module("tests.api.signal_flows")
-    if not registry.is_registered(flows.API_BRIEF.name, flows.API_BRIEF.version):
-        registry.register(flows.API_BRIEF)
-    yield flows.API_BRIEF
-    registry.unregister(flows.API_BRIEF.name, flows.API_BRIEF.version)
-
-
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_timeout_that_falls_while_the_worker_and_beat_are_down_acts_once_they_are_back(
-    celery_worker, brief_flow, roles, wait_for
+    celery_worker, edge_flows, roles, wait_for
 ):
     # given an instance waiting two seconds for a signal that will not come
     instance = instance_start("api_brief", {"order": "W-1"}, initiator=roles.staff)
