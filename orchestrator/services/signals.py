@@ -847,6 +847,12 @@ def _time_out(step_id: int, now: datetime) -> int:
             settle(unit)
             unit.finish()
             return 1
+        if _consume_kept(unit, workflow, step, node):
+            # A signal kept for this wait (its hand-off missed: the sweep's hand-offs come after its timeouts) was
+            # received before the timeout acts: it wins, as a delivery that took the instance's lock first would.
+            settle(unit)
+            unit.finish()
+            return 0
         due = timezone.localtime(step.due_at).isoformat(timespec="seconds")
         if node.on_timeout == CONTINUE:
             _continue_after_timeout(unit, workflow, step, node, due)

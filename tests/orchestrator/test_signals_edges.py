@@ -21,7 +21,7 @@ from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.dsl import CONTINUE, Decision, DefinitionError, Human, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepState
-from orchestrator.services import signals
+from orchestrator.services import instances, signals
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_retry, instance_start
 from orchestrator.services.locks import lock_instance
@@ -548,3 +548,27 @@ def test_a_timeout_past_what_a_date_can_hold_is_refused_when_the_definition_is_b
     with pytest.raises(DefinitionError, match="at most 3653 days"):
         Signal("wait", timeout=timedelta(days=10**7))
     assert Signal("wait", timeout=timedelta(days=3653)).timeout == timedelta(days=3653)
+
+
+def test_a_signal_kept_before_the_deadline_wins_over_the_timeout_even_when_its_hand_off_was_missed(
+    register_workflow, run_steps, monkeypatch
+):
+    # given a wait of an hour, paused; the payment comes during the pause (kept), and the resume hands nothing on
+    # (as a Baton from before resumes handed kept signals on did: the rows the sweep's safety net is for)
+    register_workflow(flow("signal_missed_hand_off", timeout=timedelta(hours=1)))
+    instance = waiting_instance(run_steps, "signal_missed_hand_off")
+    operator = Actor("user:operator")
+    instance_pause(instance.pk, actor=operator, reason="hold")
+    assert deliver(instance.pk).outcome == "kept"
+    with monkeypatch.context() as patched:
+        patched.setattr(instances, "RUNNING_AGAIN", {})
+        instance_resume(instance.pk, actor=operator, reason="go on")
+
+    # when the sweep runs after the hour (its timeouts come before its hand-offs)
+    report = engine.sweep(now=instance.steps.get(name="wait_payment").due_at + timedelta(seconds=1))
+
+    # then the payment received before the deadline is taken, and the wait does not time out
+    instance.refresh_from_db()
+    assert report.signals["signals_timed_out"] == 0
+    assert instance.steps.get(name="wait_payment").state == StepState.SUCCEEDED
+    assert instance.state != InstanceState.FAILED
