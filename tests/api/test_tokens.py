@@ -295,3 +295,18 @@ def test_a_valid_token_is_read_whatever_the_spacing_and_case_of_the_scheme(roles
     # when / then: it authenticates, as with one space
     response = Client().get("/api/tasks/", headers={"Authorization": form.format(secret=secret)})
     assert response.status_code == 200
+
+
+def test_a_token_of_a_deleted_user_is_401_and_gone_with_them(roles):
+    # given a token the command made for an account that never acted (so nothing in the audit trail protects it)
+    account = type(roles.staff).objects.create(username="leaver")
+    new = token_create(account, "script", actor=Actor.system("command"))
+
+    # when the account is deleted
+    account.delete()
+
+    # then its token went with it, and the secret is refused like any unknown one
+    assert not ApiToken.objects.filter(pk=new.token.pk).exists()
+    response = ApiClient(new.secret).get("/api/tasks/")
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
