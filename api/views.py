@@ -414,8 +414,14 @@ class InstanceViewSet(viewsets.GenericViewSet):
             200: s.ReceivedSignalSerializer,
             403: OpenApiResponse(description="No deliver_signal permission, or you started this instance."),
             404: OpenApiResponse(description="No such instance, or not yours to see."),
-            409: OpenApiResponse(description="The instance has ended, or the signal id was used with another body."),
-            422: OpenApiResponse(description="The workflow never waits for the event, or the payload does not fit."),
+            409: OpenApiResponse(
+                description="The instance has ended, its workflow's definition is not deployed, the signal id was used "
+                "with another body, or a signal to be kept finds the instance keeping 1000 signals not yet taken."
+            ),
+            422: OpenApiResponse(
+                description="The workflow never waits for the event, or the payload does not fit (its node's form or "
+                "schema refuses it, or it sets a key where the workflow records a human step or a wait)."
+            ),
         },
     )
     @action(detail=True, methods=["post"], url_path="signals")

@@ -264,6 +264,10 @@ TimeoutAction = Literal["fail", "compensate", "escalate", "continue"]
 CONTINUE: TimeoutAction = "continue"
 
 
+# A wait longer than about ten years is a typo (the bound of dates a person may enter, inputs.HORIZON).
+SIGNAL_TIMEOUT_MAX = timedelta(days=3653)
+
+
 @dataclass
 class Signal(Node):
     """Wait for a named event from outside (``signal_deliver``): "payment confirmed", "documents received".
@@ -271,10 +275,11 @@ class Signal(Node):
     ``event`` is the name senders use (the node's name unless given). ``timeout`` (a timedelta) bounds the wait;
     what a timeout does is ``on_timeout``: ``fail`` the instance, ``compensate`` it, ``escalate`` to operators or
     ``continue`` with the next node (the data then holds ``{<node name>: {"timed_out": true}}``). The payload is
-    validated by ``form`` (a Django form class: its cleaned data is merged) or ``schema`` (a callable taking the
-    payload dict, returning the dict to merge and raising ``django.core.exceptions.ValidationError``); without
-    either the payload, a JSON object, is merged as it came. A signal that arrives before the instance reaches
-    the node is kept and consumed when it does (docs/architecture.md, "Signals").
+    validated by ``form`` (a Django form class: its cleaned data is merged, less the empty values of fields the
+    payload left out) or ``schema`` (a callable taking the payload dict, returning the dict to merge and raising
+    ``django.core.exceptions.ValidationError``); without either the payload, a JSON object, is merged as it came.
+    A signal that arrives before the instance reaches the node is kept and consumed when it does
+    (docs/architecture.md, "Signals").
     """
 
     event: str = ""
@@ -293,6 +298,10 @@ class Signal(Node):
             raise DefinitionError(f"Signal {self.name!r}: on_timeout must be fail, compensate, escalate or continue")
         if self.timeout is not None and (not isinstance(self.timeout, timedelta) or self.timeout <= timedelta(0)):
             raise DefinitionError(f"Signal {self.name!r}: timeout must be a positive timedelta")
+        if self.timeout is not None and self.timeout > SIGNAL_TIMEOUT_MAX:
+            # Beyond, the deadline is a typo; far beyond (timedelta(days=10**7)), now + timeout overflows datetime
+            # when an instance enters the node, failing the step before it rather than the definition at import.
+            raise DefinitionError(f"Signal {self.name!r}: timeout must be at most {SIGNAL_TIMEOUT_MAX.days} days")
         if self.form is not None and self.schema is not None:
             raise DefinitionError(f"Signal {self.name!r}: give form= or schema=, not both")
 

@@ -45,12 +45,29 @@ def drop_repeated(params: Any, labels: Mapping[str, str]) -> tuple[Any, list[str
     return kept, problems
 
 
+def unstorable(text: str) -> str | None:
+    """What in ``text`` PostgreSQL text cannot hold, said for a person (a NUL character, a lone surrogate), or None.
+
+    A lone surrogate (half of a UTF-16 pair) is no character of UTF-8: no page sends one (Django decodes a body's
+    bad bytes as U+FFFD), but a command line does (Python reads argv bytes that are not UTF-8 as lone surrogates)
+    and so may any caller of a service, and the database driver then raises UnicodeEncodeError, not a refusal."""
+    if "\x00" in text:
+        return "the invisible NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"the invalid character \\u{ord(text[exc.start]):04x} (half of a UTF-16 pair)"
+    return None
+
+
 def check_text(value: str, what: str, max_length: int) -> str:
-    """``value`` stripped, or ValidationError naming ``what`` when it holds a NUL character (PostgreSQL cannot
-    store one in text) or is longer than ``max_length`` characters."""
+    """``value`` stripped, or ValidationError naming ``what`` when it holds a NUL character or a lone surrogate
+    (PostgreSQL cannot store either in text; :func:`unstorable`) or is longer than ``max_length`` characters."""
     value = (value or "").strip()
-    if "\x00" in value:
-        raise ValidationError(f"{what}: remove the invisible NUL character (it cannot be stored).")
+    bad = unstorable(value)
+    if bad:
+        raise ValidationError(f"{what}: remove {bad} (it cannot be stored).")
     if len(value) > max_length:
         raise ValidationError(f"{what}: at most {max_length} characters (you typed {len(value)}).")
     return value

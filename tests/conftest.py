@@ -47,6 +47,7 @@ WORKER_EXTRA_WORKFLOW_MODULES = [
     "tests.orchestrator.fault_flows",
     "tests.orchestrator.ops_flows",
     "tests.api.signal_flows",
+    "tests.api.signal_edge_flows",
 ]
 RUN_STEPS_GUARD = 500
 WORKER_ENV = {

@@ -42,6 +42,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import Exists, OuterRef, Q
@@ -51,8 +52,8 @@ from django.utils import timezone
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Signal, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form
+from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Human, Signal, Workflow
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form, unstorable
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     InstanceState,
@@ -76,9 +77,15 @@ from orchestrator.services.locks import (
     step_save,
 )
 from orchestrator.services.results import check_result, clean_text
-from orchestrator.services.unit import Unit
+from orchestrator.services.unit import Fenced, Unit
 
 EVENT_MAX = 100
+# Signals one instance keeps for waits it has not reached: an instance on a path without its waits never takes
+# them, and a sender that loops (new ids each time) would add rows, audit events and hand-off work without end.
+# Far above a real burst (a loop of waits fed ahead of time); a delivery past it is a conflict, nothing written.
+KEPT_MAX = 1000
+# Open instances a business key names that a refusal lists (a key shared by many is named by the first few).
+AMBIGUOUS_SHOWN = 5
 TIMED_OUT = "timed_out"
 # In a waiting step's result: the event it waits for, so the sweep can match kept signals in SQL.
 WAITING_FOR = "waiting_for"
@@ -102,7 +109,8 @@ class SignalConflict(SignalError):
 
 
 class SignalForbidden(SignalError):
-    """The sender is the person who started the instance: whoever starts an instance never steers it."""
+    """The sender is the person who started the instance (whoever starts an instance never steers it), or their
+    account is deactivated (read under the instance's lock, when the delivery acts)."""
 
 
 class SignalInvalid(SignalError):
@@ -175,6 +183,10 @@ def signal_deliver(
             raise SignalForbidden(
                 f"You started instance {instance.pk}; a signal to it must come from someone else or a system."
             )
+        if actor.user_id is not None and not get_user_model().objects.filter(pk=actor.user_id, is_active=True).exists():
+            # Read now, under the lock, as a task's action reads it (docs "Who may act on a task"): the request's
+            # user predates a deactivation committed while this delivery waited for the instance.
+            raise SignalForbidden("Your account is deactivated; it delivers no signals.")
         if instance.is_final:
             raise SignalConflict(f"Instance {instance.pk} has ended ({instance.state}); it takes no more signals.")
         workflow_def = definition_or_none(instance)
@@ -197,11 +209,17 @@ def signal_deliver(
             assert waiting is not None
             node = workflow_def.node(waiting.name)
             assert isinstance(node, Signal)
-            cleaned = _validated(node, payload)  # the node that consumes it checks it
+            cleaned = _validated(node, payload, _records(workflow_def))  # the node that consumes it checks it
         else:
             # Kept as sent, for whichever node comes to consume it to check (forms and schemas may differ between
             # the nodes of one event); refused now if none of them could ever accept it.
-            _accepted_by_one(nodes, payload)
+            _accepted_by_one(nodes, payload, _records(workflow_def))
+            if _kept(instance)[:KEPT_MAX].count() >= KEPT_MAX:
+                raise SignalConflict(
+                    f"Instance {instance.pk} already keeps {KEPT_MAX} signals that no step has taken; it keeps no "
+                    "more until its waits take some (a sender that loops, or an instance on a path without them).",
+                    {"signal_id": [f"The instance keeps at most {KEPT_MAX} signals not yet taken."]},
+                )
             cleaned = payload
         received = ReceivedSignal(
             instance=instance,
@@ -232,10 +250,13 @@ def _checked_text(value: Any, field: str, limit: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SignalInvalid(f"Give the {field}.", {field: ["Required: a non-empty string."]})
     value = value.strip()
-    if len(value) > limit or "\x00" in value:
-        raise SignalInvalid(
-            f"The {field} has at most {limit} characters and no NUL.", {field: [f"At most {limit} characters."]}
-        )
+    if len(value) > limit:
+        raise SignalInvalid(f"The {field} has at most {limit} characters.", {field: [f"At most {limit} characters."]})
+    # The API's parser refuses these before; the command line (argv bytes that are not UTF-8) and other callers do
+    # not, and the driver would raise UnicodeEncodeError at the first query: a crash, not a refusal.
+    bad = unstorable(value)
+    if bad:
+        raise SignalInvalid(f"The {field} holds {bad}, which cannot be stored.", {field: [f"Remove {bad}."]})
     return value
 
 
@@ -260,6 +281,7 @@ def signal_target(
             raise SignalNotFound(f"No instance {instance_id}.")
         return instance_id
     key = _checked_text(business_key, "business_key", 100)
+    workflow = _checked_text(workflow, "workflow", 100) if workflow else None
     if signal_id is not None:
         keyed = WorkflowInstance.objects.filter(business_key=key)
         if workflow:
@@ -277,24 +299,28 @@ def signal_target(
     )
     if workflow:
         found = found.filter(workflow_name=workflow)
-    ids = list(found.order_by("id").values_list("pk", flat=True)[:2])
+    ids = list(found.order_by("id").values_list("pk", flat=True)[: AMBIGUOUS_SHOWN + 1])
     if not ids:
         raise SignalNotFound(f"No open instance with business key {key!r}.")
     if len(ids) > 1:
+        # Their ids, so the sender can name one: only a caller who sees every instance may signal by key (the
+        # endpoint's rule), and the command is an operator's.
+        shown = ", ".join(str(pk) for pk in ids[:AMBIGUOUS_SHOWN]) + (", ..." if len(ids) > AMBIGUOUS_SHOWN else "")
         raise SignalConflict(
-            f"Several open instances have business key {key!r}; name the instance by its id (or the workflow).",
-            {"business_key": ["Names more than one open instance."]},
+            f"Several open instances have business key {key!r} ({shown}); name the instance by its id (or give the "
+            "workflow, when they are of different workflows).",
+            {"business_key": [f"Names more than one open instance: {shown}."]},
         )
     return ids[0]
 
 
-def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any]) -> None:
+def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any], records: frozenset[str]) -> None:
     """Raise the first node's :class:`SignalInvalid` unless one of ``nodes`` (all of one event) accepts
     ``payload``: a signal kept for later must fit at least one node that may consume it."""
     first: SignalInvalid | None = None
     for node in nodes:
         try:
-            _validated(node, payload)
+            _validated(node, payload, records)
             return
         except SignalInvalid as exc:
             first = first or exc
@@ -306,14 +332,24 @@ def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any]) -> None:
     raise first
 
 
-def _validated(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
+def _records(workflow: Workflow) -> frozenset[str]:
+    """The keys of the instance data where the engine records what a node did, under the node's name: a human
+    step's decision (``{"decision", "by", "comment", ...}``) and a wait's timeout (``{"timed_out": true}``)."""
+    return frozenset(name for name, node in workflow.nodes.items() if isinstance(node, Human | Signal))
+
+
+def _validated(node: Signal, payload: dict[str, Any], records: frozenset[str]) -> dict[str, Any]:
     """The payload as it joins the instance data: the form's cleaned data, the schema's answer, or as sent.
 
     Raises :class:`SignalInvalid` naming the fields when the form or schema refuses it, and also when they raise
     anything else on it (a schema that indexes a missing key): that is still this payload refused, and a refusal
-    at delivery is a 422 and at consumption a rejection, never a crash. Database errors are not caught."""
+    at delivery is a 422 and at consumption a rejection, never a crash. Database errors are not caught.
+
+    Also when what would be merged holds a key of ``records`` (:func:`_records`): the sender of an event may say
+    what happened outside, not rewrite who approved or whether a wait timed out, which later decisions and steps
+    read from the data (docs/architecture.md, "Signals")."""
     try:
-        return _cleaned(node, payload)
+        cleaned = _cleaned(node, payload)
     except (SignalInvalid, DatabaseError):
         raise
     except Exception as exc:
@@ -323,6 +359,14 @@ def _validated(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
             f"{type(exc).__name__}: {message}",
             {"payload": [f"{type(exc).__name__}: {message}"]},
         ) from None
+    taken = sorted(records.intersection(cleaned))
+    if taken:
+        errors = {
+            f"payload.{key}": [f"This is where the workflow records what its step {key!r} did; a signal cannot set it."]
+            for key in taken
+        }
+        raise SignalInvalid("The payload may not set the workflow's own records: " + ", ".join(taken) + ".", errors)
+    return cleaned
 
 
 def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +375,14 @@ def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
         if not form.is_valid():
             errors = {f"payload.{k}": [str(e) for e in v] for k, v in form.errors.items()}
             raise SignalInvalid("The payload does not fit the signal's form: " + _summary(errors), errors)
-        cleaned: Any = form.cleaned_data
+        # A field the sender left out comes back as its empty value ("", False, None): merged, it would wipe what
+        # the instance holds under that name (the customer's note) though the sender said nothing about it. JSON
+        # can say "empty" (send "" or false), so only a value sent, or one the form's own clean() made, is merged.
+        cleaned: Any = {
+            name: value
+            for name, value in form.cleaned_data.items()
+            if name in payload or name not in form.fields or not _empty(value)
+        }
     elif node.schema is not None:
         try:
             cleaned = node.schema(dict(payload))
@@ -343,8 +394,24 @@ def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
             raise SignalInvalid(f"The schema of {node.name!r} returned {type(cleaned).__name__}, not a dict.")
     else:
         cleaned = payload
-    # Decimals and dates from a form become strings: the instance data is plain JSON.
-    return json.loads(json.dumps(cleaned, default=str))
+    # Decimals and dates from a form become strings: the instance data is plain JSON. A schema's answer is the
+    # workflow's code working on the sender's payload (``float("NaN")``, text decoded to a NUL, a list grown too
+    # big): what the database cannot hold is this payload refused, not a DataError at the insert (a 500 at
+    # delivery, a crash of the worker's step or the sweep at consumption).
+    try:
+        return check_result(json.loads(json.dumps(cleaned, default=str)))
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = clean_text(str(exc).replace("result", "the cleaned payload", 1), 300)
+        raise SignalInvalid(
+            f"The {'form' if node.form is not None else 'schema'} of {node.name!r} turned the payload into what "
+            f"cannot be stored: {message}",
+            {"payload": [message]},
+        ) from None
+
+
+def _empty(value: Any) -> bool:
+    """Whether ``value`` is what a form field gives for no input (its empty value; False for a checkbox)."""
+    return value is None or value is False or (isinstance(value, str | list | tuple | dict) and not value)
 
 
 def _summary(errors: dict[str, list[str]]) -> str:
@@ -424,12 +491,31 @@ def _consume_one(
     try:
         with transaction.atomic():
             _take(unit, workflow, step, received)
+            _check_row_fits(unit.instance)
     except NOT_THE_WORKFLOWS:
         raise
     except Exception as exc:
         unit.rewind(mark)
         del entered[waits_before:]  # their wait steps went back with the savepoint
         _consume_stopped(unit, step, received, exc)
+
+
+def _check_row_fits(instance: WorkflowInstance) -> None:
+    """Raise ValueError naming the instance's text field that no longer fits its column (its ``outcome``, which a
+    completion reads from the data, where a payload may have put any text).
+
+    The instance row is written once, when the unit finishes, after the consumption's savepoint: without this
+    check a value too long for its column raised there, outside the savepoint, as a DataError of whatever handed
+    the signal on (a 500 at delivery; at a worker's entry into the wait, a failure of the step before it). Here it
+    is what follows the wait raising, recorded at the wait (:func:`_consume_stopped`)."""
+    for field in WorkflowInstance._meta.concrete_fields:
+        value = getattr(instance, field.attname)
+        limit = getattr(field, "max_length", None)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            raise ValueError(
+                f"the instance's {field.name} {clean_text(value, 40)!r}... is {len(value)} characters, more than its "
+                f"column holds ({limit}): the data's {field.name!r} is too long"
+            )
 
 
 def _mark_consumed(unit: Unit, step: StepRun, received: ReceivedSignal) -> None:
@@ -558,7 +644,7 @@ def _consume_kept(unit: Unit, workflow: Workflow, step: StepRun, node: Signal) -
         if kept is None:
             return False
         try:
-            kept.payload = _validated(node, kept.payload)
+            kept.payload = _validated(node, kept.payload, _records(workflow))
         except SignalInvalid as exc:
             _reject(unit, step, node, kept, exc)
             continue
@@ -640,6 +726,7 @@ def _retry_after_signal(unit: Unit, workflow: Workflow, step: StepRun, reason: s
     )
     try:
         advance(unit, workflow, step)
+        _check_row_fits(unit.instance)
     except NOT_THE_WORKFLOWS:
         raise  # the database or the worker's time limit, not the definition
     except Exception as exc:
@@ -752,23 +839,23 @@ def _time_out(step_id: int, now: datetime) -> int:
             fail_for_missing_definition(unit)
             unit.finish()
             return 1
-        node = workflow.node(step.name)
-        assert isinstance(node, Signal)
+        node = workflow.nodes.get(step.name)
+        if not isinstance(node, Signal):
+            # The same version deployed again without this wait: raising here rolled back every pass (an error
+            # each time, the instance waiting forever); the wait cannot time out as its node said, so it fails.
+            _wait_without_node(unit, workflow, step, now)
+            settle(unit)
+            unit.finish()
+            return 1
+        if _consume_kept(unit, workflow, step, node):
+            # A signal kept for this wait (its hand-off missed: the sweep's hand-offs come after its timeouts) was
+            # received before the timeout acts: it wins, as a delivery that took the instance's lock first would.
+            settle(unit)
+            unit.finish()
+            return 0
         due = timezone.localtime(step.due_at).isoformat(timespec="seconds")
         if node.on_timeout == CONTINUE:
-            step.succeed({TIMED_OUT: True}, now)
-            step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
-            unit.audit(
-                action=AuditAction.STEP_SUCCEEDED,
-                subject_type="step",
-                subject_id=step.pk,
-                from_state=StepState.RUNNING,
-                to_state=step.state,
-                reason=f"no signal {node.event!r} by {due}: continues",
-                payload={TIMED_OUT: True},
-            )
-            instance.data[node.name] = {TIMED_OUT: True}
-            advance(unit, workflow, step)
+            _continue_after_timeout(unit, workflow, step, node, due)
         else:
             error = f"no signal {node.event!r} by {due}"
             step.die("SignalTimeout", error, now)
@@ -792,6 +879,71 @@ def _time_out(step_id: int, now: datetime) -> int:
         settle(unit)
         unit.finish()
         return 1
+
+
+def _wait_without_node(unit: Unit, workflow: Workflow, step: StepRun, now: datetime) -> None:
+    """The due wait ``step`` is no Signal node of ``workflow`` (its definition was deployed again, under the same
+    version, without it): the step dies with a ``DefinitionError`` naming it and the instance fails, for an
+    operator to fix the definition (a retry is then refused until a node of that name exists) or cancel."""
+    error = f"{workflow.key} has no Signal node {step.name!r} any more, so its wait cannot time out"
+    step.die("DefinitionError", error, now)
+    step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
+    unit.audit(
+        action=AuditAction.STEP_DEAD,
+        subject_type="step",
+        subject_id=step.pk,
+        from_state=StepState.RUNNING,
+        to_state=step.state,
+        reason=error,
+        payload={TIMED_OUT: True},
+    )
+    instance_fail(unit, f"{step.name} failed: {error}")
+
+
+def _continue_after_timeout(unit: Unit, workflow: Workflow, step: StepRun, node: Signal, due: str) -> None:
+    """The wait at ``node`` timed out and goes on: it succeeds with ``{"timed_out": true}`` (also in the data under
+    the node's name) and the flow goes on, inside a savepoint.
+
+    When what follows raises (the workflow's own code: a ``Decision`` reading a key only a signal brings), the
+    savepoint and the unit's collected work go back and the engine's rule for a step whose next node cannot be
+    entered applies (``flow.step_stopped``, as :func:`_consume_stopped`): the wait ends dead naming the real error,
+    the timeout stays in the data, and the instance fails for an operator, whose retry waits again. Without it the
+    sweep's transaction rolled back every pass, counted an error each time, and the instance waited forever, its
+    due wait taking a slot of the sweep's batch. Raises what the database raises, and ``Fenced``."""
+    reason = f"no signal {node.event!r} by {due}: continues"
+    record = {TIMED_OUT: True}
+    mark = unit.mark()
+    try:
+        with transaction.atomic():
+            step.succeed(dict(record), unit.now)
+            step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+            unit.audit(
+                action=AuditAction.STEP_SUCCEEDED,
+                subject_type="step",
+                subject_id=step.pk,
+                from_state=StepState.RUNNING,
+                to_state=step.state,
+                reason=reason,
+                payload=dict(record),
+            )
+            unit.instance.data[node.name] = dict(record)
+            advance(unit, workflow, step)
+            _check_row_fits(unit.instance)
+    except (*NOT_THE_WORKFLOWS, Fenced):
+        raise
+    except Exception as exc:
+        unit.rewind(mark)
+        fresh = StepRun.objects.get(pk=step.pk)  # as the savepoint left it: running, waiting
+        step.__dict__.update({f.attname: getattr(fresh, f.attname) for f in StepRun._meta.concrete_fields})
+        step_stopped(
+            unit,
+            step,
+            exc,
+            result=dict(record),
+            cause=f"raised while entering what follows the wait after its timeout ({reason})",
+            audit_payload=dict(record),
+            data={node.name: dict(record)},
+        )
 
 
 def _hand_kept(instance_id: int, now: datetime) -> int:

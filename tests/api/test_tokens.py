@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
@@ -260,3 +260,53 @@ def test_a_new_secret_is_shown_only_to_its_owner(roles):
 
     # then
     assert page.context["new_secret"] is None
+
+
+@pytest.mark.parametrize("where", ["name", "username"])
+def test_the_command_refuses_bytes_that_are_not_utf8_with_a_message(roles, where):
+    # given a command line holding a byte that is not UTF-8 (Python reads it as a lone surrogate)
+    junk = b"ops\xff".decode("utf-8", "surrogateescape")
+    username, name = (roles.staff.username, junk) if where == "name" else (junk, "billing sync")
+
+    # when / then: a message and exit status 1, not a UnicodeEncodeError from the database driver
+    with pytest.raises(CommandError):
+        call_command("baton_api_token", "create", username, "--name", name)
+    assert not ApiToken.objects.exists()
+
+
+def test_a_naive_expiry_is_read_in_the_sites_time_zone_and_a_past_one_is_refused(roles):
+    # given a naive time (a script's datetime.now() + ...), an hour ahead and an hour back in the site's zone
+    ahead = timezone.localtime().replace(tzinfo=None) + timedelta(hours=1)
+    back = ahead - timedelta(hours=2)
+
+    # when / then: the first is stored as that wall-clock time in the site's zone; the second is refused
+    token = token_create(roles.staff, "naive", expires_at=ahead).token
+    assert timezone.localtime(token.expires_at).replace(tzinfo=None) == ahead
+    with pytest.raises(ValidationError, match="future"):
+        token_create(roles.staff, "naive past", expires_at=back)
+
+
+@pytest.mark.parametrize("form", ["Bearer  {secret}", "bearer {secret}", "Bearer\t{secret}", "Bearer {secret} "])
+def test_a_valid_token_is_read_whatever_the_spacing_and_case_of_the_scheme(roles, form):
+    # given a valid token sent with two spaces, a tab, a trailing space or the scheme in lower case (RFC 7235:
+    # the scheme is case-insensitive; clients differ in spacing)
+    secret = token_create(roles.staff, "script").secret
+
+    # when / then: it authenticates, as with one space
+    response = Client().get("/api/tasks/", headers={"Authorization": form.format(secret=secret)})
+    assert response.status_code == 200
+
+
+def test_a_token_of_a_deleted_user_is_401_and_gone_with_them(roles):
+    # given a token the command made for an account that never acted (so nothing in the audit trail protects it)
+    account = type(roles.staff).objects.create(username="leaver")
+    new = token_create(account, "script", actor=Actor.system("command"))
+
+    # when the account is deleted
+    account.delete()
+
+    # then its token went with it, and the secret is refused like any unknown one
+    assert not ApiToken.objects.filter(pk=new.token.pk).exists()
+    response = ApiClient(new.secret).get("/api/tasks/")
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"

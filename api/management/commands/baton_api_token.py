@@ -21,6 +21,7 @@ from django.utils import timezone
 from api.models import ApiToken
 from api.tokens import token_create, token_revoke, tokens_of
 from orchestrator.audit import Actor
+from orchestrator.inputs import unstorable
 
 ACTOR = Actor.system("command")
 
@@ -49,7 +50,8 @@ class Command(BaseCommand):
             self._revoke(options["token_id"])
 
     def _user(self, username: str) -> Any:
-        user = get_user_model().objects.filter(username=username).first()
+        # argv bytes that are not UTF-8 arrive as lone surrogates, which the driver cannot send: no user has them.
+        user = None if unstorable(username) else get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"No user named {username!r}.")
         return user
