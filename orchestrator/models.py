@@ -314,7 +314,7 @@ class ReceivedSignal(models.Model):
     # SHA-256 of the payload as sent: the same id with another payload is a conflict, not a repeat.
     payload_hash = models.CharField(max_length=64)
     received_at = models.DateTimeField()
-    sender = models.CharField(max_length=150)
+    sender = models.CharField(max_length=160)  # the sender's actor label ("user:" and up to 150 characters)
     step = models.ForeignKey(StepRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     consumed_at = models.DateTimeField(null=True, blank=True)
     # A kept signal whose payload the node that came to consume it refused (its form or schema differs from the
@@ -357,8 +357,9 @@ class AuditEvent(models.Model):
     key_id = models.CharField(max_length=16, blank=True, default="", db_default="")
     occurred_at = models.DateTimeField()
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
-    # "user:alice" or "system:worker", kept as text so the record survives a renamed or removed user.
-    actor_label = models.CharField(max_length=150)
+    # "user:alice" or "system:worker", kept as text so the record survives a renamed or removed user. 160: "user:"
+    # and the longest username Django allows (150).
+    actor_label = models.CharField(max_length=160)
     action = models.CharField(max_length=60)
     # No index of its own: "audit_instance_seq" (instance, seq) serves every lookup by instance.
     instance = models.ForeignKey(

@@ -450,3 +450,26 @@ def test_a_payload_with_an_object_for_a_text_field_is_422_naming_it(waiting, api
     assert response.status_code == 422, response.content
     assert "payload.reference" in response.json()["errors"], response.json()
     assert what_changes(waiting) == before
+
+
+@in_process
+def test_an_account_with_the_longest_username_django_allows_creates_a_token_and_delivers(waiting, api_as):
+    """ "user:" and a 150-character username is 155 characters: the audit's actor label and a signal's sender held
+    150, so every audited act of such an account (its token's creation included) was a database error, a 500."""
+    from django.contrib.auth.models import Permission
+
+    from api.tokens import token_create
+
+    # given an integration account whose username is as long as Django allows
+    account = UserFactory(username="svc-" + "x" * 146)
+    account.user_permissions.add(*Permission.objects.filter(codename__in=["deliver_signal", "view_workflowinstance"]))
+
+    # when it gets a token and delivers a signal with it
+    token_create(account, "gateway")
+    delivered = api_as(account).post(signal_path(waiting), signal("long-name"))
+
+    # then both are recorded under its whole name
+    assert delivered.status_code == 201, delivered.content
+    label = f"user:{account.username}"
+    assert ReceivedSignal.objects.get(instance=waiting).sender == label
+    assert AuditEvent.objects.filter(actor_label=label).count() >= 2
