@@ -414,6 +414,54 @@ def test_subscribing_while_the_name_server_does_not_answer_is_refused_within_the
     assert not WebhookSubscription.objects.exists()
 
 
+@pytest.fixture
+def one_silent_name_server(monkeypatch):
+    """silent.example.com's name server does not answer (until the test ends); receiver.example.com is this
+    machine."""
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "silent.example.com":
+            released.wait(30)
+            raise socket.gaierror("no answer")
+        return real("127.0.0.1" if host == "receiver.example.com" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    released.set()
+
+
+def test_a_silent_name_server_of_one_subscription_does_not_stop_the_deliveries_of_others(
+    flows, allow_private, users, settings, one_silent_name_server
+):
+    """The look-ups run on a pool of 4 threads, and one given up on holds its thread until the resolver lets go:
+    a few attempts to one silent host filled the pool, and every other delivery then queued behind them and ended
+    as "could not be resolved" although its own name server answered."""
+    settings.BATON_WEBHOOK_TIMEOUT = 0.5
+    with receiver(200) as hook:
+        # given two subscribers, one whose host's name server is silent, with several attempts there given up on
+        silent = WebhookSubscription.objects.create(
+            owner=users.admin, name="Silent", url="https://silent.example.com/in", events=["instance.started"]
+        )
+        url = hook.url.replace("127.0.0.1", "receiver.example.com")
+        healthy = webhook_subscribe(owner=users.admin, name="Healthy", url=url, events=["instance.started"])
+        for n in range(6):
+            instance_start("webhook_flow", {"parcel": f"P-{n}"})
+        engine.sweep()
+        for pk in WebhookDelivery.objects.filter(subscription=silent).values_list("pk", flat=True):
+            assert delivery_send(pk) == "retrying"
+
+        # when the other subscriber's event is sent
+        delivery = WebhookDelivery.objects.filter(subscription=healthy).order_by("pk").first()
+        outcome = delivery_send(delivery.pk)
+
+        # then it is delivered
+        delivery.refresh_from_db()
+        assert (outcome, delivery.last_error) == ("delivered", "")
+        assert len(hook.requests) == 1
+
+
 def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(flows, users, settings):
     # given a subscription made while private addresses were allowed
     settings.BATON_WEBHOOK_ALLOW_PRIVATE = True
