@@ -250,7 +250,9 @@ def test_a_refused_start_does_not_use_up_its_key(api_as, roles):
     assert (refused.status_code, fixed.status_code) == (400, 201)
 
 
-@pytest.mark.parametrize("key", ["", " padded ", "tab\there", "ünï", "x" * 201])
+@pytest.mark.parametrize(
+    "key", ["", " padded ", "tab\there", "ünï", "x" * 201, "nul\x00", "lone\ud800", "line-end\n", "\n"]
+)
 def test_a_malformed_key_is_400(api_as, roles, key):
     # when
     response = api_as(roles.staff).post(START, expense(), **{"Idempotency-Key": key})
