@@ -12,10 +12,12 @@ from django.core import mail
 from django.db import connection, transaction
 from django.utils import timezone
 
-from approvals.models import Notification
+from approvals.models import HumanTask, Notification, TaskKind
+from approvals.services.base import FAIL
+from approvals.services.tasks import task_decide
 from console.alerts import COMPENSATION, FAILED, SWEEP, alert_pass
 from console.models import AlertOutbox
-from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.dsl import ESCALATE, Retry, StepContext, Task, Workflow
 from orchestrator.models import StepRun
 from orchestrator.services.instances import instance_start
 from orchestrator.services.steps import step_execute
@@ -246,3 +248,23 @@ def test_a_storm_of_failures_is_summed_up_by_the_database_not_in_the_passs_memor
     )
     assert peak < 5_000_000, peak
     assert not AlertOutbox.objects.exists()
+
+
+def test_an_operators_fail_instance_on_an_escalation_is_told_once_and_the_escalation_is_no_compensation(
+    register_workflow, users
+):
+    # given a failed step handed to the operators (an escalation, not a compensation)
+    register_workflow(Workflow("alert_escalated", 1, [Task("post", boom, on_failure=ESCALATE, retry=Retry(1))]))
+    instance = instance_start("alert_escalated", {})
+    step_execute(StepRun.objects.get(instance=instance).pk)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    assert alert_pass() == {FAILED: 0, COMPENSATION: 0, SWEEP: 0}
+
+    # when an operator answers it with Fail instance
+    task_decide(escalation.pk, users.operator, FAIL, comment="ledger closed for the year")
+    told = alert_pass(now=timezone.now() + timedelta(minutes=6))
+
+    # then the failure is told once, with the operator's words
+    assert told[FAILED] == 1
+    assert Notification.objects.get(kind=FAILED).message.endswith("Commonest error (1): ledger closed for the year")
+    assert alert_pass(now=timezone.now() + timedelta(minutes=12))[FAILED] == 0
