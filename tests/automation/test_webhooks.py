@@ -462,6 +462,36 @@ def test_a_silent_name_server_of_one_subscription_does_not_stop_the_deliveries_o
         assert len(hook.requests) == 1
 
 
+def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypatch):
+    # given four hosts whose name servers are silent, each look-up given up on and still holding its thread
+    released, asked = threading.Event(), []
+
+    def getaddrinfo(host, *_args, **_kwargs):
+        asked.append(host)
+        released.wait(30)
+        raise socket.gaierror("no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        for n in range(4):
+            with pytest.raises(ValueError, match=f"silent{n}.example.com could not be resolved within 0.2 s"):
+                webhooks.resolve(f"https://silent{n}.example.com/in", 0.2)
+
+        # when a fifth host is looked up
+        with pytest.raises(ValueError) as refused:
+            webhooks.resolve("https://fifth.example.com/in", 0.2)
+    finally:
+        released.set()
+
+    # then it says why, and its look-up is dropped, never sent to the name server once a thread is free
+    assert str(refused.value) == (
+        "fifth.example.com was not looked up within 0.2 s: every name look-up is waiting for a name server that "
+        "does not answer."
+    )
+    time.sleep(0.3)
+    assert "fifth.example.com" not in asked
+
+
 def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(flows, users, settings):
     # given a subscription made while private addresses were allowed
     settings.BATON_WEBHOOK_ALLOW_PRIVATE = True
