@@ -189,14 +189,15 @@ def _leave(key: tuple[str, int], lookup: Future[Any]) -> bool:
 def _addresses(host: str, port: int, seconds: float) -> list[str]:
     try:
         ipaddress.ip_address(host)
+        numeric = True
     except ValueError:
-        pass
-    else:  # an address needs no name server: never queued behind look-ups waiting for one
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-        return list(dict.fromkeys(str(info[4][0]) for info in found))
+        numeric = False
     key = (host, port)
-    lookup = _join(key)
     try:
+        if numeric:  # an address needs no name server: never queued behind look-ups waiting for one
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+            return list(dict.fromkeys(str(info[4][0]) for info in found))
+        lookup = _join(key)
         found = lookup.result(timeout=seconds)
     except (FutureTimeout, CancelledError):
         if _leave(key, lookup):

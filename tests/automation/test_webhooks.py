@@ -349,6 +349,7 @@ def test_private_addresses_are_refused(users, url):
         ("https://user:pw@example.com/hook", "no user name or password"),
         ("https://example.com:99999/hook", "port"),
         ("https://no-such-host.invalid/hook", "cannot be resolved"),
+        ("http://[fe80::1%25zz]/hook", "cannot be resolved"),
         ("https://exa\x00mple.com/", "500 characters"),
         # accepted, then refused by http.client at every attempt: sent nowhere, ever
         ("https://93.184.215.14/hooks/a b", "spaces"),
