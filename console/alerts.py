@@ -188,10 +188,14 @@ def _maybe_send(kind: str, now: datetime, read: Any) -> int:
         mark, _ = AlertWatermark.objects.select_for_update().get_or_create(kind=kind)
         if mark.sent_at is not None and now - mark.sent_at < throttle():
             return 0  # the news waits in the outbox: the next message after the throttle covers it too
+        recipients = members_of([OPERATORS])
+        if not recipients:
+            # Nobody to tell: the news waits in the outbox for the first active operator (taken now, it was told to
+            # nobody and lost for good).
+            return 0
         count, message = read(mark.seen_until or now - throttle())
         if not count:
             return 0
-        recipients = members_of([OPERATORS])
         url = _incidents_url()
         Notification.objects.bulk_create(
             [Notification(user_id=uid, kind=kind, message=message[:300], url=url) for uid in recipients]
@@ -200,7 +204,6 @@ def _maybe_send(kind: str, now: datetime, read: Any) -> int:
         mark.save(update_fields=["seen_until", "sent_at", "told"])
         groups = [f"user.{uid}" for uid in recipients]
         event = {"type": "notification", "message": message, "level": "warning", "refresh": ["counts", "notifications"]}
-        if recipients:
-            transaction.on_commit(lambda: send_now(groups, event))
-            transaction.on_commit(lambda: _send_mail(kind, message, url, recipients))
+        transaction.on_commit(lambda: send_now(groups, event))
+        transaction.on_commit(lambda: _send_mail(kind, message, url, recipients))
     return count
