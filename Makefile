@@ -45,23 +45,27 @@ demo: install
 # Request lines up to gunicorn's most, 8190 bytes, so that Baton answers a query string past its own limit
 # (4 KiB, orchestrator/middleware.py) itself, as problem+json under /api/; header fields up to 8190 bytes
 # (gunicorn's default, stated). README, "Production", lists what gunicorn itself still refuses.
+# Each value without its spaces, blank for the default, as the settings read it (they refuse junk at the migrate, or
+# at daphne's and celery's start): "BATON_WEB_WORKERS= " gave gunicorn "--workers --worker-class".
 # Behind a TLS proxy (BATON_BEHIND_PROXY=1) daphne takes the client's address from X-Forwarded-For; Django reads
 # X-Forwarded-Proto and the audit the proxy's X-Forwarded-For entry itself (orchestrator/accounts.py).
 web: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
-	exec $(VENV)/bin/gunicorn --bind $${BATON_BIND:-127.0.0.1}:$${BATON_PORT:-8000} \
-	  --workers $${BATON_WEB_WORKERS:-$$(( 2 * $$(nproc) + 1 ))} --worker-class sync \
-	  --timeout $${BATON_WEB_TIMEOUT:-60} --graceful-timeout $${BATON_WEB_GRACEFUL_TIMEOUT:-30} \
+	exec $(VENV)/bin/gunicorn --bind $${BATON_BIND:-127.0.0.1}:$$(v=$${BATON_PORT//[[:space:]]/}; echo $${v:-8000}) \
+	  --workers $$(v=$${BATON_WEB_WORKERS//[[:space:]]/}; echo $${v:-$$(( 2 * $$(nproc) + 1 ))}) --worker-class sync \
+	  --timeout $$(v=$${BATON_WEB_TIMEOUT//[[:space:]]/}; echo $${v:-60}) \
+	  --graceful-timeout $$(v=$${BATON_WEB_GRACEFUL_TIMEOUT//[[:space:]]/}; echo $${v:-30}) \
 	  --limit-request-line 8190 --limit-request-field_size 8190 --config python:baton_site.gunicorn_hooks \
 	  --access-logfile - baton_site.wsgi:application
 
 web-live: install
-	exec $(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $${BATON_LIVE_PORT:-8001} \
-	  $$(case "$${BATON_BEHIND_PROXY,,}" in 1|true|yes|on) echo --proxy-headers;; esac) baton_site.asgi:application
+	exec $(VENV)/bin/daphne -b $${BATON_BIND:-127.0.0.1} -p $$(v=$${BATON_LIVE_PORT//[[:space:]]/}; echo $${v:-8001}) \
+	  $$(v=$${BATON_BEHIND_PROXY//[[:space:]]/}; case "$${v,,}" in 1|true|yes|on) echo --proxy-headers;; esac) \
+	  baton_site.asgi:application
 
 worker: install
-	$(VENV)/bin/celery -A baton_site worker -Q baton --concurrency $${BATON_WORKER_CONCURRENCY:-2} --loglevel INFO
+	$(VENV)/bin/celery -A baton_site worker -Q baton --concurrency $$(v=$${BATON_WORKER_CONCURRENCY//[[:space:]]/}; echo $${v:-2}) --loglevel INFO
 
 beat: install
 	$(VENV)/bin/celery -A baton_site beat --scheduler orchestrator.beat:DatabaseScheduler --loglevel INFO

@@ -48,8 +48,9 @@ from orchestrator.services import signals as signal_services
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DELIVER_SIGNAL = "orchestrator.deliver_signal"
-# Visible ASCII without spaces at either end: what an HTTP header can carry unchanged.
-KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")
+# Visible ASCII without spaces at either end: what an HTTP header can carry unchanged. \Z, not $: $ also matches
+# before a final line break, which let "key\n" through as a key of its own.
+KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
 
 
 class Cursor(CursorPagination):

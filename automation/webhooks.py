@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
 from functools import partial
@@ -147,14 +147,64 @@ def _forbidden(address: str) -> bool:
 # not answer keeps it for its own timeouts times its attempts (30 s and more). Four at once at most: a look-up given up
 # on still holds its thread until the resolver lets go, and waiting ones are dropped when their caller gives up.
 _LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="baton-webhook-dns")
+# One look-up per (host, port) at a time, shared by every attempt that needs it, with how many wait on it: each
+# attempt to a host whose name server is silent took a thread of its own, so a few of them filled the pool and every
+# other subscriber's look-up queued behind them, reported as unresolvable. Now a silent host holds one thread.
+_IN_FLIGHT: dict[tuple[str, int], tuple[Future[Any], int]] = {}
+_IN_FLIGHT_LOCK = threading.RLock()  # re-entrant: cancel() runs the done callback, which takes it too
+
+
+def _forget(key: tuple[str, int], lookup: Future[Any]) -> None:
+    with _IN_FLIGHT_LOCK:
+        if key in _IN_FLIGHT and _IN_FLIGHT[key][0] is lookup:
+            del _IN_FLIGHT[key]
+
+
+def _join(key: tuple[str, int]) -> Future[Any]:
+    """The look-up of ``key`` in flight, or a new one; the caller is counted as waiting on it (see :func:`_leave`)."""
+    with _IN_FLIGHT_LOCK:
+        lookup, waiting = _IN_FLIGHT.get(key, (None, 0))
+        if lookup is None:
+            lookup = _LOOKUPS.submit(socket.getaddrinfo, key[0], key[1], type=socket.SOCK_STREAM)
+            _IN_FLIGHT[key] = (lookup, 0)
+            lookup.add_done_callback(partial(_forget, key))
+        if key in _IN_FLIGHT:  # not when it finished at once (its callback already ran)
+            _IN_FLIGHT[key] = (lookup, waiting + 1)
+        return lookup
+
+
+def _leave(key: tuple[str, int], lookup: Future[Any]) -> bool:
+    """A caller gives up on ``lookup``: the last one to do so drops it if it has not started. Returns True if it
+    never started (every thread was held by other look-ups)."""
+    with _IN_FLIGHT_LOCK:
+        entry = _IN_FLIGHT.get(key)
+        if entry is not None and entry[0] is lookup:
+            if entry[1] > 1:
+                _IN_FLIGHT[key] = (lookup, entry[1] - 1)
+                return not lookup.running() and not lookup.done()
+            return lookup.cancel()
+        return lookup.cancelled()
 
 
 def _addresses(host: str, port: int, seconds: float) -> list[str]:
-    lookup = _LOOKUPS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
+        ipaddress.ip_address(host)
+        numeric = True
+    except ValueError:
+        numeric = False
+    key = (host, port)
+    try:
+        if numeric:  # an address needs no name server: never queued behind look-ups waiting for one
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+            return list(dict.fromkeys(str(info[4][0]) for info in found))
+        lookup = _join(key)
         found = lookup.result(timeout=seconds)
-    except FutureTimeout:
-        lookup.cancel()
+    except (FutureTimeout, CancelledError):
+        if _leave(key, lookup):
+            raise ValueError(
+                f"{host} was not looked up within {seconds:.2g} s: every name look-up is waiting for a name server "
+                "that does not answer."
+            ) from None
         raise ValueError(f"{host} could not be resolved within {seconds:.2g} s.") from None
     except (socket.gaierror, UnicodeError):
         raise ValueError(f"{host} cannot be resolved.") from None

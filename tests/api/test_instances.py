@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from api.models import IdempotencyKey
+from orchestrator.dsl import Decision, Human, Signal, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
@@ -250,7 +251,9 @@ def test_a_refused_start_does_not_use_up_its_key(api_as, roles):
     assert (refused.status_code, fixed.status_code) == (400, 201)
 
 
-@pytest.mark.parametrize("key", ["", " padded ", "tab\there", "ünï", "x" * 201])
+@pytest.mark.parametrize(
+    "key", ["", " padded ", "tab\there", "ünï", "x" * 201, "nul\x00", "lone\ud800", "line-end\n", "\n"]
+)
 def test_a_malformed_key_is_400(api_as, roles, key):
     # when
     response = api_as(roles.staff).post(START, expense(), **{"Idempotency-Key": key})
@@ -490,3 +493,37 @@ def test_a_pause_ends_within_the_pages_horizon(api_as, roles, started, settings)
     assert "30 days" in refused.json()["detail"]
     assert state_after_refusal != "paused"
     assert paused.status_code == 200, paused.content
+
+
+def _noop(ctx):
+    return {}
+
+
+FIRST_NODES = {
+    "timer": [Timer("wait", wait=timedelta(hours=1)), Task("after", _noop)],
+    "signal": [Signal("go"), Task("after", _noop)],
+    "decision": [
+        Decision("route", choose=lambda data: "review", choices=["review"]),
+        Human("review", candidate_groups=["approvers"]),
+    ],
+    "human": [Human("review", candidate_groups=["approvers"]), Task("after", _noop)],
+    "task": [Task("first", _noop)],
+}
+
+
+@pytest.mark.parametrize("first", sorted(FIRST_NODES))
+def test_a_keyed_start_writes_its_key_whatever_its_first_node(api_as, roles, register_workflow, first):
+    # given a workflow whose first node is a timer, a signal, a decision, a person or a task
+    register_workflow(Workflow(name=f"api_first_{first}", version=1, steps=FIRST_NODES[first]))
+    body = {"workflow": f"api_first_{first}", "input": {}}
+    client = api_as(roles.staff)
+
+    # when it is started with a key, and the same request is sent again
+    started = client.post(START, body, **{"Idempotency-Key": f"first-{first}"})
+    again = client.post(START, body, **{"Idempotency-Key": f"first-{first}"})
+
+    # then the key's row was written with the start, and the repeat answers with that instance
+    assert (started.status_code, again.status_code) == (201, 200)
+    key = IdempotencyKey.objects.get(key=f"first-{first}")
+    assert key.instance_id == started.json()["id"] == again.json()["id"]
+    assert WorkflowInstance.objects.count() == 1

@@ -349,6 +349,7 @@ def test_private_addresses_are_refused(users, url):
         ("https://user:pw@example.com/hook", "no user name or password"),
         ("https://example.com:99999/hook", "port"),
         ("https://no-such-host.invalid/hook", "cannot be resolved"),
+        ("http://[fe80::1%25zz]/hook", "cannot be resolved"),
         ("https://exa\x00mple.com/", "500 characters"),
         # accepted, then refused by http.client at every attempt: sent nowhere, ever
         ("https://93.184.215.14/hooks/a b", "spaces"),
@@ -412,6 +413,84 @@ def test_subscribing_while_the_name_server_does_not_answer_is_refused_within_the
     assert time.monotonic() - started < 2.5
     assert refused.value.errors["url"] == ["hooks.example.com could not be resolved within 1 s."]
     assert not WebhookSubscription.objects.exists()
+
+
+@pytest.fixture
+def one_silent_name_server(monkeypatch):
+    """silent.example.com's name server does not answer (until the test ends); receiver.example.com is this
+    machine."""
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "silent.example.com":
+            released.wait(30)
+            raise socket.gaierror("no answer")
+        return real("127.0.0.1" if host == "receiver.example.com" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    released.set()
+
+
+def test_a_silent_name_server_of_one_subscription_does_not_stop_the_deliveries_of_others(
+    flows, allow_private, users, settings, one_silent_name_server
+):
+    """The look-ups run on a pool of 4 threads, and one given up on holds its thread until the resolver lets go:
+    a few attempts to one silent host filled the pool, and every other delivery then queued behind them and ended
+    as "could not be resolved" although its own name server answered."""
+    settings.BATON_WEBHOOK_TIMEOUT = 0.5
+    with receiver(200) as hook:
+        # given two subscribers, one whose host's name server is silent, with several attempts there given up on
+        silent = WebhookSubscription.objects.create(
+            owner=users.admin, name="Silent", url="https://silent.example.com/in", events=["instance.started"]
+        )
+        url = hook.url.replace("127.0.0.1", "receiver.example.com")
+        healthy = webhook_subscribe(owner=users.admin, name="Healthy", url=url, events=["instance.started"])
+        for n in range(6):
+            instance_start("webhook_flow", {"parcel": f"P-{n}"})
+        engine.sweep()
+        for pk in WebhookDelivery.objects.filter(subscription=silent).values_list("pk", flat=True):
+            assert delivery_send(pk) == "retrying"
+
+        # when the other subscriber's event is sent
+        delivery = WebhookDelivery.objects.filter(subscription=healthy).order_by("pk").first()
+        outcome = delivery_send(delivery.pk)
+
+        # then it is delivered
+        delivery.refresh_from_db()
+        assert (outcome, delivery.last_error) == ("delivered", "")
+        assert len(hook.requests) == 1
+
+
+def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypatch):
+    # given four hosts whose name servers are silent, each look-up given up on and still holding its thread
+    released, asked = threading.Event(), []
+
+    def getaddrinfo(host, *_args, **_kwargs):
+        asked.append(host)
+        released.wait(30)
+        raise socket.gaierror("no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        for n in range(4):
+            with pytest.raises(ValueError, match=f"silent{n}.example.com could not be resolved within 0.2 s"):
+                webhooks.resolve(f"https://silent{n}.example.com/in", 0.2)
+
+        # when a fifth host is looked up
+        with pytest.raises(ValueError) as refused:
+            webhooks.resolve("https://fifth.example.com/in", 0.2)
+    finally:
+        released.set()
+
+    # then it says why, and its look-up is dropped, never sent to the name server once a thread is free
+    assert str(refused.value) == (
+        "fifth.example.com was not looked up within 0.2 s: every name look-up is waiting for a name server that "
+        "does not answer."
+    )
+    time.sleep(0.3)
+    assert "fifth.example.com" not in asked
 
 
 def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(flows, users, settings):

@@ -282,6 +282,35 @@ def test_make_web_serves_http_with_gunicorn_workers_per_core_unless_told():
     assert told[-1] == "baton_site.wsgi:application"
 
 
+def test_the_makefile_reads_blank_and_padded_values_as_the_settings_do():
+    """The settings take a blank value for the default and strip a padded one (``env_int``, ``env_bool``); the
+    Makefile passed them to gunicorn, daphne and celery as they were: ``BATON_WEB_WORKERS=' '`` (an env file's
+    trailing space) gave ``--workers --worker-class`` and gunicorn's own error, ``BATON_BEHIND_PROXY=' 1'`` a
+    Django behind a proxy and a daphne that ignored the proxy's headers."""
+    # given values the settings accept: blank (the default) or padded
+    blank = {name: " " for name in ("BATON_PORT", "BATON_WEB_WORKERS", "BATON_WEB_TIMEOUT", "BATON_LIVE_PORT")}
+    padded = {"BATON_PORT": " 9001 ", "BATON_WEB_GRACEFUL_TIMEOUT": "45 ", "BATON_WORKER_CONCURRENCY": " 3"}
+
+    # when make reads them
+    web = _make_line(
+        "web", "bin/gunicorn", {**blank, "BATON_WEB_GRACEFUL_TIMEOUT": padded["BATON_WEB_GRACEFUL_TIMEOUT"]}
+    )
+    told = _make_line("web", "bin/gunicorn", {"BATON_PORT": padded["BATON_PORT"]}).split()
+    live = _make_line("web-live", "bin/daphne", {**blank, "BATON_BEHIND_PROXY": " 1 "}).split()
+    worker = _make_line("worker", "bin/celery", padded).split()
+
+    # then each is the default, or the value without its spaces
+    argv = web.split()
+    assert argv[argv.index("--workers") + 1] == str(2 * os.cpu_count() + 1)
+    assert argv[argv.index("--timeout") + 1] == "60"
+    assert argv[argv.index("--graceful-timeout") + 1] == "45"
+    assert argv[argv.index("--bind") + 1] == "127.0.0.1:8000"
+    assert told[told.index("--bind") + 1] == "127.0.0.1:9001"
+    assert live[live.index("-p") + 1] == "8001"
+    assert "--proxy-headers" in live
+    assert worker[worker.index("--concurrency") + 1] == "3"
+
+
 @pytest.mark.parametrize(("behind_proxy", "expected"), [(False, "10.0.0.9"), (True, "203.0.113.7")])
 def test_the_audit_records_the_forwarded_address_only_behind_a_proxy(behind_proxy, expected):
     # given: a client that claims to be 198.51.100.1, behind a proxy at 10.0.0.9 that saw 203.0.113.7
