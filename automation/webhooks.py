@@ -244,6 +244,12 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
 # --- subscriptions ---------------------------------------------------------------------------------------------
 
 
+# A person waits at the subscribe page for its name look-up: at most this long, so that a name server that does not
+# answer is said on the page, well before gunicorn's BATON_WEB_TIMEOUT (60 s by default) ends the request with a 502
+# (BATON_WEBHOOK_TIMEOUT, the attempts' bound, may be as long as 60 s).
+SUBSCRIBE_LOOKUP_SECONDS = 10.0
+
+
 def webhook_subscribe(
     *, owner: Any, name: str, url: str, events: list[str], request_meta: dict[str, Any] | None = None
 ) -> WebhookSubscription:
@@ -258,7 +264,7 @@ def webhook_subscribe(
         errors["url"] = ["An address has at most 500 characters."]
     else:
         try:
-            resolve(url)
+            resolve(url, min(settings.BATON_WEBHOOK_TIMEOUT, SUBSCRIBE_LOOKUP_SECONDS))
         except ValueError as exc:
             errors["url"] = [str(exc)]
     unknown = [e for e in events if e not in WEBHOOK_EVENTS]

@@ -493,6 +493,21 @@ def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypa
     assert "fifth.example.com" not in asked
 
 
+def test_the_subscribe_page_waits_for_a_silent_name_server_less_than_the_web_timeout(
+    users, settings, silent_resolver, monkeypatch
+):
+    """BATON_WEBHOOK_TIMEOUT may be 60 s, gunicorn's own default timeout: the page's look-up waited that long, and the
+    person got a 502 instead of the message."""
+    settings.BATON_WEBHOOK_TIMEOUT = 60.0
+    monkeypatch.setattr(webhooks, "SUBSCRIBE_LOOKUP_SECONDS", 1.0)
+    started = time.monotonic()
+    with pytest.raises(WebhookInvalid) as refused:
+        webhook_subscribe(owner=users.admin, name="Slow", url="https://hooks.example.com/in", events=["task.created"])
+
+    assert time.monotonic() - started < 2.5
+    assert refused.value.errors["url"] == ["hooks.example.com could not be resolved within 1 s."]
+
+
 def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(flows, users, settings):
     # given a subscription made while private addresses were allowed
     settings.BATON_WEBHOOK_ALLOW_PRIVATE = True
