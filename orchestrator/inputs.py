@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 # A comment on a decision may explain; a reason for an operator action is a line or a short paragraph.
@@ -128,3 +129,15 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
         elif isinstance(value, bool) and not isinstance(field, forms.BooleanField):
             form.add_error(name, "Give text or a number, not true or false.")
     return form
+
+
+def form_json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for a form's cleaned data: a model instance as its primary key and a queryset as
+    the list of theirs (what a ``ModelChoiceField`` / ``ModelMultipleChoiceField`` was sent), anything else (a
+    Decimal, a date, a UUID) as its text. Without it a chosen group was stored as the text ``"Group object (3)"``
+    and a multiple choice as ``"<QuerySet [...]>"``: a value no step or decision could use."""
+    if isinstance(value, Model):
+        return value.pk
+    if isinstance(value, QuerySet):
+        return [obj.pk for obj in value]
+    return str(value)

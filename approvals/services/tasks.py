@@ -52,7 +52,7 @@ from orchestrator import live_names, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human
-from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when
+from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when, form_json_default
 from orchestrator.models import InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services.flow import human_step_finish, human_step_stopped
@@ -433,7 +433,7 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
     if not form.is_valid():
         errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
         raise TaskInvalid("The form has errors.", errors)
-    return json.loads(json.dumps(form.cleaned_data, default=str))
+    return json.loads(json.dumps(form.cleaned_data, default=form_json_default))
 
 
 @dataclass

@@ -17,7 +17,7 @@ from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, bound_form, check_text, check_when
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, bound_form, check_text, check_when, form_json_default
 from orchestrator.models import (
     BUSY_STEP_STATES,
     InstanceState,
@@ -58,11 +58,12 @@ class NotAllowed(Exception):
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` as plain JSON the instance row can hold: Decimals and dates (a start form's cleaned values) become
-    strings. Raises InvalidInput naming the place of what PostgreSQL's jsonb cannot store (a NUL, a lone
-    surrogate, NaN or Infinity, nesting past the parser's stack, more than ``BATON_MAX_RESULT_BYTES``): callers
-    other than the API (the ``baton_start`` command, schedules, Python code) reach here unchecked."""
+    strings, a chosen model its key (``inputs.form_json_default``). Raises InvalidInput naming the place of what
+    PostgreSQL's jsonb cannot store (a NUL, a lone surrogate, NaN or Infinity, nesting past the parser's stack,
+    more than ``BATON_MAX_RESULT_BYTES``): callers other than the API (the ``baton_start`` command, schedules,
+    Python code) reach here unchecked."""
     try:
-        return check_result(json.loads(json.dumps(data, default=str)))
+        return check_result(json.loads(json.dumps(data, default=form_json_default)))
     except (TypeError, ValueError, RecursionError) as exc:
         message = "nested too deeply to be stored" if isinstance(exc, RecursionError) else str(exc)
         raise InvalidInput({"input": [message.replace("result", "input", 1)]}) from None

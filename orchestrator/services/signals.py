@@ -53,7 +53,7 @@ from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Human, Signal, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form, unstorable
+from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form, form_json_default, unstorable
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     InstanceState,
@@ -399,7 +399,7 @@ def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
     # big): what the database cannot hold is this payload refused, not a DataError at the insert (a 500 at
     # delivery, a crash of the worker's step or the sweep at consumption).
     try:
-        return check_result(json.loads(json.dumps(cleaned, default=str)))
+        return check_result(json.loads(json.dumps(cleaned, default=form_json_default)))
     except (TypeError, ValueError, RecursionError) as exc:
         message = clean_text(str(exc).replace("result", "the cleaned payload", 1), 300)
         raise SignalInvalid(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django import forms
 from django.contrib.auth.models import Group
 from django.db import DatabaseError, connection, transaction
 
@@ -300,3 +301,24 @@ def test_data_the_database_cannot_store_is_refused_before_anything_is_written(us
 
     assert says in str(refused.value)
     assert not WorkflowInstance.objects.exists()
+
+
+class TeamForm(forms.Form):
+    team = forms.ModelChoiceField(queryset=Group.objects.all())
+    reviewers = forms.ModelMultipleChoiceField(queryset=Group.objects.all(), required=False)
+
+
+def test_a_start_form_s_chosen_models_are_stored_as_their_keys(register_workflow):
+    """A ModelChoiceField's cleaned value is the model: stored through json's default=str it was the text "Group
+    object (3)", and a multiple choice "<QuerySet [...]>", which no step could use."""
+    # given a workflow whose start form chooses groups
+    register_workflow(Workflow("team_flow", 1, [Task("go", lambda ctx: None)], start_form=TeamForm))
+    team, other = Group.objects.create(name="finance"), Group.objects.create(name="audit")
+
+    # when it is started with one group and two reviewers
+    instance = instance_start("team_flow", {"team": team.pk, "reviewers": [team.pk, other.pk]})
+
+    # then the data holds their keys, as sent
+    instance.refresh_from_db()
+    assert instance.data["team"] == team.pk
+    assert sorted(instance.data["reviewers"]) == sorted([team.pk, other.pk])
