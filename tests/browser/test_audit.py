@@ -28,7 +28,7 @@ def png_width(path: Path) -> int:
 
 
 class AuditPagesTests(BrowserTestCase):
-    def test_admin_filters_to_a_demo_instance_downloads_the_csv_and_sees_the_chain_status(self):
+    def test_admin_filters_to_a_demo_instance_downloads_the_csv_and_sees_the_chain_status_screenshots(self):
         # given: the demo data, and one verification already done (the daily run)
         load_demo(log=lambda _line: None)
         order = WorkflowInstance.objects.get(data__order_id="SO-1005")

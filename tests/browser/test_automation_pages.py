@@ -87,7 +87,7 @@ def build() -> dict[str, int]:
 
 
 class AutomationPageTests(BrowserTestCase):
-    def test_the_automation_pages_at_1280_and_375_px(self):
+    def test_the_automation_pages_at_1280_and_375_px_screenshots(self):
         ids = orm(build)
         target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
         target.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ class AutomationPageTests(BrowserTestCase):
             "automation-webhook": f"/automation/webhooks/{ids['hook']}/",
         }
         with self.chromium() as browser:
-            for size, viewport in (("1280", DESKTOP), ("375", SMALL_PHONE)):
+            for size, viewport, suffix in (("1280", DESKTOP, ""), ("375", SMALL_PHONE, "-phone")):
                 page = self.signed_in_page(browser, "admin", viewport)
                 for name, path in pages.items():
                     page.goto(path)
@@ -107,7 +107,7 @@ class AutomationPageTests(BrowserTestCase):
                     assert sideways(page) == 0, f"{path} scrolls sideways at {size} px"
                     width = page.evaluate("document.documentElement.scrollWidth")
                     assert width <= viewport["width"], f"{path} is {width} px wide at {size} px"
-                    page.screenshot(path=str(target / f"{name}-{size}.png"), full_page=True)
+                    page.screenshot(path=str(target / f"{name}{suffix}.png"), full_page=True)
                 page.goto(pages["automation-schedule"])
                 expect(page.get_by_role("heading", name="Next runs")).to_be_visible()
                 expect(page.locator("text=(Europe/Paris)").first).to_be_visible()
