@@ -26,7 +26,7 @@ def _quote(text: str) -> str:
 
 def workflow_dot(workflow: Workflow, states: Mapping[str, str] | None = None) -> str:
     """DOT for the definition; nodes take the colour of their latest run's state when ``states`` (node name ->
-    step state) says. Raises nothing."""
+    step state) says, and a ``step-<state>`` class in the SVG. Raises nothing."""
     states = states or {}
     lines = [
         "digraph workflow {",
@@ -45,7 +45,13 @@ def workflow_dot(workflow: Workflow, states: Mapping[str, str] | None = None) ->
         extra = ', color="#0d6efd", penwidth=2' if isinstance(node, Human) else ""
         if isinstance(node, Parallel):
             style = "rounded,filled,bold"
-        fill = FILL.get(states.get(name, ""), "#ffffff")
+        state = states.get(name, "")
+        fill = FILL.get(state, "#ffffff")
+        # The SVG node carries its state as a class (Graphviz's `class` attribute) so the page can bring the step
+        # that needs looking at into view (static/baton/diagram-zoom.js); only known states, so no text of ours
+        # ends up in a class name.
+        if state in FILL:
+            extra += f', class="step-{state}"'
         lines.append(
             f"  {_quote(name)} [label={_quote(label)}, shape={shape}, style={_quote(style)}, "
             f"fillcolor={_quote(fill)}{extra}];"

@@ -1,6 +1,7 @@
 // Renders every .diagram-zoom[data-dot] with viz.js at a readable size and never shrinks it to fit: Graphviz sizes
 // are points, drawn here at 1.25 px per point (edge labels of 9 pt come out at about 15 px, node labels at 18 px,
-// both above the page's small text). The box scrolls; drag pans it; the zoom buttons go from 100 % to 300 %.
+// both above the page's small text). The box scrolls; drag pans it; the zoom buttons go from 100 % to 300 %. Each
+// drawing opens on the step where the instance is (reveal), not on the start.
 (function () {
   "use strict";
   var vizPromise = null;
@@ -19,6 +20,22 @@
     svg.setAttribute("height", Math.round(h * BASE * zoom) + "px");
   }
 
+  // Where the instance is: the first step that needs a person's eye (dead, then failed), else one at work. A
+  // diagram wider than its box would otherwise open on the start and hide the failed step off to the right.
+  var WHERE = [".step-dead", ".step-failed", ".step-running", ".step-scheduled"];
+
+  function reveal(el) {
+    var pan = el.closest(".diagram-pan");
+    if (!pan) return;
+    var node = null;
+    for (var i = 0; i < WHERE.length && !node; i++) node = el.querySelector("g.node" + WHERE[i]);
+    if (!node) return;
+    var box = node.getBoundingClientRect();
+    var view = pan.getBoundingClientRect();
+    pan.scrollLeft += box.left + box.width / 2 - (view.left + view.width / 2);
+    pan.scrollTop += box.top + box.height / 2 - (view.top + view.height / 2);
+  }
+
   function render(root) {
     var nodes = (root || document).querySelectorAll(".diagram-zoom[data-dot]");
     if (!nodes.length || typeof Viz === "undefined") return;
@@ -31,6 +48,7 @@
           el.replaceChildren(viz.renderSVGElement(dot));
           el.dataset.rendered = dot;
           size(el);
+          reveal(el);
         } catch (err) {
           el.textContent = "The diagram could not be drawn.";
         }

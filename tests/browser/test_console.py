@@ -136,6 +136,16 @@ class ConsoleTests(BrowserTestCase):
                             ".map(t => t.getBoundingClientRect().height))"
                         )
                         assert smallest >= 12, f"{name}: a diagram label is {smallest:.1f} px high"
+                        if name == "instance-failed":
+                            # The diagram opens on the dead payout, wider than the box or not: it is in view.
+                            expect(page.locator(".diagram-zoom g.node.step-dead")).to_have_count(1)
+                            inside = page.evaluate(
+                                "() => { const n = document.querySelector('.diagram-zoom g.node.step-dead')"
+                                ".getBoundingClientRect(); const v = document.querySelector('.diagram-pan')"
+                                ".getBoundingClientRect(); return n.left >= v.left && n.right <= v.right"
+                                " && n.top >= v.top && n.bottom <= v.bottom; }"
+                            )
+                            assert inside, f"{name}{suffix}: the dead step is outside the diagram's view"
                         toolbar = page.get_by_role("toolbar", name="Operator actions")
                         assert toolbar.bounding_box()["y"] < viewport["height"], f"{name}: actions below the fold"
                     page.wait_for_load_state("networkidle")
