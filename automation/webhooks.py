@@ -144,9 +144,13 @@ def _forbidden(address: str) -> bool:
 
 
 # Name look-ups run here so that one can be given up on: getaddrinfo cannot be interrupted, and a resolver that does
-# not answer keeps it for its own timeouts times its attempts (30 s and more). Four at once at most: a look-up given up
-# on still holds its thread until the resolver lets go, and waiting ones are dropped when their caller gives up.
-_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="baton-webhook-dns")
+# not answer keeps it for its own timeouts times its attempts (30 s and more). A look-up given up on still holds its
+# thread until the resolver lets go (one per silent host, below), and waiting ones are dropped when their caller gives
+# up. 32 at most: with 4, four subscribers whose hosts' name servers were silent held every thread and every other
+# subscriber's attempt failed as "not looked up"; the pool starts threads only as look-ups need them, so the bound
+# costs nothing while name servers answer.
+LOOKUP_THREADS = 32
+_LOOKUPS = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="baton-webhook-dns")
 # One look-up per (host, port) at a time, shared by every attempt that needs it, with how many wait on it: each
 # attempt to a host whose name server is silent took a thread of its own, so a few of them filled the pool and every
 # other subscriber's look-up queued behind them, reported as unresolvable. Now a silent host holds one thread.

@@ -436,7 +436,7 @@ def one_silent_name_server(monkeypatch):
 def test_a_silent_name_server_of_one_subscription_does_not_stop_the_deliveries_of_others(
     flows, allow_private, users, settings, one_silent_name_server
 ):
-    """The look-ups run on a pool of 4 threads, and one given up on holds its thread until the resolver lets go:
+    """The look-ups run on a pool of threads, and one given up on holds its thread until the resolver lets go:
     a few attempts to one silent host filled the pool, and every other delivery then queued behind them and ended
     as "could not be resolved" although its own name server answered."""
     settings.BATON_WEBHOOK_TIMEOUT = 0.5
@@ -463,8 +463,37 @@ def test_a_silent_name_server_of_one_subscription_does_not_stop_the_deliveries_o
         assert len(hook.requests) == 1
 
 
-def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypatch):
+def test_four_silent_name_servers_do_not_stop_the_look_up_of_a_fifth_host(monkeypatch, allow_private):
+    """The pool had 4 threads: four subscribers whose hosts' name servers were silent held them all, and every other
+    subscriber's attempt failed as "not looked up" until the resolver let go of them."""
     # given four hosts whose name servers are silent, each look-up given up on and still holding its thread
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host.startswith("silent"):
+            released.wait(30)
+            raise socket.gaierror("no answer")
+        return real("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        for n in range(4):
+            with pytest.raises(ValueError, match="could not be resolved"):
+                webhooks.resolve(f"https://silent{n}.example.com/in", 0.05)
+
+        # when a fifth host, whose name server answers, is looked up
+        host, port, addresses = webhooks.resolve("https://fifth.example.com/in", 2)
+    finally:
+        released.set()
+
+    # then it resolves
+    assert (host, port, addresses) == ("fifth.example.com", 443, ["127.0.0.1"])
+
+
+def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypatch):
+    # given as many hosts whose name servers are silent as the pool has threads, each look-up given up on and still
+    # holding its thread
     released, asked = threading.Event(), []
 
     def getaddrinfo(host, *_args, **_kwargs):
@@ -474,11 +503,11 @@ def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypa
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     try:
-        for n in range(4):
-            with pytest.raises(ValueError, match=f"silent{n}.example.com could not be resolved within 0.2 s"):
-                webhooks.resolve(f"https://silent{n}.example.com/in", 0.2)
+        for n in range(webhooks.LOOKUP_THREADS):
+            with pytest.raises(ValueError, match=f"silent{n}.example.com could not be resolved within 0.05 s"):
+                webhooks.resolve(f"https://silent{n}.example.com/in", 0.05)
 
-        # when a fifth host is looked up
+        # when one more host is looked up
         with pytest.raises(ValueError) as refused:
             webhooks.resolve("https://fifth.example.com/in", 0.2)
     finally:
