@@ -11,6 +11,7 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
 from api.problems import PROBLEM_JSON
+from orchestrator.middleware import QUERY_STRING_MAX
 
 
 class ProblemSerializer(serializers.Serializer):
@@ -29,14 +30,16 @@ class ProblemSerializer(serializers.Serializer):
     )
 
 
-# What any operation may answer besides its own: bad input, no or a bad token, a role or object refused, a
-# state conflict, a body too large or not JSON, an idempotency key reused.
+# What any operation may answer besides its own: bad input, no or a bad token, a role or object refused, a query
+# string too long (orchestrator/middleware.py answers it before any view), a state conflict, a body too large or
+# not JSON, an idempotency key reused.
 COMMON = {
     400: "Invalid input: ``errors`` names each field.",
     401: "Not signed in: send ``Authorization: Bearer <token>`` or a session cookie.",
     403: "Your role may not do this (or a session request without its CSRF token).",
     404: "Not found, or not yours to see.",
     405: "Method not allowed.",
+    414: f"The query string is longer than Baton takes ({QUERY_STRING_MAX} bytes): narrow the filters.",
     503: "The database is unreachable for a moment: retry after Retry-After seconds.",
 }
 WRITES = {

@@ -5,7 +5,7 @@ including its own urls module above the catch-all. The shared authentication, pe
 handler and schema come from the project's REST_FRAMEWORK settings (api/conf.py).
 """
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
@@ -29,6 +29,7 @@ urlpatterns = [
     path("tokens/", pages.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", pages.token_revoke_view, name="token_revoke"),
     # Last: whatever else is asked under /api/ is a problem+json 404 (keep new paths above this line).
-    path("", problems.not_found),
-    path("<path:rest>", problems.not_found, name="not_found"),
+    # Any characters, line breaks too: `<path:...>` is `.+`, which stops at one, and such a path got the site's
+    # HTML 404.
+    re_path(r"^(?P<rest>[\s\S]*)\Z", problems.not_found, name="not_found"),
 ]

@@ -109,6 +109,28 @@ def test_a_decision_on_an_impossible_task_id_is_404(api_as, roles):
     assert response.status_code == 404
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/instances/%0A%C3%AD/skip/",  # a line break in the id: the catch-all's `<path:...>` did not match it
+        "/api/instances/%0A/retry/",
+        "/api/tasks/1%0D%0A/claim/",
+        "/api/%0A",
+        "/api/instances/%C3%AD/skip/",
+    ],
+)
+def test_a_path_under_api_with_a_line_break_or_junk_is_a_problem_404(api_as, roles, path):
+    """A path with a line break matched no route, not even the catch-all (a regex `.` stops at a line break), and
+    got the site's HTML 404 page, the one answer under /api/ that was not problem+json."""
+    # when
+    response = api_as(roles.operator).post(path, {"reason": "x"})
+
+    # then
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "not_found"
+
+
 def test_json_sent_with_odd_but_valid_shapes_still_starts(api_as, roles):
     # given: numbers where the form takes text, unicode, a key order nobody expects
     body = {
