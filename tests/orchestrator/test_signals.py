@@ -770,9 +770,7 @@ def test_an_escalation_retry_on_a_paused_instance_takes_no_kept_signal_until_the
     register_workflow, run_steps, users
 ):
     # given a wait that timed out and escalated, the instance then paused, and a signal kept during the pause
-    register_workflow(flow("signal_paused_escalation", timeout=timedelta(minutes=5), on_timeout=ESCALATE))
-    instance = waiting_instance(run_steps, "signal_paused_escalation")
-    time_out(instance)
+    instance = timed_out_instance(register_workflow, run_steps, "signal_paused_escalation", on_timeout=ESCALATE)
     instance_pause(instance.pk, actor=OPERATOR, reason="hold")
     assert deliver(instance.pk, signal_id="during-pause").outcome == "kept"
 
