@@ -3,7 +3,6 @@
 // both above the page's small text). The box scrolls; drag pans it; the zoom buttons go from 100 % to 300 %.
 (function () {
   "use strict";
-  var vizPromise = null;
   var BASE = 1.25;
   var zoom = 1;
 
@@ -19,24 +18,8 @@
     svg.setAttribute("height", Math.round(h * BASE * zoom) + "px");
   }
 
-  function render(root) {
-    var nodes = (root || document).querySelectorAll(".diagram-zoom[data-dot]");
-    if (!nodes.length || typeof Viz === "undefined") return;
-    vizPromise = vizPromise || Viz.instance();
-    vizPromise.then(function (viz) {
-      nodes.forEach(function (el) {
-        var dot = el.getAttribute("data-dot");
-        if (!dot || el.dataset.rendered === dot) return;
-        try {
-          el.replaceChildren(viz.renderSVGElement(dot));
-          el.dataset.rendered = dot;
-          size(el);
-        } catch (err) {
-          el.textContent = "The diagram could not be drawn.";
-        }
-      });
-    });
-  }
+  // The drawing loop is diagram.js's (loaded first); this file adds the size, the zoom and the pan.
+  function render(root) { window.batonDrawDiagrams(".diagram-zoom[data-dot]", root, size); }
 
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-zoom]");
