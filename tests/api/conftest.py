@@ -11,6 +11,9 @@ from django.test import Client
 
 from api.tokens import token_create
 from demo.data import GROUPS
+from orchestrator.models import InstanceState
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory
 
 
 class ApiClient:
@@ -56,3 +59,18 @@ def api_as(roles: Any) -> Callable[[User | None], ApiClient]:
         return ApiClient(token_create(user, "tests").secret if user is not None else None)
 
     return make
+
+
+@pytest.fixture
+def failed(api_as, roles, run_steps):
+    """An expense by staff, approved by staff2 through the API, whose payout then failed every attempt (the
+    demo's ``fail_payout``): a failed instance for the operator's retry and skip."""
+    instance = instance_start(
+        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.staff
+    )
+    task = instance.tasks.get()
+    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    return instance
