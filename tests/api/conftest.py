@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 
 from api.tokens import token_create
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
 from orchestrator.models import InstanceState
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
@@ -44,10 +44,7 @@ class ApiClient:
 @pytest.fixture
 def roles(users: Any) -> Any:
     """The demo's groups get the demo's permissions (the ``users`` fixture makes bare groups)."""
-    for group in (users.approvers, users.managers, users.operators):
-        group.permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=GROUPS[group.name])
-        )
+    grant_group_permissions()
     return users
 
 

@@ -290,14 +290,10 @@ def login(user) -> Client:
 def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of, users, run_steps):
     """Instance page, task page, task decision, retry and resume: each shows the missing definition, none
     answers 500."""
-    from django.contrib.auth.models import Group, Permission
 
-    from demo.data import GROUPS
+    from demo.data import grant_group_permissions
 
-    for name, codenames in GROUPS.items():
-        Group.objects.get(name=name).permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
-        )
+    grant_group_permissions()
     waiting = orphan_of(ORPHAN_HUMAN)
     task = HumanTask.objects.get(instance=waiting)
     staff, operator = login(users.staff), login(users.operator)
