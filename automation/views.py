@@ -17,6 +17,7 @@ from automation.forms import ScheduleForm, WebhookForm
 from automation.models import WEBHOOK_EVENTS, Schedule, ScheduleSource, WebhookSubscription
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
+from orchestrator.forms import add_field_errors
 
 
 def managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -64,8 +65,7 @@ def schedule_new(request: HttpRequest) -> HttpResponse:
             try:
                 schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
             except schedules.ScheduleInvalid as exc:
-                for field, problems in exc.errors.items():
-                    form.add_error(field if field in form.fields else None, problems)
+                add_field_errors(form, exc.errors)
             else:
                 messages.success(request, f"Schedule {schedule.name} created; it first fires at the time below.")
                 return redirect("automation:schedule_detail", schedule.pk)
@@ -130,8 +130,7 @@ def webhook_new(request: HttpRequest) -> HttpResponse:
                     request_meta=request_meta(request),
                 )
             except webhooks.WebhookInvalid as exc:
-                for field, problems in exc.errors.items():
-                    form.add_error(field if field in form.fields else None, problems)
+                add_field_errors(form, exc.errors)
             else:
                 messages.success(request, f"Subscribed {subscription.name}. Give its receiver the secret below.")
                 return redirect("automation:webhook_detail", subscription.pk)

@@ -23,6 +23,7 @@ from django.urls import reverse
 from console import forms
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
+from orchestrator.forms import add_field_errors
 from orchestrator.services import instances as instance_services
 from orchestrator.typing import AuthedRequest
 
@@ -90,8 +91,7 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
         except instance_services.IdempotencyConflict:
             messages.error(request, "This form was already submitted with other values.")
         except instance_services.InvalidInput as exc:
-            for field, errors in exc.errors.items():
-                form.add_error(field if field in form.fields else None, errors)
+            add_field_errors(form, exc.errors)
         else:
             messages.success(request, f"Started {instance}.")
             if selectors.instance_for_user(request.user, instance.pk) is not None:

@@ -37,11 +37,18 @@ GROUPS = {
 MEMBERS = {"staff": ["approvers"], "staff2": ["approvers"], "manager": ["managers"], "operator": ["operators"]}
 
 
-def ensure_roles() -> dict[str, User]:
-    """Groups with their permissions and the five demo users (password ``demo``)."""
+def grant_group_permissions() -> None:
+    """The demo's groups (created when missing) with exactly their engine permissions (``GROUPS``): approvers
+    start, managers also view, operators also operate and deliver signals. Raises nothing of its own."""
     for group_name, codenames in GROUPS.items():
         group, _ = Group.objects.get_or_create(name=group_name)
         group.permissions.set(Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames))
+
+
+def ensure_roles() -> dict[str, User]:
+    """Groups with their permissions (:func:`grant_group_permissions`) and the five demo users (password
+    ``demo``)."""
+    grant_group_permissions()
     users = {}
     for username, _role in DEMO_USERS:
         user, created = User.objects.get_or_create(

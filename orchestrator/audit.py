@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Required, TypedDict, Unpack
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -175,60 +175,39 @@ def event_hash(event: AuditEvent | _EventRow, key: bytes | None = None) -> str:
     return hmac.digest(secret, _canonical(body).encode(), "sha256").hex()
 
 
-def append(
-    instance: WorkflowInstance,
-    *,
-    now: datetime,
-    actor: Actor,
-    action: AuditAction,
-    subject_type: str,
-    subject_id: int | None,
-    from_state: str = "",
-    to_state: str = "",
-    reason: str = "",
-    payload: dict[str, Any] | None = None,
-    request_meta: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Build the next event of the instance's chain and advance the head held on the instance (unsaved).
+class EventContent(TypedDict, total=False):
+    """What an event says, as :func:`append` and :func:`append_standalone` take it by keyword: its ``action`` about
+    ``subject_type`` ``subject_id`` (required); the subject's ``from_state`` and ``to_state``, a ``reason`` and a JSON
+    ``payload`` (default empty); ``request_meta``, the request's IP, user agent and ``request_id`` (default none)."""
+
+    action: Required[AuditAction]
+    subject_type: Required[str]
+    subject_id: Required[int | None]
+    from_state: str
+    to_state: str
+    reason: str
+    payload: dict[str, Any] | None
+    request_meta: dict[str, Any] | None
+
+
+def append(instance: WorkflowInstance, *, now: datetime, actor: Actor, **content: Unpack[EventContent]) -> AuditEvent:
+    """Build the next event of the instance's chain (``content``: :class:`EventContent`) and advance the head held
+    on the instance (unsaved).
 
     The caller holds the instance's row lock and saves the event and the instance in its transaction.
     """
-    event = _event(
-        chain_name(instance.pk),
-        instance.audit_seq + 1,
-        instance.audit_head,
-        instance.pk,
-        now=now,
-        actor=actor,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        from_state=from_state,
-        to_state=to_state,
-        reason=reason,
-        payload=payload,
-        request_meta=request_meta,
-    )
+    seq, head = instance.audit_seq + 1, instance.audit_head
+    event = _event(chain_name(instance.pk), seq, head, instance.pk, now=now, actor=actor, **content)
     instance.audit_seq = event.seq
     instance.audit_head = event.hash
     return event
 
 
 def append_standalone(
-    chain: str,
-    *,
-    actor: Actor,
-    action: AuditAction,
-    subject_type: str,
-    subject_id: int | None,
-    from_state: str = "",
-    to_state: str = "",
-    reason: str = "",
-    payload: dict[str, Any] | None = None,
-    request_meta: dict[str, Any] | None = None,
-    now: datetime | None = None,
+    chain: str, *, actor: Actor, now: datetime | None = None, **content: Unpack[EventContent]
 ) -> AuditEvent:
-    """Append and save an event to ``chain``, a chain that belongs to no instance (e.g. ``ACCOUNTS_CHAIN``).
+    """Append and save an event (``content``: :class:`EventContent`) to ``chain``, a chain that belongs to no
+    instance (e.g. ``ACCOUNTS_CHAIN``); ``now`` defaults to the current time.
 
     Locks the chain's head row (created on first use) for the rest of the caller's transaction, or of its own
     when called outside one, so concurrent appends queue and the chain stays linear. Returns the saved event.
@@ -236,22 +215,7 @@ def append_standalone(
     with transaction.atomic():
         AuditChain.objects.bulk_create([AuditChain(name=chain)], ignore_conflicts=True)
         head = AuditChain.objects.select_for_update().get(name=chain)
-        event = _event(
-            chain,
-            head.seq + 1,
-            head.head,
-            None,
-            now=now or timezone.now(),
-            actor=actor,
-            action=action,
-            subject_type=subject_type,
-            subject_id=subject_id,
-            from_state=from_state,
-            to_state=to_state,
-            reason=reason,
-            payload=payload,
-            request_meta=request_meta,
-        )
+        event = _event(chain, head.seq + 1, head.head, None, now=now or timezone.now(), actor=actor, **content)
         event.save(force_insert=True)
         head.seq, head.head = event.seq, event.hash
         head.save(update_fields=["seq", "head"])
@@ -266,16 +230,9 @@ def _event(
     *,
     now: datetime,
     actor: Actor,
-    action: AuditAction,
-    subject_type: str,
-    subject_id: int | None,
-    from_state: str,
-    to_state: str,
-    reason: str,
-    payload: dict[str, Any] | None,
-    request_meta: dict[str, Any] | None,
+    **content: Unpack[EventContent],
 ) -> AuditEvent:
-    meta = dict(request_meta or {})
+    meta = dict(content.get("request_meta") or {})
     # The request id has a column of its own (searchable: everything one request did); the rest stays in request_meta.
     request_id = str(meta.pop("request_id", "") or "")[:64]
     event = AuditEvent(
@@ -285,14 +242,14 @@ def _event(
         occurred_at=now,
         actor_id=actor.user_id,
         actor_label=actor.label,
-        action=action,
+        action=content["action"],
         instance_id=instance_id,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        from_state=str(from_state or ""),
-        to_state=str(to_state or ""),
-        reason=reason,
-        payload=payload or {},
+        subject_type=content["subject_type"],
+        subject_id=content["subject_id"],
+        from_state=str(content.get("from_state") or ""),
+        to_state=str(content.get("to_state") or ""),
+        reason=content.get("reason", ""),
+        payload=content.get("payload") or {},
         request_meta=meta,
         request_id=request_id,
     )

@@ -1,9 +1,11 @@
-"""Form fields the pages of every app share: a date and time a person typed, an operator's reason. Every query
+"""Form fields the pages of every app share: a date and time a person typed, an operator's reason; and a service's
+refusal shown on its form. Every query
 parameter and every posted field goes through a form, so bad input (a NUL character, an over-long value, a date
 out of range, a wrong choice) becomes a message on the page instead of a database error."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -47,3 +49,12 @@ def reason_field(label: str, *, required: bool = True) -> forms.CharField:
         help_text=f"Up to {REASON_MAX:,} characters; it goes into the audit trail with your name.",
         error_messages={"required": "Give a reason: it goes into the audit trail."},
     )
+
+
+def add_field_errors(form: forms.Form, errors: Mapping[str, list[str]]) -> None:
+    """Show a service's refusal (``{field name: [message, ...]}``, as ``InvalidInput``, ``ScheduleInvalid`` and
+    ``WebhookInvalid`` carry it) on ``form``: each message under the field of that name, or above the form when the
+    form has no such field (a rule over several fields, a key the form does not ask for). What was typed stays in
+    the form. Raises nothing of its own."""
+    for field, messages in errors.items():
+        form.add_error(field if field in form.fields else None, messages)

@@ -92,39 +92,28 @@ def broker_queue_depths() -> dict[str, int]:
     return {name: sum(lengths[i * per : (i + 1) * per]) for i, name in enumerate(names)}
 
 
+# The roll-up's counters (stats.COUNTERS) as Prometheus counters, one series per workflow: key -> (name, help).
+_COUNTERS = {
+    "started": ("baton_instances_started", "Instances started, per workflow."),
+    "completed": ("baton_instances_completed", "Instances completed, per workflow."),
+    "failed": ("baton_instances_failed", "Instances that failed (each failure counts), per workflow."),
+    "compensated": ("baton_instances_compensated", "Instances whose compensation finished, per workflow."),
+    "cancelled": ("baton_instances_cancelled", "Instances cancelled, per workflow."),
+    "step_retries": (
+        "baton_step_retries",
+        "Step attempts that failed and were scheduled again by their retry policy, per workflow.",
+    ),
+    "operator_retries": ("baton_instance_retries", "Failed instances retried by an operator, per workflow."),
+}
+
+
 class BatonCollector:
     """prometheus-client collector: every family read fresh from the database and Redis at each scrape."""
 
     def collect(self) -> Iterator[Metric]:
         totals = stats.totals_by_workflow()
-        families: dict[str, CounterMetricFamily] = {
-            "started": CounterMetricFamily(
-                "baton_instances_started", "Instances started, per workflow.", labels=["workflow"]
-            ),
-            "completed": CounterMetricFamily(
-                "baton_instances_completed", "Instances completed, per workflow.", labels=["workflow"]
-            ),
-            "failed": CounterMetricFamily(
-                "baton_instances_failed",
-                "Instances that failed (each failure counts), per workflow.",
-                labels=["workflow"],
-            ),
-            "compensated": CounterMetricFamily(
-                "baton_instances_compensated",
-                "Instances whose compensation finished, per workflow.",
-                labels=["workflow"],
-            ),
-            "cancelled": CounterMetricFamily(
-                "baton_instances_cancelled", "Instances cancelled, per workflow.", labels=["workflow"]
-            ),
-            "step_retries": CounterMetricFamily(
-                "baton_step_retries",
-                "Step attempts that failed and were scheduled again by their retry policy, per workflow.",
-                labels=["workflow"],
-            ),
-            "operator_retries": CounterMetricFamily(
-                "baton_instance_retries", "Failed instances retried by an operator, per workflow.", labels=["workflow"]
-            ),
+        families = {
+            key: CounterMetricFamily(name, text, labels=["workflow"]) for key, (name, text) in _COUNTERS.items()
         }
         instance_durations = _histogram(
             "baton_instance_duration_seconds", "From start to completion, per workflow.", ["workflow"]

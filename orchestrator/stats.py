@@ -25,6 +25,10 @@ from orchestrator.rollups import SPAN_ALL, add_histograms, empty_histogram, quan
 # States counted as still going somewhere (the catalog's "running" per version).
 LIVE_STATES = (InstanceState.RUNNING, InstanceState.WAITING, InstanceState.PAUSED, InstanceState.COMPENSATING)
 WINDOWS = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30}
+# The roll-up's counters (WorkflowHourStats' and Health's fields), summed alike wherever hours or workflows add up.
+COUNTERS = ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries")
+# What a roll-up row sums into a Health or a total: the counters, the duration histogram and its sum.
+_SUMMED = (*COUNTERS, "durations", "duration_sum")
 
 
 def state_counts() -> dict[tuple[str, int], dict[str, int]]:
@@ -73,21 +77,10 @@ def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Hea
     """Workflow name -> :class:`Health` over the last ``hours`` hours (one query over workflows x hours rows)."""
     result: dict[str, Health] = defaultdict(Health)
     span, start = window(hours, now)
-    rows = WorkflowHourStats.objects.filter(span=span, hour__gte=start).values(
-        "workflow_name",
-        "started",
-        "completed",
-        "failed",
-        "compensated",
-        "cancelled",
-        "step_retries",
-        "operator_retries",
-        "durations",
-        "duration_sum",
-    )
+    rows = WorkflowHourStats.objects.filter(span=span, hour__gte=start).values("workflow_name", *_SUMMED)
     for row in rows:
         health = result[row["workflow_name"]]
-        for name in ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries"):
+        for name in COUNTERS:
             setattr(health, name, getattr(health, name) + row[name])
         health.durations = add_histograms(health.durations, row["durations"] or [])
         health.duration_sum += row["duration_sum"]
@@ -148,35 +141,12 @@ def totals_by_workflow() -> dict[str, dict[str, Any]]:
     """Workflow name -> its all-time row (for /metrics' counters): the counts, the instance duration histogram and
     its sum, and per step name its histogram and sum. One query over one row per workflow."""
     result: dict[str, dict[str, Any]] = {}
-    for row in WorkflowHourStats.objects.filter(span=SPAN_ALL).values(
-        "workflow_name",
-        "started",
-        "completed",
-        "failed",
-        "compensated",
-        "cancelled",
-        "step_retries",
-        "operator_retries",
-        "durations",
-        "duration_sum",
-        "step_durations",
-    ):
+    for row in WorkflowHourStats.objects.filter(span=SPAN_ALL).values("workflow_name", *_SUMMED, "step_durations"):
         total = result.setdefault(
             row["workflow_name"],
-            {
-                "started": 0,
-                "completed": 0,
-                "failed": 0,
-                "compensated": 0,
-                "cancelled": 0,
-                "step_retries": 0,
-                "operator_retries": 0,
-                "durations": empty_histogram(),
-                "duration_sum": 0.0,
-                "steps": {},
-            },
+            {**dict.fromkeys(COUNTERS, 0), "durations": empty_histogram(), "duration_sum": 0.0, "steps": {}},
         )
-        for name in ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries"):
+        for name in COUNTERS:
             total[name] += row[name]
         total["durations"] = add_histograms(total["durations"], row["durations"] or [])
         total["duration_sum"] += row["duration_sum"]
@@ -385,7 +355,7 @@ def dashboard(hours: int = 24, now: datetime | None = None) -> Dashboard:
     health = health_by_workflow(hours, now)
     totals = Health()
     for item in health.values():
-        for name in ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries"):
+        for name in COUNTERS:
             setattr(totals, name, getattr(totals, name) + getattr(item, name))
         totals.durations = add_histograms(totals.durations, item.durations)
     cursor: dict[str, Any] = dict(

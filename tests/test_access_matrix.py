@@ -35,7 +35,7 @@ from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from channels.testing import WebsocketCommunicator
 from django.contrib import messages
 from django.contrib.auth.models import Permission, User
-from django.db import connections, transaction
+from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
@@ -53,6 +53,7 @@ from orchestrator.services.instances import instance_start
 from orchestrator.services.steps import step_execute
 from tests.conftest import _execute_at
 from tests.factories import PASSWORD, ExpenseInputFactory, GroupFactory, OrderInputFactory, UserFactory
+from tests.sockets import close_loop_connections
 
 MATRIX = Path(__file__).resolve().parent.parent / "docs" / "access-matrix.md"
 ROLES = ("anonymous", "staff", "other team", "initiator", "manager", "operator", "admin", "inactive")
@@ -663,11 +664,7 @@ def _redis_channel_layer() -> None:
 async def _close_after() -> AsyncIterator[None]:
     """Close the layer's Redis connections in this loop and the sync thread's database session."""
     yield
-    layer = channel_layers[DEFAULT_CHANNEL_LAYER]
-    loop_layer = layer._layers.pop(asyncio.get_running_loop(), None)
-    if loop_layer is not None:
-        await loop_layer.flush()
-    await sync_to_async(connections.close_all)()
+    await close_loop_connections()
 
 
 async def socket_cell(world: World, row: Row, role: str) -> str:

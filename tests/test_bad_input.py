@@ -10,7 +10,6 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
@@ -20,7 +19,7 @@ from django.utils import timezone
 from approvals.models import HumanTask, SavedView, TaskState
 from approvals.services.base import TaskInvalid
 from approvals.services.tasks import task_claim, task_decide, task_delegate, task_snooze
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
 from orchestrator.audit import Actor
 from orchestrator.inputs import COMMENT_MAX, REASON_MAX
 from orchestrator.models import InstanceState, WorkflowInstance
@@ -43,10 +42,7 @@ def shown(response) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def roles(users):
-    for name, codenames in GROUPS.items():
-        Group.objects.get(name=name).permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
-        )
+    grant_group_permissions()
     return users
 
 

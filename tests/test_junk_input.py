@@ -13,7 +13,6 @@ import re
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 
 from approvals.models import HumanTask, SavedView
 from approvals.services.tasks import task_claim
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
 from orchestrator.audit import Actor
 from orchestrator.services.instances import instance_pause, instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
@@ -89,10 +88,7 @@ CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
 @pytest.fixture
 def world(users) -> dict[str, Any]:
     """Roles with the demo's permissions, and one object of each kind the routes take as a path parameter."""
-    for name, codenames in GROUPS.items():
-        Group.objects.get(name=name).permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
-        )
+    grant_group_permissions()
     expense = instance_start("expense_approval", ExpenseInputFactory(), initiator=users.manager)
     order = instance_start("order_fulfilment", OrderInputFactory(), initiator=users.staff)
     instance_pause(order.pk, actor=Actor.system("test"), reason="held for the test")

@@ -16,7 +16,7 @@ from orchestrator.dsl import COMPENSATE, Decision, Human, Node, Parallel, Task, 
 from orchestrator.models import ACTIVE_INSTANCE_STATES, StepKind, StepRun, StepState
 from orchestrator.ports import human_tasks
 from orchestrator.services.compensation import compensation_start
-from orchestrator.services.lifecycle import first_line, instance_fail, settle, skip_open_steps
+from orchestrator.services.lifecycle import first_line, instance_fail, settle, skip_open_steps, step_die
 from orchestrator.services.locks import LIVE_STATES, EngineError, definition_of
 from orchestrator.services.results import clean_text
 from orchestrator.services.unit import Unit
@@ -300,17 +300,16 @@ def step_stopped(
     tb = "".join(traceback.format_exception(exc, limit=-6))
     error_type = clean_text(type(exc).__name__, 200)
     error = clean_text(f"{detail}\n\n({cause})\n\n{tb}")
-    step.result = result
-    step.die(error_type, error, unit.now)
-    rows.update(step, ["state", "result", "error", "error_type", "finished_at", "lease_expires_at"])
-    unit.audit(
-        "step",
-        step.pk,
-        StepState.RUNNING,
-        step.state,
-        reason=first_line(error),
+    # Unfenced: a signal wait's step is re-read after its savepoint rolled back (its fence is the succeeded one
+    # it wrote there), and a human step is read by the human side, not through lock_step.
+    step_die(
+        unit,
+        step,
+        error_type,
+        error,
         payload={"error_type": error_type, "permanent": True, **audit_payload},
-        action=AuditAction.STEP_DEAD,
+        result=result,
+        fenced=False,
     )
     unit.instance.data.update(data)
     instance_fail(unit, f"{step.name} failed: {first_line(error)}")

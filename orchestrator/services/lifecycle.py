@@ -1,14 +1,16 @@
-"""The instance's own transitions the other engine modules share: settle, fail, skip its open steps; and the
-one rule for a retried step's attempt budget."""
+"""The instance's own transitions the other engine modules share: settle, fail, skip its open steps; a running
+step's death; and the one rule for a retried step's attempt budget."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Node, Task
 from orchestrator.models import ACTIVE_INSTANCE_STATES, BUSY_STEP_STATES, InstanceState, StepKind, StepRun, StepState
 from orchestrator.ports import human_tasks_or_none
-from orchestrator.services.locks import LIVE_STATES, definition_or_none, definition_unavailable
+from orchestrator.services.locks import LIVE_STATES, definition_or_none, definition_unavailable, step_save
 from orchestrator.services.unit import Unit
 
 
@@ -36,6 +38,52 @@ def instance_fail(
         action=AuditAction.INSTANCE_FAILED,
     )
     return True
+
+
+# What a dead step's row changes (StepRun.die); a death that keeps a result adds "result".
+DEAD_FIELDS = ("state", "error", "error_type", "finished_at", "lease_expires_at")
+
+
+def step_die(
+    unit: Unit,
+    step: StepRun,
+    error_type: str,
+    error: str,
+    *,
+    payload: dict[str, Any],
+    reason: str | None = None,
+    result: dict[str, Any] | None = None,
+    fenced: bool = True,
+) -> None:
+    """The one way a running ``step`` dies: ``StepRun.die`` (``error_type``, at most 200 characters, and ``error``,
+    the whole message, at ``unit.now``), its row written, and a ``step.dead`` event (running -> dead) on the
+    unit's chain with ``payload`` (each caller's own keys: the attempt, a timeout, the kept decision) and
+    ``reason`` (default: the error's first line, :func:`first_line`). ``result``, when given, is the step's
+    result from now on (what its death keeps: a kept decision or signal, ``RESULT_LOST``) and written too.
+
+    ``fenced`` (the default) writes through :func:`~orchestrator.services.locks.step_save`, only if the step is
+    still as :func:`~orchestrator.services.locks.lock_step` read it; ``False`` writes by key alone, for a step
+    whose in-memory read is stale on purpose (re-read after a rolled-back savepoint, or read by the human side
+    without the engine's lock: ``flow.step_stopped``). Sends nothing: what follows a death (fail, compensate,
+    escalate) is the caller's. Raises ``Fenced`` (fenced only), and what the database raises."""
+    step.die(error_type, error, unit.now)
+    fields = list(DEAD_FIELDS)
+    if result is not None:
+        step.result = result
+        fields.append("result")
+    if fenced:
+        step_save(step, fields)
+    else:
+        rows.update(step, fields)
+    unit.audit(
+        "step",
+        step.pk,
+        StepState.RUNNING,
+        step.state,
+        reason=first_line(error) if reason is None else reason,
+        payload=payload,
+        action=AuditAction.STEP_DEAD,
+    )
 
 
 def first_line(text: str) -> str:

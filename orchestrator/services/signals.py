@@ -67,7 +67,7 @@ from orchestrator.ports import human_tasks
 from orchestrator.services import instances, steps, sweep
 from orchestrator.services.compensation import compensation_start
 from orchestrator.services.flow import ENTER, Place, advance, step_stopped
-from orchestrator.services.lifecycle import fail_for_missing_definition, first_line, instance_fail, settle
+from orchestrator.services.lifecycle import fail_for_missing_definition, first_line, instance_fail, settle, step_die
 from orchestrator.services.locks import (
     SWEEPER,
     definition_or_none,
@@ -858,14 +858,11 @@ def _time_out(step_id: int, now: datetime) -> int:
             _continue_after_timeout(unit, workflow, step, node, due)
         else:
             error = f"no signal {node.event!r} by {due}"
-            step.die("SignalTimeout", error, now)
-            step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
-            unit.audit(
-                action=AuditAction.STEP_DEAD,
-                subject_type="step",
-                subject_id=step.pk,
-                from_state=StepState.RUNNING,
-                to_state=step.state,
+            step_die(
+                unit,
+                step,
+                "SignalTimeout",
+                error,
                 reason=error,
                 payload={TIMED_OUT: True, "on_timeout": node.on_timeout},
             )
@@ -886,17 +883,7 @@ def _wait_without_node(unit: Unit, workflow: Workflow, step: StepRun, now: datet
     version, without it): the step dies with a ``DefinitionError`` naming it and the instance fails, for an
     operator to fix the definition (a retry is then refused until a node of that name exists) or cancel."""
     error = f"{workflow.key} has no Signal node {step.name!r} any more, so its wait cannot time out"
-    step.die("DefinitionError", error, now)
-    step_save(step, ["state", "error", "error_type", "finished_at", "lease_expires_at"])
-    unit.audit(
-        action=AuditAction.STEP_DEAD,
-        subject_type="step",
-        subject_id=step.pk,
-        from_state=StepState.RUNNING,
-        to_state=step.state,
-        reason=error,
-        payload={TIMED_OUT: True},
-    )
+    step_die(unit, step, "DefinitionError", error, reason=error, payload={TIMED_OUT: True})
     instance_fail(unit, f"{step.name} failed: {error}")
 
 

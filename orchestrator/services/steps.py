@@ -39,7 +39,7 @@ from orchestrator.services.compensation import (
     saga_begun,
 )
 from orchestrator.services.flow import advance
-from orchestrator.services.lifecycle import first_line, instance_fail, retry_attempts, settle
+from orchestrator.services.lifecycle import first_line, instance_fail, retry_attempts, settle, step_die
 from orchestrator.services.locks import (
     LIVE_STATES,
     WORKER,
@@ -548,21 +548,14 @@ def _step_die(
     ``returned``: its handler returned but the result could not be recorded; a task step keeps ``RESULT_LOST`` in
     its result so that a compensation of the instance undoes it too.
     """
-    step.die(error_type, error, unit.now)
-    fields = ["state", "error", "error_type", "finished_at", "lease_expires_at"]
-    if returned and step.kind == StepKind.TASK:
-        step.result = {RESULT_LOST: True}
-        fields.append("result")
-    step_save(step, fields)
-    unit.audit(
-        "step",
-        step.pk,
-        StepState.RUNNING,
-        step.state,
-        reason=first_line(error),
+    step_die(
+        unit,
+        step,
+        error_type,
+        error,
         payload={"attempt": step.attempt, "error_type": error_type, "permanent": permanent}
         | ({"returned": True} if returned else {}),
-        action=AuditAction.STEP_DEAD,
+        result={RESULT_LOST: True} if returned and step.kind == StepKind.TASK else None,
     )
 
 

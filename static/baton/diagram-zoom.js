@@ -4,7 +4,6 @@
 // drawing opens on the step where the instance is (reveal), not on the start.
 (function () {
   "use strict";
-  var vizPromise = null;
   var BASE = 1.25;
   var zoom = 1;
 
@@ -36,24 +35,9 @@
     pan.scrollTop += box.top + box.height / 2 - (view.top + view.height / 2);
   }
 
+  // The drawing loop is diagram.js's (loaded first); this file adds the size, the zoom, the pan and where it opens.
   function render(root) {
-    var nodes = (root || document).querySelectorAll(".diagram-zoom[data-dot]");
-    if (!nodes.length || typeof Viz === "undefined") return;
-    vizPromise = vizPromise || Viz.instance();
-    vizPromise.then(function (viz) {
-      nodes.forEach(function (el) {
-        var dot = el.getAttribute("data-dot");
-        if (!dot || el.dataset.rendered === dot) return;
-        try {
-          el.replaceChildren(viz.renderSVGElement(dot));
-          el.dataset.rendered = dot;
-          size(el);
-          reveal(el);
-        } catch (err) {
-          el.textContent = "The diagram could not be drawn.";
-        }
-      });
-    });
+    window.batonDrawDiagrams(".diagram-zoom[data-dot]", root, function (el) { size(el); reveal(el); });
   }
 
   document.addEventListener("click", function (event) {

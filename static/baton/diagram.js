@@ -1,4 +1,5 @@
-// Renders every .diagram[data-dot] with viz.js, again after htmx swaps new content in.
+// Renders every .diagram[data-dot] with viz.js, again after htmx swaps new content in. Also the one drawing loop
+// of every diagram kind (window.batonDrawDiagrams): diagram-zoom.js draws the instance page's with it.
 (function () {
   "use strict";
   var vizPromise = null;
@@ -12,8 +13,10 @@
     svg.setAttribute("height", Math.round(h * scale) + "px");
   }
 
-  function render(root) {
-    var nodes = (root || document).querySelectorAll(".diagram[data-dot]");
+  // Draw each element matching `selector` (a [data-dot] holding Graphviz DOT) under `root` whose DOT changed since
+  // it was last drawn, then `sized(el, svg)`; a DOT viz.js cannot draw leaves a message in its place.
+  function draw(selector, root, sized) {
+    var nodes = (root || document).querySelectorAll(selector);
     if (!nodes.length || typeof Viz === "undefined") return;
     vizPromise = vizPromise || Viz.instance();
     vizPromise.then(function (viz) {
@@ -23,7 +26,7 @@
         try {
           var svg = viz.renderSVGElement(dot);
           el.replaceChildren(svg);
-          fit(el, svg);
+          sized(el, svg);
           el.dataset.rendered = dot;
         } catch (err) {
           el.textContent = "The diagram could not be drawn.";
@@ -31,7 +34,10 @@
       });
     });
   }
+
+  function render(root) { draw(".diagram[data-dot]", root, fit); }
   document.addEventListener("DOMContentLoaded", function () { render(document); });
   document.body && document.body.addEventListener("htmx:afterSwap", function (evt) { render(evt.target); });
   window.batonRenderDiagrams = render;
+  window.batonDrawDiagrams = draw;
 })();

@@ -6,11 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 
 from api.tokens import token_create
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
+from orchestrator.models import InstanceState
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory
 
 
 class ApiClient:
@@ -41,10 +44,7 @@ class ApiClient:
 @pytest.fixture
 def roles(users: Any) -> Any:
     """The demo's groups get the demo's permissions (the ``users`` fixture makes bare groups)."""
-    for group in (users.approvers, users.managers, users.operators):
-        group.permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=GROUPS[group.name])
-        )
+    grant_group_permissions()
     return users
 
 
@@ -56,3 +56,18 @@ def api_as(roles: Any) -> Callable[[User | None], ApiClient]:
         return ApiClient(token_create(user, "tests").secret if user is not None else None)
 
     return make
+
+
+@pytest.fixture
+def failed(api_as, roles, run_steps):
+    """An expense by staff, approved by staff2 through the API, whose payout then failed every attempt (the
+    demo's ``fail_payout``): a failed instance for the operator's retry and skip."""
+    instance = instance_start(
+        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.staff
+    )
+    task = instance.tasks.get()
+    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    return instance

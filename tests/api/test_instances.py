@@ -451,16 +451,9 @@ def test_a_role_without_operate_gets_403_on_what_it_sees_and_404_on_what_it_does
     assert (own.status_code, foreign.status_code, manager.status_code) == (403, 404, 403)
 
 
-def test_a_failed_instance_is_retried_and_completes(api_as, roles, run_steps):
+def test_a_failed_instance_is_retried_and_completes(api_as, roles, run_steps, failed):
     # given: approved through the API, then payroll refuses the payout three times (every attempt it has)
-    instance = instance_start(
-        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.staff
-    )
-    task = instance.tasks.get()
-    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
-    run_steps(instance, advance=True)
-    instance.refresh_from_db()
-    assert instance.state == InstanceState.FAILED
+    instance = failed
 
     # when
     response = api_as(roles.operator).post(f"/api/instances/{instance.pk}/retry/", {"reason": "payroll is back"})

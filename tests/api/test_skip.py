@@ -12,20 +12,6 @@ from tests.factories import ExpenseInputFactory, UserFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def failed(api_as, roles, run_steps):
-    """An expense by staff, approved by staff2, whose payout then failed every attempt."""
-    instance = instance_start(
-        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.staff
-    )
-    task = instance.tasks.get()
-    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
-    run_steps(instance, advance=True)
-    instance.refresh_from_db()
-    assert instance.state == InstanceState.FAILED
-    return instance
-
-
 def skip_path(instance: WorkflowInstance) -> str:
     return f"/api/instances/{instance.pk}/skip/"
 

@@ -260,3 +260,27 @@ def test_the_webhook_page_shows_each_attempts_status(admin_client, users):
     assert "will retry" in page
     assert "HTTP 500" in page
     assert "HTTP 503" in page
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_schedule_page_offers_the_toggle_that_flips_it(admin_client, enabled):
+    schedule = make_schedule(enabled=enabled)
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert f'action="/automation/schedules/{schedule.pk}/toggle/"' in page
+    assert f'name="enabled" value="{0 if enabled else 1}"' in page
+    assert ("</i> Pause</button>" if enabled else "</i> Resume</button>") in page
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_a_webhook_page_offers_the_toggle_that_flips_it(admin_client, users, active):
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Shop", url="https://93.184.215.14/", events=["task.created"], secret="s", active=active
+    )
+
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
+
+    assert f'action="/automation/webhooks/{subscription.pk}/toggle/"' in page
+    assert f'name="active" value="{0 if active else 1}"' in page
+    assert ("</i> Pause</button>" if active else "</i> Resume and send what waited</button>") in page

@@ -51,6 +51,15 @@ def allow_private(settings):
     settings.BATON_WEBHOOK_ALLOW_PRIVATE = True
 
 
+def queued_delivery(owner, url: str, *, name: str, parcel: str) -> WebhookDelivery:
+    """Given ``owner``'s subscription ``name`` to ``instance.started`` at ``url``, when an instance (``parcel``)
+    starts and the sweep hands its event on: the one delivery queued for it, not attempted yet."""
+    webhook_subscribe(owner=owner, name=name, url=url, events=["instance.started"])
+    instance_start("webhook_flow", {"parcel": parcel})
+    engine.sweep()
+    return WebhookDelivery.objects.get()
+
+
 def send_due() -> list[str]:
     """What the worker does with the sweep's messages: one attempt of every due delivery."""
     engine.sweep()
@@ -166,10 +175,7 @@ def test_events_nobody_subscribed_to_leave_nothing_behind(flows):
 
 def test_a_failing_receiver_gets_retries_with_growing_delays_then_the_delivery_fails(flows, allow_private, users):
     with receiver(500) as hook:
-        webhook_subscribe(owner=users.admin, name="Down", url=hook.url, events=["instance.started"])
-        instance_start("webhook_flow", {"parcel": "P-3"})
-        engine.sweep()
-        delivery = WebhookDelivery.objects.get()
+        delivery = queued_delivery(users.admin, hook.url, name="Down", parcel="P-3")
 
         # when every attempt is made at its due time
         delays = []
@@ -230,10 +236,7 @@ def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_off_at_the_timeout(flow
     for as long as it liked, past the delivery's lease, when the sweep sent the event again alongside."""
     settings.BATON_WEBHOOK_TIMEOUT = 1.0
     with trickler(head=b"HTTP/1.1 200 OK\r\n", tail=b"X-Slow: " + b"z" * 60 + b"\r\n\r\n", every=0.5) as url:
-        webhook_subscribe(owner=users.admin, name="Slow", url=url, events=["instance.started"])
-        instance_start("webhook_flow", {"parcel": "P-9"})
-        engine.sweep()
-        delivery = WebhookDelivery.objects.get()
+        delivery = queued_delivery(users.admin, url, name="Slow", parcel="P-9")
 
         started = time.monotonic()
         outcome = delivery_send(delivery.pk)
@@ -249,10 +252,7 @@ def test_an_answer_whose_body_never_ends_is_taken_at_its_status(flows, allow_pri
     settings.BATON_WEBHOOK_TIMEOUT = 1.0
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
     with trickler(head=head, tail=b"z" * 1000, every=0.2) as url:
-        webhook_subscribe(owner=users.admin, name="Chatty", url=url, events=["instance.started"])
-        instance_start("webhook_flow", {"parcel": "P-10"})
-        engine.sweep()
-        delivery = WebhookDelivery.objects.get()
+        delivery = queued_delivery(users.admin, url, name="Chatty", parcel="P-10")
 
         started = time.monotonic()
         outcome = delivery_send(delivery.pk)
@@ -270,10 +270,7 @@ def test_a_garbled_answer_is_recorded_as_a_failed_attempt(flows, allow_private, 
     """The error text quotes the receiver's bytes: a NUL among them made PostgreSQL refuse the record, and the
     delivery went round its lease forever without counting an attempt."""
     with trickler(head=answer, tail=b"", every=0) as url:
-        webhook_subscribe(owner=users.admin, name="Garbled", url=url, events=["instance.started"])
-        instance_start("webhook_flow", {"parcel": "P-12"})
-        engine.sweep()
-        delivery = WebhookDelivery.objects.get()
+        delivery = queued_delivery(users.admin, url, name="Garbled", parcel="P-12")
 
         outcome = delivery_send(delivery.pk)
 

@@ -7,12 +7,11 @@ import os
 import re
 from pathlib import Path
 
-from django.contrib.auth.models import Group, Permission
 from playwright.sync_api import Page, expect
 
 from approvals.models import HumanTask, TaskState
 from approvals.services.tasks import task_claim, task_delegate
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
 from orchestrator.services.instances import instance_start
 from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, orm
 from tests.browser.test_inbox import EXPENSE, start_expense
@@ -40,12 +39,6 @@ def claim_with_live_events_lost(task_id: int, user) -> None:
             task_claim(task_id, user)
     finally:
         channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
-
-
-def grant_demo_permissions() -> None:
-    for name, codenames in GROUPS.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames))
 
 
 def screenshot(page: Page, test_dir: Path, name: str) -> None:
@@ -132,7 +125,7 @@ class TaskPageTests(BrowserTestCase):
         """Labels above Bootstrap controls; a bad amount comes back with its message under the field and
         everything typed kept."""
         # given
-        orm(grant_demo_permissions)
+        orm(grant_group_permissions)
 
         with self.chromium() as browser:
             page = self.signed_in_page(browser, "staff")
@@ -214,7 +207,7 @@ class OperatorPageTests(BrowserTestCase):
         """The operator's pause form comes back with the range and the reason as typed; the list with a NUL
         search answers with a message."""
         # given
-        orm(grant_demo_permissions)
+        orm(grant_group_permissions)
         instance, _task = start_expense(self.users.manager)
 
         with self.chromium() as browser:

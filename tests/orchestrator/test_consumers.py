@@ -9,7 +9,6 @@ broadcast that never happened.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from channels.testing import WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
-from django.db import connections, transaction
+from django.db import transaction
 from django.test import Client
 
 from approvals.models import HumanTask, TaskState
@@ -32,6 +31,7 @@ from orchestrator.audit import Actor
 from orchestrator.consumers import CLOSE_UNAUTHENTICATED
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_cancel, instance_start
+from tests.sockets import close_loop_connections
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -56,17 +56,9 @@ def _redis_channel_layer() -> None:
 
 @pytest_asyncio.fixture(autouse=True)
 async def _close_sync_thread_connections() -> AsyncIterator[None]:
-    """The sync thread keeps its PostgreSQL session (CONN_MAX_AGE); close it so the test database can be dropped.
-
-    The Redis layer's connections and its receiving task belong to this test's event loop: close them in it, or
-    the task outlives the loop.
-    """
+    """Close this loop's channel layer connections and the sync thread's session (tests/sockets.py says why)."""
     yield
-    layer = channel_layers[DEFAULT_CHANNEL_LAYER]
-    loop_layer = layer._layers.pop(asyncio.get_running_loop(), None)
-    if loop_layer is not None:
-        await loop_layer.flush()
-    await sync_to_async(connections.close_all)()
+    await close_loop_connections()
 
 
 def _session_cookie(user: User) -> bytes:

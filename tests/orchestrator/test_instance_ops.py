@@ -12,7 +12,7 @@ from approvals.services.base import APPROVE, RESOLVED, TaskConflict
 from approvals.services.deadlines import tasks_sweep
 from approvals.services.tasks import task_decide
 from orchestrator.audit import Actor
-from orchestrator.dsl import Escalate, Human, Retry, StepContext, Task, Workflow
+from orchestrator.dsl import Escalate, Human, Retry, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepState
 from orchestrator.services.instances import (
     NotAllowed,
@@ -24,22 +24,11 @@ from orchestrator.services.instances import (
 )
 from orchestrator.services.steps import Outcome, step_claim, step_execute, step_record
 from tests.factories import OrderInputFactory
+from tests.orchestrator.flaky_steps import flaky, noop, outage
 
 pytestmark = pytest.mark.django_db
 
 OPERATOR = Actor("user:operator")
-
-outage = {"on": False}
-
-
-def flaky(ctx: StepContext) -> dict:
-    if outage["on"]:
-        raise ConnectionError("upstream is down")
-    return {"synced": True}
-
-
-def noop(ctx: StepContext) -> None:
-    return None
 
 
 @pytest.fixture

@@ -212,3 +212,12 @@ class TestHealth:
         assert broker["ok"] is False
         assert broker["detail"].startswith("unreachable (")
         assert "127.0.0.1" not in response.content.decode()
+
+
+def test_every_roll_up_counter_is_exported_once_under_its_own_name():
+    # given the roll-up's counters and the collector's table of them
+    from orchestrator import metrics, stats
+
+    # then each counter has one Prometheus name, and no two share one
+    assert tuple(metrics._COUNTERS) == stats.COUNTERS
+    assert len({name for name, _ in metrics._COUNTERS.values()}) == len(stats.COUNTERS)

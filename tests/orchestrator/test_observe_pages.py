@@ -4,9 +4,8 @@ say, junk in their parameters, and a constant number of queries whatever the num
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
 from orchestrator import rollups, stats
 from orchestrator.dsl import Human, Task, Workflow
 from orchestrator.models import InstanceStateCount, WorkflowHourStats
@@ -19,10 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def users(users):
     """The demo's permissions on the roles' groups (operators operate, managers view)."""
-    for name, codenames in GROUPS.items():
-        Group.objects.get(name=name).permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
-        )
+    grant_group_permissions()
     return users
 
 

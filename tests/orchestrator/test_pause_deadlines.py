@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskState
 from orchestrator.audit import Actor
-from orchestrator.dsl import Escalate, Human, Reassign, Remind, Retry, StepContext, Task, Timer, Workflow
+from orchestrator.dsl import Escalate, Human, Reassign, Remind, Retry, Task, Timer, Workflow
 from orchestrator.models import (
     BUSY_STEP_STATES,
     AuditEvent,
@@ -32,22 +32,11 @@ from orchestrator.services.instances import NotAllowed, instance_pause, instance
 from orchestrator.services.locks import SWEEPER
 from orchestrator.services.steps import Outcome, step_claim, step_record
 from orchestrator.services.sweep import sweep
+from tests.orchestrator.flaky_steps import flaky, noop, outage
 
 pytestmark = pytest.mark.django_db
 
 OPERATOR = Actor("user:operator")
-
-outage = {"on": False}
-
-
-def noop(ctx: StepContext) -> None:
-    return None
-
-
-def flaky(ctx: StepContext) -> dict:
-    if outage["on"]:
-        raise ConnectionError("upstream is down")
-    return {"synced": True}
 
 
 def pause(instance) -> datetime:

@@ -8,7 +8,6 @@ request's commit) and from a real worker process's commit.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -16,7 +15,6 @@ import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from channels_redis.core import RedisChannelLayer
-from django.db import connections
 
 from approvals.models import HumanTask, TaskState
 from approvals.services.base import APPROVE
@@ -24,6 +22,7 @@ from approvals.services.tasks import task_decide
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.orchestrator.test_consumers import EVENT_TIMEOUT, EXPENSE, QUIET, connected, receive_until
+from tests.sockets import close_loop_connections
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,11 +50,7 @@ def standard_layer(settings) -> Iterator[None]:
 async def closed_after() -> AsyncIterator[None]:
     """Close this loop's Redis connections of the layer and the sync thread's database session after a test."""
     yield
-    layer = channel_layers[DEFAULT_CHANNEL_LAYER]
-    loop_layer = layer._layers.pop(asyncio.get_running_loop(), None)
-    if loop_layer is not None:
-        await loop_layer.flush()
-    await sync_to_async(connections.close_all)()
+    await close_loop_connections()
 
 
 def start_expense(initiator, **changes) -> WorkflowInstance:

@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.urls import reverse
 
 from approvals.models import HumanTask, TaskKind, TaskState
 from approvals.services.base import FAIL, RESOLVED, RETRY, SKIP, TaskError
 from approvals.services.tasks import task_decide
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
 from orchestrator.audit import Actor, verify_chain
 from orchestrator.dsl import COMPENSATE, ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
 from orchestrator.models import BUSY_STEP_STATES, AuditEvent, InstanceState, StepKind, StepState
@@ -259,10 +258,7 @@ def test_retry_mid_compensation_is_refused_with_a_reason_the_page_shows(
     POINTS[point][0](instance, run_steps, users)
     instance.refresh_from_db()
     before = instance.state
-    for name, codenames in GROUPS.items():
-        Group.objects.get(name=name).permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
-        )
+    grant_group_permissions()
     client.force_login(users.operator)
 
     # when

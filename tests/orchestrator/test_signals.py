@@ -310,6 +310,15 @@ def time_out(instance) -> engine.SweepReport:
     return engine.sweep(now=wait.due_at + timedelta(seconds=1))
 
 
+def timed_out_instance(register_workflow, run_steps, name: str, **signal: object):
+    """Given an instance of ``flow(name)`` waiting five minutes (with ``signal`` options), when the sweep runs past
+    the wait's timeout: the instance, as the timeout left it (not refreshed)."""
+    register_workflow(flow(name, timeout=timedelta(minutes=5), **signal))
+    instance = waiting_instance(run_steps, name)
+    time_out(instance)
+    return instance
+
+
 def test_a_timeout_fails_the_instance_and_a_retry_waits_again(register_workflow, run_steps):
     # given a wait of one hour that fails on timeout
     register_workflow(flow("signal_fail", timeout=timedelta(hours=1)))
@@ -340,10 +349,8 @@ def test_a_timeout_fails_the_instance_and_a_retry_waits_again(register_workflow,
 
 
 def test_a_timeout_that_continues_records_it_in_the_data(register_workflow, run_steps):
-    register_workflow(flow("signal_continue", timeout=timedelta(minutes=5), on_timeout=CONTINUE))
-    instance = waiting_instance(run_steps, "signal_continue")
+    instance = timed_out_instance(register_workflow, run_steps, "signal_continue", on_timeout=CONTINUE)
 
-    time_out(instance)
     run_steps(instance, advance=True)  # the sweep ran at the timeout, ahead of this clock
 
     instance.refresh_from_db()
@@ -352,10 +359,8 @@ def test_a_timeout_that_continues_records_it_in_the_data(register_workflow, run_
 
 
 def test_a_timeout_that_compensates_undoes_the_earlier_steps(register_workflow, run_steps):
-    register_workflow(flow("signal_compensate", timeout=timedelta(minutes=5), on_timeout=COMPENSATE))
-    instance = waiting_instance(run_steps, "signal_compensate")
+    instance = timed_out_instance(register_workflow, run_steps, "signal_compensate", on_timeout=COMPENSATE)
 
-    time_out(instance)
     run_steps(instance, advance=True)  # the sweep ran at the timeout, ahead of this clock
 
     instance.refresh_from_db()
@@ -365,10 +370,7 @@ def test_a_timeout_that_compensates_undoes_the_earlier_steps(register_workflow, 
 
 
 def test_a_timeout_that_escalates_asks_an_operator_whose_retry_waits_again(register_workflow, run_steps, users):
-    register_workflow(flow("signal_escalate", timeout=timedelta(minutes=5), on_timeout=ESCALATE))
-    instance = waiting_instance(run_steps, "signal_escalate")
-
-    time_out(instance)
+    instance = timed_out_instance(register_workflow, run_steps, "signal_escalate", on_timeout=ESCALATE)
 
     escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
     task_decide(escalation.pk, users.operator, "retry", comment="asked the bank")
@@ -381,9 +383,7 @@ def test_a_timeout_that_escalates_asks_an_operator_whose_retry_waits_again(regis
 
 
 def test_a_signal_after_the_timeout_cannot_revive_the_failed_wait_but_is_kept_for_a_retry(register_workflow, run_steps):
-    register_workflow(flow("signal_late", timeout=timedelta(minutes=5)))
-    instance = waiting_instance(run_steps, "signal_late")
-    time_out(instance)
+    instance = timed_out_instance(register_workflow, run_steps, "signal_late")
 
     late = deliver(instance.pk)
     instance_retry(instance.pk, actor=OPERATOR, reason="the payment came after all")
@@ -770,9 +770,7 @@ def test_an_escalation_retry_on_a_paused_instance_takes_no_kept_signal_until_the
     register_workflow, run_steps, users
 ):
     # given a wait that timed out and escalated, the instance then paused, and a signal kept during the pause
-    register_workflow(flow("signal_paused_escalation", timeout=timedelta(minutes=5), on_timeout=ESCALATE))
-    instance = waiting_instance(run_steps, "signal_paused_escalation")
-    time_out(instance)
+    instance = timed_out_instance(register_workflow, run_steps, "signal_paused_escalation", on_timeout=ESCALATE)
     instance_pause(instance.pk, actor=OPERATOR, reason="hold")
     assert deliver(instance.pk, signal_id="during-pause").outcome == "kept"
 

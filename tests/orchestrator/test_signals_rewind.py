@@ -15,7 +15,7 @@ from approvals.models import HumanTask, Notification, TaskKind
 from approvals.services.tasks import task_decide
 from orchestrator import audit, registry
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import ESCALATE, Decision, Human, Parallel, Signal, Task, Timer, Workflow
+from orchestrator.dsl import ESCALATE, Decision, Human, Node, Parallel, Signal, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepState, WorkflowInstance
 from orchestrator.realtime import send_all_now
 from orchestrator.services import instances, signals, sweep
@@ -33,6 +33,11 @@ def assert_trail_verifies(instance: WorkflowInstance) -> None:
     report = audit.verify_trail(chain=audit.chain_name(instance.pk))
     assert report.breaks == [], report.breaks
     assert report.events == AuditEvent.objects.filter(instance=instance).count()
+
+
+def reserve_then(name: str, *nodes: Node) -> Workflow:
+    """Version 1 of workflow ``name``: a "reserve" task, then ``nodes`` (the waits and what follows them)."""
+    return Workflow(name=name, version=1, steps=[Task("reserve", reserve), *nodes])
 
 
 def test_what_the_unit_held_before_the_consumption_survives_its_rewind(register_workflow, run_steps):
@@ -113,14 +118,10 @@ def mutating_route(data: dict) -> None:
 def test_nested_data_a_raising_flow_changed_in_place_is_restored_deeply(register_workflow, run_steps):
     # given a waiting instance with nested data, whose decision after the wait mutates it in place and raises
     register_workflow(
-        Workflow(
-            name="rewind_mutating",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
-                Decision("route", mutating_route),
-            ],
+        reserve_then(
+            "rewind_mutating",
+            Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+            Decision("route", mutating_route),
         )
     )
     instance = waiting_instance(run_steps, "rewind_mutating", nested={"list": [1]})
@@ -145,14 +146,10 @@ def test_a_database_error_inside_the_consumption_is_not_recorded_as_the_workflow
         raise error
 
     register_workflow(
-        Workflow(
-            name="rewind_db_error",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
-                Decision("route", route),
-            ],
+        reserve_then(
+            "rewind_db_error",
+            Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+            Decision("route", route),
         )
     )
     instance = waiting_instance(run_steps, "rewind_db_error")
@@ -174,15 +171,11 @@ def test_a_database_error_inside_the_consumption_is_not_recorded_as_the_workflow
 
 def two_waits_flow(name: str) -> Workflow:
     """reserve -> wait "a" -> wait "b" -> a decision reading data["route"]."""
-    return Workflow(
-        name=name,
-        version=1,
-        steps=[
-            Task("reserve", reserve),
-            Signal("wait_a", event="a"),
-            Signal("wait_b", event="b"),
-            Decision("route", lambda data: data["route"] and None),
-        ],
+    return reserve_then(
+        name,
+        Signal("wait_a", event="a"),
+        Signal("wait_b", event="b"),
+        Decision("route", lambda data: data["route"] and None),
     )
 
 
@@ -217,20 +210,16 @@ def test_an_outer_raise_after_an_inner_wait_took_a_kept_signal_gives_that_signal
     # given an instance waiting for "a" before a parallel whose first branch waits for "b" (one is kept) and whose
     # second branch's timer raises without data["route"]
     register_workflow(
-        Workflow(
-            name="rewind_parallel_waits",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal("wait_a", event="a"),
-                Parallel(
-                    "fan",
-                    branches=[
-                        [Signal("wait_b", event="b")],
-                        [Timer("later", until=lambda data: timezone.now() - timedelta(seconds=data["route"]))],
-                    ],
-                ),
-            ],
+        reserve_then(
+            "rewind_parallel_waits",
+            Signal("wait_a", event="a"),
+            Parallel(
+                "fan",
+                branches=[
+                    [Signal("wait_b", event="b")],
+                    [Timer("later", until=lambda data: timezone.now() - timedelta(seconds=data["route"]))],
+                ],
+            ),
         )
     )
     instance = waiting_instance(run_steps, "rewind_parallel_waits")
@@ -262,14 +251,10 @@ def test_an_outer_raise_after_an_inner_wait_took_a_kept_signal_gives_that_signal
 def test_two_kept_signals_the_first_failing_leaves_the_second_kept(register_workflow, run_steps):
     # given a paused waiting instance holding two kept signals: the first lacks what the decision reads
     register_workflow(
-        Workflow(
-            name="rewind_two_kept",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal("wait", event="e"),
-                Decision("route", lambda data: data["route"] and None),
-            ],
+        reserve_then(
+            "rewind_two_kept",
+            Signal("wait", event="e"),
+            Decision("route", lambda data: data["route"] and None),
         )
     )
     instance = waiting_instance(run_steps, "rewind_two_kept")
@@ -302,14 +287,10 @@ def test_many_kept_signals_for_a_looping_wait_are_handed_on_without_exhausting_t
     # given a paused instance at a wait that loops back to itself, holding more kept signals than Python's
     # recursion allows nested consumptions
     register_workflow(
-        Workflow(
-            name="rewind_loop",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal("wait", event="e"),
-                Decision("again", lambda data: "wait"),
-            ],
+        reserve_then(
+            "rewind_loop",
+            Signal("wait", event="e"),
+            Decision("again", lambda data: "wait"),
         )
     )
     instance = waiting_instance(run_steps, "rewind_loop")
@@ -335,14 +316,10 @@ def test_waits_a_consumption_enters_in_parallel_take_kept_signals_oldest_first_i
 ):
     # given an instance waiting for "a" before a parallel of two waits for "e", with two "e" signals kept
     register_workflow(
-        Workflow(
-            name="rewind_parallel_two",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal("wait_a", event="a"),
-                Parallel("fan", branches=[[Signal("first", event="e")], [Signal("second", event="e")]]),
-            ],
+        reserve_then(
+            "rewind_parallel_two",
+            Signal("wait_a", event="a"),
+            Parallel("fan", branches=[[Signal("first", event="e")], [Signal("second", event="e")]]),
         )
     )
     instance = waiting_instance(run_steps, "rewind_parallel_two")
@@ -368,20 +345,16 @@ def test_a_task_opened_before_the_flow_raised_leaves_no_task_inbox_note_or_notif
     # given an instance waiting before a parallel whose first branch opens a task for the approvers and whose
     # second branch's timer raises without data["route"]
     register_workflow(
-        Workflow(
-            name="rewind_task_opened",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
-                Parallel(
-                    "fan",
-                    branches=[
-                        [Human("approve", candidate_groups=["approvers"])],
-                        [Timer("later", until=lambda data: timezone.now() - timedelta(seconds=data["route"]))],
-                    ],
-                ),
-            ],
+        reserve_then(
+            "rewind_task_opened",
+            Signal("wait_payment", event="payment.confirmed", form=PaymentForm),
+            Parallel(
+                "fan",
+                branches=[
+                    [Human("approve", candidate_groups=["approvers"])],
+                    [Timer("later", until=lambda data: timezone.now() - timedelta(seconds=data["route"]))],
+                ],
+            ),
         )
     )
     instance = waiting_instance(run_steps, "rewind_task_opened")
@@ -407,20 +380,16 @@ def test_an_escalation_retry_taking_a_kept_signal_whose_flow_raises_fails_the_in
 ):
     # given a wait that timed out and escalated, whose decision afterwards raises, and a signal kept meanwhile
     register_workflow(
-        Workflow(
-            name="rewind_escalated",
-            version=1,
-            steps=[
-                Task("reserve", reserve),
-                Signal(
-                    "wait_payment",
-                    event="payment.confirmed",
-                    form=PaymentForm,
-                    timeout=timedelta(minutes=5),
-                    on_timeout=ESCALATE,
-                ),
-                Decision("route", lambda data: data["route"] and None),
-            ],
+        reserve_then(
+            "rewind_escalated",
+            Signal(
+                "wait_payment",
+                event="payment.confirmed",
+                form=PaymentForm,
+                timeout=timedelta(minutes=5),
+                on_timeout=ESCALATE,
+            ),
+            Decision("route", lambda data: data["route"] and None),
         )
     )
     instance = waiting_instance(run_steps, "rewind_escalated")

@@ -8,6 +8,8 @@ available", visible and audited, and everything else due in the same pass still 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -60,6 +62,16 @@ def orphan_of(register_workflow):
         return instance
 
     return make
+
+
+@contextmanager
+def deployed_again(definition: Workflow) -> Iterator[None]:
+    """``definition`` registered again for the block (its module deployed back), unregistered after it."""
+    registry.register(definition)
+    try:
+        yield
+    finally:
+        registry.unregister(definition.name, definition.version)
 
 
 def claim_first_step(instance: WorkflowInstance) -> None:
@@ -170,12 +182,9 @@ def test_an_orphans_pause_end_fails_it_with_the_reason_and_a_retry_goes_on_later
     assert [(e.from_state, e.reason) for e in failed] == [(InstanceState.PAUSED, REASON)]
 
     # when: deployed again
-    registry.register(ORPHAN_TASK)
-    try:
+    with deployed_again(ORPHAN_TASK):
         instance_retry(orphan.pk, actor=OPERATOR, reason="module is back")
         run_steps(orphan)
-    finally:
-        registry.unregister(ORPHAN_TASK.name, ORPHAN_TASK.version)
 
     # then
     orphan.refresh_from_db()
@@ -235,12 +244,9 @@ def test_retry_is_refused_while_the_definition_is_missing_and_works_once_it_is_b
     assert REASON in str(refused.value)
 
     # when: deployed again
-    registry.register(ORPHAN_TASK)
-    try:
+    with deployed_again(ORPHAN_TASK):
         instance_retry(orphan.pk, actor=OPERATOR, reason="module is back")
         run_steps(orphan)
-    finally:
-        registry.unregister(ORPHAN_TASK.name, ORPHAN_TASK.version)
 
     # then
     orphan.refresh_from_db()
@@ -260,12 +266,9 @@ def test_an_orphan_failed_at_its_task_deadline_is_retried_from_its_open_task(orp
     sweep(now=task.created_at + timedelta(minutes=2))
 
     # when
-    registry.register(ORPHAN_HUMAN)
-    try:
+    with deployed_again(ORPHAN_HUMAN):
         instance_retry(orphan.pk, actor=OPERATOR, reason="module is back")
         fired = tasks_sweep(now=task.created_at + timedelta(minutes=3))
-    finally:
-        registry.unregister(ORPHAN_HUMAN.name, ORPHAN_HUMAN.version)
 
     # then
     orphan.refresh_from_db()
@@ -287,14 +290,10 @@ def login(user) -> Client:
 def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of, users, run_steps):
     """Instance page, task page, task decision, retry and resume: each shows the missing definition, none
     answers 500."""
-    from django.contrib.auth.models import Group, Permission
 
-    from demo.data import GROUPS
+    from demo.data import grant_group_permissions
 
-    for name, codenames in GROUPS.items():
-        Group.objects.get(name=name).permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
-        )
+    grant_group_permissions()
     waiting = orphan_of(ORPHAN_HUMAN)
     task = HumanTask.objects.get(instance=waiting)
     staff, operator = login(users.staff), login(users.operator)

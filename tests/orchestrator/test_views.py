@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from demo.data import GROUPS
+from demo.data import grant_group_permissions
 from demo.workflows import bench
 from orchestrator import registry
 from orchestrator.audit import Actor
@@ -30,10 +29,7 @@ ALERT = re.compile(r'<div class="alert alert-(\w+)[^"]*"[^>]*>\s*(.*?)\s*<button
 @pytest.fixture
 def roles(users):
     """The demo's permissions on the ``users`` groups: approvers start, managers also view, operators operate."""
-    for name, codenames in GROUPS.items():
-        Group.objects.get(name=name).permissions.set(
-            Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames)
-        )
+    grant_group_permissions()
     return users
 
 
