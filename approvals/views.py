@@ -420,8 +420,11 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
     if not form.is_valid():
         return _render_task(request, _task_or_404(request, task_id), status=400, decide_form=form)
     decision = form.cleaned_data["decision"]
-    skip = ("csrfmiddlewaretoken", "decision", "comment")
-    data = {k: v for k, v in request.POST.items() if k not in skip}
+    # The posted QueryDict itself, less the decision's own fields: a dict of its items kept one value per field,
+    # so ticked boxes or a multiple select (a form task's MultipleChoiceField) reached the form as one text.
+    data = request.POST.copy()
+    for key in ("csrfmiddlewaretoken", "decision", "comment"):
+        data.pop(key, None)
     try:
         task = task_actions.task_decide(
             task_id,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from django import forms
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
@@ -10,6 +12,7 @@ from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
 from approvals.selectors import team_queue
 from approvals.services.base import APPROVE, SUBMIT, TaskInvalid
 from approvals.services.tasks import task_decide
+from orchestrator.dsl import FORM, Human, Workflow
 from orchestrator.models import InstanceState, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
@@ -164,3 +167,46 @@ def test_an_unticked_box_is_false_and_the_page_goes_on(users):
     assert (instance.data["cost_centre"], instance.data["tax_deductible"]) == ("CC-100", False)
     manager_task = task_of(instance, "manager_approval")
     assert response.redirect_chain[-1][0] == reverse("approvals:task_detail", args=[manager_task.pk])
+
+
+class TagsForm(forms.Form):
+    """A form task whose fields take several values: ticked boxes and a multiple select of groups."""
+
+    tags = forms.MultipleChoiceField(
+        choices=[("urgent", "Urgent"), ("legal", "Legal"), ("tax", "Tax")], widget=forms.CheckboxSelectMultiple
+    )
+    reviewers = forms.ModelMultipleChoiceField(queryset=Group.objects.all(), required=False)
+    note = forms.CharField(required=False)
+
+
+def test_a_form_with_several_ticked_boxes_keeps_every_value_through_the_page(users, register_workflow):
+    """Given a form task with checkboxes and a multiple select, when a manager ticks two boxes and picks two groups
+    on the task page, then every value is kept (the page passed only the last value of each field to the form, so
+    two ticked boxes were refused as "Enter a list of values." and one was stored as a lone choice)."""
+    # given
+    register_workflow(
+        Workflow("tagging", 1, [Human("tag", kind_of_task=FORM, form=TagsForm, candidate_groups=["managers"])])
+    )
+    instance = instance_start("tagging", {}, initiator=users.operator)
+    task = task_of(instance, "tag")
+
+    # when
+    response = login(users.manager).post(
+        reverse("approvals:task_decide", args=[task.pk]),
+        {
+            "decision": "submit",
+            "tags": ["urgent", "tax"],
+            "reviewers": [users.approvers.pk, users.operators.pk],
+            "note": "two of each",
+        },
+    )
+
+    # then
+    assert response.status_code == 302, response.content.decode()[:2000]
+    task.refresh_from_db()
+    assert task.state == TaskState.COMPLETED
+    assert task.form_data == {
+        "tags": ["urgent", "tax"],
+        "reviewers": [users.approvers.pk, users.operators.pk],
+        "note": "two of each",
+    }
