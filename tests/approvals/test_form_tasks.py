@@ -181,8 +181,8 @@ class TagsForm(forms.Form):
 
 def test_a_form_with_several_ticked_boxes_keeps_every_value_through_the_page(users, register_workflow):
     """Given a form task with checkboxes and a multiple select, when a manager ticks two boxes and picks two groups
-    on the task page, then every value is kept (the page passed only the last value of each field to the form, so
-    two ticked boxes were refused as "Enter a list of values." and one was stored as a lone choice)."""
+    on the task page, then every value is kept (the page passed only the last value of each field to the form, as
+    one text: any ticked box was refused as "Enter a list of values.")."""
     # given
     register_workflow(
         Workflow("tagging", 1, [Human("tag", kind_of_task=FORM, form=TagsForm, candidate_groups=["managers"])])
