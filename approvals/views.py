@@ -22,7 +22,7 @@ from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
 from approvals import forms, saved_views, selectors
-from approvals.models import HumanTask, Priority, TaskKind, TaskState, is_overdue
+from approvals.models import HumanTask, Priority, TaskDecision, TaskKind, TaskState, is_overdue
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import registry
@@ -328,9 +328,14 @@ def _render_task(
 
 
 def _delegates(task: HumanTask, *, exclude: User) -> list[Any]:
-    """Active candidates the task could be handed to: never the viewer, never the instance's initiator."""
+    """Active candidates the task could be handed to: never the viewer, never the instance's initiator, nobody who
+    decided it already or, for an approval, approved another step of the instance (the service refuses them)."""
     users = get_user_model().objects.filter(groups__in=task.candidate_groups.all()) | task.candidate_users.all()
     users = users.filter(is_active=True).exclude(pk__in=[exclude.pk, task.instance.initiator_id or 0])
+    decided = TaskDecision.objects.filter(task=task)
+    if task.kind == TaskKind.APPROVAL:
+        decided = decided | TaskDecision.objects.filter(instance_id=task.instance_id, decision=task_rules.APPROVE)
+    users = users.exclude(pk__in=decided.values("user_id"))
     return list(users.distinct().order_by("username")[:50])
 
 

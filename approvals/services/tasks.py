@@ -212,9 +212,10 @@ def task_delegate(
     note; ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
-    candidate who is neither the delegator nor the initiator and has not decided this (quorum) task already (a task
-    parked with someone who cannot sign in or cannot decide it, or handed to oneself, is no hand-over), naming
-    ``to_user``; TaskForbidden, TaskConflict, TaskNotFound as the other actions.
+    candidate who is neither the delegator nor the initiator, has not decided this (quorum) task already and, for an
+    approval, has not approved another step of the instance (a task parked with someone who cannot sign in or
+    cannot decide it, or handed to oneself, is no hand-over), naming ``to_user``; TaskForbidden, TaskConflict,
+    TaskNotFound as the other actions.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -235,6 +236,12 @@ def task_delegate(
             refusal = f"{name} is not an eligible candidate for this task."
         elif TaskDecision.objects.filter(task=task, user=to_user).exists():
             refusal = f"{name} has already decided this task; it waits for someone else's decision."
+        elif (
+            task.kind == TaskKind.APPROVAL
+            and TaskDecision.objects.filter(instance=unit.instance, user=to_user, decision=APPROVE).exists()
+        ):
+            # Four-eyes: they could hold the task but never approve it (docs/architecture.md, "Who may act").
+            refusal = f"{name} has already approved another step of this workflow (four-eyes rule)."
         if refusal:
             raise TaskInvalid(refusal, {"to_user": [refusal]})
         from_state = task.state

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
 from approvals.services.base import (
@@ -25,7 +27,7 @@ from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.concurrency import race
-from tests.factories import ExpenseInputFactory, OrderInputFactory
+from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -309,6 +311,32 @@ def test_delegation_goes_only_to_eligible_candidates(users):
     delegated = task_delegate(task.pk, users.staff, users.staff2, note="I am off tomorrow")
     assert (delegated.state, delegated.assignee) == (TaskState.CLAIMED, users.staff2)
     assert task_decide(task.pk, users.staff2, APPROVE).state == TaskState.COMPLETED
+
+
+def test_delegation_never_goes_to_someone_who_approved_an_earlier_step(users):
+    """Given an expense whose team approval was given by a manager who is also an approver, when another manager
+    holding the manager approval hands it to them, then it is refused naming them and the task stays put (it was
+    handed over, and parked with someone four-eyes forbids to approve it); the page's list leaves them out too."""
+    # given
+    users.manager.groups.add(users.approvers)
+    other_manager = UserFactory(username="manager2", groups=[users.managers])
+    third_manager = UserFactory(username="manager3", groups=[users.managers])
+    instance = expense(amount="800")
+    task_decide(task_of(instance, "team_approval").pk, users.manager, APPROVE)
+    task = task_of(instance, "manager_approval")
+    task_claim(task.pk, other_manager)
+
+    # when / then
+    with pytest.raises(TaskInvalid, match="manager has already approved another step") as refused:
+        task_delegate(task.pk, other_manager, users.manager)
+    assert refused.value.errors == {"to_user": [str(refused.value)]}
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, other_manager)
+    client = Client()
+    client.force_login(other_manager)
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    assert f'<option value="{third_manager.pk}">manager3</option>' in page
+    assert f'<option value="{users.manager.pk}">manager</option>' not in page
 
 
 # --- escalation ladder ----------------------------------------------------------------------------------
