@@ -62,6 +62,9 @@ from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
 
+# Four-eyes: one person, one approval per instance (docs/architecture.md, "Who may act on a task").
+APPROVED_BEFORE = "You already approved another step of this workflow (four-eyes rule)."
+
 
 @dataclass
 class LockedTask:
@@ -145,7 +148,8 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
     audit event.
 
     Raises TaskNotFound (no such task, or not visible to ``user``), TaskForbidden (deactivated, the initiator,
-    not a candidate), TaskConflict (claimed by someone else, no longer open, or a quorum task ``user`` decided).
+    not a candidate, or for an approval someone who approved another task of the instance), TaskConflict
+    (claimed by someone else, no longer open, or a quorum task ``user`` decided).
     """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
@@ -160,6 +164,9 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
             # A quorum task waiting for others' decisions: held by someone who cannot decide it again, it would
             # wait for nobody until they let go.
             raise TaskConflict("You have already decided this task; it waits for the others' decisions.")
+        if task.kind == TaskKind.APPROVAL and locked.approved_before:
+            # Four-eyes would refuse their approval: held by them, the task would wait for a decision never coming.
+            raise TaskForbidden(APPROVED_BEFORE)
         from_state = task.state
         task.claim(user, unit.now)
         rows.update(task, ["state", "assignee", "claimed_at"])
@@ -369,7 +376,7 @@ def _decide(
             raise TaskConflict("You have already decided this task; a decision cannot be changed or repeated.")
         # One person, one approval slot per instance: no approving twice at two levels.
         if task.kind == TaskKind.APPROVAL and decision == APPROVE and locked.approved_before:
-            raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
+            raise TaskForbidden(APPROVED_BEFORE)
         rows.insert(
             TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
         )

@@ -9,6 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
+from approvals.selectors import team_queue
 from approvals.services.base import (
     APPROVE,
     REJECT,
@@ -21,7 +22,7 @@ from approvals.services.base import (
     TaskNotFound,
 )
 from approvals.services.deadlines import tasks_sweep
-from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
+from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release, tasks_claim_bulk
 from orchestrator import registry
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
@@ -337,6 +338,28 @@ def test_delegation_never_goes_to_someone_who_approved_an_earlier_step(users):
     page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
     assert f'<option value="{third_manager.pk}">manager3</option>' in page
     assert f'<option value="{users.manager.pk}">manager</option>' not in page
+
+
+def test_someone_who_approved_an_earlier_step_can_neither_see_nor_claim_the_next_one(users):
+    """Given a manager who is also an approver and gave the team approval, when the manager approval opens, then it
+    is not in their team queue and their claim (one or in bulk) is refused with the four-eyes reason: they could
+    hold it but never approve it, so it sat claimed by nobody able to decide it."""
+    # given
+    users.manager.groups.add(users.approvers)
+    UserFactory(username="manager2", groups=[users.managers])
+    instance = expense(amount="800")
+    task_decide(task_of(instance, "team_approval").pk, users.manager, APPROVE)
+    task = task_of(instance, "manager_approval")
+
+    # when / then
+    assert task.pk not in set(team_queue(users.manager).values_list("pk", flat=True))
+    with pytest.raises(TaskForbidden, match="already approved another step"):
+        task_claim(task.pk, users.manager)
+    assert tasks_claim_bulk([task.pk], users.manager).refused == {
+        task.pk: "You already approved another step of this workflow (four-eyes rule)."
+    }
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
 
 
 # --- escalation ladder ----------------------------------------------------------------------------------
