@@ -12,6 +12,7 @@ from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
 from approvals.selectors import team_queue
 from approvals.services.base import (
     APPROVE,
+    FAIL,
     REJECT,
     RESOLVED,
     RETRY,
@@ -24,9 +25,10 @@ from approvals.services.base import (
 from approvals.services.deadlines import tasks_sweep
 from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release, tasks_claim_bulk
 from orchestrator import registry
-from orchestrator.dsl import Human, StepContext, Task, Workflow
+from orchestrator.audit import Actor
+from orchestrator.dsl import ESCALATE, Human, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
-from orchestrator.services.instances import instance_start
+from orchestrator.services.instances import instance_pause, instance_resume, instance_start
 from tests.concurrency import race
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 
@@ -480,6 +482,43 @@ def test_escalation_answers_are_checked(users, failed_refund, decision, comment,
         task_decide(escalation.pk, users.operator, decision, comment=comment)
     escalation.refresh_from_db()
     assert escalation.state == TaskState.OPEN
+
+
+def always_down(ctx: StepContext) -> dict:
+    raise ConnectionError("the ledger is down")
+
+
+@pytest.mark.parametrize("answer", [SKIP, FAIL])
+def test_a_paused_instances_escalation_cannot_be_skipped_or_failed(users, register_workflow, run_steps, answer):
+    """Given a step escalated to operators and its instance paused, when an operator answers Skip or Fail instance,
+    then it is refused with the reason and nothing changes: recorded while the instance was held, the skip entered
+    nothing after the step and the fail failed nothing, and once resumed the instance waited on nobody forever."""
+    # given
+    register_workflow(
+        Workflow(
+            "ledger_sync",
+            1,
+            [Task("post", always_down, retry=Retry(max_attempts=1), on_failure=ESCALATE), Task("notify", noop)],
+        )
+    )
+    instance = instance_start("ledger_sync", {})
+    run_steps(instance, advance=True)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    instance_pause(instance.pk, actor=Actor.of(users.operator), reason="month-end freeze")
+
+    # when / then
+    with pytest.raises(TaskConflict, match="paused"):
+        task_decide(escalation.pk, users.operator, answer, comment="move on")
+    escalation.refresh_from_db()
+    assert escalation.state == TaskState.OPEN
+    assert instance.steps.get(name="post").state == StepState.DEAD
+
+    # and once resumed, the same answer carries the instance on
+    instance_resume(instance.pk, actor=Actor.of(users.operator), reason="freeze over")
+    task_decide(escalation.pk, users.operator, answer, comment="move on")
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == (InstanceState.COMPLETED if answer == SKIP else InstanceState.FAILED)
 
 
 def test_escalations_are_for_operators(users, failed_refund):
