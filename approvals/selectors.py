@@ -23,6 +23,8 @@ from approvals.models import (
     Priority,
     SavedView,
     TaskCandidate,
+    TaskDecision,
+    TaskKind,
     TaskState,
 )
 from orchestrator.inputs import SEARCH_MAX, drop_repeated
@@ -85,13 +87,18 @@ def team_queue(user: User) -> QuerySet[HumanTask]:
 
     Tasks of instances the user started are left out, escalations included (four-eyes: resolving a failure of
     one's own instance steers it as much as deciding it does, and the services refuse it); so are quorum tasks the
-    user already decided (waiting for the others: the services refuse a second decision and its claim).
+    user already decided (waiting for the others: the services refuse a second decision and its claim), and
+    approvals of instances the user approved another task of (four-eyes: the services refuse their claim).
     """
+    approved = TaskDecision.objects.filter(
+        instance_id=OuterRef("instance_id"), user=user, decision="approve"
+    )  # services.base.APPROVE
     qs = (
         HumanTask.objects.filter(state__in=[TaskState.OPEN, TaskState.ESCALATED], assignee__isnull=True)
         .filter(_candidate_filter(user))
         .exclude(instance__initiator=user)
         .exclude(decisions__user=user)
+        .exclude(Q(kind=TaskKind.APPROVAL) & Exists(approved))
     )
     return _with_related(qs)
 

@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -22,7 +22,7 @@ from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
 from approvals import forms, saved_views, selectors
-from approvals.models import HumanTask, Priority, TaskKind, TaskState, is_overdue
+from approvals.models import HumanTask, Priority, TaskDecision, TaskKind, TaskState, is_overdue
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import registry
@@ -34,6 +34,10 @@ from orchestrator.selectors import steps_of
 from orchestrator.services import locks
 from orchestrator.templatetags.baton import duration, label
 from orchestrator.typing import AuthedRequest
+
+# A form task's fields are posted as "form-<name>": a workflow's form may name a field as the page names its own
+# (decision, comment), and sharing a name the two overwrote each other.
+FORM_PREFIX = "form"
 
 TABS: dict[str, tuple[str, Callable[[User], QuerySet[HumanTask]]]] = {
     "mine": ("My tasks", selectors.my_tasks),
@@ -287,7 +291,7 @@ def _render_task(
     if task.kind == TaskKind.FORM and definition is not None:
         node = definition.node(task.step.name)
         if isinstance(node, Human):
-            form = node.form(data=posted if decide_form is not None else None)
+            form = node.form(data=posted if decide_form is not None else None, prefix=FORM_PREFIX)
             if posted is not None and decide_form is not None:
                 form.is_valid()
                 for name, errors in (field_errors or {}).items():
@@ -328,9 +332,14 @@ def _render_task(
 
 
 def _delegates(task: HumanTask, *, exclude: User) -> list[Any]:
-    """Active candidates the task could be handed to: never the viewer, never the instance's initiator."""
+    """Active candidates the task could be handed to: never the viewer, never the instance's initiator, nobody who
+    decided it already or, for an approval, approved another step of the instance (the service refuses them)."""
     users = get_user_model().objects.filter(groups__in=task.candidate_groups.all()) | task.candidate_users.all()
     users = users.filter(is_active=True).exclude(pk__in=[exclude.pk, task.instance.initiator_id or 0])
+    decided = TaskDecision.objects.filter(task=task)
+    if task.kind == TaskKind.APPROVAL:
+        decided = decided | TaskDecision.objects.filter(instance_id=task.instance_id, decision=task_rules.APPROVE)
+    users = users.exclude(pk__in=decided.values("user_id"))
     return list(users.distinct().order_by("username")[:50])
 
 
@@ -420,8 +429,7 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
     if not form.is_valid():
         return _render_task(request, _task_or_404(request, task_id), status=400, decide_form=form)
     decision = form.cleaned_data["decision"]
-    skip = ("csrfmiddlewaretoken", "decision", "comment")
-    data = {k: v for k, v in request.POST.items() if k not in skip}
+    data = _form_task_data(request.POST)
     try:
         task = task_actions.task_decide(
             task_id,
@@ -452,6 +460,17 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
     if following is not None:
         return redirect("approvals:task_detail", task_id=following.pk)
     return redirect("approvals:inbox")
+
+
+def _form_task_data(posted: QueryDict) -> QueryDict:
+    """The workflow form's fields of a posted decision, under their own names (the page posts them as
+    ``FORM_PREFIX-<name>``), every value of each: ticked boxes and multiple selects keep all theirs."""
+    data = QueryDict(mutable=True)
+    start = f"{FORM_PREFIX}-"
+    for key, values in posted.lists():
+        if key.startswith(start):
+            data.setlist(key[len(start) :], values)
+    return data
 
 
 def _next_task(request: AuthedRequest, exclude: int) -> HumanTask | None:

@@ -267,6 +267,9 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
                     instance = instance_start(
                         schedule.workflow_name,
                         dict(schedule.input),
+                        # Whoever set the schedule up chose what it starts: its initiator, so four-eyes keeps them
+                        # off its tasks (started by nobody, a schedule was a way to approve one's own request).
+                        initiator=schedule.owner,
                         idempotency_key=key,
                         request_meta={"schedule": schedule.name, "fire_time": fire_time.isoformat()},
                         actor=SCHEDULER,

@@ -85,6 +85,7 @@ def _data_match(path: str, value: str) -> Q:
     """Containment (``data @> {...}``), which the GIN index on the data answers; the value as text, and also as
     the JSON number or boolean it spells, so ``amount = 40`` finds ``40`` and ``"40"``."""
     import json
+    import math
 
     keys = path.split(".")
 
@@ -99,7 +100,8 @@ def _data_match(path: str, value: str) -> Q:
         typed = json.loads(value)
     except ValueError:
         typed = None
-    if isinstance(typed, bool | int | float) and not isinstance(typed, str):
+    # Not an infinity or NaN ("1e400", "NaN" typed as a value): PostgreSQL's JSON has neither, and the page was a 500.
+    if isinstance(typed, bool | int | float) and not (isinstance(typed, float) and not math.isfinite(typed)):
         match |= Q(data__contains=nest(typed))
     return match
 

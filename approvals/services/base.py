@@ -290,7 +290,9 @@ def task_url(task: HumanTask) -> str:
 
 
 def people_of(task: HumanTask) -> list[int]:
-    """Who a reminder goes to: the assignee, else every active candidate (never the initiator).
+    """Who a reminder goes to: the assignee, else the people who could decide the task now (:func:`able_people`:
+    active candidates, never the initiator, nobody who decided it or, for an approval, approved another task of
+    the instance; a reminder to them asked for what four-eyes refuses).
 
     Raises nothing of its own.
     """
@@ -298,8 +300,4 @@ def people_of(task: HumanTask) -> list[int]:
         if task.assignee is not None and task.assignee.is_active:
             return [task.assignee_id]
         return []  # a deactivated assignee's claim is released by tasks_people_changed or the sweep
-    initiator = task.instance.initiator_id
-    named = [
-        uid for uid in task.candidate_users.filter(is_active=True).values_list("pk", flat=True) if uid != initiator
-    ]
-    return named + members_of(task.candidate_groups.values_list("name", flat=True), exclude=[initiator])
+    return able_people(task)

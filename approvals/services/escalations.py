@@ -25,7 +25,8 @@ def escalation_resolve(unit: Unit, task: HumanTask, user: User, decision: str, c
     Raises TaskInvalid for an unknown answer, a missing comment or an answer that does not fit the step (Skip for
     a compensation, Mark resolved for a forward step); TaskConflict when the instance's state forbids it (a
     compensation's escalation while the instance is not compensating, running or skipping a forward step once the
-    saga began); whatever entering the next node raises (Skip), for the caller to roll back and refuse."""
+    saga began, Skip or Fail instance while it is paused); whatever entering the next node raises (Skip), for the
+    caller to roll back and refuse."""
     if decision not in (RETRY, SKIP, FAIL, RESOLVED):
         raise TaskInvalid(
             "Choose Retry, Skip, Mark resolved or Fail instance.", {"decision": ["Retry, skip, resolved or fail."]}
@@ -53,6 +54,14 @@ def escalation_resolve(unit: Unit, task: HumanTask, user: User, decision: str, c
         # The saga is undoing this instance's work: running or skipping ahead would redo what was undone.
         raise TaskConflict(
             "This workflow is being compensated: its steps cannot run again. Choose Fail instance to close this."
+        )
+    if instance.state == InstanceState.PAUSED and decision in (SKIP, FAIL):
+        # Held, the instance enters nothing after a skipped step and cannot fail: the answer would be recorded, the
+        # task closed, and once resumed the instance would wait on nobody. A retry only schedules the step, which
+        # runs on the resume.
+        raise TaskConflict(
+            "The workflow is paused: resume it before skipping the step or failing the instance "
+            "(or cancel it to stop it for good)."
         )
     task_complete(unit, task, user, decision, comment, {})
     if step.state != StepState.DEAD:

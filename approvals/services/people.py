@@ -131,9 +131,10 @@ def tasks_recheck(
 
 
 def tasks_release_unfit(now: datetime | None = None) -> dict[str, int]:
-    """The sweep's safety net for :func:`tasks_people_changed`: claimed tasks whose assignee is deactivated or no
-    longer a candidate (a change the signals missed: a raw SQL update, a failed re-check) go back to the queue,
-    and escalate if nobody is left to act. Returns {"released": n, "escalated": n}.
+    """The sweep's safety net for :func:`tasks_people_changed`: claimed tasks whose assignee is deactivated, no
+    longer a candidate (a change the signals missed: a raw SQL update, a failed re-check) or, for an approval,
+    approved another task of the instance (four-eyes refuses their decision) go back to the queue, and escalate if
+    nobody is left to act. Returns {"released": n, "escalated": n}.
 
     Raises nothing of its own (as :func:`tasks_recheck`).
     """
@@ -141,9 +142,13 @@ def tasks_release_unfit(now: datetime | None = None) -> dict[str, int]:
     still = TaskCandidate.objects.filter(task_id=OuterRef("pk")).filter(
         Q(user_id=OuterRef("assignee_id")) | Q(group_id__in=members)
     )
+    # An approval held by someone who approved another task of its instance: four-eyes refuses their decision.
+    approved = TaskDecision.objects.filter(
+        instance_id=OuterRef("instance_id"), user_id=OuterRef("assignee_id"), decision=APPROVE
+    )
     unfit = (
         HumanTask.objects.filter(state=TaskState.CLAIMED)
-        .filter(Q(assignee__is_active=False) | ~Exists(still))
+        .filter(Q(assignee__is_active=False) | ~Exists(still) | (Q(kind=TaskKind.APPROVAL) & Exists(approved)))
         .order_by("pk")
         .values_list("pk", flat=True)[:RECHECK_LIMIT]
     )
@@ -166,20 +171,27 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
         unit = Unit(instance, actor, now=now, request_meta=request_meta)
         released = escalated = 0
         assignee = task.assignee
-        if (
-            task.state == TaskState.CLAIMED
-            and assignee is not None
-            and (not assignee.is_active or not is_candidate(assignee, task))
-        ):
+        why = ""
+        if task.state == TaskState.CLAIMED and assignee is not None:
+            if not assignee.is_active:
+                why = "is deactivated"
+            elif not is_candidate(assignee, task):
+                why = "is no longer a candidate"
+            elif (
+                task.kind == TaskKind.APPROVAL
+                and TaskDecision.objects.filter(instance=instance, user=assignee, decision=APPROVE).exists()
+            ):
+                why = "approved another task of this instance"
+        if why:
+            assert assignee is not None
             task.release()
             rows.update(task, ["state", "assignee", "claimed_at"])
-            why = "deactivated" if not assignee.is_active else "no longer a candidate"
             unit.audit(
                 "task",
                 task.pk,
                 TaskState.CLAIMED,
                 task.state,
-                reason=f"{assignee.get_username()} is {why}: {reason}",
+                reason=f"{assignee.get_username()} {why}: {reason}",
                 payload={"from_user": assignee.pk},
                 action=AuditAction.TASK_RELEASED,
             )

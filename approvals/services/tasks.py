@@ -62,6 +62,9 @@ from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
 
+# Four-eyes: one person, one approval per instance (docs/architecture.md, "Who may act on a task").
+APPROVED_BEFORE = "You already approved another step of this workflow (four-eyes rule)."
+
 
 @dataclass
 class LockedTask:
@@ -145,7 +148,8 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
     audit event.
 
     Raises TaskNotFound (no such task, or not visible to ``user``), TaskForbidden (deactivated, the initiator,
-    not a candidate), TaskConflict (claimed by someone else, no longer open, or a quorum task ``user`` decided).
+    not a candidate, or for an approval someone who approved another task of the instance), TaskConflict
+    (claimed by someone else, no longer open, or a quorum task ``user`` decided).
     """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
@@ -160,6 +164,9 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
             # A quorum task waiting for others' decisions: held by someone who cannot decide it again, it would
             # wait for nobody until they let go.
             raise TaskConflict("You have already decided this task; it waits for the others' decisions.")
+        if task.kind == TaskKind.APPROVAL and locked.approved_before:
+            # Four-eyes would refuse their approval: held by them, the task would wait for a decision never coming.
+            raise TaskForbidden(APPROVED_BEFORE)
         from_state = task.state
         task.claim(user, unit.now)
         rows.update(task, ["state", "assignee", "claimed_at"])
@@ -212,9 +219,10 @@ def task_delegate(
     note; ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
-    candidate who is neither the delegator nor the initiator and has not decided this (quorum) task already (a task
-    parked with someone who cannot sign in or cannot decide it, or handed to oneself, is no hand-over), naming
-    ``to_user``; TaskForbidden, TaskConflict, TaskNotFound as the other actions.
+    candidate who is neither the delegator nor the initiator, has not decided this (quorum) task already and, for an
+    approval, has not approved another step of the instance (a task parked with someone who cannot sign in or
+    cannot decide it, or handed to oneself, is no hand-over), naming ``to_user``; TaskForbidden, TaskConflict,
+    TaskNotFound as the other actions.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -235,6 +243,12 @@ def task_delegate(
             refusal = f"{name} is not an eligible candidate for this task."
         elif TaskDecision.objects.filter(task=task, user=to_user).exists():
             refusal = f"{name} has already decided this task; it waits for someone else's decision."
+        elif (
+            task.kind == TaskKind.APPROVAL
+            and TaskDecision.objects.filter(instance=unit.instance, user=to_user, decision=APPROVE).exists()
+        ):
+            # Four-eyes: they could hold the task but never approve it (docs/architecture.md, "Who may act").
+            refusal = f"{name} has already approved another step of this workflow (four-eyes rule)."
         if refusal:
             raise TaskInvalid(refusal, {"to_user": [refusal]})
         from_state = task.state
@@ -362,7 +376,7 @@ def _decide(
             raise TaskConflict("You have already decided this task; a decision cannot be changed or repeated.")
         # One person, one approval slot per instance: no approving twice at two levels.
         if task.kind == TaskKind.APPROVAL and decision == APPROVE and locked.approved_before:
-            raise TaskForbidden("You already approved another step of this workflow (four-eyes rule).")
+            raise TaskForbidden(APPROVED_BEFORE)
         rows.insert(
             TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
         )

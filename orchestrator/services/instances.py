@@ -88,7 +88,8 @@ def instance_start(
 ) -> WorkflowInstance:
     """Start an instance of the latest (or given) version; the same idempotency key returns the same instance.
 
-    ``actor`` is who the audit names when no person starts it (``system:scheduler``); default ``system:api``.
+    ``actor`` is who the audit names; default the ``initiator``, else ``system:api``. A scheduled start names
+    ``system:scheduler`` with its schedule's owner as the ``initiator`` (four-eyes keeps them off its tasks).
     ``with_rows(instance)`` gives rows of a caller above the engine to write in the start's own statement, with its
     audit events (the API's idempotency key: no round trip of its own); an IntegrityError they cause reaches the
     caller.
@@ -117,7 +118,7 @@ def instance_start(
         existing = _existing(workflow_name, idempotency_key, input_hash)
         if existing is not None:
             return existing
-    actor = Actor.of(initiator) if initiator is not None else (actor or Actor.system("api"))
+    actor = actor or (Actor.of(initiator) if initiator is not None else Actor.system("api"))
     try:
         # Without a savepoint (the caller asked, and no key's race must be recovered here: the except below reads
         # after a failed INSERT) a failure marks the caller's transaction for rollback and reaches the caller.

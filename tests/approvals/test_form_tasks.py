@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from django import forms
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
@@ -10,6 +14,7 @@ from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
 from approvals.selectors import team_queue
 from approvals.services.base import APPROVE, SUBMIT, TaskInvalid
 from approvals.services.tasks import task_decide
+from orchestrator.dsl import FORM, Human, Workflow
 from orchestrator.models import InstanceState, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
@@ -105,7 +110,7 @@ def test_an_invalid_form_through_the_page_shows_the_error_with_400(users):
     # when
     response = client.post(
         reverse("approvals:task_decide", args=[task.pk]),
-        {"decision": "submit", "comment": "", "tax_deductible": "on", "note": "taxi"},
+        {"decision": "submit", "comment": "", "form-tax_deductible": "on", "form-note": "taxi"},
     )
 
     # then
@@ -154,7 +159,9 @@ def test_an_unticked_box_is_false_and_the_page_goes_on(users):
 
     # when
     response = login(users.manager).post(
-        reverse("approvals:task_decide", args=[task.pk]), {"decision": "submit", "cost_centre": "CC-100"}, follow=True
+        reverse("approvals:task_decide", args=[task.pk]),
+        {"decision": "submit", "form-cost_centre": "CC-100"},
+        follow=True,
     )
 
     # then
@@ -164,3 +171,92 @@ def test_an_unticked_box_is_false_and_the_page_goes_on(users):
     assert (instance.data["cost_centre"], instance.data["tax_deductible"]) == ("CC-100", False)
     manager_task = task_of(instance, "manager_approval")
     assert response.redirect_chain[-1][0] == reverse("approvals:task_detail", args=[manager_task.pk])
+
+
+class TagsForm(forms.Form):
+    """A form task whose fields take several values: ticked boxes and a multiple select of groups."""
+
+    tags = forms.MultipleChoiceField(
+        choices=[("urgent", "Urgent"), ("legal", "Legal"), ("tax", "Tax")], widget=forms.CheckboxSelectMultiple
+    )
+    reviewers = forms.ModelMultipleChoiceField(queryset=Group.objects.all(), required=False)
+    note = forms.CharField(required=False)
+
+
+def test_a_form_with_several_ticked_boxes_keeps_every_value_through_the_page(users, register_workflow):
+    """Given a form task with checkboxes and a multiple select, when a manager ticks two boxes and picks two groups
+    on the task page, then every value is kept (the page passed only the last value of each field to the form, as
+    one text: any ticked box was refused as "Enter a list of values.")."""
+    # given
+    register_workflow(
+        Workflow("tagging", 1, [Human("tag", kind_of_task=FORM, form=TagsForm, candidate_groups=["managers"])])
+    )
+    instance = instance_start("tagging", {}, initiator=users.operator)
+    task = task_of(instance, "tag")
+
+    # when
+    response = login(users.manager).post(
+        reverse("approvals:task_decide", args=[task.pk]),
+        {
+            "decision": "submit",
+            "form-tags": ["urgent", "tax"],
+            "form-reviewers": [users.approvers.pk, users.operators.pk],
+            "form-note": "two of each",
+        },
+    )
+
+    # then
+    assert response.status_code == 302, response.content.decode()[:2000]
+    task.refresh_from_db()
+    assert task.state == TaskState.COMPLETED
+    assert task.form_data == {
+        "tags": ["urgent", "tax"],
+        "reviewers": [users.approvers.pk, users.operators.pk],
+        "note": "two of each",
+    }
+
+
+class ReviewForm(forms.Form):
+    """A form task whose fields are named as the task page's own: its decision buttons and its comment box."""
+
+    decision = forms.ChoiceField(choices=[("accept", "Accept"), ("decline", "Decline")])
+    comment = forms.CharField(label="Reviewer's remarks")
+
+
+def field_name(page: str, field: str) -> str:
+    """The name the task page posts ``field`` of the workflow's form under (read off its rendered input)."""
+    tag = re.search(rf'<(?:input|select|textarea)\b[^>]*\bid="id_(?:[\w]+-)?{field}"[^>]*>', page)
+    assert tag is not None, f"no input for {field}"
+    name = re.search(r'\bname="([^"]+)"', tag.group(0))
+    assert name is not None
+    return name.group(1)
+
+
+def test_a_form_whose_fields_are_named_decision_and_comment_is_submitted_from_the_page(users, register_workflow):
+    """Given a form task with fields named "decision" and "comment", when a manager fills them and the decision
+    comment on the task page and submits, then each lands where it belongs (they shared the page's own names: the
+    form's values were dropped and it was refused as "This field is required.")."""
+    # given
+    register_workflow(
+        Workflow("review", 1, [Human("review", kind_of_task=FORM, form=ReviewForm, candidate_groups=["managers"])])
+    )
+    task = task_of(instance_start("review", {}, initiator=users.operator), "review")
+    client = login(users.manager)
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    posted: dict[str, list[str]] = {}
+    for name, value in [
+        (field_name(page, "decision"), "decline"),
+        (field_name(page, "comment"), "the figures do not add up"),
+        ("comment", "Reviewed with finance"),
+        ("decision", "submit"),
+    ]:
+        posted.setdefault(name, []).append(value)
+
+    # when
+    response = client.post(reverse("approvals:task_decide", args=[task.pk]), posted)
+
+    # then
+    assert response.status_code == 302, response.content.decode()[:2000]
+    task.refresh_from_db()
+    assert (task.state, task.decision, task.comment) == (TaskState.COMPLETED, SUBMIT, "Reviewed with finance")
+    assert task.form_data == {"decision": "decline", "comment": "the figures do not add up"}

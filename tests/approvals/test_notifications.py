@@ -13,6 +13,7 @@ from approvals.services.base import APPROVE
 from approvals.services.deadlines import tasks_sweep
 from approvals.services.tasks import notifications_mark_read, task_claim, task_decide, task_delegate
 from orchestrator.audit import Actor
+from orchestrator.dsl import Human, Remind, Workflow
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_cancel, instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
@@ -145,6 +146,32 @@ def test_a_reminder_skips_the_initiator_who_may_not_decide(users):
 
     # when
     tasks_sweep(now=task.created_at + timedelta(hours=8, minutes=1))
+
+    # then
+    assert [user for user, _kind, _message in notices(kind="reminder")] == ["staff2"]
+
+
+def test_a_reminder_skips_people_four_eyes_keeps_from_deciding(users, register_workflow):
+    """Given a two-level approval where staff approved the first level, when the second level's reminder falls,
+    then it goes to staff2 only: staff may not approve it (four-eyes) and was told to act on a task they could
+    neither claim nor decide."""
+    # given
+    register_workflow(
+        Workflow(
+            "two_levels",
+            1,
+            [
+                Human("first", candidate_groups=["approvers"]),
+                Human("second", candidate_groups=["approvers"], escalation=[Remind(after=timedelta(hours=1))]),
+            ],
+        )
+    )
+    instance = instance_start("two_levels", {})
+    task_decide(task_of(instance).pk, users.staff, APPROVE)
+    second = task_of(instance)
+
+    # when
+    tasks_sweep(now=second.created_at + timedelta(hours=1, minutes=1))
 
     # then
     assert [user for user, _kind, _message in notices(kind="reminder")] == ["staff2"]

@@ -313,6 +313,32 @@ def test_the_sweep_releases_a_claim_the_signals_never_saw(users):
     assert last_event(task, "task.released").actor_label == "system:sweeper"
 
 
+def test_the_sweep_releases_an_approval_parked_with_an_earlier_approver(users):
+    """Given a manager approval held by the manager who gave the team approval (parked there by a delegation or a
+    claim from before four-eyes refused them, written here directly), when the sweep runs, then the claim goes back
+    to the queue, audited: the task waited on someone who may never approve it."""
+    # given
+    users.manager.groups.add(users.approvers)
+    UserFactory(username="manager2", groups=[users.managers])
+    instance = expense(amount="800")
+    task_decide(task_of(instance).pk, users.manager, APPROVE)
+    task = task_of(instance)
+    HumanTask.objects.filter(pk=task.pk).update(state=TaskState.CLAIMED, assignee=users.manager)
+
+    # when
+    report = sweep()
+
+    # then
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
+    assert report.unfit["unfit_released"] == 1
+    released = last_event(task, "task.released")
+    assert (released.actor_label, released.reason) == (
+        "system:sweeper",
+        "manager approved another task of this instance: found by the sweep",
+    )
+
+
 def test_deciding_checks_the_deciders_authority_at_that_moment(users):
     """An assignee whose membership vanished without a signal (a raw delete) holds the claim still, but cannot
     decide: authority is read when they act, not when they claimed."""

@@ -5,10 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
+from approvals.selectors import team_queue
 from approvals.services.base import (
     APPROVE,
+    FAIL,
     REJECT,
     RESOLVED,
     RETRY,
@@ -19,13 +23,14 @@ from approvals.services.base import (
     TaskNotFound,
 )
 from approvals.services.deadlines import tasks_sweep
-from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
+from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release, tasks_claim_bulk
 from orchestrator import registry
-from orchestrator.dsl import Human, StepContext, Task, Workflow
+from orchestrator.audit import Actor
+from orchestrator.dsl import ESCALATE, Human, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
-from orchestrator.services.instances import instance_start
+from orchestrator.services.instances import instance_pause, instance_resume, instance_start
 from tests.concurrency import race
-from tests.factories import ExpenseInputFactory, OrderInputFactory
+from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -311,6 +316,54 @@ def test_delegation_goes_only_to_eligible_candidates(users):
     assert task_decide(task.pk, users.staff2, APPROVE).state == TaskState.COMPLETED
 
 
+def test_delegation_never_goes_to_someone_who_approved_an_earlier_step(users):
+    """Given an expense whose team approval was given by a manager who is also an approver, when another manager
+    holding the manager approval hands it to them, then it is refused naming them and the task stays put (it was
+    handed over, and parked with someone four-eyes forbids to approve it); the page's list leaves them out too."""
+    # given
+    users.manager.groups.add(users.approvers)
+    other_manager = UserFactory(username="manager2", groups=[users.managers])
+    third_manager = UserFactory(username="manager3", groups=[users.managers])
+    instance = expense(amount="800")
+    task_decide(task_of(instance, "team_approval").pk, users.manager, APPROVE)
+    task = task_of(instance, "manager_approval")
+    task_claim(task.pk, other_manager)
+
+    # when / then
+    with pytest.raises(TaskInvalid, match="manager has already approved another step") as refused:
+        task_delegate(task.pk, other_manager, users.manager)
+    assert refused.value.errors == {"to_user": [str(refused.value)]}
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, other_manager)
+    client = Client()
+    client.force_login(other_manager)
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    assert f'<option value="{third_manager.pk}">manager3</option>' in page
+    assert f'<option value="{users.manager.pk}">manager</option>' not in page
+
+
+def test_someone_who_approved_an_earlier_step_can_neither_see_nor_claim_the_next_one(users):
+    """Given a manager who is also an approver and gave the team approval, when the manager approval opens, then it
+    is not in their team queue and their claim (one or in bulk) is refused with the four-eyes reason: they could
+    hold it but never approve it, so it sat claimed by nobody able to decide it."""
+    # given
+    users.manager.groups.add(users.approvers)
+    UserFactory(username="manager2", groups=[users.managers])
+    instance = expense(amount="800")
+    task_decide(task_of(instance, "team_approval").pk, users.manager, APPROVE)
+    task = task_of(instance, "manager_approval")
+
+    # when / then
+    assert task.pk not in set(team_queue(users.manager).values_list("pk", flat=True))
+    with pytest.raises(TaskForbidden, match="already approved another step"):
+        task_claim(task.pk, users.manager)
+    assert tasks_claim_bulk([task.pk], users.manager).refused == {
+        task.pk: "You already approved another step of this workflow (four-eyes rule)."
+    }
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
+
+
 # --- escalation ladder ----------------------------------------------------------------------------------
 
 
@@ -429,6 +482,43 @@ def test_escalation_answers_are_checked(users, failed_refund, decision, comment,
         task_decide(escalation.pk, users.operator, decision, comment=comment)
     escalation.refresh_from_db()
     assert escalation.state == TaskState.OPEN
+
+
+def always_down(ctx: StepContext) -> dict:
+    raise ConnectionError("the ledger is down")
+
+
+@pytest.mark.parametrize("answer", [SKIP, FAIL])
+def test_a_paused_instances_escalation_cannot_be_skipped_or_failed(users, register_workflow, run_steps, answer):
+    """Given a step escalated to operators and its instance paused, when an operator answers Skip or Fail instance,
+    then it is refused with the reason and nothing changes: recorded while the instance was held, the skip entered
+    nothing after the step and the fail failed nothing, and once resumed the instance waited on nobody forever."""
+    # given
+    register_workflow(
+        Workflow(
+            "ledger_sync",
+            1,
+            [Task("post", always_down, retry=Retry(max_attempts=1), on_failure=ESCALATE), Task("notify", noop)],
+        )
+    )
+    instance = instance_start("ledger_sync", {})
+    run_steps(instance, advance=True)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    instance_pause(instance.pk, actor=Actor.of(users.operator), reason="month-end freeze")
+
+    # when / then
+    with pytest.raises(TaskConflict, match="paused"):
+        task_decide(escalation.pk, users.operator, answer, comment="move on")
+    escalation.refresh_from_db()
+    assert escalation.state == TaskState.OPEN
+    assert instance.steps.get(name="post").state == StepState.DEAD
+
+    # and once resumed, the same answer carries the instance on
+    instance_resume(instance.pk, actor=Actor.of(users.operator), reason="freeze over")
+    task_decide(escalation.pk, users.operator, answer, comment="move on")
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == (InstanceState.COMPLETED if answer == SKIP else InstanceState.FAILED)
 
 
 def test_escalations_are_for_operators(users, failed_refund):

@@ -10,6 +10,10 @@ import pytest
 from django import forms
 from django.utils import timezone
 
+from approvals.models import HumanTask
+from approvals.selectors import team_queue
+from approvals.services.base import APPROVE, TaskForbidden
+from approvals.services.tasks import task_claim, task_decide
 from automation import schedules
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
 from automation.schedules import ScheduleInvalid, fire, schedule_save, sync_declared, upcoming
@@ -86,6 +90,37 @@ def test_a_due_schedule_starts_its_workflow_once_and_moves_on(report):
     assert schedule.next_fire_at > now
     started = AuditEvent.objects.get(instance=instance, action="instance.started")
     assert started.actor_label == "system:scheduler"
+
+
+def test_a_schedules_owner_is_the_initiator_of_what_it_starts_and_cannot_approve_it(users):
+    """Given an approver who may manage automation and owns a schedule starting expense approvals with the input
+    they typed, when it fires, then they are the instance's initiator (the audit still names the scheduler): their
+    claim and approval are refused by four-eyes and the task is not in their queue. Started with no initiator, the
+    schedule was a side door around four-eyes: anyone could schedule their own expense and approve it."""
+    # given
+    owner = users.staff
+    expense = {"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"}
+    schedule = schedule_save(
+        Schedule(name="my lunches", workflow_name="expense_approval", input=expense, cron="0 * * * *", owner=owner),
+        actor=Actor.of(owner),
+    )
+    now = timezone.now()
+    due_now(schedule, now - timedelta(seconds=5))
+
+    # when
+    fire(schedule.pk, now)
+
+    # then
+    instance = WorkflowInstance.objects.get(workflow_name="expense_approval")
+    task = HumanTask.objects.get(instance=instance)
+    assert instance.initiator == owner
+    assert AuditEvent.objects.get(instance=instance, action="instance.started").actor_label == "system:scheduler"
+    assert task.pk not in set(team_queue(owner).values_list("pk", flat=True))
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_claim(task.pk, owner)
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_decide(task.pk, owner, APPROVE)
+    assert task_decide(task.pk, users.staff2, APPROVE).decision == APPROVE
 
 
 def test_every_fire_is_audited_on_the_automation_chain(report):

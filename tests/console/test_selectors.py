@@ -71,6 +71,24 @@ def test_filters_on_business_data_error_and_key(flow, users, run_steps):
     assert ids(started_from=timezone.now() + timedelta(minutes=1)) == []
 
 
+@pytest.mark.parametrize("typed", ["1e400", "-1e999", "NaN", "Infinity", "-Infinity"])
+def test_a_data_value_that_spells_no_finite_number_is_matched_as_text(flow, users, typed):
+    """Given an instance whose data holds the text an operator types, when the list is filtered by it, then the
+    text matches and nothing fails: read as a JSON number it was an infinity or NaN, which PostgreSQL's JSON has
+    not, and the page was a 500."""
+    # given
+    texty = instance_start("sel_flow", {"amount": typed})
+    instance_start("sel_flow", {"amount": 40})
+
+    # when
+    found = list(
+        filtered(users.admin, InstanceFilter(data_path="amount", data_value=typed)).values_list("pk", flat=True)
+    )
+
+    # then
+    assert found == [texty.pk]
+
+
 def test_keyset_pages_walk_every_instance_once_newest_first(flow, users):
     # given
     made = [instance_start("sel_flow", {}) for _ in range(7)]
