@@ -22,3 +22,9 @@ urlpatterns = [
     path("", include("approvals.urls")),
     path("", include("console.urls")),
 ]
+
+# Errors raised before any view (a refused Host header, a middleware's refusal): problem+json under /api/.
+handler400 = "baton_site.errors.bad_request"
+handler403 = "baton_site.errors.permission_denied"
+handler404 = "baton_site.errors.page_not_found"
+handler500 = "baton_site.errors.server_error"

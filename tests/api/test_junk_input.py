@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.test import Client
 
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -129,6 +130,30 @@ def test_a_path_under_api_with_a_line_break_or_junk_is_a_problem_404(api_as, rol
     assert response.status_code == 404
     assert response["Content-Type"] == "application/problem+json"
     assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize("host", ["", "evil.example", "bad host"])
+@pytest.mark.parametrize(("method", "path"), [("get", "/api/instances/"), ("post", "/api/instances/")])
+def test_a_host_header_the_site_does_not_answer_to_is_a_problem_400_under_api(host, method, path):
+    """An empty or foreign Host header is refused by Django before any route (DisallowedHost), and its 400 was the
+    site's HTML page under /api/ too (schemathesis's long run sent `Host:` empty)."""
+    # when
+    client = Client(HTTP_HOST=host)
+    response = client.get(path) if method == "get" else client.post(path, "{}", content_type="application/json")
+
+    # then
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "bad_request"
+
+
+def test_a_foreign_host_header_on_a_page_is_the_sites_400_page():
+    # when
+    response = Client(HTTP_HOST="evil.example").get("/")
+
+    # then
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
 
 
 def test_json_sent_with_odd_but_valid_shapes_still_starts(api_as, roles):

@@ -1,0 +1,61 @@
+"""The site's error views (``handler400`` ... ``handler500`` in baton_site/urls.py): under /api/ the API's own
+problem+json, elsewhere Django's views with the site's templates (templates/400.html ...).
+
+They answer what Django raises before any route or DRF view runs, where the API's exception handler never sees
+it: a request whose Host header is empty or not in ``BATON_ALLOWED_HOSTS`` (``DisallowedHost``, 400), or a
+middleware's refusal. A script reading the API then always gets the body the schema promises."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+
+from api.problems import PROBLEM_JSON
+
+CODES = {400: "bad_request", 403: "permission_denied", 404: "not_found", 500: "server_error"}
+DETAILS = {
+    400: "The request could not be read (a Host header this site does not answer to, or a malformed request).",
+    403: "You may not do this.",
+    404: "No API endpoint at this path: see /api/docs/ for the endpoints.",
+    500: "Baton failed to answer this request; it is logged. Try again, or tell the operators.",
+}
+
+
+def _is_api(request: HttpRequest) -> bool:
+    # path_info, not build_absolute_uri or get_host: the Host may be what was refused.
+    return request.path_info.startswith("/api/")
+
+
+def _problem(request: HttpRequest, status: int) -> JsonResponse:
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": DETAILS[status],
+        "code": CODES[status],
+        "instance": request.path,
+    }
+    return JsonResponse(body, status=status, content_type=PROBLEM_JSON)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """400: problem+json under /api/, else templates/400.html. Raises nothing."""
+    return _problem(request, 400) if _is_api(request) else defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """403: problem+json under /api/, else templates/403.html. Raises nothing."""
+    return _problem(request, 403) if _is_api(request) else defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """404: problem+json under /api/, else templates/404.html. Raises nothing."""
+    return _problem(request, 404) if _is_api(request) else defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500: problem+json under /api/, else templates/500.html (rendered without the request, which may be what
+    failed). Raises nothing."""
+    return _problem(request, 500) if _is_api(request) else defaults.server_error(request)
