@@ -16,6 +16,11 @@
  *                         is repaired within a minute
  *   baton:refresh-<name>  once per name in "refresh"
  *                         (e.g. hx-trigger="baton:refresh-inbox from:body")
+ *   baton:settle-<name>   once, when no refresh of that name has come for SETTLE_MS: htmx's throttle drops the
+ *                         events within its window (it does not fetch again at its end), so a region that
+ *                         throttles baton:refresh-<name> also listens, unthrottled, for this one, or the last hint
+ *                         of a burst (a bulk job's final batch, the last instance to complete) would wait for the
+ *                         resync
  *   baton:message         for every message; event.detail is the parsed message
  *
  * Exposes window.batonLive = {socket, connected, ...} for tests.
@@ -27,6 +32,8 @@
   var MAX_DELAY_MS = 15000;
   var TOAST_DELAY_MS = 5000;
   var RESYNC_MS = 60000;
+  // Longer than any throttle a template puts on a baton:refresh-<name> trigger (3 s at most).
+  var SETTLE_MS = 3500;
   var MAX_TOASTS = 5;
   var LEVELS = { info: true, success: true, warning: true, danger: true };
 
@@ -46,6 +53,7 @@
 
   var reconnectTimer = null;
   var resyncTimer = null;
+  var settleTimers = {};
   var stopped = false;
 
   // ---- events ------------------------------------------------------------
@@ -205,6 +213,14 @@
     GONE_EVENTS[type] = true;
   });
 
+  function settleLater(name) {
+    clearTimeout(settleTimers[name]);
+    settleTimers[name] = setTimeout(function () {
+      delete settleTimers[name];
+      fire("baton:settle-" + name);
+    }, SETTLE_MS);
+  }
+
   function handleMessage(data) {
     var msg = data;
     if (typeof data === "string") {
@@ -234,6 +250,7 @@
         if (!name || seen[name]) return;
         seen[name] = true;
         fire(LIVE_NAMES.refreshPrefix + name);
+        settleLater(name);
       });
     }
 
