@@ -5,7 +5,7 @@ including its own urls module above the catch-all. The shared authentication, pe
 handler and schema come from the project's REST_FRAMEWORK settings (api/conf.py).
 """
 
-from django.urls import include, path, re_path
+from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
@@ -19,6 +19,23 @@ router.register("instances", views.InstanceViewSet, basename="instance")
 router.register("tasks", views.TaskViewSet, basename="task")
 router.register("signals", views.SignalViewSet, basename="signal")
 
+
+class AnyPath:
+    """Any characters, line breaks too: ``<path:...>`` is ``.+``, which stops at a line break, and such a path under
+    /api/ got the site's HTML 404 instead of the catch-all's problem+json."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(AnyPath, "any")
+
+
 urlpatterns = [
     path("", include(router.urls)),
     path("audit/events/", views.AuditEventsView.as_view(), name="audit-events"),
@@ -29,7 +46,6 @@ urlpatterns = [
     path("tokens/", pages.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", pages.token_revoke_view, name="token_revoke"),
     # Last: whatever else is asked under /api/ is a problem+json 404 (keep new paths above this line).
-    # Any characters, line breaks too: `<path:...>` is `.+`, which stops at one, and such a path got the site's
-    # HTML 404.
-    re_path(r"^(?P<rest>[\s\S]*)\Z", problems.not_found, name="not_found"),
+    path("", problems.not_found),
+    path("<any:rest>", problems.not_found, name="not_found"),
 ]
