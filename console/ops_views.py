@@ -133,7 +133,14 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
     except task_errors.TaskNotFound:
         raise hidden_404(request, "task", HumanTask, task_id, "No such task.") from None
     except task_errors.TaskError as exc:
-        return _answer_refused(request, task_id, str(exc), 403 if isinstance(exc, task_errors.TaskForbidden) else 409)
+        # As the task page and the API answer them: bad input 400, a forbidden action 403, the task's state 409.
+        if isinstance(exc, task_errors.TaskInvalid):
+            code = 400
+        elif isinstance(exc, task_errors.TaskForbidden):
+            code = 403
+        else:
+            code = 409
+        return _answer_refused(request, task_id, str(exc), code)
     return redirect("console:incidents")
 
 

@@ -336,8 +336,10 @@ def refund_escalation(run_steps, users):
         ({"op": "reassign", "decision": "fail", "comment": "over to me, ticket 4411"}, 403, "Only the assignee"),
         # a reason longer than the form takes (a browser's maxlength bypassed)
         ({"op": "resolve", "decision": "resolved", "comment": "x" * 1001}, 400, "at most 1000"),
+        # bad input the service finds (no reason for marking it resolved): 400 as on the task page, not 409
+        ({"op": "resolve", "decision": "resolved", "comment": "  "}, 400, "reason"),
     ],
-    ids=["refused by the task", "refused by the form"],
+    ids=["refused by the task", "refused by the form", "refused by the service as invalid"],
 )
 def test_a_refused_escalation_answer_comes_back_as_typed(client, users, refund_escalation, posted, status, says):
     """A refusal used to redirect to Incidents with a message, and what the operator had written was gone."""
