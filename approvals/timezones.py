@@ -19,6 +19,8 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from orchestrator.recurrence import NOT_PLACES
+
 SESSION_KEY = "baton_time_zone"
 # Whether the person chose a zone (else the page proposes the browser's); stored beside the zone.
 SESSION_CHOSEN = "baton_time_zone_chosen"
@@ -26,8 +28,9 @@ SESSION_CHOSEN = "baton_time_zone_chosen"
 
 @lru_cache(maxsize=1)
 def zone_names() -> tuple[str, ...]:
-    """Every IANA zone name this Python knows, sorted (about 600)."""
-    return tuple(sorted(zoneinfo.available_timezones()))
+    """Every IANA zone name this Python knows that names a place, sorted (about 600): not ``localtime`` (the
+    server's own zone) or the ``Factory`` placeholder (``orchestrator.recurrence.NOT_PLACES``)."""
+    return tuple(sorted(zoneinfo.available_timezones() - NOT_PLACES))
 
 
 def valid_zone(name: str) -> bool:

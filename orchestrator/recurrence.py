@@ -32,11 +32,14 @@ def zone(name: str) -> ZoneInfo:
 
 
 _ZONES: set[str] = set()
+# Zone files that name no place: "localtime" is the server's own zone (a schedule's hour would move with the server
+# it runs on) and "Factory" a placeholder whose abbreviation is "-00".
+NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
 
 
 def _zones() -> set[str]:
     if not _ZONES:
-        _ZONES.update(available_timezones() | {"UTC"})
+        _ZONES.update((available_timezones() - NOT_PLACES) | {"UTC"})
     return _ZONES
 
 

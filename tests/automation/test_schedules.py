@@ -332,6 +332,10 @@ def test_a_start_that_fails_is_recorded_and_audited_and_the_schedule_goes_on(rep
         ({"cron": "r(0-30) 9 * * *"}, "cron"),
         ({"cron": "", "interval_seconds": 5}, "interval_seconds"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        # real zone files that name no place: the server's own zone (its meaning moves with the server) and the
+        # placeholder zone "-00"
+        ({"timezone": "localtime"}, "timezone"),
+        ({"timezone": "Factory"}, "timezone"),
         ({"workflow_name": "no_such_flow"}, "workflow_name"),
         ({"input": {"region": "mars"}}, "input"),
     ],
