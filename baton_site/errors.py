@@ -23,9 +23,14 @@ DETAILS = {
 }
 
 
+# Pages for people under /api/ (a person's own API tokens, api/pages.py): their errors are pages too.
+API_PAGES = ("/api/tokens/",)
+
+
 def _is_api(request: HttpRequest) -> bool:
     # path_info, not build_absolute_uri or get_host: the Host may be what was refused.
-    return request.path_info.startswith("/api/")
+    path = request.path_info
+    return path.startswith("/api/") and not path.startswith(API_PAGES)
 
 
 def _problem(request: HttpRequest, status: int) -> JsonResponse:

@@ -8,6 +8,7 @@ import json
 import pytest
 from django.test import Client
 
+from api.tokens import token_create
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
@@ -153,6 +154,21 @@ def test_a_foreign_host_header_on_a_page_is_the_sites_400_page():
 
     # then
     assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_someone_elses_token_revoked_from_the_tokens_page_is_the_sites_404_page(roles):
+    """The tokens page lives under /api/ but is a page for people: its 404 stays a page, not problem+json."""
+    # given
+    token = token_create(roles.staff, "script").token
+    client = Client()
+    client.force_login(roles.staff2)
+
+    # when
+    response = client.post(f"/api/tokens/{token.pk}/revoke/")
+
+    # then
+    assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
 
 
