@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so a server that falls behind shows it) instead of each client posting again as soon as it is answered",
     )
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument(
+        "--sql",
+        help="run this SQL on the fresh database after its migrations, for an A/B experiment on the schema "
+        "(e.g. 'DROP INDEX instance_title_trgm'); the report records it",
+    )
     return parser.parse_args(argv)
 
 
@@ -74,6 +79,11 @@ def setup(args: argparse.Namespace) -> str:
     import django
 
     django.setup()
+    if args.sql:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(args.sql)
     from django.contrib.auth.models import Permission
 
     from api.tokens import token_create
@@ -312,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "idempotency_key": not args.no_key,
+        "sql": args.sql or "",
         "wall_s": round(wall, 2),
         "starts_per_s": round(rate, 1),
         "p50_ms": round(percentile(latencies, 0.50), 1),
