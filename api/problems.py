@@ -228,20 +228,30 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     return Response(body, status=status_code, headers=headers, content_type=PROBLEM_JSON)
 
 
+NOT_FOUND_DETAIL = "No API endpoint at this path: see /api/docs/ for the endpoints."
+
+
+def problem_response(request: HttpRequest, status_code: int, detail: str, code: str) -> JsonResponse:
+    """A problem+json answer built outside DRF (no view, no negotiation): ``status_code`` an HTTP status, ``detail``
+    the sentence for people, ``code`` the machine-readable one. The same body ``problem_handler`` gives, without
+    ``errors``. Raises ``ValueError`` for a status HTTP does not define."""
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status_code).phrase,
+        "status": status_code,
+        "detail": detail,
+        "code": code,
+        "instance": request.path,
+    }
+    return JsonResponse(body, status=status_code, content_type=PROBLEM_JSON)
+
+
 @csrf_exempt
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     """Any path under /api/ that no endpoint matches (an id that is not a number, a typo, a missing slash):
     a problem+json 404 for every method, instead of a page of HTML (or, for a POST without its slash, the
     error Django raises under DEBUG). Nothing is read or written, so it needs no authentication."""
-    body = {
-        "type": "about:blank",
-        "title": "Not Found",
-        "status": 404,
-        "detail": "No API endpoint at this path: see /api/docs/ for the endpoints.",
-        "code": "not_found",
-        "instance": request.path,
-    }
-    return JsonResponse(body, status=404, content_type=PROBLEM_JSON)
+    return problem_response(request, 404, NOT_FOUND_DETAIL, "not_found")
 
 
 class LenientNegotiation(DefaultContentNegotiation):

@@ -7,18 +7,16 @@ middleware's refusal. A script reading the API then always gets the body the sch
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 
-from api.problems import PROBLEM_JSON
+from api.problems import NOT_FOUND_DETAIL, problem_response
 
 CODES = {400: "bad_request", 403: "permission_denied", 404: "not_found", 500: "server_error"}
 DETAILS = {
     400: "The request could not be read (a Host header this site does not answer to, or a malformed request).",
     403: "You may not do this.",
-    404: "No API endpoint at this path: see /api/docs/ for the endpoints.",
+    404: NOT_FOUND_DETAIL,
     500: "Baton failed to answer this request; it is logged. Try again, or tell the operators.",
 }
 
@@ -33,16 +31,8 @@ def _is_api(request: HttpRequest) -> bool:
     return path.startswith("/api/") and not path.startswith(API_PAGES)
 
 
-def _problem(request: HttpRequest, status: int) -> JsonResponse:
-    body = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": DETAILS[status],
-        "code": CODES[status],
-        "instance": request.path,
-    }
-    return JsonResponse(body, status=status, content_type=PROBLEM_JSON)
+def _problem(request: HttpRequest, status: int) -> HttpResponse:
+    return problem_response(request, status, DETAILS[status], CODES[status])
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
