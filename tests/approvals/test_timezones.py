@@ -162,11 +162,12 @@ def test_a_person_who_chose_no_zone_gets_the_browser_proposal_banner(client, use
     assert 'id="tz-banner"' not in chosen
 
 
-def test_a_session_holding_a_zone_that_no_longer_exists_falls_back_to_the_site_zone(client, users):
-    # given
+@pytest.mark.parametrize("stored", ["Atlantis/Capital", "localtime", "Factory"])
+def test_a_session_holding_a_zone_that_no_longer_exists_falls_back_to_the_site_zone(client, users, stored):
+    # given a zone gone from tzdata, or one stored before the names that are no place were refused
     client.force_login(users.staff)
     session = client.session
-    session[SESSION_KEY] = "Atlantis/Capital"
+    session[SESSION_KEY] = stored
     session.save()
 
     # when

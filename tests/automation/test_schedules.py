@@ -412,17 +412,19 @@ def test_a_declared_schedule_that_cannot_be_stored_stops_no_other_schedule(regis
     assert not Schedule.objects.filter(name="spoiled").exists()
 
 
-def test_a_schedule_whose_time_zone_is_gone_is_paused_with_the_reason_and_the_others_fire(report):
+@pytest.mark.parametrize("zone", ["US/Pacific-New", "localtime", "Factory"])
+def test_a_schedule_whose_time_zone_is_gone_is_paused_with_the_reason_and_the_others_fire(report, zone):
     """A tzdata upgrade removes a zone (US/Pacific-New went in 2020b): the schedule's times can no longer be
     computed. It raised in every sweep without a trace on its page, stayed due at the head of the queue, and its
-    page answered 500."""
-    # given a schedule in a zone this tzdata no longer has, and another one, both due
+    page answered 500. A zone stored before Baton refused the zone files that name no place (``localtime``, the
+    server's own; ``Factory``) is handled the same way."""
+    # given a schedule in a zone this tzdata no longer has (or one that is no place), and another one, both due
     gone = hourly("pacific new")
     other = hourly("other")
     now = timezone.now()
     due_now(gone, now - timedelta(seconds=5))
     due_now(other, now - timedelta(seconds=4))
-    Schedule.objects.filter(pk=gone.pk).update(timezone="US/Pacific-New")
+    Schedule.objects.filter(pk=gone.pk).update(timezone=zone)
 
     # when the sweep runs
     engine.sweep(now=now)
@@ -432,7 +434,7 @@ def test_a_schedule_whose_time_zone_is_gone_is_paused_with_the_reason_and_the_ot
     fire_row = ScheduleFire.objects.get(schedule=gone)
     gone.refresh_from_db()
     assert fire_row.outcome == FireOutcome.FAILED
-    assert "US/Pacific-New" in fire_row.error
+    assert zone in fire_row.error
     assert (gone.enabled, gone.next_fire_at) == (False, None)
     assert AuditEvent.objects.filter(chain="automation", action="schedule.paused", subject_id=gone.pk).exists()
 
