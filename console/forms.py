@@ -54,7 +54,10 @@ class OperateForm(forms.Form):
 
 class StartOptionsForm(forms.Form):
     """What a start form carries besides the workflow's own fields: the key that makes a resubmission (a double
-    click, a reload) return the instance it started instead of a second one."""
+    click, a reload) return the instance it started instead of a second one. Posted as ``baton-<name>``:
+    a workflow's form may have a field of the same name, and its own fields, Python names, never hold a hyphen."""
+
+    prefix = "baton"
 
     idempotency_key = forms.CharField(
         required=False,

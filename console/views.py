@@ -98,13 +98,15 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
                 return redirect("console:instance_detail", instance_id=instance.pk)
             return redirect(reverse("approvals:inbox"))
     key_errors: list[str] = [str(e) for e in options.errors.get("idempotency_key", [])]
+    posted_key = request.POST.get(options.add_prefix("idempotency_key"))
     for error in key_errors:
         form.add_error(None, error)
     context = {
         "workflow": workflow,
         "form": form,
         # A key that was refused is replaced: the next submission starts afresh with a good one.
-        "idempotency_key": (not key_errors and request.POST.get("idempotency_key")) or uuid.uuid4().hex,
+        "idempotency_key": (not key_errors and posted_key) or uuid.uuid4().hex,
+        "idempotency_key_name": options.add_prefix("idempotency_key"),
         "active_nav": "workflows",
     }
     return render(request, "orchestrator/workflow_start.html", context, status=400 if form.errors else 200)

@@ -194,7 +194,7 @@ def test_an_idempotency_key_of_300_characters_is_a_message_with_the_form_as_type
             "amount": "12.30",
             "category": "meals",
             "description": "Lunch",
-            "idempotency_key": "k" * 300,
+            "baton-idempotency_key": "k" * 300,
         },
     )
 

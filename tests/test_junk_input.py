@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
 # What the views read besides their forms' fields (query strings, hidden inputs).
 KNOWN_PARAMS = [
     "q", "state", "workflow", "page", "tab", "priority", "due", "sort", "after", "snoozed", "size",
-    "reason", "until", "comment", "decision", "to_user", "note", "name", "shared_with", "task", "idempotency_key",
+    "reason", "until", "comment", "decision", "to_user", "note", "name", "shared_with", "task", "baton-idempotency_key",
 ]  # fmt: skip
 FIELD_NAME = re.compile(r'<(?:input|select|textarea)[^>]*\sname="([^"]+)"')
 SKIPPED_PREFIXES = ("admin/",)  # Django's own admin: not Baton's pages

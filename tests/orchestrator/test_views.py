@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
+from django import forms
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -16,7 +17,7 @@ from demo.data import grant_group_permissions
 from demo.workflows import bench
 from orchestrator import registry
 from orchestrator.audit import Actor
-from orchestrator.dsl import Workflow
+from orchestrator.dsl import Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_pause, instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory
@@ -309,13 +310,13 @@ def test_the_start_form_has_visible_labels(roles):
     ]:
         assert f'<label class="form-label" for="id_{field}">{label}</label>' in content
         assert f'id="id_{field}"' in content
-    assert re.search(r'name="idempotency_key" value="[0-9a-f]{32}"', content)
+    assert re.search(r'name="baton-idempotency_key" value="[0-9a-f]{32}"', content)
 
 
 def test_an_invalid_start_is_400_with_field_errors(roles):
     """A missing employee and a negative amount: 400, each error beside its field, nothing started."""
     # when
-    response = login(roles.staff).post(START, {**VALID, "employee": "", "amount": "-3", "idempotency_key": "k1"})
+    response = login(roles.staff).post(START, {**VALID, "employee": "", "amount": "-3", "baton-idempotency_key": "k1"})
 
     # then
     assert response.status_code == 400
@@ -323,14 +324,14 @@ def test_an_invalid_start_is_400_with_field_errors(roles):
     assert "This field is required." in content
     assert "Ensure this value is greater than or equal to 0.01." in content
     assert "Team lunch</textarea>" in content
-    assert 'name="idempotency_key" value="k1"' in content
+    assert 'name="baton-idempotency_key" value="k1"' in content
     assert not WorkflowInstance.objects.exists()
 
 
 def test_a_valid_start_opens_the_new_instance(roles):
     """Valid input starts the latest version with staff as initiator and opens its page."""
     # when
-    response = login(roles.staff).post(START, {**VALID, "idempotency_key": "k2"}, follow=True)
+    response = login(roles.staff).post(START, {**VALID, "baton-idempotency_key": "k2"}, follow=True)
 
     # then
     instance = WorkflowInstance.objects.get()
@@ -344,7 +345,7 @@ def test_the_same_form_posted_twice_starts_one_instance(roles):
     """A double click (the same idempotency key twice) starts one instance; both answers open it."""
     # given
     client = login(roles.staff)
-    form = {**VALID, "idempotency_key": "double-click"}
+    form = {**VALID, "baton-idempotency_key": "double-click"}
 
     # when
     first = client.post(START, form)
@@ -359,10 +360,10 @@ def test_the_same_key_with_other_values_is_refused(roles):
     """Reusing a form's key with changed values says so and starts nothing new."""
     # given
     client = login(roles.staff)
-    client.post(START, {**VALID, "idempotency_key": "edited"}, follow=True)
+    client.post(START, {**VALID, "baton-idempotency_key": "edited"}, follow=True)
 
     # when
-    response = client.post(START, {**VALID, "amount": "99", "idempotency_key": "edited"})
+    response = client.post(START, {**VALID, "amount": "99", "baton-idempotency_key": "edited"})
 
     # then
     assert shown(response) == [("danger", "This form was already submitted with other values.")]
@@ -437,3 +438,26 @@ def test_anonymous_visitors_are_sent_to_sign_in_from_an_instance(client):
 
     # then
     assert (response.status_code, response["Location"]) == (302, f"{reverse('login')}?next={detail_url(instance)}")
+
+
+class KeyedForm(forms.Form):
+    idempotency_key = forms.CharField(label="Supplier's order number")
+
+
+def test_a_start_form_with_a_field_named_like_the_page_s_key_keeps_both(roles, register_workflow):
+    """The page's own resubmission key was posted as ``idempotency_key``: a workflow whose form has a field of that
+    name got its value as the key (or the key as its value). The page's key is ``baton-idempotency_key``."""
+    # given a workflow whose start form asks for an "idempotency_key"
+    register_workflow(Workflow("keyed_flow", 1, [Task("go", lambda ctx: None)], start_form=KeyedForm))
+    client = login(roles.staff)
+
+    # when the form is posted with both, twice (a double click)
+    form = {"idempotency_key": "PO-1", "baton-idempotency_key": "page-key"}
+    first = client.post("/workflows/keyed_flow/start/", form)
+    second = client.post("/workflows/keyed_flow/start/", form)
+
+    # then one instance, with the typed value as data and the page's key as its key
+    instance = WorkflowInstance.objects.get(workflow_name="keyed_flow")
+    assert first.status_code == second.status_code == 302
+    assert instance.data == {"idempotency_key": "PO-1"}
+    assert instance.idempotency_key == "page-key"
