@@ -311,6 +311,29 @@ def test_the_makefile_reads_blank_and_padded_values_as_the_settings_do():
     assert worker[worker.index("--concurrency") + 1] == "3"
 
 
+@pytest.mark.parametrize(
+    ("value", "gunicorn", "daphne"),
+    [
+        # blank: gunicorn got "--bind :8000", which listens on every interface, not the default 127.0.0.1; daphne
+        # got "-b -p 8001"
+        (" ", "127.0.0.1:8000", "127.0.0.1"),
+        ("", "127.0.0.1:8000", "127.0.0.1"),
+        (" 10.1.2.3 ", "10.1.2.3:8000", "10.1.2.3"),
+        # an IPv6 address: gunicorn needs it in brackets before the port ("::1:8000" is no address), daphne bare
+        ("::1", "[::1]:8000", "::1"),
+        ("[::1]", "[::1]:8000", "[::1]"),
+    ],
+)
+def test_make_web_and_web_live_listen_where_baton_bind_says(value, gunicorn, daphne):
+    # when
+    web = _make_line("web", "bin/gunicorn", {"BATON_BIND": value, "BATON_PORT": ""}).split()
+    live = _make_line("web-live", "bin/daphne", {"BATON_BIND": value}).split()
+
+    # then
+    assert web[web.index("--bind") + 1] == gunicorn
+    assert live[live.index("-b") + 1] == daphne
+
+
 @pytest.mark.parametrize(("behind_proxy", "expected"), [(False, "10.0.0.9"), (True, "203.0.113.7")])
 def test_the_audit_records_the_forwarded_address_only_behind_a_proxy(behind_proxy, expected):
     # given: a client that claims to be 198.51.100.1, behind a proxy at 10.0.0.9 that saw 203.0.113.7
