@@ -424,6 +424,41 @@ def test_every_variable_in_the_readme_table_is_read_by_the_code():
     assert documented - read == set()
 
 
+# The Django setting a variable sets, where it is not the variable's own name.
+SETTING_OF = {
+    "BATON_HSTS_SECONDS": "SECURE_HSTS_SECONDS",
+    "BATON_HSTS_INCLUDE_SUBDOMAINS": "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "BATON_HSTS_PRELOAD": "SECURE_HSTS_PRELOAD",
+    "BATON_VISIBILITY_TIMEOUT": "CELERY_BROKER_TRANSPORT_OPTIONS",
+}
+TESTS_ONLY = {"BATON_SCHEMATHESIS_EXAMPLES", "BATON_SCHEMATHESIS_RANDOM"}  # read by tests/api, not the settings
+
+
+def test_every_number_the_readme_table_gives_as_a_default_is_the_code_s():
+    """A row whose default is a plain number (a count, a duration, a 0/1 switch) says what a production start with
+    the variable unset uses: a default changed in the code and not in the table would go unnoticed."""
+    # given: the table's rows with a number for their default
+    rows = [line.split("|") for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `BATON_")]
+    documented = {
+        name: float(default)
+        for _, names, default, *_ in rows
+        for name, default in [(names.strip().strip("`"), default.strip().strip("`"))]
+        if re.fullmatch(r"[0-9.]+", default) and name not in TESTS_ONLY
+    }
+    assert len(documented) > 20  # the table is read at all
+
+    # when: a production start with none of them set
+    found = settings_in(PRODUCTION, *{SETTING_OF.get(name, name) for name in documented})
+
+    # then
+    for name, default in documented.items():
+        value = found[SETTING_OF.get(name, name)]
+        if name == "BATON_VISIBILITY_TIMEOUT":
+            value = value["visibility_timeout"]
+        assert value is not None, f"{name}: no such setting"
+        assert float(value) == default, f"{name}: README says {default:g}, the code uses {value}"
+
+
 def test_host_lists_with_spaces_after_the_commas_are_understood():
     # given: the way people write lists ("a, b")
     env = {
