@@ -384,6 +384,26 @@ def test_check_deploy_warns_without_them():
     assert "SECURE_HSTS_SECONDS" in done.stderr + done.stdout
 
 
+DOCS = ["README.md", "docs/architecture.md", "docs/console.md", "docs/access-matrix.md", "bench/README.md"]
+
+
+def test_every_make_target_the_docs_name_runs_something():
+    """``make typecheck`` was declared phony with no recipe: it answered "Nothing to be done" and exit status 0, so
+    a check run with it passed without type-checking anything."""
+    # given: every `make <target>` the documentation names, and the Makefile's own phony list
+    named = set()
+    for doc in DOCS:
+        named |= set(re.findall(r"`make ([a-z][a-z-]*)", (ROOT / doc).read_text()))
+    phony = set(re.search(r"^\.PHONY: (.+)$", (ROOT / "Makefile").read_text(), re.M)[1].split())
+    assert {"demo", "test", "web", "worker", "typecheck"} <= named  # the scan finds them at all
+
+    # when / then: each is a target with a recipe (-B: as if nothing were up to date, so `install` shows its own)
+    for target in sorted(named | phony):
+        done = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, f"make {target}: {done.stderr}"
+        assert "Nothing to be done" not in done.stdout, f"make {target} does nothing"
+
+
 # --- the README's table ---------------------------------------------------------------------------------
 
 ENV_READ = re.compile(
