@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import ipaddress
 import math
 import os
 import re
@@ -81,6 +82,20 @@ def env_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
     if not minimum <= value <= maximum:
         raise ImproperlyConfigured(f"{name}={raw!r}: give a whole number from {minimum} to {maximum}.")
     return value
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+
+
+def is_listen_address(value: str) -> bool:
+    """Whether ``value`` is an address a server can listen on: an IPv4 or IPv6 address (bare or in brackets) or a
+    host name (RFC 1123 labels). A port, a scheme or a space is not (the Makefile appends ``:$BATON_PORT``)."""
+    try:
+        ipaddress.ip_address(value[1:-1] if value.startswith("[") and value.endswith("]") else value)
+    except ValueError:
+        return HOST_NAME.fullmatch(value) is not None
+    return True
 
 
 # --- Mode and start-up checks ---------------------------------------------------------------------------
@@ -241,7 +256,7 @@ if DATABASE_URL:
         # at 100,000 tasks it added about 100 ms to a 3 ms query. Short OLTP queries never win from it.
         DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
     # An explicit test name: the Channels live server and worker subprocesses must find the same database.
-    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("BATON_TEST_DB_NAME", "test_baton")}
+    DATABASES["default"]["TEST"] = {"NAME": env_text("BATON_TEST_DB_NAME", "test_baton")}
 else:
     DATA_DIR.mkdir(exist_ok=True)
     _sqlite_path = env_text("BATON_SQLITE_PATH", str(DATA_DIR / "baton.sqlite3"))
@@ -543,11 +558,11 @@ def parse_audit_keys(text: str) -> list[tuple[str, str]]:
 # The demo and tests sign with a fixed, clearly fake key; production must bring its own (kept out of the database
 # and apart from BATON_SECRET_KEY, so whoever holds one does not hold the other; README, "Production").
 # The start-up checks above refuse production without BATON_AUDIT_KEYS, so only the demo signs with this one.
-BATON_AUDIT_KEYS = parse_audit_keys(
-    os.environ.get("BATON_AUDIT_KEYS") or "demo:baton-demo-audit-key-not-for-production"
-)
-# Signed seals of the chain heads go to this file (JSON Lines, appended and fsynced), or to the log when empty.
-BATON_AUDIT_SEAL_PATH = os.environ.get("BATON_AUDIT_SEAL_PATH", "")
+# Blanks only are "not set" (README): in demo mode the demo key, in production refused above.
+BATON_AUDIT_KEYS = parse_audit_keys(env_text("BATON_AUDIT_KEYS", "demo:baton-demo-audit-key-not-for-production"))
+# Signed seals of the chain heads go to this file (JSON Lines, appended and fsynced), or to the log when empty
+# (blanks too: they were a file named " " in the worker's directory).
+BATON_AUDIT_SEAL_PATH = env_text("BATON_AUDIT_SEAL_PATH", "")
 # Minutes between seals of the chains that changed (beat); 0 turns the periodic seal off. A full seal runs daily.
 BATON_AUDIT_SEAL_INTERVAL = env_seconds("BATON_AUDIT_SEAL_INTERVAL", 5.0, minimum=0, maximum=1440, unit="minutes")
 if BATON_AUDIT_SEAL_INTERVAL > 0:
@@ -609,6 +624,12 @@ BATON_WEB_WORKERS = env_int("BATON_WEB_WORKERS", 2 * (os.cpu_count() or 1) + 1, 
 BATON_WEB_TIMEOUT = env_int("BATON_WEB_TIMEOUT", 60, minimum=1, maximum=86_400)
 BATON_WEB_GRACEFUL_TIMEOUT = env_int("BATON_WEB_GRACEFUL_TIMEOUT", 30, minimum=1, maximum=86_400)
 BATON_PORT = env_int("BATON_PORT", 8000, minimum=1, maximum=65535)
+BATON_BIND = env_text("BATON_BIND", "127.0.0.1")
+if not is_listen_address(BATON_BIND):
+    raise ImproperlyConfigured(
+        f"BATON_BIND={BATON_BIND!r}: give the address to listen on, without a port or scheme: 127.0.0.1 (this "
+        "machine only), 0.0.0.0 (every interface), ::1 or a host name. The port is BATON_PORT."
+    )
 BATON_LIVE_PORT = env_int("BATON_LIVE_PORT", 8001, minimum=1, maximum=65535)
 BATON_WORKER_CONCURRENCY = env_int("BATON_WORKER_CONCURRENCY", 2, minimum=1, maximum=1024)
 

@@ -9,8 +9,6 @@ world with real instances and tasks so that some generated ids exist.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import schemathesis
 from django.core import signals
@@ -20,10 +18,13 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from api.tokens import token_create
+from baton_site.settings import env_bool, env_int
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 
-EXAMPLES = int(os.environ.get("BATON_SCHEMATHESIS_EXAMPLES", "6"))
+# Read as the settings read theirs (README's table): junk stops the run naming the variable.
+EXAMPLES = env_int("BATON_SCHEMATHESIS_EXAMPLES", 6, minimum=1, maximum=100_000)
+RANDOM = env_bool("BATON_SCHEMATHESIS_RANDOM")
 ROLES = ("anonymous", "outsider", "staff", "manager", "operator", "admin")
 CHECKS = [
     checks.not_a_server_error,
@@ -74,7 +75,7 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", WSGIHandler(
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=os.environ.get("BATON_SCHEMATHESIS_RANDOM") != "1",
+    derandomize=not RANDOM,
     suppress_health_check=list(HealthCheck),
 )
 def test_the_api_keeps_its_schema_for_every_role(case, world):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -83,6 +84,12 @@ def env_for(name: str, value: str) -> dict[str, str]:
         ("BATON_PORT", "99999"),
         ("BATON_LIVE_PORT", "http"),
         ("BATON_WORKER_CONCURRENCY", "0"),
+        # The Makefile's address: "a host" gave gunicorn "--bind a host:8000" (its own error, about "host:8000"), a
+        # port in it "--bind 127.0.0.1:9000:8000", a URL "--bind http://0.0.0.0:8000".
+        ("BATON_BIND", "not a host"),
+        ("BATON_BIND", "127.0.0.1:9000"),
+        ("BATON_BIND", "http://0.0.0.0"),
+        ("BATON_BIND", "-b"),
     ],
 )
 def test_a_junk_value_stops_the_start_naming_the_variable(name, value):
@@ -118,6 +125,37 @@ def test_an_empty_value_is_the_documented_default(name, setting, default):
 
     # then
     assert found[setting] == default
+
+
+@pytest.mark.parametrize(
+    ("name", "setting", "default", "env"),
+    [
+        ("BATON_BIND", "BATON_BIND", "127.0.0.1", {}),
+        # a seal path of blanks was a file named " " in the directory the worker started in, not the log
+        ("BATON_AUDIT_SEAL_PATH", "BATON_AUDIT_SEAL_PATH", "", {}),
+        # blanks were refused as a malformed key list ("'' is not"), in demo mode where the variable is optional
+        ("BATON_AUDIT_KEYS", "BATON_AUDIT_KEYS", [["demo", "baton-demo-audit-key-not-for-production"]], {}),
+        # empty was Django's own name, test_<database>, not the documented test_baton
+        ("BATON_TEST_DB_NAME", "DATABASES", "test_baton", PRODUCTION),
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_value_is_the_documented_default(name, setting, default, env, blank):
+    """README, settings: "A variable set but empty is the default", blanks included (an env file's trailing space)."""
+    # when
+    found = settings_in({**env, name: blank}, setting)[setting]
+
+    # then
+    if setting == "DATABASES":
+        found = found["default"]["TEST"]["NAME"]
+    assert found == default
+
+
+@pytest.mark.parametrize(
+    ("value", "bind"), [(" 10.1.2.3 ", "10.1.2.3"), ("baton-web.internal", "baton-web.internal"), ("::", "::")]
+)
+def test_an_address_to_listen_on_is_read_as_meant(value, bind):
+    assert settings_in({"BATON_BIND": value}, "BATON_BIND")["BATON_BIND"] == bind
 
 
 @pytest.mark.parametrize("name", ["BATON_SECRET_KEY", "BATON_AUDIT_KEYS"])
@@ -223,3 +261,28 @@ def test_a_database_url_with_blanks_around_it_is_read_as_meant():
 
     # then
     assert found["DATABASES"]["default"]["HOST"] == "db.invalid"
+
+
+SCHEMATHESIS_TESTS = "tests/api/test_schemathesis.py"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("BATON_SCHEMATHESIS_EXAMPLES", "lots"), ("BATON_SCHEMATHESIS_RANDOM", "sometimes")]
+)
+def test_a_tests_only_variable_given_junk_stops_the_run_naming_it(name, value):
+    """The table's tests-only variables are read as the settings read theirs: ``int()`` stopped the collection
+    with a bare ``ValueError`` naming no variable, and a switch other than ``1`` (``true``) was silently off."""
+    # when: pytest collects the module that reads them
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", SCHEMATHESIS_TESTS],
+        env={**os.environ, name: value},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # then
+    assert done.returncode != 0
+    assert f"{name}=" in done.stdout + done.stderr
+    assert "ValueError" not in done.stdout + done.stderr

@@ -311,6 +311,29 @@ def test_the_makefile_reads_blank_and_padded_values_as_the_settings_do():
     assert worker[worker.index("--concurrency") + 1] == "3"
 
 
+@pytest.mark.parametrize(
+    ("value", "gunicorn", "daphne"),
+    [
+        # blank: gunicorn got "--bind :8000", which listens on every interface, not the default 127.0.0.1; daphne
+        # got "-b -p 8001"
+        (" ", "127.0.0.1:8000", "127.0.0.1"),
+        ("", "127.0.0.1:8000", "127.0.0.1"),
+        (" 10.1.2.3 ", "10.1.2.3:8000", "10.1.2.3"),
+        # an IPv6 address: gunicorn needs it in brackets before the port ("::1:8000" is no address), daphne bare
+        ("::1", "[::1]:8000", "::1"),
+        ("[::1]", "[::1]:8000", "[::1]"),
+    ],
+)
+def test_make_web_and_web_live_listen_where_baton_bind_says(value, gunicorn, daphne):
+    # when
+    web = _make_line("web", "bin/gunicorn", {"BATON_BIND": value, "BATON_PORT": ""}).split()
+    live = _make_line("web-live", "bin/daphne", {"BATON_BIND": value}).split()
+
+    # then
+    assert web[web.index("--bind") + 1] == gunicorn
+    assert live[live.index("-b") + 1] == daphne
+
+
 @pytest.mark.parametrize(("behind_proxy", "expected"), [(False, "10.0.0.9"), (True, "203.0.113.7")])
 def test_the_audit_records_the_forwarded_address_only_behind_a_proxy(behind_proxy, expected):
     # given: a client that claims to be 198.51.100.1, behind a proxy at 10.0.0.9 that saw 203.0.113.7
@@ -361,6 +384,26 @@ def test_check_deploy_warns_without_them():
     assert "SECURE_HSTS_SECONDS" in done.stderr + done.stdout
 
 
+DOCS = ["README.md", "docs/architecture.md", "docs/console.md", "docs/access-matrix.md", "bench/README.md"]
+
+
+def test_every_make_target_the_docs_name_runs_something():
+    """``make typecheck`` was declared phony with no recipe: it answered "Nothing to be done" and exit status 0, so
+    a check run with it passed without type-checking anything."""
+    # given: every `make <target>` the documentation names, and the Makefile's own phony list
+    named = set()
+    for doc in DOCS:
+        named |= set(re.findall(r"`make ([a-z][a-z-]*)", (ROOT / doc).read_text()))
+    phony = set(re.search(r"^\.PHONY: (.+)$", (ROOT / "Makefile").read_text(), re.M)[1].split())
+    assert {"demo", "test", "web", "worker", "typecheck"} <= named  # the scan finds them at all
+
+    # when / then: each is a target with a recipe (-B: as if nothing were up to date, so `install` shows its own)
+    for target in sorted(named | phony):
+        done = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, f"make {target}: {done.stderr}"
+        assert "Nothing to be done" not in done.stdout, f"make {target} does nothing"
+
+
 # --- the README's table ---------------------------------------------------------------------------------
 
 ENV_READ = re.compile(
@@ -399,6 +442,41 @@ def test_every_variable_in_the_readme_table_is_read_by_the_code():
 
     # then: a row of the table whose variable nothing reads would promise a setting that does nothing
     assert documented - read == set()
+
+
+# The Django setting a variable sets, where it is not the variable's own name.
+SETTING_OF = {
+    "BATON_HSTS_SECONDS": "SECURE_HSTS_SECONDS",
+    "BATON_HSTS_INCLUDE_SUBDOMAINS": "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "BATON_HSTS_PRELOAD": "SECURE_HSTS_PRELOAD",
+    "BATON_VISIBILITY_TIMEOUT": "CELERY_BROKER_TRANSPORT_OPTIONS",
+}
+TESTS_ONLY = {"BATON_SCHEMATHESIS_EXAMPLES", "BATON_SCHEMATHESIS_RANDOM"}  # read by tests/api, not the settings
+
+
+def test_every_number_the_readme_table_gives_as_a_default_is_the_code_s():
+    """A row whose default is a plain number (a count, a duration, a 0/1 switch) says what a production start with
+    the variable unset uses: a default changed in the code and not in the table would go unnoticed."""
+    # given: the table's rows with a number for their default
+    rows = [line.split("|") for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `BATON_")]
+    documented = {
+        name: float(default)
+        for _, names, default, *_ in rows
+        for name, default in [(names.strip().strip("`"), default.strip().strip("`"))]
+        if re.fullmatch(r"[0-9.]+", default) and name not in TESTS_ONLY
+    }
+    assert len(documented) > 20  # the table is read at all
+
+    # when: a production start with none of them set
+    found = settings_in(PRODUCTION, *{SETTING_OF.get(name, name) for name in documented})
+
+    # then
+    for name, default in documented.items():
+        value = found[SETTING_OF.get(name, name)]
+        if name == "BATON_VISIBILITY_TIMEOUT":
+            value = value["visibility_timeout"]
+        assert value is not None, f"{name}: no such setting"
+        assert float(value) == default, f"{name}: README says {default:g}, the code uses {value}"
 
 
 def test_host_lists_with_spaces_after_the_commas_are_understood():

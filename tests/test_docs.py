@@ -1,0 +1,92 @@
+"""The documentation stands alone and names what exists: every repository path README and docs/ name is a file
+or folder of this checkout, and nothing points outside the repository (a sibling checkout's notes)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").glob("*.md"))]
+TOP = sorted(path.name for path in ROOT.iterdir() if path.is_dir() and not path.name.startswith("."))
+# `dir/name.ext`, or `dir/` for a folder, starting at one of the checkout's top-level folders
+PATH = re.compile(rf"`((?:{'|'.join(map(re.escape, TOP))})/[A-Za-z0-9_./*-]*)`")
+# In a table row `a/b.py`, `c.py`: names without a folder are beside the last one that had one.
+BESIDE = re.compile(r"`([A-Za-z0-9_]+\.(?:py|js|md))`")
+
+
+def named_paths(text: str) -> list[str]:
+    """The repository paths one document names in backticks, each as it would be opened from the root."""
+    found = []
+    for line in text.splitlines():
+        cells = line.split("|")[1:2] if line.startswith("| `") else [line]
+        for cell in cells:
+            folder = ""
+            for match in re.finditer(rf"{PATH.pattern}|{BESIDE.pattern}", cell):
+                full, short = match.groups()
+                if full:
+                    folder = full if full.endswith("/") else full.rsplit("/", 1)[0] + "/"
+                    found.append(full)
+                elif folder and line.startswith("| `"):
+                    found.append(folder + short)
+    return found
+
+
+def test_every_path_the_docs_name_exists():
+    # given
+    missing = {}
+    for doc in DOCS:
+        paths = named_paths((ROOT / doc).read_text())
+        assert paths or doc != "README.md"  # the scan finds README's paths at all
+
+        # when: each is looked up from the root (a glob for `docs/screenshots/*-phone.png`)
+        gone = [path for path in paths if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists())]
+        if gone:
+            missing[doc] = gone
+
+    # then
+    assert not missing, f"named but not in the repository: {missing}"
+
+
+def test_a_short_name_in_a_table_row_is_read_beside_the_folder_before_it():
+    # given: README's way of naming several files of one folder
+    row = "| `orchestrator/services/results.py`, `orchestrator/inputs.py`, `forms.py` | what |"
+
+    # then: forms.py is orchestrator/forms.py, not orchestrator/services/forms.py
+    assert named_paths(row) == [
+        "orchestrator/services/results.py",
+        "orchestrator/inputs.py",
+        "orchestrator/forms.py",
+    ]
+
+
+def test_nothing_in_the_repository_points_outside_it():
+    # given: every tracked text file (vendored minified code and this test, which names the patterns, aside)
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = re.compile(r"\.\./shared|\bshared/|DESIGN\.md|PEERS\.md|STYLE\.md")
+
+    # when
+    found = [
+        name
+        for name in files
+        if not name.startswith("static/vendor/")
+        and name != "tests/test_docs.py"
+        and not name.endswith((".png", ".ico", ".woff2", ".gz"))
+        and outside.search((ROOT / name).read_text(errors="replace"))
+    ]
+
+    # then
+    assert found == []
+
+
+def test_every_migration_the_docs_name_exists():
+    # given: migrations named in full (`0011_audit_timeline`), as the docs now name one whose number was stale
+    named = set()
+    for doc in DOCS:
+        named |= set(re.findall(r"`(\d{4}_[a-z0-9_]+)`", (ROOT / doc).read_text()))
+    files = {path.stem for path in ROOT.glob("*/migrations/[0-9][0-9][0-9][0-9]_*.py")}
+    assert "0011_audit_timeline" in named  # the scan finds them at all
+
+    # then
+    assert named - files == set()
