@@ -24,6 +24,7 @@ from django.db import transaction
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
+from orchestrator.inputs import RepeatedKey, unique_keys
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState
 from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
@@ -47,14 +48,17 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
     """``text`` (typed JSON) as a dict that the engine can store, or ValidationError naming ``what`` and the problem.
 
     Refused: not JSON (with the line and column), JSON that is not an object, more than ``TYPED_JSON_MAX``
-    characters, nesting deeper than the parser's stack, an empty or over-long key, or anything
+    characters, nesting deeper than the parser's stack, a key given twice in one object (which value was meant is a
+    guess), an empty or over-long key, or anything
     ``results.check_result`` refuses (a NUL, NaN, nesting)."""
     if len(text) > TYPED_JSON_MAX:
         raise ValidationError(f"{what}: at most {TYPED_JSON_MAX:,} characters of JSON (you typed {len(text):,}).")
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=unique_keys)
     except RecursionError:  # deeper than Python's stack: json.loads gives up before check_object could say so
         raise ValidationError(f"{what}: nested deeper than {MAX_DEPTH} levels.") from None
+    except RepeatedKey as exc:
+        raise ValidationError(f"{what}: {exc}.") from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line}, column {exc.colno})" if line is not None and hasattr(exc, "colno") else ""

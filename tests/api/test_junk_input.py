@@ -172,6 +172,29 @@ def test_someone_elses_token_revoked_from_the_tokens_page_is_the_sites_404_page(
     assert response["Content-Type"].startswith("text/html")
 
 
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ('{"workflow": "expense_approval", "workflow": "bench_approval", "input": %s}', "workflow"),
+        ('{"workflow": "expense_approval", "input": %s, "input": {}}', "input"),
+        # in the start form's input: which amount did the sender mean? A proxy reading the first saw another one
+        ('{"workflow": "expense_approval", "input": {"amount": "1.00", "x": %s, "amount": "9000.00"}}', "amount"),
+    ],
+)
+def test_a_key_given_twice_in_one_object_is_a_400_naming_it_and_starts_nothing(api_as, roles, raw, key):
+    # given: JSON whose object repeats a key (legal to write, but parsers differ on which value wins)
+    body = raw % json.dumps(ExpenseInputFactory())
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", raw=body)
+
+    # then: refused naming the key, not the last value silently taken
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert f"'{key}' is given twice" in response.json()["detail"]
+    assert not WorkflowInstance.objects.exists()
+
+
 def test_json_sent_with_odd_but_valid_shapes_still_starts(api_as, roles):
     # given: numbers where the form takes text, unicode, a key order nobody expects
     body = {

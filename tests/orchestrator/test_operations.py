@@ -109,6 +109,8 @@ def test_skip_records_the_given_output_and_goes_on_from_the_next_step(failed, ru
         ('{"a": NaN}', "not valid JSON"),
         ('{"": 1}', "every key needs a name"),
         ('{"a": "x\\u0000y"}', "NUL"),
+        ('{"payout_id": "P-1", "payout_id": "P-2"}', "'payout_id' is given twice"),
+        ('{"a": {"b": 1, "b": 2}}', "'b' is given twice"),
         # Deeper than Python's recursion limit: json.loads raised RecursionError, a 500 on the console's page.
         ('{"a":' * 5000 + "1" + "}" * 5000, "nested deeper than"),
         ("[" * 100_000, "nested deeper than"),
