@@ -16,6 +16,9 @@ from tests.factories import ExpenseInputFactory
 pytestmark = pytest.mark.django_db
 
 
+MULTIPART = '--x\r\nContent-Disposition: form-data; name="workflow"\r\n\r\nexpense_approval\r\n--x--\r\n'
+
+
 def nested(depth: int) -> str:
     return '{"workflow": "expense_approval", "input": {"x": ' + "[" * depth + "]" * depth + "}}"
 
@@ -40,6 +43,8 @@ def nested(depth: int) -> str:
         (b"\xff\xfe\x00\x00", "application/json", 400),
         ('{"workflow": "expense_approval"}', "text/plain", 415),
         ("workflow=expense_approval", "application/x-www-form-urlencoded", 415),
+        # a form upload's fields are not read as missing JSON fields ("workflow: required" though it was sent)
+        (MULTIPART, "multipart/form-data; boundary=x", 415),
         ('{"workflow": "expense_approval"}', "application/xml", 415),
         ('{"workflow": "expense_approval"}', "application/json; charset=latin-1", 400),
         ('{"workflow": "expense_approval", "input": {"big": "' + "x" * 300_000 + '"}}', "application/json", 413),
