@@ -416,8 +416,9 @@ class InstanceViewSet(viewsets.GenericViewSet):
             403: OpenApiResponse(description="No deliver_signal permission, or you started this instance."),
             404: OpenApiResponse(description="No such instance, or not yours to see."),
             409: OpenApiResponse(
-                description="The instance has ended, its workflow's definition is not deployed, the signal id was used "
-                "with another body, or a signal to be kept finds the instance keeping 1000 signals not yet taken."
+                description="The instance has ended or is compensating, its workflow's definition is not deployed, the "
+                "signal id was used with another body, or a signal to be kept finds the instance keeping 1000 signals "
+                "not yet taken."
             ),
             422: OpenApiResponse(
                 description="The workflow never waits for the event, or the payload does not fit (its node's form or "
