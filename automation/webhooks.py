@@ -535,29 +535,42 @@ class _Deadline:
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address checked, not to whatever the name resolves to a moment later (DNS rebinding), within
-    the attempt's deadline."""
+    """Connects to the addresses checked, not to whatever the name resolves to a moment later (DNS rebinding),
+    within the attempt's deadline."""
 
-    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], deadline: _Deadline) -> None:
         super().__init__(host, port, timeout=deadline.seconds)
-        self._address = address
+        self._addresses = addresses
         self._deadline = deadline
 
     def _open(self) -> socket.socket:
-        sock = socket.create_connection((self._address, self.port), self._deadline.left())
-        self._deadline.watch(sock)
-        return sock
+        """A socket to the first of the checked addresses that accepts, in the resolver's order, as
+        ``socket.create_connection`` tries a name's: only the first was tried, so a host whose first address goes
+        nowhere (an IPv6 address on a worker without IPv6, one server of a round robin down) failed every attempt
+        until the subscription paused. Each address but the last gets its share of the time left, so one that
+        swallows packets does not spend the whole attempt. Raises the last address's error."""
+        error: OSError = OSError(f"{self.host} resolved to no address")
+        for index, address in enumerate(self._addresses):
+            share = self._deadline.left() / (len(self._addresses) - index)
+            try:
+                sock = socket.create_connection((address, self.port), share)
+            except OSError as exc:
+                error = exc
+                continue
+            self._deadline.watch(sock)
+            return sock
+        raise error
 
     def connect(self) -> None:
         self.sock = self._open()
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], deadline: _Deadline) -> None:
         http.client.HTTPSConnection.__init__(
             self, host, port, timeout=deadline.seconds, context=ssl.create_default_context()
         )
-        self._address = address
+        self._addresses = addresses
         self._deadline = deadline
 
     def connect(self) -> None:
@@ -573,7 +586,7 @@ def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None,
         host, port, addresses = resolve(url, deadline.left())  # the look-up spends the attempt's time too
         parts = urlsplit(url)
         connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        connection = connection_class(host, port, addresses[0], deadline)
+        connection = connection_class(host, port, addresses, deadline)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {
             "Content-Type": "application/json",

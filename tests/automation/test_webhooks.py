@@ -598,3 +598,34 @@ def test_a_paused_subscription_gets_what_was_queued_before_the_pause_and_misses_
         # then: the event from before the pause arrives; the one during it was never queued for it
         assert [json.loads(r.body)["data"]["instance"]["title"] for r in hook.requests] == ["Parcel before"]
     assert WebhookDelivery.objects.filter(subscription=subscription).count() == 1
+
+
+def test_a_host_with_several_addresses_is_reached_at_one_that_answers(flows, allow_private, users, monkeypatch):
+    """A name with an IPv6 and an IPv4 address, on a worker whose IPv6 goes nowhere (or one address of a round
+    robin down): the attempt goes on to the next address the host resolves to, as a browser or curl does, instead
+    of failing every attempt at the first until the subscription pauses."""
+    real = socket.getaddrinfo
+
+    def two_addresses(host, port, *args, **kwargs):  # the name server's answer: the edge of this test
+        if host != "hooks.example.test":
+            return real(host, port, *args, **kwargs)
+        # 127.0.0.2: loopback, but nothing listens there on the receiver's port (refused at once)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    with receiver(200) as hook:
+        port = hook.url.split(":")[2].split("/")[0]
+        delivery = queued_delivery(
+            users.admin, f"http://hooks.example.test:{port}/hooks", name="Round robin", parcel="P-9"
+        )
+
+        # when
+        outcome = delivery_send(delivery.pk)
+
+        # then: delivered at the second address, with the name the subscription gave in its Host header
+        assert outcome == "delivered", WebhookDelivery.objects.get().last_error
+        assert len(hook.requests) == 1
+        assert hook.requests[0].headers["Host"] == f"hooks.example.test:{port}"
