@@ -363,7 +363,10 @@ class DecideSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=DECISIONS)
     comment = serializers.CharField(max_length=COMMENT_MAX, required=False, allow_blank=True, default="")
     data = serializers.DictField(
-        child=serializers.JSONField(), required=False, default=dict, help_text="A form task's fields."
+        child=serializers.JSONField(),
+        required=False,
+        default=dict,
+        help_text="A form task's fields (for an approval or an escalation: none, else 400).",
     )
 
 

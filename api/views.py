@@ -31,7 +31,7 @@ from api.permissions import has_model_perm
 from api.problems import Problem
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
-from approvals.models import HumanTask
+from approvals.models import HumanTask, TaskKind
 from approvals.services import tasks as task_services
 from audit import selectors as audit_selectors
 from audit.exports import event_record
@@ -610,8 +610,13 @@ class TaskViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def decide(self, request: Request, pk: int) -> Response:
-        self._task(pk)  # 404 before any check of the body: an unseen task is not there
+        task = self._task(pk)  # 404 before any check of the body: an unseen task is not there
         body = _valid(s.DecideSerializer, request.data)
+        if body["data"] and task.kind != TaskKind.FORM:
+            # Only a form task's fields join the instance data: for an approval or an escalation the service reads
+            # no data, and what a client sent there (an amount it meant to set) was dropped without a word.
+            message = f"This task is an {task.kind}: it takes no data (only a form task's fields are sent in data)."
+            raise Problem(400, message, code="invalid", title="Invalid input", errors={"data": [message]})
         task_services.task_decide(
             pk,
             request.user,
