@@ -34,6 +34,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+import idna
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
@@ -230,11 +231,12 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
         raise ValueError("Percent-encode the letters beyond ASCII in the path and query (é is %C3%A9).")
     if parts.username or parts.password:
         raise ValueError("Put no user name or password in the address; the signature authenticates Baton.")
+    host = _ascii_host(parts.hostname)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValueError("The port is not a number between 1 and 65535.") from None
-    addresses = _addresses(parts.hostname, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
+    addresses = _addresses(host, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
     if not settings.BATON_WEBHOOK_ALLOW_PRIVATE:
         private = [a for a in addresses if _forbidden(a)]
         if private:
@@ -242,7 +244,20 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
                 f"{parts.hostname} resolves to {', '.join(private)}, a private, loopback or reserved address; "
                 "webhooks go to public addresses only (BATON_WEBHOOK_ALLOW_PRIVATE allows others)."
             )
-    return parts.hostname, port, addresses
+    return host, port, addresses
+
+
+def _ascii_host(hostname: str) -> str:
+    """``hostname`` as the name servers, the Host header and TLS know it: an international name as its A-label by
+    IDNA 2008 with UTS 46 (as browsers and registries read it: faß.de is xn--fa-hia.de). Left to Python, socket and
+    http.client encode with IDNA 2003, which maps ß to ss, and the signed events went to fass.de, another domain.
+    ValueError when it is no valid international name."""
+    if hostname.isascii():
+        return hostname
+    try:
+        return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"{hostname} is not a valid domain name: {str(exc)[:200]}.") from None
 
 
 # --- subscriptions ---------------------------------------------------------------------------------------------
