@@ -685,8 +685,9 @@ class AuditEventsView(APIView):
         operation_id="audit_events_list",
         summary="Audit events, newest first, with the timeline's filters",
         description=(
-            "The filters of the admins' timeline (`/audit/`), checked by its form; `since`/`until` without an "
-            "offset are in the site's time zone. Follow `next` for older events (the cursor is opaque; a damaged "
+            "The filters of the admins' timeline (`/audit/`), checked by its form; `since`/`until` carry their "
+            "offset, as every time of this API (the page reads a time without one in the person's zone; a script's "
+            "clock is not Baton's). Follow `next` for older events (the cursor is opaque; a damaged "
             "one is 400). Admins only (`orchestrator.view_trail`)."
         ),
         parameters=[s.AuditPageQuerySerializer],
