@@ -233,9 +233,12 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
         raise ValueError("Put no user name or password in the address; the signature authenticates Baton.")
     host = _ascii_host(parts.hostname)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        given = parts.port
     except ValueError:
-        raise ValueError("The port is not a number between 1 and 65535.") from None
+        given = 0
+    if given == 0:  # out of range, or 0: no port (read as "none given", it sent the events to 443 or 80)
+        raise ValueError("The port is not a number between 1 and 65535.")
+    port = given or (443 if parts.scheme == "https" else 80)
     addresses = _addresses(host, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
     if not settings.BATON_WEBHOOK_ALLOW_PRIVATE:
         private = [a for a in addresses if _forbidden(a)]

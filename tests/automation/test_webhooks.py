@@ -345,6 +345,8 @@ def test_private_addresses_are_refused(users, url):
         ("ftp://example.com/hook", "http:// or https://"),
         ("https://user:pw@example.com/hook", "no user name or password"),
         ("https://example.com:99999/hook", "port"),
+        # port 0 is no port: it was read as "none given", and the events went to 443
+        ("https://93.184.215.14:0/hook", "port"),
         ("https://no-such-host.invalid/hook", "cannot be resolved"),
         ("http://[fe80::1%25zz]/hook", "cannot be resolved"),
         ("https://exa\x00mple.com/", "500 characters"),
