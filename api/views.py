@@ -117,8 +117,26 @@ def single_valued(request: Request, checked: Collection[str] = ()) -> Any:
     return params
 
 
-def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
+def _valid(serializer_class: type, data: Any, *, body: bool = True) -> dict[str, Any]:
+    """``data`` checked by ``serializer_class``: its validated data, or a 400 naming each bad field.
+
+    A request body (``body``) may hold only the serializer's fields: DRF drops any other, so a typo in a name
+    (``businessKey``, ``coment``) started an instance without its business key or decided without the comment,
+    and the sender was never told. A query string may carry others (``cursor``, ``limit``, ``format``)."""
     serializer = serializer_class(data=data)
+    if body and isinstance(data, dict):
+        unknown = [str(name)[:100] for name in data if name not in serializer.fields]
+        if unknown:
+            known = ", ".join(serializer.fields)
+            message = f"Not a field of this request (its fields: {known})."
+            errors = {name: [message] for name in unknown[:20]}
+            raise Problem(
+                400,
+                f"Unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:20])}. {message}"[:1000],
+                code="invalid",
+                title="Invalid input",
+                errors=errors,
+            )
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
@@ -188,7 +206,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return instance
 
     def list(self, request: Request) -> Response:
-        filters = _valid(s.InstanceFilterSerializer, single_valued(request))
+        filters = _valid(s.InstanceFilterSerializer, single_valued(request), body=False)
         qs = self.get_queryset()
         if "workflow" in filters:
             qs = qs.filter(workflow_name=filters["workflow"])
@@ -568,7 +586,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         return task_selectors.visible_tasks(self.request.user)
 
     def list(self, request: Request) -> Response:
-        scope = _valid(s.TaskFilterSerializer, single_valued(request))["scope"]
+        scope = _valid(s.TaskFilterSerializer, single_valued(request), body=False)["scope"]
         user = request.user
         qs = task_selectors.my_tasks(user) if scope == "mine" else task_selectors.team_queue(user)
         page = self.paginate_queryset(qs.select_related("instance", "assignee").order_by("-id"))

@@ -417,3 +417,38 @@ def test_a_form_task_decision_with_an_object_for_a_text_field_is_a_400_naming_it
     assert response.status_code == 400, response.content[:300]
     assert "note" in response.json()["errors"], response.json()
     assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN
+
+
+def test_a_field_the_endpoint_does_not_take_is_a_400_naming_it_not_dropped(api_as, roles):
+    """A typo in a field's name (``inputs``, ``businessKey``) was dropped without a word: the start went ahead
+    without the business key the sender's signals then named, a decision without its comment."""
+    # given: an expense waiting for its team approval
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    task = instance.tasks.get()
+    sent = [
+        (
+            roles.staff,
+            "/api/instances/",
+            {"workflow": "expense_approval", "input": ExpenseInputFactory(), "businessKey": "K-1"},
+            "businessKey",
+        ),
+        (roles.staff2, f"/api/tasks/{task.pk}/decide/", {"decision": "approve", "coment": "fine"}, "coment"),
+        (
+            roles.operator,
+            f"/api/instances/{instance.pk}/pause/",
+            {"reason": "r", "untill": "2030-01-01T00:00:00Z"},
+            "untill",
+        ),
+    ]
+    for user, path, body, field in sent:
+        # when
+        response = api_as(user).post(path, body)
+
+        # then
+        assert response.status_code == 400, (path, response.content[:300])
+        assert response["Content-Type"] == "application/problem+json"
+        assert field in response.json()["errors"], response.json()
+    assert WorkflowInstance.objects.count() == 1
+    instance.refresh_from_db()
+    task.refresh_from_db()
+    assert (instance.state, task.state) == ("waiting", "open")
