@@ -103,12 +103,31 @@ class Cursor(CursorPagination):
             ) from None
 
 
-def single_valued(request: Request, checked: Collection[str] = ()) -> Any:
+# What every GET of a list may carry besides its filters: the page (``cursor``, ``limit``) and DRF's ``format``.
+PAGE_PARAMS = frozenset({"cursor", "limit", "format"})
+
+
+def single_valued(request: Request, checked: Collection[str] = (), known: Collection[str] | None = None) -> Any:
     """The request's query parameters, each given at most once: every parameter of this API takes one value, and
     of ``?state=running&state=failed`` which one the client meant is a guess (the last, as ``get`` takes it,
     would quietly answer a question it did not ask). Raises Problem 400 naming each repeated parameter, except
-    those in ``checked`` (a form that refuses their repeats itself, with its own message)."""
+    those in ``checked`` (a form that refuses their repeats itself, with its own message).
+
+    With ``known`` (the endpoint's filters), a parameter that is neither one of them nor of :data:`PAGE_PARAMS` is
+    a 400 naming it too: ``?stat=failed`` (a typo) listed every instance, as if no filter had been asked for, and
+    a script working through "the failed ones" would have worked through all."""
     params = request.query_params
+    if known is not None:
+        unknown = [name[:100] for name in params if name not in known and name not in PAGE_PARAMS]
+        if unknown:
+            message = f"Not a parameter of this endpoint (its filters: {', '.join(known)}; and cursor, limit)."
+            raise Problem(
+                400,
+                f"Unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:20])}. {message}"[:1000],
+                code="invalid",
+                title="Invalid input",
+                errors={name: [message] for name in unknown[:20]},
+            )
     repeated = {name[:100]: len(values) for name, values in params.lists() if len(values) > 1 and name not in checked}
     if repeated:
         errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
@@ -162,7 +181,7 @@ class WorkflowViewSet(viewsets.ViewSet):
         return Response(s.WorkflowSerializer(registry.latest_all(), many=True).data)
 
     def retrieve(self, request: Request, name: str) -> Response:
-        version = single_valued(request).get("version")
+        version = single_valued(request, known=("version",)).get("version")
         if version is not None and not re.fullmatch(r"[1-9]\d{0,8}", version):
             raise Problem(400, "version: a positive whole number.", code="invalid", errors={"version": ["Invalid."]})
         try:
@@ -206,7 +225,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return instance
 
     def list(self, request: Request) -> Response:
-        filters = _valid(s.InstanceFilterSerializer, single_valued(request), body=False)
+        known = s.InstanceFilterSerializer._declared_fields
+        filters = _valid(s.InstanceFilterSerializer, single_valued(request, known=known), body=False)
         qs = self.get_queryset()
         if "workflow" in filters:
             qs = qs.filter(workflow_name=filters["workflow"])
@@ -586,7 +606,8 @@ class TaskViewSet(viewsets.GenericViewSet):
         return task_selectors.visible_tasks(self.request.user)
 
     def list(self, request: Request) -> Response:
-        scope = _valid(s.TaskFilterSerializer, single_valued(request), body=False)["scope"]
+        params = single_valued(request, known=("scope",))
+        scope = _valid(s.TaskFilterSerializer, params, body=False)["scope"]
         user = request.user
         qs = task_selectors.my_tasks(user) if scope == "mine" else task_selectors.team_queue(user)
         page = self.paginate_queryset(qs.select_related("instance", "assignee").order_by("-id"))
@@ -681,7 +702,7 @@ def _trail_filters(request: Request) -> audit_selectors.AuditFilters:
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
     # The form refuses its own filters' repeats (naming ``query``, as on the page); the rest (limit, cursor) here.
-    form = AuditFilterForm(single_valued(request, checked=AUDIT_ONE_VALUE))
+    form = AuditFilterForm(single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields))
     # The page reads a time without an offset in the person's zone; the API, like its other times, wants the
     # offset (a script's local clock is not Baton's): the form's own errors come after.
     naive = {

@@ -452,3 +452,41 @@ def test_a_field_the_endpoint_does_not_take_is_a_400_naming_it_not_dropped(api_a
     instance.refresh_from_db()
     task.refresh_from_db()
     assert (instance.state, task.state) == ("waiting", "open")
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/instances/?stat=failed", "stat"),
+        ("/api/instances/?state=failed&businesskey=K-1", "businesskey"),
+        ("/api/tasks/?scop=queue", "scop"),
+        ("/api/workflows/expense_approval/?versoin=1", "versoin"),
+        ("/api/audit/events/?acter=staff", "acter"),
+        ("/api/audit/export.jsonl?sinse=2026-01-01T00:00:00Z", "sinse"),
+    ],
+)
+def test_a_query_parameter_the_endpoint_does_not_take_is_a_400_naming_it(api_as, roles, path, field):
+    """``?stat=failed`` (a typo) listed every instance, as if no filter had been asked for: a script working
+    through "the failed ones" would have worked through all of them."""
+    # given: one running instance, which no filter for failed ones lists
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    response = api_as(roles.admin).get(path)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert field in response.json()["errors"], response.json()
+
+
+def test_the_page_parameters_and_format_are_taken_by_every_list(api_as, roles):
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.admin)
+    for path in (
+        "/api/instances/?limit=5&format=json&state=waiting",
+        "/api/tasks/?scope=queue&limit=5",
+        "/api/audit/events/?limit=5&actor=staff",
+        "/api/workflows/expense_approval/?version=1&format=json",
+    ):
+        assert client.get(path).status_code == 200, path
