@@ -107,7 +107,9 @@ class Cursor(CursorPagination):
 PAGE_PARAMS = frozenset({"cursor", "limit", "format"})
 
 
-def single_valued(request: Request, checked: Collection[str] = (), known: Collection[str] | None = None) -> Any:
+def single_valued(
+    request: Request, checked: Collection[str] = (), known: Collection[str] | None = None, *, paged: bool = True
+) -> Any:
     """The request's query parameters, each given at most once: every parameter of this API takes one value, and
     of ``?state=running&state=failed`` which one the client meant is a guess (the last, as ``get`` takes it,
     would quietly answer a question it did not ask). Raises Problem 400 naming each repeated parameter, except
@@ -115,12 +117,15 @@ def single_valued(request: Request, checked: Collection[str] = (), known: Collec
 
     With ``known`` (the endpoint's filters), a parameter that is neither one of them nor of :data:`PAGE_PARAMS` is
     a 400 naming it too: ``?stat=failed`` (a typo) listed every instance, as if no filter had been asked for, and
-    a script working through "the failed ones" would have worked through all."""
+    a script working through "the failed ones" would have worked through all. Not ``paged`` (an export, whole),
+    ``cursor`` and ``limit`` are refused too: an export's ``limit=10`` would have been ignored."""
     params = request.query_params
     if known is not None:
-        unknown = [name[:100] for name in params if name not in known and name not in PAGE_PARAMS]
+        extra = PAGE_PARAMS if paged else frozenset({"format"})
+        unknown = [name[:100] for name in params if name not in known and name not in extra]
         if unknown:
-            message = f"Not a parameter of this endpoint (its filters: {', '.join(known)}; and cursor, limit)."
+            also = "; and cursor, limit" if paged else "; an export is whole: no cursor or limit"
+            message = f"Not a parameter of this endpoint (its filters: {', '.join(known)}{also})."
             raise Problem(
                 400,
                 f"Unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:20])}. {message}"[:1000],
@@ -696,13 +701,15 @@ def _is_naive_time(text: str) -> bool:
     return typed is not None and typed.tzinfo is None
 
 
-def _trail_filters(request: Request) -> audit_selectors.AuditFilters:
+def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.AuditFilters:
     """The admins' trail: 403 for anyone else (as the /audit/ pages); the query's filters through the timeline's
     own form, a bad one a 400 naming it."""
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
     # The form refuses its own filters' repeats (naming ``query``, as on the page); the rest (limit, cursor) here.
-    form = AuditFilterForm(single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields))
+    form = AuditFilterForm(
+        single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields, paged=paged)
+    )
     # The page reads a time without an offset in the person's zone; the API, like its other times, wants the
     # offset (a script's local clock is not Baton's): the form's own errors come after.
     naive = {
@@ -768,7 +775,7 @@ class _AuditExportView(APIView):
 
     def get(self, request: Request) -> HttpResponseBase:
         """The page's streamed export as ``kind``; 400 naming a bad filter, 403 for anyone but admins."""
-        return export_response(request._request, self.kind, _trail_filters(request))
+        return export_response(request._request, self.kind, _trail_filters(request, paged=False))
 
 
 def _export_schema(kind: str, media_type: str) -> Any:

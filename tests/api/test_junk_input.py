@@ -463,6 +463,8 @@ def test_a_field_the_endpoint_does_not_take_is_a_400_naming_it_not_dropped(api_a
         ("/api/workflows/expense_approval/?versoin=1", "versoin"),
         ("/api/audit/events/?acter=staff", "acter"),
         ("/api/audit/export.jsonl?sinse=2026-01-01T00:00:00Z", "sinse"),
+        # an export is whole: a limit was ignored without a word
+        ("/api/audit/export.csv?limit=10", "limit"),
     ],
 )
 def test_a_query_parameter_the_endpoint_does_not_take_is_a_400_naming_it(api_as, roles, path, field):
