@@ -42,6 +42,8 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A request body takes only its fields: a typo in a name is a 400, and the schema says so (api/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.closed_request_bodies"],
     "SCHEMA_PATH_PREFIX": "/api/",
     # Four models have a "state" and two a "kind": each choice set gets its own name in the schema.
     "ENUM_NAME_OVERRIDES": {

@@ -2,8 +2,10 @@
 
 DRF's own JSONParser reads the whole stream (no size limit), turns ``1e999`` into an infinity that PostgreSQL's
 jsonb then refuses (a 500), lets a NUL character or a lone surrogate (``"\\ud800"``: legal JSON, but half a
-UTF-16 pair that no UTF-8 text holds) through to a text or jsonb column (another 500) and lets the
-RecursionError of very deep nesting escape as a 500. This one refuses each of them with a 400 (413 for size).
+UTF-16 pair that no UTF-8 text holds) through to a text or jsonb column (another 500), lets the
+RecursionError of very deep nesting escape as a 500 and takes the last of a key given twice in one object (where
+another parser on the way, a proxy's or a signature check's, may have read the first). This one refuses each of
+them with a 400 (413 for size).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from django.conf import settings
 from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import BaseParser
+
+from orchestrator.inputs import RepeatedKey, unique_keys
 
 # Bodies past this are not a start or a decision; the instance data itself is bounded by it too.
 BODY_MAX = 256 * 1024
@@ -88,9 +92,11 @@ class SafeJSONParser(BaseParser):
             raise ParseError("The body is empty: send a JSON object.")
         try:
             text = raw.decode("utf-8")
-            data = json.loads(text, parse_float=_finite, parse_constant=_constant)
+            data = json.loads(text, parse_float=_finite, parse_constant=_constant, object_pairs_hook=unique_keys)
         except RecursionError:
             raise ParseError(f"The body is nested deeper than {DEPTH_MAX} levels.") from None
+        except RepeatedKey as exc:
+            raise ParseError(f"The body is JSON, but {exc}.") from None
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the number checks above
             raise ParseError(f"The body is not valid JSON: {str(exc)[:200]}") from None
         check_value(data)

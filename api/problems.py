@@ -30,6 +30,7 @@ from approvals.services import base as task_rules
 from orchestrator import registry
 from orchestrator.accounts import hidden_404
 from orchestrator.services import instances as instance_services
+from orchestrator.services import operations
 from orchestrator.services import signals as signal_services
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     if isinstance(exc, task_rules.TaskInvalid):
         errors = {key: list(map(str, value)) for key, value in (exc.errors or {}).items()}
         return Problem(400, str(exc), code="invalid", title="Invalid input", errors=errors)
+    if isinstance(exc, operations.OwnInstance):  # a NotAllowed, but not the state's: the initiator's (four-eyes)
+        return Problem(403, str(exc), code="forbidden")
     if isinstance(exc, instance_services.NotAllowed):
         return conflict(str(exc), "not_allowed")
     if isinstance(exc, instance_services.InvalidInput):

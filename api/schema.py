@@ -80,4 +80,15 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "A personal API token (baton_…)."}
 
 
-__all__ = ["BearerTokenScheme", "OpenApiResponse", "ProblemAutoSchema", "ProblemSerializer"]
+def closed_request_bodies(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every request body's object takes only its own fields
+    (``additionalProperties: false``), as the views enforce (``api.views._valid``: a field the endpoint does not
+    take is a 400 naming it, never dropped). Request components are the ``...Request`` ones
+    (``COMPONENT_SPLIT_REQUEST``); the free-form objects inside them (``input``, ``payload``) stay open."""
+    for name, component in result.get("components", {}).get("schemas", {}).items():
+        if name.endswith("Request") and component.get("type") == "object":
+            component["additionalProperties"] = False
+    return result
+
+
+__all__ = ["BearerTokenScheme", "OpenApiResponse", "ProblemAutoSchema", "ProblemSerializer", "closed_request_bodies"]

@@ -363,7 +363,10 @@ class DecideSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=DECISIONS)
     comment = serializers.CharField(max_length=COMMENT_MAX, required=False, allow_blank=True, default="")
     data = serializers.DictField(
-        child=serializers.JSONField(), required=False, default=dict, help_text="A form task's fields."
+        child=serializers.JSONField(),
+        required=False,
+        default=dict,
+        help_text="A form task's fields (for an approval or an escalation: none, else 400).",
     )
 
 
@@ -494,8 +497,12 @@ class AuditFilterSerializer(serializers.Serializer):
     instance = serializers.IntegerField(required=False, min_value=1)
     subject_type = serializers.CharField(required=False)
     subject_id = serializers.IntegerField(required=False, min_value=0)
-    since = serializers.DateTimeField(required=False, help_text="At or after (no offset: the site's time zone).")
-    until = serializers.DateTimeField(required=False, help_text="Before (no offset: the site's time zone).")
+    since = serializers.DateTimeField(
+        required=False, help_text="At or after this time, with its offset (Z or +01:00; a time without one is 400)."
+    )
+    until = serializers.DateTimeField(
+        required=False, help_text="Before this time, with its offset (Z or +01:00; a time without one is 400)."
+    )
     q = serializers.CharField(required=False, help_text="Text in reasons and comments.")
     request_id = serializers.CharField(required=False, help_text="Every event one request caused.")
 

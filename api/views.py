@@ -31,7 +31,7 @@ from api.permissions import has_model_perm
 from api.problems import Problem
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
-from approvals.models import HumanTask
+from approvals.models import HumanTask, TaskKind
 from approvals.services import tasks as task_services
 from audit import selectors as audit_selectors
 from audit.exports import event_record
@@ -103,12 +103,36 @@ class Cursor(CursorPagination):
             ) from None
 
 
-def single_valued(request: Request, checked: Collection[str] = ()) -> Any:
+# What every GET of a list may carry besides its filters: the page (``cursor``, ``limit``) and DRF's ``format``.
+PAGE_PARAMS = frozenset({"cursor", "limit", "format"})
+
+
+def single_valued(
+    request: Request, checked: Collection[str] = (), known: Collection[str] | None = None, *, paged: bool = True
+) -> Any:
     """The request's query parameters, each given at most once: every parameter of this API takes one value, and
     of ``?state=running&state=failed`` which one the client meant is a guess (the last, as ``get`` takes it,
     would quietly answer a question it did not ask). Raises Problem 400 naming each repeated parameter, except
-    those in ``checked`` (a form that refuses their repeats itself, with its own message)."""
+    those in ``checked`` (a form that refuses their repeats itself, with its own message).
+
+    With ``known`` (the endpoint's filters), a parameter that is neither one of them nor of :data:`PAGE_PARAMS` is
+    a 400 naming it too: ``?stat=failed`` (a typo) listed every instance, as if no filter had been asked for, and
+    a script working through "the failed ones" would have worked through all. Not ``paged`` (an export, whole),
+    ``cursor`` and ``limit`` are refused too: an export's ``limit=10`` would have been ignored."""
     params = request.query_params
+    if known is not None:
+        extra = PAGE_PARAMS if paged else frozenset({"format"})
+        unknown = [name[:100] for name in params if name not in known and name not in extra]
+        if unknown:
+            also = "; and cursor, limit" if paged else "; an export is whole: no cursor or limit"
+            message = f"Not a parameter of this endpoint (its filters: {', '.join(known)}{also})."
+            raise Problem(
+                400,
+                f"Unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:20])}. {message}"[:1000],
+                code="invalid",
+                title="Invalid input",
+                errors={name: [message] for name in unknown[:20]},
+            )
     repeated = {name[:100]: len(values) for name, values in params.lists() if len(values) > 1 and name not in checked}
     if repeated:
         errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
@@ -117,8 +141,26 @@ def single_valued(request: Request, checked: Collection[str] = ()) -> Any:
     return params
 
 
-def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
+def _valid(serializer_class: type, data: Any, *, body: bool = True) -> dict[str, Any]:
+    """``data`` checked by ``serializer_class``: its validated data, or a 400 naming each bad field.
+
+    A request body (``body``) may hold only the serializer's fields: DRF drops any other, so a typo in a name
+    (``businessKey``, ``coment``) started an instance without its business key or decided without the comment,
+    and the sender was never told. A query string may carry others (``cursor``, ``limit``, ``format``)."""
     serializer = serializer_class(data=data)
+    if body and isinstance(data, dict):
+        unknown = [str(name)[:100] for name in data if name not in serializer.fields]
+        if unknown:
+            known = ", ".join(serializer.fields)
+            message = f"Not a field of this request (its fields: {known})."
+            errors = {name: [message] for name in unknown[:20]}
+            raise Problem(
+                400,
+                f"Unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:20])}. {message}"[:1000],
+                code="invalid",
+                title="Invalid input",
+                errors=errors,
+            )
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
@@ -144,7 +186,7 @@ class WorkflowViewSet(viewsets.ViewSet):
         return Response(s.WorkflowSerializer(registry.latest_all(), many=True).data)
 
     def retrieve(self, request: Request, name: str) -> Response:
-        version = single_valued(request).get("version")
+        version = single_valued(request, known=("version",)).get("version")
         if version is not None and not re.fullmatch(r"[1-9]\d{0,8}", version):
             raise Problem(400, "version: a positive whole number.", code="invalid", errors={"version": ["Invalid."]})
         try:
@@ -188,7 +230,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return instance
 
     def list(self, request: Request) -> Response:
-        filters = _valid(s.InstanceFilterSerializer, single_valued(request))
+        known = s.InstanceFilterSerializer._declared_fields
+        filters = _valid(s.InstanceFilterSerializer, single_valued(request, known=known), body=False)
         qs = self.get_queryset()
         if "workflow" in filters:
             qs = qs.filter(workflow_name=filters["workflow"])
@@ -416,8 +459,9 @@ class InstanceViewSet(viewsets.GenericViewSet):
             403: OpenApiResponse(description="No deliver_signal permission, or you started this instance."),
             404: OpenApiResponse(description="No such instance, or not yours to see."),
             409: OpenApiResponse(
-                description="The instance has ended, its workflow's definition is not deployed, the signal id was used "
-                "with another body, or a signal to be kept finds the instance keeping 1000 signals not yet taken."
+                description="The instance has ended or is compensating, its workflow's definition is not deployed, the "
+                "signal id was used with another body, or a signal to be kept finds the instance keeping 1000 signals "
+                "not yet taken."
             ),
             422: OpenApiResponse(
                 description="The workflow never waits for the event, or the payload does not fit (its node's form or "
@@ -567,7 +611,8 @@ class TaskViewSet(viewsets.GenericViewSet):
         return task_selectors.visible_tasks(self.request.user)
 
     def list(self, request: Request) -> Response:
-        scope = _valid(s.TaskFilterSerializer, single_valued(request))["scope"]
+        params = single_valued(request, known=("scope",))
+        scope = _valid(s.TaskFilterSerializer, params, body=False)["scope"]
         user = request.user
         qs = task_selectors.my_tasks(user) if scope == "mine" else task_selectors.team_queue(user)
         page = self.paginate_queryset(qs.select_related("instance", "assignee").order_by("-id"))
@@ -609,8 +654,13 @@ class TaskViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def decide(self, request: Request, pk: int) -> Response:
-        self._task(pk)  # 404 before any check of the body: an unseen task is not there
+        task = self._task(pk)  # 404 before any check of the body: an unseen task is not there
         body = _valid(s.DecideSerializer, request.data)
+        if body["data"] and task.kind != TaskKind.FORM:
+            # Only a form task's fields join the instance data: for an approval or an escalation the service reads
+            # no data, and what a client sent there (an amount it meant to set) was dropped without a word.
+            message = f"This task is an {task.kind}: it takes no data (only a form task's fields are sent in data)."
+            raise Problem(400, message, code="invalid", title="Invalid input", errors={"data": [message]})
         task_services.task_decide(
             pk,
             request.user,
@@ -651,13 +701,15 @@ def _is_naive_time(text: str) -> bool:
     return typed is not None and typed.tzinfo is None
 
 
-def _trail_filters(request: Request) -> audit_selectors.AuditFilters:
+def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.AuditFilters:
     """The admins' trail: 403 for anyone else (as the /audit/ pages); the query's filters through the timeline's
     own form, a bad one a 400 naming it."""
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
     # The form refuses its own filters' repeats (naming ``query``, as on the page); the rest (limit, cursor) here.
-    form = AuditFilterForm(single_valued(request, checked=AUDIT_ONE_VALUE))
+    form = AuditFilterForm(
+        single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields, paged=paged)
+    )
     # The page reads a time without an offset in the person's zone; the API, like its other times, wants the
     # offset (a script's local clock is not Baton's): the form's own errors come after.
     naive = {
@@ -679,8 +731,9 @@ class AuditEventsView(APIView):
         operation_id="audit_events_list",
         summary="Audit events, newest first, with the timeline's filters",
         description=(
-            "The filters of the admins' timeline (`/audit/`), checked by its form; `since`/`until` without an "
-            "offset are in the site's time zone. Follow `next` for older events (the cursor is opaque; a damaged "
+            "The filters of the admins' timeline (`/audit/`), checked by its form; `since`/`until` carry their "
+            "offset, as every time of this API (the page reads a time without one in the person's zone; a script's "
+            "clock is not Baton's). Follow `next` for older events (the cursor is opaque; a damaged "
             "one is 400). Admins only (`orchestrator.view_trail`)."
         ),
         parameters=[s.AuditPageQuerySerializer],
@@ -722,7 +775,7 @@ class _AuditExportView(APIView):
 
     def get(self, request: Request) -> HttpResponseBase:
         """The page's streamed export as ``kind``; 400 naming a bad filter, 403 for anyone but admins."""
-        return export_response(request._request, self.kind, _trail_filters(request))
+        return export_response(request._request, self.kind, _trail_filters(request, paged=False))
 
 
 def _export_schema(kind: str, media_type: str) -> Any:

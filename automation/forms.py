@@ -10,7 +10,7 @@ from django import forms
 from automation import schedules
 from automation.models import WEBHOOK_EVENTS, MissedPolicy
 from orchestrator import registry
-from orchestrator.inputs import check_text
+from orchestrator.inputs import RepeatedKey, check_text, unique_keys
 
 INPUT_MAX = 20_000
 
@@ -61,10 +61,12 @@ class ScheduleForm(forms.Form):
     def clean_input(self) -> dict[str, Any]:
         text = self.cleaned_data["input"]
         try:
-            value = json.loads(text or "{}", parse_constant=_no_constant)
+            value = json.loads(text or "{}", parse_constant=_no_constant, object_pairs_hook=unique_keys)
         except RecursionError:
             # 20,000 characters of brackets are far more than the parser's stack: a 500 before this
             raise forms.ValidationError("Not JSON Baton can read: it is nested too deeply.") from None
+        except RepeatedKey as exc:
+            raise forms.ValidationError(f"JSON, but {exc}.") from None
         except ValueError as exc:
             raise forms.ValidationError(f"Not JSON: {exc}.") from None
         if not isinstance(value, dict):

@@ -34,6 +34,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+import idna
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
@@ -230,11 +231,15 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
         raise ValueError("Percent-encode the letters beyond ASCII in the path and query (é is %C3%A9).")
     if parts.username or parts.password:
         raise ValueError("Put no user name or password in the address; the signature authenticates Baton.")
+    host = _ascii_host(parts.hostname)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        given = parts.port
     except ValueError:
-        raise ValueError("The port is not a number between 1 and 65535.") from None
-    addresses = _addresses(parts.hostname, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
+        given = 0
+    if given == 0:  # out of range, or 0: no port (read as "none given", it sent the events to 443 or 80)
+        raise ValueError("The port is not a number between 1 and 65535.")
+    port = given or (443 if parts.scheme == "https" else 80)
+    addresses = _addresses(host, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
     if not settings.BATON_WEBHOOK_ALLOW_PRIVATE:
         private = [a for a in addresses if _forbidden(a)]
         if private:
@@ -242,7 +247,20 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
                 f"{parts.hostname} resolves to {', '.join(private)}, a private, loopback or reserved address; "
                 "webhooks go to public addresses only (BATON_WEBHOOK_ALLOW_PRIVATE allows others)."
             )
-    return parts.hostname, port, addresses
+    return host, port, addresses
+
+
+def _ascii_host(hostname: str) -> str:
+    """``hostname`` as the name servers, the Host header and TLS know it: an international name as its A-label by
+    IDNA 2008 with UTS 46 (as browsers and registries read it: faß.de is xn--fa-hia.de). Left to Python, socket and
+    http.client encode with IDNA 2003, which maps ß to ss, and the signed events went to fass.de, another domain.
+    ValueError when it is no valid international name."""
+    if hostname.isascii():
+        return hostname
+    try:
+        return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"{hostname} is not a valid domain name: {str(exc)[:200]}.") from None
 
 
 # --- subscriptions ---------------------------------------------------------------------------------------------
@@ -535,29 +553,42 @@ class _Deadline:
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address checked, not to whatever the name resolves to a moment later (DNS rebinding), within
-    the attempt's deadline."""
+    """Connects to the addresses checked, not to whatever the name resolves to a moment later (DNS rebinding),
+    within the attempt's deadline."""
 
-    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], deadline: _Deadline) -> None:
         super().__init__(host, port, timeout=deadline.seconds)
-        self._address = address
+        self._addresses = addresses
         self._deadline = deadline
 
     def _open(self) -> socket.socket:
-        sock = socket.create_connection((self._address, self.port), self._deadline.left())
-        self._deadline.watch(sock)
-        return sock
+        """A socket to the first of the checked addresses that accepts, in the resolver's order, as
+        ``socket.create_connection`` tries a name's: only the first was tried, so a host whose first address goes
+        nowhere (an IPv6 address on a worker without IPv6, one server of a round robin down) failed every attempt
+        until the subscription paused. Each address but the last gets its share of the time left, so one that
+        swallows packets does not spend the whole attempt. Raises the last address's error."""
+        error: OSError = OSError(f"{self.host} resolved to no address")
+        for index, address in enumerate(self._addresses):
+            share = self._deadline.left() / (len(self._addresses) - index)
+            try:
+                sock = socket.create_connection((address, self.port), share)
+            except OSError as exc:
+                error = exc
+                continue
+            self._deadline.watch(sock)
+            return sock
+        raise error
 
     def connect(self) -> None:
         self.sock = self._open()
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, deadline: _Deadline) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], deadline: _Deadline) -> None:
         http.client.HTTPSConnection.__init__(
             self, host, port, timeout=deadline.seconds, context=ssl.create_default_context()
         )
-        self._address = address
+        self._addresses = addresses
         self._deadline = deadline
 
     def connect(self) -> None:
@@ -573,7 +604,7 @@ def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None,
         host, port, addresses = resolve(url, deadline.left())  # the look-up spends the attempt's time too
         parts = urlsplit(url)
         connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        connection = connection_class(host, port, addresses[0], deadline)
+        connection = connection_class(host, port, addresses, deadline)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {
             "Content-Type": "application/json",

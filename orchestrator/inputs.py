@@ -46,6 +46,28 @@ def drop_repeated(params: Any, labels: Mapping[str, str]) -> tuple[Any, list[str
     return kept, problems
 
 
+class RepeatedKey(ValueError):
+    """A JSON object gave one key twice (``{"amount": "1.00", "amount": "9000.00"}``); the message names it."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` for JSON that people and other systems send: the object as a dict.
+
+    Raises :class:`RepeatedKey` (a ValueError, as the parser's own errors) naming the first key given twice. JSON
+    allows writing one, but parsers differ on which value wins (Python's takes the last, others the first), so a
+    proxy, a signature check or a log may read one amount and Baton another; which was meant is a guess, as with a
+    query parameter given twice. The common case costs one ``dict`` and a length comparison."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _item in pairs:
+            if key in seen:
+                # repr, cut: the key may hold anything (a line break, a lone surrogate: repr escapes both)
+                raise RepeatedKey(f"the key {key[:40]!r} is given twice in one object: give each key once")
+            seen.add(key)
+    return value
+
+
 def unstorable(text: str) -> str | None:
     """What in ``text`` PostgreSQL text cannot hold, said for a person (a NUL character, a lone surrogate), or None.
 

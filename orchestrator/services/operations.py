@@ -24,6 +24,7 @@ from django.db import transaction
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
+from orchestrator.inputs import RepeatedKey, unique_keys
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState
 from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
@@ -43,18 +44,39 @@ TYPED_JSON_MAX = 256 * 1024
 KEY_MAX = 100
 
 
+class OwnInstance(NotAllowed):
+    """The actor started the instance, and the action would steer it: four-eyes, as for its tasks.
+
+    A skip's output and an edit of the data are what the instance's decisions and people read next (an amount
+    under an approval limit routes around the approval), and a skip decides a failed step's outcome, as an
+    escalation's Skip does, which its initiator may not answer either. Retry, pause, resume and cancel decide
+    nothing of the kind and stay open to them. A NotAllowed, so every caller that shows one shows the reason; the
+    API answers it 403."""
+
+
+def _refuse_initiator(instance: Any, actor: Actor, action: str) -> None:
+    if actor.user_id is not None and actor.user_id == instance.initiator_id:
+        raise OwnInstance(
+            f"Instance {instance.pk}: you started it, so {action} is for another operator (four-eyes: the initiator "
+            "steers nothing of their own instance)."
+        )
+
+
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
     """``text`` (typed JSON) as a dict that the engine can store, or ValidationError naming ``what`` and the problem.
 
     Refused: not JSON (with the line and column), JSON that is not an object, more than ``TYPED_JSON_MAX``
-    characters, nesting deeper than the parser's stack, an empty or over-long key, or anything
+    characters, nesting deeper than the parser's stack, a key given twice in one object (which value was meant is a
+    guess), an empty or over-long key, or anything
     ``results.check_result`` refuses (a NUL, NaN, nesting)."""
     if len(text) > TYPED_JSON_MAX:
         raise ValidationError(f"{what}: at most {TYPED_JSON_MAX:,} characters of JSON (you typed {len(text):,}).")
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=unique_keys)
     except RecursionError:  # deeper than Python's stack: json.loads gives up before check_object could say so
         raise ValidationError(f"{what}: nested deeper than {MAX_DEPTH} levels.") from None
+    except RepeatedKey as exc:
+        raise ValidationError(f"{what}: {exc}.") from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line}, column {exc.colno})" if line is not None and hasattr(exc, "colno") else ""
@@ -121,13 +143,15 @@ def instance_data_edit(
     Returns the diff (:func:`data_diff`), which is audited as ``instance.data_edited`` with the reason.
 
     Raises ValidationError for a missing reason, data that cannot be stored (:func:`check_object`) or no change;
-    NotAllowed for a state that does not allow it, a step still running (its result would overwrite the edit), or a
-    stale ``expected_seq``; WorkflowInstance.DoesNotExist.
+    OwnInstance (a NotAllowed) when ``actor`` started the instance; NotAllowed for a state that does not allow it,
+    a step still running (its result would overwrite the edit), or a stale ``expected_seq``;
+    WorkflowInstance.DoesNotExist.
     """
     reason = _reason_required(reason)
     data = check_object(data, "Data")
     with transaction.atomic():
         instance = lock_instance(instance_id)
+        _refuse_initiator(instance, actor, "editing its data (what its decisions and approvers read)")
         if instance.state not in EDITABLE_STATES:
             raise NotAllowed(
                 f"The data of a {instance.get_state_display().lower()} instance cannot be edited: only failed, "
@@ -183,13 +207,15 @@ def instance_step_skip(
     error text says it was skipped by hand, so the page shows it resolved, not failed. Audited as
     ``step.skipped`` (with the output) and ``instance.retried``. Returns the step.
 
-    Raises ValidationError for a missing reason or an output that cannot be stored; NotAllowed when the instance is
-    not failed, its saga began, its definition is missing, or the step is not its one dead task or timer step.
+    Raises ValidationError for a missing reason or an output that cannot be stored; OwnInstance (a NotAllowed) when
+    ``actor`` started the instance; NotAllowed when the instance is not failed, its saga began, its definition is
+    missing, or the step is not its one dead task or timer step.
     """
     reason = _reason_required(reason)
     output = check_object(output, "Output")
     with transaction.atomic():
         instance = lock_instance(instance_id)
+        _refuse_initiator(instance, actor, "skipping its step (deciding its outcome; what follows reads the output)")
         if instance.state != InstanceState.FAILED:
             raise NotAllowed(f"Only a failed instance's step can be skipped here; this one is {instance.state}.")
         if saga_begun(instance):

@@ -65,7 +65,7 @@ from orchestrator.models import (
 )
 from orchestrator.ports import human_tasks
 from orchestrator.services import instances, steps, sweep
-from orchestrator.services.compensation import compensation_start
+from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.flow import ENTER, Place, advance, step_stopped
 from orchestrator.services.lifecycle import fail_for_missing_definition, first_line, instance_fail, settle, step_die
 from orchestrator.services.locks import (
@@ -189,6 +189,13 @@ def signal_deliver(
             raise SignalForbidden("Your account is deactivated; it delivers no signals.")
         if instance.is_final:
             raise SignalConflict(f"Instance {instance.pk} has ended ({instance.state}); it takes no more signals.")
+        if instance.state not in ACTIVE_INSTANCE_STATES and _undoing(instance):
+            # Kept, it waited for a wait that never comes: a begun saga runs no forward step again (a retry goes on
+            # with the compensation), and the sender, told 201 "kept", believed the event would be acted on.
+            raise SignalConflict(
+                f"Instance {instance.pk} is undoing its steps (compensation began); it never waits for a signal again.",
+                {"signal_id": ["The instance is compensating: nothing will take this signal."]},
+            )
         workflow_def = definition_or_none(instance)
         if workflow_def is None:
             raise SignalConflict(f"Cannot deliver: the {definition_unavailable(instance)}.")
@@ -244,6 +251,11 @@ def signal_deliver(
             settle(unit)
         unit.finish()
         return Delivery(instance.pk, received, "consumed" if consume else "kept")
+
+
+def _undoing(instance: WorkflowInstance) -> bool:
+    """True when ``instance`` began its saga: compensating, or failed or paused after its compensation began."""
+    return instance.state == InstanceState.COMPENSATING or saga_begun(instance)
 
 
 def _checked_text(value: Any, field: str, limit: int) -> str:

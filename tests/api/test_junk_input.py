@@ -16,6 +16,9 @@ from tests.factories import ExpenseInputFactory
 pytestmark = pytest.mark.django_db
 
 
+MULTIPART = '--x\r\nContent-Disposition: form-data; name="workflow"\r\n\r\nexpense_approval\r\n--x--\r\n'
+
+
 def nested(depth: int) -> str:
     return '{"workflow": "expense_approval", "input": {"x": ' + "[" * depth + "]" * depth + "}}"
 
@@ -40,6 +43,8 @@ def nested(depth: int) -> str:
         (b"\xff\xfe\x00\x00", "application/json", 400),
         ('{"workflow": "expense_approval"}', "text/plain", 415),
         ("workflow=expense_approval", "application/x-www-form-urlencoded", 415),
+        # a form upload's fields are not read as missing JSON fields ("workflow: required" though it was sent)
+        (MULTIPART, "multipart/form-data; boundary=x", 415),
         ('{"workflow": "expense_approval"}', "application/xml", 415),
         ('{"workflow": "expense_approval"}', "application/json; charset=latin-1", 400),
         ('{"workflow": "expense_approval", "input": {"big": "' + "x" * 300_000 + '"}}', "application/json", 413),
@@ -170,6 +175,29 @@ def test_someone_elses_token_revoked_from_the_tokens_page_is_the_sites_404_page(
     # then
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ('{"workflow": "expense_approval", "workflow": "bench_approval", "input": %s}', "workflow"),
+        ('{"workflow": "expense_approval", "input": %s, "input": {}}', "input"),
+        # in the start form's input: which amount did the sender mean? A proxy reading the first saw another one
+        ('{"workflow": "expense_approval", "input": {"amount": "1.00", "x": %s, "amount": "9000.00"}}', "amount"),
+    ],
+)
+def test_a_key_given_twice_in_one_object_is_a_400_naming_it_and_starts_nothing(api_as, roles, raw, key):
+    # given: JSON whose object repeats a key (legal to write, but parsers differ on which value wins)
+    body = raw % json.dumps(ExpenseInputFactory())
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", raw=body)
+
+    # then: refused naming the key, not the last value silently taken
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert f"'{key}' is given twice" in response.json()["detail"]
+    assert not WorkflowInstance.objects.exists()
 
 
 def test_json_sent_with_odd_but_valid_shapes_still_starts(api_as, roles):
@@ -389,3 +417,78 @@ def test_a_form_task_decision_with_an_object_for_a_text_field_is_a_400_naming_it
     assert response.status_code == 400, response.content[:300]
     assert "note" in response.json()["errors"], response.json()
     assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN
+
+
+def test_a_field_the_endpoint_does_not_take_is_a_400_naming_it_not_dropped(api_as, roles):
+    """A typo in a field's name (``inputs``, ``businessKey``) was dropped without a word: the start went ahead
+    without the business key the sender's signals then named, a decision without its comment."""
+    # given: an expense waiting for its team approval
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    task = instance.tasks.get()
+    sent = [
+        (
+            roles.staff,
+            "/api/instances/",
+            {"workflow": "expense_approval", "input": ExpenseInputFactory(), "businessKey": "K-1"},
+            "businessKey",
+        ),
+        (roles.staff2, f"/api/tasks/{task.pk}/decide/", {"decision": "approve", "coment": "fine"}, "coment"),
+        (
+            roles.operator,
+            f"/api/instances/{instance.pk}/pause/",
+            {"reason": "r", "untill": "2030-01-01T00:00:00Z"},
+            "untill",
+        ),
+    ]
+    for user, path, body, field in sent:
+        # when
+        response = api_as(user).post(path, body)
+
+        # then
+        assert response.status_code == 400, (path, response.content[:300])
+        assert response["Content-Type"] == "application/problem+json"
+        assert field in response.json()["errors"], response.json()
+    assert WorkflowInstance.objects.count() == 1
+    instance.refresh_from_db()
+    task.refresh_from_db()
+    assert (instance.state, task.state) == ("waiting", "open")
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/instances/?stat=failed", "stat"),
+        ("/api/instances/?state=failed&businesskey=K-1", "businesskey"),
+        ("/api/tasks/?scop=queue", "scop"),
+        ("/api/workflows/expense_approval/?versoin=1", "versoin"),
+        ("/api/audit/events/?acter=staff", "acter"),
+        ("/api/audit/export.jsonl?sinse=2026-01-01T00:00:00Z", "sinse"),
+        # an export is whole: a limit was ignored without a word
+        ("/api/audit/export.csv?limit=10", "limit"),
+    ],
+)
+def test_a_query_parameter_the_endpoint_does_not_take_is_a_400_naming_it(api_as, roles, path, field):
+    """``?stat=failed`` (a typo) listed every instance, as if no filter had been asked for: a script working
+    through "the failed ones" would have worked through all of them."""
+    # given: one running instance, which no filter for failed ones lists
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    response = api_as(roles.admin).get(path)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert field in response.json()["errors"], response.json()
+
+
+def test_the_page_parameters_and_format_are_taken_by_every_list(api_as, roles):
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.admin)
+    for path in (
+        "/api/instances/?limit=5&format=json&state=waiting",
+        "/api/tasks/?scope=queue&limit=5",
+        "/api/audit/events/?limit=5&actor=staff",
+        "/api/workflows/expense_approval/?version=1&format=json",
+    ):
+        assert client.get(path).status_code == 200, path

@@ -31,3 +31,37 @@ def test_every_operation_documents_the_common_problems_414_included(schema):
             response = op["responses"].get(str(code))
             assert response is not None, f"{method.upper()} {path} does not document {code}"
             assert "application/problem+json" in response["content"], f"{method.upper()} {path} {code}"
+
+
+def test_the_audit_trails_times_are_documented_as_the_api_reads_them_with_their_offset(schema, api_as, roles):
+    """The schema told an integrator that ``since``/``until`` without an offset are in the site's time zone (the
+    page's rule); the API refuses such a time (400), as every other time it takes."""
+    # given: what the schema says of since and until, in the trail and its exports
+    said = {
+        (path, parameter["name"]): (
+            parameter.get("description", "") + " " + schema["paths"][path]["get"].get("description", "")
+        )
+        for path in ("/api/audit/events/", "/api/audit/export.jsonl", "/api/audit/export.csv")
+        for parameter in schema["paths"][path]["get"]["parameters"]
+        if parameter["name"] in ("since", "until")
+    }
+    assert len(said) == 6
+
+    # then: an offset is asked for, nothing promises a naive time is read; and a naive time is refused indeed
+    for where, text in said.items():
+        assert "offset" in text, where
+        assert "site's time zone" not in text, where
+    response = api_as(roles.admin).get("/api/audit/events/?since=2026-11-01T09:00:00")
+    assert response.status_code == 400
+    assert "since" in response.json()["errors"]
+
+
+def test_every_request_body_says_it_takes_only_its_own_fields(schema):
+    """The views refuse a field a body does not take (a typo dropped without a word); the schema says so, so a
+    client's generated code (and schemathesis) sends none."""
+    requests = {name: c for name, c in schema["components"]["schemas"].items() if name.endswith("Request")}
+    assert {"StartRequest", "SignalRequest", "DecideRequest", "SkipRequest"} <= set(requests)
+    for name, component in requests.items():
+        assert component.get("additionalProperties") is False, name
+    # the free-form objects inside stay open: a start's input is the workflow's
+    assert requests["StartRequest"]["properties"]["input"].get("additionalProperties", True) is not False

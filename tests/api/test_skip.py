@@ -102,6 +102,29 @@ def test_only_operators_skip_and_only_what_they_see(failed, api_as, roles):
     assert what_changes(failed) == before
 
 
+def test_an_operator_may_not_skip_a_step_of_an_instance_they_started(api_as, roles, run_steps):
+    # given: an expense the operator started, approved by staff2, whose payout then failed
+    instance = instance_start(
+        "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=roles.operator
+    )
+    task = instance.tasks.get()
+    assert api_as(roles.staff2).post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve"}).status_code == 200
+    run_steps(instance, advance=True)
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.FAILED
+    before = what_changes(instance)
+
+    # when: the operator skips it, saying what it returned
+    response = api_as(roles.operator).post(
+        skip_path(instance), {"step": "payout", "output": {"payout_id": "MINE"}, "reason": "paid by hand"}
+    )
+
+    # then: 403, as four-eyes refuses the initiator the escalation's Skip; nothing changed
+    assert response.status_code == 403, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert "you started it" in response.json()["detail"]
+    assert what_changes(instance) == before
+
+
 def test_a_running_instance_has_nothing_to_skip(api_as, roles):
     instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
 

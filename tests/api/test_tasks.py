@@ -127,6 +127,8 @@ def test_a_task_of_another_team_is_404(api_as, roles, task):
         ({"decision": "approve", "comment": "x" * 4001}, "comment"),
         ({"decision": "approve", "data": []}, "data"),
         ({}, "decision"),
+        # an approval takes no fields: the amount a client meant to set was dropped without a word
+        ({"decision": "approve", "data": {"amount": "9999.00"}}, "data"),
     ],
 )
 def test_a_bad_decision_body_names_its_field(api_as, roles, task, body, field):
@@ -136,6 +138,8 @@ def test_a_bad_decision_body_names_its_field(api_as, roles, task, body, field):
     # then
     assert response.status_code == 400
     assert field in response.json()["errors"]
+    task.refresh_from_db()
+    assert task.state == TaskState.OPEN
 
 
 def test_the_task_lists_cost_the_same_queries_for_one_or_many(api_as, roles, django_assert_num_queries):

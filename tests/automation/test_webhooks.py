@@ -345,6 +345,8 @@ def test_private_addresses_are_refused(users, url):
         ("ftp://example.com/hook", "http:// or https://"),
         ("https://user:pw@example.com/hook", "no user name or password"),
         ("https://example.com:99999/hook", "port"),
+        # port 0 is no port: it was read as "none given", and the events went to 443
+        ("https://93.184.215.14:0/hook", "port"),
         ("https://no-such-host.invalid/hook", "cannot be resolved"),
         ("http://[fe80::1%25zz]/hook", "cannot be resolved"),
         ("https://exa\x00mple.com/", "500 characters"),
@@ -598,3 +600,71 @@ def test_a_paused_subscription_gets_what_was_queued_before_the_pause_and_misses_
         # then: the event from before the pause arrives; the one during it was never queued for it
         assert [json.loads(r.body)["data"]["instance"]["title"] for r in hook.requests] == ["Parcel before"]
     assert WebhookDelivery.objects.filter(subscription=subscription).count() == 1
+
+
+def test_a_host_with_several_addresses_is_reached_at_one_that_answers(flows, allow_private, users, monkeypatch):
+    """A name with an IPv6 and an IPv4 address, on a worker whose IPv6 goes nowhere (or one address of a round
+    robin down): the attempt goes on to the next address the host resolves to, as a browser or curl does, instead
+    of failing every attempt at the first until the subscription pauses."""
+    real = socket.getaddrinfo
+
+    def two_addresses(host, port, *args, **kwargs):  # the name server's answer: the edge of this test
+        if host != "hooks.example.test":
+            return real(host, port, *args, **kwargs)
+        # 127.0.0.2: loopback, but nothing listens there on the receiver's port (refused at once)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    with receiver(200) as hook:
+        port = hook.url.split(":")[2].split("/")[0]
+        delivery = queued_delivery(
+            users.admin, f"http://hooks.example.test:{port}/hooks", name="Round robin", parcel="P-9"
+        )
+
+        # when
+        outcome = delivery_send(delivery.pk)
+
+        # then: delivered at the second address, with the name the subscription gave in its Host header
+        assert outcome == "delivered", WebhookDelivery.objects.get().last_error
+        assert len(hook.requests) == 1
+        assert hook.requests[0].headers["Host"] == f"hooks.example.test:{port}"
+
+
+def test_an_international_domain_name_is_reached_at_its_own_address_not_a_lookalike(
+    flows, allow_private, users, monkeypatch
+):
+    """faß.test is xn--fa-hia.test (IDNA 2008, as browsers and registries read it); Python's socket and http.client
+    encode names with IDNA 2003, which maps ß to ss: the signed events went to fass.test, someone else's domain."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def resolver(host, port, *args, **kwargs):  # the name server: the edge of this test
+        # What the C library is handed: a str host is encoded by Python's "idna" codec (IDNA 2003) first.
+        name = host if isinstance(host, str) and host.isascii() else host.encode("idna").decode()
+        if not name.endswith(".test"):
+            return real(host, port, *args, **kwargs)
+        asked.append(name)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    with receiver(200) as hook:
+        port = hook.url.split(":")[2].split("/")[0]
+        delivery = queued_delivery(users.admin, f"http://faß.test:{port}/hook", name="IDN", parcel="P-10")
+
+        # when
+        outcome = delivery_send(delivery.pk)
+
+        # then: looked up, and sent, as the name's own A-label
+        assert outcome == "delivered", WebhookDelivery.objects.get().last_error
+        assert set(asked) == {"xn--fa-hia.test"}
+        assert hook.requests[0].headers["Host"] == f"xn--fa-hia.test:{port}"
+
+
+@pytest.mark.parametrize("url", ["http://a\u200db.test/hook", "http://\u2603.test/hook"])
+def test_a_host_that_is_no_valid_international_name_is_refused_saying_so(users, url):
+    with pytest.raises(WebhookInvalid) as refused:
+        webhook_subscribe(owner=users.admin, name="Bad IDN", url=url, events=["instance.started"])
+    assert "not a valid domain name" in refused.value.errors["url"][0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from orchestrator.models import InstanceState, ReceivedSignal, WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -39,3 +39,28 @@ def test_the_readme_signal_command_resumes_the_waiting_instance_and_its_repeat_c
     finished = WorkflowInstance.objects.get(pk=instance.pk)
     assert finished.state == InstanceState.COMPLETED
     assert finished.data["shipped_for"] == "PAY-7731"
+
+
+def test_a_payload_giving_a_key_twice_is_refused_naming_it_and_delivers_nothing(payment_flow, run_steps):  # noqa: F811
+    # given: a waiting instance
+    instance = instance_start("api_payment", {"order": "SO-1003"}, business_key="SO-1003")
+    run_steps(instance)
+
+    # when: the payload names the reference twice (which one the sender meant is a guess)
+    with pytest.raises(CommandError) as refused:
+        call_command(
+            "baton_signal",
+            "payment.confirmed",
+            "--id",
+            "pay-1",
+            "--business-key",
+            "SO-1003",
+            "--payload",
+            '{"paid_amount": "1.00", "reference": "A", "reference": "B"}',
+            stdout=StringIO(),
+            stderr=StringIO(),
+        )
+
+    # then
+    assert "the key 'reference' is given twice" in str(refused.value)
+    assert not ReceivedSignal.objects.filter(instance=instance).exists()

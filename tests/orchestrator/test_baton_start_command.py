@@ -36,6 +36,7 @@ def test_starts_the_latest_version_and_prints_the_instance_id(users):
         (["bench_approval", "--data", '{"a": ' + "[" * 5000 + "]" * 5000 + "}"], "--data is not JSON"),
         (["bench_approval", "--data", '{"a": "x\\u0000y"}'], "the input was refused: input: input['a'] contains a NUL"),
         (["bench_approval", "--data", "[1, 2]"], "--data must be a JSON object, not list"),
+        (["bench_approval", "--data", '{"n": 1, "n": 2}'], "--data is not JSON: the key 'n' is given twice"),
         (["no_such_flow"], "no workflow named 'no_such_flow' is registered (registered: "),
         (["bench_approval", "--user", "nobody"], "no user named 'nobody'"),
         (["order_fulfilment", "--data", "{}"], "the input was refused: "),

@@ -109,6 +109,8 @@ def test_skip_records_the_given_output_and_goes_on_from_the_next_step(failed, ru
         ('{"a": NaN}', "not valid JSON"),
         ('{"": 1}', "every key needs a name"),
         ('{"a": "x\\u0000y"}', "NUL"),
+        ('{"payout_id": "P-1", "payout_id": "P-2"}', "'payout_id' is given twice"),
+        ('{"a": {"b": 1, "b": 2}}', "'b' is given twice"),
         # Deeper than Python's recursion limit: json.loads raised RecursionError, a 500 on the console's page.
         ('{"a":' * 5000 + "1" + "}" * 5000, "nested deeper than"),
         ("[" * 100_000, "nested deeper than"),
@@ -289,3 +291,54 @@ def test_data_edit_is_refused_while_a_step_of_the_paused_instance_is_still_runni
         instance.pk, {"amount": 50, "charged": 50}, actor=OPERATOR, reason="wrong amount", expected_seq=seq
     )
     assert WorkflowInstance.objects.get(pk=instance.pk).data == {"amount": 50, "charged": 50}
+
+
+# --- four-eyes: the initiator steers nothing ------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_failed(flow, run_steps, users) -> WorkflowInstance:
+    """A failed instance that the operator started themselves."""
+    instance = instance_start("ops_flow", {"amount": 40, "payroll_down": True}, initiator=users.operator)
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED, instance.error
+    return instance
+
+
+def test_the_initiator_may_not_skip_a_step_of_their_own_instance_with_an_output(own_failed, users):
+    # given: an operator's own instance, failed at payout (later steps and decisions read what the skip writes:
+    # an "amount" under an approval limit routes around the approval, as the initiator may never choose)
+    payout_step = own_failed.steps.get(name="payout")
+    events = AuditEvent.objects.filter(instance=own_failed).count()
+
+    # when: they skip it with an output of their choosing
+    with pytest.raises(NotAllowed) as refused:
+        instance_step_skip(
+            own_failed.pk, payout_step.pk, {"amount": 1}, actor=Actor.of(users.operator), reason="paid by hand"
+        )
+
+    # then: refused as four-eyes refuses their decisions; nothing changed; another operator may
+    assert "you started it" in str(refused.value)
+    own_failed.refresh_from_db()
+    assert (own_failed.state, own_failed.data["amount"]) == (InstanceState.FAILED, 40)
+    assert AuditEvent.objects.filter(instance=own_failed).count() == events
+    instance_step_skip(own_failed.pk, payout_step.pk, {}, actor=Actor.of(users.admin), reason="paid by hand")
+
+
+def test_the_initiator_may_not_edit_the_data_of_their_own_instance(own_failed, users):
+    # given: an operator's own failed instance
+    events = AuditEvent.objects.filter(instance=own_failed).count()
+
+    # when: they edit the amount that its decisions and approvers read
+    with pytest.raises(NotAllowed) as refused:
+        instance_data_edit(
+            own_failed.pk, {**own_failed.data, "amount": 9000}, actor=Actor.of(users.operator), reason="typo"
+        )
+
+    # then: refused, nothing changed; another operator may
+    assert "you started it" in str(refused.value)
+    own_failed.refresh_from_db()
+    assert own_failed.data["amount"] == 40
+    assert AuditEvent.objects.filter(instance=own_failed).count() == events
+    instance_data_edit(own_failed.pk, {**own_failed.data, "amount": 41}, actor=Actor.of(users.admin), reason="typo")

@@ -572,3 +572,33 @@ def test_a_signal_kept_before_the_deadline_wins_over_the_timeout_even_when_its_h
     assert report.signals["signals_timed_out"] == 0
     assert instance.steps.get(name="wait_payment").state == StepState.SUCCEEDED
     assert instance.state != InstanceState.FAILED
+
+
+# --- an instance that undoes its steps ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("then_fails", [False, True], ids=["compensating", "failed while compensating"])
+def test_a_signal_to_an_instance_that_began_undoing_its_steps_is_refused_not_kept_forever(
+    payment_flow, run_steps, then_fails
+):
+    # given: an order waiting for its payment, cancelled with compensation by an operator (its saga began: no
+    # forward step ever runs again, so no wait will ever take a signal); with then_fails, the refund failed too
+    from orchestrator.services.operations import instance_compensate
+
+    instance = waiting_instance(run_steps)
+    instance_compensate(instance.pk, actor=Actor("user:operator"), reason="customer left", cancel=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPENSATING
+    if then_fails:
+        instance.steps.filter(name="reserve", kind="compensation").update(state=StepState.DEAD)
+        type(instance).objects.filter(pk=instance.pk).update(state=InstanceState.FAILED)
+    events = AuditEvent.objects.filter(instance=instance).count()
+
+    # when: the payment service confirms the payment
+    with pytest.raises(SignalConflict) as refused:
+        deliver(instance.pk)
+
+    # then: the sender is told it will never be taken (before: 201 "kept", for a wait that never comes)
+    assert "never waits for a signal again" in str(refused.value)
+    assert not ReceivedSignal.objects.filter(instance=instance).exists()
+    assert AuditEvent.objects.filter(instance=instance).count() == events

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orchestrator.audit import Actor
+from orchestrator.inputs import unique_keys
 from orchestrator.services.signals import SignalError, signal_deliver
 
 
@@ -29,8 +30,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         """Deliver it; every refusal is a ``CommandError`` (exit status 1) saying what was wrong."""
         try:
-            payload = json.loads(options["payload"])
-        except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deeply
+            payload = json.loads(options["payload"], object_pairs_hook=unique_keys)
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply; ValueError: a key twice
             raise CommandError(f"--payload is not JSON: {error}") from None
         try:
             delivery = signal_deliver(

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orchestrator import registry
+from orchestrator.inputs import unique_keys
 from orchestrator.services import instances
 
 
@@ -27,8 +28,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         """Start the instance; every refusal is a ``CommandError`` (exit status 1) saying what was wrong."""
         try:
-            data = json.loads(options["data"])
-        except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deeply
+            data = json.loads(options["data"], object_pairs_hook=unique_keys)
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply; ValueError: a key twice
             raise CommandError(f"--data is not JSON: {error}") from None
         if not isinstance(data, dict):
             raise CommandError(f"--data must be a JSON object, not {type(data).__name__}")
