@@ -250,7 +250,8 @@ def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
         task_actions.task_snooze(task_id, request.user, until, request_meta=request_meta(request))
     except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, snooze_form=form)
-    messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
+    # With its zone, as every time shown (docs/architecture.md, "What people type").
+    messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M %Z}.")
     return redirect("approvals:inbox")
 
 

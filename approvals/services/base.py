@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.urls import reverse
 
 from approvals.models import (
+    HOLDER_FIELDS,
     HumanTask,
     Priority,
     TaskCandidate,
@@ -184,9 +185,7 @@ def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named
     task.title = f"Nobody can {verb}: {why} ({task.title})"[:200]
     task.priority = Priority.URGENT
     task.escalate(task.escalation_level, task.next_escalation_at)
-    rows.update(
-        task, ["title", "priority", "state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"]
-    )
+    rows.update(task, ["title", "priority", "state", "escalation_level", "next_escalation_at", *HOLDER_FIELDS])
     groups = groups_named([MANAGERS, OPERATORS])
     add_candidates(task, groups=groups)
     unit.audit(

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from approvals.models import (
     ACTIONABLE_TASK_STATES,
+    HOLDER_FIELDS,
     HumanTask,
 )
 from approvals.notifications import members_of, notify
@@ -150,7 +151,7 @@ def _hand_to_group(
     from_state = task.state
     group = groups_named([group_name])[0]
     task.escalate(level, next_at)
-    rows.update(task, ["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
+    rows.update(task, ["state", "escalation_level", "next_escalation_at", *HOLDER_FIELDS])
     add_candidates(task, groups=[group])
     action, kind = (
         (AuditAction.TASK_REASSIGNED, "reassigned") if reassigned else (AuditAction.TASK_ESCALATED, "escalated")

@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import (
+    HOLDER_FIELDS,
     HumanTask,
     Notification,
     TaskDecision,
@@ -169,7 +170,7 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
             raise TaskForbidden(APPROVED_BEFORE)
         from_state = task.state
         task.claim(user, unit.now)
-        rows.update(task, ["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", *HOLDER_FIELDS])
         unit.audit("task", task.pk, from_state, task.state, action=AuditAction.TASK_CLAIMED)
         announce(unit, task, "task.claimed", f"{user.get_username()} claimed: {task.title}")
         unit.finish()
@@ -193,7 +194,7 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
             raise TaskForbidden("Only the assignee or a manager can release this task.")
         previous = task.assignee_id
         task.release()
-        rows.update(task, ["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", *HOLDER_FIELDS])
         unit.audit(
             "task",
             task.pk,
@@ -255,7 +256,7 @@ def task_delegate(
         if task.state == TaskState.CLAIMED:
             task.release()
         task.claim(to_user, unit.now)
-        rows.update(task, ["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", *HOLDER_FIELDS])
         unit.audit(
             "task",
             task.pk,
@@ -385,7 +386,7 @@ def _decide(
             task.approvals += 1
             if task.state == TaskState.CLAIMED:
                 task.release()
-            rows.update(task, ["approvals", "state", "assignee", "claimed_at"])
+            rows.update(task, ["approvals", "state", *HOLDER_FIELDS])
             unit.audit(
                 "task",
                 task.pk,
@@ -497,7 +498,7 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
     ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for an ``until`` that is naive, out of range or not within the next 90 days;
-    TaskForbidden unless ``user`` holds the task; TaskNotFound.
+    TaskConflict when the task is no longer to do; TaskForbidden unless ``user`` holds the task; TaskNotFound.
     """
     try:
         until = check_when(until, "Snooze until")
@@ -506,6 +507,9 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
+        if not task.is_actionable:
+            # A decided task keeps its last assignee: there is nothing left to put aside.
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
         if task.assignee_id != user.pk:
             raise TaskForbidden("Claim the task before you snooze it.")
         if until <= unit.now or until > unit.now + timedelta(days=90):
