@@ -310,6 +310,9 @@ def _render_task(
         "task": task,
         "instance": instance,
         "data_rows": sorted((k, v) for k, v in instance.data.items() if not isinstance(v, dict)),
+        # Sent with a decision from beside the data it fingerprints (the details card, which no live refresh
+        # swaps), so it always names what the person read.
+        "data_digest": task_rules.data_digest(instance.data),
         "steps": steps_of(instance),
         "decisions": list(instance.decisions.select_related("user", "task").order_by("created_at")),
         "form": form,
@@ -438,6 +441,7 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
             decision,
             comment=form.cleaned_data["comment"],
             data=data,
+            seen=form.cleaned_data["seen"] or None,
             request_meta=request_meta(request),
         )
     except task_rules.TaskError as exc:

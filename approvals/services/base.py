@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +74,17 @@ class TaskInvalid(TaskError):
     def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or {}
+
+
+def data_digest(data: dict[str, Any]) -> str:
+    """A short fingerprint of an instance's business data (a JSON object), the same for the same content whatever
+    its keys' order: the task page sends the one of the data it showed with a decision, so a decision on data that
+    changed since (an operator's edit, a signal's payload) is refused rather than applied to what nobody read.
+
+    Raises TypeError only for data that is not JSON (never stored so).
+    """
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def checked_text(value: str, what: str, max_length: int, field: str) -> str:

@@ -43,6 +43,7 @@ from approvals.services.base import (
     TaskNotFound,
     announce,
     checked_text,
+    data_digest,
     is_candidate,
     past_tense,
     task_complete,
@@ -294,9 +295,14 @@ def task_decide(
     *,
     comment: str = "",
     data: dict[str, Any] | None = None,
+    seen: str | None = None,
     request_meta: dict | None = None,
 ) -> HumanTask:
     """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls.
+
+    ``seen`` is ``base.data_digest`` of the instance's data as the deciding person was shown it (the task page sends
+    it); when the data has changed since, the decision is refused with a TaskConflict saying so. None: not checked
+    (a caller that showed no data).
 
     Raises TaskInvalid for a comment with a NUL or longer than ``inputs.COMMENT_MAX`` (whoever calls: the limit
     is the service's, the page only shows it), a missing reject comment or form errors.
@@ -311,7 +317,7 @@ def task_decide(
     """
     comment = checked_text(comment, "Comment", COMMENT_MAX, "comment")
     try:
-        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=None)
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, seen=seen, stopped_by=None)
     except _FollowFailed as failed:
         logger.error(
             "task %s: entering what follows the decision raised %s; the decision is kept and the instance stopped",
@@ -319,7 +325,7 @@ def task_decide(
             type(failed.error).__name__,
             exc_info=failed.error,
         )
-        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=failed.error)
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, seen=seen, stopped_by=failed.error)
 
 
 def _decide(
@@ -330,6 +336,7 @@ def _decide(
     data: dict[str, Any],
     request_meta: dict | None,
     *,
+    seen: str | None,
     stopped_by: Exception | None,
 ) -> HumanTask:
     """One attempt of :func:`task_decide` in its own transaction; with ``stopped_by`` (the error a first attempt
@@ -348,6 +355,12 @@ def _decide(
             raise TaskConflict(
                 f"This task cannot be decided now: the workflow's {definition_unavailable(unit.instance)}. "
                 "An operator must deploy it again (or cancel the instance)."
+            )
+        if seen is not None and seen != data_digest(unit.instance.data):
+            # Read under the instance's lock: an edit that committed while this request waited is seen here.
+            raise TaskConflict(
+                "The workflow's data changed after you opened this task (an operator's edit or news from another "
+                "system): check it again below, then decide. Your comment is kept."
             )
         if task.kind == TaskKind.ESCALATION:
             try:

@@ -317,7 +317,7 @@ def test_snooze_hides_the_task_until_the_time(users, claimed):
 
     # then
     assert response.redirect_chain[-1][0] == reverse("approvals:inbox")
-    assert shown(response) == [("success", f"Snoozed until {until:%Y-%m-%d %H:%M}.")]
+    assert shown(response) == [("success", f"Snoozed until {until:%Y-%m-%d %H:%M %Z}.")]
     mine = login(users.staff).get(f"{reverse('approvals:inbox')}?tab=mine")
     assert f'data-task="{claimed.pk}"' not in mine.content.decode()
     claimed.refresh_from_db()
@@ -638,3 +638,49 @@ def test_every_date_and_time_input_names_its_time_zone(users, task, settings):
     assert re.search(r'for="snooze-until">[^<]*Asia/Kolkata', task_page)
     assert re.search(r'for="pause-until">[^<]*Asia/Kolkata', instance_page)
     assert re.search(r'scope="col">When \(IST\)', instance_page)
+
+
+# --- deciding on the data one saw -------------------------------------------------------------------------
+
+SEEN = re.compile(r'<input type="hidden" name="seen" form="task-decide" value="([0-9a-f]+)">')
+
+
+def test_a_decision_on_data_an_operator_changed_since_the_page_was_read_is_refused_with_the_comment_kept(users):
+    """Given staff reading an expense of 38.60 on its task page, when an operator edits the amount to 3,860.00
+    before staff presses Approve, then the approval is refused (409) and nothing is decided: the page shows the new
+    amount and the comment as typed; approving again from that page goes through. (The task page's details do not
+    refresh live, so without this staff approved an amount they never saw.)"""
+    from orchestrator.audit import Actor
+    from orchestrator.services.operations import instance_data_edit
+
+    # given
+    instance = expense(amount="38.60")
+    task = task_of(instance)
+    client = login(users.staff)
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    seen = SEEN.search(page)
+    assert seen is not None, "the task page sends what it showed with the decision"
+
+    # when
+    instance.refresh_from_db()
+    instance_data_edit(
+        instance.pk, {**instance.data, "amount": "3860.00"}, actor=Actor.of(users.operator), reason="typo in amount"
+    )
+    url = reverse("approvals:task_decide", args=[task.pk])
+    refused = client.post(url, {"decision": "approve", "comment": "fine by me", "seen": seen.group(1)})
+
+    # then
+    assert refused.status_code == 409
+    task.refresh_from_db()
+    assert (task.state, task.decisions.count()) == (TaskState.OPEN, 0)
+    assert any("changed" in text for _level, text in shown(refused)), shown(refused)
+    body = refused.content.decode()
+    assert "3860.00" in body
+    assert "fine by me" in body
+    fresh = SEEN.search(body)
+    assert fresh is not None
+    assert fresh.group(1) != seen.group(1)
+    again = client.post(url, {"decision": "approve", "comment": "fine by me", "seen": fresh.group(1)})
+    assert again.status_code == 302
+    task.refresh_from_db()
+    assert task.state == TaskState.COMPLETED
