@@ -684,3 +684,89 @@ def test_a_decision_on_data_an_operator_changed_since_the_page_was_read_is_refus
     assert again.status_code == 302
     task.refresh_from_db()
     assert task.state == TaskState.COMPLETED
+
+
+# --- what a page costs ------------------------------------------------------------------------------------
+
+# Session, user, the manager check of visible_tasks, the user's groups, the task (with its instance, assignee and
+# step), the steps so far, the decisions, the candidate EXISTS and the manager check of the decision card, the
+# delegates, the navigation's counts (one statement) and the template's two permission reads: a fixed number
+# whatever the task has collected.
+TASK_PAGE_QUERIES = 13
+# Session, user, the page's rows in one statement (tasks with instance and assignee), the navigation's counts and
+# groups, the manager check and the template's permission reads.
+ESCALATIONS_QUERIES = 8
+# Session, user, the notifications, marking them read, the navigation's counts and groups and permission reads.
+NOTIFICATIONS_QUERIES = 8
+
+
+def _queries(client: Client, url: str) -> tuple[int, int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url)
+    return response.status_code, len(queries.captured_queries)
+
+
+def test_the_task_page_costs_the_same_queries_with_many_decisions_steps_and_delegates(users):
+    """Given a task its holder opens, when it has gathered 1 and then 21 comments, steps and possible delegates,
+    then the page costs the same fixed number of queries (none per decision, step or person listed)."""
+    from approvals.models import TaskDecision
+    from orchestrator.models import StepRun
+    from tests.factories import UserFactory
+
+    # given
+    instance = expense()
+    task = task_of(instance)
+    task_claim(task.pk, users.staff)
+    client = login(users.staff)
+    url = reverse("approvals:task_detail", args=[task.pk])
+    step = instance.steps.first()
+
+    # when
+    costs = []
+    for batch in (1, 20):
+        people = [UserFactory(groups=[users.approvers]) for _ in range(batch)]
+        TaskDecision.objects.bulk_create(
+            [TaskDecision(task=task, instance=instance, user=u, decision="comment") for u in people]
+        )
+        StepRun.objects.bulk_create(
+            [StepRun(instance=instance, name=f"s{batch}-{n}", kind=step.kind, state="succeeded") for n in range(batch)]
+        )
+        costs.append(_queries(client, url))
+
+    # then
+    assert costs == [(200, TASK_PAGE_QUERIES), (200, TASK_PAGE_QUERIES)]
+
+
+def test_the_escalations_and_notifications_pages_cost_the_same_queries_with_1_or_31_rows(users):
+    """Given a manager with overdue tasks and notifications, when there are 1 and then 31 of each, then each page
+    costs its fixed number of queries."""
+    from approvals.models import TaskCandidate
+    from orchestrator.models import StepKind
+
+    # given
+    instance = expense()
+    step = instance.steps.filter(kind=StepKind.HUMAN).first()
+    client = login(users.manager)
+
+    # when
+    costs = []
+    for batch in (1, 30):
+        late = timezone.now() - timedelta(hours=1)
+        tasks = HumanTask.objects.bulk_create(
+            [
+                HumanTask(instance=instance, step=step, kind=TaskKind.APPROVAL, title=f"Late {n}", due_at=late)
+                for n in range(batch)
+            ]
+        )
+        TaskCandidate.objects.bulk_create([TaskCandidate(task=t, group=users.approvers) for t in tasks])
+        Notification.objects.bulk_create(
+            [Notification(user=users.manager, kind="reminder", message=f"Reminder {n}") for n in range(batch)]
+        )
+        costs.append((_queries(client, reverse("approvals:escalations")), _queries(client, "/notifications/")))
+
+    # then
+    expected = ((200, ESCALATIONS_QUERIES), (200, NOTIFICATIONS_QUERIES))
+    assert costs == [expected, expected]
