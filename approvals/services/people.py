@@ -196,7 +196,7 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
                 payload={"from_user": assignee.pk},
                 action=AuditAction.TASK_RELEASED,
             )
-            announce(unit, task, "task.released", f"Back in the queue: {task.title}")
+            announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=assignee.pk)
             released = 1
         need = task.quorum - task.approvals
         if task.state == TaskState.OPEN or (task.state == TaskState.ESCALATED and not has_nobody_groups(task)):

@@ -204,7 +204,7 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
             payload={"from_user": previous},
             action=AuditAction.TASK_RELEASED,
         )
-        announce(unit, task, "task.released", f"Back in the queue: {task.title}")
+        announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=previous)
         unit.finish()
         return task
 
@@ -253,7 +253,7 @@ def task_delegate(
             refusal = f"{name} has already approved another step of this workflow (four-eyes rule)."
         if refusal:
             raise TaskInvalid(refusal, {"to_user": [refusal]})
-        from_state = task.state
+        from_state, previous = task.state, task.assignee_id
         if task.state == TaskState.CLAIMED:
             task.release()
         task.claim(to_user, unit.now)
@@ -267,7 +267,13 @@ def task_delegate(
             payload={"to": to_user.get_username()},
             action=AuditAction.TASK_DELEGATED,
         )
-        announce(unit, task, "task.delegated", f"{user.get_username()} delegated to you: {task.title}")
+        announce(
+            unit,
+            task,
+            "task.delegated",
+            f"{user.get_username()} delegated to you: {task.title}",
+            former_holder=previous,
+        )
         notify(
             unit,
             [to_user.pk],
@@ -396,6 +402,7 @@ def _decide(
         )
         from_state = task.state
         if decision == APPROVE and task.approvals + 1 < task.quorum:
+            holder = task.assignee_id
             task.approvals += 1
             if task.state == TaskState.CLAIMED:
                 task.release()
@@ -409,7 +416,13 @@ def _decide(
                 payload={"approvals": task.approvals, "quorum": task.quorum},
                 action=AuditAction.TASK_APPROVED,
             )
-            announce(unit, task, "task.approved", f"{task.approvals} of {task.quorum} approvals: {task.title}")
+            announce(
+                unit,
+                task,
+                "task.approved",
+                f"{task.approvals} of {task.quorum} approvals: {task.title}",
+                former_holder=holder,
+            )
             unit.finish()
             return task
         if decision == APPROVE:
