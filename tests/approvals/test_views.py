@@ -770,3 +770,34 @@ def test_the_escalations_and_notifications_pages_cost_the_same_queries_with_1_or
     # then
     expected = ((200, ESCALATIONS_QUERIES), (200, NOTIFICATIONS_QUERIES))
     assert costs == [expected, expected]
+
+
+# --- a task whose workflow is on hold ---------------------------------------------------------------------
+
+
+def test_a_task_whose_workflow_is_paused_past_its_due_time_is_on_hold_not_overdue(users):
+    """Given an expense approval whose SLA fell due while an operator had paused the workflow, when staff opens
+    the team queue and the task, and a manager the Escalations page, then the row says the workflow is paused
+    instead of "overdue" (its SLA counts unpaused time only: the resume moves it on by the pause), the task page says
+    why it cannot be decided yet, and the managers have nothing to chase."""
+    from orchestrator.audit import Actor
+    from orchestrator.services.instances import instance_pause
+
+    # given
+    instance = expense()
+    task = task_of(instance)
+    instance_pause(instance.pk, actor=Actor.of(users.operator), reason="waiting for the auditors")
+    HumanTask.objects.filter(pk=task.pk).update(due_at=timezone.now() - timedelta(minutes=5))
+
+    # when
+    queue = login(users.staff).get(f"{reverse('approvals:inbox')}?tab=queue").content.decode()
+    page = login(users.staff).get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    chased = login(users.manager).get(reverse("approvals:escalations")).content.decode()
+
+    # then
+    row = queue.split(f'data-task="{task.pk}"', 1)[1].split("</tr>", 1)[0]
+    assert "overdue" not in row
+    assert "workflow paused" in row
+    assert 'id="instance-on-hold"' in page
+    assert "paused" in page.split('id="instance-on-hold"', 1)[1].split("</div>", 1)[0]
+    assert f'data-task="{task.pk}"' not in chased
