@@ -519,3 +519,36 @@ async def test_the_holder_who_is_no_candidate_hears_that_the_task_left_them(user
     await receive_until(operator, lambda e: e["type"] == kind and e.get("task") == task.pk)
     await holder.disconnect()
     await operator.disconnect()
+
+
+# --- counts that heal ---------------------------------------------------------------------------------------
+
+
+def _drop_counts_event_and_open_a_task(initiator: User) -> HumanTask:
+    """An expense started while no socket listened (its task.opened event reached nobody): what a page misses when
+    pub/sub drops an event or the server restarts."""
+    return open_task_of(start_expense(initiator))
+
+
+async def test_a_socket_that_opens_or_asks_is_told_its_counts(users) -> None:
+    """Given a task opened while staff2's page had no socket (the event was lost to it), when the page's socket
+    (re)connects, then its hello carries staff2's counts (the queue holds the task); and when the page asks again
+    ({"ask": "counts"}, as its minute's resync does), the answer carries them read afresh. The list's resync alone
+    re-fetched rows, and the badges stayed wrong until some later event."""
+    # given
+    await sync_to_async(_drop_counts_event_and_open_a_task)(users.staff)
+
+    # when
+    communicator = await socket_for(users.staff2)
+    accepted, _ = await communicator.connect()
+    hello = await communicator.receive_json_from(timeout=EVENT_TIMEOUT)
+    await sync_to_async(_drop_counts_event_and_open_a_task)(users.staff)
+    await receive_until(communicator, lambda e: e["type"] == "task.opened")
+    await communicator.send_json_to({"ask": "counts"})
+    answer = await receive_until(communicator, lambda e: e["type"] == "counts")
+
+    # then
+    assert accepted
+    assert (hello["type"], hello["counts"]["queue"], hello["counts"]["inbox"]) == ("hello", 1, 0)
+    assert answer["counts"]["queue"] == 2
+    await communicator.disconnect()
