@@ -532,11 +532,8 @@ def test_a_task_of_a_paused_instance_past_its_due_time_is_not_late(users, run_st
     read, then only the other is a task past its SLA: the paused one's SLA counts unpaused time only (the resume moves
     it on), and nobody can act on it; the pause itself is the operators' to see."""
     # given
-    paused, waiting = (
-        instance_start("expense_approval", {"employee": "Sam", "amount": "20", "category": "meals",
-                                            "description": "Lunch"})  # fmt: skip
-        for _ in range(2)
-    )
+    expense = {"employee": "Sam", "amount": "20", "category": "meals", "description": "Lunch"}
+    paused, waiting = (instance_start("expense_approval", expense) for _ in range(2))
     HumanTask.objects.filter(instance__in=[paused, waiting]).update(due_at=timezone.now() - timedelta(hours=1))
     instance_pause(paused.pk, actor=Actor.of(users.operator), reason="waiting for the auditors")
 
