@@ -19,6 +19,7 @@ from rest_framework import serializers
 
 from approvals.forms import DECISIONS
 from approvals.models import HumanTask
+from approvals.services.base import data_digest
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import COMMENT_MAX, IDEMPOTENCY_KEY_MAX, NOTE_MAX, REASON_MAX, SEARCH_MAX, check_when
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
@@ -264,9 +265,16 @@ class InstanceDetailSerializer(InstanceSerializer):
 
     steps = StepSerializer(many=True, read_only=True)
     tasks = TaskSummarySerializer(many=True, read_only=True)
+    data_digest = serializers.SerializerMethodField(
+        help_text="A fingerprint of `data` as read now: send it as `seen` with a decision, which is then refused "
+        "(409) if the data changed since."
+    )
 
     class Meta(InstanceSerializer.Meta):
-        fields = [*InstanceSerializer.Meta.fields, "data", "steps", "tasks"]
+        fields = [*InstanceSerializer.Meta.fields, "data", "data_digest", "steps", "tasks"]
+
+    def get_data_digest(self, instance: WorkflowInstance) -> str:
+        return data_digest(instance.data)
 
 
 class InstanceFilterSerializer(serializers.Serializer):
@@ -367,6 +375,14 @@ class DecideSerializer(serializers.Serializer):
         required=False,
         default=dict,
         help_text="A form task's fields (for an approval or an escalation: none, else 400).",
+    )
+    seen = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="The instance's `data_digest` as the caller read it: the decision is refused (409) if the data "
+        "changed since. Left out, not checked.",
     )
 
 

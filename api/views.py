@@ -667,6 +667,7 @@ class TaskViewSet(viewsets.GenericViewSet):
             body["decision"],
             comment=body["comment"],
             data=body["data"],
+            seen=body["seen"] or None,
             request_meta=request_meta(request._request),
         )
         return self._answer(pk)

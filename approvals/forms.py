@@ -36,6 +36,9 @@ class DecideForm(forms.Form):
     comment = forms.CharField(
         required=False, max_length=COMMENT_MAX, widget=forms.Textarea, help_text=f"Up to {COMMENT_MAX:,} characters."
     )
+    # The fingerprint of the data the page showed (services.base.data_digest); the service refuses a decision on
+    # data that changed since.
+    seen = forms.CharField(required=False, max_length=64)
 
 
 class DelegateForm(forms.Form):

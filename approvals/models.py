@@ -24,6 +24,8 @@ class TaskState(models.TextChoices):
 
 
 ACTIONABLE_TASK_STATES = (TaskState.OPEN, TaskState.CLAIMED, TaskState.ESCALATED)
+# The columns a change of holder (claim, release, escalate) writes: the snooze goes with the holder who set it.
+HOLDER_FIELDS = ("assignee", "claimed_at", "snoozed_until")
 
 
 def is_overdue(due_at: datetime | None, state: str, now: datetime) -> bool:
@@ -140,11 +142,14 @@ class HumanTask(FSMModelMixin, models.Model):
     def claim(self, user: models.Model, now: datetime) -> None:
         self.assignee = user  # type: ignore[assignment]
         self.claimed_at = now
+        # A snooze is its holder's own choice: a task reaching a new holder is in their list at once.
+        self.snoozed_until = None
 
     @transition(field=state, source=TaskState.CLAIMED, target=TaskState.OPEN)
     def release(self) -> None:
         self.assignee = None
         self.claimed_at = None
+        self.snoozed_until = None
 
     @transition(field=state, source=list(ACTIONABLE_TASK_STATES), target=TaskState.COMPLETED)
     def complete(self, user: models.Model, decision: str, comment: str, data: dict, now: datetime) -> None:
@@ -161,6 +166,7 @@ class HumanTask(FSMModelMixin, models.Model):
         self.next_escalation_at = next_at
         self.assignee = None
         self.claimed_at = None
+        self.snoozed_until = None
 
     @transition(field=state, source=list(ACTIONABLE_TASK_STATES), target=TaskState.CANCELLED)
     def cancel(self, now: datetime) -> None:

@@ -28,6 +28,12 @@ from approvals.models import (
     TaskState,
 )
 from orchestrator.inputs import SEARCH_MAX, drop_repeated
+from orchestrator.models import InstanceState
+
+# Instances whose tasks wait and cannot be decided: a paused one (its tasks' SLAs count unpaused time only, and the
+# resume moves them on by the pause) and a failed one (its deadlines wait for an operator's retry). A task of theirs
+# past its due time is on hold, not overdue: nobody can act on it.
+ON_HOLD_STATES = (InstanceState.PAUSED, InstanceState.FAILED)
 
 # Counts above this show as "99+": counting 100,000 queued rows on every page would cost more than it tells.
 COUNT_CAP = 100
@@ -117,10 +123,12 @@ def visible_tasks(user: User) -> QuerySet[HumanTask]:
 
 
 def escalations(user: User) -> QuerySet[HumanTask]:
-    """For managers: open tasks that are overdue, escalated, or operator escalations, most urgent first."""
+    """For managers: open tasks that are overdue, escalated, or operator escalations, most urgent first. A task past
+    its due time whose workflow is on hold (``ON_HOLD_STATES``) is not overdue: nobody can act on it."""
     now = timezone.now()
+    overdue = Q(due_at__lt=now) & ~Q(instance__state__in=ON_HOLD_STATES)
     qs = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES).filter(
-        Q(due_at__lt=now) | Q(state=TaskState.ESCALATED) | Q(kind="escalation")
+        overdue | Q(state=TaskState.ESCALATED) | Q(kind="escalation")
     )
     return _with_related(qs).order_by(F("due_at").asc(nulls_last=True), "-priority", "id")
 
@@ -382,6 +390,7 @@ ROW_FIELDS = (
     "decision",
     "instance__workflow_name",
     "instance__business_key",
+    "instance__state",
 )
 
 

@@ -22,7 +22,15 @@ from django.utils.functional import SimpleLazyObject
 from django.views.decorators.http import require_POST
 
 from approvals import forms, saved_views, selectors
-from approvals.models import HumanTask, Priority, TaskDecision, TaskKind, TaskState, is_overdue
+from approvals.models import (
+    ACTIONABLE_TASK_STATES,
+    HumanTask,
+    Priority,
+    TaskDecision,
+    TaskKind,
+    TaskState,
+    is_overdue,
+)
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import registry
@@ -86,6 +94,9 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
     rows = []
     for task in tasks:
         due_at, snoozed_until, completed_at = task["due_at"], task["snoozed_until"], task["completed_at"]
+        # Waiting on an operator (paused or failed): said on the row, and never "overdue" (nobody can act on it).
+        on_hold = task["instance__state"] if task["instance__state"] in selectors.ON_HOLD_STATES else ""
+        on_hold = on_hold if task["state"] in ACTIONABLE_TASK_STATES else ""
         rows.append(
             {
                 **task,
@@ -97,7 +108,8 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
                 "workflow": label(task["instance__workflow_name"]),
                 "business_key": task["instance__business_key"],
                 "due": short(due_at) if due_at is not None else "",
-                "overdue": is_overdue(due_at, task["state"], now),
+                "overdue": is_overdue(due_at, task["state"], now) and not on_hold,
+                "on_hold": on_hold,
                 "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
                 "completed": short(completed_at) if completed_at is not None else "",
                 "waiting": duration(task["created_at"], now),
@@ -250,7 +262,8 @@ def task_snooze(request: AuthedRequest, task_id: int) -> HttpResponse:
         task_actions.task_snooze(task_id, request.user, until, request_meta=request_meta(request))
     except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, snooze_form=form)
-    messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
+    # With its zone, as every time shown (docs/architecture.md, "What people type").
+    messages.success(request, f"Snoozed until {timezone.localtime(until):%Y-%m-%d %H:%M %Z}.")
     return redirect("approvals:inbox")
 
 
@@ -309,6 +322,9 @@ def _render_task(
         "task": task,
         "instance": instance,
         "data_rows": sorted((k, v) for k, v in instance.data.items() if not isinstance(v, dict)),
+        # Sent with a decision from beside the data it fingerprints (the details card, which no live refresh
+        # swaps), so it always names what the person read.
+        "data_digest": task_rules.data_digest(instance.data),
         "steps": steps_of(instance),
         "decisions": list(instance.decisions.select_related("user", "task").order_by("created_at")),
         "form": form,
@@ -324,6 +340,8 @@ def _render_task(
         "delegates": _delegates(task, exclude=user) if task.is_actionable else [],
         # The page says so itself; a decision is refused with the same reason (task_actions.task_decide).
         "definition_missing": locks.definition_unavailable(instance) if definition is None else "",
+        # Paused or failed: a decision is refused until an operator resumes or retries (task_actions._decide).
+        "on_hold": instance.state in selectors.ON_HOLD_STATES and task.is_actionable,
         "active_nav": "inbox",
     }
     if request.htmx and request.htmx.target == "task-decision":
@@ -437,6 +455,7 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
             decision,
             comment=form.cleaned_data["comment"],
             data=data,
+            seen=form.cleaned_data["seen"] or None,
             request_meta=request_meta(request),
         )
     except task_rules.TaskError as exc:

@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind
+from approvals.selectors import ON_HOLD_STATES
 from console.models import BulkItemState, BulkJob, BulkJobItem
 from orchestrator import selectors as engine_selectors
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
@@ -463,8 +464,12 @@ def incidents(now: datetime | None = None) -> Incidents:
 
     found.past_timeout = list(stuck_steps(now).select_related("instance").order_by("lease_expires_at")[:INCIDENT_ROWS])
 
-    overdue = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, due_at__lt=now).exclude(
-        kind=TaskKind.ESCALATION
+    # A task whose workflow is paused or failed waits on an operator, not on its people: it is on hold, not late
+    # (its SLA counts unpaused time only), and the paused or failed instance is listed on its own.
+    overdue = (
+        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, due_at__lt=now)
+        .exclude(kind=TaskKind.ESCALATION)
+        .exclude(instance__state__in=ON_HOLD_STATES)
     )
     found.overdue_total = overdue.count()
     found.overdue_tasks = list(overdue.select_related("instance", "assignee").order_by("due_at")[:INCIDENT_ROWS])

@@ -162,7 +162,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
-        await self.send_json({"type": "hello", "groups": len(self.groups_joined)})
+        # The counts ride on the hello: whatever changed while this page had no socket (a server restart, an event
+        # pub/sub dropped) reached it as no event, and its list's resync re-fetches rows, not the badges.
+        counts = await database_sync_to_async(counts_for)(user)
+        await self.send_json({"type": "hello", "groups": len(self.groups_joined), "counts": counts})
         self.rechecker = asyncio.create_task(self.recheck_periodically())
         await _publish_count(force=True)
 
@@ -201,13 +204,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "message": "That request failed."})
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """The only thing a client may ask: follow one instance it is allowed to see. Every request is answered.
+        """What a client may ask: its counts afresh (``{"ask": "counts"}``, sent by the page's periodic resync), or
+        to follow one instance it is allowed to see. Every request is answered.
 
         The id must be a JSON integer that can be a row's id (not a string, a float, a boolean or a list): what
         the page sends. An instance already followed is confirmed without asking the database (the re-check keeps
         it honest); asking about others is limited to SUBSCRIBE_BURST requests, then one per
         SUBSCRIBE_REFILL_SECONDS, so a flood of frames cannot turn into a flood of queries.
         """
+        if isinstance(content, dict) and content.get("ask") == live_names.COUNTS and len(content) == 1:
+            await self._send_counts()
+            return
         if not isinstance(content, dict) or content.get("subscribe") != "instance":
             await self.send_json({"type": "error", "message": "Unknown request."})
             return
@@ -233,6 +240,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 self.instance_ids.append(instance_id)
                 await self.channel_layer.group_add(group, self.channel_name)
         await self.send_json({"type": "subscribed", "instance": instance_id})
+
+    async def _send_counts(self) -> None:
+        """Answer ``{"ask": "counts"}`` with the user's counts read now; asks share the subscriptions' allowance, so
+        a flood of them is not a flood of queries."""
+        async with self.groups_lock:
+            if self.gone:
+                return
+            if not self.subscribe_allowance.take():
+                await self.send_json({"type": "error", "message": "Too many requests: try again later."})
+                return
+            counts = await database_sync_to_async(counts_for)(self.scope["user"])
+        await self.send_json({"type": live_names.COUNTS, "counts": counts})
 
     async def baton_event(self, message: dict[str, Any]) -> None:
         """Forward one event, if this socket is still in a group it was sent to (realtime.send_now names them).

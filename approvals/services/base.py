@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +15,7 @@ from django.db.models import Q
 from django.urls import reverse
 
 from approvals.models import (
+    HOLDER_FIELDS,
     HumanTask,
     Priority,
     TaskCandidate,
@@ -71,6 +74,17 @@ class TaskInvalid(TaskError):
     def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or {}
+
+
+def data_digest(data: dict[str, Any]) -> str:
+    """A short fingerprint of an instance's business data (a JSON object), the same for the same content whatever
+    its keys' order: the task page sends the one of the data it showed with a decision, so a decision on data that
+    changed since (an operator's edit, a signal's payload) is refused rather than applied to what nobody read.
+
+    Raises TypeError only for data that is not JSON (never stored so).
+    """
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def checked_text(value: str, what: str, max_length: int, field: str) -> str:
@@ -180,13 +194,11 @@ def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named
     """
     verb = {TaskKind.APPROVAL: "approve", TaskKind.FORM: "complete"}.get(TaskKind(task.kind), "resolve")
     why = _nobody_why(task, unit.instance.initiator_id, able, named)
-    from_state = task.state
+    from_state, holder = task.state, task.assignee_id
     task.title = f"Nobody can {verb}: {why} ({task.title})"[:200]
     task.priority = Priority.URGENT
     task.escalate(task.escalation_level, task.next_escalation_at)
-    rows.update(
-        task, ["title", "priority", "state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"]
-    )
+    rows.update(task, ["title", "priority", "state", "escalation_level", "next_escalation_at", *HOLDER_FIELDS])
     groups = groups_named([MANAGERS, OPERATORS])
     add_candidates(task, groups=groups)
     unit.audit(
@@ -198,7 +210,7 @@ def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named
         payload={"groups": [MANAGERS, OPERATORS], "nobody_can_act": True},
         action=AuditAction.TASK_ESCALATED,
     )
-    announce(unit, task, "task.escalated", f"Escalation: {task.title}", level="danger")
+    announce(unit, task, "task.escalated", f"Escalation: {task.title}", level="danger", former_holder=holder)
     members = members_of([MANAGERS, OPERATORS], exclude=[unit.instance.initiator_id])
     notify(unit, members, "escalation", f"Needs a manager or an operator: {task.title}", url=task_url(task), task=task)
 
@@ -217,8 +229,12 @@ def announce(
     groups: list[int] | None = None,
     users: list[int] | None = None,
     level: str = "info",
+    former_holder: int | None = None,
 ) -> None:
-    """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read).
+    """Tell the task's candidates and assignee (ids given by a caller that just wrote them, else read), and
+    ``former_holder``, the person the change just took the task from: a holder who is no candidate (a manager
+    answering an operators' escalation) listens to none of the candidates' groups, and their list and count would
+    keep the task until the next resync.
 
     Raises nothing of its own (the events go out after commit).
     """
@@ -233,6 +249,8 @@ def announce(
     targets = [live_names.people_group(g) for g in groups]
     if task.assignee_id:
         targets.append(live_names.user_group(task.assignee_id))
+    if former_holder is not None and former_holder != task.assignee_id:
+        targets.append(live_names.user_group(former_holder))
     targets += [live_names.user_group(u) for u in users]
     event: dict[str, Any] = {
         "type": kind,

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from approvals.models import (
     ACTIONABLE_TASK_STATES,
+    HOLDER_FIELDS,
     HumanTask,
 )
 from approvals.notifications import members_of, notify
@@ -147,20 +148,27 @@ def _hand_to_group(
 
     ``reassigned`` is the quieter rung (an escalation group takes over); otherwise managers are being escalated to.
     """
-    from_state = task.state
+    from_state, holder = task.state, task.assignee_id
     group = groups_named([group_name])[0]
     task.escalate(level, next_at)
-    rows.update(task, ["state", "escalation_level", "next_escalation_at", "assignee", "claimed_at"])
+    rows.update(task, ["state", "escalation_level", "next_escalation_at", *HOLDER_FIELDS])
     add_candidates(task, groups=[group])
     action, kind = (
         (AuditAction.TASK_REASSIGNED, "reassigned") if reassigned else (AuditAction.TASK_ESCALATED, "escalated")
     )
     unit.audit("task", task.pk, from_state, task.state, payload={"group": group_name}, action=action)
     if reassigned:
-        announce(unit, task, "task.escalated", f"Reassigned to {group_name}: {task.title}")
+        announce(unit, task, "task.escalated", f"Reassigned to {group_name}: {task.title}", former_holder=holder)
         message = f"Overdue, now yours: {task.title}"
     else:
-        announce(unit, task, "task.escalated", f"Escalated to {group_name}: {task.title}", level="warning")
+        announce(
+            unit,
+            task,
+            "task.escalated",
+            f"Escalated to {group_name}: {task.title}",
+            level="warning",
+            former_holder=holder,
+        )
         message = f"Escalated: {task.title}"
     members = members_of([group_name], exclude=[unit.instance.initiator_id])
     notify(unit, members, kind, message, url=task_url(task), task=task)

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 
 from approvals.models import (
+    HOLDER_FIELDS,
     HumanTask,
     TaskCandidate,
     TaskDecision,
@@ -185,7 +186,7 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
         if why:
             assert assignee is not None
             task.release()
-            rows.update(task, ["state", "assignee", "claimed_at"])
+            rows.update(task, ["state", *HOLDER_FIELDS])
             unit.audit(
                 "task",
                 task.pk,
@@ -195,7 +196,7 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
                 payload={"from_user": assignee.pk},
                 action=AuditAction.TASK_RELEASED,
             )
-            announce(unit, task, "task.released", f"Back in the queue: {task.title}")
+            announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=assignee.pk)
             released = 1
         need = task.quorum - task.approvals
         if task.state == TaskState.OPEN or (task.state == TaskState.ESCALATED and not has_nobody_groups(task)):

@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import (
+    HOLDER_FIELDS,
     HumanTask,
     Notification,
     TaskDecision,
@@ -42,6 +43,7 @@ from approvals.services.base import (
     TaskNotFound,
     announce,
     checked_text,
+    data_digest,
     is_candidate,
     past_tense,
     task_complete,
@@ -169,7 +171,7 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
             raise TaskForbidden(APPROVED_BEFORE)
         from_state = task.state
         task.claim(user, unit.now)
-        rows.update(task, ["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", *HOLDER_FIELDS])
         unit.audit("task", task.pk, from_state, task.state, action=AuditAction.TASK_CLAIMED)
         announce(unit, task, "task.claimed", f"{user.get_username()} claimed: {task.title}")
         unit.finish()
@@ -193,7 +195,7 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
             raise TaskForbidden("Only the assignee or a manager can release this task.")
         previous = task.assignee_id
         task.release()
-        rows.update(task, ["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", *HOLDER_FIELDS])
         unit.audit(
             "task",
             task.pk,
@@ -202,7 +204,7 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
             payload={"from_user": previous},
             action=AuditAction.TASK_RELEASED,
         )
-        announce(unit, task, "task.released", f"Back in the queue: {task.title}")
+        announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=previous)
         unit.finish()
         return task
 
@@ -251,11 +253,11 @@ def task_delegate(
             refusal = f"{name} has already approved another step of this workflow (four-eyes rule)."
         if refusal:
             raise TaskInvalid(refusal, {"to_user": [refusal]})
-        from_state = task.state
+        from_state, previous = task.state, task.assignee_id
         if task.state == TaskState.CLAIMED:
             task.release()
         task.claim(to_user, unit.now)
-        rows.update(task, ["state", "assignee", "claimed_at"])
+        rows.update(task, ["state", *HOLDER_FIELDS])
         unit.audit(
             "task",
             task.pk,
@@ -265,7 +267,13 @@ def task_delegate(
             payload={"to": to_user.get_username()},
             action=AuditAction.TASK_DELEGATED,
         )
-        announce(unit, task, "task.delegated", f"{user.get_username()} delegated to you: {task.title}")
+        announce(
+            unit,
+            task,
+            "task.delegated",
+            f"{user.get_username()} delegated to you: {task.title}",
+            former_holder=previous,
+        )
         notify(
             unit,
             [to_user.pk],
@@ -293,9 +301,14 @@ def task_decide(
     *,
     comment: str = "",
     data: dict[str, Any] | None = None,
+    seen: str | None = None,
     request_meta: dict | None = None,
 ) -> HumanTask:
     """Approve, reject or submit a task. Four-eyes and quorum are enforced here, whoever calls.
+
+    ``seen`` is ``base.data_digest`` of the instance's data as the deciding person was shown it (the task page sends
+    it); when the data has changed since, the decision is refused with a TaskConflict saying so. None: not checked
+    (a caller that showed no data).
 
     Raises TaskInvalid for a comment with a NUL or longer than ``inputs.COMMENT_MAX`` (whoever calls: the limit
     is the service's, the page only shows it), a missing reject comment or form errors.
@@ -310,7 +323,7 @@ def task_decide(
     """
     comment = checked_text(comment, "Comment", COMMENT_MAX, "comment")
     try:
-        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=None)
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, seen=seen, stopped_by=None)
     except _FollowFailed as failed:
         logger.error(
             "task %s: entering what follows the decision raised %s; the decision is kept and the instance stopped",
@@ -318,7 +331,7 @@ def task_decide(
             type(failed.error).__name__,
             exc_info=failed.error,
         )
-        return _decide(task_id, user, decision, comment, data or {}, request_meta, stopped_by=failed.error)
+        return _decide(task_id, user, decision, comment, data or {}, request_meta, seen=seen, stopped_by=failed.error)
 
 
 def _decide(
@@ -329,6 +342,7 @@ def _decide(
     data: dict[str, Any],
     request_meta: dict | None,
     *,
+    seen: str | None,
     stopped_by: Exception | None,
 ) -> HumanTask:
     """One attempt of :func:`task_decide` in its own transaction; with ``stopped_by`` (the error a first attempt
@@ -347,6 +361,12 @@ def _decide(
             raise TaskConflict(
                 f"This task cannot be decided now: the workflow's {definition_unavailable(unit.instance)}. "
                 "An operator must deploy it again (or cancel the instance)."
+            )
+        if seen is not None and seen != data_digest(unit.instance.data):
+            # Read under the instance's lock: an edit that committed while this request waited is seen here.
+            raise TaskConflict(
+                "The workflow's data changed after you opened this task (an operator's edit or news from another "
+                "system): check it again below, then decide. Your comment is kept."
             )
         if task.kind == TaskKind.ESCALATION:
             try:
@@ -382,10 +402,11 @@ def _decide(
         )
         from_state = task.state
         if decision == APPROVE and task.approvals + 1 < task.quorum:
+            holder = task.assignee_id
             task.approvals += 1
             if task.state == TaskState.CLAIMED:
                 task.release()
-            rows.update(task, ["approvals", "state", "assignee", "claimed_at"])
+            rows.update(task, ["approvals", "state", *HOLDER_FIELDS])
             unit.audit(
                 "task",
                 task.pk,
@@ -395,7 +416,13 @@ def _decide(
                 payload={"approvals": task.approvals, "quorum": task.quorum},
                 action=AuditAction.TASK_APPROVED,
             )
-            announce(unit, task, "task.approved", f"{task.approvals} of {task.quorum} approvals: {task.title}")
+            announce(
+                unit,
+                task,
+                "task.approved",
+                f"{task.approvals} of {task.quorum} approvals: {task.title}",
+                former_holder=holder,
+            )
             unit.finish()
             return task
         if decision == APPROVE:
@@ -497,7 +524,7 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
     ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for an ``until`` that is naive, out of range or not within the next 90 days;
-    TaskForbidden unless ``user`` holds the task; TaskNotFound.
+    TaskConflict when the task is no longer to do; TaskForbidden unless ``user`` holds the task; TaskNotFound.
     """
     try:
         until = check_when(until, "Snooze until")
@@ -506,6 +533,9 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
         task, unit = locked.task, locked.unit
+        if not task.is_actionable:
+            # A decided task keeps its last assignee: there is nothing left to put aside.
+            raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
         if task.assignee_id != user.pk:
             raise TaskForbidden("Claim the task before you snooze it.")
         if until <= unit.now or until > unit.now + timedelta(days=90):

@@ -362,9 +362,20 @@
     if (resyncTimer !== null) clearTimeout(resyncTimer);
     resyncTimer = setTimeout(function () {
       resyncTimer = null;
-      if (live.connected && !stopped && document.visibilityState === "visible") fire("baton:resync");
+      if (live.connected && !stopped && document.visibilityState === "visible") {
+        fire("baton:resync");
+        askCounts();
+      }
       scheduleResync();
     }, live.resyncMs);
+  }
+
+  // The badges heal with the lists: a resync re-fetches rows, and the counts come back from the socket
+  // ({"type": "counts", "counts": {...}}), as they do on every hello.
+  function askCounts() {
+    if (live.socket && live.socket.readyState === WebSocket.OPEN) {
+      live.socket.send(JSON.stringify({ ask: "counts" }));
+    }
   }
 
   function resyncEvery(seconds) {

@@ -219,3 +219,33 @@ def test_a_decision_the_task_kind_does_not_take_names_decision(api_as, roles):
     # then
     assert response.status_code == 400, response.content
     assert "decision" in response.json()["errors"], response.json()
+
+
+def test_a_decision_on_data_changed_since_it_was_read_is_a_conflict_when_the_caller_says_what_it_read(
+    api_as, roles, task
+):
+    """Given staff2 reading the instance (data_digest of an amount of 70.00), when an operator edits the amount and
+    staff2 then approves sending what it read (``seen``), then the answer is 409 and nothing is decided; sent with
+    the digest read again it goes through. A caller that sends no ``seen`` is not checked."""
+    from orchestrator.audit import Actor
+    from orchestrator.services.operations import instance_data_edit
+
+    # given
+    client = api_as(roles.staff2)
+    read = client.get(f"/api/instances/{task.instance_id}/").json()
+    assert read["data"]["amount"] == "70.00"
+
+    # when
+    instance_data_edit(
+        task.instance_id, {**read["data"], "amount": "7000.00"}, actor=Actor.of(roles.operator), reason="typo"
+    )
+    stale = client.post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve", "seen": read["data_digest"]})
+
+    # then
+    assert stale.status_code == 409
+    assert "data changed" in stale.json()["detail"]
+    assert HumanTask.objects.get(pk=task.pk).state == TaskState.OPEN
+    fresh = client.get(f"/api/instances/{task.instance_id}/").json()["data_digest"]
+    assert fresh != read["data_digest"]
+    done = client.post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve", "seen": fresh})
+    assert done.status_code == 200

@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
-from approvals.selectors import team_queue
+from approvals.selectors import inbox_counts, my_tasks, team_queue
 from approvals.services.base import (
     APPROVE,
     FAIL,
@@ -23,7 +24,14 @@ from approvals.services.base import (
     TaskNotFound,
 )
 from approvals.services.deadlines import tasks_sweep
-from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release, tasks_claim_bulk
+from approvals.services.tasks import (
+    task_claim,
+    task_decide,
+    task_delegate,
+    task_release,
+    task_snooze,
+    tasks_claim_bulk,
+)
 from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.dsl import ESCALATE, Human, Retry, StepContext, Task, Workflow
@@ -596,3 +604,86 @@ def test_two_people_deciding_at_once_one_wins(users, round_):
     expected = InstanceState.RUNNING if task.decision == APPROVE else InstanceState.COMPLETED
     assert instance.state == expected
     assert instance.steps.filter(name="payout").count() == (1 if task.decision == APPROVE else 0)
+
+
+# --- a snooze belongs to whoever set it -------------------------------------------------------------------
+
+
+def _snoozed_by_staff(users) -> HumanTask:
+    """An expense approval claimed by staff and snoozed by them for a day."""
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    task_snooze(task.pk, users.staff, timezone.now() + timedelta(days=1))
+    return task
+
+
+@pytest.mark.parametrize("hand_over", ["delegate", "release_then_claim", "manager_release_then_claim"])
+def test_a_snoozed_task_handed_to_someone_else_is_in_their_list(users, hand_over):
+    """Given a task staff claimed and snoozed for a day, when it reaches staff2 (delegated, or released and claimed
+    again), then it is in staff2's My tasks at once, not hidden until staff's snooze ends: the snooze was staff's
+    way of putting it aside, and the new holder never chose it (their count said 1 and their list showed none)."""
+    # given
+    task = _snoozed_by_staff(users)
+
+    # when
+    if hand_over == "delegate":
+        task_delegate(task.pk, users.staff, users.staff2)
+    else:
+        task_release(task.pk, users.staff if hand_over == "release_then_claim" else users.manager)
+        task_claim(task.pk, users.staff2)
+
+    # then
+    task.refresh_from_db()
+    assert (task.assignee, task.snoozed_until) == (users.staff2, None)
+    assert [t.pk for t in my_tasks(users.staff2)] == [task.pk]
+    assert inbox_counts(users.staff2, fresh=True)["inbox"] == 1
+
+
+def test_a_snoozed_task_whose_holder_leaves_the_group_comes_back_unsnoozed(users):
+    """Given a task staff claimed and snoozed, when staff leaves the approvers (the claim goes back to the queue)
+    and staff2 claims it, then staff2 sees it in My tasks."""
+    # given
+    task = _snoozed_by_staff(users)
+
+    # when
+    users.staff.groups.remove(users.approvers)
+    task_claim(task.pk, users.staff2)
+
+    # then
+    task.refresh_from_db()
+    assert task.snoozed_until is None
+    assert [t.pk for t in my_tasks(users.staff2)] == [task.pk]
+
+
+def test_a_snoozed_task_that_escalates_is_not_snoozed_for_the_escalation_group(users):
+    """Given a task staff claimed and snoozed, when its ladder's reassign rung hands it to the managers (the claim
+    is dropped) and a manager claims it, then it is in the manager's My tasks."""
+    # given: the expense's team approval, its reminder already sent, its reassign rung (to managers) due
+    task = _snoozed_by_staff(users)
+    HumanTask.objects.filter(pk=task.pk).update(escalation_level=1, next_escalation_at=timezone.now())
+
+    # when
+    tasks_sweep(timezone.now() + timedelta(seconds=1))
+    task.refresh_from_db()
+    task_claim(task.pk, users.manager)
+
+    # then
+    task.refresh_from_db()
+    assert (task.state, task.assignee, task.snoozed_until) == (TaskState.CLAIMED, users.manager, None)
+    assert [t.pk for t in my_tasks(users.manager)] == [task.pk]
+
+
+def test_a_decided_task_cannot_be_snoozed(users):
+    """Given a task staff claimed and approved (it keeps staff as its assignee), when staff snoozes it, then it is
+    refused as a conflict and nothing is recorded: there is nothing left to put aside."""
+    # given
+    task = task_of(expense(amount="100"))
+    task_claim(task.pk, users.staff)
+    task_decide(task.pk, users.staff, APPROVE)
+
+    # when / then
+    with pytest.raises(TaskConflict, match="already completed"):
+        task_snooze(task.pk, users.staff, timezone.now() + timedelta(hours=1))
+    task.refresh_from_db()
+    assert task.snoozed_until is None
+    assert "task.snoozed" not in [action for action, _actor in task_events(task)]

@@ -129,6 +129,8 @@ def test_a_date_typed_in_a_form_is_read_in_the_persons_zone(client, users):
     assert response.status_code == 302, response.content.decode()[-2000:]
     task.refresh_from_db()
     assert task.snoozed_until == datetime(day.year, day.month, day.day, 3, 30, tzinfo=UTC)
+    # The message says which clock its time is on, as every time shown does.
+    assert f"Snoozed until {day.isoformat()} 09:00 IST." in client.get(response.url).content.decode()
 
 
 def test_a_time_on_a_page_is_shown_in_the_persons_zone_with_its_zone(client, users):

@@ -317,7 +317,7 @@ def test_snooze_hides_the_task_until_the_time(users, claimed):
 
     # then
     assert response.redirect_chain[-1][0] == reverse("approvals:inbox")
-    assert shown(response) == [("success", f"Snoozed until {until:%Y-%m-%d %H:%M}.")]
+    assert shown(response) == [("success", f"Snoozed until {until:%Y-%m-%d %H:%M %Z}.")]
     mine = login(users.staff).get(f"{reverse('approvals:inbox')}?tab=mine")
     assert f'data-task="{claimed.pk}"' not in mine.content.decode()
     claimed.refresh_from_db()
@@ -638,3 +638,166 @@ def test_every_date_and_time_input_names_its_time_zone(users, task, settings):
     assert re.search(r'for="snooze-until">[^<]*Asia/Kolkata', task_page)
     assert re.search(r'for="pause-until">[^<]*Asia/Kolkata', instance_page)
     assert re.search(r'scope="col">When \(IST\)', instance_page)
+
+
+# --- deciding on the data one saw -------------------------------------------------------------------------
+
+SEEN = re.compile(r'<input type="hidden" name="seen" form="task-decide" value="([0-9a-f]+)">')
+
+
+def test_a_decision_on_data_an_operator_changed_since_the_page_was_read_is_refused_with_the_comment_kept(users):
+    """Given staff reading an expense of 38.60 on its task page, when an operator edits the amount to 3,860.00
+    before staff presses Approve, then the approval is refused (409) and nothing is decided: the page shows the new
+    amount and the comment as typed; approving again from that page goes through. (The task page's details do not
+    refresh live, so without this staff approved an amount they never saw.)"""
+    from orchestrator.audit import Actor
+    from orchestrator.services.operations import instance_data_edit
+
+    # given
+    instance = expense(amount="38.60")
+    task = task_of(instance)
+    client = login(users.staff)
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    seen = SEEN.search(page)
+    assert seen is not None, "the task page sends what it showed with the decision"
+
+    # when
+    instance.refresh_from_db()
+    instance_data_edit(
+        instance.pk, {**instance.data, "amount": "3860.00"}, actor=Actor.of(users.operator), reason="typo in amount"
+    )
+    url = reverse("approvals:task_decide", args=[task.pk])
+    refused = client.post(url, {"decision": "approve", "comment": "fine by me", "seen": seen.group(1)})
+
+    # then
+    assert refused.status_code == 409
+    task.refresh_from_db()
+    assert (task.state, task.decisions.count()) == (TaskState.OPEN, 0)
+    assert any("changed" in text for _level, text in shown(refused)), shown(refused)
+    body = refused.content.decode()
+    assert "3860.00" in body
+    assert "fine by me" in body
+    fresh = SEEN.search(body)
+    assert fresh is not None
+    assert fresh.group(1) != seen.group(1)
+    again = client.post(url, {"decision": "approve", "comment": "fine by me", "seen": fresh.group(1)})
+    assert again.status_code == 302
+    task.refresh_from_db()
+    assert task.state == TaskState.COMPLETED
+
+
+# --- what a page costs ------------------------------------------------------------------------------------
+
+# Session, user, the manager check of visible_tasks, the user's groups, the task (with its instance, assignee and
+# step), the steps so far, the decisions, the candidate EXISTS and the manager check of the decision card, the
+# delegates, the navigation's counts (one statement) and the template's two permission reads: a fixed number
+# whatever the task has collected.
+TASK_PAGE_QUERIES = 13
+# Session, user, the page's rows in one statement (tasks with instance and assignee), the navigation's counts and
+# groups, the manager check and the template's permission reads.
+ESCALATIONS_QUERIES = 8
+# Session, user, the notifications, marking them read, the navigation's counts and groups and permission reads.
+NOTIFICATIONS_QUERIES = 8
+
+
+def _queries(client: Client, url: str) -> tuple[int, int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url)
+    return response.status_code, len(queries.captured_queries)
+
+
+def test_the_task_page_costs_the_same_queries_with_many_decisions_steps_and_delegates(users):
+    """Given a task its holder opens, when it has gathered 1 and then 21 comments, steps and possible delegates,
+    then the page costs the same fixed number of queries (none per decision, step or person listed)."""
+    from approvals.models import TaskDecision
+    from orchestrator.models import StepRun
+    from tests.factories import UserFactory
+
+    # given
+    instance = expense()
+    task = task_of(instance)
+    task_claim(task.pk, users.staff)
+    client = login(users.staff)
+    url = reverse("approvals:task_detail", args=[task.pk])
+    step = instance.steps.first()
+
+    # when
+    costs = []
+    for batch in (1, 20):
+        people = [UserFactory(groups=[users.approvers]) for _ in range(batch)]
+        TaskDecision.objects.bulk_create(
+            [TaskDecision(task=task, instance=instance, user=u, decision="comment") for u in people]
+        )
+        StepRun.objects.bulk_create(
+            [StepRun(instance=instance, name=f"s{batch}-{n}", kind=step.kind, state="succeeded") for n in range(batch)]
+        )
+        costs.append(_queries(client, url))
+
+    # then
+    assert costs == [(200, TASK_PAGE_QUERIES), (200, TASK_PAGE_QUERIES)]
+
+
+def test_the_escalations_and_notifications_pages_cost_the_same_queries_with_1_or_31_rows(users):
+    """Given a manager with overdue tasks and notifications, when there are 1 and then 31 of each, then each page
+    costs its fixed number of queries."""
+    from approvals.models import TaskCandidate
+    from orchestrator.models import StepKind
+
+    # given
+    instance = expense()
+    step = instance.steps.filter(kind=StepKind.HUMAN).first()
+    client = login(users.manager)
+
+    # when
+    costs = []
+    for batch in (1, 30):
+        late = timezone.now() - timedelta(hours=1)
+        tasks = HumanTask.objects.bulk_create(
+            [
+                HumanTask(instance=instance, step=step, kind=TaskKind.APPROVAL, title=f"Late {n}", due_at=late)
+                for n in range(batch)
+            ]
+        )
+        TaskCandidate.objects.bulk_create([TaskCandidate(task=t, group=users.approvers) for t in tasks])
+        Notification.objects.bulk_create(
+            [Notification(user=users.manager, kind="reminder", message=f"Reminder {n}") for n in range(batch)]
+        )
+        costs.append((_queries(client, reverse("approvals:escalations")), _queries(client, "/notifications/")))
+
+    # then
+    expected = ((200, ESCALATIONS_QUERIES), (200, NOTIFICATIONS_QUERIES))
+    assert costs == [expected, expected]
+
+
+# --- a task whose workflow is on hold ---------------------------------------------------------------------
+
+
+def test_a_task_whose_workflow_is_paused_past_its_due_time_is_on_hold_not_overdue(users):
+    """Given an expense approval whose SLA fell due while an operator had paused the workflow, when staff opens
+    the team queue and the task, and a manager the Escalations page, then the row says the workflow is paused
+    instead of "overdue" (its SLA counts unpaused time only: the resume moves it on by the pause), the task page says
+    why it cannot be decided yet, and the managers have nothing to chase."""
+    from orchestrator.audit import Actor
+    from orchestrator.services.instances import instance_pause
+
+    # given
+    instance = expense()
+    task = task_of(instance)
+    instance_pause(instance.pk, actor=Actor.of(users.operator), reason="waiting for the auditors")
+    HumanTask.objects.filter(pk=task.pk).update(due_at=timezone.now() - timedelta(minutes=5))
+
+    # when
+    queue = login(users.staff).get(f"{reverse('approvals:inbox')}?tab=queue").content.decode()
+    page = login(users.staff).get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    chased = login(users.manager).get(reverse("approvals:escalations")).content.decode()
+
+    # then
+    row = queue.split(f'data-task="{task.pk}"', 1)[1].split("</tr>", 1)[0]
+    assert "overdue" not in row
+    assert "workflow paused" in row
+    assert 'id="instance-on-hold"' in page
+    assert "paused" in page.split('id="instance-on-hold"', 1)[1].split("</div>", 1)[0]
+    assert f'data-task="{task.pk}"' not in chased

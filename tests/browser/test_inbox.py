@@ -142,7 +142,8 @@ class InboxTests(BrowserTestCase):
                 assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
 
     def test_a_lost_live_event_is_repaired_by_the_periodic_resync(self):
-        """A new task whose live event never reached Redis still shows up in the open queue, at the next resync."""
+        """A new task whose live event never reached Redis still shows up in the open queue, at the next resync, and
+        the queue's badge counts it (the resync asks the socket for the counts)."""
         # given: staff's team queue is open and live
         with self.chromium() as browser:
             page = self.signed_in_page(browser, "staff")
@@ -161,4 +162,5 @@ class InboxTests(BrowserTestCase):
             # then: nothing came by event, and the resync brings the task in without a reload
             assert shown_before_resync == 0
             expect(row).to_have_count(1, timeout=5000)
+            expect(page.locator('[data-count="queue"]')).to_have_text("1", timeout=5000)
             assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"

@@ -525,3 +525,21 @@ def test_the_error_filters_count_of_each_state_walks_the_instances_with_an_error
 
     # then
     assert "console_instance_error_state" in plan, plan
+
+
+def test_a_task_of_a_paused_instance_past_its_due_time_is_not_late(users, run_steps):
+    """Given two expense approvals past their due time, one of an instance an operator paused, when Incidents is
+    read, then only the other is a task past its SLA: the paused one's SLA counts unpaused time only (the resume moves
+    it on), and nobody can act on it; the pause itself is the operators' to see."""
+    # given
+    expense = {"employee": "Sam", "amount": "20", "category": "meals", "description": "Lunch"}
+    paused, waiting = (instance_start("expense_approval", expense) for _ in range(2))
+    HumanTask.objects.filter(instance__in=[paused, waiting]).update(due_at=timezone.now() - timedelta(hours=1))
+    instance_pause(paused.pk, actor=Actor.of(users.operator), reason="waiting for the auditors")
+
+    # when
+    found = incidents()
+
+    # then
+    assert [t.instance_id for t in found.overdue_tasks] == [waiting.pk]
+    assert found.overdue_total == 1

@@ -358,3 +358,27 @@ def test_a_refused_escalation_answer_comes_back_as_typed(client, users, refund_e
     assert f'<option value="{users.operator.pk}" selected>' in page
     refund_escalation.refresh_from_db()
     assert refund_escalation.state == "open"
+
+
+def test_an_escalation_is_never_offered_for_reassignment_to_whoever_started_its_instance(client, users, run_steps):
+    """Given an order started by operator2, an operator, whose refund failed for good, when operator opens Incidents,
+    then the escalation's "Reassign to" list offers operator but not operator2 (four-eyes: the service refuses to
+    hand it to them, so the page does not offer it)."""
+    from approvals.models import HumanTask, TaskKind
+    from tests.factories import OrderInputFactory, UserFactory
+
+    # given
+    operator2 = UserFactory(username="operator2", groups=[users.operators])
+    instance = instance_start(
+        "order_fulfilment", OrderInputFactory(fail_shipping=True, fail_refund=4), initiator=operator2
+    )
+    run_steps(instance, advance=True)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+
+    # when
+    page = login(client, users.operator).get(reverse("console:incidents")).content.decode()
+
+    # then
+    offered = page.split(f'id="esc-{escalation.pk}-to"', 1)[1].split("</select>", 1)[0]
+    assert f'<option value="{users.operator.pk}">operator</option>' in offered
+    assert f'value="{operator2.pk}"' not in offered

@@ -474,3 +474,81 @@ async def test_a_socket_hears_nothing_from_another_deployment_on_the_same_redis_
     assert (await socket.receive_json_from(timeout=EVENT_TIMEOUT))["type"] == "ours"
     assert await socket.receive_nothing(timeout=QUIET)
     await socket.disconnect()
+
+
+# --- a task leaving its holder ------------------------------------------------------------------------------
+
+
+def _escalation_held_by(manager: User, run_steps: Any) -> HumanTask:
+    """An order whose refund failed for good: its operators' escalation, claimed by ``manager`` (no operator, so
+    no candidate: managers answer escalations as operators do)."""
+    from approvals.models import TaskKind
+    from approvals.services.tasks import task_claim
+
+    instance = instance_start("order_fulfilment", {**ORDER, "fail_shipping": True, "fail_refund": 4}, initiator=None)
+    run_steps(instance, advance=True)
+    task = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    return task_claim(task.pk, manager)
+
+
+@pytest.mark.parametrize("how", ["delegated", "released"])
+async def test_the_holder_who_is_no_candidate_hears_that_the_task_left_them(users, run_steps, how) -> None:
+    """Given an escalation claimed by manager (who listens to no candidate group of it), when another manager
+    delegates it to operator (or releases it), then manager's pages hear of it at once (their My tasks and count
+    drop it), not at the next minute's resync; the operators hear it too."""
+    from approvals.services.tasks import task_delegate, task_release
+    from tests.factories import UserFactory
+
+    # given
+    other_manager = await sync_to_async(UserFactory)(username="manager2", groups=[users.managers])
+    task = await sync_to_async(_escalation_held_by)(users.manager, run_steps)
+    holder = await connected(users.manager)
+    operator = await connected(users.operator)
+
+    # when
+    if how == "delegated":
+        await sync_to_async(task_delegate)(task.pk, other_manager, users.operator)
+    else:
+        await sync_to_async(task_release)(task.pk, other_manager)
+
+    # then
+    kind = f"task.{how}"
+    heard = await receive_until(holder, lambda e: e["type"] == kind and e.get("task") == task.pk)
+    assert "inbox" in heard["refresh"]
+    assert heard["counts"]["inbox"] == 0
+    await receive_until(operator, lambda e: e["type"] == kind and e.get("task") == task.pk)
+    await holder.disconnect()
+    await operator.disconnect()
+
+
+# --- counts that heal ---------------------------------------------------------------------------------------
+
+
+def _drop_counts_event_and_open_a_task(initiator: User) -> HumanTask:
+    """An expense started while no socket listened (its task.opened event reached nobody): what a page misses when
+    pub/sub drops an event or the server restarts."""
+    return open_task_of(start_expense(initiator))
+
+
+async def test_a_socket_that_opens_or_asks_is_told_its_counts(users) -> None:
+    """Given a task opened while staff2's page had no socket (the event was lost to it), when the page's socket
+    (re)connects, then its hello carries staff2's counts (the queue holds the task); and when the page asks again
+    ({"ask": "counts"}, as its minute's resync does), the answer carries them read afresh. The list's resync alone
+    re-fetched rows, and the badges stayed wrong until some later event."""
+    # given
+    await sync_to_async(_drop_counts_event_and_open_a_task)(users.staff)
+
+    # when
+    communicator = await socket_for(users.staff2)
+    accepted, _ = await communicator.connect()
+    hello = await communicator.receive_json_from(timeout=EVENT_TIMEOUT)
+    await sync_to_async(_drop_counts_event_and_open_a_task)(users.staff)
+    await receive_until(communicator, lambda e: e["type"] == "task.opened")
+    await communicator.send_json_to({"ask": "counts"})
+    answer = await receive_until(communicator, lambda e: e["type"] == "counts")
+
+    # then
+    assert accepted
+    assert (hello["type"], hello["counts"]["queue"], hello["counts"]["inbox"]) == ("hello", 1, 0)
+    assert answer["counts"]["queue"] == 2
+    await communicator.disconnect()
