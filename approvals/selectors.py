@@ -28,6 +28,7 @@ from approvals.models import (
     TaskState,
 )
 from orchestrator.inputs import SEARCH_MAX, drop_repeated
+from orchestrator.models import InstanceState, WorkflowInstance
 
 # Counts above this show as "99+": counting 100,000 queued rows on every page would cost more than it tells.
 COUNT_CAP = 100
@@ -158,11 +159,26 @@ def inbox_counts(user: User, *, fresh: bool = False) -> dict[str, int]:
     return cached
 
 
+def late(now: datetime) -> Q:
+    """The tasks past their SLA at ``now`` (aware): due before it, less those whose due time fell inside their
+    instance's pause that still lasts. A task's SLA counts unpaused time only (docs/architecture.md, "Deadlines and
+    pauses"): such a due time moves on by the pause at the resume, so while the pause lasts the task is held, not
+    late. One already due when the pause began (``due_at <= paused_at``) was late before it and stays late.
+
+    A filter on HumanTask; the pause is looked up per task already past due (one index probe of the instance), so
+    a read of the late tasks still walks only those."""
+    held = WorkflowInstance.objects.filter(
+        pk=OuterRef("instance_id"), state=InstanceState.PAUSED, paused_at__lt=OuterRef("due_at")
+    )
+    return Q(due_at__lt=now) & Q(~Exists(held))
+
+
 def tasks_open_counts(now: datetime) -> dict[str, int]:
-    """Tasks waiting for a person (open, claimed or escalated) and those of them due before ``now`` (aware):
-    ``{"open": n, "overdue": m}``. One statement over the partial index of actionable tasks."""
+    """Tasks waiting for a person (open, claimed or escalated) and those of them past their SLA at ``now``
+    (aware; :func:`late`): ``{"open": n, "overdue": m}``. One statement over the partial index of actionable
+    tasks."""
     counts = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES).aggregate(
-        open=Count("id"), overdue=Count("id", filter=Q(due_at__lt=now))
+        open=Count("id"), overdue=Count("id", filter=late(now))
     )
     return {"open": counts["open"] or 0, "overdue": counts["overdue"] or 0}
 

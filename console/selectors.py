@@ -22,6 +22,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from approvals import selectors as task_selectors
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind
 from console.models import BulkItemState, BulkJob, BulkJobItem
 from orchestrator import selectors as engine_selectors
@@ -463,8 +464,11 @@ def incidents(now: datetime | None = None) -> Incidents:
 
     found.past_timeout = list(stuck_steps(now).select_related("instance").order_by("lease_expires_at")[:INCIDENT_ROWS])
 
-    overdue = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, due_at__lt=now).exclude(
-        kind=TaskKind.ESCALATION
+    # Past their SLA, less those held by their instance's pause (their due time moves on at the resume).
+    overdue = (
+        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES)
+        .filter(task_selectors.late(now))
+        .exclude(kind=TaskKind.ESCALATION)
     )
     found.overdue_total = overdue.count()
     found.overdue_tasks = list(overdue.select_related("instance", "assignee").order_by("due_at")[:INCIDENT_ROWS])

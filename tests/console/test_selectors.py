@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.models import HumanTask, TaskKind
+from approvals.selectors import tasks_open_counts
 from console import selectors
 from console.selectors import (
     InstanceFilter,
@@ -256,6 +257,36 @@ def test_overdue_human_tasks_are_incidents(users, run_steps):
     found = incidents()
     assert [t.instance_id for t in found.overdue_tasks] == [instance.pk]
     assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.WAITING
+
+
+def test_a_task_whose_sla_falls_due_inside_its_instances_pause_is_not_late_on_incidents_or_the_dashboard(users):
+    """A task's SLA counts unpaused time only (docs/architecture.md, "Deadlines and pauses"): a due time that fell
+    inside the pause moves on at the resume, so while the pause lasts the task is held, not late. One already due
+    when the pause began was late before it and stays listed."""
+    # given: two expense approvals, each paused an hour ago; one's SLA fell due inside the pause, the other's
+    # before it
+    now = timezone.now()
+    held = _expense()
+    late_before = _expense()
+    for instance in (held, late_before):
+        instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    WorkflowInstance.objects.filter(pk__in=[held.pk, late_before.pk]).update(paused_at=now - timedelta(hours=1))
+    HumanTask.objects.filter(instance=held).update(due_at=now - timedelta(minutes=30))
+    HumanTask.objects.filter(instance=late_before).update(due_at=now - timedelta(hours=2))
+
+    # when
+    found = incidents(now)
+
+    # then: only the one late before its pause is listed, and counted (Incidents, and the dashboard's figure)
+    assert [t.instance_id for t in found.overdue_tasks] == [late_before.pk]
+    assert found.overdue_total == 1
+    assert tasks_open_counts(now) == {"open": 2, "overdue": 1}
+
+
+def _expense() -> WorkflowInstance:
+    return instance_start(
+        "expense_approval", {"employee": "Sam", "amount": "20", "category": "meals", "description": "Lunch"}
+    )
 
 
 def test_stuck_is_one_definition_listed_by_incidents_and_counted_by_the_catalog(flow, users):
