@@ -5,7 +5,7 @@ out of range, a wrong choice) becomes a message on the page instead of a databas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +49,13 @@ def reason_field(label: str, *, required: bool = True) -> forms.CharField:
         help_text=f"Up to {REASON_MAX:,} characters; it goes into the audit trail with your name.",
         error_messages={"required": "Give a reason: it goes into the audit trail."},
     )
+
+
+def named(label: str, errors: Iterable[Any]) -> str:
+    """A field's messages (``errors``) as one line that names its ``label`` once: a message that already begins
+    with it (``WhenField``'s, ``check_when``'s, a regex field's own) is not prefixed with it again."""
+    text = " ".join(map(str, errors))
+    return text if text.startswith(f"{label}:") else f"{label}: {text}"
 
 
 def add_field_errors(form: forms.Form, errors: Mapping[str, list[str]]) -> None:
