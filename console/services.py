@@ -283,6 +283,7 @@ def _finish_if_done(job_id: int) -> None:
         if job is None or not job.is_open or job.items.filter(state=BulkItemState.PENDING).exists():
             return
         counts = dict(job.items.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+        from_state = job.state
         job.state, job.finished_at = BulkJobState.DONE, timezone.now()
         job.save(update_fields=["state", "finished_at"])
         audit.append_standalone(
@@ -291,7 +292,7 @@ def _finish_if_done(job_id: int) -> None:
             action=AuditAction.BULK_FINISHED,
             subject_type="bulk_job",
             subject_id=job.pk,
-            from_state=BulkJobState.RUNNING,
+            from_state=from_state,
             to_state=BulkJobState.DONE,
             reason=job.reason,
             payload={"action": job.action, "counts": counts},
@@ -323,6 +324,8 @@ def _stop(job_id: int, actor: Actor, *, reason: str, detail: str, request_meta: 
         if not job.is_open:
             raise BulkError(f"This bulk {job.action} is {job.get_state_display().lower()}: nothing to stop.")
         left = job.items.filter(state=BulkItemState.PENDING).update(state=BulkItemState.SKIPPED, detail=detail[:300])
+        # Queued (no worker took it yet) or running: the trail records the state the job really left.
+        from_state = job.state
         job.state, job.finished_at = BulkJobState.STOPPED, timezone.now()
         job.save(update_fields=["state", "finished_at"])
         audit.append_standalone(
@@ -331,7 +334,7 @@ def _stop(job_id: int, actor: Actor, *, reason: str, detail: str, request_meta: 
             action=AuditAction.BULK_STOPPED,
             subject_type="bulk_job",
             subject_id=job.pk,
-            from_state=BulkJobState.RUNNING,
+            from_state=from_state,
             to_state=BulkJobState.STOPPED,
             reason=reason,
             payload={"left": left},

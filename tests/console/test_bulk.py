@@ -140,6 +140,22 @@ def test_stop_skips_what_is_left_and_keeps_what_was_done(flow, users, run_steps)
     assert bulk_work(job.pk) == 0
 
 
+def test_a_job_stopped_before_any_worker_took_it_is_audited_as_stopped_from_queued(flow, users, run_steps):
+    """The audit trail records the state a job left: one stopped while still queued (no worker had taken it) was
+    recorded as stopped from "running", a state it never had."""
+    # given: a confirmed job no worker has taken yet
+    failed_instances(run_steps, 2)
+    job = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="bulk_flow"))
+    bulk_confirm(job.pk, users.operator, reason="cleanup")
+
+    # when
+    bulk_stop(job.pk, users.operator, reason="wrong filter")
+
+    # then
+    event = AuditEvent.objects.get(chain="operations", action="bulk.stopped", subject_id=job.pk)
+    assert (event.from_state, event.to_state) == (BulkJobState.QUEUED, BulkJobState.STOPPED)
+
+
 def test_a_job_nobody_works_is_found_stale(flow, users, run_steps):
     # given
     failed_instances(run_steps, 1)
