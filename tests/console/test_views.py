@@ -4,11 +4,15 @@ actions' outcomes and refusals, bulk dry run and confirmation, and constant quer
 from __future__ import annotations
 
 import html
+import re
 
 import pytest
 from django.urls import reverse
 
+from approvals.timezones import SESSION_KEY
 from console.models import BulkJob, BulkJobState
+from console.selectors import InstanceFilter
+from console.services import bulk_dry_run
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -358,3 +362,43 @@ def test_a_refused_escalation_answer_comes_back_as_typed(client, users, refund_e
     assert f'<option value="{users.operator.pk}" selected>' in page
     refund_escalation.refresh_from_db()
     assert refund_escalation.state == "open"
+
+
+DATE_INPUT = re.compile(r'<input[^>]*type="datetime-local"[^>]*>')
+INPUT_ID = re.compile(r'id="([^"]+)"')
+
+
+def date_labels(page: str) -> dict[str, str]:
+    """Each datetime-local input's id -> the text of its label (tags dropped)."""
+    labels = {}
+    for tag in DATE_INPUT.findall(page):
+        input_id = INPUT_ID.search(tag).group(1)
+        found = re.search(rf'<label[^>]*for="{re.escape(input_id)}"[^>]*>(.*?)</label>', page, re.S)
+        labels[input_id] = re.sub(r"<[^>]+>", "", found.group(1)) if found else ""
+    return labels
+
+
+def test_every_date_typed_on_the_console_names_the_zone_it_is_read_in(client, users, flow, run_steps):
+    """A time typed into a datetime-local box is read in the person's zone: the label says which. The instance
+    page's pause said "Resume at,  time" (no zone), the bulk pause and the list's "Started from/before" nothing."""
+    # given: an operator whose pages are in Paris time, a running instance and a dry run of a bulk pause
+    login(client, users.operator)
+    session = client.session
+    session[SESSION_KEY] = "Europe/Paris"
+    session.save()
+    running = instance_start("view_flow", {})
+    job = bulk_dry_run(users.operator, "pause", InstanceFilter(workflow="view_flow"))
+
+    # when
+    pages = {
+        "instance": client.get(detail(running)).content.decode(),
+        "list": client.get(reverse("console:instance_list")).content.decode(),
+        "bulk": client.get(reverse("console:bulk_detail", args=[job.pk])).content.decode(),
+    }
+
+    # then: every date box is labelled, and its label names Europe/Paris
+    found = {name: date_labels(page) for name, page in pages.items()}
+    assert all(found.values()), found
+    for name, labels in found.items():
+        for input_id, label in labels.items():
+            assert "Europe/Paris" in label, f"{name}: #{input_id} is labelled {label!r}"
