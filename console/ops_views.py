@@ -102,7 +102,7 @@ def _answer_refused(request: AuthedRequest, task_id: int, problem: str, status: 
         "problem": problem,
         "decision": str(request.POST.get("decision", ""))[:40],
         "comment": str(request.POST.get("comment", ""))[: REASON_MAX * 2],
-        "to_user": int(to_user) if to_user.isdigit() and len(to_user) < 12 else None,
+        "to_user": int(to_user) if to_user.isdecimal() and len(to_user) < 12 else None,
     }
     return render(request, "console/incidents.html", _incidents_context(request, draft), status=status)
 

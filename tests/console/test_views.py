@@ -364,6 +364,23 @@ def test_a_refused_escalation_answer_comes_back_as_typed(client, users, refund_e
     assert refund_escalation.state == "open"
 
 
+@pytest.mark.parametrize("typed", ["²", "¹²", "٣x", "9" * 30])
+def test_a_person_chosen_by_a_number_that_is_no_number_is_a_message_not_a_500(client, users, refund_escalation, typed):
+    """A digit that is not a decimal digit ("²" passes str.isdigit() and int() refuses it) as the person to hand
+    an escalation to: the answer comes back refused, with the reason kept, not a server error."""
+    # when
+    response = login(client, users.operator).post(
+        reverse("console:escalation_answer", args=[refund_escalation.pk]),
+        {"op": "reassign", "to_user": typed, "comment": "over to the night shift"},
+    )
+
+    # then
+    assert response.status_code == 400
+    assert 'value="over to the night shift" autofocus' in response.content.decode()
+    refund_escalation.refresh_from_db()
+    assert refund_escalation.state == "open"
+
+
 DATE_INPUT = re.compile(r'<input[^>]*type="datetime-local"[^>]*>')
 INPUT_ID = re.compile(r'id="([^"]+)"')
 
