@@ -419,3 +419,44 @@ def test_every_date_typed_on_the_console_names_the_zone_it_is_read_in(client, us
     for name, labels in found.items():
         for input_id, label in labels.items():
             assert "Europe/Paris" in label, f"{name}: #{input_id} is labelled {label!r}"
+
+
+# A bulk job's page, dry run or started, for a job of one instance as for one of many (measured: 9).
+BULK_PAGE_QUERIES = 9
+
+
+def test_a_bulk_jobs_page_takes_a_fixed_number_of_queries_whatever_its_size(
+    client, users, flow, run_steps, django_assert_num_queries
+):
+    """The dry run's page (count, sample of ten, confirmation) and a job's progress cost the same statements for
+    one instance as for many: the sample reads its instances in one join, the outcome counts in one statement."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given: a dry run over one failed instance, and one over twelve
+    login(client, users.operator)
+    instance_start("view_flow", {})
+    run_steps(advance=True)
+    small = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    first = client.get(reverse("console:bulk_detail", args=[small.pk]))  # the session's first request may write it
+    assert first.status_code == 200, first
+    with CaptureQueriesContext(connection) as one:
+        client.get(reverse("console:bulk_detail", args=[small.pk]))
+    dry_run_cost = len(one.captured_queries)  # read now: the next request empties the log it slices
+    for _ in range(11):
+        instance_start("view_flow", {})
+    run_steps(advance=True)
+    large = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    assert large.total == 12
+
+    # then: the dry run's page, then the running job's progress, at the same cost
+    with django_assert_num_queries(dry_run_cost):
+        client.get(reverse("console:bulk_detail", args=[large.pk]))
+    client.post(reverse("console:bulk_confirm", args=[small.pk]), {"reason": "ledger is back"})
+    with CaptureQueriesContext(connection) as started_one:
+        client.get(reverse("console:bulk_detail", args=[small.pk]))
+    progress_cost = len(started_one.captured_queries)
+    assert (dry_run_cost, progress_cost) == (BULK_PAGE_QUERIES, BULK_PAGE_QUERIES)
+    client.post(reverse("console:bulk_confirm", args=[large.pk]), {"reason": "ledger is back"})
+    with django_assert_num_queries(progress_cost):
+        client.get(reverse("console:bulk_detail", args=[large.pk]))
