@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.timezones import SESSION_KEY
 from console.models import BulkJob, BulkJobState
@@ -460,3 +463,31 @@ def test_a_bulk_jobs_page_takes_a_fixed_number_of_queries_whatever_its_size(
     client.post(reverse("console:bulk_confirm", args=[large.pk]), {"reason": "ledger is back"})
     with django_assert_num_queries(progress_cost):
         client.get(reverse("console:bulk_detail", args=[large.pk]))
+
+
+def test_a_bulk_pause_until_a_time_shows_that_end_in_the_readers_zone(client, users, flow):
+    """A bulk pause confirmed with an end: the job's page said when it was confirmed, not when its instances
+    resume; an operator following it had to read the audit trail to know."""
+    # given: an operator in Paris time, and a bulk pause of a running instance until a given time
+    login(client, users.operator)
+    session = client.session
+    session[SESSION_KEY] = "Europe/Paris"
+    session.save()
+    instance_start("view_flow", {})
+    job = bulk_dry_run(users.operator, "pause", InstanceFilter(workflow="view_flow"))
+    until = (timezone.now() + timedelta(days=2)).replace(second=0, microsecond=0)
+    client.post(
+        reverse("console:bulk_confirm", args=[job.pk]),
+        {
+            "reason": "ledger migration",
+            "until": timezone.localtime(until, ZoneInfo("Europe/Paris")).strftime("%Y-%m-%dT%H:%M"),
+        },
+    )
+    assert BulkJob.objects.get(pk=job.pk).until == until
+
+    # when
+    page = client.get(reverse("console:bulk_detail", args=[job.pk])).content.decode()
+
+    # then
+    shown = timezone.localtime(until, ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d %H:%M %Z")
+    assert f"resume at {shown}" in page
