@@ -218,8 +218,14 @@ def _render_detail(
             latest[step.name] = step.state
     workflow = _definition(instance)
     dot = workflow_dot(workflow, latest) if workflow is not None else ""
+    held = selectors.waits_held_by_pause(instance, steps, workflow)
     step_rows = [
-        {"step": s, "attempts": attempts.get(s.pk, []), "by_hand": selectors.resolved_by_hand(s)}
+        {
+            "step": s,
+            "attempts": attempts.get(s.pk, []),
+            "by_hand": selectors.resolved_by_hand(s),
+            "held": held.get(s.pk),
+        }
         for s in steps
         if s.kind != StepKind.COMPENSATION
     ]

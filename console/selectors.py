@@ -551,6 +551,24 @@ def attempts_by_step(steps: list[StepRun], events: list[AuditEvent], *, show_pat
     return by_step
 
 
+def waits_held_by_pause(instance: WorkflowInstance, steps: list[StepRun], workflow: Any) -> dict[int, timedelta]:
+    """Step id -> what is left of its timer's wait, for each timer ``wait`` its pause holds: the instance is paused,
+    and the wait was still running when the pause began. Such a wait counts unpaused time only and moves on at the
+    resume (docs/architecture.md, "Deadlines and pauses"), so its stored due time is not when it fires. Empty when
+    the instance is not paused or its definition (``workflow``, None when not registered) is unknown. A timer
+    ``until`` a date keeps its time and is left out. Reads nothing from the database."""
+    paused_at = instance.paused_at
+    if instance.state != InstanceState.PAUSED or paused_at is None or workflow is None:
+        return {}
+    held = {}
+    for step in steps:
+        node = workflow.nodes.get(step.name)
+        is_wait = getattr(node, "kind", "") == "timer" and getattr(node, "until", None) is None
+        if is_wait and step.state == StepState.SCHEDULED and step.due_at is not None and step.due_at > paused_at:
+            held[step.pk] = step.due_at - paused_at
+    return held
+
+
 def resolved_by_hand(step: StepRun) -> bool:
     """A step a person resolved (skipped by an operator, or a compensation marked done by hand): the page shows it
     as resolved, not as an error."""

@@ -16,6 +16,7 @@ from approvals.timezones import SESSION_KEY
 from console.models import BulkJob, BulkJobState
 from console.selectors import InstanceFilter
 from console.services import bulk_dry_run
+from orchestrator.audit import Actor
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -491,3 +492,26 @@ def test_a_bulk_pause_until_a_time_shows_that_end_in_the_readers_zone(client, us
     # then
     shown = timezone.localtime(until, ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d %H:%M %Z")
     assert f"resume at {shown}" in page
+
+
+def test_a_timer_held_by_a_pause_says_how_long_it_waits_after_the_resume(client, users, register_workflow):
+    """A timer's wait counts unpaused time (docs/architecture.md, "Deadlines and pauses"): while its instance is
+    paused, the stored due time is not when it fires. The page said "fires at" that stale time, which passes
+    during a long pause while the timer goes on waiting."""
+    from orchestrator.dsl import Timer
+    from orchestrator.models import StepRun
+    from orchestrator.services.instances import instance_pause
+
+    # given: a one-hour wait, paused with 30 minutes of it left
+    register_workflow(Workflow("view_wait", 1, [Timer("cool_off", wait=timedelta(hours=1)), Task("tell", after)]))
+    instance = instance_start("view_wait", {})
+    instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    paused_at = WorkflowInstance.objects.get(pk=instance.pk).paused_at
+    StepRun.objects.filter(instance=instance, name="cool_off").update(due_at=paused_at + timedelta(minutes=30))
+
+    # when
+    page = login(client, users.operator).get(detail(instance)).content.decode()
+
+    # then
+    assert "fires 30 min after the resume" in page
+    assert "fires at" not in page
