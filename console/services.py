@@ -119,10 +119,10 @@ def bulk_confirm(
 ) -> BulkJob:
     """Start the job a dry run listed: the same person, with a reason, within ``DRY_RUN_TTL`` of the dry run.
 
-    ``until`` is a pause's planned end (pause only; in the future, within the pause horizon). Audited on the
-    ``operations`` chain as ``bulk.started`` with the reason, the action, the filter and every instance id; the
-    work is sent after commit. Raises BulkNotFound (not theirs, or no such job), BulkError (already started, or the
-    dry run is too old), ValidationError (reason missing or too long, ``until`` refused).
+    ``until`` is a pause's planned end (in the future, within the pause horizon); ignored for other actions.
+    Audited on the ``operations`` chain as ``bulk.started`` with the reason, the action, the filter and every
+    instance id; the work is sent after commit. Raises BulkNotFound (not theirs, or no such job), BulkError
+    (already started, or the dry run is too old), ValidationError (reason missing or too long, ``until`` refused).
     """
     reason = check_text(reason, "Reason", REASON_MAX)
     if not reason:
@@ -139,7 +139,9 @@ def bulk_confirm(
         if now - job.created_at > DRY_RUN_TTL:
             minutes = int((now - job.created_at).total_seconds() // 60)
             raise BulkError(f"This dry run is {minutes} minutes old: run it again so that its count is current.")
-        if job.action == BulkAction.PAUSE and until is not None:
+        if job.action != BulkAction.PAUSE:
+            until = None  # only a pause has a planned end (a form posting one for another action is ignored)
+        elif until is not None:
             until = check_when(until, "Resume at", now=now, future=True)
             if until - now > pause_horizon():
                 raise ValidationError(f"Resume at: a pause ends within {pause_horizon().days} days.")
