@@ -282,6 +282,9 @@ class Incidents:
     storms: list[dict[str, Any]] = field(default_factory=list)
     retrying_total: int = 0
     paused_past: list[WorkflowInstance] = field(default_factory=list)
+    # More than INCIDENT_ROWS stuck steps / pauses past their resume: the lists are the first rows, "n+" in all.
+    past_timeout_more: bool = False
+    paused_past_more: bool = False
     sweep_lag: dict[str, Any] = field(default_factory=dict)
     sample: int = INCIDENT_SAMPLE
 
@@ -308,8 +311,9 @@ class Incidents:
 
     @property
     def count_more(self) -> bool:
-        """Whether ``count`` is a lower bound ("n+"): more instances failed than were counted."""
-        return self.failed_sampled
+        """Whether ``count`` is a lower bound ("n+"): more instances failed than were counted, or more steps are
+        stuck or pauses late than are listed."""
+        return self.failed_sampled or self.past_timeout_more or self.paused_past_more
 
 
 def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
@@ -449,6 +453,13 @@ def _sweep_lag(now: datetime) -> dict[str, Any]:
     return {"behind": bool(behind), "since": min(behind) if behind else None, "due": oldest_due, "lease": oldest_lease}
 
 
+def _first_rows(qs: QuerySet[Any]) -> tuple[list[Any], bool]:
+    """The first ``INCIDENT_ROWS`` rows of ``qs`` (ordered), and whether it holds more: one statement reading one
+    row past them."""
+    rows = list(qs[: INCIDENT_ROWS + 1])
+    return rows[:INCIDENT_ROWS], len(rows) > INCIDENT_ROWS
+
+
 def incidents(now: datetime | None = None) -> Incidents:
     """What needs a person now, across workflows (see :class:`Incidents`). A fixed number of statements (nine),
     each over a partial index of the rows in trouble, and none reading more than ``INCIDENT_SAMPLE`` of them."""
@@ -462,7 +473,10 @@ def incidents(now: datetime | None = None) -> Incidents:
         escalations.select_related("instance", "step", "assignee").order_by("created_at", "id")[:INCIDENT_ROWS]
     )
 
-    found.past_timeout = list(stuck_steps(now).select_related("instance").order_by("lease_expires_at")[:INCIDENT_ROWS])
+    # One row past those shown says whether there are more, without a count of its own.
+    found.past_timeout, found.past_timeout_more = _first_rows(
+        stuck_steps(now).select_related("instance").order_by("lease_expires_at")
+    )
 
     # Past their SLA, less those held by their instance's pause (their due time moves on at the resume).
     overdue = (
@@ -475,10 +489,10 @@ def incidents(now: datetime | None = None) -> Incidents:
 
     found.storms, found.retrying_total = _storms()
 
-    found.paused_past = list(
+    found.paused_past, found.paused_past_more = _first_rows(
         WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lt=now - timedelta(minutes=1))
         .only("id", "title", "workflow_name", "workflow_version", "state", "paused_until", "created_at")
-        .order_by("paused_until")[:INCIDENT_ROWS]
+        .order_by("paused_until")
     )
     found.sweep_lag = _sweep_lag(now)
     return found

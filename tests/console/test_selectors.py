@@ -223,6 +223,35 @@ def test_a_step_running_past_its_timeout_is_an_incident(flow, users):
     assert [s.pk for s in incidents().past_timeout] == [step.pk]
 
 
+def test_stuck_steps_and_late_pauses_past_the_rows_shown_are_said_to_be_more(client, users, flow, monkeypatch):
+    """Stuck steps and pauses past their resume are listed up to ``INCIDENT_ROWS``; past that the page showed the
+    first rows as if they were all, and its "n things need attention" counted only those shown."""
+    # given: three stuck steps and three pauses past their resume, with two rows a part shown
+    monkeypatch.setattr(selectors, "INCIDENT_ROWS", 2)
+    now = timezone.now()
+    for _ in range(3):
+        stuck = instance_start("sel_flow", {})
+        StepRun.objects.filter(instance=stuck).update(
+            state=StepState.RUNNING, started_at=now, lease_expires_at=now + timedelta(seconds=1)
+        )
+        held = instance_start("sel_flow", {})
+        instance_pause(held.pk, actor=Actor.system("test"), reason="hold", until=now + timedelta(hours=1))
+        WorkflowInstance.objects.filter(pk=held.pk).update(paused_until=now - timedelta(hours=1))
+
+    # when
+    found = incidents(now)
+    client.force_login(users.operator)
+    page = client.get("/incidents/")
+
+    # then: two of each shown, each part and the total said to be a lower bound
+    assert (len(found.past_timeout), len(found.paused_past)) == (2, 2)
+    assert (found.past_timeout_more, found.paused_past_more, found.count_more) == (True, True, True)
+    text = page.content.decode()
+    assert 'id="past-timeout-more"' in text
+    assert 'id="paused-past-more"' in text
+    assert f"{found.count}+</strong> things need attention" in text
+
+
 def test_attempts_come_from_the_audit_trail_with_paths_only_for_operators(flow, run_steps):
     # given
     instance = instance_start("sel_flow", {"fail": True, "customer": "Z"})
