@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import timedelta
 
 import pytest
@@ -250,6 +252,58 @@ def test_stuck_steps_and_late_pauses_past_the_rows_shown_are_said_to_be_more(cli
     assert 'id="past-timeout-more"' in text
     assert 'id="paused-past-more"' in text
     assert f"{found.count}+</strong> things need attention" in text
+
+
+@pytest.mark.parametrize(("who", "linked"), [("operator", False), ("manager", True)])
+def test_more_tasks_past_their_sla_link_to_escalations_only_for_who_may_open_it(
+    client, users, monkeypatch, who, linked
+):
+    """Past the rows shown, the page sent everyone to Escalations, a managers' page: an operator got a 404."""
+    # given: two tasks past their SLA, one row shown
+    monkeypatch.setattr(selectors, "INCIDENT_ROWS", 1)
+    for _ in range(2):
+        HumanTask.objects.filter(instance=_expense()).update(due_at=timezone.now() - timedelta(hours=1))
+    client.force_login(getattr(users, who))
+
+    # when
+    page = client.get("/incidents/").content.decode()
+
+    # then
+    assert "overdue tasks in all" in page
+    assert ('href="/escalations/"' in page.split('id="stuck-title"')[1]) is linked
+    if linked:
+        assert client.get("/escalations/").status_code == 200
+
+
+@pytest.mark.parametrize("who", ["operator", "manager", "admin"])
+def test_every_link_on_incidents_opens_for_who_sees_it(client, users, flow, escalating, run_steps, who):
+    """Each thing Incidents lists links somewhere its reader may go: a task past its SLA linked to the task's page,
+    which a non-manager operator may not open (404)."""
+    # given: a failure, an escalation, a task past its SLA, a stuck step, a pause past its resume
+    instance_start("sel_flow", {"fail": True, "customer": "A"})
+    instance_start("sel_escalate", {"fail": True, "customer": "B"})
+    run_steps(advance=True)
+    HumanTask.objects.filter(instance=_expense()).update(due_at=timezone.now() - timedelta(hours=1))
+    now = timezone.now()
+    stuck = instance_start("sel_flow", {})
+    StepRun.objects.filter(instance=stuck).update(
+        state=StepState.RUNNING, started_at=now, lease_expires_at=now + timedelta(seconds=1)
+    )
+    held = instance_start("sel_flow", {})
+    instance_pause(held.pk, actor=Actor.system("test"), reason="hold", until=now + timedelta(hours=1))
+    WorkflowInstance.objects.filter(pk=held.pk).update(paused_until=now - timedelta(hours=1))
+    client.force_login(getattr(users, who))
+
+    # when
+    page = client.get("/incidents/").content.decode()
+    main = page.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    links = sorted({html.unescape(href) for href in re.findall(r'href="(/[^"]*)"', main)})
+
+    # then: every kind is there, and each link opens
+    for kind in ("failed", "escalation", "overdue", "timeout", "paused"):
+        assert f'data-incident="{kind}"' in main, kind
+    refused = {link: client.get(link).status_code for link in links}
+    assert {link: code for link, code in refused.items() if code != 200} == {}
 
 
 def test_attempts_come_from_the_audit_trail_with_paths_only_for_operators(flow, run_steps):
