@@ -109,6 +109,15 @@ def done_by(user: User) -> QuerySet[HumanTask]:
     return _with_related(HumanTask.objects.filter(completed_by=user, state=TaskState.COMPLETED))
 
 
+def may_open(user: User) -> Q:
+    """A filter on HumanTask: the tasks ``user`` may open, by :func:`visible_tasks`' rule (candidate, assignee, the
+    one who completed it, or a manager). Reads the user's groups once per request (``user_groups``, which the
+    navigation reads too), so annotating a list with it costs no statement of its own."""
+    if shows_manager_pages(user):
+        return Q(pk__isnull=False)
+    return Q(assignee=user) | Q(completed_by=user) | _candidate_filter(user)
+
+
 def visible_tasks(user: User) -> QuerySet[HumanTask]:
     """Every task the user may open: candidate, assignee, the one who completed it, or a manager."""
     qs = HumanTask.objects.all()

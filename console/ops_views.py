@@ -19,12 +19,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import BooleanField, ExpressionWrapper
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from approvals import selectors as task_selectors
 from approvals.models import HumanTask
 from approvals.selectors import tasks_of_instance
 from approvals.services import base as task_errors
@@ -235,7 +237,12 @@ def _render_detail(
         "workflow": workflow,
         "step_rows": step_rows,
         "plan": _compensation_plan(steps, workflow),
-        "tasks": list(tasks_of_instance(instance.pk)),
+        # Each task with whether this reader may open its page (else it is named without a link).
+        "tasks": list(
+            tasks_of_instance(instance.pk).annotate(
+                can_open=ExpressionWrapper(task_selectors.may_open(request.user), output_field=BooleanField())
+            )
+        ),
         "events": events if can_audit else [],
         "can_audit": can_audit,
         "can_operate": can_operate,

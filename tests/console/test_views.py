@@ -515,3 +515,26 @@ def test_a_timer_held_by_a_pause_says_how_long_it_waits_after_the_resume(client,
     # then
     assert "fires 30 min after the resume" in page
     assert "fires at" not in page
+
+
+@pytest.mark.parametrize("who", ["operator", "manager", "staff", "admin"])
+def test_every_link_on_an_instance_page_opens_for_who_sees_it(client, users, run_steps, who):
+    """The instance page linked each of its tasks to the task's page, which only the task's candidates, its
+    assignee and managers may open: an operator (or the initiator) following it got a 404. A task they may not
+    open is named without a link."""
+    # given: an expense the initiator (staff) started, waiting for the approvers' team
+    from tests.factories import ExpenseInputFactory
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=users.staff)
+    run_steps(instance, advance=True)
+    login(client, getattr(users, who))
+
+    # when
+    page = client.get(detail(instance)).content.decode()
+    main = page.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    links = sorted({html.unescape(href) for href in re.findall(r'href="(/[^"]*)"', main)})
+
+    # then: the task is named, and every link opens
+    assert instance.tasks.get().title in html.unescape(main)
+    refused = {link: client.get(link).status_code for link in links}
+    assert {link: code for link, code in refused.items() if code != 200} == {}
