@@ -538,3 +538,26 @@ def test_every_link_on_an_instance_page_opens_for_who_sees_it(client, users, run
     assert instance.tasks.get().title in html.unescape(main)
     refused = {link: client.get(link).status_code for link in links}
     assert {link: code for link, code in refused.items() if code != 200} == {}
+
+
+@pytest.mark.parametrize("who", ["operator", "manager", "staff"])
+@pytest.mark.parametrize("path", ["/instances/", "/workflows/", "/workflows/expense_approval/", "/dashboard/", "/"])
+def test_every_link_on_a_console_page_opens_for_who_sees_it(client, users, run_steps, failed, who, path):
+    """The same rule on the console's other pages: a link goes somewhere its reader may go."""
+    # given: an expense waiting for the approvers, and a failed instance
+    from tests.factories import ExpenseInputFactory
+
+    run_steps(instance_start("expense_approval", ExpenseInputFactory(), initiator=users.staff), advance=True)
+    login(client, getattr(users, who))
+
+    # when
+    response = client.get(path, follow=True)
+    if response.status_code == 404:
+        pytest.skip(f"{path} is not for {who}")
+    page = response.content.decode()
+    main = page.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    links = sorted({html.unescape(href) for href in re.findall(r'href="(/[^"]*)"', main)} - {"?"})
+
+    # then
+    refused = {link: client.get(link).status_code for link in links}
+    assert {link: code for link, code in refused.items() if code not in (200, 302)} == {}
