@@ -26,6 +26,7 @@ from approvals import selectors as task_selectors
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind
 from console.models import BulkItemState, BulkJob, BulkJobItem
 from orchestrator import selectors as engine_selectors
+from orchestrator.inputs import SEARCH_MAX
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.selectors import hide_paths
 from orchestrator.services.unit import HARD_LIMIT_MARGIN
@@ -354,6 +355,9 @@ def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
         {
             "workflow": r[1],
             "reason": r[2] or "(no error recorded)",
+            # What the instance list's error filter takes to find the group again: the reason as it is (a prefix of
+            # each error's first line, so it matches), cut to the filter's length; nothing for no error.
+            "error_filter": (r[2] or "")[:SEARCH_MAX].strip(),
             "count": r[3],
             "oldest": r[4],
             "newest": r[5],

@@ -305,6 +305,27 @@ def test_every_link_on_incidents_opens_for_who_sees_it(client, users, flow, esca
     assert {link: code for link, code in refused.items() if code != 200} == {}
 
 
+@pytest.mark.parametrize("error", ["x" * 150, ""], ids=["a first line longer than the filter takes", "no error"])
+def test_a_failure_groups_link_to_its_instances_lists_them(client, users, flow, run_steps, error):
+    """Each failure group links to the list of its instances, to retry them in bulk. The link carried the reason cut
+    to 90 characters with an ellipsis ("…"), which no error contains, and "(no error recorded)" for a failure
+    without one: the list it opened was empty, and the bulk retry impossible."""
+    # given: a failed instance with that error
+    instance = instance_start("sel_flow", {"fail": True, "customer": "A"})
+    run_steps(advance=True)
+    WorkflowInstance.objects.filter(pk=instance.pk).update(error=error)
+    client.force_login(users.operator)
+
+    # when: the group's link is followed
+    page = client.get("/incidents/").content.decode()
+    link = html.unescape(re.search(r'href="(/instances/\?[^"]*)"[^>]*>All 1 · bulk retry', page).group(1))
+    listed = client.get(link)
+
+    # then
+    assert [i.pk for i in listed.context["page"].rows] == [instance.pk]
+    assert not list(listed.context["messages"])
+
+
 def test_attempts_come_from_the_audit_trail_with_paths_only_for_operators(flow, run_steps):
     # given
     instance = instance_start("sel_flow", {"fail": True, "customer": "Z"})
