@@ -20,7 +20,7 @@ STATE_CHOICES = [("", "All states")] + [(s.value, s.label) for s in InstanceStat
 class InstanceListForm(forms.Form):
     """The instance list's query string. An invalid value is named in a message and left out; the rest applies."""
 
-    q = forms.CharField(required=False, max_length=SEARCH_MAX, label="Search")
+    q = forms.CharField(required=False, max_length=SEARCH_MAX, label="Title or business key")
     workflow = forms.CharField(required=False, max_length=SEARCH_MAX, label="Workflow")
     version = forms.IntegerField(required=False, min_value=1, max_value=100_000, label="Version")
     state = forms.ChoiceField(required=False, choices=STATE_CHOICES, label="State")

@@ -17,6 +17,8 @@ from console.ops_forms import InstanceListForm
             "Data field: give a key of the business data, like customer or address.city.",
         ),
         ({"version": "0"}, "Version: Ensure this value is greater than or equal to 1."),
+        # named as the page labels its box ("Search" is no label on the page)
+        ({"q": "x" * 101}, "Title or business key: Ensure this value has at most 100 characters"),
     ],
 )
 def test_a_filter_that_cannot_be_used_is_named_once_and_only_for_what_is_wrong(typed, says):
