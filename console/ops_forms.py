@@ -142,9 +142,10 @@ ESCALATION_DECISIONS = [
 class EscalationForm(forms.Form):
     """An answer to an escalation from the Incidents page: resolve it (one of the decisions) or reassign it."""
 
-    op = forms.ChoiceField(choices=[("resolve", "Resolve"), ("reassign", "Reassign")])
-    decision = forms.ChoiceField(required=False, choices=ESCALATION_DECISIONS)
-    to_user = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    # Labelled as the Incidents page labels the boxes: a refusal names them so.
+    op = forms.ChoiceField(choices=[("resolve", "Resolve"), ("reassign", "Reassign")], label="Answer")
+    decision = forms.ChoiceField(required=False, choices=ESCALATION_DECISIONS, label="Resolve by")
+    to_user = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Reassign to")
     comment = reason_field("Reason", required=False)
 
     def clean(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from orchestrator import selectors as engine_selectors
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.diagram import workflow_dot
+from orchestrator.forms import named
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
@@ -60,6 +61,15 @@ def _require_operator(request: AuthedRequest) -> None:
         if _can_watch(request.user):
             raise PermissionDenied
         raise Http404("No such page.")
+
+
+def _problems(form: Any) -> str:
+    """A refused form's messages as one line, each named by its field's label (a form with two boxes said
+    "Ensure this value has at most 1000 characters" without saying which); errors of the whole form unnamed."""
+    return " ".join(
+        " ".join(map(str, errors)) if name == "__all__" else named(str(form.fields[name].label or name), errors)
+        for name, errors in form.errors.items()
+    )
 
 
 # --- Incidents ------------------------------------------------------------------------------------------
@@ -118,7 +128,7 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
         raise Http404("No such page.")
     form = forms.EscalationForm(request.POST)
     if not form.is_valid():
-        return _answer_refused(request, task_id, " ".join(" ".join(map(str, e)) for e in form.errors.values()), 400)
+        return _answer_refused(request, task_id, _problems(form), 400)
     data, meta = form.cleaned_data, request_meta(request)
     try:
         if data["op"] == "resolve":
@@ -321,8 +331,7 @@ def instance_action(request: AuthedRequest, instance_id: int, operation: str) ->
     form_class, done = ACTIONS[operation]
     form = form_class(request.POST)
     if not form.is_valid():
-        for errors in form.errors.values():
-            messages.error(request, " ".join(map(str, errors)))
+        messages.error(request, _problems(form))
         return _render_detail(request, instance, operation=operation, form=form, status=400)
     data, actor, meta = form.cleaned_data, Actor.of(request.user), request_meta(request)
     reason = data["reason"]
@@ -433,8 +442,7 @@ def bulk_confirm(request: AuthedRequest, job_id: int) -> HttpResponse:
     job = _job_or_404(request, job_id)
     form = forms.BulkConfirmForm(request.POST)
     if not form.is_valid():
-        for errors in form.errors.values():
-            messages.error(request, " ".join(map(str, errors)))
+        messages.error(request, _problems(form))
         return bulk_detail(request, job.pk, form=form, status=400)
     try:
         bulk_services.bulk_confirm(

@@ -561,3 +561,20 @@ def test_every_link_on_a_console_page_opens_for_who_sees_it(client, users, run_s
     # then
     refused = {link: client.get(link).status_code for link in links}
     assert {link: code for link, code in refused.items() if code not in (200, 302)} == {}
+
+
+def test_a_value_refused_by_an_actions_form_is_named_by_its_field(client, users, flow, failed):
+    """A too-long reason (a browser's maxlength bypassed) came back as "Ensure this value has at most 1000
+    characters (it has 1001)." without saying which box; the skip form has two."""
+    # given
+    step = failed.steps.get(name="pay")
+
+    # when
+    response = login(client, users.operator).post(
+        action(failed, "skip"), {"step": step.pk, "output": "{}", "reason": "x" * 1001}
+    )
+
+    # then
+    assert response.status_code == 400
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Reason: Ensure this value has at most") for m in shown), shown
