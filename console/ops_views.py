@@ -417,14 +417,18 @@ def _job_or_404(request: AuthedRequest, job_id: int) -> BulkJob:
 
 
 @login_required
-def bulk_detail(request: AuthedRequest, job_id: int, *, form: Any = None, status: int = 200) -> HttpResponse:
-    """A dry run (its exact count, a sample, the confirmation) or a job's live progress and honest outcome."""
+def bulk_detail(
+    request: AuthedRequest, job_id: int, *, form: Any = None, stop_form: Any = None, status: int = 200
+) -> HttpResponse:
+    """A dry run (its exact count, a sample, the confirmation) or a job's live progress and honest outcome.
+    ``form`` / ``stop_form``: a refused confirmation or stop, shown again as typed."""
     job = _job_or_404(request, job_id)
     context = {
         "job": job,
         "progress": selectors.bulk_progress(job),
         "sample": selectors.bulk_sample(job),
         "form": form or forms.BulkConfirmForm(),
+        "stop_reason": stop_form["reason"].value() if stop_form is not None else "",
         "action_past": bulk_services.past_tense(job.action),
         "ttl_minutes": int(bulk_services.DRY_RUN_TTL.total_seconds() // 60),
         "reason_max": REASON_MAX,
@@ -470,8 +474,9 @@ def bulk_stop(request: AuthedRequest, job_id: int) -> HttpResponse:
     job = _job_or_404(request, job_id)
     form = forms.ReasonForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Give a reason: it goes into the audit trail.")
-        return redirect("console:bulk_detail", job_id=job.pk)
+        # The job's page again, saying why, with the reason as typed in the stop box (a redirect lost it).
+        messages.error(request, _problems(form))
+        return bulk_detail(request, job.pk, stop_form=form, status=400)
     try:
         left = bulk_services.bulk_stop(
             job.pk, request.user, reason=form.cleaned_data["reason"], request_meta=request_meta(request)

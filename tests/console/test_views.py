@@ -578,3 +578,23 @@ def test_a_value_refused_by_an_actions_form_is_named_by_its_field(client, users,
     assert response.status_code == 400
     shown = [str(m) for m in response.context["messages"]]
     assert any(m.startswith("Reason: Ensure this value has at most") for m in shown), shown
+
+
+def test_a_stop_refused_for_its_reason_says_why_and_keeps_what_was_typed(client, users, failed):
+    """A stop whose reason was too long (a browser's maxlength bypassed) was told "Give a reason", which it had,
+    and the page it was sent back to had lost the reason typed."""
+    # given: a started bulk retry
+    login(client, users.operator)
+    job = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    client.post(reverse("console:bulk_confirm", args=[job.pk]), {"reason": "payroll is back"})
+    typed = "wrong filter " + "x" * 1000
+
+    # when
+    response = client.post(reverse("console:bulk_stop", args=[job.pk]), {"reason": typed})
+
+    # then: refused, named, kept; the job goes on
+    assert response.status_code == 400
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Reason: Ensure this value has at most") for m in shown), shown
+    assert f'value="{typed}"' in response.content.decode()
+    assert BulkJob.objects.get(pk=job.pk).state == BulkJobState.QUEUED
