@@ -170,6 +170,7 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
     if not partial:
         for problem in form.messages():
             messages.warning(request, problem)
+    can_operate = engine_selectors.can_operate(request.user)
     qs = selectors.filtered(request.user, flt)
     counts, counts_more = selectors.counts_by_state(selectors.filtered(request.user, _all_states(flt)), flt)
     page = selectors.page_of(qs, form.cleaned_data.get("after") if hasattr(form, "cleaned_data") else None)
@@ -187,12 +188,18 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
         "cap": selectors.COUNT_CAP,
         "states": [s for s in InstanceState],
         "workflows": registry.latest_all(),
-        "can_operate": engine_selectors.can_operate(request.user),
+        "can_operate": can_operate,
+        # The latest started bulk jobs: the way back to a job's progress (and its Stop) once its page is left.
+        "bulk_jobs": selectors.recent_jobs(BULK_JOBS_SHOWN) if can_operate and not partial else [],
         "now": timezone.now(),
         "active_nav": "instances",
     }
     template = "console/_instance_rows.html" if partial else "console/instance_list.html"
     return render(request, template, context)
+
+
+# How many of the latest started bulk jobs the instance list links to.
+BULK_JOBS_SHOWN = 5
 
 
 def _all_states(flt: selectors.InstanceFilter) -> selectors.InstanceFilter:

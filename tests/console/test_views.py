@@ -20,6 +20,7 @@ from orchestrator.audit import Actor
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -285,7 +286,7 @@ def test_a_dry_run_is_not_shown_to_another_operator(client, users, failed):
     assert login(client, other).get(reverse("console:bulk_detail", args=[job.pk])).status_code == 404
 
 
-LIST_QUERIES = 8  # session, user, permissions (2), the rows, the counts by state, the nav (2)
+LIST_QUERIES = 9  # session, user, permissions (2), the rows, the counts by state, the latest bulk jobs, the nav (2)
 DETAIL_QUERIES = 10  # session, user, instance, permissions (2), steps, audit events, tasks, the nav (2)
 
 
@@ -598,3 +599,23 @@ def test_a_stop_refused_for_its_reason_says_why_and_keeps_what_was_typed(client,
     assert any(m.startswith("Reason: Ensure this value has at most") for m in shown), shown
     assert f'value="{typed}"' in response.content.decode()
     assert BulkJob.objects.get(pk=job.pk).state == BulkJobState.QUEUED
+
+
+def test_a_started_bulk_job_can_be_found_again_from_the_instance_list(client, users, failed):
+    """A bulk job's progress (and its Stop button) was reachable only from the confirmation's redirect: an
+    operator who left the page, or another operator, had no way back to it but the audit trail."""
+    # given: a started bulk retry, and a dry run nobody confirmed
+    login(client, users.operator)
+    started = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    client.post(reverse("console:bulk_confirm", args=[started.pk]), {"reason": "payroll is back"})
+    draft = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="view_flow"))
+
+    # when: another operator opens the list
+    other = UserFactory(username="operator2", groups=[users.operators])
+    page = login(client, other).get(reverse("console:instance_list")).content.decode()
+
+    # then: the started job is linked, the dry run is not
+    assert f'href="{reverse("console:bulk_detail", args=[started.pk])}"' in page
+    assert f'href="{reverse("console:bulk_detail", args=[draft.pk])}"' not in page
+    # and someone who may not operate is not shown the jobs
+    assert "bulk-jobs" not in login(client, users.manager).get(reverse("console:instance_list")).content.decode()
