@@ -85,10 +85,12 @@ def reason_field(label: str, *, required: bool = True) -> forms.CharField:
 
 
 def named(label: str, errors: Iterable[Any]) -> str:
-    """A field's messages (``errors``) as one line that names its ``label`` once: a message that already begins
-    with it (``WhenField``'s, ``check_when``'s, a regex field's own) is not prefixed with it again."""
+    """A field's messages (``errors``) as one line that names its ``label`` once: a message whose words before its
+    first colon name it (``WhenField``'s and ``check_when``'s "From: ...", the reason's "Give a reason: ...") is
+    not prefixed again; Django's own ("Ensure this value has at most 100 characters") is."""
     text = " ".join(map(str, errors))
-    return text if text.startswith(f"{label}:") else f"{label}: {text}"
+    head, colon, _rest = text.partition(":")
+    return text if colon and label.lower() in head.lower() else f"{label}: {text}"
 
 
 def add_field_errors(form: forms.Form, errors: Mapping[str, list[str]]) -> None:
