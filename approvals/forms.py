@@ -70,7 +70,7 @@ class IdListField(forms.Field):
         ids = []
         for item in values:
             text = str(item).strip()
-            if not text.isdigit() or not 0 < int(text) <= ID_MAX:
+            if not text.isdecimal() or not 0 < int(text) <= ID_MAX:
                 raise forms.ValidationError("The selection holds something that is not a task.")
             ids.append(int(text))
         return ids
@@ -92,4 +92,4 @@ class SavedViewForm(forms.Form):
 
     def clean_shared_with(self) -> int | None:
         value = self.cleaned_data["shared_with"]
-        return int(value) if value.isdigit() and 0 < int(value) <= ID_MAX else None
+        return int(value) if value.isdecimal() and 0 < int(value) <= ID_MAX else None

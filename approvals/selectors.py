@@ -28,11 +28,11 @@ from approvals.models import (
     TaskState,
 )
 from orchestrator.inputs import SEARCH_MAX, drop_repeated
-from orchestrator.models import InstanceState
+from orchestrator.models import InstanceState, WorkflowInstance
 
 # Instances whose tasks wait and cannot be decided: a paused one (its tasks' SLAs count unpaused time only, and the
 # resume moves them on by the pause) and a failed one (its deadlines wait for an operator's retry). A task of theirs
-# past its due time is on hold, not overdue: nobody can act on it.
+# past its due time is on hold for the people who hold it, not overdue: nobody can act on it.
 ON_HOLD_STATES = (InstanceState.PAUSED, InstanceState.FAILED)
 
 # Counts above this show as "99+": counting 100,000 queued rows on every page would cost more than it tells.
@@ -114,6 +114,15 @@ def done_by(user: User) -> QuerySet[HumanTask]:
     return _with_related(HumanTask.objects.filter(completed_by=user, state=TaskState.COMPLETED))
 
 
+def may_open(user: User) -> Q:
+    """A filter on HumanTask: the tasks ``user`` may open, by :func:`visible_tasks`' rule (candidate, assignee, the
+    one who completed it, or a manager). Reads the user's groups once per request (``user_groups``, which the
+    navigation reads too), so annotating a list with it costs no statement of its own."""
+    if shows_manager_pages(user):
+        return Q(pk__isnull=False)
+    return Q(assignee=user) | Q(completed_by=user) | _candidate_filter(user)
+
+
 def visible_tasks(user: User) -> QuerySet[HumanTask]:
     """Every task the user may open: candidate, assignee, the one who completed it, or a manager."""
     qs = HumanTask.objects.all()
@@ -166,9 +175,25 @@ def inbox_counts(user: User, *, fresh: bool = False) -> dict[str, int]:
     return cached
 
 
+def late(now: datetime) -> Q:
+    """The tasks past their SLA at ``now`` (aware): due before it, less those whose due time fell inside their
+    instance's pause that still lasts. A task's SLA counts unpaused time only (docs/architecture.md, "Deadlines and
+    pauses"): such a due time moves on by the pause at the resume, so while the pause lasts the task is held, not
+    late. One already due when the pause began (``due_at <= paused_at``) was late before it and stays late.
+
+    A filter on HumanTask; the pause is looked up per task already past due (one index probe of the instance), so
+    a read of the late tasks still walks only those."""
+    held = WorkflowInstance.objects.filter(
+        pk=OuterRef("instance_id"), state=InstanceState.PAUSED, paused_at__lt=OuterRef("due_at")
+    )
+    return Q(due_at__lt=now) & Q(~Exists(held))
+
+
 def tasks_open_counts(now: datetime) -> dict[str, int]:
     """Tasks waiting for a person (open, claimed or escalated) and those of them due before ``now`` (aware):
-    ``{"open": n, "overdue": m}``. One statement over the partial index of actionable tasks."""
+    ``{"open": n, "overdue": m}``. One statement over the partial index of actionable tasks, reading no instance
+    (the dashboard's rule): a task held by its instance's pause counts as overdue here, where Incidents (:func:`late`)
+    leaves it out."""
     counts = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES).aggregate(
         open=Count("id"), overdue=Count("id", filter=Q(due_at__lt=now))
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from orchestrator.forms import WhenField, reason_field
+from orchestrator.forms import WhenField, named, reason_field
 from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, SEARCH_MAX, drop_repeated
 from orchestrator.models import InstanceState
 
@@ -40,7 +40,7 @@ class InstanceFilterForm(forms.Form):
     def messages(self) -> list[str]:
         """One line per invalid parameter, naming it and saying what was done instead."""
         return self.repeated + [
-            f"{self.fields[name].label}: {' '.join(map(str, errors))} Showing results without it."
+            f"{named(str(self.fields[name].label), errors)} Showing results without it."
             for name, errors in self.errors.items()
         ]
 

@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 
 from console.selectors import DATA_PATH, InstanceFilter, decode_cursor
-from orchestrator.forms import WhenField, reason_field
+from orchestrator.forms import WhenField, named, reason_field
 from orchestrator.inputs import SEARCH_MAX, drop_repeated
 from orchestrator.models import InstanceState
 from orchestrator.services.operations import TYPED_JSON_MAX
@@ -20,7 +20,7 @@ STATE_CHOICES = [("", "All states")] + [(s.value, s.label) for s in InstanceStat
 class InstanceListForm(forms.Form):
     """The instance list's query string. An invalid value is named in a message and left out; the rest applies."""
 
-    q = forms.CharField(required=False, max_length=SEARCH_MAX, label="Search")
+    q = forms.CharField(required=False, max_length=SEARCH_MAX, label="Title or business key")
     workflow = forms.CharField(required=False, max_length=SEARCH_MAX, label="Workflow")
     version = forms.IntegerField(required=False, min_value=1, max_value=100_000, label="Version")
     state = forms.ChoiceField(required=False, choices=STATE_CHOICES, label="State")
@@ -58,8 +58,11 @@ class InstanceListForm(forms.Form):
         if started_from and started_to and started_from >= started_to:
             # Typed the wrong way round: nothing could match, and an empty list would not say why.
             self.add_error("started_to", "must be after Started from.")
-        if bool(cleaned.get("data_path")) != bool(cleaned.get("data_value")):
-            self.add_error("data_value", "give both the data field and its value, or neither.")
+        typed_wrong = "data_path" in self.errors or "data_value" in self.errors
+        if typed_wrong or bool(cleaned.get("data_path")) != bool(cleaned.get("data_value")):
+            if not typed_wrong:
+                # One left empty. A field typed wrong has its own message: "give both" would misread it.
+                self.add_error("data_value", "give both the data field and its value, or neither.")
             cleaned.pop("data_path", None)
             cleaned.pop("data_value", None)
         return cleaned
@@ -83,7 +86,7 @@ class InstanceListForm(forms.Form):
     def messages(self) -> list[str]:
         """One line per invalid parameter, naming it and saying what was done instead."""
         return self.repeated + [
-            f"{self.fields[name].label if name in self.fields else 'Filter'}: {' '.join(map(str, errors))}"
+            named(str(self.fields[name].label) if name in self.fields else "Filter", errors)
             + ("" if name == "after" else " Showing results without it.")
             for name, errors in self.errors.items()
         ]
@@ -139,9 +142,10 @@ ESCALATION_DECISIONS = [
 class EscalationForm(forms.Form):
     """An answer to an escalation from the Incidents page: resolve it (one of the decisions) or reassign it."""
 
-    op = forms.ChoiceField(choices=[("resolve", "Resolve"), ("reassign", "Reassign")])
-    decision = forms.ChoiceField(required=False, choices=ESCALATION_DECISIONS)
-    to_user = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+    # Labelled as the Incidents page labels the boxes: a refusal names them so.
+    op = forms.ChoiceField(choices=[("resolve", "Resolve"), ("reassign", "Reassign")], label="Answer")
+    decision = forms.ChoiceField(required=False, choices=ESCALATION_DECISIONS, label="Resolve by")
+    to_user = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Reassign to")
     comment = reason_field("Reason", required=False)
 
     def clean(self) -> dict[str, Any]:

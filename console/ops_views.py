@@ -19,12 +19,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import BooleanField, ExpressionWrapper
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from approvals import selectors as task_selectors
 from approvals.models import HumanTask
 from approvals.selectors import tasks_of_instance
 from approvals.services import base as task_errors
@@ -38,6 +40,7 @@ from orchestrator import selectors as engine_selectors
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.diagram import workflow_dot
+from orchestrator.forms import named
 from orchestrator.inputs import REASON_MAX
 from orchestrator.models import InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
@@ -58,6 +61,15 @@ def _require_operator(request: AuthedRequest) -> None:
         if _can_watch(request.user):
             raise PermissionDenied
         raise Http404("No such page.")
+
+
+def _problems(form: Any) -> str:
+    """A refused form's messages as one line, each named by its field's label (a form with two boxes said
+    "Ensure this value has at most 1000 characters" without saying which); errors of the whole form unnamed."""
+    return " ".join(
+        " ".join(map(str, errors)) if name == "__all__" else named(str(form.fields[name].label or name), errors)
+        for name, errors in form.errors.items()
+    )
 
 
 # --- Incidents ------------------------------------------------------------------------------------------
@@ -102,7 +114,7 @@ def _answer_refused(request: AuthedRequest, task_id: int, problem: str, status: 
         "problem": problem,
         "decision": str(request.POST.get("decision", ""))[:40],
         "comment": str(request.POST.get("comment", ""))[: REASON_MAX * 2],
-        "to_user": int(to_user) if to_user.isdigit() and len(to_user) < 12 else None,
+        "to_user": int(to_user) if to_user.isdecimal() and len(to_user) < 12 else None,
     }
     return render(request, "console/incidents.html", _incidents_context(request, draft), status=status)
 
@@ -116,7 +128,7 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
         raise Http404("No such page.")
     form = forms.EscalationForm(request.POST)
     if not form.is_valid():
-        return _answer_refused(request, task_id, " ".join(" ".join(map(str, e)) for e in form.errors.values()), 400)
+        return _answer_refused(request, task_id, _problems(form), 400)
     data, meta = form.cleaned_data, request_meta(request)
     try:
         if data["op"] == "resolve":
@@ -158,6 +170,7 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
     if not partial:
         for problem in form.messages():
             messages.warning(request, problem)
+    can_operate = engine_selectors.can_operate(request.user)
     qs = selectors.filtered(request.user, flt)
     counts, counts_more = selectors.counts_by_state(selectors.filtered(request.user, _all_states(flt)), flt)
     page = selectors.page_of(qs, form.cleaned_data.get("after") if hasattr(form, "cleaned_data") else None)
@@ -175,12 +188,18 @@ def instance_list(request: AuthedRequest) -> HttpResponse:
         "cap": selectors.COUNT_CAP,
         "states": [s for s in InstanceState],
         "workflows": registry.latest_all(),
-        "can_operate": engine_selectors.can_operate(request.user),
+        "can_operate": can_operate,
+        # The latest started bulk jobs: the way back to a job's progress (and its Stop) once its page is left.
+        "bulk_jobs": selectors.recent_jobs(BULK_JOBS_SHOWN) if can_operate and not partial else [],
         "now": timezone.now(),
         "active_nav": "instances",
     }
     template = "console/_instance_rows.html" if partial else "console/instance_list.html"
     return render(request, template, context)
+
+
+# How many of the latest started bulk jobs the instance list links to.
+BULK_JOBS_SHOWN = 5
 
 
 def _all_states(flt: selectors.InstanceFilter) -> selectors.InstanceFilter:
@@ -218,8 +237,14 @@ def _render_detail(
             latest[step.name] = step.state
     workflow = _definition(instance)
     dot = workflow_dot(workflow, latest) if workflow is not None else ""
+    held = selectors.waits_held_by_pause(instance, steps, workflow)
     step_rows = [
-        {"step": s, "attempts": attempts.get(s.pk, []), "by_hand": selectors.resolved_by_hand(s)}
+        {
+            "step": s,
+            "attempts": attempts.get(s.pk, []),
+            "by_hand": selectors.resolved_by_hand(s),
+            "held": held.get(s.pk),
+        }
         for s in steps
         if s.kind != StepKind.COMPENSATION
     ]
@@ -229,7 +254,12 @@ def _render_detail(
         "workflow": workflow,
         "step_rows": step_rows,
         "plan": _compensation_plan(steps, workflow),
-        "tasks": list(tasks_of_instance(instance.pk)),
+        # Each task with whether this reader may open its page (else it is named without a link).
+        "tasks": list(
+            tasks_of_instance(instance.pk).annotate(
+                can_open=ExpressionWrapper(task_selectors.may_open(request.user), output_field=BooleanField())
+            )
+        ),
         "events": events if can_audit else [],
         "can_audit": can_audit,
         "can_operate": can_operate,
@@ -308,8 +338,7 @@ def instance_action(request: AuthedRequest, instance_id: int, operation: str) ->
     form_class, done = ACTIONS[operation]
     form = form_class(request.POST)
     if not form.is_valid():
-        for errors in form.errors.values():
-            messages.error(request, " ".join(map(str, errors)))
+        messages.error(request, _problems(form))
         return _render_detail(request, instance, operation=operation, form=form, status=400)
     data, actor, meta = form.cleaned_data, Actor.of(request.user), request_meta(request)
     reason = data["reason"]
@@ -395,14 +424,18 @@ def _job_or_404(request: AuthedRequest, job_id: int) -> BulkJob:
 
 
 @login_required
-def bulk_detail(request: AuthedRequest, job_id: int, *, form: Any = None, status: int = 200) -> HttpResponse:
-    """A dry run (its exact count, a sample, the confirmation) or a job's live progress and honest outcome."""
+def bulk_detail(
+    request: AuthedRequest, job_id: int, *, form: Any = None, stop_form: Any = None, status: int = 200
+) -> HttpResponse:
+    """A dry run (its exact count, a sample, the confirmation) or a job's live progress and honest outcome.
+    ``form`` / ``stop_form``: a refused confirmation or stop, shown again as typed."""
     job = _job_or_404(request, job_id)
     context = {
         "job": job,
         "progress": selectors.bulk_progress(job),
         "sample": selectors.bulk_sample(job),
         "form": form or forms.BulkConfirmForm(),
+        "stop_reason": stop_form["reason"].value() if stop_form is not None else "",
         "action_past": bulk_services.past_tense(job.action),
         "ttl_minutes": int(bulk_services.DRY_RUN_TTL.total_seconds() // 60),
         "reason_max": REASON_MAX,
@@ -420,8 +453,7 @@ def bulk_confirm(request: AuthedRequest, job_id: int) -> HttpResponse:
     job = _job_or_404(request, job_id)
     form = forms.BulkConfirmForm(request.POST)
     if not form.is_valid():
-        for errors in form.errors.values():
-            messages.error(request, " ".join(map(str, errors)))
+        messages.error(request, _problems(form))
         return bulk_detail(request, job.pk, form=form, status=400)
     try:
         bulk_services.bulk_confirm(
@@ -449,8 +481,9 @@ def bulk_stop(request: AuthedRequest, job_id: int) -> HttpResponse:
     job = _job_or_404(request, job_id)
     form = forms.ReasonForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Give a reason: it goes into the audit trail.")
-        return redirect("console:bulk_detail", job_id=job.pk)
+        # The job's page again, saying why, with the reason as typed in the stop box (a redirect lost it).
+        messages.error(request, _problems(form))
+        return bulk_detail(request, job.pk, stop_form=form, status=400)
     try:
         left = bulk_services.bulk_stop(
             job.pk, request.user, reason=form.cleaned_data["reason"], request_meta=request_meta(request)

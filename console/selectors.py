@@ -22,10 +22,11 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from approvals import selectors as task_selectors
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind
-from approvals.selectors import ON_HOLD_STATES
 from console.models import BulkItemState, BulkJob, BulkJobItem
 from orchestrator import selectors as engine_selectors
+from orchestrator.inputs import SEARCH_MAX
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.selectors import hide_paths
 from orchestrator.services.unit import HARD_LIMIT_MARGIN
@@ -282,6 +283,9 @@ class Incidents:
     storms: list[dict[str, Any]] = field(default_factory=list)
     retrying_total: int = 0
     paused_past: list[WorkflowInstance] = field(default_factory=list)
+    # More than INCIDENT_ROWS stuck steps / pauses past their resume: the lists are the first rows, "n+" in all.
+    past_timeout_more: bool = False
+    paused_past_more: bool = False
     sweep_lag: dict[str, Any] = field(default_factory=dict)
     sample: int = INCIDENT_SAMPLE
 
@@ -308,8 +312,9 @@ class Incidents:
 
     @property
     def count_more(self) -> bool:
-        """Whether ``count`` is a lower bound ("n+"): more instances failed than were counted."""
-        return self.failed_sampled
+        """Whether ``count`` is a lower bound ("n+"): more instances failed than were counted, or more steps are
+        stuck or pauses late than are listed."""
+        return self.failed_sampled or self.past_timeout_more or self.paused_past_more
 
 
 def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
@@ -350,6 +355,9 @@ def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
         {
             "workflow": r[1],
             "reason": r[2] or "(no error recorded)",
+            # What the instance list's error filter takes to find the group again: the reason as it is (a prefix of
+            # each error's first line, so it matches), cut to the filter's length; nothing for no error.
+            "error_filter": (r[2] or "")[:SEARCH_MAX].strip(),
             "count": r[3],
             "oldest": r[4],
             "newest": r[5],
@@ -449,6 +457,13 @@ def _sweep_lag(now: datetime) -> dict[str, Any]:
     return {"behind": bool(behind), "since": min(behind) if behind else None, "due": oldest_due, "lease": oldest_lease}
 
 
+def _first_rows(qs: QuerySet[Any]) -> tuple[list[Any], bool]:
+    """The first ``INCIDENT_ROWS`` rows of ``qs`` (ordered), and whether it holds more: one statement reading one
+    row past them."""
+    rows = list(qs[: INCIDENT_ROWS + 1])
+    return rows[:INCIDENT_ROWS], len(rows) > INCIDENT_ROWS
+
+
 def incidents(now: datetime | None = None) -> Incidents:
     """What needs a person now, across workflows (see :class:`Incidents`). A fixed number of statements (nine),
     each over a partial index of the rows in trouble, and none reading more than ``INCIDENT_SAMPLE`` of them."""
@@ -462,24 +477,27 @@ def incidents(now: datetime | None = None) -> Incidents:
         escalations.select_related("instance", "step", "assignee").order_by("created_at", "id")[:INCIDENT_ROWS]
     )
 
-    found.past_timeout = list(stuck_steps(now).select_related("instance").order_by("lease_expires_at")[:INCIDENT_ROWS])
+    # One row past those shown says whether there are more, without a count of its own.
+    found.past_timeout, found.past_timeout_more = _first_rows(
+        stuck_steps(now).select_related("instance").order_by("lease_expires_at")
+    )
 
-    # A task whose workflow is paused or failed waits on an operator, not on its people: it is on hold, not late
-    # (its SLA counts unpaused time only), and the paused or failed instance is listed on its own.
+    # Past their SLA, less those held by their instance's pause (their due time moves on at the resume). One late
+    # before its pause began stays late here, for the operators, where the holder's inbox shows it on hold.
     overdue = (
-        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES, due_at__lt=now)
+        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES)
+        .filter(task_selectors.late(now))
         .exclude(kind=TaskKind.ESCALATION)
-        .exclude(instance__state__in=ON_HOLD_STATES)
     )
     found.overdue_total = overdue.count()
     found.overdue_tasks = list(overdue.select_related("instance", "assignee").order_by("due_at")[:INCIDENT_ROWS])
 
     found.storms, found.retrying_total = _storms()
 
-    found.paused_past = list(
+    found.paused_past, found.paused_past_more = _first_rows(
         WorkflowInstance.objects.filter(state=InstanceState.PAUSED, paused_until__lt=now - timedelta(minutes=1))
         .only("id", "title", "workflow_name", "workflow_version", "state", "paused_until", "created_at")
-        .order_by("paused_until")[:INCIDENT_ROWS]
+        .order_by("paused_until")
     )
     found.sweep_lag = _sweep_lag(now)
     return found
@@ -550,6 +568,24 @@ def attempts_by_step(steps: list[StepRun], events: list[AuditEvent], *, show_pat
             for attempt in attempts:
                 attempt.error = hide_paths(attempt.error)
     return by_step
+
+
+def waits_held_by_pause(instance: WorkflowInstance, steps: list[StepRun], workflow: Any) -> dict[int, timedelta]:
+    """Step id -> what is left of its timer's wait, for each timer ``wait`` its pause holds: the instance is paused,
+    and the wait was still running when the pause began. Such a wait counts unpaused time only and moves on at the
+    resume (docs/architecture.md, "Deadlines and pauses"), so its stored due time is not when it fires. Empty when
+    the instance is not paused or its definition (``workflow``, None when not registered) is unknown. A timer
+    ``until`` a date keeps its time and is left out. Reads nothing from the database."""
+    paused_at = instance.paused_at
+    if instance.state != InstanceState.PAUSED or paused_at is None or workflow is None:
+        return {}
+    held = {}
+    for step in steps:
+        node = workflow.nodes.get(step.name)
+        is_wait = getattr(node, "kind", "") == "timer" and getattr(node, "until", None) is None
+        if is_wait and step.state == StepState.SCHEDULED and step.due_at is not None and step.due_at > paused_at:
+            held[step.pk] = step.due_at - paused_at
+    return held
 
 
 def resolved_by_hand(step: StepRun) -> bool:

@@ -119,10 +119,10 @@ def bulk_confirm(
 ) -> BulkJob:
     """Start the job a dry run listed: the same person, with a reason, within ``DRY_RUN_TTL`` of the dry run.
 
-    ``until`` is a pause's planned end (pause only; in the future, within the pause horizon). Audited on the
-    ``operations`` chain as ``bulk.started`` with the reason, the action, the filter and every instance id; the
-    work is sent after commit. Raises BulkNotFound (not theirs, or no such job), BulkError (already started, or the
-    dry run is too old), ValidationError (reason missing or too long, ``until`` refused).
+    ``until`` is a pause's planned end (in the future, within the pause horizon); ignored for other actions.
+    Audited on the ``operations`` chain as ``bulk.started`` with the reason, the action, the filter and every
+    instance id; the work is sent after commit. Raises BulkNotFound (not theirs, or no such job), BulkError
+    (already started, or the dry run is too old), ValidationError (reason missing or too long, ``until`` refused).
     """
     reason = check_text(reason, "Reason", REASON_MAX)
     if not reason:
@@ -139,7 +139,9 @@ def bulk_confirm(
         if now - job.created_at > DRY_RUN_TTL:
             minutes = int((now - job.created_at).total_seconds() // 60)
             raise BulkError(f"This dry run is {minutes} minutes old: run it again so that its count is current.")
-        if job.action == BulkAction.PAUSE and until is not None:
+        if job.action != BulkAction.PAUSE:
+            until = None  # only a pause has a planned end (a form posting one for another action is ignored)
+        elif until is not None:
             until = check_when(until, "Resume at", now=now, future=True)
             if until - now > pause_horizon():
                 raise ValidationError(f"Resume at: a pause ends within {pause_horizon().days} days.")
@@ -283,6 +285,7 @@ def _finish_if_done(job_id: int) -> None:
         if job is None or not job.is_open or job.items.filter(state=BulkItemState.PENDING).exists():
             return
         counts = dict(job.items.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+        from_state = job.state
         job.state, job.finished_at = BulkJobState.DONE, timezone.now()
         job.save(update_fields=["state", "finished_at"])
         audit.append_standalone(
@@ -291,7 +294,7 @@ def _finish_if_done(job_id: int) -> None:
             action=AuditAction.BULK_FINISHED,
             subject_type="bulk_job",
             subject_id=job.pk,
-            from_state=BulkJobState.RUNNING,
+            from_state=from_state,
             to_state=BulkJobState.DONE,
             reason=job.reason,
             payload={"action": job.action, "counts": counts},
@@ -323,6 +326,8 @@ def _stop(job_id: int, actor: Actor, *, reason: str, detail: str, request_meta: 
         if not job.is_open:
             raise BulkError(f"This bulk {job.action} is {job.get_state_display().lower()}: nothing to stop.")
         left = job.items.filter(state=BulkItemState.PENDING).update(state=BulkItemState.SKIPPED, detail=detail[:300])
+        # Queued (no worker took it yet) or running: the trail records the state the job really left.
+        from_state = job.state
         job.state, job.finished_at = BulkJobState.STOPPED, timezone.now()
         job.save(update_fields=["state", "finished_at"])
         audit.append_standalone(
@@ -331,7 +336,7 @@ def _stop(job_id: int, actor: Actor, *, reason: str, detail: str, request_meta: 
             action=AuditAction.BULK_STOPPED,
             subject_type="bulk_job",
             subject_id=job.pk,
-            from_state=BulkJobState.RUNNING,
+            from_state=from_state,
             to_state=BulkJobState.STOPPED,
             reason=reason,
             payload={"left": left},

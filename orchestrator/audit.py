@@ -306,7 +306,7 @@ class ChainWalk:
         self.unverifiable_keys: set[str] = set()
         self.unverifiable_first_id: int | None = None
         prefix, _, number = chain.partition(":")
-        self.instance_id = int(number) if prefix == "instance" and number.isdigit() else None
+        self.instance_id = int(number) if prefix == "instance" and number.isdecimal() else None
 
     def add(self, event: AuditEvent | _EventRow) -> None:
         """Check the next event; the first problem found is kept in ``broken`` and later events are ignored."""
@@ -560,7 +560,7 @@ def events_after(chain: str, after: int, through: int) -> Iterator[_EventRow]:
 
 
 def _stored_heads(chains: list[str]) -> dict[str, tuple[int, str]]:
-    ids = [int(c.partition(":")[2]) for c in chains if c.startswith("instance:") and c.partition(":")[2].isdigit()]
+    ids = [int(c.partition(":")[2]) for c in chains if c.startswith("instance:") and c.partition(":")[2].isdecimal()]
     heads = {
         chain_name(pk): (seq, head)
         for pk, seq, head in WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "audit_seq", "audit_head")
@@ -580,7 +580,8 @@ def _heads_without_events(chain: str | None) -> list[tuple[str, int]]:
     standalone = AuditChain.objects.filter(seq__gt=0).exclude(Exists(AuditEvent.objects.filter(chain=OuterRef("name"))))
     if chain is not None:
         prefix, _, number = chain.partition(":")
-        instances = instances.filter(pk=int(number)) if prefix == "instance" and number.isdigit() else instances.none()
+        is_instance = prefix == "instance" and number.isdecimal()
+        instances = instances.filter(pk=int(number)) if is_instance else instances.none()
         standalone = standalone.filter(name=chain)
     found = [(chain_name(pk), seq) for pk, seq in instances.values_list("pk", "audit_seq").iterator()]
     return found + list(standalone.values_list("name", "seq"))

@@ -95,7 +95,7 @@ def test_junk_in_the_instance_list_is_named_and_the_good_filters_kept(roles):
     # then
     assert response.status_code == 200
     texts = " ".join(text for _level, text in shown(response))
-    for name in ("Page:", "State:", "Search:"):
+    for name in ("Page:", "State:", "Title or business key:"):  # each named as its box is labelled
         assert name in texts
     assert response.context["workflow"] == "expense_approval"
     assert response.context["q"] == "x" * 150

@@ -53,6 +53,8 @@ CASES = [
     (["baton_verify_audit", "--instance", HUGE], "no events"),
     (["baton_verify_audit", "--instance", "-1"], "no events"),
     (["baton_verify_audit", "--chain", LONG], "no events"),
+    # "²" passes str.isdigit() and int() refuses it: a ValueError's traceback
+    (["baton_verify_audit", "--chain", "instance:²"], "no events"),
     (["baton_verify_audit", "--seals", "/nonexistent/seals.jsonl"], "cannot read"),
     (["baton_verify_audit", "--file", "/nonexistent/export.jsonl"], "cannot read"),
     (["baton_verify_audit", "--file", "/"], "cannot read"),

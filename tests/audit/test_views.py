@@ -447,3 +447,23 @@ def test_a_cursor_edited_to_an_offset_postgresql_refuses_is_a_damaged_link_not_a
 
     # then: a page of events (or the newest with the message), never a database error
     assert response.status_code == 200
+
+
+def test_every_link_on_the_timeline_opens_for_an_administrator(users, two_orders):
+    """Each event links its subject, its instance, its actor's events and its request: every one opens."""
+    import html
+    import re
+
+    # given
+    client = client_for(users.admin)
+
+    # when
+    page = client.get("/audit/").content.decode()
+    main = page.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    links = {html.unescape(href) for href in re.findall(r'href="([/?][^"]*)"', main)}
+    links = sorted(("/audit/" + link) if link.startswith("?") else link for link in links)
+
+    # then
+    assert any(link.startswith("/instances/") for link in links)
+    refused = {link: client.get(link).status_code for link in links}
+    assert {link: code for link, code in refused.items() if code != 200} == {}

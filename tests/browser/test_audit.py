@@ -56,6 +56,24 @@ class AuditPagesTests(BrowserTestCase):
             linked = rows.filter(has=page.locator(f'a[href="/instances/{order.pk}/"]'))
             assert linked.count() == shown
             expect(rows.first.locator("time")).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+$"))
+            # An administrator has every link in the bar (nine, and their name and zone): at 1280 px it stays one
+            # row, no label broken over two lines ("API tokens", "Sign out" were).
+            items = page.evaluate(
+                "() => [...document.querySelectorAll('#main-nav > ul > .nav-item')].map(i => {"
+                " const r = i.getBoundingClientRect(); return [i.innerText.trim(), r.top + r.height / 2, r.height]; })"
+            )
+            middles = [middle for _text, middle, _height in items]
+            assert max(middles) - min(middles) < 8, f"the bar wraps at 1280 px: {items}"
+            assert all(height < 44 for _text, _middle, height in items), f"a label wraps at 1280 px: {items}"
+            assert page.evaluate("document.documentElement.scrollWidth") <= DESKTOP["width"]
+            right = page.evaluate(
+                "() => [document.querySelector('.baton-navbar .container-xl'), document.querySelector('main')]"
+                ".map(e => { const r = e.getBoundingClientRect(); const s = getComputedStyle(e);"
+                " return r.right - parseFloat(s.paddingRight); })"
+            )
+            sign_out = page.get_by_role("button", name="Sign out").bounding_box()
+            assert sign_out is not None
+            assert sign_out["x"] + sign_out["width"] <= min(right) + 1, (sign_out, right)
             page.screenshot(path=str(target / "audit-timeline.png"), full_page=True)
 
             # when: the CSV of that filter is downloaded
@@ -82,6 +100,16 @@ class AuditPagesTests(BrowserTestCase):
             # then: the result arrives over the live socket, without a reload
             expect(page.get_by_role("button", name="Verify now")).to_be_enabled()
             expect(page.get_by_text(re.compile(r"asked for by admin"))).to_be_visible()
+
+            # and on a tablet: whole links on a second row, never a label broken or the page wider than the screen
+            tablet = self.signed_in_page(browser, "admin", {"width": 900, "height": 1000})
+            tablet.goto("/audit/chains/")
+            heights = tablet.evaluate(
+                "() => [...document.querySelectorAll('#main-nav > ul > .nav-item')]"
+                ".map(i => i.getBoundingClientRect().height)"
+            )
+            assert max(heights) < 44, heights
+            assert tablet.evaluate("document.documentElement.scrollWidth") <= 900
 
             # and the pages on a phone
             phone = self.signed_in_page(browser, "admin", PHONE_375)

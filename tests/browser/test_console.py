@@ -12,6 +12,8 @@ import pytest
 from playwright.sync_api import expect
 
 from approvals.services.tasks import task_decide
+from console.selectors import InstanceFilter
+from console.services import bulk_dry_run
 from demo.data import ensure_roles, load_demo
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -111,6 +113,7 @@ class ConsoleTests(BrowserTestCase):
         load_demo(log=lambda _line: None)
         failed = WorkflowInstance.objects.get(workflow_name="expense_approval", state=InstanceState.FAILED)
         escalated = WorkflowInstance.objects.get(data__order_id="SO-1005")
+        dry_run = bulk_dry_run(self.users.operator, "pause", InstanceFilter(workflow="expense_approval"))
         target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
         target.mkdir(parents=True, exist_ok=True)
         shots = [
@@ -118,6 +121,7 @@ class ConsoleTests(BrowserTestCase):
             ("instances", "/instances/"),
             ("instance-failed", f"/instances/{failed.pk}/"),
             ("instance-escalated", f"/instances/{escalated.pk}/"),
+            ("bulk-dry-run", f"/instances/bulk/{dry_run.pk}/"),
         ]
 
         # when
@@ -151,6 +155,15 @@ class ConsoleTests(BrowserTestCase):
                     page.wait_for_load_state("networkidle")
                     width = page.evaluate("document.documentElement.scrollWidth")
                     assert width <= viewport["width"], f"{name}{suffix}: {width}px wide"
+                    if viewport is DESKTOP:
+                        # At 1280 px every column is on screen: a table that scrolls sideways in its box (the
+                        # instance list's Age, cut off by a long error) hides a column from the operator.
+                        cut = page.evaluate(
+                            "() => [...document.querySelectorAll('.table-responsive')]"
+                            ".filter(b => b.scrollWidth > b.clientWidth + 1)"
+                            ".map(b => `${b.scrollWidth}px in ${b.clientWidth}px`)"
+                        )
+                        assert cut == [], f"{name}: a table scrolls sideways at {viewport['width']} px: {cut}"
                     page.screenshot(path=str(target / f"console-{name}{suffix}.png"), full_page=True)
 
         # then

@@ -140,6 +140,38 @@ def test_stop_skips_what_is_left_and_keeps_what_was_done(flow, users, run_steps)
     assert bulk_work(job.pk) == 0
 
 
+def test_a_job_stopped_before_any_worker_took_it_is_audited_as_stopped_from_queued(flow, users, run_steps):
+    """The audit trail records the state a job left: one stopped while still queued (no worker had taken it) was
+    recorded as stopped from "running", a state it never had."""
+    # given: a confirmed job no worker has taken yet
+    failed_instances(run_steps, 2)
+    job = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="bulk_flow"))
+    bulk_confirm(job.pk, users.operator, reason="cleanup")
+
+    # when
+    bulk_stop(job.pk, users.operator, reason="wrong filter")
+
+    # then
+    event = AuditEvent.objects.get(chain="operations", action="bulk.stopped", subject_id=job.pk)
+    assert (event.from_state, event.to_state) == (BulkJobState.QUEUED, BulkJobState.STOPPED)
+
+
+def test_a_resume_time_posted_with_a_bulk_cancel_is_not_recorded_as_part_of_it(flow, users, run_steps):
+    """Only a pause has a planned end. A cancel confirmed with an ``until`` (a tampered form) stored it on the job
+    and in its audit event, and the job's page then said its instances would resume."""
+    # given
+    failed_instances(run_steps, 1)
+    job = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="bulk_flow"))
+
+    # when
+    bulk_confirm(job.pk, users.operator, reason="cleanup", until=timezone.now() + timedelta(days=1))
+
+    # then
+    job.refresh_from_db()
+    assert job.until is None
+    assert AuditEvent.objects.get(action="bulk.started", subject_id=job.pk).payload["until"] is None
+
+
 def test_a_job_nobody_works_is_found_stale(flow, users, run_steps):
     # given
     failed_instances(run_steps, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import timedelta
 
 import pytest
@@ -222,6 +224,108 @@ def test_a_step_running_past_its_timeout_is_an_incident(flow, users):
     assert [s.pk for s in incidents().past_timeout] == [step.pk]
 
 
+def test_stuck_steps_and_late_pauses_past_the_rows_shown_are_said_to_be_more(client, users, flow, monkeypatch):
+    """Stuck steps and pauses past their resume are listed up to ``INCIDENT_ROWS``; past that the page showed the
+    first rows as if they were all, and its "n things need attention" counted only those shown."""
+    # given: three stuck steps and three pauses past their resume, with two rows a part shown
+    monkeypatch.setattr(selectors, "INCIDENT_ROWS", 2)
+    now = timezone.now()
+    for _ in range(3):
+        stuck = instance_start("sel_flow", {})
+        StepRun.objects.filter(instance=stuck).update(
+            state=StepState.RUNNING, started_at=now, lease_expires_at=now + timedelta(seconds=1)
+        )
+        held = instance_start("sel_flow", {})
+        instance_pause(held.pk, actor=Actor.system("test"), reason="hold", until=now + timedelta(hours=1))
+        WorkflowInstance.objects.filter(pk=held.pk).update(paused_until=now - timedelta(hours=1))
+
+    # when
+    found = incidents(now)
+    client.force_login(users.operator)
+    page = client.get("/incidents/")
+
+    # then: two of each shown, each part and the total said to be a lower bound
+    assert (len(found.past_timeout), len(found.paused_past)) == (2, 2)
+    assert (found.past_timeout_more, found.paused_past_more, found.count_more) == (True, True, True)
+    text = page.content.decode()
+    assert 'id="past-timeout-more"' in text
+    assert 'id="paused-past-more"' in text
+    assert f"{found.count}+</strong> things need attention" in text
+
+
+@pytest.mark.parametrize(("who", "linked"), [("operator", False), ("manager", True)])
+def test_more_tasks_past_their_sla_link_to_escalations_only_for_who_may_open_it(
+    client, users, monkeypatch, who, linked
+):
+    """Past the rows shown, the page sent everyone to Escalations, a managers' page: an operator got a 404."""
+    # given: two tasks past their SLA, one row shown
+    monkeypatch.setattr(selectors, "INCIDENT_ROWS", 1)
+    for _ in range(2):
+        HumanTask.objects.filter(instance=_expense()).update(due_at=timezone.now() - timedelta(hours=1))
+    client.force_login(getattr(users, who))
+
+    # when
+    page = client.get("/incidents/").content.decode()
+
+    # then
+    assert "overdue tasks in all" in page
+    assert ('href="/escalations/"' in page.split('id="stuck-title"')[1]) is linked
+    if linked:
+        assert client.get("/escalations/").status_code == 200
+
+
+@pytest.mark.parametrize("who", ["operator", "manager", "admin"])
+def test_every_link_on_incidents_opens_for_who_sees_it(client, users, flow, escalating, run_steps, who):
+    """Each thing Incidents lists links somewhere its reader may go: a task past its SLA linked to the task's page,
+    which a non-manager operator may not open (404)."""
+    # given: a failure, an escalation, a task past its SLA, a stuck step, a pause past its resume
+    instance_start("sel_flow", {"fail": True, "customer": "A"})
+    instance_start("sel_escalate", {"fail": True, "customer": "B"})
+    run_steps(advance=True)
+    HumanTask.objects.filter(instance=_expense()).update(due_at=timezone.now() - timedelta(hours=1))
+    now = timezone.now()
+    stuck = instance_start("sel_flow", {})
+    StepRun.objects.filter(instance=stuck).update(
+        state=StepState.RUNNING, started_at=now, lease_expires_at=now + timedelta(seconds=1)
+    )
+    held = instance_start("sel_flow", {})
+    instance_pause(held.pk, actor=Actor.system("test"), reason="hold", until=now + timedelta(hours=1))
+    WorkflowInstance.objects.filter(pk=held.pk).update(paused_until=now - timedelta(hours=1))
+    client.force_login(getattr(users, who))
+
+    # when
+    page = client.get("/incidents/").content.decode()
+    main = page.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    links = sorted({html.unescape(href) for href in re.findall(r'href="(/[^"]*)"', main)})
+
+    # then: every kind is there, and each link opens
+    for kind in ("failed", "escalation", "overdue", "timeout", "paused"):
+        assert f'data-incident="{kind}"' in main, kind
+    refused = {link: client.get(link).status_code for link in links}
+    assert {link: code for link, code in refused.items() if code != 200} == {}
+
+
+@pytest.mark.parametrize("error", ["x" * 150, ""], ids=["a first line longer than the filter takes", "no error"])
+def test_a_failure_groups_link_to_its_instances_lists_them(client, users, flow, run_steps, error):
+    """Each failure group links to the list of its instances, to retry them in bulk. The link carried the reason cut
+    to 90 characters with an ellipsis ("…"), which no error contains, and "(no error recorded)" for a failure
+    without one: the list it opened was empty, and the bulk retry impossible."""
+    # given: a failed instance with that error
+    instance = instance_start("sel_flow", {"fail": True, "customer": "A"})
+    run_steps(advance=True)
+    WorkflowInstance.objects.filter(pk=instance.pk).update(error=error)
+    client.force_login(users.operator)
+
+    # when: the group's link is followed
+    page = client.get("/incidents/").content.decode()
+    link = html.unescape(re.search(r'href="(/instances/\?[^"]*)"[^>]*>All 1 · bulk retry', page).group(1))
+    listed = client.get(link)
+
+    # then
+    assert [i.pk for i in listed.context["page"].rows] == [instance.pk]
+    assert not list(listed.context["messages"])
+
+
 def test_attempts_come_from_the_audit_trail_with_paths_only_for_operators(flow, run_steps):
     # given
     instance = instance_start("sel_flow", {"fail": True, "customer": "Z"})
@@ -256,6 +360,35 @@ def test_overdue_human_tasks_are_incidents(users, run_steps):
     found = incidents()
     assert [t.instance_id for t in found.overdue_tasks] == [instance.pk]
     assert WorkflowInstance.objects.get(pk=instance.pk).state == InstanceState.WAITING
+
+
+def test_a_task_whose_sla_falls_due_inside_its_instances_pause_is_not_late_on_incidents(users):
+    """A task's SLA counts unpaused time only (docs/architecture.md, "Deadlines and pauses"): a due time that fell
+    inside the pause moves on at the resume, so while the pause lasts the task is held, not late. One already due
+    when the pause began was late before it and stays listed."""
+    # given: two expense approvals, each paused an hour ago; one's SLA fell due inside the pause, the other's
+    # before it
+    now = timezone.now()
+    held = _expense()
+    late_before = _expense()
+    for instance in (held, late_before):
+        instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    WorkflowInstance.objects.filter(pk__in=[held.pk, late_before.pk]).update(paused_at=now - timedelta(hours=1))
+    HumanTask.objects.filter(instance=held).update(due_at=now - timedelta(minutes=30))
+    HumanTask.objects.filter(instance=late_before).update(due_at=now - timedelta(hours=2))
+
+    # when
+    found = incidents(now)
+
+    # then: only the one late before its pause is listed, and counted
+    assert [t.instance_id for t in found.overdue_tasks] == [late_before.pk]
+    assert found.overdue_total == 1
+
+
+def _expense() -> WorkflowInstance:
+    return instance_start(
+        "expense_approval", {"employee": "Sam", "amount": "20", "category": "meals", "description": "Lunch"}
+    )
 
 
 def test_stuck_is_one_definition_listed_by_incidents_and_counted_by_the_catalog(flow, users):
@@ -525,21 +658,3 @@ def test_the_error_filters_count_of_each_state_walks_the_instances_with_an_error
 
     # then
     assert "console_instance_error_state" in plan, plan
-
-
-def test_a_task_of_a_paused_instance_past_its_due_time_is_not_late(users, run_steps):
-    """Given two expense approvals past their due time, one of an instance an operator paused, when Incidents is
-    read, then only the other is a task past its SLA: the paused one's SLA counts unpaused time only (the resume moves
-    it on), and nobody can act on it; the pause itself is the operators' to see."""
-    # given
-    expense = {"employee": "Sam", "amount": "20", "category": "meals", "description": "Lunch"}
-    paused, waiting = (instance_start("expense_approval", expense) for _ in range(2))
-    HumanTask.objects.filter(instance__in=[paused, waiting]).update(due_at=timezone.now() - timedelta(hours=1))
-    instance_pause(paused.pk, actor=Actor.of(users.operator), reason="waiting for the auditors")
-
-    # when
-    found = incidents()
-
-    # then
-    assert [t.instance_id for t in found.overdue_tasks] == [waiting.pk]
-    assert found.overdue_total == 1

@@ -4,14 +4,23 @@ actions' outcomes and refusals, bulk dry run and confirmation, and constant quer
 from __future__ import annotations
 
 import html
+import re
+from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
+from approvals.timezones import SESSION_KEY
 from console.models import BulkJob, BulkJobState
+from console.selectors import InstanceFilter
+from console.services import bulk_dry_run
+from orchestrator.audit import Actor
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -277,7 +286,7 @@ def test_a_dry_run_is_not_shown_to_another_operator(client, users, failed):
     assert login(client, other).get(reverse("console:bulk_detail", args=[job.pk])).status_code == 404
 
 
-LIST_QUERIES = 8  # session, user, permissions (2), the rows, the counts by state, the nav (2)
+LIST_QUERIES = 9  # session, user, permissions (2), the rows, the counts by state, the latest bulk jobs, the nav (2)
 DETAIL_QUERIES = 10  # session, user, instance, permissions (2), steps, audit events, tasks, the nav (2)
 
 
@@ -382,3 +391,255 @@ def test_an_escalation_is_never_offered_for_reassignment_to_whoever_started_its_
     offered = page.split(f'id="esc-{escalation.pk}-to"', 1)[1].split("</select>", 1)[0]
     assert f'<option value="{users.operator.pk}">operator</option>' in offered
     assert f'value="{operator2.pk}"' not in offered
+
+
+@pytest.mark.parametrize("typed", ["²", "¹²", "٣x", "9" * 30])
+def test_a_person_chosen_by_a_number_that_is_no_number_is_a_message_not_a_500(client, users, refund_escalation, typed):
+    """A digit that is not a decimal digit ("²" passes str.isdigit() and int() refuses it) as the person to hand
+    an escalation to: the answer comes back refused, with the reason kept, not a server error."""
+    # when
+    response = login(client, users.operator).post(
+        reverse("console:escalation_answer", args=[refund_escalation.pk]),
+        {"op": "reassign", "to_user": typed, "comment": "over to the night shift"},
+    )
+
+    # then
+    assert response.status_code == 400
+    assert 'value="over to the night shift" autofocus' in response.content.decode()
+    refund_escalation.refresh_from_db()
+    assert refund_escalation.state == "open"
+
+
+DATE_INPUT = re.compile(r'<input[^>]*type="datetime-local"[^>]*>')
+INPUT_ID = re.compile(r'id="([^"]+)"')
+
+
+def date_labels(page: str) -> dict[str, str]:
+    """Each datetime-local input's id -> the text of its label (tags dropped)."""
+    labels = {}
+    for tag in DATE_INPUT.findall(page):
+        input_id = INPUT_ID.search(tag).group(1)
+        found = re.search(rf'<label[^>]*for="{re.escape(input_id)}"[^>]*>(.*?)</label>', page, re.S)
+        labels[input_id] = re.sub(r"<[^>]+>", "", found.group(1)) if found else ""
+    return labels
+
+
+def test_every_date_typed_on_the_console_names_the_zone_it_is_read_in(client, users, flow, run_steps):
+    """A time typed into a datetime-local box is read in the person's zone: the label says which. The instance
+    page's pause said "Resume at,  time" (no zone), the bulk pause and the list's "Started from/before" nothing."""
+    # given: an operator whose pages are in Paris time, a running instance and a dry run of a bulk pause
+    login(client, users.operator)
+    session = client.session
+    session[SESSION_KEY] = "Europe/Paris"
+    session.save()
+    running = instance_start("view_flow", {})
+    job = bulk_dry_run(users.operator, "pause", InstanceFilter(workflow="view_flow"))
+
+    # when
+    pages = {
+        "instance": client.get(detail(running)).content.decode(),
+        "list": client.get(reverse("console:instance_list")).content.decode(),
+        "bulk": client.get(reverse("console:bulk_detail", args=[job.pk])).content.decode(),
+    }
+
+    # then: every date box is labelled, and its label names Europe/Paris
+    found = {name: date_labels(page) for name, page in pages.items()}
+    assert all(found.values()), found
+    for name, labels in found.items():
+        for input_id, label in labels.items():
+            assert "Europe/Paris" in label, f"{name}: #{input_id} is labelled {label!r}"
+
+
+# A bulk job's page, dry run or started, for a job of one instance as for one of many (measured: 9).
+BULK_PAGE_QUERIES = 9
+
+
+def test_a_bulk_jobs_page_takes_a_fixed_number_of_queries_whatever_its_size(
+    client, users, flow, run_steps, django_assert_num_queries
+):
+    """The dry run's page (count, sample of ten, confirmation) and a job's progress cost the same statements for
+    one instance as for many: the sample reads its instances in one join, the outcome counts in one statement."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given: a dry run over one failed instance, and one over twelve
+    login(client, users.operator)
+    instance_start("view_flow", {})
+    run_steps(advance=True)
+    small = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    first = client.get(reverse("console:bulk_detail", args=[small.pk]))  # the session's first request may write it
+    assert first.status_code == 200, first
+    with CaptureQueriesContext(connection) as one:
+        client.get(reverse("console:bulk_detail", args=[small.pk]))
+    dry_run_cost = len(one.captured_queries)  # read now: the next request empties the log it slices
+    for _ in range(11):
+        instance_start("view_flow", {})
+    run_steps(advance=True)
+    large = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    assert large.total == 12
+
+    # then: the dry run's page, then the running job's progress, at the same cost
+    with django_assert_num_queries(dry_run_cost):
+        client.get(reverse("console:bulk_detail", args=[large.pk]))
+    client.post(reverse("console:bulk_confirm", args=[small.pk]), {"reason": "ledger is back"})
+    with CaptureQueriesContext(connection) as started_one:
+        client.get(reverse("console:bulk_detail", args=[small.pk]))
+    progress_cost = len(started_one.captured_queries)
+    assert (dry_run_cost, progress_cost) == (BULK_PAGE_QUERIES, BULK_PAGE_QUERIES)
+    client.post(reverse("console:bulk_confirm", args=[large.pk]), {"reason": "ledger is back"})
+    with django_assert_num_queries(progress_cost):
+        client.get(reverse("console:bulk_detail", args=[large.pk]))
+
+
+def test_a_bulk_pause_until_a_time_shows_that_end_in_the_readers_zone(client, users, flow):
+    """A bulk pause confirmed with an end: the job's page said when it was confirmed, not when its instances
+    resume; an operator following it had to read the audit trail to know."""
+    # given: an operator in Paris time, and a bulk pause of a running instance until a given time
+    login(client, users.operator)
+    session = client.session
+    session[SESSION_KEY] = "Europe/Paris"
+    session.save()
+    instance_start("view_flow", {})
+    job = bulk_dry_run(users.operator, "pause", InstanceFilter(workflow="view_flow"))
+    until = (timezone.now() + timedelta(days=2)).replace(second=0, microsecond=0)
+    client.post(
+        reverse("console:bulk_confirm", args=[job.pk]),
+        {
+            "reason": "ledger migration",
+            "until": timezone.localtime(until, ZoneInfo("Europe/Paris")).strftime("%Y-%m-%dT%H:%M"),
+        },
+    )
+    assert BulkJob.objects.get(pk=job.pk).until == until
+
+    # when
+    page = client.get(reverse("console:bulk_detail", args=[job.pk])).content.decode()
+
+    # then
+    shown = timezone.localtime(until, ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d %H:%M %Z")
+    assert f"resume at {shown}" in page
+
+
+def test_a_timer_held_by_a_pause_says_how_long_it_waits_after_the_resume(client, users, register_workflow):
+    """A timer's wait counts unpaused time (docs/architecture.md, "Deadlines and pauses"): while its instance is
+    paused, the stored due time is not when it fires. The page said "fires at" that stale time, which passes
+    during a long pause while the timer goes on waiting."""
+    from orchestrator.dsl import Timer
+    from orchestrator.models import StepRun
+    from orchestrator.services.instances import instance_pause
+
+    # given: a one-hour wait, paused with 30 minutes of it left
+    register_workflow(Workflow("view_wait", 1, [Timer("cool_off", wait=timedelta(hours=1)), Task("tell", after)]))
+    instance = instance_start("view_wait", {})
+    instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    paused_at = WorkflowInstance.objects.get(pk=instance.pk).paused_at
+    StepRun.objects.filter(instance=instance, name="cool_off").update(due_at=paused_at + timedelta(minutes=30))
+
+    # when
+    page = login(client, users.operator).get(detail(instance)).content.decode()
+
+    # then
+    assert "fires 30 min after the resume" in page
+    assert "fires at" not in page
+
+
+@pytest.mark.parametrize("who", ["operator", "manager", "staff", "admin"])
+def test_every_link_on_an_instance_page_opens_for_who_sees_it(client, users, run_steps, who):
+    """The instance page linked each of its tasks to the task's page, which only the task's candidates, its
+    assignee and managers may open: an operator (or the initiator) following it got a 404. A task they may not
+    open is named without a link."""
+    # given: an expense the initiator (staff) started, waiting for the approvers' team
+    from tests.factories import ExpenseInputFactory
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=users.staff)
+    run_steps(instance, advance=True)
+    login(client, getattr(users, who))
+
+    # when
+    page = client.get(detail(instance)).content.decode()
+    main = page.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    links = sorted({html.unescape(href) for href in re.findall(r'href="(/[^"]*)"', main)})
+
+    # then: the task is named, and every link opens
+    assert instance.tasks.get().title in html.unescape(main)
+    refused = {link: client.get(link).status_code for link in links}
+    assert {link: code for link, code in refused.items() if code != 200} == {}
+
+
+@pytest.mark.parametrize("who", ["operator", "manager", "staff"])
+@pytest.mark.parametrize("path", ["/instances/", "/workflows/", "/workflows/expense_approval/", "/dashboard/", "/"])
+def test_every_link_on_a_console_page_opens_for_who_sees_it(client, users, run_steps, failed, who, path):
+    """The same rule on the console's other pages: a link goes somewhere its reader may go."""
+    # given: an expense waiting for the approvers, and a failed instance
+    from tests.factories import ExpenseInputFactory
+
+    run_steps(instance_start("expense_approval", ExpenseInputFactory(), initiator=users.staff), advance=True)
+    login(client, getattr(users, who))
+
+    # when
+    response = client.get(path, follow=True)
+    if response.status_code == 404:
+        pytest.skip(f"{path} is not for {who}")
+    page = response.content.decode()
+    main = page.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    links = sorted({html.unescape(href) for href in re.findall(r'href="(/[^"]*)"', main)} - {"?"})
+
+    # then
+    refused = {link: client.get(link).status_code for link in links}
+    assert {link: code for link, code in refused.items() if code not in (200, 302)} == {}
+
+
+def test_a_value_refused_by_an_actions_form_is_named_by_its_field(client, users, flow, failed):
+    """A too-long reason (a browser's maxlength bypassed) came back as "Ensure this value has at most 1000
+    characters (it has 1001)." without saying which box; the skip form has two."""
+    # given
+    step = failed.steps.get(name="pay")
+
+    # when
+    response = login(client, users.operator).post(
+        action(failed, "skip"), {"step": step.pk, "output": "{}", "reason": "x" * 1001}
+    )
+
+    # then
+    assert response.status_code == 400
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Reason: Ensure this value has at most") for m in shown), shown
+
+
+def test_a_stop_refused_for_its_reason_says_why_and_keeps_what_was_typed(client, users, failed):
+    """A stop whose reason was too long (a browser's maxlength bypassed) was told "Give a reason", which it had,
+    and the page it was sent back to had lost the reason typed."""
+    # given: a started bulk retry
+    login(client, users.operator)
+    job = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    client.post(reverse("console:bulk_confirm", args=[job.pk]), {"reason": "payroll is back"})
+    typed = "wrong filter " + "x" * 1000
+
+    # when
+    response = client.post(reverse("console:bulk_stop", args=[job.pk]), {"reason": typed})
+
+    # then: refused, named, kept; the job goes on
+    assert response.status_code == 400
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Reason: Ensure this value has at most") for m in shown), shown
+    assert f'value="{typed}"' in response.content.decode()
+    assert BulkJob.objects.get(pk=job.pk).state == BulkJobState.QUEUED
+
+
+def test_a_started_bulk_job_can_be_found_again_from_the_instance_list(client, users, failed):
+    """A bulk job's progress (and its Stop button) was reachable only from the confirmation's redirect: an
+    operator who left the page, or another operator, had no way back to it but the audit trail."""
+    # given: a started bulk retry, and a dry run nobody confirmed
+    login(client, users.operator)
+    started = bulk_dry_run(users.operator, "retry", InstanceFilter(workflow="view_flow"))
+    client.post(reverse("console:bulk_confirm", args=[started.pk]), {"reason": "payroll is back"})
+    draft = bulk_dry_run(users.operator, "cancel", InstanceFilter(workflow="view_flow"))
+
+    # when: another operator opens the list
+    other = UserFactory(username="operator2", groups=[users.operators])
+    page = login(client, other).get(reverse("console:instance_list")).content.decode()
+
+    # then: the started job is linked, the dry run is not
+    assert f'href="{reverse("console:bulk_detail", args=[started.pk])}"' in page
+    assert f'href="{reverse("console:bulk_detail", args=[draft.pk])}"' not in page
+    # and someone who may not operate is not shown the jobs
+    assert "bulk-jobs" not in login(client, users.manager).get(reverse("console:instance_list")).content.decode()
