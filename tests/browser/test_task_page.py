@@ -236,7 +236,7 @@ class OperatorPageTests(BrowserTestCase):
             response = page.goto("/instances/?q=%00&state=sideways")
             assert response is not None
             assert response.status == 200
-            expect(page.locator("#messages")).to_contain_text("Search:")
+            expect(page.locator("#messages")).to_contain_text("Title or business key:")
             screenshot(page, self.tmp_path, "instances-junk.png")
 
         instance.refresh_from_db()
