@@ -571,19 +571,22 @@ def attempts_by_step(steps: list[StepRun], events: list[AuditEvent], *, show_pat
 
 
 def waits_held_by_pause(instance: WorkflowInstance, steps: list[StepRun], workflow: Any) -> dict[int, timedelta]:
-    """Step id -> what is left of its timer's wait, for each timer ``wait`` its pause holds: the instance is paused,
-    and the wait was still running when the pause began. Such a wait counts unpaused time only and moves on at the
-    resume (docs/architecture.md, "Deadlines and pauses"), so its stored due time is not when it fires. Empty when
-    the instance is not paused or its definition (``workflow``, None when not registered) is unknown. A timer
-    ``until`` a date keeps its time and is left out. Reads nothing from the database."""
+    """Step id -> what is left of its wait, for each timer ``wait`` or Signal ``timeout`` its pause holds: the
+    instance is paused, and the wait was still running when the pause began. Such a wait counts unpaused time only
+    and moves on at the resume (docs/architecture.md, "Deadlines and pauses"), so its stored due time is not when
+    it fires. Empty when the instance is not paused or its definition (``workflow``, None when not registered) is
+    unknown. A timer ``until`` a date keeps its time and is left out. Reads nothing from the database."""
     paused_at = instance.paused_at
     if instance.state != InstanceState.PAUSED or paused_at is None or workflow is None:
         return {}
     held = {}
     for step in steps:
         node = workflow.nodes.get(step.name)
-        is_wait = getattr(node, "kind", "") == "timer" and getattr(node, "until", None) is None
-        if is_wait and step.state == StepState.SCHEDULED and step.due_at is not None and step.due_at > paused_at:
+        kind = getattr(node, "kind", "")
+        is_wait = kind == "timer" and getattr(node, "until", None) is None and step.state == StepState.SCHEDULED
+        # A Signal's timeout is a duration too: the resume moves it on the same way.
+        is_wait = is_wait or (kind == "signal" and step.state == StepState.RUNNING)
+        if is_wait and step.due_at is not None and step.due_at > paused_at:
             held[step.pk] = step.due_at - paused_at
     return held
 

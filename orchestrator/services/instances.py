@@ -313,7 +313,8 @@ def _redispatch_due(unit: Unit) -> None:
 
 def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     """Move the paused instance's duration deadlines on by the time they were held (see docs/architecture.md,
-    "Deadlines and pauses"): a timer's wait, a task's SLA and its escalation rungs count unpaused time only.
+    "Deadlines and pauses"): a timer's wait, a Signal's timeout, a task's SLA and its escalation rungs count
+    unpaused time only.
 
     A deadline whose clock started before the pause moves by ``unit.now - paused_at``; one started during it (a
     timer or task opened by a step that finished while paused) by ``unit.now - created_at``, so its whole span
@@ -329,6 +330,11 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     StepRun.objects.filter(
         instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
     ).exclude(name__in=dates).update(due_at=F("due_at") + held)
+    # A Signal's timeout is a duration too (``Signal(timeout=timedelta)``): the wait is for the outside world, and
+    # a wait of 48 h paused for 47 h gave the sender one hour.
+    StepRun.objects.filter(
+        instance=unit.instance, kind=StepKind.SIGNAL, state=StepState.RUNNING, due_at__gt=paused_at
+    ).update(due_at=F("due_at") + held)
     people = human_tasks_or_none()
     if people is not None:
         people.tasks_shift_deadlines(unit, paused_at, held)

@@ -542,6 +542,35 @@ def test_a_timer_held_by_a_pause_says_how_long_it_waits_after_the_resume(client,
     assert "fires at" not in page
 
 
+def test_a_signal_wait_held_by_a_pause_says_how_long_it_waits_after_the_resume(
+    client, users, register_workflow, run_steps
+):
+    """A Signal's timeout counts unpaused time too: while its instance is paused the page said "until" the stored
+    time, which the resume moves on."""
+    from orchestrator.dsl import Signal
+    from orchestrator.models import StepRun
+    from orchestrator.services.instances import instance_pause
+
+    # given: a wait for a payment of an hour, paused with 20 minutes of it left
+    register_workflow(
+        Workflow(
+            "view_signal_wait", 1, [Signal("paid", event="payment", timeout=timedelta(hours=1)), Task("tell", after)]
+        )
+    )
+    instance = instance_start("view_signal_wait", {})
+    run_steps(instance, advance=True)
+    instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    paused_at = WorkflowInstance.objects.get(pk=instance.pk).paused_at
+    StepRun.objects.filter(instance=instance, name="paid").update(due_at=paused_at + timedelta(minutes=20))
+
+    # when
+    page = login(client, users.operator).get(detail(instance)).content.decode()
+
+    # then
+    assert re.search(r"waiting for a signal<span data-held=\"pause\">; it times out 20 min after the resume", page)
+    assert "fires " not in page
+
+
 @pytest.mark.parametrize("who", ["operator", "manager", "staff", "admin"])
 def test_every_link_on_an_instance_page_opens_for_who_sees_it(client, users, run_steps, who):
     """The instance page linked each of its tasks to the task's page, which only the task's candidates, its

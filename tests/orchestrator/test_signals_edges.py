@@ -366,6 +366,31 @@ def test_a_timeout_that_falls_while_paused_acts_only_once_the_instance_runs_and_
     assert ReceivedSignal.objects.get(instance=paid).consumed_at is not None
 
 
+def test_a_signal_timeout_counts_unpaused_time_only(register_workflow, run_steps):
+    """A Signal's timeout is a duration, like a timer's wait and a task's SLA (docs/architecture.md, "Deadlines and
+    pauses"): a one-hour wait paused for three hours gives the sender its hour after the resume, less the time it
+    had already waited. It timed out at the first sweep after the resume."""
+    # given a one-hour wait that fails on timeout, paused as it began
+    register_workflow(flow("signal_pause_shift", timeout=timedelta(hours=1)))
+    instance = waiting_instance(run_steps, "signal_pause_shift", order="S-1")
+    wait = instance.steps.get(name="wait_payment")
+    due = wait.due_at
+    instance_pause(instance.pk, actor=Actor("user:operator"), reason="hold")
+    instance.refresh_from_db()
+    resumed_at = instance.paused_at + timedelta(hours=3)
+
+    # when it resumes three hours later, and the sweep runs just after the old deadline and then at the new one
+    instance_resume(instance.pk, actor=Actor("user:operator"), reason="go on", now=resumed_at)
+    wait.refresh_from_db()
+    early = engine.sweep(now=resumed_at + timedelta(seconds=1))
+    on_time = engine.sweep(now=wait.due_at + timedelta(seconds=1))
+
+    # then the deadline moved on by the pause, and the wait timed out once, at it
+    assert wait.due_at == due + (resumed_at - instance.paused_at)
+    assert early.signals["signals_timed_out"] == 0
+    assert on_time.signals["signals_timed_out"] == 1
+
+
 # --- who delivers: read when the delivery acts, not when the request began ----------------------------------
 
 
