@@ -215,7 +215,12 @@ class TaskDecision(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "user"], name="decision_one_per_user")]
-        indexes = [models.Index(fields=["instance", "user"], name="decision_instance_user")]
+        indexes = [
+            models.Index(fields=["instance", "user"], name="decision_instance_user"),
+            # "Done by me" reads a person's decisions (selectors.done_by); the unique (task, user) is led by the
+            # task and cannot serve it.
+            models.Index(fields=["user", "task"], name="decision_user_task"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} {self.decision} {self.task_id}"

@@ -113,6 +113,9 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
                 "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
                 "completed": short(completed_at) if completed_at is not None else "",
                 "waiting": duration(task["created_at"], now),
+                # In "Done by me", an open task is one the viewer voted on as part of its quorum: the row says how
+                # many votes it still waits for (their own is in; four-eyes keeps it out of their other lists).
+                "waits_for": task["quorum"] - task["approvals"] if task["state"] in ACTIONABLE_TASK_STATES else 0,
             }
         )
     return rows

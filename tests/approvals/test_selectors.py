@@ -12,7 +12,16 @@ import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from approvals.models import HumanTask, Notification, Priority, SavedView, TaskCandidate, TaskKind, TaskState
+from approvals.models import (
+    HumanTask,
+    Notification,
+    Priority,
+    SavedView,
+    TaskCandidate,
+    TaskDecision,
+    TaskKind,
+    TaskState,
+)
 from approvals.selectors import (
     COUNT_CAP,
     SORTS,
@@ -154,6 +163,25 @@ def test_a_claimed_task_leaves_the_queue_for_my_tasks_then_done(users):
     # then
     assert after_claim == ([], [], [task.pk])
     assert (ids(my_tasks(users.staff)), ids(done_by(users.staff)), ids(done_by(users.staff2))) == ([], [task.pk], [])
+
+
+def test_a_quorum_task_i_approved_is_in_my_done_list_while_it_waits_for_the_others(users, register_workflow):
+    """A 2-of-M task staff approved first is in staff's done list (not in their tasks or queue: four-eyes), still
+    open, and stays there once staff2's approval completes it; staff2 finds it in theirs too."""
+    # given
+    register_workflow(Workflow("quorum_two", 1, [Human("sign_off", candidate_groups=["approvers"], quorum=2)]))
+    task = task_of(instance_start("quorum_two", {}))
+
+    # when
+    task_decide(task.pk, users.staff, APPROVE)
+    waiting = (ids(my_tasks(users.staff)), ids(team_queue(users.staff)), ids(done_by(users.staff)))
+    state_while_waiting = done_by(users.staff).get().state
+    task_decide(task.pk, users.staff2, APPROVE)
+
+    # then
+    assert waiting == ([], [], [task.pk])
+    assert state_while_waiting == TaskState.OPEN
+    assert (ids(done_by(users.staff)), ids(done_by(users.staff2))) == ([task.pk], [task.pk])
 
 
 def test_a_snoozed_task_hides_from_my_tasks_until_it_wakes(users):
@@ -496,11 +524,20 @@ def test_escalations_list_overdue_escalated_and_operator_tasks_most_urgent_first
 
 
 def fill_inbox(users, tab: str, count: int) -> None:
-    """``count`` more tasks in staff's queue (unclaimed, for approvers) or in their own list (claimed by them)."""
+    """``count`` more tasks in staff's queue (unclaimed, for approvers), in their own list (claimed by them) or in
+    their done list (half completed by them, half open quorum tasks they cast one vote of)."""
     mine = {"state": TaskState.CLAIMED, "assignee": users.staff} if tab == "mine" else {}
     instance = expense()
     task_claim(task_of(instance).pk, users.staff2)  # the instance's own task leaves the queue: only added rows count
-    add_tasks(instance, [{"due_at": None, **mine} for _ in range(count)], group=users.approvers)
+    if tab != "done":
+        add_tasks(instance, [{"due_at": None, **mine} for _ in range(count)], group=users.approvers)
+        return
+    completed = {"state": TaskState.COMPLETED, "completed_by": users.staff, "completed_at": timezone.now()}
+    add_tasks(instance, [{"decision": APPROVE, **completed} for _ in range(count // 2)], group=users.approvers)
+    voted = add_tasks(instance, [{"quorum": 2, "approvals": 1} for _ in range(count - count // 2)])
+    TaskDecision.objects.bulk_create(
+        [TaskDecision(task=task, instance=instance, user=users.staff, decision=APPROVE) for task in voted]
+    )
 
 
 # Session, user, the three capped counts (My tasks, queue, unread: one statement), the user's groups (ids for the
@@ -509,7 +546,7 @@ def fill_inbox(users, tab: str, count: int) -> None:
 INBOX_QUERIES = 8
 
 
-@pytest.mark.parametrize("tab", ["queue", "mine"])
+@pytest.mark.parametrize("tab", ["queue", "mine", "done"])
 def test_inbox_page_queries_do_not_grow_with_tasks_or_page_size(users, client, django_assert_num_queries, tab):
     """The inbox costs the same 8 queries with 3 or 40 tasks, and with pages of 10 or 100 rows."""
     # given

@@ -15,6 +15,7 @@ from django.utils import timezone
 from approvals.models import HumanTask, Notification, Priority, SavedView, TaskKind, TaskState
 from approvals.services.base import APPROVE
 from approvals.services.tasks import task_claim, task_decide, task_snooze
+from orchestrator.dsl import Human, Workflow
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
@@ -592,6 +593,23 @@ def test_my_row_shows_its_snooze_and_a_done_row_its_decision(users, task):
     assert "formaction" not in mine
     assert '<span class="badge state-completed">Completed</span> staff · Expense approval' in done
     assert f"approve · {short_date(second.completed_at)}" in done
+
+
+def test_a_done_row_of_my_quorum_vote_says_it_waits_for_the_others(users, register_workflow):
+    """A 2-of-M task I approved first is in my done tab, open, saying my approval is in and how many more it needs."""
+    # given
+    register_workflow(Workflow("quorum_two_row", 1, [Human("sign_off", candidate_groups=["approvers"], quorum=2)]))
+    task = HumanTask.objects.get(instance=instance_start("quorum_two_row", {}))
+    task_decide(task.pk, users.staff, APPROVE)
+    client = login(users.staff)
+
+    # when
+    done = row_of(client.get(f"{reverse('approvals:inbox')}?tab=done"), task)
+
+    # then
+    assert '<span class="badge state-open">Open</span>' in done
+    assert "1/2 approvals" in done
+    assert "you approved · waits for 1 more" in done
 
 
 def test_next_page_links_walk_the_queue_once_in_order(users):
