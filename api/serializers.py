@@ -429,7 +429,8 @@ class ReceivedSignalSerializer(serializers.ModelSerializer):
     """A delivered signal: ``state`` is ``consumed`` (a waiting step took it; its payload joined the data),
     ``kept`` (the instance has not reached a step waiting for its event yet; the first such step takes it, if its
     node accepts the payload) or ``rejected`` (the node that came to consume it refused its payload: ``rejection``
-    holds the node, the step and the errors; the wait goes on waiting)."""
+    holds the node, the step and the errors; the wait goes on waiting; or the instance ended or began undoing while
+    it was kept: ``rejection`` then has no node or step, and its ``reason`` says what happened)."""
 
     instance = serializers.IntegerField(source="instance_id")
     instance_url = serializers.SerializerMethodField()

@@ -17,7 +17,7 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.ports import human_tasks_or_none
-from orchestrator.services.lifecycle import retry_attempts, skip_open_steps
+from orchestrator.services.lifecycle import drop_kept_signals, retry_attempts, skip_open_steps
 from orchestrator.services.locks import definition_of
 from orchestrator.services.unit import Unit
 
@@ -38,6 +38,9 @@ def compensation_start(unit: Unit, reason: str) -> None:
     # Every open task goes, a failed forward step's escalation too: retrying or skipping that step now would run
     # forward work behind the compensation's back.
     skip_open_steps(unit, reason=f"compensating: {reason}", everything=True, keep_running=True)
+    # A begun saga never waits for a signal again (deliveries are refused from now on), so the kept ones go too;
+    # the compensated end that follows has none left to drop.
+    drop_kept_signals(unit, "compensating")
     compensation_next(unit, definition_of(instance))
 
 

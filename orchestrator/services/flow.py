@@ -16,7 +16,14 @@ from orchestrator.dsl import COMPENSATE, Decision, Human, Node, Parallel, Task, 
 from orchestrator.models import ACTIVE_INSTANCE_STATES, StepKind, StepRun, StepState
 from orchestrator.ports import human_tasks
 from orchestrator.services.compensation import compensation_start
-from orchestrator.services.lifecycle import first_line, instance_fail, settle, skip_open_steps, step_die
+from orchestrator.services.lifecycle import (
+    drop_kept_signals,
+    first_line,
+    instance_fail,
+    settle,
+    skip_open_steps,
+    step_die,
+)
 from orchestrator.services.locks import LIVE_STATES, EngineError, definition_of
 from orchestrator.services.results import clean_text
 from orchestrator.services.unit import Unit
@@ -55,6 +62,7 @@ def enter_node(
             from_state = instance.state
             instance.complete(str(instance.data.get("outcome", "completed")), unit.now)
             unit.audit("instance", instance.pk, from_state, instance.state, action=AuditAction.INSTANCE_COMPLETED)
+            drop_kept_signals(unit, "completed")
         return
     node = workflow.node(name)
     at = Place(workflow, parent_id, branch, hops)
@@ -242,6 +250,7 @@ def _human_step_follow(unit: Unit, workflow: Workflow, step: StepRun, node: Huma
             reason="rejected",
             action=AuditAction.INSTANCE_COMPLETED,
         )
+        drop_kept_signals(unit, "completed")
     elif node.on_reject == "fail":
         instance_fail(unit, f"{step.name} rejected")
     elif node.on_reject == COMPENSATE:

@@ -29,7 +29,7 @@ from orchestrator.models import (
 from orchestrator.ports import human_tasks_or_none
 from orchestrator.services.compensation import compensation_retry, saga_begun
 from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_retry
-from orchestrator.services.lifecycle import settle, skip_open_steps
+from orchestrator.services.lifecycle import drop_kept_signals, settle, skip_open_steps
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.steps import step_retry
@@ -449,4 +449,5 @@ def instance_cancel(instance_id: int, *, actor: Actor, reason: str, request_meta
         unit.audit(
             "instance", instance.pk, from_state, instance.state, reason=reason, action=AuditAction.INSTANCE_CANCELLED
         )
+        drop_kept_signals(unit, "cancelled")
         unit.finish()

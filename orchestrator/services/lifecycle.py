@@ -3,12 +3,23 @@ step's death; and the one rule for a retried step's attempt budget."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from django.db import connection
 
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Node, Task
-from orchestrator.models import ACTIVE_INSTANCE_STATES, BUSY_STEP_STATES, InstanceState, StepKind, StepRun, StepState
+from orchestrator.models import (
+    ACTIVE_INSTANCE_STATES,
+    BUSY_STEP_STATES,
+    InstanceState,
+    ReceivedSignal,
+    StepKind,
+    StepRun,
+    StepState,
+)
 from orchestrator.ports import human_tasks_or_none
 from orchestrator.services.locks import LIVE_STATES, definition_or_none, definition_unavailable, step_save
 from orchestrator.services.unit import Unit
@@ -111,6 +122,47 @@ def settle(unit: Unit) -> None:
         instance.settle(busy)
         action = AuditAction.INSTANCE_RUNNING if busy else AuditAction.INSTANCE_WAITING
         unit.audit("instance", instance.pk, from_state, instance.state, action=action)
+
+
+# Why a kept signal is rejected when its instance stops waiting for good (``drop_kept_signals``), by what happened.
+KEPT_SIGNAL_ENDS = {
+    "cancelled": "The instance was cancelled: no step will take this signal.",
+    "compensating": "The instance began undoing its steps (compensation): no step will take this signal.",
+    "completed": "The instance completed without waiting for it again: no step will take this signal.",
+}
+
+
+def drop_kept_signals(unit: Unit, ended: str) -> None:
+    """Reject every signal the unit's instance keeps (delivered, neither consumed nor rejected), because the
+    instance has just ended or begun undoing (``ended``: a key of ``KEPT_SIGNAL_ENDS``) and no wait will ever take
+    one: kept, the API showed it as waiting for ever. Called by the service that ends or compensates the instance,
+    in its transaction (under the instance's lock, which every delivery takes, so none slips in between).
+
+    One UPDATE through the partial index ``signal_kept`` (nothing to do costs one index probe), RETURNING the
+    senders' ids for one ``signal.rejected`` audit event on the instance: a signal's other rejection (by the node
+    that came to consume it) is audited too. The row's ``rejection`` has the consuming rejection's keys (``node``
+    and ``step`` empty, the reason under ``errors``) and ``reason``. A failed instance is not final (a retry goes on
+    and hands its kept signals on), so it keeps them; one failed after its compensation began dropped them when the
+    compensation began. Raises nothing of its own.
+    """
+    why = KEPT_SIGNAL_ENDS[ended]
+    rejection = {"node": None, "step": None, "errors": {"instance": [why]}, "reason": why}
+    table = ReceivedSignal._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET rejected_at = %s, rejection = %s::jsonb"
+            " WHERE instance_id = %s AND consumed_at IS NULL AND rejected_at IS NULL RETURNING signal_id",
+            [unit.now, json.dumps(rejection), unit.instance.pk],
+        )
+        signal_ids = sorted(row[0] for row in cursor.fetchall())
+    if signal_ids:
+        unit.audit(
+            "instance",
+            unit.instance.pk,
+            reason=why,
+            payload={"signal_ids": signal_ids, "instance_state": unit.instance.state},
+            action=AuditAction.SIGNAL_REJECTED,
+        )
 
 
 def skip_open_steps(unit: Unit, reason: str, *, everything: bool = False, keep_running: bool = False) -> None:

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.db import transaction
 
+from api.serializers import ReceivedSignalSerializer
 from approvals.models import HumanTask
 from approvals.services.tasks import task_claim, task_decide
 from orchestrator import registry
@@ -25,9 +26,10 @@ from orchestrator.services import instances, signals
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_retry, instance_start
 from orchestrator.services.locks import lock_instance
+from orchestrator.services.operations import instance_compensate
 from orchestrator.services.signals import SignalConflict, SignalForbidden, SignalInvalid, signal_deliver
 from tests.concurrency import race
-from tests.orchestrator.test_signals import deliver, flow, waiting_instance
+from tests.orchestrator.test_signals import OPERATOR, deliver, flow, waiting_instance
 
 pytestmark = pytest.mark.django_db
 
@@ -627,3 +629,77 @@ def test_a_signal_to_an_instance_that_began_undoing_its_steps_is_refused_not_kep
     assert "never waits for a signal again" in str(refused.value)
     assert not ReceivedSignal.objects.filter(instance=instance).exists()
     assert AuditEvent.objects.filter(instance=instance).count() == events
+
+
+# --- kept signals of an instance that will never wait again ---------------------------------------------
+
+
+def no_more_waits(signal: ReceivedSignal) -> tuple[str, str]:
+    """The API's state of ``signal`` and the reason its rejection gives."""
+    return ReceivedSignalSerializer().get_state(signal), signal.rejection.get("reason", "")
+
+
+def cancel_it(instance) -> None:
+    instances.instance_cancel(instance.pk, actor=OPERATOR, reason="customer withdrew")
+
+
+def compensate_it(instance) -> None:
+    instance_compensate(instance.pk, actor=OPERATOR, reason="customer withdrew", cancel=True)
+
+
+@pytest.mark.parametrize(
+    ("end", "words"),
+    [(cancel_it, "instance was cancelled"), (compensate_it, "instance began undoing its steps")],
+    ids=["cancel", "cancel-with-compensation"],
+)
+def test_a_signal_kept_during_a_pause_is_rejected_when_the_instance_ends_or_begins_undoing(
+    register_workflow, run_steps, end, words
+):
+    """Kept while paused, then the operator cancels (or cancels with compensation): no wait will ever take it, so
+    it is rejected in that same action, saying why, and audited; the API no longer calls it kept."""
+    # given
+    register_workflow(flow("signal_kept_then_ended"))
+    instance = waiting_instance(run_steps, "signal_kept_then_ended")
+    instance_pause(instance.pk, actor=OPERATOR, reason="hold")
+    assert deliver(instance.pk).outcome == "kept"
+
+    # when
+    end(instance)
+
+    # then
+    signal = ReceivedSignal.objects.get(instance=instance)
+    state, reason = no_more_waits(signal)
+    assert (state, signal.consumed_at is None, signal.rejected_at is not None) == ("rejected", True, True)
+    assert words in reason
+    event = AuditEvent.objects.get(instance=instance, action="signal.rejected")
+    assert (event.subject_type, event.subject_id, event.payload["signal_ids"]) == ("instance", instance.pk, ["sig-1"])
+
+
+def test_a_signal_kept_for_a_wait_the_flow_then_skips_is_rejected_when_the_instance_completes(
+    register_workflow, run_steps
+):
+    """Kept for a wait further on, then a decision routes past it and the instance completes: rejected, not kept."""
+    # given
+    register_workflow(
+        Workflow(
+            "signal_kept_then_skipped",
+            1,
+            [
+                Decision("route", lambda data: "ship"),
+                Signal("wait_payment", event="payment.confirmed"),
+                Task("ship", lambda ctx: {}),
+            ],
+        )
+    )
+    instance = instance_start("signal_kept_then_skipped", {})
+    assert deliver(instance.pk, payload={}).outcome == "kept"
+
+    # when
+    run_steps(instance)
+
+    # then
+    instance.refresh_from_db()
+    signal = ReceivedSignal.objects.get(instance=instance)
+    assert instance.state == InstanceState.COMPLETED
+    assert no_more_waits(signal)[0] == "rejected"
+    assert "instance completed" in no_more_waits(signal)[1]
