@@ -456,6 +456,12 @@ class Workflow:
         return any(isinstance(node, Parallel) for node in self.nodes.values())
 
     @property
+    def has_signal(self) -> bool:
+        """Whether any node waits for a signal: an instance of a definition without one never keeps a signal (a
+        delivery of an event it never waits for is refused)."""
+        return any(isinstance(node, Signal) for node in self.nodes.values())
+
+    @property
     def first(self) -> Node:
         return self.steps[0]
 

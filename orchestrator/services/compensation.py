@@ -40,8 +40,9 @@ def compensation_start(unit: Unit, reason: str) -> None:
     skip_open_steps(unit, reason=f"compensating: {reason}", everything=True, keep_running=True)
     # A begun saga never waits for a signal again (deliveries are refused from now on), so the kept ones go too;
     # the compensated end that follows has none left to drop.
-    drop_kept_signals(unit, "compensating")
-    compensation_next(unit, definition_of(instance))
+    workflow = definition_of(instance)
+    drop_kept_signals(unit, "compensating", workflow)
+    compensation_next(unit, workflow)
 
 
 def saga_begun(instance: WorkflowInstance) -> bool:

@@ -62,7 +62,7 @@ def enter_node(
             from_state = instance.state
             instance.complete(str(instance.data.get("outcome", "completed")), unit.now)
             unit.audit("instance", instance.pk, from_state, instance.state, action=AuditAction.INSTANCE_COMPLETED)
-            drop_kept_signals(unit, "completed")
+            drop_kept_signals(unit, "completed", workflow)
         return
     node = workflow.node(name)
     at = Place(workflow, parent_id, branch, hops)
@@ -250,7 +250,7 @@ def _human_step_follow(unit: Unit, workflow: Workflow, step: StepRun, node: Huma
             reason="rejected",
             action=AuditAction.INSTANCE_COMPLETED,
         )
-        drop_kept_signals(unit, "completed")
+        drop_kept_signals(unit, "completed", workflow)
     elif node.on_reject == "fail":
         instance_fail(unit, f"{step.name} rejected")
     elif node.on_reject == COMPENSATE:

@@ -10,7 +10,7 @@ from django.db import connection
 
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Node, Task
+from orchestrator.dsl import Node, Task, Workflow
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     BUSY_STEP_STATES,
@@ -132,7 +132,7 @@ KEPT_SIGNAL_ENDS = {
 }
 
 
-def drop_kept_signals(unit: Unit, ended: str) -> None:
+def drop_kept_signals(unit: Unit, ended: str, workflow: Workflow | None = None) -> None:
     """Reject every signal the unit's instance keeps (delivered, neither consumed nor rejected), because the
     instance has just ended or begun undoing (``ended``: a key of ``KEPT_SIGNAL_ENDS``) and no wait will ever take
     one: kept, the API showed it as waiting for ever. Called by the service that ends or compensates the instance,
@@ -143,8 +143,14 @@ def drop_kept_signals(unit: Unit, ended: str) -> None:
     that came to consume it) is audited too. The row's ``rejection`` has the consuming rejection's keys (``node``
     and ``step`` empty, the reason under ``errors``) and ``reason``. A failed instance is not final (a retry goes on
     and hands its kept signals on), so it keeps them; one failed after its compensation began dropped them when the
-    compensation began. Raises nothing of its own.
+    compensation began.
+
+    ``workflow`` is the instance's definition when the caller holds it: one without a Signal node never kept a
+    signal, so no statement is sent (an approval that completes its instance stays at its pinned statement count).
+    Raises nothing of its own.
     """
+    if workflow is not None and not workflow.has_signal:
+        return
     why = KEPT_SIGNAL_ENDS[ended]
     rejection = {"node": None, "step": None, "errors": {"instance": [why]}, "reason": why}
     table = ReceivedSignal._meta.db_table
