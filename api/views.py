@@ -41,6 +41,7 @@ from audit.views import export_response
 from orchestrator import registry, selectors
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
+from orchestrator.inputs import business_key_forms
 from orchestrator.models import StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
@@ -244,7 +245,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
         if "started_before" in filters:
             qs = qs.filter(created_at__lt=filters["started_before"])
         if "business_key" in filters:
-            qs = qs.filter(business_key=filters["business_key"])
+            qs = qs.filter(business_key__in=business_key_forms(filters["business_key"]))
         page = self.paginate_queryset(qs)
         return self.get_paginated_response(s.InstanceSerializer(page, many=True).data)
 

@@ -27,7 +27,7 @@ from approvals.models import (
     TaskKind,
     TaskState,
 )
-from orchestrator.inputs import SEARCH_MAX, drop_repeated
+from orchestrator.inputs import SEARCH_MAX, business_key_forms, drop_repeated
 from orchestrator.models import InstanceState, WorkflowInstance
 
 # Instances whose tasks wait and cannot be decided: a paused one (its tasks' SLAs count unpaused time only, and the
@@ -350,7 +350,9 @@ def apply_filters(qs: QuerySet[HumanTask], query: InboxQuery, now: datetime | No
         }[query.due]()
     if query.q:
         # Both terms hit indexes on the instance (trigram on the title in PostgreSQL, btree on the key).
-        qs = qs.filter(Q(instance__title__icontains=query.q) | Q(instance__business_key=query.q))
+        qs = qs.filter(
+            Q(instance__title__icontains=query.q) | Q(instance__business_key__in=business_key_forms(query.q))
+        )
     return qs
 
 

@@ -26,7 +26,7 @@ from approvals import selectors as task_selectors
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskKind
 from console.models import BulkItemState, BulkJob, BulkJobItem
 from orchestrator import selectors as engine_selectors
-from orchestrator.inputs import SEARCH_MAX
+from orchestrator.inputs import SEARCH_MAX, business_key_forms
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
 from orchestrator.selectors import hide_paths
 from orchestrator.services.unit import HARD_LIMIT_MARGIN
@@ -126,11 +126,11 @@ def filtered(user: User, flt: InstanceFilter) -> QuerySet[WorkflowInstance]:
         # reads those rows only, not every instance.
         qs = qs.exclude(error="").filter(error__icontains=flt.error)
     if flt.business_key:
-        qs = qs.filter(business_key=flt.business_key)
+        qs = qs.filter(business_key__in=business_key_forms(flt.business_key))
     if flt.data_path and flt.data_value:
         qs = qs.filter(_data_match(flt.data_path, flt.data_value))
     if flt.q:
-        qs = qs.filter(Q(title__icontains=flt.q) | Q(business_key=flt.q))
+        qs = qs.filter(Q(title__icontains=flt.q) | Q(business_key__in=business_key_forms(flt.q)))
     return qs
 
 

@@ -3,6 +3,7 @@ services (which enforce them whoever calls: a page, the admin, another service o
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,6 +67,21 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise RepeatedKey(f"the key {key[:40]!r} is given twice in one object: give each key once")
             seen.add(key)
     return value
+
+
+def business_key_form(key: str) -> str:
+    """``key`` (a business key, as read from outside: API, page, command line, schedule) in Unicode NFC, the form
+    instance_start stores: "Café" typed with é as one code point or as e and a combining accent is one key.
+    Returns the normalised text (NFC may change the length); raises nothing."""
+    return unicodedata.normalize("NFC", key)
+
+
+def business_key_forms(key: str) -> list[str]:
+    """The stored keys a lookup of ``key`` must match: its NFC form (every key stored since keys are normalised)
+    and its NFD form. Keys stored before that rule are not rewritten (no migration), and were stored as typed;
+    typed text is NFC or NFD in practice, so matching both finds an old key whichever form the caller types now.
+    One or two values, for an ``IN`` on the business key's index."""
+    return list(dict.fromkeys([unicodedata.normalize("NFC", key), unicodedata.normalize("NFD", key)]))
 
 
 def unstorable(text: str) -> str | None:

@@ -17,7 +17,15 @@ from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, REASON_MAX, bound_form, check_text, check_when, form_json_default
+from orchestrator.inputs import (
+    IDEMPOTENCY_KEY_MAX,
+    REASON_MAX,
+    bound_form,
+    business_key_form,
+    check_text,
+    check_when,
+    form_json_default,
+)
 from orchestrator.models import (
     BUSY_STEP_STATES,
     InstanceState,
@@ -127,7 +135,9 @@ def instance_start(
                 workflow_name=workflow.name,
                 workflow_version=workflow.version,
                 data=data,
-                business_key=business_key or str(data.get("business_key", ""))[:100],
+                # NFC, as a signal by key looks it up (inputs.business_key_form); computed here, the statement is
+                # unchanged.
+                business_key=business_key_form(business_key or str(data.get("business_key", "")))[:100],
                 initiator=initiator if initiator is not None and initiator.is_authenticated else None,
                 idempotency_key=idempotency_key or None,
                 input_hash=input_hash,

@@ -53,7 +53,14 @@ from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Human, Signal, Workflow
-from orchestrator.inputs import IDEMPOTENCY_KEY_MAX, bound_form, form_json_default, unstorable
+from orchestrator.inputs import (
+    IDEMPOTENCY_KEY_MAX,
+    bound_form,
+    business_key_form,
+    business_key_forms,
+    form_json_default,
+    unstorable,
+)
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     InstanceState,
@@ -292,10 +299,13 @@ def signal_target(
         if not WorkflowInstance.objects.filter(pk=instance_id).exists():
             raise SignalNotFound(f"No instance {instance_id}.")
         return instance_id
-    key = _checked_text(business_key, "business_key", 100)
+    # NFC, as instance_start stores it: the same key typed in another Unicode form names the same instance (and
+    # one stored, before keys were normalised, in NFD: business_key_forms).
+    key = business_key_form(_checked_text(business_key, "business_key", 100))
+    forms = business_key_forms(key)
     workflow = _checked_text(workflow, "workflow", 100) if workflow else None
     if signal_id is not None:
-        keyed = WorkflowInstance.objects.filter(business_key=key)
+        keyed = WorkflowInstance.objects.filter(business_key__in=forms)
         if workflow:
             keyed = keyed.filter(workflow_name=workflow)
         earlier = (
@@ -306,7 +316,7 @@ def signal_target(
         )
         if earlier is not None:
             return earlier
-    found = WorkflowInstance.objects.filter(business_key=key).exclude(
+    found = WorkflowInstance.objects.filter(business_key__in=forms).exclude(
         state__in=[InstanceState.COMPLETED, InstanceState.COMPENSATED, InstanceState.CANCELLED]
     )
     if workflow:

@@ -167,6 +167,36 @@ def test_an_early_signal_is_kept_and_consumed_when_the_instance_reaches_its_node
     assert (replay.status_code, replay.json()["state"]) == (200, "consumed")
 
 
+# The same key as typed on two keyboards: é as one code point, or e and a combining accent.
+NFC_CAFE, NFD_CAFE = "Caf\u00e9-7", "Cafe\u0301-7"
+
+
+@in_process
+@pytest.mark.parametrize(
+    ("started", "signalled"), [(NFD_CAFE, NFC_CAFE), (NFC_CAFE, NFD_CAFE)], ids=["nfd-nfc", "nfc-nfd"]
+)
+def test_a_business_key_in_either_unicode_form_finds_the_instance(payment_flow, api_as, roles, started, signalled):
+    """A key started in one normalisation form and signalled in the other names the same instance (stored as NFC),
+    and the instance list finds it by either."""
+    # given
+    created = api_as(roles.staff).post(
+        "/api/instances/", {"workflow": "api_payment", "input": {"order": "D-1"}, "business_key": started}
+    )
+
+    # when
+    response = api_as(roles.operator).post(
+        "/api/signals/", {**signal("cafe-1"), "business_key": signalled, "workflow": "api_payment"}
+    )
+    listed = api_as(roles.operator).get("/api/instances/", {"business_key": signalled})
+
+    # then
+    assert created.status_code == 201, created.content
+    assert created.json()["business_key"] == NFC_CAFE
+    assert response.status_code == 201, response.content
+    assert response.json()["instance"] == created.json()["id"]
+    assert [row["id"] for row in listed.json()["results"]] == [created.json()["id"]]
+
+
 @in_process
 def test_a_payload_the_node_refuses_is_422_naming_the_field_and_changes_nothing(waiting, api_as, roles):
     before = what_changes(waiting)

@@ -581,3 +581,15 @@ def test_inbox_page_queries_do_not_grow_with_saved_views(users, client, django_a
 
     # then
     assert page.content.decode().count('aria-label="shared with approvers"') == 5
+
+
+def test_the_search_finds_a_business_key_typed_in_the_other_unicode_form(users):
+    """A key stored as NFC ("Café" with é as one code point) is found by the same key typed with e + accent."""
+    # given
+    task = task_of(expense(business_key="Caf\u00e9-3"))
+
+    # when
+    found = apply_filters(team_queue(users.staff), InboxQuery.parse({"q": "Cafe\u0301-3"}, "queue"))
+
+    # then
+    assert ids(found) == [task.pk]

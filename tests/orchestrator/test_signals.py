@@ -444,6 +444,50 @@ def test_the_command_delivers_a_signal_and_refuses_junk_clearly(payment_flow, ru
     assert out.getvalue().strip() == "consumed"
 
 
+def test_the_commands_match_a_business_key_typed_in_either_unicode_form(payment_flow, run_steps):
+    """baton_start with a key whose é is e + combining accent, baton_signal with é as one code point: one key."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    # given
+    nfd, nfc = "Cafe\u0301-9", "Caf\u00e9-9"
+    call_command(
+        "baton_start", "signal_payment", f'--data={{"order": "A-9", "business_key": "{nfd}"}}', stdout=StringIO()
+    )
+    instance = WorkflowInstance.objects.get(workflow_name="signal_payment")
+    run_steps(instance)
+    out = StringIO()
+
+    # when
+    call_command(
+        "baton_signal",
+        "payment.confirmed",
+        "--id=cli-cafe",
+        f"--business-key={nfc}",
+        '--payload={"paid_amount": "3.00", "reference": "CLI"}',
+        stdout=out,
+        stderr=StringIO(),
+    )
+
+    # then
+    instance.refresh_from_db()
+    assert (instance.business_key, out.getvalue().strip()) == (nfc, "consumed")
+
+
+def test_a_key_stored_in_nfd_before_keys_were_normalised_is_still_found_in_either_form(payment_flow, run_steps):
+    """Keys stored before normalisation are not migrated: one stored as e + accent is found by both forms."""
+    # given
+    instance = waiting_instance(run_steps, business_key="Old-Cafe\u0301")
+    WorkflowInstance.objects.filter(pk=instance.pk).update(business_key="Old-Cafe\u0301")  # as stored back then
+
+    # when
+    targets = [signals.signal_target(None, key) for key in ("Old-Caf\u00e9", "Old-Cafe\u0301")]
+
+    # then
+    assert targets == [instance.pk, instance.pk]
+
+
 def test_the_instance_page_shows_the_wait_and_its_deadline(register_workflow, run_steps, client, users):
     register_workflow(flow("signal_page", timeout=timedelta(hours=2)))
     instance = waiting_instance(run_steps, "signal_page")
