@@ -8,12 +8,29 @@ costs what the person's own history costs, not what the table holds.
 
 Its write cost: one more entry per decision, a row written once and never updated.
 
-Built ``CONCURRENTLY`` (outside a transaction), so adding it to a live database does not block deciding.
+Built ``CONCURRENTLY`` (outside a transaction) on PostgreSQL, so adding it to a live database does not block
+deciding; the demo's SQLite has no such thing and builds it plainly (Django's ``AddIndexConcurrently`` raised there).
 """
 
 from django.conf import settings
 from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
+
+
+class AddIndexConcurrentlyOnPostgres(AddIndexConcurrently):
+    """``AddIndexConcurrently`` on PostgreSQL, a plain ``AddIndex`` elsewhere (the demo's SQLite)."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
 
 
 class Migration(migrations.Migration):
@@ -25,7 +42,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        AddIndexConcurrently(
+        AddIndexConcurrentlyOnPostgres(
             model_name="taskdecision",
             index=models.Index(fields=["user", "task"], name="decision_user_task"),
         ),
