@@ -45,6 +45,7 @@ def catalog(request: AuthedRequest) -> HttpResponse:
         "entries": entries,
         "window": window,
         "windows": list(stats.WINDOWS),
+        "min_runs": stats.MIN_RUNS_FOR_QUANTILES,
         "active_nav": "workflows",
     }
     return render(request, "console/catalog.html", context)
@@ -123,6 +124,7 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
         "chart": chart,
         "zone": timezone.get_current_timezone_name(),
         "per": "hour" if step.total_seconds() < 86400 else "day",
+        "min_runs": stats.MIN_RUNS_FOR_QUANTILES,
         "active_nav": "dashboard",
     }
     return render(request, "console/dashboard.html", context)

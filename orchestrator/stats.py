@@ -29,6 +29,10 @@ WINDOWS = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 COUNTERS = ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries")
 # What a roll-up row sums into a Health or a total: the counters, the duration histogram and its sum.
 _SUMMED = (*COUNTERS, "durations", "duration_sum")
+# Fewer timed runs than this and a quantile is a guess: over two runs the histogram's interpolation answers the
+# middle of their bucket, and a p95 needs twenty runs before its rank falls below the slowest one. The pages then
+# give the number of runs and no quantile.
+MIN_RUNS_FOR_QUANTILES = 20
 
 
 def state_counts() -> dict[tuple[str, int], dict[str, int]]:
@@ -65,12 +69,24 @@ class Health:
         return (self.failed + self.compensated) / self.finished if self.finished else None
 
     @property
+    def timed(self) -> int:
+        """How many runs completed in the window with a duration (what the quantiles come from)."""
+        return sum(self.durations)
+
+    @property
+    def too_few_timed(self) -> bool:
+        """Some timed runs, but fewer than :data:`MIN_RUNS_FOR_QUANTILES`: the quantiles are withheld."""
+        return 0 < self.timed < MIN_RUNS_FOR_QUANTILES
+
+    @property
     def p50(self) -> float | None:
-        return quantile(self.durations, 0.5)
+        """Median duration in seconds; None without :data:`MIN_RUNS_FOR_QUANTILES` timed runs."""
+        return quantile(self.durations, 0.5) if self.timed >= MIN_RUNS_FOR_QUANTILES else None
 
     @property
     def p95(self) -> float | None:
-        return quantile(self.durations, 0.95)
+        """95th-percentile duration in seconds; None without :data:`MIN_RUNS_FOR_QUANTILES` timed runs."""
+        return quantile(self.durations, 0.95) if self.timed >= MIN_RUNS_FOR_QUANTILES else None
 
 
 def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Health]:

@@ -223,3 +223,69 @@ class TestDashboard:
 
 def test_a_pass_over_an_empty_trail_changes_nothing():
     assert rollups.rollup_pass() == 0
+
+
+def _one_hour_of(workflow: str, completed: int, failed: int = 0, bucket_seconds: float = 20.0) -> None:
+    """The current hour's roll-up row for ``workflow``: ``completed`` runs all timed in the bucket holding
+    ``bucket_seconds``, and ``failed`` failures."""
+    from django.utils import timezone
+
+    durations = rollups.empty_histogram()
+    durations[rollups.bucket_index(bucket_seconds)] = completed
+    WorkflowHourStats.objects.create(
+        workflow_name=workflow,
+        span=rollups.SPAN_HOUR,
+        hour=rollups.hour_of(timezone.now()),
+        started=completed + failed,
+        completed=completed,
+        failed=failed,
+        durations=durations,
+        duration_sum=completed * bucket_seconds,
+    )
+
+
+class TestFewRuns:
+    """A p95 over a couple of runs is the middle of a histogram bucket, not a measurement: the pages say how many
+    runs a figure comes from, and give no quantile until there are enough."""
+
+    def test_the_catalog_gives_no_p95_from_two_runs_and_says_why(self, client, users):
+        # given two timed runs (both in the 10-30 s bucket: interpolation would call the p95 29.0 s)
+        _one_hour_of("order_fulfilment", completed=2)
+        client.force_login(users.staff)
+
+        # when
+        response = client.get("/workflows/")
+
+        # then
+        page = response.content.decode()
+        entry = next(e for e in response.context["entries"] if e.workflow.name == "order_fulfilment")
+        assert entry.health.timed == 2
+        assert entry.health.p95 is None
+        assert "29.0 s" not in page
+        assert f"2 timed runs; too few for a p95 (from {stats.MIN_RUNS_FOR_QUANTILES})" in page
+
+    def test_the_catalog_gives_the_p95_with_how_many_runs_when_there_are_enough(self, client, users):
+        # given
+        _one_hour_of("order_fulfilment", completed=stats.MIN_RUNS_FOR_QUANTILES)
+        client.force_login(users.staff)
+
+        # when
+        page = client.get("/workflows/").content.decode()
+
+        # then
+        assert "29.0 s" in page
+        assert f"of {stats.MIN_RUNS_FOR_QUANTILES} timed runs" in page
+
+    def test_the_dashboard_names_how_many_runs_each_rate_and_quantile_comes_from(self, client, users):
+        # given one run that failed, and two timed runs
+        _one_hour_of("order_fulfilment", completed=2, failed=1)
+        client.force_login(users.operator)
+
+        # when
+        page = client.get("/dashboard/").content.decode()
+
+        # then: a third is shown over its three ended runs, and no p95 from two
+        assert "33.3 %" in page
+        assert "1 of 3 ended" in page
+        assert "29.0 s" not in page
+        assert "too few runs" in page
