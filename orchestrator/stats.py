@@ -274,16 +274,39 @@ class VersionRow:
         return sum(self.states.values())
 
 
+@dataclass(frozen=True)
+class RetiredWorkflow:
+    """Stands in for the definition of a workflow no process here registers any more, whose instances are still
+    counted: the catalog lists it by name (its instances may need an operator) with the fields a page reads."""
+
+    name: str
+    title: str = ""
+    owner: str = ""
+    criticality: str = ""
+    description: str = "No process here registers this workflow any more; its instances are still counted."
+    start_form: None = None
+
+    @property
+    def display_title(self) -> str:
+        return self.name
+
+
 @dataclass
 class CatalogEntry:
-    """One workflow in the catalog: its latest definition, every version, and its health over the window."""
+    """One workflow in the catalog: its latest definition (a :class:`RetiredWorkflow` when no version of it is
+    registered any more), every version, and its health over the window."""
 
-    workflow: Workflow
+    workflow: Workflow | RetiredWorkflow
     versions: list[VersionRow]
     health: Health
     failed_now: int
     # Steps stuck per console.selectors.stuck_steps (the one definition); the console passes them to catalog().
     stuck_steps: int = 0
+
+    @property
+    def deployed(self) -> bool:
+        """Whether some version of the workflow is registered here."""
+        return isinstance(self.workflow, Workflow)
 
     @property
     def running(self) -> int:
@@ -297,8 +320,9 @@ class CatalogEntry:
 
 def catalog(hours: int = 24, now: datetime | None = None, stuck: dict[str, int] | None = None) -> list[CatalogEntry]:
     """Every registered workflow with its versions (registered, or still holding instances), their first-seen
-    times and instances by state, and its health over the last ``hours`` hours. Five small queries whatever the
-    number of instances; a registered version missing from the first-seen table is recorded on the way.
+    times and instances by state, and its health over the last ``hours`` hours; then, by name, every workflow no
+    longer registered at all whose instances are still counted (as a :class:`RetiredWorkflow`). Five small queries
+    whatever the number of instances; a registered version missing from the first-seen table is recorded on the way.
 
     ``stuck``: workflow name -> its stuck steps, as the caller defines stuck (the console:
     ``console.selectors.stuck_by_workflow``); the engine does not define it twice."""
@@ -313,7 +337,11 @@ def catalog(hours: int = 24, now: datetime | None = None, stuck: dict[str, int] 
     health = health_by_workflow(hours, now)
     stuck = stuck or {}
     entries = []
-    for latest in registry.latest_all():
+    registered = registry.latest_all()
+    known = {w.name for w in registered}
+    shown: list[Workflow | RetiredWorkflow] = [*registered]
+    shown += [RetiredWorkflow(name) for name in sorted({name for (name, _v) in counts} - known)]
+    for latest in shown:
         numbers = {w.version for w in registry.all_versions(latest.name)}
         numbers |= {version for (name, version) in counts if name == latest.name}
         versions = []

@@ -289,3 +289,44 @@ class TestFewRuns:
         assert "1 of 3 ended" in page
         assert "29.0 s" not in page
         assert "too few runs" in page
+
+
+class TestAWorkflowNoLongerDeployed:
+    """A workflow whose every version was taken out of the code, while instances of it still run or failed: the
+    catalog still lists it (its instances need an operator), marked as not deployed, and its page answers."""
+
+    @pytest.fixture
+    def retired(self):
+        InstanceStateCount.objects.create(workflow_name="retired_flow", workflow_version=3, state="running", count=4)
+        InstanceStateCount.objects.create(workflow_name="retired_flow", workflow_version=3, state="failed", count=2)
+
+    def test_the_catalog_lists_it_with_its_instances(self, client, users, retired):
+        # given
+        client.force_login(users.staff)
+
+        # when
+        response = client.get("/workflows/")
+
+        # then
+        page = response.content.decode()
+        entry = next(e for e in response.context["entries"] if e.workflow.name == "retired_flow")
+        assert entry.deployed is False
+        assert entry.running == 4
+        assert entry.failed_now == 2
+        assert "/instances/?workflow=retired_flow&amp;version=3&amp;state=running" in page
+        assert "No process here registers this workflow any more" in page
+        assert "/workflows/retired_flow/start/" not in page
+
+    def test_its_page_shows_its_versions_and_no_diagram(self, client, users, retired):
+        # given
+        client.force_login(users.staff)
+
+        # when
+        response = client.get("/workflows/retired_flow/")
+
+        # then
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "retired_flow" in page
+        assert "v3" in page
+        assert "not deployed" in page
