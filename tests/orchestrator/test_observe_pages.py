@@ -330,3 +330,41 @@ class TestAWorkflowNoLongerDeployed:
         assert "retired_flow" in page
         assert "v3" in page
         assert "not deployed" in page
+
+
+class TestTimelineLabels:
+    """The chart's slots are UTC hours or UTC days (the roll-up's rows): each label names its slot unambiguously in
+    the zone the page states."""
+
+    def test_a_utc_day_is_labelled_with_its_own_date_not_the_evening_before(self, client, users, settings):
+        # given a zone behind UTC: the UTC day that starts Nov 30 00:00 starts at 19:00 on Nov 29 in New York
+        settings.TIME_ZONE = "America/New_York"
+        client.force_login(users.operator)
+
+        # when
+        response = client.get("/dashboard/", {"window": "7d"})
+
+        # then the last slot (today, UTC) carries today's UTC date, and the page says the days are UTC days
+        from datetime import UTC
+
+        from django.utils import timezone
+
+        assert response.context["chart"]["labels"][-1] == timezone.now().astimezone(UTC).strftime("%b %d")
+        assert "per UTC day" in response.content.decode()
+
+    def test_the_hour_repeated_when_summer_time_ends_gets_two_different_labels(self):
+        # given the night Berlin leaves summer time: 00:00 and 01:00 UTC are both 02:00 local
+        from datetime import UTC, datetime, timedelta
+
+        from django.utils import timezone
+
+        from console.views_observe import timeline_labels
+
+        slots = [datetime(2026, 10, 25, hour, tzinfo=UTC) for hour in range(3)]
+
+        # when
+        with timezone.override("Europe/Berlin"):
+            labels = timeline_labels(slots, timedelta(hours=1))
+
+        # then
+        assert labels == ["Oct 25 02:00 CEST", "Oct 25 02:00 CET", "Oct 25 03:00 CET"]
