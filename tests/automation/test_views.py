@@ -286,3 +286,64 @@ def test_a_webhook_page_offers_the_toggle_that_flips_it(admin_client, users, act
     assert f'action="/automation/webhooks/{subscription.pk}/toggle/"' in page
     assert f'name="active" value="{0 if active else 1}"' in page
     assert ("</i> Pause</button>" if active else "</i> Resume and send what waited</button>") in page
+
+
+def test_the_schedule_page_costs_the_same_queries_however_many_fires(admin_client, django_assert_num_queries):
+    # given a schedule whose fires started instances
+    from orchestrator.services.instances import instance_start
+    from tests.factories import ExpenseInputFactory
+
+    schedule = make_schedule()
+
+    def fire(index: int) -> None:
+        instance = instance_start("expense_approval", ExpenseInputFactory())
+        moment = timezone.now() - timedelta(hours=index)
+        ScheduleFire.objects.create(
+            schedule=schedule, fire_time=moment, fired_at=moment, outcome="started", instance=instance
+        )
+
+    fire(0)
+    with django_assert_num_queries(6) as few:
+        admin_client.get(f"/automation/schedules/{schedule.pk}/")
+    for index in range(1, 15):
+        fire(index)
+
+    # when
+    with django_assert_num_queries(len(few.captured_queries)):
+        response = admin_client.get(f"/automation/schedules/{schedule.pk}/")
+
+    # then
+    assert response.content.decode().count("/instances/") >= 15
+
+
+def test_the_webhook_page_costs_the_same_queries_however_many_deliveries(
+    admin_client, users, django_assert_num_queries
+):
+    # given
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Shop", url="https://93.184.215.14/", events=["task.created"], secret="s"
+    )
+
+    def deliver(index: int) -> None:
+        WebhookDelivery.objects.create(
+            subscription=subscription,
+            event="task.created",
+            event_key=f"k{index}",
+            body="{}",
+            state=DeliveryState.FAILED,
+            attempts=1,
+            log=[{"at": timezone.now().isoformat(), "status": 500, "error": "HTTP 500", "ms": 3}],
+        )
+
+    deliver(0)
+    with django_assert_num_queries(6) as few:
+        admin_client.get(f"/automation/webhooks/{subscription.pk}/")
+    for index in range(1, 20):
+        deliver(index)
+
+    # when
+    with django_assert_num_queries(len(few.captured_queries)):
+        response = admin_client.get(f"/automation/webhooks/{subscription.pk}/")
+
+    # then
+    assert response.content.decode().count("HTTP 500") >= 20
