@@ -347,3 +347,34 @@ def test_the_webhook_page_costs_the_same_queries_however_many_deliveries(
 
     # then
     assert response.content.decode().count("HTTP 500") >= 20
+
+
+def test_a_delivery_whose_attempts_span_days_dates_each_attempt_and_the_next(admin_client, users):
+    # given a delivery queued while its subscription was paused: first tried three days ago, again now, and due
+    # again in two days (its times of day alone would read as one afternoon)
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Shop", url="https://93.184.215.14/", events=["task.created"], secret="s"
+    )
+    now = timezone.now()
+    before, later = now - timedelta(days=3), now + timedelta(days=2)
+    WebhookDelivery.objects.create(
+        subscription=subscription,
+        event="task.created",
+        event_key="k",
+        body="{}",
+        state=DeliveryState.RETRYING,
+        attempts=2,
+        next_attempt_at=later,
+        log=[
+            {"at": before.isoformat(), "status": 500, "error": "HTTP 500", "ms": 12},
+            {"at": now.isoformat(), "status": 503, "error": "HTTP 503", "ms": 9},
+        ],
+    )
+
+    # when
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
+
+    # then
+    local = timezone.localtime
+    assert f"{local(before):%Y-%m-%d %H:%M:%S} UTC · HTTP 500" in page
+    assert f"next at {local(later):%Y-%m-%d %H:%M:%S} UTC" in page
