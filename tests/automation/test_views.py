@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -378,3 +379,122 @@ def test_a_delivery_whose_attempts_span_days_dates_each_attempt_and_the_next(adm
     local = timezone.localtime
     assert f"{local(before):%Y-%m-%d %H:%M:%S} UTC · HTTP 500" in page
     assert f"next at {local(later):%Y-%m-%d %H:%M:%S} UTC" in page
+
+
+class TestEditingASchedule:
+    """An admin's schedule can be changed on its page (a mistyped cron or input was only fixable by creating
+    another and pausing this one); one declared in code is changed in code."""
+
+    def typed(self, **fields: object) -> dict[str, object]:
+        return {
+            "name": "Weekday expenses",
+            "workflow_name": "expense_approval",
+            "cron": "30 8 * * 1-5",
+            "timezone": "Europe/Paris",
+            "missed": "skip",
+            "input": EXPENSE,
+            **fields,
+        }
+
+    def test_the_form_holds_what_the_schedule_is(self, admin_client):
+        # given
+        schedule = make_schedule(cron="", interval_seconds=900)
+
+        # when
+        response = admin_client.get(f"/automation/schedules/{schedule.pk}/edit/")
+
+        # then
+        page = response.content.decode()
+        assert response.status_code == 200
+        assert 'value="Weekday expenses"' in page
+        assert 'value="15"' in page
+        assert 'value="Europe/Paris"' in page
+        assert "&quot;employee&quot;: &quot;Sam&quot;" in page
+
+    def test_a_change_is_saved_audited_and_the_next_run_recomputed(self, admin_client):
+        # given
+        schedule = make_schedule()
+
+        # when
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed())
+
+        # then
+        assert response.status_code == 302
+        assert response["Location"] == f"/automation/schedules/{schedule.pk}/"
+        schedule.refresh_from_db()
+        assert (schedule.cron, schedule.missed) == ("30 8 * * 1-5", "skip")
+        assert timezone.localtime(schedule.next_fire_at, ZoneInfo("Europe/Paris")).strftime("%H:%M") == "08:30"
+        assert AuditEvent.objects.filter(action="schedule.changed").count() == 1
+
+    def test_a_bad_change_is_answered_400_with_what_was_typed_and_nothing_changes(self, admin_client):
+        # given
+        schedule = make_schedule()
+
+        # when
+        response = admin_client.post(
+            f"/automation/schedules/{schedule.pk}/edit/", self.typed(cron="0 25 * * *", name="Renamed")
+        )
+
+        # then
+        page = response.content.decode()
+        assert response.status_code == 400
+        assert "not a valid cron expression" in page
+        assert 'value="0 25 * * *"' in page
+        assert 'value="Renamed"' in page
+        schedule.refresh_from_db()
+        assert (schedule.name, schedule.cron) == ("Weekday expenses", "0 9 * * 1-5")
+        assert not AuditEvent.objects.filter(action="schedule.changed").exists()
+
+    def test_a_pause_made_while_the_form_was_open_is_kept(self, admin_client, users):
+        # given the form opened on an active schedule, then another admin pauses it
+        from automation import schedules
+        from orchestrator.audit import Actor
+
+        schedule = make_schedule()
+        admin_client.get(f"/automation/schedules/{schedule.pk}/edit/")
+        schedules.schedule_toggle(schedule.pk, enabled=False, actor=Actor.of(users.admin))
+
+        # when the first admin saves the form
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed())
+
+        # then the change is saved and the schedule stays paused, with no next run
+        assert response.status_code == 302
+        schedule.refresh_from_db()
+        assert schedule.cron == "30 8 * * 1-5"
+        assert schedule.enabled is False
+        assert schedule.next_fire_at is None
+
+    def test_a_name_another_schedule_has_is_refused_on_the_field(self, admin_client):
+        # given
+        schedule = make_schedule()
+        make_schedule("Taken")
+
+        # when
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed(name="Taken"))
+
+        # then
+        assert response.status_code == 400
+        assert "Another schedule has this name." in response.content.decode()
+        schedule.refresh_from_db()
+        assert schedule.name == "Weekday expenses"
+
+    def test_a_schedule_declared_in_code_is_not_changed_here(self, admin_client):
+        # given
+        schedule = make_schedule(source="code")
+
+        # when
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed(), follow=True)
+
+        # then
+        assert "declared in code" in response.content.decode()
+        schedule.refresh_from_db()
+        assert schedule.cron == "0 9 * * 1-5"
+        assert not AuditEvent.objects.filter(action="schedule.changed").exists()
+        assert "/edit/" not in admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    def test_the_page_of_an_admins_schedule_links_to_its_form(self, admin_client):
+        schedule = make_schedule()
+
+        page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+        assert f'href="/automation/schedules/{schedule.pk}/edit/"' in page
