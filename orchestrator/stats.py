@@ -60,13 +60,26 @@ class Health:
     duration_sum: float = 0.0
 
     @property
+    def taken_back(self) -> int:
+        """Failures an operator retried in the window: each took back one ending (``instance.retried`` follows
+        only a failed instance), at most the failures counted here (the one retried may have failed before)."""
+        return min(self.operator_retries, self.failed)
+
+    @property
+    def failures(self) -> int:
+        """Endings that were failures or compensations, without the failures an operator retried."""
+        return self.failed - self.taken_back + self.compensated
+
+    @property
     def finished(self) -> int:
-        return self.completed + self.failed + self.compensated + self.cancelled
+        """Endings in the window: completions, failures, compensations and cancellations, an instance retried
+        after failing counted by how it ended next (failed, retried and completed is one completion)."""
+        return self.completed + self.failed - self.taken_back + self.compensated + self.cancelled
 
     @property
     def failure_rate(self) -> float | None:
-        """Failed or compensated over everything that ended in the window (None when nothing ended)."""
-        return (self.failed + self.compensated) / self.finished if self.finished else None
+        """:attr:`failures` over :attr:`finished` (None when nothing ended)."""
+        return self.failures / self.finished if self.finished else None
 
     @property
     def timed(self) -> int:

@@ -368,3 +368,56 @@ class TestTimelineLabels:
 
         # then
         assert labels == ["Oct 25 02:00 CEST", "Oct 25 02:00 CET", "Oct 25 03:00 CET"]
+
+
+class TestARetriedFailure:
+    """An instance that failed, was retried by an operator and then ended is one ending, not two: the failure it
+    came back from is taken back (``instance.retried`` follows only a failed instance)."""
+
+    @pytest.mark.parametrize(
+        ("counts", "failures", "ended"),
+        [
+            # failed, retried, completed: one instance, now completed
+            ({"failed": 1, "operator_retries": 1, "completed": 1}, 0, 1),
+            # failed, retried, failed again: one instance, failed
+            ({"failed": 2, "operator_retries": 1}, 1, 1),
+            # failed mid-compensation, retried, compensated: one instance, compensated
+            ({"failed": 1, "operator_retries": 1, "compensated": 1}, 1, 1),
+            # retried and still running: nothing ended
+            ({"failed": 1, "operator_retries": 1}, 0, 0),
+            # failed before the window, retried and completed inside it: one completion
+            ({"operator_retries": 1, "completed": 1}, 0, 1),
+        ],
+    )
+    def test_the_rate_counts_each_instance_once(self, counts, failures, ended):
+        # given
+        health = stats.Health(**counts)
+
+        # then
+        assert (health.failures, health.finished) == (failures, ended)
+        assert health.failure_rate == (failures / ended if ended else None)
+
+    def test_the_catalog_says_none_of_one_ended_failed(self, client, users):
+        # given one instance that failed, was retried and completed in this hour
+        from django.utils import timezone
+
+        WorkflowHourStats.objects.create(
+            workflow_name="order_fulfilment",
+            span=rollups.SPAN_HOUR,
+            hour=rollups.hour_of(timezone.now()),
+            started=1,
+            failed=1,
+            operator_retries=1,
+            completed=1,
+        )
+        client.force_login(users.operator)
+
+        # when
+        catalog = client.get("/workflows/").content.decode()
+        dashboard = client.get("/dashboard/").content.decode()
+
+        # then
+        assert "0 of 1 ended" in catalog
+        assert "50.0 %" not in catalog
+        assert "0 of 1 ended" in dashboard
+        assert "50.0 %" not in dashboard
