@@ -464,6 +464,23 @@ class TestEditingASchedule:
         assert schedule.enabled is False
         assert schedule.next_fire_at is None
 
+    def test_a_schedule_of_a_workflow_no_longer_deployed_keeps_it_selected_and_says_so(self, admin_client):
+        # given a schedule whose workflow was taken out of the code
+        schedule = make_schedule(workflow_name="retired_flow")
+
+        # when the form is opened, then saved as it is
+        form = admin_client.get(f"/automation/schedules/{schedule.pk}/edit/").content.decode()
+        response = admin_client.post(
+            f"/automation/schedules/{schedule.pk}/edit/", self.typed(workflow_name="retired_flow")
+        )
+
+        # then the form showed it selected (not silently the first workflow), and saving names the problem
+        assert '<option value="retired_flow" selected>retired_flow (not deployed)</option>' in form
+        assert response.status_code == 400
+        assert "No workflow named &#x27;retired_flow&#x27; is registered." in response.content.decode()
+        schedule.refresh_from_db()
+        assert schedule.workflow_name == "retired_flow"
+
     def test_a_name_another_schedule_has_is_refused_on_the_field(self, admin_client):
         # given
         schedule = make_schedule()
