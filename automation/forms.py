@@ -47,6 +47,11 @@ class ScheduleForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         workflows = [(w.name, w.display_title) for w in registry.latest_all()]
+        # A schedule whose workflow is no longer deployed keeps it selected: without this choice the select would
+        # show (and a save would take) the first workflow instead; saving it names the problem on the field.
+        current = str(self.initial.get("workflow_name") or "")
+        if current and current not in {name for name, _title in workflows}:
+            workflows.append((current, f"{current} (not deployed)"))
         self.fields["workflow_name"].choices = workflows  # type: ignore[attr-defined]
 
     def clean_name(self) -> str:

@@ -95,23 +95,36 @@ def input_problem(data: dict[str, Any]) -> str:
     return ""
 
 
+# What an admin changes on a schedule's form; the rest (enabled, fires, anchor, owner, source) is the engine's.
+EDITED_FIELDS = ("name", "workflow_name", "cron", "interval_seconds", "timezone", "missed", "input")
+
+
 def schedule_save(
     schedule: Schedule, *, actor: Actor, request_meta: dict[str, Any] | None = None, now: datetime | None = None
 ) -> Schedule:
     """Create or change an admin's schedule (checked with :func:`check`; ScheduleInvalid if it fails) and audit
-    it; its next fire time is computed from now."""
+    it; its next fire time is computed from now.
+
+    A change writes only what the form edits (name, workflow, recurrence, zone, missed-run policy, input) under
+    the row's lock: a pause, a resume or a fire that happened while the form was open stays as it is."""
     errors = check(schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input)
     if errors:
         raise ScheduleInvalid(errors)
     now = now or timezone.now()
     created = schedule.pk is None
     with transaction.atomic():
+        fields: list[str] | None = None
         if created:
             schedule.anchor = now
+        else:
+            current = Schedule.objects.select_for_update().get(pk=schedule.pk)
+            schedule.enabled, schedule.retired = current.enabled, current.retired
+            schedule.last_fire_at = current.last_fire_at
+            fields = [*EDITED_FIELDS, "next_fire_at", "updated_at"]
         schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
         try:
             with transaction.atomic():
-                schedule.save()
+                schedule.save(update_fields=fields)
         except IntegrityError:
             raise ScheduleInvalid({"name": ["Another schedule has this name."]}) from None
         _audit(

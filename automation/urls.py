@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.schedule_list, name="schedule_list"),
     path("schedules/new/", views.schedule_new, name="schedule_new"),
     path("schedules/<int:schedule_id>/", views.schedule_detail, name="schedule_detail"),
+    path("schedules/<int:schedule_id>/edit/", views.schedule_edit, name="schedule_edit"),
     path("schedules/<int:schedule_id>/toggle/", views.schedule_toggle, name="schedule_toggle"),
     path("webhooks/", views.webhook_list, name="webhook_list"),
     path("webhooks/new/", views.webhook_new, name="webhook_new"),

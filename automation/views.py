@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -71,6 +72,55 @@ def schedule_new(request: HttpRequest) -> HttpResponse:
                 return redirect("automation:schedule_detail", schedule.pk)
         status = 400
     return render(request, "automation/schedule_form.html", {"form": form, "active_nav": "automation"}, status=status)
+
+
+def _schedule_initial(schedule: Schedule) -> dict[str, Any]:
+    """The form's fields as the schedule holds them (an interval in whole minutes, the input as indented JSON)."""
+    return {
+        "name": schedule.name,
+        "workflow_name": schedule.workflow_name,
+        "cron": schedule.cron,
+        "interval_minutes": schedule.interval_seconds // 60 if schedule.interval_seconds else None,
+        "timezone": schedule.timezone,
+        "missed": schedule.missed,
+        "input": json.dumps(schedule.input, indent=2, ensure_ascii=False),
+    }
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@managers_only
+def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
+    """The form holding what the schedule is; a POST changes it (400 with what was typed and the reasons when it
+    cannot, the schedule left as it was). A schedule declared in code is changed in code: its page says so."""
+    schedule = get_object_or_404(Schedule, pk=schedule_id)
+    if schedule.source == ScheduleSource.CODE:
+        messages.warning(request, f"Schedule {schedule.name} is declared in code: change it in its workflow's code.")
+        return redirect("automation:schedule_detail", schedule.pk)
+    form = ScheduleForm(request.POST or None, initial=_schedule_initial(schedule))
+    # The page's title and links name the schedule as saved, not as typed into a form that was refused.
+    editing = {"pk": schedule.pk, "name": schedule.name}
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            minutes = data.get("interval_minutes")
+            schedule.name = data["name"]
+            schedule.workflow_name = data["workflow_name"]
+            schedule.cron = "" if minutes and not data["cron"] else data["cron"]
+            schedule.interval_seconds = minutes * 60 if minutes else None
+            schedule.timezone = data["timezone"]
+            schedule.missed = data["missed"]
+            schedule.input = data["input"]
+            try:
+                schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
+            except schedules.ScheduleInvalid as exc:
+                add_field_errors(form, exc.errors)
+            else:
+                messages.success(request, f"Schedule {schedule.name} changed; its next runs are below.")
+                return redirect("automation:schedule_detail", schedule.pk)
+        status = 400
+    context = {"form": form, "editing": editing, "active_nav": "automation"}
+    return render(request, "automation/schedule_form.html", context, status=status)
 
 
 @managers_only

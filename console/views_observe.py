@@ -5,6 +5,7 @@ small queries whatever the number of instances.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib import messages
@@ -45,6 +46,7 @@ def catalog(request: AuthedRequest) -> HttpResponse:
         "entries": entries,
         "window": window,
         "windows": list(stats.WINDOWS),
+        "min_runs": stats.MIN_RUNS_FOR_QUANTILES,
         "active_nav": "workflows",
     }
     return render(request, "console/catalog.html", context)
@@ -95,6 +97,20 @@ def workflow_detail(request: AuthedRequest, name: str) -> HttpResponse:
     return render(request, "console/workflow_detail.html", context, status=400 if problems else 200)
 
 
+DAY = 86400
+
+
+def timeline_labels(slots: list[datetime], step: timedelta) -> list[str]:
+    """The chart's label for each slot (aware datetimes starting a UTC hour or a UTC day, ``step`` apart).
+
+    Hours in the current zone with its abbreviation, so the hour repeated when summer time ends reads
+    ``02:00 CEST`` then ``02:00 CET``. Days by their UTC date: the roll-up's day is a UTC day, and its local start
+    (19:00 the evening before in New York) would name the wrong date; the page says they are UTC days."""
+    if step.total_seconds() >= DAY:
+        return [moment.astimezone(UTC).strftime("%b %d") for moment in slots]
+    return [timezone.localtime(moment).strftime("%b %d %H:%M %Z") for moment in slots]
+
+
 @login_required
 @require_safe
 def dashboard(request: AuthedRequest) -> HttpResponse:
@@ -105,12 +121,8 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
     window = _window(request)
     data = stats.dashboard(stats.WINDOWS[window])
     step = data.timeline["step"]
-    labels = [
-        timezone.localtime(moment).strftime("%b %d %H:%M" if step.total_seconds() < 86400 else "%b %d")
-        for moment in data.timeline["labels"]
-    ]
     chart = {
-        "labels": labels,
+        "labels": timeline_labels(data.timeline["labels"], step),
         "started": data.timeline["started"],
         "completed": data.timeline["completed"],
         "failed": data.timeline["failed"],
@@ -122,7 +134,8 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
         "windows": list(stats.WINDOWS),
         "chart": chart,
         "zone": timezone.get_current_timezone_name(),
-        "per": "hour" if step.total_seconds() < 86400 else "day",
+        "per": "hour" if step.total_seconds() < DAY else "UTC day",
+        "min_runs": stats.MIN_RUNS_FOR_QUANTILES,
         "active_nav": "dashboard",
     }
     return render(request, "console/dashboard.html", context)

@@ -29,6 +29,10 @@ WINDOWS = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30}
 COUNTERS = ("started", "completed", "failed", "compensated", "cancelled", "step_retries", "operator_retries")
 # What a roll-up row sums into a Health or a total: the counters, the duration histogram and its sum.
 _SUMMED = (*COUNTERS, "durations", "duration_sum")
+# Fewer timed runs than this and a quantile is a guess: over two runs the histogram's interpolation answers the
+# middle of their bucket, and a p95 needs twenty runs before its rank falls below the slowest one. The pages then
+# give the number of runs and no quantile.
+MIN_RUNS_FOR_QUANTILES = 20
 
 
 def state_counts() -> dict[tuple[str, int], dict[str, int]]:
@@ -56,21 +60,46 @@ class Health:
     duration_sum: float = 0.0
 
     @property
+    def taken_back(self) -> int:
+        """Failures an operator retried in the window: each took back one ending (``instance.retried`` follows
+        only a failed instance), at most the failures counted here (the one retried may have failed before)."""
+        return min(self.operator_retries, self.failed)
+
+    @property
+    def failures(self) -> int:
+        """Endings that were failures or compensations, without the failures an operator retried."""
+        return self.failed - self.taken_back + self.compensated
+
+    @property
     def finished(self) -> int:
-        return self.completed + self.failed + self.compensated + self.cancelled
+        """Endings in the window: completions, failures, compensations and cancellations, an instance retried
+        after failing counted by how it ended next (failed, retried and completed is one completion)."""
+        return self.completed + self.failed - self.taken_back + self.compensated + self.cancelled
 
     @property
     def failure_rate(self) -> float | None:
-        """Failed or compensated over everything that ended in the window (None when nothing ended)."""
-        return (self.failed + self.compensated) / self.finished if self.finished else None
+        """:attr:`failures` over :attr:`finished` (None when nothing ended)."""
+        return self.failures / self.finished if self.finished else None
+
+    @property
+    def timed(self) -> int:
+        """How many runs completed in the window with a duration (what the quantiles come from)."""
+        return sum(self.durations)
+
+    @property
+    def too_few_timed(self) -> bool:
+        """Some timed runs, but fewer than :data:`MIN_RUNS_FOR_QUANTILES`: the quantiles are withheld."""
+        return 0 < self.timed < MIN_RUNS_FOR_QUANTILES
 
     @property
     def p50(self) -> float | None:
-        return quantile(self.durations, 0.5)
+        """Median duration in seconds; None without :data:`MIN_RUNS_FOR_QUANTILES` timed runs."""
+        return quantile(self.durations, 0.5) if self.timed >= MIN_RUNS_FOR_QUANTILES else None
 
     @property
     def p95(self) -> float | None:
-        return quantile(self.durations, 0.95)
+        """95th-percentile duration in seconds; None without :data:`MIN_RUNS_FOR_QUANTILES` timed runs."""
+        return quantile(self.durations, 0.95) if self.timed >= MIN_RUNS_FOR_QUANTILES else None
 
 
 def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Health]:
@@ -258,16 +287,39 @@ class VersionRow:
         return sum(self.states.values())
 
 
+@dataclass(frozen=True)
+class RetiredWorkflow:
+    """Stands in for the definition of a workflow no process here registers any more, whose instances are still
+    counted: the catalog lists it by name (its instances may need an operator) with the fields a page reads."""
+
+    name: str
+    title: str = ""
+    owner: str = ""
+    criticality: str = ""
+    description: str = "No process here registers this workflow any more; its instances are still counted."
+    start_form: None = None
+
+    @property
+    def display_title(self) -> str:
+        return self.name
+
+
 @dataclass
 class CatalogEntry:
-    """One workflow in the catalog: its latest definition, every version, and its health over the window."""
+    """One workflow in the catalog: its latest definition (a :class:`RetiredWorkflow` when no version of it is
+    registered any more), every version, and its health over the window."""
 
-    workflow: Workflow
+    workflow: Workflow | RetiredWorkflow
     versions: list[VersionRow]
     health: Health
     failed_now: int
     # Steps stuck per console.selectors.stuck_steps (the one definition); the console passes them to catalog().
     stuck_steps: int = 0
+
+    @property
+    def deployed(self) -> bool:
+        """Whether some version of the workflow is registered here."""
+        return isinstance(self.workflow, Workflow)
 
     @property
     def running(self) -> int:
@@ -281,8 +333,9 @@ class CatalogEntry:
 
 def catalog(hours: int = 24, now: datetime | None = None, stuck: dict[str, int] | None = None) -> list[CatalogEntry]:
     """Every registered workflow with its versions (registered, or still holding instances), their first-seen
-    times and instances by state, and its health over the last ``hours`` hours. Five small queries whatever the
-    number of instances; a registered version missing from the first-seen table is recorded on the way.
+    times and instances by state, and its health over the last ``hours`` hours; then, by name, every workflow no
+    longer registered at all whose instances are still counted (as a :class:`RetiredWorkflow`). Five small queries
+    whatever the number of instances; a registered version missing from the first-seen table is recorded on the way.
 
     ``stuck``: workflow name -> its stuck steps, as the caller defines stuck (the console:
     ``console.selectors.stuck_by_workflow``); the engine does not define it twice."""
@@ -297,7 +350,11 @@ def catalog(hours: int = 24, now: datetime | None = None, stuck: dict[str, int] 
     health = health_by_workflow(hours, now)
     stuck = stuck or {}
     entries = []
-    for latest in registry.latest_all():
+    registered = registry.latest_all()
+    known = {w.name for w in registered}
+    shown: list[Workflow | RetiredWorkflow] = [*registered]
+    shown += [RetiredWorkflow(name) for name in sorted({name for (name, _v) in counts} - known)]
+    for latest in shown:
         numbers = {w.version for w in registry.all_versions(latest.name)}
         numbers |= {version for (name, version) in counts if name == latest.name}
         versions = []

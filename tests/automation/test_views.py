@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -286,3 +287,231 @@ def test_a_webhook_page_offers_the_toggle_that_flips_it(admin_client, users, act
     assert f'action="/automation/webhooks/{subscription.pk}/toggle/"' in page
     assert f'name="active" value="{0 if active else 1}"' in page
     assert ("</i> Pause</button>" if active else "</i> Resume and send what waited</button>") in page
+
+
+def test_the_schedule_page_costs_the_same_queries_however_many_fires(admin_client, django_assert_num_queries):
+    # given a schedule whose fires started instances
+    from orchestrator.services.instances import instance_start
+    from tests.factories import ExpenseInputFactory
+
+    schedule = make_schedule()
+
+    def fire(index: int) -> None:
+        instance = instance_start("expense_approval", ExpenseInputFactory())
+        moment = timezone.now() - timedelta(hours=index)
+        ScheduleFire.objects.create(
+            schedule=schedule, fire_time=moment, fired_at=moment, outcome="started", instance=instance
+        )
+
+    fire(0)
+    with django_assert_num_queries(6) as few:
+        admin_client.get(f"/automation/schedules/{schedule.pk}/")
+    for index in range(1, 15):
+        fire(index)
+
+    # when
+    with django_assert_num_queries(len(few.captured_queries)):
+        response = admin_client.get(f"/automation/schedules/{schedule.pk}/")
+
+    # then
+    assert response.content.decode().count("/instances/") >= 15
+
+
+def test_the_webhook_page_costs_the_same_queries_however_many_deliveries(
+    admin_client, users, django_assert_num_queries
+):
+    # given
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Shop", url="https://93.184.215.14/", events=["task.created"], secret="s"
+    )
+
+    def deliver(index: int) -> None:
+        WebhookDelivery.objects.create(
+            subscription=subscription,
+            event="task.created",
+            event_key=f"k{index}",
+            body="{}",
+            state=DeliveryState.FAILED,
+            attempts=1,
+            log=[{"at": timezone.now().isoformat(), "status": 500, "error": "HTTP 500", "ms": 3}],
+        )
+
+    deliver(0)
+    with django_assert_num_queries(6) as few:
+        admin_client.get(f"/automation/webhooks/{subscription.pk}/")
+    for index in range(1, 20):
+        deliver(index)
+
+    # when
+    with django_assert_num_queries(len(few.captured_queries)):
+        response = admin_client.get(f"/automation/webhooks/{subscription.pk}/")
+
+    # then
+    assert response.content.decode().count("HTTP 500") >= 20
+
+
+def test_a_delivery_whose_attempts_span_days_dates_each_attempt_and_the_next(admin_client, users):
+    # given a delivery queued while its subscription was paused: first tried three days ago, again now, and due
+    # again in two days (its times of day alone would read as one afternoon)
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Shop", url="https://93.184.215.14/", events=["task.created"], secret="s"
+    )
+    now = timezone.now()
+    before, later = now - timedelta(days=3), now + timedelta(days=2)
+    WebhookDelivery.objects.create(
+        subscription=subscription,
+        event="task.created",
+        event_key="k",
+        body="{}",
+        state=DeliveryState.RETRYING,
+        attempts=2,
+        next_attempt_at=later,
+        log=[
+            {"at": before.isoformat(), "status": 500, "error": "HTTP 500", "ms": 12},
+            {"at": now.isoformat(), "status": 503, "error": "HTTP 503", "ms": 9},
+        ],
+    )
+
+    # when
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
+
+    # then
+    local = timezone.localtime
+    assert f"{local(before):%Y-%m-%d %H:%M:%S} UTC · HTTP 500" in page
+    assert f"next at {local(later):%Y-%m-%d %H:%M:%S} UTC" in page
+
+
+class TestEditingASchedule:
+    """An admin's schedule can be changed on its page (a mistyped cron or input was only fixable by creating
+    another and pausing this one); one declared in code is changed in code."""
+
+    def typed(self, **fields: object) -> dict[str, object]:
+        return {
+            "name": "Weekday expenses",
+            "workflow_name": "expense_approval",
+            "cron": "30 8 * * 1-5",
+            "timezone": "Europe/Paris",
+            "missed": "skip",
+            "input": EXPENSE,
+            **fields,
+        }
+
+    def test_the_form_holds_what_the_schedule_is(self, admin_client):
+        # given
+        schedule = make_schedule(cron="", interval_seconds=900)
+
+        # when
+        response = admin_client.get(f"/automation/schedules/{schedule.pk}/edit/")
+
+        # then
+        page = response.content.decode()
+        assert response.status_code == 200
+        assert 'value="Weekday expenses"' in page
+        assert 'value="15"' in page
+        assert 'value="Europe/Paris"' in page
+        assert "&quot;employee&quot;: &quot;Sam&quot;" in page
+
+    def test_a_change_is_saved_audited_and_the_next_run_recomputed(self, admin_client):
+        # given
+        schedule = make_schedule()
+
+        # when
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed())
+
+        # then
+        assert response.status_code == 302
+        assert response["Location"] == f"/automation/schedules/{schedule.pk}/"
+        schedule.refresh_from_db()
+        assert (schedule.cron, schedule.missed) == ("30 8 * * 1-5", "skip")
+        assert timezone.localtime(schedule.next_fire_at, ZoneInfo("Europe/Paris")).strftime("%H:%M") == "08:30"
+        assert AuditEvent.objects.filter(action="schedule.changed").count() == 1
+
+    def test_a_bad_change_is_answered_400_with_what_was_typed_and_nothing_changes(self, admin_client):
+        # given
+        schedule = make_schedule()
+
+        # when
+        response = admin_client.post(
+            f"/automation/schedules/{schedule.pk}/edit/", self.typed(cron="0 25 * * *", name="Renamed")
+        )
+
+        # then
+        page = response.content.decode()
+        assert response.status_code == 400
+        assert "not a valid cron expression" in page
+        assert 'value="0 25 * * *"' in page
+        assert 'value="Renamed"' in page
+        schedule.refresh_from_db()
+        assert (schedule.name, schedule.cron) == ("Weekday expenses", "0 9 * * 1-5")
+        assert not AuditEvent.objects.filter(action="schedule.changed").exists()
+
+    def test_a_pause_made_while_the_form_was_open_is_kept(self, admin_client, users):
+        # given the form opened on an active schedule, then another admin pauses it
+        from automation import schedules
+        from orchestrator.audit import Actor
+
+        schedule = make_schedule()
+        admin_client.get(f"/automation/schedules/{schedule.pk}/edit/")
+        schedules.schedule_toggle(schedule.pk, enabled=False, actor=Actor.of(users.admin))
+
+        # when the first admin saves the form
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed())
+
+        # then the change is saved and the schedule stays paused, with no next run
+        assert response.status_code == 302
+        schedule.refresh_from_db()
+        assert schedule.cron == "30 8 * * 1-5"
+        assert schedule.enabled is False
+        assert schedule.next_fire_at is None
+
+    def test_a_schedule_of_a_workflow_no_longer_deployed_keeps_it_selected_and_says_so(self, admin_client):
+        # given a schedule whose workflow was taken out of the code
+        schedule = make_schedule(workflow_name="retired_flow")
+
+        # when the form is opened, then saved as it is
+        form = admin_client.get(f"/automation/schedules/{schedule.pk}/edit/").content.decode()
+        response = admin_client.post(
+            f"/automation/schedules/{schedule.pk}/edit/", self.typed(workflow_name="retired_flow")
+        )
+
+        # then the form showed it selected (not silently the first workflow), and saving names the problem
+        assert '<option value="retired_flow" selected>retired_flow (not deployed)</option>' in form
+        assert response.status_code == 400
+        assert "No workflow named &#x27;retired_flow&#x27; is registered." in response.content.decode()
+        schedule.refresh_from_db()
+        assert schedule.workflow_name == "retired_flow"
+
+    def test_a_name_another_schedule_has_is_refused_on_the_field(self, admin_client):
+        # given
+        schedule = make_schedule()
+        make_schedule("Taken")
+
+        # when
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed(name="Taken"))
+
+        # then
+        assert response.status_code == 400
+        assert "Another schedule has this name." in response.content.decode()
+        schedule.refresh_from_db()
+        assert schedule.name == "Weekday expenses"
+
+    def test_a_schedule_declared_in_code_is_not_changed_here(self, admin_client):
+        # given
+        schedule = make_schedule(source="code")
+
+        # when
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed(), follow=True)
+
+        # then
+        assert "declared in code" in response.content.decode()
+        schedule.refresh_from_db()
+        assert schedule.cron == "0 9 * * 1-5"
+        assert not AuditEvent.objects.filter(action="schedule.changed").exists()
+        assert "/edit/" not in admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    def test_the_page_of_an_admins_schedule_links_to_its_form(self, admin_client):
+        schedule = make_schedule()
+
+        page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+        assert f'href="/automation/schedules/{schedule.pk}/edit/"' in page

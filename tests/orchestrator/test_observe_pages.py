@@ -223,3 +223,201 @@ class TestDashboard:
 
 def test_a_pass_over_an_empty_trail_changes_nothing():
     assert rollups.rollup_pass() == 0
+
+
+def _one_hour_of(workflow: str, completed: int, failed: int = 0, bucket_seconds: float = 20.0) -> None:
+    """The current hour's roll-up row for ``workflow``: ``completed`` runs all timed in the bucket holding
+    ``bucket_seconds``, and ``failed`` failures."""
+    from django.utils import timezone
+
+    durations = rollups.empty_histogram()
+    durations[rollups.bucket_index(bucket_seconds)] = completed
+    WorkflowHourStats.objects.create(
+        workflow_name=workflow,
+        span=rollups.SPAN_HOUR,
+        hour=rollups.hour_of(timezone.now()),
+        started=completed + failed,
+        completed=completed,
+        failed=failed,
+        durations=durations,
+        duration_sum=completed * bucket_seconds,
+    )
+
+
+class TestFewRuns:
+    """A p95 over a couple of runs is the middle of a histogram bucket, not a measurement: the pages say how many
+    runs a figure comes from, and give no quantile until there are enough."""
+
+    def test_the_catalog_gives_no_p95_from_two_runs_and_says_why(self, client, users):
+        # given two timed runs (both in the 10-30 s bucket: interpolation would call the p95 29.0 s)
+        _one_hour_of("order_fulfilment", completed=2)
+        client.force_login(users.staff)
+
+        # when
+        response = client.get("/workflows/")
+
+        # then
+        page = response.content.decode()
+        entry = next(e for e in response.context["entries"] if e.workflow.name == "order_fulfilment")
+        assert entry.health.timed == 2
+        assert entry.health.p95 is None
+        assert "29.0 s" not in page
+        assert f"2 runs; p95 from {stats.MIN_RUNS_FOR_QUANTILES}" in page
+
+    def test_the_catalog_gives_the_p95_with_how_many_runs_when_there_are_enough(self, client, users):
+        # given
+        _one_hour_of("order_fulfilment", completed=stats.MIN_RUNS_FOR_QUANTILES)
+        client.force_login(users.staff)
+
+        # when
+        page = client.get("/workflows/").content.decode()
+
+        # then
+        assert "29.0 s" in page
+        assert f"· {stats.MIN_RUNS_FOR_QUANTILES} runs" in page
+
+    def test_the_dashboard_names_how_many_runs_each_rate_and_quantile_comes_from(self, client, users):
+        # given one run that failed, and two timed runs
+        _one_hour_of("order_fulfilment", completed=2, failed=1)
+        client.force_login(users.operator)
+
+        # when
+        page = client.get("/dashboard/").content.decode()
+
+        # then: a third is shown over its three ended runs, and no p95 from two
+        assert "33.3 %" in page
+        assert "1 of 3 ended" in page
+        assert "29.0 s" not in page
+        assert "only 2 runs" in page
+
+
+class TestAWorkflowNoLongerDeployed:
+    """A workflow whose every version was taken out of the code, while instances of it still run or failed: the
+    catalog still lists it (its instances need an operator), marked as not deployed, and its page answers."""
+
+    @pytest.fixture
+    def retired(self):
+        InstanceStateCount.objects.create(workflow_name="retired_flow", workflow_version=3, state="running", count=4)
+        InstanceStateCount.objects.create(workflow_name="retired_flow", workflow_version=3, state="failed", count=2)
+
+    def test_the_catalog_lists_it_with_its_instances(self, client, users, retired):
+        # given
+        client.force_login(users.staff)
+
+        # when
+        response = client.get("/workflows/")
+
+        # then
+        page = response.content.decode()
+        entry = next(e for e in response.context["entries"] if e.workflow.name == "retired_flow")
+        assert entry.deployed is False
+        assert entry.running == 4
+        assert entry.failed_now == 2
+        assert "/instances/?workflow=retired_flow&amp;version=3&amp;state=running" in page
+        assert "No process here registers this workflow any more" in page
+        assert "/workflows/retired_flow/start/" not in page
+
+    def test_its_page_shows_its_versions_and_no_diagram(self, client, users, retired):
+        # given
+        client.force_login(users.staff)
+
+        # when
+        response = client.get("/workflows/retired_flow/")
+
+        # then
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "retired_flow" in page
+        assert "v3" in page
+        assert "not deployed" in page
+
+
+class TestTimelineLabels:
+    """The chart's slots are UTC hours or UTC days (the roll-up's rows): each label names its slot unambiguously in
+    the zone the page states."""
+
+    def test_a_utc_day_is_labelled_with_its_own_date_not_the_evening_before(self, client, users, settings):
+        # given a zone behind UTC: the UTC day that starts Nov 30 00:00 starts at 19:00 on Nov 29 in New York
+        settings.TIME_ZONE = "America/New_York"
+        client.force_login(users.operator)
+
+        # when
+        response = client.get("/dashboard/", {"window": "7d"})
+
+        # then the last slot (today, UTC) carries today's UTC date, and the page says the days are UTC days
+        from datetime import UTC
+
+        from django.utils import timezone
+
+        assert response.context["chart"]["labels"][-1] == timezone.now().astimezone(UTC).strftime("%b %d")
+        assert "per UTC day" in response.content.decode()
+
+    def test_the_hour_repeated_when_summer_time_ends_gets_two_different_labels(self):
+        # given the night Berlin leaves summer time: 00:00 and 01:00 UTC are both 02:00 local
+        from datetime import UTC, datetime, timedelta
+
+        from django.utils import timezone
+
+        from console.views_observe import timeline_labels
+
+        slots = [datetime(2026, 10, 25, hour, tzinfo=UTC) for hour in range(3)]
+
+        # when
+        with timezone.override("Europe/Berlin"):
+            labels = timeline_labels(slots, timedelta(hours=1))
+
+        # then
+        assert labels == ["Oct 25 02:00 CEST", "Oct 25 02:00 CET", "Oct 25 03:00 CET"]
+
+
+class TestARetriedFailure:
+    """An instance that failed, was retried by an operator and then ended is one ending, not two: the failure it
+    came back from is taken back (``instance.retried`` follows only a failed instance)."""
+
+    @pytest.mark.parametrize(
+        ("counts", "failures", "ended"),
+        [
+            # failed, retried, completed: one instance, now completed
+            ({"failed": 1, "operator_retries": 1, "completed": 1}, 0, 1),
+            # failed, retried, failed again: one instance, failed
+            ({"failed": 2, "operator_retries": 1}, 1, 1),
+            # failed mid-compensation, retried, compensated: one instance, compensated
+            ({"failed": 1, "operator_retries": 1, "compensated": 1}, 1, 1),
+            # retried and still running: nothing ended
+            ({"failed": 1, "operator_retries": 1}, 0, 0),
+            # failed before the window, retried and completed inside it: one completion
+            ({"operator_retries": 1, "completed": 1}, 0, 1),
+        ],
+    )
+    def test_the_rate_counts_each_instance_once(self, counts, failures, ended):
+        # given
+        health = stats.Health(**counts)
+
+        # then
+        assert (health.failures, health.finished) == (failures, ended)
+        assert health.failure_rate == (failures / ended if ended else None)
+
+    def test_the_catalog_says_none_of_one_ended_failed(self, client, users):
+        # given one instance that failed, was retried and completed in this hour
+        from django.utils import timezone
+
+        WorkflowHourStats.objects.create(
+            workflow_name="order_fulfilment",
+            span=rollups.SPAN_HOUR,
+            hour=rollups.hour_of(timezone.now()),
+            started=1,
+            failed=1,
+            operator_retries=1,
+            completed=1,
+        )
+        client.force_login(users.operator)
+
+        # when
+        catalog = client.get("/workflows/").content.decode()
+        dashboard = client.get("/dashboard/").content.decode()
+
+        # then
+        assert "0 of 1 ended" in catalog
+        assert "50.0 %" not in catalog
+        assert "0 of 1 ended" in dashboard
+        assert "50.0 %" not in dashboard
