@@ -105,8 +105,9 @@ def schedule_save(
     """Create or change an admin's schedule (checked with :func:`check`; ScheduleInvalid if it fails) and audit
     it; its next fire time is computed from now.
 
-    A change writes only what the form edits (name, workflow, recurrence, zone, missed-run policy, input) under
-    the row's lock: a pause, a resume or a fire that happened while the form was open stays as it is."""
+    A change writes only what the form edits (name, workflow, recurrence, zone, missed-run policy, input) and the
+    owner the caller set (who changed it) under the row's lock: a pause, a resume or a fire that happened while the
+    form was open stays as it is."""
     errors = check(schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input)
     if errors:
         raise ScheduleInvalid(errors)
@@ -120,7 +121,8 @@ def schedule_save(
             current = Schedule.objects.select_for_update().get(pk=schedule.pk)
             schedule.enabled, schedule.retired = current.enabled, current.retired
             schedule.last_fire_at = current.last_fire_at
-            fields = [*EDITED_FIELDS, "next_fire_at", "updated_at"]
+            # The owner too: who changes what a schedule starts becomes its starts' initiator (four-eyes).
+            fields = [*EDITED_FIELDS, "owner", "next_fire_at", "updated_at"]
         schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
         try:
             with transaction.atomic():

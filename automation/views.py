@@ -111,6 +111,9 @@ def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
             schedule.timezone = data["timezone"]
             schedule.missed = data["missed"]
             schedule.input = data["input"]
+            # Whoever changes what a schedule starts owns it from now on: its starts' initiator, kept off their tasks
+            # by four-eyes (an admin could otherwise set the input of someone else's schedule, then approve it).
+            schedule.owner = request.user  # type: ignore[assignment]
             try:
                 schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
             except schedules.ScheduleInvalid as exc:

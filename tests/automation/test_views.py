@@ -426,6 +426,22 @@ class TestEditingASchedule:
         assert timezone.localtime(schedule.next_fire_at, ZoneInfo("Europe/Paris")).strftime("%H:%M") == "08:30"
         assert AuditEvent.objects.filter(action="schedule.changed").count() == 1
 
+    def test_who_changes_a_schedule_owns_it_so_four_eyes_keeps_them_off_what_it_starts(self, admin_client, admin_user):
+        """The owner is the initiator of every start (four-eyes keeps them off its tasks). An admin who changed
+        someone else's schedule (its input: the amount to approve) left that person the owner, free to approve it."""
+        from tests.factories import UserFactory
+
+        # given a schedule someone else set up
+        schedule = make_schedule(owner=UserFactory(username="set-it-up"))
+
+        # when an admin changes what it starts
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/edit/", self.typed())
+
+        # then they own it now, and what it starts is theirs
+        assert response.status_code == 302
+        schedule.refresh_from_db()
+        assert schedule.owner == admin_user
+
     def test_a_bad_change_is_answered_400_with_what_was_typed_and_nothing_changes(self, admin_client):
         # given
         schedule = make_schedule()
