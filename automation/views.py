@@ -42,6 +42,23 @@ def schedule_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _typed_into(schedule: Schedule, data: dict[str, Any], user: Any) -> Schedule:
+    """``schedule`` with what the admin typed into :class:`ScheduleForm` (its ``cleaned_data``: an interval in
+    minutes, stored in seconds; a cron left out when only an interval was given), owned by ``user``. Whoever
+    creates or changes what a schedule starts owns it: its starts' initiator, kept off their tasks by four-eyes (an
+    admin could otherwise set the input of someone else's schedule, then approve it). Returns ``schedule``."""
+    minutes = data.get("interval_minutes")
+    schedule.name = data["name"]
+    schedule.workflow_name = data["workflow_name"]
+    schedule.cron = "" if minutes and not data["cron"] else data["cron"]
+    schedule.interval_seconds = minutes * 60 if minutes else None
+    schedule.timezone = data["timezone"]
+    schedule.missed = data["missed"]
+    schedule.input = data["input"]
+    schedule.owner = user
+    return schedule
+
+
 @require_http_methods(["GET", "HEAD", "POST"])
 @managers_only
 def schedule_new(request: HttpRequest) -> HttpResponse:
@@ -50,19 +67,7 @@ def schedule_new(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if form.is_valid():
-            data = form.cleaned_data
-            minutes = data.get("interval_minutes")
-            schedule = Schedule(
-                name=data["name"],
-                workflow_name=data["workflow_name"],
-                cron="" if minutes and not data["cron"] else data["cron"],
-                interval_seconds=minutes * 60 if minutes else None,
-                timezone=data["timezone"],
-                missed=data["missed"],
-                input=data["input"],
-                owner=request.user,  # type: ignore[misc]
-                source=ScheduleSource.ADMIN,
-            )
+            schedule = _typed_into(Schedule(source=ScheduleSource.ADMIN), form.cleaned_data, request.user)
             try:
                 schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
             except schedules.ScheduleInvalid as exc:
@@ -102,18 +107,7 @@ def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if form.is_valid():
-            data = form.cleaned_data
-            minutes = data.get("interval_minutes")
-            schedule.name = data["name"]
-            schedule.workflow_name = data["workflow_name"]
-            schedule.cron = "" if minutes and not data["cron"] else data["cron"]
-            schedule.interval_seconds = minutes * 60 if minutes else None
-            schedule.timezone = data["timezone"]
-            schedule.missed = data["missed"]
-            schedule.input = data["input"]
-            # Whoever changes what a schedule starts owns it from now on: its starts' initiator, kept off their tasks
-            # by four-eyes (an admin could otherwise set the input of someone else's schedule, then approve it).
-            schedule.owner = request.user  # type: ignore[assignment]
+            _typed_into(schedule, form.cleaned_data, request.user)
             try:
                 schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
             except schedules.ScheduleInvalid as exc:
