@@ -8,6 +8,10 @@ from asgiref.sync import sync_to_async
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.db import connections
 
+# The handshake runs the session and Origin checks in the sync thread pool; a test's first one also starts that pool
+# and opens its database session, which took over a second (channels' default) on a loaded CI machine.
+HANDSHAKE_TIMEOUT = 10.0
+
 
 async def close_loop_connections() -> None:
     """Close this event loop's connections of the channel layer and the sync thread's database session.

@@ -31,7 +31,7 @@ from orchestrator.audit import Actor
 from orchestrator.consumers import CLOSE_UNAUTHENTICATED
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_cancel, instance_start
-from tests.sockets import close_loop_connections
+from tests.sockets import HANDSHAKE_TIMEOUT, close_loop_connections
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -83,7 +83,7 @@ async def socket_for(
 async def connected(user: User) -> WebsocketCommunicator:
     """A signed-in socket that has been accepted and has read its ``hello``."""
     communicator = await socket_for(user)
-    accepted, _ = await communicator.connect()
+    accepted, _ = await communicator.connect(timeout=HANDSHAKE_TIMEOUT)
     assert accepted
     hello = await communicator.receive_json_from(timeout=EVENT_TIMEOUT)
     assert hello["type"] == "hello"
@@ -144,7 +144,7 @@ async def test_anonymous_connection_is_refused() -> None:
     communicator = await socket_for(None)
 
     # when
-    accepted, _ = await communicator.connect()
+    accepted, _ = await communicator.connect(timeout=HANDSHAKE_TIMEOUT)
     first = await communicator.receive_output(timeout=EVENT_TIMEOUT)
 
     # then
@@ -159,7 +159,7 @@ async def test_connection_from_a_foreign_origin_is_refused(users) -> None:
     communicator = await socket_for(users.staff, origin=(b"origin", b"http://evil.example"))
 
     # when
-    accepted, _code = await communicator.connect()
+    accepted, _code = await communicator.connect(timeout=HANDSHAKE_TIMEOUT)
 
     # then
     assert accepted is False
@@ -427,18 +427,18 @@ async def test_one_person_cannot_open_sockets_without_end(users, settings) -> No
     sockets = []
     for _ in range(MAX_SOCKETS_PER_USER):
         socket = await socket_for(users.staff, cookie=cookie)
-        accepted, _ = await socket.connect()
+        accepted, _ = await socket.connect(timeout=HANDSHAKE_TIMEOUT)
         assert accepted
         sockets.append(socket)
 
     # when
     one_more = await socket_for(users.staff, cookie=cookie)
-    refused, _ = await one_more.connect()
+    refused, _ = await one_more.connect(timeout=HANDSHAKE_TIMEOUT)
     someone_else = await socket_for(users.staff2)
-    other_accepted, _ = await someone_else.connect()
+    other_accepted, _ = await someone_else.connect(timeout=HANDSHAKE_TIMEOUT)
     await sockets.pop().disconnect()
     again = await socket_for(users.staff, cookie=cookie)
-    accepted_again, _ = await again.connect()
+    accepted_again, _ = await again.connect(timeout=HANDSHAKE_TIMEOUT)
 
     # then
     assert refused is False
@@ -540,7 +540,7 @@ async def test_a_socket_that_opens_or_asks_is_told_its_counts(users) -> None:
 
     # when
     communicator = await socket_for(users.staff2)
-    accepted, _ = await communicator.connect()
+    accepted, _ = await communicator.connect(timeout=HANDSHAKE_TIMEOUT)
     hello = await communicator.receive_json_from(timeout=EVENT_TIMEOUT)
     await sync_to_async(_drop_counts_event_and_open_a_task)(users.staff)
     await receive_until(communicator, lambda e: e["type"] == "task.opened")

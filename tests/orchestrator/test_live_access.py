@@ -43,6 +43,7 @@ from tests.orchestrator.test_consumers import (  # noqa: F401 (the two autouse f
     socket_for,
     start_expense,
 )
+from tests.sockets import HANDSHAKE_TIMEOUT
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -71,7 +72,7 @@ async def signed_in_socket(user: User) -> tuple[Client, WebsocketCommunicator]:
     """A browser session (its test client) and an accepted socket opened with that session's cookie."""
     client, cookie = await sync_to_async(_signed_in)(user)
     socket = await socket_for(user, cookie=cookie)
-    accepted, _ = await socket.connect()
+    accepted, _ = await socket.connect(timeout=HANDSHAKE_TIMEOUT)
     assert accepted
     assert (await socket.receive_json_from(timeout=EVENT_TIMEOUT))["type"] == "hello"
     return client, socket

@@ -15,6 +15,7 @@ from tests.orchestrator.test_consumers import (  # noqa: F401 (the two autouse f
     _redis_channel_layer,
     _session_cookie,
 )
+from tests.sockets import HANDSHAKE_TIMEOUT
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -37,7 +38,7 @@ async def handshake(users, origin: str | None, host: str = "127.0.0.1", *, secur
     communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
     if secure:
         communicator.scope["scheme"] = "wss"
-    accepted, _ = await communicator.connect()
+    accepted, _ = await communicator.connect(timeout=HANDSHAKE_TIMEOUT)
     if accepted:
         await communicator.disconnect()
     else:
@@ -117,6 +118,6 @@ async def test_a_handshake_without_host_is_refused(users) -> None:
         "/ws/live/",
         headers=[(b"origin", b"http://127.0.0.1"), (b"cookie", await sync_to_async(_session_cookie)(users.staff))],
     )
-    accepted, _ = await communicator.connect()
+    accepted, _ = await communicator.connect(timeout=HANDSHAKE_TIMEOUT)
     await communicator.wait()
     assert not accepted
