@@ -100,14 +100,19 @@ def workflow_detail(request: AuthedRequest, name: str) -> HttpResponse:
 DAY = 86400
 
 
-def timeline_labels(slots: list[datetime], step: timedelta) -> list[str]:
+def timeline_labels(slots: list[datetime], step: timedelta, since: datetime | None = None) -> list[str]:
     """The chart's label for each slot (aware datetimes starting a UTC hour or a UTC day, ``step`` apart).
 
     Hours in the current zone with its abbreviation, so the hour repeated when summer time ends reads
     ``02:00 CEST`` then ``02:00 CET``. Days by their UTC date: the roll-up's day is a UTC day, and its local start
-    (19:00 the evening before in New York) would name the wrong date; the page says they are UTC days."""
+    (19:00 the evening before in New York) would name the wrong date; the page says they are UTC days. A window
+    that begins inside its first day (``since``, after that day's midnight) counts only that day's later hours, and
+    its label says from when: ``Nov 23 from 16:00 UTC``."""
     if step.total_seconds() >= DAY:
-        return [moment.astimezone(UTC).strftime("%b %d") for moment in slots]
+        labels = [moment.astimezone(UTC).strftime("%b %d") for moment in slots]
+        if labels and since is not None and since > slots[0]:
+            labels[0] += since.astimezone(UTC).strftime(" from %H:%M UTC")
+        return labels
     return [timezone.localtime(moment).strftime("%b %d %H:%M %Z") for moment in slots]
 
 
@@ -122,7 +127,7 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
     data = stats.dashboard(stats.WINDOWS[window])
     step = data.timeline["step"]
     chart = {
-        "labels": timeline_labels(data.timeline["labels"], step),
+        "labels": timeline_labels(data.timeline["labels"], step, data.since),
         "started": data.timeline["started"],
         "completed": data.timeline["completed"],
         "failed": data.timeline["failed"],
@@ -135,6 +140,7 @@ def dashboard(request: AuthedRequest) -> HttpResponse:
         "chart": chart,
         "zone": timezone.get_current_timezone_name(),
         "per": "hour" if step.total_seconds() < DAY else "UTC day",
+        "since_label": "since " + timezone.localtime(data.since).strftime("%b %d %H:%M %Z"),
         "min_runs": stats.MIN_RUNS_FOR_QUANTILES,
         "active_nav": "dashboard",
     }

@@ -469,9 +469,24 @@ def window_start(hours: int, now: datetime | None = None) -> datetime:
 
 
 def window(hours: int, now: datetime | None = None) -> tuple[int, datetime]:
-    """The span of rows to read for a window of ``hours`` hours and the first row's start: hours up to three days,
-    else whole UTC days (the window then starts at the first day's midnight)."""
+    """The span of the chart's slots for a window of ``hours`` hours and the first slot's start: hours up to three
+    days, else whole UTC days (the first slot then starts at the midnight of the window's first hour, and holds only
+    that day's hours inside the window: :func:`window_rows`)."""
     if hours <= 72:
         return SPAN_HOUR, window_start(hours, now)
-    today = hour_of(now or timezone.now()).replace(hour=0)
-    return SPAN_DAY, today - timedelta(days=hours // 24 - 1)
+    return SPAN_DAY, window_start(hours, now).replace(hour=0)
+
+
+def window_rows(hours: int, now: datetime | None = None) -> Q:
+    """The roll-up rows that add up to exactly the last ``hours`` hours ending with the current one (a filter on
+    ``WorkflowHourStats``).
+
+    Up to three days, hour rows. Beyond, day rows for the whole UTC days inside the window, and hour rows for the part
+    of the first day it covers: "last 7 days" read at 15:00 is 168 hours from 16:00 seven days before, not the six
+    days and fifteen hours since the first whole day's midnight. Hour rows are kept for as long as day rows."""
+    first = window_start(hours, now)
+    if hours <= 72:
+        return Q(span=SPAN_HOUR, hour__gte=first)
+    first_midnight = first.replace(hour=0)
+    whole_days = first_midnight if first == first_midnight else first_midnight + timedelta(days=1)
+    return Q(span=SPAN_HOUR, hour__gte=first, hour__lt=whole_days) | Q(span=SPAN_DAY, hour__gte=whole_days)

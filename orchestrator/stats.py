@@ -20,7 +20,16 @@ from orchestrator.models import (
     WorkflowHourStats,
     WorkflowVersionSeen,
 )
-from orchestrator.rollups import SPAN_ALL, add_histograms, empty_histogram, quantile, window, window_start
+from orchestrator.rollups import (
+    SPAN_ALL,
+    SPAN_HOUR,
+    add_histograms,
+    empty_histogram,
+    quantile,
+    window,
+    window_rows,
+    window_start,
+)
 
 # States counted as still going somewhere (the catalog's "running" per version).
 LIVE_STATES = (InstanceState.RUNNING, InstanceState.WAITING, InstanceState.PAUSED, InstanceState.COMPENSATING)
@@ -105,8 +114,7 @@ class Health:
 def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Health]:
     """Workflow name -> :class:`Health` over the last ``hours`` hours (one query over workflows x hours rows)."""
     result: dict[str, Health] = defaultdict(Health)
-    span, start = window(hours, now)
-    rows = WorkflowHourStats.objects.filter(span=span, hour__gte=start).values("workflow_name", *_SUMMED)
+    rows = WorkflowHourStats.objects.filter(window_rows(hours, now)).values("workflow_name", *_SUMMED)
     for row in rows:
         health = result[row["workflow_name"]]
         for name in COUNTERS:
@@ -119,7 +127,8 @@ def health_by_workflow(hours: int, now: datetime | None = None) -> dict[str, Hea
 def timeline(hours: int, now: datetime | None = None) -> dict[str, Any]:
     """Starts, completions and failures (every workflow) per hour over the last ``hours`` hours, or per UTC day
     beyond three days, for a chart: ``{"labels": [aware datetimes], "step": timedelta, "started": [...],
-    "completed": [...], "failed": [...]}`` (failed counts compensations too); empty slots are zeros."""
+    "completed": [...], "failed": [...]}`` (failed counts compensations too); empty slots are zeros. Per day, the
+    first slot holds only the hours of its day inside the window, so the slots add up to the window's totals."""
     from django.db.models import Sum
 
     span, first = window(hours, now)
@@ -132,13 +141,14 @@ def timeline(hours: int, now: datetime | None = None) -> dict[str, Any]:
     index = {slot: i for i, slot in enumerate(slots)}
     series = {"started": [0] * len(slots), "completed": [0] * len(slots), "failed": [0] * len(slots)}
     rows = (
-        WorkflowHourStats.objects.filter(span=span, hour__gte=first)
+        WorkflowHourStats.objects.filter(window_rows(hours, now))
         .values("hour")
         .order_by("hour")
         .annotate(s=Sum("started"), c=Sum("completed"), f=Sum("failed"), x=Sum("compensated"))
     )
     for row in rows:
-        position = index.get(row["hour"])
+        # The first day's hour rows fall into that day's slot.
+        position = index.get(row["hour"] if span == SPAN_HOUR else row["hour"].replace(hour=0))
         if position is None:
             continue
         series["started"][position] += row["s"] or 0
@@ -387,6 +397,7 @@ class Dashboard:
     and overdue human tasks, and how fresh the figures are."""
 
     hours: int
+    since: datetime  # the window's first hour (UTC)
     by_state: dict[str, int]
     timeline: dict[str, Any]
     workflows: list[tuple[str, Health]]
@@ -421,6 +432,7 @@ def dashboard(hours: int = 24, now: datetime | None = None) -> Dashboard:
     newest = AuditEvent.objects.aggregate(newest=Max("id"))["newest"] or 0
     return Dashboard(
         hours=hours,
+        since=window_start(hours, now),
         by_state={state: by_state.get(state, 0) for state in InstanceState.values},
         timeline=timeline(hours, now),
         workflows=sorted(health.items()),

@@ -421,3 +421,95 @@ class TestARetriedFailure:
         assert "50.0 %" not in catalog
         assert "0 of 1 ended" in dashboard
         assert "50.0 %" not in dashboard
+
+
+def _started_at(workflow: str, moment) -> None:
+    """One start at ``moment`` folded as the roll-up pass folds it: into its hour's row and its UTC day's row."""
+    from django.db.models import F
+
+    for span, start in (
+        (rollups.SPAN_HOUR, rollups.hour_of(moment)),
+        (rollups.SPAN_DAY, rollups.hour_of(moment).replace(hour=0)),
+    ):
+        row, _ = WorkflowHourStats.objects.get_or_create(workflow_name=workflow, span=span, hour=start)
+        WorkflowHourStats.objects.filter(pk=row.pk).update(started=F("started") + 1)
+
+
+class TestWindowsOfDays:
+    """ "Last 7d" and "last 30d" are that many hours ending with the current one, as "last 24h" is: not the whole UTC
+    days since a midnight, which left out up to a day (six days and some hours read as seven)."""
+
+    NOW = "2026-11-30T15:30:00+00:00"
+
+    @pytest.mark.parametrize(("hours", "first_inside"), [(24 * 7, "2026-11-23T16:00"), (24 * 30, "2026-10-31T16:00")])
+    def test_the_window_counts_its_first_partial_day_and_not_the_hour_before_it(self, hours, first_inside):
+        # given a start in the window's first hour, one in the hour before it, one on a whole day and one now
+        from datetime import datetime, timedelta
+
+        now = datetime.fromisoformat(self.NOW)
+        first = datetime.fromisoformat(first_inside + ":00+00:00")
+        assert first == rollups.window_start(hours, now)
+        for moment in (first, first - timedelta(hours=1), first + timedelta(days=1, hours=11), now):
+            _started_at("order_fulfilment", moment)
+
+        # when
+        data = stats.dashboard(hours, now)
+
+        # then three of the four are inside, and the chart's days add up to the same
+        assert data.totals.started == 3
+        assert stats.health_by_workflow(hours, now)["order_fulfilment"].started == 3
+        timeline = data.timeline
+        assert sum(timeline["started"]) == 3
+        assert timeline["labels"][0] == first.replace(hour=0)
+        assert timeline["labels"][-1] == now.replace(hour=0, minute=0)
+        assert timeline["started"][0] == 1  # the first day's hours inside the window, not the one before
+        assert len(timeline["labels"]) == hours // 24 + 1
+
+    def test_a_window_starting_at_midnight_reads_whole_days_only(self):
+        # given the current hour is 23:00 UTC, so the seven days start at a midnight
+        from datetime import datetime, timedelta
+
+        now = datetime.fromisoformat("2026-11-30T23:10:00+00:00")
+        first = rollups.window_start(24 * 7, now)
+        assert first == datetime.fromisoformat("2026-11-24T00:00:00+00:00")
+        for moment in (first, first - timedelta(minutes=1), now):
+            _started_at("order_fulfilment", moment)
+
+        # when
+        data = stats.dashboard(24 * 7, now)
+
+        # then
+        assert data.totals.started == 2
+        assert data.timeline["started"] == [1, 0, 0, 0, 0, 0, 1]
+
+    def test_the_dashboard_says_when_its_window_began(self, client, users):
+        # given
+        from django.utils import timezone
+
+        client.force_login(users.operator)
+
+        # when
+        response = client.get("/dashboard/", {"window": "7d"})
+
+        # then
+        since = response.context["data"].since
+        assert response.context["since_label"] == timezone.localtime(since).strftime("since %b %d %H:%M %Z")
+        assert response.context["since_label"] in response.content.decode()
+
+    def test_the_first_day_says_from_which_hour_it_counts(self):
+        # given seven days read at 15:30 UTC: the first day counts from 16:00
+        from datetime import datetime, timedelta
+
+        from console.views_observe import timeline_labels
+
+        now = datetime.fromisoformat(self.NOW)
+        slots = stats.timeline(24 * 7, now)["labels"]
+
+        # when
+        labels = timeline_labels(slots, timedelta(days=1), rollups.window_start(24 * 7, now))
+        at_midnight = timeline_labels(slots[1:], timedelta(days=1), slots[1])
+
+        # then
+        assert labels[0] == "Nov 23 from 16:00 UTC"
+        assert labels[1:] == ["Nov 24", "Nov 25", "Nov 26", "Nov 27", "Nov 28", "Nov 29", "Nov 30"]
+        assert at_midnight[0] == "Nov 24"
