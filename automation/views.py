@@ -255,7 +255,8 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
                 add_field_errors(form, exc.errors)
             else:
                 if rolled.previous_secret_expires_at:
-                    until = f"the old one signs beside it until {timezone.localtime(rolled.previous_secret_expires_at):%Y-%m-%d %H:%M %Z}"
+                    ends = timezone.localtime(rolled.previous_secret_expires_at)
+                    until = f"the old one signs beside it until {ends:%Y-%m-%d %H:%M %Z}"
                 else:
                     until = "the old one no longer signs anything"
                 messages.success(request, f"New secret for {rolled.name} below: give it to its receiver; {until}.")
@@ -273,6 +274,9 @@ def webhook_detail(request: HttpRequest, webhook_id: int) -> HttpResponse:
     context = {
         "subscription": subscription,
         "in_grace": len(subscription.signing_secrets(now)) > 1,
+        # As webhooks._tell_owner decides: an owner who left (deactivated, no longer an admin, deleted) is not told,
+        # every admin is.
+        "owner_told": subscription.owner is not None and selectors.may_manage(subscription.owner),
         "deliveries": selectors.recent_deliveries(subscription),
         "events": WEBHOOK_EVENTS,
         "tolerance_minutes": webhooks.TOLERANCE // 60,
