@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from automation import webhooks
-from automation.models import DeliveryState, WebhookDelivery, WebhookSubscription
+from automation.models import WebhookDelivery, WebhookSubscription
 from automation.webhooks import (
     WebhookInvalid,
     delivery_send,
