@@ -746,6 +746,10 @@ def _post(url: str, secret: str | list[str], delivery: WebhookDelivery) -> tuple
             # body cut short (or never ending, cut at the deadline) changes nothing.
             with contextlib.suppress(OSError, http.client.HTTPException):
                 response.read(64 * 1024)
+            location = response.getheader("Location") if 300 <= response.status < 400 else None
+            if location:
+                # Where a moved receiver went is what the admin needs to correct the address (on its edit page).
+                return response.status, f"HTTP {response.status} to {location[:200]} (redirects are not followed)"
             return response.status, ""
         finally:
             deadline.stop()
