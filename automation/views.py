@@ -200,7 +200,7 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                _, changed = webhooks.webhook_change(
+                changed_subscription, changed = webhooks.webhook_change(
                     subscription.pk,
                     actor=Actor.of(request.user),
                     name=data["name"],
@@ -212,17 +212,19 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:
-                messages.success(request, _changed_message(data["name"], changed))
+                messages.success(request, _changed_message(changed_subscription, changed))
                 return redirect("automation:webhook_detail", subscription.pk)
         status = 400
     context = {"form": form, "subscription": subscription, "active_nav": "automation"}
     return render(request, "automation/webhook_form.html", context, status=status)
 
 
-def _changed_message(name: str, changed: list[str]) -> str:
-    """What saving the edit form did, in words."""
+def _changed_message(subscription: WebhookSubscription, changed: list[str]) -> str:
+    """What saving the edit form did to ``subscription`` (as saved), in words; a paused one says it still is."""
+    name = subscription.name
+    paused = "" if subscription.active else " It is still paused: resume it below to send what waited."
     if not changed:
-        return f"Webhook {name}: nothing changed."
+        return f"Webhook {name}: nothing changed.{paused}"
     words = {"name": "name", "url": "address", "events": "events"}
     fields = [words[field] for field in changed if field in words]
     parts = [f"{', '.join(fields)} changed"] if fields else []
@@ -230,7 +232,7 @@ def _changed_message(name: str, changed: list[str]) -> str:
         parts.append("deliveries waiting for a retry go to the new address now")
     if "resumed" in changed:
         parts.append("resumed: what waited is being sent")
-    return f"Webhook {name}: {'; '.join(parts)}."
+    return f"Webhook {name}: {'; '.join(parts)}.{paused}"
 
 
 @require_http_methods(["GET", "HEAD", "POST"])

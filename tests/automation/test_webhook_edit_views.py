@@ -196,3 +196,16 @@ def test_only_admins_may_change_a_subscription(client, users, subscription, role
     assert (shown.status_code, posted.status_code) == (404, 404)
     subscription.refresh_from_db()
     assert (subscription.url, subscription.secret) == (URL, "a" * 64)
+
+
+def test_a_paused_subscription_changed_without_resuming_says_it_still_is(admin_client, subscription):
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(active=False, paused_reason="paused by admin")
+
+    response = admin_client.post(
+        f"/automation/webhooks/{subscription.pk}/edit/",
+        {"name": "Shop", "url": "https://93.184.215.14/fixed", "events": ["instance.started"]},
+    )
+
+    subscription.refresh_from_db()
+    assert not subscription.active
+    assert "It is still paused: resume it below" in admin_client.get(response["Location"]).content.decode()
