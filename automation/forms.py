@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 
-from automation import schedules
+from automation import schedules, webhooks
 from automation.models import WEBHOOK_EVENTS, MissedPolicy
 from orchestrator import registry
 from orchestrator.inputs import RepeatedKey, check_text, unique_keys
@@ -105,3 +105,30 @@ class WebhookForm(forms.Form):
 
     def clean_url(self) -> str:
         return check_text(self.cleaned_data["url"], "Address", 500)
+
+
+class WebhookEditForm(WebhookForm):
+    """The subscription form holding what a subscription is, with, while it is paused, the choice to resume it."""
+
+    resume = forms.BooleanField(
+        required=False,
+        label="Resume it when saved",
+        help_text="It is paused: resuming sends the deliveries that waited, to the address above.",
+    )
+
+    def __init__(self, *args: Any, paused: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not paused:
+            del self.fields["resume"]
+
+
+class RollSecretForm(forms.Form):
+    grace = forms.TypedChoiceField(
+        choices=list(webhooks.ROLL_GRACE_CHOICES.items()),
+        coerce=int,
+        initial=86400,
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
+        label="The old secret stops signing",
+        help_text="Until then every delivery carries a signature with each secret, so the receiver can switch to "
+        "the new one at any moment without refusing a delivery.",
+    )

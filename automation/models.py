@@ -6,7 +6,7 @@ the engine's audit events through the ``unit_finishing`` seam (orchestrator/even
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -126,6 +126,10 @@ class WebhookSubscription(models.Model):
     events = models.JSONField(default=list)
     # The shared secret of the signature: the receiver needs it as it is, so it is stored as it is.
     secret = models.CharField(max_length=64)
+    # The secret before the last roll, which signs deliveries beside ``secret`` until ``previous_secret_expires_at``
+    # so that receivers can switch without refusing a delivery (docs/architecture.md, "Webhooks": rolling the secret).
+    previous_secret = models.CharField(max_length=64, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
     active = models.BooleanField(default=True)
     paused_reason = models.CharField(max_length=300, blank=True)
     paused_at = models.DateTimeField(null=True, blank=True)
@@ -136,6 +140,13 @@ class WebhookSubscription(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets a delivery made at ``now`` is signed with: the current one first, then the previous one while
+        its grace lasts."""
+        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
 
 class DeliveryState(models.TextChoices):
@@ -181,7 +192,8 @@ class WebhookDelivery(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     last_status = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
-    # Every attempt: [{"at": iso, "status": 500 | null, "error": "...", "ms": 12}], the latest last.
+    # Every attempt: [{"at": iso, "url": "https://...", "status": 500 | null, "error": "...", "ms": 12}], the latest
+    # last; "url" is the address that attempt went to (a subscription's address may change between attempts).
     log = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)

@@ -13,5 +13,7 @@ urlpatterns = [
     path("webhooks/", views.webhook_list, name="webhook_list"),
     path("webhooks/new/", views.webhook_new, name="webhook_new"),
     path("webhooks/<int:webhook_id>/", views.webhook_detail, name="webhook_detail"),
+    path("webhooks/<int:webhook_id>/edit/", views.webhook_edit, name="webhook_edit"),
+    path("webhooks/<int:webhook_id>/roll-secret/", views.webhook_roll_secret, name="webhook_roll_secret"),
     path("webhooks/<int:webhook_id>/toggle/", views.webhook_toggle, name="webhook_toggle"),
 ]

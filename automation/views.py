@@ -11,10 +11,11 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from automation import schedules, selectors, webhooks
-from automation.forms import ScheduleForm, WebhookForm
+from automation.forms import RollSecretForm, ScheduleForm, WebhookEditForm, WebhookForm
 from automation.models import WEBHOOK_EVENTS, Schedule, ScheduleSource, WebhookSubscription
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
@@ -185,12 +186,99 @@ def webhook_new(request: HttpRequest) -> HttpResponse:
     return render(request, "automation/webhook_form.html", {"form": form, "active_nav": "automation"}, status=status)
 
 
+@require_http_methods(["GET", "HEAD", "POST"])
+@managers_only
+def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    """The subscription form holding what the subscription is; a POST changes it through
+    :func:`automation.webhooks.webhook_change` (400 with what was typed and the reasons when it cannot, the
+    subscription left as it was). A paused one says why and offers to resume when saved."""
+    subscription = get_object_or_404(WebhookSubscription, pk=webhook_id)
+    initial = {"name": subscription.name, "url": subscription.url, "events": subscription.events}
+    form = WebhookEditForm(request.POST or None, initial=initial, paused=not subscription.active)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                changed_subscription, changed = webhooks.webhook_change(
+                    subscription.pk,
+                    actor=Actor.of(request.user),
+                    name=data["name"],
+                    url=data["url"],
+                    events=data["events"],
+                    resume=bool(data.get("resume")),
+                    request_meta=request_meta(request),
+                )
+            except webhooks.WebhookInvalid as exc:
+                add_field_errors(form, exc.errors)
+            else:
+                messages.success(request, _changed_message(changed_subscription, changed))
+                return redirect("automation:webhook_detail", subscription.pk)
+        status = 400
+    context = {"form": form, "subscription": subscription, "active_nav": "automation"}
+    return render(request, "automation/webhook_form.html", context, status=status)
+
+
+def _changed_message(subscription: WebhookSubscription, changed: list[str]) -> str:
+    """What saving the edit form did to ``subscription`` (as saved), in words; a paused one says it still is."""
+    name = subscription.name
+    paused = "" if subscription.active else " It is still paused: resume it below to send what waited."
+    if not changed:
+        return f"Webhook {name}: nothing changed.{paused}"
+    words = {"name": "name", "url": "address", "events": "events"}
+    fields = [words[field] for field in changed if field in words]
+    parts = [f"{', '.join(fields)} changed"] if fields else []
+    if "url" in changed:
+        parts.append("deliveries waiting for a retry go to the new address now")
+    if "resumed" in changed:
+        parts.append("resumed: what waited is being sent")
+    return f"Webhook {name}: {'; '.join(parts)}.{paused}"
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@managers_only
+def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    """The confirmation: when the old secret stops signing; a POST rolls the secret
+    (:func:`automation.webhooks.webhook_roll_secret`) and shows the new one on the subscription's page (400 with
+    the reason for a grace not offered)."""
+    subscription = get_object_or_404(WebhookSubscription, pk=webhook_id)
+    form = RollSecretForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                rolled = webhooks.webhook_roll_secret(
+                    subscription.pk,
+                    actor=Actor.of(request.user),
+                    grace_seconds=form.cleaned_data["grace"],
+                    request_meta=request_meta(request),
+                )
+            except webhooks.WebhookInvalid as exc:
+                add_field_errors(form, exc.errors)
+            else:
+                if rolled.previous_secret_expires_at:
+                    ends = timezone.localtime(rolled.previous_secret_expires_at)
+                    until = f"the old one signs beside it until {ends:%Y-%m-%d %H:%M %Z}"
+                else:
+                    until = "the old one no longer signs anything"
+                messages.success(request, f"New secret for {rolled.name} below: give it to its receiver; {until}.")
+                return redirect("automation:webhook_detail", subscription.pk)
+        status = 400
+    context = {"form": form, "subscription": subscription, "active_nav": "automation"}
+    return render(request, "automation/webhook_roll_secret.html", context, status=status)
+
+
 @managers_only
 def webhook_detail(request: HttpRequest, webhook_id: int) -> HttpResponse:
     """A subscription: its secret and signature format, and its latest deliveries with each attempt's status."""
     subscription = get_object_or_404(WebhookSubscription.objects.select_related("owner"), pk=webhook_id)
+    now = timezone.now()
     context = {
         "subscription": subscription,
+        "in_grace": len(subscription.signing_secrets(now)) > 1,
+        # As webhooks._tell_owner decides: an owner who left (deactivated, no longer an admin, deleted) is not told,
+        # every admin is.
+        "owner_told": subscription.owner is not None and selectors.may_manage(subscription.owner),
         "deliveries": selectors.recent_deliveries(subscription),
         "events": WEBHOOK_EVENTS,
         "tolerance_minutes": webhooks.TOLERANCE // 60,

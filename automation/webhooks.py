@@ -10,7 +10,8 @@ The path of an event (docs/architecture.md, "Webhooks"):
    and records the status: delivered, or another attempt after an exponential back-off, or failed for good after
    ``MAX_ATTEMPTS``. A subscription whose deliveries keep failing is paused and its owner told.
 
-The signature header: ``Baton-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
+The signature header: ``Baton-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``, with a
+second ``v1`` (the previous secret's) while a rolled secret's grace lasts.
 """
 
 from __future__ import annotations
@@ -88,30 +89,36 @@ class WebhookInvalid(Exception):
 # --- signing ----------------------------------------------------------------------------------------------
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``Baton-Signature`` header value for ``body`` sent at ``timestamp`` (unix seconds)."""
-    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def sign(secret: str | list[str], timestamp: int, body: bytes) -> str:
+    """The ``Baton-Signature`` header value for ``body`` sent at ``timestamp`` (unix seconds): one ``v1`` per secret
+    of ``secret`` (one, or a list: the current secret, then the previous one during a roll's grace), in that order.
+    A receiver accepts the header when any ``v1`` matches its secret (:func:`verify`), as Stripe's receivers do."""
+    keys = [secret] if isinstance(secret, str) else secret
+    signed = str(timestamp).encode() + b"." + body
+    digests = [hmac.new(key.encode(), signed, hashlib.sha256).hexdigest() for key in keys]
+    return ",".join([f"t={timestamp}", *(f"v1={digest}" for digest in digests)])
 
 
 def verify(
     secret: str, header: str | None, body: bytes, *, now: float | None = None, tolerance: int = TOLERANCE
 ) -> bool:
-    """What a receiver does: True when ``header`` signs ``body`` with ``secret`` within ``tolerance`` seconds; False
-    for anything else, a missing (None) or malformed header included (never raises on what a sender wrote)."""
+    """What a receiver does: True when one of the ``v1`` signatures of ``header`` signs ``body`` with ``secret``
+    within ``tolerance`` seconds; False for anything else, a missing (None) or malformed header included (never
+    raises on what a sender wrote). There are two ``v1`` while a rolled secret's grace lasts (the new secret's, then
+    the old one's): either verifies, so a receiver may switch secrets at any time within the grace."""
     if not isinstance(header, str):
         return False
     try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
+        pairs = [item.split("=", 1) for item in header.split(",")]
+        timestamp = int(dict(pairs)["t"])
     except (ValueError, KeyError):
         return False
     if abs((now if now is not None else time.time()) - timestamp) > tolerance:
         return False
     expected = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
     # Compared as bytes: compare_digest raises on a str with a non-ASCII character (a forged header's).
-    given = parts.get("v1", "").encode("utf-8", "surrogatepass")
-    return hmac.compare_digest(expected.encode(), given)
+    given = [value.encode("utf-8", "surrogatepass") for key, value in pairs if key == "v1"]
+    return any(hmac.compare_digest(expected.encode(), digest) for digest in given)
 
 
 # --- addresses ----------------------------------------------------------------------------------------------
@@ -272,11 +279,12 @@ def _ascii_host(hostname: str) -> str:
 SUBSCRIBE_LOOKUP_SECONDS = 10.0
 
 
-def webhook_subscribe(
-    *, owner: Any, name: str, url: str, events: list[str], request_meta: dict[str, Any] | None = None
-) -> WebhookSubscription:
-    """Subscribe ``url`` to ``events`` (names of ``WEBHOOK_EVENTS``) for ``owner`` (who is told if it pauses).
-    Returns the subscription with its new secret; raises WebhookInvalid naming the fields."""
+def _checked(name: str, url: str, events: list[str], *, known_url: str | None = None) -> tuple[str, str, list[str]]:
+    """The fields of a subscription as stored: the name and address stripped, the events sorted without repeats.
+    The address is checked as every attempt checks it (:func:`resolve`: scheme, host, port, public addresses),
+    within :data:`SUBSCRIBE_LOOKUP_SECONDS`, unless it is ``known_url`` (a change that keeps the address: the
+    subscription is not refused for a name server down at the moment; each attempt checks it anyway). Raises
+    WebhookInvalid naming the fields. The one check of creating and of changing a subscription."""
     errors: dict[str, list[str]] = {}
     name = (name or "").strip()
     if not name or len(name) > 100 or "\x00" in name:
@@ -284,21 +292,119 @@ def webhook_subscribe(
     url = (url or "").strip()
     if len(url) > 500 or "\x00" in url:
         errors["url"] = ["An address has at most 500 characters."]
-    else:
+    elif url != known_url:
         try:
             resolve(url, min(settings.BATON_WEBHOOK_TIMEOUT, SUBSCRIBE_LOOKUP_SECONDS))
         except ValueError as exc:
             errors["url"] = [str(exc)]
-    unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+    unknown = sorted({str(e)[:40] for e in events if e not in WEBHOOK_EVENTS})
     if not events or unknown:
-        errors["events"] = ["Choose one or more events."] if not events else [f"Unknown events: {unknown}."]
+        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        errors["events"] = ["Choose one or more events."] if not events else [f"Unknown events: {listed}."]
     if errors:
         raise WebhookInvalid(errors)
+    return name, url, sorted(set(events))
+
+
+def webhook_subscribe(
+    *, owner: Any, name: str, url: str, events: list[str], request_meta: dict[str, Any] | None = None
+) -> WebhookSubscription:
+    """Subscribe ``url`` to ``events`` (names of ``WEBHOOK_EVENTS``) for ``owner`` (who is told if it pauses).
+    Returns the subscription with its new secret; raises WebhookInvalid naming the fields."""
+    name, url, events = _checked(name, url, events)
     with transaction.atomic():
         subscription = WebhookSubscription.objects.create(
-            owner=owner, name=name, url=url, events=sorted(set(events)), secret=secrets.token_hex(32)
+            owner=owner, name=name, url=url, events=events, secret=secrets.token_hex(32)
         )
         _audit(Actor.of(owner), "webhook.subscribed", subscription, request_meta=request_meta)
+    return subscription
+
+
+def webhook_change(
+    subscription_id: int,
+    *,
+    actor: Actor,
+    name: str,
+    url: str,
+    events: list[str],
+    resume: bool = False,
+    request_meta: dict[str, Any] | None = None,
+) -> tuple[WebhookSubscription, list[str]]:
+    """Change a subscription's name, address and events (checked as :func:`webhook_subscribe` checks them), and
+    resume it if ``resume`` and it is paused. Returns it with the names of the fields that changed (in the order
+    name, url, events; "resumed" last when it was), audited as ``webhook.changed`` with each field's old and new
+    value (never the secret). Raises WebhookInvalid naming the fields (nothing changed), and
+    WebhookSubscription.DoesNotExist.
+
+    A new address is where every attempt from now on goes: the deliveries waiting for a retry are due at once, to
+    it (the admin fixed a typo; they keep the attempts they have left), and the failures in a row counted against
+    the old address start again from none. Attempts already made keep, in their log, the address they went to. A
+    change of events applies to the events that happen from now on: deliveries queued already are sent."""
+    current = WebhookSubscription.objects.filter(pk=subscription_id).values_list("url", flat=True).get()
+    # The name look-up runs before the row is locked: a name server may take seconds.
+    name, url, events = _checked(name, url, events, known_url=current)
+    now = timezone.now()
+    with transaction.atomic():
+        subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        if url == current != subscription.url:
+            # Another admin changed the address between the read and the lock: keeping the one typed would put back
+            # an address no one checked now, and undo their change.
+            raise WebhookInvalid({"url": ["Someone changed the address meanwhile; look at it again."]})
+        changes = {
+            field: {"from": getattr(subscription, field), "to": value}
+            for field, value in (("name", name), ("url", url), ("events", events))
+            if getattr(subscription, field) != value
+        }
+        changed = list(changes)
+        if changes:
+            subscription.name, subscription.url, subscription.events = name, url, events
+            fields = ["name", "url", "events"]
+            if "url" in changes:
+                subscription.consecutive_failures = 0
+                subscription.failing_since = None
+                fields += ["consecutive_failures", "failing_since"]
+                _due_now(subscription, now)
+            subscription.save(update_fields=fields)
+            _audit(actor, "webhook.changed", subscription, request_meta=request_meta, extra={"changed": changes})
+        if resume and not subscription.active:
+            _set_active(subscription, True, actor, now, request_meta)
+            changed.append("resumed")
+    return subscription, changed
+
+
+# A rolled secret's old one signs beside the new for one of these (seconds; 0: it stops at once, for a leaked one).
+ROLL_GRACE_CHOICES = {0: "At once (the old secret leaked)", 3600: "In 1 hour", 86400: "In 24 hours"}
+
+
+def webhook_roll_secret(
+    subscription_id: int, *, actor: Actor, grace_seconds: int, request_meta: dict[str, Any] | None = None
+) -> WebhookSubscription:
+    """Give a subscription a new secret. With ``grace_seconds`` (one of :data:`ROLL_GRACE_CHOICES`' keys) above 0,
+    the secret it had signs every delivery beside the new one until then, so its receiver can switch without
+    refusing a delivery (at most 24 h, as Stripe allows); with 0 it stops at once. A second roll within a grace
+    keeps only the secret it replaces as the previous one. Audited as ``webhook.secret_rolled`` with the grace's end,
+    never a secret. Returns the subscription; raises WebhookInvalid for another grace."""
+    if grace_seconds not in ROLL_GRACE_CHOICES:
+        raise WebhookInvalid({"grace": ["Choose when the old secret stops signing."]})
+    now = timezone.now()
+    with transaction.atomic():
+        subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        if grace_seconds:
+            subscription.previous_secret = subscription.secret
+            subscription.previous_secret_expires_at = now + timedelta(seconds=grace_seconds)
+        else:
+            subscription.previous_secret, subscription.previous_secret_expires_at = "", None
+        subscription.secret = secrets.token_hex(32)
+        subscription.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at"])
+        until = subscription.previous_secret_expires_at
+        _audit(
+            actor,
+            "webhook.secret_rolled",
+            subscription,
+            reason=f"the old secret signs until {until.isoformat()}" if until else "the old secret stopped at once",
+            request_meta=request_meta,
+            extra={"previous_valid_until": until.isoformat() if until else None},
+        )
     return subscription
 
 
@@ -309,22 +415,35 @@ def webhook_toggle(
     now = timezone.now()
     with transaction.atomic():
         subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
-        if subscription.active == active:
-            return subscription
-        subscription.active = active
-        subscription.paused_at = None if active else now
-        subscription.paused_reason = "" if active else f"paused by {actor.label}"
-        subscription.consecutive_failures = 0
-        subscription.failing_since = None
-        subscription.save(
-            update_fields=["active", "paused_at", "paused_reason", "consecutive_failures", "failing_since"]
-        )
-        if active:
-            subscription.deliveries.filter(state__in=[DeliveryState.PENDING, DeliveryState.RETRYING]).update(
-                next_attempt_at=now, dispatched_at=None
-            )
-        _audit(actor, "webhook.resumed" if active else "webhook.paused", subscription, request_meta=request_meta)
+        if subscription.active != active:
+            _set_active(subscription, active, actor, now, request_meta)
     return subscription
+
+
+def _set_active(
+    subscription: WebhookSubscription,
+    active: bool,
+    actor: Actor,
+    now: datetime,
+    request_meta: dict[str, Any] | None,
+) -> None:
+    """Pause or resume ``subscription`` (locked by the caller), audited; failures in a row start again from none."""
+    subscription.active = active
+    subscription.paused_at = None if active else now
+    subscription.paused_reason = "" if active else f"paused by {actor.label}"
+    subscription.consecutive_failures = 0
+    subscription.failing_since = None
+    subscription.save(update_fields=["active", "paused_at", "paused_reason", "consecutive_failures", "failing_since"])
+    if active:
+        _due_now(subscription, now)
+    _audit(actor, "webhook.resumed" if active else "webhook.paused", subscription, request_meta=request_meta)
+
+
+def _due_now(subscription: WebhookSubscription, now: datetime) -> None:
+    """The deliveries of ``subscription`` waiting for an attempt are due at ``now`` (the sweep sends them next)."""
+    subscription.deliveries.filter(state__in=[DeliveryState.PENDING, DeliveryState.RETRYING]).update(
+        next_attempt_at=now, dispatched_at=None
+    )
 
 
 def _audit(
@@ -334,7 +453,9 @@ def _audit(
     *,
     reason: str = "",
     request_meta: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
+    # Never the secret: the audit trail is read and exported by more people than may sign as Baton.
     audit.append_standalone(
         CHAIN,
         actor=actor,
@@ -342,7 +463,7 @@ def _audit(
         subject_type="webhook",
         subject_id=subscription.pk,
         reason=reason,
-        payload={"name": subscription.name, "url": subscription.url, "events": subscription.events},
+        payload={"name": subscription.name, "url": subscription.url, "events": subscription.events, **(extra or {})},
         request_meta=request_meta,
     )
 
@@ -499,9 +620,10 @@ def delivery_send(delivery_id: int, *, now: datetime | None = None) -> str:
         return "not due"
     delivery, subscription = claimed
     started = time.monotonic()
-    status, error = _post(subscription.url, subscription.secret, delivery)
+    # The address and secrets as the claim read them: an edit meanwhile applies from the next attempt.
+    status, error = _post(subscription.url, subscription.signing_secrets(timezone.now()), delivery)
     elapsed_ms = int((time.monotonic() - started) * 1000)
-    return _record(delivery.pk, delivery.attempts, status, error, elapsed_ms)
+    return _record(delivery.pk, delivery.attempts, status, error, elapsed_ms, subscription.url)
 
 
 def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookSubscription] | None:
@@ -595,8 +717,9 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection)
         self.sock = self._context.wrap_socket(self._open(), server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None, str]:
-    """POST the delivery; (status, "") for an answer, (None, why) when there was none within
+def _post(url: str, secret: str | list[str], delivery: WebhookDelivery) -> tuple[int | None, str]:
+    """POST the delivery signed with ``secret`` (one, or several: see :func:`sign`); (status, "") for an answer,
+    (None, why) when there was none within
     ``BATON_WEBHOOK_TIMEOUT`` seconds in all. Never raises."""
     body = delivery.body.encode()
     deadline = _Deadline(settings.BATON_WEBHOOK_TIMEOUT)
@@ -623,6 +746,10 @@ def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None,
             # body cut short (or never ending, cut at the deadline) changes nothing.
             with contextlib.suppress(OSError, http.client.HTTPException):
                 response.read(64 * 1024)
+            location = response.getheader("Location") if 300 <= response.status < 400 else None
+            if location:
+                # Where a moved receiver went is what the admin needs to correct the address (on its edit page).
+                return response.status, f"HTTP {response.status} to {location[:200]} (redirects are not followed)"
             return response.status, ""
         finally:
             deadline.stop()
@@ -635,7 +762,7 @@ def _post(url: str, secret: str, delivery: WebhookDelivery) -> tuple[int | None,
         return None, f"{type(exc).__name__}: {exc}"[:RESPONSE_KEPT]
 
 
-def _record(delivery_id: int, attempt: int, status: int | None, error: str, elapsed_ms: int) -> str:
+def _record(delivery_id: int, attempt: int, status: int | None, error: str, elapsed_ms: int, url: str) -> str:
     now = timezone.now()
     ok = status is not None and 200 <= status < 300
     if not ok and not error:
@@ -654,7 +781,7 @@ def _record(delivery_id: int, attempt: int, status: int | None, error: str, elap
             return "fenced"
         delivery.log = [
             *delivery.log[-(MAX_ATTEMPTS * 2) :],
-            {"at": now.isoformat(), "status": status, "error": error[:RESPONSE_KEPT], "ms": elapsed_ms},
+            {"at": now.isoformat(), "url": url, "status": status, "error": error[:RESPONSE_KEPT], "ms": elapsed_ms},
         ]
         delivery.last_status, delivery.last_error = status, error[:RESPONSE_KEPT]
         delivery.lease_expires_at = None

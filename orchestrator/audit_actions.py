@@ -50,6 +50,8 @@ class AuditAction(StrEnum):
     WEBHOOK_SUBSCRIBED = "webhook.subscribed"
     WEBHOOK_PAUSED = "webhook.paused"
     WEBHOOK_RESUMED = "webhook.resumed"
+    WEBHOOK_CHANGED = "webhook.changed"
+    WEBHOOK_SECRET_ROLLED = "webhook.secret_rolled"  # noqa: S105 (an action's name, not a secret)
     # A due item of the sweep that raised (docs/architecture.md, "One broken instance never stops the others").
     SWEEP_FAILED = "sweep.failed"
     # People's tasks.

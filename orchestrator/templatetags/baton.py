@@ -8,7 +8,8 @@ from typing import Any
 
 from django import template
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -106,6 +107,8 @@ def bootstrap(field: Any) -> str:
     from django import forms
 
     widget = field.field.widget
+    if isinstance(widget, forms.RadioSelect):  # CheckboxSelectMultiple too: a box per choice, each with its label
+        return _choice_boxes(field)
     if isinstance(widget, forms.CheckboxInput):
         css = "form-check-input"
     elif isinstance(widget, forms.Select | forms.SelectMultiple):
@@ -118,3 +121,26 @@ def bootstrap(field: Any) -> str:
     if field.errors:
         attrs["aria-invalid"] = "true"
     return field.as_widget(attrs=attrs)
+
+
+def _choice_boxes(field: Any) -> str:
+    """Radio buttons or check boxes in Bootstrap's layout (a ``form-check`` per choice, the box beside its name), in
+    a group named by the field's label: given form-control like a text box, each was drawn as an empty text field
+    with its name on the line below."""
+    css = "form-check-input" + (" is-invalid" if field.errors else "")
+    boxes = []
+    for choice in field:
+        choice.data["attrs"] = {**choice.data["attrs"], "class": css}
+        boxes.append((choice.tag(), choice.id_for_label, choice.choice_label))
+    options = format_html_join(
+        "", '<div class="form-check">{}<label class="form-check-label" for="{}">{}</label></div>', boxes
+    )
+    return format_html(
+        '<div id="{}" role="group" aria-label="{}" aria-describedby="{}-help"{}>{}</div>',
+        field.auto_id,
+        field.label,
+        field.auto_id,
+        # is-invalid shows the errors after the group (Bootstrap's ".is-invalid ~ .invalid-feedback").
+        mark_safe(' class="is-invalid" aria-invalid="true"') if field.errors else "",
+        options,
+    )

@@ -531,3 +531,40 @@ class TestEditingASchedule:
         page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
 
         assert f'href="/automation/schedules/{schedule.pk}/edit/"' in page
+
+
+@pytest.mark.parametrize("left", ["deactivated", "no longer an admin", "deleted"])
+def test_the_page_of_a_subscription_whose_owner_left_says_every_admin_is_told(admin_client, users, left):
+    """When its owner has left, a pause is told to everyone who may resume it (webhooks._tell_owner): the page said
+    the owner was told (or, with the owner deleted, that no one was)."""
+    # given
+    owner = UserFactory(username="leaver", is_superuser=True, is_staff=True)
+    subscription = WebhookSubscription.objects.create(
+        owner=owner, name="Orphan", url="https://93.184.215.14/", events=["task.created"], secret="s"
+    )
+    if left == "deactivated":
+        owner.is_active = False
+        owner.save()
+    elif left == "no longer an admin":
+        owner.is_superuser = False
+        owner.save()
+    else:
+        owner.delete()
+
+    # when
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
+
+    # then
+    assert "told if it pauses" not in page.replace("every admin is told if it pauses", "")
+    assert "no one is told" not in page
+    assert "every admin is told if it pauses" in page
+
+
+def test_the_page_of_a_subscription_whose_owner_is_an_admin_says_the_owner_is_told(admin_client, users):
+    subscription = WebhookSubscription.objects.create(
+        owner=users.admin, name="Shop", url="https://93.184.215.14/", events=["task.created"], secret="s"
+    )
+
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
+
+    assert "(told if it pauses)" in page

@@ -40,12 +40,29 @@ def test_a_genuine_signature_verifies_with_the_documented_code():
     assert DOCUMENTED("another-secret", header, body) is False
 
 
+def test_during_a_roll_the_documented_code_verifies_with_either_secret():
+    # given a header signed with the new secret and the old one, as during a roll's grace
+    body = b'{"id": "instance:7:3", "type": "instance.completed"}'
+    header = sign(["new-" + SECRET, SECRET], int(time.time()), body)
+
+    # then
+    assert DOCUMENTED("new-" + SECRET, header, body) is True
+    assert DOCUMENTED(SECRET, header, body) is True
+    assert DOCUMENTED("another-secret", header, body) is False
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     header=st.one_of(
         st.none(),
         st.text(max_size=80),
         st.builds(lambda t, v: f"t={t},v1={v}", st.integers(-(10**20), 10**20), st.text(max_size=70)),
+        st.builds(
+            lambda t, v, w: f"t={t},v1={v},v1={w}",
+            st.integers(-(10**20), 10**20),
+            st.text(max_size=70),
+            st.text(max_size=70),
+        ),
     ),
     body=st.binary(max_size=50),
 )

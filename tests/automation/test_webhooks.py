@@ -668,3 +668,21 @@ def test_a_host_that_is_no_valid_international_name_is_refused_saying_so(users, 
     with pytest.raises(WebhookInvalid) as refused:
         webhook_subscribe(owner=users.admin, name="Bad IDN", url=url, events=["instance.started"])
     assert "not a valid domain name" in refused.value.errors["url"][0]
+
+
+def test_a_redirect_is_recorded_with_where_it_points_so_the_admin_can_correct_the_address(flows, allow_private, users):
+    """A receiver moved (http to https, a new path) answers 301 with a Location: the log said only that redirects
+    are not followed, and the admin editing the address had to find the new one elsewhere."""
+    head = (
+        b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://hooks.example.com/v2/baton\r\nContent-Length: 0\r\n\r\n"
+    )
+    with trickler(head=head, tail=b"", every=0) as url:
+        delivery = queued_delivery(users.admin, url, name="Moved", parcel="P-13")
+
+        outcome = delivery_send(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert outcome == "retrying"
+    assert delivery.last_status == 301
+    assert delivery.last_error == "HTTP 301 to https://hooks.example.com/v2/baton (redirects are not followed)"
+    assert delivery.log[-1]["error"] == delivery.last_error

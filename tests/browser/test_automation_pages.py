@@ -58,19 +58,21 @@ def build() -> dict[str, int]:
         events=["instance.completed", "instance.failed", "task.decided"],
         secret="9f2c" * 16,
     )
-    WebhookSubscription.objects.create(
+    paused = WebhookSubscription.objects.create(
         name="Finance ledger",
         url="https://ledger.example.org/baton",
         events=["instance.compensated"],
         secret="a1" * 32,
         active=False,
         paused_at=now,
-        paused_reason="paused after 10 failed attempts in a row; last: HTTP 503",
+        paused_reason="paused after 10 failed attempts in a row since 2026-11-30 09:12 UTC; last: HTTP 404",
     )
     log = [
         {"at": (now - timedelta(seconds=70)).isoformat(), "status": 500, "error": "HTTP 500", "ms": 41},
         {"at": (now - timedelta(seconds=60)).isoformat(), "status": 502, "error": "HTTP 502", "ms": 38},
     ]
+    # an attempt made before the address was corrected names the address it went to
+    log[0]["url"] = "https://warehouse.example.com/hooks/baton/instance-event?tenant=acme-europe-west"
     WebhookDelivery.objects.create(
         subscription=hook, event="instance.completed", event_key="a", body="{}", state=DeliveryState.DELIVERED,
         attempts=1, last_status=200, log=[{**log[0], "status": 200, "error": ""}],
@@ -83,7 +85,7 @@ def build() -> dict[str, int]:
         subscription=hook, event="instance.failed", event_key="c", body="{}", state=DeliveryState.FAILED,
         attempts=8, last_error="ConnectionRefusedError: [Errno 111] Connection refused", log=log,
     )  # fmt: skip
-    return {"schedule": schedule.pk, "hook": hook.pk}
+    return {"schedule": schedule.pk, "hook": hook.pk, "paused": paused.pk}
 
 
 class AutomationPageTests(BrowserTestCase):
@@ -97,6 +99,8 @@ class AutomationPageTests(BrowserTestCase):
             "automation-schedule-new": "/automation/schedules/new/",
             "automation-webhooks": "/automation/webhooks/",
             "automation-webhook": f"/automation/webhooks/{ids['hook']}/",
+            "automation-webhook-edit": f"/automation/webhooks/{ids['paused']}/edit/",
+            "automation-webhook-roll": f"/automation/webhooks/{ids['hook']}/roll-secret/",
         }
         with self.chromium() as browser:
             for size, viewport, suffix in (("1280", DESKTOP, ""), ("375", SMALL_PHONE, "-phone")):
@@ -113,4 +117,29 @@ class AutomationPageTests(BrowserTestCase):
                 expect(page.locator("text=(Europe/Paris)").first).to_be_visible()
                 page.goto(pages["automation-webhook"])
                 expect(page.get_by_text("will retry")).to_be_visible()
+                expect(page.get_by_role("link", name="Edit")).to_be_visible()
+                expect(page.get_by_role("link", name="Roll secret")).to_be_visible()
+                page.goto(pages["automation-webhook-edit"])
+                expect(page.get_by_text("last: HTTP 404")).to_be_visible()
+                expect(page.get_by_label("Resume it when saved")).to_be_visible()
+                expect(page.get_by_label("Address")).to_have_value("https://ledger.example.org/baton")
+                # each event a check box beside its name (they were drawn as empty text boxes, the name below)
+                ticked = page.get_by_label("Instance compensated")
+                expect(ticked).to_be_checked()
+                box, label = ticked.bounding_box(), page.get_by_text("Instance compensated").bounding_box()
+                assert box is not None
+                assert label is not None
+                assert box["width"] < 30, box
+                assert abs((box["y"] + box["height"] / 2) - (label["y"] + label["height"] / 2)) < 8, (box, label)
+                # an event list left empty is said beside the boxes
+                page.goto("/automation/webhooks/new/")
+                page.get_by_label("Name").fill("Shop")
+                page.get_by_label("Address").fill("https://93.184.215.14/hook")
+                page.get_by_role("button", name="Subscribe").click()
+                error = page.locator("#id_events ~ .invalid-feedback")
+                expect(error).to_have_text("This field is required.")
+                expect(error).to_be_visible()
+                expect(page.get_by_label("Address")).to_have_value("https://93.184.215.14/hook")
+                page.goto(pages["automation-webhook-roll"])
+                expect(page.get_by_label("In 24 hours")).to_be_checked()
                 page.context.close()
