@@ -19,8 +19,11 @@ import pytest
 from django.contrib.auth.models import Permission
 
 from api.tokens import token_create, token_revoke
+from demo.data import grant_group_permissions
 from orchestrator.audit import Actor
 from orchestrator.models import WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.api import signal_flows  # noqa: F401  # registers api_payment in this process too
 from tests.conftest import serve_make_web
 from tests.factories import UserFactory
 
@@ -34,9 +37,9 @@ def web(tmp_path: Path) -> Iterator[int]:
         yield server.port
 
 
-def start(port: int, secret: str, workflow: str = "bench_approval", timeout: float = 30) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    body = json.dumps({"workflow": workflow, "input": {"n": 1} if workflow == "bench_approval" else {}})
+def start(port: int, secret: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"workflow": "bench_approval", "input": {"n": 1}})
     conn.request(
         "POST",
         "/api/instances/",
@@ -44,8 +47,7 @@ def start(port: int, secret: str, workflow: str = "bench_approval", timeout: flo
         {"Authorization": f"Bearer {secret}", "Content-Type": "application/json", "Host": "127.0.0.1"},
     )
     response = conn.getresponse()
-    raw = response.read()
-    answer = response.status, json.loads(raw) if raw.startswith(b"{") else {"body": raw[:300]}
+    answer = response.status, json.loads(response.read() or b"{}")
     conn.close()
     return answer
 
@@ -96,29 +98,63 @@ def silent_redis() -> Iterator[str]:
             connection.close()
 
 
-@pytest.mark.worker
-def test_a_start_while_redis_does_not_answer_is_answered_and_runs_once_redis_answers(tmp_path, celery_worker):
-    """The web processes' Redis accepts connections and never answers. A start through the API commits, its
-    dispatch and live event cannot be sent: the caller gets its 201 within seconds (not a 500 after the web
-    timeout, with the instance started all the same), and the worker, on a Redis that answers, runs the instance
-    to its end from the sweep's re-send."""
-    # given: a person allowed to start, with a token; make web on a Redis that never answers
-    person = UserFactory(username="script-owner")
-    person.user_permissions.add(Permission.objects.get(codename="add_workflowinstance"))
-    made = token_create(person, "script")
-    with silent_redis() as url, serve_make_web(tmp_path, REDIS_URL=url, BATON_WEB_WORKERS="1") as server:
-        # when
-        began = time.monotonic()
-        status, body = start(server.port, made.secret, "bench_chain", timeout=120)
-        took = time.monotonic() - began
+def post(port: int, path: str, secret: str, body: dict) -> tuple[int, dict, float]:
+    """POST ``body`` as JSON with a token; the status, the answer and the seconds it took."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    began = time.monotonic()
+    conn.request(
+        "POST",
+        path,
+        json.dumps(body),
+        {"Authorization": f"Bearer {secret}", "Content-Type": "application/json", "Host": "127.0.0.1"},
+    )
+    response = conn.getresponse()
+    raw = response.read()
+    conn.close()
+    return response.status, json.loads(raw) if raw.startswith(b"{") else {"body": raw[:300]}, time.monotonic() - began
 
-    # then: answered as a start, promptly
-    assert (status, body.get("state")) == (201, "running"), body
-    assert took < 20, f"the start took {took:.1f} s"
-    # and the worker (its Redis answers) runs it to the end: nothing was lost
-    instance = WorkflowInstance.objects.get(pk=body["id"])
+
+def wait_state(instance_id: int, state: str, worker) -> None:
+    instance = WorkflowInstance.objects.get(pk=instance_id)
     deadline = time.monotonic() + 60
-    while instance.state != "completed" and time.monotonic() < deadline:
+    while instance.state != state and time.monotonic() < deadline:
         time.sleep(0.2)
         instance.refresh_from_db()
-    assert instance.state == "completed", celery_worker.log_tail()
+    assert instance.state == state, worker.log_tail()
+
+
+@pytest.mark.worker
+def test_a_start_and_a_signal_while_redis_does_not_answer_are_answered_and_run_once_redis_answers(
+    tmp_path, celery_worker, users
+):
+    """The web processes' Redis accepts connections and never answers (a hung server, a partition). A start and a
+    signal through the API commit, and their dispatches and live events cannot be sent: each caller gets its answer
+    within seconds (it was a 500 after the web timeout, for work that was committed all the same), and the worker,
+    on a Redis that answers, runs both instances on to their end from the sweep's re-send."""
+    # given: an operator with a token; an order waiting for its payment (the worker ran its first step)
+    grant_group_permissions()
+    secret = token_create(users.operator, "script").secret
+    waiting = instance_start("api_payment", {"order": "SO-1"}, initiator=users.staff)
+    wait_state(waiting.pk, "waiting", celery_worker)
+    modules = "demo.workflows.bench,tests.api.signal_flows"
+    with (
+        silent_redis() as url,
+        serve_make_web(tmp_path, REDIS_URL=url, BATON_WEB_WORKERS="1", BATON_WORKFLOW_MODULES=modules) as server,
+    ):
+        # when
+        started = post(server.port, "/api/instances/", secret, {"workflow": "bench_chain", "input": {}})
+        signalled = post(
+            server.port,
+            f"/api/instances/{waiting.pk}/signals/",
+            secret,
+            {"event": "payment.confirmed", "signal_id": "pay-1", "payload": {"paid_amount": "9.00", "reference": "R"}},
+        )
+
+    # then: each answered as it would be with Redis up, promptly
+    assert (started[0], started[1].get("state")) == (201, "running"), started
+    assert (signalled[0], signalled[1].get("state")) == (201, "consumed"), signalled
+    assert started[2] < 20, started[2]
+    assert signalled[2] < 20, signalled[2]
+    # and the worker (its Redis answers) runs both to the end: nothing was lost
+    wait_state(started[1]["id"], "completed", celery_worker)
+    wait_state(waiting.pk, "completed", celery_worker)
