@@ -246,7 +246,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
             qs = qs.filter(created_at__lt=filters["started_before"])
         if "business_key" in filters:
             qs = qs.filter(business_key__in=business_key_forms(filters["business_key"]))
-        page = self.paginate_queryset(qs)
+        # The list shows no data: reading it cost each row its whole business data (megabytes each, in the end).
+        page = self.paginate_queryset(qs.defer("data"))
         return self.get_paginated_response(s.InstanceSerializer(page, many=True).data)
 
     def retrieve(self, request: Request, pk: int) -> Response:
@@ -596,6 +597,12 @@ TASK_ERRORS = {
 }
 
 
+def _task_rows(qs: QuerySet[Any]) -> QuerySet[Any]:
+    """Tasks as the API shows them, with their instance's id and title and their assignee: the instance's data is
+    not read (a task names its instance, and the data of each can run to megabytes)."""
+    return qs.select_related("instance", "assignee").defer("instance__data")
+
+
 @extend_schema_view(
     list=extend_schema(summary="My tasks, or my team's queue", parameters=[s.TaskFilterSerializer]),
     retrieve=extend_schema(summary="One task"),
@@ -616,11 +623,11 @@ class TaskViewSet(viewsets.GenericViewSet):
         scope = _valid(s.TaskFilterSerializer, params, body=False)["scope"]
         user = request.user
         qs = task_selectors.my_tasks(user) if scope == "mine" else task_selectors.team_queue(user)
-        page = self.paginate_queryset(qs.select_related("instance", "assignee").order_by("-id"))
+        page = self.paginate_queryset(_task_rows(qs).order_by("-id"))
         return self.get_paginated_response(s.TaskSerializer(page, many=True).data)
 
     def _task(self, pk: int) -> Any:
-        task = self.get_queryset().select_related("instance", "assignee").filter(pk=pk).first()
+        task = _task_rows(self.get_queryset()).defer("step__result").filter(pk=pk).first()
         if task is None:
             raise hidden_404(self.request, "task", HumanTask, pk, "No such task.")
         return task
@@ -632,7 +639,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         # Read without the visibility filter: the service just let this user act on it (a delegation may have
         # handed it beyond what they see).
 
-        return Response(s.TaskSerializer(HumanTask.objects.select_related("instance", "assignee").get(pk=pk)).data)
+        return Response(s.TaskSerializer(_task_rows(HumanTask.objects.all()).get(pk=pk)).data)
 
     @extend_schema(summary="Claim an open task", request=None, responses={200: s.TaskSerializer, **TASK_ERRORS})
     @action(detail=True, methods=["post"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from approvals.models import HumanTask
@@ -41,6 +42,10 @@ class WorkflowInstanceAdmin(ReadOnlyAdmin):
     list_select_related = ("initiator",)
     show_full_result_count = False
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowInstance]:
+        # The list shows no data (megabytes per instance, in the end); one instance's page reads it when shown.
+        return super().get_queryset(request).defer("data")
+
 
 @admin.register(StepRun)
 class StepRunAdmin(ReadOnlyAdmin):
@@ -49,6 +54,10 @@ class StepRunAdmin(ReadOnlyAdmin):
     search_fields = ("name",)
     raw_id_fields = ("instance",)
     show_full_result_count = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StepRun]:
+        # The list shows no result (up to BATON_MAX_RESULT_BYTES each); one step's page reads it when shown.
+        return super().get_queryset(request).defer("result")
 
 
 @admin.register(HumanTask)

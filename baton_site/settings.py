@@ -453,8 +453,19 @@ if REDIS_URL:
     # kombu's Redis transport, keeping one Redis client per channel instead of one per call (orchestrator/broker.py).
     CELERY_BROKER_TRANSPORT = "orchestrator.broker:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    # Longer than any step timeout: on Redis an unacked message is redelivered after this many seconds.
-    dict[str, float]({"visibility_timeout": env_int("BATON_VISIBILITY_TIMEOUT", 3600, minimum=1, maximum=86_400 * 365)})
+    dict[str, float](
+        {
+            # Longer than any step timeout: on Redis an unacked message is redelivered after this many seconds.
+            "visibility_timeout": env_int("BATON_VISIBILITY_TIMEOUT", 3600, minimum=1, maximum=86_400 * 365),
+            # Bounds on connecting and on each answer. kombu's default is to wait for ever: a Redis that accepts the
+            # connection and never answers (hung, behind a partition) held a publish, and with it a web request's
+            # after-commit dispatch, until the web timeout killed the request (a 500 for a start that was committed).
+            # A timeout is a connection error to kombu, so the publish is retried, then logged; the sweep re-sends.
+            # Above kombu's 1 s BRPOP wait, which a worker's consumer must outlast.
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 2.0,
+        }
+    )
     if REDIS_URL
     else {"polling_interval": 0.01}
 )

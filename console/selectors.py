@@ -256,6 +256,9 @@ def failed_idle_after() -> timedelta:
 STORM_INSTANCES = 10
 STORM_ATTEMPTS = 5
 INCIDENT_ROWS = 50
+# What a list of tasks, steps or bulk items leaves unread of their instance: its business data, which the lists never
+# show and which runs to megabytes (each step's result may be BATON_MAX_RESULT_BYTES, and the results add up).
+UNREAD_INSTANCE = ("instance__data",)
 # Failures and retrying steps are grouped from the newest this many of them: grouping every one of them reads each
 # row (20,000 failed instances at a million: 10,000 heap pages, 50-110 ms; 10,000 retrying steps and their
 # instances: 50,000 buffers, 115-170 ms; bench/README.md "Run 4"), and no index can answer the grouping by itself
@@ -474,12 +477,14 @@ def incidents(now: datetime | None = None) -> Incidents:
     escalations = HumanTask.objects.filter(kind=TaskKind.ESCALATION, state__in=ACTIONABLE_TASK_STATES)
     found.escalations_total = escalations.count()
     found.escalations = list(
-        escalations.select_related("instance", "step", "assignee").order_by("created_at", "id")[:INCIDENT_ROWS]
+        escalations.select_related("instance", "step", "assignee")
+        .defer(*UNREAD_INSTANCE, "step__result")
+        .order_by("created_at", "id")[:INCIDENT_ROWS]
     )
 
     # One row past those shown says whether there are more, without a count of its own.
     found.past_timeout, found.past_timeout_more = _first_rows(
-        stuck_steps(now).select_related("instance").order_by("lease_expires_at")
+        stuck_steps(now).select_related("instance").defer("result", *UNREAD_INSTANCE).order_by("lease_expires_at")
     )
 
     # Past their SLA, less those held by their instance's pause (their due time moves on at the resume). One late
@@ -490,7 +495,9 @@ def incidents(now: datetime | None = None) -> Incidents:
         .exclude(kind=TaskKind.ESCALATION)
     )
     found.overdue_total = overdue.count()
-    found.overdue_tasks = list(overdue.select_related("instance", "assignee").order_by("due_at")[:INCIDENT_ROWS])
+    found.overdue_tasks = list(
+        overdue.select_related("instance", "assignee").defer(*UNREAD_INSTANCE).order_by("due_at")[:INCIDENT_ROWS]
+    )
 
     found.storms, found.retrying_total = _storms()
 
@@ -660,7 +667,7 @@ def bulk_progress(job: BulkJob) -> Progress:
 
 def bulk_sample(job: BulkJob, size: int = 10) -> list[BulkJobItem]:
     """The first ``size`` instances of the job, in its order, with their instance."""
-    return list(job.items.select_related("instance").order_by("id")[:size])
+    return list(job.items.select_related("instance").defer(*UNREAD_INSTANCE).order_by("id")[:size])
 
 
 def recent_jobs(limit: int = 10) -> list[BulkJob]:

@@ -144,6 +144,10 @@ def _group_send(layer: Any, groups: list[str], message: dict[str, Any]) -> None:
 
 
 _publishers: dict[tuple[int, str], redis.Redis] = {}
+# Seconds a publish may wait to connect and for each answer. A Redis that accepts the connection and never answers
+# (hung, or behind a partition) otherwise held the sender for ever: a web request's after-commit event until the
+# web timeout killed it, answering 500 for work that was committed (tests/test_web_server.py).
+PUBLISH_TIMEOUT = 2.0
 
 
 def _publisher(url: str) -> redis.Redis:
@@ -151,7 +155,9 @@ def _publisher(url: str) -> redis.Redis:
     key = (os.getpid(), url)
     client = _publishers.get(key)
     if client is None:
-        client = _publishers[key] = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client = _publishers[key] = redis.Redis.from_url(
+            url, socket_connect_timeout=PUBLISH_TIMEOUT, socket_timeout=PUBLISH_TIMEOUT
+        )
     return client
 
 

@@ -6,8 +6,12 @@ another process counts at the next request in every one of them (nothing about a
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +19,11 @@ import pytest
 from django.contrib.auth.models import Permission
 
 from api.tokens import token_create, token_revoke
+from demo.data import grant_group_permissions
 from orchestrator.audit import Actor
 from orchestrator.models import WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.api import signal_flows  # noqa: F401  # registers api_payment in this process too
 from tests.conftest import serve_make_web
 from tests.factories import UserFactory
 
@@ -68,3 +75,86 @@ def test_make_web_serves_starts_from_several_processes_and_a_revocation_counts_a
     assert refused == [403] * 4
     assert unknown == [401] * 4
     assert WorkflowInstance.objects.filter(initiator=person).count() == 6
+
+
+@contextlib.contextmanager
+def silent_redis() -> Iterator[str]:
+    """A Redis address that accepts connections and never answers (a hung server, a network partition, a load
+    balancer in front of a dead node): what a connection-refused test cannot show. Yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+def post(port: int, path: str, secret: str, body: dict) -> tuple[int, dict, float]:
+    """POST ``body`` as JSON with a token; the status, the answer and the seconds it took."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    began = time.monotonic()
+    conn.request(
+        "POST",
+        path,
+        json.dumps(body),
+        {"Authorization": f"Bearer {secret}", "Content-Type": "application/json", "Host": "127.0.0.1"},
+    )
+    response = conn.getresponse()
+    raw = response.read()
+    conn.close()
+    return response.status, json.loads(raw) if raw.startswith(b"{") else {"body": raw[:300]}, time.monotonic() - began
+
+
+def wait_state(instance_id: int, state: str, worker) -> None:
+    instance = WorkflowInstance.objects.get(pk=instance_id)
+    deadline = time.monotonic() + 60
+    while instance.state != state and time.monotonic() < deadline:
+        time.sleep(0.2)
+        instance.refresh_from_db()
+    assert instance.state == state, worker.log_tail()
+
+
+@pytest.mark.worker
+def test_a_start_and_a_signal_while_redis_does_not_answer_are_answered_and_run_once_redis_answers(
+    tmp_path, celery_worker, users
+):
+    """The web processes' Redis accepts connections and never answers (a hung server, a partition). A start and a
+    signal through the API commit, and their dispatches and live events cannot be sent: each caller gets its answer
+    within seconds (it was a 500 after the web timeout, for work that was committed all the same), and the worker,
+    on a Redis that answers, runs both instances on to their end from the sweep's re-send."""
+    # given: an operator with a token; an order waiting for its payment (the worker ran its first step)
+    grant_group_permissions()
+    secret = token_create(users.operator, "script").secret
+    waiting = instance_start("api_payment", {"order": "SO-1"}, initiator=users.staff)
+    wait_state(waiting.pk, "waiting", celery_worker)
+    modules = "demo.workflows.bench,tests.api.signal_flows"
+    with (
+        silent_redis() as url,
+        serve_make_web(tmp_path, REDIS_URL=url, BATON_WEB_WORKERS="1", BATON_WORKFLOW_MODULES=modules) as server,
+    ):
+        # when
+        started = post(server.port, "/api/instances/", secret, {"workflow": "bench_chain", "input": {}})
+        signalled = post(
+            server.port,
+            f"/api/instances/{waiting.pk}/signals/",
+            secret,
+            {"event": "payment.confirmed", "signal_id": "pay-1", "payload": {"paid_amount": "9.00", "reference": "R"}},
+        )
+
+    # then: each answered as it would be with Redis up, promptly
+    assert (started[0], started[1].get("state")) == (201, "running"), started
+    assert (signalled[0], signalled[1].get("state")) == (201, "consumed"), signalled
+    assert started[2] < 20, started[2]
+    assert signalled[2] < 20, signalled[2]
+    # and the worker (its Redis answers) runs both to the end: nothing was lost
+    wait_state(started[1]["id"], "completed", celery_worker)
+    wait_state(waiting.pk, "completed", celery_worker)
