@@ -482,13 +482,9 @@ def incidents(now: datetime | None = None) -> Incidents:
         stuck_steps(now).select_related("instance").order_by("lease_expires_at")
     )
 
-    # Past their SLA, less those held by their instance's pause (their due time moves on at the resume). One late
-    # before its pause began stays late here, for the operators, where the holder's inbox shows it on hold.
-    overdue = (
-        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES)
-        .filter(task_selectors.late(now))
-        .exclude(kind=TaskKind.ESCALATION)
-    )
+    # Past their SLA, less those held by their instance's pause (their due time moves on at the resume): the one
+    # definition the dashboard and /metrics count too.
+    overdue = HumanTask.objects.filter(task_selectors.overdue(now))
     found.overdue_total = overdue.count()
     found.overdue_tasks = list(overdue.select_related("instance", "assignee").order_by("due_at")[:INCIDENT_ROWS])
 
