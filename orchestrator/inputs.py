@@ -77,10 +77,14 @@ def business_key_form(key: str) -> str:
 
 
 def business_key_forms(key: str) -> list[str]:
-    """The stored keys a lookup of ``key`` must match: its NFC form (every key stored since keys are normalised)
-    and its NFD form. Keys stored before that rule are not rewritten (no migration), and were stored as typed;
-    typed text is NFC or NFD in practice, so matching both finds an old key whichever form the caller types now.
-    One or two values, for an ``IN`` on the business key's index."""
+    """The stored keys a lookup of ``key`` must match: its NFC form (every key stored since keys are normalised,
+    and older ones rewritten by migration ``orchestrator.0014_business_keys_nfc``) and its NFD form. One or two
+    values, for an ``IN`` on the business key's index."""
+    # Still both forms after the migration, because it leaves some keys as they were stored (typed text is NFC or
+    # NFD in practice): a key whose NFC form is longer than the column (cutting it would change it), and one whose
+    # NFC form a unique index of a deployment's own refuses (another instance holds it: rewriting would merge two
+    # keys); and a process of the previous release, still running in a rolling upgrade after the migration ran,
+    # stores keys as typed. The NFD value costs nothing measurable: one more entry in the IN on the index.
     return list(dict.fromkeys([unicodedata.normalize("NFC", key), unicodedata.normalize("NFD", key)]))
 
 

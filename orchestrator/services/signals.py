@@ -300,7 +300,7 @@ def signal_target(
             raise SignalNotFound(f"No instance {instance_id}.")
         return instance_id
     # NFC, as instance_start stores it: the same key typed in another Unicode form names the same instance (and
-    # one stored, before keys were normalised, in NFD: business_key_forms).
+    # one the NFC migration left in NFD: business_key_forms says when).
     key = business_key_form(_checked_text(business_key, "business_key", 100))
     forms = business_key_forms(key)
     workflow = _checked_text(workflow, "workflow", 100) if workflow else None
