@@ -200,13 +200,24 @@ def late(now: datetime) -> Q:
     return Q(due_at__lt=now) & Q(~Exists(held))
 
 
+def overdue(now: datetime) -> Q:
+    """The one definition of an **overdue** task at ``now`` (aware), a filter on HumanTask: waiting for a person
+    (open, claimed or escalated), past its SLA (:func:`late`: one whose due time fell inside its instance's pause
+    that still lasts is held, not overdue; one late before the pause began stays overdue), and not an operators'
+    escalation (those have no due time and are listed as escalations). Incidents lists these; the dashboard and
+    /metrics count them (:func:`tasks_open_counts`), so the three agree.
+
+    A failed instance's task past its due time is overdue here, for the operators who must retry or end the
+    instance, where the inbox shows its holders the task on hold (``ON_HOLD_STATES``: they cannot act on it)."""
+    return Q(state__in=ACTIONABLE_TASK_STATES) & late(now) & ~Q(kind=TaskKind.ESCALATION)
+
+
 def tasks_open_counts(now: datetime) -> dict[str, int]:
-    """Tasks waiting for a person (open, claimed or escalated) and those of them due before ``now`` (aware):
-    ``{"open": n, "overdue": m}``. One statement over the partial index of actionable tasks, reading no instance
-    (the dashboard's rule): a task held by its instance's pause counts as overdue here, where Incidents (:func:`late`)
-    leaves it out."""
+    """Tasks waiting for a person (open, claimed or escalated) and those of them :func:`overdue` at ``now``
+    (aware): ``{"open": n, "overdue": m}``, for the dashboard and /metrics. One statement over the partial index of
+    actionable tasks, probing the instance of each task already past its due time (:func:`late`)."""
     counts = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES).aggregate(
-        open=Count("id"), overdue=Count("id", filter=Q(due_at__lt=now))
+        open=Count("id"), overdue=Count("id", filter=overdue(now))
     )
     return {"open": counts["open"] or 0, "overdue": counts["overdue"] or 0}
 

@@ -330,6 +330,9 @@ def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
     Returns (groups ordered by size then recency, at most ``INCIDENT_ROWS``; the capped total)."""
     table = WorkflowInstance._meta.db_table
     idle_before = now - failed_idle_after()
+    if connection.vendor != "postgresql":
+        rows = _failed_group_rows_portable(idle_before)
+        return _failed_groups_of(rows), int(rows[0][0])
     with connection.cursor() as cursor:
         cursor.execute(  # the table name is the model's; the values are parameters
             f"""
@@ -354,7 +357,13 @@ def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
             [INCIDENT_SAMPLE + 1, idle_before, INCIDENT_SAMPLE, INCIDENT_ROWS],
         )
         rows = cursor.fetchall()
-    groups = [
+    return _failed_groups_of(rows), int(rows[0][0])
+
+
+def _failed_groups_of(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The groups of :func:`_failed_groups`' rows (capped total, workflow, reason, count, oldest, newest, idle,
+    ids), as the page reads them."""
+    return [
         {
             "workflow": r[1],
             "reason": r[2] or "(no error recorded)",
@@ -370,7 +379,28 @@ def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
         for r in rows
         if r[1] is not None
     ]
-    return groups, int(rows[0][0])
+
+
+def _failed_group_rows_portable(idle_before: datetime) -> list[tuple[Any, ...]]:
+    """:func:`_failed_groups`' rows on a database without PostgreSQL's SQL (SQLite, the demo): the same sample and
+    groups, grouped here. Two statements, each stopping at the sample, as PostgreSQL's one does."""
+    failed = WorkflowInstance.objects.filter(state=InstanceState.FAILED)
+    total = failed.order_by()[: INCIDENT_SAMPLE + 1].count()
+    recent = failed.order_by("-created_at", "-id").values_list("workflow_name", "error", "updated_at", "id")
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for workflow, error, updated_at, pk in recent[:INCIDENT_SAMPLE]:
+        reason = (error or "").split("\n", 1)[0].rstrip("\r")[:200]
+        group = groups.setdefault((workflow, reason), {"n": 0, "oldest": updated_at, "newest": updated_at, "idle": 0})
+        group["n"] += 1
+        group["oldest"], group["newest"] = min(group["oldest"], updated_at), max(group["newest"], updated_at)
+        group["idle"] += updated_at < idle_before
+        group.setdefault("ids", []).append(pk)
+    ordered = sorted(groups.items(), key=lambda item: (-item[1]["n"], -item[1]["newest"].timestamp()))
+    rows: list[tuple[Any, ...]] = [
+        (total, workflow, reason, g["n"], g["oldest"], g["newest"], g["idle"], sorted(g["ids"], reverse=True)[:5])
+        for (workflow, reason), g in ordered[:INCIDENT_ROWS]
+    ]
+    return rows or [(total, None, None, None, None, None, None, None)]
 
 
 def _storms() -> tuple[list[dict[str, Any]], int]:
@@ -384,6 +414,9 @@ def _storms() -> tuple[list[dict[str, Any]], int]:
     read, for their workflow. Returns (storms, the biggest first, at most ``INCIDENT_ROWS``; the capped total)."""
     steps = StepRun._meta.db_table
     instances = WorkflowInstance._meta.db_table
+    if connection.vendor != "postgresql":
+        rows = _storm_rows_portable()
+        return _storms_of(rows), int(rows[0][0])
     with connection.cursor() as cursor:
         cursor.execute(  # the table names are the models'; the values are parameters
             f"""
@@ -408,12 +441,40 @@ def _storms() -> tuple[list[dict[str, Any]], int]:
             [INCIDENT_SAMPLE + 1, INCIDENT_SAMPLE, STORM_INSTANCES, STORM_ATTEMPTS, INCIDENT_ROWS],
         )
         rows = cursor.fetchall()
-    storms = [
+    return _storms_of(rows), int(rows[0][0])
+
+
+def _storms_of(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The storms of :func:`_storms`' rows (capped total, workflow, step, instances, attempts, since)."""
+    return [
         {"workflow": r[1], "step": r[2], "instances": r[3], "attempts": r[4], "since": r[5]}
         for r in rows
         if r[1] is not None
     ]
-    return storms, int(rows[0][0])
+
+
+def _storm_rows_portable() -> list[tuple[Any, ...]]:
+    """:func:`_storms`' rows on a database without PostgreSQL's SQL (SQLite, the demo): the same sample and groups,
+    grouped here. Two statements, each stopping at the sample, as PostgreSQL's one does."""
+    retrying = StepRun.objects.filter(state=StepState.FAILED)
+    total = retrying.order_by()[: INCIDENT_SAMPLE + 1].count()
+    sample = retrying.order_by("-instance_id").values_list(
+        "instance__workflow_name", "name", "instance_id", "attempt", "started_at"
+    )
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for workflow, name, instance_id, attempt, started_at in sample[:INCIDENT_SAMPLE]:
+        group = groups.setdefault((workflow, name), {"instances": set(), "attempts": 0, "since": None})
+        group["instances"].add(instance_id)
+        group["attempts"] = max(group["attempts"], attempt)
+        if started_at is not None and (group["since"] is None or started_at < group["since"]):
+            group["since"] = started_at
+    storms: list[tuple[Any, ...]] = [
+        (total, workflow, name, len(g["instances"]), g["attempts"], g["since"])
+        for (workflow, name), g in groups.items()
+        if len(g["instances"]) >= STORM_INSTANCES or g["attempts"] >= STORM_ATTEMPTS
+    ]
+    storms.sort(key=lambda row: (-row[3], row[1], row[2]))
+    return storms[:INCIDENT_ROWS] or [(total, None, None, None, None, None)]
 
 
 def stuck_steps(now: datetime | None = None) -> QuerySet[StepRun]:
@@ -487,13 +548,9 @@ def incidents(now: datetime | None = None) -> Incidents:
         stuck_steps(now).select_related("instance").defer("result", *UNREAD_INSTANCE).order_by("lease_expires_at")
     )
 
-    # Past their SLA, less those held by their instance's pause (their due time moves on at the resume). One late
-    # before its pause began stays late here, for the operators, where the holder's inbox shows it on hold.
-    overdue = (
-        HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES)
-        .filter(task_selectors.late(now))
-        .exclude(kind=TaskKind.ESCALATION)
-    )
+    # Past their SLA, less those held by their instance's pause (their due time moves on at the resume): the one
+    # definition the dashboard and /metrics count too.
+    overdue = HumanTask.objects.filter(task_selectors.overdue(now))
     found.overdue_total = overdue.count()
     found.overdue_tasks = list(
         overdue.select_related("instance", "assignee").defer(*UNREAD_INSTANCE).order_by("due_at")[:INCIDENT_ROWS]

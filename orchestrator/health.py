@@ -3,18 +3,23 @@
 Readiness checks what a request or a step needs: the database answers, the broker answers (Redis PING), the
 channel layer answers (its Redis PING; the in-memory layer of the demo always does), and the sweep ran within
 ``BATON_READY_SWEEP_AGE`` seconds (without it due retries, timers, lost leases and deadlines wait). Each check is
-bounded by a two-second timeout, so a hung dependency makes the probe fail, not hang.
+bounded by a two-second timeout (``CHECK_TIMEOUT``), so a hung dependency makes the probe fail, not hang: the
+database check as ``_database`` says, Redis through redis-py's socket timeouts. The sweep check reads through the
+request's own database session and runs only once the database check answered in time.
 """
 
 from __future__ import annotations
 
+import selectors
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg
 import redis
 from django.conf import settings
 from django.db import connection
+from psycopg import pq
 
 from orchestrator.rollups import sweep_age
 
@@ -29,10 +34,19 @@ class Check:
     ms: float
 
 
+CHECK_TIMEOUT = 2  # seconds; whole seconds, as libpq's connect_timeout (whose minimum is 2)
+
+
+class NoAnswer(Exception):
+    """A dependency accepted the connection but did not answer within ``CHECK_TIMEOUT``."""
+
+
 def _timed(name: str, probe: Callable[[], str]) -> Check:
     started = time.perf_counter()
     try:
         detail, ok = probe(), True
+    except (NoAnswer, psycopg.errors.ConnectionTimeout):
+        detail, ok = f"no answer within {CHECK_TIMEOUT} s", False
     except SweepLate as late:
         detail, ok = f"late: last ran {late}", False
     except Exception as exc:
@@ -42,10 +56,63 @@ def _timed(name: str, probe: Callable[[], str]) -> Check:
 
 
 def _database() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
+    """PostgreSQL answers ``SELECT 1`` within ``CHECK_TIMEOUT`` seconds, on a session of the check's own, opened
+    with the request's connection settings (``connection.get_connection_params()``) and closed after.
+
+    Both waits are bounded. The start-up by libpq's own ``connect_timeout`` (which psycopg enforces over the whole
+    start-up: TCP, TLS, authentication, until the server is ready), per address the host resolves to, as libpq
+    does; name resolution itself is outside it. The query by a bounded wait on the socket: ``SELECT 1`` goes out
+    through libpq's asynchronous API (``PQsendQuery``) and its answer is waited for with ``select`` up to the
+    deadline, then the session is closed. libpq has no option for this: ``tcp_user_timeout`` and keepalives only
+    notice a peer whose kernel stops acknowledging (host gone, cable cut), not a server process that hangs while
+    its kernel still acknowledges every byte, and ``statement_timeout`` is enforced by the very server that
+    stopped answering. No thread is needed, and none is left behind blocked on the socket.
+
+    Its own session rather than the request's: a kept session (``CONN_MAX_AGE``) cannot be given a timeout for
+    one query without changing it for every request, and the request path keeps its settings untouched; a
+    session that timed out is closed at once instead of being handed to the next request. One start-up per probe
+    costs a few milliseconds, and leaves no idle session behind. SQLite (the demo) is a local file: its own
+    connection answers or raises.
+
+    Raises ``NoAnswer`` or ``psycopg.errors.ConnectionTimeout`` past the deadline, ``psycopg.Error`` otherwise.
+    """
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return "answers"
+    deadline = time.monotonic() + CHECK_TIMEOUT
+    params = {**connection.get_connection_params(), "connect_timeout": CHECK_TIMEOUT}
+    with psycopg.Connection.connect(**params) as session:
+        _answered(session.pgconn, b"SELECT 1", deadline)
     return "answers"
+
+
+def _answered(pgconn: pq.abc.PGconn, query: bytes, deadline: float) -> None:
+    """Send ``query`` and read its results through libpq's asynchronous API (the connection is non-blocking, as
+    psycopg leaves it), waiting on the socket no later than ``deadline`` (``time.monotonic()``).
+
+    Raises ``NoAnswer`` past the deadline, ``psycopg.OperationalError`` when the query fails."""
+    pgconn.send_query(query)
+    with selectors.DefaultSelector() as selector:
+        selector.register(pgconn.socket, selectors.EVENT_WRITE)
+        while pgconn.flush():  # 1: part of the query is still to be sent
+            _wait(selector, deadline)
+        selector.modify(pgconn.socket, selectors.EVENT_READ)
+        while True:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:
+                    return
+                if result.status != pq.ExecStatus.TUPLES_OK:
+                    raise psycopg.OperationalError(result.error_message.decode(errors="replace"))
+            _wait(selector, deadline)
+
+
+def _wait(selector: selectors.BaseSelector, deadline: float) -> None:
+    if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+        raise NoAnswer
 
 
 def _ping(url: str) -> str:

@@ -69,19 +69,29 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+BUSINESS_KEY_MAX = 100  # WorkflowInstance.business_key's max_length
+
+
 def business_key_form(key: str) -> str:
-    """``key`` (a business key, as read from outside: API, page, command line, schedule) in Unicode NFC, the form
-    instance_start stores: "Café" typed with é as one code point or as e and a combining accent is one key.
-    Returns the normalised text (NFC may change the length); raises nothing."""
-    return unicodedata.normalize("NFC", key)
+    """``key`` (a business key, as read from outside: API, page, command line, schedule) in the form instance_start
+    stores: Unicode NFC, so "Café" typed with é as one code point or as e and a combining accent is one key, cut to
+    the column's ``BUSINESS_KEY_MAX`` characters. NFC may lengthen a key (a few characters, such as U+0958, are
+    excluded from composition and take two code points), so a key within the limit as typed may be cut: a lookup
+    cuts it the same way, or it would look for a key no row can hold. Returns the text; raises nothing."""
+    return unicodedata.normalize("NFC", key)[:BUSINESS_KEY_MAX]
 
 
 def business_key_forms(key: str) -> list[str]:
-    """The stored keys a lookup of ``key`` must match: its NFC form (every key stored since keys are normalised)
-    and its NFD form. Keys stored before that rule are not rewritten (no migration), and were stored as typed;
-    typed text is NFC or NFD in practice, so matching both finds an old key whichever form the caller types now.
-    One or two values, for an ``IN`` on the business key's index."""
-    return list(dict.fromkeys([unicodedata.normalize("NFC", key), unicodedata.normalize("NFD", key)]))
+    """The stored keys a lookup of ``key`` must match: its stored form (:func:`business_key_form`: every key stored
+    since keys are normalised, and older ones rewritten by migration ``orchestrator.0014_business_keys_nfc``), and
+    the key as given and in NFD, each cut to the column. One to three values, for an ``IN`` on the key's index."""
+    # Still more than the stored form after the migration, because it leaves some keys as they were stored, as
+    # typed (in practice NFC or NFD): a key whose NFC form is longer than the column (cutting it would change it),
+    # and one whose NFC form a unique index of a deployment's own refuses (another instance holds it: rewriting
+    # would merge two keys); and a process of the previous release, still running in a rolling upgrade after the
+    # migration ran, stores keys as typed. The other values cost nothing measurable: entries in the IN on the index.
+    typed = [key, unicodedata.normalize("NFD", key)]
+    return list(dict.fromkeys([business_key_form(key), *(form[:BUSINESS_KEY_MAX] for form in typed)]))
 
 
 def unstorable(text: str) -> str | None:

@@ -148,7 +148,9 @@ class BatonCollector:
             "baton_human_tasks_open", "Human tasks open, claimed or escalated.", value=tasks["open"]
         )
         yield GaugeMetricFamily(
-            "baton_human_tasks_overdue", "Open human tasks past their due time.", value=tasks["overdue"]
+            "baton_human_tasks_overdue",
+            "Open human tasks past their due time, less those held by their instance's pause (as Incidents counts).",
+            value=tasks["overdue"],
         )
 
         age = sweep_age()

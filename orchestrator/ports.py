@@ -83,8 +83,9 @@ class HumanTasks(Protocol):
         """
 
     def tasks_open_counts(self, now: datetime) -> dict[str, int]:
-        """Tasks waiting for a person (open, claimed or escalated) and those of them due before ``now`` (aware):
-        ``{"open": n, "overdue": m}``, for the dashboard and /metrics. Costs what is open, not every task ever made.
+        """Tasks waiting for a person (open, claimed or escalated) and those of them overdue at ``now`` (aware) by the
+        rule Incidents lists (past their SLA, less those held by their instance's pause): ``{"open": n, "overdue":
+        m}``, for the dashboard and /metrics. Costs what is open, not every task ever made.
 
         Raises nothing of its own.
         """

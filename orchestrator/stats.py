@@ -166,7 +166,8 @@ def versions_seen() -> dict[tuple[str, int], datetime]:
 
 
 def human_tasks_open() -> dict[str, int]:
-    """Open human tasks now, and how many of them are past their due time: ``{"open": n, "overdue": m}``.
+    """Open human tasks now, and how many of them are overdue (past their SLA, less those held by their instance's
+    pause: the rule Incidents lists by): ``{"open": n, "overdue": m}``.
 
     Asked of the human side through its port (``orchestrator.ports.HumanTasks.tasks_open_counts``): the engine
     knows no task model. Zeros when no human side is registered."""

@@ -135,9 +135,9 @@ def instance_start(
                 workflow_name=workflow.name,
                 workflow_version=workflow.version,
                 data=data,
-                # NFC, as a signal by key looks it up (inputs.business_key_form); computed here, the statement is
-                # unchanged.
-                business_key=business_key_form(business_key or str(data.get("business_key", "")))[:100],
+                # NFC cut to the column, as a signal by key looks it up (inputs.business_key_form); computed here,
+                # the statement is unchanged.
+                business_key=business_key_form(business_key or str(data.get("business_key", ""))),
                 initiator=initiator if initiator is not None and initiator.is_authenticated else None,
                 idempotency_key=idempotency_key or None,
                 input_hash=input_hash,

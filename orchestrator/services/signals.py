@@ -299,10 +299,10 @@ def signal_target(
         if not WorkflowInstance.objects.filter(pk=instance_id).exists():
             raise SignalNotFound(f"No instance {instance_id}.")
         return instance_id
-    # NFC, as instance_start stores it: the same key typed in another Unicode form names the same instance (and
-    # one stored, before keys were normalised, in NFD: business_key_forms).
-    key = business_key_form(_checked_text(business_key, "business_key", 100))
-    forms = business_key_forms(key)
+    # NFC cut to the column, as instance_start stores it: the same key typed in another Unicode form names the same
+    # instance (and one the NFC migration left as typed: business_key_forms says when).
+    typed = _checked_text(business_key, "business_key", 100)
+    key, forms = business_key_form(typed), business_key_forms(typed)
     workflow = _checked_text(workflow, "workflow", 100) if workflow else None
     if signal_id is not None:
         keyed = WorkflowInstance.objects.filter(business_key__in=forms)
