@@ -321,6 +321,8 @@ def _render_task(
     for name, errors in (field_errors or {}).items():
         if name == "comment" and not decide_form.has_error("comment"):
             decide_form.add_error("comment", errors)
+    decisions = list(instance.decisions.select_related("user", "task").order_by("created_at"))
+    approved_before = any(d.user_id == user.pk and d.decision == task_rules.APPROVE for d in decisions)
     context = {
         "task": task,
         "instance": instance,
@@ -329,7 +331,7 @@ def _render_task(
         # swaps), so it always names what the person read.
         "data_digest": task_rules.data_digest(instance.data),
         "steps": steps_of(instance),
-        "decisions": list(instance.decisions.select_related("user", "task").order_by("created_at")),
+        "decisions": decisions,
         "form": form,
         "decide_form": decide_form,
         "delegate_form": delegate_form or forms.DelegateForm(),
@@ -337,6 +339,10 @@ def _render_task(
         "comment_max": COMMENT_MAX,
         "note_max": NOTE_MAX,
         "is_initiator": instance.initiator_id == user.pk,
+        # Said instead of the forms, in the services' words: they refuse whoever it bars to decide or steer the task.
+        "four_eyes": task_rules.four_eyes_bar(
+            task.kind, instance.initiator_id, user.pk, approved_before=approved_before
+        ),
         "is_assignee": task.assignee_id == user.pk,
         "is_candidate": task_rules.is_candidate(user, task),
         "is_manager": selectors.is_manager(user),

@@ -32,7 +32,9 @@ from approvals.notifications import members_of, notify
 from approvals.selectors import is_manager
 from approvals.services.base import (
     APPROVE,
+    APPROVED_BEFORE,
     CANDIDATE_EXISTS,
+    INITIATOR_BARRED,
     OPERATORS,
     REJECT,
     SUBMIT,
@@ -44,6 +46,7 @@ from approvals.services.base import (
     announce,
     checked_text,
     data_digest,
+    four_eyes_bar,
     is_candidate,
     past_tense,
     task_complete,
@@ -63,9 +66,6 @@ from orchestrator.services.results import clean_text
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
-
-# Four-eyes: one person, one approval per instance (docs/architecture.md, "Who may act on a task").
-APPROVED_BEFORE = "You already approved another step of this workflow (four-eyes rule)."
 
 
 @dataclass
@@ -126,7 +126,19 @@ def _check_not_initiator(user: User, locked: LockedTask) -> None:
     """Four-eyes: whoever started the instance never claims, decides, releases, delegates or resolves any of its
     tasks (escalations included), whatever their role: steering who decides is deciding."""
     if locked.unit.instance.initiator_id == user.pk:
-        raise TaskForbidden("You started this workflow, so you cannot act on its tasks (four-eyes rule).")
+        raise TaskForbidden(INITIATOR_BARRED)
+
+
+def _check_may_steer(user: User, locked: LockedTask) -> None:
+    """Whoever may not decide a task may not steer who does (hand it to someone, or take it from its holder):
+    everyone ``base.four_eyes_bar`` bars, the initiator and, for an approval, whoever approved a task of the
+    instance (an earlier step, or this quorum task's vote), whatever their role."""
+    task = locked.task
+    reason = four_eyes_bar(
+        task.kind, locked.unit.instance.initiator_id, user.pk, approved_before=locked.approved_before
+    )
+    if reason:
+        raise TaskForbidden(reason)
 
 
 def _check_may_act(user: User, locked: LockedTask) -> None:
@@ -179,11 +191,12 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
 
 
 def task_release(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
-    """Give a claimed task back to the queue (the assignee or a manager, never the instance's initiator);
-    ``request_meta`` goes into the audit event.
+    """Give a claimed task back to the queue (the assignee, or a manager four-eyes does not bar from deciding it:
+    never the instance's initiator, nor for an approval whoever approved a task of the instance); ``request_meta``
+    goes into the audit event.
 
-    Raises TaskNotFound, TaskForbidden (the initiator, or neither the assignee nor a manager), TaskConflict (not
-    claimed).
+    Raises TaskNotFound, TaskForbidden (the initiator, someone else's claim released by someone four-eyes bars, or
+    neither the assignee nor a manager), TaskConflict (not claimed).
     """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
@@ -191,6 +204,9 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
         _check_not_initiator(user, locked)
         if task.state != TaskState.CLAIMED:
             raise TaskConflict("This task is not claimed.")
+        if task.assignee_id != user.pk:
+            # Giving back one's own claim chooses nobody; taking someone else's away is steering.
+            _check_may_steer(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can release this task.")
         previous = task.assignee_id
@@ -217,8 +233,9 @@ def task_delegate(
     note: str = "",
     request_meta: dict | None = None,
 ) -> HumanTask:
-    """Hand a task to another candidate (by its assignee or a manager, never the instance's initiator), with a
-    note; ``request_meta`` goes into the audit event.
+    """Hand a task to another candidate (by its assignee or a manager, never anyone four-eyes bars from deciding
+    it: the instance's initiator, or for an approval whoever approved a task of the instance), with a note;
+    ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
     candidate who is neither the delegator nor the initiator, has not decided this (quorum) task already and, for an
@@ -232,7 +249,7 @@ def task_delegate(
         task, unit = locked.task, locked.unit
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
-        _check_not_initiator(user, locked)
+        _check_may_steer(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
         name = to_user.get_username()

@@ -150,6 +150,99 @@ def test_the_initiators_task_page_offers_no_steering(users):
     assert reverse("approvals:task_release", args=[task.pk]) not in content
 
 
+# --- whoever approved an earlier step steers nothing of the later ones ------------------------------------
+
+
+@pytest.fixture
+def approved_earlier(users) -> tuple[HumanTask, object, object]:
+    """An 800 EUR expense whose team approval was given by the manager (also an approver): its manager approval
+    is open, claimed by manager2; manager3 is another manager. Returns (task, manager2, manager3)."""
+    users.manager.groups.add(users.approvers)
+    manager2 = UserFactory(username="manager2", groups=[users.managers])
+    manager3 = UserFactory(username="manager3", groups=[users.managers])
+    instance = expense(amount="800")
+    task_decide(task_of(instance).pk, users.manager, APPROVE)
+    task = task_of(instance)
+    assert task.step.name == "manager_approval"
+    task_claim(task.pk, manager2)
+    return task, manager2, manager3
+
+
+def test_who_approved_an_earlier_step_cannot_delegate_the_later_one(users, approved_earlier):
+    """Given the manager who gave the team approval, when they hand the manager approval (held by manager2) to
+    manager3, then four-eyes refuses it: they may not decide it, so they may not choose who does."""
+    # given
+    task, manager2, manager3 = approved_earlier
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_delegate(task.pk, users.manager, manager3)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
+
+
+def test_who_approved_an_earlier_step_cannot_assign_the_later_one_while_it_is_open(users, approved_earlier):
+    """Nor hand it out while nobody holds it."""
+    # given
+    task, manager2, manager3 = approved_earlier
+    task_release(task.pk, manager2)
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_delegate(task.pk, users.manager, manager3)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
+
+
+def test_who_approved_an_earlier_step_cannot_release_someone_elses_claim_on_the_later_one(users, approved_earlier):
+    """Taking the task from the approver they dislike, for another to claim, is steering too."""
+    # given
+    task, manager2, _ = approved_earlier
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_release(task.pk, users.manager)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
+
+
+def test_a_quorum_voter_cannot_choose_who_casts_the_next_vote(users, quorum_task):
+    """A manager among the approvers votes on a quorum-3 task, then hands the waiting task to a colleague: refused,
+    their vote stands and the task stays open for anyone."""
+    # given
+    users.staff.groups.add(users.managers)
+    task_decide(quorum_task.pk, users.staff, APPROVE)
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_delegate(quorum_task.pk, users.staff, users.staff2)
+    quorum_task.refresh_from_db()
+    assert (quorum_task.state, quorum_task.assignee, quorum_task.approvals) == (TaskState.OPEN, None, 1)
+
+
+def test_the_refused_delegation_is_a_403_with_the_reason_and_the_note_kept(users, approved_earlier):
+    """Through the task page: 403, the reason said, the note as typed shown (not sent), and the task unchanged;
+    the page offers them neither a delegate nor a release form."""
+    # given
+    task, manager2, manager3 = approved_earlier
+
+    # when
+    response = login(users.manager).post(
+        reverse("approvals:task_delegate", args=[task.pk]), {"to_user": manager3.pk, "note": "over to you, Ann"}
+    )
+
+    # then
+    assert response.status_code == 403
+    text = page_text(response)
+    assert "You already approved another step of this workflow, so you cannot decide this task or choose who" in text
+    assert "over to you, Ann" in text
+    content = response.content.decode()
+    assert f'action="{reverse("approvals:task_delegate", args=[task.pk])}"' not in content
+    assert f'action="{reverse("approvals:task_release", args=[task.pk])}"' not in content
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
+
+
 # --- quorum: one decision per person --------------------------------------------------------------------
 
 

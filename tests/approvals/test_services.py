@@ -366,7 +366,8 @@ def test_someone_who_approved_an_earlier_step_can_neither_see_nor_claim_the_next
     with pytest.raises(TaskForbidden, match="already approved another step"):
         task_claim(task.pk, users.manager)
     assert tasks_claim_bulk([task.pk], users.manager).refused == {
-        task.pk: "You already approved another step of this workflow (four-eyes rule)."
+        task.pk: "You already approved another step of this workflow, so you cannot decide this task or choose who "
+        "does (four-eyes rule)."
     }
     task.refresh_from_db()
     assert (task.state, task.assignee) == (TaskState.OPEN, None)
