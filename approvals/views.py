@@ -112,6 +112,8 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
                 "on_hold": on_hold,
                 "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
                 "completed": short(completed_at) if completed_at is not None else "",
+                # Done by me: when the viewer did their part (their vote, for a task still waiting for others).
+                "done": short(task["done_at"]) if task.get("done_at") is not None else "",
                 "waiting": duration(task["created_at"], now),
                 # In "Done by me", an open task is one the viewer voted on as part of its quorum: the row says how
                 # many votes it still waits for (their own is in; four-eyes keeps it out of their other lists).
