@@ -97,29 +97,36 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
         # Waiting on an operator (paused or failed): said on the row, and never "overdue" (nobody can act on it).
         on_hold = task["instance__state"] if task["instance__state"] in selectors.ON_HOLD_STATES else ""
         on_hold = on_hold if task["state"] in ACTIONABLE_TASK_STATES else ""
-        rows.append(
-            {
-                **task,
-                "id": str(task["id"]),
-                "url": detail_url(task["id"]),
-                "claim_url": claim_url(task["id"]),
-                "state_label": state_labels.get(task["state"], task["state"]),
-                "assignee": task.get("assignee__username") or "",
-                "workflow": label(task["instance__workflow_name"]),
-                "business_key": task["instance__business_key"],
-                "due": short(due_at) if due_at is not None else "",
-                "overdue": is_overdue(due_at, task["state"], now) and not on_hold,
-                "on_hold": on_hold,
-                "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
-                "completed": short(completed_at) if completed_at is not None else "",
-                # Done by me: when the viewer did their part (their vote, for a task still waiting for others).
-                "done": short(task["done_at"]) if task.get("done_at") is not None else "",
-                "waiting": duration(task["created_at"], now),
-                # In "Done by me", an open task is one the viewer voted on as part of its quorum: the row says how
-                # many votes it still waits for (their own is in; four-eyes keeps it out of their other lists).
-                "waits_for": task["quorum"] - task["approvals"] if task["state"] in ACTIONABLE_TASK_STATES else 0,
-            }
-        )
+        row: dict[str, Any] = {
+            **task,
+            "id": str(task["id"]),
+            "url": detail_url(task["id"]),
+            "claim_url": claim_url(task["id"]),
+            "state_label": state_labels.get(task["state"], task["state"]),
+            "assignee": task.get("assignee__username") or "",
+            "workflow": label(task["instance__workflow_name"]),
+            "business_key": task["instance__business_key"],
+            "due": short(due_at) if due_at is not None else "",
+            "overdue": is_overdue(due_at, task["state"], now) and not on_hold,
+            "on_hold": on_hold,
+            "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
+            "completed": short(completed_at) if completed_at is not None else "",
+            # Done by me: when the viewer did their part (their vote, for a task still waiting for others).
+            "done": short(task["done_at"]) if task.get("done_at") is not None else "",
+            "waiting": duration(task["created_at"], now),
+            # In "Done by me", an open task is one the viewer voted on as part of its quorum: the row says how
+            # many votes it still waits for (their own is in; four-eyes keeps it out of their other lists).
+            "waits_for": task["quorum"] - task["approvals"] if task["state"] in ACTIONABLE_TASK_STATES else 0,
+        }
+        if "done_at" in task:
+            # Done by me: what the person did and when, printed twice (its column, and under the title where the
+            # column is hidden, below 992 px), so worked out once here.
+            if row["waits_for"]:
+                row["done_text"] = f"you approved {row['done']} · waits for {row['waits_for']} more"
+            else:
+                what = task["decision"] or row["state_label"].lower()
+                row["done_text"] = f"{what} · {row['completed']}"
+        rows.append(row)
     return rows
 
 
