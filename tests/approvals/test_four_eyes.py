@@ -10,7 +10,7 @@ from django.urls import reverse
 from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
 from approvals.services.base import APPROVE, REJECT, RESOLVED, TaskConflict, TaskForbidden
 from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
-from orchestrator.dsl import Human, Workflow
+from orchestrator.dsl import Human, Parallel, Workflow
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.concurrency import race
@@ -241,6 +241,43 @@ def test_the_refused_delegation_is_a_403_with_the_reason_and_the_note_kept(users
     assert f'action="{reverse("approvals:task_release", args=[task.pk])}"' not in content
     task.refresh_from_db()
     assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
+
+
+def test_a_holder_barred_after_approving_a_parallel_branch_can_still_give_the_task_back(users, register_workflow):
+    """Given staff holding both branches' approvals of one instance, when staff approves one, then the other's page
+    says four-eyes now bars them and still offers Release, which gives it back (it chooses nobody)."""
+    # given
+    register_workflow(
+        Workflow(
+            "two_reviews",
+            1,
+            [
+                Parallel(
+                    "both",
+                    branches=[
+                        [Human("legal", candidate_groups=["approvers"])],
+                        [Human("finance", candidate_groups=["approvers"])],
+                    ],
+                )
+            ],
+        )
+    )
+    legal, finance = HumanTask.objects.filter(instance=instance_start("two_reviews", {})).order_by("id")
+    task_claim(legal.pk, users.staff)
+    task_claim(finance.pk, users.staff)
+    task_decide(legal.pk, users.staff, APPROVE)
+    client = login(users.staff)
+
+    # when
+    page = client.get(reverse("approvals:task_detail", args=[finance.pk]))
+    released = client.post(reverse("approvals:task_release", args=[finance.pk]))
+
+    # then
+    assert "You already approved another step of this workflow" in page_text(page)
+    assert f'action="{reverse("approvals:task_release", args=[finance.pk])}"' in page.content.decode()
+    assert released.status_code == 302
+    finance.refresh_from_db()
+    assert (finance.state, finance.assignee) == (TaskState.OPEN, None)
 
 
 # --- quorum: one decision per person --------------------------------------------------------------------
