@@ -72,13 +72,15 @@ logger = logging.getLogger(__name__)
 class LockedTask:
     """A task read under its instance's lock, with the unit that writes it and the acting user's permission
     answers, read in the same statement: a candidate now, approved another task of this instance before, already
-    decided this task (a quorum task collects one decision per person)."""
+    decided this task (a quorum task collects one decision per person), holds another approval of this instance
+    (which their approval of this one would leave them unable to decide)."""
 
     task: HumanTask
     unit: Unit
     is_candidate: bool
     approved_before: bool
     decided_this: bool = False
+    holds_other_approvals: bool = False
 
 
 def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> LockedTask:
@@ -95,16 +97,29 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
     # The two permission questions ride along: is the user a candidate, and did they approve this instance before.
     # Whether the account is still active rides along too: the user object the request loaded may predate a
     # deactivation that committed while the request waited for this lock.
-    task, step, candidate, approved_before, decided_this, active = rows.select(
+    task, step, candidate, approved_before, decided_this, active, holds_other = rows.select(
         [(HumanTask, "t"), (StepRun, "s")],
         f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s",
-        [user.pk, user.pk, user.pk, APPROVE, user.pk, user.pk, task_id],
+        [
+            user.pk,
+            user.pk,
+            user.pk,
+            APPROVE,
+            user.pk,
+            user.pk,
+            user.pk,
+            TaskState.CLAIMED.value,
+            TaskKind.APPROVAL.value,
+            task_id,
+        ],
         extra=[
             CANDIDATE_EXISTS,
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.instance_id = t.instance_id"
             " AND d.user_id = %s AND d.decision = %s)",
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.task_id = t.id AND d.user_id = %s)",
             f"EXISTS (SELECT 1 FROM {User._meta.db_table} u WHERE u.id = %s AND u.is_active)",
+            f"EXISTS (SELECT 1 FROM {tasks} o WHERE o.instance_id = t.instance_id AND o.id <> t.id"
+            " AND o.assignee_id = %s AND o.state = %s AND o.kind = %s)",
         ],
     )[0]
     assert isinstance(task, HumanTask)
@@ -119,7 +134,7 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
         # delegation or release included), whatever the object the caller holds says.
         raise TaskForbidden("Your account is deactivated.")
     unit = Unit(instance, Actor.of(user), request_meta=request_meta)
-    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this))
+    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this), bool(holds_other))
 
 
 def _check_not_initiator(user: User, locked: LockedTask) -> None:
@@ -417,6 +432,8 @@ def _decide(
         rows.insert(
             TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
         )
+        if decision == APPROVE and locked.holds_other_approvals:
+            _give_back_barred_claims(unit, task, user)
         from_state = task.state
         if decision == APPROVE and task.approvals + 1 < task.quorum:
             holder = task.assignee_id
@@ -465,6 +482,29 @@ def _decide(
         except Exception as exc:
             raise _FollowFailed(exc) from exc
         return task
+
+
+def _give_back_barred_claims(unit: Unit, task: HumanTask, user: User) -> None:
+    """Having approved ``task``, ``user`` may decide no other approval of its instance (four-eyes): the ones they
+    hold (claimed on a parallel branch before) go back to the queue now, audited and announced. Held, each waited
+    for a decision never coming, out of everyone else's queue, until the sweep's safety net
+    (``people.tasks_release_unfit``) found it. Raises nothing of its own."""
+    held = HumanTask.objects.filter(
+        instance_id=unit.instance.pk, kind=TaskKind.APPROVAL, state=TaskState.CLAIMED, assignee=user
+    ).exclude(pk=task.pk)
+    for other in held.order_by("pk"):
+        other.release()
+        rows.update(other, ["state", *HOLDER_FIELDS])
+        unit.audit(
+            "task",
+            other.pk,
+            TaskState.CLAIMED,
+            other.state,
+            reason=f"{user.get_username()} approved another task of this instance (four-eyes)",
+            payload={"from_user": user.pk},
+            action=AuditAction.TASK_RELEASED,
+        )
+        announce(unit, other, "task.released", f"Back in the queue: {other.title}", former_holder=user.pk)
 
 
 def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:

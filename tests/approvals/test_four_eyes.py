@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
 from approvals.services.base import APPROVE, REJECT, RESOLVED, TaskConflict, TaskForbidden
 from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
+from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human, Parallel, Workflow
-from orchestrator.models import InstanceState, WorkflowInstance
+from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.concurrency import race
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
@@ -243,10 +245,9 @@ def test_the_refused_delegation_is_a_403_with_the_reason_and_the_note_kept(users
     assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
 
 
-def test_a_holder_barred_after_approving_a_parallel_branch_can_still_give_the_task_back(users, register_workflow):
-    """Given staff holding both branches' approvals of one instance, when staff approves one, then the other's page
-    says four-eyes now bars them and still offers Release, which gives it back (it chooses nobody)."""
-    # given
+@pytest.fixture
+def two_reviews(register_workflow) -> tuple[HumanTask, HumanTask]:
+    """An instance of two parallel approvals by the approvers (legal, finance), both open."""
     register_workflow(
         Workflow(
             "two_reviews",
@@ -263,9 +264,58 @@ def test_a_holder_barred_after_approving_a_parallel_branch_can_still_give_the_ta
         )
     )
     legal, finance = HumanTask.objects.filter(instance=instance_start("two_reviews", {})).order_by("id")
+    return legal, finance
+
+
+def test_approving_one_branch_gives_back_the_other_branchs_approval_one_holds(users, two_reviews):
+    """Given staff holding both parallel approvals of one instance, when staff approves one, then the other goes
+    back to the queue at once, audited, and staff2 can take it: held by staff, whom four-eyes now refuses, it waited
+    for nobody (out of everyone's queue) until the sweep's safety net."""
+    # given
+    legal, finance = two_reviews
     task_claim(legal.pk, users.staff)
     task_claim(finance.pk, users.staff)
+
+    # when
     task_decide(legal.pk, users.staff, APPROVE)
+
+    # then
+    finance.refresh_from_db()
+    assert (finance.state, finance.assignee) == (TaskState.OPEN, None)
+    released = AuditEvent.objects.get(subject_type="task", subject_id=finance.pk, action=AuditAction.TASK_RELEASED)
+    assert "approved another task of this instance" in released.reason
+    assert task_claim(finance.pk, users.staff2).assignee == users.staff2
+
+
+def test_approving_a_branch_leaves_others_claims_and_ones_other_instances_alone(users, two_reviews):
+    """Only the approver's own claims on approvals of the same instance go back: a colleague's claim on the other
+    branch and the approver's claims elsewhere stay."""
+    # given
+    legal, finance = two_reviews
+    elsewhere = task_of(expense())
+    task_claim(legal.pk, users.staff)
+    task_claim(finance.pk, users.staff2)
+    task_claim(elsewhere.pk, users.staff)
+
+    # when
+    task_decide(legal.pk, users.staff, APPROVE)
+
+    # then
+    finance.refresh_from_db()
+    elsewhere.refresh_from_db()
+    assert (finance.assignee, elsewhere.assignee) == (users.staff2, users.staff)
+
+
+def test_a_holder_barred_after_approving_a_parallel_branch_can_still_give_the_task_back(users, two_reviews):
+    """Given staff holding one branch's approval after approving the other (a claim from before the approval gave
+    it back, written here directly), when staff opens it, then the page says four-eyes bars them and still offers
+    Release, which gives it back (it chooses nobody)."""
+    # given
+    legal, finance = two_reviews
+    task_decide(legal.pk, users.staff, APPROVE)
+    HumanTask.objects.filter(pk=finance.pk).update(
+        state=TaskState.CLAIMED, assignee=users.staff, claimed_at=timezone.now()
+    )
     client = login(users.staff)
 
     # when
