@@ -223,7 +223,8 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
             # Giving back one's own claim chooses nobody; taking someone else's away is steering.
             _check_may_steer(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
-            raise TaskForbidden("Only the assignee or a manager can release this task.")
+            # Named: the person may have held it when their page was drawn (a delegation took it since).
+            raise TaskForbidden(f"{task.assignee} holds this task now: only they or a manager can release it.")
         previous = task.assignee_id
         task.release()
         rows.update(task, ["state", *HOLDER_FIELDS])
@@ -593,8 +594,11 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
         if not task.is_actionable:
             # A decided task keeps its last assignee: there is nothing left to put aside.
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
-        if task.assignee_id != user.pk:
+        if task.assignee_id is None:
             raise TaskForbidden("Claim the task before you snooze it.")
+        if task.assignee_id != user.pk:
+            # Named: the person may have held it when their page was drawn (a delegation took it since).
+            raise TaskForbidden(f"{task.assignee} holds this task now: only they can snooze it.")
         if until <= unit.now or until > unit.now + timedelta(days=90):
             raise TaskInvalid("Snooze until a time in the next 90 days.", {"until": ["Within 90 days."]})
         task.snoozed_until = until

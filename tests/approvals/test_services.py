@@ -688,3 +688,38 @@ def test_a_decided_task_cannot_be_snoozed(users):
     task.refresh_from_db()
     assert task.snoozed_until is None
     assert "task.snoozed" not in [action for action, _actor in task_events(task)]
+
+
+# --- a holder whose task moved on meanwhile ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["snooze", "release"])
+def test_snoozing_or_releasing_a_task_delegated_away_meanwhile_says_who_holds_it(users, action):
+    """Given a task staff held and a manager handed to staff2 meanwhile, when staff snoozes or releases it from the
+    page still open, then the refusal names staff2 (the task moved on), not "Claim the task first" or "only the
+    assignee" as if staff had never held it; staff2 keeps it."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    task_delegate(task.pk, users.manager, users.staff2)
+
+    act = {
+        "snooze": lambda: task_snooze(task.pk, users.staff, timezone.now() + timedelta(hours=2)),
+        "release": lambda: task_release(task.pk, users.staff),
+    }[action]
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="staff2 holds this task now"):
+        act()
+    task.refresh_from_db()
+    assert (task.state, task.assignee, task.snoozed_until) == (TaskState.CLAIMED, users.staff2, None)
+
+
+def test_snoozing_an_open_task_still_says_claim_it_first(users):
+    """An unclaimed task: still 403 with "Claim the task before you snooze it"."""
+    # given
+    task = task_of(expense())
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="Claim the task before you snooze it"):
+        task_snooze(task.pk, users.staff, timezone.now() + timedelta(hours=2))
