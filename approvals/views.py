@@ -446,7 +446,14 @@ def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
         return _render_task(request, _task_or_404(request, task_id), status=400, delegate_form=form)
     to, note = form.cleaned_data["to_user"], form.cleaned_data["note"]
     try:
-        task_actions.task_delegate(task_id, request.user, to, note=note, request_meta=request_meta(request))
+        task_actions.task_delegate(
+            task_id,
+            request.user,
+            to,
+            note=note,
+            seen_holder=form.cleaned_data["holder"],
+            request_meta=request_meta(request),
+        )
     except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, delegate_form=form)
     messages.success(request, f"Delegated to {to.get_username()}.")

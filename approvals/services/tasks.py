@@ -247,6 +247,7 @@ def task_delegate(
     to_user: User,
     *,
     note: str = "",
+    seen_holder: int | None = None,
     request_meta: dict | None = None,
 ) -> HumanTask:
     """Hand a task to another candidate (by its assignee or a manager, never anyone four-eyes bars from deciding
@@ -258,6 +259,10 @@ def task_delegate(
     approval, has not approved another step of the instance (a task parked with someone who cannot sign in or
     cannot decide it, or handed to oneself, is no hand-over), naming ``to_user``; TaskForbidden, TaskConflict,
     TaskNotFound as the other actions.
+
+    ``seen_holder`` is the id of the task's holder as the delegating person was shown it (0: unclaimed; the task
+    page sends it); when it has changed since (someone claimed it, or released it), the delegation is refused with a
+    TaskConflict saying so: it would silently take the task from whoever had just claimed it. None: not checked.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -268,6 +273,13 @@ def task_delegate(
         _check_may_steer(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
+        if seen_holder is not None and (task.assignee_id or 0) != seen_holder:
+            # Read under the instance's lock: a claim that committed while this request waited is seen here.
+            now = f"{task.assignee} claimed it" if task.assignee_id else "it went back to the queue"
+            raise TaskConflict(
+                f"This task changed hands after you opened it ({now}): check who holds it now, then delegate "
+                "again. Your note is kept."
+            )
         name = to_user.get_username()
         refusal = ""
         if to_user.pk == user.pk:

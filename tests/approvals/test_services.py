@@ -723,3 +723,41 @@ def test_snoozing_an_open_task_still_says_claim_it_first(users):
     # when / then
     with pytest.raises(TaskForbidden, match="Claim the task before you snooze it"):
         task_snooze(task.pk, users.staff, timezone.now() + timedelta(hours=2))
+
+
+# --- a delegation is of the holder the person saw ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("seen", ["open", "staff"])
+def test_a_delegation_after_the_task_changed_hands_is_a_conflict(users, seen):
+    """Given a manager who saw the task open (or held by staff), when staff claimed it (or released it) meanwhile and
+    the manager hands it to staff2, then it is a conflict saying so and the task stays as it is now: the delegation
+    silently took the task from the person who had just claimed it."""
+    # given
+    task = task_of(expense())
+    if seen == "open":
+        seen_holder = 0
+        task_claim(task.pk, users.staff)
+    else:
+        task_claim(task.pk, users.staff)
+        seen_holder = users.staff.pk
+        task_release(task.pk, users.staff)
+
+    # when / then
+    with pytest.raises(TaskConflict, match="changed hands after you opened it"):
+        task_delegate(task.pk, users.manager, users.staff2, seen_holder=seen_holder)
+    task.refresh_from_db()
+    assert task.assignee == (users.staff if seen == "open" else None)
+
+
+def test_a_delegation_of_the_holder_seen_goes_ahead(users):
+    """The holder is still the one the manager saw: the delegation goes ahead."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+
+    # when
+    delegated = task_delegate(task.pk, users.manager, users.staff2, seen_holder=users.staff.pk)
+
+    # then
+    assert delegated.assignee == users.staff2

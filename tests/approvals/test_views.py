@@ -847,3 +847,30 @@ def test_a_task_whose_workflow_is_paused_past_its_due_time_is_on_hold_not_overdu
     assert 'id="instance-on-hold"' in page
     assert "paused" in page.split('id="instance-on-hold"', 1)[1].split("</div>", 1)[0]
     assert f'data-task="{task.pk}"' not in chased
+
+
+def test_a_delegation_from_a_page_drawn_before_someone_claimed_is_refused_with_the_note_kept(users):
+    """Given the manager's task page drawn while the task was open, when staff claims it and the manager then hands
+    it to staff2, then the page comes back (409) saying it changed hands, with the note as typed, and staff keeps
+    it."""
+    # given
+    task = task_of(expense())
+    users.manager.groups.add(users.approvers)
+    client = login(users.manager)
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    assert '<input type="hidden" name="holder" value="0">' in page
+    task_claim(task.pk, users.staff)
+
+    # when
+    response = client.post(
+        reverse("approvals:task_delegate", args=[task.pk]),
+        {"to_user": users.staff2.pk, "note": "urgent, the client calls at 3", "holder": "0"},
+    )
+
+    # then
+    assert response.status_code == 409
+    text = " ".join(html.unescape(response.content.decode()).split())
+    assert "This task changed hands after you opened it (staff claimed it)" in text
+    assert "readonly>urgent, the client calls at 3</textarea>" in response.content.decode()
+    task.refresh_from_db()
+    assert task.assignee == users.staff
