@@ -332,6 +332,7 @@ def _render_task(
             decide_form.add_error("comment", errors)
     decisions = list(instance.decisions.select_related("user", "task").order_by("created_at"))
     approved_before = any(d.user_id == user.pk and d.decision == task_rules.APPROVE for d in decisions)
+    decided_this = any(d.user_id == user.pk and d.task_id == task.pk for d in decisions)
     context = {
         "task": task,
         "instance": instance,
@@ -350,7 +351,7 @@ def _render_task(
         "is_initiator": instance.initiator_id == user.pk,
         # Said instead of the forms, in the services' words: they refuse whoever it bars to decide or steer the task.
         "four_eyes": task_rules.four_eyes_bar(
-            task.kind, instance.initiator_id, user.pk, approved_before=approved_before
+            task.kind, instance.initiator_id, user.pk, approved_before=approved_before, decided_this=decided_this
         ),
         "is_assignee": task.assignee_id == user.pk,
         "is_candidate": task_rules.is_candidate(user, task),

@@ -83,13 +83,20 @@ APPROVED_BEFORE = (
     "You already approved another step of this workflow, so you cannot decide this task or choose who does "
     "(four-eyes rule)."
 )
+APPROVED_THIS = (
+    "You already approved this task (one of the approvals it needs), so you cannot decide it again or choose who "
+    "does (four-eyes rule)."
+)
 
 
-def four_eyes_bar(kind: str, initiator_id: int | None, user_id: int, *, approved_before: bool) -> str:
+def four_eyes_bar(
+    kind: str, initiator_id: int | None, user_id: int, *, approved_before: bool, decided_this: bool = False
+) -> str:
     """Why four-eyes keeps the user ``user_id`` from deciding a task of kind ``kind`` (a ``TaskKind``) of the
     instance started by ``initiator_id`` and so from steering who does (claim, delegate, release, resolve);
-    ``approved_before``: they approved a task of that instance (this one included, a quorum vote). Returns the
-    reason to show, or "" when nothing bars them.
+    ``approved_before``: they approved a task of that instance (this one included, a quorum vote);
+    ``decided_this``: their decision of this task is in (a quorum task still open: their approval), said as such.
+    Returns the reason to show, or "" when nothing bars them.
 
     The one statement of the rule: the task services refuse with it, the task page says it instead of offering
     the forms. Raises nothing.
@@ -97,7 +104,7 @@ def four_eyes_bar(kind: str, initiator_id: int | None, user_id: int, *, approved
     if initiator_id is not None and initiator_id == user_id:
         return INITIATOR_BARRED
     if kind == TaskKind.APPROVAL and approved_before:
-        return APPROVED_BEFORE
+        return APPROVED_THIS if decided_this else APPROVED_BEFORE
     return ""
 
 

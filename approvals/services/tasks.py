@@ -150,7 +150,11 @@ def _check_may_steer(user: User, locked: LockedTask) -> None:
     instance (an earlier step, or this quorum task's vote), whatever their role."""
     task = locked.task
     reason = four_eyes_bar(
-        task.kind, locked.unit.instance.initiator_id, user.pk, approved_before=locked.approved_before
+        task.kind,
+        locked.unit.instance.initiator_id,
+        user.pk,
+        approved_before=locked.approved_before,
+        decided_this=locked.decided_this,
     )
     if reason:
         raise TaskForbidden(reason)

@@ -210,16 +210,19 @@ def test_who_approved_an_earlier_step_cannot_release_someone_elses_claim_on_the_
 
 def test_a_quorum_voter_cannot_choose_who_casts_the_next_vote(users, quorum_task):
     """A manager among the approvers votes on a quorum-3 task, then hands the waiting task to a colleague: refused,
-    their vote stands and the task stays open for anyone."""
+    saying they approved this task (not "another step"), their vote stands and the task stays open for anyone;
+    their task page says the same instead of offering forms."""
     # given
     users.staff.groups.add(users.managers)
     task_decide(quorum_task.pk, users.staff, APPROVE)
 
     # when / then
-    with pytest.raises(TaskForbidden, match="four-eyes"):
+    with pytest.raises(TaskForbidden, match=r"You already approved this task .* \(four-eyes rule\)"):
         task_delegate(quorum_task.pk, users.staff, users.staff2)
     quorum_task.refresh_from_db()
     assert (quorum_task.state, quorum_task.assignee, quorum_task.approvals) == (TaskState.OPEN, None, 1)
+    page = login(users.staff).get(reverse("approvals:task_detail", args=[quorum_task.pk]))
+    assert "You already approved this task (one of the approvals it needs)" in page_text(page)
 
 
 def test_the_refused_delegation_is_a_403_with_the_reason_and_the_note_kept(users, approved_earlier):
