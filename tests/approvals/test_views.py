@@ -871,6 +871,6 @@ def test_a_delegation_from_a_page_drawn_before_someone_claimed_is_refused_with_t
     assert response.status_code == 409
     text = " ".join(html.unescape(response.content.decode()).split())
     assert "This task changed hands after you opened it (staff claimed it)" in text
-    assert "readonly>urgent, the client calls at 3</textarea>" in response.content.decode()
+    assert 'data-kept-for="note">urgent, the client calls at 3</textarea>' in response.content.decode()
     task.refresh_from_db()
     assert task.assignee == users.staff
