@@ -52,6 +52,13 @@ class DelegateForm(forms.Form):
         },
     )
     note = forms.CharField(required=False, max_length=NOTE_MAX, help_text=f"Up to {NOTE_MAX:,} characters.")
+    # The holder's id as the page showed it (0: unclaimed): the service refuses a delegation of a task that changed
+    # hands since. Anything else (tampered, missing) is not checked.
+    holder = forms.CharField(required=False, max_length=20)
+
+    def clean_holder(self) -> int | None:
+        value = self.cleaned_data["holder"]
+        return int(value) if value.isascii() and value.isdecimal() and int(value) <= ID_MAX else None
 
 
 class SnoozeForm(forms.Form):

@@ -12,7 +12,8 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connections
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, FilteredRelation, OuterRef, Q, QuerySet
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -119,10 +120,20 @@ def done_by(user: User) -> QuerySet[HumanTask]:
     ``decision_user_task`` and HumanTask's ``task_done_by``, both led by the user), joined to the tasks as a semi-join
     on their primary key; no scan of either table. A task is in both halves when the user's vote completed it: the
     ``IN`` makes it one row.
+
+    Each task carries ``done_at``: when the user did their part, their own decision's time (a quorum vote that
+    still waits has no completion time; one completed by another's vote later was done by the user earlier), else
+    the completion time (an escalation they resolved). "Recently done" sorts by it (``InboxQuery.order``). Read in
+    the same statement, by a left join on the person's decision of each task (one at most: ``decision_one_per_user``).
     """
     voted = TaskDecision.objects.filter(user=user).values("task_id")
     completed = HumanTask.objects.filter(completed_by=user, state=TaskState.COMPLETED).values("id")
-    return _with_related(HumanTask.objects.filter(pk__in=voted.union(completed, all=True)))
+    return _with_related(
+        HumanTask.objects.filter(pk__in=voted.union(completed, all=True)).annotate(
+            my_decision=FilteredRelation("decisions", condition=Q(decisions__user=user)),
+            done_at=Coalesce(F("my_decision__created_at"), F("completed_at")),
+        )
+    )
 
 
 def may_open(user: User) -> Q:
@@ -235,6 +246,9 @@ SORTS: dict[str, list[tuple[str, bool]]] = {
     "age": [("created_at", False), ("id", False)],
     "recent": [("completed_at", True), ("id", True)],
 }
+# "Recently done" in Done by me: by when the viewer did their part (``done_by``'s ``done_at``), not when the task
+# completed (a quorum vote still waiting has no completion time, and sorted last).
+DONE_SORTS = {"recent": [("done_at", True), ("id", True)]}
 DUE_BUCKETS = ("overdue", "today", "later", "none")
 # The inbox's one-value parameters, as the page names them: each given twice is left out with a message.
 ONE_VALUE_PARAMETERS = {
@@ -247,7 +261,7 @@ ONE_VALUE_PARAMETERS = {
     "after": "Page",
     "size": "Page size",
 }
-NULLABLE = {"due_at", "completed_at"}
+NULLABLE = {"due_at", "completed_at", "done_at"}
 
 
 @dataclass
@@ -321,6 +335,14 @@ class InboxQuery:
     @property
     def sort_key(self) -> str:
         return self.sort or ("recent" if self.tab == "done" else "due")
+
+    @property
+    def order(self) -> list[tuple[str, bool]]:
+        """The (field, descending) keys of this list's order: SORTS', but Done by me's "recent" is DONE_SORTS'
+        (its queryset, ``done_by``, carries ``done_at``)."""
+        if self.tab == "done" and self.sort_key in DONE_SORTS:
+            return DONE_SORTS[self.sort_key]
+        return SORTS[self.sort_key]
 
     def as_params(self, **override: Any) -> dict[str, str]:
         """The non-empty filters as query parameters (for links, saved views and the cursor)."""
@@ -444,9 +466,10 @@ ROW_FIELDS = (
 
 
 def row_fields(tab: str) -> tuple[str, ...]:
-    """ROW_FIELDS for a tab: "Done by me" also shows who held each task. The team queue's tasks have no
+    """ROW_FIELDS for a tab: "Done by me" also shows who held each task and when the viewer did their part
+    (``done_by``'s ``done_at``, its "recent" order's key). The team queue's tasks have no
     assignee and My tasks are the viewer's own, so those two lists skip the join to the users table."""
-    return (*ROW_FIELDS, "assignee__username") if tab == "done" else ROW_FIELDS
+    return (*ROW_FIELDS, "assignee__username", "done_at") if tab == "done" else ROW_FIELDS
 
 
 @dataclass
@@ -460,7 +483,7 @@ class Page:
 
 def page_of(qs: QuerySet[HumanTask, Any], query: InboxQuery, size: int | None = None) -> Page:
     """One page in keyset order: the cost does not grow with how deep the user pages."""
-    sort = SORTS[query.sort_key]
+    sort = query.order
     qs = apply_filters(qs, query).order_by(*_order_by(sort))
     values = _decode(query.after, sort) if query.after else None
     if query.after and values is None:

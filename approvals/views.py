@@ -97,27 +97,36 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
         # Waiting on an operator (paused or failed): said on the row, and never "overdue" (nobody can act on it).
         on_hold = task["instance__state"] if task["instance__state"] in selectors.ON_HOLD_STATES else ""
         on_hold = on_hold if task["state"] in ACTIONABLE_TASK_STATES else ""
-        rows.append(
-            {
-                **task,
-                "id": str(task["id"]),
-                "url": detail_url(task["id"]),
-                "claim_url": claim_url(task["id"]),
-                "state_label": state_labels.get(task["state"], task["state"]),
-                "assignee": task.get("assignee__username") or "",
-                "workflow": label(task["instance__workflow_name"]),
-                "business_key": task["instance__business_key"],
-                "due": short(due_at) if due_at is not None else "",
-                "overdue": is_overdue(due_at, task["state"], now) and not on_hold,
-                "on_hold": on_hold,
-                "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
-                "completed": short(completed_at) if completed_at is not None else "",
-                "waiting": duration(task["created_at"], now),
-                # In "Done by me", an open task is one the viewer voted on as part of its quorum: the row says how
-                # many votes it still waits for (their own is in; four-eyes keeps it out of their other lists).
-                "waits_for": task["quorum"] - task["approvals"] if task["state"] in ACTIONABLE_TASK_STATES else 0,
-            }
-        )
+        row: dict[str, Any] = {
+            **task,
+            "id": str(task["id"]),
+            "url": detail_url(task["id"]),
+            "claim_url": claim_url(task["id"]),
+            "state_label": state_labels.get(task["state"], task["state"]),
+            "assignee": task.get("assignee__username") or "",
+            "workflow": label(task["instance__workflow_name"]),
+            "business_key": task["instance__business_key"],
+            "due": short(due_at) if due_at is not None else "",
+            "overdue": is_overdue(due_at, task["state"], now) and not on_hold,
+            "on_hold": on_hold,
+            "snoozed": short(snoozed_until) if snoozed_until is not None and snoozed_until > now else "",
+            "completed": short(completed_at) if completed_at is not None else "",
+            # Done by me: when the viewer did their part (their vote, for a task still waiting for others).
+            "done": short(task["done_at"]) if task.get("done_at") is not None else "",
+            "waiting": duration(task["created_at"], now),
+            # In "Done by me", an open task is one the viewer voted on as part of its quorum: the row says how
+            # many votes it still waits for (their own is in; four-eyes keeps it out of their other lists).
+            "waits_for": task["quorum"] - task["approvals"] if task["state"] in ACTIONABLE_TASK_STATES else 0,
+        }
+        if "done_at" in task:
+            # Done by me: what the person did and when, printed twice (its column, and under the title where the
+            # column is hidden, below 992 px), so worked out once here.
+            if row["waits_for"]:
+                row["done_text"] = f"you approved {row['done']} · waits for {row['waits_for']} more"
+            else:
+                what = task["decision"] or row["state_label"].lower()
+                row["done_text"] = f"{what} · {row['completed']}"
+        rows.append(row)
     return rows
 
 
@@ -321,6 +330,9 @@ def _render_task(
     for name, errors in (field_errors or {}).items():
         if name == "comment" and not decide_form.has_error("comment"):
             decide_form.add_error("comment", errors)
+    decisions = list(instance.decisions.select_related("user", "task").order_by("created_at"))
+    approved_before = any(d.user_id == user.pk and d.decision == task_rules.APPROVE for d in decisions)
+    decided_this = any(d.user_id == user.pk and d.task_id == task.pk for d in decisions)
     context = {
         "task": task,
         "instance": instance,
@@ -329,7 +341,7 @@ def _render_task(
         # swaps), so it always names what the person read.
         "data_digest": task_rules.data_digest(instance.data),
         "steps": steps_of(instance),
-        "decisions": list(instance.decisions.select_related("user", "task").order_by("created_at")),
+        "decisions": decisions,
         "form": form,
         "decide_form": decide_form,
         "delegate_form": delegate_form or forms.DelegateForm(),
@@ -337,6 +349,10 @@ def _render_task(
         "comment_max": COMMENT_MAX,
         "note_max": NOTE_MAX,
         "is_initiator": instance.initiator_id == user.pk,
+        # Said instead of the forms, in the services' words: they refuse whoever it bars to decide or steer the task.
+        "four_eyes": task_rules.four_eyes_bar(
+            task.kind, instance.initiator_id, user.pk, approved_before=approved_before, decided_this=decided_this
+        ),
         "is_assignee": task.assignee_id == user.pk,
         "is_candidate": task_rules.is_candidate(user, task),
         "is_manager": selectors.is_manager(user),
@@ -431,7 +447,14 @@ def task_delegate(request: AuthedRequest, task_id: int) -> HttpResponse:
         return _render_task(request, _task_or_404(request, task_id), status=400, delegate_form=form)
     to, note = form.cleaned_data["to_user"], form.cleaned_data["note"]
     try:
-        task_actions.task_delegate(task_id, request.user, to, note=note, request_meta=request_meta(request))
+        task_actions.task_delegate(
+            task_id,
+            request.user,
+            to,
+            note=note,
+            seen_holder=form.cleaned_data["holder"],
+            request_meta=request_meta(request),
+        )
     except task_rules.TaskError as exc:
         return _refused(request, task_id, exc, delegate_form=form)
     messages.success(request, f"Delegated to {to.get_username()}.")

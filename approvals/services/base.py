@@ -76,6 +76,38 @@ class TaskInvalid(TaskError):
         self.errors = errors or {}
 
 
+# Four-eyes (docs/architecture.md, "Who may act on a task"): who started an instance acts on none of its tasks, and
+# one person gives one approval per instance.
+INITIATOR_BARRED = "You started this workflow, so you cannot act on its tasks (four-eyes rule)."
+APPROVED_BEFORE = (
+    "You already approved another step of this workflow, so you cannot decide this task or choose who does "
+    "(four-eyes rule)."
+)
+APPROVED_THIS = (
+    "You already approved this task (one of the approvals it needs), so you cannot decide it again or choose who "
+    "does (four-eyes rule)."
+)
+
+
+def four_eyes_bar(
+    kind: str, initiator_id: int | None, user_id: int, *, approved_before: bool, decided_this: bool = False
+) -> str:
+    """Why four-eyes keeps the user ``user_id`` from deciding a task of kind ``kind`` (a ``TaskKind``) of the
+    instance started by ``initiator_id`` and so from steering who does (claim, delegate, release, resolve);
+    ``approved_before``: they approved a task of that instance (this one included, a quorum vote);
+    ``decided_this``: their decision of this task is in (a quorum task still open: their approval), said as such.
+    Returns the reason to show, or "" when nothing bars them.
+
+    The one statement of the rule: the task services refuse with it, the task page says it instead of offering
+    the forms. Raises nothing.
+    """
+    if initiator_id is not None and initiator_id == user_id:
+        return INITIATOR_BARRED
+    if kind == TaskKind.APPROVAL and approved_before:
+        return APPROVED_THIS if decided_this else APPROVED_BEFORE
+    return ""
+
+
 def data_digest(data: dict[str, Any]) -> str:
     """A short fingerprint of an instance's business data (a JSON object), the same for the same content whatever
     its keys' order: the task page sends the one of the data it showed with a decision, so a decision on data that

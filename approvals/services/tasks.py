@@ -32,7 +32,9 @@ from approvals.notifications import members_of, notify
 from approvals.selectors import is_manager
 from approvals.services.base import (
     APPROVE,
+    APPROVED_BEFORE,
     CANDIDATE_EXISTS,
+    INITIATOR_BARRED,
     OPERATORS,
     REJECT,
     SUBMIT,
@@ -44,6 +46,7 @@ from approvals.services.base import (
     announce,
     checked_text,
     data_digest,
+    four_eyes_bar,
     is_candidate,
     past_tense,
     task_complete,
@@ -64,21 +67,20 @@ from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
 
-# Four-eyes: one person, one approval per instance (docs/architecture.md, "Who may act on a task").
-APPROVED_BEFORE = "You already approved another step of this workflow (four-eyes rule)."
-
 
 @dataclass
 class LockedTask:
     """A task read under its instance's lock, with the unit that writes it and the acting user's permission
     answers, read in the same statement: a candidate now, approved another task of this instance before, already
-    decided this task (a quorum task collects one decision per person)."""
+    decided this task (a quorum task collects one decision per person), holds another approval of this instance
+    (which their approval of this one would leave them unable to decide)."""
 
     task: HumanTask
     unit: Unit
     is_candidate: bool
     approved_before: bool
     decided_this: bool = False
+    holds_other_approvals: bool = False
 
 
 def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> LockedTask:
@@ -95,16 +97,29 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
     # The two permission questions ride along: is the user a candidate, and did they approve this instance before.
     # Whether the account is still active rides along too: the user object the request loaded may predate a
     # deactivation that committed while the request waited for this lock.
-    task, step, candidate, approved_before, decided_this, active = rows.select(
+    task, step, candidate, approved_before, decided_this, active, holds_other = rows.select(
         [(HumanTask, "t"), (StepRun, "s")],
         f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s",
-        [user.pk, user.pk, user.pk, APPROVE, user.pk, user.pk, task_id],
+        [
+            user.pk,
+            user.pk,
+            user.pk,
+            APPROVE,
+            user.pk,
+            user.pk,
+            user.pk,
+            TaskState.CLAIMED.value,
+            TaskKind.APPROVAL.value,
+            task_id,
+        ],
         extra=[
             CANDIDATE_EXISTS,
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.instance_id = t.instance_id"
             " AND d.user_id = %s AND d.decision = %s)",
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.task_id = t.id AND d.user_id = %s)",
             f"EXISTS (SELECT 1 FROM {User._meta.db_table} u WHERE u.id = %s AND u.is_active)",
+            f"EXISTS (SELECT 1 FROM {tasks} o WHERE o.instance_id = t.instance_id AND o.id <> t.id"
+            " AND o.assignee_id = %s AND o.state = %s AND o.kind = %s)",
         ],
     )[0]
     assert isinstance(task, HumanTask)
@@ -119,14 +134,30 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
         # delegation or release included), whatever the object the caller holds says.
         raise TaskForbidden("Your account is deactivated.")
     unit = Unit(instance, Actor.of(user), request_meta=request_meta)
-    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this))
+    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this), bool(holds_other))
 
 
 def _check_not_initiator(user: User, locked: LockedTask) -> None:
     """Four-eyes: whoever started the instance never claims, decides, releases, delegates or resolves any of its
     tasks (escalations included), whatever their role: steering who decides is deciding."""
     if locked.unit.instance.initiator_id == user.pk:
-        raise TaskForbidden("You started this workflow, so you cannot act on its tasks (four-eyes rule).")
+        raise TaskForbidden(INITIATOR_BARRED)
+
+
+def _check_may_steer(user: User, locked: LockedTask) -> None:
+    """Whoever may not decide a task may not steer who does (hand it to someone, or take it from its holder):
+    everyone ``base.four_eyes_bar`` bars, the initiator and, for an approval, whoever approved a task of the
+    instance (an earlier step, or this quorum task's vote), whatever their role."""
+    task = locked.task
+    reason = four_eyes_bar(
+        task.kind,
+        locked.unit.instance.initiator_id,
+        user.pk,
+        approved_before=locked.approved_before,
+        decided_this=locked.decided_this,
+    )
+    if reason:
+        raise TaskForbidden(reason)
 
 
 def _check_may_act(user: User, locked: LockedTask) -> None:
@@ -179,11 +210,12 @@ def task_claim(task_id: int, user: User, *, request_meta: dict | None = None) ->
 
 
 def task_release(task_id: int, user: User, *, request_meta: dict | None = None) -> HumanTask:
-    """Give a claimed task back to the queue (the assignee or a manager, never the instance's initiator);
-    ``request_meta`` goes into the audit event.
+    """Give a claimed task back to the queue (the assignee, or a manager four-eyes does not bar from deciding it:
+    never the instance's initiator, nor for an approval whoever approved a task of the instance); ``request_meta``
+    goes into the audit event.
 
-    Raises TaskNotFound, TaskForbidden (the initiator, or neither the assignee nor a manager), TaskConflict (not
-    claimed).
+    Raises TaskNotFound, TaskForbidden (the initiator, someone else's claim released by someone four-eyes bars, or
+    neither the assignee nor a manager), TaskConflict (not claimed).
     """
     with transaction.atomic():
         locked = _lock_task(task_id, user, request_meta)
@@ -191,8 +223,12 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
         _check_not_initiator(user, locked)
         if task.state != TaskState.CLAIMED:
             raise TaskConflict("This task is not claimed.")
+        if task.assignee_id != user.pk:
+            # Giving back one's own claim chooses nobody; taking someone else's away is steering.
+            _check_may_steer(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
-            raise TaskForbidden("Only the assignee or a manager can release this task.")
+            # Named: the person may have held it when their page was drawn (a delegation took it since).
+            raise TaskForbidden(f"{task.assignee} holds this task now: only they or a manager can release it.")
         previous = task.assignee_id
         task.release()
         rows.update(task, ["state", *HOLDER_FIELDS])
@@ -215,16 +251,22 @@ def task_delegate(
     to_user: User,
     *,
     note: str = "",
+    seen_holder: int | None = None,
     request_meta: dict | None = None,
 ) -> HumanTask:
-    """Hand a task to another candidate (by its assignee or a manager, never the instance's initiator), with a
-    note; ``request_meta`` goes into the audit event.
+    """Hand a task to another candidate (by its assignee or a manager, never anyone four-eyes bars from deciding
+    it: the instance's initiator, or for an approval whoever approved a task of the instance), with a note;
+    ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
     candidate who is neither the delegator nor the initiator, has not decided this (quorum) task already and, for an
     approval, has not approved another step of the instance (a task parked with someone who cannot sign in or
     cannot decide it, or handed to oneself, is no hand-over), naming ``to_user``; TaskForbidden, TaskConflict,
     TaskNotFound as the other actions.
+
+    ``seen_holder`` is the id of the task's holder as the delegating person was shown it (0: unclaimed; the task
+    page sends it); when it has changed since (someone claimed it, or released it), the delegation is refused with a
+    TaskConflict saying so: it would silently take the task from whoever had just claimed it. None: not checked.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -232,9 +274,16 @@ def task_delegate(
         task, unit = locked.task, locked.unit
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
-        _check_not_initiator(user, locked)
+        _check_may_steer(user, locked)
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
+        if seen_holder is not None and (task.assignee_id or 0) != seen_holder:
+            # Read under the instance's lock: a claim that committed while this request waited is seen here.
+            now = f"{task.assignee} claimed it" if task.assignee_id else "it went back to the queue"
+            raise TaskConflict(
+                f"This task changed hands after you opened it ({now}): check who holds it now, then delegate "
+                "again. Your note is kept."
+            )
         name = to_user.get_username()
         refusal = ""
         if to_user.pk == user.pk:
@@ -400,6 +449,8 @@ def _decide(
         rows.insert(
             TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
         )
+        if decision == APPROVE and locked.holds_other_approvals:
+            _give_back_barred_claims(unit, task, user)
         from_state = task.state
         if decision == APPROVE and task.approvals + 1 < task.quorum:
             holder = task.assignee_id
@@ -448,6 +499,29 @@ def _decide(
         except Exception as exc:
             raise _FollowFailed(exc) from exc
         return task
+
+
+def _give_back_barred_claims(unit: Unit, task: HumanTask, user: User) -> None:
+    """Having approved ``task``, ``user`` may decide no other approval of its instance (four-eyes): the ones they
+    hold (claimed on a parallel branch before) go back to the queue now, audited and announced. Held, each waited
+    for a decision never coming, out of everyone else's queue, until the sweep's safety net
+    (``people.tasks_release_unfit``) found it. Raises nothing of its own."""
+    held = HumanTask.objects.filter(
+        instance_id=unit.instance.pk, kind=TaskKind.APPROVAL, state=TaskState.CLAIMED, assignee=user
+    ).exclude(pk=task.pk)
+    for other in held.order_by("pk"):
+        other.release()
+        rows.update(other, ["state", *HOLDER_FIELDS])
+        unit.audit(
+            "task",
+            other.pk,
+            TaskState.CLAIMED,
+            other.state,
+            reason=f"{user.get_username()} approved another task of this instance (four-eyes)",
+            payload={"from_user": user.pk},
+            action=AuditAction.TASK_RELEASED,
+        )
+        announce(unit, other, "task.released", f"Back in the queue: {other.title}", former_holder=user.pk)
 
 
 def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
@@ -536,8 +610,11 @@ def task_snooze(task_id: int, user: User, until: datetime, *, request_meta: dict
         if not task.is_actionable:
             # A decided task keeps its last assignee: there is nothing left to put aside.
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
-        if task.assignee_id != user.pk:
+        if task.assignee_id is None:
             raise TaskForbidden("Claim the task before you snooze it.")
+        if task.assignee_id != user.pk:
+            # Named: the person may have held it when their page was drawn (a delegation took it since).
+            raise TaskForbidden(f"{task.assignee} holds this task now: only they can snooze it.")
         if until <= unit.now or until > unit.now + timedelta(days=90):
             raise TaskInvalid("Snooze until a time in the next 90 days.", {"until": ["Within 90 days."]})
         task.snoozed_until = until

@@ -249,3 +249,26 @@ def test_a_decision_on_data_changed_since_it_was_read_is_a_conflict_when_the_cal
     assert fresh != read["data_digest"]
     done = client.post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve", "seen": fresh})
     assert done.status_code == 200
+
+
+def test_who_approved_an_earlier_step_cannot_delegate_the_later_one(api_as, roles):
+    """Given a manager (also an approver) who gave an expense's team approval, when they hand its manager approval
+    to another manager through the API, then it is a 403 problem naming four-eyes and the task stays open."""
+    # given
+    roles.manager.groups.add(roles.approvers)
+    other = type(roles.staff).objects.create_user("manager2")
+    other.groups.add(roles.managers)
+    instance = instance_start("expense_approval", ExpenseInputFactory(amount="800.00"), initiator=roles.staff)
+    team = instance.tasks.get()
+    assert api_as(roles.manager).post(f"/api/tasks/{team.pk}/decide/", {"decision": "approve"}).status_code == 200
+    later = instance.tasks.exclude(pk=team.pk).get()
+
+    # when
+    response = api_as(roles.manager).post(f"/api/tasks/{later.pk}/delegate/", {"to_user": "manager2"})
+
+    # then
+    assert response.status_code == 403, response.content
+    assert response["Content-Type"].startswith("application/problem+json")
+    assert "four-eyes" in response.json()["detail"]
+    later.refresh_from_db()
+    assert (later.state, later.assignee) == (TaskState.OPEN, None)

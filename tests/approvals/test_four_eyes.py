@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
 from approvals.services.base import APPROVE, REJECT, RESOLVED, TaskConflict, TaskForbidden
 from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
-from orchestrator.dsl import Human, Workflow
-from orchestrator.models import InstanceState, WorkflowInstance
+from orchestrator.audit_actions import AuditAction
+from orchestrator.dsl import Human, Parallel, Workflow
+from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.concurrency import race
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
@@ -148,6 +150,187 @@ def test_the_initiators_task_page_offers_no_steering(users):
     assert "someone else must decide its tasks, and you cannot claim, delegate, release or resolve them" in content
     assert reverse("approvals:task_delegate", args=[task.pk]) not in content
     assert reverse("approvals:task_release", args=[task.pk]) not in content
+
+
+# --- whoever approved an earlier step steers nothing of the later ones ------------------------------------
+
+
+@pytest.fixture
+def approved_earlier(users) -> tuple[HumanTask, object, object]:
+    """An 800 EUR expense whose team approval was given by the manager (also an approver): its manager approval
+    is open, claimed by manager2; manager3 is another manager. Returns (task, manager2, manager3)."""
+    users.manager.groups.add(users.approvers)
+    manager2 = UserFactory(username="manager2", groups=[users.managers])
+    manager3 = UserFactory(username="manager3", groups=[users.managers])
+    instance = expense(amount="800")
+    task_decide(task_of(instance).pk, users.manager, APPROVE)
+    task = task_of(instance)
+    assert task.step.name == "manager_approval"
+    task_claim(task.pk, manager2)
+    return task, manager2, manager3
+
+
+def test_who_approved_an_earlier_step_cannot_delegate_the_later_one(users, approved_earlier):
+    """Given the manager who gave the team approval, when they hand the manager approval (held by manager2) to
+    manager3, then four-eyes refuses it: they may not decide it, so they may not choose who does."""
+    # given
+    task, manager2, manager3 = approved_earlier
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_delegate(task.pk, users.manager, manager3)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
+
+
+def test_who_approved_an_earlier_step_cannot_assign_the_later_one_while_it_is_open(users, approved_earlier):
+    """Nor hand it out while nobody holds it."""
+    # given
+    task, manager2, manager3 = approved_earlier
+    task_release(task.pk, manager2)
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_delegate(task.pk, users.manager, manager3)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
+
+
+def test_who_approved_an_earlier_step_cannot_release_someone_elses_claim_on_the_later_one(users, approved_earlier):
+    """Taking the task from the approver they dislike, for another to claim, is steering too."""
+    # given
+    task, manager2, _ = approved_earlier
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="four-eyes"):
+        task_release(task.pk, users.manager)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
+
+
+def test_a_quorum_voter_cannot_choose_who_casts_the_next_vote(users, quorum_task):
+    """A manager among the approvers votes on a quorum-3 task, then hands the waiting task to a colleague: refused,
+    saying they approved this task (not "another step"), their vote stands and the task stays open for anyone;
+    their task page says the same instead of offering forms."""
+    # given
+    users.staff.groups.add(users.managers)
+    task_decide(quorum_task.pk, users.staff, APPROVE)
+
+    # when / then
+    with pytest.raises(TaskForbidden, match=r"You already approved this task .* \(four-eyes rule\)"):
+        task_delegate(quorum_task.pk, users.staff, users.staff2)
+    quorum_task.refresh_from_db()
+    assert (quorum_task.state, quorum_task.assignee, quorum_task.approvals) == (TaskState.OPEN, None, 1)
+    page = login(users.staff).get(reverse("approvals:task_detail", args=[quorum_task.pk]))
+    assert "You already approved this task (one of the approvals it needs)" in page_text(page)
+
+
+def test_the_refused_delegation_is_a_403_with_the_reason_and_the_note_kept(users, approved_earlier):
+    """Through the task page: 403, the reason said, the note as typed shown (not sent), and the task unchanged;
+    the page offers them neither a delegate nor a release form."""
+    # given
+    task, manager2, manager3 = approved_earlier
+
+    # when
+    response = login(users.manager).post(
+        reverse("approvals:task_delegate", args=[task.pk]), {"to_user": manager3.pk, "note": "over to you, Ann"}
+    )
+
+    # then
+    assert response.status_code == 403
+    text = page_text(response)
+    assert "You already approved another step of this workflow, so you cannot decide this task or choose who" in text
+    assert "over to you, Ann" in text
+    content = response.content.decode()
+    assert f'action="{reverse("approvals:task_delegate", args=[task.pk])}"' not in content
+    assert f'action="{reverse("approvals:task_release", args=[task.pk])}"' not in content
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.CLAIMED, manager2)
+
+
+@pytest.fixture
+def two_reviews(register_workflow) -> tuple[HumanTask, HumanTask]:
+    """An instance of two parallel approvals by the approvers (legal, finance), both open."""
+    register_workflow(
+        Workflow(
+            "two_reviews",
+            1,
+            [
+                Parallel(
+                    "both",
+                    branches=[
+                        [Human("legal", candidate_groups=["approvers"])],
+                        [Human("finance", candidate_groups=["approvers"])],
+                    ],
+                )
+            ],
+        )
+    )
+    legal, finance = HumanTask.objects.filter(instance=instance_start("two_reviews", {})).order_by("id")
+    return legal, finance
+
+
+def test_approving_one_branch_gives_back_the_other_branchs_approval_one_holds(users, two_reviews):
+    """Given staff holding both parallel approvals of one instance, when staff approves one, then the other goes
+    back to the queue at once, audited, and staff2 can take it: held by staff, whom four-eyes now refuses, it waited
+    for nobody (out of everyone's queue) until the sweep's safety net."""
+    # given
+    legal, finance = two_reviews
+    task_claim(legal.pk, users.staff)
+    task_claim(finance.pk, users.staff)
+
+    # when
+    task_decide(legal.pk, users.staff, APPROVE)
+
+    # then
+    finance.refresh_from_db()
+    assert (finance.state, finance.assignee) == (TaskState.OPEN, None)
+    released = AuditEvent.objects.get(subject_type="task", subject_id=finance.pk, action=AuditAction.TASK_RELEASED)
+    assert "approved another task of this instance" in released.reason
+    assert task_claim(finance.pk, users.staff2).assignee == users.staff2
+
+
+def test_approving_a_branch_leaves_others_claims_and_ones_other_instances_alone(users, two_reviews):
+    """Only the approver's own claims on approvals of the same instance go back: a colleague's claim on the other
+    branch and the approver's claims elsewhere stay."""
+    # given
+    legal, finance = two_reviews
+    elsewhere = task_of(expense())
+    task_claim(legal.pk, users.staff)
+    task_claim(finance.pk, users.staff2)
+    task_claim(elsewhere.pk, users.staff)
+
+    # when
+    task_decide(legal.pk, users.staff, APPROVE)
+
+    # then
+    finance.refresh_from_db()
+    elsewhere.refresh_from_db()
+    assert (finance.assignee, elsewhere.assignee) == (users.staff2, users.staff)
+
+
+def test_a_holder_barred_after_approving_a_parallel_branch_can_still_give_the_task_back(users, two_reviews):
+    """Given staff holding one branch's approval after approving the other (a claim from before the approval gave
+    it back, written here directly), when staff opens it, then the page says four-eyes bars them and still offers
+    Release, which gives it back (it chooses nobody)."""
+    # given
+    legal, finance = two_reviews
+    task_decide(legal.pk, users.staff, APPROVE)
+    HumanTask.objects.filter(pk=finance.pk).update(
+        state=TaskState.CLAIMED, assignee=users.staff, claimed_at=timezone.now()
+    )
+    client = login(users.staff)
+
+    # when
+    page = client.get(reverse("approvals:task_detail", args=[finance.pk]))
+    released = client.post(reverse("approvals:task_release", args=[finance.pk]))
+
+    # then
+    assert "You already approved another step of this workflow" in page_text(page)
+    assert f'action="{reverse("approvals:task_release", args=[finance.pk])}"' in page.content.decode()
+    assert released.status_code == 302
+    finance.refresh_from_db()
+    assert (finance.state, finance.assignee) == (TaskState.OPEN, None)
 
 
 # --- quorum: one decision per person --------------------------------------------------------------------

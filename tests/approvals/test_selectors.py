@@ -342,7 +342,8 @@ def test_filters_narrow_the_queue(users, filter_rows, params, expected):
 
 
 def python_order(tasks: list[HumanTask], sort: list[tuple[str, bool]]) -> list[int]:
-    """The same order as SORTS, computed in Python: each key ascending or descending, empty values last."""
+    """The same order as ``InboxQuery.order``, computed in Python: each key ascending or descending, empty values
+    last."""
 
     def compare(a: HumanTask, b: HumanTask) -> int:
         for name, descending in sort:
@@ -376,7 +377,8 @@ def walk(qs_of: Callable[[], Any], tab: str, sort: str) -> tuple[list[int], int]
 
 @pytest.fixture
 def crowded(users) -> None:
-    """60 queued tasks and 30 done ones, full of ties: shared due dates, empty ones, equal priorities and ages."""
+    """60 queued tasks and 40 done ones (30 completed, 10 quorum votes still waiting), full of ties: shared due
+    dates, empty ones, equal priorities, ages and done times."""
     rng = random.Random(20240611)
     base = timezone.now().replace(microsecond=0) + timedelta(hours=1)
     dues = [base, base, base + timedelta(hours=1), base - timedelta(days=1), None]
@@ -403,6 +405,17 @@ def crowded(users) -> None:
             for _ in range(30)
         ],
     )
+    # Ten votes of staff's on 2-of-M tasks still waiting (no completion time), cast at times that tie with the
+    # completed ones' and between them: Done by me places each by when staff voted. On an instance of their own:
+    # an approval on the first would bar staff from its queued tasks (four-eyes).
+    voting = expense()
+    voted = add_tasks(voting, [{"quorum": 2, "approvals": 1} for _ in range(10)])
+    cast = [base - timedelta(hours=1), base - timedelta(minutes=90), base - timedelta(hours=2)]
+    decisions = TaskDecision.objects.bulk_create(
+        [TaskDecision(task=task, instance=voting, user=users.staff, decision=APPROVE) for task in voted]
+    )
+    for decision in decisions:
+        TaskDecision.objects.filter(pk=decision.pk).update(created_at=rng.choice(cast))
     # Not the viewer's: another person's done task and a claimed one must never show up.
     add_tasks(instance, [{"state": TaskState.COMPLETED, "completed_by": users.staff2, "completed_at": base}])
     add_tasks(instance, [{"state": TaskState.CLAIMED, "assignee": users.staff2}], group=users.approvers)
@@ -416,13 +429,13 @@ def test_keyset_pages_cover_the_list_exactly_once(users, crowded, sort, tab):
     # given
     qs_of = (lambda: team_queue(users.staff)) if tab == "queue" else (lambda: done_by(users.staff))
     rows = list(qs_of())
-    expected = python_order(rows, SORTS[sort])
+    expected = python_order(rows, InboxQuery.parse({"sort": sort}, tab).order)
 
     # when
     seen, pages = walk(qs_of, tab, sort)
 
     # then
-    assert len(rows) == (61 if tab == "queue" else 30)
+    assert len(rows) == (61 if tab == "queue" else 40)
     assert len(seen) == len(set(seen))
     assert seen == expected
     assert pages == -(-len(rows) // 7)

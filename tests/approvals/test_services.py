@@ -366,7 +366,8 @@ def test_someone_who_approved_an_earlier_step_can_neither_see_nor_claim_the_next
     with pytest.raises(TaskForbidden, match="already approved another step"):
         task_claim(task.pk, users.manager)
     assert tasks_claim_bulk([task.pk], users.manager).refused == {
-        task.pk: "You already approved another step of this workflow (four-eyes rule)."
+        task.pk: "You already approved another step of this workflow, so you cannot decide this task or choose who "
+        "does (four-eyes rule)."
     }
     task.refresh_from_db()
     assert (task.state, task.assignee) == (TaskState.OPEN, None)
@@ -687,3 +688,76 @@ def test_a_decided_task_cannot_be_snoozed(users):
     task.refresh_from_db()
     assert task.snoozed_until is None
     assert "task.snoozed" not in [action for action, _actor in task_events(task)]
+
+
+# --- a holder whose task moved on meanwhile ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["snooze", "release"])
+def test_snoozing_or_releasing_a_task_delegated_away_meanwhile_says_who_holds_it(users, action):
+    """Given a task staff held and a manager handed to staff2 meanwhile, when staff snoozes or releases it from the
+    page still open, then the refusal names staff2 (the task moved on), not "Claim the task first" or "only the
+    assignee" as if staff had never held it; staff2 keeps it."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    task_delegate(task.pk, users.manager, users.staff2)
+
+    act = {
+        "snooze": lambda: task_snooze(task.pk, users.staff, timezone.now() + timedelta(hours=2)),
+        "release": lambda: task_release(task.pk, users.staff),
+    }[action]
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="staff2 holds this task now"):
+        act()
+    task.refresh_from_db()
+    assert (task.state, task.assignee, task.snoozed_until) == (TaskState.CLAIMED, users.staff2, None)
+
+
+def test_snoozing_an_open_task_still_says_claim_it_first(users):
+    """An unclaimed task: still 403 with "Claim the task before you snooze it"."""
+    # given
+    task = task_of(expense())
+
+    # when / then
+    with pytest.raises(TaskForbidden, match="Claim the task before you snooze it"):
+        task_snooze(task.pk, users.staff, timezone.now() + timedelta(hours=2))
+
+
+# --- a delegation is of the holder the person saw ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("seen", ["open", "staff"])
+def test_a_delegation_after_the_task_changed_hands_is_a_conflict(users, seen):
+    """Given a manager who saw the task open (or held by staff), when staff claimed it (or released it) meanwhile and
+    the manager hands it to staff2, then it is a conflict saying so and the task stays as it is now: the delegation
+    silently took the task from the person who had just claimed it."""
+    # given
+    task = task_of(expense())
+    if seen == "open":
+        seen_holder = 0
+        task_claim(task.pk, users.staff)
+    else:
+        task_claim(task.pk, users.staff)
+        seen_holder = users.staff.pk
+        task_release(task.pk, users.staff)
+
+    # when / then
+    with pytest.raises(TaskConflict, match="changed hands after you opened it"):
+        task_delegate(task.pk, users.manager, users.staff2, seen_holder=seen_holder)
+    task.refresh_from_db()
+    assert task.assignee == (users.staff if seen == "open" else None)
+
+
+def test_a_delegation_of_the_holder_seen_goes_ahead(users):
+    """The holder is still the one the manager saw: the delegation goes ahead."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+
+    # when
+    delegated = task_delegate(task.pk, users.manager, users.staff2, seen_holder=users.staff.pk)
+
+    # then
+    assert delegated.assignee == users.staff2

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import HumanTask, Notification, Priority, SavedView, TaskKind, TaskState
+from approvals.models import HumanTask, Notification, Priority, SavedView, TaskDecision, TaskKind, TaskState
 from approvals.services.base import APPROVE
 from approvals.services.tasks import task_claim, task_decide, task_snooze
 from orchestrator.dsl import Human, Workflow
@@ -609,7 +609,35 @@ def test_a_done_row_of_my_quorum_vote_says_it_waits_for_the_others(users, regist
     # then
     assert '<span class="badge state-open">Open</span>' in done
     assert "1/2 approvals" in done
-    assert "you approved · waits for 1 more" in done
+    assert "you approved " in done
+    assert " · waits for 1 more" in done
+
+
+def test_done_by_me_places_a_waiting_quorum_vote_by_when_i_voted(users, register_workflow):
+    """Given three things staff did (an approval 3 h ago, a vote on a 2-of-M task 2 h ago that still waits, an
+    approval 1 h ago), when staff opens Done by me (most recent first), then the vote sits between the two approvals
+    and its row says when staff voted; it sorted last, having no completion time."""
+    # given
+    register_workflow(Workflow("quorum_two_when", 1, [Human("sign_off", candidate_groups=["approvers"], quorum=2)]))
+    older, newer = task_of(expense()), task_of(expense())
+    voted = HumanTask.objects.get(instance=instance_start("quorum_two_when", {}))
+    now = timezone.now()
+    for task, hours in ((older, 3), (voted, 2), (newer, 1)):
+        task_decide(task.pk, users.staff, APPROVE)
+        # The clock: each was done that long ago (setup only; the services stamp the present).
+        TaskDecision.objects.filter(task=task).update(created_at=now - timedelta(hours=hours))
+        HumanTask.objects.filter(pk=task.pk, completed_at__isnull=False).update(
+            completed_at=now - timedelta(hours=hours)
+        )
+    client = login(users.staff)
+
+    # when
+    response = client.get(f"{reverse('approvals:inbox')}?tab=done")
+
+    # then
+    order = [int(pk) for pk in re.findall(r'<tr data-task="(\d+)">', response.content.decode())]
+    assert order == [newer.pk, voted.pk, older.pk]
+    assert f"you approved {short_date(now - timedelta(hours=2))} · waits for 1 more" in row_of(response, voted)
 
 
 def test_next_page_links_walk_the_queue_once_in_order(users):
@@ -819,3 +847,30 @@ def test_a_task_whose_workflow_is_paused_past_its_due_time_is_on_hold_not_overdu
     assert 'id="instance-on-hold"' in page
     assert "paused" in page.split('id="instance-on-hold"', 1)[1].split("</div>", 1)[0]
     assert f'data-task="{task.pk}"' not in chased
+
+
+def test_a_delegation_from_a_page_drawn_before_someone_claimed_is_refused_with_the_note_kept(users):
+    """Given the manager's task page drawn while the task was open, when staff claims it and the manager then hands
+    it to staff2, then the page comes back (409) saying it changed hands, with the note as typed, and staff keeps
+    it."""
+    # given
+    task = task_of(expense())
+    users.manager.groups.add(users.approvers)
+    client = login(users.manager)
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+    assert '<input type="hidden" name="holder" value="0">' in page
+    task_claim(task.pk, users.staff)
+
+    # when
+    response = client.post(
+        reverse("approvals:task_delegate", args=[task.pk]),
+        {"to_user": users.staff2.pk, "note": "urgent, the client calls at 3", "holder": "0"},
+    )
+
+    # then
+    assert response.status_code == 409
+    text = " ".join(html.unescape(response.content.decode()).split())
+    assert "This task changed hands after you opened it (staff claimed it)" in text
+    assert 'data-kept-for="note">urgent, the client calls at 3</textarea>' in response.content.decode()
+    task.refresh_from_db()
+    assert task.assignee == users.staff

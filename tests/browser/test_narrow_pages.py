@@ -1,4 +1,4 @@
-"""Pages on a phone (390 px): what a list is for stays on screen without scrolling sideways."""
+"""Pages on a phone (390 px, 375 px): what a list is for stays on screen without scrolling sideways."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from approvals.models import HumanTask
+from approvals.services.base import APPROVE
+from approvals.services.tasks import task_decide
+from orchestrator import registry
+from orchestrator.dsl import Human, Workflow
 from orchestrator.services.instances import instance_start
 from tests.browser.live import PHONE, BrowserTestCase
 
@@ -69,4 +73,33 @@ class NarrowPageTests(BrowserTestCase):
             assert link is not None
             assert link["width"] >= PHONE["width"] / 2, link
             expect(row.locator(".badge:visible").first).to_be_visible()
+            assert sideways(page) == 0
+
+    def test_done_by_me_on_a_phone_says_what_i_decided_and_when(self):
+        """At 375 px (and up to 991 px) the Decision column is hidden: a row of Done by me said neither what the
+        person decided nor when, nor that their quorum vote still waits for others."""
+        # given: staff approved one expense and cast one vote of a 2-of-M sign-off
+        approved = instance_start(
+            "expense_approval",
+            {"employee": "Sam Staff", "amount": "80.00", "category": "travel", "description": "Train"},
+            initiator=self.users.operator,
+        ).tasks.get()
+        task_decide(approved.pk, self.users.staff, APPROVE)
+        registry.register(Workflow("phone_quorum", 1, [Human("sign_off", candidate_groups=["approvers"], quorum=2)]))
+        self.addCleanup(registry.unregister, "phone_quorum", 1)
+        voted = instance_start("phone_quorum", {}).tasks.get()
+        task_decide(voted.pk, self.users.staff, APPROVE)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff", {"width": 375, "height": 812})
+
+            # when
+            page.goto("/inbox/?tab=done")
+
+            # then: each row says it on screen, and nothing scrolls sideways
+            decided = page.locator(f'tr[data-task="{approved.pk}"] [data-done]:visible')
+            expect(decided).to_contain_text("approve · ")
+            vote = page.locator(f'tr[data-task="{voted.pk}"] [data-done]:visible')
+            expect(vote).to_contain_text("you approved")
+            expect(vote).to_contain_text("waits for 1 more")
             assert sideways(page) == 0

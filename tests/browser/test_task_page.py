@@ -77,6 +77,30 @@ class TaskPageTests(BrowserTestCase):
         task.refresh_from_db()
         assert task.assignee == self.users.staff2
 
+    def test_someone_elses_claim_keeps_the_note_typed_for_a_delegation(self):
+        """The manager (also an approver) types a note to hand the open task to staff2; staff claims it meanwhile:
+        the card no longer offers Delegate, and the note is still there, in a read-only box, to copy (it was lost
+        with the form)."""
+        # given
+        _instance, task = start_expense(self.users.operator)
+        orm(self.users.manager.groups.add, self.users.approvers)
+        note = "The client calls at 3 and wants an answer today."
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "manager", PHONE)
+            page.goto(f"/tasks/{task.pk}/")
+            self.wait_until_live(page)
+            page.get_by_label("Note for the delegate").fill(note)
+
+            # when
+            orm(task_claim, task.pk, self.users.staff)
+
+            # then
+            card = page.locator("#task-decision")
+            expect(card).to_contain_text("staff is working on this task.", timeout=CLAIM_SHOWN_MS)
+            expect(card.get_by_role("button", name="Delegate")).to_have_count(0)
+            expect(page.get_by_label("Your note for the delegate (not sent)")).to_have_value(note)
+
     def test_approve_refused_after_a_claim_keeps_the_comment(self):
         """The live news lost (a Redis hiccup): staff clicks Approve on a task staff2 took; the refusal says who
         has it and the page still holds the comment."""
