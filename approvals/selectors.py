@@ -161,7 +161,8 @@ def escalations(user: User) -> QuerySet[HumanTask]:
     qs = HumanTask.objects.filter(state__in=ACTIONABLE_TASK_STATES).filter(
         overdue | Q(state=TaskState.ESCALATED) | Q(kind="escalation")
     )
-    return _with_related(qs).order_by(F("due_at").asc(nulls_last=True), "-priority", "id")
+    # The page names each task's instance by title and state; its data (up to megabytes) is never shown.
+    return _with_related(qs).defer("instance__data").order_by(F("due_at").asc(nulls_last=True), "-priority", "id")
 
 
 def _capped(qs: QuerySet[Any]) -> QuerySet[Any]:

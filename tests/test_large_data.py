@@ -73,6 +73,11 @@ def reads(client, path: str, **headers) -> list[str]:
         "/admin/orchestrator/workflowinstance/",
         "/admin/orchestrator/steprun/",
         "/admin/approvals/humantask/",
+        "/escalations/",
+        "/inbox/",
+        "/inbox/?tab=queue",
+        "/inbox/?tab=done",
+        "/notifications/",
     ],
 )
 def test_a_list_reads_no_instance_data(heavy, users, path):
