@@ -264,7 +264,13 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
                 messages.success(request, f"New secret for {rolled.name} below: give it to its receiver; {until}.")
                 return redirect("automation:webhook_detail", subscription.pk)
         status = 400
-    context = {"form": form, "subscription": subscription, "active_nav": "automation"}
+    context = {
+        "form": form,
+        "subscription": subscription,
+        # As the subscription's page decides: a previous secret whose grace ended is still stored, signing nothing.
+        "in_grace": len(subscription.signing_secrets(timezone.now())) > 1,
+        "active_nav": "automation",
+    }
     return render(request, "automation/webhook_roll_secret.html", context, status=status)
 
 

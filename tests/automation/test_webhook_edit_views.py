@@ -4,6 +4,7 @@ bad input answered 400 with the reason by its field and what was typed kept."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -209,3 +210,27 @@ def test_a_paused_subscription_changed_without_resuming_says_it_still_is(admin_c
     subscription.refresh_from_db()
     assert not subscription.active
     assert "It is still paused: resume it below" in admin_client.get(response["Location"]).content.decode()
+
+
+def test_the_roll_page_says_nothing_of_a_grace_that_has_ended(admin_client, subscription):
+    # given: a roll whose old secret stopped signing an hour ago (the previous secret stays stored)
+    ended = timezone.now() - timedelta(hours=1)
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(
+        previous_secret="b" * 64, previous_secret_expires_at=ended
+    )
+
+    # when
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/roll-secret/").content.decode()
+
+    # then: no "still signs until" a time gone by
+    assert "still signs" not in page
+
+
+def test_the_roll_page_says_when_a_grace_still_running_ends(admin_client, subscription):
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(
+        previous_secret="b" * 64, previous_secret_expires_at=timezone.now() + timedelta(hours=1)
+    )
+
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/roll-secret/").content.decode()
+
+    assert "A secret rolled before still signs until" in page
