@@ -121,7 +121,8 @@ def done_by(user: User) -> QuerySet[HumanTask]:
     on their primary key; no scan of either table. A task is in both halves when the user's vote completed it: the
     ``IN`` makes it one row.
 
-    Each task carries ``done_at``: when the user did their part, their own decision's time (a quorum vote that
+    Each task carries ``done_decision``, the user's own decision (None when they completed it without one), and
+    ``done_at``: when the user did their part, their own decision's time (a quorum vote that
     still waits has no completion time; one completed by another's vote later was done by the user earlier), else
     the completion time (an escalation they resolved). "Recently done" sorts by it (``InboxQuery.order``). Read in
     the same statement, by a left join on the person's decision of each task (one at most: ``decision_one_per_user``).
@@ -132,6 +133,9 @@ def done_by(user: User) -> QuerySet[HumanTask]:
         HumanTask.objects.filter(pk__in=voted.union(completed, all=True)).annotate(
             my_decision=FilteredRelation("decisions", condition=Q(decisions__user=user)),
             done_at=Coalesce(F("my_decision__created_at"), F("completed_at")),
+            # What the user decided (None: they completed it without a decision of theirs, an escalation's answer):
+            # on a quorum task it may differ from the task's outcome, which another person's vote decided.
+            done_decision=F("my_decision__decision"),
         )
     )
 
@@ -470,7 +474,7 @@ def row_fields(tab: str) -> tuple[str, ...]:
     """ROW_FIELDS for a tab: "Done by me" also shows who held each task and when the viewer did their part
     (``done_by``'s ``done_at``, its "recent" order's key). The team queue's tasks have no
     assignee and My tasks are the viewer's own, so those two lists skip the join to the users table."""
-    return (*ROW_FIELDS, "assignee__username", "done_at") if tab == "done" else ROW_FIELDS
+    return (*ROW_FIELDS, "assignee__username", "done_at", "done_decision") if tab == "done" else ROW_FIELDS
 
 
 @dataclass

@@ -124,8 +124,11 @@ def _task_rows(tasks: list[dict[str, Any]], now: datetime) -> list[dict[str, Any
             if row["waits_for"]:
                 row["done_text"] = f"you approved {row['done']} · waits for {row['waits_for']} more"
             else:
-                what = task["decision"] or row["state_label"].lower()
-                row["done_text"] = f"{what} · {row['completed']}"
+                # The person's own decision and when they made it: on a quorum task another's vote may have
+                # completed it later, and the other way (its outcome, its completion) the row told an approver
+                # they had rejected it.
+                what = task.get("done_decision") or task["decision"] or row["state_label"].lower()
+                row["done_text"] = f"{what} · {row['done'] or row['completed']}"
         rows.append(row)
     return rows
 

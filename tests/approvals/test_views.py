@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import HumanTask, Notification, Priority, SavedView, TaskDecision, TaskKind, TaskState
-from approvals.services.base import APPROVE
+from approvals.services.base import APPROVE, REJECT
 from approvals.services.tasks import task_claim, task_decide, task_snooze
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import WorkflowInstance
@@ -638,6 +638,27 @@ def test_done_by_me_places_a_waiting_quorum_vote_by_when_i_voted(users, register
     order = [int(pk) for pk in re.findall(r'<tr data-task="(\d+)">', response.content.decode())]
     assert order == [newer.pk, voted.pk, older.pk]
     assert f"you approved {short_date(now - timedelta(hours=2))} · waits for 1 more" in row_of(response, voted)
+
+
+def test_a_done_row_of_a_quorum_task_another_rejected_says_what_i_did_and_when(users, register_workflow):
+    """Given staff approved a 2-of-M task 2 h ago and staff2 rejected it 1 h ago (which completed it), when staff
+    opens Done by me, then the row says staff approved, at the time staff voted: not "reject" (staff2's decision,
+    the task's outcome) at the time it completed, which told staff they had rejected it."""
+    # given
+    register_workflow(Workflow("quorum_two_outvoted", 1, [Human("sign_off", candidate_groups=["approvers"], quorum=2)]))
+    task = HumanTask.objects.get(instance=instance_start("quorum_two_outvoted", {}))
+    now = timezone.now()
+    task_decide(task.pk, users.staff, APPROVE)
+    TaskDecision.objects.filter(task=task, user=users.staff).update(created_at=now - timedelta(hours=2))
+    task_decide(task.pk, users.staff2, REJECT, comment="Not this quarter")
+    HumanTask.objects.filter(pk=task.pk).update(completed_at=now - timedelta(hours=1))
+
+    # when
+    done = row_of(login(users.staff).get(f"{reverse('approvals:inbox')}?tab=done"), task)
+
+    # then
+    assert f"<span data-done>approve · {short_date(now - timedelta(hours=2))}</span>" in done
+    assert "reject ·" not in done
 
 
 def test_next_page_links_walk_the_queue_once_in_order(users):
