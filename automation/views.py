@@ -229,7 +229,9 @@ def _changed_message(subscription: WebhookSubscription, changed: list[str]) -> s
     fields = [words[field] for field in changed if field in words]
     parts = [f"{', '.join(fields)} changed"] if fields else []
     if "url" in changed:
-        parts.append("deliveries waiting for a retry go to the new address now")
+        # A paused subscription sends nothing (delivery_send's claim skips it) until it resumes.
+        when = "now" if subscription.active else "when it resumes"
+        parts.append(f"deliveries waiting for a retry go to the new address {when}")
     if "resumed" in changed:
         parts.append("resumed: what waited is being sent")
     return f"Webhook {name}: {'; '.join(parts)}.{paused}"

@@ -234,3 +234,19 @@ def test_the_roll_page_says_when_a_grace_still_running_ends(admin_client, subscr
     page = admin_client.get(f"/automation/webhooks/{subscription.pk}/roll-secret/").content.decode()
 
     assert "A secret rolled before still signs until" in page
+
+
+def test_a_paused_subscription_s_new_address_is_not_said_to_be_sent_to_now(admin_client, subscription):
+    # given: paused, with a delivery waiting for its retry
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(active=False, paused_reason="paused by admin")
+
+    # when: the address is corrected without resuming
+    response = admin_client.post(
+        f"/automation/webhooks/{subscription.pk}/edit/",
+        {"name": "Shop", "url": "https://93.184.215.14/fixed", "events": ["instance.started"]},
+    )
+
+    # then: nothing goes anywhere while it is paused, and the message says so
+    page = admin_client.get(response["Location"]).content.decode()
+    assert "go to the new address now" not in page
+    assert "go to the new address when it resumes" in page
