@@ -443,8 +443,9 @@ def _decide(
             # A quorum task keeps one decision per person; a second one (or a change of mind) is refused here
             # rather than by the unique constraint (a 500).
             raise TaskConflict("You have already decided this task; a decision cannot be changed or repeated.")
-        # One person, one approval slot per instance: no approving twice at two levels.
-        if task.kind == TaskKind.APPROVAL and decision == APPROVE and locked.approved_before:
+        # One person, one approval slot per instance: whoever approved one level decides no other, either way
+        # (a rejection decides the instance's outcome as much as an approval does).
+        if task.kind == TaskKind.APPROVAL and locked.approved_before:
             raise TaskForbidden(APPROVED_BEFORE)
         rows.insert(
             TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)

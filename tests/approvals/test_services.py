@@ -233,6 +233,27 @@ def test_one_person_cannot_approve_two_levels(users, run_steps):
     assert instance.state == InstanceState.COMPLETED
 
 
+@pytest.mark.parametrize("decision", [REJECT, APPROVE])
+def test_who_approved_an_earlier_step_decides_no_later_approval_either_way(users, run_steps, decision):
+    """Four-eyes bars a second approver from deciding the later approval at all, as the task page and
+    docs/architecture.md ("Who may act on a task") say: a rejection chooses the instance's outcome too (it ends it
+    or routes it to compensation), and the page already hides the forms from them."""
+    # given
+    instance = expense(initiator=users.operator, amount="800")
+    task_decide(task_of(instance, "team_approval").pk, users.staff, APPROVE)
+    manager_task = task_of(instance, "manager_approval")
+    users.staff.groups.add(users.managers)
+
+    # when
+    with pytest.raises(TaskForbidden, match="already approved another step"):
+        task_decide(manager_task.pk, users.staff, decision, comment="Not within the budget.")
+
+    # then
+    manager_task.refresh_from_db()
+    assert manager_task.state == TaskState.OPEN
+    assert not manager_task.decisions.exists()
+
+
 # --- opening: who the candidates are ---------------------------------------------------------------------
 
 
