@@ -20,10 +20,11 @@ from django.contrib.auth.models import Permission
 
 from api.tokens import token_create, token_revoke
 from demo.data import grant_group_permissions
+from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
-from tests.api import signal_flows  # noqa: F401  # registers api_payment in this process too
+from tests.api.signal_flows import API_PAYMENT
 from tests.conftest import serve_make_web
 from tests.factories import UserFactory
 
@@ -125,7 +126,7 @@ def wait_state(instance_id: int, state: str, worker) -> None:
 
 @pytest.mark.worker
 def test_a_start_and_a_signal_while_redis_does_not_answer_are_answered_and_run_once_redis_answers(
-    tmp_path, celery_worker, users
+    tmp_path, celery_worker, users, register_workflow
 ):
     """The web processes' Redis accepts connections and never answers (a hung server, a partition). A start and a
     signal through the API commit, and their dispatches and live events cannot be sent: each caller gets its answer
@@ -133,6 +134,9 @@ def test_a_start_and_a_signal_while_redis_does_not_answer_are_answered_and_run_o
     on a Redis that answers, runs both instances on to their end from the sweep's re-send."""
     # given: an operator with a token; an order waiting for its payment (the worker ran its first step)
     grant_group_permissions()
+    # Registered for this test (an import-time registration is undone by any earlier test that unregisters it).
+    if not registry.is_registered(API_PAYMENT.name, API_PAYMENT.version):
+        register_workflow(API_PAYMENT)
     secret = token_create(users.operator, "script").secret
     waiting = instance_start("api_payment", {"order": "SO-1"}, initiator=users.staff)
     wait_state(waiting.pk, "waiting", celery_worker)
