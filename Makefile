@@ -90,8 +90,12 @@ typecheck: install
 migrations-check: install
 	$(TEST_ENV) DATABASE_URL=sqlite://:memory: $(PY) manage.py makemigrations --check --dry-run
 
+# The suite runs in BATON_TEST_PROCESSES pytest-xdist processes (default: one per core, at most 8), each with its
+# own test database (test_baton_gw0, ...) and Redis database (tests/settings.py), a test file's tests together in one
+# process (module fixtures such as a served `make web` start once). BATON_TEST_PROCESSES=0 runs it in this process.
+BATON_TEST_PROCESSES ?= auto
 pytest: install
-	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n $(BATON_TEST_PROCESSES) --maxprocesses 8 --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)

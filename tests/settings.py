@@ -1,9 +1,36 @@
 """Test settings: the real settings, pointed at real PostgreSQL and Redis unless the environment says otherwise."""
 
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("DATABASE_URL", "postgres://root@127.0.0.1:5432/baton")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _redis_url_of_this_process(url: str, xdist_worker: str) -> str:
+    """The Redis URL for pytest-xdist's process ``xdist_worker`` ("gw0", "gw1", ...): its own database, the given
+    one's number plus the process's (modulo Redis's 16), so that two processes' tests never read each other's broker
+    messages, live news or cache. Each process also gets its own test database (pytest-django adds "_gw0")."""
+    parts = urlsplit(url)
+    number = int(parts.path.strip("/") or 0)
+    index = int(xdist_worker.removeprefix("gw") or 0)
+    return urlunsplit(parts._replace(path=f"/{(number + index) % 16}"))
+
+
+# Set once, in the pytest process: the worker and web server processes a test starts inherit the environment,
+# PYTEST_XDIST_WORKER included, and must take the URL as given, not move it again.
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BATON_TEST_REDIS_MOVED") != "1":
+    os.environ["REDIS_URL"] = _redis_url_of_this_process(os.environ["REDIS_URL"], os.environ["PYTEST_XDIST_WORKER"])
+    os.environ["BATON_TEST_REDIS_MOVED"] = "1"
+    # `make web` collects the static files before it serves: two processes' servers must not copy into one folder.
+    os.environ.setdefault(
+        "BATON_STATIC_ROOT",
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            ".baton",
+            f"staticfiles-{os.environ['PYTEST_XDIST_WORKER']}",
+        ),
+    )
 os.environ.setdefault("BATON_SECRET_KEY", "baton-tests-only")
 os.environ.setdefault("BATON_AUDIT_KEYS", "tests:baton-tests-only-audit-key-not-for-production")
 os.environ.setdefault("BATON_DEBUG", "1")
@@ -16,7 +43,7 @@ os.environ.setdefault("BATON_READY_SWEEP_AGE", "3600")
 os.environ.setdefault("BATON_DEMO_APP", "1")
 os.environ.setdefault("BATON_WORKFLOW_MODULES", "demo.workflows.bench")
 
-from baton_site.settings import *  # noqa: F403
+from baton_site.settings import *  # noqa: E402, F403  (the environment above must be set first)
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -7,7 +7,8 @@ How it fits together (see tests/browser/README.md):
   rows are committed (the server process must see them) and flushed after the test.
 - The server process is started with ``spawn`` (:class:`SpawnDaphneProcess`): a fresh interpreter that
   inherits no database connection, thread or event loop from pytest. It reads the same settings, so it uses
-  ``DATABASES["default"]["TEST"]["NAME"]`` and the Redis channel layer; it then sets ``DEBUG = False`` as the
+  the Redis channel layer and the test database its pytest process uses (handed over: under pytest-xdist the
+  settings alone lack the process's suffix); it then sets ``DEBUG = False`` as the
   test runner does here, so a 404 is the real 404 page.
 - Playwright's sync API runs an asyncio loop in the calling thread while it is started, and Django refuses
   ORM calls from a thread with a running loop. So Chromium runs only inside ``with self.chromium():``; the
@@ -50,10 +51,14 @@ SPAWN = multiprocessing.get_context("spawn")
 T = TypeVar("T")
 
 
-def _prepare_server(setup: Callable[[], None] | None) -> None:
-    """Runs in the server process before it serves: the test database, and DEBUG off like the test runner."""
+def _prepare_server(database_name: str, setup: Callable[[], None] | None) -> None:
+    """Runs in the server process before it serves: the test database, and DEBUG off like the test runner.
+
+    ``database_name`` is the test database this pytest process uses: under pytest-xdist it carries the process's
+    suffix ("test_baton_gw0"), which the settings the server reads again do not."""
     from django.conf import settings
 
+    settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = database_name
     if setup is not None:
         setup()
     settings.DEBUG = False
@@ -72,7 +77,8 @@ class SpawnDaphneProcess(DaphneProcess):
         teardown: Callable[[], None] | None = None,
         port: int | None = None,
     ) -> None:
-        super().__init__(host, get_application, kwargs, partial(_prepare_server, setup), teardown, port)
+        database_name = connections["default"].settings_dict["NAME"]
+        super().__init__(host, get_application, kwargs, partial(_prepare_server, database_name, setup), teardown, port)
         # The shared objects must come from the spawn context too, or the child cannot reopen them.
         self.port = SPAWN.Value("i", port if port is not None else 0)
         self.ready = SPAWN.Event()

@@ -1,0 +1,69 @@
+"""`make test` runs the suite in several pytest-xdist processes: each must have its own test database and Redis
+database, handed on to the workers and servers its tests start (tests/settings.py, tests/browser/live.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from tests.conftest import ROOT
+from tests.settings import _redis_url_of_this_process
+
+
+@pytest.mark.parametrize(
+    ("url", "worker", "expected"),
+    [
+        ("redis://127.0.0.1:6379/14", "gw0", "redis://127.0.0.1:6379/14"),
+        ("redis://127.0.0.1:6379/14", "gw1", "redis://127.0.0.1:6379/15"),
+        # Redis has databases 0-15: the ninth process of a suite on 14 wraps round to 6, never asks for 22
+        ("redis://127.0.0.1:6379/14", "gw8", "redis://127.0.0.1:6379/6"),
+        # no number is database 0; a password and options are kept
+        ("redis://127.0.0.1:6379", "gw2", "redis://127.0.0.1:6379/2"),
+        ("redis://:s3cret@cache:6380/3?socket_timeout=5", "gw1", "redis://:s3cret@cache:6380/4?socket_timeout=5"),
+    ],
+)
+def test_each_process_gets_its_own_redis_database(url, worker, expected):
+    assert _redis_url_of_this_process(url, worker) == expected
+
+
+def _settings_seen_by_a_child(environ: dict[str, str]) -> str:
+    code = "from django.conf import settings; print(settings.REDIS_URL)"
+    done = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        env={**environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_a_process_started_by_a_test_keeps_the_redis_database_of_its_test_process():
+    # given: a pytest-xdist process's environment as its tests hand it to a worker or `make web`
+    environ = {key: value for key, value in os.environ.items() if key not in {"BATON_TEST_REDIS_MOVED"}}
+    environ.update(PYTEST_XDIST_WORKER="gw1", REDIS_URL="redis://127.0.0.1:6379/10")
+
+    # when: the test process reads its settings, then a process it starts reads them with what it was handed
+    moved = _settings_seen_by_a_child(environ)
+    child = _settings_seen_by_a_child({**environ, "REDIS_URL": moved, "BATON_TEST_REDIS_MOVED": "1"})
+
+    # then: moved once, in the test process only
+    assert moved == "redis://127.0.0.1:6379/11"
+    assert child == moved
+
+
+@pytest.mark.django_db
+def test_this_process_uses_the_database_and_redis_of_its_own(request):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        pytest.skip("run in one process (BATON_TEST_PROCESSES=0): nothing to keep apart")
+    assert connection.settings_dict["NAME"].endswith(f"_{worker}")
+    assert os.environ["BATON_TEST_REDIS_MOVED"] == "1"
+    assert settings.STATIC_ROOT.name == f"staticfiles-{worker}"
