@@ -21,6 +21,7 @@ from approvals.models import (
     TaskCandidate,
     TaskDecision,
     TaskKind,
+    TaskState,
 )
 from approvals.notifications import members_of, notify
 from orchestrator import live_names, rows
@@ -292,6 +293,28 @@ def announce(
     if message and kind not in QUIET_ANNOUNCEMENTS:
         event.update(message=message, level=level)
     unit.notify(targets, event)
+
+
+def release_audited(unit: Unit, task: HumanTask, holder: int | None, reason: str = "") -> None:
+    """Give ``task``, claimed by the user whose id is ``holder``, back to the queue inside ``unit`` (the caller holds
+    the instance's lock and checked who may do it): the release, its ``task.released`` audit event (``reason``, the
+    former holder in the payload) and its news to the candidates and to the former holder, whose list must drop it.
+
+    The one statement of a release: the person's own, four-eyes after an approval, a holder who may no longer act.
+    Raises ``django_fsm.TransitionNotAllowed`` when the task is not claimed.
+    """
+    task.release()
+    rows.update(task, ["state", *HOLDER_FIELDS])
+    unit.audit(
+        "task",
+        task.pk,
+        TaskState.CLAIMED,
+        task.state,
+        reason=reason,
+        payload={"from_user": holder},
+        action=AuditAction.TASK_RELEASED,
+    )
+    announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=holder)
 
 
 # "Is this user a candidate of task t?" as one EXISTS over the candidates table, for a task aliased ``t``.

@@ -49,6 +49,7 @@ from approvals.services.base import (
     four_eyes_bar,
     is_candidate,
     past_tense,
+    release_audited,
     task_complete,
     task_url,
 )
@@ -229,18 +230,7 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
         if task.assignee_id != user.pk and not is_manager(user):
             # Named: the person may have held it when their page was drawn (a delegation took it since).
             raise TaskForbidden(f"{task.assignee} holds this task now: only they or a manager can release it.")
-        previous = task.assignee_id
-        task.release()
-        rows.update(task, ["state", *HOLDER_FIELDS])
-        unit.audit(
-            "task",
-            task.pk,
-            TaskState.CLAIMED,
-            task.state,
-            payload={"from_user": previous},
-            action=AuditAction.TASK_RELEASED,
-        )
-        announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=previous)
+        release_audited(unit, task, task.assignee_id)
         unit.finish()
         return task
 
@@ -511,18 +501,9 @@ def _give_back_barred_claims(unit: Unit, task: HumanTask, user: User) -> None:
         instance_id=unit.instance.pk, kind=TaskKind.APPROVAL, state=TaskState.CLAIMED, assignee=user
     ).exclude(pk=task.pk)
     for other in held.order_by("pk"):
-        other.release()
-        rows.update(other, ["state", *HOLDER_FIELDS])
-        unit.audit(
-            "task",
-            other.pk,
-            TaskState.CLAIMED,
-            other.state,
-            reason=f"{user.get_username()} approved another task of this instance (four-eyes)",
-            payload={"from_user": user.pk},
-            action=AuditAction.TASK_RELEASED,
+        release_audited(
+            unit, other, user.pk, f"{user.get_username()} approved another task of this instance (four-eyes)"
         )
-        announce(unit, other, "task.released", f"Back in the queue: {other.title}", former_holder=user.pk)
 
 
 def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
