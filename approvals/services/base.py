@@ -69,6 +69,15 @@ class TaskConflict(TaskError):
     """Someone else got there first, or the task is no longer open (HTTP 409)."""
 
 
+class HolderChanged(TaskConflict):
+    """The task changed hands since the person saw its holder (HTTP 409); ``holder`` is the username of whoever holds
+    it now ("" when nobody does)."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class TaskInvalid(TaskError):
     """The decision's input is not valid (a reject without a comment, a form with errors)."""
 

@@ -38,6 +38,7 @@ from approvals.services.base import (
     OPERATORS,
     REJECT,
     SUBMIT,
+    HolderChanged,
     TaskConflict,
     TaskError,
     TaskForbidden,
@@ -59,7 +60,7 @@ from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when, form_json_default
-from orchestrator.models import InstanceState, StepRun, WorkflowInstance
+from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services.flow import human_step_finish, human_step_stopped
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable
@@ -269,10 +270,10 @@ def task_delegate(
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
         if seen_holder is not None and (task.assignee_id or 0) != seen_holder:
             # Read under the instance's lock: a claim that committed while this request waited is seen here.
-            now = f"{task.assignee} claimed it" if task.assignee_id else "it went back to the queue"
-            raise TaskConflict(
-                f"This task changed hands after you opened it ({now}): check who holds it now, then delegate "
-                "again. Your note is kept."
+            raise HolderChanged(
+                f"This task changed hands after you opened it ({_how_it_changed_hands(task)}): check who holds it "
+                "now, then delegate again. Your note is kept.",
+                holder=task.assignee.get_username() if task.assignee is not None else "",
             )
         name = to_user.get_username()
         refusal = ""
@@ -323,6 +324,30 @@ def task_delegate(
         )
         unit.finish()
         return task
+
+
+def _how_it_changed_hands(task: HumanTask) -> str:
+    """How ``task`` reached its holder now, in a few words for a refused delegation: "staff claimed it", "manager
+    delegated it to staff" (a hand-over is no claim: the new holder may not even know of it yet), "manager
+    reassigned it to operator" (an escalation, handed on from Incidents), or "it went back to the queue". Read from
+    the task's latest claim or delegation in the audit trail (the task keeps no column of how it got its holder)."""
+    if task.assignee is None:
+        return "it went back to the queue"
+    holder = task.assignee.get_username()
+    latest = (
+        AuditEvent.objects.filter(
+            subject_type="task",
+            subject_id=task.pk,
+            action__in=[AuditAction.TASK_CLAIMED, AuditAction.TASK_DELEGATED],
+        )
+        .order_by("-occurred_at", "-id")
+        .first()
+    )
+    if latest is None or latest.action == AuditAction.TASK_CLAIMED:
+        return f"{holder} claimed it"
+    verb = "reassigned" if task.kind == TaskKind.ESCALATION else "delegated"
+    who = latest.actor_username or "someone"
+    return f"{who} {verb} it to {holder}"
 
 
 class _FollowFailed(Exception):

@@ -812,6 +812,23 @@ def test_a_delegation_after_the_task_changed_hands_is_a_conflict(users, seen):
     assert task.assignee == (users.staff if seen == "open" else None)
 
 
+def test_a_delegation_after_someone_delegated_the_task_says_it_was_delegated(users):
+    """Given a manager who saw staff holding the task, when staff delegated it to staff2 meanwhile and the manager then
+    hands it on, then the conflict says staff delegated it to staff2: it said "staff2 claimed it", which nobody did."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    task_delegate(task.pk, users.staff, users.staff2)
+
+    # when / then
+    with pytest.raises(TaskConflict) as refused:
+        task_delegate(task.pk, users.manager, users.staff, seen_holder=users.staff.pk)
+    assert "(staff delegated it to staff2)" in str(refused.value)
+    assert "claimed" not in str(refused.value)
+    task.refresh_from_db()
+    assert task.assignee == users.staff2
+
+
 def test_a_delegation_of_the_holder_seen_goes_ahead(users):
     """The holder is still the one the manager saw: the delegation goes ahead."""
     # given
