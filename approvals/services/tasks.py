@@ -256,8 +256,9 @@ def task_delegate(
     TaskNotFound as the other actions.
 
     ``seen_holder`` is the id of the task's holder as the delegating person was shown it (0: unclaimed; the task
-    page sends it); when it has changed since (someone claimed it, or released it), the delegation is refused with a
-    TaskConflict saying so: it would silently take the task from whoever had just claimed it. None: not checked.
+    page and Incidents send it, the API's ``expected_holder`` too); when it has changed since (someone claimed it,
+    was handed it, or released it), the delegation is refused with a HolderChanged (a TaskConflict) saying how and
+    naming who holds it now: it would silently take the task from whoever had just been given it. None: not checked.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -266,15 +267,17 @@ def task_delegate(
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
         _check_may_steer(user, locked)
-        if task.assignee_id != user.pk and not is_manager(user):
-            raise TaskForbidden("Only the assignee or a manager can delegate this task.")
         if seen_holder is not None and (task.assignee_id or 0) != seen_holder:
-            # Read under the instance's lock: a claim that committed while this request waited is seen here.
+            # Read under the instance's lock: a claim that committed while this request waited is seen here. Before
+            # the holder's check: an operator whose escalation a manager handed on since is told so, not "only the
+            # assignee".
             raise HolderChanged(
                 f"This task changed hands after you opened it ({_how_it_changed_hands(task)}): check who holds it "
-                "now, then delegate again. Your note is kept.",
+                "now, then hand it on again. What you wrote is kept.",
                 holder=task.assignee.get_username() if task.assignee is not None else "",
             )
+        if task.assignee_id != user.pk and not is_manager(user):
+            raise TaskForbidden("Only the assignee or a manager can delegate this task.")
         name = to_user.get_username()
         refusal = ""
         if to_user.pk == user.pk:
