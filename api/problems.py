@@ -112,6 +112,12 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         return Problem(403, str(exc) or "Your role may not do this.", code="forbidden")
     if isinstance(exc, task_rules.TaskForbidden):
         return Problem(403, str(exc), code="forbidden")
+    if isinstance(exc, task_rules.HolderChanged):
+        # The field whose expectation failed carries who holds the task now, for a client to show or compare.
+        now = f"{exc.holder} holds this task now." if exc.holder else "Nobody holds this task now."
+        return Problem(
+            409, str(exc), code="holder_changed", title="The task changed hands", errors={"expected_holder": [now]}
+        )
     if isinstance(exc, task_rules.TaskConflict):
         return conflict(str(exc))
     if isinstance(exc, task_rules.TaskInvalid):

@@ -389,12 +389,30 @@ class DecideSerializer(serializers.Serializer):
 class DelegateSerializer(serializers.Serializer):
     to_user = serializers.CharField(max_length=150, help_text="The username of the person to hand the task to.")
     note = serializers.CharField(max_length=NOTE_MAX, required=False, allow_blank=True, default="")
+    expected_holder = serializers.CharField(
+        max_length=150,
+        required=False,
+        allow_blank=True,
+        help_text='The username of the task\'s holder as the caller saw it ("": nobody held it): if the task '
+        "changed hands since (someone claimed it, was handed it, or released it), the delegation is refused (409, "
+        "code `holder_changed`, naming who holds it now) rather than taking it from them. Left out, not checked.",
+    )
 
     def validate_to_user(self, value: str) -> Any:
         user = get_user_model().objects.filter(username=value, is_active=True).first()
         if user is None:
             raise serializers.ValidationError(f"No active user named {value[:150]!r}.")
         return user
+
+    def validate_expected_holder(self, value: str) -> int:
+        """The holder's id as the service compares it (0: nobody), for a username of anyone (a holder seen may have
+        been deactivated since: the task then changed hands, a 409, not bad input)."""
+        if value == "":
+            return 0
+        pk = get_user_model().objects.filter(username=value).values_list("pk", flat=True).first()
+        if pk is None:
+            raise serializers.ValidationError(f"No user named {value[:150]!r}.")
+        return pk
 
 
 # --- signals --------------------------------------------------------------------------------------------

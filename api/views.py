@@ -595,6 +595,14 @@ TASK_ERRORS = {
     404: OpenApiResponse(description="No such task, or not yours to see."),
     409: OpenApiResponse(description="Someone else claimed or decided it first, or it is no longer open."),
 }
+# A delegation's 409 also covers a task that changed hands since the caller saw its holder (``expected_holder``).
+DELEGATE_ERRORS = {
+    **TASK_ERRORS,
+    409: OpenApiResponse(
+        description="It is no longer open, or it changed hands since the caller saw its holder (`expected_holder`; "
+        "code `holder_changed`, the detail names who holds it now and how they got it)."
+    ),
+}
 
 
 def _task_rows(qs: QuerySet[Any]) -> QuerySet[Any]:
@@ -683,14 +691,19 @@ class TaskViewSet(viewsets.GenericViewSet):
     @extend_schema(
         summary="Hand a task to another candidate",
         request=s.DelegateSerializer,
-        responses={200: s.TaskSerializer, **TASK_ERRORS},
+        responses={200: s.TaskSerializer, **DELEGATE_ERRORS},
     )
     @action(detail=True, methods=["post"])
     def delegate(self, request: Request, pk: int) -> Response:
         self._task(pk)
         body = _valid(s.DelegateSerializer, request.data)
         task_services.task_delegate(
-            pk, request.user, body["to_user"], note=body["note"], request_meta=request_meta(request._request)
+            pk,
+            request.user,
+            body["to_user"],
+            note=body["note"],
+            seen_holder=body.get("expected_holder"),
+            request_meta=request_meta(request._request),
         )
         return self._answer(pk)
 

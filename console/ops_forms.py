@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from console.selectors import DATA_PATH, InstanceFilter, decode_cursor
+from console.selectors import DATA_PATH, ID_MAX, InstanceFilter, decode_cursor
 from orchestrator.forms import WhenField, named, reason_field
 from orchestrator.inputs import SEARCH_MAX, drop_repeated
 from orchestrator.models import InstanceState
@@ -147,6 +147,13 @@ class EscalationForm(forms.Form):
     decision = forms.ChoiceField(required=False, choices=ESCALATION_DECISIONS, label="Resolve by")
     to_user = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Reassign to")
     comment = reason_field("Reason", required=False)
+    # The holder's id as the page showed it (0: unclaimed): a reassignment of a task that changed hands since is
+    # refused, as the task page's delegation. Anything else (tampered, missing) is not checked.
+    holder = forms.CharField(required=False, max_length=20)
+
+    def clean_holder(self) -> int | None:
+        value = self.cleaned_data["holder"]
+        return int(value) if value.isascii() and value.isdecimal() and int(value) <= ID_MAX else None
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -140,7 +140,9 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
             to_user = User.objects.filter(pk=data["to_user"]).first()
             if to_user is None:
                 raise task_errors.TaskInvalid("No such person.")
-            task = task_services.task_delegate(task_id, request.user, to_user, note=data["comment"], request_meta=meta)
+            task = task_services.task_delegate(
+                task_id, request.user, to_user, note=data["comment"], seen_holder=data["holder"], request_meta=meta
+            )
             messages.success(request, f"Reassigned to {to_user.get_username()}: {task.title}.")
     except task_errors.TaskNotFound:
         raise hidden_404(request, "task", HumanTask, task_id, "No such task.") from None

@@ -21,6 +21,7 @@ from approvals.models import (
     TaskCandidate,
     TaskDecision,
     TaskKind,
+    TaskState,
 )
 from approvals.notifications import members_of, notify
 from orchestrator import live_names, rows
@@ -66,6 +67,15 @@ class TaskForbidden(TaskError):
 
 class TaskConflict(TaskError):
     """Someone else got there first, or the task is no longer open (HTTP 409)."""
+
+
+class HolderChanged(TaskConflict):
+    """The task changed hands since the person saw its holder (HTTP 409); ``holder`` is the username of whoever holds
+    it now ("" when nobody does)."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class TaskInvalid(TaskError):
@@ -292,6 +302,28 @@ def announce(
     if message and kind not in QUIET_ANNOUNCEMENTS:
         event.update(message=message, level=level)
     unit.notify(targets, event)
+
+
+def release_audited(unit: Unit, task: HumanTask, holder: int | None, reason: str = "") -> None:
+    """Give ``task``, claimed by the user whose id is ``holder``, back to the queue inside ``unit`` (the caller holds
+    the instance's lock and checked who may do it): the release, its ``task.released`` audit event (``reason``, the
+    former holder in the payload) and its news to the candidates and to the former holder, whose list must drop it.
+
+    The one statement of a release: the person's own, four-eyes after an approval, a holder who may no longer act.
+    Raises ``django_fsm.TransitionNotAllowed`` when the task is not claimed.
+    """
+    task.release()
+    rows.update(task, ["state", *HOLDER_FIELDS])
+    unit.audit(
+        "task",
+        task.pk,
+        TaskState.CLAIMED,
+        task.state,
+        reason=reason,
+        payload={"from_user": holder},
+        action=AuditAction.TASK_RELEASED,
+    )
+    announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=holder)
 
 
 # "Is this user a candidate of task t?" as one EXISTS over the candidates table, for a task aliased ``t``.

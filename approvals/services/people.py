@@ -12,7 +12,6 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 
 from approvals.models import (
-    HOLDER_FIELDS,
     HumanTask,
     TaskCandidate,
     TaskDecision,
@@ -24,13 +23,12 @@ from approvals.services.base import (
     MANAGERS,
     OPERATORS,
     able_people,
-    announce,
     escalate_nobody_can_act,
     is_candidate,
+    release_audited,
 )
 from orchestrator import rows
 from orchestrator.audit import Actor
-from orchestrator.audit_actions import AuditAction
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.locks import SWEEPER
 from orchestrator.services.unit import Unit
@@ -185,18 +183,7 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
                 why = "approved another task of this instance"
         if why:
             assert assignee is not None
-            task.release()
-            rows.update(task, ["state", *HOLDER_FIELDS])
-            unit.audit(
-                "task",
-                task.pk,
-                TaskState.CLAIMED,
-                task.state,
-                reason=f"{assignee.get_username()} {why}: {reason}",
-                payload={"from_user": assignee.pk},
-                action=AuditAction.TASK_RELEASED,
-            )
-            announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=assignee.pk)
+            release_audited(unit, task, assignee.pk, f"{assignee.get_username()} {why}: {reason}")
             released = 1
         need = task.quorum - task.approvals
         if task.state == TaskState.OPEN or (task.state == TaskState.ESCALATED and not has_nobody_groups(task)):

@@ -38,6 +38,7 @@ from approvals.services.base import (
     OPERATORS,
     REJECT,
     SUBMIT,
+    HolderChanged,
     TaskConflict,
     TaskError,
     TaskForbidden,
@@ -49,6 +50,7 @@ from approvals.services.base import (
     four_eyes_bar,
     is_candidate,
     past_tense,
+    release_audited,
     task_complete,
     task_url,
 )
@@ -58,7 +60,7 @@ from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when, form_json_default
-from orchestrator.models import InstanceState, StepRun, WorkflowInstance
+from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services.flow import human_step_finish, human_step_stopped
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable
@@ -229,18 +231,7 @@ def task_release(task_id: int, user: User, *, request_meta: dict | None = None) 
         if task.assignee_id != user.pk and not is_manager(user):
             # Named: the person may have held it when their page was drawn (a delegation took it since).
             raise TaskForbidden(f"{task.assignee} holds this task now: only they or a manager can release it.")
-        previous = task.assignee_id
-        task.release()
-        rows.update(task, ["state", *HOLDER_FIELDS])
-        unit.audit(
-            "task",
-            task.pk,
-            TaskState.CLAIMED,
-            task.state,
-            payload={"from_user": previous},
-            action=AuditAction.TASK_RELEASED,
-        )
-        announce(unit, task, "task.released", f"Back in the queue: {task.title}", former_holder=previous)
+        release_audited(unit, task, task.assignee_id)
         unit.finish()
         return task
 
@@ -265,8 +256,9 @@ def task_delegate(
     TaskNotFound as the other actions.
 
     ``seen_holder`` is the id of the task's holder as the delegating person was shown it (0: unclaimed; the task
-    page sends it); when it has changed since (someone claimed it, or released it), the delegation is refused with a
-    TaskConflict saying so: it would silently take the task from whoever had just claimed it. None: not checked.
+    page and Incidents send it, the API's ``expected_holder`` too); when it has changed since (someone claimed it,
+    was handed it, or released it), the delegation is refused with a HolderChanged (a TaskConflict) saying how and
+    naming who holds it now: it would silently take the task from whoever had just been given it. None: not checked.
     """
     note = checked_text(note, "Note", NOTE_MAX, "note")
     with transaction.atomic():
@@ -275,15 +267,17 @@ def task_delegate(
         if not task.is_actionable:
             raise TaskConflict(f"This task is already {task.get_state_display().lower()}.")
         _check_may_steer(user, locked)
+        if seen_holder is not None and (task.assignee_id or 0) != seen_holder:
+            # Read under the instance's lock: a claim that committed while this request waited is seen here. Before
+            # the holder's check: an operator whose escalation a manager handed on since is told so, not "only the
+            # assignee".
+            raise HolderChanged(
+                f"This task changed hands after you opened it ({_how_it_changed_hands(task)}): check who holds it "
+                "now, then hand it on again. What you wrote is kept.",
+                holder=task.assignee.get_username() if task.assignee is not None else "",
+            )
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
-        if seen_holder is not None and (task.assignee_id or 0) != seen_holder:
-            # Read under the instance's lock: a claim that committed while this request waited is seen here.
-            now = f"{task.assignee} claimed it" if task.assignee_id else "it went back to the queue"
-            raise TaskConflict(
-                f"This task changed hands after you opened it ({now}): check who holds it now, then delegate "
-                "again. Your note is kept."
-            )
         name = to_user.get_username()
         refusal = ""
         if to_user.pk == user.pk:
@@ -333,6 +327,30 @@ def task_delegate(
         )
         unit.finish()
         return task
+
+
+def _how_it_changed_hands(task: HumanTask) -> str:
+    """How ``task`` reached its holder now, in a few words for a refused delegation: "staff claimed it", "manager
+    delegated it to staff" (a hand-over is no claim: the new holder may not even know of it yet), "manager
+    reassigned it to operator" (an escalation, handed on from Incidents), or "it went back to the queue". Read from
+    the task's latest claim or delegation in the audit trail (the task keeps no column of how it got its holder)."""
+    if task.assignee is None:
+        return "it went back to the queue"
+    holder = task.assignee.get_username()
+    latest = (
+        AuditEvent.objects.filter(
+            subject_type="task",
+            subject_id=task.pk,
+            action__in=[AuditAction.TASK_CLAIMED, AuditAction.TASK_DELEGATED],
+        )
+        .order_by("-occurred_at", "-id")
+        .first()
+    )
+    if latest is None or latest.action == AuditAction.TASK_CLAIMED:
+        return f"{holder} claimed it"
+    verb = "reassigned" if task.kind == TaskKind.ESCALATION else "delegated"
+    who = latest.actor_username or "someone"
+    return f"{who} {verb} it to {holder}"
 
 
 class _FollowFailed(Exception):
@@ -511,18 +529,9 @@ def _give_back_barred_claims(unit: Unit, task: HumanTask, user: User) -> None:
         instance_id=unit.instance.pk, kind=TaskKind.APPROVAL, state=TaskState.CLAIMED, assignee=user
     ).exclude(pk=task.pk)
     for other in held.order_by("pk"):
-        other.release()
-        rows.update(other, ["state", *HOLDER_FIELDS])
-        unit.audit(
-            "task",
-            other.pk,
-            TaskState.CLAIMED,
-            other.state,
-            reason=f"{user.get_username()} approved another task of this instance (four-eyes)",
-            payload={"from_user": user.pk},
-            action=AuditAction.TASK_RELEASED,
+        release_audited(
+            unit, other, user.pk, f"{user.get_username()} approved another task of this instance (four-eyes)"
         )
-        announce(unit, other, "task.released", f"Back in the queue: {other.title}", former_holder=user.pk)
 
 
 def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:

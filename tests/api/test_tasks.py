@@ -110,6 +110,122 @@ def test_release_and_delegate(api_as, roles, task, users):
     assert to_nobody.json()["status"] == to_nobody.status_code
 
 
+# --- a delegation of the holder the caller saw (expected_holder) ------------------------------------------
+
+
+@pytest.fixture
+def staff3(roles):
+    """A third approver, to hand tasks to."""
+    extra = type(roles.staff).objects.create_user("staff3")
+    extra.groups.add(roles.approvers)
+    return extra
+
+
+def test_a_delegation_of_the_holder_the_caller_saw_goes_ahead(api_as, roles, task, staff3):
+    """Given staff2 holding the task, when the manager delegates it to staff3 saying they saw staff2 hold it, then it
+    is delegated."""
+    # given
+    api_as(roles.staff2).post(f"/api/tasks/{task.pk}/claim/")
+
+    # when
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff3", "expected_holder": "staff2"}
+    )
+
+    # then
+    assert response.status_code == 200
+    assert response.json()["assignee"] == "staff3"
+
+
+@pytest.mark.parametrize(
+    ("seen", "meanwhile", "says"),
+    [
+        ("staff2", "staff2 delegates to staff3", "staff2 delegated it to staff3"),
+        ("", "staff3 claims", "staff3 claimed it"),
+    ],
+    ids=["delegated since", "claimed since"],
+)
+def test_a_delegation_after_the_task_changed_hands_is_a_409_naming_the_holder_now(
+    api_as, roles, task, staff3, seen, meanwhile, says
+):
+    """Given the manager saw the task held by staff2 (or unclaimed), when it changed hands meanwhile and the manager
+    hands it on, then it is a 409 problem naming who holds it now and how they got it, and the task stays with them:
+    the API took the task from whoever had just been given it, without a word."""
+    # given
+    if meanwhile.startswith("staff2"):
+        api_as(roles.staff2).post(f"/api/tasks/{task.pk}/claim/")
+        api_as(roles.staff2).post(f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff3"})
+    else:
+        api_as(staff3).post(f"/api/tasks/{task.pk}/claim/")
+
+    # when
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff2", "expected_holder": seen}
+    )
+
+    # then
+    assert response.status_code == 409
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert (problem["status"], problem["code"], problem["title"]) == (409, "holder_changed", "The task changed hands")
+    assert f"({says})" in problem["detail"]
+    assert problem["errors"] == {"expected_holder": ["staff3 holds this task now."]}
+    assert HumanTask.objects.get(pk=task.pk).assignee == staff3
+
+
+def test_a_delegation_without_expected_holder_is_not_checked(api_as, roles, task, staff3):
+    """Left out, the holder is not checked (as before the field): the manager takes it from staff2 for staff3."""
+    # given
+    api_as(roles.staff2).post(f"/api/tasks/{task.pk}/claim/")
+
+    # when
+    response = api_as(roles.manager).post(f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff3"})
+
+    # then
+    assert response.status_code == 200
+    assert response.json()["assignee"] == "staff3"
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [5, True, None, ["staff2"], {"username": "staff2"}, "nobody", "x" * 151],
+    ids=["number", "boolean", "null", "list", "object", "unknown user", "too long"],
+)
+def test_a_junk_expected_holder_is_a_400_problem_not_a_500(api_as, roles, task, staff3, junk):
+    """Anything but the username of someone (or "" for nobody) is refused as invalid input naming the field, and
+    the task is left as it was."""
+    # given
+    api_as(roles.staff2).post(f"/api/tasks/{task.pk}/claim/")
+
+    # when
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff3", "expected_holder": junk}
+    )
+
+    # then
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert list(response.json()["errors"]) == ["expected_holder"]
+    assert HumanTask.objects.get(pk=task.pk).assignee == roles.staff2
+
+
+def test_a_nul_in_expected_holder_is_a_400_problem_naming_it(api_as, roles, task, staff3):
+    """A NUL character: the body's parser refuses it before any field is read, naming where it is."""
+    # given
+    api_as(roles.staff2).post(f"/api/tasks/{task.pk}/claim/")
+
+    # when
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{task.pk}/delegate/", {"to_user": "staff3", "expected_holder": "staff\x002"}
+    )
+
+    # then
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["detail"].startswith("body.expected_holder: remove the NUL character")
+    assert HumanTask.objects.get(pk=task.pk).assignee == roles.staff2
+
+
 def test_a_task_of_another_team_is_404(api_as, roles, task):
     # when: the operator is no approver and no manager
     seen = api_as(roles.operator).get(f"/api/tasks/{task.pk}/")

@@ -101,6 +101,47 @@ def test_release_puts_the_task_back_in_the_queue(users):
         task_release(task.pk, users.manager)
 
 
+def test_release_audited_gives_a_claim_back_audited_and_announced(users):
+    """The one way a service gives back someone's claim (four-eyes after approving, a person who may no longer act):
+    given staff holding a task, when it is released for a reason, then it is open, the audit event says who held it
+    and why, and the news reaches the candidates and staff (no longer a holder, their list must drop it)."""
+    from django.db import transaction
+
+    from approvals.services.base import release_audited
+    from orchestrator import live_names
+    from orchestrator.services.unit import Unit
+
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+
+    # when
+    with transaction.atomic():
+        instance = WorkflowInstance.objects.select_for_update().get(pk=task.instance_id)
+        unit = Unit(instance, Actor.system("tests"))
+        held = HumanTask.objects.get(pk=task.pk)
+        release_audited(unit, held, users.staff.pk, "staff is on leave")
+        notes = list(unit.notes)
+        unit.finish()
+
+    # then
+    task.refresh_from_db()
+    assert (task.state, task.assignee_id, task.claimed_at) == (TaskState.OPEN, None, None)
+    event = AuditEvent.objects.filter(subject_type="task", subject_id=task.pk).latest("seq")
+    assert (event.action, event.from_state, event.to_state, event.reason, event.payload) == (
+        "task.released",
+        TaskState.CLAIMED,
+        TaskState.OPEN,
+        "staff is on leave",
+        {"from_user": users.staff.pk},
+    )
+    [note] = notes
+    assert note["event"]["type"] == "task.released"
+    assert note["event"]["message"] == f"Back in the queue: {task.title}"
+    assert live_names.user_group(users.staff.pk) in note["groups"]
+    assert live_names.people_group(users.approvers.pk) in note["groups"]
+
+
 def test_only_candidates_act_and_others_do_not_even_see_the_task(users):
     """A non-candidate without a manager role gets TaskNotFound; a manager who is no candidate gets TaskForbidden."""
     # given
@@ -769,6 +810,23 @@ def test_a_delegation_after_the_task_changed_hands_is_a_conflict(users, seen):
         task_delegate(task.pk, users.manager, users.staff2, seen_holder=seen_holder)
     task.refresh_from_db()
     assert task.assignee == (users.staff if seen == "open" else None)
+
+
+def test_a_delegation_after_someone_delegated_the_task_says_it_was_delegated(users):
+    """Given a manager who saw staff holding the task, when staff delegated it to staff2 meanwhile and the manager then
+    hands it on, then the conflict says staff delegated it to staff2: it said "staff2 claimed it", which nobody did."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    task_delegate(task.pk, users.staff, users.staff2)
+
+    # when / then
+    with pytest.raises(TaskConflict) as refused:
+        task_delegate(task.pk, users.manager, users.staff, seen_holder=users.staff.pk)
+    assert "(staff delegated it to staff2)" in str(refused.value)
+    assert "claimed" not in str(refused.value)
+    task.refresh_from_db()
+    assert task.assignee == users.staff2
 
 
 def test_a_delegation_of_the_holder_seen_goes_ahead(users):

@@ -410,6 +410,73 @@ def test_a_person_chosen_by_a_number_that_is_no_number_is_a_message_not_a_500(cl
     assert refund_escalation.state == "open"
 
 
+def holder_sent(page: str, task) -> str:
+    """The holder the Incidents page's answer form of ``task`` sends ("" when it sends none)."""
+    form = page.split(f'action="{reverse("console:escalation_answer", args=[task.pk])}"', 1)[1].split("</form>", 1)[0]
+    found = re.search(r'<input type="hidden" name="holder" value="(\d+)">', form)
+    return found.group(1) if found else ""
+
+
+def test_incidents_sends_the_holder_it_showed_with_a_reassignment(client, users, refund_escalation):
+    """The escalation's form carries who held it as the page drew it (0: nobody), as the task page's delegation."""
+    # when
+    page = login(client, users.operator).get(reverse("console:incidents")).content.decode()
+
+    # then
+    assert holder_sent(page, refund_escalation) == "0"
+
+
+@pytest.mark.parametrize(
+    ("drawn_by", "meanwhile", "says"),
+    [
+        ("manager", "operator claims it", "operator claimed it"),
+        ("operator", "the manager reassigns it to operator2", "manager reassigned it to operator2"),
+    ],
+    ids=["claimed since", "reassigned since"],
+)
+def test_a_reassignment_from_incidents_after_the_task_changed_hands_is_refused_as_typed(
+    users, refund_escalation, drawn_by, meanwhile, says
+):
+    """Given Incidents drawn with the escalation unclaimed (or held by operator), when it changed hands meanwhile and
+    the answer reassigns it, then the page comes back (409) saying how it changed hands, with the reason and the
+    person as chosen, and the task stays with its new holder: the reassignment took it from them without a word."""
+    from django.test import Client
+
+    from approvals.services.tasks import task_claim, task_delegate
+
+    # given
+    operator2 = UserFactory(username="operator2", groups=[users.operators])
+    operator3 = UserFactory(username="operator3", groups=[users.operators])
+    if drawn_by == "operator":
+        task_claim(refund_escalation.pk, users.operator)
+    person = getattr(users, drawn_by)
+    client = login(Client(), person)
+    drawn = client.get(reverse("console:incidents")).content.decode()
+    holder = holder_sent(drawn, refund_escalation)
+    if drawn_by == "operator":
+        task_delegate(refund_escalation.pk, users.manager, operator2)
+        now_with = operator2
+    else:
+        task_claim(refund_escalation.pk, users.operator)
+        now_with = users.operator
+
+    # when
+    response = client.post(
+        reverse("console:escalation_answer", args=[refund_escalation.pk]),
+        {"op": "reassign", "to_user": operator3.pk, "comment": "night shift, ticket 4411", "holder": holder},
+    )
+
+    # then
+    assert response.status_code == 409
+    page = response.content.decode()
+    text = " ".join(html.unescape(page).split())
+    assert f"This task changed hands after you opened it ({says})" in text
+    assert 'value="night shift, ticket 4411" autofocus' in page
+    assert f'<option value="{operator3.pk}" selected>' in page
+    refund_escalation.refresh_from_db()
+    assert refund_escalation.assignee == now_with
+
+
 DATE_INPUT = re.compile(r'<input[^>]*type="datetime-local"[^>]*>')
 INPUT_ID = re.compile(r'id="([^"]+)"')
 
