@@ -169,6 +169,15 @@ def escalations(user: User) -> QuerySet[HumanTask]:
     return _with_related(qs).defer("instance__data").order_by(F("due_at").asc(nulls_last=True), "-priority", "id")
 
 
+def overdue_tasks(now: datetime) -> QuerySet[HumanTask]:
+    """For managers: the tasks :func:`overdue` at ``now`` (aware), most overdue first, each with its instance and
+    assignee joined. The very tasks the dashboard's "Overdue tasks" card counts (:func:`tasks_open_counts`), which
+    opens Escalations filtered to these; Escalations' own list keeps its rule (it leaves out every task of a
+    workflow on hold, and adds escalated ones not yet due), so the card's number and these rows agree."""
+    qs = HumanTask.objects.filter(overdue(now))
+    return _with_related(qs).defer("instance__data").order_by("due_at", "-priority", "id")
+
+
 def _capped(qs: QuerySet[Any]) -> QuerySet[Any]:
     # Walk the same index as the default list order, so the count stops after COUNT_CAP rows.
     return qs.order_by(*_order_by(SORTS["due"])).values("pk")[:COUNT_CAP]

@@ -46,6 +46,8 @@ from orchestrator.typing import AuthedRequest
 # A form task's fields are posted as "form-<name>": a workflow's form may name a field as the page names its own
 # (decision, comment), and sharing a name the two overwrote each other.
 FORM_PREFIX = "form"
+# Rows the Escalations page shows at most; past them it says how many there are (overdue) or that there are more.
+ESCALATION_ROWS = 200
 
 TABS: dict[str, tuple[str, Callable[[User], QuerySet[HumanTask]]]] = {
     "mine": ("My tasks", selectors.my_tasks),
@@ -185,11 +187,23 @@ def inbox(request: AuthedRequest) -> HttpResponse:
 
 @login_required
 def escalations(request: AuthedRequest) -> HttpResponse:
-    """For managers: overdue, escalated and operator-escalation tasks, most urgent first."""
+    """For managers: overdue, escalated and operator-escalation tasks, most urgent first; with ``?show=overdue``,
+    exactly the tasks the dashboard's "Overdue tasks" card counts (``selectors.overdue_tasks``), which it links to.
+    Others get 404. Any other ``show`` value lists everything to chase."""
     if not selectors.is_manager(request.user):
         raise Http404("No such page.")
-    tasks = list(selectors.escalations(request.user)[:200])
-    context = {"tasks": tasks, "now": timezone.now(), "active_nav": "escalations"}
+    now = timezone.now()
+    show = "overdue" if request.GET.get("show") == "overdue" else "all"
+    context: dict[str, Any] = {"now": now, "show": show, "active_nav": "escalations"}
+    if show == "overdue":
+        # One row more than shown tells whether there are more; only then is the whole number counted, so the card's
+        # figure can be read against the page however many there are.
+        tasks = list(selectors.overdue_tasks(now)[: ESCALATION_ROWS + 1])
+        if len(tasks) > ESCALATION_ROWS:
+            context["total"] = selectors.overdue_tasks(now).count()
+    else:
+        tasks = list(selectors.escalations(request.user)[: ESCALATION_ROWS + 1])
+    context |= {"tasks": tasks[:ESCALATION_ROWS], "more": len(tasks) > ESCALATION_ROWS, "rows": ESCALATION_ROWS}
     return render(request, "approvals/escalations.html", context)
 
 

@@ -122,6 +122,17 @@ class WebhookEditForm(WebhookForm):
             del self.fields["resume"]
 
 
+# What each grace does to the secret in use now, said beside its choice: with "At once" nothing is kept as the old
+# secret, so one sentence for all three choices (the page once said it "becomes the old one") would be wrong for it.
+ROLL_GRACE_EFFECTS = {
+    0: "The secret in use now stops signing at once: only the new secret signs, and the receiver refuses every "
+    "delivery until it has it.",
+    3600: "The secret in use now becomes the old one and signs beside the new one for 1 hour.",
+    86400: "The secret in use now becomes the old one and signs beside the new one for 24 hours.",
+}
+assert set(ROLL_GRACE_EFFECTS) == set(webhooks.ROLL_GRACE_CHOICES)
+
+
 class RollSecretForm(forms.Form):
     grace = forms.TypedChoiceField(
         choices=list(webhooks.ROLL_GRACE_CHOICES.items()),
@@ -129,6 +140,11 @@ class RollSecretForm(forms.Form):
         initial=86400,
         widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
         label="The old secret stops signing",
-        help_text="Until then every delivery carries a signature with each secret, so the receiver can switch to "
-        "the new one at any moment without refusing a delivery.",
+        help_text="As long as the old secret signs, every delivery carries a signature with each secret, so the "
+        "receiver can switch to the new one at any moment without refusing a delivery.",
     )
+
+    def grace_options(self) -> list[tuple[Any, str]]:
+        """The grace field's radio buttons, each with what it does to the secret in use now
+        (``ROLL_GRACE_EFFECTS``)."""
+        return [(choice, ROLL_GRACE_EFFECTS[int(choice.data["value"])]) for choice in self["grace"]]

@@ -12,7 +12,6 @@ from console.selectors import DATA_PATH, ID_MAX, InstanceFilter, decode_cursor
 from orchestrator.forms import WhenField, named, reason_field
 from orchestrator.inputs import SEARCH_MAX, drop_repeated
 from orchestrator.models import InstanceState
-from orchestrator.services.operations import TYPED_JSON_MAX
 
 STATE_CHOICES = [("", "All states")] + [(s.value, s.label) for s in InstanceState]
 
@@ -102,17 +101,15 @@ class PauseForm(ReasonForm):
 
 class SkipForm(ReasonForm):
     step = forms.IntegerField(min_value=1, max_value=2**63 - 1, label="Step")
-    output = forms.CharField(
-        required=False,
-        max_length=TYPED_JSON_MAX,
-        label="Output (JSON object)",
-        widget=forms.Textarea(attrs={"rows": 3}),
-    )
+    # No max_length: the typed JSON's bounds are operations.parse_json_object's (the engine's own limit on the value,
+    # what the request carries for the text), with messages that say which.
+    output = forms.CharField(required=False, label="Output (JSON object)", widget=forms.Textarea(attrs={"rows": 3}))
 
 
 class DataEditForm(ReasonForm):
     # Not "data": a form's own attribute of that name holds what was posted.
-    new_data = forms.CharField(max_length=TYPED_JSON_MAX, label="Data (JSON object)", widget=forms.Textarea)
+    # No max_length: the editor accepts what the engine stores (operations.typed_json_max says why and how much).
+    new_data = forms.CharField(label="Data (JSON object)", widget=forms.Textarea)
     seq = forms.IntegerField(min_value=0, max_value=2**31 - 1, label="Version read")
 
 

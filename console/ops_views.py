@@ -15,6 +15,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -273,6 +274,8 @@ def _render_detail(
         "operation": operation,
         "op_form": form,
         "reason_max": REASON_MAX,
+        # What the data editor accepts: the engine's own limit on a value it stores (operations.typed_json_max).
+        "data_max": settings.BATON_MAX_RESULT_BYTES,
         "pause_days": operations.pause_horizon().days,
         "active_nav": "instances",
     }

@@ -4,16 +4,18 @@ Readiness checks what a request or a step needs: the database answers, the broke
 channel layer answers (its Redis PING; the in-memory layer of the demo always does), and the sweep ran within
 ``BATON_READY_SWEEP_AGE`` seconds (without it due retries, timers, lost leases and deadlines wait). Each check is
 bounded by a two-second timeout (``CHECK_TIMEOUT``), so a hung dependency makes the probe fail, not hang: the
-database check as ``_database`` says, Redis through redis-py's socket timeouts. The sweep check reads through the
-request's own database session and runs only once the database check answered in time.
+database check as ``_database`` says, Redis through redis-py's socket timeouts. The sweep check reads when the
+sweep last ran the same bounded way (``_bounded_rows``: a session of its own, ``connect_timeout``, a bounded wait
+for the answer), and runs only once the database check answered in time.
 """
 
 from __future__ import annotations
 
 import selectors
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 import redis
@@ -21,7 +23,8 @@ from django.conf import settings
 from django.db import connection
 from psycopg import pq
 
-from orchestrator.rollups import sweep_age
+from orchestrator import rollups
+from orchestrator.models import RollupCursor
 
 
 @dataclass
@@ -81,19 +84,34 @@ def _database() -> str:
             cursor.execute("SELECT 1")
             cursor.fetchone()
         return "answers"
-    deadline = time.monotonic() + CHECK_TIMEOUT
-    params = {**connection.get_connection_params(), "connect_timeout": CHECK_TIMEOUT}
-    with psycopg.Connection.connect(**params) as session:
-        _answered(session.pgconn, b"SELECT 1", deadline)
+    _bounded_rows(b"SELECT 1")
     return "answers"
 
 
-def _answered(pgconn: pq.abc.PGconn, query: bytes, deadline: float) -> None:
-    """Send ``query`` and read its results through libpq's asynchronous API (the connection is non-blocking, as
-    psycopg leaves it), waiting on the socket no later than ``deadline`` (``time.monotonic()``).
+def _bounded_rows(query: bytes, params: Sequence[bytes] = ()) -> list[tuple[bytes | None, ...]]:
+    """The rows of one PostgreSQL ``query`` (placeholders ``$1``…, ``params`` as text), each value as the server's
+    text (``None`` for NULL), read within ``CHECK_TIMEOUT`` seconds on a session of the check's own, opened with
+    the request's connection settings and ``connect_timeout``, and closed after (why, and how each wait is bounded:
+    ``_database``). Every database read of the readiness checks goes through it.
+
+    Raises ``NoAnswer`` or ``psycopg.errors.ConnectionTimeout`` past the deadline, ``psycopg.Error`` otherwise."""
+    deadline = time.monotonic() + CHECK_TIMEOUT
+    settings_ = {**connection.get_connection_params(), "connect_timeout": CHECK_TIMEOUT}
+    with psycopg.Connection.connect(**settings_) as session:
+        result = _answered(session.pgconn, query, params, deadline)
+    if result is None:
+        return []
+    return [tuple(result.get_value(row, col) for col in range(result.nfields)) for row in range(result.ntuples)]
+
+
+def _answered(pgconn: pq.abc.PGconn, query: bytes, params: Sequence[bytes], deadline: float) -> pq.abc.PGresult | None:
+    """Send ``query`` with ``params`` and read its results through libpq's asynchronous API (the connection is
+    non-blocking, as psycopg leaves it), waiting on the socket no later than ``deadline`` (``time.monotonic()``).
+    Returns the last result (``None`` if the query returned none).
 
     Raises ``NoAnswer`` past the deadline, ``psycopg.OperationalError`` when the query fails."""
-    pgconn.send_query(query)
+    pgconn.send_query_params(query, list(params))
+    last = None
     with selectors.DefaultSelector() as selector:
         selector.register(pgconn.socket, selectors.EVENT_WRITE)
         while pgconn.flush():  # 1: part of the query is still to be sent
@@ -104,9 +122,10 @@ def _answered(pgconn: pq.abc.PGconn, query: bytes, deadline: float) -> None:
             while not pgconn.is_busy():
                 result = pgconn.get_result()
                 if result is None:
-                    return
+                    return last
                 if result.status != pq.ExecStatus.TUPLES_OK:
                     raise psycopg.OperationalError(result.error_message.decode(errors="replace"))
+                last = result
             _wait(selector, deadline)
 
 
@@ -140,8 +159,23 @@ def _channel_layer() -> str:
     return _ping(host if isinstance(host, str) else host.get("address", ""))
 
 
+def _swept_at() -> datetime | None:
+    """When the sweep last ran (``None``: never), read the bounded way (``_bounded_rows``) on PostgreSQL: the request's
+    own session has no bound on a server that stops answering in the middle of a query, and a kept session
+    (``CONN_MAX_AGE``) cannot be given one for this read alone. As seconds since the epoch, so the server's DateStyle
+    and TimeZone do not matter. SQLite (the demo) is a local file: the ORM reads it."""
+    if connection.vendor != "postgresql":
+        return rollups.last_swept()
+    table = connection.ops.quote_name(RollupCursor._meta.db_table)
+    query = f"SELECT extract(epoch FROM swept_at) FROM {table} WHERE name = $1"  # noqa: S608 (the model's table)
+    rows = _bounded_rows(query.encode(), [rollups.CURSOR.encode()])
+    if not rows or rows[0][0] is None:
+        return None
+    return datetime.fromtimestamp(float(rows[0][0]), tz=UTC)
+
+
 def _sweep() -> str:
-    age = sweep_age()
+    age = rollups.age_since(_swept_at())
     if age is None:
         raise SweepLate("never")
     if age > settings.BATON_READY_SWEEP_AGE:

@@ -455,9 +455,19 @@ def record_versions(now: datetime | None = None, *, again: bool = False) -> int:
     return len(new)
 
 
+def last_swept() -> datetime | None:
+    """When the sweep last ran (None: it never has), read through the ORM."""
+    return RollupCursor.objects.filter(name=CURSOR).values_list("swept_at", flat=True).first()
+
+
 def sweep_age(now: datetime | None = None) -> float | None:
     """Seconds since the sweep last ran (None: it never has)."""
-    swept_at = RollupCursor.objects.filter(name=CURSOR).values_list("swept_at", flat=True).first()
+    return age_since(last_swept(), now)
+
+
+def age_since(swept_at: datetime | None, now: datetime | None = None) -> float | None:
+    """Seconds from ``swept_at`` (when the sweep last ran, read by the caller: /health/ready reads it on a bounded
+    session of its own) to ``now`` (None when it never ran)."""
     if swept_at is None:
         return None
     return max(0.0, ((now or timezone.now()) - swept_at).total_seconds())

@@ -21,7 +21,7 @@ import copy
 import importlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,7 +48,14 @@ from demo.data import GROUPS
 from orchestrator import registry, rollups
 from orchestrator.audit import ACCESS_CHAIN
 from orchestrator.dsl import Human, Workflow
-from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, InstanceState, StepRun, WorkflowInstance
+from orchestrator.models import (
+    DISPATCHABLE_STEP_STATES,
+    AuditEvent,
+    InstanceState,
+    RollupCursor,
+    StepRun,
+    WorkflowInstance,
+)
 from orchestrator.services.instances import instance_start
 from orchestrator.services.steps import step_execute
 from tests.conftest import _execute_at
@@ -386,11 +393,28 @@ def build_world(*, with_escalation: bool) -> World:
     return World(clients, {key: str(value) for key, value in values.items()})
 
 
+def _commit_sweep_time() -> Callable[[], None]:
+    """Commit a sweep time now and return what puts the cursor back as it was. /health/ready reads it on a session
+    of its own (bounded, orchestrator/health.py), which sees nothing of the world's transaction."""
+    cursor = RollupCursor.objects.filter(name=rollups.CURSOR).first()
+    was = cursor.swept_at if cursor is not None else None
+    RollupCursor.objects.update_or_create(name=rollups.CURSOR, defaults={"swept_at": timezone.now()})
+
+    def restore() -> None:
+        if cursor is None:
+            RollupCursor.objects.filter(name=rollups.CURSOR).delete()
+        else:
+            RollupCursor.objects.filter(name=rollups.CURSOR).update(swept_at=was)
+
+    return restore
+
+
 @pytest.fixture(scope="class")
 def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
     """The world of the HTTP cells, built once inside a transaction that is rolled back after the class."""
     _register_flows()
     with django_db_blocker.unblock():
+        restore_sweep = _commit_sweep_time()
         outer = transaction.atomic()
         outer.__enter__()
         try:
@@ -402,12 +426,14 @@ def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
         except BaseException:
             transaction.set_rollback(True)
             outer.__exit__(None, None, None)
+            restore_sweep()
             _unregister_flows()
             raise
     yield built
     with django_db_blocker.unblock():
         transaction.set_rollback(True)
         outer.__exit__(None, None, None)
+        restore_sweep()
     _unregister_flows()
 
 

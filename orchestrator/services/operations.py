@@ -30,16 +30,15 @@ from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
 from orchestrator.services.lifecycle import settle
 from orchestrator.services.locks import definition_or_none, definition_unavailable, lock_instance
-from orchestrator.services.results import MAX_DEPTH, check_result
+from orchestrator.services.results import MAX_DEPTH, stored_and_size
 from orchestrator.services.steps import step_skip
 from orchestrator.services.unit import Unit
 
 # A person's pause is for a night, a weekend, a month end: beyond this it is a typo (a year instead of a month), and
 # an instance held that long should be cancelled instead. ``BATON_PAUSE_MAX_DAYS`` overrides it.
 PAUSE_MAX_DAYS = 90
-# The largest JSON an operator may type for a step's output or the instance's data (the engine's own cap on a
-# result is BATON_MAX_RESULT_BYTES; a form is smaller).
-TYPED_JSON_MAX = 256 * 1024
+# Django's DATA_UPLOAD_MAX_MEMORY_SIZE when it is None (no limit): its default, 2.5 MiB.
+UPLOAD_DEFAULT = 2_621_440
 # A key of the instance data: what a handler or a template would address it by.
 KEY_MAX = 100
 
@@ -62,15 +61,37 @@ def _refuse_initiator(instance: Any, actor: Actor, action: str) -> None:
         )
 
 
+def typed_json_max() -> int:
+    """The most characters of typed JSON :func:`parse_json_object` reads: what a form's body may carry at all
+    (Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``, 2.5 MiB unless set).
+
+    Decision: the data editor (and a skip's output, a step's result by hand) accepts exactly what the engine stores,
+    the value's own limit, checked after parsing as ``results.check_result`` measures it: ``BATON_MAX_RESULT_BYTES``
+    bytes of JSON (1 MiB unless set), the bound on an instance's input, on every step's result and on the data an
+    edit writes. A bound on the typed text below that (it was 256 KiB) refused the data of an instance that had
+    grown past it, as the editor itself shows it (indented, longer still), so the data could not be edited there at
+    all. The text is bounded only by the request, which the editor posts as multipart (``_instance_panels``): a
+    form-encoded body triples JSON's quotes, braces and colons, so 1 MiB of data could pass 2.5 MiB; as typed,
+    it leaves the indentation 1.5 MiB. Django's limit is not raised for the editor: it is read for every request
+    before any view runs (the CSRF check reads the form), so one view cannot have another without reading bodies
+    ahead of Django; a deployment that raises ``BATON_MAX_RESULT_BYTES`` past about 2 MiB raises
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` with it (docs/console.md). Returns a number of characters."""
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE or UPLOAD_DEFAULT
+
+
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
     """``text`` (typed JSON) as a dict that the engine can store, or ValidationError naming ``what`` and the problem.
 
-    Refused: not JSON (with the line and column), JSON that is not an object, more than ``TYPED_JSON_MAX``
+    Refused: not JSON (with the line and column), JSON that is not an object, more than :func:`typed_json_max`
     characters, nesting deeper than the parser's stack, a key given twice in one object (which value was meant is a
     guess), an empty or over-long key, or anything
-    ``results.check_result`` refuses (a NUL, NaN, nesting)."""
-    if len(text) > TYPED_JSON_MAX:
-        raise ValidationError(f"{what}: at most {TYPED_JSON_MAX:,} characters of JSON (you typed {len(text):,}).")
+    ``results.check_result`` refuses (a NUL, NaN, nesting, more than ``BATON_MAX_RESULT_BYTES`` bytes of JSON)."""
+    text_max = typed_json_max()
+    if len(text) > text_max:
+        raise ValidationError(
+            f"{what}: at most {text_max:,} characters of typed JSON (you typed {len(text):,}); the value itself may "
+            f"be up to {settings.BATON_MAX_RESULT_BYTES:,} bytes of JSON: type it without indentation."
+        )
     try:
         value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=unique_keys)
     except RecursionError:  # deeper than Python's stack: json.loads gives up before check_object could say so
@@ -104,9 +125,16 @@ def check_object(value: dict[str, Any], what: str) -> dict[str, Any]:
         if len(key) > KEY_MAX:
             raise ValidationError(f"{what}: the key {key[:20]!r}… is longer than {KEY_MAX} characters.")
     try:
-        return check_result(value)
+        stored, size = stored_and_size(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{what}: {str(exc).replace('result', 'value', 1)}") from None
+    limit = settings.BATON_MAX_RESULT_BYTES
+    if size > limit:
+        raise ValidationError(
+            f"{what}: {size:,} bytes of JSON, more than the {limit:,} the engine stores in one value "
+            "(BATON_MAX_RESULT_BYTES; indentation and line breaks are not counted). Shorten or remove values."
+        )
+    return stored
 
 
 def data_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,17 @@ def check_result(value: dict[str, Any]) -> dict[str, Any]:
     for a small result, 0.1 ms for a hundred rows); the walk over the value in Python runs only when one of them
     finds something, to name the place.
     """
+    stored, size = stored_and_size(value)
+    limit = settings.BATON_MAX_RESULT_BYTES
+    if size > limit:
+        raise ValueError(f"result is {size} bytes of JSON, more than BATON_MAX_RESULT_BYTES ({limit})")
+    return stored
+
+
+def stored_and_size(value: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """:func:`check_result` but for the size: ``value`` as it will be stored, and its size in bytes of JSON as the
+    engine measures it against ``BATON_MAX_RESULT_BYTES``. For a caller that says the size its own way (the
+    console's data editor). Raises what :func:`check_result` raises for anything else."""
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
         stored = json.loads(encoded)
@@ -62,10 +73,7 @@ def check_result(value: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError, RecursionError) as exc:
         _walk(value)  # raises, naming the place
         raise ValueError(f"result cannot be stored as JSON: {exc}") from None
-    limit = settings.BATON_MAX_RESULT_BYTES
-    if size > limit:
-        raise ValueError(f"result is {size} bytes of JSON, more than BATON_MAX_RESULT_BYTES ({limit})")
-    return dict(stored)
+    return dict(stored), size
 
 
 def _walk(value: dict[str, Any]) -> None:

@@ -9,14 +9,19 @@ lists it beside the failure; its holder's inbox shows it on hold).
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import HumanTask
+from approvals import selectors as task_selectors
+from approvals import views as approvals_views
+from approvals.models import HumanTask, TaskKind, TaskState
 from console.selectors import incidents
 from demo.data import grant_group_permissions
 from orchestrator.audit import Actor
@@ -32,6 +37,9 @@ pytestmark = pytest.mark.django_db
 METRICS_STATEMENTS = 6
 # /dashboard/: session, user, two permission reads, the navigation's counts (3), and the six roll-up reads.
 DASHBOARD_STATEMENTS = 12
+# /escalations/?show=overdue: session, user, the navigation's counts and groups, the rows (with their instances and
+# assignees joined), whatever their number.
+OVERDUE_LIST_STATEMENTS = 8
 
 
 def expense() -> WorkflowInstance:
@@ -166,3 +174,83 @@ def test_metrics_and_the_dashboard_keep_their_statement_counts(
         assert Client().get("/metrics", **AUTH).status_code == 200
     with django_assert_num_queries(DASHBOARD_STATEMENTS):
         assert operator.get("/dashboard/").status_code == 200
+
+
+# --- the dashboard's card and the list it opens ------------------------------------------------------------
+
+
+def escalated_by_its_ladder_not_yet_due(now) -> None:
+    # Listed by Escalations' own rule (escalated), but not overdue: the card does not count it.
+    instance = expense()
+    HumanTask.objects.filter(instance=instance).update(state=TaskState.ESCALATED, due_at=now + timedelta(hours=1))
+
+
+def an_operators_escalation(now) -> None:
+    # Listed by Escalations' own rule (a failure handed to operators, no due time), never overdue.
+    instance = expense()
+    HumanTask.objects.filter(instance=instance).update(kind=TaskKind.ESCALATION, due_at=None)
+
+
+def card_link(dashboard) -> str:
+    """The address the dashboard's "Overdue tasks" card opens."""
+    before = dashboard.content.decode().split(">Overdue tasks<", 1)[0]
+    return html.unescape(before.rsplit('href="', 1)[1].split('"', 1)[0])
+
+
+def listed(page) -> set[int]:
+    return {int(pk) for pk in re.findall(r'<tr data-task="(\d+)"', page.content.decode())}
+
+
+def test_the_overdue_card_opens_a_list_of_exactly_the_tasks_it_counts(users, operator):
+    # given every situation, where the inbox's "on hold" rule and the overdue rule differ (late before its pause,
+    # late in a failed instance), and tasks that Escalations lists for other reasons than being overdue
+    users.operator.groups.add(users.managers)  # an operator who is also a manager: the card links to Escalations
+    now = timezone.now()
+    for make, _ in CASES.values():
+        make(now)
+    escalated_by_its_ladder_not_yet_due(now)
+    an_operators_escalation(now)
+
+    # when the operator opens the dashboard, then the card's link
+    dashboard = operator.get("/dashboard/")
+    page = operator.get(card_link(dashboard))
+
+    # then the rows shown are exactly the tasks counted
+    assert page.status_code == 200
+    counted_tasks = set(HumanTask.objects.filter(task_selectors.overdue(timezone.now())).values_list("pk", flat=True))
+    assert len(listed(page)) == dashboard.context["data"].tasks["overdue"] == sum(n for _, n in CASES.values())
+    assert listed(page) == counted_tasks
+
+
+def test_the_overdue_list_costs_the_same_statements_with_1_or_31_rows(users, django_assert_num_queries):
+    # given a manager, and first one then 31 overdue tasks
+    client = Client()
+    client.force_login(users.manager)
+    url = f"{reverse('approvals:escalations')}?show=overdue"
+    now = timezone.now()
+    late(now)
+
+    # then: session, user, the navigation's counts and groups, the rows; no more for more rows
+    with django_assert_num_queries(OVERDUE_LIST_STATEMENTS):
+        assert len(listed(client.get(url))) == 1
+    for _ in range(30):
+        late(now)
+    with django_assert_num_queries(OVERDUE_LIST_STATEMENTS):
+        assert len(listed(client.get(url))) == 31
+
+
+def test_the_overdue_list_says_how_many_there_are_beyond_the_rows_it_shows(users, monkeypatch):
+    # given a manager, three overdue tasks and a page of two rows
+    monkeypatch.setattr(approvals_views, "ESCALATION_ROWS", 2)
+    client = Client()
+    client.force_login(users.manager)
+    now = timezone.now()
+    for _ in range(3):
+        late(now)
+
+    # when
+    page = client.get(f"{reverse('approvals:escalations')}?show=overdue")
+
+    # then the first two are shown, and the whole count is said
+    assert len(listed(page)) == 2
+    assert "The 2 most overdue of 3 are shown" in page.content.decode()

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
+from django.utils.html import escape
 
 from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
 from orchestrator.models import AuditEvent
@@ -236,6 +237,44 @@ def test_the_webhook_list_costs_the_same_queries_however_many_subscriptions(
         response = admin_client.get("/automation/webhooks/")
 
     assert response.content.decode().count("1 failed") == 2 * 20  # the phone line and the wide column
+
+
+def paused_row(page: str, name: str) -> str:
+    """The list's row of the subscription called ``name``."""
+    return page.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0]
+
+
+def test_the_webhook_list_says_why_each_paused_subscription_is_paused(admin_client, users):
+    # given one subscription paused by a person (a short reason), one paused after failures (a long one, the
+    # address and the receiver's error in it), and one active
+    now = timezone.now()
+    long_reason = (
+        "paused after 12 failed attempts in a row since 2026-11-30 09:00 UTC; last: HTTP 503 from the receiver, "
+        "which answered 'maintenance until Monday' on every attempt and set no Retry-After header at all"
+    )
+    for name, reason in [("By hand", "paused by manager"), ("Failing", long_reason), ("Fine", "")]:
+        WebhookSubscription.objects.create(
+            owner=users.admin,
+            name=name,
+            url="https://93.184.215.14/",
+            events=["task.created"],
+            secret="s",
+            active=not reason,
+            paused_at=now if reason else None,
+            paused_reason=reason,
+        )
+
+    # when
+    page = admin_client.get("/automation/webhooks/").content.decode()
+
+    # then each paused row says why, a long reason shortened with the whole of it one click away
+    by_hand, failing, fine = (paused_row(page, name) for name in ("By hand", "Failing", "Fine"))
+    assert "paused by manager" in by_hand
+    assert "<details" not in by_hand
+    assert long_reason[:60] in failing
+    assert "…" in failing.split("<summary", 1)[1].split("</summary>", 1)[0]
+    assert escape(long_reason) in failing.split("</summary>", 1)[1]  # the full text, when opened
+    assert "data-paused-reason" not in fine
 
 
 def test_the_webhook_page_shows_each_attempts_status(admin_client, users):

@@ -236,6 +236,32 @@ def test_the_roll_page_says_when_a_grace_still_running_ends(admin_client, subscr
     assert "A secret rolled before still signs until" in page
 
 
+def choice_text(page: str, value: str) -> str:
+    """What the roll page says beside the grace choice ``value``: its label and what it does."""
+    return page.split(f'value="{value}"', 1)[1].split('class="form-check"', 1)[0]
+
+
+def test_the_roll_page_says_what_becomes_of_the_secret_in_use_for_each_choice(admin_client, subscription):
+    # given a grace still running (the page's note on it)
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(
+        previous_secret="b" * 64, previous_secret_expires_at=timezone.now() + timedelta(hours=1)
+    )
+
+    # when
+    page = admin_client.get(f"/automation/webhooks/{subscription.pk}/roll-secret/").content.decode()
+
+    # then nothing says, for every choice, that the secret in use now is kept as the old one: "At once" keeps none
+    assert "the secret in use now becomes the old one" not in page
+    at_once, hour, day = (choice_text(page, value) for value in ("0", "3600", "86400"))
+    assert "stops signing at once" in at_once
+    assert "only the new secret signs" in at_once
+    assert "becomes the old one" not in at_once
+    assert "becomes the old one and signs beside the new one for 1 hour" in hour
+    assert "becomes the old one and signs beside the new one for 24 hours" in day
+    # and the note on the running grace says rolling ends it whatever the choice
+    assert "rolling again ends that at once, whichever you choose" in page
+
+
 def test_a_paused_subscription_s_new_address_is_not_said_to_be_sent_to_now(admin_client, subscription):
     # given: paused, with a delivery waiting for its retry
     WebhookSubscription.objects.filter(pk=subscription.pk).update(active=False, paused_reason="paused by admin")

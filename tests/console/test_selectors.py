@@ -257,11 +257,15 @@ def test_stuck_steps_and_late_pauses_past_the_rows_shown_are_said_to_be_more(cli
 def test_more_tasks_past_their_sla_link_to_escalations_only_for_who_may_open_it(
     client, users, monkeypatch, who, linked
 ):
-    """Past the rows shown, the page sent everyone to Escalations, a managers' page: an operator got a 404."""
+    """Past the rows shown, the page sent everyone to Escalations, a managers' page: an operator got a 404. A manager
+    is sent to its overdue filter, which lists every task counted."""
     # given: two tasks past their SLA, one row shown
     monkeypatch.setattr(selectors, "INCIDENT_ROWS", 1)
+    late = []
     for _ in range(2):
-        HumanTask.objects.filter(instance=_expense()).update(due_at=timezone.now() - timedelta(hours=1))
+        instance = _expense()
+        HumanTask.objects.filter(instance=instance).update(due_at=timezone.now() - timedelta(hours=1))
+        late.append(HumanTask.objects.get(instance=instance).pk)
     client.force_login(getattr(users, who))
 
     # when
@@ -269,9 +273,11 @@ def test_more_tasks_past_their_sla_link_to_escalations_only_for_who_may_open_it(
 
     # then
     assert "overdue tasks in all" in page
-    assert ('href="/escalations/"' in page.split('id="stuck-title"')[1]) is linked
+    assert ('href="/escalations/?show=overdue"' in page.split('id="stuck-title"')[1]) is linked
     if linked:
-        assert client.get("/escalations/").status_code == 200
+        listed = client.get("/escalations/?show=overdue")
+        assert listed.status_code == 200
+        assert all(f'data-task="{pk}"' in listed.content.decode() for pk in late)
 
 
 @pytest.mark.parametrize("who", ["operator", "manager", "admin"])

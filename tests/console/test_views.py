@@ -4,6 +4,7 @@ actions' outcomes and refusals, bulk dry run and confirmation, and constant quer
 from __future__ import annotations
 
 import html
+import json
 import re
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -136,6 +137,65 @@ def test_json_nested_too_deep_to_read_is_a_message_with_the_text_kept(client, us
     assert "nested deeper than" in page
     assert "{&quot;a&quot;:{&quot;a&quot;:" in page
     assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
+
+
+def data_of_size(size: int) -> dict:
+    """Business data whose JSON is ``size`` bytes as the engine measures a value it stores (``check_result``)."""
+    frame = len(json.dumps({"customer": "ACME", "notes": ""}, ensure_ascii=False).encode())
+    return {"customer": "ACME", "notes": "n" * (size - frame)}
+
+
+def as_the_editor_shows(data: dict) -> str:
+    """The text the data editor fills its box with (indented: longer than the engine's measure)."""
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def test_the_data_editor_saves_data_as_large_as_the_engine_stores(client, users, failed, settings):
+    # given data of exactly the engine's limit for a stored value, far past the editor's old 256 KiB, typed as the
+    # editor shows data (indented)
+    limit = settings.BATON_MAX_RESULT_BYTES
+    data = data_of_size(limit)
+    typed = as_the_editor_shows(data)
+    assert len(typed) > 256 * 1024
+
+    # when
+    response = login(client, users.operator).post(
+        action(failed, "edit-data"), {"new_data": typed, "seq": failed.audit_seq, "reason": "notes from the call"}
+    )
+
+    # then
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert WorkflowInstance.objects.get(pk=failed.pk).data == data
+
+
+def test_data_past_the_engines_limit_is_a_message_with_the_text_kept(client, users, failed, settings):
+    # given one byte more than the engine stores
+    limit = settings.BATON_MAX_RESULT_BYTES
+    typed = as_the_editor_shows(data_of_size(limit + 1))
+
+    # when
+    response = login(client, users.operator).post(
+        action(failed, "edit-data"), {"new_data": typed, "seq": failed.audit_seq, "reason": "notes from the call"}
+    )
+
+    # then: refused, saying the size and the limit, with what was typed in the box
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert f"Data: {limit + 1:,} bytes of JSON, more than the {limit:,} the engine stores" in page
+    assert "BATON_MAX_RESULT_BYTES" in page
+    assert typed in page
+    assert 'value="notes from the call"' in page
+    assert WorkflowInstance.objects.get(pk=failed.pk).data == {"customer": "ACME", "amount": 40}
+
+
+def test_the_data_editor_posts_its_text_as_typed(client, users, failed):
+    # given: a form body percent-encodes JSON's quotes, braces and colons (three bytes each), so the text would reach
+    # Django's request limit well before the engine's
+    page = login(client, users.operator).get(detail(failed)).content.decode()
+
+    # then
+    form = page.split('id="panel-edit-data"', 1)[1].split(">", 2)[1]
+    assert 'enctype="multipart/form-data"' in form
 
 
 def test_a_skip_shows_the_step_as_resolved_by_hand(client, users, failed, run_steps):

@@ -1,5 +1,6 @@
-"""/health/ready's database check is bounded: a database host that accepts TCP and then never answers (before the
-start-up completes, or in the middle of a session) makes the probe answer 503 in about two seconds, not hang.
+"""/health/ready's database reads are bounded: a database host that accepts TCP and then never answers (before the
+start-up completes, or in the middle of a session, the database check's or the sweep check's) makes the probe answer
+503 in about two seconds, not hang.
 
 PostgreSQL is replaced by a real loopback TCP listener (no mock of psycopg): ``Listener`` below either never says a
 word, or relays the start-up to the real server and then swallows everything the server says. The probe runs in a
@@ -33,15 +34,20 @@ class Listener:
     Without ``upstream`` it accepts and never answers (a host whose database hangs before the start-up). With
     ``upstream`` (host, port) it relays both ways until the server said ReadyForQuery, then drops everything the
     server says (a session whose server stopped answering: the kernel still acknowledges every byte), or relays
-    everything with ``freeze=False`` (the tests' control that the relay itself works).
+    everything with ``freeze=False`` (the tests' control that the relay itself works). With ``freeze_on`` it
+    relays everything until a client sends a message holding those bytes (a query naming a table), then drops
+    everything the server says on that session (a server that stops answering in the middle of one check).
     """
 
-    def __init__(self, upstream: tuple[str, int] | None = None, *, freeze: bool = True) -> None:
+    def __init__(
+        self, upstream: tuple[str, int] | None = None, *, freeze: bool = True, freeze_on: bytes | None = None
+    ) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.server.setblocking(False)
         self.port = self.server.getsockname()[1]
         self.upstream = upstream
         self.freeze = freeze
+        self.freeze_on = freeze_on
         self.accepted = 0
         self.swallowed = 0  # bytes of the server's answers dropped after the start-up
         self._stop = threading.Event()
@@ -82,6 +88,8 @@ class Listener:
                         data = sock.recv(65536)
                         if data and not peer["from_server"]:
                             if peer["to"] is not None:
+                                if self.freeze_on and self.freeze_on in data:
+                                    peers[peer["to"]]["ready"] = True
                                 peer["to"].sendall(data)
                         elif data and peer["ready"]:
                             self.swallowed += len(data)
@@ -191,3 +199,43 @@ class TestDatabaseCheckIsBounded:
         database = response.json()["checks"]["database"]
         assert database["ok"] is True
         assert database["detail"] == "answers"
+
+
+@pytest.mark.django_db
+class TestSweepCheckIsBounded:
+    def test_a_server_that_stops_answering_the_sweeps_read_is_not_ready_within_the_bound(self, monkeypatch):
+        # given the real PostgreSQL behind a relay that passes everything until the sweep check reads its cursor
+        # table, then drops every answer on that session (the database check before it answered)
+        real = (connection.settings_dict["HOST"] or "127.0.0.1", int(connection.settings_dict["PORT"] or 5432))
+        with Listener(upstream=real, freeze=False, freeze_on=b"rollupcursor") as relay, database_at(monkeypatch, relay):
+            # when a load balancer probes
+            response, took = probe_in_a_request_thread()
+
+        # then the sweep's read went unanswered, and the probe answers 503 naming the sweep, in about two seconds
+        assert relay.swallowed > 0
+        assert response is not None, f"/health/ready did not answer within {BOUND} s"
+        assert took < BOUND
+        assert response.status_code == 503
+        checks = response.json()["checks"]
+        assert checks["database"]["ok"] is True
+        assert checks["sweep"]["ok"] is False
+        assert checks["sweep"]["detail"] == "no answer within 2 s"
+        assert 1500 <= checks["sweep"]["ms"] < BOUND * 1000
+        assert "127.0.0.1" not in response.content.decode()
+
+    @pytest.mark.django_db(transaction=True)  # the check reads on a session of its own: the sweep must be committed
+    def test_through_a_relay_that_passes_everything_the_sweep_check_answers(self, monkeypatch):
+        # given a sweep that just ran, and the same relay passing everything (the control)
+        rollups.rollup_pass()
+        real = (connection.settings_dict["HOST"] or "127.0.0.1", int(connection.settings_dict["PORT"] or 5432))
+        with Listener(upstream=real, freeze=False) as relay, database_at(monkeypatch, relay):
+            # when
+            response, took = probe_in_a_request_thread()
+
+        # then
+        assert response is not None
+        assert took < BOUND
+        assert response.status_code == 200, response.json()
+        sweep = response.json()["checks"]["sweep"]
+        assert sweep["ok"] is True
+        assert sweep["detail"].endswith(" s ago")

@@ -167,6 +167,8 @@ class TestHealth:
         assert response.status_code == 200
         assert response.json() == {"status": "ok"}
 
+    # The check reads on a session of its own (bounded, orchestrator/health.py): the sweep must be committed.
+    @pytest.mark.django_db(transaction=True)
     def test_ready_when_database_broker_channel_layer_and_a_recent_sweep_answer(self, client):
         # given
         rollups.rollup_pass()
@@ -180,6 +182,8 @@ class TestHealth:
         assert set(checks) == {"database", "broker", "channel_layer", "sweep"}
         assert all(check["ok"] for check in checks.values())
 
+    # The check reads on a session of its own (bounded, orchestrator/health.py): the sweep must be committed.
+    @pytest.mark.django_db(transaction=True)
     def test_not_ready_when_the_sweep_never_ran_or_is_late(self, client, settings):
         # given: never
         never = client.get("/health/ready")

@@ -122,6 +122,31 @@ def test_a_typed_output_that_cannot_be_stored_is_refused_with_the_reason(typed, 
     assert problem in " ".join(refused.value.messages)
 
 
+def test_typed_json_longer_than_a_request_carries_is_refused_saying_the_values_own_limit(settings):
+    # given a request limit of 1,000 bytes, and 1,001 characters of typed JSON
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    typed = '{"a": "' + "x" * 990 + '"}  '
+    assert len(typed) == 1001
+
+    # when / then
+    with pytest.raises(ValidationError) as refused:
+        parse_json_object(typed, "Data")
+    message = " ".join(refused.value.messages)
+    assert "at most 1,000 characters of typed JSON (you typed 1,001)" in message
+    assert f"up to {settings.BATON_MAX_RESULT_BYTES:,} bytes of JSON: type it without indentation" in message
+
+
+def test_typed_json_up_to_the_engines_limit_is_taken_and_past_it_refused_with_both_sizes(settings):
+    # given the engine's limit on a stored value, and values of exactly that size and one byte more
+    settings.BATON_MAX_RESULT_BYTES = 2048
+    frame = len('{"a": ""}')
+
+    # when / then
+    assert parse_json_object('{"a": "' + "x" * (2048 - frame) + '"}', "Data") == {"a": "x" * (2048 - frame)}
+    with pytest.raises(ValidationError, match="Data: 2,049 bytes of JSON, more than the 2,048 the engine stores"):
+        parse_json_object('{"a": "' + "x" * (2049 - frame) + '"}', "Data")
+
+
 def test_skip_is_refused_for_a_step_that_did_not_fail_and_for_an_instance_that_is_not_failed(failed, flow):
     # given
     charge_step = failed.steps.get(name="charge")
