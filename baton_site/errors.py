@@ -7,10 +7,12 @@ middleware's refusal. A script reading the API then always gets the body the sch
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 
 from api.problems import NOT_FOUND_DETAIL, problem_response
+from orchestrator.middleware import too_large_page
 
 CODES = {400: "bad_request", 403: "permission_denied", 404: "not_found", 500: "server_error"}
 DETAILS = {
@@ -36,8 +38,21 @@ def _problem(request: HttpRequest, status: int) -> HttpResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """400: problem+json under /api/, else templates/400.html. Raises nothing."""
+    """400: problem+json under /api/, else templates/400.html. A body past ``DATA_UPLOAD_MAX_MEMORY_SIZE``
+    (``RequestDataTooBig``, raised while the CSRF check reads a form, before any view) is 413 instead, saying so:
+    the generic "could not be understood" told a person whose typed text was too long nothing they could act on.
+    Raises nothing."""
+    if isinstance(exception, RequestDataTooBig):
+        return _too_large(request)
     return _problem(request, 400) if _is_api(request) else defaults.bad_request(request, exception)
+
+
+def _too_large(request: HttpRequest) -> HttpResponse:
+    """413 for a body past the request limit: problem+json under /api/ (as the API's own parsers answer it), else
+    templates/413.html with the limit (``orchestrator.middleware.too_large_page``)."""
+    if _is_api(request):
+        return problem_response(request, 413, "The request body is too large.", "payload_too_large")
+    return too_large_page(request)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:

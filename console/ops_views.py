@@ -269,13 +269,16 @@ def _render_detail(
         "dot": dot,
         "definition_missing": definition_unavailable(instance) if workflow is None else "",
         "data_rows": sorted(instance.data.items()),
-        "data_json": json.dumps(instance.data, indent=2, sort_keys=True, ensure_ascii=False),
+        "data_json": editor_text(instance.data),
         "skippable": dead[0] if len(dead) == 1 and instance.state == InstanceState.FAILED else None,
         "operation": operation,
         "op_form": form,
         "reason_max": REASON_MAX,
         # What the data editor accepts: the engine's own limit on a value it stores (operations.typed_json_max).
         "data_max": settings.BATON_MAX_RESULT_BYTES,
+        # What a form may send at all (Django refuses more before any view): the JSON forms check it before sending
+        # (static/baton/forms.js), so typed text past it stays on the page with a message instead of being lost.
+        "body_max": settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
         "pause_days": operations.pause_horizon().days,
         "active_nav": "instances",
     }
@@ -285,6 +288,30 @@ def _render_detail(
     if target == "instance-head":
         return render(request, "console/_instance_head.html", context)
     return render(request, "console/instance_detail.html", context, status=status)
+
+
+# Bytes of a data editor's body that are not its text: the reason (REASON_MAX characters, up to 4 bytes each in
+# UTF-8), the CSRF token, the version read and each field's framing as Django counts it.
+EDITOR_FORM_ROOM = 8 * 1024
+
+
+def form_bytes(text: str) -> int:
+    """The bytes ``text`` typed into a textarea counts against ``DATA_UPLOAD_MAX_MEMORY_SIZE`` when a browser sends
+    it in a multipart body: UTF-8, each line break sent as CR LF."""
+    return len(text.encode()) + text.count("\n")
+
+
+def editor_text(data: dict[str, Any]) -> str:
+    """``data`` as the data editor's box holds it: indented JSON, keys sorted, as a person reads it; compact when
+    the indented text would be more than a form may send (``DATA_UPLOAD_MAX_MEMORY_SIZE``, less the form's other
+    fields). Data within the engine's limit made of many short values (a list of numbers, each indented onto a line
+    of its own) could be several times the size indented, and the box then held text that could not be saved as
+    it stood."""
+    indented = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None or form_bytes(indented) <= limit - EDITOR_FORM_ROOM:
+        return indented
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _definition(instance: Any) -> Any:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, SuspiciousOperation
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.core.signals import got_request_exception
 from django.db import InterfaceError, OperationalError, connections
 from django.dispatch import receiver
@@ -141,20 +141,27 @@ class TypedLineBreaksMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)
 
-    def process_view(self, request: HttpRequest, view_func: Callable[..., Any], *_args: Any) -> None:
+    def process_view(self, request: HttpRequest, view_func: Callable[..., Any], *_args: Any) -> HttpResponse | None:
         """Before the CSRF check reads the form. Not for the API's views (DRF's, which carry ``cls``): they read
         JSON only, and a form upload's body read here left DRF nothing to refuse (it hands a consumed multipart
         body over as no data), so an upload's fields were answered as missing (400) instead of 415 "not JSON"."""
         if getattr(view_func, "cls", None) is not None:
-            return
+            return None
         if request.method == "POST" and request.content_type in FORM_CONTENT_TYPES:
-            posted = request.POST
+            try:
+                posted = request.POST
+            except RequestDataTooBig as exc:
+                # The first read of the form, so the refusal of a body past DATA_UPLOAD_MAX_MEMORY_SIZE is raised
+                # here, where the handler's 400 (or, under DEBUG, its debug page) would say nothing of it.
+                logging.getLogger("django.security.RequestDataTooBig").warning("%s", exc)
+                return too_large_page(request)
             if any("\r" in value for _key, values in posted.lists() for value in values):
                 typed = posted.copy()
                 for key, values in posted.lists():
                     typed.setlist(key, [LINE_BREAK.sub("\n", value) for value in values])
                 typed._mutable = False
                 request.POST = typed  # type: ignore[assignment]  # made immutable above
+        return None
 
 
 class QueryLengthMiddleware:
@@ -208,6 +215,19 @@ def friendly_page(request: HttpRequest, status: int) -> HttpResponse:
     return HttpResponse(content, status=status)
 
 
+# DATA_UPLOAD_MAX_MEMORY_SIZE when it is None (no limit), for the wording: Django's default.
+UPLOAD_DEFAULT = 2_621_440
+
+
+def too_large_page(request: HttpRequest) -> HttpResponse:
+    """413 with templates/413.html: a form's body was past ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (Django's
+    ``RequestDataTooBig``), refused before any view, so its text never reaches a page that could keep it. The page
+    says what was too large, that nothing was saved and how to go back to the text. Raises nothing."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or UPLOAD_DEFAULT
+    content = loader.get_template("413.html").render({"limit": f"{limit:,}"}, request)
+    return HttpResponse(content, status=413)
+
+
 class FriendlyErrorPagesMiddleware:
     """Under DEBUG, replace Django's technical 404 and 500 pages with the friendly ones (no-op otherwise)."""
 
@@ -226,6 +246,8 @@ class FriendlyErrorPagesMiddleware:
         :class:`DatabaseUnavailableMiddleware` (outermost, 503), 404 and 403 to Django (already friendly)."""
         if not settings.DEBUG or isinstance(exception, Http404 | PermissionDenied | OperationalError | InterfaceError):
             return None
+        if isinstance(exception, RequestDataTooBig):
+            return too_large_page(request)
         if isinstance(exception, SuspiciousOperation):
             return friendly_page(request, 400)
         request_logger.exception(

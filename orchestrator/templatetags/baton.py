@@ -93,6 +93,12 @@ def count_label(value: int | None, cap: int | None = None) -> str:
 
 
 @register.filter
+def thousands(value: int | None) -> str:
+    """A whole number with thousands separators, as the pages' messages write sizes ("2,621,440"); "" for None."""
+    return "" if value is None else f"{int(value):,}"
+
+
+@register.filter
 def urlencode_params(params: dict) -> str:
     """A dict of query parameters as a query string (values escaped)."""
     from urllib.parse import urlencode

@@ -7,6 +7,10 @@
  *   the text typed into its textareas and text inputs is kept; after the swap it goes back into the field of
  *   the same name, or, when the new content has no such field (someone else claimed the task), into the
  *   read-only box [data-kept-for="NAME"], which is then shown. Nothing typed is lost to a refresh.
+ * - Bodies too large to send: a form marked [data-body-max="BYTES"] (the server's DATA_UPLOAD_MAX_MEMORY_SIZE,
+ *   which Django enforces before any view, answering with an error page and losing what was typed) is not sent
+ *   when its fields, counted as Django counts them, pass that many bytes: its box [data-body-too-large] is shown
+ *   instead, with the size in its [data-body-size], and the typed text stays where it is.
  */
 (function () {
   "use strict";
@@ -35,6 +39,50 @@
     if (!field || !field.name || !field.form) return;
     field.form.querySelectorAll('[data-counter-for="' + field.name + '"]').forEach(updateCounter);
   });
+
+  // Bytes a form's fields count against Django's DATA_UPLOAD_MAX_MEMORY_SIZE in a multipart body: each field's
+  // name plus 2, and its value in UTF-8 with every line break sent as CR LF (as browsers send a textarea's).
+  function bodyBytes(form, submitter) {
+    var data;
+    try {
+      data = submitter ? new FormData(form, submitter) : new FormData(form);
+    } catch (error) {
+      data = new FormData(form); // a browser without the submitter argument: a button's name is a few bytes
+    }
+    var encoder = new TextEncoder();
+    var size = 0;
+    data.forEach(function (value, name) {
+      if (typeof value !== "string") return; // a file: Django does not count uploads against this limit
+      size += name.length + 2 + encoder.encode(value.replace(/\r\n|\r|\n/g, "\r\n")).length;
+    });
+    return size;
+  }
+
+  // Capturing, so it runs before any other submit handler (htmx's included) and can stop the send.
+  document.addEventListener(
+    "submit",
+    function (event) {
+      var form = event.target;
+      if (!form || !form.getAttribute) return;
+      var max = Number(form.getAttribute("data-body-max"));
+      if (!max) return;
+      var box = form.querySelector("[data-body-too-large]");
+      if (!box) return; // nowhere to say it: the server's answer says it (its 413 page)
+      var size = bodyBytes(form, event.submitter);
+      if (size <= max) {
+        box.classList.add("d-none");
+        return;
+      }
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      box.querySelectorAll("[data-body-size]").forEach(function (place) {
+        place.textContent = size.toLocaleString("en-US");
+      });
+      box.classList.remove("d-none");
+      box.focus();
+    },
+    true
+  );
 
   var kept = new WeakMap();
 

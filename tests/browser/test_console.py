@@ -249,3 +249,59 @@ class BulkProgressLiveTests(BrowserTestCase):
 
             # then
             expect(bar).to_have_attribute("aria-valuenow", "100", timeout=8_000)
+
+
+class DataEditorTests(BrowserTestCase):
+    def test_data_too_large_for_a_form_is_not_sent_and_stays_in_the_editor_with_a_message(self):
+        """operator pastes data past what a form may send (Django's DATA_UPLOAD_MAX_MEMORY_SIZE, which it enforces
+        before any view: the generic 400 page, the text lost) into the data editor, on a phone: the page does not
+        send it, says so beside the box with both sizes, and keeps the text; trimmed, it saves."""
+        # given: the demo's failed expense (payroll refused the payout on all three attempts)
+        run_steps = self.fixture("run_steps")
+        ensure_roles()
+        failed = instance_start(
+            "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=self.users.staff
+        )
+        task_decide(failed.tasks.get().pk, self.users.staff2, "approve", comment="Budgeted in Q3")
+        run_steps(failed, advance=True)
+        assert state_of(failed.pk) == InstanceState.FAILED
+        before = WorkflowInstance.objects.get(pk=failed.pk).data
+        # 2.7 million characters: past the 2,621,440 bytes a form may send, though the page's box takes it
+        typed = '{\n  "notes": "' + "n" * 2_700_000 + '"\n}'
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator", NARROW)
+            page.goto(f"/instances/{failed.pk}/")
+            posts: list[str] = []
+            page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+            page.get_by_role("toolbar", name="Operator actions").get_by_role("button", name="Edit data").click()
+            box = page.get_by_label("Data (JSON object)")
+            box.fill(typed)
+            page.locator("#edit-reason").fill("notes from the call")
+
+            # when
+            page.get_by_role("button", name="Save data").click()
+
+            # then: not sent; said in place, with both sizes; the text where it was
+            alert = page.locator("#panel-edit-data [data-body-too-large]")
+            expect(alert).to_be_visible()
+            expect(alert).to_contain_text("Not sent")
+            said = int(alert.locator("[data-body-size]").inner_text().replace(",", ""))
+            assert said >= len(typed) + typed.count("\n") + len("new_data") + 2  # each line break sent as CR LF
+            expect(alert).to_contain_text("2,621,440 bytes a form may send")
+            assert page.evaluate("document.getElementById('edit-data').value.length") == len(typed)
+            assert posts == []
+            assert page.evaluate("document.activeElement.hasAttribute('data-body-too-large')") is True
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= NARROW["width"], f"{width}px wide"
+
+            # when: trimmed to what a form may send, it is sent and saved
+            box.fill('{"notes": "' + "n" * 1_000 + '"}')
+            page.get_by_role("button", name="Save data").click()
+
+            # then
+            expect(page.get_by_role("status").filter(has_text="Data saved for")).to_be_visible()
+            saved = orm(lambda: WorkflowInstance.objects.get(pk=failed.pk).data)
+
+        assert saved == {"notes": "n" * 1_000}
+        assert before != saved

@@ -198,6 +198,79 @@ def test_the_data_editor_posts_its_text_as_typed(client, users, failed):
     assert 'enctype="multipart/form-data"' in form
 
 
+def form_tag(page: str, panel: str) -> str:
+    """The opening <form> tag inside the action panel ``panel`` (``edit-data``, ``skip``)."""
+    return page.split(f'id="panel-{panel}"', 1)[1].split("<form", 1)[1].split(">", 1)[0]
+
+
+@pytest.mark.parametrize("panel", ["edit-data", "skip"])
+def test_the_json_forms_are_given_the_request_limit_to_check_before_sending(client, users, failed, settings, panel):
+    """Text past DATA_UPLOAD_MAX_MEMORY_SIZE is refused by Django before any view (the generic 400 page, the text
+    lost): the page gives each form that carries typed JSON the limit, and forms.js checks it before sending."""
+    # given
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 3_000_000
+
+    # when
+    page = login(client, users.operator).get(detail(failed)).content.decode()
+
+    # then: the limit on the form, and the place its refusal is said, in the form
+    assert 'data-body-max="3000000"' in form_tag(page, panel)
+    inside = page.split(f'id="panel-{panel}"', 1)[1].split("</form>", 1)[0]
+    assert "data-body-too-large" in inside
+    assert "3,000,000 bytes" in html.unescape(inside)
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "demo-debug"])
+def test_a_form_past_the_request_limit_is_answered_saying_so_not_with_the_generic_400(
+    client, users, failed, settings, debug
+):
+    """Without the page's script (or from another client), Django still refuses the body: the answer says what was
+    too large and what to do, instead of "could not be understood" (or, in the demo, Django's debug page)."""
+    # given: a request limit of 20,000 bytes and 30,000 characters of typed data
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 20_000
+    settings.DEBUG = debug
+    typed = json.dumps({"customer": "ACME", "notes": "n" * 30_000})
+
+    # when
+    response = login(client, users.operator).post(
+        action(failed, "edit-data"), {"new_data": typed, "seq": failed.audit_seq, "reason": "notes from the call"}
+    )
+
+    # then
+    assert response.status_code == 413
+    text = " ".join(html.unescape(response.content.decode()).split())
+    assert "could not be understood" not in text
+    assert "Traceback" not in text
+    assert "DEBUG = True" not in text
+    assert "more than the 20,000 bytes a form may send" in text
+    assert "Nothing was saved" in text
+    assert WorkflowInstance.objects.get(pk=failed.pk).data == {"customer": "ACME", "amount": 40}
+
+
+def test_data_whose_indented_text_a_form_cannot_send_is_put_in_the_editor_compact(client, users, failed, settings):
+    """The editor fills its box with the data indented; for data within the engine's limit whose indented text is
+    past what a form may send (many short values: each indented onto a line of its own), the box would hold text
+    that cannot be saved as it stands. Then it holds the data compact, which a form can send."""
+    # given: 100,000 short values, about 300 KB compact, about 800 KB as the form would send them indented
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 500_000
+    data = {"customer": "ACME", "items": [1] * 100_000}
+    WorkflowInstance.objects.filter(pk=failed.pk).update(data=data)
+
+    # when
+    page = login(client, users.operator).get(detail(failed)).content.decode()
+
+    # then
+    box = page.split('id="edit-data"', 1)[1].split(">", 1)[1].split("</textarea>", 1)[0]
+    text = html.unescape(box)
+    assert json.loads(text) == data
+    assert len(text.encode()) + text.count("\n") < 500_000
+
+    # and: small data stays indented, as a person reads it
+    WorkflowInstance.objects.filter(pk=failed.pk).update(data={"customer": "ACME", "amount": 40})
+    page = login(client, users.operator).get(detail(failed)).content.decode()
+    assert '{\n  "amount": 40,\n  "customer": "ACME"\n}' in html.unescape(page)
+
+
 def test_a_skip_shows_the_step_as_resolved_by_hand(client, users, failed, run_steps):
     # given
     step = failed.steps.get(name="pay")
