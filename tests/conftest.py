@@ -4,8 +4,9 @@
 - ``run_steps``: drains automated work in-process, without Celery, through the engine's own entry points.
 - ``register_workflow``: registers a test-only definition and removes it afterwards.
 - ``broker``: reads what was published to the Redis broker (to prove a dispatch happened after commit).
-- ``celery_worker``: a REAL ``celery worker -B`` process on the test database and Redis db 14; only for tests
-  marked ``@pytest.mark.worker`` and ``@pytest.mark.django_db(transaction=True)``.
+- ``celery_worker``: a REAL ``celery worker -B`` process on the test database and Redis db 14 (under pytest-xdist,
+  its process's: tests/settings.py); only for tests marked ``@pytest.mark.worker`` and
+  ``@pytest.mark.django_db(transaction=True)``.
 - ``wait_for``: polls a predicate and, on timeout, fails with the instance's steps, audit trail and worker log.
 - ``serve_make_web``: ``make web`` itself (gunicorn, as production runs it) on the test database and a free port.
 """
@@ -116,7 +117,7 @@ def _redis() -> redis.Redis:
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_broker() -> None:
-    """Messages left in Redis db 14 by an earlier run must never reach this run's worker."""
+    """Messages left in this process's Redis database by an earlier run must never reach this run's worker."""
     _redis().flushdb()
 
 

@@ -1,7 +1,9 @@
 """Test settings: the real settings, pointed at real PostgreSQL and Redis unless the environment says otherwise."""
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DATABASE_URL", "postgres://root@127.0.0.1:5432/baton")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -9,12 +11,31 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
 
 def _redis_url_of_this_process(url: str, xdist_worker: str) -> str:
     """The Redis URL for pytest-xdist's process ``xdist_worker`` ("gw0", "gw1", ...): its own database, the given
-    one's number plus the process's (modulo Redis's 16), so that two processes' tests never read each other's broker
-    messages, live news or cache. Each process also gets its own test database (pytest-django adds "_gw0")."""
+    one's number minus the process's (14, 13, ... 7 for `make test`'s eight at most), so that two processes' tests
+    never read each other's broker messages, live news or cache. Each process also gets its own test database
+    (pytest-django adds "_gw0"). The number is where redis-py reads it: the query's ``db`` when given, else the
+    path's (a ``unix://`` URL's path is the socket's).
+
+    Decision: counting down, and never round. Counting up from 14 wrapped round to 0, 1, ... at the third process,
+    and each process flushes its database at the start: database 0 is where a developer's own Baton keeps its broker
+    queue (README's example). Raises ``ImproperlyConfigured`` when the process would need a number below 0."""
     parts = urlsplit(url)
-    number = int(parts.path.strip("/") or 0)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    in_query = "db" in query or parts.scheme == "unix"
+    given = query.get("db", [""])[0] if in_query else parts.path.strip("/")
+    number = int(given or 0)
     index = int(xdist_worker.removeprefix("gw") or 0)
-    return urlunsplit(parts._replace(path=f"/{(number + index) % 16}"))
+    if number - index < 0:
+        raise ImproperlyConfigured(
+            f"REDIS_URL={url}: pytest-xdist process {xdist_worker} would need Redis database {number - index}; each "
+            f"process uses its own, counting down from the URL's ({number}, {number - 1}, ...). Give a URL with a "
+            "higher database number, or run fewer processes (BATON_TEST_PROCESSES)."
+        )
+    if in_query:
+        query["db"] = [str(number - index)]
+        # Only the query replaced: urlunsplit would write "unix:///run/redis.sock" as "unix:/run/redis.sock".
+        return url.split("?", 1)[0] + "?" + urlencode(query, doseq=True)
+    return urlunsplit(parts._replace(path=f"/{number - index}"))
 
 
 # Set once, in the pytest process: the worker and web server processes a test starts inherit the environment,

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
 from tests.conftest import ROOT
@@ -19,16 +20,33 @@ from tests.settings import _redis_url_of_this_process
     ("url", "worker", "expected"),
     [
         ("redis://127.0.0.1:6379/14", "gw0", "redis://127.0.0.1:6379/14"),
-        ("redis://127.0.0.1:6379/14", "gw1", "redis://127.0.0.1:6379/15"),
-        # Redis has databases 0-15: the ninth process of a suite on 14 wraps round to 6, never asks for 22
-        ("redis://127.0.0.1:6379/14", "gw8", "redis://127.0.0.1:6379/6"),
-        # no number is database 0; a password and options are kept
-        ("redis://127.0.0.1:6379", "gw2", "redis://127.0.0.1:6379/2"),
-        ("redis://:s3cret@cache:6380/3?socket_timeout=5", "gw1", "redis://:s3cret@cache:6380/4?socket_timeout=5"),
+        ("redis://127.0.0.1:6379/14", "gw1", "redis://127.0.0.1:6379/13"),
+        # the eighth process, the most `make test` starts: down to 7, never round to 0 (where a developer's own
+        # Baton keeps its broker queue, README's example) to flush it
+        ("redis://127.0.0.1:6379/14", "gw7", "redis://127.0.0.1:6379/7"),
+        # a password and options are kept
+        ("redis://:s3cret@cache:6380/3?socket_timeout=5", "gw1", "redis://:s3cret@cache:6380/2?socket_timeout=5"),
+        # the number in the query wins over the path for redis-py: that is the one to move
+        ("redis://127.0.0.1:6379/0?db=9", "gw1", "redis://127.0.0.1:6379/0?db=8"),
+        # a socket: the path is the socket's, the number is in the query
+        ("unix:///run/redis/redis.sock?db=12", "gw2", "unix:///run/redis/redis.sock?db=10"),
     ],
 )
 def test_each_process_gets_its_own_redis_database(url, worker, expected):
     assert _redis_url_of_this_process(url, worker) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "worker"),
+    [
+        ("redis://127.0.0.1:6379/1", "gw2"),  # past database 0: it used to wrap round to 15
+        ("redis://127.0.0.1:6379", "gw1"),  # no number is database 0
+        ("unix:///run/redis/redis.sock", "gw1"),  # it used to stop the run with int("run/redis/redis.sock")
+    ],
+)
+def test_a_process_with_no_database_left_stops_the_run_saying_how_to_give_one(url, worker):
+    with pytest.raises(ImproperlyConfigured, match=r"REDIS_URL.*higher database number.*BATON_TEST_PROCESSES"):
+        _redis_url_of_this_process(url, worker)
 
 
 def _settings_seen_by_a_child(environ: dict[str, str]) -> str:
@@ -55,7 +73,7 @@ def test_a_process_started_by_a_test_keeps_the_redis_database_of_its_test_proces
     child = _settings_seen_by_a_child({**environ, "REDIS_URL": moved, "BATON_TEST_REDIS_MOVED": "1"})
 
     # then: moved once, in the test process only
-    assert moved == "redis://127.0.0.1:6379/11"
+    assert moved == "redis://127.0.0.1:6379/9"
     assert child == moved
 
 
