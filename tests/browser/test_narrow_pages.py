@@ -103,3 +103,48 @@ class NarrowPageTests(BrowserTestCase):
             expect(vote).to_contain_text("you approved")
             expect(vote).to_contain_text("waits for 1 more")
             assert sideways(page) == 0
+
+    def test_webhook_pages_on_a_phone_wrap_a_long_name_and_a_long_pause_reason(self):
+        """At 375 px a subscription named without spaces (100 characters, the most) made the list scroll sideways
+        and the subscription's pages, the roll-secret page among them, 600 px wide."""
+        # given: a paused subscription with the longest name, a long address and a long reason
+        from automation.models import WebhookSubscription
+
+        now = timezone.now()
+        subscription = WebhookSubscription.objects.create(
+            owner=self.users.admin,
+            name="shop-" + "x" * 95,
+            url="https://93.184.215.14/" + "a" * 120,
+            events=["task.created"],
+            secret="s",
+            active=False,
+            paused_at=now,
+            paused_reason="paused after 12 failed attempts: HTTP 503 " + "m" * 250,
+            previous_secret="p",
+            previous_secret_expires_at=now + timedelta(hours=1),
+        )
+        narrow = {"width": 375, "height": 812}
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "admin", narrow)
+            for path in (
+                "/automation/webhooks/",
+                f"/automation/webhooks/{subscription.pk}/",
+                f"/automation/webhooks/{subscription.pk}/edit/",
+                f"/automation/webhooks/{subscription.pk}/roll-secret/",
+            ):
+                # when
+                response = page.goto(path)
+                assert response is not None
+                assert response.status == 200, path
+
+                # then
+                width = page.evaluate("document.documentElement.scrollWidth")
+                # what overflows, for the failure's message: a box whose content is wider than itself
+                wide = page.evaluate(
+                    "[...document.body.querySelectorAll('*')]"
+                    ".filter(e => e.scrollWidth > 400 && e.clientWidth < 400 && e.clientWidth > 0)"
+                    ".slice(0, 3).map(e => e.tagName + '.' + e.className + ' ' + e.textContent.slice(0, 40))"
+                )
+                assert width <= narrow["width"], f"{path}: {width}px wide: {wide}"
+                assert sideways(page) == 0, path
