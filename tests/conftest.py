@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -437,25 +438,13 @@ class WebServer:
         return self.log_path.read_text(errors="replace")
 
 
-@contextlib.contextmanager
-def serve_make_web(log_dir: Path, **env: str) -> Iterator[WebServer]:
-    """``make web`` with two gunicorn processes on a free port, the test database and Redis, and ``env`` on top;
-    yields once it listens, stops the whole process group after. The caller needs the test database set up (a
-    ``django_db(transaction=True)`` test, or ``django_db_setup`` for a longer-lived server)."""
-    port = _free_port()
-    environ = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "BATON_CHANNEL_PREFIX": settings.BATON_CHANNEL_PREFIX,
-        "BATON_PORT": str(port),
-        "BATON_WEB_WORKERS": "2",
-        **env,
-    }
-    log = log_dir / f"web-{port}.log"
+# Starts of `make web` on a new port when the one picked was taken before gunicorn could listen on it.
+WEB_PORT_ATTEMPTS = 3
+
+
+def _start_make_web(log: Path, environ: dict[str, str]) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             ["make", "--no-print-directory", "web"],
             cwd=Path(__file__).resolve().parent.parent,
             env=environ,
@@ -463,22 +452,56 @@ def serve_make_web(log_dir: Path, **env: str) -> Iterator[WebServer]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    try:
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def serve_make_web(log_dir: Path, **env: str) -> Iterator[WebServer]:
+    """``make web`` with two gunicorn processes on a free port, the test database and Redis, and ``env`` on top;
+    yields once it listens, stops the whole process group after. The caller needs the test database set up (a
+    ``django_db(transaction=True)`` test, or ``django_db_setup`` for a longer-lived server).
+
+    Ready when gunicorn itself logs that it listens on the port, not when something answers there: the port is
+    picked free and let go, and another process (pytest-xdist's next, starting its own server) may take it before
+    gunicorn binds; a server that answered there was then taken for this one. Then gunicorn cannot listen, exits,
+    and `make web` starts again on another port (``WEB_PORT_ATTEMPTS`` in all)."""
+    for attempt in range(1, WEB_PORT_ATTEMPTS + 1):
+        port = _free_port()
+        environ = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": _database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "BATON_CHANNEL_PREFIX": settings.BATON_CHANNEL_PREFIX,
+            "BATON_PORT": str(port),
+            "BATON_WEB_WORKERS": "2",
+            **env,
+        }
+        log = log_dir / f"web-{port}.log"
+        process = _start_make_web(log, environ)
+        listening = re.compile(rf"Listening at: \S+:{port} \(")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"make web did not listen within 90 s:\n{log.read_text()[-3000:]}")
+            if listening.search(log.read_text(errors="replace")):
+                break
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+        if process.poll() is None and listening.search(log.read_text(errors="replace")):
+            break
+        _stop(process)
+        text = log.read_text(errors="replace")
+        if "Connection in use" not in text or attempt == WEB_PORT_ATTEMPTS:
+            pytest.fail(f"make web did not listen on port {port}:\n{text[-3000:]}")
+    try:
         yield WebServer(port, log)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        _stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,10 @@ database, handed on to the workers and servers its tests start (tests/settings.p
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from django.conf import settings
@@ -85,3 +87,31 @@ def test_this_process_uses_the_database_and_redis_of_its_own(request):
     assert connection.settings_dict["NAME"].endswith(f"_{worker}")
     assert os.environ["BATON_TEST_REDIS_MOVED"] == "1"
     assert settings.STATIC_ROOT.name == f"staticfiles-{worker}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_make_web_on_a_port_taken_meanwhile_is_started_on_another_not_mistaken_for_the_taker(tmp_path, monkeypatch):
+    """``serve_make_web`` picks a free port, lets it go, and starts `make web` on it: another process (pytest-xdist's
+    next one, starting its own server) may take the port in between. It waited only until something answered on the
+    port, so it took the other server for its own (a test then met the other process's database), or failed when
+    gunicorn could not listen. It waits for its own gunicorn to say it listens, and starts again on another port."""
+    import tests.conftest as conftest
+
+    # given: the first port it picks is taken by another program by the time `make web` starts
+    taker = socket.socket()
+    taker.bind(("127.0.0.1", 0))
+    taker.listen()
+    taken = taker.getsockname()[1]
+    ports = iter([taken])
+    real_free_port = conftest._free_port
+    monkeypatch.setattr(conftest, "_free_port", lambda: next(ports, None) or real_free_port())
+
+    # when
+    try:
+        with conftest.serve_make_web(tmp_path, BATON_WEB_WORKERS="1") as server:
+            # then: its own server, on another port, answering
+            assert server.port != taken
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health/live", timeout=10) as answer:
+                assert answer.status == 200
+    finally:
+        taker.close()
