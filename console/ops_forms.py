@@ -146,11 +146,15 @@ class EscalationForm(forms.Form):
     comment = reason_field("Reason", required=False)
     # The holder's id as the page showed it (0: unclaimed): a reassignment of a task that changed hands since is
     # refused, as the task page's delegation. Anything else (tampered, missing) is not checked.
-    holder = forms.CharField(required=False, max_length=20)
+    # No max_length: a longer value is one the page never sends, not checked (None) rather than a form error about a
+    # field nobody sees; the digits are bounded before int() reads them.
+    holder = forms.CharField(required=False)
 
     def clean_holder(self) -> int | None:
         value = self.cleaned_data["holder"]
-        return int(value) if value.isascii() and value.isdecimal() and int(value) <= ID_MAX else None
+        if not (value.isascii() and value.isdecimal() and len(value) <= len(str(ID_MAX))):
+            return None
+        return int(value) if int(value) <= ID_MAX else None
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -254,3 +254,27 @@ def test_the_overdue_list_says_how_many_there_are_beyond_the_rows_it_shows(users
     # then the first two are shown, and the whole count is said
     assert len(listed(page)) == 2
     assert "The 2 most overdue of 3 are shown" in page.content.decode()
+
+
+def _row(page, task: HumanTask) -> str:
+    return page.content.decode().split(f'<tr data-task="{task.pk}"')[1].split("</tr>")[0]
+
+
+def test_the_overdue_list_says_when_a_tasks_workflow_failed_or_is_paused(users):
+    # given three overdue tasks: a running workflow's, a failed one's and one late before its workflow paused
+    client = Client()
+    client.force_login(users.manager)
+    now = timezone.now()
+    late(now)
+    late_in_a_failed_instance(now)
+    late_before_its_pause(now)
+    running, failed, paused = HumanTask.objects.order_by("pk")
+
+    # when
+    page = client.get(f"{reverse('approvals:escalations')}?show=overdue")
+
+    # then each row says why nobody moves it on, on the desktop's column and the phone's line alike
+    assert "workflow failed" not in _row(page, running)
+    assert "workflow paused" not in _row(page, running)
+    assert _row(page, failed).count("workflow failed") == 2
+    assert _row(page, paused).count("workflow paused") == 2

@@ -610,6 +610,29 @@ def test_a_reassignment_from_incidents_after_the_task_changed_hands_is_refused_a
     assert refund_escalation.assignee == now_with
 
 
+@pytest.mark.parametrize("holder", ["9" * 40, "x" * 25, "-1", "١٢", ""])
+def test_a_tampered_holder_on_incidents_is_not_checked_and_the_reassignment_goes_through(
+    client, users, refund_escalation, holder
+):
+    """The holder the page sent is a check the page offers, not input a person types: a value it never sends (too
+    long, not a number, another script's digits) leaves the reassignment unchecked, as a form without it, instead
+    of a form error about a field nobody can see."""
+    # given
+    operator3 = UserFactory(username="operator3", groups=[users.operators])
+    login(client, users.manager)
+
+    # when
+    response = client.post(
+        reverse("console:escalation_answer", args=[refund_escalation.pk]),
+        {"op": "reassign", "to_user": operator3.pk, "comment": "night shift", "holder": holder},
+    )
+
+    # then
+    assert response.status_code == 302, response.content.decode()[:2000]
+    refund_escalation.refresh_from_db()
+    assert refund_escalation.assignee == operator3
+
+
 DATE_INPUT = re.compile(r'<input[^>]*type="datetime-local"[^>]*>')
 INPUT_ID = re.compile(r'id="([^"]+)"')
 
