@@ -531,6 +531,25 @@ def _no_stray_worker(request: pytest.FixtureRequest) -> None:
         _worker.stop()
 
 
+@pytest.fixture(autouse=True)
+def _baton_stays_the_current_celery_app() -> Iterator[None]:
+    """A test that builds its own Celery app must not leave it current: ``shared_task`` tasks publish through
+    the current app, so every later test in the process would send its steps to that app's broker. CI saw it:
+    a private deployment's ``Celery(broker=...)`` outlived its Redis, and a worker test further down the same
+    xdist process timed out with every publish refused. The app is put back and the test that moved it fails."""
+    from celery import current_app
+    from celery._state import set_default_app
+
+    from baton_site.celery import app
+
+    yield
+    moved = current_app._get_current_object()
+    if moved is not app:
+        app.set_current()
+        set_default_app(app)
+        pytest.fail(f"the test left Celery app {moved.main or moved!r} current; build it with set_as_current=False")
+
+
 # --- waiting --------------------------------------------------------------------------------------------
 
 

@@ -127,7 +127,7 @@ class PrivateDeployment:
     def answers_ping(self) -> bool:
         from celery import Celery
 
-        with Celery(broker=self.redis_url) as app:
+        with Celery(broker=self.redis_url, set_as_current=False) as app:
             replies = app.control.ping(destination=[self.hostname], timeout=0.5)
         return any(self.hostname in reply for reply in replies)
 
