@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from orchestrator.dsl import Workflow
 from orchestrator.models import DISPATCHABLE_STEP_STATES, AuditEvent, StepRun, WorkflowInstance
 from orchestrator.services.steps import _run_handler, step_claim, step_execute, step_record
 from tests.factories import GroupFactory, SuperUserFactory, UserFactory
+from tests.ports import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = ROOT / ".venv" / "bin" / "celery"
@@ -419,12 +419,6 @@ def _database_url() -> str:
     db = connection.settings_dict
     credentials = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

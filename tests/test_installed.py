@@ -40,17 +40,13 @@ import redis
 from django.conf import settings
 from psycopg import sql
 
+from tests.ports import free_port
+
 pytestmark = [pytest.mark.installed, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "installed-baton-pass-42"
 STATIC_LINK = re.compile(r'(?:href|src)="(/static/[^"]+)"')
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _run(command: list[str], *, env: dict[str, str] | None = None, cwd: Path, timeout: float = 300) -> str:
@@ -138,7 +134,7 @@ def _admin_connection() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis of this module's own: the installed worker must never meet the messages other tests publish."""
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -332,7 +328,7 @@ def server(installed: Installed, acme_package: Path) -> str:
     """The installed copy migrated, its static files collected, served by its own daphne; returns the base URL."""
     installed.admin("migrate", "--noinput")
     installed.admin("collectstatic", "--noinput", "--verbosity", "0")
-    port = _free_port()
+    port = free_port()
     log = installed.start(
         "daphne", [installed.bin("daphne"), "-b", "127.0.0.1", "-p", str(port), "baton_site.asgi:application"]
     )

@@ -115,3 +115,29 @@ def test_make_web_on_a_port_taken_meanwhile_is_started_on_another_not_mistaken_f
                 assert answer.status == 200
     finally:
         taker.close()
+
+
+def test_ports_picked_for_test_servers_are_each_process_s_own_and_outside_the_ephemeral_range(monkeypatch):
+    """A port picked by binding port 0 could be handed to another process (an xdist neighbour's bind(0), any
+    outgoing connection) before the test's server bound it; tests/ports.py picks from a block of its own."""
+    from tests import ports
+
+    # given: this process as gw1, its neighbour gw2
+    low = ports._ephemeral_low()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+
+    # when: several picks, one port of the block held by a listener meanwhile
+    first = ports.free_port()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", first + 1))
+        held.listen()
+        picked = [first] + [ports.free_port() for _ in range(3)]
+
+    # then: all in gw1's block, below the kernel's ephemeral range, distinct, the held one skipped
+    block = range(ports.BASE + ports.BLOCK, ports.BASE + 2 * ports.BLOCK)
+    assert all(port in block for port in picked), picked
+    assert block.stop <= low
+    assert len(set(picked)) == len(picked)
+    assert first + 1 not in picked
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw2")
+    assert ports.free_port() >= block.stop

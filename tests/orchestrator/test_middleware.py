@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,15 +11,14 @@ from django.db import close_old_connections, connection
 from django.test import Client
 
 from orchestrator.middleware import RETRY_AFTER
+from tests.ports import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def dead_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A local port nothing listens on, and nobody else will be handed while the test runs (tests/ports.py)."""
+    return free_port()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import pytest
 
 from orchestrator.logformat import MAX_CHAIN, MAX_FRAMES
 from tests.conftest import CELERY, ROOT, WORKER_ENV
+from tests.ports import free_port
 
 pytestmark = pytest.mark.worker
 
@@ -33,12 +34,6 @@ PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.pare
 # The most lines one log record may take: MAX_CHAIN tracebacks of MAX_FRAMES frames (file line, code line, carets)
 # plus their headers. Records that repeated earlier errors grew past this without bound.
 RECORD_BOUND = MAX_CHAIN * (3 * MAX_FRAMES + 4) + 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def as_postgres(*args: str, timeout: float = 60) -> None:
