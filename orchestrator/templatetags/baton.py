@@ -20,6 +20,16 @@ def state_badge(state: str, label: str = "") -> str:
     return format_html('<span class="badge state-{}">{}</span>', state, label or state.replace("_", " "))
 
 
+@register.simple_tag
+def body_max() -> int:
+    """The bytes a form's body may hold (``DATA_UPLOAD_MAX_MEMORY_SIZE``; 0 when unlimited), for base.html's
+    ``baton-body-max`` meta, which static/baton/forms.js checks every POST form against before sending it: past
+    it Django refuses the request before any view runs, and the person's typing would be lost."""
+    from django.conf import settings
+
+    return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
+
+
 @register.filter
 def label(key: str) -> str:
     """``order_id`` -> ``Order id``."""

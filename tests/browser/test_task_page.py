@@ -182,6 +182,49 @@ class TaskPageTests(BrowserTestCase):
 
         assert not orm(lambda: HumanTask.objects.exists())
 
+    def test_a_start_form_past_what_a_form_may_send_is_not_sent_and_keeps_the_text(self):
+        """Every POST form is checked before it is sent against the bytes Django reads before any view
+        (DATA_UPLOAD_MAX_MEMORY_SIZE, the page's meta): past them Django refuses the request and the typing would be
+        lost. A workflow's own form may have a field without a length limit; here the limit is taken off a field.
+        Counted as the form encodes it: 500,000 "é" are 1,000,000 bytes of UTF-8 but 3,000,000 urlencoded."""
+        # given
+        orm(grant_group_permissions)
+        typed = "é" * 500_000
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff")
+            page.goto("/workflows/expense_approval/start/")
+            posts: list[str] = []
+            page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+            page.get_by_label("Employee").fill("Kim Typed")
+            page.get_by_label("Amount (EUR)").fill("12.50")
+            description = page.get_by_label("What was it for?")
+            description.evaluate("field => field.removeAttribute('maxlength')")
+            description.fill(typed)
+
+            # when
+            page.get_by_role("button", name="Start workflow").click()
+
+            # then: not sent; said at the form's top with the size as sent; the text where it was
+            alert = page.locator("form [data-body-too-large]")
+            expect(alert).to_be_visible()
+            expect(alert).to_contain_text("Not sent")
+            expect(alert).to_contain_text("2,621,440 bytes a form may send")
+            said = int(alert.locator("[data-body-size]").inner_text().replace(",", ""))
+            assert said >= 6 * len(typed)
+            assert posts == []
+            assert description.input_value() == typed
+            expect(page.get_by_label("Employee")).to_have_value("Kim Typed")
+
+            # when: shortened, it is sent, and the alert goes
+            description.fill("Train to the customer")
+            page.get_by_role("button", name="Start workflow").click()
+
+            # then
+            expect(page).not_to_have_url(re.compile(r"/start/$"))
+            assert len(posts) == 1
+        assert orm(lambda: HumanTask.objects.filter(instance__data__employee="Kim Typed").exists())
+
     def test_the_friendly_404(self):
         with self.chromium() as browser:
             page = self.signed_in_page(browser, "staff")
