@@ -300,6 +300,9 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             # This fire time was recorded already (a sweep that read the schedule before its time moved on):
             # roll everything back, the start included.
             raise _AlreadyFired(due) from None
+        if record.outcome == FireOutcome.FAILED and _first_failure(schedule, record):
+            said = f"Schedule {schedule.name} could not start {schedule.workflow_name}: {record.error}"
+            _tell_failing(schedule, said)
         schedule.last_fire_at = fire_time
         schedule.next_fire_at = _next_after(schedule, now)
         schedule.save(update_fields=["last_fire_at", "next_fire_at", "updated_at"])
@@ -336,6 +339,32 @@ def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str
         _audit(SCHEDULER, "schedule.failed", schedule, reason=error, payload=payload, now=now)
     _audit(SCHEDULER, "schedule.paused", schedule, reason=error, now=now)
     logger.error("schedule %s paused: %s", schedule.pk, error)
+    _tell_failing(schedule, f"Schedule {schedule.name} paused: its times cannot be computed")
+
+
+def _first_failure(schedule: Schedule, record: ScheduleFire) -> bool:
+    """True when ``record`` (a failed fire, saved) is the first of a run of failures: the fire before it started or
+    skipped, or there was none. A schedule that cannot start fails at each of its times, every minute perhaps; its
+    people are told once, its page lists every failure."""
+    before = (
+        ScheduleFire.objects.filter(schedule=schedule, fire_time__lt=record.fire_time)
+        .order_by("-fire_time")
+        .values_list("outcome", flat=True)
+        .first()
+    )
+    return before != FireOutcome.FAILED
+
+
+def _tell_failing(schedule: Schedule, message: str) -> None:
+    """Tell the schedule's owner (or, when they have left, everyone who may manage automation) that it could not
+    start what it schedules: a failed fire is recorded and the schedule goes on, so without a notice a schedule
+    whose workflow was removed, or whose input its start form now refuses, failed unseen at every fire."""
+    from django.urls import reverse
+
+    from automation.notices import tell_owner
+
+    url = reverse("automation:schedule_detail", args=[schedule.pk])
+    tell_owner(schedule.owner_id, kind="schedule.failed", message=message, url=url)
 
 
 class _AlreadyFired(Exception):

@@ -8,9 +8,10 @@ from decimal import Decimal
 
 import pytest
 from django import forms
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from approvals.models import HumanTask
+from approvals.models import HumanTask, Notification
 from approvals.selectors import team_queue
 from approvals.services.base import APPROVE, TaskForbidden
 from approvals.services.tasks import task_claim, task_decide
@@ -23,6 +24,7 @@ from orchestrator.dsl import Schedule as Declared
 from orchestrator.models import AuditEvent, WorkflowInstance
 from orchestrator.services import sweep as engine
 from tests.concurrency import race
+from tests.factories import SuperUserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -455,3 +457,72 @@ def test_a_schedule_input_with_an_object_for_a_text_field_is_refused_at_save():
 
     # then
     assert any(message.startswith("employee:") for message in errors["input"]), errors
+
+
+class TestAFailingScheduleIsToldNotSilent:
+    """A schedule that cannot start what it schedules (its workflow removed from the code, its input refused by the
+    start form since changed) records a failed fire and goes on, at every fire: nobody was told, so an every-minute
+    schedule failed 1,440 times a day unseen. Now the first failure of a run of them is told, once."""
+
+    @staticmethod
+    def break_input(schedule: Schedule, owner: object) -> None:
+        Schedule.objects.filter(pk=schedule.pk).update(input={"region": "mars"}, owner=owner)
+
+    def test_its_owner_is_told_at_the_first_failure_not_at_every_one(self, report, users):
+        schedule = hourly()
+        self.break_input(schedule, users.admin)
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+
+        engine.sweep(now=now)
+        schedule.refresh_from_db()
+        engine.sweep(now=schedule.next_fire_at)
+
+        told = Notification.objects.filter(kind="schedule.failed")
+        assert ScheduleFire.objects.filter(schedule=schedule, outcome=FireOutcome.FAILED).count() == 2
+        assert [(n.user_id, n.url) for n in told] == [(users.admin.pk, f"/automation/schedules/{schedule.pk}/")]
+        assert "hourly report" in told.get().message
+
+    def test_a_failure_after_a_start_is_told_again(self, report, users):
+        schedule = hourly()
+        Schedule.objects.filter(pk=schedule.pk).update(owner=users.admin)
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+        engine.sweep(now=now)  # starts
+        self.break_input(schedule, users.admin)
+        schedule.refresh_from_db()
+
+        engine.sweep(now=schedule.next_fire_at)
+
+        assert Notification.objects.filter(kind="schedule.failed", user=users.admin).count() == 1
+
+    @pytest.mark.parametrize("left", ["deactivated", "no longer an admin"])
+    def test_when_its_owner_has_left_every_admin_is_told(self, report, users, left):
+        owner = SuperUserFactory(username="leaver")
+        users.manager.user_permissions.add(Permission.objects.get(codename="manage_automation"))
+        schedule = hourly()
+        self.break_input(schedule, owner)
+        if left == "deactivated":
+            owner.is_active = False
+        else:
+            owner.is_superuser = False
+        owner.save()
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+
+        engine.sweep(now=now)
+
+        told = Notification.objects.filter(kind="schedule.failed")
+        assert sorted(told.values_list("user__username", flat=True)) == ["admin", "manager"]
+
+    def test_a_schedule_paused_because_its_times_cannot_be_computed_is_told(self, report, users):
+        schedule = hourly()
+        Schedule.objects.filter(pk=schedule.pk).update(owner=users.admin, timezone="US/Pacific-New")
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+
+        engine.sweep(now=now)
+
+        schedule.refresh_from_db()
+        assert schedule.enabled is False
+        assert Notification.objects.filter(kind="schedule.failed", user=users.admin).count() == 1

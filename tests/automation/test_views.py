@@ -607,3 +607,26 @@ def test_the_page_of_a_subscription_whose_owner_is_an_admin_says_the_owner_is_to
     page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
 
     assert "(told if it pauses)" in page
+
+
+def test_the_schedule_list_says_which_schedules_could_not_start_their_last_run(admin_client):
+    """A schedule whose workflow is gone, or whose input its start form now refuses, fails at every fire and goes on:
+    the list showed it as any other, its last run dated, so nobody looked at its page where the failures are."""
+    now = timezone.now()
+    failing, recovered = make_schedule("Failing"), make_schedule("Recovered")
+    for schedule, outcomes in ((failing, ["started", "failed"]), (recovered, ["failed", "started"])):
+        for hours_ago, outcome in zip((2, 1), outcomes, strict=True):
+            ScheduleFire.objects.create(
+                schedule=schedule,
+                fire_time=now - timedelta(hours=hours_ago),
+                fired_at=now - timedelta(hours=hours_ago),
+                outcome=outcome,
+                error="UnknownWorkflow: gone" if outcome == "failed" else "",
+            )
+        Schedule.objects.filter(pk=schedule.pk).update(last_fire_at=now - timedelta(hours=1))
+
+    page = admin_client.get("/automation/").content.decode()
+
+    rows = {name: page.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0] for name in ("Failing", "Recovered")}
+    assert "could not start" in rows["Failing"]
+    assert "could not start" not in rows["Recovered"]
