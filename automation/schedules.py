@@ -8,6 +8,7 @@ idempotency key ``schedule:<id>:<fire time>``, all in one transaction (docs/arch
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -103,7 +104,8 @@ def schedule_save(
     schedule: Schedule, *, actor: Actor, request_meta: dict[str, Any] | None = None, now: datetime | None = None
 ) -> Schedule:
     """Create or change an admin's schedule (checked with :func:`check`; ScheduleInvalid if it fails) and audit
-    it; its next fire time is computed from now.
+    it. A new schedule, or a change of its recurrence (cron, interval, zone), fires from the next time after now; a
+    change that keeps the recurrence keeps the time it is due (runs due or missed are not dropped by an edit).
 
     A change writes only what the form edits (name, workflow, recurrence, zone, missed-run policy, input) and the
     owner the caller set (who changed it) under the row's lock: a pause, a resume or a fire that happened while the
@@ -115,6 +117,7 @@ def schedule_save(
     created = schedule.pk is None
     with transaction.atomic():
         fields: list[str] | None = None
+        current = None
         if created:
             schedule.anchor = now
         else:
@@ -123,7 +126,7 @@ def schedule_save(
             schedule.last_fire_at = current.last_fire_at
             # The owner too: who changes what a schedule starts becomes its starts' initiator (four-eyes).
             fields = [*EDITED_FIELDS, "owner", "next_fire_at", "updated_at"]
-        schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+        schedule.next_fire_at = _next_kept(schedule, current, now)
         try:
             with transaction.atomic():
                 schedule.save(update_fields=fields)
@@ -163,6 +166,22 @@ def schedule_toggle(
 
 def _next_after(schedule: Schedule, when: datetime) -> datetime:
     return recurrence.next_fire(schedule.cron, schedule.every, schedule.timezone, when, schedule.anchor)
+
+
+def _next_kept(schedule: Schedule, before: Schedule | None, now: datetime) -> datetime | None:
+    """The next fire time of ``schedule`` as changed (None while disabled): the one it had (``before``, its row as
+    stored) when its recurrence is unchanged, so that a change of input, name or policy while it is due, or has runs
+    missed, does not drop them (the sweep fires them, with the new input); else the next time after ``now``."""
+    if not schedule.enabled:
+        return None
+    same = before is not None and (before.cron, before.interval_seconds, before.timezone) == (
+        schedule.cron,
+        schedule.interval_seconds,
+        schedule.timezone,
+    )
+    if same and before is not None and before.enabled and before.next_fire_at is not None:
+        return before.next_fire_at
+    return _next_after(schedule, now)
 
 
 def _describe(schedule: Schedule) -> dict[str, Any]:
@@ -444,11 +463,14 @@ def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | Non
     changed = {k: v for k, v in fields.items() if getattr(schedule, k) != v}
     if not (changed or schedule.retired):
         return ""
+    # The row as stored: a changed input keeps the runs due or missed (the sync runs on migrate, while the beat is
+    # down), a changed recurrence or a schedule declared again fires from now.
+    before = None if schedule.retired else copy.copy(schedule)
     for key, value in fields.items():
         setattr(schedule, key, value)
     if schedule.retired:
         schedule.retired, schedule.enabled = False, True
-    schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+    schedule.next_fire_at = _next_kept(schedule, before, now)
     schedule.save()
     _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)
     return "changed"
