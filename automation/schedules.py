@@ -52,13 +52,37 @@ def recurrence_problem(schedule: Schedule) -> str:
 
 def upcoming(schedule: Schedule, count: int = 5, *, now: datetime | None = None) -> list[datetime]:
     """The next ``count`` fire times after ``now`` (aware, UTC), from the schedule's next due time on; [] when they
-    cannot be computed (:func:`recurrence_problem` says why)."""
+    cannot be computed (:func:`recurrence_problem` says why). A due time missed (:func:`missed_runs`) is not among
+    them: the sweep starts one instance for all the missed runs, or none, then fires from the next time after it."""
     if recurrence_problem(schedule):
         return []
     now = now or timezone.now()
-    start = min(now, schedule.next_fire_at - timedelta(microseconds=1)) if schedule.next_fire_at else now
+    due = schedule.next_fire_at
+    start = min(now, due - timedelta(microseconds=1)) if due and now - due <= MISFIRE_GRACE else now
     times = recurrence.fire_times(schedule.cron, schedule.every, schedule.timezone, start, schedule.anchor)
     return [next(times) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Missed:
+    """Runs of a schedule missed while the sweep did not run: ``count`` of them (at least, when ``at_least``), the
+    latest at ``latest`` (what a catch-up start is stamped with)."""
+
+    count: int
+    latest: datetime
+    at_least: bool
+
+
+def missed_runs(schedule: Schedule, *, now: datetime | None = None) -> Missed | None:
+    """The runs of an enabled schedule that its next sweep will count as missed (due more than
+    :data:`MISFIRE_GRACE` before ``now``), as :func:`fire` counts them; None when it is not late or its times cannot
+    be computed."""
+    now = now or timezone.now()
+    due = schedule.next_fire_at
+    if not schedule.enabled or due is None or now - due <= MISFIRE_GRACE or recurrence_problem(schedule):
+        return None
+    latest, count = recurrence.latest_fire(schedule.cron, schedule.every, schedule.timezone, due, now, schedule.anchor)
+    return Missed(count=count + 1, latest=latest or due, at_least=count >= recurrence.COUNT_MAX)
 
 
 def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str, data: Any) -> dict[str, list[str]]:
@@ -282,15 +306,8 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             _pause_broken(schedule, due, now, problem)
             fired.failed += 1
             return 1
-        missed = now - due > MISFIRE_GRACE
-        covers = 1
-        fire_time = due
-        if missed:
-            latest, count = recurrence.latest_fire(
-                schedule.cron, schedule.every, schedule.timezone, due, now, schedule.anchor
-            )
-            covers = count + 1
-            fire_time = latest or due
+        missed = missed_runs(schedule, now=now)
+        covers, fire_time = (missed.count, missed.latest) if missed else (1, due)
         record = ScheduleFire(schedule=schedule, fire_time=fire_time, fired_at=now, covers=covers)
         if missed and schedule.missed == MissedPolicy.SKIP:
             record.outcome = FireOutcome.SKIPPED

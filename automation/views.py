@@ -129,6 +129,7 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
     context = {
         "schedule": schedule,
         "upcoming": upcoming,
+        "missed": schedules.missed_runs(schedule),
         "problem": schedules.recurrence_problem(schedule),
         "fires": selectors.recent_fires(schedule),
         "active_nav": "automation",

@@ -630,3 +630,21 @@ def test_the_schedule_list_says_which_schedules_could_not_start_their_last_run(a
     rows = {name: page.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0] for name in ("Failing", "Recovered")}
     assert "could not start" in rows["Failing"]
     assert "could not start" not in rows["Recovered"]
+
+
+@pytest.mark.parametrize(("missed", "says"), [("catch_up_once", "starts one for them"), ("skip", "skips them")])
+def test_the_page_of_a_schedule_with_runs_missed_says_so_and_lists_only_runs_to_come(admin_client, missed, says):
+    """With the beat down for hours, the page listed the missed times as its next runs, while the sweep will start
+    one for all of them (or none) and then fire from the next time after it runs."""
+    # given an hourly schedule due at the top of the hour five hours ago (that run and the five since are missed)
+    now = timezone.now()
+    due = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
+    schedule = make_schedule(cron="0 * * * *", timezone="UTC", missed=missed, next_fire_at=due, anchor=due)
+
+    response = admin_client.get(f"/automation/schedules/{schedule.pk}/")
+
+    page = response.content.decode()
+    assert all(when > now for when in response.context["upcoming"])
+    assert len(response.context["upcoming"]) == 5
+    assert "6 runs missed" in page
+    assert says in page
