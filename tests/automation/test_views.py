@@ -648,3 +648,28 @@ def test_the_page_of_a_schedule_with_runs_missed_says_so_and_lists_only_runs_to_
     assert len(response.context["upcoming"]) == 5
     assert "6 runs missed" in page
     assert says in page
+
+
+@pytest.mark.parametrize("left", ["deactivated", "no longer an admin"])
+def test_the_page_of_a_schedule_whose_owner_left_says_every_admin_is_told(admin_client, users, left):
+    """A schedule that cannot start tells its owner, or every admin when the owner has left
+    (schedules._tell_failing): its page says who will hear of it, as a subscription's does."""
+    owner = UserFactory(username="leaver", is_superuser=True, is_staff=True)
+    schedule = make_schedule(owner=owner)
+    if left == "deactivated":
+        owner.is_active = False
+    else:
+        owner.is_superuser = False
+    owner.save()
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "has left: every admin is told if it cannot start" in page
+
+
+def test_the_page_of_a_schedule_whose_owner_is_an_admin_says_the_owner_is_told(admin_client, users):
+    schedule = make_schedule(owner=users.admin)
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "(told if it cannot start)" in page
