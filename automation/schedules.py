@@ -8,6 +8,7 @@ idempotency key ``schedule:<id>:<fire time>``, all in one transaction (docs/arch
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,13 +52,37 @@ def recurrence_problem(schedule: Schedule) -> str:
 
 def upcoming(schedule: Schedule, count: int = 5, *, now: datetime | None = None) -> list[datetime]:
     """The next ``count`` fire times after ``now`` (aware, UTC), from the schedule's next due time on; [] when they
-    cannot be computed (:func:`recurrence_problem` says why)."""
+    cannot be computed (:func:`recurrence_problem` says why). A due time missed (:func:`missed_runs`) is not among
+    them: the sweep starts one instance for all the missed runs, or none, then fires from the next time after it."""
     if recurrence_problem(schedule):
         return []
     now = now or timezone.now()
-    start = min(now, schedule.next_fire_at - timedelta(microseconds=1)) if schedule.next_fire_at else now
+    due = schedule.next_fire_at
+    start = min(now, due - timedelta(microseconds=1)) if due and now - due <= MISFIRE_GRACE else now
     times = recurrence.fire_times(schedule.cron, schedule.every, schedule.timezone, start, schedule.anchor)
     return [next(times) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Missed:
+    """Runs of a schedule missed while the sweep did not run: ``count`` of them (at least, when ``at_least``), the
+    latest at ``latest`` (what a catch-up start is stamped with)."""
+
+    count: int
+    latest: datetime
+    at_least: bool
+
+
+def missed_runs(schedule: Schedule, *, now: datetime | None = None) -> Missed | None:
+    """The runs of an enabled schedule that its next sweep will count as missed (due more than
+    :data:`MISFIRE_GRACE` before ``now``), as :func:`fire` counts them; None when it is not late or its times cannot
+    be computed."""
+    now = now or timezone.now()
+    due = schedule.next_fire_at
+    if not schedule.enabled or due is None or now - due <= MISFIRE_GRACE or recurrence_problem(schedule):
+        return None
+    latest, count = recurrence.latest_fire(schedule.cron, schedule.every, schedule.timezone, due, now, schedule.anchor)
+    return Missed(count=count + 1, latest=latest or due, at_least=count >= recurrence.COUNT_MAX)
 
 
 def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str, data: Any) -> dict[str, list[str]]:
@@ -103,7 +128,8 @@ def schedule_save(
     schedule: Schedule, *, actor: Actor, request_meta: dict[str, Any] | None = None, now: datetime | None = None
 ) -> Schedule:
     """Create or change an admin's schedule (checked with :func:`check`; ScheduleInvalid if it fails) and audit
-    it; its next fire time is computed from now.
+    it. A new schedule, or a change of its recurrence (cron, interval, zone), fires from the next time after now; a
+    change that keeps the recurrence keeps the time it is due (runs due or missed are not dropped by an edit).
 
     A change writes only what the form edits (name, workflow, recurrence, zone, missed-run policy, input) and the
     owner the caller set (who changed it) under the row's lock: a pause, a resume or a fire that happened while the
@@ -115,6 +141,7 @@ def schedule_save(
     created = schedule.pk is None
     with transaction.atomic():
         fields: list[str] | None = None
+        current = None
         if created:
             schedule.anchor = now
         else:
@@ -123,7 +150,7 @@ def schedule_save(
             schedule.last_fire_at = current.last_fire_at
             # The owner too: who changes what a schedule starts becomes its starts' initiator (four-eyes).
             fields = [*EDITED_FIELDS, "owner", "next_fire_at", "updated_at"]
-        schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+        schedule.next_fire_at = _next_kept(schedule, current, now)
         try:
             with transaction.atomic():
                 schedule.save(update_fields=fields)
@@ -163,6 +190,22 @@ def schedule_toggle(
 
 def _next_after(schedule: Schedule, when: datetime) -> datetime:
     return recurrence.next_fire(schedule.cron, schedule.every, schedule.timezone, when, schedule.anchor)
+
+
+def _next_kept(schedule: Schedule, before: Schedule | None, now: datetime) -> datetime | None:
+    """The next fire time of ``schedule`` as changed (None while disabled): the one it had (``before``, its row as
+    stored) when its recurrence is unchanged, so that a change of input, name or policy while it is due, or has runs
+    missed, does not drop them (the sweep fires them, with the new input); else the next time after ``now``."""
+    if not schedule.enabled:
+        return None
+    same = before is not None and (before.cron, before.interval_seconds, before.timezone) == (
+        schedule.cron,
+        schedule.interval_seconds,
+        schedule.timezone,
+    )
+    if same and before is not None and before.enabled and before.next_fire_at is not None:
+        return before.next_fire_at
+    return _next_after(schedule, now)
 
 
 def _describe(schedule: Schedule) -> dict[str, Any]:
@@ -263,15 +306,8 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             _pause_broken(schedule, due, now, problem)
             fired.failed += 1
             return 1
-        missed = now - due > MISFIRE_GRACE
-        covers = 1
-        fire_time = due
-        if missed:
-            latest, count = recurrence.latest_fire(
-                schedule.cron, schedule.every, schedule.timezone, due, now, schedule.anchor
-            )
-            covers = count + 1
-            fire_time = latest or due
+        missed = missed_runs(schedule, now=now)
+        covers, fire_time = (missed.count, missed.latest) if missed else (1, due)
         record = ScheduleFire(schedule=schedule, fire_time=fire_time, fired_at=now, covers=covers)
         if missed and schedule.missed == MissedPolicy.SKIP:
             record.outcome = FireOutcome.SKIPPED
@@ -300,6 +336,9 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             # This fire time was recorded already (a sweep that read the schedule before its time moved on):
             # roll everything back, the start included.
             raise _AlreadyFired(due) from None
+        if record.outcome == FireOutcome.FAILED and _first_failure(schedule, record):
+            said = f"Schedule {schedule.name} could not start {schedule.workflow_name}: {record.error}"
+            _tell_failing(schedule, said)
         schedule.last_fire_at = fire_time
         schedule.next_fire_at = _next_after(schedule, now)
         schedule.save(update_fields=["last_fire_at", "next_fire_at", "updated_at"])
@@ -336,6 +375,32 @@ def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str
         _audit(SCHEDULER, "schedule.failed", schedule, reason=error, payload=payload, now=now)
     _audit(SCHEDULER, "schedule.paused", schedule, reason=error, now=now)
     logger.error("schedule %s paused: %s", schedule.pk, error)
+    _tell_failing(schedule, f"Schedule {schedule.name} paused: its times cannot be computed")
+
+
+def _first_failure(schedule: Schedule, record: ScheduleFire) -> bool:
+    """True when ``record`` (a failed fire, saved) is the first of a run of failures: the fire before it started or
+    skipped, or there was none. A schedule that cannot start fails at each of its times, every minute perhaps; its
+    people are told once, its page lists every failure."""
+    before = (
+        ScheduleFire.objects.filter(schedule=schedule, fire_time__lt=record.fire_time)
+        .order_by("-fire_time")
+        .values_list("outcome", flat=True)
+        .first()
+    )
+    return before != FireOutcome.FAILED
+
+
+def _tell_failing(schedule: Schedule, message: str) -> None:
+    """Tell the schedule's owner (or, when they have left, everyone who may manage automation) that it could not
+    start what it schedules: a failed fire is recorded and the schedule goes on, so without a notice a schedule
+    whose workflow was removed, or whose input its start form now refuses, failed unseen at every fire."""
+    from django.urls import reverse
+
+    from automation.notices import tell_owner
+
+    url = reverse("automation:schedule_detail", args=[schedule.pk])
+    tell_owner(schedule.owner_id, kind="schedule.failed", message=message, url=url)
 
 
 class _AlreadyFired(Exception):
@@ -415,11 +480,14 @@ def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | Non
     changed = {k: v for k, v in fields.items() if getattr(schedule, k) != v}
     if not (changed or schedule.retired):
         return ""
+    # The row as stored: a changed input keeps the runs due or missed (the sync runs on migrate, while the beat is
+    # down), a changed recurrence or a schedule declared again fires from now.
+    before = None if schedule.retired else copy.copy(schedule)
     for key, value in fields.items():
         setattr(schedule, key, value)
     if schedule.retired:
         schedule.retired, schedule.enabled = False, True
-    schedule.next_fire_at = _next_after(schedule, now) if schedule.enabled else None
+    schedule.next_fire_at = _next_kept(schedule, before, now)
     schedule.save()
     _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)
     return "changed"

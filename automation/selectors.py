@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.utils.dateparse import parse_datetime
 
 from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
@@ -22,7 +22,10 @@ def manager_ids() -> list[int]:
 
 
 def schedule_list() -> QuerySet[Schedule]:
-    return Schedule.objects.select_related("owner").order_by("retired", "name")
+    """Every schedule, each with ``last_outcome``: its latest fire's (a ``FireOutcome`` value, None before the
+    first), so that the list tells a schedule failing at every fire from one that starts."""
+    latest = ScheduleFire.objects.filter(schedule=OuterRef("pk")).order_by("-fire_time").values("outcome")[:1]
+    return Schedule.objects.select_related("owner").annotate(last_outcome=Subquery(latest)).order_by("retired", "name")
 
 
 def recent_fires(schedule: Schedule, limit: int = 20) -> list[ScheduleFire]:

@@ -129,6 +129,9 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
     context = {
         "schedule": schedule,
         "upcoming": upcoming,
+        "missed": schedules.missed_runs(schedule),
+        # As schedules._tell_failing decides (automation.notices.tell_owner): an owner who left is not told.
+        "owner_told": schedule.owner is not None and selectors.may_manage(schedule.owner),
         "problem": schedules.recurrence_problem(schedule),
         "fires": selectors.recent_fires(schedule),
         "active_nav": "automation",

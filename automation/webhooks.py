@@ -833,19 +833,11 @@ def _tell_owner(subscription: WebhookSubscription) -> None:
     on the automation pages), everyone who may resume it: a paused subscription waits for a person."""
     from django.urls import reverse
 
-    from approvals.models import Notification
-    from automation.selectors import manager_ids
-    from orchestrator.realtime import send_now
+    from automation.notices import tell_owner
 
-    managers = manager_ids()
-    recipients = [subscription.owner_id] if subscription.owner_id in managers else managers
-    if not recipients:
-        logger.warning("webhook %s paused and nobody may manage automation to be told", subscription.pk)
-        return
-    message = f"Webhook {subscription.name} paused: its deliveries keep failing"
-    url = reverse("automation:webhook_detail", args=[subscription.pk])
-    Notification.objects.bulk_create(
-        Notification(user_id=user_id, kind="webhook.paused", message=message[:300], url=url) for user_id in recipients
+    tell_owner(
+        subscription.owner_id,
+        kind="webhook.paused",
+        message=f"Webhook {subscription.name} paused: its deliveries keep failing",
+        url=reverse("automation:webhook_detail", args=[subscription.pk]),
     )
-    event = {"type": "notification", "message": message, "level": "danger", "refresh": ["counts", "notifications"]}
-    transaction.on_commit(partial(send_now, [f"user.{user_id}" for user_id in recipients], event))

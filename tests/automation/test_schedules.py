@@ -8,9 +8,10 @@ from decimal import Decimal
 
 import pytest
 from django import forms
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from approvals.models import HumanTask
+from approvals.models import HumanTask, Notification
 from approvals.selectors import team_queue
 from approvals.services.base import APPROVE, TaskForbidden
 from approvals.services.tasks import task_claim, task_decide
@@ -23,6 +24,7 @@ from orchestrator.dsl import Schedule as Declared
 from orchestrator.models import AuditEvent, WorkflowInstance
 from orchestrator.services import sweep as engine
 from tests.concurrency import race
+from tests.factories import SuperUserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -455,3 +457,139 @@ def test_a_schedule_input_with_an_object_for_a_text_field_is_refused_at_save():
 
     # then
     assert any(message.startswith("employee:") for message in errors["input"]), errors
+
+
+class TestAFailingScheduleIsToldNotSilent:
+    """A schedule that cannot start what it schedules (its workflow removed from the code, its input refused by the
+    start form since changed) records a failed fire and goes on, at every fire: nobody was told, so an every-minute
+    schedule failed 1,440 times a day unseen. Now the first failure of a run of them is told, once."""
+
+    @staticmethod
+    def break_input(schedule: Schedule, owner: object) -> None:
+        Schedule.objects.filter(pk=schedule.pk).update(input={"region": "mars"}, owner=owner)
+
+    def test_its_owner_is_told_at_the_first_failure_not_at_every_one(self, report, users):
+        schedule = hourly()
+        self.break_input(schedule, users.admin)
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+
+        engine.sweep(now=now)
+        schedule.refresh_from_db()
+        engine.sweep(now=schedule.next_fire_at)
+
+        told = Notification.objects.filter(kind="schedule.failed")
+        assert ScheduleFire.objects.filter(schedule=schedule, outcome=FireOutcome.FAILED).count() == 2
+        assert [(n.user_id, n.url) for n in told] == [(users.admin.pk, f"/automation/schedules/{schedule.pk}/")]
+        assert "hourly report" in told.get().message
+
+    def test_a_failure_after_a_start_is_told_again(self, report, users):
+        schedule = hourly()
+        Schedule.objects.filter(pk=schedule.pk).update(owner=users.admin)
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+        engine.sweep(now=now)  # starts
+        self.break_input(schedule, users.admin)
+        schedule.refresh_from_db()
+
+        engine.sweep(now=schedule.next_fire_at)
+
+        assert Notification.objects.filter(kind="schedule.failed", user=users.admin).count() == 1
+
+    @pytest.mark.parametrize("left", ["deactivated", "no longer an admin"])
+    def test_when_its_owner_has_left_every_admin_is_told(self, report, users, left):
+        owner = SuperUserFactory(username="leaver")
+        users.manager.user_permissions.add(Permission.objects.get(codename="manage_automation"))
+        schedule = hourly()
+        self.break_input(schedule, owner)
+        if left == "deactivated":
+            owner.is_active = False
+        else:
+            owner.is_superuser = False
+        owner.save()
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+
+        engine.sweep(now=now)
+
+        told = Notification.objects.filter(kind="schedule.failed")
+        assert sorted(told.values_list("user__username", flat=True)) == ["admin", "manager"]
+
+    def test_a_schedule_paused_because_its_times_cannot_be_computed_is_told(self, report, users):
+        schedule = hourly()
+        Schedule.objects.filter(pk=schedule.pk).update(owner=users.admin, timezone="US/Pacific-New")
+        now = timezone.now()
+        due_now(schedule, now - timedelta(seconds=5))
+
+        engine.sweep(now=now)
+
+        schedule.refresh_from_db()
+        assert schedule.enabled is False
+        assert Notification.objects.filter(kind="schedule.failed", user=users.admin).count() == 1
+
+
+class TestAChangeThatKeepsTheRecurrenceKeepsTheRunsDue:
+    """A change recomputed the next time from now whatever it changed: a schedule due when its input or name was
+    changed (the sweep not yet there, or the beat down for hours with runs to catch up) lost those runs without a
+    fire, a skip or a word. So did a deploy that changed a declared schedule's input: its sync runs on ``migrate``,
+    while the beat is down."""
+
+    def test_changing_the_input_of_a_due_schedule_fires_it_with_the_new_input(self, report):
+        # given an hourly schedule due five seconds ago, not yet fired
+        schedule = hourly()
+        now = timezone.now()
+        due = now - timedelta(seconds=5)
+        due_now(schedule, due)
+        schedule.refresh_from_db()
+
+        # when an admin changes its input, then the sweep runs
+        schedule.input = {"region": "us"}
+        schedule_save(schedule, actor=ADMIN, now=now)
+        engine.sweep(now=now)
+
+        # then it fired for its due time, with the new input
+        fire_row = ScheduleFire.objects.get(schedule=schedule)
+        assert (fire_row.outcome, fire_row.fire_time) == (FireOutcome.STARTED, due)
+        assert fire_row.instance.data["region"] == "us"
+
+    def test_renaming_a_schedule_with_runs_missed_still_catches_them_up(self, report):
+        # given an hourly schedule whose last five hours passed while the beat was down
+        schedule = hourly()
+        now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+        due_now(schedule, datetime(2026, 11, 30, 6, 0, tzinfo=UTC))
+        schedule.refresh_from_db()
+
+        # when it is renamed, then the sweep runs again
+        schedule.name = "hourly report (EU)"
+        schedule_save(schedule, actor=ADMIN, now=now)
+        engine.sweep(now=now)
+
+        # then one start stands for the five missed runs
+        fire_row = ScheduleFire.objects.get(schedule=schedule)
+        assert (fire_row.outcome, fire_row.covers) == (FireOutcome.STARTED, 5)
+
+    def test_changing_the_recurrence_fires_from_the_next_time_after_the_change(self, report):
+        schedule = hourly()
+        now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+        due_now(schedule, datetime(2026, 11, 30, 6, 0, tzinfo=UTC))
+        schedule.refresh_from_db()
+
+        schedule.cron = "45 * * * *"
+        schedule_save(schedule, actor=ADMIN, now=now)
+
+        schedule.refresh_from_db()
+        assert schedule.next_fire_at == datetime(2026, 11, 30, 10, 45, tzinfo=UTC)
+
+    def test_a_deploy_that_changes_a_declared_schedules_input_keeps_the_run_missed_meanwhile(self, register_workflow):
+        # given a declared nightly schedule due at 02:00, and a deploy whose migrate runs at 02:05 (beat down)
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+        sync_declared(now=datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "us"}), version=2))
+
+        assert sync_declared(now=datetime(2026, 11, 30, 2, 5, tzinfo=UTC))["changed"] == 1
+        engine.sweep(now=datetime(2026, 11, 30, 2, 6, tzinfo=UTC))
+
+        # then the 02:00 run is caught up, with the new input
+        fire_row = ScheduleFire.objects.get(schedule__name="eu nightly")
+        assert (fire_row.outcome, fire_row.fire_time) == (FireOutcome.STARTED, datetime(2026, 11, 30, 2, 0, tzinfo=UTC))
+        assert fire_row.instance.data["region"] == "us"

@@ -607,3 +607,69 @@ def test_the_page_of_a_subscription_whose_owner_is_an_admin_says_the_owner_is_to
     page = admin_client.get(f"/automation/webhooks/{subscription.pk}/").content.decode()
 
     assert "(told if it pauses)" in page
+
+
+def test_the_schedule_list_says_which_schedules_could_not_start_their_last_run(admin_client):
+    """A schedule whose workflow is gone, or whose input its start form now refuses, fails at every fire and goes on:
+    the list showed it as any other, its last run dated, so nobody looked at its page where the failures are."""
+    now = timezone.now()
+    failing, recovered = make_schedule("Failing"), make_schedule("Recovered")
+    for schedule, outcomes in ((failing, ["started", "failed"]), (recovered, ["failed", "started"])):
+        for hours_ago, outcome in zip((2, 1), outcomes, strict=True):
+            ScheduleFire.objects.create(
+                schedule=schedule,
+                fire_time=now - timedelta(hours=hours_ago),
+                fired_at=now - timedelta(hours=hours_ago),
+                outcome=outcome,
+                error="UnknownWorkflow: gone" if outcome == "failed" else "",
+            )
+        Schedule.objects.filter(pk=schedule.pk).update(last_fire_at=now - timedelta(hours=1))
+
+    page = admin_client.get("/automation/").content.decode()
+
+    rows = {name: page.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0] for name in ("Failing", "Recovered")}
+    assert "could not start" in rows["Failing"]
+    assert "could not start" not in rows["Recovered"]
+
+
+@pytest.mark.parametrize(("missed", "says"), [("catch_up_once", "starts one for them"), ("skip", "skips them")])
+def test_the_page_of_a_schedule_with_runs_missed_says_so_and_lists_only_runs_to_come(admin_client, missed, says):
+    """With the beat down for hours, the page listed the missed times as its next runs, while the sweep will start
+    one for all of them (or none) and then fire from the next time after it runs."""
+    # given an hourly schedule due at the top of the hour five hours ago (that run and the five since are missed)
+    now = timezone.now()
+    due = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
+    schedule = make_schedule(cron="0 * * * *", timezone="UTC", missed=missed, next_fire_at=due, anchor=due)
+
+    response = admin_client.get(f"/automation/schedules/{schedule.pk}/")
+
+    page = response.content.decode()
+    assert all(when > now for when in response.context["upcoming"])
+    assert len(response.context["upcoming"]) == 5
+    assert "6 runs missed" in page
+    assert says in page
+
+
+@pytest.mark.parametrize("left", ["deactivated", "no longer an admin"])
+def test_the_page_of_a_schedule_whose_owner_left_says_every_admin_is_told(admin_client, users, left):
+    """A schedule that cannot start tells its owner, or every admin when the owner has left
+    (schedules._tell_failing): its page says who will hear of it, as a subscription's does."""
+    owner = UserFactory(username="leaver", is_superuser=True, is_staff=True)
+    schedule = make_schedule(owner=owner)
+    if left == "deactivated":
+        owner.is_active = False
+    else:
+        owner.is_superuser = False
+    owner.save()
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "has left: every admin is told if it cannot start" in page
+
+
+def test_the_page_of_a_schedule_whose_owner_is_an_admin_says_the_owner_is_told(admin_client, users):
+    schedule = make_schedule(owner=users.admin)
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "(told if it cannot start)" in page
