@@ -206,7 +206,13 @@ def _reason_required(reason: str) -> str:
 RUNNING_AGAIN: dict[str, Callable[[Unit, Workflow], object]] = {}
 
 
-def _running_again(unit: Unit, workflow: Workflow) -> None:
+def running_again(unit: Unit, workflow: Workflow) -> None:
+    """Send on what ``unit``'s instance held while it stood paused or failed, now that it runs again: the steps that
+    fell due meanwhile are dispatched and kept signals go to the steps waiting for them (:data:`RUNNING_AGAIN`).
+    Called under the instance's lock by every operation that runs a held instance again (a resume, a retry, a
+    skip of the failed step: ``operations.instance_step_skip``), so none of them leaves it to the sweep. Raises
+    what the database raises."""
+    _redispatch_due(unit)
     for hand_on in RUNNING_AGAIN.values():
         hand_on(unit, workflow)
 
@@ -265,8 +271,7 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
                 _retry_after_decision(unit, workflow, step)
                 continue
             step_retry(unit, workflow, step, reason)
-        _redispatch_due(unit)
-        _running_again(unit, workflow)
+        running_again(unit, workflow)
         settle(unit)
         unit.finish()
 
@@ -434,8 +439,7 @@ def instance_resume(
         )
         if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
             _shift_deadlines(unit, paused_at)
-        _redispatch_due(unit)
-        _running_again(unit, workflow)
+        running_again(unit, workflow)
         settle(unit)
         unit.finish()
         return True

@@ -1,0 +1,100 @@
+"""Signals and the operator's actions: what an instance held while it stood failed goes on when an operator's
+skip runs it again, as it does after a resume or a retry (docs/architecture.md, "Signals")."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.utils import timezone
+
+from orchestrator.audit import Actor
+from orchestrator.dsl import Parallel, Retry, Signal, StepContext, Task, Workflow
+from orchestrator.models import InstanceState, ReceivedSignal, StepState
+from orchestrator.services.instances import instance_start
+from orchestrator.services.operations import instance_step_skip
+from tests.orchestrator.flaky_steps import flaky, outage
+from tests.orchestrator.test_signals import deliver
+
+pytestmark = pytest.mark.django_db
+
+OPERATOR = Actor("user:operator")
+
+
+def breaks(ctx: StepContext) -> dict:
+    raise RuntimeError("the carrier is down")
+
+
+def ship(ctx: StepContext) -> dict:
+    return {"shipped": True}
+
+
+def fan_flow(name: str, other: Task | Signal) -> Workflow:
+    """Two branches: ``other``, and a call to a carrier that fails at once (no retries); then ship."""
+    return Workflow(
+        name=name,
+        version=1,
+        steps=[
+            Parallel("fan", branches=[[other], [Task("book_carrier", breaks, retry=Retry(max_attempts=1))]]),
+            Task("ship", ship),
+        ],
+    )
+
+
+def skip_carrier(instance) -> None:
+    dead = instance.steps.get(name="book_carrier")
+    instance_step_skip(instance.pk, dead.pk, {"carrier": "by hand"}, actor=OPERATOR, reason="booked by phone")
+
+
+def test_a_skip_hands_on_a_signal_kept_while_the_instance_was_failed(register_workflow, run_steps):
+    # given an instance failed by one branch while the other waits for its payment, which came meanwhile (kept)
+    register_workflow(fan_flow("signal_skip_fan", Signal("wait_payment", event="payment.confirmed")))
+    instance = instance_start("signal_skip_fan", {})
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    assert deliver(instance.pk, payload={"paid": "1"}).outcome == "kept"
+
+    # when an operator skips the failed step, giving its output
+    skip_carrier(instance)
+
+    # then the skip handed the kept payment to the waiting branch in its own transaction, as a resume or a retry
+    # does (it waited for the sweep's safety net), and the instance goes on to the end
+    instance.refresh_from_db()
+    assert ReceivedSignal.objects.get(instance=instance).consumed_at is not None
+    assert instance.steps.get(name="wait_payment").state == StepState.SUCCEEDED
+    run_steps(instance)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+
+
+def test_a_skip_sends_a_retry_that_fell_due_while_the_instance_was_failed(
+    register_workflow, run_steps, broker, django_capture_on_commit_callbacks
+):
+    # given one branch retrying after a failed attempt when the other fails the instance, and its back-off over
+    outage["on"] = True
+    try:
+        retrying = Task("sync", flaky, retry=Retry(max_attempts=3, backoff=0.1))
+        register_workflow(fan_flow("skip_redispatch_fan", retrying))
+        instance = instance_start("skip_redispatch_fan", {})
+        run_steps(instance, limit=2)
+        sync = instance.steps.get(name="sync")
+        instance.refresh_from_db()
+        assert (instance.state, sync.state) == (InstanceState.FAILED, StepState.FAILED)
+        assert sync.due_at is not None
+        time.sleep(max(0.0, (sync.due_at - timezone.now()).total_seconds()) + 0.05)
+        broker.clear()
+
+        # when an operator skips the failed step
+        with django_capture_on_commit_callbacks(execute=True):
+            skip_carrier(instance)
+    finally:
+        outage["on"] = False
+
+    # then the retry that fell due while the instance stood failed is sent at once, as a retry or resume sends it
+    # (it waited for the sweep's redispatch), and the instance goes on to the end
+    assert sync.pk in broker.step_ids()
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPLETED
+    assert instance.steps.get(name="sync").attempt == 2
