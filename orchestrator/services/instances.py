@@ -16,7 +16,7 @@ from django.db.models.functions import Greatest
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Task, Timer, Workflow
+from orchestrator.dsl import DefinitionError, Task, Timer, Workflow
 from orchestrator.inputs import (
     IDEMPOTENCY_KEY_MAX,
     REASON_MAX,
@@ -40,7 +40,7 @@ from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_ret
 from orchestrator.services.lifecycle import drop_kept_signals, settle, skip_open_steps
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import check_result, clean_text
-from orchestrator.services.steps import step_retry
+from orchestrator.services.steps import step_node, step_retry
 from orchestrator.services.unit import Unit
 
 
@@ -278,11 +278,13 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
 
 def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> None:
     """Refuse a retry (NotAllowed naming them) when the deployed definition has no node for a step the retry would
-    run again or dispatch: the same name and version deployed again with another shape (edited instead of
-    bumped; nothing outside one process can tell) answered the retry with a 500 (``Workflow.node`` raising)."""
+    run again or dispatch, or one of another kind (a task where the step was a wait): the same name and version
+    deployed again with another shape (edited instead of bumped; nothing outside one process can tell) answered the
+    retry with a 500 (``Workflow.node`` raising; a wait re-armed at a task failing its assertion), or scheduled a
+    task step at a wait, which has no handler to run."""
     workflow = definition_of(instance)
-    open_names = instance.steps.filter(state__in=BUSY_STEP_STATES).values_list("name", flat=True)
-    missing = sorted(({step.name for step in dead} | set(open_names)) - set(workflow.nodes))
+    steps = [*dead, *instance.steps.filter(state__in=BUSY_STEP_STATES).only("name", "kind")]
+    missing = sorted({step.name for step in steps} - set(workflow.nodes))
     if missing:
         raise NotAllowed(
             f"Cannot retry: the deployed {workflow.key} has no node "
@@ -290,6 +292,14 @@ def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> Non
             + ": it was deployed again with another shape under the same version. Deploy the version this "
             "instance ran (a changed definition needs a new version), or cancel the instance."
         )
+    for step in steps:
+        try:
+            step_node(workflow, step)
+        except DefinitionError as exc:
+            raise NotAllowed(
+                f"Cannot retry: {exc}. Deploy the version this instance ran (a changed definition needs a new "
+                "version), or cancel the instance."
+            ) from None
 
 
 def _retry_after_decision(unit: Unit, workflow: Any, step: StepRun) -> None:

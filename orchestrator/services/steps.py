@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from orchestrator import audit, registry, rows
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import COMPENSATE, ESCALATE, Node, PermanentError, StepContext, Task, Workflow
+from orchestrator.dsl import COMPENSATE, ESCALATE, DefinitionError, Node, PermanentError, StepContext, Task, Workflow
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     DISPATCHABLE_STEP_STATES,
@@ -592,6 +592,24 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
 REARM: dict[str, Callable[[Unit, Workflow, StepRun, str], None]] = {}
 
 
+def node_kind_of(step: StepRun) -> str:
+    """The ``Node.kind`` of the node ``step`` runs: its own kind, but a compensation runs its task's node."""
+    return StepKind.TASK if step.kind == StepKind.COMPENSATION else step.kind
+
+
+def step_node(workflow: Workflow, step: StepRun) -> Node:
+    """The node of ``workflow`` that ``step`` runs. Raises ``DefinitionError`` naming it when there is none, or when
+    it is another kind of node than the step (the same version deployed again with a task where a wait was): run as
+    it stands, the step's own code met a node it cannot run (a wait re-armed at a task: an AssertionError)."""
+    node = workflow.node(step.name)
+    if node.kind != node_kind_of(step):
+        raise DefinitionError(
+            f"the deployed {workflow.key}'s node {step.name!r} is a {node.kind}, but this instance's step of that name "
+            f"is a {step.kind}: it was deployed again with another shape under the same version"
+        )
+    return node
+
+
 def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:
     """Put a dead ``step`` back in the queue now with a fresh attempt budget (the one rule,
     :func:`~orchestrator.services.lifecycle.retry_attempts`), audited with ``reason``, and dispatch it after
@@ -599,7 +617,8 @@ def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> No
     through ``compensation_retry`` when its instance failed, or here while the instance is compensating.
 
     Raises ``django_fsm.TransitionNotAllowed`` when the step is not dead; ``DefinitionError`` when the definition
-    has no node of the step's name."""
+    has no node of the step's name, or one of another kind (:func:`step_node`)."""
+    step_node(workflow, step)
     rearm = REARM.get(step.kind)
     if rearm is not None:
         rearm(unit, workflow, step, reason)  # e.g. a timed-out wait for a signal waits again, nothing runs

@@ -8,13 +8,17 @@ import time
 import pytest
 from django.utils import timezone
 
+from approvals.models import HumanTask, TaskKind
+from approvals.services.base import TaskConflict
+from approvals.services.tasks import task_decide
+from orchestrator import registry
 from orchestrator.audit import Actor
-from orchestrator.dsl import Parallel, Retry, Signal, StepContext, Task, Workflow
+from orchestrator.dsl import ESCALATE, Parallel, Retry, Signal, StepContext, Task, Workflow
 from orchestrator.models import InstanceState, ReceivedSignal, StepState
-from orchestrator.services.instances import instance_start
+from orchestrator.services.instances import NotAllowed, instance_retry, instance_start
 from orchestrator.services.operations import instance_step_skip
 from tests.orchestrator.flaky_steps import flaky, outage
-from tests.orchestrator.test_signals import deliver
+from tests.orchestrator.test_signals import deliver, reserve, timed_out_instance
 
 pytestmark = pytest.mark.django_db
 
@@ -98,3 +102,63 @@ def test_a_skip_sends_a_retry_that_fell_due_while_the_instance_was_failed(
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPLETED
     assert instance.steps.get(name="sync").attempt == 2
+
+
+# --- a definition deployed again under the same version with another kind of node ---------------------------
+
+
+def redeploy(register_workflow, name: str, *steps: object) -> None:
+    """Deploy ``name`` v1 again with ``steps`` (an operator's slip: a changed definition needs a new version)."""
+    registry.unregister(name, 1)
+    register_workflow(Workflow(name=name, version=1, title_template="Order {order}", steps=list(steps)))
+
+
+def test_a_retry_of_a_wait_whose_node_is_now_a_task_is_refused_naming_it(register_workflow, run_steps):
+    # given a wait that timed out and failed its instance, and the same version deployed again with a task there
+    instance = timed_out_instance(register_workflow, run_steps, "signal_now_task")
+    redeploy(
+        register_workflow, "signal_now_task", Task("reserve", reserve), Task("wait_payment", ship), Task("ship", ship)
+    )
+
+    # when an operator retries the instance
+    # then it is refused saying what changed and what to deploy (it was an AssertionError: a 500 on the console)
+    with pytest.raises(NotAllowed, match=r"'wait_payment' is a task.*this instance's step of that name is a signal"):
+        instance_retry(instance.pk, actor=OPERATOR, reason="again")
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    assert instance.steps.get(name="wait_payment").state == StepState.DEAD
+
+
+def test_a_retry_of_a_task_whose_node_is_now_a_wait_is_refused_naming_it(register_workflow, run_steps):
+    # given a task that died and failed its instance, and the same version deployed again with a wait there
+    register_workflow(Workflow("task_now_signal", 1, [Task("confirm", breaks, retry=Retry(max_attempts=1))]))
+    instance = instance_start("task_now_signal", {})
+    run_steps(instance)
+    redeploy(register_workflow, "task_now_signal", Signal("confirm", event="payment.confirmed"))
+
+    # when an operator retries the instance
+    # then it is refused, rather than a task step scheduled for a node that has no handler to run
+    with pytest.raises(NotAllowed, match=r"'confirm' is a signal.*this instance's step of that name is a task"):
+        instance_retry(instance.pk, actor=OPERATOR, reason="again")
+    assert instance.steps.get(name="confirm").state == StepState.DEAD
+
+
+def test_an_escalations_retry_of_a_wait_whose_node_is_now_a_task_says_why_it_cannot(
+    register_workflow, run_steps, users
+):
+    # given a wait that timed out into an operators' escalation, and the same version deployed again with a task there
+    instance = timed_out_instance(register_workflow, run_steps, "signal_escalated_now_task", on_timeout=ESCALATE)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    redeploy(
+        register_workflow,
+        "signal_escalated_now_task",
+        Task("reserve", reserve),
+        Task("wait_payment", ship),
+        Task("ship", ship),
+    )
+
+    # when the operator answers Retry
+    # then the answer is refused naming the changed node (it said "AssertionError: " and nothing more)
+    with pytest.raises(TaskConflict, match=r"Cannot retry: .*'wait_payment' is a task"):
+        task_decide(escalation.pk, users.operator, "retry", comment="asked the bank")
+    assert instance.steps.get(name="wait_payment").state == StepState.DEAD
