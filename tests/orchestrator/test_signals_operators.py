@@ -4,6 +4,7 @@ skip runs it again, as it does after a resume or a retry (docs/architecture.md, 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -15,6 +16,7 @@ from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.dsl import ESCALATE, Parallel, Retry, Signal, StepContext, Task, Workflow
 from orchestrator.models import InstanceState, ReceivedSignal, StepState
+from orchestrator.services import sweep as engine
 from orchestrator.services.instances import NotAllowed, instance_retry, instance_start
 from orchestrator.services.operations import instance_step_skip
 from tests.orchestrator.flaky_steps import flaky, outage
@@ -162,3 +164,46 @@ def test_an_escalations_retry_of_a_wait_whose_node_is_now_a_task_says_why_it_can
     with pytest.raises(TaskConflict, match=r"Cannot retry: .*'wait_payment' is a task"):
         task_decide(escalation.pk, users.operator, "retry", comment="asked the bank")
     assert instance.steps.get(name="wait_payment").state == StepState.DEAD
+
+
+# --- a wait's timeout while the instance stands failed ------------------------------------------------------
+
+
+def test_a_timeout_that_passes_while_the_instance_is_failed_acts_on_the_retry_unless_a_signal_was_kept(
+    register_workflow, run_steps
+):
+    """The decision (docs/architecture.md, "Signals"): a pause holds a wait's timeout (a duration), a failure does
+    not. An instance stands failed until an operator looks, for no set time, and the wait is for the outside world,
+    which went on: a timeout that passed meanwhile acts at the first sweep after the retry, and a signal kept while
+    it stood failed is handed on by the retry first, so it wins."""
+    # given two instances failed by one branch while the other waits an hour for the payment (failing on timeout)
+    register_workflow(
+        fan_flow(
+            "signal_failed_timeout",
+            Signal("wait_payment", event="payment.confirmed", timeout=timedelta(hours=1)),
+        )
+    )
+    quiet, paid = (instance_start("signal_failed_timeout", {}) for _ in range(2))
+    run_steps()
+    due = quiet.steps.get(name="wait_payment").due_at
+    late = max(due, paid.steps.get(name="wait_payment").due_at) + timedelta(seconds=1)
+    assert deliver(paid.pk, payload={"paid": "1"}).outcome == "kept"
+
+    # when the hour passes while they stand failed
+    while_failed = engine.sweep(now=late)
+
+    # then nothing timed out meanwhile (a failed instance moves nothing)
+    assert while_failed.signals["signals_timed_out"] == 0
+
+    # when an operator retries both and the sweep runs
+    for instance in (quiet, paid):
+        instance_retry(instance.pk, actor=OPERATOR, reason="carrier is back")
+    after = engine.sweep(now=late + timedelta(seconds=1))
+
+    # then the deadline was not moved by the failure: the quiet wait times out at once; the kept payment won
+    quiet.refresh_from_db()
+    assert quiet.steps.get(name="wait_payment").due_at == due
+    assert after.signals["signals_timed_out"] == 1
+    assert quiet.steps.get(name="wait_payment").state == StepState.DEAD
+    assert quiet.state == InstanceState.FAILED
+    assert paid.steps.get(name="wait_payment").state == StepState.SUCCEEDED
