@@ -342,8 +342,8 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     unpaused time only.
 
     A deadline whose clock started before the pause moves by ``unit.now - paused_at``; one started during it (a
-    timer or task opened by a step that finished while paused) by ``unit.now - created_at``, so its whole span
-    starts at the resume. Deadlines already due when the pause began stay due. A timer waiting ``until`` a date
+    timer or task opened by a step that finished while paused, a wait re-armed by an escalation's Retry) by the
+    time since it started (``created_at``; a wait's ``started_at``), so its whole span starts at the resume. Deadlines already due when the pause began stay due. A timer waiting ``until`` a date
     and a retry's back-off are wall-clock times: they keep their time and, if it fell inside the pause, fire on
     resume. Raises nothing; a definition that cannot be loaded raises as :func:`definition_of` does.
     """
@@ -356,10 +356,15 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
         instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
     ).exclude(name__in=dates).update(due_at=F("due_at") + held)
     # A Signal's timeout is a duration too (``Signal(timeout=timedelta)``): the wait is for the outside world, and
-    # a wait of 48 h paused for 47 h gave the sender one hour.
+    # a wait of 48 h paused for 47 h gave the sender one hour. Its clock starts when the wait began waiting
+    # (``started_at``): an escalation's Retry re-arms it for a whole new timeout, during the pause too, and moved by
+    # the whole pause (counted from the step's creation, its first entry) it got that much extra time.
+    since_wait = Value(unit.now, output_field=DateTimeField()) - Greatest(
+        Value(paused_at, output_field=DateTimeField()), F("started_at"), F("created_at")
+    )
     StepRun.objects.filter(
         instance=unit.instance, kind=StepKind.SIGNAL, state=StepState.RUNNING, due_at__gt=paused_at
-    ).update(due_at=F("due_at") + held)
+    ).update(due_at=F("due_at") + since_wait)
     people = human_tasks_or_none()
     if people is not None:
         people.tasks_shift_deadlines(unit, paused_at, held)

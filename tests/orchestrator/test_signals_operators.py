@@ -15,9 +15,15 @@ from approvals.services.tasks import task_decide
 from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.dsl import ESCALATE, Parallel, Retry, Signal, StepContext, Task, Workflow
-from orchestrator.models import InstanceState, ReceivedSignal, StepState
+from orchestrator.models import InstanceState, ReceivedSignal, StepRun, StepState, WorkflowInstance
 from orchestrator.services import sweep as engine
-from orchestrator.services.instances import NotAllowed, instance_retry, instance_start
+from orchestrator.services.instances import (
+    NotAllowed,
+    instance_pause,
+    instance_resume,
+    instance_retry,
+    instance_start,
+)
 from orchestrator.services.operations import instance_step_skip
 from tests.orchestrator.flaky_steps import flaky, outage
 from tests.orchestrator.test_signals import deliver, reserve, timed_out_instance
@@ -207,3 +213,34 @@ def test_a_timeout_that_passes_while_the_instance_is_failed_acts_on_the_retry_un
     assert quiet.steps.get(name="wait_payment").state == StepState.DEAD
     assert quiet.state == InstanceState.FAILED
     assert paid.steps.get(name="wait_payment").state == StepState.SUCCEEDED
+
+
+# --- a wait re-armed while the instance is paused -----------------------------------------------------------
+
+
+def test_a_wait_an_escalation_re_arms_during_a_pause_gets_its_whole_timeout_after_the_resume(
+    register_workflow, run_steps, users
+):
+    """An escalation's Retry while the instance is paused re-arms the wait for a whole new timeout; its clock starts
+    during the pause, so it starts at the resume, like a wait entered during the pause (docs/architecture.md,
+    "Deadlines and pauses"). The resume moved it on by the whole pause instead, from when the wait was first
+    entered: re-armed five hours into a pause, a five-minute wait got five hours more."""
+    # given a five-minute wait entered yesterday that timed out into an escalation, and the instance paused five
+    # hours ago (the clock moved back by hand: the services read it)
+    instance = timed_out_instance(register_workflow, run_steps, "signal_rearmed_paused", on_timeout=ESCALATE)
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+    instance_pause(instance.pk, actor=OPERATOR, reason="month end")
+    now = timezone.now()
+    WorkflowInstance.objects.filter(pk=instance.pk).update(paused_at=now - timedelta(hours=5))
+    StepRun.objects.filter(instance=instance).update(created_at=now - timedelta(days=1))
+
+    # when an operator answers Retry now, and the instance resumes a minute later
+    task_decide(escalation.pk, users.operator, "retry", comment="asked the bank")
+    wait = instance.steps.get(name="wait_payment")
+    assert wait.state == StepState.RUNNING
+    resumed_at = timezone.now() + timedelta(minutes=1)
+    instance_resume(instance.pk, actor=OPERATOR, reason="go on", now=resumed_at)
+
+    # then the wait has its whole five minutes after the resume, no more
+    wait.refresh_from_db()
+    assert wait.due_at == resumed_at + timedelta(minutes=5)
