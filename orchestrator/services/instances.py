@@ -343,9 +343,10 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
 
     A deadline whose clock started before the pause moves by ``unit.now - paused_at``; one started during it (a
     timer or task opened by a step that finished while paused, a wait re-armed by an escalation's Retry) by the
-    time since it started (``created_at``; a wait's ``started_at``), so its whole span starts at the resume. Deadlines already due when the pause began stay due. A timer waiting ``until`` a date
-    and a retry's back-off are wall-clock times: they keep their time and, if it fell inside the pause, fire on
-    resume. Raises nothing; a definition that cannot be loaded raises as :func:`definition_of` does.
+    time since it started (``created_at``; a wait's ``started_at``), so its whole span starts at the resume.
+    Deadlines already due when the pause began stay due. A timer waiting ``until`` a date and a retry's back-off
+    are wall-clock times: they keep their time and, if it fell inside the pause, fire on resume. Raises nothing; a
+    definition that cannot be loaded raises as :func:`definition_of` does.
     """
     workflow = definition_of(unit.instance)
     dates = [node.name for node in workflow.nodes.values() if isinstance(node, Timer) and node.until is not None]
