@@ -794,6 +794,36 @@ def test_a_signal_wait_held_by_a_pause_says_how_long_it_waits_after_the_resume(
     assert "fires " not in page
 
 
+def test_a_wait_that_began_during_the_pause_says_its_whole_timeout_is_left_after_the_resume(
+    client, users, register_workflow, run_steps
+):
+    """The resume starts the clock of a wait that began during the pause (entered then, or re-armed by an
+    escalation's Retry: its ``started_at``) at the resume. The page counted from the pause's start: a one-hour wait
+    begun five hours into a pause "times out 6.0 h after the resume"."""
+    from orchestrator.dsl import Signal
+    from orchestrator.models import StepRun
+    from orchestrator.services.instances import instance_pause
+
+    # given: a wait for a payment of an hour that began five hours into its instance's pause
+    register_workflow(
+        Workflow(
+            "view_signal_began", 1, [Signal("paid", event="payment", timeout=timedelta(hours=1)), Task("tell", after)]
+        )
+    )
+    instance = instance_start("view_signal_began", {})
+    run_steps(instance, advance=True)
+    instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    began = WorkflowInstance.objects.get(pk=instance.pk).paused_at
+    WorkflowInstance.objects.filter(pk=instance.pk).update(paused_at=began - timedelta(hours=5))
+    StepRun.objects.filter(instance=instance, name="paid").update(started_at=began, due_at=began + timedelta(hours=1))
+
+    # when
+    page = login(client, users.operator).get(detail(instance)).content.decode()
+
+    # then
+    assert re.search(r"waiting for a signal<span data-held=\"pause\">; it times out 60 min after the resume", page)
+
+
 @pytest.mark.parametrize("who", ["operator", "manager", "staff", "admin"])
 def test_every_link_on_an_instance_page_opens_for_who_sees_it(client, users, run_steps, who):
     """The instance page linked each of its tasks to the task's page, which only the task's candidates, its
