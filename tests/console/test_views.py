@@ -824,6 +824,48 @@ def test_a_wait_that_began_during_the_pause_says_its_whole_timeout_is_left_after
     assert re.search(r"waiting for a signal<span data-held=\"pause\">; it times out 60 min after the resume", page)
 
 
+def test_a_signal_kept_for_a_wait_is_shown_to_operators_until_a_step_takes_it(
+    client, users, register_workflow, run_steps
+):
+    """A signal kept for a later wait (early, or after its wait timed out) was on the page only as a bare
+    ``signal.received`` line of the history, which does not say whether it was taken: an operator choosing to retry
+    or skip a timed-out wait could not see that the payment came after all."""
+    from orchestrator.dsl import Signal
+    from orchestrator.services.signals import signal_deliver
+    from tests.orchestrator.test_signals import time_out
+
+    # given: a wait for a payment that timed out and failed its instance, and the payment that came after that
+    register_workflow(
+        Workflow("view_kept", 1, [Signal("paid", event="payment", timeout=timedelta(minutes=5)), Task("tell", after)])
+    )
+    instance = instance_start("view_kept", {}, initiator=users.staff)
+    run_steps(instance)
+    time_out(instance)
+    signal_deliver(
+        instance_id=instance.pk, event="payment", signal_id="PAY-77", payload={}, actor=Actor.system("payments")
+    )
+
+    # when
+    operator_page = login(client, users.operator).get(detail(instance)).content.decode()
+    initiator_response = login(client, users.staff).get(detail(instance))
+    initiator_page = initiator_response.content.decode()
+
+    # then: operators see it kept, with its id, sender and time; the initiator's page (no history) does not list it
+    kept = re.search(r'<section[^>]*aria-labelledby="kept-title".*?</section>', operator_page, re.S)
+    assert kept is not None
+    assert "PAY-77" in kept.group(0)
+    assert "system:payments" in kept.group(0)
+    assert initiator_response.status_code == 200
+    assert "steps-title" in initiator_page
+    assert "kept-title" not in initiator_page
+
+    # and once the retry's wait takes it, it is no longer listed
+    from orchestrator.services.instances import instance_retry
+
+    instance_retry(instance.pk, actor=Actor("user:operator"), reason="it came")
+    assert "kept-title" not in login(client, users.operator).get(detail(instance)).content.decode()
+
+
 @pytest.mark.parametrize("who", ["operator", "manager", "staff", "admin"])
 def test_every_link_on_an_instance_page_opens_for_who_sees_it(client, users, run_steps, who):
     """The instance page linked each of its tasks to the task's page, which only the task's candidates, its
