@@ -244,3 +244,28 @@ def test_a_wait_an_escalation_re_arms_during_a_pause_gets_its_whole_timeout_afte
     # then the wait has its whole five minutes after the resume, no more
     wait.refresh_from_db()
     assert wait.due_at == resumed_at + timedelta(minutes=5)
+
+
+def test_skipping_a_timed_out_wait_leaves_a_late_signal_kept_until_the_instance_ends(
+    register_workflow, run_steps, users
+):
+    """The decision (docs/architecture.md, "Signals"): a signal that comes after its wait timed out is kept for a
+    retry; an operator who answers the wait's escalation with Skip instead goes on without it (the skip's output is
+    nothing), and the signal stays kept for a later wait of its event, rejected when the instance ends with none."""
+    # given a wait that timed out into an escalation, and the payment that came after that
+    instance = timed_out_instance(register_workflow, run_steps, "signal_skip_late", on_timeout=ESCALATE)
+    assert deliver(instance.pk).outcome == "kept"
+    escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+
+    # when the operator skips the wait and the instance runs to its end
+    task_decide(escalation.pk, users.operator, "skip", comment="shipping on credit")
+    run_steps(instance)
+
+    # then the wait was skipped without the payment, which stayed kept and was rejected at the end, saying why
+    instance.refresh_from_db()
+    late = ReceivedSignal.objects.get(instance=instance)
+    assert instance.state == InstanceState.COMPLETED
+    assert instance.steps.get(name="wait_payment").state == StepState.SKIPPED
+    assert "paid_amount" not in instance.data
+    assert (late.consumed_at, late.rejected_at is not None) == (None, True)
+    assert "completed" in late.rejection["reason"]
