@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django.utils import timezone
@@ -13,18 +14,21 @@ from approvals.models import HumanTask, TaskKind
 from approvals.services.base import TaskConflict
 from approvals.services.tasks import task_decide
 from orchestrator import registry
-from orchestrator.audit import Actor
+from orchestrator.audit import Actor, verify_chain
 from orchestrator.dsl import ESCALATE, Parallel, Retry, Signal, StepContext, Task, Workflow
-from orchestrator.models import InstanceState, ReceivedSignal, StepRun, StepState, WorkflowInstance
+from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepRun, StepState, WorkflowInstance
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import (
     NotAllowed,
+    instance_cancel,
     instance_pause,
     instance_resume,
     instance_retry,
     instance_start,
 )
 from orchestrator.services.operations import instance_step_skip
+from orchestrator.services.signals import SignalConflict
+from tests.concurrency import race
 from tests.orchestrator.flaky_steps import flaky, outage
 from tests.orchestrator.test_signals import deliver, reserve, timed_out_instance
 
@@ -269,3 +273,49 @@ def test_skipping_a_timed_out_wait_leaves_a_late_signal_kept_until_the_instance_
     assert "paid_amount" not in instance.data
     assert (late.consumed_at, late.rejected_at is not None) == (None, True)
     assert "completed" in late.rejection["reason"]
+
+
+# --- two operators (and a sender) at once -------------------------------------------------------------------
+
+
+def _skip(instance_id: int) -> object:
+    dead = StepRun.objects.get(instance_id=instance_id, name="book_carrier")
+    return instance_step_skip(instance_id, dead.pk, {"carrier": "by hand"}, actor=Actor("user:op2"), reason="phoned")
+
+
+ACTIONS = {
+    "retry": lambda pk: instance_retry(pk, actor=OPERATOR, reason="carrier is back"),
+    "skip": _skip,
+    "cancel": lambda pk: instance_cancel(pk, actor=Actor("user:op3"), reason="customer left"),
+    "deliver": lambda pk: deliver(pk, signal_id="sig-2", payload={"paid": "2"}),
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("first", "second"), [("retry", "skip"), ("skip", "cancel"), ("retry", "cancel"), ("skip", "deliver")]
+)
+def test_two_operators_acting_on_a_failed_instance_at_once_are_serialised(register_workflow, run_steps, first, second):
+    # given an instance failed by one branch while the other waits for a payment, one payment kept meanwhile
+    register_workflow(fan_flow("signal_two_operators", Signal("wait_payment", event="payment.confirmed")))
+    instance = instance_start("signal_two_operators", {})
+    run_steps(instance)
+    assert deliver(instance.pk, payload={"paid": "1"}).outcome == "kept"
+
+    # when two people act at the same instant
+    results = race(partial(ACTIONS[first], instance.pk), partial(ACTIONS[second], instance.pk))
+
+    # then each either acted or was refused with a reason, never an error; the audit chain holds; no signal was
+    # taken twice or by a wait that is not running; a cancelled instance keeps none
+    refused = (NotAllowed, SignalConflict)
+    assert all(not isinstance(r, Exception) or isinstance(r, refused) for r in results), results
+    assert not all(isinstance(r, refused) for r in results), results
+    instance.refresh_from_db()
+    assert verify_chain(list(AuditEvent.objects.filter(instance=instance).order_by("seq"))) is None
+    taken = ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=False)
+    assert taken.count() <= instance.steps.filter(name="wait_payment", state=StepState.SUCCEEDED).count() <= 1
+    if instance.state == InstanceState.CANCELLED:
+        assert not ReceivedSignal.objects.filter(instance=instance, consumed_at=None, rejected_at=None).exists()
+    elif instance.state == InstanceState.RUNNING:
+        # running again (by the retry or the skip): the kept payment was handed on at once
+        assert taken.count() == 1
