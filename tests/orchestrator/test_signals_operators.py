@@ -15,7 +15,7 @@ from approvals.services.base import TaskConflict
 from approvals.services.tasks import task_decide
 from orchestrator import registry
 from orchestrator.audit import Actor, verify_chain
-from orchestrator.dsl import ESCALATE, Parallel, Retry, Signal, StepContext, Task, Workflow
+from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Parallel, Retry, Signal, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepRun, StepState, WorkflowInstance
 from orchestrator.services import sweep as engine
 from orchestrator.services.instances import (
@@ -30,7 +30,7 @@ from orchestrator.services.operations import instance_step_skip
 from orchestrator.services.signals import SignalConflict
 from tests.concurrency import race
 from tests.orchestrator.flaky_steps import flaky, outage
-from tests.orchestrator.test_signals import deliver, reserve, timed_out_instance
+from tests.orchestrator.test_signals import deliver, flow, reserve, timed_out_instance, waiting_instance
 
 pytestmark = pytest.mark.django_db
 
@@ -319,3 +319,48 @@ def test_two_operators_acting_on_a_failed_instance_at_once_are_serialised(regist
     elif instance.state == InstanceState.RUNNING:
         # running again (by the retry or the skip): the kept payment was handed on at once
         assert taken.count() == 1
+
+
+# --- a timeout and a signal at the same instant, for each timeout action ------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("action", [CONTINUE, COMPENSATE, ESCALATE])
+def test_a_timeout_and_a_signal_at_the_same_instant_one_wins_whatever_the_timeout_does(
+    register_workflow, run_steps, action
+):
+    # given waits whose five minutes just passed (committed: each side runs on its own connection)
+    register_workflow(flow(f"signal_race_{action}", timeout=timedelta(minutes=5), on_timeout=action))
+    for round_ in range(3):
+        instance = waiting_instance(run_steps, f"signal_race_{action}", order=f"R-{round_}")
+        wait = instance.steps.get(name="wait_payment")
+
+        # when the sweep's timeout and the payment land at the same instant
+        report, delivery = race(
+            partial(engine.sweep, now=wait.due_at + timedelta(seconds=1)),
+            partial(deliver, instance.pk, signal_id=f"pay-{round_}"),
+        )
+
+        # then exactly one decided the wait, and its end is audited once: the payment consumed it, or the timeout
+        # acted and the payment is kept for what comes next (refused once the saga began: nothing would take it)
+        assert not isinstance(report, Exception), report
+        wait.refresh_from_db()
+        instance.refresh_from_db()
+        ends = AuditEvent.objects.filter(
+            subject_type="step", subject_id=wait.pk, action__in=["step.succeeded", "step.dead"]
+        )
+        assert ends.count() == 1
+        if isinstance(delivery, Exception) or delivery.outcome != "consumed":
+            assert report.signals["signals_timed_out"] == 1
+            if action == CONTINUE:
+                assert (wait.state, wait.result) == (StepState.SUCCEEDED, {"timed_out": True})
+            else:
+                assert (wait.state, wait.error_type) == (StepState.DEAD, "SignalTimeout")
+            if action == COMPENSATE:
+                assert isinstance(delivery, SignalConflict), delivery
+                assert instance.state == InstanceState.COMPENSATING
+            else:
+                assert delivery.outcome == "kept", delivery
+        else:
+            assert report.signals["signals_timed_out"] == 0
+            assert (wait.state, wait.result["signal_id"]) == (StepState.SUCCEEDED, f"pay-{round_}")
