@@ -28,6 +28,7 @@ from orchestrator.services.instances import (
 )
 from orchestrator.services.operations import instance_step_skip
 from orchestrator.services.signals import SignalConflict
+from orchestrator.services.steps import Outcome, step_claim, step_record
 from tests.concurrency import race
 from tests.orchestrator.flaky_steps import flaky, outage
 from tests.orchestrator.test_signals import deliver, flow, reserve, timed_out_instance, waiting_instance
@@ -364,3 +365,43 @@ def test_a_timeout_and_a_signal_at_the_same_instant_one_wins_whatever_the_timeou
         else:
             assert report.signals["signals_timed_out"] == 0
             assert (wait.state, wait.result["signal_id"]) == (StepState.SUCCEEDED, f"pay-{round_}")
+
+
+# --- a cancel while the worker runs the step ------------------------------------------------------------------
+
+
+def pay(ctx: StepContext) -> dict:
+    return {"payout_id": "P-1"}
+
+
+@pytest.mark.parametrize("signal_after", [False, True], ids=["task alone", "before a wait"])
+def test_a_step_whose_worker_succeeds_after_a_cancel_is_on_the_record(register_workflow, signal_after):
+    """Cancelling skips every open step, running ones included; the worker's success that comes after was dropped
+    with a log line ("lost its lease"), so the record said skipped while the payout was made. It is recorded as
+    succeeded late, as after a cancel mid-compensation (``_late_success``): the result on the step and in the data,
+    audited, nothing following it, the instance still cancelled."""
+    # given a payout running on a worker (its wait after it, in one case)
+    after = [Signal("wait_receipt", event="receipt.sent")] if signal_after else []
+    register_workflow(
+        Workflow(f"cancel_late_{signal_after}", 1, [Task("pay", pay, retry=Retry(max_attempts=1)), *after])
+    )
+    instance = instance_start(f"cancel_late_{signal_after}", {})
+    step = instance.steps.get()
+    claim = step_claim(step.pk)
+    assert claim is not None
+
+    # when an operator cancels while it runs, and then the worker reports its success
+    instance_cancel(instance.pk, actor=OPERATOR, reason="customer left")
+    result = step_record(step.pk, claim.attempt, Outcome(ok=True, result={"payout_id": "P-1"}))
+
+    # then the payout is on the record: the step succeeded (late) with its result, in the data and the trail
+    step.refresh_from_db()
+    instance.refresh_from_db()
+    assert (step.state, step.result) == (StepState.SUCCEEDED, {"payout_id": "P-1"})
+    assert instance.data["payout_id"] == "P-1"
+    assert AuditEvent.objects.filter(subject_type="step", subject_id=step.pk, payload__late=True).count() == 1
+    assert result.name == "SUCCEEDED_LATE"
+    # and nothing followed it: the instance stays cancelled, no wait was entered
+    assert instance.state == InstanceState.CANCELLED
+    assert list(instance.steps.values_list("name", flat=True)) == ["pay"]
+    assert verify_chain(list(AuditEvent.objects.filter(instance=instance).order_by("seq"))) is None
