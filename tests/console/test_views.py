@@ -824,6 +824,28 @@ def test_a_wait_that_began_during_the_pause_says_its_whole_timeout_is_left_after
     assert re.search(r"waiting for a signal<span data-held=\"pause\">; it times out 60 min after the resume", page)
 
 
+def test_a_timer_made_during_the_pause_says_its_whole_wait_is_left_after_the_resume(client, users, register_workflow):
+    """A timer made during the pause (its step before finished while paused) starts its wait at the resume; the
+    page counted from the pause's start, adding the part of the pause before the timer was made."""
+    from orchestrator.dsl import Timer
+    from orchestrator.models import StepRun
+    from orchestrator.services.instances import instance_pause
+
+    # given: a one-hour timer made five hours into its instance's pause
+    register_workflow(Workflow("view_timer_made", 1, [Timer("cool_off", wait=timedelta(hours=1)), Task("tell", after)]))
+    instance = instance_start("view_timer_made", {})
+    instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    made = WorkflowInstance.objects.get(pk=instance.pk).paused_at
+    WorkflowInstance.objects.filter(pk=instance.pk).update(paused_at=made - timedelta(hours=5))
+    StepRun.objects.filter(instance=instance, name="cool_off").update(created_at=made, due_at=made + timedelta(hours=1))
+
+    # when
+    page = login(client, users.operator).get(detail(instance)).content.decode()
+
+    # then
+    assert "fires 60 min after the resume" in page
+
+
 def test_a_signal_kept_for_a_wait_is_shown_to_operators_until_a_step_takes_it(
     client, users, register_workflow, run_steps
 ):
