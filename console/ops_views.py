@@ -252,7 +252,14 @@ def _render_detail(
         if s.kind != StepKind.COMPENSATION
     ]
     dead = [s for s in steps if s.state == StepState.DEAD and s.kind != StepKind.COMPENSATION]
+    # Who reads the history (who sent what, when) sees the signals still waiting for a step to take them; only an
+    # instance of a workflow that waits for signals (or whose definition is gone) can keep any: no query otherwise.
+    may_keep = workflow is None or any(node.kind == "signal" for node in workflow.nodes.values())
+    kept_signals, kept_total = engine_selectors.kept_signals_of(instance) if can_audit and may_keep else ([], 0)
     context = {
+        "kept_signals": kept_signals,
+        "kept_total": kept_total,
+        "kept_more": kept_total - len(kept_signals),
         "instance": instance,
         "workflow": workflow,
         "step_rows": step_rows,

@@ -635,11 +635,12 @@ def attempts_by_step(steps: list[StepRun], events: list[AuditEvent], *, show_pat
 
 
 def waits_held_by_pause(instance: WorkflowInstance, steps: list[StepRun], workflow: Any) -> dict[int, timedelta]:
-    """Step id -> what is left of its wait, for each timer ``wait`` or Signal ``timeout`` its pause holds: the
-    instance is paused, and the wait was still running when the pause began. Such a wait counts unpaused time only
-    and moves on at the resume (docs/architecture.md, "Deadlines and pauses"), so its stored due time is not when
-    it fires. Empty when the instance is not paused or its definition (``workflow``, None when not registered) is
-    unknown. A timer ``until`` a date keeps its time and is left out. Reads nothing from the database."""
+    """Step id -> what is left of its wait after the resume, for each timer ``wait`` or Signal ``timeout`` its pause
+    holds: the instance is paused, and the wait was still running when the pause began (or began during it). Such
+    a wait counts unpaused time only and moves on at the resume (docs/architecture.md, "Deadlines and pauses"), so
+    its stored due time is not when it fires. Empty when the instance is not paused or its definition
+    (``workflow``, None when not registered) is unknown. A timer ``until`` a date keeps its time and is left out.
+    Reads nothing from the database."""
     paused_at = instance.paused_at
     if instance.state != InstanceState.PAUSED or paused_at is None or workflow is None:
         return {}
@@ -651,7 +652,11 @@ def waits_held_by_pause(instance: WorkflowInstance, steps: list[StepRun], workfl
         # A Signal's timeout is a duration too: the resume moves it on the same way.
         is_wait = is_wait or (kind == "signal" and step.state == StepState.RUNNING)
         if is_wait and step.due_at is not None and step.due_at > paused_at:
-            held[step.pk] = step.due_at - paused_at
+            # Its clock, as the resume counts it (``instances._shift_deadlines``): from the pause, or from when it
+            # began if that was during the pause (a timer made then, a wait entered or re-armed then), whose whole
+            # span then starts at the resume.
+            began = max(d for d in (paused_at, step.created_at, step.started_at if kind == "signal" else None) if d)
+            held[step.pk] = step.due_at - began
     return held
 
 

@@ -7,7 +7,7 @@ import re
 from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 
-from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
+from orchestrator.models import AuditEvent, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.ports import human_tasks_or_none
 
 
@@ -43,6 +43,18 @@ def instance_for_user(user: User, instance_id: int) -> WorkflowInstance | None:
 
 def steps_of(instance: WorkflowInstance) -> list[StepRun]:
     return list(instance.steps.order_by("id"))
+
+
+# Kept signals an instance page lists (an instance may keep up to signals.KEPT_MAX; the rest are counted).
+KEPT_SHOWN = 20
+
+
+def kept_signals_of(instance: WorkflowInstance) -> tuple[list[ReceivedSignal], int]:
+    """The instance's signals kept for a wait it has not reached (neither consumed nor rejected: the partial index
+    ``signal_kept``), oldest first, at most :data:`KEPT_SHOWN` of them, and how many it keeps."""
+    kept = ReceivedSignal.objects.filter(instance=instance, consumed_at__isnull=True, rejected_at__isnull=True)
+    shown = list(kept.order_by("received_at", "id")[:KEPT_SHOWN])
+    return shown, (len(shown) if len(shown) < KEPT_SHOWN else kept.count())
 
 
 def audit_of(instance: WorkflowInstance) -> QuerySet[AuditEvent]:

@@ -8,11 +8,12 @@ from django.contrib.auth.models import User
 
 from approvals.models import HumanTask
 from approvals.services.base import FAIL, RESOLVED, RETRY, SKIP, TaskConflict, TaskInvalid, task_complete
+from orchestrator.dsl import DefinitionError
 from orchestrator.models import InstanceState, StepKind, StepState
 from orchestrator.services.compensation import compensation_resolve, saga_begun
 from orchestrator.services.lifecycle import instance_fail, settle
 from orchestrator.services.locks import definition_of
-from orchestrator.services.steps import step_retry, step_skip
+from orchestrator.services.steps import step_node, step_retry, step_skip
 from orchestrator.services.unit import Unit
 
 
@@ -63,6 +64,16 @@ def escalation_resolve(unit: Unit, task: HumanTask, user: User, decision: str, c
             "The workflow is paused: resume it before skipping the step or failing the instance "
             "(or cancel it to stop it for good)."
         )
+    if decision == RETRY and step.state == StepState.DEAD:
+        try:
+            step_node(workflow, step)
+        except DefinitionError as exc:
+            # The same version deployed again without the step's node, or with another kind of node there: the
+            # retry could not run it (a wait re-armed at a task failed an assertion).
+            raise TaskConflict(
+                f"Cannot retry: {exc}. Deploy the version this instance ran (a changed definition needs a new "
+                "version), or choose Fail instance."
+            ) from None
     task_complete(unit, task, user, decision, comment, {})
     if step.state != StepState.DEAD:
         return

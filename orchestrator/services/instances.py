@@ -16,7 +16,7 @@ from django.db.models.functions import Greatest
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Task, Timer, Workflow
+from orchestrator.dsl import DefinitionError, Task, Timer, Workflow
 from orchestrator.inputs import (
     IDEMPOTENCY_KEY_MAX,
     REASON_MAX,
@@ -40,7 +40,7 @@ from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_ret
 from orchestrator.services.lifecycle import drop_kept_signals, settle, skip_open_steps
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import check_result, clean_text
-from orchestrator.services.steps import step_retry
+from orchestrator.services.steps import step_node, step_retry
 from orchestrator.services.unit import Unit
 
 
@@ -206,7 +206,13 @@ def _reason_required(reason: str) -> str:
 RUNNING_AGAIN: dict[str, Callable[[Unit, Workflow], object]] = {}
 
 
-def _running_again(unit: Unit, workflow: Workflow) -> None:
+def running_again(unit: Unit, workflow: Workflow) -> None:
+    """Send on what ``unit``'s instance held while it stood paused or failed, now that it runs again: the steps that
+    fell due meanwhile are dispatched and kept signals go to the steps waiting for them (:data:`RUNNING_AGAIN`).
+    Called under the instance's lock by every operation that runs a held instance again (a resume, a retry, a
+    skip of the failed step: ``operations.instance_step_skip``), so none of them leaves it to the sweep. Raises
+    what the database raises."""
+    _redispatch_due(unit)
     for hand_on in RUNNING_AGAIN.values():
         hand_on(unit, workflow)
 
@@ -265,19 +271,20 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
                 _retry_after_decision(unit, workflow, step)
                 continue
             step_retry(unit, workflow, step, reason)
-        _redispatch_due(unit)
-        _running_again(unit, workflow)
+        running_again(unit, workflow)
         settle(unit)
         unit.finish()
 
 
 def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> None:
     """Refuse a retry (NotAllowed naming them) when the deployed definition has no node for a step the retry would
-    run again or dispatch: the same name and version deployed again with another shape (edited instead of
-    bumped; nothing outside one process can tell) answered the retry with a 500 (``Workflow.node`` raising)."""
+    run again or dispatch, or one of another kind (a task where the step was a wait): the same name and version
+    deployed again with another shape (edited instead of bumped; nothing outside one process can tell) answered the
+    retry with a 500 (``Workflow.node`` raising; a wait re-armed at a task failing its assertion), or scheduled a
+    task step at a wait, which has no handler to run."""
     workflow = definition_of(instance)
-    open_names = instance.steps.filter(state__in=BUSY_STEP_STATES).values_list("name", flat=True)
-    missing = sorted(({step.name for step in dead} | set(open_names)) - set(workflow.nodes))
+    steps = [*dead, *instance.steps.filter(state__in=BUSY_STEP_STATES).only("name", "kind")]
+    missing = sorted({step.name for step in steps} - set(workflow.nodes))
     if missing:
         raise NotAllowed(
             f"Cannot retry: the deployed {workflow.key} has no node "
@@ -285,6 +292,14 @@ def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> Non
             + ": it was deployed again with another shape under the same version. Deploy the version this "
             "instance ran (a changed definition needs a new version), or cancel the instance."
         )
+    for step in steps:
+        try:
+            step_node(workflow, step)
+        except DefinitionError as exc:
+            raise NotAllowed(
+                f"Cannot retry: {exc}. Deploy the version this instance ran (a changed definition needs a new "
+                "version), or cancel the instance."
+            ) from None
 
 
 def _retry_after_decision(unit: Unit, workflow: Any, step: StepRun) -> None:
@@ -327,10 +342,11 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
     unpaused time only.
 
     A deadline whose clock started before the pause moves by ``unit.now - paused_at``; one started during it (a
-    timer or task opened by a step that finished while paused) by ``unit.now - created_at``, so its whole span
-    starts at the resume. Deadlines already due when the pause began stay due. A timer waiting ``until`` a date
-    and a retry's back-off are wall-clock times: they keep their time and, if it fell inside the pause, fire on
-    resume. Raises nothing; a definition that cannot be loaded raises as :func:`definition_of` does.
+    timer or task opened by a step that finished while paused, a wait re-armed by an escalation's Retry) by the
+    time since it started (``created_at``; a wait's ``started_at``), so its whole span starts at the resume.
+    Deadlines already due when the pause began stay due. A timer waiting ``until`` a date and a retry's back-off
+    are wall-clock times: they keep their time and, if it fell inside the pause, fire on resume. Raises nothing; a
+    definition that cannot be loaded raises as :func:`definition_of` does.
     """
     workflow = definition_of(unit.instance)
     dates = [node.name for node in workflow.nodes.values() if isinstance(node, Timer) and node.until is not None]
@@ -341,10 +357,15 @@ def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
         instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
     ).exclude(name__in=dates).update(due_at=F("due_at") + held)
     # A Signal's timeout is a duration too (``Signal(timeout=timedelta)``): the wait is for the outside world, and
-    # a wait of 48 h paused for 47 h gave the sender one hour.
+    # a wait of 48 h paused for 47 h gave the sender one hour. Its clock starts when the wait began waiting
+    # (``started_at``): an escalation's Retry re-arms it for a whole new timeout, during the pause too, and moved by
+    # the whole pause (counted from the step's creation, its first entry) it got that much extra time.
+    since_wait = Value(unit.now, output_field=DateTimeField()) - Greatest(
+        Value(paused_at, output_field=DateTimeField()), F("started_at"), F("created_at")
+    )
     StepRun.objects.filter(
         instance=unit.instance, kind=StepKind.SIGNAL, state=StepState.RUNNING, due_at__gt=paused_at
-    ).update(due_at=F("due_at") + held)
+    ).update(due_at=F("due_at") + since_wait)
     people = human_tasks_or_none()
     if people is not None:
         people.tasks_shift_deadlines(unit, paused_at, held)
@@ -434,8 +455,7 @@ def instance_resume(
         )
         if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
             _shift_deadlines(unit, paused_at)
-        _redispatch_due(unit)
-        _running_again(unit, workflow)
+        running_again(unit, workflow)
         settle(unit)
         unit.finish()
         return True

@@ -27,7 +27,7 @@ from orchestrator.dsl import Task, Timer
 from orchestrator.inputs import RepeatedKey, unique_keys
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState
 from orchestrator.services.compensation import compensation_start, saga_begun
-from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause
+from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause, running_again
 from orchestrator.services.lifecycle import settle
 from orchestrator.services.locks import definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import MAX_DEPTH, stored_and_size
@@ -228,7 +228,8 @@ def instance_step_skip(
     request_meta: dict[str, Any] | None = None,
 ) -> StepRun:
     """Operator: a failed instance's dead task or timer step is skipped as if it had returned ``output``; the output
-    joins the instance data, the instance runs again and goes on from the node after the step.
+    joins the instance data, the instance runs again and goes on from the node after the step; what it held while
+    failed goes on at once, as after a retry (``instances.running_again``: steps that fell due, kept signals).
 
     For an instance with exactly one dead forward step (with two, skipping one would leave the instance running
     behind the other's death: retry, or skip after retrying). The step keeps ``output`` as its result and its
@@ -282,6 +283,9 @@ def instance_step_skip(
         # The engine's one skip: the step ends skipped with ``output`` as its result, joined to the data, audited,
         # and the flow goes on from the node after it.
         step_skip(unit, workflow, step, reason, output=output)
+        # Running again, like a retry: what it held while failed goes on now (a back-off that fell due, a signal
+        # kept for a wait in another branch), not at the sweep's next pass.
+        running_again(unit, workflow)
         settle(unit)
         unit.finish()
         return step

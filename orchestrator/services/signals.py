@@ -16,7 +16,8 @@ timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/archite
   is kept, and consumed, oldest first, by the next step that waits for that event; a new delivery never overtakes
   one kept earlier (it first hands the kept ones to the waiting steps, as the sweep would);
 - a paused (or failed) instance consumes nothing: a delivery is kept, and a wait entered or re-armed meanwhile
-  takes no kept signal; the resume (or retry) hands them on at once, oldest first (``instances.RUNNING_AGAIN``);
+  takes no kept signal; the resume (or retry, or skip of the failed step) hands them on at once, oldest first
+  (``instances.running_again``);
 - consuming a signal runs the flow on in a savepoint: when the workflow's own code raises there, the signal is
   kept as consumed, the wait dies naming the error and the instance fails (:func:`_consume_stopped`); whatever
   handed the signal on (a delivery, an entry into the wait, a resume or retry, the sweep) is not blamed;
@@ -25,8 +26,9 @@ timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/archite
 - every decision to consume or keep, every entry into a Signal node and every hand-off of kept signals happens
   under the instance's row lock (``locks.lock_instance``, the instance row before its steps, as everywhere), so a
   delivery sees either no wait (and is kept, for the next wait's entry to take) or the wait (and is consumed);
-- a wait's timeout is wall-clock time, like a retry's back-off: one that passes while the instance is paused or
-  failed acts when it is running again.
+- a wait's timeout is a duration that a pause holds (the resume moves it on, ``instances._shift_deadlines``); one
+  that passes while the instance is failed acts when it runs again, after the retry handed on a signal kept
+  meanwhile.
 """
 
 from __future__ import annotations
@@ -973,8 +975,8 @@ def _hand_kept(instance_id: int, now: datetime) -> int:
 def hand_on_kept(unit: Unit, workflow: Workflow) -> int:
     """Hand every kept signal of ``unit``'s instance to the steps waiting for its event, oldest first per event,
     while the instance runs (nothing on a paused or failed one). Called with the instance locked: by the sweep, and
-    by a resume or retry (``instances.RUNNING_AGAIN``) so that signals kept while the instance stood still go on
-    at once. Returns how many were handed on, counted from the rows (a handed-on signal's wait may enter the next
+    by a resume, retry or skip (``instances.running_again``) so that signals kept while the instance stood still go
+    on at once. Returns how many were handed on, counted from the rows (a handed-on signal's wait may enter the next
     wait, which takes another itself; one whose flow onward raised counts: it failed the instance). Raises only what
     the database raises (``_consume``)."""
     if unit.instance.state not in ACTIVE_INSTANCE_STATES or not any(

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from orchestrator import audit, registry, rows
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import COMPENSATE, ESCALATE, Node, PermanentError, StepContext, Task, Workflow
+from orchestrator.dsl import COMPENSATE, ESCALATE, DefinitionError, Node, PermanentError, StepContext, Task, Workflow
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     DISPATCHABLE_STEP_STATES,
@@ -407,7 +407,10 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
             return StepResult.GONE
         instance, step = locked
         if step.state != StepState.RUNNING or step.attempt != attempt:
-            if outcome.ok and step.state == StepState.SKIPPED and step.attempt == attempt and saga_begun(instance):
+            # Skipped while its worker ran it, by a compensation's start or a cancel (which skips running steps
+            # too): the success reported now happened, so it goes on the record rather than being dropped.
+            skipped_running = step.state == StepState.SKIPPED and step.attempt == attempt
+            if outcome.ok and skipped_running and (saga_begun(instance) or instance.state == InstanceState.CANCELLED):
                 return _late_success(instance, step, outcome)
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return StepResult.FENCED
@@ -457,27 +460,33 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
 
 
 def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -> StepResult:
-    """A forward step skipped while its worker ran it, because a compensation began, reports success: its effect
-    happened, so it is recorded as succeeded (its result joins the data its compensation reads) and undone like
-    the others (docs/architecture.md, "Operator actions and the saga"). A compensating instance undoes it in
-    turn (latest finished first); a compensated one compensates again for it; a failed one does when retried; a
-    cancelled one only records it. The flow never moves on from it. Called inside ``_record``'s transaction."""
+    """A forward step skipped while its worker ran it, because a compensation began or the instance was cancelled,
+    reports success: its effect happened, so it is recorded as succeeded (its result joins the data its
+    compensation reads) and undone like the others (docs/architecture.md, "Operator actions and the saga"). A
+    compensating instance undoes it in turn (latest finished first); a compensated one compensates again for it; a
+    failed one does when retried; a cancelled one only records it (a plain cancel undoes nothing: before, its
+    success was dropped, and the record said skipped while the effect had happened). The flow never moves on from
+    it. Called inside ``_record``'s transaction."""
     unit = Unit(instance, WORKER)
-    workflow = definition_of(instance)
     step.succeed_late(outcome.result, unit.now)
     step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+    undone = saga_begun(instance)
     unit.audit(
         "step",
         step.pk,
         StepState.SKIPPED,
         step.state,
-        reason="reported after the compensation began: it is undone too",
+        reason="reported after the compensation began: it is undone too"
+        if undone
+        else "reported after the instance was cancelled: its effect happened, nothing follows it",
         payload={"attempt": step.attempt, "result": outcome.result, "late": True},
         action=AuditAction.STEP_SUCCEEDED,
     )
     instance.data.update(outcome.result)
-    node = workflow.node(step.name)
-    if instance.state == InstanceState.COMPENSATED and isinstance(node, Task) and node.compensate is not None:
+    # Read only to undo it: a cancelled instance's definition may be gone, and recording the success needs none.
+    workflow = definition_of(instance) if instance.state == InstanceState.COMPENSATED else None
+    node = workflow.nodes.get(step.name) if workflow is not None else None
+    if workflow is not None and isinstance(node, Task) and node.compensate is not None:
         instance.reopen_compensation()
         unit.audit(
             "instance",
@@ -592,6 +601,24 @@ def _step_dead(unit: Unit, step: StepRun, node: Node | None) -> None:
 REARM: dict[str, Callable[[Unit, Workflow, StepRun, str], None]] = {}
 
 
+def node_kind_of(step: StepRun) -> str:
+    """The ``Node.kind`` of the node ``step`` runs: its own kind, but a compensation runs its task's node."""
+    return StepKind.TASK if step.kind == StepKind.COMPENSATION else step.kind
+
+
+def step_node(workflow: Workflow, step: StepRun) -> Node:
+    """The node of ``workflow`` that ``step`` runs. Raises ``DefinitionError`` naming it when there is none, or when
+    it is another kind of node than the step (the same version deployed again with a task where a wait was): run as
+    it stands, the step's own code met a node it cannot run (a wait re-armed at a task: an AssertionError)."""
+    node = workflow.node(step.name)
+    if node.kind != node_kind_of(step):
+        raise DefinitionError(
+            f"the deployed {workflow.key}'s node {step.name!r} is a {node.kind}, but this instance's step of that name "
+            f"is a {step.kind}: it was deployed again with another shape under the same version"
+        )
+    return node
+
+
 def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:
     """Put a dead ``step`` back in the queue now with a fresh attempt budget (the one rule,
     :func:`~orchestrator.services.lifecycle.retry_attempts`), audited with ``reason``, and dispatch it after
@@ -599,7 +626,8 @@ def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> No
     through ``compensation_retry`` when its instance failed, or here while the instance is compensating.
 
     Raises ``django_fsm.TransitionNotAllowed`` when the step is not dead; ``DefinitionError`` when the definition
-    has no node of the step's name."""
+    has no node of the step's name, or one of another kind (:func:`step_node`)."""
+    step_node(workflow, step)
     rearm = REARM.get(step.kind)
     if rearm is not None:
         rearm(unit, workflow, step, reason)  # e.g. a timed-out wait for a signal waits again, nothing runs

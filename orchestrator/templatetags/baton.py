@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import template
@@ -69,6 +69,15 @@ def duration(start: datetime | None, end: datetime | None = None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.0f} d"
+
+
+@register.filter
+def span(length: timedelta | None) -> str:
+    """``length`` (a timedelta) as :func:`duration` words it; empty for None."""
+    if length is None:
+        return ""
+    start = timezone.now()
+    return duration(start, start + length)
 
 
 @register.filter

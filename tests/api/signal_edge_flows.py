@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 
-from orchestrator.dsl import CONTINUE, Signal, StepContext, Task, Workflow
+from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, FAIL, Signal, StepContext, Task, Workflow
 from orchestrator.registry import register
 
 
@@ -18,6 +18,10 @@ def reserve(ctx: StepContext) -> dict:
 
 def ship(ctx: StepContext) -> dict:
     return {"shipped": True}
+
+
+def release(ctx: StepContext) -> dict:
+    return {"released": True}
 
 
 def amount_as_float(payload: dict) -> dict:
@@ -59,4 +63,21 @@ API_BRIEF = register(
     )
 )
 
-EDGE_FLOWS = (API_AMOUNTS, API_BRIEF)
+
+def brief_flow(on_timeout: str) -> Workflow:
+    """As ``api_brief``, with another ``on_timeout``, and a reservation the saga can undo: ``api_brief_<action>``."""
+    return Workflow(
+        name=f"api_brief_{on_timeout}",
+        version=1,
+        title_template="Brief {order}",
+        steps=[
+            Task("reserve", reserve, compensate=release),
+            Signal("wait_brief", event="brief.sent", timeout=timedelta(seconds=2), on_timeout=on_timeout),  # type: ignore[arg-type]
+            Task("ship", ship),
+        ],
+    )
+
+
+API_BRIEF_ACTIONS = {action: register(brief_flow(action)) for action in (FAIL, COMPENSATE, ESCALATE)}
+
+EDGE_FLOWS = (API_AMOUNTS, API_BRIEF, *API_BRIEF_ACTIONS.values())

@@ -13,11 +13,15 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from approvals.models import HumanTask, TaskKind
+from approvals.services.tasks import task_decide
 from orchestrator import registry
-from orchestrator.dsl import Signal, Task, Workflow
+from orchestrator.audit import Actor
+from orchestrator.dsl import COMPENSATE, ESCALATE, FAIL, Signal, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, ReceivedSignal, StepKind, StepRun, StepState
 from orchestrator.services import sweep as engine
-from orchestrator.services.instances import instance_start
+from orchestrator.services.instances import instance_retry, instance_start
+from orchestrator.services.signals import signal_deliver
 from tests.api.test_signals import signal_path, state_of, what_changes
 
 pytestmark = pytest.mark.django_db
@@ -174,6 +178,50 @@ def test_a_timeout_that_falls_while_the_worker_and_beat_are_down_acts_once_they_
     assert instance.data["wait_brief"] == {"timed_out": True}
     ends = AuditEvent.objects.filter(subject_type="step", subject_id=wait.pk, action="step.succeeded")
     assert [e.payload for e in ends] == [{"timed_out": True}]
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("action", [FAIL, COMPENSATE, ESCALATE])
+def test_each_timeout_action_acts_once_after_the_worker_and_beat_come_back(
+    celery_worker, edge_flows, roles, wait_for, action
+):
+    # given an instance waiting two seconds for a signal that will not come in time
+    instance = instance_start(f"api_brief_{action}", {"order": "W-2"}, initiator=roles.staff)
+    wait_for(lambda: state_of(instance) == InstanceState.WAITING, instance=instance, what="waiting")
+
+    # when the worker and its beat die (no shutdown) and the timeout passes while they are down
+    celery_worker.kill()
+    wait = StepRun.objects.get(instance=instance, name="wait_brief")
+    time.sleep(max(0.0, (wait.due_at - timezone.now()).total_seconds()) + 0.5)
+    assert StepRun.objects.get(pk=wait.pk).state == StepState.RUNNING  # nobody acted on it meanwhile
+    celery_worker.start()
+
+    # then the beat's sweep times the wait out once it is back and does what the node says, on the worker
+    if action == COMPENSATE:
+        wait_for(lambda: state_of(instance) == InstanceState.COMPENSATED, instance=instance, what="compensated")
+        undone = StepRun.objects.filter(instance=instance, kind=StepKind.COMPENSATION)
+        assert list(undone.values_list("name", "state")) == [("reserve", StepState.SUCCEEDED)]
+    else:
+        if action == FAIL:
+            wait_for(lambda: state_of(instance) == InstanceState.FAILED, instance=instance, what="failed")
+            instance_retry(instance.pk, actor=Actor.of(roles.operator), reason="the sender is back")
+        else:
+            escalation = wait_for(
+                lambda: HumanTask.objects.filter(instance=instance, kind=TaskKind.ESCALATION).first(),
+                instance=instance,
+                what="escalated",
+            )
+            task_decide(escalation.pk, roles.operator, "retry", comment="the sender is back")
+        # and an operator's retry waits again, on the worker's instance, for the signal that now comes
+        signal_deliver(
+            instance_id=instance.pk, event="brief.sent", signal_id="late-1", payload={}, actor=Actor.of(roles.operator)
+        )
+        wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="completed")
+    timed_out = AuditEvent.objects.filter(
+        subject_type="step", subject_id=wait.pk, to_state=StepState.DEAD, payload__timed_out=True
+    )
+    assert timed_out.count() == 1
 
 
 def test_a_business_key_of_several_open_instances_is_a_409_naming_them(register_workflow, run_steps, api_as, roles):

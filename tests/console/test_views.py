@@ -794,6 +794,100 @@ def test_a_signal_wait_held_by_a_pause_says_how_long_it_waits_after_the_resume(
     assert "fires " not in page
 
 
+def test_a_wait_that_began_during_the_pause_says_its_whole_timeout_is_left_after_the_resume(
+    client, users, register_workflow, run_steps
+):
+    """The resume starts the clock of a wait that began during the pause (entered then, or re-armed by an
+    escalation's Retry: its ``started_at``) at the resume. The page counted from the pause's start: a one-hour wait
+    begun five hours into a pause "times out 6.0 h after the resume"."""
+    from orchestrator.dsl import Signal
+    from orchestrator.models import StepRun
+    from orchestrator.services.instances import instance_pause
+
+    # given: a wait for a payment of an hour that began five hours into its instance's pause
+    register_workflow(
+        Workflow(
+            "view_signal_began", 1, [Signal("paid", event="payment", timeout=timedelta(hours=1)), Task("tell", after)]
+        )
+    )
+    instance = instance_start("view_signal_began", {})
+    run_steps(instance, advance=True)
+    instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    began = WorkflowInstance.objects.get(pk=instance.pk).paused_at
+    WorkflowInstance.objects.filter(pk=instance.pk).update(paused_at=began - timedelta(hours=5))
+    StepRun.objects.filter(instance=instance, name="paid").update(started_at=began, due_at=began + timedelta(hours=1))
+
+    # when
+    page = login(client, users.operator).get(detail(instance)).content.decode()
+
+    # then
+    assert re.search(r"waiting for a signal<span data-held=\"pause\">; it times out 60 min after the resume", page)
+
+
+def test_a_timer_made_during_the_pause_says_its_whole_wait_is_left_after_the_resume(client, users, register_workflow):
+    """A timer made during the pause (its step before finished while paused) starts its wait at the resume; the
+    page counted from the pause's start, adding the part of the pause before the timer was made."""
+    from orchestrator.dsl import Timer
+    from orchestrator.models import StepRun
+    from orchestrator.services.instances import instance_pause
+
+    # given: a one-hour timer made five hours into its instance's pause
+    register_workflow(Workflow("view_timer_made", 1, [Timer("cool_off", wait=timedelta(hours=1)), Task("tell", after)]))
+    instance = instance_start("view_timer_made", {})
+    instance_pause(instance.pk, actor=Actor.system("test"), reason="supplier audit")
+    made = WorkflowInstance.objects.get(pk=instance.pk).paused_at
+    WorkflowInstance.objects.filter(pk=instance.pk).update(paused_at=made - timedelta(hours=5))
+    StepRun.objects.filter(instance=instance, name="cool_off").update(created_at=made, due_at=made + timedelta(hours=1))
+
+    # when
+    page = login(client, users.operator).get(detail(instance)).content.decode()
+
+    # then
+    assert "fires 60 min after the resume" in page
+
+
+def test_a_signal_kept_for_a_wait_is_shown_to_operators_until_a_step_takes_it(
+    client, users, register_workflow, run_steps
+):
+    """A signal kept for a later wait (early, or after its wait timed out) was on the page only as a bare
+    ``signal.received`` line of the history, which does not say whether it was taken: an operator choosing to retry
+    or skip a timed-out wait could not see that the payment came after all."""
+    from orchestrator.dsl import Signal
+    from orchestrator.services.signals import signal_deliver
+    from tests.orchestrator.test_signals import time_out
+
+    # given: a wait for a payment that timed out and failed its instance, and the payment that came after that
+    register_workflow(
+        Workflow("view_kept", 1, [Signal("paid", event="payment", timeout=timedelta(minutes=5)), Task("tell", after)])
+    )
+    instance = instance_start("view_kept", {}, initiator=users.staff)
+    run_steps(instance)
+    time_out(instance)
+    signal_deliver(
+        instance_id=instance.pk, event="payment", signal_id="PAY-77", payload={}, actor=Actor.system("payments")
+    )
+
+    # when
+    operator_page = login(client, users.operator).get(detail(instance)).content.decode()
+    initiator_response = login(client, users.staff).get(detail(instance))
+    initiator_page = initiator_response.content.decode()
+
+    # then: operators see it kept, with its id, sender and time; the initiator's page (no history) does not list it
+    kept = re.search(r'<section[^>]*aria-labelledby="kept-title".*?</section>', operator_page, re.S)
+    assert kept is not None
+    assert "PAY-77" in kept.group(0)
+    assert "system:payments" in kept.group(0)
+    assert initiator_response.status_code == 200
+    assert "steps-title" in initiator_page
+    assert "kept-title" not in initiator_page
+
+    # and once the retry's wait takes it, it is no longer listed
+    from orchestrator.services.instances import instance_retry
+
+    instance_retry(instance.pk, actor=Actor("user:operator"), reason="it came")
+    assert "kept-title" not in login(client, users.operator).get(detail(instance)).content.decode()
+
+
 @pytest.mark.parametrize("who", ["operator", "manager", "staff", "admin"])
 def test_every_link_on_an_instance_page_opens_for_who_sees_it(client, users, run_steps, who):
     """The instance page linked each of its tasks to the task's page, which only the task's candidates, its

@@ -7,6 +7,8 @@ worker ran each step; ``fail_pay: N`` in the data fails the first N attempts of 
 
 from __future__ import annotations
 
+import time
+
 from demo.workflows.simulated import call, maybe_fail
 from orchestrator.dsl import Retry, StepContext, Task, Workflow
 from orchestrator.registry import register
@@ -22,6 +24,12 @@ def unbook(ctx: StepContext) -> dict:
 
 def pay(ctx: StepContext) -> dict:
     maybe_fail(ctx, "fail_pay")
+    return {"payment": call("ops", "pay", ctx.idempotency_key)}
+
+
+def slow_pay(ctx: StepContext) -> dict:
+    """Pay after a while: long enough for an operator to act while the worker runs it."""
+    time.sleep(1.5)
     return {"payment": call("ops", "pay", ctx.idempotency_key)}
 
 
@@ -48,6 +56,17 @@ OPS_SLOW = register(
         [
             Task("book", book, compensate=unbook, timeout=5),
             Task("pay", pay, retry=Retry(max_attempts=20, backoff=2, multiplier=1, jitter=0), timeout=5),
+            Task("confirm", confirm, timeout=5),
+        ],
+    )
+)
+# A payment that takes a moment: an operator's cancel lands while the worker runs it.
+OPS_CANCEL_MIDWAY = register(
+    Workflow(
+        "ops_cancel_midway",
+        1,
+        [
+            Task("pay", slow_pay, retry=Retry(max_attempts=1), timeout=10),
             Task("confirm", confirm, timeout=5),
         ],
     )

@@ -13,7 +13,13 @@ from demo.models import DemoLedger
 from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.models import InstanceState, StepKind, StepState, WorkflowInstance
-from orchestrator.services.instances import instance_pause, instance_resume, instance_retry, instance_start
+from orchestrator.services.instances import (
+    instance_cancel,
+    instance_pause,
+    instance_resume,
+    instance_retry,
+    instance_start,
+)
 from orchestrator.services.operations import instance_compensate, instance_step_skip
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -25,7 +31,7 @@ OPERATOR = Actor("user:operator")
 def ops_flows():
     """The flows of ``tests/orchestrator/ops_flows.py`` registered in this process too (the worker loads them)."""
     flows = importlib.import_module("tests.orchestrator.ops_flows")
-    added = [flows.OPS_REDRIVE, flows.OPS_SLOW]
+    added = [flows.OPS_REDRIVE, flows.OPS_SLOW, flows.OPS_CANCEL_MIDWAY]
     for flow in added:
         if not registry.is_registered(flow.name, flow.version):
             registry.register(flow)
@@ -115,3 +121,24 @@ def test_cancel_with_compensation_undoes_on_the_worker(celery_worker, ops_flows,
     assert calls(instance) == {"book": 1, "unbook": 1}
     assert instance.steps.get(kind=StepKind.TASK, name="book").state == StepState.COMPENSATED
     assert instance.steps.get(name="pay").state == StepState.SKIPPED
+
+
+def test_a_cancel_while_the_worker_pays_keeps_the_payment_on_the_record(celery_worker, ops_flows, wait_for):
+    """A cancel skips the running step; the worker's success after it was dropped (the record said skipped while
+    the payment was made). It is recorded as succeeded late, and nothing follows it."""
+    # given a payment the worker is making
+    instance = instance_start("ops_cancel_midway", {})
+    wait_for(lambda: instance.steps.filter(name="pay", state=StepState.RUNNING).exists(), instance=instance)
+
+    # when an operator cancels meanwhile
+    instance_cancel(instance.pk, actor=OPERATOR, reason="customer left")
+    pay = wait_for(
+        lambda: instance.steps.filter(name="pay", state=StepState.SUCCEEDED).first(), instance=instance, what="late"
+    )
+
+    # then the payment made is on the record, once, and the cancelled instance went no further
+    instance.refresh_from_db()
+    assert calls(instance) == {"pay": 1}
+    assert pay.result == {"payment": instance.data["payment"]}
+    assert instance.state == InstanceState.CANCELLED
+    assert list(instance.steps.values_list("name", flat=True)) == ["pay"]
