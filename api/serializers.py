@@ -287,6 +287,15 @@ class InstanceFilterSerializer(serializers.Serializer):
     started_before = AwareDateTimeField(required=False, help_text="Started before this time (with offset).")
     business_key = serializers.CharField(required=False, max_length=100)
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """A started range the wrong way round (or empty) is refused naming ``started_before``, as the console's
+        list refuses it (``console.ops_forms.InstanceListForm``): nothing could match, and an empty page would
+        read as "none started then" to a script that only swapped its bounds."""
+        after, before = attrs.get("started_after"), attrs.get("started_before")
+        if after is not None and before is not None and after >= before:
+            raise serializers.ValidationError({"started_before": ["Must be later than started_after."]})
+        return attrs
+
 
 class ReasonSerializer(serializers.Serializer):
     """An operator's action: the reason goes into the audit trail with the actor's name."""
