@@ -482,6 +482,45 @@ def test_a_query_parameter_the_endpoint_does_not_take_is_a_400_naming_it(api_as,
     assert field in response.json()["errors"], response.json()
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        # the catalog is a list too: a filter it does not have answered the whole catalog
+        ("/api/workflows/?name=no_such_flow", "name"),
+        ("/api/workflows/?limit=1", "limit"),
+        ("/api/workflows/?format=json&format=json", "format"),
+        # one object: a parameter meant to narrow or shape it was ignored without a word
+        ("/api/instances/{instance}/?state=failed", "state"),
+        ("/api/tasks/{task}/?fields=id", "fields"),
+        ("/api/instances/{instance}/?format=json&format=json", "format"),
+    ],
+)
+def test_a_query_parameter_a_read_does_not_take_is_a_400_naming_it(api_as, roles, path, field):
+    # given: a waiting expense and its task, which the manager sees
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    path = path.format(instance=instance.pk, task=instance.tasks.get().pk)
+
+    # when
+    response = api_as(roles.manager).get(path)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert list(response.json()["errors"]) == [field], response.json()
+
+
+def test_the_reads_without_filters_still_take_format(api_as, roles):
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.manager)
+    for path in (
+        "/api/workflows/",
+        "/api/workflows/?format=json",
+        f"/api/instances/{instance.pk}/?format=json",
+        f"/api/tasks/{instance.tasks.get().pk}/?format=json",
+    ):
+        assert client.get(path).status_code == 200, path
+
+
 def test_the_page_parameters_and_format_are_taken_by_every_list(api_as, roles):
     instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
     client = api_as(roles.admin)
