@@ -88,6 +88,7 @@ def _summary(errors: dict[str, list[str]]) -> str:
 
 def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     """The API error for ``exc``; None for an exception nobody expected (left to Django: logged, 500)."""
+    from api.parsers import InvalidValue
     from api.services import IdempotencyKeyBusy, IdempotencyKeyReused
 
     if isinstance(exc, Problem):
@@ -103,6 +104,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         return Problem(
             400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )
+    if isinstance(exc, InvalidValue):
+        return Problem(400, str(exc.detail), code="invalid", title="Invalid input", errors={exc.field: [exc.message]})
     if isinstance(exc, exceptions.APIException):
         return exc
     if isinstance(exc, Http404 | task_rules.TaskNotFound | registry.UnknownWorkflow):

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from api.tokens import token_create
-from orchestrator.models import WorkflowInstance
+from orchestrator.models import AuditEvent, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
 
@@ -260,6 +260,9 @@ def test_a_database_outage_is_a_503_problem_with_retry_after(api_as, roles, monk
 
 
 SAM = "Sam \ud800"
+DEEP: list = []
+for _ in range(40):  # past the parser's DEPTH_MAX (32), well within Python's own recursion limit
+    DEEP = [DEEP]  # the 33rd level, body.payload.x and 31 lists down, is named
 
 
 @pytest.mark.parametrize(
@@ -292,6 +295,61 @@ def test_a_lone_surrogate_anywhere_in_a_body_is_a_400_problem_naming_where(api_a
     assert "surrogate" in response.json()["detail"]
     assert "body." in response.json()["detail"]
     assert WorkflowInstance.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "body", "field"),
+    [
+        ("operator", "/api/instances/{pk}/pause/", {"reason": "stuck\x00"}, "reason"),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"employee": SAM}}, "input.employee"),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"\ud800": 1}}, "input"),
+        (
+            "staff",
+            "/api/instances/",
+            {"workflow": "expense_approval", "input": {"x": [[["\x00"]]]}},
+            "input.x[0][0][0]",
+        ),
+        ("staff2", "/api/tasks/{task}/decide/", {"decision": "approve", "comment": "ok\x00"}, "comment"),
+        ("staff2", "/api/tasks/{task}/delegate/", {"to_user": "staff\x00"}, "to_user"),
+        (
+            "admin",
+            "/api/instances/{pk}/signals/",
+            {"event": "e", "signal_id": "s", "payload": {"a": "\udfff"}},
+            "payload.a",
+        ),
+        (
+            "admin",
+            "/api/instances/{pk}/signals/",
+            {"event": "e", "signal_id": "s", "payload": {"x": DEEP}},
+            "payload.x" + "[0]" * 31,
+        ),
+    ],
+)
+def test_a_value_no_column_can_hold_is_an_invalid_input_problem_whose_errors_name_the_field(
+    api_as, roles, who, path, body, field
+):
+    """README: invalid input is a problem with ``errors`` naming each field. A NUL, a lone surrogate or nesting past
+    the limit was refused by the body's parser, saying where only in the detail's prose (``body.input.employee``):
+    a client mapping ``errors`` onto its own fields had nothing to show beside the one it sent wrong."""
+    # given: a waiting expense (its task open)
+    instance = instance_start("expense_approval", ExpenseInputFactory(amount="70.00"), initiator=roles.staff)
+    path = path.format(pk=instance.pk, task=instance.tasks.get().pk)
+    if "input" in body:
+        body = {**body, "input": {**ExpenseInputFactory(), **body["input"]}}
+    client = api_as(getattr(roles, who))  # its token's creation is an event of its own
+    before = (WorkflowInstance.objects.count(), AuditEvent.objects.count())
+
+    # when
+    response = client.post(path, raw=json.dumps(body))
+
+    # then: the field named where clients look for it, the detail still saying what to remove; nothing written
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert (problem["code"], problem["title"]) == ("invalid", "Invalid input"), problem
+    assert list(problem["errors"]) == [field], problem
+    assert f"body.{field}" in problem["detail"] or field == "input", problem
+    assert (WorkflowInstance.objects.count(), AuditEvent.objects.count()) == before
 
 
 @pytest.mark.parametrize(
