@@ -277,3 +277,16 @@ class LenientNegotiation(DefaultContentNegotiation):
             return renderers[0], renderers[0].media_type
         except (exceptions.NotFound, Http404):  # an unknown ?format= (DRF raises Django's Http404 for it)
             return renderers[0], renderers[0].media_type
+
+    def select_parser(self, request: Any, parsers: list[Any]) -> Any:
+        """The parser for the body's Content-Type; none (not JSON, or the header left out) is a 415 saying which
+        header to send. DRF's own said 'Unsupported media type "" in request.' for a missing header."""
+        parser = super().select_parser(request, parsers)
+        if parser is None:
+            given = request.content_type
+            sent = f"this request's is {given[:100]!r}" if given else "this request has no Content-Type"
+            message = "Send the body as JSON with the header Content-Type: application/json"
+            raise Problem(
+                415, f"{message}; {sent}.", code="unsupported_media_type", errors={"Content-Type": [f"{message}."]}
+            )
+        return parser

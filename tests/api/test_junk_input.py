@@ -94,6 +94,34 @@ def test_junk_query_strings_are_4xx(api_as, roles, path):
     assert response["Content-Type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        # what a server hands on when the header is left out (curl -d sends a form's type instead)
+        ("", "no Content-Type"),
+        ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+        ("text/plain; charset=utf-8", "'text/plain; charset=utf-8'"),
+    ],
+)
+def test_a_body_not_sent_as_json_is_a_415_saying_which_header_to_send(api_as, roles, content_type, named):
+    """The 415 said 'Unsupported media type "" in request.': neither which header nor what it should say."""
+    # given
+    client = api_as(roles.staff)
+    body = json.dumps({"workflow": "expense_approval", "input": ExpenseInputFactory()})
+
+    # when
+    response = client.client.generic("POST", "/api/instances/", body, content_type=content_type, headers=client.headers)
+
+    # then
+    assert response.status_code == 415, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert "Content-Type: application/json" in problem["detail"], problem
+    assert named in problem["detail"], problem
+    assert list(problem["errors"]) == ["Content-Type"], problem
+    assert not WorkflowInstance.objects.exists()
+
+
 def test_too_many_query_fields_on_a_write_is_a_problem_and_changes_nothing(api_as, roles):
     # given: a start whose query string carries more fields than Django parses (well under 4096 bytes)
     path = "/api/instances/?" + "&".join(["a"] * 1500)
