@@ -26,6 +26,10 @@ from orchestrator.models import InstanceState, ReceivedSignal, StepRun, Workflow
 from orchestrator.selectors import hide_paths
 
 ID_MAX = 2**63 - 1
+# What every data_digest looks like (its length read off the function; "$" as OpenAPI patterns write it: the field
+# trims a final line break first). Anything else sent as ``seen`` is no digest this API gave out, and comparing it
+# would report a change of the data that nobody made.
+DIGEST_PATTERN = rf"^[0-9a-f]{{{len(data_digest({}))}}}$"
 # A date and time whose offset's "+" was decoded as a space (an unencoded "+" in a query string).
 PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)? \d{2}(:?\d{2})?")
 
@@ -385,13 +389,14 @@ class DecideSerializer(serializers.Serializer):
         default=dict,
         help_text="A form task's fields (for an approval or an escalation: none, else 400).",
     )
-    seen = serializers.CharField(
-        max_length=64,
+    seen = serializers.RegexField(
+        DIGEST_PATTERN,
         required=False,
         allow_blank=True,
         default="",
+        error_messages={"invalid": "Send the instance's data_digest as read, unchanged (or leave seen out)."},
         help_text="The instance's `data_digest` as the caller read it: the decision is refused (409) if the data "
-        "changed since. Left out, not checked.",
+        "changed since; a value no `data_digest` has is a 400. Left out, not checked.",
     )
 
 
