@@ -120,7 +120,8 @@ def single_valued(
     a 400 naming it too: ``?stat=failed`` (a typo) listed every instance, as if no filter had been asked for, and
     a script working through "the failed ones" would have worked through all. Not ``paged`` (an export, the
     catalog, one object: each answered whole), ``cursor`` and ``limit`` are refused too: an export's ``limit=10``
-    would have been ignored. Every GET of the API reads its query string through here."""
+    would have been ignored. Every GET of the API reads its query string through here. One of ``known`` given
+    empty is a 400 naming it too: no filter, to the serializers and forms behind, it answered everything."""
     params = request.query_params
     if known is not None:
         extra = PAGE_PARAMS if paged else frozenset({"format"})
@@ -144,6 +145,15 @@ def single_valued(
         errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
         detail = " ".join(f"{name}: given {count} times; give it once." for name, count in repeated.items())
         raise Problem(400, detail[:1000], code="invalid", title="Invalid input", errors=errors)
+    # A filter given without a value (``?business_key=``, a script's variable left empty) is no filter to DRF and to
+    # the timeline's form, and answered everything: refused, as an empty ``limit`` is.
+    empty = [name[:100] for name, value in params.items() if known is not None and name in known and not value.strip()]
+    if empty:
+        message = "Empty: give a value, or leave the parameter out."
+        detail = " ".join(f"{name}: empty; give a value or leave it out." for name in empty)
+        raise Problem(
+            400, detail[:1000], code="invalid", title="Invalid input", errors={name: [message] for name in empty}
+        )
     return params
 
 

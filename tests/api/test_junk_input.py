@@ -571,6 +571,35 @@ def test_a_query_parameter_the_endpoint_does_not_take_is_a_400_naming_it(api_as,
 @pytest.mark.parametrize(
     ("path", "field"),
     [
+        ("/api/instances/?business_key=", "business_key"),
+        ("/api/instances/?state=failed&workflow=", "workflow"),
+        ("/api/instances/?state=%20", "state"),
+        ("/api/instances/?started_after=", "started_after"),
+        ("/api/tasks/?scope=", "scope"),
+        ("/api/audit/events/?actor=", "actor"),
+        ("/api/audit/export.jsonl?instance=", "instance"),
+        ("/api/workflows/expense_approval/?version=", "version"),
+    ],
+)
+def test_a_filter_given_without_a_value_is_a_400_naming_it_not_no_filter(api_as, roles, path, field):
+    """``?business_key=`` (a script's variable left empty) listed every instance, as if no filter had been asked
+    for: a script working through "the instances of this key" would have worked through all. An empty ``limit``
+    was refused already; an empty filter is no clearer about what was meant."""
+    # given: one instance, with no business key
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    response = api_as(roles.admin).get(path)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert list(response.json()["errors"]) == [field], response.json()
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
         # the catalog is a list too: a filter it does not have answered the whole catalog
         ("/api/workflows/?name=no_such_flow", "name"),
         ("/api/workflows/?limit=1", "limit"),
