@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django import forms as django_forms
@@ -21,7 +21,15 @@ from approvals.forms import DECISIONS
 from approvals.models import HumanTask
 from approvals.services.base import data_digest
 from orchestrator.dsl import Workflow
-from orchestrator.inputs import COMMENT_MAX, IDEMPOTENCY_KEY_MAX, NOTE_MAX, REASON_MAX, SEARCH_MAX, check_when
+from orchestrator.inputs import (
+    COMMENT_MAX,
+    EARLIEST,
+    IDEMPOTENCY_KEY_MAX,
+    NOTE_MAX,
+    REASON_MAX,
+    SEARCH_MAX,
+    check_when,
+)
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.selectors import hide_paths
 
@@ -36,7 +44,27 @@ PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?
 
 class AwareDateTimeField(serializers.DateTimeField):
     """An ISO 8601 date and time WITH its offset (``2026-12-01T09:00:00+01:00`` or ``…Z``), within the range
-    ``orchestrator.inputs.check_when`` allows. A naive time is refused: a script's local clock is not Baton's."""
+    ``orchestrator.inputs.check_when`` allows. A naive time is refused: a script's local clock is not Baton's.
+    A time of that very shape but no real day (``0000-01-01``, ``2026-02-30``), or one with no UTC in Python's
+    range (``9999-12-31T23:59:59-01:00``), is refused with check_when's range, not DRF's "wrong format" (it is
+    the format) or "Datetime value out of range." (which range?)."""
+
+    def _out_of_range(self) -> serializers.ValidationError:
+        """check_when's own refusal of a time out of its range (one day before its earliest is), for this field:
+        one wording of the range for every refusal of it."""
+        try:
+            check_when(EARLIEST - timedelta(days=1), str(self.label or self.field_name or "Date"))
+        except django_forms.ValidationError as exc:
+            return serializers.ValidationError(exc.messages)
+        return serializers.ValidationError("Out of range.")  # never: check_when refuses a day before its earliest
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        if django_timezone.is_aware(value):
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise self._out_of_range() from None
+        return super().enforce_timezone(value)
 
     def to_internal_value(self, value: Any) -> datetime:
         if isinstance(value, str):
@@ -44,8 +72,8 @@ class AwareDateTimeField(serializers.DateTimeField):
                 raise serializers.ValidationError("Remove the NUL character (\\u0000).")
             try:
                 typed = parse_datetime(value.strip())
-            except ValueError:
-                typed = None
+            except ValueError:  # the shape of a date and time, with no such day or hour
+                raise self._out_of_range() from None
             if typed is not None and typed.tzinfo is None:
                 raise serializers.ValidationError("Give the time zone: an offset like +01:00, or Z for UTC.")
             if typed is None and PLUS_AS_SPACE.fullmatch(value.strip()):
