@@ -131,7 +131,8 @@ def single_valued(
             message = (
                 f"Not a parameter of this endpoint (its filters: {', '.join(known)}{also})."
                 if known
-                else f"Not a parameter of this endpoint: it takes none{'' if paged else ' (answered whole)'}."
+                else "Not a parameter of this endpoint: it has no filters"
+                + ("; only cursor, limit." if paged else ", and is answered whole: no cursor or limit.")
             )
             raise Problem(
                 400,
