@@ -5,7 +5,8 @@ jsonb then refuses (a 500), lets a NUL character or a lone surrogate (``"\\ud800
 UTF-16 pair that no UTF-8 text holds) through to a text or jsonb column (another 500), lets the
 RecursionError of very deep nesting escape as a 500 and takes the last of a key given twice in one object (where
 another parser on the way, a proxy's or a signature check's, may have read the first). This one refuses each of
-them with a 400 (413 for size).
+them with a 400 (413 for size): JSON that is not JSON as a ``ParseError``, well-formed JSON holding such a value
+as an :class:`InvalidValue` naming the field (``api.problems`` answers it as invalid input, with ``errors``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class PayloadTooLarge(APIException):
     default_code = "payload_too_large"
 
 
+class InvalidValue(ParseError):
+    """Well-formed JSON holding a value that cannot be stored or nested past ``DEPTH_MAX``, at ``field``: the dotted
+    name problem ``errors`` use (``input.employee``, ``payload.items[0]``; ``body`` for the body as a whole),
+    ``message`` what to change there. The detail says both, as ``body.input.employee: ...``."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message[:1].lower()}{message[1:]}")
+        self.field = where[len("body.") :] if where.startswith("body.") else "body"
+        self.message = message
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -57,20 +69,20 @@ def _unstorable(text: str) -> str | None:
 
 
 def check_value(value: Any, depth: int = 0, where: str = "body") -> None:
-    """Raise ParseError naming where a NUL character, a lone surrogate or nesting deeper than ``DEPTH_MAX`` is
+    """Raise InvalidValue naming where a NUL character, a lone surrogate or nesting deeper than ``DEPTH_MAX`` is
     in ``value``."""
     if depth > DEPTH_MAX:
-        raise ParseError(f"{where}: nested deeper than {DEPTH_MAX} levels.")
+        raise InvalidValue(where, f"Nested deeper than {DEPTH_MAX} levels.")
     if isinstance(value, str):
         bad = _unstorable(value)
         if bad:
-            raise ParseError(f"{where}: remove {bad}; it cannot be stored.")
+            raise InvalidValue(where, f"Remove {bad}; it cannot be stored.")
     elif isinstance(value, dict):
         for key, item in value.items():
             bad = _unstorable(key)
             if bad:
                 # The key itself is not shown: it is what cannot be printed.
-                raise ParseError(f"{where}: a key holds {bad}; it cannot be stored.")
+                raise InvalidValue(where, f"A key holds {bad}; it cannot be stored.")
             check_value(item, depth + 1, f"{where}.{key[:40]}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -94,9 +106,9 @@ class SafeJSONParser(BaseParser):
             text = raw.decode("utf-8")
             data = json.loads(text, parse_float=_finite, parse_constant=_constant, object_pairs_hook=unique_keys)
         except RecursionError:
-            raise ParseError(f"The body is nested deeper than {DEPTH_MAX} levels.") from None
+            raise InvalidValue("body", f"Nested deeper than {DEPTH_MAX} levels.") from None
         except RepeatedKey as exc:
-            raise ParseError(f"The body is JSON, but {exc}.") from None
+            raise InvalidValue("body", f"Valid JSON, but {exc}.") from None
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the number checks above
             raise ParseError(f"The body is not valid JSON: {str(exc)[:200]}") from None
         check_value(data)

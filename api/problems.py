@@ -88,6 +88,7 @@ def _summary(errors: dict[str, list[str]]) -> str:
 
 def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     """The API error for ``exc``; None for an exception nobody expected (left to Django: logged, 500)."""
+    from api.parsers import InvalidValue
     from api.services import IdempotencyKeyBusy, IdempotencyKeyReused
 
     if isinstance(exc, Problem):
@@ -103,6 +104,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         return Problem(
             400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )
+    if isinstance(exc, InvalidValue):
+        return Problem(400, str(exc.detail), code="invalid", title="Invalid input", errors={exc.field: [exc.message]})
     if isinstance(exc, exceptions.APIException):
         return exc
     if isinstance(exc, Http404 | task_rules.TaskNotFound | registry.UnknownWorkflow):
@@ -274,3 +277,16 @@ class LenientNegotiation(DefaultContentNegotiation):
             return renderers[0], renderers[0].media_type
         except (exceptions.NotFound, Http404):  # an unknown ?format= (DRF raises Django's Http404 for it)
             return renderers[0], renderers[0].media_type
+
+    def select_parser(self, request: Any, parsers: list[Any]) -> Any:
+        """The parser for the body's Content-Type; none (not JSON, or the header left out) is a 415 saying which
+        header to send. DRF's own said 'Unsupported media type "" in request.' for a missing header."""
+        parser = super().select_parser(request, parsers)
+        if parser is None:
+            given = request.content_type
+            sent = f"this request's is {given[:100]!r}" if given else "this request has no Content-Type"
+            message = "Send the body as JSON with the header Content-Type: application/json"
+            raise Problem(
+                415, f"{message}; {sent}.", code="unsupported_media_type", errors={"Content-Type": [f"{message}."]}
+            )
+        return parser

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django import forms as django_forms
@@ -21,18 +21,50 @@ from approvals.forms import DECISIONS
 from approvals.models import HumanTask
 from approvals.services.base import data_digest
 from orchestrator.dsl import Workflow
-from orchestrator.inputs import COMMENT_MAX, IDEMPOTENCY_KEY_MAX, NOTE_MAX, REASON_MAX, SEARCH_MAX, check_when
+from orchestrator.inputs import (
+    COMMENT_MAX,
+    EARLIEST,
+    IDEMPOTENCY_KEY_MAX,
+    NOTE_MAX,
+    REASON_MAX,
+    SEARCH_MAX,
+    check_when,
+)
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.selectors import hide_paths
 
 ID_MAX = 2**63 - 1
+# What every data_digest looks like (its length read off the function; "$" as OpenAPI patterns write it: the field
+# trims a final line break first). Anything else sent as ``seen`` is no digest this API gave out, and comparing it
+# would report a change of the data that nobody made.
+DIGEST_PATTERN = rf"^[0-9a-f]{{{len(data_digest({}))}}}$"
 # A date and time whose offset's "+" was decoded as a space (an unencoded "+" in a query string).
 PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)? \d{2}(:?\d{2})?")
 
 
 class AwareDateTimeField(serializers.DateTimeField):
     """An ISO 8601 date and time WITH its offset (``2026-12-01T09:00:00+01:00`` or ``…Z``), within the range
-    ``orchestrator.inputs.check_when`` allows. A naive time is refused: a script's local clock is not Baton's."""
+    ``orchestrator.inputs.check_when`` allows. A naive time is refused: a script's local clock is not Baton's.
+    A time of that very shape but no real day (``0000-01-01``, ``2026-02-30``), or one with no UTC in Python's
+    range (``9999-12-31T23:59:59-01:00``), is refused with check_when's range, not DRF's "wrong format" (it is
+    the format) or "Datetime value out of range." (which range?)."""
+
+    def _out_of_range(self) -> serializers.ValidationError:
+        """check_when's own refusal of a time out of its range (one day before its earliest is), for this field:
+        one wording of the range for every refusal of it."""
+        try:
+            check_when(EARLIEST - timedelta(days=1), str(self.label or self.field_name or "Date"))
+        except django_forms.ValidationError as exc:
+            return serializers.ValidationError(exc.messages)
+        return serializers.ValidationError("Out of range.")  # never: check_when refuses a day before its earliest
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        if django_timezone.is_aware(value):
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise self._out_of_range() from None
+        return super().enforce_timezone(value)
 
     def to_internal_value(self, value: Any) -> datetime:
         if isinstance(value, str):
@@ -40,8 +72,8 @@ class AwareDateTimeField(serializers.DateTimeField):
                 raise serializers.ValidationError("Remove the NUL character (\\u0000).")
             try:
                 typed = parse_datetime(value.strip())
-            except ValueError:
-                typed = None
+            except ValueError:  # the shape of a date and time, with no such day or hour
+                raise self._out_of_range() from None
             if typed is not None and typed.tzinfo is None:
                 raise serializers.ValidationError("Give the time zone: an offset like +01:00, or Z for UTC.")
             if typed is None and PLUS_AS_SPACE.fullmatch(value.strip()):
@@ -287,6 +319,15 @@ class InstanceFilterSerializer(serializers.Serializer):
     started_before = AwareDateTimeField(required=False, help_text="Started before this time (with offset).")
     business_key = serializers.CharField(required=False, max_length=100)
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """A started range the wrong way round (or empty) is refused naming ``started_before``, as the console's
+        list refuses it (``console.ops_forms.InstanceListForm``): nothing could match, and an empty page would
+        read as "none started then" to a script that only swapped its bounds."""
+        after, before = attrs.get("started_after"), attrs.get("started_before")
+        if after is not None and before is not None and after >= before:
+            raise serializers.ValidationError({"started_before": ["Must be later than started_after."]})
+        return attrs
+
 
 class ReasonSerializer(serializers.Serializer):
     """An operator's action: the reason goes into the audit trail with the actor's name."""
@@ -376,13 +417,14 @@ class DecideSerializer(serializers.Serializer):
         default=dict,
         help_text="A form task's fields (for an approval or an escalation: none, else 400).",
     )
-    seen = serializers.CharField(
-        max_length=64,
+    seen = serializers.RegexField(
+        DIGEST_PATTERN,
         required=False,
         allow_blank=True,
         default="",
+        error_messages={"invalid": "Send the instance's data_digest as read, unchanged (or leave seen out)."},
         help_text="The instance's `data_digest` as the caller read it: the decision is refused (409) if the data "
-        "changed since. Left out, not checked.",
+        "changed since; a value no `data_digest` has is a 400. Left out, not checked.",
     )
 
 

@@ -118,15 +118,22 @@ def single_valued(
 
     With ``known`` (the endpoint's filters), a parameter that is neither one of them nor of :data:`PAGE_PARAMS` is
     a 400 naming it too: ``?stat=failed`` (a typo) listed every instance, as if no filter had been asked for, and
-    a script working through "the failed ones" would have worked through all. Not ``paged`` (an export, whole),
-    ``cursor`` and ``limit`` are refused too: an export's ``limit=10`` would have been ignored."""
+    a script working through "the failed ones" would have worked through all. Not ``paged`` (an export, the
+    catalog, one object: each answered whole), ``cursor`` and ``limit`` are refused too: an export's ``limit=10``
+    would have been ignored. Every GET of the API reads its query string through here. One of ``known`` given
+    empty is a 400 naming it too: no filter, to the serializers and forms behind, it answered everything."""
     params = request.query_params
     if known is not None:
         extra = PAGE_PARAMS if paged else frozenset({"format"})
         unknown = [name[:100] for name in params if name not in known and name not in extra]
         if unknown:
-            also = "; and cursor, limit" if paged else "; an export is whole: no cursor or limit"
-            message = f"Not a parameter of this endpoint (its filters: {', '.join(known)}{also})."
+            also = "; and cursor, limit" if paged else "; answered whole: no cursor or limit"
+            message = (
+                f"Not a parameter of this endpoint (its filters: {', '.join(known)}{also})."
+                if known
+                else "Not a parameter of this endpoint: it has no filters"
+                + ("; only cursor, limit." if paged else ", and is answered whole: no cursor or limit.")
+            )
             raise Problem(
                 400,
                 f"Unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown[:20])}. {message}"[:1000],
@@ -139,6 +146,15 @@ def single_valued(
         errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
         detail = " ".join(f"{name}: given {count} times; give it once." for name, count in repeated.items())
         raise Problem(400, detail[:1000], code="invalid", title="Invalid input", errors=errors)
+    # A filter given without a value (``?business_key=``, a script's variable left empty) is no filter to DRF and to
+    # the timeline's form, and answered everything: refused, as an empty ``limit`` is.
+    empty = [name[:100] for name, value in params.items() if known is not None and name in known and not value.strip()]
+    if empty:
+        message = "Empty: give a value, or leave the parameter out."
+        detail = " ".join(f"{name}: empty; give a value or leave it out." for name in empty)
+        raise Problem(
+            400, detail[:1000], code="invalid", title="Invalid input", errors={name: [message] for name in empty}
+        )
     return params
 
 
@@ -184,10 +200,11 @@ class WorkflowViewSet(viewsets.ViewSet):
     lookup_value_converter = "str"
 
     def list(self, request: Request) -> Response:
+        single_valued(request, known=(), paged=False)
         return Response(s.WorkflowSerializer(registry.latest_all(), many=True).data)
 
     def retrieve(self, request: Request, name: str) -> Response:
-        version = single_valued(request, known=("version",)).get("version")
+        version = single_valued(request, known=("version",), paged=False).get("version")
         if version is not None and not re.fullmatch(r"[1-9]\d{0,8}", version):
             raise Problem(400, "version: a positive whole number.", code="invalid", errors={"version": ["Invalid."]})
         try:
@@ -251,6 +268,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return self.get_paginated_response(s.InstanceSerializer(page, many=True).data)
 
     def retrieve(self, request: Request, pk: int) -> Response:
+        single_valued(request, known=(), paged=False)
         instance = self._detail(self._instance(pk).pk)
         return Response(s.InstanceDetailSerializer(instance, context=self._shown()).data)
 
@@ -641,6 +659,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         return task
 
     def retrieve(self, request: Request, pk: int) -> Response:
+        single_valued(request, known=(), paged=False)
         return Response(s.TaskSerializer(self._task(pk)).data)
 
     def _answer(self, pk: int) -> Response:

@@ -328,6 +328,52 @@ def test_a_bad_filter_is_a_400_naming_it(api_as, roles, started, params, field):
     assert field in response.json()["errors"]
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"started_after": "2030-01-01T00:00:00Z", "started_before": "2020-01-01T00:00:00Z"},
+        # the same instant written in two zones: nothing starts at or after it and before it
+        {"started_after": "2026-06-01T10:00:00+02:00", "started_before": "2026-06-01T08:00:00Z"},
+    ],
+)
+def test_a_started_range_the_wrong_way_round_is_a_400_naming_started_before(api_as, roles, started, params):
+    """The console refuses it ("must be after Started from"): nothing could match, and an empty list says
+    "none started then" to a script that only swapped its bounds."""
+    # when
+    response = api_as(roles.operator).get(START, params)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert list(response.json()["errors"]) == ["started_before"], response.json()
+    assert "started_after" in response.json()["errors"]["started_before"][0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # the format's very shape, with no such day: DRF said "wrong format. Use one of these formats instead"
+        ("started_after", "0000-01-01T00:00:00Z"),
+        ("started_after", "2026-02-30T10:00:00+01:00"),
+        # a real time whose UTC is past year 9999: DRF said "Datetime value out of range." without the range
+        ("started_before", "9999-12-31T23:59:59-01:00"),
+        ("started_before", "0001-01-01T00:00:00+01:00"),
+    ],
+)
+def test_a_time_of_the_right_shape_but_no_real_or_storable_day_is_a_400_giving_the_range(
+    api_as, roles, started, field, value
+):
+    # when
+    response = api_as(roles.operator).get(START, {field: value})
+
+    # then: the message says what to send instead, as it does for a real time out of range
+    assert response.status_code == 400, response.content[:300]
+    (message,) = response.json()["errors"][field]
+    assert "between 2000-01-01 and" in message, message
+    assert "format" not in message, message
+    assert message != "Datetime value out of range."
+
+
 def test_the_cursor_walks_every_instance_once_even_while_new_ones_start(api_as, roles, started):
     # given
     client = api_as(roles.operator)

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from api.tokens import token_create
-from orchestrator.models import WorkflowInstance
+from orchestrator.models import AuditEvent, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
 
@@ -92,6 +92,34 @@ def test_junk_query_strings_are_4xx(api_as, roles, path):
     # then
     assert 400 <= response.status_code < 500, response.content[:300]
     assert response["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        # what a server hands on when the header is left out (curl -d sends a form's type instead)
+        ("", "no Content-Type"),
+        ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+        ("text/plain; charset=utf-8", "'text/plain; charset=utf-8'"),
+    ],
+)
+def test_a_body_not_sent_as_json_is_a_415_saying_which_header_to_send(api_as, roles, content_type, named):
+    """The 415 said 'Unsupported media type "" in request.': neither which header nor what it should say."""
+    # given
+    client = api_as(roles.staff)
+    body = json.dumps({"workflow": "expense_approval", "input": ExpenseInputFactory()})
+
+    # when
+    response = client.client.generic("POST", "/api/instances/", body, content_type=content_type, headers=client.headers)
+
+    # then
+    assert response.status_code == 415, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert "Content-Type: application/json" in problem["detail"], problem
+    assert named in problem["detail"], problem
+    assert list(problem["errors"]) == ["Content-Type"], problem
+    assert not WorkflowInstance.objects.exists()
 
 
 def test_too_many_query_fields_on_a_write_is_a_problem_and_changes_nothing(api_as, roles):
@@ -260,6 +288,9 @@ def test_a_database_outage_is_a_503_problem_with_retry_after(api_as, roles, monk
 
 
 SAM = "Sam \ud800"
+DEEP: list = []
+for _ in range(40):  # past the parser's DEPTH_MAX (32), well within Python's own recursion limit
+    DEEP = [DEEP]  # the 33rd level, body.payload.x and 31 lists down, is named
 
 
 @pytest.mark.parametrize(
@@ -292,6 +323,61 @@ def test_a_lone_surrogate_anywhere_in_a_body_is_a_400_problem_naming_where(api_a
     assert "surrogate" in response.json()["detail"]
     assert "body." in response.json()["detail"]
     assert WorkflowInstance.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "body", "field"),
+    [
+        ("operator", "/api/instances/{pk}/pause/", {"reason": "stuck\x00"}, "reason"),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"employee": SAM}}, "input.employee"),
+        ("staff", "/api/instances/", {"workflow": "expense_approval", "input": {"\ud800": 1}}, "input"),
+        (
+            "staff",
+            "/api/instances/",
+            {"workflow": "expense_approval", "input": {"x": [[["\x00"]]]}},
+            "input.x[0][0][0]",
+        ),
+        ("staff2", "/api/tasks/{task}/decide/", {"decision": "approve", "comment": "ok\x00"}, "comment"),
+        ("staff2", "/api/tasks/{task}/delegate/", {"to_user": "staff\x00"}, "to_user"),
+        (
+            "admin",
+            "/api/instances/{pk}/signals/",
+            {"event": "e", "signal_id": "s", "payload": {"a": "\udfff"}},
+            "payload.a",
+        ),
+        (
+            "admin",
+            "/api/instances/{pk}/signals/",
+            {"event": "e", "signal_id": "s", "payload": {"x": DEEP}},
+            "payload.x" + "[0]" * 31,
+        ),
+    ],
+)
+def test_a_value_no_column_can_hold_is_an_invalid_input_problem_whose_errors_name_the_field(
+    api_as, roles, who, path, body, field
+):
+    """README: invalid input is a problem with ``errors`` naming each field. A NUL, a lone surrogate or nesting past
+    the limit was refused by the body's parser, saying where only in the detail's prose (``body.input.employee``):
+    a client mapping ``errors`` onto its own fields had nothing to show beside the one it sent wrong."""
+    # given: a waiting expense (its task open)
+    instance = instance_start("expense_approval", ExpenseInputFactory(amount="70.00"), initiator=roles.staff)
+    path = path.format(pk=instance.pk, task=instance.tasks.get().pk)
+    if "input" in body:
+        body = {**body, "input": {**ExpenseInputFactory(), **body["input"]}}
+    client = api_as(getattr(roles, who))  # its token's creation is an event of its own
+    before = (WorkflowInstance.objects.count(), AuditEvent.objects.count())
+
+    # when
+    response = client.post(path, raw=json.dumps(body))
+
+    # then: the field named where clients look for it, the detail still saying what to remove; nothing written
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert (problem["code"], problem["title"]) == ("invalid", "Invalid input"), problem
+    assert list(problem["errors"]) == [field], problem
+    assert f"body.{field}" in problem["detail"] or field == "input", problem
+    assert (WorkflowInstance.objects.count(), AuditEvent.objects.count()) == before
 
 
 @pytest.mark.parametrize(
@@ -480,6 +566,74 @@ def test_a_query_parameter_the_endpoint_does_not_take_is_a_400_naming_it(api_as,
     assert response.status_code == 400, response.content[:300]
     assert response["Content-Type"] == "application/problem+json"
     assert field in response.json()["errors"], response.json()
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/instances/?business_key=", "business_key"),
+        ("/api/instances/?state=failed&workflow=", "workflow"),
+        ("/api/instances/?state=%20", "state"),
+        ("/api/instances/?started_after=", "started_after"),
+        ("/api/tasks/?scope=", "scope"),
+        ("/api/audit/events/?actor=", "actor"),
+        ("/api/audit/export.jsonl?instance=", "instance"),
+        ("/api/workflows/expense_approval/?version=", "version"),
+    ],
+)
+def test_a_filter_given_without_a_value_is_a_400_naming_it_not_no_filter(api_as, roles, path, field):
+    """``?business_key=`` (a script's variable left empty) listed every instance, as if no filter had been asked
+    for: a script working through "the instances of this key" would have worked through all. An empty ``limit``
+    was refused already; an empty filter is no clearer about what was meant."""
+    # given: one instance, with no business key
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    response = api_as(roles.admin).get(path)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert list(response.json()["errors"]) == [field], response.json()
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        # the catalog is a list too: a filter it does not have answered the whole catalog
+        ("/api/workflows/?name=no_such_flow", "name"),
+        ("/api/workflows/?limit=1", "limit"),
+        ("/api/workflows/?format=json&format=json", "format"),
+        # one object: a parameter meant to narrow or shape it was ignored without a word
+        ("/api/instances/{instance}/?state=failed", "state"),
+        ("/api/tasks/{task}/?fields=id", "fields"),
+        ("/api/instances/{instance}/?format=json&format=json", "format"),
+    ],
+)
+def test_a_query_parameter_a_read_does_not_take_is_a_400_naming_it(api_as, roles, path, field):
+    # given: a waiting expense and its task, which the manager sees
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    path = path.format(instance=instance.pk, task=instance.tasks.get().pk)
+
+    # when
+    response = api_as(roles.manager).get(path)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert list(response.json()["errors"]) == [field], response.json()
+
+
+def test_the_reads_without_filters_still_take_format(api_as, roles):
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.manager)
+    for path in (
+        "/api/workflows/",
+        "/api/workflows/?format=json",
+        f"/api/instances/{instance.pk}/?format=json",
+        f"/api/tasks/{instance.tasks.get().pk}/?format=json",
+    ):
+        assert client.get(path).status_code == 200, path
 
 
 def test_the_page_parameters_and_format_are_taken_by_every_list(api_as, roles):

@@ -367,6 +367,36 @@ def test_a_decision_on_data_changed_since_it_was_read_is_a_conflict_when_the_cal
     assert done.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "seen",
+    [
+        "not-a-digest",
+        "sha256:{digest}",  # a client's own label on what it was given
+        "{digest_upper}",
+        "{full_sha256}",  # a client computing its own, longer, fingerprint of the data
+    ],
+)
+def test_a_seen_that_is_no_data_digest_is_a_400_naming_seen_not_a_conflict(api_as, roles, task, seen):
+    """``seen`` not shaped as any ``data_digest`` read "the workflow's data changed after you opened this task"
+    (409): a client re-reading the instance and sending its value the same way got the same 409 for ever, about a
+    change nobody made."""
+    import hashlib
+
+    # given: staff2 has read the instance, whose data nobody changed since
+    client = api_as(roles.staff2)
+    digest = client.get(f"/api/instances/{task.instance_id}/").json()["data_digest"]
+    full = hashlib.sha256(digest.encode()).hexdigest()
+    sent = seen.format(digest=digest, digest_upper=digest.upper(), full_sha256=full)
+
+    # when
+    response = client.post(f"/api/tasks/{task.pk}/decide/", {"decision": "approve", "seen": sent})
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert list(response.json()["errors"]) == ["seen"], response.json()
+    assert HumanTask.objects.get(pk=task.pk).state == TaskState.OPEN
+
+
 def test_who_approved_an_earlier_step_cannot_delegate_the_later_one(api_as, roles):
     """Given a manager (also an approver) who gave an expense's team approval, when they hand its manager approval
     to another manager through the API, then it is a 403 problem naming four-eyes and the task stays open."""
