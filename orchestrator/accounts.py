@@ -29,6 +29,7 @@ from django.utils import timezone
 from orchestrator.audit import ACCESS_CHAIN, ACCOUNTS_CHAIN, Actor, append_standalone
 from orchestrator.audit_actions import AuditAction
 from orchestrator.models import AuditEvent
+from orchestrator.services.results import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,12 @@ def request_meta(request: HttpRequest) -> dict[str, Any]:
     if settings.BATON_BEHIND_PROXY:
         forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
         ip = next((part for part in reversed(forwarded) if part), ip)
+    # Cleaned as PostgreSQL stores JSON (no NUL, no lone surrogate): headers and a percent-decoded path are the
+    # client's to choose, and a server that lets a NUL through must not turn an audited action into a 500.
     meta = {
-        "ip": ip,
-        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
-        "path": request.path,
+        "ip": clean_text(ip, 100),
+        "user_agent": clean_text(request.META.get("HTTP_USER_AGENT", ""), 200),
+        "path": clean_text(request.path, 2000),
     }
     # Set by CurrentRequestMiddleware; orchestrator/audit.py moves it to the event's request_id column.
     request_id = getattr(request, "baton_request_id", "")

@@ -283,3 +283,26 @@ def test_the_accounts_chain_verifies(users):
     # then
     assert len(events) >= 3
     assert verify_chain(list(AuditEvent.objects.filter(chain=ACCOUNTS_CHAIN).order_by("seq"))) is None
+
+
+def test_a_sign_in_whose_headers_and_path_carry_nul_bytes_is_audited_cleaned_not_a_500(users):
+    """gunicorn and daphne refuse a NUL in a header, another server may not; the path is percent-decoded. The
+    audit trail stores request_meta as JSON, where PostgreSQL refuses NUL and lone surrogates: it once made the
+    audited action a 500."""
+    from orchestrator.accounts import ACCESS_CHAIN
+
+    # given
+    client = Client(HTTP_USER_AGENT="Agent\x00/1.0 \ud800", REMOTE_ADDR="203.0.113.9")
+    users.staff.set_password("pass-for-nul-test")
+    users.staff.save()
+
+    # when
+    response = client.post(
+        reverse("login") + "?next=/x%00y", {"username": users.staff.username, "password": "pass-for-nul-test"}
+    )
+
+    # then: signed in, the sign-in recorded with the header shown, not dropped
+    assert response.status_code == 302
+    event = AuditEvent.objects.filter(chain=ACCESS_CHAIN, action="access.signed_in").latest("seq")
+    assert event.request_meta["user_agent"] == "Agent\\x00/1.0 ?"
+    assert event.actor_id == users.staff.pk
