@@ -37,10 +37,14 @@ def managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
 
 @managers_only
 def schedule_list(request: HttpRequest) -> HttpResponse:
-    """Every schedule with its next run."""
-    return render(
-        request, "automation/schedule_list.html", {"schedules": selectors.schedule_list(), "active_nav": "automation"}
-    )
+    """Every schedule with its next run, and the schedules declared in code that do not run (the sync left them
+    out: a name an admin's schedule has, a name declared twice, an input the start form refuses)."""
+    context = {
+        "schedules": selectors.schedule_list(),
+        "left_out": schedules.declared_left_out(),
+        "active_nav": "automation",
+    }
+    return render(request, "automation/schedule_list.html", context)
 
 
 def _typed_into(schedule: Schedule, data: dict[str, Any], user: Any) -> Schedule:
@@ -134,6 +138,9 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
         "owner_told": schedule.owner is not None and selectors.may_manage(schedule.owner),
         "problem": schedules.recurrence_problem(schedule),
         "fires": selectors.recent_fires(schedule),
+        # A declaration of this name the sync left out: the admin's schedule it clashes with, or this declared one's
+        # new declaration (this one runs as last declared).
+        "left_out": schedules.declared_left_out(schedule.name),
         "active_nav": "automation",
     }
     return render(request, "automation/schedule_detail.html", context)

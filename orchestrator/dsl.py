@@ -419,6 +419,10 @@ class Workflow:
         if self.criticality not in ("low", "medium", "high", "critical"):
             raise DefinitionError("criticality must be low, medium, high or critical")
         self._index(self.steps, None)
+        names = [schedule.name for schedule in self.schedules]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            # Only one of them could be in the schedule table: which one ran was the last in the list, unsaid.
+            raise DefinitionError(f"{self.name}: schedule name {name!r} is used twice")
         for node in self.nodes.values():
             targets: list[str | None] = [node.next]
             if isinstance(node, Decision):

@@ -673,3 +673,45 @@ def test_the_page_of_a_schedule_whose_owner_is_an_admin_says_the_owner_is_told(a
     page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
 
     assert "(told if it cannot start)" in page
+
+
+class TestDeclaredSchedulesLeftOut:
+    """A schedule declared in code that the sync leaves out is on the list and on the page of the schedule holding
+    its name: it was only logged, and its author believed it ran."""
+
+    @pytest.fixture
+    def clash(self, register_workflow):
+        from orchestrator import registry
+        from orchestrator.dsl import Schedule as Declared
+        from orchestrator.dsl import Workflow
+
+        expense = registry.get("expense_approval")
+        admins = make_schedule("Weekday expenses")
+        register_workflow(
+            Workflow(
+                name="expense_approval",
+                version=expense.version + 1,
+                steps=expense.steps,
+                start_form=expense.start_form,
+                schedules=[Declared("Weekday expenses", cron="0 8 * * 1-5", input={"employee": "Sam"})],
+            )
+        )
+        return admins
+
+    def test_the_list_names_it_and_why(self, admin_client, clash):
+        page = admin_client.get("/automation/").content.decode()
+
+        assert "Declared in code, not running" in page
+        assert escape("an admin's schedule has this name") in page
+        assert f'href="/automation/schedules/{clash.pk}/"' in page
+
+    def test_the_page_of_the_admins_schedule_says_the_declared_one_is_not_running(self, admin_client, clash):
+        page = admin_client.get(f"/automation/schedules/{clash.pk}/").content.decode()
+
+        assert "Declared in code, not running" in page
+        assert "expense_approval v" in page
+
+    def test_a_list_with_none_left_out_says_nothing_of_it(self, admin_client):
+        make_schedule()
+
+        assert "not running" not in admin_client.get("/automation/").content.decode()
