@@ -12,7 +12,12 @@ from django.db import DatabaseError
 
 # The check id of each kind of declaration left out (automation.schedules.LEFT_OUT_KINDS); "not_synced" is not a
 # fault of the declaration (before the first migrate every declaration is not synced yet): no check says it.
-IDS = {"twice": "automation.W001", "clash": "automation.W002", "refused": "automation.W003"}
+IDS = {
+    "twice": "automation.W001",
+    "clash": "automation.W002",
+    "refused": "automation.W003",
+    "old_version": "automation.W004",
+}
 
 
 def declared_schedules(app_configs: Any = None, databases: Any = None, **_kwargs: Any) -> list[checks.CheckMessage]:

@@ -440,8 +440,9 @@ class LeftOut:
 
 
 # Why a declaration is left out: a name declared twice, a name an admin's schedule has, fields the checks of an
-# admin's schedule refuse (an input the start form refuses), or (not the declaration's fault) not synced yet.
-LEFT_OUT_KINDS = ("twice", "clash", "refused", "not_synced")
+# admin's schedule refuse (an input the start form refuses), a declaration beside a version that is not the latest,
+# or (not the declaration's fault) not synced yet.
+LEFT_OUT_KINDS = ("twice", "clash", "refused", "old_version", "not_synced")
 
 
 NOT_IN_TABLE = (
@@ -486,19 +487,38 @@ def _refusal(found: list[tuple[Any, Any]], admins: bool) -> tuple[str, str]:
     return "", ""
 
 
+def _declared_on_older_versions(latest: dict[str, Any]) -> dict[str, list[Any]]:
+    """Names declared beside a registered version of a workflow that is not its latest, and by no latest version
+    (``latest``: :func:`_declarations`): ``{name: [workflow, ...]}``. Only the latest version's schedules are synced,
+    so such a one never runs: added to the old version's file by mistake, or dropped by the new version."""
+    found: dict[str, list[Any]] = {}
+    for workflow in registry.all_definitions():
+        newest = registry.get(workflow.name)
+        if workflow.version == newest.version:
+            continue
+        for item in workflow.schedules:
+            if item.name not in latest:
+                found.setdefault(item.name, []).append(workflow)
+    return found
+
+
 def declared_left_out(name: str | None = None) -> list[LeftOut]:
     """The schedules declared in code that are not running as declared (only the one named ``name`` when given), by
-    name: what the sync leaves out (:func:`_refusal`), and a declaration it has not applied yet (migrate not run, or
-    the sync failed on it: its log says why). Read by the schedules list, a schedule's page and the system check;
-    one query, plus what the start forms' checks of the declared inputs read."""
+    name: what the sync leaves out (:func:`_refusal`), one declared only beside a version that is not its workflow's
+    latest and never synced (one that was, then dropped by a later version, is retired: the list says so), and a
+    declaration not applied yet (migrate not run, or the sync failed on it: its log says why). Read by the schedules
+    list, a schedule's page and the system check; one query, plus what the start forms' checks of the declared
+    inputs read."""
     declared = _declarations()
+    older = _declared_on_older_versions(declared)
     if name is not None:
         declared = {name: declared[name]} if name in declared else {}
-    if not declared:
+        older = {name: older[name]} if name in older else {}
+    if not (declared or older):
         return []
-    rows = {row.name: row for row in Schedule.objects.filter(name__in=list(declared))}
+    rows = {row.name: row for row in Schedule.objects.filter(name__in=[*declared, *older])}
     left: list[LeftOut] = []
-    for key, found in sorted(declared.items()):
+    for key, found in declared.items():
         row = rows.get(key)
         try:
             kind, reason = _refusal(found, row is not None and row.source == ScheduleSource.ADMIN)
@@ -514,7 +534,17 @@ def declared_left_out(name: str | None = None) -> list[LeftOut]:
         if kind:
             by = tuple(f"{workflow.name} v{workflow.version}" for workflow, _item in found)
             left.append(LeftOut(key, by, kind, reason, row.pk if row is not None else None))
-    return left
+    for key, workflows in older.items():
+        if key in rows:
+            continue
+        newest = ", ".join(sorted({f"{w.name} v{registry.get(w.name).version}" for w in workflows}))
+        reason = (
+            f"Not applied: only the schedules declared beside a workflow's latest version ({newest}) are synced. "
+            "Declare it there (or, if that version dropped it on purpose, remove it from the older one)."
+        )
+        by = tuple(f"{workflow.name} v{workflow.version}" for workflow in workflows)
+        left.append(LeftOut(key, by, "old_version", reason))
+    return sorted(left, key=lambda item: item.name)
 
 
 def sync_declared(now: datetime | None = None) -> dict[str, int]:

@@ -707,6 +707,33 @@ class TestADeclaredScheduleThatCannotTakeEffect:
         sync_declared()
         assert schedules.declared_left_out() == []
 
+    def test_a_schedule_declared_only_on_an_older_version_is_said(self, register_workflow):
+        # given a schedule added to version 1 while version 2 (declaring none) is the latest: only the latest's sync
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+        register_workflow(report_flow(version=2))
+
+        # when synced
+        sync_declared()
+
+        # then it is not in the table, and it is said, naming the version whose schedules count
+        assert not Schedule.objects.filter(name="eu nightly").exists()
+        [left] = schedules.declared_left_out()
+        assert (left.name, left.kind, left.declared_by) == ("eu nightly", "old_version", ("nightly_report v1",))
+        assert "v2" in left.reason
+
+    def test_a_schedule_a_later_version_dropped_after_it_ran_is_retired_not_said(self, register_workflow):
+        # given a schedule synced from version 1, dropped by version 2
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+        sync_declared()
+        register_workflow(report_flow(version=2))
+
+        # when synced
+        sync_declared()
+
+        # then it is retired (on the list as such), not said as a declaration left out
+        assert Schedule.objects.get(name="eu nightly").retired
+        assert schedules.declared_left_out() == []
+
     def test_the_same_name_twice_in_one_workflow_is_a_definition_error(self):
         with pytest.raises(DefinitionError, match="used twice"):
             report_flow(Declared("nightly", cron="0 2 * * *"), Declared("nightly", cron="0 3 * * *"))
