@@ -715,3 +715,43 @@ class TestDeclaredSchedulesLeftOut:
         make_schedule()
 
         assert "not running" not in admin_client.get("/automation/").content.decode()
+
+
+@pytest.mark.parametrize(
+    ("workflow", "says"),
+    [("expense_approval", "expense_approval no longer declares it"), ("gone_flow", "gone_flow is not registered")],
+)
+def test_the_page_of_a_retired_schedule_says_why_it_does_not_run(admin_client, workflow, says):
+    """A declared schedule retires when the sync no longer finds it: its workflow no longer declares it, or the
+    workflow is not registered where migrate ran (a package not installed there). The page showed a badge only."""
+    schedule = make_schedule(source="code", retired=True, enabled=False, next_fire_at=None, workflow_name=workflow)
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "Retired: no longer declared in code" in page
+    assert says in page
+
+
+def test_the_page_of_a_retired_schedule_declared_here_says_the_next_sync_brings_it_back(
+    admin_client, register_workflow
+):
+    """Migrate ran where its workflow's package was missing, so the sync retired it; this process declares it."""
+    from orchestrator import registry
+    from orchestrator.dsl import Schedule as Declared
+    from orchestrator.dsl import Workflow
+
+    expense = registry.get("expense_approval")
+    register_workflow(
+        Workflow(
+            name="expense_approval",
+            version=expense.version + 1,
+            steps=expense.steps,
+            schedules=[Declared("Weekday expenses", cron="0 9 * * 1-5", timezone="Europe/Paris")],
+        )
+    )
+    schedule = make_schedule(source="code", retired=True, enabled=False, next_fire_at=None, input={})
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "not registered where the sync ran" in page
+    assert "no longer declares it" not in page
