@@ -755,3 +755,17 @@ def test_the_page_of_a_retired_schedule_declared_here_says_the_next_sync_brings_
 
     assert "not registered where the sync ran" in page
     assert "no longer declares it" not in page
+
+
+def test_the_next_runs_of_a_utc_schedule_are_said_once_each(admin_client):
+    """Each next run was printed twice for an admin reading in UTC ("09:00 UTC (UTC)" and "09:00 UTC" again)."""
+    from automation.schedules import upcoming
+
+    schedule = make_schedule(timezone="UTC")
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    times = [when.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M UTC") for when in upcoming(schedule)]
+    assert times
+    assert [page.count(text) for text in times] == [1] * len(times)
+    assert "(UTC)" not in page
