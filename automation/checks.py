@@ -39,8 +39,8 @@ def declared_schedules(app_configs: Any = None, databases: Any = None, **_kwargs
                 left.append(LeftOut(name, by, "twice", _refusal(found, False)[1]))
     return [
         checks.Warning(
-            f"Schedule {item.name!r} declared in code ({', '.join(item.declared_by)}) does not run. {item.reason}",
-            hint="Until it is fixed the schedules list shows it as 'Declared in code, not running'.",
+            f"Schedule {item.name!r} declared in code ({', '.join(item.declared_by)}): {item.reason}",
+            hint="The schedules list (/automation/) shows it under 'Declared in code, not running' until it is fixed.",
             id=IDS[item.kind],
         )
         for item in left

@@ -471,7 +471,7 @@ def _refusal(found: list[tuple[Any, Any]], admins: bool) -> tuple[str, str]:
     if len(found) > 1:
         where = ", ".join(f"{workflow.name} v{workflow.version}" for workflow, _item in found)
         return "twice", (
-            f"Not applied: declared {len(found)} times ({where}), and a name is one schedule's. Keep it in one of them."
+            f"Not applied: declared {len(found)} times ({where}); only one schedule may have a name. Keep it in one."
         )
     if admins:
         return "clash", (

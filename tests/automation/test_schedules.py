@@ -759,3 +759,32 @@ class TestADeclaredScheduleThatCannotTakeEffect:
         ours = [m for m in found if m.id and m.id.startswith("automation.")]
         assert {m.level for m in ours} == {checks.WARNING}
         assert sorted(m.msg.split("'")[1] for m in ours) == ["dup", "eu nightly"]
+
+
+def test_migrate_with_a_declaration_that_cannot_run_warns_and_syncs_the_others(register_workflow):
+    """``migrate`` runs the system checks first: the warning is printed and the migration and the sync go on (an
+    error there would stop the deploy, and every other declared schedule with it)."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    # given an admin's schedule, and a workflow declaring one of its name beside a good one
+    register_workflow(report_flow())
+    hourly("eu nightly")
+    register_workflow(
+        report_flow(
+            Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"}),
+            Declared("us nightly", cron="0 7 * * *", input={"region": "us"}),
+            version=2,
+        )
+    )
+    err = StringIO()
+
+    # when migrate runs
+    call_command("migrate", verbosity=0, skip_checks=False, stdout=StringIO(), stderr=err)
+
+    # then it warned of the clash and synced the good one
+    assert "automation.W002" in err.getvalue()
+    assert "'eu nightly'" in err.getvalue()
+    assert Schedule.objects.filter(name="us nightly", source=ScheduleSource.CODE).exists()
+    assert Schedule.objects.get(name="eu nightly").source == ScheduleSource.ADMIN
