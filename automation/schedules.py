@@ -8,7 +8,9 @@ idempotency key ``schedule:<id>:<fire time>``, all in one transaction (docs/arch
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -595,10 +597,15 @@ def sync_declared(now: datetime | None = None) -> dict[str, int]:
 
 
 def _fields(workflow_name: str, item: Any) -> dict[str, Any]:
-    """The table's fields of one declared schedule (``item``, an ``orchestrator.dsl.Schedule``)."""
+    """The table's fields of one declared schedule (``item``, an ``orchestrator.dsl.Schedule``), its input as the
+    table gives it back (a tuple is a list in JSON: compared as declared, it differed at every sync, which saved and
+    audited it as changed each time)."""
+    data = dict(item.input)
+    with contextlib.suppress(TypeError, ValueError):  # :func:`check` says why it cannot be stored
+        data = json.loads(json.dumps(data, ensure_ascii=False, allow_nan=False))
     return {
         "workflow_name": workflow_name,
-        "input": dict(item.input),
+        "input": data,
         "cron": item.cron,
         "interval_seconds": int(item.every.total_seconds()) if item.every else None,
         "timezone": item.timezone,

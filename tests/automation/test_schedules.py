@@ -788,3 +788,26 @@ def test_migrate_with_a_declaration_that_cannot_run_warns_and_syncs_the_others(r
     assert "'eu nightly'" in err.getvalue()
     assert Schedule.objects.filter(name="us nightly", source=ScheduleSource.CODE).exists()
     assert Schedule.objects.get(name="eu nightly").source == ScheduleSource.ADMIN
+
+
+def test_a_declared_input_holding_a_tuple_is_synced_once_not_changed_at_every_sync(register_workflow):
+    """JSON has no tuple: the table gives a list back, which never equalled the declared tuple, so every migrate (and
+    every process's first sweep) saved and audited the schedule as changed, and its page said it was not synced."""
+    # given a declared input holding a tuple, synced once
+    register_workflow(
+        Workflow(
+            name="weekly_digest",
+            version=1,
+            steps=[Task("build", build_report)],
+            schedules=[Declared("digest", cron="0 6 * * 1", input={"regions": ("eu", "us")})],
+        )
+    )
+    assert sync_declared()["created"] == 1
+
+    # when synced again with nothing changed
+    counts = sync_declared()
+
+    # then nothing changed, nothing was audited, and nothing is said on the pages
+    assert counts["changed"] == 0
+    assert AuditEvent.objects.filter(action="schedule.changed").count() == 0
+    assert schedules.declared_left_out() == []
