@@ -24,7 +24,7 @@ def declared_schedules(app_configs: Any = None, databases: Any = None, **_kwargs
     """A warning per declared schedule the sync leaves out. Without a database (``manage.py check``) only what the
     code alone says (a name declared by two workflows); with one (``migrate``, ``check --database default``) also a
     name an admin's schedule has and an input the start form refuses."""
-    from automation.schedules import LeftOut, _declarations, _refusal, declared_left_out
+    from automation.schedules import LeftOut, declared_left_out, declared_twice
 
     left: list[LeftOut] = []
     if databases:
@@ -33,10 +33,7 @@ def declared_schedules(app_configs: Any = None, databases: Any = None, **_kwargs
         except DatabaseError:
             left = []  # the table is not there yet (the first migrate): the code's own faults below
     if not left:
-        for name, found in sorted(_declarations().items()):
-            if len(found) > 1:
-                by = tuple(f"{workflow.name} v{workflow.version}" for workflow, _item in found)
-                left.append(LeftOut(name, by, "twice", _refusal(found, False)[1]))
+        left = declared_twice()
     return [
         checks.Warning(
             f"Schedule {item.name!r} declared in code ({', '.join(item.declared_by)}): {item.reason}",

@@ -504,6 +504,17 @@ def _declared_on_older_versions(latest: dict[str, Any]) -> dict[str, list[Any]]:
     return found
 
 
+def declared_twice() -> list[LeftOut]:
+    """The names declared by more than one workflow, as :func:`declared_left_out` says them: what the code alone
+    shows, without the database (``manage.py check`` without ``--database``)."""
+    left = []
+    for key, found in sorted(_declarations().items()):
+        if len(found) > 1:
+            by = tuple(f"{workflow.name} v{workflow.version}" for workflow, _item in found)
+            left.append(LeftOut(key, by, "twice", _refusal(found, False)[1]))
+    return left
+
+
 def declared_left_out(name: str | None = None) -> list[LeftOut]:
     """The schedules declared in code that are not running as declared (only the one named ``name`` when given), by
     name: what the sync leaves out (:func:`_refusal`), one declared only beside a version that is not its workflow's

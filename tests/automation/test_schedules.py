@@ -811,3 +811,14 @@ def test_a_declared_input_holding_a_tuple_is_synced_once_not_changed_at_every_sy
     assert counts["changed"] == 0
     assert AuditEvent.objects.filter(action="schedule.changed").count() == 0
     assert schedules.declared_left_out() == []
+
+
+def test_manage_py_check_without_the_database_warns_of_a_name_declared_twice(register_workflow):
+    from django.core import checks
+
+    register_workflow(report_flow(Declared("nightly", cron="0 2 * * *", input={"region": "eu"})))
+    register_workflow(other_flow(Declared("nightly", cron="0 5 * * *")))
+
+    found = [m for m in checks.run_checks() if m.id == "automation.W001"]
+
+    assert [m.msg.split("'")[1] for m in found] == ["nightly"]
