@@ -822,3 +822,34 @@ def test_manage_py_check_without_the_database_warns_of_a_name_declared_twice(reg
     found = [m for m in checks.run_checks() if m.id == "automation.W001"]
 
     assert [m.msg.split("'")[1] for m in found] == ["nightly"]
+
+
+class BrokenForm(forms.Form):
+    region = forms.CharField()
+
+    def clean(self) -> dict:
+        raise RuntimeError("the form's own bug")
+
+
+def test_a_start_form_that_raises_on_a_declared_input_stops_no_other_and_is_said(register_workflow):
+    # given a workflow whose start form raises on any input, declaring a schedule, beside another declaring a good one
+    register_workflow(
+        Workflow(
+            name="weekly_digest",
+            version=1,
+            start_form=BrokenForm,
+            steps=[Task("build", build_report)],
+            schedules=[Declared("digest", cron="0 6 * * 1", input={"region": "eu"})],
+        )
+    )
+    register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+
+    # when synced
+    sync_declared()
+
+    # then the good one is in the table, the other is not, and the list says why
+    assert Schedule.objects.filter(name="eu nightly").exists()
+    assert not Schedule.objects.filter(name="digest").exists()
+    [left] = schedules.declared_left_out()
+    assert left.name == "digest"
+    assert "the form's own bug" in left.reason
