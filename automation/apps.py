@@ -11,15 +11,18 @@ class AutomationConfig(AppConfig):
     verbose_name = "Baton automation"
 
     def ready(self) -> None:
+        from django.core import checks
         from django.db.models.signals import post_migrate
 
         from automation import schedules, webhooks
+        from automation.checks import declared_schedules
         from orchestrator.events import sweep_extension, unit_finishing
 
         unit_finishing.connect(webhooks.outbox_rows, dispatch_uid="automation-webhook-outbox")
         sweep_extension("schedules", schedules.schedules_sweep)
         sweep_extension("webhooks", webhooks.webhooks_sweep)
         post_migrate.connect(_sync_schedules, sender=self, dispatch_uid="automation-sync-schedules")
+        checks.register(declared_schedules)
 
 
 def _sync_schedules(sender: AppConfig, using: str = "default", **_kwargs: object) -> None:

@@ -8,7 +8,9 @@ idempotency key ``schedule:<id>:<fire time>``, all in one transaction (docs/arch
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
@@ -423,26 +425,173 @@ def _sync_once() -> None:
             logger.exception("declared schedules not synced; schedules already in the table fire meanwhile")
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """A schedule declared in code that is not running as declared.
+
+    ``name`` is its name; ``declared_by`` the workflows declaring it ("nightly_report v2", more than one when the
+    name is declared twice); ``kind`` one of :data:`LEFT_OUT_KINDS`; ``reason`` a sentence for the pages and the
+    checks; ``schedule_id`` the table's schedule of that name (the admin's it clashes with, or the declared one as
+    last synced), None when the table has none."""
+
+    name: str
+    declared_by: tuple[str, ...]
+    kind: str
+    reason: str
+    schedule_id: int | None = None
+
+
+# Why a declaration is left out: a name declared twice, a name an admin's schedule has, fields the checks of an
+# admin's schedule refuse (an input the start form refuses), a declaration beside a version that is not the latest,
+# or (not the declaration's fault) not synced yet.
+LEFT_OUT_KINDS = ("twice", "clash", "refused", "old_version", "not_synced")
+
+
+NOT_IN_TABLE = (
+    "Not in the schedule table yet: declared schedules are synced on migrate and by each process's first sweep (when "
+    "one has run, its log says why this one was not)."
+)
+NOT_SYNCED = (
+    "Its declaration in code is not synced yet: this schedule runs as it was last declared (migrate syncs it; when "
+    "it has run, its log says why it did not)."
+)
+
+
+def _declarations() -> dict[str, list[tuple[Any, Any]]]:
+    """Every name declared beside the latest version of a registered workflow: ``{name: [(workflow, declared
+    schedule), ...]}``, more than one pair when several workflows declare the name."""
+    found: dict[str, list[tuple[Any, Any]]] = {}
+    for workflow in registry.latest_all():
+        for item in workflow.schedules:
+            found.setdefault(item.name, []).append((workflow, item))
+    return found
+
+
+def _refusal(found: list[tuple[Any, Any]], admins: bool) -> tuple[str, str]:
+    """``(kind, reason)`` of why the declarations ``found`` of one name cannot be applied, ``("", "")`` when they
+    can: the rules an admin's schedule is saved under (one schedule per name, :func:`check`), applied to code."""
+    if len(found) > 1:
+        where = ", ".join(f"{workflow.name} v{workflow.version}" for workflow, _item in found)
+        return "twice", (
+            f"Not applied: declared {len(found)} times ({where}); only one schedule may have a name. Keep it in one."
+        )
+    if admins:
+        return "clash", (
+            "Not applied: an admin's schedule has this name. Rename one of them (the declared one in its workflow's "
+            "code, or the admin's on its page)."
+        )
+    workflow, item = found[0]
+    fields = _fields(workflow.name, item)
+    errors = check(workflow.name, item.cron, fields["interval_seconds"], item.timezone, fields["input"])
+    if errors:
+        said = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+        return "refused", f"Not applied: {said}"
+    return "", ""
+
+
+def _declared_on_older_versions(latest: dict[str, Any]) -> dict[str, list[Any]]:
+    """Names declared beside a registered version of a workflow that is not its latest, and by no latest version
+    (``latest``: :func:`_declarations`): ``{name: [workflow, ...]}``. Only the latest version's schedules are synced,
+    so such a one never runs: added to the old version's file by mistake, or dropped by the new version."""
+    found: dict[str, list[Any]] = {}
+    for workflow in registry.all_definitions():
+        newest = registry.get(workflow.name)
+        if workflow.version == newest.version:
+            continue
+        for item in workflow.schedules:
+            if item.name not in latest:
+                found.setdefault(item.name, []).append(workflow)
+    return found
+
+
+def declared_twice() -> list[LeftOut]:
+    """The names declared by more than one workflow, as :func:`declared_left_out` says them: what the code alone
+    shows, without the database (``manage.py check`` without ``--database``)."""
+    left = []
+    for key, found in sorted(_declarations().items()):
+        if len(found) > 1:
+            by = tuple(f"{workflow.name} v{workflow.version}" for workflow, _item in found)
+            left.append(LeftOut(key, by, "twice", _refusal(found, False)[1]))
+    return left
+
+
+def declared_left_out(name: str | None = None) -> list[LeftOut]:
+    """The schedules declared in code that are not running as declared (only the one named ``name`` when given), by
+    name: what the sync leaves out (:func:`_refusal`), one declared only beside a version that is not its workflow's
+    latest and never synced (one that was, then dropped by a later version, is retired: the list says so), and a
+    declaration not applied yet (migrate not run, or the sync failed on it: its log says why). Read by the schedules
+    list, a schedule's page and the system check; one query, plus what the start forms' checks of the declared
+    inputs read."""
+    declared = _declarations()
+    older = _declared_on_older_versions(declared)
+    if name is not None:
+        declared = {name: declared[name]} if name in declared else {}
+        older = {name: older[name]} if name in older else {}
+    if not (declared or older):
+        return []
+    rows = {row.name: row for row in Schedule.objects.filter(name__in=[*declared, *older])}
+    left: list[LeftOut] = []
+    for key, found in declared.items():
+        row = rows.get(key)
+        try:
+            kind, reason = _refusal(found, row is not None and row.source == ScheduleSource.ADMIN)
+        except Exception as exc:  # a start form's own clean() that raises: the sync leaves it out too
+            kind, reason = "refused", clean_text(f"Not applied: checking its input raised {type(exc).__name__}: {exc}")
+        if not kind:
+            workflow, item = found[0]
+            wanted = _fields(workflow.name, item)
+            if row is None or row.retired:
+                kind, reason = "not_synced", NOT_IN_TABLE
+            elif any(getattr(row, field) != value for field, value in wanted.items()):
+                kind, reason = "not_synced", NOT_SYNCED
+        if kind:
+            by = tuple(f"{workflow.name} v{workflow.version}" for workflow, _item in found)
+            left.append(LeftOut(key, by, kind, reason, row.pk if row is not None else None))
+    for key, workflows in older.items():
+        if key in rows:
+            continue
+        newest = ", ".join(sorted({f"{w.name} v{registry.get(w.name).version}" for w in workflows}))
+        reason = (
+            f"Not applied: only the schedules declared beside a workflow's latest version ({newest}) are synced. "
+            "Declare it there (or, if that version dropped it on purpose, remove it from the older one)."
+        )
+        by = tuple(f"{workflow.name} v{workflow.version}" for workflow in workflows)
+        left.append(LeftOut(key, by, "old_version", reason))
+    return sorted(left, key=lambda item: item.name)
+
+
 def sync_declared(now: datetime | None = None) -> dict[str, int]:
     """Make the schedule table hold the schedules declared beside the registered workflows (``Workflow(schedules=
     ...)``, latest version of each): new ones are created, changed ones updated (their next time recomputed), and
     ones no longer declared retired (disabled, history kept). An admin's pause of a declared schedule stands.
-    Returns counts. Called on ``migrate`` and by the first sweep of each process."""
+
+    A declaration that cannot be applied (:func:`_refusal`: a name declared twice, a name an admin's schedule has,
+    an input its start form refuses) is left out, logged, and said on the schedules pages (:func:`declared_left_out`)
+    and by ``manage.py check``: the table's schedule of that name stays as it is, neither changed nor retired, and
+    the other declarations are synced. Returns counts. Called on ``migrate`` and by the first sweep of each
+    process."""
     now = now or timezone.now()
-    declared: dict[str, tuple[str, Any]] = {}
-    for workflow in registry.latest_all():
-        for item in workflow.schedules:
-            declared[item.name] = (workflow.name, item)
-    counts = {"created": 0, "changed": 0, "retired": 0, "failed": 0}
+    declared = _declarations()
+    counts = {"created": 0, "changed": 0, "retired": 0, "failed": 0, "left_out": 0}
     with transaction.atomic():
         existing = {s.name: s for s in Schedule.objects.select_for_update().filter(source=ScheduleSource.CODE)}
-        for name, (workflow_name, item) in declared.items():
+        admins = set(
+            Schedule.objects.filter(source=ScheduleSource.ADMIN, name__in=list(declared)).values_list("name", flat=True)
+        )
+        for name, found in declared.items():
             try:
-                # One declared schedule the table refuses (an input changed after its check) is left out, logged;
-                # it must not keep the others, or the fires after the sync, from happening.
+                # One declared schedule that cannot be applied, or that the table refuses (an input changed after
+                # its check), is left out, logged; it must not keep the others, or the fires after the sync, from
+                # happening.
                 with transaction.atomic():
-                    outcome = _sync_one(name, workflow_name, item, existing.get(name), now)
-            except (DatabaseError, TypeError, ValueError):
+                    kind, reason = _refusal(found, name in admins)
+                    if kind:
+                        logger.warning("declared schedule %r left out: %s", name, reason)
+                        counts["left_out"] += 1
+                        continue
+                    workflow, item = found[0]
+                    outcome = _sync_one(name, workflow.name, item, existing.get(name), now)
+            except Exception:
                 logger.exception("declared schedule %r could not be synced; left out", name)
                 counts["failed"] += 1
                 continue
@@ -458,16 +607,26 @@ def sync_declared(now: datetime | None = None) -> dict[str, int]:
     return counts
 
 
-def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | None, now: datetime) -> str:
-    """Create or update the table's row of one declared schedule; returns "created", "changed" or ""."""
-    fields = {
+def _fields(workflow_name: str, item: Any) -> dict[str, Any]:
+    """The table's fields of one declared schedule (``item``, an ``orchestrator.dsl.Schedule``), its input as the
+    table gives it back (a tuple is a list in JSON: compared as declared, it differed at every sync, which saved and
+    audited it as changed each time)."""
+    data = dict(item.input)
+    with contextlib.suppress(TypeError, ValueError):  # :func:`check` says why it cannot be stored
+        data = json.loads(json.dumps(data, ensure_ascii=False, allow_nan=False))
+    return {
         "workflow_name": workflow_name,
-        "input": dict(item.input),
+        "input": data,
         "cron": item.cron,
         "interval_seconds": int(item.every.total_seconds()) if item.every else None,
         "timezone": item.timezone,
         "missed": item.missed,
     }
+
+
+def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | None, now: datetime) -> str:
+    """Create or update the table's row of one declared schedule; returns "created", "changed" or ""."""
+    fields = _fields(workflow_name, item)
     if schedule is None:
         if Schedule.objects.filter(name=name).exists():
             logger.error("schedule %r is declared in code but an admin's schedule has that name", name)

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from automation import schedules, selectors, webhooks
 from automation.forms import RollSecretForm, ScheduleForm, WebhookEditForm, WebhookForm
 from automation.models import WEBHOOK_EVENTS, Schedule, ScheduleSource, WebhookSubscription
+from orchestrator import registry
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
 from orchestrator.forms import add_field_errors
@@ -37,10 +38,14 @@ def managers_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
 
 @managers_only
 def schedule_list(request: HttpRequest) -> HttpResponse:
-    """Every schedule with its next run."""
-    return render(
-        request, "automation/schedule_list.html", {"schedules": selectors.schedule_list(), "active_nav": "automation"}
-    )
+    """Every schedule with its next run, and the schedules declared in code that do not run (the sync left them
+    out: a name an admin's schedule has, a name declared twice, an input the start form refuses)."""
+    context = {
+        "schedules": selectors.schedule_list(),
+        "left_out": schedules.declared_left_out(),
+        "active_nav": "automation",
+    }
+    return render(request, "automation/schedule_list.html", context)
 
 
 def _typed_into(schedule: Schedule, data: dict[str, Any], user: Any) -> Schedule:
@@ -126,6 +131,7 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
     """A schedule: its recurrence, its next five runs and its recent fires."""
     schedule = get_object_or_404(Schedule.objects.select_related("owner"), pk=schedule_id)
     upcoming = schedules.upcoming(schedule, 5) if schedule.enabled else []
+    left_out = schedules.declared_left_out(schedule.name)
     context = {
         "schedule": schedule,
         "upcoming": upcoming,
@@ -134,6 +140,10 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
         "owner_told": schedule.owner is not None and selectors.may_manage(schedule.owner),
         "problem": schedules.recurrence_problem(schedule),
         "fires": selectors.recent_fires(schedule),
+        # A declaration of this name the sync left out: the admin's schedule it clashes with, or this declared one's
+        # new declaration (this one runs as last declared).
+        "left_out": left_out,
+        "retired_why": _retired_why(schedule, left_out),
         "active_nav": "automation",
     }
     return render(request, "automation/schedule_detail.html", context)
@@ -309,3 +319,22 @@ def webhook_toggle(request: HttpRequest, webhook_id: int) -> HttpResponse:
     )
     messages.success(request, f"Webhook {subscription.name} {'resumed' if active else 'paused'}.")
     return redirect("automation:webhook_detail", subscription.pk)
+
+
+def _retired_why(schedule: Schedule, left_out: list[schedules.LeftOut]) -> str:
+    """Why a retired schedule is no longer declared, as this process's registry sees it ("" when not retired): its
+    workflow no longer declares it, its workflow is not registered, or it is declared (the sync that retired it ran
+    where its workflow was not registered; the next one brings it back)."""
+    if not schedule.retired:
+        return ""
+    if any(item.kind == "not_synced" for item in left_out):
+        return (
+            "the last sync did not find it (its workflow was not registered where the sync ran), but it is declared "
+            "here: the next migrate, or a process's first sweep, brings it back."
+        )
+    if registry.all_versions(schedule.workflow_name):
+        return f"{schedule.workflow_name} no longer declares it in its latest version."
+    return (
+        f"its workflow {schedule.workflow_name} is not registered in this deployment (its module or package is "
+        "missing)."
+    )

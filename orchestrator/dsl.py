@@ -352,7 +352,10 @@ class Schedule:
     a minute). ``input`` is the start input of every run. ``missed`` says what happens to runs missed while Baton
     was down: ``catch_up_once`` starts one run for them (the latest missed time), ``skip`` starts none. The
     ``automation`` app keeps these in its schedule table, synced on ``migrate`` and by the first sweep of a
-    process (docs/architecture.md, "Scheduled starts").
+    process (docs/architecture.md, "Scheduled starts"). What is wrong in the declaration itself raises
+    ``DefinitionError`` here (or in ``Workflow``: a name used twice in one workflow); one that conflicts with
+    something else (a name an admin's schedule or another workflow has, an input the start form refuses) is left
+    out by the sync, listed on the schedules page and warned of by ``manage.py check``.
     """
 
     name: str
@@ -419,6 +422,10 @@ class Workflow:
         if self.criticality not in ("low", "medium", "high", "critical"):
             raise DefinitionError("criticality must be low, medium, high or critical")
         self._index(self.steps, None)
+        names = [schedule.name for schedule in self.schedules]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            # Only one of them could be in the schedule table: which one ran was the last in the list, unsaid.
+            raise DefinitionError(f"{self.name}: schedule name {name!r} is used twice")
         for node in self.nodes.values():
             targets: list[str | None] = [node.next]
             if isinstance(node, Decision):

@@ -593,3 +593,263 @@ class TestAChangeThatKeepsTheRecurrenceKeepsTheRunsDue:
         fire_row = ScheduleFire.objects.get(schedule__name="eu nightly")
         assert (fire_row.outcome, fire_row.fire_time) == (FireOutcome.STARTED, datetime(2026, 11, 30, 2, 0, tzinfo=UTC))
         assert fire_row.instance.data["region"] == "us"
+
+
+def other_flow(*schedules: Declared) -> Workflow:
+    return Workflow(name="weekly_digest", version=1, steps=[Task("build", build_report)], schedules=list(schedules))
+
+
+class TestADeclaredScheduleThatCannotTakeEffect:
+    """A schedule declared in code that the sync could not apply was only logged (a name an admin's schedule had) or
+    applied by chance (the last of two declarations of one name won), or applied and then failed at every fire
+    (an input its start form refuses): the author believed it ran. Each is now left out of the sync, the others
+    synced, and said on the schedules list and the schedule's page (and by ``manage.py check``, on ``migrate``)."""
+
+    def test_a_name_an_admins_schedule_has_is_left_out_and_said(self, register_workflow):
+        # given an admin's schedule, and a workflow declaring one of that name beside a good one
+        register_workflow(report_flow())
+        admins = hourly("eu nightly")
+        register_workflow(
+            report_flow(
+                Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"}),
+                Declared("us nightly", cron="0 7 * * *", input={"region": "us"}),
+                version=2,
+            )
+        )
+
+        # when synced
+        counts = sync_declared()
+
+        # then the good one is in the table, the admin's is as it was, and the clash is said
+        assert Schedule.objects.filter(name="us nightly", source=ScheduleSource.CODE).exists()
+        admins_now = Schedule.objects.get(name="eu nightly")
+        assert (admins_now.pk, admins_now.source, admins_now.cron) == (admins.pk, ScheduleSource.ADMIN, admins.cron)
+        assert counts["left_out"] == 1
+        [left] = schedules.declared_left_out()
+        assert left.name == "eu nightly"
+        assert left.schedule_id == admins.pk
+        assert "nightly_report" in left.declared_by[0]
+        assert "an admin's schedule has this name" in left.reason
+
+    def test_a_name_declared_twice_is_applied_to_neither_and_said(self, register_workflow):
+        # given a name declared by two workflows (which one runs was the one registered last, silently)
+        register_workflow(report_flow(Declared("nightly", cron="0 2 * * *", input={"region": "eu"})))
+        register_workflow(other_flow(Declared("nightly", cron="0 5 * * *"), Declared("digest", cron="0 6 * * 1")))
+
+        # when synced
+        counts = sync_declared()
+
+        # then neither is in the table, the other one is, and the clash names both workflows
+        assert not Schedule.objects.filter(name="nightly").exists()
+        assert Schedule.objects.filter(name="digest").exists()
+        assert counts["left_out"] == 1
+        [left] = schedules.declared_left_out()
+        assert (left.name, left.schedule_id) == ("nightly", None)
+        assert len(left.declared_by) == 2
+        assert "declared 2 times" in left.reason
+
+    def test_a_name_declared_twice_keeps_the_schedule_synced_before_as_it_was(self, register_workflow):
+        # given a declared schedule in the table, then a second workflow declaring its name too
+        register_workflow(report_flow(Declared("nightly", cron="0 2 * * *", input={"region": "eu"})))
+        sync_declared()
+        before = Schedule.objects.get(name="nightly")
+        register_workflow(other_flow(Declared("nightly", cron="0 5 * * *")))
+
+        # when synced again
+        sync_declared()
+
+        # then it is neither changed to the other's nor retired
+        after = Schedule.objects.get(name="nightly")
+        assert (after.cron, after.workflow_name, after.enabled, after.retired) == (
+            before.cron,
+            "nightly_report",
+            True,
+            False,
+        )
+
+    def test_an_input_its_start_form_refuses_is_left_out_and_said(self, register_workflow):
+        # given a declared schedule whose input its workflow's start form refuses (no such region)
+        register_workflow(report_flow(Declared("mars nightly", cron="0 2 * * *", input={"region": "mars"})))
+
+        # when synced
+        counts = sync_declared()
+
+        # then it is not in the table (it would fail at every fire) and the form's reason is said
+        assert not Schedule.objects.filter(name="mars nightly").exists()
+        assert counts["left_out"] == 1
+        [left] = schedules.declared_left_out()
+        assert "region" in left.reason
+        assert "mars" in left.reason
+
+    def test_a_declared_change_its_start_form_refuses_keeps_the_last_good_one_and_says_so(self, register_workflow):
+        # given a declared schedule synced with a good input, then a new version declaring an input the form refuses
+        register_workflow(report_flow(Declared("nightly", cron="0 2 * * *", input={"region": "eu"})))
+        sync_declared()
+        register_workflow(report_flow(Declared("nightly", cron="0 2 * * *", input={"region": "mars"}), version=2))
+
+        # when synced
+        sync_declared()
+
+        # then the table keeps what it had, and says the declaration is not applied
+        schedule = Schedule.objects.get(name="nightly")
+        assert schedule.input == {"region": "eu"}
+        [left] = schedules.declared_left_out()
+        assert left.schedule_id == schedule.pk
+        assert "nightly_report v2" in left.declared_by[0]
+
+    def test_a_valid_declaration_not_in_the_table_yet_is_said(self, register_workflow):
+        # given a declared schedule the sync has not reached (migrate not run, or the sync failed)
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+
+        # then it is said, until a sync puts it in the table
+        [left] = schedules.declared_left_out()
+        assert (left.kind, left.schedule_id) == ("not_synced", None)
+        sync_declared()
+        assert schedules.declared_left_out() == []
+
+    def test_a_schedule_declared_only_on_an_older_version_is_said(self, register_workflow):
+        # given a schedule added to version 1 while version 2 (declaring none) is the latest: only the latest's sync
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+        register_workflow(report_flow(version=2))
+
+        # when synced
+        sync_declared()
+
+        # then it is not in the table, and it is said, naming the version whose schedules count
+        assert not Schedule.objects.filter(name="eu nightly").exists()
+        [left] = schedules.declared_left_out()
+        assert (left.name, left.kind, left.declared_by) == ("eu nightly", "old_version", ("nightly_report v1",))
+        assert "v2" in left.reason
+
+    def test_a_schedule_a_later_version_dropped_after_it_ran_is_retired_not_said(self, register_workflow):
+        # given a schedule synced from version 1, dropped by version 2
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+        sync_declared()
+        register_workflow(report_flow(version=2))
+
+        # when synced
+        sync_declared()
+
+        # then it is retired (on the list as such), not said as a declaration left out
+        assert Schedule.objects.get(name="eu nightly").retired
+        assert schedules.declared_left_out() == []
+
+    def test_the_same_name_twice_in_one_workflow_is_a_definition_error(self):
+        with pytest.raises(DefinitionError, match="used twice"):
+            report_flow(Declared("nightly", cron="0 2 * * *"), Declared("nightly", cron="0 3 * * *"))
+
+    def test_manage_py_check_warns_of_each_without_stopping(self, register_workflow):
+        from django.core import checks
+
+        # given a clash with an admin's schedule and a name declared twice
+        register_workflow(report_flow())
+        hourly("eu nightly")
+        register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"}), version=2))
+        register_workflow(other_flow(Declared("eu nightly", cron="0 5 * * *"), Declared("dup", cron="0 5 * * *")))
+        register_workflow(
+            Workflow(
+                name="third", version=1, steps=[Task("b", build_report)], schedules=[Declared("dup", cron="0 1 * * *")]
+            )
+        )
+
+        # when the checks run as migrate runs them (with the database)
+        found = checks.run_checks(databases=["default"])
+
+        # then each is a warning (migrate goes on, the other schedules synced), naming the schedule
+        ours = [m for m in found if m.id and m.id.startswith("automation.")]
+        assert {m.level for m in ours} == {checks.WARNING}
+        assert sorted(m.msg.split("'")[1] for m in ours) == ["dup", "eu nightly"]
+
+
+def test_migrate_with_a_declaration_that_cannot_run_warns_and_syncs_the_others(register_workflow):
+    """``migrate`` runs the system checks first: the warning is printed and the migration and the sync go on (an
+    error there would stop the deploy, and every other declared schedule with it)."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    # given an admin's schedule, and a workflow declaring one of its name beside a good one
+    register_workflow(report_flow())
+    hourly("eu nightly")
+    register_workflow(
+        report_flow(
+            Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"}),
+            Declared("us nightly", cron="0 7 * * *", input={"region": "us"}),
+            version=2,
+        )
+    )
+    err = StringIO()
+
+    # when migrate runs
+    call_command("migrate", verbosity=0, skip_checks=False, stdout=StringIO(), stderr=err)
+
+    # then it warned of the clash and synced the good one
+    assert "automation.W002" in err.getvalue()
+    assert "'eu nightly'" in err.getvalue()
+    assert Schedule.objects.filter(name="us nightly", source=ScheduleSource.CODE).exists()
+    assert Schedule.objects.get(name="eu nightly").source == ScheduleSource.ADMIN
+
+
+def test_a_declared_input_holding_a_tuple_is_synced_once_not_changed_at_every_sync(register_workflow):
+    """JSON has no tuple: the table gives a list back, which never equalled the declared tuple, so every migrate (and
+    every process's first sweep) saved and audited the schedule as changed, and its page said it was not synced."""
+    # given a declared input holding a tuple, synced once
+    register_workflow(
+        Workflow(
+            name="weekly_digest",
+            version=1,
+            steps=[Task("build", build_report)],
+            schedules=[Declared("digest", cron="0 6 * * 1", input={"regions": ("eu", "us")})],
+        )
+    )
+    assert sync_declared()["created"] == 1
+
+    # when synced again with nothing changed
+    counts = sync_declared()
+
+    # then nothing changed, nothing was audited, and nothing is said on the pages
+    assert counts["changed"] == 0
+    assert AuditEvent.objects.filter(action="schedule.changed").count() == 0
+    assert schedules.declared_left_out() == []
+
+
+def test_manage_py_check_without_the_database_warns_of_a_name_declared_twice(register_workflow):
+    from django.core import checks
+
+    register_workflow(report_flow(Declared("nightly", cron="0 2 * * *", input={"region": "eu"})))
+    register_workflow(other_flow(Declared("nightly", cron="0 5 * * *")))
+
+    found = [m for m in checks.run_checks() if m.id == "automation.W001"]
+
+    assert [m.msg.split("'")[1] for m in found] == ["nightly"]
+
+
+class BrokenForm(forms.Form):
+    region = forms.CharField()
+
+    def clean(self) -> dict:
+        raise RuntimeError("the form's own bug")
+
+
+def test_a_start_form_that_raises_on_a_declared_input_stops_no_other_and_is_said(register_workflow):
+    # given a workflow whose start form raises on any input, declaring a schedule, beside another declaring a good one
+    register_workflow(
+        Workflow(
+            name="weekly_digest",
+            version=1,
+            start_form=BrokenForm,
+            steps=[Task("build", build_report)],
+            schedules=[Declared("digest", cron="0 6 * * 1", input={"region": "eu"})],
+        )
+    )
+    register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+
+    # when synced
+    sync_declared()
+
+    # then the good one is in the table, the other is not, and the list says why
+    assert Schedule.objects.filter(name="eu nightly").exists()
+    assert not Schedule.objects.filter(name="digest").exists()
+    [left] = schedules.declared_left_out()
+    assert left.name == "digest"
+    assert "the form's own bug" in left.reason

@@ -673,3 +673,99 @@ def test_the_page_of_a_schedule_whose_owner_is_an_admin_says_the_owner_is_told(a
     page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
 
     assert "(told if it cannot start)" in page
+
+
+class TestDeclaredSchedulesLeftOut:
+    """A schedule declared in code that the sync leaves out is on the list and on the page of the schedule holding
+    its name: it was only logged, and its author believed it ran."""
+
+    @pytest.fixture
+    def clash(self, register_workflow):
+        from orchestrator import registry
+        from orchestrator.dsl import Schedule as Declared
+        from orchestrator.dsl import Workflow
+
+        expense = registry.get("expense_approval")
+        admins = make_schedule("Weekday expenses")
+        register_workflow(
+            Workflow(
+                name="expense_approval",
+                version=expense.version + 1,
+                steps=expense.steps,
+                start_form=expense.start_form,
+                schedules=[Declared("Weekday expenses", cron="0 8 * * 1-5", input={"employee": "Sam"})],
+            )
+        )
+        return admins
+
+    def test_the_list_names_it_and_why(self, admin_client, clash):
+        page = admin_client.get("/automation/").content.decode()
+
+        assert "Declared in code, not running" in page
+        assert escape("an admin's schedule has this name") in page
+        assert f'href="/automation/schedules/{clash.pk}/"' in page
+
+    def test_the_page_of_the_admins_schedule_says_the_declared_one_is_not_running(self, admin_client, clash):
+        page = admin_client.get(f"/automation/schedules/{clash.pk}/").content.decode()
+
+        assert "Declared in code, not running" in page
+        assert "expense_approval v" in page
+
+    def test_a_list_with_none_left_out_says_nothing_of_it(self, admin_client):
+        make_schedule()
+
+        assert "not running" not in admin_client.get("/automation/").content.decode()
+
+
+@pytest.mark.parametrize(
+    ("workflow", "says"),
+    [("expense_approval", "expense_approval no longer declares it"), ("gone_flow", "gone_flow is not registered")],
+)
+def test_the_page_of_a_retired_schedule_says_why_it_does_not_run(admin_client, workflow, says):
+    """A declared schedule retires when the sync no longer finds it: its workflow no longer declares it, or the
+    workflow is not registered where migrate ran (a package not installed there). The page showed a badge only."""
+    schedule = make_schedule(source="code", retired=True, enabled=False, next_fire_at=None, workflow_name=workflow)
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "Retired: no longer declared in code" in page
+    assert says in page
+
+
+def test_the_page_of_a_retired_schedule_declared_here_says_the_next_sync_brings_it_back(
+    admin_client, register_workflow
+):
+    """Migrate ran where its workflow's package was missing, so the sync retired it; this process declares it."""
+    from orchestrator import registry
+    from orchestrator.dsl import Schedule as Declared
+    from orchestrator.dsl import Workflow
+
+    expense = registry.get("expense_approval")
+    register_workflow(
+        Workflow(
+            name="expense_approval",
+            version=expense.version + 1,
+            steps=expense.steps,
+            schedules=[Declared("Weekday expenses", cron="0 9 * * 1-5", timezone="Europe/Paris")],
+        )
+    )
+    schedule = make_schedule(source="code", retired=True, enabled=False, next_fire_at=None, input={})
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    assert "not registered where the sync ran" in page
+    assert "no longer declares it" not in page
+
+
+def test_the_next_runs_of_a_utc_schedule_are_said_once_each(admin_client):
+    """Each next run was printed twice for an admin reading in UTC ("09:00 UTC (UTC)" and "09:00 UTC" again)."""
+    from automation.schedules import upcoming
+
+    schedule = make_schedule(timezone="UTC")
+
+    page = admin_client.get(f"/automation/schedules/{schedule.pk}/").content.decode()
+
+    times = [when.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M UTC") for when in upcoming(schedule)]
+    assert times
+    assert [page.count(text) for text in times] == [1] * len(times)
+    assert "(UTC)" not in page

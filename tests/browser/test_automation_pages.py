@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 
 from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
 from orchestrator.services.instances import instance_start
+from tests.browser.declaring import LONG_NAME, LONG_WORD, LONG_WORKFLOW, DeclaringDaphne
 from tests.browser.live import DESKTOP, BrowserTestCase, orm
 from tests.browser.test_narrow_pages import sideways
 
@@ -143,3 +144,92 @@ class AutomationPageTests(BrowserTestCase):
                 page.goto(pages["automation-webhook-roll"])
                 expect(page.get_by_label("In 24 hours")).to_be_checked()
                 page.context.close()
+
+
+def build_odd() -> dict[str, int]:
+    """Schedules whose every field is as long as it may be, with no space to break at: a name of 100 characters, a
+    long workflow name, cron and zone, an input holding a long address, failed fires with long errors; a retired
+    one; and an admin's schedule that a declared one clashes with."""
+    now = timezone.now()
+    odd = Schedule.objects.create(
+        name=LONG_NAME[:100],
+        workflow_name=LONG_WORKFLOW,
+        input={"callback": LONG_WORD, "regions": ["eu-west-1", "eu-central-1"] * 10, "nested": {"a": {"b": LONG_WORD}}},
+        cron="0,5,10,15,20,25,30,35,40,45,50,55 8-18 1-31 1-12 1-5",
+        timezone="America/Argentina/ComodRivadavia",
+        anchor=now - timedelta(days=3),
+        next_fire_at=now - timedelta(hours=3),
+        last_fire_at=now - timedelta(hours=4),
+    )
+    for hours in range(1, 4):
+        ScheduleFire.objects.create(
+            schedule=odd,
+            fire_time=now - timedelta(hours=3 + hours),
+            fired_at=now,
+            outcome="failed",
+            error=f"UnknownWorkflow: {LONG_WORKFLOW}@v7 " + LONG_WORD * 4,
+            covers=hours,
+        )
+    Schedule.objects.create(
+        name="Retired " + LONG_NAME[:80],
+        workflow_name=LONG_WORKFLOW,
+        interval_seconds=86400 * 7 + 60,
+        anchor=now,
+        source="code",
+        retired=True,
+        enabled=False,
+    )
+    clash = Schedule.objects.create(
+        name="Weekday expenses",
+        workflow_name="expense_approval",
+        cron="0 9 * * 1-5",
+        anchor=now,
+        next_fire_at=now + timedelta(hours=1),
+    )
+    return {"odd": odd.pk, "clash": clash.pk}
+
+
+class AutomationPagesWithOddDataTests(BrowserTestCase):
+    ProtocolServerProcess = DeclaringDaphne
+
+    def test_long_names_errors_and_declarations_not_running_fit_at_1280_and_375_px(self):
+        """Nothing scrolls sideways or spills out of its card, whatever the length of a name, an input, an error or
+        the reason a declared schedule does not run."""
+        ids = orm(build_odd)
+        target = Path(os.environ.get("BATON_SCREENSHOTS_ODD") or self.tmp_path)
+        target.mkdir(parents=True, exist_ok=True)
+        pages = {
+            "schedules": "/automation/",
+            "schedule-odd": f"/automation/schedules/{ids['odd']}/",
+            "schedule-clash": f"/automation/schedules/{ids['clash']}/",
+        }
+        faults: list[str] = []
+        with self.chromium() as browser:
+            for size, viewport in (("1280", DESKTOP), ("375", SMALL_PHONE)):
+                page = self.signed_in_page(browser, "admin", viewport)
+                for name, path in pages.items():
+                    page.goto(path)
+                    expect(page.locator("h1")).to_be_visible()
+                    page.screenshot(path=str(target / f"{name}-{size}.png"), full_page=True)
+                    if sideways(page):
+                        faults.append(f"{path} scrolls sideways at {size} px")
+                    width = page.evaluate("document.documentElement.scrollWidth")
+                    if width > viewport["width"]:
+                        faults.append(f"{path} is {width} px wide at {size} px")
+                    spilled = page.evaluate(SPILLED)
+                    if spilled:
+                        faults.append(f"{path} at {size} px spills: {spilled}")
+                page.goto(pages["schedules"])
+                expect(page.get_by_role("heading", name="Declared in code, not running")).to_be_visible()
+                page.context.close()
+        assert faults == [], "\n".join(faults)
+
+
+# Elements of the main content wider than the box they sit in (text running out of a card or a table cell).
+SPILLED = """
+[...document.querySelectorAll('main *')].filter(e => {
+  const p = e.parentElement; if (!p || e.closest('.table-responsive') && e.tagName === 'TABLE') return false;
+  const r = e.getBoundingClientRect(), q = p.getBoundingClientRect();
+  return r.width > 0 && q.width > 0 && r.right > q.right + 1 && getComputedStyle(p).overflowX === 'visible';
+}).slice(0, 5).map(e => e.tagName + '.' + e.className + ': ' + (e.textContent || '').slice(0, 40))
+"""
