@@ -260,7 +260,7 @@ def schedules_sweep(now: datetime, report: Any = None) -> dict[str, int]:
     work). Returns ``{"started": n, "skipped": m, "failed": k}``."""
     _sync_once()
     due = list(
-        Schedule.objects.filter(enabled=True, next_fire_at__lte=now)
+        Schedule.objects.filter(enabled=True, retired=False, next_fire_at__lte=now)
         .order_by("next_fire_at")
         .values_list("pk", flat=True)[: settings.BATON_SWEEP_BATCH]
     )
@@ -563,7 +563,11 @@ def declared_left_out(name: str | None = None) -> list[LeftOut]:
 def sync_declared(now: datetime | None = None) -> dict[str, int]:
     """Make the schedule table hold the schedules declared beside the registered workflows (``Workflow(schedules=
     ...)``, latest version of each): new ones are created, changed ones updated (their next time recomputed), and
-    ones no longer declared retired (disabled, history kept). An admin's pause of a declared schedule stands.
+    ones no longer declared retired (never fired, history kept). An admin's pause of a declared schedule stands,
+    across a retirement too: retiring leaves ``enabled`` as the admin set it, so one declared again comes back
+    paused if it was paused (a sync in a process missing the workflow's package retires it, the next one brings it
+    back). Rows retired before this rule were disabled by the retirement: they come back paused, for an admin to
+    resume.
 
     A declaration that cannot be applied (:func:`_refusal`: a name declared twice, a name an admin's schedule has,
     an input its start form refuses) is left out, logged, and said on the schedules pages (:func:`declared_left_out`)
@@ -599,8 +603,8 @@ def sync_declared(now: datetime | None = None) -> dict[str, int]:
                 counts[outcome] += 1
         for name, schedule in existing.items():
             if name not in declared and not schedule.retired:
-                schedule.retired, schedule.enabled, schedule.next_fire_at = True, False, None
-                schedule.save(update_fields=["retired", "enabled", "next_fire_at", "updated_at"])
+                schedule.retired, schedule.next_fire_at = True, None
+                schedule.save(update_fields=["retired", "next_fire_at", "updated_at"])
                 _audit(SCHEDULER, "schedule.retired", schedule, reason="no longer declared in code", now=now)
                 counts["retired"] += 1
     _synced["done"] = True
@@ -644,8 +648,7 @@ def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | Non
     before = None if schedule.retired else copy.copy(schedule)
     for key, value in fields.items():
         setattr(schedule, key, value)
-    if schedule.retired:
-        schedule.retired, schedule.enabled = False, True
+    schedule.retired = False  # enabled stays as it was: an admin's pause outlives a retirement
     schedule.next_fire_at = _next_kept(schedule, before, now)
     schedule.save()
     _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)

@@ -372,7 +372,42 @@ def test_schedules_declared_beside_a_workflow_are_synced(register_workflow):
     register_workflow(report_flow(version=3))
     assert sync_declared()["retired"] == 1
     retired = Schedule.objects.get(name="eu nightly")
-    assert (retired.enabled, retired.retired, retired.next_fire_at) == (False, True, None)
+    assert (retired.retired, retired.next_fire_at) == (True, None)
+
+
+def test_an_admins_pause_of_a_declared_schedule_outlives_its_retirement(register_workflow):
+    """A sync in a process missing the workflow's package retires its schedules; the next sync brings them back.
+    A retirement disabled the row and a declaration again enabled it: a schedule an admin had paused (a report
+    going to a customer who left) started firing again, against the documented rule that an admin's pause stands."""
+    # given two declared schedules, one paused by an admin
+    register_workflow(
+        report_flow(
+            Declared("paused one", cron="0 2 * * *", input={"region": "eu"}),
+            Declared("running one", cron="0 3 * * *", input={"region": "eu"}),
+        )
+    )
+    sync_declared()
+    paused = Schedule.objects.get(name="paused one")
+    schedules.schedule_toggle(paused.pk, enabled=False, actor=ADMIN)
+
+    # when both are retired, then declared again
+    register_workflow(report_flow(version=2))
+    assert sync_declared()["retired"] == 2
+    assert not Schedule.objects.filter(next_fire_at__isnull=False).exists()
+    register_workflow(
+        report_flow(
+            Declared("paused one", cron="0 2 * * *", input={"region": "eu"}),
+            Declared("running one", cron="0 3 * * *", input={"region": "eu"}),
+            version=3,
+        )
+    )
+    sync_declared()
+
+    # then the paused one is still paused, the other fires again
+    paused, running = Schedule.objects.get(name="paused one"), Schedule.objects.get(name="running one")
+    assert (paused.retired, paused.enabled, paused.next_fire_at) == (False, False, None)
+    assert (running.retired, running.enabled) == (False, True)
+    assert running.next_fire_at is not None
 
 
 def test_a_declared_schedule_is_checked_when_built():
