@@ -32,6 +32,7 @@ from orchestrator.models import (
 from orchestrator.ports import human_tasks
 from orchestrator.services.compensation import (
     RESULT_LOST,
+    compensation_mark_done,
     compensation_next,
     compensation_resume,
     compensation_start,
@@ -415,13 +416,10 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return StepResult.FENCED
         unit = Unit(instance, WORKER)
-        workflow = definition_or_none(instance)
-        if workflow is None:
-            # The definition went away while the step ran: nothing can follow it.
-            record_failure(unit, step, None, "UnknownWorkflow", definition_unavailable(instance), True)
-            unit.finish()
-            return StepResult.FAILED
-        node = workflow.node(step.name)
+        usable = _usable_definition(instance, step)
+        if isinstance(usable, str):
+            return _record_undefined(unit, step, outcome, usable)
+        workflow, node = usable
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
             fields = ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"]
@@ -457,6 +455,70 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
         settle(unit)
         unit.finish()
         return StepResult.SUCCEEDED if outcome.ok else StepResult.FAILED
+
+
+def _usable_definition(instance: WorkflowInstance, step: StepRun) -> tuple[Workflow, Node] | str:
+    """The instance's definition and ``step``'s node in it, or why they cannot be used: the definition is not
+    registered (:func:`definition_unavailable`), or has no node of the step's name or one of another kind
+    (:func:`step_node`). Raises nothing of its own."""
+    workflow = definition_or_none(instance)
+    if workflow is None:
+        return definition_unavailable(instance)
+    try:
+        return workflow, step_node(workflow, step)
+    except DefinitionError as exc:
+        return str(exc)
+
+
+# In the result of a succeeded step: its success was recorded while its definition could not be used, so what
+# follows it was not entered; an operator's retry enters it (:func:`step_follow`).
+NOT_FOLLOWED = "not_followed"
+
+
+def _record_undefined(unit: Unit, step: StepRun, outcome: Outcome, problem: str) -> StepResult:
+    """Record ``outcome`` of a running ``step`` whose definition cannot be used now (``problem``: it went away, or
+    was deployed again with another shape, while the handler ran). What happened goes on the record: a success as a
+    success (result kept, audited, joining the data; a compensation marks its original undone), a failure as a
+    failure with the handler's own error (dead: its retry policy and on_failure cannot be read). Nothing follows
+    it: the instance fails naming the step and ``problem``, and an operator's retry, once the definition is deployed
+    again, goes on from there without running a succeeded step again (a forward step keeps ``NOT_FOLLOWED``; a
+    compensation goes on undoing). Before, a success was recorded as an UnknownWorkflow failure, or, with the node
+    gone, as dead with its result lost, or followed through the other shape. Called inside ``_record``'s
+    transaction; raises ``Fenced`` and what the database raises."""
+    instance = unit.instance
+    if outcome.ok:
+        step.succeed(outcome.result, unit.now)
+        if step.kind != StepKind.COMPENSATION and not saga_begun(instance):  # else the compensation takes it up
+            step.result = {**outcome.result, NOT_FOLLOWED: True}
+        step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+        unit.audit(
+            "step",
+            step.pk,
+            StepState.RUNNING,
+            step.state,
+            reason=problem,
+            payload={"attempt": step.attempt, "result": outcome.result},
+            action=AuditAction.STEP_SUCCEEDED,
+        )
+        if step.kind == StepKind.COMPENSATION:
+            assert step.compensates is not None
+            compensation_mark_done(unit, None, step.compensates)
+        else:
+            instance.data.update(outcome.result)
+    else:
+        error = f"{outcome.error}\n\n({problem}: its retry policy and on_failure cannot be read)"
+        _step_die(
+            unit,
+            step,
+            clean_text(outcome.error_type, 200),
+            clean_text(error),
+            permanent=True,
+            returned=outcome.returned,
+        )
+    verb = "succeeded" if outcome.ok else "failed"
+    instance_fail(unit, f"{step.name} {verb}, but {problem}", allowed=(*LIVE_STATES, InstanceState.COMPENSATING))
+    unit.finish()
+    return StepResult.SUCCEEDED if outcome.ok else StepResult.FAILED
 
 
 def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -> StepResult:
@@ -639,6 +701,17 @@ def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> No
     rows.update(step, ["state", "due_at", "dispatched_at", "max_attempts"])
     unit.audit("step", step.pk, from_state, step.state, reason=reason, action=AuditAction.STEP_SCHEDULED)
     unit.dispatch(step)
+
+
+def step_follow(unit: Unit, workflow: Workflow, step: StepRun) -> None:
+    """An operator's retry of an instance whose ``step`` succeeded while its definition could not be used
+    (``NOT_FOLLOWED`` in its result, :func:`_record_undefined`): what follows the step is entered now, and the step
+    does not run again (its effect happened). Raises ``DefinitionError`` when the definition still has no node of
+    the step's kind there (:func:`step_node`), and whatever entering the next node raises (``flow.enter_node``)."""
+    step_node(workflow, step)
+    step.result = {k: v for k, v in step.result.items() if k != NOT_FOLLOWED}
+    rows.update(step, ["result"])
+    advance(unit, workflow, step)
 
 
 def step_skip(
