@@ -150,7 +150,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
     if not _claimable(instance, step, now):
         return None
     try:
-        node = definition_of(instance).node(step.name)
+        node = step_node(definition_of(instance), step)
     except Exception:
         return _claim(step_id, now)  # the locked claim records why the step cannot run
     read_seq = instance.audit_seq
@@ -220,8 +220,7 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
         if not _claimable(instance, step, now):
             return None
         try:
-            workflow = definition_of(instance)
-            node = workflow.node(step.name)
+            node = step_node(definition_of(instance), step)
         except Exception as exc:  # the code of this version is gone or broken: fail loudly, not silently
             unit = Unit(instance, WORKER, now=now)
             from_state = step.state

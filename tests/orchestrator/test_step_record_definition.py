@@ -285,3 +285,25 @@ def test_a_compensation_that_succeeded_after_the_definition_went_away_is_recorde
     assert instance.state == InstanceState.COMPENSATED
     assert calls == {"pay": 1, "refund": 1}
 
+
+@pytest.mark.parametrize(("reshaped", "problem"), RESHAPED[1:])
+def test_a_step_claimed_at_a_node_of_another_kind_fails_at_its_claim_without_running(reshaped, problem):
+    """Given pay due; when the same version is deployed again with pay as a wait or a timer; then the claim fails
+    the step naming the shape problem and the handler never runs (before, the claim handed the wait to the worker,
+    whose handler call failed an assertion out of the task, the step left running until its lease expired)."""
+    # given
+    registry.register(flow())
+    instance = instance_start(NAME, {})
+    replaced_by(reshaped)()
+
+    # when
+    answer = step_execute(pay_step(instance).pk)
+
+    # then
+    instance.refresh_from_db()
+    step = pay_step(instance)
+    assert answer == StepResult.NOT_RUNNABLE
+    assert calls == {}
+    assert (step.state, step.error_type) == (StepState.DEAD, "DefinitionError")
+    assert problem in step.error
+    assert instance.state == InstanceState.FAILED
