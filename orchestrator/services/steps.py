@@ -407,10 +407,11 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
             return StepResult.GONE
         instance, step = locked
         if step.state != StepState.RUNNING or step.attempt != attempt:
-            # Skipped while its worker ran it, by a compensation's start or a cancel (which skips running steps
-            # too): the success reported now happened, so it goes on the record rather than being dropped.
+            # Skipped while its worker ran it, by a compensation's start, a cancel or a rejection that ends the
+            # instance (both skip running steps too): the success reported now happened, so it goes on the record
+            # rather than being dropped.
             skipped_running = step.state == StepState.SKIPPED and step.attempt == attempt
-            if outcome.ok and skipped_running and (saga_begun(instance) or instance.state == InstanceState.CANCELLED):
+            if outcome.ok and skipped_running:
                 return _late_success(instance, step, outcome)
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return StepResult.FENCED
@@ -521,13 +522,13 @@ def _record_undefined(unit: Unit, step: StepRun, outcome: Outcome, problem: str)
 
 
 def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -> StepResult:
-    """A forward step skipped while its worker ran it, because a compensation began or the instance was cancelled,
-    reports success: its effect happened, so it is recorded as succeeded (its result joins the data its
-    compensation reads) and undone like the others (docs/architecture.md, "Operator actions and the saga"). A
-    compensating instance undoes it in turn (latest finished first); a compensated one compensates again for it; a
-    failed one does when retried; a cancelled one only records it (a plain cancel undoes nothing: before, its
-    success was dropped, and the record said skipped while the effect had happened). The flow never moves on from
-    it. Called inside ``_record``'s transaction."""
+    """A forward step skipped while its worker ran it, because a compensation began, the instance was cancelled or
+    a rejection ended it, reports success: its effect happened, so it is recorded as succeeded (its result joins the
+    data its compensation reads) and undone like the others (docs/architecture.md, "Operator actions and the
+    saga"). A compensating instance undoes it in turn (latest finished first); a compensated one compensates again
+    for it; a failed one does when retried; a cancelled or ended one only records it (a plain cancel undoes
+    nothing: before, its success was dropped, and the record said skipped while the effect had happened). The flow
+    never moves on from it. Called inside ``_record``'s transaction."""
     unit = Unit(instance, WORKER)
     step.succeed_late(outcome.result, unit.now)
     step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
@@ -539,7 +540,7 @@ def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -
         step.state,
         reason="reported after the compensation began: it is undone too"
         if undone
-        else "reported after the instance was cancelled: its effect happened, nothing follows it",
+        else f"reported after the instance was {instance.state}: its effect happened, nothing follows it",
         payload={"attempt": step.attempt, "result": outcome.result, "late": True},
         action=AuditAction.STEP_SUCCEEDED,
     )
