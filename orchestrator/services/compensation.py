@@ -173,14 +173,16 @@ def compensation_step_succeeded(unit: Unit, workflow: Workflow, step: StepRun) -
     compensation_mark_done(unit, workflow, original)
 
 
-def compensation_mark_done(unit: Unit, workflow: Workflow, original: StepRun, reason: str = "") -> None:
-    """The original step is undone (by its compensation, or by a person); go on to the next one. Raises
+def compensation_mark_done(unit: Unit, workflow: Workflow | None, original: StepRun, reason: str = "") -> None:
+    """The original step is undone (by its compensation, or by a person); go on to the next one (with ``workflow``
+    None, a definition that cannot be used, the caller fails the instance and its retry goes on). Raises
     ``django_fsm.TransitionNotAllowed`` when ``original`` is neither succeeded nor dead."""
     from_state = original.state
     original.mark_compensated()
     rows.update(original, ["state"])
     unit.audit("step", original.pk, from_state, original.state, reason=reason, action=AuditAction.STEP_COMPENSATED)
-    compensation_next(unit, workflow)
+    if workflow is not None:
+        compensation_next(unit, workflow)
 
 
 def compensation_resolve(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> None:

@@ -40,7 +40,7 @@ from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_ret
 from orchestrator.services.lifecycle import drop_kept_signals, settle, skip_open_steps
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import check_result, clean_text
-from orchestrator.services.steps import step_node, step_retry
+from orchestrator.services.steps import NOT_FOLLOWED, step_follow, step_node, step_retry
 from orchestrator.services.unit import Unit
 
 
@@ -251,9 +251,11 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             unit.finish()
             return
         dead = list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION))
-        _check_steps_defined(instance, dead)
+        # Succeeded while their definition could not be used: what follows them is entered, they do not run again.
+        unfollowed = list(instance.steps.filter(state=StepState.SUCCEEDED, result__has_key=NOT_FOLLOWED))
+        _check_steps_defined(instance, [*dead, *unfollowed])
         # An instance the sweep failed for its missing definition stopped at its open work: retry goes on from there.
-        if not dead and definition_unavailable(instance) not in instance.error:
+        if not dead and not unfollowed and definition_unavailable(instance) not in instance.error:
             # An honest retry: with no failed step to run again it would report success and do nothing.
             raise NotAllowed(
                 "Nothing to retry: no step of this instance failed (it was failed by a person or a deadline). "
@@ -266,9 +268,11 @@ def instance_retry(instance_id: int, *, actor: Actor, reason: str, request_meta:
             "instance", instance.pk, from_state, instance.state, reason=reason, action=AuditAction.INSTANCE_RETRIED
         )
         workflow = definition_of(instance)
+        for step in unfollowed:
+            _retry_entering(unit, workflow, step, step_follow, "its success")
         for step in dead:
             if step.kind == StepKind.HUMAN and step.result.get(DECISION_KEPT):
-                _retry_after_decision(unit, workflow, step)
+                _retry_entering(unit, workflow, step, human_step_retry, "the decision")
                 continue
             step_retry(unit, workflow, step, reason)
         running_again(unit, workflow)
@@ -302,19 +306,23 @@ def _check_steps_defined(instance: WorkflowInstance, dead: list[StepRun]) -> Non
             ) from None
 
 
-def _retry_after_decision(unit: Unit, workflow: Any, step: StepRun) -> None:
-    """Enter what follows a kept decision again (``flow.human_step_retry``); refused with the error when the
-    definition still raises there, so the operator's page says why instead of answering 500."""
+def _retry_entering(
+    unit: Unit, workflow: Any, step: StepRun, follow: Callable[[Unit, Any, StepRun], None], kept: str
+) -> None:
+    """Enter what follows ``step``'s kept outcome (``kept`` names it in a refusal) through ``follow``: a kept
+    decision (``flow.human_step_retry``) or a success recorded while the definition could not be used
+    (``steps.step_follow``); refused with the error when the definition still raises there, so the operator's page
+    says why instead of answering 500."""
     try:
         with transaction.atomic():
-            human_step_retry(unit, workflow, step)
+            follow(unit, workflow, step)
     except (OperationalError, InterfaceError):
         raise  # the database, not the definition: the page's own outage handling applies
     except Exception as exc:
         raise NotAllowed(
             f"Cannot retry: entering what follows {step.name} still raises {type(exc).__name__}: "
             f"{clean_text(str(exc) or repr(exc), 300)}. Fix the workflow definition and deploy it, then retry "
-            "(the decision is kept), or cancel the instance."
+            f"({kept} is kept), or cancel the instance."
         ) from exc
 
 

@@ -32,6 +32,7 @@ from orchestrator.models import (
 from orchestrator.ports import human_tasks
 from orchestrator.services.compensation import (
     RESULT_LOST,
+    compensation_mark_done,
     compensation_next,
     compensation_resume,
     compensation_start,
@@ -149,7 +150,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
     if not _claimable(instance, step, now):
         return None
     try:
-        node = definition_of(instance).node(step.name)
+        node = step_node(definition_of(instance), step)
     except Exception:
         return _claim(step_id, now)  # the locked claim records why the step cannot run
     read_seq = instance.audit_seq
@@ -219,8 +220,7 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
         if not _claimable(instance, step, now):
             return None
         try:
-            workflow = definition_of(instance)
-            node = workflow.node(step.name)
+            node = step_node(definition_of(instance), step)
         except Exception as exc:  # the code of this version is gone or broken: fail loudly, not silently
             unit = Unit(instance, WORKER, now=now)
             from_state = step.state
@@ -407,21 +407,19 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
             return StepResult.GONE
         instance, step = locked
         if step.state != StepState.RUNNING or step.attempt != attempt:
-            # Skipped while its worker ran it, by a compensation's start or a cancel (which skips running steps
-            # too): the success reported now happened, so it goes on the record rather than being dropped.
+            # Skipped while its worker ran it, by a compensation's start, a cancel or a rejection that ends the
+            # instance (both skip running steps too): the success reported now happened, so it goes on the record
+            # rather than being dropped.
             skipped_running = step.state == StepState.SKIPPED and step.attempt == attempt
-            if outcome.ok and skipped_running and (saga_begun(instance) or instance.state == InstanceState.CANCELLED):
+            if outcome.ok and skipped_running:
                 return _late_success(instance, step, outcome)
             logger.warning("step %s attempt %s lost its lease; its outcome is dropped", step_id, attempt)
             return StepResult.FENCED
         unit = Unit(instance, WORKER)
-        workflow = definition_or_none(instance)
-        if workflow is None:
-            # The definition went away while the step ran: nothing can follow it.
-            record_failure(unit, step, None, "UnknownWorkflow", definition_unavailable(instance), True)
-            unit.finish()
-            return StepResult.FAILED
-        node = workflow.node(step.name)
+        usable = _usable_definition(instance, step)
+        if isinstance(usable, str):
+            return _record_undefined(unit, step, outcome, usable)
+        workflow, node = usable
         if outcome.ok:
             step.succeed(outcome.result, unit.now)
             fields = ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"]
@@ -459,14 +457,78 @@ def _record(step_id: int, attempt: int, outcome: Outcome) -> StepResult:
         return StepResult.SUCCEEDED if outcome.ok else StepResult.FAILED
 
 
+def _usable_definition(instance: WorkflowInstance, step: StepRun) -> tuple[Workflow, Node] | str:
+    """The instance's definition and ``step``'s node in it, or why they cannot be used: the definition is not
+    registered (:func:`definition_unavailable`), or has no node of the step's name or one of another kind
+    (:func:`step_node`). Raises nothing of its own."""
+    workflow = definition_or_none(instance)
+    if workflow is None:
+        return definition_unavailable(instance)
+    try:
+        return workflow, step_node(workflow, step)
+    except DefinitionError as exc:
+        return str(exc)
+
+
+# In the result of a succeeded step: its success was recorded while its definition could not be used, so what
+# follows it was not entered; an operator's retry enters it (:func:`step_follow`).
+NOT_FOLLOWED = "not_followed"
+
+
+def _record_undefined(unit: Unit, step: StepRun, outcome: Outcome, problem: str) -> StepResult:
+    """Record ``outcome`` of a running ``step`` whose definition cannot be used now (``problem``: it went away, or
+    was deployed again with another shape, while the handler ran). What happened goes on the record: a success as a
+    success (result kept, audited, joining the data; a compensation marks its original undone), a failure as a
+    failure with the handler's own error (dead: its retry policy and on_failure cannot be read). Nothing follows
+    it: the instance fails naming the step and ``problem``, and an operator's retry, once the definition is deployed
+    again, goes on from there without running a succeeded step again (a forward step keeps ``NOT_FOLLOWED``; a
+    compensation goes on undoing). Before, a success was recorded as an UnknownWorkflow failure, or, with the node
+    gone, as dead with its result lost, or followed through the other shape. Called inside ``_record``'s
+    transaction; raises ``Fenced`` and what the database raises."""
+    instance = unit.instance
+    if outcome.ok:
+        step.succeed(outcome.result, unit.now)
+        if step.kind != StepKind.COMPENSATION and not saga_begun(instance):  # else the compensation takes it up
+            step.result = {**outcome.result, NOT_FOLLOWED: True}
+        step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
+        unit.audit(
+            "step",
+            step.pk,
+            StepState.RUNNING,
+            step.state,
+            reason=problem,
+            payload={"attempt": step.attempt, "result": outcome.result},
+            action=AuditAction.STEP_SUCCEEDED,
+        )
+        if step.kind == StepKind.COMPENSATION:
+            assert step.compensates is not None
+            compensation_mark_done(unit, None, step.compensates)
+        else:
+            instance.data.update(outcome.result)
+    else:
+        error = f"{outcome.error}\n\n({problem}: its retry policy and on_failure cannot be read)"
+        _step_die(
+            unit,
+            step,
+            clean_text(outcome.error_type, 200),
+            clean_text(error),
+            permanent=True,
+            returned=outcome.returned,
+        )
+    verb = "succeeded" if outcome.ok else "failed"
+    instance_fail(unit, f"{step.name} {verb}, but {problem}", allowed=(*LIVE_STATES, InstanceState.COMPENSATING))
+    unit.finish()
+    return StepResult.SUCCEEDED if outcome.ok else StepResult.FAILED
+
+
 def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -> StepResult:
-    """A forward step skipped while its worker ran it, because a compensation began or the instance was cancelled,
-    reports success: its effect happened, so it is recorded as succeeded (its result joins the data its
-    compensation reads) and undone like the others (docs/architecture.md, "Operator actions and the saga"). A
-    compensating instance undoes it in turn (latest finished first); a compensated one compensates again for it; a
-    failed one does when retried; a cancelled one only records it (a plain cancel undoes nothing: before, its
-    success was dropped, and the record said skipped while the effect had happened). The flow never moves on from
-    it. Called inside ``_record``'s transaction."""
+    """A forward step skipped while its worker ran it, because a compensation began, the instance was cancelled or
+    a rejection ended it, reports success: its effect happened, so it is recorded as succeeded (its result joins the
+    data its compensation reads) and undone like the others (docs/architecture.md, "Operator actions and the
+    saga"). A compensating instance undoes it in turn (latest finished first); a compensated one compensates again
+    for it; a failed one does when retried; a cancelled or ended one only records it (a plain cancel undoes
+    nothing: before, its success was dropped, and the record said skipped while the effect had happened). The flow
+    never moves on from it. Called inside ``_record``'s transaction."""
     unit = Unit(instance, WORKER)
     step.succeed_late(outcome.result, unit.now)
     step_save(step, ["state", "result", "finished_at", "lease_expires_at", "error", "error_type"])
@@ -478,7 +540,7 @@ def _late_success(instance: WorkflowInstance, step: StepRun, outcome: Outcome) -
         step.state,
         reason="reported after the compensation began: it is undone too"
         if undone
-        else "reported after the instance was cancelled: its effect happened, nothing follows it",
+        else f"reported after the instance was {instance.state}: its effect happened, nothing follows it",
         payload={"attempt": step.attempt, "result": outcome.result, "late": True},
         action=AuditAction.STEP_SUCCEEDED,
     )
@@ -639,6 +701,17 @@ def step_retry(unit: Unit, workflow: Workflow, step: StepRun, reason: str) -> No
     rows.update(step, ["state", "due_at", "dispatched_at", "max_attempts"])
     unit.audit("step", step.pk, from_state, step.state, reason=reason, action=AuditAction.STEP_SCHEDULED)
     unit.dispatch(step)
+
+
+def step_follow(unit: Unit, workflow: Workflow, step: StepRun) -> None:
+    """An operator's retry of an instance whose ``step`` succeeded while its definition could not be used
+    (``NOT_FOLLOWED`` in its result, :func:`_record_undefined`): what follows the step is entered now, and the step
+    does not run again (its effect happened). Raises ``DefinitionError`` when the definition still has no node of
+    the step's kind there (:func:`step_node`), and whatever entering the next node raises (``flow.enter_node``)."""
+    step_node(workflow, step)
+    step.result = {k: v for k, v in step.result.items() if k != NOT_FOLLOWED}
+    rows.update(step, ["result"])
+    advance(unit, workflow, step)
 
 
 def step_skip(

@@ -7,13 +7,14 @@ the test reads from the database how often the worker ran it.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 from django.db import connection
 
 from demo.workflows.simulated import call
 from orchestrator.dsl import Decision, Retry, StepContext, Task, Workflow
-from orchestrator.registry import register
+from orchestrator.registry import register, unregister
 
 # Attempts left and a lease that runs out within seconds: a re-run, if there were one, would show quickly.
 RETRYING = Retry(max_attempts=3, backoff=0.1)
@@ -70,4 +71,33 @@ def loses_its_session(ctx: StepContext) -> dict:
 LOSES_ITS_SESSION = register(
     Workflow("fault_loses_its_session", 1, [Task("act", loses_its_session, retry=Retry(max_attempts=1), timeout=1)])
 )
-FLOWS = (UNRECORDABLE, UNROUTABLE, SLEEPS_IN_A_QUERY, LOSES_ITS_SESSION)
+
+
+def pays_while_undeployed(ctx: StepContext) -> dict:
+    call("faults", "pay", ctx.idempotency_key)
+    # The deployment changes under the running handler: its definition is gone from this worker when the outcome
+    # is recorded, and back half a second later (noted in the ledger), so that an operator's retry runs on.
+    unregister(UNDEPLOYED_MIDWAY.name, UNDEPLOYED_MIDWAY.version)
+    threading.Timer(0.5, _deploy_again, [ctx.instance_id]).start()
+    return {"paid": 120}
+
+
+def _deploy_again(instance_id: int) -> None:
+    register(UNDEPLOYED_MIDWAY)
+    call("faults", "deployed again", str(instance_id))
+    connection.close()  # this thread's own session
+
+
+def ships(ctx: StepContext) -> dict:
+    call("faults", "ship", ctx.idempotency_key)
+    return {"shipped": ctx.data["paid"]}
+
+
+UNDEPLOYED_MIDWAY = register(
+    Workflow(
+        "fault_undeployed_midway",
+        1,
+        [Task("pay", pays_while_undeployed, retry=RETRYING, timeout=1), Task("ship", ships, timeout=1)],
+    )
+)
+FLOWS = (UNRECORDABLE, UNROUTABLE, SLEEPS_IN_A_QUERY, LOSES_ITS_SESSION, UNDEPLOYED_MIDWAY)

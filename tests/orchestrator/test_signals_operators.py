@@ -405,3 +405,46 @@ def test_a_step_whose_worker_succeeds_after_a_cancel_is_on_the_record(register_w
     assert instance.state == InstanceState.CANCELLED
     assert list(instance.steps.values_list("name", flat=True)) == ["pay"]
     assert verify_chain(list(AuditEvent.objects.filter(instance=instance).order_by("seq"))) is None
+
+
+def test_a_step_whose_worker_succeeds_after_a_rejection_ended_the_instance_is_on_the_record(register_workflow, users):
+    """A rejection whose node says ``end`` skips every open step, running ones in another branch included, and
+    completes the instance; the worker's success that comes after was dropped as a lost lease, so the record said
+    skipped while the payout was made. It is recorded as succeeded late, as after a cancel; nothing follows it."""
+    from approvals.services.base import REJECT
+    from orchestrator.dsl import Human
+
+    # given a payout running on a worker while its parallel review waits
+    register_workflow(
+        Workflow(
+            "reject_late",
+            1,
+            [
+                Parallel(
+                    "both",
+                    branches=[
+                        [Human("review", candidate_groups=["approvers"], on_reject="end")],
+                        [Task("pay", pay, retry=Retry(max_attempts=1)), Task("after", pay)],
+                    ],
+                )
+            ],
+        )
+    )
+    instance = instance_start("reject_late", {})
+    step = instance.steps.get(name="pay")
+    claim = step_claim(step.pk)
+    assert claim is not None
+
+    # when the review is rejected while pay runs, and then the worker reports its success
+    task_decide(HumanTask.objects.get(instance=instance).pk, users.staff, REJECT, comment="not this supplier")
+    result = step_record(step.pk, claim.attempt, Outcome(ok=True, result={"payout_id": "P-1"}))
+
+    # then
+    step.refresh_from_db()
+    instance.refresh_from_db()
+    assert result.name == "SUCCEEDED_LATE"
+    assert (step.state, step.result) == (StepState.SUCCEEDED, {"payout_id": "P-1"})
+    assert instance.data["payout_id"] == "P-1"
+    assert instance.state == InstanceState.COMPLETED
+    assert not instance.steps.filter(name="after").exists()
+    assert verify_chain(list(AuditEvent.objects.filter(instance=instance).order_by("seq"))) is None

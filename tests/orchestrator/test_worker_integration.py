@@ -13,8 +13,9 @@ from approvals.services.base import APPROVE, RESOLVED
 from approvals.services.tasks import task_decide
 from demo.models import DemoLedger
 from orchestrator import registry
+from orchestrator.audit import Actor
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepRun, StepState, WorkflowInstance
-from orchestrator.services.instances import instance_start
+from orchestrator.services.instances import instance_retry, instance_start
 from tests.factories import OrderInputFactory
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -302,3 +303,41 @@ def test_a_session_broken_inside_the_handler_is_replaced_and_the_failure_recorde
     [dead] = step_events(act, "step.dead")
     took = (dead.occurred_at - started.occurred_at).total_seconds()
     assert took < 5, f"recorded {took:.1f} s after the claim: the lease expired first"
+
+
+def test_a_success_recorded_after_the_definition_left_the_worker_is_kept_and_a_retry_goes_on(
+    celery_worker, wait_for, fault_flows
+):
+    """pay's handler runs on the worker while its definition leaves that worker's deployment (back half a second
+    later): the payment is on the record as succeeded with its result, the instance fails naming the definition,
+    and nothing runs pay again; an operator's retry then runs ship on the worker, never pay."""
+    # given
+    instance = instance_start("fault_undeployed_midway", {})
+    pay = instance.steps.get(name="pay")
+
+    # when
+    wait_for(lambda: state_of(instance) == InstanceState.FAILED, instance=instance, what="the recorded success")
+    wait_for(
+        lambda: DemoLedger.objects.filter(operation="deployed again", idempotency_key=str(instance.pk)).exists(),
+        instance=instance,
+        what="the definition back on the worker",
+    )
+
+    # then
+    pay.refresh_from_db()
+    instance.refresh_from_db()
+    assert (pay.state, pay.attempt, pay.lease_expires_at) == (StepState.SUCCEEDED, 1, None)
+    assert instance.data["paid"] == 120
+    assert "fault_undeployed_midway v1 is not available" in instance.error
+    assert [e.payload["attempt"] for e in step_events(pay, "step.succeeded")] == [1]
+
+    # when: an operator retries
+    instance_retry(instance.pk, actor=Actor("user:operator"), reason="deployed again")
+    wait_for(lambda: state_of(instance) == InstanceState.COMPLETED, instance=instance, what="the retried instance")
+
+    # then
+    instance.refresh_from_db()
+    ledger = DemoLedger.objects.filter(service="faults", idempotency_key__startswith=f"{instance.pk}:")
+    assert sorted((e.operation, e.calls) for e in ledger) == [("pay", 1), ("ship", 1)]
+    assert [e.payload["attempt"] for e in step_events(pay, "step.started")] == [1]
+    assert instance.data["shipped"] == 120
