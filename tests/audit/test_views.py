@@ -292,7 +292,7 @@ def test_the_chain_status_page_shows_the_last_verification_and_its_first_broken_
     # then
     html = response.content.decode()
     assert response.status_code == 200
-    assert "1 broken chain" in html
+    assert "1 problem found" in html
     assert "instance:7 #4" in html
     assert "content does not match its hash" in html
     assert timezone.localtime(now).strftime("%Y-%m-%d %H:%M:%S") in html
@@ -467,3 +467,83 @@ def test_every_link_on_the_timeline_opens_for_an_administrator(users, two_orders
     assert any(link.startswith("/instances/") for link in links)
     refused = {link: client.get(link).status_code for link in links}
     assert {link: code for link, code in refused.items() if code != 200} == {}
+
+
+@pytest.fixture
+def sealed_then_cut(two_orders, tmp_path, settings):
+    """Both orders sealed to the configured seal file, then the last two events of the first deleted by the table's
+    owner and its stored head moved back to the new last event: the database alone is consistent again."""
+    from orchestrator.audit_seals import seal
+
+    settings.BATON_AUDIT_SEAL_PATH = str(tmp_path / "seals.jsonl")
+    first, _ = two_orders
+    seal(full=True)
+    events = list(AuditEvent.objects.filter(instance=first).order_by("seq"))
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("DELETE FROM orchestrator_auditevent WHERE id = ANY(%s)", [[e.pk for e in events[-2:]]])
+        cursor.execute("SET LOCAL session_replication_role = origin")
+    type(first).objects.filter(pk=first.pk).update(audit_seq=events[-3].seq, audit_head=events[-3].hash)
+    return first, events
+
+
+def test_the_job_checks_the_chains_against_the_configured_seal_file(users, sealed_then_cut):
+    """The page's verification (Verify now, the daily run) reads the seals the worker writes: a tail cut off with
+    its head moved back verifies against the database alone, and only the seal can tell."""
+    # given
+    first, events = sealed_then_cut
+    job = services.verification_request(users.admin)
+
+    # when
+    services.verification_execute(job.pk)
+
+    # then
+    job.refresh_from_db()
+    assert job.state == VerificationState.FAILED
+    assert job.first_break["chain"] == f"instance:{first.pk}"
+    assert f"sealed at seq {events[-1].seq}" in job.first_break["problem"]
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+    assert "checked against 1 seal line" in html
+
+
+@pytest.mark.parametrize("damage", ["removed", "forged"])
+def test_a_seal_file_removed_or_forged_fails_the_job_and_the_page_says_why(users, sealed_then_cut, damage):
+    """The seal file gone (nothing to check against) or a line of it rewritten (its signature fails) is a problem of
+    the run, named on the page, not a pass that claims a check that did not happen."""
+    # given
+    from pathlib import Path
+
+    from django.conf import settings
+
+    path = Path(settings.BATON_AUDIT_SEAL_PATH)
+    if damage == "removed":
+        path.unlink()
+    else:
+        path.write_text(path.read_text().replace('"full":true', '"full":false'))
+    job = services.verification_request(users.admin)
+
+    # when
+    services.verification_execute(job.pk)
+
+    # then
+    job.refresh_from_db()
+    assert job.state == VerificationState.FAILED
+    expected = "cannot be read" if damage == "removed" else "seal line 1: its signature does not verify"
+    assert any(expected in b["problem"] for b in job.breaks)
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+    assert expected in html
+
+
+def test_without_a_seal_file_the_page_says_the_seals_were_not_checked(users, two_orders, settings):
+    # given: seals go to the log
+    settings.BATON_AUDIT_SEAL_PATH = ""
+    job = services.verification_request(users.admin)
+
+    # when
+    services.verification_execute(job.pk)
+
+    # then
+    job.refresh_from_db()
+    assert job.state == VerificationState.PASSED
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+    assert "Not checked against seals" in html
