@@ -547,3 +547,23 @@ def test_without_a_seal_file_the_page_says_the_seals_were_not_checked(users, two
     assert job.state == VerificationState.PASSED
     html = client_for(users.admin).get("/audit/chains/").content.decode()
     assert "Not checked against seals" in html
+
+
+def test_every_problem_listed_on_the_chain_status_page_names_its_row(users):
+    """Not only the first broken link: each problem in the list names its chain, seq and event id when it has one."""
+    # given
+    now = timezone.now()
+    breaks = [
+        {"chain": "instance:7", "seq": 4, "event_id": 99, "problem": "content does not match its hash"},
+        {"chain": "instance:8", "seq": 2, "event_id": 123, "problem": "prev_hash does not match the previous event"},
+    ]
+    Verification.objects.create(
+        state=VerificationState.FAILED, active=None, requested_at=now, finished_at=now, breaks_count=2, breaks=breaks
+    )
+
+    # when
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+
+    # then
+    listed = html[html.index("All 2 problems") :]
+    assert "instance:8 #2</span> (event id 123)" in listed
