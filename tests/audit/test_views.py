@@ -567,3 +567,20 @@ def test_every_problem_listed_on_the_chain_status_page_names_its_row(users):
     # then
     listed = html[html.index("All 2 problems") :]
     assert "instance:8 #2</span> (event id 123)" in listed
+
+
+@pytest.mark.parametrize("path", ["/audit/", "/audit/export/csv/"])
+def test_with_a_bad_filter_the_export_buttons_do_not_export_the_whole_trail(users, two_orders, path):
+    """A filter typed wrong (a 400 page, from the timeline or from an export link) kept the Export buttons, pointing
+    at an export with no filter at all: one click sent every event of every chain instead of the few asked for.
+    Until the filters are valid there is nothing to export."""
+    # when
+    response = client_for(users.admin).get(path, {"actor": "manager", "since": "yesterday-ish"})
+
+    # then
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "yesterday-ish" in html
+    assert 'href="/audit/export/csv/"' not in html
+    assert 'href="/audit/export/jsonl/"' not in html
+    assert "Fix the filters to export" in html
