@@ -229,6 +229,8 @@ def timeline(request: HttpRequest) -> HttpResponse:
         "page": page,
         "query": query,
         "filtered": not filters.is_empty(),
+        # A cursor that was honoured (a damaged one shows the newest page): an empty page is then past an end.
+        "paged": valid and not page.errors and bool(request.GET.get("after") or request.GET.get("before")),
         "zone": timezone.get_current_timezone_name(),
         "active_nav": "audit",
         **_status(),

@@ -584,3 +584,26 @@ def test_with_a_bad_filter_the_export_buttons_do_not_export_the_whole_trail(user
     assert 'href="/audit/export/csv/"' not in html
     assert 'href="/audit/export/jsonl/"' not in html
     assert "Fix the filters to export" in html
+
+
+@pytest.mark.parametrize("side", ["after", "before"])
+def test_a_page_past_either_end_offers_the_newest_page_not_a_dead_end(users, two_orders, side):
+    """A cursor past the oldest event (or past the newest one), from a link kept for long or edited by hand, showed
+    "No event matches these filters" and no link anywhere: the trail looked empty. It says the page is past the end
+    and links to the newest page, keeping the filters."""
+    # given
+    import base64
+    import json
+
+    at = "2001-01-01T00:00:00+00:00" if side == "after" else "2099-01-01T00:00:00+00:00"
+    cursor = base64.urlsafe_b64encode(json.dumps([at, 1]).encode()).decode().rstrip("=")
+
+    # when
+    response = client_for(users.admin).get("/audit/", {"action": "instance.", side: cursor})
+
+    # then
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "No event matches these filters" not in html
+    assert "No events past this page" in html
+    assert 'href="?action=instance.">Newest</a>' in html
