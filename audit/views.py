@@ -246,12 +246,15 @@ def export(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpRespo
         raise Http404("Exports are csv or jsonl.")
     form = AuditFilterForm(request.GET)
     if not form.is_valid():
-        return render(
-            request,
-            "audit/timeline.html",
-            {"form": form, "rows": [], "page": selectors.AuditPage([]), "active_nav": "audit", **_status()},
-            status=400,
-        )
+        context = {
+            "form": form,
+            "rows": [],
+            "page": selectors.AuditPage([]),
+            "zone": timezone.get_current_timezone_name(),
+            "active_nav": "audit",
+            **_status(),
+        }
+        return render(request, "audit/timeline.html", context, status=400)
     return export_response(request, kind, form.filters())
 
 

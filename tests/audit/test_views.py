@@ -182,6 +182,18 @@ def test_a_bad_export_filter_is_a_400_page_not_a_broken_file(users):
     assert "From: enter a real date and time" in response.content.decode()
 
 
+def test_the_filter_form_on_an_exports_400_page_filters_the_timeline_in_the_sites_zone(users):
+    """The export's 400 page is the timeline's: its form sent the corrected filters back to the export URL (a file
+    downloaded, and recorded as an export, where a Filter button was pressed), and its From/Until labels lost the
+    zone the times are read in."""
+    # when
+    html = client_for(users.admin).get("/audit/export/csv/", {"since": "soon"}).content.decode()
+
+    # then
+    assert 'action="/audit/"' in html
+    assert f"({timezone.get_current_timezone_name()})" in html
+
+
 def test_keyset_pages_walk_every_event_once_even_when_times_tie(users):
     """120 events, many sharing one timestamp: older pages, then newer pages back, never skip or repeat."""
     # given
