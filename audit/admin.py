@@ -15,6 +15,7 @@ from django.http import HttpRequest
 
 from approvals.models import HumanTask
 from audit.models import Verification
+from audit.selectors import can_view_trail
 from orchestrator.models import AuditEvent, StepRun, WorkflowInstance
 
 
@@ -68,8 +69,20 @@ class HumanTaskAdmin(ReadOnlyAdmin):
     show_full_result_count = False
 
 
+class TrailAdmin(ReadOnlyAdmin):
+    """The whole trail, as on /audit/: only for holders of ``orchestrator.view_trail``. The model's own "view"
+    permission is what an instance's page asks to show that instance's history (console/ops_views.py); here it
+    would have opened every chain (other teams' instances, sign-ins with their addresses, exports)."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return can_view_trail(request.user)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return can_view_trail(request.user)
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
+class AuditEventAdmin(TrailAdmin):
     list_display = ("id", "occurred_at", "chain", "seq", "actor_label", "action", "subject_type", "subject_id")
     list_filter = ("action",)
     search_fields = ("=chain", "=actor_label", "=request_id")
@@ -79,5 +92,5 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Verification)
-class VerificationAdmin(ReadOnlyAdmin):
+class VerificationAdmin(TrailAdmin):
     list_display = ("id", "state", "scheduled", "requested_by_label", "requested_at", "finished_at", "breaks_count")

@@ -248,16 +248,27 @@ def export_lines(kind: str, events: QuerySet[AuditEvent], header: ExportHeader) 
 
 async def stream(lines: Iterator[str], batch: int = 500) -> AsyncIterator[bytes]:
     """``lines`` as an async stream of byte chunks, ``batch`` lines per chunk, each batch read on the request's
-    sync thread (the database cursor lives there). Memory holds one batch and one cursor chunk."""
+    sync thread (the database cursor lives there). Memory holds one batch and one cursor chunk. Closing the stream
+    (a client that disconnected) closes ``lines`` on that thread."""
 
     def take() -> bytes:
         return "".join(islice(lines, batch)).encode()
 
-    while True:
-        chunk = await sync_to_async(take, thread_sensitive=True)()
-        if not chunk:
-            return
-        yield chunk
+    def close() -> None:
+        closer = getattr(lines, "close", None)
+        if closer is not None:
+            closer()
+
+    try:
+        while True:
+            chunk = await sync_to_async(take, thread_sensitive=True)()
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        # A client that leaves ends this stream early: the cursor is closed now and on the thread whose database
+        # connection holds it, not later by the garbage collector on whatever thread it runs.
+        await sync_to_async(close, thread_sensitive=True)()
 
 
 # --- offline verification -----------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class Verification(models.Model):
     # The first problems found, in chain order: [{"chain", "seq", "event_id", "problem"}], at most BREAKS_KEPT.
     breaks = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
+    # What the run checked the chains against outside the database: "" before the verdict; else the seal file and
+    # how many of its lines were read, or why no seal was checked. The database default lets a process still on the
+    # old code queue a run during an upgrade.
+    seals = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         indexes = [models.Index(fields=["-requested_at"], name="audit_verification_recent")]

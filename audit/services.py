@@ -12,8 +12,10 @@ import logging
 import time
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from celery import current_app
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -22,7 +24,8 @@ from django.utils import timezone
 from audit.models import Verification, VerificationState
 from orchestrator import live_names
 from orchestrator.accounts import holder_ids
-from orchestrator.audit import verify_trail
+from orchestrator.audit import Sealed, verify_trail
+from orchestrator.audit_seals import read_seals
 from orchestrator.models import AuditEvent
 from orchestrator.realtime import broadcast_on_commit, send_now
 
@@ -140,7 +143,8 @@ def verification_execute(verification_id: int) -> Verification | None:
         _tell(verification, now=True)
 
     try:
-        report = verify_trail(progress=progress)
+        sealed, seal_problems, seals_note = _seals()
+        report = verify_trail(sealed=sealed, progress=progress)
     except Exception as exc:
         logger.exception("audit verification %s could not finish", verification_id)
         Verification.objects.filter(pk=verification_id).update(
@@ -152,11 +156,11 @@ def verification_execute(verification_id: int) -> Verification | None:
         verification.refresh_from_db()
         _tell(verification, now=True)
         return verification
-    breaks = [
-        {"chain": b.chain, "seq": b.seq, "event_id": b.event_id, "problem": b.problem}
-        for b in report.breaks[:BREAKS_KEPT]
-    ]
-    state = VerificationState.FAILED if report.breaks else VerificationState.PASSED
+    # The seal file's own problems first (without it, or with lines forged, the check against it did not happen).
+    found: list[dict[str, Any]] = [{"chain": "", "seq": None, "event_id": None, "problem": p} for p in seal_problems]
+    found += [{"chain": b.chain, "seq": b.seq, "event_id": b.event_id, "problem": b.problem} for b in report.breaks]
+    breaks = found[:BREAKS_KEPT]
+    state = VerificationState.FAILED if found else VerificationState.PASSED
     Verification.objects.filter(pk=verification_id).update(
         state=state,
         active=None,
@@ -166,21 +170,48 @@ def verification_execute(verification_id: int) -> Verification | None:
         events_done=report.events,
         events_total=max(report.events, verification.events_total),
         legacy_events=report.legacy,
-        breaks_count=len(report.breaks),
+        breaks_count=len(found),
         breaks=breaks,
+        seals=seals_note,
     )
     verification.refresh_from_db()
-    if report.breaks:
+    if found:
         # An auditor must hear of a broken trail without opening the page: the log (alerting) and the bell.
         logger.error(
             "audit verification %s: %s broken chain(s); first: %s",
             verification_id,
-            len(report.breaks),
-            report.breaks[0],
+            len(found),
+            found[0],
         )
         _notify_broken(verification)
     _tell(verification, now=True)
     return verification
+
+
+def _seals() -> tuple[Sealed, list[str], str]:
+    """The heads sealed in BATON_AUDIT_SEAL_PATH, the seal file's problems, and a note of what was checked.
+
+    Without seals, a tail deleted with its stored head moved back to the new last event verifies against the
+    database alone (no key is needed for that); the file the worker writes is what tells, as ``baton_verify_audit
+    --seals`` does. A file that cannot be read or holds no valid seal is a problem, as for the command: a pass
+    would claim a check that did not happen. With no path (seals go to the log), the note says so."""
+    path = settings.BATON_AUDIT_SEAL_PATH
+    if not path:
+        note = (
+            "Not checked against seals: BATON_AUDIT_SEAL_PATH is not set, so seals go to the log; check a copy of "
+            "them with manage.py baton_verify_audit --seals FILE."
+        )
+        return {}, [], note
+    try:
+        seals = read_seals(path)
+    except OSError as exc:
+        problem = f"the seal file {path} cannot be read ({exc.strerror or type(exc).__name__}): no seal was checked"
+        return {}, [problem], f"Not checked against seals: {path} cannot be read."
+    problems = list(seals.problems)
+    if seals.lines == 0:
+        problems.append(f"no valid seal in {path}: nothing to check the chains against")
+    plural = "" if seals.lines == 1 else "s"
+    return seals.sealed, problems, f"Chains checked against {seals.lines} seal line{plural} in {path}."
 
 
 def _notify_broken(verification: Verification) -> None:
@@ -189,10 +220,8 @@ def _notify_broken(verification: Verification) -> None:
     from approvals.models import Notification
 
     first = verification.first_break or {}
-    message = (
-        f"Audit verification found {verification.breaks_count} broken chain(s); first: {first.get('chain')} "
-        f"#{first.get('seq')}."
-    )
+    where = f"{first.get('chain')} #{first.get('seq')}" if first.get("chain") else str(first.get("problem", ""))
+    message = f"Audit verification found {verification.breaks_count} problem(s); first: {where}."
     ids = auditor_ids()
     Notification.objects.bulk_create(
         [

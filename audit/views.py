@@ -229,6 +229,8 @@ def timeline(request: HttpRequest) -> HttpResponse:
         "page": page,
         "query": query,
         "filtered": not filters.is_empty(),
+        # A cursor that was honoured (a damaged one shows the newest page): an empty page is then past an end.
+        "paged": valid and not page.errors and bool(request.GET.get("after") or request.GET.get("before")),
         "zone": timezone.get_current_timezone_name(),
         "active_nav": "audit",
         **_status(),
@@ -244,12 +246,15 @@ def export(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpRespo
         raise Http404("Exports are csv or jsonl.")
     form = AuditFilterForm(request.GET)
     if not form.is_valid():
-        return render(
-            request,
-            "audit/timeline.html",
-            {"form": form, "rows": [], "page": selectors.AuditPage([]), "active_nav": "audit", **_status()},
-            status=400,
-        )
+        context = {
+            "form": form,
+            "rows": [],
+            "page": selectors.AuditPage([]),
+            "zone": timezone.get_current_timezone_name(),
+            "active_nav": "audit",
+            **_status(),
+        }
+        return render(request, "audit/timeline.html", context, status=400)
     return export_response(request, kind, form.filters())
 
 

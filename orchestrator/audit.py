@@ -298,6 +298,8 @@ class ChainWalk:
         self.head = ""
         self.keyed = False
         self.events = 0
+        # The first event's (seq, id): what names a chain that no head row holds (rows inserted under a new name).
+        self.first: tuple[int, int | None] | None = None
         self.legacy = 0
         self.broken: ChainBreak | None = None
         # Events signed with a key that is no longer configured: their links are still checked and the walk goes
@@ -313,17 +315,27 @@ class ChainWalk:
         self.events += 1
         if self.broken is not None:
             return
+        if self.first is None:
+            self.first = (event.seq, event.pk)
         problem = self._problem(event)
         if problem is not None:
-            seq = self.seq + 1 if problem.startswith("event #") else event.seq
-            self.broken = ChainBreak(self.chain, seq, event.pk, problem)
+            # A gap is named by the seq missing; the event after it is not that row, so the problem names it as
+            # where the chain goes on rather than giving its id as the break's.
+            missing = event.seq > self.seq + 1
+            self.broken = ChainBreak(
+                self.chain, self.seq + 1 if missing else event.seq, None if missing else event.pk, problem
+            )
             return
         self.seq, self.head = event.seq, event.hash
 
     def _problem(self, event: AuditEvent | _EventRow) -> str | None:
         expected = self.seq + 1
         if event.seq > expected:
-            return f"event #{expected} is missing"
+            where = f" (event id {event.pk})" if event.pk is not None else ""
+            return f"event #{expected} is missing: the chain goes on at #{event.seq}{where}"
+        if event.seq < 1:
+            # The unique (chain, seq) lets a row in at seq 0, before the first one: it repeats nothing.
+            return f"event #{event.seq} comes before the chain's first event (#1): inserted"
         if event.seq < expected:
             return f"event #{event.seq} appears twice"
         if event.instance_id != self.instance_id:
@@ -393,7 +405,8 @@ class ChainWalk:
             return self.broken
         if has_head:
             if stored is None:
-                return ChainBreak(self.chain, self.seq, None, "no instance or AuditChain row holds this chain's head")
+                seq, first_id = self.first or (self.seq, None)
+                return ChainBreak(self.chain, seq, first_id, "no instance or AuditChain row holds this chain's head")
             stored_seq, stored_head = stored
             if self.seq < stored_seq:
                 return ChainBreak(
@@ -403,8 +416,10 @@ class ChainWalk:
                     f"cut off: the chain ends at seq {self.seq}, its stored head is at seq {stored_seq}",
                 )
             if self.seq > stored_seq:
+                # Only the first event past the head is named (the walk keeps one link): read its id back.
+                past = AuditEvent.objects.filter(chain=self.chain, seq=stored_seq + 1).values_list("pk", flat=True)
                 return ChainBreak(
-                    self.chain, stored_seq + 1, None, f"events run past the stored head (seq {stored_seq})"
+                    self.chain, stored_seq + 1, past.first(), f"events run past the stored head (seq {stored_seq})"
                 )
             if stored_head != self.head:
                 return ChainBreak(self.chain, self.seq, None, "the stored head does not match the last event's hash")

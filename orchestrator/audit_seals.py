@@ -110,7 +110,8 @@ class Seals:
 def read_seals(path: str) -> Seals:
     """Read and check a seal file (JSON Lines). Lines that are not UTF-8 or not JSON, name an unknown key or whose
     signature does not verify are reported in ``problems`` and their heads ignored; two seals that pin one chain's
-    seq to different hashes are reported too. Raises ``OSError`` when the file cannot be read.
+    seq to different hashes are reported too. A last line with no line end that cannot be read yet is a seal still
+    being appended: skipped. Raises ``OSError`` when the file cannot be read.
     """
     keys = verifying_keys()
     seals = Seals()
@@ -118,10 +119,14 @@ def read_seals(path: str) -> Seals:
     # the stream) is one reported line, not a crash that hides every good seal after it.
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
+            # Only the last line can lack its line end: a seal being appended while this reads (beat's seal during
+            # the daily verification). Cut short, it is skipped, not reported: the next read sees it whole.
+            being_written = not raw.endswith(b"\n")
             try:
                 text = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
-                seals.problems.append(f"seal line {number}: not UTF-8 text")
+                if not being_written:
+                    seals.problems.append(f"seal line {number}: not UTF-8 text")
                 continue
             if not text:
                 continue
@@ -137,7 +142,8 @@ def read_seals(path: str) -> Seals:
                 heads = record["heads"] if valid else []
                 at = str(record["at"])
             except (ValueError, KeyError, TypeError, AttributeError):
-                seals.problems.append(f"seal line {number}: not a seal record")
+                if not being_written:
+                    seals.problems.append(f"seal line {number}: not a seal record")
                 continue
             if not valid:
                 seals.problems.append(f"seal line {number}: its signature does not verify")

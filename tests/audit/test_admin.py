@@ -64,3 +64,41 @@ def test_the_audit_event_list_offers_no_bulk_delete(superuser, instance):
     response = superuser.get("/admin/orchestrator/auditevent/")
     assert b"delete_selected" not in response.content
     assert b"Add audit event" not in response.content
+
+
+@pytest.mark.parametrize("model", ["orchestrator/auditevent", "audit/verification"])
+def test_the_admin_shows_the_trail_only_to_those_who_may_see_the_whole_trail(users, instance, model):
+    """A staff member given "Can view audit event" (what the instance page asks to show an instance's own history)
+    may use the Django admin, but the admin lists every chain: other teams' instances, sign-ins with addresses,
+    exports. Like /audit/, it needs orchestrator.view_trail."""
+    # given
+    from django.contrib.auth.models import Permission
+
+    from audit.models import Verification
+
+    Verification.objects.create(requested_at=instance.created_at, active=None, state="passed")
+    person = users.staff2
+    person.is_staff = True
+    person.save()
+    person.user_permissions.add(
+        Permission.objects.get(codename="view_auditevent"), Permission.objects.get(codename="view_verification")
+    )
+    client = Client()
+    client.force_login(person)
+    event = AuditEvent.objects.filter(instance=instance).first()
+    row = event if model == "orchestrator/auditevent" else Verification.objects.get()
+
+    # when
+    listed = client.get(f"/admin/{model}/")
+    viewed = client.get(f"/admin/{model}/{row.pk}/change/")
+    index = client.get("/admin/")
+
+    # then
+    assert listed.status_code == 403
+    assert viewed.status_code == 403
+    assert f"/admin/{model}/".encode() not in index.content
+    # and an auditor who is staff sees them
+    person.user_permissions.add(Permission.objects.get(codename="view_trail"))
+    auditor = Client()
+    auditor.force_login(person)
+    assert auditor.get(f"/admin/{model}/").status_code == 200

@@ -297,3 +297,43 @@ def test_an_export_of_a_large_range_is_streamed(users, run_steps):
     assert response.streaming
     lines = body(response).splitlines()
     assert len(lines) == total + 2
+
+
+def test_a_client_that_leaves_mid_export_closes_the_cursor_on_the_requests_own_thread():
+    """Under ASGI a client that disconnects ends the async stream; the lines' generator (holding the export's
+    server-side cursor) was left to the garbage collector, which closed it on the event loop's thread while the
+    request's database connection belongs to its sync thread. It is closed there, at once."""
+    # given
+    import asyncio
+    import threading
+
+    from asgiref.sync import sync_to_async
+
+    from audit.exports import stream
+
+    where: dict[str, int] = {}
+
+    def lines():
+        where["read"] = threading.get_ident()
+        try:
+            while True:
+                yield "line\n"
+        finally:
+            where["closed"] = threading.get_ident()
+
+    async def leave_after_one_chunk() -> None:
+        chunks = stream(lines(), batch=2)
+        await anext(chunks)
+        await chunks.aclose()
+
+    # when
+    async def run() -> None:
+        await leave_after_one_chunk()
+        where["loop"] = threading.get_ident()
+        await sync_to_async(lambda: None, thread_sensitive=True)()
+
+    asyncio.run(run())
+
+    # then
+    assert "closed" in where
+    assert where["closed"] == where["read"] != where["loop"]

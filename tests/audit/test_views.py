@@ -182,6 +182,18 @@ def test_a_bad_export_filter_is_a_400_page_not_a_broken_file(users):
     assert "From: enter a real date and time" in response.content.decode()
 
 
+def test_the_filter_form_on_an_exports_400_page_filters_the_timeline_in_the_sites_zone(users):
+    """The export's 400 page is the timeline's: its form sent the corrected filters back to the export URL (a file
+    downloaded, and recorded as an export, where a Filter button was pressed), and its From/Until labels lost the
+    zone the times are read in."""
+    # when
+    html = client_for(users.admin).get("/audit/export/csv/", {"since": "soon"}).content.decode()
+
+    # then
+    assert 'action="/audit/"' in html
+    assert f"({timezone.get_current_timezone_name()})" in html
+
+
 def test_keyset_pages_walk_every_event_once_even_when_times_tie(users):
     """120 events, many sharing one timestamp: older pages, then newer pages back, never skip or repeat."""
     # given
@@ -292,7 +304,7 @@ def test_the_chain_status_page_shows_the_last_verification_and_its_first_broken_
     # then
     html = response.content.decode()
     assert response.status_code == 200
-    assert "1 broken chain" in html
+    assert "1 problem found" in html
     assert "instance:7 #4" in html
     assert "content does not match its hash" in html
     assert timezone.localtime(now).strftime("%Y-%m-%d %H:%M:%S") in html
@@ -467,3 +479,143 @@ def test_every_link_on_the_timeline_opens_for_an_administrator(users, two_orders
     assert any(link.startswith("/instances/") for link in links)
     refused = {link: client.get(link).status_code for link in links}
     assert {link: code for link, code in refused.items() if code != 200} == {}
+
+
+@pytest.fixture
+def sealed_then_cut(two_orders, tmp_path, settings):
+    """Both orders sealed to the configured seal file, then the last two events of the first deleted by the table's
+    owner and its stored head moved back to the new last event: the database alone is consistent again."""
+    from orchestrator.audit_seals import seal
+
+    settings.BATON_AUDIT_SEAL_PATH = str(tmp_path / "seals.jsonl")
+    first, _ = two_orders
+    seal(full=True)
+    events = list(AuditEvent.objects.filter(instance=first).order_by("seq"))
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("DELETE FROM orchestrator_auditevent WHERE id = ANY(%s)", [[e.pk for e in events[-2:]]])
+        cursor.execute("SET LOCAL session_replication_role = origin")
+    type(first).objects.filter(pk=first.pk).update(audit_seq=events[-3].seq, audit_head=events[-3].hash)
+    return first, events
+
+
+def test_the_job_checks_the_chains_against_the_configured_seal_file(users, sealed_then_cut):
+    """The page's verification (Verify now, the daily run) reads the seals the worker writes: a tail cut off with
+    its head moved back verifies against the database alone, and only the seal can tell."""
+    # given
+    first, events = sealed_then_cut
+    job = services.verification_request(users.admin)
+
+    # when
+    services.verification_execute(job.pk)
+
+    # then
+    job.refresh_from_db()
+    assert job.state == VerificationState.FAILED
+    assert job.first_break["chain"] == f"instance:{first.pk}"
+    assert f"sealed at seq {events[-1].seq}" in job.first_break["problem"]
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+    assert "checked against 1 seal line" in html
+
+
+@pytest.mark.parametrize("damage", ["removed", "forged"])
+def test_a_seal_file_removed_or_forged_fails_the_job_and_the_page_says_why(users, sealed_then_cut, damage):
+    """The seal file gone (nothing to check against) or a line of it rewritten (its signature fails) is a problem of
+    the run, named on the page, not a pass that claims a check that did not happen."""
+    # given
+    from pathlib import Path
+
+    from django.conf import settings
+
+    path = Path(settings.BATON_AUDIT_SEAL_PATH)
+    if damage == "removed":
+        path.unlink()
+    else:
+        path.write_text(path.read_text().replace('"full":true', '"full":false'))
+    job = services.verification_request(users.admin)
+
+    # when
+    services.verification_execute(job.pk)
+
+    # then
+    job.refresh_from_db()
+    assert job.state == VerificationState.FAILED
+    expected = "cannot be read" if damage == "removed" else "seal line 1: its signature does not verify"
+    assert any(expected in b["problem"] for b in job.breaks)
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+    assert expected in html
+
+
+def test_without_a_seal_file_the_page_says_the_seals_were_not_checked(users, two_orders, settings):
+    # given: seals go to the log
+    settings.BATON_AUDIT_SEAL_PATH = ""
+    job = services.verification_request(users.admin)
+
+    # when
+    services.verification_execute(job.pk)
+
+    # then
+    job.refresh_from_db()
+    assert job.state == VerificationState.PASSED
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+    assert "Not checked against seals" in html
+
+
+def test_every_problem_listed_on_the_chain_status_page_names_its_row(users):
+    """Not only the first broken link: each problem in the list names its chain, seq and event id when it has one."""
+    # given
+    now = timezone.now()
+    breaks = [
+        {"chain": "instance:7", "seq": 4, "event_id": 99, "problem": "content does not match its hash"},
+        {"chain": "instance:8", "seq": 2, "event_id": 123, "problem": "prev_hash does not match the previous event"},
+    ]
+    Verification.objects.create(
+        state=VerificationState.FAILED, active=None, requested_at=now, finished_at=now, breaks_count=2, breaks=breaks
+    )
+
+    # when
+    html = client_for(users.admin).get("/audit/chains/").content.decode()
+
+    # then
+    listed = html[html.index("All 2 problems") :]
+    assert "instance:8 #2</span> (event id 123)" in listed
+
+
+@pytest.mark.parametrize("path", ["/audit/", "/audit/export/csv/"])
+def test_with_a_bad_filter_the_export_buttons_do_not_export_the_whole_trail(users, two_orders, path):
+    """A filter typed wrong (a 400 page, from the timeline or from an export link) kept the Export buttons, pointing
+    at an export with no filter at all: one click sent every event of every chain instead of the few asked for.
+    Until the filters are valid there is nothing to export."""
+    # when
+    response = client_for(users.admin).get(path, {"actor": "manager", "since": "yesterday-ish"})
+
+    # then
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "yesterday-ish" in html
+    assert 'href="/audit/export/csv/"' not in html
+    assert 'href="/audit/export/jsonl/"' not in html
+    assert "Fix the filters to export" in html
+
+
+@pytest.mark.parametrize("side", ["after", "before"])
+def test_a_page_past_either_end_offers_the_newest_page_not_a_dead_end(users, two_orders, side):
+    """A cursor past the oldest event (or past the newest one), from a link kept for long or edited by hand, showed
+    "No event matches these filters" and no link anywhere: the trail looked empty. It says the page is past the end
+    and links to the newest page, keeping the filters."""
+    # given
+    import base64
+    import json
+
+    at = "2001-01-01T00:00:00+00:00" if side == "after" else "2099-01-01T00:00:00+00:00"
+    cursor = base64.urlsafe_b64encode(json.dumps([at, 1]).encode()).decode().rstrip("=")
+
+    # when
+    response = client_for(users.admin).get("/audit/", {"action": "instance.", side: cursor})
+
+    # then
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "No event matches these filters" not in html
+    assert "No events past this page" in html
+    assert 'href="?action=instance.">Newest</a>' in html

@@ -175,7 +175,8 @@ def test_a_removed_event_is_detected_as_missing(audited_instance):
 
     # then
     assert broken is not None
-    assert (broken.seq, broken.problem) == (4, "event #4 is missing")
+    assert (broken.seq, broken.event_id) == (4, None)
+    assert broken.problem == f"event #4 is missing: the chain goes on at #5 (event id {events[4].pk})"
 
 
 def test_a_rehashed_forgery_is_caught_by_the_next_link(audited_instance):

@@ -279,6 +279,9 @@ def test_junk_in_a_seal_file_is_named_by_line_and_the_good_seals_still_count(ins
     seal(full=True, path=seal_path)
     with open(seal_path, "ab") as out:
         out.write(b'{"v":1,"at":"2026-11-29T21:00:00+00:00","heads":[["instance:1",')
+    # The writer died mid-line: the next seal is appended to that line (while it was the last line, with no line
+    # end, it read as a seal still being written).
+    seal(full=True, path=seal_path)
     events = events_of(instance)
 
     # when
@@ -329,3 +332,23 @@ def test_a_seal_file_with_no_seal_in_it_does_not_pass(instance, seal_path, conte
     assert f"no valid seal in {seal_path}" in message
     assert missing is not None
     assert f"cannot read seals from {seal_path}.gone" in missing
+
+
+def test_a_seal_line_still_being_written_is_not_reported_as_junk(instance, seal_path):
+    """The verification reads the seal file while beat may be appending to it: a last line cut short with no line
+    end yet is a seal being written, skipped, not a damaged line that fails the run (and rings every auditor's
+    bell). A cut-short line followed by others is still reported."""
+    # given
+    seal(full=True, path=seal_path)
+    whole = Path(seal_path).read_text()
+    with open(seal_path, "a") as out:
+        out.write(whole[: len(whole) // 2])
+
+    # when
+    read = read_seals(seal_path)
+
+    # then
+    assert (read.lines, read.problems) == (1, [])
+    with open(seal_path, "a") as out:
+        out.write("\n" + whole)
+    assert read_seals(seal_path).problems == ["seal line 2: not a seal record"]

@@ -290,7 +290,10 @@ def test_an_event_past_the_stored_head_is_named(instance):
     message = verify_fails()
 
     # then
-    assert f"chain instance:{instance.pk} seq {forged.seq}: events run past the stored head (seq {last.seq})" in message
+    assert (
+        f"chain instance:{instance.pk} seq {forged.seq} (event id {forged.pk}): events run past the stored head "
+        f"(seq {last.seq})"
+    ) in message
 
 
 def test_a_standalone_chain_is_compared_with_its_audit_chain_row():
@@ -565,3 +568,77 @@ def test_a_real_cut_off_is_still_named_when_events_were_appended_meanwhile(insta
         f"chain instance:{instance.pk} seq {len(events)}: cut off: the chain ends at seq {len(events) - 1}, "
         f"its stored head is at seq {len(events)}"
     ]
+
+
+def test_a_deleted_event_is_not_named_by_the_id_of_the_one_after_it(instance):
+    """Given an event deleted from the middle, the break names the missing seq and, as where the chain goes on, the
+    next event present by its own seq and id: never the next event's id as if it were the missing one's."""
+    # given
+    events = events_of(instance)
+    with triggers_off():
+        sql("DELETE FROM orchestrator_auditevent WHERE id = %s", [events[3].pk])
+
+    # when
+    [broken] = verify_trail().breaks
+
+    # then
+    assert (broken.seq, broken.event_id) == (4, None)
+    assert broken.problem == f"event #4 is missing: the chain goes on at #5 (event id {events[4].pk})"
+
+
+def test_an_event_inserted_past_the_stored_head_is_named_by_its_id(instance):
+    """Given an event inserted directly in PostgreSQL after the last one (the stored head not moved), verify names
+    the inserted row, so an auditor can find it."""
+    # given
+    last = events_of(instance)[-1]
+    forged = _forge_next(instance, signing_key()[0], None)
+    set_head(instance, last)
+
+    # when
+    [broken] = verify_trail().breaks
+
+    # then
+    assert (broken.seq, broken.event_id) == (forged.seq, forged.pk)
+    assert broken.problem == f"events run past the stored head (seq {last.seq})"
+
+
+def test_an_event_inserted_before_the_first_is_named_as_such(instance):
+    """Given a row inserted directly in PostgreSQL at seq 0 of a chain (the unique (chain, seq) lets it in), verify
+    names it as an insertion before the chain's first event, not as a repeat of an event that appears once."""
+    # given
+    first = events_of(instance)[0]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO orchestrator_auditevent (chain, seq, prev_hash, hash, key_id, occurred_at, actor_label, "
+            "action, instance_id, subject_type, from_state, to_state, reason, payload, request_meta, request_id) "
+            "SELECT chain, 0, '', hash, key_id, occurred_at, actor_label, action, instance_id, subject_type, "
+            "from_state, to_state, 'inserted', payload, request_meta, request_id FROM orchestrator_auditevent "
+            "WHERE id = %s RETURNING id",
+            [first.pk],
+        )
+        inserted = cursor.fetchone()[0]
+
+    # when
+    [broken] = verify_trail().breaks
+
+    # then
+    assert (broken.chain, broken.seq, broken.event_id) == (first.chain, 0, inserted)
+    assert "appears twice" not in broken.problem
+    assert broken.problem == "event #0 comes before the chain's first event (#1): inserted"
+
+
+def test_events_inserted_into_a_chain_that_has_no_head_are_named_by_the_first_id():
+    """Given events inserted directly under a chain name nothing holds the head of (no instance, no AuditChain row),
+    verify names the chain and its first row."""
+    # given
+    append_standalone("bogus", actor=Actor.system("t"), action="user.changed", subject_type="user", subject_id=1)
+    append_standalone("bogus", actor=Actor.system("t"), action="user.changed", subject_type="user", subject_id=2)
+    AuditChain.objects.filter(name="bogus").delete()
+    first = AuditEvent.objects.get(chain="bogus", seq=1)
+
+    # when
+    [broken] = verify_trail().breaks
+
+    # then
+    assert (broken.chain, broken.seq, broken.event_id) == ("bogus", 1, first.pk)
+    assert "no instance or AuditChain row holds this chain's head" in broken.problem
