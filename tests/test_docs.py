@@ -140,3 +140,37 @@ def test_readme_s_api_table_names_every_operation_of_the_schema_and_no_other():
     # then: an endpoint left out of the table is one a reader never learns of; one in it but not served misleads
     assert published - documented == set(), "in the API but not in README's table"
     assert documented - published == set(), "in README's table but not in the API"
+
+
+# ("baton-admin is the installed copy's manage.py" is prose, not a command.)
+COMMAND = re.compile(r"(?:manage\.py|baton-admin) (?!is )([a-z_]+)([^`#&\n]*)")
+
+
+def test_every_command_the_docs_name_exists_with_the_options_they_give_it():
+    # given: each `manage.py <command> --option ...` (or baton-admin's) of the docs, up to the end of its code span
+    from django.core.management import get_commands, load_command_class
+
+    named: dict[str, set[str]] = {}
+    for doc in [*DOCS, "bench/README.md"]:
+        for command, rest in COMMAND.findall((ROOT / doc).read_text()):
+            named.setdefault(command, set()).update(re.findall(r"(--[a-z][a-z-]*)", rest))
+    assert {"baton_verify_audit", "baton_start", "migrate"} <= set(named)  # the scan finds them at all
+
+    # when: each is looked up as Django would run it, with its options and its subcommands' options
+    commands = get_commands()
+    unknown, wrong_options = [], {}
+    for command, options in sorted(named.items()):
+        if command not in commands:
+            unknown.append(command)
+            continue
+        parser = load_command_class(commands[command], command).create_parser("manage.py", command)
+        known = set(parser._option_string_actions)
+        for action in parser._subparsers._group_actions if parser._subparsers else []:
+            for sub in getattr(action, "choices", {}).values():
+                known |= set(sub._option_string_actions)
+        if options - known:
+            wrong_options[command] = sorted(options - known)
+
+    # then
+    assert unknown == [], "named in the docs but no such command"
+    assert wrong_options == {}, "options the docs give that the command does not take"
