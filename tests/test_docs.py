@@ -174,3 +174,20 @@ def test_every_command_the_docs_name_exists_with_the_options_they_give_it():
     # then
     assert unknown == [], "named in the docs but no such command"
     assert wrong_options == {}, "options the docs give that the command does not take"
+
+
+def test_every_baton_variable_the_docs_mention_is_in_the_settings_table():
+    # given: README's settings table (tests/orchestrator/test_settings.py holds it to what the code reads)
+    readme = (ROOT / "README.md").read_text()
+    rows = [line.split("|")[1] for line in readme.splitlines() if line.startswith("| `BATON_")]
+    table = set(re.findall(r"`(BATON_[A-Z0-9_]+)`", "\n".join(rows)))
+    assert len(table) > 20  # the table is read at all
+
+    # when: every variable any document names, in prose or in an example
+    mentioned = {
+        doc: set(re.findall(r"\bBATON_[A-Z0-9_]*[A-Z0-9]\b", (ROOT / doc).read_text())) - table
+        for doc in [*DOCS, "bench/README.md"]
+    }
+
+    # then: a name not in the table is a setting that does not exist (or one a reader cannot look up)
+    assert {doc: names for doc, names in mentioned.items() if names} == {}
