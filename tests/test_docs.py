@@ -191,3 +191,40 @@ def test_every_baton_variable_the_docs_mention_is_in_the_settings_table():
 
     # then: a name not in the table is a setting that does not exist (or one a reader cannot look up)
     assert {doc: names for doc, names in mentioned.items() if names} == {}
+
+
+# `docs/architecture.md, "Signals", "Scheduled starts" and "Webhooks"`, `README, "Production"`, `bench/README.md "API
+# starts"`: a document, then one or more quoted section names.
+SECTION_REF = re.compile(r"(docs/[a-z-]+\.md|bench/README\.md|README(?:\.md)?)((?:,? (?:and )?\"[^\"\n]{2,80}\")+)")
+
+
+def sections_of(doc: str) -> set[str]:
+    """The section names of one document: its headings and its bold run-in heads (`**Rolling the secret.**`)."""
+    text = (ROOT / doc).read_text()
+    headings = re.findall(r"^#+\s+(.+)$", text, re.M)
+    bold = re.findall(r"\*\*([^*]+)\*\*", text)
+    return {name.strip().rstrip(".:") for name in [*headings, *bold]}
+
+
+def test_every_section_the_repository_points_to_exists():
+    # given: every reference to a section of a document, in the documents, the code, the templates and the tests
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    references = []
+    for name in files:
+        if name.startswith("static/vendor/") or name.endswith((".png", ".ico", ".woff2", ".gz")):
+            continue
+        for match in SECTION_REF.finditer((ROOT / name).read_text(errors="replace")):
+            doc = "README.md" if match[1] == "README" else match[1]
+            references += [(name, doc, section) for section in re.findall(r"\"([^\"]+)\"", match[2])]
+    assert len(references) > 20  # the scan finds them at all
+
+    # when: each is looked up among its document's headings (a heading that starts with it counts)
+    known = {doc: sections_of(doc) for doc in {doc for _, doc, _ in references}}
+    missing = [
+        (name, doc, section)
+        for name, doc, section in references
+        if not any(heading.startswith(section) for heading in known[doc])
+    ]
+
+    # then
+    assert missing == [], "points to a section its document does not have"
