@@ -228,3 +228,19 @@ def test_every_section_the_repository_points_to_exists():
 
     # then
     assert missing == [], "points to a section its document does not have"
+
+
+def test_every_relative_link_and_image_of_the_docs_resolves():
+    # given: every [text](target) and ![alt](image) of README, docs/ and bench/README.md that is not a web address
+    links = []
+    for doc in [*DOCS, "bench/README.md"]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", (ROOT / doc).read_text()):
+            if not re.match(r"[a-z]+:", target) and not target.startswith("#"):
+                links.append((doc, target.split("#")[0]))
+    assert any(target.endswith(".png") for _, target in links)  # README's screenshots are among them
+
+    # when: each is opened from its document's folder, as GitHub does
+    broken = [(doc, target) for doc, target in links if not ((ROOT / doc).parent / target).exists()]
+
+    # then
+    assert broken == []
