@@ -244,3 +244,29 @@ def test_every_relative_link_and_image_of_the_docs_resolves():
 
     # then
     assert broken == []
+
+
+def test_every_page_path_the_docs_name_is_a_route():
+    """The API's paths have their own check (tests/api/test_documented_routes.py); this one reads the pages',
+    `/escalations/`, `/instances/<id>/`, `/health/ready`, with a placeholder standing for an id or a name."""
+    from django.urls import Resolver404, resolve
+
+    # given
+    named = set()
+    for doc in DOCS:
+        for path in re.findall(r"`(/[a-z][A-Za-z0-9_{}<>:./-]*)(?:\?[^`]*)?`", (ROOT / doc).read_text()):
+            if not path.startswith(("/api", "/ws/", "/pypi/")):  # the API's check; the websocket; PyPI's JSON API
+                named.add((doc, path))
+    assert ("README.md", "/dashboard/") in named  # the scan finds them at all
+
+    # when: each resolves with its placeholders filled in
+    unknown = []
+    for doc, path in sorted(named):
+        concrete = re.sub(r"<int:[a-z_]+>|<id>|\{id\}", "1", re.sub(r"<str:[a-z_]+>|\{name\}", "x", path))
+        try:
+            resolve(concrete)
+        except Resolver404:
+            unknown.append((doc, path))
+
+    # then
+    assert unknown == []
