@@ -27,7 +27,8 @@ constraints:
 	mv constraints.txt.new constraints.txt && rm -rf .baton/lock-venv
 
 ## Embedded demo: SQLite, in-memory broker and channel layer, one process with a worker and a beat thread.
-# `make demo PORT=8001 HOST=0.0.0.0`: another port or address (the defaults serve http://127.0.0.1:8000).
+# `make demo PORT=8001 HOST=0.0.0.0`: another port or address (the defaults serve http://127.0.0.1:8000); from
+# another machine, also BATON_ALLOWED_HOSTS=<the address it types>, else every request is a 400 (README, "Quick start").
 PORT ?= 8000
 HOST ?= 127.0.0.1
 demo: install

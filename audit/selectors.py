@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import connection
 from django.db.models import IntegerField, Q, QuerySet, Value
 from django.utils.dateparse import parse_datetime
 
@@ -192,7 +193,10 @@ def keyset_page(events: QuerySet[AuditEvent], *, after: str = "", before: str = 
 
 def verification_status() -> tuple[Verification | None, Verification | None]:
     """``(verification_latest(), verification_last_finished())`` in one statement (a UNION ALL of the two one-row
-    queries): every audit page shows both, and a round trip is a visible part of a one-row timeline page."""
+    queries): every audit page shows both, and a round trip is a visible part of a one-row timeline page. SQLite (the
+    demo) refuses a LIMIT inside a compound statement, so there the two are read one after the other."""
+    if not connection.features.supports_slicing_ordering_in_compound:
+        return verification_latest_query().first(), verification_finished_query().first()
     latest = verification_latest_query().annotate(which=Value(0, output_field=IntegerField()))[:1]
     finished = verification_finished_query().annotate(which=Value(1, output_field=IntegerField()))[:1]
     found: list[Verification | None] = [None, None]

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.parse
@@ -260,52 +261,19 @@ class Browser:
         assert path != "/login/", f"signing in as {username} was refused:\n{body[:2000]}"
 
 
-ACME_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=69"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "acme-flows"
-version = "1.0.0"
-dependencies = ["baton-hitl"]
-
-[project.entry-points."baton.workflows"]
-acme = "acme_flows.workflows"
-
-[tool.setuptools]
-packages = ["acme_flows"]
-"""
-
-ACME_WORKFLOWS = '''\
-"""Acme's workflows: registered when Baton imports this module through the baton.workflows entry point."""
-
-from orchestrator.dsl import Human, Task, Workflow
-from orchestrator.registry import register
+def readme_first_workflow(language: str) -> str:
+    """The ``language`` code block of README's "Your first workflow", as a reader copies it (the list's indent
+    taken off): the package this test installs is the one README tells people to write, so the two cannot drift."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Your first workflow") :]
+    section = section[: section.index("\n## ", 1)]
+    block = re.search(rf"^( *)```{language}\n(.*?)^\1```$", section, re.M | re.S)
+    assert block, f"README's Your first workflow has no {language} block"
+    return textwrap.dedent(block[2])
 
 
-def greet(ctx):
-    return {"greeting": f"Hello {ctx.data['person']}"}
-
-
-def file_it(ctx):
-    return {"filed_as": f"{ctx.data['greeting']} / {ctx.idempotency_key}"}
-
-
-register(
-    Workflow(
-        name="acme_greeting",
-        version=1,
-        owner="Acme",
-        title_template="Greeting for {person}",
-        steps=[
-            Task("greet", greet),
-            Human("approve_greeting", candidate_groups=["acme-approvers"], task_title="Approve: {title}"),
-            Task("file_it", file_it),
-        ],
-    )
-)
-'''
+ACME_PYPROJECT = readme_first_workflow("toml")
+ACME_WORKFLOWS = readme_first_workflow("python")
 
 
 @pytest.fixture(scope="module")

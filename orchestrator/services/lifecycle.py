@@ -154,9 +154,11 @@ def drop_kept_signals(unit: Unit, ended: str, workflow: Workflow | None = None) 
     why = KEPT_SIGNAL_ENDS[ended]
     rejection = {"node": None, "step": None, "errors": {"instance": [why]}, "reason": why}
     table = ReceivedSignal._meta.db_table
+    # SQLite (the demo) stores JSON as text and cannot read PostgreSQL's cast.
+    as_json = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET rejected_at = %s, rejection = %s::jsonb"
+            f"UPDATE {table} SET rejected_at = %s, rejection = {as_json}"
             " WHERE instance_id = %s AND consumed_at IS NULL AND rejected_at IS NULL RETURNING signal_id",
             [unit.now, json.dumps(rejection), unit.instance.pk],
         )

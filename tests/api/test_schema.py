@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 
@@ -65,3 +67,22 @@ def test_every_request_body_says_it_takes_only_its_own_fields(schema):
         assert component.get("additionalProperties") is False, name
     # the free-form objects inside stay open: a start's input is the workflow's
     assert requests["StartRequest"]["properties"]["input"].get("additionalProperties", True) is not False
+
+
+def test_the_interactive_docs_load_every_asset_from_this_site(client):
+    """README, "The API": Swagger UI is served from this site, no CDN (a closed network, a strict CSP and privacy
+    all need it): every script, style sheet and icon the page names is a static file Baton has."""
+    from django.contrib.staticfiles import finders
+
+    # when
+    page = client.get("/api/docs/")
+    html = page.content.decode()
+
+    # then: nothing from elsewhere, and each asset is one of Baton's static files
+    assets = re.findall(r"(?:src|href)=\"([^\"]+)\"", html)
+    assert page.status_code == 200
+    assert any(asset.endswith("swagger-ui-bundle.js") for asset in assets)  # the page names its assets at all
+    assert re.findall(r"https?://", html) == []
+    for asset in assets:
+        assert asset.startswith("/static/"), asset
+        assert finders.find(asset.removeprefix("/static/")), f"{asset} is not a static file"
