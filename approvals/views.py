@@ -330,7 +330,9 @@ def _render_task(
     posted = request.POST if request.method == "POST" else None
     form = None
     definition = locks.definition_or_none(instance)
-    if task.kind == TaskKind.FORM and definition is not None:
+    # Said on the page; a decision is refused with the same reason (task_actions.task_decide).
+    undecidable = task_actions.why_undecidable(instance, task)
+    if task.kind == TaskKind.FORM and definition is not None and not undecidable:
         node = definition.node(task.step.name)
         if isinstance(node, Human):
             form = node.form(data=posted if decide_form is not None else None, prefix=FORM_PREFIX)
@@ -374,8 +376,8 @@ def _render_task(
         "is_candidate": task_rules.is_candidate(user, task),
         "is_manager": selectors.is_manager(user),
         "delegates": _delegates(task, exclude=user) if task.is_actionable else [],
-        # The page says so itself; a decision is refused with the same reason (task_actions.task_decide).
-        "definition_missing": locks.definition_unavailable(instance) if definition is None else "",
+        "definition_missing": undecidable,
+        "redeploy": task_actions.REDEPLOY,
         # Paused or failed: a decision is refused until an operator resumes or retries (task_actions._decide).
         "on_hold": instance.state in selectors.ON_HOLD_STATES and task.is_actionable,
         "active_nav": "inbox",

@@ -58,13 +58,14 @@ from approvals.services.escalations import escalation_resolve
 from orchestrator import live_names, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Human
+from orchestrator.dsl import FORM, DefinitionError, Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when, form_json_default
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services.flow import human_step_finish, human_step_stopped
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable
 from orchestrator.services.results import clean_text
+from orchestrator.services.steps import step_node
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -423,12 +424,11 @@ def _decide(
         if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
             raise TaskConflict(f"{task.assignee} has claimed this task.")
         _check_may_act(user, locked)
-        if definition_or_none(unit.instance) is None:
-            # Nothing could follow the decision; it waits until the definition is registered again.
-            raise TaskConflict(
-                f"This task cannot be decided now: the workflow's {definition_unavailable(unit.instance)}. "
-                "An operator must deploy it again (or cancel the instance)."
-            )
+        undecidable = why_undecidable(unit.instance, task)
+        if undecidable:
+            # Nothing could follow the decision (nor check a form's fields); it waits until the definition the
+            # instance ran is deployed again.
+            raise TaskConflict(f"This task cannot be decided now: {undecidable}. {REDEPLOY}")
         if seen is not None and seen != data_digest(unit.instance.data):
             # Read under the instance's lock: an edit that committed while this request waited is seen here.
             raise TaskConflict(
@@ -518,6 +518,39 @@ def _decide(
         except Exception as exc:
             raise _FollowFailed(exc) from exc
         return task
+
+
+# What the task page and a refused decision tell a person about a task :func:`why_undecidable` names a reason for.
+REDEPLOY = "An operator must deploy the version this instance ran again (or cancel the instance)."
+
+
+def why_undecidable(instance: WorkflowInstance, task: HumanTask) -> str:
+    """Why no decision of ``task`` (of ``instance``, its step read) could be carried out now, in a person's words, or
+    "" when it can: the definition ``instance`` is pinned to is not registered (its module is not deployed), or it
+    was deployed again under the same version without the task's node or with another kind of node there
+    (``steps.step_node``), so neither a form's fields could be checked nor what follows entered. An escalation is
+    answered whatever its step's node (Fail instance is the way out; ``escalation_resolve`` checks what a retry
+    needs). The task page says it; :func:`task_decide` refuses with it.
+
+    Raises nothing of its own.
+    """
+    definition = definition_or_none(instance)
+    if definition is None:
+        return f"the workflow's {definition_unavailable(instance)}"
+    if task.kind == TaskKind.ESCALATION:
+        return ""
+    try:
+        node = step_node(definition, task.step)
+    except DefinitionError as exc:
+        return f"the workflow was deployed again under its version with another shape ({exc})"
+    if isinstance(node, Human) and node.kind_of_task != task.kind:
+        # A form where an approval was (or the reverse): the decision the task takes is not the one its node reads.
+        now, this = ("a form" if kind == FORM else "an approval" for kind in (node.kind_of_task, task.kind))
+        return (
+            f"the workflow was deployed again under its version with another shape (its step {task.step.name!r} is "
+            f"now {now}, this task {this})"
+        )
+    return ""
 
 
 def _give_back_barred_claims(unit: Unit, task: HumanTask, user: User) -> None:
