@@ -895,3 +895,41 @@ def test_a_delegation_from_a_page_drawn_before_someone_claimed_is_refused_with_t
     assert 'data-kept-for="note">urgent, the client calls at 3</textarea>' in response.content.decode()
     task.refresh_from_db()
     assert task.assignee == users.staff
+
+
+def test_the_overdue_filter_lists_exactly_the_rows_that_say_overdue(users):
+    """Given two expense approvals past their due time, one of a workflow an operator paused before it fell due and
+    one of a workflow that failed, and a third merely late, when staff filters the team queue to "Overdue", then only
+    the late one is listed: the rows of the other two say their workflow is on hold, not overdue (nobody can act on
+    them; the paused one's due time moves on by the pause at the resume), and the filter listed them as overdue. A
+    task staff decided past its due time is no overdue row of Done by me either."""
+    from orchestrator.audit import Actor
+    from orchestrator.models import InstanceState
+    from orchestrator.services.instances import instance_pause
+
+    # given
+    late, paused, failed = (task_of(expense()) for _ in range(3))
+    instance_pause(paused.instance_id, actor=Actor.of(users.operator), reason="waiting for the auditors")
+    WorkflowInstance.objects.filter(pk=failed.instance_id).update(state=InstanceState.FAILED)
+    decided = task_of(expense())
+    task_decide(decided.pk, users.staff, APPROVE)
+    HumanTask.objects.filter(pk__in=[late.pk, paused.pk, failed.pk, decided.pk]).update(
+        due_at=timezone.now() - timedelta(minutes=5)
+    )
+    client = login(users.staff)
+
+    # when
+    everything = client.get(reverse("approvals:inbox"), {"tab": "queue"}).content.decode()
+    overdue = client.get(reverse("approvals:inbox"), {"tab": "queue", "due": "overdue"}).content.decode()
+    done_overdue = client.get(reverse("approvals:inbox"), {"tab": "done", "due": "overdue"}).content.decode()
+
+    # then
+    said_overdue = {
+        int(row.split('"', 1)[0])
+        for row in everything.split('data-task="')[1:]
+        if "overdue" in row.split("</tr>", 1)[0]
+    }
+    listed = {int(row.split('"', 1)[0]) for row in overdue.split('data-task="')[1:]}
+    assert said_overdue == {late.pk}
+    assert listed == said_overdue
+    assert 'data-task="' not in done_overdue  # decided: nothing is overdue any more
