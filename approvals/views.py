@@ -33,7 +33,7 @@ from approvals.models import (
 )
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
-from orchestrator import registry
+from orchestrator import accounts, registry
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
@@ -232,6 +232,12 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
         messages.warning(request, "Select the tasks to claim first.")
         return redirect(f"{reverse('approvals:inbox')}?tab=queue")
     result = task_actions.tasks_claim_bulk(ids, request.user, request_meta=request_meta(request))
+    # Each refusal recorded as the single claim's 403 or hidden 404 is: the redirect below is no refusal to the
+    # middleware that records those, and a bulk claim was a side door (the initiator's claim, a scan of ids).
+    for pk in result.forbidden:
+        accounts.item_refused(request, "task", pk, result.refused[pk])
+    for pk in result.hidden:
+        accounts.hidden_item_refused(request, "task", HumanTask, pk)
     if result.claimed:
         messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
     if result.refused:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -596,8 +596,14 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
 
 @dataclass
 class BulkResult:
+    """What a bulk claim did: the ids claimed, the refusals' messages by id, and which of those refused ids a single
+    claim would have answered 403 (``forbidden``: who the person is) or 404 (``hidden``: not theirs to see), the
+    refusals the trail records."""
+
     claimed: list[int]
     refused: dict[int, str]
+    forbidden: list[int] = field(default_factory=list)
+    hidden: list[int] = field(default_factory=list)
 
 
 def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | None = None) -> BulkResult:
@@ -611,6 +617,10 @@ def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | No
             task_claim(task_id, user, request_meta=request_meta)
         except TaskError as exc:
             result.refused[task_id] = str(exc)
+            if isinstance(exc, TaskForbidden):
+                result.forbidden.append(task_id)
+            elif isinstance(exc, TaskNotFound):
+                result.hidden.append(task_id)
         else:
             result.claimed.append(task_id)
     return result
