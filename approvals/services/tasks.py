@@ -88,10 +88,22 @@ class LockedTask:
 
 def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> LockedTask:
     tasks, steps, instances = HumanTask._meta.db_table, StepRun._meta.db_table, WorkflowInstance._meta.db_table
+    # The acting person's account row is held (FOR SHARE) until the action commits, taken before the instance's lock
+    # (an uncorrelated EXISTS: evaluated once, before the instance row is read). A change taking the person out (a
+    # deactivation, a group left or deleted: approvals.signals locks their row first) and this action then run one
+    # after the other, never interleaved: a change being written makes the action wait and read the account and
+    # groups as the change left them; an action under way makes the change wait, and its re-check of the person's
+    # tasks (people.tasks_people_changed) then sees the claim. Interleaved, the action read the account from before
+    # the change and the re-check looked before the claim committed: a person who had left kept the claim until the
+    # sweep's safety net. Where rows are not locked (SQLite serialises writers), nothing to hold.
+    account = (
+        f" AND EXISTS (SELECT 1 FROM {User._meta.db_table} a WHERE a.id = %s FOR SHARE)" if rows.lock_clause() else ""
+    )
     locked = rows.select(
         [(WorkflowInstance, "i")],
-        f"FROM {instances} i WHERE i.id = (SELECT t.instance_id FROM {tasks} t WHERE t.id = %s){rows.lock_clause()}",
-        [task_id],
+        f"FROM {instances} i WHERE i.id = (SELECT t.instance_id FROM {tasks} t WHERE t.id = %s)"
+        f"{account}{rows.lock_clause()}",
+        [task_id, user.pk] if account else [task_id],
     )
     if not locked:
         raise TaskNotFound("No such task.")
