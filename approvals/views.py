@@ -244,8 +244,11 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
         # Titles only of tasks the person may open: any id can be posted, and a title tells what a task is about.
         visible = selectors.visible_tasks(request.user).filter(pk__in=result.refused)
         titles = dict(visible.values_list("pk", "title"))
+        # Each title isolated (FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE): it comes from the business data, and a
+        # right-to-left override in one reversed the rest of the message as drawn, the other tasks' reasons included.
         details = "; ".join(
-            f"“{titles[pk]}”: {why}" if pk in titles else f"task {pk}: {why}" for pk, why in result.refused.items()
+            f"“\u2068{titles[pk]}\u2069”: {why}" if pk in titles else f"task {pk}: {why}"
+            for pk, why in result.refused.items()
         )
         messages.warning(request, f"{len(result.refused)} could not be claimed. {details}")
     return redirect(f"{reverse('approvals:inbox')}?tab=mine")
