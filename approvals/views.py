@@ -359,6 +359,9 @@ def _render_task(
         if name == "comment" and not decide_form.has_error("comment"):
             decide_form.add_error("comment", errors)
     decisions = list(instance.decisions.select_related("user", "task").order_by("created_at"))
+    for decision in decisions:
+        # "staff rejected", never the verb with a "d" added ("rejectd", "submitd").
+        decision.past_tense = task_rules.past_tense(decision.decision)  # type: ignore[attr-defined]
     approved_before = any(d.user_id == user.pk and d.decision == task_rules.APPROVE for d in decisions)
     decided_this = any(d.user_id == user.pk and d.task_id == task.pk for d in decisions)
     context = {
