@@ -390,7 +390,11 @@ def apply_filters(qs: QuerySet[HumanTask], query: InboxQuery, now: datetime | No
     if query.due:
         end_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
         qs = {
-            "overdue": lambda: qs.filter(due_at__lt=now),
+            # The rows that say "overdue" (views._task_rows): still to do, and not held by a paused or failed
+            # workflow (on hold: nobody can act on them, and a pause moves the due time on at the resume).
+            "overdue": lambda: qs.filter(due_at__lt=now, state__in=ACTIONABLE_TASK_STATES).exclude(
+                instance__state__in=ON_HOLD_STATES
+            ),
             "today": lambda: qs.filter(due_at__gte=now, due_at__lt=end_of_day),
             "later": lambda: qs.filter(due_at__gte=end_of_day),
             "none": lambda: qs.filter(due_at__isnull=True),

@@ -34,10 +34,23 @@ def _user_saved(sender: Any, instance: Any, created: bool, raw: bool = False, **
         _recheck([instance.pk], [], "account deactivated")
 
 
+def _hold_accounts(user_ids: Any) -> None:
+    """Lock the accounts of people about to leave a group, before their memberships go: a task action of theirs
+    under way (it holds its account FOR SHARE, ``approvals.services.tasks._hold_account``) commits first and this
+    change's re-check sees it; one starting now waits for this change and reads the groups it leaves."""
+    ids = sorted(user_ids)
+    if ids:
+        list(get_user_model().objects.select_for_update(no_key=True).filter(pk__in=ids).values_list("pk", flat=True))
+
+
 def _groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **_: Any) -> None:
+    if action == "pre_remove":
+        _hold_accounts((pk_set or ()) if reverse else [instance.pk])
+        return
     if action == "pre_clear":
         related = instance.user_set if reverse else instance.groups
         instance._baton_left = set(related.values_list("pk", flat=True))
+        _hold_accounts(instance._baton_left if reverse else [instance.pk])
         return
     if action not in ("post_remove", "post_clear"):
         return
@@ -55,6 +68,7 @@ def _groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_s
 def _group_deleting(sender: Any, instance: Group, **_: Any) -> None:
     # The group's candidate rows go with it (CASCADE): note its open tasks to re-check once it is gone, the claimed
     # ones apart (their assignee may have been a candidate through this group only).
+    _hold_accounts(instance.user_set.values_list("pk", flat=True))
     found = HumanTask.objects.filter(candidates__group=instance, state__in=ACTIONABLE_TASK_STATES).order_by("pk")
     instance._baton_tasks = list(found.values_list("pk", "state")[:RECHECK_LIMIT])  # type: ignore[attr-defined]
 

@@ -33,7 +33,7 @@ from approvals.models import (
 )
 from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
-from orchestrator import registry
+from orchestrator import accounts, registry
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
@@ -232,14 +232,23 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
         messages.warning(request, "Select the tasks to claim first.")
         return redirect(f"{reverse('approvals:inbox')}?tab=queue")
     result = task_actions.tasks_claim_bulk(ids, request.user, request_meta=request_meta(request))
+    # Each refusal recorded as the single claim's 403 or hidden 404 is: the redirect below is no refusal to the
+    # middleware that records those, and a bulk claim was a side door (the initiator's claim, a scan of ids).
+    for pk in result.forbidden:
+        accounts.item_refused(request, "task", pk, result.refused[pk])
+    for pk in result.hidden:
+        accounts.hidden_item_refused(request, "task", HumanTask, pk)
     if result.claimed:
         messages.success(request, f"Claimed {len(result.claimed)} task{'s' if len(result.claimed) != 1 else ''}.")
     if result.refused:
         # Titles only of tasks the person may open: any id can be posted, and a title tells what a task is about.
         visible = selectors.visible_tasks(request.user).filter(pk__in=result.refused)
         titles = dict(visible.values_list("pk", "title"))
+        # Each title isolated (FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE): it comes from the business data, and a
+        # right-to-left override in one reversed the rest of the message as drawn, the other tasks' reasons included.
         details = "; ".join(
-            f"“{titles[pk]}”: {why}" if pk in titles else f"task {pk}: {why}" for pk, why in result.refused.items()
+            f"“\u2068{titles[pk]}\u2069”: {why}" if pk in titles else f"task {pk}: {why}"
+            for pk, why in result.refused.items()
         )
         messages.warning(request, f"{len(result.refused)} could not be claimed. {details}")
     return redirect(f"{reverse('approvals:inbox')}?tab=mine")
@@ -330,7 +339,9 @@ def _render_task(
     posted = request.POST if request.method == "POST" else None
     form = None
     definition = locks.definition_or_none(instance)
-    if task.kind == TaskKind.FORM and definition is not None:
+    # Said on the page; a decision is refused with the same reason (task_actions.task_decide).
+    undecidable = task_actions.why_undecidable(instance, task)
+    if task.kind == TaskKind.FORM and definition is not None and not undecidable:
         node = definition.node(task.step.name)
         if isinstance(node, Human):
             form = node.form(data=posted if decide_form is not None else None, prefix=FORM_PREFIX)
@@ -348,6 +359,9 @@ def _render_task(
         if name == "comment" and not decide_form.has_error("comment"):
             decide_form.add_error("comment", errors)
     decisions = list(instance.decisions.select_related("user", "task").order_by("created_at"))
+    for decision in decisions:
+        # "staff rejected", never the verb with a "d" added ("rejectd", "submitd").
+        decision.past_tense = task_rules.past_tense(decision.decision)  # type: ignore[attr-defined]
     approved_before = any(d.user_id == user.pk and d.decision == task_rules.APPROVE for d in decisions)
     decided_this = any(d.user_id == user.pk and d.task_id == task.pk for d in decisions)
     context = {
@@ -374,8 +388,8 @@ def _render_task(
         "is_candidate": task_rules.is_candidate(user, task),
         "is_manager": selectors.is_manager(user),
         "delegates": _delegates(task, exclude=user) if task.is_actionable else [],
-        # The page says so itself; a decision is refused with the same reason (task_actions.task_decide).
-        "definition_missing": locks.definition_unavailable(instance) if definition is None else "",
+        "definition_missing": undecidable,
+        "redeploy": task_actions.REDEPLOY,
         # Paused or failed: a decision is refused until an operator resumes or retries (task_actions._decide).
         "on_hold": instance.state in selectors.ON_HOLD_STATES and task.is_actionable,
         "active_nav": "inbox",

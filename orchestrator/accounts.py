@@ -216,6 +216,34 @@ def access_refused(request: HttpRequest, response: HttpResponse) -> None:
         logger.exception("could not record the refused request %s %s", request.method, request.path)
 
 
+def item_refused(request: HttpRequest, kind: str, object_id: int, reason: str) -> None:
+    """Record that ``request``'s user was refused an action on ``kind`` #``object_id`` for who they are (four-eyes,
+    not a candidate: what a single action answers 403, recorded by ``CurrentRequestMiddleware``), inside a bulk
+    action answered as a whole, whose redirect no middleware reads as a refusal. ``reason`` is the message the
+    person was shown. A failure to record is logged, never raised."""
+    user: Any = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return
+    match = getattr(request, "resolver_match", None)
+    try:
+        _access(
+            request,
+            Actor.of(user),
+            AuditAction.ACCESS_REFUSED,
+            kind,
+            object_id,
+            {
+                "method": request.method,
+                "route": match.view_name if match is not None else "",
+                "status": 403,
+                "bulk": True,
+            },
+            reason=reason,
+        )
+    except DatabaseError:
+        logger.exception("could not record the refused item %s %s of %s", kind, object_id, request.path)
+
+
 # A 404 that hid one object from one person is recorded once in this window (docs/architecture.md, "Refusals hidden as
 # 404"): someone reloading the page or scanning ids in a loop adds one event per hidden object, not one per request.
 HIDDEN_REFUSAL_WINDOW = timedelta(minutes=10)
@@ -245,6 +273,17 @@ def hidden_refused(request: HttpRequest, response: HttpResponse) -> None:
     ``HIDDEN_REFUSAL_WINDOW``. The 404 the caller gets is the same either way. A failure to record is logged, never
     turned into a 500."""
     kind, model, object_id = request.baton_hidden  # type: ignore[attr-defined]
+    hidden_item_refused(request, kind, model, object_id, status=response.status_code)
+
+
+def hidden_item_refused(
+    request: HttpRequest, kind: str, model: type[models.Model], object_id: int, *, status: int = 404
+) -> None:
+    """Record that ``request``'s user was refused ``model`` #``object_id`` (``kind`` as for ``hidden_404``) as not
+    theirs to see, by :func:`hidden_refused`'s rule (signed in, the object exists, once per person and object per
+    ``HIDDEN_REFUSAL_WINDOW``): for a 404 answer, and for one item of a bulk action answered as a whole (the
+    request's answer is a redirect, its refusal of that item the one a single action would have answered 404).
+    A failure to record is logged, never raised."""
     user: Any = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not 0 < object_id < 2**63:  # past bigint: no such row
         return
@@ -271,7 +310,7 @@ def hidden_refused(request: HttpRequest, response: HttpResponse) -> None:
             {
                 "method": request.method,
                 "route": match.view_name if match is not None else "",
-                "status": response.status_code,
+                "status": status,
                 "hidden": True,
             },
             reason="Not Found (hidden: not theirs to see)",

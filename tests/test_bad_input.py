@@ -348,7 +348,7 @@ def test_approve_after_someone_else_claimed_keeps_the_comment(roles):
     assert response.status_code == 409
     assert shown(response) == [("warning", "staff2 has claimed this task.")]
     content = response.content.decode()
-    assert "staff2 is working on this task." in content
+    assert "<bdi>staff2</bdi> is working on this task." in content
     assert "Checked the receipts, OK</textarea>" in content
     task.refresh_from_db()
     assert (task.state, task.assignee) == (TaskState.CLAIMED, roles.staff2)

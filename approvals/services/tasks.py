@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -58,13 +58,14 @@ from approvals.services.escalations import escalation_resolve
 from orchestrator import live_names, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Human
+from orchestrator.dsl import FORM, DefinitionError, Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when, form_json_default
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
 from orchestrator.realtime import send_now
 from orchestrator.services.flow import human_step_finish, human_step_stopped
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable
 from orchestrator.services.results import clean_text
+from orchestrator.services.steps import step_node
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,22 @@ class LockedTask:
 
 def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> LockedTask:
     tasks, steps, instances = HumanTask._meta.db_table, StepRun._meta.db_table, WorkflowInstance._meta.db_table
+    # The acting person's account row is held (FOR SHARE) until the action commits, taken before the instance's lock
+    # (an uncorrelated EXISTS: evaluated once, before the instance row is read). A change taking the person out (a
+    # deactivation, a group left or deleted: approvals.signals locks their row first) and this action then run one
+    # after the other, never interleaved: a change being written makes the action wait and read the account and
+    # groups as the change left them; an action under way makes the change wait, and its re-check of the person's
+    # tasks (people.tasks_people_changed) then sees the claim. Interleaved, the action read the account from before
+    # the change and the re-check looked before the claim committed: a person who had left kept the claim until the
+    # sweep's safety net. Where rows are not locked (SQLite serialises writers), nothing to hold.
+    account = (
+        f" AND EXISTS (SELECT 1 FROM {User._meta.db_table} a WHERE a.id = %s FOR SHARE)" if rows.lock_clause() else ""
+    )
     locked = rows.select(
         [(WorkflowInstance, "i")],
-        f"FROM {instances} i WHERE i.id = (SELECT t.instance_id FROM {tasks} t WHERE t.id = %s){rows.lock_clause()}",
-        [task_id],
+        f"FROM {instances} i WHERE i.id = (SELECT t.instance_id FROM {tasks} t WHERE t.id = %s)"
+        f"{account}{rows.lock_clause()}",
+        [task_id, user.pk] if account else [task_id],
     )
     if not locked:
         raise TaskNotFound("No such task.")
@@ -423,12 +436,11 @@ def _decide(
         if task.state == TaskState.CLAIMED and task.assignee_id != user.pk:
             raise TaskConflict(f"{task.assignee} has claimed this task.")
         _check_may_act(user, locked)
-        if definition_or_none(unit.instance) is None:
-            # Nothing could follow the decision; it waits until the definition is registered again.
-            raise TaskConflict(
-                f"This task cannot be decided now: the workflow's {definition_unavailable(unit.instance)}. "
-                "An operator must deploy it again (or cancel the instance)."
-            )
+        undecidable = why_undecidable(unit.instance, task)
+        if undecidable:
+            # Nothing could follow the decision (nor check a form's fields); it waits until the definition the
+            # instance ran is deployed again.
+            raise TaskConflict(f"This task cannot be decided now: {undecidable}. {REDEPLOY}")
         if seen is not None and seen != data_digest(unit.instance.data):
             # Read under the instance's lock: an edit that committed while this request waited is seen here.
             raise TaskConflict(
@@ -520,6 +532,39 @@ def _decide(
         return task
 
 
+# What the task page and a refused decision tell a person about a task :func:`why_undecidable` names a reason for.
+REDEPLOY = "An operator must deploy the version this instance ran again (or cancel the instance)."
+
+
+def why_undecidable(instance: WorkflowInstance, task: HumanTask) -> str:
+    """Why no decision of ``task`` (of ``instance``, its step read) could be carried out now, in a person's words, or
+    "" when it can: the definition ``instance`` is pinned to is not registered (its module is not deployed), or it
+    was deployed again under the same version without the task's node or with another kind of node there
+    (``steps.step_node``), so neither a form's fields could be checked nor what follows entered. An escalation is
+    answered whatever its step's node (Fail instance is the way out; ``escalation_resolve`` checks what a retry
+    needs). The task page says it; :func:`task_decide` refuses with it.
+
+    Raises nothing of its own.
+    """
+    definition = definition_or_none(instance)
+    if definition is None:
+        return f"the workflow's {definition_unavailable(instance)}"
+    if task.kind == TaskKind.ESCALATION:
+        return ""
+    try:
+        node = step_node(definition, task.step)
+    except DefinitionError as exc:
+        return f"the workflow was deployed again under its version with another shape ({exc})"
+    if isinstance(node, Human) and node.kind_of_task != task.kind:
+        # A form where an approval was (or the reverse): the decision the task takes is not the one its node reads.
+        now, this = ("a form" if kind == FORM else "an approval" for kind in (node.kind_of_task, task.kind))
+        return (
+            f"the workflow was deployed again under its version with another shape (its step {task.step.name!r} is "
+            f"now {now}, this task {this})"
+        )
+    return ""
+
+
 def _give_back_barred_claims(unit: Unit, task: HumanTask, user: User) -> None:
     """Having approved ``task``, ``user`` may decide no other approval of its instance (four-eyes): the ones they
     hold (claimed on a parallel branch before) go back to the queue now, audited and announced. Held, each waited
@@ -563,8 +608,14 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
 
 @dataclass
 class BulkResult:
+    """What a bulk claim did: the ids claimed, the refusals' messages by id, and which of those refused ids a single
+    claim would have answered 403 (``forbidden``: who the person is) or 404 (``hidden``: not theirs to see), the
+    refusals the trail records."""
+
     claimed: list[int]
     refused: dict[int, str]
+    forbidden: list[int] = field(default_factory=list)
+    hidden: list[int] = field(default_factory=list)
 
 
 def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | None = None) -> BulkResult:
@@ -578,6 +629,10 @@ def tasks_claim_bulk(task_ids: list[int], user: User, *, request_meta: dict | No
             task_claim(task_id, user, request_meta=request_meta)
         except TaskError as exc:
             result.refused[task_id] = str(exc)
+            if isinstance(exc, TaskForbidden):
+                result.forbidden.append(task_id)
+            elif isinstance(exc, TaskNotFound):
+                result.hidden.append(task_id)
         else:
             result.claimed.append(task_id)
     return result

@@ -137,6 +137,59 @@ def test_the_initiators_side_door_is_a_403_with_a_message_on_the_page(users, act
     assert (task.state, task.assignee) == (TaskState.CLAIMED, users.staff)
 
 
+def refusals_of(user) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action=AuditAction.ACCESS_REFUSED, actor_id=user.pk).order_by("id"))
+
+
+@pytest.mark.parametrize("door", ["task page", "bulk claim"])
+def test_the_initiators_claim_is_refused_and_recorded_through_every_door(users, door):
+    """Given an expense staff started (staff is an approver: a candidate of its task), when staff claims it from
+    its task page or ticks it in a bulk claim of the team queue, then the claim is refused saying why, the task
+    stays open, and the refusal is an ``access.refused`` event naming the task: the page's 403 was recorded, the
+    bulk claim's refusal of the same claim was not (a side door that left no trace)."""
+    # given
+    task = task_of(expense(initiator=users.staff))
+    other = task_of(expense())
+    client = login(users.staff)
+
+    # when
+    if door == "task page":
+        response = client.post(reverse("approvals:task_claim", args=[task.pk]), follow=True)
+    else:
+        response = client.post(reverse("approvals:tasks_claim_bulk"), {"task": [task.pk, other.pk]}, follow=True)
+
+    # then
+    assert "You started this workflow, so you cannot act on its tasks (four-eyes rule)." in page_text(response)
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)
+    recorded = refusals_of(users.staff)
+    assert [(e.subject_type, e.subject_id, e.payload["status"]) for e in recorded] == [("task", task.pk, 403)]
+    assert recorded[0].payload["method"] == "POST"
+
+
+def test_a_bulk_claim_of_a_task_not_mine_to_see_is_recorded_as_a_hidden_refusal(users, register_workflow):
+    """Given a task of the operators' (staff2 is no candidate: they may not know it exists), when staff2 posts its
+    id in a bulk claim, twice, then it is refused without its title and recorded once as a hidden refusal (status
+    404), as the single claim's 404 is; an id that names no task is recorded as nothing."""
+    # given
+    register_workflow(
+        Workflow("secret", 1, [Human("check", candidate_groups=["operators"], task_title="Secret merger")])
+    )
+    hidden = task_of(instance_start("secret", {}))
+    client = login(users.staff2)
+
+    # when
+    response = client.post(reverse("approvals:tasks_claim_bulk"), {"task": [hidden.pk, 2**62]}, follow=True)
+    client.post(reverse("approvals:tasks_claim_bulk"), {"task": [hidden.pk]})
+
+    # then
+    assert "Secret merger" not in page_text(response)
+    recorded = refusals_of(users.staff2)
+    assert [(e.subject_type, e.subject_id, e.payload["status"], e.payload["hidden"]) for e in recorded] == [
+        ("task", hidden.pk, 404, True)
+    ]
+
+
 def test_the_initiators_task_page_offers_no_steering(users):
     """The initiator-manager's task page shows the four-eyes notice and neither a delegate nor a release form."""
     # given

@@ -3,15 +3,17 @@ reminders reach active people only, and a deactivated or departed assignee loses
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 
-from approvals.models import HumanTask, Notification, TaskState
-from approvals.services.base import APPROVE, TaskForbidden, TaskInvalid
+from approvals.models import HumanTask, Notification, TaskCandidate, TaskState
+from approvals.services.base import APPROVE, TaskError, TaskForbidden, TaskInvalid
 from approvals.services.deadlines import tasks_sweep
 from approvals.services.tasks import task_claim, task_decide, task_delegate
 from orchestrator.dsl import Human, Remind, Workflow
@@ -463,3 +465,72 @@ def test_deleting_the_candidate_group_after_the_task_opened_escalates_it(users, 
     assert (task.state, task.assignee) == (TaskState.ESCALATED, None)
     if claimed:
         assert "deleted" in last_event(task, "task.released").reason
+
+
+# --- a change of people at the same instant as an action --------------------------------------------------------
+
+
+def _change_held_open(change, held: threading.Event, done: threading.Event, errors: list) -> None:
+    """Run ``change`` (a deactivation, a group left: its signals re-check the person's tasks in its transaction)
+    and keep that transaction open until ``done`` is set, as an administrator's save still writing."""
+    try:
+        with transaction.atomic():
+            change()
+            held.set()
+            done.wait(timeout=10)
+    except Exception as exc:  # the test asserts on it
+        errors.append(exc)
+        held.set()
+    finally:
+        connection.close()
+
+
+CHANGES = {
+    "deactivated": lambda user: deactivate(User.objects.get(pk=user.pk)),
+    "left the group": lambda user: User.objects.get(pk=user.pk).groups.clear(),
+    "removed from the group": lambda user: Group.objects.get(name="approvers").user_set.remove(user.pk),
+    "group deleted": lambda user: Group.objects.get(name="approvers").delete(),
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_claim_at_the_same_instant_as_the_claimers_departure_leaves_no_claim_behind(users, change):
+    """Given an administrator's change taking staff out (deactivated, out of the approvers, the group deleted) that
+    has written its rows and re-checked staff's tasks (none claimed yet) but not committed, when staff claims a team
+    task at that instant, then the claim is never left with someone who may no longer act on it: it waits for the
+    change and is refused, where it read the account as it was before the change, claimed, and the change's
+    re-check, which had looked already, never saw it (the task waited with a person who had left until the sweep's
+    safety net)."""
+    # given: staff2 is also named, so no change leaves the task short of people (whose re-check locks it anyway)
+    task = task_of(expense())
+    TaskCandidate.objects.create(task=task, user=users.staff2)
+    held, done = threading.Event(), threading.Event()
+    errors: list[Exception] = []
+    admin = threading.Thread(target=_change_held_open, args=(lambda: CHANGES[change](users.staff), held, done, errors))
+    admin.start()
+    assert held.wait(timeout=10)
+    outcome: list = []
+
+    def claim() -> None:
+        try:
+            outcome.append(task_claim(task.pk, User.objects.get(pk=users.staff.pk)))
+        except Exception as exc:
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    # when: staff claims while the change is still open, which then commits
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    claimer.join(timeout=1)
+    done.set()
+    admin.join(timeout=10)
+    claimer.join(timeout=10)
+
+    # then
+    assert not errors
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], TaskError), outcome
+    task.refresh_from_db()
+    assert (task.state, task.assignee) == (TaskState.OPEN, None)

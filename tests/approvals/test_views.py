@@ -215,7 +215,7 @@ def test_a_lost_claim_race_explains_who_won(users, task):
     assert response.redirect_chain == [(reverse("approvals:task_detail", args=[task.pk]), 303)]
     assert response.status_code == 200
     assert shown(response) == [("warning", "This task is already claimed by staff.")]
-    assert "staff is working on this task." in response.content.decode()
+    assert "<bdi>staff</bdi> is working on this task." in response.content.decode()
     task.refresh_from_db()
     assert task.assignee == users.staff
 
@@ -557,12 +557,15 @@ def test_a_queue_row_shows_the_task_at_a_glance(users, task):
 
     # then
     title = html.escape(task.title)
-    assert f'<a href="{reverse("approvals:task_detail", args=[task.pk])}" class="fw-semibold">{title}</a>' in row
+    assert (
+        f'<a href="{reverse("approvals:task_detail", args=[task.pk])}" class="fw-semibold"><bdi>{title}</bdi></a>'
+        in row
+    )
     assert f'formaction="{reverse("approvals:task_claim", args=[task.pk])}"' in row
     assert f'id="pick-{task.pk}" aria-label="Select {title}"' in row
     assert (
         '<span class="badge text-bg-danger">Urgent</span> <span class="badge state-open">Open</span> · Expense'
-        ' approval · EXP-7 · <span class="text-danger">escalation</span> · 1/3 approvals'
+        ' approval · <bdi>EXP-7</bdi> · <span class="text-danger">escalation</span> · 1/3 approvals'
     ) in row
     assert f'<span class="d-sm-none text-danger fw-semibold"> · due {due_text}</span>' in row
     assert f'aria-hidden="true"></i> overdue · {due_text}</span>' in row
@@ -591,7 +594,7 @@ def test_my_row_shows_its_snooze_and_a_done_row_its_decision(users, task):
         f'<a class="btn btn-sm btn-primary" href="{reverse("approvals:task_detail", args=[task.pk])}">Open</a>' in mine
     )
     assert "formaction" not in mine
-    assert '<span class="badge state-completed">Completed</span> staff · Expense approval' in done
+    assert '<span class="badge state-completed">Completed</span> <bdi>staff</bdi> · Expense approval' in done
     assert f"approve · {short_date(second.completed_at)}" in done
 
 
@@ -895,3 +898,103 @@ def test_a_delegation_from_a_page_drawn_before_someone_claimed_is_refused_with_t
     assert 'data-kept-for="note">urgent, the client calls at 3</textarea>' in response.content.decode()
     task.refresh_from_db()
     assert task.assignee == users.staff
+
+
+def test_the_overdue_filter_lists_exactly_the_rows_that_say_overdue(users):
+    """Given two expense approvals past their due time, one of a workflow an operator paused before it fell due and
+    one of a workflow that failed, and a third merely late, when staff filters the team queue to "Overdue", then only
+    the late one is listed: the rows of the other two say their workflow is on hold, not overdue (nobody can act on
+    them; the paused one's due time moves on by the pause at the resume), and the filter listed them as overdue. A
+    task staff decided past its due time is no overdue row of Done by me either."""
+    from orchestrator.audit import Actor
+    from orchestrator.models import InstanceState
+    from orchestrator.services.instances import instance_pause
+
+    # given
+    late, paused, failed = (task_of(expense()) for _ in range(3))
+    instance_pause(paused.instance_id, actor=Actor.of(users.operator), reason="waiting for the auditors")
+    WorkflowInstance.objects.filter(pk=failed.instance_id).update(state=InstanceState.FAILED)
+    decided = task_of(expense())
+    task_decide(decided.pk, users.staff, APPROVE)
+    HumanTask.objects.filter(pk__in=[late.pk, paused.pk, failed.pk, decided.pk]).update(
+        due_at=timezone.now() - timedelta(minutes=5)
+    )
+    client = login(users.staff)
+
+    # when
+    everything = client.get(reverse("approvals:inbox"), {"tab": "queue"}).content.decode()
+    overdue = client.get(reverse("approvals:inbox"), {"tab": "queue", "due": "overdue"}).content.decode()
+    done_overdue = client.get(reverse("approvals:inbox"), {"tab": "done", "due": "overdue"}).content.decode()
+
+    # then
+    said_overdue = {
+        int(row.split('"', 1)[0])
+        for row in everything.split('data-task="')[1:]
+        if "overdue" in row.split("</tr>", 1)[0]
+    }
+    listed = {int(row.split('"', 1)[0]) for row in overdue.split('data-task="')[1:]}
+    assert said_overdue == {late.pk}
+    assert listed == said_overdue
+    assert 'data-task="' not in done_overdue  # decided: nothing is overdue any more
+
+
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: everything after it, to the end of its paragraph, is drawn reversed
+
+
+def unisolated(page: str) -> list[str]:
+    """Where ``page`` shows an RLO outside a ``<bdi>`` (or a table cell) of its own: the text around each one shown in
+    the page's text (not inside a tag's attributes, nor the ``<title>``, nor a textarea holding what was typed)."""
+    found = []
+    for at, char in enumerate(page):
+        if char != RLO:
+            continue
+        before = page[:at]
+        if before.rfind("<") > before.rfind(">"):
+            continue  # inside a tag: an attribute
+        opened = before[before.rfind("<") :]
+        if opened.startswith(("<title", "<textarea")):
+            continue
+        following = page[at:]
+        closing = following[following.find("<") :]
+        # A bdi of its own, or a table cell holding it alone (a cell is a paragraph of its own for the bidi rules).
+        if not (opened.startswith("<bdi>") and closing.startswith("</bdi>")) and not (
+            opened.startswith("<td") and closing.startswith("</td>")
+        ):
+            found.append(page[max(0, at - 60) : at + 40])
+    return found
+
+
+def test_text_holding_a_right_to_left_override_cannot_reorder_what_the_page_says_after_it(users):
+    """Given an expense whose description (so its title and its task's) and business key end in a right-to-left
+    override, with a comment ending in one too, when staff reads the queue and a manager the task page, then each
+    of those texts is isolated (a ``<bdi>`` of its own): not isolated, the override reversed the rest of its line as
+    drawn: "started by ..." on the task page, the row's state, escalation and due date, the decision's date."""
+    # given
+    spoof = f"Taxi {RLO}"
+    instance = instance_start(
+        "expense_approval", ExpenseInputFactory(description=spoof), business_key=f"EXP-7{RLO}", initiator=users.staff
+    )
+    decided = task_of(instance)
+    task_claim(decided.pk, users.staff2)
+
+    # when
+    queue = login(users.staff2).get(reverse("approvals:inbox"), {"tab": "mine"}).content.decode()
+    page = login(users.manager).get(reverse("approvals:task_detail", args=[decided.pk])).content.decode()
+    task_decide(decided.pk, users.staff2, REJECT, comment=f"no receipt {RLO}")
+    after = login(users.manager).get(reverse("approvals:task_detail", args=[decided.pk])).content.decode()
+
+    other = task_of(expense())
+    task_claim(other.pk, users.staff)
+    refused = login(users.staff2).post(
+        reverse("approvals:tasks_claim_bulk"), {"task": [decided.pk, other.pk]}, follow=True
+    )
+
+    # then
+    assert all(RLO in shown_page for shown_page in (queue, page, after))
+    assert unisolated(queue) == []
+    assert unisolated(page) == []
+    assert unisolated(after) == []
+    # A message is plain text: the title goes between FIRST STRONG ISOLATE and POP DIRECTIONAL ISOLATE, or the
+    # override reversed the reasons of the tasks named after it.
+    (warning,) = [text for level, text in shown(refused) if level == "warning"]
+    assert f"\u2068{html.unescape(decided.title)}\u2069" in warning

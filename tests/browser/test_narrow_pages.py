@@ -8,7 +8,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from approvals.models import HumanTask
-from approvals.services.base import APPROVE
+from approvals.services.base import APPROVE, REJECT
 from approvals.services.tasks import task_decide
 from orchestrator import registry
 from orchestrator.dsl import Human, Workflow
@@ -148,3 +148,26 @@ class NarrowPageTests(BrowserTestCase):
                 )
                 assert width <= narrow["width"], f"{path}: {width}px wide: {wide}"
                 assert sideways(page) == 0, path
+
+    def test_a_task_page_on_a_phone_wraps_a_long_unbroken_title_and_says_what_was_decided(self):
+        """At 375 px a task whose title holds a long word (a reference, a file name: up to 100 characters without a
+        space) made the whole page 1,600 px wide, and its decisions read "rejectd"."""
+        # given: a rejected expense described by one long word, its instance named so too
+        word = "Z" * 100
+        task = instance_start(
+            "expense_approval",
+            {"employee": "Sam Staff", "amount": "80.00", "category": "travel", "description": word},
+            initiator=self.users.operator,
+        ).tasks.get()
+        task_decide(task.pk, self.users.staff, REJECT, comment="no receipt")
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "staff", {"width": 375, "height": 812})
+
+            # when
+            page.goto(f"/tasks/{task.pk}/")
+
+            # then: nothing is wider than the screen, and the decision reads as it was made
+            expect(page.locator("h1")).to_contain_text(word[:20])
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            expect(page.locator("section[aria-labelledby=history-title] ul")).to_contain_text("staff rejected")
