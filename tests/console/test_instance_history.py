@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from console.ops_views import EVENTS_SHOWN, STEPS_SHOWN
 from orchestrator.dsl import StepContext, Task, Workflow
+from orchestrator.models import InstanceState, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import long_history
 
@@ -121,3 +122,20 @@ def test_the_pages_sql_does_not_grow_with_the_history(client, users, flow):
     events = [sql for sql in many if 'FROM "orchestrator_auditevent"' in sql]
     assert len(events) == 3
     assert all("LIMIT" in sql or "COUNT(" in sql or '"subject_id" IN' in sql for sql in events), events
+
+
+def test_past_the_bounds_the_diagram_plan_and_skip_still_see_every_run(client, users, register_workflow):
+    # given: a compensable step whose runs are mostly past what the page reads, and one dead run at the end
+    register_workflow(Workflow("undo_loop", 1, [Task("check", noop, compensate=noop), Task("tell", noop)]))
+    instance = instance_start("undo_loop", {}, initiator=users.staff)
+    long_history(instance, (STEPS_SHOWN + 10) * 5, step_name="check")
+    WorkflowInstance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED)
+    instance.steps.filter(pk=instance.steps.latest("id").pk).update(state=StepState.DEAD, error="boom")
+
+    # when
+    page, _ = page_of(client, users.operator, instance)
+
+    # then: every run that took effect is in the undo plan, the one dead run is offered to skip
+    assert page.count('data-plan="to undo"') == instance.steps.filter(state=StepState.SUCCEEDED).count()
+    assert page.count('data-plan="to undo"') > STEPS_SHOWN
+    assert "Skip check" in page
