@@ -590,8 +590,53 @@ class Attempt:
         return None
 
 
+# The step events an attempt is read from (``attempts_by_step``): the others change no attempt.
+ATTEMPT_ACTIONS = ("step.started", "step.succeeded", "step.failed", "step.dead", "step.skipped")
+
+
+def attempt_events(instance: WorkflowInstance, step_ids: list[int]) -> list[AuditEvent]:
+    """The audit events ``attempts_by_step`` reads for the steps ``step_ids`` of ``instance``, in chain order: by the
+    (subject_type, subject_id) index, so the steps a page shows cost their own few events, not the instance's whole
+    history (which has no bound)."""
+    if not step_ids:
+        return []
+    return list(
+        AuditEvent.objects.filter(
+            instance=instance, subject_type="step", subject_id__in=step_ids, action__in=ATTEMPT_ACTIONS
+        ).order_by("seq")
+    )
+
+
+def latest_step_states(instance: WorkflowInstance) -> dict[str, str]:
+    """Step name -> the state of its latest run (compensations left out): what the diagram colours, for an instance
+    with more runs than the page reads. One query; PostgreSQL's DISTINCT ON keeps a row per name."""
+    runs = instance.steps.exclude(kind=StepKind.COMPENSATION).order_by("name", "-id").distinct("name")
+    return dict(runs.values_list("name", "state"))
+
+
+def dead_steps(instance: WorkflowInstance) -> list[StepRun]:
+    """Up to two dead steps of ``instance`` (compensations left out): the page offers a skip only when there is
+    exactly one, so a second is all it needs to know."""
+    return list(instance.steps.filter(state=StepState.DEAD).exclude(kind=StepKind.COMPENSATION).order_by("id")[:2])
+
+
+def undoable_steps(instance: WorkflowInstance, workflow: Any) -> list[StepRun]:
+    """The runs the compensation plan is made of (``ops_views._compensation_plan``): task runs that took effect
+    of a node with a compensation, and the compensations. Empty, without a query, when the definition
+    (``workflow``, None when not registered) compensates nothing."""
+    names = [
+        name
+        for name, node in (workflow.nodes.items() if workflow is not None else ())
+        if getattr(node, "compensate", None)
+    ]
+    if not names:
+        return []
+    took_effect = Q(kind=StepKind.TASK, name__in=names, state__in=[StepState.SUCCEEDED, StepState.COMPENSATED])
+    return list(instance.steps.filter(took_effect | Q(kind=StepKind.COMPENSATION)).order_by("id"))
+
+
 def attempts_by_step(steps: list[StepRun], events: list[AuditEvent], *, show_paths: bool) -> dict[int, list[Attempt]]:
-    """Per step id, its attempts in order, from the instance's audit ``events`` (read once for the page). The last
+    """Per step id, its attempts in order, from the instance's audit ``events`` (``attempt_events``). The last
     attempt's error is the step's own (the audit event keeps the first line of a dead step's error); paths in
     errors are cut to file names unless ``show_paths``."""
     by_step: dict[int, list[Attempt]] = {}

@@ -61,6 +61,16 @@ def audit_of(instance: WorkflowInstance) -> QuerySet[AuditEvent]:
     return instance.audit_events.select_related("actor").order_by("seq")
 
 
+def recent_audit_of(instance: WorkflowInstance, limit: int) -> tuple[list[AuditEvent], int]:
+    """The latest ``limit`` events of ``instance``'s history, oldest first, and how many it has in all. An
+    instance's history has no bound (a loop gone round many times, thousands of consumed signals, retries), so a
+    page reads only the tail: by the (instance, seq) index, newest first, then a count only when the tail is full."""
+    events = list(instance.audit_events.order_by("-seq")[:limit])
+    total = len(events) if len(events) < limit else instance.audit_events.count()
+    events.reverse()
+    return events, total
+
+
 def state_counts(qs: QuerySet[WorkflowInstance]) -> dict[str, int]:
     return dict(qs.order_by().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
 

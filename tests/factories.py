@@ -65,3 +65,80 @@ class ExpenseInputFactory(factory.DictFactory):
     amount = "120.00"
     category = "travel"
     description = factory.Sequence(lambda n: f"Train to the client, trip {n}")
+
+
+def long_history(instance, events: int, *, step_name: str, per_round: int = 5, batch: int = 5000) -> list:
+    """Append about ``events`` audit events to ``instance``'s chain as a loop that went round ``events //
+    per_round`` times would leave them: each round one ``step_name`` step run (started, succeeded) and
+    ``per_round - 2`` consumed signals. Rows are bulk-inserted through ``orchestrator.audit.append``, so the chain
+    stays valid. Returns the step runs made, in order. The instance's head is saved."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from orchestrator.audit import Actor, append
+    from orchestrator.audit_actions import AuditAction
+    from orchestrator.models import AuditEvent, StepKind, StepRun, StepState
+
+    rounds = max(1, events // per_round)
+    start = timezone.now() - timedelta(seconds=rounds * per_round)
+    steps = StepRun.objects.bulk_create(
+        [
+            StepRun(
+                instance=instance,
+                name=step_name,
+                kind=StepKind.TASK,
+                state=StepState.SUCCEEDED,
+                attempt=1,
+                started_at=start + timedelta(seconds=i * per_round),
+                finished_at=start + timedelta(seconds=i * per_round + 1),
+            )
+            for i in range(rounds)
+        ],
+        batch_size=batch,
+    )
+    system, rows = Actor.system("worker"), []
+    for i, step in enumerate(steps):
+        at = start + timedelta(seconds=i * per_round)
+        rows.append(
+            append(
+                instance,
+                now=at,
+                actor=system,
+                action=AuditAction.STEP_STARTED,
+                subject_type="step",
+                subject_id=step.pk,
+                payload={"attempt": 1},
+                request_meta={"worker": "w1"},
+            )
+        )
+        rows.append(
+            append(
+                instance,
+                now=at + timedelta(seconds=1),
+                actor=system,
+                action=AuditAction.STEP_SUCCEEDED,
+                subject_type="step",
+                subject_id=step.pk,
+                from_state="running",
+                to_state="succeeded",
+            )
+        )
+        for k in range(per_round - 2):
+            rows.append(
+                append(
+                    instance,
+                    now=at + timedelta(seconds=2 + k),
+                    actor=system,
+                    action=AuditAction.SIGNAL_RECEIVED,
+                    subject_type="signal",
+                    subject_id=None,
+                    payload={"event": "ping", "n": i},
+                )
+            )
+        if len(rows) >= batch:
+            AuditEvent.objects.bulk_create(rows)
+            rows = []
+    AuditEvent.objects.bulk_create(rows)
+    instance.save(update_fields=["audit_seq", "audit_head"])
+    return steps
