@@ -224,24 +224,22 @@ def item_refused(request: HttpRequest, kind: str, object_id: int, reason: str) -
     user: Any = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return
-    match = getattr(request, "resolver_match", None)
     try:
-        _access(
-            request,
-            Actor.of(user),
-            AuditAction.ACCESS_REFUSED,
-            kind,
-            object_id,
-            {
-                "method": request.method,
-                "route": match.view_name if match is not None else "",
-                "status": 403,
-                "bulk": True,
-            },
-            reason=reason,
-        )
+        _item_refusal(request, user, kind, object_id, status=403, marked="bulk", reason=reason)
     except DatabaseError:
         logger.exception("could not record the refused item %s %s of %s", kind, object_id, request.path)
+
+
+def _item_refusal(
+    request: HttpRequest, user: Any, kind: str, object_id: int, *, status: int, marked: str, reason: str
+) -> None:
+    """Append one ``access.refused`` event for ``kind`` #``object_id``: the request's method and route, the
+    ``status`` a single action would have answered, and ``marked`` (``"bulk"``, ``"hidden"``) set true in the
+    payload. Raises what the append raises (DatabaseError); the callers log it."""
+    match = getattr(request, "resolver_match", None)
+    route = match.view_name if match is not None else ""
+    payload = {"method": request.method, "route": route, "status": status, marked: True}
+    _access(request, Actor.of(user), AuditAction.ACCESS_REFUSED, kind, object_id, payload, reason=reason)
 
 
 # A 404 that hid one object from one person is recorded once in this window (docs/architecture.md, "Refusals hidden as
@@ -300,21 +298,8 @@ def hidden_item_refused(
         )
         if recent.exists():
             return
-        match = getattr(request, "resolver_match", None)
-        _access(
-            request,
-            Actor.of(user),
-            AuditAction.ACCESS_REFUSED,
-            kind,
-            object_id,
-            {
-                "method": request.method,
-                "route": match.view_name if match is not None else "",
-                "status": status,
-                "hidden": True,
-            },
-            reason="Not Found (hidden: not theirs to see)",
-        )
+        reason = "Not Found (hidden: not theirs to see)"
+        _item_refusal(request, user, kind, object_id, status=status, marked="hidden", reason=reason)
     except DatabaseError:
         logger.exception("could not record the hidden refusal %s %s", request.method, request.path)
 
