@@ -30,6 +30,7 @@ from approvals.models import (
 )
 from orchestrator.inputs import SEARCH_MAX, business_key_forms, drop_repeated
 from orchestrator.models import InstanceState, WorkflowInstance
+from orchestrator.selectors import latest_with_total
 
 # Instances whose tasks wait and cannot be decided: a paused one (its tasks' SLAs count unpaused time only, and the
 # resume moves them on by the pause) and a failed one (its deadlines wait for an operator's retry). A task of theirs
@@ -249,6 +250,24 @@ def tasks_open_counts(now: datetime) -> dict[str, int]:
 
 def tasks_of_instance(instance_id: int) -> QuerySet[HumanTask]:
     return HumanTask.objects.filter(instance_id=instance_id).select_related("assignee", "completed_by").order_by("id")
+
+
+# What a task's summary shows (its id, kind, title and state; the API's link is made from the id): the rest of the
+# row (the description, a form task's form data) is not read for a list of an instance's tasks.
+SUMMARY_FIELDS = ("id", "instance_id", "kind", "title", "state")
+
+
+def task_summaries_of(instance_id: int) -> QuerySet[HumanTask]:
+    """Every task of instance ``instance_id`` in id order, read for a summary only (:data:`SUMMARY_FIELDS`): what
+    the API pages through at ``/api/instances/{id}/tasks/``. No visibility check: the caller has checked the
+    instance (``orchestrator.selectors.instance_for_user``); each task's own page keeps its own rule."""
+    return HumanTask.objects.filter(instance_id=instance_id).only(*SUMMARY_FIELDS).order_by("id")
+
+
+def latest_tasks_of(instance_id: int, limit: int) -> tuple[list[HumanTask], int]:
+    """The latest ``limit`` task summaries of instance ``instance_id`` in id order, and how many it has, in one
+    statement (``orchestrator.selectors.latest_with_total``): a loop back to a human step makes a task each round."""
+    return latest_with_total(task_summaries_of(instance_id), limit)
 
 
 # --- filters, sorting and keyset pagination ----------------------------------------------------------

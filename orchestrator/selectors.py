@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import User
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, Func, Model, QuerySet, Subquery
 
 from orchestrator.models import AuditEvent, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.ports import human_tasks_or_none
@@ -41,8 +42,47 @@ def instance_for_user(user: User, instance_id: int) -> WorkflowInstance | None:
     return None
 
 
+def instance_read(instance_id: int) -> WorkflowInstance:
+    """Instance ``instance_id`` with its initiator, whoever asks: for an answer after an action whose checks the
+    caller passed. Raises WorkflowInstance.DoesNotExist."""
+    return WorkflowInstance.objects.select_related("initiator").get(pk=instance_id)
+
+
 def steps_of(instance: WorkflowInstance) -> list[StepRun]:
     return list(instance.steps.order_by("id"))
+
+
+M = TypeVar("M", bound=Model)
+
+
+def latest_with_total(qs: QuerySet[M], limit: int) -> tuple[list[M], int]:
+    """The latest ``limit`` rows of ``qs`` by id (``limit`` >= 1), returned in id order, and how many rows ``qs``
+    has in all; ``([], 0)`` for none.
+
+    One statement whatever the count: the total is a scalar subquery that does not depend on the row, which
+    PostgreSQL runs once (an InitPlan: a count over the ``(instance, id)`` index of an instance's step runs or
+    tasks), so an answer about an instance costs the same statements at 1 row as at 10,000. A count only when the
+    tail is full (as :func:`recent_audit_of`) would be one statement more past ``limit``."""
+    # COUNT as a plain function, not Count(): an aggregate would make Django group the subquery by every column.
+    count = qs.order_by().annotate(listed_total=Func(F("pk"), function="COUNT")).values("listed_total")
+    rows = list(qs.annotate(listed_total=Subquery(count)).order_by("-id")[:limit])
+    rows.reverse()
+    total: Any = rows[0] if rows else None
+    return rows, (total.listed_total if total is not None else 0)
+
+
+def step_runs_of(instance_id: int) -> QuerySet[StepRun]:
+    """Every step run of instance ``instance_id`` (attempts, errors, results), in id order (the order they were
+    made): what the API pages through at ``/api/instances/{id}/steps/``. No visibility check: the caller has
+    checked the instance (:func:`instance_for_user`)."""
+    return StepRun.objects.filter(instance_id=instance_id).order_by("id")
+
+
+def latest_steps_of(instance_id: int, limit: int) -> tuple[list[StepRun], int]:
+    """The latest ``limit`` step runs of instance ``instance_id`` in id order, and how many it has, in one
+    statement (:func:`latest_with_total`): an instance that looped or retried has runs without bound, and its
+    detail lists only the tail (the API's ``GET /api/instances/{id}/``; the rest at its ``steps/``)."""
+    return latest_with_total(step_runs_of(instance_id), limit)
 
 
 # Kept signals an instance page lists (an instance may keep up to signals.KEPT_MAX; the rest are counted).
