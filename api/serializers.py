@@ -282,6 +282,9 @@ class StepSerializer(serializers.ModelSerializer):
 
 
 class TaskSummarySerializer(serializers.ModelSerializer):
+    """One of an instance's tasks, in short: ``url`` is the task itself (which keeps its own rule of who may read
+    it)."""
+
     url = serializers.SerializerMethodField()
 
     class Meta:
@@ -292,21 +295,71 @@ class TaskSummarySerializer(serializers.ModelSerializer):
         return reverse("api:task-detail", args=[task.pk])
 
 
-class InstanceDetailSerializer(InstanceSerializer):
-    """An instance with its data, every step (with attempts and errors) and its tasks."""
+# The most step runs and tasks an instance's detail lists, each the latest by id (an instance that looped or retried
+# has runs without bound: at 10,000 the whole list was 2.3 MB and a second). The rest are at ``steps_url`` and
+# ``tasks_url``, paged; the console's instance page lists as many step runs (console.ops_views.STEPS_SHOWN).
+DETAIL_SHOWN = 50
 
-    steps = StepSerializer(many=True, read_only=True)
-    tasks = TaskSummarySerializer(many=True, read_only=True)
+
+class InstanceDetailSerializer(InstanceSerializer):
+    """An instance with its data, its latest step runs (with attempts and errors) and tasks, how many it has of
+    each, and where to page through them all.
+
+    ``context``: ``steps`` and ``tasks`` (the latest :data:`DETAIL_SHOWN` of each, in id order), ``steps_total``
+    and ``tasks_total`` (how many the instance has), ``show_paths`` (as :class:`StepSerializer`)."""
+
+    steps = serializers.SerializerMethodField(
+        help_text=f"The latest {DETAIL_SHOWN} step runs by id, oldest of them first (all of them when there are no "
+        "more; `steps_total` says how many there are, `steps_url` pages through every one)."
+    )
+    steps_total = serializers.SerializerMethodField(help_text="How many step runs the instance has.")
+    steps_url = serializers.SerializerMethodField(help_text="Every step run, in id order, in pages.")
+    tasks = serializers.SerializerMethodField(
+        help_text=f"The latest {DETAIL_SHOWN} tasks by id, oldest of them first (`tasks_total`, `tasks_url` as for "
+        "steps)."
+    )
+    tasks_total = serializers.SerializerMethodField(help_text="How many tasks the instance has.")
+    tasks_url = serializers.SerializerMethodField(help_text="Every task of the instance, in id order, in pages.")
     data_digest = serializers.SerializerMethodField(
         help_text="A fingerprint of `data` as read now: send it as `seen` with a decision, which is then refused "
         "(409) if the data changed since."
     )
 
     class Meta(InstanceSerializer.Meta):
-        fields = [*InstanceSerializer.Meta.fields, "data", "data_digest", "steps", "tasks"]
+        fields = [
+            *InstanceSerializer.Meta.fields,
+            "data",
+            "data_digest",
+            "steps",
+            "steps_total",
+            "steps_url",
+            "tasks",
+            "tasks_total",
+            "tasks_url",
+        ]
 
     def get_data_digest(self, instance: WorkflowInstance) -> str:
         return data_digest(instance.data)
+
+    @extend_schema_field(StepSerializer(many=True))
+    def get_steps(self, instance: WorkflowInstance) -> Any:
+        return StepSerializer(self.context["steps"], many=True, context=self.context).data
+
+    def get_steps_total(self, instance: WorkflowInstance) -> int:
+        return int(self.context["steps_total"])
+
+    def get_steps_url(self, instance: WorkflowInstance) -> str:
+        return reverse("api:instance-steps", args=[instance.pk])
+
+    @extend_schema_field(TaskSummarySerializer(many=True))
+    def get_tasks(self, instance: WorkflowInstance) -> Any:
+        return TaskSummarySerializer(self.context["tasks"], many=True).data
+
+    def get_tasks_total(self, instance: WorkflowInstance) -> int:
+        return int(self.context["tasks_total"])
+
+    def get_tasks_url(self, instance: WorkflowInstance) -> str:
+        return reverse("api:instance-tasks", args=[instance.pk])
 
 
 class InstanceFilterSerializer(serializers.Serializer):

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.core.exceptions import ValidationError
-from django.db.models import Prefetch, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBase
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
@@ -42,7 +42,7 @@ from orchestrator import registry, selectors
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.inputs import business_key_forms
-from orchestrator.models import StepKind, StepRun, StepState, WorkflowInstance
+from orchestrator.models import StepKind, StepState, WorkflowInstance
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
 from orchestrator.services import signals as signal_services
@@ -102,6 +102,13 @@ class Cursor(CursorPagination):
             raise Problem(
                 400, self.invalid_cursor_message, code="invalid_cursor", errors={"cursor": ["Invalid."]}
             ) from None
+
+
+class IdCursor(Cursor):
+    """:class:`Cursor` oldest first: an instance's step runs and tasks in the order they were made, so a run added
+    while a client pages lands on a later page, never shifts an earlier one."""
+
+    ordering = "id"
 
 
 # What every GET of a list may carry besides its filters: the page (``cursor``, ``limit``) and DRF's ``format``.
@@ -229,7 +236,15 @@ OPERATOR_ERRORS = {
         summary="Instances you may see, newest first, with the console's filters",
         parameters=[s.InstanceFilterSerializer],
     ),
-    retrieve=extend_schema(summary="One instance with its steps (attempts, errors) and tasks"),
+    retrieve=extend_schema(
+        summary="One instance with its latest steps (attempts, errors) and tasks",
+        description=(
+            f"The instance with its data, its latest {s.DETAIL_SHOWN} step runs and latest {s.DETAIL_SHOWN} tasks "
+            "(by id, listed oldest first), `steps_total` and `tasks_total` (how many it has) and `steps_url` and "
+            "`tasks_url`, where every one is paged (an instance that looped or retried has runs without bound). "
+            "Server paths in step errors for operators only."
+        ),
+    ),
 )
 class InstanceViewSet(viewsets.GenericViewSet):
     """Instances: operators and managers see every one, anyone else those they started or have a task of."""
@@ -269,23 +284,67 @@ class InstanceViewSet(viewsets.GenericViewSet):
 
     def retrieve(self, request: Request, pk: int) -> Response:
         single_valued(request, known=(), paged=False)
-        instance = self._detail(self._instance(pk).pk)
-        return Response(s.InstanceDetailSerializer(instance, context=self._shown()).data)
+        return self._detail(self._instance(pk))
 
     def _shown(self) -> dict[str, Any]:
         """The detail's serializer context: server paths in step errors for operators only, as on the page."""
         return {"show_paths": selectors.can_operate(self.request.user)}
 
-    def _detail(self, pk: int) -> WorkflowInstance:
+    def _detail(self, instance: WorkflowInstance) -> Response:
+        """``instance`` (as read, with its initiator) with its latest step runs and tasks and how many it has of
+        each: a constant number of statements whatever its history (tests/api/test_instance_steps.py)."""
+        steps, steps_total = selectors.latest_steps_of(instance.pk, s.DETAIL_SHOWN)
+        tasks, tasks_total = task_selectors.latest_tasks_of(instance.pk, s.DETAIL_SHOWN)
+        context = {
+            **self._shown(),
+            "steps": steps,
+            "steps_total": steps_total,
+            "tasks": tasks,
+            "tasks_total": tasks_total,
+        }
+        return Response(s.InstanceDetailSerializer(instance, context=context).data)
 
-        return (
-            WorkflowInstance.objects.select_related("initiator")
-            .prefetch_related(
-                Prefetch("steps", queryset=StepRun.objects.order_by("id")),
-                Prefetch("tasks", queryset=HumanTask.objects.order_by("id")),
-            )
-            .get(pk=pk)
-        )
+    def _fresh_detail(self, pk: int) -> Response:
+        """The detail as an operator's action left the instance: read again (the service changed it), without the
+        visibility check the action passed (a cancel ends the tasks through which some see the instance)."""
+        return self._detail(selectors.instance_read(pk))
+
+    @extend_schema(
+        summary="Every step run of an instance, in id order, in pages",
+        description=(
+            "The instance's step runs as its detail lists them (state, attempts, the last error, the result; "
+            "server paths in tracebacks for operators only), oldest first: the detail holds only the latest "
+            f"{s.DETAIL_SHOWN}. Keyset pages (`next` / `previous` links with an opaque `cursor`, `limit` 1-100, "
+            "default 25): a page never repeats or skips a run, and runs made while a client pages come on later "
+            "pages. The same access as the detail (not yours to see: 404)."
+        ),
+        responses={200: s.StepSerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"], pagination_class=IdCursor)
+    def steps(self, request: Request, pk: int) -> Response:
+        """A page of the instance's step runs, oldest first; 404 unseen (audited as the detail's), 400 naming an
+        unknown or repeated parameter, a bad ``limit`` or ``cursor``."""
+        single_valued(request, known=())
+        instance = self._instance(pk)
+        page = self.paginate_queryset(selectors.step_runs_of(instance.pk))
+        return self.get_paginated_response(s.StepSerializer(page, many=True, context=self._shown()).data)
+
+    @extend_schema(
+        summary="Every task of an instance, in id order, in pages",
+        description=(
+            "The instance's tasks in short, as its detail lists them (each `url` is the task, which keeps its own "
+            f"rule of who may read it), oldest first: the detail holds only the latest {s.DETAIL_SHOWN}. Keyset "
+            "pages as for steps. The same access as the detail (not yours to see: 404)."
+        ),
+        responses={200: s.TaskSummarySerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"], pagination_class=IdCursor)
+    def tasks(self, request: Request, pk: int) -> Response:
+        """A page of the instance's task summaries, oldest first; refusals as :meth:`steps`."""
+        single_valued(request, known=())
+        instance = self._instance(pk)
+        page = self.paginate_queryset(task_selectors.task_summaries_of(instance.pk))
+        return self.get_paginated_response(s.TaskSummarySerializer(page, many=True).data)
 
     @extend_schema(
         summary="Start an instance",
@@ -356,7 +415,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(403, "Only operators may retry, pause, resume or cancel instances.", code="forbidden")
         body = _valid(serializer_class, request.data)
         call(instance.pk, Actor.of(request.user), body, request_meta(request._request))
-        return Response(s.InstanceDetailSerializer(self._detail(instance.pk), context=self._shown()).data)
+        return self._fresh_detail(instance.pk)
 
     @extend_schema(
         summary="Retry a failed instance",
@@ -453,7 +512,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(
                 400, " ".join(messages), code="invalid", title="Invalid input", errors={"output": messages}
             ) from None
-        return Response(s.InstanceDetailSerializer(self._detail(instance.pk), context=self._shown()).data)
+        return self._fresh_detail(instance.pk)
 
     @extend_schema(
         summary="Deliver a signal (an outside event) to the instance",
