@@ -54,6 +54,24 @@ def test_an_api_instance_hidden_as_404_is_recorded_and_looks_like_a_missing_one(
     assert event.payload["route"] == "api:instance-detail"
 
 
+@pytest.mark.parametrize("sub", ["steps", "tasks"])
+def test_an_instances_steps_or_tasks_hidden_as_404_are_recorded_as_the_detail_is(roles, foreign_order, sub):
+    # given
+    client = api(roles.staff2)
+    path = f"/api/instances/{foreign_order.pk}/{sub}/"
+
+    # when
+    hidden = client.get(path)
+    missing = client.get(f"/api/instances/{MISSING}/{sub}/")
+
+    # then: the same problem as for a missing instance, and the refusal of the instance on the trail
+    assert (hidden.status_code, missing.status_code) == (404, 404)
+    assert {**hidden.json(), "instance": ""} == {**missing.json(), "instance": ""}
+    [event] = refusals()
+    assert_recorded(event, roles.staff2, "instance", foreign_order.pk, path, hidden)
+    assert event.payload["route"] == f"api:instance-{sub}"
+
+
 def test_api_task_reads_and_actions_hidden_as_404_are_recorded(roles, expense_task):
     # given
     operator = api(roles.operator)
