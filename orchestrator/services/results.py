@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -64,7 +65,7 @@ def stored_and_size(value: dict[str, Any]) -> tuple[dict[str, Any], int]:
     console's data editor). Raises what :func:`check_result` raises for anything else."""
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        stored = json.loads(encoded)
+        stored = json.loads(encoded, parse_float=as_postgresql_number)
         # The encoder escapes NUL as \u0000 and turns int keys into strings without a word; nesting deeper than
         # MAX_DEPTH needs more brackets than that (a cheap bound in C; strings' brackets only make it look closer).
         if "\\u0000" in encoded or stored != value or encoded.count("[") + encoded.count("{") > MAX_DEPTH:
@@ -74,6 +75,21 @@ def stored_and_size(value: dict[str, Any]) -> tuple[dict[str, Any], int]:
         _walk(value)  # raises, naming the place
         raise ValueError(f"result cannot be stored as JSON: {exc}") from None
     return dict(stored), size
+
+
+def as_postgresql_number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent (``text``, as Python's encoder writes a float) as PostgreSQL's
+    ``jsonb`` gives it back: a float, except a number written with a positive exponent, which comes back an integer.
+
+    ``jsonb`` keeps numbers as ``numeric`` and prints them without an exponent and with the scale they were written
+    with: ``1.5`` stays ``1.5``, but Python writes ``1e16`` as ``1e+16`` (every float of 1e16 or more, in size,
+    with an exponent and no fraction), which PostgreSQL reads back as ``10000000000000000``, an integer (and
+    ``1.5e300`` as 15 followed by 299 zeros, not even equal to the float). Taking the same value here keeps the
+    promise of :func:`check_result`: what a later step sees is what the database holds. Raises nothing for the
+    text ``json`` hands it."""
+    if "e+" in text or "E+" in text:
+        return int(Decimal(text))
+    return float(text)
 
 
 def _walk(value: dict[str, Any]) -> None:
