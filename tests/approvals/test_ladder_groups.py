@@ -1,6 +1,6 @@
 """An escalation rung naming a group that does not exist (renamed or deleted since the definition was written).
 
-The rule (docs/architecture.md, "Escalation ladders"): a rung never creates a group. The sweep gives the task to
+The rule (docs/architecture.md, "Decisions"): a rung never creates a group. The sweep gives the task to
 managers and operators instead, titled with the missing name, and ``manage.py check --database default`` warns of
 such a rung beforehand (approvals/checks.py)."""
 
