@@ -52,6 +52,8 @@ DELIVER_SIGNAL = "orchestrator.deliver_signal"
 # Visible ASCII without spaces at either end: what an HTTP header can carry unchanged. \Z, not $: $ also matches
 # before a final line break, which let "key\n" through as a key of its own.
 KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
+# What a key may be, as the 400 and the API's description say it (a comma is refused on its own, first).
+KEY_RULE = f"1-{KEY_MAX} visible ASCII characters but a comma, with no space at either end."
 
 
 class Cursor(CursorPagination):
@@ -361,7 +363,10 @@ class InstanceViewSet(viewsets.GenericViewSet):
                 IDEMPOTENCY_HEADER,
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
-                description=f"1-{KEY_MAX} visible ASCII characters, unique per start (a UUID is a good key).",
+                description=(
+                    f"{KEY_RULE[:-1]}, unique per start (a UUID is a good key). Send it once: two "
+                    f"{IDEMPOTENCY_HEADER} headers arrive joined by a comma, which is refused (400)."
+                ),
             )
         ],
         responses={201: s.InstanceSerializer, 200: s.InstanceSerializer},
@@ -370,13 +375,25 @@ class InstanceViewSet(viewsets.GenericViewSet):
         if not has_model_perm(request.user, "orchestrator.add_workflowinstance"):
             raise Problem(403, "Your role may not start workflows.", code="forbidden")
         key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and "," in key:
+            # Two Idempotency-Key lines reach the view joined ("a,b": gunicorn, as HTTP allows for a list), and that
+            # made-up key matched neither: a retry sending "a" alone started again. The key is one string (the IETF
+            # httpapi idempotency-key draft: a single sf-string), so a comma is refused whichever way it came.
+            raise Problem(
+                400,
+                f"Send one {IDEMPOTENCY_HEADER} header, with a key that holds no comma: two {IDEMPOTENCY_HEADER} "
+                "headers arrive joined by a comma, as one key neither of them is.",
+                code="invalid",
+                title="Invalid input",
+                errors={IDEMPOTENCY_HEADER: [f"One header, one key: {KEY_RULE}"]},
+            )
         if key is not None and (len(key) > KEY_MAX or not KEY_PATTERN.match(key)):
             raise Problem(
                 400,
-                f"{IDEMPOTENCY_HEADER}: 1-{KEY_MAX} visible ASCII characters.",
+                f"{IDEMPOTENCY_HEADER}: {KEY_RULE}",
                 code="invalid",
                 title="Invalid input",
-                errors={IDEMPOTENCY_HEADER: [f"1-{KEY_MAX} visible ASCII characters."]},
+                errors={IDEMPOTENCY_HEADER: [KEY_RULE]},
             )
         body = request.data if isinstance(request.data, dict) else None
         if body is None:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.utils import timezone
@@ -98,18 +98,57 @@ def _mac(record: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
 
 
+# The longest line a seal file may hold: a seal's line pins at most SEAL_LINE_HEADS heads of about 125 bytes each
+# (a chain name of up to 40 characters, a seq, a 64-digit hash), so about 125 KB; a longer line is no seal (a binary
+# file, a log stream without line ends) and is skipped unread rather than held in memory whole.
+SEAL_LINE_MAX = 1024 * 1024
+# The problems of one seal file kept word for word; past them only counted, so a file of junk (a few hundred
+# thousand bad lines) does not fill the memory, or the report, with one message per line.
+SEAL_PROBLEMS_MAX = 100
+_SKIP_CHUNK = 64 * 1024
+
+
 @dataclass
 class Seals:
-    """Heads read from a seal file: ``sealed`` for ``verify_trail``, and the problems of the file itself."""
+    """Heads read from a seal file: ``sealed`` for ``verify_trail``, and the problems of the file itself (the first
+    :data:`SEAL_PROBLEMS_MAX`, then one line counting the rest)."""
 
     sealed: Sealed = field(default_factory=dict)
     lines: int = 0
     problems: list[str] = field(default_factory=list)
+    more_problems: int = 0
+
+    def problem(self, text: str) -> None:
+        """Record a problem of the file: kept word for word up to :data:`SEAL_PROBLEMS_MAX`, counted past it."""
+        if len(self.problems) < SEAL_PROBLEMS_MAX:
+            self.problems.append(text)
+        else:
+            self.more_problems += 1
+
+
+def _raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None, bool]]:
+    """The lines of ``stream`` as ``(number, bytes, ended)``, one at a time: ``ended`` is False for a last line with
+    no line end. A line longer than :data:`SEAL_LINE_MAX` bytes comes as ``None`` and is read past in chunks, never
+    held whole: memory stays bounded whatever the file holds."""
+    number = 0
+    while raw := stream.readline(SEAL_LINE_MAX + 1):
+        number += 1
+        if len(raw) <= SEAL_LINE_MAX or raw.endswith(b"\n"):
+            yield number, raw, raw.endswith(b"\n")
+            continue
+        ended = False
+        while rest := stream.readline(_SKIP_CHUNK):
+            if rest.endswith(b"\n"):
+                ended = True
+                break
+        yield number, None, ended
 
 
 def read_seals(path: str) -> Seals:
-    """Read and check a seal file (JSON Lines). Lines that are not UTF-8 or not JSON, name an unknown key or whose
-    signature does not verify are reported in ``problems`` and their heads ignored; two seals that pin one chain's
+    """Read and check a seal file (JSON Lines), streamed line by line: memory holds one line (at most
+    :data:`SEAL_LINE_MAX` bytes) and the distinct heads sealed (what the chains are checked against), never the
+    file. Lines that are not UTF-8 or not JSON, name an unknown key, whose signature does not verify or that are
+    longer than any seal line are reported in ``problems`` and their heads ignored; two seals that pin one chain's
     seq to different hashes are reported too. A last line with no line end that cannot be read yet is a seal still
     being appended: skipped. Raises ``OSError`` when the file cannot be read.
     """
@@ -117,16 +156,19 @@ def read_seals(path: str) -> Seals:
     seals = Seals()
     # Read as bytes and decoded line by line: one line that is not text (a disk fault, a binary file rotated into
     # the stream) is one reported line, not a crash that hides every good seal after it.
-    with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, start=1):
+    with open(path, "rb") as stream:
+        for number, raw, ended in _raw_lines(stream):
+            if raw is None:
+                seals.problem(f"seal line {number}: longer than {SEAL_LINE_MAX:,} bytes, not a seal record")
+                continue
             # Only the last line can lack its line end: a seal being appended while this reads (beat's seal during
             # the daily verification). Cut short, it is skipped, not reported: the next read sees it whole.
-            being_written = not raw.endswith(b"\n")
+            being_written = not ended
             try:
                 text = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
                 if not being_written:
-                    seals.problems.append(f"seal line {number}: not UTF-8 text")
+                    seals.problem(f"seal line {number}: not UTF-8 text")
                 continue
             if not text:
                 continue
@@ -136,26 +178,28 @@ def read_seals(path: str) -> Seals:
                 record = json.loads(text)
                 secret = keys.get(record.get("key", ""))
                 if secret is None:
-                    seals.problems.append(f"seal line {number}: key {record.get('key')!r} is not configured")
+                    seals.problem(f"seal line {number}: key {record.get('key')!r} is not configured")
                     continue
                 valid = hmac.compare_digest(_mac(record, secret), str(record.get("mac", "")))
                 heads = record["heads"] if valid else []
                 at = str(record["at"])
             except (ValueError, KeyError, TypeError, AttributeError):
                 if not being_written:
-                    seals.problems.append(f"seal line {number}: not a seal record")
+                    seals.problem(f"seal line {number}: not a seal record")
                 continue
             if not valid:
-                seals.problems.append(f"seal line {number}: its signature does not verify")
+                seals.problem(f"seal line {number}: its signature does not verify")
                 continue
             seals.lines += 1
             for chain, seq, head in heads:
                 points = seals.sealed.setdefault(chain, {})
                 if seq in points and points[seq][0] != head:
-                    seals.problems.append(
+                    seals.problem(
                         f"seal line {number}: chain {chain} seq {seq} was sealed at {points[seq][1]} "
                         "with a different hash"
                     )
                     continue
                 points.setdefault(seq, (head, at))
+    if seals.more_problems:
+        seals.problems.append(f"and {seals.more_problems:,} more problems in the seal file (the first were listed)")
     return seals

@@ -53,6 +53,39 @@ def start(port: int, secret: str) -> tuple[int, dict]:
     return answer
 
 
+def test_two_idempotency_key_headers_are_refused_as_one_key_of_both_and_start_nothing(web):
+    """gunicorn joins two header lines of one name into one value ("first,second"), as HTTP allows for a list: the
+    start went ahead under that made-up key, so a retry sending either key alone started a second instance. The
+    key is one string (the IETF httpapi idempotency-key draft), and the answer says to send one header."""
+    # given: a person allowed to start, with a token
+    person = UserFactory(username="two-keys")
+    person.user_permissions.add(Permission.objects.get(codename="add_workflowinstance"))
+    made = token_create(person, "script")
+
+    # when: a start sends the header twice, as a client library that adds its own key to the caller's might
+    conn = http.client.HTTPConnection("127.0.0.1", web, timeout=30)
+    body = json.dumps({"workflow": "bench_approval", "input": {"n": 1}}).encode()
+    conn.putrequest("POST", "/api/instances/", skip_host=True)
+    for name, value in (
+        ("Host", "127.0.0.1"),
+        ("Authorization", f"Bearer {made.secret}"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Idempotency-Key", "first"),
+        ("Idempotency-Key", "second"),
+    ):
+        conn.putheader(name, value)
+    conn.endheaders(body)
+    response = conn.getresponse()
+    status, kind, problem = response.status, response.getheader("Content-Type"), json.loads(response.read())
+    conn.close()
+
+    # then: a problem saying to send one header, and nothing started
+    assert (status, kind) == (400, "application/problem+json")
+    assert problem["detail"].startswith("Send one Idempotency-Key header")
+    assert not WorkflowInstance.objects.filter(initiator=person).exists()
+
+
 def test_make_web_serves_starts_from_several_processes_and_a_revocation_counts_at_once(web):
     # given: a person allowed to start, with a token
     person = UserFactory(username="script-owner")

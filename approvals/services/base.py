@@ -227,17 +227,27 @@ def _nobody_why(task: HumanTask, initiator_id: int | None, able: int, named: Seq
     return why
 
 
-def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named: Sequence[str] = ()) -> None:
+def escalate_nobody_can_act(
+    unit: Unit, task: HumanTask, *, able: int = 0, named: Sequence[str] = (), missing_group: str = ""
+) -> None:
     """Too few active people can act on ``task`` (unknown names, empty groups, everyone deactivated, only the
-    initiator): it becomes a visible escalation for managers and operators at once, titled with the reason, instead
-    of waiting forever. Managers and operators join the candidates (four-eyes still applies to them).
+    initiator), or its ladder's rung names ``missing_group``, a group that does not exist (renamed or deleted since
+    the definition was written; the task's ``escalation_level`` and ``next_escalation_at`` are the rung's, set by
+    the caller): it becomes a visible escalation for managers and operators at once, titled with the reason,
+    instead of waiting forever or going to nobody. Managers and operators join the candidates (four-eyes still
+    applies to them).
 
     Raises ``django_fsm.TransitionNotAllowed`` when the task is no longer open.
     """
     verb = {TaskKind.APPROVAL: "approve", TaskKind.FORM: "complete"}.get(TaskKind(task.kind), "resolve")
-    why = _nobody_why(task, unit.instance.initiator_id, able, named)
+    payload: dict[str, Any] = {"groups": [MANAGERS, OPERATORS], "nobody_can_act": True}
+    if missing_group:
+        headline = f"No group named {missing_group} to escalate to (renamed or deleted?)"
+        payload = {"groups": [MANAGERS, OPERATORS], "missing_group": missing_group}
+    else:
+        headline = f"Nobody can {verb}: {_nobody_why(task, unit.instance.initiator_id, able, named)}"
     from_state, holder = task.state, task.assignee_id
-    task.title = f"Nobody can {verb}: {why} ({task.title})"[:200]
+    task.title = f"{headline} ({task.title})"[:200]
     task.priority = Priority.URGENT
     task.escalate(task.escalation_level, task.next_escalation_at)
     rows.update(task, ["title", "priority", "state", "escalation_level", "next_escalation_at", *HOLDER_FIELDS])
@@ -248,8 +258,8 @@ def escalate_nobody_can_act(unit: Unit, task: HumanTask, *, able: int = 0, named
         task.pk,
         from_state,
         task.state,
-        reason=f"Nobody can {verb}: {why}",
-        payload={"groups": [MANAGERS, OPERATORS], "nobody_can_act": True},
+        reason=headline,
+        payload=payload,
         action=AuditAction.TASK_ESCALATED,
     )
     announce(unit, task, "task.escalated", f"Escalation: {task.title}", level="danger", former_holder=holder)

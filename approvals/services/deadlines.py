@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -20,7 +21,7 @@ from approvals.notifications import members_of, notify
 from approvals.services.base import (
     add_candidates,
     announce,
-    groups_named,
+    escalate_nobody_can_act,
     people_of,
     task_url,
 )
@@ -147,9 +148,19 @@ def _hand_to_group(
     """A ladder rung gives the task to ``group_name`` too: escalated state, the group a candidate, its members told.
 
     ``reassigned`` is the quieter rung (an escalation group takes over); otherwise managers are being escalated to.
+    A group of that name that does not exist (renamed or deleted since) is not created: managers and operators get
+    the task instead, titled with the missing name (:func:`escalate_nobody_can_act`). Raises nothing of its own.
     """
+    group = Group.objects.filter(name=group_name).first()
+    if group is None:
+        # Never created here: a group renamed (or deleted) since the definition was written came back as a new,
+        # empty group, and the escalation reached nobody. The rung still fires, and the task goes where a task
+        # nobody can act on goes, managers and operators, titled with the name to fix (``manage.py check
+        # --database default`` warns of such a rung beforehand: approvals/checks.py).
+        task.escalation_level, task.next_escalation_at = level, next_at
+        escalate_nobody_can_act(unit, task, missing_group=group_name)
+        return
     from_state, holder = task.state, task.assignee_id
-    group = groups_named([group_name])[0]
     task.escalate(level, next_at)
     rows.update(task, ["state", "escalation_level", "next_escalation_at", *HOLDER_FIELDS])
     add_candidates(task, groups=[group])

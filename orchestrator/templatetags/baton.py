@@ -169,3 +169,27 @@ def _choice_boxes(field: Any) -> str:
         mark_safe(' class="is-invalid" aria-invalid="true"') if field.errors else "",
         options,
     )
+
+
+# A person's text longer than this (lines, or characters: one long line wraps into many) is clamped on the page,
+# with a "Show all" disclosure: a comment may hold 4,000 characters (inputs.COMMENT_MAX), 2,000 lines of them.
+LONG_TEXT_LINES = 6
+LONG_TEXT_CHARS = 400
+
+
+@register.inclusion_tag("includes/long_text.html")
+def long_text(text: str, quoted: bool = True) -> dict[str, Any]:
+    """A person's free text (a decision's comment, an answer's reason) with its line breaks shown
+    (``white-space: pre-line``, static/baton/baton.css ``.long-text``), isolated for right-to-left text
+    (``<bdi>``) and, in “quotes” unless ``quoted`` is False. Past :data:`LONG_TEXT_LINES` lines or
+    :data:`LONG_TEXT_CHARS` characters it is clamped to a few lines, the whole of it in a ``<details>`` "Show all"
+    that scrolls within itself, so one comment cannot fill the page. Returns the template's context; raises
+    nothing."""
+    text = str(text or "").replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.count("\n") + 1
+    return {
+        "text": text,
+        "quoted": quoted,
+        "lines": lines,
+        "long": lines > LONG_TEXT_LINES or len(text) > LONG_TEXT_CHARS,
+    }

@@ -264,6 +264,23 @@ def test_a_malformed_key_is_400(api_as, roles, key):
     assert not WorkflowInstance.objects.exists()
 
 
+@pytest.mark.parametrize("key", ["a,b", "a, b", "order-42,"])
+def test_a_key_holding_a_comma_is_400_saying_to_send_one_header(api_as, roles, key):
+    """Two Idempotency-Key headers reach Baton joined by a comma ("a,b"): a key neither header is, so a retry
+    sending one of them started a second instance. The key is one string (the IETF httpapi idempotency-key draft:
+    a single sf-string), so a comma is refused, however it came."""
+    # when
+    response = api_as(roles.staff).post(START, expense(), **{"Idempotency-Key": key})
+
+    # then
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["detail"].startswith("Send one Idempotency-Key header, with a key that holds no comma")
+    assert "Idempotency-Key" in response.json()["errors"]
+    assert not WorkflowInstance.objects.exists()
+    assert not IdempotencyKey.objects.exists()
+
+
 # --- list and detail ------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tracemalloc
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from orchestrator import tasks
 from orchestrator.audit import ACCOUNTS_CHAIN, Actor, append_standalone, chain_name, event_hash, signing_key
-from orchestrator.audit_seals import read_seals, seal
+from orchestrator.audit_seals import SEAL_PROBLEMS_MAX, _mac, read_seals, seal
 from orchestrator.models import AuditChain, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import OrderInputFactory
@@ -352,3 +353,50 @@ def test_a_seal_line_still_being_written_is_not_reported_as_junk(instance, seal_
     with open(seal_path, "a") as out:
         out.write("\n" + whole)
     assert read_seals(seal_path).problems == ["seal line 2: not a seal record"]
+
+
+# --- a large seal file: read line by line, memory bounded ---------------------------------------------------
+
+
+def seal_line(chain: str, seq: int, head: str, at: str) -> str:
+    """One signed seal line pinning ``chain`` at ``seq`` to ``head``, as ``seal`` writes it (with its line end)."""
+    key_id, secret = signing_key()
+    record = {"v": 1, "at": at, "full": False, "part": 0, "key": key_id, "heads": [[chain, seq, head]]}
+    record["mac"] = _mac(record, secret)
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def test_a_seal_file_of_200000_lines_with_junk_and_a_50_mb_line_is_read_in_bounded_memory(tmp_path):
+    """A verification run read a line as long as the file let it (a 50 MB line without a line end, a binary file
+    rotated into the stream: 100 MB of memory) and kept one message per bad line (200,000 of them: 18 MB); the
+    file is read line by line, a line longer than any seal is read past, and past 100 problems the rest are
+    counted. The seals it holds read as before, and a last line still being written is still no problem."""
+    # given 200,002 lines: a 50 MB line, 20,000 seals of 100 chains, 27,000 lines of junk, blank padding, and a
+    # seal cut short at the end (beat appending while this reads)
+    path = tmp_path / "seals.jsonl"
+    seals = [seal_line(f"instance:{c}", c + 1, f"{c:064x}", f"2026-01-01T00:00:{c % 60:02d}+00:00") for c in range(100)]
+    with open(path, "w") as out:
+        out.write("x" * 50_000_000 + "\n")  # line 1
+        for block in range(2000):  # 2,000 blocks of 100 lines: every tenth the 100 seals, else junk and padding
+            out.writelines(seals if block % 10 == 0 else ["not a seal\n"] * 15 + [" " * 200 + "\n"] * 85)
+        out.write(seals[0][:100])  # the last line, with no line end yet
+
+    # when
+    tracemalloc.start()
+    try:
+        read = read_seals(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    # then memory held a line and the sealed heads, not the file
+    assert peak < 8_000_000, f"peak {peak:,} bytes"
+    # and the results are those of the seals in it: 20,000 good lines pinning 100 heads, every bad line reported
+    assert read.lines == 20_000
+    assert read.sealed == {
+        f"instance:{c}": {c + 1: (f"{c:064x}", f"2026-01-01T00:00:{c % 60:02d}+00:00")} for c in range(100)
+    }
+    assert read.problems[0] == "seal line 1: longer than 1,048,576 bytes, not a seal record"
+    assert read.problems[1] == "seal line 102: not a seal record"
+    assert len(read.problems) == SEAL_PROBLEMS_MAX + 1
+    assert read.problems[-1] == "and 26,901 more problems in the seal file (the first were listed)"

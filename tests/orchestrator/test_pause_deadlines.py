@@ -12,6 +12,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
+from django.contrib.auth.models import Group
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
@@ -142,7 +143,9 @@ def test_a_timer_until_a_date_that_passed_during_the_pause_fires_once_on_resume(
 
 
 @pytest.fixture
-def ladder_flow(register_workflow) -> Workflow:
+def ladder_flow(register_workflow, db) -> Workflow:
+    # The reassign rung's group exists: a rung never creates one (tests/approvals/test_ladder_groups.py).
+    Group.objects.create(name="reviewers")
     return register_workflow(
         Workflow(
             "pause_ladder_demo",

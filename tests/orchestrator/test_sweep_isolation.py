@@ -335,7 +335,7 @@ def test_an_orphans_pages_and_actions_answer_with_the_reason_not_a_500(orphan_of
 def test_a_task_deadline_that_raises_is_logged_audited_and_counted_and_the_others_go_on(
     register_workflow, users, caplog
 ):
-    """A rung handing the task to a group whose name PostgreSQL refuses (DataError) fails for its task alone:
+    """A rung handing the task to a group whose name PostgreSQL refuses (a NUL: DataError) fails for its task alone:
     the other task's reminder fires, the failure is audited on its instance once and logged in full once, and
     the Celery sweep task reports it."""
     # given
@@ -343,7 +343,7 @@ def test_a_task_deadline_that_raises_is_logged_audited_and_counted_and_the_other
         Workflow(
             "bad_rung",
             1,
-            [Human("review", candidate_groups=["approvers"], escalation=[Reassign(timedelta(0), group="g" * 200)])],
+            [Human("review", candidate_groups=["approvers"], escalation=[Reassign(timedelta(0), group="g\x00")])],
         )
     )
     register_workflow(reminder_flow())
@@ -368,7 +368,7 @@ def test_a_task_deadline_that_raises_is_logged_audited_and_counted_and_the_other
     assert [(e.actor_label, e.subject_type, e.payload["work"], e.payload["error_type"]) for e in audited] == [
         ("system:sweeper", "task", "task deadline", "DataError")
     ]
-    assert "value too long" in audited[0].reason
+    assert "cannot contain NUL" in audited[0].reason
     full = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
     assert len(full) == 1
     assert StepRun.objects.filter(instance=broken, state=StepState.RUNNING).count() == 1
