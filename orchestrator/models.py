@@ -100,6 +100,7 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     def complete(self, outcome: str, now: datetime) -> None:
         self.outcome = outcome
         self.finished_at = now
+        self._pause_ended()
 
     @transition(
         field=state,
@@ -108,6 +109,7 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     )
     def fail(self, error: str) -> None:
         self.error = error
+        self._pause_ended()
 
     @transition(
         field=state,
@@ -116,6 +118,7 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     )
     def start_compensation(self, error: str) -> None:
         self.error = error
+        self._pause_ended()
 
     @transition(field=state, source=InstanceState.COMPENSATING, target=InstanceState.COMPENSATED)
     def finish_compensation(self, now: datetime) -> None:
@@ -151,6 +154,13 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     def cancel(self, now: datetime) -> None:
         self.outcome = "cancelled"
         self.finished_at = now
+        self._pause_ended()
+
+    def _pause_ended(self) -> None:
+        # Leaving a pause by any way but a resume ends it as well: a failed instance retried runs, it is not paused
+        # again, and a paused_until kept would be read as a resume still planned.
+        self.paused_until = None
+        self.paused_at = None
 
 
 class StepState(models.TextChoices):

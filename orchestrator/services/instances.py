@@ -10,13 +10,12 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import DateTimeField, F, Model, Value
-from django.db.models.functions import Greatest
+from django.db.models import Model
 
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import DefinitionError, Task, Timer, Workflow
+from orchestrator.dsl import DefinitionError, Task, Workflow
 from orchestrator.inputs import (
     IDEMPOTENCY_KEY_MAX,
     REASON_MAX,
@@ -34,10 +33,9 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.ports import human_tasks_or_none
 from orchestrator.services.compensation import compensation_retry, saga_begun
 from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_retry
-from orchestrator.services.lifecycle import drop_kept_signals, settle, skip_open_steps
+from orchestrator.services.lifecycle import deadlines_shift, drop_kept_signals, settle, skip_open_steps
 from orchestrator.services.locks import definition_of, definition_or_none, definition_unavailable, lock_instance
 from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.steps import NOT_FOLLOWED, step_follow, step_node, step_retry
@@ -344,41 +342,6 @@ def _redispatch_due(unit: Unit) -> None:
         StepRun.objects.filter(pk__in=due).update(dispatched_at=unit.now)
 
 
-def _shift_deadlines(unit: Unit, paused_at: datetime) -> None:
-    """Move the paused instance's duration deadlines on by the time they were held (see docs/architecture.md,
-    "Deadlines and pauses"): a timer's wait, a Signal's timeout, a task's SLA and its escalation rungs count
-    unpaused time only.
-
-    A deadline whose clock started before the pause moves by ``unit.now - paused_at``; one started during it (a
-    timer or task opened by a step that finished while paused, a wait re-armed by an escalation's Retry) by the
-    time since it started (``created_at``; a wait's ``started_at``), so its whole span starts at the resume.
-    Deadlines already due when the pause began stay due. A timer waiting ``until`` a date and a retry's back-off
-    are wall-clock times: they keep their time and, if it fell inside the pause, fire on resume. Raises nothing; a
-    definition that cannot be loaded raises as :func:`definition_of` does.
-    """
-    workflow = definition_of(unit.instance)
-    dates = [node.name for node in workflow.nodes.values() if isinstance(node, Timer) and node.until is not None]
-    held = Value(unit.now, output_field=DateTimeField()) - Greatest(
-        Value(paused_at, output_field=DateTimeField()), F("created_at")
-    )
-    StepRun.objects.filter(
-        instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
-    ).exclude(name__in=dates).update(due_at=F("due_at") + held)
-    # A Signal's timeout is a duration too (``Signal(timeout=timedelta)``): the wait is for the outside world, and
-    # a wait of 48 h paused for 47 h gave the sender one hour. Its clock starts when the wait began waiting
-    # (``started_at``): an escalation's Retry re-arms it for a whole new timeout, during the pause too, and moved by
-    # the whole pause (counted from the step's creation, its first entry) it got that much extra time.
-    since_wait = Value(unit.now, output_field=DateTimeField()) - Greatest(
-        Value(paused_at, output_field=DateTimeField()), F("started_at"), F("created_at")
-    )
-    StepRun.objects.filter(
-        instance=unit.instance, kind=StepKind.SIGNAL, state=StepState.RUNNING, due_at__gt=paused_at
-    ).update(due_at=F("due_at") + since_wait)
-    people = human_tasks_or_none()
-    if people is not None:
-        people.tasks_shift_deadlines(unit, paused_at, held)
-
-
 def instance_pause(
     instance_id: int,
     *,
@@ -462,7 +425,7 @@ def instance_resume(
             action=AuditAction.INSTANCE_RESUMED,
         )
         if paused_at is not None:  # a pause placed before paused_at was recorded: its deadlines fire on resume
-            _shift_deadlines(unit, paused_at)
+            deadlines_shift(unit, paused_at)
         running_again(unit, workflow)
         settle(unit)
         unit.finish()

@@ -4,13 +4,16 @@ step's death; and the one rule for a retried step's attempt budget."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Greatest
 
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import Node, Task, Workflow
+from orchestrator.dsl import Node, Task, Timer, Workflow
 from orchestrator.models import (
     ACTIVE_INSTANCE_STATES,
     BUSY_STEP_STATES,
@@ -38,7 +41,7 @@ def instance_fail(
     instance = unit.instance
     if instance.state not in allowed:
         return False
-    from_state = instance.state
+    from_state, paused_at = instance.state, instance.paused_at
     instance.fail(error)
     unit.audit(
         "instance",
@@ -48,7 +51,56 @@ def instance_fail(
         reason=instance.error if audit_reason is None else audit_reason,
         action=AuditAction.INSTANCE_FAILED,
     )
+    if from_state == InstanceState.PAUSED and paused_at is not None:
+        # A step that ran across the pause failed: the pause ends here (a retry runs the instance, it does not
+        # pause it again), so what it held counts from now on, as a resume would have moved it.
+        deadlines_shift(unit, paused_at)
     return True
+
+
+def deadlines_shift(unit: Unit, paused_at: datetime) -> None:
+    """Move the paused instance's duration deadlines on by the time they were held (see docs/architecture.md,
+    "Deadlines and pauses"): a timer's wait, a Signal's timeout, a task's SLA and its escalation rungs count
+    unpaused time only.
+
+    A deadline whose clock started before the pause moves by ``unit.now - paused_at``; one started during it (a
+    timer or task opened by a step that finished while paused, a wait re-armed by an escalation's Retry) by the
+    time since it started (``created_at``; a wait's ``started_at``), so its whole span starts at the resume.
+    Deadlines already due when the pause began stay due. A timer waiting ``until`` a date and a retry's back-off
+    are wall-clock times: they keep their time and, if it fell inside the pause, fire on resume.
+
+    Called when a pause ends: by the resume, and by a failure while paused (:func:`instance_fail`: the pause ends
+    there too, and a task left open must not lose the time it was held). With the definition not loadable (the
+    failure may be that), timers are left as they are, since a wall-clock one cannot be told from a duration; a
+    retry is refused until the definition is back anyway. Raises nothing of its own.
+    """
+    workflow = definition_or_none(unit.instance)
+    timers = StepRun.objects.filter(
+        instance=unit.instance, kind=StepKind.TIMER, state=StepState.SCHEDULED, due_at__gt=paused_at
+    )
+    if workflow is None:
+        timers = timers.none()
+    else:
+        timers = timers.exclude(
+            name__in=[node.name for node in workflow.nodes.values() if isinstance(node, Timer) and node.until]
+        )
+    held = Value(unit.now, output_field=DateTimeField()) - Greatest(
+        Value(paused_at, output_field=DateTimeField()), F("created_at")
+    )
+    timers.update(due_at=F("due_at") + held)
+    # A Signal's timeout is a duration too (``Signal(timeout=timedelta)``): the wait is for the outside world, and
+    # a wait of 48 h paused for 47 h gave the sender one hour. Its clock starts when the wait began waiting
+    # (``started_at``): an escalation's Retry re-arms it for a whole new timeout, during the pause too, and moved by
+    # the whole pause (counted from the step's creation, its first entry) it got that much extra time.
+    since_wait = Value(unit.now, output_field=DateTimeField()) - Greatest(
+        Value(paused_at, output_field=DateTimeField()), F("started_at"), F("created_at")
+    )
+    StepRun.objects.filter(
+        instance=unit.instance, kind=StepKind.SIGNAL, state=StepState.RUNNING, due_at__gt=paused_at
+    ).update(due_at=F("due_at") + since_wait)
+    people = human_tasks_or_none()
+    if people is not None:
+        people.tasks_shift_deadlines(unit, paused_at, held)
 
 
 # What a dead step's row changes (StepRun.die); a death that keeps a result adds "result".

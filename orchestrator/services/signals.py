@@ -26,7 +26,7 @@ timed-out wait calls :func:`signal_rearm` (``steps.REARM``). Rules (docs/archite
 - every decision to consume or keep, every entry into a Signal node and every hand-off of kept signals happens
   under the instance's row lock (``locks.lock_instance``, the instance row before its steps, as everywhere), so a
   delivery sees either no wait (and is kept, for the next wait's entry to take) or the wait (and is consumed);
-- a wait's timeout is a duration that a pause holds (the resume moves it on, ``instances._shift_deadlines``); one
+- a wait's timeout is a duration that a pause holds (the resume moves it on, ``lifecycle.deadlines_shift``); one
   that passes while the instance is failed acts when it runs again, after the retry handed on a signal kept
   meanwhile.
 """

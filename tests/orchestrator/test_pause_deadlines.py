@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from approvals.models import ACTIONABLE_TASK_STATES, HumanTask, TaskState
 from orchestrator.audit import Actor
-from orchestrator.dsl import Escalate, Human, Reassign, Remind, Retry, Task, Timer, Workflow
+from orchestrator.dsl import Escalate, Human, Parallel, Reassign, Remind, Retry, Task, Timer, Workflow
 from orchestrator.models import (
     BUSY_STEP_STATES,
     AuditEvent,
@@ -29,7 +29,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
-from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_start
+from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_retry, instance_start
 from orchestrator.services.locks import SWEEPER
 from orchestrator.services.steps import Outcome, step_claim, step_record
 from orchestrator.services.sweep import sweep
@@ -534,3 +534,69 @@ def test_a_ladder_across_two_pauses_counts_both(users, ladder_flow):
     task.refresh_from_db()
     assert abs(task.due_at - (opened + timedelta(hours=4) + held)) < timedelta(seconds=1)
     assert [events(instance, a) for a in ("task.reminded", "task.reassigned", "task.escalated")] == [1, 1, 1]
+
+
+def test_a_step_failing_during_a_pause_ends_it_and_the_open_task_keeps_the_time_it_was_held(users, register_workflow):
+    """A step already running when the instance was paused fails for good two hours into the pause: the instance
+    fails, which ends the pause (a retry runs it, it is not paused again), so the approval open beside it has its
+    SLA and first rung moved on by those two hours, as a resume would have moved them, and not cut short."""
+    # given: an approval beside a step a worker holds, paused (the clock set back as if two hours ago)
+    register_workflow(
+        Workflow(
+            "pause_fail_demo",
+            1,
+            [
+                Parallel(
+                    "both",
+                    branches=[
+                        [Task("sync", noop, retry=Retry(max_attempts=1))],
+                        [
+                            Human(
+                                "approve",
+                                candidate_groups=["approvers"],
+                                sla=timedelta(hours=4),
+                                escalation=[Remind(timedelta(hours=1))],
+                            )
+                        ],
+                    ],
+                ),
+                Task("after", noop),
+            ],
+        )
+    )
+    instance = instance_start("pause_fail_demo", {})
+    step = instance.steps.get(name="sync")
+    claim = step_claim(step.pk)
+    pause(instance)
+    two_hours = timedelta(hours=2)
+    WorkflowInstance.objects.filter(pk=instance.pk).update(paused_at=F("paused_at") - two_hours)
+    HumanTask.objects.filter(instance=instance).update(
+        created_at=F("created_at") - two_hours,
+        due_at=F("due_at") - two_hours,
+        next_escalation_at=F("next_escalation_at") - two_hours,
+    )
+    task = HumanTask.objects.get(instance=instance)
+    sla, rung = task.due_at, task.next_escalation_at
+    instance.refresh_from_db()
+    paused_at = instance.paused_at
+
+    # when: the worker reports a permanent failure
+    before = timezone.now()
+    step_record(step.pk, claim.attempt, Outcome(ok=False, error_type="ValueError", error="bad row", permanent=True))
+    after = timezone.now()
+
+    # then: failed, no longer paused, and the task's clock moved on by the time it was held
+    instance.refresh_from_db()
+    task.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    assert (instance.paused_at, instance.paused_until) == (None, None)
+    assert task.state == TaskState.OPEN
+    assert before - paused_at <= task.due_at - sla <= after - paused_at
+    assert before - paused_at <= task.next_escalation_at - rung <= after - paused_at
+    # and nothing fires at the times the pause had held: the first rung is an hour off, not already due
+    assert sweep(now=after).tasks == {"escalations": 0}
+    # and a retry runs the instance again, unpaused, the task's deadlines as they are
+    instance_retry(instance.pk, actor=OPERATOR, reason="upstream fixed")
+    instance.refresh_from_db()
+    assert instance.state in (InstanceState.RUNNING, InstanceState.WAITING)
+    assert HumanTask.objects.get(pk=task.pk).due_at == task.due_at
