@@ -20,6 +20,7 @@ from automation.models import WEBHOOK_EVENTS, Schedule, ScheduleSource, WebhookS
 from orchestrator import registry
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
+from orchestrator.bidi import isolate
 from orchestrator.forms import add_field_errors
 
 
@@ -79,7 +80,8 @@ def schedule_new(request: HttpRequest) -> HttpResponse:
             except schedules.ScheduleInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:
-                messages.success(request, f"Schedule {schedule.name} created; it first fires at the time below.")
+                named = isolate(schedule.name)
+                messages.success(request, f"Schedule {named} created; it first fires at the time below.")
                 return redirect("automation:schedule_detail", schedule.pk)
         status = 400
     return render(request, "automation/schedule_form.html", {"form": form, "active_nav": "automation"}, status=status)
@@ -105,7 +107,8 @@ def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
     cannot, the schedule left as it was). A schedule declared in code is changed in code: its page says so."""
     schedule = get_object_or_404(Schedule, pk=schedule_id)
     if schedule.source == ScheduleSource.CODE:
-        messages.warning(request, f"Schedule {schedule.name} is declared in code: change it in its workflow's code.")
+        named = isolate(schedule.name)
+        messages.warning(request, f"Schedule {named} is declared in code: change it in its workflow's code.")
         return redirect("automation:schedule_detail", schedule.pk)
     form = ScheduleForm(request.POST or None, initial=_schedule_initial(schedule))
     # The page's title and links name the schedule as saved, not as typed into a form that was refused.
@@ -119,7 +122,7 @@ def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
             except schedules.ScheduleInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:
-                messages.success(request, f"Schedule {schedule.name} changed; its next runs are below.")
+                messages.success(request, f"Schedule {isolate(schedule.name)} changed; its next runs are below.")
                 return redirect("automation:schedule_detail", schedule.pk)
         status = 400
     context = {"form": form, "editing": editing, "active_nav": "automation"}
@@ -162,7 +165,7 @@ def schedule_toggle(request: HttpRequest, schedule_id: int) -> HttpResponse:
     except schedules.ScheduleInvalid as exc:
         messages.warning(request, " ".join(" ".join(v) for v in exc.errors.values()))
     else:
-        messages.success(request, f"Schedule {schedule.name} {'resumed' if enabled else 'paused'}.")
+        messages.success(request, f"Schedule {isolate(schedule.name)} {'resumed' if enabled else 'paused'}.")
     return redirect("automation:schedule_detail", schedule.pk)
 
 
@@ -193,7 +196,8 @@ def webhook_new(request: HttpRequest) -> HttpResponse:
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:
-                messages.success(request, f"Subscribed {subscription.name}. Give its receiver the secret below.")
+                named = isolate(subscription.name)
+                messages.success(request, f"Subscribed {named}. Give its receiver the secret below.")
                 return redirect("automation:webhook_detail", subscription.pk)
         status = 400
     return render(request, "automation/webhook_form.html", {"form": form, "active_nav": "automation"}, status=status)
@@ -234,7 +238,7 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
 
 def _changed_message(subscription: WebhookSubscription, changed: list[str]) -> str:
     """What saving the edit form did to ``subscription`` (as saved), in words; a paused one says it still is."""
-    name = subscription.name
+    name = isolate(subscription.name)
     paused = "" if subscription.active else " It is still paused: resume it below to send what waited."
     if not changed:
         return f"Webhook {name}: nothing changed.{paused}"
@@ -276,7 +280,8 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
                     until = f"the old one signs beside it until {ends:%Y-%m-%d %H:%M %Z}"
                 else:
                     until = "the old one no longer signs anything"
-                messages.success(request, f"New secret for {rolled.name} below: give it to its receiver; {until}.")
+                named = isolate(rolled.name)
+                messages.success(request, f"New secret for {named} below: give it to its receiver; {until}.")
                 return redirect("automation:webhook_detail", subscription.pk)
         status = 400
     context = {
@@ -317,7 +322,7 @@ def webhook_toggle(request: HttpRequest, webhook_id: int) -> HttpResponse:
     webhooks.webhook_toggle(
         subscription.pk, active=active, actor=Actor.of(request.user), request_meta=request_meta(request)
     )
-    messages.success(request, f"Webhook {subscription.name} {'resumed' if active else 'paused'}.")
+    messages.success(request, f"Webhook {isolate(subscription.name)} {'resumed' if active else 'paused'}.")
     return redirect("automation:webhook_detail", subscription.pk)
 
 
