@@ -6,6 +6,7 @@ these never were, and showed each such text bare."""
 from __future__ import annotations
 
 import html
+from typing import cast
 
 import pytest
 from django.test import Client
@@ -54,7 +55,7 @@ def escalation(users, run_steps) -> HumanTask:
     """An order for the hostile customer whose refund failed every attempt: an escalation, held by an operator."""
     instance = instance_start(
         "order_fulfilment",
-        dict(OrderInputFactory(customer=HOSTILE, fail_shipping=True, fail_refund=4)),
+        cast(dict, OrderInputFactory(customer=HOSTILE, fail_shipping=True, fail_refund=4)),
         initiator=users.staff,
     )
     run_steps(instance, advance=True)
