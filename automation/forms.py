@@ -43,6 +43,9 @@ class ScheduleForm(forms.Form):
         label="Start input (JSON object)",
         help_text="Checked against the workflow's start form.",
     )
+    # The schedule's edit stamp as this form showed it (Schedule.edit_stamp; blank on a new schedule's form): a save
+    # after another admin's change is refused rather than putting back what this form showed from before it.
+    seen = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -109,6 +112,9 @@ class WebhookForm(forms.Form):
 
 class WebhookEditForm(WebhookForm):
     """The subscription form holding what a subscription is, with, while it is paused, the choice to resume it."""
+
+    # The subscription's edit stamp as this form showed it (WebhookSubscription.edit_stamp), as on ScheduleForm.
+    seen = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
     resume = forms.BooleanField(
         required=False,

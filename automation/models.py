@@ -6,10 +6,22 @@ the engine's audit events through the ``unit_finishing`` seam (orchestrator/even
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
+
+
+def edit_stamp(values: dict[str, Any]) -> str:
+    """A short digest of ``values`` (a field name to its JSON-able value: what an edit form shows of an object), the
+    same for the same values whatever their keys' order. An edit form carries the stamp of the object as it showed
+    it; the save compares it with the object's stamp under the row's lock, so that a change another admin saved
+    meanwhile is not silently overwritten with the fields this form showed from before it."""
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class MissedPolicy(models.TextChoices):
@@ -60,6 +72,14 @@ class Schedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    # What the page's edit form changes (automation.schedules.schedule_save writes these, and the owner).
+    EDITED_FIELDS = ("name", "workflow_name", "cron", "interval_seconds", "timezone", "missed", "input")
+
+    def edit_stamp(self) -> str:
+        """The :func:`edit_stamp` of the fields the edit form changes (``EDITED_FIELDS``): a pause, a resume or a
+        fire leaves it as it is."""
+        return edit_stamp({field: getattr(self, field) for field in self.EDITED_FIELDS})
 
     @property
     def every(self) -> timedelta | None:
@@ -140,6 +160,14 @@ class WebhookSubscription(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    # What the page's edit form changes (automation.webhooks.webhook_change); the secret has a page of its own.
+    EDITED_FIELDS = ("name", "url", "events")
+
+    def edit_stamp(self) -> str:
+        """The :func:`edit_stamp` of the fields the edit form changes (``EDITED_FIELDS``): a pause, a resume, a roll
+        of the secret or a delivery leaves it as it is."""
+        return edit_stamp({field: getattr(self, field) for field in self.EDITED_FIELDS})
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets a delivery made at ``now`` is signed with: the current one first, then the previous one while

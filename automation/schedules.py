@@ -46,6 +46,15 @@ class ScheduleInvalid(Exception):
         self.errors = errors
 
 
+class ScheduleChanged(ScheduleInvalid):
+    """Another admin changed the schedule after this form was shown; ``stamp`` is its edit stamp now (a form that
+    carries it saves over their change, knowingly)."""
+
+    def __init__(self, errors: dict[str, list[str]], stamp: str) -> None:
+        super().__init__(errors)
+        self.stamp = stamp
+
+
 def recurrence_problem(schedule: Schedule) -> str:
     """Why the schedule's times can no longer be computed ("" when they can): its recurrence was checked when
     saved, but a tzdata upgrade can remove its zone."""
@@ -123,11 +132,26 @@ def input_problem(data: dict[str, Any]) -> str:
 
 
 # What an admin changes on a schedule's form; the rest (enabled, fires, anchor, owner, source) is the engine's.
-EDITED_FIELDS = ("name", "workflow_name", "cron", "interval_seconds", "timezone", "missed", "input")
+EDITED_FIELDS = Schedule.EDITED_FIELDS
+# How a refusal names each edited field: as the form labels it.
+FIELD_WORDS = {
+    "name": "name",
+    "workflow_name": "workflow",
+    "cron": "cron expression",
+    "interval_seconds": "interval",
+    "timezone": "time zone",
+    "missed": "missed runs",
+    "input": "start input",
+}
 
 
 def schedule_save(
-    schedule: Schedule, *, actor: Actor, request_meta: dict[str, Any] | None = None, now: datetime | None = None
+    schedule: Schedule,
+    *,
+    actor: Actor,
+    request_meta: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    seen: str = "",
 ) -> Schedule:
     """Create or change an admin's schedule (checked with :func:`check`; ScheduleInvalid if it fails) and audit
     it. A new schedule, or a change of its recurrence (cron, interval, zone), fires from the next time after now; a
@@ -135,7 +159,12 @@ def schedule_save(
 
     A change writes only what the form edits (name, workflow, recurrence, zone, missed-run policy, input) and the
     owner the caller set (who changed it) under the row's lock: a pause, a resume or a fire that happened while the
-    form was open stays as it is."""
+    form was open stays as it is.
+
+    ``seen`` is the schedule's :meth:`Schedule.edit_stamp` as the form was shown ("" for a new one, or not checked):
+    when another admin changed what the form edits since, nothing is saved and ScheduleChanged says which fields now
+    differ from what was typed. Saved as it stood, the form put back every field it showed from before their change
+    (their new input, their new cron) without a word."""
     errors = check(schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input)
     if errors:
         raise ScheduleInvalid(errors)
@@ -148,6 +177,9 @@ def schedule_save(
             schedule.anchor = now
         else:
             current = Schedule.objects.select_for_update().get(pk=schedule.pk)
+            stamp = current.edit_stamp()
+            if seen and seen != stamp:
+                raise ScheduleChanged({"changed": [_changed_meanwhile(current, schedule)]}, stamp)
             schedule.enabled, schedule.retired = current.enabled, current.retired
             schedule.last_fire_at = current.last_fire_at
             # The owner too: who changes what a schedule starts becomes its starts' initiator (four-eyes).
@@ -188,6 +220,17 @@ def schedule_toggle(
         schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
         _audit(actor, "schedule.resumed" if enabled else "schedule.paused", schedule, request_meta=request_meta)
     return schedule
+
+
+def _changed_meanwhile(stored: Schedule, typed: Schedule) -> str:
+    """The refusal of a form shown before another admin's change: which fields, as stored now, differ from what was
+    typed (none: they changed it to just what was typed)."""
+    differ = [FIELD_WORDS[field] for field in EDITED_FIELDS if getattr(stored, field) != getattr(typed, field)]
+    as_saved = f" As saved now, it differs from what you typed in: {', '.join(differ)}." if differ else ""
+    return (
+        f"Someone changed this schedule while you were editing it; nothing was saved.{as_saved} Your changes are "
+        "below: look at the schedule's page, then save again to replace their change with yours."
+    )
 
 
 def _next_after(schedule: Schedule, when: datetime) -> datetime:

@@ -87,6 +87,13 @@ def schedule_new(request: HttpRequest) -> HttpResponse:
     return render(request, "automation/schedule_form.html", {"form": form, "active_nav": "automation"}, status=status)
 
 
+def _seen_now(form: Any, stamp: str) -> None:
+    """``form``, refused because the object changed since it was shown, made to carry ``stamp`` (the object's edit
+    stamp now): saving it again, having looked, replaces the other admin's change on purpose."""
+    form.data = form.data.copy()
+    form.data["seen"] = stamp
+
+
 def _schedule_initial(schedule: Schedule) -> dict[str, Any]:
     """The form's fields as the schedule holds them (an interval in whole minutes, the input as indented JSON)."""
     return {
@@ -97,6 +104,7 @@ def _schedule_initial(schedule: Schedule) -> dict[str, Any]:
         "timezone": schedule.timezone,
         "missed": schedule.missed,
         "input": json.dumps(schedule.input, indent=2, ensure_ascii=False),
+        "seen": schedule.edit_stamp(),
     }
 
 
@@ -118,9 +126,16 @@ def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
         if form.is_valid():
             _typed_into(schedule, form.cleaned_data, request.user)
             try:
-                schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
+                schedules.schedule_save(
+                    schedule,
+                    actor=Actor.of(request.user),
+                    request_meta=request_meta(request),
+                    seen=form.cleaned_data["seen"],
+                )
             except schedules.ScheduleInvalid as exc:
                 add_field_errors(form, exc.errors)
+                if isinstance(exc, schedules.ScheduleChanged):
+                    _seen_now(form, exc.stamp)
             else:
                 messages.success(request, f"Schedule {isolate(schedule.name)} changed; its next runs are below.")
                 return redirect("automation:schedule_detail", schedule.pk)
@@ -210,7 +225,12 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
     :func:`automation.webhooks.webhook_change` (400 with what was typed and the reasons when it cannot, the
     subscription left as it was). A paused one says why and offers to resume when saved."""
     subscription = get_object_or_404(WebhookSubscription, pk=webhook_id)
-    initial = {"name": subscription.name, "url": subscription.url, "events": subscription.events}
+    initial = {
+        "name": subscription.name,
+        "url": subscription.url,
+        "events": subscription.events,
+        "seen": subscription.edit_stamp(),
+    }
     form = WebhookEditForm(request.POST or None, initial=initial, paused=not subscription.active)
     status = 200
     if request.method == "POST":
@@ -225,9 +245,12 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
                     events=data["events"],
                     resume=bool(data.get("resume")),
                     request_meta=request_meta(request),
+                    seen=data["seen"],
                 )
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
+                if isinstance(exc, webhooks.WebhookChanged):
+                    _seen_now(form, exc.stamp)
             else:
                 messages.success(request, _changed_message(changed_subscription, changed))
                 return redirect("automation:webhook_detail", subscription.pk)

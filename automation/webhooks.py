@@ -86,6 +86,14 @@ class WebhookInvalid(Exception):
         self.errors = errors
 
 
+class WebhookChanged(WebhookInvalid):
+    """Another admin changed the subscription after this form was shown; ``stamp`` is its edit stamp now."""
+
+    def __init__(self, errors: dict[str, list[str]], stamp: str) -> None:
+        super().__init__(errors)
+        self.stamp = stamp
+
+
 # --- signing ----------------------------------------------------------------------------------------------
 
 
@@ -329,6 +337,7 @@ def webhook_change(
     events: list[str],
     resume: bool = False,
     request_meta: dict[str, Any] | None = None,
+    seen: str = "",
 ) -> tuple[WebhookSubscription, list[str]]:
     """Change a subscription's name, address and events (checked as :func:`webhook_subscribe` checks them), and
     resume it if ``resume`` and it is paused. Returns it with the names of the fields that changed (in the order
@@ -339,13 +348,40 @@ def webhook_change(
     A new address is where every attempt from now on goes: the deliveries waiting for a retry are due at once, to
     it (the admin fixed a typo; they keep the attempts they have left), and the failures in a row counted against
     the old address start again from none. Attempts already made keep, in their log, the address they went to. A
-    change of events applies to the events that happen from now on: deliveries queued already are sent."""
+    change of events applies to the events that happen from now on: deliveries queued already are sent.
+
+    ``seen`` is the subscription's :meth:`WebhookSubscription.edit_stamp` as the form was shown ("": not checked):
+    when another admin changed its name, address or events since, nothing changes and WebhookChanged says which
+    now differ from what was typed. Saved as it stood, the form put back the events it showed from before their
+    change (an event they added stopped being sent) without a word."""
     current = WebhookSubscription.objects.filter(pk=subscription_id).values_list("url", flat=True).get()
     # The name look-up runs before the row is locked: a name server may take seconds.
     name, url, events = _checked(name, url, events, known_url=current)
     now = timezone.now()
     with transaction.atomic():
         subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        stamp = subscription.edit_stamp()
+        if seen and seen != stamp:
+            differ = [
+                word
+                for field, word, value in (
+                    ("name", "name", name),
+                    ("url", "address", url),
+                    ("events", "events", events),
+                )
+                if getattr(subscription, field) != value
+            ]
+            as_saved = f" As saved now, it differs from what you typed in: {', '.join(differ)}." if differ else ""
+            raise WebhookChanged(
+                {
+                    "changed": [
+                        f"Someone changed this webhook while you were editing it; nothing was saved.{as_saved} Your "
+                        "changes are below: look at the webhook's page, then save again to replace their change "
+                        "with yours."
+                    ]
+                },
+                stamp,
+            )
         if url == current != subscription.url:
             # Another admin changed the address between the read and the lock: keeping the one typed would put back
             # an address no one checked now, and undo their change.
