@@ -157,6 +157,14 @@ class WebhookSubscription(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     failing_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The new-webhook form's one-time token that made it ("" when made otherwise): the same form sent twice (a double
+    # click, a browser resending) finds this subscription instead of making a second one with a secret of its own.
+    form_token = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["form_token"], condition=~models.Q(form_token=""), name="webhook_form_once")
+        ]
 
     def __str__(self) -> str:
         return self.name

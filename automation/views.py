@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -195,7 +196,8 @@ def webhook_list(request: HttpRequest) -> HttpResponse:
 @managers_only
 def webhook_new(request: HttpRequest) -> HttpResponse:
     """The form; a POST subscribes (400 with what was typed and the reasons when it cannot)."""
-    form = WebhookForm(request.POST or None)
+    # A fresh one-time token each time the empty form is given: sent twice, the form subscribes once.
+    form = WebhookForm(request.POST or None, initial={"form_token": secrets.token_urlsafe(24)})
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -207,7 +209,12 @@ def webhook_new(request: HttpRequest) -> HttpResponse:
                     url=data["url"],
                     events=data["events"],
                     request_meta=request_meta(request),
+                    form_token=data["form_token"],
                 )
+            except webhooks.WebhookSentTwice as twice:
+                named = isolate(twice.subscription.name)
+                messages.info(request, f"This form was sent already: it subscribed {named} once, below.")
+                return redirect("automation:webhook_detail", twice.subscription.pk)
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:

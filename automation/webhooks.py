@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import idna
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -314,17 +314,48 @@ def _checked(name: str, url: str, events: list[str], *, known_url: str | None = 
     return name, url, sorted(set(events))
 
 
+class WebhookSentTwice(Exception):
+    """The new-webhook form that made ``subscription`` was sent again; nothing new was made."""
+
+    def __init__(self, subscription: WebhookSubscription) -> None:
+        super().__init__(f"subscription {subscription.pk} was made by this form already")
+        self.subscription = subscription
+
+
 def webhook_subscribe(
-    *, owner: Any, name: str, url: str, events: list[str], request_meta: dict[str, Any] | None = None
+    *,
+    owner: Any,
+    name: str,
+    url: str,
+    events: list[str],
+    request_meta: dict[str, Any] | None = None,
+    form_token: str = "",
 ) -> WebhookSubscription:
     """Subscribe ``url`` to ``events`` (names of ``WEBHOOK_EVENTS``) for ``owner`` (who is told if it pauses).
-    Returns the subscription with its new secret; raises WebhookInvalid naming the fields."""
+    Returns the subscription with its new secret; raises WebhookInvalid naming the fields.
+
+    ``form_token`` is the one-time token of the form that asks (up to 64 characters; "" when there is none): a
+    second request with the token of a subscription already made raises WebhookSentTwice with it, and makes
+    nothing. Two sends of one form (a double click on Subscribe, a browser resending after a slow answer) made two
+    subscriptions, each with a secret of its own: the receiver got every event twice, one of the two signed with a
+    secret it had never been given. The table's unique token decides between two sends at the same instant."""
+    form_token = form_token[:64]
+    if form_token:
+        made = WebhookSubscription.objects.filter(form_token=form_token).first()
+        if made is not None:
+            raise WebhookSentTwice(made)
     name, url, events = _checked(name, url, events)
-    with transaction.atomic():
-        subscription = WebhookSubscription.objects.create(
-            owner=owner, name=name, url=url, events=events, secret=secrets.token_hex(32)
-        )
-        _audit(Actor.of(owner), "webhook.subscribed", subscription, request_meta=request_meta)
+    try:
+        with transaction.atomic():
+            subscription = WebhookSubscription.objects.create(
+                owner=owner, name=name, url=url, events=events, secret=secrets.token_hex(32), form_token=form_token
+            )
+            _audit(Actor.of(owner), "webhook.subscribed", subscription, request_meta=request_meta)
+    except IntegrityError:
+        made = WebhookSubscription.objects.filter(form_token=form_token).first() if form_token else None
+        if made is None:
+            raise
+        raise WebhookSentTwice(made) from None
     return subscription
 
 
