@@ -169,6 +169,8 @@ class RollSecretForm(forms.Form):
         help_text="As long as the old secret signs, every delivery carries a signature with each secret, so the "
         "receiver can switch to the new one at any moment without refusing a delivery.",
     )
+    # The secret's stamp as the page showed it (WebhookSubscription.secret_stamp): sent twice, the form rolls once.
+    seen = PageToken()
 
     def grace_options(self) -> list[tuple[Any, str]]:
         """The grace field's radio buttons, each with what it does to the secret in use now

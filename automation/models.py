@@ -177,6 +177,11 @@ class WebhookSubscription(models.Model):
         of the secret or a delivery leaves it as it is."""
         return edit_stamp({field: getattr(self, field) for field in self.EDITED_FIELDS})
 
+    def secret_stamp(self) -> str:
+        """The :func:`edit_stamp` of the secret in use (not the secret: the roll page carries it in the open): the
+        roll form rolls the secret it was shown, once."""
+        return edit_stamp({"secret": self.secret})
+
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets a delivery made at ``now`` is signed with: the current one first, then the previous one while
         its grace lasts."""

@@ -291,7 +291,7 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
     (:func:`automation.webhooks.webhook_roll_secret`) and shows the new one on the subscription's page (400 with
     the reason for a grace not offered)."""
     subscription = get_object_or_404(WebhookSubscription, pk=webhook_id)
-    form = RollSecretForm(request.POST or None)
+    form = RollSecretForm(request.POST or None, initial={"seen": subscription.secret_stamp()})
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -301,7 +301,15 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
                     actor=Actor.of(request.user),
                     grace_seconds=form.cleaned_data["grace"],
                     request_meta=request_meta(request),
+                    seen=form.cleaned_data["seen"],
                 )
+            except webhooks.WebhookRolledAlready:
+                messages.info(
+                    request,
+                    "The secret this page showed was rolled already (the form was sent twice, or someone else "
+                    "rolled it): nothing was rolled again. The secret in use is below.",
+                )
+                return redirect("automation:webhook_detail", subscription.pk)
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:

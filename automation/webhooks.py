@@ -443,19 +443,38 @@ def webhook_change(
 ROLL_GRACE_CHOICES = {0: "At once (the old secret leaked)", 3600: "In 1 hour", 86400: "In 24 hours"}
 
 
+class WebhookRolledAlready(Exception):
+    """The secret the roll form was shown was rolled since; ``subscription`` is as it is now, nothing rolled."""
+
+    def __init__(self, subscription: WebhookSubscription) -> None:
+        super().__init__(f"the secret of subscription {subscription.pk} was rolled already")
+        self.subscription = subscription
+
+
 def webhook_roll_secret(
-    subscription_id: int, *, actor: Actor, grace_seconds: int, request_meta: dict[str, Any] | None = None
+    subscription_id: int,
+    *,
+    actor: Actor,
+    grace_seconds: int,
+    request_meta: dict[str, Any] | None = None,
+    seen: str = "",
 ) -> WebhookSubscription:
     """Give a subscription a new secret. With ``grace_seconds`` (one of :data:`ROLL_GRACE_CHOICES`' keys) above 0,
     the secret it had signs every delivery beside the new one until then, so its receiver can switch without
     refusing a delivery (at most 24 h, as Stripe allows); with 0 it stops at once. A second roll within a grace
     keeps only the secret it replaces as the previous one. Audited as ``webhook.secret_rolled`` with the grace's end,
-    never a secret. Returns the subscription; raises WebhookInvalid for another grace."""
+    never a secret. Returns the subscription; raises WebhookInvalid for another grace.
+
+    ``seen`` is the :meth:`WebhookSubscription.secret_stamp` the roll form was shown ("": not checked): when that
+    secret was rolled since, nothing is rolled and WebhookRolledAlready is raised. The form sent twice rolled twice,
+    and the second roll ended at once the secret the first had kept signing for the receiver."""
     if grace_seconds not in ROLL_GRACE_CHOICES:
         raise WebhookInvalid({"grace": ["Choose when the old secret stops signing."]})
     now = timezone.now()
     with transaction.atomic():
         subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        if seen and seen != subscription.secret_stamp():
+            raise WebhookRolledAlready(subscription)
         if grace_seconds:
             subscription.previous_secret = subscription.secret
             subscription.previous_secret_expires_at = now + timedelta(seconds=grace_seconds)
