@@ -62,6 +62,8 @@ class ScheduleForm(forms.Form):
     # The schedule's edit stamp as this form showed it (Schedule.edit_stamp; blank on a new schedule's form): a save
     # after another admin's change is refused rather than putting back what this form showed from before it.
     seen = PageToken()
+    # The new-schedule form's one-time token (automation.schedules.schedule_save): sent twice, it creates once.
+    form_token = PageToken()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

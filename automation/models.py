@@ -56,15 +56,21 @@ class Schedule(models.Model):
     anchor = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The new-schedule form's one-time token that made it ("" when made otherwise), as a webhook's: the same form
+    # sent twice finds this schedule instead of coming back refused for its own name.
+    form_token = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         permissions = [("manage_automation", "Can manage schedules and webhooks")]
         constraints = [
+            models.UniqueConstraint(
+                fields=["form_token"], condition=~models.Q(form_token=""), name="schedule_form_once"
+            ),
             models.CheckConstraint(
                 condition=(models.Q(cron="") & models.Q(interval_seconds__isnull=False))
                 | (~models.Q(cron="") & models.Q(interval_seconds__isnull=True)),
                 name="schedule_cron_xor_interval",
-            )
+            ),
         ]
         indexes = [
             models.Index(fields=["next_fire_at"], name="schedule_due", condition=models.Q(enabled=True)),

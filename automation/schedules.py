@@ -46,6 +46,14 @@ class ScheduleInvalid(Exception):
         self.errors = errors
 
 
+class ScheduleSentTwice(Exception):
+    """The new-schedule form that made ``schedule`` was sent again; nothing new was made."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__(f"schedule {schedule.pk} was made by this form already")
+        self.schedule = schedule
+
+
 class ScheduleChanged(ScheduleInvalid):
     """Another admin changed the schedule after this form was shown; ``stamp`` is its edit stamp now (a form that
     carries it saves over their change, knowingly)."""
@@ -164,12 +172,20 @@ def schedule_save(
     ``seen`` is the schedule's :meth:`Schedule.edit_stamp` as the form was shown ("" for a new one, or not checked):
     when another admin changed what the form edits since, nothing is saved and ScheduleChanged says which fields now
     differ from what was typed. Saved as it stood, the form put back every field it showed from before their change
-    (their new input, their new cron) without a word."""
+    (their new input, their new cron) without a word.
+
+    A new schedule's ``form_token`` (its form's one-time token, up to 64 characters; "" for none) is stored with
+    it: the same form sent again raises ScheduleSentTwice with the schedule it made and makes nothing. The second
+    send came back refused for the schedule's own name, as if nothing had been made."""
     errors = check(schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input)
     if errors:
         raise ScheduleInvalid(errors)
     now = now or timezone.now()
     created = schedule.pk is None
+    if created and schedule.form_token:
+        made = Schedule.objects.filter(form_token=schedule.form_token).first()
+        if made is not None:
+            raise ScheduleSentTwice(made)
     with transaction.atomic():
         fields: list[str] | None = None
         current = None
@@ -189,6 +205,9 @@ def schedule_save(
             with transaction.atomic():
                 schedule.save(update_fields=fields)
         except IntegrityError:
+            made = Schedule.objects.filter(form_token=schedule.form_token).first() if schedule.form_token else None
+            if made is not None:  # the same form, sent at the same instant
+                raise ScheduleSentTwice(made) from None
             raise ScheduleInvalid({"name": ["Another schedule has this name."]}) from None
         _audit(
             actor,

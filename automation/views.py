@@ -71,13 +71,19 @@ def _typed_into(schedule: Schedule, data: dict[str, Any], user: Any) -> Schedule
 @managers_only
 def schedule_new(request: HttpRequest) -> HttpResponse:
     """The form; a POST creates the schedule (400 with what was typed and the reasons when it cannot)."""
-    form = ScheduleForm(request.POST or None)
+    # A fresh one-time token each time the empty form is given: sent twice, the form creates once.
+    form = ScheduleForm(request.POST or None, initial={"form_token": secrets.token_urlsafe(24)})
     status = 200
     if request.method == "POST":
         if form.is_valid():
             schedule = _typed_into(Schedule(source=ScheduleSource.ADMIN), form.cleaned_data, request.user)
+            schedule.form_token = form.cleaned_data["form_token"]
             try:
                 schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
+            except schedules.ScheduleSentTwice as twice:
+                named = isolate(twice.schedule.name)
+                messages.info(request, f"This form was sent already: it created {named} once, below.")
+                return redirect("automation:schedule_detail", twice.schedule.pk)
             except schedules.ScheduleInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:

@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from automation.models import WebhookSubscription
+from automation.models import Schedule, WebhookSubscription
 
 pytestmark = pytest.mark.django_db
 
@@ -80,3 +80,32 @@ def test_a_token_the_page_never_gave_is_none_given_not_a_hidden_error(admin, tok
     # then
     assert response.status_code == 302
     assert WebhookSubscription.objects.get().form_token == ""
+
+
+def test_the_same_new_schedule_form_sent_twice_creates_once_and_says_so(admin):
+    """Given the new-schedule form as the page gave it, when it is sent twice as filled in, then one schedule exists
+    and the second send lands on its page saying the form had been sent already. Before, the second send came back
+    refused ("Another schedule has this name"), as if nothing had been made: renamed and sent again, it made a
+    second schedule starting every run twice."""
+    # given
+    hidden = as_given(admin.get(reverse("automation:schedule_new")).content.decode())
+    form = {
+        "name": "Weekday lunches",
+        "workflow_name": "expense_approval",
+        "cron": "0 9 * * 1-5",
+        "timezone": "Europe/Paris",
+        "missed": "skip",
+        "input": '{"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"}',
+        **hidden,
+    }
+
+    # when
+    first = admin.post(reverse("automation:schedule_new"), form)
+    second = admin.post(reverse("automation:schedule_new"), form, follow=True)
+
+    # then
+    (schedule,) = Schedule.objects.all()
+    detail = reverse("automation:schedule_detail", args=[schedule.pk])
+    assert first.status_code == 302
+    assert second.redirect_chain == [(detail, 302)]
+    assert "This form was sent already" in second.content.decode()
