@@ -25,6 +25,7 @@ from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire,
 from orchestrator import audit, recurrence, registry
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.inputs import bound_form
 from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.sweep import isolated
@@ -401,7 +402,9 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             # roll everything back, the start included.
             raise _AlreadyFired(due) from None
         if record.outcome == FireOutcome.FAILED and _first_failure(schedule, record):
-            said = f"Schedule {schedule.name} could not start {schedule.workflow_name}: {record.error}"
+            said = (
+                f"Schedule {isolate(schedule.name)} could not start {schedule.workflow_name}: {isolate(record.error)}"
+            )
             _tell_failing(schedule, said)
         schedule.last_fire_at = fire_time
         schedule.next_fire_at = _next_after(schedule, now)
@@ -439,7 +442,7 @@ def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str
         _audit(SCHEDULER, "schedule.failed", schedule, reason=error, payload=payload, now=now)
     _audit(SCHEDULER, "schedule.paused", schedule, reason=error, now=now)
     logger.error("schedule %s paused: %s", schedule.pk, error)
-    _tell_failing(schedule, f"Schedule {schedule.name} paused: its times cannot be computed")
+    _tell_failing(schedule, f"Schedule {isolate(schedule.name)} paused: its times cannot be computed")
 
 
 def _first_failure(schedule: Schedule, record: ScheduleFire) -> bool:

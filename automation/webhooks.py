@@ -52,6 +52,7 @@ from automation.models import (
 from orchestrator import audit
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.models import AuditEvent
 from orchestrator.services.results import clean_text
 
@@ -924,6 +925,7 @@ def _tell_owner(subscription: WebhookSubscription) -> None:
     tell_owner(
         subscription.owner_id,
         kind="webhook.paused",
-        message=f"Webhook {subscription.name} paused: its deliveries keep failing",
+        # The name isolated: a right-to-left override in it reversed the rest of the notice as drawn.
+        message=f"Webhook {isolate(subscription.name)} paused: its deliveries keep failing",
         url=reverse("automation:webhook_detail", args=[subscription.pk]),
     )

@@ -106,3 +106,18 @@ def test_a_message_naming_a_schedule_isolates_its_name(admin, hostile):
 
     # then
     assert f"Schedule \u2068{balanced(HOSTILE)}\u2069 paused." in html.unescape(response.content.decode())
+
+
+def test_a_pause_notice_isolates_the_webhooks_name(hostile, users):
+    """Given the hostile webhook, when its owner is told it paused, then the notice names it between FIRST STRONG
+    ISOLATE and POP DIRECTIONAL ISOLATE: bare, its override reversed "paused: its deliveries keep failing"."""
+    # given
+    from approvals.models import Notification
+    from automation.webhooks import _tell_owner
+
+    # when
+    _tell_owner(hostile["subscription"])
+
+    # then
+    notice = Notification.objects.get(user=users.admin, kind="webhook.paused")
+    assert notice.message == f"Webhook \u2068{balanced(HOSTILE)}\u2069 paused: its deliveries keep failing"
