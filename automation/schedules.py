@@ -195,7 +195,8 @@ def schedule_save(
         else:
             current = Schedule.objects.select_for_update().get(pk=schedule.pk)
             stamp = current.edit_stamp()
-            if seen and seen != stamp:
+            # Stored already as typed (the same form sent twice, a double click on Save): nothing of anyone's is lost.
+            if seen and seen != stamp and _differ(current, schedule):
                 raise ScheduleChanged({"changed": [_changed_meanwhile(current, schedule)]}, stamp)
             schedule.enabled, schedule.retired = current.enabled, current.retired
             schedule.last_fire_at = current.last_fire_at
@@ -242,10 +243,15 @@ def schedule_toggle(
     return schedule
 
 
+def _differ(stored: Schedule, typed: Schedule) -> list[str]:
+    """The edited fields (as the form names them) whose stored value is not the one typed."""
+    return [FIELD_WORDS[field] for field in EDITED_FIELDS if getattr(stored, field) != getattr(typed, field)]
+
+
 def _changed_meanwhile(stored: Schedule, typed: Schedule) -> str:
     """The refusal of a form shown before another admin's change: which fields, as stored now, differ from what was
     typed (none: they changed it to just what was typed)."""
-    differ = [FIELD_WORDS[field] for field in EDITED_FIELDS if getattr(stored, field) != getattr(typed, field)]
+    differ = _differ(stored, typed)
     as_saved = f" As saved now, it differs from what you typed in: {', '.join(differ)}." if differ else ""
     return (
         f"Someone changed this schedule while you were editing it; nothing was saved.{as_saved} Your changes are "

@@ -393,17 +393,14 @@ def webhook_change(
     with transaction.atomic():
         subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
         stamp = subscription.edit_stamp()
-        if seen and seen != stamp:
-            differ = [
-                word
-                for field, word, value in (
-                    ("name", "name", name),
-                    ("url", "address", url),
-                    ("events", "events", events),
-                )
-                if getattr(subscription, field) != value
-            ]
-            as_saved = f" As saved now, it differs from what you typed in: {', '.join(differ)}." if differ else ""
+        differ = [
+            word
+            for field, word, value in (("name", "name", name), ("url", "address", url), ("events", "events", events))
+            if getattr(subscription, field) != value
+        ]
+        # Stored already as typed (the same form sent twice, a double click on Save): nothing of anyone's is lost.
+        if seen and seen != stamp and differ:
+            as_saved = f" As saved now, it differs from what you typed in: {', '.join(differ)}."
             raise WebhookChanged(
                 {
                     "changed": [

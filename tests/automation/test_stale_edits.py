@@ -142,3 +142,33 @@ def test_a_webhook_saved_on_a_form_shown_before_another_admins_change_keeps_thei
     assert 'value="Ops team"' in page
     subscription.refresh_from_db()
     assert (subscription.name, subscription.events) == ("Ops", ["instance.completed", "instance.failed"])
+
+
+def test_the_same_edit_sent_twice_is_saved_not_refused_as_someone_elses_change(admins, schedule):
+    """Given a schedule's and a webhook's forms, when each is sent twice as filled in (a double click on Save), then
+    both sends are answered with the object's page: the second finds the object already as typed, which is no one
+    else's change to protect."""
+    # given
+    first, _second = admins
+    subscription = WebhookSubscription.objects.create(
+        name="Ops", url="https://hooks.example.com/baton", events=["instance.failed"], secret="s" * 64
+    )
+    schedule_edit = reverse("automation:schedule_edit", args=[schedule.pk])
+    webhook_edit = reverse("automation:webhook_edit", args=[subscription.pk])
+    typed_schedule = schedule_form(schedule, seen_on(first.get(schedule_edit)), name="Lunches")
+    typed_webhook = {
+        "name": "Ops team",
+        "url": subscription.url,
+        "events": ["instance.failed"],
+        "seen": seen_on(first.get(webhook_edit)),
+    }
+
+    # when
+    schedule_sends = [first.post(schedule_edit, typed_schedule) for _ in range(2)]
+    webhook_sends = [first.post(webhook_edit, typed_webhook) for _ in range(2)]
+
+    # then
+    assert [r.status_code for r in schedule_sends + webhook_sends] == [302, 302, 302, 302]
+    schedule.refresh_from_db()
+    subscription.refresh_from_db()
+    assert (schedule.name, subscription.name) == ("Lunches", "Ops team")
