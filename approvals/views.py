@@ -35,6 +35,7 @@ from approvals.services import base as task_rules
 from approvals.services import tasks as task_actions
 from orchestrator import accounts, registry
 from orchestrator.accounts import hidden_404, request_meta
+from orchestrator.bidi import isolate
 from orchestrator.dsl import Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX
 from orchestrator.models import StepState
@@ -247,7 +248,7 @@ def tasks_claim_bulk(request: AuthedRequest) -> HttpResponse:
         # Each title isolated (FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE): it comes from the business data, and a
         # right-to-left override in one reversed the rest of the message as drawn, the other tasks' reasons included.
         details = "; ".join(
-            f"“\u2068{titles[pk]}\u2069”: {why}" if pk in titles else f"task {pk}: {why}"
+            f"“{isolate(titles[pk])}”: {why}" if pk in titles else f"task {pk}: {why}"
             for pk, why in result.refused.items()
         )
         messages.warning(request, f"{len(result.refused)} could not be claimed. {details}")

@@ -34,6 +34,7 @@ from orchestrator.audit import ACCESS_CHAIN, AUDIT_CHAIN, Actor, append_standalo
 from orchestrator.audit_actions import AuditAction
 from orchestrator.heartbeat import keep_alive
 from orchestrator.models import AuditEvent
+from orchestrator.templatetags.baton import bdi
 
 EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 
@@ -130,8 +131,11 @@ def _row_html(row: dict[str, Any]) -> str:
         row["instance_id"],
         row["workflow"],
     )
-    reason = row["reason"]
-    short = reason if len(reason) <= 300 else reason[:299] + "…"
+    # What people and other systems wrote (a reason, a name, a user agent, the data) in a <bdi> each: a direction
+    # control in one reversed, as drawn, the rest of its line (orchestrator/bidi.py). The rest is Baton's own.
+    reason = bdi(row["reason"])
+    full = row["reason"]
+    short = bdi(full if len(full) <= 300 else full[:299] + "…")
     details = [
         format_html('<dt class="col-sm-3">Time (UTC)</dt><dd class="col-sm-9 font-monospace">{}</dd>', row["utc"]),
         format_html(
@@ -158,20 +162,20 @@ def _row_html(row: dict[str, Any]) -> str:
         _optional(
             row["user_agent"],
             '<dt class="col-sm-3">User agent</dt><dd class="col-sm-9 text-break">{}</dd>',
-            row["user_agent"],
+            bdi(row["user_agent"]),
         ),
         _optional(
             row["path"],
             '<dt class="col-sm-3">Path</dt><dd class="col-sm-9 font-monospace text-break">{}</dd>',
-            row["path"],
+            bdi(row["path"]),
         ),
         _optional(
             row["payload"],
             '<dt class="col-sm-3">Data</dt><dd class="col-sm-9">'
             '<pre class="bg-body-tertiary p-2 rounded mb-0 text-wrap">{}</pre></dd>',
-            row["payload"],
+            bdi(row["payload"]),
         ),
-        _optional(reason, '<dt class="col-sm-3">Reason</dt><dd class="col-sm-9 text-break">{}</dd>', reason),
+        _optional(full, '<dt class="col-sm-3">Reason</dt><dd class="col-sm-9 text-break">{}</dd>', reason),
     ]
     return format_html(
         '<li class="audit-event border-bottom py-2" data-event="{}">'
@@ -189,11 +193,11 @@ def _row_html(row: dict[str, Any]) -> str:
         row["action"],
         _optional(row["transition"], '<span class="small">{}</span>', row["transition"]),
         row["actor_query"],
-        row["actor"],
+        bdi(row["actor"]),
         subject,
         instance,
-        _optional(row["ip"], ' <span class="text-body-secondary">· from {}</span>', row["ip"]),
-        _optional(reason, '<div class="small text-break audit-reason">“{}”</div>', short),
+        _optional(row["ip"], ' <span class="text-body-secondary">· from {}</span>', bdi(row["ip"])),
+        _optional(full, '<div class="small text-break audit-reason">“{}”</div>', short),
         row["chain"],
         row["seq"],
         mark_safe("".join(details)),  # noqa: S308 (each part was built by format_html, which escaped it)

@@ -15,6 +15,22 @@ from orchestrator.inputs import RepeatedKey, check_text, unique_keys
 INPUT_MAX = 20_000
 
 
+class PageToken(forms.CharField):
+    """A hidden value the page itself writes into the form (an edit stamp, a one-time token): up to 64 letters,
+    digits, - and _. Anything else (a tampered or cut value, a NUL) reads as "" (none given), never as an error:
+    the form would come back refused for a field nobody sees, with no message beside it."""
+
+    widget = forms.HiddenInput
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, **kwargs)
+        self.validators = []  # CharField's NUL check included: junk reads as none given, below
+
+    def clean(self, value: Any) -> str:
+        text = value if isinstance(value, str) else ""
+        return text if len(text) <= 64 and text.isascii() and text.replace("-", "").replace("_", "").isalnum() else ""
+
+
 class ScheduleForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="Shown in the audit trail; unique.")
     workflow_name = forms.ChoiceField(label="Workflow")
@@ -43,6 +59,11 @@ class ScheduleForm(forms.Form):
         label="Start input (JSON object)",
         help_text="Checked against the workflow's start form.",
     )
+    # The schedule's edit stamp as this form showed it (Schedule.edit_stamp; blank on a new schedule's form): a save
+    # after another admin's change is refused rather than putting back what this form showed from before it.
+    seen = PageToken()
+    # The new-schedule form's one-time token (automation.schedules.schedule_save): sent twice, it creates once.
+    form_token = PageToken()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -99,6 +120,9 @@ class WebhookForm(forms.Form):
     events = forms.MultipleChoiceField(
         choices=list(WEBHOOK_EVENTS.items()), widget=forms.CheckboxSelectMultiple, label="Events"
     )
+    # The new-webhook form's one-time token (automation.webhooks.webhook_subscribe): sent twice, it subscribes once.
+    # Not checked for its shape: a token the page never gave is only a token no subscription has.
+    form_token = PageToken()
 
     def clean_name(self) -> str:
         return check_text(self.cleaned_data["name"], "Name", 100)
@@ -110,6 +134,9 @@ class WebhookForm(forms.Form):
 class WebhookEditForm(WebhookForm):
     """The subscription form holding what a subscription is, with, while it is paused, the choice to resume it."""
 
+    # The subscription's edit stamp as this form showed it (WebhookSubscription.edit_stamp), as on ScheduleForm.
+    seen = PageToken()
+
     resume = forms.BooleanField(
         required=False,
         label="Resume it when saved",
@@ -118,6 +145,7 @@ class WebhookEditForm(WebhookForm):
 
     def __init__(self, *args: Any, paused: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        del self.fields["form_token"]  # a change is no subscription: sent twice, the second changes nothing
         if not paused:
             del self.fields["resume"]
 
@@ -143,6 +171,8 @@ class RollSecretForm(forms.Form):
         help_text="As long as the old secret signs, every delivery carries a signature with each secret, so the "
         "receiver can switch to the new one at any moment without refusing a delivery.",
     )
+    # The secret's stamp as the page showed it (WebhookSubscription.secret_stamp): sent twice, the form rolls once.
+    seen = PageToken()
 
     def grace_options(self) -> list[tuple[Any, str]]:
         """The grace field's radio buttons, each with what it does to the secret in use now

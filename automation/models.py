@@ -6,10 +6,22 @@ the engine's audit events through the ``unit_finishing`` seam (orchestrator/even
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
+
+
+def edit_stamp(values: dict[str, Any]) -> str:
+    """A short digest of ``values`` (a field name to its JSON-able value: what an edit form shows of an object), the
+    same for the same values whatever their keys' order. An edit form carries the stamp of the object as it showed
+    it; the save compares it with the object's stamp under the row's lock, so that a change another admin saved
+    meanwhile is not silently overwritten with the fields this form showed from before it."""
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class MissedPolicy(models.TextChoices):
@@ -44,15 +56,21 @@ class Schedule(models.Model):
     anchor = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The new-schedule form's one-time token that made it ("" when made otherwise), as a webhook's: the same form
+    # sent twice finds this schedule instead of coming back refused for its own name.
+    form_token = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         permissions = [("manage_automation", "Can manage schedules and webhooks")]
         constraints = [
+            models.UniqueConstraint(
+                fields=["form_token"], condition=~models.Q(form_token=""), name="schedule_form_once"
+            ),
             models.CheckConstraint(
                 condition=(models.Q(cron="") & models.Q(interval_seconds__isnull=False))
                 | (~models.Q(cron="") & models.Q(interval_seconds__isnull=True)),
                 name="schedule_cron_xor_interval",
-            )
+            ),
         ]
         indexes = [
             models.Index(fields=["next_fire_at"], name="schedule_due", condition=models.Q(enabled=True)),
@@ -60,6 +78,14 @@ class Schedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    # What the page's edit form changes (automation.schedules.schedule_save writes these, and the owner).
+    EDITED_FIELDS = ("name", "workflow_name", "cron", "interval_seconds", "timezone", "missed", "input")
+
+    def edit_stamp(self) -> str:
+        """The :func:`edit_stamp` of the fields the edit form changes (``EDITED_FIELDS``): a pause, a resume or a
+        fire leaves it as it is."""
+        return edit_stamp({field: getattr(self, field) for field in self.EDITED_FIELDS})
 
     @property
     def every(self) -> timedelta | None:
@@ -137,9 +163,30 @@ class WebhookSubscription(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     failing_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The new-webhook form's one-time token that made it ("" when made otherwise): the same form sent twice (a double
+    # click, a browser resending) finds this subscription instead of making a second one with a secret of its own.
+    form_token = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["form_token"], condition=~models.Q(form_token=""), name="webhook_form_once")
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    # What the page's edit form changes (automation.webhooks.webhook_change); the secret has a page of its own.
+    EDITED_FIELDS = ("name", "url", "events")
+
+    def edit_stamp(self) -> str:
+        """The :func:`edit_stamp` of the fields the edit form changes (``EDITED_FIELDS``): a pause, a resume, a roll
+        of the secret or a delivery leaves it as it is."""
+        return edit_stamp({field: getattr(self, field) for field in self.EDITED_FIELDS})
+
+    def secret_stamp(self) -> str:
+        """The :func:`edit_stamp` of the secret in use (not the secret: the roll page carries it in the open): the
+        roll form rolls the secret it was shown, once."""
+        return edit_stamp({"secret": self.secret})
 
     def signing_secrets(self, now: datetime) -> list[str]:
         """The secrets a delivery made at ``now`` is signed with: the current one first, then the previous one while

@@ -25,6 +25,7 @@ from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire,
 from orchestrator import audit, recurrence, registry
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.inputs import bound_form
 from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.sweep import isolated
@@ -44,6 +45,23 @@ class ScheduleInvalid(Exception):
     def __init__(self, errors: dict[str, list[str]]) -> None:
         super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
         self.errors = errors
+
+
+class ScheduleSentTwice(Exception):
+    """The new-schedule form that made ``schedule`` was sent again; nothing new was made."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__(f"schedule {schedule.pk} was made by this form already")
+        self.schedule = schedule
+
+
+class ScheduleChanged(ScheduleInvalid):
+    """Another admin changed the schedule after this form was shown; ``stamp`` is its edit stamp now (a form that
+    carries it saves over their change, knowingly)."""
+
+    def __init__(self, errors: dict[str, list[str]], stamp: str) -> None:
+        super().__init__(errors)
+        self.stamp = stamp
 
 
 def recurrence_problem(schedule: Schedule) -> str:
@@ -123,11 +141,26 @@ def input_problem(data: dict[str, Any]) -> str:
 
 
 # What an admin changes on a schedule's form; the rest (enabled, fires, anchor, owner, source) is the engine's.
-EDITED_FIELDS = ("name", "workflow_name", "cron", "interval_seconds", "timezone", "missed", "input")
+EDITED_FIELDS = Schedule.EDITED_FIELDS
+# How a refusal names each edited field: as the form labels it.
+FIELD_WORDS = {
+    "name": "name",
+    "workflow_name": "workflow",
+    "cron": "cron expression",
+    "interval_seconds": "interval",
+    "timezone": "time zone",
+    "missed": "missed runs",
+    "input": "start input",
+}
 
 
 def schedule_save(
-    schedule: Schedule, *, actor: Actor, request_meta: dict[str, Any] | None = None, now: datetime | None = None
+    schedule: Schedule,
+    *,
+    actor: Actor,
+    request_meta: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    seen: str = "",
 ) -> Schedule:
     """Create or change an admin's schedule (checked with :func:`check`; ScheduleInvalid if it fails) and audit
     it. A new schedule, or a change of its recurrence (cron, interval, zone), fires from the next time after now; a
@@ -135,12 +168,25 @@ def schedule_save(
 
     A change writes only what the form edits (name, workflow, recurrence, zone, missed-run policy, input) and the
     owner the caller set (who changed it) under the row's lock: a pause, a resume or a fire that happened while the
-    form was open stays as it is."""
+    form was open stays as it is.
+
+    ``seen`` is the schedule's :meth:`Schedule.edit_stamp` as the form was shown ("" for a new one, or not checked):
+    when another admin changed what the form edits since, nothing is saved and ScheduleChanged says which fields now
+    differ from what was typed. Saved as it stood, the form put back every field it showed from before their change
+    (their new input, their new cron) without a word.
+
+    A new schedule's ``form_token`` (its form's one-time token, up to 64 characters; "" for none) is stored with
+    it: the same form sent again raises ScheduleSentTwice with the schedule it made and makes nothing. The second
+    send came back refused for the schedule's own name, as if nothing had been made."""
     errors = check(schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input)
     if errors:
         raise ScheduleInvalid(errors)
     now = now or timezone.now()
     created = schedule.pk is None
+    if created and schedule.form_token:
+        made = Schedule.objects.filter(form_token=schedule.form_token).first()
+        if made is not None:
+            raise ScheduleSentTwice(made)
     with transaction.atomic():
         fields: list[str] | None = None
         current = None
@@ -148,6 +194,10 @@ def schedule_save(
             schedule.anchor = now
         else:
             current = Schedule.objects.select_for_update().get(pk=schedule.pk)
+            stamp = current.edit_stamp()
+            # Stored already as typed (the same form sent twice, a double click on Save): nothing of anyone's is lost.
+            if seen and seen != stamp and _differ(current, schedule):
+                raise ScheduleChanged({"changed": [_changed_meanwhile(current, schedule)]}, stamp)
             schedule.enabled, schedule.retired = current.enabled, current.retired
             schedule.last_fire_at = current.last_fire_at
             # The owner too: who changes what a schedule starts becomes its starts' initiator (four-eyes).
@@ -157,6 +207,9 @@ def schedule_save(
             with transaction.atomic():
                 schedule.save(update_fields=fields)
         except IntegrityError:
+            made = Schedule.objects.filter(form_token=schedule.form_token).first() if schedule.form_token else None
+            if made is not None:  # the same form, sent at the same instant
+                raise ScheduleSentTwice(made) from None
             raise ScheduleInvalid({"name": ["Another schedule has this name."]}) from None
         _audit(
             actor,
@@ -188,6 +241,22 @@ def schedule_toggle(
         schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
         _audit(actor, "schedule.resumed" if enabled else "schedule.paused", schedule, request_meta=request_meta)
     return schedule
+
+
+def _differ(stored: Schedule, typed: Schedule) -> list[str]:
+    """The edited fields (as the form names them) whose stored value is not the one typed."""
+    return [FIELD_WORDS[field] for field in EDITED_FIELDS if getattr(stored, field) != getattr(typed, field)]
+
+
+def _changed_meanwhile(stored: Schedule, typed: Schedule) -> str:
+    """The refusal of a form shown before another admin's change: which fields, as stored now, differ from what was
+    typed (none: they changed it to just what was typed)."""
+    differ = _differ(stored, typed)
+    as_saved = f" As saved now, it differs from what you typed in: {', '.join(differ)}." if differ else ""
+    return (
+        f"Someone changed this schedule while you were editing it; nothing was saved.{as_saved} Your changes are "
+        "below: look at the schedule's page, then save again to replace their change with yours."
+    )
 
 
 def _next_after(schedule: Schedule, when: datetime) -> datetime:
@@ -339,7 +408,9 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             # roll everything back, the start included.
             raise _AlreadyFired(due) from None
         if record.outcome == FireOutcome.FAILED and _first_failure(schedule, record):
-            said = f"Schedule {schedule.name} could not start {schedule.workflow_name}: {record.error}"
+            said = (
+                f"Schedule {isolate(schedule.name)} could not start {schedule.workflow_name}: {isolate(record.error)}"
+            )
             _tell_failing(schedule, said)
         schedule.last_fire_at = fire_time
         schedule.next_fire_at = _next_after(schedule, now)
@@ -377,7 +448,7 @@ def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str
         _audit(SCHEDULER, "schedule.failed", schedule, reason=error, payload=payload, now=now)
     _audit(SCHEDULER, "schedule.paused", schedule, reason=error, now=now)
     logger.error("schedule %s paused: %s", schedule.pk, error)
-    _tell_failing(schedule, f"Schedule {schedule.name} paused: its times cannot be computed")
+    _tell_failing(schedule, f"Schedule {isolate(schedule.name)} paused: its times cannot be computed")
 
 
 def _first_failure(schedule: Schedule, record: ScheduleFire) -> bool:

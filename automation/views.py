@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -20,6 +21,7 @@ from automation.models import WEBHOOK_EVENTS, Schedule, ScheduleSource, WebhookS
 from orchestrator import registry
 from orchestrator.accounts import request_meta
 from orchestrator.audit import Actor
+from orchestrator.bidi import isolate
 from orchestrator.forms import add_field_errors
 
 
@@ -69,20 +71,34 @@ def _typed_into(schedule: Schedule, data: dict[str, Any], user: Any) -> Schedule
 @managers_only
 def schedule_new(request: HttpRequest) -> HttpResponse:
     """The form; a POST creates the schedule (400 with what was typed and the reasons when it cannot)."""
-    form = ScheduleForm(request.POST or None)
+    # A fresh one-time token each time the empty form is given: sent twice, the form creates once.
+    form = ScheduleForm(request.POST or None, initial={"form_token": secrets.token_urlsafe(24)})
     status = 200
     if request.method == "POST":
         if form.is_valid():
             schedule = _typed_into(Schedule(source=ScheduleSource.ADMIN), form.cleaned_data, request.user)
+            schedule.form_token = form.cleaned_data["form_token"]
             try:
                 schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
+            except schedules.ScheduleSentTwice as twice:
+                named = isolate(twice.schedule.name)
+                messages.info(request, f"This form was sent already: it created {named} once, below.")
+                return redirect("automation:schedule_detail", twice.schedule.pk)
             except schedules.ScheduleInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:
-                messages.success(request, f"Schedule {schedule.name} created; it first fires at the time below.")
+                named = isolate(schedule.name)
+                messages.success(request, f"Schedule {named} created; it first fires at the time below.")
                 return redirect("automation:schedule_detail", schedule.pk)
         status = 400
     return render(request, "automation/schedule_form.html", {"form": form, "active_nav": "automation"}, status=status)
+
+
+def _seen_now(form: Any, stamp: str) -> None:
+    """``form``, refused because the object changed since it was shown, made to carry ``stamp`` (the object's edit
+    stamp now): saving it again, having looked, replaces the other admin's change on purpose."""
+    form.data = form.data.copy()
+    form.data["seen"] = stamp
 
 
 def _schedule_initial(schedule: Schedule) -> dict[str, Any]:
@@ -95,6 +111,7 @@ def _schedule_initial(schedule: Schedule) -> dict[str, Any]:
         "timezone": schedule.timezone,
         "missed": schedule.missed,
         "input": json.dumps(schedule.input, indent=2, ensure_ascii=False),
+        "seen": schedule.edit_stamp(),
     }
 
 
@@ -105,7 +122,8 @@ def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
     cannot, the schedule left as it was). A schedule declared in code is changed in code: its page says so."""
     schedule = get_object_or_404(Schedule, pk=schedule_id)
     if schedule.source == ScheduleSource.CODE:
-        messages.warning(request, f"Schedule {schedule.name} is declared in code: change it in its workflow's code.")
+        named = isolate(schedule.name)
+        messages.warning(request, f"Schedule {named} is declared in code: change it in its workflow's code.")
         return redirect("automation:schedule_detail", schedule.pk)
     form = ScheduleForm(request.POST or None, initial=_schedule_initial(schedule))
     # The page's title and links name the schedule as saved, not as typed into a form that was refused.
@@ -115,11 +133,18 @@ def schedule_edit(request: HttpRequest, schedule_id: int) -> HttpResponse:
         if form.is_valid():
             _typed_into(schedule, form.cleaned_data, request.user)
             try:
-                schedules.schedule_save(schedule, actor=Actor.of(request.user), request_meta=request_meta(request))
+                schedules.schedule_save(
+                    schedule,
+                    actor=Actor.of(request.user),
+                    request_meta=request_meta(request),
+                    seen=form.cleaned_data["seen"],
+                )
             except schedules.ScheduleInvalid as exc:
                 add_field_errors(form, exc.errors)
+                if isinstance(exc, schedules.ScheduleChanged):
+                    _seen_now(form, exc.stamp)
             else:
-                messages.success(request, f"Schedule {schedule.name} changed; its next runs are below.")
+                messages.success(request, f"Schedule {isolate(schedule.name)} changed; its next runs are below.")
                 return redirect("automation:schedule_detail", schedule.pk)
         status = 400
     context = {"form": form, "editing": editing, "active_nav": "automation"}
@@ -162,7 +187,7 @@ def schedule_toggle(request: HttpRequest, schedule_id: int) -> HttpResponse:
     except schedules.ScheduleInvalid as exc:
         messages.warning(request, " ".join(" ".join(v) for v in exc.errors.values()))
     else:
-        messages.success(request, f"Schedule {schedule.name} {'resumed' if enabled else 'paused'}.")
+        messages.success(request, f"Schedule {isolate(schedule.name)} {'resumed' if enabled else 'paused'}.")
     return redirect("automation:schedule_detail", schedule.pk)
 
 
@@ -177,7 +202,8 @@ def webhook_list(request: HttpRequest) -> HttpResponse:
 @managers_only
 def webhook_new(request: HttpRequest) -> HttpResponse:
     """The form; a POST subscribes (400 with what was typed and the reasons when it cannot)."""
-    form = WebhookForm(request.POST or None)
+    # A fresh one-time token each time the empty form is given: sent twice, the form subscribes once.
+    form = WebhookForm(request.POST or None, initial={"form_token": secrets.token_urlsafe(24)})
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -189,11 +215,17 @@ def webhook_new(request: HttpRequest) -> HttpResponse:
                     url=data["url"],
                     events=data["events"],
                     request_meta=request_meta(request),
+                    form_token=data["form_token"],
                 )
+            except webhooks.WebhookSentTwice as twice:
+                named = isolate(twice.subscription.name)
+                messages.info(request, f"This form was sent already: it subscribed {named} once, below.")
+                return redirect("automation:webhook_detail", twice.subscription.pk)
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:
-                messages.success(request, f"Subscribed {subscription.name}. Give its receiver the secret below.")
+                named = isolate(subscription.name)
+                messages.success(request, f"Subscribed {named}. Give its receiver the secret below.")
                 return redirect("automation:webhook_detail", subscription.pk)
         status = 400
     return render(request, "automation/webhook_form.html", {"form": form, "active_nav": "automation"}, status=status)
@@ -206,7 +238,12 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
     :func:`automation.webhooks.webhook_change` (400 with what was typed and the reasons when it cannot, the
     subscription left as it was). A paused one says why and offers to resume when saved."""
     subscription = get_object_or_404(WebhookSubscription, pk=webhook_id)
-    initial = {"name": subscription.name, "url": subscription.url, "events": subscription.events}
+    initial = {
+        "name": subscription.name,
+        "url": subscription.url,
+        "events": subscription.events,
+        "seen": subscription.edit_stamp(),
+    }
     form = WebhookEditForm(request.POST or None, initial=initial, paused=not subscription.active)
     status = 200
     if request.method == "POST":
@@ -221,9 +258,12 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
                     events=data["events"],
                     resume=bool(data.get("resume")),
                     request_meta=request_meta(request),
+                    seen=data["seen"],
                 )
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
+                if isinstance(exc, webhooks.WebhookChanged):
+                    _seen_now(form, exc.stamp)
             else:
                 messages.success(request, _changed_message(changed_subscription, changed))
                 return redirect("automation:webhook_detail", subscription.pk)
@@ -234,7 +274,7 @@ def webhook_edit(request: HttpRequest, webhook_id: int) -> HttpResponse:
 
 def _changed_message(subscription: WebhookSubscription, changed: list[str]) -> str:
     """What saving the edit form did to ``subscription`` (as saved), in words; a paused one says it still is."""
-    name = subscription.name
+    name = isolate(subscription.name)
     paused = "" if subscription.active else " It is still paused: resume it below to send what waited."
     if not changed:
         return f"Webhook {name}: nothing changed.{paused}"
@@ -257,7 +297,7 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
     (:func:`automation.webhooks.webhook_roll_secret`) and shows the new one on the subscription's page (400 with
     the reason for a grace not offered)."""
     subscription = get_object_or_404(WebhookSubscription, pk=webhook_id)
-    form = RollSecretForm(request.POST or None)
+    form = RollSecretForm(request.POST or None, initial={"seen": subscription.secret_stamp()})
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -267,7 +307,15 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
                     actor=Actor.of(request.user),
                     grace_seconds=form.cleaned_data["grace"],
                     request_meta=request_meta(request),
+                    seen=form.cleaned_data["seen"],
                 )
+            except webhooks.WebhookRolledAlready:
+                messages.info(
+                    request,
+                    "The secret this page showed was rolled already (the form was sent twice, or someone else "
+                    "rolled it): nothing was rolled again. The secret in use is below.",
+                )
+                return redirect("automation:webhook_detail", subscription.pk)
             except webhooks.WebhookInvalid as exc:
                 add_field_errors(form, exc.errors)
             else:
@@ -276,7 +324,8 @@ def webhook_roll_secret(request: HttpRequest, webhook_id: int) -> HttpResponse:
                     until = f"the old one signs beside it until {ends:%Y-%m-%d %H:%M %Z}"
                 else:
                     until = "the old one no longer signs anything"
-                messages.success(request, f"New secret for {rolled.name} below: give it to its receiver; {until}.")
+                named = isolate(rolled.name)
+                messages.success(request, f"New secret for {named} below: give it to its receiver; {until}.")
                 return redirect("automation:webhook_detail", subscription.pk)
         status = 400
     context = {
@@ -317,7 +366,7 @@ def webhook_toggle(request: HttpRequest, webhook_id: int) -> HttpResponse:
     webhooks.webhook_toggle(
         subscription.pk, active=active, actor=Actor.of(request.user), request_meta=request_meta(request)
     )
-    messages.success(request, f"Webhook {subscription.name} {'resumed' if active else 'paused'}.")
+    messages.success(request, f"Webhook {isolate(subscription.name)} {'resumed' if active else 'paused'}.")
     return redirect("automation:webhook_detail", subscription.pk)
 
 

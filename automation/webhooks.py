@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import idna
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -52,6 +52,7 @@ from automation.models import (
 from orchestrator import audit
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.models import AuditEvent
 from orchestrator.services.results import clean_text
 
@@ -84,6 +85,14 @@ class WebhookInvalid(Exception):
     def __init__(self, errors: dict[str, list[str]]) -> None:
         super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
         self.errors = errors
+
+
+class WebhookChanged(WebhookInvalid):
+    """Another admin changed the subscription after this form was shown; ``stamp`` is its edit stamp now."""
+
+    def __init__(self, errors: dict[str, list[str]], stamp: str) -> None:
+        super().__init__(errors)
+        self.stamp = stamp
 
 
 # --- signing ----------------------------------------------------------------------------------------------
@@ -306,17 +315,48 @@ def _checked(name: str, url: str, events: list[str], *, known_url: str | None = 
     return name, url, sorted(set(events))
 
 
+class WebhookSentTwice(Exception):
+    """The new-webhook form that made ``subscription`` was sent again; nothing new was made."""
+
+    def __init__(self, subscription: WebhookSubscription) -> None:
+        super().__init__(f"subscription {subscription.pk} was made by this form already")
+        self.subscription = subscription
+
+
 def webhook_subscribe(
-    *, owner: Any, name: str, url: str, events: list[str], request_meta: dict[str, Any] | None = None
+    *,
+    owner: Any,
+    name: str,
+    url: str,
+    events: list[str],
+    request_meta: dict[str, Any] | None = None,
+    form_token: str = "",
 ) -> WebhookSubscription:
     """Subscribe ``url`` to ``events`` (names of ``WEBHOOK_EVENTS``) for ``owner`` (who is told if it pauses).
-    Returns the subscription with its new secret; raises WebhookInvalid naming the fields."""
+    Returns the subscription with its new secret; raises WebhookInvalid naming the fields.
+
+    ``form_token`` is the one-time token of the form that asks (up to 64 characters; "" when there is none): a
+    second request with the token of a subscription already made raises WebhookSentTwice with it, and makes
+    nothing. Two sends of one form (a double click on Subscribe, a browser resending after a slow answer) made two
+    subscriptions, each with a secret of its own: the receiver got every event twice, one of the two signed with a
+    secret it had never been given. The table's unique token decides between two sends at the same instant."""
+    form_token = form_token[:64]
+    if form_token:
+        made = WebhookSubscription.objects.filter(form_token=form_token).first()
+        if made is not None:
+            raise WebhookSentTwice(made)
     name, url, events = _checked(name, url, events)
-    with transaction.atomic():
-        subscription = WebhookSubscription.objects.create(
-            owner=owner, name=name, url=url, events=events, secret=secrets.token_hex(32)
-        )
-        _audit(Actor.of(owner), "webhook.subscribed", subscription, request_meta=request_meta)
+    try:
+        with transaction.atomic():
+            subscription = WebhookSubscription.objects.create(
+                owner=owner, name=name, url=url, events=events, secret=secrets.token_hex(32), form_token=form_token
+            )
+            _audit(Actor.of(owner), "webhook.subscribed", subscription, request_meta=request_meta)
+    except IntegrityError:
+        made = WebhookSubscription.objects.filter(form_token=form_token).first() if form_token else None
+        if made is None:
+            raise
+        raise WebhookSentTwice(made) from None
     return subscription
 
 
@@ -329,6 +369,7 @@ def webhook_change(
     events: list[str],
     resume: bool = False,
     request_meta: dict[str, Any] | None = None,
+    seen: str = "",
 ) -> tuple[WebhookSubscription, list[str]]:
     """Change a subscription's name, address and events (checked as :func:`webhook_subscribe` checks them), and
     resume it if ``resume`` and it is paused. Returns it with the names of the fields that changed (in the order
@@ -339,13 +380,37 @@ def webhook_change(
     A new address is where every attempt from now on goes: the deliveries waiting for a retry are due at once, to
     it (the admin fixed a typo; they keep the attempts they have left), and the failures in a row counted against
     the old address start again from none. Attempts already made keep, in their log, the address they went to. A
-    change of events applies to the events that happen from now on: deliveries queued already are sent."""
+    change of events applies to the events that happen from now on: deliveries queued already are sent.
+
+    ``seen`` is the subscription's :meth:`WebhookSubscription.edit_stamp` as the form was shown ("": not checked):
+    when another admin changed its name, address or events since, nothing changes and WebhookChanged says which
+    now differ from what was typed. Saved as it stood, the form put back the events it showed from before their
+    change (an event they added stopped being sent) without a word."""
     current = WebhookSubscription.objects.filter(pk=subscription_id).values_list("url", flat=True).get()
     # The name look-up runs before the row is locked: a name server may take seconds.
     name, url, events = _checked(name, url, events, known_url=current)
     now = timezone.now()
     with transaction.atomic():
         subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        stamp = subscription.edit_stamp()
+        differ = [
+            word
+            for field, word, value in (("name", "name", name), ("url", "address", url), ("events", "events", events))
+            if getattr(subscription, field) != value
+        ]
+        # Stored already as typed (the same form sent twice, a double click on Save): nothing of anyone's is lost.
+        if seen and seen != stamp and differ:
+            as_saved = f" As saved now, it differs from what you typed in: {', '.join(differ)}."
+            raise WebhookChanged(
+                {
+                    "changed": [
+                        f"Someone changed this webhook while you were editing it; nothing was saved.{as_saved} Your "
+                        "changes are below: look at the webhook's page, then save again to replace their change "
+                        "with yours."
+                    ]
+                },
+                stamp,
+            )
         if url == current != subscription.url:
             # Another admin changed the address between the read and the lock: keeping the one typed would put back
             # an address no one checked now, and undo their change.
@@ -376,19 +441,38 @@ def webhook_change(
 ROLL_GRACE_CHOICES = {0: "At once (the old secret leaked)", 3600: "In 1 hour", 86400: "In 24 hours"}
 
 
+class WebhookRolledAlready(Exception):
+    """The secret the roll form was shown was rolled since; ``subscription`` is as it is now, nothing rolled."""
+
+    def __init__(self, subscription: WebhookSubscription) -> None:
+        super().__init__(f"the secret of subscription {subscription.pk} was rolled already")
+        self.subscription = subscription
+
+
 def webhook_roll_secret(
-    subscription_id: int, *, actor: Actor, grace_seconds: int, request_meta: dict[str, Any] | None = None
+    subscription_id: int,
+    *,
+    actor: Actor,
+    grace_seconds: int,
+    request_meta: dict[str, Any] | None = None,
+    seen: str = "",
 ) -> WebhookSubscription:
     """Give a subscription a new secret. With ``grace_seconds`` (one of :data:`ROLL_GRACE_CHOICES`' keys) above 0,
     the secret it had signs every delivery beside the new one until then, so its receiver can switch without
     refusing a delivery (at most 24 h, as Stripe allows); with 0 it stops at once. A second roll within a grace
     keeps only the secret it replaces as the previous one. Audited as ``webhook.secret_rolled`` with the grace's end,
-    never a secret. Returns the subscription; raises WebhookInvalid for another grace."""
+    never a secret. Returns the subscription; raises WebhookInvalid for another grace.
+
+    ``seen`` is the :meth:`WebhookSubscription.secret_stamp` the roll form was shown ("": not checked): when that
+    secret was rolled since, nothing is rolled and WebhookRolledAlready is raised. The form sent twice rolled twice,
+    and the second roll ended at once the secret the first had kept signing for the receiver."""
     if grace_seconds not in ROLL_GRACE_CHOICES:
         raise WebhookInvalid({"grace": ["Choose when the old secret stops signing."]})
     now = timezone.now()
     with transaction.atomic():
         subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        if seen and seen != subscription.secret_stamp():
+            raise WebhookRolledAlready(subscription)
         if grace_seconds:
             subscription.previous_secret = subscription.secret
             subscription.previous_secret_expires_at = now + timedelta(seconds=grace_seconds)
@@ -838,6 +922,7 @@ def _tell_owner(subscription: WebhookSubscription) -> None:
     tell_owner(
         subscription.owner_id,
         kind="webhook.paused",
-        message=f"Webhook {subscription.name} paused: its deliveries keep failing",
+        # The name isolated: a right-to-left override in it reversed the rest of the notice as drawn.
+        message=f"Webhook {isolate(subscription.name)} paused: its deliveries keep failing",
         url=reverse("automation:webhook_detail", args=[subscription.pk]),
     )

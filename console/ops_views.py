@@ -40,6 +40,7 @@ from orchestrator import registry
 from orchestrator import selectors as engine_selectors
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
+from orchestrator.bidi import isolate
 from orchestrator.diagram import workflow_dot
 from orchestrator.forms import named
 from orchestrator.inputs import REASON_MAX
@@ -136,7 +137,7 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
             task = task_services.task_decide(
                 task_id, request.user, data["decision"], comment=data["comment"], request_meta=meta
             )
-            messages.success(request, f"Resolved ({data['decision']}): {task.title}.")
+            messages.success(request, f"Resolved ({data['decision']}): {isolate(task.title)}.")
         else:
             to_user = User.objects.filter(pk=data["to_user"]).first()
             if to_user is None:
@@ -144,7 +145,7 @@ def escalation_answer(request: AuthedRequest, task_id: int) -> HttpResponse:
             task = task_services.task_delegate(
                 task_id, request.user, to_user, note=data["comment"], seen_holder=data["holder"], request_meta=meta
             )
-            messages.success(request, f"Reassigned to {to_user.get_username()}: {task.title}.")
+            messages.success(request, f"Reassigned to {isolate(to_user.get_username())}: {isolate(task.title)}.")
     except task_errors.TaskNotFound:
         raise hidden_404(request, "task", HumanTask, task_id, "No such task.") from None
     except task_errors.TaskError as exc:
@@ -436,7 +437,7 @@ def instance_action(request: AuthedRequest, instance_id: int, operation: str) ->
         return _render_detail(
             request, instance, operation=operation, form=form, status=400 if isinstance(exc, ValidationError) else 409
         )
-    messages.success(request, f"{done}: {instance}.")
+    messages.success(request, f"{done}: {isolate(instance)}.")
     return redirect("console:instance_detail", instance_id=instance.pk)
 
 

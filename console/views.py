@@ -23,6 +23,7 @@ from django.urls import reverse
 from console import forms
 from orchestrator import registry, selectors
 from orchestrator.accounts import request_meta
+from orchestrator.bidi import isolate
 from orchestrator.forms import add_field_errors
 from orchestrator.services import instances as instance_services
 from orchestrator.typing import AuthedRequest
@@ -93,7 +94,7 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
         except instance_services.InvalidInput as exc:
             add_field_errors(form, exc.errors)
         else:
-            messages.success(request, f"Started {instance}.")
+            messages.success(request, f"Started {isolate(instance)}.")
             if selectors.instance_for_user(request.user, instance.pk) is not None:
                 return redirect("console:instance_detail", instance_id=instance.pk)
             return redirect(reverse("approvals:inbox"))

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_safe
 
 from console import selectors
 from orchestrator import registry, stats
+from orchestrator.bidi import isolate
 from orchestrator.diagram import workflow_dot
 from orchestrator.dsl import Workflow
 from orchestrator.typing import AuthedRequest
@@ -30,7 +31,8 @@ def _window(request: AuthedRequest) -> str:
     window = request.GET.get("window", "24h")
     if window not in stats.WINDOWS:
         shown = str(window).replace("\x00", "")[:40]
-        messages.warning(request, f"“{shown}” is not a window; showing the last 24 hours (choose 24h, 7d or 30d).")
+        said = isolate(shown)
+        messages.warning(request, f"“{said}” is not a window; showing the last 24 hours (choose 24h, 7d or 30d).")
         return "24h"
     return window
 

@@ -9,7 +9,9 @@ from typing import Any
 from django import template
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeData, mark_safe
+
+from orchestrator.bidi import balanced
 
 register = template.Library()
 
@@ -90,6 +92,18 @@ def priority_badge(priority: int) -> str:
     }
     name, css = names.get(priority, ("Normal", "text-bg-secondary"))
     return format_html('<span class="badge {}">{}</span>', css, name)
+
+
+@register.filter
+def bdi(value: Any) -> str:
+    """``value`` (text a person or another system wrote: a title, a name, a reason, an address) escaped, in a
+    ``<bdi>`` of its own, with the direction controls that could reach past it made harmless
+    (:func:`orchestrator.bidi.balanced`). Without it, a right-to-left override in the text reversed, as drawn, the
+    rest of its line: the words, states and dates the page writes after it. ``None`` shows as nothing."""
+    text = "" if value is None else value
+    if isinstance(text, SafeData):  # already HTML (a filter's output): balanced, not escaped twice
+        return format_html("<bdi>{}</bdi>", mark_safe(balanced(str(text))))  # noqa: S308 (was safe already)
+    return format_html("<bdi>{}</bdi>", balanced(str(text)))
 
 
 @register.filter

@@ -241,7 +241,7 @@ def test_the_webhook_list_costs_the_same_queries_however_many_subscriptions(
 
 def paused_row(page: str, name: str) -> str:
     """The list's row of the subscription called ``name``."""
-    return page.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0]
+    return page.split(f"><bdi>{name}</bdi></a>", 1)[1].split("</tr>", 1)[0]
 
 
 def test_the_webhook_list_says_why_each_paused_subscription_is_paused(admin_client, users):
@@ -627,7 +627,7 @@ def test_the_schedule_list_says_which_schedules_could_not_start_their_last_run(a
 
     page = admin_client.get("/automation/").content.decode()
 
-    rows = {name: page.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0] for name in ("Failing", "Recovered")}
+    rows = {name: page.split(f"><bdi>{name}</bdi></a>", 1)[1].split("</tr>", 1)[0] for name in ("Failing", "Recovered")}
     assert "could not start" in rows["Failing"]
     assert "could not start" not in rows["Recovered"]
 
