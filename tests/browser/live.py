@@ -18,11 +18,13 @@ How it fits together (see tests/browser/README.md):
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -108,6 +110,14 @@ def _session_key(username: str) -> str:
     client = Client()
     client.force_login(get_user_model().objects.get(username=username))
     return client.cookies["sessionid"].value
+
+
+def screenshot(page: Page, test_dir: Path, name: str) -> None:
+    """Full-page PNG ``name`` of ``page`` in $BATON_SCREENSHOTS (if set) or ``test_dir`` (the test's temporary
+    directory), for a person to look at. Raises what Playwright raises."""
+    target = Path(os.environ.get("BATON_SCREENSHOTS") or test_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / name), full_page=True)
 
 
 class BrowserTestCase(ChannelsLiveServerTestCase):

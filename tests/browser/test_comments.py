@@ -4,15 +4,12 @@ behind a "Show all" that scrolls within itself, at 1280 px and at 375 px."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from playwright.sync_api import Page, expect
 
 from approvals.services.base import REJECT
 from approvals.services.tasks import task_decide
 from orchestrator.services.instances import instance_start
-from tests.browser.live import DESKTOP, BrowserTestCase
+from tests.browser.live import DESKTOP, BrowserTestCase, screenshot
 
 NARROW = {"width": 375, "height": 812}
 THREE_LINES = "Rejected for three reasons:\n1. no receipt\n2. over the travel limit"
@@ -40,13 +37,6 @@ def lines_shown(page: Page, selector: str) -> float:
         return e.getBoundingClientRect().height / parseFloat(s.lineHeight); }""",
         selector,
     )
-
-
-def screenshot(page: Page, test_dir: Path, name: str) -> None:
-    """Full-page PNG in $BATON_SCREENSHOTS (if set) or the test's temporary directory."""
-    target = Path(os.environ.get("BATON_SCREENSHOTS") or test_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target / name), full_page=True)
 
 
 class CommentTests(BrowserTestCase):

@@ -3,17 +3,15 @@ comment; one toast per event; the start form looks like the other pages and show
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from approvals.models import HumanTask, TaskState
 from approvals.services.tasks import task_claim, task_delegate
 from demo.data import grant_group_permissions
 from orchestrator.services.instances import instance_start
-from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, orm
+from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, orm, screenshot
 from tests.browser.test_inbox import EXPENSE, start_expense
 
 # Live budget for the card to show someone else's claim (the inbox promises a second for its rows; the card's
@@ -39,13 +37,6 @@ def claim_with_live_events_lost(task_id: int, user) -> None:
             task_claim(task_id, user)
     finally:
         channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
-
-
-def screenshot(page: Page, test_dir: Path, name: str) -> None:
-    """Full-page PNG in $BATON_SCREENSHOTS (if set) or the test's temporary directory."""
-    target = Path(os.environ.get("BATON_SCREENSHOTS") or test_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target / name), full_page=True)
 
 
 class TaskPageTests(BrowserTestCase):
