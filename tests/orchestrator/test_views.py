@@ -17,6 +17,7 @@ from demo.data import grant_group_permissions
 from demo.workflows import bench
 from orchestrator import registry
 from orchestrator.audit import Actor
+from orchestrator.bidi import isolate
 from orchestrator.dsl import Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_pause, instance_start
@@ -217,7 +218,7 @@ def test_operator_actions_with_a_reason_change_state_and_audit_it(roles, instanc
     # then
     instance.refresh_from_db()
     assert instance.state == after
-    assert shown(response) == [("success", f"{verb}: {instance}.")]
+    assert shown(response) == [("success", f"{verb}: {isolate(instance)}.")]
     event = AuditEvent.objects.filter(instance=instance, action=action).latest("seq")
     assert (event.actor_label, event.reason) == ("user:operator", f"ticket OPS-{operation}")
     assert event.request_meta["path"] == operate_url(instance, operation)
@@ -338,7 +339,7 @@ def test_a_valid_start_opens_the_new_instance(roles):
     assert response.redirect_chain == [(detail_url(instance), 302)]
     assert (instance.workflow_version, instance.initiator, instance.idempotency_key) == (2, roles.staff, "k2")
     assert instance.data["description"] == "Team lunch"
-    assert shown(response) == [("success", f"Started {instance}.")]
+    assert shown(response) == [("success", f"Started {isolate(instance)}.")]
 
 
 def test_the_same_form_posted_twice_starts_one_instance(roles):
