@@ -23,7 +23,10 @@ class UnknownWorkflow(LookupError):
 
 
 def register(workflow: Workflow) -> Workflow:
-    """Register a definition; registering the same name and version twice with another shape is an error."""
+    """Register a definition; registering the same name and version twice with another shape is an error, and so
+    is anything but a ``Workflow`` (a class or a function returning one: call it). Returns ``workflow``."""
+    if not isinstance(workflow, Workflow):
+        raise DefinitionError(f"register() takes a Workflow(...), not {workflow!r}")
     existing = _definitions.get((workflow.name, workflow.version))
     if existing is not None and existing is not workflow and existing.fingerprint() != workflow.fingerprint():
         raise DefinitionError(
