@@ -398,6 +398,12 @@ def _is_callable(value: Any) -> bool:
     return callable(value) and not isinstance(value, str | bytes)
 
 
+def _is_name(value: Any) -> bool:
+    """Whether ``value`` can name a group or a user: text, not blank, at most 150 characters (Django's columns),
+    no NUL (PostgreSQL refuses it: the query looking the group up failed at the first task)."""
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= 150 and "\x00" not in value
+
+
 def _form_problem(form: Any) -> str:
     """What is wrong with ``form`` as a workflow's form (a start form, a form step's, a signal's), or "".
 
@@ -455,7 +461,7 @@ def _node_problem(node: Node) -> str:
         return _positive_within(node.wait if isinstance(node.wait, timedelta) else None, "wait")
     elif isinstance(node, Human):
         for what, names in (("candidate_groups", node.candidate_groups), ("candidate_users", node.candidate_users)):
-            if isinstance(names, str) or not all(isinstance(name, str) and name.strip() for name in names):
+            if isinstance(names, str) or not all(_is_name(name) for name in names):
                 return f'{what} must be a list of names ({what}=["managers"]), not {names!r}'
         if node.kind_of_task not in (APPROVAL, FORM):
             return f"kind_of_task must be {APPROVAL!r} or {FORM!r}, not {node.kind_of_task!r}"
@@ -468,6 +474,8 @@ def _node_problem(node: Node) -> str:
             problem = _positive_within(rung.after, f"{type(rung).__name__}.after")
             if problem:
                 return problem
+            if isinstance(rung, Reassign | Escalate) and not _is_name(rung.group):
+                return f"{type(rung).__name__}.group must be a group's name, not {rung.group!r}"
         if not isinstance(node.on_reject, str):
             return f"on_reject must be 'fail', 'compensate', 'end' or a node name, not {node.on_reject!r}"
         return _form_problem(node.form)

@@ -20,6 +20,7 @@ from orchestrator.dsl import (
     DefinitionError,
     Escalate,
     Human,
+    Reassign,
     Remind,
     Retry,
     Signal,
@@ -60,6 +61,8 @@ MISTAKES: list[tuple[str, Callable[[], Any], str]] = [
     ("wait-past-ten-years", lambda: Workflow("w", 1, [Timer("t", wait=timedelta(days=10**6))]), "at most 3653"),
     ("groups-a-string", lambda: Workflow("w", 1, [Human("h", candidate_groups="managers")]), '["managers"]'),
     ("users-blank", lambda: Workflow("w", 1, [Human("h", candidate_users=[" "])]), "candidate_users"),
+    ("group-with-nul", lambda: Workflow("w", 1, [Human("h", candidate_groups=["a\x00"])]), "candidate_groups"),
+    ("rung-group-blank", lambda: Workflow("w", 1, [people(escalation=[Reassign(60, group="")])]), "Reassign.group"),
     ("kind-of-task-unknown", lambda: Workflow("w", 1, [people(kind_of_task="vote")]), "kind_of_task"),
     ("sla-negative", lambda: Workflow("w", 1, [people(sla=-60)]), "sla must be positive"),
     ("rung-zero", lambda: Workflow("w", 1, [people(escalation=[Remind(0)])]), "Remind.after must be positive"),
@@ -163,3 +166,56 @@ def test_register_refuses_what_is_not_a_workflow() -> None:
 
     # then nothing is registered under any name
     assert not registry.is_registered("w", 1)
+
+
+def other(ctx: StepContext) -> None:
+    return None
+
+
+def same_code() -> Workflow:
+    """``same_code@v1``, built anew at each call, as a module imported twice builds it."""
+    return Workflow("same_code", 1, [Task("a", noop), Decision("d", lambda data: None)])
+
+
+@pytest.fixture
+def registered_once() -> Any:
+    """``same_code@v1`` registered with ``noop``; unregistered after the test."""
+    registry.register(same_code())
+    yield
+    registry.unregister("same_code", 1)
+
+
+@pytest.mark.parametrize(
+    "again",
+    [
+        pytest.param(lambda: Workflow("same_code", 1, [Task("a", other), Decision("d", lambda data: None)]), id="fn"),
+        pytest.param(lambda: Workflow("same_code", 1, [Task("a", noop), Decision("d", lambda data: "a")]), id="lambda"),
+        pytest.param(
+            lambda: Workflow("same_code", 1, [Task("a", noop, timeout=5), Decision("d", lambda data: None)]),
+            id="setting",
+        ),
+    ],
+)
+def test_the_same_name_and_version_registered_again_with_other_code_is_refused(registered_once, again) -> None:
+    # given same_code@v1 registered, and another definition of the same shape under the same name and version
+    # (another handler, a lambda computing something else, another timeout)
+
+    # when the second is registered
+    with pytest.raises(DefinitionError) as raised:
+        registry.register(again())
+
+    # then it is refused (it silently replaced the first one's handlers), naming the version and what to do
+    assert "same_code@v1 is already registered from tests.orchestrator.test_dsl_mistakes" in str(raised.value)
+    assert "bump the version" in str(raised.value)
+    assert registry.get("same_code", 1).nodes["a"].handler is noop  # type: ignore[attr-defined]
+
+
+def test_the_same_definition_built_twice_registers_again(registered_once) -> None:
+    # given same_code@v1 registered, and the same definition built a second time (a module imported twice)
+    again = same_code()
+
+    # when it is registered
+    registry.register(again)
+
+    # then it is accepted: the same code under the same version
+    assert registry.get("same_code", 1) is again
