@@ -31,6 +31,11 @@ class OrchestratorConfig(AppConfig):
         from orchestrator.dbtypes import tolerate_out_of_range_timestamps
 
         registry.load_modules()
+        from django.core import checks
+
+        from orchestrator.checks import workflow_forms
+
+        checks.register(workflow_forms)
         # The engine's lower services never import signals (no import cycle): signals hooks itself in here.
         from orchestrator.services import signals
 

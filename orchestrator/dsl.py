@@ -85,8 +85,8 @@ class Retry:
         # Frozen: the durations are normalised to seconds once, here.
         object.__setattr__(self, "backoff", seconds(self.backoff, "Retry.backoff"))
         object.__setattr__(self, "max_delay", seconds(self.max_delay, "Retry.max_delay"))
-        if self.max_attempts < 1:
-            raise DefinitionError("Retry.max_attempts must be at least 1")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise DefinitionError(f"Retry.max_attempts must be a whole number of at least 1, not {self.max_attempts!r}")
         if (
             seconds(self.backoff, "backoff") < 0
             or seconds(self.max_delay, "max_delay") < 0
@@ -232,8 +232,8 @@ class Human(Node):
             raise DefinitionError(f"Human step {self.name!r} needs candidate groups or users")
         if self.kind_of_task == FORM and self.form is None:
             raise DefinitionError(f"Human step {self.name!r} is a form step without a form class")
-        if self.quorum < 1:
-            raise DefinitionError(f"Human step {self.name!r}: quorum must be at least 1")
+        if isinstance(self.quorum, bool) or not isinstance(self.quorum, int) or self.quorum < 1:
+            raise DefinitionError(f"Human step {self.name!r}: quorum must be a whole number of at least 1")
         if self.priority not in PRIORITIES:
             raise DefinitionError(f"Human step {self.name!r}: priority must be one of {PRIORITIES}")
         if self.sla is not None and not isinstance(self.sla, timedelta):
@@ -388,6 +388,103 @@ class Schedule:
 
 END = None
 
+# The instance row's columns: a workflow's and a step's name (CharField(max_length=100)) and the version
+# (PositiveIntegerField, PostgreSQL's integer).
+NAME_MAX = 100
+VERSION_MAX = 2**31 - 1
+
+
+def _is_callable(value: Any) -> bool:
+    return callable(value) and not isinstance(value, str | bytes)
+
+
+def _is_name(value: Any) -> bool:
+    """Whether ``value`` can name a group or a user: text, not blank, at most 150 characters (Django's columns),
+    no NUL (PostgreSQL refuses it: the query looking the group up failed at the first task)."""
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= 150 and "\x00" not in value
+
+
+def _form_problem(form: Any) -> str:
+    """What is wrong with ``form`` as a workflow's form (a start form, a form step's, a signal's), or "".
+
+    It must be a Django form class (not an instance: each start binds its own). A file field can never be filled:
+    starts, signals and task decisions carry JSON, never an upload, so a required one refused every start."""
+    from django import forms
+
+    if form is None:
+        return ""
+    if not isinstance(form, type) or not issubclass(form, forms.BaseForm):
+        return f"{form!r} is not a Django form class: give the class (class MyForm(forms.Form)), not an instance"
+    files = sorted(name for name, fld in getattr(form, "base_fields", {}).items() if isinstance(fld, forms.FileField))
+    if files:
+        return (
+            f"{form.__name__} has file fields ({', '.join(files)}): inputs arrive as JSON and can hold no upload;"
+            " take a link or a document id as text instead"
+        )
+    return ""
+
+
+def _positive_within(value: timedelta | None, what: str) -> str:
+    """A problem when ``value`` (a duration, None allowed) is not positive or is past the ten-year horizon."""
+    if value is None:
+        return ""
+    if value <= timedelta(0):
+        return f"{what} must be positive, not {value}"
+    if value > SIGNAL_TIMEOUT_MAX:
+        return f"{what} must be at most {SIGNAL_TIMEOUT_MAX.days} days"
+    return ""
+
+
+def _node_problem(node: Node) -> str:
+    """What is wrong with ``node`` that its own constructor let through, or "": the callables it will call, its
+    durations, its people and its forms. Checked by :class:`Workflow`, so the message names the workflow and
+    version; each of these otherwise failed at the first run that reached the node, as an AttributeError or a
+    TypeError in the engine (a handler given as a string, a candidate group given as "managers", whose letters
+    became nine groups)."""
+    if isinstance(node, Task):
+        if not _is_callable(node.handler):
+            return f"handler {node.handler!r} is not callable: give the function itself, not its name"
+        if node.compensate is not None and not _is_callable(node.compensate):
+            return f"compensate {node.compensate!r} is not callable: give the function itself, not its name"
+        if not isinstance(node.retry, Retry):
+            return f"retry must be a Retry(...), not {node.retry!r}"
+        if node.queue is not None and (not isinstance(node.queue, str) or not node.queue):
+            return f"queue must be a queue name, not {node.queue!r}"
+    elif isinstance(node, Decision):
+        if not _is_callable(node.choose):
+            return f"choose {node.choose!r} is not callable: give a function of the data returning a node name"
+        if isinstance(node.choices, str) or not all(isinstance(choice, str) for choice in node.choices):
+            return f"choices must be a list of node names, not {node.choices!r}"
+    elif isinstance(node, Timer):
+        if node.until is not None and not _is_callable(node.until):
+            return f"until {node.until!r} is not callable: give a function of the data returning an aware datetime"
+        return _positive_within(node.wait if isinstance(node.wait, timedelta) else None, "wait")
+    elif isinstance(node, Human):
+        for what, names in (("candidate_groups", node.candidate_groups), ("candidate_users", node.candidate_users)):
+            if isinstance(names, str) or not all(_is_name(name) for name in names):
+                return f'{what} must be a list of names ({what}=["managers"]), not {names!r}'
+        if node.kind_of_task not in (APPROVAL, FORM):
+            return f"kind_of_task must be {APPROVAL!r} or {FORM!r}, not {node.kind_of_task!r}"
+        problem = _positive_within(node.sla if isinstance(node.sla, timedelta) else None, "sla")
+        if problem:
+            return problem
+        for rung in node.escalation:
+            if not isinstance(rung, Remind | Reassign | Escalate):
+                return f"escalation holds {rung!r}: give Remind(...), Reassign(...) or Escalate(...)"
+            problem = _positive_within(rung.after, f"{type(rung).__name__}.after")
+            if problem:
+                return problem
+            if isinstance(rung, Reassign | Escalate) and not _is_name(rung.group):
+                return f"{type(rung).__name__}.group must be a group's name, not {rung.group!r}"
+        if not isinstance(node.on_reject, str):
+            return f"on_reject must be 'fail', 'compensate', 'end' or a node name, not {node.on_reject!r}"
+        return _form_problem(node.form)
+    elif isinstance(node, Signal):
+        if node.schema is not None and not _is_callable(node.schema):
+            return f"schema {node.schema!r} is not callable: give a function of the payload returning a dict"
+        return _form_problem(node.form)
+    return ""
+
 
 @dataclass
 class Workflow:
@@ -413,15 +510,31 @@ class Workflow:
     branch_of: dict[str, tuple[str, int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier():
-            raise DefinitionError(f"Workflow name {self.name!r} must be an identifier")
-        if self.version < 1:
-            raise DefinitionError("Workflow version must be a positive integer")
+        if not isinstance(self.name, str) or not self.name.isidentifier() or len(self.name) > NAME_MAX:
+            raise DefinitionError(
+                f"Workflow name {self.name!r} must be a Python identifier of at most {NAME_MAX} characters"
+            )
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or not 1 <= self.version <= VERSION_MAX:
+            # A string compared with 1 raised TypeError; past VERSION_MAX the instance row's column refused the
+            # first start.
+            raise DefinitionError(
+                f"Workflow {self.name!r}: version must be a positive whole number, 1 to {VERSION_MAX},"
+                f" not {self.version!r}"
+            )
+        if isinstance(self.steps, str | bytes) or not isinstance(self.steps, Sequence):
+            raise DefinitionError(f"{self.key}: steps must be a list of nodes, not {self.steps!r}")
         if not self.steps:
-            raise DefinitionError(f"Workflow {self.name!r} has no steps")
+            raise DefinitionError(f"{self.key} has no steps")
         if self.criticality not in ("low", "medium", "high", "critical"):
             raise DefinitionError("criticality must be low, medium, high or critical")
         self._index(self.steps, None)
+        for node in self.nodes.values():
+            problem = _node_problem(node)
+            if problem:
+                raise DefinitionError(f"{self.key}: step {node.name!r}: {problem}")
+        problem = _form_problem(self.start_form)
+        if problem:
+            raise DefinitionError(f"{self.key}: start_form: {problem}")
         names = [schedule.name for schedule in self.schedules]
         for name in sorted({n for n in names if names.count(n) > 1}):
             # Only one of them could be in the schedule table: which one ran was the last in the list, unsaid.
@@ -434,14 +547,27 @@ class Workflow:
                 targets.append(node.on_reject)
             for target in targets:
                 if target is not None and target not in self.nodes:
-                    raise DefinitionError(f"{self.name}: {node.name!r} points at unknown node {target!r}")
+                    raise DefinitionError(
+                        f"{self.key}: {node.name!r} points at unknown node {target!r}: name a step of this workflow"
+                    )
                 if target is not None and target in self.branch_of and node.name not in self.branch_of:
-                    raise DefinitionError(f"{self.name}: {node.name!r} jumps into a parallel branch")
+                    raise DefinitionError(f"{self.key}: {node.name!r} jumps into a parallel branch")
 
     def _index(self, nodes: Sequence[Node], branch: tuple[str, int] | None) -> None:
         for position, node in enumerate(nodes):
+            if not isinstance(node, Node):
+                raise DefinitionError(
+                    f"{self.key}: {node!r} is not a node: give Task, Human, Timer, Signal, Decision or Parallel"
+                )
+            if not isinstance(node.name, str) or not node.name.isidentifier() or len(node.name) > NAME_MAX:
+                # The name is a key of the instance data, a step row's column (100 characters), a diagram id
+                # and a Signal's default event: a space, a dot or an empty name broke one of them at run time.
+                raise DefinitionError(
+                    f"{self.key}: step name {node.name!r} must be a Python identifier of at most {NAME_MAX}"
+                    " characters (letters, digits and underscores)"
+                )
             if node.name in self.nodes:
-                raise DefinitionError(f"{self.name}: node name {node.name!r} is used twice")
+                raise DefinitionError(f"{self.key}: node name {node.name!r} is used twice")
             self.nodes[node.name] = node
             self.following[node.name] = nodes[position + 1].name if position + 1 < len(nodes) else None
             if branch is not None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+from dataclasses import fields
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from orchestrator.dsl import DefinitionError, Workflow
+from orchestrator.dsl import DefinitionError, Node, Workflow
 
 _definitions: dict[tuple[str, int], Workflow] = {}
 
@@ -23,14 +26,65 @@ class UnknownWorkflow(LookupError):
 
 
 def register(workflow: Workflow) -> Workflow:
-    """Register a definition; registering the same name and version twice with another shape is an error."""
+    """Register a definition; registering the same name and version twice with another shape is an error, and so
+    is anything but a ``Workflow`` (a class or a function returning one: call it). Returns ``workflow``."""
+    if not isinstance(workflow, Workflow):
+        raise DefinitionError(f"register() takes a Workflow(...), not {workflow!r}")
     existing = _definitions.get((workflow.name, workflow.version))
     if existing is not None and existing is not workflow and existing.fingerprint() != workflow.fingerprint():
         raise DefinitionError(
             f"{workflow.key} is already registered with another shape: bump the version instead of editing it"
         )
+    if existing is not None and existing is not workflow and _behaviour(existing) != _behaviour(workflow):
+        # Same shape, other code (two modules each declaring order_fulfilment v1, README's example beside the
+        # demo's): the later one silently replaced the other's handlers, so running instances ran code their
+        # version never had, and which one won depended on import order.
+        raise DefinitionError(
+            f"{workflow.key} is already registered from {_origin(existing)} with other handlers or settings;"
+            f" this one comes from {_origin(workflow)}: give one of them another name, or bump the version"
+        )
     _definitions[(workflow.name, workflow.version)] = workflow
     return workflow
+
+
+def _callable_id(value: Any) -> str:
+    """A callable as the code it runs: module, qualified name and, for Python code, a hash of its bytecode and
+    constants (two lambdas of one module differ by what they compute, not by their name)."""
+    function = getattr(value, "__func__", value)
+    code = getattr(function, "__code__", None)
+    body = hashlib.sha256(repr((code.co_code, code.co_consts)).encode()).hexdigest()[:12] if code else ""
+    name = getattr(function, "__qualname__", type(function).__qualname__)
+    return f"{getattr(function, '__module__', '')}.{name}:{body}"
+
+
+def _described(value: Any) -> Any:
+    """``value`` (a node's or a workflow's setting) in a form two definitions compare by: callables and classes by
+    their code, sequences item by item, anything else by its ``repr``."""
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if callable(value):
+        return _callable_id(value)
+    if isinstance(value, list | tuple):
+        return [_described(item) for item in value]
+    if isinstance(value, Node):
+        return {f.name: _described(getattr(value, f.name)) for f in fields(value)}
+    return repr(value)
+
+
+def _behaviour(workflow: Workflow) -> list[Any]:
+    """What ``workflow`` does, beyond its shape: every node's settings and callables, and the workflow's own."""
+    own = [_described(getattr(workflow, f.name)) for f in fields(workflow) if f.init and f.name != "steps"]
+    return [own, [_described(node) for node in workflow.nodes.values()]]
+
+
+def _origin(workflow: Workflow) -> str:
+    """The module a definition's first handler (or its first node's callable) comes from, for a message."""
+    for node in workflow.nodes.values():
+        for attribute in ("handler", "choose", "until", "schema"):
+            module = getattr(getattr(node, attribute, None), "__module__", None)
+            if module:
+                return module
+    return "a module"
 
 
 def unregister(name: str, version: int) -> None:

@@ -38,6 +38,11 @@ CASES = [
     (["baton_start", "expense_approval", "--data", '{"amount": "x"}'], "refused"),
     (["baton_start", "expense_approval", "--user", "nobody"], "no user named"),
     (["baton_start", "expense_approval", "--key", LONG], "refused"),
+    # a NUL, or a lone surrogate (argv bytes that are not UTF-8), reached PostgreSQL: a DataError's traceback
+    (["baton_start", "expense_approval", "--user", "ada\x00"], "no user named"),
+    (["baton_start", "expense_approval", "--user", "ada\udc80"], "no user named"),
+    (["baton_start", "expense_approval", "--key", "k\udc80"], "refused"),
+    (["baton_start", "expense_approval", "--data", "[" * 100000 + "]" * 100000], "not JSON"),
     # baton_signal
     (["baton_signal", "ev", "--id", "x"], "Name the instance"),
     (["baton_signal", "ev", "--id", "x", "--instance", HUGE], "No instance"),

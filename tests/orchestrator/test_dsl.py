@@ -334,11 +334,12 @@ def test_registry_returns_a_pinned_version(two_versions):
 
 
 def test_registering_a_version_again_with_another_shape_raises(two_versions):
-    """Editing a deployed version is refused; re-registering the same shape (a module re-import) is fine."""
+    """Editing a deployed version is refused; re-registering the same definition (a module re-import) is fine
+    (other code under the same shape is refused too: tests/orchestrator/test_dsl_mistakes.py)."""
     # given
     v1, _v2 = two_versions
     # when
-    same_shape = registry.register(Workflow("registry_demo", 1, [Task("a", other_noop)]))
+    same_shape = registry.register(Workflow("registry_demo", 1, [task("a")]))
     # then
     assert registry.get("registry_demo", 1) is same_shape
     with pytest.raises(DefinitionError, match="bump the version"):

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orchestrator import registry
-from orchestrator.inputs import unique_keys
+from orchestrator.inputs import unique_keys, unstorable
 from orchestrator.services import instances
 
 
@@ -35,7 +35,10 @@ class Command(BaseCommand):
             raise CommandError(f"--data must be a JSON object, not {type(data).__name__}")
         initiator = None
         if options["user"]:
-            initiator = get_user_model().objects.filter(username=options["user"]).first()
+            # A NUL (or a lone surrogate: argv bytes that are not UTF-8) reached PostgreSQL and came back as a
+            # DataError's traceback; no user can be named so.
+            user = options["user"]
+            initiator = None if unstorable(user) else get_user_model().objects.filter(username=user).first()
             if initiator is None:
                 raise CommandError(f"no user named {options['user']!r}")
         try:
