@@ -115,8 +115,11 @@
       if (!max) return;
       var size = bodyBytes(form, event.submitter);
       if (size <= max) {
-        var shown = form.querySelector("[data-body-too-large]");
-        if (shown) shown.classList.add("d-none");
+        // Hidden but keeping its room until the send ends (release, below): gone at once, it moved the button up
+        // under the pointer, and the second click of a double click landed on whatever took its place (a link,
+        // which cancelled the send).
+        var shown = form.querySelector("[data-body-too-large]:not(.d-none)");
+        if (shown) shown.classList.add("invisible");
         return;
       }
       var box = boxOf(form, max);
@@ -125,7 +128,7 @@
       box.querySelectorAll("[data-body-size]").forEach(function (place) {
         place.textContent = size.toLocaleString("en-US");
       });
-      box.classList.remove("d-none");
+      box.classList.remove("d-none", "invisible");
       box.focus();
     },
     true
@@ -181,6 +184,9 @@
     var button = sending.get(form);
     sending.delete(form);
     form.removeAttribute("aria-busy");
+    form.querySelectorAll("[data-body-too-large].invisible").forEach(function (box) {
+      box.classList.replace("invisible", "d-none");
+    });
     if (!button) return;
     button.removeAttribute("aria-busy");
     button.classList.remove("baton-busy");
