@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from approvals.models import HumanTask, Notification
 from orchestrator import live_names, rows
+from orchestrator.bidi import isolate
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.unit import Unit
 
@@ -109,6 +110,6 @@ def tell_initiator(sender: Any, *, unit: Unit, instance: WorkflowInstance, **kwa
         unit,
         [instance.initiator_id],
         f"instance.{instance.state}",
-        f"{instance.title or instance}: {outcome}",
+        f"{isolate(instance.title or instance)}: {outcome}",
         url=reverse("console:instance_detail", args=[instance.pk]),
     )

@@ -19,6 +19,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from orchestrator.bidi import isolate
 from orchestrator.recurrence import NOT_PLACES
 
 SESSION_KEY = "baton_time_zone"
@@ -109,7 +110,8 @@ class TimeZoneForm(forms.Form):
         name = self.cleaned_data["time_zone"].strip()
         if name and not valid_zone(name):
             raise forms.ValidationError(
-                f"“{name[:64]}” is not a time zone name. Pick one from the list, like Europe/Paris or America/New_York."
+                f"“{isolate(name[:64])}” is not a time zone name. Pick one from the list, like Europe/Paris or "
+                "America/New_York."
             )
         return name
 
@@ -125,5 +127,5 @@ def time_zone_set(user: Any, name: str) -> None:
     from approvals.models import UserProfile
 
     if name and not valid_zone(name):
-        raise ValueError(f"{name!r} is not a time zone name")
+        raise ValueError(f"{isolate(repr(name))} is not a time zone name")
     UserProfile.objects.update_or_create(user=user, defaults={"time_zone": name})

@@ -111,7 +111,7 @@ def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str
     try:
         workflow = registry.get(workflow_name)
     except registry.UnknownWorkflow:
-        errors["workflow_name"] = [f"No workflow named {workflow_name!r} is registered."]
+        errors["workflow_name"] = [f"No workflow named {isolate(repr(workflow_name))} is registered."]
         workflow = None
     every = timedelta(seconds=interval_seconds) if interval_seconds else None
     problem = recurrence.check_recurrence(cron, every, zone)

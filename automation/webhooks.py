@@ -223,12 +223,12 @@ def _addresses(host: str, port: int, seconds: float) -> list[str]:
     except (FutureTimeout, CancelledError):
         if _leave(key, lookup):
             raise ValueError(
-                f"{host} was not looked up within {seconds:.2g} s: every name look-up is waiting for a name server "
-                "that does not answer."
+                f"{isolate(host)} was not looked up within {seconds:.2g} s: every name look-up is waiting for a name "
+                "server that does not answer."
             ) from None
-        raise ValueError(f"{host} could not be resolved within {seconds:.2g} s.") from None
+        raise ValueError(f"{isolate(host)} could not be resolved within {seconds:.2g} s.") from None
     except (socket.gaierror, UnicodeError):
-        raise ValueError(f"{host} cannot be resolved.") from None
+        raise ValueError(f"{isolate(host)} cannot be resolved.") from None
     return list(dict.fromkeys(str(info[4][0]) for info in found))
 
 
@@ -260,7 +260,7 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
         private = [a for a in addresses if _forbidden(a)]
         if private:
             raise ValueError(
-                f"{parts.hostname} resolves to {', '.join(private)}, a private, loopback or reserved address; "
+                f"{isolate(parts.hostname)} resolves to {', '.join(private)}, a private, loopback or reserved address; "
                 "webhooks go to public addresses only (BATON_WEBHOOK_ALLOW_PRIVATE allows others)."
             )
     return host, port, addresses
@@ -276,7 +276,7 @@ def _ascii_host(hostname: str) -> str:
     try:
         return idna.encode(hostname, uts46=True, transitional=False).decode("ascii")
     except idna.IDNAError as exc:
-        raise ValueError(f"{hostname} is not a valid domain name: {str(exc)[:200]}.") from None
+        raise ValueError(f"{isolate(hostname)} is not a valid domain name: {str(exc)[:200]}.") from None
 
 
 # --- subscriptions ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterError, croniter  # type: ignore[import-untyped]  # ships no type information
 
+from orchestrator.bidi import isolate
+
 MIN_INTERVAL = timedelta(minutes=1)
 # croniter's random field value: "R" or "R(0-30)", alone in a field part (not the R of MAR, APR or FRI).
 _RANDOM = re.compile(r"(?<![A-Za-z])R(?![A-Za-z])", re.IGNORECASE)
@@ -24,11 +26,13 @@ CRON_MAX = 100
 def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name``; ValueError naming it when there is none."""
     if not isinstance(name, str) or not name or "\x00" in name or len(name) > 64 or name not in _zones():
-        raise ValueError(f"unknown time zone {name!r}: give an IANA name such as Europe/Paris or UTC")
+        raise ValueError(f"unknown time zone {isolate(repr(name))}: give an IANA name such as Europe/Paris or UTC")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}: give an IANA name such as Europe/Paris or UTC") from None
+        raise ValueError(
+            f"unknown time zone {isolate(repr(name))}: give an IANA name such as Europe/Paris or UTC"
+        ) from None
 
 
 _ZONES: set[str] = set()
@@ -60,17 +64,17 @@ def check_recurrence(cron: str, every: timedelta | None, timezone: str) -> str:
                 "a cron expression has five fields: minute hour day-of-month month day-of-week (or @daily, @hourly...)"
             )
         if not croniter.is_valid(cron):
-            return f"{cron!r} is not a valid cron expression"
+            return f"{isolate(repr(cron))} is not a valid cron expression"
         if _RANDOM.search(cron):
             # croniter draws R anew each time a next time is computed, and a schedule computes one after every
             # fire: "R 9 * * *" fired again whenever the new draw fell later in the same hour.
-            return f"{cron!r} has R (a random value drawn anew each time): give the minute and hour"
+            return f"{isolate(repr(cron))} has R (a random value drawn anew each time): give the minute and hour"
         # croniter parses expressions no date matches (30 February, 31 April) and fails only when asked for a
         # time: saved, such a schedule failed its page and, declared in code, the sync before every sweep's fires.
         try:
             croniter(cron, datetime.now(UTC)).get_next(datetime)
         except CroniterError:
-            return f"{cron!r} never fires: no date matches it"
+            return f"{isolate(repr(cron))} never fires: no date matches it"
         return ""
     assert every is not None
     if not MIN_INTERVAL <= every <= MAX_INTERVAL:

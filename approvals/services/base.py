@@ -26,6 +26,7 @@ from approvals.models import (
 from approvals.notifications import members_of, notify
 from orchestrator import live_names, rows
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.inputs import check_text
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.unit import Unit
@@ -264,7 +265,14 @@ def escalate_nobody_can_act(
     )
     announce(unit, task, "task.escalated", f"Escalation: {task.title}", level="danger", former_holder=holder)
     members = members_of([MANAGERS, OPERATORS], exclude=[unit.instance.initiator_id])
-    notify(unit, members, "escalation", f"Needs a manager or an operator: {task.title}", url=task_url(task), task=task)
+    notify(
+        unit,
+        members,
+        "escalation",
+        f"Needs a manager or an operator: {isolate(task.title)}",
+        url=task_url(task),
+        task=task,
+    )
 
 
 # Events whose news reaches the one person it concerns as a notification (bell and toast): the candidates' and

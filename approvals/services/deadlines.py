@@ -27,6 +27,7 @@ from approvals.services.base import (
 )
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.dsl import Escalate, Reassign, Remind
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.lifecycle import fail_for_missing_definition, instance_fail
@@ -122,7 +123,12 @@ def _escalation_fire(task_id: int, now: datetime) -> int:
             )
             announce(unit, task, "task.reminded", f"Reminder: {task.title} is waiting")
             notify(
-                unit, people_of(task), "reminder", f"Reminder: {task.title} is waiting", url=task_url(task), task=task
+                unit,
+                people_of(task),
+                "reminder",
+                f"Reminder: {isolate(task.title)} is waiting",
+                url=task_url(task),
+                task=task,
             )
         elif isinstance(rung, Reassign):
             _hand_to_group(unit, task, rung.group, level, next_at, reassigned=True)
@@ -170,7 +176,7 @@ def _hand_to_group(
     unit.audit("task", task.pk, from_state, task.state, payload={"group": group_name}, action=action)
     if reassigned:
         announce(unit, task, "task.escalated", f"Reassigned to {group_name}: {task.title}", former_holder=holder)
-        message = f"Overdue, now yours: {task.title}"
+        message = f"Overdue, now yours: {isolate(task.title)}"
     else:
         announce(
             unit,
@@ -180,6 +186,6 @@ def _hand_to_group(
             level="warning",
             former_holder=holder,
         )
-        message = f"Escalated: {task.title}"
+        message = f"Escalated: {isolate(task.title)}"
     members = members_of([group_name], exclude=[unit.instance.initiator_id])
     notify(unit, members, kind, message, url=task_url(task), task=task)

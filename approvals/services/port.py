@@ -36,6 +36,7 @@ from approvals.services.deadlines import tasks_shift_deadlines, tasks_sweep
 from approvals.services.people import tasks_release_unfit
 from orchestrator import rows
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.dsl import APPROVAL, Human, as_timedelta
 from orchestrator.models import StepKind, StepRun
 from orchestrator.services.locks import definition_of
@@ -135,7 +136,7 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
         unit, task, "task.opened", f"Escalation: {task.title}", groups=[g.pk for g in groups], users=[], level="danger"
     )
     operators = members_of([OPERATORS], exclude=[unit.instance.initiator_id])
-    notify(unit, operators, "escalation", f"Needs an operator: {task.title}", url=task_url(task), task=task)
+    notify(unit, operators, "escalation", f"Needs an operator: {isolate(task.title)}", url=task_url(task), task=task)
     if not able_people(task, limit=1):
         # No operator but the initiator (who may not resolve it), or none at all: managers take it too.
         escalate_nobody_can_act(unit, task)

@@ -58,6 +58,7 @@ from approvals.services.escalations import escalation_resolve
 from orchestrator import live_names, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
+from orchestrator.bidi import isolate
 from orchestrator.dsl import FORM, DefinitionError, Human
 from orchestrator.inputs import COMMENT_MAX, NOTE_MAX, bound_form, check_when, form_json_default
 from orchestrator.models import AuditEvent, InstanceState, StepRun, WorkflowInstance
@@ -334,7 +335,7 @@ def task_delegate(
             unit,
             [to_user.pk],
             "delegated",
-            f"{user.get_username()} delegated to you: {task.title}" + (f" ({note})" if note else ""),
+            f"{user.get_username()} delegated to you: {isolate(task.title)}" + (f" ({isolate(note)})" if note else ""),
             url=task_url(task),
             task=task,
         )
@@ -585,7 +586,7 @@ def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
     operators = members_of([OPERATORS], exclude=[instance.initiator_id])
     url = reverse("console:instance_detail", args=[instance.pk])
     name = instance.title or f"{instance.workflow_name} #{instance.pk}"
-    notify(unit, operators, "escalation", f"Stopped after a decision, needs an operator: {name}", url=url)
+    notify(unit, operators, "escalation", f"Stopped after a decision, needs an operator: {isolate(name)}", url=url)
 
 
 def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str, data: dict) -> dict[str, Any]:

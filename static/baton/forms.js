@@ -12,6 +12,14 @@
  *   form's own [data-body-max="BYTES"]), which Django enforces before any view, answering with an error page and
  *   losing what was typed. Its box [data-body-too-large] is shown instead, with the size in its
  *   [data-body-size] (a form without one gets a plain one at its top), and the typed text stays where it is.
+ * - One send per press: a double click (or Enter pressed twice) on a POST form sent it twice; the first send did
+ *   the work and the second was refused (a 409 "only failed instances can be retried; this one is running"), so
+ *   the person saw an error for an action that worked. Once a POST form is sent, further sends of it are ignored:
+ *   a full-page POST until its answer replaces the page, an htmx request until it has ended (htmx:afterRequest).
+ *   Its pressed button shows it is busy (disabled, aria-busy, a small spinner). A send refused before it leaves
+ *   (too large, above; a declined confirm; anything that cancels the submit event) leaves the form as it was, and
+ *   a page the browser brings back from its back/forward cache (pageshow, persisted) has its buttons usable again.
+ *   A form marked [data-resend] opts out (none needs to today).
  */
 (function () {
   "use strict";
@@ -107,8 +115,11 @@
       if (!max) return;
       var size = bodyBytes(form, event.submitter);
       if (size <= max) {
-        var shown = form.querySelector("[data-body-too-large]");
-        if (shown) shown.classList.add("d-none");
+        // Hidden but keeping its room until the send ends (release, below): gone at once, it moved the button up
+        // under the pointer, and the second click of a double click landed on whatever took its place (a link,
+        // which cancelled the send).
+        var shown = form.querySelector("[data-body-too-large]:not(.d-none)");
+        if (shown) shown.classList.add("invisible");
         return;
       }
       var box = boxOf(form, max);
@@ -117,11 +128,118 @@
       box.querySelectorAll("[data-body-size]").forEach(function (place) {
         place.textContent = size.toLocaleString("en-US");
       });
-      box.classList.remove("d-none");
+      box.classList.remove("d-none", "invisible");
       box.focus();
     },
     true
   );
+
+  // --- One send per press --------------------------------------------------------------------------------------
+
+  var sending = new WeakMap(); // form -> the button marked busy for its send (or null: sent without a button)
+
+  function htmxPost(form) {
+    return ["hx-post", "hx-put", "hx-patch", "hx-delete"].some(function (name) {
+      return form.hasAttribute(name);
+    });
+  }
+
+  function guarded(form) {
+    if (!form || !form.getAttribute || form.tagName !== "FORM" || form.hasAttribute("data-resend")) return false;
+    return (form.getAttribute("method") || "").toLowerCase() === "post" || htmxPost(form);
+  }
+
+  // The button the send is shown on: the one pressed, else (Enter in a field, a script's requestSubmit()) the
+  // form's first submit button, the one Enter presses.
+  function buttonOf(form, submitter) {
+    if (submitter && submitter.form === form) return submitter;
+    return form.querySelector('button:not([type]), button[type="submit"], input[type="submit"]');
+  }
+
+  function markBusy(form, submitter) {
+    var button = buttonOf(form, submitter);
+    sending.set(form, button || null);
+    form.setAttribute("aria-busy", "true");
+    if (!button) return;
+    button.setAttribute("aria-busy", "true");
+    button.classList.add("baton-busy");
+    if (button.tagName === "BUTTON" && !button.querySelector(".baton-spinner")) {
+      var spinner = document.createElement("span");
+      spinner.className = "spinner-border spinner-border-sm baton-spinner me-1";
+      spinner.setAttribute("aria-hidden", "true");
+      button.prepend(spinner);
+    }
+    // Disabled a moment later, not now: the browser builds what a form sends after its submit event, leaving out
+    // disabled buttons, so the pressed one's name and value (decision=approve) would be lost. Until then the
+    // guard below already ignores a second send.
+    setTimeout(function () {
+      if (sending.get(form) === button && !button.disabled) {
+        button.disabled = true;
+        button.setAttribute("data-baton-disabled", "");
+      }
+    });
+  }
+
+  function release(form) {
+    var button = sending.get(form);
+    sending.delete(form);
+    form.removeAttribute("aria-busy");
+    form.querySelectorAll("[data-body-too-large].invisible").forEach(function (box) {
+      box.classList.replace("invisible", "d-none");
+    });
+    if (!button) return;
+    button.removeAttribute("aria-busy");
+    button.classList.remove("baton-busy");
+    if (button.hasAttribute("data-baton-disabled")) {
+      button.removeAttribute("data-baton-disabled");
+      button.disabled = false;
+    }
+    button.querySelectorAll(".baton-spinner").forEach(function (spinner) {
+      spinner.remove();
+    });
+  }
+
+  // First of all submit handlers (on window, capturing: before the size check and htmx): a form already sending
+  // is not sent again.
+  window.addEventListener(
+    "submit",
+    function (event) {
+      var form = event.target;
+      if (!guarded(form) || !sending.has(form)) return;
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    },
+    true
+  );
+
+  // Last of all (on window, bubbling): a full-page send nobody cancelled is leaving; mark it. htmx cancels the
+  // submit event of its forms and sends them itself: those are marked by htmx:beforeRequest below, which a
+  // refused confirm (hx-confirm) never reaches.
+  window.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!guarded(form) || event.defaultPrevented || htmxPost(form)) return;
+    markBusy(form, event.submitter);
+  });
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.detail && event.detail.elt;
+    if (!guarded(form) || !htmxPost(form)) return;
+    var submitter = event.detail.requestConfig && event.detail.requestConfig.triggeringEvent;
+    markBusy(form, submitter && submitter.submitter);
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail && event.detail.elt;
+    if (form && sending.has(form)) release(form);
+  });
+
+  // A page brought back by Back or Forward is the page as it was left: its pressed button still busy.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    document.querySelectorAll("form[aria-busy]").forEach(function (form) {
+      release(form);
+    });
+  });
 
   var kept = new WeakMap();
 

@@ -13,9 +13,11 @@ from approvals.services.base import APPROVE
 from approvals.services.deadlines import tasks_sweep
 from approvals.services.tasks import notifications_mark_read, task_claim, task_decide, task_delegate
 from orchestrator.audit import Actor
+from orchestrator.bidi import isolate
 from orchestrator.dsl import Human, Remind, Workflow
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_cancel, instance_start
+from tests.bidi import ESCAPE, RLO, unisolated
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +58,7 @@ def test_delegating_tells_the_delegate_and_mails_them_after_commit(users, django
         callback()
 
     # then
-    message = f"staff delegated to you: {task.title} (I am off tomorrow)"
+    message = f"staff delegated to you: {isolate(task.title)} ({isolate('I am off tomorrow')})"
     assert notices() == [("staff2", "delegated", message)]
     notice = Notification.objects.get()
     assert (notice.task, notice.instance_id, notice.url, notice.read_at) == (
@@ -118,7 +120,7 @@ def test_a_reminder_goes_to_the_assignee(users, django_capture_on_commit_callbac
         tasks_sweep(now=task.created_at + timedelta(hours=8, minutes=1))
 
     # then
-    assert notices() == [("staff", "reminder", f"Reminder: {task.title} is waiting")]
+    assert notices() == [("staff", "reminder", f"Reminder: {isolate(task.title)} is waiting")]
     assert recipients() == ["staff@example.com"]
 
 
@@ -187,7 +189,7 @@ def test_a_reassignment_tells_the_new_group(users):
     tasks_sweep(now=task.created_at + timedelta(days=1, minutes=1))
 
     # then
-    assert notices(kind="reassigned") == [("manager", "reassigned", f"Overdue, now yours: {task.title}")]
+    assert notices(kind="reassigned") == [("manager", "reassigned", f"Overdue, now yours: {isolate(task.title)}")]
 
 
 # --- escalations of failures ----------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def test_a_failed_compensation_tells_the_operators(users, run_steps, django_capt
 
     # then
     escalation = HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
-    expected = f"Needs an operator: {escalation.title}"
+    expected = f"Needs an operator: {isolate(escalation.title)}"
     assert notices(kind="escalation") == [("operator", "escalation", expected), ("operator2", "escalation", expected)]
     assert Notification.objects.filter(kind="escalation", task=escalation).count() == 2
     assert {m.to[0] for m in mail.outbox if m.subject == f"[Baton] {expected}"} == {
@@ -229,7 +231,7 @@ def test_the_initiator_hears_that_their_expense_completed(users, run_steps):
     # then
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPLETED
-    assert notices() == [("operator", "instance.completed", f"{instance.title}: completed")]
+    assert notices() == [("operator", "instance.completed", f"{isolate(instance.title)}: completed")]
     assert Notification.objects.get().url == f"/instances/{instance.pk}/"
 
 
@@ -243,7 +245,7 @@ def test_the_initiator_hears_that_their_expense_was_rejected(users):
 
     # then
     instance.refresh_from_db()
-    assert notices() == [("operator", "instance.completed", f"{instance.title}: rejected")]
+    assert notices() == [("operator", "instance.completed", f"{isolate(instance.title)}: rejected")]
 
 
 def test_the_initiator_hears_that_their_order_failed(users, run_steps):
@@ -257,7 +259,7 @@ def test_the_initiator_hears_that_their_order_failed(users, run_steps):
     # then
     instance.refresh_from_db()
     assert instance.state == InstanceState.FAILED
-    assert notices() == [("manager", "instance.failed", f"{instance.title}: failed")]
+    assert notices() == [("manager", "instance.failed", f"{isolate(instance.title)}: failed")]
 
 
 def test_the_initiator_hears_that_their_order_was_compensated(users, run_steps):
@@ -271,7 +273,7 @@ def test_the_initiator_hears_that_their_order_was_compensated(users, run_steps):
     # then
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPENSATED
-    assert notices() == [("manager", "instance.compensated", f"{instance.title}: compensated")]
+    assert notices() == [("manager", "instance.compensated", f"{isolate(instance.title)}: compensated")]
 
 
 def test_the_initiator_hears_when_an_operator_cancels(users):
@@ -284,7 +286,7 @@ def test_the_initiator_hears_when_an_operator_cancels(users):
 
     # then
     instance.refresh_from_db()
-    assert notices() == [("manager", "instance.cancelled", f"{instance.title}: cancelled")]
+    assert notices() == [("manager", "instance.cancelled", f"{isolate(instance.title)}: cancelled")]
 
 
 def test_no_notice_when_the_initiator_cancels_their_own_instance(users):
@@ -322,3 +324,31 @@ def test_mark_read_touches_only_my_notifications(users):
     theirs.refresh_from_db()
     assert theirs.read_at is None
     assert notifications_mark_read(users.staff2, []) == 0
+
+
+# --- what people wrote, inside a notice -------------------------------------------------------------------
+
+
+def test_a_notice_isolates_the_titles_and_notes_people_wrote(users):
+    """Given an expense whose description (so its title and its task's) ends in a stray pop and a right-to-left
+    override, when its task is delegated with such a note and the expense is cancelled, then in each notice (the
+    bell and its e-mail) the title and the note are each isolated (FSI ... PDI): bare, the override reversed, as
+    drawn, the rest of the notice ('(note)', ': cancelled'). Isolating the whole notice, as its page does, keeps it
+    from the page but not from its own words."""
+    # given
+    instance = expense(initiator=users.manager, description=f"Taxi {ESCAPE}")
+    task = task_of(instance)
+    task_claim(task.pk, users.staff)
+
+    # when
+    task_delegate(task.pk, users.staff, users.staff2, note=f"back soon {ESCAPE}")
+    instance_cancel(instance.pk, actor=Actor.of(users.operator), reason="duplicate")
+
+    # then
+    told = {kind: message for _user, kind, message in notices()}
+    assert set(told) == {"delegated", "instance.cancelled"}
+    for message in told.values():
+        assert RLO in message
+        assert unisolated(message) == [], message
+    assert told["delegated"].endswith(f"({isolate(f'back soon {ESCAPE}')})")
+    assert told["instance.cancelled"].endswith(": cancelled")

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
-from orchestrator.bidi import balanced
+from orchestrator.bidi import balanced, isolate
 from tests.bidi import ESCAPE, RLO, unisolated
 
 pytestmark = pytest.mark.django_db
@@ -121,3 +121,68 @@ def test_a_pause_notice_isolates_the_webhooks_name(hostile, users):
     # then
     notice = Notification.objects.get(user=users.admin, kind="webhook.paused")
     assert notice.message == f"Webhook \u2068{balanced(HOSTILE)}\u2069 paused: its deliveries keep failing"
+
+
+def test_a_refused_schedule_isolates_the_cron_expression_and_zone_it_repeats(admin):
+    """Given a cron expression and a time zone name written in Hebrew letters, when an admin saves a schedule with
+    each, then the error repeating it isolates it: bare, right-to-left text beside the message's quotes and colon
+    drew them on its other side ("'0 9 * * שני' is not a valid cron expression")."""
+    # given
+    typed = {
+        "name": "Weekday expenses",
+        "workflow_name": "expense_approval",
+        "cron": "0 9 * * 1-5",
+        "timezone": "Europe/Paris",
+        "missed": "skip",
+        "input": '{"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"}',
+    }
+    cron, zone = "0 9 * * שני", "אסיה/חיפה"
+
+    # when
+    bad_cron = admin.post(reverse("automation:schedule_new"), {**typed, "cron": cron})
+    bad_zone = admin.post(reverse("automation:schedule_new"), {**typed, "timezone": zone})
+
+    # then
+    assert bad_cron.status_code == bad_zone.status_code == 400
+    assert f"{isolate(repr(cron))} is not a valid cron expression" in html.unescape(bad_cron.content.decode())
+    assert f"Unknown time zone {isolate(repr(zone))}:" in html.unescape(bad_zone.content.decode())
+    assert not Schedule.objects.exists()
+
+
+def test_a_refused_webhook_isolates_the_host_it_repeats(admin):
+    """Given an address whose host holds a stray pop and a right-to-left override, when an admin subscribes it, then
+    the error naming the host isolates it: bare, the override reversed 'is not a valid domain name' after it."""
+    # given
+    host = f"hooks{ESCAPE}.example.com"
+
+    # when
+    response = admin.post(
+        reverse("automation:webhook_new"),
+        {"name": "Shop hook", "url": f"https://{host}/in", "events": ["instance.started"]},
+    )
+
+    # then
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert f"{isolate(host)} is not a valid domain name" in html.unescape(page)
+    assert unisolated(page) == []
+    assert not WebhookSubscription.objects.exists()
+
+
+def test_a_refused_time_zone_on_the_settings_page_isolates_the_name_it_repeats(users):
+    """Given a time zone name ending in a stray pop and a right-to-left override, when a person saves it as theirs,
+    then the error repeating it isolates it: bare, the override reversed 'is not a time zone name' after it."""
+    # given
+    client = Client(raise_request_exception=False)
+    client.force_login(users.staff)
+    name = f"Mars/Olympus {ESCAPE}"
+
+    # when
+    response = client.post("/settings/", {"time_zone": name})
+
+    # then
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert f"“{isolate(name)}” is not a time zone name" in html.unescape(page)
+    assert RLO in page
+    assert unisolated(page) == []

@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
+from orchestrator.bidi import isolate
 from orchestrator.models import AuditEvent
 from tests.factories import UserFactory
 
@@ -532,7 +533,7 @@ class TestEditingASchedule:
         # then the form showed it selected (not silently the first workflow), and saving names the problem
         assert '<option value="retired_flow" selected>retired_flow (not deployed)</option>' in form
         assert response.status_code == 400
-        assert "No workflow named &#x27;retired_flow&#x27; is registered." in response.content.decode()
+        assert f"No workflow named {isolate('&#x27;retired_flow&#x27;')} is registered." in response.content.decode()
         schedule.refresh_from_db()
         assert schedule.workflow_name == "retired_flow"
 

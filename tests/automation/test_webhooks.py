@@ -20,6 +20,7 @@ from automation import webhooks
 from automation.models import DeliveryState, WebhookDelivery, WebhookOutbox, WebhookSubscription
 from automation.webhooks import WebhookInvalid, delivery_send, verify, webhook_subscribe, webhook_toggle
 from orchestrator.audit import Actor
+from orchestrator.bidi import isolate
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent
 from orchestrator.services import sweep as engine
@@ -398,7 +399,7 @@ def test_a_name_server_that_does_not_answer_costs_an_attempt_its_timeout_not_the
     delivery.refresh_from_db()
     assert outcome == "retrying"
     assert took < 2.5, took
-    assert delivery.last_error == "refused: hooks.example.com could not be resolved within 1 s."
+    assert delivery.last_error == f"refused: {isolate('hooks.example.com')} could not be resolved within 1 s."
 
 
 def test_subscribing_while_the_name_server_does_not_answer_is_refused_within_the_timeout(
@@ -410,7 +411,7 @@ def test_subscribing_while_the_name_server_does_not_answer_is_refused_within_the
         webhook_subscribe(owner=users.admin, name="Slow", url="https://hooks.example.com/in", events=["task.created"])
 
     assert time.monotonic() - started < 2.5
-    assert refused.value.errors["url"] == ["hooks.example.com could not be resolved within 1 s."]
+    assert refused.value.errors["url"] == [f"{isolate('hooks.example.com')} could not be resolved within 1 s."]
     assert not WebhookSubscription.objects.exists()
 
 
@@ -503,7 +504,9 @@ def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypa
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     try:
         for n in range(webhooks.LOOKUP_THREADS):
-            with pytest.raises(ValueError, match=f"silent{n}.example.com could not be resolved within 0.05 s"):
+            with pytest.raises(
+                ValueError, match=f"{isolate(f'silent{n}.example.com')} could not be resolved within 0.05 s"
+            ):
                 webhooks.resolve(f"https://silent{n}.example.com/in", 0.05)
 
         # when one more host is looked up
@@ -514,8 +517,8 @@ def test_a_look_up_that_waited_for_a_free_thread_says_so_and_is_dropped(monkeypa
 
     # then it says why, and its look-up is dropped, never sent to the name server once a thread is free
     assert str(refused.value) == (
-        "fifth.example.com was not looked up within 0.2 s: every name look-up is waiting for a name server that "
-        "does not answer."
+        f"{isolate('fifth.example.com')} was not looked up within 0.2 s: every name look-up is waiting for a name "
+        "server that does not answer."
     )
     time.sleep(0.3)
     assert "fifth.example.com" not in asked
@@ -533,7 +536,7 @@ def test_the_subscribe_page_waits_for_a_silent_name_server_less_than_the_web_tim
         webhook_subscribe(owner=users.admin, name="Slow", url="https://hooks.example.com/in", events=["task.created"])
 
     assert time.monotonic() - started < 2.5
-    assert refused.value.errors["url"] == ["hooks.example.com could not be resolved within 1 s."]
+    assert refused.value.errors["url"] == [f"{isolate('hooks.example.com')} could not be resolved within 1 s."]
 
 
 def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(flows, users, settings):
@@ -551,7 +554,7 @@ def test_a_delivery_to_an_address_that_became_private_is_refused_at_send_time(fl
         delivery = WebhookDelivery.objects.get()
         assert hook.requests == []
         assert delivery.state == DeliveryState.RETRYING
-        assert delivery.last_error.startswith("refused: 127.0.0.1 resolves to")
+        assert delivery.last_error.startswith(f"refused: {isolate('127.0.0.1')} resolves to")
 
 
 def test_a_rolled_back_transaction_leaves_no_outbox_row(flows):

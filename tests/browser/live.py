@@ -140,10 +140,16 @@ class BrowserTestCase(ChannelsLiveServerTestCase):
         return self._request.getfixturevalue(name)
 
     @contextmanager
-    def chromium(self) -> Iterator[Browser]:
-        """Headless Debian Chromium; no ORM call in this thread until the block ends (use :func:`orm`)."""
+    def chromium(self, bfcache: bool = False) -> Iterator[Browser]:
+        """Headless Debian Chromium; no ORM call in this thread until the block ends (use :func:`orm`).
+
+        ``bfcache=True`` keeps Chromium's back/forward cache, which Playwright turns off by default
+        (``--disable-back-forward-cache``), for a test of a page brought back by Back."""
+        ignored = ["--disable-back-forward-cache"] if bfcache else []
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, ignore_default_args=ignored
+            )
             try:
                 yield browser
             finally:
