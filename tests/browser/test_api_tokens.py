@@ -33,7 +33,9 @@ class ApiTokenPageTests(BrowserTestCase):
                 page.goto("/inbox/")
                 if viewport is PHONE_375:
                     page.get_by_role("button", name="Toggle navigation").click()
+                    page.wait_for_function("!document.querySelector('#main-nav.collapsing')")
                 page.get_by_role("link", name="API tokens", exact=True).click()
+                page.wait_for_url("**/api/tokens/")
                 expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
 
                 # when
