@@ -1,11 +1,32 @@
-// Renders every .diagram-zoom[data-dot] with viz.js at a readable size and never shrinks it to fit: Graphviz sizes
-// are points, drawn here at 1.25 px per point (edge labels of 9 pt come out at about 15 px, node labels at 18 px,
-// both above the page's small text). The box scrolls; drag pans it; the zoom buttons go from 100 % to 300 %. Each
-// drawing opens on the step where the instance is (reveal), not on the start.
+// Renders every .diagram-zoom[data-dot] with viz.js at a readable size and does not shrink it to fit on its own:
+// Graphviz sizes are points, drawn here at 1.25 px per point (edge labels of 9 pt come out at about 15 px, node labels
+// at 18 px, both above the page's small text). The box scrolls; drag pans it; the zoom buttons go up to 300 %, and
+// "Whole diagram" shrinks a drawing wider or taller than its box until all of it shows (zoom out then goes no
+// further than that), for the operator who wants the overview and accepts smaller labels. Each drawing opens on the
+// step where the instance is (reveal), not on the start.
 (function () {
   "use strict";
   var BASE = 1.25;
   var zoom = 1;
+  var MAX = 3;
+
+  // The zoom at which the first drawing on the page fits its box (at most 1: a small drawing is not blown up).
+  function fitting() {
+    var el = document.querySelector(".diagram-zoom");
+    var svg = el && el.querySelector("svg");
+    var pan = el && el.closest(".diagram-pan");
+    if (!svg || !pan || !svg.dataset.w) return 1;
+    var w = parseFloat(svg.dataset.w) * BASE, h = parseFloat(svg.dataset.h) * BASE;
+    // The room inside the box's padding (its height is bounded by max-height, a border-box size under Bootstrap),
+    // less a pixel each way so that rounding leaves no scroll bar.
+    var cs = getComputedStyle(pan);
+    var px = function (name) { return parseFloat(cs[name]) || 0; };
+    var width = pan.clientWidth - px("paddingLeft") - px("paddingRight") - 1;
+    var tall = px("maxHeight") ? px("maxHeight") - px("borderTopWidth") - px("borderBottomWidth") : pan.clientHeight;
+    var height = tall - px("paddingTop") - px("paddingBottom") - 1;
+    var fit = Math.min(width / w, height / h);
+    return Math.max(0.1, Math.min(1, fit));
+  }
 
   function size(el) {
     var svg = el.querySelector("svg");
@@ -44,7 +65,11 @@
     var button = event.target.closest("[data-zoom]");
     if (!button) return;
     var how = button.getAttribute("data-zoom");
-    zoom = how === "in" ? Math.min(3, zoom + 0.25) : how === "out" ? Math.max(1, zoom - 0.25) : 1;
+    var least = fitting();
+    if (how === "in") zoom = Math.min(MAX, zoom + 0.25);
+    else if (how === "out") zoom = Math.max(least, zoom - 0.25);
+    else if (how === "fit") zoom = least;
+    else zoom = 1;
     document.querySelectorAll(".diagram-zoom").forEach(size);
     document.querySelectorAll('[data-zoom="reset"]').forEach(function (b) { b.textContent = Math.round(zoom * 100) + " %"; });
   });
