@@ -248,7 +248,8 @@ def schedule_toggle(
     """Pause (``enabled=False``) or resume a schedule; resuming fires from the next time after now whatever its
     missed-run policy (runs that fell while it was paused are not missed runs: nothing catches them up). Either
     clears its run of failed fires; resuming clears why the scheduler paused it too (audited with the resume, as
-    ``was_paused``). Raises ScheduleInvalid when it cannot be resumed (retired, its times cannot be computed)."""
+    ``was_paused``). Raises ScheduleInvalid when it cannot be resumed: retired, its times cannot be computed, or it
+    cannot start what it schedules (:func:`_start_refused`: fix it first, on its form or in its workflow's code)."""
     now = timezone.now()
     with transaction.atomic():
         schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
@@ -259,6 +260,8 @@ def schedule_toggle(
         problem = recurrence_problem(schedule) if enabled else ""
         if problem:
             raise ScheduleInvalid({"enabled": [f"It cannot be resumed: {problem}."]})
+        if enabled and (refused := _start_refused(schedule)):
+            raise ScheduleInvalid({"enabled": [f"It cannot be resumed: it would fail at every fire ({refused})."]})
         was_paused = schedule.paused_reason
         schedule.enabled = enabled
         schedule.next_fire_at = _next_after(schedule, now) if enabled else None
@@ -273,6 +276,21 @@ def schedule_toggle(
             request_meta=request_meta,
         )
     return schedule
+
+
+def _start_refused(schedule: Schedule) -> str:
+    """Why ``schedule`` cannot start what it schedules as it stands ("" when the checks of a save pass): its
+    workflow is not registered, or its start form refuses its input. Resumed so, a schedule the scheduler paused for
+    that failed again at every fire and paused again an hour later; what the engine refuses only at the start (a
+    transient refusal) is not known here, and may be resumed."""
+    try:
+        errors = check(
+            schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input
+        )
+    except Exception as exc:  # a start form's own clean() that raises
+        return clean_text(f"checking its input raised {type(exc).__name__}: {exc}", 300)
+    said = "; ".join(f"{FIELD_WORDS.get(field, field)}: {' '.join(messages)}" for field, messages in errors.items())
+    return clean_text(said, 300)
 
 
 def _starts_otherwise(before: Schedule, after: Schedule) -> bool:

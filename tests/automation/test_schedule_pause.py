@@ -229,9 +229,25 @@ class TestResuming:
         resumed = AuditEvent.objects.get(chain="automation", action="schedule.resumed", subject_id=schedule.pk)
         assert resumed.payload["was_paused"] == reason
 
-    def test_failing_again_after_a_resume_is_a_new_run_told_again(self, report, users):
-        # given a schedule paused by the scheduler and resumed, its input still refused
+    def test_one_that_still_cannot_start_is_not_resumed_and_says_why(self, report, users, admin_client):
+        # given a schedule paused by the scheduler, its input still refused by the start form
         schedule = fail_hourly(broken(owner=users.admin), 5)
+
+        # when an admin presses Resume
+        response = admin_client.post(f"/automation/schedules/{schedule.pk}/toggle/", {"enabled": "1"}, follow=True)
+
+        # then it stays paused with why, and the page says what to fix
+        schedule.refresh_from_db()
+        assert (schedule.enabled, schedule.consecutive_failures) == (False, 5)
+        assert schedule.paused_reason.startswith("Paused after 5")
+        assert "It cannot be resumed: it would fail at every fire (start input: region:" in response.content.decode()
+        assert not AuditEvent.objects.filter(action="schedule.resumed").exists()
+
+    def test_failing_again_after_a_resume_is_a_new_run_told_again(self, report, users, monkeypatch):
+        # given a schedule paused by the scheduler (the engine refused its starts) and resumed, the engine still
+        # refusing
+        refuse_starts(monkeypatch, "engine refuses")
+        schedule = fail_hourly(hourly(owner=users.admin), 5)
         schedules.schedule_toggle(schedule.pk, enabled=True, actor=ADMIN)
 
         # when it fails again
@@ -241,9 +257,10 @@ class TestResuming:
         assert (schedule.enabled, schedule.consecutive_failures) == (True, 1)
         assert Notification.objects.filter(kind="schedule.failed", user=users.admin).count() == 2
 
-    def test_an_admins_pause_and_resume_say_no_reason_and_clear_the_run(self, report):
+    def test_an_admins_pause_and_resume_say_no_reason_and_clear_the_run(self, report, monkeypatch):
         # given a schedule failing three times in a row
-        schedule = fail_hourly(broken(), 3)
+        refuse_starts(monkeypatch, "engine refuses")
+        schedule = fail_hourly(hourly(), 3)
 
         # when an admin pauses it, then resumes it
         schedules.schedule_toggle(schedule.pk, enabled=False, actor=ADMIN)
@@ -381,8 +398,9 @@ class TestThePages:
         assert "Paused after 5 failed fires" in listed
 
     def test_resuming_on_the_page_clears_the_reason(self, report, admin_client, users):
-        # given a schedule the scheduler paused
+        # given a schedule the scheduler paused, its input since put right
         schedule = fail_hourly(broken(owner=users.admin), 5)
+        Schedule.objects.filter(pk=schedule.pk).update(input={"region": "eu"})
 
         # when an admin presses Resume on its page
         response = admin_client.post(f"/automation/schedules/{schedule.pk}/toggle/", {"enabled": "1"})
