@@ -173,7 +173,7 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
         # Failing, not yet paused: since when, in the schedule's zone (its times are read there), and the rule.
         "failing_since": (
             schedules.local_time(schedule, schedule.failing_since)
-            if schedule.enabled and schedule.consecutive_failures and schedule.failing_since
+            if schedule.enabled and not schedule.retired and schedule.consecutive_failures and schedule.failing_since
             else ""
         ),
         "pause_after": _pause_after(),
