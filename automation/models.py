@@ -59,6 +59,16 @@ class Schedule(models.Model):
     # The new-schedule form's one-time token that made it ("" when made otherwise), as a webhook's: the same form
     # sent twice finds this schedule instead of coming back refused for its own name.
     form_token = models.CharField(max_length=64, blank=True, default="")
+    # Fires in a row that could not start, and when (the sweep's clock) the first of them failed: a started fire
+    # ends the run, a skipped one neither counts nor ends it, a change of what it starts (workflow, input), a
+    # pause and a resume clear it. At PAUSE_AFTER_FAILURES spanning PAUSE_AFTER the schedule pauses itself
+    # (automation/schedules.py), as a failing webhook subscription does.
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    # Why the scheduler paused it, a sentence for its page, the list and the audit ("" while it runs, and when an
+    # admin paused it: the audit names them), and when it was paused (by anyone; None while it runs).
+    paused_reason = models.TextField(blank=True, default="")
+    paused_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         permissions = [("manage_automation", "Can manage schedules and webhooks")]

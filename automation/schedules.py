@@ -13,9 +13,10 @@ import copy
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -37,6 +38,19 @@ SCHEDULER = Actor.system("scheduler")
 CHAIN = "automation"
 # A fire time the sweep reaches within this long is on time; later, it was missed (Baton was down or stopped).
 MISFIRE_GRACE = timedelta(seconds=60)
+# A schedule whose fires could not start this many times in a row, the first of them at least PAUSE_AFTER before the
+# latest (the sweep's clock), pauses itself, as a webhook subscription does (automation/webhooks.py, 10 attempts
+# over 30 minutes; module constants there too). Both must hold: an every-minute schedule fails 5 times in 5 minutes
+# while a deploy rolls out a workflow's new version process by process, which is no reason to stop it (the hour
+# gives the deploy, and the owner told at the first failure, time to act), and a daily one fails 5 times in 5 days
+# (an hour alone would pause it at its second failure, one day's accident). A fire for runs missed while Baton was
+# down is one attempt, one failure, whatever it covers: downtime does not make a burst of them, and a run of
+# failures on both sides of it spans the downtime, which nothing fixed either.
+PAUSE_AFTER_FAILURES = 5
+PAUSE_AFTER = timedelta(hours=1)
+# The longest a notice's detail (an error) may be: a notice holds 300 characters, and one cut inside its isolate
+# lost the rest of its words.
+NOTICE_DETAIL = 150
 
 
 class ScheduleInvalid(Exception):
@@ -202,6 +216,13 @@ def schedule_save(
             schedule.last_fire_at = current.last_fire_at
             # The owner too: who changes what a schedule starts becomes its starts' initiator (four-eyes).
             fields = [*EDITED_FIELDS, "owner", "next_fire_at", "updated_at"]
+            if _starts_otherwise(current, schedule):
+                fields += _clear_run(schedule)
+            else:
+                schedule.consecutive_failures, schedule.failing_since = (
+                    current.consecutive_failures,
+                    current.failing_since,
+                )
         schedule.next_fire_at = _next_kept(schedule, current, now)
         try:
             with transaction.atomic():
@@ -224,8 +245,11 @@ def schedule_save(
 def schedule_toggle(
     schedule_id: int, *, enabled: bool, actor: Actor, request_meta: dict[str, Any] | None = None
 ) -> Schedule:
-    """Pause (``enabled=False``) or resume a schedule; resuming fires from the next time after now (runs that
-    fell while it was paused are not missed runs: nothing catches them up)."""
+    """Pause (``enabled=False``) or resume a schedule; resuming fires from the next time after now whatever its
+    missed-run policy (runs that fell while it was paused are not missed runs: nothing catches them up). Either
+    clears its run of failed fires; resuming clears why the scheduler paused it too (audited with the resume, as
+    ``was_paused``). Raises ScheduleInvalid when it cannot be resumed: retired, its times cannot be computed, or it
+    cannot start what it schedules (:func:`_start_refused`: fix it first, on its form or in its workflow's code)."""
     now = timezone.now()
     with transaction.atomic():
         schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
@@ -236,11 +260,60 @@ def schedule_toggle(
         problem = recurrence_problem(schedule) if enabled else ""
         if problem:
             raise ScheduleInvalid({"enabled": [f"It cannot be resumed: {problem}."]})
+        if enabled and (refused := _start_refused(schedule)):
+            raise ScheduleInvalid({"enabled": [f"It cannot be resumed: it would fail at every fire ({refused})."]})
+        was_paused = schedule.paused_reason
         schedule.enabled = enabled
         schedule.next_fire_at = _next_after(schedule, now) if enabled else None
-        schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
-        _audit(actor, "schedule.resumed" if enabled else "schedule.paused", schedule, request_meta=request_meta)
+        schedule.paused_reason, schedule.paused_at = "", None if enabled else now
+        fields = ["enabled", "next_fire_at", "paused_reason", "paused_at", "updated_at", *_clear_run(schedule)]
+        schedule.save(update_fields=fields)
+        _audit(
+            actor,
+            "schedule.resumed" if enabled else "schedule.paused",
+            schedule,
+            payload={"was_paused": was_paused} if enabled and was_paused else None,
+            request_meta=request_meta,
+        )
     return schedule
+
+
+def _start_refused(schedule: Schedule) -> str:
+    """Why ``schedule`` cannot start what it schedules as it stands ("" when the checks of a save pass): its
+    workflow is not registered, or its start form refuses its input. Resumed so, a schedule the scheduler paused for
+    that failed again at every fire and paused again an hour later; what the engine refuses only at the start (a
+    transient refusal) is not known here, and may be resumed."""
+    try:
+        errors = check(
+            schedule.workflow_name, schedule.cron, schedule.interval_seconds, schedule.timezone, schedule.input
+        )
+    except Exception as exc:  # a start form's own clean() that raises
+        return clean_text(f"checking its input raised {type(exc).__name__}: {exc}", 300)
+    said = "; ".join(f"{FIELD_WORDS.get(field, field)}: {' '.join(messages)}" for field, messages in errors.items())
+    return clean_text(said, 300)
+
+
+def _starts_otherwise(before: Schedule, after: Schedule) -> bool:
+    """Whether ``after`` starts something else than ``before`` did (another workflow, another input): what its
+    failed fires failed at changed, so its run of them starts again (a change of name, recurrence or policy fixes
+    no start, and keeps it)."""
+    return (before.workflow_name, before.input) != (after.workflow_name, after.input)
+
+
+def _clear_run(schedule: Schedule) -> list[str]:
+    """Clear ``schedule``'s run of failed fires (not saved); returns the fields to save."""
+    schedule.consecutive_failures, schedule.failing_since = 0, None
+    return ["consecutive_failures", "failing_since"]
+
+
+def local_time(schedule: Schedule, when: datetime) -> str:
+    """``when`` as the schedule's page writes a time, in the schedule's own zone with the zone's abbreviation
+    ("2026-12-01 11:00 CET"), in UTC when that zone is gone (a tzdata upgrade removed it)."""
+    try:
+        zone: Any = ZoneInfo(schedule.timezone) if not recurrence_problem(schedule) else UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = UTC
+    return f"{when.astimezone(zone):%Y-%m-%d %H:%M %Z}"
 
 
 def _differ(stored: Schedule, typed: Schedule) -> list[str]:
@@ -407,14 +480,16 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             # This fire time was recorded already (a sweep that read the schedule before its time moved on):
             # roll everything back, the start included.
             raise _AlreadyFired(due) from None
-        if record.outcome == FireOutcome.FAILED and _first_failure(schedule, record):
-            said = (
-                f"Schedule {isolate(schedule.name)} could not start {schedule.workflow_name}: {isolate(record.error)}"
-            )
-            _tell_failing(schedule, said)
+        fields = ["last_fire_at", "next_fire_at", "updated_at"]
+        paused = False
+        if record.outcome == FireOutcome.FAILED:
+            paused = _count_failure(schedule, record.error, now)
+            fields += ["consecutive_failures", "failing_since", "enabled", "paused_reason", "paused_at"]
+        elif record.outcome == FireOutcome.STARTED and schedule.consecutive_failures:
+            fields += _clear_run(schedule)
         schedule.last_fire_at = fire_time
-        schedule.next_fire_at = _next_after(schedule, now)
-        schedule.save(update_fields=["last_fire_at", "next_fire_at", "updated_at"])
+        schedule.next_fire_at = None if paused else _next_after(schedule, now)
+        schedule.save(update_fields=fields)
         _audit(
             SCHEDULER,
             f"schedule.{record.outcome}" if record.outcome != FireOutcome.STARTED else "schedule.fired",
@@ -428,8 +503,52 @@ def _fire(schedule_id: int, now: datetime, fired: Fired) -> int:
             },
             now=now,
         )
+        if paused:
+            _audit(
+                SCHEDULER,
+                "schedule.paused",
+                schedule,
+                reason=schedule.paused_reason,
+                payload={"failures": schedule.consecutive_failures, "failing_since": _iso(schedule.failing_since)},
+                now=now,
+            )
+            logger.error("schedule %s paused: %s", schedule.pk, schedule.paused_reason)
+            _tell_failing(
+                schedule,
+                f"Schedule {isolate(schedule.name)} paused after {schedule.consecutive_failures} failed fires in a "
+                "row; the last",
+                record.error,
+                kind="schedule.paused",
+            )
         setattr(fired, str(record.outcome), getattr(fired, str(record.outcome)) + 1)
         return 1
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def _count_failure(schedule: Schedule, error: str, now: datetime) -> bool:
+    """One more fire of ``schedule`` (locked by the caller, not saved: the caller saves the run's and the pause's
+    fields) that could not start, with ``error`` (cleaned); its first of a run is told to its people, once (a
+    schedule that cannot start fails at each of its times, every minute perhaps; its page lists every failure).
+    Past :data:`PAUSE_AFTER_FAILURES` over :data:`PAUSE_AFTER` it is paused, with why; returns whether it was.
+
+    Counted under the row lock the fire holds, in the fire's transaction: a fire whose row a duplicate refused rolls
+    back its count with it, and a second sweep skips the locked row or finds it no longer due, so two sweeps count
+    a fire once and pause once."""
+    if schedule.consecutive_failures == 0 or schedule.failing_since is None:
+        schedule.consecutive_failures, schedule.failing_since = 0, now
+        _tell_failing(schedule, f"Schedule {isolate(schedule.name)} could not start {schedule.workflow_name}", error)
+    schedule.consecutive_failures += 1
+    if schedule.consecutive_failures < PAUSE_AFTER_FAILURES or now - schedule.failing_since < PAUSE_AFTER:
+        return False
+    schedule.enabled, schedule.paused_at = False, now
+    schedule.paused_reason = (
+        f"Paused after {schedule.consecutive_failures} failed fires in a row (since "
+        f"{local_time(schedule, schedule.failing_since)}): {isolate(error)}"
+    )
+    return True
 
 
 def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str) -> None:
@@ -441,8 +560,9 @@ def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str
             [ScheduleFire(schedule=schedule, fire_time=due, fired_at=now, outcome=FireOutcome.FAILED, error=error)],
             ignore_conflicts=True,
         )
-    schedule.enabled, schedule.next_fire_at = False, None
-    schedule.save(update_fields=["enabled", "next_fire_at", "updated_at"])
+    schedule.enabled, schedule.next_fire_at, schedule.paused_at, schedule.paused_reason = False, None, now, error
+    fields = ["enabled", "next_fire_at", "paused_at", "paused_reason", "updated_at", *_clear_run(schedule)]
+    schedule.save(update_fields=fields)
     payload = {"fire_time": due.isoformat(), "instance": None, "covers": 1, "outcome": FireOutcome.FAILED}
     if created:
         _audit(SCHEDULER, "schedule.failed", schedule, reason=error, payload=payload, now=now)
@@ -451,29 +571,21 @@ def _pause_broken(schedule: Schedule, due: datetime, now: datetime, problem: str
     _tell_failing(schedule, f"Schedule {isolate(schedule.name)} paused: its times cannot be computed")
 
 
-def _first_failure(schedule: Schedule, record: ScheduleFire) -> bool:
-    """True when ``record`` (a failed fire, saved) is the first of a run of failures: the fire before it started or
-    skipped, or there was none. A schedule that cannot start fails at each of its times, every minute perhaps; its
-    people are told once, its page lists every failure."""
-    before = (
-        ScheduleFire.objects.filter(schedule=schedule, fire_time__lt=record.fire_time)
-        .order_by("-fire_time")
-        .values_list("outcome", flat=True)
-        .first()
-    )
-    return before != FireOutcome.FAILED
-
-
-def _tell_failing(schedule: Schedule, message: str) -> None:
+def _tell_failing(schedule: Schedule, said: str, detail: str = "", *, kind: str = "schedule.failed") -> None:
     """Tell the schedule's owner (or, when they have left, everyone who may manage automation) that it could not
-    start what it schedules: a failed fire is recorded and the schedule goes on, so without a notice a schedule
-    whose workflow was removed, or whose input its start form now refuses, failed unseen at every fire."""
+    start what it schedules, or paused because of it: ``said``, then ``: detail`` (an error; isolated, cut to
+    :data:`NOTICE_DETAIL` characters so that the notice's 300 keep its end), with a link to its page. Without a
+    notice a schedule whose workflow was removed, or whose input its start form now refuses, failed unseen at every
+    fire."""
     from django.urls import reverse
 
     from automation.notices import tell_owner
 
+    if detail:
+        cut = detail if len(detail) <= NOTICE_DETAIL else detail[: NOTICE_DETAIL - 1] + "\u2026"
+        said = f"{said}: {isolate(cut)}"
     url = reverse("automation:schedule_detail", args=[schedule.pk])
-    tell_owner(schedule.owner_id, kind="schedule.failed", message=message, url=url)
+    tell_owner(schedule.owner_id, kind=kind, message=said, url=url)
 
 
 class _AlreadyFired(Exception):
@@ -717,9 +829,14 @@ def _sync_one(name: str, workflow_name: str, item: Any, schedule: Schedule | Non
     # The row as stored: a changed input keeps the runs due or missed (the sync runs on migrate, while the beat is
     # down), a changed recurrence or a schedule declared again fires from now.
     before = None if schedule.retired else copy.copy(schedule)
+    was = copy.copy(schedule)
     for key, value in fields.items():
         setattr(schedule, key, value)
-    schedule.retired = False  # enabled stays as it was: an admin's pause outlives a retirement
+    if _starts_otherwise(was, schedule):
+        _clear_run(schedule)
+    # enabled stays as it was: an admin's pause outlives a retirement, and so does the scheduler's (with why, until
+    # an admin resumes it): a deploy that changes the declaration may not have fixed what failed.
+    schedule.retired = False
     schedule.next_fire_at = _next_kept(schedule, before, now)
     schedule.save()
     _audit(SCHEDULER, "schedule.changed", schedule, payload=_describe(schedule), now=now)

@@ -45,9 +45,15 @@ def schedule_list(request: HttpRequest) -> HttpResponse:
     context = {
         "schedules": selectors.schedule_list(),
         "left_out": schedules.declared_left_out(),
+        "pause_after": _pause_after(),
         "active_nav": "automation",
     }
     return render(request, "automation/schedule_list.html", context)
+
+
+def _pause_after() -> dict[str, float]:
+    """The rule a failing schedule pauses itself by, for the pages: ``failures`` in a row over ``hours``."""
+    return {"failures": schedules.PAUSE_AFTER_FAILURES, "hours": schedules.PAUSE_AFTER.total_seconds() / 3600}
 
 
 def _typed_into(schedule: Schedule, data: dict[str, Any], user: Any) -> Schedule:
@@ -164,6 +170,13 @@ def schedule_detail(request: HttpRequest, schedule_id: int) -> HttpResponse:
         # As schedules._tell_failing decides (automation.notices.tell_owner): an owner who left is not told.
         "owner_told": schedule.owner is not None and selectors.may_manage(schedule.owner),
         "problem": schedules.recurrence_problem(schedule),
+        # Failing, not yet paused: since when, in the schedule's zone (its times are read there), and the rule.
+        "failing_since": (
+            schedules.local_time(schedule, schedule.failing_since)
+            if schedule.enabled and not schedule.retired and schedule.consecutive_failures and schedule.failing_since
+            else ""
+        ),
+        "pause_after": _pause_after(),
         "fires": selectors.recent_fires(schedule),
         # A declaration of this name the sync left out: the admin's schedule it clashes with, or this declared one's
         # new declaration (this one runs as last declared).
