@@ -236,3 +236,20 @@ def test_a_foreign_instance_is_the_details_404_with_or_without_metadata(api_as, 
     # then: the parameter is checked first (its 400 says nothing of the instance), the 404 as ever
     assert (plain.status_code, metadata.status_code, junk.status_code) == (404, 404, 400)
     assert {**plain.json(), "instance": ""} == {**metadata.json(), "instance": ""}
+
+
+def test_a_metadata_answer_has_every_field_the_schema_requires(api_as, roles, heavy):
+    """The schema required ``data_digest`` and each step's ``error``: a client (and schemathesis) validating a
+    metadata answer by it would call the answer wrong."""
+    # given
+    client = api_as(roles.operator)
+    components = client.get("/api/schema/?format=json").json()["components"]["schemas"]
+
+    # when
+    detail = client.get(detail_path(heavy), {"included_data": "metadata"}).json()
+    page = client.get(steps_path(heavy), {"included_data": "metadata"}).json()
+
+    # then: each answer holds what its component requires, and nothing it does not describe
+    for body, name in [(detail, "InstanceDetail"), *[(step, "Step") for step in detail["steps"] + page["results"]]]:
+        assert set(components[name]["required"]) <= set(body), name
+        assert set(body) <= set(components[name]["properties"]), name
