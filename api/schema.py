@@ -69,6 +69,18 @@ class ProblemAutoSchema(AutoSchema):
             }
         return bodies
 
+    def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
+        """The serializer's object schema, its ``omitted_for_metadata`` fields not required: an answer asked for with
+        ``included_data=metadata`` has no such keys (``api.serializers.without_payloads``), and a schema that
+        required them would call that answer wrong."""
+        schema = super()._map_basic_serializer(serializer, direction)
+        omitted = set(getattr(serializer, "omitted_for_metadata", ()))
+        if omitted and "required" in schema:
+            schema["required"] = [name for name in schema["required"] if name not in omitted]
+            if not schema["required"]:
+                del schema["required"]
+        return schema
+
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
     """Documents ``api.authentication.BearerTokenAuthentication`` as HTTP bearer authentication."""

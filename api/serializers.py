@@ -31,7 +31,7 @@ from orchestrator.inputs import (
     check_when,
 )
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
-from orchestrator.selectors import hide_paths
+from orchestrator.selectors import STEP_PAYLOADS, hide_paths
 
 ID_MAX = 2**63 - 1
 # What every data_digest looks like (its length read off the function; "$" as OpenAPI patterns write it: the field
@@ -254,11 +254,45 @@ class InstanceSerializer(BuiltOnceModelSerializer):
         return reverse("api:instance-detail", args=[instance.pk])
 
 
+# ``?included_data=``: ``all`` (the default: every field) or ``metadata`` (the payloads left out, in the SQL too),
+# as AWS Step Functions' ``includedData=ALL_DATA|METADATA_ONLY`` and Temporal's history without payloads.
+INCLUDED_DATA = "included_data"
+INCLUDED_DATA_CHOICES = ("all", "metadata")
+METADATA_LEAVES_OUT = "Left out with `included_data=metadata`."
+
+
+def without_payloads(fields: dict[str, serializers.Field], serializer: serializers.BaseSerializer) -> None:
+    """Drop ``serializer``'s :attr:`omitted_for_metadata` fields from ``fields`` when its context has
+    ``metadata_only``: a field left out is never read, so a column the query deferred is not fetched row by row."""
+    if serializer.context.get("metadata_only"):
+        for name in getattr(serializer, "omitted_for_metadata", ()):
+            fields.pop(name, None)
+
+
 class StepSerializer(serializers.ModelSerializer):
     """One step run: its state, its attempts so far and the last error (its traceback's file paths cut to file
-    names unless the context's ``show_paths``, as the instance page shows them to whoever may not operate)."""
+    names unless the context's ``show_paths``, as the instance page shows them to whoever may not operate), and
+    ``url``, the run alone and whole. With the context's ``metadata_only`` its payloads (:attr:`omitted_for_metadata`,
+    ``orchestrator.selectors.STEP_PAYLOADS``) are left out: the query read the rows without them."""
 
-    error = serializers.SerializerMethodField()
+    # Not marked required in the schema (api.schema.ProblemAutoSchema): a metadata answer has no such keys.
+    omitted_for_metadata = STEP_PAYLOADS
+
+    url = serializers.SerializerMethodField(help_text="This step run alone, whole (its result and error in full).")
+    error = serializers.SerializerMethodField(
+        help_text="The last error with its traceback (server paths for operators only). " + METADATA_LEAVES_OUT
+    )
+    result = serializers.JSONField(
+        read_only=True, help_text="What the step returned (joined the instance data). " + METADATA_LEAVES_OUT
+    )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        without_payloads(fields, self)
+        return fields
+
+    def get_url(self, step: StepRun) -> str:
+        return reverse("api:instance-step", args=[step.instance_id, step.pk])
 
     def get_error(self, step: StepRun) -> str:
         return step.error if self.context.get("show_paths") else hide_paths(step.error)
@@ -267,6 +301,7 @@ class StepSerializer(serializers.ModelSerializer):
         model = StepRun
         fields = [
             "id",
+            "url",
             "name",
             "kind",
             "state",
@@ -306,7 +341,9 @@ class InstanceDetailSerializer(InstanceSerializer):
     each, and where to page through them all.
 
     ``context``: ``steps`` and ``tasks`` (the latest :data:`DETAIL_SHOWN` of each, in id order), ``steps_total``
-    and ``tasks_total`` (how many the instance has), ``show_paths`` (as :class:`StepSerializer`)."""
+    and ``tasks_total`` (how many the instance has), ``show_paths`` and ``metadata_only`` (as
+    :class:`StepSerializer`; with ``metadata_only`` the instance was read without its data, which is left out with
+    its digest, and the steps were read without their payloads)."""
 
     steps = serializers.SerializerMethodField(
         help_text=f"The latest {DETAIL_SHOWN} step runs by id, oldest of them first (all of them when there are no "
@@ -320,10 +357,13 @@ class InstanceDetailSerializer(InstanceSerializer):
     )
     tasks_total = serializers.SerializerMethodField(help_text="How many tasks the instance has.")
     tasks_url = serializers.SerializerMethodField(help_text="Every task of the instance, in id order, in pages.")
+    data = serializers.JSONField(read_only=True, help_text="The business data. " + METADATA_LEAVES_OUT)
     data_digest = serializers.SerializerMethodField(
         help_text="A fingerprint of `data` as read now: send it as `seen` with a decision, which is then refused "
-        "(409) if the data changed since."
+        "(409) if the data changed since. " + METADATA_LEAVES_OUT
     )
+    # The data can run to megabytes; its digest is worked out from it. Not marked required in the schema.
+    omitted_for_metadata = ("data", "data_digest")
 
     class Meta(InstanceSerializer.Meta):
         fields = [
@@ -338,6 +378,11 @@ class InstanceDetailSerializer(InstanceSerializer):
             "tasks_url",
         ]
 
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        without_payloads(fields, self)
+        return fields
+
     def get_data_digest(self, instance: WorkflowInstance) -> str:
         return data_digest(instance.data)
 
@@ -349,7 +394,9 @@ class InstanceDetailSerializer(InstanceSerializer):
         return int(self.context["steps_total"])
 
     def get_steps_url(self, instance: WorkflowInstance) -> str:
-        return reverse("api:instance-steps", args=[instance.pk])
+        url = reverse("api:instance-steps", args=[instance.pk])
+        # A client that asked for metadata and follows the link gets metadata again, not megabytes.
+        return f"{url}?{INCLUDED_DATA}=metadata" if self.context.get("metadata_only") else url
 
     @extend_schema_field(TaskSummarySerializer(many=True))
     def get_tasks(self, instance: WorkflowInstance) -> Any:

@@ -167,6 +167,46 @@ def single_valued(
     return params
 
 
+# What ``included_data`` takes, as the 400 and the schema say it.
+INCLUDED_DATA_RULE = (
+    "One of: all (the default: everything), metadata (without the instance's data and data_digest and the steps' "
+    "result and error)."
+)
+INCLUDED_DATA_PARAMETER = OpenApiParameter(
+    s.INCLUDED_DATA,
+    OpenApiTypes.STR,
+    enum=list(s.INCLUDED_DATA_CHOICES),
+    default="all",
+    description=(
+        "`metadata` leaves the large data out, and PostgreSQL does not read it: the instance's `data` and "
+        "`data_digest` (on the detail) and each step's `result` and `error` (its traceback; `error_type` stays). "
+        "Fetch one step whole at its `url`. `all` (the default) answers every field. Anything else, or the "
+        "parameter given twice, is a 400."
+    ),
+)
+
+
+def metadata_only(request: Request) -> bool:
+    """Whether the request asks for ``included_data=metadata`` (absent: ``all``, False). Read before
+    :func:`single_valued` so that every refusal of it, repeated or empty too, names the values it takes.
+
+    Raises Problem 400 naming ``included_data`` and its values for anything but one ``all`` or ``metadata``
+    (the value is not echoed: it may be megabytes or hold a NUL)."""
+    values = request.query_params.getlist(s.INCLUDED_DATA)
+    if not values:
+        return False
+    if len(values) == 1 and values[0] in s.INCLUDED_DATA_CHOICES:
+        return values[0] == "metadata"
+    why = f"given {len(values)} times, give it once" if len(values) > 1 else "not a value it takes"
+    raise Problem(
+        400,
+        f"{s.INCLUDED_DATA}: {why}. {INCLUDED_DATA_RULE}",
+        code="invalid",
+        title="Invalid input",
+        errors={s.INCLUDED_DATA: [INCLUDED_DATA_RULE]},
+    )
+
+
 def _valid(serializer_class: type, data: Any, *, body: bool = True) -> dict[str, Any]:
     """``data`` checked by ``serializer_class``: its validated data, or a 400 naming each bad field.
 
@@ -244,8 +284,10 @@ OPERATOR_ERRORS = {
             f"The instance with its data, its latest {s.DETAIL_SHOWN} step runs and latest {s.DETAIL_SHOWN} tasks "
             "(by id, listed oldest first), `steps_total` and `tasks_total` (how many it has) and `steps_url` and "
             "`tasks_url`, where every one is paged (an instance that looped or retried has runs without bound). "
-            "Server paths in step errors for operators only."
+            "Server paths in step errors for operators only. With `included_data=metadata`, without the data and "
+            "the steps' results and errors (each step's `url` has it whole), and `steps_url` asks for metadata too."
         ),
+        parameters=[INCLUDED_DATA_PARAMETER],
     ),
 )
 class InstanceViewSet(viewsets.GenericViewSet):
@@ -258,8 +300,10 @@ class InstanceViewSet(viewsets.GenericViewSet):
     def get_queryset(self) -> QuerySet[WorkflowInstance]:
         return selectors.instances_for_user(self.request.user).order_by("-id")
 
-    def _instance(self, pk: int) -> WorkflowInstance:
-        instance = selectors.instance_for_user(self.request.user, pk)
+    def _instance(self, pk: int, *, with_data: bool = True) -> WorkflowInstance:
+        """Instance ``pk`` if the caller may see it (``with_data``: read with its data, else without it, as
+        ``selectors.instance_for_user``); else the 404 recorded as a hidden refusal (``hidden_404``)."""
+        instance = selectors.instance_for_user(self.request.user, pk, with_data=with_data)
         if instance is None:
             raise hidden_404(self.request, "instance", WorkflowInstance, pk, "No such instance.")
         return instance
@@ -285,20 +329,24 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return self.get_paginated_response(s.InstanceSerializer(page, many=True).data)
 
     def retrieve(self, request: Request, pk: int) -> Response:
-        single_valued(request, known=(), paged=False)
-        return self._detail(self._instance(pk))
+        """The detail; ``included_data=metadata`` without the data and the steps' payloads, none of them read."""
+        metadata = metadata_only(request)
+        single_valued(request, checked=(s.INCLUDED_DATA,), known=(s.INCLUDED_DATA,), paged=False)
+        return self._detail(self._instance(pk, with_data=not metadata), metadata=metadata)
 
-    def _shown(self) -> dict[str, Any]:
-        """The detail's serializer context: server paths in step errors for operators only, as on the page."""
-        return {"show_paths": selectors.can_operate(self.request.user)}
+    def _shown(self, *, metadata: bool = False) -> dict[str, Any]:
+        """The serializers' context for steps: server paths in step errors for operators only, as on the page;
+        ``metadata``: the payloads left out (the rows were read without them)."""
+        return {"show_paths": selectors.can_operate(self.request.user), "metadata_only": metadata}
 
-    def _detail(self, instance: WorkflowInstance) -> Response:
+    def _detail(self, instance: WorkflowInstance, *, metadata: bool = False) -> Response:
         """``instance`` (as read, with its initiator) with its latest step runs and tasks and how many it has of
-        each: a constant number of statements whatever its history (tests/api/test_instance_steps.py)."""
-        steps, steps_total = selectors.latest_steps_of(instance.pk, s.DETAIL_SHOWN)
+        each: a constant number of statements whatever its history (tests/api/test_instance_steps.py). With
+        ``metadata``, ``instance`` was read without its data, and the steps are read without their payloads."""
+        steps, steps_total = selectors.latest_steps_of(instance.pk, s.DETAIL_SHOWN, payloads=not metadata)
         tasks, tasks_total = task_selectors.latest_tasks_of(instance.pk, s.DETAIL_SHOWN)
         context = {
-            **self._shown(),
+            **self._shown(metadata=metadata),
             "steps": steps,
             "steps_total": steps_total,
             "tasks": tasks,
@@ -318,18 +366,46 @@ class InstanceViewSet(viewsets.GenericViewSet):
             "server paths in tracebacks for operators only), oldest first: the detail holds only the latest "
             f"{s.DETAIL_SHOWN}. Keyset pages (`next` / `previous` links with an opaque `cursor`, `limit` 1-100, "
             "default 25): a page never repeats or skips a run, and runs made while a client pages come on later "
-            "pages. The same access as the detail (not yours to see: 404)."
+            "pages; `next` and `previous` keep `included_data`. The same access as the detail (not yours to see: "
+            "404)."
         ),
+        parameters=[INCLUDED_DATA_PARAMETER],
         responses={200: s.StepSerializer(many=True)},
     )
     @action(detail=True, methods=["get"], pagination_class=IdCursor)
     def steps(self, request: Request, pk: int) -> Response:
-        """A page of the instance's step runs, oldest first; 404 unseen (audited as the detail's), 400 naming an
-        unknown or repeated parameter, a bad ``limit`` or ``cursor``."""
-        single_valued(request, known=())
-        instance = self._instance(pk)
-        page = self.paginate_queryset(selectors.step_runs_of(instance.pk))
-        return self.get_paginated_response(s.StepSerializer(page, many=True, context=self._shown()).data)
+        """A page of the instance's step runs, oldest first (``included_data=metadata``: without their payloads,
+        not read); 404 unseen (audited as the detail's), 400 naming an unknown or repeated parameter, a bad
+        ``included_data``, ``limit`` or ``cursor``."""
+        metadata = metadata_only(request)
+        single_valued(request, checked=(s.INCLUDED_DATA,), known=(s.INCLUDED_DATA,))
+        # Read without its data: the page shows none of it.
+        instance = self._instance(pk, with_data=False)
+        page = self.paginate_queryset(selectors.step_runs_of(instance.pk, payloads=not metadata))
+        context = self._shown(metadata=metadata)
+        return self.get_paginated_response(s.StepSerializer(page, many=True, context=context).data)
+
+    @extend_schema(
+        summary="One step run of an instance, whole",
+        description=(
+            "The step run as the steps page lists it, with its `result` and `error` always in full (what "
+            "`included_data=metadata` leaves out of the detail and the pages; each step there has this `url`). "
+            "Server paths in its traceback for operators only. The same access as the detail (not yours to see: "
+            "404, as for a missing instance); a step id that is not one of this instance's runs is 404 too."
+        ),
+        responses={200: s.StepSerializer},
+    )
+    @action(detail=True, methods=["get"], url_path="steps/<int:step_id>", url_name="step", pagination_class=None)
+    def step(self, request: Request, pk: int, step_id: int) -> Response:
+        """Step run ``step_id`` of instance ``pk``, whole; 404 for an instance the caller may not see (audited as
+        the detail's) or a run that is not the instance's (not audited: it names no object of theirs), 400 naming
+        any query parameter but ``format``."""
+        single_valued(request, known=(), paged=False)
+        instance = self._instance(pk, with_data=False)
+        step = selectors.step_run_of(instance.pk, step_id)
+        if step is None:
+            raise Http404("No such step run in this instance.")
+        return Response(s.StepSerializer(step, context=self._shown()).data)
 
     @extend_schema(
         summary="Every task of an instance, in id order, in pages",
@@ -344,7 +420,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
     def tasks(self, request: Request, pk: int) -> Response:
         """A page of the instance's task summaries, oldest first; refusals as :meth:`steps`."""
         single_valued(request, known=())
-        instance = self._instance(pk)
+        instance = self._instance(pk, with_data=False)
         page = self.paginate_queryset(task_selectors.task_summaries_of(instance.pk))
         return self.get_paginated_response(s.TaskSummarySerializer(page, many=True).data)
 

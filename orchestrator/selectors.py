@@ -28,10 +28,15 @@ def instances_for_user(user: User) -> QuerySet[WorkflowInstance]:
     return qs
 
 
-def instance_for_user(user: User, instance_id: int) -> WorkflowInstance | None:
+def instance_for_user(user: User, instance_id: int, *, with_data: bool = True) -> WorkflowInstance | None:
     """The instance if the user may see it: operators, its initiator, or a person with one of its tasks (asked of
-    the human side through the engine's port, when an app registered one); else None."""
-    instance = WorkflowInstance.objects.select_related("initiator").filter(pk=instance_id).first()
+    the human side through the engine's port, when an app registered one); else None.
+
+    Without ``with_data`` the business data (``data``, a JSON object of up to megabytes) is left in PostgreSQL
+    (``defer``): for a caller that only checks access, or answers without the data (the API's
+    ``included_data=metadata``). Reading ``instance.data`` then costs a statement of its own."""
+    qs = WorkflowInstance.objects.select_related("initiator")
+    instance = (qs if with_data else qs.defer("data")).filter(pk=instance_id).first()
     if instance is None:
         return None
     if can_view_all_instances(user) or instance.initiator_id == user.pk:
@@ -71,18 +76,38 @@ def latest_with_total(qs: QuerySet[M], limit: int) -> tuple[list[M], int]:
     return rows, (total.listed_total if total is not None else 0)
 
 
-def step_runs_of(instance_id: int) -> QuerySet[StepRun]:
+# A step run's payload columns: what its handler returned (``result``, up to BATON_MAX_RESULT_BYTES, 1 MiB by
+# default: orchestrator/services/results.py) and its last error with the whole traceback (``error``, unbounded: an
+# exception's text is the handler's). What a metadata read (the API's ``included_data=metadata``) leaves in
+# PostgreSQL; ``error_type`` stays (a short name that says whether and how it failed).
+STEP_PAYLOADS = ("result", "error")
+
+
+def step_runs_of(instance_id: int, *, payloads: bool = True) -> QuerySet[StepRun]:
     """Every step run of instance ``instance_id`` (attempts, errors, results), in id order (the order they were
     made): what the API pages through at ``/api/instances/{id}/steps/``. No visibility check: the caller has
-    checked the instance (:func:`instance_for_user`)."""
-    return StepRun.objects.filter(instance_id=instance_id).order_by("id")
+    checked the instance (:func:`instance_for_user`).
+
+    Without ``payloads`` the columns of :data:`STEP_PAYLOADS` are not read (``defer``): a page of 100 runs with
+    results of a megabyte each is 100 MB out of PostgreSQL otherwise. Reading one of them on a row then costs a
+    statement per row: the caller must not."""
+    qs = StepRun.objects.filter(instance_id=instance_id).order_by("id")
+    return qs if payloads else qs.defer(*STEP_PAYLOADS)
 
 
-def latest_steps_of(instance_id: int, limit: int) -> tuple[list[StepRun], int]:
+def latest_steps_of(instance_id: int, limit: int, *, payloads: bool = True) -> tuple[list[StepRun], int]:
     """The latest ``limit`` step runs of instance ``instance_id`` in id order, and how many it has, in one
     statement (:func:`latest_with_total`): an instance that looped or retried has runs without bound, and its
-    detail lists only the tail (the API's ``GET /api/instances/{id}/``; the rest at its ``steps/``)."""
-    return latest_with_total(step_runs_of(instance_id), limit)
+    detail lists only the tail (the API's ``GET /api/instances/{id}/``; the rest at its ``steps/``). ``payloads``
+    as for :func:`step_runs_of`."""
+    return latest_with_total(step_runs_of(instance_id, payloads=payloads), limit)
+
+
+def step_run_of(instance_id: int, step_id: int) -> StepRun | None:
+    """Step run ``step_id`` if it is one of instance ``instance_id``'s, whole (its result and error in full); else
+    None (no such run, or another instance's: the caller cannot tell which). No visibility check: the caller has
+    checked the instance (:func:`instance_for_user`)."""
+    return StepRun.objects.filter(instance_id=instance_id, pk=step_id).first()
 
 
 # Kept signals an instance page lists (an instance may keep up to signals.KEPT_MAX; the rest are counted).

@@ -355,6 +355,8 @@ def build_world(*, with_escalation: bool) -> World:
         "claimed_task": claimed_task.pk,
         "other_instance": other_instance.pk,
         "other_task": other_task.pk,
+        "instance_step": team_task.step_id,
+        "other_step": other_task.step_id,
         "saved_view": saved_view.pk,
         "schedule": schedule.pk,
         "webhook": webhook.pk,

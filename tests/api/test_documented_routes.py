@@ -32,7 +32,7 @@ def documented_paths() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("document", "path"), documented_paths())
 def test_a_documented_api_path_is_a_route(document, path):
     # given: placeholders as a client fills them in
-    concrete = re.sub(r"\{[a-z_]*(?:id|instance|task|token)[a-z_]*\}|\{(?:order|waiting|escalation)\}", "7", path)
+    concrete = re.sub(r"\{[a-z_]*(?:id|instance|task|token|step)[a-z_]*\}|\{(?:order|waiting|escalation)\}", "7", path)
     concrete = re.sub(r"\{name\}", "expense_approval", concrete)
 
     # when

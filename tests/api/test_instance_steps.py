@@ -90,11 +90,12 @@ def test_within_the_bound_the_detail_keeps_its_shape_and_lists_everything(api_as
     # when
     body = api_as(roles.staff).get(detail_path(instance)).json()
 
-    # then: every field it had, each step with its attempts and error as before
+    # then: every field it had, each step with its attempts and error as before, and its own url
     assert {"id", "url", "state", "data", "data_digest", "steps", "tasks"} <= set(body)
     [step] = body["steps"]
     assert set(step) == {
         "id",
+        "url",
         "name",
         "kind",
         "state",
@@ -108,6 +109,7 @@ def test_within_the_bound_the_detail_keeps_its_shape_and_lists_everything(api_as
         "result",
     }
     assert step["name"] == "team_approval"
+    assert step["url"] == f"/api/instances/{instance.pk}/steps/{step['id']}/"
     assert (body["steps_total"], body["tasks_total"]) == (1, 1)
     assert body["tasks"] == [
         {

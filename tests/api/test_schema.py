@@ -86,3 +86,30 @@ def test_the_interactive_docs_load_every_asset_from_this_site(client):
     for asset in assets:
         assert asset.startswith("/static/"), asset
         assert finders.find(asset.removeprefix("/static/")), f"{asset} is not a static file"
+
+
+def test_included_data_and_the_one_step_route_are_described(schema):
+    """``included_data`` on the detail and the steps page (its values, its default), the step's own route, and the
+    fields a metadata answer leaves out not required (else a client validating by the schema calls it wrong)."""
+    # given
+    paths, components = schema["paths"], schema["components"]["schemas"]
+
+    # then: the parameter where it is taken, and only there
+    for path in ("/api/instances/{id}/", "/api/instances/{id}/steps/"):
+        [parameter] = [p for p in paths[path]["get"]["parameters"] if p["name"] == "included_data"]
+        assert parameter["in"] == "query"
+        assert parameter["schema"]["enum"] == ["all", "metadata"]
+        assert parameter["schema"]["default"] == "all"
+        assert "result" in parameter["description"]
+    for path in ("/api/instances/{id}/tasks/", "/api/instances/{id}/steps/{step_id}/"):
+        assert "included_data" not in {p["name"] for p in paths[path]["get"].get("parameters", [])}
+    # the step alone: both path parameters, a Step, the detail's 404
+    step = paths["/api/instances/{id}/steps/{step_id}/"]["get"]
+    assert {p["name"] for p in step["parameters"] if p["in"] == "path"} == {"id", "step_id"}
+    assert step["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Step"}
+    assert "404" in step["responses"]
+    # what metadata leaves out is optional; the rest of a step still required as before, url with it
+    assert {"data", "data_digest"}.isdisjoint(components["InstanceDetail"]["required"])
+    assert {"result", "error"}.isdisjoint(components["Step"]["required"])
+    assert {"id", "url", "name", "kind"} <= set(components["Step"]["required"])
+    assert {"steps", "steps_url"} <= set(components["InstanceDetail"]["required"])
