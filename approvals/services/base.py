@@ -259,8 +259,8 @@ def escalate_nobody_can_act(
     are the rung's, set by the caller. It becomes a visible escalation for managers and operators at once, titled
     with the reason, instead of waiting forever or going to nobody. Managers and operators join the candidates
     (four-eyes still applies to them). When even they leave nobody who may act, the audit event says so
-    (``nobody_left``) and it is logged as an error: the task is then on Incidents' list of tasks nobody can act
-    on, for an operator (or an admin) to add people.
+    (``nobody_left``) and it is logged as an error; the task stays escalated, on the Escalations page (which
+    admins see too) and, once past its SLA, on Incidents, until someone who may act is added.
 
     Raises ``django_fsm.TransitionNotAllowed`` when the task is no longer open.
     """
@@ -282,8 +282,7 @@ def escalate_nobody_can_act(
     groups = groups_named([MANAGERS, OPERATORS])
     add_candidates(task, groups=groups)
     if not able_people(task, limit=1):
-        # The fallback's fallback is a person: nobody is told below (nobody may act), so the event says it, the
-        # log shouts it, and Incidents lists the task until someone who may act is added.
+        # Nobody is told below (nobody may act): the event and the log say so, for whoever watches either.
         payload["nobody_left"] = True
         logger.error("task %s of instance %s: nobody at all may act on it (%s)", task.pk, task.instance_id, headline)
     unit.audit(
