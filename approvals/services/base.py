@@ -174,25 +174,27 @@ def candidates_sql(kind: str, names: Sequence[str], task_id: str, task_from: str
     )
 
 
-def able_people(task: HumanTask, *, limit: int | None = None) -> list[int]:
+def able_people(task: HumanTask, *, limit: int | None = None, group: Group | None = None) -> list[int]:
     """Ids of the people who could decide ``task`` now: active, a candidate (by name or by a group they belong
     to), not the instance's initiator, not someone who already decided this task, and for an approval not
-    someone who approved another task of the instance (four-eyes). At most ``limit`` ids.
+    someone who approved another task of the instance (four-eyes). At most ``limit`` ids. With ``group``, the
+    members of that group who would be able once it is a candidate (an escalation rung about to hand it the task),
+    whatever the task's candidates are now.
 
     The rule is written down in docs/architecture.md ("Who may act on a task").
 
     Raises nothing of its own.
     """
-    candidates = TaskCandidate.objects.filter(task_id=task.pk)
-    people = (
-        get_user_model()
-        .objects.filter(is_active=True)
-        .filter(
+    people = get_user_model().objects.filter(is_active=True)
+    if group is not None:
+        people = people.filter(groups=group)
+    else:
+        candidates = TaskCandidate.objects.filter(task_id=task.pk)
+        people = people.filter(
             Q(pk__in=candidates.filter(user__isnull=False).values("user_id"))
             | Q(groups__in=candidates.filter(group__isnull=False).values("group_id"))
         )
-        .exclude(pk__in=TaskDecision.objects.filter(task_id=task.pk).values("user_id"))
-    )
+    people = people.exclude(pk__in=TaskDecision.objects.filter(task_id=task.pk).values("user_id"))
     initiator_id = WorkflowInstance.objects.filter(pk=task.instance_id).values_list("initiator_id", flat=True).first()
     if initiator_id:
         people = people.exclude(pk=initiator_id)
@@ -228,15 +230,37 @@ def _nobody_why(task: HumanTask, initiator_id: int | None, able: int, named: Seq
     return why
 
 
+def group_unable_why(group: Group, initiator_id: int | None) -> str:
+    """Why nobody in ``group`` may act on a task of the instance started by ``initiator_id``, in a manager's words:
+    it has no members, every member is deactivated (or left), its only active members started the instance, or
+    the rest already decided the task or approved another of the instance (four-eyes). Raises nothing of its own."""
+    active = set(group.user_set.filter(is_active=True).values_list("pk", flat=True))
+    if not active:
+        return "every member is deactivated" if group.user_set.exists() else "it has no members"
+    if active == {initiator_id}:
+        return "its only active member started this workflow"
+    return "its active members started this workflow or already decided or approved in it (four-eyes)"
+
+
 def escalate_nobody_can_act(
-    unit: Unit, task: HumanTask, *, able: int = 0, named: Sequence[str] = (), missing_group: str = ""
+    unit: Unit,
+    task: HumanTask,
+    *,
+    able: int = 0,
+    named: Sequence[str] = (),
+    missing_group: str = "",
+    unable_group: str = "",
+    unable_why: str = "",
 ) -> None:
     """Too few active people can act on ``task`` (unknown names, empty groups, everyone deactivated, only the
     initiator), or its ladder's rung names ``missing_group``, a group that does not exist (renamed or deleted since
-    the definition was written; the task's ``escalation_level`` and ``next_escalation_at`` are the rung's, set by
-    the caller): it becomes a visible escalation for managers and operators at once, titled with the reason,
-    instead of waiting forever or going to nobody. Managers and operators join the candidates (four-eyes still
-    applies to them).
+    the definition was written), or ``unable_group``, a group with no active member who may act (``unable_why``
+    says why: :func:`group_unable_why`); for a rung, the task's ``escalation_level`` and ``next_escalation_at``
+    are the rung's, set by the caller. It becomes a visible escalation for managers and operators at once, titled
+    with the reason, instead of waiting forever or going to nobody. Managers and operators join the candidates
+    (four-eyes still applies to them). When even they leave nobody who may act, the audit event says so
+    (``nobody_left``) and it is logged as an error; the task stays escalated, on the Escalations page (which
+    admins see too) and, once past its SLA, on Incidents, until someone who may act is added.
 
     Raises ``django_fsm.TransitionNotAllowed`` when the task is no longer open.
     """
@@ -245,6 +269,9 @@ def escalate_nobody_can_act(
     if missing_group:
         headline = f"No group named {missing_group} to escalate to (renamed or deleted?)"
         payload = {"groups": [MANAGERS, OPERATORS], "missing_group": missing_group}
+    elif unable_group:
+        headline = f"Group {unable_group} has no active member who may act ({unable_why})"
+        payload = {"groups": [MANAGERS, OPERATORS], "unable_group": unable_group}
     else:
         headline = f"Nobody can {verb}: {_nobody_why(task, unit.instance.initiator_id, able, named)}"
     from_state, holder = task.state, task.assignee_id
@@ -254,6 +281,10 @@ def escalate_nobody_can_act(
     rows.update(task, ["title", "priority", "state", "escalation_level", "next_escalation_at", *HOLDER_FIELDS])
     groups = groups_named([MANAGERS, OPERATORS])
     add_candidates(task, groups=groups)
+    if not able_people(task, limit=1):
+        # Nobody is told below (nobody may act): the event and the log say so, for whoever watches either.
+        payload["nobody_left"] = True
+        logger.error("task %s of instance %s: nobody at all may act on it (%s)", task.pk, task.instance_id, headline)
     unit.audit(
         "task",
         task.pk,

@@ -19,9 +19,11 @@ from approvals.models import (
 )
 from approvals.notifications import members_of, notify
 from approvals.services.base import (
+    able_people,
     add_candidates,
     announce,
     escalate_nobody_can_act,
+    group_unable_why,
     people_of,
     task_url,
 )
@@ -155,9 +157,15 @@ def _hand_to_group(
 
     ``reassigned`` is the quieter rung (an escalation group takes over); otherwise managers are being escalated to.
     A group of that name that does not exist (renamed or deleted since) is not created: managers and operators get
-    the task instead, titled with the missing name (:func:`escalate_nobody_can_act`). Raises nothing of its own.
+    the task instead, titled with the missing name (:func:`escalate_nobody_can_act`). A group that exists but has
+    no active member who may act (empty, every member deactivated or gone, or only the instance's initiator, whom
+    four-eyes bars: docs/architecture.md, "Who may act on a task") is a candidate all the same, and managers and
+    operators get the task too, titled with the group and why. Raises nothing of its own.
     """
-    group = Group.objects.filter(name=group_name).first()
+    # Read in the rung's transaction, the instance locked: a member who joined since ``manage.py check`` warned of
+    # an empty group counts. FOR UPDATE also waits for a membership being added right now (its insert holds a key
+    # share of the group row until it commits), so the look-up sees that member rather than a moment before them.
+    group = Group.objects.select_for_update().filter(name=group_name).first()
     if group is None:
         # Never created here: a group renamed (or deleted) since the definition was written came back as a new,
         # empty group, and the escalation reached nobody. The rung still fires, and the task goes where a task
@@ -165,6 +173,14 @@ def _hand_to_group(
         # --database default`` warns of such a rung beforehand: approvals/checks.py).
         task.escalation_level, task.next_escalation_at = level, next_at
         escalate_nobody_can_act(unit, task, missing_group=group_name)
+        return
+    if not able_people(task, group=group, limit=1):
+        # Handed to the group alone, the task reached nobody new and stalled without a word. The group stays a
+        # candidate (a member added later finds the task in their queue); managers and operators take it now.
+        task.escalation_level, task.next_escalation_at = level, next_at
+        add_candidates(task, groups=[group])
+        why = group_unable_why(group, unit.instance.initiator_id)
+        escalate_nobody_can_act(unit, task, unable_group=group_name, unable_why=why)
         return
     from_state, holder = task.state, task.assignee_id
     task.escalate(level, next_at)

@@ -177,6 +177,30 @@ class BrowserTestCase(ChannelsLiveServerTestCase):
         )
         return page
 
+    def failed_demo_expense(self) -> Any:
+        """The demo's failed expense, built through the engine in-process (no worker): staff's 40.00 expense,
+        approved by staff2 ("Budgeted in Q3"), whose payout payroll refused on all three attempts. Call it before
+        :meth:`chromium` (it uses the ORM). Returns the instance, failed."""
+        # Imported here: the spawned server process loads this module before Django's apps are ready.
+        from approvals.services.tasks import task_decide
+        from demo.data import ensure_roles
+        from orchestrator.models import InstanceState
+        from orchestrator.services.instances import instance_start
+        from tests.factories import ExpenseInputFactory
+
+        run_steps = self.fixture("run_steps")
+        ensure_roles()
+        failed = instance_start(
+            "expense_approval",
+            {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3},
+            initiator=self.users.staff,
+        )
+        task_decide(failed.tasks.get().pk, self.users.staff2, "approve", comment="Budgeted in Q3")
+        run_steps(failed, advance=True)
+        failed.refresh_from_db()
+        assert failed.state == InstanceState.FAILED, failed.state
+        return failed
+
     @staticmethod
     def wait_until_live(page: Page) -> None:
         """Wait for the page's websocket to be open (live.js exposes ``window.batonLive`` for tests)."""

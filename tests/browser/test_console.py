@@ -257,15 +257,8 @@ class DataEditorTests(BrowserTestCase):
         before any view: the generic 400 page, the text lost) into the data editor, on a phone: the page does not
         send it, says so beside the box with both sizes, and keeps the text; trimmed, it saves."""
         # given: the demo's failed expense (payroll refused the payout on all three attempts)
-        run_steps = self.fixture("run_steps")
-        ensure_roles()
-        failed = instance_start(
-            "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=self.users.staff
-        )
-        task_decide(failed.tasks.get().pk, self.users.staff2, "approve", comment="Budgeted in Q3")
-        run_steps(failed, advance=True)
-        assert state_of(failed.pk) == InstanceState.FAILED
-        before = WorkflowInstance.objects.get(pk=failed.pk).data
+        failed = self.failed_demo_expense()
+        before = failed.data
         # 2.7 million characters: past the 2,621,440 bytes a form may send, though the page's box takes it
         typed = '{\n  "notes": "' + "n" * 2_700_000 + '"\n}'
 

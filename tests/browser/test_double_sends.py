@@ -11,8 +11,6 @@ from pathlib import Path
 from playwright.sync_api import Page, Route, expect
 
 from approvals.models import HumanTask, TaskState
-from approvals.services.tasks import task_decide
-from demo.data import ensure_roles
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import BrowserTestCase
@@ -42,14 +40,7 @@ class DoubleSendTests(BrowserTestCase):
         refusal ('only failed instances can be retried') for the second click; the button shows it is busy."""
         # given: the demo's failed expense (payroll refused the payout on all three attempts); no worker, so the
         # retried instance stays running, and a second retry would be refused
-        run_steps = self.fixture("run_steps")
-        ensure_roles()
-        failed = instance_start(
-            "expense_approval", {**ExpenseInputFactory(amount="40.00"), "fail_payout": 3}, initiator=self.users.staff
-        )
-        task_decide(failed.tasks.get().pk, self.users.staff2, "approve", comment="Budgeted in Q3")
-        run_steps(failed, advance=True)
-        assert WorkflowInstance.objects.get(pk=failed.pk).state == InstanceState.FAILED
+        failed = self.failed_demo_expense()
 
         with self.chromium() as browser:
             page = self.signed_in_page(browser, "operator")

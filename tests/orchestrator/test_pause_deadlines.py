@@ -33,6 +33,7 @@ from orchestrator.services.instances import NotAllowed, instance_pause, instance
 from orchestrator.services.locks import SWEEPER
 from orchestrator.services.steps import Outcome, step_claim, step_record
 from orchestrator.services.sweep import sweep
+from tests.factories import UserFactory
 from tests.orchestrator.flaky_steps import flaky, noop, outage
 
 pytestmark = pytest.mark.django_db
@@ -144,8 +145,9 @@ def test_a_timer_until_a_date_that_passed_during_the_pause_fires_once_on_resume(
 
 @pytest.fixture
 def ladder_flow(register_workflow, db) -> Workflow:
-    # The reassign rung's group exists: a rung never creates one (tests/approvals/test_ladder_groups.py).
-    Group.objects.create(name="reviewers")
+    # The reassign rung's group exists with someone who may act: a rung never creates one, and one nobody in which
+    # may act falls back to managers and operators (tests/approvals/test_ladder_groups.py).
+    UserFactory(username="reviewer", groups=[Group.objects.create(name="reviewers")])
     return register_workflow(
         Workflow(
             "pause_ladder_demo",
