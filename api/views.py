@@ -503,7 +503,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
         return response
 
     def _operate(self, request: Request, pk: int, serializer_class: type, call: Any) -> Response:
-        instance = self._instance(pk)
+        # The access check only: the service reads the instance again under its lock, and the answer is read fresh.
+        instance = self._instance(pk, with_data=False)
         if not selectors.can_operate(request.user):
             raise Problem(403, "Only operators may retry, pause, resume or cancel instances.", code="forbidden")
         body = _valid(serializer_class, request.data)
@@ -586,7 +587,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
     def skip(self, request: Request, pk: int) -> Response:
         """404 unseen, 403 not an operator, 400 naming ``step``/``output``/``reason``, 409 what the service refuses
         (``instance_step_skip``: not failed, saga begun, not its one dead task or timer step); else the instance."""
-        instance = self._instance(pk)
+        instance = self._instance(pk, with_data=False)
         if not selectors.can_operate(request.user):
             raise Problem(403, "Only operators may skip a step.", code="forbidden")
         body = _valid(s.SkipSerializer, request.data)
@@ -644,7 +645,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"], url_path="signals")
     def signals(self, request: Request, pk: int) -> Response:
         """404 unseen, 403 without ``deliver_signal``, 400 a malformed body; then what ``_deliver`` answers."""
-        instance = self._instance(pk)
+        instance = self._instance(pk, with_data=False)
         if not request.user.has_perm(DELIVER_SIGNAL):
             raise Problem(403, "Your role may not deliver signals.", code="forbidden")
         body = _valid(s.SignalSerializer, request.data)

@@ -95,7 +95,7 @@ def workflow_start(request: AuthedRequest, name: str) -> HttpResponse:
             add_field_errors(form, exc.errors)
         else:
             messages.success(request, f"Started {isolate(instance)}.")
-            if selectors.instance_for_user(request.user, instance.pk) is not None:
+            if selectors.instance_for_user(request.user, instance.pk, with_data=False) is not None:
                 return redirect("console:instance_detail", instance_id=instance.pk)
             return redirect(reverse("approvals:inbox"))
     key_errors: list[str] = [str(e) for e in options.errors.get("idempotency_key", [])]

@@ -85,7 +85,8 @@ def groups_for_user(user: Any) -> list[str]:
 
 def instance_group_if_allowed(user: Any, instance_id: int) -> str | None:
     """``instance.<id>`` if ``user`` may see that instance (the instance page's rule), else None."""
-    return live_names.instance_group(instance_id) if instance_for_user(user, instance_id) is not None else None
+    seen = instance_for_user(user, instance_id, with_data=False)  # the access check only: leave megabytes unread
+    return live_names.instance_group(instance_id) if seen is not None else None
 
 
 def counts_for(user: Any) -> dict[str, int]:

@@ -253,3 +253,38 @@ def test_a_metadata_answer_has_every_field_the_schema_requires(api_as, roles, he
     for body, name in [(detail, "InstanceDetail"), *[(step, "Step") for step in detail["steps"] + page["results"]]]:
         assert set(components[name]["required"]) <= set(body), name
         assert set(body) <= set(components[name]["properties"]), name
+
+
+# --- access checks leave the data unread ------------------------------------------------------------------
+
+
+def data_reads(queries) -> int:
+    return sum('"orchestrator_workflowinstance"."data"' in query["sql"] for query in queries)
+
+
+def test_an_operator_action_reads_the_data_only_where_its_service_and_its_answer_need_it(api_as, roles, heavy):
+    # given: an instance with about 900 KB of business data
+    client = api_as(roles.operator)
+    client.get(detail_path(heavy))  # the token's last use written
+
+    # when: an operator pauses it
+    with CaptureQueriesContext(connection) as pause:
+        response = client.post(f"{detail_path(heavy)}pause/", {"reason": "supplier audit"}, format="json")
+
+    # then: the data is read once, by the answer (the instance as it is now), not by the access check before the
+    # pause (the pause reads what it needs under its lock)
+    assert response.status_code == 200, response.content[:300]
+    assert data_reads(pause) == 1, [query["sql"][:120] for query in pause]
+
+
+def test_the_access_check_of_a_live_instance_page_reads_no_data(roles, heavy):
+    # given
+    from orchestrator.consumers import instance_group_if_allowed
+
+    # when: an operator's browser subscribes to the instance's live news
+    with CaptureQueriesContext(connection) as queries:
+        group = instance_group_if_allowed(roles.operator, heavy.pk)
+
+    # then
+    assert group is not None
+    assert data_reads(queries) == 0
