@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.services.instances import instance_start
-from tests.factories import ExpenseInputFactory
 
 pytestmark = pytest.mark.django_db
 
+EXPENSE = {"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"}
 PATHS = [
     "/api/workflows/",
     "/api/workflows/expense_approval/",
@@ -33,7 +33,7 @@ PATHS = [
 @pytest.mark.parametrize("path", PATHS)
 def test_every_method_the_allow_header_names_is_answered(api_as, roles, path):
     # given an instance with a task, and the endpoint's Allow header as an admin's GET or PUT gets it
-    instance = instance_start("expense_approval", dict(ExpenseInputFactory()), initiator=roles.staff)
+    instance = instance_start("expense_approval", EXPENSE, initiator=roles.staff)
     url = path.format(id=instance.pk, task=instance.tasks.get().pk)
     api = api_as(roles.admin)
     allow = api.client.put(url, headers=api.headers)["Allow"]
