@@ -8,7 +8,13 @@ from typing import Any
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from api.tokens import token_for_secret
+from api.tokens import refusal, token_for_secret
+
+
+def _refused(request: Request, error: str, detail: str) -> exceptions.AuthenticationFailed:
+    """The 401 for a Bearer header that was sent and refused; ``error`` (RFC 6750, 3.1) goes into the challenge."""
+    request._bearer_error = error
+    return exceptions.AuthenticationFailed(detail)
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -23,16 +29,19 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if not header or header[0].lower() != self.keyword.lower().encode():
             return None
         if len(header) != 2:
-            raise exceptions.AuthenticationFailed("Send the header as 'Authorization: Bearer <token>'.")
+            raise _refused(request, "invalid_request", "Send the header as 'Authorization: Bearer <token>'.")
         try:
             secret = header[1].decode("ascii")
         except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed("The token holds characters no Baton token has.") from None
+            raise _refused(request, "invalid_token", "The token holds characters no Baton token has.") from None
         token = token_for_secret(secret)
         if token is None:
-            raise exceptions.AuthenticationFailed("The token is unknown, revoked or expired, or its user is inactive.")
+            raise _refused(request, "invalid_token", refusal(secret))
         return token.user, token
 
     def authenticate_header(self, request: Request) -> str:
-        # Present, so an unauthenticated request is 401 (with this challenge) rather than 403.
-        return f'{self.keyword} realm="api"'
+        """The challenge of a 401 (present, so an unauthenticated request is 401 rather than 403), with RFC 6750's
+        ``error`` when a Bearer token was sent and refused (``invalid_token``) or the header was malformed
+        (``invalid_request``), so a client tells "my token is bad" from "I sent none"."""
+        error = getattr(request, "_bearer_error", None)
+        return f'{self.keyword} realm="api"' + (f', error="{error}"' if error else "")

@@ -11,7 +11,7 @@ import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -179,6 +179,33 @@ def token_for_secret(secret: str, now: datetime | None = None) -> ApiToken | Non
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+def refusal(secret: str, now: datetime | None = None) -> str:
+    """Why ``secret`` authenticates nobody (:func:`token_for_secret` answered None), said to whoever sent it: not a
+    token Baton issued, revoked, expired (with when), or its account deactivated. Only the holder of the secret
+    can ask about a token, and a secret is 256 random bits: telling its holder that it expired says nothing to
+    anyone guessing. One "unknown, revoked or expired" for all of them sent the owner of a nightly integration
+    hunting for a typo in a token that had simply reached its expiry date. Reads the token by its hash; raises
+    nothing of its own."""
+    now = now or timezone.now()
+    token = None
+    if secret.startswith(TOKEN_PREFIX) and len(secret) <= 200:
+        token = ApiToken.objects.select_related("user").filter(key_hash=hash_secret(secret)).first()
+    if token is None:
+        return "This is not a token Baton issued: check that it was copied whole, with its baton_ prefix."
+    again = "; create a new one on your API tokens page (/api/tokens/) or with manage.py baton_api_token create."
+    if token.revoked_at is not None:
+        return f"The token {token.prefix}... was revoked at {_when(token.revoked_at)}{again}"
+    if token.expires_at is not None and token.expires_at <= now:
+        return f"The token {token.prefix}... expired at {_when(token.expires_at)}{again}"
+    if not token.user.is_active:
+        return f"The token {token.prefix}... belongs to a deactivated account; it authenticates nobody."
+    return "The token is unknown, revoked or expired, or its user is inactive."  # usable again meanwhile
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _token_with_permissions(key_hash: str) -> ApiToken | None:

@@ -41,8 +41,12 @@ urlpatterns = [
     path("audit/events/", views.AuditEventsView.as_view(), name="audit-events"),
     path("audit/export.jsonl", views.AuditExportJsonlView.as_view(), name="audit-export-jsonl"),
     path("audit/export.csv", views.AuditExportCsvView.as_view(), name="audit-export-csv"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("schema/", SpectacularAPIView.as_view(http_method_names=views.API_METHODS), name="schema"),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(url_name="api:schema", http_method_names=views.API_METHODS),
+        name="docs",
+    ),
     path("tokens/", pages.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", pages.token_revoke_view, name="token_revoke"),
     # Last: whatever else is asked under /api/ is a problem+json 404 (keep new paths above this line).

@@ -2,8 +2,8 @@
 ``api.problems`` turn every refusal into problem+json. The role and object checks are the pages' own
 (docs/access-matrix.md): an object the caller may not see is 404, an action their role may not take 403.
 
-Another app adds endpoints by writing a view on ``ApiView``/``ApiViewSet`` (authentication, permissions,
-parsers, errors and schema come with it) and registering it on ``api.urls.router``.
+Another app adds endpoints by writing a DRF view (authentication, permissions, parsers, errors and schema come
+with the project's settings) with ``http_method_names = API_METHODS``, and registering it on ``api.urls.router``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ DELIVER_SIGNAL = "orchestrator.deliver_signal"
 KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
 # What a key may be, as the 400 and the API's description say it (a comma is refused on its own, first).
 KEY_RULE = f"1-{KEY_MAX} visible ASCII characters but a comma, with no space at either end."
+
+
+# The methods an API view may answer. Not OPTIONS: it answers 405 (``api.conf``: the schema documents the API), and
+# DRF's ``Allow`` header, on every answer and on that 405 too, named it as long as the view had its handler: a client
+# reading ``Allow`` to learn what it may send was told of a method that is refused. Every API view takes this.
+API_METHODS = ["get", "post", "head"]
 
 
 class Cursor(CursorPagination):
@@ -245,6 +251,8 @@ def _valid(serializer_class: type, data: Any, *, body: bool = True) -> dict[str,
 class WorkflowViewSet(viewsets.ViewSet):
     """The catalog, readable by everyone signed in (as the catalog page is)."""
 
+    http_method_names = API_METHODS
+
     lookup_field = "name"
     lookup_value_converter = "str"
 
@@ -292,6 +300,8 @@ OPERATOR_ERRORS = {
 )
 class InstanceViewSet(viewsets.GenericViewSet):
     """Instances: operators and managers see every one, anyone else those they started or have a task of."""
+
+    http_method_names = API_METHODS
 
     serializer_class = s.InstanceSerializer
     pagination_class = Cursor
@@ -736,6 +746,8 @@ def _deliver(request: Request, instance_id: int, body: dict[str, Any]) -> Respon
 class SignalViewSet(viewsets.ViewSet):
     """Signals addressed by business key (by id: ``POST /api/instances/{id}/signals/``)."""
 
+    http_method_names = API_METHODS
+
     def create(self, request: Request) -> Response:
         """403 without ``deliver_signal``, 400 a malformed body, 404/409 a key of no or several open instances (or
         none the caller sees: 404); then what ``_deliver`` answers."""
@@ -789,6 +801,8 @@ def _task_rows(qs: QuerySet[Any]) -> QuerySet[Any]:
 class TaskViewSet(viewsets.GenericViewSet):
     """Tasks: ``scope=mine`` (assigned to me) or ``scope=queue`` (open tasks I may claim); the actions are the
     inbox's, with its rules (four-eyes, candidates, managers) enforced by the services."""
+
+    http_method_names = API_METHODS
 
     serializer_class = s.TaskSerializer
     pagination_class = Cursor
@@ -921,6 +935,8 @@ def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.A
 class AuditEventsView(APIView):
     """The audit trail with the admin timeline's filters, newest first, in keyset pages."""
 
+    http_method_names = API_METHODS
+
     @extend_schema(
         operation_id="audit_events_list",
         summary="Audit events, newest first, with the timeline's filters",
@@ -965,6 +981,7 @@ class AuditEventsView(APIView):
 
 
 class _AuditExportView(APIView):
+    http_method_names = API_METHODS
     kind = ""
 
     def get(self, request: Request) -> HttpResponseBase:

@@ -39,7 +39,7 @@ import idna
 from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from automation.models import (
@@ -659,9 +659,22 @@ def _recover(now: datetime) -> int:
     )
 
 
+def _in_flight(now: datetime) -> Q:
+    """Deliveries with an attempt under way (claimed, its lease running) or a message a worker has yet to take."""
+    return Q(state=DeliveryState.SENDING, lease_expires_at__gt=now) | Q(
+        state__in=[DeliveryState.PENDING, DeliveryState.RETRYING], dispatched_at__gte=now - REDISPATCH_AFTER
+    )
+
+
 def _dispatch_due(now: datetime) -> int:
+    """Send a Celery message per due delivery, except that a failing subscription (its last attempt failed) gets one
+    at a time: its oldest due delivery, when none of its attempts is in flight. Attempts run on the engine's own
+    workers and queue, and a receiver that swallows connections holds a worker process for the whole
+    ``BATON_WEBHOOK_TIMEOUT``: sent all at once, 75 deliveries to such a receiver kept every workflow's steps
+    waiting 371 s behind them on two processes. A healthy subscription is sent everything due at once."""
+    batch = settings.BATON_SWEEP_BATCH
     with transaction.atomic():
-        due = list(
+        due = (
             WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(
                 state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
@@ -669,14 +682,25 @@ def _dispatch_due(now: datetime) -> int:
                 subscription__active=True,
             )
             .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - REDISPATCH_AFTER))
-            .order_by("next_attempt_at")
-            .values_list("pk", flat=True)[: settings.BATON_SWEEP_BATCH]
+            .order_by("next_attempt_at", "pk")
         )
-        if due:
-            WebhookDelivery.objects.filter(pk__in=due).update(dispatched_at=now)
-            for delivery_id in due:
+        ids = list(due.filter(subscription__consecutive_failures=0).values_list("pk", flat=True)[:batch])
+        busy = WebhookDelivery.objects.filter(_in_flight(now), subscription=OuterRef("pk"))
+        failing = (
+            WebhookSubscription.objects.filter(active=True, consecutive_failures__gt=0)
+            .exclude(Exists(busy))
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        for subscription_id in failing[: max(0, batch - len(ids))]:
+            oldest = due.filter(subscription_id=subscription_id).values_list("pk", flat=True).first()
+            if oldest is not None:
+                ids.append(oldest)
+        if ids:
+            WebhookDelivery.objects.filter(pk__in=ids).update(dispatched_at=now)
+            for delivery_id in ids:
                 transaction.on_commit(partial(_send_delivery, delivery_id))
-        return len(due)
+        return len(ids)
 
 
 def _send_delivery(delivery_id: int) -> None:
@@ -698,10 +722,12 @@ def backoff(attempt: int, spread: float | None = None) -> float:
 
 def delivery_send(delivery_id: int, *, now: datetime | None = None) -> str:
     """Make one attempt of a due delivery: claim it, POST it signed, record the answer. Returns "delivered",
-    "retrying", "failed", "not due" (not pending, not yet due, or its subscription paused) or "fenced"."""
+    "retrying", "failed", "not due" (not pending, not yet due, or its subscription paused), "held" (its
+    subscription is failing and another of its attempts is in flight: left for a later sweep, not attempted) or
+    "fenced"."""
     claimed = _claim(delivery_id, now or timezone.now())
-    if claimed is None:
-        return "not due"
+    if not isinstance(claimed, tuple):
+        return claimed
     delivery, subscription = claimed
     started = time.monotonic()
     # The address and secrets as the claim read them: an edit meanwhile applies from the next attempt.
@@ -710,7 +736,13 @@ def delivery_send(delivery_id: int, *, now: datetime | None = None) -> str:
     return _record(delivery.pk, delivery.attempts, status, error, elapsed_ms, subscription.url)
 
 
-def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookSubscription] | None:
+def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookSubscription] | str:
+    """The delivery, leased for an attempt, and its subscription; or why no attempt is made ("not due", "held").
+
+    A failing subscription's attempts are made one at a time (:func:`_dispatch_due`), here too: messages the sweep
+    sent before the failures began would otherwise each hold a worker process for the whole timeout. Its row is
+    locked without waiting (a worker that finds it locked, by another claim or a recording, holds its delivery
+    rather than queue behind it), so two claims never both find nothing in flight."""
     with transaction.atomic():
         delivery = (
             WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
@@ -719,14 +751,35 @@ def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookSub
             .first()
         )
         if delivery is None or not delivery.subscription.active:
-            return None
+            return "not due"
         if delivery.next_attempt_at and delivery.next_attempt_at > now:
-            return None
+            return "not due"
+        if delivery.subscription.consecutive_failures and _another_in_flight(delivery, now):
+            delivery.dispatched_at = None  # for the sweep to send again once the attempt in flight is recorded
+            delivery.save(update_fields=["dispatched_at"])
+            return "held"
         delivery.state = DeliveryState.SENDING
         delivery.attempts += 1
         delivery.lease_expires_at = now + timedelta(seconds=settings.BATON_WEBHOOK_TIMEOUT * 3 + 30)
         delivery.save(update_fields=["state", "attempts", "lease_expires_at"])
         return delivery, delivery.subscription
+
+
+def _another_in_flight(delivery: WebhookDelivery, now: datetime) -> bool:
+    """Whether the failing subscription of ``delivery`` has another attempt under way, or is locked by a worker
+    deciding or recording one (then this one waits too)."""
+    locked = WebhookSubscription.objects.select_for_update(skip_locked=True).filter(pk=delivery.subscription_id)
+    if not list(locked.values_list("pk", flat=True)):
+        return True
+    return (
+        WebhookDelivery.objects.filter(
+            subscription_id=delivery.subscription_id,
+            state=DeliveryState.SENDING,
+            lease_expires_at__gt=now,
+        )
+        .exclude(pk=delivery.pk)
+        .exists()
+    )
 
 
 class _Deadline:

@@ -310,3 +310,41 @@ def test_a_token_of_a_deleted_user_is_401_and_gone_with_them(roles):
     response = ApiClient(new.secret).get("/api/tasks/")
     assert response.status_code == 401
     assert response["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "said"),
+    [
+        (lambda t: ApiToken.objects.filter(pk=t.pk).update(revoked_at=timezone.now()), "was revoked"),
+        (
+            lambda t: ApiToken.objects.filter(pk=t.pk).update(expires_at=timezone.now() - timedelta(seconds=1)),
+            "expired at",
+        ),
+        (lambda t: type(t.user).objects.filter(pk=t.user_id).update(is_active=False), "deactivated"),
+        (lambda t: ApiToken.objects.filter(pk=t.pk).update(key_hash=hash_secret("baton_other")), "not a token"),
+    ],
+    ids=["revoked", "expired", "user left", "unknown"],
+)
+def test_a_refused_token_is_told_why_and_marked_invalid_token(roles, spoil, said):
+    # given a token that worked, then was revoked, expired, lost its account or never was (a typo)
+    new = token_create(roles.staff, "nightly sync")
+    spoil(new.token)
+
+    # when its holder calls the API with it
+    response = ApiClient(new.secret).get("/api/tasks/")
+
+    # then the 401 says which, so the integration's log tells its owner what to do (a new token, not a hunt for a
+    # typo), and the challenge says the token is the problem (RFC 6750, 3.1)
+    assert response.status_code == 401
+    assert said in response.json()["detail"]
+    assert response.json()["code"] == "authentication_failed"
+    assert response["WWW-Authenticate"] == 'Bearer realm="api", error="invalid_token"'
+
+
+def test_a_request_without_a_token_gets_the_plain_challenge(roles):
+    # when a request carries no credentials at all
+    response = Client().get("/api/tasks/")
+
+    # then the challenge names no error (RFC 6750, 3.1: none for a request that sent no token)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
