@@ -673,21 +673,22 @@ def _dispatch_due(now: datetime) -> int:
     ``BATON_WEBHOOK_TIMEOUT``: sent all at once, 75 deliveries to such a receiver kept every workflow's steps
     waiting 371 s behind them on two processes. A healthy subscription is sent everything due at once."""
     batch = settings.BATON_SWEEP_BATCH
+    waiting = Q(state__in=[DeliveryState.PENDING, DeliveryState.RETRYING], next_attempt_at__lte=now) & (
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - REDISPATCH_AFTER)
+    )
     with transaction.atomic():
         due = (
             WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(
-                state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
-                next_attempt_at__lte=now,
-                subscription__active=True,
-            )
-            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - REDISPATCH_AFTER))
+            .filter(waiting, subscription__active=True)
             .order_by("next_attempt_at", "pk")
         )
         ids = list(due.filter(subscription__consecutive_failures=0).values_list("pk", flat=True)[:batch])
         busy = WebhookDelivery.objects.filter(_in_flight(now), subscription=OuterRef("pk"))
+        # Only failing subscriptions with a delivery due: the loop below costs a statement per subscription, and
+        # one failing for days with nothing to send must not cost one at every sweep.
         failing = (
             WebhookSubscription.objects.filter(active=True, consecutive_failures__gt=0)
+            .filter(Exists(WebhookDelivery.objects.filter(waiting, subscription=OuterRef("pk"))))
             .exclude(Exists(busy))
             .order_by("pk")
             .values_list("pk", flat=True)

@@ -150,3 +150,25 @@ def test_an_attempt_of_a_failing_subscription_with_nothing_in_flight_is_made(sub
     assert outcome == "delivered"
     assert len(hook.requests) == 1
     assert WebhookSubscription.objects.get(pk=subscription.pk).consecutive_failures == 0
+
+
+def test_failing_subscriptions_with_nothing_due_cost_the_sweep_no_statement_each(subscription, published):
+    # given: the one failing subscription with deliveries due, and 30 more failing for days with nothing to send
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    failing(subscription)
+    owner = SuperUserFactory()
+    for n in range(30):
+        idle = webhook_subscribe(
+            owner=owner, name=f"idle-{n}", url=f"http://127.0.0.1:9/idle-{n}", events=["task.created"]
+        )
+        failing(idle, failures=7)
+
+    # when the sweep dispatches
+    with CaptureQueriesContext(connection) as queries:
+        webhooks._dispatch_due(timezone.now())
+
+    # then the idle ones are passed over in the subscriptions' one statement: a statement more for the one with
+    # something due, not one for each failing subscription
+    assert len(queries) < 10, [query["sql"][:100] for query in queries]
