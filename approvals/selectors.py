@@ -687,7 +687,7 @@ def tasks_nobody_can_act(now: datetime, *, limit: int, sample: int) -> NobodyCan
         .defer("instance__data", "description", "form_data")
         .order_by("created_at", "id")[:limit]
     )
-    result.listed_elsewhere = listed[0].elsewhere if listed else 0  # type: ignore[attr-defined]
+    result.listed_elsewhere = listed[0].elsewhere if listed else 0
     rows = {task.pk: NobodyCanActRow(task, *short[task.pk]) for task in listed}
     _why_nobody(rows)
     result.rows = list(rows.values())

@@ -262,7 +262,9 @@ def escalate_nobody_can_act(
     with the reason, instead of waiting forever or going to nobody. Managers and operators join the candidates
     (four-eyes still applies to them). When even they leave nobody who may act, the audit event says so
     (``nobody_left``) and it is logged as an error; the task stays escalated, on the Escalations page (which
-    admins see too) and, once past its SLA, on Incidents, until someone who may act is added.
+    admins see too) and at once on Incidents ("Nobody may act": ``approvals.selectors.tasks_nobody_can_act``,
+    with why and what fixes it), until someone who may act is added. A quorum task left with fewer able people
+    than it still needs is listed there the same way.
 
     Raises ``django_fsm.TransitionNotAllowed`` when the task is no longer open.
     """
