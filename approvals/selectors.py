@@ -744,7 +744,8 @@ def _why_nobody(rows: dict[int, NobodyCanActRow]) -> None:
         if not row.reasons:
             row.reasons.append("no candidate group or user exists")
         others = [name for name in groups[pk] if name not in (MANAGERS, OPERATORS)]
-        where = "to Managers or Operators" + (f", or to {', '.join(others)}" if others else "")
+        named = f", or to group{'s' if len(others) > 1 else ''} {', '.join(others)}" if others else ""
+        where = f"to Managers or Operators{named}"
         missing = row.needed - row.able
         who = "an active person" if missing == 1 else f"{missing} active people"
         row.fix = (

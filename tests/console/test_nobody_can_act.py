@@ -74,7 +74,7 @@ def test_a_task_whose_only_group_is_deactivated_people_is_listed_before_its_due_
     assert "group night_shift: every member is deactivated" in row.reasons
     assert "group managers: every member is deactivated" in row.reasons
     assert row.fix.startswith("Add an active person who did not start this workflow")
-    assert "to Managers or Operators, or to night_shift" in row.fix
+    assert "to Managers or Operators, or to group night_shift." in row.fix
     assert found.nobody_can_act.total == 1
     assert found.overdue_total == 0
     assert found.count == 1
