@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import connections
-from django.db.models import Count, Exists, F, FilteredRelation, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, FilteredRelation, OuterRef, Q, QuerySet, Window
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -40,6 +41,7 @@ ON_HOLD_STATES = (InstanceState.PAUSED, InstanceState.FAILED)
 # Counts above this show as "99+": counting 100,000 queued rows on every page would cost more than it tells.
 COUNT_CAP = 100
 MANAGERS = "managers"
+OPERATORS = "operators"  # services.base.OPERATORS
 
 
 def user_groups(user: User) -> list[tuple[int, str]]:
@@ -547,3 +549,207 @@ def saved_views_for(user: User) -> QuerySet[SavedView]:
 
 def notifications_for(user: User) -> QuerySet[Notification]:
     return Notification.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+# --- tasks nobody may act on ----------------------------------------------------------------------------------
+
+
+def able_count_sql(task: str = "t", instance: str = "i") -> tuple[str, list[Any]]:
+    """An SQL expression (a scalar subquery) counting the people able to act on the task aliased ``task``, whose
+    instance is aliased ``instance`` in the enclosing statement, and its parameters. Able is
+    ``approvals.services.base.able_people``'s rule (docs/architecture.md, "Who may act on a task"): active, a
+    candidate by name or through a group, not the instance's initiator, not someone who already decided this task,
+    and for an approval not someone who approved another task of the instance.
+
+    The one SQL statement of that rule: ``services.people.short_of_people`` (the re-check after a change of people)
+    and :func:`tasks_nobody_can_act` (Incidents) both read it. Portable SQL (PostgreSQL and SQLite). It counts
+    every able candidate of the task: its cost is the task's candidate rows and their groups' memberships.
+    Raises nothing."""
+    users, members = get_user_model()._meta.db_table, User.groups.through._meta.db_table
+    sql = (
+        f"(SELECT count(DISTINCT u.id) FROM {TaskCandidate._meta.db_table} c"  # noqa: S608 - tables, aliases: ours
+        f" LEFT JOIN {members} m ON m.group_id = c.group_id"
+        f" JOIN {users} u ON u.id = COALESCE(c.user_id, m.user_id)"
+        f" WHERE c.task_id = {task}.id AND u.is_active"
+        # "IS DISTINCT FROM", written so that SQLite reads it too: an instance started by nobody bars nobody.
+        f" AND ({instance}.initiator_id IS NULL OR u.id <> {instance}.initiator_id)"
+        f" AND NOT EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.user_id = u.id"
+        f" AND (d.task_id = {task}.id OR ({task}.kind = %s AND d.instance_id = {task}.instance_id"
+        " AND d.decision = %s))))"
+    )
+    return sql, [TaskKind.APPROVAL.value, "approve"]  # services.base.APPROVE
+
+
+def group_unable_words(*, has_members: bool, has_active: bool, has_active_other: bool) -> str:
+    """Why nobody in a candidate group may act on a task, in a manager's words, from what its members are: any
+    members at all, any active one, any active one besides the instance's initiator (four-eyes bars the
+    initiator; the rest of the active members then decided the task or approved another of the instance).
+
+    The one wording of it: ``services.base.group_unable_why`` (a ladder rung's group) and
+    :func:`tasks_nobody_can_act` (Incidents) say it so. Raises nothing."""
+    if not has_active:
+        return "every member is deactivated" if has_members else "it has no members"
+    if not has_active_other:
+        return "its only active member started this workflow"
+    return "its active members started this workflow or already decided or approved in it (four-eyes)"
+
+
+@dataclass
+class NobodyCanActRow:
+    """One task too few people may act on, with why: ``able`` of the ``needed`` people may act (``needed``: the
+    quorum less the approvals in), ``reasons`` candidate by candidate in a manager's words, ``fix`` what would let
+    it move, and its candidate groups' and users' ids (who may open the task page: :func:`may_open`'s rule, which
+    :func:`mark_openable` sets ``opens_task`` by for one viewer)."""
+
+    task: HumanTask
+    able: int
+    needed: int
+    reasons: list[str] = field(default_factory=list)
+    fix: str = ""
+    group_ids: list[int] = field(default_factory=list)
+    user_ids: list[int] = field(default_factory=list)
+    opens_task: bool = False
+
+
+def mark_openable(user: User, rows: list[NobodyCanActRow]) -> None:
+    """Set each row's ``opens_task``: whether ``user`` may open the task's page by :func:`may_open`'s rule (a
+    manager, or a candidate by name or group; an escalated task has no assignee and no one who completed it),
+    from the candidates the rows carry and the user's groups read once per request (:func:`user_groups`): no
+    statement per row. Raises nothing."""
+    if not rows:
+        return
+    manager = shows_manager_pages(user)
+    mine = set() if manager else set(group_ids(user))
+    for row in rows:
+        row.opens_task = manager or user.pk in row.user_ids or bool(mine.intersection(row.group_ids))
+
+
+@dataclass
+class NobodyCanAct:
+    """What :func:`tasks_nobody_can_act` found: the first rows; how many such tasks the sample holds (``total``);
+    whether there were more escalated tasks than the sample (``sampled``: then more may exist beyond it); and how
+    many of ``total`` are operators' escalations or :func:`overdue` (``listed_elsewhere``: Incidents lists and
+    counts those in their own sections already)."""
+
+    rows: list[NobodyCanActRow] = field(default_factory=list)
+    total: int = 0
+    sampled: bool = False
+    listed_elsewhere: int = 0
+
+    @property
+    def more(self) -> bool:
+        return self.total > len(self.rows)
+
+
+def tasks_nobody_can_act(now: datetime, *, limit: int, sample: int) -> NobodyCanAct:
+    """The actionable tasks fewer people may act on than they still need (:func:`able_count_sql`: for a quorum
+    task, fewer than its quorum less the approvals in; for any other, nobody at all), oldest first: the first
+    ``limit`` with their instance and why, and how many in all among the ``sample`` oldest escalated tasks. Work
+    that can never move until someone adds a person. ``now`` (aware) decides which of them are :func:`overdue`.
+
+    Escalated tasks only: every path that leaves a task with too few people escalates it
+    (``services.base.escalate_nobody_can_act``: at its opening, after a change of people, at a ladder rung whose
+    group has nobody), and Managers and Operators joining it do not help when they leave nobody either; so the
+    read never walks the open tasks, only the escalated ones, through their partial index
+    (``console_task_escalated``), up to ``sample`` of them. docs/architecture.md ("Who may act on a task") says
+    which open tasks this leaves out.
+
+    One statement finds them (the same on PostgreSQL and SQLite); when it finds any, one reads the first ``limit``
+    with their instance, one their candidates: three at most, whatever their number. Raises nothing of its own."""
+    tasks, instances = HumanTask._meta.db_table, WorkflowInstance._meta.db_table
+    able, params = able_count_sql("t", "i")
+    with connections["default"].cursor() as cursor:
+        # The tables' names are the models'; the values are parameters. The capped count of escalated tasks rides
+        # along on every row (and on the one row the outer join leaves when none is short of people).
+        cursor.execute(
+            f"SELECT (SELECT count(*) FROM (SELECT 1 FROM {tasks} WHERE state = %s LIMIT %s) e),"  # noqa: S608
+            " s.id, s.able, s.needed"
+            " FROM (SELECT 1 AS one) one LEFT JOIN ("
+            "  SELECT x.id, x.created_at, x.able, x.needed FROM ("
+            f"   SELECT t.id, t.created_at, t.quorum - t.approvals AS needed, {able} AS able"
+            f"   FROM (SELECT id, instance_id, kind, quorum, approvals, created_at FROM {tasks}"
+            "    WHERE state = %s ORDER BY created_at, id LIMIT %s) t"
+            f"   JOIN {instances} i ON i.id = t.instance_id"
+            "  ) x WHERE x.able < x.needed"
+            " ) s ON 1 = 1 ORDER BY s.created_at, s.id",
+            [TaskState.ESCALATED.value, sample + 1, *params, TaskState.ESCALATED.value, sample],
+        )
+        found = cursor.fetchall()
+    result = NobodyCanAct(sampled=found[0][0] > sample)
+    short = {pk: (able_now, needed) for _escalated, pk, able_now, needed in found if pk is not None}
+    result.total = len(short)
+    if not short:
+        return result
+    listed = list(
+        HumanTask.objects.filter(pk__in=list(short))
+        .annotate(elsewhere=Window(Count("id", filter=Q(kind=TaskKind.ESCALATION) | overdue(now))))
+        .select_related("instance")
+        .defer("instance__data", "description", "form_data")
+        .order_by("created_at", "id")[:limit]
+    )
+    result.listed_elsewhere = listed[0].elsewhere if listed else 0
+    rows = {task.pk: NobodyCanActRow(task, *short[task.pk]) for task in listed}
+    _why_nobody(rows)
+    result.rows = list(rows.values())
+    return result
+
+
+def _why_nobody(rows: dict[int, NobodyCanActRow]) -> None:
+    """Fill each row's reasons, fix and candidates from one statement over the tasks' candidate rows: per group,
+    whether it has members, active ones, active ones besides the initiator (each an EXISTS that stops at its first
+    row, whatever the group's size); per user, active and the initiator or not."""
+    members = User.groups.through.objects
+    in_group = members.filter(group_id=OuterRef("group_id"))
+    active = in_group.filter(user__is_active=True)
+    candidates = (
+        TaskCandidate.objects.filter(task_id__in=list(rows))
+        .annotate(
+            has_members=Exists(in_group),
+            has_active=Exists(active),
+            has_active_other=Exists(active.exclude(user_id=OuterRef("task__instance__initiator_id"))),
+        )
+        .order_by("task_id", "group__name", "user__username")
+        .values_list(
+            "task_id",
+            "group_id",
+            "group__name",
+            "user_id",
+            "user__username",
+            "user__is_active",
+            "has_members",
+            "has_active",
+            "has_active_other",
+        )
+    )
+    groups: dict[int, list[str]] = {pk: [] for pk in rows}
+    for task_id, group_id, group, user_id, username, user_active, has_members, has_active, other in candidates:
+        row = rows[task_id]
+        initiator_id = row.task.instance.initiator_id
+        if group_id is not None:
+            row.group_ids.append(group_id)
+            groups[task_id].append(group)
+            # No initiator: every active member is "another" one (the EXISTS above compared with NULL).
+            other = has_active if initiator_id is None else other
+            why = group_unable_words(has_members=has_members, has_active=has_active, has_active_other=other)
+            row.reasons.append(f"group {group}: {why}")
+        else:
+            row.user_ids.append(user_id)
+            if not user_active:
+                row.reasons.append(f"user {username} is deactivated")
+            elif user_id == initiator_id:
+                row.reasons.append(f"user {username} started this workflow (four-eyes)")
+            else:
+                row.reasons.append(f"user {username} already decided or approved in this workflow (four-eyes)")
+    for pk, row in rows.items():
+        if not row.reasons:
+            row.reasons.append("no candidate group or user exists")
+        others = [name for name in groups[pk] if name not in (MANAGERS, OPERATORS)]
+        named = f", or to group{'s' if len(others) > 1 else ''} {', '.join(others)}" if others else ""
+        where = f"to Managers or Operators{named}"
+        missing = row.needed - row.able
+        who = "an active person" if missing == 1 else f"{missing} active people"
+        row.fix = (
+            f"Add {who} who did not start this workflow"
+            + (" and approved none of its tasks" if row.task.kind == TaskKind.APPROVAL else "")
+            + f" {where}."
+        )

@@ -94,8 +94,10 @@ def _incidents_context(request: AuthedRequest, draft: dict[str, Any] | None = No
     operators = list(
         User.objects.filter(groups__name="operators", is_active=True).order_by("username").only("id", "username")
     )
+    found = selectors.incidents()
+    task_selectors.mark_openable(request.user, found.nobody_can_act.rows)
     return {
-        "found": selectors.incidents(),
+        "found": found,
         "operators": operators,
         "can_operate": engine_selectors.can_operate(request.user),
         "reason_max": REASON_MAX,

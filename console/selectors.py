@@ -273,7 +273,9 @@ class Incidents:
 
     ``failed_total`` and ``retrying_total`` count no further than ``INCIDENT_SAMPLE + 1`` (shown as "1000+"); when
     they pass it, ``failed_groups`` and ``storms`` are the groups of the newest ``INCIDENT_SAMPLE`` failed
-    instances (by start) and retrying steps (by instance), and ``failed_sampled``/``storms_sampled`` say so."""
+    instances (by start) and retrying steps (by instance), and ``failed_sampled``/``storms_sampled`` say so.
+    ``nobody_can_act`` is read from the oldest ``INCIDENT_SAMPLE`` escalated tasks (its ``sampled`` says when there
+    were more)."""
 
     now: datetime
     failed_groups: list[dict[str, Any]] = field(default_factory=list)
@@ -286,6 +288,8 @@ class Incidents:
     storms: list[dict[str, Any]] = field(default_factory=list)
     retrying_total: int = 0
     paused_past: list[WorkflowInstance] = field(default_factory=list)
+    # Tasks too few people may act on (nobody at all, or fewer than a quorum still needs), at once, SLA or not.
+    nobody_can_act: task_selectors.NobodyCanAct = field(default_factory=task_selectors.NobodyCanAct)
     # More than INCIDENT_ROWS stuck steps / pauses past their resume: the lists are the first rows, "n+" in all.
     past_timeout_more: bool = False
     paused_past_more: bool = False
@@ -310,14 +314,17 @@ class Incidents:
             + self.overdue_total
             + len(self.storms)
             + len(self.paused_past)
+            # Escalations and tasks past their SLA are counted in their own parts already: each thing once.
+            + self.nobody_can_act.total
+            - self.nobody_can_act.listed_elsewhere
             + (1 if self.sweep_lag.get("behind") else 0)
         )
 
     @property
     def count_more(self) -> bool:
         """Whether ``count`` is a lower bound ("n+"): more instances failed than were counted, or more steps are
-        stuck or pauses late than are listed."""
-        return self.failed_sampled or self.past_timeout_more or self.paused_past_more
+        stuck or pauses late than are listed, or more tasks escalated than were read for who may act on them."""
+        return self.failed_sampled or self.past_timeout_more or self.paused_past_more or self.nobody_can_act.sampled
 
 
 def _failed_groups(now: datetime) -> tuple[list[dict[str, Any]], int]:
@@ -529,8 +536,9 @@ def _first_rows(qs: QuerySet[Any]) -> tuple[list[Any], bool]:
 
 
 def incidents(now: datetime | None = None) -> Incidents:
-    """What needs a person now, across workflows (see :class:`Incidents`). A fixed number of statements (nine),
-    each over a partial index of the rows in trouble, and none reading more than ``INCIDENT_SAMPLE`` of them."""
+    """What needs a person now, across workflows (see :class:`Incidents`). A fixed number of statements, each over
+    a partial index of the rows in trouble, and none reading more than ``INCIDENT_SAMPLE`` of them: eleven, and two
+    more when some task is found that too few people may act on (its rows and their candidates), however many."""
     now = now or timezone.now()
     found = Incidents(now=now, sample=INCIDENT_SAMPLE)
     found.failed_groups, found.failed_total = _failed_groups(now)
@@ -564,6 +572,8 @@ def incidents(now: datetime | None = None) -> Incidents:
         .order_by("paused_until")
     )
     found.sweep_lag = _sweep_lag(now)
+    # Work that can never move until someone adds a person: listed at once, not when its SLA passes.
+    found.nobody_can_act = task_selectors.tasks_nobody_can_act(now, limit=INCIDENT_ROWS, sample=INCIDENT_SAMPLE)
     return found
 
 

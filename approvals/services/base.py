@@ -24,6 +24,7 @@ from approvals.models import (
     TaskState,
 )
 from approvals.notifications import members_of, notify
+from approvals.selectors import group_unable_words
 from orchestrator import live_names, rows
 from orchestrator.audit_actions import AuditAction
 from orchestrator.bidi import isolate
@@ -233,13 +234,14 @@ def _nobody_why(task: HumanTask, initiator_id: int | None, able: int, named: Seq
 def group_unable_why(group: Group, initiator_id: int | None) -> str:
     """Why nobody in ``group`` may act on a task of the instance started by ``initiator_id``, in a manager's words:
     it has no members, every member is deactivated (or left), its only active members started the instance, or
-    the rest already decided the task or approved another of the instance (four-eyes). Raises nothing of its own."""
+    the rest already decided the task or approved another of the instance (four-eyes); worded by
+    ``approvals.selectors.group_unable_words``, as Incidents words it. Raises nothing of its own."""
     active = set(group.user_set.filter(is_active=True).values_list("pk", flat=True))
-    if not active:
-        return "every member is deactivated" if group.user_set.exists() else "it has no members"
-    if active == {initiator_id}:
-        return "its only active member started this workflow"
-    return "its active members started this workflow or already decided or approved in it (four-eyes)"
+    return group_unable_words(
+        has_members=bool(active) or group.user_set.exists(),
+        has_active=bool(active),
+        has_active_other=bool(active - {initiator_id}),
+    )
 
 
 def escalate_nobody_can_act(
@@ -260,7 +262,9 @@ def escalate_nobody_can_act(
     with the reason, instead of waiting forever or going to nobody. Managers and operators join the candidates
     (four-eyes still applies to them). When even they leave nobody who may act, the audit event says so
     (``nobody_left``) and it is logged as an error; the task stays escalated, on the Escalations page (which
-    admins see too) and, once past its SLA, on Incidents, until someone who may act is added.
+    admins see too) and at once on Incidents ("Nobody may act": ``approvals.selectors.tasks_nobody_can_act``,
+    with why and what fixes it), until someone who may act is added. A quorum task left with fewer able people
+    than it still needs is listed there the same way.
 
     Raises ``django_fsm.TransitionNotAllowed`` when the task is no longer open.
     """

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
@@ -18,6 +17,7 @@ from approvals.models import (
     TaskKind,
     TaskState,
 )
+from approvals.selectors import able_count_sql
 from approvals.services.base import (
     APPROVE,
     MANAGERS,
@@ -76,29 +76,23 @@ def tasks_people_changed(
 
 
 def short_of_people(task_ids: list[int]) -> list[int]:
-    """Those of ``task_ids`` with fewer people able to act (:func:`able_people`) than their quorum still needs, in
-    one statement driven by each task's candidate rows, so a change touching a busy group's queue locks only the
-    tasks that need it. Elsewhere than PostgreSQL, all of them (the re-check decides).
+    """Those of ``task_ids`` with fewer people able to act (:func:`able_people`, as SQL:
+    ``approvals.selectors.able_count_sql``) than their quorum still needs, in one statement driven by each task's
+    candidate rows, so a change touching a busy group's queue locks only the tasks that need it. Elsewhere than
+    PostgreSQL, all of them (the re-check decides).
 
     Raises nothing of its own.
     """
     if not task_ids or not rows.on_postgresql():
         return task_ids
-    members = User.groups.through._meta.db_table
+    able, params = able_count_sql("t", "i")
     sql = (
         f"SELECT t.id FROM {HumanTask._meta.db_table} t"
         f" JOIN {WorkflowInstance._meta.db_table} i ON i.id = t.instance_id"
-        " WHERE t.id = ANY(%s) AND t.quorum - t.approvals > ("
-        f"SELECT count(DISTINCT u.id) FROM {TaskCandidate._meta.db_table} c"
-        f" LEFT JOIN {members} m ON m.group_id = c.group_id"
-        f" JOIN {get_user_model()._meta.db_table} u ON u.id = COALESCE(c.user_id, m.user_id)"
-        " WHERE c.task_id = t.id AND u.is_active AND u.id IS DISTINCT FROM i.initiator_id"
-        f" AND NOT EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.user_id = u.id AND (d.task_id = t.id"
-        " OR (t.kind = %s AND d.instance_id = t.instance_id AND d.decision = %s)))"
-        ") ORDER BY t.id"
+        f" WHERE t.id = ANY(%s) AND t.quorum - t.approvals > {able} ORDER BY t.id"
     )
     with rows.cursor() as cursor:
-        cursor.execute(sql, [task_ids, TaskKind.APPROVAL.value, APPROVE])
+        cursor.execute(sql, [task_ids, *params])
         return [row[0] for row in cursor.fetchall()]
 
 

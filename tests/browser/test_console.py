@@ -298,3 +298,43 @@ class DataEditorTests(BrowserTestCase):
 
         assert saved == {"notes": "n" * 1_000}
         assert before != saved
+
+
+class NobodyMayActTests(BrowserTestCase):
+    def test_a_task_nobody_may_act_on_shows_on_incidents_at_once_with_why_and_the_fix(self):
+        """An expense whose approvers are all deactivated, the manager too, started by the only operator (whom
+        four-eyes bars): the operator sees it under "Nobody may act" long before its SLA, with why and what
+        fixes it, and opens its task page from there; at 1280 px and on a phone, nothing wider than the screen."""
+        # given
+        orm(ensure_roles)
+
+        def deactivate_all() -> None:
+            for user in (self.users.staff, self.users.staff2, self.users.manager):
+                user.is_active = False
+                user.save()
+
+        orm(deactivate_all)
+        instance = orm(instance_start, "expense_approval", ExpenseInputFactory(), initiator=self.users.operator)
+        task_id = orm(lambda: instance.tasks.get().pk)
+        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
+        target.mkdir(parents=True, exist_ok=True)
+
+        with self.chromium() as browser:
+            for viewport, suffix in ((DESKTOP, ""), (NARROW, "-phone")):
+                page = self.signed_in_page(browser, "operator", viewport)
+
+                # when
+                page.goto("/incidents/")
+
+                # then
+                row = page.locator(f'[data-incident="nobody"][data-task="{task_id}"]')
+                expect(row).to_contain_text("nobody may act")
+                expect(row).to_contain_text("group approvers: every member is deactivated")
+                expect(row).to_contain_text("group operators: its only active member started this workflow")
+                expect(row).to_contain_text("Add an active person who did not start this workflow")
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= viewport["width"], f"nobody may act{suffix}: {width}px wide"
+                row.scroll_into_view_if_needed()
+                page.screenshot(path=str(target / f"console-nobody-may-act{suffix}.png"), full_page=False)
+                row.get_by_role("link").first.click()
+                expect(page).to_have_url(re.compile(rf"/tasks/{task_id}/$"))
