@@ -310,6 +310,32 @@ def escalate_nobody_can_act(
     )
 
 
+def has_nobody_groups(task: HumanTask) -> bool:
+    """Managers and operators are both candidates of ``task`` already: a further "nobody can act" escalation adds
+    nobody. One statement. Raises nothing."""
+    names = set(task.candidate_groups.filter(name__in=[MANAGERS, OPERATORS]).values_list("name", flat=True))
+    return names == {MANAGERS, OPERATORS}
+
+
+def escalate_if_short(unit: Unit, task: HumanTask) -> bool:
+    """Escalate ``task`` (:func:`escalate_nobody_can_act`) when fewer people may act on it (:func:`able_people`)
+    than it still needs (its quorum less the approvals in), unless it is escalated to managers and operators
+    already. The re-check after a change of people (``services.people``) and after an approval that bars its
+    approver from the instance's other approvals (``services.tasks``) both ask it; the caller holds the instance's
+    lock (``unit``). Returns whether it escalated. Raises ``django_fsm.TransitionNotAllowed`` when the task is no
+    longer open (as :func:`escalate_nobody_can_act`)."""
+    if task.state == TaskState.ESCALATED and has_nobody_groups(task):
+        return False
+    if task.state not in (TaskState.OPEN, TaskState.ESCALATED):
+        return False
+    need = task.quorum - task.approvals
+    able = len(able_people(task, limit=need))
+    if able >= need:
+        return False
+    escalate_nobody_can_act(unit, task, able=able)
+    return True
+
+
 # Events whose news reaches the one person it concerns as a notification (bell and toast): the candidates' and
 # the assignee's pages only refresh, so nobody sees a second toast, and nobody else reads "delegated to you".
 QUIET_ANNOUNCEMENTS = frozenset({"task.delegated"})

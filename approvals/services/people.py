@@ -20,10 +20,7 @@ from approvals.models import (
 from approvals.selectors import able_count_sql
 from approvals.services.base import (
     APPROVE,
-    MANAGERS,
-    OPERATORS,
-    able_people,
-    escalate_nobody_can_act,
+    escalate_if_short,
     is_candidate,
     release_audited,
 )
@@ -179,20 +176,6 @@ def _task_recheck(task_id: int, reason: str, actor: Actor, request_meta: dict, n
             assert assignee is not None
             release_audited(unit, task, assignee.pk, f"{assignee.get_username()} {why}: {reason}")
             released = 1
-        need = task.quorum - task.approvals
-        if task.state == TaskState.OPEN or (task.state == TaskState.ESCALATED and not has_nobody_groups(task)):
-            able = len(able_people(task, limit=need))
-            if able < need:
-                escalate_nobody_can_act(unit, task, able=able)
-                escalated = 1
+        escalated = int(escalate_if_short(unit, task))
         unit.finish()
         return released, escalated
-
-
-def has_nobody_groups(task: HumanTask) -> bool:
-    """Managers and operators are both candidates already: a further "nobody can act" escalation adds nothing.
-
-    Raises nothing.
-    """
-    names = set(task.candidate_groups.filter(name__in=[MANAGERS, OPERATORS]).values_list("name", flat=True))
-    return names == {MANAGERS, OPERATORS}

@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import (
+    ACTIONABLE_TASK_STATES,
     HOLDER_FIELDS,
     HumanTask,
     Notification,
@@ -47,6 +48,7 @@ from approvals.services.base import (
     announce,
     checked_text,
     data_digest,
+    escalate_if_short,
     four_eyes_bar,
     is_candidate,
     past_tense,
@@ -76,15 +78,16 @@ logger = logging.getLogger(__name__)
 class LockedTask:
     """A task read under its instance's lock, with the unit that writes it and the acting user's permission
     answers, read in the same statement: a candidate now, approved another task of this instance before, already
-    decided this task (a quorum task collects one decision per person), holds another approval of this instance
-    (which their approval of this one would leave them unable to decide)."""
+    decided this task (a quorum task collects one decision per person), and whether the instance has another
+    approval their approval of this one bears on: one they hold (which they could no longer decide) or one open to
+    the queue or escalated (which they may have been the last person able to decide)."""
 
     task: HumanTask
     unit: Unit
     is_candidate: bool
     approved_before: bool
     decided_this: bool = False
-    holds_other_approvals: bool = False
+    other_approvals_pending: bool = False
 
 
 def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> LockedTask:
@@ -113,7 +116,7 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
     # The two permission questions ride along: is the user a candidate, and did they approve this instance before.
     # Whether the account is still active rides along too: the user object the request loaded may predate a
     # deactivation that committed while the request waited for this lock.
-    task, step, candidate, approved_before, decided_this, active, holds_other = rows.select(
+    task, step, candidate, approved_before, decided_this, active, others_pending = rows.select(
         [(HumanTask, "t"), (StepRun, "s")],
         f"FROM {tasks} t JOIN {steps} s ON s.id = t.step_id WHERE t.id = %s",
         [
@@ -123,9 +126,11 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
             APPROVE,
             user.pk,
             user.pk,
-            user.pk,
-            TaskState.CLAIMED.value,
             TaskKind.APPROVAL.value,
+            TaskState.OPEN.value,
+            TaskState.ESCALATED.value,
+            TaskState.CLAIMED.value,
+            user.pk,
             task_id,
         ],
         extra=[
@@ -134,8 +139,8 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
             " AND d.user_id = %s AND d.decision = %s)",
             f"EXISTS (SELECT 1 FROM {TaskDecision._meta.db_table} d WHERE d.task_id = t.id AND d.user_id = %s)",
             f"EXISTS (SELECT 1 FROM {User._meta.db_table} u WHERE u.id = %s AND u.is_active)",
-            f"EXISTS (SELECT 1 FROM {tasks} o WHERE o.instance_id = t.instance_id AND o.id <> t.id"
-            " AND o.assignee_id = %s AND o.state = %s AND o.kind = %s)",
+            f"EXISTS (SELECT 1 FROM {tasks} o WHERE o.instance_id = t.instance_id AND o.id <> t.id AND o.kind = %s"
+            " AND (o.state IN (%s, %s) OR (o.state = %s AND o.assignee_id = %s)))",
         ],
     )[0]
     assert isinstance(task, HumanTask)
@@ -150,7 +155,7 @@ def _lock_task(task_id: int, user: User, request_meta: dict | None = None) -> Lo
         # delegation or release included), whatever the object the caller holds says.
         raise TaskForbidden("Your account is deactivated.")
     unit = Unit(instance, Actor.of(user), request_meta=request_meta)
-    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this), bool(holds_other))
+    return LockedTask(task, unit, bool(candidate), bool(approved_before), bool(decided_this), bool(others_pending))
 
 
 def _check_not_initiator(user: User, locked: LockedTask) -> None:
@@ -481,8 +486,8 @@ def _decide(
         rows.insert(
             TaskDecision(task=task, instance=unit.instance, user=user, decision=decision, comment=comment, data=cleaned)
         )
-        if decision == APPROVE and locked.holds_other_approvals:
-            _give_back_barred_claims(unit, task, user)
+        if decision == APPROVE and locked.other_approvals_pending:
+            _after_approval_others(unit, task, user)
         from_state = task.state
         if decision == APPROVE and task.approvals + 1 < task.quorum:
             holder = task.assignee_id
@@ -566,18 +571,25 @@ def why_undecidable(instance: WorkflowInstance, task: HumanTask) -> str:
     return ""
 
 
-def _give_back_barred_claims(unit: Unit, task: HumanTask, user: User) -> None:
-    """Having approved ``task``, ``user`` may decide no other approval of its instance (four-eyes): the ones they
-    hold (claimed on a parallel branch before) go back to the queue now, audited and announced. Held, each waited
+def _after_approval_others(unit: Unit, task: HumanTask, user: User) -> None:
+    """Having approved ``task``, ``user`` may decide no other approval of its instance (four-eyes). The ones they
+    hold (claimed on a parallel branch before) go back to the queue now, audited and announced: held, each waited
     for a decision never coming, out of everyone else's queue, until the sweep's safety net
-    (``people.tasks_release_unfit``) found it. Raises nothing of its own."""
-    held = HumanTask.objects.filter(
-        instance_id=unit.instance.pk, kind=TaskKind.APPROVAL, state=TaskState.CLAIMED, assignee=user
+    (``people.tasks_release_unfit``) found it. Then each open or escalated one, those given back included, is
+    checked for who is left to decide it: when ``user`` was the last person able to, it escalates at once
+    (``base.escalate_if_short``), instead of waiting, open, until its SLA passed (docs/architecture.md, "A task
+    never waits on nobody"). Raises nothing of its own."""
+    others = HumanTask.objects.filter(
+        instance_id=unit.instance.pk, kind=TaskKind.APPROVAL, state__in=ACTIONABLE_TASK_STATES
     ).exclude(pk=task.pk)
-    for other in held.order_by("pk"):
-        release_audited(
-            unit, other, user.pk, f"{user.get_username()} approved another task of this instance (four-eyes)"
-        )
+    for other in others.order_by("pk"):
+        if other.state == TaskState.CLAIMED:
+            if other.assignee_id != user.pk:
+                continue  # someone else holds it, and may still decide it
+            release_audited(
+                unit, other, user.pk, f"{user.get_username()} approved another task of this instance (four-eyes)"
+            )
+        escalate_if_short(unit, other)
 
 
 def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:

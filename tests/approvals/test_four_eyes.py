@@ -9,14 +9,14 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, TaskState
-from approvals.services.base import APPROVE, REJECT, RESOLVED, TaskConflict, TaskForbidden
+from approvals.services.base import APPROVE, REJECT, RESOLVED, TaskConflict, TaskForbidden, able_people
 from approvals.services.tasks import task_claim, task_decide, task_delegate, task_release
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Human, Parallel, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.concurrency import race
-from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
+from tests.factories import ExpenseInputFactory, GroupFactory, OrderInputFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -384,6 +384,67 @@ def test_a_holder_barred_after_approving_a_parallel_branch_can_still_give_the_ta
     assert released.status_code == 302
     finance.refresh_from_db()
     assert (finance.state, finance.assignee) == (TaskState.OPEN, None)
+
+
+@pytest.fixture
+def two_reviews_by_one(register_workflow, users) -> tuple[HumanTask, HumanTask]:
+    """An instance of two parallel approvals (legal, finance) that only staff may decide: group reviewers has no
+    one else, so four-eyes leaves the second one with nobody once staff approves the first."""
+    GroupFactory(name="reviewers").user_set.add(users.staff)
+    register_workflow(
+        Workflow(
+            "two_reviews_by_one",
+            1,
+            [
+                Parallel(
+                    "both",
+                    branches=[
+                        [Human("legal", candidate_groups=["reviewers"])],
+                        [Human("finance", candidate_groups=["reviewers"])],
+                    ],
+                )
+            ],
+        )
+    )
+    legal, finance = HumanTask.objects.filter(instance=instance_start("two_reviews_by_one", {})).order_by("id")
+    return legal, finance
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["open", "held-by-the-approver"])
+def test_approving_one_branch_escalates_the_other_when_the_approver_was_the_last_able(users, two_reviews_by_one, held):
+    """Given two parallel approvals only staff may decide (the second open, or held by staff), when staff approves
+    the first, then the second escalates at once to managers and operators, titled with why, and managers and
+    operators may decide it: four-eyes bars staff from it now, and open it waited for nobody until its SLA passed."""
+    # given
+    legal, finance = two_reviews_by_one
+    if held:
+        task_claim(finance.pk, users.staff)
+
+    # when
+    task_decide(legal.pk, users.staff, APPROVE)
+
+    # then
+    finance.refresh_from_db()
+    assert finance.state == TaskState.ESCALATED
+    assert finance.title.startswith("Nobody can approve")
+    escalated = AuditEvent.objects.get(subject_type="task", subject_id=finance.pk, action=AuditAction.TASK_ESCALATED)
+    assert escalated.payload["nobody_can_act"] is True
+    assert set(able_people(finance)) == {users.manager.pk, users.operator.pk}
+
+
+def test_approving_one_branch_leaves_the_other_open_while_someone_else_may_decide_it(users, two_reviews):
+    """Given two parallel approvals the approvers (staff, staff2) may decide, when staff approves the first, then
+    the second stays open for staff2: nothing escalates while someone is left."""
+    # given
+    legal, finance = two_reviews
+
+    # when
+    task_decide(legal.pk, users.staff, APPROVE)
+
+    # then
+    finance.refresh_from_db()
+    assert finance.state == TaskState.OPEN
+    assert not AuditEvent.objects.filter(subject_type="task", subject_id=finance.pk, action=AuditAction.TASK_ESCALATED)
 
 
 # --- quorum: one decision per person --------------------------------------------------------------------
