@@ -39,6 +39,7 @@ from orchestrator.audit_actions import AuditAction
 from orchestrator.bidi import isolate
 from orchestrator.dsl import APPROVAL, Human, as_timedelta
 from orchestrator.models import StepKind, StepRun
+from orchestrator.selectors import hide_paths
 from orchestrator.services.locks import definition_of
 from orchestrator.services.sweep_report import SweepReport
 from orchestrator.services.unit import Unit
@@ -117,7 +118,9 @@ def escalation_open(unit: Unit, step: StepRun, *, reason: str) -> HumanTask:
         step=step,
         kind=TaskKind.ESCALATION,
         title=_escalation_title(unit, step),
-        description=step.error,
+        # Managers see every task and the escalation's candidates its page: the error without the server's paths,
+        # as the instance page shows a step's error to whoever may not operate (operators read them there).
+        description=hide_paths(step.error),
         priority=Priority.URGENT,
     )
     task.save()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from datetime import timedelta
 
 import pytest
+from django.apps import apps as django_apps
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -36,6 +38,7 @@ from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.dsl import ESCALATE, Human, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
+from orchestrator.selectors import hide_paths
 from orchestrator.services.instances import instance_pause, instance_resume, instance_start
 from tests.concurrency import race
 from tests.factories import ExpenseInputFactory, OrderInputFactory, UserFactory
@@ -498,6 +501,47 @@ def failed_refund(run_steps):
     instance.refresh_from_db()
     assert instance.state == InstanceState.COMPENSATING
     return instance, HumanTask.objects.get(instance=instance, kind=TaskKind.ESCALATION)
+
+
+def test_an_escalations_description_names_files_not_the_servers_paths(users, failed_refund):
+    """Given a refund that failed every attempt with a traceback, then its escalation (which managers see, as every
+    task) describes the error with file names only; the step's own error, which operators read on the instance
+    page, keeps the paths."""
+    # given
+    instance, escalation = failed_refund
+    refund = instance.steps.get(kind=StepKind.COMPENSATION, name="charge_payment")
+
+    # then
+    assert 'File "/' in refund.error
+    assert 'File "' in escalation.description
+    assert 'File "/' not in escalation.description
+    assert escalation.description == hide_paths(refund.error)
+
+
+def test_the_migration_cuts_the_paths_from_escalations_written_before(users, failed_refund, run_steps):
+    """Given an escalation written before (its description the error with the server's paths) and an approval
+    whose description quotes a path, when the migration runs, then the escalation names files only and the
+    approval is left as it was."""
+    # given
+    instance, escalation = failed_refund
+    refund = instance.steps.get(kind=StepKind.COMPENSATION, name="charge_payment")
+    HumanTask.objects.filter(pk=escalation.pk).update(description=refund.error)
+    large = instance_start("order_fulfilment", OrderInputFactory(amount="1500"))
+    run_steps(large)
+    approval = task_of(large)
+    quoted = 'See File "/srv/shared/policy.txt"'
+    HumanTask.objects.filter(pk=approval.pk).update(description=quoted)
+    migration = importlib.import_module("approvals.migrations.0005_escalation_description_without_paths")
+
+    # when
+    migration.forwards(django_apps, None)
+
+    # then
+    escalation.refresh_from_db()
+    approval.refresh_from_db()
+    assert 'File "/' not in escalation.description
+    assert escalation.description == hide_paths(refund.error)
+    assert (approval.kind, approval.description) == (TaskKind.APPROVAL, quoted)
 
 
 def test_resolved_by_hand_finishes_the_compensation(users, failed_refund, run_steps):
