@@ -182,6 +182,25 @@ def test_the_command_creates_lists_and_revokes(roles):
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
 
 
+def test_the_command_says_a_token_revoked_already_was_not_revoked_again(roles):
+    """Given a token the command revoked, when it is revoked a second time, then the command says it was revoked
+    already (and when), not "Revoked" again, and the trail holds one revocation."""
+    # given
+    token = token_create(roles.staff, "ci").token
+    first = io.StringIO()
+    call_command("baton_api_token", "revoke", str(token.pk), stdout=first)
+
+    # when
+    second = io.StringIO()
+    call_command("baton_api_token", "revoke", str(token.pk), stdout=second)
+
+    # then
+    assert first.getvalue().startswith(f"Revoked token {token.pk} “ci” of staff.")
+    assert second.getvalue().startswith(f"The token {token.pk} “ci” of staff was revoked already, at ")
+    assert "UTC" in second.getvalue()
+    assert AuditEvent.objects.filter(chain=TOKENS_CHAIN, action="token.revoked", subject_id=token.pk).count() == 1
+
+
 def test_a_creation_and_a_revocation_on_the_page_are_each_exactly_one_event_with_actor_and_request(roles):
     """One path records tokens (api/tokens.py): the whole trail, every chain, holds one event per change."""
     # given

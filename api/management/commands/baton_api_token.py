@@ -78,8 +78,15 @@ class Command(BaseCommand):
             )
 
     def _revoke(self, token_id: int) -> None:
+        asked = timezone.now()
         try:
             token = token_revoke(token_id, owner=None, actor=ACTOR)
         except ApiToken.DoesNotExist:
             raise CommandError(f"No token with id {token_id}.") from None
-        self.stdout.write(f"Revoked token {token.pk} “{token.name}” of {token.user.get_username()}.")
+        whose = f"token {token.pk} “{token.name}” of {token.user.get_username()}"
+        if token.revoked_at is not None and token.revoked_at < asked:
+            # token_revoke changes nothing for a revoked token: saying "Revoked" again would claim a change (and an
+            # audit event) that did not happen.
+            self.stdout.write(f"The {whose} was revoked already, at {token.revoked_at:%Y-%m-%d %H:%M %Z}.")
+            return
+        self.stdout.write(f"Revoked {whose}.")
