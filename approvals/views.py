@@ -401,10 +401,13 @@ def _render_task(
 
 
 def _delegates(task: HumanTask, *, exclude: User) -> list[Any]:
-    """Active candidates the task could be handed to: never the viewer, never the instance's initiator, nobody who
-    decided it already or, for an approval, approved another step of the instance (the service refuses them)."""
+    """Active candidates the task could be handed to: never the viewer, never its holder, never the instance's
+    initiator, nobody who decided it already or, for an approval, approved another step of the instance (the
+    service refuses them)."""
     users = get_user_model().objects.filter(groups__in=task.candidate_groups.all()) | task.candidate_users.all()
-    users = users.filter(is_active=True).exclude(pk__in=[exclude.pk, task.instance.initiator_id or 0])
+    users = users.filter(is_active=True).exclude(
+        pk__in=[exclude.pk, task.instance.initiator_id or 0, task.assignee_id or 0]
+    )
     decided = TaskDecision.objects.filter(task=task)
     if task.kind == TaskKind.APPROVAL:
         decided = decided | TaskDecision.objects.filter(instance_id=task.instance_id, decision=task_rules.APPROVE)

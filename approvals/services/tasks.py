@@ -269,9 +269,10 @@ def task_delegate(
     ``request_meta`` goes into the audit event.
 
     Raises TaskInvalid for a note with a NUL or longer than ``inputs.NOTE_MAX``, or unless ``to_user`` is an active
-    candidate who is neither the delegator nor the initiator, has not decided this (quorum) task already and, for an
-    approval, has not approved another step of the instance (a task parked with someone who cannot sign in or
-    cannot decide it, or handed to oneself, is no hand-over), naming ``to_user``; TaskForbidden, TaskConflict,
+    candidate who is neither the delegator, its holder nor the initiator, has not decided this (quorum) task already
+    and, for an approval, has not approved another step of the instance (a task parked with someone who cannot sign
+    in or cannot decide it, or handed to oneself or its holder, is no hand-over), naming ``to_user``; TaskForbidden,
+    TaskConflict,
     TaskNotFound as the other actions.
 
     ``seen_holder`` is the id of the task's holder as the delegating person was shown it (0: unclaimed; the task
@@ -301,6 +302,9 @@ def task_delegate(
         refusal = ""
         if to_user.pk == user.pk:
             refusal = "Choose someone else: you cannot delegate a task to yourself."
+        elif to_user.pk == task.assignee_id:
+            # A hand-over to whoever holds it changes nothing but their claim's time (and tells them of nothing).
+            refusal = f"{name} holds this task already: choose someone else."
         elif not to_user.is_active:
             refusal = f"{name} is deactivated and cannot take this task."
         elif not is_candidate(to_user, task) or unit.instance.initiator_id == to_user.pk:

@@ -80,6 +80,37 @@ def test_delegating_to_oneself_is_refused(users):
     assert (task.state, task.assignee) == (TaskState.OPEN, None)
 
 
+def test_a_manager_delegating_a_task_to_its_holder_is_refused(users):
+    """Given a task staff holds, when a manager hands it to staff, then it is refused naming staff, and the claim
+    (its time included) is as it was: a hand-over to the holder changes nothing but would reset the claim."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    task.refresh_from_db()
+    claimed_at = task.claimed_at
+
+    # when / then
+    with pytest.raises(TaskInvalid, match="staff holds this task already"):
+        task_delegate(task.pk, users.manager, users.staff)
+    task.refresh_from_db()
+    assert (task.state, task.assignee, task.claimed_at) == (TaskState.CLAIMED, users.staff, claimed_at)
+
+
+def test_the_delegate_list_leaves_out_the_holder(users):
+    """Given a task staff holds, when a manager opens it, then 'Delegate to' offers staff2 and not staff."""
+    # given
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    client = Client()
+    client.force_login(users.manager)
+
+    # when
+    response = client.get(reverse("approvals:task_detail", args=[task.pk]))
+
+    # then
+    assert [u.username for u in response.context["delegates"]] == ["staff2"]
+
+
 def test_the_delegate_list_offers_active_candidates_only(users):
     """The task page's 'Delegate to' list leaves out deactivated candidates (and the viewer)."""
     # given
