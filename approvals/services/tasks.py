@@ -272,8 +272,7 @@ def task_delegate(
     candidate who is neither the delegator, its holder nor the initiator, has not decided this (quorum) task already
     and, for an approval, has not approved another step of the instance (a task parked with someone who cannot sign
     in or cannot decide it, or handed to oneself or its holder, is no hand-over), naming ``to_user``; TaskForbidden,
-    TaskConflict,
-    TaskNotFound as the other actions.
+    TaskConflict, TaskNotFound as the other actions.
 
     ``seen_holder`` is the id of the task's holder as the delegating person was shown it (0: unclaimed; the task
     page and Incidents send it, the API's ``expected_holder`` too); when it has changed since (someone claimed it,
