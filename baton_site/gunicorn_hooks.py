@@ -10,6 +10,25 @@ from __future__ import annotations
 from typing import Any
 
 
+def on_starting(server: Any) -> None:
+    """The master, before it listens or forks a worker: load the settings, so that a refused setting stops gunicorn
+    with one line and exit status 2 (orchestrator/startup.py). Without this each worker met the refusal while
+    importing the application, printed its traceback and exited 3, and the master stopped on "Worker failed to
+    boot", the setting's line buried above. ``server`` is gunicorn's arbiter; its pid file, created just before this
+    hook, is removed on the way out, so that no stale file names a master that never ran.
+
+    Loading the settings here also loads them once for every worker (they inherit the module when forked), which
+    they did at import anyway; the application itself is still imported by each worker."""
+    from orchestrator.startup import load_settings_or_exit
+
+    try:
+        load_settings_or_exit("gunicorn")
+    except SystemExit:
+        if getattr(server, "pidfile", None) is not None:
+            server.pidfile.unlink()
+        raise
+
+
 def post_worker_init(worker: Any) -> None:
     """Each worker, once its application is loaded: hand its ``notify`` (the "alive" report the worker timeout
     watches) to :mod:`orchestrator.heartbeat`, so a long streamed response keeps reporting while it makes
