@@ -17,8 +17,10 @@ def on_starting(server: Any) -> None:
     boot", the setting's line buried above. ``server`` is gunicorn's arbiter; its pid file, created just before this
     hook, is removed on the way out, so that no stale file names a master that never ran.
 
-    Loading the settings here also loads them once for every worker (they inherit the module when forked), which
-    they did at import anyway; the application itself is still imported by each worker."""
+    Decision: the workers then inherit the loaded settings when forked (as they already inherit baton_site.celery,
+    imported with this module) instead of each executing settings.py; the application itself is still imported by
+    each worker. So a HUP, which forks new workers from this master, does not re-read a changed settings.py:
+    restart gunicorn after changing it."""
     from orchestrator.startup import load_settings_or_exit
 
     try:
