@@ -4,7 +4,11 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from orchestrator.startup import load_settings_or_exit
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "baton_site.settings")
+# A refused setting: one line and exit status 2 from daphne, not its traceback (orchestrator/startup.py).
+load_settings_or_exit("baton_site.asgi")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

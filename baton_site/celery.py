@@ -12,6 +12,18 @@ app = Celery("baton", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
+@app.on_configure.connect
+def settings_loaded_or_exit(sender: Celery, **_kwargs: object) -> None:
+    """Just before Celery first reads its configuration (Django's settings): a refused setting stops ``celery -A
+    baton_site worker``, ``beat`` or any other command with one line and exit status 2, not Celery's traceback
+    (orchestrator/startup.py). Not at import: this module is imported with the ``baton_site`` package, which
+    tests/settings.py and manage.py import before the settings may load. A no-op where the settings are loaded
+    already (web processes, the demo's one-process server)."""
+    from orchestrator.startup import load_settings_or_exit
+
+    load_settings_or_exit("celery")
+
+
 @app.on_after_configure.connect
 def resolve_config_once(sender: Celery, **_kwargs: object) -> None:
     """Look every Celery setting up once, at configuration time, and keep the answers where lookups look first.

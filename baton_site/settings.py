@@ -118,11 +118,23 @@ def env_seconds(
     return value
 
 
+def without_credentials(url: str) -> str:
+    """``url`` with whatever stands before its last ``@`` (after the scheme's ``//``) shown as ``***``: the user
+    and password of ``redis://:secret@host``, for a message that quotes a URL. By position, not by parsing: a
+    URL refused for being malformed may not parse, and a password may hold ``@``, ``/`` or ``#`` unquoted."""
+    start = url.find("//") + 2 if "//" in url else 0
+    at = url.rfind("@")
+    return url if at < start else f"{url[:start]}***{url[at:]}"
+
+
 def redis_url(name: str, value: str) -> str:
     """``value`` if it is a Redis URL (``redis://``, ``rediss://`` or ``unix://``), else ``ImproperlyConfigured``
-    naming ``name``: a wrong URL would otherwise surface only when the first task or live event is sent."""
+    naming ``name``: a wrong URL would otherwise surface only when the first task or live event is sent. The
+    message quotes the value without its credentials (it goes to a terminal or a log)."""
     if value and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
-        raise ImproperlyConfigured(f"{name}={value!r}: give a Redis URL, redis://host:6379/0 (or rediss://, unix://).")
+        raise ImproperlyConfigured(
+            f"{name}={without_credentials(value)!r}: give a Redis URL, redis://host:6379/0 (or rediss://, unix://)."
+        )
     return value
 
 
@@ -550,18 +562,32 @@ def parse_audit_keys(text: str) -> list[tuple[str, str]]:
     """``"id:secret,id:secret"`` as ``[(id, secret), ...]``, current (signing) key first.
 
     An id is 1 to 16 of ``A-Z a-z 0-9 _ . -`` (it is stored with every event); a secret has at least 32
-    characters. Raises ``RuntimeError`` naming the fault, so a bad value stops the start, not the first audit.
+    characters. Raises ``ImproperlyConfigured`` naming the fault, so a bad value stops the start with one line
+    (orchestrator/startup.py), not the first audit. The message names a key by its position, and by its id only once
+    the id is a valid one: a secret pasted without its ``id:`` would otherwise be echoed in part to the terminal.
     """
     keys: list[tuple[str, str]] = []
-    for item in (part.strip() for part in text.split(",")):
-        key_id, _, secret = item.partition(":")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,16}", key_id) or len(secret) < 32:
-            raise RuntimeError(
-                "BATON_AUDIT_KEYS must be 'id:secret,...' with ids of 1-16 letters, digits, '_', '.', '-' and "
-                f"secrets of at least 32 characters; {key_id[:16]!r} is not"
+    for number, item in enumerate((part.strip() for part in text.split(",")), start=1):
+        key_id, colon, secret = item.partition(":")
+        rule = "give id:secret,... with ids of 1-16 letters, digits, '_', '.', '-' and secrets of 32+ characters"
+        if not item:
+            raise ImproperlyConfigured(f"BATON_AUDIT_KEYS: key {number} is empty (a stray comma?); {rule}.")
+        if not colon:
+            raise ImproperlyConfigured(
+                f"BATON_AUDIT_KEYS: key {number} has no ':' between an id and a secret (not shown: it may be a "
+                f"secret); {rule}."
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,16}", key_id):
+            raise ImproperlyConfigured(
+                f"BATON_AUDIT_KEYS: the id of key {number} is not 1-16 letters, digits, '_', '.', '-' (not shown: "
+                f"it may be part of a secret); {rule}."
+            )
+        if len(secret) < 32:
+            raise ImproperlyConfigured(
+                f"BATON_AUDIT_KEYS: the secret of key {key_id!r} has fewer than 32 characters; {rule}."
             )
         if key_id in dict(keys):
-            raise RuntimeError(f"BATON_AUDIT_KEYS names key {key_id!r} twice")
+            raise ImproperlyConfigured(f"BATON_AUDIT_KEYS names key {key_id!r} twice; give each key its own id.")
         keys.append((key_id, secret))
     return keys
 

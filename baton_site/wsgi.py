@@ -20,6 +20,8 @@ from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
 from django.template.loader import render_to_string
 
+from orchestrator.startup import load_settings_or_exit, wsgi_exit_status
+
 # The bound when DATA_UPLOAD_MAX_MEMORY_SIZE is None (no limit): Django's default. A chunked body is held in memory,
 # and Baton takes no file uploads (the one kind of body Django would spool to disk instead).
 CHUNKED_BODY_MAX = 2_621_440
@@ -101,6 +103,9 @@ class BatonWSGIHandler(WSGIHandler):
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "baton_site.settings")
+# A refused setting: one line, not a traceback per worker (orchestrator/startup.py); under gunicorn the status that
+# stops its master instead of booting worker after worker into the same refusal.
+load_settings_or_exit("baton_site.wsgi", status=wsgi_exit_status())
 # As django.core.wsgi.get_wsgi_application() does, with the handler above.
 django.setup(set_prefix=False)
 application = BatonWSGIHandler()

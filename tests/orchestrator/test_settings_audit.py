@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from baton_site.settings import parse_audit_keys
 
@@ -54,18 +55,39 @@ def test_production_signs_with_the_first_configured_key():
 @pytest.mark.parametrize(
     ("value", "fault"),
     [
-        pytest.param("k1", "'k1' is not", id="no-secret"),
-        pytest.param("k1:short", "'k1' is not", id="short-secret"),
-        pytest.param(f"key id with spaces:{'x' * 32}", "'key id with spac' is not", id="bad-id"),
-        pytest.param(f"{'k' * 17}:{'x' * 32}", "is not", id="long-id"),
+        pytest.param("k1", "key 1 has no ':'", id="no-secret"),
+        pytest.param("k1:short", "the secret of key 'k1' has fewer than 32", id="short-secret"),
+        pytest.param(f"key id with spaces:{'x' * 32}", "the id of key 1 is not", id="bad-id"),
+        pytest.param(f"{'k' * 17}:{'x' * 32}", "the id of key 1 is not", id="long-id"),
         pytest.param(f"k1:{'x' * 32},k1:{'y' * 32}", "names key 'k1' twice", id="duplicate"),
-        pytest.param(f"k1:{'x' * 32},", "'' is not", id="trailing-comma"),
+        pytest.param(f"k1:{'x' * 32},", "key 2 is empty", id="trailing-comma"),
     ],
 )
 def test_a_malformed_key_list_is_refused_naming_the_fault(value, fault):
-    """Ids are short identifiers stored with each event; secrets have at least 32 characters."""
-    with pytest.raises(RuntimeError, match=fault):
+    """Ids are short identifiers stored with each event; secrets have at least 32 characters. Refused as a setting
+    (ImproperlyConfigured: one line at start, orchestrator/startup.py), not as a crash."""
+    with pytest.raises(ImproperlyConfigured, match=fault):
         parse_audit_keys(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("s3cr3t-pasted-without-its-id-0123456789", id="no-id"),
+        pytest.param("s3cr3t+/with:a-colon-and-no-id-0123456789", id="colon-in-secret"),
+        pytest.param("k1:s3cr3t-too-short", id="short-secret"),
+        pytest.param("a-secret-of-more-than-16-s3cr3t:0123456789abcdef0123456789abcdef", id="long-id"),
+        pytest.param(f"k1:{'x' * 32},s3cr3t pasted-alone-0123456789", id="second-key"),
+    ],
+)
+def test_a_refused_key_list_never_shows_a_secret(value):
+    """The message goes to a terminal or a log: it names a key by position, or by an id that is valid."""
+    # when
+    with pytest.raises(ImproperlyConfigured) as refused:
+        parse_audit_keys(value)
+
+    # then
+    assert "s3cr3t" not in str(refused.value)
 
 
 def test_a_key_list_keeps_its_order():
