@@ -529,7 +529,7 @@ def test_the_migration_cuts_the_paths_from_escalations_written_before(users, fai
     large = instance_start("order_fulfilment", OrderInputFactory(amount="1500"))
     run_steps(large)
     approval = task_of(large)
-    quoted = 'See File "/srv/shared/policy.txt"'
+    quoted = 'See File "/srv/docs/policy.txt"'
     HumanTask.objects.filter(pk=approval.pk).update(description=quoted)
     migration = importlib.import_module("approvals.migrations.0005_escalation_description_without_paths")
 

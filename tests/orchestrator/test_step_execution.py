@@ -25,6 +25,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
+from orchestrator.selectors import hide_paths
 from orchestrator.services.instances import instance_start
 from orchestrator.services.locks import definition_of, lock_instance
 from orchestrator.services.steps import Outcome, step_claim, step_execute, step_record
@@ -287,7 +288,9 @@ def test_failed_compensation_escalates_to_operators(users, run_steps):
     assert escalation.title == f"{instance.title}: refund payment failed and must be finished by hand"
     assert instance.title.startswith(f"Order {instance.data['order_id']} for ")
     assert "Compensation of" not in escalation.title
-    assert escalation.description == refund.error  # the engine text stays, where an operator reads it
+    # the engine text stays, with the server's paths cut to file names: managers see every task
+    assert escalation.description == hide_paths(refund.error)
+    assert 'File "steps.py"' in escalation.description
     # the stock is not released behind the failed refund's back: compensation goes one step at a time
     assert instance.steps.get(name="reserve_inventory", kind=StepKind.TASK).state == StepState.SUCCEEDED
     assert not ledger(instance, "inventory", "release")
