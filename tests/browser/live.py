@@ -112,12 +112,18 @@ def _session_key(username: str) -> str:
     return client.cookies["sessionid"].value
 
 
-def screenshot(page: Page, test_dir: Path, name: str) -> None:
-    """Full-page PNG ``name`` of ``page`` in $BATON_SCREENSHOTS (if set) or ``test_dir`` (the test's temporary
-    directory), for a person to look at. Raises what Playwright raises."""
+def screenshots_dir(test_dir: Path) -> Path:
+    """The folder screenshots go to, made if missing: $BATON_SCREENSHOTS when set (``make screenshots`` sets
+    docs/screenshots), else ``test_dir`` (the test's temporary directory)."""
     target = Path(os.environ.get("BATON_SCREENSHOTS") or test_dir)
     target.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target / name), full_page=True)
+    return target
+
+
+def screenshot(page: Page, test_dir: Path, name: str) -> None:
+    """Full-page PNG ``name`` of ``page`` in :func:`screenshots_dir`, for a person to look at. Raises what
+    Playwright raises."""
+    page.screenshot(path=str(screenshots_dir(test_dir) / name), full_page=True)
 
 
 class BrowserTestCase(ChannelsLiveServerTestCase):

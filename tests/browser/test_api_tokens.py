@@ -3,14 +3,12 @@ API's docs page, whose Swagger UI comes from this site alone."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from playwright.sync_api import expect
 
 from api.models import ApiToken
-from tests.browser.live import DESKTOP, BrowserTestCase, orm
+from tests.browser.live import DESKTOP, BrowserTestCase, orm, screenshots_dir
 
 PHONE_375 = {"width": 375, "height": 812}
 
@@ -24,8 +22,7 @@ class ApiTokenPageTests(BrowserTestCase):
     def test_a_person_creates_a_token_sees_it_once_and_revokes_it_screenshots(self):
         """At 1280 and 375 px: create (the secret shown once, in full), reload (gone), revoke; saved as PNGs for
         docs/screenshots by ``make screenshots``."""
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
         with self.chromium() as browser:
             for viewport, suffix in ((DESKTOP, ""), (PHONE_375, "-phone")):
                 # given

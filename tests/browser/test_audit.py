@@ -4,7 +4,6 @@ offline), sees the chain status and a verification's result arrive live; staff a
 from __future__ import annotations
 
 import io
-import os
 import re
 import struct
 from pathlib import Path
@@ -16,7 +15,7 @@ from audit import services
 from audit.models import Verification
 from demo.data import load_demo
 from orchestrator.models import AuditEvent, WorkflowInstance
-from tests.browser.live import DESKTOP, BrowserTestCase, orm
+from tests.browser.live import DESKTOP, BrowserTestCase, orm, screenshots_dir
 
 PHONE_375 = {"width": 375, "height": 812}
 
@@ -35,8 +34,7 @@ class AuditPagesTests(BrowserTestCase):
         expected = AuditEvent.objects.filter(instance=order).count()
         done = services.verification_request(None, scheduled=True)
         services.verification_execute(done.pk)
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
         csv_path = self.tmp_path / "trail.csv"
 
         with self.chromium() as browser:

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from automation.models import DeliveryState, Schedule, ScheduleFire, WebhookDelivery, WebhookSubscription
 from orchestrator.services.instances import instance_start
 from tests.browser.declaring import LONG_NAME, LONG_WORD, LONG_WORKFLOW, DeclaringDaphne
-from tests.browser.live import DESKTOP, BrowserTestCase, orm
+from tests.browser.live import DESKTOP, BrowserTestCase, orm, screenshots_dir
 from tests.browser.test_narrow_pages import sideways
 
 SMALL_PHONE = {"width": 375, "height": 812}
@@ -92,8 +92,7 @@ def build() -> dict[str, int]:
 class AutomationPageTests(BrowserTestCase):
     def test_the_automation_pages_at_1280_and_375_px_screenshots(self):
         ids = orm(build)
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
         pages = {
             "automation-schedules": "/automation/",
             "automation-schedule": f"/automation/schedules/{ids['schedule']}/",

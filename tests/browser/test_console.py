@@ -4,9 +4,7 @@ complete without a reload; a bulk retry after a dry run, its progress bar fillin
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -17,7 +15,7 @@ from console.services import bulk_dry_run
 from demo.data import ensure_roles, load_demo
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
-from tests.browser.live import DESKTOP, BrowserTestCase, orm
+from tests.browser.live import DESKTOP, BrowserTestCase, orm, screenshots_dir
 from tests.factories import ExpenseInputFactory, OrderInputFactory
 
 # The narrowest phone in common use: the console must work there, not only at the suite's 390 px.
@@ -114,8 +112,7 @@ class ConsoleTests(BrowserTestCase):
         failed = WorkflowInstance.objects.get(workflow_name="expense_approval", state=InstanceState.FAILED)
         escalated = WorkflowInstance.objects.get(data__order_id="SO-1005")
         dry_run = bulk_dry_run(self.users.operator, "pause", InstanceFilter(workflow="expense_approval"))
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
         shots = [
             ("incidents", "/incidents/"),
             ("instances", "/instances/"),
@@ -186,8 +183,7 @@ class EscalationAnswerTests(BrowserTestCase):
             initiator=self.users.staff,
         )
         orm(run_steps, instance, advance=True)
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
 
         with self.chromium() as browser:
             for viewport, suffix in ((DESKTOP, ""), (NARROW, "-phone")):
@@ -316,8 +312,7 @@ class NobodyMayActTests(BrowserTestCase):
         orm(deactivate_all)
         instance = orm(instance_start, "expense_approval", ExpenseInputFactory(), initiator=self.users.operator)
         task_id = orm(lambda: instance.tasks.get().pk)
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
 
         with self.chromium() as browser:
             for viewport, suffix in ((DESKTOP, ""), (NARROW, "-phone")):

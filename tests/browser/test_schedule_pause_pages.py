@@ -4,16 +4,14 @@ button, nothing scrolling sideways. Screenshots go to $BATON_SCREENSHOTS (or the
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from django.utils import timezone
 from playwright.sync_api import expect
 
 from automation.models import Schedule, ScheduleFire
 from orchestrator.bidi import isolate
-from tests.browser.live import DESKTOP, BrowserTestCase, orm
+from tests.browser.live import DESKTOP, BrowserTestCase, orm, screenshots_dir
 from tests.browser.test_narrow_pages import sideways
 
 SMALL_PHONE = {"width": 375, "height": 812}
@@ -64,8 +62,7 @@ def build() -> dict[str, int]:
 class SchedulePausePageTests(BrowserTestCase):
     def test_failing_and_paused_schedules_at_1280_and_375_px(self):
         ids = orm(build)
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
         pages = {
             "schedules-failing-paused": "/automation/",
             "schedule-failing": f"/automation/schedules/{ids['failing']}/",

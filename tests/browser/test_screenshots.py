@@ -6,7 +6,6 @@ temporary directory, so that in the normal suite the pages still render and are 
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from approvals.models import HumanTask, TaskState
 from demo.data import load_demo
 from orchestrator import rollups
 from orchestrator.models import WorkflowInstance
-from tests.browser.live import DESKTOP, PHONE, BrowserTestCase
+from tests.browser.live import DESKTOP, PHONE, BrowserTestCase, screenshots_dir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -47,8 +46,7 @@ class ScreenshotTests(BrowserTestCase):
         escalated = WorkflowInstance.objects.get(data__order_id="SO-1005")
         rollups.rollup_pass()  # the sweep's roll-up: one pass looks, the next folds (the dashboard's figures)
         rollups.rollup_pass()
-        target = Path(os.environ.get("BATON_SCREENSHOTS") or self.tmp_path)
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshots_dir(self.tmp_path)
         shots = [
             # (file, user, path, viewport, wait for diagrams)
             ("inbox.png", "staff", "/inbox/?tab=queue", DESKTOP, False),
