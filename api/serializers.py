@@ -19,7 +19,7 @@ from rest_framework import serializers
 
 from approvals.forms import DECISIONS
 from approvals.models import HumanTask
-from approvals.services.base import data_digest
+from approvals.services.base import data_digest, decision_not_taken
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import (
     COMMENT_MAX,
@@ -530,10 +530,28 @@ class TaskFilterSerializer(serializers.Serializer):
     )
 
 
+class DecisionField(serializers.ChoiceField):
+    """A task's decision, one of ``DECISIONS``. Anything else (a typo, "aprove", or a value that is no string) is
+    refused naming the decisions the task in the serializer's context (``task``) takes, as the service names them
+    for a decision of another kind of task (``approvals.services.base.decision_not_taken``): DRF's own answer,
+    '"aprove" is not a valid choice.', did not say what is. Without a task, it names every decision."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, str) and data in self.choice_strings_to_values:
+            return str(self.choice_strings_to_values[data])
+        task = self.context.get("task")
+        if task is not None:
+            raise serializers.ValidationError(decision_not_taken(task, data))
+        raise serializers.ValidationError(f"Give one of: {', '.join(self.choice_strings_to_values)}.")
+
+
 class DecideSerializer(serializers.Serializer):
     """A decision: approve or reject (approvals), submit (form tasks, with ``data``), or an escalation's answer."""
 
-    decision = serializers.ChoiceField(choices=DECISIONS)
+    # Read with the context's ``task``, the task decided: a wrong ``decision`` names the ones it takes (the
+    # docstring above is the schema's description, so the note is here).
+
+    decision = DecisionField(choices=DECISIONS)
     comment = StrictCharField(max_length=COMMENT_MAX, required=False, allow_blank=True, default="")
     data = serializers.DictField(
         child=serializers.JSONField(),
