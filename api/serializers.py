@@ -19,7 +19,7 @@ from rest_framework import serializers
 
 from approvals.forms import DECISIONS
 from approvals.models import HumanTask
-from approvals.services.base import data_digest
+from approvals.services.base import data_digest, decision_not_taken
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import (
     COMMENT_MAX,
@@ -40,6 +40,30 @@ ID_MAX = 2**63 - 1
 DIGEST_PATTERN = rf"^[0-9a-f]{{{len(data_digest({}))}}}$"
 # A date and time whose offset's "+" was decoded as a space (an unencoded "+" in a query string).
 PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)? \d{2}(:?\d{2})?")
+
+
+NOT_A_STRING = "Give a string."
+
+
+class _StringOnly(serializers.CharField):
+    """A text field that takes a JSON string only. DRF's CharField reads a number as its text (``{"reason": 12}``
+    was the reason "12", ``{"to_user": 1e3}`` looked for the user "1000.0"): a request's text is sent as text, so
+    anything else is refused, with :data:`NOT_A_STRING`, before the field's other checks."""
+
+    default_error_messages = {"not_a_string": NOT_A_STRING}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(_StringOnly):
+    """A request's CharField: a JSON string only (the schema's ``type: string``, unchanged)."""
+
+
+class StrictRegexField(_StringOnly, serializers.RegexField):
+    """A request's RegexField: a JSON string only, then matched as RegexField matches it."""
 
 
 class AwareDateTimeField(serializers.DateTimeField):
@@ -193,10 +217,10 @@ def copied_fields(fields: dict[str, serializers.Field]) -> dict[str, serializers
 class StartSerializer(serializers.Serializer):
     """``POST /api/instances/``: which workflow (latest version unless ``version``), its input, a business key."""
 
-    workflow = serializers.CharField(max_length=100)
+    workflow = StrictCharField(max_length=100)
     version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
     input = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
-    business_key = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    business_key = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
 
     def get_fields(self) -> dict[str, serializers.Field]:
         return copied_fields(self._declared_fields)
@@ -412,12 +436,12 @@ class InstanceDetailSerializer(InstanceSerializer):
 class InstanceFilterSerializer(serializers.Serializer):
     """The instance list's query parameters, checked strictly: a bad value is a 400 naming it."""
 
-    workflow = serializers.CharField(required=False, max_length=SEARCH_MAX)
+    workflow = StrictCharField(required=False, max_length=SEARCH_MAX)
     version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
     state = serializers.ChoiceField(required=False, choices=InstanceState.choices)
     started_after = AwareDateTimeField(required=False, help_text="Started at or after this time (with offset).")
     started_before = AwareDateTimeField(required=False, help_text="Started before this time (with offset).")
-    business_key = serializers.CharField(required=False, max_length=100)
+    business_key = StrictCharField(required=False, max_length=100)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """A started range the wrong way round (or empty) is refused naming ``started_before``, as the console's
@@ -432,7 +456,7 @@ class InstanceFilterSerializer(serializers.Serializer):
 class ReasonSerializer(serializers.Serializer):
     """An operator's action: the reason goes into the audit trail with the actor's name."""
 
-    reason = serializers.CharField(max_length=REASON_MAX, help_text="Why; written to the audit trail.")
+    reason = StrictCharField(max_length=REASON_MAX, help_text="Why; written to the audit trail.")
 
 
 class PauseSerializer(ReasonSerializer):
@@ -506,18 +530,36 @@ class TaskFilterSerializer(serializers.Serializer):
     )
 
 
+class DecisionField(serializers.ChoiceField):
+    """A task's decision, one of ``DECISIONS``. Anything else (a typo, "aprove", or a value that is no string) is
+    refused naming the decisions the task in the serializer's context (``task``) takes, as the service names them
+    for a decision of another kind of task (``approvals.services.base.decision_not_taken``): DRF's own answer,
+    '"aprove" is not a valid choice.', did not say what is. Without a task, it names every decision."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, str) and data in self.choice_strings_to_values:
+            return str(self.choice_strings_to_values[data])
+        task = self.context.get("task")
+        if task is not None:
+            raise serializers.ValidationError(decision_not_taken(task, data))
+        raise serializers.ValidationError(f"Give one of: {', '.join(self.choice_strings_to_values)}.")
+
+
 class DecideSerializer(serializers.Serializer):
     """A decision: approve or reject (approvals), submit (form tasks, with ``data``), or an escalation's answer."""
 
-    decision = serializers.ChoiceField(choices=DECISIONS)
-    comment = serializers.CharField(max_length=COMMENT_MAX, required=False, allow_blank=True, default="")
+    # Read with the context's ``task``, the task decided: a wrong ``decision`` names the ones it takes (the
+    # docstring above is the schema's description, so the note is here).
+
+    decision = DecisionField(choices=DECISIONS)
+    comment = StrictCharField(max_length=COMMENT_MAX, required=False, allow_blank=True, default="")
     data = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
         default=dict,
         help_text="A form task's fields (for an approval or an escalation: none, else 400).",
     )
-    seen = serializers.RegexField(
+    seen = StrictRegexField(
         DIGEST_PATTERN,
         required=False,
         allow_blank=True,
@@ -529,9 +571,9 @@ class DecideSerializer(serializers.Serializer):
 
 
 class DelegateSerializer(serializers.Serializer):
-    to_user = serializers.CharField(max_length=150, help_text="The username of the person to hand the task to.")
-    note = serializers.CharField(max_length=NOTE_MAX, required=False, allow_blank=True, default="")
-    expected_holder = serializers.CharField(
+    to_user = StrictCharField(max_length=150, help_text="The username of the person to hand the task to.")
+    note = StrictCharField(max_length=NOTE_MAX, required=False, allow_blank=True, default="")
+    expected_holder = StrictCharField(
         max_length=150,
         required=False,
         allow_blank=True,
@@ -563,8 +605,8 @@ class DelegateSerializer(serializers.Serializer):
 class SignalSerializer(serializers.Serializer):
     """``POST /api/instances/{id}/signals/``: the event, the sender's id of it, and its payload."""
 
-    event = serializers.CharField(max_length=100, help_text="The event's name, as the workflow's Signal node has it.")
-    signal_id = serializers.CharField(
+    event = StrictCharField(max_length=100, help_text="The event's name, as the workflow's Signal node has it.")
+    signal_id = StrictCharField(
         max_length=IDEMPOTENCY_KEY_MAX,
         help_text="The sender's id of this event, unique per instance: sending it again changes nothing.",
     )
@@ -579,8 +621,8 @@ class SignalSerializer(serializers.Serializer):
 class SignalByKeySerializer(SignalSerializer):
     """``POST /api/signals/``: the same, to the one open instance with ``business_key``."""
 
-    business_key = serializers.CharField(max_length=100, help_text="The business key of exactly one open instance.")
-    workflow = serializers.CharField(
+    business_key = StrictCharField(max_length=100, help_text="The business key of exactly one open instance.")
+    workflow = StrictCharField(
         max_length=100, required=False, help_text="Only this workflow's instances (when a key is shared)."
     )
 
@@ -668,11 +710,11 @@ class AuditFilterSerializer(serializers.Serializer):
     """The audit timeline's filters (``audit.forms.AuditFilterForm`` checks them: this class only describes them
     in the schema)."""
 
-    actor = serializers.CharField(required=False, help_text="A username, or a label such as system:worker.")
-    action = serializers.CharField(required=False, help_text="Exact (task.completed), or a prefix (task.).")
-    workflow = serializers.CharField(required=False)
+    actor = StrictCharField(required=False, help_text="A username, or a label such as system:worker.")
+    action = StrictCharField(required=False, help_text="Exact (task.completed), or a prefix (task.).")
+    workflow = StrictCharField(required=False)
     instance = serializers.IntegerField(required=False, min_value=1)
-    subject_type = serializers.CharField(required=False)
+    subject_type = StrictCharField(required=False)
     subject_id = serializers.IntegerField(required=False, min_value=0)
     since = serializers.DateTimeField(
         required=False, help_text="At or after this time, with its offset (Z or +01:00; a time without one is 400)."
@@ -680,14 +722,14 @@ class AuditFilterSerializer(serializers.Serializer):
     until = serializers.DateTimeField(
         required=False, help_text="Before this time, with its offset (Z or +01:00; a time without one is 400)."
     )
-    q = serializers.CharField(required=False, help_text="Text in reasons and comments.")
-    request_id = serializers.CharField(required=False, help_text="Every event one request caused.")
+    q = StrictCharField(required=False, help_text="Text in reasons and comments.")
+    request_id = StrictCharField(required=False, help_text="Every event one request caused.")
 
 
 class AuditPageQuerySerializer(AuditFilterSerializer):
     """The filters, and where the page starts and how long it is."""
 
-    cursor = serializers.CharField(required=False, help_text="The `next` link's cursor: older events.")
+    cursor = StrictCharField(required=False, help_text="The `next` link's cursor: older events.")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="1-200, default 50.")
 
 

@@ -213,13 +213,16 @@ def metadata_only(request: Request) -> bool:
     )
 
 
-def _valid(serializer_class: type, data: Any, *, body: bool = True) -> dict[str, Any]:
-    """``data`` checked by ``serializer_class``: its validated data, or a 400 naming each bad field.
+def _valid(
+    serializer_class: type, data: Any, *, body: bool = True, context: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``data`` checked by ``serializer_class`` (with ``context``): its validated data, or a 400 naming each bad
+    field.
 
     A request body (``body``) may hold only the serializer's fields: DRF drops any other, so a typo in a name
     (``businessKey``, ``coment``) started an instance without its business key or decided without the comment,
     and the sender was never told. A query string may carry others (``cursor``, ``limit``, ``format``)."""
-    serializer = serializer_class(data=data)
+    serializer = serializer_class(data=data, context=context or {})
     if body and isinstance(data, dict):
         unknown = [str(name)[:100] for name in data if name not in serializer.fields]
         if unknown:
@@ -857,7 +860,7 @@ class TaskViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def decide(self, request: Request, pk: int) -> Response:
         task = self._task(pk)  # 404 before any check of the body: an unseen task is not there
-        body = _valid(s.DecideSerializer, request.data)
+        body = _valid(s.DecideSerializer, request.data, context={"task": task})
         if body["data"] and task.kind != TaskKind.FORM:
             # Only a form task's fields join the instance data: for an approval or an escalation the service reads
             # no data, and what a client sent there (an amount it meant to set) was dropped without a word.

@@ -154,27 +154,79 @@ MANY_VALUED_FIELDS = (
 )
 
 
+# What a true/false field reads from JSON (json_boolean): JSON's own true and false, the words a person or a
+# system writes for them (any case) and the numbers 1 and 0.
+BOOLEAN_WORDS = {
+    **dict.fromkeys(("true", "yes", "on", "1"), True),
+    **dict.fromkeys(("false", "no", "off", "0"), False),
+}
+NOT_A_BOOLEAN = "Give true or false."
+
+
+def json_boolean(value: Any, *, null: bool = False) -> bool | None:
+    """``value``, sent as JSON for a true/false field, as True or False; with ``null``, None for JSON null.
+
+    Accepts true and false, the strings true/false, yes/no, on/off and 1/0 in any case, and the numbers 1 and 0.
+    Raises ValidationError (:data:`NOT_A_BOOLEAN`, code ``not_a_boolean``) for anything else. Django's checkbox
+    reads everything but "false" and "0"-like values through ``bool()``: "nope", "no", "off", 2, or a string with
+    a NUL in it was read as true, so ``{"expedite": "nope"}`` expedited; its nullable select read "maybe" as "not
+    known" and a list as a TypeError."""
+    if isinstance(value, bool):
+        return value
+    if value is None and null:
+        return None
+    if isinstance(value, str):
+        word = BOOLEAN_WORDS.get(value.lower())
+        if word is not None:
+            return word
+    elif isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    raise ValidationError(NOT_A_BOOLEAN, code="not_a_boolean")
+
+
 def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
     """``form_class`` bound to ``data`` and validated, with an error on each field given a JSON object, list or
-    true/false where it takes one value (text or a number; true/false only for a checkbox).
+    true/false where it takes one value (text or a number), and on each true/false field given anything
+    :func:`json_boolean` does not read as true or false (null too, unless the field is a NullBooleanField).
 
     A workflow's form meets JSON from the API, a schedule or another service, and Django's fields read anything
-    through ``str()``: ``{"name": "Sam"}`` would become the text "{'name': 'Sam'}" and ``true`` the text "True",
-    stored as if the client had typed them. A page's QueryDict holds only text and passes unchanged. Call
-    ``is_valid()`` on the result as on any form."""
+    through ``str()`` or ``bool()``: ``{"name": "Sam"}`` would become the text "{'name': 'Sam'}", ``true`` the text
+    "True" and ``"no"`` a ticked box, stored as if the client had typed them. A true/false field's value is read
+    by :func:`json_boolean` before the form sees it, so the cleaned data holds True or False. A page's QueryDict
+    holds only text and passes unchanged (a checkbox posts "on" or nothing). Call ``is_valid()`` on the result as
+    on any form."""
     form = form_class(data=data)
-    form.is_valid()
     if not isinstance(data, Mapping) or hasattr(data, "getlist"):
+        form.is_valid()
         return form
+    not_boolean, read = [], None
+    for name, field in form.fields.items():
+        key = form.add_prefix(name)
+        if not isinstance(field, forms.BooleanField) or field.disabled or key not in data:
+            continue
+        try:
+            value = json_boolean(data[key], null=isinstance(field, forms.NullBooleanField))
+        except ValidationError:
+            not_boolean.append(name)
+            value = None  # the form sees no value; the error below replaces what it says of that
+        if value is not data[key]:
+            read = read if read is not None else dict(data)
+            read[key] = value
+    if read is not None:
+        form.data = read
+    form.is_valid()
+    for name in not_boolean:
+        form.errors.pop(name, None)  # "This field is required." for a required box: not what went wrong
+        form.add_error(name, ValidationError(NOT_A_BOOLEAN, code="not_a_boolean"))
     for name, field in form.fields.items():
         value = data.get(name)
-        if name in form.errors or isinstance(field, MANY_VALUED_FIELDS):
+        if name in form.errors or isinstance(field, (*MANY_VALUED_FIELDS, forms.BooleanField)):
             continue
         if getattr(field.widget, "allow_multiple_selected", False):
             continue
         if isinstance(value, dict | list | tuple):
             form.add_error(name, "Give one value (text or a number), not a list or an object.")
-        elif isinstance(value, bool) and not isinstance(field, forms.BooleanField):
+        elif isinstance(value, bool):
             form.add_error(name, "Give text or a number, not true or false.")
     return form
 

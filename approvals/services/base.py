@@ -29,7 +29,7 @@ from orchestrator import live_names, rows
 from orchestrator.audit_actions import AuditAction
 from orchestrator.bidi import isolate
 from orchestrator.inputs import check_text
-from orchestrator.models import WorkflowInstance
+from orchestrator.models import StepKind, WorkflowInstance
 from orchestrator.services.unit import Unit
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,34 @@ class TaskInvalid(TaskError):
     def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or {}
+
+
+def decisions_taken(task: HumanTask) -> tuple[str, ...]:
+    """The decisions ``task`` takes (the values the API's ``decision`` and the page's buttons send): an approval
+    approve or reject, a form task submit, an escalation retry, fail, and skip for a failed step or resolved for a
+    failed compensation (reads ``task.step`` for an escalation). Raises nothing."""
+    if task.kind == TaskKind.APPROVAL:
+        return (APPROVE, REJECT)
+    if task.kind == TaskKind.FORM:
+        return (SUBMIT,)
+    return (RETRY, RESOLVED, FAIL) if task.step.kind == StepKind.COMPENSATION else (RETRY, SKIP, FAIL)
+
+
+def decision_not_taken(task: HumanTask, decision: object) -> str:
+    """What to tell whoever sent ``task`` a decision it does not take (a typo, "aprove", or another kind's, "approve"
+    for a form task): the decisions it takes, by name, and what was sent. Raises nothing."""
+    taken = [f'"{value}"' for value in decisions_taken(task)]
+    listed = taken[0] if len(taken) == 1 else f"{', '.join(taken[:-1])} or {taken[-1]}"
+    if task.kind == TaskKind.APPROVAL:
+        what, how = "An approval takes the decision", " (a reject with a comment saying why)"
+    elif task.kind == TaskKind.FORM:
+        what, how = "A form task takes one decision:", " (with the form's fields)"
+    else:
+        failed = "compensation" if RESOLVED in decisions_taken(task) else "step"
+        what, how = f"An escalation of a failed {failed} takes the decision", " (with a reason)"
+    sent = json.dumps(decision, default=str)  # as JSON: a typo is shown "aprove", a number 12, a list [...]
+    sent = sent if len(sent) <= 40 else f"{sent[:39]}…"
+    return f"{what} {listed}{how}, not {sent}."
 
 
 # Four-eyes (docs/architecture.md, "Who may act on a task"): who started an instance acts on none of its tasks, and

@@ -7,7 +7,16 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 
 from approvals.models import HumanTask
-from approvals.services.base import FAIL, RESOLVED, RETRY, SKIP, TaskConflict, TaskInvalid, task_complete
+from approvals.services.base import (
+    FAIL,
+    RESOLVED,
+    RETRY,
+    SKIP,
+    TaskConflict,
+    TaskInvalid,
+    decision_not_taken,
+    task_complete,
+)
 from orchestrator.dsl import DefinitionError
 from orchestrator.models import InstanceState, StepKind, StepState
 from orchestrator.services.compensation import compensation_resolve, saga_begun
@@ -29,9 +38,8 @@ def escalation_resolve(unit: Unit, task: HumanTask, user: User, decision: str, c
     saga began, Skip or Fail instance while it is paused); whatever entering the next node raises (Skip), for the
     caller to roll back and refuse."""
     if decision not in (RETRY, SKIP, FAIL, RESOLVED):
-        raise TaskInvalid(
-            "Choose Retry, Skip, Mark resolved or Fail instance.", {"decision": ["Retry, skip, resolved or fail."]}
-        )
+        message = decision_not_taken(task, decision)
+        raise TaskInvalid(message, {"decision": [message]})
     if not comment:
         raise TaskInvalid("Give a reason: it goes into the audit trail.", {"comment": ["Required."]})
     step = task.step

@@ -38,7 +38,6 @@ from approvals.services.base import (
     INITIATOR_BARRED,
     OPERATORS,
     REJECT,
-    SUBMIT,
     HolderChanged,
     TaskConflict,
     TaskError,
@@ -48,6 +47,8 @@ from approvals.services.base import (
     announce,
     checked_text,
     data_digest,
+    decision_not_taken,
+    decisions_taken,
     escalate_if_short,
     four_eyes_bar,
     is_candidate,
@@ -605,14 +606,13 @@ def _tell_operators_stopped(unit: Unit, task: HumanTask) -> None:
 
 
 def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str, data: dict) -> dict[str, Any]:
+    if decision not in decisions_taken(task):
+        message = decision_not_taken(task, decision)
+        raise TaskInvalid(message, {"decision": [message]})
     if task.kind == TaskKind.APPROVAL:
-        if decision not in (APPROVE, REJECT):
-            raise TaskInvalid("Choose Approve or Reject.", {"decision": ["Approve or reject."]})
         if decision == REJECT and not comment:
             raise TaskInvalid("Say why you reject: a comment is required.", {"comment": ["Required on reject."]})
         return {}
-    if decision != SUBMIT:
-        raise TaskInvalid("Submit the form to complete this task.", {"decision": ["Submit."]})
     node = definition_of(unit.instance).node(task.step.name)
     assert isinstance(node, Human)
     form = bound_form(node.form, data)

@@ -223,7 +223,7 @@ def test_an_unknown_decision_is_invalid(users):
     # given
     task = task_of(expense())
     # when / then
-    with pytest.raises(TaskInvalid, match="Approve or Reject"):
+    with pytest.raises(TaskInvalid, match=r"takes the decision \"approve\" or \"reject\".*not \"maybe\""):
         task_decide(task.pk, users.staff, "maybe")
 
 
@@ -585,7 +585,7 @@ def test_retry_runs_the_failed_compensation_again(users, failed_refund, run_step
     [
         (RESOLVED, "", "Give a reason"),
         (SKIP, "skip it", "Mark resolved"),
-        (APPROVE, "ok", "Choose Retry"),
+        (APPROVE, "ok", r"takes the decision \"retry\", \"resolved\" or \"fail\""),
     ],
 )
 def test_escalation_answers_are_checked(users, failed_refund, decision, comment, message):
