@@ -647,8 +647,9 @@ class InstanceViewSet(viewsets.GenericViewSet):
                 "not yet taken."
             ),
             422: OpenApiResponse(
-                description="The workflow never waits for the event, or the payload does not fit (its node's form or "
-                "schema refuses it, or it sets a key where the workflow records a human step or a wait)."
+                description="The workflow never waits for the event (`invalid_signal`), or the payload does not fit "
+                "(its node's form or schema refuses it: `invalid_signal`), or it sets a key where the workflow records "
+                "a human step or a wait, as sent or as cleaned (`sets_records`, naming `payload.<key>`)."
             ),
         },
     )
@@ -739,7 +740,10 @@ def _deliver(request: Request, instance_id: int, body: dict[str, Any]) -> Respon
                 description="Several open instances have the key, the instance ended, or the id "
                 "was used with another body."
             ),
-            422: OpenApiResponse(description="The workflow never waits for the event, or the payload does not fit."),
+            422: OpenApiResponse(
+                description="The workflow never waits for the event, or the payload does not fit (`invalid_signal`), "
+                "or it sets a key where the workflow records a human step or a wait (`sets_records`)."
+            ),
         },
     )
 )
