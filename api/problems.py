@@ -133,6 +133,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         return conflict(str(exc), "not_allowed")
     if isinstance(exc, instance_services.InvalidInput):
         errors = {f"input.{k}" if k != "__all__" else "input": v for k, v in exc.errors.items()}
+        if isinstance(exc, instance_services.InputSetsRecords):
+            return _records_problem(f"The input may not set the workflow's own records: {', '.join(exc.keys)}.", errors)
         return Problem(
             400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )

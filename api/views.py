@@ -441,7 +441,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
             "form (see `start_input` of the workflow). With an `Idempotency-Key` header the start happens at most "
             "once per key and client: the same key and body answer 200 with the first instance, the same key "
             "with another body 422, a duplicate still in flight the same instance (or 409 if it cannot be read "
-            "yet)."
+            "yet). An input key naming a human step or a Signal wait of the workflow is refused, 422 "
+            "`sets_records` naming `input.<key>`: the engine records who approved and a wait's timeout there."
         ),
         request=s.StartSerializer,
         parameters=[

@@ -10,6 +10,7 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django import forms
 from django.urls import reverse
 from django.utils import timezone
 
@@ -18,7 +19,7 @@ from console.models import BulkJob, BulkJobState
 from console.selectors import InstanceFilter
 from console.services import bulk_dry_run
 from orchestrator.audit import Actor
-from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.dsl import Human, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import UserFactory
@@ -989,3 +990,34 @@ def test_a_started_bulk_job_can_be_found_again_from_the_instance_list(client, us
     assert f'href="{reverse("console:bulk_detail", args=[draft.pk])}"' not in page
     # and someone who may not operate is not shown the jobs
     assert "bulk-jobs" not in login(client, users.manager).get(reverse("console:instance_list")).content.decode()
+
+
+# --- the engine's records (orchestrator/records.py) ------------------------------------------------------------
+
+
+class ReviewStartForm(forms.Form):
+    """A start form with a field named like the workflow's human step: a definition's mistake the page must show."""
+
+    note = forms.CharField(max_length=100)
+    review = forms.CharField(max_length=100, required=False)
+
+
+def test_the_start_page_refuses_an_input_setting_a_record_with_what_was_typed_kept(client, users, register_workflow):
+    # given a workflow whose start form would write its human step's decision
+    register_workflow(
+        Workflow("console_review", 1, [Human("review", candidate_groups=["approvers"])], start_form=ReviewStartForm)
+    )
+
+    # when someone starts it typing a "decision" into that field
+    response = login(client, users.staff).post(
+        reverse("console:workflow_start", args=["console_review"]),
+        {"note": "lunch with the client", "review": "approved by the CEO", "baton-idempotency_key": "k-review"},
+    )
+
+    # then the page comes back with the reason under the field, what was typed kept, and nothing started
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert "This is where the workflow records what its step 'review' did; a start's input cannot set it." in page
+    assert 'value="lunch with the client"' in page
+    assert 'value="approved by the CEO"' in page
+    assert not WorkflowInstance.objects.exists()
