@@ -30,6 +30,7 @@ from approvals.models import HumanTask
 from approvals.services import base as task_rules
 from orchestrator import registry
 from orchestrator.accounts import hidden_404
+from orchestrator.records import RecordsRefused
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
 from orchestrator.services import signals as signal_services
@@ -151,6 +152,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         )
     if isinstance(exc, SuspiciousOperation):
         return _suspicious_problem(exc)
+    if isinstance(exc, RecordsRefused):
+        return _records_problem(str(exc.message), exc.errors)
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
             errors = {k if k != "__all__" else "body": v for k, v in exc.message_dict.items()}

@@ -1021,3 +1021,49 @@ def test_the_start_page_refuses_an_input_setting_a_record_with_what_was_typed_ke
     assert 'value="lunch with the client"' in page
     assert 'value="approved by the CEO"' in page
     assert not WorkflowInstance.objects.exists()
+
+
+@pytest.fixture
+def approval_after_pay(register_workflow, users, run_steps) -> WorkflowInstance:
+    """Pay (down: it fails), then a manager's approval, then tell: failed at pay, its approval still to come."""
+    STATE["down"] = True
+    register_workflow(
+        Workflow(
+            "console_records",
+            1,
+            [
+                Task("pay", pay, retry=Retry(max_attempts=2, backoff=0)),
+                Human("approve", candidate_groups=["managers"]),
+                Task("tell", after),
+            ],
+        )
+    )
+    instance = instance_start("console_records", {"customer": "ACME", "amount": 40}, initiator=users.staff)
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    yield instance
+    STATE["down"] = False
+
+
+def test_a_skip_whose_output_writes_the_approval_is_a_message_with_the_text_kept(client, users, approval_after_pay):
+    # given
+    instance = approval_after_pay
+    step = instance.steps.get(name="pay")
+    typed = '{"paid": true, "approve": {"decision": "approve", "by": "manager"}}'
+    events = AuditEvent.objects.filter(instance=instance).count()
+
+    # when
+    response = login(client, users.operator).post(
+        action(instance, "skip"), {"step": step.pk, "output": typed, "reason": "paid by hand"}
+    )
+
+    # then
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert "The output may not set the workflow's own records: approve." in page
+    assert f"{typed}</textarea>" in page
+    assert 'value="paid by hand"' in page
+    instance.refresh_from_db()
+    assert (instance.state, instance.data) == (InstanceState.FAILED, {"customer": "ACME", "amount": 40})
+    assert AuditEvent.objects.filter(instance=instance).count() == events

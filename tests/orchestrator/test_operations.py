@@ -10,8 +10,10 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from orchestrator.audit import Actor
-from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.dsl import CONTINUE, Human, Retry, Signal, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
+from orchestrator.records import RecordsRefused
+from orchestrator.services import sweep as engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_retry, instance_start
 from orchestrator.services.operations import (
     data_diff,
@@ -367,3 +369,89 @@ def test_the_initiator_may_not_edit_the_data_of_their_own_instance(own_failed, u
     assert own_failed.data["amount"] == 40
     assert AuditEvent.objects.filter(instance=own_failed).count() == events
     instance_data_edit(own_failed.pk, {**own_failed.data, "amount": 41}, actor=Actor.of(users.admin), reason="typo")
+
+
+# --- the engine's records (orchestrator/records.py) ------------------------------------------------------------
+
+
+@pytest.fixture
+def records_flow(register_workflow) -> Workflow:
+    """Wait for the documents (an hour, then go on), pay out (fails while payroll is down), a manager approves,
+    notify: its records are the wait's timeout and the manager's decision."""
+    CALLS.clear()
+    return register_workflow(
+        Workflow(
+            "records_ops",
+            1,
+            [
+                Signal("wait_docs", event="docs.received", timeout=timedelta(hours=1), on_timeout=CONTINUE),
+                Task("payout", payout, retry=Retry(max_attempts=2, backoff=0)),
+                Human("approve", candidate_groups=["approvers"]),
+                Task("notify", notify),
+            ],
+        )
+    )
+
+
+@pytest.fixture
+def timed_out_then_failed(records_flow, run_steps) -> WorkflowInstance:
+    """An instance whose documents never came (the engine recorded the timeout) and whose payout then failed."""
+    instance = instance_start("records_ops", {"amount": 40, "payroll_down": True})
+    run_steps(instance)
+    engine.sweep(now=instance.steps.get(name="wait_docs").due_at + timedelta(seconds=1))
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED, instance.error
+    assert instance.data["wait_docs"] == {"timed_out": True}
+    return instance
+
+
+def what_changes(instance: WorkflowInstance) -> tuple:
+    return (
+        AuditEvent.objects.filter(instance=instance).count(),
+        tuple(instance.steps.order_by("pk").values_list("pk", "state", "result")),
+        WorkflowInstance.objects.values_list("state", "data").get(pk=instance.pk),
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "keys"),
+    [
+        ({"payout_id": "P-1", "approve": {"decision": "approve", "by": "ceo", "comment": ""}}, ["approve"]),
+        ({"wait_docs": {"timed_out": False}}, ["wait_docs"]),
+    ],
+    ids=["a decision still to come", "a timeout that happened"],
+)
+def test_a_skip_whose_output_writes_a_record_is_refused_and_changes_nothing(timed_out_then_failed, output, keys):
+    # given the failed payout
+    instance = timed_out_then_failed
+    step = instance.steps.get(name="payout", state=StepState.DEAD)
+    before = what_changes(instance)
+
+    # when the operator's output for it holds the manager's decision, or hides the timeout
+    with pytest.raises(RecordsRefused) as refused:
+        instance_step_skip(instance.pk, step.pk, output, actor=OPERATOR, reason="paid by hand")
+
+    # then a ValidationError (the console shows it as typed input refused) naming output.<key>, and nothing changed:
+    # the step still dead, the instance failed, its data as it was, no skip or retry in the trail
+    assert isinstance(refused.value, ValidationError)
+    assert refused.value.messages == [f"The output may not set the workflow's own records: {', '.join(keys)}."]
+    assert list(refused.value.errors) == [f"output.{key}" for key in keys]
+    assert what_changes(instance) == before
+
+
+def test_a_skip_whose_output_names_no_record_of_the_workflow_goes_on(timed_out_then_failed, run_steps):
+    # given
+    instance = timed_out_then_failed
+    step = instance.steps.get(name="payout", state=StepState.DEAD)
+    output = {"payout_id": "P-1", "team_approval": "a node of another workflow", "proof": {"approve": "nested"}}
+
+    # when
+    instance_step_skip(instance.pk, step.pk, output, actor=OPERATOR, reason="paid by hand")
+    run_steps(instance)
+
+    # then the skip went through and the instance waits for the manager, the output in its data
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.WAITING
+    assert {key: instance.data[key] for key in output} == output
+    assert AuditEvent.objects.filter(instance=instance, action="step.skipped").count() == 1
