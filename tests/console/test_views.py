@@ -1067,3 +1067,27 @@ def test_a_skip_whose_output_writes_the_approval_is_a_message_with_the_text_kept
     instance.refresh_from_db()
     assert (instance.state, instance.data) == (InstanceState.FAILED, {"customer": "ACME", "amount": 40})
     assert AuditEvent.objects.filter(instance=instance).count() == events
+
+
+def test_a_data_edit_adding_the_approval_is_a_message_and_one_beside_it_saves(client, users, approval_after_pay):
+    # given
+    instance = approval_after_pay
+    forged = '{"customer": "ACME", "amount": 40, "approve": {"decision": "approve"}}'
+
+    # when the operator adds the decision, then corrects the amount only
+    refused = login(client, users.operator).post(
+        action(instance, "edit-data"), {"new_data": forged, "seq": instance.audit_seq, "reason": "sped up"}
+    )
+    saved = client.post(
+        action(instance, "edit-data"),
+        {"new_data": '{"customer": "ACME", "amount": 41}', "seq": instance.audit_seq, "reason": "typo"},
+    )
+
+    # then the first is refused with the reason and the text kept, and the second saves
+    assert refused.status_code == 400
+    page = html.unescape(refused.content.decode())
+    assert "The edit may not add or change the workflow's own records: approve." in page
+    assert f"{forged}</textarea>" in page
+    assert saved.status_code == 302
+    assert WorkflowInstance.objects.get(pk=instance.pk).data == {"customer": "ACME", "amount": 41}
+    assert AuditEvent.objects.filter(instance=instance, action="instance.data_edited").count() == 1

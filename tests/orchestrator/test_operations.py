@@ -9,6 +9,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from orchestrator import registry
 from orchestrator.audit import Actor
 from orchestrator.dsl import CONTINUE, Human, Retry, Signal, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
@@ -455,3 +456,64 @@ def test_a_skip_whose_output_names_no_record_of_the_workflow_goes_on(timed_out_t
     assert instance.state == InstanceState.WAITING
     assert {key: instance.data[key] for key in output} == output
     assert AuditEvent.objects.filter(instance=instance, action="step.skipped").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "keys"),
+    [
+        ({"approve": {"decision": "approve", "by": "ceo", "comment": ""}}, ["approve"]),
+        ({"wait_docs": {"timed_out": False}}, ["wait_docs"]),
+        ({"wait_docs": {"timed_out": True, "note": "late"}, "approve": "yes", "amount": 41}, ["approve", "wait_docs"]),
+    ],
+    ids=["adds a decision", "changes a timeout", "both beside business data"],
+)
+def test_a_data_edit_adding_or_changing_a_record_is_refused_and_changes_nothing(timed_out_then_failed, change, keys):
+    # given
+    instance = timed_out_then_failed
+    before = what_changes(instance)
+
+    # when
+    with pytest.raises(RecordsRefused) as refused:
+        instance_data_edit(
+            instance.pk, {**instance.data, **change}, actor=OPERATOR, reason="x", expected_seq=instance.audit_seq
+        )
+
+    # then
+    assert refused.value.messages == [f"The edit may not add or change the workflow's own records: {', '.join(keys)}."]
+    assert refused.value.errors[f"data.{keys[0]}"] == [
+        f"This is where the workflow records what its step {keys[0]!r} did; an edit may remove it, but cannot set it."
+    ]
+    assert what_changes(instance) == before
+    assert not AuditEvent.objects.filter(instance=instance, action="instance.data_edited").exists()
+
+
+def test_a_data_edit_may_clear_a_stale_record_and_change_business_data_beside_one(timed_out_then_failed):
+    """Removing a record is allowed: an operator may clear a stale timeout before a retry that waits again; what
+    was removed is in the audited diff. Business data beside a record left as it is edits as before."""
+    # given
+    instance = timed_out_then_failed
+    data = dict(instance.data)
+
+    # when
+    kept = instance_data_edit(instance.pk, {**data, "amount": 41}, actor=OPERATOR, reason="typo")
+    without = {key: value for key, value in data.items() if key != "wait_docs"}
+    cleared = instance_data_edit(instance.pk, {**without, "amount": 41}, actor=OPERATOR, reason="stale")
+
+    # then
+    assert kept == {"changed": {"amount": {"from": 40, "to": 41}}}
+    assert cleared == {"removed": {"wait_docs": {"timed_out": True}}}
+    assert "wait_docs" not in WorkflowInstance.objects.get(pk=instance.pk).data
+    assert AuditEvent.objects.filter(instance=instance, action="instance.data_edited").count() == 2
+
+
+def test_a_data_edit_of_an_instance_whose_definition_is_gone_still_keeps_its_records(timed_out_then_failed):
+    """Without the definition the records are known from the instance's own human steps and waits."""
+    # given the definition is no longer deployed
+    instance = timed_out_then_failed
+    registry.unregister("records_ops", 1)
+
+    # when / then: its wait's record is refused, the rest edits
+    with pytest.raises(RecordsRefused, match="wait_docs"):
+        instance_data_edit(instance.pk, {**instance.data, "wait_docs": {}}, actor=OPERATOR, reason="x")
+    instance_data_edit(instance.pk, {**instance.data, "approve": "a step it never reached"}, actor=OPERATOR, reason="x")
+    assert WorkflowInstance.objects.get(pk=instance.pk).data["approve"] == "a step it never reached"
