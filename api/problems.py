@@ -1,7 +1,8 @@
 """Every error of the API as ``application/problem+json`` (RFC 9457): ``type``, ``title``, ``status``, ``detail``,
 and for validation errors ``errors``, a map from the field (dotted for nested input, ``input.amount``) to its
 messages. Domain errors of the services map to the status the pages use: a foreign object 404, a forbidden action
-403, an action the state does not allow 409, bad input 400, an idempotency key reused with another body 422.
+403, an action the state does not allow 409, bad input 400, an idempotency key reused with another body 422, data
+that sets the engine's own records (``orchestrator.records``) 422 ``sets_records``.
 
 Views raise; ``problem_handler`` (DRF's ``EXCEPTION_HANDLER``) answers. A new endpoint (another app's, on top of
 this one) gets the same answers by raising the same exceptions, or an ``APIException`` of its own.
@@ -29,6 +30,7 @@ from approvals.models import HumanTask
 from approvals.services import base as task_rules
 from orchestrator import registry
 from orchestrator.accounts import hidden_404
+from orchestrator.records import RecordsRefused
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
 from orchestrator.services import signals as signal_services
@@ -132,6 +134,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         return conflict(str(exc), "not_allowed")
     if isinstance(exc, instance_services.InvalidInput):
         errors = {f"input.{k}" if k != "__all__" else "input": v for k, v in exc.errors.items()}
+        if isinstance(exc, instance_services.InputSetsRecords):
+            return _records_problem(f"The input may not set the workflow's own records: {', '.join(exc.keys)}.", errors)
         return Problem(
             400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )
@@ -148,6 +152,8 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         )
     if isinstance(exc, SuspiciousOperation):
         return _suspicious_problem(exc)
+    if isinstance(exc, RecordsRefused):
+        return _records_problem(str(exc.message), exc.errors)
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
             errors = {k if k != "__all__" else "body": v for k, v in exc.message_dict.items()}
@@ -174,6 +180,14 @@ def _suspicious_problem(exc: SuspiciousOperation) -> Problem:
     return Problem(400, "The request could not be understood.", code="bad_request")
 
 
+def _records_problem(detail: str, errors: dict[str, list[str]]) -> Problem:
+    """Data that sets a key where the engine records what a node did (``orchestrator.records``: a human step's
+    decision, a wait's timeout), by whichever way in (a start's ``input``, a skip's ``output``, a signal's
+    ``payload``): 422 ``sets_records``, each key named (``input.manager_approval``). The body was well formed;
+    what it asks is not the sender's to say, so not a 400 the sender fixes by the form's rules."""
+    return Problem(422, detail, code="sets_records", title="Sets the workflow's own records", errors=errors)
+
+
 def _signal_problem(exc: signal_services.SignalError) -> Problem:
     """A refused delivery: unknown instance 404, the initiator 403, an ended instance or a reused signal id 409,
     an event the workflow never waits for or a payload its node refuses 422 (the body was well formed; its
@@ -185,6 +199,8 @@ def _signal_problem(exc: signal_services.SignalError) -> Problem:
         return Problem(403, str(exc), code="forbidden")
     if isinstance(exc, signal_services.SignalConflict):
         return Problem(409, str(exc), code="conflict", title="Not possible in the current state", errors=errors)
+    if isinstance(exc, signal_services.SignalSetsRecords):
+        return _records_problem(str(exc), errors)
     return Problem(422, str(exc), code="invalid_signal", title="Signal not accepted", errors=errors)
 
 

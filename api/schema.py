@@ -32,7 +32,7 @@ class ProblemSerializer(serializers.Serializer):
 
 # What any operation may answer besides its own: bad input, no or a bad token, a role or object refused, a query
 # string too long (orchestrator/middleware.py answers it before any view), a state conflict, a body too large or
-# not JSON, an idempotency key reused.
+# not JSON, an idempotency key reused or the engine's own records set (orchestrator/records.py).
 COMMON = {
     400: "Invalid input: ``errors`` names each field.",
     401: "Not signed in: send ``Authorization: Bearer <token>`` or a session cookie.",
@@ -46,7 +46,10 @@ WRITES = {
     409: "Not possible in the object's current state, or someone else acted first.",
     413: "The body is too large.",
     415: "Send ``Content-Type: application/json``.",
-    422: "The Idempotency-Key was used before with another body.",
+    422: (
+        "The Idempotency-Key was used before with another body, or the body sets a key where the workflow records "
+        "what a human step or a wait did (code ``sets_records``, ``errors`` naming each key)."
+    ),
 }
 
 

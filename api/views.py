@@ -43,6 +43,7 @@ from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
 from orchestrator.inputs import business_key_forms
 from orchestrator.models import StepKind, StepState, WorkflowInstance
+from orchestrator.records import RecordsRefused
 from orchestrator.services import instances as instance_services
 from orchestrator.services import operations
 from orchestrator.services import signals as signal_services
@@ -444,7 +445,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
             "form (see `start_input` of the workflow). With an `Idempotency-Key` header the start happens at most "
             "once per key and client: the same key and body answer 200 with the first instance, the same key "
             "with another body 422, a duplicate still in flight the same instance (or 409 if it cannot be read "
-            "yet)."
+            "yet). An input key naming a human step or a Signal wait of the workflow is refused, 422 "
+            "`sets_records` naming `input.<key>`: the engine records who approved and a wait's timeout there."
         ),
         request=s.StartSerializer,
         parameters=[
@@ -591,7 +593,9 @@ class InstanceViewSet(viewsets.GenericViewSet):
         description=(
             "The console's Skip: the instance must be failed with exactly one dead automated task or timer step "
             "(its id or its name in `step`). The step ends skipped with `output` as its result, `output` joins the "
-            "instance data, and the instance runs on from the node after the step. Audited with the reason."
+            "instance data, and the instance runs on from the node after the step. Audited with the reason. An "
+            "output key naming a human step or a Signal wait of the workflow is refused, 422 `sets_records` naming "
+            "`output.<key>`: the engine records who approved and a wait's timeout there."
         ),
         request=s.SkipSerializer,
         responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS},
@@ -599,7 +603,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def skip(self, request: Request, pk: int) -> Response:
         """404 unseen, 403 not an operator, 400 naming ``step``/``output``/``reason``, 409 what the service refuses
-        (``instance_step_skip``: not failed, saga begun, not its one dead task or timer step); else the instance."""
+        (``instance_step_skip``: not failed, saga begun, not its one dead task or timer step), 422 an output that
+        sets the engine's records (``records.RecordsRefused``); else the instance."""
         instance = self._instance(pk, with_data=False)
         if not selectors.can_operate(request.user):
             raise Problem(403, "Only operators may skip a step.", code="forbidden")
@@ -614,6 +619,8 @@ class InstanceViewSet(viewsets.GenericViewSet):
                 reason=body["reason"],
                 request_meta=request_meta(request._request),
             )
+        except RecordsRefused:
+            raise  # 422 naming output.<key> (problems.to_problem), not the 400 of an output that cannot be stored
         except ValidationError as exc:  # the reason passed the serializer: what is left is the output
             messages = list(exc.messages)
             raise Problem(
@@ -650,8 +657,9 @@ class InstanceViewSet(viewsets.GenericViewSet):
                 "not yet taken."
             ),
             422: OpenApiResponse(
-                description="The workflow never waits for the event, or the payload does not fit (its node's form or "
-                "schema refuses it, or it sets a key where the workflow records a human step or a wait)."
+                description="The workflow never waits for the event (`invalid_signal`), or the payload does not fit "
+                "(its node's form or schema refuses it: `invalid_signal`), or it sets a key where the workflow records "
+                "a human step or a wait, as sent or as cleaned (`sets_records`, naming `payload.<key>`)."
             ),
         },
     )
@@ -742,7 +750,10 @@ def _deliver(request: Request, instance_id: int, body: dict[str, Any]) -> Respon
                 description="Several open instances have the key, the instance ended, or the id "
                 "was used with another body."
             ),
-            422: OpenApiResponse(description="The workflow never waits for the event, or the payload does not fit."),
+            422: OpenApiResponse(
+                description="The workflow never waits for the event, or the payload does not fit (`invalid_signal`), "
+                "or it sets a key where the workflow records a human step or a wait (`sets_records`)."
+            ),
         },
     )
 )

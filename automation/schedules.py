@@ -28,6 +28,7 @@ from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.bidi import isolate
 from orchestrator.inputs import bound_form
+from orchestrator.records import record_errors, record_keys, records_set
 from orchestrator.services.results import check_result, clean_text
 from orchestrator.services.sweep import isolated
 
@@ -120,7 +121,9 @@ def missed_runs(schedule: Schedule, *, now: datetime | None = None) -> Missed | 
 
 
 def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str, data: Any) -> dict[str, list[str]]:
-    """What is wrong with a schedule's fields, by field name; {} when it can be saved."""
+    """What is wrong with a schedule's fields, by field name; {} when it can be saved. The input is checked as a
+    start checks it: storable JSON, no key where the workflow records what a human step or a wait did
+    (``orchestrator.records``), then the start form."""
     errors: dict[str, list[str]] = {}
     try:
         workflow = registry.get(workflow_name)
@@ -136,6 +139,13 @@ def check(workflow_name: str, cron: str, interval_seconds: int | None, zone: str
         errors["input"] = ["The input is a JSON object."]
     elif problem := input_problem(data):
         errors["input"] = [problem]
+    elif workflow is not None and (taken := records_set(record_keys(workflow), data)):
+        # Each start would be refused (instances.InputSetsRecords): who approved is not the schedule's to say.
+        errors["input"] = [
+            f"{key}: {message}"
+            for key, messages in record_errors(taken, field="", sender="a schedule's input").items()
+            for message in messages
+        ]
     elif workflow is not None and workflow.start_form is not None:
         form = bound_form(workflow.start_form, data)
         if not form.is_valid():

@@ -33,6 +33,7 @@ from orchestrator.models import (
     StepState,
     WorkflowInstance,
 )
+from orchestrator.records import record_errors, record_keys, records_set
 from orchestrator.services.compensation import compensation_retry, saga_begun
 from orchestrator.services.flow import DECISION_KEPT, enter_node, human_step_retry
 from orchestrator.services.lifecycle import deadlines_shift, drop_kept_signals, settle, skip_open_steps
@@ -56,6 +57,23 @@ class InvalidInput(Exception):
     def __init__(self, errors: dict[str, list[str]]) -> None:
         super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
         self.errors = errors
+
+
+class InputSetsRecords(InvalidInput):
+    """The start input holds a key where the engine records what a node did (``orchestrator.records``): a human
+    step's decision, a wait's timeout. ``keys`` lists them; ``errors`` names each by its key, as ``InvalidInput``
+    names a form's field (the API answers ``input.<key>``, 422 ``sets_records``)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(record_errors(keys, field="", sender="a start's input"))
+        self.keys = keys
+
+
+def _refuse_records(records: frozenset[str], data: Any) -> None:
+    """Raise :class:`InputSetsRecords` when ``data`` (a start's input) sets a key of ``records``."""
+    keys = records_set(records, data) if isinstance(data, dict) else []
+    if keys:
+        raise InputSetsRecords(keys)
 
 
 class NotAllowed(Exception):
@@ -105,19 +123,27 @@ def instance_start(
     key's row beside the start) passes ``savepoint=False`` and saves the SAVEPOINT/RELEASE round trips; a start
     with an ``idempotency_key`` keeps its savepoint regardless (its race is recovered inside it).
 
-    Raises InvalidInput when the data fails the start form or cannot be stored as JSON (:func:`_jsonable`), or the
-    key is longer than ``IDEMPOTENCY_KEY_MAX`` or holds a NUL; IdempotencyConflict when the key was used with other
-    data; UnknownWorkflow.
+    Raises InputSetsRecords (an InvalidInput) when the data sets a key where the engine records what a node did
+    (``orchestrator.records``: who approved, whether a wait timed out), as given or as the start form cleaned it;
+    InvalidInput when the data fails the start form or cannot be stored as JSON (:func:`_jsonable`), or the key is
+    longer than ``IDEMPOTENCY_KEY_MAX`` or holds a NUL; IdempotencyConflict when the key was used with other data;
+    UnknownWorkflow.
     """
     if idempotency_key and (len(idempotency_key) > IDEMPOTENCY_KEY_MAX or "\x00" in idempotency_key):
         problem = f"An idempotency key has at most {IDEMPOTENCY_KEY_MAX} characters and no NUL."
         raise InvalidInput({"idempotency_key": [problem]})
     workflow = registry.get(workflow_name, version)
+    # As given (a key the form does not ask for is kept in the data) and as the form cleaned it (its clean() may
+    # add keys): whoever starts an instance does not decide who approved it
+    # (docs/architecture.md, "Records in the data").
+    records = record_keys(workflow)
+    _refuse_records(records, data)
     if workflow.start_form is not None:
         form = bound_form(workflow.start_form, data)
         if not form.is_valid():
             raise InvalidInput({k: [str(e) for e in v] for k, v in form.errors.items()})
         data = {**data, **form.cleaned_data}
+        _refuse_records(records, data)
     data = _jsonable(data)
     input_hash = _input_hash(data)
     if idempotency_key:

@@ -25,7 +25,8 @@ from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
 from orchestrator.inputs import RepeatedKey, unique_keys
-from orchestrator.models import InstanceState, StepKind, StepRun, StepState
+from orchestrator.models import InstanceState, StepKind, StepRun, StepState, WorkflowInstance
+from orchestrator.records import record_keys, records_rewritten, refuse_records
 from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause, running_again
 from orchestrator.services.lifecycle import settle
@@ -155,6 +156,17 @@ def data_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 EDITABLE_STATES = (InstanceState.FAILED, InstanceState.PAUSED, InstanceState.WAITING)
 
 
+def _record_keys_of(instance: WorkflowInstance) -> frozenset[str]:
+    """The keys of ``instance``'s data that are the engine's records (``records.record_keys`` of its definition).
+    When its definition is not deployed, the names of its human and signal steps: the records it can hold. Raises
+    what the database raises."""
+    workflow = definition_or_none(instance)
+    if workflow is not None:
+        return record_keys(workflow)
+    kinds = (StepKind.HUMAN, StepKind.SIGNAL)
+    return frozenset(instance.steps.filter(kind__in=kinds).values_list("name", flat=True))
+
+
 def instance_data_edit(
     instance_id: int,
     data: dict[str, Any],
@@ -171,9 +183,11 @@ def instance_data_edit(
     Returns the diff (:func:`data_diff`), which is audited as ``instance.data_edited`` with the reason.
 
     Raises ValidationError for a missing reason, data that cannot be stored (:func:`check_object`) or no change;
-    OwnInstance (a NotAllowed) when ``actor`` started the instance; NotAllowed for a state that does not allow it,
-    a step still running (its result would overwrite the edit), or a stale ``expected_seq``;
-    WorkflowInstance.DoesNotExist.
+    ``records.RecordsRefused`` (a ValidationError naming ``data.<key>``) when the edit adds or changes a key where
+    the engine records what a node did (a human step's decision, a wait's timeout: :func:`_record_keys_of`);
+    removing one is allowed (``records.records_rewritten`` says why); OwnInstance (a NotAllowed) when ``actor``
+    started the instance; NotAllowed for a state that does not allow it, a step still running (its result would
+    overwrite the edit), or a stale ``expected_seq``; WorkflowInstance.DoesNotExist.
     """
     reason = _reason_required(reason)
     data = check_object(data, "Data")
@@ -203,6 +217,15 @@ def instance_data_edit(
         diff = data_diff(instance.data, data)
         if not diff:
             raise ValidationError("Data: nothing changed.")
+        # An operator corrects business data; who approved and whether a wait timed out are the engine's to say. A
+        # stale record may be cleared, not written (docs/architecture.md, "Records in the data").
+        refuse_records(
+            records_rewritten(_record_keys_of(instance), instance.data, data),
+            what="edit",
+            field="data",
+            sender="an edit may remove it, but",
+            verb="add or change",
+        )
         unit = Unit(instance, actor, request_meta=request_meta)
         instance.data = data
         unit.audit(

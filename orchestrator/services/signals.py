@@ -54,7 +54,7 @@ from django.utils import timezone
 from orchestrator import registry, rows
 from orchestrator.audit import Actor
 from orchestrator.audit_actions import AuditAction
-from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Human, Signal, Workflow
+from orchestrator.dsl import COMPENSATE, CONTINUE, ESCALATE, Signal, Workflow
 from orchestrator.inputs import (
     IDEMPOTENCY_KEY_MAX,
     bound_form,
@@ -73,6 +73,7 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.ports import human_tasks
+from orchestrator.records import record_errors, record_keys, records_set, records_summary
 from orchestrator.services import instances, steps, sweep
 from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.flow import ENTER, Place, advance, step_stopped
@@ -125,6 +126,11 @@ class SignalForbidden(SignalError):
 class SignalInvalid(SignalError):
     """The event, signal id or payload is not acceptable (the workflow does not wait for the event, the payload
     fails the node's form or schema, text holds a NUL...)."""
+
+
+class SignalSetsRecords(SignalInvalid):
+    """The payload sets a key where the engine records what a node did (``orchestrator.records``): ``errors`` names
+    each as ``payload.<key>``."""
 
 
 @dataclass
@@ -225,11 +231,11 @@ def signal_deliver(
             assert waiting is not None
             node = workflow_def.node(waiting.name)
             assert isinstance(node, Signal)
-            cleaned = _validated(node, payload, _records(workflow_def))  # the node that consumes it checks it
+            cleaned = _validated(node, payload, record_keys(workflow_def))  # the node that consumes it checks it
         else:
             # Kept as sent, for whichever node comes to consume it to check (forms and schemas may differ between
             # the nodes of one event); refused now if none of them could ever accept it.
-            _accepted_by_one(nodes, payload, _records(workflow_def))
+            _accepted_by_one(nodes, payload, record_keys(workflow_def))
             if _kept(instance)[:KEPT_MAX].count() >= KEPT_MAX:
                 raise SignalConflict(
                     f"Instance {instance.pk} already keeps {KEPT_MAX} signals that no step has taken; it keeps no "
@@ -340,7 +346,9 @@ def signal_target(
 
 def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any], records: frozenset[str]) -> None:
     """Raise the first node's :class:`SignalInvalid` unless one of ``nodes`` (all of one event) accepts
-    ``payload``: a signal kept for later must fit at least one node that may consume it."""
+    ``payload``: a signal kept for later must fit at least one node that may consume it. A payload that sets a
+    record as sent is refused by every node alike: :class:`SignalSetsRecords` at once, as at a consumption."""
+    _refuse_records(records_set(records, payload))
     first: SignalInvalid | None = None
     for node in nodes:
         try:
@@ -350,16 +358,10 @@ def _accepted_by_one(nodes: list[Signal], payload: dict[str, Any], records: froz
             first = first or exc
     assert first is not None
     if len(nodes) > 1:
-        raise SignalInvalid(
+        raise type(first)(
             f"The payload fits none of the {len(nodes)} nodes that wait for this event: {first}", first.errors
         )
     raise first
-
-
-def _records(workflow: Workflow) -> frozenset[str]:
-    """The keys of the instance data where the engine records what a node did, under the node's name: a human
-    step's decision (``{"decision", "by", "comment", ...}``) and a wait's timeout (``{"timed_out": true}``)."""
-    return frozenset(name for name, node in workflow.nodes.items() if isinstance(node, Human | Signal))
 
 
 def _validated(node: Signal, payload: dict[str, Any], records: frozenset[str]) -> dict[str, Any]:
@@ -369,9 +371,12 @@ def _validated(node: Signal, payload: dict[str, Any], records: frozenset[str]) -
     anything else on it (a schema that indexes a missing key): that is still this payload refused, and a refusal
     at delivery is a 422 and at consumption a rejection, never a crash. Database errors are not caught.
 
-    Also when what would be merged holds a key of ``records`` (:func:`_records`): the sender of an event may say
-    what happened outside, not rewrite who approved or whether a wait timed out, which later decisions and steps
-    read from the data (docs/architecture.md, "Signals")."""
+    Raises :class:`SignalSetsRecords` when the payload holds a key of ``records`` (``records.record_keys``), as
+    sent or as its form or schema cleaned it: the sender of an event may say what happened outside, not rewrite
+    who approved or whether a wait timed out, which later decisions and steps read from the data. As sent too,
+    although a form drops a key it does not ask for: the sender is told, not silently ignored
+    (docs/architecture.md, "Records in the data")."""
+    _refuse_records(records_set(records, payload))
     try:
         cleaned = _cleaned(node, payload)
     except (SignalInvalid, DatabaseError):
@@ -383,14 +388,15 @@ def _validated(node: Signal, payload: dict[str, Any], records: frozenset[str]) -
             f"{type(exc).__name__}: {message}",
             {"payload": [f"{type(exc).__name__}: {message}"]},
         ) from None
-    taken = sorted(records.intersection(cleaned))
-    if taken:
-        errors = {
-            f"payload.{key}": [f"This is where the workflow records what its step {key!r} did; a signal cannot set it."]
-            for key in taken
-        }
-        raise SignalInvalid("The payload may not set the workflow's own records: " + ", ".join(taken) + ".", errors)
+    _refuse_records(records_set(records, cleaned))
     return cleaned
+
+
+def _refuse_records(keys: list[str]) -> None:
+    """Raise :class:`SignalSetsRecords` naming ``keys`` (``payload.<key>``) when there are any."""
+    if keys:
+        errors = record_errors(keys, field="payload", sender="a signal")
+        raise SignalSetsRecords(records_summary("payload", keys), errors)
 
 
 def _cleaned(node: Signal, payload: dict[str, Any]) -> dict[str, Any]:
@@ -668,7 +674,7 @@ def _consume_kept(unit: Unit, workflow: Workflow, step: StepRun, node: Signal) -
         if kept is None:
             return False
         try:
-            kept.payload = _validated(node, kept.payload, _records(workflow))
+            kept.payload = _validated(node, kept.payload, record_keys(workflow))
         except SignalInvalid as exc:
             _reject(unit, step, node, kept, exc)
             continue

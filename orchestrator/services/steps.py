@@ -30,6 +30,7 @@ from orchestrator.models import (
     WorkflowInstance,
 )
 from orchestrator.ports import human_tasks
+from orchestrator.records import record_keys, records_set, refuse_records
 from orchestrator.services.compensation import (
     RESULT_LOST,
     compensation_mark_done,
@@ -722,8 +723,15 @@ def step_skip(
     would have returned) is recorded as the step's result and joins the instance data, where later steps read it;
     None records nothing.
 
-    Raises ``django_fsm.TransitionNotAllowed`` when the step is not dead; whatever entering the next node raises
+    Raises ``records.RecordsRefused`` (a ValidationError naming ``output.<key>``), before anything changes, when
+    ``output`` sets a key where the engine records what a node did (``orchestrator.records``: a human step's
+    decision, a wait's timeout): an operator's skip stands for a task's result, not for who approved;
+    ``django_fsm.TransitionNotAllowed`` when the step is not dead; whatever entering the next node raises
     (``flow.enter_node``): the caller's transaction is then to be rolled back."""
+    if output is not None:
+        refuse_records(
+            records_set(record_keys(workflow), output), what="output", field="output", sender="a skip's output"
+        )
     from_state = step.state
     step.skip(f"skipped by operator: {reason}", unit.now)
     fields = ["state", "error", "finished_at", "lease_expires_at"]

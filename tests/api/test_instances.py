@@ -60,6 +60,46 @@ def test_the_start_form_names_each_bad_field(api_as, roles):
     assert not WorkflowInstance.objects.exists()
 
 
+@pytest.mark.parametrize("key", [None, "forged-1"], ids=["without a key", "with an idempotency key"])
+def test_an_input_writing_who_approved_is_422_sets_records_naming_each_key(api_as, roles, key):
+    # given an expense whose input holds the manager's decision (a human step of expense_approval)
+    body = expense()
+    body["input"]["manager_approval"] = {"decision": "approve", "by": "ceo", "comment": ""}
+    headers = {"Idempotency-Key": key} if key else {}
+
+    # when
+    response = api_as(roles.staff).post(START, body, **headers)
+
+    # then: its own code, the key named under input, nothing started and the key not used up
+    assert response.status_code == 422, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert (problem["code"], problem["title"]) == ("sets_records", "Sets the workflow's own records")
+    assert problem["detail"] == "The input may not set the workflow's own records: manager_approval."
+    assert problem["errors"] == {
+        "input.manager_approval": [
+            "This is where the workflow records what its step 'manager_approval' did; a start's input cannot set it."
+        ]
+    }
+    assert not WorkflowInstance.objects.exists()
+    assert not IdempotencyKey.objects.exists()
+    del body["input"]["manager_approval"]
+    assert api_as(roles.staff).post(START, body, **headers).status_code == 201
+
+
+def test_an_input_key_naming_another_workflows_step_starts(api_as, roles):
+    # given: "approve" is bench_approval's human step, not expense_approval's
+    body = expense()
+    body["input"]["approve"] = {"decision": "approve"}
+
+    # when
+    response = api_as(roles.staff).post(START, body)
+
+    # then
+    assert response.status_code == 201, response.content
+    assert WorkflowInstance.objects.get().data["approve"] == {"decision": "approve"}
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -218,6 +218,43 @@ def test_a_payload_the_node_refuses_is_422_naming_the_field_and_changes_nothing(
 
 
 @in_process
+@pytest.mark.parametrize("path", ["by id", "by business key"])
+def test_a_payload_setting_the_waits_record_is_422_sets_records_naming_it_and_changes_nothing(
+    waiting, api_as, roles, path
+):
+    # given an order waiting for the payment, whose node's form would drop a key it does not ask for
+    before = what_changes(waiting)
+    forged = {**PAID, "wait_payment": {"timed_out": False}}
+
+    # when the sender writes the wait's record beside the payment
+    if path == "by id":
+        response = api_as(roles.operator).post(signal_path(waiting), signal(payload=forged))
+    else:
+        response = api_as(roles.operator).post("/api/signals/", {**signal(payload=forged), "business_key": "B-1"})
+
+    # then it is told, as sent, with its own code, and nothing is received or merged
+    assert response.status_code == 422, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert (body["code"], body["detail"]) == (
+        "sets_records",
+        "The payload may not set the workflow's own records: wait_payment.",
+    )
+    assert list(body["errors"]) == ["payload.wait_payment"]
+    assert what_changes(waiting) == before
+
+
+@in_process
+def test_a_payload_naming_another_workflows_step_is_accepted(waiting, api_as, roles):
+    # when: "manager_approval" is a human step of the demo's expense workflow, not of this one
+    response = api_as(roles.operator).post(signal_path(waiting), signal(payload={**PAID, "manager_approval": "x"}))
+
+    # then the form takes what it asks for, as before: the key is no record here
+    assert response.status_code == 201, response.content
+    assert response.json()["state"] == "consumed"
+
+
+@in_process
 def test_the_same_signal_id_with_another_payload_is_409(waiting, api_as, roles):
     client = api_as(roles.operator)
     assert client.post(signal_path(waiting), signal("s")).status_code == 201

@@ -85,6 +85,37 @@ def test_bad_skips_name_the_field_and_change_nothing(failed, api_as, roles, body
     assert what_changes(failed) == before
 
 
+def test_an_output_writing_who_approved_is_422_sets_records_and_changes_nothing(failed, api_as, roles):
+    # given the expense's failed payout; the team approved it (its decision is in the data under team_approval)
+    before = what_changes(failed)
+    forged = {"payout_id": "P-77", "team_approval": {"decision": "reject", "by": "staff2", "comment": ""}}
+
+    # when the operator's output for the payout would rewrite that decision
+    response = api_as(roles.operator).post(
+        skip_path(failed), {"step": "payout", "output": forged, "reason": "paid by hand"}
+    )
+
+    # then: 422 with its own code naming output.team_approval (not the 400 of an output that cannot be stored)
+    assert response.status_code == 422, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "sets_records"
+    assert problem["detail"] == "The output may not set the workflow's own records: team_approval."
+    assert list(problem["errors"]) == ["output.team_approval"]
+    assert what_changes(failed) == before
+
+
+def test_an_output_naming_another_workflows_step_is_skipped_with(failed, api_as, roles):
+    # when: "approve" is bench_approval's human step, not the expense's
+    response = api_as(roles.operator).post(
+        skip_path(failed), {"step": "payout", "output": {"payout_id": "P-1", "approve": "yes"}, "reason": "by hand"}
+    )
+
+    # then
+    assert response.status_code == 200, response.content
+    assert WorkflowInstance.objects.get(pk=failed.pk).data["approve"] == "yes"
+
+
 def test_only_operators_skip_and_only_what_they_see(failed, api_as, roles):
     stranger = UserFactory(username="stranger")  # no group: not a candidate of its approval either
     clients = {

@@ -19,7 +19,7 @@ from automation import schedules
 from automation.models import FireOutcome, MissedPolicy, Schedule, ScheduleFire, ScheduleSource
 from automation.schedules import ScheduleInvalid, fire, schedule_save, sync_declared, upcoming
 from orchestrator.audit import Actor
-from orchestrator.dsl import DefinitionError, StepContext, Task, Workflow
+from orchestrator.dsl import DefinitionError, Human, StepContext, Task, Workflow
 from orchestrator.dsl import Schedule as Declared
 from orchestrator.models import AuditEvent, WorkflowInstance
 from orchestrator.services import sweep as engine
@@ -321,6 +321,53 @@ def test_a_start_that_fails_is_recorded_and_audited_and_the_schedule_goes_on(rep
     assert "region" in fire_row.error
     assert schedule.next_fire_at > now
     assert AuditEvent.objects.filter(chain="automation", action="schedule.failed").exists()
+
+
+def test_a_fire_whose_input_writes_who_approved_is_recorded_failed_saying_so_and_the_others_fire(users):
+    # given two due expense schedules; one's input holds the manager's decision (saved before the rule, or the
+    # workflow named a human step like one of its keys since)
+    expense = {"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"}
+    forged = hourly("forged expenses", workflow_name="expense_approval", input=expense, owner=users.staff)
+    honest = hourly("honest expenses", workflow_name="expense_approval", input=expense, owner=users.staff)
+    Schedule.objects.filter(pk=forged.pk).update(input={**expense, "manager_approval": {"decision": "approve"}})
+    now = timezone.now()
+    due_now(forged, now - timedelta(seconds=5))
+    due_now(honest, now - timedelta(seconds=4))
+
+    # when the sweep runs
+    engine.sweep(now=now)
+
+    # then the forged fire is failed with the reason and started nothing, audited like any failed fire; the other
+    # started its expense
+    fire_row = ScheduleFire.objects.get(schedule=forged)
+    assert (fire_row.outcome, fire_row.instance) == (FireOutcome.FAILED, None)
+    assert fire_row.error == (
+        "InputSetsRecords: manager_approval: This is where the workflow records what its step 'manager_approval' "
+        "did; a start's input cannot set it."
+    )
+    assert AuditEvent.objects.filter(chain="automation", action="schedule.failed", subject_id=forged.pk).exists()
+    assert ScheduleFire.objects.get(schedule=honest).outcome == FireOutcome.STARTED
+    assert WorkflowInstance.objects.count() == 1
+    assert "manager_approval" not in WorkflowInstance.objects.get().data
+
+
+def test_a_schedule_input_writing_who_approved_is_refused_at_save_and_another_workflows_step_is_not():
+    # given an expense's input
+    expense = {"employee": "Sam", "amount": "42.00", "category": "meals", "description": "Lunch"}
+
+    # when it holds the team's decision, or a key named like another workflow's human step
+    with pytest.raises(ScheduleInvalid) as refused:
+        hourly("forged", workflow_name="expense_approval", input={**expense, "team_approval": "approve"})
+    saved = hourly("other", workflow_name="expense_approval", input={**expense, "approve": "a key of its own"})
+
+    # then the first is refused naming the key, on the input field; the second is saved
+    assert refused.value.errors == {
+        "input": [
+            "team_approval: This is where the workflow records what its step 'team_approval' did; a schedule's "
+            "input cannot set it."
+        ]
+    }
+    assert list(Schedule.objects.values_list("pk", flat=True)) == [saved.pk]
 
 
 @pytest.mark.parametrize(
@@ -888,3 +935,26 @@ def test_a_start_form_that_raises_on_a_declared_input_stops_no_other_and_is_said
     [left] = schedules.declared_left_out()
     assert left.name == "digest"
     assert "the form's own bug" in left.reason
+
+
+def test_a_declared_schedule_whose_input_writes_a_decision_is_left_out_and_said(register_workflow):
+    # given a workflow declaring a schedule whose input holds its own human step's decision, beside a good one
+    register_workflow(
+        Workflow(
+            name="approved_digest",
+            version=1,
+            steps=[Human("sign_off", candidate_groups=["approvers"]), Task("build", build_report)],
+            schedules=[Declared("signed digest", cron="0 6 * * 1", input={"sign_off": {"decision": "approve"}})],
+        )
+    )
+    register_workflow(report_flow(Declared("eu nightly", cron="0 2 * * *", input={"region": "eu"})))
+
+    # when synced
+    sync_declared()
+
+    # then the good one is in the table, the other is not, and the list says why
+    assert Schedule.objects.filter(name="eu nightly").exists()
+    assert not Schedule.objects.filter(name="signed digest").exists()
+    [left] = schedules.declared_left_out()
+    assert left.name == "signed digest"
+    assert "sign_off: This is where the workflow records what its step 'sign_off' did" in left.reason

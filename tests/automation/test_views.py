@@ -88,6 +88,11 @@ def test_an_admin_creates_a_schedule_and_sees_its_next_runs(admin_client):
         ({"input": '{"a": ' + "[" * 300 + "]" * 300 + "}"}, "nested"),
         # a key typed twice: which amount was meant is a guess (the last one was taken)
         ({"input": EXPENSE[:-1] + ', "amount": "9000.00"}'}, "given twice"),
+        # the manager's decision, which each start would have carried (the engine records it there)
+        (
+            {"input": EXPENSE[:-1] + ', "manager_approval": {"decision": "approve"}}'},
+            "manager_approval: This is where the workflow records what its step",
+        ),
     ],
 )
 def test_a_bad_schedule_is_answered_400_with_the_reason_and_what_was_typed(admin_client, fields, says):

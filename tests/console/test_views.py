@@ -10,6 +10,7 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django import forms
 from django.urls import reverse
 from django.utils import timezone
 
@@ -18,7 +19,7 @@ from console.models import BulkJob, BulkJobState
 from console.selectors import InstanceFilter
 from console.services import bulk_dry_run
 from orchestrator.audit import Actor
-from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.dsl import Human, Retry, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.factories import UserFactory
@@ -989,3 +990,104 @@ def test_a_started_bulk_job_can_be_found_again_from_the_instance_list(client, us
     assert f'href="{reverse("console:bulk_detail", args=[draft.pk])}"' not in page
     # and someone who may not operate is not shown the jobs
     assert "bulk-jobs" not in login(client, users.manager).get(reverse("console:instance_list")).content.decode()
+
+
+# --- the engine's records (orchestrator/records.py) ------------------------------------------------------------
+
+
+class ReviewStartForm(forms.Form):
+    """A start form with a field named like the workflow's human step: a definition's mistake the page must show."""
+
+    note = forms.CharField(max_length=100)
+    review = forms.CharField(max_length=100, required=False)
+
+
+def test_the_start_page_refuses_an_input_setting_a_record_with_what_was_typed_kept(client, users, register_workflow):
+    # given a workflow whose start form would write its human step's decision
+    register_workflow(
+        Workflow("console_review", 1, [Human("review", candidate_groups=["approvers"])], start_form=ReviewStartForm)
+    )
+
+    # when someone starts it typing a "decision" into that field
+    response = login(client, users.staff).post(
+        reverse("console:workflow_start", args=["console_review"]),
+        {"note": "lunch with the client", "review": "approved by the CEO", "baton-idempotency_key": "k-review"},
+    )
+
+    # then the page comes back with the reason under the field, what was typed kept, and nothing started
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert "This is where the workflow records what its step 'review' did; a start's input cannot set it." in page
+    assert 'value="lunch with the client"' in page
+    assert 'value="approved by the CEO"' in page
+    assert not WorkflowInstance.objects.exists()
+
+
+@pytest.fixture
+def approval_after_pay(register_workflow, users, run_steps) -> WorkflowInstance:
+    """Pay (down: it fails), then a manager's approval, then tell: failed at pay, its approval still to come."""
+    STATE["down"] = True
+    register_workflow(
+        Workflow(
+            "console_records",
+            1,
+            [
+                Task("pay", pay, retry=Retry(max_attempts=2, backoff=0)),
+                Human("approve", candidate_groups=["managers"]),
+                Task("tell", after),
+            ],
+        )
+    )
+    instance = instance_start("console_records", {"customer": "ACME", "amount": 40}, initiator=users.staff)
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED
+    yield instance
+    STATE["down"] = False
+
+
+def test_a_skip_whose_output_writes_the_approval_is_a_message_with_the_text_kept(client, users, approval_after_pay):
+    # given
+    instance = approval_after_pay
+    step = instance.steps.get(name="pay")
+    typed = '{"paid": true, "approve": {"decision": "approve", "by": "manager"}}'
+    events = AuditEvent.objects.filter(instance=instance).count()
+
+    # when
+    response = login(client, users.operator).post(
+        action(instance, "skip"), {"step": step.pk, "output": typed, "reason": "paid by hand"}
+    )
+
+    # then
+    assert response.status_code == 400
+    page = html.unescape(response.content.decode())
+    assert "The output may not set the workflow's own records: approve." in page
+    assert f"{typed}</textarea>" in page
+    assert 'value="paid by hand"' in page
+    instance.refresh_from_db()
+    assert (instance.state, instance.data) == (InstanceState.FAILED, {"customer": "ACME", "amount": 40})
+    assert AuditEvent.objects.filter(instance=instance).count() == events
+
+
+def test_a_data_edit_adding_the_approval_is_a_message_and_one_beside_it_saves(client, users, approval_after_pay):
+    # given
+    instance = approval_after_pay
+    forged = '{"customer": "ACME", "amount": 40, "approve": {"decision": "approve"}}'
+
+    # when the operator adds the decision, then corrects the amount only
+    refused = login(client, users.operator).post(
+        action(instance, "edit-data"), {"new_data": forged, "seq": instance.audit_seq, "reason": "sped up"}
+    )
+    saved = client.post(
+        action(instance, "edit-data"),
+        {"new_data": '{"customer": "ACME", "amount": 41}', "seq": instance.audit_seq, "reason": "typo"},
+    )
+
+    # then the first is refused with the reason and the text kept, and the second saves
+    assert refused.status_code == 400
+    page = html.unescape(refused.content.decode())
+    assert "The edit may not add or change the workflow's own records: approve." in page
+    assert f"{forged}</textarea>" in page
+    assert saved.status_code == 302
+    assert WorkflowInstance.objects.get(pk=instance.pk).data == {"customer": "ACME", "amount": 41}
+    assert AuditEvent.objects.filter(instance=instance, action="instance.data_edited").count() == 1

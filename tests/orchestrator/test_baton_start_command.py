@@ -40,6 +40,11 @@ def test_starts_the_latest_version_and_prints_the_instance_id(users):
         (["no_such_flow"], "no workflow named 'no_such_flow' is registered (registered: "),
         (["bench_approval", "--user", "nobody"], "no user named 'nobody'"),
         (["order_fulfilment", "--data", "{}"], "the input was refused: "),
+        (
+            ["bench_approval", "--data", '{"approve": {"decision": "approve", "by": "ceo"}}'],
+            "the input was refused: approve: This is where the workflow records what its step 'approve' did; a "
+            "start's input cannot set it.",
+        ),
     ],
 )
 def test_refusals_name_what_was_wrong_and_start_nothing(args, says):

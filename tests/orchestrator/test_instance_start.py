@@ -10,12 +10,12 @@ from django.contrib.auth.models import Group
 from django.db import DatabaseError, connection, transaction
 
 from orchestrator import registry
-from orchestrator.dsl import StepContext, Task, Workflow
+from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepRun, StepState, WorkflowInstance
 from orchestrator.registry import UnknownWorkflow
-from orchestrator.services.instances import IdempotencyConflict, InvalidInput, instance_start
+from orchestrator.services.instances import IdempotencyConflict, InputSetsRecords, InvalidInput, instance_start
 from orchestrator.services.steps import step_execute
-from tests.factories import OrderInputFactory
+from tests.factories import ExpenseInputFactory, OrderInputFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -322,3 +322,78 @@ def test_a_start_form_s_chosen_models_are_stored_as_their_keys(register_workflow
     instance.refresh_from_db()
     assert instance.data["team"] == team.pk
     assert sorted(instance.data["reviewers"]) == sorted([team.pk, other.pk])
+
+
+# --- the engine's records (orchestrator/records.py) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("forged", "keys"),
+    [
+        ({"manager_approval": {"decision": "approve", "by": "ceo", "comment": ""}}, ["manager_approval"]),
+        ({"team_approval": "approve", "manager_approval": {}}, ["manager_approval", "team_approval"]),
+    ],
+    ids=["a decision", "two beside each other"],
+)
+def test_an_input_writing_who_approved_is_refused_naming_each_key_and_starts_nothing(users, forged, keys):
+    """The expense's start form does not ask for ``manager_approval``, but a start keeps every key it is given: the
+    submitter would have written the manager's decision that the workflow's decision reads."""
+    # given a valid expense with the decisions of its human steps beside it
+    data = {**ExpenseInputFactory(), **forged}
+
+    # when
+    with pytest.raises(InputSetsRecords) as refused:
+        instance_start("expense_approval", data, initiator=users.staff)
+
+    # then: an InvalidInput (every caller already answers those), naming each key, and nothing is written
+    assert isinstance(refused.value, InvalidInput)
+    assert refused.value.keys == keys
+    assert list(refused.value.errors) == keys
+    assert refused.value.errors[keys[0]] == [
+        f"This is where the workflow records what its step {keys[0]!r} did; a start's input cannot set it."
+    ]
+    assert not WorkflowInstance.objects.exists()
+    assert not AuditEvent.objects.filter(action="instance.started").exists()
+
+
+def test_an_input_naming_no_record_of_this_workflow_starts(users):
+    """A record's name nested under another key, and names of another workflow's human steps and waits, are the
+    sender's own data: the rule is this workflow's records, at the top of the data (else it passed by refusing all)."""
+    # given
+    extra = {
+        "approve": {"decision": "approve"},  # bench_approval's human step
+        "wait_payment": {"timed_out": True},  # a wait of the tests' payment flows
+        "history": {"manager_approval": {"decision": "reject"}},
+        "payout": "bank transfer",  # this workflow's task: its result is merged, never kept under its name
+    }
+
+    # when
+    instance = instance_start("expense_approval", {**ExpenseInputFactory(), **extra}, initiator=users.staff)
+
+    # then
+    instance.refresh_from_db()
+    assert {key: instance.data[key] for key in extra} == extra
+    assert AuditEvent.objects.filter(instance=instance, action="instance.started").count() == 1
+
+
+class ReviewForm(forms.Form):
+    """A start form that asks for a field named like the workflow's human step (a definition's mistake)."""
+
+    review = forms.CharField(required=False)
+
+
+def test_a_record_the_start_form_itself_would_set_is_refused_too(register_workflow):
+    """Checked as the form cleaned it as well as as given: a form field named like a human step gives it a value
+    (its empty value when left out), which would stand in the data as that step's decision."""
+    # given
+    register_workflow(
+        Workflow("review_flow", 1, [Human("review", candidate_groups=["approvers"])], start_form=ReviewForm)
+    )
+
+    # when the input does not even give the field
+    with pytest.raises(InputSetsRecords) as refused:
+        instance_start("review_flow", {"note": "hello"})
+
+    # then
+    assert refused.value.keys == ["review"]
+    assert not WorkflowInstance.objects.exists()

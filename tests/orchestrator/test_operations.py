@@ -9,9 +9,12 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from orchestrator import registry
 from orchestrator.audit import Actor
-from orchestrator.dsl import Retry, StepContext, Task, Workflow
+from orchestrator.dsl import CONTINUE, Human, Retry, Signal, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
+from orchestrator.records import RecordsRefused
+from orchestrator.services import sweep as engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_retry, instance_start
 from orchestrator.services.operations import (
     data_diff,
@@ -367,3 +370,150 @@ def test_the_initiator_may_not_edit_the_data_of_their_own_instance(own_failed, u
     assert own_failed.data["amount"] == 40
     assert AuditEvent.objects.filter(instance=own_failed).count() == events
     instance_data_edit(own_failed.pk, {**own_failed.data, "amount": 41}, actor=Actor.of(users.admin), reason="typo")
+
+
+# --- the engine's records (orchestrator/records.py) ------------------------------------------------------------
+
+
+@pytest.fixture
+def records_flow(register_workflow) -> Workflow:
+    """Wait for the documents (an hour, then go on), pay out (fails while payroll is down), a manager approves,
+    notify: its records are the wait's timeout and the manager's decision."""
+    CALLS.clear()
+    return register_workflow(
+        Workflow(
+            "records_ops",
+            1,
+            [
+                Signal("wait_docs", event="docs.received", timeout=timedelta(hours=1), on_timeout=CONTINUE),
+                Task("payout", payout, retry=Retry(max_attempts=2, backoff=0)),
+                Human("approve", candidate_groups=["approvers"]),
+                Task("notify", notify),
+            ],
+        )
+    )
+
+
+@pytest.fixture
+def timed_out_then_failed(records_flow, run_steps) -> WorkflowInstance:
+    """An instance whose documents never came (the engine recorded the timeout) and whose payout then failed."""
+    instance = instance_start("records_ops", {"amount": 40, "payroll_down": True})
+    run_steps(instance)
+    engine.sweep(now=instance.steps.get(name="wait_docs").due_at + timedelta(seconds=1))
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.FAILED, instance.error
+    assert instance.data["wait_docs"] == {"timed_out": True}
+    return instance
+
+
+def what_changes(instance: WorkflowInstance) -> tuple:
+    return (
+        AuditEvent.objects.filter(instance=instance).count(),
+        tuple(instance.steps.order_by("pk").values_list("pk", "state", "result")),
+        WorkflowInstance.objects.values_list("state", "data").get(pk=instance.pk),
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "keys"),
+    [
+        ({"payout_id": "P-1", "approve": {"decision": "approve", "by": "ceo", "comment": ""}}, ["approve"]),
+        ({"wait_docs": {"timed_out": False}}, ["wait_docs"]),
+    ],
+    ids=["a decision still to come", "a timeout that happened"],
+)
+def test_a_skip_whose_output_writes_a_record_is_refused_and_changes_nothing(timed_out_then_failed, output, keys):
+    # given the failed payout
+    instance = timed_out_then_failed
+    step = instance.steps.get(name="payout", state=StepState.DEAD)
+    before = what_changes(instance)
+
+    # when the operator's output for it holds the manager's decision, or hides the timeout
+    with pytest.raises(RecordsRefused) as refused:
+        instance_step_skip(instance.pk, step.pk, output, actor=OPERATOR, reason="paid by hand")
+
+    # then a ValidationError (the console shows it as typed input refused) naming output.<key>, and nothing changed:
+    # the step still dead, the instance failed, its data as it was, no skip or retry in the trail
+    assert isinstance(refused.value, ValidationError)
+    assert refused.value.messages == [f"The output may not set the workflow's own records: {', '.join(keys)}."]
+    assert list(refused.value.errors) == [f"output.{key}" for key in keys]
+    assert what_changes(instance) == before
+
+
+def test_a_skip_whose_output_names_no_record_of_the_workflow_goes_on(timed_out_then_failed, run_steps):
+    # given
+    instance = timed_out_then_failed
+    step = instance.steps.get(name="payout", state=StepState.DEAD)
+    output = {"payout_id": "P-1", "team_approval": "a node of another workflow", "proof": {"approve": "nested"}}
+
+    # when
+    instance_step_skip(instance.pk, step.pk, output, actor=OPERATOR, reason="paid by hand")
+    run_steps(instance)
+
+    # then the skip went through and the instance waits for the manager, the output in its data
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.WAITING
+    assert {key: instance.data[key] for key in output} == output
+    assert AuditEvent.objects.filter(instance=instance, action="step.skipped").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "keys"),
+    [
+        ({"approve": {"decision": "approve", "by": "ceo", "comment": ""}}, ["approve"]),
+        ({"wait_docs": {"timed_out": False}}, ["wait_docs"]),
+        ({"wait_docs": {"timed_out": True, "note": "late"}, "approve": "yes", "amount": 41}, ["approve", "wait_docs"]),
+    ],
+    ids=["adds a decision", "changes a timeout", "both beside business data"],
+)
+def test_a_data_edit_adding_or_changing_a_record_is_refused_and_changes_nothing(timed_out_then_failed, change, keys):
+    # given
+    instance = timed_out_then_failed
+    before = what_changes(instance)
+
+    # when
+    with pytest.raises(RecordsRefused) as refused:
+        instance_data_edit(
+            instance.pk, {**instance.data, **change}, actor=OPERATOR, reason="x", expected_seq=instance.audit_seq
+        )
+
+    # then
+    assert refused.value.messages == [f"The edit may not add or change the workflow's own records: {', '.join(keys)}."]
+    assert refused.value.errors[f"data.{keys[0]}"] == [
+        f"This is where the workflow records what its step {keys[0]!r} did; an edit may remove it, but cannot set it."
+    ]
+    assert what_changes(instance) == before
+    assert not AuditEvent.objects.filter(instance=instance, action="instance.data_edited").exists()
+
+
+def test_a_data_edit_may_clear_a_stale_record_and_change_business_data_beside_one(timed_out_then_failed):
+    """Removing a record is allowed: an operator may clear a stale timeout before a retry that waits again; what
+    was removed is in the audited diff. Business data beside a record left as it is edits as before."""
+    # given
+    instance = timed_out_then_failed
+    data = dict(instance.data)
+
+    # when
+    kept = instance_data_edit(instance.pk, {**data, "amount": 41}, actor=OPERATOR, reason="typo")
+    without = {key: value for key, value in data.items() if key != "wait_docs"}
+    cleared = instance_data_edit(instance.pk, {**without, "amount": 41}, actor=OPERATOR, reason="stale")
+
+    # then
+    assert kept == {"changed": {"amount": {"from": 40, "to": 41}}}
+    assert cleared == {"removed": {"wait_docs": {"timed_out": True}}}
+    assert "wait_docs" not in WorkflowInstance.objects.get(pk=instance.pk).data
+    assert AuditEvent.objects.filter(instance=instance, action="instance.data_edited").count() == 2
+
+
+def test_a_data_edit_of_an_instance_whose_definition_is_gone_still_keeps_its_records(timed_out_then_failed):
+    """Without the definition the records are known from the instance's own human steps and waits."""
+    # given the definition is no longer deployed
+    instance = timed_out_then_failed
+    registry.unregister("records_ops", 1)
+
+    # when / then: its wait's record is refused, the rest edits
+    with pytest.raises(RecordsRefused, match="wait_docs"):
+        instance_data_edit(instance.pk, {**instance.data, "wait_docs": {}}, actor=OPERATOR, reason="x")
+    instance_data_edit(instance.pk, {**instance.data, "approve": "a step it never reached"}, actor=OPERATOR, reason="x")
+    assert WorkflowInstance.objects.get(pk=instance.pk).data["approve"] == "a step it never reached"

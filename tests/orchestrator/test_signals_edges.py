@@ -27,7 +27,13 @@ from orchestrator.services import sweep as engine
 from orchestrator.services.instances import NotAllowed, instance_pause, instance_resume, instance_retry, instance_start
 from orchestrator.services.locks import lock_instance
 from orchestrator.services.operations import instance_compensate
-from orchestrator.services.signals import SignalConflict, SignalForbidden, SignalInvalid, signal_deliver
+from orchestrator.services.signals import (
+    SignalConflict,
+    SignalForbidden,
+    SignalInvalid,
+    SignalSetsRecords,
+    signal_deliver,
+)
 from tests.concurrency import race
 from tests.orchestrator.test_signals import OPERATOR, deliver, flow, waiting_instance
 
@@ -265,7 +271,7 @@ def test_a_payload_may_not_write_what_the_engine_records_under_a_node_name(regis
     assert records["manager_approval"]["by"] == users.staff2.username
 
     # when the documents' sender puts a node's name among its keys
-    with pytest.raises(SignalInvalid) as refused:
+    with pytest.raises(SignalSetsRecords) as refused:
         deliver(instance.pk, event="docs.received", payload=forged)
 
     # then it is refused naming the key (it overwrote who approved, or hid the timeout, for every later step and
@@ -275,6 +281,62 @@ def test_a_payload_may_not_write_what_the_engine_records_under_a_node_name(regis
     instance.refresh_from_db()
     assert {name: instance.data[name] for name in records} == records
     assert not ReceivedSignal.objects.exists()
+
+
+@pytest.mark.parametrize("arrives", ["at the wait", "before the wait"])
+def test_a_record_sent_to_a_form_that_would_drop_it_is_refused_as_sent(payment_flow, run_steps, arrives):
+    # given an instance waiting for the payment (a form node: it drops a key it does not ask for), or not there yet
+    # (the signal would be kept as sent, for the node to clean when it consumes it)
+    if arrives == "at the wait":
+        instance = waiting_instance(run_steps)
+    else:
+        instance = instance_start("signal_payment", {"order": "A-1"})
+    data, events = dict(instance.data), AuditEvent.objects.filter(instance=instance).count()
+
+    # when the sender puts the wait's own name in the payload, beside what the form asks for
+    payload = {"paid_amount": "12.50", "reference": "PAY-9", "wait_payment": {"timed_out": True}}
+    with pytest.raises(SignalSetsRecords) as refused:
+        deliver(instance.pk, payload=payload)
+
+    # then it is told so, naming the key, rather than silently dropped; nothing is received, audited or merged
+    assert refused.value.errors == {
+        "payload.wait_payment": [
+            "This is where the workflow records what its step 'wait_payment' did; a signal cannot set it."
+        ]
+    }
+    assert str(refused.value) == "The payload may not set the workflow's own records: wait_payment."
+    instance.refresh_from_db()
+    assert instance.data == data
+    assert AuditEvent.objects.filter(instance=instance).count() == events
+    assert not ReceivedSignal.objects.exists()
+
+
+def test_a_key_naming_no_record_of_this_workflow_is_merged(register_workflow, run_steps, users):
+    # given a claim waiting for the documents (no form: the payload is merged as sent)
+    register_workflow(approved_then_docs("signal_not_records"))
+    instance = instance_start("signal_not_records", {"order": "C-2"})
+    run_steps(instance)
+    engine.sweep(now=instance.steps.get(name="wait_quote").due_at + timedelta(seconds=1))
+    task = HumanTask.objects.get(step__instance=instance)
+    task_claim(task.pk, users.staff2)
+    task_decide(task.pk, users.staff2, "approve", comment="ok")
+
+    # when the payload holds a node name of another workflow, a record's name nested under its own key, and the
+    # names of this workflow's task (not a record: a task's result is merged, not kept under its name)
+    payload = {
+        "team_approval": {"decision": "approve"},
+        "wait_payment": {"timed_out": False},
+        "docs": {"manager_approval": "seen"},
+        "payout": "bank",
+    }
+    delivery = deliver(instance.pk, event="docs.received", payload=payload)
+
+    # then it is consumed and merged as sent, and the records stand
+    assert delivery.outcome == "consumed"
+    instance.refresh_from_db()
+    assert {key: instance.data[key] for key in payload} == payload
+    assert instance.data["manager_approval"]["by"] == users.staff2.username
+    assert AuditEvent.objects.filter(instance=instance, action="signal.received").count() == 1
 
 
 # --- how many signals an instance keeps -----------------------------------------------------------------------
