@@ -508,6 +508,9 @@ class Workflow:
     following: dict[str, str | None] = field(init=False, default_factory=dict)
     # For each node inside a branch: (parallel name, branch index).
     branch_of: dict[str, tuple[str, int]] = field(init=False, default_factory=dict)
+    # The names of the Human and Signal nodes: the keys of the instance data where the engine records what they did
+    # (orchestrator.records).
+    records: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier() or len(self.name) > NAME_MAX:
@@ -535,6 +538,7 @@ class Workflow:
         problem = _form_problem(self.start_form)
         if problem:
             raise DefinitionError(f"{self.key}: start_form: {problem}")
+        self._check_forms_leave_records()
         names = [schedule.name for schedule in self.schedules]
         for name in sorted({n for n in names if names.count(n) > 1}):
             # Only one of them could be in the schedule table: which one ran was the last in the list, unsaid.
@@ -552,6 +556,25 @@ class Workflow:
                     )
                 if target is not None and target in self.branch_of and node.name not in self.branch_of:
                     raise DefinitionError(f"{self.key}: {node.name!r} jumps into a parallel branch")
+
+    def _check_forms_leave_records(self) -> None:
+        """Raise ``DefinitionError`` when a form of this workflow (the start form, a form step's, a signal's)
+        declares a field named like a ``Human`` or ``Signal`` node: under those names the engine records who
+        decided and whether a wait timed out, and a form's cleaned data is merged into the instance data, so the
+        field would overwrite the record (docs/architecture.md, "Records in the data")."""
+        self.records = records = frozenset(
+            name for name, node in self.nodes.items() if isinstance(node, Human | Signal)
+        )
+        forms = [("start_form", self.start_form)] + [
+            (f"step {node.name!r}", node.form) for node in self.nodes.values() if isinstance(node, Human | Signal)
+        ]
+        for where, form in forms:
+            taken = sorted(records.intersection(getattr(form, "base_fields", None) or {}))
+            if taken:
+                raise DefinitionError(
+                    f"{self.key}: {where}: {form.__name__} has fields named like steps whose outcome the engine"
+                    f" records under that name ({', '.join(taken)}): rename the fields"
+                )
 
     def _index(self, nodes: Sequence[Node], branch: tuple[str, int] | None) -> None:
         for position, node in enumerate(nodes):

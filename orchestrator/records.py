@@ -26,10 +26,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from orchestrator.dsl import Human, Signal, Workflow
-
-# The kinds of node under whose name the engine writes into the instance data.
-RECORDING_NODES = (Human, Signal)
+from orchestrator.dsl import Workflow
 
 
 def record_keys(workflow: Workflow) -> frozenset[str]:
@@ -38,7 +35,7 @@ def record_keys(workflow: Workflow) -> frozenset[str]:
 
     Takes a registered or unregistered definition; returns a frozenset of names (empty for a workflow with neither
     kind of node). Raises nothing."""
-    return frozenset(name for name, node in workflow.nodes.items() if isinstance(node, RECORDING_NODES))
+    return workflow.records  # computed once, when the definition was built
 
 
 def records_set(records: frozenset[str], data: Mapping[str, Any] | Iterable[str]) -> list[str]:

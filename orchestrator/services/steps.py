@@ -80,6 +80,8 @@ class Claim:
     kind: str
     node: Node
     context: StepContext
+    # The definition's record keys (orchestrator.records): a result may not set them.
+    records: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -151,7 +153,8 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
     if not _claimable(instance, step, now):
         return None
     try:
-        node = step_node(definition_of(instance), step)
+        workflow = definition_of(instance)
+        node = step_node(workflow, step)
     except Exception:
         return _claim(step_id, now)  # the locked claim records why the step cannot run
     read_seq = instance.audit_seq
@@ -183,7 +186,7 @@ def _claim_guarded(step_id: int, now: datetime) -> Claim | Moved | None:
         insert=[event],
     ):
         return Moved()
-    return _claimed(instance, step, node)
+    return _claimed(instance, step, node, workflow)
 
 
 _HOST = socket.gethostname()
@@ -200,7 +203,7 @@ def _lease(node: Node, now: datetime) -> datetime:
     return now + timedelta(seconds=step_limits(node)[2])
 
 
-def _claimed(instance: WorkflowInstance, step: StepRun, node: Node) -> Claim:
+def _claimed(instance: WorkflowInstance, step: StepRun, node: Node, workflow: Workflow) -> Claim:
     context = StepContext(
         instance_id=instance.pk,
         step=step.name,
@@ -209,7 +212,7 @@ def _claimed(instance: WorkflowInstance, step: StepRun, node: Node) -> Claim:
         idempotency_key=step.idempotency_key,
         business_key=instance.business_key,
     )
-    return Claim(step.pk, step.attempt, step.kind, node, context)
+    return Claim(step.pk, step.attempt, step.kind, node, context, record_keys(workflow))
 
 
 def _claim(step_id: int, now: datetime) -> Claim | None:
@@ -221,7 +224,8 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
         if not _claimable(instance, step, now):
             return None
         try:
-            node = step_node(definition_of(instance), step)
+            workflow = definition_of(instance)
+            node = step_node(workflow, step)
         except Exception as exc:  # the code of this version is gone or broken: fail loudly, not silently
             unit = Unit(instance, WORKER, now=now)
             from_state = step.state
@@ -252,7 +256,7 @@ def _claim(step_id: int, now: datetime) -> Claim | None:
             "step", step.pk, from_state, step.state, payload={"attempt": step.attempt}, action=AuditAction.STEP_STARTED
         )
         unit.finish()
-        return _claimed(instance, step, node)
+        return _claimed(instance, step, node, workflow)
 
 
 def _run_handler(claim: Claim) -> Outcome:
@@ -286,6 +290,14 @@ def _run_handler(claim: Claim) -> Outcome:
         # Checked here, in the worker, so that a result the database would refuse never aborts the record; what
         # comes back is the result as it will be stored (tuples as lists).
         result = check_result(dict(result or {}))
+        taken = records_set(claim.records, result)
+        if taken:
+            # The handler's bug, not the input's: its result would overwrite who decided or a wait's timeout, which
+            # later steps read (orchestrator.records). Returning it again cannot help.
+            raise ValueError(
+                f"result sets {', '.join(taken)}, where the workflow records what its step did (who decided, a"
+                " wait's timeout): return the value under another name"
+            )
     except Exception as exc:
         # Returning the same value again cannot help: permanent, and the handler is not run again. Not only what
         # JSON refuses: a dict subclass whose items() raises (a lazy mapping whose source went away) fails here

@@ -7,8 +7,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django import forms
 
-from orchestrator.dsl import CONTINUE, Decision, Human, Parallel, Signal, StepContext, Task, Timer, Workflow
+from orchestrator.dsl import (
+    CONTINUE,
+    Decision,
+    DefinitionError,
+    Human,
+    Parallel,
+    Signal,
+    StepContext,
+    Task,
+    Timer,
+    Workflow,
+)
 from orchestrator.records import (
     RecordsRefused,
     record_errors,
@@ -100,3 +112,61 @@ def test_a_refusal_names_each_key_under_its_field_and_says_who_may_not_set_it():
 
 def test_no_keys_refuse_nothing():
     assert refuse_records([], what="output", field="output", sender="a skip's output") is None
+
+
+class DocsForm(forms.Form):
+    reference = forms.CharField()
+
+
+class ForgingForm(DocsForm):
+    approve = forms.CharField(required=False)
+
+
+@pytest.mark.parametrize(
+    ("where", "steps", "start_form"),
+    [
+        ("start_form", [Human("approve", candidate_groups=["a"])], ForgingForm),
+        (
+            "step 'fill'",
+            [
+                Human("fill", candidate_groups=["a"], kind_of_task="form", form=ForgingForm),
+                Human("approve", candidate_groups=["a"]),
+            ],
+            None,
+        ),
+        (
+            "step 'docs'",
+            [Signal("docs", event="docs.in", form=ForgingForm), Human("approve", candidate_groups=["a"])],
+            None,
+        ),
+        ("step 'approve'", [Human("approve", candidate_groups=["a"], kind_of_task="form", form=ForgingForm)], None),
+    ],
+    ids=["start form", "form step", "signal form", "the step's own form"],
+)
+def test_a_form_field_named_like_a_record_is_refused_when_the_workflow_is_defined(where, steps, start_form):
+    """A form's cleaned data joins the instance data: a field named like a human step or a wait would overwrite
+    what the engine records there, on every start, decision or signal."""
+    # when / then
+    with pytest.raises(DefinitionError) as refused:
+        Workflow(name="records_forms", version=1, steps=steps, start_form=start_form)
+    assert str(refused.value) == (
+        f"records_forms@v1: {where}: ForgingForm has fields named like steps whose outcome the engine records under"
+        " that name (approve): rename the fields"
+    )
+
+
+def test_forms_with_other_field_names_define_a_workflow():
+    # when
+    workflow = Workflow(
+        name="records_forms",
+        version=1,
+        steps=[
+            Human("fill", candidate_groups=["a"], kind_of_task="form", form=DocsForm),
+            Signal("docs", event="docs.in", form=DocsForm),
+            Human("approve", candidate_groups=["a"]),
+        ],
+        start_form=DocsForm,
+    )
+
+    # then
+    assert record_keys(workflow) == frozenset({"fill", "docs", "approve"})

@@ -16,7 +16,7 @@ from django.utils import timezone
 from approvals.models import HumanTask, TaskKind, TaskState
 from demo.models import DemoLedger
 from demo.workflows.order_fulfilment import FAST_RETRY
-from orchestrator.dsl import ESCALATE, Parallel, PermanentError, Retry, StepContext, Task, Workflow
+from orchestrator.dsl import ESCALATE, Parallel, PermanentError, Retry, Signal, StepContext, Task, Workflow
 from orchestrator.models import (
     AuditEvent,
     InstanceState,
@@ -178,6 +178,43 @@ def test_permanent_error_kills_the_step_without_retrying(register_workflow, run_
     assert (step.state, step.error_type, step.error) == (StepState.DEAD, "PermanentError", "card declined")
     assert instance.state == InstanceState.FAILED
     assert instance.error == "charge failed: card declined"
+
+
+def test_a_result_named_like_a_wait_fails_the_step_and_joins_no_data(register_workflow, run_steps):
+    """A handler returning a key where the engine records what a wait or a human step did is a bug in the
+    workflow: it would decide whether the documents came in time, or who approved. The step dies at once
+    (returning the same again cannot help) and nothing of its result joins the data; a result under other names
+    still does."""
+
+    # given: a task whose result holds the name of the wait that follows it, beside its own data
+    def book(ctx: StepContext) -> dict:
+        return {"invoice": 7, "docs": {"timed_out": False}} if ctx.data.get("forge") else {"invoice": 7}
+
+    register_workflow(
+        Workflow(
+            "forging_demo",
+            1,
+            [Task("book", book, retry=Retry(max_attempts=5)), Signal("docs", event="docs.received")],
+        )
+    )
+    forged = instance_start("forging_demo", {"forge": True})
+    honest = instance_start("forging_demo", {})
+
+    # when
+    ran = run_steps(forged, advance=True)
+    run_steps(honest, advance=True)
+
+    # then
+    forged.refresh_from_db()
+    step = forged.steps.get(name="book")
+    assert [(r.name, r.attempt, r.result) for r in ran] == [("book", 1, "failed")]
+    assert (step.state, step.error_type) == (StepState.DEAD, "ValueError")
+    assert step.error.startswith("result sets docs, where the workflow records what its step did")
+    assert forged.state == InstanceState.FAILED
+    assert forged.data == {"forge": True}
+    honest.refresh_from_db()
+    assert honest.data == {"invoice": 7}
+    assert honest.steps.get(name="docs").state == StepState.RUNNING
 
 
 # --- fan-out / fan-in -----------------------------------------------------------------------------------
