@@ -16,7 +16,6 @@ from urllib.parse import urlencode
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBase
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -24,11 +23,13 @@ from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
+from rest_framework.serializers import ValidationError as SerializerValidationError
 from rest_framework.views import APIView
 
 from api import serializers as s
 from api.permissions import has_model_perm
-from api.problems import Problem
+from api.problems import Problem, flatten
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
 from approvals.models import HumanTask, TaskKind
@@ -900,13 +901,19 @@ AUDIT_PAGE_DEFAULT = 50
 AUDIT_PAGE_MAX = 200
 
 
-def _is_naive_time(text: str) -> bool:
-    """True if ``text`` is an ISO date and time without an offset (a date alone is a day, not a time)."""
-    try:
-        typed = parse_datetime(text.strip()) if "\x00" not in text else None
-    except ValueError:
-        return False
-    return typed is not None and typed.tzinfo is None
+class TrailTimes(Serializer):
+    """The trail's ``since`` and ``until`` as the API reads every time: with their offset, a day that does not exist
+    said so, each message naming the parameter (the timeline's form says "From" and "Until", the page's labels, and
+    reads a time without an offset in the person's zone: a script's clock is not Baton's)."""
+
+    since = s.AwareDateTimeField(required=False)
+    until = s.AwareDateTimeField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        since, until = attrs.get("since"), attrs.get("until")
+        if since is not None and until is not None and since >= until:
+            raise SerializerValidationError({"until": ["Must be later than since."]})
+        return attrs
 
 
 def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.AuditFilters:
@@ -915,18 +922,14 @@ def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.A
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
     # The form refuses its own filters' repeats (naming ``query``, as on the page); the rest (limit, cursor) here.
-    form = AuditFilterForm(
-        single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields, paged=paged)
-    )
-    # The page reads a time without an offset in the person's zone; the API, like its other times, wants the
-    # offset (a script's local clock is not Baton's): the form's own errors come after.
-    naive = {
-        name: ["Give the time zone: an offset like +01:00, or Z for UTC."]
-        for name in ("since", "until")
-        if _is_naive_time(request.query_params.get(name, ""))
-    }
-    if naive or not form.is_valid():
-        errors = naive or {("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()}
+    params = single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields, paged=paged)
+    form = AuditFilterForm(params)
+    # The times first, as the API reads them (TrailTimes); the form's own errors after.
+    times = TrailTimes(data={name: request.query_params[name] for name in ("since", "until") if name in params})
+    if not times.is_valid() or not form.is_valid():
+        errors = flatten(times.errors) or {
+            ("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()
+        }
         detail = " ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())[:1000]
         raise Problem(400, f"Check the filters: {detail}", code="invalid", title="Invalid input", errors=errors)
     return form.filters()

@@ -369,9 +369,9 @@ def test_a_started_range_the_wrong_way_round_is_a_400_naming_started_before(api_
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        # the format's very shape, with no such day: DRF said "wrong format. Use one of these formats instead"
+        # the format's very shape, in year 0: DRF said "wrong format. Use one of these formats instead" (a day that
+        # does not exist is told so: tests/api/test_times.py)
         ("started_after", "0000-01-01T00:00:00Z"),
-        ("started_after", "2026-02-30T10:00:00+01:00"),
         # a real time whose UTC is past year 9999: DRF said "Datetime value out of range." without the range
         ("started_before", "9999-12-31T23:59:59-01:00"),
         ("started_before", "0001-01-01T00:00:00+01:00"),
