@@ -36,7 +36,6 @@ from approvals.models import HumanTask, TaskKind
 from approvals.services import tasks as task_services
 from audit import selectors as audit_selectors
 from audit.exports import event_record
-from audit.forms import ONE_VALUE as AUDIT_ONE_VALUE
 from audit.forms import AuditFilterForm
 from audit.views import export_response
 from orchestrator import registry, selectors
@@ -159,9 +158,7 @@ def single_valued(
             )
     repeated = {name[:100]: len(values) for name, values in params.lists() if len(values) > 1 and name not in checked}
     if repeated:
-        errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
-        detail = " ".join(f"{name}: given {count} times; give it once." for name, count in repeated.items())
-        raise Problem(400, detail[:1000], code="invalid", title="Invalid input", errors=errors)
+        raise repeated_problem(repeated)
     # A filter given without a value (``?business_key=``, a script's variable left empty) is no filter to DRF and to
     # the timeline's form, and answered everything: refused, as an empty ``limit`` is.
     empty = [name[:100] for name, value in params.items() if known is not None and name in known and not value.strip()]
@@ -172,6 +169,15 @@ def single_valued(
             400, detail[:1000], code="invalid", title="Invalid input", errors={name: [message] for name in empty}
         )
     return params
+
+
+def repeated_problem(repeated: dict[str, int]) -> Problem:
+    """The 400 for query parameters given more than once (``{name: how many times}``): one wording for every
+    parameter of the API, whatever else it would have said of the value (``included_data``, the trail's filters
+    too)."""
+    errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
+    detail = " ".join(f"{name}: given {count} times; give it once." for name, count in repeated.items())
+    return Problem(400, detail[:1000], code="invalid", title="Invalid input", errors=errors)
 
 
 # What ``included_data`` takes, as the 400 and the schema say it.
@@ -187,27 +193,29 @@ INCLUDED_DATA_PARAMETER = OpenApiParameter(
     description=(
         "`metadata` leaves the large data out, and PostgreSQL does not read it: the instance's `data` and "
         "`data_digest` (on the detail) and each step's `result` and `error` (its traceback; `error_type` stays). "
-        "Fetch one step whole at its `url`. `all` (the default) answers every field. Anything else, or the "
-        "parameter given twice, is a 400."
+        "Fetch one step whole at its `url`. `all` (the default) answers every field. Anything else is a 400 "
+        "naming the values; the parameter given twice, a 400 as any parameter given twice."
     ),
 )
 
 
 def metadata_only(request: Request) -> bool:
     """Whether the request asks for ``included_data=metadata`` (absent: ``all``, False). Read before
-    :func:`single_valued` so that every refusal of it, repeated or empty too, names the values it takes.
+    :func:`single_valued` so that a refusal of its value, empty too, names the values it takes.
 
-    Raises Problem 400 naming ``included_data`` and its values for anything but one ``all`` or ``metadata``
-    (the value is not echoed: it may be megabytes or hold a NUL)."""
+    Raises Problem 400 naming ``included_data``: given more than once, as any parameter given more than once
+    (:func:`repeated_problem`); anything but ``all`` or ``metadata``, with its values (the value is not echoed:
+    it may be megabytes or hold a NUL)."""
     values = request.query_params.getlist(s.INCLUDED_DATA)
     if not values:
         return False
-    if len(values) == 1 and values[0] in s.INCLUDED_DATA_CHOICES:
+    if len(values) > 1:
+        raise repeated_problem({s.INCLUDED_DATA: len(values)})
+    if values[0] in s.INCLUDED_DATA_CHOICES:
         return values[0] == "metadata"
-    why = f"given {len(values)} times, give it once" if len(values) > 1 else "not a value it takes"
     raise Problem(
         400,
-        f"{s.INCLUDED_DATA}: {why}. {INCLUDED_DATA_RULE}",
+        f"{s.INCLUDED_DATA}: not a value it takes. {INCLUDED_DATA_RULE}",
         code="invalid",
         title="Invalid input",
         errors={s.INCLUDED_DATA: [INCLUDED_DATA_RULE]},
@@ -921,8 +929,9 @@ def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.A
     own form, a bad one a 400 naming it."""
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
-    # The form refuses its own filters' repeats (naming ``query``, as on the page); the rest (limit, cursor) here.
-    params = single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields, paged=paged)
+    # A filter given twice is refused here, as any parameter of the API (the form would name ``query`` and say, as
+    # on the page, that it shows the results without it).
+    params = single_valued(request, known=AuditFilterForm.base_fields, paged=paged)
     form = AuditFilterForm(params)
     # The times first, as the API reads them (TrailTimes); the form's own errors after.
     times = TrailTimes(data={name: request.query_params[name] for name in ("since", "until") if name in params})

@@ -397,7 +397,7 @@ def test_a_value_no_column_can_hold_is_an_invalid_input_problem_whose_errors_nam
         ("/api/tasks/?scope=mine&scope=queue", "scope"),
         ("/api/audit/events/?limit=50&limit=60", "limit"),
         ("/api/audit/events/?cursor=a&cursor=b", "cursor"),
-        ("/api/audit/export.jsonl?instance=1&instance=2", "query"),  # the timeline form's own refusal
+        ("/api/audit/export.jsonl?instance=1&instance=2", "instance"),
         ("/api/workflows/expense_approval/?version=1&version=2", "version"),
     ],
 )
@@ -646,3 +646,31 @@ def test_the_page_parameters_and_format_are_taken_by_every_list(api_as, roles):
         "/api/workflows/expense_approval/?version=1&format=json",
     ):
         assert client.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/instances/{pk}/?included_data=all&included_data=all", "included_data"),
+        ("/api/instances/{pk}/steps/?included_data=all&included_data=metadata", "included_data"),
+        ("/api/instances/?state=running&state=failed", "state"),
+        ("/api/audit/events/?since=2026-01-01T00:00:00Z&since=2026-01-02T00:00:00Z", "since"),
+        ("/api/audit/export.csv?actor=a&actor=b", "actor"),
+    ],
+)
+def test_a_parameter_given_twice_is_told_once_in_one_wording_whichever_it_is(api_as, roles, path, name):
+    """``included_data`` twice was answered with its values ("One of: all, metadata") as if the value were wrong,
+    and the trail's filters with the page's words ("From: given 2 times; pick one. Showing results without it.")
+    under ``query``, for a request the API refuses."""
+    # given
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    response = api_as(roles.admin).get(path.format(pk=instance.pk))
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["errors"] == {name: ["Given 2 times: give it once."]}, problem
+    assert problem["detail"] == f"{name}: given 2 times; give it once.", problem
