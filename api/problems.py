@@ -118,8 +118,17 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     if isinstance(exc, task_rules.HolderChanged):
         # The field whose expectation failed carries who holds the task now, for a client to show or compare.
         now = f"{exc.holder} holds this task now." if exc.holder else "Nobody holds this task now."
+        # The service's message is the page's ("What you wrote is kept": the form stays filled in); a client is told
+        # what to do instead.
+        detail = (
+            f"This task changed hands after you read it ({exc.how}): nothing was changed. Read the task again and "
+            "decide again whether to hand it on and to whom, sending its holder as you read it then as "
+            "expected_holder."
+            if exc.how
+            else str(exc)
+        )
         return Problem(
-            409, str(exc), code="holder_changed", title="The task changed hands", errors={"expected_holder": [now]}
+            409, detail, code="holder_changed", title="The task changed hands", errors={"expected_holder": [now]}
         )
     if isinstance(exc, task_rules.TaskConflict):
         return conflict(str(exc))

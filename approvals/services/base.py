@@ -73,11 +73,13 @@ class TaskConflict(TaskError):
 
 class HolderChanged(TaskConflict):
     """The task changed hands since the person saw its holder (HTTP 409); ``holder`` is the username of whoever holds
-    it now ("" when nobody does)."""
+    it now ("" when nobody does), ``how`` how it got there in a few words ("staff claimed it"), for a caller that
+    words its own message (the API's says what a client does next; the message is the page's)."""
 
-    def __init__(self, message: str, *, holder: str) -> None:
+    def __init__(self, message: str, *, holder: str, how: str = "") -> None:
         super().__init__(message)
         self.holder = holder
+        self.how = how
 
 
 class TaskInvalid(TaskError):

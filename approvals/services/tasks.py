@@ -290,10 +290,12 @@ def task_delegate(
             # Read under the instance's lock: a claim that committed while this request waited is seen here. Before
             # the holder's check: an operator whose escalation a manager handed on since is told so, not "only the
             # assignee".
+            how = _how_it_changed_hands(task)
             raise HolderChanged(
-                f"This task changed hands after you opened it ({_how_it_changed_hands(task)}): check who holds it "
-                "now, then hand it on again. What you wrote is kept.",
+                f"This task changed hands after you opened it ({how}): check who holds it now, then hand it on "
+                "again. What you wrote is kept.",
                 holder=task.assignee.get_username() if task.assignee is not None else "",
+                how=how,
             )
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")

@@ -171,6 +171,9 @@ def test_a_delegation_after_the_task_changed_hands_is_a_409_naming_the_holder_no
     assert f"({says})" in problem["detail"]
     assert problem["errors"] == {"expected_holder": ["staff3 holds this task now."]}
     assert HumanTask.objects.get(pk=task.pk).assignee == staff3
+    # and the detail says what a client does next, not the page's "What you wrote is kept" (a form left filled in)
+    assert "What you wrote is kept" not in problem["detail"]
+    assert "Read the task again and decide again" in problem["detail"]
 
 
 def test_a_delegation_without_expected_holder_is_not_checked(api_as, roles, task, staff3):
