@@ -1,7 +1,8 @@
 """Every error of the API as ``application/problem+json`` (RFC 9457): ``type``, ``title``, ``status``, ``detail``,
-and for validation errors ``errors``, a map from the field (dotted for nested input, ``input.amount``) to its
-messages. Domain errors of the services map to the status the pages use: a foreign object 404, a forbidden action
-403, an action the state does not allow 409, bad input 400, an idempotency key reused with another body 422.
+and for validation errors ``errors``, a map from the field (dotted for nested input, ``input.amount``,
+``data.cost_centre``) to its messages. Domain errors of the services map to the status the pages use: a foreign
+object 404, a forbidden action 403, an action the state does not allow 409, bad input 400, an idempotency key
+reused with another body 422.
 
 Views raise; ``problem_handler`` (DRF's ``EXCEPTION_HANDLER``) answers. A new endpoint (another app's, on top of
 this one) gets the same answers by raising the same exceptions, or an ``APIException`` of its own.
@@ -132,6 +133,13 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         )
     if isinstance(exc, task_rules.TaskConflict):
         return conflict(str(exc))
+    if isinstance(exc, task_rules.FormInvalid):
+        # A form task's fields, named by their place in the request body (``data.cost_centre``), as a start's
+        # input is (``input.amount``).
+        errors = {f"data.{k}" if k != "__all__" else "data": list(map(str, v)) for k, v in exc.errors.items()}
+        return Problem(
+            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
     if isinstance(exc, task_rules.TaskInvalid):
         errors = {key: list(map(str, value)) for key, value in (exc.errors or {}).items()}
         return Problem(400, str(exc), code="invalid", title="Invalid input", errors=errors)

@@ -90,6 +90,11 @@ class TaskInvalid(TaskError):
         self.errors = errors or {}
 
 
+class FormInvalid(TaskInvalid):
+    """A form task's data fails its form: ``errors`` by the form's field names (``__all__`` for the form as a whole),
+    as the page shows them beside its fields; the API names them by their place in its body (``data.cost_centre``)."""
+
+
 # Four-eyes (docs/architecture.md, "Who may act on a task"): who started an instance acts on none of its tasks, and
 # one person gives one approval per instance.
 INITIATOR_BARRED = "You started this workflow, so you cannot act on its tasks (four-eyes rule)."

@@ -39,6 +39,7 @@ from approvals.services.base import (
     OPERATORS,
     REJECT,
     SUBMIT,
+    FormInvalid,
     HolderChanged,
     TaskConflict,
     TaskError,
@@ -620,7 +621,7 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
     form = bound_form(node.form, data)
     if not form.is_valid():
         errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
-        raise TaskInvalid("The form has errors.", errors)
+        raise FormInvalid("The form has errors.", errors)
     return json.loads(json.dumps(form.cleaned_data, default=form_json_default))
 
 

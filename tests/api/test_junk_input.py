@@ -501,7 +501,7 @@ def test_a_form_task_decision_with_an_object_for_a_text_field_is_a_400_naming_it
 
     # then
     assert response.status_code == 400, response.content[:300]
-    assert "note" in response.json()["errors"], response.json()
+    assert "data.note" in response.json()["errors"], response.json()
     assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN
 
 

@@ -421,3 +421,29 @@ def test_who_approved_an_earlier_step_cannot_delegate_the_later_one(api_as, role
     assert "four-eyes" in response.json()["detail"]
     later.refresh_from_db()
     assert (later.state, later.assignee) == (TaskState.OPEN, None)
+
+
+def test_a_form_tasks_field_errors_are_named_by_their_path_in_the_body(api_as, roles):
+    """A form task's errors were keyed ``cost_centre``, a field the body does not have at its top: it is
+    ``data.cost_centre``, as a start's field is ``input.amount``."""
+    # given: an "other" expense, team-approved: the managers' classification form is open
+    from approvals.services.base import APPROVE
+    from approvals.services.tasks import task_decide
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="other"), initiator=roles.operator)
+    task_decide(instance.tasks.get().pk, roles.staff, APPROVE)
+    classify = HumanTask.objects.get(instance=instance, step__name="classify")
+
+    # when: the required cost centre is left out, and the note is too long
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{classify.pk}/decide/", {"decision": "submit", "data": {"note": "n" * 201}}
+    )
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert sorted(problem["errors"]) == ["data.cost_centre", "data.note"], problem
+    assert problem["errors"]["data.cost_centre"] == ["This field is required."]
+    assert "data.cost_centre: This field is required." in problem["detail"]
+    assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN
