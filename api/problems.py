@@ -26,6 +26,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
+from api.authentication import other_scheme
 from approvals.models import HumanTask
 from approvals.services import base as task_rules
 from orchestrator import registry
@@ -229,6 +230,11 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         detail = (
             str(problem.detail) if not isinstance(problem.detail, dict | list) else _summary(flatten(problem.detail))
         )
+        if isinstance(problem, exceptions.NotAuthenticated) and context.get("request") is not None:
+            # "Authentication credentials were not provided." to a client that sent Token <x>: say which scheme.
+            wrong = other_scheme(context["request"])
+            if wrong:
+                detail, errors = wrong, {"Authorization": [wrong]}
         auth_header = getattr(problem, "auth_header", None)
         if auth_header:
             headers["WWW-Authenticate"] = auth_header

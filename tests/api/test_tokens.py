@@ -367,3 +367,42 @@ def test_a_request_without_a_token_gets_the_plain_challenge(roles):
     # then the challenge names no error (RFC 6750, 3.1: none for a request that sent no token)
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("Token baton_abc", "uses the scheme 'Token', which this API does not take"),
+        ("Basic YTpi", "uses the scheme 'Basic', which this API does not take"),
+        ("baton_abc", "holds no scheme before its value"),
+        ("Tök\u00e9n abc", "uses another scheme"),
+    ],
+)
+def test_another_scheme_than_bearer_is_a_401_naming_the_scheme_the_api_takes(roles, header, said):
+    """``Authorization: Token <x>`` was answered "Authentication credentials were not provided.": the client did
+    provide some, in a scheme the API does not read."""
+    # when
+    response = Client().get("/api/tasks/", headers={"Authorization": header})
+
+    # then
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert said in problem["detail"], problem
+    assert "send 'Authorization: Bearer <token>'" in problem["detail"], problem
+    assert list(problem["errors"]) == ["Authorization"], problem
+    assert "abc" not in problem["detail"]  # the credential is never repeated
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+def test_another_scheme_beside_a_session_leaves_the_session_signed_in(roles):
+    """A proxy in front may send its own Basic credentials with a browser's requests: the session still counts."""
+    # given
+    client = Client()
+    client.force_login(roles.staff)
+
+    # when
+    response = client.get("/api/tasks/", headers={"Authorization": "Basic YTpi"})
+
+    # then
+    assert response.status_code == 200
