@@ -20,6 +20,7 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooMa
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -283,10 +284,32 @@ def problem_response(request: HttpRequest, status_code: int, detail: str, code: 
 
 @csrf_exempt
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    """Any path under /api/ that no endpoint matches (an id that is not a number, a typo, a missing slash):
-    a problem+json 404 for every method, instead of a page of HTML (or, for a POST without its slash, the
-    error Django raises under DEBUG). Nothing is read or written, so it needs no authentication."""
+    """Any path under /api/ that no endpoint matches (an id that is not a number, a typo, a missing slash), and
+    ``/api`` itself: a problem+json 404 for every method, instead of a page of HTML (or, for a POST without its
+    slash, the error Django raises under DEBUG, or a redirect that turns it into a GET). A path that names an
+    endpoint once its trailing slash is added says so, with that path: no redirect, which a client would follow
+    with a GET and without its body. Nothing is read or written, so it needs no authentication."""
+    slashed = _slashed(request)
+    if slashed:
+        detail = (
+            f"No API endpoint at this path; {slashed[:300]} is one: every path of the API ends with a slash "
+            "(see /api/docs/)."
+        )
+        return problem_response(request, 404, detail, "not_found")
     return problem_response(request, 404, NOT_FOUND_DETAIL, "not_found")
+
+
+def _slashed(request: HttpRequest) -> str | None:
+    """``request``'s path with a slash added, when that names an endpoint (any view but :func:`not_found`);
+    else None. Raises nothing."""
+    path = request.path_info
+    if path.endswith("/"):
+        return None
+    try:
+        match = resolve(f"{path}/")
+    except Resolver404:
+        return None
+    return None if match.func is not_found else f"{request.path}/"
 
 
 class LenientNegotiation(DefaultContentNegotiation):

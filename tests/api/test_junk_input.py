@@ -166,6 +166,53 @@ def test_a_path_under_api_with_a_line_break_or_junk_is_a_problem_404(api_as, rol
     assert response.json()["code"] == "not_found"
 
 
+@pytest.mark.parametrize("method", ["get", "post"])
+@pytest.mark.parametrize(
+    ("path", "slashed"),
+    [
+        ("/api/instances", "/api/instances/"),
+        ("/api/instances/{pk}", "/api/instances/{pk}/"),
+        ("/api/instances/{pk}/retry", "/api/instances/{pk}/retry/"),
+        ("/api/audit/events", "/api/audit/events/"),
+        ("/api/tokens", "/api/tokens/"),
+    ],
+)
+def test_a_path_without_its_trailing_slash_is_a_problem_404_naming_the_slashed_one(
+    api_as, roles, method, path, slashed
+):
+    """``/api/instances`` was answered "No API endpoint at this path", leaving the client to find the slash it had
+    left out. Not a redirect: a client follows one with a GET, without the body it posted."""
+    # given
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.operator)
+
+    # when
+    response = getattr(client, method)(path.format(pk=instance.pk))
+
+    # then
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "not_found"
+    assert f"{slashed.format(pk=instance.pk)} is one" in problem["detail"], problem
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+@pytest.mark.parametrize("path", ["/api", "/api/instancez", "/api/instances/1/nothing"])
+def test_a_path_that_is_no_endpoint_even_with_a_slash_suggests_none_and_api_alone_is_not_redirected(
+    api_as, roles, method, path
+):
+    """``/api`` alone was redirected (301) to /api/, which a client follows with a GET: a POST's body was lost, to
+    land on a 404 all the same."""
+    # when
+    response = getattr(api_as(roles.operator), method)(path)
+
+    # then
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["detail"] == "No API endpoint at this path: see /api/docs/ for the endpoints."
+
+
 @pytest.mark.parametrize("host", ["", "evil.example", "bad host"])
 @pytest.mark.parametrize(("method", "path"), [("get", "/api/instances/"), ("post", "/api/instances/")])
 def test_a_host_header_the_site_does_not_answer_to_is_a_problem_400_under_api(host, method, path):
