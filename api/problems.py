@@ -313,8 +313,9 @@ def _slashed(request: HttpRequest) -> str | None:
 
 
 class LenientNegotiation(DefaultContentNegotiation):
-    """Answer in JSON whatever the Accept header says (a 406 helps no script); ``?format=`` still picks the
-    schema's YAML or JSON."""
+    """Answer in JSON whatever the Accept header says (a 406 helps no script: ``Accept`` is a preference, often a
+    library's default); ``?format=`` still picks the schema's YAML or JSON, and is a demand: a format the endpoint
+    does not have is a 406 naming the ones it has (DRF's own answer was a 404; this class answered JSON anyway)."""
 
     def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
         try:
@@ -322,11 +323,31 @@ class LenientNegotiation(DefaultContentNegotiation):
         except exceptions.NotAcceptable:
             return renderers[0], renderers[0].media_type
         except (exceptions.NotFound, Http404):  # an unknown ?format= (DRF raises Django's Http404 for it)
-            return renderers[0], renderers[0].media_type
+            given = str(format_suffix or request.query_params.get(self.settings.URL_FORMAT_OVERRIDE, ""))
+            formats = list(dict.fromkeys(renderer.format for renderer in renderers))
+            message = f"This endpoint answers {' or '.join(formats)}: leave format out, or give one of those."
+            raise Problem(
+                406,
+                f"format: {given[:40]!r} is not a format of this endpoint. {message}",
+                code="not_acceptable",
+                errors={"format": [message]},
+            ) from None
 
     def select_parser(self, request: Any, parsers: list[Any]) -> Any:
         """The parser for the body's Content-Type; none (not JSON, or the header left out) is a 415 saying which
-        header to send. DRF's own said 'Unsupported media type "" in request.' for a missing header."""
+        header to send. DRF's own said 'Unsupported media type "" in request.' for a missing header. A body with
+        a ``Content-Encoding`` (gzip) is a 415 too (RFC 9110, 15.5.16, with ``Accept-Encoding``): Baton does not
+        decode one, and the JSON parser's 400 ("not valid JSON: can't decode byte 0x8b") hid why."""
+        encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip()
+        if encoding and encoding.lower() != "identity":
+            message = "Send the body uncompressed, without a Content-Encoding header"
+            raise Problem(
+                415,
+                f"The body's Content-Encoding ({encoding[:40]!r}) is not supported. {message}.",
+                code="unsupported_content_encoding",
+                errors={"Content-Encoding": [f"{message}."]},
+                headers={"Accept-Encoding": "identity"},
+            )
         parser = super().select_parser(request, parsers)
         if parser is None:
             given = request.content_type

@@ -461,9 +461,9 @@ def test_a_bad_or_repeated_query_parameter_is_a_400_naming_it(api_as, roles, pat
     assert field in response.json()["errors"], response.json()
 
 
-@pytest.mark.parametrize("fmt", ["xml", "yaml", "api", "json", ""])
-def test_an_unknown_format_parameter_is_ignored_not_a_404(api_as, roles, fmt):
-    # given: ?format=, which DRF reads as "render as" and answers with a 404 when no renderer has that name
+@pytest.mark.parametrize("fmt", ["json", ""])
+def test_format_json_or_empty_is_the_answer_as_without_it(api_as, roles, fmt):
+    # given
     instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
     client = api_as(roles.staff)
 
@@ -473,12 +473,86 @@ def test_an_unknown_format_parameter_is_ignored_not_a_404(api_as, roles, fmt):
         f"/api/instances/?format={fmt}", {"workflow": "expense_approval", "input": ExpenseInputFactory()}
     )
 
-    # then: the API answers in JSON whatever is asked, as it does for the Accept header
+    # then
     assert listed.status_code == 200, listed.content[:300]
     assert listed["Content-Type"] == "application/json"
     assert [row["id"] for row in listed.json()["results"]] == [instance.pk]
     assert started.status_code == 201, started.content[:300]
     assert WorkflowInstance.objects.count() == 2
+
+
+@pytest.mark.parametrize("fmt", ["xml", "yaml", "api", "csv"])
+def test_an_unknown_format_parameter_is_a_406_problem_naming_the_formats_not_answered_as_json(api_as, roles, fmt):
+    """``?format=xml`` was answered in JSON without a word: a client that asked for XML parsed JSON, or failed
+    further on. ``format`` is a demand (``Accept`` a preference, still answered in JSON whatever it says)."""
+    # given
+    client = api_as(roles.staff)
+
+    # when
+    listed = client.get(f"/api/instances/?format={fmt}")
+    started = client.post(
+        f"/api/instances/?format={fmt}", {"workflow": "expense_approval", "input": ExpenseInputFactory()}
+    )
+
+    # then: refused before anything is done
+    for response in (listed, started):
+        assert response.status_code == 406, response.content[:300]
+        assert response["Content-Type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["code"] == "not_acceptable"
+        assert problem["errors"]["format"] == ["This endpoint answers json: leave format out, or give one of those."]
+    assert not WorkflowInstance.objects.exists()
+    assert api_as(roles.staff).get("/api/instances/", headers={"Accept": "application/xml"}).status_code == 200
+
+
+def test_the_schema_still_takes_its_own_formats_and_names_them_when_refusing(api_as, roles):
+    client = api_as(roles.staff)
+    assert client.get("/api/schema/?format=yaml").status_code == 200
+    refused = client.get("/api/schema/?format=xml")
+    assert refused.status_code == 406
+    assert "yaml or json" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP"])
+def test_a_compressed_body_is_a_415_problem_saying_the_encoding_is_not_supported(api_as, roles, encoding):
+    """``Content-Encoding: gzip`` was a 400 "The body is not valid JSON: 'utf-8' codec can't decode byte 0x8b":
+    true, but not why."""
+    import gzip
+
+    # given
+    body = gzip.compress(json.dumps({"workflow": "expense_approval", "input": ExpenseInputFactory()}).encode())
+    client = api_as(roles.staff)
+
+    # when
+    response = client.client.post(
+        "/api/instances/",
+        body,
+        content_type="application/json",
+        headers={**client.headers, "Content-Encoding": encoding},
+    )
+
+    # then
+    assert response.status_code == 415, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "unsupported_content_encoding"
+    assert list(problem["errors"]) == ["Content-Encoding"]
+    assert "not supported" in problem["detail"]
+    assert response["Accept-Encoding"] == "identity"
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_content_encoding_identity_is_no_encoding(api_as, roles):
+    # when
+    client = api_as(roles.staff)
+    response = client.post(
+        "/api/instances/",
+        {"workflow": "expense_approval", "input": ExpenseInputFactory()},
+        **{"Content-Encoding": "identity"},
+    )
+
+    # then
+    assert response.status_code == 201, response.content[:300]
 
 
 @pytest.mark.parametrize(
