@@ -52,6 +52,8 @@ DELIVER_SIGNAL = "orchestrator.deliver_signal"
 # Visible ASCII without spaces at either end: what an HTTP header can carry unchanged. \Z, not $: $ also matches
 # before a final line break, which let "key\n" through as a key of its own.
 KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
+# The key's rule as the schema says it: KEY_PATTERN without the comma (an ECMA regex, where "$" ends the text).
+KEY_SCHEMA_PATTERN = r"^[\x21-\x2b\x2d-\x7e](?:[\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$"
 # What a key may be, as the 400 and the API's description say it (a comma is refused on its own, first).
 KEY_RULE = f"1-{KEY_MAX} visible ASCII characters but a comma, with no space at either end."
 
@@ -90,6 +92,27 @@ class Cursor(CursorPagination):
                 errors={self.page_size_query_param: [message]},
             )
         return int(text)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        """``cursor`` and ``limit`` as the code takes them: the schema said "an integer" and "a string", and a client
+        (or schemathesis) sending ``limit=0`` or ``cursor=`` met a 400 it was not told of."""
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                    "default": self.page_size,
+                }
+                parameter["description"] = f"How many per page: 1-{self.max_page_size} (default {self.page_size})."
+            elif parameter["name"] == self.cursor_query_param:
+                parameter["schema"] = {"type": "string", "minLength": 1}
+                parameter["description"] = (
+                    "Where the page starts: the opaque cursor of a `next` or `previous` link. Left out, the first "
+                    "page; given empty, a 400."
+                )
+        return parameters
 
     def decode_cursor(self, request: Request) -> Any:
         cursor = super().decode_cursor(request)
@@ -136,7 +159,8 @@ def single_valued(
     a script working through "the failed ones" would have worked through all. Not ``paged`` (an export, the
     catalog, one object: each answered whole), ``cursor`` and ``limit`` are refused too: an export's ``limit=10``
     would have been ignored. Every GET of the API reads its query string through here. One of ``known`` given
-    empty is a 400 naming it too: no filter, to the serializers and forms behind, it answered everything."""
+    empty is a 400 naming it too: no filter, to the serializers and forms behind, it answered everything; and so
+    is an empty ``cursor`` or ``limit`` of a ``paged`` list."""
     params = request.query_params
     if known is not None:
         extra = PAGE_PARAMS if paged else frozenset({"format"})
@@ -160,8 +184,15 @@ def single_valued(
     if repeated:
         raise repeated_problem(repeated)
     # A filter given without a value (``?business_key=``, a script's variable left empty) is no filter to DRF and to
-    # the timeline's form, and answered everything: refused, as an empty ``limit`` is.
-    empty = [name[:100] for name, value in params.items() if known is not None and name in known and not value.strip()]
+    # the timeline's form, and answered everything: refused. So are an empty ``cursor`` and ``limit`` of every list,
+    # one rule for all (an empty cursor was a 400 "not one this API gave out" on the instances and the first page
+    # on the trail).
+    paging = PAGE_PARAMS - {"format"} if paged else frozenset()
+    empty = [
+        name[:100]
+        for name, value in params.items()
+        if known is not None and (name in known or name in paging) and not value.strip()
+    ]
     if empty:
         message = "Empty: give a value, or leave the parameter out."
         detail = " ".join(f"{name}: empty; give a value or leave it out." for name in empty)
@@ -248,12 +279,22 @@ def _valid(serializer_class: type, data: Any, *, body: bool = True) -> dict[str,
 
 # --- workflows ------------------------------------------------------------------------------------------
 
+# The largest version a workflow may be asked for, as a start's ``version`` takes it (a PostgreSQL integer).
+VERSION_MAX = 2**31 - 1
+
 
 @extend_schema_view(
     list=extend_schema(summary="The workflow catalog (latest versions)", responses=s.WorkflowSerializer(many=True)),
     retrieve=extend_schema(
         summary="One workflow: versions, steps and the input its start takes",
-        parameters=[OpenApiParameter("version", int, description="A version other than the latest.")],
+        parameters=[
+            OpenApiParameter(
+                "version",
+                {"type": "integer", "minimum": 1, "maximum": VERSION_MAX},
+                description="A version other than the latest (one of its `versions`); left out, the latest. A "
+                "version it does not have is a 404.",
+            )
+        ],
         responses=s.WorkflowSerializer,
     ),
 )
@@ -271,8 +312,11 @@ class WorkflowViewSet(viewsets.ViewSet):
 
     def retrieve(self, request: Request, name: str) -> Response:
         version = single_valued(request, known=("version",), paged=False).get("version")
-        if version is not None and not re.fullmatch(r"[1-9]\d{0,8}", version):
-            raise Problem(400, "version: a positive whole number.", code="invalid", errors={"version": ["Invalid."]})
+        if version is not None and not (re.fullmatch(r"[1-9]\d{0,9}", version) and int(version) <= VERSION_MAX):
+            message = f"A whole number from 1 to {VERSION_MAX}."
+            raise Problem(
+                400, f"version: {message.lower()}", code="invalid", title="Invalid input", errors={"version": [message]}
+            )
         try:
             workflow = registry.get(name, int(version) if version else None)
         except registry.UnknownWorkflow:
@@ -456,7 +500,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
-                OpenApiTypes.STR,
+                {"type": "string", "minLength": 1, "maxLength": KEY_MAX, "pattern": KEY_SCHEMA_PATTERN},
                 OpenApiParameter.HEADER,
                 description=(
                     f"{KEY_RULE[:-1]}, unique per start (a UUID is a good key). Send it once: two "
