@@ -18,7 +18,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from approvals.forms import DECISIONS
-from approvals.models import HumanTask
+from approvals.models import HumanTask, Priority
 from approvals.services.base import data_digest
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import (
@@ -470,7 +470,11 @@ class TaskSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
     instance = serializers.SerializerMethodField()
     assignee = serializers.SerializerMethodField()
-    priority = serializers.CharField(source="get_priority_display")
+    # The stored value, and its label beside it: the label alone ("Normal") was no value of the schema's enum.
+    priority = serializers.ChoiceField(choices=Priority.choices, read_only=True, help_text="Higher is more urgent.")
+    priority_label = serializers.CharField(
+        source="get_priority_display", read_only=True, help_text="As the inbox shows it."
+    )
 
     class Meta:
         model = HumanTask
@@ -483,6 +487,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "description",
             "state",
             "priority",
+            "priority_label",
             "assignee",
             "quorum",
             "approvals",

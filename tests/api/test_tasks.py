@@ -447,3 +447,20 @@ def test_a_form_tasks_field_errors_are_named_by_their_path_in_the_body(api_as, r
     assert problem["errors"]["data.cost_centre"] == ["This field is required."]
     assert "data.cost_centre: This field is required." in problem["detail"]
     assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN
+
+
+def test_a_tasks_priority_is_its_stored_value_with_the_label_beside_it_as_the_schema_says(api_as, roles, task):
+    """``priority`` was the label ("Normal"), which is no value a client can compare or sort, and which the schema
+    called a string of any text."""
+    # given: what the schema promises
+    schema = api_as(roles.admin).get("/api/schema/?format=json").json()["components"]["schemas"]
+    enum = schema["TaskPriorityEnum"]["enum"]
+
+    # when
+    shown = api_as(roles.staff2).get(f"/api/tasks/{task.pk}/").json()
+
+    # then
+    assert (shown["priority"], shown["priority_label"]) == (1, "Normal")
+    assert enum == [0, 1, 2, 3]
+    assert shown["priority"] in enum
+    assert {"priority", "priority_label"} <= set(schema["Task"]["required"])
