@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,7 +24,7 @@ from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.serializers import Serializer
+from rest_framework.serializers import DateTimeField, Serializer
 from rest_framework.serializers import ValidationError as SerializerValidationError
 from rest_framework.views import APIView
 
@@ -949,6 +950,8 @@ class TaskViewSet(viewsets.GenericViewSet):
 
 # --- audit ----------------------------------------------------------------------------------------------
 
+# A time as the API's serializers write it (api/middleware.py): UTC, with Z.
+UTC_TIME = DateTimeField(default_timezone=UTC).to_representation
 AUDIT_PAGE_DEFAULT = 50
 AUDIT_PAGE_MAX = 200
 
@@ -1032,7 +1035,10 @@ class AuditEventsView(APIView):
         if page.older:
             params = {**filters.as_params(), "cursor": page.older, "limit": limit_text}
             next_url = request.build_absolute_uri(request.path) + "?" + urlencode(params)
-        results = [{"id": event.pk, **event_record(event)} for event in page.events]
+        # The export's record, its time written as every time of the API (``Z``; the record's text is ``+00:00``).
+        results = [
+            {"id": event.pk, **event_record(event), "occurred_at": UTC_TIME(event.occurred_at)} for event in page.events
+        ]
         return Response({"next": next_url, "results": results})
 
 

@@ -3,6 +3,8 @@ offset), and how every time it answers is written."""
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 import pytest
 
 pytestmark = pytest.mark.django_db
@@ -70,3 +72,71 @@ def test_a_time_out_of_range_names_the_parameter_as_sent(api_as, roles):
     # then
     (message,) = response.json()["errors"]["since"]
     assert message.startswith("since: enter a date between 2000-01-01 and"), message
+
+
+def test_every_time_the_api_answers_is_utc_with_z_whatever_the_site_or_person_zone(api_as, roles, settings):
+    """The trail's ``occurred_at`` came as ``+00:00`` beside the other times' ``Z``, and with ``BATON_TIME_ZONE`` or a
+    person's zone set every other time came in that zone's offset, one client's ``+01:00`` another's ``Z``."""
+    from django.test import Client
+
+    from approvals.timezones import SESSION_KEY
+    from orchestrator.services.instances import instance_start
+    from tests.factories import ExpenseInputFactory
+
+    # given: a site in Berlin, a person in New York, and an instance with a task
+    settings.TIME_ZONE = "Europe/Berlin"
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    browser = Client()
+    browser.force_login(roles.admin)
+    session = browser.session
+    session[SESSION_KEY] = "America/New_York"
+    session.save()
+
+    # when
+    answers = [
+        api_as(roles.admin).get(f"{INSTANCES}{instance.pk}/").json(),
+        browser.get(f"{INSTANCES}{instance.pk}/").json(),
+        api_as(roles.staff2).get(f"/api/tasks/{instance.tasks.get().pk}/").json(),
+        api_as(roles.admin).get(EVENTS, {"limit": 3}).json(),
+        browser.get(EVENTS, {"limit": 3}).json(),
+    ]
+
+    # then: every time, nested ones too, in UTC with Z
+    times = []
+
+    def collect(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                collect(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v, key)
+        elif isinstance(value, str) and key.endswith(("_at", "_until")):
+            times.append(value)
+
+    collect(answers)
+    assert len(times) > 10
+    assert all(t.endswith("Z") for t in times), [t for t in times if not t.endswith("Z")]
+
+
+def test_the_tokens_page_still_shows_the_persons_zone(roles):
+    """Only the API's answers are in UTC: the tokens page under /api/ is a page, in the person's zone."""
+    from django.test import Client
+
+    from api.tokens import token_create
+    from approvals.timezones import SESSION_KEY
+
+    # given
+    token = token_create(roles.staff, "script").token
+    client = Client()
+    client.force_login(roles.staff)
+    session = client.session
+    session[SESSION_KEY] = "Asia/Tokyo"
+    session.save()
+
+    # when
+    page = client.get("/api/tokens/").content.decode()
+
+    # then
+    created = token.created_at.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert f"<dd>{created:%Y-%m-%d %H:%M} JST</dd>" in page
