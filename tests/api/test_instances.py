@@ -444,6 +444,51 @@ def test_a_candidate_sees_the_instance_of_their_task(api_as, roles, started):
     assert response.status_code == 200
 
 
+def test_the_list_holds_exactly_the_instances_whose_detail_opens_for_each_role(api_as, roles, started):
+    """README promised "instances you may see", but the list held only those a person started: a candidate
+    opened the instance of their task (the page's rule) and never found it in the list. Foreign ones stay out,
+    and stay 404."""
+    # given: everyone, and someone in no group at all
+    outsider = UserFactory(username="outsider")
+    people = {
+        "staff": roles.staff,
+        "staff2": roles.staff2,
+        "manager": roles.manager,
+        "operator": roles.operator,
+        "outsider": outsider,
+    }
+    every = WorkflowInstance.objects.order_by("-id").values_list("pk", flat=True)
+    for name, user in people.items():
+        client = api_as(user)
+
+        # when
+        listed = [row["id"] for row in client.get(START, {"limit": 100}).json()["results"]]
+        opened = [pk for pk in every if client.get(f"{START}{pk}/").status_code == 200]
+
+        # then
+        assert listed == opened, name
+    assert api_as(roles.staff2).get(START).json()["results"][-1]["id"] == started[0].pk  # a candidate's, listed
+    assert api_as(outsider).get(START).json()["results"] == []
+    assert api_as(outsider).get(f"{START}{started[0].pk}/").status_code == 404
+
+
+def test_a_candidates_list_costs_the_same_queries_for_one_or_many_instances(api_as, roles, django_assert_num_queries):
+    # given: staff2, an approver, sees staff's expenses through their team tasks
+    client = api_as(roles.staff2)
+    client.get(START)  # the token's last use is written once a minute: not in the count below
+    for _ in range(3):
+        instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # then: the token with its user and permissions (1) + the user's groups, for the candidate rule (1) + the page
+    with django_assert_num_queries(3):
+        assert len(client.get(START).json()["results"]) == 3
+    for _ in range(10):
+        instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff2)
+    with django_assert_num_queries(3):
+        assert len(client.get(START).json()["results"]) == 14
+
+
 # --- operator actions -----------------------------------------------------------------------------------
 
 
