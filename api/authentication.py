@@ -3,12 +3,32 @@ session cookie (with its CSRF token on every unsafe method, as DRF's SessionAuth
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from api.tokens import refusal, token_for_secret
+
+# An HTTP authentication scheme's name (RFC 9110's token), short enough to repeat in a message.
+SCHEME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,30}")
+
+
+def other_scheme(request: Any) -> str | None:
+    """What to tell a client whose ``Authorization`` header is not a Bearer token (``Token <x>``, ``Basic ...``, a
+    token with no scheme before it), when nothing else authenticated it; None when it sent no such header. The
+    header is left to the session (a proxy in front may send its own Basic credentials with a browser's requests),
+    so it is only named in the 401. The credential is never repeated; the scheme only when it is a plain name."""
+    parts = authentication.get_authorization_header(request).split()
+    if not parts or parts[0].lower() == BearerTokenAuthentication.keyword.lower().encode():
+        return None
+    expected = f"send 'Authorization: {BearerTokenAuthentication.keyword} <token>'"
+    if len(parts) == 1:
+        return f"The Authorization header holds no scheme before its value: {expected}."
+    scheme = parts[0].decode("latin-1")
+    named = f"the scheme {scheme!r}" if SCHEME.fullmatch(scheme) else "another scheme"
+    return f"The Authorization header uses {named}, which this API does not take: {expected}."
 
 
 def _refused(request: Request, error: str, detail: str) -> exceptions.AuthenticationFailed:

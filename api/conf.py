@@ -52,6 +52,7 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
         "StepKindEnum": "orchestrator.models.StepKind",
         "TaskStateEnum": "approvals.models.TaskState",
         "TaskKindEnum": "approvals.models.TaskKind",
+        "TaskPriorityEnum": "approvals.models.Priority",
     },
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": False, "tryItOutEnabled": False},
 }

@@ -1,7 +1,8 @@
 """Every error of the API as ``application/problem+json`` (RFC 9457): ``type``, ``title``, ``status``, ``detail``,
-and for validation errors ``errors``, a map from the field (dotted for nested input, ``input.amount``) to its
-messages. Domain errors of the services map to the status the pages use: a foreign object 404, a forbidden action
-403, an action the state does not allow 409, bad input 400, an idempotency key reused with another body 422, data
+and for validation errors ``errors``, a map from the field (dotted for nested input, ``input.amount``,
+``data.cost_centre``) to its messages. Domain errors of the services map to the status the pages use: a foreign
+object 404, a forbidden action 403, an action the state does not allow 409, bad input 400, an idempotency key
+reused with another body 422, data
 that sets the engine's own records (``orchestrator.records``) 422 ``sets_records``.
 
 Views raise; ``problem_handler`` (DRF's ``EXCEPTION_HANDLER``) answers. A new endpoint (another app's, on top of
@@ -20,12 +21,14 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooMa
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
+from api.authentication import other_scheme
 from approvals.models import HumanTask
 from approvals.services import base as task_rules
 from orchestrator import registry
@@ -120,11 +123,27 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     if isinstance(exc, task_rules.HolderChanged):
         # The field whose expectation failed carries who holds the task now, for a client to show or compare.
         now = f"{exc.holder} holds this task now." if exc.holder else "Nobody holds this task now."
+        # The service's message is the page's ("What you wrote is kept": the form stays filled in); a client is told
+        # what to do instead.
+        detail = (
+            f"This task changed hands after you read it ({exc.how}): nothing was changed. Read the task again and "
+            "decide again whether to hand it on and to whom, sending its holder as you read it then as "
+            "expected_holder."
+            if exc.how
+            else str(exc)
+        )
         return Problem(
-            409, str(exc), code="holder_changed", title="The task changed hands", errors={"expected_holder": [now]}
+            409, detail, code="holder_changed", title="The task changed hands", errors={"expected_holder": [now]}
         )
     if isinstance(exc, task_rules.TaskConflict):
         return conflict(str(exc))
+    if isinstance(exc, task_rules.FormInvalid):
+        # A form task's fields, named by their place in the request body (``data.cost_centre``), as a start's
+        # input is (``input.amount``).
+        errors = {f"data.{k}" if k != "__all__" else "data": list(map(str, v)) for k, v in exc.errors.items()}
+        return Problem(
+            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
     if isinstance(exc, task_rules.TaskInvalid):
         errors = {key: list(map(str, value)) for key, value in (exc.errors or {}).items()}
         return Problem(400, str(exc), code="invalid", title="Invalid input", errors=errors)
@@ -228,6 +247,11 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         detail = (
             str(problem.detail) if not isinstance(problem.detail, dict | list) else _summary(flatten(problem.detail))
         )
+        if isinstance(problem, exceptions.NotAuthenticated) and context.get("request") is not None:
+            # "Authentication credentials were not provided." to a client that sent Token <x>: say which scheme.
+            wrong = other_scheme(context["request"])
+            if wrong:
+                detail, errors = wrong, {"Authorization": [wrong]}
         auth_header = getattr(problem, "auth_header", None)
         if auth_header:
             headers["WWW-Authenticate"] = auth_header
@@ -276,15 +300,38 @@ def problem_response(request: HttpRequest, status_code: int, detail: str, code: 
 
 @csrf_exempt
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    """Any path under /api/ that no endpoint matches (an id that is not a number, a typo, a missing slash):
-    a problem+json 404 for every method, instead of a page of HTML (or, for a POST without its slash, the
-    error Django raises under DEBUG). Nothing is read or written, so it needs no authentication."""
+    """Any path under /api/ that no endpoint matches (an id that is not a number, a typo, a missing slash), and
+    ``/api`` itself: a problem+json 404 for every method, instead of a page of HTML (or, for a POST without its
+    slash, the error Django raises under DEBUG, or a redirect that turns it into a GET). A path that names an
+    endpoint once its trailing slash is added says so, with that path: no redirect, which a client would follow
+    with a GET and without its body. Nothing is read or written, so it needs no authentication."""
+    slashed = _slashed(request)
+    if slashed:
+        detail = (
+            f"No API endpoint at this path; {slashed[:300]} is one: every path of the API ends with a slash "
+            "(see /api/docs/)."
+        )
+        return problem_response(request, 404, detail, "not_found")
     return problem_response(request, 404, NOT_FOUND_DETAIL, "not_found")
 
 
+def _slashed(request: HttpRequest) -> str | None:
+    """``request``'s path with a slash added, when that names an endpoint (any view but :func:`not_found`);
+    else None. Raises nothing."""
+    path = request.path_info
+    if path.endswith("/"):
+        return None
+    try:
+        match = resolve(f"{path}/")
+    except Resolver404:
+        return None
+    return None if match.func is not_found else f"{request.path}/"
+
+
 class LenientNegotiation(DefaultContentNegotiation):
-    """Answer in JSON whatever the Accept header says (a 406 helps no script); ``?format=`` still picks the
-    schema's YAML or JSON."""
+    """Answer in JSON whatever the Accept header says (a 406 helps no script: ``Accept`` is a preference, often a
+    library's default); ``?format=`` still picks the schema's YAML or JSON, and is a demand: a format the endpoint
+    does not have is a 406 naming the ones it has (DRF's own answer was a 404; this class answered JSON anyway)."""
 
     def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
         try:
@@ -292,11 +339,31 @@ class LenientNegotiation(DefaultContentNegotiation):
         except exceptions.NotAcceptable:
             return renderers[0], renderers[0].media_type
         except (exceptions.NotFound, Http404):  # an unknown ?format= (DRF raises Django's Http404 for it)
-            return renderers[0], renderers[0].media_type
+            given = str(format_suffix or request.query_params.get(self.settings.URL_FORMAT_OVERRIDE, ""))
+            formats = list(dict.fromkeys(renderer.format for renderer in renderers))
+            message = f"This endpoint answers {' or '.join(formats)}: leave format out, or give one of those."
+            raise Problem(
+                406,
+                f"format: {given[:40]!r} is not a format of this endpoint. {message}",
+                code="not_acceptable",
+                errors={"format": [message]},
+            ) from None
 
     def select_parser(self, request: Any, parsers: list[Any]) -> Any:
         """The parser for the body's Content-Type; none (not JSON, or the header left out) is a 415 saying which
-        header to send. DRF's own said 'Unsupported media type "" in request.' for a missing header."""
+        header to send. DRF's own said 'Unsupported media type "" in request.' for a missing header. A body with
+        a ``Content-Encoding`` (gzip) is a 415 too (RFC 9110, 15.5.16, with ``Accept-Encoding``): Baton does not
+        decode one, and the JSON parser's 400 ("not valid JSON: can't decode byte 0x8b") hid why."""
+        encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip()
+        if encoding and encoding.lower() != "identity":
+            message = "Send the body uncompressed, without a Content-Encoding header"
+            raise Problem(
+                415,
+                f"The body's Content-Encoding ({encoding[:40]!r}) is not supported. {message}.",
+                code="unsupported_content_encoding",
+                errors={"Content-Encoding": [f"{message}."]},
+                headers={"Accept-Encoding": "identity"},
+            )
         parser = super().select_parser(request, parsers)
         if parser is None:
             given = request.content_type

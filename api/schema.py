@@ -30,22 +30,24 @@ class ProblemSerializer(serializers.Serializer):
     )
 
 
-# What any operation may answer besides its own: bad input, no or a bad token, a role or object refused, a query
-# string too long (orchestrator/middleware.py answers it before any view), a state conflict, a body too large or
-# not JSON, an idempotency key reused or the engine's own records set (orchestrator/records.py).
+# What any operation may answer besides its own: bad input, no or a bad token, a role or object refused, an unknown
+# ``?format=``, a query string too long (orchestrator/middleware.py answers it before any view), a state conflict, a
+# body too large, not JSON or compressed, an idempotency key reused or the engine's own records set
+# (orchestrator/records.py).
 COMMON = {
     400: "Invalid input: ``errors`` names each field.",
     401: "Not signed in: send ``Authorization: Bearer <token>`` or a session cookie.",
     403: "Your role may not do this (or a session request without its CSRF token).",
     404: "Not found, or not yours to see.",
     405: "Method not allowed.",
+    406: "A ``format`` the endpoint does not answer in: leave it out (JSON; the schema also takes yaml).",
     414: f"The query string is longer than Baton takes ({QUERY_STRING_MAX} bytes): narrow the filters.",
     503: "The database is unreachable for a moment: retry after Retry-After seconds.",
 }
 WRITES = {
     409: "Not possible in the object's current state, or someone else acted first.",
     413: "The body is too large.",
-    415: "Send ``Content-Type: application/json``.",
+    415: "Send ``Content-Type: application/json``, and the body uncompressed (no ``Content-Encoding``).",
     422: (
         "The Idempotency-Key was used before with another body, or the body sets a key where the workflow records "
         "what a human step or a wait did (code ``sets_records``, ``errors`` naming each key)."

@@ -18,7 +18,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from approvals.forms import DECISIONS
-from approvals.models import HumanTask
+from approvals.models import HumanTask, Priority
 from approvals.services.base import data_digest, decision_not_taken
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import (
@@ -32,12 +32,15 @@ from orchestrator.inputs import (
 )
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.selectors import STEP_PAYLOADS, hide_paths
+from orchestrator.timeparse import no_such_time
 
 ID_MAX = 2**63 - 1
 # What every data_digest looks like (its length read off the function; "$" as OpenAPI patterns write it: the field
 # trims a final line break first). Anything else sent as ``seen`` is no digest this API gave out, and comparing it
 # would report a change of the data that nobody made.
 DIGEST_PATTERN = rf"^[0-9a-f]{{{len(data_digest({}))}}}$"
+# A time as the API wants one, for its messages' examples: with its offset.
+EXAMPLE = "2026-12-02T09:30:00Z"
 # A date and time whose offset's "+" was decoded as a space (an unencoded "+" in a query string).
 PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)? \d{2}(:?\d{2})?")
 
@@ -69,15 +72,22 @@ class StrictRegexField(_StringOnly, serializers.RegexField):
 class AwareDateTimeField(serializers.DateTimeField):
     """An ISO 8601 date and time WITH its offset (``2026-12-01T09:00:00+01:00`` or ``…Z``), within the range
     ``orchestrator.inputs.check_when`` allows. A naive time is refused: a script's local clock is not Baton's.
-    A time of that very shape but no real day (``0000-01-01``, ``2026-02-30``), or one with no UTC in Python's
-    range (``9999-12-31T23:59:59-01:00``), is refused with check_when's range, not DRF's "wrong format" (it is
-    the format) or "Datetime value out of range." (which range?)."""
+    A time of that very shape but a day or hour that does not exist (``2026-02-30``, ``25:00``) is told so
+    (``orchestrator.timeparse.no_such_time``), not DRF's "wrong format" (it is the format); year 0 or a time with
+    no UTC in Python's range (``9999-12-31T23:59:59-01:00``) is refused with check_when's range, not "Datetime
+    value out of range." (which range?). Messages name the parameter or field as the request does
+    (``started_after``, ``since``), and their example carries its offset, as the API wants it."""
+
+    default_error_messages = {"invalid": f"Not a date and time: give it in ISO 8601 with its offset, like {EXAMPLE}."}
+
+    def _what(self) -> str:
+        return str(self.field_name or self.label or "Date")
 
     def _out_of_range(self) -> serializers.ValidationError:
         """check_when's own refusal of a time out of its range (one day before its earliest is), for this field:
         one wording of the range for every refusal of it."""
         try:
-            check_when(EARLIEST - timedelta(days=1), str(self.label or self.field_name or "Date"))
+            check_when(EARLIEST - timedelta(days=1), self._what())
         except django_forms.ValidationError as exc:
             return serializers.ValidationError(exc.messages)
         return serializers.ValidationError("Out of range.")  # never: check_when refuses a day before its earliest
@@ -96,8 +106,15 @@ class AwareDateTimeField(serializers.DateTimeField):
                 raise serializers.ValidationError("Remove the NUL character (\\u0000).")
             try:
                 typed = parse_datetime(value.strip())
-            except ValueError:  # the shape of a date and time, with no such day or hour
-                raise self._out_of_range() from None
+            except ValueError:  # the shape of a date and time, with no such day or hour (or year 0)
+                typed, impossible = None, True
+            else:
+                impossible = False
+            why = no_such_time(value) if typed is None else None  # None for year 0: the range says it
+            if why:
+                raise serializers.ValidationError(why)
+            if impossible:
+                raise self._out_of_range()
             if typed is not None and typed.tzinfo is None:
                 raise serializers.ValidationError("Give the time zone: an offset like +01:00, or Z for UTC.")
             if typed is None and PLUS_AS_SPACE.fullmatch(value.strip()):
@@ -108,7 +125,7 @@ class AwareDateTimeField(serializers.DateTimeField):
                 )
         parsed = super().to_internal_value(value)
         try:
-            return check_when(parsed, str(self.label or self.field_name or "Date"))
+            return check_when(parsed, self._what())
         except django_forms.ValidationError as exc:
             raise serializers.ValidationError(exc.messages) from None
 
@@ -477,7 +494,11 @@ class TaskSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
     instance = serializers.SerializerMethodField()
     assignee = serializers.SerializerMethodField()
-    priority = serializers.CharField(source="get_priority_display")
+    # The stored value, and its label beside it: the label alone ("Normal") was no value of the schema's enum.
+    priority = serializers.ChoiceField(choices=Priority.choices, read_only=True, help_text="Higher is more urgent.")
+    priority_label = serializers.CharField(
+        source="get_priority_display", read_only=True, help_text="As the inbox shows it."
+    )
 
     class Meta:
         model = HumanTask
@@ -490,6 +511,7 @@ class TaskSerializer(serializers.ModelSerializer):
             "description",
             "state",
             "priority",
+            "priority_label",
             "assignee",
             "quorum",
             "approvals",

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode
 
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponseBase
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -24,18 +24,19 @@ from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import DateTimeField, Serializer
+from rest_framework.serializers import ValidationError as SerializerValidationError
 from rest_framework.views import APIView
 
 from api import serializers as s
 from api.permissions import has_model_perm
-from api.problems import Problem
+from api.problems import Problem, flatten
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
 from approvals.models import HumanTask, TaskKind
 from approvals.services import tasks as task_services
 from audit import selectors as audit_selectors
 from audit.exports import event_record
-from audit.forms import ONE_VALUE as AUDIT_ONE_VALUE
 from audit.forms import AuditFilterForm
 from audit.views import export_response
 from orchestrator import registry, selectors
@@ -53,6 +54,8 @@ DELIVER_SIGNAL = "orchestrator.deliver_signal"
 # Visible ASCII without spaces at either end: what an HTTP header can carry unchanged. \Z, not $: $ also matches
 # before a final line break, which let "key\n" through as a key of its own.
 KEY_PATTERN = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
+# The key's rule as the schema says it: KEY_PATTERN without the comma (an ECMA regex, where "$" ends the text).
+KEY_SCHEMA_PATTERN = r"^[\x21-\x2b\x2d-\x7e](?:[\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$"
 # What a key may be, as the 400 and the API's description say it (a comma is refused on its own, first).
 KEY_RULE = f"1-{KEY_MAX} visible ASCII characters but a comma, with no space at either end."
 
@@ -91,6 +94,27 @@ class Cursor(CursorPagination):
                 errors={self.page_size_query_param: [message]},
             )
         return int(text)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        """``cursor`` and ``limit`` as the code takes them: the schema said "an integer" and "a string", and a client
+        (or schemathesis) sending ``limit=0`` or ``cursor=`` met a 400 it was not told of."""
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                    "default": self.page_size,
+                }
+                parameter["description"] = f"How many per page: 1-{self.max_page_size} (default {self.page_size})."
+            elif parameter["name"] == self.cursor_query_param:
+                parameter["schema"] = {"type": "string", "minLength": 1}
+                parameter["description"] = (
+                    "Where the page starts: the opaque cursor of a `next` or `previous` link. Left out, the first "
+                    "page; given empty, a 400."
+                )
+        return parameters
 
     def decode_cursor(self, request: Request) -> Any:
         cursor = super().decode_cursor(request)
@@ -137,7 +161,8 @@ def single_valued(
     a script working through "the failed ones" would have worked through all. Not ``paged`` (an export, the
     catalog, one object: each answered whole), ``cursor`` and ``limit`` are refused too: an export's ``limit=10``
     would have been ignored. Every GET of the API reads its query string through here. One of ``known`` given
-    empty is a 400 naming it too: no filter, to the serializers and forms behind, it answered everything."""
+    empty is a 400 naming it too: no filter, to the serializers and forms behind, it answered everything; and so
+    is an empty ``cursor`` or ``limit`` of a ``paged`` list."""
     params = request.query_params
     if known is not None:
         extra = PAGE_PARAMS if paged else frozenset({"format"})
@@ -159,12 +184,17 @@ def single_valued(
             )
     repeated = {name[:100]: len(values) for name, values in params.lists() if len(values) > 1 and name not in checked}
     if repeated:
-        errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
-        detail = " ".join(f"{name}: given {count} times; give it once." for name, count in repeated.items())
-        raise Problem(400, detail[:1000], code="invalid", title="Invalid input", errors=errors)
+        raise repeated_problem(repeated)
     # A filter given without a value (``?business_key=``, a script's variable left empty) is no filter to DRF and to
-    # the timeline's form, and answered everything: refused, as an empty ``limit`` is.
-    empty = [name[:100] for name, value in params.items() if known is not None and name in known and not value.strip()]
+    # the timeline's form, and answered everything: refused. So are an empty ``cursor`` and ``limit`` of every list,
+    # one rule for all (an empty cursor was a 400 "not one this API gave out" on the instances and the first page
+    # on the trail).
+    paging = PAGE_PARAMS - {"format"} if paged else frozenset()
+    empty = [
+        name[:100]
+        for name, value in params.items()
+        if known is not None and (name in known or name in paging) and not value.strip()
+    ]
     if empty:
         message = "Empty: give a value, or leave the parameter out."
         detail = " ".join(f"{name}: empty; give a value or leave it out." for name in empty)
@@ -172,6 +202,15 @@ def single_valued(
             400, detail[:1000], code="invalid", title="Invalid input", errors={name: [message] for name in empty}
         )
     return params
+
+
+def repeated_problem(repeated: dict[str, int]) -> Problem:
+    """The 400 for query parameters given more than once (``{name: how many times}``): one wording for every
+    parameter of the API, whatever else it would have said of the value (``included_data``, the trail's filters
+    too)."""
+    errors = {name: [f"Given {count} times: give it once."] for name, count in repeated.items()}
+    detail = " ".join(f"{name}: given {count} times; give it once." for name, count in repeated.items())
+    return Problem(400, detail[:1000], code="invalid", title="Invalid input", errors=errors)
 
 
 # What ``included_data`` takes, as the 400 and the schema say it.
@@ -187,27 +226,29 @@ INCLUDED_DATA_PARAMETER = OpenApiParameter(
     description=(
         "`metadata` leaves the large data out, and PostgreSQL does not read it: the instance's `data` and "
         "`data_digest` (on the detail) and each step's `result` and `error` (its traceback; `error_type` stays). "
-        "Fetch one step whole at its `url`. `all` (the default) answers every field. Anything else, or the "
-        "parameter given twice, is a 400."
+        "Fetch one step whole at its `url`. `all` (the default) answers every field. Anything else is a 400 "
+        "naming the values; the parameter given twice, a 400 as any parameter given twice."
     ),
 )
 
 
 def metadata_only(request: Request) -> bool:
     """Whether the request asks for ``included_data=metadata`` (absent: ``all``, False). Read before
-    :func:`single_valued` so that every refusal of it, repeated or empty too, names the values it takes.
+    :func:`single_valued` so that a refusal of its value, empty too, names the values it takes.
 
-    Raises Problem 400 naming ``included_data`` and its values for anything but one ``all`` or ``metadata``
-    (the value is not echoed: it may be megabytes or hold a NUL)."""
+    Raises Problem 400 naming ``included_data``: given more than once, as any parameter given more than once
+    (:func:`repeated_problem`); anything but ``all`` or ``metadata``, with its values (the value is not echoed:
+    it may be megabytes or hold a NUL)."""
     values = request.query_params.getlist(s.INCLUDED_DATA)
     if not values:
         return False
-    if len(values) == 1 and values[0] in s.INCLUDED_DATA_CHOICES:
+    if len(values) > 1:
+        raise repeated_problem({s.INCLUDED_DATA: len(values)})
+    if values[0] in s.INCLUDED_DATA_CHOICES:
         return values[0] == "metadata"
-    why = f"given {len(values)} times, give it once" if len(values) > 1 else "not a value it takes"
     raise Problem(
         400,
-        f"{s.INCLUDED_DATA}: {why}. {INCLUDED_DATA_RULE}",
+        f"{s.INCLUDED_DATA}: not a value it takes. {INCLUDED_DATA_RULE}",
         code="invalid",
         title="Invalid input",
         errors={s.INCLUDED_DATA: [INCLUDED_DATA_RULE]},
@@ -243,12 +284,22 @@ def _valid(
 
 # --- workflows ------------------------------------------------------------------------------------------
 
+# The largest version a workflow may be asked for, as a start's ``version`` takes it (a PostgreSQL integer).
+VERSION_MAX = 2**31 - 1
+
 
 @extend_schema_view(
     list=extend_schema(summary="The workflow catalog (latest versions)", responses=s.WorkflowSerializer(many=True)),
     retrieve=extend_schema(
         summary="One workflow: versions, steps and the input its start takes",
-        parameters=[OpenApiParameter("version", int, description="A version other than the latest.")],
+        parameters=[
+            OpenApiParameter(
+                "version",
+                {"type": "integer", "minimum": 1, "maximum": VERSION_MAX},
+                description="A version other than the latest (one of its `versions`); left out, the latest. A "
+                "version it does not have is a 404.",
+            )
+        ],
         responses=s.WorkflowSerializer,
     ),
 )
@@ -266,8 +317,11 @@ class WorkflowViewSet(viewsets.ViewSet):
 
     def retrieve(self, request: Request, name: str) -> Response:
         version = single_valued(request, known=("version",), paged=False).get("version")
-        if version is not None and not re.fullmatch(r"[1-9]\d{0,8}", version):
-            raise Problem(400, "version: a positive whole number.", code="invalid", errors={"version": ["Invalid."]})
+        if version is not None and not (re.fullmatch(r"[1-9]\d{0,9}", version) and int(version) <= VERSION_MAX):
+            message = f"A whole number from 1 to {VERSION_MAX}."
+            raise Problem(
+                400, f"version: {message.lower()}", code="invalid", title="Invalid input", errors={"version": [message]}
+            )
         try:
             workflow = registry.get(name, int(version) if version else None)
         except registry.UnknownWorkflow:
@@ -452,7 +506,7 @@ class InstanceViewSet(viewsets.GenericViewSet):
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
-                OpenApiTypes.STR,
+                {"type": "string", "minLength": 1, "maxLength": KEY_MAX, "pattern": KEY_SCHEMA_PATTERN},
                 OpenApiParameter.HEADER,
                 description=(
                     f"{KEY_RULE[:-1]}, unique per start (a UUID is a good key). Send it once: two "
@@ -910,17 +964,25 @@ class TaskViewSet(viewsets.GenericViewSet):
 
 # --- audit ----------------------------------------------------------------------------------------------
 
+# A time as the API's serializers write it (api/middleware.py): UTC, with Z.
+UTC_TIME = DateTimeField(default_timezone=UTC).to_representation
 AUDIT_PAGE_DEFAULT = 50
 AUDIT_PAGE_MAX = 200
 
 
-def _is_naive_time(text: str) -> bool:
-    """True if ``text`` is an ISO date and time without an offset (a date alone is a day, not a time)."""
-    try:
-        typed = parse_datetime(text.strip()) if "\x00" not in text else None
-    except ValueError:
-        return False
-    return typed is not None and typed.tzinfo is None
+class TrailTimes(Serializer):
+    """The trail's ``since`` and ``until`` as the API reads every time: with their offset, a day that does not exist
+    said so, each message naming the parameter (the timeline's form says "From" and "Until", the page's labels, and
+    reads a time without an offset in the person's zone: a script's clock is not Baton's)."""
+
+    since = s.AwareDateTimeField(required=False)
+    until = s.AwareDateTimeField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        since, until = attrs.get("since"), attrs.get("until")
+        if since is not None and until is not None and since >= until:
+            raise SerializerValidationError({"until": ["Must be later than since."]})
+        return attrs
 
 
 def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.AuditFilters:
@@ -928,19 +990,16 @@ def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.A
     own form, a bad one a 400 naming it."""
     if not audit_selectors.can_view_trail(request.user):
         raise Problem(403, "The audit trail is for auditors and administrators.", code="forbidden")
-    # The form refuses its own filters' repeats (naming ``query``, as on the page); the rest (limit, cursor) here.
-    form = AuditFilterForm(
-        single_valued(request, checked=AUDIT_ONE_VALUE, known=AuditFilterForm.base_fields, paged=paged)
-    )
-    # The page reads a time without an offset in the person's zone; the API, like its other times, wants the
-    # offset (a script's local clock is not Baton's): the form's own errors come after.
-    naive = {
-        name: ["Give the time zone: an offset like +01:00, or Z for UTC."]
-        for name in ("since", "until")
-        if _is_naive_time(request.query_params.get(name, ""))
-    }
-    if naive or not form.is_valid():
-        errors = naive or {("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()}
+    # A filter given twice is refused here, as any parameter of the API (the form would name ``query`` and say, as
+    # on the page, that it shows the results without it).
+    params = single_valued(request, known=AuditFilterForm.base_fields, paged=paged)
+    form = AuditFilterForm(params)
+    # The times first, as the API reads them (TrailTimes); the form's own errors after.
+    times = TrailTimes(data={name: request.query_params[name] for name in ("since", "until") if name in params})
+    if not times.is_valid() or not form.is_valid():
+        errors = flatten(times.errors) or {
+            ("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()
+        }
         detail = " ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())[:1000]
         raise Problem(400, f"Check the filters: {detail}", code="invalid", title="Invalid input", errors=errors)
     return form.filters()
@@ -990,7 +1049,10 @@ class AuditEventsView(APIView):
         if page.older:
             params = {**filters.as_params(), "cursor": page.older, "limit": limit_text}
             next_url = request.build_absolute_uri(request.path) + "?" + urlencode(params)
-        results = [{"id": event.pk, **event_record(event)} for event in page.events]
+        # The export's record, its time written as every time of the API (``Z``; the record's text is ``+00:00``).
+        results = [
+            {"id": event.pk, **event_record(event), "occurred_at": UTC_TIME(event.occurred_at)} for event in page.events
+        ]
         return Response({"next": next_url, "results": results})
 
 

@@ -229,6 +229,8 @@ MIDDLEWARE = [
     "orchestrator.accounts.CurrentRequestMiddleware",
     # The signed-in person's time zone, from the session, for every date shown and typed (approvals/timezones.py).
     "approvals.timezones.UserTimeZoneMiddleware",
+    # The API's answers in UTC whatever that zone (api/middleware.py).
+    "api.middleware.ApiTimesInUtc",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.contrib.auth.views import LogoutView
 from django.urls import include, path
 
+from api.problems import not_found as api_not_found
 from baton_site import endpoints
 from console.views import LoginView
 
@@ -13,6 +14,8 @@ urlpatterns = [
     path("automation/", include("automation.urls")),
     path("audit/", include("audit.urls")),
     path("api/", include("api.urls")),
+    # Without its slash: the API's 404, for every method (CommonMiddleware's redirect turned a POST into a GET).
+    path("api", api_not_found),
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", LogoutView.as_view(), name="logout"),
     # For machines: Prometheus and load balancers (baton_site/endpoints.py).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -198,6 +199,7 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
     form = form_class(data=data)
     if not isinstance(data, Mapping) or hasattr(data, "getlist"):
         form.is_valid()
+        plain_numbers(form, data)
         return form
     not_boolean, read = [], None
     for name, field in form.fields.items():
@@ -215,6 +217,7 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
     if read is not None:
         form.data = read
     form.is_valid()
+    plain_numbers(form, data)
     for name in not_boolean:
         form.errors.pop(name, None)  # "This field is required." for a required box: not what went wrong
         form.add_error(name, ValidationError(NOT_A_BOOLEAN, code="not_a_boolean"))
@@ -231,11 +234,54 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
     return form
 
 
+# What a number from JSON (an API body, a schedule's input, a signal's payload) may be written with.
+PLAIN_DIGITS = "Give digits 0-9, with a point for decimals (no _ or other digits)."
+# The most digits a decimal may take written out in full: 1E+999999999 is a valid decimal of a billion digits.
+DIGITS_MAX = 100
+
+
+def plain_numbers(form: forms.Form, data: Any) -> None:
+    """Numbers in ``form`` (bound to ``data`` and validated) by one rule for every channel. A number field's text
+    from JSON written with ``_`` (``1_000``) or with digits other than 0-9 (Arabic-Indic ones, fullwidth ones),
+    which Python's ``int`` and ``Decimal`` read as 1000, is an error on the field (a page's form, typed by a person,
+    is read as Django reads it). A decimal that would take more than ``DIGITS_MAX`` digits written out is an error
+    too: a decimal is stored written out (``1E+3`` as ``1000``, :func:`form_json_default`). Raises nothing; adds
+    errors to ``form``."""
+    from_json = isinstance(data, Mapping) and not hasattr(data, "getlist")
+    cleaned = getattr(form, "cleaned_data", {})
+    for name, field in form.fields.items():
+        if not isinstance(field, forms.IntegerField) or name in form.errors:  # Decimal and Float fields are ones
+            continue
+        value = data.get(name) if from_json else None
+        number = cleaned.get(name)
+        if isinstance(value, str) and ("_" in value or not value.isascii()):
+            form.add_error(name, PLAIN_DIGITS)
+        elif isinstance(number, Decimal) and _too_long(number):
+            form.add_error(name, f"Give a number of at most {DIGITS_MAX} digits.")
+
+
+def _too_long(number: Decimal) -> bool:
+    """Whether ``number`` written out would take more than ``DIGITS_MAX`` digits (or is no finite number): cheap to
+    know from its digits and its exponent, without writing it out."""
+    _sign, digits, exponent = number.as_tuple()
+    return not isinstance(exponent, int) or len(digits) + abs(exponent) > DIGITS_MAX
+
+
+def _written_out(number: Decimal) -> str:
+    """``number`` without an exponent (``1E+3`` as ``1000``, ``1E-7`` as ``0.0000001``), or its own text when that
+    would take more than ``DIGITS_MAX`` digits."""
+    return str(number) if _too_long(number) else format(number, "f")
+
+
 def form_json_default(value: Any) -> Any:
     """``json.dumps``'s ``default`` for a form's cleaned data: a model instance as its primary key and a queryset as
     the list of theirs (what a ``ModelChoiceField`` / ``ModelMultipleChoiceField`` was sent), anything else (a
-    Decimal, a date, a UUID) as its text. Without it a chosen group was stored as the text ``"Group object (3)"``
-    and a multiple choice as ``"<QuerySet [...]>"``: a value no step or decision could use."""
+    Decimal, a date, a UUID) as its text, a Decimal written out (``1E+3`` as ``"1000"``: Python's own text of it
+    kept the exponent, and the text "1E+3" reached steps and exports). Without it a chosen group was stored as the
+    text ``"Group object (3)"`` and a multiple choice as ``"<QuerySet [...]>"``: a value no step or decision could
+    use."""
+    if isinstance(value, Decimal):
+        return _written_out(value)
     if isinstance(value, Model):
         return value.pk
     if isinstance(value, QuerySet):

@@ -200,11 +200,30 @@ def uri_too_long(request: HttpRequest) -> HttpResponse:
     return HttpResponse(loader.get_template("414.html").render({}, request), status=414)
 
 
+def wants_json(request: HttpRequest) -> bool:
+    """Whether ``request`` prefers JSON to HTML (``Accept: application/json``, as scripts and API clients send);
+    a browser's Accept, ``*/*`` or none prefer HTML. Raises nothing."""
+    preferred = request.get_preferred_type(["text/html", "application/json", PROBLEM_JSON])
+    return preferred in ("application/json", PROBLEM_JSON)
+
+
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """``CSRF_FAILURE_VIEW``: a form whose token no longer matches (signed out or in again in another tab, a page
     left open for days) gets templates/403_csrf.html saying to reload, instead of Django's bare technical page.
-    ``reason`` is Django's wording for the log; the person gets words and a way on. Status 403, as Django's."""
+    ``reason`` is Django's wording for the log; the person gets words and a way on. Status 403, as Django's. Under
+    /api/ (the tokens page: the API's own views check CSRF themselves) a client that wants JSON gets problem+json."""
     logger.info("form refused (CSRF) for %s %s: %s", request.method, request.path, reason)
+    if request.path_info.startswith("/api/") and wants_json(request):
+        body = {
+            "type": "about:blank",
+            "title": "Forbidden",
+            "status": 403,
+            "detail": "The form's CSRF token is missing or no longer matches: load the page again and send it from "
+            "there.",
+            "code": "csrf_failed",
+            "instance": request.path,
+        }
+        return JsonResponse(body, status=403, content_type=PROBLEM_JSON)
     return HttpResponse(loader.get_template("403_csrf.html").render({}, request), status=403)
 
 

@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:  # types only: the port is below the services that implement and call it
     from django.contrib.auth.models import User
+    from django.db.models import QuerySet
 
     from orchestrator.dsl import Human
     from orchestrator.models import StepRun
@@ -78,6 +79,13 @@ class HumanTasks(Protocol):
 
     def sees_instance(self, user: User, instance_id: int) -> bool:
         """True if ``user`` sees the instance through one of its tasks (the instance page's third rule).
+
+        Raises nothing of its own.
+        """
+
+    def instance_ids_seen(self, user: User) -> QuerySet[Any]:
+        """The ids of the instances ``user`` sees through one of their tasks (:meth:`sees_instance`'s rule), as a
+        subquery (one ``instance_id`` column) for a list of instances.
 
         Raises nothing of its own.
         """

@@ -6,7 +6,7 @@ import re
 from typing import Any, TypeVar
 
 from django.contrib.auth.models import User
-from django.db.models import Count, F, Func, Model, QuerySet, Subquery
+from django.db.models import Count, F, Func, Model, Q, QuerySet, Subquery
 
 from orchestrator.models import AuditEvent, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.ports import human_tasks_or_none
@@ -21,10 +21,17 @@ def can_operate(user: User) -> bool:
 
 
 def instances_for_user(user: User) -> QuerySet[WorkflowInstance]:
-    """Operators and admins see every instance; anyone else the ones they started."""
+    """The instances ``user`` may see, by :func:`instance_for_user`'s rule: operators and admins (and whoever has
+    ``view_workflowinstance``) every one; anyone else those they started and those they see through one of their
+    tasks (asked of the human side, when an app registered one). The lists (the API's, the console's) showed only
+    the first kind, while the instance page opened the second."""
     qs = WorkflowInstance.objects.select_related("initiator").order_by("-created_at", "-id")
     if not can_view_all_instances(user):
-        qs = qs.filter(initiator=user)
+        people = human_tasks_or_none()
+        seen = Q(initiator=user)
+        if people is not None:
+            seen |= Q(pk__in=people.instance_ids_seen(user))
+        qs = qs.filter(seen)
     return qs
 
 

@@ -73,11 +73,13 @@ class TaskConflict(TaskError):
 
 class HolderChanged(TaskConflict):
     """The task changed hands since the person saw its holder (HTTP 409); ``holder`` is the username of whoever holds
-    it now ("" when nobody does)."""
+    it now ("" when nobody does), ``how`` how it got there in a few words ("staff claimed it"), for a caller that
+    words its own message (the API's says what a client does next; the message is the page's)."""
 
-    def __init__(self, message: str, *, holder: str) -> None:
+    def __init__(self, message: str, *, holder: str, how: str = "") -> None:
         super().__init__(message)
         self.holder = holder
+        self.how = how
 
 
 class TaskInvalid(TaskError):
@@ -114,6 +116,11 @@ def decision_not_taken(task: HumanTask, decision: object) -> str:
     sent = json.dumps(decision, default=str)  # as JSON: a typo is shown "aprove", a number 12, a list [...]
     sent = sent if len(sent) <= 40 else f"{sent[:39]}…"
     return f"{what} {listed}{how}, not {sent}."
+
+
+class FormInvalid(TaskInvalid):
+    """A form task's data fails its form: ``errors`` by the form's field names (``__all__`` for the form as a whole),
+    as the page shows them beside its fields; the API names them by their place in its body (``data.cost_centre``)."""
 
 
 # Four-eyes (docs/architecture.md, "Who may act on a task"): who started an instance acts on none of its tasks, and

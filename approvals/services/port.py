@@ -10,6 +10,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
+from django.db.models import QuerySet
 
 from approvals.models import (
     ACTIONABLE_TASK_STATES,
@@ -19,7 +20,7 @@ from approvals.models import (
     TaskKind,
 )
 from approvals.notifications import members_of, notify
-from approvals.selectors import inbox_counts, tasks_open_counts, visible_tasks
+from approvals.selectors import inbox_counts, instance_ids_seen, tasks_open_counts, visible_tasks
 from approvals.services.base import (
     APPROVE,
     OPERATORS,
@@ -290,6 +291,11 @@ class ApprovalsHumanTasks:
         """True if ``user`` sees one of the instance's tasks (``selectors.visible_tasks``). Raises nothing
         of its own."""
         return visible_tasks(user).filter(instance_id=instance_id).exists()
+
+    def instance_ids_seen(self, user: User) -> QuerySet[Any]:
+        """``selectors.instance_ids_seen``: the rule of :meth:`sees_instance`, for a list. Raises nothing of its
+        own."""
+        return instance_ids_seen(user)
 
     def tasks_open_counts(self, now: datetime) -> dict[str, int]:
         """See ``selectors.tasks_open_counts``; raises nothing of its own."""

@@ -38,6 +38,7 @@ from approvals.services.base import (
     INITIATOR_BARRED,
     OPERATORS,
     REJECT,
+    FormInvalid,
     HolderChanged,
     TaskConflict,
     TaskError,
@@ -291,10 +292,12 @@ def task_delegate(
             # Read under the instance's lock: a claim that committed while this request waited is seen here. Before
             # the holder's check: an operator whose escalation a manager handed on since is told so, not "only the
             # assignee".
+            how = _how_it_changed_hands(task)
             raise HolderChanged(
-                f"This task changed hands after you opened it ({_how_it_changed_hands(task)}): check who holds it "
-                "now, then hand it on again. What you wrote is kept.",
+                f"This task changed hands after you opened it ({how}): check who holds it now, then hand it on "
+                "again. What you wrote is kept.",
                 holder=task.assignee.get_username() if task.assignee is not None else "",
+                how=how,
             )
         if task.assignee_id != user.pk and not is_manager(user):
             raise TaskForbidden("Only the assignee or a manager can delegate this task.")
@@ -618,7 +621,7 @@ def _validate_decision(unit: Unit, task: HumanTask, decision: str, comment: str,
     form = bound_form(node.form, data)
     if not form.is_valid():
         errors = {k: [str(e) for e in v] for k, v in form.errors.items()}
-        raise TaskInvalid("The form has errors.", errors)
+        raise FormInvalid("The form has errors.", errors)
     return json.loads(json.dumps(form.cleaned_data, default=form_json_default))
 
 

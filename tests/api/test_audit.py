@@ -98,7 +98,7 @@ def test_the_cursor_walks_every_event_once_even_while_new_ones_come(api_as, role
         ({"until": "2026-11-30 09:00"}, "until"),
         ({"q": "a\x00b"}, "q"),
         ({"request_id": "<script>"}, "request_id"),
-        ({"actor": ["a", "b"]}, "query"),
+        ({"actor": ["a", "b"]}, "actor"),
         ({"cursor": "garbage"}, "cursor"),
         ({"limit": "0"}, "limit"),
         ({"limit": "201"}, "limit"),

@@ -166,6 +166,53 @@ def test_a_path_under_api_with_a_line_break_or_junk_is_a_problem_404(api_as, rol
     assert response.json()["code"] == "not_found"
 
 
+@pytest.mark.parametrize("method", ["get", "post"])
+@pytest.mark.parametrize(
+    ("path", "slashed"),
+    [
+        ("/api/instances", "/api/instances/"),
+        ("/api/instances/{pk}", "/api/instances/{pk}/"),
+        ("/api/instances/{pk}/retry", "/api/instances/{pk}/retry/"),
+        ("/api/audit/events", "/api/audit/events/"),
+        ("/api/tokens", "/api/tokens/"),
+    ],
+)
+def test_a_path_without_its_trailing_slash_is_a_problem_404_naming_the_slashed_one(
+    api_as, roles, method, path, slashed
+):
+    """``/api/instances`` was answered "No API endpoint at this path", leaving the client to find the slash it had
+    left out. Not a redirect: a client follows one with a GET, without the body it posted."""
+    # given
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+    client = api_as(roles.operator)
+
+    # when
+    response = getattr(client, method)(path.format(pk=instance.pk))
+
+    # then
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "not_found"
+    assert f"{slashed.format(pk=instance.pk)} is one" in problem["detail"], problem
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+@pytest.mark.parametrize("path", ["/api", "/api/instancez", "/api/instances/1/nothing"])
+def test_a_path_that_is_no_endpoint_even_with_a_slash_suggests_none_and_api_alone_is_not_redirected(
+    api_as, roles, method, path
+):
+    """``/api`` alone was redirected (301) to /api/, which a client follows with a GET: a POST's body was lost, to
+    land on a 404 all the same."""
+    # when
+    response = getattr(api_as(roles.operator), method)(path)
+
+    # then
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["detail"] == "No API endpoint at this path: see /api/docs/ for the endpoints."
+
+
 @pytest.mark.parametrize("host", ["", "evil.example", "bad host"])
 @pytest.mark.parametrize(("method", "path"), [("get", "/api/instances/"), ("post", "/api/instances/")])
 def test_a_host_header_the_site_does_not_answer_to_is_a_problem_400_under_api(host, method, path):
@@ -397,7 +444,7 @@ def test_a_value_no_column_can_hold_is_an_invalid_input_problem_whose_errors_nam
         ("/api/tasks/?scope=mine&scope=queue", "scope"),
         ("/api/audit/events/?limit=50&limit=60", "limit"),
         ("/api/audit/events/?cursor=a&cursor=b", "cursor"),
-        ("/api/audit/export.jsonl?instance=1&instance=2", "query"),  # the timeline form's own refusal
+        ("/api/audit/export.jsonl?instance=1&instance=2", "instance"),
         ("/api/workflows/expense_approval/?version=1&version=2", "version"),
     ],
 )
@@ -414,9 +461,9 @@ def test_a_bad_or_repeated_query_parameter_is_a_400_naming_it(api_as, roles, pat
     assert field in response.json()["errors"], response.json()
 
 
-@pytest.mark.parametrize("fmt", ["xml", "yaml", "api", "json", ""])
-def test_an_unknown_format_parameter_is_ignored_not_a_404(api_as, roles, fmt):
-    # given: ?format=, which DRF reads as "render as" and answers with a 404 when no renderer has that name
+@pytest.mark.parametrize("fmt", ["json", ""])
+def test_format_json_or_empty_is_the_answer_as_without_it(api_as, roles, fmt):
+    # given
     instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
     client = api_as(roles.staff)
 
@@ -426,12 +473,86 @@ def test_an_unknown_format_parameter_is_ignored_not_a_404(api_as, roles, fmt):
         f"/api/instances/?format={fmt}", {"workflow": "expense_approval", "input": ExpenseInputFactory()}
     )
 
-    # then: the API answers in JSON whatever is asked, as it does for the Accept header
+    # then
     assert listed.status_code == 200, listed.content[:300]
     assert listed["Content-Type"] == "application/json"
     assert [row["id"] for row in listed.json()["results"]] == [instance.pk]
     assert started.status_code == 201, started.content[:300]
     assert WorkflowInstance.objects.count() == 2
+
+
+@pytest.mark.parametrize("fmt", ["xml", "yaml", "api", "csv"])
+def test_an_unknown_format_parameter_is_a_406_problem_naming_the_formats_not_answered_as_json(api_as, roles, fmt):
+    """``?format=xml`` was answered in JSON without a word: a client that asked for XML parsed JSON, or failed
+    further on. ``format`` is a demand (``Accept`` a preference, still answered in JSON whatever it says)."""
+    # given
+    client = api_as(roles.staff)
+
+    # when
+    listed = client.get(f"/api/instances/?format={fmt}")
+    started = client.post(
+        f"/api/instances/?format={fmt}", {"workflow": "expense_approval", "input": ExpenseInputFactory()}
+    )
+
+    # then: refused before anything is done
+    for response in (listed, started):
+        assert response.status_code == 406, response.content[:300]
+        assert response["Content-Type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["code"] == "not_acceptable"
+        assert problem["errors"]["format"] == ["This endpoint answers json: leave format out, or give one of those."]
+    assert not WorkflowInstance.objects.exists()
+    assert api_as(roles.staff).get("/api/instances/", headers={"Accept": "application/xml"}).status_code == 200
+
+
+def test_the_schema_still_takes_its_own_formats_and_names_them_when_refusing(api_as, roles):
+    client = api_as(roles.staff)
+    assert client.get("/api/schema/?format=yaml").status_code == 200
+    refused = client.get("/api/schema/?format=xml")
+    assert refused.status_code == 406
+    assert "yaml or json" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP"])
+def test_a_compressed_body_is_a_415_problem_saying_the_encoding_is_not_supported(api_as, roles, encoding):
+    """``Content-Encoding: gzip`` was a 400 "The body is not valid JSON: 'utf-8' codec can't decode byte 0x8b":
+    true, but not why."""
+    import gzip
+
+    # given
+    body = gzip.compress(json.dumps({"workflow": "expense_approval", "input": ExpenseInputFactory()}).encode())
+    client = api_as(roles.staff)
+
+    # when
+    response = client.client.post(
+        "/api/instances/",
+        body,
+        content_type="application/json",
+        headers={**client.headers, "Content-Encoding": encoding},
+    )
+
+    # then
+    assert response.status_code == 415, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "unsupported_content_encoding"
+    assert list(problem["errors"]) == ["Content-Encoding"]
+    assert "not supported" in problem["detail"]
+    assert response["Accept-Encoding"] == "identity"
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_content_encoding_identity_is_no_encoding(api_as, roles):
+    # when
+    client = api_as(roles.staff)
+    response = client.post(
+        "/api/instances/",
+        {"workflow": "expense_approval", "input": ExpenseInputFactory()},
+        **{"Content-Encoding": "identity"},
+    )
+
+    # then
+    assert response.status_code == 201, response.content[:300]
 
 
 @pytest.mark.parametrize(
@@ -501,7 +622,7 @@ def test_a_form_task_decision_with_an_object_for_a_text_field_is_a_400_naming_it
 
     # then
     assert response.status_code == 400, response.content[:300]
-    assert "note" in response.json()["errors"], response.json()
+    assert "data.note" in response.json()["errors"], response.json()
     assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN
 
 
@@ -646,3 +767,31 @@ def test_the_page_parameters_and_format_are_taken_by_every_list(api_as, roles):
         "/api/workflows/expense_approval/?version=1&format=json",
     ):
         assert client.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/instances/{pk}/?included_data=all&included_data=all", "included_data"),
+        ("/api/instances/{pk}/steps/?included_data=all&included_data=metadata", "included_data"),
+        ("/api/instances/?state=running&state=failed", "state"),
+        ("/api/audit/events/?since=2026-01-01T00:00:00Z&since=2026-01-02T00:00:00Z", "since"),
+        ("/api/audit/export.csv?actor=a&actor=b", "actor"),
+    ],
+)
+def test_a_parameter_given_twice_is_told_once_in_one_wording_whichever_it_is(api_as, roles, path, name):
+    """``included_data`` twice was answered with its values ("One of: all, metadata") as if the value were wrong,
+    and the trail's filters with the page's words ("From: given 2 times; pick one. Showing results without it.")
+    under ``query``, for a request the API refuses."""
+    # given
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    response = api_as(roles.admin).get(path.format(pk=instance.pk))
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["errors"] == {name: ["Given 2 times: give it once."]}, problem
+    assert problem["detail"] == f"{name}: given 2 times; give it once.", problem

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+EVENTS = "/api/audit/events/"
+
 
 @pytest.fixture
 def schema(api_as, roles):
@@ -113,3 +115,75 @@ def test_included_data_and_the_one_step_route_are_described(schema):
     assert {"result", "error"}.isdisjoint(components["Step"]["required"])
     assert {"id", "url", "name", "kind"} <= set(components["Step"]["required"])
     assert {"steps", "steps_url"} <= set(components["InstanceDetail"]["required"])
+
+
+def _parameter(schema, path, method, name):
+    [parameter] = [p for p in schema["paths"][path][method].get("parameters", []) if p["name"] == name]
+    return parameter
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/instances/", "/api/tasks/", "/api/instances/{id}/steps/", "/api/instances/{id}/tasks/"]
+)
+def test_every_keyset_list_documents_its_limit_and_cursor_as_the_code_takes_them(schema, path):
+    """The schema said ``limit`` is "an integer" and ``cursor`` "a string": 0, 101 and an empty cursor are 400s."""
+    # when
+    limit = _parameter(schema, path, "get", "limit")
+    cursor = _parameter(schema, path, "get", "cursor")
+
+    # then
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 100, "default": 25}
+    assert cursor["schema"] == {"type": "string", "minLength": 1}
+    trail = _parameter(schema, "/api/audit/events/", "get", "limit")
+    assert (trail["schema"]["minimum"], trail["schema"]["maximum"]) == (1, 200)
+
+
+def test_the_idempotency_key_and_the_workflow_version_are_documented_with_their_limits(schema):
+    from api.services import KEY_MAX
+
+    # when
+    key = _parameter(schema, "/api/instances/", "post", "Idempotency-Key")
+    version = _parameter(schema, "/api/workflows/{name}/", "get", "version")
+
+    # then: the key's length and characters, the version's range, as the code refuses them
+    assert key["in"] == "header"
+    assert (key["schema"]["minLength"], key["schema"]["maxLength"]) == (1, KEY_MAX)
+    assert re.fullmatch(key["schema"]["pattern"], "exp-2026-0042")
+    assert not re.fullmatch(key["schema"]["pattern"], "a,b")
+    assert not re.fullmatch(key["schema"]["pattern"], " a")
+    assert version["schema"] == {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/instances/", "/api/tasks/", "/api/instances/{pk}/steps/", "/api/instances/{pk}/tasks/", EVENTS]
+)
+@pytest.mark.parametrize("name", ["cursor", "limit"])
+def test_an_empty_cursor_or_limit_is_the_same_400_on_every_list(api_as, roles, path, name):
+    """``cursor=`` was a 400 "not one this API gave out" on the instances, and the first page on the trail."""
+    # given
+    from orchestrator.services.instances import instance_start
+    from tests.factories import ExpenseInputFactory
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(), initiator=roles.staff)
+
+    # when
+    response = api_as(roles.admin).get(f"{path.format(pk=instance.pk)}?{name}=")
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["errors"] == {name: ["Empty: give a value, or leave the parameter out."]}
+
+
+@pytest.mark.parametrize("version", ["0", "2147483648", "x", "99999999999"])
+def test_a_workflow_version_out_of_its_documented_range_is_a_400_naming_the_range(api_as, roles, version):
+    # when
+    response = api_as(roles.staff).get("/api/workflows/expense_approval/", {"version": version})
+
+    # then
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"version": ["A whole number from 1 to 2147483647."]}
+
+
+def test_a_large_version_within_the_range_is_a_404_not_a_400(api_as, roles):
+    assert api_as(roles.staff).get("/api/workflows/expense_approval/", {"version": "2147483647"}).status_code == 404

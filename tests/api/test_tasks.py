@@ -171,6 +171,9 @@ def test_a_delegation_after_the_task_changed_hands_is_a_409_naming_the_holder_no
     assert f"({says})" in problem["detail"]
     assert problem["errors"] == {"expected_holder": ["staff3 holds this task now."]}
     assert HumanTask.objects.get(pk=task.pk).assignee == staff3
+    # and the detail says what a client does next, not the page's "What you wrote is kept" (a form left filled in)
+    assert "What you wrote is kept" not in problem["detail"]
+    assert "Read the task again and decide again" in problem["detail"]
 
 
 def test_a_delegation_without_expected_holder_is_not_checked(api_as, roles, task, staff3):
@@ -418,3 +421,46 @@ def test_who_approved_an_earlier_step_cannot_delegate_the_later_one(api_as, role
     assert "four-eyes" in response.json()["detail"]
     later.refresh_from_db()
     assert (later.state, later.assignee) == (TaskState.OPEN, None)
+
+
+def test_a_form_tasks_field_errors_are_named_by_their_path_in_the_body(api_as, roles):
+    """A form task's errors were keyed ``cost_centre``, a field the body does not have at its top: it is
+    ``data.cost_centre``, as a start's field is ``input.amount``."""
+    # given: an "other" expense, team-approved: the managers' classification form is open
+    from approvals.services.base import APPROVE
+    from approvals.services.tasks import task_decide
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="other"), initiator=roles.operator)
+    task_decide(instance.tasks.get().pk, roles.staff, APPROVE)
+    classify = HumanTask.objects.get(instance=instance, step__name="classify")
+
+    # when: the required cost centre is left out, and the note is too long
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{classify.pk}/decide/", {"decision": "submit", "data": {"note": "n" * 201}}
+    )
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert sorted(problem["errors"]) == ["data.cost_centre", "data.note"], problem
+    assert problem["errors"]["data.cost_centre"] == ["This field is required."]
+    assert "data.cost_centre: This field is required." in problem["detail"]
+    assert HumanTask.objects.get(pk=classify.pk).state == TaskState.OPEN
+
+
+def test_a_tasks_priority_is_its_stored_value_with_the_label_beside_it_as_the_schema_says(api_as, roles, task):
+    """``priority`` was the label ("Normal"), which is no value a client can compare or sort, and which the schema
+    called a string of any text."""
+    # given: what the schema promises
+    schema = api_as(roles.admin).get("/api/schema/?format=json").json()["components"]["schemas"]
+    enum = schema["TaskPriorityEnum"]["enum"]
+
+    # when
+    shown = api_as(roles.staff2).get(f"/api/tasks/{task.pk}/").json()
+
+    # then
+    assert (shown["priority"], shown["priority_label"]) == (1, "Normal")
+    assert enum == [0, 1, 2, 3]
+    assert shown["priority"] in enum
+    assert {"priority", "priority_label"} <= set(schema["Task"]["required"])

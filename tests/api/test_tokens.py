@@ -367,3 +367,107 @@ def test_a_request_without_a_token_gets_the_plain_challenge(roles):
     # then the challenge names no error (RFC 6750, 3.1: none for a request that sent no token)
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("Token baton_abc", "uses the scheme 'Token', which this API does not take"),
+        ("Basic YTpi", "uses the scheme 'Basic', which this API does not take"),
+        ("baton_abc", "holds no scheme before its value"),
+        ("Tök\u00e9n abc", "uses another scheme"),
+    ],
+)
+def test_another_scheme_than_bearer_is_a_401_naming_the_scheme_the_api_takes(roles, header, said):
+    """``Authorization: Token <x>`` was answered "Authentication credentials were not provided.": the client did
+    provide some, in a scheme the API does not read."""
+    # when
+    response = Client().get("/api/tasks/", headers={"Authorization": header})
+
+    # then
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert said in problem["detail"], problem
+    assert "send 'Authorization: Bearer <token>'" in problem["detail"], problem
+    assert list(problem["errors"]) == ["Authorization"], problem
+    assert "abc" not in problem["detail"]  # the credential is never repeated
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+def test_another_scheme_beside_a_session_leaves_the_session_signed_in(roles):
+    """A proxy in front may send its own Basic credentials with a browser's requests: the session still counts."""
+    # given
+    client = Client()
+    client.force_login(roles.staff)
+
+    # when
+    response = client.get("/api/tasks/", headers={"Authorization": "Basic YTpi"})
+
+    # then
+    assert response.status_code == 200
+
+
+JSON = {"Accept": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "/api/tokens/"), ("post", "/api/tokens/"), ("post", "/api/tokens/1/revoke/")],
+)
+def test_a_json_client_not_signed_in_on_the_tokens_page_is_told_what_the_page_is_not_redirected(roles, method, path):
+    """The page under /api/ answered a script with a 302 to the sign-in page (and a 200 of HTML after it): a JSON
+    client learns that it is a page for people and where tokens come from, as problem+json."""
+    # given: a script with a token of its own, and one with none
+    secret = token_create(roles.staff, "script").secret
+    for headers in (JSON, {**JSON, "Authorization": f"Bearer {secret}"}):
+        # when
+        response = getattr(Client(), method)(path, headers=headers)
+
+        # then
+        assert response.status_code == 403, (headers, response.status_code)
+        assert response["Content-Type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["code"] == "session_required"
+        assert "baton_api_token" in problem["detail"]
+    assert ApiToken.objects.count() == 1
+
+
+def test_a_json_client_signed_in_gets_a_problem_for_a_method_or_a_token_not_its_own(roles):
+    # given
+    token = token_create(roles.staff, "script").token
+    client = Client()
+    client.force_login(roles.staff2)
+
+    # when
+    foreign = client.post(f"/api/tokens/{token.pk}/revoke/", headers=JSON)
+    wrong_method = client.get(f"/api/tokens/{token.pk}/revoke/", headers=JSON)
+
+    # then
+    assert (foreign.status_code, foreign["Content-Type"]) == (404, "application/problem+json")
+    assert (wrong_method.status_code, wrong_method["Content-Type"]) == (405, "application/problem+json")
+    assert wrong_method["Allow"] == "POST"
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is None
+
+
+def test_a_json_client_posting_to_the_page_without_its_csrf_token_gets_a_problem(roles):
+    # given: a session, and a client that checks CSRF as a browser's server does
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(roles.staff)
+
+    # when
+    response = client.post("/api/tokens/", {"name": "x", "expires": "never"}, headers=JSON)
+
+    # then
+    assert response.status_code == 403
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "csrf_failed"
+
+
+def test_a_browser_on_the_tokens_page_gets_the_pages_answers_as_before(roles):
+    # when: a browser's Accept, signed out
+    response = Client().get("/api/tokens/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+
+    # then
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")

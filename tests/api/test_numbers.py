@@ -1,0 +1,128 @@
+"""Numbers in a workflow's forms, as the API reads them: digits 0-9 with a point, one rule for a start's input and
+a form task's data; a decimal stored written out."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django import forms
+
+from approvals.models import HumanTask
+from orchestrator.dsl import FORM, Human, Workflow
+from orchestrator.inputs import PLAIN_DIGITS, form_json_default
+from orchestrator.models import WorkflowInstance
+from orchestrator.services.instances import instance_start
+from tests.factories import ExpenseInputFactory
+
+pytestmark = pytest.mark.django_db
+
+ARABIC_INDIC_1000 = "\u0661\u0660\u0660\u0660"
+FULLWIDTH_1000 = "\uff11\uff10\uff10\uff10"
+
+
+class QuoteForm(forms.Form):
+    price = forms.DecimalField(max_digits=12, decimal_places=7)
+    units = forms.IntegerField()
+
+
+@pytest.fixture
+def quote_task(register_workflow, roles) -> HumanTask:
+    """An open form task for the managers asking for a price (a decimal) and a number of units."""
+    register_workflow(
+        Workflow("numbers_quote", 1, [Human("quote", kind_of_task=FORM, form=QuoteForm, candidate_groups=["managers"])])
+    )
+    return instance_start("numbers_quote", {}, initiator=roles.staff).tasks.get()
+
+
+def start(api_as, roles, amount):
+    body = {"workflow": "expense_approval", "input": {**ExpenseInputFactory(), "amount": amount}}
+    return api_as(roles.staff).post("/api/instances/", body)
+
+
+@pytest.mark.parametrize("amount", ["1_000", ARABIC_INDIC_1000, FULLWIDTH_1000, "1_0.5"])
+def test_a_start_amount_with_underscores_or_other_digits_is_a_400_naming_it(api_as, roles, amount):
+    """``1_000`` and Arabic-Indic digits were read as 1000 (Python's ``Decimal`` takes both): a value no other
+    system reading the same JSON would take so."""
+    # when
+    response = start(api_as, roles, amount)
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["errors"] == {"input.amount": [PLAIN_DIGITS]}
+    assert not WorkflowInstance.objects.exists()
+
+
+@pytest.mark.parametrize(("amount", "stored"), [("1E+3", "1000"), ("1.2345E+2", "123.45"), ("120.00", "120.00")])
+def test_a_start_amount_with_an_exponent_is_stored_written_out(api_as, roles, amount, stored):
+    """``1E+3`` was stored as the text "1E+3", which steps, the pages and exports then read."""
+    # when
+    response = start(api_as, roles, amount)
+
+    # then
+    assert response.status_code == 201, response.content[:300]
+    assert WorkflowInstance.objects.get().data["amount"] == stored
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"price": "1_000", "units": "2"}, "data.price"),
+        ({"price": ARABIC_INDIC_1000, "units": "2"}, "data.price"),
+        ({"price": "10", "units": "1_000"}, "data.units"),
+        ({"price": "10", "units": FULLWIDTH_1000}, "data.units"),
+    ],
+)
+def test_a_form_tasks_number_with_underscores_or_other_digits_is_a_400_naming_it(
+    api_as, roles, quote_task, data, field
+):
+    # when
+    response = api_as(roles.manager).post(f"/api/tasks/{quote_task.pk}/decide/", {"decision": "submit", "data": data})
+
+    # then: the same rule as a start's input
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == {field: [PLAIN_DIGITS]}
+
+
+def test_a_form_tasks_decimal_with_an_exponent_is_stored_written_out(api_as, roles, quote_task):
+    # when
+    response = api_as(roles.manager).post(
+        f"/api/tasks/{quote_task.pk}/decide/", {"decision": "submit", "data": {"price": "1E-7", "units": 3}}
+    )
+
+    # then
+    assert response.status_code == 200, response.content[:300]
+    data = WorkflowInstance.objects.get(pk=quote_task.instance_id).data
+    assert (data["price"], data["units"]) == ("0.0000001", 3)
+
+
+def test_a_decimal_of_a_billion_digits_written_out_is_refused_not_written(roles, register_workflow):
+    # given: a decimal field without max_digits, which Django lets any exponent through
+    class Open(forms.Form):
+        amount = forms.DecimalField()
+
+    register_workflow(Workflow("numbers_open", 1, [Human("h", candidate_groups=["x"])], start_form=Open))
+    from orchestrator.services.instances import InvalidInput
+
+    # when
+    with pytest.raises(InvalidInput) as refused:
+        instance_start("numbers_open", {"amount": "1E+999999999"}, initiator=roles.staff)
+
+    # then
+    assert refused.value.errors == {"amount": ["Give a number of at most 100 digits."]}
+    assert form_json_default(Decimal("1E+999999999")) == "1E+999999999"  # never written out, whoever calls
+
+
+def test_a_page_form_is_read_as_django_reads_it(roles):
+    """A person typing on a page is not refused for the digits of their keyboard: only JSON is held to 0-9."""
+    from django.http import QueryDict
+
+    from orchestrator.inputs import bound_form
+
+    # when
+    form = bound_form(QuoteForm, QueryDict(f"price={ARABIC_INDIC_1000}&units=2"))
+
+    # then
+    assert form.is_valid(), form.errors
+    assert form_json_default(form.cleaned_data["price"]) == "1000"
