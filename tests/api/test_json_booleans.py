@@ -279,7 +279,7 @@ def test_a_form_task_with_junk_for_a_box_is_refused_naming_it_and_decides_nothin
 
     # then
     assert response.status_code == 400, response.content
-    assert response.json()["errors"] == {"tax_deductible": [NOT_A_BOOLEAN]}
+    assert response.json()["errors"] == {"data.tax_deductible": [NOT_A_BOOLEAN]}
     classify.refresh_from_db()
     assert classify.state == TaskState.OPEN
     assert not TaskDecision.objects.filter(task=classify).exists()

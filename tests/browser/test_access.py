@@ -73,14 +73,13 @@ class AccessTests(BrowserTestCase):
                 expect(page.get_by_role("heading", name="This page does not exist")).to_be_visible()
                 expect(page.get_by_text(secret)).to_have_count(0)
 
-    def test_the_instance_list_shows_staff_only_their_own_instances(self):
-        """staff sees the one expense they started on /instances/, and no operator actions on its page."""
+    def test_the_instance_list_shows_staff_their_own_instances_and_their_tasks_ones(self):
+        """staff sees on /instances/ the expense they started and a colleague's they may approve (its page opens
+        for them), not an order with no task of theirs, and no operator actions on their own one's page."""
         # given
         mine = start_expense(self.users.staff)
-        others = [
-            start_expense(self.users.staff2, description="Hotel in Lyon"),
-            instance_start("order_fulfilment", ORDER, initiator=self.users.operator),
-        ]
+        colleagues = start_expense(self.users.staff2, description="Hotel in Lyon")
+        others = [instance_start("order_fulfilment", ORDER, initiator=self.users.operator)]
 
         with self.chromium() as browser:
             page = self.signed_in_page(browser, "staff")
@@ -90,8 +89,9 @@ class AccessTests(BrowserTestCase):
 
             # then
             table = page.get_by_role("table", name="Workflow instances")
-            expect(table.get_by_role("link")).to_have_count(1)
+            expect(table.get_by_role("link")).to_have_count(2)
             expect(table.get_by_role("link", name=mine.title)).to_be_visible()
+            expect(table.get_by_role("link", name=colleagues.title)).to_be_visible()
             for other in others:
                 expect(page.get_by_text(other.title)).to_have_count(0)
 

@@ -65,11 +65,13 @@ def operate_url(instance: WorkflowInstance, operation: str) -> str:
 # --- who sees which instance ----------------------------------------------------------------------------
 
 
-def test_the_list_shows_everything_to_operators_and_their_own_to_staff(roles, client):
-    """An operator lists every instance; staff list only the ones they started."""
+def test_the_list_shows_everything_to_operators_and_to_staff_what_their_page_opens(roles, client):
+    """An operator lists every instance; staff list the ones they started and those of a task they may act on (a
+    colleague's expense, whose approval is for approvers, staff among them), as the instance page opens them."""
     # given
     own = expense(initiator=roles.staff, description="Staff's own trip")
     other = expense(initiator=roles.staff2, description="Someone else's trip")
+    assert other.tasks.get().candidate_groups.filter(user=roles.staff).exists()
     system = instance_start("order_fulfilment", OrderInputFactory())
 
     # when
@@ -80,8 +82,9 @@ def test_the_list_shows_everything_to_operators_and_their_own_to_staff(roles, cl
     for instance in (own, other, system):
         assert f'href="{detail_url(instance)}"' in operator_page
     assert f'href="{detail_url(own)}"' in staff_page
-    assert f'href="{detail_url(other)}"' not in staff_page
+    assert f'href="{detail_url(other)}"' in staff_page
     assert f'href="{detail_url(system)}"' not in staff_page
+    assert login(roles.staff).get(detail_url(system)).status_code == 404
 
 
 def test_detail_is_for_the_initiator_candidates_and_operators(roles):
