@@ -193,7 +193,8 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
     A workflow's form meets JSON from the API, a schedule or another service, and Django's fields read anything
     through ``str()`` or ``bool()``: ``{"name": "Sam"}`` would become the text "{'name': 'Sam'}", ``true`` the text
     "True" and ``"no"`` a ticked box, stored as if the client had typed them. A true/false field's value is read
-    by :func:`json_boolean` before the form sees it, so the cleaned data holds True or False. A page's QueryDict
+    by :func:`json_boolean` before the form sees it, so the cleaned data holds True or False; a number a field
+    cannot read as one is given as its text (:func:`_json_single`: no input is a 500). A page's QueryDict
     holds only text and passes unchanged (a checkbox posts "on" or nothing). Call ``is_valid()`` on the result as
     on any form."""
     form = form_class(data=data)
@@ -201,15 +202,16 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
         form.is_valid()
         plain_numbers(form, data)
         return form
-    not_boolean, read = [], None
+    wrong: dict[str, ValidationError] = {}
+    read: dict[str, Any] | None = None
     for name, field in form.fields.items():
         key = form.add_prefix(name)
-        if not isinstance(field, forms.BooleanField) or field.disabled or key not in data:
+        if field.disabled or key not in data:
             continue
         try:
-            value = json_boolean(data[key], null=isinstance(field, forms.NullBooleanField))
-        except ValidationError:
-            not_boolean.append(name)
+            value = _json_single(field, data[key])
+        except ValidationError as exc:
+            wrong[name] = exc
             value = None  # the form sees no value; the error below replaces what it says of that
         if value is not data[key]:
             read = read if read is not None else dict(data)
@@ -218,20 +220,45 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
         form.data = read
     form.is_valid()
     plain_numbers(form, data)
-    for name in not_boolean:
-        form.errors.pop(name, None)  # "This field is required." for a required box: not what went wrong
-        form.add_error(name, ValidationError(NOT_A_BOOLEAN, code="not_a_boolean"))
-    for name, field in form.fields.items():
-        value = data.get(name)
-        if name in form.errors or isinstance(field, (*MANY_VALUED_FIELDS, forms.BooleanField)):
-            continue
-        if getattr(field.widget, "allow_multiple_selected", False):
-            continue
-        if isinstance(value, dict | list | tuple):
-            form.add_error(name, "Give one value (text or a number), not a list or an object.")
-        elif isinstance(value, bool):
-            form.add_error(name, "Give text or a number, not true or false.")
+    for name, refusal in wrong.items():
+        form.errors.pop(name, None)  # "This field is required." for a required field: not what went wrong
+        form.add_error(name, refusal)
     return form
+
+
+NOT_ONE_VALUE = "Give one value (text or a number), not a list or an object."
+NOT_TEXT = "Give text or a number, not true or false."
+
+
+def _json_single(field: forms.Field, value: Any) -> Any:
+    """``value``, sent as JSON for ``field``, as the form is to see it (:func:`bound_form`); ``value`` itself when the
+    field reads it as it is.
+
+    A true/false field's value is read by :func:`json_boolean`. A field taking many values (or a JSON field) takes
+    what was sent. Any other field takes one value: a list, an object or true/false is refused (ValidationError),
+    and a number the field's own reading cannot take (Django's date and time fields call ``.strip()`` on it, its
+    float field ``float()`` on an integer past 1e308: an AttributeError or OverflowError, a 500) is given as its
+    text, as a page would post it, for the field to refuse or read as typed ("20260101" is no date)."""
+    if isinstance(field, forms.BooleanField):
+        return json_boolean(value, null=isinstance(field, forms.NullBooleanField))
+    if isinstance(field, MANY_VALUED_FIELDS) or getattr(field.widget, "allow_multiple_selected", False):
+        return value
+    if isinstance(value, dict | list | tuple):
+        raise ValidationError(NOT_ONE_VALUE, code="not_one_value")
+    if isinstance(value, bool):
+        raise ValidationError(NOT_TEXT, code="not_text")
+    if not isinstance(value, int | float) or isinstance(field, forms.ModelChoiceField):
+        return value  # text reads as typed; a choice of a row reads its key itself, refusing what is not one
+    try:
+        field.to_python(value)
+    except ValidationError:
+        return value  # the field refuses it itself, in its own words
+    except Exception:  # a field's reading not made for a number: give it the text a page would
+        try:
+            return str(value)
+        except ValueError:  # an integer of more digits than Python writes out (4300)
+            raise ValidationError(f"Give a number of at most {DIGITS_MAX} digits.", code="too_long") from None
+    return value
 
 
 # What a number from JSON (an API body, a schedule's input, a signal's payload) may be written with.
@@ -244,9 +271,9 @@ def plain_numbers(form: forms.Form, data: Any) -> None:
     """Numbers in ``form`` (bound to ``data`` and validated) by one rule for every channel. A number field's text
     from JSON written with ``_`` (``1_000``) or with digits other than 0-9 (Arabic-Indic ones, fullwidth ones),
     which Python's ``int`` and ``Decimal`` read as 1000, is an error on the field (a page's form, typed by a person,
-    is read as Django reads it). A decimal that would take more than ``DIGITS_MAX`` digits written out is an error
-    too: a decimal is stored written out (``1E+3`` as ``1000``, :func:`form_json_default`). Raises nothing; adds
-    errors to ``form``."""
+    is read as Django reads it). A decimal or whole number that would take more than ``DIGITS_MAX`` digits written
+    out is an error too: a decimal is stored written out (``1E+3`` as ``1000``, :func:`form_json_default`). Raises
+    nothing; adds errors to ``form``."""
     from_json = isinstance(data, Mapping) and not hasattr(data, "getlist")
     cleaned = getattr(form, "cleaned_data", {})
     for name, field in form.fields.items():
@@ -256,13 +283,16 @@ def plain_numbers(form: forms.Form, data: Any) -> None:
         number = cleaned.get(name)
         if isinstance(value, str) and ("_" in value or not value.isascii()):
             form.add_error(name, PLAIN_DIGITS)
-        elif isinstance(number, Decimal) and _too_long(number):
+        elif isinstance(number, Decimal | int) and _too_long(number):
             form.add_error(name, f"Give a number of at most {DIGITS_MAX} digits.")
 
 
-def _too_long(number: Decimal) -> bool:
+def _too_long(number: Decimal | int) -> bool:
     """Whether ``number`` written out would take more than ``DIGITS_MAX`` digits (or is no finite number): cheap to
-    know from its digits and its exponent, without writing it out."""
+    know from its digits and its exponent, without writing it out. A whole number (an IntegerField's) too: 10**400
+    was kept, while the same value in a decimal field was refused."""
+    if isinstance(number, int):
+        return abs(number) >= 10**DIGITS_MAX
     _sign, digits, exponent = number.as_tuple()
     return not isinstance(exponent, int) or len(digits) + abs(exponent) > DIGITS_MAX
 

@@ -126,3 +126,78 @@ def test_a_page_form_is_read_as_django_reads_it(roles):
     # then
     assert form.is_valid(), form.errors
     assert form_json_default(form.cleaned_data["price"]) == "1000"
+
+
+class KindsForm(forms.Form):
+    """A start form with a field of each kind whose reading Django wrote for a page's text."""
+
+    ratio = forms.FloatField(required=False)
+    count = forms.IntegerField(required=False)
+    due = forms.DateField(required=False)
+    at = forms.DateTimeField(required=False)
+    clock = forms.TimeField(required=False)
+    host = forms.GenericIPAddressField(required=False)
+    note = forms.CharField(required=False)
+
+
+@pytest.fixture
+def kinds(register_workflow) -> Workflow:
+    return register_workflow(Workflow("numbers_kinds", 1, [Human("h", candidate_groups=["x"])], start_form=KindsForm))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ratio", 10**400, "Enter a number."),
+        ("count", 10**400, "Give a number of at most 100 digits."),
+        ("due", 20260101, "Enter a valid date."),
+        ("at", 1764633600, "Enter a valid date/time."),
+        ("clock", 9.5, "Enter a valid time."),
+        ("host", 3232235777, "Enter a valid IPv4 or IPv6 address."),
+        ("due", ["2026-01-01"], "Give one value (text or a number), not a list or an object."),
+        ("at", {"date": "2026-01-01"}, "Give one value (text or a number), not a list or an object."),
+        ("clock", True, "Give text or a number, not true or false."),
+    ],
+    ids=[
+        "float past 1e308",
+        "integer of 401 digits",
+        "date as a number",
+        "time stamp",
+        "time as a number",
+        "address as a number",
+        "date in a list",
+        "date-time as an object",
+        "time as true",
+    ],
+)
+def test_a_json_value_a_fields_reading_cannot_take_is_a_400_naming_the_field(
+    api_as, roles, kinds, field, value, message
+):
+    """Given a start form with date, time, address and number fields, when the input gives one of them a JSON value
+    Django's field was not written for, then 400 naming input.<field> (Django's date and time fields called
+    ``.strip()`` on a number, its float field ``float()`` on 10**400: AttributeError and OverflowError, a 500; an
+    integer of 401 digits was stored while the same value in a decimal field was refused)."""
+    # when
+    response = api_as(roles.staff).post("/api/instances/", {"workflow": "numbers_kinds", "input": {field: value}})
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["errors"] == {f"input.{field}": [message]}
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_numbers_a_field_reads_as_numbers_are_kept_as_before(roles, kinds):
+    """A number where the field takes one, or text, reads as before: the text conversion is only for what crashed."""
+    # when
+    instance = instance_start(
+        "numbers_kinds", {"ratio": 2, "count": 3.0, "note": 12, "due": "2026-02-28"}, initiator=roles.staff
+    )
+
+    # then
+    assert {key: instance.data[key] for key in ("ratio", "count", "note", "due")} == {
+        "ratio": 2.0,
+        "count": 3,
+        "note": "12",
+        "due": "2026-02-28",
+    }
