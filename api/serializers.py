@@ -22,6 +22,7 @@ from approvals.models import HumanTask, Priority
 from approvals.services.base import data_digest, decision_not_taken
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import (
+    ASCII_DIGITS,
     COMMENT_MAX,
     EARLIEST,
     IDEMPOTENCY_KEY_MAX,
@@ -29,6 +30,7 @@ from orchestrator.inputs import (
     REASON_MAX,
     SEARCH_MAX,
     check_when,
+    foreign_digits,
 )
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.selectors import STEP_PAYLOADS, hide_paths
@@ -104,13 +106,16 @@ class AwareDateTimeField(serializers.DateTimeField):
         if isinstance(value, str):
             if "\x00" in value:
                 raise serializers.ValidationError("Remove the NUL character (\\u0000).")
+            if foreign_digits(value):  # read as 2026 by Python's regex and int(): by no other system
+                raise serializers.ValidationError(ASCII_DIGITS)
             try:
                 typed = parse_datetime(value.strip())
             except ValueError:  # the shape of a date and time, with no such day or hour (or year 0)
                 typed, impossible = None, True
             else:
                 impossible = False
-            why = no_such_time(value) if typed is None else None  # None for year 0: the range says it
+            # Also when it parsed: Python reads the offset +01:60 as +02:00. None for year 0: the range says it.
+            why = no_such_time(value)
             if why:
                 raise serializers.ValidationError(why)
             if impossible:

@@ -261,6 +261,20 @@ def _json_single(field: forms.Field, value: Any) -> Any:
     return value
 
 
+# What a date or time from JSON or a URL with other digits than 0-9 is told (:func:`foreign_digits`).
+ASCII_DIGITS = "Give digits 0-9 (other digits, Arabic-Indic or fullwidth, are no date here)."
+
+
+def foreign_digits(text: str) -> bool:
+    """Whether ``text`` (a date or time as sent) holds a digit other than 0-9: Python's and Django's readers take
+    fullwidth or Arabic-Indic digits for 2026 (``\\d`` and ``int()`` read any Unicode digit), which no other
+    system reading the same JSON or URL does. Raises nothing."""
+    return any(char.isdigit() and not char.isascii() for char in text)
+
+
+# Fields that read a date, a time or a duration from text: Django's readers take any Unicode digit.
+TEMPORAL_FIELDS = (forms.DateField, forms.DateTimeField, forms.TimeField, forms.DurationField)
+
 # What a number from JSON (an API body, a schedule's input, a signal's payload) may be written with.
 PLAIN_DIGITS = "Give digits 0-9, with a point for decimals (no _ or other digits)."
 # The most digits a decimal may take written out in full: 1E+999999999 is a valid decimal of a billion digits.
@@ -272,14 +286,21 @@ def plain_numbers(form: forms.Form, data: Any) -> None:
     from JSON written with ``_`` (``1_000``) or with digits other than 0-9 (Arabic-Indic ones, fullwidth ones),
     which Python's ``int`` and ``Decimal`` read as 1000, is an error on the field (a page's form, typed by a person,
     is read as Django reads it). A decimal or whole number that would take more than ``DIGITS_MAX`` digits written
-    out is an error too: a decimal is stored written out (``1E+3`` as ``1000``, :func:`form_json_default`). Raises
-    nothing; adds errors to ``form``."""
+    out is an error too: a decimal is stored written out (``1E+3`` as ``1000``, :func:`form_json_default`). A date,
+    time or duration from JSON with other digits than 0-9 is an error too (:func:`foreign_digits`). Raises nothing;
+    adds errors to ``form``."""
     from_json = isinstance(data, Mapping) and not hasattr(data, "getlist")
     cleaned = getattr(form, "cleaned_data", {})
     for name, field in form.fields.items():
-        if not isinstance(field, forms.IntegerField) or name in form.errors:  # Decimal and Float fields are ones
+        if name in form.errors:
             continue
         value = data.get(name) if from_json else None
+        if isinstance(field, TEMPORAL_FIELDS):
+            if isinstance(value, str) and foreign_digits(value):
+                form.add_error(name, ASCII_DIGITS)
+            continue
+        if not isinstance(field, forms.IntegerField):  # Decimal and Float fields are ones
+            continue
         number = cleaned.get(name)
         if isinstance(value, str) and ("_" in value or not value.isascii()):
             form.add_error(name, PLAIN_DIGITS)

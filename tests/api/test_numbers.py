@@ -201,3 +201,19 @@ def test_numbers_a_field_reads_as_numbers_are_kept_as_before(roles, kinds):
         "note": "12",
         "due": "2026-02-28",
     }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("due", "\u0661\u0669\u0669\u0669-01-01"), ("at", "\uff12\uff10\uff12\uff16-01-01T10:00:00Z")]
+)
+def test_a_date_with_other_digits_than_0_9_from_json_is_a_400_naming_it(api_as, roles, kinds, field, value):
+    """``١٩٩٩-01-01`` was stored as 1999-01-01 (Django's date reading takes any Unicode digit), while a number so
+    written is refused."""
+    # when
+    response = api_as(roles.staff).post("/api/instances/", {"workflow": "numbers_kinds", "input": {field: value}})
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == {
+        f"input.{field}": ["Give digits 0-9 (other digits, Arabic-Indic or fullwidth, are no date here)."]
+    }
