@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -185,7 +185,10 @@ def json_boolean(value: Any, *, null: bool = False) -> bool | None:
     raise ValidationError(NOT_A_BOOLEAN, code="not_a_boolean")
 
 
-def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
+FormT = TypeVar("FormT", bound=forms.BaseForm)
+
+
+def bound_form(form_class: type[FormT], data: Any) -> FormT:
     """``form_class`` bound to ``data`` and validated, with an error on each field given a JSON object, list or
     true/false where it takes one value (text or a number), and on each true/false field given anything
     :func:`json_boolean` does not read as true or false (null too, unless the field is a NullBooleanField).
@@ -281,7 +284,7 @@ PLAIN_DIGITS = "Give digits 0-9, with a point for decimals (no _ or other digits
 DIGITS_MAX = 100
 
 
-def plain_numbers(form: forms.Form, data: Any) -> None:
+def plain_numbers(form: forms.BaseForm, data: Any) -> None:
     """Numbers in ``form`` (bound to ``data`` and validated) by one rule for every channel. A number field's text
     from JSON written with ``_`` (``1_000``) or with digits other than 0-9 (Arabic-Indic ones, fullwidth ones),
     which Python's ``int`` and ``Decimal`` read as 1000, is an error on the field (a page's form, typed by a person,

@@ -217,3 +217,61 @@ def test_a_date_with_other_digits_than_0_9_from_json_is_a_400_naming_it(api_as, 
     assert response.json()["errors"] == {
         f"input.{field}": ["Give digits 0-9 (other digits, Arabic-Indic or fullwidth, are no date here)."]
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "value"),
+    [
+        ("/api/instances/", "version", "\u0661"),
+        ("/api/instances/", "version", "1_0"),
+        ("/api/instances/", "limit", "\u0661"),
+        ("/api/tasks/", "limit", "\uff11"),
+        ("/api/audit/events/", "instance", "\u0661"),
+        ("/api/audit/events/", "instance", "1_0"),
+        ("/api/audit/events/", "subject_id", "\uff11"),
+        ("/api/audit/events/", "limit", "\u0661\u0660"),
+        ("/api/workflows/expense_approval/", "version", "\u0661"),
+    ],
+)
+def test_a_whole_number_in_the_query_with_other_digits_or_underscores_is_a_400_naming_it(
+    api_as, roles, path, name, value
+):
+    """``?version=`` in Arabic-Indic digits listed version 1, ``?instance=1_0`` the trail of instance 10 and a limit
+    so written gave its pages (Python's ``\\d`` and ``int()`` take any digit and ``_``), while a number so written
+    in a body is refused."""
+    # when
+    response = api_as(roles.admin).get(path, {name: value})
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response["Content-Type"] == "application/problem+json"
+    assert list(response.json()["errors"]) == [name]
+
+
+@pytest.mark.parametrize("version", ["\u0661", "1_0", " 1"])
+def test_a_start_version_with_other_digits_or_underscores_is_a_400_naming_it(api_as, roles, version):
+    """``{"version": "1_0"}`` asked for version 10 and an Arabic-Indic one started version 1."""
+    # when
+    response = api_as(roles.staff).post(
+        "/api/instances/", {"workflow": "expense_approval", "version": version, "input": ExpenseInputFactory()}
+    )
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == {"version": ["A whole number, in digits 0-9."]}
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_a_plain_whole_number_in_the_query_and_the_body_reads_as_before(api_as, roles):
+    # when
+    started = api_as(roles.staff).post(
+        "/api/instances/", {"workflow": "expense_approval", "version": "1", "input": ExpenseInputFactory()}
+    )
+    listed = api_as(roles.admin).get("/api/instances/", {"version": "1", "limit": "5"})
+    trail = api_as(roles.admin).get("/api/audit/events/", {"instance": str(started.json()["id"]), "limit": "10"})
+
+    # then
+    assert started.status_code == 201, started.content[:300]
+    assert [row["id"] for row in listed.json()["results"]] == [started.json()["id"]]
+    assert trail.status_code == 200, trail.content[:300]
+    assert trail.json()["results"]
