@@ -122,7 +122,7 @@ class Cursor(CursorPagination):
             return None
         # Every cursor this API hands out holds an id position. DRF takes any position as given (one that is not
         # an id would fail in the database: a 500) and reads garbage as "the first page".
-        if not re.fullmatch(r"\d{1,18}", str(cursor.position)):
+        if not re.fullmatch(r"[0-9]{1,18}", str(cursor.position)):  # not \d: that takes any Unicode digit
             raise Problem(400, self.invalid_cursor_message, code="invalid_cursor", errors={"cursor": ["Invalid."]})
         return cursor
 
