@@ -3,6 +3,7 @@ services (which enforce them whoever calls: a page, the admin, another service o
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
 
 # A comment on a decision may explain; a reason for an operator action is a line or a short paragraph.
 COMMENT_MAX = 4000
@@ -221,12 +224,33 @@ def bound_form(form_class: type[FormT], data: Any) -> FormT:
             read[key] = value
     if read is not None:
         form.data = read
+    for field in form.fields.values():  # the form's own copies: the class's fields are left alone
+        field.clean = _refusing_crashes(field)  # type: ignore[method-assign]
     form.is_valid()
     plain_numbers(form, data)
     for name, refusal in wrong.items():
         form.errors.pop(name, None)  # "This field is required." for a required field: not what went wrong
         form.add_error(name, refusal)
     return form
+
+
+def _refusing_crashes(field: forms.Field) -> Any:
+    """``field.clean`` for JSON: what a field's reading raises instead of a ValidationError is the value refused
+    (the field's "invalid" message), never a 500. A field whose widget reads keys of its own (a
+    SplitDateTimeField's ``when_0`` and ``when_1``) meets JSON's numbers and objects there, past
+    :func:`_json_single`: its date part called ``.strip()`` on ``20260101``. Logged, as a field's reading that
+    crashes may be the workflow's own bug."""
+    clean = field.clean
+
+    def refusing(value: Any) -> Any:
+        try:
+            return clean(value)
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+            logger.info("a form field's reading raised %s on a JSON value: refused", type(exc).__name__)
+            message = field.error_messages.get("invalid") or "Enter a valid value."
+            raise ValidationError(message, code="invalid") from None
+
+    return refusing
 
 
 NOT_ONE_VALUE = "Give one value (text or a number), not a list or an object."

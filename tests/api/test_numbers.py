@@ -275,3 +275,40 @@ def test_a_plain_whole_number_in_the_query_and_the_body_reads_as_before(api_as, 
     assert [row["id"] for row in listed.json()["results"]] == [started.json()["id"]]
     assert trail.status_code == 200, trail.content[:300]
     assert trail.json()["results"]
+
+
+class SplitForm(forms.Form):
+    """A start form with a date and time in two parts: its widget reads ``when_0`` and ``when_1``."""
+
+    when = forms.SplitDateTimeField(required=False)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [{"when_0": 20260101, "when_1": 1000}, {"when_0": "2026-01-01", "when_1": 10.5}],
+    ids=["both numbers", "a time as a number"],
+)
+def test_a_two_part_field_given_numbers_in_its_parts_is_a_400_naming_it(api_as, roles, register_workflow, parts):
+    """Given a start form with a SplitDateTimeField, when its parts (the keys its widget reads) are JSON numbers, then
+    400 naming input.when (its date and time parts called ``.strip()`` on a number: an AttributeError, a 500)."""
+    # given
+    register_workflow(Workflow("numbers_split", 1, [Human("h", candidate_groups=["x"])], start_form=SplitForm))
+
+    # when
+    response = api_as(roles.staff).post("/api/instances/", {"workflow": "numbers_split", "input": parts})
+
+    # then
+    assert response.status_code == 400, response.content[:300]
+    assert list(response.json()["errors"]) == ["input.when"]
+    assert not WorkflowInstance.objects.exists()
+
+
+def test_a_two_part_field_given_text_in_its_parts_reads_as_before(roles, register_workflow):
+    # given
+    register_workflow(Workflow("numbers_split", 1, [Human("h", candidate_groups=["x"])], start_form=SplitForm))
+
+    # when
+    instance = instance_start("numbers_split", {"when_0": "2026-01-01", "when_1": "10:00"}, initiator=roles.staff)
+
+    # then
+    assert instance.data["when"].startswith("2026-01-01")
