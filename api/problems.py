@@ -355,7 +355,9 @@ class LenientNegotiation(DefaultContentNegotiation):
         a ``Content-Encoding`` (gzip) is a 415 too (RFC 9110, 15.5.16, with ``Accept-Encoding``): Baton does not
         decode one, and the JSON parser's 400 ("not valid JSON: can't decode byte 0x8b") hid why."""
         encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip()
-        if encoding and encoding.lower() != "identity":
+        # A list (RFC 9110, 5.6.1: empty members count for nothing) of codings all "identity" is no coding at all.
+        codings = {member.strip().lower() for member in encoding.split(",")} - {""}
+        if codings - {"identity"}:
             message = "Send the body uncompressed, without a Content-Encoding header"
             raise Problem(
                 415,

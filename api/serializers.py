@@ -22,6 +22,7 @@ from approvals.models import HumanTask, Priority
 from approvals.services.base import data_digest, decision_not_taken
 from orchestrator.dsl import Workflow
 from orchestrator.inputs import (
+    ASCII_DIGITS,
     COMMENT_MAX,
     EARLIEST,
     IDEMPOTENCY_KEY_MAX,
@@ -29,6 +30,7 @@ from orchestrator.inputs import (
     REASON_MAX,
     SEARCH_MAX,
     check_when,
+    foreign_digits,
 )
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.selectors import STEP_PAYLOADS, hide_paths
@@ -63,6 +65,21 @@ class _StringOnly(serializers.CharField):
 
 class StrictCharField(_StringOnly):
     """A request's CharField: a JSON string only (the schema's ``type: string``, unchanged)."""
+
+
+class PlainIntegerField(serializers.IntegerField):
+    """A request's whole number (a body's or a query parameter's): a JSON integer, or text of digits 0-9 (with a
+    minus). DRF's IntegerField reads text through ``int()``, which takes ``1_0`` as 10 and Arabic-Indic or fullwidth
+    digits as theirs: ``?version=`` with an Arabic-Indic one listed version 1 and ``{"version": "1_0"}`` asked for
+    version 10, where no other system reading the same request would (``orchestrator.inputs.PLAIN_DIGITS``, the
+    forms' one rule)."""
+
+    default_error_messages = {"not_plain": "A whole number, in digits 0-9."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str) and not re.fullmatch(r"-?[0-9]+", data):
+            self.fail("not_plain")
+        return int(super().to_internal_value(data))
 
 
 class StrictRegexField(_StringOnly, serializers.RegexField):
@@ -104,13 +121,16 @@ class AwareDateTimeField(serializers.DateTimeField):
         if isinstance(value, str):
             if "\x00" in value:
                 raise serializers.ValidationError("Remove the NUL character (\\u0000).")
+            if foreign_digits(value):  # read as 2026 by Python's regex and int(): by no other system
+                raise serializers.ValidationError(ASCII_DIGITS)
             try:
                 typed = parse_datetime(value.strip())
             except ValueError:  # the shape of a date and time, with no such day or hour (or year 0)
                 typed, impossible = None, True
             else:
                 impossible = False
-            why = no_such_time(value) if typed is None else None  # None for year 0: the range says it
+            # Also when it parsed: Python reads the offset +01:60 as +02:00. None for year 0: the range says it.
+            why = no_such_time(value)
             if why:
                 raise serializers.ValidationError(why)
             if impossible:
@@ -235,7 +255,7 @@ class StartSerializer(serializers.Serializer):
     """``POST /api/instances/``: which workflow (latest version unless ``version``), its input, a business key."""
 
     workflow = StrictCharField(max_length=100)
-    version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    version = PlainIntegerField(required=False, min_value=1, max_value=2**31 - 1)
     input = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
     business_key = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
 
@@ -454,7 +474,7 @@ class InstanceFilterSerializer(serializers.Serializer):
     """The instance list's query parameters, checked strictly: a bad value is a 400 naming it."""
 
     workflow = StrictCharField(required=False, max_length=SEARCH_MAX)
-    version = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    version = PlainIntegerField(required=False, min_value=1, max_value=2**31 - 1)
     state = serializers.ChoiceField(required=False, choices=InstanceState.choices)
     started_after = AwareDateTimeField(required=False, help_text="Started at or after this time (with offset).")
     started_before = AwareDateTimeField(required=False, help_text="Started before this time (with offset).")
@@ -735,9 +755,9 @@ class AuditFilterSerializer(serializers.Serializer):
     actor = StrictCharField(required=False, help_text="A username, or a label such as system:worker.")
     action = StrictCharField(required=False, help_text="Exact (task.completed), or a prefix (task.).")
     workflow = StrictCharField(required=False)
-    instance = serializers.IntegerField(required=False, min_value=1)
+    instance = PlainIntegerField(required=False, min_value=1)
     subject_type = StrictCharField(required=False)
-    subject_id = serializers.IntegerField(required=False, min_value=0)
+    subject_id = PlainIntegerField(required=False, min_value=0)
     since = serializers.DateTimeField(
         required=False, help_text="At or after this time, with its offset (Z or +01:00; a time without one is 400)."
     )
@@ -752,7 +772,7 @@ class AuditPageQuerySerializer(AuditFilterSerializer):
     """The filters, and where the page starts and how long it is."""
 
     cursor = StrictCharField(required=False, help_text="The `next` link's cursor: older events.")
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="1-200, default 50.")
+    limit = PlainIntegerField(required=False, min_value=1, max_value=200, help_text="1-200, default 50.")
 
 
 class AuditEventSerializer(serializers.Serializer):

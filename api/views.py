@@ -42,7 +42,7 @@ from audit.views import export_response
 from orchestrator import registry, selectors
 from orchestrator.accounts import hidden_404, request_meta
 from orchestrator.audit import Actor
-from orchestrator.inputs import business_key_forms
+from orchestrator.inputs import bound_form, business_key_forms
 from orchestrator.models import StepKind, StepState, WorkflowInstance
 from orchestrator.records import RecordsRefused
 from orchestrator.services import instances as instance_services
@@ -84,7 +84,7 @@ class Cursor(CursorPagination):
         text = request.query_params.get(self.page_size_query_param)
         if text is None:
             return self.page_size
-        if not re.fullmatch(r"\d{1,3}", text) or not 1 <= int(text) <= self.max_page_size:
+        if not re.fullmatch(r"[0-9]{1,3}", text) or not 1 <= int(text) <= self.max_page_size:
             message = f"A whole number from 1 to {self.max_page_size}."
             raise Problem(
                 400,
@@ -122,7 +122,7 @@ class Cursor(CursorPagination):
             return None
         # Every cursor this API hands out holds an id position. DRF takes any position as given (one that is not
         # an id would fail in the database: a 500) and reads garbage as "the first page".
-        if not re.fullmatch(r"\d{1,18}", str(cursor.position)):
+        if not re.fullmatch(r"[0-9]{1,18}", str(cursor.position)):  # not \d: that takes any Unicode digit
             raise Problem(400, self.invalid_cursor_message, code="invalid_cursor", errors={"cursor": ["Invalid."]})
         return cursor
 
@@ -317,7 +317,7 @@ class WorkflowViewSet(viewsets.ViewSet):
 
     def retrieve(self, request: Request, name: str) -> Response:
         version = single_valued(request, known=("version",), paged=False).get("version")
-        if version is not None and not (re.fullmatch(r"[1-9]\d{0,9}", version) and int(version) <= VERSION_MAX):
+        if version is not None and not (re.fullmatch(r"[1-9][0-9]{0,9}", version) and int(version) <= VERSION_MAX):
             message = f"A whole number from 1 to {VERSION_MAX}."
             raise Problem(
                 400, f"version: {message.lower()}", code="invalid", title="Invalid input", errors={"version": [message]}
@@ -993,7 +993,9 @@ def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.A
     # A filter given twice is refused here, as any parameter of the API (the form would name ``query`` and say, as
     # on the page, that it shows the results without it).
     params = single_valued(request, known=AuditFilterForm.base_fields, paged=paged)
-    form = AuditFilterForm(params)
+    # Read as JSON is (bound_form): an Arabic-Indic ``instance`` or ``instance=1_0`` is no id here, as a number so
+    # written in a body is none (the page's own form, typed by a person, reads them as Django does).
+    form = bound_form(AuditFilterForm, params.dict())
     # The times first, as the API reads them (TrailTimes); the form's own errors after.
     times = TrailTimes(data={name: request.query_params[name] for name in ("since", "until") if name in params})
     if not times.is_valid() or not form.is_valid():
@@ -1027,7 +1029,7 @@ class AuditEventsView(APIView):
         cursor; 403 for anyone but admins."""
         filters = _trail_filters(request)
         limit_text = request.query_params.get("limit", str(AUDIT_PAGE_DEFAULT))
-        if not re.fullmatch(r"\d{1,3}", limit_text) or not 1 <= int(limit_text) <= AUDIT_PAGE_MAX:
+        if not re.fullmatch(r"[0-9]{1,3}", limit_text) or not 1 <= int(limit_text) <= AUDIT_PAGE_MAX:
             raise Problem(
                 400,
                 f"limit: a whole number from 1 to {AUDIT_PAGE_MAX}.",

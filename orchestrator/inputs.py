@@ -3,16 +3,19 @@ services (which enforce them whoever calls: a page, the admin, another service o
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
 
 # A comment on a decision may explain; a reason for an operator action is a line or a short paragraph.
 COMMENT_MAX = 4000
@@ -185,7 +188,10 @@ def json_boolean(value: Any, *, null: bool = False) -> bool | None:
     raise ValidationError(NOT_A_BOOLEAN, code="not_a_boolean")
 
 
-def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
+FormT = TypeVar("FormT", bound=forms.BaseForm)
+
+
+def bound_form(form_class: type[FormT], data: Any) -> FormT:
     """``form_class`` bound to ``data`` and validated, with an error on each field given a JSON object, list or
     true/false where it takes one value (text or a number), and on each true/false field given anything
     :func:`json_boolean` does not read as true or false (null too, unless the field is a NullBooleanField).
@@ -193,7 +199,8 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
     A workflow's form meets JSON from the API, a schedule or another service, and Django's fields read anything
     through ``str()`` or ``bool()``: ``{"name": "Sam"}`` would become the text "{'name': 'Sam'}", ``true`` the text
     "True" and ``"no"`` a ticked box, stored as if the client had typed them. A true/false field's value is read
-    by :func:`json_boolean` before the form sees it, so the cleaned data holds True or False. A page's QueryDict
+    by :func:`json_boolean` before the form sees it, so the cleaned data holds True or False; a number a field
+    cannot read as one is given as its text (:func:`_json_single`: no input is a 500). A page's QueryDict
     holds only text and passes unchanged (a checkbox posts "on" or nothing). Call ``is_valid()`` on the result as
     on any form."""
     form = form_class(data=data)
@@ -201,38 +208,99 @@ def bound_form(form_class: type[forms.Form], data: Any) -> forms.Form:
         form.is_valid()
         plain_numbers(form, data)
         return form
-    not_boolean, read = [], None
+    wrong: dict[str, ValidationError] = {}
+    read: dict[str, Any] | None = None
     for name, field in form.fields.items():
         key = form.add_prefix(name)
-        if not isinstance(field, forms.BooleanField) or field.disabled or key not in data:
+        if field.disabled or key not in data:
             continue
         try:
-            value = json_boolean(data[key], null=isinstance(field, forms.NullBooleanField))
-        except ValidationError:
-            not_boolean.append(name)
+            value = _json_single(field, data[key])
+        except ValidationError as exc:
+            wrong[name] = exc
             value = None  # the form sees no value; the error below replaces what it says of that
         if value is not data[key]:
             read = read if read is not None else dict(data)
             read[key] = value
     if read is not None:
         form.data = read
+    for field in form.fields.values():  # the form's own copies: the class's fields are left alone
+        field.clean = _refusing_crashes(field)  # type: ignore[method-assign]
     form.is_valid()
     plain_numbers(form, data)
-    for name in not_boolean:
-        form.errors.pop(name, None)  # "This field is required." for a required box: not what went wrong
-        form.add_error(name, ValidationError(NOT_A_BOOLEAN, code="not_a_boolean"))
-    for name, field in form.fields.items():
-        value = data.get(name)
-        if name in form.errors or isinstance(field, (*MANY_VALUED_FIELDS, forms.BooleanField)):
-            continue
-        if getattr(field.widget, "allow_multiple_selected", False):
-            continue
-        if isinstance(value, dict | list | tuple):
-            form.add_error(name, "Give one value (text or a number), not a list or an object.")
-        elif isinstance(value, bool):
-            form.add_error(name, "Give text or a number, not true or false.")
+    for name, refusal in wrong.items():
+        form.errors.pop(name, None)  # "This field is required." for a required field: not what went wrong
+        form.add_error(name, refusal)
     return form
 
+
+def _refusing_crashes(field: forms.Field) -> Any:
+    """``field.clean`` for JSON: what a field's reading raises instead of a ValidationError is the value refused
+    (the field's "invalid" message), never a 500. A field whose widget reads keys of its own (a
+    SplitDateTimeField's ``when_0`` and ``when_1``) meets JSON's numbers and objects there, past
+    :func:`_json_single`: its date part called ``.strip()`` on ``20260101``. Logged, as a field's reading that
+    crashes may be the workflow's own bug."""
+    clean = field.clean
+
+    def refusing(value: Any) -> Any:
+        try:
+            return clean(value)
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+            logger.info("a form field's reading raised %s on a JSON value: refused", type(exc).__name__)
+            message = field.error_messages.get("invalid") or "Enter a valid value."
+            raise ValidationError(message, code="invalid") from None
+
+    return refusing
+
+
+NOT_ONE_VALUE = "Give one value (text or a number), not a list or an object."
+NOT_TEXT = "Give text or a number, not true or false."
+
+
+def _json_single(field: forms.Field, value: Any) -> Any:
+    """``value``, sent as JSON for ``field``, as the form is to see it (:func:`bound_form`); ``value`` itself when the
+    field reads it as it is.
+
+    A true/false field's value is read by :func:`json_boolean`. A field taking many values (or a JSON field) takes
+    what was sent. Any other field takes one value: a list, an object or true/false is refused (ValidationError),
+    and a number the field's own reading cannot take (Django's date and time fields call ``.strip()`` on it, its
+    float field ``float()`` on an integer past 1e308: an AttributeError or OverflowError, a 500) is given as its
+    text, as a page would post it, for the field to refuse or read as typed ("20260101" is no date)."""
+    if isinstance(field, forms.BooleanField):
+        return json_boolean(value, null=isinstance(field, forms.NullBooleanField))
+    if isinstance(field, MANY_VALUED_FIELDS) or getattr(field.widget, "allow_multiple_selected", False):
+        return value
+    if isinstance(value, dict | list | tuple):
+        raise ValidationError(NOT_ONE_VALUE, code="not_one_value")
+    if isinstance(value, bool):
+        raise ValidationError(NOT_TEXT, code="not_text")
+    if not isinstance(value, int | float) or isinstance(field, forms.ModelChoiceField):
+        return value  # text reads as typed; a choice of a row reads its key itself, refusing what is not one
+    try:
+        field.to_python(value)
+    except ValidationError:
+        return value  # the field refuses it itself, in its own words
+    except Exception:  # a field's reading not made for a number: give it the text a page would
+        try:
+            return str(value)
+        except ValueError:  # an integer of more digits than Python writes out (4300)
+            raise ValidationError(f"Give a number of at most {DIGITS_MAX} digits.", code="too_long") from None
+    return value
+
+
+# What a date or time from JSON or a URL with other digits than 0-9 is told (:func:`foreign_digits`).
+ASCII_DIGITS = "Give digits 0-9 (other digits, Arabic-Indic or fullwidth, are no date here)."
+
+
+def foreign_digits(text: str) -> bool:
+    """Whether ``text`` (a date or time as sent) holds a digit other than 0-9: Python's and Django's readers take
+    fullwidth or Arabic-Indic digits for 2026 (``\\d`` and ``int()`` read any Unicode digit), which no other
+    system reading the same JSON or URL does. Raises nothing."""
+    return any(char.isdigit() and not char.isascii() for char in text)
+
+
+# Fields that read a date, a time or a duration from text: Django's readers take any Unicode digit.
+TEMPORAL_FIELDS = (forms.DateField, forms.DateTimeField, forms.TimeField, forms.DurationField)
 
 # What a number from JSON (an API body, a schedule's input, a signal's payload) may be written with.
 PLAIN_DIGITS = "Give digits 0-9, with a point for decimals (no _ or other digits)."
@@ -240,29 +308,39 @@ PLAIN_DIGITS = "Give digits 0-9, with a point for decimals (no _ or other digits
 DIGITS_MAX = 100
 
 
-def plain_numbers(form: forms.Form, data: Any) -> None:
+def plain_numbers(form: forms.BaseForm, data: Any) -> None:
     """Numbers in ``form`` (bound to ``data`` and validated) by one rule for every channel. A number field's text
     from JSON written with ``_`` (``1_000``) or with digits other than 0-9 (Arabic-Indic ones, fullwidth ones),
     which Python's ``int`` and ``Decimal`` read as 1000, is an error on the field (a page's form, typed by a person,
-    is read as Django reads it). A decimal that would take more than ``DIGITS_MAX`` digits written out is an error
-    too: a decimal is stored written out (``1E+3`` as ``1000``, :func:`form_json_default`). Raises nothing; adds
-    errors to ``form``."""
+    is read as Django reads it). A decimal or whole number that would take more than ``DIGITS_MAX`` digits written
+    out is an error too: a decimal is stored written out (``1E+3`` as ``1000``, :func:`form_json_default`). A date,
+    time or duration from JSON with other digits than 0-9 is an error too (:func:`foreign_digits`). Raises nothing;
+    adds errors to ``form``."""
     from_json = isinstance(data, Mapping) and not hasattr(data, "getlist")
     cleaned = getattr(form, "cleaned_data", {})
     for name, field in form.fields.items():
-        if not isinstance(field, forms.IntegerField) or name in form.errors:  # Decimal and Float fields are ones
+        if name in form.errors:
             continue
         value = data.get(name) if from_json else None
+        if isinstance(field, TEMPORAL_FIELDS):
+            if isinstance(value, str) and foreign_digits(value):
+                form.add_error(name, ASCII_DIGITS)
+            continue
+        if not isinstance(field, forms.IntegerField):  # Decimal and Float fields are ones
+            continue
         number = cleaned.get(name)
         if isinstance(value, str) and ("_" in value or not value.isascii()):
             form.add_error(name, PLAIN_DIGITS)
-        elif isinstance(number, Decimal) and _too_long(number):
+        elif isinstance(number, Decimal | int) and _too_long(number):
             form.add_error(name, f"Give a number of at most {DIGITS_MAX} digits.")
 
 
-def _too_long(number: Decimal) -> bool:
+def _too_long(number: Decimal | int) -> bool:
     """Whether ``number`` written out would take more than ``DIGITS_MAX`` digits (or is no finite number): cheap to
-    know from its digits and its exponent, without writing it out."""
+    know from its digits and its exponent, without writing it out. A whole number (an IntegerField's) too: 10**400
+    was kept, while the same value in a decimal field was refused."""
+    if isinstance(number, int):
+        return abs(number) >= 10**DIGITS_MAX
     _sign, digits, exponent = number.as_tuple()
     return not isinstance(exponent, int) or len(digits) + abs(exponent) > DIGITS_MAX
 

@@ -21,6 +21,7 @@ an ordinary key here. This module reads definitions only (``orchestrator.dsl``);
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,8 +49,23 @@ def records_rewritten(records: frozenset[str], before: Mapping[str, Any], after:
     """The keys of ``records`` that ``after`` adds or changes compared with ``before`` (two versions of an
     instance's data), sorted. A record ``after`` leaves out is not listed: removing one forges nothing, and an
     operator may need to clear a stale one (a timeout an earlier wait left, before a retry that waits again); the
-    removal is in the edit's audited diff. Raises nothing."""
-    return sorted(key for key in records.intersection(after) if key not in before or before[key] != after[key])
+    removal is in the edit's audited diff. A change is a change of JSON (:func:`same_json`): true written as 1 is
+    one. Raises nothing."""
+    return sorted(
+        key for key in records.intersection(after) if key not in before or not same_json(before[key], after[key])
+    )
+
+
+def same_json(one: Any, other: Any) -> bool:
+    """Whether two values of JSON data (as ``json.loads`` reads them) are the same JSON: Python's ``==`` holds
+    ``True == 1 == 1.0`` (and so ``{"timed_out": true} == {"timed_out": 1}``), which JSON, PostgreSQL's jsonb and
+    a ``Decision`` testing ``is True`` tell apart. Key order does not count (jsonb keeps none). Raises what
+    ``json.dumps`` raises for a value that is not JSON."""
+    if type(one) is not type(other):
+        return False
+    if isinstance(one, str | int | float | type(None)):
+        return bool(one == other)
+    return json.dumps(one, sort_keys=True) == json.dumps(other, sort_keys=True)
 
 
 def record_errors(keys: Iterable[str], *, field: str, sender: str) -> dict[str, list[str]]:

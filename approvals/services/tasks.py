@@ -523,7 +523,9 @@ def _decide(
         if decision == APPROVE:
             task.approvals += 1
         task_complete(unit, task, user, decision, comment, cleaned)
-        result = {"decision": decision, "by": user.get_username(), "comment": comment, **cleaned}
+        # The engine's keys last: a form's own fields named "by", "decision" or "comment" (they join the data, and
+        # task.form_data keeps them) must not write who decided into the step's record (orchestrator.records).
+        result = {**cleaned, "decision": decision, "by": user.get_username(), "comment": comment}
         merge = cleaned if task.kind == TaskKind.FORM else None
         announcement = f"{user.get_username()} {past_tense(decision)}: {task.title}"
         if stopped_by is not None:

@@ -26,7 +26,7 @@ from orchestrator.audit_actions import AuditAction
 from orchestrator.dsl import Task, Timer
 from orchestrator.inputs import RepeatedKey, unique_keys
 from orchestrator.models import InstanceState, StepKind, StepRun, StepState, WorkflowInstance
-from orchestrator.records import record_keys, records_rewritten, refuse_records
+from orchestrator.records import record_keys, records_rewritten, refuse_records, same_json
 from orchestrator.services.compensation import compensation_start, saga_begun
 from orchestrator.services.instances import NotAllowed, _reason_required, instance_pause, running_again
 from orchestrator.services.lifecycle import settle
@@ -140,11 +140,14 @@ def check_object(value: dict[str, Any], what: str) -> dict[str, Any]:
 
 def data_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The top-level keys added, removed and changed between two data dicts, with their values:
-    ``{"added": {k: new}, "removed": {k: old}, "changed": {k: {"from": old, "to": new}}}`` (empty parts left out)."""
+    ``{"added": {k: new}, "removed": {k: old}, "changed": {k: {"from": old, "to": new}}}`` (empty parts left out).
+    Changed as JSON (``records.same_json``): true made 1, or 40 made 40.0, is a change (Python's == saw none)."""
     diff: dict[str, Any] = {}
     added = {k: after[k] for k in after if k not in before}
     removed = {k: before[k] for k in before if k not in after}
-    changed = {k: {"from": before[k], "to": after[k]} for k in after if k in before and before[k] != after[k]}
+    changed = {
+        k: {"from": before[k], "to": after[k]} for k in after if k in before and not same_json(before[k], after[k])
+    }
     for name, part in (("added", added), ("removed", removed), ("changed", changed)):
         if part:
             diff[name] = part

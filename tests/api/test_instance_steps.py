@@ -273,6 +273,8 @@ def test_a_page_past_the_end_is_empty_with_no_next(api_as, roles):
         ({"limit": "1\x00"}, "limit"),
         ({"cursor": "junk"}, "cursor"),
         ({"cursor": "cD1hYmM="}, "cursor"),  # p=abc: a cursor's shape, no id in it
+        ({"cursor": "cD0lRDklQTElRDklQTI="}, "cursor"),  # p=%D9%A1%D9%A2: Arabic-Indic 12, read as 12 by \\d
+        ({"limit": "\u0661"}, "limit"),  # Arabic-Indic 1
         ({"cursor": ""}, "cursor"),
         ({"page": "2"}, "page"),
         ({"offset": "50"}, "offset"),

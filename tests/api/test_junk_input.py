@@ -542,17 +542,33 @@ def test_a_compressed_body_is_a_415_problem_saying_the_encoding_is_not_supported
     assert not WorkflowInstance.objects.exists()
 
 
-def test_content_encoding_identity_is_no_encoding(api_as, roles):
+@pytest.mark.parametrize("encoding", ["identity", "Identity", "identity, identity", "identity,", " , identity"])
+def test_content_encoding_identity_is_no_encoding(api_as, roles, encoding):
+    """A list of codings that are all ``identity`` (RFC 9110's list syntax: empty members count for nothing) is
+    no coding: ``identity, identity`` was a 415 "not supported", for a body sent exactly as asked."""
     # when
     client = api_as(roles.staff)
     response = client.post(
         "/api/instances/",
         {"workflow": "expense_approval", "input": ExpenseInputFactory()},
-        **{"Content-Encoding": "identity"},
+        **{"Content-Encoding": encoding},
     )
 
     # then
     assert response.status_code == 201, response.content[:300]
+
+
+@pytest.mark.parametrize("encoding", ["identity, gzip", "gzip, identity", "identity;q=1"])
+def test_a_list_of_codings_with_one_not_identity_is_a_415(api_as, roles, encoding):
+    # when
+    client = api_as(roles.staff)
+    response = client.post(
+        "/api/instances/", {"workflow": "expense_approval", "input": {}}, **{"Content-Encoding": encoding}
+    )
+
+    # then
+    assert response.status_code == 415, response.content[:300]
+    assert response.json()["code"] == "unsupported_content_encoding"
 
 
 @pytest.mark.parametrize(

@@ -140,3 +140,39 @@ def test_the_tokens_page_still_shows_the_persons_zone(roles):
     # then
     created = token.created_at.astimezone(ZoneInfo("Asia/Tokyo"))
     assert f"<dd>{created:%Y-%m-%d %H:%M} JST</dd>" in page
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "value", "said"),
+    [
+        (INSTANCES, "started_after", "2026-01-01T10:00:00+25:00", "+25:00 is not a UTC offset"),
+        (EVENTS, "since", "2026-01-01T10:00:00-24:00", "-24:00 is not a UTC offset"),
+        (EVENTS, "until", "2026-01-01T10:00+0160", "+0160 is not a UTC offset"),
+    ],
+)
+def test_an_offset_past_23_59_is_told_so_not_sent_to_the_range(api_as, roles, path, name, value, said):
+    """``+25:00`` was answered "enter a date between 2000-01-01 and 2036-12-02": the date is in that range; the
+    offset does not exist."""
+    # when
+    response = api_as(roles.admin).get(path, {name: value})
+
+    # then
+    assert response.status_code == 400, response.content
+    (message,) = response.json()["errors"][name]
+    assert said in message, message
+    assert "between" not in message, message
+
+
+@pytest.mark.parametrize("value", ["\uff12\uff10\uff12\uff16-01-01T10:00:00Z", "2026-01-01T1\u0660:00:00Z"])
+@pytest.mark.parametrize(("path", "name"), [(EVENTS, "since"), (INSTANCES, "started_after")])
+def test_a_time_with_other_digits_than_0_9_is_a_400_naming_it(api_as, roles, path, name, value):
+    """Fullwidth or Arabic-Indic digits were read as 2026 and 10 (Python's ``\\d`` and ``int()`` take any digit),
+    while a number so written is refused: one rule, digits 0-9."""
+    # when
+    response = api_as(roles.admin).get(path, {name: value})
+
+    # then
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"] == {
+        name: ["Give digits 0-9 (other digits, Arabic-Indic or fullwidth, are no date here)."]
+    }

@@ -260,3 +260,38 @@ def test_a_form_whose_fields_are_named_decision_and_comment_is_submitted_from_th
     task.refresh_from_db()
     assert (task.state, task.decision, task.comment) == (TaskState.COMPLETED, SUBMIT, "Reviewed with finance")
     assert task.form_data == {"decision": "decline", "comment": "the figures do not add up"}
+
+
+class SignedForm(forms.Form):
+    """A form task whose fields are named as the keys of the step's record: who decided, and what."""
+
+    by = forms.CharField(label="Delivered by")
+    decision = forms.CharField(label="Supplier's decision")
+    comment = forms.CharField(label="Remarks")
+
+
+def test_a_form_task_whose_fields_are_named_by_and_decision_records_who_really_decided(users, register_workflow):
+    """Given a form task whose form has fields "by", "decision" and "comment", when a manager submits it with
+    "by": "ceo" and "decision": "reject", then the step's record (instance data under the step's name, the step's
+    result) says the manager submitted it; the form's values join the data and the task's form data as typed (the
+    form's values overwrote the record: anyone holding the task could write "rejected by the CEO")."""
+    # given
+    register_workflow(
+        Workflow("signed", 1, [Human("check", kind_of_task=FORM, form=SignedForm, candidate_groups=["managers"])])
+    )
+    instance = instance_start("signed", {}, initiator=users.operator)
+    task = task_of(instance, "check")
+
+    # when
+    typed = {"by": "ceo", "decision": "reject", "comment": "theirs"}
+    task_decide(task.pk, users.manager, SUBMIT, comment="looks fine", data=typed)
+
+    # then
+    instance.refresh_from_db()
+    record = {"by": "manager", "decision": SUBMIT, "comment": "looks fine"}
+    assert {key: instance.data["check"][key] for key in record} == record
+    task.step.refresh_from_db()
+    assert {key: task.step.result[key] for key in record} == record
+    assert (instance.data["by"], instance.data["decision"], instance.data["comment"]) == ("ceo", "reject", "theirs")
+    task.refresh_from_db()
+    assert task.form_data == typed

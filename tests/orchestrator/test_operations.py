@@ -517,3 +517,43 @@ def test_a_data_edit_of_an_instance_whose_definition_is_gone_still_keeps_its_rec
         instance_data_edit(instance.pk, {**instance.data, "wait_docs": {}}, actor=OPERATOR, reason="x")
     instance_data_edit(instance.pk, {**instance.data, "approve": "a step it never reached"}, actor=OPERATOR, reason="x")
     assert WorkflowInstance.objects.get(pk=instance.pk).data["approve"] == "a step it never reached"
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [{"timed_out": 1}, {"timed_out": 1.0}, {"timed_out": "true"}],
+    ids=["true as 1", "true as 1.0", "true as text"],
+)
+def test_a_data_edit_changing_a_records_value_to_one_python_calls_equal_is_refused(timed_out_then_failed, forged):
+    """Given the wait's record {"timed_out": true}, when an edit writes it as {"timed_out": 1} beside a business
+    change, then it is refused as a change of the record (Python's == holds True == 1 == 1.0, so the record was
+    rewritten unnoticed, and the audited diff left the change out)."""
+    # given
+    instance = timed_out_then_failed
+    before = what_changes(instance)
+
+    # when
+    with pytest.raises(RecordsRefused, match="wait_docs"):
+        instance_data_edit(
+            instance.pk, {**instance.data, "amount": 41, "wait_docs": forged}, actor=OPERATOR, reason="x"
+        )
+
+    # then
+    assert what_changes(instance) == before
+
+
+def test_a_data_edit_of_a_value_to_one_python_calls_equal_is_a_change_in_the_audited_diff(timed_out_then_failed):
+    """Given business data {"urgent": true, "amount": 40}, when an edit makes them 1 and 40.0, then the diff (and
+    the audit) holds both changes: JSON's true and 1 are two values (a Decision may test one), and an edit of
+    only them was refused as "nothing changed"."""
+    # given
+    instance = timed_out_then_failed
+    instance_data_edit(instance.pk, {**instance.data, "urgent": True}, actor=OPERATOR, reason="x")
+    instance.refresh_from_db()
+
+    # when
+    diff = instance_data_edit(instance.pk, {**instance.data, "urgent": 1, "amount": 40.0}, actor=OPERATOR, reason="y")
+
+    # then
+    assert diff == {"changed": {"urgent": {"from": True, "to": 1}, "amount": {"from": 40, "to": 40.0}}}
+    assert WorkflowInstance.objects.get(pk=instance.pk).data["urgent"] == 1
