@@ -87,8 +87,14 @@ def flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
-def _summary(errors: dict[str, list[str]]) -> str:
-    return " ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())[:1000]
+def errors_summary(errors: dict[str, list[str]]) -> str:
+    """The ``detail`` of a validation error: each field and its messages, at most 1000 characters. A message that
+    names its field already (``started_after: enter a date between ...``, a check shared with the pages, where no
+    field stands beside it) is not prefixed twice."""
+    return " ".join(
+        " ".join(message if message.startswith(f"{field}: ") else f"{field}: {message}" for message in messages)
+        for field, messages in errors.items()
+    )[:1000]
 
 
 def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
@@ -107,7 +113,7 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
     if isinstance(exc, exceptions.ValidationError):
         errors = flatten(exc.detail)
         return Problem(
-            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+            400, f"Check the fields: {errors_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )
     if isinstance(exc, InvalidValue):
         return Problem(400, str(exc.detail), code="invalid", title="Invalid input", errors={exc.field: [exc.message]})
@@ -142,7 +148,7 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         # input is (``input.amount``).
         errors = {f"data.{k}" if k != "__all__" else "data": list(map(str, v)) for k, v in exc.errors.items()}
         return Problem(
-            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+            400, f"Check the fields: {errors_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )
     if isinstance(exc, task_rules.TaskInvalid):
         errors = {key: list(map(str, value)) for key, value in (exc.errors or {}).items()}
@@ -156,7 +162,7 @@ def to_problem(exc: Exception) -> Problem | exceptions.APIException | None:
         if isinstance(exc, instance_services.InputSetsRecords):
             return _records_problem(f"The input may not set the workflow's own records: {', '.join(exc.keys)}.", errors)
         return Problem(
-            400, f"Check the fields: {_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+            400, f"Check the fields: {errors_summary(errors)}", code="invalid", title="Invalid input", errors=errors
         )
     if isinstance(exc, signal_services.SignalError):
         return _signal_problem(exc)
@@ -245,7 +251,9 @@ def problem_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         code = codes if isinstance(codes, str) else "error"
         errors = {}
         detail = (
-            str(problem.detail) if not isinstance(problem.detail, dict | list) else _summary(flatten(problem.detail))
+            str(problem.detail)
+            if not isinstance(problem.detail, dict | list)
+            else errors_summary(flatten(problem.detail))
         )
         if isinstance(problem, exceptions.NotAuthenticated) and context.get("request") is not None:
             # "Authentication credentials were not provided." to a client that sent Token <x>: say which scheme.

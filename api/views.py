@@ -30,7 +30,7 @@ from rest_framework.views import APIView
 
 from api import serializers as s
 from api.permissions import has_model_perm
-from api.problems import Problem, flatten
+from api.problems import Problem, errors_summary, flatten
 from api.services import KEY_MAX, api_instance_start, body_hash
 from approvals import selectors as task_selectors
 from approvals.models import HumanTask, TaskKind
@@ -1002,8 +1002,9 @@ def _trail_filters(request: Request, *, paged: bool = True) -> audit_selectors.A
         errors = flatten(times.errors) or {
             ("query" if k == "__all__" else k): [str(m) for m in v] for k, v in form.errors.items()
         }
-        detail = " ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())[:1000]
-        raise Problem(400, f"Check the filters: {detail}", code="invalid", title="Invalid input", errors=errors)
+        raise Problem(
+            400, f"Check the filters: {errors_summary(errors)}", code="invalid", title="Invalid input", errors=errors
+        )
     return form.filters()
 
 

@@ -246,7 +246,10 @@ def _refusing_crashes(field: forms.Field) -> Any:
         try:
             return clean(value)
         except (AttributeError, TypeError, ValueError, OverflowError) as exc:
-            logger.info("a form field's reading raised %s on a JSON value: refused", type(exc).__name__)
+            # A warning: a field's reading that crashes may be the workflow's own form field's bug, to be seen.
+            logger.warning(
+                "form field %r raised %s on a JSON value: refused as invalid", field.label, type(exc).__name__
+            )
             message = field.error_messages.get("invalid") or "Enter a valid value."
             raise ValidationError(message, code="invalid") from None
 

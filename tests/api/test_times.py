@@ -72,6 +72,8 @@ def test_a_time_out_of_range_names_the_parameter_as_sent(api_as, roles):
     # then
     (message,) = response.json()["errors"]["since"]
     assert message.startswith("since: enter a date between 2000-01-01 and"), message
+    # the detail names it once: the message names its parameter already
+    assert response.json()["detail"] == f"Check the filters: {message}"
 
 
 def test_every_time_the_api_answers_is_utc_with_z_whatever_the_site_or_person_zone(api_as, roles, settings):
