@@ -35,7 +35,7 @@ demo: install
 	$(PY) manage.py baton_demo --host $(HOST) --port $(PORT)
 
 ## Production processes: need DATABASE_URL, REDIS_URL, BATON_SECRET_KEY and BATON_AUDIT_KEYS (README, "Production").
-# HTTP (pages, API, static files): gunicorn, BATON_WEB_WORKERS sync processes (default 2 per core + 1), each with
+# HTTP (pages, API, static files): gunicorn, BATON_WEB_WORKERS sync processes (default one per core + 1), each with
 # its own thread and database session, so requests run in parallel on every core (bench/README.md, "API starts":
 # one daphne runs a process's sync views one at a time; gthread measured slower). Websockets (/ws/): daphne,
 # `make web-live`.
@@ -56,7 +56,7 @@ web: install
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	exec $(VENV)/bin/gunicorn \
 	  --bind $$(v=$${BATON_BIND//[[:space:]]/}; v=$${v:-127.0.0.1}; case "$$v" in \[*) ;; *:*) v="[$$v]";; esac; echo $$v):$$(v=$${BATON_PORT//[[:space:]]/}; echo $${v:-8000}) \
-	  --workers $$(v=$${BATON_WEB_WORKERS//[[:space:]]/}; echo $${v:-$$(( 2 * $$(nproc) + 1 ))}) --worker-class sync \
+	  --workers $$(v=$${BATON_WEB_WORKERS//[[:space:]]/}; echo $${v:-$$(( $$(nproc) + 1 ))}) --worker-class sync \
 	  --timeout $$(v=$${BATON_WEB_TIMEOUT//[[:space:]]/}; echo $${v:-60}) \
 	  --graceful-timeout $$(v=$${BATON_WEB_GRACEFUL_TIMEOUT//[[:space:]]/}; echo $${v:-30}) \
 	  --limit-request-line 8190 --limit-request-field_size 8190 --config python:baton_site.gunicorn_hooks \

@@ -659,7 +659,10 @@ LOGGING = {
 # (these settings) before gunicorn, and the other processes load them at start, so a junk value stops there naming
 # the variable, not as gunicorn's "Value must be positive" or as a gunicorn with no worker process at all.
 # An empty value is the default, as the Makefile's ${VAR:-default} reads it.
-BATON_WEB_WORKERS = env_int("BATON_WEB_WORKERS", 2 * (os.cpu_count() or 1) + 1, minimum=1, maximum=1024)
+# One sync process per core keeps every core on Django, and one more covers a process waiting on PostgreSQL; more
+# only take turns on the same cores (bench/README.md, "How many web processes": on 2 cores 5 processes served 14-18 %
+# fewer API starts than 3 at 1 ms more CPU each).
+BATON_WEB_WORKERS = env_int("BATON_WEB_WORKERS", (os.cpu_count() or 1) + 1, minimum=1, maximum=1024)
 BATON_WEB_TIMEOUT = env_int("BATON_WEB_TIMEOUT", 60, minimum=1, maximum=86_400)
 BATON_WEB_GRACEFUL_TIMEOUT = env_int("BATON_WEB_GRACEFUL_TIMEOUT", 30, minimum=1, maximum=86_400)
 BATON_PORT = env_int("BATON_PORT", 8000, minimum=1, maximum=65535)

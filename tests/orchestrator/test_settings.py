@@ -271,13 +271,13 @@ def test_make_web_live_passes_proxy_headers_to_daphne_only_behind_a_proxy():
 
 
 def test_make_web_serves_http_with_gunicorn_workers_per_core_unless_told():
-    # given: no BATON_WEB_WORKERS, then 3
+    # given: no BATON_WEB_WORKERS, then 7
     default = _make_line("web", "bin/gunicorn", {"BATON_WEB_WORKERS": ""}).split()
-    told = _make_line("web", "bin/gunicorn", {"BATON_WEB_WORKERS": "3", "BATON_PORT": "9001"}).split()
+    told = _make_line("web", "bin/gunicorn", {"BATON_WEB_WORKERS": "7", "BATON_PORT": "9001"}).split()
 
-    # then: 2 per core + 1 by default, the WSGI application, where told
-    assert default[default.index("--workers") + 1] == str(2 * os.cpu_count() + 1)
-    assert told[told.index("--workers") + 1] == "3"
+    # then: one per core + 1 by default, the WSGI application, where told
+    assert default[default.index("--workers") + 1] == str(os.cpu_count() + 1)
+    assert told[told.index("--workers") + 1] == "7"
     assert "127.0.0.1:9001" in told
     assert told[-1] == "baton_site.wsgi:application"
 
@@ -301,7 +301,7 @@ def test_the_makefile_reads_blank_and_padded_values_as_the_settings_do():
 
     # then each is the default, or the value without its spaces
     argv = web.split()
-    assert argv[argv.index("--workers") + 1] == str(2 * os.cpu_count() + 1)
+    assert argv[argv.index("--workers") + 1] == str(os.cpu_count() + 1)
     assert argv[argv.index("--timeout") + 1] == "60"
     assert argv[argv.index("--graceful-timeout") + 1] == "45"
     assert argv[argv.index("--bind") + 1] == "127.0.0.1:8000"
