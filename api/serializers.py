@@ -18,9 +18,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from approvals.forms import DECISIONS
-from approvals.models import HumanTask, Priority
+from approvals.models import HumanTask, Priority, TaskKind
 from approvals.services.base import data_digest, decision_not_taken
-from orchestrator.dsl import Workflow
+from orchestrator import registry
+from orchestrator.dsl import DefinitionError, Workflow
 from orchestrator.inputs import (
     ASCII_DIGITS,
     COMMENT_MAX,
@@ -192,7 +193,12 @@ def start_input_schema(workflow: Workflow) -> dict[str, Any]:
     no start form (started by other systems with data of their own)."""
     if workflow.start_form is None:
         return {"type": "object", "additionalProperties": True, "description": "Any JSON object: no start form."}
-    fields = workflow.start_form.base_fields
+    return form_schema(workflow.start_form)
+
+
+def form_schema(form_class: type[django_forms.Form]) -> dict[str, Any]:
+    """The JSON Schema of an object a Django form class reads: its fields, and which of them are required."""
+    fields = form_class.base_fields
     return {
         "type": "object",
         "properties": {name: _field_schema(field) for name, field in fields.items()},
@@ -562,6 +568,31 @@ class TaskSerializer(serializers.ModelSerializer):
 
     def get_assignee(self, task: HumanTask) -> str | None:
         return task.assignee.get_username() if task.assignee_id and task.assignee else None
+
+
+class TaskDetailSerializer(TaskSerializer):
+    """One task, with what its decision takes: a form task's ``data`` as a JSON Schema (``form_input``), as a
+    workflow's ``start_input`` gives a start's. Without it a client had to read the workflow's code to learn the
+    fields, and a choice field's refusal ("x is not one of the available choices") never named the choices."""
+
+    form_input = serializers.SerializerMethodField(
+        help_text="A form task's `data` for `decide` (JSON Schema of its form's fields); null for other tasks, and "
+        "when the workflow's definition is not deployed."
+    )
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "form_input"]
+
+    @extend_schema_field({"type": "object", "nullable": True})
+    def get_form_input(self, task: HumanTask) -> dict[str, Any] | None:
+        if task.kind != TaskKind.FORM:
+            return None
+        try:
+            node = registry.get(task.instance.workflow_name, task.instance.workflow_version).node(task.step.name)
+        except (registry.UnknownWorkflow, DefinitionError):
+            return None  # the definition is gone (its module removed): the task cannot be decided either
+        form_class = getattr(node, "form", None)
+        return form_schema(form_class) if form_class is not None else None
 
 
 class TaskFilterSerializer(serializers.Serializer):

@@ -884,7 +884,7 @@ def _task_rows(qs: QuerySet[Any]) -> QuerySet[Any]:
 
 @extend_schema_view(
     list=extend_schema(summary="My tasks, or my team's queue", parameters=[s.TaskFilterSerializer]),
-    retrieve=extend_schema(summary="One task"),
+    retrieve=extend_schema(summary="One task", responses={200: s.TaskDetailSerializer}),
 )
 class TaskViewSet(viewsets.GenericViewSet):
     """Tasks: ``scope=mine`` (assigned to me) or ``scope=queue`` (open tasks I may claim); the actions are the
@@ -915,7 +915,7 @@ class TaskViewSet(viewsets.GenericViewSet):
 
     def retrieve(self, request: Request, pk: int) -> Response:
         single_valued(request, known=(), paged=False)
-        return Response(s.TaskSerializer(self._task(pk)).data)
+        return Response(s.TaskDetailSerializer(self._task(pk)).data)
 
     def _answer(self, pk: int) -> Response:
         # Read without the visibility filter: the service just let this user act on it (a delegation may have
