@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms as django_forms
 from django.contrib.auth import get_user_model
+from django.forms.utils import pretty_name
 from django.urls import reverse
 from django.utils import timezone as django_timezone
 from django.utils.dateparse import parse_datetime
@@ -154,9 +155,11 @@ class AwareDateTimeField(serializers.DateTimeField):
 # --- workflows ------------------------------------------------------------------------------------------
 
 
-def _field_schema(field: django_forms.Field) -> dict[str, Any]:
-    """A Django form field as a JSON Schema property (what a client must send for it)."""
-    schema: dict[str, Any] = {"title": str(field.label or "")}
+def _field_schema(name: str, field: django_forms.Field) -> dict[str, Any]:
+    """A Django form field ``name`` as a JSON Schema property (what a client must send for it)."""
+    # A field declared without a label has none on the class: Django's page shows its name as words ("Cost
+    # centre" for cost_centre), and so does the schema, where it said "title": "".
+    schema: dict[str, Any] = {"title": str(field.label) if field.label is not None else pretty_name(name)}
     if field.help_text:
         schema["description"] = str(field.help_text)
     if isinstance(field, django_forms.BooleanField):
@@ -201,7 +204,7 @@ def form_schema(form_class: type[django_forms.Form]) -> dict[str, Any]:
     fields = form_class.base_fields
     return {
         "type": "object",
-        "properties": {name: _field_schema(field) for name, field in fields.items()},
+        "properties": {name: _field_schema(name, field) for name, field in fields.items()},
         "required": [name for name, field in fields.items() if field.required],
     }
 
