@@ -316,6 +316,9 @@ class InstanceSerializer(BuiltOnceModelSerializer):
             "finished_at",
             "paused_until",
         ]
+        # Answers only, each key always there: read-only fields are required in the schema, so a client generated
+        # from it does not take "state" or "title" for optional (the omitted_for_metadata ones stay optional).
+        read_only_fields = fields
 
     def get_initiator(self, instance: WorkflowInstance) -> str | None:
         return instance.initiator.get_username() if instance.initiator_id and instance.initiator else None
@@ -384,6 +387,8 @@ class StepSerializer(serializers.ModelSerializer):
             "error",
             "result",
         ]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
 
 class TaskSummarySerializer(serializers.ModelSerializer):
@@ -395,6 +400,8 @@ class TaskSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = HumanTask
         fields = ["id", "url", "kind", "title", "state"]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
     def get_url(self, task: HumanTask) -> str:
         return reverse("api:task-detail", args=[task.pk])
@@ -552,6 +559,8 @@ class TaskSerializer(serializers.ModelSerializer):
             "decision",
             "comment",
         ]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
     def get_url(self, task: HumanTask) -> str:
         return reverse("api:task-detail", args=[task.pk])
@@ -732,6 +741,8 @@ class ReceivedSignalSerializer(serializers.ModelSerializer):
             "rejected_at",
             "rejection",
         ]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
     def get_instance_url(self, signal: ReceivedSignal) -> str:
         return reverse("api:instance-detail", args=[signal.instance_id])
