@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms as django_forms
 from django.contrib.auth import get_user_model
+from django.forms.utils import pretty_name
 from django.urls import reverse
 from django.utils import timezone as django_timezone
 from django.utils.dateparse import parse_datetime
@@ -18,9 +19,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from approvals.forms import DECISIONS
-from approvals.models import HumanTask, Priority
+from approvals.models import HumanTask, Priority, TaskKind
 from approvals.services.base import data_digest, decision_not_taken
-from orchestrator.dsl import Workflow
+from orchestrator import registry
+from orchestrator.dsl import DefinitionError, Workflow
 from orchestrator.inputs import (
     ASCII_DIGITS,
     COMMENT_MAX,
@@ -153,9 +155,11 @@ class AwareDateTimeField(serializers.DateTimeField):
 # --- workflows ------------------------------------------------------------------------------------------
 
 
-def _field_schema(field: django_forms.Field) -> dict[str, Any]:
-    """A Django form field as a JSON Schema property (what a client must send for it)."""
-    schema: dict[str, Any] = {"title": str(field.label or "")}
+def _field_schema(name: str, field: django_forms.Field) -> dict[str, Any]:
+    """A Django form field ``name`` as a JSON Schema property (what a client must send for it)."""
+    # A field declared without a label has none on the class: Django's page shows its name as words ("Cost
+    # centre" for cost_centre), and so does the schema, where it said "title": "".
+    schema: dict[str, Any] = {"title": str(field.label) if field.label is not None else pretty_name(name)}
     if field.help_text:
         schema["description"] = str(field.help_text)
     if isinstance(field, django_forms.BooleanField):
@@ -192,10 +196,15 @@ def start_input_schema(workflow: Workflow) -> dict[str, Any]:
     no start form (started by other systems with data of their own)."""
     if workflow.start_form is None:
         return {"type": "object", "additionalProperties": True, "description": "Any JSON object: no start form."}
-    fields = workflow.start_form.base_fields
+    return form_schema(workflow.start_form)
+
+
+def form_schema(form_class: type[django_forms.Form]) -> dict[str, Any]:
+    """The JSON Schema of an object a Django form class reads: its fields, and which of them are required."""
+    fields = form_class.base_fields
     return {
         "type": "object",
-        "properties": {name: _field_schema(field) for name, field in fields.items()},
+        "properties": {name: _field_schema(name, field) for name, field in fields.items()},
         "required": [name for name, field in fields.items() if field.required],
     }
 
@@ -307,6 +316,9 @@ class InstanceSerializer(BuiltOnceModelSerializer):
             "finished_at",
             "paused_until",
         ]
+        # Answers only, each key always there: read-only fields are required in the schema, so a client generated
+        # from it does not take "state" or "title" for optional (the omitted_for_metadata ones stay optional).
+        read_only_fields = fields
 
     def get_initiator(self, instance: WorkflowInstance) -> str | None:
         return instance.initiator.get_username() if instance.initiator_id and instance.initiator else None
@@ -375,6 +387,8 @@ class StepSerializer(serializers.ModelSerializer):
             "error",
             "result",
         ]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
 
 class TaskSummarySerializer(serializers.ModelSerializer):
@@ -386,6 +400,8 @@ class TaskSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = HumanTask
         fields = ["id", "url", "kind", "title", "state"]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
     def get_url(self, task: HumanTask) -> str:
         return reverse("api:task-detail", args=[task.pk])
@@ -543,6 +559,8 @@ class TaskSerializer(serializers.ModelSerializer):
             "decision",
             "comment",
         ]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
     def get_url(self, task: HumanTask) -> str:
         return reverse("api:task-detail", args=[task.pk])
@@ -562,6 +580,31 @@ class TaskSerializer(serializers.ModelSerializer):
 
     def get_assignee(self, task: HumanTask) -> str | None:
         return task.assignee.get_username() if task.assignee_id and task.assignee else None
+
+
+class TaskDetailSerializer(TaskSerializer):
+    """One task, with what its decision takes: a form task's ``data`` as a JSON Schema (``form_input``), as a
+    workflow's ``start_input`` gives a start's. Without it a client had to read the workflow's code to learn the
+    fields, and a choice field's refusal ("x is not one of the available choices") never named the choices."""
+
+    form_input = serializers.SerializerMethodField(
+        help_text="A form task's `data` for `decide` (JSON Schema of its form's fields); null for other tasks, and "
+        "when the workflow's definition is not deployed."
+    )
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "form_input"]
+
+    @extend_schema_field({"type": "object", "nullable": True})
+    def get_form_input(self, task: HumanTask) -> dict[str, Any] | None:
+        if task.kind != TaskKind.FORM:
+            return None
+        try:
+            node = registry.get(task.instance.workflow_name, task.instance.workflow_version).node(task.step.name)
+        except (registry.UnknownWorkflow, DefinitionError):
+            return None  # the definition is gone (its module removed): the task cannot be decided either
+        form_class = getattr(node, "form", None)
+        return form_schema(form_class) if form_class is not None else None
 
 
 class TaskFilterSerializer(serializers.Serializer):
@@ -698,6 +741,8 @@ class ReceivedSignalSerializer(serializers.ModelSerializer):
             "rejected_at",
             "rejection",
         ]
+        # Required in the schema, as InstanceSerializer's: every answer has each key.
+        read_only_fields = fields
 
     def get_instance_url(self, signal: ReceivedSignal) -> str:
         return reverse("api:instance-detail", args=[signal.instance_id])

@@ -736,10 +736,30 @@ def _pause(instance_id: int, actor: Actor, body: dict[str, Any], meta: dict[str,
         )
     except ValidationError as exc:
         messages = list(exc.messages)
-        field = "until" if all(m.startswith("Resume at") for m in messages) else "reason"
+        if not all(m.startswith(PAUSE_LABEL) for m in messages):
+            raise Problem(
+                400, " ".join(messages), code="invalid", title="Invalid input", errors={"reason": messages}
+            ) from None
+        # The service words its refusal for the console's page, under its label "Resume at"; the API names the
+        # field as sent (README, "The API"), so the label gives way to ``until``, as every other field's 400 reads.
+        said = [_sentence(m.removeprefix(PAUSE_LABEL)) for m in messages]
         raise Problem(
-            400, " ".join(messages), code="invalid", title="Invalid input", errors={field: messages}
+            400,
+            "Check the fields: " + " ".join(f"until: {m}" for m in said),
+            code="invalid",
+            title="Invalid input",
+            errors={"until": said},
         ) from None
+
+
+# The label of the console's pause field, which the pause service's messages start with.
+PAUSE_LABEL = "Resume at:"
+
+
+def _sentence(text: str) -> str:
+    """``text`` without its leading space, starting with a capital, as a field's message does."""
+    text = text.strip()
+    return text[:1].upper() + text[1:]
 
 
 def _step_id(instance: WorkflowInstance, ref: int | str) -> int:
@@ -864,7 +884,7 @@ def _task_rows(qs: QuerySet[Any]) -> QuerySet[Any]:
 
 @extend_schema_view(
     list=extend_schema(summary="My tasks, or my team's queue", parameters=[s.TaskFilterSerializer]),
-    retrieve=extend_schema(summary="One task"),
+    retrieve=extend_schema(summary="One task", responses={200: s.TaskDetailSerializer}),
 )
 class TaskViewSet(viewsets.GenericViewSet):
     """Tasks: ``scope=mine`` (assigned to me) or ``scope=queue`` (open tasks I may claim); the actions are the
@@ -895,7 +915,7 @@ class TaskViewSet(viewsets.GenericViewSet):
 
     def retrieve(self, request: Request, pk: int) -> Response:
         single_valued(request, known=(), paged=False)
-        return Response(s.TaskSerializer(self._task(pk)).data)
+        return Response(s.TaskDetailSerializer(self._task(pk)).data)
 
     def _answer(self, pk: int) -> Response:
         # Read without the visibility filter: the service just let this user act on it (a delegation may have

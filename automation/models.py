@@ -147,6 +147,8 @@ WEBHOOK_EVENTS = {
     "instance.completed": "Instance completed",
     "instance.failed": "Instance failed",
     "instance.compensated": "Instance compensated",
+    # An operator's cancel ends an instance too: without it a receiver mirroring instances never heard of the end
+    "instance.cancelled": "Instance cancelled",
     "instance.escalated": "Instance escalated to people",
     "task.created": "Task created",
     "task.decided": "Task decided",

@@ -558,7 +558,13 @@ def _audit(
 def event_name(event: AuditEvent) -> str:
     """The webhook event an audit event stands for, or "" when subscribers never hear of it."""
     action = event.action
-    if action in ("instance.started", "instance.completed", "instance.failed", "instance.compensated"):
+    if action in (
+        "instance.started",
+        "instance.completed",
+        "instance.failed",
+        "instance.compensated",
+        "instance.cancelled",
+    ):
         return action
     if action == "task.opened":
         return "instance.escalated" if event.payload.get("kind") == "escalation" else "task.created"
@@ -586,8 +592,10 @@ def outbox_rows(sender: Any, unit: Any, **_kwargs: Any) -> None:
                 "state": instance.state,
             }
         }
-        if name in ("instance.completed", "instance.compensated"):
+        if name in ("instance.completed", "instance.compensated", "instance.cancelled"):
             data["instance"]["outcome"] = instance.outcome
+        if name == "instance.cancelled":
+            data["reason"] = event.reason[:500]  # the operator's reason, as an escalation's is sent
         if name == "instance.failed":
             data["instance"]["error"] = event.reason[:500]
         if event.subject_type == "task":

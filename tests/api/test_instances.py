@@ -636,6 +636,25 @@ def test_a_pause_ends_within_the_pages_horizon(api_as, roles, started, settings)
     assert paused.status_code == 200, paused.content
 
 
+def test_a_pause_past_the_horizon_names_until_not_the_pages_label(api_as, roles, started, settings):
+    # given: a pause may end at most BATON_PAUSE_MAX_DAYS ahead; the service says so under the console's label
+    settings.BATON_PAUSE_MAX_DAYS = 30
+    client, instance = api_as(roles.operator), started[0]
+    too_far = (timezone.now() + timedelta(days=31)).isoformat()
+
+    # when
+    refused = client.post(f"/api/instances/{instance.pk}/pause/", {"reason": "audit", "until": too_far})
+
+    # then: the 400 names the field as sent, as every other field's does, never the page's "Resume at"
+    problem = refused.json()
+    assert refused.status_code == 400, problem
+    assert "Resume at" not in problem["detail"]
+    assert problem["detail"].startswith("Check the fields: until: A pause ends by "), problem["detail"]
+    assert list(problem["errors"]) == ["until"]
+    assert problem["errors"]["until"][0].startswith("A pause ends by ")
+    assert "Resume at" not in problem["errors"]["until"][0]
+
+
 def _noop(ctx):
     return {}
 

@@ -105,6 +105,30 @@ def test_a_decimal_start_field_is_described_as_a_decimal_not_an_integer(api_as, 
     jsonschema.validate({**ExpenseInputFactory(), "amount": amount}, schema)
 
 
+def test_a_start_field_without_a_label_is_titled_by_its_name_as_the_page_shows_it(api_as, roles, register_workflow):
+    """A form field declared without ``label=`` has none on the form class: the catalog said ``"title": ""``,
+    where the start page shows Django's label made from the name ("Order ref" for order_ref)."""
+    # given: a start form whose fields have no labels, and one that has
+    from django import forms
+
+    from orchestrator.dsl import Task, Workflow
+
+    class Unlabelled(forms.Form):
+        order_ref = forms.CharField(max_length=40)
+        amount = forms.DecimalField(label="Amount (EUR)")
+
+    register_workflow(
+        Workflow(name="unlabelled_start", version=1, start_form=Unlabelled, steps=[Task("noop", lambda ctx: {})])
+    )
+
+    # when
+    schema = api_as(roles.staff).get("/api/workflows/unlabelled_start/").json()["start_input"]
+
+    # then
+    assert schema["properties"]["order_ref"]["title"] == "Order ref"
+    assert schema["properties"]["amount"]["title"] == "Amount (EUR)"
+
+
 @pytest.mark.parametrize("offset", ["+01:00", "+0100", "+01"])
 def test_an_offset_whose_plus_arrived_as_a_space_says_to_write_it_as_2b(api_as, roles, offset):
     """README: times carry their offset (`+01:00`). Typed into a URL unencoded, the `+` is a space; the answer said

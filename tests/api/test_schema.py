@@ -187,3 +187,29 @@ def test_a_workflow_version_out_of_its_documented_range_is_a_400_naming_the_rang
 
 def test_a_large_version_within_the_range_is_a_404_not_a_400(api_as, roles):
     assert api_as(roles.staff).get("/api/workflows/expense_approval/", {"version": "2147483647"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("component", "optional"),
+    [
+        ("Instance", set()),
+        ("InstanceDetail", {"data", "data_digest"}),  # left out with included_data=metadata
+        ("Step", {"error", "result"}),  # likewise
+        ("TaskSummary", set()),
+        ("Task", set()),
+        ("TaskDetail", set()),
+        ("ReceivedSignal", set()),
+    ],
+)
+def test_every_key_an_answer_always_has_is_required_in_the_schema(schema, component, optional):
+    """An instance's ``state`` and ``title``, a task's ``state``, a step's ``attempt``: keys every answer holds were
+    not in ``required`` (model fields with a default), so a client generated from the schema typed them optional
+    and made its callers check for a ``state`` that is always there."""
+    # given
+    body = schema["components"]["schemas"][component]
+
+    # when
+    not_required = set(body["properties"]) - set(body.get("required", []))
+
+    # then: only what an answer may leave out is optional
+    assert not_required == optional

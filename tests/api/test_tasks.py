@@ -464,3 +464,36 @@ def test_a_tasks_priority_is_its_stored_value_with_the_label_beside_it_as_the_sc
     assert enum == [0, 1, 2, 3]
     assert shown["priority"] in enum
     assert {"priority", "priority_label"} <= set(schema["Task"]["required"])
+
+
+def test_a_form_task_says_what_its_data_takes_as_a_start_says_its_input(api_as, roles, task):
+    """A client had nothing in the API telling it a form task's fields: it learnt them one 400 at a time, and a
+    choice field's ("x is not one of the available choices") never named the choices."""
+    # given: an "other" expense, team-approved: the managers' classification form is open
+    from approvals.services.base import APPROVE
+    from approvals.services.tasks import task_decide
+
+    instance = instance_start("expense_approval", ExpenseInputFactory(category="other"), initiator=roles.operator)
+    task_decide(instance.tasks.get().pk, roles.staff, APPROVE)
+    classify = HumanTask.objects.get(instance=instance, step__name="classify")
+
+    # when: the manager reads it, and an approver reads an approval
+    form_task = api_as(roles.manager).get(f"/api/tasks/{classify.pk}/").json()
+    approval = api_as(roles.staff2).get(f"/api/tasks/{task.pk}/").json()
+
+    # then: the form's fields as JSON Schema, its choices and required ones named; an approval takes no data
+    form_input = form_task["form_input"]
+    assert form_input["type"] == "object"
+    assert set(form_input["properties"]) == {"cost_centre", "tax_deductible", "note"}
+    assert form_input["properties"]["cost_centre"]["enum"] == ["CC-100", "CC-200", "CC-300"]
+    assert form_input["properties"]["tax_deductible"]["type"] == "boolean"
+    assert form_input["required"] == ["cost_centre"]
+    assert approval["form_input"] is None
+
+    # and: what it says is what decide takes
+    decided = api_as(roles.manager).post(
+        f"/api/tasks/{classify.pk}/decide/", {"decision": "submit", "data": {"cost_centre": "CC-200"}}
+    )
+    assert decided.status_code == 200, decided.content[:300]
+    schema = api_as(roles.admin).get("/api/schema/?format=json").json()
+    assert "form_input" in schema["components"]["schemas"]["TaskDetail"]["properties"]

@@ -24,7 +24,7 @@ from orchestrator.bidi import isolate
 from orchestrator.dsl import Human, StepContext, Task, Workflow
 from orchestrator.models import AuditEvent
 from orchestrator.services import sweep as engine
-from orchestrator.services.instances import instance_start
+from orchestrator.services.instances import instance_cancel, instance_start
 from tests.automation.receiver import receiver, trickler
 from tests.factories import SuperUserFactory
 
@@ -149,6 +149,30 @@ def test_task_events_and_only_subscribed_ones_are_delivered(flows, allow_private
         assert [r.headers["Baton-Event"] for r in hook.requests] == ["task.created"]
         body = json.loads(hook.requests[0].body)
         assert body["data"]["task"]["title"] == "Review"
+
+
+def test_an_operators_cancel_reaches_a_receiver_subscribed_to_cancellations(flows, allow_private, users):
+    with receiver(200) as hook:
+        # given a receiver that mirrors how instances end, and an instance waiting for a person
+        subscription = webhook_subscribe(
+            owner=users.admin, name="Ends", url=hook.url, events=["instance.completed", "instance.cancelled"]
+        )
+        instance = instance_start("webhook_reviewed", {}, business_key="R-9")
+
+        # when an operator cancels it, and the sweep and worker do their part
+        instance_cancel(instance.pk, actor=Actor.system("operator"), reason="duplicate order")
+        outcomes = send_due()
+
+        # then the end is told, signed, with the outcome and why: a cancelled instance was never announced before
+        assert outcomes == ["delivered"]
+        request = hook.requests[0]
+        assert request.headers["Baton-Event"] == "instance.cancelled"
+        assert verify(subscription.secret, request.headers["Baton-Signature"], request.body)
+        body = json.loads(request.body)
+        assert body["type"] == "instance.cancelled"
+        assert body["data"]["instance"]["id"] == instance.pk
+        assert body["data"]["instance"]["state"] == body["data"]["instance"]["outcome"] == "cancelled"
+        assert body["data"]["reason"] == "duplicate order"
 
 
 def test_outbox_rows_become_one_delivery_per_subscription_however_often_the_sweep_runs(flows, allow_private, users):
