@@ -30,7 +30,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -627,6 +627,13 @@ def webhooks_sweep(now: datetime, report: Any = None) -> dict[str, int]:
     return counts
 
 
+def utc_z(when: datetime) -> str:
+    """``when`` (aware) as ISO 8601 in UTC written with ``Z``, as the API writes every time (README, "The API"), so a
+    receiver reads an event's time as it reads the API's: ``isoformat()`` gave ``+00:00``, or the site's zone for a
+    time read back in it."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _fan_out(now: datetime) -> int:
     batch = settings.BATON_SWEEP_BATCH
     with transaction.atomic():
@@ -639,7 +646,7 @@ def _fan_out(now: datetime) -> int:
             envelope = {
                 "id": f"{row.chain}:{row.seq}",
                 "type": row.event,
-                "occurred_at": row.occurred_at.isoformat(),
+                "occurred_at": utc_z(row.occurred_at),
                 "data": row.body,
             }
             body = json.dumps(envelope, sort_keys=True, separators=(",", ":"))

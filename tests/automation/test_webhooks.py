@@ -9,7 +9,7 @@ import json
 import socket
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -106,6 +106,26 @@ def test_engine_events_reach_a_local_receiver_signed(flows, allow_private, users
     delivered = WebhookDelivery.objects.filter(subscription=subscription)
     assert {d.state for d in delivered} == {DeliveryState.DELIVERED}
     assert all(d.log[-1]["status"] == 200 for d in delivered)
+
+
+def test_an_events_time_is_written_in_utc_with_z_as_the_api_writes_times(
+    flows, allow_private, users, run_steps, settings
+):
+    # given a site whose zone is not UTC, and a subscription to starts
+    settings.TIME_ZONE = "America/New_York"
+    with receiver(200) as hook:
+        webhook_subscribe(owner=users.admin, name="Shop", url=hook.url, events=["instance.started"])
+
+        # when an instance starts and its event is sent
+        instance_start("webhook_flow", {"parcel": "P-8"}, business_key="P-8")
+        assert send_due() == ["delivered"]
+
+    # then its time is UTC written with Z, the audit event's own instant, as the API writes every time
+    body = json.loads(hook.requests[0].body)
+    event = AuditEvent.objects.get(action="instance.started", instance__business_key="P-8")
+    assert body["occurred_at"].endswith("Z")
+    assert "+" not in body["occurred_at"]
+    assert datetime.fromisoformat(body["occurred_at"]) == event.occurred_at
 
 
 def test_a_signature_is_refused_outside_its_time_window():
