@@ -88,6 +88,19 @@ class StrictRegexField(_StringOnly, serializers.RegexField):
     """A request's RegexField: a JSON string only, then matched as RegexField matches it."""
 
 
+class ListedChoiceField(serializers.ChoiceField):
+    """A choice a request gives (a filter's ``state``, a list's ``scope``): anything else is refused naming the
+    choices, "Give one of: created, running, ...", where DRF's own '"bogus" is not a valid choice.' left a client to
+    find them in the schema. The value given is not repeated: it may be anything, of any length."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and data in self.choice_strings_to_values:
+            return self.choice_strings_to_values[data]
+        if data == "" and self.allow_blank:
+            return ""
+        raise serializers.ValidationError(f"Give one of: {', '.join(self.choice_strings_to_values)}.")
+
+
 class AwareDateTimeField(serializers.DateTimeField):
     """An ISO 8601 date and time WITH its offset (``2026-12-01T09:00:00+01:00`` or ``…Z``), within the range
     ``orchestrator.inputs.check_when`` allows. A naive time is refused: a script's local clock is not Baton's.
@@ -491,7 +504,7 @@ class InstanceFilterSerializer(serializers.Serializer):
 
     workflow = StrictCharField(required=False, max_length=SEARCH_MAX)
     version = PlainIntegerField(required=False, min_value=1, max_value=2**31 - 1)
-    state = serializers.ChoiceField(required=False, choices=InstanceState.choices)
+    state = ListedChoiceField(required=False, choices=InstanceState.choices)
     started_after = AwareDateTimeField(required=False, help_text="Started at or after this time (with offset).")
     started_before = AwareDateTimeField(required=False, help_text="Started before this time (with offset).")
     business_key = StrictCharField(required=False, max_length=100)
@@ -608,7 +621,7 @@ class TaskDetailSerializer(TaskSerializer):
 
 
 class TaskFilterSerializer(serializers.Serializer):
-    scope = serializers.ChoiceField(
+    scope = ListedChoiceField(
         choices=[("mine", "Assigned to me"), ("queue", "My team's queue: open tasks I may claim")],
         required=False,
         default="mine",

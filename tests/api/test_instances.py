@@ -385,6 +385,18 @@ def test_a_bad_filter_is_a_400_naming_it(api_as, roles, started, params, field):
     assert field in response.json()["errors"]
 
 
+@pytest.mark.parametrize("given", ["exploded", "FAILED", "Failed", "x" * 500, "\u202efailed"])
+def test_a_state_that_is_none_is_refused_naming_the_states(api_as, roles, started, given):
+    # when an operator filters by a state Baton does not have
+    response = api_as(roles.operator).get(START, {"state": given})
+
+    # then the 400 names every state, so a client need not look them up in the schema, and does not echo the value
+    assert response.status_code == 400, response.content
+    message = response.json()["errors"]["state"][0]
+    assert message == f"Give one of: {', '.join(InstanceState.values)}."
+    assert given not in response.content.decode()
+
+
 @pytest.mark.parametrize(
     "params",
     [

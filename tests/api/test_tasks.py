@@ -497,3 +497,12 @@ def test_a_form_task_says_what_its_data_takes_as_a_start_says_its_input(api_as, 
     assert decided.status_code == 200, decided.content[:300]
     schema = api_as(roles.admin).get("/api/schema/?format=json").json()
     assert "form_input" in schema["components"]["schemas"]["TaskDetail"]["properties"]
+
+
+def test_a_scope_that_is_none_is_refused_naming_the_scopes(api_as, roles):
+    # when a person lists tasks with a scope the API does not have
+    response = api_as(roles.staff).get("/api/tasks/", {"scope": "everything"})
+
+    # then the 400 names the scopes there are
+    assert response.status_code == 400, response.content
+    assert response.json()["errors"]["scope"] == ["Give one of: mine, queue."]
