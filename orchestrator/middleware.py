@@ -248,16 +248,25 @@ def too_large_page(request: HttpRequest) -> HttpResponse:
 
 
 class FriendlyErrorPagesMiddleware:
-    """Under DEBUG, replace Django's technical 404 and 500 pages with the friendly ones (no-op otherwise)."""
+    """Under DEBUG, replace Django's technical 404 and 500 pages with the friendly ones; in every mode, Django's
+    empty 405 page (``require_POST``) with templates/405.html."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
+        html = "text/html" in response.get("Content-Type", "")
         # Under DEBUG every 404 (a URL no route matches, an Http404 raised by a view) is the technical page.
-        if settings.DEBUG and response.status_code == 404 and "text/html" in response.get("Content-Type", ""):
+        if settings.DEBUG and response.status_code == 404 and html:
             return friendly_page(request, 404)
+        # An action's address opened as a page: most often a click on Claim or Retry after the session ended,
+        # whose sign-in then followed ?next= to the button's address with a GET. Django answers an empty body, a
+        # blank page. The API's 405 is problem+json and keeps it; streamed responses have no content to look at.
+        if response.status_code == 405 and html and not response.streaming and not response.content:
+            friendly = friendly_page(request, 405)
+            friendly["Allow"] = response.get("Allow", "")
+            return friendly
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
