@@ -115,6 +115,33 @@ def test_a_bad_schedule_is_answered_400_with_the_reason_and_what_was_typed(admin
     assert not Schedule.objects.exists()
 
 
+def test_every_mistake_of_a_schedule_is_said_at_once(admin_client):
+    """A bad cron expression and an unknown zone are reported with the form's other errors in one answer, not one
+    round after another once those are fixed."""
+    # given: four mistakes, two the form itself reads (an interval below one minute, input that is not JSON) and
+    # two that only the schedule's rules knew (cron, zone)
+    typed = {
+        "name": "Weekday expenses",
+        "workflow_name": "expense_approval",
+        "cron": "every day at 9",
+        "interval_minutes": "-5",
+        "timezone": "Mars/Olympus",
+        "missed": "skip",
+        "input": '{"amount": -3, ',
+    }
+
+    # when
+    response = admin_client.post("/automation/schedules/new/", typed)
+
+    # then: all four are said, each at its field
+    errors = response.context["form"].errors
+    assert response.status_code == 400
+    assert set(errors) == {"cron", "interval_minutes", "timezone", "input"}
+    assert "five fields" in errors["cron"][0]
+    assert "Unknown time zone" in errors["timezone"][0]
+    assert not Schedule.objects.exists()
+
+
 def test_a_schedule_name_used_twice_is_refused_on_the_field(admin_client):
     make_schedule("Weekday expenses")
     response = admin_client.post(
