@@ -10,8 +10,10 @@ from playwright.sync_api import expect
 from approvals.models import HumanTask
 from approvals.services.base import APPROVE, REJECT
 from approvals.services.tasks import task_decide
+from demo.data import load_demo
 from orchestrator import registry
 from orchestrator.dsl import Human, Workflow
+from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import PHONE, BrowserTestCase
 
@@ -171,3 +173,25 @@ class NarrowPageTests(BrowserTestCase):
             expect(page.locator("h1")).to_contain_text(word[:20])
             assert page.evaluate("document.documentElement.scrollWidth") <= 375
             expect(page.locator("section[aria-labelledby=history-title] ul")).to_contain_text("staff rejected")
+
+    def test_a_failed_instance_on_a_phone_shows_each_attempt_s_outcome_without_scrolling_sideways(self):
+        """At 375 px each step's attempts table (number, full start date, took, outcome) was wider than its card:
+        the outcome, what an operator opens the page for, sat cut off behind a sideways scroll."""
+        # given: the demo's failed payout, three attempts, each failed with the service's error
+        load_demo(log=lambda _line: None)
+        failed = WorkflowInstance.objects.get(workflow_name="expense_approval", state=InstanceState.FAILED)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator", {"width": 375, "height": 812})
+
+            # when
+            page.goto(f"/instances/{failed.pk}/")
+
+            # then: every attempt's outcome is inside the screen, and no attempts table scrolls sideways
+            payout = page.locator("[data-step]").filter(has_text="Payout")
+            outcomes = payout.locator("table.attempts tbody tr.attempt-dead td:last-child")
+            expect(outcomes).to_contain_text("dead")
+            box = outcomes.bounding_box()
+            assert box is not None
+            assert box["x"] + box["width"] <= 375, box
+            assert sideways(page) == 0
