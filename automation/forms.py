@@ -144,7 +144,16 @@ class WebhookForm(forms.Form):
         return check_text(self.cleaned_data["name"], "Name", 100)
 
     def clean_url(self) -> str:
-        return check_text(self.cleaned_data["url"], "Address", 500)
+        url = check_text(self.cleaned_data["url"], "Address", 500)
+        # Its shape is said with the other fields' mistakes; the look-up and the public-address rule stay the
+        # service's (webhooks._checked), which runs once the form is valid. An address kept as it was is left to
+        # the service too: it does not refuse a change of events for an address it accepted before.
+        if url.strip() != (self.initial.get("url") or "").strip():
+            try:
+                webhooks.address_shape(url.strip())
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return url
 
 
 class WebhookEditForm(WebhookForm):

@@ -249,6 +249,23 @@ def test_a_bad_webhook_is_answered_400_with_the_reason_and_what_was_typed(admin_
     assert not WebhookSubscription.objects.exists()
 
 
+def test_a_webhook_address_that_is_no_address_is_said_with_the_other_mistakes(admin_client):
+    """An address without http:// or https:// is said at once with a missing name and no event chosen, not only
+    once those are fixed (the address was checked only when the form was otherwise valid)."""
+    # when: no name, no event, and an address typed as people say it, without its scheme
+    response = admin_client.post(
+        "/automation/webhooks/new/", {"name": "", "url": "shop.example.com/hooks", "events": []}
+    )
+
+    # then: the three fields say what is wrong, and what was typed is kept
+    errors = response.context["form"].errors
+    assert response.status_code == 400
+    assert set(errors) == {"name", "url", "events"}
+    assert "http:// or https://" in " ".join(errors["url"])
+    assert 'value="shop.example.com/hooks"' in response.content.decode()
+    assert not WebhookSubscription.objects.exists()
+
+
 def test_the_webhook_list_costs_the_same_queries_however_many_subscriptions(
     admin_client, users, django_assert_num_queries
 ):
