@@ -11,7 +11,7 @@ from approvals.models import HumanTask
 from approvals.services.base import APPROVE, REJECT
 from approvals.services.tasks import task_decide
 from demo.data import load_demo
-from orchestrator import registry
+from orchestrator import registry, rollups
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -194,4 +194,22 @@ class NarrowPageTests(BrowserTestCase):
             box = outcomes.bounding_box()
             assert box is not None
             assert box["x"] + box["width"] <= 375, box
+            assert sideways(page) == 0
+
+    def test_the_dashboard_on_a_phone_shows_each_workflow_s_figures_without_scrolling_sideways(self):
+        """At 375 px the per-workflow table ("1 of 4 ended", p95's "only 3 runs", each on one line) was wider than
+        its card: p95 sat cut off behind a sideways scroll."""
+        # given: the demo's instances, folded into the dashboard's roll-ups (one pass looks, the next folds)
+        load_demo(log=lambda _line: None)
+        rollups.rollup_pass()
+        rollups.rollup_pass()
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator", {"width": 375, "height": 812})
+
+            # when
+            page.goto("/dashboard/")
+
+            # then: both workflows' rows are there, and no table scrolls sideways
+            expect(page.get_by_role("link", name="expense_approval", exact=True)).to_be_visible()
             assert sideways(page) == 0
