@@ -196,9 +196,10 @@ class NarrowPageTests(BrowserTestCase):
             assert box["x"] + box["width"] <= 375, box
             assert sideways(page) == 0
 
-    def test_the_dashboard_on_a_phone_shows_each_workflow_s_figures_without_scrolling_sideways(self):
-        """At 375 px the per-workflow table ("1 of 4 ended", p95's "only 3 runs", each on one line) was wider than
-        its card: p95 sat cut off behind a sideways scroll."""
+    def test_the_dashboard_and_a_workflow_s_page_on_a_phone_show_every_column_without_scrolling_sideways(self):
+        """At 375 px the dashboard's per-workflow table ("1 of 4 ended", p95's "only 3 runs", each on one line) and a
+        workflow's versions table (its first-seen date and time on one line) were wider than their boxes: p95 and
+        Running sat cut off behind a sideways scroll."""
         # given: the demo's instances, folded into the dashboard's roll-ups (one pass looks, the next folds)
         load_demo(log=lambda _line: None)
         rollups.rollup_pass()
@@ -207,9 +208,10 @@ class NarrowPageTests(BrowserTestCase):
         with self.chromium() as browser:
             page = self.signed_in_page(browser, "operator", {"width": 375, "height": 812})
 
-            # when
-            page.goto("/dashboard/")
+            for path, link in (("/dashboard/", "expense_approval"), ("/workflows/expense_approval/", "v2")):
+                # when
+                page.goto(path)
 
-            # then: both workflows' rows are there, and no table scrolls sideways
-            expect(page.get_by_role("link", name="expense_approval", exact=True)).to_be_visible()
-            assert sideways(page) == 0
+                # then: the rows are there, and no table scrolls sideways
+                expect(page.get_by_role("link", name=link, exact=True)).to_be_visible()
+                assert sideways(page) == 0, path
