@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -140,6 +141,22 @@ def test_every_mistake_of_a_schedule_is_said_at_once(admin_client):
     assert "five fields" in errors["cron"][0]
     assert "Unknown time zone" in errors["timezone"][0]
     assert not Schedule.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [("/automation/", "/automation/schedules/new/"), ("/automation/webhooks/", "/automation/webhooks/new/")],
+)
+def test_an_empty_list_links_to_the_form_that_fills_it(admin_client, path, form):
+    """The empty schedule list said "create one here" and the webhook list only "No webhooks yet.": the way on
+    is a link in the empty state itself."""
+    # when: nothing was made yet
+    page = admin_client.get(path).content.decode()
+
+    # then: the empty row links to the form (besides the New button at the top)
+    empty_row = re.search(r"<tr><td colspan=[^>]*>No \w+ yet.*?</tr>", page, re.DOTALL)
+    assert empty_row is not None
+    assert f'href="{form}"' in empty_row[0]
 
 
 def test_a_schedule_name_used_twice_is_refused_on_the_field(admin_client):
