@@ -27,9 +27,11 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.core.signals import got_request_exception
 from django.db import InterfaceError, OperationalError, connections
@@ -197,7 +199,21 @@ def uri_too_long(request: HttpRequest) -> HttpResponse:
             "instance": request.path,
         }
         return JsonResponse(body, status=414, content_type=PROBLEM_JSON)
+    _read_session(request)
     return HttpResponse(loader.get_template("414.html").render({}, request), status=414)
+
+
+def _read_session(request: HttpRequest) -> None:
+    """Give ``request``, answered before the session and authentication middlewares ran, its session and user, so
+    that the page is drawn for who is signed in: without them a signed-in person's page showed the navigation and
+    the "Sign in" button of a stranger. Read only (nothing is saved), and only for this rare page. Raises nothing:
+    a session that cannot be read leaves the page as a stranger's."""
+    try:
+        engine = import_module(settings.SESSION_ENGINE)
+        request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+        request.user = get_user(request)
+    except Exception:  # the 414 page must be answered whatever the session store does
+        logger.warning("the session of a 414 page could not be read", exc_info=True)
 
 
 def wants_json(request: HttpRequest) -> bool:

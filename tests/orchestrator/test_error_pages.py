@@ -126,3 +126,29 @@ def test_the_api_keeps_its_own_405(users):
 
     # then: problem+json as before, not the page
     assert (response.status_code, response["Content-Type"]) == (405, "application/problem+json")
+
+
+def test_a_query_too_long_keeps_the_signed_in_person_signed_in_on_its_page(users):
+    # given: a signed-in person whose filters made the address too long (the page is answered before the session
+    # is read)
+    client = signed_in(users.staff)
+
+    # when
+    response = client.get("/inbox/", {"q": "lunch " * 800})
+
+    # then: the 414 page, drawn for them: their name and the inbox link, not the sign-in link of a stranger
+    content = response.content.decode()
+    assert response.status_code == 414
+    assert 'data-error-page="414"' in content
+    assert "Open the inbox" in content
+    assert 'href="/login/"' not in content
+    assert "staff" in content
+
+
+def test_a_query_too_long_from_a_stranger_offers_the_sign_in():
+    # when
+    response = Client().get("/inbox/", {"q": "lunch " * 800})
+
+    # then
+    assert response.status_code == 414
+    assert 'href="/login/"' in response.content.decode()
