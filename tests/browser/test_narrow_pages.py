@@ -215,3 +215,20 @@ class NarrowPageTests(BrowserTestCase):
                 # then: the rows are there, and no table scrolls sideways
                 expect(page.get_by_role("link", name=link, exact=True)).to_be_visible()
                 assert sideways(page) == 0, path
+
+    def test_date_and_time_filters_on_a_phone_show_the_time_too(self):
+        """At 375 px the audit trail's From and Until and the instance list's Started from and before sat two to a row,
+        155 px each: a date and time typed there showed as "12/01/2026," and its time was cut off."""
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "admin", {"width": 375, "height": 812})
+            for path in ("/audit/", "/instances/"):
+                # when
+                page.goto(path)
+                fields = page.locator("form[role=search] input[type=datetime-local]")
+                expect(fields).to_have_count(2)
+
+                # then: each is wide enough for the whole date and time, as the task page's snooze field is
+                for index in range(2):
+                    box = fields.nth(index).bounding_box()
+                    assert box is not None
+                    assert box["width"] >= 220, (path, box)
