@@ -35,7 +35,7 @@ def is_overdue(due_at: datetime | None, state: str, now: datetime) -> bool:
 
 class TaskKind(models.TextChoices):
     APPROVAL = "approval", "Approval"
-    FORM = "form", "Manual resolution"
+    FORM = "form", "Form"
     ESCALATION = "escalation", "Escalation"
 
 

@@ -359,6 +359,11 @@ def _render_task(
     for name, errors in (field_errors or {}).items():
         if name == "comment" and not decide_form.has_error("comment"):
             decide_form.add_error("comment", errors)
+        # The service's refusal of a snooze time or a delegate (a time in the past, someone who may not take it)
+        # marked where it was typed, as the form's own errors are; the message at the top said it already.
+        for posted_form in (delegate_form, snooze_form):
+            if posted_form is not None and name in posted_form.fields and not posted_form.has_error(name):
+                posted_form.add_error(name, errors)
     decisions = list(instance.decisions.select_related("user", "task").order_by("created_at"))
     for decision in decisions:
         # "staff rejected", never the verb with a "d" added ("rejectd", "submitd").

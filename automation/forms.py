@@ -9,7 +9,7 @@ from django import forms
 
 from automation import schedules, webhooks
 from automation.models import WEBHOOK_EVENTS, MissedPolicy
-from orchestrator import registry
+from orchestrator import recurrence, registry
 from orchestrator.inputs import RepeatedKey, check_text, unique_keys
 
 INPUT_MAX = 20_000
@@ -78,11 +78,22 @@ class ScheduleForm(forms.Form):
     def clean_name(self) -> str:
         return check_text(self.cleaned_data["name"], "Name", 100)
 
+    # The cron expression and the zone are read here on their own, so that their mistakes come back with the
+    # form's other errors in one answer: the schedule's check (schedules.check, on saving) runs only once the form
+    # is valid, and says one recurrence problem at a time. It still decides whether cron and interval go together.
     def clean_cron(self) -> str:
-        return " ".join(check_text(self.cleaned_data["cron"], "Cron expression", 100).split())
+        cron = " ".join(check_text(self.cleaned_data["cron"], "Cron expression", 100).split())
+        if cron and (problem := recurrence.check_recurrence(cron, None, "UTC")):
+            raise forms.ValidationError(_sentence(problem))
+        return cron
 
     def clean_timezone(self) -> str:
-        return check_text(self.cleaned_data["timezone"], "Time zone", 64)
+        name = check_text(self.cleaned_data["timezone"], "Time zone", 64)
+        try:
+            recurrence.zone(name)
+        except ValueError as exc:
+            raise forms.ValidationError(_sentence(str(exc))) from None
+        return name
 
     def clean_input(self) -> dict[str, Any]:
         text = self.cleaned_data["input"]
@@ -103,6 +114,11 @@ class ScheduleForm(forms.Form):
         if problem:
             raise forms.ValidationError(problem)
         return value
+
+
+def _sentence(problem: str) -> str:
+    """A recurrence problem ("unknown time zone ...") as the schedule's check says it on a field."""
+    return problem[0].upper() + problem[1:] + "."
 
 
 def _no_constant(name: str) -> Any:
@@ -128,7 +144,16 @@ class WebhookForm(forms.Form):
         return check_text(self.cleaned_data["name"], "Name", 100)
 
     def clean_url(self) -> str:
-        return check_text(self.cleaned_data["url"], "Address", 500)
+        url = check_text(self.cleaned_data["url"], "Address", 500)
+        # Its shape is said with the other fields' mistakes; the look-up and the public-address rule stay the
+        # service's (webhooks._checked), which runs once the form is valid. An address kept as it was is left to
+        # the service too: it does not refuse a change of events for an address it accepted before.
+        if url.strip() != (self.initial.get("url") or "").strip():
+            try:
+                webhooks.address_shape(url.strip())
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return url
 
 
 class WebhookEditForm(WebhookForm):

@@ -233,10 +233,25 @@ def _addresses(host: str, port: int, seconds: float) -> list[str]:
 
 
 def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]]:
-    """The host, port and addresses ``url`` reaches; ValueError saying why it may not be used: not http(s), with
-    spaces or control characters (or letters beyond ASCII in its path), with credentials, unresolvable within
-    ``seconds`` (default ``BATON_WEBHOOK_TIMEOUT``), or (unless BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private,
-    loopback, link-local, reserved or multicast address."""
+    """The host, port and addresses ``url`` reaches; ValueError saying why it may not be used: its shape
+    (:func:`address_shape`), unresolvable within ``seconds`` (default ``BATON_WEBHOOK_TIMEOUT``), or (unless
+    BATON_WEBHOOK_ALLOW_PRIVATE) reaching a private, loopback, link-local, reserved or multicast address."""
+    host, port = address_shape(url)
+    addresses = _addresses(host, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
+    if not settings.BATON_WEBHOOK_ALLOW_PRIVATE:
+        private = [a for a in addresses if _forbidden(a)]
+        if private:
+            raise ValueError(
+                f"{isolate(urlsplit(url).hostname or host)} resolves to {', '.join(private)}, a private, loopback or "
+                "reserved address; webhooks go to public addresses only (BATON_WEBHOOK_ALLOW_PRIVATE allows others)."
+            )
+    return host, port, addresses
+
+
+def address_shape(url: str) -> tuple[str, int]:
+    """The host (in ASCII) and port ``url`` names, read without looking the name up; ValueError saying why it is no
+    address Baton may send to: not http(s), with spaces or control characters (or letters beyond ASCII in its path),
+    with credentials, a port out of range. The form checks this beside its other fields, before any look-up."""
     # http.client refuses these in a request line at every attempt: subscribed, such an address was sent nothing.
     if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
         raise ValueError("Put no spaces or control characters in the address (write a space as %20).")
@@ -254,16 +269,7 @@ def resolve(url: str, seconds: float | None = None) -> tuple[str, int, list[str]
         given = 0
     if given == 0:  # out of range, or 0: no port (read as "none given", it sent the events to 443 or 80)
         raise ValueError("The port is not a number between 1 and 65535.")
-    port = given or (443 if parts.scheme == "https" else 80)
-    addresses = _addresses(host, port, settings.BATON_WEBHOOK_TIMEOUT if seconds is None else seconds)
-    if not settings.BATON_WEBHOOK_ALLOW_PRIVATE:
-        private = [a for a in addresses if _forbidden(a)]
-        if private:
-            raise ValueError(
-                f"{isolate(parts.hostname)} resolves to {', '.join(private)}, a private, loopback or reserved address; "
-                "webhooks go to public addresses only (BATON_WEBHOOK_ALLOW_PRIVATE allows others)."
-            )
-    return host, port, addresses
+    return host, given or (443 if parts.scheme == "https" else 80)
 
 
 def _ascii_host(hostname: str) -> str:

@@ -27,9 +27,11 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.core.signals import got_request_exception
 from django.db import InterfaceError, OperationalError, connections
@@ -197,7 +199,21 @@ def uri_too_long(request: HttpRequest) -> HttpResponse:
             "instance": request.path,
         }
         return JsonResponse(body, status=414, content_type=PROBLEM_JSON)
+    _read_session(request)
     return HttpResponse(loader.get_template("414.html").render({}, request), status=414)
+
+
+def _read_session(request: HttpRequest) -> None:
+    """Give ``request``, answered before the session and authentication middlewares ran, its session and user, so
+    that the page is drawn for who is signed in: without them a signed-in person's page showed the navigation and
+    the "Sign in" button of a stranger. Read only (nothing is saved), and only for this rare page. Raises nothing:
+    a session that cannot be read leaves the page as a stranger's."""
+    try:
+        engine = import_module(settings.SESSION_ENGINE)
+        request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+        request.user = get_user(request)
+    except Exception:  # the 414 page must be answered whatever the session store does
+        logger.warning("the session of a 414 page could not be read", exc_info=True)
 
 
 def wants_json(request: HttpRequest) -> bool:
@@ -248,16 +264,25 @@ def too_large_page(request: HttpRequest) -> HttpResponse:
 
 
 class FriendlyErrorPagesMiddleware:
-    """Under DEBUG, replace Django's technical 404 and 500 pages with the friendly ones (no-op otherwise)."""
+    """Under DEBUG, replace Django's technical 404 and 500 pages with the friendly ones; in every mode, Django's
+    empty 405 page (``require_POST``) with templates/405.html."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
+        html = "text/html" in response.get("Content-Type", "")
         # Under DEBUG every 404 (a URL no route matches, an Http404 raised by a view) is the technical page.
-        if settings.DEBUG and response.status_code == 404 and "text/html" in response.get("Content-Type", ""):
+        if settings.DEBUG and response.status_code == 404 and html:
             return friendly_page(request, 404)
+        # An action's address opened as a page: most often a click on Claim or Retry after the session ended,
+        # whose sign-in then followed ?next= to the button's address with a GET. Django answers an empty body, a
+        # blank page. The API's 405 is problem+json and keeps it; streamed responses have no content to look at.
+        if response.status_code == 405 and html and not response.streaming and not response.content:
+            friendly = friendly_page(request, 405)
+            friendly["Allow"] = response.get("Allow", "")
+            return friendly
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

@@ -101,6 +101,21 @@ def test_a_form_task_takes_submit_only(users):
         task_decide(task.pk, users.manager, APPROVE, data={"cost_centre": "CC-100"})
 
 
+def test_a_form_task_s_page_calls_it_a_form(users):
+    """The classification form's page said "Manual resolution in Expense: ..." above a form to fill in: the kind's
+    label was an escalation's words, never what a form task is."""
+    # given
+    task = task_of(other_expense(users), "classify")
+
+    # when
+    content = login(users.manager).get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+
+    # then
+    assert task.get_kind_display() == "Form"
+    assert "Manual resolution" not in content
+    assert re.search(r"Form in <a href=\"/instances/\d+/\">", content)
+
+
 def test_an_invalid_form_through_the_page_shows_the_error_with_400(users):
     """Submitting the page without a cost centre re-renders the task with 400 and the error beside the field."""
     # given

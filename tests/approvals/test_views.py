@@ -350,6 +350,22 @@ def test_snooze_with_a_bad_time_explains_itself(users, claimed, until, message):
     assert claimed.snoozed_until is None
 
 
+def test_a_snooze_time_the_service_refuses_is_marked_at_the_field_too(users, claimed):
+    """A time the form reads but the service refuses (in the past) is marked on the snooze field, as a time the
+    form cannot read is, not only said at the top of the page."""
+    # when
+    response = login(users.staff).post(
+        reverse("approvals:task_snooze", args=[claimed.pk]), {"until": "2001-01-01T09:00"}
+    )
+
+    # then: the field is invalid and says why beside itself
+    content = response.content.decode()
+    field = re.search(r'<input[^>]*id="snooze-until"[^>]*>', content)
+    assert field is not None
+    assert "is-invalid" in field[0]
+    assert '<div class="invalid-feedback">Within 90 days.</div>' in content
+
+
 def test_snooze_with_an_impossible_date_is_an_error_not_a_500(users, claimed):
     """30 February looks like a date but is none: the person gets the error message, not a server error."""
     # given

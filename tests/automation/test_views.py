@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -115,6 +116,49 @@ def test_a_bad_schedule_is_answered_400_with_the_reason_and_what_was_typed(admin
     assert not Schedule.objects.exists()
 
 
+def test_every_mistake_of_a_schedule_is_said_at_once(admin_client):
+    """A bad cron expression and an unknown zone are reported with the form's other errors in one answer, not one
+    round after another once those are fixed."""
+    # given: four mistakes, two the form itself reads (an interval below one minute, input that is not JSON) and
+    # two that only the schedule's rules knew (cron, zone)
+    typed = {
+        "name": "Weekday expenses",
+        "workflow_name": "expense_approval",
+        "cron": "every day at 9",
+        "interval_minutes": "-5",
+        "timezone": "Mars/Olympus",
+        "missed": "skip",
+        "input": '{"amount": -3, ',
+    }
+
+    # when
+    response = admin_client.post("/automation/schedules/new/", typed)
+
+    # then: all four are said, each at its field
+    errors = response.context["form"].errors
+    assert response.status_code == 400
+    assert set(errors) == {"cron", "interval_minutes", "timezone", "input"}
+    assert "five fields" in errors["cron"][0]
+    assert "Unknown time zone" in errors["timezone"][0]
+    assert not Schedule.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [("/automation/", "/automation/schedules/new/"), ("/automation/webhooks/", "/automation/webhooks/new/")],
+)
+def test_an_empty_list_links_to_the_form_that_fills_it(admin_client, path, form):
+    """The empty schedule list said "create one here" and the webhook list only "No webhooks yet.": the way on
+    is a link in the empty state itself."""
+    # when: nothing was made yet
+    page = admin_client.get(path).content.decode()
+
+    # then: the empty row links to the form (besides the New button at the top)
+    empty_row = re.search(r"<tr><td colspan=[^>]*>No \w+ yet.*?</tr>", page, re.DOTALL)
+    assert empty_row is not None
+    assert f'href="{form}"' in empty_row[0]
+
+
 def test_a_schedule_name_used_twice_is_refused_on_the_field(admin_client):
     make_schedule("Weekday expenses")
     response = admin_client.post(
@@ -219,6 +263,23 @@ def test_a_bad_webhook_is_answered_400_with_the_reason_and_what_was_typed(admin_
     assert response.status_code == 400
     assert says in page
     assert 'value="Shop hook"' in page
+    assert not WebhookSubscription.objects.exists()
+
+
+def test_a_webhook_address_that_is_no_address_is_said_with_the_other_mistakes(admin_client):
+    """An address without http:// or https:// is said at once with a missing name and no event chosen, not only
+    once those are fixed (the address was checked only when the form was otherwise valid)."""
+    # when: no name, no event, and an address typed as people say it, without its scheme
+    response = admin_client.post(
+        "/automation/webhooks/new/", {"name": "", "url": "shop.example.com/hooks", "events": []}
+    )
+
+    # then: the three fields say what is wrong, and what was typed is kept
+    errors = response.context["form"].errors
+    assert response.status_code == 400
+    assert set(errors) == {"name", "url", "events"}
+    assert "http:// or https://" in " ".join(errors["url"])
+    assert 'value="shop.example.com/hooks"' in response.content.decode()
     assert not WebhookSubscription.objects.exists()
 
 

@@ -10,8 +10,10 @@ from playwright.sync_api import expect
 from approvals.models import HumanTask
 from approvals.services.base import APPROVE, REJECT
 from approvals.services.tasks import task_decide
-from orchestrator import registry
+from demo.data import load_demo
+from orchestrator import registry, rollups
 from orchestrator.dsl import Human, Workflow
+from orchestrator.models import InstanceState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import PHONE, BrowserTestCase
 
@@ -171,3 +173,62 @@ class NarrowPageTests(BrowserTestCase):
             expect(page.locator("h1")).to_contain_text(word[:20])
             assert page.evaluate("document.documentElement.scrollWidth") <= 375
             expect(page.locator("section[aria-labelledby=history-title] ul")).to_contain_text("staff rejected")
+
+    def test_a_failed_instance_on_a_phone_shows_each_attempt_s_outcome_without_scrolling_sideways(self):
+        """At 375 px each step's attempts table (number, full start date, took, outcome) was wider than its card:
+        the outcome, what an operator opens the page for, sat cut off behind a sideways scroll."""
+        # given: the demo's failed payout, three attempts, each failed with the service's error
+        load_demo(log=lambda _line: None)
+        failed = WorkflowInstance.objects.get(workflow_name="expense_approval", state=InstanceState.FAILED)
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator", {"width": 375, "height": 812})
+
+            # when
+            page.goto(f"/instances/{failed.pk}/")
+
+            # then: every attempt's outcome is inside the screen, and no attempts table scrolls sideways
+            payout = page.locator("[data-step]").filter(has_text="Payout")
+            outcomes = payout.locator("table.attempts tbody tr.attempt-dead td:last-child")
+            expect(outcomes).to_contain_text("dead")
+            box = outcomes.bounding_box()
+            assert box is not None
+            assert box["x"] + box["width"] <= 375, box
+            assert sideways(page) == 0
+
+    def test_the_dashboard_and_a_workflow_s_page_on_a_phone_show_every_column_without_scrolling_sideways(self):
+        """At 375 px the dashboard's per-workflow table ("1 of 4 ended", p95's "only 3 runs", each on one line) and a
+        workflow's versions table (its first-seen date and time on one line) were wider than their boxes: p95 and
+        Running sat cut off behind a sideways scroll."""
+        # given: the demo's instances, folded into the dashboard's roll-ups (one pass looks, the next folds)
+        load_demo(log=lambda _line: None)
+        rollups.rollup_pass()
+        rollups.rollup_pass()
+
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "operator", {"width": 375, "height": 812})
+
+            for path, link in (("/dashboard/", "expense_approval"), ("/workflows/expense_approval/", "v2")):
+                # when
+                page.goto(path)
+
+                # then: the rows are there, and no table scrolls sideways
+                expect(page.get_by_role("link", name=link, exact=True)).to_be_visible()
+                assert sideways(page) == 0, path
+
+    def test_date_and_time_filters_on_a_phone_show_the_time_too(self):
+        """At 375 px the audit trail's From and Until and the instance list's Started from and before sat two to a row,
+        155 px each: a date and time typed there showed as "12/01/2026," and its time was cut off."""
+        with self.chromium() as browser:
+            page = self.signed_in_page(browser, "admin", {"width": 375, "height": 812})
+            for path in ("/audit/", "/instances/"):
+                # when
+                page.goto(path)
+                fields = page.locator("form[role=search] input[type=datetime-local]")
+                expect(fields).to_have_count(2)
+
+                # then: each is wide enough for the whole date and time, as the task page's snooze field is
+                for index in range(2):
+                    box = fields.nth(index).bounding_box()
+                    assert box is not None
+                    assert box["width"] >= 220, (path, box)

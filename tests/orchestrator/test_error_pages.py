@@ -94,3 +94,61 @@ def test_a_stale_form_after_signing_out_elsewhere_is_the_friendly_csrf_page(user
     assert "Reload the page" in content
     assert "CSRF verification failed" not in content
     assert not [mark for mark in DEBUG_PAGE_MARKS if mark in content]
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "demo-debug"])
+@pytest.mark.parametrize("path", ["/tasks/1/claim/", "/instances/1/retry/", "/audit/chains/verify/", "/logout/"])
+def test_an_action_address_opened_as_a_page_is_the_friendly_405(users, debug, path):
+    # given: a click on Claim after the session ended went through the sign-in, whose ?next= then opened the
+    # button's address as a page (a GET); Django's require_POST answers that with an empty body
+    client = signed_in(users.admin)
+
+    # when
+    with override_settings(DEBUG=debug):
+        response = client.get(path)
+
+    # then: still 405 with its Allow header, but a page saying what happened and the way back, not a blank one
+    content = response.content.decode()
+    assert response.status_code == 405
+    assert "POST" in response["Allow"]
+    assert 'data-error-page="405"' in content
+    assert "press the button again" in content
+    assert 'href="/inbox/"' in content
+    assert not [mark for mark in DEBUG_PAGE_MARKS if mark in content]
+
+
+def test_the_api_keeps_its_own_405(users):
+    # given: an API client with a browser session
+    client = signed_in(users.admin)
+
+    # when: it uses a method an endpoint does not take
+    response = client.delete("/api/workflows/", HTTP_ACCEPT="application/json")
+
+    # then: problem+json as before, not the page
+    assert (response.status_code, response["Content-Type"]) == (405, "application/problem+json")
+
+
+def test_a_query_too_long_keeps_the_signed_in_person_signed_in_on_its_page(users):
+    # given: a signed-in person whose filters made the address too long (the page is answered before the session
+    # is read)
+    client = signed_in(users.staff)
+
+    # when
+    response = client.get("/inbox/", {"q": "lunch " * 800})
+
+    # then: the 414 page, drawn for them: their name and the inbox link, not the sign-in link of a stranger
+    content = response.content.decode()
+    assert response.status_code == 414
+    assert 'data-error-page="414"' in content
+    assert "Open the inbox" in content
+    assert 'href="/login/"' not in content
+    assert "staff" in content
+
+
+def test_a_query_too_long_from_a_stranger_offers_the_sign_in():
+    # when
+    response = Client().get("/inbox/", {"q": "lunch " * 800})
+
+    # then
+    assert response.status_code == 414
+    assert 'href="/login/"' in response.content.decode()
