@@ -190,6 +190,13 @@ class TestDashboard:
         assert data.tasks["open"] == 1
         assert data.by_state["waiting"] == 1
         assert 'id="dashboard-data"' in page
+        # the card of work in progress counts running and waiting, each linking to the list of what it counts
+        card = page.split('id="dashboard-in-progress"', 1)[1].split("</div></div></div>", 1)[0]
+        running, waiting = data.by_state.get("running", 0), data.by_state["waiting"]
+        assert f'<div class="fs-4 fw-semibold">{running + waiting}</div>' in card
+        assert f'/instances/?state=running">{running} running</a>' in card
+        assert f'/instances/?state=waiting">{waiting} waiting</a>' in card
+        assert "{#" not in page  # no template note printed as text
         assert "chart.umd.min.js" in page
 
     @pytest.mark.parametrize("window", ["24h", "7d", "30d"])
