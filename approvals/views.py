@@ -530,7 +530,7 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
     if task.state == TaskState.COMPLETED and stopped:
         # The decision is kept, but what follows it raised: the workflow stopped (task_actions.task_decide).
         messages.success(
-            request, f"{task_rules.past_tense(decision).capitalize()}: {task.title}. Your decision is kept."
+            request, f"{task_rules.past_tense(decision).capitalize()} “{isolate(task.title)}”. Your decision is kept."
         )
         messages.warning(
             request,
@@ -538,7 +538,8 @@ def task_decide(request: AuthedRequest, task_id: int) -> HttpResponse:
             "The operators have been told; nothing more is needed from you.",
         )
     elif task.state == TaskState.COMPLETED:
-        messages.success(request, f"{task_rules.past_tense(decision).capitalize()}: {task.title}.")
+        # The title in quotes: titles often start with their action ("Approve ..."), which read "Approved: Approve ...".
+        messages.success(request, f"{task_rules.past_tense(decision).capitalize()} “{isolate(task.title)}”.")
     else:
         messages.success(request, f"Your approval is recorded ({task.approvals} of {task.quorum}).")
     following = _next_task(request, exclude=task.pk)

@@ -19,6 +19,7 @@ from approvals.models import HumanTask, Notification, TaskDecision, TaskKind, Ta
 from approvals.services.base import APPROVE, SKIP, TaskConflict
 from approvals.services.tasks import task_decide
 from orchestrator.audit import Actor
+from orchestrator.bidi import isolate
 from orchestrator.dsl import ESCALATE, Decision, Human, Retry, StepContext, Task, Timer, Workflow
 from orchestrator.models import AuditEvent, InstanceState, StepKind, StepState, WorkflowInstance
 from orchestrator.services.instances import NotAllowed, instance_retry, instance_start
@@ -177,7 +178,7 @@ def test_the_page_keeps_the_decision_and_says_the_workflow_stopped(register_work
     task.refresh_from_db()
     assert (task.state, task.decision) == (TaskState.COMPLETED, APPROVE)
     messages = shown(response)
-    assert ("success", f"Approved: {task.title}. Your decision is kept.") in messages
+    assert ("success", f"Approved “{isolate(task.title)}”. Your decision is kept.") in messages
     warning = [text for level, text in messages if level == "warning"]
     assert len(warning) == 1
     assert "workflow stopped after your decision" in warning[0]

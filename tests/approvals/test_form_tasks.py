@@ -14,6 +14,7 @@ from approvals.models import HumanTask, TaskDecision, TaskKind, TaskState
 from approvals.selectors import team_queue
 from approvals.services.base import APPROVE, SUBMIT, TaskInvalid
 from approvals.services.tasks import task_decide
+from orchestrator.bidi import isolate
 from orchestrator.dsl import FORM, Human, Workflow
 from orchestrator.models import InstanceState, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -181,7 +182,7 @@ def test_an_unticked_box_is_false_and_the_page_goes_on(users):
 
     # then
     assert response.status_code == 200
-    assert f"Submitted: {task.title}." in response.content.decode()
+    assert f"Submitted “{isolate(task.title)}”." in response.content.decode()
     instance.refresh_from_db()
     assert (instance.data["cost_centre"], instance.data["tax_deductible"]) == ("CC-100", False)
     manager_task = task_of(instance, "manager_approval")

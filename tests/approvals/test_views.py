@@ -15,7 +15,7 @@ from django.utils import timezone
 from approvals.models import HumanTask, Notification, Priority, SavedView, TaskDecision, TaskKind, TaskState
 from approvals.services.base import APPROVE, REJECT
 from approvals.services.tasks import task_claim, task_decide, task_snooze
-from orchestrator.bidi import balanced
+from orchestrator.bidi import balanced, isolate
 from orchestrator.dsl import Human, Workflow
 from orchestrator.models import WorkflowInstance
 from orchestrator.services.instances import instance_start
@@ -185,7 +185,7 @@ def test_claim_then_approve_through_the_pages(users, task):
     assert claimed.redirect_chain == [(reverse("approvals:task_detail", args=[task.pk]), 302)]
     assert shown(claimed) == [("success", "Claimed. The task is yours.")]
     assert approved.redirect_chain == [(reverse("approvals:inbox"), 302)]
-    assert shown(approved) == [("success", f"Approved: {task.title}.")]
+    assert shown(approved) == [("success", f"Approved “{isolate(task.title)}”.")]
     task.refresh_from_db()
     assert (task.state, task.decision, task.completed_by) == (TaskState.COMPLETED, "approve", users.staff)
 

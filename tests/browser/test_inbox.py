@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from approvals.models import HumanTask, TaskDecision, TaskState
+from orchestrator.bidi import isolate
 from orchestrator.models import InstanceState, StepState, WorkflowInstance
 from orchestrator.services.instances import instance_start
 from tests.browser.live import BrowserTestCase, orm
@@ -69,7 +70,7 @@ class InboxTests(BrowserTestCase):
             page.get_by_role("button", name="Approve").click()
 
             # then
-            expect(page.get_by_role("status").filter(has_text=f"Approved: {task.title}")).to_be_visible()
+            expect(page.get_by_role("status").filter(has_text=f"Approved “{isolate(task.title)}”")).to_be_visible()
             expect(page).to_have_url(re.compile(r"/inbox/"))
             expect(self.task_row(page, task.pk)).to_have_count(0)
 
