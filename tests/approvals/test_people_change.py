@@ -126,6 +126,25 @@ def test_the_delegate_list_offers_active_candidates_only(users):
 
     # then
     assert [u.username for u in response.context["delegates"]] == ["staff3"]
+    assert 'id="no-delegates"' not in response.content.decode()
+
+
+def test_a_holder_with_nobody_to_hand_to_is_told_so_instead_of_a_form_that_vanished(users):
+    """The task page says why it offers no 'Delegate to' when nobody else may take the task."""
+    # given staff holds a task whose only other candidate has left
+    task = task_of(expense())
+    task_claim(task.pk, users.staff)
+    deactivate(users.staff2)
+    client = Client()
+    client.force_login(users.staff)
+
+    # when staff opens it
+    page = client.get(reverse("approvals:task_detail", args=[task.pk])).content.decode()
+
+    # then the page says nobody else may take it, and offers no delegation
+    assert 'id="no-delegates"' in page
+    assert "Nobody else may take this task, so it cannot be delegated" in page
+    assert reverse("approvals:task_delegate", args=[task.pk]) not in page
 
 
 # --- nobody can act: escalate at once -------------------------------------------------------------------
