@@ -174,6 +174,10 @@ def test_the_command_creates_lists_and_revokes(roles):
     token = ApiToken.objects.get(user=roles.staff)
     assert token.key_hash == hash_secret(secret)
     assert AuditEvent.objects.get(chain=TOKENS_CHAIN, action="token.created").actor_label == "system:command"
+    # the secret alone on standard output; what it is, on standard error, says so whole (no line ending in a colon)
+    assert out.getvalue() == f"{secret}\n"
+    assert err.getvalue().strip().endswith("Its secret is on standard output, shown this once: keep it now.")
+    assert secret not in err.getvalue()
     listing = io.StringIO()
     call_command("baton_api_token", "list", "staff", stdout=listing)
     assert token.prefix in listing.getvalue()

@@ -65,7 +65,12 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
         until = f"until {new.token.expires_at:%Y-%m-%d %H:%M %Z}" if new.token.expires_at else "without expiry"
-        self.stderr.write(f"Token {new.token.pk} “{new.token.name}” for {username}, {until}. It is shown once:")
+        # The secret alone on standard output, so `TOKEN=$(... create ...)` captures it; this line, on standard error,
+        # reads whole whether the token follows it on a terminal or was captured.
+        self.stderr.write(
+            f"Token {new.token.pk} “{new.token.name}” for {username}, {until}. "
+            "Its secret is on standard output, shown this once: keep it now."
+        )
         self.stdout.write(new.secret)
 
     def _list(self, username: str) -> None:
