@@ -1,6 +1,6 @@
-"""README, "The API": its token command and curl examples, replayed as written (only the host and the example task
-id are this test's own) against the API, with the token the documented command printed. An example that does not
-work as written is a defect of the README or the API."""
+"""README, "The API": its token commands and curl examples, replayed as written against the API (only the host is
+this test's own, and ``$TASK`` is picked from the queue as README tells the reader to), with the tokens the documented
+commands printed. An example that does not work as written is a defect of the README or the API."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from django.core.management import call_command
 from django.test import Client
 
 from approvals.models import HumanTask
-from orchestrator.services.instances import instance_start
 from tests.factories import ExpenseInputFactory
 
 pytestmark = pytest.mark.django_db
@@ -37,8 +36,34 @@ def curl_commands(block: str) -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in joined.splitlines() if line.startswith("curl ")]
 
 
-def replay(client: Client, args: list[str], token: str, task_id: int) -> Any:
-    """Send what ``curl args`` would send, with ``$TOKEN`` the token and the README's task 17 our ``task_id``."""
+def tokens_made_as_written(block: str, roles: Any) -> dict[str, str]:
+    """Each ``NAME=$(... baton_api_token create USER ...)`` line of ``block`` run as written, for the test's user of
+    that name: ``{"$NAME": the secret it printed}``. The secret must be all the command prints on standard output,
+    as ``$(...)`` captures it."""
+    tokens = {}
+    for line in block.splitlines():
+        made = re.fullmatch(r"(\w+)=\$\((.*baton_api_token create .*)\)", line.strip())
+        if made is None:
+            continue
+        args = shlex.split(made[2].split("manage.py ", 1)[1])
+        args[args.index("create") + 1] = getattr(roles, args[args.index("create") + 1]).username
+        printed = io.StringIO()
+        call_command(*args, stdout=printed, stderr=io.StringIO())
+        secret = printed.getvalue().removesuffix("\n")
+        assert secret.startswith("baton_")
+        assert "\n" not in secret
+        tokens[f"${made[1]}"] = secret
+    return tokens
+
+
+def replay(client: Client, args: list[str], variables: dict[str, str]) -> Any:
+    """Send what ``curl args`` would send, each ``$NAME`` of ``variables`` (the tokens, ``$TASK``) filled in."""
+
+    def filled(text: str) -> str:
+        for name in sorted(variables, key=len, reverse=True):  # $STAFF_TOKEN before $TOKEN would match inside it
+            text = text.replace(name, variables[name])
+        return text
+
     headers: dict[str, str] = {}
     data = None
     url = ""
@@ -46,14 +71,14 @@ def replay(client: Client, args: list[str], token: str, task_id: int) -> Any:
     for arg in rest:
         if arg == "-H":
             name, _, value = next(rest).partition(": ")
-            headers[name] = value.replace("$TOKEN", token)
+            headers[name] = filled(value)
         elif arg == "-d":
             data = next(rest)
         elif arg.startswith("http"):
-            url = arg
+            url = filled(arg)
         else:
             assert arg == "-s", f"an option this replay does not know: {arg}"
-    path = url.removeprefix("http://127.0.0.1:8000").replace("/api/tasks/17/", f"/api/tasks/{task_id}/")
+    path = url.removeprefix("http://127.0.0.1:8000")
     content_type = headers.pop("Content-Type", "application/x-www-form-urlencoded")
     if data is None:
         return client.get(path, headers=headers)
@@ -61,33 +86,32 @@ def replay(client: Client, args: list[str], token: str, task_id: int) -> Any:
 
 
 def test_the_readme_api_examples_work_as_written(roles):
-    # given: the token, made by the documented command (README names the demo's operator; here a member of the
-    # approvers' team, who may also start, so one token replays every example)
+    # given: the tokens, made by the documented commands for the users README names (the demo's operator, who
+    # starts, and staff, who decides: who started an instance never decides it)
     block = api_block()
-    command = next(line for line in block.splitlines() if "baton_api_token create" in line)
-    args = shlex.split(command.split("manage.py ", 1)[1])
-    args[args.index("create") + 1] = roles.staff.username
-    printed = io.StringIO()
-    call_command(*args, stdout=printed, stderr=io.StringIO())
-    token = printed.getvalue().strip().splitlines()[-1]
-    assert token.startswith("baton_")
-    # a task for the decide example: someone else's expense, which the token's owner may decide (four-eyes)
-    other = instance_start("expense_approval", ExpenseInputFactory(amount="80.00"), initiator=roles.staff2)
-    task_id = HumanTask.objects.get(instance=other, state="open").pk
+    variables = tokens_made_as_written(block, roles)
+    assert set(variables) == {"$TOKEN", "$STAFF_TOKEN"}
     client = Client()
-
     curls = curl_commands(block)
 
-    # when: each in README's order, the start twice ("the same key and body again")
-    answers = [replay(client, curl, token, task_id) for curl in [curls[0], curls[1], curls[1], *curls[2:]]]
+    # when: each in README's order, the start twice ("the same key and body again"), $TASK being the queue's task
+    # of the instance started above, as README tells the reader to pick it
+    catalog, started, again, failed, queue = [
+        replay(client, curl, variables) for curl in [curls[0], curls[1], curls[1], curls[2], curls[3]]
+    ]
+    mine = [task["id"] for task in queue.json()["results"] if task["instance"]["id"] == started.json()["id"]]
+    assert len(mine) == 1, queue.json()
+    variables["$TASK"] = str(mine[0])
+    decided = replay(client, curls[4], variables)
+    answers = [catalog, started, again, failed, queue, decided]
 
     # then: with the statuses its comments promise
-    catalog, started, again, failed, queue, decided = answers
+    assert len(curls) == 5
     assert [a.status_code for a in answers] == [200, 201, 200, 200, 200, 200], [a.content[:300] for a in answers]
     assert again.json()["id"] == started.json()["id"]
     assert failed.json()["results"] == []
-    assert task_id in [task["id"] for task in queue.json()["results"]]
     assert decided.json()["decision"] == "approve"
+    assert HumanTask.objects.get(pk=mine[0]).completed_by == roles.staff
     # and the start input README sends is valid by the schema the catalog gives for it ("its start input")
     sent = json.loads(re.search(r"-d '(\{\"workflow\".*?)'", block)[1])["input"]  # type: ignore[index]
     jsonschema.validate(sent, catalog.json()["start_input"])
