@@ -33,6 +33,7 @@ from orchestrator.inputs import (
     SEARCH_MAX,
     check_when,
     foreign_digits,
+    json_boolean,
 )
 from orchestrator.models import InstanceState, ReceivedSignal, StepRun, WorkflowInstance
 from orchestrator.selectors import STEP_PAYLOADS, hide_paths
@@ -523,6 +524,29 @@ class ReasonSerializer(serializers.Serializer):
     """An operator's action: the reason goes into the audit trail with the actor's name."""
 
     reason = StrictCharField(max_length=REASON_MAX, help_text="Why; written to the audit trail.")
+
+
+class JsonBooleanField(serializers.BooleanField):
+    """A request's true/false, read as a form's true/false fields read JSON (``orchestrator.inputs.json_boolean``:
+    true/false, "true"/"false", "yes"/"no", "on"/"off", "1"/"0", 1/0); anything else is "Give true or false.", where
+    DRF's own field took any of its longer list and said '"nope" is not a valid boolean.'."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        try:
+            return bool(json_boolean(data))
+        except django_forms.ValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+
+
+class CancelSerializer(ReasonSerializer):
+    """An operator's cancel. With ``compensate`` true, what the instance did is undone first (its succeeded steps'
+    compensations, latest first) and it ends ``compensated``; false or left out, it ends ``cancelled`` as it is."""
+
+    compensate = JsonBooleanField(
+        required=False,
+        default=False,
+        help_text="Undo what the instance did (its steps' compensations, latest first) before it ends.",
+    )
 
 
 class PauseSerializer(ReasonSerializer):

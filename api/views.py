@@ -627,20 +627,19 @@ class InstanceViewSet(viewsets.GenericViewSet):
         )
 
     @extend_schema(
-        summary="Cancel an instance for good",
-        request=s.ReasonSerializer,
+        summary="Cancel an instance for good, with or without undoing what it did",
+        description=(
+            "Without `compensate` (or false) the instance ends `cancelled` as it is: open steps skipped, open tasks "
+            "cancelled. With `compensate: true` (the console's Cancel with compensation) it is undone first, its "
+            "succeeded steps' compensations run latest first, and it ends `compensated`; 409 when its undoing has "
+            "begun already or its definition is gone."
+        ),
+        request=s.CancelSerializer,
         responses={200: s.InstanceDetailSerializer, **OPERATOR_ERRORS},
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: int) -> Response:
-        return self._operate(
-            request,
-            pk,
-            s.ReasonSerializer,
-            lambda i, actor, b, meta: instance_services.instance_cancel(
-                i, actor=actor, reason=b["reason"], request_meta=meta
-            ),
-        )
+        return self._operate(request, pk, s.CancelSerializer, _cancel)
 
     @extend_schema(
         summary="Skip a failed instance's dead step with the output it would have returned",
@@ -725,6 +724,15 @@ class InstanceViewSet(viewsets.GenericViewSet):
             raise Problem(403, "Your role may not deliver signals.", code="forbidden")
         body = _valid(s.SignalSerializer, request.data)
         return _deliver(request, instance.pk, body)
+
+
+def _cancel(instance_id: int, actor: Actor, body: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The cancel the body asks for: the services' own, with compensation (as the console's "Cancel with
+    compensation") or without."""
+    if body["compensate"]:
+        operations.instance_compensate(instance_id, actor=actor, reason=body["reason"], cancel=True, request_meta=meta)
+    else:
+        instance_services.instance_cancel(instance_id, actor=actor, reason=body["reason"], request_meta=meta)
 
 
 def _pause(instance_id: int, actor: Actor, body: dict[str, Any], meta: dict[str, Any]) -> None:

@@ -699,3 +699,57 @@ def test_a_keyed_start_writes_its_key_whatever_its_first_node(api_as, roles, reg
     key = IdempotencyKey.objects.get(key=f"first-{first}")
     assert key.instance_id == started.json()["id"] == again.json()["id"]
     assert WorkflowInstance.objects.count() == 1
+
+
+def test_a_cancel_with_compensation_undoes_what_the_instance_did_first(api_as, roles, run_steps):
+    # given an order waiting for its manager, its stock reserved and its payment taken
+    instance = instance_start("order_fulfilment", OrderInputFactory(amount="1500.00"), initiator=roles.staff)
+    run_steps(instance, advance=True)
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.WAITING
+
+    # when an operator cancels it asking for compensation, and the worker runs the compensations
+    cancelled = api_as(roles.operator).post(
+        f"/api/instances/{instance.pk}/cancel/", {"reason": "customer withdrew", "compensate": True}
+    )
+    run_steps(instance, advance=True)
+
+    # then it was undone, as the console's Cancel with compensation does, and the request is audited as a cancel
+    assert cancelled.status_code == 200, cancelled.content
+    assert cancelled.json()["state"] == "compensating"
+    instance.refresh_from_db()
+    assert instance.state == InstanceState.COMPENSATED
+    requested = AuditEvent.objects.get(instance=instance, action="instance.compensation_requested")
+    assert (requested.reason, requested.payload, requested.actor_label) == (
+        "customer withdrew",
+        {"cancel": True},
+        "user:operator",
+    )
+
+
+@pytest.mark.parametrize(("compensate", "state"), [(False, "cancelled"), ("false", "cancelled"), ("no", "cancelled")])
+def test_a_cancel_without_compensation_ends_it_as_it_is(api_as, roles, started, compensate, state):
+    # when an operator cancels saying not to compensate (or saying nothing of it, the test above's neighbour)
+    response = api_as(roles.operator).post(
+        f"/api/instances/{started[0].pk}/cancel/", {"reason": "duplicate", "compensate": compensate}
+    )
+
+    # then it ends cancelled, nothing undone
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == state
+    assert not AuditEvent.objects.filter(instance=started[0], action="instance.compensation_requested").exists()
+
+
+@pytest.mark.parametrize("compensate", ["nope", 2, [], {"yes": True}])
+def test_a_compensate_that_is_no_true_or_false_is_a_400_and_cancels_nothing(api_as, roles, started, compensate):
+    # when
+    response = api_as(roles.operator).post(
+        f"/api/instances/{started[0].pk}/cancel/", {"reason": "duplicate", "compensate": compensate}
+    )
+
+    # then
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"].startswith("application/problem+json")
+    assert response.json()["errors"]["compensate"] == ["Give true or false."]
+    started[0].refresh_from_db()
+    assert started[0].state != InstanceState.CANCELLED
