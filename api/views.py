@@ -750,14 +750,8 @@ def _pause(instance_id: int, actor: Actor, body: dict[str, Any], meta: dict[str,
             ) from None
         # The service words its refusal for the console's page, under its label "Resume at"; the API names the
         # field as sent (README, "The API"), so the label gives way to ``until``, as every other field's 400 reads.
-        said = [_sentence(m.removeprefix(PAUSE_LABEL)) for m in messages]
-        raise Problem(
-            400,
-            "Check the fields: " + " ".join(f"until: {m}" for m in said),
-            code="invalid",
-            title="Invalid input",
-            errors={"until": said},
-        ) from None
+        # Raised as a serializer's refusal, so the answer is worded as every other field's (api.problems).
+        raise SerializerValidationError({"until": [_sentence(m.removeprefix(PAUSE_LABEL)) for m in messages]}) from None
 
 
 # The label of the console's pause field, which the pause service's messages start with.
